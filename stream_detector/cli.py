@@ -1,0 +1,339 @@
+"""Command line: wiring only. ``stream-detector --help`` lists the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import ConfigError, StreamDetectorError
+from .settings import Settings, load_settings
+
+log = logging.getLogger("stream_detector")
+
+
+def _setup_logging(settings: Settings | None, verbose: bool = False) -> None:
+    level = "DEBUG" if verbose else (settings.log_level if settings else "INFO")
+    handler = logging.StreamHandler(sys.stderr)
+    if settings is not None and settings.log_json:
+        class _Json(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return orjson.dumps({"ts": self.formatTime(record), "level": record.levelname,
+                                     "logger": record.name, "msg": record.getMessage()}).decode()
+        handler.setFormatter(_Json())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- train / publish / score -----------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    import numpy as np
+
+    from .events_io import read_events
+    from .model.bundle import build_bundle, save_bundle
+    from .model.train import TrainConfig, train
+    from .offline import score_events
+    from .report import evaluate, plot_curves, plot_scores
+
+    data = read_events(Path(args.input), args.id_column, args.label_column)
+    events, labels = data.events, data.labels
+    if labels is not None:
+        normal = [e for e, lab in zip(events, labels, strict=True) if lab == args.normal_label]
+        if not normal:
+            raise ConfigError(f"no rows with {args.label_column} == {args.normal_label!r} "
+                              f"(labels seen: {sorted(set(labels))[:10]})")
+        _say(f"read {len(events)} rows; training on {len(normal)} with {args.label_column}={args.normal_label}")
+    else:
+        normal = events
+        _say(f"read {len(events)} rows; no label column: training on all of them")
+    config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
+                         threshold_method=args.threshold_method, k_std=args.k_std,
+                         dropout=args.dropout, error_norm=args.error_norm, time_of_day=args.time_features,
+                         exclude=tuple(args.exclude or ()))
+    result = train(normal, config, progress=_say)
+    extra: dict[str, Any] = {"training_input": str(args.input), "training_rows_read": len(events)}
+    out = Path(args.out)
+    if labels is not None:
+        y = np.array([lab != args.normal_label for lab in labels])
+        bundle = build_bundle(result)
+        scored = score_events(bundle, events)
+        ok = scored.valid
+        extra["evaluation_on_input"] = evaluate(scored.scores[ok], y[ok], result.threshold)
+        _say("on the labelled input (training rows included): " + ", ".join(
+            f"{k}={v:.4f}" for k, v in extra["evaluation_on_input"].items() if isinstance(v, float)))
+        if y[ok].any() and (~y[ok]).any():
+            plot_curves(scored.scores[ok], y[ok], result.threshold, out / "report" / "curves.png", out.name)
+        plot_scores(scored.scores[ok], y[ok], result.threshold, out / "report" / "scores.png",
+                    f"scores on {Path(args.input).name}")
+    bundle = build_bundle(result, extra)
+    save_bundle(bundle, out)
+    _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
+    print(bundle.version)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from .model.bundle import load_bundle
+    from .store import ControlPlane
+
+    bundle = load_bundle(Path(args.dir))
+    control = ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
+    version = control.publish(bundle, set_by=_who())
+    print(f"published model {bundle.version}; threshold {bundle.threshold:.6g} is threshold version {version}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
+    import csv
+
+    from .events_io import read_events
+    from .model.bundle import load_bundle
+    from .offline import score_events
+
+    bundle = load_bundle(Path(args.model))
+    data = read_events(Path(args.input), args.id_column, args.label_column)
+    threshold = args.threshold if args.threshold is not None else bundle.threshold
+    scored = score_events(bundle, data.events, device=args.device or settings.device)
+    with open(args.out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["event_id", "score", "is_anomaly", "rejected"])
+        for event, score, reason in zip(data.events, scored.scores.tolist(), scored.rejected, strict=True):
+            if reason is None:
+                writer.writerow([event["event_id"], repr(score), int(score > threshold), ""])
+            else:
+                writer.writerow([event["event_id"], "", "", reason])
+    flagged = int((scored.scores[scored.valid] > threshold).sum())
+    _say(f"scored {int(scored.valid.sum())} of {len(data.events)} rows; {flagged} above {threshold:.6g} → {args.out}")
+    return 0
+
+
+# ---- streaming -------------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from .worker import Worker
+
+    worker = Worker(settings)
+    worker.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    stats = worker.run(max_idle_polls=args.max_idle_polls)
+    elapsed = time.monotonic() - stats.started_at
+    _say(f"worker stopped: {stats.events} events in {stats.batches} batches ({stats.events / max(elapsed, 1e-9):.0f}/s), "
+         f"{stats.alerts} alerts, {stats.rejected} rejected {stats.rejected_by_reason or ''}")
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from .events_io import read_events
+    from .producer import EventProducer
+
+    data = read_events(Path(args.input), args.id_column, args.label_column, limit=args.limit)
+    with EventProducer(settings, args.topic or settings.input_topic) as producer:
+        sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
+    _say(f"produced {sent} events to {args.topic or settings.input_topic}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from .events_io import write_csv, write_jsonl
+    from .producer import EventProducer
+    from .simulate import Simulator
+
+    sim = Simulator(seed=args.seed, accounts=args.accounts, run_id=args.run_id)
+    if args.out:
+        count = args.count or 10_000
+        events, labels = sim.batch(count, args.fraud_rate, span_ms=args.span_days * 86_400_000)
+        rows = [{**e, "label": "legit" if lab == "legit" else "fraud", "pattern": lab}
+                for e, lab in zip(events, labels, strict=True)]
+        out = Path(args.out)
+        (write_jsonl if out.suffix in (".jsonl", ".json") else write_csv)(out, rows)
+        _say(f"wrote {count} events ({sum(lab != 'legit' for lab in labels)} fraud) to {out}")
+        return 0
+    total = args.count or int(args.rate * args.duration)
+    with EventProducer(settings, args.topic or settings.input_topic) as producer:
+        sent, frauds = producer.simulate(sim, total, args.rate, args.fraud_rate, progress=_say)
+    _say(f"simulated {sent} events ({frauds} injected fraud) into {args.topic or settings.input_topic}")
+    return 0
+
+
+def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
+    from .store import ControlPlane
+
+    control = ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
+    if args.action == "get":
+        current = control.threshold()
+        if current is None:
+            raise ConfigError("no threshold in Redis yet: publish a model first")
+        print(orjson.dumps({"value": current.value, "version": current.version,
+                            "model_version": current.model_version}).decode())
+        if args.history:
+            for line in control.threshold_history(args.history):
+                print(orjson.dumps(line).decode())
+        return 0
+    if args.value is None:
+        raise ConfigError("threshold set needs a VALUE")
+    model = control.active_model()
+    if model is None:
+        raise ConfigError("no active model: publish one before setting its threshold")
+    version = control.set_threshold(args.value, model, _who(), args.note or "")
+    print(f"threshold {args.value:.6g} for model {model} is version {version}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from .topics import ensure_topics
+
+    created = ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic],
+                            args.partitions)
+    print("created: " + (", ".join(created) if created else "nothing (all exist)"))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import run_demo
+
+    return run_demo(settings, duration_s=args.duration, rate=args.rate, fraud_rate=args.fraud_rate,
+                    workdir=Path(args.workdir), progress=_say)
+
+
+def _who() -> str:
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):
+        return f"unknown@{socket.gethostname()}"
+
+
+# ---- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stream-detector",
+        description="Streaming anomaly detection for real-time fraud flagging. Settings come from "
+                    "SD_* environment variables (see the README); subcommands below.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model bundle from a CSV or JSON Lines file",
+                       description="Fit features and an autoencoder on normal rows, calibrate the "
+                                   "threshold on held-back normal rows, export TorchScript.")
+    p.add_argument("--input", required=True, help="CSV (with header) or JSON Lines, optionally .gz")
+    p.add_argument("--out", required=True, help="directory for the bundle")
+    p.add_argument("--label-column", help="column with labels; only --normal-label rows are trained on")
+    p.add_argument("--normal-label", default="0", help="label value of normal rows (default: 0)")
+    p.add_argument("--id-column", help="column to use as event_id (default: event_id, else row number)")
+    p.add_argument("--exclude", action="append", help="field to leave out of the features (repeatable)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: derived from the row count)")
+    p.add_argument("--target-fpr", type=float, default=0.01,
+                   help="share of normal validation rows above the threshold (default 0.01)")
+    p.add_argument("--threshold-method", choices=["quantile", "meanstd"], default="quantile",
+                   help="quantile for --target-fpr (default) or mean + k*std")
+    p.add_argument("--k-std", type=float, default=3.0, help="k for --threshold-method meanstd")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout in hidden layers")
+    p.add_argument("--error-norm", choices=["none", "mean"], default="mean",
+                   help="divide per-feature errors by their mean validation error (default) or not")
+    p.add_argument("--time-features", action="store_true", help="add hour-of-day (sin/cos) from timestamp")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("publish", help="make a bundle the active model and its threshold the active threshold")
+    p.add_argument("dir", help="bundle directory written by train")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("worker", help="consume, score, alert, commit (SIGTERM/SIGINT finish the batch)")
+    p.add_argument("--max-idle-polls", type=int, help="exit after this many consecutive empty polls")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("score", help="score a file offline: event_id,score,is_anomaly for every row")
+    p.add_argument("--model", required=True, help="bundle directory")
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True, help="CSV to write")
+    p.add_argument("--id-column")
+    p.add_argument("--label-column", help="column to leave out of the features (kept out of the output)")
+    p.add_argument("--threshold", type=float, help="override the bundle's calibrated threshold")
+    p.add_argument("--device", help="torch device (default SD_DEVICE)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("produce", help="replay a CSV / JSON Lines file as events")
+    p.add_argument("--input", required=True)
+    p.add_argument("--topic", help="default SD_INPUT_TOPIC")
+    p.add_argument("--id-column")
+    p.add_argument("--label-column", help="moved from the event into the sd.label header")
+    p.add_argument("--rate", type=float, default=0, help="events per second (0 = as fast as possible)")
+    p.add_argument("--limit", type=int, help="send at most this many rows")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("simulate", help="synthetic card transactions with injected, labelled fraud")
+    p.add_argument("--rate", type=float, default=1000, help="events per second (live mode)")
+    p.add_argument("--fraud-rate", type=float, default=0.01, help="share of injected fraud (0..1)")
+    p.add_argument("--duration", type=float, default=60, help="seconds to run (live mode)")
+    p.add_argument("--count", type=int, help="number of events (overrides rate × duration)")
+    p.add_argument("--out", help="write a CSV/JSONL file with label and pattern columns instead of producing")
+    p.add_argument("--span-days", type=float, default=7, help="time span of --out files")
+    p.add_argument("--accounts", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-id", default="sim", help="prefix of generated event ids")
+    p.add_argument("--topic", help="default SD_INPUT_TOPIC")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("threshold", help="read or set the active threshold (versioned, audited)")
+    p.add_argument("action", choices=["get", "set"])
+    p.add_argument("value", nargs="?", type=float, help="new threshold (set)")
+    p.add_argument("--note", help="audit note (set)")
+    p.add_argument("--history", type=int, default=0, help="also print the last N changes (get)")
+    p.set_defaults(func=cmd_threshold)
+
+    p = sub.add_parser("topics", help="create the input, alerts and dead-letter topics if missing")
+    p.add_argument("--partitions", type=int, help="default SD_TOPIC_PARTITIONS")
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("demo", help="train on simulated traffic, publish, run a worker on live "
+                                    "simulated fraud, print precision/recall (needs running services)")
+    p.add_argument("--duration", type=float, default=60, help="seconds of live traffic")
+    p.add_argument("--rate", type=float, default=2000, help="events per second")
+    p.add_argument("--fraud-rate", type=float, default=0.01)
+    p.add_argument("--workdir", default="demo-out", help="where the model and report go")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        _setup_logging(settings, args.verbose)
+        return int(args.func(args, settings))
+    except StreamDetectorError as exc:
+        print(f"stream-detector {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # infrastructure: one line, plus the traceback when -v
+        if args.verbose:
+            raise
+        print(f"stream-detector {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

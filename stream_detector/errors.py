@@ -1,0 +1,44 @@
+"""One exception root for the whole package.
+
+Every class says whether retrying the same operation later can succeed (``retriable``), so that
+callers decide by flag rather than by class name. Bad *data* never raises out of the pipeline:
+it becomes a ``Rejected`` record (see ``schema.py``) and goes to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+
+class StreamDetectorError(Exception):
+    """Root of all errors raised by stream-detector."""
+
+    retriable: bool = False
+
+
+class ConfigError(StreamDetectorError):
+    """Settings or CLI input are invalid; the message says what to change."""
+
+
+class ModelError(StreamDetectorError):
+    """A model bundle is missing, corrupt (sha256 mismatch) or incompatible."""
+
+
+class NoActiveModel(ModelError):
+    """Redis holds no active model yet: run ``stream-detector publish DIR`` first."""
+
+    retriable = True
+
+
+class ThresholdUnavailable(StreamDetectorError):
+    """The threshold could not be read from Redis and no fresh cached value exists."""
+
+    retriable = True
+
+
+class DeliveryError(StreamDetectorError):
+    """Alerts or dead-letter records were not acknowledged by Kafka; offsets must not move."""
+
+    retriable = True
+
+
+class InputError(StreamDetectorError):
+    """An input file (CSV / JSON Lines) cannot be read as events."""

@@ -1,0 +1,294 @@
+"""Step 3, features: the ONE feature code, shared by training, offline scoring and the workers.
+
+A ``FeatureSpec`` is fitted on training events (a list of flat dicts) and then turns any batch of
+events into a float32 matrix. Rules applied at fit time (documented in the README):
+
+* reserved fields (``event_id``, ``account_id``, ``timestamp``, ``schema_version``) and fields the
+  caller excludes (labels) are not features;
+* a field whose non-null values are all numbers/booleans (or numeric strings, ≥ 98 %) is numeric:
+  missing values are imputed with the training median (plus a ``field__missing`` indicator column
+  when training saw any), heavy-tailed fields (|skew| > 2) get a signed ``log1p``, then robust
+  scaling ``(x - median) / (IQR / 1.349)`` (falling back to std, then 1), clipped to ±``clip``;
+* a string field is categorical: the ``max_categories`` most frequent values seen at least
+  ``min_category_count`` times get a one-hot column, everything else (unseen values included)
+  goes to ``field=__other__``; id-like fields (more than half the values unique) are dropped;
+* with ``time_of_day`` (off by default: on most traffic the hour is noise the autoencoder
+  spends capacity on) and timestamps on most training events, hour-of-day is added as sin/cos (UTC).
+
+``transform`` is vectorised per column (one list comprehension per field, then numpy). A value
+of the wrong type for its column (text in a numeric field) rejects that event, never the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .schema import RESERVED_FIELDS, RejectReason, parse_timestamp_ms
+
+SPEC_FORMAT = 1
+OTHER = "__other__"
+
+
+@dataclass(frozen=True)
+class NumericColumn:
+    name: str
+    median: float
+    center: float
+    scale: float
+    log: bool
+    missing_indicator: bool
+
+
+@dataclass(frozen=True)
+class CategoricalColumn:
+    name: str
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Fitted, immutable feature transformation; serialisable to JSON and versioned by content."""
+
+    numeric: tuple[NumericColumn, ...]
+    categorical: tuple[CategoricalColumn, ...]
+    time_of_day: bool
+    clip: float = 1000.0
+    dropped: tuple[str, ...] = ()
+    _index: dict[str, dict[str, int]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for col in self.categorical:
+            self._index[col.name] = {c: i for i, c in enumerate(col.categories)}
+
+    # ---- shape -------------------------------------------------------------------------
+    @property
+    def columns(self) -> list[str]:
+        """Output column names, in matrix order."""
+        names: list[str] = []
+        for num in self.numeric:
+            names.append(num.name)
+            if num.missing_indicator:
+                names.append(f"{num.name}__missing")
+        for cat in self.categorical:
+            names.extend(f"{cat.name}={c}" for c in cat.categories)
+            names.append(f"{cat.name}={OTHER}")
+        if self.time_of_day:
+            names += ["timestamp__hour_sin", "timestamp__hour_cos"]
+        return names
+
+    @property
+    def sources(self) -> list[str]:
+        """For each output column, the input field it comes from (used to explain alerts)."""
+        out: list[str] = []
+        for num in self.numeric:
+            out.append(num.name)
+            if num.missing_indicator:
+                out.append(num.name)
+        for cat in self.categorical:
+            out.extend([cat.name] * (len(cat.categories) + 1))
+        if self.time_of_day:
+            out += ["timestamp", "timestamp"]
+        return out
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON: two specs with equal fingerprints transform identically."""
+        return hashlib.sha256(self.to_json()).hexdigest()
+
+    # ---- transform -----------------------------------------------------------------------
+    def transform(self, events: Sequence[dict[str, Any]]) -> tuple[np.ndarray, dict[int, str]]:
+        """Events → (float32 matrix n × width, {row: problem} for rows that must be rejected).
+
+        Rows with a problem still get a (meaningless) row in the matrix so indices stay aligned;
+        callers drop them before deciding.
+        """
+        n = len(events)
+        out = np.zeros((n, self.width), dtype=np.float32)
+        bad: dict[int, str] = {}
+        col = 0
+        for num in self.numeric:
+            values, missing = _numeric_column(events, num.name, bad)
+            values = np.where(missing, num.median, values)
+            if num.log:
+                values = np.sign(values) * np.log1p(np.abs(values))
+            out[:, col] = np.clip((values - num.center) / num.scale, -self.clip, self.clip)
+            col += 1
+            if num.missing_indicator:
+                out[:, col] = missing
+                col += 1
+        for cat in self.categorical:
+            index = self._index[cat.name]
+            other = len(cat.categories)
+            name = cat.name
+            codes = np.fromiter((index.get(e.get(name), other) for e in events), dtype=np.int64, count=n)
+            out[np.arange(n), col + codes] = 1.0
+            col += other + 1
+        if self.time_of_day:
+            hours = _hour_of_day(events, bad)
+            out[:, col] = np.sin(2 * np.pi * hours / 24.0)
+            out[:, col + 1] = np.cos(2 * np.pi * hours / 24.0)
+        return out, bad
+
+    # ---- persistence ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": SPEC_FORMAT,
+            "numeric": [vars(c) for c in self.numeric],
+            "categorical": [{"name": c.name, "categories": list(c.categories)} for c in self.categorical],
+            "time_of_day": self.time_of_day,
+            "clip": self.clip,
+            "dropped": list(self.dropped),
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        if data.get("format") != SPEC_FORMAT:
+            raise ValueError(f"unsupported feature spec format {data.get('format')!r}")
+        return cls(
+            numeric=tuple(NumericColumn(**c) for c in data["numeric"]),
+            categorical=tuple(CategoricalColumn(c["name"], tuple(c["categories"])) for c in data["categorical"]),
+            time_of_day=bool(data["time_of_day"]),
+            clip=float(data["clip"]),
+            dropped=tuple(data.get("dropped", ())),
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> FeatureSpec:
+        return cls.from_dict(orjson.loads(raw))
+
+
+# ---- fitting --------------------------------------------------------------------------------
+
+
+def fit_spec(
+    events: Sequence[dict[str, Any]],
+    exclude: Sequence[str] = (),
+    max_categories: int = 32,
+    min_category_count: int = 5,
+    time_of_day: bool = False,
+) -> FeatureSpec:
+    """Learn a ``FeatureSpec`` from training events (see the module docstring for the rules)."""
+    if not events:
+        raise ValueError("cannot fit features on zero events")
+    skip = set(RESERVED_FIELDS) | set(exclude)
+    names: dict[str, None] = {}
+    for event in events:
+        for name in event:
+            if name not in skip:
+                names.setdefault(name, None)
+    numeric: list[NumericColumn] = []
+    categorical: list[CategoricalColumn] = []
+    dropped: list[str] = []
+    for name in names:
+        values = [e.get(name) for e in events]
+        present = [v for v in values if v is not None and v != ""]
+        if not present:
+            dropped.append(name)
+            continue
+        as_numbers = _as_numbers(present)
+        if as_numbers is not None:
+            numeric.append(_fit_numeric(name, as_numbers, missing=len(present) < len(values)))
+            continue
+        counts = Counter(str(v) for v in present)
+        if len(counts) > 0.5 * len(present) and len(counts) > max_categories:
+            dropped.append(name)  # id-like: one-hot would only memorise
+            continue
+        kept = [c for c, k in counts.most_common(max_categories) if k >= min_category_count]
+        categorical.append(CategoricalColumn(name, tuple(sorted(kept))))
+    with_ts = sum(1 for e in events if e.get("timestamp") is not None)
+    return FeatureSpec(
+        numeric=tuple(numeric),
+        categorical=tuple(categorical),
+        time_of_day=time_of_day and with_ts >= 0.5 * len(events),
+        dropped=tuple(dropped),
+    )
+
+
+def _as_numbers(present: list[Any]) -> np.ndarray | None:
+    parsed: list[float] = []
+    failures = 0
+    for v in present:
+        if isinstance(v, (int, float)):
+            parsed.append(float(v))
+            continue
+        try:
+            parsed.append(float(v))
+        except (TypeError, ValueError):
+            failures += 1
+    if failures > 0.02 * len(present):
+        return None
+    arr = np.asarray(parsed, dtype=np.float64)
+    return arr[np.isfinite(arr)]
+
+
+def _fit_numeric(name: str, values: np.ndarray, missing: bool) -> NumericColumn:
+    median = float(np.median(values))
+    std = float(values.std())
+    skew = float(((values - values.mean()) ** 3).mean() / std**3) if std > 0 else 0.0
+    log = abs(skew) > 2.0
+    if log:
+        values = np.sign(values) * np.log1p(np.abs(values))
+    q25, center, q75 = (float(q) for q in np.percentile(values, [25, 50, 75]))
+    scale = (q75 - q25) / 1.349
+    if not scale > 0:
+        scale = float(values.std())
+    if not scale > 0 or not math.isfinite(scale):
+        scale = 1.0
+    return NumericColumn(name, median, center, scale, log, missing)
+
+
+# ---- column extraction ------------------------------------------------------------------------
+
+
+def _numeric_column(
+    events: Sequence[dict[str, Any]], name: str, bad: dict[int, str]
+) -> tuple[np.ndarray, np.ndarray]:
+    raw = [e.get(name) for e in events]
+    try:  # fast path: numbers, booleans and None (→ nan) convert in one call
+        values = np.array(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        values = np.empty(len(raw), dtype=np.float64)
+        for i, v in enumerate(raw):
+            if v is None or v == "":
+                values[i] = np.nan
+                continue
+            try:
+                values[i] = float(v)
+            except (TypeError, ValueError):
+                values[i] = np.nan
+                bad.setdefault(i, f"{RejectReason.WRONG_TYPE.value}: field {name!r} must be numeric, got {v!r:.40}")
+    nonfinite = np.isinf(values)
+    if nonfinite.any():
+        for i in np.flatnonzero(nonfinite):
+            bad.setdefault(int(i), f"{RejectReason.NON_FINITE_NUMBER.value}: field {name!r} is not finite")
+        values[nonfinite] = np.nan
+    missing = np.isnan(values)
+    return values, missing
+
+
+def _hour_of_day(events: Sequence[dict[str, Any]], bad: dict[int, str]) -> np.ndarray:
+    hours = np.zeros(len(events), dtype=np.float64)
+    for i, e in enumerate(events):
+        ts = e.get("timestamp")
+        if ts is None:
+            continue
+        try:
+            hours[i] = (parse_timestamp_ms(ts) / 3_600_000.0) % 24.0
+        except (TypeError, ValueError, OverflowError):
+            bad.setdefault(i, f"{RejectReason.INVALID_TIMESTAMP.value}: {str(ts)[:40]!r}")
+    return hours

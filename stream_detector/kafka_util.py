@@ -1,0 +1,70 @@
+"""Small Kafka helpers shared by the demo, the benchmarks and the tests: lag and topic reads."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from .settings import Settings
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        return dict(consumer.end_offsets(tps)) if tps else {}
+    finally:
+        consumer.close()
+
+
+def committed_offsets(settings: Settings, group: str, topic: str) -> dict[TopicPartition, int]:
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+        return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+    finally:
+        admin.close()
+
+
+def lag(settings: Settings, group: str, topic: str) -> int:
+    ends = end_offsets(settings, topic)
+    done = committed_offsets(settings, group, topic)
+    return sum(max(0, end - max(0, done.get(tp, 0))) for tp, end in ends.items())
+
+
+def wait_for_zero_lag(settings: Settings, group: str, topic: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if lag(settings, group, topic) == 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def read_all(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[Any]:
+    """Every record currently in ``topic`` (from the beginning up to the end offsets at call time)."""
+    ends = end_offsets(settings, topic)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             auto_offset_reset="earliest")
+    try:
+        tps = list(ends)
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        records: list[Any] = []
+        remaining = {tp for tp, end in ends.items() if end > 0}
+        deadline = time.monotonic() + timeout_s
+        while remaining and time.monotonic() < deadline:
+            for tp, batch in consumer.poll(timeout_ms=200).items():
+                for r in batch:
+                    if r.offset < ends[tp]:
+                        records.append(r)
+                if consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        if remaining:
+            raise TimeoutError(f"could not read {topic} to its end within {timeout_s}s")
+        return records
+    finally:
+        consumer.close()

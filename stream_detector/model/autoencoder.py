@@ -1,0 +1,76 @@
+"""Dense autoencoder and the scoring head that is exported to TorchScript.
+
+``ErrorHead`` wraps a trained autoencoder and returns the *per-feature* squared reconstruction
+error, divided by per-feature weights fixed at training time (ones by default, or the mean
+validation error per feature when ``error_norm="mean"``). One TorchScript call per batch gives
+everything the worker needs: the score (row mean) and the explanation (the row itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Layer sizes; ``hidden`` are the encoder widths, mirrored by the decoder."""
+
+    n_features: int
+    hidden: tuple[int, ...]
+    bottleneck: int
+    dropout: float = 0.0
+
+    @classmethod
+    def for_width(cls, n_features: int, dropout: float = 0.0) -> Architecture:
+        """Size rule from the data (documented in the README).
+
+        hidden = next power of two ≥ 1.5·d, within [16, 256]; a second, halved hidden layer when
+        d > 32; bottleneck = d/4 within [2, 32].
+        """
+        first = 16
+        while first < 1.5 * n_features and first < 256:
+            first *= 2
+        hidden = (first, first // 2) if n_features > 32 else (first,)
+        bottleneck = max(2, min(32, round(n_features / 4)))
+        return cls(n_features, hidden, bottleneck, dropout)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _mlp(sizes: list[int], dropout: float, last_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or last_activation:
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class Autoencoder(nn.Module):
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        enc = [arch.n_features, *arch.hidden, arch.bottleneck]
+        self.encoder = _mlp(enc, arch.dropout, last_activation=False)
+        self.decoder = _mlp(enc[::-1], arch.dropout, last_activation=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class ErrorHead(nn.Module):
+    """x → per-feature weighted squared error (n × d). This is what TorchScript exports."""
+
+    def __init__(self, autoencoder: Autoencoder, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.register_buffer("inv_weights", 1.0 / weights.clamp_min(1e-12))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        diff = self.autoencoder(x) - x
+        return diff * diff * self.inv_weights

@@ -1,0 +1,147 @@
+"""A model bundle: TorchScript scoring head + feature spec + calibration + metadata, checksummed.
+
+On disk a bundle is a directory of four files. ``metadata.json`` lists the sha256 of the three
+others and an overall ``sha256`` (of the sorted per-file digests); the model version is derived
+from creation time and that digest, so equal content never hides behind one name. Loading
+verifies every digest, so a truncated or edited file is refused (``ModelError``) and never scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import torch
+
+from .. import __version__
+from ..errors import ModelError
+from ..features import FeatureSpec
+from .train import TrainResult
+
+MODEL_FILE = "model.pt"
+SPEC_FILE = "spec.json"
+CALIBRATION_FILE = "calibration.json"
+METADATA_FILE = "metadata.json"
+CONTENT_FILES = (MODEL_FILE, SPEC_FILE, CALIBRATION_FILE)
+
+
+@contextmanager
+def _torchscript() -> Iterator[None]:
+    """TorchScript is deprecated upstream in favour of torch.export, but it is the deployable,
+    Python-free format this project promises; silence only those deprecation notices."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit.*")
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
+        yield
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle in memory: raw file bytes plus parsed spec, calibration and metadata."""
+
+    files: dict[str, bytes]
+    spec: FeatureSpec
+    calibration: dict[str, Any]
+    metadata: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata["version"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.calibration["threshold"])
+
+    @property
+    def sha256(self) -> str:
+        return str(self.metadata["sha256"])
+
+    def load_module(self, device: str = "cpu") -> torch.jit.ScriptModule:
+        """Deserialize the TorchScript head onto ``device``, eval mode, frozen for inference."""
+        with _torchscript():
+            module = torch.jit.load(io.BytesIO(self.files[MODEL_FILE]), map_location=device)
+            module.eval()
+            return torch.jit.freeze(module)
+
+
+def _digest(files: dict[str, bytes]) -> dict[str, str]:
+    return {name: hashlib.sha256(files[name]).hexdigest() for name in CONTENT_FILES}
+
+
+def _overall(digests: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{n}:{digests[n]}\n" for n in sorted(digests)).encode()).hexdigest()
+
+
+def build_bundle(result: TrainResult, extra_metadata: dict[str, Any] | None = None) -> Bundle:
+    """Serialize a training result into a bundle (TorchScript export happens here)."""
+    buf = io.BytesIO()
+    with _torchscript():
+        torch.jit.save(torch.jit.script(result.head.cpu().eval()), buf)
+    files = {
+        MODEL_FILE: buf.getvalue(),
+        SPEC_FILE: result.spec.to_json(),
+        CALIBRATION_FILE: orjson.dumps(result.calibration, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS),
+    }
+    digests = _digest(files)
+    sha = _overall(digests)
+    created = datetime.now(timezone.utc)
+    metadata = {
+        "version": f"{created:%Y%m%dT%H%M%S}Z-{sha[:8]}",
+        "created_at": created.isoformat(timespec="seconds"),
+        "sha256": sha,
+        "files": digests,
+        "spec_fingerprint": result.spec.fingerprint,
+        "feature_columns": result.spec.width,
+        "architecture": result.arch.to_dict(),
+        "metrics": result.metrics,
+        "stream_detector_version": __version__,
+        "torch_version": torch.__version__,
+        **(extra_metadata or {}),
+    }
+    files[METADATA_FILE] = orjson.dumps(metadata, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    return Bundle(files, result.spec, result.calibration, metadata)
+
+
+def bundle_from_files(files: dict[str, bytes]) -> Bundle:
+    """Verify digests and parse; raises ``ModelError`` on anything missing or altered."""
+    missing = [n for n in (*CONTENT_FILES, METADATA_FILE) if n not in files]
+    if missing:
+        raise ModelError(f"bundle is missing {', '.join(missing)}")
+    try:
+        metadata = orjson.loads(files[METADATA_FILE])
+        digests = _digest(files)
+        if digests != metadata["files"] or _overall(digests) != metadata["sha256"]:
+            bad = [n for n in CONTENT_FILES if digests[n] != metadata["files"].get(n)]
+            raise ModelError(f"bundle {metadata.get('version')}: sha256 mismatch in {', '.join(bad) or 'metadata'}")
+        spec = FeatureSpec.from_json(files[SPEC_FILE])
+        calibration = orjson.loads(files[CALIBRATION_FILE])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"bundle is not readable: {exc}") from exc
+    if spec.fingerprint != metadata.get("spec_fingerprint"):
+        raise ModelError("bundle feature spec does not match its metadata fingerprint")
+    return Bundle(files, spec, calibration, metadata)
+
+
+def save_bundle(bundle: Bundle, directory: Path) -> Path:
+    """Write the bundle files; metadata last, so a half-written directory never verifies."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in (*CONTENT_FILES, METADATA_FILE):
+        tmp = directory / f".{name}.tmp"
+        tmp.write_bytes(bundle.files[name])
+        tmp.replace(directory / name)
+    return directory
+
+
+def load_bundle(directory: Path) -> Bundle:
+    if not directory.is_dir():
+        raise ModelError(f"no model bundle at {directory}")
+    files = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")}
+    return bundle_from_files(files)

@@ -1,0 +1,169 @@
+"""Training: fit features, train the autoencoder on normal rows with early stopping, calibrate.
+
+Defaults come from the data, not from labels (documented rules): architecture from the feature
+width (``Architecture.for_width``), epochs from the row count (enough optimiser steps to
+converge on small data, one pass budget on large data), early stopping on a held-out split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..features import FeatureSpec, fit_spec
+from .autoencoder import Architecture, Autoencoder, ErrorHead
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training knobs; ``None`` means "derive from the data"."""
+
+    epochs: int | None = None
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    dropout: float = 0.0
+    hidden: tuple[int, ...] | None = None
+    bottleneck: int | None = None
+    validation_fraction: float = 0.2
+    patience: int = 10
+    seed: int = 0
+    threshold_method: Literal["quantile", "meanstd"] = "quantile"
+    target_fpr: float = 0.01
+    k_std: float = 3.0
+    error_norm: Literal["none", "mean"] = "mean"
+    time_of_day: bool = False
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class TrainResult:
+    spec: FeatureSpec
+    head: ErrorHead
+    arch: Architecture
+    threshold: float
+    calibration: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def default_epochs(n_rows: int, batch_size: int) -> int:
+    """About 20k optimiser steps on small data, at least 10 and at most 300 epochs."""
+    steps_per_epoch = max(1, math.ceil(n_rows / batch_size))
+    return int(min(300, max(10, math.ceil(20_000 / steps_per_epoch))))
+
+
+def calibrate(errors: np.ndarray, method: str, target_fpr: float, k_std: float) -> float:
+    """Threshold from validation errors of normal rows.
+
+    ``quantile``: the (1 - target_fpr) quantile, so about ``target_fpr`` of normal traffic is
+    flagged; ``meanstd``: mean + k·std (the seeds' recipe, kept as an option).
+    """
+    if errors.size == 0:
+        raise ValueError("no validation errors to calibrate on")
+    if method == "quantile":
+        return float(np.quantile(errors, 1.0 - target_fpr))
+    if method == "meanstd":
+        return float(errors.mean() + k_std * errors.std())
+    raise ValueError(f"unknown threshold method {method!r}")
+
+
+def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    """Fit spec, train, early-stop, calibrate. ``events`` are normal rows only."""
+    say = progress or (lambda _msg: None)
+    started = time.monotonic()
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(events))
+    n_val = max(1, int(len(events) * config.validation_fraction))
+    if len(events) - n_val < 2:
+        raise ValueError(f"need at least 3 normal rows to train, got {len(events)}")
+    train_events = [events[i] for i in order[n_val:]]
+    val_events = [events[i] for i in order[:n_val]]
+    spec = fit_spec(train_events, exclude=config.exclude, time_of_day=config.time_of_day)
+    x_train, bad_train = spec.transform(train_events)
+    x_val, bad_val = spec.transform(val_events)
+    x_train = np.delete(x_train, sorted(bad_train), axis=0)
+    x_val = np.delete(x_val, sorted(bad_val), axis=0)
+    say(f"features: {spec.width} columns from {len(spec.numeric)} numeric and "
+        f"{len(spec.categorical)} categorical fields; {len(x_train)} train / {len(x_val)} validation rows")
+    arch = Architecture.for_width(spec.width, config.dropout)
+    if config.hidden is not None or config.bottleneck is not None:
+        arch = Architecture(spec.width, config.hidden or arch.hidden, config.bottleneck or arch.bottleneck,
+                            config.dropout)
+    model, history = _fit(x_train, x_val, arch, config, say)
+    with torch.no_grad():
+        val_sq = (model(torch.from_numpy(x_val)) - torch.from_numpy(x_val)).pow(2).numpy()
+    weights = val_sq.mean(axis=0) + 1e-6 if config.error_norm == "mean" else np.ones(spec.width, np.float32)
+    head = ErrorHead(model, torch.as_tensor(weights, dtype=torch.float32)).eval()
+    with torch.no_grad():
+        val_errors = head(torch.from_numpy(x_val)).mean(dim=1).numpy().astype(np.float64)
+    threshold = calibrate(val_errors, config.threshold_method, config.target_fpr, config.k_std)
+    calibration = {
+        "method": config.threshold_method,
+        "target_fpr": config.target_fpr,
+        "k_std": config.k_std,
+        "threshold": threshold,
+        "validation_rows": int(len(val_errors)),
+        "validation_error_quantiles": {
+            str(q): float(np.quantile(val_errors, q)) for q in (0.5, 0.9, 0.95, 0.99, 0.999)
+        },
+        "validation_flag_rate": float((val_errors > threshold).mean()),
+    }
+    metrics = {
+        "train_rows": int(len(x_train)),
+        "validation_rows": int(len(x_val)),
+        "epochs_run": len(history),
+        "best_validation_loss": float(min(history)),
+        "train_seconds": round(time.monotonic() - started, 2),
+    }
+    say(f"threshold {threshold:.6g} ({config.threshold_method}); flags "
+        f"{calibration['validation_flag_rate']:.2%} of validation rows")
+    return TrainResult(spec, head, arch, threshold, calibration, metrics)
+
+
+def _fit(
+    x_train: np.ndarray, x_val: np.ndarray, arch: Architecture, config: TrainConfig, say: Progress
+) -> tuple[Autoencoder, list[float]]:
+    torch.manual_seed(config.seed)
+    model = Autoencoder(arch)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    loss_fn = nn.MSELoss()
+    xt = torch.from_numpy(x_train)
+    xv = torch.from_numpy(x_val)
+    epochs = config.epochs or default_epochs(len(x_train), config.batch_size)
+    generator = torch.Generator().manual_seed(config.seed)
+    best, best_state, stale, history = math.inf, None, 0, []
+    report_every = max(1, epochs // 10)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for idx in torch.randperm(len(xt), generator=generator).split(config.batch_size):
+            batch = xt[idx]
+            optimiser.zero_grad(set_to_none=True)
+            loss = loss_fn(model(batch), batch)
+            loss.backward()
+            optimiser.step()
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(loss_fn(model(xv), xv))
+        history.append(val_loss)
+        if val_loss < best - 1e-7:
+            best, stale = val_loss, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        if epoch % report_every == 0 or epoch == epochs:
+            say(f"epoch {epoch}/{epochs}: validation loss {val_loss:.5f} (best {best:.5f})")
+        if stale >= config.patience:
+            say(f"early stop at epoch {epoch}: no improvement for {config.patience} epochs")
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model.eval(), history

@@ -1,0 +1,1 @@
+"""The worker's steps, one module each: source → decode → features → score → decide → publish → commit."""

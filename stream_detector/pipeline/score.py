@@ -1,0 +1,55 @@
+"""Step 4, score: one TorchScript call per batch → per-feature errors; the score is their mean.
+
+The scorer only measures; deciding is ``threshold.py``'s job. On CUDA the batch is copied from
+pinned memory asynchronously; on CPU ``torch.from_numpy`` shares the numpy buffer (no copy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..model.bundle import Bundle
+
+
+class Scorer:
+    def __init__(self, bundle: Bundle, device: str = "cpu") -> None:
+        self.bundle = bundle
+        self.device = torch.device(device)
+        self.module = bundle.load_module(device)
+        sources = bundle.spec.sources
+        self.fields: list[str] = []
+        starts: list[int] = []
+        for i, name in enumerate(sources):
+            if not self.fields or self.fields[-1] != name:
+                self.fields.append(name)
+                starts.append(i)
+        self.group_starts = np.asarray(starts, dtype=np.int64)
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    def warm(self) -> None:
+        """Run once on a dummy batch so the first real batch pays no JIT/alloc cost."""
+        self.errors(np.zeros((8, self.bundle.spec.width), dtype=np.float32))
+
+    def errors(self, x: np.ndarray) -> np.ndarray:
+        """Per-feature weighted squared errors, float32, n × d."""
+        if x.shape[0] == 0:
+            return np.zeros((0, x.shape[1]), dtype=np.float32)
+        with torch.inference_mode():
+            tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            if self.device.type == "cuda":
+                tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+                return self.module(tensor).cpu().numpy()
+            return self.module(tensor).numpy()
+
+    def field_errors(self, per_feature: np.ndarray) -> np.ndarray:
+        """Sum one-hot / indicator columns into their input field: n × n_fields."""
+        return np.add.reduceat(per_feature, self.group_starts, axis=1)
+
+
+def scores_of(per_feature: np.ndarray) -> np.ndarray:
+    """The anomaly score: mean per-feature error (float64 for stable comparisons)."""
+    return per_feature.mean(axis=1, dtype=np.float64)

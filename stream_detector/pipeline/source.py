@@ -1,0 +1,129 @@
+"""Step 1, source: poll a batch from Kafka, closed by size or by deadline.
+
+The batch keeps parallel lists (no per-record objects beyond kafka-python's own), and knows the
+offsets to commit once it is fully handled. Auto-commit is off: offsets move only in
+``commit.py``, after delivery.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from ..settings import Settings
+
+
+@dataclass(slots=True)
+class Batch:
+    topic: str = ""
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    headers: list[Any] = field(default_factory=list)
+    polled_at: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset after the last record of this batch (what to commit)."""
+        out: dict[TopicPartition, int] = {}
+        for p, o in zip(self.partitions, self.offsets, strict=True):
+            tp = TopicPartition(self.topic, p)
+            if o + 1 > out.get(tp, -1):
+                out[tp] = o + 1
+        return out
+
+
+def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = dict(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=settings.auto_offset_reset,
+        max_poll_records=settings.batch_size,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_min_bytes=1,
+        fetch_max_wait_ms=max(1, settings.batch_max_wait_ms),
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=2_000,
+        max_poll_interval_ms=300_000,
+        client_id=f"stream-detector-{settings.group_id}",
+    )
+    config.update(overrides)
+    return config
+
+
+class KafkaSource:
+    """Owns the consumer; explicit ``start``/``close``, no network I/O in the constructor."""
+
+    def __init__(self, settings: Settings, idle_poll_ms: int = 500, **overrides: Any) -> None:
+        self.settings = settings
+        self.idle_poll_ms = idle_poll_ms
+        self.overrides = overrides
+        self.consumer: KafkaConsumer | None = None
+
+    def start(self) -> None:
+        self.consumer = KafkaConsumer(**consumer_config(self.settings, **self.overrides))
+        self.consumer.subscribe([self.settings.input_topic])
+
+    def _c(self) -> KafkaConsumer:
+        if self.consumer is None:
+            raise RuntimeError("source not started")
+        return self.consumer
+
+    def poll_batch(self) -> Batch:
+        """Wait up to ``idle_poll_ms`` for a first record, then up to ``batch_max_wait_ms`` to fill."""
+        consumer = self._c()
+        batch = Batch(topic=self.settings.input_topic)
+        limit = self.settings.batch_size
+        deadline: float | None = None
+        timeout_ms = self.idle_poll_ms
+        while len(batch) < limit:
+            polled = consumer.poll(timeout_ms=timeout_ms, max_records=limit - len(batch))
+            for tp, records in polled.items():
+                batch.topic = tp.topic
+                for r in records:
+                    batch.partitions.append(r.partition)
+                    batch.offsets.append(r.offset)
+                    batch.keys.append(r.key)
+                    batch.values.append(r.value)
+                    batch.timestamps.append(r.timestamp)
+                    batch.headers.append(r.headers)
+            now = time.monotonic()
+            if not batch.values:
+                break
+            if deadline is None:
+                batch.polled_at = now
+                deadline = now + self.settings.batch_max_wait_ms / 1000.0
+            timeout_ms = int((deadline - now) * 1000)
+            if timeout_ms <= 0:
+                break
+        return batch
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        self._c().commit(offsets={tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+
+    def pause_all(self) -> None:
+        consumer = self._c()
+        consumer.pause(*consumer.assignment())
+
+    def resume_all(self) -> None:
+        consumer = self._c()
+        consumer.resume(*consumer.paused())
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._c().assignment())
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
+            self.consumer = None

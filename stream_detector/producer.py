@@ -1,0 +1,109 @@
+"""Putting events on the input topic: file replay and live simulation, paced, with progress.
+
+Events are keyed by ``account_id`` (so one partition, hence one worker, owns an account) and
+labels, when known, travel in the ``sd.label`` header — never in the event, so they cannot
+leak into features.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import orjson
+from kafka import KafkaProducer
+
+from .errors import DeliveryError
+from .pipeline.publish import producer_config
+from .settings import Settings
+from .simulate import Simulator
+from .topics import ensure_topics
+
+Progress = Callable[[str], None]
+
+
+class EventProducer:
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.producer: KafkaProducer | None = None
+        self.futures: list[Any] = []
+
+    def __enter__(self) -> EventProducer:
+        if self.settings.create_topics:
+            ensure_topics(self.settings, [self.topic])
+        self.producer = KafkaProducer(**producer_config(self.settings, linger_ms=5, client_id="stream-detector-producer"))
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.producer is not None:
+            if exc_type is None:
+                self.confirm()
+            self.producer.close(timeout=self.settings.delivery_timeout_s)
+            self.producer = None
+
+    def send(self, events: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> None:
+        assert self.producer is not None, "use EventProducer as a context manager"
+        for i, event in enumerate(events):
+            account = event.get("account_id")
+            headers = [("sd.label", labels[i].encode())] if labels is not None else None
+            self.futures.append(self.producer.send(
+                self.topic, value=orjson.dumps(event), key=None if account is None else str(account).encode(),
+                headers=headers))
+
+    def confirm(self) -> None:
+        """Flush and check every send (``flush()`` alone does not report failures)."""
+        assert self.producer is not None
+        self.producer.flush(timeout=self.settings.delivery_timeout_s)
+        failed = [f for f in self.futures if not f.is_done or f.failed()]
+        self.futures.clear()
+        if failed:
+            raise DeliveryError(f"{len(failed)} events were not acknowledged by Kafka")
+
+    def send_paced(self, events: Sequence[dict[str, Any]], labels: Sequence[str] | None, rate: float,
+                   progress: Progress | None = None) -> int:
+        def chunk(start: int, n: int) -> None:
+            self.send(events[start:start + n], None if labels is None else labels[start:start + n])
+        return _paced(len(events), rate, chunk, self.confirm, progress)
+
+    def simulate(self, sim: Simulator, total: int, rate: float, fraud_rate: float,
+                 progress: Progress | None = None, labels_out: dict[str, str] | None = None) -> tuple[int, int]:
+        """Produce ``total`` simulated events at ``rate``; ``labels_out`` collects event_id → label."""
+        frauds = 0
+
+        def chunk(_start: int, n: int) -> None:
+            nonlocal frauds
+            events, labels = sim.batch(n, fraud_rate)
+            frauds += sum(1 for lab in labels if lab != "legit")
+            if labels_out is not None:
+                labels_out.update((str(e["event_id"]), lab) for e, lab in zip(events, labels, strict=True))
+            self.send(events, labels)
+        return _paced(total, rate, chunk, self.confirm, progress), frauds
+
+
+def _paced(total: int, rate: float, send_chunk: Callable[[int, int], None], confirm: Callable[[], None],
+           progress: Progress | None) -> int:
+    """Send ``total`` items in chunks of ~50 ms worth, sleeping to hold ``rate`` (0 = unpaced)."""
+    step = max(1, int(rate / 20)) if rate > 0 else 5000
+    started = time.monotonic()
+    last_report = started
+    sent = 0
+    while sent < total:
+        n = min(step, total - sent)
+        send_chunk(sent, n)
+        sent += n
+        if sent % (step * 20) < step:
+            confirm()
+        now = time.monotonic()
+        if rate > 0:
+            ahead = sent / rate - (now - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        if progress is not None and now - last_report >= 5:
+            last_report = now
+            progress(f"sent {sent}/{total} ({sent / max(now - started, 1e-9):.0f}/s)")
+    confirm()
+    return sent

@@ -1,0 +1,95 @@
+"""Evaluation numbers and PNG plots (score distributions with the threshold, ROC and PR curves)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+
+def evaluate(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float) -> dict[str, Any]:
+    """AUC-ROC, AUC-PR and precision/recall/F1/accuracy at ``threshold`` (score > threshold)."""
+    y = is_anomaly.astype(bool)
+    pred = scores > threshold
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    both = y.any() and (~y).any()
+    return {
+        "rows": int(y.size),
+        "anomalies": int(y.sum()),
+        "auc_roc": float(roc_auc_score(y, scores)) if both else None,
+        "auc_pr": float(average_precision_score(y, scores)) if both else None,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "accuracy": (tp + tn) / y.size if y.size else 0.0,
+        "flag_rate": float(pred.mean()) if y.size else 0.0,
+    }
+
+
+def plot_scores(scores: np.ndarray, is_anomaly: np.ndarray | None, threshold: float, path: Path,
+                title: str) -> Path:
+    """Histogram of (log) scores, normal vs anomalous when labels exist, with the threshold line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    safe = np.log10(np.maximum(scores, 1e-12))
+    bins = np.linspace(safe.min(), max(safe.max(), np.log10(max(threshold, 1e-12))) + 1e-9, 80)
+    if is_anomaly is None:
+        ax.hist(safe, bins=bins, color="tab:blue", alpha=0.8, label="events")
+    else:
+        y = is_anomaly.astype(bool)
+        ax.hist(safe[~y], bins=bins, color="tab:blue", alpha=0.6, density=True, label=f"normal ({(~y).sum()})")
+        ax.hist(safe[y], bins=bins, color="tab:red", alpha=0.6, density=True, label=f"anomalous ({y.sum()})")
+    ax.axvline(np.log10(max(threshold, 1e-12)), color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set_xlabel("log10(reconstruction error)")
+    ax.set_ylabel("density" if is_anomaly is not None else "events")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float, path: Path, title: str) -> Path:
+    """ROC and precision-recall curves side by side, the operating point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y = is_anomaly.astype(bool)
+    fpr, tpr, _ = roc_curve(y, scores)
+    prec, rec, _ = precision_recall_curve(y, scores)
+    op = evaluate(scores, y, threshold)
+    op_fpr = float(((scores > threshold) & ~y).sum() / max(1, (~y).sum()))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(fpr, tpr, label=f"AUC {op['auc_roc']:.3f}")
+    a.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    a.scatter([op_fpr], [op["recall"]], color="black", zorder=3, label="threshold")
+    a.set_xlabel("false positive rate")
+    a.set_ylabel("true positive rate")
+    a.set_title(f"ROC — {title}")
+    a.legend(loc="lower right")
+    b.plot(rec, prec, label=f"AP {op['auc_pr']:.3f}")
+    b.scatter([op["recall"]], [op["precision"]], color="black", zorder=3, label="threshold")
+    b.set_xlabel("recall")
+    b.set_ylabel("precision")
+    b.set_title(f"Precision-recall — {title}")
+    b.legend(loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,131 @@
+"""Shapes of what crosses the wire: events in, alerts and dead-letter records out. No I/O here.
+
+An **event** is one flat JSON object per Kafka message: ``event_id`` (string, required),
+optional ``account_id`` (string or integer), optional ``timestamp`` (RFC 3339 string or epoch
+milliseconds), optional ``schema_version`` (only ``1`` is known), and any number of other fields
+whose values are numbers, booleans, strings or null. Numbers and booleans are numeric features,
+strings are categorical. Nested objects and arrays are rejected: the detector scores flat records.
+
+The hot path validates with hand-written checks on top of orjson (see ``pipeline/decode.py``),
+because per-event pydantic validation costs more than the whole rest of the pipeline; the
+``Event`` model below is the reference contract, and a unit test keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+RESERVED_FIELDS = frozenset({"event_id", "account_id", "timestamp", "schema_version"})
+Scalar = str | int | float | bool | None
+
+
+class RejectReason(StrEnum):
+    """Why an event went to the dead-letter topic (header ``sd.error.reason``)."""
+
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_EVENT_ID = "missing_event_id"
+    WRONG_TYPE = "wrong_type"
+    NON_FINITE_NUMBER = "non_finite_number"
+    OVERSIZE = "oversize"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+
+
+class Event(BaseModel):
+    """Reference contract of one event (extra flat fields are allowed and become features)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    event_id: str = Field(min_length=1, max_length=512, description="Unique id of the event.")
+    account_id: str | int | None = Field(None, description="Entity the event belongs to; the Kafka key.")
+    timestamp: str | int | float | None = Field(None, description="RFC 3339 string or epoch milliseconds.")
+    schema_version: int | None = Field(None, description="Event schema version; only 1 is known.")
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, value: int | None) -> int | None:
+        if value is not None and value not in SUPPORTED_SCHEMA_VERSIONS:
+            raise ValueError(f"unknown schema_version {value}")
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _parsable_timestamp(cls, value: str | int | float | None) -> str | int | float | None:
+        if value is not None:
+            parse_timestamp_ms(value)
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        for name, value in (self.model_extra or {}).items():
+            if not isinstance(value, (str, int, float, bool)) and value is not None:
+                raise ValueError(f"field {name!r}: nested values are not supported")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"field {name!r}: non-finite number")
+
+
+def parse_timestamp_ms(value: object) -> float:
+    """Epoch milliseconds from an RFC 3339 string or a number of epoch milliseconds.
+
+    Raises ``ValueError`` for anything else. Naive RFC 3339 strings are taken as UTC.
+    """
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be RFC 3339 or epoch milliseconds, not a boolean")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError("timestamp is not finite")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        parsed = datetime.fromisoformat(text)
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=timezone.utc).timestamp() * 1000.0
+        return parsed.timestamp() * 1000.0
+    raise ValueError(f"timestamp must be RFC 3339 or epoch milliseconds, got {type(value).__name__}")
+
+
+
+
+class FeatureContribution(BaseModel):
+    """One feature's part of an event's reconstruction error."""
+
+    feature: str = Field(description="Input field name (one-hot columns are summed into their field).")
+    share: float = Field(description="Fraction of the event's total error, 0..1.")
+    error: float = Field(description="The field's summed squared reconstruction error (scaled space).")
+
+
+class Alert(BaseModel):
+    """What a subscriber of the alerts topic receives for each flagged event."""
+
+    event_id: str
+    account_id: str | None
+    score: float = Field(description="Reconstruction error of the event (mean over features).")
+    threshold: float = Field(description="Threshold the score exceeded.")
+    threshold_version: int
+    model_version: str
+    top_features: list[FeatureContribution]
+    event: dict[str, Scalar] = Field(description="The original event as received.")
+    detected_at: str = Field(description="RFC 3339 UTC time the worker decided.")
+    event_time_ms: int = Field(description="Kafka timestamp of the input record (epoch ms).")
+    topic: str
+    partition: int
+    offset: int
+
+
+class DeadLetterHeaders:
+    """Header names on dead-letter records; the value is the original bytes, untouched."""
+
+    REASON = "sd.error.reason"
+    MESSAGE = "sd.error.message"
+    TOPIC = "sd.source.topic"
+    PARTITION = "sd.source.partition"
+    OFFSET = "sd.source.offset"
+    FAILED_AT = "sd.failed_at"

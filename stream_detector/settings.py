@@ -1,0 +1,79 @@
+"""Runtime settings: one frozen pydantic-settings object, read from ``SD_*`` environment variables.
+
+The variables documented in the README are part of the public contract. Every field carries a
+description, which ``stream-detector check-config`` and the README table are built from.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """All knobs of workers and tools. Frozen: a running process never changes its settings."""
+
+    model_config = SettingsConfigDict(env_prefix="SD_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers, comma separated.")
+    input_topic: str = Field("transactions", description="Topic the workers consume events from.")
+    alerts_topic: str = Field("alerts", description="Topic flagged events are published to.")
+    dlq_topic: str = Field("transactions.dlq", description="Dead-letter topic for events that cannot be scored.")
+    group_id: str = Field("stream-detector", description="Consumer group of the workers.")
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis holding threshold and models.")
+    redis_prefix: str = Field("stream-detector", description="Key prefix, so deployments can share one Redis.")
+
+    batch_size: int = Field(2048, ge=1, le=100_000, description="Largest batch a worker scores at once.")
+    batch_max_wait_ms: int = Field(20, ge=0, le=60_000, description="Longest wait to fill a batch (latency bound).")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new consumer group starts reading."
+    )
+    device: str = Field("cpu", description="Torch device for scoring: cpu, cuda or cuda:N.")
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads for CPU scoring (0 = torch default).")
+    threshold_refresh_s: float = Field(1.0, gt=0, description="How often workers re-read threshold and model.")
+    threshold_max_staleness_s: float = Field(
+        60.0, gt=0, description="How long a worker scores with a cached threshold while Redis is unreachable."
+    )
+    max_event_bytes: int = Field(65536, ge=64, description="Larger events go to the dead-letter topic (oversize).")
+    top_features: int = Field(3, ge=1, le=50, description="How many worst-reconstructed features an alert names.")
+    create_topics: bool = Field(True, description="Create missing topics on start (partitions below).")
+    topic_partitions: int = Field(4, ge=1, description="Partitions for topics this tool creates.")
+    delivery_timeout_s: float = Field(30.0, gt=0, description="Deadline for alert/dead-letter acknowledgements.")
+    producer_acks: Literal["all", "1", "0"] = Field("all", description="acks for alert and dead-letter producers.")
+    log_level: str = Field("INFO", description="Python log level.")
+    log_json: bool = Field(False, description="Emit logs as JSON lines.")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_port(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected redis://host:port/db, got {value!r}")
+        return value
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap.split(",")]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; invalid values become one clear ``ConfigError``."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SD_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

@@ -1,0 +1,223 @@
+"""The worker: orchestration only. Read the loop in ``run_once`` top to bottom — it is the design.
+
+    1 source   poll a batch (size or deadline)
+    2 decode   bytes → validated events; bad ones → Rejected(reason)
+    3 features the shared FeatureSpec of the active model
+    4 score    TorchScript per-feature errors
+    5 decide   score vs the Redis threshold for that model
+    6 publish  alerts + dead letters, wait for every acknowledgement
+    7 commit   offsets, only after 6 succeeded
+
+Between batches the worker refreshes the threshold and, when the active model changed, loads and
+warms the new one in a background thread and swaps the reference; if loading fails the old model
+stays. On SIGTERM/SIGINT the current batch is finished, delivered and committed before exit.
+A batch that cannot be decided (Redis gone past the staleness bound) is held, the partitions are
+paused while polling continues (group membership stays), and processing resumes on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import DeliveryError, ModelError, StreamDetectorError, ThresholdUnavailable
+from .pipeline.decode import Rejected, decode_batch
+from .pipeline.publish import Publisher, build_alerts, build_dead_letters
+from .pipeline.score import Scorer, scores_of
+from .pipeline.source import Batch, KafkaSource
+from .pipeline.threshold import ThresholdCache, decide
+from .schema import RejectReason
+from .settings import Settings
+from .store import ControlPlane, Threshold
+from .topics import ensure_topics
+
+log = logging.getLogger("stream_detector.worker")
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    events: int = 0
+    scored: int = 0
+    alerts: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    swaps: int = 0
+    swap_failures: int = 0
+    delivery_failures: int = 0
+    held_batches: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    def __init__(self, settings: Settings, control: ControlPlane | None = None,
+                 source: KafkaSource | None = None, publisher: Publisher | None = None) -> None:
+        self.settings = settings
+        self.control = control or ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
+        self.source = source or KafkaSource(settings)
+        self.publisher = publisher or Publisher(settings)
+        self.thresholds = ThresholdCache(self.control.snapshot, settings.threshold_refresh_s,
+                                         settings.threshold_max_staleness_s)
+        self.stats = WorkerStats()
+        self.scorer: Scorer | None = None
+        self.stop_event = threading.Event()
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        self._pending: tuple[str, Future[Scorer]] | None = None
+        self._held: Batch | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        if self.settings.create_topics:
+            ensure_topics(self.settings, [self.settings.input_topic, self.settings.alerts_topic,
+                                          self.settings.dlq_topic])
+        self.scorer = self._load(self.control.active_bundle().version)
+        self.thresholds.refresh(force=True)
+        self.publisher.start()
+        self.source.start()
+        log.info("worker started: model %s, topic %s, group %s", self.scorer.version,
+                 self.settings.input_topic, self.settings.group_id)
+
+    def run(self, max_idle_polls: int | None = None) -> WorkerStats:
+        """Loop until ``stop()``; ``max_idle_polls`` ends it after that many empty polls (tests, demo)."""
+        idle = 0
+        try:
+            while not self.stop_event.is_set():
+                handled = self.run_once()
+                idle = 0 if handled else idle + 1
+                if max_idle_polls is not None and idle >= max_idle_polls:
+                    break
+        finally:
+            self.close()
+        return self.stats
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def close(self) -> None:
+        self.source.close()
+        self.publisher.close()
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    # ---- the loop --------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Handle one batch (or retry a held one); returns the number of events handled."""
+        self._maybe_swap()
+        batch = self._held or self.source.poll_batch()  # 1 source
+        if not len(batch):
+            return 0
+        try:
+            self.handle(batch)
+        except (ThresholdUnavailable, DeliveryError) as exc:
+            self._hold(batch, exc)
+            return 0
+        if self._held is not None:
+            log.info("resuming after %d held attempt(s)", self.stats.held_batches)
+            self._held = None
+            self.source.resume_all()
+        return len(batch)
+
+    def handle(self, batch: Batch) -> None:
+        scorer = self._require_scorer()
+        decoded = decode_batch(batch.values, self.settings.max_event_bytes)  # 2 decode
+        x, bad = scorer.bundle.spec.transform(decoded.events)  # 3 features
+        rejected = list(decoded.rejected)
+        if bad:
+            keep = np.ones(len(decoded.events), dtype=bool)
+            for row, problem in bad.items():
+                keep[row] = False
+                reason, _, message = problem.partition(": ")
+                rejected.append(Rejected(decoded.indices[row], RejectReason(reason), message))
+            x = x[keep]
+            events = [e for e, k in zip(decoded.events, keep, strict=True) if k]
+            indices = [i for i, k in zip(decoded.indices, keep, strict=True) if k]
+        else:
+            events, indices = decoded.events, decoded.indices
+        per_feature = scorer.errors(x)  # 4 score
+        scores = scores_of(per_feature)
+        threshold = self._threshold_for(scorer)  # 5 decide
+        rows = np.flatnonzero(decide(scores, threshold.value))
+        field_errors = scorer.field_errors(per_feature[rows])
+        alerts = build_alerts(batch, events, indices, rows, scores, field_errors, scorer.fields, threshold,
+                              self.settings.top_features, self.settings.alerts_topic)
+        dead = build_dead_letters(batch, rejected, self.settings.dlq_topic)
+        try:
+            self.publisher.deliver(alerts + dead)  # 6 publish (waits for every ack)
+        except DeliveryError:
+            self.stats.delivery_failures += 1
+            raise
+        self.source.commit(batch.next_offsets())  # 7 commit
+        self._count(batch, len(events), len(alerts), rejected)
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _require_scorer(self) -> Scorer:
+        if self.scorer is None:
+            raise RuntimeError("worker not started")
+        return self.scorer
+
+    def _threshold_for(self, scorer: Scorer) -> Threshold:
+        try:
+            return self.thresholds.current(scorer.version)
+        except ThresholdUnavailable:
+            snap = self.thresholds.snapshot
+            if snap is not None and snap.active_model not in (None, scorer.version) and self._finish_swap(wait=True):
+                return self.thresholds.current(self._require_scorer().version)
+            raise
+
+    def _hold(self, batch: Batch, exc: StreamDetectorError) -> None:
+        if self._held is None:
+            log.warning("holding batch of %d events and pausing partitions: %s", len(batch), exc)
+            self.source.pause_all()
+        self._held = batch
+        self.stats.held_batches += 1
+        self.source.poll_batch()  # keeps group membership; paused partitions return nothing
+        self.stop_event.wait(min(1.0, self.settings.threshold_refresh_s))
+
+    def _load(self, version: str) -> Scorer:
+        scorer = Scorer(self.control.fetch_bundle(version), self.settings.device)
+        scorer.warm()
+        return scorer
+
+    def _maybe_swap(self) -> None:
+        snap = self.thresholds.refresh()
+        current = self._require_scorer().version
+        if snap is not None and snap.active_model and snap.active_model != current:
+            if self._pending is None or self._pending[0] != snap.active_model:
+                log.info("active model changed to %s; loading in background", snap.active_model)
+                self._pending = (snap.active_model, self._loader.submit(self._load, snap.active_model))
+        self._finish_swap(wait=False)
+
+    def _finish_swap(self, wait: bool) -> bool:
+        if self._pending is None or (not wait and not self._pending[1].done()):
+            return False
+        version, future = self._pending
+        self._pending = None
+        try:
+            new = future.result(timeout=self.settings.delivery_timeout_s)
+        except (ModelError, StreamDetectorError, RuntimeError, OSError) as exc:
+            self.stats.swap_failures += 1
+            log.error("model %s failed to load, keeping %s: %s", version, self._require_scorer().version, exc)
+            return False
+        old = self._require_scorer().version
+        self.scorer = new
+        self.stats.swaps += 1
+        log.info("swapped model %s -> %s", old, version)
+        return True
+
+    def _count(self, batch: Batch, scored: int, alerts: int, rejected: list[Rejected]) -> None:
+        s = self.stats
+        s.batches += 1
+        s.events += len(batch)
+        s.scored += scored
+        s.alerts += alerts
+        s.rejected += len(rejected)
+        for r in rejected:
+            s.rejected_by_reason[r.reason.value] = s.rejected_by_reason.get(r.reason.value, 0) + 1
+

@@ -1,0 +1,185 @@
+"""The detection pipeline end to end on the real broker and Redis."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from stream_detector.kafka_util import committed_offsets, end_offsets, lag, read_all
+from stream_detector.model.bundle import Bundle
+from stream_detector.offline import score_events
+from stream_detector.producer import EventProducer
+from stream_detector.schema import Alert, DeadLetterHeaders
+from stream_detector.settings import Settings
+from stream_detector.simulate import Simulator
+from stream_detector.store import ControlPlane
+from tests.helpers import anomaly, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _drained(settings: Settings) -> bool:
+    return lag(settings, settings.group_id, settings.input_topic) == 0
+
+
+def _alerts(settings: Settings) -> list[dict[str, object]]:
+    return [orjson.loads(r.value) for r in read_all(settings, settings.alerts_topic)]
+
+
+def _traffic(n: int, seed: int, n_anomalies: int) -> tuple[list[dict[str, object]], set[str]]:
+    events, _ = Simulator(seed=seed, accounts=300, run_id=f"n{seed}").batch(n, 0.0)
+    injected = [anomaly(f"bad-{seed}-{i}", f"acct-{i:05d}") for i in range(n_anomalies)]
+    mixed = events[: n // 2] + injected + events[n // 2:]
+    return mixed, {str(e["event_id"]) for e in injected}
+
+
+def test_known_anomalies_give_exactly_the_expected_alerts(settings, published, bundle: Bundle, start_worker):
+    events, injected = _traffic(3000, seed=11, n_anomalies=12)
+    expected_scores = score_events(bundle, events).scores
+    expected = {str(e["event_id"]) for e, s in zip(events, expected_scores) if s > bundle.threshold}
+    assert injected <= expected, "the crafted anomalies must score above the threshold"
+    assert len(expected) < 0.02 * len(events), "normal traffic must mostly pass"
+
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    worker = start_worker(settings)
+    wait_until(lambda: _drained(settings), message="all offsets committed")
+    worker.stop()
+
+    alerts = _alerts(settings)
+    assert {a["event_id"] for a in alerts} == expected
+    assert len(alerts) == len(expected), "no duplicate alerts in a clean run"
+    by_id = {str(e["event_id"]): e for e in events}
+    threshold = published.threshold()
+    assert threshold is not None
+    for a in alerts:
+        Alert.model_validate(a)  # complete and well-typed
+        assert a["event"] == by_id[a["event_id"]]
+        assert a["account_id"] == by_id[a["event_id"]]["account_id"]
+        assert a["model_version"] == bundle.version
+        assert a["threshold"] == pytest.approx(bundle.threshold)
+        assert a["threshold_version"] == threshold.version
+        assert a["score"] > a["threshold"]
+        assert a["topic"] == settings.input_topic and a["offset"] >= 0 and 0 <= a["partition"] < 4
+        assert 1 <= len(a["top_features"]) <= settings.top_features
+        shares = [f["share"] for f in a["top_features"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+    crafted = next(a for a in alerts if a["event_id"] in injected)
+    assert crafted["top_features"][0]["feature"] in {"amount", "merchant_category", "country",
+                                                      "distance_from_home_km", "tx_count_1h", "amount_to_avg",
+                                                      "seconds_since_last", "device_new"}
+    ends = end_offsets(settings, settings.input_topic)
+    assert committed_offsets(settings, settings.group_id, settings.input_topic) == ends
+    assert sum(ends.values()) == len(events)
+    assert worker.worker.stats.events == len(events)
+
+
+BAD = {
+    "invalid_json": b'{"event_id": "x1", "amount": ',
+    "not_an_object": b"[1, 2, 3]",
+    "missing_event_id": b'{"amount": 12.5}',
+    "wrong_type": b'{"event_id": 42, "amount": 1}',
+    "non_finite_number": b'{"event_id": "nan-1", "amount": NaN}',
+    "oversize": b'{"event_id": "big", "blob": "' + b"x" * 70_000 + b'"}',
+    "unknown_schema": b'{"event_id": "s1", "schema_version": 7}',
+    "invalid_timestamp": b'{"event_id": "t1", "timestamp": "yesterday"}',
+}
+
+
+def test_bad_events_go_to_the_dead_letter_topic_with_reasons(settings, published, bundle, start_worker):
+    from kafka import KafkaProducer
+
+    events, injected = _traffic(400, seed=12, n_anomalies=3)
+    numeric_as_text = {**events[0], "event_id": "text-amount", "amount": "a lot"}
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=2_000_000)
+    raw_good = [orjson.dumps(e) for e in events]
+    raw = raw_good[:200] + list(BAD.values()) + [orjson.dumps(numeric_as_text)] + raw_good[200:] + [b"\xff\xfe\x00"]
+    for value in raw:
+        producer.send(settings.input_topic, value=value)
+    producer.flush()
+    producer.close()
+    worker = start_worker(settings)
+    wait_until(lambda: _drained(settings), message="all offsets committed")
+    worker.stop()
+
+    dead = read_all(settings, settings.dlq_topic)
+    reasons = {}
+    for record in dead:
+        headers = dict(record.headers)
+        reasons[record.value] = headers[DeadLetterHeaders.REASON].decode()
+        assert headers[DeadLetterHeaders.MESSAGE]
+        assert headers[DeadLetterHeaders.TOPIC].decode() == settings.input_topic
+        assert int(headers[DeadLetterHeaders.OFFSET]) >= 0
+    for reason, value in BAD.items():
+        assert reasons.get(value) == reason, reason
+    assert reasons[orjson.dumps(numeric_as_text)] == "wrong_type"
+    assert reasons[b"\xff\xfe\x00"] == "invalid_json"
+    assert len(dead) == len(BAD) + 2
+    alerts = {a["event_id"] for a in _alerts(settings)}
+    assert injected <= alerts, "good events around the bad ones are still scored"
+    stats = worker.worker.stats
+    assert stats.scored == len(events) and stats.rejected == len(BAD) + 2 and stats.events == len(raw)
+
+
+def test_threshold_change_in_redis_changes_what_is_flagged_live(settings, published: ControlPlane, bundle,
+                                                                start_worker):
+    events, _ = _traffic(300, seed=13, n_anomalies=0)
+    worker = start_worker(settings)
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events[:150])
+    wait_until(lambda: _drained(settings), message="first half committed")
+    first = _alerts(settings)
+    assert len(first) < 10
+
+    new_version = published.set_threshold(-1.0, bundle.version, "pytest", "flag everything")
+    wait_until(lambda: worker.worker.thresholds.snapshot.threshold.version == new_version,
+               message="worker sees the new threshold")
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events[150:])
+    wait_until(lambda: _drained(settings), message="second half committed")
+    worker.stop()
+    later = [a for a in _alerts(settings) if a["threshold_version"] == new_version]
+    assert {a["event_id"] for a in later} == {str(e["event_id"]) for e in events[150:]}
+    assert all(a["threshold"] == -1.0 for a in later)
+    history = published.threshold_history()
+    assert history[0]["version"] == new_version and history[0]["set_by"] == "pytest"
+    assert float(history[0]["old_value"]) == pytest.approx(bundle.threshold)
+
+
+def test_two_workers_split_a_four_partition_topic(settings, published, bundle, start_worker):
+    events, injected = _traffic(4000, seed=14, n_anomalies=20)
+    expected_scores = score_events(bundle, events).scores
+    expected = {str(e["event_id"]) for e, s in zip(events, expected_scores) if s > bundle.threshold}
+    one = start_worker(settings)
+    two = start_worker(settings)
+    wait_until(lambda: len(one.worker.source.assignment()) + len(two.worker.source.assignment()) == 4
+               and one.worker.source.assignment() and two.worker.source.assignment(),
+               message="both workers assigned")
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    wait_until(lambda: _drained(settings), message="all offsets committed")
+    one.stop()
+    two.stop()
+    assert one.worker.stats.events > 0 and two.worker.stats.events > 0
+    assert one.worker.stats.events + two.worker.stats.events >= len(events)
+    assert {a["event_id"] for a in _alerts(settings)} == expected
+    assert injected <= expected
+
+
+def test_worker_scores_match_offline_scores(settings, published: ControlPlane, bundle, start_worker):
+    events, _ = _traffic(500, seed=15, n_anomalies=5)
+    published.set_threshold(-1.0, bundle.version, "pytest", "flag everything to compare scores")
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    worker = start_worker(settings)
+    wait_until(lambda: _drained(settings), message="all offsets committed")
+    worker.stop()
+    offline = dict(zip((str(e["event_id"]) for e in events), score_events(bundle, events).scores.tolist()))
+    alerts = _alerts(settings)
+    assert len(alerts) == len(events)
+    worst = max(abs(a["score"] - offline[a["event_id"]]) / max(1e-9, abs(offline[a["event_id"]])) for a in alerts)
+    assert worst < 1e-5 and all(math.isfinite(a["score"]) for a in alerts)
+    assert np.isclose(sorted(offline.values())[-1], max(a["score"] for a in alerts), rtol=1e-5)
