@@ -1,0 +1,1 @@
+"""Benchmarks (never timed tests): ``python -m benchmarks throughput|quality [options]``."""
