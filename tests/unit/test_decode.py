@@ -1,0 +1,73 @@
+"""Decode step: every record lands in exactly one of events / rejected, with the right reason."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from stream_detector.pipeline.decode import decode_batch, validate_event
+from stream_detector.schema import Event, RejectReason
+
+CASES: list[tuple[bytes | None, RejectReason | None]] = [
+    (b'{"event_id": "a", "amount": 1.5, "country": "US"}', None),
+    (b'{"event_id": "b", "account_id": 17, "timestamp": "2026-01-02T03:04:05Z"}', None),
+    (b'{"event_id": "c", "timestamp": 1790000000000, "flag": true, "note": null}', None),
+    (b'{"event_id": "d", "schema_version": 1}', None),
+    (b"not json", RejectReason.INVALID_JSON),
+    (b"\xff\xfe{}", RejectReason.INVALID_JSON),
+    (None, RejectReason.INVALID_JSON),
+    (b"[1]", RejectReason.NOT_AN_OBJECT),
+    (b'"text"', RejectReason.NOT_AN_OBJECT),
+    (b'{"amount": 1}', RejectReason.MISSING_EVENT_ID),
+    (b'{"event_id": ""}', RejectReason.MISSING_EVENT_ID),
+    (b'{"event_id": 5}', RejectReason.WRONG_TYPE),
+    (b'{"event_id": "e", "nested": {"a": 1}}', RejectReason.WRONG_TYPE),
+    (b'{"event_id": "e", "list": [1, 2]}', RejectReason.WRONG_TYPE),
+    (b'{"event_id": "e", "account_id": 1.5}', RejectReason.WRONG_TYPE),
+    (b'{"event_id": "e", "amount": NaN}', RejectReason.NON_FINITE_NUMBER),
+    (b'{"event_id": "e", "amount": Infinity}', RejectReason.NON_FINITE_NUMBER),
+    (b'{"event_id": "e", "amount": 1e400}', RejectReason.NON_FINITE_NUMBER),
+    (b'{"event_id": "e", "schema_version": 2}', RejectReason.UNKNOWN_SCHEMA),
+    (b'{"event_id": "e", "timestamp": "soon"}', RejectReason.INVALID_TIMESTAMP),
+    (b'{"event_id": "e", "timestamp": true}', RejectReason.INVALID_TIMESTAMP),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), CASES)
+def test_each_record_gets_the_documented_verdict(raw, reason):
+    decoded = decode_batch([raw], max_bytes=10_000)
+    if reason is None:
+        assert decoded.indices == [0] and not decoded.rejected
+        assert decoded.events[0] == orjson.loads(raw)
+    else:
+        assert decoded.events == [] and len(decoded.rejected) == 1
+        assert decoded.rejected[0].reason == reason and decoded.rejected[0].message
+
+
+def test_oversize_is_rejected_before_parsing():
+    big = b'{"event_id": "x", "blob": "' + b"a" * 200 + b'"}'
+    decoded = decode_batch([big], max_bytes=100)
+    assert decoded.rejected[0].reason == RejectReason.OVERSIZE
+
+
+def test_a_batch_keeps_order_and_partitions_indices_exactly():
+    raws = [raw for raw, _ in CASES]
+    decoded = decode_batch(raws, max_bytes=10_000)
+    rejected = [r.index for r in decoded.rejected]
+    assert sorted(decoded.indices + rejected) == list(range(len(raws)))
+    assert decoded.indices == sorted(decoded.indices)
+    assert [str(e["event_id"]) for e in decoded.events] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize(("raw", "reason"), [c for c in CASES if c[0] is not None and c[1] not in {
+    RejectReason.INVALID_JSON, RejectReason.NON_FINITE_NUMBER, RejectReason.NOT_AN_OBJECT}])
+def test_fast_checks_agree_with_the_pydantic_contract(raw, reason):
+    obj = orjson.loads(raw)
+    fast_ok = validate_event(obj) is None
+    try:
+        Event.model_validate(obj)
+        model_ok = True
+    except (ValidationError, ValueError):
+        model_ok = False
+    assert fast_ok == model_ok == (reason is None)

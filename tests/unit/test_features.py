@@ -1,0 +1,76 @@
+"""FeatureSpec: fit rules, transform shape and robustness, serialisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_detector.features import OTHER, FeatureSpec, fit_spec
+
+
+def _events(n: int = 200) -> list[dict]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        out.append({
+            "event_id": f"e{i}", "account_id": f"a{i % 7}", "timestamp": 1_790_000_000_000 + i,
+            "amount": float(rng.lognormal(3, 1.5)), "age": int(rng.integers(18, 90)),
+            "country": ["US", "GB", "DE"][i % 3], "flag": bool(i % 2),
+            "tx_ref": f"ref-{i}", "maybe": None if i % 4 == 0 else float(i), "label": "x",
+        })
+    return out
+
+
+def test_fit_classifies_fields_and_skips_reserved_and_id_like():
+    spec = fit_spec(_events(), exclude=["label"])
+    assert [c.name for c in spec.numeric] == ["amount", "age", "flag", "maybe"]
+    assert [c.name for c in spec.categorical] == ["country"]
+    assert spec.categorical[0].categories == ("DE", "GB", "US")
+    assert "tx_ref" in spec.dropped
+    amount = spec.numeric[0]
+    assert amount.log, "heavy-tailed amounts get log scaling"
+    assert spec.numeric[3].missing_indicator and not spec.numeric[1].missing_indicator
+    assert not spec.time_of_day
+    assert spec.columns[-1] == f"country={OTHER}"
+    assert len(spec.columns) == len(spec.sources) == spec.width
+
+
+def test_transform_is_float32_centered_and_handles_unseen_and_missing():
+    events = _events()
+    spec = fit_spec(events, exclude=["label"])
+    x, bad = spec.transform(events)
+    assert x.dtype == np.float32 and x.shape == (len(events), spec.width) and not bad
+    assert abs(float(np.median(x[:, 0]))) < 0.1, "robust scaling centres the median"
+    odd = [{"event_id": "z", "country": "FR", "amount": None}, {"event_id": "y"}]
+    x2, bad2 = spec.transform(odd)
+    other = spec.columns.index(f"country={OTHER}")
+    assert not bad2 and x2[0, other] == 1.0 and x2[1, other] == 1.0
+    assert np.isfinite(x2).all()
+
+
+def test_wrong_type_rejects_only_that_row():
+    spec = fit_spec(_events(), exclude=["label"])
+    rows = [{"event_id": "ok", "amount": 5.0}, {"event_id": "bad", "amount": "lots"}, {"event_id": "ok2", "age": 30}]
+    x, bad = spec.transform(rows)
+    assert list(bad) == [1] and bad[1].startswith("wrong_type")
+    assert x.shape[0] == 3
+
+
+def test_huge_values_are_clipped_not_infinite():
+    spec = fit_spec(_events(), exclude=["label"])
+    x, bad = spec.transform([{"event_id": "h", "amount": 1e300, "age": -1e300}])
+    assert not bad and np.isfinite(x).all() and np.abs(x).max() <= spec.clip
+
+
+def test_spec_round_trips_through_json_with_a_stable_fingerprint():
+    spec = fit_spec(_events(), exclude=["label"], time_of_day=True)
+    again = FeatureSpec.from_json(spec.to_json())
+    assert again == spec and again.fingerprint == spec.fingerprint and again.time_of_day
+    x1, _ = spec.transform(_events(20))
+    x2, _ = again.transform(_events(20))
+    assert np.array_equal(x1, x2)
+
+
+def test_fit_refuses_empty_input():
+    with pytest.raises(ValueError):
+        fit_spec([])

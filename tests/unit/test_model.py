@@ -1,0 +1,66 @@
+"""Training, TorchScript export and reload, bundle integrity, calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_detector.errors import ModelError
+from stream_detector.model.autoencoder import Architecture
+from stream_detector.model.bundle import MODEL_FILE, Bundle, bundle_from_files, load_bundle, save_bundle
+from stream_detector.model.train import calibrate, default_epochs
+from stream_detector.offline import score_events
+from stream_detector.simulate import Simulator
+from tests.helpers import anomaly, small_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return small_bundle(rows=1500, epochs=10)
+
+
+def test_export_and_reload_give_identical_scores(bundle, tmp_path):
+    events, _ = Simulator(seed=5, accounts=100).batch(300, 0.05)
+    before = score_events(bundle, events).scores
+    reloaded = load_bundle(save_bundle(bundle, tmp_path / "m"))
+    after = score_events(reloaded, events).scores
+    assert reloaded.version == bundle.version and reloaded.sha256 == bundle.sha256
+    np.testing.assert_allclose(after, before, rtol=1e-6)
+
+
+def test_threshold_flags_about_the_target_rate_and_catches_obvious_anomalies(bundle):
+    normal, _ = Simulator(seed=9, accounts=300).batch(3000, 0.0)
+    scores = score_events(bundle, normal).scores
+    assert (scores > bundle.threshold).mean() < 0.02
+    weird = score_events(bundle, [anomaly("w")]).scores[0]
+    assert weird > 10 * bundle.threshold
+    assert bundle.calibration["method"] == "quantile"
+    assert set(bundle.metadata) >= {"version", "sha256", "created_at", "metrics", "files", "spec_fingerprint"}
+    assert bundle.metadata["metrics"]["train_rows"] > 0
+
+
+def test_tampered_bundle_is_refused(bundle, tmp_path):
+    files = dict(bundle.files)
+    files[MODEL_FILE] = files[MODEL_FILE][:-10] + b"0123456789"
+    with pytest.raises(ModelError, match="sha256"):
+        bundle_from_files(files)
+    del files[MODEL_FILE]
+    with pytest.raises(ModelError, match="missing"):
+        bundle_from_files(files)
+    with pytest.raises(ModelError):
+        load_bundle(tmp_path / "absent")
+
+
+def test_calibration_methods():
+    errors = np.arange(1, 1001, dtype=float)
+    assert calibrate(errors, "quantile", 0.01, 3) == pytest.approx(np.quantile(errors, 0.99))
+    assert calibrate(errors, "meanstd", 0.01, 2) == pytest.approx(errors.mean() + 2 * errors.std())
+    with pytest.raises(ValueError):
+        calibrate(errors, "other", 0.01, 2)
+
+
+def test_size_rules_follow_the_data():
+    small, wide = Architecture.for_width(8), Architecture.for_width(140)
+    assert small.hidden == (16,) and small.bottleneck == 2
+    assert wide.hidden == (256, 128) and wide.bottleneck == 32
+    assert default_epochs(100, 256) == 300 and default_epochs(1_000_000, 256) == 10

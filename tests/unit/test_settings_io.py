@@ -1,0 +1,110 @@
+"""Settings from the environment, file reading (CSV == JSON Lines), the simulator, threshold cache."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from stream_detector.errors import ConfigError, InputError, ThresholdUnavailable
+from stream_detector.events_io import read_events
+from stream_detector.pipeline.threshold import ThresholdCache, decide
+from stream_detector.settings import load_settings
+from stream_detector.simulate import PATTERNS, Simulator
+from stream_detector.store import Snapshot, Threshold
+
+
+def test_documented_defaults_and_env_overrides(monkeypatch):
+    s = load_settings()
+    assert (s.kafka_bootstrap, s.input_topic, s.alerts_topic, s.dlq_topic, s.group_id, s.redis_url,
+            s.redis_prefix) == ("localhost:9092", "transactions", "alerts", "transactions.dlq", "stream-detector",
+                                "redis://localhost:6379/0", "stream-detector")
+    monkeypatch.setenv("SD_INPUT_TOPIC", "tx2")
+    monkeypatch.setenv("SD_BATCH_SIZE", "64")
+    s = load_settings()
+    assert s.input_topic == "tx2" and s.batch_size == 64
+
+
+@pytest.mark.parametrize(("var", "value"), [("SD_BATCH_SIZE", "lots"), ("SD_KAFKA_BOOTSTRAP", "nohost"),
+                                            ("SD_REDIS_URL", "http://x"), ("SD_AUTO_OFFSET_RESET", "middle")])
+def test_invalid_settings_give_one_clear_error(monkeypatch, var, value):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=var):
+        load_settings()
+
+
+def test_csv_row_and_json_object_are_the_same_event(tmp_path):
+    rows = [{"event_id": "1", "account_id": "007", "amount": 12.5, "n": 3, "country": "US", "empty": None}]
+    (tmp_path / "a.csv").write_text("event_id,account_id,amount,n,country,empty,label\n1,007,12.5,3,US,,0\n")
+    with gzip.open(tmp_path / "a.jsonl.gz", "wb") as f:
+        f.write(orjson.dumps({**rows[0], "label": 0}) + b"\n")
+    from_csv = read_events(tmp_path / "a.csv", label_column="label")
+    from_json = read_events(tmp_path / "a.jsonl.gz", label_column="label")
+    assert from_csv.events == from_json.events == rows
+    assert from_csv.labels == from_json.labels == ["0"]
+
+
+def test_id_column_and_generated_ids(tmp_path):
+    (tmp_path / "b.csv").write_text("tx,amount\nT-9,1\n,2\n")
+    events = read_events(tmp_path / "b.csv", id_column="tx").events
+    assert events[0]["event_id"] == "T-9" and events[1]["event_id"] == "b-1" and "tx" not in events[0]
+    with pytest.raises(InputError):
+        read_events(tmp_path / "missing.csv")
+    (tmp_path / "c.jsonl").write_text("{oops\n")
+    with pytest.raises(InputError, match="c.jsonl:1"):
+        read_events(tmp_path / "c.jsonl")
+
+
+def test_simulator_is_seeded_and_injects_each_pattern():
+    a, la = Simulator(seed=3).batch(5000, 0.05)
+    b, lb = Simulator(seed=3).batch(5000, 0.05)
+    assert [e["amount"] for e in a] == [e["amount"] for e in b] and la == lb
+    frauds = [lab for lab in la if lab != "legit"]
+    assert 0.03 < len(frauds) / len(la) < 0.07 and set(frauds) == set(PATTERNS)
+    testing = [e for e, lab in zip(a, la) if lab == "card_testing"]
+    assert all(e["amount"] <= 3.0 and e["channel"] == "online" for e in testing)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_threshold_cache_refreshes_tolerates_outage_then_refuses():
+    clock, calls = _Clock(), []
+    state = {"fail": False, "value": 1.0}
+
+    def read() -> Snapshot:
+        calls.append(clock.t)
+        if state["fail"]:
+            raise redis.ConnectionError("down")
+        return Snapshot(Threshold(state["value"], 1, "m1"), "m1")
+
+    cache = ThresholdCache(read, refresh_s=1.0, max_staleness_s=10.0, clock=clock)
+    assert cache.current("m1").value == 1.0
+    clock.t = 0.5
+    state["value"] = 2.0
+    assert cache.current("m1").value == 1.0 and len(calls) == 1, "no Redis call before refresh_s"
+    clock.t = 1.0
+    assert cache.current("m1").value == 2.0
+    state["fail"] = True
+    clock.t = 9.0
+    assert cache.current("m1").value == 2.0, "stale but within bound"
+    clock.t = 11.5
+    with pytest.raises(ThresholdUnavailable):
+        cache.current("m1")
+    state["fail"] = False
+    clock.t = 13.0
+    assert cache.current("m1").value == 2.0, "recovers on its own once Redis answers"
+    with pytest.raises(ThresholdUnavailable, match="belongs to model"):
+        cache.current("m2")
+
+
+def test_decide_is_strictly_greater():
+    assert decide(np.array([0.5, 1.0, 1.5]), 1.0).tolist() == [False, False, True]
