@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from .settings import Settings
 
@@ -21,10 +22,15 @@ def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
 
 
 def committed_offsets(settings: Settings, group: str, topic: str) -> dict[TopicPartition, int]:
+    """Committed offsets of ``group`` on ``topic``; empty while the group coordinator is not ready yet."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     try:
         offsets = admin.list_group_offsets(group).get(group, {})
         return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+    except KafkaError as exc:
+        if getattr(exc, "retriable", False):
+            return {}
+        raise
     finally:
         admin.close()
 

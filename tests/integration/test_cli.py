@@ -1,0 +1,93 @@
+"""The CLI as users run it, as subprocesses against the real services."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from stream_detector.kafka_util import committed_offsets, end_offsets, lag, read_all
+from stream_detector.simulate import Simulator
+from tests.helpers import anomaly, wait_until
+
+pytestmark = pytest.mark.integration
+CLI = [sys.executable, "-m", "stream_detector.cli"]
+
+
+def run(args, env, timeout=300):
+    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
+    env = env_for(settings)
+    train_file = tmp_path / "history.csv"
+    done = run(["simulate", "--out", str(train_file), "--count", "2000", "--fraud-rate", "0.02",
+                "--accounts", "300", "--seed", "4"], env)
+    assert done.returncode == 0, done.stderr
+    trained = run(["train", "--input", str(train_file), "--out", str(tmp_path / "model"), "--label-column",
+                   "label", "--normal-label", "legit", "--exclude", "pattern", "--epochs", "15"], env)
+    assert trained.returncode == 0, trained.stderr
+    assert "epoch" in trained.stderr and "threshold" in trained.stderr, "training prints progress"
+    assert (tmp_path / "model" / "report" / "scores.png").stat().st_size > 1000
+    assert (tmp_path / "model" / "report" / "curves.png").stat().st_size > 1000
+    version = trained.stdout.strip()
+
+    published = run(["publish", str(tmp_path / "model")], env)
+    assert published.returncode == 0 and version in published.stdout, published.stderr
+    got = run(["threshold", "get"], env)
+    assert orjson.loads(got.stdout)["model_version"] == version
+
+    live, _ = Simulator(seed=8, accounts=300, run_id="live").batch(400, 0.0)
+    live += [anomaly("cli-bad-1"), anomaly("cli-bad-2")]
+    live_file = tmp_path / "live.jsonl"
+    live_file.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in live))
+    produced = run(["produce", "--input", str(live_file)], env)
+    assert produced.returncode == 0, produced.stderr
+
+    worker = subprocess.Popen(CLI + ["worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="worker drained")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert "worker stopped: 402 events" in err
+    assert committed_offsets(settings, settings.group_id, settings.input_topic) == end_offsets(
+        settings, settings.input_topic)
+
+    out = tmp_path / "scores.csv"
+    scored = run(["score", "--model", str(tmp_path / "model"), "--input", str(live_file), "--out", str(out)], env)
+    assert scored.returncode == 0, scored.stderr
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(live) and all(r["rejected"] == "" for r in rows)
+    offline_flagged = {r["event_id"] for r in rows if r["is_anomaly"] == "1"}
+    alerted = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
+    assert {"cli-bad-1", "cli-bad-2"} <= offline_flagged
+    assert alerted == offline_flagged, "the worker and `score` agree on every event"
+
+    changed = run(["threshold", "set", "123.5", "--note", "test"], env)
+    assert changed.returncode == 0 and "version" in changed.stdout
+    history = run(["threshold", "get", "--history", "1"], env)
+    lines = history.stdout.strip().splitlines()
+    assert orjson.loads(lines[0])["value"] == 123.5 and orjson.loads(lines[1])["note"] == "test"
+
+
+def test_errors_are_one_clear_line(settings, env_for, tmp_path):
+    env = env_for(settings)
+    bad_env = dict(env, SD_BATCH_SIZE="many")
+    result = run(["threshold", "get"], bad_env)
+    assert result.returncode == 2 and "SD_BATCH_SIZE" in result.stderr and "Traceback" not in result.stderr
+    missing = run(["train", "--input", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "m")], env)
+    assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+    no_model = run(["threshold", "get"], env)
+    assert no_model.returncode == 2 and "publish" in no_model.stderr
+    tampered = tmp_path / "t"
+    tampered.mkdir()
+    (tampered / "metadata.json").write_text("{}")
+    result = run(["publish", str(tampered)], env)
+    assert result.returncode == 2 and "missing" in result.stderr
