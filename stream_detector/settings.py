@@ -44,6 +44,21 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1, description="Partitions for topics this tool creates.")
     delivery_timeout_s: float = Field(30.0, gt=0, description="Deadline for alert/dead-letter acknowledgements.")
     producer_acks: Literal["all", "1", "0"] = Field("all", description="acks for alert and dead-letter producers.")
+    delivery: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: commit offsets after alerts are acknowledged; exactly_once: alerts, "
+        "dead letters and offsets in one Kafka transaction per batch (read alerts with read_committed).",
+    )
+    worker_id: str = Field(
+        default_factory=lambda: __import__("socket").gethostname(),
+        description="Stable id of this worker slot (pod name / ordinal); names its transactional id.",
+    )
+    transaction_timeout_s: float = Field(
+        30.0, gt=0, description="Broker-side timeout of an open transaction (a killed worker's is aborted then)."
+    )
+    assignment: Literal["cooperative", "eager"] = Field(
+        "cooperative", description="Rebalance protocol: cooperative-sticky (incremental) or eager range/round-robin."
+    )
     log_level: str = Field("INFO", description="Python log level.")
     log_json: bool = Field(False, description="Emit logs as JSON lines.")
 

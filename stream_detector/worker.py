@@ -28,7 +28,7 @@ import torch
 
 from .errors import DeliveryError, ModelError, StreamDetectorError, ThresholdUnavailable
 from .pipeline.decode import Rejected, decode_batch
-from .pipeline.publish import Publisher, build_alerts, build_dead_letters
+from .pipeline.publish import Publisher, build_alerts, build_dead_letters, make_publisher
 from .pipeline.score import Scorer, scores_of
 from .pipeline.source import Batch, KafkaSource
 from .pipeline.threshold import ThresholdCache, decide
@@ -61,7 +61,7 @@ class Worker:
         self.settings = settings
         self.control = control or ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
         self.source = source or KafkaSource(settings)
-        self.publisher = publisher or Publisher(settings)
+        self.publisher = publisher or make_publisher(settings)
         self.thresholds = ThresholdCache(self.control.snapshot, settings.threshold_refresh_s,
                                          settings.threshold_max_staleness_s)
         self.stats = WorkerStats()
@@ -110,8 +110,10 @@ class Worker:
     def run_once(self) -> int:
         """Handle one batch (or retry a held one); returns the number of events handled."""
         self._maybe_swap()
-        batch = self._held or self.source.poll_batch()  # 1 source
+        batch = self._retry_held() if self._held is not None else self.source.poll_batch()  # 1 source
         if not len(batch):
+            if self._held is not None:  # every held partition moved to another worker
+                self._release_hold()
             return 0
         try:
             self.handle(batch)
@@ -119,9 +121,7 @@ class Worker:
             self._hold(batch, exc)
             return 0
         if self._held is not None:
-            log.info("resuming after %d held attempt(s)", self.stats.held_batches)
-            self._held = None
-            self.source.resume_all()
+            self._release_hold()
         return len(batch)
 
     def handle(self, batch: Batch) -> None:
@@ -149,11 +149,12 @@ class Worker:
                               self.settings.top_features, self.settings.alerts_topic)
         dead = build_dead_letters(batch, rejected, self.settings.dlq_topic)
         try:
-            self.publisher.deliver(alerts + dead)  # 6 publish (waits for every ack)
+            self.publisher.publish(alerts + dead)  # 6 publish (every ack / inside the transaction)
+            self.publisher.commit(self.source, batch.next_offsets())  # 7 commit, only after 6 succeeded
         except DeliveryError:
             self.stats.delivery_failures += 1
+            self.publisher.reset()
             raise
-        self.source.commit(batch.next_offsets())  # 7 commit
         self._count(batch, len(events), len(alerts), rejected)
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -171,14 +172,25 @@ class Worker:
                 return self.thresholds.current(self._require_scorer().version)
             raise
 
+    def _retry_held(self) -> Batch:
+        """The held batch, less partitions revoked meanwhile (their new owner reprocesses them)."""
+        assert self._held is not None
+        owned = {tp.partition for tp in self.source.assignment() if tp.topic == self._held.topic}
+        return self._held.only(owned)
+
     def _hold(self, batch: Batch, exc: StreamDetectorError) -> None:
         if self._held is None:
             log.warning("holding batch of %d events and pausing partitions: %s", len(batch), exc)
             self.source.pause_all()
         self._held = batch
         self.stats.held_batches += 1
-        self.source.poll_batch()  # keeps group membership; paused partitions return nothing
-        self.stop_event.wait(min(1.0, self.settings.threshold_refresh_s))
+        # keep group membership without consuming; back off before the next attempt
+        self.source.poll_while_paused(int(min(1.0, self.settings.threshold_refresh_s) * 1000))
+
+    def _release_hold(self) -> None:
+        log.info("resuming after %d held attempt(s)", self.stats.held_batches)
+        self._held = None
+        self.source.resume_all()
 
     def _load(self, version: str) -> Scorer:
         scorer = Scorer(self.control.fetch_bundle(version), self.settings.device)

@@ -3,25 +3,35 @@
 ``kafka-python``'s ``flush()`` does not report failed records, so every send future is checked;
 any failure raises ``DeliveryError`` and the worker does not commit (the batch is redelivered).
 Alerts are built only for flagged rows (a few per thousand), so pydantic here costs nothing.
+Step 7 (commit) lives here too, because how offsets move depends on the delivery mode:
+``Publisher`` (at-least-once) commits through the consumer after every ack;
+``TransactionalPublisher`` (exactly-once) commits them inside the batch's transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import orjson
-from kafka import KafkaProducer
+from kafka import KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from ..errors import DeliveryError
 from ..schema import Alert, DeadLetterHeaders, FeatureContribution
 from ..settings import Settings
 from ..store import Threshold
 from .decode import Rejected
-from .source import Batch
+from .source import Batch, KafkaSource
+
+log = logging.getLogger("stream_detector.publish")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,32 +128,159 @@ def build_dead_letters(batch: Batch, rejected: Sequence[Rejected], topic: str) -
 
 
 class Publisher:
-    """Sends and confirms. ``deliver`` returns only when every message is acknowledged."""
+    """At-least-once delivery: send, wait for every acknowledgement, then commit offsets.
+
+    ``publish`` (step 6) returns only when every message is acknowledged; ``commit`` (step 7)
+    moves the consumer's offsets. A commit refused because the partitions moved to another
+    worker (rebalance) is logged and dropped: the new owner reprocesses the batch.
+    """
+
+    transactional = False
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         self.settings = settings
         self.overrides = overrides
         self.producer: KafkaProducer | None = None
 
-    def start(self) -> None:
-        self.producer = KafkaProducer(**producer_config(self.settings, **self.overrides))
+    def _config(self) -> dict[str, Any]:
+        return producer_config(self.settings, max_block_ms=int(self.settings.delivery_timeout_s * 1000),
+                               **self.overrides)
 
-    def deliver(self, messages: Sequence[OutMessage]) -> None:
-        if not messages:
-            return
+    def start(self) -> None:
+        self.producer = KafkaProducer(**self._config())
+
+    def _p(self) -> KafkaProducer:
         if self.producer is None:
             raise RuntimeError("publisher not started")
+        return self.producer
+
+    def _send_all(self, messages: Sequence[OutMessage]) -> list[Any]:
+        producer = self._p()
         try:
-            futures = [self.producer.send(m.topic, value=m.value, key=m.key, headers=m.headers) for m in messages]
-            self.producer.flush(timeout=self.settings.delivery_timeout_s)
+            futures = [producer.send(m.topic, value=m.value, key=m.key, headers=m.headers) for m in messages]
+            producer.flush(timeout=self.settings.delivery_timeout_s)
         except Exception as exc:  # kafka-python raises a zoo of types here; all mean "not delivered"
             raise DeliveryError(f"send failed: {exc!r}") from exc
         failed = [f for f in futures if not f.is_done or f.failed()]
         if failed:
             first = failed[0].exception if failed[0].is_done else "timed out"
             raise DeliveryError(f"{len(failed)} of {len(futures)} records not acknowledged: {first!r}")
+        return futures
+
+    def publish(self, messages: Sequence[OutMessage]) -> None:
+        if messages:
+            self._send_all(messages)
+
+    def commit(self, source: KafkaSource, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            source.commit(offsets)
+        except CommitFailedError as exc:
+            log.warning("offsets of a batch were not committed (partitions moved to another worker; "
+                        "they will be reprocessed there): %s", exc)
+        except KafkaError as exc:
+            raise DeliveryError(f"offset commit failed: {exc!r}") from exc
+
+    def reset(self) -> None:
+        """Drop the producer after a failure and start a fresh one."""
+        if self.producer is not None:
+            try:
+                self.producer.close(timeout=0)
+            except Exception:  # noqa: BLE001 - a broken producer may fail to close; we replace it anyway
+                pass
+            self.producer = None
+        self.start()
 
     def close(self) -> None:
         if self.producer is not None:
             self.producer.close(timeout=self.settings.delivery_timeout_s)
             self.producer = None
+
+
+class TransactionalPublisher(Publisher):
+    """Exactly-once: alerts, dead letters and the batch's offsets in one Kafka transaction.
+
+    The transactional id is stable per worker slot (``{group_id}-{worker_id}``), so a restarted
+    worker fences its predecessor and aborts its open transaction at once instead of stalling
+    ``read_committed`` readers until the transaction timeout. kafka-python's transaction calls
+    wait without a timeout; each runs under a watchdog, and after a timeout or a fatal error the
+    producer is replaced (``reset``), which fences and aborts whatever the old one left open.
+    Offsets are sent with the consumer's group metadata (KIP-447), so a zombie that lost its
+    partitions in a rebalance cannot commit.
+    """
+
+    transactional = True
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        super().__init__(settings, **overrides)
+        self._watchdog = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txn-watchdog")
+        self._open = False
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.settings.group_id}-{self.settings.worker_id}"
+
+    def _config(self) -> dict[str, Any]:
+        config = super()._config()
+        config.update(transactional_id=self.transactional_id, enable_idempotence=True, acks="all",
+                      transaction_timeout_ms=int(self.settings.transaction_timeout_s * 1000))
+        return config
+
+    def start(self) -> None:
+        super().start()
+        self._open = False
+        self._guard(self._p().init_transactions, "init_transactions")
+
+    def _guard(self, call: Callable[[], Any], what: str) -> Any:
+        future = self._watchdog.submit(call)
+        try:
+            return future.result(timeout=self.settings.delivery_timeout_s)
+        except FutureTimeout:
+            # the stuck call keeps its thread; a new executor serves the next producer
+            self._watchdog = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txn-watchdog")
+            raise DeliveryError(f"{what} did not finish within {self.settings.delivery_timeout_s}s") from None
+        except KafkaError as exc:
+            raise DeliveryError(f"{what} failed: {exc!r}") from exc
+
+    def publish(self, messages: Sequence[OutMessage]) -> None:
+        self._p().begin_transaction()
+        self._open = True
+        if messages:
+            try:
+                self._send_all(messages)
+            except DeliveryError:
+                self._abort()
+                raise
+
+    def commit(self, source: KafkaSource, offsets: dict[TopicPartition, int]) -> None:
+        producer = self._p()
+        committed = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        try:
+            self._guard(lambda: producer.send_offsets_to_transaction(committed, source.group_metadata()),
+                        "send_offsets_to_transaction")
+            self._guard(producer.commit_transaction, "commit_transaction")
+            self._open = False
+        except DeliveryError:
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            self._guard(self._p().abort_transaction, "abort_transaction")
+        except DeliveryError as exc:
+            log.warning("abort failed (%s); the producer will be replaced", exc)
+
+    def reset(self) -> None:
+        self._open = False
+        super().reset()
+
+    def close(self) -> None:
+        self._abort()
+        super().close()
+        self._watchdog.shutdown(wait=False, cancel_futures=True)
+
+
+def make_publisher(settings: Settings) -> Publisher:
+    return TransactionalPublisher(settings) if settings.delivery == "exactly_once" else Publisher(settings)

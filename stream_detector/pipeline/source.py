@@ -30,6 +30,13 @@ class Batch:
     def __len__(self) -> int:
         return len(self.values)
 
+    def only(self, partitions: set[int]) -> Batch:
+        """The records of this batch on ``partitions`` (a held batch after a rebalance)."""
+        keep = [i for i, p in enumerate(self.partitions) if p in partitions]
+        return Batch(self.topic, [self.partitions[i] for i in keep], [self.offsets[i] for i in keep],
+                     [self.keys[i] for i in keep], [self.values[i] for i in keep],
+                     [self.timestamps[i] for i in keep], [self.headers[i] for i in keep], self.polled_at)
+
     def next_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset after the last record of this batch (what to commit)."""
         out: dict[TopicPartition, int] = {}
@@ -55,9 +62,21 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         heartbeat_interval_ms=2_000,
         max_poll_interval_ms=300_000,
         client_id=f"stream-detector-{settings.group_id}",
+        partition_assignment_strategy=_assignors(settings),
+        isolation_level="read_committed",
     )
     config.update(overrides)
     return config
+
+
+def _assignors(settings: Settings) -> tuple[type, ...]:
+    from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+    from kafka.coordinator.assignors.range import RangePartitionAssignor
+    from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+
+    if settings.assignment == "cooperative":
+        return (CooperativeStickyAssignor,)
+    return (RangePartitionAssignor, RoundRobinPartitionAssignor)
 
 
 class KafkaSource:
@@ -111,6 +130,22 @@ class KafkaSource:
         from kafka.structs import OffsetAndMetadata
 
         self._c().commit(offsets={tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+
+    def group_metadata(self) -> Any:
+        """Group generation and member id, for KIP-447 fencing in transactional commits."""
+        return self._c().group_metadata()
+
+    def poll_while_paused(self, timeout_ms: int) -> None:
+        """Keep group membership while holding a batch: poll, and rewind anything that arrives.
+
+        Partitions assigned during the pause (a rebalance) are not paused yet, so their records
+        may come back here: seek to their first offset and pause them too, so nothing is skipped.
+        """
+        consumer = self._c()
+        for tp, records in consumer.poll(timeout_ms=timeout_ms).items():
+            if records:
+                consumer.seek(tp, records[0].offset)
+        self.pause_all()
 
     def pause_all(self) -> None:
         consumer = self._c()
