@@ -36,6 +36,7 @@ class RejectReason(StrEnum):
     OVERSIZE = "oversize"
     UNKNOWN_SCHEMA = "unknown_schema"
     INVALID_TIMESTAMP = "invalid_timestamp"
+    DUPLICATE_KEY = "duplicate_key"
 
 
 class Event(BaseModel):

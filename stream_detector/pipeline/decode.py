@@ -53,6 +53,8 @@ def decode_batch(values: Sequence[bytes | None], max_bytes: int) -> Decoded:
             rejected.append(_classify_parse_error(i, raw, exc))
             continue
         problem = validate_event(obj)
+        if problem is None and _may_repeat_keys(raw, obj):
+            problem = _duplicate_key(raw)
         if problem is None:
             events.append(obj)
             indices.append(i)
@@ -92,6 +94,31 @@ def validate_event(obj: object) -> tuple[RejectReason, str] | None:
             parse_timestamp_ms(ts)
         except (ValueError, TypeError, OverflowError) as exc:
             return RejectReason.INVALID_TIMESTAMP, f"timestamp {str(ts)[:64]!r}: {exc}"
+    return None
+
+
+def _may_repeat_keys(raw: bytes, obj: dict[str, Any]) -> bool:
+    """Cheap pre-check (two C-level scans): more key-like ``":`` than keys means a repeated key
+    (JSON parsers keep the last one silently, so ``amount`` could be read two ways) — or merely a
+    string value containing ``":``, which the exact check below tells apart."""
+    return raw.count(b'":') + raw.count(b'" :') > len(obj)
+
+
+def _duplicate_key(raw: bytes) -> tuple[RejectReason, str] | None:
+    seen: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [k for k, _ in items]
+        if len(set(names)) != len(names):
+            seen.extend(sorted({k for k in names if names.count(k) > 1}))
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None
+    if seen:
+        return RejectReason.DUPLICATE_KEY, f"repeated key(s): {', '.join(repr(k) for k in seen[:5])}"
     return None
 
 

@@ -31,6 +31,9 @@ CASES: list[tuple[bytes | None, RejectReason | None]] = [
     (b'{"event_id": "e", "schema_version": 2}', RejectReason.UNKNOWN_SCHEMA),
     (b'{"event_id": "e", "timestamp": "soon"}', RejectReason.INVALID_TIMESTAMP),
     (b'{"event_id": "e", "timestamp": true}', RejectReason.INVALID_TIMESTAMP),
+    (b'{"event_id": "e", "amount": 1, "amount": 9000}', RejectReason.DUPLICATE_KEY),
+    (b'{"event_id": "e", "amount" : 1, "amount" : 9000}', RejectReason.DUPLICATE_KEY),
+    (b'{"event_id": "f", "note": "a\\":b", "x": 1}', None),
 ]
 
 
@@ -57,11 +60,12 @@ def test_a_batch_keeps_order_and_partitions_indices_exactly():
     rejected = [r.index for r in decoded.rejected]
     assert sorted(decoded.indices + rejected) == list(range(len(raws)))
     assert decoded.indices == sorted(decoded.indices)
-    assert [str(e["event_id"]) for e in decoded.events] == ["a", "b", "c", "d"]
+    assert [str(e["event_id"]) for e in decoded.events] == ["a", "b", "c", "d", "f"]
 
 
 @pytest.mark.parametrize(("raw", "reason"), [c for c in CASES if c[0] is not None and c[1] not in {
-    RejectReason.INVALID_JSON, RejectReason.NON_FINITE_NUMBER, RejectReason.NOT_AN_OBJECT}])
+    RejectReason.INVALID_JSON, RejectReason.NON_FINITE_NUMBER, RejectReason.NOT_AN_OBJECT,
+    RejectReason.DUPLICATE_KEY}])
 def test_fast_checks_agree_with_the_pydantic_contract(raw, reason):
     obj = orjson.loads(raw)
     fast_ok = validate_event(obj) is None
