@@ -2,7 +2,7 @@
 # Local services for stream-detector: a real Apache Kafka 4.x broker (KRaft, single node, jars
 # from Maven Central through deploy/kafka/pom.xml) and a real Redis (Debian's redis-server).
 #
-#   deploy/services.sh up|down|status
+#   deploy/services.sh up|down|status   (stop-kafka / stop-redis: one service, for chaos tests)
 #
 # Environment (all optional):
 #   SD_KAFKA_PORT            broker port (9092)            SD_KAFKA_CONTROLLER_PORT (SD_KAFKA_PORT+1)
@@ -134,8 +134,10 @@ stop_pid() {  # pidfile name
 case "${1:-}" in
   up) redis_up; kafka_up ;;
   down) stop_pid "$KDIR/pid" "kafka :$KAFKA_PORT"; stop_pid "$RDIR/pid" "redis :$REDIS_PORT" ;;
+  stop-kafka) stop_pid "$KDIR/pid" "kafka :$KAFKA_PORT" ;;   # for chaos tests; `up` brings it back
+  stop-redis) stop_pid "$RDIR/pid" "redis :$REDIS_PORT" ;;
   status)
     alive "$KDIR/pid" && echo "kafka: running on 127.0.0.1:$KAFKA_PORT (pid $(cat "$KDIR/pid"))" || echo "kafka: stopped"
     alive "$RDIR/pid" && echo "redis: running on 127.0.0.1:$REDIS_PORT (pid $(cat "$RDIR/pid"))" || echo "redis: stopped" ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|stop-kafka|stop-redis" >&2; exit 2 ;;
 esac

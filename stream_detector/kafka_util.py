@@ -50,11 +50,16 @@ def wait_for_zero_lag(settings: Settings, group: str, topic: str, timeout_s: flo
     return False
 
 
-def read_all(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[Any]:
-    """Every record currently in ``topic`` (from the beginning up to the end offsets at call time)."""
+def read_all(settings: Settings, topic: str, timeout_s: float = 30.0,
+             isolation_level: str = "read_uncommitted") -> list[Any]:
+    """Every record currently in ``topic`` (from the beginning up to the end offsets at call time).
+
+    With ``isolation_level="read_committed"`` records of aborted transactions are skipped, as an
+    alert consumer of an exactly-once deployment would see them.
+    """
     ends = end_offsets(settings, topic)
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                             auto_offset_reset="earliest")
+                             auto_offset_reset="earliest", isolation_level=isolation_level)
     try:
         tps = list(ends)
         consumer.assign(tps)

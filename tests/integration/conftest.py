@@ -1,128 +1,23 @@
-"""Real services for integration tests: one Kafka broker and one Redis per test session,
-started by the project's own ``deploy/services.sh`` on free ports (never the dev stack's), and
-a fresh set of topics, group and Redis prefix per test."""
+"""Integration tests: one real Kafka broker and one real Redis per test session, started by the
+project's own ``deploy/services.sh`` on free ports (never the dev stack's). Shared fixtures live in
+``tests/fixtures.py``."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import threading
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from stream_detector.model.bundle import Bundle
-from stream_detector.settings import Settings
-from stream_detector.store import ControlPlane
-from stream_detector.topics import ensure_topics
-from stream_detector.worker import Worker
-from tests.helpers import ROOT, small_bundle
-
-pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Services:
-    kafka: str
-    redis: str
-    env: dict[str, str]
+from tests.services import Services, start_services
 
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    state = tmp_path_factory.mktemp("services")
-    env = dict(os.environ, SD_KAFKA_PORT=str(_free_port()), SD_KAFKA_CONTROLLER_PORT=str(_free_port()),
-               SD_REDIS_PORT=str(_free_port()), SD_SERVICES_DIR=str(state))
-    script = str(ROOT / "deploy" / "services.sh")
-    up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=600)
-    if up.returncode != 0:
-        pytest.fail(f"could not start Kafka/Redis:\n{up.stderr[-4000:]}")
     try:
-        yield Services(f"127.0.0.1:{env['SD_KAFKA_PORT']}", f"redis://127.0.0.1:{env['SD_REDIS_PORT']}/0", env)
+        running = start_services(tmp_path_factory.mktemp("services"))
+    except RuntimeError as exc:
+        pytest.fail(f"could not start Kafka/Redis: {exc}")
+    try:
+        yield running
     finally:
-        subprocess.run([script, "down"], env=env, capture_output=True, timeout=120)
-
-
-@pytest.fixture(scope="session")
-def bundle() -> Bundle:
-    return small_bundle()
-
-
-@pytest.fixture
-def settings(services: Services) -> Settings:
-    """Fresh topics, group and Redis prefix for this test."""
-    tag = uuid.uuid4().hex[:10]
-    return Settings(kafka_bootstrap=services.kafka, redis_url=services.redis, redis_prefix=f"test-{tag}",
-                    input_topic=f"tx-{tag}", alerts_topic=f"alerts-{tag}", dlq_topic=f"dlq-{tag}",
-                    group_id=f"group-{tag}", batch_max_wait_ms=20, threshold_refresh_s=0.2,
-                    topic_partitions=4)
-
-
-@pytest.fixture
-def published(settings: Settings, bundle: Bundle) -> ControlPlane:
-    control = ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
-    control.publish(bundle, set_by="pytest")
-    ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
-    return control
-
-
-@pytest.fixture
-def env_for(services: Services) -> Callable[[Settings], dict[str, str]]:
-    """Environment for running the CLI as a subprocess against ``settings``."""
-    def make(s: Settings) -> dict[str, str]:
-        env = dict(os.environ)
-        for name, value in s.model_dump().items():
-            env[f"SD_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-        return env
-    return make
-
-
-class RunningWorker:
-    def __init__(self, settings: Settings) -> None:
-        self.worker = Worker(settings)
-        self.worker.start()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as exc:  # surfaced by stop()
-            self.error = exc
-
-    def stop(self) -> None:
-        self.worker.stop()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive(), "worker did not stop"
-        if self.error is not None:
-            raise self.error
-
-
-@pytest.fixture
-def start_worker() -> Iterator[Callable[[Settings], RunningWorker]]:
-    running: list[RunningWorker] = []
-
-    def start(s: Settings) -> RunningWorker:
-        w = RunningWorker(s)
-        running.append(w)
-        return w
-    yield start
-    for w in running:
-        if w.thread.is_alive():
-            w.stop()
-
-
-@pytest.fixture
-def tmp_dir(tmp_path: Path) -> Path:
-    return tmp_path
+        running.run("down")
