@@ -1,0 +1,253 @@
+"""I/O side of the throughput benchmark: services, loaders, worker processes, a consume-only client.
+
+Every process that measures something is a separate OS process (``spawn``), as in production:
+the worker never shares a GIL with the producer that feeds it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream_detector.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The load producer (pre-produced events, paced latency load). Set explicitly: kafka-python 3.x
+# defaults to acks=all + idempotence; a loader only needs the leader's ack.
+LOADER_CONFIG: dict[str, Any] = {"acks": 1, "enable_idempotence": False, "linger_ms": 10,
+                                 "batch_size": 1024 * 1024, "compression_type": None,
+                                 "max_in_flight_requests_per_connection": 5, "max_request_size": 16 * 1024 * 1024}
+PACED_CONFIG: dict[str, Any] = {**LOADER_CONFIG, "linger_ms": 1, "batch_size": 256 * 1024}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Services:
+    kafka: str
+    redis: str
+
+
+@contextmanager
+def services(log: Any = print) -> Iterator[Services]:
+    """Kafka + Redis from ``deploy/services.sh`` on free ports and a temporary state folder."""
+    with tempfile.TemporaryDirectory(prefix="sd-bench-") as state:
+        env = dict(os.environ, SD_KAFKA_PORT=str(free_port()), SD_KAFKA_CONTROLLER_PORT=str(free_port()),
+                   SD_REDIS_PORT=str(free_port()), SD_SERVICES_DIR=state)
+        script = str(ROOT / "deploy" / "services.sh")
+        started = time.monotonic()
+        up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=600, check=False)
+        if up.returncode != 0:
+            subprocess.run([script, "down"], env=env, capture_output=True, timeout=120, check=False)
+            raise RuntimeError(f"could not start Kafka/Redis:\n{up.stderr[-3000:]}")
+        log(f"services up in {time.monotonic() - started:.0f}s (kafka :{env['SD_KAFKA_PORT']})")
+        try:
+            yield Services(f"127.0.0.1:{env['SD_KAFKA_PORT']}", f"redis://127.0.0.1:{env['SD_REDIS_PORT']}/0")
+        finally:
+            subprocess.run([script, "down"], env=env, capture_output=True, timeout=120, check=False)
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None]) -> float:
+    """Send all records as fast as the client goes, confirm every one; returns records/s."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=[bootstrap], client_id="bench-loader", **LOADER_CONFIG)
+    started = time.perf_counter()
+    futures = [producer.send(topic, value=v, key=k) for v, k in zip(values, keys, strict=True)]
+    producer.flush(timeout=300)
+    elapsed = time.perf_counter() - started
+    failed = sum(1 for f in futures if not f.is_done or f.failed())
+    producer.close()
+    if failed:
+        raise RuntimeError(f"{failed} loader records not acknowledged")
+    return len(values) / elapsed
+
+
+def paced_producer(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None], rate: float,
+                   seconds: float, result: Any) -> None:
+    """Child process: send ``rate`` records/s for ``seconds`` (0 rate = unpaced), in 2 ms slices.
+
+    The record timestamp (CreateTime) is taken at ``send()``, so event→alert latency includes the
+    producer's own batching. Puts (sent, achieved rate) on ``result``.
+    """
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=[bootstrap], client_id="bench-paced", **PACED_CONFIG)
+    n = len(values)
+    sent = 0
+    started = time.perf_counter()
+    end = started + seconds
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        due = int((now - started) * rate) if rate > 0 else sent + 500
+        while sent < due:
+            i = sent % n
+            producer.send(topic, value=values[i], key=keys[i])
+            sent += 1
+        if rate > 0:
+            time.sleep(0.002)
+    producer.flush(timeout=120)
+    elapsed = time.perf_counter() - started
+    producer.close()
+    result.put((sent, sent / elapsed))
+
+
+# ---- the worker under test, in its own process ---------------------------------------------
+
+STAGES = ("source", "decode", "features", "score", "publish", "commit")
+
+
+@dataclass
+class WorkerReport:
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (wall time after batch, cumulative events)
+    stage_s: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
+    events: int = 0
+    alerts: int = 0
+    rss_start_mb: float = 0.0
+    rss_max_mb: float = 0.0
+    error: str = ""
+
+
+def _instrument(worker: Any, stage_s: dict[str, float]) -> None:
+    """Wrap each step to accumulate its wall time (one perf_counter pair per batch per step)."""
+    import stream_detector.worker as wmod
+    from stream_detector.features import FeatureSpec
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                stage_s[name] = stage_s.get(name, 0.0) + time.perf_counter() - t
+        return wrapper
+
+    worker.source.poll_batch = timed("source", worker.source.poll_batch)
+    worker.publisher.publish = timed("publish", worker.publisher.publish)
+    worker.publisher.commit = timed("commit", worker.publisher.commit)
+    wmod.decode_batch = timed("decode", wmod.decode_batch)  # type: ignore[attr-defined]
+    FeatureSpec.transform = timed("features", FeatureSpec.transform)  # type: ignore[method-assign]
+    scorer_cls = type(worker.scorer)
+    scorer_cls.errors = timed("score", scorer_cls.errors)
+
+
+def worker_process(settings_json: bytes, target: Any, ready: Any, go: Any, done: Any, result: Any,
+                   idle_stop_s: float, deadline_s: float) -> None:
+    """Child process: start a Worker, say ready once it owns partitions, loop until the shared
+    ``target`` event count is reached (or idle / deadline), then report."""
+    import psutil
+
+    from stream_detector.worker import Worker
+
+    me = psutil.Process()
+    report = WorkerReport()
+    try:
+        worker = Worker(Settings(**orjson.loads(settings_json)))
+        worker.start()
+        _instrument(worker, report.stage_s)
+        report.rss_start_mb = me.memory_info().rss / 2**20
+        report.rss_max_mb = report.rss_start_mb
+        idle_since = time.monotonic()
+        stop_at = time.monotonic() + deadline_s
+        announced = False
+        while not done.is_set() and time.monotonic() < stop_at:
+            n = worker.run_once()
+            now = time.monotonic()
+            if not announced and worker.source.assignment():
+                ready.release()
+                announced = True
+            if n:
+                idle_since = now
+                report.timeline.append((time.time(), worker.stats.events))
+                with target.get_lock():
+                    target.value -= n
+                    if target.value <= 0:
+                        done.set()
+                if worker.stats.batches % 20 == 0:
+                    report.rss_max_mb = max(report.rss_max_mb, me.memory_info().rss / 2**20)
+            elif go.is_set() and now - idle_since > idle_stop_s:
+                break
+        report.rss_max_mb = max(report.rss_max_mb, me.memory_info().rss / 2**20)
+        report.batches, report.events, report.alerts = worker.stats.batches, worker.stats.events, worker.stats.alerts
+        worker.close()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        report.error = repr(exc)
+        if not report.timeline:
+            ready.release()
+    result.put(report)
+
+
+class WorkerPool:
+    """``k`` worker processes in one consumer group; ``target`` events in total end the run."""
+
+    def __init__(self, settings: Settings, k: int, target: int, idle_stop_s: float = 3.0,
+                 deadline_s: float = 300.0) -> None:
+        ctx = mp.get_context("spawn")
+        self.target = ctx.Value("q", target)
+        self.ready = ctx.Semaphore(0)
+        self.go, self.done = ctx.Event(), ctx.Event()
+        self.results: Any = ctx.Queue()
+        blob = orjson.dumps(settings.model_dump())
+        self.procs = [ctx.Process(target=worker_process, daemon=True,
+                                  args=(blob, self.target, self.ready, self.go, self.done, self.results,
+                                        idle_stop_s, deadline_s)) for _ in range(k)]
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        for p in self.procs:
+            p.start()
+        deadline = time.monotonic() + timeout_s
+        for _ in self.procs:
+            if not self.ready.acquire(timeout=max(0.1, deadline - time.monotonic())):
+                raise RuntimeError("worker processes did not get partitions in time")
+
+    def finish(self, timeout_s: float = 600.0) -> list[WorkerReport]:
+        self.go.set()
+        reports = [self.results.get(timeout=timeout_s) for _ in self.procs]
+        for p in self.procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+        errors = [r.error for r in reports if r.error]
+        if errors:
+            raise RuntimeError(f"worker failed: {errors[0]}")
+        return reports
+
+
+def consume_only(bootstrap: str, topic: str, group: str, total: int, overrides: dict[str, Any]) -> float:
+    """The client's ceiling: plain KafkaConsumer poll loop, values only touched, no processing."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=[bootstrap], group_id=group, enable_auto_commit=False,
+                             auto_offset_reset="earliest", **overrides)
+    seen = 0
+    first = 0.0
+    size = 0
+    deadline = time.monotonic() + 300
+    while seen < total and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            if not first:
+                first = time.perf_counter()
+            seen += len(records)
+            size += sum(len(r.value) for r in records)
+    elapsed = time.perf_counter() - first
+    consumer.close(autocommit=False)
+    return seen / elapsed if elapsed > 0 else float("nan")

@@ -1,0 +1,388 @@
+"""Throughput and latency of the worker against a real local Kafka broker (``make bench``).
+
+    python -m benchmarks throughput [--quick] [--events N] [--seed S] [--kafka HOST:PORT --redis URL]
+
+Starts its own Kafka + Redis (``deploy/services.sh``, free ports, temporary state) unless
+``--kafka/--redis`` name running ones, trains a seeded model on padded events (~30 fields,
+~700 bytes), and measures in one run:
+
+* end to end: events/s one worker process sustains draining N pre-produced events
+  (consume → decode → features → score → decide → publish → commit), with per-step wall time;
+* scaling: 1, 2 and 4 worker processes on a 4-partition topic;
+* event→alert latency p50/p95/p99 at fixed offered loads (paced producer process) and unpaced;
+* stage costs in-process: decode, features, scoring rows/s vs batch size (CPU);
+* baselines: the per-event loop (json.loads, features and one model call per event) and a
+  plain kafka-python consume-only loop (the client's ceiling);
+* memory: the worker's RSS under load.
+
+Prints the tables and rewrites the ``throughput`` section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import torch
+
+from stream_detector.kafka_util import read_all, wait_for_zero_lag
+from stream_detector.model.bundle import Bundle, build_bundle
+from stream_detector.model.train import TrainConfig, train
+from stream_detector.pipeline.decode import decode_batch
+from stream_detector.pipeline.publish import producer_config
+from stream_detector.pipeline.score import Scorer, scores_of
+from stream_detector.pipeline.source import consumer_config
+from stream_detector.settings import Settings
+from stream_detector.store import ControlPlane
+from stream_detector.topics import ensure_topics
+
+from . import harness
+from .results import write_section
+from .workload import encode, make_events, percentiles, ratio, table, window_rate
+
+BATCH_SIZES = (1, 8, 64, 512, 2048, 8192)
+
+
+@dataclass(frozen=True)
+class Plan:
+    events: int  # pre-produced events for the drain runs
+    latency_s: float  # seconds of offered load per latency run
+    rates: tuple[int, ...]  # offered loads (events/s); plus one unpaced run
+    workers: tuple[int, ...]
+    per_event: int  # events through the per-event baseline
+    sweep_reps: int
+
+
+FULL = Plan(events=600_000, latency_s=15.0, rates=(5_000, 20_000), workers=(1, 2, 4), per_event=4_000, sweep_reps=5)
+QUICK = Plan(events=120_000, latency_s=5.0, rates=(5_000, 20_000), workers=(1, 2, 4), per_event=1_500, sweep_reps=2)
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---- setup ---------------------------------------------------------------------------------
+
+def base_settings(kafka: str, redis: str, tag: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"kafka_bootstrap": kafka, "redis_url": redis, "redis_prefix": f"bench-{tag}",
+                                  "input_topic": f"bench-in-{tag}", "alerts_topic": f"bench-alerts-{tag}",
+                                  "dlq_topic": f"bench-dlq-{tag}", "group_id": f"bench-{tag}", "topic_partitions": 4,
+                                  "torch_threads": 1, "worker_id": f"bench-{tag}", "log_level": "WARNING"}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def trained_bundle(seed: int) -> Bundle:
+    history, _ = make_events(20_000, seed + 100, fraud_rate=0.0, run_id="train", span_ms=86_400_000)
+    return build_bundle(train(history, TrainConfig(epochs=10, seed=seed, target_fpr=0.002)))
+
+
+def keys_of(events: list[dict[str, Any]]) -> list[bytes | None]:
+    return [str(e["account_id"]).encode() for e in events]
+
+
+# ---- measurements --------------------------------------------------------------------------
+
+def drain(settings: Settings, k: int, total: int) -> dict[str, Any]:
+    """``k`` worker processes drain ``total`` pre-produced events; rate over the all-busy window."""
+    pool = harness.WorkerPool(settings, k, total)
+    started = time.perf_counter()
+    pool.start()
+    reports = pool.finish()
+    wall = time.perf_counter() - started
+    drained = wait_for_zero_lag(settings, settings.group_id, settings.input_topic, timeout_s=30)
+    events = sum(r.events for r in reports)
+    stage_s: dict[str, float] = {}
+    for r in reports:
+        for name, s in r.stage_s.items():
+            stage_s[name] = stage_s.get(name, 0.0) + s
+    return {"workers": k, "rate": window_rate([r.timeline for r in reports]), "events": events,
+                "batches": sum(r.batches for r in reports), "alerts": sum(r.alerts for r in reports),
+                "stage_s": stage_s, "rss_start": max(r.rss_start_mb for r in reports),
+                "rss_max": max(r.rss_max_mb for r in reports), "drained": drained, "wall": wall}
+
+
+def latency(settings: Settings, values: list[bytes], keys: list[bytes | None], rate: float,
+            seconds: float) -> dict[str, Any]:
+    """One worker process, a paced producer process at ``rate`` (0 = unpaced); alert latencies."""
+    ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
+    pool = harness.WorkerPool(settings, 1, 1 << 60, idle_stop_s=1e9, deadline_s=seconds + 240)
+    pool.start()
+    ctx = mp.get_context("spawn")
+    result: Any = ctx.Queue()
+    prod = ctx.Process(target=harness.paced_producer, daemon=True,
+                       args=(settings.kafka_bootstrap, settings.input_topic, values, keys, rate, seconds, result))
+    prod.start()
+    sent, achieved = result.get(timeout=seconds + 180)
+    prod.join(timeout=30)
+    drained = wait_for_zero_lag(settings, settings.group_id, settings.input_topic, timeout_s=180)
+    pool.done.set()
+    reports = pool.finish()
+    lat: list[float] = []
+    warmup_ms = 1000.0
+    records = read_all(settings, settings.alerts_topic, timeout_s=60)
+    first_event = min((orjson.loads(r.value)["event_time_ms"] for r in records), default=0)
+    for r in records:
+        event_ms = orjson.loads(r.value)["event_time_ms"]
+        if event_ms - first_event >= warmup_ms:
+            lat.append(float(r.timestamp - event_ms))
+    return dict(offered=rate, sent=sent, achieved=achieved, alerts=len(records), samples=len(lat),
+                drained=drained, rss_max=max(x.rss_max_mb for x in reports), **percentiles(lat),
+                max=max(lat) if lat else math.nan)
+
+
+def best_rate(fn: Callable[[], Any], n: int, reps: int, min_s: float = 0.05) -> float:
+    """Rows/s of ``fn`` handling ``n`` rows: best of ``reps`` timings, each at least ``min_s`` long."""
+    best = math.inf
+    for _ in range(reps):
+        loops = 0
+        started = time.perf_counter()
+        while True:
+            fn()
+            loops += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= min_s:
+                break
+        best = min(best, elapsed / loops)
+    return n / best
+
+
+def stage_sweep(bundle: Bundle, raw: list[bytes], reps: int) -> list[list[Any]]:
+    """Decode, features and scoring rows/s per batch size (CPU, the thread count in use)."""
+    scorer = Scorer(bundle)
+    scorer.warm()
+    spec = bundle.spec
+    rows: list[list[Any]] = []
+    for size in BATCH_SIZES:
+        chunk = raw[:size]
+        decoded = decode_batch(chunk, 65536)
+        x, _ = spec.transform(decoded.events)
+        d = best_rate(lambda c=chunk: decode_batch(c, 65536), size, reps)  # type: ignore[misc]
+        f = best_rate(lambda ev=decoded.events: spec.transform(ev), size, reps)  # type: ignore[misc]
+        s = best_rate(lambda m=x: scores_of(scorer.errors(m)), size, reps)  # type: ignore[misc]
+        together = 1.0 / (1.0 / d + 1.0 / f + 1.0 / s)
+        rows.append([size, d, f, s, together])
+    return rows
+
+
+def per_event_baseline(bundle: Bundle, raw: list[bytes]) -> float:
+    """The seeds' approach: json.loads one event, features for one row, one model call per event."""
+    module = bundle.load_module("cpu")
+    spec = bundle.spec
+    threshold = bundle.threshold
+    flagged = 0
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for value in raw:
+            event = json.loads(value)
+            x, _ = spec.transform([event])
+            score = float(module(torch.from_numpy(x)).mean())
+            flagged += score > threshold
+    return len(raw) / (time.perf_counter() - started)
+
+
+# ---- report --------------------------------------------------------------------------------
+
+def render(ctx: dict[str, Any]) -> str:
+    e2e = ctx["scaling"][0]
+    per_event = ctx["per_event"]
+    ceiling = ctx["consume_only"]
+    out: list[str] = []
+    out.append(f"Workload: {ctx['events']:,} pre-produced events, {ctx['fields']} fields, "
+               f"{ctx['bytes']:.0f} bytes of JSON on average, {ctx['fraud']:.1%} injected anomalies, "
+               f"4 partitions; model width {ctx['width']} columns; seed {ctx['seed']}. "
+               f"Worker: 1 process, batch_size {ctx['batch_size']}, batch_max_wait_ms {ctx['max_wait']}, "
+               f"torch threads {ctx['threads']}, delivery at-least-once. {ctx['load']}")
+    out.append("")
+    out.append("### End to end and baselines (same run)")
+    out.append("")
+    rows = [
+        ["worker, 1 process (consume → decode → features → score → decide → publish → commit)", e2e["rate"],
+         "1.0×"],
+        ["baseline (a): per-event loop, compute only (no Kafka)", per_event, ratio(per_event, e2e["rate"])],
+        ["baseline (b): kafka-python consume-only loop, same fetch settings", ceiling,
+         ratio(ceiling, e2e["rate"])],
+        ["in-process decode+features+score at batch 2048 (no Kafka)", ctx["compute_2048"],
+         ratio(ctx["compute_2048"], e2e["rate"])],
+    ]
+    out.append(table(["path", "events/s", "vs worker"], rows))
+    out.append("")
+    out.append(f"Worker vs per-event baseline: **{ratio(e2e['rate'], per_event)}**; worker vs client ceiling: "
+               f"{e2e['rate'] / ceiling:.0%}. Alerts: {e2e['alerts']:,} of {e2e['events']:,} events; "
+               f"{e2e['batches']:,} batches (mean {e2e['events'] / max(1, e2e['batches']):,.0f} events).")
+    out.append("")
+    out.append("### Where one worker's time goes (drain run, wall time per step)")
+    out.append("")
+    total_s = sum(e2e["stage_s"].values())
+    srows = []
+    for name in harness.STAGES:
+        s = e2e["stage_s"].get(name, 0.0)
+        srows.append([name, s, f"{100 * s / total_s:.0f}%" if total_s else "n/a",
+                      1e3 * s / max(1, e2e["batches"]), e2e["events"] / s if s > 0 else math.nan])
+    out.append(table(["step", "seconds", "share", "ms/batch", "events/s if alone"], srows))
+    out.append("")
+    out.append(f"Bottleneck: **{ctx['bottleneck']}**.")
+    out.append("")
+    out.append("### Scaling (worker processes in one group, 4 partitions, 2-core machine)")
+    out.append("")
+    base = e2e["rate"]
+    out.append(table(["processes", "events/s", "vs 1 process", "max RSS MiB (per process)"],
+                     [[s["workers"], s["rate"], ratio(s["rate"], base), s["rss_max"]] for s in ctx["scaling"]]))
+    out.append("")
+    out.append("### Event → alert latency (1 worker process; alert Kafka timestamp − event produce timestamp)")
+    out.append("")
+    lrows = []
+    for r in ctx["latency"]:
+        label = f"{r['offered']:,.0f}/s" if r["offered"] else "unpaced (saturation)"
+        lrows.append([label, r["achieved"], r["samples"], r["p50"], r["p95"], r["p99"], r["max"]])
+    out.append(table(["offered load", "achieved events/s", "alerts measured", "p50 ms", "p95 ms", "p99 ms",
+                      "max ms"], lrows))
+    out.append("")
+    out.append("### Stage costs vs batch size (in-process, CPU, rows/s; CUDA: "
+               f"{ctx['cuda']})")
+    out.append("")
+    out.append(table(["batch", "decode", "features", "score (TorchScript)", "decode+features+score"],
+                     ctx["sweep"]))
+    out.append("")
+    out.append("### Memory")
+    out.append("")
+    out.append(f"Worker RSS: {e2e['rss_start']:.0f} MiB after start, {e2e['rss_max']:.0f} MiB max while draining "
+               f"{e2e['events']:,} events (bounded by batch size, not by the backlog).")
+    out.append("")
+    out.append("### Targets")
+    out.append("")
+    for line in ctx["targets"]:
+        out.append(f"- {line}")
+    out.append("")
+    out.append("### Settings used")
+    out.append("")
+    out.append(f"- Worker consumer (`pipeline/source.py`): {ctx['consumer']}.")
+    out.append(f"- Worker alert/dead-letter producer (`producer_config`): {ctx['alert_producer']}.")
+    out.append(f"- Load producers: pre-load {harness.LOADER_CONFIG}; paced {harness.PACED_CONFIG} "
+               f"(kafka-python 3.x would otherwise default to acks=all + idempotence). Pre-load rate: "
+               f"{ctx['load_rate']:,.0f} events/s.")
+    return "\n".join(out)
+
+
+def targets(ctx: dict[str, Any]) -> list[str]:
+    e2e = ctx["scaling"][0]["rate"]
+    at20k = next((r for r in ctx["latency"] if r["offered"] == 20_000), None)
+    lines = [f"≥ 50,000 events/s end to end, one process: {e2e:,.0f} → **{'met' if e2e >= 50_000 else 'not met'}**."]
+    if at20k is not None:
+        p99 = at20k["p99"]
+        ok = p99 <= 100 and at20k["achieved"] >= 0.95 * 20_000
+        lines.append(f"p99 event→alert ≤ 100 ms at 20k/s offered: {p99:.0f} ms (achieved "
+                     f"{at20k['achieved']:,.0f}/s) → **{'met' if ok else 'not met'}**.")
+    x = e2e / ctx["per_event"]
+    lines.append(f"≥ 10× the per-event baseline: {x:.1f}× → **{'met' if x >= 10 else 'not met'}**.")
+    return lines
+
+
+def bottleneck(ctx: dict[str, Any]) -> str:
+    stage_s = ctx["scaling"][0]["stage_s"]
+    worst = max(stage_s, key=lambda k: stage_s[k])
+    share = stage_s[worst] / sum(stage_s.values())
+    e2e = ctx["scaling"][0]["rate"]
+    note = (f"the `{worst}` step, {share:.0%} of the worker's time; the kafka-python consume-only loop alone "
+            f"reaches {ctx['consume_only']:,.0f}/s, so the client is "
+            f"{'the ceiling' if ctx['consume_only'] < 2 * e2e else 'not yet the ceiling'}")
+    return note
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+def run(plan: Plan, kafka: str, redis: str, seed: int) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    tag = uuid.uuid4().hex[:8]
+    settings = base_settings(kafka, redis, tag)
+    say("training the seeded model on padded events")
+    bundle = trained_bundle(seed)
+    ControlPlane.from_url(redis, settings.redis_prefix).publish(bundle, set_by="bench")
+    events, labels = make_events(plan.events, seed)
+    raw = encode(events)
+    keys = keys_of(events)
+    ctx: dict[str, Any] = {"events": plan.events, "fields": len(events[0]), "bytes": sum(map(len, raw)) / len(raw),
+                               "fraud": sum(1 for x in labels if x != "legit") / len(labels), "width": bundle.spec.width,
+                               "seed": seed, "batch_size": settings.batch_size, "max_wait": settings.batch_max_wait_ms,
+                               "threads": settings.torch_threads}
+    ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
+    say(f"producing {plan.events:,} events")
+    ctx["load_rate"] = harness.produce(kafka, settings.input_topic, raw, keys)
+    say(f"loaded at {ctx['load_rate']:,.0f}/s")
+    fetch = {k: v for k, v in consumer_config(settings).items()
+             if k in ("max_poll_records", "fetch_max_bytes", "max_partition_fetch_bytes", "fetch_min_bytes",
+                      "fetch_max_wait_ms", "isolation_level")}
+    ctx["consumer"] = ", ".join(f"{k}={v}" for k, v in fetch.items())
+    ctx["alert_producer"] = ", ".join(f"{k}={v}" for k, v in producer_config(settings).items()
+                                      if k in ("acks", "enable_idempotence", "linger_ms", "batch_size",
+                                               "compression_type"))
+    ctx["consume_only"] = harness.consume_only(kafka, settings.input_topic, f"co-{tag}", plan.events, fetch)
+    say(f"consume-only ceiling {ctx['consume_only']:,.0f}/s")
+    ctx["scaling"] = []
+    for k in plan.workers:
+        s = base_settings(kafka, redis, tag, group_id=f"bench-{tag}-w{k}", alerts_topic=f"bench-alerts-{tag}-w{k}")
+        r = drain(s, k, plan.events)
+        ctx["scaling"].append(r)
+        say(f"{k} worker(s): {r['rate']:,.0f} events/s, stages {({n: round(v, 2) for n, v in r['stage_s'].items()})}, "
+            f"rss max {r['rss_max']:.0f} MiB, drained={r['drained']}")
+    ctx["latency"] = []
+    pool_n = min(len(raw), 100_000)
+    for rate in (*plan.rates, 0):
+        s = base_settings(kafka, redis, tag, input_topic=f"bench-lat-{tag}-{rate}",
+                          alerts_topic=f"bench-lat-alerts-{tag}-{rate}", group_id=f"bench-lat-{tag}-{rate}")
+        r = latency(s, raw[:pool_n], keys[:pool_n], rate, plan.latency_s)
+        ctx["latency"].append(r)
+        say(f"latency at {rate or 'unpaced'}: achieved {r['achieved']:,.0f}/s p50 {r['p50']:.1f} p95 {r['p95']:.1f} "
+            f"p99 {r['p99']:.1f} ms ({r['samples']} alerts), lag drained={r['drained']}")
+    say("stage sweep and per-event baseline")
+    ctx["sweep"] = stage_sweep(bundle, raw[:8192], plan.sweep_reps)
+    ctx["compute_2048"] = next(r[4] for r in ctx["sweep"] if r[0] == 2048)
+    ctx["cuda"] = "measured separately" if torch.cuda.is_available() else "not measured: no GPU lent"
+    ctx["per_event"] = per_event_baseline(bundle, raw[:plan.per_event])
+    say(f"per-event baseline {ctx['per_event']:,.0f}/s")
+    ctx["bottleneck"] = bottleneck(ctx)
+    ctx["targets"] = targets(ctx)
+    return ctx
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller workload (≤ 2 minutes)")
+    parser.add_argument("--events", type=int, default=None, help="pre-produced events for the drain runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kafka", default=None, help="use this running broker instead of starting one")
+    parser.add_argument("--redis", default=None, help="use this running Redis (with --kafka)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.events:
+        plan = Plan(args.events, plan.latency_s, plan.rates, plan.workers, plan.per_event, plan.sweep_reps)
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    if args.kafka and args.redis:
+        ctx = run(plan, args.kafka, args.redis, args.seed)
+    else:
+        with harness.services(say) as svc:
+            ctx = run(plan, svc.kafka, svc.redis, args.seed)
+    load_after = os.getloadavg()
+    ctx["load"] = (f"Load average (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/"
+                   f"{load_before[2]:.2f}, after: {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; "
+                   f"{os.cpu_count()} cores, shared with the broker and the load producer. "
+                   f"Run {'--quick' if args.quick else 'full'} in {time.monotonic() - started:.0f}s.")
+    body = render(ctx)
+    print()
+    print(body)
+    if not args.no_write:
+        path = write_section("throughput", "Throughput and latency", body)
+        say(f"wrote {path}")
+    return 0
+
