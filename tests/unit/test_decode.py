@@ -75,3 +75,19 @@ def test_fast_checks_agree_with_the_pydantic_contract(raw, reason):
     except (ValidationError, ValueError):
         model_ok = False
     assert fast_ok == model_ok == (reason is None)
+
+
+def test_fuzzed_payloads_never_raise_and_every_index_has_one_verdict():
+    from tests.fuzz_payloads import adversarial
+
+    raws = adversarial(seed=1, n_random=2000)
+    decoded = decode_batch(raws, max_bytes=65536)
+    rejected = [r.index for r in decoded.rejected]
+    assert sorted(decoded.indices + rejected) == list(range(len(raws)))
+    assert all(isinstance(r.reason, RejectReason) and r.message for r in decoded.rejected)
+    by_index = {r.index: r.reason for r in decoded.rejected}
+    assert by_index[raws.index(b"[" * 5000 + b"]" * 5000)] in {RejectReason.INVALID_JSON, RejectReason.NOT_AN_OBJECT}
+    assert by_index[next(i for i, r in enumerate(raws) if r.startswith(b'{"event_id": "blob"'))] == RejectReason.OVERSIZE
+    assert by_index[raws.index(b'{"event_id": "d", "amount": 1, "amount": 100000}')] == RejectReason.DUPLICATE_KEY
+    for event in decoded.events:
+        assert validate_event(event) is None
