@@ -162,3 +162,32 @@ def _publish(settings: Settings, bundle) -> None:
 
     ControlPlane.from_url(settings.redis_url, settings.redis_prefix).publish(bundle, set_by="chaos")
     ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
+
+
+@pytest.mark.parametrize("assignment", ["cooperative", "eager"])
+def test_rebalance_mid_stream_loses_and_duplicates_nothing(services, bundle, start_worker, assignment):
+    import threading
+
+    settings = Settings(**{**_base(services), "batch_size": 256, "assignment": assignment})
+    _publish(settings, bundle)
+    events, injected = _traffic(30_000, seed=27, n_anomalies=60, tag="rb")
+    one = start_worker(settings)
+    wait_until(lambda: one.worker.source.assignment(), message="first worker assigned")
+
+    def produce() -> None:  # a steady stream, so batches are in flight when the group rebalances
+        with EventProducer(settings, settings.input_topic) as producer:
+            producer.send_paced(events, None, rate=5_000)
+
+    feeder = threading.Thread(target=produce)
+    feeder.start()
+    wait_until(lambda: _committed(settings) > 2_000, message="first worker under way")
+    two = start_worker(settings)
+    wait_until(lambda: two.worker.stats.events > 0, timeout_s=60, message="second worker took over partitions")
+    feeder.join(timeout=120)
+    wait_until(lambda: _all_committed(settings), timeout_s=120, message="drained by both")
+    one.stop()
+    two.stop()
+    assert one.worker.stats.events + two.worker.stats.events >= len(events)
+    alerts = _alert_ids(settings)
+    assert injected <= set(alerts)
+    assert max(alerts.values()) == 1, "batches are committed before a rebalance can move their partitions"
