@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -59,6 +59,19 @@ class Settings(BaseSettings):
     assignment: Literal["cooperative", "eager"] = Field(
         "cooperative", description="Rebalance protocol: cooperative-sticky (incremental) or eager range/round-robin."
     )
+    # ---- operations and security (docs/operations.md) ---------------------------------------
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz "
+                              "(0 = no server; the container images and manifests use 9400).")
+    metrics_addr: str = Field("0.0.0.0", description="Address the metrics and health server binds.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol of every client (consumer, producer, admin).")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism when the protocol is SASL_*.")
+    kafka_sasl_username: str = Field("", description="SASL user name (SASL_* protocols).")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (SASL_* protocols; "
+                                           "from a Secret, never logged).")
+    kafka_ssl_cafile: str = Field("", description="CA bundle to verify the brokers (SSL protocols; empty: "
+                                  "the system trust store). Redis TLS: use a rediss:// SD_REDIS_URL.")
     log_level: str = Field("INFO", description="Python log level.")
     log_json: bool = Field(False, description="Emit logs as JSON lines.")
 
@@ -77,6 +90,18 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"expected redis://host:port/db, got {value!r}")
         return value
+
+    def kafka_security(self) -> dict[str, str]:
+        """kafka-python options for TLS/SASL, merged into every Kafka client's configuration."""
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return {}
+        out: dict[str, str] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            out.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
+                       sasl_plain_password=self.kafka_sasl_password.get_secret_value())
+        if self.kafka_security_protocol.endswith("SSL") and self.kafka_ssl_cafile:
+            out["ssl_cafile"] = self.kafka_ssl_cafile
+        return out
 
     @property
     def bootstrap_servers(self) -> list[str]:

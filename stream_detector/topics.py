@@ -13,7 +13,8 @@ from .settings import Settings
 
 def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="stream-detector-admin")
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="stream-detector-admin",
+                             **settings.kafka_security())
     try:
         existing = set(admin.list_topics())
         wanted = [n for n in dict.fromkeys(names) if n not in existing]
@@ -30,7 +31,8 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
 
 
 def topic_partitions(settings: Settings, topic: str) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="stream-detector-admin")
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="stream-detector-admin",
+                             **settings.kafka_security())
     try:
         meta = admin.describe_topics([topic])
         return len(meta[0]["partitions"])

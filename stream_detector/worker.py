@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from .errors import DeliveryError, ModelError, StreamDetectorError, ThresholdUnavailable
+from .metrics import WorkerMetrics
+from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected, decode_batch
 from .pipeline.publish import Publisher, build_alerts, build_dead_letters, make_publisher
 from .pipeline.score import Scorer, scores_of
@@ -62,8 +64,10 @@ class Worker:
         self.control = control or ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
         self.source = source or KafkaSource(settings)
         self.publisher = publisher or make_publisher(settings)
-        self.thresholds = ThresholdCache(self.control.snapshot, settings.threshold_refresh_s,
-                                         settings.threshold_max_staleness_s)
+        self.metrics = WorkerMetrics(settings)  # /metrics, /healthz, /readyz (docs/operations.md)
+        self.thresholds = ThresholdCache(self.metrics.watch_redis(self.control.snapshot),
+                                         settings.threshold_refresh_s, settings.threshold_max_staleness_s)
+        self.link = ControlLink(self.control, settings)  # change notices in, score summaries out
         self.stats = WorkerStats()
         self.scorer: Scorer | None = None
         self.stop_event = threading.Event()
@@ -73,6 +77,7 @@ class Worker:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        self.metrics.attach(self)
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         if self.settings.create_topics:
@@ -80,6 +85,7 @@ class Worker:
                                           self.settings.dlq_topic])
         self.scorer = self._load(self.control.active_bundle().version)
         self.thresholds.refresh(force=True)
+        self.link.start()
         self.publisher.start()
         self.source.start()
         log.info("worker started: model %s, topic %s, group %s", self.scorer.version,
@@ -105,6 +111,8 @@ class Worker:
         self.source.close()
         self.publisher.close()
         self._loader.shutdown(wait=False, cancel_futures=True)
+        self.link.close()
+        self.metrics.close()
 
     # ---- the loop --------------------------------------------------------------------------
     def run_once(self) -> int:
@@ -142,17 +150,20 @@ class Worker:
             events, indices = decoded.events, decoded.indices
         per_feature = scorer.errors(x)  # 4 score
         scores = scores_of(per_feature)
+        self.link.observe(scorer, scores)  # drift summaries: one bincount per batch
         threshold = self._threshold_for(scorer)  # 5 decide
         rows = np.flatnonzero(decide(scores, threshold.value))
         field_errors = scorer.field_errors(per_feature[rows])
         alerts = build_alerts(batch, events, indices, rows, scores, field_errors, scorer.fields, threshold,
                               self.settings.top_features, self.settings.alerts_topic)
+        self.metrics.decided(batch, indices, rows)
         dead = build_dead_letters(batch, rejected, self.settings.dlq_topic)
         try:
             self.publisher.publish(alerts + dead)  # 6 publish (every ack / inside the transaction)
             self.publisher.commit(self.source, batch.next_offsets())  # 7 commit, only after 6 succeeded
         except DeliveryError:
             self.stats.delivery_failures += 1
+            self.metrics.delivery_failed()
             self.publisher.reset()
             raise
         self._count(batch, len(events), len(alerts), rejected)
@@ -184,6 +195,7 @@ class Worker:
             self.source.pause_all()
         self._held = batch
         self.stats.held_batches += 1
+        self.metrics.held(exc)
         # keep group membership without consuming; back off before the next attempt
         self.source.poll_while_paused(int(min(1.0, self.settings.threshold_refresh_s) * 1000))
 
@@ -198,7 +210,7 @@ class Worker:
         return scorer
 
     def _maybe_swap(self) -> None:
-        snap = self.thresholds.refresh()
+        snap = self.thresholds.refresh(force=self.link.take_notice())  # pub/sub notice, else polling
         current = self._require_scorer().version
         if snap is not None and snap.active_model and snap.active_model != current:
             if self._pending is None or self._pending[0] != snap.active_model:
@@ -215,11 +227,13 @@ class Worker:
             new = future.result(timeout=self.settings.delivery_timeout_s)
         except (ModelError, StreamDetectorError, RuntimeError, OSError) as exc:
             self.stats.swap_failures += 1
+            self.metrics.swapped(False)
             log.error("model %s failed to load, keeping %s: %s", version, self._require_scorer().version, exc)
             return False
         old = self._require_scorer().version
         self.scorer = new
         self.stats.swaps += 1
+        self.metrics.swapped(True)
         log.info("swapped model %s -> %s", old, version)
         return True
 
@@ -232,4 +246,5 @@ class Worker:
         s.rejected += len(rejected)
         for r in rejected:
             s.rejected_by_reason[r.reason.value] = s.rejected_by_reason.get(r.reason.value, 0) + 1
+        self.metrics.batch_done(batch, scored, alerts, rejected)
 

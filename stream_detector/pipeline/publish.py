@@ -56,6 +56,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         request_timeout_ms=min(30_000, int(settings.delivery_timeout_s * 500)),
         client_id=f"stream-detector-{settings.group_id}-out",
     )
+    config.update(settings.kafka_security())  # TLS/SASL (docs/operations.md)
     config.update(overrides)
     return config
 

@@ -65,6 +65,7 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         partition_assignment_strategy=_assignors(settings),
         isolation_level="read_committed",
     )
+    config.update(settings.kafka_security())  # TLS/SASL (docs/operations.md)
     config.update(overrides)
     return config
 

@@ -1,0 +1,316 @@
+"""Operations: Prometheus metrics and the health endpoints of one worker.
+
+Every worker owns a ``WorkerMetrics`` with its own ``CollectorRegistry``, so several workers in one
+process (tests, benchmarks) never collide. ``/metrics``, ``/healthz`` and ``/readyz`` share one
+HTTP port (``SD_METRICS_PORT``; 0 = no server, production uses 9400).
+
+The worker calls a few hooks between batches; nothing here runs per event in Python: the record
+latencies of a batch enter their histograms with one numpy call, and consumer lag is computed at
+most once a second from the consumer's cached highwater marks (no broker round trip). Values that
+already live on the worker (model version, threshold, assignment) are read at scrape time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import orjson
+import redis
+from kafka.errors import KafkaError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from .errors import ThresholdUnavailable
+from .schema import RejectReason
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .pipeline.decode import Rejected
+    from .pipeline.source import Batch
+    from .worker import Worker
+
+log = logging.getLogger("stream_detector.metrics")
+
+PREFIX = "stream_detector"
+DEFAULT_PORT = 9400  # documented production port (docs/operations.md, deploy/)
+LAG_REFRESH_S = 1.0
+RECORD_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+BATCH_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_SIZE_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 16384, 65536)
+
+T = TypeVar("T")
+
+
+class BulkHistogram:
+    """A Prometheus histogram fed a whole array at a time (one ``searchsorted`` per batch)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: np.ndarray) -> None:
+        if not values.size:
+            return
+        slots = np.searchsorted(self.bounds, values, side="left")  # v <= bounds[slot]: Prometheus "le"
+        counts = np.bincount(slots, minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(values.sum())
+
+    def family(self) -> HistogramMetricFamily:
+        with self._lock:
+            cumulative = self._counts.cumsum().tolist()
+            total = self._sum
+        labels = [floatToGoString(b) for b in self.bounds.tolist()] + ["+Inf"]  # type: ignore[no-untyped-call]
+        return HistogramMetricFamily(self.name, self.documentation, sum_value=total,
+                                     buckets=list(zip(labels, cumulative, strict=True)))
+
+
+def readiness(worker: Worker | None) -> dict[str, bool]:
+    """What ``/readyz`` checks: partitions assigned, model loaded, threshold fresh, not stopping.
+
+    Called from the HTTP thread: it only reads references the worker thread replaces whole.
+    """
+    if worker is None:
+        return {"partitions_assigned": False, "model_loaded": False, "threshold_fresh": False}
+    try:
+        assigned = bool(worker.source.assignment())
+    except (RuntimeError, KafkaError):  # not started / closed / changing under us
+        assigned = False
+    cache = worker.thresholds
+    snap = cache.snapshot
+    fresh = (snap is not None and snap.threshold is not None
+             and cache.clock() - cache.fetched_at <= cache.max_staleness_s)
+    return {"partitions_assigned": assigned, "model_loaded": worker.scorer is not None,
+            "threshold_fresh": fresh, "running": not worker.stop_event.is_set()}
+
+
+class WorkerMetrics:
+    """The metrics of one worker, and the HTTP server that exposes them with the health checks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        r, p = self.registry, PREFIX
+        self.events = Counter(f"{p}_events_consumed", "Records consumed and handled (offsets committed).",
+                              registry=r)
+        self.scored = Counter(f"{p}_events_scored", "Events scored by the model.", registry=r)
+        self.alerts = Counter(f"{p}_alerts", "Alerts published.", registry=r)
+        self.rejected = Counter(f"{p}_events_rejected", "Records sent to the dead-letter topic, by reason.",
+                                ["reason"], registry=r)
+        self.batches = Counter(f"{p}_batches", "Batches handled (offsets committed).", registry=r)
+        self.batch_latency = Histogram(f"{p}_batch_latency_seconds", "First record polled to offsets "
+                                       "committed, per batch.", buckets=BATCH_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(f"{p}_batch_size_events", "Records per handled batch.",
+                                    buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.swaps = Counter(f"{p}_model_swaps", "Hot swaps of the model, by result.", ["result"], registry=r)
+        self.redis_errors = Counter(f"{p}_redis_errors", "Failed Redis calls, by operation.", ["operation"],
+                                    registry=r)
+        self.kafka_errors = Counter(f"{p}_kafka_errors", "Failed Kafka calls, by operation.", ["operation"],
+                                    registry=r)
+        self.delivery_failures = Counter(f"{p}_delivery_failures", "Batches whose alerts, dead letters or "
+                                         "offsets were not acknowledged (batch redelivered).", registry=r)
+        self.held_batches = Counter(f"{p}_held_batches", "Attempts on a held batch (partitions paused), by cause.",
+                            ["cause"], registry=r)
+        self.record_latency = BulkHistogram(f"{p}_event_latency_seconds", "Kafka record timestamp to "
+                                            "decision, every handled record.", RECORD_LATENCY_BUCKETS)
+        self.alert_latency = BulkHistogram(f"{p}_event_to_alert_latency_seconds", "Kafka record timestamp "
+                                           "to decision, alerted records.", RECORD_LATENCY_BUCKETS)
+        for reason in RejectReason:
+            self.rejected.labels(reason.value)
+        for label in ("success", "failure"):
+            self.swaps.labels(label)
+        for cause in ("threshold", "delivery"):
+            self.held_batches.labels(cause)
+        self.redis_errors.labels("snapshot")
+        self.kafka_errors.labels("deliver")
+        self.kafka_errors.labels("lag")
+        self.worker: Worker | None = None
+        self._next: dict[int, int] = {}  # partition → next offset to handle
+        self._lag: dict[int, int] = {}  # partition → records behind the highwater mark
+        self._lag_at = -math.inf
+        self._decided: tuple[np.ndarray, np.ndarray] | None = None
+        self._server: ThreadingHTTPServer | None = None
+        self.port: int | None = None
+        r.register(_WorkerCollector(self))
+
+    # ---- hooks the worker calls ----------------------------------------------------------------
+    def attach(self, worker: Worker) -> None:
+        """Start of ``Worker.start``: remember the worker; serve HTTP when a port is configured."""
+        self.worker = worker
+        if self.settings.metrics_port and self._server is None:
+            self.serve(self.settings.metrics_port, self.settings.metrics_addr)
+
+    def watch_redis(self, read: Callable[[], T]) -> Callable[[], T]:
+        """Wrap the threshold snapshot read so that Redis failures are counted (then re-raised)."""
+        def counted() -> T:
+            try:
+                return read()
+            except (redis.RedisError, OSError):
+                self.redis_errors.labels("snapshot").inc()
+                raise
+        return counted
+
+    def decided(self, batch: Batch, indices: Sequence[int], rows: np.ndarray) -> None:
+        """Step 5 done: record → decision latencies, kept until the batch is committed."""
+        ts = np.asarray(batch.timestamps, dtype=np.float64)
+        latency = np.maximum(time.time() * 1000.0 - ts, 0.0) / 1000.0
+        alerted = np.asarray(indices, dtype=np.int64)[rows] if len(rows) else np.zeros(0, dtype=np.int64)
+        valid = ts >= 0  # -1: the producer set no timestamp
+        self._decided = (latency[valid], latency[alerted][valid[alerted]])
+
+    def batch_done(self, batch: Batch, scored: int, alerts: int, rejected: Sequence[Rejected]) -> None:
+        """Step 7 done: count the batch and refresh lag (at most once a second)."""
+        self.batches.inc()
+        self.events.inc(len(batch))
+        self.scored.inc(scored)
+        self.alerts.inc(alerts)
+        for r in rejected:
+            self.rejected.labels(r.reason.value).inc()
+        self.batch_size.observe(len(batch))
+        if batch.polled_at:
+            self.batch_latency.observe(max(0.0, time.monotonic() - batch.polled_at))
+        if self._decided is not None:
+            self.record_latency.observe_many(self._decided[0])
+            self.alert_latency.observe_many(self._decided[1])
+            self._decided = None
+        for tp, offset in batch.next_offsets().items():
+            self._next[tp.partition] = offset
+        self.refresh_lag()
+
+    def held(self, exc: Exception) -> None:
+        self._decided = None
+        self.held_batches.labels("threshold" if isinstance(exc, ThresholdUnavailable) else "delivery").inc()
+        self.refresh_lag()
+
+    def delivery_failed(self) -> None:
+        self._decided = None
+        self.delivery_failures.inc()
+        self.kafka_errors.labels("deliver").inc()
+
+    def swapped(self, ok: bool) -> None:
+        self.swaps.labels("success" if ok else "failure").inc()
+
+    def refresh_lag(self, force: bool = False) -> None:
+        """Per partition: highwater (from the last fetch response) minus the next offset to handle."""
+        now = time.monotonic()
+        if self.worker is None or (not force and now - self._lag_at < LAG_REFRESH_S):
+            return
+        self._lag_at = now
+        try:
+            consumer = self.worker.source.consumer
+            if consumer is None:
+                return
+            lag: dict[int, int] = {}
+            for tp in consumer.assignment():
+                high, done = consumer.highwater(tp), self._next.get(tp.partition)
+                if high is not None and done is not None:
+                    lag[tp.partition] = max(0, high - done)
+        except (KafkaError, RuntimeError) as exc:
+            self.kafka_errors.labels("lag").inc()
+            log.debug("lag not refreshed: %s", exc)
+            return
+        self._lag = lag  # replaced whole: the HTTP thread reads it without a lock
+
+    # ---- HTTP ------------------------------------------------------------------------------
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Serve /metrics, /healthz and /readyz in a daemon thread; returns the bound port."""
+        server = ThreadingHTTPServer((addr, port), _handler(self))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+        self._server = server
+        self.port = int(server.server_address[1])
+        log.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz", addr, self.port)
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _WorkerCollector(Collector):
+    """Gauges read from the worker at scrape time, plus the bulk histograms."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        p, worker = PREFIX, self.m.worker
+        model = InfoMetricFamily(f"{p}_model", "Model version the worker scores with.")
+        threshold = GaugeMetricFamily(f"{p}_threshold", "Threshold value in use (Redis, cached).")
+        version = GaugeMetricFamily(f"{p}_threshold_version", "Version of the threshold in use.")
+        age = GaugeMetricFamily(f"{p}_threshold_age_seconds", "Time since the last successful Redis read.")
+        assigned = GaugeMetricFamily(f"{p}_assigned_partitions", "Input partitions assigned to this worker.")
+        lag = GaugeMetricFamily(f"{p}_consumer_lag_records", "Records behind the partition's highwater mark "
+                                "(as of the last fetch), per partition.", labels=["topic", "partition"])
+        ready = GaugeMetricFamily(f"{p}_ready", "1 when /readyz answers 200.")
+        checks = readiness(worker)
+        ready.add_metric([], float(all(checks.values())))
+        if worker is not None:
+            if worker.scorer is not None:
+                model.add_metric([], {"version": worker.scorer.version})
+            cache = worker.thresholds
+            snap = cache.snapshot
+            if snap is not None and snap.threshold is not None:
+                threshold.add_metric([], snap.threshold.value)
+                version.add_metric([], snap.threshold.version)
+                age.add_metric([], max(0.0, cache.clock() - cache.fetched_at))
+            try:
+                assigned.add_metric([], len(worker.source.assignment()))
+            except (RuntimeError, KafkaError):
+                pass
+            topic = worker.settings.input_topic
+            for partition, behind in sorted(self.m._lag.items()):
+                lag.add_metric([topic, str(partition)], behind)
+        yield from (model, threshold, version, age, assigned, lag, ready)
+        yield self.m.record_latency.family()
+        yield self.m.alert_latency.family()
+
+
+def _handler(metrics: WorkerMetrics) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the http.server API names it
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._json(200, {"status": "ok"})
+            elif path == "/readyz":
+                checks = readiness(metrics.worker)
+                ok = all(checks.values())
+                self._json(200 if ok else 503, {"status": "ready" if ok else "not ready", "checks": checks})
+            else:
+                self._json(404, {"status": "not found", "paths": ["/metrics", "/healthz", "/readyz"]})
+
+        def _json(self, code: int, body: dict[str, Any]) -> None:
+            self._send(code, orjson.dumps(body), "application/json")
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+            pass
+
+    return Handler
