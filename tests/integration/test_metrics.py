@@ -1,0 +1,104 @@
+"""Metrics and health endpoints of a real worker on the real broker and Redis."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_detector.kafka_util import lag, read_all
+from stream_detector.model.bundle import Bundle
+from stream_detector.settings import Settings
+from stream_detector.simulate import Simulator
+from tests.helpers import anomaly, wait_until
+from tests.services import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = _get(port, "/metrics")
+    assert status == 200
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def test_counters_match_what_the_worker_processed(settings: Settings, published, bundle: Bundle, start_worker):
+    port = free_port()
+    s = settings.model_copy(update={"metrics_port": port, "metrics_addr": "127.0.0.1"})
+    events, _ = Simulator(seed=21, accounts=300, run_id="m").batch(300, 0.0)
+    events += [anomaly("metrics-bad-1"), anomaly("metrics-bad-2", "acct-00002")]
+    bad = [b'{"event_id": "x1", "amount": ', b"[1, 2]", b'{"amount": 3}']
+
+    worker = start_worker(s)
+    assert _get(port, "/healthz") == (200, b'{"status":"ok"}')
+    ready = wait_until(lambda: _get(port, "/readyz")[0] == 200, message="/readyz 200 once partitions are assigned")
+    assert ready
+    body = orjson.loads(_get(port, "/readyz")[1])
+    assert body["checks"] == {"partitions_assigned": True, "model_loaded": True, "threshold_fresh": True,
+                              "running": True}
+
+    producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers)
+    for value in [orjson.dumps(e) for e in events] + bad:
+        producer.send(s.input_topic, value=value)
+    producer.flush()
+    producer.close()
+    total = len(events) + len(bad)
+
+    def drained_and_counted() -> bool:
+        if lag(s, s.group_id, s.input_topic) != 0:
+            return False
+        return _value(_samples(port), "stream_detector_events_consumed_total") == total
+    wait_until(drained_and_counted, message="every record handled and counted")
+
+    samples = _samples(port)
+    alerts = read_all(s, s.alerts_topic)
+    stats = worker.worker.stats
+    assert len(alerts) >= 2, "the crafted anomalies alert"
+    assert _value(samples, "stream_detector_alerts_total") == len(alerts) == stats.alerts
+    assert _value(samples, "stream_detector_events_scored_total") == len(events)
+    assert _value(samples, "stream_detector_events_rejected_total", reason="invalid_json") == 1
+    assert _value(samples, "stream_detector_events_rejected_total", reason="not_an_object") == 1
+    assert _value(samples, "stream_detector_events_rejected_total", reason="missing_event_id") == 1
+    assert _value(samples, "stream_detector_events_rejected_total", reason="oversize") == 0
+    assert _value(samples, "stream_detector_batches_total") == stats.batches >= 1
+    assert _value(samples, "stream_detector_batch_latency_seconds_count") == stats.batches
+    assert _value(samples, "stream_detector_batch_size_events_sum") == total
+    assert _value(samples, "stream_detector_event_latency_seconds_count") == total
+    assert _value(samples, "stream_detector_event_to_alert_latency_seconds_count") == len(alerts)
+    assert _value(samples, "stream_detector_event_latency_seconds_sum") > 0
+    assert _value(samples, "stream_detector_model_info", version=bundle.version) == 1
+    assert _value(samples, "stream_detector_threshold") == pytest.approx(bundle.threshold)
+    threshold = published.threshold()
+    assert threshold is not None
+    assert _value(samples, "stream_detector_threshold_version") == threshold.version
+    assert _value(samples, "stream_detector_assigned_partitions") == 4
+    assert _value(samples, "stream_detector_model_swaps_total", result="failure") == 0
+    assert _value(samples, "stream_detector_delivery_failures_total") == 0
+    assert _value(samples, "stream_detector_ready") == 1
+    lags = {k: v for k, v in samples.items() if k[0] == "stream_detector_consumer_lag_records"}
+    assert lags, "lag is reported for the partitions that had records"
+    assert all(dict(labels)["topic"] == s.input_topic and v >= 0 for (_, labels), v in lags.items())
+
+    worker.stop()
+    with pytest.raises(OSError):
+        _get(port, "/healthz")  # the server goes with the worker

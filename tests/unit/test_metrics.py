@@ -1,0 +1,197 @@
+"""metrics.py without a broker: histogram buckets, counting hooks, lag math, health endpoints."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import orjson
+import pytest
+from kafka import TopicPartition
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_detector.errors import DeliveryError, ThresholdUnavailable
+from stream_detector.metrics import RECORD_LATENCY_BUCKETS, BulkHistogram, WorkerMetrics
+from stream_detector.pipeline.decode import Rejected
+from stream_detector.pipeline.source import Batch
+from stream_detector.schema import RejectReason
+from stream_detector.settings import Settings
+from stream_detector.worker import Worker
+
+
+def _samples(metrics: WorkerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _families(text: bytes) -> dict[str, list[tuple[str, dict[str, str], float]]]:
+    return {f.name: [(s.name, s.labels, s.value) for s in f.samples]
+            for f in text_string_to_metric_families(text.decode())}
+
+
+def test_bulk_histogram_matches_prometheus_client_bucket_for_bucket():
+    values = np.array([0.0, 0.005, 0.0051, 0.3, 1.0, 2.5, 7.0, 299.0, 300.0, 301.0, 1e6])
+    bulk = BulkHistogram("x_seconds", "doc", RECORD_LATENCY_BUCKETS)
+    bulk.observe_many(values[:4])
+    bulk.observe_many(values[4:])
+    bulk.observe_many(np.zeros(0))
+    registry = CollectorRegistry()
+    reference = Histogram("x_seconds", "doc", buckets=RECORD_LATENCY_BUCKETS, registry=registry)
+    for v in values.tolist():
+        reference.observe(v)
+    ours = {(n, lab.get("le")): v for n, lab, v in [(s.name, s.labels, s.value) for s in bulk.family().samples]}
+    theirs = {(n, lab.get("le")): v for n, lab, v in _families(generate_latest(registry))["x_seconds"]
+              if not n.endswith("_created")}
+    assert ours == theirs
+    assert ours[("x_seconds_bucket", "+Inf")] == len(values)
+
+
+def _batch(n: int, partition_of: list[int], ts_ms: list[int]) -> Batch:
+    return Batch(topic="tx", partitions=partition_of, offsets=list(range(10, 10 + n)), keys=[None] * n,
+                 values=[b"{}"] * n, timestamps=ts_ms, headers=[[] for _ in range(n)],
+                 polled_at=time.monotonic() - 0.05)
+
+
+def test_batch_hooks_count_events_rejections_and_latencies():
+    m = WorkerMetrics(Settings())
+    now = int(time.time() * 1000)
+    batch = _batch(5, [0, 0, 1, 1, 1], [now - 2000, now - 2000, now - 100, -1, now - 100])
+    m.decided(batch, indices=[0, 2, 3], rows=np.array([1]))  # events at positions 0, 2, 3; row 1 → position 2
+    m.batch_done(batch, scored=3, alerts=1, rejected=[Rejected(1, RejectReason.INVALID_JSON, "x"),
+                                                      Rejected(4, RejectReason.OVERSIZE, "y")])
+    s = _samples(m)
+    assert s[("stream_detector_events_consumed_total", ())] == 5
+    assert s[("stream_detector_events_scored_total", ())] == 3
+    assert s[("stream_detector_alerts_total", ())] == 1
+    assert s[("stream_detector_events_rejected_total", (("reason", "invalid_json"),))] == 1
+    assert s[("stream_detector_events_rejected_total", (("reason", "oversize"),))] == 1
+    assert s[("stream_detector_events_rejected_total", (("reason", "duplicate_key"),))] == 0
+    assert s[("stream_detector_batch_size_events_sum", ())] == 5
+    assert s[("stream_detector_batch_latency_seconds_sum", ())] >= 0.05
+    assert s[("stream_detector_event_latency_seconds_count", ())] == 4  # one record had no timestamp
+    assert 4.1 <= s[("stream_detector_event_latency_seconds_sum", ())] < 6.0
+    assert s[("stream_detector_event_to_alert_latency_seconds_count", ())] == 1
+    assert s[("stream_detector_event_latency_seconds_bucket", (("le", "1.0"),))] == 2
+    assert s[("stream_detector_ready", ())] == 0  # no worker attached
+
+
+def test_failed_batches_leave_latencies_uncounted_and_count_the_failure():
+    m = WorkerMetrics(Settings())
+    batch = _batch(2, [0, 0], [int(time.time() * 1000)] * 2)
+    m.decided(batch, indices=[0, 1], rows=np.array([0, 1]))
+    m.delivery_failed()
+    m.held(DeliveryError("no ack"))
+    m.held(ThresholdUnavailable("stale"))
+    m.swapped(True)
+    m.swapped(False)
+    m.swapped(False)
+    m.batch_done(batch, scored=2, alerts=0, rejected=[])
+    s = _samples(m)
+    assert s[("stream_detector_event_latency_seconds_count", ())] == 0
+    assert s[("stream_detector_delivery_failures_total", ())] == 1
+    assert s[("stream_detector_kafka_errors_total", (("operation", "deliver"),))] == 1
+    assert s[("stream_detector_held_batches_total", (("cause", "delivery"),))] == 1
+    assert s[("stream_detector_held_batches_total", (("cause", "threshold"),))] == 1
+    assert s[("stream_detector_model_swaps_total", (("result", "success"),))] == 1
+    assert s[("stream_detector_model_swaps_total", (("result", "failure"),))] == 2
+
+
+def test_redis_errors_are_counted_and_reraised():
+    import redis
+
+    m = WorkerMetrics(Settings())
+
+    def broken() -> None:
+        raise redis.ConnectionError("down")
+    wrapped = m.watch_redis(broken)
+    with pytest.raises(redis.ConnectionError):
+        wrapped()
+    assert m.watch_redis(lambda: 7)() == 7
+    assert _samples(m)[("stream_detector_redis_errors_total", (("operation", "snapshot"),))] == 1
+
+
+class _Consumer:
+    def __init__(self, high: dict[int, int | None]) -> None:
+        self.high = high
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("tx", p) for p in self.high}
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.high[tp.partition]
+
+
+class _Source:
+    def __init__(self, consumer: _Consumer) -> None:
+        self.consumer = consumer
+
+
+class _Worker:
+    def __init__(self, consumer: _Consumer) -> None:
+        self.source = _Source(consumer)
+
+
+def test_lag_is_highwater_minus_next_offset_for_assigned_partitions_only():
+    m = WorkerMetrics(Settings(input_topic="tx"))
+    consumer = _Consumer({0: 100, 1: 50, 2: None})
+    m.worker = _Worker(consumer)  # type: ignore[assignment]
+    m.batch_done(_batch(3, [0, 1, 3], [-1] * 3), scored=3, alerts=0, rejected=[])  # next: p0 11, p1 12, p3 13
+    assert m._lag == {0: 89, 1: 38}  # p2: no fetch yet; p3: not assigned
+    consumer.high = {0: 11}
+    m.refresh_lag()  # throttled: unchanged within a second
+    assert m._lag == {0: 89, 1: 38}
+    m.refresh_lag(force=True)
+    assert m._lag == {0: 0}
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_health_endpoints_of_a_worker_that_is_not_started():
+    worker = Worker(Settings(kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0"))
+    worker.metrics.worker = worker
+    port = worker.metrics.serve(0, "127.0.0.1")
+    try:
+        assert _get(port, "/healthz") == (200, b'{"status":"ok"}')
+        status, body = _get(port, "/readyz")
+        assert status == 503
+        assert orjson.loads(body) == {"status": "not ready", "checks": {
+            "partitions_assigned": False, "model_loaded": False, "threshold_fresh": False, "running": True}}
+        assert _get(port, "/nope")[0] == 404
+        status, body = _get(port, "/metrics")
+        assert status == 200 and b"stream_detector_events_consumed_total 0.0" in body
+        assert b"stream_detector_ready 0.0" in body
+    finally:
+        worker.metrics.close()
+    with pytest.raises(OSError):
+        _get(port, "/healthz")
+
+
+def test_two_workers_in_one_process_have_separate_registries():
+    a, b = WorkerMetrics(Settings()), WorkerMetrics(Settings())
+    a.alerts.inc(3)
+    assert _samples(a)[("stream_detector_alerts_total", ())] == 3
+    assert _samples(b)[("stream_detector_alerts_total", ())] == 0
+
+
+def test_names_follow_prometheus_conventions():
+    families = list(WorkerMetrics(Settings()).registry.collect())
+    assert len(families) >= 20
+    for family in families:
+        assert family.name.startswith("stream_detector_"), family.name
+        if family.type == "counter":
+            assert not family.name.endswith("_total")  # the client appends it to the samples
+        if family.type == "histogram":
+            assert family.name.endswith(("_seconds", "_events")), family.name
+        assert family.documentation, family.name
