@@ -26,6 +26,8 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -117,9 +119,14 @@ class FeatureSpec:
         n = len(events)
         out = np.zeros((n, self.width), dtype=np.float32)
         bad: dict[int, str] = {}
+        fields = _field_columns(events, [c.name for c in self.numeric] + [c.name for c in self.categorical])
+        numbers = _float_rows(fields[:len(self.numeric)]) if fields is not None and self.numeric else None
         col = 0
-        for num in self.numeric:
-            values, missing = _numeric_column(events, num.name, bad)
+        for j, num in enumerate(self.numeric):
+            if numbers is not None:
+                values, missing = _finite_or_missing(numbers[j], num.name, bad)
+            else:
+                values, missing = _numeric_column(events, num.name, bad)
             values = np.where(missing, num.median, values)
             if num.log:
                 values = np.sign(values) * np.log1p(np.abs(values))
@@ -128,11 +135,12 @@ class FeatureSpec:
             if num.missing_indicator:
                 out[:, col] = missing
                 col += 1
-        for cat in self.categorical:
+        for j, cat in enumerate(self.categorical, start=len(self.numeric)):
             index = self._index[cat.name]
             other = len(cat.categories)
             name = cat.name
-            codes = np.fromiter((index.get(e.get(name), other) for e in events), dtype=np.int64, count=n)
+            column = fields[j] if fields is not None else [e.get(name) for e in events]
+            codes = np.fromiter(map(index.get, column, repeat(other, n)), dtype=np.int64, count=n)
             out[np.arange(n), col + codes] = 1.0
             col += other + 1
         if self.time_of_day:
@@ -255,6 +263,27 @@ def _fit_numeric(name: str, values: np.ndarray, missing: bool) -> NumericColumn:
 # ---- column extraction ------------------------------------------------------------------------
 
 
+def _field_columns(events: Sequence[dict[str, Any]], names: list[str]) -> list[tuple[Any, ...]] | None:
+    """Fast path: one ``itemgetter`` call per event and a C-level transpose give one tuple of
+    values per field. ``None`` (use the per-field ``.get`` path) when an event lacks a field."""
+    if len(names) < 2 or not events:
+        return None
+    try:
+        rows = list(map(itemgetter(*names), events))
+    except KeyError:
+        return None
+    return list(zip(*rows, strict=True))
+
+
+def _float_rows(columns: list[tuple[Any, ...]]) -> np.ndarray | None:
+    """All numeric fields in one conversion (fields × events, each row contiguous); ``None`` when
+    a value does not convert, and the per-field path then finds (and rejects) it."""
+    try:
+        return np.array(columns, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
 def _numeric_column(
     events: Sequence[dict[str, Any]], name: str, bad: dict[int, str]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -271,7 +300,12 @@ def _numeric_column(
                 values[i] = float(v)
             except (TypeError, ValueError):
                 values[i] = np.nan
-                bad.setdefault(i, f"{RejectReason.WRONG_TYPE.value}: field {name!r} must be numeric, got {v!r:.40}")
+                bad.setdefault(i, f"{RejectReason.WRONG_TYPE.value}: field {name!r} must be numeric, got {type(v).__name__}")
+    return _finite_or_missing(values, name, bad)
+
+
+def _finite_or_missing(values: np.ndarray, name: str, bad: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Reject infinite values (→ NaN) and mark NaNs (missing) — shared by both extraction paths."""
     nonfinite = np.isinf(values)
     if nonfinite.any():
         for i in np.flatnonzero(nonfinite):
@@ -290,5 +324,5 @@ def _hour_of_day(events: Sequence[dict[str, Any]], bad: dict[int, str]) -> np.nd
         try:
             hours[i] = (parse_timestamp_ms(ts) / 3_600_000.0) % 24.0
         except (TypeError, ValueError, OverflowError):
-            bad.setdefault(i, f"{RejectReason.INVALID_TIMESTAMP.value}: {str(ts)[:40]!r}")
+            bad.setdefault(i, f"{RejectReason.INVALID_TIMESTAMP.value}: timestamp is neither RFC 3339 nor epoch ms")
     return hours
