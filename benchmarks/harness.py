@@ -170,12 +170,16 @@ def worker_process(settings_json: bytes, target: Any, ready: Any, go: Any, done:
         stop_at = time.monotonic() + deadline_s
         announced = False
         while not done.is_set() and time.monotonic() < stop_at:
+            before = dict(report.stage_s)
+            t = time.perf_counter()
             n = worker.run_once()
+            busy = time.perf_counter() - t
             now = time.monotonic()
             if not announced and worker.source.assignment():
                 ready.release()
                 announced = True
             if n:
+                report.stage_s["busy"] = report.stage_s.get("busy", 0.0) + busy
                 idle_since = now
                 report.timeline.append((time.time(), worker.stats.events))
                 with target.get_lock():
@@ -184,8 +188,11 @@ def worker_process(settings_json: bytes, target: Any, ready: Any, go: Any, done:
                         done.set()
                 if worker.stats.batches % 20 == 0:
                     report.rss_max_mb = max(report.rss_max_mb, me.memory_info().rss / 2**20)
-            elif go.is_set() and now - idle_since > idle_stop_s:
-                break
+            else:  # an empty poll is waiting, not work: keep it out of the step times
+                report.stage_s.clear()
+                report.stage_s.update(before)
+                if go.is_set() and now - idle_since > idle_stop_s:
+                    break
         report.rss_max_mb = max(report.rss_max_mb, me.memory_info().rss / 2**20)
         report.batches, report.events, report.alerts = worker.stats.batches, worker.stats.events, worker.stats.alerts
         worker.close()

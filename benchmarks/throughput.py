@@ -58,12 +58,15 @@ class Plan:
     latency_s: float  # seconds of offered load per latency run
     rates: tuple[int, ...]  # offered loads (events/s); plus one unpaced run
     workers: tuple[int, ...]
+    batch_size: int  # the tuned worker's SD_BATCH_SIZE (the default is measured too)
     per_event: int  # events through the per-event baseline
     sweep_reps: int
 
 
-FULL = Plan(events=600_000, latency_s=15.0, rates=(5_000, 20_000), workers=(1, 2, 4), per_event=4_000, sweep_reps=5)
-QUICK = Plan(events=120_000, latency_s=5.0, rates=(5_000, 20_000), workers=(1, 2, 4), per_event=1_500, sweep_reps=2)
+FULL = Plan(events=600_000, latency_s=15.0, rates=(5_000, 20_000), workers=(1, 2, 4), batch_size=8192,
+            per_event=4_000, sweep_reps=5)
+QUICK = Plan(events=120_000, latency_s=5.0, rates=(5_000, 20_000), workers=(1, 2, 4), batch_size=8192,
+             per_event=1_500, sweep_reps=2)
 
 
 def say(msg: str) -> None:
@@ -205,9 +208,11 @@ def render(ctx: dict[str, Any]) -> str:
     out.append("")
     out.append("### End to end and baselines (same run)")
     out.append("")
+    default = ctx["default"]
     rows = [
-        ["worker, 1 process (consume → decode → features → score → decide → publish → commit)", e2e["rate"],
-         "1.0×"],
+        [(f"worker, 1 process, batch_size {ctx['batch_size']} (consume → decode → features → score → decide → "
+         "publish → commit)"), e2e["rate"], "1.0×"],
+        ["worker, 1 process, default batch_size 2048", default["rate"], ratio(default["rate"], e2e["rate"])],
         ["baseline (a): per-event loop, compute only (no Kafka)", per_event, ratio(per_event, e2e["rate"])],
         ["baseline (b): kafka-python consume-only loop, same fetch settings", ceiling,
          ratio(ceiling, e2e["rate"])],
@@ -222,10 +227,12 @@ def render(ctx: dict[str, Any]) -> str:
     out.append("")
     out.append("### Where one worker's time goes (drain run, wall time per step)")
     out.append("")
-    total_s = sum(e2e["stage_s"].values())
+    stage_s = dict(e2e["stage_s"])
+    busy = stage_s.pop("busy", 0.0)
+    stage_s["other (decide, build alerts, loop)"] = max(0.0, busy - sum(stage_s.values()))
+    total_s = sum(stage_s.values())
     srows = []
-    for name in harness.STAGES:
-        s = e2e["stage_s"].get(name, 0.0)
+    for name, s in stage_s.items():
         srows.append([name, s, f"{100 * s / total_s:.0f}%" if total_s else "n/a",
                       1e3 * s / max(1, e2e["batches"]), e2e["events"] / s if s > 0 else math.nan])
     out.append(table(["step", "seconds", "share", "ms/batch", "events/s if alone"], srows))
@@ -288,7 +295,7 @@ def targets(ctx: dict[str, Any]) -> list[str]:
 
 
 def bottleneck(ctx: dict[str, Any]) -> str:
-    stage_s = ctx["scaling"][0]["stage_s"]
+    stage_s = {k: v for k, v in ctx["scaling"][0]["stage_s"].items() if k != "busy"}
     worst = max(stage_s, key=lambda k: stage_s[k])
     share = stage_s[worst] / sum(stage_s.values())
     e2e = ctx["scaling"][0]["rate"]
@@ -312,7 +319,7 @@ def run(plan: Plan, kafka: str, redis: str, seed: int) -> dict[str, Any]:
     keys = keys_of(events)
     ctx: dict[str, Any] = {"events": plan.events, "fields": len(events[0]), "bytes": sum(map(len, raw)) / len(raw),
                                "fraud": sum(1 for x in labels if x != "legit") / len(labels), "width": bundle.spec.width,
-                               "seed": seed, "batch_size": settings.batch_size, "max_wait": settings.batch_max_wait_ms,
+                               "seed": seed, "batch_size": plan.batch_size, "max_wait": settings.batch_max_wait_ms,
                                "threads": settings.torch_threads}
     ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
     say(f"producing {plan.events:,} events")
@@ -327,12 +334,16 @@ def run(plan: Plan, kafka: str, redis: str, seed: int) -> dict[str, Any]:
                                                "compression_type"))
     ctx["consume_only"] = harness.consume_only(kafka, settings.input_topic, f"co-{tag}", plan.events, fetch)
     say(f"consume-only ceiling {ctx['consume_only']:,.0f}/s")
+    s = base_settings(kafka, redis, tag, group_id=f"bench-{tag}-default", alerts_topic=f"bench-alerts-{tag}-d")
+    ctx["default"] = drain(s, 1, plan.events)
+    say(f"1 worker at the default batch_size {s.batch_size}: {ctx['default']['rate']:,.0f} events/s")
     ctx["scaling"] = []
     for k in plan.workers:
-        s = base_settings(kafka, redis, tag, group_id=f"bench-{tag}-w{k}", alerts_topic=f"bench-alerts-{tag}-w{k}")
+        s = base_settings(kafka, redis, tag, group_id=f"bench-{tag}-w{k}", alerts_topic=f"bench-alerts-{tag}-w{k}",
+                          batch_size=plan.batch_size)
         r = drain(s, k, plan.events)
         ctx["scaling"].append(r)
-        say(f"{k} worker(s): {r['rate']:,.0f} events/s, stages {({n: round(v, 2) for n, v in r['stage_s'].items()})}, "
+        say(f"{k} worker(s) at batch_size {plan.batch_size}: {r['rate']:,.0f} events/s, stages {({n: round(v, 2) for n, v in r['stage_s'].items()})}, "
             f"rss max {r['rss_max']:.0f} MiB, drained={r['drained']}")
     ctx["latency"] = []
     pool_n = min(len(raw), 100_000)
@@ -365,7 +376,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.events:
-        plan = Plan(args.events, plan.latency_s, plan.rates, plan.workers, plan.per_event, plan.sweep_reps)
+        plan = Plan(args.events, plan.latency_s, plan.rates, plan.workers, plan.batch_size, plan.per_event,
+                    plan.sweep_reps)
     started = time.monotonic()
     load_before = os.getloadavg()
     if args.kafka and args.redis:

@@ -38,7 +38,7 @@ def test_percentiles_nearest_rank() -> None:
 
 def test_window_rate_counts_only_the_all_busy_window() -> None:
     # worker A busy from t=0 to t=10 at 100/s; worker B joins at t=5 and runs to t=12 at 50/s
-    a = [(float(t), 100 * t) for t in range(0, 11)]
+    a = [(float(t), 100 * t) for t in range(11)]
     b = [(float(t), 50 * (t - 5)) for t in range(5, 13)]
     assert window_rate([a, b]) == 150.0
     assert window_rate([a]) == 100.0
