@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python -m benchmarks throughput
 
 bench-quality: install
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks quality
 
 clean:
