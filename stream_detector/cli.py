@@ -214,6 +214,17 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                     workdir=Path(args.workdir), progress=_say)
 
 
+def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
+    from .checks import report, run_checks
+
+    checks = run_checks(settings, timeout_ms=int(args.timeout * 1000))
+    if args.json:
+        print(orjson.dumps([c.__dict__ for c in checks]).decode())
+    else:
+        print("stream-detector check-config\n" + report(checks))
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
 def _who() -> str:
     try:
         return f"{getpass.getuser()}@{socket.gethostname()}"
@@ -313,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraud-rate", type=float, default=0.01)
     p.add_argument("--workdir", default="demo-out", help="where the model and report go")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("check-config", help="validate settings, reach Kafka (topics, partitions) and Redis "
+                                            "(active model loads, threshold present); exit 0 ok, 1 failed")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each service")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.set_defaults(func=cmd_check_config)
     return parser
 
 

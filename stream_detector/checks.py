@@ -1,0 +1,159 @@
+"""``stream-detector check-config``: can a worker with these settings run here, now?
+
+Reads nothing but the settings (already validated by pydantic when this runs) and then asks the
+real services: Kafka (reachable, the three topics exist, their partitions) and Redis (reachable,
+an active model that loads and warms on ``SD_DEVICE``, a threshold that belongs to it). Each check
+is one line of the report; ``failed`` ones make the command exit 1, ``warn`` ones do not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .store import ControlPlane
+
+Status = Literal["ok", "warn", "fail"]
+TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True)
+class Check:
+    status: Status
+    name: str
+    detail: str
+
+
+def run_checks(settings: Settings, timeout_ms: int = TIMEOUT_MS) -> list[Check]:
+    """Every check, in order; later checks of a service are skipped when it is unreachable."""
+    return [*_settings_checks(settings), *_kafka_checks(settings, timeout_ms), *_redis_checks(settings)]
+
+
+def report(checks: list[Check]) -> str:
+    lines = [f"  {c.status.upper():5} {c.name:14} {c.detail}" for c in checks]
+    failed = sum(c.status == "fail" for c in checks)
+    warned = sum(c.status == "warn" for c in checks)
+    lines.append(f"result: {'FAILED' if failed else 'OK'} ({failed} failed, {warned} warnings, "
+                 f"{len(checks)} checks)")
+    return "\n".join(lines)
+
+
+def _settings_checks(s: Settings) -> Iterator[Check]:
+    yield Check("ok", "settings", f"kafka {s.kafka_bootstrap} ({s.kafka_security_protocol}), group "
+                f"{s.group_id}, redis {_redact(s.redis_url)} prefix {s.redis_prefix}, device {s.device}, "
+                f"delivery {s.delivery}")
+    if s.kafka_security_protocol.startswith("SASL") and not (
+            s.kafka_sasl_username and s.kafka_sasl_password.get_secret_value()):
+        yield Check("fail", "security", "SASL needs SD_KAFKA_SASL_USERNAME and SD_KAFKA_SASL_PASSWORD")
+    if s.kafka_ssl_cafile:
+        from pathlib import Path
+
+        if not Path(s.kafka_ssl_cafile).is_file():
+            yield Check("fail", "security", f"SD_KAFKA_SSL_CAFILE {s.kafka_ssl_cafile} is not a file")
+    if s.metrics_port == 0:
+        yield Check("warn", "metrics", "SD_METRICS_PORT=0: no /metrics, /healthz, /readyz (production: 9400)")
+    else:
+        yield Check("ok", "metrics", f"/metrics, /healthz, /readyz on {s.metrics_addr}:{s.metrics_port}")
+    if s.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            yield Check("fail", "device", f"SD_DEVICE={s.device} but torch sees no CUDA device")
+        else:
+            yield Check("ok", "device", f"{s.device}: {torch.cuda.get_device_name(torch.device(s.device))}")
+
+
+def _kafka_checks(s: Settings, timeout_ms: int) -> Iterator[Check]:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # the report says it once, kafka-python 20 times
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=s.bootstrap_servers, client_id="stream-detector-check",
+                                 request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms,
+                                 **s.kafka_security())
+    except (KafkaError, OSError, ValueError) as exc:
+        yield Check("fail", "kafka", f"cannot reach {s.kafka_bootstrap}: {exc!r}")
+        return
+    try:
+        existing = set(admin.list_topics())
+        yield Check("ok", "kafka", f"reached {s.kafka_bootstrap}")
+        partitions: dict[str, int] = {}
+        for role, topic in (("input", s.input_topic), ("alerts", s.alerts_topic), ("dead letters", s.dlq_topic)):
+            if topic not in existing:
+                if s.create_topics:
+                    yield Check("warn", "topic", f"{role} {topic}: missing (workers create it with "
+                                f"{s.topic_partitions} partitions: SD_CREATE_TOPICS=true)")
+                else:
+                    yield Check("fail", "topic", f"{role} {topic}: missing and SD_CREATE_TOPICS=false")
+                continue
+            count = len(admin.describe_topics([topic])[0]["partitions"])
+            partitions[topic] = count
+            yield Check("ok", "topic", f"{role} {topic}: {count} partitions")
+        if s.input_topic in partitions:
+            yield Check("ok", "scaling", f"at most {partitions[s.input_topic]} busy workers in group "
+                        f"{s.group_id} (one per input partition; KEDA maxReplicaCount)")
+    except KafkaError as exc:
+        yield Check("fail", "kafka", f"{s.kafka_bootstrap}: {exc!r}")
+    finally:
+        admin.close()
+
+
+def _redis_checks(s: Settings) -> Iterator[Check]:
+    import redis
+
+    from .errors import StreamDetectorError
+    from .store import ControlPlane
+
+    control = ControlPlane.from_url(s.redis_url, s.redis_prefix)
+    try:
+        control.r.ping()
+    except (redis.RedisError, OSError) as exc:
+        yield Check("fail", "redis", f"cannot reach {_redact(s.redis_url)}: {exc}")
+        return
+    yield Check("ok", "redis", f"reached {_redact(s.redis_url)}")
+    try:
+        snap = control.snapshot()
+        if snap.active_model is None:
+            yield Check("fail", "model", f"no active model under prefix {s.redis_prefix}: "
+                        "run `stream-detector publish DIR`")
+        else:
+            yield _try("model", lambda: _load(control, snap.active_model or "", s.device))
+        if snap.threshold is None:
+            yield Check("fail", "threshold", "no threshold: publish a model (or `stream-detector threshold set`)")
+        elif snap.threshold.model_version != snap.active_model:
+            yield Check("fail", "threshold", f"v{snap.threshold.version} belongs to model "
+                        f"{snap.threshold.model_version}, active is {snap.active_model}")
+        else:
+            yield Check("ok", "threshold", f"{snap.threshold.value:.6g} (version {snap.threshold.version})")
+    except (redis.RedisError, OSError, StreamDetectorError) as exc:
+        yield Check("fail", "redis", f"{exc}")
+
+
+def _load(control: ControlPlane, version: str, device: str) -> str:
+    from .pipeline.score import Scorer
+
+    scorer = Scorer(control.fetch_bundle(version), device)
+    scorer.warm()
+    return f"{version} loads and scores on {device} ({len(scorer.fields)} fields)"
+
+
+def _try(name: str, run: Callable[[], str]) -> Check:
+    try:
+        return Check("ok", name, run())
+    except Exception as exc:  # noqa: BLE001 - a model that does not load is a finding, not a crash
+        return Check("fail", name, f"{type(exc).__name__}: {exc}")
+
+
+def _redact(url: str) -> str:
+    """redis://user:secret@host → redis://user:***@host (passwords never reach a report)."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"

@@ -1,0 +1,42 @@
+"""Security settings reach every Kafka client; check-config's report and redaction."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream_detector.checks import Check, _redact, report
+from stream_detector.errors import ConfigError
+from stream_detector.pipeline.publish import producer_config
+from stream_detector.pipeline.source import consumer_config
+from stream_detector.settings import Settings, load_settings
+
+
+def test_plaintext_adds_nothing_and_sasl_ssl_reaches_consumer_and_producer():
+    assert Settings().kafka_security() == {}
+    assert "security_protocol" not in consumer_config(Settings())
+    s = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+                 kafka_sasl_username="detector", kafka_sasl_password="s3cret", kafka_ssl_cafile="/etc/ca.pem")
+    expected = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_plain_username": "detector", "sasl_plain_password": "s3cret", "ssl_cafile": "/etc/ca.pem"}
+    assert s.kafka_security() == expected
+    for config in (consumer_config(s), producer_config(s)):
+        assert {k: config[k] for k in expected} == expected
+    assert "s3cret" not in repr(s), "the password never shows in reprs or logs"
+    tls = Settings(kafka_security_protocol="SSL")
+    assert tls.kafka_security() == {"security_protocol": "SSL"}
+
+
+def test_bad_security_values_are_config_errors():
+    with pytest.raises(ConfigError, match="SD_KAFKA_SECURITY_PROTOCOL"):
+        load_settings(kafka_security_protocol="TLS")
+    with pytest.raises(ConfigError, match="SD_METRICS_PORT"):
+        load_settings(metrics_port=70000)
+
+
+def test_report_counts_failures_and_redacts_passwords():
+    text = report([Check("ok", "kafka", "reached"), Check("warn", "metrics", "off"), Check("fail", "model", "x")])
+    assert text.splitlines()[-1] == "result: FAILED (1 failed, 1 warnings, 3 checks)"
+    assert "FAIL  model" in text
+    assert report([Check("ok", "a", "b")]).endswith("result: OK (0 failed, 0 warnings, 1 checks)")
+    assert _redact("rediss://default:hunter2@redis.prod:6380/0") == "rediss://default:***@redis.prod:6380/0"
+    assert _redact("redis://localhost:6379/0") == "redis://localhost:6379/0"
