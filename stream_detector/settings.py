@@ -72,6 +72,36 @@ class Settings(BaseSettings):
                                            "from a Secret, never logged).")
     kafka_ssl_cafile: str = Field("", description="CA bundle to verify the brokers (SSL protocols; empty: "
                                   "the system trust store). Redis TLS: use a rediss:// SD_REDIS_URL.")
+    # ---- retraining, registry, drift (docs/retraining.md) -----------------------------------
+    retrain_group_id: str = Field("", description="Consumer group of the retrainer on the input topic "
+                                  "(empty: <group_id>-retrainer).")
+    feedback_topic: str = Field("feedback", description="Analyst labels: {event_id, label: fraud|legit}.")
+    retrain_window_events: int = Field(100_000, ge=10, description="Most events the training window keeps.")
+    retrain_window_seconds: float = Field(86_400.0, gt=0, description="Oldest event age the window keeps.")
+    retrain_exclude_max: int = Field(500_000, ge=100, description="Most alerted/fraud event ids remembered.")
+    retrain_interval_s: float = Field(3600.0, gt=0, description="Scheduled retraining period (service mode).")
+    retrain_min_events: int = Field(500, ge=10, description="Fewest clean events a retraining needs.")
+    retrain_holdout_fraction: float = Field(0.2, gt=0, lt=0.9, description="Newest share of clean events "
+                                            "held back from training for the promotion gate.")
+    retrain_epochs: int = Field(0, ge=0, description="Training epochs (0 = derived from the row count).")
+    retrain_target_fpr: float = Field(0.01, gt=0, lt=0.5, description="Target alert rate of a retrained model.")
+    gate_max_alert_rate_ratio: float = Field(2.0, ge=1.0, description="A candidate may alert on at most this "
+                                             "multiple of the target rate on held-back data (plus noise).")
+    gate_recall_tolerance: float = Field(0.05, ge=0, le=1, description="How much precision/recall on labelled "
+                                         "events a candidate may lose against the active model.")
+    gate_min_labels: int = Field(5, ge=1, description="Fewest fraud labels before precision/recall gate.")
+    drift_psi_bound: float = Field(0.2, gt=0, description="PSI of live scores vs the reference that triggers "
+                                   "a retraining.")
+    drift_min_events: int = Field(1000, ge=10, description="Fewest scored events before drift is judged.")
+    drift_check_interval_s: float = Field(60.0, gt=0, description="How often the retrainer checks drift.")
+    score_summary_interval_s: float = Field(10.0, gt=0, description="How often workers publish score "
+                                            "histograms to {prefix}:score-summaries.")
+    score_summaries_max: int = Field(1000, ge=10, description="Length bound of the score-summaries stream.")
+    model_store: Literal["redis", "dir"] = Field("redis", description="Where model artifacts go: Redis "
+                                                 "(small models) or a directory (SD_MODEL_DIR).")
+    model_dir: str = Field("models", description="Artifact directory for SD_MODEL_STORE=dir (a shared "
+                           "volume mounted at the same path on every pod).")
+    model_keep: int = Field(10, ge=2, description="Model versions kept; active and previous always are.")
     log_level: str = Field("INFO", description="Python log level.")
     log_json: bool = Field(False, description="Emit logs as JSON lines.")
 
@@ -106,6 +136,10 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> list[str]:
         return [s.strip() for s in self.kafka_bootstrap.split(",")]
+
+    @property
+    def retrainer_group(self) -> str:
+        return self.retrain_group_id or f"{self.group_id}-retrainer"
 
 
 def load_settings(**overrides: object) -> Settings:
