@@ -110,7 +110,7 @@ def _redis_checks(s: Settings) -> Iterator[Check]:
     from .errors import StreamDetectorError
     from .store import ControlPlane
 
-    control = ControlPlane.from_url(s.redis_url, s.redis_prefix)
+    control = ControlPlane.from_settings(s)
     try:
         control.r.ping()
     except (redis.RedisError, OSError) as exc:

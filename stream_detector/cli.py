@@ -21,14 +21,20 @@ from .settings import Settings, load_settings
 log = logging.getLogger("stream_detector")
 
 
+# fields notable log lines carry (``extra=``), kept as JSON keys with SD_LOG_JSON
+_LOG_CONTEXT = ("topic", "partition", "offset", "group", "model_version", "previous_model_version",
+                "failed_model_version", "threshold_version")
+
+
 def _setup_logging(settings: Settings | None, verbose: bool = False) -> None:
     level = "DEBUG" if verbose else (settings.log_level if settings else "INFO")
     handler = logging.StreamHandler(sys.stderr)
     if settings is not None and settings.log_json:
         class _Json(logging.Formatter):
             def format(self, record: logging.LogRecord) -> str:
+                context = {k: getattr(record, k) for k in _LOG_CONTEXT if hasattr(record, k)}
                 return orjson.dumps({"ts": self.formatTime(record), "level": record.levelname,
-                                     "logger": record.name, "msg": record.getMessage()}).decode()
+                                     "logger": record.name, "msg": record.getMessage(), **context}).decode()
         handler.setFormatter(_Json())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -35,6 +35,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .pipeline.decode import Rejected
+    from .pipeline.score import Scorer
     from .pipeline.source import Batch
     from .worker import Worker
 
@@ -96,6 +97,18 @@ def readiness(worker: Worker | None) -> dict[str, bool]:
              and cache.clock() - cache.fetched_at <= cache.max_staleness_s)
     return {"partitions_assigned": assigned, "model_loaded": worker.scorer is not None,
             "threshold_fresh": fresh, "running": not worker.stop_event.is_set()}
+
+
+def batch_context(batch: Batch, scorer: Scorer | None = None) -> dict[str, Any]:
+    """Log fields of a notable event about a batch: topic, partitions, offset range per partition,
+    model version; ``where`` is the same in one short string for text logs (``tx[0@10-50 1@3-9]``)."""
+    ranges: dict[int, list[int]] = {}
+    for partition, offset in zip(batch.partitions, batch.offsets, strict=True):
+        span = ranges.setdefault(partition, [offset, offset])
+        span[0], span[1] = min(span[0], offset), max(span[1], offset)
+    where = " ".join(f"{p}@{a}-{b}" for p, (a, b) in sorted(ranges.items()))
+    return {"topic": batch.topic, "partition": sorted(ranges), "offset": {str(p): r for p, r in ranges.items()},
+            "model_version": None if scorer is None else scorer.version, "where": f"{batch.topic}[{where}]"}
 
 
 class WorkerMetrics:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import DeliveryError, ModelError, StreamDetectorError, ThresholdUnavailable
-from .metrics import WorkerMetrics
+from .metrics import WorkerMetrics, batch_context
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected, decode_batch
 from .pipeline.publish import Publisher, build_alerts, build_dead_letters, make_publisher
@@ -89,7 +89,9 @@ class Worker:
         self.publisher.start()
         self.source.start()
         log.info("worker started: model %s, topic %s, group %s", self.scorer.version,
-                 self.settings.input_topic, self.settings.group_id)
+                 self.settings.input_topic, self.settings.group_id,
+                 extra={"model_version": self.scorer.version, "topic": self.settings.input_topic,
+                        "group": self.settings.group_id})
 
     def run(self, max_idle_polls: int | None = None) -> WorkerStats:
         """Loop until ``stop()``; ``max_idle_polls`` ends it after that many empty polls (tests, demo)."""
@@ -191,7 +193,9 @@ class Worker:
 
     def _hold(self, batch: Batch, exc: StreamDetectorError) -> None:
         if self._held is None:
-            log.warning("holding batch of %d events and pausing partitions: %s", len(batch), exc)
+            ctx = batch_context(batch, self.scorer)
+            log.warning("holding batch of %d events (%s) and pausing partitions: %s", len(batch), ctx["where"], exc,
+                        extra=ctx)
             self.source.pause_all()
         self._held = batch
         self.stats.held_batches += 1
@@ -214,7 +218,8 @@ class Worker:
         current = self._require_scorer().version
         if snap is not None and snap.active_model and snap.active_model != current:
             if self._pending is None or self._pending[0] != snap.active_model:
-                log.info("active model changed to %s; loading in background", snap.active_model)
+                log.info("active model changed to %s; loading in background", snap.active_model,
+                         extra={"model_version": snap.active_model})
                 self._pending = (snap.active_model, self._loader.submit(self._load, snap.active_model))
         self._finish_swap(wait=False)
 
@@ -228,13 +233,15 @@ class Worker:
         except (ModelError, StreamDetectorError, RuntimeError, OSError) as exc:
             self.stats.swap_failures += 1
             self.metrics.swapped(False)
-            log.error("model %s failed to load, keeping %s: %s", version, self._require_scorer().version, exc)
+            log.error("model %s failed to load, keeping %s: %s", version, self._require_scorer().version, exc,
+                      extra={"model_version": self._require_scorer().version, "failed_model_version": version})
             return False
         old = self._require_scorer().version
         self.scorer = new
         self.stats.swaps += 1
         self.metrics.swapped(True)
-        log.info("swapped model %s -> %s", old, version)
+        log.info("swapped model %s -> %s", old, version, extra={"model_version": version,
+                                                                 "previous_model_version": old})
         return True
 
     def _count(self, batch: Batch, scored: int, alerts: int, rejected: list[Rejected]) -> None:

@@ -195,3 +195,36 @@ def test_names_follow_prometheus_conventions():
         if family.type == "histogram":
             assert family.name.endswith(("_seconds", "_events")), family.name
         assert family.documentation, family.name
+
+
+def test_batch_context_names_topic_partitions_and_offset_ranges():
+    from stream_detector.metrics import batch_context
+
+    batch = Batch(topic="tx", partitions=[1, 0, 1, 0], offsets=[7, 3, 9, 4], keys=[None] * 4,
+                  values=[b"{}"] * 4, timestamps=[0] * 4, headers=[[]] * 4)
+    ctx = batch_context(batch)
+    assert ctx == {"topic": "tx", "partition": [0, 1], "offset": {"0": [3, 4], "1": [7, 9]},
+                   "model_version": None, "where": "tx[0@3-4 1@7-9]"}
+
+
+def test_json_logs_carry_the_context_fields_of_notable_lines():
+    import logging
+
+    from stream_detector.cli import _setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        _setup_logging(Settings(log_json=True))
+        formatter = root.handlers[0].formatter
+        assert formatter is not None
+        record = logging.LogRecord("stream_detector.worker", logging.WARNING, __file__, 1, "holding %d", (3,), None)
+        record.topic, record.partition, record.model_version = "tx", [0, 1], "v1"
+        line = orjson.loads(formatter.format(record))
+        assert line["msg"] == "holding 3" and line["level"] == "WARNING"
+        assert (line["topic"], line["partition"], line["model_version"]) == ("tx", [0, 1], "v1")
+        plain = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
+        assert set(orjson.loads(formatter.format(plain))) == {"ts", "level", "logger", "msg"}
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
