@@ -34,6 +34,12 @@ class ThresholdUnavailable(StreamDetectorError):
     retriable = True
 
 
+class EntityStateUnavailable(StreamDetectorError):
+    """Per-entity feature state could not be read or written in Redis; the batch is held and retried."""
+
+    retriable = True
+
+
 class DeliveryError(StreamDetectorError):
     """Alerts or dead-letter records were not acknowledged by Kafka; offsets must not move."""
 

@@ -1,7 +1,9 @@
 """Offline scoring (backtests, training reports): the worker's steps 2-4 on events from a file.
 
 Same validation, same ``FeatureSpec``, same TorchScript head as the worker, so ``stream-detector
-score`` and a worker agree on every event (an integration test holds them to it).
+score`` and a worker agree on every event (an integration test holds them to it). A bundle with
+an entity spec enriches the valid rows in file order with in-memory state (step 3a), as a worker
+fed the file from scratch would.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .entity import Enricher, InMemoryState
 from .model.bundle import Bundle
 from .pipeline.decode import validate_event
 from .pipeline.score import Scorer, scores_of
@@ -33,6 +36,7 @@ def score_events(bundle: Bundle, events: Sequence[dict[str, Any]], device: str =
     n = len(events)
     scores = np.full(n, np.nan)
     reasons: list[str | None] = [None] * n
+    enricher = Enricher(InMemoryState())
     for start in range(0, n, batch_size):
         chunk = events[start:start + batch_size]
         ok_rows: list[int] = []
@@ -42,7 +46,8 @@ def score_events(bundle: Bundle, events: Sequence[dict[str, Any]], device: str =
                 ok_rows.append(j)
             else:
                 reasons[start + j] = problem[0].value
-        x, bad = bundle.spec.transform([chunk[j] for j in ok_rows])
+        valid = enricher.enrich(bundle.entity, [chunk[j] for j in ok_rows], [(0, start + j) for j in ok_rows])
+        x, bad = bundle.spec.transform(valid)
         chunk_scores = scores_of(scorer.errors(x))
         for k, j in enumerate(ok_rows):
             if k in bad:

@@ -9,8 +9,8 @@ Normal traffic follows those profiles. Injected fraud (``fraud_rate``) uses four
 * ``amount_spike``: amount 8-40× the account's usual, at a usual merchant.
 
 Velocity fields (``tx_count_1h``, ``seconds_since_last``, ``amount_to_avg``) are the enriched
-fields an issuer's authorisation stream typically carries; the per-entity feature issue will
-compute them in the worker instead.
+fields an issuer's authorisation stream typically carries. ``raw=True`` leaves them out, so the
+worker's own entity features (docs/entity-features.md) have to find the history themselves.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ COUNTRIES = np.array(["US", "GB", "DE", "FR", "ES", "IT", "NL", "CA"])
 FOREIGN = np.array(["NG", "RU", "BR", "VN", "ID", "UA", "RO", "PH"])
 CHANNELS = np.array(["pos", "online", "atm"])
 PATTERNS = ("card_testing", "account_takeover", "unusual_merchant_country", "amount_spike")
+VELOCITY_FIELDS = ("seconds_since_last", "tx_count_1h", "amount_to_avg")
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Simulator:
     seed: int = 0
     accounts: int = 2000
     run_id: str = "sim"
+    raw: bool = False  # True: no precomputed velocity fields (tx_count_1h, seconds_since_last, amount_to_avg)
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed)
@@ -113,4 +115,8 @@ class Simulator:
                 "tx_count_1h": int(count_1h[i]),
                 "amount_to_avg": float(ratio[i]),
             })
+        if self.raw:
+            for event in events:
+                for name in VELOCITY_FIELDS:
+                    del event[name]
         return events, [str(x) for x in labels]

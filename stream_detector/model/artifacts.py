@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import ModelError
-from .bundle import CONTENT_FILES, METADATA_FILE, Bundle, save_bundle
+from .bundle import CONTENT_FILES, METADATA_FILE, OPTIONAL_FILES, Bundle, save_bundle
 
 LOCATION_FIELD = "_location"
 
@@ -77,6 +77,8 @@ def resolve_files(fields: dict[str, bytes]) -> dict[str, bytes]:
     directory = Path(location.decode())
     try:
         files = {name: (directory / name).read_bytes() for name in CONTENT_FILES}
+        files.update({name: (directory / name).read_bytes() for name in OPTIONAL_FILES
+                      if (directory / name).is_file()})
     except OSError as exc:
         raise ModelError(f"model artifact at {directory} is not readable: {exc}") from exc
     files[METADATA_FILE] = fields[METADATA_FILE]

@@ -1,6 +1,7 @@
 """A model bundle: TorchScript scoring head + feature spec + calibration + metadata, checksummed.
 
-On disk a bundle is a directory of four files. ``metadata.json`` lists the sha256 of the three
+On disk a bundle is a directory of four files (five with an entity spec, ``entity.json``, which
+is optional so older bundles stay loadable). ``metadata.json`` lists the sha256 of the
 others and an overall ``sha256`` (of the sorted per-file digests); the model version is derived
 from creation time and that digest, so equal content never hides behind one name. Loading
 verifies every digest, so a truncated or edited file is refused (``ModelError``) and never scored.
@@ -22,6 +23,7 @@ import orjson
 import torch
 
 from .. import __version__
+from ..entity.spec import EntitySpec
 from ..errors import ModelError
 from ..features import FeatureSpec
 from .train import TrainResult
@@ -30,7 +32,9 @@ MODEL_FILE = "model.pt"
 SPEC_FILE = "spec.json"
 CALIBRATION_FILE = "calibration.json"
 METADATA_FILE = "metadata.json"
+ENTITY_FILE = "entity.json"
 CONTENT_FILES = (MODEL_FILE, SPEC_FILE, CALIBRATION_FILE)
+OPTIONAL_FILES = (ENTITY_FILE,)  # checksummed like the others when present (docs/entity-features.md)
 
 
 @contextmanager
@@ -51,6 +55,7 @@ class Bundle:
     spec: FeatureSpec
     calibration: dict[str, Any]
     metadata: dict[str, Any]
+    entity: EntitySpec | None = None  # step 3a: per-entity features; None = none (older bundles)
 
     @property
     def version(self) -> str:
@@ -72,8 +77,11 @@ class Bundle:
             return torch.jit.freeze(module)
 
 
-def _digest(files: dict[str, bytes]) -> dict[str, str]:
-    return {name: hashlib.sha256(files[name]).hexdigest() for name in CONTENT_FILES}
+def _digest(files: dict[str, bytes], listed: dict[str, str] | None = None) -> dict[str, str]:
+    """Digests of the content files, plus each optional file that is present or that the
+    metadata lists (so removing ``entity.json`` from a bundle that had one is a mismatch)."""
+    names = [*CONTENT_FILES, *(n for n in OPTIONAL_FILES if n in files or n in (listed or {}))]
+    return {name: hashlib.sha256(files[name]).hexdigest() if name in files else "missing" for name in names}
 
 
 def _overall(digests: dict[str, str]) -> str:
@@ -90,6 +98,8 @@ def build_bundle(result: TrainResult, extra_metadata: dict[str, Any] | None = No
         SPEC_FILE: result.spec.to_json(),
         CALIBRATION_FILE: orjson.dumps(result.calibration, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS),
     }
+    if result.entity is not None:
+        files[ENTITY_FILE] = result.entity.to_json()
     digests = _digest(files)
     sha = _overall(digests)
     created = datetime.now(timezone.utc)
@@ -100,6 +110,7 @@ def build_bundle(result: TrainResult, extra_metadata: dict[str, Any] | None = No
         "files": digests,
         "spec_fingerprint": result.spec.fingerprint,
         "feature_columns": result.spec.width,
+        **({"entity_fingerprint": result.entity.fingerprint} if result.entity is not None else {}),
         "architecture": result.arch.to_dict(),
         "metrics": result.metrics,
         "stream_detector_version": __version__,
@@ -107,7 +118,7 @@ def build_bundle(result: TrainResult, extra_metadata: dict[str, Any] | None = No
         **(extra_metadata or {}),
     }
     files[METADATA_FILE] = orjson.dumps(metadata, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-    return Bundle(files, result.spec, result.calibration, metadata)
+    return Bundle(files, result.spec, result.calibration, metadata, result.entity)
 
 
 def bundle_from_files(files: dict[str, bytes]) -> Bundle:
@@ -117,23 +128,26 @@ def bundle_from_files(files: dict[str, bytes]) -> Bundle:
         raise ModelError(f"bundle is missing {', '.join(missing)}")
     try:
         metadata = orjson.loads(files[METADATA_FILE])
-        digests = _digest(files)
+        digests = _digest(files, metadata["files"])
         if digests != metadata["files"] or _overall(digests) != metadata["sha256"]:
-            bad = [n for n in CONTENT_FILES if digests[n] != metadata["files"].get(n)]
+            bad = [n for n in digests if digests[n] != metadata["files"].get(n)]
             raise ModelError(f"bundle {metadata.get('version')}: sha256 mismatch in {', '.join(bad) or 'metadata'}")
         spec = FeatureSpec.from_json(files[SPEC_FILE])
         calibration = orjson.loads(files[CALIBRATION_FILE])
+        entity = EntitySpec.from_json(files[ENTITY_FILE]) if ENTITY_FILE in files else None
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"bundle is not readable: {exc}") from exc
     if spec.fingerprint != metadata.get("spec_fingerprint"):
         raise ModelError("bundle feature spec does not match its metadata fingerprint")
-    return Bundle(files, spec, calibration, metadata)
+    if entity is not None and entity.fingerprint != metadata.get("entity_fingerprint"):
+        raise ModelError("bundle entity spec does not match its metadata fingerprint")
+    return Bundle(files, spec, calibration, metadata, entity)
 
 
 def save_bundle(bundle: Bundle, directory: Path) -> Path:
     """Write the bundle files; metadata last, so a half-written directory never verifies."""
     directory.mkdir(parents=True, exist_ok=True)
-    for name in (*CONTENT_FILES, METADATA_FILE):
+    for name in (*CONTENT_FILES, *(n for n in OPTIONAL_FILES if n in bundle.files), METADATA_FILE):
         tmp = directory / f".{name}.tmp"
         tmp.write_bytes(bundle.files[name])
         tmp.replace(directory / name)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..entity.spec import EntitySpec
 from ..features import FeatureSpec, fit_spec
 from .autoencoder import Architecture, Autoencoder, ErrorHead
 
@@ -53,6 +54,7 @@ class TrainResult:
     threshold: float
     calibration: dict[str, Any]
     metrics: dict[str, Any]
+    entity: EntitySpec | None = None
 
 
 def default_epochs(n_rows: int, batch_size: int) -> int:
@@ -76,9 +78,17 @@ def calibrate(errors: np.ndarray, method: str, target_fpr: float, k_std: float) 
     raise ValueError(f"unknown threshold method {method!r}")
 
 
-def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progress | None = None) -> TrainResult:
-    """Fit spec, train, early-stop, calibrate. ``events`` are normal rows only."""
+def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progress | None = None,
+          entity: EntitySpec | None = None) -> TrainResult:
+    """Fit spec, train, early-stop, calibrate. ``events`` are normal rows only.
+
+    With ``entity``, the rows must already carry its fields, computed point-in-time over the whole
+    time-ordered history (``entity.enrich_history`` before selecting the normal rows), and the spec
+    is stored in the result so the bundle's workers compute the same fields.
+    """
     say = progress or (lambda _msg: None)
+    if entity is not None and events and any(f not in events[0] for f in entity.output_fields):
+        raise ValueError("events lack the entity fields: run entity.enrich_history on the history first")
     started = time.monotonic()
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(events))
@@ -126,7 +136,7 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
     }
     say(f"threshold {threshold:.6g} ({config.threshold_method}); flags "
         f"{calibration['validation_flag_rate']:.2%} of validation rows")
-    return TrainResult(spec, head, arch, threshold, calibration, metrics)
+    return TrainResult(spec, head, arch, threshold, calibration, metrics, entity)
 
 
 def _fit(

@@ -1,0 +1,15 @@
+"""Step 3a, enrich: per-entity streaming features (docs/entity-features.md).
+
+Between decode and features, each event gains numeric fields computed from the history of its
+entities (``account_id`` and any configured key): decayed window counts/sums/means, the amount
+relative to the entity's mean, seconds since the entity's previous event, distinct and first-seen
+merchants/countries. The same ``compute`` code runs in the worker (state in Redis) and in
+training/offline scoring (state in memory), so both see exactly the same numbers.
+"""
+
+from .enrich import Enricher, enrich_history
+from .spec import EntitySpec, parse_windows
+from .state import InMemoryState, RedisState, StateStore
+
+__all__ = ["Enricher", "EntitySpec", "InMemoryState", "RedisState", "StateStore", "enrich_history",
+           "parse_windows"]

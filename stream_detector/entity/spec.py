@@ -1,0 +1,114 @@
+"""``EntitySpec``: which entity features a model uses. Saved in the bundle (``entity.json``),
+checksummed and fingerprinted with it; a bundle without one enriches nothing.
+
+Output fields, for each entity key ``k`` and window ``w`` (named like ``1h``, ``1d``, ``7d``)::
+
+    k__count_w            decayed number of the entity's earlier events in the window
+    k__sum_w, k__mean_w   decayed sum and mean of their amounts
+    k__amount_ratio_w     this event's amount / k__mean_w   (1 when there is no history)
+    k__amount_z_w         (amount - mean) / max(std, 0.1·|mean|, 0.01)   (0 without history)
+    k__distinct_F_w       distinct values of field F the entity used in the window
+    k__seconds_since_last seconds since the entity's previous event (longest window if none)
+    k__new_F              1 when the entity has not used this value of F within the longest window
+
+Every feature describes the history *before* the event (the event itself is then added).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+ENTITY_FORMAT = 1
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_windows(text: str) -> tuple[int, ...]:
+    """``"1h,1d,7d"`` → ``(3600, 86400, 604800)`` seconds, sorted, unique."""
+    out: set[int] = set()
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", part)
+        if not match or int(match.group(1)) <= 0:
+            raise ValueError(f"window {part!r} is not like 30m, 1h, 1d or 7d")
+        out.add(int(match.group(1)) * _UNITS[match.group(2)])
+    return tuple(sorted(out))
+
+
+def window_name(seconds: int) -> str:
+    for unit in ("d", "h", "m"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class EntitySpec:
+    """Entity keys, windows (seconds) and the fields the features read; immutable and versioned."""
+
+    keys: tuple[str, ...] = ("account_id",)
+    windows: tuple[int, ...] = (3600, 86_400, 604_800)
+    amount_field: str = "amount"
+    distinct_fields: tuple[str, ...] = ("merchant_category", "country")
+    max_distinct: int = 16
+    horizon_factor: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not self.keys or len(set(self.keys)) != len(self.keys):
+            raise ValueError("entity keys must be non-empty and unique")
+        if not self.windows or list(self.windows) != sorted(set(self.windows)) or self.windows[0] <= 0:
+            raise ValueError("entity windows must be positive, sorted and unique (seconds)")
+        if self.max_distinct < 1 or not self.horizon_factor >= 1.0:
+            raise ValueError("max_distinct must be >= 1 and horizon_factor >= 1")
+
+    @property
+    def longest_ms(self) -> float:
+        return self.windows[-1] * 1000.0
+
+    @property
+    def horizon_ms(self) -> int:
+        """Inactivity after which an entity's state is dropped (Redis TTL; offline: reset)."""
+        return int(self.windows[-1] * 1000 * self.horizon_factor)
+
+    def distinct_for(self, key: str) -> tuple[str, ...]:
+        return tuple(f for f in self.distinct_fields if f != key)
+
+    def fields_for(self, key: str) -> list[str]:
+        """Output field names of one key, in the order ``compute.step`` writes them."""
+        names: list[str] = []
+        for w in map(window_name, self.windows):
+            names += [f"{key}__count_{w}", f"{key}__sum_{w}", f"{key}__mean_{w}",
+                      f"{key}__amount_ratio_{w}", f"{key}__amount_z_{w}"]
+            names += [f"{key}__distinct_{f}_{w}" for f in self.distinct_for(key)]
+        names.append(f"{key}__seconds_since_last")
+        names += [f"{key}__new_{f}" for f in self.distinct_for(key)]
+        return names
+
+    @property
+    def output_fields(self) -> list[str]:
+        return [name for key in self.keys for name in self.fields_for(key)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": ENTITY_FORMAT, **asdict(self)}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EntitySpec:
+        if data.get("format") != ENTITY_FORMAT:
+            raise ValueError(f"unsupported entity spec format {data.get('format')!r}")
+        return cls(keys=tuple(data["keys"]), windows=tuple(int(w) for w in data["windows"]),
+                   amount_field=str(data["amount_field"]), distinct_fields=tuple(data["distinct_fields"]),
+                   max_distinct=int(data["max_distinct"]), horizon_factor=float(data["horizon_factor"]))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> EntitySpec:
+        return cls.from_dict(orjson.loads(raw))
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.to_json()).hexdigest()

@@ -1,0 +1,218 @@
+"""Entity features (step 3a): window maths, point-in-time order, idempotent replay, late events,
+bounded state, bundle storage and offline scoring parity."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from stream_detector.entity import Enricher, EntitySpec, InMemoryState, enrich_history, parse_windows
+from stream_detector.entity.compute import empty_core, step
+from stream_detector.entity.state import record_bytes
+from stream_detector.errors import ModelError
+from stream_detector.model.bundle import ENTITY_FILE, build_bundle, load_bundle, save_bundle
+from stream_detector.model.train import TrainConfig, train
+from stream_detector.offline import score_events
+from stream_detector.pipeline.score import Scorer, scores_of
+from stream_detector.simulate import Simulator
+
+H = 3_600_000  # one hour in ms
+SPEC = EntitySpec(windows=(3600, 86_400), max_distinct=4)
+
+
+def ev(i: int, t_ms: float | None, amount: float = 10.0, account: str = "a", **extra: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {"event_id": f"e{i}", "account_id": account, "amount": amount,
+                             "merchant_category": "grocery", "country": "US", **extra}
+    if t_ms is not None:
+        event["timestamp"] = t_ms
+    return event
+
+
+def history(n: int = 600, seed: int = 3) -> list[dict[str, Any]]:
+    events, _ = Simulator(seed=seed, accounts=20, raw=True).batch(n, 0.05, now_ms=1_790_000_000_000,
+                                                                  span_ms=3 * 86_400_000)
+    return events
+
+
+def test_windows_parse_and_spec_round_trip() -> None:
+    assert parse_windows("7d,1h, 1d,1h") == (3600, 86_400, 604_800)
+    with pytest.raises(ValueError):
+        parse_windows("1y")
+    spec = EntitySpec(keys=("account_id", "merchant_category"), windows=parse_windows("30m,1d"))
+    assert EntitySpec.from_json(spec.to_json()) == spec
+    assert "account_id__count_30m" in spec.output_fields and "merchant_category__new_country" in spec.output_fields
+    assert "merchant_category__new_merchant_category" not in spec.output_fields  # a key is not its own distinct
+    assert spec.fingerprint != EntitySpec().fingerprint
+
+
+def test_decayed_window_maths() -> None:
+    out1: dict[str, float] = {}
+    out2: dict[str, float] = {}
+    out3: dict[str, float] = {}
+    core = step(SPEC, "account_id", empty_core(SPEC, "account_id"), ev(1, 0.0, 10.0), out1)
+    core = step(SPEC, "account_id", core, ev(2, H, 30.0), out2)
+    core = step(SPEC, "account_id", core, ev(3, H, 20.0), out3)
+    assert out1["account_id__count_1h"] == 0.0 and out1["account_id__amount_ratio_1h"] == 1.0
+    assert out1["account_id__seconds_since_last"] == 86_400.0  # no history: the longest window
+    assert out2["account_id__count_1h"] == pytest.approx(math.exp(-1))  # one event, one τ ago
+    assert out2["account_id__count_1d"] == pytest.approx(math.exp(-1 / 24))
+    assert out2["account_id__mean_1h"] == pytest.approx(10.0) and out2["account_id__amount_ratio_1h"] == pytest.approx(3.0)
+    assert out2["account_id__amount_z_1h"] == pytest.approx((30 - 10) / 1.0)  # sd 0 → floor 0.1·mean
+    assert out2["account_id__seconds_since_last"] == 3600.0
+    w = math.exp(-1)
+    assert out3["account_id__count_1h"] == pytest.approx(w + 1)
+    mean = (10 * w + 30) / (w + 1)
+    assert out3["account_id__mean_1h"] == pytest.approx(mean)
+    sd = math.sqrt((100 * w + 900) / (w + 1) - mean**2)
+    assert out3["account_id__amount_z_1h"] == pytest.approx((20 - mean) / sd)
+    assert out3["account_id__seconds_since_last"] == 0.0
+
+
+def test_distinct_and_first_use_are_capped_and_expire() -> None:
+    core = empty_core(SPEC, "account_id")
+    outs = []
+    for i, (cat, t) in enumerate([("a", 0), ("b", 1), ("a", 2), ("c", 3), ("d", 4), ("e", 5), ("f", 6)]):
+        out: dict[str, float] = {}
+        core = step(SPEC, "account_id", core, ev(i, t * 60_000, merchant_category=cat), out)
+        outs.append(out)
+    assert [o["account_id__new_merchant_category"] for o in outs] == [1, 1, 0, 1, 1, 1, 1]
+    assert outs[3]["account_id__distinct_merchant_category_1h"] == 2.0
+    assert outs[6]["account_id__distinct_merchant_category_1h"] == 4.0  # saturates at max_distinct
+    assert len(core["d"]["merchant_category"]) == 4 and "a" not in core["d"]["merchant_category"]
+    out = {}
+    core = step(SPEC, "account_id", core, ev(9, 26 * H, merchant_category="f"), out)
+    assert out["account_id__new_merchant_category"] == 1.0  # last use is older than the longest window
+    assert out["account_id__distinct_merchant_category_1d"] == 0.0
+    assert list(core["d"]["merchant_category"]) == ["f"]
+
+
+def test_late_and_untimed_events_are_clamped_to_the_entity_time() -> None:
+    core = empty_core(SPEC, "account_id")
+    core = step(SPEC, "account_id", core, ev(1, 10 * H), {})
+    late: dict[str, float] = {}
+    core = step(SPEC, "account_id", core, ev(2, 2 * H, 50.0), late)
+    assert late["account_id__seconds_since_last"] == 0.0 and late["account_id__count_1h"] == 1.0
+    assert core["t"] == 10 * H  # time never runs backwards
+    untimed: dict[str, float] = {}
+    core = step(SPEC, "account_id", core, ev(3, None), untimed)
+    assert untimed["account_id__count_1h"] == 2.0 and core["t"] == 10 * H
+    after: dict[str, float] = {}
+    step(SPEC, "account_id", core, ev(4, 11 * H), after)
+    assert after["account_id__count_1h"] == pytest.approx(3 * math.exp(-1))
+
+
+def test_state_is_dropped_after_the_horizon() -> None:
+    core = step(SPEC, "account_id", empty_core(SPEC, "account_id"), ev(1, 0.0), {})
+    out: dict[str, float] = {}
+    step(SPEC, "account_id", core, ev(2, SPEC.horizon_ms), out)
+    assert out["account_id__count_1d"] == 0.0 and out["account_id__seconds_since_last"] == 86_400.0
+
+
+def test_point_in_time_no_look_ahead_and_batching_independent() -> None:
+    events = history(400)
+    full = enrich_history(SPEC, events)
+    for k in (1, 57, 200, 399):
+        assert enrich_history(SPEC, events[:k]) == full[:k]  # row i sees only rows before it
+    assert enrich_history(SPEC, events, chunk=7) == full
+    raw_fields = set(events[0])
+    assert set(full[0]) == raw_fields | set(SPEC.output_fields)
+    assert events[0].keys() == raw_fields  # input rows are not modified
+
+
+def _positions(p: int, start: int, n: int) -> list[tuple[int, int]]:
+    return [(p, start + i) for i in range(n)]
+
+
+def _state(enricher: Enricher, parts: str = "ca") -> dict[str, Any]:
+    store = enricher.store
+    assert isinstance(store, InMemoryState)
+    return {k[1][1]: {p: r[p] for p in parts} for k, r in store.records.items()}
+
+
+def test_retried_batch_replays_exactly_and_never_double_counts() -> None:
+    events = [ev(i, i * 60_000.0, 10.0 + i, account="a" if i % 3 else "b") for i in range(30)]
+    once = Enricher(InMemoryState())
+    first = once.enrich(SPEC, events[:10], _positions(0, 0, 10))
+    second = once.enrich(SPEC, events[10:], _positions(0, 10, 20))
+
+    twice = Enricher(InMemoryState())
+    assert twice.enrich(SPEC, events[:10], _positions(0, 0, 10)) == first
+    twice.enrich(SPEC, events[10:], _positions(0, 10, 20))
+    assert twice.enrich(SPEC, events[10:], _positions(0, 10, 20)) == second  # held batch retried
+    assert _state(twice, "cau") == _state(once, "cau")
+    assert twice.enrich(SPEC, events[10:15], _positions(0, 10, 5)) == second[:5]  # restart, smaller batch
+    assert twice.enrich(SPEC, events[15:], _positions(0, 15, 15)) == second[5:]
+    assert _state(twice) == _state(once)
+    stale = twice.enrich(SPEC, events[:10], _positions(0, 0, 10))  # an old batch redelivered
+    assert _state(twice) == _state(once)  # nothing applied twice
+    assert [e["account_id__count_1d"] for e in stale] != [e["account_id__count_1d"] for e in first]
+    assert twice.enrich(SPEC, events[10:], _positions(0, 10, 20)) != second  # no undo left: approximate
+
+
+def test_other_partitions_do_not_count_as_retries() -> None:
+    events = [ev(i, i * 60_000.0, account="m") for i in range(6)]
+    enricher = Enricher(InMemoryState())
+    enricher.enrich(SPEC, events[:3], [(0, 5), (0, 6), (0, 7)])
+    out = enricher.enrich(SPEC, events[3:], [(1, 0), (1, 1), (0, 8)])  # low offsets of partition 1 are new
+    assert [e["account_id__count_1d"] > 0 for e in out] == [True, True, True]
+    assert _state(enricher)["m"]["a"] == {"0": 8, "1": 1}
+    assert _state(enricher)["m"]["c"]["w"][1][0] == pytest.approx(sum(math.exp(-k / 1440) for k in range(6)))
+
+
+def test_state_round_trips_json_exactly_and_stays_small() -> None:
+    spec = EntitySpec()  # 1h, 1d, 7d; 16 distinct values per field
+    store = InMemoryState()
+    enricher = Enricher(store)
+    events = [ev(i, i * 30_000.0, 1.0 + (i * 7919 % 1000) / 3, merchant_category=f"m{i}", country=f"c{i % 40}")
+              for i in range(2000)]
+    for start in range(0, 2000, 100):
+        enricher.enrich(spec, events[start:start + 100], _positions(0, start, 100))
+    record = next(iter(store.records.values()))
+    assert orjson.loads(orjson.dumps(record)) == record  # floats survive Redis' JSON exactly
+    assert len(record["c"]["d"]["merchant_category"]) == 16 and len(record["u"]["s"]["d"]["country"]) == 16
+    assert record_bytes(record) < 2_600  # bounded whatever the history length (docs: bytes per entity)
+
+
+def test_events_without_a_key_get_empty_history_features() -> None:
+    enricher = Enricher(InMemoryState())
+    out = enricher.enrich(SPEC, [ev(1, 0.0), {"event_id": "x", "amount": 5.0}], _positions(0, 0, 2))
+    assert out[1]["account_id__count_1h"] == 0.0 and out[1]["account_id__amount_ratio_1d"] == 1.0
+    assert len(enricher.store.records) == 1  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def entity_bundle_and_history() -> tuple[Any, list[dict[str, Any]]]:
+    events = history(1500, seed=5)
+    enriched = enrich_history(SPEC, events)
+    with pytest.raises(ValueError, match="entity fields"):
+        train(events, TrainConfig(epochs=1), entity=SPEC)
+    result = train(enriched, TrainConfig(epochs=3, seed=0), entity=SPEC)
+    return build_bundle(result), events
+
+
+def test_bundle_stores_entity_spec_and_verifies_it(entity_bundle_and_history: Any, tmp_path: Path) -> None:
+    bundle, _ = entity_bundle_and_history
+    loaded = load_bundle(save_bundle(bundle, tmp_path / "b"))
+    assert loaded.entity == SPEC and loaded.metadata["entity_fingerprint"] == SPEC.fingerprint
+    assert any(c.name == "account_id__amount_z_1h" for c in loaded.spec.numeric)
+    (tmp_path / "b" / ENTITY_FILE).write_bytes(EntitySpec(windows=(60,)).to_json())
+    with pytest.raises(ModelError, match="entity.json"):
+        load_bundle(tmp_path / "b")
+    (tmp_path / "b" / ENTITY_FILE).unlink()
+    with pytest.raises(ModelError, match="entity.json"):
+        load_bundle(tmp_path / "b")
+
+
+def test_offline_scores_enrich_in_file_order(entity_bundle_and_history: Any) -> None:
+    bundle, events = entity_bundle_and_history
+    scorer = Scorer(bundle)
+    x, bad = bundle.spec.transform(enrich_history(SPEC, events))
+    assert not bad
+    expected = scores_of(scorer.errors(x))
+    got = score_events(bundle, events, batch_size=128, scorer=scorer).scores
+    np.testing.assert_array_equal(got, expected)
