@@ -60,6 +60,14 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
     data = read_events(Path(args.input), args.id_column, args.label_column)
     events, labels = data.events, data.labels
+    entity = _entity_spec(args)
+    if entity is not None:  # 3a: point-in-time entity features over the whole history, in file order
+        from .entity import enrich_history
+
+        events = enrich_history(entity, events)
+        _say(f"entity features: {len(entity.output_fields)} fields per event from keys {', '.join(entity.keys)} "
+             f"over windows {args.entity_windows}; {_backwards(events)} rows earlier than a previous row "
+             f"(applied in file order, time clamped: docs/entity-features.md)")
     if labels is not None:
         normal = [e for e, lab in zip(events, labels, strict=True) if lab == args.normal_label]
         if not normal:
@@ -73,13 +81,13 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                          threshold_method=args.threshold_method, k_std=args.k_std,
                          dropout=args.dropout, error_norm=args.error_norm, time_of_day=args.time_features,
                          exclude=tuple(args.exclude or ()))
-    result = train(normal, config, progress=_say)
+    result = train(normal, config, progress=_say, entity=entity)
     extra: dict[str, Any] = {"training_input": str(args.input), "training_rows_read": len(events)}
     out = Path(args.out)
     if labels is not None:
         y = np.array([lab != args.normal_label for lab in labels])
         bundle = build_bundle(result)
-        scored = score_events(bundle, events)
+        scored = score_events(bundle, data.events)  # the bundle enriches the raw rows itself
         ok = scored.valid
         extra["evaluation_on_input"] = evaluate(scored.scores[ok], y[ok], result.threshold)
         _say("on the labelled input (training rows included): " + ", ".join(
@@ -93,6 +101,35 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
     print(bundle.version)
     return 0
+
+
+def _entity_spec(args: argparse.Namespace) -> Any:
+    """The ``EntitySpec`` asked for by ``--entity-key`` (None without one: no entity features)."""
+    if not args.entity_key:
+        return None
+    from .entity import EntitySpec, parse_windows
+
+    try:
+        return EntitySpec(keys=tuple(args.entity_key), windows=parse_windows(args.entity_windows),
+                          amount_field=args.entity_amount,
+                          distinct_fields=tuple(f for f in args.entity_distinct.split(",") if f))
+    except ValueError as exc:
+        raise ConfigError(f"entity features: {exc}") from exc
+
+
+def _backwards(events: list[dict[str, Any]]) -> int:
+    """Rows whose timestamp is earlier than the latest one before them (late / out of order)."""
+    from .schema import parse_timestamp_ms
+
+    late, latest = 0, float("-inf")
+    for event in events:
+        try:
+            t = parse_timestamp_ms(event.get("timestamp"))
+        except ValueError:
+            continue
+        late += t < latest
+        latest = max(latest, t)
+    return late
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
@@ -269,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--error-norm", choices=["none", "mean"], default="mean",
                    help="divide per-feature errors by their mean validation error (default) or not")
     p.add_argument("--time-features", action="store_true", help="add hour-of-day (sin/cos) from timestamp")
+    p.add_argument("--entity-key", action="append",
+                   help="per-entity history features keyed by this field, e.g. account_id (repeatable; "
+                        "the input must be in arrival/time order; docs/entity-features.md)")
+    p.add_argument("--entity-windows", default="1h,1d,7d", help="entity feature windows (default 1h,1d,7d)")
+    p.add_argument("--entity-distinct", default="merchant_category,country",
+                   help="fields whose distinct / first-seen values per entity become features")
+    p.add_argument("--entity-amount", default="amount", help="amount field of the entity features")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 

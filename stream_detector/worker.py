@@ -2,6 +2,7 @@
 
     1 source   poll a batch (size or deadline)
     2 decode   bytes → validated events; bad ones → Rejected(reason)
+    3a enrich  per-entity history features of the model's EntitySpec (state in Redis: 2 round trips)
     3 features the shared FeatureSpec of the active model
     4 score    TorchScript per-feature errors
     5 decide   score vs the Redis threshold for that model
@@ -22,11 +23,14 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import DeliveryError, ModelError, StreamDetectorError, ThresholdUnavailable
+from .entity import Enricher, RedisState
+from .errors import (DeliveryError, EntityStateUnavailable, ModelError, StreamDetectorError,
+                     ThresholdUnavailable)
 from .metrics import WorkerMetrics, batch_context
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected, decode_batch
@@ -74,6 +78,7 @@ class Worker:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._pending: tuple[str, Future[Scorer]] | None = None
         self._held: Batch | None = None
+        self.enricher: Enricher | None = None  # step 3a, created in start()
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -84,6 +89,7 @@ class Worker:
             ensure_topics(self.settings, [self.settings.input_topic, self.settings.alerts_topic,
                                           self.settings.dlq_topic])
         self.scorer = self._load(self.control.active_bundle().version)
+        self.enricher = Enricher(RedisState(self.control.r, self.settings.redis_prefix))
         self.thresholds.refresh(force=True)
         self.link.start()
         self.publisher.start()
@@ -127,7 +133,7 @@ class Worker:
             return 0
         try:
             self.handle(batch)
-        except (ThresholdUnavailable, DeliveryError) as exc:
+        except (ThresholdUnavailable, DeliveryError, EntityStateUnavailable) as exc:
             self._hold(batch, exc)
             return 0
         if self._held is not None:
@@ -137,7 +143,8 @@ class Worker:
     def handle(self, batch: Batch) -> None:
         scorer = self._require_scorer()
         decoded = decode_batch(batch.values, self.settings.max_event_bytes)  # 2 decode
-        x, bad = scorer.bundle.spec.transform(decoded.events)  # 3 features
+        enriched = self._enrich(scorer, batch, decoded.events, decoded.indices)  # 3a enrich
+        x, bad = scorer.bundle.spec.transform(enriched)  # 3 features
         rejected = list(decoded.rejected)
         if bad:
             keep = np.ones(len(decoded.events), dtype=bool)
@@ -175,6 +182,14 @@ class Worker:
         if self.scorer is None:
             raise RuntimeError("worker not started")
         return self.scorer
+
+    def _enrich(self, scorer: Scorer, batch: Batch, events: list[dict[str, Any]], indices: list[int]
+                ) -> list[dict[str, Any]]:
+        """Step 3a: entity features (events are copied; alerts keep the events as received)."""
+        if scorer.bundle.entity is None or self.enricher is None:
+            return events
+        positions = [(batch.partitions[i], batch.offsets[i]) for i in indices]
+        return self.enricher.enrich(scorer.bundle.entity, events, positions)
 
     def _threshold_for(self, scorer: Scorer) -> Threshold:
         try:
