@@ -102,6 +102,17 @@ class Settings(BaseSettings):
     model_dir: str = Field("models", description="Artifact directory for SD_MODEL_STORE=dir (a shared "
                            "volume mounted at the same path on every pod).")
     model_keep: int = Field(10, ge=2, description="Model versions kept; active and previous always are.")
+    # ---- operator console and its score feed (docs/console.md) ------------------------------
+    score_feed_sample: int = Field(200, ge=0, le=10_000, description="Scored events each worker samples "
+                                   "per feed interval into {prefix}:recent-scores (0 = no feed).")
+    score_feed_interval_s: float = Field(1.0, gt=0, description="How often workers append their sample "
+                                         "to the recent-scores stream.")
+    score_feed_max: int = Field(2000, ge=10, description="Length bound (entries) of the recent-scores stream.")
+    console_host: str = Field("127.0.0.1", description="Address `stream-detector console` binds (loopback "
+                              "unless told otherwise).")
+    console_port: int = Field(8050, ge=0, le=65535, description="Port of the operator console.")
+    console_token: SecretStr = Field(SecretStr(""), description="Token the console requires to change the "
+                                     "threshold or roll back (empty: the console is read-only).")
     log_level: str = Field("INFO", description="Python log level.")
     log_json: bool = Field(False, description="Emit logs as JSON lines.")
 

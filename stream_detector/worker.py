@@ -35,6 +35,7 @@ from .metrics import WorkerMetrics, batch_context
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected, decode_batch
 from .pipeline.publish import Publisher, build_alerts, build_dead_letters, make_publisher
+from .pipeline.score_feed import ScoreFeed
 from .pipeline.score import Scorer, scores_of
 from .pipeline.source import Batch, KafkaSource
 from .pipeline.threshold import ThresholdCache, decide
@@ -72,6 +73,7 @@ class Worker:
         self.thresholds = ThresholdCache(self.metrics.watch_redis(self.control.snapshot),
                                          settings.threshold_refresh_s, settings.threshold_max_staleness_s)
         self.link = ControlLink(self.control, settings)  # change notices in, score summaries out
+        self.feed = ScoreFeed(self.control, settings)  # sampled scores for the console (docs/console.md)
         self.stats = WorkerStats()
         self.scorer: Scorer | None = None
         self.stop_event = threading.Event()
@@ -92,6 +94,7 @@ class Worker:
         self.enricher = Enricher(RedisState(self.control.r, self.settings.redis_prefix))
         self.thresholds.refresh(force=True)
         self.link.start()
+        self.feed.start()
         self.publisher.start()
         self.source.start()
         log.info("worker started: model %s, topic %s, group %s", self.scorer.version,
@@ -120,6 +123,7 @@ class Worker:
         self.publisher.close()
         self._loader.shutdown(wait=False, cancel_futures=True)
         self.link.close()
+        self.feed.close()
         self.metrics.close()
 
     # ---- the loop --------------------------------------------------------------------------
@@ -162,6 +166,7 @@ class Worker:
         self.link.observe(scorer, scores)  # drift summaries: one bincount per batch
         threshold = self._threshold_for(scorer)  # 5 decide
         rows = np.flatnonzero(decide(scores, threshold.value))
+        self.feed.observe(events, scores, rows, threshold, batch.timestamps, indices)  # bounded sample
         field_errors = scorer.field_errors(per_feature[rows])
         alerts = build_alerts(batch, events, indices, rows, scores, field_errors, scorer.fields, threshold,
                               self.settings.top_features, self.settings.alerts_topic)
