@@ -268,6 +268,17 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if any(c.status == "fail" for c in checks) else 0
 
 
+def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
+    from .console import serve
+
+    host = args.host or settings.console_host
+    port = settings.console_port if args.port is None else args.port
+    writable = "changes need SD_CONSOLE_TOKEN" if settings.console_token.get_secret_value() else "read-only"
+    _say(f"console on http://{host}:{port} ({writable}); Ctrl-C stops it")
+    serve(settings, host, port)
+    return 0
+
+
 def _who() -> str:
     try:
         return f"{getpass.getuser()}@{socket.gethostname()}"
@@ -374,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraud-rate", type=float, default=0.01)
     p.add_argument("--workdir", default="demo-out", help="where the model and report go")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("console", help="operator console in the browser: live scores, threshold what-if, "
+                                       "explain an event, models (docs/console.md)")
+    p.add_argument("--host", help="address to bind (default SD_CONSOLE_HOST, 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, help="port (default SD_CONSOLE_PORT, 8050)")
+    p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("check-config", help="validate settings, reach Kafka (topics, partitions) and Redis "
                                             "(active model loads, threshold present); exit 0 ok, 1 failed")

@@ -1,0 +1,248 @@
+"""What each console view asks for, as plain dicts (the HTTP layer only routes and serializes).
+
+Live numbers come from the workers' recent-scores stream (``pipeline/score_feed.py``). Where it
+is empty (workers of an older release) the histogram falls back to the retrainer's binned score
+summaries when those exist, and the alert list still comes from the alerts topic. Threshold and
+rollback go through ``ControlPlane`` — the same calls as ``stream-detector threshold set`` and
+``stream-detector model rollback`` — so the audit history and the workers' change notices are
+the usual ones.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ModelError, NoActiveModel, StreamDetectorError
+from ..offline import score_events
+from ..pipeline.score import Scorer
+from ..settings import Settings
+from ..store import ControlPlane
+from . import whatif
+from .sources import FeedEntry, TopicTail, read_feed, read_summaries, sample_of
+
+RATE_WINDOW_S = 30.0
+SERIES_BUCKET_S = 10.0
+SERIES_BUCKETS = 60
+FEED_CACHE_S = 1.0
+
+
+class ConsoleService:
+    def __init__(self, settings: Settings, control: ControlPlane | None = None) -> None:
+        self.settings = settings
+        self.control = control or ControlPlane.from_settings(settings)
+        self.feedback_topic = str(getattr(settings, "feedback_topic", "feedback"))
+        self.alerts = TopicTail(settings, settings.alerts_topic, keep=500, start_back=200)
+        self.feedback = TopicTail(settings, self.feedback_topic, keep=200_000, start_back=None)
+        self._feed: tuple[float, list[FeedEntry]] = (0.0, [])
+        self._scorer: Scorer | None = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.alerts.close()
+        self.feedback.close()
+
+    # ---- live ----------------------------------------------------------------------------------
+    def feed(self) -> list[FeedEntry]:
+        with self._lock:
+            at, entries = self._feed
+            if time.monotonic() - at > FEED_CACHE_S:
+                entries = read_feed(self.control, self.settings.score_feed_max)
+                self._feed = (time.monotonic(), entries)
+            return entries
+
+    def overview(self) -> dict[str, Any]:
+        snap = self.control.snapshot()
+        threshold = snap.threshold
+        entries = self.feed()
+        now = time.time()
+        sample = sample_of(entries, snap.active_model)
+        out: dict[str, Any] = {
+            "active_model": snap.active_model,
+            "threshold": None if threshold is None else {"value": threshold.value, "version": threshold.version,
+                                                         "model_version": threshold.model_version},
+            "rates": _rates(entries, now), "series": _series(entries, now),
+            "workers": _workers(entries, now, self._summary_workers()),
+            "histogram": whatif.histogram(sample.scores, sample.weights, threshold.value if threshold else None),
+            "source": "recent-scores" if sample.scores.size else "none",
+            "sampled": int(sample.scores.size), "span_s": sample.span_s,
+        }
+        if not sample.scores.size and threshold is not None:
+            fallback = self._summary_histogram(snap.active_model, threshold.value)
+            if fallback is not None:
+                out["histogram"], out["source"] = fallback, "score-summaries"
+        return out
+
+    def _summary_workers(self) -> list[dict[str, str]]:
+        try:
+            return read_summaries(self.control, limit=500)
+        except StreamDetectorError:
+            return []
+
+    def _summary_histogram(self, model: str | None, threshold: float) -> dict[str, Any] | None:
+        """Binned counts of the retrainer's score summaries (inner bins only; open ends dropped)."""
+        import orjson
+
+        rows = [s for s in self._summary_workers() if s.get("model_version") == model]
+        if not rows:
+            return None
+        edges = np.asarray(orjson.loads(rows[-1]["edges"]), dtype=np.float64)
+        counts = np.sum([orjson.loads(r["counts"]) for r in rows if len(orjson.loads(r["edges"])) == edges.size],
+                        axis=0)
+        if edges.size < 2:
+            return None
+        return {"edges": np.log10(np.maximum(edges, whatif.LOG_FLOOR)).tolist(),
+                "counts": [float(c) for c in counts[1:-1]], "threshold": threshold,
+                "log_threshold": math.log10(max(threshold, whatif.LOG_FLOOR)), "binned": True}
+
+    # ---- what-if -------------------------------------------------------------------------------
+    def what_if(self, value: float) -> dict[str, Any]:
+        snap = self.control.snapshot()
+        sample = sample_of(self.feed(), snap.active_model)
+        scores, fraud = self._labelled(sample, snap.active_model)
+        current = snap.threshold.value if snap.threshold else None
+        out = whatif.what_if(sample, value, scores, fraud, current)
+        if current is not None and scores.size:
+            out["current_confusion"] = whatif.confusion(scores, fraud, current).to_dict()
+        out["feedback_topic"] = self.feedback_topic
+        return out
+
+    def _labelled(self, sample: whatif.Sample, model: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of labelled events: from the sample, else from an alert of the same model."""
+        labels: dict[str, bool] = {}
+        for msg in self.feedback.read():
+            if isinstance(msg, dict) and msg.get("label") in ("fraud", "legit") and msg.get("event_id") is not None:
+                labels[str(msg["event_id"])] = msg["label"] == "fraud"
+        if not labels:
+            return np.zeros(0), np.zeros(0, dtype=bool)
+        known: dict[str, float] = {}
+        for alert in self.recent_alerts(limit=500):
+            if alert.get("model_version") == model:
+                known[str(alert["event_id"])] = float(alert["score"])
+        known.update(zip(sample.ids, sample.scores.tolist(), strict=True))
+        ids = [i for i in labels if i in known]
+        return (np.asarray([known[i] for i in ids], dtype=np.float64),
+                np.asarray([labels[i] for i in ids], dtype=bool))
+
+    # ---- alerts and explain --------------------------------------------------------------------
+    def recent_alerts(self, limit: int = 50) -> list[dict[str, Any]]:
+        alerts = [a for a in self.alerts.read() if isinstance(a, dict) and "event_id" in a and "score" in a]
+        return alerts[::-1][:limit]
+
+    def explain(self, event: Any) -> dict[str, Any]:
+        """Score one event exactly as ``score_events`` does, plus its per-field errors."""
+        if not isinstance(event, dict):
+            raise ConfigError("the event must be one JSON object")
+        snap = self.control.snapshot()
+        scorer = self._scorer_for(snap.active_model)
+        scored = score_events(scorer.bundle, [event], scorer=scorer)
+        out: dict[str, Any] = {"event_id": event.get("event_id"), "model_version": scorer.version,
+                               "threshold": snap.threshold.value if snap.threshold else None,
+                               "threshold_version": snap.threshold.version if snap.threshold else None,
+                               "rejected": scored.rejected[0]}
+        if scored.rejected[0] is not None:
+            return out
+        score = float(scored.scores[0])
+        x, _ = scorer.bundle.spec.transform([event])
+        per_field = scorer.field_errors(scorer.errors(x))[0]
+        total = float(per_field.sum()) or 1.0
+        order = np.argsort(-per_field, kind="stable").tolist()
+        out.update(score=score, alert=out["threshold"] is not None and score > out["threshold"],
+                   fields=[{"feature": scorer.fields[j], "error": float(per_field[j]),
+                            "share": float(per_field[j]) / total} for j in order])
+        return out
+
+    def _scorer_for(self, version: str | None) -> Scorer:
+        if version is None:
+            raise NoActiveModel("no active model: publish one first")
+        with self._lock:
+            if self._scorer is None or self._scorer.version != version:
+                self._scorer = Scorer(self.control.fetch_bundle(version), "cpu")
+            return self._scorer
+
+    # ---- models and writes ---------------------------------------------------------------------
+    def models(self) -> dict[str, Any]:
+        active = self.control.active_model()
+        previous = self.control.previous_model() if hasattr(self.control, "previous_model") else None
+        versions = []
+        for version in reversed(self.control.model_versions()):
+            try:
+                info = self.control.model_info(version) if hasattr(self.control, "model_info") else {}
+            except ModelError:
+                info = {}
+            metadata = info.get("metadata") or {}
+            versions.append({"version": version, "active": version == active, "previous": version == previous,
+                             "threshold": info.get("threshold"), "stored_at": info.get("stored_at"),
+                             "metrics": metadata.get("metrics"), "gate": info.get("gate"),
+                             "created_at": metadata.get("created_at")})
+        return {"active": active, "previous": previous, "versions": versions,
+                "can_roll_back": previous is not None and hasattr(self.control, "rollback")}
+
+    def history(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.control.threshold_history(limit)
+
+    def set_threshold(self, value: float, set_by: str, note: str) -> dict[str, Any]:
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"threshold must be a finite number >= 0, got {value!r}")
+        model = self.control.active_model()
+        if model is None:
+            raise ConfigError("no active model: publish one before setting its threshold")
+        old = self.control.threshold()
+        version = self.control.set_threshold(value, model, set_by, note)
+        return {"version": version, "model_version": model, "old": old.value if old else None, "new": value,
+                "audit": self.control.threshold_history(1)[0]}
+
+    def rollback(self, set_by: str) -> dict[str, Any]:
+        if not hasattr(self.control, "rollback"):
+            raise ConfigError("this release has no model registry to roll back with")
+        before = self.control.active_model()
+        target = self.control.rollback(set_by)
+        return {"from": before, "to": target, "audit": self.control.threshold_history(1)[0]}
+
+
+def _rates(entries: list[FeedEntry], now: float) -> dict[str, float]:
+    recent = [e for e in entries if e.at >= now - RATE_WINDOW_S]
+    if not recent:
+        return {"events_per_s": 0.0, "alerts_per_s": 0.0, "window_s": RATE_WINDOW_S}
+    span = max(now - min(e.since for e in recent), 1.0)
+    return {"events_per_s": sum(e.n for e in recent) / span, "alerts_per_s": sum(e.alerts for e in recent) / span,
+            "window_s": span}
+
+
+def _series(entries: list[FeedEntry], now: float) -> list[dict[str, float]]:
+    """Events and alerts per second in 10 s buckets over the last 10 minutes (oldest first)."""
+    start = now - SERIES_BUCKET_S * SERIES_BUCKETS
+    events = np.zeros(SERIES_BUCKETS)
+    alerts = np.zeros(SERIES_BUCKETS)
+    for e in entries:
+        if e.at >= start:
+            k = min(int((e.at - start) // SERIES_BUCKET_S), SERIES_BUCKETS - 1)
+            events[k] += e.n
+            alerts[k] += e.alerts
+    return [{"t": start + (k + 1) * SERIES_BUCKET_S, "events_per_s": events[k] / SERIES_BUCKET_S,
+             "alerts_per_s": alerts[k] / SERIES_BUCKET_S} for k in range(SERIES_BUCKETS)]
+
+
+def _workers(entries: list[FeedEntry], now: float, summaries: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Latest word from each worker: its feed entries, else its drift summaries."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in summaries:
+        try:
+            out[s["worker_id"]] = {"worker": s["worker_id"], "model_version": s.get("model_version"),
+                                   "threshold_version": None, "last_seen_s": now - float(s["at"]),
+                                   "events_per_s": None, "source": "score-summaries"}
+        except (KeyError, ValueError):
+            continue
+    latest: dict[str, FeedEntry] = {}
+    for e in entries:
+        latest[e.worker] = e
+    for worker, e in latest.items():
+        rate = _rates([x for x in entries if x.worker == worker], now)["events_per_s"]
+        out[worker] = {"worker": worker, "model_version": e.model_version,
+                       "threshold_version": e.threshold_version, "last_seen_s": now - e.at,
+                       "events_per_s": rate, "source": "recent-scores"}
+    return sorted(out.values(), key=lambda w: str(w["worker"]))
