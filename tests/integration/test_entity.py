@@ -1,0 +1,190 @@
+"""Entity features (step 3a) on the real broker and Redis: a worker computes exactly the offline
+features, a retried batch counts once, and the state costs one read and one write per batch."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from stream_detector.entity import Enricher, EntitySpec, InMemoryState, RedisState, enrich_history
+from stream_detector.errors import DeliveryError
+from stream_detector.kafka_util import lag, read_all
+from stream_detector.model.bundle import Bundle, build_bundle
+from stream_detector.model.train import TrainConfig, train
+from stream_detector.offline import score_events
+from stream_detector.pipeline.publish import make_publisher
+from stream_detector.producer import EventProducer
+from stream_detector.settings import Settings
+from stream_detector.simulate import Simulator
+from stream_detector.store import ControlPlane
+from stream_detector.topics import ensure_topics
+from stream_detector.worker import Worker
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+SPEC = EntitySpec(windows=(3600, 86_400), max_distinct=8)
+T0 = 1_790_000_000_000
+
+
+def _raw(n: int, seed: int, accounts: int = 40, fraud: float = 0.03) -> list[dict[str, Any]]:
+    events, _ = Simulator(seed=seed, accounts=accounts, run_id=f"ent{seed}", raw=True).batch(
+        n, fraud, now_ms=T0, span_ms=2 * 86_400_000)
+    return events
+
+
+@pytest.fixture(scope="module")
+def entity_bundle() -> Bundle:
+    history = enrich_history(SPEC, _raw(2500, seed=21))
+    return build_bundle(train(history, TrainConfig(epochs=15, seed=0, target_fpr=0.01), entity=SPEC))
+
+
+def _small_batches(settings: Settings) -> Settings:
+    return settings.model_copy(update={"batch_size": 128})
+
+
+def _publish(settings: Settings, bundle: Bundle) -> ControlPlane:
+    control = ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
+    control.publish(bundle, set_by="pytest")
+    ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
+    return control
+
+
+class _Collector:
+    """The enricher's debug hook: every enriched batch, in order."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: list[dict[str, Any]]) -> None:
+        with self.lock:
+            self.batches.append(batch)
+
+    def by_id(self) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            return {e["event_id"]: e for b in self.batches for e in b}
+
+
+class _FailFirstPublish:
+    """The real publisher, except that the first publish raises (the batch is held and retried)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.failed = False
+
+    def publish(self, messages: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise DeliveryError("injected: first delivery lost")
+        self.inner.publish(messages)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.fixture
+def run_worker() -> Iterator[Any]:
+    started: list[tuple[Worker, threading.Thread]] = []
+
+    def start(worker: Worker) -> Worker:
+        worker.start()
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker
+    yield start
+    for worker, thread in started:
+        worker.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+
+
+def _offline_state(events: list[dict[str, Any]]) -> dict[str, Any]:
+    store = InMemoryState()
+    enrich_history(SPEC, events, store=store)
+    return {k[1][1]: r["c"] for k, r in store.records.items()}
+
+
+def _redis_state(settings: Settings) -> dict[str, Any]:
+    client = redis.Redis.from_url(settings.redis_url)
+    keys: list[bytes] = client.keys(f"{settings.redis_prefix}:entity:*")  # type: ignore[assignment]
+    return {k.decode().rsplit(":", 1)[1]: orjson.loads(client.get(k))["c"] for k in keys}  # type: ignore[arg-type]
+
+
+def test_worker_features_equal_offline_features_to_the_last_float(settings: Settings, entity_bundle: Bundle,
+                                                                  run_worker: Any) -> None:
+    settings = _small_batches(settings)
+    _publish(settings, entity_bundle)
+    events = _raw(1500, seed=22)
+    worker = run_worker(Worker(settings))
+    seen = _Collector()
+    assert worker.enricher is not None
+    worker.enricher.on_enriched = seen
+    with EventProducer(settings, settings.input_topic) as producer:  # keyed by account: one partition each
+        producer.send(events)
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
+
+    online = seen.by_id()
+    offline = enrich_history(SPEC, events)
+    assert len(online) == len(events) and len(seen.batches) > 1
+    for expected in offline:
+        assert online[expected["event_id"]] == expected  # every field, every float, bit for bit
+    assert _redis_state(settings) == _offline_state(events)
+
+    scores = score_events(entity_bundle, events).scores
+    expected_alerts = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > entity_bundle.threshold}
+    alerts = [orjson.loads(r.value) for r in read_all(settings, settings.alerts_topic)]
+    assert expected_alerts and {a["event_id"] for a in alerts} == expected_alerts
+    assert all(not any("__" in k for k in a["event"]) for a in alerts)  # alerts keep the event as received
+
+
+def test_a_retried_batch_is_applied_once(settings: Settings, entity_bundle: Bundle, run_worker: Any) -> None:
+    settings = _small_batches(settings)
+    _publish(settings, entity_bundle)
+    events = _raw(400, seed=23, accounts=15)
+    publisher = _FailFirstPublish(make_publisher(settings))
+    worker = run_worker(Worker(settings, publisher=publisher))  # type: ignore[arg-type]
+    seen = _Collector()
+    assert worker.enricher is not None
+    worker.enricher.on_enriched = seen
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
+
+    assert publisher.failed and worker.stats.held_batches >= 1
+    first, retry = seen.batches[0], seen.batches[1]
+    assert [e["event_id"] for e in retry] == [e["event_id"] for e in first][:len(retry)]
+    assert retry == first[:len(retry)]  # the retry computed the same features
+    assert _redis_state(settings) == _offline_state(events)  # and counted every event once
+    assert seen.by_id() == {e["event_id"]: e for e in enrich_history(SPEC, events)}
+
+
+def test_one_read_and_one_write_round_trip_per_batch(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    store = RedisState(client, settings.redis_prefix)
+    enricher = Enricher(store)
+    events = _raw(600, seed=24, accounts=50)
+    before = client.info("commandstats")
+    batches = [events[i:i + 200] for i in range(0, 600, 200)]
+    for b, batch in enumerate(batches):
+        enricher.enrich(SPEC, batch, [(0, 200 * b + i) for i in range(len(batch))])
+    after = client.info("commandstats")
+
+    def calls(name: str) -> int:
+        return int(after.get(f"cmdstat_{name}", {}).get("calls", 0)) - int(before.get(f"cmdstat_{name}", {}).get("calls", 0))
+    touched = sum(len({e["account_id"] for e in batch}) for batch in batches)
+    assert store.round_trips == 2 * len(batches)
+    assert calls("mget") == len(batches)  # one read per batch, whatever the number of accounts
+    assert calls("set") == touched  # one pipelined write per touched account
+    key = store.key(SPEC, ("account_id", str(events[0]["account_id"])))
+    assert 0 < client.pttl(key) <= SPEC.horizon_ms
+    usage = client.memory_usage(key)
+    assert usage is not None and usage < 3000  # bytes per entity (docs/entity-features.md)
+    enricher.enrich(SPEC, batches[-1], [(0, 400 + i) for i in range(200)])  # replayed: no double count
+    assert _redis_state(settings) == _offline_state(events)
