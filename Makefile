@@ -17,7 +17,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,console-test]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -35,12 +35,14 @@ demo: install
 	deploy/demo.sh
 
 test: install
+	deploy/install-browser.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
 test-integration: install
+	deploy/install-browser.sh
 	$(BIN)/python -m pytest -q tests/integration
 
 lint: install
