@@ -8,6 +8,7 @@ import sys
 SUITES = {
     "throughput": "benchmarks.throughput",
     "quality": "benchmarks.quality",
+    "entity": "benchmarks.entity",
 }
 
 
