@@ -137,7 +137,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     from .store import ControlPlane
 
     bundle = load_bundle(Path(args.dir))
-    control = ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
+    control = ControlPlane.from_settings(settings)  # artifact goes where SD_MODEL_STORE says
     version = control.publish(bundle, set_by=_who())
     print(f"published model {bundle.version}; threshold {bundle.threshold:.6g} is threshold version {version}")
     return 0
@@ -266,6 +266,53 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print("stream-detector check-config\n" + report(checks))
     return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+# ---- retraining and the model registry (docs/retraining.md) ---------------------------------
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from .retrain.service import Retrainer
+
+    retrainer = Retrainer(settings, progress=_say)
+    if args.once:
+        outcome = retrainer.run_once(timeout_s=args.timeout)
+        print(orjson.dumps(outcome.to_dict()).decode())
+        return {"promoted": 0, "rejected": 3}.get(outcome.status, 4)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: retrainer.stop())
+    retrainer.run()
+    return 0
+
+
+def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
+    from .store import ControlPlane
+
+    control = ControlPlane.from_settings(settings)
+    if args.action == "list":
+        active, previous = control.active_model(), control.previous_model()
+        for version in reversed(control.model_versions()):
+            info = control.model_info(version)
+            mark = "active" if version == active else "previous" if version == previous else ""
+            gate = info["gate"]["passed"] if info["gate"] else None
+            print(f"{version}  {mark:8}  threshold={info['threshold']}  store={info['store']}  gate={gate}")
+        return 0
+    if args.action == "rollback":
+        target = control.rollback(_who())
+        print(f"rolled back to {target} (threshold {control.threshold().value:.6g})")  # type: ignore[union-attr]
+        return 0
+    if args.action == "prune":
+        removed = control.prune(args.keep or settings.model_keep)
+        print("removed: " + (", ".join(removed) or "nothing"))
+        return 0
+    if not args.version:
+        raise ConfigError(f"model {args.action} needs a VERSION")
+    if args.action == "show":
+        print(orjson.dumps(control.model_info(args.version), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    version = control.activate(args.version, _who(), note=f"promote {args.version} by hand")
+    print(f"model {args.version} is active; threshold version {version}")
+    return 0
 
 
 def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
@@ -397,6 +444,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each service")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("retrain", help="retrain on recent clean traffic, gate, publish (service, or --once)",
+                       description="Keep a window of recent events (never alerted or fraud-labelled ones), "
+                                   "retrain on schedule or drift, publish candidates that pass the gate.")
+    p.add_argument("--once", action="store_true", help="consume what is there now, train, gate, publish, exit "
+                   "(exit 0 promoted, 3 refused by the gate, 4 not enough data)")
+    p.add_argument("--timeout", type=float, default=120.0, help="--once: longest wait to read the topics")
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("model", help="the model registry: list, show, promote, rollback, prune")
+    p.add_argument("action", choices=["list", "show", "promote", "rollback", "prune"])
+    p.add_argument("version", nargs="?", help="model version (show, promote)")
+    p.add_argument("--keep", type=int, help="prune: versions to keep (default SD_MODEL_KEEP)")
+    p.set_defaults(func=cmd_model)
     return parser
 
 

@@ -1,0 +1,113 @@
+"""The promotion gate: a candidate replaces the active model only if it does no worse.
+
+Both models are scored with the worker's own code path (``offline.score_events``) on the same
+held-back data: the newest clean events of the window (never trained on) and, where analysts
+labelled events in the window, those labelled events. Each model is judged at its own threshold.
+
+Rules (all must hold; every number is kept in the decision record):
+
+1. the candidate scores (finitely) at least 99 % of the held-back events it is given;
+2. its alert rate on held-back clean traffic is at most ``target · max_ratio`` plus three
+   binomial standard errors (small held-back sets are noisy);
+3. with at least ``min_labels`` fraud labels and an active model: its recall and its precision
+   on the labelled events are each at most ``tolerance`` below the active model's, plus two
+   standard errors of the difference (labels are few; a handful of flagged events must not
+   decide a promotion on noise). Precision is compared only when both models flag at least
+   ``min_labels`` labelled events.
+
+Error quantiles are reported relative to each model's threshold: raw errors of two models live
+on different scales, their position against the threshold does not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..model.bundle import Bundle
+from ..offline import score_events
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    target_rate: float
+    max_ratio: float = 2.0
+    tolerance: float = 0.05
+    min_labels: int = 5
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    candidate: dict[str, Any] = field(default_factory=dict)
+    active: dict[str, Any] | None = None
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "reasons": self.reasons, "candidate": self.candidate,
+                "active": self.active, "policy": self.policy}
+
+
+def evaluate(bundle: Bundle, holdout: Sequence[dict[str, Any]], labelled: Sequence[dict[str, Any]],
+             is_fraud: np.ndarray) -> dict[str, Any]:
+    """A model's numbers on the held-back clean events and on the labelled events."""
+    threshold = bundle.threshold
+    scored = score_events(bundle, holdout)
+    ok = scored.valid
+    scores = scored.scores[ok]
+    out: dict[str, Any] = {
+        "threshold": threshold, "rows": len(holdout),
+        "scored": int(ok.sum()), "finite": bool(np.isfinite(scores).all()),
+        "alert_rate": float((scores > threshold).mean()) if scores.size else 0.0,
+        "score_to_threshold_quantiles": {
+            str(q): float(np.quantile(scores, q) / threshold) if scores.size and threshold > 0 else None
+            for q in (0.5, 0.9, 0.99)},
+    }
+    if len(labelled):
+        lab = score_events(bundle, labelled)
+        flagged = lab.valid & (np.nan_to_num(lab.scores, nan=-np.inf) > threshold)
+        tp = int((flagged & is_fraud).sum())
+        out.update(labelled=len(labelled), frauds=int(is_fraud.sum()), flagged=int(flagged.sum()),
+                   recall=tp / max(1, int(is_fraud.sum())),
+                   precision=tp / int(flagged.sum()) if flagged.any() else 0.0)
+    return out
+
+
+def decide(candidate: dict[str, Any], active: dict[str, Any] | None, policy: GatePolicy) -> GateDecision:
+    """Apply the rules above to two evaluations (pure: unit-tested on numbers)."""
+    reasons: list[str] = []
+    if candidate["rows"] == 0 or candidate["scored"] < 0.99 * candidate["rows"] or not candidate["finite"]:
+        reasons.append(f"candidate scored {candidate['scored']} of {candidate['rows']} held-back events")
+    bound = alert_rate_bound(policy, candidate["rows"])
+    if candidate["alert_rate"] > bound:
+        reasons.append(f"alert rate {candidate['alert_rate']:.4f} above bound {bound:.4f} "
+                       f"(target {policy.target_rate:.4f})")
+    frauds = int(candidate.get("frauds", 0))
+    if active is not None and frauds >= policy.min_labels and "recall" in active:
+        for metric, n_key in (("recall", "frauds"), ("precision", "flagged")):
+            n_c, n_a = int(candidate.get(n_key, 0)), int(active.get(n_key, 0))
+            if metric == "precision" and min(n_c, n_a) < policy.min_labels:
+                continue
+            margin = policy.tolerance + 2.0 * _diff_se(candidate[metric], n_c, active[metric], n_a)
+            if candidate[metric] < active[metric] - margin:
+                reasons.append(f"{metric} {candidate[metric]:.3f} below active {active[metric]:.3f} "
+                               f"- {margin:.3f}")
+    return GateDecision(not reasons, reasons, candidate, active,
+                        {"target_rate": policy.target_rate, "max_ratio": policy.max_ratio,
+                         "tolerance": policy.tolerance, "min_labels": policy.min_labels,
+                         "alert_rate_bound": bound})
+
+
+def _diff_se(p1: float, n1: int, p2: float, n2: int) -> float:
+    """Standard error of the difference of two proportions."""
+    return math.sqrt(p1 * (1 - p1) / max(1, n1) + p2 * (1 - p2) / max(1, n2))
+
+
+def alert_rate_bound(policy: GatePolicy, rows: int) -> float:
+    p = policy.target_rate
+    return p * policy.max_ratio + 3.0 * math.sqrt(p * (1 - p) / max(1, rows))

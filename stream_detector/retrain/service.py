@@ -1,0 +1,287 @@
+"""The retrainer service: ingest → (schedule | drift | on demand) → train → gate → publish → prune.
+
+Kafka inputs:
+
+* the input topic, in its own consumer group (``SD_RETRAIN_GROUP_ID``): valid events go into the
+  bounded ``TrainingWindow``. Run one retrainer per deployment: a second member of the group
+  would see only part of the traffic.
+* the alerts and feedback topics, read by a group-less consumer from ``now - window`` (so a
+  restart relearns the exclusions that matter for the window) into ``Exclusions``.
+
+Before each training run the side topics are read to their end and the worker group's committed
+input offsets are fetched: only events the workers have decided *and* whose alerts are therefore
+already in the alerts topic (alerts are acknowledged before offsets move) are trained on.
+
+A candidate that passes the gate is published (artifact first, pointer last, through
+``ControlPlane.publish``) with its gate record, then old versions are pruned (``SD_MODEL_KEEP``);
+a refused candidate's decision goes to ``{p}:gate:rejected`` and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from ..errors import ModelError
+from ..kafka_util import committed_offsets
+from ..model.bundle import Bundle
+from ..pipeline.decode import decode_batch
+from ..pipeline.source import consumer_config
+from ..settings import Settings
+from ..store import ControlPlane
+from ..topics import ensure_topics
+from .drift import DriftReport, reference_bins, summarize
+from .job import build_candidate
+from .window import Exclusions, TrainingWindow, WindowEntry
+
+log = logging.getLogger("stream_detector.retrain")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RetrainOutcome:
+    status: str  # promoted | rejected | skipped
+    message: str
+    version: str | None = None
+    gate: dict[str, Any] | None = None
+    counts: dict[str, Any] = field(default_factory=dict)
+    pruned: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "message": self.message, "version": self.version,
+                "gate": self.gate, "counts": self.counts, "pruned": self.pruned}
+
+
+class Retrainer:
+    """Explicit ``start``/``close``; no network I/O in the constructor."""
+
+    def __init__(self, settings: Settings, control: ControlPlane | None = None,
+                 progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.control = control or ControlPlane.from_settings(settings)
+        self.progress = progress or log.info
+        self.window = TrainingWindow(settings.retrain_window_events, settings.retrain_window_seconds)
+        self.exclusions = Exclusions(settings.retrain_exclude_max)
+        self.stop_event = threading.Event()
+        self.input: KafkaConsumer | None = None
+        self.side: KafkaConsumer | None = None
+        self._drift_cursor = "-"
+        self._drift_counts: list[dict[str, str]] = []
+        self._last_commit = time.monotonic()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        if s.create_topics:
+            ensure_topics(s, [s.input_topic, s.alerts_topic, s.feedback_topic])
+        self.input = KafkaConsumer(**consumer_config(
+            s, group_id=s.retrainer_group, client_id=f"stream-detector-retrainer-{s.group_id}",
+            max_poll_records=5000, max_poll_interval_ms=1_800_000))
+        self.input.subscribe([s.input_topic])
+        self.side = KafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
+                                  isolation_level="read_committed", client_id="stream-detector-retrainer-side")
+        tps = [TopicPartition(t, p) for t in (s.alerts_topic, s.feedback_topic) for p in self._partitions(t)]
+        self.side.assign(tps)
+        since_ms = int((time.time() - s.retrain_window_seconds) * 1000)
+        for tp, found in self.side.offsets_for_times({tp: since_ms for tp in tps}).items():
+            if found is None:
+                self.side.seek_to_end(tp)
+            else:
+                self.side.seek(tp, found.offset)
+
+    def close(self) -> None:
+        if self.input is not None:
+            self._commit(force=True)
+            self.input.close(autocommit=False)
+            self.input = None
+        if self.side is not None:
+            self.side.close(autocommit=False)
+            self.side = None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # ---- modes -----------------------------------------------------------------------------------
+    def run_once(self, timeout_s: float = 120.0) -> RetrainOutcome:
+        """``retrain --once``: consume what is in the topics now, train, gate, publish."""
+        self.start()
+        try:
+            self.catch_up(timeout_s)
+            return self.retrain("on demand")
+        finally:
+            self.close()
+
+    def run(self) -> None:
+        """Service mode until ``stop()``: retrain on schedule and when drift passes the bound."""
+        s = self.settings
+        self.start()
+        try:
+            next_train = time.monotonic() + s.retrain_interval_s
+            next_drift = time.monotonic() + s.drift_check_interval_s
+            while not self.stop_event.is_set():
+                self.ingest(500)
+                now = time.monotonic()
+                reason = None
+                if now >= next_drift:
+                    next_drift = now + s.drift_check_interval_s
+                    report = self.check_drift()
+                    if report is not None and report.exceeds(s.drift_psi_bound):
+                        reason = f"drift: psi {report.psi:.3f} > {s.drift_psi_bound} on {report.events} scores"
+                if reason is None and now >= next_train:
+                    reason = "schedule"
+                if reason is not None:
+                    self.retrain(reason)
+                    next_train = time.monotonic() + s.retrain_interval_s
+        finally:
+            self.close()
+
+    # ---- steps -----------------------------------------------------------------------------------
+    def ingest(self, timeout_ms: int) -> int:
+        """One poll of the input topic into the window, and of alerts/feedback into exclusions."""
+        added = 0
+        for records in self._input().poll(timeout_ms=timeout_ms, max_records=5000).values():
+            decoded = decode_batch([r.value for r in records], self.settings.max_event_bytes)
+            entries = [WindowEntry(records[i].timestamp / 1000.0, records[i].partition, records[i].offset,
+                                   str(event["event_id"]), records[i].value)
+                       for event, i in zip(decoded.events, decoded.indices, strict=True)]
+            self.window.add(entries)
+            added += len(entries)
+        self._read_side(0)
+        self._commit()
+        return added
+
+    def catch_up(self, timeout_s: float) -> None:
+        """Ingest until the input and side topics are read to their end offsets as of now."""
+        consumer = self._input()
+        ends = consumer.end_offsets([TopicPartition(self.settings.input_topic, p)
+                                     for p in self._partitions(self.settings.input_topic)])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.ingest(200)
+            assigned = consumer.assignment()
+            if (assigned or not any(ends.values())) and all(
+                    consumer.position(tp) >= end for tp, end in ends.items() if tp in assigned):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"retrainer could not read {self.settings.input_topic} to its end "
+                                   f"within {timeout_s}s")
+        self._read_side(timeout_s)
+
+    def retrain(self, reason: str) -> RetrainOutcome:
+        """Train on the clean, decided part of the window; publish if the gate passes."""
+        s = self.settings
+        self._read_side(60.0)
+        decided = {tp.partition: off for tp, off in committed_offsets(s, s.group_id, s.input_topic).items()}
+        selection = self.window.select(self.exclusions, decided)
+        active = self._active_bundle()
+        candidate = build_candidate(selection, s, active, reason, self.progress)
+        if candidate.bundle is None or candidate.decision is None:
+            log.warning("retraining (%s) skipped: %s", reason, candidate.message)
+            return RetrainOutcome("skipped", candidate.message, counts=candidate.counts)
+        bundle = candidate.bundle
+        record = {**candidate.decision.to_dict(), "version": bundle.version, "reason": reason,
+                  "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "counts": candidate.counts}
+        if not candidate.decision.passed:
+            self.control.record_rejection(record)
+            log.warning("candidate %s refused by the gate (%s): %s; numbers: %s", bundle.version, reason,
+                        candidate.message, orjson.dumps(record).decode())
+            return RetrainOutcome("rejected", candidate.message, bundle.version, record, candidate.counts)
+        self.control.publish(bundle, set_by=f"retrainer@{socket.gethostname()}", gate=record)
+        pruned = self.control.prune(s.model_keep)
+        log.info("candidate %s promoted (%s): gate passed; numbers: %s; pruned %s", bundle.version, reason,
+                 orjson.dumps(record).decode(), pruned or "nothing")
+        return RetrainOutcome("promoted", "gate passed", bundle.version, record, candidate.counts, pruned)
+
+    def check_drift(self) -> DriftReport | None:
+        """Add new worker summaries; once ``SD_DRIFT_MIN_EVENTS`` scores of the active model are
+        in, judge them against its reference (and start collecting afresh)."""
+        active = self._active_bundle()
+        new = self.control.score_summaries(self._drift_cursor)
+        if new:
+            self._drift_cursor = new[-1][0]
+            self._drift_counts.extend(fields for _, fields in new)
+        if active is None:
+            return None
+        edges, expected = reference_bins(active.calibration)
+        report = summarize(active.version, edges, expected, self._drift_counts)
+        if report is None or report.events < self.settings.drift_min_events:
+            return None
+        self._drift_counts.clear()
+        log.info("drift of %s: psi %.4f, ks %.4f on %d scores", report.model_version, report.psi, report.ks,
+                 report.events)
+        return report
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _input(self) -> KafkaConsumer:
+        if self.input is None or self.side is None:
+            raise RuntimeError("retrainer not started")
+        return self.input
+
+    def _read_side(self, timeout_s: float) -> None:
+        """Alerts → excluded ids; feedback → labels. With ``timeout_s`` > 0, read to the end."""
+        side = self.side
+        if side is None:
+            return
+        ends = side.end_offsets(list(side.assignment())) if timeout_s > 0 else {}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for tp, records in side.poll(timeout_ms=100 if ends else 0, max_records=10_000).items():
+                for r in records:
+                    self._side_record(tp.topic, r.value)
+            if not ends or all(side.position(tp) >= end for tp, end in ends.items()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("retrainer could not read the alerts/feedback topics to their end")
+
+    def _side_record(self, topic: str, value: bytes | None) -> None:
+        try:
+            obj = orjson.loads(value or b"")
+            event_id = str(obj["event_id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.debug("ignoring unreadable record on %s", topic)
+            return
+        if topic == self.settings.alerts_topic:
+            self.exclusions.add_alert(event_id)
+        elif str(obj.get("label", "")).lower() in ("fraud", "legit"):
+            self.exclusions.add_label(event_id, str(obj["label"]).lower())
+
+    def _active_bundle(self) -> Bundle | None:
+        version = self.control.active_model()
+        if version is None:
+            return None
+        try:
+            return self.control.fetch_bundle(version)
+        except ModelError as exc:
+            log.error("active model %s is not loadable (%s); gating without it", version, exc)
+            return None
+
+    def _partitions(self, topic: str, timeout_s: float = 30.0) -> list[int]:
+        consumer = self.side if self.side is not None else self.input
+        assert consumer is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            parts = consumer.partitions_for_topic(topic)
+            if parts:
+                return sorted(parts)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no partition metadata for topic {topic}")
+            time.sleep(0.1)
+
+    def _commit(self, force: bool = False) -> None:
+        if self.input is None or (not force and time.monotonic() - self._last_commit < 5.0):
+            return
+        self._last_commit = time.monotonic()
+        try:
+            self.input.commit()
+        except KafkaError as exc:  # progress marker only: the window lives in memory anyway
+            log.warning("retrainer offset commit failed: %s", exc)
+

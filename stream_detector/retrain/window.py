@@ -1,0 +1,140 @@
+"""The retrainer's memory: a bounded window of recent events and a bounded set of excluded ids.
+
+**Window.** Each valid input event is kept as one ``WindowEntry`` — its raw JSON bytes (not a
+parsed dict: a 13-field dict costs ~1.5 KB in CPython, its JSON ~350 B), event id, Kafka
+partition/offset and record timestamp. An entry costs about ``len(raw) + 250`` bytes (slotted
+object, bytes and str headers, the deque slot), so the default 100 000 events of ~350 B take
+~60 MB. The window holds at most ``max_events`` (a ``deque(maxlen=…)`` drops the oldest) and
+drops entries older than ``max_age_s`` (by record timestamp) as new ones arrive.
+
+**Exclusions.** Alerts and analyst labels may arrive before or after their event, so nothing is
+filtered at ingestion: ``Exclusions`` remembers alerted ids and labels (each bounded, oldest
+forgotten first, ~120 B per id) and ``TrainingWindow.select`` applies them at training time.
+Events the workers have not decided yet (offset at or past the worker group's committed offset)
+are left out too: their alert may not exist yet.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+ALERTED = "alerted"
+FRAUD = "fraud"
+UNDECIDED = "undecided"
+TOO_OLD = "too_old"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowEntry:
+    timestamp_s: float
+    partition: int
+    offset: int
+    event_id: str
+    raw: bytes
+
+
+class BoundedIds:
+    """Insertion-ordered id → value map that forgets its oldest entries past ``max_size``."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._items: dict[str, str] = {}
+
+    def add(self, event_id: str, value: str = "") -> None:
+        self._items.pop(event_id, None)  # re-insert at the young end
+        self._items[event_id] = value
+        while len(self._items) > self.max_size:
+            del self._items[next(iter(self._items))]
+
+    def get(self, event_id: str) -> str | None:
+        return self._items.get(event_id)
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Exclusions:
+    """Alerted event ids and analyst labels (``fraud`` / ``legit``), both bounded."""
+
+    def __init__(self, max_ids: int) -> None:
+        self.alerted = BoundedIds(max_ids)
+        self.labels = BoundedIds(max_ids)
+
+    def add_alert(self, event_id: str) -> None:
+        self.alerted.add(event_id)
+
+    def add_label(self, event_id: str, label: str) -> None:
+        self.labels.add(event_id, label)
+
+    def reason(self, event_id: str) -> str | None:
+        """Why an event must not be trained on, or None."""
+        if event_id in self.alerted:
+            return ALERTED
+        if self.labels.get(event_id) == FRAUD:
+            return FRAUD
+        return None
+
+
+@dataclass
+class Selection:
+    """What a training run may use, and how many events were left out for which reason."""
+
+    clean: list[WindowEntry] = field(default_factory=list)
+    labelled: list[tuple[WindowEntry, str]] = field(default_factory=list)
+    left_out: dict[str, int] = field(default_factory=dict)
+
+
+class TrainingWindow:
+    def __init__(self, max_events: int, max_age_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self._entries: deque[WindowEntry] = deque(maxlen=max_events)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, entries: Iterable[WindowEntry]) -> None:
+        self._entries.extend(entries)
+        self.evict()
+
+    def evict(self) -> int:
+        """Drop entries from the old end while they are older than ``max_age_s``."""
+        cutoff = self.clock() - self.max_age_s
+        dropped = 0
+        while self._entries and self._entries[0].timestamp_s < cutoff:
+            self._entries.popleft()
+            dropped += 1
+        return dropped
+
+    def select(self, exclusions: Exclusions, decided: Mapping[int, int] | None) -> Selection:
+        """Clean entries (oldest first) and labelled ones; ``decided`` maps partition → first
+        offset the workers have not committed (None: treat everything as decided)."""
+        cutoff = self.clock() - self.max_age_s
+        out = Selection()
+        for entry in self._entries:
+            reason = exclusions.reason(entry.event_id)
+            if entry.timestamp_s < cutoff:
+                reason = TOO_OLD
+            elif decided is not None and entry.offset >= decided.get(entry.partition, 0):
+                reason = UNDECIDED
+            else:
+                label = exclusions.labels.get(entry.event_id)
+                if label:
+                    out.labelled.append((entry, label))
+            if reason is None:
+                out.clean.append(entry)
+            else:
+                out.left_out[reason] = out.left_out.get(reason, 0) + 1
+        return out
+
+    def estimate_bytes(self) -> int:
+        """Approximate memory held by the entries (object, payload, id, numbers, deque slot)."""
+        return sum(sys.getsizeof(e) + sys.getsizeof(e.raw) + sys.getsizeof(e.event_id) + 112
+                   for e in self._entries)

@@ -1,0 +1,212 @@
+"""Retrainer and registry, the pure parts: window bounds, exclusions, drift maths, gate, retention."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from stream_detector.errors import ModelError
+from stream_detector.model.bundle import bundle_from_files
+from stream_detector.model.registry import check_compatible, retention_victims, rollback_target
+from stream_detector.retrain.drift import (
+    bin_counts,
+    ks,
+    psi,
+    reference_bins,
+    reference_from_scores,
+    summarize,
+)
+from stream_detector.retrain.gate import GatePolicy, alert_rate_bound, decide
+from stream_detector.retrain.job import ids_digest, split_holdout
+from stream_detector.retrain.window import BoundedIds, Exclusions, TrainingWindow, WindowEntry
+
+
+def entry(i: int, ts: float = 1000.0, partition: int = 0) -> WindowEntry:
+    return WindowEntry(ts, partition, i, f"e{i}", orjson.dumps({"event_id": f"e{i}", "amount": i}))
+
+
+# ---- window ---------------------------------------------------------------------------------------
+
+
+def test_window_keeps_at_most_max_events_newest_first_out():
+    window = TrainingWindow(max_events=5, max_age_s=1e9, clock=lambda: 1000.0)
+    window.add(entry(i) for i in range(12))
+    assert len(window) == 5
+    chosen = window.select(Exclusions(100), decided=None)
+    assert [e.event_id for e in chosen.clean] == ["e7", "e8", "e9", "e10", "e11"]
+
+
+def test_window_drops_events_older_than_max_age():
+    now = [1000.0]
+    window = TrainingWindow(max_events=100, max_age_s=60, clock=lambda: now[0])
+    window.add([entry(0, ts=930.0), entry(1, ts=950.0), entry(2, ts=990.0)])
+    assert len(window) == 2, "the 70 s old event is evicted on arrival"
+    now[0] = 1045.0
+    assert window.evict() == 1 and len(window) == 1
+    assert [e.event_id for e in window.select(Exclusions(10), None).clean] == ["e2"]
+
+
+def test_window_memory_estimate_is_bounded_per_event():
+    window = TrainingWindow(max_events=1000, max_age_s=1e9, clock=lambda: 1000.0)
+    window.add(entry(i) for i in range(3000))
+    per_event = window.estimate_bytes() / len(window)
+    assert len(window) == 1000
+    assert len(entry(1).raw) < per_event < len(entry(1).raw) + 400
+
+
+def test_selection_leaves_out_alerted_fraud_and_undecided_events_whenever_the_alert_arrived():
+    window = TrainingWindow(max_events=100, max_age_s=1e9, clock=lambda: 1000.0)
+    exclusions = Exclusions(100)
+    exclusions.add_alert("e1")  # alert before its event reaches the window
+    window.add(entry(i, partition=i % 2) for i in range(10))
+    exclusions.add_alert("e2")  # alert after
+    exclusions.add_label("e3", "fraud")
+    exclusions.add_label("e4", "legit")
+    exclusions.add_label("e1", "fraud")  # alerted and labelled: counted once, as alerted
+    chosen = window.select(exclusions, decided={0: 8, 1: 7})  # e8 (p0) and e7, e9 (p1) undecided
+    assert {e.event_id for e in chosen.clean} == {"e0", "e4", "e5", "e6"}
+    assert chosen.left_out == {"alerted": 2, "fraud": 1, "undecided": 3}
+    assert sorted((e.event_id, lab) for e, lab in chosen.labelled) == [("e1", "fraud"), ("e3", "fraud"),
+                                                                       ("e4", "legit")]
+
+
+def test_bounded_ids_forget_the_oldest():
+    ids = BoundedIds(3)
+    for i in range(5):
+        ids.add(f"x{i}")
+    ids.add("x2")  # refreshed: now the youngest
+    ids.add("x5")
+    assert "x0" not in ids and "x1" not in ids and "x3" not in ids
+    assert {"x2", "x4", "x5"} == {i for i in ("x0", "x1", "x2", "x3", "x4", "x5") if i in ids}
+    assert len(ids) == 3
+
+
+def test_holdout_is_the_newest_share_and_digest_ignores_order():
+    entries = [entry(i, ts=1000.0 - i) for i in range(10)]  # e0 is the newest
+    train, hold = split_holdout(entries, 0.2)
+    assert {e.event_id for e in hold} == {"e0", "e1"} and len(train) == 8
+    assert ids_digest(["b", "a"]) == ids_digest(["a", "b"]) != ids_digest(["a"])
+
+
+# ---- drift ----------------------------------------------------------------------------------------
+
+
+def test_psi_is_zero_for_the_reference_and_grows_with_shift():
+    rng = np.random.default_rng(0)
+    ref = reference_from_scores(rng.lognormal(0, 1, 20_000))
+    edges, expected = reference_bins({"drift_reference": ref})
+    same = bin_counts(rng.lognormal(0, 1, 20_000), edges)
+    shifted = bin_counts(rng.lognormal(0.5, 1, 20_000), edges)
+    assert psi(expected, same) < 0.01 and ks(expected, same) < 0.02
+    assert psi(expected, shifted) > 0.2 and ks(expected, shifted) > 0.15
+
+
+def test_psi_matches_the_formula_on_hand_numbers():
+    expected = np.array([0.5, 0.5])
+    counts = np.array([80, 20])
+    manual = (0.8 - 0.5) * math.log(0.8 / 0.5) + (0.2 - 0.5) * math.log(0.2 / 0.5)
+    assert psi(expected, counts) == pytest.approx(manual)
+    assert ks(expected, counts) == pytest.approx(0.3)
+
+
+def test_reference_falls_back_to_validation_quantiles_and_merges_equal_edges():
+    calibration = {"validation_error_quantiles": {"0.5": 1.0, "0.9": 2.0, "0.95": 2.0, "0.99": 5.0}}
+    edges, expected = reference_bins(calibration)
+    assert edges.tolist() == [1.0, 2.0, 5.0]
+    assert expected.tolist() == pytest.approx([0.5, 0.4, 0.09, 0.01])  # the mass at 2.0 starts bin [2, 5)
+    assert bin_counts(np.array([0.5, 1.0, 1.5, 2.0, 3.0, 9.0]), edges).tolist() == [1, 2, 2, 1]
+
+
+def test_summaries_are_summed_per_version_and_matching_edges_only():
+    edges, expected = np.array([1.0, 2.0]), np.array([0.5, 0.3, 0.2])
+
+    def summary(version: str, counts: list[int], e: list[float] | None = None) -> dict[str, str]:
+        return {"model_version": version, "edges": orjson.dumps(e or edges.tolist()).decode(),
+                "counts": orjson.dumps(counts).decode()}
+    report = summarize("v1", edges, expected, [summary("v1", [50, 30, 20]), summary("v0", [0, 0, 99]),
+                                               summary("v1", [50, 30, 20]), summary("v1", [0, 9, 9], [7.0, 8.0])])
+    assert report is not None and report.events == 200
+    assert report.psi == pytest.approx(0.0, abs=1e-9) and not report.exceeds(0.2)
+    assert summarize("v9", edges, expected, [summary("v1", [1, 1, 1])]) is None
+
+
+# ---- gate -----------------------------------------------------------------------------------------
+
+
+def numbers(rate: float, rows: int = 1000, **extra: object) -> dict[str, object]:
+    return {"rows": rows, "scored": rows, "finite": True, "alert_rate": rate, **extra}
+
+
+POLICY = GatePolicy(target_rate=0.01, max_ratio=2.0, tolerance=0.05, min_labels=5)
+
+
+def test_gate_passes_a_candidate_on_target():
+    decision = decide(numbers(0.012), numbers(0.05), POLICY)
+    assert decision.passed and decision.reasons == []
+    assert decision.policy["alert_rate_bound"] == pytest.approx(alert_rate_bound(POLICY, 1000))
+
+
+def test_gate_refuses_a_candidate_that_alerts_too_much():
+    bound = alert_rate_bound(POLICY, 1000)
+    assert 0.02 < bound < 0.03
+    decision = decide(numbers(bound + 0.001), None, POLICY)
+    assert not decision.passed and "alert rate" in decision.reasons[0]
+
+
+def test_gate_refuses_a_candidate_that_cannot_score_the_holdout():
+    assert not decide({**numbers(0.0), "scored": 900}, None, POLICY).passed
+    assert not decide({**numbers(0.0), "finite": False}, None, POLICY).passed
+    assert not decide(numbers(0.0, rows=0), None, POLICY).passed
+
+
+def test_gate_compares_recall_and_precision_only_with_enough_labels():
+    active = numbers(0.01, recall=0.9, precision=0.8, frauds=400, flagged=450)
+    worse = numbers(0.01, recall=0.7, precision=0.8, frauds=400, flagged=350)
+    decision = decide(worse, active, POLICY)
+    assert not decision.passed and len(decision.reasons) == 1
+    assert decision.reasons[0].startswith("recall 0.700 below active 0.900 - 0.1")
+    imprecise = numbers(0.01, recall=0.9, precision=0.6, frauds=400, flagged=600)
+    assert decide(imprecise, active, POLICY).reasons[0].startswith("precision 0.600 below active 0.800")
+    assert decide(numbers(0.01, recall=0.86, precision=0.76, frauds=400, flagged=450), active, POLICY).passed
+    assert decide({**worse, "frauds": 4}, {**active, "frauds": 4}, POLICY).passed, "too few labels to judge"
+
+
+def test_gate_allows_for_sampling_noise_on_few_labels():
+    active = numbers(0.01, recall=2 / 7, precision=1.0, frauds=14, flagged=4)
+    candidate = numbers(0.01, recall=2 / 7, precision=0.8, frauds=14, flagged=5)
+    assert decide(candidate, active, POLICY).passed, "4 of 4 vs 4 of 5 flagged is noise"
+    more = {"frauds": 40, "recall": 0.5}
+    assert not decide({**candidate, **more, "recall": 0.0}, {**active, **more}, POLICY).passed, \
+        "missing all 20 of 40 frauds the active model catches is not noise"
+
+
+# ---- registry -------------------------------------------------------------------------------------
+
+
+def test_retention_keeps_the_newest_and_never_the_protected():
+    versions = [f"v{i}" for i in range(10)]  # oldest first
+    assert retention_victims(versions, keep=3, protected={"v9", "v8"}) == [f"v{i}" for i in range(7)]
+    victims = retention_victims(versions, keep=3, protected={"v1", "v0"})  # after rollbacks
+    assert victims == [f"v{i}" for i in range(2, 9)]
+    assert retention_victims(versions, keep=2, protected={"v0", "v5", "v9"}) == [
+        v for v in versions if v not in {"v0", "v5", "v9"}]
+    assert retention_victims(versions[:3], keep=10, protected=set()) == []
+
+
+def test_rollback_target_is_the_first_stored_earlier_activation():
+    stored = {"v1", "v3"}
+    assert rollback_target(["v4", "v2", "v3", "v1"], stored.__contains__) == "v3"
+    assert rollback_target(["v3", "v3", "v1"], stored.__contains__) == "v1"
+    assert rollback_target(["v3"], stored.__contains__) is None
+    assert rollback_target([], stored.__contains__) is None
+
+
+def test_check_compatible_refuses_a_spec_the_model_cannot_take(bundle):
+    assert check_compatible(bundle) is bundle
+    meta = {**orjson.loads(bundle.files["metadata.json"]), "feature_columns": bundle.spec.width + 1}
+    odd = bundle_from_files({**bundle.files, "metadata.json": orjson.dumps(meta)})
+    with pytest.raises(ModelError, match="columns"):
+        check_compatible(odd)
