@@ -62,5 +62,5 @@ def test_calibration_methods():
 def test_size_rules_follow_the_data():
     small, wide = Architecture.for_width(8), Architecture.for_width(140)
     assert small.hidden == (16,) and small.bottleneck == 2
-    assert wide.hidden == (256, 128) and wide.bottleneck == 32
+    assert wide.hidden == (256, 128) and wide.bottleneck == 8
     assert default_epochs(100, 256) == 300 and default_epochs(1_000_000, 256) == 10
