@@ -179,8 +179,21 @@ class ConsoleService:
                              "threshold": info.get("threshold"), "stored_at": info.get("stored_at"),
                              "metrics": metadata.get("metrics"), "gate": info.get("gate"),
                              "created_at": metadata.get("created_at")})
-        return {"active": active, "previous": previous, "versions": versions,
+        return {"active": active, "previous": previous, "versions": versions, "refused": self._refused(),
                 "can_roll_back": previous is not None and hasattr(self.control, "rollback")}
+
+    def _refused(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Gate decisions of candidates the retrainer did not promote (newest first), where recorded."""
+        import orjson
+
+        raw: Any = self.control.r.lrange(self.control.key("gate", "rejected"), 0, limit - 1)
+        out = []
+        for line in raw:
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+        return out
 
     def history(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.control.threshold_history(limit)

@@ -89,7 +89,13 @@ def _feed_total(control: ControlPlane) -> int:
 def _shoot(page: Any, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
+        path = Path(SHOTS) / f"{name}.png"
+        page.screenshot(path=str(path))
+        from PIL import Image  # matplotlib's dependency; a palette PNG is a fraction of the size
+
+        with Image.open(path) as shot:
+            small = shot.convert("RGB").quantize(colors=64)
+        small.save(path, optimize=True)
 
 
 @pytest.fixture
@@ -106,14 +112,14 @@ def running(settings: Settings, published: ControlPlane, bundle: Bundle,
     labelled_fraud = {str(normal[i]["event_id"]) for i in [*order[:4], *missed]}
     fraud = {str(e["event_id"]): str(e["event_id"]).startswith("bad-") or str(e["event_id"]) in labelled_fraud
              for e in events}
+    start_worker(s)
     with EventProducer(s, s.input_topic) as producer:
         if SHOTS:  # paced, so the screenshots show rates and a time series rather than one burst
-            producer.send_paced(events, None, rate=40)
+            producer.send_paced(events, None, rate=25)
         else:
             producer.send(events)
     with EventProducer(s, s.feedback_topic) as producer:
         producer.send([{"event_id": i, "label": "fraud" if f else "legit"} for i, f in fraud.items()])
-    start_worker(s)
     wait_until(lambda: lag(s, s.group_id, s.input_topic) == 0, message="worker drained the input")
     wait_until(lambda: _feed_total(published) == len(events), message="every scored event in the feed")
     run = Running(s, published, events, scores, fraud, [])
@@ -281,13 +287,17 @@ def test_models_view_marks_the_active_version_and_rolls_back(running: Running, p
     if not hasattr(running.control, "rollback"):
         pytest.skip("this tree has no model registry yet")
     newer = small_bundle(rows=600, seed=5, epochs=3)
-    running.control.publish(newer, set_by="pytest")
+    running.control.publish(newer, set_by="pytest", gate={"passed": True, "reasons": []})
+    running.control.record_rejection({"passed": False, "version": "20261128T000000Z-refused1",
+                                      "reasons": ["alert rate 0.0400 above bound 0.0200"]})
     console = running.console()
     page.goto(f"{console.url}/#models")
     page.fill("#token", TOKEN)
     page.dispatch_event("#token", "change")
     page.wait_for_selector(f"#models tr.active[data-version='{newer.version}']")
     assert page.locator(f"#models tr[data-version='{bundle.version}']").count() == 1
+    assert "passed" in page.text_content(f"#models tr[data-version='{newer.version}']")
+    assert "above bound" in page.text_content("#refused")
     _shoot(page, "models")
     page.fill("#rb-operator", "bob")
     page.click("#rollback")

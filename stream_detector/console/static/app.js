@@ -319,9 +319,17 @@ async function loadModels() {
       const tr = document.createElement("tr");
       if (v.active) tr.className = "active";
       tr.dataset.version = v.version;
-      const gate = v.gate ? (v.gate.passed ? "passed" : "refused") + (v.gate.reasons ? `: ${[].concat(v.gate.reasons).join("; ")}` : "") : "–";
+      const reasons = v.gate ? [].concat(v.gate.reasons || []) : [];
+      const gate = v.gate ? (v.gate.passed ? "passed" : "refused") + (reasons.length ? `: ${reasons.join("; ")}` : "") : "–";
       for (const cell of [v.active ? "● active" : v.previous ? "previous" : "", v.version, v.created_at || "–",
                           v.threshold === null ? "–" : fmt(v.threshold), metricsText(v.metrics), gate]) {
+        const td = document.createElement("td"); td.textContent = cell; tr.appendChild(td);
+      }
+      return tr;
+    }));
+    $("#refused tbody").replaceChildren(...(r.refused.length ? r.refused : [null]).map((g) => {
+      const tr = document.createElement("tr");
+      for (const cell of g ? [g.version || "–", [].concat(g.reasons || g.reason || []).join("; ") || "–"] : ["none recorded", ""]) {
         const td = document.createElement("td"); td.textContent = cell; tr.appendChild(td);
       }
       return tr;
