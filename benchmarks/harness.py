@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from stream_detector.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +148,7 @@ def _instrument(worker: Any, stage_s: dict[str, float]) -> None:
     scorer_cls.errors = timed("score", scorer_cls.errors)
 
 
-def worker_process(settings_json: bytes, target: Any, ready: Any, go: Any, done: Any, result: Any,
+def worker_process(settings: Settings, target: Any, ready: Any, go: Any, done: Any, result: Any,
                    idle_stop_s: float, deadline_s: float) -> None:
     """Child process: start a Worker, say ready once it owns partitions, loop until the shared
     ``target`` event count is reached (or idle / deadline), then report."""
@@ -161,7 +159,7 @@ def worker_process(settings_json: bytes, target: Any, ready: Any, go: Any, done:
     me = psutil.Process()
     report = WorkerReport()
     try:
-        worker = Worker(Settings(**orjson.loads(settings_json)))
+        worker = Worker(settings)
         worker.start()
         _instrument(worker, report.stage_s)
         report.rss_start_mb = me.memory_info().rss / 2**20
@@ -213,9 +211,8 @@ class WorkerPool:
         self.ready = ctx.Semaphore(0)
         self.go, self.done = ctx.Event(), ctx.Event()
         self.results: Any = ctx.Queue()
-        blob = orjson.dumps(settings.model_dump())
         self.procs = [ctx.Process(target=worker_process, daemon=True,
-                                  args=(blob, self.target, self.ready, self.go, self.done, self.results,
+                                  args=(settings, self.target, self.ready, self.go, self.done, self.results,
                                         idle_stop_s, deadline_s)) for _ in range(k)]
 
     def start(self, timeout_s: float = 120.0) -> None:

@@ -59,13 +59,14 @@ class Plan:
     rates: tuple[int, ...]  # offered loads (events/s); plus one unpaced run
     workers: tuple[int, ...]
     batch_size: int  # the tuned worker's SD_BATCH_SIZE (the default is measured too)
+    repeats: int  # interleaved repeats of the 1-worker drains and the consume-only loop
     per_event: int  # events through the per-event baseline
     sweep_reps: int
 
 
-FULL = Plan(events=600_000, latency_s=15.0, rates=(5_000, 20_000), workers=(1, 2, 4), batch_size=8192,
+FULL = Plan(events=300_000, latency_s=15.0, rates=(5_000, 20_000), workers=(1, 2, 4), batch_size=8192, repeats=2,
             per_event=4_000, sweep_reps=5)
-QUICK = Plan(events=120_000, latency_s=5.0, rates=(5_000, 20_000), workers=(1, 2, 4), batch_size=8192,
+QUICK = Plan(events=120_000, latency_s=5.0, rates=(5_000, 20_000), workers=(1, 2, 4), batch_size=8192, repeats=1,
              per_event=1_500, sweep_reps=2)
 
 
@@ -224,6 +225,10 @@ def render(ctx: dict[str, Any]) -> str:
     out.append(f"Worker vs per-event baseline: **{ratio(e2e['rate'], per_event)}**; worker vs client ceiling: "
                f"{e2e['rate'] / ceiling:.0%}. Alerts: {e2e['alerts']:,} of {e2e['events']:,} events; "
                f"{e2e['batches']:,} batches (mean {e2e['events'] / max(1, e2e['batches']):,.0f} events).")
+    runs = "; ".join(f"batch_size {size}: " + ", ".join(f"{r['rate']:,.0f}" for r in rs)
+                     for size, rs in ctx["one"].items())
+    out.append(f"Best of interleaved repeats (each figure above); every run in events/s — {runs}; consume-only: "
+               + ", ".join(f"{x:,.0f}" for x in ctx["consume_only_runs"]) + ".")
     out.append("")
     out.append("### Where one worker's time goes (drain run, wall time per step)")
     out.append("")
@@ -270,6 +275,9 @@ def render(ctx: dict[str, Any]) -> str:
     for line in ctx["targets"]:
         out.append(f"- {line}")
     out.append("")
+    out.append("### Notes")
+    out.append("")
+    out.append(HOT_PATH_NOTES)
     out.append("### Settings used")
     out.append("")
     out.append(f"- Worker consumer (`pipeline/source.py`): {ctx['consumer']}.")
@@ -299,10 +307,33 @@ def bottleneck(ctx: dict[str, Any]) -> str:
     worst = max(stage_s, key=lambda k: stage_s[k])
     share = stage_s[worst] / sum(stage_s.values())
     e2e = ctx["scaling"][0]["rate"]
-    note = (f"the `{worst}` step, {share:.0%} of the worker's time; the kafka-python consume-only loop alone "
-            f"reaches {ctx['consume_only']:,.0f}/s, so the client is "
-            f"{'the ceiling' if ctx['consume_only'] < 2 * e2e else 'not yet the ceiling'}")
+    note = f"the `{worst}` step, {share:.0%} of the worker's busy time"
+    if worst == "source":
+        note += (" — kafka-python's fetch and per-record Python parsing (ConsumerRecord per record); a bare "
+                 f"kafka-python poll loop reaches {ctx['consume_only']:,.0f}/s here, so one process running the "
+                 f"whole pipeline gets {e2e / ctx['consume_only']:.0%} of the client's own ceiling")
     return note
+
+
+HOT_PATH_NOTES = """\
+- Hot-path changes (A/B in one process, same 2,048 padded events, best of 3×40, load average ~19 from
+  other engineers' test runs at the time): decode 7.16 → 4.02 µs/event (1.8×: orjson-decoded events skip
+  the per-value finiteness scan orjson already guarantees, nested values found from the set of value
+  types, one-scan colon pre-filter before the repeated-key check); features 1.51 → 1.37 µs/event (1.1×:
+  one `itemgetter` per event + C-level transpose, numeric fields converted in one call). Verdicts and
+  matrices are identical (parity tests in `tests/unit/test_bench_hot_path.py`).
+- Not changed, measured: `source.py`'s own per-record copying costs ~0.09 µs/event (a `zip` transpose
+  would save 0.04); the rest of the source step is kafka-python itself (`Fetcher._unpack_records`,
+  `DefaultRecordBatch._read_msg`, varint decoding: ~7-14 µs/record under cProfile). `check_crcs` is
+  negligible (crc32c C extension).
+- What would lift the ceiling: (1) a confluent-kafka (librdkafka) transport behind `KafkaSource`/`Publisher`
+  — `consume(num_messages=…)` returns C-parsed messages, typically several × kafka-python per core; it needs
+  the same seams (poll batch, commit offsets, pause/resume, transactions for exactly-once) and its own
+  rebalance callbacks, an estimated 1-2 days with the integration and chaos tests; (2) overlapping step 6/7
+  waits of batch N with steps 1-4 of batch N+1 (commit still strictly after delivery, per batch), a
+  worker.py change owned by the delivery work; (3) larger `SD_BATCH_SIZE` amortises the publish and
+  commit round trips (shown above) at the cost of latency only under saturation.
+"""
 
 
 # ---- main ----------------------------------------------------------------------------------
@@ -332,19 +363,29 @@ def run(plan: Plan, kafka: str, redis: str, seed: int) -> dict[str, Any]:
     ctx["alert_producer"] = ", ".join(f"{k}={v}" for k, v in producer_config(settings).items()
                                       if k in ("acks", "enable_idempotence", "linger_ms", "batch_size",
                                                "compression_type"))
-    ctx["consume_only"] = harness.consume_only(kafka, settings.input_topic, f"co-{tag}", plan.events, fetch)
-    say(f"consume-only ceiling {ctx['consume_only']:,.0f}/s")
-    s = base_settings(kafka, redis, tag, group_id=f"bench-{tag}-default", alerts_topic=f"bench-alerts-{tag}-d")
-    ctx["default"] = drain(s, 1, plan.events)
-    say(f"1 worker at the default batch_size {s.batch_size}: {ctx['default']['rate']:,.0f} events/s")
-    ctx["scaling"] = []
-    for k in plan.workers:
+    ctx["consume_only_runs"] = []
+    ctx["one"] = {2048: [], plan.batch_size: []}
+    for rep in range(plan.repeats):  # interleaved, best of each: other load on the machine only slows runs down
+        ctx["consume_only_runs"].append(
+            harness.consume_only(kafka, settings.input_topic, f"co-{tag}-{rep}", plan.events, fetch))
+        say(f"consume-only ceiling {ctx['consume_only_runs'][-1]:,.0f}/s")
+        for size in ctx["one"]:
+            s = base_settings(kafka, redis, tag, group_id=f"bench-{tag}-b{size}-{rep}",
+                              alerts_topic=f"bench-alerts-{tag}-b{size}-{rep}", batch_size=size)
+            r = drain(s, 1, plan.events)
+            ctx["one"][size].append(r)
+            say(f"1 worker, batch_size {size}: {r['rate']:,.0f} events/s, stages "
+                f"{({n: round(v, 2) for n, v in r['stage_s'].items()})}, rss max {r['rss_max']:.0f} MiB, "
+                f"drained={r['drained']}")
+    ctx["consume_only"] = max(ctx["consume_only_runs"])
+    ctx["default"] = max(ctx["one"][2048], key=lambda r: r["rate"])
+    ctx["scaling"] = [max(ctx["one"][plan.batch_size], key=lambda r: r["rate"])]
+    for k in plan.workers[1:]:
         s = base_settings(kafka, redis, tag, group_id=f"bench-{tag}-w{k}", alerts_topic=f"bench-alerts-{tag}-w{k}",
                           batch_size=plan.batch_size)
         r = drain(s, k, plan.events)
         ctx["scaling"].append(r)
-        say(f"{k} worker(s) at batch_size {plan.batch_size}: {r['rate']:,.0f} events/s, stages {({n: round(v, 2) for n, v in r['stage_s'].items()})}, "
-            f"rss max {r['rss_max']:.0f} MiB, drained={r['drained']}")
+        say(f"{k} workers, batch_size {plan.batch_size}: {r['rate']:,.0f} events/s, drained={r['drained']}")
     ctx["latency"] = []
     pool_n = min(len(raw), 100_000)
     for rate in (*plan.rates, 0):
@@ -376,7 +417,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.events:
-        plan = Plan(args.events, plan.latency_s, plan.rates, plan.workers, plan.batch_size, plan.per_event,
+        plan = Plan(args.events, plan.latency_s, plan.rates, plan.workers, plan.batch_size, plan.repeats, plan.per_event,
                     plan.sweep_reps)
     started = time.monotonic()
     load_before = os.getloadavg()
