@@ -48,7 +48,7 @@ def _cli_invocations(service: dict[str, Any]) -> list[list[str]]:
 def test_compose_commands_are_real_subcommands_with_valid_arguments():
     services = _compose()["services"]
     ours = {name: s for name, s in services.items() if _ours(s)}
-    assert {"topics", "trainer", "worker-1", "worker-2", "retrainer", "simulator"} <= set(ours)
+    assert {"topics", "trainer", "worker-1", "worker-2", "retrainer", "simulator", "console"} <= set(ours)
     parser = build_parser()
     subcommands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     seen = set()
@@ -57,7 +57,7 @@ def test_compose_commands_are_real_subcommands_with_valid_arguments():
             assert argv and argv[0] in subcommands, f"{name}: {argv}"
             parser.parse_args(argv)  # exits (fails the test) on an unknown option or bad value
             seen.add(argv[0])
-    assert {"worker", "retrain", "simulate", "train", "publish", "topics"} <= seen
+    assert {"worker", "retrain", "simulate", "train", "publish", "topics", "console"} <= seen
 
 
 def test_compose_environment_names_only_real_settings():
