@@ -216,3 +216,24 @@ def test_offline_scores_enrich_in_file_order(entity_bundle_and_history: Any) -> 
     expected = scores_of(scorer.errors(x))
     got = score_events(bundle, events, batch_size=128, scorer=scorer).scores
     np.testing.assert_array_equal(got, expected)
+
+
+def test_cli_train_with_entity_keys_stores_the_spec_and_score_agrees(tmp_path: Path) -> None:
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_jsonl
+
+    events, labels = Simulator(seed=8, accounts=30, raw=True).batch(1200, 0.02, now_ms=1_790_000_000_000,
+                                                                    span_ms=2 * 86_400_000)
+    rows = [{**e, "label": "legit" if lab == "legit" else "fraud"} for e, lab in zip(events, labels, strict=True)]
+    write_jsonl(tmp_path / "h.jsonl", rows)
+    assert main(["train", "--input", str(tmp_path / "h.jsonl"), "--out", str(tmp_path / "m"), "--epochs", "2",
+                 "--label-column", "label", "--normal-label", "legit", "--entity-key", "account_id",
+                 "--entity-windows", "1d,1h", "--entity-distinct", "country"]) == 0
+    bundle = load_bundle(tmp_path / "m")
+    assert bundle.entity == EntitySpec(windows=(3600, 86_400), distinct_fields=("country",))
+    assert "account_id__new_country" in {c.name for c in bundle.spec.numeric}
+    assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "h.jsonl"),
+                 "--label-column", "label", "--out", str(tmp_path / "s.csv")]) == 0
+    written = [line.split(",")[1] for line in (tmp_path / "s.csv").read_text().splitlines()[1:]]
+    expected = score_events(bundle, events).scores
+    assert [float(v) for v in written] == expected.tolist()
