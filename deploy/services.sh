@@ -9,6 +9,8 @@
 #   SD_REDIS_PORT            redis port (6379)             SD_SERVICES_DIR  state folder (.cache/services)
 #   SD_KAFKA_VERSION         broker version (4.4.0)        SD_CACHE_DIR     download cache (.cache)
 #   SD_KAFKA_HEAP            JVM heap (768m)               SD_READY_TIMEOUT seconds to wait (120)
+#   SD_KAFKA_ADVERTISED_PORT port clients are told to use (default SD_KAFKA_PORT; chaos tests put a
+#                            TCP proxy there to cut the network)
 #
 # Idempotent: `up` on a running stack only checks it; `down` on a stopped one does nothing.
 # Waits until the broker has logged "Kafka Server started" and accepts connections, and until
@@ -66,7 +68,7 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
 listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:${SD_KAFKA_ADVERTISED_PORT:-$KAFKA_PORT}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
@@ -136,8 +138,15 @@ case "${1:-}" in
   down) stop_pid "$KDIR/pid" "kafka :$KAFKA_PORT"; stop_pid "$RDIR/pid" "redis :$REDIS_PORT" ;;
   stop-kafka) stop_pid "$KDIR/pid" "kafka :$KAFKA_PORT" ;;   # for chaos tests; `up` brings it back
   stop-redis) stop_pid "$RDIR/pid" "redis :$REDIS_PORT" ;;
+  kill-kafka)
+    if alive "$KDIR/pid"; then
+      pid=$(cat "$KDIR/pid"); kill -9 "$pid"
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+      log "kafka killed (SIGKILL)"
+    fi
+    rm -f "$KDIR/pid" ;;
   status)
     alive "$KDIR/pid" && echo "kafka: running on 127.0.0.1:$KAFKA_PORT (pid $(cat "$KDIR/pid"))" || echo "kafka: stopped"
     alive "$RDIR/pid" && echo "redis: running on 127.0.0.1:$REDIS_PORT (pid $(cat "$RDIR/pid"))" || echo "redis: stopped" ;;
-  *) echo "usage: $0 up|down|status|stop-kafka|stop-redis" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|stop-kafka|stop-redis|kill-kafka" >&2; exit 2 ;;
 esac

@@ -59,6 +59,7 @@ class WorkerStats:
     swap_failures: int = 0
     delivery_failures: int = 0
     held_batches: int = 0
+    abandoned_batches: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -174,7 +175,10 @@ class Worker:
         dead = build_dead_letters(batch, rejected, self.settings.dlq_topic)
         try:
             self.publisher.publish(alerts + dead)  # 6 publish (every ack / inside the transaction)
-            self.publisher.commit(self.source, batch.next_offsets())  # 7 commit, only after 6 succeeded
+            if not self.source.still_member(batch):  # evicted meanwhile: a zombie must not commit
+                self._abandon(batch)
+                return
+            self.publisher.commit(self.source, batch.next_offsets(), batch.group)  # 7 commit, after 6
         except DeliveryError:
             self.stats.delivery_failures += 1
             self.metrics.delivery_failed()
@@ -204,6 +208,13 @@ class Worker:
             if snap is not None and snap.active_model not in (None, scorer.version) and self._finish_swap(wait=True):
                 return self.thresholds.current(self._require_scorer().version)
             raise
+
+    def _abandon(self, batch: Batch) -> None:
+        log.warning("group generation changed while a batch of %d events was in flight (evicted?); "
+                    "not committing it, rewinding to the group's committed offsets", len(batch))
+        self.stats.abandoned_batches += 1
+        self.publisher.abandon()
+        self.source.rewind_to_committed(batch)
 
     def _retry_held(self) -> Batch:
         """The held batch, less partitions revoked meanwhile (their new owner reprocesses them)."""

@@ -60,6 +60,7 @@ class RunningWorker:
         self.worker = Worker(settings)
         self.worker.start()
         self.error: BaseException | None = None
+        self.trace = ""
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -67,7 +68,10 @@ class RunningWorker:
         try:
             self.worker.run()
         except BaseException as exc:  # surfaced by stop()
+            import traceback
+
             self.error = exc
+            self.trace = traceback.format_exc()
 
     def stop(self) -> None:
         self.worker.stop()

@@ -151,8 +151,15 @@ class Publisher:
         self.producer = KafkaProducer(**self._config())
 
     def _p(self) -> KafkaProducer:
+        """The producer, (re)created on demand: after a reset while the broker was unreachable
+        the next batch retries the connection instead of the worker dying."""
         if self.producer is None:
-            raise RuntimeError("publisher not started")
+            try:
+                self.start()
+            except Exception as exc:  # noqa: BLE001 - bootstrap failures come in many types
+                self.producer = None
+                raise DeliveryError(f"cannot reach Kafka to publish: {exc!r}") from exc
+        assert self.producer is not None
         return self.producer
 
     def _send_all(self, messages: Sequence[OutMessage]) -> list[Any]:
@@ -172,7 +179,8 @@ class Publisher:
         if messages:
             self._send_all(messages)
 
-    def commit(self, source: KafkaSource, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, source: KafkaSource, offsets: dict[TopicPartition, int], group: Any = None) -> None:
+        """Step 7. ``group`` is the membership snapshot taken when the batch was polled."""
         try:
             source.commit(offsets)
         except CommitFailedError as exc:
@@ -181,15 +189,17 @@ class Publisher:
         except KafkaError as exc:
             raise DeliveryError(f"offset commit failed: {exc!r}") from exc
 
+    def abandon(self) -> None:
+        """Give up the current batch (at-least-once: its alerts are out; it will be redelivered)."""
+
     def reset(self) -> None:
-        """Drop the producer after a failure and start a fresh one."""
+        """Drop the producer after a failure; the next batch starts a fresh one."""
         if self.producer is not None:
             try:
                 self.producer.close(timeout=0)
             except Exception:  # noqa: BLE001 - a broken producer may fail to close; we replace it anyway
                 pass
-            self.producer = None
-        self.start()
+            self.producer = None  # the next batch creates a fresh one (see ``_p``)
 
     def close(self) -> None:
         if self.producer is not None:
@@ -229,7 +239,13 @@ class TransactionalPublisher(Publisher):
     def start(self) -> None:
         super().start()
         self._open = False
-        self._guard(self._p().init_transactions, "init_transactions")
+        assert self.producer is not None
+        try:
+            self._guard(self.producer.init_transactions, "init_transactions")
+        except DeliveryError:
+            self.producer.close(timeout=0)
+            self.producer = None
+            raise
 
     def _guard(self, call: Callable[[], Any], what: str) -> Any:
         future = self._watchdog.submit(call)
@@ -252,17 +268,25 @@ class TransactionalPublisher(Publisher):
                 self._abort()
                 raise
 
-    def commit(self, source: KafkaSource, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, source: KafkaSource, offsets: dict[TopicPartition, int], group: Any = None) -> None:
+        """Offsets join the transaction with the membership *of the poll* (not the current one:
+        kafka-python resets it to "no generation" when the member is evicted, which the broker
+        would not fence), then the transaction commits."""
         producer = self._p()
         committed = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        metadata = group if group is not None else source.group_metadata()
         try:
-            self._guard(lambda: producer.send_offsets_to_transaction(committed, source.group_metadata()),
+            self._guard(lambda: producer.send_offsets_to_transaction(committed, metadata),
                         "send_offsets_to_transaction")
             self._guard(producer.commit_transaction, "commit_transaction")
             self._open = False
         except DeliveryError:
             self._abort()
             raise
+
+    def abandon(self) -> None:
+        """Give up the current batch: its transaction (alerts included) is aborted."""
+        self._abort()
 
     def _abort(self) -> None:
         if not self._open:

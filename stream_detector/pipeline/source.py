@@ -7,13 +7,17 @@ offsets to commit once it is fully handled. Auto-commit is off: offsets move onl
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaConnectionError, KafkaError
 
 from ..settings import Settings
+
+log = logging.getLogger("stream_detector.source")
 
 
 @dataclass(slots=True)
@@ -26,6 +30,7 @@ class Batch:
     timestamps: list[int] = field(default_factory=list)
     headers: list[Any] = field(default_factory=list)
     polled_at: float = 0.0
+    group: Any = None  # the consumer's group membership (generation) when this batch was polled
 
     def __len__(self) -> int:
         return len(self.values)
@@ -35,7 +40,8 @@ class Batch:
         keep = [i for i, p in enumerate(self.partitions) if p in partitions]
         return Batch(self.topic, [self.partitions[i] for i in keep], [self.offsets[i] for i in keep],
                      [self.keys[i] for i in keep], [self.values[i] for i in keep],
-                     [self.timestamps[i] for i in keep], [self.headers[i] for i in keep], self.polled_at)
+                     [self.timestamps[i] for i in keep], [self.headers[i] for i in keep], self.polled_at,
+                     self.group)
 
     def next_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset after the last record of this batch (what to commit)."""
@@ -88,6 +94,7 @@ class KafkaSource:
         self.idle_poll_ms = idle_poll_ms
         self.overrides = overrides
         self.consumer: KafkaConsumer | None = None
+        self._last_poll_error = -float("inf")
 
     def start(self) -> None:
         self.consumer = KafkaConsumer(**consumer_config(self.settings, **self.overrides))
@@ -106,7 +113,7 @@ class KafkaSource:
         deadline: float | None = None
         timeout_ms = self.idle_poll_ms
         while len(batch) < limit:
-            polled = consumer.poll(timeout_ms=timeout_ms, max_records=limit - len(batch))
+            polled = self._poll(timeout_ms, limit - len(batch))
             for tp, records in polled.items():
                 batch.topic = tp.topic
                 for r in records:
@@ -121,11 +128,31 @@ class KafkaSource:
                 break
             if deadline is None:
                 batch.polled_at = now
+                batch.group = consumer.group_metadata()
                 deadline = now + self.settings.batch_max_wait_ms / 1000.0
             timeout_ms = int((deadline - now) * 1000)
             if timeout_ms <= 0:
                 break
         return batch
+
+    def _poll(self, timeout_ms: int, max_records: int | None) -> dict[TopicPartition, list[Any]]:
+        """``consumer.poll`` that rides out retriable client errors (broker or coordinator
+        unreachable: the network blipped) by returning nothing after the poll timeout; the
+        client reconnects by itself. Non-retriable errors (authorisation, config) propagate."""
+        consumer = self._c()
+        try:
+            if max_records is None:
+                return dict(consumer.poll(timeout_ms=timeout_ms))
+            return dict(consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
+        except KafkaError as exc:
+            if not (getattr(exc, "retriable", False) or isinstance(exc, KafkaConnectionError)):
+                raise
+            now = time.monotonic()
+            if now - self._last_poll_error >= 10.0:
+                log.warning("poll failed, retrying (Kafka unreachable?): %r", exc)
+                self._last_poll_error = now
+            time.sleep(min(timeout_ms, 500) / 1000.0)  # back off as the poll would have waited
+            return {}
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         from kafka.structs import OffsetAndMetadata
@@ -136,6 +163,28 @@ class KafkaSource:
         """Group generation and member id, for KIP-447 fencing in transactional commits."""
         return self._c().group_metadata()
 
+    def still_member(self, batch: Batch) -> bool:
+        """False when the group generation moved since ``batch`` was polled (this worker was
+        evicted, e.g. frozen past the session timeout): its offsets must not be committed."""
+        if batch.group is None:
+            return True
+        now = self._c().group_metadata()
+        return bool(now.generation_id >= 0 and now.generation_id == batch.group.generation_id
+                    and now.member_id == batch.group.member_id)
+
+    def rewind_to_committed(self, batch: Batch) -> None:
+        """Seek the batch's partitions (those still assigned) back to the group's committed
+        offsets, so an abandoned batch is neither skipped nor read past what others committed."""
+        consumer = self._c()
+        owned = consumer.assignment()
+        for tp in batch.next_offsets():
+            if tp in owned:
+                committed = consumer.committed(tp)
+                if committed is None:
+                    consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+
     def poll_while_paused(self, timeout_ms: int) -> None:
         """Keep group membership while holding a batch: poll, and rewind anything that arrives.
 
@@ -143,7 +192,7 @@ class KafkaSource:
         may come back here: seek to their first offset and pause them too, so nothing is skipped.
         """
         consumer = self._c()
-        for tp, records in consumer.poll(timeout_ms=timeout_ms).items():
+        for tp, records in self._poll(timeout_ms, None).items():
             if records:
                 consumer.seek(tp, records[0].offset)
         self.pause_all()

@@ -17,3 +17,17 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         yield running
     finally:
         running.run("down")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the chaos figures to ``SD_RELIABILITY_REPORT`` (e.g. docs/RELIABILITY.md) when set."""
+    import os
+
+    from tests.chaos.harness import FIGURES, ROUNDS
+
+    target = os.environ.get("SD_RELIABILITY_REPORT")
+    if not target or not FIGURES:
+        return
+    from tests.chaos.report import write_report
+
+    write_report(target, FIGURES, ROUNDS)
