@@ -293,3 +293,11 @@ def test_dashboard_provisioning_points_at_the_dashboard_file():
     provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/stream-detector.yml").read_text())
     path = provider["providers"][0]["options"]["path"]
     assert any(v.startswith("./deploy/grafana/stream-detector.json:" + path) for v in compose)
+
+
+def test_operations_doc_lists_exactly_the_exported_metrics():
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    listed = set(re.findall(r"(?m)^\| `(stream_detector_[a-z_]+)` \|", doc))
+    families = {f.name: f.type for f in WorkerMetrics(Settings()).registry.collect()}
+    exported = {name + {"counter": "_total", "info": "_info"}.get(kind, "") for name, kind in families.items()}
+    assert listed == exported
