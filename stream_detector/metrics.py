@@ -6,7 +6,7 @@ HTTP port (``SD_METRICS_PORT``; 0 = no server, production uses 9400).
 
 The worker calls a few hooks between batches; nothing here runs per event in Python: the record
 latencies of a batch enter their histograms with one numpy call, and consumer lag is computed at
-most once a second from the consumer's cached highwater marks (no broker round trip). Values that
+each batch from the consumer's cached highwater marks (no broker round trip). Values that
 already live on the worker (model version, threshold, assignment) are read at scrape time.
 """
 
@@ -186,7 +186,7 @@ class WorkerMetrics:
         self._decided = (latency[valid], latency[alerted][valid[alerted]])
 
     def batch_done(self, batch: Batch, scored: int, alerts: int, rejected: Sequence[Rejected]) -> None:
-        """Step 7 done: count the batch and refresh lag (at most once a second)."""
+        """Step 7 done: count the batch and refresh lag from the cached highwater marks."""
         self.batches.inc()
         self.events.inc(len(batch))
         self.scored.inc(scored)
@@ -202,7 +202,8 @@ class WorkerMetrics:
             self._decided = None
         for tp, offset in batch.next_offsets().items():
             self._next[tp.partition] = offset
-        self.refresh_lag()
+        self.refresh_lag(force=True)  # O(partitions) dict lookups: after every batch, so a drained
+        # partition never keeps showing the lag of its second-to-last batch while idle
 
     def held(self, exc: Exception) -> None:
         self._decided = None

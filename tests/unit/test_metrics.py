@@ -144,10 +144,13 @@ def test_lag_is_highwater_minus_next_offset_for_assigned_partitions_only():
     m.batch_done(_batch(3, [0, 1, 3], [-1] * 3), scored=3, alerts=0, rejected=[])  # next: p0 11, p1 12, p3 13
     assert m._lag == {0: 89, 1: 38}  # p2: no fetch yet; p3: not assigned
     consumer.high = {0: 11}
-    m.refresh_lag()  # throttled: unchanged within a second
+    m.refresh_lag()  # held batches refresh at most once a second
     assert m._lag == {0: 89, 1: 38}
     m.refresh_lag(force=True)
     assert m._lag == {0: 0}
+    consumer.high = {0: 20, 1: 15}
+    m.batch_done(_batch(2, [0, 0], [-1] * 2), scored=2, alerts=0, rejected=[])  # next: p0 12; every batch refreshes
+    assert m._lag == {0: 8, 1: 3}
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
