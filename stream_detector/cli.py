@@ -220,7 +220,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
     from .store import ControlPlane
 
-    control = ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
+    control = ControlPlane.from_settings(settings)
     if args.action == "get":
         current = control.threshold()
         if current is None:
@@ -326,6 +326,15 @@ def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace, settings: Settings) -> int:
+    from .model.signing import generate_keypair
+
+    private, public = generate_keypair(Path(args.dir))
+    print(f"signing key (keep secret; SD_SIGNING_KEY_FILE for publish/retrain): {private}")
+    print(f"verify key (SD_VERIFY_KEY_FILE for workers): {public}")
+    return 0
+
+
 def _who() -> str:
     try:
         return f"{getpass.getuser()}@{socket.gethostname()}"
@@ -420,6 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", help="audit note (set)")
     p.add_argument("--history", type=int, default=0, help="also print the last N changes (get)")
     p.set_defaults(func=cmd_threshold)
+
+    p = sub.add_parser("keygen", help="create an Ed25519 key pair for signing model artifacts",
+                       description="Writes DIR/signing.pem (private, 0600) and DIR/verify.pem (public). "
+                                   "Publishers sign with SD_SIGNING_KEY_FILE; workers with SD_VERIFY_KEY_FILE "
+                                   "refuse unsigned or mismatched artifacts before loading them.")
+    p.add_argument("dir", help="directory for the two PEM files")
+    p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("topics", help="create the input, alerts and dead-letter topics if missing")
     p.add_argument("--partitions", type=int, help="default SD_TOPIC_PARTITIONS")

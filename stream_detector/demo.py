@@ -40,7 +40,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, fraud_rate: flo
     save_bundle(bundle, workdir / "model")
 
     progress(f"[3/5] publishing model {bundle.version} (threshold {bundle.threshold:.4g}) to Redis")
-    ControlPlane.from_url(settings.redis_url, settings.redis_prefix).publish(bundle, set_by="demo")
+    ControlPlane.from_settings(settings).publish(bundle, set_by="demo")
 
     progress(f"[4/5] worker running; {duration_s:.0f}s of live traffic at {rate:.0f}/s with {fraud_rate:.1%} fraud")
     worker = Worker(settings)

@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     console_port: int = Field(8050, ge=0, le=65535, description="Port of the operator console.")
     console_token: SecretStr = Field(SecretStr(""), description="Token the console requires to change the "
                                      "threshold or roll back (empty: the console is read-only).")
+    redis_username: str = Field("", description="Redis ACL user (or put it in SD_REDIS_URL).")
+    redis_password: SecretStr = Field(SecretStr(""), description="Redis AUTH password (from a Secret, never "
+                                      "logged; overrides one in SD_REDIS_URL).")
+    signing_key_file: str = Field("", description="Ed25519 private key (PEM) the publisher and retrainer sign "
+                                  "model artifacts with; never stored in Redis.")
+    verify_key_file: str = Field("", description="Ed25519 public key (PEM); when set, workers refuse unsigned "
+                                 "or mismatched model artifacts before loading them.")
+    alert_redact_fields: str = Field("", description="Comma-separated event fields replaced by \"[redacted]\" "
+                                     "in alerts (e.g. card_number,email).")
     log_level: str = Field("INFO", description="Python log level.")
     log_json: bool = Field(False, description="Emit logs as JSON lines.")
 
@@ -147,6 +156,10 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> list[str]:
         return [s.strip() for s in self.kafka_bootstrap.split(",")]
+
+    @property
+    def redacted_fields(self) -> frozenset[str]:
+        return frozenset(f.strip() for f in self.alert_redact_fields.split(",") if f.strip())
 
     @property
     def retrainer_group(self) -> str:

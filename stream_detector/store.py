@@ -34,6 +34,7 @@ from .errors import ConfigError, ModelError, NoActiveModel
 from .model.artifacts import ArtifactStore, DirArtifacts, RedisArtifacts, delete_artifact, resolve_files
 from .model.bundle import METADATA_FILE, Bundle, bundle_from_files
 from .model.registry import check_compatible, retention_victims, rollback_target
+from .model.signing import SIGNATURE_FIELD, Signer, Verifier
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -91,10 +92,13 @@ class Snapshot:
 class ControlPlane:
     """Small typed wrapper over Redis; no network I/O in the constructor."""
 
-    def __init__(self, client: redis.Redis, prefix: str, artifacts: ArtifactStore | None = None) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, artifacts: ArtifactStore | None = None,
+                 signer: Signer | None = None, verifier: Verifier | None = None) -> None:
         self.r = client
         self.p = prefix
         self.artifacts: ArtifactStore = artifacts or RedisArtifacts()
+        self.signer = signer
+        self.verifier = verifier
         self._set_threshold = client.register_script(_SET_THRESHOLD)
 
     @classmethod
@@ -107,7 +111,15 @@ class ControlPlane:
     def from_settings(cls, settings: Settings) -> ControlPlane:
         """A control plane that writes artifacts where ``SD_MODEL_STORE`` says (readers need not care)."""
         artifacts = DirArtifacts(settings.model_dir) if settings.model_store == "dir" else None
-        return cls.from_url(settings.redis_url, settings.redis_prefix, artifacts=artifacts)
+        auth: dict[str, Any] = {}
+        if settings.redis_password.get_secret_value():
+            auth["password"] = settings.redis_password.get_secret_value()
+        if settings.redis_username:
+            auth["username"] = settings.redis_username
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, **auth)
+        return cls(client, settings.redis_prefix, artifacts,
+                   Signer.from_file(settings.signing_key_file) if settings.signing_key_file else None,
+                   Verifier.from_file(settings.verify_key_file) if settings.verify_key_file else None)
 
     @property
     def events_channel(self) -> str:
@@ -135,7 +147,12 @@ class ControlPlane:
         files = self.r.hgetall(self.key("model", version))
         if not files:
             raise NoActiveModel(f"model {version} is not in the registry")
-        return check_compatible(bundle_from_files(resolve_files({k.decode(): v for k, v in files.items()})))
+        fields = {k.decode(): v for k, v in files.items()}
+        signature = fields.pop(SIGNATURE_FIELD, None)
+        bundle = bundle_from_files(resolve_files(fields))  # sha256 of every file checked here
+        if self.verifier is not None:  # before anything deserialises the TorchScript
+            self.verifier.verify(bundle.version, bundle.sha256, signature)
+        return check_compatible(bundle)
 
     def active_bundle(self) -> Bundle:
         version = self.active_model()
@@ -184,6 +201,8 @@ class ControlPlane:
     def store(self, bundle: Bundle, gate: dict[str, Any] | None = None) -> None:
         """Write the artifact (bytes, then index entry and gate record) without activating it."""
         fields = self.artifacts.put(bundle)
+        if self.signer is not None:
+            fields = {**fields, SIGNATURE_FIELD: self.signer.sign(bundle.version, bundle.sha256)}
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.key("model", bundle.version), mapping=fields)  # type: ignore[arg-type]
         if gate is not None:

@@ -67,7 +67,7 @@ class Worker:
     def __init__(self, settings: Settings, control: ControlPlane | None = None,
                  source: KafkaSource | None = None, publisher: Publisher | None = None) -> None:
         self.settings = settings
-        self.control = control or ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
+        self.control = control or ControlPlane.from_settings(settings)
         self.source = source or KafkaSource(settings)
         self.publisher = publisher or make_publisher(settings)
         self.metrics = WorkerMetrics(settings)  # /metrics, /healthz, /readyz (docs/operations.md)
@@ -170,7 +170,7 @@ class Worker:
         self.feed.observe(events, scores, rows, threshold, batch.timestamps, indices)  # bounded sample
         field_errors = scorer.field_errors(per_feature[rows])
         alerts = build_alerts(batch, events, indices, rows, scores, field_errors, scorer.fields, threshold,
-                              self.settings.top_features, self.settings.alerts_topic)
+                              self.settings.top_features, self.settings.alerts_topic, self.settings.redacted_fields)
         self.metrics.decided(batch, indices, rows)
         dead = build_dead_letters(batch, rejected, self.settings.dlq_topic)
         try:

@@ -72,16 +72,20 @@ def build_alerts(
     threshold: Threshold,
     top_n: int,
     topic: str,
+    redact: frozenset[str] = frozenset(),
 ) -> list[OutMessage]:
     """One alert per flagged row.
 
     ``rows`` index into ``events``/``indices``/``scores``; ``field_errors`` has one row per entry
-    of ``rows`` (per-field errors of the flagged events only).
+    of ``rows`` (per-field errors of the flagged events only). Fields in ``redact`` are replaced by
+    ``"[redacted]"`` in the alert's copy of the event (PII such as card numbers).
     """
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     out: list[OutMessage] = []
     for k, row in enumerate(rows.tolist()):
         event = events[row]
+        if redact:
+            event = {k: ("[redacted]" if k in redact else v) for k, v in event.items()}
         i = indices[row]
         errs = field_errors[k]
         total = float(errs.sum()) or 1.0

@@ -1,0 +1,67 @@
+"""Signing of model artifacts, PII redaction in alerts, and no raw values in rejection reasons."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from stream_detector.errors import ConfigError, ModelError
+from stream_detector.features import fit_spec
+from stream_detector.model.signing import Signer, Verifier, generate_keypair
+from stream_detector.pipeline.decode import decode_batch
+from stream_detector.pipeline.publish import build_alerts
+from stream_detector.pipeline.source import Batch
+from stream_detector.store import Threshold
+
+CARD = "4111111111111111"
+
+
+def test_signatures_verify_and_refuse_tampering(tmp_path):
+    private, public = generate_keypair(tmp_path / "keys")
+    assert private.stat().st_mode & 0o777 == 0o600
+    signer, verifier = Signer.from_file(private), Verifier.from_file(public)
+    sig = signer.sign("v1", "ab" * 32)
+    verifier.verify("v1", "ab" * 32, sig)
+    with pytest.raises(ModelError, match="does not match"):
+        verifier.verify("v1", "cd" * 32, sig)
+    with pytest.raises(ModelError, match="does not match"):
+        verifier.verify("v2", "ab" * 32, sig)
+    with pytest.raises(ModelError, match="not signed"):
+        verifier.verify("v1", "ab" * 32, None)
+    _, other_public = generate_keypair(tmp_path / "other")
+    with pytest.raises(ModelError, match="does not match"):
+        Verifier.from_file(other_public).verify("v1", "ab" * 32, sig)
+    with pytest.raises(ConfigError):
+        Signer.from_file(public)
+    with pytest.raises(ConfigError):
+        Verifier.from_file(tmp_path / "missing.pem")
+
+
+def test_alerts_redact_configured_fields():
+    event = {"event_id": "e1", "account_id": "a", "amount": 5.0, "card_number": CARD}
+    batch = Batch(topic="t", partitions=[0], offsets=[7], keys=[b"a"], values=[orjson.dumps(event)],
+                  timestamps=[1], headers=[[]])
+    out = build_alerts(batch, [event], [0], np.array([0]), np.array([2.0]), np.ones((1, 2)), ["amount", "x"],
+                       Threshold(1.0, 3, "m"), 2, "alerts", frozenset({"card_number"}))
+    alert = orjson.loads(out[0].value)
+    assert alert["event"]["card_number"] == "[redacted]" and alert["event"]["amount"] == 5.0
+    assert CARD.encode() not in out[0].value
+    assert event["card_number"] == CARD, "the caller's event is not modified"
+
+
+def test_rejection_messages_never_carry_raw_values():
+    raws = [
+        ('{"event_id": "a", "timestamp": "%s"}' % CARD).encode(),
+        ('{"event_id": "b", "nested": {"card": "%s"}}' % CARD).encode(),
+        ('{"event_id": "c", "card": "%s", "card": "%s"}' % (CARD, CARD)).encode(),
+        ('{"event_id": 4111111111111111, "card": "%s"}' % CARD).encode(),
+        ('{"card": "%s" ' % CARD).encode(),
+    ]
+    decoded = decode_batch(raws, max_bytes=10_000)
+    assert len(decoded.rejected) == len(raws)
+    for rejected in decoded.rejected:
+        assert CARD not in rejected.message, rejected
+    spec = fit_spec([{"event_id": str(i), "amount": float(i)} for i in range(20)])
+    _, bad = spec.transform([{"event_id": "x", "amount": f"card {CARD}"}])
+    assert bad and all(CARD not in m for m in bad.values())
