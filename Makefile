@@ -5,12 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install services-up services-down services-status demo test test-unit test-integration lint bench bench-quality clean
+.PHONY: help install services-up services-down services-status demo test test-unit test-integration test-chaos reliability lint bench bench-quality clean
 
 help:
 	@echo "make demo            install, start Kafka + Redis, train, publish, run a worker on simulated fraud, summary"
 	@echo "make test            install and run the whole test suite (tests start their own Kafka + Redis)"
 	@echo "make services-up     start the local Kafka (127.0.0.1:9092) and Redis (127.0.0.1:6379); services-down stops them"
+	@echo "make reliability     the chaos suite's long form; writes docs/RELIABILITY.md"
 	@echo "make lint            ruff + mypy --strict"
 	@echo "make bench           throughput/latency benchmarks against a real broker → benchmarks/RESULTS.md"
 
@@ -44,6 +45,13 @@ test-unit: install
 test-integration: install
 	deploy/install-browser.sh
 	$(BIN)/python -m pytest -q tests/integration
+
+test-chaos: install
+	$(BIN)/python -m pytest -q tests/chaos
+
+# The chaos suite's long form (SD_CHAOS_ROUNDS=3): its figures become docs/RELIABILITY.md.
+reliability: install
+	SD_CHAOS_ROUNDS=$${SD_CHAOS_ROUNDS:-3} SD_RELIABILITY_REPORT=docs/RELIABILITY.md $(BIN)/python -m pytest -q tests/chaos
 
 lint: install
 	$(BIN)/ruff check stream_detector tests benchmarks
