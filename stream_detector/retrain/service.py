@@ -19,19 +19,21 @@ a refused candidate's decision goes to ``{p}:gate:rejected`` and nothing else ch
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
+from redis import RedisError
 
-from ..errors import ModelError
+from ..errors import ModelError, StreamDetectorError
 from ..kafka_util import committed_offsets
 from ..model.bundle import Bundle
 from ..pipeline.decode import decode_batch
@@ -45,6 +47,7 @@ from .window import Exclusions, TrainingWindow, WindowEntry
 
 log = logging.getLogger("stream_detector.retrain")
 Progress = Callable[[str], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -88,7 +91,8 @@ class Retrainer:
             max_poll_records=5000, max_poll_interval_ms=1_800_000))
         self.input.subscribe([s.input_topic])
         self.side = KafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
-                                  isolation_level="read_committed", client_id="stream-detector-retrainer-side")
+                                  isolation_level="read_committed", client_id="stream-detector-retrainer-side",
+                                  **s.kafka_security())
         tps = [TopicPartition(t, p) for t in (s.alerts_topic, s.feedback_topic) for p in self._partitions(t)]
         self.side.assign(tps)
         since_ms = int((time.time() - s.retrain_window_seconds) * 1000)
@@ -133,13 +137,13 @@ class Retrainer:
                 reason = None
                 if now >= next_drift:
                     next_drift = now + s.drift_check_interval_s
-                    report = self.check_drift()
+                    report = self._survive(self.check_drift)
                     if report is not None and report.exceeds(s.drift_psi_bound):
                         reason = f"drift: psi {report.psi:.3f} > {s.drift_psi_bound} on {report.events} scores"
                 if reason is None and now >= next_train:
                     reason = "schedule"
                 if reason is not None:
-                    self.retrain(reason)
+                    self._survive(functools.partial(self.retrain, reason))
                     next_train = time.monotonic() + s.retrain_interval_s
         finally:
             self.close()
@@ -221,6 +225,14 @@ class Retrainer:
         return report
 
     # ---- helpers ---------------------------------------------------------------------------------
+    def _survive(self, step: Callable[[], T]) -> T | None:
+        """Service mode outlives a failed run (Redis or Kafka away, a training error): log, go on."""
+        try:
+            return step()
+        except (StreamDetectorError, RedisError, KafkaError, OSError, TimeoutError, ValueError) as exc:
+            log.error("retrainer step failed, retrying at the next trigger: %s: %s", type(exc).__name__, exc)
+            return None
+
     def _input(self) -> KafkaConsumer:
         if self.input is None or self.side is None:
             raise RuntimeError("retrainer not started")
