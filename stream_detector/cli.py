@@ -310,8 +310,8 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "show":
         print(orjson.dumps(control.model_info(args.version), option=orjson.OPT_INDENT_2).decode())
         return 0
-    version = control.activate(args.version, _who(), note=f"promote {args.version} by hand")
-    print(f"model {args.version} is active; threshold version {version}")
+    seq = control.activate(args.version, _who(), note=f"promote {args.version} by hand")
+    print(f"model {args.version} is active; threshold version {seq}")
     return 0
 
 
