@@ -137,17 +137,18 @@ class ControlPlane:
         return Snapshot(_threshold(raw), active.decode() if active else None)
 
     def threshold(self) -> Threshold | None:
-        return _threshold(self.r.hgetall(self.key("threshold")))
+        raw: Any = self.r.hgetall(self.key("threshold"))
+        return _threshold(raw)
 
     def active_model(self) -> str | None:
-        value = self.r.get(self.key("model", "active"))
-        return value.decode() if value else None
+        value: Any = self.r.get(self.key("model", "active"))
+        return _text(value) if value else None
 
     def fetch_bundle(self, version: str) -> Bundle:
-        files = self.r.hgetall(self.key("model", version))
+        files: Any = self.r.hgetall(self.key("model", version))
         if not files:
             raise NoActiveModel(f"model {version} is not in the registry")
-        fields = {k.decode(): v for k, v in files.items()}
+        fields: dict[str, bytes] = {_text(k): v for k, v in files.items()}
         signature = fields.pop(SIGNATURE_FIELD, None)
         bundle = bundle_from_files(resolve_files(fields))  # sha256 of every file checked here
         if self.verifier is not None:  # before anything deserialises the TorchScript
@@ -164,7 +165,8 @@ class ControlPlane:
         return [orjson.loads(x) for x in self.r.lrange(self.key("threshold", "history"), 0, limit - 1)]
 
     def model_versions(self) -> list[str]:
-        return [v.decode() for v in self.r.zrange(self.key("models"), 0, -1)]
+        versions: Any = self.r.zrange(self.key("models"), 0, -1)
+        return [_text(v) for v in versions]
 
     # ---- writes ----------------------------------------------------------------------------
     def set_threshold(self, value: float, model_version: str, set_by: str, note: str = "",
