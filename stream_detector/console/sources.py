@@ -123,8 +123,10 @@ class TopicTail:
 
     def _open(self) -> KafkaConsumer:
         if self._consumer is None:
+            committed = self.settings.delivery == "exactly_once"  # skip alerts of aborted transactions
             self._consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
                                            enable_auto_commit=False, auto_offset_reset="earliest",
+                                           isolation_level="read_committed" if committed else "read_uncommitted",
                                            **self.settings.kafka_security())
         return self._consumer
 

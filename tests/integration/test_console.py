@@ -170,6 +170,15 @@ def test_what_if_numbers_match_an_independent_computation(running: Running, page
     assert float(op.get_attribute("data-y")) == pytest.approx(tp / y.sum())
     assert page.locator("#pr circle.op").count() == 1
     assert page.locator("#wi-hist line.current").count() == 1
+
+    page.locator("#wi-slider").fill("0.5")  # the slider is log10: drag it to 10 ** 0.5
+    dragged = page.wait_for_selector("#wi-alerts-hour[data-threshold='3.16228']")
+    assert page.input_value("#wi-value") == "3.16228"
+    expected_dragged = int((running.scores > 3.16228).sum()) * 3600.0 / span_s
+    assert float(dragged.get_attribute("data-value")) == pytest.approx(expected_dragged, rel=1e-9)
+    page.fill("#wi-value", text)
+    page.dispatch_event("#wi-value", "change")
+    page.wait_for_selector(f"#wi-alerts-hour[data-threshold='{text}']")
     _shoot(page, "whatif")
 
 

@@ -117,3 +117,17 @@ def test_score_feed_weights_stand_for_every_scored_event() -> None:
     assert int(entry["alerts"]) > 0 and float(entry["at"]) >= float(entry["since"])
     feed.flush()
     assert len(control.r.entries) == 1, "nothing new, nothing written"
+
+
+def test_sample_of_keeps_the_active_model_and_spans_its_entries() -> None:
+    from stream_detector.console.sources import FeedEntry, sample_of
+
+    def entry(model: str, since: float, at: float, scores: list[float]) -> FeedEntry:
+        return FeedEntry("w", model, 1, 0.5, since, at, len(scores) * 2, 0, [f"{model}{s}" for s in scores],
+                         np.asarray(scores), np.full(len(scores), 2.0))
+
+    entries = [entry("old", 0.0, 1.0, [9.0]), entry("m", 10.0, 11.0, [0.1, 0.7]), entry("m", 11.0, 13.0, [0.9])]
+    sample = sample_of(entries, "m")
+    assert sample.span_s == 3.0 and sample.ids == ["m0.1", "m0.7", "m0.9"] and sample.events == 6.0
+    assert alerts_per_hour(sample, 0.5) == pytest.approx(4.0 * 3600 / 3.0)
+    assert sample_of(entries, "none").scores.size == 0

@@ -166,8 +166,9 @@ async function enterWhatIf() {
   const o = state.overview, slider = $("#wi-slider");
   const current = o && o.threshold ? o.threshold.value : 1;
   const edges = o && o.histogram.edges.length ? o.histogram.edges : [Math.log10(current) - 2, Math.log10(current) + 2];
-  slider.min = String(Math.min(edges[0], Math.log10(current) - 1));
-  slider.max = String(Math.max(edges[edges.length - 1], Math.log10(current) + 1));
+  // whole hundredths, so the slider's steps land on round log values (10 ** 0.5, not 10 ** 0.5003)
+  slider.min = String(Math.floor(100 * Math.min(edges[0], Math.log10(current) - 1)) / 100);
+  slider.max = String(Math.ceil(100 * Math.max(edges[edges.length - 1], Math.log10(current) + 1)) / 100);
   if (state.candidate === null) setCandidate(String(current), true);
   else whatIf(state.candidate);
   loadAudit();
