@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..entity import Enricher, InMemoryState
 from ..errors import ConfigError, ModelError, NoActiveModel, StreamDetectorError
 from ..offline import score_events
 from ..pipeline.score import Scorer
@@ -147,7 +148,10 @@ class ConsoleService:
         if scored.rejected[0] is not None:
             return out
         score = float(scored.scores[0])
-        x, _ = scorer.bundle.spec.transform([event])
+        # as score_events does: a bundle with entity features enriches from this event alone (no live state)
+        enriched = Enricher(InMemoryState()).enrich(scorer.bundle.entity, [event], [(0, 0)])
+        out["entity_features"] = scorer.bundle.entity is not None
+        x, _ = scorer.bundle.spec.transform(enriched)
         per_field = scorer.field_errors(scorer.errors(x))[0]
         total = float(per_field.sum()) or 1.0
         order = np.argsort(-per_field, kind="stable").tolist()
