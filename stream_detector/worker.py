@@ -45,6 +45,7 @@ from .store import ControlPlane, Threshold
 from .topics import ensure_topics
 
 log = logging.getLogger("stream_detector.worker")
+REFUSED_RETRY_S = 30.0  # a refused model version is not reloaded on every poll
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Worker:
         self.stop_event = threading.Event()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._pending: tuple[str, Future[Scorer]] | None = None
+        self._refused: tuple[str, float] | None = None  # retried on a change notice or after REFUSED_RETRY_S
         self._held: Batch | None = None
         self.enricher: Enricher | None = None  # step 3a, created in start()
 
@@ -245,14 +247,20 @@ class Worker:
         return scorer
 
     def _maybe_swap(self) -> None:
-        snap = self.thresholds.refresh(force=self.link.take_notice())  # pub/sub notice, else polling
-        current = self._require_scorer().version
-        if snap is not None and snap.active_model and snap.active_model != current:
-            if self._pending is None or self._pending[0] != snap.active_model:
-                log.info("active model changed to %s; loading in background", snap.active_model,
-                         extra={"model_version": snap.active_model})
-                self._pending = (snap.active_model, self._loader.submit(self._load, snap.active_model))
+        notice = self.link.take_notice()
+        snap = self.thresholds.refresh(force=notice)  # pub/sub notice, else polling
+        wanted = snap.active_model if snap is not None else None
+        if wanted and wanted != self._require_scorer().version and self._worth_loading(wanted, notice):
+            log.info("active model changed to %s; loading in background", wanted, extra={"model_version": wanted})
+            self._pending = (wanted, self._loader.submit(self._load, wanted))
         self._finish_swap(wait=False)
+
+    def _worth_loading(self, version: str, notice: bool) -> bool:
+        """Not already loading it, and not refused just now (unless a change notice came since)."""
+        if self._pending is not None and self._pending[0] == version:
+            return False
+        refused = self._refused
+        return notice or refused is None or refused[0] != version or time.monotonic() - refused[1] > REFUSED_RETRY_S
 
     def _finish_swap(self, wait: bool) -> bool:
         if self._pending is None or (not wait and not self._pending[1].done()):
@@ -263,6 +271,7 @@ class Worker:
             new = future.result(timeout=self.settings.delivery_timeout_s)
         except (ModelError, StreamDetectorError, RuntimeError, OSError) as exc:
             self.stats.swap_failures += 1
+            self._refused = (version, time.monotonic())
             self.metrics.swapped(False)
             log.error("model %s failed to load, keeping %s: %s", version, self._require_scorer().version, exc,
                       extra={"model_version": self._require_scorer().version, "failed_model_version": version})

@@ -187,6 +187,7 @@ def test_a_tampered_artifact_is_refused_and_the_worker_keeps_its_model(published
     assert first_bad | second_bad <= {a["event_id"] for a in alerts}
     assert {a["model_version"] for a in alerts} == {bundle.version}
     assert running.worker.scorer.version == bundle.version and running.worker.stats.swaps == 0
+    assert running.worker.stats.swap_failures == 1, "a refused version is not reloaded on every poll"
     assert running.worker.stats.events == len(first) + len(second)
 
 
