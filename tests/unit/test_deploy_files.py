@@ -176,6 +176,7 @@ def test_configmap_and_secret_hold_only_valid_settings():
     settings = Settings(**{k[3:].lower(): v for k, v in combined.items()})
     assert settings.kafka_security()["security_protocol"] == "SASL_SSL"
     assert settings.redis_url.startswith("rediss://"), "Redis over TLS"
+    assert "@" not in settings.redis_url and settings.redis_password.get_secret_value(), "password from the Secret"
     assert not set(secret) & set(_config()), "a credential never sits in the ConfigMap"
 
 
