@@ -7,8 +7,8 @@ and sets its threshold on the held-back *calib* rows (normal only) with its own 
   ``score_events`` (event dicts → ``FeatureSpec.transform`` → TorchScript), i.e. the worker's path.
   Threshold: ``calibrate()`` with the bundle's own method (quantile at ``target_fpr`` = 1 %).
 * ``seed-AE``: the seeds' recipe, same code path: ``TrainConfig(hidden=(32,), threshold_method=
-  "meanstd", k_std=1.0, error_norm="none", dropout=0.0, ensemble=1)`` (one 32-unit hidden layer
-  around the rule's bottleneck, plain MSE score, threshold = mean + 1·std of calib errors).
+  "meanstd", k_std=1.0, error_norm="none")``, other fields default (one 32-unit hidden layer around
+  the rule's bottleneck, plain mean squared error score, threshold = mean + 1·std of calib errors).
 * ``IForest``: scikit-learn ``IsolationForest(random_state=seed)``, all other settings default.
 * ``HST``: River ``HalfSpaceTrees(seed=seed)``, defaults (10 trees, height 8, window 250); the
   features min-max scaled to [0, 1] on the fit rows (clipped), as HST needs; it learns the fit
@@ -75,12 +75,7 @@ def ours(seed: int) -> Callable[[Table, Table, Table], Outcome]:
 
 
 def seed_recipe(seed: int) -> Callable[[Table, Table, Table], Outcome]:
-    base = TrainConfig(seed=seed)
-    extra = {k: v for k, v in SEED_RECIPE.items()}
-    for name, value in (("dropout", 0.0), ("ensemble", 1), ("denoise", 0.0)):
-        if hasattr(base, name):
-            extra[name] = value
-    return run_ours(replace(base, **extra))
+    return run_ours(replace(TrainConfig(seed=seed), **SEED_RECIPE))
 
 
 # ---- peers --------------------------------------------------------------------------------------

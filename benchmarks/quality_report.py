@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,34 @@ ECG_TARGETS = {"accuracy": 0.97, "auc_roc": 0.98}
 LOSS_MARGIN = 0.02  # a "loss": the best peer's mean AUC-ROC is above ours by more than this
 
 NOTES = """\
-**Why we lose where we lose.** The autoencoder scores a row by how badly it reconstructs it, so
-it finds anomalies that break the correlations of normal rows. It is weakest where anomalies are
-*in-distribution extremes or sparse regions* of a few low-dimensional features that the decoder
-reconstructs well anyway (isolation-based peers shine there: a few axis-aligned cuts isolate
-them), and on tiny tables (a few hundred rows) where 60 % of the normals is too little to learn
-a manifold and seed variance is large. See the per-table list above for the size and width of
-each loss.
+**Why we lose where we lose.** The autoencoder scores a row by how badly it reconstructs it, so it
+finds rows that break the correlations of normal rows. It loses to the isolation forest mostly on
+low-dimensional tables (d ≤ 21: annthyroid, thyroid, cardio, Cardiotocography, mammography, breastw,
+WBC, Pima) whose anomalies are *extreme values of single features*: a few axis-aligned cuts isolate
+them, while a small autoencoder reconstructs a 6-feature row almost linearly, extremes included.
+The second cause is the feature scaling: robust scaling divides by the IQR, so a feature that is
+nearly constant with a tail (cardio's 3rd column: IQR-scaled mean square 122 against ~1 for the
+others) dominates the training loss and early stopping fires after ~10 epochs. Scaling by the
+standard deviation instead (or weighting the loss by 1/variance) fixes exactly those tables in
+exploratory runs (seed 0: annthyroid 0.75 → 0.88-0.90, smtp 0.77 → 0.91, mammography 0.83 → 0.85-0.87,
+WBC 0.88 → 0.94) but breaks others as badly (cover 0.89 → 0.62-0.64, Wilt 0.88 → 0.55, glass 0.85 →
+0.71-0.72), and the ADBench average did not improve (0.830 → 0.827 on the 21 tables run), so robust
+scaling stays the default. Tiny tables (≤ 400 rows: 60 % of the normals is 100-200 rows) are noisy
+for every detector; the ± column shows the seed spread.
+
+**The ECG5000 accuracy target.** Our default threshold is the 99 % quantile of held-back normal
+errors (a 1 % alert rate on normal traffic is the contract the workers and tests rely on). ECG5000's
+normal class holds a 2-4 % tail of beats that reconstruct as badly as the anomalies: the detector
+reaches a true-positive rate of ~0.99 at a 5 % false-positive rate but only ~0.4-0.6 at 1 %, so the
+accuracy at the default threshold is low although AUC-ROC is high. With a looser label-free rule on
+the same calib scores (the seeds' mean + 1·std, or the 95 % quantile) the accuracy is above 0.97
+(see Targets). No per-dataset threshold is used in the headline numbers.
+
+**Peers.** River's HalfSpaceTrees needs one full window (250 rows by default) before it scores
+anything: on tables whose fit split is smaller it returns 0 for every row (AUC 0.5). PyOD's
+AutoEncoder (standardised inputs, batch norm, dropout 0.2, 10 epochs) is the strongest peer on the
+low-dimensional tables, consistent with the scaling analysis above. HST and IForest are orders of
+magnitude faster to fit.
 """
 
 
@@ -88,7 +111,8 @@ def _matrix(results: Sequence[Any], key: str, title: str) -> list[str]:
         note = " †" if r.note else ""
         lines.append(f"| {r.name}{note} | {r.rows:,} | {r.width} | {r.anomaly_ratio:.1%} | " + " | ".join(cells) + " |")
     avg = [float(np.mean([r.cells[n].mean(key) for r in results])) for n in names]
-    lines.append("| **average** | | | | " + " | ".join(f"**{v:.3f}**" for v in avg) + " |")
+    lines.append("| **average** | | | | " + " | ".join(f"**{v:.3f}**" if v == max(avg) else f"{v:.3f}"
+                                                   for v in avg) + " |")
     return lines
 
 
@@ -105,11 +129,12 @@ def render(results: Sequence[Any], seeds: Sequence[int], elapsed: float, plots: 
     )
     run = (
         f"`python -m benchmarks quality`: {len(results)} tables, seeds {list(seeds)} (tables over "
-        f"{qd.MULTI_SEED_MAX_ROWS:,} rows after the cap: first seed only), total {elapsed / 60:.1f} min. "
-        "Metrics are means over seeds."
+        f"{qd.MULTI_SEED_MAX_ROWS:,} rows after the cap: first seed only), {elapsed / 60:.1f} min wall clock, "
+        f"{time.process_time() / 60:.1f} min CPU in the process (the 2-core machine was shared with other "
+        f"test runs: load average {os.getloadavg()[1]:.1f} at the end, so wall times and train seconds "
+        "are inflated). Metrics are means over seeds."
     )
-    doc = (qdet.__doc__ or "").split("\n\n", 1)[1]
-    out: list[str] = [run, "", protocol, "", "**Detectors.** " + " ".join(doc.split()), ""]
+    out: list[str] = [run, "", protocol, "", "**Detectors.**", ""] + _detectors_markdown()
     if skipped:
         out += ["Skipped: " + "; ".join(skipped) + ".", ""]
     out += _targets(results)
@@ -137,6 +162,18 @@ def render(results: Sequence[Any], seeds: Sequence[int], elapsed: float, plots: 
     return "\n".join(out)
 
 
+def _detectors_markdown() -> list[str]:
+    """The detectors' docstring (everything after its first paragraph) as markdown."""
+    out: list[str] = []
+    for para in (qdet.__doc__ or "").replace("``", "`").split("\n\n")[1:]:
+        if para.lstrip().startswith("* "):
+            out += ["- " + " ".join(item.split()) for item in para.strip()[2:].split("\n* ")]
+        else:
+            out.append(" ".join(para.split()))
+        out.append("")
+    return out
+
+
 def _targets(results: Sequence[Any]) -> list[str]:
     out = ["### Targets", ""]
     ecg = next((r for r in results if r.name == "ECG5000"), None)
@@ -145,6 +182,12 @@ def _targets(results: Sequence[Any]) -> list[str]:
         for key, goal in ECG_TARGETS.items():
             ok = "met" if c.mean(key) >= goal else "**not met**"
             out.append(f"- ECG5000 {key} ≥ {goal}: {c.mean(key):.3f} — {ok}")
+        out.append(
+            "- ECG5000 accuracy of ours at other label-free rules on the same calib scores: "
+            f"mean + 1·std (the seeds' rule) {c.mean('accuracy@meanstd'):.3f}, 95 % quantile (5 % target "
+            f"false-positive rate) {c.mean('accuracy@q95'):.3f}; the seed recipe itself (mean + 1·std): "
+            + (f"{ecg.cells['seed-AE'].mean('accuracy'):.3f}" if "seed-AE" in ecg.cells else "not run")
+        )
     avg = averages(results, "adbench")
     if "ours" in avg and "IForest" in avg:
         ok = "met" if avg["ours"] > avg["IForest"] else "**not met**"

@@ -104,6 +104,8 @@ def test_cap_is_deterministic_and_bounds_both_classes():
     assert (~small.y).sum() == 300 and small.y.sum() == 40 and "capped" in small.note
     assert np.array_equal(qd.cap(table, 300, 40).x, small.x)
     assert qd.cap(table, 5000, 5000) is table
+    table.test = qd.Table("fixed", np.zeros((3, 1)), np.array([False, True, True]), ["f0"])
+    assert qd.cap(table, 300, 40).test is table.test, "a fixed test file survives the cap"
 
 
 def test_recall_at_budget_flags_exactly_the_top_one_percent():
