@@ -322,6 +322,11 @@ HOT_PATH_NOTES = """\
   types, one-scan colon pre-filter before the repeated-key check); features 1.51 → 1.37 µs/event (1.1×:
   one `itemgetter` per event + C-level transpose, numeric fields converted in one call). Verdicts and
   matrices are identical (parity tests in `tests/unit/test_bench_hot_path.py`).
+- Conditions: the 2 cores were shared with other sessions' test suites and Kafka brokers during the run
+  (load average in the header), which depresses every figure above and makes repeats differ by up to
+  1.5×. Quieter measurements of the same code paths earlier (07:55-08:06 UTC, load 1.3-4): in-process at
+  batch 2048, decode ~180k/s (before the change), features ~620k/s, score ~360k/s (1 thread), ~530k/s
+  (2 threads); the bare kafka-python consume-only loop 134k/s (load 3.7) vs 52-68k/s at load 5-9.
 - Not changed, measured: `source.py`'s own per-record copying costs ~0.09 µs/event (a `zip` transpose
   would save 0.04); the rest of the source step is kafka-python itself (`Fetcher._unpack_records`,
   `DefaultRecordBatch._read_msg`, varint decoding: ~7-14 µs/record under cProfile). `check_crcs` is
@@ -356,7 +361,7 @@ def run(plan: Plan, kafka: str, redis: str, seed: int) -> dict[str, Any]:
     say(f"producing {plan.events:,} events")
     ctx["load_rate"] = harness.produce(kafka, settings.input_topic, raw, keys)
     say(f"loaded at {ctx['load_rate']:,.0f}/s")
-    fetch = {k: v for k, v in consumer_config(settings).items()
+    fetch = {k: v for k, v in consumer_config(settings.model_copy(update={"batch_size": plan.batch_size})).items()
              if k in ("max_poll_records", "fetch_max_bytes", "max_partition_fetch_bytes", "fetch_min_bytes",
                       "fetch_max_wait_ms", "isolation_level")}
     ctx["consumer"] = ", ".join(f"{k}={v}" for k, v in fetch.items())
