@@ -79,6 +79,7 @@ class Retrainer:
         self.side: KafkaConsumer | None = None
         self._drift_cursor = "-"
         self._drift_counts: list[dict[str, str]] = []
+        self._active: Bundle | None = None  # the active bundle, fetched once per version
         self._last_commit = time.monotonic()
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -214,7 +215,11 @@ class Retrainer:
             self._drift_cursor = new[-1][0]
             self._drift_counts.extend(fields for _, fields in new)
         if active is None:
+            self._drift_counts.clear()
             return None
+        # only the active model's summaries count; bounded like the stream they come from
+        self._drift_counts = [f for f in self._drift_counts if f.get("model_version") == active.version
+                              ][-self.settings.score_summaries_max:]
         edges, expected = reference_bins(active.calibration)
         report = summarize(active.version, edges, expected, self._drift_counts)
         if report is None or report.events < self.settings.drift_min_events:
@@ -270,11 +275,14 @@ class Retrainer:
         version = self.control.active_model()
         if version is None:
             return None
+        if self._active is not None and self._active.version == version:
+            return self._active
         try:
-            return self.control.fetch_bundle(version)
+            self._active = self.control.fetch_bundle(version)
         except ModelError as exc:
             log.error("active model %s is not loadable (%s); gating without it", version, exc)
             return None
+        return self._active
 
     def _partitions(self, topic: str, timeout_s: float = 30.0) -> list[int]:
         consumer = self.side if self.side is not None else self.input

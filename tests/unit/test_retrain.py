@@ -210,3 +210,51 @@ def test_check_compatible_refuses_a_spec_the_model_cannot_take(bundle):
     odd = bundle_from_files({**bundle.files, "metadata.json": orjson.dumps(meta)})
     with pytest.raises(ModelError, match="columns"):
         check_compatible(odd)
+
+
+# ---- drift checks of the service, against a fake control plane --------------------------------------
+
+
+class FakeControl:
+    def __init__(self, bundle) -> None:
+        self.bundle = bundle
+        self.entries: list[tuple[str, dict[str, str]]] = []
+        self.fetches = 0
+
+    def active_model(self) -> str:
+        return self.bundle.version
+
+    def fetch_bundle(self, version: str):
+        self.fetches += 1
+        return self.bundle
+
+    def score_summaries(self, after: str = "-") -> list[tuple[str, dict[str, str]]]:
+        return [(i, f) for i, f in self.entries if after == "-" or i > after]
+
+    def add(self, version: str, counts: list[int], edges: list[float]) -> None:
+        fields = {"model_version": version, "edges": orjson.dumps(edges).decode(),
+                  "counts": orjson.dumps(counts).decode()}
+        self.entries.append((f"{len(self.entries) + 1:06d}-0", fields))
+
+
+def test_service_drift_check_judges_only_the_active_models_summaries_once_enough(bundle):
+    from stream_detector.retrain.service import Retrainer
+    from stream_detector.settings import Settings
+
+    control = FakeControl(bundle)
+    retrainer = Retrainer(Settings(drift_min_events=100, score_summaries_max=10), control=control)  # type: ignore[arg-type]
+    edges, expected = reference_bins(bundle.calibration)
+    shifted = [0] * len(expected)
+    shifted[-1] = 60  # everything in the top bin
+    control.add("some-old-model", [1000] * len(expected), edges.tolist())
+    control.add(bundle.version, shifted, edges.tolist())
+    assert retrainer.check_drift() is None, "60 scores of the active model are not enough"
+    control.add(bundle.version, shifted, edges.tolist())
+    report = retrainer.check_drift()
+    assert report is not None and report.events == 120 and report.exceeds(0.2)
+    assert retrainer.check_drift() is None, "judged summaries are not judged again"
+    for _ in range(30):
+        control.add(bundle.version, [10] * len(expected), edges.tolist())
+    bounded = retrainer.check_drift()
+    assert bounded is not None and bounded.events == 100 * len(expected), "only the newest 10 summaries kept"
+    assert control.fetches == 1, "the active bundle is fetched once per version"
