@@ -273,7 +273,13 @@ async function loadAlerts() {
       const li = document.createElement("li"), b = document.createElement("button");
       b.className = "alert-pick"; b.type = "button"; b.dataset.eventId = a.event_id;
       b.textContent = `${a.event_id} · score ${fmt(a.score)} · threshold v${a.threshold_version}`;
-      b.onclick = () => { $("#ex-event").value = JSON.stringify(a.event, null, 2); explain(); };
+      b.onclick = async () => {
+        $("#ex-event").value = JSON.stringify(a.event, null, 2);
+        await explain();
+        const redacted = Object.values(a.event || {}).includes("[redacted]");
+        if (redacted) setText("#ex-error", `fields of this alert are redacted (SD_ALERT_REDACT_FIELDS); put the real values ` +
+                                           `back to reproduce the worker's score ${fmt(a.score, 6)}`);
+      };
       li.appendChild(b); return li;
     }));
     if (!alerts.length) { const li = document.createElement("li"); li.textContent = "no alerts yet"; list.appendChild(li); }
