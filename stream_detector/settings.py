@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://localhost:6379/0", description="Redis holding threshold and models.")
     redis_prefix: str = Field("stream-detector", description="Key prefix, so deployments can share one Redis.")
 
-    batch_size: int = Field(2048, ge=1, le=100_000, description="Largest batch a worker scores at once.")
+    batch_size: int = Field(8192, ge=1, le=100_000, description="Largest batch a worker scores at once "
+                            "(8192 measured fastest: publish and commit round trips spread over more events).")
     batch_max_wait_ms: int = Field(20, ge=0, le=60_000, description="Longest wait to fill a batch (latency bound).")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts reading."
