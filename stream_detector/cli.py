@@ -179,7 +179,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         signal.signal(sig, lambda *_: worker.stop())
     stats = worker.run(max_idle_polls=args.max_idle_polls)
     elapsed = time.monotonic() - stats.started_at
-    _say(f"worker stopped: {stats.events} events in {stats.batches} batches ({stats.events / max(elapsed, 1e-9):.0f}/s), "
+    rate = stats.events / max(elapsed, 1e-9)
+    _say(f"worker stopped: {stats.events} events in {stats.batches} batches ({rate:.0f}/s), "
          f"{stats.alerts} alerts, {stats.rejected} rejected {stats.rejected_by_reason or ''}")
     return 0
 

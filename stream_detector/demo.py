@@ -73,7 +73,8 @@ def run_demo(settings: Settings, duration_s: float, rate: float, fraud_rate: flo
         f"  model               {bundle.version} (threshold {bundle.threshold:.4g})",
         f"  events              {len(labels)} sent, {stats.events} consumed by the worker"
         f"{'' if drained else ' (NOT fully drained!)'}",
-        f"  throughput          {stats.events / max(elapsed, 1e-9):.0f} events/s over {elapsed:.1f}s (offered {rate:.0f}/s)",
+        f"  throughput          {stats.events / max(elapsed, 1e-9):.0f} events/s over {elapsed:.1f}s "
+        f"(offered {rate:.0f}/s)",
         f"  alerts              {len(mine)} ({len(mine) / max(1, len(labels)):.2%} of events)",
         f"  injected fraud      {len(fraud_ids)}",
         f"  precision           {precision:.3f}",

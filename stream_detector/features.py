@@ -300,7 +300,8 @@ def _numeric_column(
                 values[i] = float(v)
             except (TypeError, ValueError):
                 values[i] = np.nan
-                bad.setdefault(i, f"{RejectReason.WRONG_TYPE.value}: field {name!r} must be numeric, got {type(v).__name__}")
+                bad.setdefault(i, f"{RejectReason.WRONG_TYPE.value}: field {name!r} must be numeric, "
+                                  f"got {type(v).__name__}")
     return _finite_or_missing(values, name, bad)
 
 

@@ -27,7 +27,8 @@ class OfflineScores:
 
     @property
     def valid(self) -> np.ndarray:
-        return ~np.isnan(self.scores)
+        valid: np.ndarray = ~np.isnan(self.scores)
+        return valid
 
 
 def score_events(bundle: Bundle, events: Sequence[dict[str, Any]], device: str = "cpu",

@@ -34,7 +34,8 @@ class EventProducer:
     def __enter__(self) -> EventProducer:
         if self.settings.create_topics:
             ensure_topics(self.settings, [self.topic])
-        self.producer = KafkaProducer(**producer_config(self.settings, linger_ms=5, client_id="stream-detector-producer"))
+        self.producer = KafkaProducer(**producer_config(self.settings, linger_ms=5,
+                                                        client_id="stream-detector-producer"))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

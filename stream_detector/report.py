@@ -45,11 +45,11 @@ def plot_scores(scores: np.ndarray, is_anomaly: np.ndarray | None, threshold: fl
     safe = np.log10(np.maximum(scores, 1e-12))
     bins = np.linspace(safe.min(), max(safe.max(), np.log10(max(threshold, 1e-12))) + 1e-9, 80)
     if is_anomaly is None:
-        ax.hist(safe, bins=bins, color="tab:blue", alpha=0.8, label="events")
+        ax.hist(safe, bins=bins.tolist(), color="tab:blue", alpha=0.8, label="events")
     else:
         y = is_anomaly.astype(bool)
-        ax.hist(safe[~y], bins=bins, color="tab:blue", alpha=0.6, density=True, label=f"normal ({(~y).sum()})")
-        ax.hist(safe[y], bins=bins, color="tab:red", alpha=0.6, density=True, label=f"anomalous ({y.sum()})")
+        ax.hist(safe[~y], bins=bins.tolist(), color="tab:blue", alpha=0.6, density=True, label=f"normal ({(~y).sum()})")
+        ax.hist(safe[y], bins=bins.tolist(), color="tab:red", alpha=0.6, density=True, label=f"anomalous ({y.sum()})")
     ax.axvline(np.log10(max(threshold, 1e-12)), color="black", linestyle="--", label=f"threshold {threshold:.4g}")
     ax.set_xlabel("log10(reconstruction error)")
     ax.set_ylabel("density" if is_anomaly is not None else "events")

@@ -29,14 +29,13 @@ import numpy as np
 import torch
 
 from .entity import Enricher, RedisState
-from .errors import (DeliveryError, EntityStateUnavailable, ModelError, StreamDetectorError,
-                     ThresholdUnavailable)
+from .errors import DeliveryError, EntityStateUnavailable, ModelError, StreamDetectorError, ThresholdUnavailable
 from .metrics import WorkerMetrics, batch_context
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected, decode_batch
 from .pipeline.publish import Publisher, build_alerts, build_dead_letters, make_publisher
-from .pipeline.score_feed import ScoreFeed
 from .pipeline.score import Scorer, scores_of
+from .pipeline.score_feed import ScoreFeed
 from .pipeline.source import Batch, KafkaSource
 from .pipeline.threshold import ThresholdCache, decide
 from .schema import RejectReason

@@ -62,7 +62,8 @@ class Autoencoder(nn.Module):
         self.decoder = _mlp(enc[::-1], arch.dropout, last_activation=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+        out: torch.Tensor = self.decoder(self.encoder(x))
+        return out
 
 
 class ErrorHead(nn.Module):
@@ -75,4 +76,5 @@ class ErrorHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         diff = self.autoencoder(x) - x
-        return diff * diff * self.inv_weights
+        out: torch.Tensor = diff * diff * self.inv_weights
+        return out

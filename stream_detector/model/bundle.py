@@ -72,9 +72,11 @@ class Bundle:
     def load_module(self, device: str = "cpu") -> torch.jit.ScriptModule:
         """Deserialize the TorchScript head onto ``device``, eval mode, frozen for inference."""
         with _torchscript():
-            module = torch.jit.load(io.BytesIO(self.files[MODEL_FILE]), map_location=device)
+            module = torch.jit.load(  # type: ignore[no-untyped-call]
+                io.BytesIO(self.files[MODEL_FILE]), map_location=device)
             module.eval()
-            return torch.jit.freeze(module)
+            frozen: torch.jit.ScriptModule = torch.jit.freeze(module)
+            return frozen
 
 
 def _digest(files: dict[str, bytes], listed: dict[str, str] | None = None) -> dict[str, str]:

@@ -154,7 +154,7 @@ def _fit(
     report_every = max(1, epochs // 10)
     for epoch in range(1, epochs + 1):
         model.train()
-        for idx in torch.randperm(len(xt), generator=generator).split(config.batch_size):
+        for idx in torch.split(torch.randperm(len(xt), generator=generator), config.batch_size):
             batch = xt[idx]
             optimiser.zero_grad(set_to_none=True)
             loss = loss_fn(model(batch), batch)

@@ -42,14 +42,18 @@ class Scorer:
             tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
             if self.device.type == "cuda":
                 tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-                return self.module(tensor).cpu().numpy()
-            return self.module(tensor).numpy()
+                out: np.ndarray = self.module(tensor).cpu().numpy()
+            else:
+                out = self.module(tensor).numpy()
+            return out
 
     def field_errors(self, per_feature: np.ndarray) -> np.ndarray:
         """Sum one-hot / indicator columns into their input field: n × n_fields."""
-        return np.add.reduceat(per_feature, self.group_starts, axis=1)
+        summed: np.ndarray = np.add.reduceat(per_feature, self.group_starts, axis=1)
+        return summed
 
 
 def scores_of(per_feature: np.ndarray) -> np.ndarray:
     """The anomaly score: mean per-feature error (float64 for stable comparisons)."""
-    return per_feature.mean(axis=1, dtype=np.float64)
+    scores: np.ndarray = per_feature.mean(axis=1, dtype=np.float64)
+    return scores

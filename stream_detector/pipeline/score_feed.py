@@ -15,8 +15,9 @@ and threshold version::
 The sum of the weights of an entry is ``n``, so "events above t per hour" is
 ``Σ weight[score > t] / hours covered`` — the console's threshold what-if. If the pool is over the
 cap when flushed it is thinned uniformly again and the kept weights rescaled to sum to ``n``
-again (a ratio estimate: totals stay exact, shares above a threshold are unbiased estimates). Like the score summaries this is telemetry: if Redis is down entries are dropped
-and the hot path never waits on Redis for them.
+again (a ratio estimate: totals stay exact, shares above a threshold are unbiased estimates).
+Like the score summaries this is telemetry: if Redis is down entries are dropped and the hot
+path never waits on Redis for them.
 """
 
 from __future__ import annotations

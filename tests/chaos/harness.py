@@ -85,27 +85,46 @@ def produce(settings: Settings, stream: Stream) -> None:
 
 
 class LiveReader:
-    """Counts alerts with ``read_committed`` while the chaos happens."""
+    """Counts alerts with ``read_committed`` while the chaos happens.
+
+    ``close()`` first lets it catch up to the topic's last stable offset (read in its own thread:
+    consumers are not thread-safe), so its counts can be compared with the verifier's.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.counts: Counter[str] = Counter()
         self.stop = threading.Event()
+        self.caught_up = False
         self.consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed",
                                       enable_auto_commit=False, auto_offset_reset="earliest")
         parts = self.consumer.partitions_for_topic(settings.alerts_topic) or set()
-        self.consumer.assign([TopicPartition(settings.alerts_topic, p) for p in parts])
+        self.tps = [TopicPartition(settings.alerts_topic, p) for p in parts]
+        self.consumer.assign(self.tps)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
+    def _poll(self) -> None:
+        for records in self.consumer.poll(timeout_ms=200).values():
+            self.counts.update(orjson.loads(r.value)["event_id"] for r in records)
+
     def _run(self) -> None:
+        import time
+
         while not self.stop.is_set():
-            for records in self.consumer.poll(timeout_ms=200).values():
-                self.counts.update(orjson.loads(r.value)["event_id"] for r in records)
+            self._poll()
+        ends = self.consumer.end_offsets(self.tps)  # the last stable offsets, for read_committed
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if all(self.consumer.position(tp) >= end for tp, end in ends.items()):
+                self.caught_up = True
+                return
+            self._poll()
 
     def close(self) -> Counter[str]:
         self.stop.set()
-        self.thread.join(timeout=30)
+        self.thread.join(timeout=90)
         self.consumer.close()
+        assert self.caught_up, "the live read_committed reader could not reach the end of the alerts topic"
         return self.counts
 
 

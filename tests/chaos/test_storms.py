@@ -25,7 +25,7 @@ from tests.chaos.harness import (
 )
 from tests.chaos.proxy import TcpProxy
 from tests.helpers import wait_until
-from tests.services import Services, free_port, start_services
+from tests.services import Services, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def test_kill_storm_two_workers_ten_percent_poison(services, bundle, env_for, tm
         procs.start(1)
         for round_ in range(2 * ROUNDS):
             target = committed_total(settings) + len(stream.records) // (3 * ROUNDS + 1)
-            wait_until(lambda: committed_total(settings) >= min(target, len(stream.records)) or drained(settings),
+            wait_until(lambda t=target: committed_total(settings) >= min(t, len(stream.records)) or drained(settings),
                        timeout_s=120, message=f"progress before kill {round_}")
             if drained(settings):
                 break
@@ -64,7 +64,7 @@ def test_kill_storm_two_workers_ten_percent_poison(services, bundle, env_for, tm
         wait_until(lambda: drained(settings), timeout_s=180, message="stream drained after the kills")
     finally:
         procs.stop_all()
-    outcome = verify(f"kill -9 storm, 2 workers, 10% poison", settings, stream, live.close(),
+    outcome = verify("kill -9 storm, 2 workers, 10% poison", settings, stream, live.close(),
                      kills=procs.kills, restarts=procs.restarts)
     assert procs.kills >= 1
     _assert_outcome(outcome.figures, delivery == "exactly_once")
@@ -180,7 +180,7 @@ def test_rebalance_storm_exactly_once(services, bundle, start_worker):
     changes = 0
     for _ in range(4 * ROUNDS):  # workers join and leave, as an autoscaler would make them
         target = committed_total(base) + 1_500
-        wait_until(lambda: committed_total(base) >= target or drained(base), timeout_s=120,
+        wait_until(lambda t=target: committed_total(base) >= t or drained(base), timeout_s=120,
                    message="progress between membership changes")
         slot = rng.randrange(1, 4)
         if slot in workers:

@@ -39,7 +39,7 @@ def _traffic(n: int, seed: int, n_anomalies: int) -> tuple[list[dict[str, object
 def test_known_anomalies_give_exactly_the_expected_alerts(settings, published, bundle: Bundle, start_worker):
     events, injected = _traffic(3000, seed=11, n_anomalies=12)
     expected_scores = score_events(bundle, events).scores
-    expected = {str(e["event_id"]) for e, s in zip(events, expected_scores) if s > bundle.threshold}
+    expected = {str(e["event_id"]) for e, s in zip(events, expected_scores, strict=True) if s > bundle.threshold}
     assert injected <= expected, "the crafted anomalies must score above the threshold"
     assert len(expected) < 0.02 * len(events), "normal traffic must mostly pass"
 
@@ -152,7 +152,7 @@ def test_threshold_change_in_redis_changes_what_is_flagged_live(settings, publis
 def test_two_workers_split_a_four_partition_topic(settings, published, bundle, start_worker):
     events, injected = _traffic(4000, seed=14, n_anomalies=20)
     expected_scores = score_events(bundle, events).scores
-    expected = {str(e["event_id"]) for e, s in zip(events, expected_scores) if s > bundle.threshold}
+    expected = {str(e["event_id"]) for e, s in zip(events, expected_scores, strict=True) if s > bundle.threshold}
     one = start_worker(settings)
     two = start_worker(settings)
     wait_until(lambda: len(one.worker.source.assignment()) + len(two.worker.source.assignment()) == 4
@@ -177,7 +177,7 @@ def test_worker_scores_match_offline_scores(settings, published: ControlPlane, b
     worker = start_worker(settings)
     wait_until(lambda: _drained(settings), message="all offsets committed")
     worker.stop()
-    offline = dict(zip((str(e["event_id"]) for e in events), score_events(bundle, events).scores.tolist()))
+    offline = dict(zip((str(e["event_id"]) for e in events), score_events(bundle, events).scores.tolist(), strict=True))
     alerts = _alerts(settings)
     assert len(alerts) == len(events)
     worst = max(abs(a["score"] - offline[a["event_id"]]) / max(1e-9, abs(offline[a["event_id"]])) for a in alerts)

@@ -64,7 +64,7 @@ def test_simulator_is_seeded_and_injects_each_pattern():
     assert [e["amount"] for e in a] == [e["amount"] for e in b] and la == lb
     frauds = [lab for lab in la if lab != "legit"]
     assert 0.03 < len(frauds) / len(la) < 0.07 and set(frauds) == set(PATTERNS)
-    testing = [e for e, lab in zip(a, la) if lab == "card_testing"]
+    testing = [e for e, lab in zip(a, la, strict=True) if lab == "card_testing"]
     assert all(e["amount"] <= 3.0 and e["channel"] == "online" for e in testing)
 
 
