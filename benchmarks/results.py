@@ -7,7 +7,7 @@ import os
 import platform
 import re
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -55,11 +55,11 @@ def git_commit() -> str:
 
 def write_section(name: str, title: str, body: str) -> Path:
     """Replace (or append) the section ``name`` of RESULTS.md with ``body`` plus a provenance line."""
-    stamp = (f"_Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC at commit {git_commit()} on: "
+    stamp = (f"_Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit {git_commit()} on: "
              f"{machine()}._\n\n")
     block = f"<!-- {name}:start -->\n## {title}\n\n{stamp}{body.rstrip()}\n<!-- {name}:end -->\n"
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
-    pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->\n?", re.S)
+    pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->\n?", re.DOTALL)
     text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
     RESULTS.write_text(text)
     return RESULTS
