@@ -79,7 +79,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         _say(f"read {len(events)} rows; no label column: training on all of them")
     config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
                          threshold_method=args.threshold_method, k_std=args.k_std,
-                         dropout=args.dropout, error_norm=args.error_norm, time_of_day=args.time_features,
+                         dropout=args.dropout, hidden=args.hidden, bottleneck=args.bottleneck,
+                         error_norm=args.error_norm, time_of_day=args.time_features,
                          exclude=tuple(args.exclude or ()))
     result = train(normal, config, progress=_say, entity=entity)
     extra: dict[str, Any] = {"training_input": str(args.input), "training_rows_read": len(events)}
@@ -371,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantile for --target-fpr (default) or mean + k*std")
     p.add_argument("--k-std", type=float, default=3.0, help="k for --threshold-method meanstd")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout in hidden layers")
+    p.add_argument("--hidden", type=lambda v: tuple(int(x) for x in v.split(",")),
+                   help="encoder widths, comma separated, e.g. 64,32 (default: derived from the feature count)")
+    p.add_argument("--bottleneck", type=int, help="bottleneck width (default: derived from the feature count)")
     p.add_argument("--error-norm", choices=["none", "mean"], default="mean",
                    help="divide per-feature errors by their mean validation error (default) or not")
     p.add_argument("--time-features", action="store_true", help="add hour-of-day (sin/cos) from timestamp")

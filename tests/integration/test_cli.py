@@ -29,12 +29,15 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
                 "--accounts", "300", "--seed", "4"], env)
     assert done.returncode == 0, done.stderr
     trained = run(["train", "--input", str(train_file), "--out", str(tmp_path / "model"), "--label-column",
-                   "label", "--normal-label", "legit", "--exclude", "pattern", "--epochs", "15"], env)
+                   "label", "--normal-label", "legit", "--exclude", "pattern", "--epochs", "15",
+                   "--hidden", "24,12", "--bottleneck", "3", "--dropout", "0.05"], env)
     assert trained.returncode == 0, trained.stderr
     assert "epoch" in trained.stderr and "threshold" in trained.stderr, "training prints progress"
     assert (tmp_path / "model" / "report" / "scores.png").stat().st_size > 1000
     assert (tmp_path / "model" / "report" / "curves.png").stat().st_size > 1000
     version = trained.stdout.strip()
+    arch = orjson.loads((tmp_path / "model" / "metadata.json").read_bytes())["architecture"]
+    assert (arch["hidden"], arch["bottleneck"], arch["dropout"]) == ([24, 12], 3, 0.05)
 
     published = run(["publish", str(tmp_path / "model")], env)
     assert published.returncode == 0 and version in published.stdout, published.stderr
