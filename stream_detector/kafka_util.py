@@ -12,7 +12,8 @@ from .settings import Settings
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             **settings.kafka_security())
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
@@ -23,7 +24,7 @@ def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
 
 def committed_offsets(settings: Settings, group: str, topic: str) -> dict[TopicPartition, int]:
     """Committed offsets of ``group`` on ``topic``; empty while the group coordinator is not ready yet."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_security())
     try:
         offsets = admin.list_group_offsets(group).get(group, {})
         return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
@@ -59,7 +60,8 @@ def read_all(settings: Settings, topic: str, timeout_s: float = 30.0,
     """
     ends = end_offsets(settings, topic)
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                             auto_offset_reset="earliest", isolation_level=isolation_level)
+                             auto_offset_reset="earliest", isolation_level=isolation_level,
+                             **settings.kafka_security())
     try:
         tps = list(ends)
         consumer.assign(tps)
