@@ -43,6 +43,7 @@ from ..store import ControlPlane
 from ..topics import ensure_topics
 from .drift import DriftReport, reference_bins, summarize
 from .job import build_candidate
+from .metrics import RetrainerMetrics
 from .window import Exclusions, TrainingWindow, WindowEntry
 
 log = logging.getLogger("stream_detector.retrain")
@@ -81,10 +82,13 @@ class Retrainer:
         self._drift_counts: list[dict[str, str]] = []
         self._active: Bundle | None = None  # the active bundle, fetched once per version
         self._last_commit = time.monotonic()
+        self.metrics = RetrainerMetrics()
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
+        if s.metrics_port and self.metrics.port == 0:
+            self.metrics.serve(s.metrics_port, s.metrics_addr)
         if s.create_topics:
             ensure_topics(s, [s.input_topic, s.alerts_topic, s.feedback_topic])
         self.input = KafkaConsumer(**consumer_config(
@@ -102,6 +106,7 @@ class Retrainer:
                 self.side.seek_to_end(tp)
             else:
                 self.side.seek(tp, found.offset)
+        self.metrics.ready = True
 
     def close(self) -> None:
         if self.input is not None:
@@ -111,6 +116,8 @@ class Retrainer:
         if self.side is not None:
             self.side.close(autocommit=False)
             self.side = None
+        self.metrics.ready = False
+        self.metrics.close()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -161,6 +168,9 @@ class Retrainer:
             self.window.add(entries)
             added += len(entries)
         self._read_side(0)
+        self.metrics.ingested.inc(added)
+        self.metrics.window.set(len(self.window))
+        self.metrics.excluded.set(len(self.exclusions.alerted) + len(self.exclusions.labels))
         self._commit()
         return added
 
@@ -183,6 +193,16 @@ class Retrainer:
 
     def retrain(self, reason: str) -> RetrainOutcome:
         """Train on the clean, decided part of the window; publish if the gate passes."""
+        started = time.monotonic()
+        try:
+            outcome = self._retrain(reason)
+        except Exception:
+            self.metrics.run_finished("failed", time.monotonic() - started)
+            raise
+        self.metrics.run_finished(outcome.status, time.monotonic() - started)
+        return outcome
+
+    def _retrain(self, reason: str) -> RetrainOutcome:
         s = self.settings
         self._read_side(60.0)
         decided = {tp.partition: off for tp, off in committed_offsets(s, s.group_id, s.input_topic).items()}
@@ -225,6 +245,7 @@ class Retrainer:
         if report is None or report.events < self.settings.drift_min_events:
             return None
         self._drift_counts.clear()
+        self.metrics.drift_judged(report.psi, report.ks, report.model_version)
         log.info("drift of %s: psi %.4f, ks %.4f on %d scores", report.model_version, report.psi, report.ks,
                  report.events)
         return report

@@ -1,0 +1,101 @@
+"""The retrainer's Prometheus metrics and health endpoints (``SD_METRICS_PORT``, as for workers).
+
+Exported: ``stream_detector_retrain_runs_total{outcome}`` (promoted / rejected / skipped / failed),
+``stream_detector_retrain_duration_seconds`` (histogram), ``stream_detector_retrain_ingested_events_total``,
+``stream_detector_retrain_window_events``, ``stream_detector_retrain_excluded_ids``,
+``stream_detector_retrain_drift_checks_total``, ``stream_detector_retrain_drift_psi`` and
+``stream_detector_retrain_drift_ks`` (last judged), ``stream_detector_retrain_active_model_info``.
+``/healthz`` answers 200 while the process runs; ``/readyz`` 200 once the consumers are started.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+log = logging.getLogger("stream_detector.retrain.metrics")
+
+
+class RetrainerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.runs = Counter("stream_detector_retrain_runs", "Retraining runs by outcome.", ["outcome"], registry=r)
+        for outcome in ("promoted", "rejected", "skipped", "failed"):
+            self.runs.labels(outcome)
+        self.duration = Histogram("stream_detector_retrain_duration_seconds", "Wall time of one retraining run.",
+                                  buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=r)
+        self.ingested = Counter("stream_detector_retrain_ingested_events",
+                                "Events added to the training window.", registry=r)
+        self.window = Gauge("stream_detector_retrain_window_events", "Events in the training window.", registry=r)
+        self.excluded = Gauge("stream_detector_retrain_excluded_ids",
+                              "Alerted or fraud-labelled event ids remembered for exclusion.", registry=r)
+        self.drift_checks = Counter("stream_detector_retrain_drift_checks",
+                                    "Drift judgements of the active model's live scores.", registry=r)
+        self.psi = Gauge("stream_detector_retrain_drift_psi", "PSI of the last drift judgement.", registry=r)
+        self.ks = Gauge("stream_detector_retrain_drift_ks", "KS statistic of the last drift judgement.", registry=r)
+        self.active = Info("stream_detector_retrain_active_model", "Model the retrainer compares against.",
+                           registry=r)
+        self.ready = False
+        self._server: ThreadingHTTPServer | None = None
+        self.port = 0
+
+    def run_finished(self, outcome: str, seconds: float) -> None:
+        self.runs.labels(outcome).inc()
+        self.duration.observe(seconds)
+
+    def drift_judged(self, psi: float, ks: float, model_version: str) -> None:
+        self.drift_checks.inc()
+        self.psi.set(psi)
+        self.ks.set(ks)
+        self.active.info({"version": model_version})
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        server = ThreadingHTTPServer((addr, port), _handler(self))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="retrain-metrics-http", daemon=True).start()
+        self._server = server
+        self.port = int(server.server_address[1])
+        log.info("retrainer metrics and health on http://%s:%d/metrics, /healthz, /readyz", addr, self.port)
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def _handler(metrics: RetrainerMetrics) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the http.server API names it
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, orjson.dumps({"status": "ok"}), "application/json")
+            elif path == "/readyz":
+                body: dict[str, Any] = {"status": "ready" if metrics.ready else "not ready"}
+                self._send(200 if metrics.ready else 503, orjson.dumps(body), "application/json")
+            else:
+                self._send(404, orjson.dumps({"status": "not found"}), "application/json")
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+            pass
+
+    return Handler
