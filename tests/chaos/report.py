@@ -41,7 +41,7 @@ def write_report(target: str, figures: list[dict[str, Any]], rounds: int) -> Non
         "a single worker in both modes; Redis down past the staleness budget (batch held, partitions paused,",
         "no commit, automatic resume); broker restart after a drain; the alerts topic deleted (writes",
         "refused) until it is recreated (no commit, partitions paused, then every anomaly alerted); a second",
-        "worker joining mid-stream under cooperative and eager rebalancing (no loss, no duplicate). And",
+        "worker joining mid-stream under cooperative and eager rebalancing (no loss; no duplicate in exactly-once). And",
         "`tests/integration/test_fuzz.py`: adversarial payloads never crash the worker.",
         "",
     ]
