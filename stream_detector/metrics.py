@@ -242,13 +242,16 @@ class WorkerMetrics:
     # ---- HTTP ------------------------------------------------------------------------------
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Serve /metrics, /healthz and /readyz in a daemon thread; returns the bound port."""
-        server = ThreadingHTTPServer((addr, port), _handler(self))
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+        server = serve_http(addr, port, self.exposition, self._ready, "metrics-http")
         self._server = server
         self.port = int(server.server_address[1])
         log.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz", addr, self.port)
         return self.port
+
+    def _ready(self) -> tuple[bool, dict[str, Any]]:
+        checks = readiness(self.worker)
+        ok = all(checks.values())
+        return ok, {"status": "ready" if ok else "not ready", "checks": checks}
 
     def close(self) -> None:
         if self._server is not None:
@@ -299,18 +302,28 @@ class _WorkerCollector(Collector):
         yield self.m.alert_latency.family()
 
 
-def _handler(metrics: WorkerMetrics) -> type[BaseHTTPRequestHandler]:
+def serve_http(addr: str, port: int, exposition: Callable[[], bytes],
+               ready: Callable[[], tuple[bool, dict[str, Any]]], name: str) -> ThreadingHTTPServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` in a daemon thread (shared by workers and the
+    retrainer). ``ready()`` returns (ok, JSON body); ``/readyz`` answers 200 or 503 with it."""
+    server = ThreadingHTTPServer((addr, port), _handler(exposition, ready))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server
+
+
+def _handler(exposition: Callable[[], bytes],
+             ready: Callable[[], tuple[bool, dict[str, Any]]]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # the http.server API names it
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+                self._send(200, exposition(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 self._json(200, {"status": "ok"})
             elif path == "/readyz":
-                checks = readiness(metrics.worker)
-                ok = all(checks.values())
-                self._json(200 if ok else 503, {"status": "ready" if ok else "not ready", "checks": checks})
+                ok, body = ready()
+                self._json(200 if ok else 503, body)
             else:
                 self._json(404, {"status": "not found", "paths": ["/metrics", "/healthz", "/readyz"]})
 

@@ -11,12 +11,12 @@ Exported: ``stream_detector_retrain_runs_total{outcome}`` (promoted / rejected /
 from __future__ import annotations
 
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
-import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from ..metrics import serve_http
 
 log = logging.getLogger("stream_detector.retrain.metrics")
 
@@ -59,11 +59,11 @@ class RetrainerMetrics:
         return generate_latest(self.registry)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        server = ThreadingHTTPServer((addr, port), _handler(self))
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="retrain-metrics-http", daemon=True).start()
-        self._server = server
-        self.port = int(server.server_address[1])
+        def ready() -> tuple[bool, dict[str, Any]]:
+            return self.ready, {"status": "ready" if self.ready else "not ready"}
+
+        self._server = serve_http(addr, port, self.exposition, ready, "retrain-metrics-http")
+        self.port = int(self._server.server_address[1])
         log.info("retrainer metrics and health on http://%s:%d/metrics, /healthz, /readyz", addr, self.port)
         return self.port
 
@@ -73,29 +73,3 @@ class RetrainerMetrics:
             self._server.server_close()
             self._server = None
 
-
-def _handler(metrics: RetrainerMetrics) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # the http.server API names it
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                self._send(200, orjson.dumps({"status": "ok"}), "application/json")
-            elif path == "/readyz":
-                body: dict[str, Any] = {"status": "ready" if metrics.ready else "not ready"}
-                self._send(200 if metrics.ready else 503, orjson.dumps(body), "application/json")
-            else:
-                self._send(404, orjson.dumps({"status": "not found"}), "application/json")
-
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
-            pass
-
-    return Handler
