@@ -322,11 +322,10 @@ HOT_PATH_NOTES = """\
   types, one-scan colon pre-filter before the repeated-key check); features 1.51 → 1.37 µs/event (1.1×:
   one `itemgetter` per event + C-level transpose, numeric fields converted in one call). Verdicts and
   matrices are identical (parity tests in `tests/unit/test_bench_hot_path.py`).
-- Conditions: the 2 cores were shared with other sessions' test suites and Kafka brokers during the run
-  (load average in the header), which depresses every figure above and makes repeats differ by up to
-  1.5×. Quieter measurements of the same code paths earlier (07:55-08:06 UTC, load 1.3-4): in-process at
-  batch 2048, decode ~180k/s (before the change), features ~620k/s, score ~360k/s (1 thread), ~530k/s
-  (2 threads); the bare kafka-python consume-only loop 134k/s (load 3.7) vs 52-68k/s at load 5-9.
+- Conditions: the load averages in the workload line say how busy the 2 cores (shared with the broker
+  and the load producer) were. Load moves every figure: the same code measured 15.5k events/s per worker
+  (batch 8192) and p99 16.5 s at 20k/s offered while other sessions' test suites ran (load 8-23), against
+  the figures above on an otherwise idle machine. Compare runs only at similar load.
 - Not changed, measured: `source.py`'s own per-record copying costs ~0.09 µs/event (a `zip` transpose
   would save 0.04); the rest of the source step is kafka-python itself (`Fetcher._unpack_records`,
   `DefaultRecordBatch._read_msg`, varint decoding: ~7-14 µs/record under cProfile). `check_crcs` is
