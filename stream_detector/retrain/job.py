@@ -59,6 +59,12 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     say = progress or (lambda _m: None)
     counts: dict[str, Any] = {"clean": len(selection.clean), "labelled": len(selection.labelled),
                               **{f"left_out_{k}": v for k, v in sorted(selection.left_out.items())}}
+    if active is not None and active.entity is not None:
+        # its features need per-entity history the window cannot rebuild point-in-time yet; a
+        # candidate without them would silently lose the model's strongest signals
+        return Candidate(None, None, counts, "the active model uses entity features, which the retrainer "
+                                             "cannot rebuild yet: retrain it with `stream-detector train "
+                                             "--entity-key` (docs/retraining.md)")
     if len(selection.clean) < settings.retrain_min_events:
         return Candidate(None, None, counts, f"only {len(selection.clean)} clean events in the window, "
                                              f"need {settings.retrain_min_events} (SD_RETRAIN_MIN_EVENTS)")

@@ -20,7 +20,7 @@ from stream_detector.retrain.drift import (
     summarize,
 )
 from stream_detector.retrain.gate import GatePolicy, alert_rate_bound, decide
-from stream_detector.retrain.job import ids_digest, split_holdout
+from stream_detector.retrain.job import build_candidate, ids_digest, split_holdout
 from stream_detector.retrain.window import BoundedIds, Exclusions, TrainingWindow, WindowEntry
 
 
@@ -258,3 +258,17 @@ def test_service_drift_check_judges_only_the_active_models_summaries_once_enough
     bounded = retrainer.check_drift()
     assert bounded is not None and bounded.events == 100 * len(expected), "only the newest 10 summaries kept"
     assert control.fetches == 1, "the active bundle is fetched once per version"
+
+
+def test_retrainer_skips_rather_than_drop_entity_features(bundle):
+    import dataclasses
+
+    from stream_detector.entity.spec import EntitySpec
+    from stream_detector.retrain.window import Selection
+    from stream_detector.settings import Settings
+
+    with_entity = dataclasses.replace(bundle, entity=EntitySpec())
+    selection = Selection(clean=[entry(i) for i in range(2000)], labelled=[], left_out={})
+    candidate = build_candidate(selection, Settings(), with_entity, "test")
+    assert candidate.bundle is None and candidate.decision is None
+    assert "entity features" in candidate.message
