@@ -45,3 +45,15 @@ def anomaly(event_id: str, account: str = "acct-00001") -> dict[str, Any]:
             "channel": "online", "card_present": False, "device_new": True,
             "distance_from_home_km": 15_000.0, "seconds_since_last": 2.0, "tx_count_1h": 80,
             "amount_to_avg": 900.0}
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """(status, body) of ``GET http://127.0.0.1:port/path``; HTTP errors are answers, not exceptions."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()

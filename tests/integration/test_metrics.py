@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 import orjson
 import pytest
 from kafka import KafkaProducer
@@ -14,22 +11,16 @@ from stream_detector.kafka_util import lag, read_all
 from stream_detector.model.bundle import Bundle
 from stream_detector.settings import Settings
 from stream_detector.simulate import Simulator
-from tests.helpers import anomaly, wait_until
+from tests.helpers import anomaly, http_get, wait_until
 from tests.services import free_port
 
 pytestmark = pytest.mark.integration
 
 
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, body = _get(port, "/metrics")
+    status, body = http_get(port, "/metrics")
     assert status == 200
     out = {}
     for family in text_string_to_metric_families(body.decode()):
@@ -50,10 +41,10 @@ def test_counters_match_what_the_worker_processed(settings: Settings, published,
     bad = [b'{"event_id": "x1", "amount": ', b"[1, 2]", b'{"amount": 3}']
 
     worker = start_worker(s)
-    assert _get(port, "/healthz") == (200, b'{"status":"ok"}')
-    ready = wait_until(lambda: _get(port, "/readyz")[0] == 200, message="/readyz 200 once partitions are assigned")
+    assert http_get(port, "/healthz") == (200, b'{"status":"ok"}')
+    ready = wait_until(lambda: http_get(port, "/readyz")[0] == 200, message="/readyz 200 once partitions are assigned")
     assert ready
-    body = orjson.loads(_get(port, "/readyz")[1])
+    body = orjson.loads(http_get(port, "/readyz")[1])
     assert body["checks"] == {"partitions_assigned": True, "model_loaded": True, "threshold_fresh": True,
                               "running": True}
 
@@ -104,4 +95,4 @@ def test_counters_match_what_the_worker_processed(settings: Settings, published,
 
     worker.stop()
     with pytest.raises(OSError):
-        _get(port, "/healthz")  # the server goes with the worker
+        http_get(port, "/healthz")  # the server goes with the worker

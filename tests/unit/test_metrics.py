@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import orjson
@@ -20,6 +18,7 @@ from stream_detector.pipeline.source import Batch
 from stream_detector.schema import RejectReason
 from stream_detector.settings import Settings
 from stream_detector.worker import Worker
+from tests.helpers import http_get
 
 
 def _samples(metrics: WorkerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -153,12 +152,6 @@ def test_lag_is_highwater_minus_next_offset_for_assigned_partitions_only():
     assert m._lag == {0: 8, 1: 3}
 
 
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def test_health_endpoints_of_a_worker_that_is_not_started():
@@ -166,19 +159,19 @@ def test_health_endpoints_of_a_worker_that_is_not_started():
     worker.metrics.worker = worker
     port = worker.metrics.serve(0, "127.0.0.1")
     try:
-        assert _get(port, "/healthz") == (200, b'{"status":"ok"}')
-        status, body = _get(port, "/readyz")
+        assert http_get(port, "/healthz") == (200, b'{"status":"ok"}')
+        status, body = http_get(port, "/readyz")
         assert status == 503
         assert orjson.loads(body) == {"status": "not ready", "checks": {
             "partitions_assigned": False, "model_loaded": False, "threshold_fresh": False, "running": True}}
-        assert _get(port, "/nope")[0] == 404
-        status, body = _get(port, "/metrics")
+        assert http_get(port, "/nope")[0] == 404
+        status, body = http_get(port, "/metrics")
         assert status == 200 and b"stream_detector_events_consumed_total 0.0" in body
         assert b"stream_detector_ready 0.0" in body
     finally:
         worker.metrics.close()
     with pytest.raises(OSError):
-        _get(port, "/healthz")
+        http_get(port, "/healthz")
 
 
 def test_two_workers_in_one_process_have_separate_registries():

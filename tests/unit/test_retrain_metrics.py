@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 import pytest
 
 from stream_detector.retrain.metrics import RetrainerMetrics
-
-
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+from tests.helpers import http_get
 
 
 def test_retrainer_metrics_are_served_and_count():
     metrics = RetrainerMetrics()
     port = metrics.serve(0, "127.0.0.1")
     try:
-        assert _get(port, "/healthz")[0] == 200
-        assert _get(port, "/readyz")[0] == 503
+        assert http_get(port, "/healthz")[0] == 200
+        assert http_get(port, "/readyz")[0] == 503
         metrics.ready = True
-        assert _get(port, "/readyz")[0] == 200
+        assert http_get(port, "/readyz")[0] == 200
         metrics.run_finished("promoted", 12.0)
         metrics.run_finished("rejected", 3.0)
         metrics.ingested.inc(500)
         metrics.window.set(480)
         metrics.drift_judged(0.31, 0.12, "v7")
-        status, body = _get(port, "/metrics")
+        status, body = http_get(port, "/metrics")
         text = body.decode()
         assert status == 200
         for line in ('stream_detector_retrain_runs_total{outcome="promoted"} 1.0',
@@ -45,4 +35,4 @@ def test_retrainer_metrics_are_served_and_count():
     finally:
         metrics.close()
     with pytest.raises(OSError):
-        _get(port, "/healthz")
+        http_get(port, "/healthz")
