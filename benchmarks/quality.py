@@ -49,20 +49,25 @@ def metrics(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, fl
 
     out = {k: float(v) for k, v in evaluate(scores, y, threshold).items() if isinstance(v, (int, float))}
     out["recall_at_budget"] = recall_at_budget(scores, y)
+    normal = ~np.asarray(y, dtype=bool)
+    out["fpr"] = float((scores[normal] > threshold).mean()) if normal.any() else float("nan")
     return out
 
 
 def alternative_thresholds(calib: np.ndarray, scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Accuracy and F1 at two other label-free rules on the same calib scores: the seeds'
-    mean + 1·std, and the 95 % quantile (a 5 % target false-positive rate)."""
+    """Accuracy and F1 at other label-free rules on the same calib scores: the seeds'
+    mean + 1·std, the 95 % quantile (a 5 % target false-positive rate) and the 99 % quantile
+    (a 1 % alert budget, the worker's `--threshold-method quantile` default)."""
     calib = calib[np.isfinite(calib)]
-    rules = {"meanstd": float(calib.mean() + calib.std()), "q95": float(np.quantile(calib, 0.95))}
+    rules = {"meanstd": float(calib.mean() + calib.std()), "q95": float(np.quantile(calib, 0.95)),
+             "q99": float(np.quantile(calib, 0.99))}
     out: dict[str, float] = {}
     for name, threshold in rules.items():
         pred = scores > threshold
         out[f"accuracy@{name}"] = float((pred == y).mean())
         tp = float((pred & y).sum())
         out[f"f1@{name}"] = 2 * tp / max(1.0, float(pred.sum() + y.sum()))
+        out[f"fpr@{name}"] = float((pred & ~y).sum() / max(1, int((~y).sum())))
     return out
 
 

@@ -32,13 +32,20 @@ WBC 0.88 → 0.94) but breaks others as badly (cover 0.89 → 0.62-0.64, Wilt 0.
 scaling stays the default. Tiny tables (≤ 400 rows: 60 % of the normals is 100-200 rows) are noisy
 for every detector; the ± column shows the seed spread.
 
-**The ECG5000 accuracy target.** Our default threshold is the 99 % quantile of held-back normal
-errors (a 1 % alert rate on normal traffic is the contract the workers and tests rely on). ECG5000's
-normal class holds a 2-4 % tail of beats that reconstruct as badly as the anomalies: the detector
-reaches a true-positive rate of ~0.99 at a 5 % false-positive rate but only ~0.4-0.6 at 1 %, so the
-accuracy at the default threshold is low although AUC-ROC is high. With a looser label-free rule on
-the same calib scores (the seeds' mean + 1·std, or the 95 % quantile) the accuracy is above 0.97
-(see Targets). No per-dataset threshold is used in the headline numbers.
+**The threshold rule, and the ECG5000 accuracy target.** Every detector's threshold is the
+`train` command's default rule, a robust outlier fence on the calib scores: `exp(median + 3 ·
+1.4826 · MAD)` of their logarithm ("more than three robust standard deviations above the typical
+error"). It replaced the 99 % quantile (a fixed 1 % alert budget) as the default because of what this
+benchmark showed: ECG5000's normal class holds a 2-4 % tail of beats that reconstruct as badly as
+the anomalies (KDD99 has a similar tail), so a quantile or mean + k·std rule is dragged up into the
+anomalies' range (ECG5000 accuracy 0.71 at the 99 % quantile, recall ~0.6; KDD99 0.52), while the
+median and MAD ignore the tail. The fence's share of normal rows flagged follows the data: see the
+FPR column and the summary under Targets. Where the normal errors are light-tailed, the fence sits
+above nearly all of them and flags fewer than 1 % (recall drops on breastw, glass, mammography,
+vowels, whose anomalies are close to the normal range). Fraud streams have heavy-tailed normal errors
+(the simulated transactions: ~6 % of normal events beyond the fence), so the worker docs, the demo
+and the retrainer set an explicit alert budget (`--threshold-method quantile --target-fpr`, or
+`--max-alert-rate` on top of the fence). The same rule applies to every dataset; none is tuned.
 
 **Peers.** River's HalfSpaceTrees needs one full window (250 rows by default) before it scores
 anything: on tables whose fit split is smaller it returns 0 for every row (AUC 0.5). PyOD's
@@ -88,14 +95,14 @@ def summary_lines(results: Sequence[Any]) -> list[str]:
 
 
 def _detail_table(r: Any) -> list[str]:
-    head = ("| detector | AUC-ROC | AUC-PR | precision | recall | F1 | accuracy | flag rate | recall@1% "
+    head = ("| detector | AUC-ROC | AUC-PR | precision | recall | F1 | accuracy | FPR | recall@1% "
             "| fit s |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in r.cells.items():
         auc = f"{c.mean('auc_roc'):.3f}" + (f" ± {c.std('auc_roc'):.3f}" if len(c.runs) > 1 else "")
         lines.append(f"| {name} | {auc} | {c.mean('auc_pr'):.3f} | {c.mean('precision'):.3f} | "
                      f"{c.mean('recall'):.3f} | {c.mean('f1'):.3f} | {c.mean('accuracy'):.3f} | "
-                     f"{c.mean('flag_rate'):.3f} | {_fmt(c.mean('recall_at_budget'))} | "
+                     f"{_fmt(c.mean('fpr'))} | {_fmt(c.mean('recall_at_budget'))} | "
                      f"{c.mean('fit_seconds'):.1f} |")
     return lines
 
@@ -184,10 +191,17 @@ def _targets(results: Sequence[Any]) -> list[str]:
             out.append(f"- ECG5000 {key} ≥ {goal}: {c.mean(key):.3f} — {ok}")
         out.append(
             "- ECG5000 accuracy of ours at other label-free rules on the same calib scores: "
-            f"mean + 1·std (the seeds' rule) {c.mean('accuracy@meanstd'):.3f}, 95 % quantile (5 % target "
-            f"false-positive rate) {c.mean('accuracy@q95'):.3f}; the seed recipe itself (mean + 1·std): "
+            f"99 % quantile (a 1 % alert budget) {c.mean('accuracy@q99'):.3f}, "
+            f"mean + 1·std (the seeds' rule) {c.mean('accuracy@meanstd'):.3f}, 95 % quantile "
+            f"{c.mean('accuracy@q95'):.3f}; the seed recipe itself (mean + 1·std): "
             + (f"{ecg.cells['seed-AE'].mean('accuracy'):.3f}" if "seed-AE" in ecg.cells else "not run")
         )
+    fprs = [r.cells["ours"].mean("fpr") for r in results if "ours" in r.cells]
+    q99 = [r.cells["ours"].mean("fpr@q99") for r in results if "ours" in r.cells]
+    if fprs:
+        out.append(f"- share of normal test rows flagged by ours over the {len(fprs)} datasets (FPR): default fence "
+                   f"median {np.median(fprs):.3f}, mean {np.mean(fprs):.3f}, max {np.max(fprs):.3f}; at the 99 % "
+                   f"quantile median {np.median(q99):.3f}, mean {np.mean(q99):.3f}, max {np.max(q99):.3f}")
     avg = averages(results, "adbench")
     if "ours" in avg and "IForest" in avg:
         ok = "met" if avg["ours"] > avg["IForest"] else "**not met**"

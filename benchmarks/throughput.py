@@ -87,7 +87,7 @@ def base_settings(kafka: str, redis: str, tag: str, **overrides: Any) -> Setting
 
 def trained_bundle(seed: int) -> Bundle:
     history, _ = make_events(20_000, seed + 100, fraud_rate=0.0, run_id="train", span_ms=86_400_000)
-    return build_bundle(train(history, TrainConfig(epochs=10, seed=seed, target_fpr=0.002)))
+    return build_bundle(train(history, TrainConfig(epochs=10, seed=seed, threshold_method="quantile", target_fpr=0.002)))
 
 
 def keys_of(events: list[dict[str, Any]]) -> list[bytes | None]:

@@ -49,6 +49,16 @@ def _say(msg: str) -> None:
 # ---- train / publish / score -----------------------------------------------------------------
 
 
+def _check_threshold_args(args: argparse.Namespace) -> None:
+    for name in ("target_fpr", "max_alert_rate"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 < value < 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 1 (exclusive), got {value}")
+    for name in ("k_fence", "k_std"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     import numpy as np
 
@@ -58,6 +68,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from .offline import score_events
     from .report import evaluate, plot_curves, plot_scores
 
+    _check_threshold_args(args)
     data = read_events(Path(args.input), args.id_column, args.label_column)
     events, labels = data.events, data.labels
     entity = _entity_spec(args)
@@ -79,6 +90,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         _say(f"read {len(events)} rows; no label column: training on all of them")
     config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
                          threshold_method=args.threshold_method, k_std=args.k_std,
+                         k_fence=args.k_fence, max_alert_rate=args.max_alert_rate,
                          dropout=args.dropout, hidden=args.hidden, bottleneck=args.bottleneck,
                          error_norm=args.error_norm, time_of_day=args.time_features,
                          exclude=tuple(args.exclude or ()))
@@ -366,11 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", help="column to use as event_id (default: event_id, else row number)")
     p.add_argument("--exclude", action="append", help="field to leave out of the features (repeatable)")
     p.add_argument("--epochs", type=int, help="training epochs (default: derived from the row count)")
+    p.add_argument("--threshold-method", choices=["fence", "quantile", "meanstd"], default="fence",
+                   help="fence (default): exp(median + K*1.4826*MAD) of the log validation errors, a robust "
+                        "outlier rule whose flag rate follows the data; quantile: a fixed alert budget "
+                        "(--target-fpr); meanstd: mean + K*std (the seeds' rule)")
+    p.add_argument("--k-fence", type=float, default=3.0, help="K for --threshold-method fence (default 3)")
     p.add_argument("--target-fpr", type=float, default=0.01,
-                   help="share of normal validation rows above the threshold (default 0.01)")
-    p.add_argument("--threshold-method", choices=["quantile", "meanstd"], default="quantile",
-                   help="quantile for --target-fpr (default) or mean + k*std")
-    p.add_argument("--k-std", type=float, default=3.0, help="k for --threshold-method meanstd")
+                   help="--threshold-method quantile: share of normal validation rows above the threshold "
+                        "(default 0.01)")
+    p.add_argument("--k-std", type=float, default=3.0, help="K for --threshold-method meanstd")
+    p.add_argument("--max-alert-rate", type=float,
+                   help="alert budget cap for any method: the threshold is raised until at most this share "
+                        "of normal validation rows is flagged (e.g. 0.002 for fraud streams)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout in hidden layers")
     p.add_argument("--hidden", type=lambda v: tuple(int(x) for x in v.split(",")),
                    help="encoder widths, comma separated, e.g. 64,32 (default: derived from the feature count)")

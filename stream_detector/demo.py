@@ -35,7 +35,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, fraud_rate: flo
     write_csv(workdir / "train.csv", history)
 
     progress("[2/5] training the autoencoder on normal traffic")
-    result = train(history, TrainConfig(target_fpr=0.002, seed=0), progress=progress)
+    result = train(history, TrainConfig(threshold_method="quantile", target_fpr=0.002, seed=0), progress=progress)
     bundle = build_bundle(result, {"training_input": "demo simulation"})
     save_bundle(bundle, workdir / "model")
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def small_bundle(rows: int = 3000, seed: int = 0, epochs: int = 25) -> Bundle:
     """A real (small, quick) model trained on simulated normal traffic."""
     history, _ = Simulator(seed=seed + 1, accounts=300, run_id="train").batch(rows, 0.0, span_ms=86_400_000)
-    result = train(history, TrainConfig(epochs=epochs, seed=seed, target_fpr=0.002))
+    result = train(history, TrainConfig(epochs=epochs, seed=seed, threshold_method="quantile", target_fpr=0.002))
     return build_bundle(result)
 
 

