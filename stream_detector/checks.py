@@ -55,6 +55,8 @@ def _settings_checks(s: Settings) -> Iterator[Check]:
 
         if not Path(s.kafka_ssl_cafile).is_file():
             yield Check("fail", "security", f"SD_KAFKA_SSL_CAFILE {s.kafka_ssl_cafile} is not a file")
+    if s.transport == "confluent":
+        yield _transport_check()
     if s.metrics_port == 0:
         yield Check("warn", "metrics", "SD_METRICS_PORT=0: no /metrics, /healthz, /readyz (production: 9400)")
     else:
@@ -66,6 +68,17 @@ def _settings_checks(s: Settings) -> Iterator[Check]:
             yield Check("fail", "device", f"SD_DEVICE={s.device} but torch sees no CUDA device")
         else:
             yield Check("ok", "device", f"{s.device}: {torch.cuda.get_device_name(torch.device(s.device))}")
+
+
+def _transport_check() -> Check:
+    from .errors import ConfigError
+    from .pipeline.source import confluent_transport
+
+    try:
+        module = confluent_transport()
+    except ConfigError as exc:
+        return Check("fail", "transport", str(exc))
+    return Check("ok", "transport", f"confluent-kafka {module.ck_version()} (librdkafka {module.ck_libversion()})")
 
 
 def _kafka_checks(s: Settings, timeout_ms: int) -> Iterator[Check]:

@@ -225,14 +225,11 @@ class WorkerMetrics:
             return
         self._lag_at = now
         try:
-            consumer = self.worker.source.consumer
-            if consumer is None:
-                return
             lag: dict[int, int] = {}
-            for tp in consumer.assignment():
-                high, done = consumer.highwater(tp), self._next.get(tp.partition)
+            for partition, high in self.worker.source.highwaters().items():  # cached: no broker round trip
+                done = self._next.get(partition)
                 if high is not None and done is not None:
-                    lag[tp.partition] = max(0, high - done)
+                    lag[partition] = max(0, high - done)
         except (KafkaError, RuntimeError) as exc:
             self.kafka_errors.labels("lag").inc()
             log.debug("lag not refreshed: %s", exc)

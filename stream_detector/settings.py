@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     assignment: Literal["cooperative", "eager"] = Field(
         "cooperative", description="Rebalance protocol: cooperative-sticky (incremental) or eager range/round-robin."
     )
+    transport: Literal["kafka-python", "confluent"] = Field(
+        "kafka-python", description="Kafka client library of the worker's consumer and alert producer: kafka-python "
+        "(pure Python, default) or confluent (librdkafka, parses records in C: more events/s per worker; needs the "
+        "confluent extra). Same delivery semantics either way.",
+    )
     # ---- operations and security (docs/operations.md) ---------------------------------------
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz "
                               "(0 = no server; the container images and manifests use 9400).")

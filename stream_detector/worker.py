@@ -33,10 +33,10 @@ from .errors import DeliveryError, EntityStateUnavailable, ModelError, StreamDet
 from .metrics import WorkerMetrics, batch_context
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected, decode_batch
-from .pipeline.publish import Publisher, build_alerts, build_dead_letters, make_publisher
+from .pipeline.publish import BatchPublisher, build_alerts, build_dead_letters, make_publisher
 from .pipeline.score import Scorer, scores_of
 from .pipeline.score_feed import ScoreFeed
-from .pipeline.source import Batch, KafkaSource
+from .pipeline.source import Batch, BatchSource, make_source
 from .pipeline.threshold import ThresholdCache, decide
 from .schema import RejectReason
 from .settings import Settings
@@ -65,10 +65,10 @@ class WorkerStats:
 
 class Worker:
     def __init__(self, settings: Settings, control: ControlPlane | None = None,
-                 source: KafkaSource | None = None, publisher: Publisher | None = None) -> None:
+                 source: BatchSource | None = None, publisher: BatchPublisher | None = None) -> None:
         self.settings = settings
         self.control = control or ControlPlane.from_settings(settings)
-        self.source = source or KafkaSource(settings)
+        self.source = source or make_source(settings)  # SD_TRANSPORT: kafka-python or confluent
         self.publisher = publisher or make_publisher(settings)
         self.metrics = WorkerMetrics(settings)  # /metrics, /healthz, /readyz (docs/operations.md)
         self.thresholds = ThresholdCache(self.metrics.watch_redis(self.control.snapshot),

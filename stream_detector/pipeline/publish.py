@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -29,7 +29,7 @@ from ..schema import Alert, DeadLetterHeaders, FeatureContribution
 from ..settings import Settings
 from ..store import Threshold
 from .decode import Rejected
-from .source import Batch, KafkaSource
+from .source import Batch, KafkaSource, confluent_transport
 
 log = logging.getLogger("stream_detector.publish")
 
@@ -40,6 +40,20 @@ class OutMessage:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
+
+
+class BatchPublisher(Protocol):
+    """What the worker needs from a transport's publishing side (steps 6 and 7): ``Publisher`` /
+    ``TransactionalPublisher`` (kafka-python) or their librdkafka twins in ``pipeline/confluent.py``."""
+
+    transactional: bool
+
+    def start(self) -> None: ...
+    def publish(self, messages: Sequence[OutMessage]) -> None: ...
+    def commit(self, source: Any, offsets: dict[TopicPartition, int], group: Any = None) -> None: ...
+    def abandon(self) -> None: ...
+    def reset(self) -> None: ...
+    def close(self) -> None: ...
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -311,5 +325,12 @@ class TransactionalPublisher(Publisher):
         self._watchdog.shutdown(wait=False, cancel_futures=True)
 
 
-def make_publisher(settings: Settings) -> Publisher:
-    return TransactionalPublisher(settings) if settings.delivery == "exactly_once" else Publisher(settings)
+def make_publisher(settings: Settings) -> BatchPublisher:
+    """The publisher of ``settings.delivery`` on ``settings.transport``."""
+    exactly_once = settings.delivery == "exactly_once"
+    if settings.transport == "confluent":
+        confluent = confluent_transport()
+        publisher: BatchPublisher = (confluent.ConfluentTransactionalPublisher(settings) if exactly_once
+                                     else confluent.ConfluentPublisher(settings))
+        return publisher
+    return TransactionalPublisher(settings) if exactly_once else Publisher(settings)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import Any, Protocol
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaConnectionError, KafkaError
 
+from ..errors import ConfigError
 from ..settings import Settings
 
 log = logging.getLogger("stream_detector.source")
@@ -51,6 +53,46 @@ class Batch:
             if o + 1 > out.get(tp, -1):
                 out[tp] = o + 1
         return out
+
+
+class BatchSource(Protocol):
+    """What the worker needs from a transport's consumer side: ``KafkaSource`` (kafka-python) or
+    ``ConfluentSource`` (librdkafka, ``pipeline/confluent.py``). Topic partitions are kafka-python
+    ``TopicPartition`` tuples in both."""
+
+    def start(self) -> None: ...
+    def poll_batch(self) -> Batch: ...
+    def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+    def group_metadata(self) -> Any: ...
+    def still_member(self, batch: Batch) -> bool: ...
+    def rewind_to_committed(self, batch: Batch) -> None: ...
+    def poll_while_paused(self, timeout_ms: int) -> None: ...
+    def pause_all(self) -> None: ...
+    def resume_all(self) -> None: ...
+    def paused(self) -> set[TopicPartition]: ...
+    def assignment(self) -> set[TopicPartition]: ...
+    def highwaters(self) -> dict[int, int | None]: ...
+    def close(self) -> None: ...
+
+
+def confluent_transport() -> ModuleType:
+    """``pipeline.confluent``, or a ``ConfigError`` saying how to install it (SD_TRANSPORT=confluent)."""
+    try:
+        from . import confluent
+    except ImportError as exc:
+        if not (exc.name or "").startswith("confluent_kafka"):
+            raise
+        raise ConfigError("SD_TRANSPORT=confluent needs confluent-kafka, which is not installed: "
+                          "pip install 'stream-detector[confluent]' (or SD_TRANSPORT=kafka-python)") from None
+    return confluent
+
+
+def make_source(settings: Settings) -> BatchSource:
+    """The consumer side of ``settings.transport``."""
+    if settings.transport == "confluent":
+        source: BatchSource = confluent_transport().ConfluentSource(settings)
+        return source
+    return KafkaSource(settings)
 
 
 def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -205,8 +247,18 @@ class KafkaSource:
         consumer = self._c()
         consumer.resume(*consumer.paused())
 
+    def paused(self) -> set[TopicPartition]:
+        return set(self._c().paused())
+
     def assignment(self) -> set[TopicPartition]:
         return set(self._c().assignment())
+
+    def highwaters(self) -> dict[int, int | None]:
+        """Per assigned partition, the highwater mark of the last fetch response (None before one)."""
+        consumer = self.consumer
+        if consumer is None:
+            return {}
+        return {tp.partition: consumer.highwater(tp) for tp in consumer.assignment()}
 
     def close(self) -> None:
         if self.consumer is not None:
