@@ -26,14 +26,24 @@ def bundle() -> Bundle:
     return small_bundle()
 
 
+TRANSPORTS = ["kafka-python", "confluent"]
+
+
 @pytest.fixture
-def settings(services: Services) -> Settings:
+def transport() -> str:
+    """The worker's Kafka client library in ``settings``. A test module runs on both with
+    ``pytest.mark.parametrize("transport", TRANSPORTS)`` (the parameter overrides this fixture)."""
+    return "kafka-python"
+
+
+@pytest.fixture
+def settings(services: Services, transport: str) -> Settings:
     """Fresh topics, group and Redis prefix for this test."""
     tag = uuid.uuid4().hex[:10]
     return Settings(kafka_bootstrap=services.kafka, redis_url=services.redis, redis_prefix=f"test-{tag}",
                     input_topic=f"tx-{tag}", alerts_topic=f"alerts-{tag}", dlq_topic=f"dlq-{tag}",
                     group_id=f"group-{tag}", batch_max_wait_ms=20, threshold_refresh_s=0.2,
-                    topic_partitions=4)
+                    topic_partitions=4, transport=transport)
 
 
 @pytest.fixture

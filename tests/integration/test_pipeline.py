@@ -16,9 +16,11 @@ from stream_detector.schema import Alert, DeadLetterHeaders
 from stream_detector.settings import Settings
 from stream_detector.simulate import Simulator
 from stream_detector.store import ControlPlane
+from tests.fixtures import TRANSPORTS
 from tests.helpers import anomaly, wait_until
 
-pytestmark = pytest.mark.integration
+# every test on both Kafka client libraries (SD_TRANSPORT): the guarantees must not depend on it
+pytestmark = [pytest.mark.integration, pytest.mark.parametrize("transport", TRANSPORTS)]
 
 
 def _drained(settings: Settings) -> bool:
@@ -46,6 +48,8 @@ def test_known_anomalies_give_exactly_the_expected_alerts(settings, published, b
     with EventProducer(settings, settings.input_topic) as producer:
         producer.send(events)
     worker = start_worker(settings)
+    assert type(worker.worker.source).__name__ == {"kafka-python": "KafkaSource", "confluent": "ConfluentSource"}[
+        settings.transport], "the transport parameter reaches the worker"
     wait_until(lambda: _drained(settings), message="all offsets committed")
     worker.stop()
 

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream_detector.errors import DeliveryError, ThresholdUnavailable
 from stream_detector.metrics import RECORD_LATENCY_BUCKETS, BulkHistogram, WorkerMetrics
 from stream_detector.pipeline.decode import Rejected
-from stream_detector.pipeline.source import Batch
+from stream_detector.pipeline.source import Batch, KafkaSource
 from stream_detector.schema import RejectReason
 from stream_detector.settings import Settings
 from stream_detector.worker import Worker
@@ -127,6 +127,8 @@ class _Consumer:
 
 
 class _Source:
+    highwaters = KafkaSource.highwaters  # the real code, on the fake consumer
+
     def __init__(self, consumer: _Consumer) -> None:
         self.consumer = consumer
 

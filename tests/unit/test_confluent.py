@@ -1,0 +1,167 @@
+"""The confluent-kafka transport without a broker: the setting, the librdkafka configuration
+(security mapping included), the missing-package error and how refused commits are classified."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from kafka import TopicPartition
+
+from stream_detector import cli
+from stream_detector.checks import _settings_checks
+from stream_detector.errors import ConfigError, DeliveryError
+from stream_detector.pipeline import confluent
+from stream_detector.pipeline.confluent import (
+    ConfluentPublisher,
+    ConfluentSource,
+    ConfluentTransactionalPublisher,
+    confluent_consumer_config,
+    confluent_producer_config,
+    librdkafka_security,
+)
+from stream_detector.pipeline.publish import Publisher, TransactionalPublisher, make_publisher
+from stream_detector.pipeline.source import KafkaSource, make_source
+from stream_detector.settings import Settings, load_settings
+
+SASL_SSL = dict(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+                kafka_sasl_username="detector", kafka_sasl_password="s3cret", kafka_ssl_cafile="/etc/ca.pem")
+
+
+def test_transport_setting_defaults_to_kafka_python_and_reads_sd_transport(monkeypatch):
+    assert load_settings().transport == "kafka-python"
+    monkeypatch.setenv("SD_TRANSPORT", "confluent")
+    assert load_settings().transport == "confluent"
+    monkeypatch.setenv("SD_TRANSPORT", "librdkafka")
+    with pytest.raises(ConfigError, match="SD_TRANSPORT"):
+        load_settings()
+    assert Settings.model_fields["transport"].description
+
+
+def test_factories_pick_the_transport():
+    plain, fast = Settings(), Settings(transport="confluent")
+    assert type(make_source(plain)) is KafkaSource and type(make_source(fast)) is ConfluentSource
+    assert type(make_publisher(plain)) is Publisher and type(make_publisher(fast)) is ConfluentPublisher
+    assert type(make_publisher(plain.model_copy(update={"delivery": "exactly_once"}))) is TransactionalPublisher
+    eos = make_publisher(fast.model_copy(update={"delivery": "exactly_once"}))
+    assert type(eos) is ConfluentTransactionalPublisher and eos.transactional
+
+
+@pytest.fixture
+def without_confluent_kafka(monkeypatch):
+    """As if confluent-kafka were not installed: importing it fails."""
+    import stream_detector.pipeline
+
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)
+    monkeypatch.delitem(sys.modules, "stream_detector.pipeline.confluent")
+    monkeypatch.delattr(stream_detector.pipeline, "confluent")
+
+
+def test_confluent_without_the_package_is_one_clear_config_error(without_confluent_kafka, monkeypatch, capsys):
+    s = Settings(transport="confluent")
+    for make in (make_source, make_publisher):
+        with pytest.raises(ConfigError, match=r"SD_TRANSPORT=confluent needs confluent-kafka.*stream-detector\[confluent\]"):
+            make(s)
+    assert type(make_source(Settings())) is KafkaSource, "the default transport does not need it"
+    assert [c.status for c in _settings_checks(s) if c.name == "transport"] == ["fail"]
+
+    monkeypatch.setenv("SD_TRANSPORT", "confluent")
+    monkeypatch.setenv("SD_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert cli.main(["worker"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stream-detector worker: error: SD_TRANSPORT=confluent needs confluent-kafka")
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_check_config_names_the_librdkafka_version():
+    checks = [c for c in _settings_checks(Settings(transport="confluent")) if c.name == "transport"]
+    assert [c.status for c in checks] == ["ok"] and "librdkafka" in checks[0].detail
+    assert not [c for c in _settings_checks(Settings()) if c.name == "transport"]
+
+
+def test_security_settings_map_to_librdkafka_names():
+    assert librdkafka_security(Settings()) == {}
+    expected = {"security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "detector",
+                "sasl.password": "s3cret", "ssl.ca.location": "/etc/ca.pem"}
+    s = Settings(**SASL_SSL)
+    assert librdkafka_security(s) == expected
+    for config in (confluent_consumer_config(s), confluent_producer_config(s)):
+        assert {k: config[k] for k in expected} == expected
+        assert not {"security_protocol", "sasl_plain_password", "ssl_cafile"} & set(config)
+    # no CA file: left to librdkafka, whose wheels probe the system trust store
+    assert librdkafka_security(Settings(kafka_security_protocol="SSL")) == {"security.protocol": "SSL"}
+    assert librdkafka_security(Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u")) == {
+        "security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "PLAIN", "sasl.username": "u", "sasl.password": ""}
+
+
+def test_a_security_option_without_a_librdkafka_name_is_refused(monkeypatch):
+    monkeypatch.setattr(Settings, "kafka_security", lambda self: {"ssl_certfile": "/x.pem"})
+    with pytest.raises(ConfigError, match="ssl_certfile"):
+        librdkafka_security(Settings())
+
+
+def test_consumer_config_keeps_the_kafka_python_semantics():
+    s = Settings(group_id="g", auto_offset_reset="latest", batch_max_wait_ms=35)
+    c = confluent_consumer_config(s)
+    assert c["group.id"] == "g" and c["auto.offset.reset"] == "latest"
+    assert c["enable.auto.commit"] is False and c["enable.auto.offset.store"] is False
+    assert c["isolation.level"] == "read_committed"
+    assert c["partition.assignment.strategy"] == "cooperative-sticky"
+    assert confluent_consumer_config(s.model_copy(update={"assignment": "eager"}))[
+        "partition.assignment.strategy"] == "range,roundrobin"
+    assert (c["session.timeout.ms"], c["heartbeat.interval.ms"], c["max.poll.interval.ms"]) == (10_000, 2_000, 300_000)
+    assert (c["fetch.max.bytes"], c["max.partition.fetch.bytes"], c["fetch.wait.max.ms"]) == (
+        64 * 1024 * 1024, 16 * 1024 * 1024, 35)
+    assert confluent_consumer_config(s.model_copy(update={"batch_max_wait_ms": 0}))["fetch.wait.max.ms"] == 1
+    assert confluent_consumer_config(s, **{"fetch.wait.max.ms": 5})["fetch.wait.max.ms"] == 5
+
+
+def test_producer_configs_keep_acks_idempotence_and_timeouts():
+    s = Settings(group_id="g", worker_id="slot-3", delivery_timeout_s=12, transaction_timeout_s=45)
+    p = confluent_producer_config(s)
+    assert (p["acks"], p["enable.idempotence"], p["delivery.timeout.ms"]) == ("all", True, 12_000)
+    assert p["message.max.bytes"] == 16 * 1024 * 1024 and p["linger.ms"] <= 5
+    one = confluent_producer_config(s.model_copy(update={"producer_acks": "1"}))
+    assert (one["acks"], one["enable.idempotence"]) == (1, False)
+    txn = ConfluentTransactionalPublisher(s)
+    t = txn._config()
+    assert txn.transactional_id == TransactionalPublisher(s).transactional_id == "g-slot-3"
+    assert (t["transactional.id"], t["transaction.timeout.ms"], t["acks"], t["enable.idempotence"]) == (
+        "g-slot-3", 45_000, "all", True)
+    capped = ConfluentTransactionalPublisher(s.model_copy(update={"delivery_timeout_s": 60}))._config()
+    assert capped["delivery.timeout.ms"] == 45_000, "librdkafka refuses a delivery timeout above the transaction's"
+
+
+def test_librdkafka_accepts_every_property():
+    """Creating the clients validates every property name and value (no connection is needed)."""
+    s = Settings(kafka_bootstrap="127.0.0.1:1", kafka_security_protocol="SASL_PLAINTEXT",
+                 kafka_sasl_mechanism="SCRAM-SHA-256", kafka_sasl_username="u", kafka_sasl_password="p")
+    for settings in (s, s.model_copy(update={"assignment": "eager", "producer_acks": "0"})):
+        Consumer(confluent_consumer_config(settings)).close()
+        Producer(confluent_producer_config(settings))
+        Producer(ConfluentTransactionalPublisher(settings)._config())
+    with pytest.raises(KafkaException):
+        Consumer(confluent_consumer_config(s, **{"no.such.property": 1}))
+
+
+class _Refusing:
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        raise KafkaException(KafkaError(self.code))
+
+
+@pytest.mark.parametrize("code", [KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
+                                  KafkaError.UNKNOWN_MEMBER_ID])
+def test_a_commit_refused_because_partitions_moved_is_logged_and_dropped(code, caplog):
+    ConfluentPublisher(Settings()).commit(_Refusing(code), {TopicPartition("tx", 0): 5})  # type: ignore[arg-type]
+    assert "not committed" in caplog.text
+
+
+def test_other_commit_failures_are_delivery_errors():
+    with pytest.raises(DeliveryError, match="offset commit failed"):
+        ConfluentPublisher(Settings()).commit(_Refusing(KafkaError.COORDINATOR_NOT_AVAILABLE),  # type: ignore[arg-type]
+                                              {TopicPartition("tx", 0): 5})
+    assert KafkaError.REBALANCE_IN_PROGRESS in confluent.COMMIT_REFUSED
