@@ -137,9 +137,9 @@ def render(results: Sequence[Any], seeds: Sequence[int], elapsed: float, plots: 
     run = (
         f"`python -m benchmarks quality`: {len(results)} tables, seeds {list(seeds)} (tables over "
         f"{qd.MULTI_SEED_MAX_ROWS:,} rows after the cap: first seed only), {elapsed / 60:.1f} min wall clock, "
-        f"{time.process_time() / 60:.1f} min CPU in the process (the 2-core machine was shared with other "
-        f"test runs: load average {os.getloadavg()[1]:.1f} at the end, so wall times and train seconds "
-        "are inflated). Metrics are means over seeds."
+        f"{time.process_time() / 60:.1f} min CPU in the process (5-minute load average "
+        f"{os.getloadavg()[1]:.1f} on the 2-core machine at the end: wall times and train seconds grow with "
+        "it; the metrics do not). Metrics are means over seeds."
     )
     out: list[str] = [run, "", protocol, "", "**Detectors.**", ""] + _detectors_markdown()
     if skipped:
