@@ -187,3 +187,43 @@ def test_worker_scores_match_offline_scores(settings, published: ControlPlane, b
     worst = max(abs(a["score"] - offline[a["event_id"]]) / max(1e-9, abs(offline[a["event_id"]])) for a in alerts)
     assert worst < 1e-5 and all(math.isfinite(a["score"]) for a in alerts)
     assert np.isclose(sorted(offline.values())[-1], max(a["score"] for a in alerts), rtol=1e-5)
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_undeliverable_alerts_hold_the_batch_and_lose_nothing(settings: Settings, published, bundle, start_worker,
+                                                              delivery):
+    """The alerts topic disappears: the batch is held (not committed, partitions paused, memory
+    bounded), and once the topic is back every anomaly is alerted; exactly-once: exactly once."""
+    from kafka import KafkaAdminClient
+
+    from stream_detector.topics import ensure_topics
+
+    settings = settings.model_copy(update={"delivery": delivery, "delivery_timeout_s": 2.0, "batch_size": 128,
+                                           "worker_id": "held-0"})
+    events, injected = _traffic(1000, seed=16, n_anomalies=8)
+    expected_scores = score_events(bundle, events).scores
+    expected = {str(e["event_id"]) for e, s in zip(events, expected_scores, strict=True) if s > bundle.threshold}
+    running = start_worker(settings)
+    wait_until(lambda: running.worker.source.assignment(), message="worker assigned")
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        admin.delete_topics([settings.alerts_topic])
+        wait_until(lambda: settings.alerts_topic not in admin.list_topics(), message="alerts topic gone")
+        with EventProducer(settings, settings.input_topic) as producer:
+            producer.send(events)
+        stats = running.worker.stats
+        wait_until(lambda: stats.held_batches >= 2 and stats.delivery_failures >= 1, timeout_s=60,
+                   message="worker holds the batch")
+        assert sum(committed_offsets(settings, settings.group_id, settings.input_topic).values()) < len(events)
+        assert running.worker.source.paused(), "partitions paused while held"
+        ensure_topics(settings, [settings.alerts_topic])
+    finally:
+        admin.close()
+    wait_until(lambda: _drained(settings), timeout_s=120, message="resumed and drained once alerts are writable")
+    running.stop()
+    isolation = "read_committed" if delivery == "exactly_once" else "read_uncommitted"
+    alerted = [orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic,
+                                                                   isolation_level=isolation)]
+    assert injected <= expected and set(alerted) == expected, "every anomaly alerted, nothing else"
+    if delivery == "exactly_once":
+        assert len(alerted) == len(expected), "read_committed readers see each alert once"
