@@ -57,9 +57,11 @@ def _spawn_worker(env: dict[str, str], log_path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(CLI + ["worker"], env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
-@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
-def test_worker_killed_mid_stream_loses_no_alert(services, bundle, env_for, delivery, tmp_path):
-    settings = Settings(**{**_base(services), "delivery": delivery, "worker_id": "slot-0", "batch_size": 256})
+@pytest.mark.parametrize(("delivery", "transport"), [("at_least_once", "kafka-python"), ("exactly_once", "kafka-python"),
+                                                     ("exactly_once", "confluent")])
+def test_worker_killed_mid_stream_loses_no_alert(services, bundle, env_for, delivery, transport, tmp_path):
+    settings = Settings(**{**_base(services), "delivery": delivery, "worker_id": "slot-0", "batch_size": 256,
+                           "transport": transport})
     _publish(settings, bundle)
     events, injected = _traffic(20_000, seed=21, n_anomalies=40, tag="kill")
     _send(settings, events)
@@ -164,15 +166,17 @@ def _publish(settings: Settings, bundle) -> None:
     ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
 
 
-@pytest.mark.parametrize(("assignment", "delivery"), [("cooperative", "at_least_once"), ("eager", "at_least_once"),
-                                                     ("cooperative", "exactly_once")])
-def test_rebalance_mid_stream_loses_nothing(services, bundle, start_worker, assignment, delivery):
+@pytest.mark.parametrize(("assignment", "delivery", "transport"), [
+    ("cooperative", "at_least_once", "kafka-python"), ("eager", "at_least_once", "kafka-python"),
+    ("cooperative", "exactly_once", "kafka-python"),
+    ("eager", "at_least_once", "confluent"), ("cooperative", "exactly_once", "confluent")])
+def test_rebalance_mid_stream_loses_nothing(services, bundle, start_worker, assignment, delivery, transport):
     """No anomaly without an alert; in exactly-once mode also no duplicate. (At-least-once may
     repeat a batch whose commit the group refused while it was rebalancing.)"""
     import threading
 
     settings = Settings(**{**_base(services), "batch_size": 256, "assignment": assignment, "delivery": delivery,
-                           "worker_id": "slot-1"})
+                           "worker_id": "slot-1", "transport": transport})
     _publish(settings, bundle)
     events, injected = _traffic(30_000, seed=27, n_anomalies=60, tag="rb")
     one = start_worker(settings)
