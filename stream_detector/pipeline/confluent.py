@@ -43,8 +43,31 @@ from .publish import OutMessage
 from .source import Batch
 
 log = logging.getLogger("stream_detector.confluent")
-RDKAFKA_LOG = logging.getLogger("stream_detector.librdkafka")  # librdkafka's own log lines, via poll/consume
 ERROR_LOG_INTERVAL_S = 10.0  # transient client errors (broker unreachable) are logged at most this often
+NO_HEADERS: tuple[tuple[str, bytes], ...] = ()  # a record without headers (kafka-python: []); one shared,
+# immutable empty sequence instead of a new list per record, which would feed the garbage collector
+
+
+class _OncePerInterval(logging.Filter):
+    """Lets one librdkafka log line per (facility, client, level) through every
+    ``ERROR_LOG_INTERVAL_S``: while a broker is down librdkafka logs a failed connect per retry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[tuple[Any, ...], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        key = (*args[:2], record.levelno)  # confluent-kafka logs ("%s [%s] %s", facility, client, text)
+        now = time.monotonic()
+        if now - self.last.get(key, -float("inf")) < ERROR_LOG_INTERVAL_S:
+            return False
+        self.last[key] = now
+        return True
+
+
+RDKAFKA_LOG = logging.getLogger("stream_detector.librdkafka")  # librdkafka's own log lines, via poll/consume
+RDKAFKA_LOG.addFilter(_OncePerInterval())
 
 # kafka-python option (Settings.kafka_security) -> librdkafka property
 SECURITY_KEYS = {
@@ -268,7 +291,7 @@ class ConfluentSource:
                 for m in messages:
                     kind, ts = m.timestamp()
                     batch.timestamps.append(ts if kind != TIMESTAMP_NOT_AVAILABLE else -1)
-                batch.headers += [m.headers() or [] for m in messages]  # kafka-python gives [] too
+                batch.headers += [m.headers() or NO_HEADERS for m in messages]
             now = time.monotonic()
             if not batch.values:
                 break

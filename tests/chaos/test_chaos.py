@@ -111,8 +111,9 @@ def test_redis_outage_holds_the_batch_pauses_and_resumes(services, bundle, start
     assert injected <= set(_alert_ids(settings))
 
 
-def test_broker_restart_is_survived_without_a_manual_restart(services, bundle, start_worker):
-    settings = Settings(**{**_base(services), "delivery_timeout_s": 10.0})
+@pytest.mark.parametrize("transport", ["kafka-python", "confluent"])
+def test_broker_restart_is_survived_without_a_manual_restart(services, bundle, start_worker, transport):
+    settings = Settings(**{**_base(services), "delivery_timeout_s": 10.0, "transport": transport})
     _publish(settings, bundle)
     before, first = _traffic(300, seed=24, n_anomalies=3, tag="b1")
     _send(settings, before)

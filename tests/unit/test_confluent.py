@@ -165,3 +165,19 @@ def test_other_commit_failures_are_delivery_errors():
         ConfluentPublisher(Settings()).commit(_Refusing(KafkaError.COORDINATOR_NOT_AVAILABLE),  # type: ignore[arg-type]
                                               {TopicPartition("tx", 0): 5})
     assert KafkaError.REBALANCE_IN_PROGRESS in confluent.COMMIT_REFUSED
+
+
+def test_librdkafka_log_lines_repeat_at_most_every_interval(monkeypatch):
+    """While a broker is down librdkafka logs a failed connect per retry: one line per 10 s passes."""
+    clock = [100.0]
+    monkeypatch.setattr(confluent.time, "monotonic", lambda: clock[0])
+    once = confluent._OncePerInterval()
+
+    def line(fac: str, client: str = "consumer-1") -> bool:
+        record = confluent.RDKAFKA_LOG.makeRecord("stream_detector.librdkafka", 40, __file__, 1, "%s [%s] %s",
+                                                  (fac, client, "Connect failed"), None)
+        return once.filter(record)
+
+    assert line("FAIL") and not line("FAIL") and line("FAIL", "producer-1") and line("GETPID")
+    clock[0] += confluent.ERROR_LOG_INTERVAL_S
+    assert line("FAIL")
