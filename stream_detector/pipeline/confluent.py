@@ -280,7 +280,13 @@ class ConfluentSource:
         deadline: float | None = None
         timeout_ms = self.idle_poll_ms
         while len(batch) < limit:
-            messages = self._consume(limit - len(batch), timeout_ms)
+            if deadline is None:
+                # librdkafka's consume() waits its whole timeout unless num_messages arrive, so the
+                # first record is awaited alone (whatever is already fetched comes at once), and only
+                # then the batch fills until the deadline: a quiet stream is not held for idle_poll_ms.
+                messages = self._consume(limit, 0) or self._consume(1, timeout_ms)
+            else:
+                messages = self._consume(limit - len(batch), timeout_ms)
             if messages:
                 batch.topic = messages[-1].topic() or batch.topic
                 # a consumed message always has a partition and an offset
