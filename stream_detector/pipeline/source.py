@@ -2,7 +2,7 @@
 
 The batch keeps parallel lists (no per-record objects beyond kafka-python's own), and knows the
 offsets to commit once it is fully handled. Auto-commit is off: offsets move only in
-``commit.py``, after delivery.
+step 7 (``publish.py``: ``Publisher.commit``), after delivery.
 """
 
 from __future__ import annotations
