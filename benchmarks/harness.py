@@ -28,6 +28,28 @@ LOADER_CONFIG: dict[str, Any] = {"acks": 1, "enable_idempotence": False, "linger
                                  "batch_size": 1024 * 1024, "compression_type": None,
                                  "max_in_flight_requests_per_connection": 5, "max_request_size": 16 * 1024 * 1024}
 PACED_CONFIG: dict[str, Any] = {**LOADER_CONFIG, "linger_ms": 1, "batch_size": 256 * 1024}
+# The same loads through librdkafka when confluent-kafka is installed: the load generator is not the
+# system under test, and at 20k events/s kafka-python's producer alone takes most of a core of this
+# 2-core machine from the worker it feeds. Same acks, no idempotence, same batching.
+RD_LOADER_CONFIG: dict[str, Any] = {"acks": 1, "enable.idempotence": False, "linger.ms": 10,
+                                    "batch.size": 1024 * 1024, "compression.type": "none",
+                                    "max.in.flight.requests.per.connection": 5, "message.max.bytes": 16 * 1024 * 1024,
+                                    "queue.buffering.max.messages": 1_000_000,
+                                    "queue.buffering.max.kbytes": 2 * 1024 * 1024}
+RD_PACED_CONFIG: dict[str, Any] = {**RD_LOADER_CONFIG, "linger.ms": 1, "batch.size": 256 * 1024}
+
+
+def has_confluent() -> bool:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_client() -> str:
+    """Which client the load generator uses: librdkafka when installed, else kafka-python."""
+    return "confluent-kafka" if has_confluent() else "kafka-python"
 
 
 def free_port() -> int:
@@ -63,6 +85,8 @@ def services(log: Any = print) -> Iterator[Services]:
 
 def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None]) -> float:
     """Send all records as fast as the client goes, confirm every one; returns records/s."""
+    if has_confluent():
+        return _rd_produce(bootstrap, topic, values, keys)
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=[bootstrap], client_id="bench-loader", **LOADER_CONFIG)
@@ -77,13 +101,57 @@ def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | 
     return len(values) / elapsed
 
 
+class _RdDelivery:
+    """Counts librdkafka delivery reports (acked / failed)."""
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.failed = 0
+
+    def __call__(self, err: Any, _msg: Any) -> None:
+        if err is None:
+            self.acked += 1
+        else:
+            self.failed += 1
+
+
+def _rd_send(producer: Any, topic: str, value: bytes, key: bytes | None, report: _RdDelivery) -> None:
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=report)
+            return
+        except BufferError:  # local queue full: serve delivery reports, then retry
+            producer.poll(0.01)
+
+
+def _rd_produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None]) -> float:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "client.id": "bench-loader", **RD_LOADER_CONFIG})
+    report = _RdDelivery()
+    started = time.perf_counter()
+    for i, (v, k) in enumerate(zip(values, keys, strict=True)):
+        _rd_send(producer, topic, v, k, report)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    left = producer.flush(300)
+    elapsed = time.perf_counter() - started
+    if left or report.failed or report.acked != len(values):
+        raise RuntimeError(f"loader: {report.acked} of {len(values)} acknowledged, {report.failed} failed, "
+                           f"{left} still queued")
+    return len(values) / elapsed
+
+
 def paced_producer(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None], rate: float,
                    seconds: float, result: Any) -> None:
     """Child process: send ``rate`` records/s for ``seconds`` (0 rate = unpaced), in 2 ms slices.
 
-    The record timestamp (CreateTime) is taken at ``send()``, so event→alert latency includes the
-    producer's own batching. Puts (sent, achieved rate) on ``result``.
+    The record timestamp (CreateTime) is taken at ``send()``/``produce()``, so event→alert latency
+    includes the producer's own batching. Puts (sent, achieved rate) on ``result``.
     """
+    if has_confluent():
+        _rd_paced(bootstrap, topic, values, keys, rate, seconds, result)
+        return
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=[bootstrap], client_id="bench-paced", **PACED_CONFIG)
@@ -105,6 +173,35 @@ def paced_producer(bootstrap: str, topic: str, values: list[bytes], keys: list[b
     producer.flush(timeout=120)
     elapsed = time.perf_counter() - started
     producer.close()
+    result.put((sent, sent / elapsed))
+
+
+def _rd_paced(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None], rate: float,
+              seconds: float, result: Any) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "client.id": "bench-paced", **RD_PACED_CONFIG})
+    report = _RdDelivery()
+    n = len(values)
+    sent = 0
+    started = time.perf_counter()
+    end = started + seconds
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        due = int((now - started) * rate) if rate > 0 else sent + 500
+        while sent < due:
+            i = sent % n
+            _rd_send(producer, topic, values[i], keys[i], report)
+            sent += 1
+        producer.poll(0)
+        if rate > 0:
+            time.sleep(0.002)
+    left = producer.flush(120)
+    elapsed = time.perf_counter() - started
+    if left or report.failed:
+        raise RuntimeError(f"paced loader: {report.failed} failed, {left} still queued")
     result.put((sent, sent / elapsed))
 
 
@@ -234,6 +331,32 @@ class WorkerPool:
         if errors:
             raise RuntimeError(f"worker failed: {errors[0]}")
         return reports
+
+
+def consume_only_rd(bootstrap: str, topic: str, group: str, total: int, batch: int, wait_ms: int) -> float:
+    """librdkafka's ceiling: plain confluent-kafka ``consume(num_messages=batch)`` loop, values touched."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": wait_ms,
+                         "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                         "isolation.level": "read_committed"})
+    consumer.subscribe([topic])
+    seen = 0
+    first = 0.0
+    size = 0
+    deadline = time.monotonic() + 300
+    while seen < total and time.monotonic() < deadline:
+        msgs = consumer.consume(num_messages=batch, timeout=0.5)
+        if msgs and not first:
+            first = time.perf_counter()
+        for m in msgs:
+            if m.error() is None:
+                seen += 1
+                size += len(m.value())
+    elapsed = time.perf_counter() - first
+    consumer.close()
+    return seen / elapsed if elapsed > 0 else float("nan")
 
 
 def consume_only(bootstrap: str, topic: str, group: str, total: int, overrides: dict[str, Any]) -> float:
