@@ -142,6 +142,25 @@ def _rd_produce(bootstrap: str, topic: str, values: list[bytes], keys: list[byte
     return len(values) / elapsed
 
 
+def _pace(send: Any, tick: Any, n: int, rate: float, seconds: float) -> int:
+    """Call ``send(i % n)`` ``rate`` times a second for ``seconds`` (0 rate = as fast as possible, in
+    slices of 500), ``tick()`` after each 2 ms slice; returns how many were sent."""
+    sent = 0
+    started = time.perf_counter()
+    end = started + seconds
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            return sent
+        due = int((now - started) * rate) if rate > 0 else sent + 500
+        while sent < due:
+            send(sent % n)
+            sent += 1
+        tick()
+        if rate > 0:
+            time.sleep(0.002)
+
+
 def paced_producer(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None], rate: float,
                    seconds: float, result: Any) -> None:
     """Child process: send ``rate`` records/s for ``seconds`` (0 rate = unpaced), in 2 ms slices.
@@ -155,21 +174,9 @@ def paced_producer(bootstrap: str, topic: str, values: list[bytes], keys: list[b
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=[bootstrap], client_id="bench-paced", **PACED_CONFIG)
-    n = len(values)
-    sent = 0
     started = time.perf_counter()
-    end = started + seconds
-    while True:
-        now = time.perf_counter()
-        if now >= end:
-            break
-        due = int((now - started) * rate) if rate > 0 else sent + 500
-        while sent < due:
-            i = sent % n
-            producer.send(topic, value=values[i], key=keys[i])
-            sent += 1
-        if rate > 0:
-            time.sleep(0.002)
+    sent = _pace(lambda i: producer.send(topic, value=values[i], key=keys[i]), lambda: None, len(values), rate,
+                 seconds)
     producer.flush(timeout=120)
     elapsed = time.perf_counter() - started
     producer.close()
@@ -182,22 +189,9 @@ def _rd_paced(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes 
 
     producer = Producer({"bootstrap.servers": bootstrap, "client.id": "bench-paced", **RD_PACED_CONFIG})
     report = _RdDelivery()
-    n = len(values)
-    sent = 0
     started = time.perf_counter()
-    end = started + seconds
-    while True:
-        now = time.perf_counter()
-        if now >= end:
-            break
-        due = int((now - started) * rate) if rate > 0 else sent + 500
-        while sent < due:
-            i = sent % n
-            _rd_send(producer, topic, values[i], keys[i], report)
-            sent += 1
-        producer.poll(0)
-        if rate > 0:
-            time.sleep(0.002)
+    sent = _pace(lambda i: _rd_send(producer, topic, values[i], keys[i], report), lambda: producer.poll(0),
+                 len(values), rate, seconds)
     left = producer.flush(120)
     elapsed = time.perf_counter() - started
     if left or report.failed:
