@@ -39,8 +39,8 @@ from kafka import TopicPartition
 
 from ..errors import ConfigError, DeliveryError
 from ..settings import Settings
-from .publish import OutMessage
-from .source import Batch
+from .publish import OutMessage, TransactionSteps
+from .source import Batch, fill_batch
 
 log = logging.getLogger("stream_detector.confluent")
 ERROR_LOG_INTERVAL_S = 10.0  # transient client errors (broker unreachable) are logged at most this often
@@ -276,17 +276,15 @@ class ConfluentSource:
         """Wait up to ``idle_poll_ms`` for a first record, then up to ``batch_max_wait_ms`` to fill."""
         consumer = self._c()
         batch = Batch(topic=self.settings.input_topic)
-        limit = self.settings.batch_size
-        deadline: float | None = None
-        timeout_ms = self.idle_poll_ms
-        while len(batch) < limit:
-            if deadline is None:
+
+        def take(max_records: int, timeout_ms: int, first: bool) -> None:
+            if first:
                 # librdkafka's consume() waits its whole timeout unless num_messages arrive, so the
                 # first record is awaited alone (whatever is already fetched comes at once), and only
                 # then the batch fills until the deadline: a quiet stream is not held for idle_poll_ms.
-                messages = self._consume(limit, 0) or self._consume(1, timeout_ms)
+                messages = self._consume(max_records, 0) or self._consume(1, timeout_ms)
             else:
-                messages = self._consume(limit - len(batch), timeout_ms)
+                messages = self._consume(max_records, timeout_ms)
             if messages:
                 batch.topic = messages[-1].topic() or batch.topic
                 # a consumed message always has a partition and an offset
@@ -298,17 +296,9 @@ class ConfluentSource:
                     kind, ts = m.timestamp()
                     batch.timestamps.append(ts if kind != TIMESTAMP_NOT_AVAILABLE else -1)
                 batch.headers += [m.headers() or NO_HEADERS for m in messages]
-            now = time.monotonic()
-            if not batch.values:
-                break
-            if deadline is None:
-                batch.polled_at = now
-                batch.group = Membership(self._state.epoch, consumer.consumer_group_metadata())
-                deadline = now + self.settings.batch_max_wait_ms / 1000.0
-            timeout_ms = int((deadline - now) * 1000)
-            if timeout_ms <= 0:
-                break
-        return batch
+
+        return fill_batch(batch, self.settings, self.idle_poll_ms, take,
+                          lambda: Membership(self._state.epoch, consumer.consumer_group_metadata()))
 
     # ---- offsets and membership ---------------------------------------------------------------
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -513,14 +503,12 @@ class ConfluentPublisher:
                 producer.flush(0)
 
 
-class ConfluentTransactionalPublisher(ConfluentPublisher):
+class ConfluentTransactionalPublisher(TransactionSteps, ConfluentPublisher):
     """``TransactionalPublisher`` on librdkafka: one transaction per batch holding the alerts, the
     dead letters and the offsets (sent with the group metadata of the poll, KIP-447). Every
     transaction call has a timeout (``SD_DELIVERY_TIMEOUT_S``), so no watchdog thread is needed;
     an abortable error aborts, a fatal one replaces the producer (``reset``), which fences and
     aborts whatever the old one left open, as does a restarted worker with the same id."""
-
-    transactional = True
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         super().__init__(settings, **overrides)
@@ -561,46 +549,24 @@ class ConfluentTransactionalPublisher(ConfluentPublisher):
                 self.reset()
             raise DeliveryError(f"{what} failed: {exc!r}") from exc
 
-    def publish(self, messages: Sequence[OutMessage]) -> None:
+    def _begin(self) -> None:
         self._p()
         self._call(lambda p: p.begin_transaction(), "begin_transaction")
-        self._open = True
-        if messages:
-            try:
-                self._send_all(messages)
-            except DeliveryError:
-                self._abort()
-                raise
 
-    def commit(self, source: ConfluentSource, offsets: dict[TopicPartition, int], group: Any = None) -> None:
+    def _commit_offsets(self, source: ConfluentSource, offsets: dict[TopicPartition, int], group: Any) -> None:
         """Offsets join the transaction with the membership *of the poll* (a zombie is fenced by
-        the broker), then the transaction commits; any failure aborts it."""
+        the broker), then the transaction commits."""
         self._p()
         positions = [CTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
         metadata = group.metadata if isinstance(group, Membership) else source.group_metadata()
         timeout = self.settings.delivery_timeout_s
-        try:
-            self._call(lambda p: p.send_offsets_to_transaction(positions, metadata, timeout),
-                       "send_offsets_to_transaction")
-            self._call(lambda p: p.commit_transaction(timeout), "commit_transaction")
-            self._open = False
-        except DeliveryError:
-            self._abort()
-            raise
+        self._call(lambda p: p.send_offsets_to_transaction(positions, metadata, timeout),
+                   "send_offsets_to_transaction")
+        self._call(lambda p: p.commit_transaction(timeout), "commit_transaction")
 
-    def abandon(self) -> None:
-        """Give up the current batch: its transaction (alerts included) is aborted."""
-        self._abort()
-
-    def _abort(self) -> None:
-        if not self._open or self.producer is None:
-            self._open = False
-            return
-        self._open = False
-        try:
+    def _abort_call(self) -> None:
+        if self.producer is not None:  # no producer (replaced after a fatal error): nothing is open
             self._call(lambda p: p.abort_transaction(self.settings.delivery_timeout_s), "abort_transaction")
-        except DeliveryError as exc:
-            log.warning("abort failed (%s); the producer will be replaced", exc)
 
     def reset(self) -> None:
         self._open = False

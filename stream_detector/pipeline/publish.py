@@ -225,7 +225,59 @@ class Publisher:
             self.producer = None
 
 
-class TransactionalPublisher(Publisher):
+class TransactionSteps:
+    """The exactly-once batch protocol of every transport: begin, send the alerts, add the offsets
+    with the group membership of the poll (KIP-447: a zombie is fenced), commit; any failure aborts
+    the transaction, and so does ``abandon``. Subclasses supply the client calls (``_begin``,
+    ``_commit_offsets``, ``_abort_call``) next to a publisher's ``_send_all``."""
+
+    transactional = True
+    _open = False
+    _send_all: Callable[[Sequence[OutMessage]], Any]
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _commit_offsets(self, source: Any, offsets: dict[TopicPartition, int], group: Any) -> None:
+        raise NotImplementedError
+
+    def _abort_call(self) -> None:
+        raise NotImplementedError
+
+    def publish(self, messages: Sequence[OutMessage]) -> None:
+        self._begin()
+        self._open = True
+        if messages:
+            try:
+                self._send_all(messages)
+            except DeliveryError:
+                self._abort()
+                raise
+
+    def commit(self, source: Any, offsets: dict[TopicPartition, int], group: Any = None) -> None:
+        """Step 7 inside the transaction; ``group`` is the membership snapshot of the poll."""
+        try:
+            self._commit_offsets(source, offsets, group)
+            self._open = False
+        except DeliveryError:
+            self._abort()
+            raise
+
+    def abandon(self) -> None:
+        """Give up the current batch: its transaction (alerts included) is aborted."""
+        self._abort()
+
+    def _abort(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            self._abort_call()
+        except DeliveryError as exc:
+            log.warning("abort failed (%s); the producer will be replaced", exc)
+
+
+class TransactionalPublisher(TransactionSteps, Publisher):
     """Exactly-once: alerts, dead letters and the batch's offsets in one Kafka transaction.
 
     The transactional id is stable per worker slot (``{group_id}-{worker_id}``), so a restarted
@@ -236,8 +288,6 @@ class TransactionalPublisher(Publisher):
     Offsets are sent with the consumer's group metadata (KIP-447), so a zombie that lost its
     partitions in a rebalance cannot commit.
     """
-
-    transactional = True
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         super().__init__(settings, **overrides)
@@ -276,44 +326,21 @@ class TransactionalPublisher(Publisher):
         except KafkaError as exc:
             raise DeliveryError(f"{what} failed: {exc!r}") from exc
 
-    def publish(self, messages: Sequence[OutMessage]) -> None:
+    def _begin(self) -> None:
         self._p().begin_transaction()
-        self._open = True
-        if messages:
-            try:
-                self._send_all(messages)
-            except DeliveryError:
-                self._abort()
-                raise
 
-    def commit(self, source: KafkaSource, offsets: dict[TopicPartition, int], group: Any = None) -> None:
+    def _commit_offsets(self, source: KafkaSource, offsets: dict[TopicPartition, int], group: Any) -> None:
         """Offsets join the transaction with the membership *of the poll* (not the current one:
         kafka-python resets it to "no generation" when the member is evicted, which the broker
         would not fence), then the transaction commits."""
         producer = self._p()
         committed = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
         metadata = group if group is not None else source.group_metadata()
-        try:
-            self._guard(lambda: producer.send_offsets_to_transaction(committed, metadata),
-                        "send_offsets_to_transaction")
-            self._guard(producer.commit_transaction, "commit_transaction")
-            self._open = False
-        except DeliveryError:
-            self._abort()
-            raise
+        self._guard(lambda: producer.send_offsets_to_transaction(committed, metadata), "send_offsets_to_transaction")
+        self._guard(producer.commit_transaction, "commit_transaction")
 
-    def abandon(self) -> None:
-        """Give up the current batch: its transaction (alerts included) is aborted."""
-        self._abort()
-
-    def _abort(self) -> None:
-        if not self._open:
-            return
-        self._open = False
-        try:
-            self._guard(self._p().abort_transaction, "abort_transaction")
-        except DeliveryError as exc:
-            log.warning("abort failed (%s); the producer will be replaced", exc)
+    def _abort_call(self) -> None:
+        self._guard(self._p().abort_transaction, "abort_transaction")
 
     def reset(self) -> None:
         self._open = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
@@ -95,6 +96,30 @@ def make_source(settings: Settings) -> BatchSource:
     return KafkaSource(settings)
 
 
+def fill_batch(batch: Batch, settings: Settings, idle_poll_ms: int, take: Callable[[int, int, bool], None],
+               membership: Callable[[], Any]) -> Batch:
+    """The batching rule of every transport: wait up to ``idle_poll_ms`` for a first record, then up
+    to ``batch_max_wait_ms`` to fill ``batch`` to ``batch_size``. ``take(max_records, timeout_ms,
+    first)`` appends what one poll returned; ``membership()`` is snapshotted with the first record
+    (the group generation a commit of this batch must belong to)."""
+    limit = settings.batch_size
+    deadline: float | None = None
+    timeout_ms = idle_poll_ms
+    while len(batch) < limit:
+        take(limit - len(batch), timeout_ms, deadline is None)
+        now = time.monotonic()
+        if not batch.values:
+            break
+        if deadline is None:
+            batch.polled_at = now
+            batch.group = membership()
+            deadline = now + settings.batch_max_wait_ms / 1000.0
+        timeout_ms = int((deadline - now) * 1000)
+        if timeout_ms <= 0:
+            break
+    return batch
+
+
 def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = dict(
         bootstrap_servers=settings.bootstrap_servers,
@@ -151,12 +176,9 @@ class KafkaSource:
         """Wait up to ``idle_poll_ms`` for a first record, then up to ``batch_max_wait_ms`` to fill."""
         consumer = self._c()
         batch = Batch(topic=self.settings.input_topic)
-        limit = self.settings.batch_size
-        deadline: float | None = None
-        timeout_ms = self.idle_poll_ms
-        while len(batch) < limit:
-            polled = self._poll(timeout_ms, limit - len(batch))
-            for tp, records in polled.items():
+
+        def take(max_records: int, timeout_ms: int, _first: bool) -> None:
+            for tp, records in self._poll(timeout_ms, max_records).items():
                 batch.topic = tp.topic
                 for r in records:
                     batch.partitions.append(r.partition)
@@ -165,17 +187,8 @@ class KafkaSource:
                     batch.values.append(r.value)
                     batch.timestamps.append(r.timestamp)
                     batch.headers.append(r.headers)
-            now = time.monotonic()
-            if not batch.values:
-                break
-            if deadline is None:
-                batch.polled_at = now
-                batch.group = consumer.group_metadata()
-                deadline = now + self.settings.batch_max_wait_ms / 1000.0
-            timeout_ms = int((deadline - now) * 1000)
-            if timeout_ms <= 0:
-                break
-        return batch
+
+        return fill_batch(batch, self.settings, self.idle_poll_ms, take, consumer.group_metadata)
 
     def _poll(self, timeout_ms: int, max_records: int | None) -> dict[TopicPartition, list[Any]]:
         """``consumer.poll`` that rides out retriable client errors (broker or coordinator
