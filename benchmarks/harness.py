@@ -201,7 +201,6 @@ def _rd_paced(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes 
 
 # ---- the worker under test, in its own process ---------------------------------------------
 
-STAGES = ("source", "decode", "features", "score", "publish", "commit")
 
 
 @dataclass
@@ -217,8 +216,11 @@ class WorkerReport:
 
 
 def _instrument(worker: Any, stage_s: dict[str, float]) -> None:
-    """Wrap each step to accumulate its wall time (one perf_counter pair per batch per step)."""
-    import stream_detector.worker as wmod
+    """Wrap each step to accumulate its wall time (one perf_counter pair per call). Scoring runs on
+    the worker's scoring thread, overlapped with decode/features of the next chunk: its own time is
+    kept as ``scoring thread``; ``compute`` is the whole of steps 2-4 on the worker's thread, so
+    ``compute − decode − features`` is the time that thread waited for (or ran) scoring."""
+    import stream_detector.pipeline.compute as cmod
     from stream_detector.features import FeatureSpec
 
     def timed(name: str, fn: Any) -> Any:
@@ -233,10 +235,25 @@ def _instrument(worker: Any, stage_s: dict[str, float]) -> None:
     worker.source.poll_batch = timed("source", worker.source.poll_batch)
     worker.publisher.publish = timed("publish", worker.publisher.publish)
     worker.publisher.commit = timed("commit", worker.publisher.commit)
-    wmod.decode_batch = timed("decode", wmod.decode_batch)  # type: ignore[attr-defined]
+    worker.compute.run = timed("compute", worker.compute.run)
+    cmod.decode_batch = timed("decode", cmod.decode_batch)  # type: ignore[attr-defined]
     FeatureSpec.transform = timed("features", FeatureSpec.transform)  # type: ignore[method-assign]
     scorer_cls = type(worker.scorer)
-    scorer_cls.errors = timed("score", scorer_cls.errors)
+    scorer_cls.errors = timed("scoring thread", scorer_cls.errors)
+
+
+def step_table(stage_s: dict[str, float]) -> tuple[dict[str, float], float]:
+    """Worker-thread wall time per step (they add up to its busy time) and the scoring thread's own time."""
+    s = dict(stage_s)
+    busy = s.pop("busy", 0.0)
+    scoring = s.pop("scoring thread", 0.0)
+    compute = s.pop("compute", 0.0)
+    steps = {name: s.get(name, 0.0) for name in ("source", "decode", "features")}
+    steps["score (waited for)"] = max(0.0, compute - steps["decode"] - steps["features"])
+    steps["publish"] = s.get("publish", 0.0)
+    steps["commit"] = s.get("commit", 0.0)
+    steps["other (decide, build alerts, loop)"] = max(0.0, busy - sum(steps.values()))
+    return steps, scoring
 
 
 def worker_process(settings: Settings, target: Any, ready: Any, go: Any, done: Any, result: Any,

@@ -21,6 +21,7 @@ Prints the tables and rewrites the ``throughput`` section of ``benchmarks/RESULT
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import multiprocessing as mp
@@ -37,6 +38,7 @@ import torch
 from stream_detector.kafka_util import read_all, wait_for_zero_lag
 from stream_detector.model.bundle import Bundle, build_bundle
 from stream_detector.model.train import TrainConfig, train
+from stream_detector.pipeline.compute import ChunkedCompute
 from stream_detector.pipeline.decode import decode_batch
 from stream_detector.pipeline.publish import producer_config
 from stream_detector.pipeline.score import Scorer, scores_of
@@ -161,20 +163,29 @@ def best_rate(fn: Callable[[], Any], n: int, reps: int, min_s: float = 0.05) -> 
 
 
 def stage_sweep(bundle: Bundle, raw: list[bytes], reps: int) -> list[list[Any]]:
-    """Decode, features and scoring rows/s per batch size (CPU, the thread count in use)."""
+    """Decode, features and scoring rows/s per batch size (CPU, the thread count in use), the three in
+    sequence, and steps 2-4 as the worker runs them (``ChunkedCompute``: chunks, scoring thread)."""
     scorer = Scorer(bundle)
     scorer.warm()
     spec = bundle.spec
+    compute = ChunkedCompute(Settings.model_fields["compute_chunk"].default, torch_threads=1)
     rows: list[list[Any]] = []
-    for size in BATCH_SIZES:
-        chunk = raw[:size]
-        decoded = decode_batch(chunk, 65536)
-        x, _ = spec.transform(decoded.events)
-        d = best_rate(lambda c=chunk: decode_batch(c, 65536), size, reps)  # type: ignore[misc]
-        f = best_rate(lambda ev=decoded.events: spec.transform(ev), size, reps)  # type: ignore[misc]
-        s = best_rate(lambda m=x: scores_of(scorer.errors(m)), size, reps)  # type: ignore[misc]
-        together = 1.0 / (1.0 / d + 1.0 / f + 1.0 / s)
-        rows.append([size, d, f, s, together])
+    gc.collect()
+    gc.freeze()  # as a worker does after start-up
+    try:
+        for size in BATCH_SIZES:
+            chunk = raw[:size]
+            decoded = decode_batch(chunk, 65536)
+            x, _ = spec.transform(decoded.events)
+            d = best_rate(lambda c=chunk: decode_batch(c, 65536), size, reps)  # type: ignore[misc]
+            f = best_rate(lambda ev=decoded.events: spec.transform(ev), size, reps)  # type: ignore[misc]
+            s = best_rate(lambda m=x: scores_of(scorer.errors(m)), size, reps)  # type: ignore[misc]
+            together = 1.0 / (1.0 / d + 1.0 / f + 1.0 / s)
+            worker_path = best_rate(lambda c=chunk: compute.run(scorer, c, 65536), size, reps)  # type: ignore[misc]
+            rows.append([size, d, f, s, together, worker_path])
+    finally:
+        gc.unfreeze()
+        compute.close()
     return rows
 
 
@@ -222,8 +233,8 @@ def render(ctx: dict[str, Any]) -> str:
     for name, r in runs.items():
         rows.append([f"baseline (b): {name} consume-only loop, same fetch settings (the client's ceiling)",
                      r["consume_only"], ratio(r["consume_only"], first), ratio(r["consume_only"], per_event)])
-    rows.append(["in-process decode+features+score at batch 2048 (no Kafka)", ctx["compute_2048"],
-                 ratio(ctx["compute_2048"], first), ratio(ctx["compute_2048"], per_event)])
+    rows.append(["in-process decode+features+score at batch 8192 as the worker runs them (no Kafka)",
+                 ctx["compute_8192"], ratio(ctx["compute_8192"], first), ratio(ctx["compute_8192"], per_event)])
     out.append(table(["path", "events/s", f"vs {names[0]} worker", "vs per-event baseline"], rows))
     out.append("")
     for name, r in runs.items():
@@ -241,14 +252,18 @@ def render(ctx: dict[str, Any]) -> str:
     srows = []
     for name, r in runs.items():
         e2e = r["scaling"][0]
-        stage_s = dict(e2e["stage_s"])
-        busy = stage_s.pop("busy", 0.0)
-        stage_s["other (decide, build alerts, loop)"] = max(0.0, busy - sum(stage_s.values()))
+        stage_s, scoring = harness.step_table(e2e["stage_s"])
         total_s = sum(stage_s.values())
         for step, sec in stage_s.items():
             srows.append([name, step, sec, f"{100 * sec / total_s:.0f}%" if total_s else "n/a",
                           1e3 * sec / max(1, e2e["batches"]), e2e["events"] / sec if sec > 0 else math.nan])
+        srows.append([name, "(scoring thread, overlapped)", scoring, "—", 1e3 * scoring / max(1, e2e["batches"]),
+                      e2e["events"] / scoring if scoring > 0 else math.nan])
     out.append(table(["transport", "step", "seconds", "share", "ms/batch", "events/s if alone"], srows))
+    out.append("")
+    out.append("Steps on the worker's thread add up to its busy time; `score (waited for)` is the time that "
+               "thread waited for the scoring thread (or scored a one-chunk batch itself). The scoring thread's "
+               "own time runs beside decode and features of the next chunk (`pipeline/compute.py`).")
     out.append("")
     for name, r in runs.items():
         out.append(f"- Bottleneck with {name}: **{r['bottleneck']}**.")
@@ -274,8 +289,8 @@ def render(ctx: dict[str, Any]) -> str:
     out.append("### Stage costs vs batch size (in-process, CPU, rows/s; CUDA: "
                f"{ctx['cuda']})")
     out.append("")
-    out.append(table(["batch", "decode", "features", "score (TorchScript)", "decode+features+score"],
-                     ctx["sweep"]))
+    out.append(table(["batch", "decode", "features", "score (TorchScript)", "decode+features+score",
+                      "the worker's steps 2-4 (chunks of 1,024, scoring thread)"], ctx["sweep"]))
     out.append("")
     out.append("### Memory")
     out.append("")
@@ -329,7 +344,7 @@ def targets(ctx: dict[str, Any]) -> list[str]:
 
 
 def bottleneck(r: dict[str, Any]) -> str:
-    stage_s = {k: v for k, v in r["scaling"][0]["stage_s"].items() if k != "busy"}
+    stage_s, _ = harness.step_table(r["scaling"][0]["stage_s"])
     worst = max(stage_s, key=lambda k: stage_s[k])
     share = stage_s[worst] / sum(stage_s.values())
     e2e = r["scaling"][0]["rate"]
@@ -338,7 +353,7 @@ def bottleneck(r: dict[str, Any]) -> str:
         note += (" — kafka-python's fetch and per-record Python parsing (ConsumerRecord per record); a bare "
                  f"kafka-python poll loop reaches {r['consume_only']:,.0f}/s here, so one process running the "
                  f"whole pipeline gets {e2e / r['consume_only']:.0%} of the client's own ceiling")
-    elif worst in ("decode", "features", "score"):
+    elif worst in ("decode", "features", "score (waited for)"):
         note += (" — compute in this process (one core: decode, features and scoring together are the in-process "
                  "ceiling in the stage table below), not the Kafka client")
     return note
@@ -359,19 +374,31 @@ HOT_PATH_NOTES = """\
   would save 0.04); the rest of the source step is kafka-python itself (`Fetcher._unpack_records`,
   `DefaultRecordBatch._read_msg`, varint decoding: ~7-14 µs/record under cProfile). `check_crcs` is
   negligible (crc32c C extension).
+- Session 3 (A/B on one broker, one worker in process draining 200,000 events, idle machine; figures are
+  single runs): **`gc.freeze()` after start-up** (`worker.py`): the cyclic GC's collections, triggered by
+  every batch's allocations, walked torch's and the model's millions of long-lived objects each time —
+  kafka-python 45.2k → 57.9k events/s, confluent 68.5k → 85.3k (the same as disabling the GC, 57.2k /
+  89.3k, which we do not do). **Chunked, overlapped steps 2-4** (`pipeline/compute.py`, `SD_COMPUTE_CHUNK`
+  = 1024): in process, decode+features+score of 8,192 events 108.8k rows/s whole, 123.5k in 1,024-row
+  chunks (the chunk stays in cache), 156.1k with each chunk scored on the scoring thread while the next is
+  decoded (torch releases the GIL, so scoring takes the second core); end to end kafka-python 57.9k → 74.0k,
+  confluent 85.3k → 97.3k. Chunks of 512 and 1,024 measured the same end to end (101-107k with
+  confluent), 2,048 slower. `Batch.next_offsets` no longer builds a TopicPartition per record.
 - Transport (`SD_TRANSPORT`): with confluent-kafka (librdkafka, `pipeline/confluent.py`) the source step
-  drops from ~76 to ~21 ms per 8,192-event batch and the synchronous commit from ~26 to ~1 ms (the Python
-  client's commit round trip and its heartbeat thread share the GIL with the pipeline); the worker is then
-  bound by its own compute (decode, features, scoring on one core: ~110-130k events/s in process at these
-  batch sizes), which is why the 150k/s target is not reachable in one process here — it needs a cheaper
-  decode/feature path (a compiled decoder, or fewer and smaller fields) or a second process per core.
+  costs a fraction of kafka-python's and the synchronous commit ~1 ms instead of ~10-26 ms (the Python
+  client's commit round trip and its heartbeat thread share the GIL with the pipeline). The worker is
+  then bound by the Python work that holds the GIL on its main thread — orjson decode and validation
+  (~3.3 µs/event), feature extraction (~2.2 µs), building and freeing a batch's records and dicts
+  (~1.5 µs) — about 10 µs per event in all, i.e. ~100k events/s; 150k/s needs ≤ 6.7 µs per event with a
+  bare confluent consume loop already at 5.8-6.7 µs here (149-171k/s). Not reachable in one CPython
+  process on this machine; a second worker process per core is the supported way up (2 processes:
+  scaling table).
 - The confluent source awaits the first record alone and then fills until the deadline: librdkafka's
   `consume(num_messages=N, timeout=T)` otherwise holds a quiet stream for the whole idle poll (measured
   before the fix: p50 301 ms at 5k/s).
-- Still open for kafka-python: overlapping the step 6/7 waits of batch N with steps 1-4 of batch N+1
-  (commit still strictly after delivery, per batch); larger `SD_BATCH_SIZE` amortises publish and commit
-  at the cost of latency only under saturation. Run-to-run variance on this VM is large: the same
-  kafka-python code measured 45.4k events/s at 09:39 and 37.2k at 12:48 on the same day, both idle.
+- Not done: overlapping the publish/commit waits of batch N with steps 1-4 of batch N+1 (they cost
+  ~1-10 ms per 8,192-event batch now). Run-to-run variance on this VM is large (the same kafka-python
+  code measured 45.4k and 37.2k events/s on one day, both idle).
 - Scaling with 4 processes on 2 cores mixes in rebalances while processes start (incremental cooperative
   assignment); figures for 4 are not a per-core capacity.
 """
@@ -460,7 +487,7 @@ def run(plan: Plan, kafka: str, redis: str, seed: int) -> dict[str, Any]:
     ctx["runs"] = {t: measure_transport(plan, kafka, redis, tag, t, raw, keys, fetch) for t in transports()}
     say("stage sweep and per-event baseline")
     ctx["sweep"] = stage_sweep(bundle, raw[:8192], plan.sweep_reps)
-    ctx["compute_2048"] = next(r[4] for r in ctx["sweep"] if r[0] == 2048)
+    ctx["compute_8192"] = next(r[5] for r in ctx["sweep"] if r[0] == 8192)
     ctx["cuda"] = "measured separately" if torch.cuda.is_available() else "not measured: no GPU lent"
     ctx["per_event"] = per_event_baseline(bundle, raw[:plan.per_event])
     say(f"per-event baseline {ctx['per_event']:,.0f}/s")

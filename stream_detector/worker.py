@@ -18,6 +18,7 @@ paused while polling continues (group membership stays), and processing resumes 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -31,14 +32,14 @@ import torch
 from .entity import Enricher, RedisState
 from .errors import DeliveryError, EntityStateUnavailable, ModelError, StreamDetectorError, ThresholdUnavailable
 from .metrics import WorkerMetrics, batch_context
+from .pipeline.compute import ChunkedCompute
 from .pipeline.control_link import ControlLink
-from .pipeline.decode import Rejected, decode_batch
+from .pipeline.decode import Rejected
 from .pipeline.publish import BatchPublisher, build_alerts, build_dead_letters, make_publisher
 from .pipeline.score import Scorer, scores_of
 from .pipeline.score_feed import ScoreFeed
 from .pipeline.source import Batch, BatchSource, make_source
 from .pipeline.threshold import ThresholdCache, decide
-from .schema import RejectReason
 from .settings import Settings
 from .store import ControlPlane, Threshold
 from .topics import ensure_topics
@@ -82,6 +83,7 @@ class Worker:
         self._pending: tuple[str, Future[Scorer]] | None = None
         self._refused: tuple[str, float] | None = None  # retried on a change notice or after REFUSED_RETRY_S
         self._held: Batch | None = None
+        self.compute = ChunkedCompute(settings.compute_chunk, settings.torch_threads)  # steps 2-4
         self.enricher: Enricher | None = None  # step 3a, created in start()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -99,6 +101,11 @@ class Worker:
         self.feed.start()
         self.publisher.start()
         self.source.start()
+        # Everything alive now (torch, the model, clients) lives as long as the worker: move it out of
+        # the cyclic GC's reach, so the collections that a batch's allocations trigger no longer walk
+        # it (measured: 45k → 58k events/s with kafka-python, 68k → 85k with confluent; RESULTS.md).
+        gc.collect()
+        gc.freeze()
         log.info("worker started: model %s, topic %s, group %s", self.scorer.version,
                  self.settings.input_topic, self.settings.group_id,
                  extra={"model_version": self.scorer.version, "topic": self.settings.input_topic,
@@ -123,10 +130,12 @@ class Worker:
     def close(self) -> None:
         self.source.close()
         self.publisher.close()
+        self.compute.close()
         self._loader.shutdown(wait=False, cancel_futures=True)
         self.link.close()
         self.feed.close()
         self.metrics.close()
+        gc.unfreeze()
 
     # ---- the loop --------------------------------------------------------------------------
     def run_once(self) -> int:
@@ -148,22 +157,10 @@ class Worker:
 
     def handle(self, batch: Batch) -> None:
         scorer = self._require_scorer()
-        decoded = decode_batch(batch.values, self.settings.max_event_bytes)  # 2 decode
-        enriched = self._enrich(scorer, batch, decoded.events, decoded.indices)  # 3a enrich
-        x, bad = scorer.bundle.spec.transform(enriched)  # 3 features
-        rejected = list(decoded.rejected)
-        if bad:
-            keep = np.ones(len(decoded.events), dtype=bool)
-            for row, problem in bad.items():
-                keep[row] = False
-                reason, _, message = problem.partition(": ")
-                rejected.append(Rejected(decoded.indices[row], RejectReason(reason), message))
-            x = x[keep]
-            events = [e for e, k in zip(decoded.events, keep, strict=True) if k]
-            indices = [i for i, k in zip(decoded.indices, keep, strict=True) if k]
-        else:
-            events, indices = decoded.events, decoded.indices
-        per_feature = scorer.errors(x)  # 4 score
+        enrich = None if scorer.bundle.entity is None else (lambda ev, ix: self._enrich(scorer, batch, ev, ix))
+        # 2 decode, 3a enrich, 3 features, 4 score: chunk by chunk, scoring overlapped (pipeline/compute.py)
+        done = self.compute.run(scorer, batch.values, self.settings.max_event_bytes, enrich)
+        events, indices, rejected, per_feature = done.events, done.indices, done.rejected, done.per_feature
         scores = scores_of(per_feature)
         self.link.observe(scorer, scores)  # drift summaries: one bincount per batch
         threshold = self._threshold_for(scorer)  # 5 decide

@@ -37,12 +37,13 @@ class Decoded:
     rejected: list[Rejected]
 
 
-def decode_batch(values: Sequence[bytes | None], max_bytes: int) -> Decoded:
-    """Decode and validate a batch of Kafka record values."""
+def decode_batch(values: Sequence[bytes | None], max_bytes: int, first_index: int = 0) -> Decoded:
+    """Decode and validate a batch of Kafka record values; indices count from ``first_index``
+    (the position of ``values[0]`` in its batch, when a chunk of one is decoded)."""
     events: list[dict[str, Any]] = []
     indices: list[int] = []
     rejected: list[Rejected] = []
-    for i, raw in enumerate(values):
+    for i, raw in enumerate(values, first_index):
         if raw is None:
             rejected.append(Rejected(i, RejectReason.INVALID_JSON, "empty record value (tombstone)"))
             continue

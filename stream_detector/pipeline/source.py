@@ -48,12 +48,11 @@ class Batch:
 
     def next_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset after the last record of this batch (what to commit)."""
-        out: dict[TopicPartition, int] = {}
-        for p, o in zip(self.partitions, self.offsets, strict=True):
-            tp = TopicPartition(self.topic, p)
-            if o + 1 > out.get(tp, -1):
-                out[tp] = o + 1
-        return out
+        ends: dict[int, int] = {}
+        for p, o in zip(self.partitions, self.offsets, strict=True):  # ints only: one TopicPartition per partition
+            if o + 1 > ends.get(p, -1):
+                ends[p] = o + 1
+        return {TopicPartition(self.topic, p): o for p, o in ends.items()}
 
 
 class BatchSource(Protocol):

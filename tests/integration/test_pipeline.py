@@ -227,3 +227,35 @@ def test_undeliverable_alerts_hold_the_batch_and_lose_nothing(settings: Settings
     assert injected <= expected and set(alerted) == expected, "every anomaly alerted, nothing else"
     if delivery == "exactly_once":
         assert len(alerted) == len(expected), "read_committed readers see each alert once"
+
+
+def test_a_batch_polled_before_a_rebalance_is_abandoned_not_committed(settings, published, bundle, start_worker):
+    """The zombie path: a worker polls a batch, the group rebalances (a second worker joins) before
+    the batch is committed; the worker must see that its membership moved, commit nothing for that
+    batch, rewind to the group's committed offsets, and the group must still process every event."""
+    from stream_detector.worker import Worker
+
+    events, injected = _traffic(3000, seed=21, n_anomalies=10)
+    first = Worker(settings.model_copy(update={"worker_id": "zombie-a"}))
+    first.start()
+    try:
+        with EventProducer(settings, settings.input_topic) as producer:
+            producer.send(events)
+        batch = wait_until(lambda: (lambda b: b if len(b) else None)(first.source.poll_batch()),
+                           message="a first batch")
+        second = start_worker(settings.model_copy(update={"worker_id": "zombie-b"}))  # joins: the group rebalances
+        first.source.pause_all()  # take part in the rebalance without consuming (anything polled is rewound)
+        wait_until(lambda: (first.source.poll_while_paused(100), not first.source.still_member(batch))[-1],
+                   message="the first worker's membership moved")
+        first.source.resume_all()
+        first.handle(batch)
+        assert first.stats.abandoned_batches == 1 and first.stats.batches == 0  # published, not committed
+        wait_until(lambda: (first.run_once(), _drained(settings))[-1], message="the group processed everything")
+        second.stop()
+    finally:
+        first.close()
+    flagged = {a["event_id"] for a in _alerts(settings)}
+    assert injected <= flagged  # nothing lost: the abandoned batch was read again
+    # the records of the abandoned batch on partitions the first worker kept were read again (rewound),
+    # not skipped: between them the two workers committed every event at least once
+    assert first.stats.events + second.worker.stats.events >= len(events)

@@ -1,0 +1,146 @@
+"""Steps 2-4 in chunks (``pipeline/compute.py``) give exactly what one unchunked pass gives."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from stream_detector.model.bundle import Bundle
+from stream_detector.pipeline.compute import ChunkedCompute
+from stream_detector.pipeline.decode import Rejected, decode_batch
+from stream_detector.pipeline.score import Scorer
+from stream_detector.schema import RejectReason
+from stream_detector.simulate import Simulator
+
+
+def _values(n: int) -> list[bytes | None]:
+    """Simulated events with every kind of bad record mixed in at known places."""
+    events, _ = Simulator(seed=7, accounts=50, run_id="chunks").batch(n, 0.05, span_ms=3_600_000)
+    values: list[bytes | None] = [orjson.dumps(e) for e in events]
+    values[3] = None  # tombstone
+    values[10] = b"{not json"
+    values[257] = b'{"event_id": 5}'  # wrong type, on a chunk border
+    values[600] = orjson.dumps({**events[600], "amount": "lots"})  # refused by the feature step
+    values[601] = b"x" * 70_000  # oversize
+    values[n - 1] = orjson.dumps({**events[n - 1], "amount": "many"})  # feature refusal in the last chunk
+    return values
+
+
+def _reference(scorer: Scorer, values: list[bytes | None]) -> tuple[list[Any], list[int], list[Rejected], np.ndarray]:
+    """The straightforward single pass: decode all, features all, drop refused rows, score all."""
+    d = decode_batch(values, 65536)
+    x, bad = scorer.bundle.spec.transform(d.events)
+    rejected = list(d.rejected)
+    keep = [i for i in range(len(d.events)) if i not in bad]
+    for row, problem in bad.items():
+        reason, _, message = problem.partition(": ")
+        rejected.append(Rejected(d.indices[row], RejectReason(reason), message))
+    rejected.sort(key=lambda r: r.index)
+    return [d.events[i] for i in keep], [d.indices[i] for i in keep], rejected, scorer.errors(x[keep])
+
+
+@pytest.fixture(scope="module")
+def scorer(bundle: Bundle) -> Scorer:
+    s = Scorer(bundle)
+    s.warm()
+    return s
+
+
+@pytest.mark.parametrize("chunk", [1, 256, 1000, 5000])
+def test_chunks_agree_with_one_pass(scorer: Scorer, chunk: int) -> None:
+    values = _values(1200)
+    events, indices, rejected, per_feature = _reference(scorer, values)
+    compute = ChunkedCompute(chunk, torch_threads=1)
+    try:
+        got = compute.run(scorer, values, 65536)
+    finally:
+        compute.close()
+    assert got.events == events
+    assert got.indices == indices
+    assert got.rejected == rejected
+    assert {r.reason for r in got.rejected} >= {RejectReason.INVALID_JSON, RejectReason.OVERSIZE,
+                                                 RejectReason.WRONG_TYPE}
+    assert sorted(got.indices + [r.index for r in got.rejected]) == list(range(len(values)))  # each once
+    _same_errors(got.per_feature, per_feature)
+
+
+def _same_errors(got: np.ndarray, want: np.ndarray) -> None:
+    """float32 matmuls of other row counts round differently (a 1-row chunk takes another kernel);
+    squared differences of near-equal numbers show it in the last digits, nothing more."""
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=5e-3, atol=1e-3)
+    np.testing.assert_allclose(got.mean(axis=1), want.mean(axis=1), rtol=1e-3)
+
+
+def test_a_batch_of_one_chunk_is_scored_on_the_callers_thread(scorer: Scorer) -> None:
+    seen: list[str] = []
+    real = scorer.errors
+
+    class Spy(Scorer):
+        def errors(self, x: np.ndarray) -> np.ndarray:
+            seen.append(threading.current_thread().name)
+            return real(x)
+
+    spy = Spy.__new__(Spy)
+    spy.__dict__.update(scorer.__dict__)
+    compute = ChunkedCompute(512, torch_threads=1)
+    try:
+        compute.run(spy, _values(1200)[:400], 65536)
+        assert seen == [threading.current_thread().name]
+        seen.clear()
+        compute.run(spy, _values(1200), 65536)
+        assert len(seen) == 3 and all(name.startswith("scoring") for name in seen)
+    finally:
+        compute.close()
+
+
+def test_a_scoring_error_propagates_after_every_chunk_has_finished(scorer: Scorer) -> None:
+    calls: list[int] = []
+    finished: list[int] = []
+    real = scorer.errors
+
+    class Failing(Scorer):
+        def errors(self, x: np.ndarray) -> np.ndarray:
+            calls.append(len(x))
+            if len(calls) == 2:
+                raise RuntimeError("scoring failed")
+            out = real(x)
+            finished.append(len(x))
+            return out
+
+    failing = Failing.__new__(Failing)
+    failing.__dict__.update(scorer.__dict__)
+    compute = ChunkedCompute(256, torch_threads=1)
+    try:
+        with pytest.raises(RuntimeError, match="scoring failed"):
+            compute.run(failing, _values(1200), 65536)
+        assert len(calls) == 5 and len(finished) == 4  # nothing of this batch still runs after the raise
+        assert len(compute.run(scorer, _values(1200), 65536).events) > 0  # and the next batch is scored
+    finally:
+        compute.close()
+
+
+def test_enrichment_sees_the_whole_batch_once_and_alerts_keep_the_events_as_received(scorer: Scorer) -> None:
+    values = _values(1200)
+    calls: list[int] = []
+
+    def enrich(events: list[dict[str, Any]], indices: list[int]) -> list[dict[str, Any]]:
+        calls.append(len(events))
+        return [{**e, "amount": float(e["amount"]) * 3 if isinstance(e.get("amount"), (int, float)) else e.get("amount")}
+                for e in events]
+
+    compute = ChunkedCompute(256, torch_threads=1)
+    try:
+        got = compute.run(scorer, values, 65536, enrich)
+    finally:
+        compute.close()
+    events, indices, rejected, plain = _reference(scorer, values)
+    assert calls == [len(events) + 2]  # once, with every decoded event (two are refused later, at features)
+    assert got.events == events and got.indices == indices and got.rejected == rejected
+    x, _ = scorer.bundle.spec.transform(enrich(got.events, got.indices))
+    _same_errors(got.per_feature, scorer.errors(x))  # features of the enriched copies
+    assert not np.allclose(got.per_feature, plain, rtol=5e-3, atol=1e-3)  # (which differ from the plain ones)
