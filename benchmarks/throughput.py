@@ -227,8 +227,8 @@ def render(ctx: dict[str, Any]) -> str:
         e2e = r["scaling"][0]["rate"]
         rows.append([f"worker ({name}), 1 process, batch_size {ctx['batch_size']} (consume → decode → features → "
                      "score → decide → publish → commit)", e2e, ratio(e2e, first), ratio(e2e, per_event)])
-        rows.append([f"worker ({name}), 1 process, default batch_size 2048", r["default"]["rate"],
-                     ratio(r["default"]["rate"], first), ratio(r["default"]["rate"], per_event)])
+        rows.append([f"worker ({name}), 1 process, batch_size 2048",
+                     r["default"]["rate"], ratio(r["default"]["rate"], first), ratio(r["default"]["rate"], per_event)])
     rows.append(["baseline (a): per-event loop, compute only (no Kafka)", per_event, ratio(per_event, first), "1.0×"])
     for name, r in runs.items():
         rows.append([f"baseline (b): {name} consume-only loop, same fetch settings (the client's ceiling)",

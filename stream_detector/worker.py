@@ -9,6 +9,9 @@
     6 publish  alerts + dead letters, wait for every acknowledgement
     7 commit   offsets, only after 6 succeeded
 
+Steps 2-4 run over chunks of the batch, each chunk scored on a scoring thread while the next is
+decoded (``pipeline/compute.py``); steps 5-7 see the whole batch at once.
+
 Between batches the worker refreshes the threshold and, when the active model changed, loads and
 warms the new one in a background thread and swaps the reference; if loading fails the old model
 stays. On SIGTERM/SIGINT the current batch is finished, delivered and committed before exit.

@@ -327,7 +327,13 @@ class TransactionalPublisher(TransactionSteps, Publisher):
             raise DeliveryError(f"{what} failed: {exc!r}") from exc
 
     def _begin(self) -> None:
-        self._p().begin_transaction()
+        """Local to the client (no round trip, so no watchdog); a producer left in a fatal or
+        invalid transaction state refuses it, which holds the batch and replaces the producer."""
+        producer = self._p()
+        try:
+            producer.begin_transaction()
+        except KafkaError as exc:
+            raise DeliveryError(f"begin_transaction failed: {exc!r}") from exc
 
     def _commit_offsets(self, source: KafkaSource, offsets: dict[TopicPartition, int], group: Any) -> None:
         """Offsets join the transaction with the membership *of the poll* (not the current one:

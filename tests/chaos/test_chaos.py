@@ -88,8 +88,10 @@ def test_worker_killed_mid_stream_loses_no_alert(services, bundle, env_for, deli
         settings, settings.input_topic)
 
 
-def test_redis_outage_holds_the_batch_pauses_and_resumes(services, bundle, start_worker):
-    settings = Settings(**{**_base(services), "threshold_max_staleness_s": 1.0, "threshold_refresh_s": 0.2})
+@pytest.mark.parametrize("transport", ["kafka-python", "confluent"])
+def test_redis_outage_holds_the_batch_pauses_and_resumes(services, bundle, start_worker, transport):
+    settings = Settings(**{**_base(services), "threshold_max_staleness_s": 1.0, "threshold_refresh_s": 0.2,
+                           "transport": transport})
     _publish(settings, bundle)
     before, _ = _traffic(200, seed=22, n_anomalies=2, tag="r1")
     _send(settings, before)
@@ -102,8 +104,8 @@ def test_redis_outage_holds_the_batch_pauses_and_resumes(services, bundle, start
     _send(settings, during)
     wait_until(lambda: running.worker.stats.held_batches >= 2, message="worker holds the batch")
     assert _committed(settings) == committed_before, "never commits against an unknown threshold"
-    assert running.worker.source.consumer.paused(), "partitions are paused while held"
-    assert running.worker.source.consumer.assignment(), "still a group member"
+    assert running.worker.source.paused(), "partitions are paused while held"
+    assert running.worker.source.assignment(), "still a group member"
 
     services.run("up")  # Redis comes back with its data (append-only file)
     wait_until(lambda: _all_committed(settings), timeout_s=60, message="worker resumed on its own")
@@ -129,8 +131,9 @@ def test_broker_restart_is_survived_without_a_manual_restart(services, bundle, s
     assert running.error is None
 
 
-def test_unwritable_alerts_topic_pauses_instead_of_buffering(services, bundle, start_worker):
-    settings = Settings(**{**_base(services), "delivery_timeout_s": 2.0, "batch_size": 128})
+@pytest.mark.parametrize("transport", ["kafka-python", "confluent"])
+def test_unwritable_alerts_topic_pauses_instead_of_buffering(services, bundle, start_worker, transport):
+    settings = Settings(**{**_base(services), "delivery_timeout_s": 2.0, "batch_size": 128, "transport": transport})
     _publish(settings, bundle)
     running = start_worker(settings)
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
@@ -142,7 +145,7 @@ def test_unwritable_alerts_topic_pauses_instead_of_buffering(services, bundle, s
         wait_until(lambda: running.worker.stats.held_batches >= 2 and running.worker.stats.delivery_failures >= 1,
                    timeout_s=60, message="worker holds instead of committing")
         assert _committed(settings) < len(events), "nothing past the undeliverable batch is committed"
-        assert running.worker.source.consumer.paused(), "partitions paused: no unbounded buffering"
+        assert running.worker.source.paused(), "partitions paused: no unbounded buffering"
         ensure_topics(settings, [settings.alerts_topic])
     finally:
         admin.close()

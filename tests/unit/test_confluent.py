@@ -181,3 +181,20 @@ def test_librdkafka_log_lines_repeat_at_most_every_interval(monkeypatch):
     assert line("FAIL") and not line("FAIL") and line("FAIL", "producer-1") and line("GETPID")
     clock[0] += confluent.ERROR_LOG_INTERVAL_S
     assert line("FAIL")
+
+
+class _RefusesToBegin:
+    """A kafka-python producer left in a fatal transaction state: ``begin_transaction`` raises."""
+
+    def begin_transaction(self) -> None:
+        from kafka.errors import IllegalStateError
+
+        raise IllegalStateError("TransactionalId t: Invalid transition attempted from state FATAL_ERROR")
+
+
+def test_a_refused_begin_transaction_is_a_delivery_error_not_a_crash():
+    publisher = TransactionalPublisher(Settings(delivery="exactly_once"))
+    publisher.producer = _RefusesToBegin()  # type: ignore[assignment]
+    with pytest.raises(DeliveryError, match="begin_transaction failed"):  # the worker holds the batch and resets
+        publisher.publish([])
+    assert not publisher._open
