@@ -277,6 +277,11 @@ class Worker:
             return False
         old = self._require_scorer().version
         self.scorer = new
+        # the old model may sit in the frozen generation (the start-up one does): collect it once
+        # (one full collection, ~0.1 s, per swap), then freeze the new long-lived state again
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         self.stats.swaps += 1
         self.metrics.swapped(True)
         log.info("swapped model %s -> %s", old, version, extra={"model_version": version,
