@@ -28,9 +28,15 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def rsettings(settings: Settings) -> Settings:
-    """The test's settings with its own feedback topic and a small, fast training run."""
+    """The test's settings with its own feedback topic and a small, fast training run.
+
+    Alert budget 5 %, not the 1 % default: these windows hold ~1,200 clean events, so the candidate's
+    quantile threshold rests on ~180 calibration rows — at 1 % that is the second-largest error, and
+    the held-back alert rate swung between 1.0 % and 4.4 % from run to run (a CI run failed the gate's
+    3.7 % bound). At 5 % the threshold rests on ~9 rows and the gate decision is stable."""
     return settings.model_copy(update={
         "feedback_topic": f"fb-{uuid.uuid4().hex[:8]}", "retrain_epochs": 8, "retrain_min_events": 200,
+        "retrain_target_fpr": 0.05,
         "score_summary_interval_s": 0.2, "drift_min_events": 300, "drift_check_interval_s": 0.2})
 
 
