@@ -55,7 +55,7 @@ reliability: install
 
 lint: install
 	$(BIN)/ruff check stream_detector tests benchmarks
-	$(BIN)/mypy stream_detector
+	$(BIN)/mypy stream_detector benchmarks
 
 bench: install
 	$(BIN)/python -m benchmarks throughput

@@ -364,7 +364,7 @@ def consume_only_rd(bootstrap: str, topic: str, group: str, total: int, batch: i
         for m in msgs:
             if m.error() is None:
                 seen += 1
-                size += len(m.value())
+                size += len(m.value() or b"")
     elapsed = time.perf_counter() - first
     consumer.close()
     return seen / elapsed if elapsed > 0 else float("nan")
