@@ -202,7 +202,6 @@ def _rd_paced(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes 
 # ---- the worker under test, in its own process ---------------------------------------------
 
 
-
 @dataclass
 class WorkerReport:
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (wall time after batch, cumulative events)

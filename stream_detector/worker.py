@@ -35,7 +35,7 @@ import torch
 from .entity import Enricher, RedisState
 from .errors import DeliveryError, EntityStateUnavailable, ModelError, StreamDetectorError, ThresholdUnavailable
 from .metrics import WorkerMetrics, batch_context
-from .pipeline.compute import ChunkedCompute
+from .pipeline.compute import ChunkedCompute, Enrich
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected
 from .pipeline.publish import BatchPublisher, build_alerts, build_dead_letters, make_publisher
@@ -49,6 +49,16 @@ from .topics import ensure_topics
 
 log = logging.getLogger("stream_detector.worker")
 REFUSED_RETRY_S = 30.0  # a refused model version is not reloaded on every poll
+
+
+def _freeze_long_lived() -> None:
+    """What is alive now (torch, the model, clients) lives as long as the worker: collect once, then
+    move it out of the cyclic GC's reach, so the collections a batch's allocations trigger no longer
+    walk it (45k → 58k events/s with kafka-python, 68k → 85k with confluent; RESULTS.md). Called at
+    start and after a model swap (one full collection, ~0.1 s, frees the model swapped out)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
@@ -104,11 +114,7 @@ class Worker:
         self.feed.start()
         self.publisher.start()
         self.source.start()
-        # Everything alive now (torch, the model, clients) lives as long as the worker: move it out of
-        # the cyclic GC's reach, so the collections that a batch's allocations trigger no longer walk
-        # it (measured: 45k → 58k events/s with kafka-python, 68k → 85k with confluent; RESULTS.md).
-        gc.collect()
-        gc.freeze()
+        _freeze_long_lived()
         log.info("worker started: model %s, topic %s, group %s", self.scorer.version,
                  self.settings.input_topic, self.settings.group_id,
                  extra={"model_version": self.scorer.version, "topic": self.settings.input_topic,
@@ -160,9 +166,8 @@ class Worker:
 
     def handle(self, batch: Batch) -> None:
         scorer = self._require_scorer()
-        enrich = None if scorer.bundle.entity is None else (lambda ev, ix: self._enrich(scorer, batch, ev, ix))
         # 2 decode, 3a enrich, 3 features, 4 score: chunk by chunk, scoring overlapped (pipeline/compute.py)
-        done = self.compute.run(scorer, batch.values, self.settings.max_event_bytes, enrich)
+        done = self.compute.run(scorer, batch.values, self.settings.max_event_bytes, self._enrich_for(scorer, batch))
         events, indices, rejected, per_feature = done.events, done.indices, done.rejected, done.per_feature
         scores = scores_of(per_feature)
         self.link.observe(scorer, scores)  # drift summaries: one bincount per batch
@@ -193,13 +198,17 @@ class Worker:
             raise RuntimeError("worker not started")
         return self.scorer
 
-    def _enrich(self, scorer: Scorer, batch: Batch, events: list[dict[str, Any]], indices: list[int]
-                ) -> list[dict[str, Any]]:
-        """Step 3a: entity features (events are copied; alerts keep the events as received)."""
-        if scorer.bundle.entity is None or self.enricher is None:
-            return events
-        positions = [(batch.partitions[i], batch.offsets[i]) for i in indices]
-        return self.enricher.enrich(scorer.bundle.entity, events, positions)
+    def _enrich_for(self, scorer: Scorer, batch: Batch) -> Enrich | None:
+        """Step 3a for ``batch``: entity features (on copies; alerts keep the events as received),
+        or ``None`` when the model has no EntitySpec."""
+        spec, enricher = scorer.bundle.entity, self.enricher
+        if spec is None or enricher is None:
+            return None
+
+        def enrich(events: list[dict[str, Any]], indices: list[int]) -> list[dict[str, Any]]:
+            positions = [(batch.partitions[i], batch.offsets[i]) for i in indices]
+            return enricher.enrich(spec, events, positions)
+        return enrich
 
     def _threshold_for(self, scorer: Scorer) -> Threshold:
         try:
@@ -277,11 +286,7 @@ class Worker:
             return False
         old = self._require_scorer().version
         self.scorer = new
-        # the old model may sit in the frozen generation (the start-up one does): collect it once
-        # (one full collection, ~0.1 s, per swap), then freeze the new long-lived state again
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
+        _freeze_long_lived()  # the old model may sit in the frozen generation: collected here, once
         self.stats.swaps += 1
         self.metrics.swapped(True)
         log.info("swapped model %s -> %s", old, version, extra={"model_version": version,

@@ -17,7 +17,7 @@ Results are identical to one unchunked pass (a unit test compares them row for r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..schema import RejectReason
-from .decode import Decoded, Rejected, decode_batch
+from .decode import Rejected, decode_batch
 from .score import Scorer
 
 Enrich = Callable[[list[dict[str, Any]], list[int]], list[dict[str, Any]]]
@@ -57,30 +57,13 @@ class ChunkedCompute:
     def run(self, scorer: Scorer, values: Sequence[bytes | None], max_bytes: int,
             enrich: Enrich | None = None) -> Computed:
         """Decode, enrich (when given), featurise and score ``values``; never raises on data."""
-        n = len(values)
-        step = self.chunk
-        whole: Decoded | None = None
-        enriched: list[dict[str, Any]] = []
-        if enrich is not None:  # 3a needs the whole batch: decode it first, then chunk from step 3
-            whole = decode_batch(values, max_bytes)
-            enriched = enrich(whole.events, whole.indices)  # copies: alerts keep the events as received
-            n = len(whole.events)
         events: list[dict[str, Any]] = []
         indices: list[int] = []
-        rejected: list[Rejected] = [] if whole is None else list(whole.rejected)
+        rejected: list[Rejected] = []
         pending: list[Future[np.ndarray] | np.ndarray] = []
-        inline = n <= step
+        inline = len(values) <= self.chunk
         try:
-            for start in range(0, n, step):
-                if whole is None:
-                    part = decode_batch(values[start:start + step], max_bytes, first_index=start)  # 2 decode
-                    rejected.extend(part.rejected)
-                    part_events, part_indices = part.events, part.indices
-                    features_of = part_events
-                else:
-                    part_events = whole.events[start:start + step]
-                    part_indices = whole.indices[start:start + step]
-                    features_of = enriched[start:start + step]
+            for part_events, part_indices, features_of in self._chunks(values, max_bytes, enrich, rejected):
                 x, bad = scorer.bundle.spec.transform(features_of)  # 3 features
                 if bad:
                     x, part_events, part_indices = _drop(x, part_events, part_indices, bad, rejected)
@@ -94,6 +77,24 @@ class ChunkedCompute:
                        else np.zeros((0, scorer.bundle.spec.width), dtype=np.float32))
         rejected.sort(key=lambda r: r.index)  # dead letters in batch order
         return Computed(events, indices, rejected, per_feature)
+
+    def _chunks(self, values: Sequence[bytes | None], max_bytes: int, enrich: Enrich | None,
+                rejected: list[Rejected]) -> Iterator[tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]]]:
+        """Per chunk: the valid events as received, their batch indices, and the dicts to featurise
+        (the enriched copies with an entity spec). Decode rejections are added to ``rejected``."""
+        step = self.chunk
+        if enrich is None:
+            for start in range(0, len(values), step):
+                part = decode_batch(values[start:start + step], max_bytes, first_index=start)  # 2 decode
+                rejected.extend(part.rejected)
+                yield part.events, part.indices, part.events
+            return
+        whole = decode_batch(values, max_bytes)  # 3a needs the whole batch: decode it first, chunk from step 3
+        rejected.extend(whole.rejected)
+        enriched = enrich(whole.events, whole.indices)  # copies: alerts keep the events as received
+        for start in range(0, len(whole.events), step):
+            rows = slice(start, start + step)
+            yield whole.events[rows], whole.indices[rows], enriched[rows]
 
 
 def _drop(x: np.ndarray, events: list[dict[str, Any]], indices: list[int], bad: dict[int, str],
