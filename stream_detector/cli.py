@@ -62,16 +62,18 @@ def _check_threshold_args(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     import numpy as np
 
-    from .events_io import read_events
     from .model.bundle import build_bundle, save_bundle
     from .model.train import TrainConfig, train
     from .offline import score_events
     from .report import evaluate, plot_curves, plot_scores
 
     _check_threshold_args(args)
-    data = read_events(Path(args.input), args.id_column, args.label_column)
-    events, labels = data.events, data.labels
     entity = _entity_spec(args)
+    data = _load_file(args, inference=_inference(args, entity))
+    _say("field schema (--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
+    for line in data.schema.describe():
+        _say(line)
+    events, labels = data.events, data.labels
     if entity is not None:  # 3a: point-in-time entity features over the whole history, in file order
         from .entity import enrich_history
 
@@ -84,18 +86,19 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         if not normal:
             raise ConfigError(f"no rows with {args.label_column} == {args.normal_label!r} "
                               f"(labels seen: {sorted(set(labels))[:10]})")
-        _say(f"read {len(events)} rows; training on {len(normal)} with {args.label_column}={args.normal_label}")
+        _say(f"{len(events)} events; training on {len(normal)} with {args.label_column}={args.normal_label}")
     else:
         normal = events
-        _say(f"read {len(events)} rows; no label column: training on all of them")
+        _say(f"{len(events)} events; no label column: training on all of them")
     config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
                          threshold_method=args.threshold_method, k_std=args.k_std,
                          k_fence=args.k_fence, max_alert_rate=args.max_alert_rate,
                          dropout=args.dropout, hidden=args.hidden, bottleneck=args.bottleneck,
                          error_norm=args.error_norm, time_of_day=args.time_features,
-                         exclude=tuple(args.exclude or ()))
-    result = train(normal, config, progress=_say, entity=entity)
-    extra: dict[str, Any] = {"training_input": str(args.input), "training_rows_read": len(events)}
+                         exclude=tuple(args.exclude or ()), max_self_flag_rate=args.max_self_flag_rate)
+    result = train(normal, config, progress=_say, entity=entity, schema=data.schema)
+    extra: dict[str, Any] = {"training_input": str(args.input), "training_rows_read": data.total,
+                             "training_rows_rejected": len(data.rejected)}
     out = Path(args.out)
     if labels is not None:
         y = np.array([lab != args.normal_label for lab in labels])
@@ -114,6 +117,68 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
     print(bundle.version)
     return 0
+
+
+def _reader_options(args: argparse.Namespace) -> Any:
+    from .events_io import DEFAULT_NA, ReaderOptions
+
+    if args.delimiter is not None and len(args.delimiter.replace("\\t", "\t")) != 1:
+        raise ConfigError(f"--delimiter must be one character (\\t for a tab), got {args.delimiter!r}")
+    na = tuple(args.na_values.split(",")) if args.na_values is not None else DEFAULT_NA
+    return ReaderOptions(delimiter=args.delimiter.replace("\\t", "\t") if args.delimiter else None,
+                         decimal=args.decimal, thousands=args.thousands, na_values=na)
+
+
+def _inference(args: argparse.Namespace, entity: Any) -> Any:
+    """What ``train`` tells the schema inference: ids, keys, label and exclusions, overrides."""
+    from .fieldschema import InferenceOptions, parse_overrides
+
+    try:
+        overrides = _schema_file(Path(args.schema)) if getattr(args, "schema", None) else {}
+        overrides.update(parse_overrides(getattr(args, "field", None) or ()))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    ids = {args.id_column} if args.id_column else set()
+    return InferenceOptions(identifiers=frozenset(ids | set(entity.keys if entity is not None else ())),
+                            ignored=frozenset({*(getattr(args, "exclude", None) or ()),
+                                               *([args.label_column] if args.label_column else [])}),
+                            overrides=overrides)
+
+
+def _schema_file(path: Path) -> dict[str, Any]:
+    """``--schema FILE``: a bundle's ``schema.json`` or ``{"field": "type" | {"type": ..., "unit": ...}}``."""
+    from .fieldschema import rule_from_dict
+
+    if not path.is_file():
+        raise ValueError(f"--schema: no such file {path}")
+    try:
+        data = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"--schema {path}: not JSON ({exc})") from None
+    items = data.get("fields") if isinstance(data, dict) and "fields" in data else [
+        {"name": k, **(v if isinstance(v, dict) else {"type": v})} for k, v in (data or {}).items()]
+    return {rule.name: rule for rule in (rule_from_dict(item) for item in items)}
+
+
+def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = None) -> Any:
+    """Read and type ``--input``, and say what was read and what was left out (never silently)."""
+    from .inputs import load_events
+
+    data = load_events(Path(args.input), options=_reader_options(args), id_column=args.id_column,
+                       label_column=args.label_column, schema=schema, inference=inference,
+                       limit=getattr(args, "limit", None))
+    text = data.raw.text
+    fmt = f" (numbers: decimal {text.decimal!r}, thousands {text.thousands!r})" if data.raw.kind == "csv" else ""
+    _say(f"read {data.total} rows from {args.input} [{data.raw.kind}]{fmt}")
+    for warning in data.warnings:
+        _say(f"warning: {warning}")
+    if data.rejected:
+        _say(f"warning: {data.rejection_summary()}")
+    if not data.events:
+        from .errors import InputError
+
+        raise InputError(f"{args.input}: no row is a valid event ({data.rejection_summary()})")
+    return data
 
 
 def _entity_spec(args: argparse.Namespace) -> Any:
@@ -159,24 +224,29 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     import csv
 
-    from .events_io import read_events
     from .model.bundle import load_bundle
     from .offline import score_events
 
     bundle = load_bundle(Path(args.model))
-    data = read_events(Path(args.input), args.id_column, args.label_column)
+    data = _load_file(args, schema=bundle.schema)  # an older bundle without a schema: the file's own
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     scored = score_events(bundle, data.events, device=args.device or settings.device)
+    by_row: dict[int, tuple[float, str | None, str | None]] = {
+        row: (score, reason, message) for row, score, reason, message
+        in zip(data.rows, scored.scores.tolist(), scored.rejected, scored.messages, strict=True)}
+    for rej in data.rejected:
+        by_row[rej.index] = (float("nan"), rej.reason.value, rej.message)
     with open(args.out, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["event_id", "score", "is_anomaly", "rejected"])
-        for event, score, reason in zip(data.events, scored.scores.tolist(), scored.rejected, strict=True):
+        writer.writerow(["event_id", "score", "is_anomaly", "rejected", "message"])
+        for row, event_id in enumerate(data.ids):
+            score, reason, message = by_row[row]
             if reason is None:
-                writer.writerow([event["event_id"], repr(score), int(score > threshold), ""])
+                writer.writerow([event_id, repr(score), int(score > threshold), "", ""])
             else:
-                writer.writerow([event["event_id"], "", "", reason])
+                writer.writerow([event_id, "", "", reason, message or ""])
     flagged = int((scored.scores[scored.valid] > threshold).sum())
-    _say(f"scored {int(scored.valid.sum())} of {len(data.events)} rows; {flagged} above {threshold:.6g} → {args.out}")
+    _say(f"scored {int(scored.valid.sum())} of {data.total} rows; {flagged} above {threshold:.6g} → {args.out}")
     return 0
 
 
@@ -199,10 +269,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
-    from .events_io import read_events
     from .producer import EventProducer
 
-    data = read_events(Path(args.input), args.id_column, args.label_column, limit=args.limit)
+    data = _load_file(args, inference=_inference(args, None))  # typed by the file's own schema: JSON values
     with EventProducer(settings, args.topic or settings.input_topic) as producer:
         sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
     _say(f"produced {sent} events to {args.topic or settings.input_topic}")
@@ -359,6 +428,29 @@ def _who() -> str:
 # ---- parser ----------------------------------------------------------------------------------
 
 
+def _add_reader_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reading the input file (CSV, JSON Lines or Parquet; .gz/.bz2/.zst)")
+    g.add_argument("--delimiter", help="CSV delimiter (default: sniffed from the header among , ; TAB |; "
+                                       "\\t for a tab)")
+    g.add_argument("--decimal", default="auto",
+                   help="decimal mark of numbers in CSV text (default auto: ',' when the file is not "
+                        "comma-separated and its numbers are written like 12,50; else '.')")
+    g.add_argument("--thousands", default="auto",
+                   help="thousands separator accepted in groups of three, e.g. 1,234.56 (default auto: ',' "
+                        "with a '.' decimal mark, '.' with a ',' one; 'none' accepts none)")
+    g.add_argument("--na-values", help="comma-separated CSV cells that mean missing (default: empty, NA, N/A, "
+                                       "null, NULL, None, nan, NaN)")
+
+
+def _add_schema_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("field schema (README \"Field schema\": inferred from the rows, stored in the bundle)")
+    g.add_argument("--schema", help="JSON file of field types: a bundle's schema.json, or "
+                                    "{\"field\": \"number|boolean|category|timestamp|identifier|ignored\"}")
+    g.add_argument("--field", action="append", metavar="NAME=TYPE",
+                   help="set one field's type (repeatable), e.g. terminal_id=identifier, ts=timestamp:s "
+                        "(timestamp units: auto, s, ms, us, ns)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stream-detector",
@@ -368,10 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model bundle from a CSV or JSON Lines file",
-                       description="Fit features and an autoencoder on normal rows, calibrate the "
+    p = sub.add_parser("train", help="train a model bundle from a CSV, JSON Lines or Parquet file",
+                       description="Infer the field schema, fit features and an autoencoder on normal rows, calibrate the "
                                    "threshold on held-back normal rows, export TorchScript.")
-    p.add_argument("--input", required=True, help="CSV (with header) or JSON Lines, optionally .gz")
+    p.add_argument("--input", required=True, help="CSV (with header), JSON Lines or Parquet, optionally compressed")
     p.add_argument("--out", required=True, help="directory for the bundle")
     p.add_argument("--label-column", help="column with labels; only --normal-label rows are trained on")
     p.add_argument("--normal-label", default="0", help="label value of normal rows (default: 0)")
@@ -404,7 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entity-distinct", default="merchant_category,country",
                    help="fields whose distinct / first-seen values per entity become features")
     p.add_argument("--entity-amount", default="amount", help="amount field of the entity features")
+    p.add_argument("--max-self-flag-rate", type=float, default=0.2,
+                   help="refuse the model (exit 2, no bundle) when more than this share of its own normal "
+                        "training or validation rows is above its threshold (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
+    _add_reader_args(p)
+    _add_schema_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("publish", help="make a bundle the active model and its threshold the active threshold")
@@ -415,7 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-idle-polls", type=int, help="exit after this many consecutive empty polls")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("score", help="score a file offline: event_id,score,is_anomaly for every row")
+    p = sub.add_parser("score", help="score a file offline: event_id,score,is_anomaly,rejected,message for every row",
+                       description="Every row of the file gets one output row: its score, or the reason it "
+                                   "was rejected (the same reasons a worker dead-letters with). Values are "
+                                   "typed by the bundle's field schema.")
     p.add_argument("--model", required=True, help="bundle directory")
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True, help="CSV to write")
@@ -423,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help="column to leave out of the features (kept out of the output)")
     p.add_argument("--threshold", type=float, help="override the bundle's calibrated threshold")
     p.add_argument("--device", help="torch device (default SD_DEVICE)")
+    _add_reader_args(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("produce", help="replay a CSV / JSON Lines file as events")
@@ -432,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help="moved from the event into the sd.label header")
     p.add_argument("--rate", type=float, default=0, help="events per second (0 = as fast as possible)")
     p.add_argument("--limit", type=int, help="send at most this many rows")
+    _add_reader_args(p)
+    _add_schema_args(p)
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("simulate", help="synthetic card transactions with injected, labelled fraud")

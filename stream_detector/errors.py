@@ -48,3 +48,8 @@ class DeliveryError(StreamDetectorError):
 
 class InputError(StreamDetectorError):
     """An input file (CSV / JSON Lines) cannot be read as events."""
+
+
+class TrainingError(StreamDetectorError):
+    """Training cannot make a usable model from this input (too few rows, no feature, a threshold
+    that is not finite, a model that flags its own normal rows); no bundle is written."""

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .fieldschema import FieldSchema, FieldType
 from .schema import RESERVED_FIELDS, RejectReason, parse_timestamp_ms
 
 SPEC_FORMAT = 1
@@ -189,16 +190,30 @@ def fit_spec(
     max_categories: int = 32,
     min_category_count: int = 5,
     time_of_day: bool = False,
+    schema: FieldSchema | None = None,
+    numeric_extra: Sequence[str] = (),
 ) -> FeatureSpec:
-    """Learn a ``FeatureSpec`` from training events (see the module docstring for the rules)."""
+    """Learn a ``FeatureSpec`` from training events (see the module docstring for the rules).
+
+    With ``schema`` (``fieldschema.py``; events already converted by it) the field types are the
+    schema's: number and boolean fields are numeric, category fields categorical, every other
+    field is not a feature; the value-guessing rules below apply only without one.
+    ``numeric_extra``: fields computed by the product itself (entity features), always numeric.
+    """
     if not events:
         raise ValueError("cannot fit features on zero events")
     skip = set(RESERVED_FIELDS) | set(exclude)
     names: dict[str, None] = {}
-    for event in events:
-        for name in event:
-            if name not in skip:
-                names.setdefault(name, None)
+    typed: dict[str, FieldType] = {}
+    if schema is not None:
+        typed = {r.name: r.type for r in schema.feature_fields if r.name not in skip}
+        typed.update({name: FieldType.NUMBER for name in numeric_extra})
+        names = dict.fromkeys(typed)
+    else:
+        for event in events:
+            for name in event:
+                if name not in skip:
+                    names.setdefault(name, None)
     numeric: list[NumericColumn] = []
     categorical: list[CategoricalColumn] = []
     dropped: list[str] = []
@@ -208,12 +223,12 @@ def fit_spec(
         if not present:
             dropped.append(name)
             continue
-        as_numbers = _as_numbers(present)
+        as_numbers = _as_numbers(present) if typed.get(name, FieldType.NUMBER) is not FieldType.CATEGORY else None
         if as_numbers is not None:
             numeric.append(_fit_numeric(name, as_numbers, missing=len(present) < len(values)))
             continue
         counts = Counter(str(v) for v in present)
-        if len(counts) > 0.5 * len(present) and len(counts) > max_categories:
+        if not typed and len(counts) > 0.5 * len(present) and len(counts) > max_categories:
             dropped.append(name)  # id-like: one-hot would only memorise
             continue
         kept = [c for c, k in counts.most_common(max_categories) if k >= min_category_count]

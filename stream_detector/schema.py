@@ -37,6 +37,8 @@ class RejectReason(StrEnum):
     UNKNOWN_SCHEMA = "unknown_schema"
     INVALID_TIMESTAMP = "invalid_timestamp"
     DUPLICATE_KEY = "duplicate_key"
+    TOMBSTONE = "tombstone"  # a null record value (Kafka's delete marker); the key is kept
+    IMPLAUSIBLE_TIMESTAMP = "implausible_timestamp"  # decades away from the model's training range
 
 
 class Event(BaseModel):

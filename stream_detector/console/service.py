@@ -19,7 +19,7 @@ import numpy as np
 
 from ..entity import Enricher, InMemoryState
 from ..errors import ConfigError, ModelError, NoActiveModel, StreamDetectorError
-from ..offline import score_events
+from ..offline import score_events, typed_events
 from ..pipeline.score import Scorer
 from ..settings import Settings
 from ..store import ControlPlane
@@ -149,7 +149,8 @@ class ConsoleService:
             return out
         score = float(scored.scores[0])
         # as score_events does: a bundle with entity features enriches from this event alone (no live state)
-        enriched = Enricher(InMemoryState()).enrich(scorer.bundle.entity, [event], [(0, 0)])
+        typed = typed_events(scorer.bundle, [event]).events
+        enriched = Enricher(InMemoryState()).enrich(scorer.bundle.entity, typed, [(0, 0)])
         out["entity_features"] = scorer.bundle.entity is not None
         x, _ = scorer.bundle.spec.transform(enriched)
         per_field = scorer.field_errors(scorer.errors(x))[0]

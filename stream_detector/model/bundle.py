@@ -1,7 +1,8 @@
 """A model bundle: TorchScript scoring head + feature spec + calibration + metadata, checksummed.
 
-On disk a bundle is a directory of four files (five with an entity spec, ``entity.json``, which
-is optional so older bundles stay loadable). ``metadata.json`` lists the sha256 of the
+On disk a bundle is a directory of four files, plus the optional ``schema.json`` (the field
+schema: how each input field is typed, ``fieldschema.py``) and ``entity.json`` (an entity spec);
+optional so older bundles stay loadable (a bundle without a schema types nothing: as before). ``metadata.json`` lists the sha256 of the
 others and an overall ``sha256`` (of the sorted per-file digests); the model version is derived
 from creation time and that digest, so equal content never hides behind one name. Loading
 verifies every digest, so a truncated or edited file is refused (``ModelError``) and never scored.
@@ -26,6 +27,7 @@ from .. import __version__
 from ..entity.spec import EntitySpec
 from ..errors import ModelError
 from ..features import FeatureSpec
+from ..fieldschema import FieldSchema
 from .train import TrainResult
 
 MODEL_FILE = "model.pt"
@@ -33,8 +35,9 @@ SPEC_FILE = "spec.json"
 CALIBRATION_FILE = "calibration.json"
 METADATA_FILE = "metadata.json"
 ENTITY_FILE = "entity.json"
+SCHEMA_FILE = "schema.json"
 CONTENT_FILES = (MODEL_FILE, SPEC_FILE, CALIBRATION_FILE)
-OPTIONAL_FILES = (ENTITY_FILE,)  # checksummed like the others when present (docs/entity-features.md)
+OPTIONAL_FILES = (ENTITY_FILE, SCHEMA_FILE)  # checksummed like the others when present
 
 
 @contextmanager
@@ -56,6 +59,7 @@ class Bundle:
     calibration: dict[str, Any]
     metadata: dict[str, Any]
     entity: EntitySpec | None = None  # step 3a: per-entity features; None = none (older bundles)
+    schema: FieldSchema | None = None  # step 2: how input fields are typed; None = untyped (older bundles)
 
     @property
     def version(self) -> str:
@@ -102,6 +106,8 @@ def build_bundle(result: TrainResult, extra_metadata: dict[str, Any] | None = No
     }
     if result.entity is not None:
         files[ENTITY_FILE] = result.entity.to_json()
+    if result.schema is not None:
+        files[SCHEMA_FILE] = result.schema.to_json()
     digests = _digest(files)
     sha = _overall(digests)
     created = datetime.now(timezone.utc)
@@ -113,6 +119,7 @@ def build_bundle(result: TrainResult, extra_metadata: dict[str, Any] | None = No
         "spec_fingerprint": result.spec.fingerprint,
         "feature_columns": result.spec.width,
         **({"entity_fingerprint": result.entity.fingerprint} if result.entity is not None else {}),
+        **({"schema_fingerprint": result.schema.fingerprint} if result.schema is not None else {}),
         "architecture": result.arch.to_dict(),
         "metrics": result.metrics,
         "stream_detector_version": __version__,
@@ -120,7 +127,7 @@ def build_bundle(result: TrainResult, extra_metadata: dict[str, Any] | None = No
         **(extra_metadata or {}),
     }
     files[METADATA_FILE] = orjson.dumps(metadata, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-    return Bundle(files, result.spec, result.calibration, metadata, result.entity)
+    return Bundle(files, result.spec, result.calibration, metadata, result.entity, result.schema)
 
 
 def bundle_from_files(files: dict[str, bytes]) -> Bundle:
@@ -137,13 +144,16 @@ def bundle_from_files(files: dict[str, bytes]) -> Bundle:
         spec = FeatureSpec.from_json(files[SPEC_FILE])
         calibration = orjson.loads(files[CALIBRATION_FILE])
         entity = EntitySpec.from_json(files[ENTITY_FILE]) if ENTITY_FILE in files else None
+        schema = FieldSchema.from_json(files[SCHEMA_FILE]) if SCHEMA_FILE in files else None
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"bundle is not readable: {exc}") from exc
     if spec.fingerprint != metadata.get("spec_fingerprint"):
         raise ModelError("bundle feature spec does not match its metadata fingerprint")
     if entity is not None and entity.fingerprint != metadata.get("entity_fingerprint"):
         raise ModelError("bundle entity spec does not match its metadata fingerprint")
-    return Bundle(files, spec, calibration, metadata, entity)
+    if schema is not None and schema.fingerprint != metadata.get("schema_fingerprint"):
+        raise ModelError("bundle field schema does not match its metadata fingerprint")
+    return Bundle(files, spec, calibration, metadata, entity, schema)
 
 
 def save_bundle(bundle: Bundle, directory: Path) -> Path:

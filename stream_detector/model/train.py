@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from ..entity.spec import EntitySpec
+from ..errors import TrainingError
 from ..features import FeatureSpec, fit_spec
+from ..fieldschema import FieldSchema, InferenceOptions, infer_schema
 from .autoencoder import Architecture, Autoencoder, ErrorHead
 
 Progress = Callable[[str], None]
@@ -26,6 +28,10 @@ Progress = Callable[[str], None]
 ThresholdMethod = Literal["fence", "quantile", "meanstd"]
 THRESHOLD_METHODS: tuple[str, ...] = ("fence", "quantile", "meanstd")
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard deviation
+# Refusal rules (README "Training refuses"): below these a threshold is calibrated on noise.
+MIN_TRAIN_ROWS = 100  # normal rows after the schema's rejections: 80 to fit, 20 to calibrate
+MIN_VALIDATION_ROWS = 20
+MAX_SELF_FLAG_RATE = 0.2  # a model flagging more of its own normal rows than this is refused
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class TrainConfig:
     error_norm: Literal["none", "mean"] = "mean"
     time_of_day: bool = False
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    min_rows: int = MIN_TRAIN_ROWS
+    max_self_flag_rate: float = MAX_SELF_FLAG_RATE
 
 
 @dataclass
@@ -61,6 +69,7 @@ class TrainResult:
     calibration: dict[str, Any]
     metrics: dict[str, Any]
     entity: EntitySpec | None = None
+    schema: FieldSchema | None = None
 
 
 def default_epochs(n_rows: int, batch_size: int) -> int:
@@ -109,29 +118,52 @@ def calibrate(errors: np.ndarray, method: str, target_fpr: float, k_std: float, 
 
 
 def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progress | None = None,
-          entity: EntitySpec | None = None) -> TrainResult:
+          entity: EntitySpec | None = None, schema: FieldSchema | None = None) -> TrainResult:
     """Fit spec, train, early-stop, calibrate. ``events`` are normal rows only.
 
+    ``schema``: the field schema the events were typed with (``inputs.load_events``); without one
+    it is inferred from ``events`` (JSON values) and they are converted by it. Either way it is
+    stored in the result, so the bundle's workers type live records the same way.
     With ``entity``, the rows must already carry its fields, computed point-in-time over the whole
     time-ordered history (``entity.enrich_history`` before selecting the normal rows), and the spec
     is stored in the result so the bundle's workers compute the same fields.
+
+    Raises ``TrainingError`` (no bundle is made) when the rows cannot make a usable model: fewer
+    than ``config.min_rows`` normal rows, fewer than ``MIN_VALIDATION_ROWS`` to calibrate on, no
+    usable feature, a threshold that is not finite, or more than ``config.max_self_flag_rate`` of
+    the model's own training or validation rows above its threshold.
     """
     say = progress or (lambda _msg: None)
     if entity is not None and events and any(f not in events[0] for f in entity.output_fields):
         raise ValueError("events lack the entity fields: run entity.enrich_history on the history first")
     started = time.monotonic()
+    entity_fields = tuple(entity.output_fields) if entity is not None else ()
+    if schema is None:
+        schema = _infer(events, config, entity)
+    events, dropped = _typed(events, schema)
+    if dropped:
+        say(f"{dropped} rows left out of training: a value does not fit its field's type")
+    if len(events) < config.min_rows:
+        raise TrainingError(f"{len(events)} normal rows: at least {config.min_rows} are needed to train "
+                            f"and calibrate a threshold")
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(events))
-    n_val = max(1, int(len(events) * config.validation_fraction))
-    if len(events) - n_val < 2:
-        raise ValueError(f"need at least 3 normal rows to train, got {len(events)}")
+    n_val = max(MIN_VALIDATION_ROWS, int(len(events) * config.validation_fraction))
     train_events = [events[i] for i in order[n_val:]]
     val_events = [events[i] for i in order[:n_val]]
-    spec = fit_spec(train_events, exclude=config.exclude, time_of_day=config.time_of_day)
+    spec = fit_spec(train_events, exclude=config.exclude, time_of_day=config.time_of_day, schema=schema,
+                    numeric_extra=entity_fields)
+    if spec.width == 0:
+        raise TrainingError("no usable feature: " + ("; ".join(
+            f"{r.name} is {r.type.value}" + (f" ({r.note})" if r.note else "") for r in schema.fields)
+            or "the rows have no fields"))
     x_train, bad_train = spec.transform(train_events)
     x_val, bad_val = spec.transform(val_events)
     x_train = np.delete(x_train, sorted(bad_train), axis=0)
     x_val = np.delete(x_val, sorted(bad_val), axis=0)
+    if len(x_val) < MIN_VALIDATION_ROWS:
+        raise TrainingError(f"{len(x_val)} validation rows: at least {MIN_VALIDATION_ROWS} are needed to "
+                            f"calibrate the threshold")
     say(f"features: {spec.width} columns from {len(spec.numeric)} numeric and "
         f"{len(spec.categorical)} categorical fields; {len(x_train)} train / {len(x_val)} validation rows")
     arch = Architecture.for_width(spec.width, config.dropout)
@@ -148,6 +180,9 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
     threshold = calibrate(val_errors, config.threshold_method, config.target_fpr, config.k_std, config.k_fence,
                           config.max_alert_rate)
     flag_rate = float((val_errors > threshold).mean())
+    with torch.no_grad():
+        train_flag_rate = float((head(torch.from_numpy(x_train)).mean(dim=1).numpy() > threshold).mean())
+    _refuse_unusable(threshold, flag_rate, train_flag_rate, config.max_self_flag_rate)
     calibration: dict[str, Any] = {
         "method": config.threshold_method,
         "target_fpr": config.target_fpr,
@@ -160,6 +195,7 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
             str(q): float(np.quantile(val_errors, q)) for q in (0.5, 0.9, 0.95, 0.99, 0.999)
         },
         "validation_flag_rate": flag_rate,
+        "train_flag_rate": train_flag_rate,
     }
     metrics = {
         "train_rows": int(len(x_train)),
@@ -173,7 +209,33 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
     if config.max_alert_rate is None and flag_rate > 0.02:
         say("note: more than 2% of normal validation rows are above the threshold (the normal errors have "
             "a heavy tail); for a fixed alert budget use --max-alert-rate or --threshold-method quantile")
-    return TrainResult(spec, head, arch, threshold, calibration, metrics, entity)
+    metrics["rows_left_out"] = dropped
+    return TrainResult(spec, head, arch, threshold, calibration, metrics, entity, schema)
+
+
+def _infer(events: Sequence[dict[str, Any]], config: TrainConfig, entity: EntitySpec | None) -> FieldSchema:
+    """The schema of JSON-valued rows (API callers); entity output fields are features, not inputs."""
+    keys = frozenset(entity.keys) if entity is not None else frozenset()
+    schema = infer_schema(events, InferenceOptions(identifiers=keys, ignored=frozenset(config.exclude))).schema
+    outputs = set(entity.output_fields) if entity is not None else set()
+    return FieldSchema(tuple(r for r in schema.fields if r.name not in outputs), schema.time_range_ms)
+
+
+def _typed(events: Sequence[dict[str, Any]], schema: FieldSchema) -> tuple[list[dict[str, Any]], int]:
+    typed, problems = schema.convert(events)
+    if not problems:
+        return typed, 0
+    return [e for i, e in enumerate(typed) if i not in problems], len(problems)
+
+
+def _refuse_unusable(threshold: float, val_rate: float, train_rate: float, limit: float) -> None:
+    if not math.isfinite(threshold):
+        raise TrainingError(f"the calibrated threshold is not finite ({threshold}): the validation errors "
+                            f"are degenerate")
+    if max(val_rate, train_rate) > limit:
+        raise TrainingError(f"the model flags {train_rate:.0%} of its own normal training rows and "
+                            f"{val_rate:.0%} of its validation rows (limit {limit:.0%}): too few or too "
+                            f"varied rows to learn what normal looks like")
 
 
 def _fit(

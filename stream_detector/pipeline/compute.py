@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fieldschema import FieldSchema
 from ..schema import RejectReason
 from .decode import Rejected, decode_batch
 from .score import Scorer
@@ -63,7 +64,8 @@ class ChunkedCompute:
         pending: list[Future[np.ndarray] | np.ndarray] = []
         inline = len(values) <= self.chunk
         try:
-            for part_events, part_indices, features_of in self._chunks(values, max_bytes, enrich, rejected):
+            chunks = self._chunks(values, max_bytes, enrich, rejected, scorer.bundle.schema)
+            for part_events, part_indices, features_of in chunks:
                 x, bad = scorer.bundle.spec.transform(features_of)  # 3 features
                 if bad:
                     x, part_events, part_indices = _drop(x, part_events, part_indices, bad, rejected)
@@ -79,22 +81,24 @@ class ChunkedCompute:
         return Computed(events, indices, rejected, per_feature)
 
     def _chunks(self, values: Sequence[bytes | None], max_bytes: int, enrich: Enrich | None,
-                rejected: list[Rejected]) -> Iterator[tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]]]:
+                rejected: list[Rejected], schema: FieldSchema | None,
+                ) -> Iterator[tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]]]:
         """Per chunk: the valid events as received, their batch indices, and the dicts to featurise
-        (the enriched copies with an entity spec). Decode rejections are added to ``rejected``."""
+        (typed by the bundle's field schema; enriched copies with an entity spec). Decode
+        rejections are added to ``rejected``."""
         step = self.chunk
         if enrich is None:
             for start in range(0, len(values), step):
-                part = decode_batch(values[start:start + step], max_bytes, first_index=start)  # 2 decode
+                part = decode_batch(values[start:start + step], max_bytes, start, schema)  # 2 decode + type
                 rejected.extend(part.rejected)
-                yield part.events, part.indices, part.events
+                yield part.received, part.indices, part.events
             return
-        whole = decode_batch(values, max_bytes)  # 3a needs the whole batch: decode it first, chunk from step 3
+        whole = decode_batch(values, max_bytes, 0, schema)  # 3a needs the whole batch: decode it first
         rejected.extend(whole.rejected)
         enriched = enrich(whole.events, whole.indices)  # copies: alerts keep the events as received
         for start in range(0, len(whole.events), step):
             rows = slice(start, start + step)
-            yield whole.events[rows], whole.indices[rows], enriched[rows]
+            yield whole.received[rows], whole.indices[rows], enriched[rows]
 
 
 def _drop(x: np.ndarray, events: list[dict[str, Any]], indices: list[int], bad: dict[int, str],

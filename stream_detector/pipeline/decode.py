@@ -1,22 +1,37 @@
-"""Step 2, decode: raw record values → validated event dicts, or rejections with a reason.
+"""Step 2, decode: raw record values → typed event dicts, or rejections with a reason.
 
 Guarantees: never raises on data; every input index ends up either in ``events`` or in
-``rejected`` (exactly once); the rules are those of ``schema.Event`` (a unit test checks it).
+``rejected`` (exactly once); the rules are those of ``schema.Event`` (a unit test checks it), and
+with the bundle's field schema every value is converted by its field's type
+(``fieldschema.py``) — the same code types the rows of CSV, JSON Lines and Parquet files offline
+(``inputs.py``), so a record scores the same from every input.
+
+Record-level rules (``parse_record``): a null value (a tombstone) is ``tombstone``; larger than
+``max_bytes`` is ``oversize``; a repeated key is ``duplicate_key`` whatever the whitespace around
+it (a sound pre-check — every key ends in a quote, optional JSON whitespace and a colon, so a
+record with no more such matches than keys cannot repeat one — then the stdlib parser's
+``object_pairs_hook`` decides); NaN, Infinity and out-of-range numbers are ``non_finite_number``;
+an integer of 20 or more digits is read exactly (stdlib parser), so a 19+-digit id keeps its digits.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from ..fieldschema import JSON_TEXT, ConversionError, FieldSchema, TextFormat
 from ..schema import SUPPORTED_SCHEMA_VERSIONS, RejectReason, parse_timestamp_ms
 
 _NESTED = (dict, list)
+_KEY_END = re.compile(rb'"[ \t\n\r]*:')
+_BIG_INT = re.compile(rb'[:,\[][ \t\n\r]*-?\d{20}')  # 20+ digits: beyond 64 bits, or close
+Problem = tuple[RejectReason, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,43 +45,80 @@ class Rejected:
 
 @dataclass(slots=True)
 class Decoded:
-    """Valid events (in input order) with their batch indices, plus the rejections."""
+    """Valid events (in input order) with their batch indices, plus the rejections. ``events`` are
+    typed by the schema (when one is given); ``received`` are the same events as they arrived
+    (the same dict objects where nothing was converted): alerts carry those."""
 
     events: list[dict[str, Any]]
     indices: list[int]
     rejected: list[Rejected]
+    received: list[dict[str, Any]]
 
 
-def decode_batch(values: Sequence[bytes | None], max_bytes: int, first_index: int = 0) -> Decoded:
-    """Decode and validate a batch of Kafka record values; indices count from ``first_index``
+def decode_batch(values: Sequence[bytes | None], max_bytes: int, first_index: int = 0,
+                 schema: FieldSchema | None = None) -> Decoded:
+    """Decode, validate and type a batch of Kafka record values; indices count from ``first_index``
     (the position of ``values[0]`` in its batch, when a chunk of one is decoded)."""
-    events: list[dict[str, Any]] = []
+    objs: list[Any] = []
     indices: list[int] = []
     rejected: list[Rejected] = []
     for i, raw in enumerate(values, first_index):
-        if raw is None:
-            rejected.append(Rejected(i, RejectReason.INVALID_JSON, "empty record value (tombstone)"))
+        obj, problem = parse_record(raw, max_bytes)
+        if problem is not None:
+            rejected.append(Rejected(i, problem[0], problem[1]))
             continue
-        if len(raw) > max_bytes:
-            rejected.append(Rejected(i, RejectReason.OVERSIZE, f"{len(raw)} bytes > limit {max_bytes}"))
-            continue
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            rejected.append(_classify_parse_error(i, raw, exc))
-            continue
-        problem = validate_event(obj, finite_floats=True)
-        if problem is None and _may_repeat_keys(raw, obj):
+        objs.append(obj)
+        indices.append(i)
+    return type_events(objs, indices, schema, JSON_TEXT, rejected, from_json=True)
+
+
+def parse_record(raw: bytes | None, max_bytes: int | None = None) -> tuple[Any, Problem | None]:
+    """One record value → (parsed JSON value, None) or (None, (reason, message)); never raises."""
+    if raw is None:
+        return None, (RejectReason.TOMBSTONE, "null record value (a tombstone); the record key is kept")
+    if max_bytes is not None and len(raw) > max_bytes:
+        return None, (RejectReason.OVERSIZE, f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return None, _classify_parse_error(raw, exc)
+    if isinstance(obj, dict):
+        if _may_repeat_keys(raw, obj):
             problem = _duplicate_key(raw)
+            if problem is not None:
+                return None, problem
+        if _BIG_INT.search(raw):  # orjson reads integers beyond 64 bits as floats: re-read them exactly
+            obj = json.loads(raw)
+    return obj, None
+
+
+def type_events(objs: Sequence[Any], indices: Sequence[int], schema: FieldSchema | None, text: TextFormat,
+                rejected: list[Rejected], from_json: bool = False) -> Decoded:
+    """Validate parsed objects against the event contract, then convert them with ``schema``
+    (``text``: the number format of text values). Rejections are appended to ``rejected``.
+    ``from_json``: the objects come from ``parse_record`` (no non-finite floats in them)."""
+    valid: list[dict[str, Any]] = []
+    valid_indices: list[int] = []
+    check_timestamp = schema is None or "timestamp" not in schema  # else the schema's converter checks it
+    for i, obj in zip(indices, objs, strict=True):
+        problem = validate_event(obj, from_json, check_timestamp)
         if problem is None:
-            events.append(obj)
-            indices.append(i)
+            valid.append(obj)
+            valid_indices.append(i)
         else:
             rejected.append(Rejected(i, problem[0], problem[1]))
-    return Decoded(events, indices, rejected)
+    if schema is None:
+        return Decoded(valid, valid_indices, rejected, valid)
+    typed, problems = schema.convert(valid, text)
+    if not problems:
+        return Decoded(typed, valid_indices, rejected, valid)
+    keep = [j for j in range(len(valid)) if j not in problems]
+    for j, exc in problems.items():
+        rejected.append(Rejected(valid_indices[j], exc.reason, str(exc)))
+    return Decoded([typed[j] for j in keep], [valid_indices[j] for j in keep], rejected, [valid[j] for j in keep])
 
 
-def validate_event(obj: object, finite_floats: bool = False) -> tuple[RejectReason, str] | None:
+def validate_event(obj: object, finite_floats: bool = False, check_timestamp: bool = True) -> Problem | None:
     """Check one parsed JSON value against the event contract; ``None`` when valid.
 
     ``finite_floats=True`` says the object comes from orjson, which rejects NaN, Infinity and
@@ -97,7 +149,7 @@ def validate_event(obj: object, finite_floats: bool = False) -> tuple[RejectReas
                     return RejectReason.NON_FINITE_NUMBER, f"field {name!r} is not finite"
             elif isinstance(value, _NESTED):
                 return RejectReason.WRONG_TYPE, f"field {name!r}: nested values are not supported"
-    ts = obj.get("timestamp")
+    ts = obj.get("timestamp") if check_timestamp else None
     if ts is not None:
         try:
             parse_timestamp_ms(ts)
@@ -107,16 +159,17 @@ def validate_event(obj: object, finite_floats: bool = False) -> tuple[RejectReas
 
 
 def _may_repeat_keys(raw: bytes, obj: dict[str, Any]) -> bool:
-    """Cheap pre-check (two C-level scans): more key-like ``":`` than keys means a repeated key
-    (JSON parsers keep the last one silently, so ``amount`` could be read two ways) — or merely a
-    string value containing ``":``, which the exact check below tells apart."""
+    """Sound pre-check for a repeated key: every key in the text ends in ``"``, optional JSON
+    whitespace (space, tab, newline, carriage return) and ``:``. With no more such matches than
+    keys parsed, no key can repeat; with more, it may (or a string value contains ``":``) and the
+    stdlib parser decides. The first test is one C-level scan: too few colons for any repeat."""
     keys = len(obj)
-    if raw.count(b":") <= keys:  # one scan: every key needs a colon, so no room for a repeat
+    if raw.count(b":") <= keys:
         return False
-    return raw.count(b'":') + raw.count(b'" :') > keys
+    return len(_KEY_END.findall(raw)) > keys
 
 
-def _duplicate_key(raw: bytes) -> tuple[RejectReason, str] | None:
+def _duplicate_key(raw: bytes) -> Problem | None:
     seen: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -134,15 +187,15 @@ def _duplicate_key(raw: bytes) -> tuple[RejectReason, str] | None:
     return None
 
 
-def _classify_parse_error(index: int, raw: bytes, exc: Exception) -> Rejected:
+def _classify_parse_error(raw: bytes, exc: Exception) -> Problem:
     """Tell non-finite numbers (NaN, Infinity, 1e400) apart from other invalid JSON."""
     message = str(exc)
     if "infinity" in message.lower():
-        return Rejected(index, RejectReason.NON_FINITE_NUMBER, message[:200])
+        return RejectReason.NON_FINITE_NUMBER, message[:200]
     if b"NaN" in raw or b"Infinity" in raw:
         try:  # the stdlib accepts these non-standard literals; if it parses, that was the only problem
             json.loads(raw)
-            return Rejected(index, RejectReason.NON_FINITE_NUMBER, "NaN or Infinity is not a valid number")
+            return RejectReason.NON_FINITE_NUMBER, "NaN or Infinity is not a valid number"
         except (ValueError, RecursionError):
             pass
-    return Rejected(index, RejectReason.INVALID_JSON, message[:200])
+    return RejectReason.INVALID_JSON, message[:200]

@@ -16,7 +16,7 @@ CASES: list[tuple[bytes | None, RejectReason | None]] = [
     (b'{"event_id": "d", "schema_version": 1}', None),
     (b"not json", RejectReason.INVALID_JSON),
     (b"\xff\xfe{}", RejectReason.INVALID_JSON),
-    (None, RejectReason.INVALID_JSON),
+    (None, RejectReason.TOMBSTONE),
     (b"[1]", RejectReason.NOT_AN_OBJECT),
     (b'"text"', RejectReason.NOT_AN_OBJECT),
     (b'{"amount": 1}', RejectReason.MISSING_EVENT_ID),

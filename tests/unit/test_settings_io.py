@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from stream_detector.errors import ConfigError, InputError, ThresholdUnavailable
-from stream_detector.events_io import read_events
+from stream_detector.inputs import load_events
 from stream_detector.pipeline.threshold import ThresholdCache, decide
 from stream_detector.settings import load_settings
 from stream_detector.simulate import PATTERNS, Simulator
@@ -41,21 +41,23 @@ def test_csv_row_and_json_object_are_the_same_event(tmp_path):
     (tmp_path / "a.csv").write_text("event_id,account_id,amount,n,country,empty,label\n1,007,12.5,3,US,,0\n")
     with gzip.open(tmp_path / "a.jsonl.gz", "wb") as f:
         f.write(orjson.dumps({**rows[0], "label": 0}) + b"\n")
-    from_csv = read_events(tmp_path / "a.csv", label_column="label")
-    from_json = read_events(tmp_path / "a.jsonl.gz", label_column="label")
-    assert from_csv.events == from_json.events == rows
+    from_csv = load_events(tmp_path / "a.csv", label_column="label")
+    from_json = load_events(tmp_path / "a.jsonl.gz", label_column="label")
+    assert from_csv.schema == from_json.schema
+    assert from_csv.events == from_json.events == [{**rows[0], "amount": 12.5, "n": 3.0}]
     assert from_csv.labels == from_json.labels == ["0"]
 
 
-def test_id_column_and_generated_ids(tmp_path):
+def test_id_column_generated_ids_and_bad_rows(tmp_path):
     (tmp_path / "b.csv").write_text("tx,amount\nT-9,1\n,2\n")
-    events = read_events(tmp_path / "b.csv", id_column="tx").events
+    events = load_events(tmp_path / "b.csv", id_column="tx").events
     assert events[0]["event_id"] == "T-9" and events[1]["event_id"] == "b-1" and "tx" not in events[0]
     with pytest.raises(InputError):
-        read_events(tmp_path / "missing.csv")
-    (tmp_path / "c.jsonl").write_text("{oops\n")
-    with pytest.raises(InputError, match="c.jsonl:1"):
-        read_events(tmp_path / "c.jsonl")
+        load_events(tmp_path / "missing.csv")
+    (tmp_path / "c.jsonl").write_text('{oops\n{"event_id": "ok", "amount": 1}\n')
+    data = load_events(tmp_path / "c.jsonl")  # a bad line is that row's rejection, as in a worker
+    assert [e["event_id"] for e in data.events] == ["ok"]
+    assert [(r.index, r.reason.value) for r in data.rejected] == [(0, "invalid_json")]
 
 
 def test_simulator_is_seeded_and_injects_each_pattern():

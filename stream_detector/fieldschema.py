@@ -1,0 +1,574 @@
+"""The field schema: one type per input field, fitted at training, stored in the bundle, applied by
+ONE converter to CSV cells, JSON Lines values, Parquet values and Kafka records alike.
+
+Why: a reader that guesses types on its own turns the same event into different features — a
+CSV ``True`` learnt as a category string and a JSON ``true`` scored as an unseen value flags every
+live event. Here a field's type is decided once, from the training rows, by the rules below
+(printed by ``train``, overridable with ``--schema FILE`` / ``--field NAME=TYPE``), and every value
+of every input is converted by the rule of its field's type — or rejected with a reason.
+
+Types and conversion rules (``convert``):
+
+=============  =========================================================  ==============================
+type           accepted (→ converted to)                                   anything else
+=============  =========================================================  ==============================
+``number``     JSON numbers; text written as a number in the reader's      ``wrong_type`` (a boolean is
+               format (decimal mark, thousands groups of three) → float    not a number); ``1e400`` →
+                                                                           ``non_finite_number``
+``boolean``    ``true``/``false``; ``1``/``0`` as numbers or text; text    ``wrong_type``
+               ``true``/``false`` in any case → bool (a 0/1 feature)
+``category``   text; numbers → their JSON text; booleans → ``true``/      —
+               ``false`` (so CSV ``5`` and JSON ``5`` are one category)
+``identifier`` text (kept exactly, leading zeros included); integers →     ``wrong_type``; never a feature
+               their digits (exact, 19+ digits too)
+``timestamp``  RFC 3339 text (naive = UTC); epoch numbers (or numeric      ``invalid_timestamp``;
+               text) in the field's ``unit`` — ``auto``: by magnitude,    outside the plausible range →
+               < 1e11 seconds, < 1e14 ms, < 1e17 µs, else ns → epoch ms   ``implausible_timestamp``
+``ignored``    anything, untouched; never a feature                        —
+=============  =========================================================  ==============================
+
+Missing values (JSON ``null``, a CSV cell that is one of the reader's missing-value markers) stay
+missing for every type; features impute them (``features.py``). A field the schema does not know
+(new in live traffic) is passed through untouched and is not a feature.
+
+**Plausible timestamps**: within ``plausible_years`` (10) of the training rows' time range; when
+training saw no timestamps, 1990-01-01 .. 2100-01-01. A value outside is dead-lettered, never
+scored as a date in 1970.
+
+Inference rules (``infer_schema``), first match wins, each printed with its reason:
+
+1. ``event_id``, the ``--id-column``, ``account_id``, entity keys, and names ``id`` / ``*_id`` →
+   ``identifier``; ``timestamp`` → ``timestamp``; ``schema_version``, the label column and
+   ``--exclude`` fields → ``ignored``.
+2. no value present → ``ignored`` ("no values").
+3. every value a boolean (or boolean text) → ``boolean``.
+4. every value a number: integers with a leading zero (``007``) or more than 15 digits →
+   ``identifier`` (digits that a float cannot hold are a code, not an amount); else ``number``.
+5. at least 98 % numbers and the rest text → ``number``; the text values' rows are reported (field,
+   count, examples) and left out of training, as a live event with them is rejected.
+6. every value RFC 3339 text → ``timestamp`` (not a feature).
+7. otherwise ``category`` — unless more than half the values are distinct and there are more than
+   ``max_categories`` of them: ``identifier`` (one-hot would only memorise ids).
+
+The converter works on batches: per field, one C-level pass finds the set of value types in the
+column, and only a column whose types do not already match its field's type is converted value by
+value (native JSON from Kafka usually matches: no per-value work on the hot path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from enum import StrEnum
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .schema import RejectReason
+
+SCHEMA_FORMAT = 1
+NUMERIC_SHARE = 0.98  # rule 5
+PLAUSIBLE_YEARS = 10.0
+_YEAR_MS = 365.25 * 86_400_000.0
+_DEFAULT_RANGE_MS = (631_152_000_000.0, 4_102_444_800_000.0)  # 1990-01-01 .. 2100-01-01 UTC
+_MAX_EXACT_INT = 2**53
+_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False}
+_UNIT_MS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
+TIMESTAMP_UNITS = ("auto", *_UNIT_MS)
+
+
+class FieldType(StrEnum):
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    CATEGORY = "category"
+    TIMESTAMP = "timestamp"
+    IDENTIFIER = "identifier"
+    IGNORED = "ignored"
+
+
+FEATURE_TYPES = frozenset({FieldType.NUMBER, FieldType.BOOLEAN, FieldType.CATEGORY})
+# value types that already are what the field's type converts to: such a column is left as it is
+_NATIVE: dict[FieldType, frozenset[type]] = {
+    FieldType.NUMBER: frozenset({int, float, type(None)}),
+    FieldType.BOOLEAN: frozenset({bool, type(None)}),
+    FieldType.CATEGORY: frozenset({str, type(None)}),
+    FieldType.IDENTIFIER: frozenset({str, type(None)}),
+}
+
+
+class ConversionError(ValueError):
+    """One value does not fit its field's type; ``reason`` is the dead-letter reason."""
+
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TextFormat:
+    """How numbers are written in text: the decimal mark and the thousands separator (``None``:
+    none accepted). A grouped number must have groups of exactly three digits (``1,234.56``), so
+    ``1,5`` is never read as fifteen. JSON strings use ``JSON_TEXT``."""
+
+    decimal: str = "."
+    thousands: str | None = ","
+
+    def __post_init__(self) -> None:
+        if len(self.decimal) != 1 or self.decimal.isdigit() or self.decimal in "+-":
+            raise ValueError(f"decimal mark must be one non-digit character, got {self.decimal!r}")
+        if self.thousands is not None and (self.thousands == self.decimal or self.thousands.isdigit()
+                                           or len(self.thousands) != 1):
+            raise ValueError(f"thousands separator must be one character other than the decimal mark, "
+                             f"got {self.thousands!r}")
+        dec, sep = re.escape(self.decimal), re.escape(self.thousands or "")
+        grouped = rf"|\d{{1,3}}(?:{sep}\d{{3}})+" if self.thousands else ""
+        object.__setattr__(self, "_pattern", re.compile(
+            rf"^[+-]?(?:(?:\d+{grouped})(?:{dec}\d*)?|{dec}\d+)(?:[eE][+-]?\d+)?$"))
+
+    def parse(self, text: str) -> float | None:
+        """The number written in ``text`` (surrounding spaces ignored), or ``None`` when it is not one."""
+        stripped = text.strip()
+        if not self._pattern.match(stripped):  # type: ignore[attr-defined]
+            return None
+        if self.thousands:
+            stripped = stripped.replace(self.thousands, "")
+        return float(stripped.replace(self.decimal, ".")) if self.decimal != "." else float(stripped)
+
+
+JSON_TEXT = TextFormat(".", ",")
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """One field's type (and, for timestamps, its unit); ``note`` says why it was chosen."""
+
+    name: str
+    type: FieldType
+    unit: str = "auto"
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type.value}
+        if self.type is FieldType.TIMESTAMP:
+            out["unit"] = self.unit
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(frozen=True)
+class FieldSchema:
+    """The fitted schema: ordered field rules plus the training rows' time range (epoch ms)."""
+
+    fields: tuple[FieldRule, ...]
+    time_range_ms: tuple[float, float] | None = None
+    plausible_years: float = PLAUSIBLE_YEARS
+    _by_name: dict[str, FieldRule] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name.update({rule.name: rule for rule in self.fields})
+        if len(self._by_name) != len(self.fields):
+            raise ValueError("a field appears twice in the schema")
+
+    def __getitem__(self, name: str) -> FieldRule:
+        return self._by_name[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    @property
+    def feature_fields(self) -> list[FieldRule]:
+        """Number, boolean and category fields, in schema order: the inputs of the feature spec."""
+        return [rule for rule in self.fields if rule.type in FEATURE_TYPES]
+
+    @property
+    def plausible_ms(self) -> tuple[float, float]:
+        """Timestamps outside this range (epoch ms) are ``implausible_timestamp``."""
+        if self.time_range_ms is None:
+            return _DEFAULT_RANGE_MS
+        margin = self.plausible_years * _YEAR_MS
+        return self.time_range_ms[0] - margin, self.time_range_ms[1] + margin
+
+    # ---- the converter ---------------------------------------------------------------------
+    def convert(self, events: Sequence[dict[str, Any]], text: TextFormat = JSON_TEXT,
+                ) -> tuple[list[dict[str, Any]], dict[int, ConversionError]]:
+        """Events → (typed events, {row: problem}); never raises on data.
+
+        A row whose values already have their types is returned as the same dict; a row with a
+        value converted is a shallow copy (callers that keep events "as received" keep the input
+        list). A row with a problem keeps its input dict and is listed once, with its first problem.
+        ``text`` is the number format of text values (a CSV's ``--decimal``/``--thousands``).
+        """
+        out = list(events)
+        problems: dict[int, ConversionError] = {}
+        rules = [rule for rule in self.fields if rule.type is not FieldType.IGNORED]
+        columns = _columns(events, [rule.name for rule in rules])
+        for rule, column in zip(rules, columns, strict=True):
+            native = _NATIVE.get(rule.type)
+            if native is not None and native.issuperset(map(type, column)):
+                continue
+            if rule.type is FieldType.TIMESTAMP and _already_ms(column, rule.unit, self.plausible_ms):
+                continue
+            convert = _converter(rule, text, self.plausible_ms)
+            for i, value in enumerate(column):
+                if value is None or i in problems:
+                    continue
+                try:
+                    new = convert(value)
+                except ConversionError as exc:
+                    problems[i] = exc
+                    continue
+                if new is not value:
+                    if out[i] is events[i]:
+                        out[i] = dict(events[i])
+                    out[i][rule.name] = new
+        for i in problems:
+            out[i] = events[i]
+        return out, problems
+
+    # ---- persistence -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": SCHEMA_FORMAT, "fields": [rule.to_dict() for rule in self.fields],
+                "time_range_ms": list(self.time_range_ms) if self.time_range_ms else None,
+                "plausible_years": self.plausible_years}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2)
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FieldSchema:
+        """Raises ``ValueError`` naming the problem (unknown type or unit, bad format)."""
+        if data.get("format", SCHEMA_FORMAT) != SCHEMA_FORMAT:
+            raise ValueError(f"unsupported field schema format {data.get('format')!r}")
+        rules = tuple(rule_from_dict(item) for item in data.get("fields", ()))
+        span = data.get("time_range_ms")
+        return cls(rules, (float(span[0]), float(span[1])) if span else None,
+                   float(data.get("plausible_years", PLAUSIBLE_YEARS)))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> FieldSchema:
+        return cls.from_dict(orjson.loads(raw))
+
+    def describe(self) -> list[str]:
+        """One line per field for ``train``'s output: name, type, why."""
+        width = max((len(rule.name) for rule in self.fields), default=5)
+        lines = []
+        for rule in self.fields:
+            kind = f"{rule.type.value} ({rule.unit})" if rule.type is FieldType.TIMESTAMP else rule.type.value
+            role = "feature" if rule.type in FEATURE_TYPES else "not a feature"
+            lines.append(f"  {rule.name:<{width}}  {kind:<16} {role:<14} {rule.note}".rstrip())
+        return lines
+
+
+def rule_from_dict(item: Mapping[str, Any]) -> FieldRule:
+    try:
+        kind = FieldType(item["type"])
+    except (KeyError, ValueError):
+        raise ValueError(f"field {item.get('name')!r}: type must be one of "
+                         f"{', '.join(t.value for t in FieldType)}, got {item.get('type')!r}") from None
+    unit = str(item.get("unit", "auto"))
+    if unit not in TIMESTAMP_UNITS:
+        raise ValueError(f"field {item.get('name')!r}: unit must be one of {', '.join(TIMESTAMP_UNITS)}")
+    return FieldRule(str(item["name"]), kind, unit, str(item.get("note", "")))
+
+
+# ---- conversion of one value ----------------------------------------------------------------------
+
+
+def _columns(events: Sequence[dict[str, Any]], names: list[str]) -> list[Sequence[Any]]:
+    """One sequence of values per name: itemgetter + a C-level transpose when every event has every
+    field, else one ``.get`` pass per field."""
+    if not names or not events:
+        return [[None] * len(events) for _ in names]
+    if len(names) > 1:
+        try:
+            return list(zip(*map(itemgetter(*names), events), strict=True))
+        except KeyError:
+            pass
+    return [[e.get(name) for e in events] for name in names]
+
+
+def _converter(rule: FieldRule, text: TextFormat, plausible: tuple[float, float]) -> Any:
+    name = rule.name
+    if rule.type is FieldType.NUMBER:
+        return lambda v: _to_number(name, v, text)
+    if rule.type is FieldType.BOOLEAN:
+        return lambda v: _to_boolean(name, v)
+    if rule.type is FieldType.CATEGORY:
+        return _to_category
+    if rule.type is FieldType.IDENTIFIER:
+        return lambda v: _to_identifier(name, v)
+    return lambda v: _to_timestamp(name, v, rule.unit, plausible, text)
+
+
+def _wrong(name: str, value: Any, expected: str) -> ConversionError:
+    shown = repr(value) if not isinstance(value, str) else repr(value[:40])
+    return ConversionError(RejectReason.WRONG_TYPE,
+                           f"field {name!r} must be {expected}, got {type(value).__name__} {shown}")
+
+
+def _to_number(name: str, value: Any, text: TextFormat) -> float | int:
+    if isinstance(value, bool):
+        raise _wrong(name, value, "a number")
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConversionError(RejectReason.NON_FINITE_NUMBER, f"field {name!r} is not finite")
+        return value
+    if isinstance(value, str):
+        number = text.parse(value)
+        if number is None:
+            raise _wrong(name, value, "a number")
+        if not math.isfinite(number):
+            raise ConversionError(RejectReason.NON_FINITE_NUMBER, f"field {name!r} is not finite: {value[:40]!r}")
+        return number
+    raise _wrong(name, value, "a number")
+
+
+def _to_boolean(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        flag = _BOOL_TEXT.get(value.strip().lower())
+        if flag is not None:
+            return flag
+    raise _wrong(name, value, "a boolean (true/false or 1/0)")
+
+
+def _to_category(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return orjson.dumps(value).decode()
+
+
+def _to_identifier(name: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        if abs(value) < _MAX_EXACT_INT:
+            return str(int(value))
+        raise ConversionError(RejectReason.WRONG_TYPE, f"field {name!r}: id {value:.6g} is a float too large "
+                              f"to name one id exactly (write it as text or an integer)")
+    raise _wrong(name, value, "an identifier (text or integer)")
+
+
+def _already_ms(column: Sequence[Any], unit: str, plausible: tuple[float, float]) -> bool:
+    """True when every value is an epoch-milliseconds number inside the plausible range: the
+    converter would return each unchanged (one numpy pass instead of one call per value)."""
+    if unit not in ("auto", "ms") or not _NATIVE[FieldType.NUMBER].issuperset(map(type, column)):
+        return False
+    values = np.array(column, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if unit == "auto" and not ((np.abs(values) >= 1e11) & (np.abs(values) < 1e14)).all():
+        return False
+    return bool(((values >= plausible[0]) & (values <= plausible[1])).all())
+
+
+def epoch_to_ms(value: float, unit: str) -> float:
+    """Epoch number → epoch milliseconds; ``auto`` picks the unit by magnitude (< 1e11 seconds,
+    < 1e14 milliseconds, < 1e17 microseconds, else nanoseconds: each covers 1973..5138)."""
+    if unit == "auto":
+        size = abs(value)
+        unit = "s" if size < 1e11 else "ms" if size < 1e14 else "us" if size < 1e17 else "ns"
+    return value * _UNIT_MS[unit]
+
+
+def _to_timestamp(name: str, value: Any, unit: str, plausible: tuple[float, float], text: TextFormat) -> float:
+    if isinstance(value, bool):
+        raise ConversionError(RejectReason.INVALID_TIMESTAMP, f"field {name!r}: a boolean is not a timestamp")
+    if isinstance(value, str):
+        number = text.parse(value)
+        if number is not None:
+            value = number
+        else:
+            ms = _rfc3339_ms(value)
+            if ms is None:
+                raise ConversionError(RejectReason.INVALID_TIMESTAMP,
+                                      f"field {name!r} is neither RFC 3339 nor an epoch number: {value[:40]!r}")
+            return _plausible(name, ms, plausible, value)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConversionError(RejectReason.INVALID_TIMESTAMP, f"field {name!r} is not a timestamp: {value!r}")
+    return _plausible(name, epoch_to_ms(float(value), unit), plausible, value)
+
+
+def _plausible(name: str, ms: float, plausible: tuple[float, float], raw: Any) -> float:
+    if not plausible[0] <= ms <= plausible[1]:
+        when = datetime.fromtimestamp(ms / 1000.0, timezone.utc) if abs(ms) < 2.5e14 else None
+        shown = when.isoformat(timespec="seconds") if when else f"{ms:.4g} ms"
+        raise ConversionError(RejectReason.IMPLAUSIBLE_TIMESTAMP,
+                              f"field {name!r}: {raw!r} is {shown}, outside the plausible range of this model")
+    return ms
+
+
+def _rfc3339_ms(text: str) -> float | None:
+    stripped = text.strip()
+    if stripped.endswith(("Z", "z")):
+        stripped = stripped[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(stripped)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp() * 1000.0
+
+
+# ---- inference ------------------------------------------------------------------------------------
+
+_RESERVED_IDS = ("event_id", "account_id")
+_LEADING_ZERO = re.compile(r"^[+-]?0\d")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """What ``train`` knows beyond the rows: ids, keys, exclusions, overrides (rules 1 and the CLI)."""
+
+    identifiers: frozenset[str] = frozenset()
+    ignored: frozenset[str] = frozenset()
+    overrides: Mapping[str, FieldRule] = field(default_factory=dict)
+    max_categories: int = 32
+    text: TextFormat = JSON_TEXT
+
+
+@dataclass
+class Inferred:
+    """The schema and what ``train`` must report: per field, rows whose value will not convert."""
+
+    schema: FieldSchema
+    warnings: list[str]
+
+
+def infer_schema(rows: Sequence[Mapping[str, Any]], options: InferenceOptions = InferenceOptions()) -> Inferred:
+    """Fit a ``FieldSchema`` on raw training rows (text cells or JSON values) by the module's rules."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    rules: list[FieldRule] = []
+    warnings: list[str] = []
+    for name in names:
+        override = options.overrides.get(name)
+        if override is not None:
+            rules.append(replace(override, note=override.note or "set by --schema/--field"))
+            continue
+        by_name = _rule_by_name(name, options)
+        if by_name is not None:
+            rules.append(by_name)
+            continue
+        rules.append(_rule_by_values(name, [r.get(name) for r in rows], options, warnings))
+    for name, override in options.overrides.items():
+        if name not in names:
+            rules.append(replace(override, note=override.note or "set by --schema/--field (not in the data)"))
+    provisional = FieldSchema(tuple(rules))
+    return Inferred(FieldSchema(tuple(rules), _time_range(rows, provisional, options.text)), warnings)
+
+
+def _rule_by_name(name: str, options: InferenceOptions) -> FieldRule | None:
+    lower = name.lower()
+    if name in options.ignored:
+        return FieldRule(name, FieldType.IGNORED, note="label or --exclude")
+    if name == "schema_version":
+        return FieldRule(name, FieldType.IGNORED, note="reserved: event schema version")
+    if name == "timestamp":
+        return FieldRule(name, FieldType.TIMESTAMP, note="reserved: event time")
+    if name in options.identifiers or name in _RESERVED_IDS:
+        return FieldRule(name, FieldType.IDENTIFIER, note="id column or entity key")
+    if lower == "id" or lower.endswith("_id"):
+        return FieldRule(name, FieldType.IDENTIFIER, note="named *_id")
+    return None
+
+
+def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, warnings: list[str]) -> FieldRule:
+    present = [v for v in values if v is not None]
+    if not present:
+        return FieldRule(name, FieldType.IGNORED, note="no values")
+    if all(_is_boolean(v) for v in present):
+        return FieldRule(name, FieldType.BOOLEAN, note="true/false values")
+    numbers = [v for v in present if _is_number(v, options.text)]
+    if len(numbers) == len(present):
+        coded = [v for v in present if _looks_like_code(v)]
+        if coded:
+            return FieldRule(name, FieldType.IDENTIFIER,
+                             note=f"numeric codes (e.g. {coded[0]!r}: leading zero or >15 digits)")
+        return FieldRule(name, FieldType.NUMBER, note="numbers")
+    if len(numbers) >= NUMERIC_SHARE * len(present):
+        odd = [v for v in present if not _is_number(v, options.text)]
+        warnings.append(f"field {name!r}: {len(odd)} of {len(present)} values are not numbers "
+                        f"(e.g. {', '.join(repr(v) for v in odd[:3])}); those rows are left out of training "
+                        f"and rejected when scored (override with --field {name}=category)")
+        return FieldRule(name, FieldType.NUMBER, note=f"numbers ({len(odd)} values are not)")
+    if all(isinstance(v, str) and _rfc3339_ms(v) is not None for v in present):
+        return FieldRule(name, FieldType.TIMESTAMP, note="RFC 3339 times")
+    distinct = len({_to_category(v) for v in present})
+    if distinct > 0.5 * len(present) and distinct > options.max_categories:
+        return FieldRule(name, FieldType.IDENTIFIER,
+                         note=f"{distinct} distinct values in {len(present)} rows: an id, not a category")
+    return FieldRule(name, FieldType.CATEGORY, note="text")
+
+
+def _is_boolean(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false"))
+
+
+def _is_number(value: Any, text: TextFormat) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, str) and text.parse(value) is not None
+
+
+def _looks_like_code(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) >= 10**15
+    if isinstance(value, str):
+        digits = value.strip()
+        return bool(_LEADING_ZERO.match(digits)) or (digits.lstrip("+-").isdigit() and len(digits.lstrip("+-")) > 15)
+    return False
+
+
+def _time_range(rows: Sequence[Mapping[str, Any]], schema: FieldSchema, text: TextFormat) -> tuple[float, float] | None:
+    """Training time range (epoch ms) over every timestamp field's convertible values."""
+    lo, hi = math.inf, -math.inf
+    wide = (-math.inf, math.inf)
+    for rule in schema.fields:
+        if rule.type is not FieldType.TIMESTAMP:
+            continue
+        for row in rows:
+            value = row.get(rule.name)
+            if value is None:
+                continue
+            try:
+                ms = _to_timestamp(rule.name, value, rule.unit, wide, text)
+            except ConversionError:
+                continue
+            lo, hi = min(lo, ms), max(hi, ms)
+    return (lo, hi) if lo <= hi else None
+
+
+def parse_overrides(specs: Iterable[str]) -> dict[str, FieldRule]:
+    """``--field NAME=TYPE`` or ``NAME=timestamp:UNIT`` options → rules; ``ValueError`` names a bad one."""
+    out: dict[str, FieldRule] = {}
+    for spec in specs:
+        name, sep, kind = spec.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--field takes NAME=TYPE, got {spec!r}")
+        kind, _, unit = kind.partition(":")
+        out[name] = rule_from_dict({"name": name, "type": kind, "unit": unit or "auto"})
+    return out
