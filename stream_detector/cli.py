@@ -155,8 +155,10 @@ def _schema_file(path: Path) -> dict[str, Any]:
         data = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"--schema {path}: not JSON ({exc})") from None
-    items = data.get("fields") if isinstance(data, dict) and "fields" in data else [
-        {"name": k, **(v if isinstance(v, dict) else {"type": v})} for k, v in (data or {}).items()]
+    if not isinstance(data, dict):
+        raise ValueError(f"--schema {path}: expected a JSON object")
+    items = data["fields"] if isinstance(data.get("fields"), list) else [
+        {"name": k, **(v if isinstance(v, dict) else {"type": v})} for k, v in data.items()]
     return {rule.name: rule for rule in (rule_from_dict(item) for item in items)}
 
 
@@ -461,9 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model bundle from a CSV, JSON Lines or Parquet file",
-                       description="Infer the field schema, fit features and an autoencoder on normal rows, calibrate the "
-                                   "threshold on held-back normal rows, export TorchScript.")
-    p.add_argument("--input", required=True, help="CSV (with header), JSON Lines or Parquet, optionally compressed")
+                       description="Infer the field schema (printed; stored in the bundle), fit features and "
+                                   "an autoencoder on normal rows, calibrate the threshold on held-back normal "
+                                   "rows, export TorchScript. Refuses (exit 2, no bundle) input that cannot make "
+                                   "a usable model.")
+    p.add_argument("--input", required=True,
+                   help="CSV (with header), JSON Lines or Parquet, optionally compressed")
     p.add_argument("--out", required=True, help="directory for the bundle")
     p.add_argument("--label-column", help="column with labels; only --normal-label rows are trained on")
     p.add_argument("--normal-label", default="0", help="label value of normal rows (default: 0)")

@@ -125,7 +125,7 @@ def _read_jsonl(path: Path, limit: int | None) -> RawRows:
     raws: list[bytes | None] = []
     rejected: list[RowRejection] = []
     with _open_binary(path) as stream:
-        for line in io.BufferedReader(stream):  # type: ignore[arg-type]
+        for line in io.BufferedReader(stream):
             if limit is not None and len(rows) >= limit:
                 break
             raw = line.rstrip(b"\r\n")

@@ -52,7 +52,7 @@ class FileEvents:
                 f"e.g. row {first.index + 1}: {first.message})")
 
 
-def load_events(path: Path, *, options: ReaderOptions = ReaderOptions(), id_column: str | None = None,
+def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: str | None = None,
                 label_column: str | None = None, schema: FieldSchema | None = None,
                 inference: InferenceOptions | None = None, limit: int | None = None) -> FileEvents:
     """Read and type ``path``. With ``schema`` (scoring) values are converted by it; without, one is
@@ -60,7 +60,7 @@ def load_events(path: Path, *, options: ReaderOptions = ReaderOptions(), id_colu
 
     Raises ``InputError`` when the file cannot be read, has no rows, or lacks the label column.
     """
-    raw = read_rows(path, options, limit)
+    raw = read_rows(path, options or ReaderOptions(), limit)
     if not raw.rows:
         raise InputError(f"{path}: no rows")
     stem = path.name.split(".")[0]

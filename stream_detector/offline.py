@@ -1,9 +1,10 @@
 """Offline scoring (backtests, training reports): the worker's steps 2-4 on events from a file.
 
-Same validation, same field schema (typing), same ``FeatureSpec``, same TorchScript head as the worker, so ``stream-detector
-score`` and a worker agree on every event (an integration test holds them to it). A bundle with
-an entity spec enriches the valid rows in file order with in-memory state (step 3a), as a worker
-fed the file from scratch would.
+Same validation, same field schema (typing), same ``FeatureSpec``, same TorchScript head as the
+worker, so ``stream-detector score`` and a worker agree on every event (an integration test holds
+them to it), and a bad row is that row's rejection with the worker's reason, never the file's.
+A bundle with an entity spec enriches the valid rows in file order with in-memory state (step
+3a), as a worker fed the file from scratch would.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from .entity import Enricher, InMemoryState
-from .model.bundle import Bundle
 from .fieldschema import JSON_TEXT, TextFormat
+from .model.bundle import Bundle
 from .pipeline.decode import Decoded, Rejected, type_events
 from .pipeline.score import Scorer, scores_of
 

@@ -2,10 +2,11 @@
 
 On disk a bundle is a directory of four files, plus the optional ``schema.json`` (the field
 schema: how each input field is typed, ``fieldschema.py``) and ``entity.json`` (an entity spec);
-optional so older bundles stay loadable (a bundle without a schema types nothing: as before). ``metadata.json`` lists the sha256 of the
-others and an overall ``sha256`` (of the sorted per-file digests); the model version is derived
-from creation time and that digest, so equal content never hides behind one name. Loading
-verifies every digest, so a truncated or edited file is refused (``ModelError``) and never scored.
+optional so older bundles stay loadable (a bundle without a schema types nothing: as before).
+``metadata.json`` lists the sha256 of the others and an overall ``sha256`` (of the sorted
+per-file digests); the model version is derived from creation time and that digest, so equal
+content never hides behind one name. Loading verifies every digest, so a truncated or edited
+file is refused (``ModelError``) and never scored.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from ..fieldschema import JSON_TEXT, ConversionError, FieldSchema, TextFormat
+from ..fieldschema import JSON_TEXT, FieldSchema, TextFormat
 from ..schema import SUPPORTED_SCHEMA_VERSIONS, RejectReason, parse_timestamp_ms
 
 _NESTED = (dict, list)

@@ -38,7 +38,7 @@ log = logging.getLogger("stream_detector.publish")
 class OutMessage:
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None only for a dead-lettered tombstone (kept null, distinct from b"")
     headers: list[tuple[str, bytes]]
 
 
@@ -130,12 +130,13 @@ def build_alerts(
 
 
 def build_dead_letters(batch: Batch, rejected: Sequence[Rejected], topic: str) -> list[OutMessage]:
-    """Original bytes as the value; the reason, message and source position as headers."""
+    """Original bytes (a tombstone's null stays null) and key; reason, message and source position
+    as headers."""
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
     out = []
     for rej in rejected:
         i = rej.index
-        out.append(OutMessage(topic, batch.keys[i], batch.values[i] or b"", [
+        out.append(OutMessage(topic, batch.keys[i], batch.values[i], [
             (DeadLetterHeaders.REASON, rej.reason.value.encode()),
             (DeadLetterHeaders.MESSAGE, rej.message.encode("utf-8", "replace")[:1000]),
             (DeadLetterHeaders.TOPIC, batch.topic.encode()),
