@@ -162,7 +162,7 @@ def _schema_file(path: Path) -> dict[str, Any]:
     return {rule.name: rule for rule in (rule_from_dict(item) for item in items)}
 
 
-def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = None) -> Any:
+def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = None, need_events: bool = True) -> Any:
     """Read and type ``--input``, and say what was read and what was left out (never silently)."""
     from .inputs import load_events
 
@@ -176,7 +176,7 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
         _say(f"warning: {warning}")
     if data.rejected:
         _say(f"warning: {data.rejection_summary()}")
-    if not data.events:
+    if need_events and not data.events:
         from .errors import InputError
 
         raise InputError(f"{args.input}: no row is a valid event ({data.rejection_summary()})")
@@ -230,7 +230,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from .offline import score_events
 
     bundle = load_bundle(Path(args.model))
-    data = _load_file(args, schema=bundle.schema)  # an older bundle without a schema: the file's own
+    data = _load_file(args, schema=bundle.schema, need_events=False)  # no schema (older bundle): the file's
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     scored = score_events(bundle, data.events, device=args.device or settings.device)
     by_row: dict[int, tuple[float, str | None, str | None]] = {

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ class RawRows:
     text: TextFormat  # number format of text values (JSON_TEXT for JSON Lines and Parquet)
     kind: str  # "csv", "jsonl" or "parquet"
     raws: list[bytes | None] = field(default_factory=list)  # JSON Lines: each line's bytes
+    rejected_ids: dict[int, str] = field(default_factory=dict)  # event_id read from a rejected line
 
 
 def file_kind(path: Path) -> str:
@@ -124,6 +126,7 @@ def _read_jsonl(path: Path, limit: int | None) -> RawRows:
     rows: list[dict[str, Any] | None] = []
     raws: list[bytes | None] = []
     rejected: list[RowRejection] = []
+    ids: dict[int, str] = {}
     with _open_binary(path) as stream:
         for line in io.BufferedReader(stream):
             if limit is not None and len(rows) >= limit:
@@ -134,11 +137,25 @@ def _read_jsonl(path: Path, limit: int | None) -> RawRows:
             obj, problem = parse_record(raw)
             if problem is not None:
                 rejected.append(RowRejection(len(rows), problem[0], f"line {len(rows) + 1}: {problem[1]}"))
+                ident = _salvage_id(raw)
+                if ident is not None:
+                    ids[len(rows)] = ident
                 rows.append(None)
             else:
                 rows.append(obj)
             raws.append(raw)
-    return RawRows(rows, rejected, JSON_TEXT, "jsonl", raws)
+    return RawRows(rows, rejected, JSON_TEXT, "jsonl", raws, ids)
+
+
+def _salvage_id(raw: bytes) -> str | None:
+    """The ``event_id`` of a rejected line when the lenient stdlib parser can still read it (NaN
+    literals, repeated keys), so the rejection names the event; ``None`` otherwise."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    ident = obj.get("event_id") if isinstance(obj, dict) else None
+    return ident if isinstance(ident, str) and ident else None
 
 
 # ---- Parquet: columns in their own types; times as epoch ms ------------------------------------------

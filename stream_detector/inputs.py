@@ -70,7 +70,7 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
     row_labels: list[str | None] = []
     for n, row in enumerate(raw.rows):
         if row is None:
-            ids.append(f"{stem}-{n}")
+            ids.append(raw.rejected_ids.get(n, f"{stem}-{n}"))
             row_labels.append(None)
             continue
         if label_column is not None:

@@ -48,8 +48,10 @@ def plot_scores(scores: np.ndarray, is_anomaly: np.ndarray | None, threshold: fl
         ax.hist(safe, bins=bins.tolist(), color="tab:blue", alpha=0.8, label="events")
     else:
         y = is_anomaly.astype(bool)
-        ax.hist(safe[~y], bins=bins.tolist(), color="tab:blue", alpha=0.6, density=True, label=f"normal ({(~y).sum()})")
-        ax.hist(safe[y], bins=bins.tolist(), color="tab:red", alpha=0.6, density=True, label=f"anomalous ({y.sum()})")
+        for rows, colour, name in ((~y, "tab:blue", "normal"), (y, "tab:red", "anomalous")):
+            if rows.any():  # a density of no rows is 0/0: a class without rows is left out
+                ax.hist(safe[rows], bins=bins.tolist(), color=colour, alpha=0.6, density=True,
+                        label=f"{name} ({rows.sum()})")
     ax.axvline(np.log10(max(threshold, 1e-12)), color="black", linestyle="--", label=f"threshold {threshold:.4g}")
     ax.set_xlabel("log10(reconstruction error)")
     ax.set_ylabel("density" if is_anomaly is not None else "events")
