@@ -41,7 +41,8 @@ Inference rules (``infer_schema``), first match wins, each printed with its reas
    ``identifier``; ``timestamp`` → ``timestamp``; ``schema_version``, the label column and
    ``--exclude`` fields → ``ignored``.
 2. no value present → ``ignored`` ("no values").
-3. every value a boolean (or boolean text) → ``boolean``.
+3. every value a boolean (``true``/``false`` in any case, or ``0``/``1`` beside at least one of
+   those) → ``boolean``; a column of only 0 and 1 is a ``number`` (a count can be 0 or 1 in training).
 4. every value a number: integers with a leading zero (``007``) or more than 15 digits →
    ``identifier`` (digits that a float cannot hold are a code, not an amount); else ``number``.
 5. at least 98 % numbers and the rest text → ``number``; the text values' rows are reported (field,
@@ -78,6 +79,7 @@ PLAUSIBLE_YEARS = 10.0
 _YEAR_MS = 365.25 * 86_400_000.0
 _DEFAULT_RANGE_MS = (631_152_000_000.0, 4_102_444_800_000.0)  # 1990-01-01 .. 2100-01-01 UTC
 _MAX_EXACT_INT = 2**53
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False}
 _UNIT_MS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
 TIMESTAMP_UNITS = ("auto", *_UNIT_MS)
@@ -427,7 +429,8 @@ def _rfc3339_ms(text: str) -> float | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp() * 1000.0
+    delta = parsed - _EPOCH  # integer arithmetic: an RFC 3339 time and its epoch ms agree exactly
+    return (delta.days * 86_400 + delta.seconds) * 1000.0 + delta.microseconds / 1000.0
 
 
 # ---- inference ------------------------------------------------------------------------------------
@@ -498,7 +501,7 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
     present = [v for v in values if v is not None]
     if not present:
         return FieldRule(name, FieldType.IGNORED, note="no values")
-    if all(_is_boolean(v) for v in present):
+    if all(_is_boolean(v) or _is_bit(v) for v in present) and any(_is_boolean(v) for v in present):
         return FieldRule(name, FieldType.BOOLEAN, note="true/false values")
     numbers = [v for v in present if _is_number(v, options.text)]
     if len(numbers) == len(present):
@@ -524,6 +527,12 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
 
 def _is_boolean(value: Any) -> bool:
     return isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false"))
+
+
+def _is_bit(value: Any) -> bool:
+    """0 or 1, as a number or text: a boolean's other spelling (rule 3 needs one true/false too)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and value in (0, 1)) or (
+        isinstance(value, str) and value.strip() in ("0", "1"))
 
 
 def _is_number(value: Any, text: TextFormat) -> bool:

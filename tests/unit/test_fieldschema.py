@@ -1,0 +1,266 @@
+"""The field schema (``fieldschema.py``): inference rules, conversion rules, and the parity suite —
+the same events written as CSV (with and without a byte-order mark, ``,`` and ``;`` with decimal
+commas, any boolean spelling, thousands groups, RFC 3339 or epoch times), JSON Lines and Kafka
+record values give one schema, one feature matrix and the same scores."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream_detector.features import fit_spec
+from stream_detector.fieldschema import (
+    JSON_TEXT,
+    FieldRule,
+    FieldSchema,
+    FieldType,
+    InferenceOptions,
+    TextFormat,
+    epoch_to_ms,
+    infer_schema,
+    parse_overrides,
+)
+from stream_detector.inputs import load_events
+from stream_detector.model.bundle import Bundle
+from stream_detector.offline import score_events
+from stream_detector.pipeline.decode import decode_batch
+from stream_detector.schema import RejectReason
+from stream_detector.simulate import Simulator
+
+T0 = 1_795_000_000_000  # 2026-11-18T11:06:40Z, epoch ms
+
+
+def _types(schema: FieldSchema) -> dict[str, str]:
+    return {rule.name: rule.type.value for rule in schema.fields}
+
+
+# ---- inference --------------------------------------------------------------------------------------
+
+
+def test_inference_rules_in_order() -> None:
+    rows = [{"event_id": f"e{i}", "account_id": i, "timestamp": T0 + i, "schema_version": 1,
+             "amount": f"{i}.5", "flag": ["True", "false"][i % 2], "flag_json": i % 2 == 0,
+             "terminal_id": f"t{i % 3}", "code": f"{i:05d}", "card": str(4_000_000_000_000_000 + i),
+             "country": ["US", "GB"][i % 2], "note": f"free text {i}", "seen_at": "2026-11-18T11:06:40.010Z",
+             "empty": None, "label": "legit"} for i in range(60)]
+    inferred = infer_schema(rows, InferenceOptions(ignored=frozenset({"label"})))
+    assert _types(inferred.schema) == {
+        "event_id": "identifier", "account_id": "identifier", "timestamp": "timestamp",
+        "schema_version": "ignored", "amount": "number", "flag": "boolean", "flag_json": "boolean",
+        "terminal_id": "identifier", "code": "identifier", "card": "identifier", "country": "category",
+        "note": "identifier", "seen_at": "timestamp", "empty": "ignored", "label": "ignored"}
+    assert inferred.schema.time_range_ms == (T0, T0 + 59)
+    assert [r.name for r in inferred.schema.feature_fields] == ["amount", "flag", "flag_json", "country"]
+    assert not inferred.warnings
+
+
+def test_a_mostly_numeric_field_is_a_number_and_the_rest_is_reported() -> None:
+    rows = [{"amount": str(i)} for i in range(99)] + [{"amount": "n/a"}]
+    inferred = infer_schema(rows)
+    assert inferred.schema["amount"].type is FieldType.NUMBER
+    assert len(inferred.warnings) == 1 and "'n/a'" in inferred.warnings[0] and "1 of 100" in inferred.warnings[0]
+    typed, problems = inferred.schema.convert(rows, JSON_TEXT)
+    assert list(problems) == [99] and problems[99].reason is RejectReason.WRONG_TYPE
+    assert typed[5]["amount"] == 5.0
+
+
+def test_overrides_win_and_bad_ones_are_named() -> None:
+    rows = [{"zip": "01234", "ts": 1_795_000_000} for _ in range(5)]
+    schema = infer_schema(rows, InferenceOptions(overrides=parse_overrides(["zip=category", "ts=timestamp:s"]))).schema
+    assert schema["zip"].type is FieldType.CATEGORY and schema["ts"].unit == "s"
+    with pytest.raises(ValueError, match="type must be one of"):
+        parse_overrides(["zip=text"])
+    with pytest.raises(ValueError, match="unit"):
+        parse_overrides(["ts=timestamp:days"])
+
+
+# ---- conversion -------------------------------------------------------------------------------------
+
+
+def _schema(*rules: tuple[str, FieldType], time_range: tuple[float, float] | None = (T0, T0 + 1)) -> FieldSchema:
+    return FieldSchema(tuple(FieldRule(n, t) for n, t in rules), time_range)
+
+
+@pytest.mark.parametrize(("kind", "value", "expected"), [
+    (FieldType.NUMBER, 12, 12), (FieldType.NUMBER, "12.5", 12.5), (FieldType.NUMBER, " 1,234.56 ", 1234.56),
+    (FieldType.NUMBER, "-.5", -0.5), (FieldType.NUMBER, "1e3", 1000.0),
+    (FieldType.BOOLEAN, True, True), (FieldType.BOOLEAN, "TRUE", True), (FieldType.BOOLEAN, 0, False),
+    (FieldType.BOOLEAN, "1", True), (FieldType.CATEGORY, 5, "5"), (FieldType.CATEGORY, False, "false"),
+    (FieldType.CATEGORY, 2.5, "2.5"), (FieldType.IDENTIFIER, 7_340_000_000_000_000_001, "7340000000000000001"),
+    (FieldType.IDENTIFIER, "007", "007"), (FieldType.TIMESTAMP, T0 // 1000, float(T0)),
+    (FieldType.TIMESTAMP, T0, T0), (FieldType.TIMESTAMP, T0 * 1000, float(T0)),  # ms already: untouched
+    (FieldType.TIMESTAMP, str(T0), float(T0)), (FieldType.TIMESTAMP, "2026-11-18T11:06:40Z", float(T0)),
+    (FieldType.TIMESTAMP, "2026-11-18T11:06:40", float(T0)), (FieldType.TIMESTAMP, "2026-11-18T12:06:40+01:00", float(T0)),
+])
+def test_values_convert_by_their_field_type(kind: FieldType, value: Any, expected: Any) -> None:
+    typed, problems = _schema(("f", kind)).convert([{"f": value}])
+    assert not problems and typed[0]["f"] == expected and type(typed[0]["f"]) is type(expected)
+
+
+@pytest.mark.parametrize(("kind", "value", "reason"), [
+    (FieldType.NUMBER, True, RejectReason.WRONG_TYPE), (FieldType.NUMBER, "1,5", RejectReason.WRONG_TYPE),
+    (FieldType.NUMBER, "12abc", RejectReason.WRONG_TYPE), (FieldType.NUMBER, "", RejectReason.WRONG_TYPE),
+    (FieldType.NUMBER, "1e400", RejectReason.NON_FINITE_NUMBER), (FieldType.BOOLEAN, 2, RejectReason.WRONG_TYPE),
+    (FieldType.BOOLEAN, "yes", RejectReason.WRONG_TYPE), (FieldType.IDENTIFIER, 1.5, RejectReason.WRONG_TYPE),
+    (FieldType.IDENTIFIER, True, RejectReason.WRONG_TYPE), (FieldType.TIMESTAMP, "soon", RejectReason.INVALID_TIMESTAMP),
+    (FieldType.TIMESTAMP, True, RejectReason.INVALID_TIMESTAMP),
+    (FieldType.TIMESTAMP, 86_400_000, RejectReason.IMPLAUSIBLE_TIMESTAMP),  # 1970 read as seconds... is 1972
+    (FieldType.TIMESTAMP, "1970-01-02T00:00:00Z", RejectReason.IMPLAUSIBLE_TIMESTAMP),
+])
+def test_values_that_do_not_fit_are_rejected_with_a_reason(kind: FieldType, value: Any, reason: RejectReason) -> None:
+    events = [{"f": value}, {"f": None}]
+    typed, problems = _schema(("f", kind)).convert(events)
+    assert list(problems) == [0] and problems[0].reason is reason and str(problems[0])
+    assert typed[0] is events[0] and typed[1] is events[1]  # a refused row is returned untouched
+
+
+def test_a_fixed_unit_and_the_plausible_range() -> None:
+    schema = FieldSchema((FieldRule("timestamp", FieldType.TIMESTAMP, unit="ms"),), (T0, T0))
+    _, problems = schema.convert([{"timestamp": T0 // 1000}])  # seconds where ms are promised: 1970
+    assert problems[0].reason is RejectReason.IMPLAUSIBLE_TIMESTAMP and "1970-01-21" in str(problems[0])
+    assert FieldSchema((FieldRule("t", FieldType.TIMESTAMP),)).plausible_ms[0] == 631_152_000_000.0
+    assert epoch_to_ms(1.5e9, "auto") == 1.5e12 and epoch_to_ms(1.5e18, "auto") == 1.5e12
+
+
+def test_native_columns_are_not_copied() -> None:
+    events = [{"a": 1.5, "b": True, "c": "x", "t": T0, "id": "u"}, {"a": None, "b": None, "c": None, "t": None}]
+    schema = _schema(("a", FieldType.NUMBER), ("b", FieldType.BOOLEAN), ("c", FieldType.CATEGORY),
+                     ("t", FieldType.TIMESTAMP), ("id", FieldType.IDENTIFIER))
+    typed, problems = schema.convert(events)
+    assert not problems and all(t is e for t, e in zip(typed, events, strict=True))
+
+
+def test_decimal_comma_text_format() -> None:
+    text = TextFormat(",", ".")
+    assert text.parse("1.234,5") == 1234.5 and text.parse("20,83") == 20.83 and text.parse("1.5") is None
+    with pytest.raises(ValueError, match="thousands"):
+        TextFormat(",", ",")
+
+
+def test_schema_round_trips_through_json() -> None:
+    schema = infer_schema([{"event_id": "a", "amount": 1, "ts": "2026-01-01T00:00:00Z"}]).schema
+    again = FieldSchema.from_json(schema.to_json())
+    assert again == schema and again.fingerprint == schema.fingerprint
+
+
+# ---- parity: CSV, JSON Lines and Kafka give one event -------------------------------------------------
+
+_CATEGORIES = ["alpha", "beta", "gamma", "delta"]
+_TRUE = ["true", "True", "TRUE", "1"]
+_FALSE = ["false", "False", "FALSE", "0"]
+
+event_rows = st.lists(st.fixed_dictionaries({
+    "account_id": st.sampled_from(["001", "002", "017", "4711"]),
+    "timestamp": st.integers(T0, T0 + 30 * 86_400_000),
+    "amount": st.one_of(st.none(), st.floats(0.01, 250_000, allow_nan=False).map(lambda v: round(v, 2))),
+    "count": st.one_of(st.none(), st.integers(0, 10_000)),
+    "online": st.one_of(st.none(), st.booleans()),
+    "merchant": st.one_of(st.none(), st.sampled_from(_CATEGORIES)),
+}), min_size=8, max_size=40)
+
+
+def _csv_text(rows: list[dict[str, Any]], delimiter: str, decimal: str, draw: st.DataObject,
+              spelled: set[str] | None = None) -> str:
+    """The rows as CSV text; ``spelled`` collects boolean columns with a true/false word in them
+    (a column written only as 0/1 is rightly inferred as a number from the CSV alone)."""
+    thousands = "." if decimal == "," else ","
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=delimiter)
+    writer.writerow(["event_id", *rows[0]])
+    for i, row in enumerate(rows):
+        cells = [f"e{i}"]
+        for name in rows[0]:
+            value = row[name]
+            if value is None:
+                cells.append(draw.draw(st.sampled_from(["", "NA", "null"])))
+            elif isinstance(value, bool):
+                cells.append(draw.draw(st.sampled_from(_TRUE if value else _FALSE)))
+                if spelled is not None and cells[-1] not in ("0", "1"):
+                    spelled.add(name)
+            elif name == "timestamp" and draw.draw(st.booleans()):
+                cells.append(datetime.fromtimestamp(value / 1000, timezone.utc).isoformat(timespec="milliseconds"))
+            elif isinstance(value, float):
+                whole, frac = f"{value:.2f}".split(".")
+                grouped = f"{int(whole):,}".replace(",", thousands) if draw.draw(st.booleans()) else whole
+                cells.append(f"{grouped}{decimal}{frac}")
+            else:
+                cells.append(str(value))
+        writer.writerow(cells)
+    return buf.getvalue()
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=event_rows, dialect=st.sampled_from([(",", ".", ""), (",", ".", "\ufeff"), (";", ",", ""),
+                                                 (";", ",", "\ufeff"), ("\t", ".", "")]),
+       data=st.data())
+def test_csv_json_lines_and_kafka_records_are_one_event(tmp_path: Path, rows: list[dict[str, Any]],
+                                                       dialect: tuple[str, str, str], data: st.DataObject) -> None:
+    delimiter, decimal, bom = dialect
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))  # one folder per example (tmp_path is per test)
+    csv_path, json_path = folder / "events.csv", folder / "events.jsonl"
+    spelled: set[str] = set()
+    csv_path.write_text(bom + _csv_text(rows, delimiter, decimal, data, spelled), encoding="utf-8")
+    records = [orjson.dumps({"event_id": f"e{i}", **row}) for i, row in enumerate(rows)]
+    json_path.write_bytes(b"\n".join(records) + b"\n")
+    from_json = load_events(json_path)
+    from_csv = load_events(csv_path, schema=from_json.schema)
+    assert not from_json.rejected and not from_csv.rejected
+    assert from_csv.events == from_json.events
+    inferred = {r.name: r.type for r in load_events(csv_path).schema.feature_fields}
+    expected = {r.name: r.type for r in from_json.schema.feature_fields}
+    expected.update({n: FieldType.NUMBER for n, t in expected.items() if t is FieldType.BOOLEAN and n not in spelled})
+    assert inferred == expected  # the CSV alone infers the same types (0/1-only columns are numbers)
+    from_kafka = decode_batch(records, 1 << 20, schema=from_json.schema)
+    assert from_kafka.events == from_json.events and from_kafka.indices == list(range(len(rows)))
+    spec = fit_spec(from_json.events, schema=from_json.schema, min_category_count=1)
+    x_json, bad_json = spec.transform(from_json.events)
+    x_csv, bad_csv = spec.transform(from_csv.events)
+    assert not bad_json and not bad_csv and np.array_equal(x_json, x_csv)
+
+
+@pytest.mark.parametrize(("delimiter", "decimal", "bom"), [(",", ".", ""), (",", ".", "\ufeff"), (";", ",", "")])
+def test_the_same_events_score_the_same_from_every_input(tmp_path: Path, bundle: Bundle, delimiter: str,
+                                                         decimal: str, bom: str) -> None:
+    events, _ = Simulator(seed=31, accounts=40, run_id="parity").batch(300, 0.05, span_ms=86_400_000)
+    records = [orjson.dumps(e) for e in events]
+    (tmp_path / "e.jsonl").write_bytes(b"\n".join(records))
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=delimiter)
+    writer.writerow(list(events[0]))
+    for e in events:
+        writer.writerow([("True" if v else "False") if isinstance(v, bool) else
+                         str(v).replace(".", decimal) if isinstance(v, float) else v for v in e.values()])
+    (tmp_path / "e.csv").write_text(bom + buf.getvalue(), encoding="utf-8")
+    assert bundle.schema is not None
+    scores = {}
+    for name in ("e.jsonl", "e.csv"):
+        data = load_events(tmp_path / name, schema=bundle.schema)
+        assert not data.rejected
+        scores[name] = score_events(bundle, data.events).scores
+    kafka = decode_batch(records, 1 << 20, schema=bundle.schema)
+    x, _ = bundle.spec.transform(kafka.events)
+    from stream_detector.pipeline.score import Scorer, scores_of
+
+    scores["kafka"] = scores_of(Scorer(bundle).errors(x))
+    assert np.array_equal(scores["e.jsonl"], scores["e.csv"]) and np.array_equal(scores["e.jsonl"], scores["kafka"])
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(spaces=st.lists(st.sampled_from(["", " ", "  ", "\t", "\n", "\r\n", " \t "]), min_size=4, max_size=4))
+def test_a_repeated_key_is_caught_whatever_the_whitespace(spaces: list[str]) -> None:
+    a, b, c, d = spaces
+    raw = f'{{"event_id":"x",{a}"amount"{b}:{c}1.0,{d}"amount"{a}:{b}9800.0}}'.encode()
+    decoded = decode_batch([raw], 10_000)
+    assert [r.reason for r in decoded.rejected] == [RejectReason.DUPLICATE_KEY]
+    fine = f'{{"event_id":"x",{a}"note"{b}:{c}"a \\": b",{d}"amount"{a}:{b}1}}'.encode()
+    assert decode_batch([fine], 10_000).indices == [0]  # '": ' inside a string is no key
