@@ -9,6 +9,7 @@ SUITES = {
     "throughput": "benchmarks.throughput",
     "quality": "benchmarks.quality",
     "entity": "benchmarks.entity",
+    "inputs": "benchmarks.inputs",
 }
 
 

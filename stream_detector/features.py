@@ -1,7 +1,9 @@
 """Step 3, features: the ONE feature code, shared by training, offline scoring and the workers.
 
 A ``FeatureSpec`` is fitted on training events (a list of flat dicts) and then turns any batch of
-events into a float32 matrix. Rules applied at fit time (documented in the README):
+events into a float32 matrix. With a field schema (``fieldschema.py``, how ``train`` fits it) the
+field types are the schema's and the events arrive typed by it; without one (direct API callers
+of ``fit_spec``) the value-guessing rules below decide. Rules applied at fit time (README):
 
 * reserved fields (``event_id``, ``account_id``, ``timestamp``, ``schema_version``) and fields the
   caller excludes (labels) are not features;

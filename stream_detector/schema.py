@@ -3,8 +3,9 @@
 An **event** is one flat JSON object per Kafka message: ``event_id`` (string, required),
 optional ``account_id`` (string or integer), optional ``timestamp`` (RFC 3339 string or epoch
 milliseconds), optional ``schema_version`` (only ``1`` is known), and any number of other fields
-whose values are numbers, booleans, strings or null. Numbers and booleans are numeric features,
-strings are categorical. Nested objects and arrays are rejected: the detector scores flat records.
+whose values are numbers, booleans, strings or null. How each field is typed (and whether it is a
+feature) is the bundle's field schema (``fieldschema.py``). Nested objects and arrays are
+rejected: the detector scores flat records.
 
 The hot path validates with hand-written checks on top of orjson (see ``pipeline/decode.py``),
 because per-event pydantic validation costs more than the whole rest of the pipeline; the
@@ -39,6 +40,7 @@ class RejectReason(StrEnum):
     DUPLICATE_KEY = "duplicate_key"
     TOMBSTONE = "tombstone"  # a null record value (Kafka's delete marker); the key is kept
     IMPLAUSIBLE_TIMESTAMP = "implausible_timestamp"  # decades away from the model's training range
+    UNREADABLE = "unreadable_record"  # the client could not read the record (corrupt or unknown codec)
 
 
 class Event(BaseModel):

@@ -34,6 +34,19 @@ _BIG_INT = re.compile(rb'[:,\[][ \t\n\r]*-?\d{20}')  # 20+ digits: beyond 64 bit
 Problem = tuple[RejectReason, str]
 
 
+class Unreadable(bytes):
+    """Stands in a batch for a record the Kafka client could not read (a corrupt batch, a codec it
+    lacks): empty bytes carrying the client's error, so the record is dead-lettered with the reason
+    ``unreadable_record`` and its offset advances instead of the poll failing forever."""
+
+    message: str
+
+    def __new__(cls, message: str) -> Unreadable:
+        self = super().__new__(cls, b"")
+        self.message = message
+        return self
+
+
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """One record that cannot be scored: its index in the batch, the reason and a human message."""
@@ -76,6 +89,8 @@ def parse_record(raw: bytes | None, max_bytes: int | None = None) -> tuple[Any, 
     """One record value → (parsed JSON value, None) or (None, (reason, message)); never raises."""
     if raw is None:
         return None, (RejectReason.TOMBSTONE, "null record value (a tombstone); the record key is kept")
+    if type(raw) is Unreadable:
+        return None, (RejectReason.UNREADABLE, raw.message)
     if max_bytes is not None and len(raw) > max_bytes:
         return None, (RejectReason.OVERSIZE, f"{len(raw)} bytes > limit {max_bytes}")
     try:

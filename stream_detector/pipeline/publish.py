@@ -136,7 +136,9 @@ def build_dead_letters(batch: Batch, rejected: Sequence[Rejected], topic: str) -
     out = []
     for rej in rejected:
         i = rej.index
-        out.append(OutMessage(topic, batch.keys[i], batch.values[i], [
+        raw = batch.values[i]
+        value = raw if raw is None or type(raw) is bytes else bytes(raw)  # an Unreadable stand-in: b""
+        out.append(OutMessage(topic, batch.keys[i], value, [
             (DeadLetterHeaders.REASON, rej.reason.value.encode()),
             (DeadLetterHeaders.MESSAGE, rej.message.encode("utf-8", "replace")[:1000]),
             (DeadLetterHeaders.TOPIC, batch.topic.encode()),

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaConnectionError, KafkaError
+from kafka.errors import CorruptRecordError, KafkaConnectionError, KafkaError, UnsupportedCodecError
 
 from ..errors import ConfigError
 from ..settings import Settings
+from .decode import Unreadable
 
 log = logging.getLogger("stream_detector.source")
 
@@ -53,6 +55,19 @@ class Batch:
             if o + 1 > ends.get(p, -1):
                 ends[p] = o + 1
         return {TopicPartition(self.topic, p): o for p, o in ends.items()}
+
+
+@dataclass(frozen=True)
+class _Placeholder:
+    """The record fields a batch needs, for a record the client could not read."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+    timestamp: int = -1
+    headers: tuple[Any, ...] = ()
 
 
 class BatchSource(Protocol):
@@ -198,8 +213,12 @@ class KafkaSource:
             if max_records is None:
                 return dict(consumer.poll(timeout_ms=timeout_ms))
             return dict(consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
-        except KafkaError as exc:
-            if not (getattr(exc, "retriable", False) or isinstance(exc, KafkaConnectionError)):
+        except Exception as exc:
+            unreadable = self._unreadable(exc)
+            if unreadable is not None:
+                return unreadable
+            if not isinstance(exc, KafkaError) or not (
+                    getattr(exc, "retriable", False) or isinstance(exc, KafkaConnectionError)):
                 raise
             now = time.monotonic()
             if now - self._last_poll_error >= 10.0:
@@ -207,6 +226,31 @@ class KafkaSource:
                 self._last_poll_error = now
             time.sleep(min(timeout_ms, 500) / 1000.0)  # back off as the poll would have waited
             return {}
+
+    def _unreadable(self, exc: Exception) -> dict[TopicPartition, list[Any]] | None:
+        """A record the client cannot read (kafka-python raises from ``poll`` at the same position on
+        every call: a crash loop) becomes one ``Unreadable`` record at that offset, and the consumer
+        moves past it; a corrupt or undecodable batch so yields one dead letter per offset. ``None``
+        when ``exc`` is not about a record (authorisation, configuration: those still propagate).
+        Reads the fetcher's parse state, which kafka-python does not expose otherwise."""
+        record_level = isinstance(exc, (CorruptRecordError, UnsupportedCodecError)) or (
+            not isinstance(exc, KafkaError) and any(
+                "/kafka/record/" in frame.filename or frame.filename.endswith("/kafka/codec.py")
+                for frame in traceback.extract_tb(exc.__traceback__)))
+        if not record_level:
+            return None
+        fetcher = getattr(self._c(), "_fetcher", None)
+        failed = getattr(fetcher, "_next_partition_records", None)
+        if fetcher is None or failed is None:
+            return None
+        tp, offset = failed.topic_partition, failed.next_fetch_offset
+        if self._c().position(tp) != offset:
+            return None
+        fetcher._next_partition_records = None
+        self._c().seek(tp, offset + 1)
+        log.error("unreadable record at %s[%d] offset %d, dead-lettered: %r", tp.topic, tp.partition, offset, exc)
+        record = _Placeholder(tp.topic, tp.partition, offset, Unreadable(f"{type(exc).__name__}: {exc}"[:500]))
+        return {tp: [record]}
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         from kafka.structs import OffsetAndMetadata

@@ -87,3 +87,33 @@ def test_every_codec_is_read_and_a_tombstone_is_dead_lettered_with_its_key(setti
     assert dict(dead[0].headers)[DeadLetterHeaders.REASON] == b"tombstone"
     assert committed_offsets(settings, settings.group_id, settings.input_topic) == end_offsets(
         settings, settings.input_topic)
+
+
+@pytest.mark.parametrize("transport", ["kafka-python"])
+def test_a_record_the_client_cannot_read_is_dead_lettered_not_a_crash_loop(settings, published, start_worker,
+                                                                           monkeypatch) -> None:
+    """kafka-python raises from ``poll`` at the same offset forever when it cannot read a batch
+    (here: its zstd library made unavailable to the worker's process). Each of that batch's offsets
+    becomes an ``unreadable_record`` dead letter; the records around it are scored; all committed."""
+    import kafka.codec
+
+    events, _ = Simulator(seed=43, accounts=300, run_id="unreadable").batch(105, 0.0)
+    plain = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    packed = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, compression_type="zstd", linger_ms=200)
+    try:
+        for group, producer in ((events[:50], plain), (events[50:55], packed), (events[55:], plain)):
+            for event in group:  # one key: every record on one partition, in this order
+                producer.send(settings.input_topic, value=orjson.dumps(event), key=b"acct-one")
+            producer.flush(timeout=30)
+    finally:
+        plain.close(timeout=10)
+        packed.close(timeout=10)
+    monkeypatch.setattr(kafka.codec, "has_zstd", lambda: False)
+    worker = start_worker(settings)
+    wait_until(lambda: _drained(settings), message="all offsets committed")
+    worker.stop()
+    dead = read_all(settings, settings.dlq_topic)
+    assert sorted(int(dict(r.headers)[DeadLetterHeaders.OFFSET]) for r in dead) == list(range(50, 55))
+    assert {dict(r.headers)[DeadLetterHeaders.REASON] for r in dead} == {b"unreadable_record"}
+    assert b"zstd" in dict(dead[0].headers)[DeadLetterHeaders.MESSAGE]
+    assert worker.worker.stats.scored == 100 and worker.worker.stats.rejected == 5
