@@ -39,8 +39,45 @@ from kafka import TopicPartition
 
 from ..errors import ConfigError, DeliveryError
 from ..settings import Settings
+from .decode import Unreadable
 from .publish import OutMessage, TransactionSteps
 from .source import Batch, fill_batch
+
+# librdkafka's per-message errors for a record it fetched but cannot hand over (corrupt, or a
+# batch it cannot decompress): that offset is dead-lettered as ``unreadable_record``.
+UNREADABLE_CODES = frozenset({KafkaError._BAD_MSG, KafkaError._BAD_COMPRESSION, KafkaError.INVALID_MSG})
+
+
+class _UnreadableMessage:
+    """A consumed error message standing in the batch as its offset's ``Unreadable`` record."""
+
+    def __init__(self, message: Any, error: KafkaError) -> None:
+        self._m = message
+        self._value = Unreadable(f"librdkafka: {error.str()}"[:500])
+
+    def topic(self) -> str | None:
+        return cast("str | None", self._m.topic())
+
+    def partition(self) -> int | None:
+        return cast("int | None", self._m.partition())
+
+    def offset(self) -> int | None:
+        return cast("int | None", self._m.offset())
+
+    def key(self) -> bytes | None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return TIMESTAMP_NOT_AVAILABLE, -1
+
+    def headers(self) -> None:
+        return None
+
+    def error(self) -> None:
+        return None
 
 log = logging.getLogger("stream_detector.confluent")
 ERROR_LOG_INTERVAL_S = 10.0  # transient client errors (broker unreachable) are logged at most this often
@@ -263,13 +300,19 @@ class ConfluentSource:
             raise KafkaException(self._fatal)
         good = [m for m in messages if m.error() is None]
         if len(good) != len(messages):
+            good = []
             for m in messages:
                 error = m.error()
-                if error is None or error.code() == KafkaError._PARTITION_EOF:
+                if error is None:
+                    good.append(m)
+                elif error.code() in UNREADABLE_CODES and (m.offset() or -1) >= 0:
+                    good.append(cast("Message", _UnreadableMessage(m, error)))  # dead-lettered, never skipped
+                elif error.code() == KafkaError._PARTITION_EOF:
                     continue
-                if error.fatal():
+                elif error.fatal():
                     raise KafkaException(error)
-                self._poll_failed(f"{m.topic()}[{m.partition()}]: {error}")
+                else:
+                    self._poll_failed(f"{m.topic()}[{m.partition()}]: {error}")
         return good
 
     def poll_batch(self) -> Batch:

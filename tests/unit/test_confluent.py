@@ -198,3 +198,47 @@ def test_a_refused_begin_transaction_is_a_delivery_error_not_a_crash():
     with pytest.raises(DeliveryError, match="begin_transaction failed"):  # the worker holds the batch and resets
         publisher.publish([])
     assert not publisher._open
+
+
+class _Msg:
+    """The parts of a consumed librdkafka message that ``ConfluentSource._consume`` reads."""
+
+    def __init__(self, offset: int, value: bytes | None = b"{}", error: KafkaError | None = None) -> None:
+        self._offset, self._value, self._error = offset, value, error
+
+    def topic(self) -> str:
+        return "tx"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+
+class _Consumer:
+    def __init__(self, messages: list[_Msg]) -> None:
+        self.messages = messages
+
+    def consume(self, num_messages: int, timeout: float) -> list[_Msg]:
+        return self.messages
+
+
+def test_a_message_librdkafka_cannot_read_stands_in_the_batch_as_unreadable() -> None:
+    from stream_detector.pipeline.decode import decode_batch
+    from stream_detector.schema import RejectReason
+
+    source = ConfluentSource(Settings())
+    source.consumer = _Consumer([_Msg(4), _Msg(5, None, KafkaError(KafkaError._BAD_COMPRESSION)),
+                                 _Msg(6, None, KafkaError(KafkaError._PARTITION_EOF)), _Msg(7)])  # type: ignore[assignment]
+    got = source._consume(10, 0)
+    assert [m.offset() for m in got] == [4, 5, 7]
+    decoded = decode_batch([m.value() for m in got], 1000)
+    assert [(r.index, r.reason) for r in decoded.rejected if r.index == 1] == [(1, RejectReason.UNREADABLE)]
+    assert got[1].value() == b"" and got[1].key() is None
