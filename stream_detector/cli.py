@@ -174,6 +174,12 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
     _say(f"read {data.total} rows from {args.input} [{data.raw.kind}]{fmt}")
     for warning in data.warnings:
         _say(f"warning: {warning}")
+    if schema is not None:
+        unknown = sorted({name for row in data.raw.rows if row for name in row} - {r.name for r in schema.fields}
+                         - {"event_id"})
+        if unknown:
+            _say(f"note: {len(unknown)} field(s) the model's schema does not know are passed through, not "
+                 f"features: {', '.join(unknown[:10])}")
     if data.rejected:
         _say(f"warning: {data.rejection_summary()}")
     if need_events and not data.events:

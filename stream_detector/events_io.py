@@ -136,7 +136,7 @@ def _read_jsonl(path: Path, limit: int | None) -> RawRows:
                 continue
             obj, problem = parse_record(raw)
             if problem is not None:
-                rejected.append(RowRejection(len(rows), problem[0], f"line {len(rows) + 1}: {problem[1]}"))
+                rejected.append(RowRejection(len(rows), problem[0], problem[1]))
                 ident = _salvage_id(raw)
                 if ident is not None:
                     ids[len(rows)] = ident

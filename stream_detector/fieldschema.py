@@ -478,6 +478,8 @@ def infer_schema(rows: Sequence[Mapping[str, Any]], options: InferenceOptions = 
     for name, override in options.overrides.items():
         if name not in names:
             rules.append(replace(override, note=override.note or "set by --schema/--field (not in the data)"))
+    if "timestamp" not in names and "timestamp" not in options.overrides:  # live records may carry one
+        rules.append(FieldRule("timestamp", FieldType.TIMESTAMP, note="reserved: event time (not in these rows)"))
     provisional = FieldSchema(tuple(rules))
     return Inferred(FieldSchema(tuple(rules), _time_range(rows, provisional, options.text)), warnings)
 

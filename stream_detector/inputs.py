@@ -94,8 +94,8 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
     positions = [n for n, row in enumerate(raw.rows) if row is not None]
     rejected_rows: list[Any] = []
     typed = type_events(present, positions, schema, raw.text, rejected_rows, from_json=raw.kind == "jsonl")
-    rejected = sorted([*raw.rejected, *(RowRejection(r.index, r.reason, f"row {r.index + 1}: {r.message}")
-                                        for r in rejected_rows)], key=lambda r: r.index)
+    rejected = sorted([*raw.rejected, *(RowRejection(r.index, r.reason, r.message) for r in rejected_rows)],
+                      key=lambda r: r.index)
     if labels is not None:
         labels.extend(str(row_labels[n]) for n in typed.indices)
     return FileEvents(typed.events, typed.indices, labels, rejected, ids, schema, raw, warnings)
