@@ -73,7 +73,9 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     config = TrainConfig(epochs=settings.retrain_epochs or None, threshold_method="quantile",
                          target_fpr=settings.retrain_target_fpr)
     say(f"training on {len(train_entries)} events ({reason}); {len(holdout_entries)} held back")
-    result = train(_events(train_entries), config, progress=say)
+    # the active model's field schema: a type a user set (``train --field``) survives retraining
+    result = train(_events(train_entries), config, progress=say,
+                   schema=active.schema if active is not None else None)
     draft = build_bundle(result)
     holdout = _events(holdout_entries)
     labelled = [orjson.loads(e.raw) for e, _ in selection.labelled]
