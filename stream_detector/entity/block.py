@@ -1,0 +1,93 @@
+"""The state of the entities one key touches in a batch, as the kernel's arrays.
+
+``Block.of`` lays the records' cores (``compute.Core``: the reference's shape, which the stores
+load and save) into arrays, with the batch's and the cores' distinct labels coded in label order;
+``Block.run`` calls the kernel; ``Block.core`` reads one entity's state back as a ``Core``.
+Extra rows (``extra``) start empty: keyless events, each on its own row, whose state is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import kernel
+from .columns import codes_of, grouping, vocabulary
+from .compute import Core
+from .spec import EntitySpec
+
+
+class Block:
+    """Arrays of E entities (+ extra empty rows); see ``kernel`` for shapes and dtypes."""
+
+    def __init__(self, spec: EntitySpec, fields: tuple[str, ...], rows: int,
+                 index: list[dict[str | None, int]], codes: np.ndarray) -> None:
+        w, f, k = len(spec.windows), len(fields), spec.max_distinct
+        self.fields = fields
+        self.index = index
+        self.labels = [sorted(lab for lab in ix if lab is not None) for ix in index]  # code → label
+        self.codes = codes  # int64[F, N], the batch's events
+        self.t = np.full(rows, np.nan)
+        self.w = np.zeros((rows, w, 3))
+        self.n = np.zeros((rows, f), dtype=np.int64)
+        self.dt = np.zeros((rows, f, k + 1))
+        self.dc = np.zeros((rows, f, k + 1), dtype=np.int64)
+
+    @classmethod
+    def of(cls, spec: EntitySpec, fields: tuple[str, ...], cores: Sequence[Core], extra: int,
+           labels: Sequence[Sequence[str | None]]) -> Block:
+        """A block of ``cores`` (in order) plus ``extra`` empty rows; ``labels[f]`` are the
+        batch's labels of ``fields[f]`` per event."""
+        index = [vocabulary(labels[i], *(c["d"][f] for c in cores)) for i, f in enumerate(fields)]
+        codes = (np.stack([codes_of(labels[i], index[i]) for i in range(len(fields))]) if fields
+                 else np.zeros((0, len(labels[0]) if labels else 0), dtype=np.int64))
+        block = cls(spec, fields, len(cores) + extra, index, codes)
+        if cores:
+            block.t[:len(cores)] = [np.nan if c["t"] is None else c["t"] for c in cores]
+            block.w[:len(cores)] = [c["w"] for c in cores]
+        for e, core in enumerate(cores):
+            for i, f in enumerate(fields):
+                seen = core["d"][f]
+                if seen:
+                    m = len(seen)
+                    block.n[e, i] = m
+                    block.dt[e, i, :m] = list(seen.values())
+                    block.dc[e, i, :m] = [index[i][lab] for lab in seen]
+        return block
+
+    def run(self, spec: EntitySpec, state_row: np.ndarray, apply: np.ndarray, ts: np.ndarray,
+            amount: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+        """Features float64[N, len(spec.fields_for(key))] of the events; the block's state advances.
+        ``state_row`` int64[N] is each event's row here, ``apply`` bool[N] whether it is applied,
+        ``codes`` int64[F, N] their label codes (default: the batch's, from ``of``)."""
+        order, starts, grow = grouping(state_row)
+        codes = self.codes if codes is None else codes
+        if codes.shape[1] != ts.size:  # no distinct fields: the kernel still wants F×N
+            codes = np.zeros((0, ts.size), dtype=np.int64)
+        out = np.empty((ts.size, len(spec.windows) * (5 + len(self.fields)) + 1 + len(self.fields)))
+        kernel.run(order, starts, grow, apply, ts, amount, codes, windows_ms(spec),
+                   float(spec.windows[-1]), float(spec.horizon_ms), spec.max_distinct,
+                   self.t, self.w, self.n, self.dt, self.dc, out)
+        return out
+
+    def clear(self, rows: slice) -> None:
+        """Rows back to empty state (keyless scratch rows between offline chunks)."""
+        self.t[rows] = np.nan
+        self.w[rows] = 0.0
+        self.n[rows] = 0
+
+    def core(self, e: int) -> Core:
+        """Row ``e``'s state in the reference's shape (distinct values in insertion order)."""
+        t = float(self.t[e])
+        d: dict[str, dict[str, float]] = {}
+        for i, f in enumerate(self.fields):
+            m = int(self.n[e, i])
+            names = self.labels[i]
+            d[f] = {names[c]: ms for c, ms in zip(self.dc[e, i, :m].tolist(), self.dt[e, i, :m].tolist(),
+                                                      strict=True)}
+        return {"t": None if t != t else t, "w": self.w[e].tolist(), "d": d}
+
+
+def windows_ms(spec: EntitySpec) -> np.ndarray:
+    return np.array([s * 1000.0 for s in spec.windows], dtype=np.float64)
