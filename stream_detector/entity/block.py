@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import kernel
-from .columns import codes_of, grouping, vocabulary
+from .columns import Columns, codes_of, grouping, vocabulary
 from .compute import Core
 from .spec import EntitySpec
 
@@ -36,13 +36,20 @@ class Block:
 
     @classmethod
     def of(cls, spec: EntitySpec, fields: tuple[str, ...], cores: Sequence[Core], extra: int,
-           labels: Sequence[Sequence[str | None]]) -> Block:
-        """A block of ``cores`` (in order) plus ``extra`` empty rows; ``labels[f]`` are the
-        batch's labels of ``fields[f]`` per event."""
-        index = [vocabulary(labels[i], *(c["d"][f] for c in cores)) for i, f in enumerate(fields)]
-        codes = (np.stack([codes_of(labels[i], index[i]) for i in range(len(fields))]) if fields
-                 else np.zeros((0, len(labels[0]) if labels else 0), dtype=np.int64))
-        block = cls(spec, fields, len(cores) + extra, index, codes)
+           cols: Columns) -> Block:
+        """A block of ``cores`` (in order) plus ``extra`` empty rows, for the events of ``cols``.
+        Labels are recoded only when a core holds one the batch does not use."""
+        index, codes = [], []
+        for f in fields:
+            ix = cols.index[f]
+            if all(lab in ix for c in cores for lab in c["d"][f]):
+                index.append(ix)
+                codes.append(cols.codes[f])
+            else:
+                index.append(vocabulary(cols.labels[f], *(c["d"][f] for c in cores)))
+                codes.append(codes_of(cols.labels[f], index[-1]))
+        stacked = np.stack(codes) if codes else np.zeros((0, cols.ts.size), dtype=np.int64)
+        block = cls(spec, fields, len(cores) + extra, index, stacked)
         if cores:
             block.t[:len(cores)] = [np.nan if c["t"] is None else c["t"] for c in cores]
             block.w[:len(cores)] = [c["w"] for c in cores]
@@ -63,8 +70,6 @@ class Block:
         ``codes`` int64[F, N] their label codes (default: the batch's, from ``of``)."""
         order, starts, grow = grouping(state_row)
         codes = self.codes if codes is None else codes
-        if codes.shape[1] != ts.size:  # no distinct fields: the kernel still wants F×N
-            codes = np.zeros((0, ts.size), dtype=np.int64)
         out = np.empty((ts.size, len(spec.windows) * (5 + len(self.fields)) + 1 + len(self.fields)))
         kernel.run(order, starts, grow, apply, ts, amount, codes, windows_ms(spec),
                    float(spec.windows[-1]), float(spec.horizon_ms), spec.max_distinct,

@@ -51,11 +51,14 @@ def label_value(value: object) -> str | None:
 
 @dataclass
 class Columns:
-    """Per-event inputs of every key: ``ts`` and ``amount`` float64[N], labels per distinct field."""
+    """Per-event inputs of every key: ``ts`` and ``amount`` float64[N]; per distinct field the
+    labels, a label-ordered vocabulary of them and their codes int64[N] (-1: no value)."""
 
     ts: np.ndarray
     amount: np.ndarray
     labels: dict[str, list[str | None]]
+    index: dict[str, dict[str | None, int]]
+    codes: dict[str, np.ndarray]
 
     @classmethod
     def of(cls, spec: EntitySpec, events: Sequence[dict[str, Any]]) -> Columns:
@@ -64,7 +67,8 @@ class Columns:
         name = spec.amount_field
         amount = np.fromiter((amount_value(e.get(name)) for e in events), np.float64, n)
         labels = {f: [label_value(e.get(f)) for e in events] for f in spec.distinct_fields}
-        return cls(ts, amount, labels)
+        index = {f: vocabulary(v) for f, v in labels.items()}
+        return cls(ts, amount, labels, index, {f: codes_of(v, index[f]) for f, v in labels.items()})
 
 
 def vocabulary(*sources: Iterable[str | None]) -> dict[str | None, int]:

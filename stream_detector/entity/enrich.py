@@ -102,8 +102,7 @@ class Enricher:
              loose: list[int]) -> np.ndarray:
         mine = [p for (k, _), p in plans.items() if k == key]
         fields = spec.distinct_for(key)
-        block = Block.of(spec, fields, [p.start for p in mine], extra=len(loose),
-                         labels=[cols.labels[f] for f in fields])
+        block = Block.of(spec, fields, [p.start for p in mine], extra=len(loose), cols=cols)
         n = cols.ts.size
         state_row = np.empty(n, dtype=np.int64)
         apply = np.ones(n, dtype=np.bool_)
