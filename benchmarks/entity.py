@@ -243,7 +243,14 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--redis-url", help="Redis for the state cost (default: a throwaway redis-server)")
     parser.add_argument("--quick", action="store_true", help="small data, one seed, print only")
+    parser.add_argument("--speed", action="store_true",
+                        help="only the speed/state-size suite (entity_speed.py: new vs reference, same run)")
+    parser.add_argument("--repeats", type=int, default=3, help="--speed: timed repeats per path (best is kept)")
     args = parser.parse_args(list(argv))
+    if args.speed:
+        from .entity_speed import main_speed
+
+        return main_speed(args.events, args.accounts, args.repeats, args.batch, args.redis_url, not args.quick)
     if args.quick:
         args.events, args.accounts, args.seeds, args.epochs = 12_000, 300, "0", args.epochs or 20
     spec = EntitySpec(windows=parse_windows(args.windows))
