@@ -129,7 +129,7 @@ def plan(spec: EntitySpec, key: str, record: Record | None, rows: list[int],
         firsts.setdefault(p, o)
     if not any(done):
         result = _Plan(record["c"], rows, [True] * len(rows), applied, {"s": record["c"], "f": firsts})
-    elif _exact_replay(record, firsts, where, done):
+    elif exact_replay(record, firsts, where, done):
         result = _Plan(record["u"]["s"], rows, [True] * len(rows), applied, record["u"])
         for part in firsts:  # the state now ends where this batch ends (it may be shorter than the last write)
             applied[part] = -1
@@ -141,7 +141,7 @@ def plan(spec: EntitySpec, key: str, record: Record | None, rows: list[int],
     return result
 
 
-def _exact_replay(record: Record, firsts: dict[str, int], where: list[tuple[str, int]],
+def exact_replay(record: Record, firsts: dict[str, int], where: list[tuple[str, int]],
                   done: list[bool]) -> bool:
     """True when the batch starts exactly where the last write started, on every partition it wrote."""
     undo = record.get("u")

@@ -14,6 +14,7 @@ from typing import Any
 from ..pipeline.decode import validate_event
 from .columns import entity_value
 from .compute import Core, copy_core, empty_core, features_only, step
+from .enrich import exact_replay
 from .spec import EntitySpec
 from .state import EntityKey, InMemoryState, Record, StateStore
 
@@ -63,7 +64,7 @@ def advance(spec: EntitySpec, key: str, record: Record | None, items: list[Item]
     if not any(done):
         undo = {"s": copy_core(record["c"]), "f": firsts}
         core = _apply(spec, key, record["c"], items, out)
-    elif _exact_replay(record, firsts, items, done):
+    elif exact_replay(record, firsts, [(str(p), o) for _, _, (p, o) in items], done):
         undo = record["u"]
         core = _apply(spec, key, copy_core(undo["s"]), items, out)
         for part in firsts:  # the state now ends where this batch ends (it may be shorter than the last write)
@@ -86,18 +87,6 @@ def _apply(spec: EntitySpec, key: str, core: Core, items: list[Item], out: list[
     for row, event, _ in items:
         core = step(spec, key, core, event, out[row])
     return core
-
-
-def _exact_replay(record: Record, firsts: dict[str, int], items: list[Item],
-                  done: list[bool]) -> bool:
-    """True when the batch starts exactly where the last write started, on every partition it wrote."""
-    undo = record.get("u")
-    if not undo:
-        return False
-    last_firsts: dict[str, int] = undo["f"]
-    if any(firsts.get(p) != o for p, o in last_firsts.items()):
-        return False
-    return all(not d or str(p) in last_firsts for (_, _, (p, _o)), d in zip(items, done, strict=True))
 
 
 def reference_enrich_history(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: int = 8192,
