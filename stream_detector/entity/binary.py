@@ -7,9 +7,10 @@ fields F in ``spec.distinct_for(key)`` order), so nothing names them::
               | u16 P | P × (i32 partition, i64 last applied offset)
               | core
               | [undo: u16 Q | Q × (i32 partition, i64 first offset of the last write) | core]
-    core   := f64 t (NaN: no event yet) | f64[W × 3] decayed (n, Σamount, Σamount²) per window
-              | F × (u8 m | f64[m] last-seen ms | m × label)    (m ≤ max_distinct, insertion order)
-    label  := u8 length L < 255 | L bytes UTF-8       or   u8 255 | u32 length | bytes
+    core   := u8[F] m_f (values kept per field, ≤ max_distinct)
+              | f64[1 + 3W + Σ m_f]: t (NaN: no event yet), decayed (n, Σamount, Σamount²) per
+                window, then each field's last-seen ms per kept value (insertion order)
+              | u32 L | L bytes: the kept labels, a JSON array of one string array per field
 
 Floats are stored as IEEE doubles, so a record decodes to exactly the floats it was encoded from
 (the worker's state equals the offline state bit for bit). A record that starts with ``{`` is a
@@ -75,14 +76,15 @@ def decode(spec: EntitySpec, key: str, raw: bytes) -> Record:
 
 def _core(parts: list[bytes], fields: tuple[str, ...], core: Core) -> None:
     t = core["t"]
-    flat = [x for window in core["w"] for x in window]
-    parts.append(struct.pack(f"<{1 + len(flat)}d", math.nan if t is None else t, *flat))
-    for field in fields:
-        seen: dict[str, float] = core["d"][field]
-        parts.append(struct.pack(f"<B{len(seen)}d", len(seen), *seen.values()))
-        for label in seen:
-            data = label.encode()
-            parts.append(bytes((len(data),)) + data if len(data) < 255 else b"\xff" + _LONG.pack(len(data)) + data)
+    kept = [core["d"][f] for f in fields]
+    numbers = [math.nan if t is None else t]
+    for window in core["w"]:
+        numbers += window
+    for seen in kept:
+        numbers += seen.values()
+    labels = orjson.dumps([list(seen) for seen in kept])
+    parts += [bytes(len(seen) for seen in kept), struct.pack(f"<{len(numbers)}d", *numbers),
+              _LONG.pack(len(labels)), labels]
 
 
 def _pairs(raw: bytes, at: int, count: int) -> tuple[dict[str, int], int]:
@@ -95,23 +97,20 @@ def _pairs(raw: bytes, at: int, count: int) -> tuple[dict[str, int], int]:
 
 
 def _read_core(raw: bytes, at: int, windows: int, fields: tuple[str, ...]) -> tuple[Core, int]:
-    values = struct.unpack_from(f"<{1 + 3 * windows}d", raw, at)
-    at += 8 * len(values)
-    t = values[0]
-    w = [list(values[1 + 3 * i:4 + 3 * i]) for i in range(windows)]
+    counts = raw[at:at + len(fields)]
+    at += len(fields)
+    size = 1 + 3 * windows + sum(counts)
+    numbers = struct.unpack_from(f"<{size}d", raw, at)
+    at += 8 * size
+    (length,) = _LONG.unpack_from(raw, at)
+    at += _LONG.size
+    labels = orjson.loads(raw[at:at + length])
+    at += length
+    t = numbers[0]
+    w = [list(numbers[1 + 3 * i:4 + 3 * i]) for i in range(windows)]
     d: dict[str, dict[str, float]] = {}
-    for field in fields:
-        m = raw[at]
-        times = struct.unpack_from(f"<{m}d", raw, at + 1)
-        at += 1 + 8 * m
-        labels = []
-        for _ in range(m):
-            size = raw[at]
-            at += 1
-            if size == 255:
-                (size,) = _LONG.unpack_from(raw, at)
-                at += _LONG.size
-            labels.append(raw[at:at + size].decode())
-            at += size
-        d[field] = dict(zip(labels, times, strict=True))
+    start = 1 + 3 * windows
+    for field, m, names in zip(fields, counts, labels, strict=True):
+        d[field] = dict(zip(names, numbers[start:start + m], strict=True))
+        start += m
     return {"t": None if math.isnan(t) else t, "w": w, "d": d}, at

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import kernel
 from .block import Block
-from .columns import Columns, attach, entity_value
+from .columns import Columns, attach, entity_value, gc_paused
 from .compute import Core, empty_core
 from .spec import EntitySpec
 from .state import EntityKey, Record, StateStore
@@ -73,7 +73,8 @@ class Enricher:
         when the store cannot be read or written; then no state has changed."""
         if spec is None:
             return list(events)
-        return self.enrich_rows(spec, events, positions, None)
+        with gc_paused():
+            return self.enrich_rows(spec, events, positions, None)
 
     def enrich_rows(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Sequence[Position],
                     keyed: Sequence[bool] | None) -> list[dict[str, Any]]:
@@ -174,5 +175,6 @@ def enrich_history(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: in
     for start in range(0, len(events), chunk):
         part = events[start:start + chunk]
         valid = [validate_event(e) is None for e in part]
-        out.extend(enricher.enrich_rows(spec, part, [(0, start + j) for j in range(len(part))], valid))
+        with gc_paused():
+            out.extend(enricher.enrich_rows(spec, part, [(0, start + j) for j in range(len(part))], valid))
     return out

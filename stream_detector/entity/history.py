@@ -16,7 +16,7 @@ import numpy as np
 
 from ..pipeline.decode import validate_event
 from .block import Block
-from .columns import Columns, attach, entity_value
+from .columns import Columns, attach, entity_value, gc_paused
 from .spec import EntitySpec
 
 
@@ -54,4 +54,10 @@ def enrich_offline(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: in
     """``enrich_history`` from empty state: new dicts with ``spec.output_fields`` added, in order.
     Rows failing ``validate_event`` get empty-history features and change no state."""
     valid = [validate_event(e) is None for e in events]
-    return attach(events, spec.output_fields, enrich_columns(spec, events, chunk, valid))
+    values = enrich_columns(spec, events, chunk, valid)
+    out: list[dict[str, Any]] = []
+    step = max(1, chunk)
+    for start in range(0, len(events), step):  # the collector may run between chunks, not inside
+        with gc_paused():
+            out.extend(attach(events[start:start + step], spec.output_fields, values[start:start + step]))
+    return out
