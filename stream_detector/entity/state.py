@@ -78,8 +78,9 @@ class RedisState:
     def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
         if not keys:
             return {}
+        ns = f"{self.prefix}:entity:{spec.fingerprint[:12]}"
         try:
-            raw = self.r.mget([self.key(spec, k) for k in keys])
+            raw = self.r.mget([f"{ns}:{k[0]}:{k[1]}" for k in keys])
         except redis.RedisError as exc:
             raise EntityStateUnavailable(f"entity state read failed: {exc}") from exc
         finally:
@@ -91,8 +92,9 @@ class RedisState:
         if not records:
             return
         pipe = self.r.pipeline(transaction=False)
+        ns, ttl = f"{self.prefix}:entity:{spec.fingerprint[:12]}", spec.horizon_ms
         for k, record in records.items():
-            pipe.set(self.key(spec, k), encode(spec, k[0], record), px=spec.horizon_ms)
+            pipe.set(f"{ns}:{k[0]}:{k[1]}", encode(spec, k[0], record), px=ttl)
         try:
             pipe.execute()
         except redis.RedisError as exc:
