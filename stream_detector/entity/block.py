@@ -53,14 +53,24 @@ class Block:
         if cores:
             block.t[:len(cores)] = [np.nan if c["t"] is None else c["t"] for c in cores]
             block.w[:len(cores)] = [c["w"] for c in cores]
-        for e, core in enumerate(cores):
-            for i, f in enumerate(fields):
+        at: tuple[list[int], list[int], list[int]] = ([], [], [])  # (entity, field, slot) of each kept value
+        times: list[float] = []
+        codes_kept: list[int] = []
+        for i, f in enumerate(fields):
+            ix = index[i]
+            for e, core in enumerate(cores):
                 seen = core["d"][f]
                 if seen:
                     m = len(seen)
-                    block.n[e, i] = m
-                    block.dt[e, i, :m] = list(seen.values())
-                    block.dc[e, i, :m] = [index[i][lab] for lab in seen]
+                    at[0].extend([e] * m)
+                    at[1].extend([i] * m)
+                    at[2].extend(range(m))
+                    times.extend(seen.values())
+                    codes_kept.extend(map(ix.__getitem__, seen))
+        if times:  # one scatter per array instead of one numpy call per entity and field
+            block.dt[at] = times
+            block.dc[at] = codes_kept
+            np.add.at(block.n, (at[0], at[1]), 1)
         return block
 
     def run(self, spec: EntitySpec, state_row: np.ndarray, apply: np.ndarray, ts: np.ndarray,
@@ -82,16 +92,20 @@ class Block:
         self.w[rows] = 0.0
         self.n[rows] = 0
 
-    def core(self, e: int) -> Core:
-        """Row ``e``'s state in the reference's shape (distinct values in insertion order)."""
-        t = float(self.t[e])
-        d: dict[str, dict[str, float]] = {}
-        for i, f in enumerate(self.fields):
-            m = int(self.n[e, i])
-            names = self.labels[i]
-            d[f] = {names[c]: ms for c, ms in zip(self.dc[e, i, :m].tolist(), self.dt[e, i, :m].tolist(),
-                                                      strict=True)}
-        return {"t": None if t != t else t, "w": self.w[e].tolist(), "d": d}
+    def cores(self, rows: int) -> list[Core]:
+        """The first ``rows`` rows' state in the reference's shape (distinct values in insertion
+        order); the arrays are converted to Python once, not per entity."""
+        ts, ws, ns = self.t[:rows].tolist(), self.w[:rows].tolist(), self.n[:rows].tolist()
+        dts, dcs = self.dt[:rows].tolist(), self.dc[:rows].tolist()
+        out: list[Core] = []
+        for e in range(rows):
+            d: dict[str, dict[str, float]] = {}
+            for i, f in enumerate(self.fields):
+                m, names = ns[e][i], self.labels[i]
+                d[f] = dict(zip([names[c] for c in dcs[e][i][:m]], dts[e][i][:m], strict=True))
+            t = ts[e]
+            out.append({"t": None if t != t else t, "w": ws[e], "d": d})
+        return out
 
 
 def windows_ms(spec: EntitySpec) -> np.ndarray:

@@ -112,8 +112,8 @@ class Enricher:
             apply[p.rows] = p.apply
         state_row[loose] = np.arange(len(mine), len(mine) + len(loose))
         out = block.run(spec, state_row, apply, cols.ts, cols.amount)
-        for e, p in enumerate(mine):
-            p.core = block.core(e)
+        for p, core in zip(mine, block.cores(len(mine)), strict=True):
+            p.core = core
         return out
 
 
