@@ -77,7 +77,8 @@ class Block:
             amount: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
         """Features float64[N, len(spec.fields_for(key))] of the events; the block's state advances.
         ``state_row`` int64[N] is each event's row here, ``apply`` bool[N] whether it is applied,
-        ``codes`` int64[F, N] their label codes (default: the batch's, from ``of``)."""
+        ``codes`` int64[F, N] their label codes, C-contiguous (default: the batch's, from ``of``); other
+        layouts would compile a second kernel specialisation on first use."""
         order, starts, grow = grouping(state_row)
         codes = self.codes if codes is None else codes
         out = np.empty((ts.size, len(spec.windows) * (5 + len(self.fields)) + 1 + len(self.fields)))

@@ -45,7 +45,7 @@ def enrich_columns(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: in
             block.clear(slice(len(ids), None))
             size = part.stop - part.start
             out[part, col:col + width] = block.run(spec, state_row, apply[:size], cols.ts[part], cols.amount[part],
-                                                   block.codes[:, part])
+                                                   np.ascontiguousarray(block.codes[:, part]))
         col += width
     return out
 

@@ -119,3 +119,19 @@ def test_boundaries_equal_the_reference() -> None:
     assert got == reference_enrich_history(spec, events)
     assert got[3]["account_id__count_1h"] == 0.0 and got[3]["account_id__seconds_since_last"] == 3600.0
     assert got[5]["account_id__new_merchant_category"] == 1.0  # last used exactly one longest window ago
+
+
+def test_the_kernel_is_compiled_before_the_first_batch() -> None:
+    """``Enricher()`` compiles (or loads) the kernel for exactly the dtypes batches use, so no batch
+    pays a compile: enriching adds no new specialisation."""
+    from stream_detector.entity import kernel
+
+    enricher = Enricher(InMemoryState())
+    compiled = list(kernel.run.signatures)
+    assert len(compiled) == 1
+    events = [{"event_id": "e", "account_id": "a", "terminal_id": "t", "timestamp": 1.0, "amount": 2.0,
+               "merchant_category": "x", "country": "y"}]
+    for spec in SPECS:
+        enricher.enrich(spec, events, [(0, 0)])
+        enrich_history(spec, events)
+    assert list(kernel.run.signatures) == compiled
