@@ -5,8 +5,8 @@ Numba (``@njit(cache=True)``), chosen by measurement over a numpy formulation
 state size*). The recurrences are sequential per entity — the clamped time, the decay since the
 previous event, the horizon reset and the capped distinct sets all depend on the event before —
 so numpy can only vectorise *across* entities, one round per event rank (296 rounds for the
-busiest terminal of the benchmark's 40k events). On the decayed windows alone numba ran 3.2-3.7×
-faster than that numpy form in three runs (1.3-2.3 M vs 0.41-0.68 M events/s, one shared core),
+busiest terminal of the benchmark's 40k events). On the decayed windows alone numba ran 2.3-3.7×
+faster than that numpy form in four runs (1.3-2.3 M vs 0.41-0.68 M events/s, one shared core),
 and the distinct sets (cap, expiry, eviction) have no round-free numpy form at all.
 
 The arithmetic is the per-event reference's (``compute.py``) operation for operation, without
