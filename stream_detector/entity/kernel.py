@@ -34,12 +34,25 @@ Arrays (E entities, N events, W windows, F distinct fields, K = ``max_distinct``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+def jit(fn: Callable[..., Any]) -> Any:
+    """``njit(cache=True)``; plain ``njit`` where numba finds no writable cache location (a
+    read-only root filesystem without a writable home, as in deploy/k8s): then ``warm()`` compiles
+    at start-up in every process (about a second) instead of loading the on-disk cache.
+    Set ``NUMBA_CACHE_DIR`` to a writable volume to keep the cache there."""
+    try:
+        return njit(cache=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(fn)
+
+
+@jit
 def run(order: np.ndarray, starts: np.ndarray, grow: np.ndarray, apply: np.ndarray, ts: np.ndarray,
         amount: np.ndarray, codes: np.ndarray, windows_ms: np.ndarray, longest_s: float,
         horizon_ms: float, k: int, st_t: np.ndarray, st_w: np.ndarray, st_n: np.ndarray,
@@ -53,7 +66,7 @@ def run(order: np.ndarray, starts: np.ndarray, grow: np.ndarray, apply: np.ndarr
                    st_t, st_w, st_n, st_dt, st_dc, out)
 
 
-@njit(cache=True)
+@jit
 def _event(i: int, e: int, apply: bool, tv: float, amt: float, codes: np.ndarray, windows_ms: np.ndarray,
            longest_s: float, horizon_ms: float, k: int, st_t: np.ndarray, st_w: np.ndarray, st_n: np.ndarray,
            st_dt: np.ndarray, st_dc: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover (compiled)
@@ -130,7 +143,7 @@ def _event(i: int, e: int, apply: bool, tv: float, amt: float, codes: np.ndarray
         st_t[e] = t
 
 
-@njit(cache=True)
+@jit
 def _insert(e: int, fi: int, code: int, t: float, at: int, kept: int, longest: float, k: int,
             st_n: np.ndarray, st_dt: np.ndarray, st_dc: np.ndarray) -> None:  # pragma: no cover (compiled)
     """``seen[label] = t``, drop values older than the longest window, evict the oldest over the cap."""

@@ -135,3 +135,12 @@ def test_the_kernel_is_compiled_before_the_first_batch() -> None:
         enricher.enrich(spec, events, [(0, 0)])
         enrich_history(spec, events)
     assert list(kernel.run.signatures) == compiled
+
+
+def test_the_kernel_compiles_without_a_writable_cache() -> None:
+    """A function numba cannot cache (no source file here: as with a read-only install) still compiles."""
+    from stream_detector.entity.kernel import jit
+
+    scope: dict[str, Any] = {}
+    exec("def twice(x):\n    return 2 * x\n", scope)  # no source file: numba has no cache locator for it
+    assert jit(scope["twice"])(21) == 42
