@@ -167,7 +167,7 @@ def cost(split: Split, spec: EntitySpec, bundles: dict[str, Bundle], batch: int,
                round_trips_redis=(stores["redis"].round_trips - trips) / len(batches))
     keys = client.keys("bench:entity:*")[:200]
     out["redis_bytes_per_entity"] = float(np.mean([client.memory_usage(k) for k in keys]))
-    out["record_bytes"] = float(np.mean([record_bytes(r) for r in stores["memory"].records.values()]))
+    out["record_bytes"] = float(np.mean([record_bytes(r, spec, k[1][0]) for k, r in stores["memory"].records.items()]))
     out["entities"] = float(len(stores["memory"].records))
     return out
 
@@ -224,7 +224,7 @@ def markdown(args: argparse.Namespace, runs: list[dict[str, dict[str, float]]], 
         f"| {c['round_trips_redis']:.0f} |"),
         f"| of which enrich alone (in-memory / Redis) | {c['enrich_memory']:.1f} / {c['enrich_redis']:.1f} | | |",
         "",
-        (f"State per entity: {c['record_bytes']:.0f} bytes of JSON (current state + undo snapshot), "
+        (f"State per entity: {c['record_bytes']:.0f} bytes of binary record (version 2; current state + undo snapshot), "
         f"{c['redis_bytes_per_entity']:.0f} bytes in Redis (`MEMORY USAGE`, key and overhead included). "
         f"Offline enrichment (training, `score`): {offline_rate:,.0f} events/s on one core."),
     ]
@@ -243,7 +243,14 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--redis-url", help="Redis for the state cost (default: a throwaway redis-server)")
     parser.add_argument("--quick", action="store_true", help="small data, one seed, print only")
+    parser.add_argument("--speed", action="store_true",
+                        help="only the speed/state-size suite (entity_speed.py: new vs reference, same run)")
+    parser.add_argument("--repeats", type=int, default=3, help="--speed: timed repeats per path (best is kept)")
     args = parser.parse_args(list(argv))
+    if args.speed:
+        from .entity_speed import main_speed
+
+        return main_speed(args.events, args.accounts, args.repeats, args.batch, args.redis_url, not args.quick)
     if args.quick:
         args.events, args.accounts, args.seeds, args.epochs = 12_000, 300, "0", args.epochs or 20
     spec = EntitySpec(windows=parse_windows(args.windows))

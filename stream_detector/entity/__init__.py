@@ -3,13 +3,16 @@
 Between decode and features, each event gains numeric fields computed from the history of its
 entities (``account_id`` and any configured key): decayed window counts/sums/means, the amount
 relative to the entity's mean, seconds since the entity's previous event, distinct and first-seen
-merchants/countries. The same ``compute`` code runs in the worker (state in Redis) and in
-training/offline scoring (state in memory), so both see exactly the same numbers.
+merchants/countries. One compiled kernel (``kernel``) computes them for a whole batch, in the
+worker (state in Redis, binary records) and in training/offline scoring (state in memory or in
+arrays), so both see exactly the same numbers; ``compute`` is the per-event reference it is
+tested against.
 """
 
 from .enrich import Enricher, enrich_history
+from .history import enrich_columns
 from .spec import EntitySpec, parse_windows
 from .state import InMemoryState, RedisState, StateStore
 
-__all__ = ["Enricher", "EntitySpec", "InMemoryState", "RedisState", "StateStore", "enrich_history",
-           "parse_windows"]
+__all__ = ["Enricher", "EntitySpec", "InMemoryState", "RedisState", "StateStore", "enrich_columns",
+           "enrich_history", "parse_windows"]

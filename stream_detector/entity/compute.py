@@ -1,4 +1,7 @@
-"""The entity maths: one event against one entity's state. Pure functions, no I/O.
+"""The entity maths, one event against one entity's state: the per-event *reference*. Pure, no I/O.
+
+The enricher runs the compiled ``kernel`` (same operations, whole batches); this module is what
+it is tested against (``tests/unit/test_entity_kernel.py``) and the definition of the semantics.
 
 State ("core") of one entity, JSON-serialisable so Redis and memory hold the same numbers::
 
@@ -59,12 +62,17 @@ def event_time(event: dict[str, Any], last: float | None) -> float:
 
 def amount_of(event: dict[str, Any], name: str) -> float:
     """The amount as a finite float; anything else (missing, text, bool) counts as 0."""
-    value = event.get(name)
+    return amount_value(event.get(name))
+
+
+def amount_value(value: object) -> float:
+    if type(value) is float:
+        return value if value - value == 0.0 else 0.0
     if isinstance(value, bool) or value is None:
         return 0.0
     try:
-        out = float(value)
-    except (TypeError, ValueError):
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
         return 0.0
     return out if math.isfinite(out) else 0.0
 

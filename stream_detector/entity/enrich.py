@@ -1,8 +1,10 @@
 """The enrich step: a batch of decoded events → the same events plus entity features.
 
-Per batch: collect every (key, entity) the batch touches, load their records in ONE read, run
-each entity's events through ``compute.step`` in batch order, save every touched record in ONE
-write. Events are identified by ``(partition, offset)`` (offline: ``(0, row)``).
+Per batch: read each event's inputs once into columns (``columns.py``), collect every (key,
+entity) the batch touches, load their records in ONE read, decide per entity which state the
+batch starts from (idempotency, below), run every event of every entity of a key through the
+compiled ``kernel`` in one call, save every touched record in ONE write. Events are identified by
+``(partition, offset)`` (offline: ``(0, row)``).
 
 **Idempotency.** A record remembers, per partition, the last offset applied, and keeps an undo
 snapshot: the state before its last write and the first offset of that write per partition.
@@ -21,92 +23,126 @@ Events without a usable key value get the features of an entity with no history 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..pipeline.decode import validate_event
-from .compute import Core, copy_core, empty_core, features_only, step
+import numpy as np
+
+from . import kernel
+from .block import Block
+from .columns import Columns, attach, entity_value, gc_paused
+from .compute import Core, empty_core
 from .spec import EntitySpec
-from .state import EntityKey, InMemoryState, Record, StateStore
+from .state import EntityKey, Record, StateStore
 
 Position = tuple[int, int]  # (partition, offset)
-Item = tuple[int, dict[str, Any], Position]  # (row, event, position)
+
+__all__ = ["Enricher", "Position", "enrich_history", "entity_value"]
 
 
-def entity_value(value: object) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        return None
-    return str(value)
+@dataclass
+class _Plan:
+    """One entity's part of a batch: the state it starts from, which events it applies."""
+
+    start: Core
+    rows: list[int]
+    apply: list[bool]
+    applied: dict[str, int]
+    undo: dict[str, Any] | None
+    core: Core = field(default_factory=dict)
+
+    def record(self) -> Record:
+        return {"c": self.core, "a": self.applied, "u": self.undo}
 
 
 class Enricher:
     """Applies a bundle's ``EntitySpec`` against a state store. ``on_enriched`` is a debug hook
-    (tests compare worker and offline features with it); it gets every enriched batch."""
+    (tests compare worker and offline features with it); it gets every enriched batch.
+
+    Construction compiles (or loads from numba's cache) the kernel, so the first batch does not."""
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self.on_enriched: Callable[[list[dict[str, Any]]], None] | None = None
+        kernel.warm()
 
     def enrich(self, spec: EntitySpec | None, events: Sequence[dict[str, Any]],
                positions: Sequence[Position]) -> list[dict[str, Any]]:
-        """The events with entity fields added (new dicts); the input list itself when ``spec`` is None."""
+        """The events with entity fields added (new dicts, ``spec.output_fields`` as floats); the
+        input list itself when ``spec`` is None. Raises ``EntityStateUnavailable`` (retriable)
+        when the store cannot be read or written; then no state has changed."""
         if spec is None:
             return list(events)
-        out = [dict(e) for e in events]
-        groups: dict[EntityKey, list[Item]] = {}
+        with gc_paused():
+            return self.enrich_rows(spec, events, positions, None)
+
+    def enrich_rows(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Sequence[Position],
+                    keyed: Sequence[bool] | None) -> list[dict[str, Any]]:
+        """``enrich`` where rows with ``keyed[row]`` False are treated as keyless (no state)."""
+        cols = Columns.of(spec, events)
+        groups: dict[EntityKey, list[int]] = {}
+        loose: dict[str, list[int]] = {}
         for key in spec.keys:
             for row, event in enumerate(events):
-                value = entity_value(event.get(key))
+                value = entity_value(event.get(key)) if keyed is None or keyed[row] else None
                 if value is None:
-                    step(spec, key, empty_core(spec, key), event, out[row])
+                    loose.setdefault(key, []).append(row)
                 else:
-                    groups.setdefault((key, value), []).append((row, event, positions[row]))
+                    groups.setdefault((key, value), []).append(row)
         records = self.store.load(spec, list(groups))
-        updated = {k: advance(spec, k[0], records.get(k), items, out) for k, items in groups.items()}
-        self.store.save(spec, updated)
+        plans = {k: plan(spec, k[0], records.get(k), rows, positions) for k, rows in groups.items()}
+        parts = [self._key(spec, key, cols, plans, loose.get(key, [])) for key in spec.keys]
+        self.store.save(spec, {k: p.record() for k, p in plans.items()})
+        out = attach(events, spec.output_fields, np.concatenate(parts, axis=1))
         if self.on_enriched is not None:
             self.on_enriched(out)
         return out
 
+    @staticmethod
+    def _key(spec: EntitySpec, key: str, cols: Columns, plans: dict[EntityKey, _Plan],
+             loose: list[int]) -> np.ndarray:
+        mine = [p for (k, _), p in plans.items() if k == key]
+        fields = spec.distinct_for(key)
+        block = Block.of(spec, fields, [p.start for p in mine], extra=len(loose), cols=cols)
+        n = cols.ts.size
+        state_row = np.empty(n, dtype=np.int64)
+        apply = np.ones(n, dtype=np.bool_)
+        for e, p in enumerate(mine):
+            state_row[p.rows] = e
+            apply[p.rows] = p.apply
+        state_row[loose] = np.arange(len(mine), len(mine) + len(loose))
+        out = block.run(spec, state_row, apply, cols.ts, cols.amount)
+        for p, core in zip(mine, block.cores(len(mine)), strict=True):
+            p.core = core
+        return out
 
-def advance(spec: EntitySpec, key: str, record: Record | None, items: list[Item],
-            out: list[dict[str, Any]]) -> Record:
-    """One entity's events of a batch (in order) against its record; returns the new record."""
+
+def plan(spec: EntitySpec, key: str, record: Record | None, rows: list[int],
+         positions: Sequence[Position]) -> _Plan:
+    """The idempotency decision for one entity's events of a batch (see the module docstring)."""
     if record is None:
         record = {"c": empty_core(spec, key), "a": {}, "u": None}
     applied: dict[str, int] = record["a"]
-    done = [o <= applied.get(str(p), -1) for _, _, (p, o) in items]
+    where = [(str(positions[r][0]), positions[r][1]) for r in rows]
+    done = [o <= applied.get(p, -1) for p, o in where]
     firsts: dict[str, int] = {}
-    for _, _, (p, o) in items:
-        firsts.setdefault(str(p), o)
+    for p, o in where:
+        firsts.setdefault(p, o)
     if not any(done):
-        undo = {"s": copy_core(record["c"]), "f": firsts}
-        core = _apply(spec, key, record["c"], items, out)
-    elif _exact_replay(record, firsts, items, done):
-        undo = record["u"]
-        core = _apply(spec, key, copy_core(undo["s"]), items, out)
+        result = _Plan(record["c"], rows, [True] * len(rows), applied, {"s": record["c"], "f": firsts})
+    elif exact_replay(record, firsts, where, done):
+        result = _Plan(record["u"]["s"], rows, [True] * len(rows), applied, record["u"])
         for part in firsts:  # the state now ends where this batch ends (it may be shorter than the last write)
             applied[part] = -1
     else:
-        undo = None
-        core = record["c"]
-        for (row, event, _), was_applied in zip(items, done, strict=True):
-            if was_applied:
-                out[row].update(features_only(spec, key, core, event))
-            else:
-                core = step(spec, key, core, event, out[row])
-    for _, _, (p, o) in items:
-        if o > applied.get(str(p), -1):
-            applied[str(p)] = o
-    return {"c": core, "a": applied, "u": undo}
+        result = _Plan(record["c"], rows, [not d for d in done], applied, None)
+    for p, o in where:
+        if o > applied.get(p, -1):
+            applied[p] = o
+    return result
 
 
-def _apply(spec: EntitySpec, key: str, core: Core, items: list[Item], out: list[dict[str, Any]]) -> Core:
-    for row, event, _ in items:
-        core = step(spec, key, core, event, out[row])
-    return core
-
-
-def _exact_replay(record: Record, firsts: dict[str, int], items: list[Item],
+def exact_replay(record: Record, firsts: dict[str, int], where: list[tuple[str, int]],
                   done: list[bool]) -> bool:
     """True when the batch starts exactly where the last write started, on every partition it wrote."""
     undo = record.get("u")
@@ -115,7 +151,7 @@ def _exact_replay(record: Record, firsts: dict[str, int], items: list[Item],
     last_firsts: dict[str, int] = undo["f"]
     if any(firsts.get(p) != o for p, o in last_firsts.items()):
         return False
-    return all(not d or str(p) in last_firsts for (_, _, (p, _o)), d in zip(items, done, strict=True))
+    return all(not d or p in last_firsts for (p, _o), d in zip(where, done, strict=True))
 
 
 def enrich_history(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: int = 8192,
@@ -124,20 +160,21 @@ def enrich_history(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: in
 
     Each row's features come only from rows before it — exactly what a worker computes when the
     rows arrive in this order. Rows a worker would reject at decode are not applied to any state
-    (they get the features of an entity without history, so rows stay aligned).
+    (they get the features of an entity without history, so rows stay aligned). Without a
+    ``store`` the state lives in arrays for the whole run (``history.py``, no records, same
+    kernel); with one, chunks of ``chunk`` rows go through an ``Enricher`` on that store.
     """
-    store = store or InMemoryState()
+    from ..pipeline.decode import validate_event
+
+    if store is None:
+        from .history import enrich_offline
+
+        return enrich_offline(spec, events, chunk)
     enricher = Enricher(store)
     out: list[dict[str, Any]] = []
     for start in range(0, len(events), chunk):
         part = events[start:start + chunk]
-        valid = [j for j, e in enumerate(part) if validate_event(e) is None]
-        enriched = enricher.enrich(spec, [part[j] for j in valid], [(0, start + j) for j in valid])
-        rows: list[dict[str, Any]] = [dict(e) for e in part]
-        for j, e in zip(valid, enriched, strict=True):
-            rows[j] = e
-        for j in set(range(len(part))) - set(valid):
-            for key in spec.keys:
-                step(spec, key, empty_core(spec, key), part[j], rows[j])
-        out.extend(rows)
+        valid = [validate_event(e) is None for e in part]
+        with gc_paused():
+            out.extend(enricher.enrich_rows(spec, part, [(0, start + j) for j in range(len(part))], valid))
     return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -109,6 +110,7 @@ class EntitySpec:
     def from_json(cls, raw: bytes) -> EntitySpec:
         return cls.from_dict(orjson.loads(raw))
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
+        """sha256 of ``to_json()``; computed once per spec (the Redis key of every entity uses it)."""
         return hashlib.sha256(self.to_json()).hexdigest()

@@ -12,6 +12,8 @@ import pytest
 import redis
 
 from stream_detector.entity import Enricher, EntitySpec, InMemoryState, RedisState, enrich_history
+from stream_detector.entity.binary import VERSION, decode
+from stream_detector.entity.reference import ReferenceEnricher
 from stream_detector.errors import DeliveryError
 from stream_detector.kafka_util import lag, read_all
 from stream_detector.model.bundle import Bundle, build_bundle
@@ -114,7 +116,9 @@ def _offline_state(events: list[dict[str, Any]]) -> dict[str, Any]:
 def _redis_state(settings: Settings) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.redis_url)
     keys: list[bytes] = client.keys(f"{settings.redis_prefix}:entity:*")  # type: ignore[assignment]
-    return {k.decode().rsplit(":", 1)[1]: orjson.loads(client.get(k))["c"] for k in keys}  # type: ignore[arg-type]
+    raw: list[bytes] = [client.get(k) for k in keys]  # type: ignore[misc]
+    assert all(r[0] == VERSION for r in raw)  # binary records, version byte first
+    return {k.decode().rsplit(":", 1)[1]: decode(SPEC, "account_id", r)["c"] for k, r in zip(keys, raw, strict=True)}
 
 
 def test_worker_features_equal_offline_features_to_the_last_float(settings: Settings, entity_bundle: Bundle,
@@ -185,6 +189,21 @@ def test_one_read_and_one_write_round_trip_per_batch(settings: Settings) -> None
     key = store.key(SPEC, ("account_id", str(events[0]["account_id"])))
     assert 0 < client.pttl(key) <= SPEC.horizon_ms
     usage = client.memory_usage(key)
-    assert usage is not None and usage < 3000  # bytes per entity (docs/entity-features.md)
+    assert usage is not None and usage < 1000  # bytes per entity (docs/entity-features.md)
     enricher.enrich(SPEC, batches[-1], [(0, 400 + i) for i in range(200)])  # replayed: no double count
     assert _redis_state(settings) == _offline_state(events)
+
+
+def test_version_1_json_state_is_migrated_on_read(settings: Settings) -> None:
+    """Records written by the JSON release are read as they are and rewritten as version 2: the
+    features continue exactly as the JSON release would have computed them."""
+    client = redis.Redis.from_url(settings.redis_url)
+    events = _raw(400, seed=25, accounts=12)
+    old_store, new_store = RedisState(client, settings.redis_prefix), InMemoryState()
+    ReferenceEnricher(new_store).enrich(SPEC, events[:200], [(0, i) for i in range(200)])
+    for (_, entity), record in new_store.records.items():  # as the JSON release left them in Redis
+        client.set(old_store.key(SPEC, entity), orjson.dumps(record), px=SPEC.horizon_ms)
+    expected = ReferenceEnricher(new_store).enrich(SPEC, events[200:], [(0, i) for i in range(200, 400)])
+    got = Enricher(old_store).enrich(SPEC, events[200:], [(0, i) for i in range(200, 400)])
+    assert got == expected
+    assert _redis_state(settings) == {k[1][1]: r["c"] for k, r in new_store.records.items()}

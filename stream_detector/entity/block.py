@@ -1,0 +1,113 @@
+"""The state of the entities one key touches in a batch, as the kernel's arrays.
+
+``Block.of`` lays the records' cores (``compute.Core``: the reference's shape, which the stores
+load and save) into arrays, with the batch's and the cores' distinct labels coded in label order;
+``Block.run`` calls the kernel; ``Block.core`` reads one entity's state back as a ``Core``.
+Extra rows (``extra``) start empty: keyless events, each on its own row, whose state is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import kernel
+from .columns import Columns, codes_of, grouping, vocabulary
+from .compute import Core
+from .spec import EntitySpec
+
+
+class Block:
+    """Arrays of E entities (+ extra empty rows); see ``kernel`` for shapes and dtypes."""
+
+    def __init__(self, spec: EntitySpec, fields: tuple[str, ...], rows: int,
+                 index: list[dict[str | None, int]], codes: np.ndarray) -> None:
+        w, f, k = len(spec.windows), len(fields), spec.max_distinct
+        self.fields = fields
+        self.index = index
+        self.labels = [sorted(lab for lab in ix if lab is not None) for ix in index]  # code → label
+        self.codes = codes  # int64[F, N], the batch's events
+        self.t = np.full(rows, np.nan)
+        self.w = np.zeros((rows, w, 3))
+        self.n = np.zeros((rows, f), dtype=np.int64)
+        self.dt = np.zeros((rows, f, k + 1))
+        self.dc = np.zeros((rows, f, k + 1), dtype=np.int64)
+
+    @classmethod
+    def of(cls, spec: EntitySpec, fields: tuple[str, ...], cores: Sequence[Core], extra: int,
+           cols: Columns) -> Block:
+        """A block of ``cores`` (in order) plus ``extra`` empty rows, for the events of ``cols``.
+        Labels are recoded only when a core holds one the batch does not use."""
+        index, codes = [], []
+        for f in fields:
+            ix = cols.index[f]
+            if all(lab in ix for c in cores for lab in c["d"][f]):
+                index.append(ix)
+                codes.append(cols.codes[f])
+            else:
+                index.append(vocabulary(cols.labels[f], *(c["d"][f] for c in cores)))
+                codes.append(codes_of(cols.labels[f], index[-1]))
+        stacked = np.stack(codes) if codes else np.zeros((0, cols.ts.size), dtype=np.int64)
+        block = cls(spec, fields, len(cores) + extra, index, stacked)
+        if cores:
+            block.t[:len(cores)] = [np.nan if c["t"] is None else c["t"] for c in cores]
+            block.w[:len(cores)] = [c["w"] for c in cores]
+        at: tuple[list[int], list[int], list[int]] = ([], [], [])  # (entity, field, slot) of each kept value
+        times: list[float] = []
+        codes_kept: list[int] = []
+        for i, f in enumerate(fields):
+            ix = index[i]
+            for e, core in enumerate(cores):
+                seen = core["d"][f]
+                if seen:
+                    m = len(seen)
+                    at[0].extend([e] * m)
+                    at[1].extend([i] * m)
+                    at[2].extend(range(m))
+                    times.extend(seen.values())
+                    codes_kept.extend(map(ix.__getitem__, seen))
+        if times:  # one scatter per array instead of one numpy call per entity and field
+            block.dt[at] = times
+            block.dc[at] = codes_kept
+            np.add.at(block.n, (at[0], at[1]), 1)
+        return block
+
+    def run(self, spec: EntitySpec, state_row: np.ndarray, apply: np.ndarray, ts: np.ndarray,
+            amount: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+        """Features float64[N, len(spec.fields_for(key))] of the events; the block's state advances.
+        ``state_row`` int64[N] is each event's row here, ``apply`` bool[N] whether it is applied,
+        ``codes`` int64[F, N] their label codes, C-contiguous (default: the batch's, from ``of``); other
+        layouts would compile a second kernel specialisation on first use."""
+        order, starts, grow = grouping(state_row)
+        codes = self.codes if codes is None else codes
+        out = np.empty((ts.size, len(spec.windows) * (5 + len(self.fields)) + 1 + len(self.fields)))
+        kernel.run(order, starts, grow, apply, ts, amount, codes, windows_ms(spec),
+                   float(spec.windows[-1]), float(spec.horizon_ms), spec.max_distinct,
+                   self.t, self.w, self.n, self.dt, self.dc, out)
+        return out
+
+    def clear(self, rows: slice) -> None:
+        """Rows back to empty state (keyless scratch rows between offline chunks)."""
+        self.t[rows] = np.nan
+        self.w[rows] = 0.0
+        self.n[rows] = 0
+
+    def cores(self, rows: int) -> list[Core]:
+        """The first ``rows`` rows' state in the reference's shape (distinct values in insertion
+        order); the arrays are converted to Python once, not per entity."""
+        ts, ws, ns = self.t[:rows].tolist(), self.w[:rows].tolist(), self.n[:rows].tolist()
+        dts, dcs = self.dt[:rows].tolist(), self.dc[:rows].tolist()
+        out: list[Core] = []
+        for e in range(rows):
+            d: dict[str, dict[str, float]] = {}
+            for i, f in enumerate(self.fields):
+                m, names = ns[e][i], self.labels[i]
+                d[f] = dict(zip([names[c] for c in dcs[e][i][:m]], dts[e][i][:m], strict=True))
+            t = ts[e]
+            out.append({"t": None if t != t else t, "w": ws[e], "d": d})
+        return out
+
+
+def windows_ms(spec: EntitySpec) -> np.ndarray:
+    return np.array([s * 1000.0 for s in spec.windows], dtype=np.float64)

@@ -1,0 +1,126 @@
+"""A batch of event dicts as the kernel's columns, and the kernel's output back onto the dicts.
+
+The only per-event Python left on the entity path is here: one pass that reads each event's
+timestamp, amount, key values and distinct-field labels (with the reference's rules for missing,
+late, non-finite and odd-typed values: ``compute.event_time``, ``compute.amount_of``), and one
+pass that adds the feature row to a copy of each event.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..schema import parse_timestamp_ms
+from .compute import amount_value
+from .spec import EntitySpec
+
+NAN = float("nan")
+
+
+def entity_value(value: object) -> str | None:
+    """The entity id of a key field's value; None (no state, empty history) when unusable."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        return None
+    return str(value)
+
+
+def timestamp_value(value: object) -> float:
+    """Event time in epoch ms; NaN when missing or unusable (the reference's ``None``)."""
+    if type(value) is float:
+        return value if value - value == 0.0 else NAN
+    if value is None:
+        return NAN
+    try:
+        return parse_timestamp_ms(value)
+    except (TypeError, ValueError, OverflowError):
+        return NAN
+
+
+def label_value(value: object) -> str | None:
+    """A distinct field's value as the reference's label (``str(value)``); None when absent/nested."""
+    if type(value) is str:
+        return value
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    return str(value)
+
+
+@dataclass
+class Columns:
+    """Per-event inputs of every key: ``ts`` and ``amount`` float64[N]; per distinct field the
+    labels, a label-ordered vocabulary of them and their codes int64[N] (-1: no value)."""
+
+    ts: np.ndarray
+    amount: np.ndarray
+    labels: dict[str, list[str | None]]
+    index: dict[str, dict[str | None, int]]
+    codes: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, spec: EntitySpec, events: Sequence[dict[str, Any]]) -> Columns:
+        n = len(events)
+        ts = np.fromiter((timestamp_value(e.get("timestamp")) for e in events), np.float64, n)
+        name = spec.amount_field
+        amount = np.fromiter((amount_value(e.get(name)) for e in events), np.float64, n)
+        labels = {f: [label_value(e.get(f)) for e in events] for f in spec.distinct_fields}
+        index = {f: vocabulary(v) for f, v in labels.items()}
+        return cls(ts, amount, labels, index, {f: codes_of(v, index[f]) for f, v in labels.items()})
+
+
+def vocabulary(*sources: Iterable[str | None]) -> dict[str | None, int]:
+    """Label → code, codes in label order (the kernel's eviction tie-break compares codes); None → -1."""
+    labels: set[str | None] = set()
+    for source in sources:
+        labels.update(source)
+    ordered = sorted(x for x in labels if x is not None)
+    index: dict[str | None, int] = {label: code for code, label in enumerate(ordered)}
+    index[None] = -1
+    return index
+
+
+def codes_of(labels: Sequence[str | None], index: dict[str | None, int]) -> np.ndarray:
+    return np.fromiter(map(index.__getitem__, labels), np.int64, len(labels))
+
+
+def grouping(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ids`` int64[N] (state row per event) → (order, starts, state row per group) for the kernel:
+    events grouped by row, batch order kept inside each group."""
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    if ids.size == 0:
+        return order, np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    cut = np.flatnonzero(sorted_ids[1:] != sorted_ids[:-1]) + 1
+    starts = np.concatenate(([0], cut, [ids.size])).astype(np.int64)
+    return order.astype(np.int64), starts, sorted_ids[starts[:-1]].astype(np.int64)
+
+
+def attach(events: Sequence[dict[str, Any]], names: list[str], values: np.ndarray) -> list[dict[str, Any]]:
+    """New dicts: each event plus its row of ``values`` (float64[N, len(names)]) under ``names``."""
+    out: list[dict[str, Any]] = []
+    append = out.append
+    for event, row in zip(events, values.tolist(), strict=True):
+        d = dict(event)
+        d.update(zip(names, row, strict=True))
+        append(d)
+    return out
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for one batch (restored after, as it was). A batch
+    allocates a few containers per event and per entity and makes no reference cycles, so
+    reference counting frees everything; with the collector on, its passes over every live object
+    (an offline store holds millions) took half of the enrich step's CPU (benchmarks/RESULTS.md)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -1,0 +1,66 @@
+"""Entity records as version-2 bytes: exact round trip, bounded size, version-1 JSON migrated on read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from stream_detector.entity import Enricher, EntitySpec, InMemoryState
+from stream_detector.entity.binary import VERSION, decode, encode
+from stream_detector.entity.reference import ReferenceEnricher
+from stream_detector.entity.state import record_bytes
+
+SPEC = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400, 604_800, 2_592_000))
+
+
+def _events(n: int, labels: int) -> list[dict[str, Any]]:
+    return [{"event_id": f"e{i}", "account_id": f"a{i % 3}", "terminal_id": f"t{i % 2}", "timestamp": i * 61_001.5,
+             "amount": 1.0 + (i * 7919 % 1000) / 3, "merchant_category": f"m{i % labels}",
+             "country": "Ünïcødé-" + "x" * (i % 300)} for i in range(n)]
+
+
+def _store(events: list[dict[str, Any]], enricher_class: Any = Enricher) -> InMemoryState:
+    store = InMemoryState()
+    enricher = enricher_class(store)
+    for start in range(0, len(events), 50):
+        part = events[start:start + 50]
+        enricher.enrich(SPEC, part, [(start % 4, start + j) for j in range(len(part))])
+    return store
+
+
+def test_records_round_trip_bit_for_bit() -> None:
+    store = _store(_events(400, 40))
+    assert len(store.records) == 5
+    for (_, (key, _)), record in store.records.items():
+        assert record["u"] is not None and len(record["a"]) > 1
+        raw = encode(SPEC, key, record)
+        assert raw[0] == VERSION
+        assert decode(SPEC, key, raw) == record  # every float, label (300-byte UTF-8 ones too) and offset
+    empty: dict[str, Any] = {"c": {"t": None, "w": [[0.0] * 3] * 4, "d": {"merchant_category": {}, "country": {}}}, "a": {}, "u": None}
+    assert decode(SPEC, "account_id", encode(SPEC, "account_id", empty)) == empty
+
+
+def test_binary_records_are_smaller_than_json_and_bounded() -> None:
+    events = [{**e, "merchant_category": f"merchant{i % 400:04d}", "country": f"C{i % 97}"}
+              for i, e in enumerate(_events(2000, 1))]
+    store = _store(events)  # every distinct set full (16 values): the worst case for these label lengths
+    for (_, (key, _)), record in store.records.items():
+        assert len(record["c"]["d"]["merchant_category"]) == len(record["u"]["s"]["d"]["country"]) == 16
+        size = record_bytes(record, SPEC, key)
+        assert size < 0.75 * record_bytes(record)
+        # header + offsets, then per core: counts, t + 4 windows, 16 × (time, 12- and ≤ 4-byte JSON labels) per field
+        assert size <= 4 + 12 * 4 + 2 + 12 * 4 + 2 * (2 + 8 + 96 + 4 + 2 + 16 * (8 + 15) + 16 * (8 + 7) + 5)
+
+
+def test_version_1_json_is_read_and_the_next_write_is_version_2() -> None:
+    events = _events(120, 5)
+    reference = _store(events, ReferenceEnricher)  # the records as the JSON release kept them
+    for (_, (key, _)), record in reference.records.items():
+        assert decode(SPEC, key, orjson.dumps(record)) == record
+    with pytest.raises(ValueError, match="format version"):
+        decode(SPEC, "account_id", b"\x07rest")
+    with pytest.raises(ValueError, match="trailing"):
+        record = next(iter(reference.records.values()))
+        decode(SPEC, "account_id", encode(SPEC, "account_id", record) + b"\x00")

@@ -1,0 +1,146 @@
+"""The compiled enricher against the per-event reference (``entity.reference``) on random event
+streams: random keys (missing and odd-typed ones included), timestamps (late, missing, RFC 3339,
+beyond the horizon), amounts, distinct values (ties at the cap), invalid rows, and random batch
+retries. Equality is exact: every feature float and every state float, bit for bit."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_detector.entity import Enricher, EntitySpec, InMemoryState, enrich_history
+from stream_detector.entity.reference import ReferenceEnricher, reference_enrich_history
+
+H = 3_600_000
+SPECS = [
+    EntitySpec(keys=("account_id", "terminal_id"), windows=(60, 3600), max_distinct=2, horizon_factor=1.0),
+    EntitySpec(keys=("account_id",), windows=(600,), distinct_fields=("merchant_category",), max_distinct=3),
+    EntitySpec(keys=("terminal_id", "merchant_category"), windows=(60, 3600, 86_400), distinct_fields=(),
+               amount_field="value"),
+]
+CHECK = settings(derandomize=True, max_examples=60, deadline=None, database=None)
+
+keys = st.sampled_from(["a", "b", "c", 7, "", None, True, 2.5, "missing"])
+times = st.one_of(
+    st.integers(-3 * H, 30 * H).map(float),   # offsets from the previous event: late ones included
+    st.sampled_from([float(H), 1_800_000.0, 0.0]),  # exactly a horizon (1 h, 30 min) and ties
+    st.just(None), st.just("rfc"), st.just(math.nan), st.just(True), st.just(10**400),
+)
+amounts = st.one_of(st.floats(-1e3, 1e6, allow_nan=False), st.integers(-5, 10**6), st.just(None), st.just("12"),
+                    st.just(False), st.just(math.inf))
+labels = st.one_of(st.sampled_from(["x", "y", "z", "w", "v"]), st.integers(0, 3), st.just(None), st.just([1]))
+
+
+@st.composite
+def streams(draw: Any) -> list[dict[str, Any]]:
+    n = draw(st.integers(0, 60))
+    events: list[dict[str, Any]] = []
+    clock = 1_790_000_000_000.0
+    for i in range(n):
+        event: dict[str, Any] = {"event_id": f"e{i}"}
+        for name, strategy in (("account_id", keys), ("terminal_id", keys), ("merchant_category", labels),
+                               ("country", labels), ("amount", amounts), ("value", amounts)):
+            value = draw(strategy)
+            if value != "missing":
+                event[name] = value
+        when = draw(times)
+        if isinstance(when, float) and math.isfinite(when):
+            clock = max(clock + when, clock)  # the stream's clock moves on; late events reach back from it
+            event["timestamp"] = clock + min(when, 0.0)
+        elif when == "rfc":
+            event["timestamp"] = "2026-09-22T10:00:00Z"
+        elif when is not None:
+            event["timestamp"] = when
+        events.append(event)
+    return events
+
+
+@CHECK
+@given(streams(), st.sampled_from(SPECS), st.integers(1, 25))
+def test_offline_enrichment_equals_the_reference(events: list[dict[str, Any]], spec: EntitySpec, chunk: int) -> None:
+    expected = reference_enrich_history(spec, events, chunk=chunk)
+    assert enrich_history(spec, events, chunk=chunk) == expected  # array state, whole run
+    store, reference_store = InMemoryState(), InMemoryState()
+    assert enrich_history(spec, events, chunk=chunk, store=store) == expected  # records, chunk by chunk
+    reference_enrich_history(spec, events, chunk=chunk, store=reference_store)
+    assert store.records == reference_store.records  # state, undo snapshot and offsets alike
+
+
+Delivery = list[list[tuple[dict[str, Any], tuple[int, int]]]]
+
+
+@st.composite
+def deliveries(draw: Any) -> Delivery:
+    """A stream over two partitions, delivered in batches (events with their positions) with
+    retries of the last batch (maybe shorter) and stale redeliveries of older batches."""
+    events = draw(streams())
+    next_offset = [0, 0]
+    positioned = []
+    for event in events:
+        part = draw(st.integers(0, 1))
+        positioned.append((event, (part, next_offset[part])))
+        next_offset[part] += 1
+    batches: Delivery = []
+    start = 0
+    while start < len(positioned):
+        size = draw(st.integers(1, 12))
+        batches.append(positioned[start:start + size])
+        start += size
+        if draw(st.integers(0, 3)) == 0:
+            batches.append(batches[-1][:draw(st.integers(1, len(batches[-1])))])
+        if len(batches) > 2 and draw(st.integers(0, 7)) == 0:
+            batches.append(batches[draw(st.integers(0, len(batches) - 2))])
+    return batches
+
+
+@CHECK
+@given(deliveries(), st.sampled_from(SPECS))
+def test_batches_with_retries_equal_the_reference(batches: Delivery, spec: EntitySpec) -> None:
+    fast_store, reference_store = InMemoryState(), InMemoryState()
+    fast, reference = Enricher(fast_store), ReferenceEnricher(reference_store)
+    for batch in batches:
+        events, positions = [e for e, _ in batch], [p for _, p in batch]
+        assert fast.enrich(spec, events, positions) == reference.enrich(spec, events, positions)
+        assert fast_store.records == reference_store.records
+
+
+def test_boundaries_equal_the_reference() -> None:
+    """Exactly at the horizon, at the longest window and at equal times (eviction tie-break)."""
+    spec = SPECS[0]
+    t0 = 1_790_000_000_000.0
+    rows = [(0.0, "x"), (0.0, "y"), (0.0, "z"), (float(spec.horizon_ms), "x"), (float(spec.horizon_ms), "w"),
+            (spec.horizon_ms + spec.longest_ms, "w"), (spec.horizon_ms + spec.longest_ms - 1.0, "v")]
+    events = [{"event_id": f"e{i}", "account_id": "a", "terminal_id": "t", "timestamp": t0 + dt,
+               "merchant_category": cat, "amount": 5.0 + i} for i, (dt, cat) in enumerate(rows)]
+    got = enrich_history(spec, events)
+    assert got == reference_enrich_history(spec, events)
+    assert got[3]["account_id__count_1h"] == 0.0 and got[3]["account_id__seconds_since_last"] == 3600.0
+    assert got[5]["account_id__new_merchant_category"] == 1.0  # last used exactly one longest window ago
+
+
+def test_the_kernel_is_compiled_before_the_first_batch() -> None:
+    """``Enricher()`` compiles (or loads) the kernel for exactly the dtypes batches use, so no batch
+    pays a compile: enriching adds no new specialisation."""
+    from stream_detector.entity import kernel
+
+    enricher = Enricher(InMemoryState())
+    compiled = list(kernel.run.signatures)
+    assert len(compiled) == 1
+    events = [{"event_id": "e", "account_id": "a", "terminal_id": "t", "timestamp": 1.0, "amount": 2.0,
+               "merchant_category": "x", "country": "y"}]
+    for spec in SPECS:
+        enricher.enrich(spec, events, [(0, 0)])
+        enrich_history(spec, events)
+    assert list(kernel.run.signatures) == compiled
+
+
+def test_the_kernel_compiles_without_a_writable_cache() -> None:
+    """A function numba cannot cache (no source file here: as with a read-only install) still compiles."""
+    from stream_detector.entity.kernel import jit
+
+    scope: dict[str, Any] = {}
+    exec("def twice(x):\n    return 2 * x\n", scope)  # no source file: numba has no cache locator for it
+    assert jit(scope["twice"])(21) == 42
