@@ -370,7 +370,9 @@ case "${1:-}" in
     alive "$KDIR/pid" && echo "kafka: running on 127.0.0.1:$KAFKA_PORT (pid $(cat "$KDIR/pid"))" || echo "kafka: stopped"
     alive "$RDIR/pid" && echo "redis: running on 127.0.0.1:$REDIS_PORT (pid $(cat "$RDIR/pid"))" || echo "redis: stopped" ;;
   cluster-up) cluster_up ;;
-  cluster-down) for n in 1 2 3; do stop_node "$n" TERM; done ;;
+  cluster-down)  # SIGTERM to all three at once: one by one, the last nodes would wait for a lost quorum
+    for n in 1 2 3; do alive "$(node_dir "$n")/pid" && kill "$(cat "$(node_dir "$n")/pid")" 2>/dev/null; done
+    for n in 1 2 3; do stop_node "$n" TERM; done ;;
   cluster-status)
     for n in 1 2 3; do
       d=$(node_dir "$n")

@@ -56,8 +56,9 @@ def redis_client(settings: Settings, timeout_s: float = 2.0) -> redis.Redis:
         return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                     **auth)
     options = connection_options(settings, timeout_s)
-    sentinel = Sentinel(sentinel_addresses(settings.redis_sentinels),
+    sentinel = Sentinel(sentinel_addresses(settings.redis_sentinels),  # type: ignore[no-untyped-call]
                         sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
                         **options)
-    client: redis.Redis = sentinel.master_for(settings.redis_sentinel_master, **options)
+    client: redis.Redis = sentinel.master_for(settings.redis_sentinel_master,  # type: ignore[no-untyped-call]
+                                              **options)
     return client

@@ -11,6 +11,22 @@ COLUMNS = ["scenario", "delivery", "events", "anomalies", "poison", "kills", "re
            "lost_alerts", "duplicate_alerts", "dead_letters", "poison_not_dead_lettered", "all_committed",
            "live_reader_agrees"]
 
+FAILOVER_COLUMNS = ["scenario", "delivery", "events", "anomalies", "poison", "killed", "held_or_failed",
+                    "distinct_alerts", "lost_alerts", "duplicate_alerts", "dead_letters", "poison_not_dead_lettered",
+                    "all_committed", "live_reader_agrees", "seconds"]
+FAILOVER_INTRO = [
+    "## Failover tier: three brokers, Redis with Sentinel (`tests/failover`)",
+    "",
+    "A three-node KRaft cluster (each node broker + controller, replication factor 3,",
+    "`min.insync.replicas=2` for every topic including `__consumer_offsets` and `__transaction_state`)",
+    "and Redis with a replica and three Sentinels, from `deploy/services.sh`. Two workers (threads of",
+    "the test process) consume while a paced producer (`acks=all`, idempotent) feeds the stream; the",
+    "fault hits once they are under way. `killed` names what was killed or cut, `held_or_failed` counts",
+    "batches held or deliveries failed during a stall, `seconds` the scenario's wall time.",
+    "Same pass rules as above; the live `read_committed` reader must agree with the verifier.",
+]
+KEEP_MARKER = "<!-- soak: written by tests/soak, kept by this report -->"
+
 
 def write_report(target: str, figures: list[dict[str, Any]], rounds: int) -> None:
     lines = [
@@ -31,7 +47,13 @@ def write_report(target: str, figures: list[dict[str, Any]], rounds: int) -> Non
         "|" + "---|" * len(COLUMNS),
     ]
     for row in figures:
-        lines.append("| " + " | ".join(str(row.get(c, "")) for c in COLUMNS) + " |")
+        if row.get("tier") != "failover":
+            lines.append("| " + " | ".join(str(row.get(c, "")) for c in COLUMNS) + " |")
+    failover = [row for row in figures if row.get("tier") == "failover"]
+    if failover:
+        lines += ["", *FAILOVER_INTRO, "", "| " + " | ".join(FAILOVER_COLUMNS) + " |",
+                  "|" + "---|" * len(FAILOVER_COLUMNS)]
+        lines += ["| " + " | ".join(str(row.get(c, "")) for c in FAILOVER_COLUMNS) + " |" for row in failover]
     lines += [
         "",
         "Duplicates in at-least-once mode are allowed by design (a batch whose commit was lost to a kill is",
@@ -45,4 +67,8 @@ def write_report(target: str, figures: list[dict[str, Any]], rounds: int) -> Non
         "`tests/integration/test_fuzz.py`: adversarial payloads never crash the worker.",
         "",
     ]
-    Path(target).write_text("\n".join(lines))
+    path = Path(target)
+    kept = path.read_text().partition(KEEP_MARKER) if path.exists() else ("", "", "")
+    if kept[1]:  # the soak section (tests/soak) is written by its own harness and kept as it is
+        lines += [KEEP_MARKER + kept[2].rstrip("\n"), ""]
+    path.write_text("\n".join(lines))
