@@ -11,10 +11,12 @@ COLUMNS = ["scenario", "delivery", "events", "anomalies", "poison", "kills", "re
            "lost_alerts", "duplicate_alerts", "dead_letters", "poison_not_dead_lettered", "all_committed",
            "live_reader_agrees"]
 
-FAILOVER_COLUMNS = ["scenario", "delivery", "events", "anomalies", "poison", "killed", "held_or_failed",
+FAILOVER_COLUMNS = ["scenario", "delivery", "events", "anomalies", "poison", "killed", "open_transaction_seen",
+                    "held_or_failed",
                     "distinct_alerts", "lost_alerts", "duplicate_alerts", "dead_letters", "poison_not_dead_lettered",
                     "all_committed", "live_reader_agrees", "seconds"]
 FAILOVER_INTRO = [
+    "",
     "## Failover tier: three brokers, Redis with Sentinel (`tests/failover`)",
     "",
     "A three-node KRaft cluster (each node broker + controller, replication factor 3,",
@@ -24,6 +26,25 @@ FAILOVER_INTRO = [
     "fault hits once they are under way. `killed` names what was killed or cut, `held_or_failed` counts",
     "batches held or deliveries failed during a stall, `seconds` the scenario's wall time.",
     "Same pass rules as above; the live `read_committed` reader must agree with the verifier.",
+]
+FAILOVER_NOTES = [
+    "- **Leader kills**: with one of three replicas gone, 2 remain = `min.insync.replicas`, so `acks=all`",
+    "  writes, transactions and offset commits continue on the new leaders after the controller fences",
+    "  the dead node (`broker.session.timeout.ms`, 6 s here). In exactly-once mode the alerts-leader",
+    "  fault first waits until an alerts partition's last stable offset trails its high watermark (a",
+    "  transaction open on it) and then kills that partition's leader (`open_transaction_seen`).",
+    "- **Two brokers down**: below `min.insync.replicas` and without a controller quorum nothing can be",
+    "  written or committed; the workers hold their batch (partitions paused) until the nodes return.",
+    "- **Partition**: node 3's client listener, its controller listener and its own path to the other",
+    "  controllers go through loopback TCP proxies that the test cuts; only node 3's follower fetches",
+    "  from the other leaders stay possible (they cannot make it a leader again). No network namespaces.",
+    "- **Redis failover and entity features — the rule**: an entity feature sees either the state the new",
+    "  primary holds or, while no primary answers, nothing (the batch is held, never scored on missing",
+    "  state, and its offsets are not committed). Replication is asynchronous, so the last writes before",
+    "  the kill may be missing on the promoted replica: those events are then absent from their entity's",
+    "  history (the features undercount), never counted twice, because each record's per-partition",
+    "  idempotency offsets are stored in the same value and roll back with it. Alerts are never lost.",
+    "  Bound the window with `min-replicas-to-write 1` / `min-replicas-max-lag` on the primary.",
 ]
 KEEP_MARKER = "<!-- soak: written by tests/soak, kept by this report -->"
 
@@ -49,11 +70,6 @@ def write_report(target: str, figures: list[dict[str, Any]], rounds: int) -> Non
     for row in figures:
         if row.get("tier") != "failover":
             lines.append("| " + " | ".join(str(row.get(c, "")) for c in COLUMNS) + " |")
-    failover = [row for row in figures if row.get("tier") == "failover"]
-    if failover:
-        lines += ["", *FAILOVER_INTRO, "", "| " + " | ".join(FAILOVER_COLUMNS) + " |",
-                  "|" + "---|" * len(FAILOVER_COLUMNS)]
-        lines += ["| " + " | ".join(str(row.get(c, "")) for c in FAILOVER_COLUMNS) + " |" for row in failover]
     lines += [
         "",
         "Duplicates in at-least-once mode are allowed by design (a batch whose commit was lost to a kill is",
@@ -67,6 +83,11 @@ def write_report(target: str, figures: list[dict[str, Any]], rounds: int) -> Non
         "`tests/integration/test_fuzz.py`: adversarial payloads never crash the worker.",
         "",
     ]
+    failover = [row for row in figures if row.get("tier") == "failover"]
+    if failover:
+        lines += [*FAILOVER_INTRO, "", "| " + " | ".join(FAILOVER_COLUMNS) + " |", "|" + "---|" * len(FAILOVER_COLUMNS)]
+        lines += ["| " + " | ".join(str(row.get(c, "")) for c in FAILOVER_COLUMNS) + " |" for row in failover]
+        lines += ["", *FAILOVER_NOTES, ""]
     path = Path(target)
     kept = path.read_text().partition(KEEP_MARKER) if path.exists() else ("", "", "")
     if kept[1]:  # the soak section (tests/soak) is written by its own harness and kept as it is
