@@ -55,10 +55,12 @@ test-chaos: install
 test-failover: install
 	SD_FAILOVER_TIER=$${SD_FAILOVER_TIER:-short} $(BIN)/python -m pytest -q tests/failover
 
-# The chaos and failover tiers' long form (SD_CHAOS_ROUNDS=3, both delivery modes for every failover
-# scenario): their figures become docs/RELIABILITY.md (the soak section there is kept).
+# The chaos and failover tiers' long form (SD_CHAOS_ROUNDS=3; every storm at least 1M events with 10k
+# anomalies; both delivery modes for every failover scenario): their figures become docs/RELIABILITY.md
+# (the soak section there is kept).
 reliability: install
-	SD_CHAOS_ROUNDS=$${SD_CHAOS_ROUNDS:-3} SD_FAILOVER_TIER=long SD_RELIABILITY_REPORT=docs/RELIABILITY.md \
+	SD_CHAOS_ROUNDS=$${SD_CHAOS_ROUNDS:-3} SD_CHAOS_MIN_EVENTS=$${SD_CHAOS_MIN_EVENTS:-1000000} \
+	  SD_CHAOS_MIN_ANOMALIES=$${SD_CHAOS_MIN_ANOMALIES:-10000} SD_FAILOVER_TIER=long SD_RELIABILITY_REPORT=docs/RELIABILITY.md \
 	  $(BIN)/python -m pytest -q tests/chaos tests/failover
 
 # An hour at 20k events/s offered by default; SOAK_MINUTES=5 SOAK_RATE=2000 for a short check.

@@ -33,6 +33,16 @@ from stream_detector.topics import ensure_topics
 from tests.helpers import anomaly
 
 ROUNDS = max(1, int(os.environ.get("SD_CHAOS_ROUNDS", "1")))
+# The long form (make reliability) sizes every storm to at least this many events and anomalies.
+MIN_EVENTS = int(os.environ.get("SD_CHAOS_MIN_EVENTS", "0"))
+MIN_ANOMALIES = int(os.environ.get("SD_CHAOS_MIN_ANOMALIES", "0"))
+
+
+def sized(events: int, anomalies: int) -> tuple[int, int, float]:
+    """(events, anomalies, deadline factor) of a storm: its own counts × ``ROUNDS``, raised to the
+    long form's minimums; deadlines of waits that scale with the stream grow by the same factor."""
+    n, k = max(events * ROUNDS, MIN_EVENTS), max(anomalies * ROUNDS, MIN_ANOMALIES)
+    return n, k, n / (events * ROUNDS)
 FIGURES: list[dict[str, Any]] = []
 CLI = [sys.executable, "-m", "stream_detector.cli"]
 
@@ -79,7 +89,7 @@ def make_stream(n: int, k: int, poison_rate: float, seed: int) -> Stream:
 def produce(settings: Settings, stream: Stream) -> None:
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
     futures = [producer.send(settings.input_topic, key=k, value=v) for k, v in stream.records]
-    producer.flush(timeout=60)
+    producer.flush(timeout=max(60.0, len(stream.records) / 2_000))
     producer.close()
     assert all(f.succeeded() for f in futures), "the scenario's input was not fully written"
 
