@@ -81,28 +81,8 @@ kafka_up() {
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (set SD_KAFKA_PORT)"
   fetch_kafka
   mkdir -p "$KDIR"
-  cat > "$KDIR/server.properties" <<PROPS
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:${SD_KAFKA_ADVERTISED_PORT:-$KAFKA_PORT}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$KDIR/data
-num.partitions=1
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=8
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-message.max.bytes=16777216
-PROPS
+  kafka_props "$KDIR/server.properties" 1 "controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT" \
+    "$KAFKA_PORT" "$CONTROLLER_PORT" "${SD_KAFKA_ADVERTISED_PORT:-$KAFKA_PORT}" "$KDIR/data" 1 1
   local cp="$LIBS/*"
   if [ ! -f "$KDIR/data/meta.properties" ]; then
     local cid
@@ -110,22 +90,55 @@ PROPS
     java -cp "$cp" kafka.tools.StorageTool format -t "$cid" -c "$KDIR/server.properties" --standalone \
       >"$KDIR/format.log" 2>&1 || { cat "$KDIR/format.log" >&2; die "could not format the KRaft storage"; }
   fi
-  : > "$KDIR/server.log"
-  nohup java -Xms"$HEAP" -Xmx"$HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true \
-    -cp "$cp" kafka.Kafka "$KDIR/server.properties" >>"$KDIR/server.log" 2>&1 &
-  echo $! > "$KDIR/pid"
+  launch_kafka "$KDIR" "$HEAP"
   wait_kafka
 }
 
-wait_kafka() {
+wait_kafka() { wait_kafka_in "$KDIR" "$KAFKA_PORT" kafka; }
+
+kafka_props() {  # file node.id quorum-line client-port controller-port advertised-port data-dir replication min-isr
+  cat > "$1" <<PROPS
+process.roles=broker,controller
+node.id=$2
+$3
+listeners=PLAINTEXT://127.0.0.1:$4,CONTROLLER://127.0.0.1:$5
+advertised.listeners=PLAINTEXT://127.0.0.1:$6
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$7
+num.partitions=1
+default.replication.factor=$8
+min.insync.replicas=$9
+auto.create.topics.enable=false
+offsets.topic.replication.factor=$8
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=$8
+transaction.state.log.min.isr=$9
+transaction.state.log.num.partitions=8
+share.coordinator.state.topic.replication.factor=$8
+share.coordinator.state.topic.min.isr=$9
+group.initial.rebalance.delay.ms=0
+message.max.bytes=16777216
+PROPS
+}
+
+launch_kafka() {  # dir heap: one JVM on dir/server.properties, pid in dir/pid; does not wait
+  : > "$1/server.log"
+  nohup java -Xms"$2" -Xmx"$2" -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true \
+    -cp "$LIBS/*" kafka.Kafka "$1/server.properties" >>"$1/server.log" 2>&1 &
+  echo $! > "$1/pid"
+}
+
+wait_kafka_in() {  # dir port name: until it logged "Kafka Server started" and accepts connections
   local deadline=$((SECONDS + TIMEOUT))
-  until grep -q "Kafka Server started" "$KDIR/server.log" 2>/dev/null && port_open "$KAFKA_PORT"; do
-    alive "$KDIR/pid" || { tail -n 40 "$KDIR/server.log" >&2; die "kafka exited during start-up (log: $KDIR/server.log)"; }
-    [ $SECONDS -lt $deadline ] || die "kafka not ready after ${TIMEOUT}s (log: $KDIR/server.log)"
+  until grep -q "Kafka Server started" "$1/server.log" 2>/dev/null && port_open "$2"; do
+    alive "$1/pid" || { tail -n 40 "$1/server.log" >&2; die "$3 exited during start-up (log: $1/server.log)"; }
+    [ $SECONDS -lt $deadline ] || die "$3 not ready after ${TIMEOUT}s (log: $1/server.log)"
     sleep 0.2
   done
-  log "kafka ready on 127.0.0.1:$KAFKA_PORT"
+  log "$3 ready on 127.0.0.1:$2"
 }
 
 redis_up() {
@@ -169,33 +182,13 @@ write_node_config() {  # node
   local n=$1 i=$(($1 - 1)) dir; dir=$(node_dir "$1")
   local voters_var="SD_CLUSTER_VOTERS_$n"
   mkdir -p "$dir"
-  cat > "$dir/server.properties" <<PROPS
-process.roles=broker,controller
-node.id=$n
-controller.quorum.voters=${!voters_var:-$(default_voters)}
-listeners=PLAINTEXT://127.0.0.1:${CPORTS[$i]},CONTROLLER://127.0.0.1:${CCTRL[$i]}
-advertised.listeners=PLAINTEXT://127.0.0.1:${CADV[$i]}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$dir/data
-num.partitions=1
-default.replication.factor=3
-min.insync.replicas=2
+  kafka_props "$dir/server.properties" "$n" "controller.quorum.voters=${!voters_var:-$(default_voters)}" \
+    "${CPORTS[$i]}" "${CCTRL[$i]}" "${CADV[$i]}" "$dir/data" 3 2
+  cat >> "$dir/server.properties" <<PROPS
 unclean.leader.election.enable=false
-auto.create.topics.enable=false
-offsets.topic.replication.factor=3
-offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=3
-transaction.state.log.min.isr=2
-transaction.state.log.num.partitions=8
-share.coordinator.state.topic.replication.factor=3
-share.coordinator.state.topic.min.isr=2
-group.initial.rebalance.delay.ms=0
 broker.session.timeout.ms=6000
 broker.heartbeat.interval.ms=1000
 replica.lag.time.max.ms=10000
-message.max.bytes=16777216
 PROPS
 }
 
@@ -208,22 +201,10 @@ start_node() {  # node: start it unless it runs; does not wait
     java -cp "$LIBS/*" kafka.tools.StorageTool format -t "$(cat "$CDIR/cluster.id")" -c "$dir/server.properties" \
       >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "could not format node $n's KRaft storage"; }
   fi
-  : > "$dir/server.log"
-  nohup java -Xms"$CHEAP" -Xmx"$CHEAP" -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true \
-    -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" >>"$dir/server.log" 2>&1 &
-  echo $! > "$dir/pid"
+  launch_kafka "$dir" "$CHEAP"
 }
 
-wait_node() {  # node
-  local n=$1 dir deadline=$((SECONDS + TIMEOUT)); dir=$(node_dir "$1")
-  until grep -q "Kafka Server started" "$dir/server.log" 2>/dev/null && port_open "${CPORTS[$((n - 1))]}"; do
-    alive "$dir/pid" || { tail -n 40 "$dir/server.log" >&2; die "node $n exited during start-up (log: $dir/server.log)"; }
-    [ $SECONDS -lt $deadline ] || die "node $n not ready after ${TIMEOUT}s (log: $dir/server.log)"
-    sleep 0.2
-  done
-  log "kafka node $n ready on 127.0.0.1:${CPORTS[$((n - 1))]}"
-}
+wait_node() { wait_kafka_in "$(node_dir "$1")" "${CPORTS[$(($1 - 1))]}" "kafka node $1"; }
 
 cluster_up() {
   fetch_kafka

@@ -76,6 +76,13 @@ def make_stream(n: int, k: int, poison_rate: float, seed: int) -> Stream:
     bad = [anomaly(f"anom-{seed}-{i}-{uuid.uuid4().hex[:6]}", f"acct-{i:05d}") for i in range(k)]
     for event in bad:
         events.insert(rng.randrange(len(events) + 1), event)
+    records, poison = with_poison(events, poison_rate, rng)
+    return Stream(records, {str(e["event_id"]) for e in bad}, {str(e["event_id"]) for e in events}, poison)
+
+
+def with_poison(events: list[dict[str, Any]], poison_rate: float,
+                rng: random.Random) -> tuple[list[tuple[bytes | None, bytes]], int]:
+    """(key, value) records of ``events`` in order, a poison record after each with ``poison_rate``."""
     records: list[tuple[bytes | None, bytes]] = []
     poison = 0
     for event in events:
@@ -83,7 +90,7 @@ def make_stream(n: int, k: int, poison_rate: float, seed: int) -> Stream:
         if rng.random() < poison_rate:
             poison += 1
             records.append((None, rng.choice([b"{oops", b'{"amount": 1}', b'{"event_id": 5}', rng.randbytes(20)])))
-    return Stream(records, {str(e["event_id"]) for e in bad}, {str(e["event_id"]) for e in events}, poison)
+    return records, poison
 
 
 def produce(settings: Settings, stream: Stream) -> None:

@@ -21,7 +21,16 @@ from stream_detector.model.bundle import Bundle
 from stream_detector.settings import Settings
 from stream_detector.store import ControlPlane
 from stream_detector.topics import ensure_topics
-from tests.chaos.harness import ROUNDS, LiveReader, Stream, base_settings, committed_total, drained, verify
+from tests.chaos.harness import (
+    ROUNDS,
+    LiveReader,
+    Stream,
+    base_settings,
+    committed_total,
+    drained,
+    verify,
+    with_poison,
+)
 from tests.failover.conftest import Cluster
 from tests.helpers import wait_until
 
@@ -72,6 +81,12 @@ class Context:
     settings: Settings
     workers: list[Any]  # tests.fixtures.RunningWorker
     notes: dict[str, Any] = field(default_factory=dict)
+
+    def await_progress(self, what: str, events: int = 500) -> None:
+        """Wait until the workers have handled ``events`` more events (the stream goes on)."""
+        before = sum(w.worker.stats.events for w in self.workers)
+        wait_until(lambda: sum(w.worker.stats.events for w in self.workers) > before + events, timeout_s=120,
+                   interval_s=0.3, message=what)
 
     def pressure(self) -> int:
         """Batches held or deliveries failed so far, summed over the workers (a stall shows here)."""
@@ -136,8 +151,6 @@ def make_entity_stream(n: int, k: int, poison_rate: float, seed: int) -> Stream:
     import random
     import uuid
 
-    import orjson
-
     from stream_detector.simulate import Simulator
 
     rng = random.Random(seed)
@@ -149,11 +162,5 @@ def make_entity_stream(n: int, k: int, poison_rate: float, seed: int) -> Stream:
                 device_new=True, distance_from_home_km=15_000.0) for i in range(k)]
     for event in bad:
         events.insert(rng.randrange(len(events) + 1), event)
-    records: list[tuple[bytes | None, bytes]] = []
-    poison = 0
-    for event in events:
-        records.append((str(event["account_id"]).encode(), orjson.dumps(event)))
-        if rng.random() < poison_rate:
-            poison += 1
-            records.append((None, rng.choice([b"{oops", b'{"amount": 1}', rng.randbytes(20)])))
+    records, poison = with_poison(events, poison_rate, rng)
     return Stream(records, {str(e["event_id"]) for e in bad}, {str(e["event_id"]) for e in events}, poison)

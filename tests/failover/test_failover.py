@@ -56,9 +56,7 @@ def _kill_leader_of(topic_of):  # type: ignore[no-untyped-def]
         ctx.cluster.run("kill-broker", str(node))
         ctx.notes["killed"] = f"node {node}"
         # The survivors hold 2 of 3 replicas (= min.insync.replicas): the stream must go on without it.
-        before = ctx.settings and sum(w.worker.stats.events for w in ctx.workers)
-        wait_until(lambda: sum(w.worker.stats.events for w in ctx.workers) > before + 500, timeout_s=120,
-                   interval_s=0.3, message="progress with the leader dead")
+        ctx.await_progress("progress with the leader dead")
     return fault
 
 
@@ -102,9 +100,7 @@ def _kill_alerts_leader(ctx: Context) -> None:
     node = leader_of(ctx.settings, ctx.settings.alerts_topic, partition)
     ctx.cluster.run("kill-broker", str(node))
     ctx.notes["killed"] = f"node {node}"
-    before = sum(w.worker.stats.events for w in ctx.workers)
-    wait_until(lambda: sum(w.worker.stats.events for w in ctx.workers) > before + 500, timeout_s=120,
-               interval_s=0.3, message="progress with the leader dead")
+    ctx.await_progress("progress with the leader dead")
 
 
 @pytest.mark.parametrize("delivery", modes("exactly_once", smoke=True))
@@ -127,9 +123,7 @@ def _kill_controller(ctx: Context) -> None:
     ctx.notes["killed"] = f"node {node} (active controller)"
     wait_until(lambda: ctx.cluster.run("cluster-controller") not in ("", str(node)), timeout_s=60,
                interval_s=0.3, message="a new active controller")
-    before = sum(w.worker.stats.events for w in ctx.workers)
-    wait_until(lambda: sum(w.worker.stats.events for w in ctx.workers) > before + 500, timeout_s=120,
-               interval_s=0.3, message="progress under the new controller")
+    ctx.await_progress("progress under the new controller")
 
 
 @pytest.mark.parametrize("delivery", modes("at_least_once"))
@@ -189,9 +183,7 @@ def _kill_redis_primary(ctx: Context) -> None:
     held_before = ctx.pressure()
     wait_until(lambda: _primary(ctx) not in ("", old), timeout_s=60, interval_s=0.3,
                message="the Sentinels promoted the replica")
-    before = sum(w.worker.stats.events for w in ctx.workers)
-    wait_until(lambda: sum(w.worker.stats.events for w in ctx.workers) > before + 500, timeout_s=120,
-               interval_s=0.3, message="progress against the new primary")
+    ctx.await_progress("progress against the new primary")
     ctx.notes["held_or_failed"] = ctx.pressure() - held_before
 
 
@@ -229,9 +221,7 @@ def test_network_partition_of_one_broker(partitionable, bundle, start_worker):
         for proxy in proxies:
             proxy.cut()
         ctx.notes["killed"] = "node 3 partitioned"
-        before = sum(w.worker.stats.events for w in ctx.workers)
-        wait_until(lambda: sum(w.worker.stats.events for w in ctx.workers) > before + 500, timeout_s=120,
-                   interval_s=0.3, message="progress on the majority side")
+        ctx.await_progress("progress on the majority side")
         threading.Event().wait(8.0)  # the partition lasts past the broker session timeout: a fault's duration
         for proxy in proxies:
             proxy.restore()
