@@ -52,9 +52,11 @@ def connection_options(settings: Settings, timeout_s: float = 2.0) -> dict[str, 
 def redis_client(settings: Settings, timeout_s: float = 2.0) -> redis.Redis:
     """A client for the deployment's Redis: Sentinel-managed when ``SD_REDIS_SENTINELS`` is set."""
     if not settings.redis_sentinels:
+        # redis-py lets credentials in the URL win over keyword arguments; the settings' must win.
         auth = {k: v for k, v in connection_options(settings, timeout_s).items() if k in ("password", "username")}
-        return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                    **auth)
+        url = urlparse(settings.redis_url)
+        bare = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
+        return redis.Redis.from_url(bare, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **auth)
     options = connection_options(settings, timeout_s)
     sentinel = Sentinel(sentinel_addresses(settings.redis_sentinels),  # type: ignore[no-untyped-call]
                         sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},

@@ -55,3 +55,11 @@ def test_malformed_sentinel_lists_are_rejected(bad: str) -> None:
 def test_topic_replication_defaults_to_the_brokers_default() -> None:
     assert Settings().topic_replication == 0
     assert Settings(topic_replication=3).topic_replication == 3
+
+
+def test_password_setting_wins_over_the_url_without_sentinels_too() -> None:
+    settings = Settings(redis_url="redis://user:url-pw@127.0.0.1:6390/1", redis_password="secret")  # type: ignore[arg-type]
+    kwargs = redis_client(settings).connection_pool.connection_kwargs
+    assert kwargs["password"] == "secret" and kwargs["username"] == "user" and kwargs["db"] == 1
+    assert redis_client(Settings(redis_url="redis://:url-pw@127.0.0.1:6390/0")).connection_pool.connection_kwargs[
+        "password"] == "url-pw"
