@@ -13,8 +13,8 @@ COLUMNS = ["scenario", "delivery", "events", "anomalies", "poison", "kills", "re
 
 FAILOVER_COLUMNS = ["scenario", "delivery", "events", "anomalies", "poison", "killed", "open_transaction_seen",
                     "held_or_failed",
-                    "distinct_alerts", "lost_alerts", "duplicate_alerts", "dead_letters", "poison_not_dead_lettered",
-                    "all_committed", "live_reader_agrees", "seconds"]
+                    "distinct_alerts", "lost_alerts", "duplicate_alerts", "dead_letters", "duplicate_dead_letters",
+                    "poison_not_dead_lettered", "all_committed", "live_reader_agrees", "seconds"]
 FAILOVER_INTRO = [
     "",
     "## Failover tier: three brokers, Redis with Sentinel (`tests/failover`)",
@@ -35,6 +35,12 @@ FAILOVER_NOTES = [
     "  transaction open on it) and then kills that partition's leader (`open_transaction_seen`).",
     "- **Two brokers down**: below `min.insync.replicas` and without a controller quorum nothing can be",
     "  written or committed; the workers hold their batch (partitions paused) until the nodes return.",
+    "- **Found and fixed by this tier**: with two brokers down, `commit_transaction` can time out on the",
+    "  worker's watchdog after the coordinator has prepared the commit; the coordinator then completes it,",
+    "  and retrying the held batch published its records a second time (2 duplicate dead letters under",
+    "  `read_committed` in one of two short runs). A batch whose transaction failed at commit is now",
+    "  settled instead (`Worker._settle_in_doubt`: a fresh producer's `init_transactions` completes or",
+    "  aborts it, then the partitions are rewound to the committed offsets and re-read only if needed).",
     "- **Partition**: node 3's client listener, its controller listener and its own path to the other",
     "  controllers go through loopback TCP proxies that the test cuts; only node 3's follower fetches",
     "  from the other leaders stay possible (they cannot make it a leader again). No network namespaces.",
