@@ -73,8 +73,12 @@ def start_cluster(state: Path, **extra_env: str) -> Cluster:
     advertised = env.get("SD_CLUSTER_ADVERTISED_PORTS", env["SD_CLUSTER_PORTS"])
     cluster = Cluster(",".join(f"127.0.0.1:{p}" for p in advertised.split(",")), "redis://127.0.0.1:1/0",
                       ",".join(f"127.0.0.1:{p}" for p in sentinel_ports), env)
-    cluster.run("cluster-up")
-    cluster.run("sentinel-up")
+    try:
+        cluster.run("cluster-up")
+        cluster.run("sentinel-up")
+    except RuntimeError:
+        stop_cluster(cluster)  # what did start must not outlive the failed start
+        raise
     return cluster
 
 
