@@ -5,13 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install services-up services-down services-status demo test test-unit test-integration test-chaos reliability lint bench bench-quality clean
+.PHONY: help install services-up services-down services-status demo test test-unit test-integration test-chaos test-failover reliability soak lint bench bench-quality clean
 
 help:
 	@echo "make demo            install, start Kafka + Redis, train, publish, run a worker on simulated fraud, summary"
 	@echo "make test            install and run the whole test suite (tests start their own Kafka + Redis)"
 	@echo "make services-up     start the local Kafka (127.0.0.1:9092) and Redis (127.0.0.1:6379); services-down stops them"
-	@echo "make reliability     the chaos suite's long form; writes docs/RELIABILITY.md"
+	@echo "make reliability     the chaos + failover tiers' long form (3-broker cluster, Sentinel); writes docs/RELIABILITY.md"
+	@echo "make test-failover   every failover scenario once (~8 min; make test runs a ~3 min smoke subset)"
+	@echo "make soak            SOAK_MINUTES (60) at SOAK_RATE (20000) events/s, entity path on → docs/RELIABILITY.md"
 	@echo "make lint            ruff + mypy --strict"
 	@echo "make bench           throughput/latency benchmarks against a real broker → benchmarks/RESULTS.md"
 
@@ -49,9 +51,24 @@ test-integration: install
 test-chaos: install
 	$(BIN)/python -m pytest -q tests/chaos
 
-# The chaos suite's long form (SD_CHAOS_ROUNDS=3): its figures become docs/RELIABILITY.md.
+# Every failover scenario once (make test runs only its smoke subset: tests/failover/test_failover.py).
+test-failover: install
+	SD_FAILOVER_TIER=$${SD_FAILOVER_TIER:-short} $(BIN)/python -m pytest -q tests/failover
+
+# The chaos and failover tiers' long form (SD_CHAOS_ROUNDS=3; every storm at least 1M events with 10k
+# anomalies; both delivery modes for every failover scenario): their figures become docs/RELIABILITY.md
+# (the soak section there is kept).
 reliability: install
-	SD_CHAOS_ROUNDS=$${SD_CHAOS_ROUNDS:-3} SD_RELIABILITY_REPORT=docs/RELIABILITY.md $(BIN)/python -m pytest -q tests/chaos
+	SD_CHAOS_ROUNDS=$${SD_CHAOS_ROUNDS:-3} SD_CHAOS_MIN_EVENTS=$${SD_CHAOS_MIN_EVENTS:-1000000} \
+	  SD_CHAOS_MIN_ANOMALIES=$${SD_CHAOS_MIN_ANOMALIES:-10000} SD_FAILOVER_TIER=long SD_RELIABILITY_REPORT=docs/RELIABILITY.md \
+	  $(BIN)/python -m pytest -q tests/chaos tests/failover
+
+# An hour at 20k events/s offered by default; SOAK_MINUTES=5 SOAK_RATE=2000 for a short check.
+SOAK_MINUTES ?= 60
+SOAK_RATE ?= 20000
+soak: install
+	$(BIN)/python -m tests.soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --report docs/RELIABILITY.md \
+	  --note "$${SOAK_NOTE:-}"
 
 lint: install
 	$(BIN)/ruff check stream_detector tests benchmarks

@@ -4,6 +4,16 @@
 #
 #   deploy/services.sh up|down|status   (stop-kafka / stop-redis: one service, for chaos tests)
 #
+# The failover tier (tests/failover, `make reliability`) also starts, on other ports:
+#   cluster-up|cluster-down|cluster-status   three KRaft nodes (broker+controller each, 3-voter quorum),
+#                                            replication factor 3, min.insync.replicas=2 everywhere
+#   kill-broker N | stop-broker N | start-broker N   one node (1..3): SIGKILL, SIGTERM, start again
+#   cluster-controller                       prints the node id of the active controller
+#   sentinel-up|sentinel-down|sentinel-status  Redis primary + replica + 3 Sentinels (Debian's packages)
+#   kill-redis-primary                       SIGKILLs whichever Redis Sentinel reports as the primary
+#   start-redis-nodes                        restarts killed Redis nodes (Sentinel makes them replicas)
+# The single broker stays the default of `up` (make demo, make test).
+#
 # Environment (all optional):
 #   SD_KAFKA_PORT            broker port (9092)            SD_KAFKA_CONTROLLER_PORT (SD_KAFKA_PORT+1)
 #   SD_REDIS_PORT            redis port (6379)             SD_SERVICES_DIR  state folder (.cache/services)
@@ -11,6 +21,14 @@
 #   SD_KAFKA_HEAP            JVM heap (768m)               SD_READY_TIMEOUT seconds to wait (120)
 #   SD_KAFKA_ADVERTISED_PORT port clients are told to use (default SD_KAFKA_PORT; chaos tests put a
 #                            TCP proxy there to cut the network)
+##   SD_CLUSTER_PORTS         the 3 nodes' client ports (9192,9194,9196)
+#   SD_CLUSTER_CONTROLLER_PORTS  their controller ports (9193,9195,9197)
+#   SD_CLUSTER_ADVERTISED_PORTS  client ports advertised (default SD_CLUSTER_PORTS; a test's proxies)
+#   SD_CLUSTER_VOTERS_N      node N's controller.quorum.voters (default: the controller ports; a
+#                            test routes one node's quorum traffic through proxies to partition it)
+#   SD_CLUSTER_HEAP          JVM heap per node (512m)
+#   SD_SENTINEL_REDIS_PORTS  primary,replica (6380,6381)   SD_SENTINEL_PORTS  3 Sentinels (26379,26380,26381)
+#   SD_REDIS_SENTINEL_MASTER the monitored name (sd-primary)
 #
 # Idempotent: `up` on a running stack only checks it; `down` on a stopped one does nothing.
 # Waits until the broker has logged "Kafka Server started" and accepts connections, and until
@@ -63,28 +81,8 @@ kafka_up() {
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process (set SD_KAFKA_PORT)"
   fetch_kafka
   mkdir -p "$KDIR"
-  cat > "$KDIR/server.properties" <<PROPS
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:${SD_KAFKA_ADVERTISED_PORT:-$KAFKA_PORT}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$KDIR/data
-num.partitions=1
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=8
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-message.max.bytes=16777216
-PROPS
+  kafka_props "$KDIR/server.properties" 1 "controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT" \
+    "$KAFKA_PORT" "$CONTROLLER_PORT" "${SD_KAFKA_ADVERTISED_PORT:-$KAFKA_PORT}" "$KDIR/data" 1 1
   local cp="$LIBS/*"
   if [ ! -f "$KDIR/data/meta.properties" ]; then
     local cid
@@ -92,22 +90,55 @@ PROPS
     java -cp "$cp" kafka.tools.StorageTool format -t "$cid" -c "$KDIR/server.properties" --standalone \
       >"$KDIR/format.log" 2>&1 || { cat "$KDIR/format.log" >&2; die "could not format the KRaft storage"; }
   fi
-  : > "$KDIR/server.log"
-  nohup java -Xms"$HEAP" -Xmx"$HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true \
-    -cp "$cp" kafka.Kafka "$KDIR/server.properties" >>"$KDIR/server.log" 2>&1 &
-  echo $! > "$KDIR/pid"
+  launch_kafka "$KDIR" "$HEAP"
   wait_kafka
 }
 
-wait_kafka() {
+wait_kafka() { wait_kafka_in "$KDIR" "$KAFKA_PORT" kafka; }
+
+kafka_props() {  # file node.id quorum-line client-port controller-port advertised-port data-dir replication min-isr
+  cat > "$1" <<PROPS
+process.roles=broker,controller
+node.id=$2
+$3
+listeners=PLAINTEXT://127.0.0.1:$4,CONTROLLER://127.0.0.1:$5
+advertised.listeners=PLAINTEXT://127.0.0.1:$6
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$7
+num.partitions=1
+default.replication.factor=$8
+min.insync.replicas=$9
+auto.create.topics.enable=false
+offsets.topic.replication.factor=$8
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=$8
+transaction.state.log.min.isr=$9
+transaction.state.log.num.partitions=8
+share.coordinator.state.topic.replication.factor=$8
+share.coordinator.state.topic.min.isr=$9
+group.initial.rebalance.delay.ms=0
+message.max.bytes=16777216
+PROPS
+}
+
+launch_kafka() {  # dir heap: one JVM on dir/server.properties, pid in dir/pid; does not wait
+  : > "$1/server.log"
+  nohup java -Xms"$2" -Xmx"$2" -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true \
+    -cp "$LIBS/*" kafka.Kafka "$1/server.properties" >>"$1/server.log" 2>&1 &
+  echo $! > "$1/pid"
+}
+
+wait_kafka_in() {  # dir port name: until it logged "Kafka Server started" and accepts connections
   local deadline=$((SECONDS + TIMEOUT))
-  until grep -q "Kafka Server started" "$KDIR/server.log" 2>/dev/null && port_open "$KAFKA_PORT"; do
-    alive "$KDIR/pid" || { tail -n 40 "$KDIR/server.log" >&2; die "kafka exited during start-up (log: $KDIR/server.log)"; }
-    [ $SECONDS -lt $deadline ] || die "kafka not ready after ${TIMEOUT}s (log: $KDIR/server.log)"
+  until grep -q "Kafka Server started" "$1/server.log" 2>/dev/null && port_open "$2"; do
+    alive "$1/pid" || { tail -n 40 "$1/server.log" >&2; die "$3 exited during start-up (log: $1/server.log)"; }
+    [ $SECONDS -lt $deadline ] || die "$3 not ready after ${TIMEOUT}s (log: $1/server.log)"
     sleep 0.2
   done
-  log "kafka ready on 127.0.0.1:$KAFKA_PORT"
+  log "$3 ready on 127.0.0.1:$2"
 }
 
 redis_up() {
@@ -133,6 +164,177 @@ stop_pid() {  # pidfile name
   kill -9 "$pid" 2>/dev/null || true; rm -f "$1"; log "killed $2"
 }
 
+# ---- three-node KRaft cluster ---------------------------------------------------------------
+IFS=, read -r -a CPORTS <<< "${SD_CLUSTER_PORTS:-9192,9194,9196}"
+IFS=, read -r -a CCTRL <<< "${SD_CLUSTER_CONTROLLER_PORTS:-9193,9195,9197}"
+IFS=, read -r -a CADV <<< "${SD_CLUSTER_ADVERTISED_PORTS:-${SD_CLUSTER_PORTS:-9192,9194,9196}}"
+CHEAP=${SD_CLUSTER_HEAP:-512m}
+CDIR="$STATE/cluster-${CPORTS[0]}"
+
+node_dir() { echo "$CDIR/node-$1"; }
+check_node() { [[ "${1:-}" =~ ^[123]$ ]] || die "expected a node number 1..3, got '${1:-}'"; }
+
+default_voters() {
+  echo "1@127.0.0.1:${CCTRL[0]},2@127.0.0.1:${CCTRL[1]},3@127.0.0.1:${CCTRL[2]}"
+}
+
+write_node_config() {  # node
+  local n=$1 i=$(($1 - 1)) dir; dir=$(node_dir "$1")
+  local voters_var="SD_CLUSTER_VOTERS_$n"
+  mkdir -p "$dir"
+  kafka_props "$dir/server.properties" "$n" "controller.quorum.voters=${!voters_var:-$(default_voters)}" \
+    "${CPORTS[$i]}" "${CCTRL[$i]}" "${CADV[$i]}" "$dir/data" 3 2
+  cat >> "$dir/server.properties" <<PROPS
+unclean.leader.election.enable=false
+broker.session.timeout.ms=6000
+broker.heartbeat.interval.ms=1000
+replica.lag.time.max.ms=10000
+PROPS
+}
+
+start_node() {  # node: start it unless it runs; does not wait
+  local n=$1 dir; dir=$(node_dir "$1")
+  alive "$dir/pid" && return 0
+  port_open "${CPORTS[$((n - 1))]}" && die "port ${CPORTS[$((n - 1))]} is taken by another process (set SD_CLUSTER_PORTS)"
+  write_node_config "$n"
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    java -cp "$LIBS/*" kafka.tools.StorageTool format -t "$(cat "$CDIR/cluster.id")" -c "$dir/server.properties" \
+      >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "could not format node $n's KRaft storage"; }
+  fi
+  launch_kafka "$dir" "$CHEAP"
+}
+
+wait_node() { wait_kafka_in "$(node_dir "$1")" "${CPORTS[$(($1 - 1))]}" "kafka node $1"; }
+
+cluster_up() {
+  fetch_kafka
+  mkdir -p "$CDIR"
+  [ -f "$CDIR/cluster.id" ] || java -cp "$LIBS/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1 > "$CDIR/cluster.id"
+  for n in 1 2 3; do start_node "$n"; done   # all three first: a node waits for the quorum to start
+  for n in 1 2 3; do wait_node "$n"; done
+}
+
+stop_node() {  # node signal
+  local dir pid; dir=$(node_dir "$1")
+  alive "$dir/pid" || { rm -f "$dir/pid"; return 0; }
+  pid=$(cat "$dir/pid")
+  if [ "$2" = KILL ]; then
+    kill -9 "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    rm -f "$dir/pid"; log "kafka node $1 killed (SIGKILL)"
+  else
+    stop_pid "$dir/pid" "kafka node $1"
+  fi
+}
+
+cluster_controller() {  # the active controller: the newest Raft epoch's leader among the live nodes' logs
+  local best_epoch=-1 best_leader="" n line epoch leader
+  for n in 1 2 3; do
+    alive "$(node_dir "$n")/pid" || continue
+    line=$(grep -h "Completed transition to \(Leader\|FollowerState\)" "$(node_dir "$n")/server.log" | tail -n 1)
+    case "$line" in
+      *"transition to Leader("*) epoch=$(grep -o 'epoch=[0-9]*, epochStartOffset' <<< "$line" | grep -o '[0-9]*'); leader=$n ;;
+      *FollowerState*) epoch=$(grep -o ' epoch=[0-9]*' <<< "$line" | head -n 1 | grep -o '[0-9]*')
+                       leader=$(grep -o ' leader=[0-9]*' <<< "$line" | head -n 1 | grep -o '[0-9]*') ;;
+      *) continue ;;
+    esac
+    if [ "${epoch:--1}" -gt "$best_epoch" ]; then best_epoch=$epoch; best_leader=$leader; fi
+  done
+  [ -n "$best_leader" ] || die "no node has logged a controller leader yet"
+  echo "$best_leader"
+}
+
+# ---- Redis primary + replica + three Sentinels ----------------------------------------------
+IFS=, read -r -a SRPORTS <<< "${SD_SENTINEL_REDIS_PORTS:-6380,6381}"
+IFS=, read -r -a SPORTS <<< "${SD_SENTINEL_PORTS:-26379,26380,26381}"
+SMASTER=${SD_REDIS_SENTINEL_MASTER:-sd-primary}
+SDIR="$STATE/sentinel-${SRPORTS[0]}"
+
+ensure_sentinel() {
+  ensure_redis
+  command -v redis-sentinel >/dev/null && return 0
+  log "redis-sentinel is missing; installing Debian's redis-sentinel"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-sentinel >&2 || die "could not install redis-sentinel"
+}
+
+rcli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}" 2>/dev/null; }
+
+start_redis_node() {  # index (0 = first primary, 1 = replica); a restarted node rejoins as Sentinel says
+  local port=${SRPORTS[$1]} dir="$SDIR/redis-${SRPORTS[$1]}" extra=()
+  mkdir -p "$dir"
+  alive "$dir/pid" && return 0
+  port_open "$port" && die "port $port is taken by another process (set SD_SENTINEL_REDIS_PORTS)"
+  if [ ! -f "$dir/started" ] && [ "$1" -ne 0 ]; then extra=(--replicaof 127.0.0.1 "${SRPORTS[0]}"); fi
+  if [ -f "$dir/started" ]; then  # a comeback: follow whoever the Sentinels call primary now
+    local addr; addr=$(rcli "${SPORTS[0]}" SENTINEL get-master-addr-by-name "$SMASTER" | tail -n 1)
+    [ -n "$addr" ] && [ "$addr" != "$port" ] && extra=(--replicaof 127.0.0.1 "$addr")
+  fi
+  redis-server --bind 127.0.0.1 --port "$port" --daemonize yes --pidfile "$dir/pid" --dir "$dir" \
+    --logfile "$dir/redis.log" --appendonly yes --save "" "${extra[@]}" >/dev/null
+  touch "$dir/started"
+  local deadline=$((SECONDS + TIMEOUT))
+  until [ "$(rcli "$port" ping)" = "PONG" ]; do
+    [ $SECONDS -lt $deadline ] || die "redis :$port not ready after ${TIMEOUT}s"; sleep 0.1
+  done
+}
+
+start_sentinel() {  # index
+  local port=${SPORTS[$1]} dir="$SDIR/sentinel-${SPORTS[$1]}"
+  mkdir -p "$dir"
+  alive "$dir/pid" && return 0
+  port_open "$port" && die "port $port is taken by another process (set SD_SENTINEL_PORTS)"
+  [ -f "$dir/sentinel.conf" ] || cat > "$dir/sentinel.conf" <<CONF
+bind 127.0.0.1
+port $port
+dir $dir
+sentinel resolve-hostnames no
+sentinel monitor $SMASTER 127.0.0.1 ${SRPORTS[0]} 2
+sentinel down-after-milliseconds $SMASTER 2000
+sentinel failover-timeout $SMASTER 10000
+sentinel parallel-syncs $SMASTER 1
+CONF
+  redis-sentinel "$dir/sentinel.conf" --daemonize yes --pidfile "$dir/pid" --logfile "$dir/sentinel.log" >/dev/null
+}
+
+sentinel_ready() {  # every Sentinel agrees on a primary that answers and sees the other two Sentinels
+  local primary="" s
+  for s in "${SPORTS[@]}"; do
+    local addr; addr=$(rcli "$s" SENTINEL get-master-addr-by-name "$SMASTER" | tail -n 1)
+    [ -n "$addr" ] || return 1
+    [ -z "$primary" ] || [ "$primary" = "$addr" ] || return 1
+    primary=$addr
+    rcli "$s" SENTINEL ckquorum "$SMASTER" | grep -q "^OK" || return 1
+    [ "$(rcli "$s" SENTINEL sentinels "$SMASTER" | grep -c '^name$')" -ge 2 ] || return 1
+  done
+  rcli "$primary" info replication | grep -q "connected_slaves:[1-9]"
+}
+
+sentinel_up() {
+  ensure_sentinel
+  mkdir -p "$SDIR"
+  start_redis_node 0; start_redis_node 1
+  for i in 0 1 2; do start_sentinel "$i"; done
+  local deadline=$((SECONDS + TIMEOUT))
+  until sentinel_ready; do
+    [ $SECONDS -lt $deadline ] || die "sentinels not ready after ${TIMEOUT}s (logs: $SDIR)"; sleep 0.2
+  done
+  log "redis primary 127.0.0.1:$(sentinel_primary) with a replica, sentinels on ${SPORTS[*]} (master name $SMASTER)"
+}
+
+sentinel_primary() { rcli "${SPORTS[0]}" SENTINEL get-master-addr-by-name "$SMASTER" | tail -n 1; }
+
+kill_redis_primary() {
+  local port dir pid; port=$(sentinel_primary); dir="$SDIR/redis-$port"
+  [ -n "$port" ] && alive "$dir/pid" || die "no running primary known to the sentinels"
+  pid=$(cat "$dir/pid"); kill -9 "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  rm -f "$dir/pid"; log "redis primary :$port killed (SIGKILL)"; echo "$port"
+}
+
+sentinel_down() {
+  for s in "${SPORTS[@]}"; do stop_pid "$SDIR/sentinel-$s/pid" "sentinel :$s"; done
+  for p in "${SRPORTS[@]}"; do stop_pid "$SDIR/redis-$p/pid" "redis :$p"; done
+}
+
 case "${1:-}" in
   up) redis_up; kafka_up ;;
   down) stop_pid "$KDIR/pid" "kafka :$KAFKA_PORT"; stop_pid "$RDIR/pid" "redis :$REDIS_PORT" ;;
@@ -148,5 +350,30 @@ case "${1:-}" in
   status)
     alive "$KDIR/pid" && echo "kafka: running on 127.0.0.1:$KAFKA_PORT (pid $(cat "$KDIR/pid"))" || echo "kafka: stopped"
     alive "$RDIR/pid" && echo "redis: running on 127.0.0.1:$REDIS_PORT (pid $(cat "$RDIR/pid"))" || echo "redis: stopped" ;;
-  *) echo "usage: $0 up|down|status|stop-kafka|stop-redis|kill-kafka" >&2; exit 2 ;;
+  cluster-up) cluster_up ;;
+  cluster-down)  # SIGTERM to all three at once: one by one, the last nodes would wait for a lost quorum
+    for n in 1 2 3; do alive "$(node_dir "$n")/pid" && kill "$(cat "$(node_dir "$n")/pid")" 2>/dev/null; done
+    for n in 1 2 3; do stop_node "$n" TERM; done ;;
+  cluster-status)
+    for n in 1 2 3; do
+      d=$(node_dir "$n")
+      alive "$d/pid" && echo "kafka node $n: running on 127.0.0.1:${CPORTS[$((n - 1))]} (pid $(cat "$d/pid"))" \
+        || echo "kafka node $n: stopped"
+    done ;;
+  kill-broker) check_node "${2:-}"; stop_node "$2" KILL ;;
+  stop-broker) check_node "${2:-}"; stop_node "$2" TERM ;;
+  start-broker) check_node "${2:-}"; fetch_kafka; start_node "$2"; wait_node "$2" ;;
+  cluster-controller) cluster_controller ;;
+  sentinel-up) sentinel_up ;;
+  sentinel-down) sentinel_down ;;
+  sentinel-status)
+    for p in "${SRPORTS[@]}"; do
+      echo "redis :$p: $(rcli "$p" info replication | awk -F: '/^role/ {print $2}' | tr -d '\r' || true)"
+    done
+    echo "primary per sentinels: $(sentinel_primary || true)" ;;
+  kill-redis-primary) kill_redis_primary ;;
+  start-redis-nodes) ensure_sentinel; start_redis_node 0; start_redis_node 1 ;;
+  *) echo "usage: $0 up|down|status|stop-kafka|stop-redis|kill-kafka" \
+          "|cluster-up|cluster-down|cluster-status|kill-broker N|stop-broker N|start-broker N|cluster-controller" \
+          "|sentinel-up|sentinel-down|sentinel-status|kill-redis-primary|start-redis-nodes" >&2; exit 2 ;;
 esac

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     group_id: str = Field("stream-detector", description="Consumer group of the workers.")
     redis_url: str = Field("redis://localhost:6379/0", description="Redis holding threshold and models.")
     redis_prefix: str = Field("stream-detector", description="Key prefix, so deployments can share one Redis.")
+    redis_sentinels: str = Field("", description="Redis Sentinels, host:port[,host:port...]; when set, clients "
+                                 "follow the primary they report (SD_REDIS_URL then gives only db, TLS, password).")
+    redis_sentinel_master: str = Field("stream-detector", description="Name the Sentinels monitor the primary by.")
 
     batch_size: int = Field(8192, ge=1, le=100_000, description="Largest batch a worker scores at once "
                             "(8192 measured fastest: publish and commit round trips spread over more events).")
@@ -46,6 +49,8 @@ class Settings(BaseSettings):
     top_features: int = Field(3, ge=1, le=50, description="How many worst-reconstructed features an alert names.")
     create_topics: bool = Field(True, description="Create missing topics on start (partitions below).")
     topic_partitions: int = Field(4, ge=1, description="Partitions for topics this tool creates.")
+    topic_replication: int = Field(0, ge=0, le=32, description="Replication factor for topics this tool "
+                                   "creates (0 = the brokers' default.replication.factor).")
     delivery_timeout_s: float = Field(30.0, gt=0, description="Deadline for alert/dead-letter acknowledgements.")
     producer_acks: Literal["all", "1", "0"] = Field("all", description="acks for alert and dead-letter producers.")
     delivery: Literal["at_least_once", "exactly_once"] = Field(
@@ -142,6 +147,15 @@ class Settings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port...], got {value!r}")
         return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_have_ports(cls, value: str) -> str:
+        for server in value.split(",") if value.strip() else []:
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value.strip()
 
     @field_validator("redis_url")
     @classmethod

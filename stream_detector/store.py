@@ -35,6 +35,7 @@ from .model.artifacts import ArtifactStore, DirArtifacts, RedisArtifacts, delete
 from .model.bundle import METADATA_FILE, Bundle, bundle_from_files
 from .model.registry import check_compatible, retention_victims, rollback_target
 from .model.signing import SIGNATURE_FIELD, Signer, Verifier
+from .redis_client import redis_client
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -111,13 +112,7 @@ class ControlPlane:
     def from_settings(cls, settings: Settings) -> ControlPlane:
         """A control plane that writes artifacts where ``SD_MODEL_STORE`` says (readers need not care)."""
         artifacts = DirArtifacts(settings.model_dir) if settings.model_store == "dir" else None
-        auth: dict[str, Any] = {}
-        if settings.redis_password.get_secret_value():
-            auth["password"] = settings.redis_password.get_secret_value()
-        if settings.redis_username:
-            auth["username"] = settings.redis_username
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, **auth)
-        return cls(client, settings.redis_prefix, artifacts,
+        return cls(redis_client(settings), settings.redis_prefix, artifacts,
                    Signer.from_file(settings.signing_key_file) if settings.signing_key_file else None,
                    Verifier.from_file(settings.verify_key_file) if settings.verify_key_file else None)
 

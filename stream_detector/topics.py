@@ -20,7 +20,7 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
         wanted = [n for n in dict.fromkeys(names) if n not in existing]
         if not wanted:
             return []
-        new = [NewTopic(n, partitions or settings.topic_partitions, 1) for n in wanted]
+        new = [NewTopic(n, partitions or settings.topic_partitions, settings.topic_replication or -1) for n in wanted]
         try:
             admin.create_topics(new)
         except TopicAlreadyExistsError:  # another process won the race: fine

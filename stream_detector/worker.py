@@ -96,6 +96,7 @@ class Worker:
         self._pending: tuple[str, Future[Scorer]] | None = None
         self._refused: tuple[str, float] | None = None  # retried on a change notice or after REFUSED_RETRY_S
         self._held: Batch | None = None
+        self._in_doubt = False  # the held batch's transaction failed at commit: it may have committed
         self.compute = ChunkedCompute(settings.compute_chunk, settings.torch_threads)  # steps 2-4
         self.enricher: Enricher | None = None  # step 3a, created in start()
 
@@ -150,6 +151,9 @@ class Worker:
     def run_once(self) -> int:
         """Handle one batch (or retry a held one); returns the number of events handled."""
         self._maybe_swap()
+        if self._held is not None and self._in_doubt:
+            self._settle_in_doubt(self._held)
+            return 0
         batch = self._retry_held() if self._held is not None else self.source.poll_batch()  # 1 source
         if not len(batch):
             if self._held is not None:  # every held partition moved to another worker
@@ -184,7 +188,9 @@ class Worker:
             if not self.source.still_member(batch):  # evicted meanwhile: a zombie must not commit
                 self._abandon(batch)
                 return
+            self._in_doubt = self.publisher.transactional  # until the commit returns
             self.publisher.commit(self.source, batch.next_offsets(), batch.group)  # 7 commit, after 6
+            self._in_doubt = False
         except DeliveryError:
             self.stats.delivery_failures += 1
             self.metrics.delivery_failed()
@@ -243,6 +249,26 @@ class Worker:
         self.metrics.held(exc)
         # keep group membership without consuming; back off before the next attempt
         self.source.poll_while_paused(int(min(1.0, self.settings.threshold_refresh_s) * 1000))
+
+    def _settle_in_doubt(self, held: Batch) -> None:
+        """A transaction that failed at its commit (e.g. ``commit_transaction`` timed out while the
+        brokers were below ``min.insync.replicas``) may still commit: the coordinator completes a
+        prepared commit. Retrying the held batch would then publish its alerts twice (the failover
+        tier's "two brokers down" scenario found that). So a fresh producer first settles it
+        (``init_transactions`` returns once the old transaction is committed or aborted), then the
+        batch's partitions are rewound to the group's committed offsets and the held copy dropped:
+        the batch is read again only if it did not commit. Until that works the batch stays held."""
+        try:
+            self.publisher.reset()
+            self.publisher.start()
+            self.source.rewind_to_committed(held)
+        except Exception as exc:  # noqa: BLE001 - any failure here means: still in doubt, keep holding
+            self.publisher.reset()
+            self._hold(held, DeliveryError(f"settling a transaction that failed at commit: {exc!r}"))
+            return
+        log.info("settled a transaction that failed at commit; re-reading from the committed offsets")
+        self._in_doubt = False
+        self._release_hold()
 
     def _release_hold(self) -> None:
         log.info("resuming after %d held attempt(s)", self.stats.held_batches)

@@ -11,9 +11,8 @@ Step 7 (commit) lives here too, because how offsets move depends on the delivery
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -294,7 +293,6 @@ class TransactionalPublisher(TransactionSteps, Publisher):
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         super().__init__(settings, **overrides)
-        self._watchdog = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txn-watchdog")
         self._open = False
 
     @property
@@ -319,15 +317,30 @@ class TransactionalPublisher(TransactionSteps, Publisher):
             raise
 
     def _guard(self, call: Callable[[], Any], what: str) -> Any:
-        future = self._watchdog.submit(call)
-        try:
-            return future.result(timeout=self.settings.delivery_timeout_s)
-        except FutureTimeout:
-            # the stuck call keeps its thread; a new executor serves the next producer
-            self._watchdog = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txn-watchdog")
-            raise DeliveryError(f"{what} did not finish within {self.settings.delivery_timeout_s}s") from None
-        except KafkaError as exc:
-            raise DeliveryError(f"{what} failed: {exc!r}") from exc
+        """``call()`` on a daemon thread, waited for up to ``SD_DELIVERY_TIMEOUT_S``. A call that never
+        returns keeps only its own daemon thread: a ThreadPoolExecutor's threads are joined at
+        interpreter exit, so one stuck kafka-python call made the worker hang on shutdown (seen
+        in the failover tier after brokers were killed)."""
+        outcome: list[Any] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append((True, call()))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"txn-watchdog-{what}", daemon=True).start()
+        if not done.wait(self.settings.delivery_timeout_s):
+            raise DeliveryError(f"{what} did not finish within {self.settings.delivery_timeout_s}s")
+        ok, value = outcome[0]
+        if ok:
+            return value
+        if isinstance(value, KafkaError):
+            raise DeliveryError(f"{what} failed: {value!r}") from value
+        raise value
 
     def _begin(self) -> None:
         """Local to the client (no round trip, so no watchdog); a producer left in a fatal or
@@ -358,7 +371,6 @@ class TransactionalPublisher(TransactionSteps, Publisher):
     def close(self) -> None:
         self._abort()
         super().close()
-        self._watchdog.shutdown(wait=False, cancel_futures=True)
 
 
 def make_publisher(settings: Settings) -> BatchPublisher:

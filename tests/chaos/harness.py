@@ -33,6 +33,16 @@ from stream_detector.topics import ensure_topics
 from tests.helpers import anomaly
 
 ROUNDS = max(1, int(os.environ.get("SD_CHAOS_ROUNDS", "1")))
+# The long form (make reliability) sizes every storm to at least this many events and anomalies.
+MIN_EVENTS = int(os.environ.get("SD_CHAOS_MIN_EVENTS", "0"))
+MIN_ANOMALIES = int(os.environ.get("SD_CHAOS_MIN_ANOMALIES", "0"))
+
+
+def sized(events: int, anomalies: int) -> tuple[int, int, float]:
+    """(events, anomalies, deadline factor) of a storm: its own counts × ``ROUNDS``, raised to the
+    long form's minimums; deadlines of waits that scale with the stream grow by the same factor."""
+    n, k = max(events * ROUNDS, MIN_EVENTS), max(anomalies * ROUNDS, MIN_ANOMALIES)
+    return n, k, n / (events * ROUNDS)
 FIGURES: list[dict[str, Any]] = []
 CLI = [sys.executable, "-m", "stream_detector.cli"]
 
@@ -66,6 +76,13 @@ def make_stream(n: int, k: int, poison_rate: float, seed: int) -> Stream:
     bad = [anomaly(f"anom-{seed}-{i}-{uuid.uuid4().hex[:6]}", f"acct-{i:05d}") for i in range(k)]
     for event in bad:
         events.insert(rng.randrange(len(events) + 1), event)
+    records, poison = with_poison(events, poison_rate, rng)
+    return Stream(records, {str(e["event_id"]) for e in bad}, {str(e["event_id"]) for e in events}, poison)
+
+
+def with_poison(events: list[dict[str, Any]], poison_rate: float,
+                rng: random.Random) -> tuple[list[tuple[bytes | None, bytes]], int]:
+    """(key, value) records of ``events`` in order, a poison record after each with ``poison_rate``."""
     records: list[tuple[bytes | None, bytes]] = []
     poison = 0
     for event in events:
@@ -73,13 +90,13 @@ def make_stream(n: int, k: int, poison_rate: float, seed: int) -> Stream:
         if rng.random() < poison_rate:
             poison += 1
             records.append((None, rng.choice([b"{oops", b'{"amount": 1}', b'{"event_id": 5}', rng.randbytes(20)])))
-    return Stream(records, {str(e["event_id"]) for e in bad}, {str(e["event_id"]) for e in events}, poison)
+    return records, poison
 
 
 def produce(settings: Settings, stream: Stream) -> None:
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
     futures = [producer.send(settings.input_topic, key=k, value=v) for k, v in stream.records]
-    producer.flush(timeout=60)
+    producer.flush(timeout=max(60.0, len(stream.records) / 2_000))
     producer.close()
     assert all(f.succeeded() for f in futures), "the scenario's input was not fully written"
 

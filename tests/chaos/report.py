@@ -11,6 +11,52 @@ COLUMNS = ["scenario", "delivery", "events", "anomalies", "poison", "kills", "re
            "lost_alerts", "duplicate_alerts", "dead_letters", "poison_not_dead_lettered", "all_committed",
            "live_reader_agrees"]
 
+FAILOVER_COLUMNS = ["scenario", "delivery", "events", "anomalies", "poison", "killed", "open_transaction_seen",
+                    "held_or_failed",
+                    "distinct_alerts", "lost_alerts", "duplicate_alerts", "dead_letters", "duplicate_dead_letters",
+                    "poison_not_dead_lettered", "all_committed", "live_reader_agrees", "seconds"]
+FAILOVER_INTRO = [
+    "",
+    "## Failover tier: three brokers, Redis with Sentinel (`tests/failover`)",
+    "",
+    "A three-node KRaft cluster (each node broker + controller, replication factor 3,",
+    "`min.insync.replicas=2` for every topic including `__consumer_offsets` and `__transaction_state`)",
+    "and Redis with a replica and three Sentinels, from `deploy/services.sh`. Two workers (threads of",
+    "the test process) consume while a paced producer (`acks=all`, idempotent) feeds the stream; the",
+    "fault hits once they are under way. `killed` names what was killed or cut, `held_or_failed` counts",
+    "batches held or deliveries failed during a stall, `seconds` the scenario's wall time.",
+    "Same pass rules as above; the live `read_committed` reader must agree with the verifier.",
+]
+FAILOVER_NOTES = [
+    "- **Leader kills**: with one of three replicas gone, 2 remain = `min.insync.replicas`, so `acks=all`",
+    "  writes, transactions and offset commits continue on the new leaders after the controller fences",
+    "  the dead node (`broker.session.timeout.ms`, 6 s here). In exactly-once mode the alerts-leader",
+    "  fault first waits until an alerts partition's last stable offset trails its high watermark (a",
+    "  transaction open on it) and then kills that partition's leader (`open_transaction_seen`).",
+    "- **Two brokers down**: below `min.insync.replicas` and without a controller quorum nothing can be",
+    "  written or committed; the workers hold their batch (partitions paused) until the nodes return.",
+    "- **Found and fixed by this tier**: with two brokers down, `commit_transaction` can time out on the",
+    "  worker's watchdog after the coordinator has prepared the commit; the coordinator then completes it,",
+    "  and retrying the held batch published its records a second time (2 duplicate dead letters under",
+    "  `read_committed` in one of two short runs). A batch whose transaction failed at commit is now",
+    "  settled instead (`Worker._settle_in_doubt`: a fresh producer's `init_transactions` completes or",
+    "  aborts it, then the partitions are rewound to the committed offsets and re-read only if needed).",
+    "- **Also found**: after brokers were killed, kafka-python transaction calls that never return kept",
+    "  the watchdog's ThreadPoolExecutor thread, which the interpreter joins at exit: the worker process",
+    "  hung on shutdown. The watchdog now waits on a daemon thread per call (`TransactionalPublisher._guard`).",
+    "- **Partition**: node 3's client listener, its controller listener and its own path to the other",
+    "  controllers go through loopback TCP proxies that the test cuts; only node 3's follower fetches",
+    "  from the other leaders stay possible (they cannot make it a leader again). No network namespaces.",
+    "- **Redis failover and entity features — the rule**: an entity feature sees either the state the new",
+    "  primary holds or, while no primary answers, nothing (the batch is held, never scored on missing",
+    "  state, and its offsets are not committed). Replication is asynchronous, so the last writes before",
+    "  the kill may be missing on the promoted replica: those events are then absent from their entity's",
+    "  history (the features undercount), never counted twice, because each record's per-partition",
+    "  idempotency offsets are stored in the same value and roll back with it. Alerts are never lost.",
+    "  Bound the window with `min-replicas-to-write 1` / `min-replicas-max-lag` on the primary.",
+]
+KEEP_MARKER = "<!-- soak: written by tests/soak, kept by this report -->"
+
 
 def write_report(target: str, figures: list[dict[str, Any]], rounds: int) -> None:
     lines = [
@@ -31,7 +77,8 @@ def write_report(target: str, figures: list[dict[str, Any]], rounds: int) -> Non
         "|" + "---|" * len(COLUMNS),
     ]
     for row in figures:
-        lines.append("| " + " | ".join(str(row.get(c, "")) for c in COLUMNS) + " |")
+        if row.get("tier") != "failover":
+            lines.append("| " + " | ".join(str(row.get(c, "")) for c in COLUMNS) + " |")
     lines += [
         "",
         "Duplicates in at-least-once mode are allowed by design (a batch whose commit was lost to a kill is",
@@ -45,4 +92,13 @@ def write_report(target: str, figures: list[dict[str, Any]], rounds: int) -> Non
         "`tests/integration/test_fuzz.py`: adversarial payloads never crash the worker.",
         "",
     ]
-    Path(target).write_text("\n".join(lines))
+    failover = [row for row in figures if row.get("tier") == "failover"]
+    if failover:
+        lines += [*FAILOVER_INTRO, "", "| " + " | ".join(FAILOVER_COLUMNS) + " |", "|" + "---|" * len(FAILOVER_COLUMNS)]
+        lines += ["| " + " | ".join(str(row.get(c, "")) for c in FAILOVER_COLUMNS) + " |" for row in failover]
+        lines += ["", *FAILOVER_NOTES, ""]
+    path = Path(target)
+    kept = path.read_text().partition(KEEP_MARKER) if path.exists() else ("", "", "")
+    if kept[1]:  # the soak section (tests/soak) is written by its own harness and kept as it is
+        lines += [KEEP_MARKER + kept[2].rstrip("\n"), ""]
+    path.write_text("\n".join(lines))

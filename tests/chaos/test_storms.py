@@ -21,6 +21,7 @@ from tests.chaos.harness import (
     make_stream,
     produce,
     publish,
+    sized,
     verify,
 )
 from tests.chaos.proxy import TcpProxy
@@ -44,7 +45,8 @@ def _assert_outcome(figures: dict, exactly_once: bool) -> None:
 def test_kill_storm_two_workers_ten_percent_poison(services, bundle, env_for, tmp_path, delivery):
     settings = base_settings(services, delivery=delivery)
     publish(settings, bundle)
-    stream = make_stream(12_000 * ROUNDS, 30 * ROUNDS, poison_rate=0.10, seed=31)
+    n, k, slow = sized(12_000, 30)
+    stream = make_stream(n, k, poison_rate=0.10, seed=31)
     produce(settings, stream)
     live = LiveReader(settings)
     procs = WorkerProcs(env_for(settings), tmp_path)
@@ -55,13 +57,13 @@ def test_kill_storm_two_workers_ten_percent_poison(services, bundle, env_for, tm
         for round_ in range(2 * ROUNDS):
             target = committed_total(settings) + len(stream.records) // (3 * ROUNDS + 1)
             wait_until(lambda t=target: committed_total(settings) >= min(t, len(stream.records)) or drained(settings),
-                       timeout_s=120, message=f"progress before kill {round_}")
+                       timeout_s=120 * slow, message=f"progress before kill {round_}")
             if drained(settings):
                 break
             slot = rng.randrange(2)
             procs.kill(slot)  # SIGKILL at an arbitrary point: mid-batch, mid-transaction, mid-commit
             procs.restart(slot)
-        wait_until(lambda: drained(settings), timeout_s=180, message="stream drained after the kills")
+        wait_until(lambda: drained(settings), timeout_s=180 * slow, message="stream drained after the kills")
     finally:
         procs.stop_all()
     outcome = verify("kill -9 storm, 2 workers, 10% poison", settings, stream, live.close(),
@@ -89,18 +91,19 @@ def _group_members(settings) -> int:
 def test_sigstop_past_session_timeout_is_fenced_without_duplicates(services, bundle, env_for, tmp_path):
     settings = base_settings(services, delivery="exactly_once")
     publish(settings, bundle)
-    stream = make_stream(8_000 * ROUNDS, 20 * ROUNDS, poison_rate=0.02, seed=32)
+    n, k, slow = sized(8_000, 20)
+    stream = make_stream(n, k, poison_rate=0.02, seed=32)
     produce(settings, stream)
     live = LiveReader(settings)
     procs = WorkerProcs(env_for(settings), tmp_path)
     try:
         procs.start(0)
         procs.start(1)
-        wait_until(lambda: _group_members(settings) == 2 and committed_total(settings) > 500, timeout_s=120,
+        wait_until(lambda: _group_members(settings) == 2 and committed_total(settings) > 500, timeout_s=120 * slow,
                    message="two members making progress")
         procs.signal(0, signal.SIGSTOP)  # frozen mid-whatever, past the 10 s session timeout
         wait_until(lambda: _group_members(settings) == 1, timeout_s=60, message="the frozen worker left the group")
-        wait_until(lambda: drained(settings), timeout_s=180, message="the other worker took over and drained")
+        wait_until(lambda: drained(settings), timeout_s=180 * slow, message="the other worker took over and drained")
         procs.signal(0, signal.SIGCONT)  # the zombie wakes up with stale state: it must be fenced
         wait_until(lambda: _group_members(settings) == 2, timeout_s=60, message="the zombie rejoined")
     finally:
@@ -113,13 +116,14 @@ def test_sigstop_past_session_timeout_is_fenced_without_duplicates(services, bun
 def test_broker_restart_mid_stream(services, bundle, start_worker, how):
     settings = base_settings(services, delivery_timeout_s=10.0)
     publish(settings, bundle)
-    stream = make_stream(15_000 * ROUNDS, 30 * ROUNDS, poison_rate=0.02, seed=33)
+    n, k, slow = sized(15_000, 30)
+    stream = make_stream(n, k, poison_rate=0.02, seed=33)
     produce(settings, stream)
     running = start_worker(settings)
     wait_until(lambda: committed_total(settings) > 2_000, message="worker under way")
     services.run(how)  # hard (SIGKILL) or clean (SIGTERM) broker stop mid-stream
     services.run("up")
-    wait_until(lambda: drained(settings), timeout_s=180, message="worker recovered on its own")
+    wait_until(lambda: drained(settings), timeout_s=180 * slow, message="worker recovered on its own")
     running.stop()
     outcome = verify(f"broker {'killed' if how == 'kill-kafka' else 'stopped'} mid-stream, restarted",
                      settings, stream, restarts=1)
@@ -149,7 +153,8 @@ def test_network_cut_between_worker_and_broker(proxied, bundle, start_worker):
     services, proxy = proxied
     settings = base_settings(services, delivery_timeout_s=5.0)
     publish(settings, bundle)
-    stream = make_stream(15_000 * ROUNDS, 30 * ROUNDS, poison_rate=0.02, seed=34)
+    n, k, slow = sized(15_000, 30)
+    stream = make_stream(n, k, poison_rate=0.02, seed=34)
     produce(settings, stream)
     running = start_worker(settings)
     wait_until(lambda: committed_total(settings) > 2_000, message="worker under way")
@@ -160,7 +165,7 @@ def test_network_cut_between_worker_and_broker(proxied, bundle, start_worker):
     assert running.error is None, running.trace
     assert running.thread.is_alive()
     proxy.restore()
-    wait_until(lambda: drained(settings), timeout_s=180, message="worker recovered after the cut")
+    wait_until(lambda: drained(settings), timeout_s=180 * slow, message="worker recovered after the cut")
     running.stop()
     assert running.error is None
     outcome = verify("network cut between worker and broker (TCP proxy)", settings, stream)
@@ -170,7 +175,8 @@ def test_network_cut_between_worker_and_broker(proxied, bundle, start_worker):
 def test_rebalance_storm_exactly_once(services, bundle, start_worker):
     base = base_settings(services, delivery="exactly_once")
     publish(base, bundle)
-    stream = make_stream(20_000 * ROUNDS, 40 * ROUNDS, poison_rate=0.05, seed=35)
+    n, k, slow = sized(20_000, 40)
+    stream = make_stream(n, k, poison_rate=0.05, seed=35)
     live = LiveReader(base)
     feeder = threading.Thread(target=produce, args=(base, stream))
     feeder.start()
@@ -180,7 +186,7 @@ def test_rebalance_storm_exactly_once(services, bundle, start_worker):
     changes = 0
     for _ in range(4 * ROUNDS):  # workers join and leave, as an autoscaler would make them
         target = committed_total(base) + 1_500
-        wait_until(lambda t=target: committed_total(base) >= t or drained(base), timeout_s=120,
+        wait_until(lambda t=target: committed_total(base) >= t or drained(base), timeout_s=120 * slow,
                    message="progress between membership changes")
         slot = rng.randrange(1, 4)
         if slot in workers:
@@ -189,7 +195,7 @@ def test_rebalance_storm_exactly_once(services, bundle, start_worker):
             workers[slot] = start_worker(slots[slot])
         changes += 1
     feeder.join(timeout=120)
-    wait_until(lambda: drained(base), timeout_s=180, message="drained after the storm")
+    wait_until(lambda: drained(base), timeout_s=180 * slow, message="drained after the storm")
     for running in workers.values():
         running.stop()
     outcome = verify("rebalance storm (workers joining and leaving)", base, stream, live.close(),

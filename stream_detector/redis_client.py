@@ -1,0 +1,66 @@
+"""The one place a Redis client is built from settings: a plain URL, or a Sentinel-managed primary.
+
+With ``SD_REDIS_SENTINELS`` set, the client asks the Sentinels for the current primary of
+``SD_REDIS_SENTINEL_MASTER`` and asks again whenever a connection fails or a write meets a
+demoted primary (``READONLY``), so the worker, retrainer and console follow a failover without a
+restart. During the failover itself (Sentinel's ``down-after-milliseconds`` plus the election,
+a few seconds) every call raises ``redis.ConnectionError``; callers already treat that as a
+retriable outage (the worker holds its batch and retries it, see docs/RELIABILITY.md).
+``SD_REDIS_URL`` still supplies the database number, the TLS choice (``rediss://``) and,
+unless ``SD_REDIS_PASSWORD`` is set, the password.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import redis
+from redis.sentinel import Sentinel
+
+from .settings import Settings
+
+
+def sentinel_addresses(spec: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` → ``[(host, port), ...]`` (validated by the settings)."""
+    out = []
+    for item in spec.split(","):
+        host, _, port = item.strip().rpartition(":")
+        out.append((host, int(port)))
+    return out
+
+
+def connection_options(settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
+    """Keyword arguments for a Redis connection: timeouts, database, auth and TLS from the settings."""
+    url = urlparse(settings.redis_url)
+    options: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    db = url.path.lstrip("/")
+    options["db"] = int(db) if db.isdigit() else 0
+    if url.scheme == "rediss":
+        options["ssl"] = True
+    if url.password:
+        options["password"] = unquote(url.password)
+    if url.username:
+        options["username"] = unquote(url.username)
+    if settings.redis_password.get_secret_value():
+        options["password"] = settings.redis_password.get_secret_value()
+    if settings.redis_username:
+        options["username"] = settings.redis_username
+    return options
+
+
+def redis_client(settings: Settings, timeout_s: float = 2.0) -> redis.Redis:
+    """A client for the deployment's Redis: Sentinel-managed when ``SD_REDIS_SENTINELS`` is set."""
+    if not settings.redis_sentinels:
+        # redis-py lets credentials in the URL win over keyword arguments; the settings' must win.
+        auth = {k: v for k, v in connection_options(settings, timeout_s).items() if k in ("password", "username")}
+        url = urlparse(settings.redis_url)
+        bare = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
+        return redis.Redis.from_url(bare, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **auth)
+    options = connection_options(settings, timeout_s)
+    sentinel = Sentinel(sentinel_addresses(settings.redis_sentinels),  # type: ignore[no-untyped-call]
+                        sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
+                        **options)
+    client: redis.Redis = sentinel.master_for(settings.redis_sentinel_master,  # type: ignore[no-untyped-call]
+                                              **options)
+    return client
