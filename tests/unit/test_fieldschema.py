@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream_detector.errors import InputError
 from stream_detector.features import fit_spec
 from stream_detector.fieldschema import (
     JSON_TEXT,
@@ -264,3 +265,32 @@ def test_a_repeated_key_is_caught_whatever_the_whitespace(spaces: list[str]) -> 
     assert [r.reason for r in decoded.rejected] == [RejectReason.DUPLICATE_KEY]
     fine = f'{{"event_id":"x",{a}"note"{b}:{c}"a \\": b",{d}"amount"{a}:{b}1}}'.encode()
     assert decode_batch([fine], 10_000).indices == [0]  # '": ' inside a string is no key
+
+
+def test_quoted_newlines_compressed_files_and_parquet_are_the_same_events(tmp_path: Path) -> None:
+    import bz2
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = ('event_id;amount;note;seen;when\r\n'
+            'a;"1.234,50";"two\r\nlines; one cell";WAHR;2026-11-18T11:06:40Z\r\n'
+            'b;7,25;plain;FALSCH;2026-11-18T11:06:41Z\r\n')
+    (tmp_path / "x.csv").write_text(text, encoding="utf-8", newline="")
+    (tmp_path / "x.csv.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "x.csv.bz2").write_bytes(bz2.compress(text.encode()))
+    plain = load_events(tmp_path / "x.csv", inference=InferenceOptions(
+        overrides=parse_overrides(["seen=category"])))
+    assert plain.raw.text.decimal == "," and plain.events[0]["amount"] == 1234.5
+    assert plain.events[0]["note"] == "two\r\nlines; one cell" and plain.events[1]["when"] == T0 + 1000
+    for name in ("x.csv.gz", "x.csv.bz2"):
+        assert load_events(tmp_path / name, schema=plain.schema).events == plain.events
+    table = pa.table({"event_id": ["a", "b"], "amount": pa.array([1234.5, 7.25]),
+                      "note": ["two\r\nlines; one cell", "plain"], "seen": ["WAHR", "FALSCH"],
+                      "when": pa.array([T0, T0 + 1000], pa.timestamp("ms", tz="UTC"))})
+    pq.write_table(table, tmp_path / "x.parquet")
+    assert load_events(tmp_path / "x.parquet", schema=plain.schema).events == plain.events
+    with pytest.raises(InputError, match="more than once"):
+        (tmp_path / "d.csv").write_text("a,a\n1,2\n")
+        load_events(tmp_path / "d.csv")
