@@ -168,18 +168,26 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
 
     data = load_events(Path(args.input), options=_reader_options(args), id_column=args.id_column,
                        label_column=args.label_column, schema=schema, inference=inference,
-                       limit=getattr(args, "limit", None))
+                       limit=getattr(args, "limit", None), require_labels=need_events)
     text = data.raw.text
     fmt = f" (numbers: decimal {text.decimal!r}, thousands {text.thousands!r})" if data.raw.kind == "csv" else ""
     _say(f"read {data.total} rows from {args.input} [{data.raw.kind}]{fmt}")
     for warning in data.warnings:
         _say(f"warning: {warning}")
     if schema is not None:
-        unknown = sorted({name for row in data.raw.rows if row for name in row} - {r.name for r in schema.fields}
-                         - {"event_id"})
+        seen = {name for row in data.raw.rows if row for name in row}
+        unknown = sorted(seen - {r.name for r in schema.fields} - {"event_id"})
         if unknown:
             _say(f"note: {len(unknown)} field(s) the model's schema does not know are passed through, not "
                  f"features: {', '.join(unknown[:10])}")
+        absent = [r.name for r in schema.feature_fields if r.name not in seen]
+        if absent:
+            _say(f"warning: {len(absent)} of the model's feature fields are not in this file, so every row gets "
+                 f"the training median or an unseen category for them: {', '.join(absent[:10])}")
+    if inference is not None:
+        for name in inference.overrides:
+            if data.schema[name].note.endswith("(not in the data)"):
+                _say(f"warning: --schema/--field names {name!r}, which is not a field of {args.input}")
     if data.rejected:
         _say(f"warning: {data.rejection_summary()}")
     if need_events and not data.events:
@@ -446,8 +454,9 @@ def _add_reader_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--thousands", default="auto",
                    help="thousands separator accepted in groups of three, e.g. 1,234.56 (default auto: ',' "
                         "with a '.' decimal mark, '.' with a ',' one; 'none' accepts none)")
-    g.add_argument("--na-values", help="comma-separated CSV cells that mean missing (default: empty, NA, N/A, "
-                                       "null, NULL, None, nan, NaN)")
+    g.add_argument("--na-values", help="comma-separated CSV cells that mean missing; replaces the default list "
+                                       "(empty, NA, N/A, null, NULL, None, nan, NaN), so name the empty cell too "
+                                       "(e.g. ',NA,unknown')")
 
 
 def _add_schema_args(p: argparse.ArgumentParser) -> None:
@@ -528,9 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "was rejected (the same reasons a worker dead-letters with). Values are "
                                    "typed by the bundle's field schema.")
     p.add_argument("--model", required=True, help="bundle directory")
-    p.add_argument("--input", required=True)
+    p.add_argument("--input", required=True, help="CSV (with header), JSON Lines or Parquet, optionally compressed")
     p.add_argument("--out", required=True, help="CSV to write")
-    p.add_argument("--id-column")
+    p.add_argument("--id-column", help="column to use as event_id (default: event_id; generated only when the "
+                                       "file has no id column)")
     p.add_argument("--label-column", help="column to leave out of the features (kept out of the output)")
     p.add_argument("--threshold", type=float, help="override the bundle's calibrated threshold")
     p.add_argument("--device", help="torch device (default SD_DEVICE)")

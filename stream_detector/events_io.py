@@ -47,6 +47,7 @@ DEFAULT_NA = ("", "NA", "N/A", "null", "NULL", "None", "nan", "NaN")
 _DELIMITERS = ",;\t|"
 _COMMA_DECIMAL = re.compile(r"^[+-]?\d+,\d+$")
 _DOT_DECIMAL = re.compile(r"^[+-]?\d+\.\d+$")
+_DOT_GROUPED = re.compile(r"^[+-]?\d{1,3}(\.\d{3})+$")  # 1.500: one and a half, or fifteen hundred
 _SAMPLE_BYTES = 1 << 16
 
 
@@ -80,6 +81,7 @@ class RawRows:
     kind: str  # "csv", "jsonl" or "parquet"
     raws: list[bytes | None] = field(default_factory=list)  # JSON Lines: each line's bytes
     rejected_ids: dict[int, str] = field(default_factory=dict)  # event_id read from a rejected line
+    warnings: list[str] = field(default_factory=list)  # what the reader could not decide for sure
 
 
 def file_kind(path: Path) -> str:
@@ -115,8 +117,15 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\x28\xb5\x2f\xfd", "zstd"))
+
+
 def _open_binary(path: Path) -> Any:
-    return pa.input_stream(str(path), compression="detect")
+    """The file's bytes, decompressed when its first bytes say gzip, bzip2 or zstd (whatever its name)."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    codec = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    return pa.input_stream(str(path), compression=codec)
 
 
 # ---- JSON Lines: the worker's record decoder, one line at a time -----------------------------------
@@ -135,6 +144,9 @@ def _read_jsonl(path: Path, limit: int | None) -> RawRows:
             if not raw.strip():
                 continue
             obj, problem = parse_record(raw)
+            if problem is None and not isinstance(obj, dict):
+                hint = " (a JSON array file: write one object per line)" if isinstance(obj, list) else ""
+                problem = (RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}{hint}")
             if problem is not None:
                 rejected.append(RowRejection(len(rows), problem[0], problem[1]))
                 ident = _salvage_id(raw)
@@ -194,6 +206,7 @@ class CsvDialect:
     delimiter: str
     text: TextFormat
     names: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
@@ -205,18 +218,28 @@ def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
         raise InputError(f"{path}: empty CSV (a header row is required)")
     header = lines[0]
     delimiter = options.delimiter or max(_DELIMITERS, key=header.count)
-    names = tuple(next(csv.reader([header], delimiter=delimiter)))
+    # spreadsheet headers: surrounding spaces are not part of a name; an empty cell (a trailing
+    # delimiter) names a column that inference ignores when it holds no values
+    names = tuple(n.strip() or f"column_{i + 1}" for i, n in enumerate(next(csv.reader([header], delimiter=delimiter))))
+    if options.delimiter and len(names) == 1 and any(d in header for d in _DELIMITERS if d != delimiter):
+        raise InputError(f"{path}: the header has one column with --delimiter {delimiter!r}; is the file "
+                         f"separated by another character?")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"{path}: the header names column(s) {', '.join(map(repr, dupes))} more than once")
-    if any(not n.strip() for n in names):
-        raise InputError(f"{path}: the header has an empty column name")
     decimal = options.decimal
+    warnings: list[str] = []
     if decimal == "auto":
-        cells = [c for line in lines[1:200] for c in next(csv.reader([line], delimiter=delimiter), [])]
-        comma = sum(1 for c in cells if _COMMA_DECIMAL.match(c.strip()))
-        dot = sum(1 for c in cells if _DOT_DECIMAL.match(c.strip()))
-        decimal = "," if delimiter != "," and comma > dot else "."
+        cells = [c.strip() for line in lines[1:200] for c in next(csv.reader([line], delimiter=delimiter), [])]
+        comma = sum(1 for c in cells if _COMMA_DECIMAL.match(c))
+        dot = [c for c in cells if _DOT_DECIMAL.match(c)]
+        decimal = "," if delimiter != "," and comma > len(dot) else "."
+        if decimal == "." and delimiter != "," and dot and all(_DOT_GROUPED.match(c) for c in dot):
+            warnings.append(f"numbers such as {dot[0]!r} can be read two ways in a {delimiter!r}-separated file; "
+                            f"read with decimal '.' ({dot[0]} = {float(dot[0])}): set --decimal ',' if "
+                            f"'.' groups thousands here")
+    elif decimal.isalnum() or len(decimal) != 1:
+        raise InputError(f"--decimal must be one punctuation character (or auto), got {decimal!r}")
     thousands: str | None = options.thousands
     if thousands == "auto":
         thousands = "." if decimal == "," else ","
@@ -226,26 +249,43 @@ def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
         text = TextFormat(decimal, thousands)
     except ValueError as exc:
         raise InputError(f"{path}: {exc}") from None
-    return CsvDialect(delimiter, text, names)
+    return CsvDialect(delimiter, text, names, tuple(warnings))
 
 
 def _read_csv(path: Path, options: ReaderOptions, limit: int | None) -> RawRows:
     dialect = sniff_csv(path, options)
-    rows: list[dict[str, Any] | None] = []
-    for batch in _csv_batches(path, dialect, options):
+    good: list[dict[str, Any]] = []
+    ragged: dict[int, RowRejection] = {}
+
+    def invalid_row(row: Any) -> str:  # a row with the wrong number of cells: that row's rejection
+        index = (row.number or 0) - 2  # pyarrow counts the header as row 1
+        ragged[index] = RowRejection(index, RejectReason.INVALID_ROW,
+                                     f"{row.actual_columns} cells where the header has {row.expected_columns}")
+        return "skip"
+
+    for batch in _csv_batches(path, dialect, options, invalid_row):
         columns = [column.to_pylist() for column in batch.columns]
-        rows.extend(dict(zip(dialect.names, values, strict=True)) for values in zip(*columns, strict=True))
-        if limit is not None and len(rows) >= limit:
-            del rows[limit:]
+        good.extend(dict(zip(dialect.names, values, strict=True)) for values in zip(*columns, strict=True))
+        if limit is not None and len(good) >= limit:
             break
-    return RawRows(rows, [], dialect.text, "csv")
+    rows: list[dict[str, Any] | None] = []
+    taken = iter(good)
+    while len(rows) < len(good) + len(ragged):
+        rows.append(None if len(rows) in ragged else next(taken))
+    if limit is not None:
+        del rows[limit:]
+    return RawRows(rows, [r for i, r in sorted(ragged.items()) if i < len(rows)], dialect.text, "csv",
+                   warnings=list(dialect.warnings))
 
 
-def _csv_batches(path: Path, dialect: CsvDialect, options: ReaderOptions) -> Iterator[pa.RecordBatch]:
+def _csv_batches(path: Path, dialect: CsvDialect, options: ReaderOptions,
+                 invalid_row: Any) -> Iterator[pa.RecordBatch]:
     reader = pacsv.open_csv(
         _open_binary(path),
-        read_options=pacsv.ReadOptions(block_size=options.block_size, use_threads=False),
-        parse_options=pacsv.ParseOptions(delimiter=dialect.delimiter, newlines_in_values=True),
+        read_options=pacsv.ReadOptions(block_size=options.block_size, use_threads=False,
+                                       column_names=list(dialect.names), skip_rows=1),
+        parse_options=pacsv.ParseOptions(delimiter=dialect.delimiter, newlines_in_values=True,
+                                         invalid_row_handler=invalid_row),
         convert_options=pacsv.ConvertOptions(
             column_types={name: pa.string() for name in dialect.names},
             null_values=list(options.na_values), strings_can_be_null=True, quoted_strings_can_be_null=False),

@@ -24,7 +24,7 @@ type           accepted (→ converted to)                                   any
 ``timestamp``  RFC 3339 text (naive = UTC); epoch numbers (or numeric      ``invalid_timestamp``;
                text) in the field's ``unit`` — ``auto``: by magnitude,    outside the plausible range →
                < 1e11 seconds, < 1e14 ms, < 1e17 µs, else ns → epoch ms   ``implausible_timestamp``
-``ignored``    anything, untouched; never a feature                        —
+``ignored``    any flat value, untouched; never a feature                  —
 =============  =========================================================  ==============================
 
 Missing values (JSON ``null``, a CSV cell that is one of the reader's missing-value markers) stay
@@ -466,7 +466,7 @@ def infer_schema(rows: Sequence[Mapping[str, Any]], options: InferenceOptions = 
     rules: list[FieldRule] = []
     warnings: list[str] = []
     for name in names:
-        override = options.overrides.get(name)
+        override = options.overrides.get(name) if name not in options.ignored else None
         if override is not None:
             rules.append(replace(override, note=override.note or "set by --schema/--field"))
             continue
@@ -476,7 +476,7 @@ def infer_schema(rows: Sequence[Mapping[str, Any]], options: InferenceOptions = 
             continue
         rules.append(_rule_by_values(name, [r.get(name) for r in rows], options, warnings))
     for name, override in options.overrides.items():
-        if name not in names:
+        if name not in names and name not in options.ignored:
             rules.append(replace(override, note=override.note or "set by --schema/--field (not in the data)"))
     if "timestamp" not in names and "timestamp" not in options.overrides:  # live records may carry one
         rules.append(FieldRule("timestamp", FieldType.TIMESTAMP, note="reserved: event time (not in these rows)"))
@@ -512,12 +512,17 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
             return FieldRule(name, FieldType.IDENTIFIER,
                              note=f"numeric codes (e.g. {coded[0]!r}: leading zero or >15 digits)")
         return FieldRule(name, FieldType.NUMBER, note="numbers")
+    odd = list(dict.fromkeys(str(v) for v in present if not _is_number(v, options.text)))
+    odd_rows = len(present) - len(numbers)
     if len(numbers) >= NUMERIC_SHARE * len(present):
-        odd = [v for v in present if not _is_number(v, options.text)]
-        warnings.append(f"field {name!r}: {len(odd)} of {len(present)} values are not numbers "
-                        f"(e.g. {', '.join(repr(v) for v in odd[:3])}); those rows are left out of training "
+        warnings.append(f"field {name!r}: {odd_rows} of {len(present)} values are not numbers "
+                        f"(e.g. {', '.join(map(repr, odd[:3]))}); those rows are left out of training "
                         f"and rejected when scored (override with --field {name}=category)")
-        return FieldRule(name, FieldType.NUMBER, note=f"numbers ({len(odd)} values are not)")
+        return FieldRule(name, FieldType.NUMBER, note=f"numbers ({odd_rows} values are not)")
+    if len(numbers) >= 0.5 * len(present):
+        warnings.append(f"field {name!r}: {len(numbers)} of {len(present)} values are numbers but {odd_rows} are "
+                        f"not (e.g. {', '.join(map(repr, odd[:3]))}), so it is not a number field: set "
+                        f"--field {name}=number (those rows then rejected) or name the text in --na-values")
     if all(isinstance(v, str) and _rfc3339_ms(v) is not None for v in present):
         return FieldRule(name, FieldType.TIMESTAMP, note="RFC 3339 times")
     distinct = len({_to_category(v) for v in present})
@@ -581,5 +586,7 @@ def parse_overrides(specs: Iterable[str]) -> dict[str, FieldRule]:
         if not sep or not name:
             raise ValueError(f"--field takes NAME=TYPE, got {spec!r}")
         kind, _, unit = kind.partition(":")
+        if unit and kind != FieldType.TIMESTAMP.value:
+            raise ValueError(f"--field {spec!r}: only a timestamp takes a unit (NAME=timestamp:UNIT)")
         out[name] = rule_from_dict({"name": name, "type": kind, "unit": unit or "auto"})
     return out

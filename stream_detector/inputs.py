@@ -54,35 +54,41 @@ class FileEvents:
 
 def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: str | None = None,
                 label_column: str | None = None, schema: FieldSchema | None = None,
-                inference: InferenceOptions | None = None, limit: int | None = None) -> FileEvents:
+                inference: InferenceOptions | None = None, limit: int | None = None,
+                require_labels: bool = True) -> FileEvents:
     """Read and type ``path``. With ``schema`` (scoring) values are converted by it; without, one is
     inferred from the rows (``inference`` adds ids, keys, exclusions and overrides).
 
-    Raises ``InputError`` when the file cannot be read, has no rows, or lacks the label column.
+    Raises ``InputError`` when the file cannot be read, has no rows, or (``require_labels``, as
+    training does) a row lacks the label column; when scoring, the label is only set aside.
     """
     raw = read_rows(path, options or ReaderOptions(), limit)
     if not raw.rows:
         raise InputError(f"{path}: no rows")
     stem = path.name.split(".")[0]
     id_col = id_column or "event_id"
+    # ids are generated (<file>-<row>, rows counted from 1) only for a file without an id column;
+    # in a file with one, a row without an id is that row's missing_event_id rejection
+    generate = not any(row is not None and row.get(id_col) not in (None, "") for row in raw.rows)
     ids: list[str] = []
-    labels: list[str] | None = [] if label_column else None
     row_labels: list[str | None] = []
     for n, row in enumerate(raw.rows):
         if row is None:
-            ids.append(raw.rejected_ids.get(n, f"{stem}-{n}"))
+            ids.append(raw.rejected_ids.get(n, f"{stem}-{n + 1}"))
             row_labels.append(None)
             continue
         if label_column is not None:
-            if label_column not in row:
+            if label_column not in row and require_labels:
                 raise InputError(f"{path}: row {n + 1} has no label column {label_column!r}")
-            row_labels.append(_label_text(row.pop(label_column)))
+            label = row.pop(label_column, None)
+            row_labels.append(None if label is None else _label_text(label))
         ident = row.pop(id_col, None) if id_col != "event_id" else row.get("event_id")
         if ident is None or ident == "":
-            row["event_id"] = f"{stem}-{n}"
-        elif id_col != "event_id":
-            row["event_id"] = _id_text(ident)
-        ids.append(str(row["event_id"]))
+            if generate:
+                row["event_id"] = f"{stem}-{n + 1}"
+        elif id_col != "event_id" or not isinstance(ident, str):
+            row["event_id"] = _id_text(ident)  # files: an integer id column is its digits (Parquet int64)
+        ids.append(str(row.get("event_id") or f"{stem}-{n + 1}"))
     present = [row for row in raw.rows if row is not None]
     warnings: list[str] = []
     if schema is None:
@@ -96,17 +102,25 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
     typed = type_events(present, positions, schema, raw.text, rejected_rows, from_json=raw.kind == "jsonl")
     rejected = sorted([*raw.rejected, *(RowRejection(r.index, r.reason, r.message) for r in rejected_rows)],
                       key=lambda r: r.index)
-    if labels is not None:
-        labels.extend(str(row_labels[n]) for n in typed.indices)
-    return FileEvents(typed.events, typed.indices, labels, rejected, ids, schema, raw, warnings)
+    labels: list[str] | None = None
+    if label_column is not None:
+        labels = [str(row_labels[n]) if row_labels[n] is not None else "" for n in typed.indices]
+    repeated = len(ids) - len(set(ids))
+    if repeated:
+        warnings.append(f"{repeated} rows repeat an event_id of an earlier row (ids should be unique)")
+    return FileEvents(typed.events, typed.indices, labels, rejected, ids, schema, raw, [*raw.warnings, *warnings])
 
 
 def _label_text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    """Labels as text, one spelling per value: ``1``, ``1.0`` and ``"1.0"`` are ``"1"``."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value).strip()
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() and abs(number) < 2**53 else text
 
 
 def _id_text(value: Any) -> str:

@@ -40,6 +40,7 @@ class RejectReason(StrEnum):
     DUPLICATE_KEY = "duplicate_key"
     TOMBSTONE = "tombstone"  # a null record value (Kafka's delete marker); the key is kept
     IMPLAUSIBLE_TIMESTAMP = "implausible_timestamp"  # decades away from the model's training range
+    INVALID_ROW = "invalid_row"  # a file row with the wrong number of cells (CSV)
     UNREADABLE = "unreadable_record"  # the client could not read the record (corrupt or unknown codec)
 
 

@@ -50,8 +50,11 @@ def test_csv_row_and_json_object_are_the_same_event(tmp_path):
 
 def test_id_column_generated_ids_and_bad_rows(tmp_path):
     (tmp_path / "b.csv").write_text("tx,amount\nT-9,1\n,2\n")
-    events = load_events(tmp_path / "b.csv", id_column="tx").events
-    assert events[0]["event_id"] == "T-9" and events[1]["event_id"] == "b-1" and "tx" not in events[0]
+    data = load_events(tmp_path / "b.csv", id_column="tx")  # a file with ids: a row without one is rejected
+    assert [e["event_id"] for e in data.events] == ["T-9"] and "tx" not in data.events[0]
+    assert [(r.index, r.reason.value) for r in data.rejected] == [(1, "missing_event_id")]
+    (tmp_path / "n.csv").write_text("amount\n1\n2\n")  # a file without ids: generated, rows counted from 1
+    assert [e["event_id"] for e in load_events(tmp_path / "n.csv").events] == ["n-1", "n-2"]
     with pytest.raises(InputError):
         load_events(tmp_path / "missing.csv")
     (tmp_path / "c.jsonl").write_text('{oops\n{"event_id": "ok", "amount": 1}\n')

@@ -1,0 +1,68 @@
+"""Files as people have them (found by trying the CLI as a new user): every bad row is that row's
+rejection, never the file's; what the reader cannot decide for sure is said."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stream_detector.cli import main
+from stream_detector.fieldschema import InferenceOptions, infer_schema, parse_overrides
+from stream_detector.inputs import load_events
+
+
+def _rejections(path: Path, **kwargs: object) -> list[tuple[int, str]]:
+    return [(r.index, r.reason.value) for r in load_events(path, **kwargs).rejected]  # type: ignore[arg-type]
+
+
+def test_json_lines_that_are_not_objects_are_rows_rejected(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text('{"event_id":"a","amount":3}\n[1,2,3]\n"text"\n5\nnull\n{"event_id":"b","amount":4}\n')
+    data = load_events(tmp_path / "a.jsonl")
+    assert [e["event_id"] for e in data.events] == ["a", "b"]
+    assert _rejections(tmp_path / "a.jsonl") == [(i, "not_an_object") for i in (1, 2, 3, 4)]
+
+
+def test_a_ragged_csv_row_is_that_rows_rejection(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text('id,amt,cat\nr1,20,a\nr2,20,a,EXTRA\nr3,20\nr5,20,a\n')
+    data = load_events(tmp_path / "r.csv", id_column="id")
+    assert [e["event_id"] for e in data.events] == ["r1", "r5"] and data.rows == [0, 3]
+    assert _rejections(tmp_path / "r.csv", id_column="id") == [(1, "invalid_row"), (2, "invalid_row")]
+
+
+def test_integer_ids_in_files_are_their_digits(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"event_id": pa.array([10, 7_340_000_000_000_000_001], pa.int64()), "amt": [1.0, 2.0]}),
+                   tmp_path / "i.parquet")
+    (tmp_path / "i.jsonl").write_text('{"event_id": 10, "amt": 1.0}\n{"event_id": 7340000000000000001, "amt": 2.0}\n')
+    for name in ("i.parquet", "i.jsonl"):
+        assert [e["event_id"] for e in load_events(tmp_path / name).events] == ["10", "7340000000000000001"]
+
+
+def test_headers_spaces_empty_cells_labels_and_compression_by_content(tmp_path: Path) -> None:
+    text = " event_id ; amt ;cat;\ne1;1,5;a;\ne2;2,5;b;\n"
+    (tmp_path / "x.dat").write_bytes(gzip.compress(text.encode()))  # gzip, whatever the name
+    data = load_events(tmp_path / "x.dat")
+    assert set(data.events[0]) == {"event_id", "amt", "cat", "column_4"} and data.events[1]["amt"] == 2.5
+    assert data.schema["column_4"].type == "ignored"
+    (tmp_path / "l.csv").write_text("event_id,amt,Class\na,1,0.0\nb,2,1.0\n")
+    assert load_events(tmp_path / "l.csv", label_column="Class").labels == ["0", "1"]
+
+
+def test_what_cannot_be_decided_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "eu.csv").write_text("event_id;amt;cat\nr1;1.500;a\nr2;2.000;a\nr3;750;a\n")
+    assert any("'1.500' can be read two ways" in w for w in load_events(tmp_path / "eu.csv").warnings)
+    rows = [{"amount": str(i)} for i in range(95)] + [{"amount": "unknown"}] * 5
+    warnings = infer_schema(rows).warnings
+    assert len(warnings) == 1 and "95 of 100 values are numbers" in warnings[0] and "'unknown'" in warnings[0]
+    with pytest.raises(ValueError, match="only a timestamp takes a unit"):
+        parse_overrides(["amount=number:s"])
+    schema = infer_schema([{"label": "1", "x": 1}], InferenceOptions(
+        ignored=frozenset({"label"}), overrides=parse_overrides(["label=number"]))).schema
+    assert schema["label"].type == "ignored"  # the label column is never a feature, whatever --field says
+    (tmp_path / "c.csv").write_text("event_id,amt\na,1\n")
+    code = main(["train", "--input", str(tmp_path / "c.csv"), "--out", str(tmp_path / "m"), "--delimiter", ";"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "one column with --delimiter ';'" in err[-1]
