@@ -79,7 +79,6 @@ class RawRows:
     rejected: list[RowRejection]
     text: TextFormat  # number format of text values (JSON_TEXT for JSON Lines and Parquet)
     kind: str  # "csv", "jsonl" or "parquet"
-    raws: list[bytes | None] = field(default_factory=list)  # JSON Lines: each line's bytes
     rejected_ids: dict[int, str] = field(default_factory=dict)  # event_id read from a rejected line
     warnings: list[str] = field(default_factory=list)  # what the reader could not decide for sure
 
@@ -133,7 +132,6 @@ def _open_binary(path: Path) -> Any:
 
 def _read_jsonl(path: Path, limit: int | None) -> RawRows:
     rows: list[dict[str, Any] | None] = []
-    raws: list[bytes | None] = []
     rejected: list[RowRejection] = []
     ids: dict[int, str] = {}
     with _open_binary(path) as stream:
@@ -155,8 +153,7 @@ def _read_jsonl(path: Path, limit: int | None) -> RawRows:
                 rows.append(None)
             else:
                 rows.append(obj)
-            raws.append(raw)
-    return RawRows(rows, rejected, JSON_TEXT, "jsonl", raws, ids)
+    return RawRows(rows, rejected, JSON_TEXT, "jsonl", rejected_ids=ids)
 
 
 def _salvage_id(raw: bytes) -> str | None:
