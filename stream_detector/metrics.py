@@ -29,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Inf
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .errors import ThresholdUnavailable
+from .errors import EntityStateUnavailable, ThresholdUnavailable
 from .schema import RejectReason
 from .settings import Settings
 
@@ -146,7 +146,7 @@ class WorkerMetrics:
             self.rejected.labels(reason.value)
         for label in ("success", "failure"):
             self.swaps.labels(label)
-        for cause in ("threshold", "delivery"):
+        for cause in ("threshold", "entity_state", "delivery"):
             self.held_batches.labels(cause)
         self.redis_errors.labels("snapshot")
         self.kafka_errors.labels("deliver")
@@ -207,7 +207,9 @@ class WorkerMetrics:
 
     def held(self, exc: Exception) -> None:
         self._decided = None
-        self.held_batches.labels("threshold" if isinstance(exc, ThresholdUnavailable) else "delivery").inc()
+        cause = ("threshold" if isinstance(exc, ThresholdUnavailable)
+                 else "entity_state" if isinstance(exc, EntityStateUnavailable) else "delivery")
+        self.held_batches.labels(cause).inc()
         self.refresh_lag()
 
     def delivery_failed(self) -> None:

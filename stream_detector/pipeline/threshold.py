@@ -1,5 +1,9 @@
 """Step 5, decide: compare scores with the threshold from Redis (versioned, cached).
 
+``Decision`` is the step's one result: the batch's scores, the threshold and the rows above it,
+all of ONE model version: it cannot be built from scores of one model and a threshold of another
+(``ModelMismatch``), so an alert can never carry a version or threshold its score did not come from.
+
 ``ThresholdCache`` turns the control plane's snapshots into the threshold that belongs to the
 model the worker is using. It refreshes at most every ``refresh_s``; while Redis is unreachable
 it keeps the last value for ``max_staleness_s`` and then raises ``ThresholdUnavailable`` (the
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import redis
@@ -21,6 +26,40 @@ from ..store import Snapshot, Threshold
 def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
     """Boolean mask of anomalies: score strictly above the threshold."""
     return scores > threshold
+
+
+class ModelMismatch(ThresholdUnavailable):
+    """The threshold belongs to another model version than the scores (a swap is under way):
+    the batch must be scored again by the threshold's model, never decided across versions."""
+
+    def __init__(self, scored_by: str, threshold: Threshold) -> None:
+        super().__init__(f"threshold v{threshold.version} belongs to model {threshold.model_version}, "
+                         f"the scores to {scored_by}")
+        self.scored_by = scored_by
+        self.threshold = threshold
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Step 5's result for one batch, all from one model version.
+
+    ``scores``: float64, shape (n,), one per scored event (reconstruction error, the mean of the
+    per-feature errors); ``rows``: int64, shape (k,), the positions in ``scores`` strictly above
+    ``threshold.value``, ascending; ``model_version`` equals ``threshold.model_version``.
+    """
+
+    model_version: str
+    threshold: Threshold
+    scores: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def of(cls, scores: np.ndarray, model_version: str, threshold: Threshold) -> Decision:
+        """Decide ``scores`` of ``model_version`` against ``threshold``; raises ``ModelMismatch``
+        when the threshold belongs to another version."""
+        if threshold.model_version != model_version:
+            raise ModelMismatch(model_version, threshold)
+        return cls(model_version, threshold, scores, np.flatnonzero(decide(scores, threshold.value)))
 
 
 class ThresholdCache:
@@ -46,17 +85,21 @@ class ThresholdCache:
                 pass
         return self.snapshot
 
+    def fresh(self) -> bool:
+        """A threshold is known and was read within ``max_staleness_s`` (the staleness rule)."""
+        snap = self.snapshot
+        return (snap is not None and snap.threshold is not None
+                and self.clock() - self.fetched_at <= self.max_staleness_s)
+
     def current(self, model_version: str) -> Threshold:
-        """The threshold for ``model_version``; raises when unknown or stale."""
+        """The threshold for ``model_version``. Raises ``ThresholdUnavailable`` when none is known or
+        it is stale, ``ModelMismatch`` (a subclass) when it belongs to another model version."""
         self.refresh()
         snap = self.snapshot
         if snap is None or snap.threshold is None:
             raise ThresholdUnavailable("no threshold in Redis yet")
-        if self.clock() - self.fetched_at > self.max_staleness_s:
+        if not self.fresh():
             raise ThresholdUnavailable(f"threshold not refreshed for over {self.max_staleness_s:.0f}s")
         if snap.threshold.model_version != model_version:
-            raise ThresholdUnavailable(
-                f"threshold v{snap.threshold.version} belongs to model {snap.threshold.model_version}, "
-                f"worker runs {model_version}"
-            )
+            raise ModelMismatch(model_version, snap.threshold)
         return snap.threshold

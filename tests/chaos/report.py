@@ -39,7 +39,7 @@ FAILOVER_NOTES = [
     "  worker's watchdog after the coordinator has prepared the commit; the coordinator then completes it,",
     "  and retrying the held batch published its records a second time (2 duplicate dead letters under",
     "  `read_committed` in one of two short runs). A batch whose transaction failed at commit is now",
-    "  settled instead (`Worker._settle_in_doubt`: a fresh producer's `init_transactions` completes or",
+    "  settled instead (`BatchHold.settle`: a fresh producer's `init_transactions` completes or",
     "  aborts it, then the partitions are rewound to the committed offsets and re-read only if needed).",
     "- **Also found**: after brokers were killed, kafka-python transaction calls that never return kept",
     "  the watchdog's ThreadPoolExecutor thread, which the interpreter joins at exit: the worker process",

@@ -209,3 +209,67 @@ def test_model_cli_lists_shows_promotes_and_rolls_back(published, settings, bund
     assert f"rolled back to {bundle.version}" in cli("rollback")
     assert published.active_model() == bundle.version
     assert published.threshold().value == pytest.approx(bundle.threshold)  # type: ignore[union-attr]
+
+
+def test_a_batch_in_flight_during_a_swap_is_decided_by_one_model(settings, bundle, start_worker):
+    """The swap race (issue 15): the new model's threshold is visible while the new model is still
+    loading. A batch scored by the old model must not be decided against the new threshold or
+    labelled with the new version: the worker finishes the swap and scores the batch again.
+
+    Deterministic: the new model's load is held at a gate until the worker waits on it inside a
+    batch, so the race is exercised every run (``rescored_batches``), not by chance. Every alert,
+    before and after, must agree with offline scoring by the model it names."""
+    import threading
+
+    import numpy as np
+
+    from stream_detector.offline import score_events
+    from tests.helpers import small_bundle
+
+    control = ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
+    control.publish(bundle, set_by="pytest")
+    other = small_bundle(seed=7, epochs=5)  # a different model: its scores are on another scale
+    assert other.version != bundle.version
+    first, first_bad = _mixed(300, 31, 3, "a")
+    _produce(settings, first)
+    running = start_worker(settings)
+    wait_until(lambda: _drained(settings), message="first wave committed")
+
+    gate, waiting = threading.Event(), threading.Event()
+    worker = running.worker
+    load, finish = worker.models._load, worker.models.finish
+
+    def gated_load(version: str):  # noqa: ANN202 - test hook
+        if version == other.version:
+            assert gate.wait(60), "gate never opened"
+        return load(version)
+
+    def watched_finish(wait: bool) -> bool:
+        if wait:
+            waiting.set()  # a batch is waiting for the new model: open the gate now
+        return finish(wait)
+
+    worker.models._load, worker.models.finish = gated_load, watched_finish  # type: ignore[method-assign]
+    control.store(other)
+    control.activate(other.version, "pytest")  # B's threshold is live; B is still loading
+    second, second_bad = _mixed(300, 32, 3, "b")
+    _produce(settings, second)
+    assert waiting.wait(60), "no batch met the new threshold while the new model loaded"
+    gate.set()
+    wait_until(lambda: _drained(settings), message="second wave committed")
+    running.stop()
+
+    assert worker.stats.rescored_batches >= 1 and worker.stats.swaps == 1
+    alerts = _alerts(settings)
+    ids = {str(a["event_id"]) for a in alerts}
+    assert first_bad | second_bad <= ids, "every anomaly alerted"
+    assert {a["model_version"] for a in alerts if a["event_id"] in second_bad} == {other.version}
+    models = {bundle.version: bundle, other.version: other}
+    thresholds = {version: model.threshold for version, model in models.items()}  # publish/activate set these
+    for version in {a["model_version"] for a in alerts}:
+        mine = [a for a in alerts if a["model_version"] == version]
+        offline = score_events(models[version], [a["event"] for a in mine]).scores
+        live = np.array([a["score"] for a in mine])
+        assert np.allclose(live, offline, rtol=1e-4, atol=1e-6), f"alerts of {version} carry another model's scores"
+        assert all(a["threshold"] == pytest.approx(thresholds[version]) for a in mine)
+        assert all(a["score"] > a["threshold"] for a in mine)

@@ -1,0 +1,101 @@
+"""Model hot swap: load new, swap one reference, drop old (MLServer's ``_reload_model`` shape).
+
+The worker asks for the version the control plane names active (``want``); the bundle is fetched,
+verified and warmed on a background thread, so the hot path never waits for it. ``finish`` swaps
+the reference between batches once the load is done, or keeps the old model when it failed. A
+refused version is not reloaded on every poll: only after a change notice or ``retry_after_s``.
+
+The swap is one reference: a batch reads ``current`` once and is scored, decided and labelled
+with that model only (``pipeline/threshold.Decision`` refuses a threshold of another model; the
+worker then scores the batch again with the model the threshold belongs to).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .errors import ModelError, StreamDetectorError
+from .pipeline.score import Scorer
+
+log = logging.getLogger("stream_detector.worker")
+REFUSED_RETRY_S = 30.0  # a refused model version is not reloaded on every poll
+
+
+class ModelSwap:
+    """Holds the worker's current ``Scorer`` and loads the next one off the hot path.
+
+    ``load(version)`` fetches, verifies and warms a bundle (raises ``ModelError`` / any
+    ``StreamDetectorError``, ``RuntimeError`` or ``OSError`` when it cannot); ``on_swap(ok)`` is
+    called after each finished attempt (metrics, stats); ``on_swapped()`` after a successful one
+    (the worker re-freezes the GC generation there). ``timeout_s`` bounds ``finish(wait=True)``.
+    """
+
+    def __init__(self, load: Callable[[str], Scorer], timeout_s: float,
+                 on_swap: Callable[[bool], None] = lambda ok: None, on_swapped: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic, retry_after_s: float = REFUSED_RETRY_S) -> None:
+        self._load = load
+        self.timeout_s = timeout_s
+        self.on_swap = on_swap
+        self.on_swapped = on_swapped
+        self.clock = clock
+        self.retry_after_s = retry_after_s
+        self.current: Scorer | None = None
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        self._pending: tuple[str, Future[Scorer]] | None = None
+        self._refused: tuple[str, float] | None = None
+
+    def start(self, version: str) -> Scorer:
+        """Load ``version`` synchronously (worker start); raises what ``load`` raises."""
+        self.current = self._load(version)
+        return self.current
+
+    def require(self) -> Scorer:
+        """The current scorer; ``RuntimeError`` before ``start``."""
+        if self.current is None:
+            raise RuntimeError("worker not started")
+        return self.current
+
+    @property
+    def pending_version(self) -> str | None:
+        return None if self._pending is None else self._pending[0]
+
+    def want(self, version: str | None, notice: bool = False) -> None:
+        """Start loading ``version`` in the background unless it is current, already loading, or
+        was refused less than ``retry_after_s`` ago (a change notice overrides that)."""
+        if not version or version == self.require().version or self.pending_version == version:
+            return
+        refused = self._refused
+        if not notice and refused is not None and refused[0] == version \
+                and self.clock() - refused[1] <= self.retry_after_s:
+            return
+        log.info("active model changed to %s; loading in background", version, extra={"model_version": version})
+        self._pending = (version, self._loader.submit(self._load, version))
+
+    def finish(self, wait: bool) -> bool:
+        """Swap to the loaded model if its load is done (or, with ``wait``, once it is); True when
+        the current model changed. A failed load keeps the current model and is logged."""
+        if self._pending is None or (not wait and not self._pending[1].done()):
+            return False
+        version, future = self._pending
+        self._pending = None
+        old = self.require().version
+        try:
+            new = future.result(timeout=self.timeout_s)
+        except (ModelError, StreamDetectorError, RuntimeError, OSError, TimeoutError) as exc:
+            self._refused = (version, self.clock())
+            self.on_swap(False)
+            log.error("model %s failed to load, keeping %s: %s", version, old, exc,
+                      extra={"model_version": old, "failed_model_version": version})
+            return False
+        self.current = new
+        self.on_swapped()
+        self.on_swap(True)
+        log.info("swapped model %s -> %s", old, version, extra={"model_version": version,
+                                                                 "previous_model_version": old})
+        return True
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
