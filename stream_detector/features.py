@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 
 from .fieldschema import FieldSchema, FieldType
-from .schema import RESERVED_FIELDS, RejectReason, parse_timestamp_ms
+from .schema import RESERVED_FIELDS, Problem, RejectReason, parse_timestamp_ms
 
 SPEC_FORMAT = 1
 OTHER = "__other__"
@@ -113,15 +113,16 @@ class FeatureSpec:
         return hashlib.sha256(self.to_json()).hexdigest()
 
     # ---- transform -----------------------------------------------------------------------
-    def transform(self, events: Sequence[dict[str, Any]]) -> tuple[np.ndarray, dict[int, str]]:
-        """Events → (float32 matrix n × width, {row: problem} for rows that must be rejected).
+    def transform(self, events: Sequence[dict[str, Any]]) -> tuple[np.ndarray, dict[int, Problem]]:
+        """Events → (float32 matrix n × width, {row: (RejectReason, message)} for rows that must be
+        rejected).
 
         Rows with a problem still get a (meaningless) row in the matrix so indices stay aligned;
         callers drop them before deciding.
         """
         n = len(events)
         out = np.zeros((n, self.width), dtype=np.float32)
-        bad: dict[int, str] = {}
+        bad: dict[int, Problem] = {}
         fields = _field_columns(events, [c.name for c in self.numeric] + [c.name for c in self.categorical])
         numbers = _float_rows(fields[:len(self.numeric)]) if fields is not None and self.numeric else None
         col = 0
@@ -302,7 +303,7 @@ def _float_rows(columns: list[tuple[Any, ...]]) -> np.ndarray | None:
 
 
 def _numeric_column(
-    events: Sequence[dict[str, Any]], name: str, bad: dict[int, str]
+    events: Sequence[dict[str, Any]], name: str, bad: dict[int, Problem]
 ) -> tuple[np.ndarray, np.ndarray]:
     raw = [e.get(name) for e in events]
     try:  # fast path: numbers, booleans and None (→ nan) convert in one call
@@ -317,23 +318,23 @@ def _numeric_column(
                 values[i] = float(v)
             except (TypeError, ValueError):
                 values[i] = np.nan
-                bad.setdefault(i, f"{RejectReason.WRONG_TYPE.value}: field {name!r} must be numeric, "
-                                  f"got {type(v).__name__}")
+                bad.setdefault(i, (RejectReason.WRONG_TYPE, f"field {name!r} must be numeric, "
+                                   f"got {type(v).__name__}"))
     return _finite_or_missing(values, name, bad)
 
 
-def _finite_or_missing(values: np.ndarray, name: str, bad: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
+def _finite_or_missing(values: np.ndarray, name: str, bad: dict[int, Problem]) -> tuple[np.ndarray, np.ndarray]:
     """Reject infinite values (→ NaN) and mark NaNs (missing) — shared by both extraction paths."""
     nonfinite = np.isinf(values)
     if nonfinite.any():
         for i in np.flatnonzero(nonfinite):
-            bad.setdefault(int(i), f"{RejectReason.NON_FINITE_NUMBER.value}: field {name!r} is not finite")
+            bad.setdefault(int(i), (RejectReason.NON_FINITE_NUMBER, f"field {name!r} is not finite"))
         values[nonfinite] = np.nan
     missing = np.isnan(values)
     return values, missing
 
 
-def _hour_of_day(events: Sequence[dict[str, Any]], bad: dict[int, str]) -> np.ndarray:
+def _hour_of_day(events: Sequence[dict[str, Any]], bad: dict[int, Problem]) -> np.ndarray:
     hours = np.zeros(len(events), dtype=np.float64)
     for i, e in enumerate(events):
         ts = e.get("timestamp")
@@ -342,5 +343,5 @@ def _hour_of_day(events: Sequence[dict[str, Any]], bad: dict[int, str]) -> np.nd
         try:
             hours[i] = (parse_timestamp_ms(ts) / 3_600_000.0) % 24.0
         except (TypeError, ValueError, OverflowError):
-            bad.setdefault(i, f"{RejectReason.INVALID_TIMESTAMP.value}: timestamp is neither RFC 3339 nor epoch ms")
+            bad.setdefault(i, (RejectReason.INVALID_TIMESTAMP, "timestamp is neither RFC 3339 nor epoch ms"))
     return hours

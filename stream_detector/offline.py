@@ -18,15 +18,21 @@ import numpy as np
 from .entity import Enricher, InMemoryState
 from .fieldschema import JSON_TEXT, TextFormat
 from .model.bundle import Bundle
-from .pipeline.decode import Decoded, Rejected, type_events
+from .pipeline.compute import score_decoded
+from .pipeline.decode import Decoded, type_events
 from .pipeline.score import Scorer, scores_of
 
 
 @dataclass
 class OfflineScores:
-    scores: np.ndarray  # float64, nan where rejected
-    rejected: list[str | None]  # reason per row, None when scored
-    messages: list[str | None] = field(default_factory=list)  # the rejection's message per row
+    """One entry per input row: ``scores`` float64 (n,), NaN where rejected; ``rejected`` the
+    reason per row (``None`` when scored) and ``messages`` its message; ``per_feature`` (only with
+    ``keep_errors``) float32 (n, width), the per-feature errors, NaN rows where rejected."""
+
+    scores: np.ndarray
+    rejected: list[str | None]
+    messages: list[str | None] = field(default_factory=list)
+    per_feature: np.ndarray | None = None
 
     @property
     def valid(self) -> np.ndarray:
@@ -39,9 +45,10 @@ def typed_events(bundle: Bundle, events: Sequence[Any], text: TextFormat = JSON_
     return type_events(events, range(len(events)), bundle.schema, text, [])
 
 
-def score_events(bundle: Bundle, events: Sequence[Any], device: str = "cpu",
-                 batch_size: int = 8192, scorer: Scorer | None = None) -> OfflineScores:
-    """Score parsed events (JSON objects, or rows typed by ``inputs.load_events``) in order.
+def score_events(bundle: Bundle, events: Sequence[Any], device: str = "cpu", batch_size: int = 8192,
+                 scorer: Scorer | None = None, keep_errors: bool = False) -> OfflineScores:
+    """Score parsed events (JSON objects, or rows typed by ``inputs.load_events``) in order,
+    ``batch_size`` rows at a time, through the worker's core (``pipeline.compute.score_decoded``).
 
     Returns one score per input row (NaN where rejected, with the reason and message) — never
     raises on data.
@@ -49,21 +56,21 @@ def score_events(bundle: Bundle, events: Sequence[Any], device: str = "cpu",
     scorer = scorer or Scorer(bundle, device)
     n = len(events)
     scores = np.full(n, np.nan)
+    per_feature = np.full((n, bundle.spec.width), np.nan, dtype=np.float32) if keep_errors else None
     reasons: list[str | None] = [None] * n
     messages: list[str | None] = [None] * n
     enricher = Enricher(InMemoryState())
+
+    def enrich(typed: list[dict[str, Any]], indices: list[int]) -> list[dict[str, Any]]:
+        return enricher.enrich(bundle.entity, typed, [(0, i) for i in indices])  # offline: (0, row)
+
     for start in range(0, n, batch_size):
         chunk = events[start:start + batch_size]
-        rejected: list[Rejected] = []
-        decoded = type_events(chunk, range(start, start + len(chunk)), bundle.schema, JSON_TEXT, rejected)
-        valid = enricher.enrich(bundle.entity, decoded.events, [(0, i) for i in decoded.indices])
-        x, bad = bundle.spec.transform(valid)
-        chunk_scores = scores_of(scorer.errors(x))
-        for k, i in enumerate(decoded.indices):
-            if k in bad:
-                reasons[i], _, messages[i] = bad[k].partition(": ")
-            else:
-                scores[i] = chunk_scores[k]
-        for rej in rejected:
+        decoded = type_events(chunk, range(start, start + len(chunk)), bundle.schema, JSON_TEXT, [])  # 2
+        done = score_decoded(scorer, decoded, enrich)  # 3a, 3, 4
+        scores[done.indices] = scores_of(done.per_feature)
+        if per_feature is not None:
+            per_feature[done.indices] = done.per_feature
+        for rej in done.rejected:
             reasons[rej.index], messages[rej.index] = rej.reason.value, rej.message
-    return OfflineScores(scores, reasons, messages)
+    return OfflineScores(scores, reasons, messages, per_feature)

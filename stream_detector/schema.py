@@ -44,6 +44,9 @@ class RejectReason(StrEnum):
     UNREADABLE = "unreadable_record"  # the client could not read the record (corrupt or unknown codec)
 
 
+Problem = tuple[RejectReason, str]  # why a record cannot be scored: the reason and a human message
+
+
 class Event(BaseModel):
     """Reference contract of one event (extra flat fields are allowed and become features)."""
 

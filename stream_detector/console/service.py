@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..entity import Enricher, InMemoryState
 from ..errors import ConfigError, ModelError, NoActiveModel, StreamDetectorError
-from ..offline import score_events, typed_events
+from ..offline import score_events
 from ..pipeline.score import Scorer
 from ..settings import Settings
 from ..store import ControlPlane
@@ -140,7 +139,7 @@ class ConsoleService:
             raise ConfigError("the event must be one JSON object")
         snap = self.control.snapshot()
         scorer = self._scorer_for(snap.active_model)
-        scored = score_events(scorer.bundle, [event], scorer=scorer)
+        scored = score_events(scorer.bundle, [event], scorer=scorer, keep_errors=True)  # the offline core
         out: dict[str, Any] = {"event_id": event.get("event_id"), "model_version": scorer.version,
                                "threshold": snap.threshold.value if snap.threshold else None,
                                "threshold_version": snap.threshold.version if snap.threshold else None,
@@ -148,12 +147,10 @@ class ConsoleService:
         if scored.rejected[0] is not None:
             return out
         score = float(scored.scores[0])
-        # as score_events does: a bundle with entity features enriches from this event alone (no live state)
-        typed = typed_events(scorer.bundle, [event]).events
-        enriched = Enricher(InMemoryState()).enrich(scorer.bundle.entity, typed, [(0, 0)])
+        # a bundle with entity features enriches from this event alone (no live state), as offline
         out["entity_features"] = scorer.bundle.entity is not None
-        x, _ = scorer.bundle.spec.transform(enriched)
-        per_field = scorer.field_errors(scorer.errors(x))[0]
+        assert scored.per_feature is not None
+        per_field = scorer.field_errors(scored.per_feature[:1])[0]
         total = float(per_field.sum()) or 1.0
         order = np.argsort(-per_field, kind="stable").tolist()
         out.update(score=score, alert=out["threshold"] is not None and score > out["threshold"],

@@ -1,4 +1,11 @@
-"""Steps 2-4 over one batch, in chunks: decode → (3a enrich) → features → score.
+"""Steps 2-4: the one pure core (``score_decoded``) and the worker's chunked form of it.
+
+``score_decoded`` runs steps 3a-4 on decoded events: enrich (when given) → features → score, rows
+the feature step refuses becoming typed ``Rejected``. Offline scoring (``offline.score_events``),
+the console's explain and the worker all score through it; they differ only in step 2 (bytes from
+Kafka, or parsed objects from files and requests) and in how rows are batched.
+
+The worker runs steps 2-4 over one batch in chunks: decode → (3a enrich) → features → score.
 
 A Kafka batch stays large (publish and commit round trips are paid per batch), but the CPU work
 runs over ``compute_chunk`` rows at a time, for two measured reasons (``benchmarks/RESULTS.md``):
@@ -26,8 +33,8 @@ import numpy as np
 import torch
 
 from ..fieldschema import FieldSchema
-from ..schema import RejectReason
-from .decode import Rejected, decode_batch
+from ..schema import Problem
+from .decode import Decoded, Rejected, decode_batch
 from .score import Scorer
 
 Enrich = Callable[[list[dict[str, Any]], list[int]], list[dict[str, Any]]]
@@ -42,6 +49,29 @@ class Computed:
     indices: list[int]
     rejected: list[Rejected]
     per_feature: np.ndarray
+
+
+def featurise(scorer: Scorer, received: list[dict[str, Any]], indices: list[int],
+              inputs: list[dict[str, Any]], rejected: list[Rejected],
+              ) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
+    """Step 3 on ``inputs`` (the typed, possibly enriched, events; aligned with ``received`` and
+    ``indices``): the float32 matrix (n_kept × width) and the kept events and indices. Rows the
+    feature step refuses are appended to ``rejected`` with their reason."""
+    x, bad = scorer.bundle.spec.transform(inputs)
+    if bad:
+        return _drop(x, received, indices, bad, rejected)
+    return x, received, indices
+
+
+def score_decoded(scorer: Scorer, decoded: Decoded, enrich: Enrich | None = None) -> Computed:
+    """Steps 3a-4 on decoded events, unchunked: the scored events, their indices, every
+    rejection (``decoded.rejected`` and the feature step's, in index order) and the per-feature
+    errors (float32, one row per scored event). Never raises on data."""
+    rejected = list(decoded.rejected)
+    inputs = enrich(decoded.events, decoded.indices) if enrich is not None else decoded.events
+    x, events, indices = featurise(scorer, decoded.received, decoded.indices, inputs, rejected)
+    rejected.sort(key=lambda r: r.index)
+    return Computed(events, indices, rejected, scorer.errors(x))
 
 
 class ChunkedCompute:
@@ -65,10 +95,9 @@ class ChunkedCompute:
         inline = len(values) <= self.chunk
         try:
             chunks = self._chunks(values, max_bytes, enrich, rejected, scorer.bundle.schema)
-            for part_events, part_indices, features_of in chunks:
-                x, bad = scorer.bundle.spec.transform(features_of)  # 3 features
-                if bad:
-                    x, part_events, part_indices = _drop(x, part_events, part_indices, bad, rejected)
+            for part_received, part_indices_in, features_of in chunks:
+                x, part_events, part_indices = featurise(scorer, part_received, part_indices_in, features_of,
+                                                         rejected)  # 3 features
                 events.extend(part_events)
                 indices.extend(part_indices)
                 pending.append(scorer.errors(x) if inline else self._pool.submit(scorer.errors, x))  # 4 score
@@ -101,13 +130,12 @@ class ChunkedCompute:
             yield whole.received[rows], whole.indices[rows], enriched[rows]
 
 
-def _drop(x: np.ndarray, events: list[dict[str, Any]], indices: list[int], bad: dict[int, str],
+def _drop(x: np.ndarray, events: list[dict[str, Any]], indices: list[int], bad: dict[int, Problem],
           rejected: list[Rejected]) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
     """Rows the feature step refused leave the matrix and become rejections with their reason."""
     keep = np.ones(len(events), dtype=bool)
-    for row, problem in bad.items():
+    for row, (reason, message) in bad.items():
         keep[row] = False
-        reason, _, message = problem.partition(": ")
-        rejected.append(Rejected(indices[row], RejectReason(reason), message))
+        rejected.append(Rejected(indices[row], reason, message))
     return (x[keep], [e for e, k in zip(events, keep, strict=True) if k],
             [i for i, k in zip(indices, keep, strict=True) if k])

@@ -26,12 +26,11 @@ from typing import Any
 import orjson
 
 from ..fieldschema import JSON_TEXT, FieldSchema, TextFormat
-from ..schema import SUPPORTED_SCHEMA_VERSIONS, RejectReason, parse_timestamp_ms
+from ..schema import SUPPORTED_SCHEMA_VERSIONS, Problem, RejectReason, parse_timestamp_ms
 
 _NESTED = (dict, list)
 _KEY_END = re.compile(rb'"[ \t\n\r]*:')
 _BIG_INT = re.compile(rb'[:,\[][ \t\n\r]*-?\d{20}')  # 20+ digits: beyond 64 bits, or close
-Problem = tuple[RejectReason, str]
 
 
 class Unreadable(bytes):

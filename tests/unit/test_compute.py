@@ -36,9 +36,8 @@ def _reference(scorer: Scorer, values: list[bytes | None]) -> tuple[list[Any], l
     x, bad = scorer.bundle.spec.transform(d.events)
     rejected = list(d.rejected)
     keep = [i for i in range(len(d.events)) if i not in bad]
-    for row, problem in bad.items():
-        reason, _, message = problem.partition(": ")
-        rejected.append(Rejected(d.indices[row], RejectReason(reason), message))
+    for row, (reason, message) in bad.items():
+        rejected.append(Rejected(d.indices[row], reason, message))
     rejected.sort(key=lambda r: r.index)
     return [d.events[i] for i in keep], [d.indices[i] for i in keep], rejected, scorer.errors(x[keep])
 
@@ -144,3 +143,29 @@ def test_enrichment_sees_the_whole_batch_once_and_alerts_keep_the_events_as_rece
     x, _ = scorer.bundle.spec.transform(enrich(got.events, got.indices))
     _same_errors(got.per_feature, scorer.errors(x))  # features of the enriched copies
     assert not np.allclose(got.per_feature, plain, rtol=5e-3, atol=1e-3)  # (which differ from the plain ones)
+
+
+def test_offline_scoring_and_the_worker_share_one_core(scorer: Scorer) -> None:
+    """``offline.score_events`` (file rows, the console's explain) and the worker's chunked steps
+    2-4 give every row the same score, rejection reason and per-feature errors."""
+    from stream_detector.offline import score_events
+
+    values = _values(1200)
+    compute = ChunkedCompute(256, torch_threads=1)
+    try:
+        live = compute.run(scorer, values, 65536)
+    finally:
+        compute.close()
+    parsed: list[Any] = []
+    for v in values:  # what a file reader hands over: parsed objects (None / unparsable → a non-object)
+        try:
+            parsed.append(orjson.loads(v) if v is not None and len(v) <= 65536 else v)
+        except orjson.JSONDecodeError:
+            parsed.append(v)
+    offline = score_events(scorer.bundle, parsed, scorer=scorer, batch_size=256, keep_errors=True)
+    assert offline.per_feature is not None
+    assert np.flatnonzero(offline.valid).tolist() == live.indices
+    _same_errors(offline.per_feature[live.indices], live.per_feature)
+    by_index = {r.index: r.reason.value for r in live.rejected}
+    feature_refusals = {i for i, r in by_index.items() if r == RejectReason.WRONG_TYPE.value}
+    assert {i: offline.rejected[i] for i in feature_refusals} == {i: by_index[i] for i in feature_refusals}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from stream_detector.features import OTHER, FeatureSpec, fit_spec
+from stream_detector.schema import RejectReason
 
 
 def _events(n: int = 200) -> list[dict]:
@@ -52,7 +53,7 @@ def test_wrong_type_rejects_only_that_row():
     spec = fit_spec(_events(), exclude=["label"])
     rows = [{"event_id": "ok", "amount": 5.0}, {"event_id": "bad", "amount": "lots"}, {"event_id": "ok2", "age": 30}]
     x, bad = spec.transform(rows)
-    assert list(bad) == [1] and bad[1].startswith("wrong_type")
+    assert list(bad) == [1] and bad[1][0] is RejectReason.WRONG_TYPE and "numeric" in bad[1][1]
     assert x.shape[0] == 3
 
 
