@@ -14,7 +14,7 @@ help:
 	@echo "make reliability     the chaos + failover tiers' long form (3-broker cluster, Sentinel); writes docs/RELIABILITY.md"
 	@echo "make test-failover   every failover scenario once (~8 min; make test runs a ~3 min smoke subset)"
 	@echo "make soak            SOAK_MINUTES (60) at SOAK_RATE (20000) events/s, entity path on → docs/RELIABILITY.md"
-	@echo "make lint            ruff + mypy --strict"
+	@echo "make lint            ruff + mypy --strict + import-linter layer contracts (docs/architecture.md)"
 	@echo "make bench           throughput/latency benchmarks against a real broker → benchmarks/RESULTS.md"
 
 $(STAMP): pyproject.toml
@@ -73,6 +73,7 @@ soak: install
 lint: install
 	$(BIN)/ruff check stream_detector tests benchmarks
 	$(BIN)/mypy stream_detector benchmarks
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m benchmarks throughput

@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from .pipeline.decode import Rejected
     from .pipeline.score import Scorer
     from .pipeline.source import Batch
-    from .worker import Worker
 
 log = logging.getLogger("stream_detector.metrics")
 
@@ -80,23 +80,29 @@ class BulkHistogram:
                                      buckets=list(zip(labels, cumulative, strict=True)))
 
 
-def readiness(worker: Worker | None) -> dict[str, bool]:
-    """What ``/readyz`` checks: partitions assigned, model loaded, threshold fresh, not stopping.
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A worker's state as the metrics and health checks see it, read at scrape time.
 
-    Called from the HTTP thread: it only reads references the worker thread replaces whole.
+    ``assigned_partitions`` is ``None`` when the consumer cannot say (not started, closed,
+    rebalancing); ``threshold_age_s`` is seconds since the last successful Redis read.
     """
-    if worker is None:
+
+    running: bool
+    model_version: str | None
+    assigned_partitions: int | None
+    threshold_value: float | None = None
+    threshold_version: int | None = None
+    threshold_age_s: float | None = None
+    threshold_fresh: bool = False
+
+
+def readiness(status: WorkerStatus | None) -> dict[str, bool]:
+    """What ``/readyz`` checks: partitions assigned, model loaded, threshold fresh, not stopping."""
+    if status is None:
         return {"partitions_assigned": False, "model_loaded": False, "threshold_fresh": False}
-    try:
-        assigned = bool(worker.source.assignment())
-    except (RuntimeError, KafkaError):  # not started / closed / changing under us
-        assigned = False
-    cache = worker.thresholds
-    snap = cache.snapshot
-    fresh = (snap is not None and snap.threshold is not None
-             and cache.clock() - cache.fetched_at <= cache.max_staleness_s)
-    return {"partitions_assigned": assigned, "model_loaded": worker.scorer is not None,
-            "threshold_fresh": fresh, "running": not worker.stop_event.is_set()}
+    return {"partitions_assigned": bool(status.assigned_partitions), "model_loaded": status.model_version is not None,
+            "threshold_fresh": status.threshold_fresh, "running": status.running}
 
 
 def batch_context(batch: Batch, scorer: Scorer | None = None) -> dict[str, Any]:
@@ -151,7 +157,8 @@ class WorkerMetrics:
         self.redis_errors.labels("snapshot")
         self.kafka_errors.labels("deliver")
         self.kafka_errors.labels("lag")
-        self.worker: Worker | None = None
+        self._status: Callable[[], WorkerStatus] | None = None
+        self._highwaters: Callable[[], dict[int, int | None]] | None = None
         self._next: dict[int, int] = {}  # partition → next offset to handle
         self._lag: dict[int, int] = {}  # partition → records behind the highwater mark
         self._lag_at = -math.inf
@@ -161,9 +168,11 @@ class WorkerMetrics:
         r.register(_WorkerCollector(self))
 
     # ---- hooks the worker calls ----------------------------------------------------------------
-    def attach(self, worker: Worker) -> None:
-        """Start of ``Worker.start``: remember the worker; serve HTTP when a port is configured."""
-        self.worker = worker
+    def attach(self, status: Callable[[], WorkerStatus], highwaters: Callable[[], dict[int, int | None]]) -> None:
+        """Start of ``Worker.start``: how to read the worker's status (called from the HTTP thread:
+        it must only read references the worker thread replaces whole) and its partitions' cached
+        highwater marks (worker thread); serve HTTP when a port is configured."""
+        self._status, self._highwaters = status, highwaters
         if self.settings.metrics_port and self._server is None:
             self.serve(self.settings.metrics_port, self.settings.metrics_addr)
 
@@ -223,12 +232,12 @@ class WorkerMetrics:
     def refresh_lag(self, force: bool = False) -> None:
         """Per partition: highwater (from the last fetch response) minus the next offset to handle."""
         now = time.monotonic()
-        if self.worker is None or (not force and now - self._lag_at < LAG_REFRESH_S):
+        if self._highwaters is None or (not force and now - self._lag_at < LAG_REFRESH_S):
             return
         self._lag_at = now
         try:
             lag: dict[int, int] = {}
-            for partition, high in self.worker.source.highwaters().items():  # cached: no broker round trip
+            for partition, high in self._highwaters().items():  # cached: no broker round trip
                 done = self._next.get(partition)
                 if high is not None and done is not None:
                     lag[partition] = max(0, high - done)
@@ -247,8 +256,11 @@ class WorkerMetrics:
         log.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz", addr, self.port)
         return self.port
 
+    def status(self) -> WorkerStatus | None:
+        return None if self._status is None else self._status()
+
     def _ready(self) -> tuple[bool, dict[str, Any]]:
-        checks = readiness(self.worker)
+        checks = readiness(self.status())
         ok = all(checks.values())
         return ok, {"status": "ready" if ok else "not ready", "checks": checks}
 
@@ -269,7 +281,7 @@ class _WorkerCollector(Collector):
         self.m = metrics
 
     def collect(self) -> Iterator[Metric]:
-        p, worker = PREFIX, self.m.worker
+        p, status = PREFIX, self.m.status()
         model = InfoMetricFamily(f"{p}_model", "Model version the worker scores with.")
         threshold = GaugeMetricFamily(f"{p}_threshold", "Threshold value in use (Redis, cached).")
         version = GaugeMetricFamily(f"{p}_threshold_version", "Version of the threshold in use.")
@@ -278,22 +290,19 @@ class _WorkerCollector(Collector):
         lag = GaugeMetricFamily(f"{p}_consumer_lag_records", "Records behind the partition's highwater mark "
                                 "(as of the last fetch), per partition.", labels=["topic", "partition"])
         ready = GaugeMetricFamily(f"{p}_ready", "1 when /readyz answers 200.")
-        checks = readiness(worker)
+        checks = readiness(status)
         ready.add_metric([], float(all(checks.values())))
-        if worker is not None:
-            if worker.scorer is not None:
-                model.add_metric([], {"version": worker.scorer.version})
-            cache = worker.thresholds
-            snap = cache.snapshot
-            if snap is not None and snap.threshold is not None:
-                threshold.add_metric([], snap.threshold.value)
-                version.add_metric([], snap.threshold.version)
-                age.add_metric([], max(0.0, cache.clock() - cache.fetched_at))
-            try:
-                assigned.add_metric([], len(worker.source.assignment()))
-            except (RuntimeError, KafkaError):
-                pass
-            topic = worker.settings.input_topic
+        if status is not None:
+            if status.model_version is not None:
+                model.add_metric([], {"version": status.model_version})
+            if status.threshold_value is not None and status.threshold_version is not None:
+                threshold.add_metric([], status.threshold_value)
+                version.add_metric([], status.threshold_version)
+            if status.threshold_age_s is not None:
+                age.add_metric([], status.threshold_age_s)
+            if status.assigned_partitions is not None:
+                assigned.add_metric([], status.assigned_partitions)
+            topic = self.m.settings.input_topic
             for partition, behind in sorted(self.m._lag.items()):
                 lag.add_metric([topic, str(partition)], behind)
         yield from (model, threshold, version, age, assigned, lag, ready)

@@ -37,7 +37,7 @@ import torch
 from .entity import Enricher, RedisState
 from .errors import DeliveryError, StreamDetectorError
 from .hold import BatchHold
-from .metrics import WorkerMetrics, batch_context
+from .metrics import WorkerMetrics, WorkerStatus, batch_context
 from .pipeline.compute import ChunkedCompute, Computed, Enrich
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected
@@ -107,8 +107,26 @@ class Worker:
         return self.models.current
 
     # ---- lifecycle -------------------------------------------------------------------------
+    def status(self) -> WorkerStatus:
+        """A snapshot for metrics and health checks; safe from another thread (reads references the
+        worker thread replaces whole) and never raises."""
+        try:
+            assigned: int | None = len(self.source.assignment())
+        except Exception:  # noqa: BLE001 - not started / closed / rebalancing: unknown, not an error
+            assigned = None
+        cache = self.thresholds
+        snap = cache.snapshot
+        current = snap.threshold if snap is not None else None
+        scorer = self.models.current
+        return WorkerStatus(
+            running=not self.stop_event.is_set(), model_version=None if scorer is None else scorer.version,
+            assigned_partitions=assigned, threshold_value=None if current is None else current.value,
+            threshold_version=None if current is None else current.version,
+            threshold_age_s=None if current is None else max(0.0, cache.clock() - cache.fetched_at),
+            threshold_fresh=cache.fresh())
+
     def start(self) -> None:
-        self.metrics.attach(self)
+        self.metrics.attach(self.status, self.source.highwaters)
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         if self.settings.create_topics:

@@ -9,9 +9,9 @@ arrays), so both see exactly the same numbers; ``compute`` is the per-event refe
 tested against.
 """
 
+from ..entity_spec import EntitySpec, parse_windows
 from .enrich import Enricher, enrich_history
 from .history import enrich_columns
-from .spec import EntitySpec, parse_windows
 from .state import InMemoryState, RedisState, StateStore
 
 __all__ = ["Enricher", "EntitySpec", "InMemoryState", "RedisState", "StateStore", "enrich_columns",

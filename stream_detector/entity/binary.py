@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
+from ..entity_spec import EntitySpec
 from .compute import Core
-from .spec import EntitySpec
 
 VERSION = 2
 _HEAD = struct.Struct("<BBH")

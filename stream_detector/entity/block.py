@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..entity_spec import EntitySpec
 from . import kernel
 from .columns import Columns, codes_of, grouping, vocabulary
 from .compute import Core
-from .spec import EntitySpec
 
 
 class Block:

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from ..entity_spec import EntitySpec
 from ..schema import parse_timestamp_ms
 from .compute import amount_value
-from .spec import EntitySpec
 
 NAN = float("nan")
 

@@ -34,8 +34,8 @@ import math
 from functools import lru_cache
 from typing import Any
 
+from ..entity_spec import EntitySpec, window_name
 from ..schema import parse_timestamp_ms
-from .spec import EntitySpec, window_name
 
 Core = dict[str, Any]
 

@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from ..entity_spec import EntitySpec
+from ..schema import validate_event
 from . import kernel
 from .block import Block
 from .columns import Columns, attach, entity_value, gc_paused
 from .compute import Core, empty_core
-from .spec import EntitySpec
 from .state import EntityKey, Record, StateStore
 
 Position = tuple[int, int]  # (partition, offset)
@@ -164,8 +165,6 @@ def enrich_history(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: in
     ``store`` the state lives in arrays for the whole run (``history.py``, no records, same
     kernel); with one, chunks of ``chunk`` rows go through an ``Enricher`` on that store.
     """
-    from ..pipeline.decode import validate_event
-
     if store is None:
         from .history import enrich_offline
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..pipeline.decode import validate_event
+from ..entity_spec import EntitySpec
+from ..schema import validate_event
 from .block import Block
 from .columns import Columns, attach, entity_value, gc_paused
-from .spec import EntitySpec
 
 
 def enrich_columns(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: int = 65_536,

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..pipeline.decode import validate_event
+from ..entity_spec import EntitySpec
+from ..schema import validate_event
 from .columns import entity_value
 from .compute import Core, copy_core, empty_core, features_only, step
 from .enrich import exact_replay
-from .spec import EntitySpec
 from .state import EntityKey, InMemoryState, Record, StateStore
 
 Position = tuple[int, int]  # (partition, offset)

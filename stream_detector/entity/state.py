@@ -27,9 +27,9 @@ from typing import Any, Protocol
 import orjson
 import redis
 
+from ..entity_spec import EntitySpec
 from ..errors import EntityStateUnavailable
 from .binary import decode, encode
-from .spec import EntitySpec
 
 Record = dict[str, Any]
 EntityKey = tuple[str, str]  # (key field, entity value)

@@ -19,17 +19,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import torch
 
 from .. import __version__
-from ..entity.spec import EntitySpec
+from ..entity_spec import EntitySpec
 from ..errors import ModelError
 from ..features import FeatureSpec
 from ..fieldschema import FieldSchema
-from .train import TrainResult
 
 MODEL_FILE = "model.pt"
 SPEC_FILE = "spec.json"
@@ -95,7 +94,31 @@ def _overall(digests: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{n}:{digests[n]}\n" for n in sorted(digests)).encode()).hexdigest()
 
 
-def build_bundle(result: TrainResult, extra_metadata: dict[str, Any] | None = None) -> Bundle:
+class _Architecture(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class Trained(Protocol):
+    """What ``build_bundle`` needs of a training result (``model.train.TrainResult`` is one); a
+    Protocol so that loading a bundle never imports the training code."""
+
+    @property
+    def spec(self) -> FeatureSpec: ...
+    @property
+    def head(self) -> torch.nn.Module: ...
+    @property
+    def arch(self) -> _Architecture: ...
+    @property
+    def calibration(self) -> dict[str, Any]: ...
+    @property
+    def metrics(self) -> dict[str, Any]: ...
+    @property
+    def entity(self) -> EntitySpec | None: ...
+    @property
+    def schema(self) -> FieldSchema | None: ...
+
+
+def build_bundle(result: Trained, extra_metadata: dict[str, Any] | None = None) -> Bundle:
     """Serialize a training result into a bundle (TorchScript export happens here)."""
     buf = io.BytesIO()
     with _torchscript():

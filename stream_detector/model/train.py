@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..entity.spec import EntitySpec
+from ..entity_spec import EntitySpec
 from ..errors import TrainingError
 from ..features import FeatureSpec, fit_spec
 from ..fieldschema import FieldSchema, InferenceOptions, infer_schema

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..retrain.drift import bin_counts, reference_bins
+from ..model.reference import bin_counts, reference_bins
 from ..settings import Settings
 from ..store import ControlPlane
 from .score import Scorer

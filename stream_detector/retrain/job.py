@@ -22,10 +22,10 @@ import numpy as np
 import orjson
 
 from ..model.bundle import Bundle, build_bundle
+from ..model.reference import REFERENCE_KEY, reference_from_scores
 from ..model.train import TrainConfig, train
 from ..offline import score_events
 from ..settings import Settings
-from .drift import REFERENCE_KEY, reference_from_scores
 from .gate import GateDecision, GatePolicy, decide, evaluate
 from .window import FRAUD, Selection, WindowEntry
 

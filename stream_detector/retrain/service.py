@@ -36,12 +36,13 @@ from redis import RedisError
 from ..errors import ModelError, StreamDetectorError
 from ..kafka_util import committed_offsets
 from ..model.bundle import Bundle
+from ..model.reference import reference_bins
 from ..pipeline.decode import decode_batch
 from ..pipeline.source import consumer_config
 from ..settings import Settings
 from ..store import ControlPlane
 from ..topics import ensure_topics
-from .drift import DriftReport, reference_bins, summarize
+from .drift import DriftReport, summarize
 from .job import build_candidate
 from .metrics import RetrainerMetrics
 from .window import Exclusions, TrainingWindow, WindowEntry

@@ -11,7 +11,8 @@ import pytest
 from benchmarks.workload import make_events
 from stream_detector import features
 from stream_detector.features import fit_spec
-from stream_detector.pipeline.decode import _may_repeat_keys, decode_batch, validate_event
+from stream_detector.pipeline.decode import _may_repeat_keys, decode_batch
+from stream_detector.schema import validate_event
 
 RAWS = [
     b'{"event_id":"a","amount":1.5,"country":"US"}',

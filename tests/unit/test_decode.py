@@ -6,8 +6,8 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from stream_detector.pipeline.decode import decode_batch, validate_event
-from stream_detector.schema import Event, RejectReason
+from stream_detector.pipeline.decode import decode_batch
+from stream_detector.schema import Event, RejectReason, validate_event
 
 CASES: list[tuple[bytes | None, RejectReason | None]] = [
     (b'{"event_id": "a", "amount": 1.5, "country": "US"}', None),

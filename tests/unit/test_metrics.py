@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_detector.errors import DeliveryError, ThresholdUnavailable
-from stream_detector.metrics import RECORD_LATENCY_BUCKETS, BulkHistogram, WorkerMetrics
+from stream_detector.metrics import RECORD_LATENCY_BUCKETS, BulkHistogram, WorkerMetrics, WorkerStatus
 from stream_detector.pipeline.decode import Rejected
 from stream_detector.pipeline.source import Batch, KafkaSource
 from stream_detector.schema import RejectReason
@@ -133,15 +133,10 @@ class _Source:
         self.consumer = consumer
 
 
-class _Worker:
-    def __init__(self, consumer: _Consumer) -> None:
-        self.source = _Source(consumer)
-
-
 def test_lag_is_highwater_minus_next_offset_for_assigned_partitions_only():
     m = WorkerMetrics(Settings(input_topic="tx"))
     consumer = _Consumer({0: 100, 1: 50, 2: None})
-    m.worker = _Worker(consumer)  # type: ignore[assignment]
+    m.attach(lambda: WorkerStatus(True, "v1", 2), _Source(consumer).highwaters)  # type: ignore[arg-type]
     m.batch_done(_batch(3, [0, 1, 3], [-1] * 3), scored=3, alerts=0, rejected=[])  # next: p0 11, p1 12, p3 13
     assert m._lag == {0: 89, 1: 38}  # p2: no fetch yet; p3: not assigned
     consumer.high = {0: 11}
@@ -158,7 +153,7 @@ def test_lag_is_highwater_minus_next_offset_for_assigned_partitions_only():
 
 def test_health_endpoints_of_a_worker_that_is_not_started():
     worker = Worker(Settings(kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0"))
-    worker.metrics.worker = worker
+    worker.metrics.attach(worker.status, worker.source.highwaters)
     port = worker.metrics.serve(0, "127.0.0.1")
     try:
         assert http_get(port, "/healthz") == (200, b'{"status":"ok"}')

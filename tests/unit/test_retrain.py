@@ -10,15 +10,9 @@ import pytest
 
 from stream_detector.errors import ModelError
 from stream_detector.model.bundle import bundle_from_files
+from stream_detector.model.reference import bin_counts, reference_bins, reference_from_scores
 from stream_detector.model.registry import check_compatible, retention_victims, rollback_target
-from stream_detector.retrain.drift import (
-    bin_counts,
-    ks,
-    psi,
-    reference_bins,
-    reference_from_scores,
-    summarize,
-)
+from stream_detector.retrain.drift import ks, psi, summarize
 from stream_detector.retrain.gate import GatePolicy, alert_rate_bound, decide
 from stream_detector.retrain.job import build_candidate, ids_digest, split_holdout
 from stream_detector.retrain.window import BoundedIds, Exclusions, TrainingWindow, WindowEntry
@@ -263,7 +257,7 @@ def test_service_drift_check_judges_only_the_active_models_summaries_once_enough
 def test_retrainer_skips_rather_than_drop_entity_features(bundle):
     import dataclasses
 
-    from stream_detector.entity.spec import EntitySpec
+    from stream_detector.entity_spec import EntitySpec
     from stream_detector.retrain.window import Selection
     from stream_detector.settings import Settings
 
