@@ -215,30 +215,15 @@ class WorkerReport:
 
 
 def _instrument(worker: Any, stage_s: dict[str, float]) -> None:
-    """Wrap each step to accumulate its wall time (one perf_counter pair per call). Scoring runs on
+    """Accumulate each step's wall time from the worker's step-time hook (``Worker.steps``, the same
+    figures Prometheus gets as ``stream_detector_step_seconds_total``; no monkeypatching). Scoring runs on
     the worker's scoring thread, overlapped with decode/features of the next chunk: its own time is
     kept as ``scoring thread``; ``compute`` is the whole of steps 2-4 on the worker's thread, so
     ``compute − decode − features`` is the time that thread waited for (or ran) scoring."""
-    import stream_detector.pipeline.compute as cmod
-    from stream_detector.features import FeatureSpec
+    def add(step: str, seconds: float) -> None:
+        stage_s[step] = stage_s.get(step, 0.0) + seconds
 
-    def timed(name: str, fn: Any) -> Any:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                stage_s[name] = stage_s.get(name, 0.0) + time.perf_counter() - t
-        return wrapper
-
-    worker.source.poll_batch = timed("source", worker.source.poll_batch)
-    worker.publisher.publish = timed("publish", worker.publisher.publish)
-    worker.publisher.commit = timed("commit", worker.publisher.commit)
-    worker.compute.run = timed("compute", worker.compute.run)
-    cmod.decode_batch = timed("decode", cmod.decode_batch)  # type: ignore[attr-defined]
-    FeatureSpec.transform = timed("features", FeatureSpec.transform)  # type: ignore[method-assign]
-    scorer_cls = type(worker.scorer)
-    scorer_cls.errors = timed("scoring thread", scorer_cls.errors)
+    worker.steps.listeners.append(add)  # the worker's own step-time hook (what Prometheus gets)
 
 
 def step_table(stage_s: dict[str, float]) -> tuple[dict[str, float], float]:
@@ -247,8 +232,8 @@ def step_table(stage_s: dict[str, float]) -> tuple[dict[str, float], float]:
     busy = s.pop("busy", 0.0)
     scoring = s.pop("scoring thread", 0.0)
     compute = s.pop("compute", 0.0)
-    steps = {name: s.get(name, 0.0) for name in ("source", "decode", "features")}
-    steps["score (waited for)"] = max(0.0, compute - steps["decode"] - steps["features"])
+    steps = {name: s.get(name, 0.0) for name in ("source", "decode", "enrich", "features")}
+    steps["score (waited for)"] = max(0.0, compute - steps["decode"] - steps["enrich"] - steps["features"])
     steps["publish"] = s.get("publish", 0.0)
     steps["commit"] = s.get("commit", 0.0)
     steps["other (decide, build alerts, loop)"] = max(0.0, busy - sum(steps.values()))

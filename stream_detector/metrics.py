@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -117,6 +118,31 @@ def batch_context(batch: Batch, scorer: Scorer | None = None) -> dict[str, Any]:
             "model_version": None if scorer is None else scorer.version, "where": f"{batch.topic}[{where}]"}
 
 
+class StepTimer:
+    """The worker's step-time hook: each step's wall time goes to every listener (the worker's
+    Prometheus counter ``stream_detector_step_seconds_total{step}``; benchmarks add their own).
+
+    Steps: ``source``, ``decode``, ``enrich``, ``features``, ``compute`` (steps 2-4 on the worker
+    thread, including the wait for scoring), ``scoring thread`` (the scoring thread's own time),
+    ``publish``, ``commit``. One ``perf_counter`` pair per step per batch (per chunk inside
+    compute). Listeners may be called from the scoring thread."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Callable[[str, float], None]] = []
+
+    def __call__(self, step: str, seconds: float) -> None:
+        for listener in self.listeners:
+            listener(step, seconds)
+
+    @contextmanager
+    def time(self, step: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self(step, time.perf_counter() - t)
+
+
 class WorkerMetrics:
     """The metrics of one worker, and the HTTP server that exposes them with the health checks."""
 
@@ -142,6 +168,8 @@ class WorkerMetrics:
                                     registry=r)
         self.delivery_failures = Counter(f"{p}_delivery_failures", "Batches whose alerts, dead letters or "
                                          "offsets were not acknowledged (batch redelivered).", registry=r)
+        self.step_seconds = Counter(f"{p}_step_seconds", "Wall time per pipeline step (scoring thread: its own "
+                                    "time; compute: steps 2-4 on the worker thread).", ["step"], registry=r)
         self.held_batches = Counter(f"{p}_held_batches", "Attempts on a held batch (partitions paused), by cause.",
                             ["cause"], registry=r)
         self.record_latency = BulkHistogram(f"{p}_event_latency_seconds", "Kafka record timestamp to "
@@ -225,6 +253,10 @@ class WorkerMetrics:
         self._decided = None
         self.delivery_failures.inc()
         self.kafka_errors.labels("deliver").inc()
+
+    def step_time(self, step: str, seconds: float) -> None:
+        """A ``StepTimer`` listener (may run on the scoring thread; prometheus_client locks)."""
+        self.step_seconds.labels(step).inc(seconds)
 
     def swapped(self, ok: bool) -> None:
         self.swaps.labels("success" if ok else "failure").inc()

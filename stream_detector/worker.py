@@ -37,7 +37,7 @@ import torch
 from .entity import Enricher, RedisState
 from .errors import DeliveryError, StreamDetectorError
 from .hold import BatchHold
-from .metrics import WorkerMetrics, WorkerStatus, batch_context
+from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
 from .pipeline.compute import ChunkedCompute, Computed, Enrich
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected
@@ -98,7 +98,9 @@ class Worker:
         self.models = ModelSwap(self._load, settings.delivery_timeout_s, self._swapped, _freeze_long_lived)
         self.hold = BatchHold(self.source, self.publisher, int(min(1.0, settings.threshold_refresh_s) * 1000),
                               self._held)
-        self.compute = ChunkedCompute(settings.compute_chunk, settings.torch_threads)  # steps 2-4
+        self.steps = StepTimer()  # per-step wall time → Prometheus (+ any listener: benchmarks)
+        self.steps.listeners.append(self.metrics.step_time)
+        self.compute = ChunkedCompute(settings.compute_chunk, settings.torch_threads, self.steps)  # steps 2-4
         self.enricher: Enricher | None = None  # step 3a, created in start()
 
     @property
@@ -181,7 +183,11 @@ class Worker:
         if self.hold.active and self.hold.in_doubt:
             self.hold.settle()
             return 0
-        batch = self.hold.retry() if self.hold.active else self.source.poll_batch()  # 1 source
+        if self.hold.active:
+            batch = self.hold.retry()
+        else:
+            with self.steps.time("source"):
+                batch = self.source.poll_batch()  # 1 source
         if not len(batch):
             if self.hold.active:  # every held partition moved to another worker
                 self.hold.release()
@@ -210,12 +216,14 @@ class Worker:
         self.metrics.decided(batch, indices, rows)
         dead = build_dead_letters(batch, rejected, self.settings.dlq_topic)
         try:
-            self.publisher.publish(alerts + dead)  # 6 publish (every ack / inside the transaction)
+            with self.steps.time("publish"):
+                self.publisher.publish(alerts + dead)  # 6 publish (every ack / inside the transaction)
             if not self.source.still_member(batch):  # evicted meanwhile: a zombie must not commit
                 self._abandon(batch)
                 return
             self.hold.in_doubt = self.publisher.transactional  # until the commit returns
-            self.publisher.commit(self.source, batch.next_offsets(), batch.group)  # 7 commit, after 6
+            with self.steps.time("commit"):
+                self.publisher.commit(self.source, batch.next_offsets(), batch.group)  # 7 commit, after 6
             self.hold.in_doubt = False
         except DeliveryError:
             self.stats.delivery_failures += 1
@@ -232,8 +240,9 @@ class Worker:
         while True:
             scorer = self.models.require()
             # 2 decode, 3a enrich, 3 features, 4 score: chunk by chunk, overlapped (pipeline/compute.py)
-            done = self.compute.run(scorer, batch.values, self.settings.max_event_bytes,
-                                    self._enrich_for(scorer, batch))
+            with self.steps.time("compute"):
+                done = self.compute.run(scorer, batch.values, self.settings.max_event_bytes,
+                                        self._enrich_for(scorer, batch))
             try:
                 threshold = self.thresholds.current(scorer.version)  # 5 decide
             except ModelMismatch:

@@ -169,3 +169,23 @@ def test_offline_scoring_and_the_worker_share_one_core(scorer: Scorer) -> None:
     by_index = {r.index: r.reason.value for r in live.rejected}
     feature_refusals = {i for i, r in by_index.items() if r == RejectReason.WRONG_TYPE.value}
     assert {i: offline.rejected[i] for i in feature_refusals} == {i: by_index[i] for i in feature_refusals}
+
+
+def test_the_step_timer_sees_every_step_of_a_chunked_batch(scorer: Scorer) -> None:
+    """The worker's step-time hook (Prometheus, benchmarks): decode and features per chunk on the
+    caller's thread, scoring on the scoring thread."""
+    seen: dict[str, list[float]] = {}
+    lock = threading.Lock()
+
+    def timer(step: str, seconds: float) -> None:
+        with lock:
+            seen.setdefault(step, []).append(seconds)
+
+    compute = ChunkedCompute(256, torch_threads=1, timer=timer)
+    try:
+        compute.run(scorer, _values(1200), 65536)
+    finally:
+        compute.close()
+    chunks = -(-1200 // 256)
+    assert {k: len(v) for k, v in seen.items()} == {"decode": chunks, "features": chunks, "scoring thread": chunks}
+    assert all(s >= 0 for v in seen.values() for s in v)
