@@ -64,8 +64,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
     from .model.bundle import build_bundle, save_bundle
     from .model.train import TrainConfig, train
-    from .offline import score_events
-    from .report import evaluate, plot_curves, plot_scores
+    from .report import evaluate_on_input
 
     _check_threshold_args(args)
     entity = _entity_spec(args)
@@ -102,16 +101,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     out = Path(args.out)
     if labels is not None:
         y = np.array([lab != args.normal_label for lab in labels])
-        bundle = build_bundle(result)
-        scored = score_events(bundle, data.events)  # the bundle enriches the raw rows itself
-        ok = scored.valid
-        extra["evaluation_on_input"] = evaluate(scored.scores[ok], y[ok], result.threshold)
+        # the bundle enriches the raw rows itself; numbers + PNGs in OUT/report/
+        extra["evaluation_on_input"] = evaluate_on_input(build_bundle(result), data.events, y, out,
+                                                         Path(args.input).name)
         _say("on the labelled input (training rows included): " + ", ".join(
             f"{k}={v:.4f}" for k, v in extra["evaluation_on_input"].items() if isinstance(v, float)))
-        if y[ok].any() and (~y[ok]).any():
-            plot_curves(scored.scores[ok], y[ok], result.threshold, out / "report" / "curves.png", out.name)
-        plot_scores(scored.scores[ok], y[ok], result.threshold, out / "report" / "scores.png",
-                    f"scores on {Path(args.input).name}")
     bundle = build_bundle(result, extra)
     save_bundle(bundle, out)
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
@@ -238,8 +232,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
-    import csv
-
+    from .events_io import write_scores
     from .model.bundle import load_bundle
     from .offline import score_events
 
@@ -252,15 +245,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         in zip(data.rows, scored.scores.tolist(), scored.rejected, scored.messages, strict=True)}
     for rej in data.rejected:
         by_row[rej.index] = (float("nan"), rej.reason.value, rej.message)
-    with open(args.out, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["event_id", "score", "is_anomaly", "rejected", "message"])
-        for row, event_id in enumerate(data.ids):
-            score, reason, message = by_row[row]
-            if reason is None:
-                writer.writerow([event_id, repr(score), int(score > threshold), "", ""])
-            else:
-                writer.writerow([event_id, "", "", reason, message or ""])
+    write_scores(Path(args.out), [(event_id, *by_row[row]) for row, event_id in enumerate(data.ids)], threshold)
     flagged = int((scored.scores[scored.valid] > threshold).sum())
     _say(f"scored {int(scored.valid.sum())} of {data.total} rows; {flagged} above {threshold:.6g} → {args.out}")
     return 0

@@ -318,3 +318,18 @@ def _cell(value: Any) -> Any:
     if isinstance(value, bool):
         return "true" if value else "false"
     return value
+
+
+def write_scores(path: Path, rows: Sequence[tuple[str, float, str | None, str | None]], threshold: float) -> None:
+    """``stream-detector score``'s output: one CSV line per input row, in input order, from
+    ``(event_id, score, rejection reason or None, message or None)``. Columns: ``event_id``,
+    ``score`` (repr: round-trips exactly), ``is_anomaly`` (score > ``threshold``: 1/0),
+    ``rejected``, ``message`` (empty score and verdict where rejected)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["event_id", "score", "is_anomaly", "rejected", "message"])
+        for event_id, score, reason, message in rows:
+            if reason is None:
+                writer.writerow([event_id, repr(score), int(score > threshold), "", ""])
+            else:
+                writer.writerow([event_id, "", "", reason, message or ""])

@@ -1,12 +1,35 @@
-"""Evaluation numbers and PNG plots (score distributions with the threshold, ROC and PR curves)."""
+"""Evaluation numbers and PNG plots (score distributions with the threshold, ROC and PR curves).
+
+``evaluate_on_input`` is what ``stream-detector train`` reports on a labelled input: the bundle
+scores the rows as ``stream-detector score`` would, then the numbers and ``report/*.png``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+from .model.bundle import Bundle
+from .offline import score_events
+
+
+def evaluate_on_input(bundle: Bundle, events: Sequence[Any], is_anomaly: np.ndarray, out: Path,
+                      input_name: str) -> dict[str, Any]:
+    """Score ``events`` (one per row of ``is_anomaly``, bool (n,)) with ``bundle`` (offline core:
+    rejected rows are left out), evaluate at the bundle's threshold, and write
+    ``out/report/scores.png`` (and ``curves.png`` when both classes are present)."""
+    scored = score_events(bundle, events)
+    ok = scored.valid
+    scores, y, threshold = scored.scores[ok], is_anomaly[ok], bundle.threshold
+    numbers = evaluate(scores, y, threshold)
+    if y.any() and (~y).any():
+        plot_curves(scores, y, threshold, out / "report" / "curves.png", out.name)
+    plot_scores(scores, y, threshold, out / "report" / "scores.png", f"scores on {input_name}")
+    return numbers
 
 
 def evaluate(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float) -> dict[str, Any]:
