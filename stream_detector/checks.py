@@ -125,7 +125,7 @@ def _redis_checks(s: Settings) -> Iterator[Check]:
 
     control = ControlPlane.from_settings(s)
     try:
-        control.r.ping()
+        control.ping()
     except (redis.RedisError, OSError) as exc:
         yield Check("fail", "redis", f"cannot reach {_redact(s.redis_url)}: {exc}")
         return

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .entity import Enricher, RedisState
+from .entity import Enricher
 from .errors import DeliveryError, StreamDetectorError
 from .hold import BatchHold
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
@@ -47,7 +47,7 @@ from .pipeline.score_feed import ScoreFeed
 from .pipeline.source import Batch, BatchSource, make_source
 from .pipeline.threshold import Decision, ModelMismatch, ThresholdCache
 from .settings import Settings
-from .store import ControlPlane
+from .store import ControlPlane, WorkerView
 from .swap import ModelSwap
 from .topics import ensure_topics
 
@@ -82,17 +82,17 @@ class WorkerStats:
 
 
 class Worker:
-    def __init__(self, settings: Settings, control: ControlPlane | None = None,
+    def __init__(self, settings: Settings, control: WorkerView | None = None,
                  source: BatchSource | None = None, publisher: BatchPublisher | None = None) -> None:
         self.settings = settings
-        self.control = control or ControlPlane.from_settings(settings)
+        self.control = control or ControlPlane.from_settings(settings).worker_view()  # read-only
         self.source = source or make_source(settings)  # SD_TRANSPORT: kafka-python or confluent
         self.publisher = publisher or make_publisher(settings)
         self.metrics = WorkerMetrics(settings)  # /metrics, /healthz, /readyz (docs/operations.md)
         self.thresholds = ThresholdCache(self.metrics.watch_redis(self.control.snapshot),
                                          settings.threshold_refresh_s, settings.threshold_max_staleness_s)
-        self.link = ControlLink(self.control, settings)  # change notices in, score summaries out
-        self.feed = ScoreFeed(self.control, settings)  # sampled scores for the console (docs/console.md)
+        self.link = ControlLink(self.control.telemetry, settings)  # change notices in, score summaries out
+        self.feed = ScoreFeed(self.control.telemetry, settings)  # sampled scores for the console (docs/console.md)
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self.models = ModelSwap(self._load, settings.delivery_timeout_s, self._swapped, _freeze_long_lived)
@@ -135,7 +135,7 @@ class Worker:
             ensure_topics(self.settings, [self.settings.input_topic, self.settings.alerts_topic,
                                           self.settings.dlq_topic])
         scorer = self.models.start(self.control.active_bundle().version)
-        self.enricher = Enricher(RedisState(self.control.r, self.settings.redis_prefix))
+        self.enricher = Enricher(self.control.entity_state())
         self.thresholds.refresh(force=True)
         self.link.start()
         self.feed.start()

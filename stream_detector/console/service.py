@@ -186,16 +186,7 @@ class ConsoleService:
 
     def _refused(self, limit: int = 20) -> list[dict[str, Any]]:
         """Gate decisions of candidates the retrainer did not promote (newest first), where recorded."""
-        import orjson
-
-        raw: Any = self.control.r.lrange(self.control.key("gate", "rejected"), 0, limit - 1)
-        out = []
-        for line in raw:
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                continue
-        return out
+        return self.control.telemetry.rejections(limit)
 
     def history(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.control.threshold_history(limit)

@@ -17,7 +17,6 @@ import numpy as np
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
-from ..pipeline.score_feed import FEED_KEY
 from ..settings import Settings
 from ..store import ControlPlane
 from .whatif import Sample
@@ -50,8 +49,7 @@ class FeedEntry:
 def read_feed(control: ControlPlane, limit: int) -> list[FeedEntry]:
     """The newest ``limit`` entries of ``{p}:recent-scores``, oldest first (unreadable ones skipped)."""
     out: list[FeedEntry] = []
-    raw: Any = control.r.xrevrange(control.key(FEED_KEY), "+", "-", count=limit)
-    for _, fields in reversed(raw):
+    for fields in control.telemetry.feed(limit):
         try:
             out.append(FeedEntry.parse(fields))
         except (KeyError, ValueError, TypeError, orjson.JSONDecodeError):
@@ -71,8 +69,7 @@ def sample_of(entries: list[FeedEntry], model_version: str | None) -> Sample:
 
 def read_summaries(control: ControlPlane, limit: int = 2000) -> list[dict[str, str]]:
     """Workers' drift score summaries (``{p}:score-summaries``) when the retrainer's link exists."""
-    raw: Any = control.r.xrevrange(control.key("score-summaries"), "+", "-", count=limit)
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in reversed(raw)]
+    return control.telemetry.latest_summaries(limit)
 
 
 class TopicTail:

@@ -25,15 +25,15 @@ import orjson
 
 from ..model.reference import bin_counts, reference_bins
 from ..settings import Settings
-from ..store import ControlPlane
+from ..store import Telemetry
 from .score import Scorer
 
 log = logging.getLogger("stream_detector.worker")
 
 
 class ControlLink:
-    def __init__(self, control: ControlPlane, settings: Settings) -> None:
-        self.control = control
+    def __init__(self, telemetry: Telemetry, settings: Settings) -> None:
+        self.telemetry = telemetry
         self.settings = settings
         self._notice = threading.Event()
         self._stop = threading.Event()
@@ -82,8 +82,7 @@ class ControlLink:
         while not self._stop.is_set():
             try:
                 if pubsub is None:
-                    pubsub = self.control.r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-                    pubsub.subscribe(self.control.events_channel)
+                    pubsub = self.telemetry.subscribe()
                     self._notice.set()  # anything may have changed while we were not listening
                 if pubsub.get_message(timeout=0.2) is not None:
                     self._notice.set()
@@ -101,7 +100,7 @@ class ControlLink:
         with self._lock:
             pending, self._counts = self._counts, {}
         for version, counts in pending.items():
-            self.control.add_score_summary({
+            self.telemetry.add_score_summary({
                 "worker_id": self.settings.worker_id or socket.gethostname(), "model_version": version,
                 "edges": orjson.dumps(self._edges[version].tolist()).decode(),
                 "counts": orjson.dumps(counts.tolist()).decode(), "at": repr(time.time())},

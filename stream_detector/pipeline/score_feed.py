@@ -33,11 +33,10 @@ import numpy as np
 import orjson
 
 from ..settings import Settings
-from ..store import ControlPlane, Threshold
+from ..store import Telemetry, Threshold
 
 log = logging.getLogger("stream_detector.worker")
 
-FEED_KEY = "recent-scores"
 
 
 @dataclass
@@ -54,8 +53,8 @@ class _Pool:
 
 
 class ScoreFeed:
-    def __init__(self, control: ControlPlane, settings: Settings, seed: int | None = None) -> None:
-        self.control = control
+    def __init__(self, telemetry: Telemetry, settings: Settings, seed: int | None = None) -> None:
+        self.telemetry = telemetry
         self.cap = settings.score_feed_sample
         self.interval_s = settings.score_feed_interval_s
         self.maxlen = settings.score_feed_max
@@ -65,10 +64,6 @@ class ScoreFeed:
         self._pools: dict[tuple[str, int], _Pool] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    @property
-    def key(self) -> str:
-        return self.control.key(FEED_KEY)
 
     def start(self) -> None:
         if self.cap > 0:
@@ -109,8 +104,7 @@ class ScoreFeed:
         now = time.time()
         for (model, version), pool in pools.items():
             try:
-                self.control.r.xadd(self.key, self._entry(model, version, pool, now),  # type: ignore[arg-type]
-                                    maxlen=self.maxlen, approximate=True)
+                self.telemetry.add_feed_entry(self._entry(model, version, pool, now), self.maxlen)
             except Exception as exc:  # noqa: BLE001 — telemetry: never let Redis trouble reach the worker
                 log.debug("score feed entry dropped: %s", exc)
 

@@ -28,7 +28,6 @@ from stream_detector.console import ConsoleServer
 from stream_detector.kafka_util import lag, read_all
 from stream_detector.model.bundle import Bundle
 from stream_detector.offline import score_events
-from stream_detector.pipeline.score_feed import FEED_KEY
 from stream_detector.producer import EventProducer
 from stream_detector.settings import Settings
 from stream_detector.simulate import Simulator
@@ -83,7 +82,7 @@ class Running:
 
 
 def _feed_total(control: ControlPlane) -> int:
-    return sum(int(f[b"n"]) for _, f in control.r.xrange(control.key(FEED_KEY)))
+    return sum(int(f[b"n"]) for f in control.telemetry.feed(100_000))
 
 
 def _shoot(page: Any, name: str) -> None:
@@ -155,7 +154,7 @@ def test_what_if_numbers_match_an_independent_computation(running: Running, page
     page.dispatch_event("#wi-value", "change")
     box = page.wait_for_selector(f"#wi-alerts-hour[data-threshold='{text}']")
 
-    entries = [f for _, f in running.control.r.xrange(running.control.key(FEED_KEY))]
+    entries = running.control.telemetry.feed(100_000)
     span_s = max(float(f[b"at"]) for f in entries) - min(float(f[b"since"]) for f in entries)
     expected_per_hour = int((running.scores > candidate).sum()) * 3600.0 / span_s
     assert float(box.get_attribute("data-value")) == pytest.approx(expected_per_hour, rel=1e-9)

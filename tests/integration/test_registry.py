@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from stream_detector.errors import ConfigError, ModelError
 from stream_detector.kafka_util import committed_offsets, end_offsets, lag, read_all
@@ -65,7 +66,7 @@ def test_rollback_restores_the_previous_version_and_its_own_threshold(published,
     assert published.active_model() == v3.version and published.previous_model() == v1.version
 
 
-def test_retention_keeps_the_newest_plus_active_and_previous(published, bundle):
+def test_retention_keeps_the_newest_plus_active_and_previous(published, bundle, settings):
     versions = [bundle.version]
     for n in range(1, 7):
         b = variant(bundle, n)
@@ -79,9 +80,10 @@ def test_retention_keeps_the_newest_plus_active_and_previous(published, bundle):
     kept = set(published.model_versions())
     assert kept == {active, previous, versions[6]}, "two protected + the newest one make three"
     assert set(removed) == set(versions) - kept
+    raw = redis.Redis.from_url(settings.redis_url)  # what is left in Redis itself
     for gone in removed:
-        assert not published.r.exists(published.key("model", gone))
-        assert published.r.get(published.key("model", gone, "threshold")) is None
+        assert not raw.exists(published.key("model", gone))
+        assert raw.get(published.key("model", gone, "threshold")) is None
         with pytest.raises(ModelError):
             published.fetch_bundle(gone)
     with pytest.raises(ConfigError):
@@ -91,7 +93,7 @@ def test_retention_keeps_the_newest_plus_active_and_previous(published, bundle):
 def test_directory_store_keeps_bytes_on_disk_and_refuses_tampered_ones(settings: Settings, bundle, tmp_path: Path):
     control = ControlPlane.from_url(settings.redis_url, settings.redis_prefix, artifacts=DirArtifacts(tmp_path))
     control.publish(bundle, set_by="pytest")
-    stored = control.r.hgetall(control.key("model", bundle.version))
+    stored = redis.Redis.from_url(settings.redis_url).hgetall(control.key("model", bundle.version))
     assert set(stored) == {b"metadata.json", b"_location"}, "only the index entry lives in Redis"
     on_disk = tmp_path / bundle.version / MODEL_FILE
     assert on_disk.read_bytes() == bundle.files[MODEL_FILE]
@@ -170,7 +172,7 @@ def test_a_tampered_artifact_is_refused_and_the_worker_keeps_its_model(published
     published.store(bad)
     model = bytearray(bad.files[MODEL_FILE])
     model[len(model) // 2] ^= 0xFF
-    published.r.hset(published.key("model", bad.version), MODEL_FILE, bytes(model))
+    redis.Redis.from_url(settings.redis_url).hset(published.key("model", bad.version), MODEL_FILE, bytes(model))
     with pytest.raises(ModelError, match="sha256 mismatch"):
         published.activate(bad.version, "pytest")  # the registry verifies before it flips
     published.set_threshold(bad.threshold, bad.version, "pytest", activate_model=bad.version)  # forced flip

@@ -76,20 +76,14 @@ def test_host_header_check_on_loopback(bound: str, header: str | None, ok: bool)
     assert host_allowed(bound, header) is ok
 
 
-class _FakeRedis:
+class _Telemetry:
+    """Records the feed entries a ScoreFeed writes (the Redis side is store/telemetry.py's)."""
+
     def __init__(self) -> None:
         self.entries: list[dict[str, str]] = []
 
-    def xadd(self, key: str, fields: dict[str, str], maxlen: int, approximate: bool) -> None:
+    def add_feed_entry(self, fields: dict[str, str], maxlen: int) -> None:
         self.entries.append(fields)
-
-
-class _FakeControl:
-    def __init__(self) -> None:
-        self.r = _FakeRedis()
-
-    def key(self, *parts: str) -> str:
-        return ":".join(("p", *parts))
 
 
 def test_score_feed_weights_stand_for_every_scored_event() -> None:
@@ -99,8 +93,8 @@ def test_score_feed_weights_stand_for_every_scored_event() -> None:
     from stream_detector.settings import Settings
     from stream_detector.store import Threshold
 
-    control = _FakeControl()
-    feed = ScoreFeed(control, Settings(score_feed_sample=50, worker_id="w1"), seed=1)  # type: ignore[arg-type]
+    telemetry = _Telemetry()
+    feed = ScoreFeed(telemetry, Settings(score_feed_sample=50, worker_id="w1"), seed=1)  # type: ignore[arg-type]
     threshold = Threshold(0.5, 7, "m1")
     rng = np.random.default_rng(0)
     for n in (30, 400, 1000):  # under the cap, then over it
@@ -108,7 +102,7 @@ def test_score_feed_weights_stand_for_every_scored_event() -> None:
         events = [{"event_id": f"e{n}-{i}"} for i in range(n)]
         feed.observe(events, scores, np.flatnonzero(scores > 0.5), threshold, list(range(n)), list(range(n)))
     feed.flush()
-    (entry,) = control.r.entries
+    (entry,) = telemetry.entries
     samples = orjson.loads(entry["samples"])
     assert entry["n"] == "1430" and entry["worker"] == "w1" and entry["threshold_version"] == "7"
     assert len(samples["ids"]) == 50 == len(samples["scores"]) == len(samples["weights"])
@@ -116,7 +110,7 @@ def test_score_feed_weights_stand_for_every_scored_event() -> None:
     assert all(f == (s > 0.5) for f, s in zip(samples["flagged"], samples["scores"], strict=True))
     assert int(entry["alerts"]) > 0 and float(entry["at"]) >= float(entry["since"])
     feed.flush()
-    assert len(control.r.entries) == 1, "nothing new, nothing written"
+    assert len(telemetry.entries) == 1, "nothing new, nothing written"
 
 
 def test_sample_of_keeps_the_active_model_and_spans_its_entries() -> None:

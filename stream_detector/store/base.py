@@ -1,0 +1,49 @@
+"""Key naming and the small value types of the control plane."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HISTORY_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every key is ``{prefix}:part:part`` (``SD_REDIS_PREFIX``)."""
+
+    prefix: str
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    @property
+    def events_channel(self) -> str:
+        """The pub/sub channel announcing every threshold / active-model change."""
+        return self.key("events")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One threshold version: ``value`` (reconstruction-error units of ``model_version``)."""
+
+    value: float
+    version: int
+    model_version: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a worker reads each refresh, in one round trip."""
+
+    threshold: Threshold | None
+    active_model: str | None
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def parse_threshold(raw: dict[bytes, bytes]) -> Threshold | None:
+    if not raw:
+        return None
+    return Threshold(float(raw[b"value"]), int(raw[b"version"]), raw[b"model_version"].decode())

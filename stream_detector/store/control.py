@@ -1,0 +1,168 @@
+"""``ControlPlane`` (the operator's API) and ``WorkerView`` (what a worker may touch).
+
+No network I/O in constructors. Reads and writes raise ``redis.RedisError`` / ``OSError`` when
+Redis is unreachable; registry reads raise ``NoActiveModel`` / ``ModelError`` as documented there.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from ..entity.state import RedisState, StateStore
+from ..model.artifacts import ArtifactStore, DirArtifacts
+from ..model.bundle import Bundle
+from ..model.signing import Signer, Verifier
+from ..redis_client import redis_client
+from .base import Keys, Snapshot, Threshold
+from .registry import BundleReader, ModelRegistry
+from .telemetry import Telemetry
+from .thresholds import ThresholdStore
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+
+class WorkerView:
+    """A worker's read-only view of the control plane (it never writes a threshold or a model):
+    snapshots, verified bundles, telemetry writes, change notices, and its entity state store."""
+
+    def __init__(self, client: redis.Redis, prefix: str, verifier: Verifier | None = None) -> None:
+        self._r = client
+        self.keys = Keys(prefix)
+        self._thresholds = ThresholdStore(client, self.keys)
+        self._bundles = BundleReader(client, self.keys, verifier)
+        self.telemetry = Telemetry(client, self.keys)
+
+    def snapshot(self) -> Snapshot:
+        return self._thresholds.snapshot()
+
+    def fetch_bundle(self, version: str) -> Bundle:
+        return self._bundles.fetch_bundle(version)
+
+    def active_bundle(self) -> Bundle:
+        return self._bundles.active_bundle()
+
+    def entity_state(self) -> StateStore:
+        """The per-entity history store of this prefix (``entity/state.py``)."""
+        return RedisState(self._r, self.keys.prefix)
+
+
+class ControlPlane:
+    """Thresholds, registry and telemetry of one ``SD_REDIS_PREFIX`` (CLI, console, retrainer).
+
+    The parts are ``thresholds``, ``registry`` and ``telemetry``; the methods below are the
+    operator's verbs, each one call into a part.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str, artifacts: ArtifactStore | None = None,
+                 signer: Signer | None = None, verifier: Verifier | None = None) -> None:
+        self._r = client
+        self.keys = Keys(prefix)
+        self.thresholds = ThresholdStore(client, self.keys)
+        self.registry = ModelRegistry(client, self.keys, self.thresholds, artifacts, signer, verifier)
+        self.telemetry = Telemetry(client, self.keys)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, timeout_s: float = 2.0,
+                 artifacts: ArtifactStore | None = None) -> ControlPlane:
+        return cls(redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s), prefix,
+                   artifacts)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ControlPlane:
+        """A control plane that writes artifacts where ``SD_MODEL_STORE`` says (readers need not care)."""
+        artifacts = DirArtifacts(settings.model_dir) if settings.model_store == "dir" else None
+        return cls(redis_client(settings), settings.redis_prefix, artifacts,
+                   Signer.from_file(settings.signing_key_file) if settings.signing_key_file else None,
+                   Verifier.from_file(settings.verify_key_file) if settings.verify_key_file else None)
+
+    def worker_view(self) -> WorkerView:
+        """The same Redis and prefix, read-only for thresholds and models."""
+        return WorkerView(self._r, self.keys.prefix, self.registry.verifier)
+
+    def ping(self) -> None:
+        """Raises ``redis.RedisError`` / ``OSError`` when Redis cannot be reached."""
+        self._r.ping()
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        return self.registry.artifacts
+
+    @property
+    def events_channel(self) -> str:
+        return self.keys.events_channel
+
+    def key(self, *parts: str) -> str:
+        return self.keys.key(*parts)
+
+    # ---- thresholds --------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        return self.thresholds.snapshot()
+
+    def threshold(self) -> Threshold | None:
+        return self.thresholds.current()
+
+    def threshold_history(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.thresholds.history(limit)
+
+    def version_threshold(self, version: str) -> float | None:
+        return self.thresholds.of_version(version)
+
+    def set_threshold(self, value: float, model_version: str, set_by: str, note: str = "",
+                      activate_model: str | None = None) -> int:
+        return self.thresholds.set(value, model_version, set_by, note, activate_model)
+
+    # ---- registry ----------------------------------------------------------------------------
+    def active_model(self) -> str | None:
+        return self.registry.active_model()
+
+    def fetch_bundle(self, version: str) -> Bundle:
+        return self.registry.fetch_bundle(version)
+
+    def active_bundle(self) -> Bundle:
+        return self.registry.active_bundle()
+
+    def model_versions(self) -> list[str]:
+        return self.registry.versions()
+
+    def model_history(self) -> list[str]:
+        return self.registry.history()
+
+    def has_version(self, version: str) -> bool:
+        return self.registry.has_version(version)
+
+    def previous_model(self) -> str | None:
+        return self.registry.previous_model()
+
+    def model_info(self, version: str) -> dict[str, Any]:
+        return self.registry.info(version)
+
+    def store(self, bundle: Bundle, gate: dict[str, Any] | None = None) -> None:
+        self.registry.store(bundle, gate)
+
+    def publish(self, bundle: Bundle, set_by: str, gate: dict[str, Any] | None = None) -> int:
+        return self.registry.publish(bundle, set_by, gate)
+
+    def activate(self, version: str, set_by: str, note: str = "") -> int:
+        return self.registry.activate(version, set_by, note)
+
+    def rollback(self, set_by: str) -> str:
+        return self.registry.rollback(set_by)
+
+    def delete_version(self, version: str) -> None:
+        self.registry.delete(version)
+
+    def prune(self, keep: int) -> list[str]:
+        return self.registry.prune(keep)
+
+    # ---- telemetry ---------------------------------------------------------------------------
+    def record_rejection(self, gate: dict[str, Any], limit: int = 100) -> None:
+        self.telemetry.record_rejection(gate, limit)
+
+    def add_score_summary(self, fields: dict[str, str], maxlen: int) -> None:
+        self.telemetry.add_score_summary(fields, maxlen)
+
+    def score_summaries(self, after: str = "-", count: int = 10_000) -> list[tuple[str, dict[str, str]]]:
+        return self.telemetry.score_summaries(after, count)
