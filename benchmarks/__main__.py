@@ -10,6 +10,7 @@ SUITES = {
     "quality": "benchmarks.quality",
     "entity": "benchmarks.entity",
     "inputs": "benchmarks.inputs",
+    "before-after": "benchmarks.before_after",
 }
 
 

@@ -1,0 +1,198 @@
+"""Before/after: the same workload on a baseline commit and on the working tree, in one run.
+
+For a change that must not cost speed (issue 15's restructuring): a git worktree of
+``--baseline`` is checked out next to this one; both trees drain the same pre-produced topic
+with one worker process each (fresh consumer group per run), alternating A B A B … so that
+machine noise hits both alike, on both transports, and time the in-process steps 2-4
+(``ChunkedCompute.run`` on 8,192-record batches). Each run is a subprocess with
+``PYTHONPATH`` set to its tree: the two versions never share an interpreter.
+
+    python -m benchmarks before-after [--baseline e9b60d3] [--events 60000] [--rounds 3]
+
+Results: a table on stdout and the ``Before/after`` section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import harness
+from .results import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "e9b60d3"  # main before issue 15's restructuring
+
+# Runs inside each tree (only API both versions share: Settings from SD_* variables, Worker,
+# run_once, stats; ChunkedCompute.run). Prints one JSON line.
+_DRAIN = r"""
+import json, os, sys, time
+from stream_detector.settings import Settings
+from stream_detector.worker import Worker
+total = int(sys.argv[1])
+w = Worker(Settings())
+w.start()
+first = None
+deadline = time.monotonic() + 300
+while w.stats.events < total and time.monotonic() < deadline:
+    n = w.run_once()
+    if n and first is None:
+        first, first_n = time.perf_counter(), n
+end = time.perf_counter()
+events = w.stats.events
+w.close()
+rate = (events - first_n) / (end - first) if first is not None and end > first else 0.0
+print(json.dumps({"events": events, "events_per_s": rate}))
+"""
+
+_COMPUTE = r"""
+import json, sys, time
+import orjson
+from stream_detector.pipeline.compute import ChunkedCompute
+from stream_detector.pipeline.score import Scorer
+from stream_detector.model.bundle import load_bundle
+from stream_detector.simulate import Simulator
+from pathlib import Path
+bundle = load_bundle(Path(sys.argv[1]))
+scorer = Scorer(bundle)
+scorer.warm()
+events, _ = Simulator(seed=3, accounts=2000, run_id="ba").batch(8192, 0.01)
+values = [orjson.dumps(e) for e in events]
+compute = ChunkedCompute(1024, 0)
+best = float("inf")
+for _ in range(12):
+    t = time.perf_counter()
+    compute.run(scorer, values, 65536)
+    best = min(best, time.perf_counter() - t)
+compute.close()
+print(json.dumps({"rows_per_s": len(values) / best}))
+"""
+
+
+def _say(msg: str) -> None:
+    print(f"[before-after {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _tree(rev: str, where: Path) -> Path:
+    path = where / f"baseline-{rev}"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(path), rev],
+                   check=True, capture_output=True)
+    return path
+
+
+def _run(tree: Path, code: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", code, *args], env={**env, "PYTHONPATH": str(tree)},
+                         capture_output=True, text=True, timeout=600, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{tree.name}: {out.stderr[-2000:]}")
+    result: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks before-after", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", default=BASELINE, help="git revision to compare with (default %(default)s)")
+    parser.add_argument("--events", type=int, default=60_000, help="pre-produced events per drain")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B pairs per transport")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+
+    from stream_detector.model.bundle import save_bundle
+    from stream_detector.simulate import Simulator
+    from stream_detector.store import ControlPlane
+    from stream_detector.topics import ensure_topics
+    from tests.helpers import small_bundle
+
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], check=True,
+                                capture_output=True, text=True).stdout.strip())
+    trees = {"before": None, "after": ROOT}
+    rates: dict[tuple[str, str], list[float]] = {}
+    compute: dict[str, list[float]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory(prefix="sd-before-after-") as tmp, harness.services(_say) as svc:
+        trees["before"] = _tree(rev, Path(tmp))
+        try:
+            bundle = small_bundle()
+            model_dir = save_bundle(bundle, Path(tmp) / "model")
+            tag = uuid.uuid4().hex[:8]
+            from stream_detector.settings import Settings
+
+            config: dict[str, Any] = {"kafka_bootstrap": svc.kafka, "redis_url": svc.redis,
+                                      "redis_prefix": f"ba-{tag}", "input_topic": f"ba-{tag}",
+                                      "alerts_topic": f"ba-alerts-{tag}", "dlq_topic": f"ba-dlq-{tag}",
+                                      "topic_partitions": 4}
+            settings = Settings(**config)
+            ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
+            ControlPlane.from_url(svc.redis, settings.redis_prefix).publish(bundle, set_by="bench")
+            events, _ = Simulator(seed=1, accounts=5000, run_id="ba").batch(args.events, 0.01)
+            harness.produce(svc.kafka, settings.input_topic, [orjson.dumps(e) for e in events],
+                            [str(e["account_id"]).encode() for e in events])
+            _say(f"{args.events} events produced; baseline {rev}, after {head}{' + uncommitted' if dirty else ''}")
+            base_env = {k: v for k, v in os.environ.items() if not k.startswith("SD_")}
+            for name in ("before", "after"):  # untimed warm-up: bytecode caches, page cache
+                _run(trees[name], _COMPUTE, [str(model_dir)], base_env)  # type: ignore[arg-type]
+            for transport in harness_transports():
+                for r in range(args.rounds):
+                    order = ("before", "after") if r % 2 == 0 else ("after", "before")
+                    for name in order:
+                        env = {**base_env, "SD_KAFKA_BOOTSTRAP": svc.kafka, "SD_REDIS_URL": svc.redis,
+                               "SD_REDIS_PREFIX": settings.redis_prefix, "SD_INPUT_TOPIC": settings.input_topic,
+                               "SD_ALERTS_TOPIC": settings.alerts_topic, "SD_DLQ_TOPIC": settings.dlq_topic,
+                               "SD_GROUP_ID": f"ba-{name}-{transport}-{r}-{tag}", "SD_TRANSPORT": transport,
+                               "SD_CREATE_TOPICS": "false", "SD_WORKER_ID": f"ba-{name}-{r}"}
+                        got = _run(trees[name], _DRAIN, [str(args.events)], env)  # type: ignore[arg-type]
+                        rates.setdefault((transport, name), []).append(float(got["events_per_s"]))
+                        _say(f"{transport} {name}: {got['events_per_s']:,.0f} events/s ({got['events']} events)")
+            for r in range(args.rounds * 2):
+                for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                    got = _run(trees[name], _COMPUTE, [str(model_dir)], base_env)  # type: ignore[arg-type]
+                    compute[name].append(float(got["rows_per_s"]))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["before"])],
+                           capture_output=True, check=False)
+    rows = []
+    for (transport, name), values in sorted(rates.items()):
+        rows.append((f"worker drain, {transport}", name, statistics.median(values), values))
+    for name, values in compute.items():
+        rows.append(("steps 2-4 in process (8,192-record batch)", name, statistics.median(values), values))
+    text = render(rows, rev, head, dirty, args)
+    print(text)
+    if not args.no_write:
+        write_section("before-after", "Before/after (same run): issue 15's restructuring", text)
+    return 0
+
+
+def harness_transports() -> list[str]:
+    return ["kafka-python", "confluent"] if harness.has_confluent() else ["kafka-python"]
+
+
+def render(rows: list[tuple[str, str, float, list[float]]], rev: str, head: str, dirty: bool,
+           args: argparse.Namespace) -> str:
+    lines = [f"`python -m benchmarks before-after --baseline {rev} --events {args.events} --rounds {args.rounds}`: "
+             f"baseline `{rev}` against `{head}`{' plus uncommitted changes' if dirty else ''}, one worker process draining the same "
+             "pre-produced topic (fresh group per run), runs alternating A B A B. Median of the runs; the ratio is "
+             "after / before.", "",
+             "| workload | before | after | after / before | runs (before; after) |", "|---|---:|---:|---:|---|"]
+    by: dict[str, dict[str, tuple[float, list[float]]]] = {}
+    for what, name, median, values in rows:
+        by.setdefault(what, {})[name] = (median, values)
+    for what, pair in by.items():
+        (b, bv), (a, av) = pair["before"], pair["after"]
+        unit = "rows/s" if "in process" in what else "events/s"
+        lines.append(f"| {what} | {b:,.0f} {unit} | {a:,.0f} {unit} | {a / b:.2f} | "
+                     f"{', '.join(f'{v:,.0f}' for v in bv)}; {', '.join(f'{v:,.0f}' for v in av)} |")
+    return "\n".join(lines) + "\n"
