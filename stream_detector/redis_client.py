@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 import redis
 from redis.sentinel import Sentinel
 
-from .settings import Settings
+from .settings import RedisSettings
 
 
 def sentinel_addresses(spec: str) -> list[tuple[str, int]]:
@@ -30,7 +30,7 @@ def sentinel_addresses(spec: str) -> list[tuple[str, int]]:
     return out
 
 
-def connection_options(settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
+def connection_options(settings: RedisSettings, timeout_s: float = 2.0) -> dict[str, Any]:
     """Keyword arguments for a Redis connection: timeouts, database, auth and TLS from the settings."""
     url = urlparse(settings.redis_url)
     options: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
@@ -49,7 +49,7 @@ def connection_options(settings: Settings, timeout_s: float = 2.0) -> dict[str, 
     return options
 
 
-def redis_client(settings: Settings, timeout_s: float = 2.0) -> redis.Redis:
+def redis_client(settings: RedisSettings, timeout_s: float = 2.0) -> redis.Redis:
     """A client for the deployment's Redis: Sentinel-managed when ``SD_REDIS_SENTINELS`` is set."""
     if not settings.redis_sentinels:
         # redis-py lets credentials in the URL win over keyword arguments; the settings' must win.

@@ -1,4 +1,9 @@
-"""Runtime settings: one frozen pydantic-settings object, read from ``SD_*`` environment variables.
+"""Runtime settings: frozen pydantic-settings, read from ``SD_*`` environment variables.
+
+Grouped by who uses them — ``KafkaSettings``, ``RedisSettings``, ``WorkerSettings``,
+``RetrainSettings``, ``ConsoleSettings``, ``SecuritySettings`` — and composed into one
+``Settings`` (every group is a base class, so a ``Settings`` is each of them and every variable
+keeps its flat ``SD_`` name). A component that needs one group is typed with that group.
 
 The variables documented in the README are part of the public contract. Every field carries a
 description, which ``stream-detector check-config`` and the README table are built from.
@@ -14,39 +19,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .errors import ConfigError
 
 
-class Settings(BaseSettings):
-    """All knobs of workers and tools. Frozen: a running process never changes its settings."""
-
+class _Group(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SD_", frozen=True, extra="ignore")
+
+
+class KafkaSettings(_Group):
+    """Kafka: brokers, topics, consumer group, client tuning, delivery mode, client library."""
 
     kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers, comma separated.")
     input_topic: str = Field("transactions", description="Topic the workers consume events from.")
     alerts_topic: str = Field("alerts", description="Topic flagged events are published to.")
     dlq_topic: str = Field("transactions.dlq", description="Dead-letter topic for events that cannot be scored.")
     group_id: str = Field("stream-detector", description="Consumer group of the workers.")
-    redis_url: str = Field("redis://localhost:6379/0", description="Redis holding threshold and models.")
-    redis_prefix: str = Field("stream-detector", description="Key prefix, so deployments can share one Redis.")
-    redis_sentinels: str = Field("", description="Redis Sentinels, host:port[,host:port...]; when set, clients "
-                                 "follow the primary they report (SD_REDIS_URL then gives only db, TLS, password).")
-    redis_sentinel_master: str = Field("stream-detector", description="Name the Sentinels monitor the primary by.")
-
-    batch_size: int = Field(8192, ge=1, le=100_000, description="Largest batch a worker scores at once "
-                            "(8192 measured fastest: publish and commit round trips spread over more events).")
-    compute_chunk: int = Field(1024, ge=1, le=100_000, description="Rows decoded, featurised and scored per step "
-                               "inside a batch; chunk k is scored on a second thread while chunk k+1 is decoded "
-                               "(512-1024 measured fastest: the chunk stays in cache).")
-    batch_max_wait_ms: int = Field(20, ge=0, le=60_000, description="Longest wait to fill a batch (latency bound).")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts reading."
     )
-    device: str = Field("cpu", description="Torch device for scoring: cpu, cuda or cuda:N.")
-    torch_threads: int = Field(0, ge=0, description="Intra-op threads for CPU scoring (0 = torch default).")
-    threshold_refresh_s: float = Field(1.0, gt=0, description="How often workers re-read threshold and model.")
-    threshold_max_staleness_s: float = Field(
-        60.0, gt=0, description="How long a worker scores with a cached threshold while Redis is unreachable."
-    )
-    max_event_bytes: int = Field(65536, ge=64, description="Larger events go to the dead-letter topic (oversize).")
-    top_features: int = Field(3, ge=1, le=50, description="How many worst-reconstructed features an alert names.")
     create_topics: bool = Field(True, description="Create missing topics on start (partitions below).")
     topic_partitions: int = Field(4, ge=1, description="Partitions for topics this tool creates.")
     topic_replication: int = Field(0, ge=0, le=32, description="Replication factor for topics this tool "
@@ -57,10 +44,6 @@ class Settings(BaseSettings):
         "at_least_once",
         description="at_least_once: commit offsets after alerts are acknowledged; exactly_once: alerts, "
         "dead letters and offsets in one Kafka transaction per batch (read alerts with read_committed).",
-    )
-    worker_id: str = Field(
-        default_factory=lambda: __import__("socket").gethostname(),
-        description="Stable id of this worker slot (pod name / ordinal); names its transactional id.",
     )
     transaction_timeout_s: float = Field(
         30.0, gt=0, description="Broker-side timeout of an open transaction (a killed worker's is aborted then)."
@@ -73,20 +56,89 @@ class Settings(BaseSettings):
         "(pure Python, default) or confluent (librdkafka, parses records in C: more events/s per worker; needs the "
         "confluent extra). Same delivery semantics either way.",
     )
-    # ---- operations and security (docs/operations.md) ---------------------------------------
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_port(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap.split(",")]
+
+
+class RedisSettings(_Group):
+    """Redis: where the control plane and the entity state live, and how to log in."""
+
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis holding threshold and models.")
+    redis_prefix: str = Field("stream-detector", description="Key prefix, so deployments can share one Redis.")
+    redis_sentinels: str = Field("", description="Redis Sentinels, host:port[,host:port...]; when set, clients "
+                                 "follow the primary they report (SD_REDIS_URL then gives only db, TLS, password).")
+    redis_sentinel_master: str = Field("stream-detector", description="Name the Sentinels monitor the primary by.")
+    redis_username: str = Field("", description="Redis ACL user (or put it in SD_REDIS_URL).")
+    redis_password: SecretStr = Field(SecretStr(""), description="Redis AUTH password (from a Secret, never "
+                                      "logged; overrides one in SD_REDIS_URL).")
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_have_ports(cls, value: str) -> str:
+        for server in value.split(",") if value.strip() else []:
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value.strip()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected redis://host:port/db, got {value!r}")
+        return value
+
+
+class WorkerSettings(_Group):
+    """The worker: batching, scoring device, threshold refresh, alerts, health, telemetry, logs."""
+
+    batch_size: int = Field(8192, ge=1, le=100_000, description="Largest batch a worker scores at once "
+                            "(8192 measured fastest: publish and commit round trips spread over more events).")
+    compute_chunk: int = Field(1024, ge=1, le=100_000, description="Rows decoded, featurised and scored per step "
+                               "inside a batch; chunk k is scored on a second thread while chunk k+1 is decoded "
+                               "(512-1024 measured fastest: the chunk stays in cache).")
+    batch_max_wait_ms: int = Field(20, ge=0, le=60_000, description="Longest wait to fill a batch (latency bound).")
+    device: str = Field("cpu", description="Torch device for scoring: cpu, cuda or cuda:N.")
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads for CPU scoring (0 = torch default).")
+    threshold_refresh_s: float = Field(1.0, gt=0, description="How often workers re-read threshold and model.")
+    threshold_max_staleness_s: float = Field(
+        60.0, gt=0, description="How long a worker scores with a cached threshold while Redis is unreachable."
+    )
+    max_event_bytes: int = Field(65536, ge=64, description="Larger events go to the dead-letter topic (oversize).")
+    top_features: int = Field(3, ge=1, le=50, description="How many worst-reconstructed features an alert names.")
+    worker_id: str = Field(
+        default_factory=lambda: __import__("socket").gethostname(),
+        description="Stable id of this worker slot (pod name / ordinal); names its transactional id.",
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz "
                               "(0 = no server; the container images and manifests use 9400).")
     metrics_addr: str = Field("0.0.0.0", description="Address the metrics and health server binds.")
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Kafka security protocol of every client (consumer, producer, admin).")
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
-        "PLAIN", description="SASL mechanism when the protocol is SASL_*.")
-    kafka_sasl_username: str = Field("", description="SASL user name (SASL_* protocols).")
-    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (SASL_* protocols; "
-                                           "from a Secret, never logged).")
-    kafka_ssl_cafile: str = Field("", description="CA bundle to verify the brokers (SSL protocols; empty: "
-                                  "the system trust store). Redis TLS: use a rediss:// SD_REDIS_URL.")
-    # ---- retraining, registry, drift (docs/retraining.md) -----------------------------------
+    score_summary_interval_s: float = Field(10.0, gt=0, description="How often workers publish score "
+                                            "histograms to {prefix}:score-summaries.")
+    score_summaries_max: int = Field(1000, ge=10, description="Length bound of the score-summaries stream.")
+    score_feed_sample: int = Field(200, ge=0, le=10_000, description="Scored events each worker samples "
+                                   "per feed interval into {prefix}:recent-scores (0 = no feed).")
+    score_feed_interval_s: float = Field(1.0, gt=0, description="How often workers append their sample "
+                                         "to the recent-scores stream.")
+    score_feed_max: int = Field(2000, ge=10, description="Length bound (entries) of the recent-scores stream.")
+    log_level: str = Field("INFO", description="Python log level.")
+    log_json: bool = Field(False, description="Emit logs as JSON lines.")
+
+
+class RetrainSettings(_Group):
+    """The retrainer, its promotion gate, drift checks and the model registry (docs/retraining.md)."""
+
     retrain_group_id: str = Field("", description="Consumer group of the retrainer on the input topic "
                                   "(empty: <group_id>-retrainer).")
     feedback_topic: str = Field("feedback", description="Analyst labels: {event_id, label: fraud|legit}.")
@@ -108,61 +160,42 @@ class Settings(BaseSettings):
                                    "a retraining.")
     drift_min_events: int = Field(1000, ge=10, description="Fewest scored events before drift is judged.")
     drift_check_interval_s: float = Field(60.0, gt=0, description="How often the retrainer checks drift.")
-    score_summary_interval_s: float = Field(10.0, gt=0, description="How often workers publish score "
-                                            "histograms to {prefix}:score-summaries.")
-    score_summaries_max: int = Field(1000, ge=10, description="Length bound of the score-summaries stream.")
     model_store: Literal["redis", "dir"] = Field("redis", description="Where model artifacts go: Redis "
                                                  "(small models) or a directory (SD_MODEL_DIR).")
     model_dir: str = Field("models", description="Artifact directory for SD_MODEL_STORE=dir (a shared "
                            "volume mounted at the same path on every pod).")
     model_keep: int = Field(10, ge=2, description="Model versions kept; active and previous always are.")
-    # ---- operator console and its score feed (docs/console.md) ------------------------------
-    score_feed_sample: int = Field(200, ge=0, le=10_000, description="Scored events each worker samples "
-                                   "per feed interval into {prefix}:recent-scores (0 = no feed).")
-    score_feed_interval_s: float = Field(1.0, gt=0, description="How often workers append their sample "
-                                         "to the recent-scores stream.")
-    score_feed_max: int = Field(2000, ge=10, description="Length bound (entries) of the recent-scores stream.")
+
+
+class ConsoleSettings(_Group):
+    """The operator console (docs/console.md)."""
+
     console_host: str = Field("127.0.0.1", description="Address `stream-detector console` binds (loopback "
                               "unless told otherwise).")
     console_port: int = Field(8050, ge=0, le=65535, description="Port of the operator console.")
-    console_token: SecretStr = Field(SecretStr(""), description="Token the console requires to change the "
-                                     "threshold or roll back (empty: the console is read-only).")
-    redis_username: str = Field("", description="Redis ACL user (or put it in SD_REDIS_URL).")
-    redis_password: SecretStr = Field(SecretStr(""), description="Redis AUTH password (from a Secret, never "
-                                      "logged; overrides one in SD_REDIS_URL).")
+
+
+class SecuritySettings(_Group):
+    """Credentials and protection: Kafka TLS/SASL, artifact signing, the console token, alert
+    redaction (docs/operations.md)."""
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol of every client (consumer, producer, admin).")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism when the protocol is SASL_*.")
+    kafka_sasl_username: str = Field("", description="SASL user name (SASL_* protocols).")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (SASL_* protocols; "
+                                           "from a Secret, never logged).")
+    kafka_ssl_cafile: str = Field("", description="CA bundle to verify the brokers (SSL protocols; empty: "
+                                  "the system trust store). Redis TLS: use a rediss:// SD_REDIS_URL.")
     signing_key_file: str = Field("", description="Ed25519 private key (PEM) the publisher and retrainer sign "
                                   "model artifacts with; never stored in Redis.")
     verify_key_file: str = Field("", description="Ed25519 public key (PEM); when set, workers refuse unsigned "
                                  "or mismatched model artifacts before loading them.")
+    console_token: SecretStr = Field(SecretStr(""), description="Token the console requires to change the "
+                                     "threshold or roll back (empty: the console is read-only).")
     alert_redact_fields: str = Field("", description="Comma-separated event fields replaced by \"[redacted]\" "
                                      "in alerts (e.g. card_number,email).")
-    log_level: str = Field("INFO", description="Python log level.")
-    log_json: bool = Field(False, description="Emit logs as JSON lines.")
-
-    @field_validator("kafka_bootstrap")
-    @classmethod
-    def _bootstrap_has_port(cls, value: str) -> str:
-        for server in value.split(","):
-            host, _, port = server.strip().rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
-        return value
-
-    @field_validator("redis_sentinels")
-    @classmethod
-    def _sentinels_have_ports(cls, value: str) -> str:
-        for server in value.split(",") if value.strip() else []:
-            host, _, port = server.strip().rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
-        return value.strip()
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected redis://host:port/db, got {value!r}")
-        return value
 
     def kafka_security(self) -> dict[str, str]:
         """kafka-python options for TLS/SASL, merged into every Kafka client's configuration."""
@@ -177,12 +210,15 @@ class Settings(BaseSettings):
         return out
 
     @property
-    def bootstrap_servers(self) -> list[str]:
-        return [s.strip() for s in self.kafka_bootstrap.split(",")]
-
-    @property
     def redacted_fields(self) -> frozenset[str]:
         return frozenset(f.strip() for f in self.alert_redact_fields.split(",") if f.strip())
+
+
+class Settings(KafkaSettings, RedisSettings, WorkerSettings, RetrainSettings, ConsoleSettings, SecuritySettings):
+    """All knobs of workers and tools: every group composed. Frozen: a running process never
+    changes its settings."""
+
+    model_config = SettingsConfigDict(env_prefix="SD_", frozen=True, extra="ignore")
 
     @property
     def retrainer_group(self) -> str:

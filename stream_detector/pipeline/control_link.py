@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from ..model.reference import bin_counts, reference_bins
-from ..settings import Settings
+from ..settings import WorkerSettings
 from ..store import Telemetry
 from .score import Scorer
 
@@ -32,7 +32,7 @@ log = logging.getLogger("stream_detector.worker")
 
 
 class ControlLink:
-    def __init__(self, telemetry: Telemetry, settings: Settings) -> None:
+    def __init__(self, telemetry: Telemetry, settings: WorkerSettings) -> None:
         self.telemetry = telemetry
         self.settings = settings
         self._notice = threading.Event()

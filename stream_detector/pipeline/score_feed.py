@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..settings import Settings
+from ..settings import WorkerSettings
 from ..store import Telemetry, Threshold
 
 log = logging.getLogger("stream_detector.worker")
@@ -53,7 +53,7 @@ class _Pool:
 
 
 class ScoreFeed:
-    def __init__(self, telemetry: Telemetry, settings: Settings, seed: int | None = None) -> None:
+    def __init__(self, telemetry: Telemetry, settings: WorkerSettings, seed: int | None = None) -> None:
         self.telemetry = telemetry
         self.cap = settings.score_feed_sample
         self.interval_s = settings.score_feed_interval_s

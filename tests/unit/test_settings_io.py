@@ -113,3 +113,26 @@ def test_threshold_cache_refreshes_tolerates_outage_then_refuses():
 
 def test_decide_is_strictly_greater():
     assert decide(np.array([0.5, 1.0, 1.5]), 1.0).tolist() == [False, False, True]
+
+
+def test_settings_groups_partition_every_sd_variable() -> None:
+    """Settings are composed of groups (Kafka, Redis, worker, retrain, console, security): each
+    variable belongs to exactly one group, and a group read alone sees the same SD_ value."""
+    import os
+
+    from stream_detector import settings as sm
+
+    groups = [sm.KafkaSettings, sm.RedisSettings, sm.WorkerSettings, sm.RetrainSettings, sm.ConsoleSettings,
+              sm.SecuritySettings]
+    owned = [name for g in groups for name in g.model_fields]
+    assert sorted(owned) == sorted(sm.Settings.model_fields), "every field in exactly one group"
+    assert len(owned) == len(set(owned))
+    before = os.environ.get("SD_BATCH_SIZE")
+    os.environ["SD_BATCH_SIZE"] = "123"
+    try:
+        assert sm.WorkerSettings().batch_size == 123 == sm.Settings().batch_size
+    finally:
+        if before is None:
+            del os.environ["SD_BATCH_SIZE"]
+        else:
+            os.environ["SD_BATCH_SIZE"] = before
