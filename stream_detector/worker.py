@@ -47,7 +47,7 @@ from .pipeline.score_feed import ScoreFeed
 from .pipeline.source import Batch, BatchSource, make_source
 from .pipeline.threshold import Decision, ModelMismatch, ThresholdCache
 from .settings import Settings
-from .store import ControlPlane, WorkerView
+from .store import ControlPlane, ControlView
 from .swap import ModelSwap
 from .topics import ensure_topics
 
@@ -82,7 +82,7 @@ class WorkerStats:
 
 
 class Worker:
-    def __init__(self, settings: Settings, control: WorkerView | None = None,
+    def __init__(self, settings: Settings, control: ControlView | None = None,
                  source: BatchSource | None = None, publisher: BatchPublisher | None = None) -> None:
         self.settings = settings
         self.control = control or ControlPlane.from_settings(settings).worker_view()  # read-only

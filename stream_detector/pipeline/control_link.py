@@ -25,14 +25,14 @@ import orjson
 
 from ..model.reference import bin_counts, reference_bins
 from ..settings import WorkerSettings
-from ..store import Telemetry
+from ..store import TelemetrySink
 from .score import Scorer
 
 log = logging.getLogger("stream_detector.worker")
 
 
 class ControlLink:
-    def __init__(self, telemetry: Telemetry, settings: WorkerSettings) -> None:
+    def __init__(self, telemetry: TelemetrySink, settings: WorkerSettings) -> None:
         self.telemetry = telemetry
         self.settings = settings
         self._notice = threading.Event()

@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 
 from ..settings import WorkerSettings
-from ..store import Telemetry, Threshold
+from ..store import TelemetrySink, Threshold
 
 log = logging.getLogger("stream_detector.worker")
 
@@ -53,7 +53,7 @@ class _Pool:
 
 
 class ScoreFeed:
-    def __init__(self, telemetry: Telemetry, settings: WorkerSettings, seed: int | None = None) -> None:
+    def __init__(self, telemetry: TelemetrySink, settings: WorkerSettings, seed: int | None = None) -> None:
         self.telemetry = telemetry
         self.cap = settings.score_feed_sample
         self.interval_s = settings.score_feed_interval_s

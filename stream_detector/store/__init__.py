@@ -36,6 +36,7 @@ from .control import ControlPlane, WorkerView
 from .registry import ModelRegistry
 from .telemetry import Telemetry
 from .thresholds import ThresholdStore
+from .view import ControlView, TelemetrySink
 
-__all__ = ["HISTORY_LIMIT", "ControlPlane", "Keys", "ModelRegistry", "Snapshot", "Telemetry", "Threshold",
-           "ThresholdStore", "WorkerView"]
+__all__ = ["HISTORY_LIMIT", "ControlPlane", "ControlView", "Keys", "ModelRegistry", "Snapshot", "Telemetry",
+           "TelemetrySink", "Threshold", "ThresholdStore", "WorkerView"]

@@ -1,0 +1,94 @@
+"""An in-process control plane (``ControlView``) for unit tests of the worker's logic.
+
+Thresholds and the active model change only through ``publish``/``set_threshold``, like the
+Redis one: a threshold always names its model version, versions only grow. Telemetry is kept in
+lists; change notices are queued for ``subscribe().get_message``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+from ..entity.state import InMemoryState, StateStore
+from ..errors import NoActiveModel
+from ..model.bundle import Bundle
+from .base import Snapshot, Threshold
+
+
+class _Subscription:
+    def __init__(self, notices: queue.Queue[dict[str, Any]]) -> None:
+        self._notices = notices
+
+    def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
+        try:
+            return self._notices.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        return None
+
+
+class MemoryTelemetry:
+    def __init__(self) -> None:
+        self.summaries: list[dict[str, str]] = []
+        self.feed: list[dict[str, str]] = []
+        self.notices: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def add_score_summary(self, fields: dict[str, str], maxlen: int) -> None:
+        self.summaries.append(fields)
+
+    def add_feed_entry(self, fields: dict[str, str], maxlen: int) -> None:
+        self.feed.append(fields)
+
+    def subscribe(self) -> _Subscription:
+        return _Subscription(self.notices)
+
+
+class MemoryControl:
+    """Thresholds, bundles and entity state of one test, in memory (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bundles: dict[str, Bundle] = {}
+        self._active: str | None = None
+        self._threshold: Threshold | None = None
+        self._state = InMemoryState()
+        self.telemetry = MemoryTelemetry()
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(self._threshold, self._active)
+
+    def fetch_bundle(self, version: str) -> Bundle:
+        with self._lock:
+            if version not in self._bundles:
+                raise NoActiveModel(f"model {version} is not in the registry")
+            return self._bundles[version]
+
+    def active_bundle(self) -> Bundle:
+        active = self.snapshot().active_model
+        if active is None:
+            raise NoActiveModel("no active model")
+        return self.fetch_bundle(active)
+
+    def entity_state(self) -> StateStore:
+        return self._state
+
+    def publish(self, bundle: Bundle, threshold: float | None = None) -> int:
+        """Store ``bundle`` and flip the active model and its threshold together; a notice follows."""
+        with self._lock:
+            self._bundles[bundle.version] = bundle
+        return self.set_threshold(bundle.threshold if threshold is None else threshold, bundle.version,
+                                  activate=True)
+
+    def set_threshold(self, value: float, model_version: str, activate: bool = False) -> int:
+        with self._lock:
+            version = 1 if self._threshold is None else self._threshold.version + 1
+            self._threshold = Threshold(float(value), version, model_version)
+            if activate:
+                self._active = model_version
+        self.telemetry.notices.put({"type": "threshold", "threshold_version": version})
+        return version

@@ -1,0 +1,32 @@
+"""The worker's side of the control plane as protocols: what ``Worker`` needs, whatever holds it.
+
+``WorkerView`` (Redis) implements them for production; ``store.memory.MemoryControl`` holds the
+same in process for unit tests of the worker's logic (swap, hold, decide) without Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..entity.state import StateStore
+from ..model.bundle import Bundle
+from .base import Snapshot
+
+
+class TelemetrySink(Protocol):
+    """Best-effort telemetry writes and the change-notice subscription."""
+
+    def add_score_summary(self, fields: dict[str, str], maxlen: int) -> None: ...
+    def add_feed_entry(self, fields: dict[str, str], maxlen: int) -> None: ...
+    def subscribe(self) -> Any: ...  # ``get_message(timeout=...)`` → message or None; ``close()``
+
+
+class ControlView(Protocol):
+    """Read-only for thresholds and models; raises as ``WorkerView`` documents."""
+
+    @property
+    def telemetry(self) -> TelemetrySink: ...
+    def snapshot(self) -> Snapshot: ...
+    def fetch_bundle(self, version: str) -> Bundle: ...
+    def active_bundle(self) -> Bundle: ...
+    def entity_state(self) -> StateStore: ...
