@@ -15,11 +15,11 @@
 FastAPI routes, parses and validates (query parameters and pydantic body models), and documents
 the API in ``/openapi.json``; its interactive ``/docs`` and ``/redoc`` are off, because those pages
 load Swagger UI / ReDoc from a CDN with inline script, which the console's offline, strict-CSP rule
-forbids. What stays hand-written here: the Host allow-list, the body size bound and the security
-headers (``_Guard``, one ASGI middleware), the token check (``auth.py``, as a dependency), and the
-mapping of errors to JSON ``{"error": ...}``: 400 (bad input), 403 (token/host), 404, 405, 409 (a
-refused change, e.g. nothing to roll back to), 413 (body over ``MAX_BODY``), 503 (Redis or Kafka
-unreachable).
+forbids. FastAPI also bounds request bodies (``MAX_BODY``). What stays hand-written here: the
+Host allow-list and the security headers (``_Guard``, one ASGI middleware around the app), the
+token check (``auth.py``, as a dependency), and the mapping of errors to JSON ``{"error": ...}``:
+400 (bad input), 403 (token/host), 404, 405, 409 (a refused change, e.g. nothing to roll back
+to), 413 (body over ``MAX_BODY``), 503 (Redis or Kafka unreachable).
 """
 
 import logging
@@ -94,11 +94,12 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
     return _JSON({"error": message}, status_code=status, headers=headers)
 
 
-def create_app(settings: Settings, bound_host: str, service: ConsoleService) -> FastAPI:
+def create_app(settings: Settings, bound_host: str, service: ConsoleService) -> ASGIApp:
     """The console as an ASGI app (uvicorn serves it; tests may drive it with ``TestClient``)."""
     app = FastAPI(title="stream-detector console", version="1", default_response_class=_JSON,
-                  docs_url=None, redoc_url=None, description=(__doc__ or "").split("\n\n")[-1])
-    app.add_middleware(_Guard, bound_host=bound_host)
+                  docs_url=None, redoc_url=None, max_body_size=MAX_BODY,  # over it: 413
+                  description="The operator console's API (docs/console.md). Changes need the "
+                              f"{TOKEN_HEADER} header; errors are JSON {{\"error\": ...}}.")
     app.mount("/static", StaticFiles(packages=[(__package__ or "", "static")]), name="static")
 
     # ---- errors → {"error": ...} ---------------------------------------------------------------
@@ -131,8 +132,7 @@ def create_app(settings: Settings, bound_host: str, service: ConsoleService) -> 
         verdict = check_token(settings.console_token, token)
         if not verdict.allowed:
             raise HTTPException(403, verdict.reason)
-        client = request.client.host if request.client else "unknown"
-        return client
+        return request.client.host if request.client else "unknown"
 
     Writer = Annotated[str, Depends(authorize)]
 
@@ -182,7 +182,7 @@ def create_app(settings: Settings, bound_host: str, service: ConsoleService) -> 
         log.info("rollback from the console: %s", result["audit"])
         return _JSON(result)
 
-    return app
+    return _Guard(app, bound_host)
 
 
 def _set_by(operator: str, client: str) -> str:
@@ -200,8 +200,8 @@ def _describe(error: Any) -> str:
 
 
 class _Guard:
-    """Every request: ``Host`` on the allow-list (403) and a body of at most ``MAX_BODY`` (413);
-    every response, errors included: the security headers."""
+    """Outside the whole app: ``Host`` on the allow-list (403) for every request, and the security
+    headers on every response (errors, 500s and static files included)."""
 
     def __init__(self, app: ASGIApp, bound_host: str) -> None:
         self.app = app
@@ -223,21 +223,7 @@ class _Guard:
         if not host_allowed(self.bound_host, headers.get("host")):
             await _error(403, "unexpected Host header for a loopback console")(scope, receive, secured)
             return
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_BODY:
-            await _error(413, "request body too large")(scope, receive, secured)
-            return
-        seen = 0
-
-        async def bounded() -> Message:  # a chunked body has no Content-Length: count it as it arrives
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > MAX_BODY:
-                raise HTTPException(413, "request body too large")
-            return message
-
-        await self.app(scope, bounded, secured)
+        await self.app(scope, receive, secured)
 
 
 class ConsoleServer:

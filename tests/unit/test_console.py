@@ -292,7 +292,9 @@ def test_host_allow_list_body_bound_and_security_headers(console: Any) -> None:
             yield b" " * (MAX_BODY // 2)
 
     chunked = console.post("/api/explain", content=chunks(), headers={"Content-Type": "application/json"})
-    assert chunked.status_code == 413
+    assert chunked.status_code == 413 and chunked.json()["error"]
+    unread = console.request("GET", "/api/nope", content=b" " * (MAX_BODY + 1))
+    assert unread.status_code == 413  # even where the app never reads the body
     assert console.service.calls == []
     page = console.get("/")
     assert page.status_code == 200 and b"/static/app.js" in page.content
@@ -300,7 +302,8 @@ def test_host_allow_list_body_bound_and_security_headers(console: Any) -> None:
     script = console.get("/static/app.js")
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     assert console.get("/static/app.css").headers["content-type"].startswith("text/css")
-    for response in (page, script, rebinding, too_big, chunked, console.get("/api/nope"), console.get("/api/session")):
+    for response in (page, script, rebinding, too_big, chunked, unread, console.get("/api/nope"),
+                     console.get("/api/session")):
         for name, value in SECURITY_HEADERS.items():
             assert response.headers[name] == value
 
