@@ -64,7 +64,19 @@ BACKEND_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, KafkaError, Str
 _OPERATOR = re.compile(r"[^A-Za-z0-9_.@ -]")
 
 
-# ---- request bodies ----------------------------------------------------------------------------
+# ---- request bodies and the error shape (documented in /openapi.json) --------------------------
+class ErrorBody(BaseModel):
+    error: str
+
+
+# "4XX" in place of FastAPI's default 422 entry: validation errors are 400 {"error": ...} here
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "400 bad input, 403 token or Host, 404 no such path, "
+                                               "405 wrong method, 409 refused change, 413 body too large"},
+    "5XX": {"model": ErrorBody, "description": "503 Redis or Kafka unreachable"},
+}
+
+
 class ExplainBody(BaseModel):
     event: dict[str, Any] = Field(description="one event as the workers read it from the input topic")
 
@@ -98,6 +110,7 @@ def create_app(settings: Settings, bound_host: str, service: ConsoleService) -> 
     """The console as an ASGI app (uvicorn serves it; tests may drive it with ``TestClient``)."""
     app = FastAPI(title="stream-detector console", version="1", default_response_class=_JSON,
                   docs_url=None, redoc_url=None, max_body_size=MAX_BODY,  # over it: 413
+                  responses=ERROR_RESPONSES,
                   description="The operator console's API (docs/console.md). Changes need the "
                               f"{TOKEN_HEADER} header; errors are JSON {{\"error\": ...}}.")
     app.mount("/static", StaticFiles(packages=[(__package__ or "", "static")]), name="static")

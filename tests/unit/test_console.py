@@ -232,6 +232,10 @@ def test_unknown_paths_and_methods(console: Any) -> None:
     spec = console.get("/openapi.json").json()
     assert {"/api/session", "/api/whatif", "/api/threshold", "/api/rollback"} <= set(spec["paths"])
     assert "/" not in spec["paths"]
+    threshold = spec["paths"]["/api/threshold"]["post"]
+    assert "422" not in threshold["responses"] and "4XX" in threshold["responses"]  # errors are 400 {"error"}
+    assert threshold["security"] == [{"APIKeyHeader": []}]
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-Console-Token"
 
 
 def test_changes_need_the_token_and_record_a_sanitised_operator(console: Any) -> None:
