@@ -243,6 +243,8 @@ def test_changes_need_the_token_and_record_a_sanitised_operator(console: Any) ->
         for path, body in (("/api/threshold", {"value": 1.0}), ("/api/rollback", {})):
             refused = console.post(path, json=body, headers=headers)
             assert refused.status_code == 403 and "token" in refused.json()["error"]
+    refused_first = console.post("/api/threshold", json={"value": "high"})  # the token before the body's fields
+    assert refused_first.status_code == 403
     assert console.service.calls == []
     ok = console.post("/api/threshold", headers={"X-Console-Token": TOKEN},
                       json={"value": 2.5, "note": "n" * 300, "operator": "  al<ice>  "})
