@@ -3,7 +3,7 @@
 Views: live traffic (rates, score histogram with the threshold, alert rate, workers), threshold
 what-if (alerts/hour, precision/recall and ROC/PR from analyst labels; apply with a token), explain
 one event (score, verdict, per-field errors) and the model registry (rollback with a token).
-See docs/console.md.
+The HTTP layer (server.py) is a FastAPI app served by uvicorn. See docs/console.md.
 """
 
 from .server import ConsoleServer, serve

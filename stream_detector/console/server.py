@@ -1,4 +1,4 @@
-"""The console's HTTP layer: a JSON API and one static page, on the standard library's server.
+"""The console's HTTP layer: a JSON API and one static page, on FastAPI served by uvicorn.
 
     GET  /                     the page (static/index.html, app.js, app.css; no CDN, works offline)
     GET  /api/session          whether changes are possible (a token is configured)
@@ -10,214 +10,279 @@
     GET  /api/history          threshold audit lines (newest first)
     POST /api/threshold        {value, note, operator}  — needs X-Console-Token
     POST /api/rollback         {operator}               — needs X-Console-Token
+    GET  /openapi.json         the API's OpenAPI description, generated from the routes below
 
-Errors are JSON ``{"error": ...}`` with 400 (bad input), 403 (token/host), 404, 409 (a refused
-change, e.g. nothing to roll back to), 503 (Redis or Kafka unreachable).
+FastAPI routes, parses and validates (query parameters and pydantic body models), and documents
+the API in ``/openapi.json``; its interactive ``/docs`` and ``/redoc`` are off, because those pages
+load Swagger UI / ReDoc from a CDN with inline script, which the console's offline, strict-CSP rule
+forbids. FastAPI also bounds request bodies (``MAX_BODY``). What stays hand-written here: the
+Host allow-list and the security headers (``_Guard``, one ASGI middleware around the app), the
+token check (``auth.py``, as a dependency), and the mapping of errors to JSON ``{"error": ...}``:
+400 (bad input), 403 (token/host), 404, 405, 409 (a refused change, e.g. nothing to roll back
+to), 413 (body over ``MAX_BODY``), 503 (Redis or Kafka unreachable).
 """
-
-from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Mapping
 from importlib import resources
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from typing import Annotated, Any
 
 import orjson
 import redis
-from kafka.errors import KafkaError
+import uvicorn
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from kafka.errors import KafkaError  # the console's one Kafka type: only in BACKEND_ERRORS below
+from pydantic import BaseModel, Field
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import ConfigError, ModelError, NoActiveModel, StreamDetectorError
+from ..errors import ConfigError, ModelError, StreamDetectorError
 from ..settings import Settings
 from .auth import TOKEN_HEADER, check_token, host_allowed
 from .service import ConsoleService
 
 log = logging.getLogger("stream_detector.console")
 
-STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
-          "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-          "/static/app.css": ("app.css", "text/css; charset=utf-8")}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
                                "script-src 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
 }
 MAX_BODY = 1 << 20
+# refused changes (409) and unreachable backends (503); the most specific class wins (NoActiveModel: 409)
+REFUSED_ERRORS: tuple[type[Exception], ...] = (ConfigError, ModelError)
+BACKEND_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, KafkaError, StreamDetectorError, OSError)
 _OPERATOR = re.compile(r"[^A-Za-z0-9_.@ -]")
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+# ---- request bodies and the error shape (documented in /openapi.json) --------------------------
+class ErrorBody(BaseModel):
+    error: str
 
 
-class ConsoleServer(ThreadingHTTPServer):
-    daemon_threads = True
+# "4XX" in place of FastAPI's default 422 entry: validation errors are 400 {"error": ...} here
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "400 bad input, 403 token or Host, 404 no such path, "
+                                               "405 wrong method, 409 refused change, 413 body too large"},
+    "5XX": {"model": ErrorBody, "description": "503 Redis or Kafka unreachable"},
+}
+
+
+class ExplainBody(BaseModel):
+    event: dict[str, Any] = Field(description="one event as the workers read it from the input topic")
+
+
+class ThresholdBody(BaseModel):
+    value: float = Field(description="the new threshold (finite, >= 0)")
+    note: str = Field("", description="why (audit line; first 200 characters kept)")
+    operator: str = Field("", description="who (audit line; letters, digits, `_.@ -`, 64 at most)")
+
+
+class RollbackBody(BaseModel):
+    operator: str = Field("", description="who (audit line)")
+
+
+_token_header = APIKeyHeader(name=TOKEN_HEADER, auto_error=False,
+                             description="SD_CONSOLE_TOKEN; needed to change the threshold or roll back")
+
+
+class _JSON(JSONResponse):
+    """orjson, numpy arrays and scalars included (the service returns them as computed)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return _JSON({"error": message}, status_code=status, headers=headers)
+
+
+def create_app(settings: Settings, bound_host: str, service: ConsoleService) -> ASGIApp:
+    """The console as an ASGI app (uvicorn serves it; tests may drive it with ``TestClient``)."""
+    app = FastAPI(title="stream-detector console", version="1", default_response_class=_JSON,
+                  docs_url=None, redoc_url=None, max_body_size=MAX_BODY,  # over it: 413
+                  responses=ERROR_RESPONSES,
+                  description="The operator console's API (docs/console.md). Changes need the "
+                              f"{TOKEN_HEADER} header; errors are JSON {{\"error\": ...}}.")
+    app.mount("/static", StaticFiles(packages=[(__package__ or "", "static")]), name="static")
+
+    # ---- errors → {"error": ...} ---------------------------------------------------------------
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        message = exc.detail
+        if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        return _error(exc.status_code, message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_input(request: Request, exc: RequestValidationError) -> Response:
+        return _error(400, "; ".join(_describe(e) for e in exc.errors()))
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        return _error(409, str(exc))
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("console %s %s: %s", request.method, request.url.path, exc)
+        return _error(503, f"backend unavailable: {exc}")
+
+    for cls in REFUSED_ERRORS:
+        app.add_exception_handler(cls, refused)
+    for cls in BACKEND_ERRORS:
+        app.add_exception_handler(cls, unavailable)
+
+    # ---- who may change things -----------------------------------------------------------------
+    def authorize(request: Request, token: Annotated[str | None, Depends(_token_header)]) -> str:
+        """Refuse without the token (403); otherwise who is changing things, for the audit line."""
+        verdict = check_token(settings.console_token, token)
+        if not verdict.allowed:
+            raise HTTPException(403, verdict.reason)
+        return request.client.host if request.client else "unknown"
+
+    Writer = Annotated[str, Depends(authorize)]
+
+    # ---- endpoints (sync: FastAPI runs them in its thread pool; the service blocks on Redis/Kafka)
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        return HTMLResponse(resources.files(__package__ or "").joinpath("static", "index.html").read_bytes())
+
+    @app.get("/api/session", summary="whether changes are possible")
+    def session() -> Any:
+        return _JSON({"writable": bool(settings.console_token.get_secret_value()),
+                      "token_header": TOKEN_HEADER, "bound_host": bound_host})
+
+    @app.get("/api/overview", summary="rates, histogram, series, workers, active model and threshold")
+    def overview() -> Any:
+        return _JSON(service.overview())
+
+    @app.get("/api/whatif", summary="alerts/hour, precision/recall and ROC/PR at a candidate threshold")
+    def what_if(threshold: Annotated[float, Query(description="candidate threshold")]) -> Any:
+        return _JSON(service.what_if(threshold))
+
+    @app.get("/api/alerts", summary="latest alerts, newest first")
+    def alerts(limit: Annotated[int, Query(ge=0, le=100_000)] = 50) -> Any:
+        return _JSON(service.recent_alerts(limit))
+
+    @app.post("/api/explain", summary="score, verdict, rejection reason, per-field errors of one event")
+    def explain(body: ExplainBody) -> Any:
+        return _JSON(service.explain(body.event))
+
+    @app.get("/api/models", summary="versions with metrics and gate, active, previous, refused candidates")
+    def models() -> Any:
+        return _JSON(service.models())
+
+    @app.get("/api/history", summary="threshold audit lines, newest first")
+    def history(limit: Annotated[int, Query(ge=0, le=100_000)] = 20) -> Any:
+        return _JSON(service.history(limit))
+
+    @app.post("/api/threshold", summary="set a new threshold version (needs the token)")
+    def threshold(client: Writer, body: ThresholdBody) -> Any:
+        result = service.set_threshold(body.value, _set_by(body.operator, client), body.note[:200] or "console what-if")
+        log.info("threshold set from the console: %s", result["audit"])
+        return _JSON(result)
+
+    @app.post("/api/rollback", summary="roll back to the previous model (needs the token)")
+    def rollback(client: Writer, body: RollbackBody | None = None) -> Any:
+        result = service.rollback(_set_by(body.operator if body else "", client))
+        log.info("rollback from the console: %s", result["audit"])
+        return _JSON(result)
+
+    return _Guard(app, bound_host)
+
+
+def _set_by(operator: str, client: str) -> str:
+    return f"{_OPERATOR.sub('', operator.strip())[:64] or 'operator'} via console from {client}"
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as ``query threshold: Input should be a valid number (got 'abc')``."""
+    where = " ".join(str(part) for part in error.get("loc", ()))
+    value = error.get("input")
+    got = f" (got {value!r})" if isinstance(value, str | int | float) and len(repr(value)) <= 80 else ""
+    if error.get("type") == "json_invalid":
+        got = f" ({error.get('ctx', {}).get('error', '')})"
+    return f"{where}: {error.get('msg', 'invalid')}{got}"
+
+
+class _Guard:
+    """Outside the whole app: ``Host`` on the allow-list (403) for every request, and the security
+    headers on every response (errors, 500s and static files included)."""
+
+    def __init__(self, app: ASGIApp, bound_host: str) -> None:
+        self.app = app
+        self.bound_host = bound_host
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        headers = Headers(scope=scope)
+        if not host_allowed(self.bound_host, headers.get("host")):
+            await _error(403, "unexpected Host header for a loopback console")(scope, receive, secured)
+            return
+        await self.app(scope, receive, secured)
+
+
+class ConsoleServer:
+    """The app under uvicorn on a socket bound at construction (port 0: any free port, see ``url``)."""
 
     def __init__(self, settings: Settings, host: str, port: int, service: ConsoleService | None = None) -> None:
         self.settings = settings
         self.bound_host = host
-        self.service = service or ConsoleService(settings)
+        self.socket = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            self.service = service or ConsoleService(settings)
+        except BaseException:
+            self.socket.close()
+            raise
+        self.app = create_app(settings, host, self.service)
+        self._server = uvicorn.Server(uvicorn.Config(
+            self.app, log_config=None, access_log=False, lifespan="off", server_header=False,
+            timeout_graceful_shutdown=5))
         self._thread: threading.Thread | None = None
-        super().__init__((host, port), _Handler)
 
     @property
     def url(self) -> str:
-        raw, port = self.server_address[:2]
-        host = raw.decode() if isinstance(raw, bytes) else str(raw)
+        host, port = self.socket.getsockname()[:2]
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
-    def start(self) -> ConsoleServer:
-        """Serve in a background thread (tests); ``serve_forever`` serves in the caller's."""
+    def serve_forever(self) -> None:
+        """Serve in the caller's thread until SIGINT/SIGTERM (main thread) or ``stop``."""
+        self._server.run(sockets=[self.socket])
+
+    def start(self) -> "ConsoleServer":
+        """Serve in a background thread (tests); returns once uvicorn accepts connections."""
         self._thread = threading.Thread(target=self.serve_forever, name="console", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self._server.started:
+            raise RuntimeError("the console's HTTP server did not start")
         return self
 
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self.service.close()
+        self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: ConsoleServer
-    protocol_version = "HTTP/1.1"
-    _payload: dict[str, Any]
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.client_address[0], *args)
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    # ---- routing -------------------------------------------------------------------------------
-    def _dispatch(self, method: str) -> None:
-        url = urlsplit(self.path)
-        try:
-            if not host_allowed(self.server.bound_host, self.headers.get("Host")):
-                raise HttpError(403, "unexpected Host header for a loopback console")
-            self._payload = self._read_body() if method == "POST" else {}  # read first: keep-alive stays in sync
-            if method == "GET" and url.path in STATIC:
-                self._static(*STATIC[url.path])
-                return
-            route = _ROUTES.get((method, url.path))
-            if route is None:
-                raise HttpError(404, f"no such endpoint: {method} {url.path}")
-            self._json(200, route(self, {k: v[-1] for k, v in parse_qs(url.query).items()}))
-        except HttpError as exc:
-            self._json(exc.status, {"error": str(exc)})
-        except (ConfigError, NoActiveModel) as exc:
-            self._json(409, {"error": str(exc)})
-        except ModelError as exc:
-            self._json(409, {"error": str(exc)})
-        except (redis.RedisError, KafkaError, StreamDetectorError, OSError) as exc:
-            log.warning("console %s %s: %s", method, url.path, exc)
-            self._json(503, {"error": f"backend unavailable: {exc}"})
-
-    def _body(self) -> dict[str, Any]:
-        return self._payload
-
-    def _read_body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            raise HttpError(413, "request body too large")
-        try:
-            body = orjson.loads(self.rfile.read(length) or b"{}")
-        except orjson.JSONDecodeError as exc:
-            raise HttpError(400, f"body is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise HttpError(400, "body must be a JSON object")
-        return body
-
-    def _authorize(self) -> str:
-        """Refuse without the token (403); otherwise who is changing things, for the audit line."""
-        verdict = check_token(self.server.settings.console_token, self.headers.get(TOKEN_HEADER))
-        if not verdict.allowed:
-            raise HttpError(403, verdict.reason)
-        return self.client_address[0]
-
-    def _set_by(self, body: dict[str, Any], client: str) -> str:
-        operator = _OPERATOR.sub("", str(body.get("operator") or "").strip())[:64] or "operator"
-        return f"{operator} via console from {client}"
-
-    # ---- responses -----------------------------------------------------------------------------
-    def _json(self, status: int, payload: Any) -> None:
-        self._send(status, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), "application/json")
-
-    def _static(self, name: str, content_type: str) -> None:
-        self._send(200, resources.files(__package__).joinpath("static", name).read_bytes(), content_type)
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in SECURITY_HEADERS.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    # ---- endpoints -----------------------------------------------------------------------------
-    def session(self, q: dict[str, str]) -> Any:
-        return {"writable": bool(self.server.settings.console_token.get_secret_value()),
-                "token_header": TOKEN_HEADER, "bound_host": self.server.bound_host}
-
-    def overview(self, q: dict[str, str]) -> Any:
-        return self.server.service.overview()
-
-    def what_if(self, q: dict[str, str]) -> Any:
-        return self.server.service.what_if(_number(q.get("threshold"), "threshold"))
-
-    def alerts(self, q: dict[str, str]) -> Any:
-        return self.server.service.recent_alerts(int(_number(q.get("limit", "50"), "limit")))
-
-    def explain(self, q: dict[str, str]) -> Any:
-        body = self._body()
-        return self.server.service.explain(body.get("event"))
-
-    def models(self, q: dict[str, str]) -> Any:
-        return self.server.service.models()
-
-    def history(self, q: dict[str, str]) -> Any:
-        return self.server.service.history(int(_number(q.get("limit", "20"), "limit")))
-
-    def threshold(self, q: dict[str, str]) -> Any:
-        client = self._authorize()
-        body = self._body()
-        value = _number(body.get("value"), "value")
-        note = str(body.get("note") or "")[:200]
-        result = self.server.service.set_threshold(value, self._set_by(body, client), note or "console what-if")
-        log.info("threshold set from the console: %s", result["audit"])
-        return result
-
-    def rollback(self, q: dict[str, str]) -> Any:
-        client = self._authorize()
-        result = self.server.service.rollback(self._set_by(self._body(), client))
-        log.info("rollback from the console: %s", result["audit"])
-        return result
-
-
-def _number(raw: Any, name: str) -> float:
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        raise HttpError(400, f"{name} must be a number, got {raw!r}") from None
-
-
-_ROUTES = {
-    ("GET", "/api/session"): _Handler.session, ("GET", "/api/overview"): _Handler.overview,
-    ("GET", "/api/whatif"): _Handler.what_if, ("GET", "/api/alerts"): _Handler.alerts,
-    ("POST", "/api/explain"): _Handler.explain, ("GET", "/api/models"): _Handler.models,
-    ("GET", "/api/history"): _Handler.history, ("POST", "/api/threshold"): _Handler.threshold,
-    ("POST", "/api/rollback"): _Handler.rollback,
-}
+        self.socket.close()
+        self.service.close()
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
@@ -228,5 +293,5 @@ def serve(settings: Settings, host: str, port: int) -> None:
     try:
         server.serve_forever()
     finally:
-        server.server_close()
+        server.socket.close()
         server.service.close()

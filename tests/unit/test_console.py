@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import orjson
 import pytest
 from pydantic import SecretStr
 from sklearn.metrics import roc_curve
@@ -125,3 +128,199 @@ def test_sample_of_keeps_the_active_model_and_spans_its_entries() -> None:
     assert sample.span_s == 3.0 and sample.ids == ["m0.1", "m0.7", "m0.9"] and sample.events == 6.0
     assert alerts_per_hour(sample, 0.5) == pytest.approx(4.0 * 3600 / 3.0)
     assert sample_of(entries, "none").scores.size == 0
+
+
+# ---- the HTTP layer (FastAPI app) over a fake service: routing, validation, errors, headers ------
+class _FakeService:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.fail: BaseException | None = None
+        self.closed = False
+
+    def _call(self, name: str, arg: Any = None) -> Any:
+        self.calls.append((name, arg))
+        if self.fail is not None:
+            raise self.fail
+        return {"called": name, "scores": np.array([0.5, np.float32(1.5)]), "n": np.int64(3)}
+
+    def overview(self) -> Any:
+        return self._call("overview")
+
+    def what_if(self, value: float) -> Any:
+        return self._call("what_if", value)
+
+    def recent_alerts(self, limit: int) -> Any:
+        return self._call("recent_alerts", limit)
+
+    def explain(self, event: Any) -> Any:
+        return self._call("explain", event)
+
+    def models(self) -> Any:
+        return self._call("models")
+
+    def history(self, limit: int) -> Any:
+        return self._call("history", limit)
+
+    def set_threshold(self, value: float, set_by: str, note: str) -> Any:
+        return {**self._call("set_threshold", (value, set_by, note)), "audit": {"set_by": set_by}}
+
+    def rollback(self, set_by: str) -> Any:
+        return {**self._call("rollback", set_by), "audit": {"set_by": set_by}}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+TOKEN = "s3cret"
+
+
+@pytest.fixture
+def console() -> Any:
+    from fastapi.testclient import TestClient
+
+    from stream_detector.console.server import create_app
+    from stream_detector.settings import Settings
+
+    service = _FakeService()
+    app = create_app(Settings(console_token=SecretStr(TOKEN)), "127.0.0.1", service)  # type: ignore[arg-type]
+    with TestClient(app, base_url="http://127.0.0.1:8050") as client:
+        client.service = service  # type: ignore[attr-defined]
+        yield client
+
+
+def test_api_routes_reach_the_service_and_answer_json_with_numpy(console: Any) -> None:
+    session = console.get("/api/session")
+    assert session.status_code == 200 and session.json() == {
+        "writable": True, "token_header": "X-Console-Token", "bound_host": "127.0.0.1"}
+    got = console.get("/api/overview").json()
+    assert got == {"called": "overview", "scores": [0.5, 1.5], "n": 3}
+    console.get("/api/whatif", params={"threshold": "0.25"})
+    console.get("/api/alerts", params={"limit": "30"})
+    console.get("/api/alerts")
+    console.get("/api/history")
+    console.post("/api/explain", json={"event": {"event_id": "e1", "amount": 3}})
+    console.get("/api/models")
+    assert console.service.calls == [("overview", None), ("what_if", 0.25), ("recent_alerts", 30),
+                                     ("recent_alerts", 50), ("history", 20),
+                                     ("explain", {"event_id": "e1", "amount": 3}), ("models", None)]
+
+
+def test_bad_input_is_a_400_with_an_error_message(console: Any) -> None:
+    for response in (console.get("/api/whatif", params={"threshold": "abc"}), console.get("/api/whatif"),
+                     console.get("/api/alerts", params={"limit": "x"}),
+                     console.post("/api/explain", content=b"{not json", headers={"Content-Type": "application/json"}),
+                     console.post("/api/explain", json={"event": [1, 2]}),
+                     console.post("/api/threshold", json={"value": "high"}, headers={"X-Console-Token": TOKEN})):
+        assert response.status_code == 400, response.text
+        assert set(response.json()) == {"error"} and response.json()["error"]
+    assert "threshold" in console.get("/api/whatif", params={"threshold": "abc"}).json()["error"]
+    assert console.service.calls == []
+
+
+def test_unknown_paths_and_methods(console: Any) -> None:
+    missing = console.get("/api/nope")
+    assert missing.status_code == 404 and missing.json() == {"error": "no such endpoint: GET /api/nope"}
+    wrong = console.get("/api/threshold")
+    assert wrong.status_code == 405 and wrong.json()["error"].startswith("no such endpoint")
+    assert console.get("/docs").status_code == 404  # Swagger UI needs a CDN and inline script: off
+    spec = console.get("/openapi.json").json()
+    assert {"/api/session", "/api/whatif", "/api/threshold", "/api/rollback"} <= set(spec["paths"])
+    assert "/" not in spec["paths"]
+    threshold = spec["paths"]["/api/threshold"]["post"]
+    assert "422" not in threshold["responses"] and "4XX" in threshold["responses"]  # errors are 400 {"error"}
+    assert threshold["security"] == [{"APIKeyHeader": []}]
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-Console-Token"
+
+
+def test_changes_need_the_token_and_record_a_sanitised_operator(console: Any) -> None:
+    for headers in ({}, {"X-Console-Token": "wrong"}):
+        for path, body in (("/api/threshold", {"value": 1.0}), ("/api/rollback", {})):
+            refused = console.post(path, json=body, headers=headers)
+            assert refused.status_code == 403 and "token" in refused.json()["error"]
+    refused_first = console.post("/api/threshold", json={"value": "high"})  # the token before the body's fields
+    assert refused_first.status_code == 403
+    assert console.service.calls == []
+    ok = console.post("/api/threshold", headers={"X-Console-Token": TOKEN},
+                      json={"value": 2.5, "note": "n" * 300, "operator": "  al<ice>  "})
+    assert ok.status_code == 200
+    (name, (value, set_by, note)), = console.service.calls
+    assert (name, value, set_by, note) == ("set_threshold", 2.5, "alice via console from testclient", "n" * 200)
+    assert console.post("/api/rollback", headers={"X-Console-Token": TOKEN}).json()["audit"]["set_by"] == \
+        "operator via console from testclient"
+
+
+def test_read_only_console_refuses_every_change() -> None:
+    from fastapi.testclient import TestClient
+
+    from stream_detector.console.server import create_app
+    from stream_detector.settings import Settings
+
+    service = _FakeService()
+    app = create_app(Settings(console_token=SecretStr("")), "127.0.0.1", service)  # type: ignore[arg-type]
+    with TestClient(app, base_url="http://localhost:8050") as client:
+        refused = client.post("/api/threshold", json={"value": 1.0}, headers={"X-Console-Token": "guess"})
+        assert refused.status_code == 403 and "read-only" in refused.json()["error"]
+        assert client.get("/api/session").json()["writable"] is False
+    assert service.calls == []
+
+
+def test_service_errors_map_to_409_and_503(console: Any) -> None:
+    import redis
+    from kafka.errors import KafkaError
+
+    from stream_detector.errors import ConfigError, NoActiveModel, ThresholdUnavailable
+
+    for exc, status in ((ConfigError("nothing to roll back to"), 409), (NoActiveModel("no model"), 409),
+                        (redis.ConnectionError("refused"), 503), (KafkaError("no brokers"), 503),
+                        (ThresholdUnavailable("stale"), 503), (ConnectionRefusedError("down"), 503)):
+        console.service.fail = exc
+        response = console.get("/api/models")
+        assert response.status_code == status, exc
+        assert str(exc) in response.json()["error"]
+
+
+def test_host_allow_list_body_bound_and_security_headers(console: Any) -> None:
+    from stream_detector.console.server import MAX_BODY, SECURITY_HEADERS
+
+    rebinding = console.get("/api/overview", headers={"Host": "evil.example"})
+    assert rebinding.status_code == 403 and "Host" in rebinding.json()["error"]
+    too_big = console.post("/api/explain", content=b" " * (MAX_BODY + 1), headers={"Content-Type": "application/json"})
+    assert too_big.status_code == 413
+
+    def chunks() -> Any:
+        for _ in range(3):
+            yield b" " * (MAX_BODY // 2)
+
+    chunked = console.post("/api/explain", content=chunks(), headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413 and chunked.json()["error"]
+    unread = console.request("GET", "/api/nope", content=b" " * (MAX_BODY + 1))
+    assert unread.status_code == 413  # even where the app never reads the body
+    assert console.service.calls == []
+    page = console.get("/")
+    assert page.status_code == 200 and b"/static/app.js" in page.content
+    assert page.headers["content-type"].startswith("text/html")
+    script = console.get("/static/app.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert console.get("/static/app.css").headers["content-type"].startswith("text/css")
+    for response in (page, script, rebinding, too_big, chunked, unread, console.get("/api/nope"),
+                     console.get("/api/session")):
+        for name, value in SECURITY_HEADERS.items():
+            assert response.headers[name] == value
+
+
+def test_console_server_serves_over_uvicorn_on_a_free_port() -> None:
+    import urllib.request
+
+    from stream_detector.console import ConsoleServer
+    from stream_detector.settings import Settings
+
+    service = _FakeService()
+    server = ConsoleServer(Settings(), "127.0.0.1", 0, service=service).start()  # type: ignore[arg-type]
+    try:
+        assert server.url.startswith("http://127.0.0.1:") and not server.url.endswith(":0")
+        with urllib.request.urlopen(server.url + "/api/session", timeout=10) as res:
+            assert res.headers["Content-Security-Policy"].startswith("default-src 'self'")
+            assert orjson.loads(res.read())["writable"] is False
+    finally:
+        server.stop()
+    assert service.closed
