@@ -23,20 +23,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import orjson
 import redis
-from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .errors import ThresholdUnavailable
+from .errors import ThresholdUnavailable, TransportError
 from .schema import RejectReason
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .pipeline.decode import Rejected
     from .pipeline.score import Scorer
-    from .pipeline.source import Batch
+    from .transport.base import Batch
     from .worker import Worker
 
 log = logging.getLogger("stream_detector.metrics")
@@ -89,7 +88,7 @@ def readiness(worker: Worker | None) -> dict[str, bool]:
         return {"partitions_assigned": False, "model_loaded": False, "threshold_fresh": False}
     try:
         assigned = bool(worker.source.assignment())
-    except (RuntimeError, KafkaError):  # not started / closed / changing under us
+    except (RuntimeError, TransportError):  # not started / closed / changing under us
         assigned = False
     cache = worker.thresholds
     snap = cache.snapshot
@@ -230,7 +229,7 @@ class WorkerMetrics:
                 done = self._next.get(partition)
                 if high is not None and done is not None:
                     lag[partition] = max(0, high - done)
-        except (KafkaError, RuntimeError) as exc:
+        except (TransportError, RuntimeError) as exc:
             self.kafka_errors.labels("lag").inc()
             log.debug("lag not refreshed: %s", exc)
             return
@@ -289,7 +288,7 @@ class _WorkerCollector(Collector):
                 age.add_metric([], max(0.0, cache.clock() - cache.fetched_at))
             try:
                 assigned.add_metric([], len(worker.source.assignment()))
-            except (RuntimeError, KafkaError):
+            except (RuntimeError, TransportError):
                 pass
             topic = worker.settings.input_topic
             for partition, behind in sorted(self.m._lag.items()):

@@ -38,14 +38,15 @@ from .metrics import WorkerMetrics, batch_context
 from .pipeline.compute import ChunkedCompute, Enrich
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected
-from .pipeline.publish import BatchPublisher, build_alerts, build_dead_letters, make_publisher
+from .pipeline.publish import build_alerts, build_dead_letters
 from .pipeline.score import Scorer, scores_of
 from .pipeline.score_feed import ScoreFeed
-from .pipeline.source import Batch, BatchSource, make_source
 from .pipeline.threshold import ThresholdCache, decide
 from .settings import Settings
 from .store import ControlPlane, Threshold
 from .topics import ensure_topics
+from .transport.base import Batch, Publisher, Source
+from .transport.factory import make_sink, make_source
 
 log = logging.getLogger("stream_detector.worker")
 REFUSED_RETRY_S = 30.0  # a refused model version is not reloaded on every poll
@@ -79,11 +80,11 @@ class WorkerStats:
 
 class Worker:
     def __init__(self, settings: Settings, control: ControlPlane | None = None,
-                 source: BatchSource | None = None, publisher: BatchPublisher | None = None) -> None:
+                 source: Source | None = None, publisher: Publisher | None = None) -> None:
         self.settings = settings
         self.control = control or ControlPlane.from_settings(settings)
         self.source = source or make_source(settings)  # SD_TRANSPORT: kafka-python or confluent
-        self.publisher = publisher or make_publisher(settings)
+        self.publisher = publisher or make_sink(settings)
         self.metrics = WorkerMetrics(settings)  # /metrics, /healthz, /readyz (docs/operations.md)
         self.thresholds = ThresholdCache(self.metrics.watch_redis(self.control.snapshot),
                                          settings.threshold_refresh_s, settings.threshold_max_staleness_s)
