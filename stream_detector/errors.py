@@ -54,10 +54,8 @@ class TransportError(StreamDetectorError):
 
 class DeliveryError(TransportError):
     """Alerts or dead-letter records were not acknowledged by Kafka, or the offsets of a batch could
-    not be committed; offsets must not move and the batch is held and retried (always retriable)."""
-
-    def __init__(self, message: str = "", retriable: bool = True) -> None:
-        super().__init__(message, retriable)
+    not be committed; offsets must not move and the batch is held and retried (the worker holds it
+    whatever ``retriable`` says: a fenced or refused commit is settled by re-reading the batch)."""
 
 
 class InputError(StreamDetectorError):
