@@ -10,6 +10,7 @@ hold the batch".
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +19,20 @@ from typing import Any, Protocol
 from ..errors import DeliveryError, TransportError
 
 __all__ = [
-    "Batch", "ClientTuning", "Committer", "Connection", "DeliveryError", "Membership", "Offsets", "OutMessage",
-    "Publisher", "Sink", "Source", "TopicPartition", "TransportConfig", "TransportError", "Unreadable", "fill_batch",
+    "Batch", "ClientTuning", "CommitRefused", "Committer", "Connection", "DeliveryError", "Membership", "Offsets",
+    "OutMessage", "Publisher", "Sink", "Source", "TopicPartition", "TransportConfig", "TransportError", "Unreadable",
+    "commit_or_drop", "fill_batch",
 ]
+
+log = logging.getLogger("stream_detector.publish")
+
+
+class CommitRefused(TransportError):
+    """The group refused an offset commit because the partitions moved (a rebalance, an eviction):
+    the new owner re-reads them, so the commit is dropped, not retried."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message, retriable=False)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -178,8 +190,10 @@ class TransportConfig:
 
 class Source(Protocol):
     """The consumer side (step 1) and the group's offsets. Explicit ``start``/``close``; no network
-    I/O before ``start``. ``poll_batch`` raises ``TransportError`` for errors it cannot ride out;
-    ``assignment``/``highwaters`` raise ``TransportError`` (or ``RuntimeError`` before ``start``)."""
+    I/O before ``start`` (``RuntimeError`` when called before it). ``poll_batch`` rides out
+    retriable client errors; others propagate as the client raised them. ``commit`` raises
+    ``CommitRefused`` when the partitions moved, else ``TransportError``; so do ``assignment``
+    and ``highwaters``."""
 
     def start(self) -> None: ...
     def poll_batch(self) -> Batch: ...
@@ -220,6 +234,19 @@ class Committer(Protocol):
 
 class Publisher(Sink, Committer, Protocol):
     """What the worker holds for steps 6 and 7: a sink that also commits."""
+
+
+def commit_or_drop(source: Source, offsets: Offsets) -> None:
+    """Step 7 of at-least-once delivery on every transport: commit through the consumer; a commit
+    refused because the partitions moved is logged and dropped (the new owner reprocesses the
+    batch); any other failure raises ``DeliveryError`` (the batch is held and retried)."""
+    try:
+        source.commit(offsets)
+    except CommitRefused as exc:
+        log.warning("offsets of a batch were not committed (partitions moved to another worker; "
+                    "they will be reprocessed there): %s", exc)
+    except TransportError as exc:
+        raise DeliveryError(f"offset commit failed: {exc!r}") from exc
 
 
 def fill_batch(batch: Batch, tuning: ClientTuning, idle_poll_ms: int, take: Callable[[int, int, bool], None],

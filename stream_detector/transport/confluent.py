@@ -37,6 +37,7 @@ from confluent_kafka import TopicPartition as CTopicPartition
 
 from .base import (
     Batch,
+    CommitRefused,
     Connection,
     DeliveryError,
     Membership,
@@ -347,11 +348,18 @@ class ConfluentSource:
 
     # ---- offsets and membership ---------------------------------------------------------------
     def commit(self, offsets: Offsets) -> None:
-        """Synchronous commit; raises ``KafkaException`` (also for a partition-level error)."""
-        done = self._c().commit(offsets=[theirs(tp, o) for tp, o in offsets.items()], asynchronous=False)
-        for tp in done or []:
-            if tp.error is not None:
-                raise KafkaException(tp.error)
+        """Synchronous commit; ``CommitRefused`` when the partitions moved (``COMMIT_REFUSED``),
+        else ``TransportError`` (also for a partition-level error)."""
+        try:
+            done = self._c().commit(offsets=[theirs(tp, o) for tp, o in offsets.items()], asynchronous=False)
+            for tp in done or []:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+        except KafkaException as exc:
+            error = error_of(exc)
+            if error is not None and error.code() in COMMIT_REFUSED:
+                raise CommitRefused(str(error)) from exc
+            raise TransportError(f"{exc!r}", retriable=bool(error is not None and error.retriable())) from exc
 
     def membership(self) -> ConfluentMembership:
         """Group generation and member id now, for KIP-447 fencing in transactional commits."""

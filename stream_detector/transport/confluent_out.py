@@ -15,8 +15,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from .base import DeliveryError, Membership, Offsets, OutMessage, Source, TransportConfig
-from .confluent import COMMIT_REFUSED, ConfluentMembership, Throttled, confluent_producer_config, error_of, theirs
+from .base import DeliveryError, Membership, Offsets, OutMessage, Source, TransportConfig, commit_or_drop
+from .confluent import ConfluentMembership, Throttled, confluent_producer_config, error_of, theirs
 from .eos import ExactlyOnce
 
 log = logging.getLogger("stream_detector.confluent")
@@ -117,16 +117,8 @@ class ConfluentPublisher(ConfluentSink):
     transactional = False
 
     def commit(self, source: Source, offsets: Offsets, group: Membership | None = None) -> None:
-        """Step 7. ``group`` is the membership snapshot taken when the batch was polled."""
-        try:
-            source.commit(offsets)
-        except KafkaException as exc:
-            error = error_of(exc)
-            if error is not None and error.code() in COMMIT_REFUSED:
-                log.warning("offsets of a batch were not committed (partitions moved to another worker; "
-                            "they will be reprocessed there): %s", error)
-                return
-            raise DeliveryError(f"offset commit failed: {exc!r}") from exc
+        """Step 7 (``base.commit_or_drop``); ``group``, the poll's membership, is not needed here."""
+        commit_or_drop(source, offsets)
 
     def abandon(self) -> None:
         """Give up the current batch (at-least-once: its alerts are out; it will be redelivered)."""

@@ -17,10 +17,11 @@ from typing import Any
 
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KTopicPartition
-from kafka.errors import CorruptRecordError, KafkaConnectionError, KafkaError, UnsupportedCodecError
+from kafka.errors import CommitFailedError, CorruptRecordError, KafkaConnectionError, KafkaError, UnsupportedCodecError
 
 from .base import (
     Batch,
+    CommitRefused,
     Connection,
     Membership,
     Offsets,
@@ -112,8 +113,8 @@ class KafkaSource:
 
     ``overrides`` are kafka-python consumer options. Retriable client errors during a poll are
     ridden out (logged, the poll returns nothing); other client errors propagate as they are.
-    ``commit`` raises kafka-python's ``CommitFailedError``/``KafkaError`` (``KafkaPublisher``
-    classifies them); ``assignment``/``highwaters`` raise ``TransportError``.
+    ``commit`` raises ``CommitRefused`` (kafka-python's ``CommitFailedError``: the partitions
+    moved) or ``TransportError``; so do ``assignment``/``highwaters``.
     """
 
     def __init__(self, config: TransportConfig, idle_poll_ms: int = 500, **overrides: Any) -> None:
@@ -201,7 +202,13 @@ class KafkaSource:
     def commit(self, offsets: Offsets) -> None:
         from kafka.structs import OffsetAndMetadata
 
-        self._c().commit(offsets={theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        committed = {theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        try:
+            self._c().commit(offsets=committed)
+        except CommitFailedError as exc:
+            raise CommitRefused(str(exc)) from exc
+        except KafkaError as exc:
+            raise TransportError(f"{exc!r}", retriable=bool(getattr(exc, "retriable", False))) from exc
 
     def membership(self) -> KafkaMembership:
         """Group generation and member id now, for KIP-447 fencing in transactional commits."""

@@ -8,19 +8,16 @@ failure to deliver raises ``DeliveryError`` and the worker does not commit (the 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from .base import DeliveryError, Membership, Offsets, OutMessage, Source, TransportConfig
+from .base import DeliveryError, Membership, Offsets, OutMessage, Source, TransportConfig, commit_or_drop
 from .eos import ExactlyOnce, watchdog
 from .kafka_python import KafkaMembership, connection_options, theirs
-
-log = logging.getLogger("stream_detector.publish")
 
 
 def producer_config(config: TransportConfig, **overrides: Any) -> dict[str, Any]:
@@ -109,14 +106,8 @@ class KafkaPublisher(KafkaSink):
     transactional = False
 
     def commit(self, source: Source, offsets: Offsets, group: Membership | None = None) -> None:
-        """Step 7. ``group`` is the membership snapshot taken when the batch was polled."""
-        try:
-            source.commit(offsets)
-        except CommitFailedError as exc:
-            log.warning("offsets of a batch were not committed (partitions moved to another worker; "
-                        "they will be reprocessed there): %s", exc)
-        except KafkaError as exc:
-            raise DeliveryError(f"offset commit failed: {exc!r}") from exc
+        """Step 7 (``base.commit_or_drop``); ``group``, the poll's membership, is not needed here."""
+        commit_or_drop(source, offsets)
 
     def abandon(self) -> None:
         """Give up the current batch (at-least-once: its alerts are out; it will be redelivered)."""

@@ -14,7 +14,6 @@ Thread-safe (one lock); polls never wait.
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 import time
 import zlib
@@ -23,17 +22,17 @@ from dataclasses import dataclass, field
 
 from .base import (
     Batch,
+    CommitRefused,
     DeliveryError,
     Membership,
     Offsets,
     OutMessage,
     Source,
     TopicPartition,
-    TransportError,
+    commit_or_drop,
 )
 from .eos import ExactlyOnce
 
-log = logging.getLogger("stream_detector.memory")
 _members = itertools.count(1)
 
 
@@ -52,10 +51,6 @@ class MemoryMembership(Membership):
     group: str
     generation: int
     member: int
-
-
-class CommitRefused(TransportError):
-    """The group's generation moved since this member joined: its commit is refused."""
 
 
 @dataclass
@@ -110,7 +105,7 @@ class MemoryBroker:
     def commit(self, group: str, offsets: Offsets, generation: int) -> None:
         with self._lock:
             if generation != self.generation(group):
-                raise CommitRefused(f"group {group} moved to generation {self.generation(group)}", retriable=False)
+                raise CommitRefused(f"group {group} moved to generation {self.generation(group)}")
             self._committed.setdefault(group, {}).update(offsets)
 
     def take_send_failure(self) -> bool:
@@ -259,12 +254,7 @@ class MemoryPublisher(MemorySink):
     transactional = False
 
     def commit(self, source: Source, offsets: Offsets, group: Membership | None = None) -> None:
-        try:
-            source.commit(offsets)
-        except CommitRefused as exc:
-            log.warning("offsets of a batch were not committed (%s); they will be reprocessed", exc)
-        except TransportError as exc:
-            raise DeliveryError(f"offset commit failed: {exc!r}") from exc
+        commit_or_drop(source, offsets)
 
     def abandon(self) -> None:
         pass

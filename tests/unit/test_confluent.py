@@ -156,25 +156,32 @@ def test_librdkafka_accepts_every_property():
         Consumer(confluent_consumer_config(s, **{"no.such.property": 1}))
 
 
-class _Refusing:
+class _RefusingConsumer:
     def __init__(self, code: int) -> None:
         self.code = code
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, offsets: list[object], asynchronous: bool) -> None:
         raise KafkaException(KafkaError(self.code))
+
+
+def _Refusing(code: int) -> ConfluentSource:  # noqa: N802 - stands where the fake source class stood
+    """A source whose librdkafka consumer refuses every commit with ``code``."""
+    source = ConfluentSource(transport_config(Settings()))
+    source.consumer = _RefusingConsumer(code)  # type: ignore[assignment]
+    return source
 
 
 @pytest.mark.parametrize("code", [KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
                                   KafkaError.UNKNOWN_MEMBER_ID])
 def test_a_commit_refused_because_partitions_moved_is_logged_and_dropped(code, caplog):
-    ConfluentPublisher(transport_config(Settings())).commit(_Refusing(code), {TopicPartition("tx", 0): 5})  # type: ignore[arg-type]
+    ConfluentPublisher(transport_config(Settings())).commit(_Refusing(code), {TopicPartition("tx", 0): 5})
     assert "not committed" in caplog.text
 
 
 def test_other_commit_failures_are_delivery_errors():
     with pytest.raises(DeliveryError, match="offset commit failed"):
-        ConfluentPublisher(transport_config(Settings())).commit(_Refusing(KafkaError.COORDINATOR_NOT_AVAILABLE),  # type: ignore[arg-type]
-                                              {TopicPartition("tx", 0): 5})
+        ConfluentPublisher(transport_config(Settings())).commit(_Refusing(KafkaError.COORDINATOR_NOT_AVAILABLE),
+                                                                {TopicPartition("tx", 0): 5})
     assert KafkaError.REBALANCE_IN_PROGRESS in confluent.COMMIT_REFUSED
 
 
