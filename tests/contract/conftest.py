@@ -112,13 +112,28 @@ class KafkaHarness(Harness):
                                  batch_size=64, batch_max_wait_ms=20, delivery_timeout_s=15,
                                  transaction_timeout_s=15, worker_id=f"ct-{_tag()}", create_topics=False)
         self._producer: Any = None
+        self._admin: Any = None
 
     def topic(self, partitions: int = 1) -> str:
+        """A new topic whose every partition has a leader in the broker's metadata: a consumer that
+        joins before the broker's metadata lists the topic gets no partition until its next
+        metadata refresh (minutes; seen as "No partition metadata for topic" and a timed-out poll)."""
         from stream_detector.topics import ensure_topics
 
         name = f"ct-{_tag()}"
         ensure_topics(self.settings, [name], partitions)
+        wait_until(lambda: self._leaders(name) == partitions, timeout_s=20, interval_s=0.05,
+                   message=f"metadata of {name}")
         return name
+
+    def _leaders(self, topic: str) -> int:
+        if self._admin is None:
+            from kafka import KafkaAdminClient
+
+            self._admin = KafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers)
+            self.opened.insert(0, self._admin)
+        described = self._admin.describe_topics([topic])
+        return sum(1 for p in described[0]["partitions"] if p["leader_id"] >= 0) if not described[0]["error_code"] else 0
 
     def produce(self, topic: str, values: list[bytes], partition: int = 0) -> None:
         from kafka import KafkaProducer
@@ -142,6 +157,15 @@ class KafkaHarness(Harness):
             from stream_detector.transport.kafka_python import KafkaSource
 
             source = KafkaSource(config, idle_poll_ms=200)
+            source.start()
+            # kafka-python can join before its metadata lists the topic and then compute an empty
+            # assignment that no later metadata update repairs (a race in its coordinator); so the
+            # topic's metadata is fetched before the first poll joins the group.
+            consumer = source.consumer
+            assert consumer is not None
+            wait_until(lambda: consumer.partitions_for_topic(topic), timeout_s=20, message=f"metadata of {topic}")
+            self.opened.append(source)
+            return source
         source.start()
         self.opened.append(source)
         return source
