@@ -40,12 +40,13 @@ from stream_detector.model.bundle import Bundle, build_bundle
 from stream_detector.model.train import TrainConfig, train
 from stream_detector.pipeline.compute import ChunkedCompute
 from stream_detector.pipeline.decode import decode_batch
-from stream_detector.pipeline.publish import producer_config
 from stream_detector.pipeline.score import Scorer, scores_of
-from stream_detector.pipeline.source import consumer_config
 from stream_detector.settings import Settings
 from stream_detector.store import ControlPlane
 from stream_detector.topics import ensure_topics
+from stream_detector.transport.factory import transport_config
+from stream_detector.transport.kafka_python import consumer_config
+from stream_detector.transport.kafka_python_out import producer_config
 
 from . import harness
 from .results import write_section
@@ -309,8 +310,8 @@ def render(ctx: dict[str, Any]) -> str:
     out.append(HOT_PATH_NOTES)
     out.append("### Settings used")
     out.append("")
-    out.append(f"- Worker consumer, kafka-python (`pipeline/source.py`): {ctx['consumer']}; confluent-kafka "
-               "(`pipeline/confluent.py`): the same sizes in librdkafka's names (`fetch.wait.max.ms`, "
+    out.append(f"- Worker consumer, kafka-python (`transport/kafka_python.py`): {ctx['consumer']}; confluent-kafka "
+               "(`transport/confluent.py`): the same sizes in librdkafka's names (`fetch.wait.max.ms`, "
                "`fetch.max.bytes`, `max.partition.fetch.bytes`, `isolation.level`), `consume(num_messages=batch)`.")
     out.append(f"- Worker alert/dead-letter producer (`producer_config`): {ctx['alert_producer']} "
                "(librdkafka: `acks=all`, `enable.idempotence=true`).")
@@ -384,7 +385,7 @@ HOT_PATH_NOTES = """\
   decoded (torch releases the GIL, so scoring takes the second core); end to end kafka-python 57.9k → 74.0k,
   confluent 85.3k → 97.3k. Chunks of 512 and 1,024 measured the same end to end (101-107k with
   confluent), 2,048 slower. `Batch.next_offsets` no longer builds a TopicPartition per record.
-- Transport (`SD_TRANSPORT`): with confluent-kafka (librdkafka, `pipeline/confluent.py`) the source step
+- Transport (`SD_TRANSPORT`): with confluent-kafka (librdkafka, `transport/confluent.py`) the source step
   costs a fraction of kafka-python's and the synchronous commit ~1 ms instead of ~10-26 ms (the Python
   client's commit round trip and its heartbeat thread share the GIL with the pipeline). The worker is
   then bound by the Python work that holds the GIL on its main thread — orjson decode and validation
@@ -477,11 +478,12 @@ def run(plan: Plan, kafka: str, redis: str, seed: int) -> dict[str, Any]:
     say(f"producing {plan.events:,} events ({ctx['load_client']})")
     ctx["load_rate"] = harness.produce(kafka, settings.input_topic, raw, keys)
     say(f"loaded at {ctx['load_rate']:,.0f}/s")
-    fetch = {k: v for k, v in consumer_config(settings.model_copy(update={"batch_size": plan.batch_size})).items()
+    fetch = {k: v for k, v in consumer_config(transport_config(settings.model_copy(
+        update={"batch_size": plan.batch_size}))).items()
              if k in ("max_poll_records", "fetch_max_bytes", "max_partition_fetch_bytes", "fetch_min_bytes",
                       "fetch_max_wait_ms", "isolation_level")}
     ctx["consumer"] = ", ".join(f"{k}={v}" for k, v in fetch.items())
-    ctx["alert_producer"] = ", ".join(f"{k}={v}" for k, v in producer_config(settings).items()
+    ctx["alert_producer"] = ", ".join(f"{k}={v}" for k, v in producer_config(transport_config(settings)).items()
                                       if k in ("acks", "enable_idempotence", "linger_ms", "batch_size",
                                                "compression_type"))
     ctx["runs"] = {t: measure_transport(plan, kafka, redis, tag, t, raw, keys, fetch) for t in transports()}

@@ -72,7 +72,7 @@ def _settings_checks(s: Settings) -> Iterator[Check]:
 
 def _transport_check() -> Check:
     from .errors import ConfigError
-    from .pipeline.source import confluent_transport
+    from .transport.factory import confluent_transport
 
     try:
         module = confluent_transport()

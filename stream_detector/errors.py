@@ -40,10 +40,22 @@ class EntityStateUnavailable(StreamDetectorError):
     retriable = True
 
 
-class DeliveryError(StreamDetectorError):
-    """Alerts or dead-letter records were not acknowledged by Kafka; offsets must not move."""
+class TransportError(StreamDetectorError):
+    """A Kafka client call failed (``stream_detector.transport``: any adapter, any client library).
 
-    retriable = True
+    ``retriable`` is per instance: True when the same call can succeed later (broker unreachable,
+    coordinator moving), False when it cannot (authorisation, configuration, a fatal client state).
+    """
+
+    def __init__(self, message: str = "", retriable: bool = True) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class DeliveryError(TransportError):
+    """Alerts or dead-letter records were not acknowledged by Kafka, or the offsets of a batch could
+    not be committed; offsets must not move and the batch is held and retried (the worker holds it
+    whatever ``retriable`` says: a fenced or refused commit is settled by re-reading the batch)."""
 
 
 class InputError(StreamDetectorError):

@@ -19,8 +19,7 @@ import logging
 from collections.abc import Callable
 
 from .errors import DeliveryError, StreamDetectorError
-from .pipeline.publish import BatchPublisher
-from .pipeline.source import Batch, BatchSource
+from .transport.base import Batch, Publisher, Source
 
 log = logging.getLogger("stream_detector.worker")
 
@@ -32,7 +31,7 @@ class BatchHold:
     ``on_hold(batch, exc)`` is called for every held attempt (metrics, stats, first-time log).
     """
 
-    def __init__(self, source: BatchSource, publisher: BatchPublisher, backoff_ms: int,
+    def __init__(self, source: Source, publisher: Publisher, backoff_ms: int,
                  on_hold: Callable[[Batch, StreamDetectorError, bool], None] = lambda b, e, first: None) -> None:
         self.source = source
         self.publisher = publisher

@@ -25,20 +25,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import orjson
 import redis
-from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .errors import EntityStateUnavailable, ThresholdUnavailable
+from .errors import EntityStateUnavailable, ThresholdUnavailable, TransportError
 from .schema import RejectReason
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .pipeline.decode import Rejected
     from .pipeline.score import Scorer
-    from .pipeline.source import Batch
+    from .transport.base import Batch
 
 log = logging.getLogger("stream_detector.metrics")
 
@@ -273,7 +272,7 @@ class WorkerMetrics:
                 done = self._next.get(partition)
                 if high is not None and done is not None:
                     lag[partition] = max(0, high - done)
-        except (KafkaError, RuntimeError) as exc:
+        except (TransportError, RuntimeError) as exc:
             self.kafka_errors.labels("lag").inc()
             log.debug("lag not refreshed: %s", exc)
             return

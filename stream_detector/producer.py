@@ -16,10 +16,11 @@ import orjson
 from kafka import KafkaProducer
 
 from .errors import DeliveryError
-from .pipeline.publish import producer_config
 from .settings import Settings
 from .simulate import Simulator
 from .topics import ensure_topics
+from .transport.factory import transport_config
+from .transport.kafka_python_out import producer_config
 
 Progress = Callable[[str], None]
 
@@ -34,7 +35,7 @@ class EventProducer:
     def __enter__(self) -> EventProducer:
         if self.settings.create_topics:
             ensure_topics(self.settings, [self.topic])
-        self.producer = KafkaProducer(**producer_config(self.settings, linger_ms=5,
+        self.producer = KafkaProducer(**producer_config(transport_config(self.settings), linger_ms=5,
                                                         client_id="stream-detector-producer"))
         return self
 

@@ -41,15 +41,16 @@ from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
 from .pipeline.compute import ChunkedCompute, Computed, Enrich
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected
-from .pipeline.publish import BatchPublisher, build_alerts, build_dead_letters, make_publisher
+from .pipeline.publish import build_alerts, build_dead_letters
 from .pipeline.score import Scorer, scores_of
 from .pipeline.score_feed import ScoreFeed
-from .pipeline.source import Batch, BatchSource, make_source
 from .pipeline.threshold import Decision, ModelMismatch, ThresholdCache
 from .settings import Settings
 from .store import ControlPlane, ControlView
 from .swap import ModelSwap
 from .topics import ensure_topics
+from .transport.base import Batch, Publisher, Source
+from .transport.factory import make_sink, make_source
 
 log = logging.getLogger("stream_detector.worker")
 
@@ -83,11 +84,11 @@ class WorkerStats:
 
 class Worker:
     def __init__(self, settings: Settings, control: ControlView | None = None,
-                 source: BatchSource | None = None, publisher: BatchPublisher | None = None) -> None:
+                 source: Source | None = None, publisher: Publisher | None = None) -> None:
         self.settings = settings
         self.control = control or ControlPlane.from_settings(settings).worker_view()  # read-only
         self.source = source or make_source(settings)  # SD_TRANSPORT: kafka-python or confluent
-        self.publisher = publisher or make_publisher(settings)
+        self.publisher = publisher or make_sink(settings)
         self.metrics = WorkerMetrics(settings)  # /metrics, /healthz, /readyz (docs/operations.md)
         self.thresholds = ThresholdCache(self.metrics.watch_redis(self.control.snapshot),
                                          settings.threshold_refresh_s, settings.threshold_max_staleness_s)

@@ -1,6 +1,7 @@
-"""Shared fixtures (registered by ``tests/conftest.py``): a trained bundle, per-test settings with
-fresh topics, group and Redis prefix, a published model, CLI environments and worker threads.
-Each test folder's conftest provides ``services`` (the real Kafka + Redis) with its own scope."""
+"""Shared fixtures (registered by ``tests/conftest.py``): the real Kafka + Redis of the session, a
+trained bundle, per-test settings with fresh topics, group and Redis prefix, a published model, CLI
+environments and worker threads. ``services`` is started once per session, on first use, and shared
+by ``tests/contract`` and ``tests/integration``; ``tests/chaos`` overrides it with one per test."""
 
 from __future__ import annotations
 
@@ -18,7 +19,21 @@ from stream_detector.store import ControlPlane
 from stream_detector.topics import ensure_topics
 from stream_detector.worker import Worker
 from tests.helpers import small_bundle
-from tests.services import Services
+from tests.services import Services, start_services
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """One real Kafka broker and one real Redis, started by the project's own
+    ``deploy/services.sh`` on free ports (never the dev stack's)."""
+    try:
+        running = start_services(tmp_path_factory.mktemp("services"))
+    except RuntimeError as exc:
+        pytest.fail(f"could not start Kafka/Redis: {exc}")
+    try:
+        yield running
+    finally:
+        running.run("down")
 
 
 @pytest.fixture(scope="session")

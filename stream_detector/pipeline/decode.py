@@ -26,22 +26,10 @@ import orjson
 
 from ..fieldschema import JSON_TEXT, FieldSchema, TextFormat
 from ..schema import Problem, RejectReason, validate_event
+from ..transport.base import Unreadable as Unreadable  # a client's stand-in for a record it could not read
 
 _KEY_END = re.compile(rb'"[ \t\n\r]*:')
 _BIG_INT = re.compile(rb'[:,\[][ \t\n\r]*-?\d{20}')  # 20+ digits: beyond 64 bits, or close
-
-
-class Unreadable(bytes):
-    """Stands in a batch for a record the Kafka client could not read (a corrupt batch, a codec it
-    lacks): empty bytes carrying the client's error, so the record is dead-lettered with the reason
-    ``unreadable_record`` and its offset advances instead of the poll failing forever."""
-
-    message: str
-
-    def __new__(cls, message: str) -> Unreadable:
-        self = super().__new__(cls, b"")
-        self.message = message
-        return self
 
 
 @dataclass(frozen=True, slots=True)

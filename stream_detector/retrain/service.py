@@ -38,10 +38,11 @@ from ..kafka_util import committed_offsets
 from ..model.bundle import Bundle
 from ..model.reference import reference_bins
 from ..pipeline.decode import decode_batch
-from ..pipeline.source import consumer_config
 from ..settings import Settings
 from ..store import ControlPlane
 from ..topics import ensure_topics
+from ..transport.factory import transport_config
+from ..transport.kafka_python import consumer_config
 from .drift import DriftReport, summarize
 from .job import build_candidate
 from .metrics import RetrainerMetrics
@@ -93,7 +94,7 @@ class Retrainer:
         if s.create_topics:
             ensure_topics(s, [s.input_topic, s.alerts_topic, s.feedback_topic])
         self.input = KafkaConsumer(**consumer_config(
-            s, group_id=s.retrainer_group, client_id=f"stream-detector-retrainer-{s.group_id}",
+            transport_config(s), group_id=s.retrainer_group, client_id=f"stream-detector-retrainer-{s.group_id}",
             max_poll_records=5000, max_poll_interval_ms=1_800_000))
         self.input.subscribe([s.input_topic])
         self.side = KafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,

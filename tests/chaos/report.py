@@ -43,7 +43,7 @@ FAILOVER_NOTES = [
     "  aborts it, then the partitions are rewound to the committed offsets and re-read only if needed).",
     "- **Also found**: after brokers were killed, kafka-python transaction calls that never return kept",
     "  the watchdog's ThreadPoolExecutor thread, which the interpreter joins at exit: the worker process",
-    "  hung on shutdown. The watchdog now waits on a daemon thread per call (`TransactionalPublisher._guard`).",
+    "  hung on shutdown. The watchdog now waits on a daemon thread per call (`transport/eos.py`: `watchdog`).",
     "- **Partition**: node 3's client listener, its controller listener and its own path to the other",
     "  controllers go through loopback TCP proxies that the test cuts; only node 3's follower fetches",
     "  from the other leaders stay possible (they cannot make it a leader again). No network namespaces.",

@@ -19,12 +19,12 @@ from stream_detector.kafka_util import lag, read_all
 from stream_detector.model.bundle import Bundle, build_bundle
 from stream_detector.model.train import TrainConfig, train
 from stream_detector.offline import score_events
-from stream_detector.pipeline.publish import make_publisher
 from stream_detector.producer import EventProducer
 from stream_detector.settings import Settings
 from stream_detector.simulate import Simulator
 from stream_detector.store import ControlPlane
 from stream_detector.topics import ensure_topics
+from stream_detector.transport.factory import make_sink
 from stream_detector.worker import Worker
 from tests.helpers import wait_until
 
@@ -152,7 +152,7 @@ def test_a_retried_batch_is_applied_once(settings: Settings, entity_bundle: Bund
     settings = _small_batches(settings)
     _publish(settings, entity_bundle)
     events = _raw(400, seed=23, accounts=15)
-    publisher = _FailFirstPublish(make_publisher(settings))
+    publisher = _FailFirstPublish(make_sink(settings))
     worker = run_worker(Worker(settings, publisher=publisher))  # type: ignore[arg-type]
     seen = _Collector()
     assert worker.enricher is not None

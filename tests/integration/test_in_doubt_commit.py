@@ -13,10 +13,10 @@ import pytest
 
 from stream_detector.errors import DeliveryError
 from stream_detector.kafka_util import lag, read_all
-from stream_detector.pipeline.publish import make_publisher
 from stream_detector.producer import EventProducer
 from stream_detector.settings import Settings
 from stream_detector.simulate import Simulator
+from stream_detector.transport.factory import make_sink
 from stream_detector.worker import Worker
 from tests.helpers import anomaly, wait_until
 
@@ -50,7 +50,7 @@ def test_a_commit_that_failed_after_committing_is_not_published_twice(settings: 
     settings = settings.model_copy(update={"delivery": "exactly_once", "batch_size": 64, "worker_id": "doubt-0"})
     events, _ = Simulator(seed=41, accounts=300, run_id="doubt").batch(600, 0.0)
     injected = [anomaly(f"doubt-bad-{i}", f"acct-{i:05d}") for i in range(6)]
-    publisher = _CommitThenFail(make_publisher(settings))
+    publisher = _CommitThenFail(make_sink(settings))
     worker = Worker(settings, publisher=publisher)  # type: ignore[arg-type]
     worker.start()
     thread = threading.Thread(target=worker.run, daemon=True)

@@ -7,23 +7,33 @@ import sys
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from kafka import TopicPartition
 
 from stream_detector import cli
 from stream_detector.checks import _settings_checks
 from stream_detector.errors import ConfigError, DeliveryError
-from stream_detector.pipeline import confluent
-from stream_detector.pipeline.confluent import (
-    ConfluentPublisher,
-    ConfluentSource,
-    ConfluentTransactionalPublisher,
-    confluent_consumer_config,
-    confluent_producer_config,
-    librdkafka_security,
-)
-from stream_detector.pipeline.publish import Publisher, TransactionalPublisher, make_publisher
-from stream_detector.pipeline.source import KafkaSource, make_source
 from stream_detector.settings import Settings, load_settings
+from stream_detector.transport import confluent
+from stream_detector.transport.base import TopicPartition
+from stream_detector.transport.confluent import ConfluentSource
+from stream_detector.transport.confluent import confluent_consumer_config as consumer_options
+from stream_detector.transport.confluent import confluent_producer_config as producer_options
+from stream_detector.transport.confluent import librdkafka_security as security_options
+from stream_detector.transport.confluent_out import ConfluentPublisher, ConfluentTransactionalPublisher
+from stream_detector.transport.factory import connection_of, make_sink, make_source, transport_config
+from stream_detector.transport.kafka_python import KafkaSource
+from stream_detector.transport.kafka_python_out import KafkaPublisher, KafkaTransactionalPublisher
+
+
+def librdkafka_security(settings: Settings) -> dict[str, str]:
+    return security_options(connection_of(settings))
+
+
+def confluent_consumer_config(settings: Settings, **overrides: object) -> dict[str, object]:
+    return consumer_options(transport_config(settings), **overrides)
+
+
+def confluent_producer_config(settings: Settings) -> dict[str, object]:
+    return producer_options(transport_config(settings))
 
 SASL_SSL = dict(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
                 kafka_sasl_username="detector", kafka_sasl_password="s3cret", kafka_ssl_cafile="/etc/ca.pem")
@@ -42,25 +52,26 @@ def test_transport_setting_defaults_to_kafka_python_and_reads_sd_transport(monke
 def test_factories_pick_the_transport():
     plain, fast = Settings(), Settings(transport="confluent")
     assert type(make_source(plain)) is KafkaSource and type(make_source(fast)) is ConfluentSource
-    assert type(make_publisher(plain)) is Publisher and type(make_publisher(fast)) is ConfluentPublisher
-    assert type(make_publisher(plain.model_copy(update={"delivery": "exactly_once"}))) is TransactionalPublisher
-    eos = make_publisher(fast.model_copy(update={"delivery": "exactly_once"}))
+    assert type(make_sink(plain)) is KafkaPublisher and type(make_sink(fast)) is ConfluentPublisher
+    assert type(make_sink(plain.model_copy(update={"delivery": "exactly_once"}))) is KafkaTransactionalPublisher
+    eos = make_sink(fast.model_copy(update={"delivery": "exactly_once"}))
     assert type(eos) is ConfluentTransactionalPublisher and eos.transactional
 
 
 @pytest.fixture
 def without_confluent_kafka(monkeypatch):
     """As if confluent-kafka were not installed: importing it fails."""
-    import stream_detector.pipeline
+    import stream_detector.transport
 
     monkeypatch.setitem(sys.modules, "confluent_kafka", None)
-    monkeypatch.delitem(sys.modules, "stream_detector.pipeline.confluent")
-    monkeypatch.delattr(stream_detector.pipeline, "confluent")
+    for name in ("confluent", "confluent_out"):
+        monkeypatch.delitem(sys.modules, f"stream_detector.transport.{name}", raising=False)
+        monkeypatch.delattr(stream_detector.transport, name, raising=False)
 
 
 def test_confluent_without_the_package_is_one_clear_config_error(without_confluent_kafka, monkeypatch, capsys):
     s = Settings(transport="confluent")
-    for make in (make_source, make_publisher):
+    for make in (make_source, make_sink):
         with pytest.raises(ConfigError, match=r"SD_TRANSPORT=confluent needs confluent-kafka.*stream-detector\[confluent\]"):
             make(s)
     assert type(make_source(Settings())) is KafkaSource, "the default transport does not need it"
@@ -124,12 +135,12 @@ def test_producer_configs_keep_acks_idempotence_and_timeouts():
     assert p["message.max.bytes"] == 16 * 1024 * 1024 and p["linger.ms"] <= 5
     one = confluent_producer_config(s.model_copy(update={"producer_acks": "1"}))
     assert (one["acks"], one["enable.idempotence"]) == (1, False)
-    txn = ConfluentTransactionalPublisher(s)
-    t = txn._config()
-    assert txn.transactional_id == TransactionalPublisher(s).transactional_id == "g-slot-3"
+    txn = ConfluentTransactionalPublisher(transport_config(s))
+    t = txn.client._config()
+    assert txn.transactional_id == KafkaTransactionalPublisher(transport_config(s)).transactional_id == "g-slot-3"
     assert (t["transactional.id"], t["transaction.timeout.ms"], t["acks"], t["enable.idempotence"]) == (
         "g-slot-3", 45_000, "all", True)
-    capped = ConfluentTransactionalPublisher(s.model_copy(update={"delivery_timeout_s": 60}))._config()
+    capped = ConfluentTransactionalPublisher(transport_config(s.model_copy(update={"delivery_timeout_s": 60}))).client._config()
     assert capped["delivery.timeout.ms"] == 45_000, "librdkafka refuses a delivery timeout above the transaction's"
 
 
@@ -140,30 +151,37 @@ def test_librdkafka_accepts_every_property():
     for settings in (s, s.model_copy(update={"assignment": "eager", "producer_acks": "0"})):
         Consumer(confluent_consumer_config(settings)).close()
         Producer(confluent_producer_config(settings))
-        Producer(ConfluentTransactionalPublisher(settings)._config())
+        Producer(ConfluentTransactionalPublisher(transport_config(settings)).client._config())
     with pytest.raises(KafkaException):
         Consumer(confluent_consumer_config(s, **{"no.such.property": 1}))
 
 
-class _Refusing:
+class _RefusingConsumer:
     def __init__(self, code: int) -> None:
         self.code = code
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, offsets: list[object], asynchronous: bool) -> None:
         raise KafkaException(KafkaError(self.code))
+
+
+def _Refusing(code: int) -> ConfluentSource:  # noqa: N802 - stands where the fake source class stood
+    """A source whose librdkafka consumer refuses every commit with ``code``."""
+    source = ConfluentSource(transport_config(Settings()))
+    source.consumer = _RefusingConsumer(code)  # type: ignore[assignment]
+    return source
 
 
 @pytest.mark.parametrize("code", [KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
                                   KafkaError.UNKNOWN_MEMBER_ID])
 def test_a_commit_refused_because_partitions_moved_is_logged_and_dropped(code, caplog):
-    ConfluentPublisher(Settings()).commit(_Refusing(code), {TopicPartition("tx", 0): 5})  # type: ignore[arg-type]
+    ConfluentPublisher(transport_config(Settings())).commit(_Refusing(code), {TopicPartition("tx", 0): 5})
     assert "not committed" in caplog.text
 
 
 def test_other_commit_failures_are_delivery_errors():
     with pytest.raises(DeliveryError, match="offset commit failed"):
-        ConfluentPublisher(Settings()).commit(_Refusing(KafkaError.COORDINATOR_NOT_AVAILABLE),  # type: ignore[arg-type]
-                                              {TopicPartition("tx", 0): 5})
+        ConfluentPublisher(transport_config(Settings())).commit(_Refusing(KafkaError.COORDINATOR_NOT_AVAILABLE),
+                                                                {TopicPartition("tx", 0): 5})
     assert KafkaError.REBALANCE_IN_PROGRESS in confluent.COMMIT_REFUSED
 
 
@@ -193,8 +211,8 @@ class _RefusesToBegin:
 
 
 def test_a_refused_begin_transaction_is_a_delivery_error_not_a_crash():
-    publisher = TransactionalPublisher(Settings(delivery="exactly_once"))
-    publisher.producer = _RefusesToBegin()  # type: ignore[assignment]
+    publisher = KafkaTransactionalPublisher(transport_config(Settings(delivery="exactly_once")))
+    publisher.client.producer = _RefusesToBegin()  # type: ignore[assignment]
     with pytest.raises(DeliveryError, match="begin_transaction failed"):  # the worker holds the batch and resets
         publisher.publish([])
     assert not publisher._open
@@ -234,7 +252,7 @@ def test_a_message_librdkafka_cannot_read_stands_in_the_batch_as_unreadable() ->
     from stream_detector.pipeline.decode import decode_batch
     from stream_detector.schema import RejectReason
 
-    source = ConfluentSource(Settings())
+    source = ConfluentSource(transport_config(Settings()))
     source.consumer = _Consumer([_Msg(4), _Msg(5, None, KafkaError(KafkaError._BAD_COMPRESSION)),
                                  _Msg(6, None, KafkaError(KafkaError._PARTITION_EOF)), _Msg(7)])  # type: ignore[assignment]
     got = source._consume(10, 0)

@@ -14,9 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream_detector.errors import DeliveryError, ThresholdUnavailable
 from stream_detector.metrics import RECORD_LATENCY_BUCKETS, BulkHistogram, WorkerMetrics, WorkerStatus
 from stream_detector.pipeline.decode import Rejected
-from stream_detector.pipeline.source import Batch, KafkaSource
 from stream_detector.schema import RejectReason
 from stream_detector.settings import Settings
+from stream_detector.transport.base import Batch
+from stream_detector.transport.kafka_python import KafkaSource
 from stream_detector.worker import Worker
 from tests.helpers import http_get
 

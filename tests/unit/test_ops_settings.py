@@ -6,9 +6,18 @@ import pytest
 
 from stream_detector.checks import Check, _redact, report
 from stream_detector.errors import ConfigError
-from stream_detector.pipeline.publish import producer_config
-from stream_detector.pipeline.source import consumer_config
 from stream_detector.settings import Settings, load_settings
+from stream_detector.transport.factory import transport_config
+from stream_detector.transport.kafka_python import consumer_config as consumer_options
+from stream_detector.transport.kafka_python_out import producer_config as producer_options
+
+
+def consumer_config(settings: Settings) -> dict[str, object]:
+    return consumer_options(transport_config(settings))
+
+
+def producer_config(settings: Settings) -> dict[str, object]:
+    return producer_options(transport_config(settings))
 
 
 def test_plaintext_adds_nothing_and_sasl_ssl_reaches_consumer_and_producer():

@@ -11,8 +11,8 @@ from stream_detector.features import fit_spec
 from stream_detector.model.signing import Signer, Verifier, generate_keypair
 from stream_detector.pipeline.decode import decode_batch
 from stream_detector.pipeline.publish import build_alerts
-from stream_detector.pipeline.source import Batch
 from stream_detector.store import Threshold
+from stream_detector.transport.base import Batch
 
 CARD = "4111111111111111"
 

@@ -10,12 +10,13 @@ import pytest
 from kafka.errors import KafkaTimeoutError
 
 from stream_detector.errors import DeliveryError
-from stream_detector.pipeline.publish import TransactionalPublisher
 from stream_detector.settings import Settings
+from stream_detector.transport.factory import transport_config
+from stream_detector.transport.kafka_python_out import KafkaTransactions
 
 
-def _publisher() -> TransactionalPublisher:
-    return TransactionalPublisher(Settings(delivery="exactly_once", delivery_timeout_s=0.2))
+def _publisher() -> KafkaTransactions:
+    return KafkaTransactions(transport_config(Settings(delivery="exactly_once", delivery_timeout_s=0.2)))
 
 
 def test_a_stuck_call_times_out_and_leaves_only_a_daemon_thread() -> None:

@@ -1,12 +1,13 @@
-"""The optional confluent-kafka (librdkafka) transport: ``SD_TRANSPORT=confluent``.
+"""The optional confluent-kafka (librdkafka) transport: ``SD_TRANSPORT=confluent``. This module is
+step 1 (``ConfluentSource``) and the rendering of ``TransportConfig`` into librdkafka properties;
+the producing side (steps 6 and 7) is ``confluent_out.py``.
 
 kafka-python parses every record in Python, which bounds a worker's events/s; librdkafka parses
 in C. ``ConfluentSource`` and ``ConfluentPublisher`` / ``ConfluentTransactionalPublisher`` keep the
-exact semantics of ``KafkaSource`` (``source.py``) and ``Publisher`` / ``TransactionalPublisher``
-(``publish.py``): the same ``Batch``, the same ``OutMessage``s, offsets committed only after every
-acknowledgement (or inside the batch's transaction), no auto-commit, read_committed, zombies
-never commit. Topic partitions cross this module's boundary as kafka-python ``TopicPartition``
-tuples, so the worker does not know which transport it runs on.
+exact semantics of the kafka-python adapter: the same ``Batch``, the same ``OutMessage``s, offsets
+committed only after every acknowledgement (or inside the batch's transaction), no auto-commit,
+read_committed, zombies never commit. librdkafka's ``TopicPartition`` never leaves these modules:
+it becomes ``base.TopicPartition`` at the edge. Imports only ``base``, ``eos`` and confluent-kafka.
 
 What librdkafka does differently: its group protocol runs in a background thread, so the
 membership snapshot of a batch (``Membership``: the consumer's serialised group metadata, i.e.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -30,18 +30,24 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     libversion,
     version,
 )
 from confluent_kafka import TopicPartition as CTopicPartition
-from kafka import TopicPartition
 
-from ..errors import ConfigError, DeliveryError
-from ..settings import Settings
-from .decode import Unreadable
-from .publish import OutMessage, TransactionSteps
-from .source import Batch, fill_batch
+from .base import (
+    Batch,
+    CommitRefused,
+    Connection,
+    DeliveryError,
+    Membership,
+    Offsets,
+    TopicPartition,
+    TransportConfig,
+    TransportError,
+    Unreadable,
+    fill_batch,
+)
 
 # librdkafka's per-message errors for a record it fetched but cannot hand over (corrupt, or a
 # batch it cannot decompress): that offset is dead-lettered as ``unreadable_record``.
@@ -106,14 +112,6 @@ class _OncePerInterval(logging.Filter):
 RDKAFKA_LOG = logging.getLogger("stream_detector.librdkafka")  # librdkafka's own log lines, via poll/consume
 RDKAFKA_LOG.addFilter(_OncePerInterval())
 
-# kafka-python option (Settings.kafka_security) -> librdkafka property
-SECURITY_KEYS = {
-    "security_protocol": "security.protocol",
-    "sasl_mechanism": "sasl.mechanisms",
-    "sasl_plain_username": "sasl.username",
-    "sasl_plain_password": "sasl.password",
-    "ssl_cafile": "ssl.ca.location",
-}
 # a commit the group refused because the partitions moved (kafka-python: CommitFailedError)
 COMMIT_REFUSED = frozenset({
     KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
@@ -129,72 +127,72 @@ def ck_libversion() -> str:
     return str(libversion()[0])
 
 
-def librdkafka_security(settings: Settings) -> dict[str, str]:
-    """``Settings.kafka_security()`` (kafka-python names) under librdkafka's property names.
+def librdkafka_security(connection: Connection) -> dict[str, str]:
+    """The TLS/SASL part of ``connection`` under librdkafka's property names (empty for PLAINTEXT).
 
-    An empty ``SD_KAFKA_SSL_CAFILE`` leaves ``ssl.ca.location`` unset: the confluent-kafka wheels
-    then probe the standard system CA paths, i.e. the system trust store as with kafka-python.
+    No CA file leaves ``ssl.ca.location`` unset: the confluent-kafka wheels then probe the
+    standard system CA paths, i.e. the system trust store as with kafka-python.
     """
-    out: dict[str, str] = {}
-    for key, value in settings.kafka_security().items():
-        if key not in SECURITY_KEYS:  # a new security option must not be dropped silently
-            raise ConfigError(f"Kafka security option {key} has no librdkafka equivalent here (SD_TRANSPORT=confluent)")
-        out[SECURITY_KEYS[key]] = value
-    return out
+    if connection.security_protocol == "PLAINTEXT":
+        return {}
+    names = (("security.protocol", connection.security_protocol), ("sasl.mechanisms", connection.sasl_mechanism),
+             ("sasl.username", connection.sasl_username), ("sasl.password", connection.sasl_password),
+             ("ssl.ca.location", connection.ssl_cafile))
+    return {name: value for name, value in names if value is not None}
 
 
-def _common(settings: Settings, client_id: str) -> dict[str, Any]:
+def _common(connection: Connection, client_id: str) -> dict[str, Any]:
     return {
-        "bootstrap.servers": ",".join(settings.bootstrap_servers),
+        "bootstrap.servers": ",".join(connection.bootstrap_servers),
         "client.id": client_id,
         "logger": RDKAFKA_LOG,
         "log.connection.close": False,  # idle connections closed by the broker are not news
-        **librdkafka_security(settings),  # TLS/SASL (docs/operations.md)
+        **librdkafka_security(connection),  # TLS/SASL (docs/operations.md)
     }
 
 
-def confluent_consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """The consumer's librdkafka properties: ``source.consumer_config`` translated, same values."""
-    config = _common(settings, f"stream-detector-{settings.group_id}")
-    config.update({
-        "group.id": settings.group_id,
+def confluent_consumer_config(config: TransportConfig, **overrides: Any) -> dict[str, Any]:
+    """The consumer's librdkafka properties: the kafka-python consumer's values, librdkafka's names."""
+    t = config.tuning
+    options = _common(config.connection, config.connection.client_id)
+    options.update({
+        "group.id": config.group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
-        "auto.offset.reset": settings.auto_offset_reset,
+        "auto.offset.reset": t.auto_offset_reset,
         "isolation.level": "read_committed",
-        "partition.assignment.strategy": "cooperative-sticky" if settings.assignment == "cooperative"
-        else "range,roundrobin",
-        "session.timeout.ms": 10_000,
-        "heartbeat.interval.ms": 2_000,
-        "max.poll.interval.ms": 300_000,
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        "fetch.min.bytes": 1,
-        "fetch.wait.max.ms": max(1, settings.batch_max_wait_ms),
+        "partition.assignment.strategy": "cooperative-sticky" if t.cooperative else "range,roundrobin",
+        "session.timeout.ms": t.session_timeout_ms,
+        "heartbeat.interval.ms": t.heartbeat_interval_ms,
+        "max.poll.interval.ms": t.max_poll_interval_ms,
+        "fetch.max.bytes": t.fetch_max_bytes,
+        "max.partition.fetch.bytes": t.max_partition_fetch_bytes,
+        "fetch.min.bytes": t.fetch_min_bytes,
+        "fetch.wait.max.ms": t.fetch_max_wait_ms,
     })
-    config.update(overrides)
-    return config
+    options.update(overrides)
+    return options
 
 
-def confluent_producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """The alert producer's librdkafka properties: ``publish.producer_config`` translated."""
-    acks: int | str = "all" if settings.producer_acks == "all" else int(settings.producer_acks)
-    config = _common(settings, f"stream-detector-{settings.group_id}-out")
-    config.update({
-        "acks": acks,
-        "enable.idempotence": acks == "all",
-        "linger.ms": 2,
-        "batch.size": 256 * 1024,
-        "message.max.bytes": 16 * 1024 * 1024,
-        "delivery.timeout.ms": int(settings.delivery_timeout_s * 1000),
-        "request.timeout.ms": min(30_000, int(settings.delivery_timeout_s * 500)),
+def confluent_producer_config(config: TransportConfig, **overrides: Any) -> dict[str, Any]:
+    """The alert producer's librdkafka properties: the kafka-python producer's values, librdkafka's names."""
+    t = config.tuning
+    options = _common(config.connection, f"{config.connection.client_id}-out")
+    options.update({
+        "acks": t.acks,
+        "enable.idempotence": t.acks == "all",
+        "linger.ms": t.linger_ms,
+        "batch.size": t.producer_batch_bytes,
+        "message.max.bytes": t.max_request_bytes,
+        "delivery.timeout.ms": t.delivery_timeout_ms,
+        "request.timeout.ms": t.request_timeout_ms,
     })
-    config.update(overrides)
-    return config
+    options.update(overrides)
+    return options
 
 
-class _Throttled:
+class Throttled:
     """Logs a recurring transient error at most every ``ERROR_LOG_INTERVAL_S``."""
 
     def __init__(self, what: str) -> None:
@@ -208,17 +206,22 @@ class _Throttled:
             log.warning("%s failed, retrying (Kafka unreachable?): %s", self.what, error)
 
 
-def _error_of(exc: KafkaException) -> KafkaError | None:
+def error_of(exc: KafkaException) -> KafkaError | None:
     error = exc.args[0] if exc.args else None
     return error if isinstance(error, KafkaError) else None
 
 
-def _ktp(tp: CTopicPartition) -> TopicPartition:
+def ours(tp: CTopicPartition) -> TopicPartition:
     return TopicPartition(tp.topic, tp.partition)
 
 
+def theirs(tp: TopicPartition, offset: int | None = None) -> CTopicPartition:
+    return CTopicPartition(tp.topic, tp.partition) if offset is None else CTopicPartition(tp.topic, tp.partition,
+                                                                                           offset)
+
+
 @dataclass(frozen=True, slots=True)
-class Membership:
+class ConfluentMembership(Membership):
     """A batch's ``Batch.group`` on this transport: the group membership when it was polled."""
 
     epoch: int  # revoke/lost callbacks seen so far
@@ -237,23 +240,23 @@ class ConfluentSource:
     ``overrides`` are librdkafka properties with ``_`` for ``.`` (``fetch_wait_max_ms=5``).
     """
 
-    def __init__(self, settings: Settings, idle_poll_ms: int = 500, **overrides: Any) -> None:
-        self.settings = settings
+    def __init__(self, config: TransportConfig, idle_poll_ms: int = 500, **overrides: Any) -> None:
+        self.config = config
         self.idle_poll_ms = idle_poll_ms
         self.overrides = {k.replace("_", "."): v for k, v in overrides.items()}
         self.consumer: Consumer | None = None
         self._state = _Rebalances()
         self._fatal: KafkaError | None = None
-        self._poll_failed = _Throttled("poll")
+        self._poll_failed = Throttled("poll")
 
     # ---- lifecycle and rebalance callbacks (they run inside consume(), on the worker thread) ----
     def start(self) -> None:
-        config = confluent_consumer_config(self.settings, **self.overrides)
-        config["error_cb"] = self._on_error
-        self.consumer = Consumer(config)
+        options = confluent_consumer_config(self.config, **self.overrides)
+        options["error_cb"] = self._on_error
+        self.consumer = Consumer(options)
         # no assign() in the callbacks: confluent-kafka then does the (incremental, with
         # cooperative-sticky) assign/unassign itself right after each callback returns
-        self.consumer.subscribe([self.settings.input_topic], on_assign=self._on_assign,
+        self.consumer.subscribe([self.config.topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     def _on_assign(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
@@ -291,7 +294,7 @@ class ConfluentSource:
         try:
             messages = self._c().consume(num_messages=max(1, max_records), timeout=max(0, timeout_ms) / 1000.0)
         except KafkaException as exc:
-            error = _error_of(exc)
+            error = error_of(exc)
             if error is None or error.fatal() or not error.retriable():
                 raise
             self._poll_failed(error)
@@ -318,7 +321,7 @@ class ConfluentSource:
     def poll_batch(self) -> Batch:
         """Wait up to ``idle_poll_ms`` for a first record, then up to ``batch_max_wait_ms`` to fill."""
         consumer = self._c()
-        batch = Batch(topic=self.settings.input_topic)
+        batch = Batch(topic=self.config.topic)
 
         def take(max_records: int, timeout_ms: int, first: bool) -> None:
             if first:
@@ -340,27 +343,33 @@ class ConfluentSource:
                     batch.timestamps.append(ts if kind != TIMESTAMP_NOT_AVAILABLE else -1)
                 batch.headers += [m.headers() or NO_HEADERS for m in messages]
 
-        return fill_batch(batch, self.settings, self.idle_poll_ms, take,
-                          lambda: Membership(self._state.epoch, consumer.consumer_group_metadata()))
+        return fill_batch(batch, self.config.tuning, self.idle_poll_ms, take,
+                          lambda: ConfluentMembership(self._state.epoch, consumer.consumer_group_metadata()))
 
     # ---- offsets and membership ---------------------------------------------------------------
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Synchronous commit; raises ``KafkaException`` (also for a partition-level error)."""
-        done = self._c().commit(offsets=[CTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()],
-                                asynchronous=False)
-        for tp in done or []:
-            if tp.error is not None:
-                raise KafkaException(tp.error)
+    def commit(self, offsets: Offsets) -> None:
+        """Synchronous commit; ``CommitRefused`` when the partitions moved (``COMMIT_REFUSED``),
+        else ``TransportError`` (also for a partition-level error)."""
+        try:
+            done = self._c().commit(offsets=[theirs(tp, o) for tp, o in offsets.items()], asynchronous=False)
+            for tp in done or []:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+        except KafkaException as exc:
+            error = error_of(exc)
+            if error is not None and error.code() in COMMIT_REFUSED:
+                raise CommitRefused(str(error)) from exc
+            raise TransportError(f"{exc!r}", retriable=bool(error is not None and error.retriable())) from exc
 
-    def group_metadata(self) -> Any:
-        """Group generation and member id, for KIP-447 fencing in transactional commits."""
-        return self._c().consumer_group_metadata()
+    def membership(self) -> ConfluentMembership:
+        """Group generation and member id now, for KIP-447 fencing in transactional commits."""
+        return ConfluentMembership(self._state.epoch, self._c().consumer_group_metadata())
 
     def still_member(self, batch: Batch) -> bool:
         """False when the batch's membership moved since it was polled: partitions revoked or
         lost, a new generation or member id (evicted, e.g. frozen past the session timeout)."""
         group = batch.group
-        if not isinstance(group, Membership):
+        if not isinstance(group, ConfluentMembership):
             return True
         consumer = self._c()
         return bool(group.epoch == self._state.epoch and consumer.memberid()
@@ -371,12 +380,11 @@ class ConfluentSource:
         offsets, so an abandoned batch is neither skipped nor read past what others committed."""
         consumer = self._c()
         owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-        mine = [CTopicPartition(tp.topic, tp.partition) for tp in batch.next_offsets()
-                if (tp.topic, tp.partition) in owned]
+        mine = [theirs(tp) for tp in batch.next_offsets() if (tp.topic, tp.partition) in owned]
         if not mine:
             return
         try:
-            for tp in consumer.committed(mine, timeout=self.settings.delivery_timeout_s):
+            for tp in consumer.committed(mine, timeout=self.config.tuning.delivery_timeout_s):
                 offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
                 consumer.seek(CTopicPartition(tp.topic, tp.partition, offset))
         except KafkaException as exc:  # not rewound: the batch must not be skipped, so hold and retry
@@ -391,7 +399,7 @@ class ConfluentSource:
         """
         consumer = self._c()
         first: dict[tuple[str, int], int] = {}
-        for m in self._consume(self.settings.batch_size, timeout_ms):
+        for m in self._consume(self.config.tuning.batch_size, timeout_ms):
             first.setdefault((m.topic() or "", m.partition() or 0), m.offset() or 0)
         for (topic, partition), offset in first.items():
             consumer.seek(CTopicPartition(topic, partition, offset))
@@ -416,9 +424,9 @@ class ConfluentSource:
 
     def assignment(self) -> set[TopicPartition]:
         try:
-            return {_ktp(tp) for tp in self._c().assignment()}
+            return {ours(tp) for tp in self._c().assignment()}
         except KafkaException as exc:
-            raise RuntimeError(f"assignment unavailable: {exc}") from exc
+            raise TransportError(f"assignment unavailable: {exc}") from exc
 
     def highwaters(self) -> dict[int, int | None]:
         """Per assigned partition, the highwater mark cached from the last fetch (None before one)."""
@@ -431,7 +439,7 @@ class ConfluentSource:
                 _, high = consumer.get_watermark_offsets(tp, cached=True)
                 out[tp.partition] = high if high >= 0 else None
         except KafkaException as exc:
-            raise RuntimeError(f"watermarks unavailable: {exc}") from exc
+            raise TransportError(f"watermarks unavailable: {exc}") from exc
         return out
 
     def close(self) -> None:
@@ -440,181 +448,3 @@ class ConfluentSource:
             consumer.close()  # leaves the group; auto-commit is off, so nothing is committed
 
 
-class ConfluentPublisher:
-    """``Publisher`` on librdkafka: produce every message, wait for every delivery report, then
-    commit offsets through the consumer. Any message not acknowledged raises ``DeliveryError``."""
-
-    transactional = False
-
-    def __init__(self, settings: Settings, **overrides: Any) -> None:
-        self.settings = settings
-        self.overrides = {k.replace("_", "."): v for k, v in overrides.items()}
-        self.producer: Producer | None = None
-        self._failed = _Throttled("produce")
-
-    def _config(self) -> dict[str, Any]:
-        config = confluent_producer_config(self.settings, **self.overrides)
-        config["error_cb"] = self._on_error
-        return config
-
-    def _on_error(self, error: KafkaError) -> None:
-        if error.fatal():
-            log.error("producer error: %s", error)  # the batch's deliveries fail; reset() replaces it
-        else:
-            self._failed(error)
-
-    def start(self) -> None:
-        self.producer = Producer(self._config())
-
-    def _p(self) -> Producer:
-        """The producer, (re)created on demand after a ``reset``; failures become ``DeliveryError``."""
-        if self.producer is None:
-            try:
-                self.start()
-            except (KafkaException, ValueError, TypeError) as exc:
-                self.producer = None
-                raise DeliveryError(f"cannot create the Kafka producer: {exc!r}") from exc
-        assert self.producer is not None
-        return self.producer
-
-    def _send_all(self, messages: Sequence[OutMessage]) -> None:
-        producer = self._p()
-        timeout = self.settings.delivery_timeout_s
-        acked = 0
-        errors: list[KafkaError] = []
-
-        def on_delivery(error: KafkaError | None, _: Message) -> None:
-            nonlocal acked
-            if error is None:
-                acked += 1
-            else:
-                errors.append(error)
-
-        deadline = time.monotonic() + timeout
-        try:
-            for m in messages:
-                while True:
-                    try:
-                        producer.produce(m.topic, value=m.value, key=m.key, headers=list(m.headers),
-                                         on_delivery=on_delivery)
-                        break
-                    except BufferError:  # local queue full: serve delivery reports, then retry
-                        if time.monotonic() > deadline:
-                            raise DeliveryError(f"producer queue full for {timeout}s") from None
-                        producer.poll(0.05)
-            producer.flush(max(0.0, deadline - time.monotonic()))
-        except KafkaException as exc:
-            raise DeliveryError(f"send failed: {exc!r}") from exc
-        if acked != len(messages):
-            first = errors[0] if errors else "timed out"
-            raise DeliveryError(f"{len(messages) - acked} of {len(messages)} records not acknowledged: {first!s}")
-
-    def publish(self, messages: Sequence[OutMessage]) -> None:
-        if messages:
-            self._send_all(messages)
-
-    def commit(self, source: ConfluentSource, offsets: dict[TopicPartition, int], group: Any = None) -> None:
-        """Step 7. ``group`` is the membership snapshot taken when the batch was polled."""
-        try:
-            source.commit(offsets)
-        except KafkaException as exc:
-            error = _error_of(exc)
-            if error is not None and error.code() in COMMIT_REFUSED:
-                log.warning("offsets of a batch were not committed (partitions moved to another worker; "
-                            "they will be reprocessed there): %s", error)
-                return
-            raise DeliveryError(f"offset commit failed: {exc!r}") from exc
-
-    def abandon(self) -> None:
-        """Give up the current batch (at-least-once: its alerts are out; it will be redelivered)."""
-
-    def reset(self) -> None:
-        """Drop the producer after a failure (queued messages purged); the next batch starts a fresh one."""
-        if self.producer is not None:
-            producer, self.producer = self.producer, None
-            try:
-                producer.purge(in_queue=True, in_flight=True, blocking=False)
-                producer.flush(0)  # serve the purged messages' reports into the old batch's callbacks
-            except Exception:  # noqa: BLE001 - a broken producer may fail here; it is replaced anyway
-                pass
-
-    def close(self) -> None:
-        if self.producer is not None:
-            producer, self.producer = self.producer, None
-            if producer.flush(self.settings.delivery_timeout_s):
-                producer.purge(in_queue=True, in_flight=True, blocking=False)
-                producer.flush(0)
-
-
-class ConfluentTransactionalPublisher(TransactionSteps, ConfluentPublisher):
-    """``TransactionalPublisher`` on librdkafka: one transaction per batch holding the alerts, the
-    dead letters and the offsets (sent with the group metadata of the poll, KIP-447). Every
-    transaction call has a timeout (``SD_DELIVERY_TIMEOUT_S``), so no watchdog thread is needed;
-    an abortable error aborts, a fatal one replaces the producer (``reset``), which fences and
-    aborts whatever the old one left open, as does a restarted worker with the same id."""
-
-    def __init__(self, settings: Settings, **overrides: Any) -> None:
-        super().__init__(settings, **overrides)
-        self._open = False
-
-    @property
-    def transactional_id(self) -> str:
-        return f"{self.settings.group_id}-{self.settings.worker_id}"
-
-    def _config(self) -> dict[str, Any]:
-        config = super()._config()
-        txn_ms = int(self.settings.transaction_timeout_s * 1000)
-        config.update({"transactional.id": self.transactional_id, "enable.idempotence": True, "acks": "all",
-                       "transaction.timeout.ms": txn_ms,
-                       # librdkafka refuses a delivery timeout longer than the transaction timeout
-                       "delivery.timeout.ms": min(config["delivery.timeout.ms"], txn_ms)})
-        return config
-
-    def start(self) -> None:
-        super().start()
-        self._open = False
-        assert self.producer is not None
-        try:
-            self._call(lambda p: p.init_transactions(self.settings.delivery_timeout_s), "init_transactions")
-        except DeliveryError:
-            self.producer = None
-            raise
-
-    def _call(self, call: Any, what: str) -> None:
-        producer = self.producer
-        assert producer is not None
-        try:
-            call(producer)
-        except KafkaException as exc:
-            error = _error_of(exc)
-            if error is not None and error.fatal():
-                log.warning("%s: fatal producer error, replacing the producer: %s", what, error)
-                self.reset()
-            raise DeliveryError(f"{what} failed: {exc!r}") from exc
-
-    def _begin(self) -> None:
-        self._p()
-        self._call(lambda p: p.begin_transaction(), "begin_transaction")
-
-    def _commit_offsets(self, source: ConfluentSource, offsets: dict[TopicPartition, int], group: Any) -> None:
-        """Offsets join the transaction with the membership *of the poll* (a zombie is fenced by
-        the broker), then the transaction commits."""
-        self._p()
-        positions = [CTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
-        metadata = group.metadata if isinstance(group, Membership) else source.group_metadata()
-        timeout = self.settings.delivery_timeout_s
-        self._call(lambda p: p.send_offsets_to_transaction(positions, metadata, timeout),
-                   "send_offsets_to_transaction")
-        self._call(lambda p: p.commit_transaction(timeout), "commit_transaction")
-
-    def _abort_call(self) -> None:
-        if self.producer is not None:  # no producer (replaced after a fatal error): nothing is open
-            self._call(lambda p: p.abort_transaction(self.settings.delivery_timeout_s), "abort_transaction")
-
-    def reset(self) -> None:
-        self._open = False
-        super().reset()
-
-    def close(self) -> None:
-        self._abort()
-        super().close()

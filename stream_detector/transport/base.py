@@ -1,0 +1,273 @@
+"""The transport's own vocabulary: what steps 1 (source), 6 (publish) and 7 (commit) exchange with
+the rest of the worker, whatever Kafka client library sits underneath.
+
+Nothing here imports a client library or the settings: each adapter (``kafka_python.py``,
+``confluent.py``, ``memory.py``) converts between its client's types and these at its edge, and
+``factory.py`` builds ``TransportConfig`` from ``Settings`` in one place. Errors are
+``TransportError`` (``errors.py``), whose ``DeliveryError`` means "not delivered / not committed:
+hold the batch".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import DeliveryError, TransportError
+
+__all__ = [
+    "Batch", "ClientTuning", "CommitRefused", "Committer", "Connection", "DeliveryError", "Membership", "Offsets",
+    "OutMessage", "Publisher", "Sink", "Source", "TopicPartition", "TransportConfig", "TransportError", "Unreadable",
+    "commit_or_drop", "fill_batch",
+]
+
+log = logging.getLogger("stream_detector.publish")
+
+
+class CommitRefused(TransportError):
+    """The group refused an offset commit because the partitions moved (a rebalance, an eviction):
+    the new owner re-reads them, so the commit is dropped, not retried."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message, retriable=False)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TopicPartition:
+    """One partition of one topic. Adapters convert their client's own type to this one."""
+
+    topic: str
+    partition: int
+
+
+Offsets = dict[TopicPartition, int]  # per partition, the next offset to read (what a commit stores)
+
+
+class Membership:
+    """Opaque token: the consumer-group membership (generation, member id, ...) a batch was polled
+    under. Only the source that made it looks inside (``Source.still_member``) and the same
+    adapter's committer (KIP-447 fencing of a zombie's transactional commit)."""
+
+    __slots__ = ()
+
+
+class Unreadable(bytes):
+    """Stands in a batch for a record the Kafka client could not read (a corrupt batch, a codec it
+    lacks): empty bytes carrying the client's error, so the record is dead-lettered with the reason
+    ``unreadable_record`` and its offset advances instead of the poll failing forever."""
+
+    message: str
+
+    def __new__(cls, message: str) -> Unreadable:
+        self = super().__new__(cls, b"")
+        self.message = message
+        return self
+
+
+@dataclass(slots=True)
+class Batch:
+    """Records of one poll as parallel lists (one entry per record; no per-record objects).
+
+    ``values[i]`` is the record's bytes (``None`` for a tombstone, an ``Unreadable`` for a record
+    the client could not read), at ``partitions[i]``/``offsets[i]`` of ``topic``; ``timestamps``
+    in ms (-1 when unknown); ``headers[i]`` a sequence of ``(str, bytes)``. ``group`` is the
+    membership when the first record arrived (``None``: no group, never fenced).
+    """
+
+    topic: str = ""
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    headers: list[Any] = field(default_factory=list)
+    polled_at: float = 0.0
+    group: Membership | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def only(self, partitions: set[int]) -> Batch:
+        """The records of this batch on ``partitions`` (a held batch after a rebalance)."""
+        keep = [i for i, p in enumerate(self.partitions) if p in partitions]
+        return Batch(self.topic, [self.partitions[i] for i in keep], [self.offsets[i] for i in keep],
+                     [self.keys[i] for i in keep], [self.values[i] for i in keep],
+                     [self.timestamps[i] for i in keep], [self.headers[i] for i in keep], self.polled_at,
+                     self.group)
+
+    def next_offsets(self) -> Offsets:
+        """Per partition, the offset after the last record of this batch (what to commit)."""
+        ends: dict[int, int] = {}
+        for p, o in zip(self.partitions, self.offsets, strict=True):  # ints only: one TopicPartition per partition
+            if o + 1 > ends.get(p, -1):
+                ends[p] = o + 1
+        return {TopicPartition(self.topic, p): o for p, o in ends.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    """One record to publish (an alert or a dead letter); headers are ``(name, bytes)`` pairs."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None  # None only for a dead-lettered tombstone (kept null, distinct from b"")
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """How every client reaches the cluster; each adapter renders it under its client's option names.
+
+    ``security_protocol`` is PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; the SASL fields are set
+    only for SASL_*, ``ssl_cafile`` only for *SSL with a CA bundle (None: the system trust store).
+    """
+
+    bootstrap_servers: tuple[str, ...]
+    client_id: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTuning:
+    """Consumer and producer tuning, written once for every adapter (values, not option names).
+
+    The consumer never auto-commits and reads ``read_committed``; ``acks`` is ``"all"``, 0 or 1
+    (idempotence only with ``"all"``).
+    """
+
+    batch_size: int = 2048  # most records a batch holds (also the consumer's max records per poll)
+    batch_max_wait_ms: int = 50  # after the first record, how long a batch may wait to fill
+    auto_offset_reset: str = "earliest"
+    cooperative: bool = True  # cooperative-sticky, else eager range/round-robin
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 2_000
+    max_poll_interval_ms: int = 300_000
+    fetch_max_bytes: int = 64 * 1024 * 1024
+    max_partition_fetch_bytes: int = 16 * 1024 * 1024
+    fetch_min_bytes: int = 1
+    acks: int | str = "all"
+    linger_ms: int = 2
+    producer_batch_bytes: int = 256 * 1024
+    max_request_bytes: int = 16 * 1024 * 1024
+    delivery_timeout_s: float = 30.0  # bounds every send, flush and transaction call
+    transaction_timeout_s: float = 30.0
+
+    @property
+    def fetch_max_wait_ms(self) -> int:
+        return max(1, self.batch_max_wait_ms)
+
+    @property
+    def delivery_timeout_ms(self) -> int:
+        return int(self.delivery_timeout_s * 1000)
+
+    @property
+    def request_timeout_ms(self) -> int:
+        return min(30_000, int(self.delivery_timeout_s * 500))
+
+    @property
+    def transaction_timeout_ms(self) -> int:
+        return int(self.transaction_timeout_s * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """Everything an adapter needs: where (``connection``), how (``tuning``), which input ``topic``
+    and consumer ``group_id``, and the ``transactional_id`` of this worker slot (exactly-once)."""
+
+    connection: Connection
+    tuning: ClientTuning
+    topic: str
+    group_id: str
+    transactional_id: str
+
+
+class Source(Protocol):
+    """The consumer side (step 1) and the group's offsets. Explicit ``start``/``close``; no network
+    I/O before ``start`` (``RuntimeError`` when called before it). ``poll_batch`` rides out
+    retriable client errors; others propagate as the client raised them. ``commit`` raises
+    ``CommitRefused`` when the partitions moved, else ``TransportError``; so do ``assignment``
+    and ``highwaters``."""
+
+    def start(self) -> None: ...
+    def poll_batch(self) -> Batch: ...
+    def commit(self, offsets: Offsets) -> None: ...
+    def membership(self) -> Membership: ...
+    def still_member(self, batch: Batch) -> bool: ...
+    def rewind_to_committed(self, batch: Batch) -> None: ...
+    def poll_while_paused(self, timeout_ms: int) -> None: ...
+    def pause_all(self) -> None: ...
+    def resume_all(self) -> None: ...
+    def paused(self) -> set[TopicPartition]: ...
+    def assignment(self) -> set[TopicPartition]: ...
+    def highwaters(self) -> dict[int, int | None]: ...
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """The producing side (step 6): ``publish`` returns once every message is acknowledged, else
+    raises ``DeliveryError``; ``reset`` drops the client after a failure (the next call makes one)."""
+
+    def start(self) -> None: ...
+    def publish(self, messages: Sequence[OutMessage]) -> None: ...
+    def reset(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Committer(Protocol):
+    """Step 7: move the offsets of a published batch. ``group`` is the membership of its poll.
+    A commit refused because the partitions moved is dropped (their new owner re-reads them);
+    any other failure raises ``DeliveryError``. ``transactional``: commits are part of a
+    transaction with the batch's messages (a failed commit may then be in doubt)."""
+
+    transactional: bool
+
+    def commit(self, source: Source, offsets: Offsets, group: Membership | None = None) -> None: ...
+    def abandon(self) -> None: ...
+
+
+class Publisher(Sink, Committer, Protocol):
+    """What the worker holds for steps 6 and 7: a sink that also commits."""
+
+
+def commit_or_drop(source: Source, offsets: Offsets) -> None:
+    """Step 7 of at-least-once delivery on every transport: commit through the consumer; a commit
+    refused because the partitions moved is logged and dropped (the new owner reprocesses the
+    batch); any other failure raises ``DeliveryError`` (the batch is held and retried)."""
+    try:
+        source.commit(offsets)
+    except CommitRefused as exc:
+        log.warning("offsets of a batch were not committed (partitions moved to another worker; "
+                    "they will be reprocessed there): %s", exc)
+    except TransportError as exc:
+        raise DeliveryError(f"offset commit failed: {exc!r}") from exc
+
+
+def fill_batch(batch: Batch, tuning: ClientTuning, idle_poll_ms: int, take: Callable[[int, int, bool], None],
+               membership: Callable[[], Membership]) -> Batch:
+    """The batching rule of every transport: wait up to ``idle_poll_ms`` for a first record, then up
+    to ``batch_max_wait_ms`` to fill ``batch`` to ``batch_size``. ``take(max_records, timeout_ms,
+    first)`` appends what one poll returned; ``membership()`` is snapshotted with the first record
+    (the group generation a commit of this batch must belong to)."""
+    limit = tuning.batch_size
+    deadline: float | None = None
+    timeout_ms = idle_poll_ms
+    while len(batch) < limit:
+        take(limit - len(batch), timeout_ms, deadline is None)
+        now = time.monotonic()
+        if not batch.values:
+            break
+        if deadline is None:
+            batch.polled_at = now
+            batch.group = membership()
+            deadline = now + tuning.batch_max_wait_ms / 1000.0
+        timeout_ms = int((deadline - now) * 1000)
+        if timeout_ms <= 0:
+            break
+    return batch

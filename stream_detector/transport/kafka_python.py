@@ -1,0 +1,281 @@
+"""The kafka-python transport (``SD_TRANSPORT=kafka-python``, the default): step 1 and the
+rendering of ``TransportConfig`` into kafka-python's options; the producing side (steps 6 and 7)
+is ``kafka_python_out.py``.
+
+``KafkaSource`` polls batches (auto-commit off: offsets move only in step 7). kafka-python's
+``TopicPartition`` and group metadata never leave these two modules: they become
+``base.TopicPartition`` and a ``KafkaMembership`` here. Imports only ``base`` and kafka-python.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer
+from kafka import TopicPartition as KTopicPartition
+from kafka.errors import CommitFailedError, CorruptRecordError, KafkaConnectionError, KafkaError, UnsupportedCodecError
+
+from .base import (
+    Batch,
+    CommitRefused,
+    Connection,
+    Membership,
+    Offsets,
+    TopicPartition,
+    TransportConfig,
+    TransportError,
+    Unreadable,
+    fill_batch,
+)
+
+log = logging.getLogger("stream_detector.source")
+
+
+def connection_options(connection: Connection) -> dict[str, Any]:
+    """``connection`` under kafka-python's option names (bootstrap, client id, TLS/SASL)."""
+    options: dict[str, Any] = {"bootstrap_servers": list(connection.bootstrap_servers),
+                               "client_id": connection.client_id}
+    if connection.security_protocol != "PLAINTEXT":  # TLS/SASL (docs/operations.md)
+        options["security_protocol"] = connection.security_protocol
+        names = (("sasl_mechanism", connection.sasl_mechanism), ("sasl_plain_username", connection.sasl_username),
+                 ("sasl_plain_password", connection.sasl_password), ("ssl_cafile", connection.ssl_cafile))
+        options.update({name: value for name, value in names if value is not None})
+    return options
+
+
+def consumer_config(config: TransportConfig, **overrides: Any) -> dict[str, Any]:
+    """The worker consumer's kafka-python options; ``overrides`` win."""
+    t = config.tuning
+    options: dict[str, Any] = dict(
+        group_id=config.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=t.auto_offset_reset,
+        max_poll_records=t.batch_size,
+        fetch_max_bytes=t.fetch_max_bytes,
+        max_partition_fetch_bytes=t.max_partition_fetch_bytes,
+        fetch_min_bytes=t.fetch_min_bytes,
+        fetch_max_wait_ms=t.fetch_max_wait_ms,
+        session_timeout_ms=t.session_timeout_ms,
+        heartbeat_interval_ms=t.heartbeat_interval_ms,
+        max_poll_interval_ms=t.max_poll_interval_ms,
+        partition_assignment_strategy=_assignors(t.cooperative),
+        isolation_level="read_committed",
+        **connection_options(config.connection),
+    )
+    options.update(overrides)
+    return options
+
+
+def _assignors(cooperative: bool) -> tuple[type, ...]:
+    from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+    from kafka.coordinator.assignors.range import RangePartitionAssignor
+    from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+
+    if cooperative:
+        return (CooperativeStickyAssignor,)
+    return (RangePartitionAssignor, RoundRobinPartitionAssignor)
+
+
+def ours(tp: KTopicPartition) -> TopicPartition:
+    return TopicPartition(tp.topic, tp.partition)
+
+
+def theirs(tp: TopicPartition) -> KTopicPartition:
+    return KTopicPartition(tp.topic, tp.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaMembership(Membership):
+    """kafka-python's ``ConsumerGroupMetadata`` (generation and member id) of a poll."""
+
+    metadata: Any
+
+
+@dataclass(frozen=True)
+class _Placeholder:
+    """The record fields a batch needs, for a record the client could not read."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+    timestamp: int = -1
+    headers: tuple[Any, ...] = ()
+
+
+class KafkaSource:
+    """``base.Source`` on kafka-python; explicit ``start``/``close``, no network I/O in the constructor.
+
+    ``overrides`` are kafka-python consumer options. Retriable client errors during a poll are
+    ridden out (logged, the poll returns nothing); other client errors propagate as they are.
+    ``commit`` raises ``CommitRefused`` (kafka-python's ``CommitFailedError``: the partitions
+    moved) or ``TransportError``; so do ``assignment``/``highwaters``.
+    """
+
+    def __init__(self, config: TransportConfig, idle_poll_ms: int = 500, **overrides: Any) -> None:
+        self.config = config
+        self.idle_poll_ms = idle_poll_ms
+        self.overrides = overrides
+        self.consumer: KafkaConsumer | None = None
+        self._last_poll_error = -float("inf")
+
+    def start(self) -> None:
+        self.consumer = KafkaConsumer(**consumer_config(self.config, **self.overrides))
+        self.consumer.subscribe([self.config.topic])
+
+    def _c(self) -> KafkaConsumer:
+        if self.consumer is None:
+            raise RuntimeError("source not started")
+        return self.consumer
+
+    def poll_batch(self) -> Batch:
+        """Wait up to ``idle_poll_ms`` for a first record, then up to ``batch_max_wait_ms`` to fill."""
+        self._c()
+        batch = Batch(topic=self.config.topic)
+
+        def take(max_records: int, timeout_ms: int, _first: bool) -> None:
+            for tp, records in self._poll(timeout_ms, max_records).items():
+                batch.topic = tp.topic
+                for r in records:
+                    batch.partitions.append(r.partition)
+                    batch.offsets.append(r.offset)
+                    batch.keys.append(r.key)
+                    batch.values.append(r.value)
+                    batch.timestamps.append(r.timestamp)
+                    batch.headers.append(r.headers)
+
+        return fill_batch(batch, self.config.tuning, self.idle_poll_ms, take, self.membership)
+
+    def _poll(self, timeout_ms: int, max_records: int | None) -> dict[KTopicPartition, list[Any]]:
+        """``consumer.poll`` that rides out retriable client errors (broker or coordinator
+        unreachable: the network blipped) by returning nothing after the poll timeout; the
+        client reconnects by itself. Non-retriable errors (authorisation, config) propagate."""
+        consumer = self._c()
+        try:
+            if max_records is None:
+                return dict(consumer.poll(timeout_ms=timeout_ms))
+            return dict(consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
+        except Exception as exc:
+            unreadable = self._unreadable(exc)
+            if unreadable is not None:
+                return unreadable
+            if not isinstance(exc, KafkaError) or not (
+                    getattr(exc, "retriable", False) or isinstance(exc, KafkaConnectionError)):
+                raise
+            now = time.monotonic()
+            if now - self._last_poll_error >= 10.0:
+                log.warning("poll failed, retrying (Kafka unreachable?): %r", exc)
+                self._last_poll_error = now
+            time.sleep(min(timeout_ms, 500) / 1000.0)  # back off as the poll would have waited
+            return {}
+
+    def _unreadable(self, exc: Exception) -> dict[KTopicPartition, list[Any]] | None:
+        """A record the client cannot read (kafka-python raises from ``poll`` at the same position on
+        every call: a crash loop) becomes one ``Unreadable`` record at that offset, and the consumer
+        moves past it; a corrupt or undecodable batch so yields one dead letter per offset. ``None``
+        when ``exc`` is not about a record (authorisation, configuration: those still propagate).
+        Reads the fetcher's parse state, which kafka-python does not expose otherwise."""
+        record_level = isinstance(exc, (CorruptRecordError, UnsupportedCodecError)) or (
+            not isinstance(exc, KafkaError) and any(
+                "/kafka/record/" in frame.filename or frame.filename.endswith("/kafka/codec.py")
+                for frame in traceback.extract_tb(exc.__traceback__)))
+        if not record_level:
+            return None
+        fetcher = getattr(self._c(), "_fetcher", None)
+        failed = getattr(fetcher, "_next_partition_records", None)
+        if fetcher is None or failed is None:
+            return None
+        tp, offset = failed.topic_partition, failed.next_fetch_offset
+        if self._c().position(tp) != offset:
+            return None
+        fetcher._next_partition_records = None
+        self._c().seek(tp, offset + 1)
+        log.error("unreadable record at %s[%d] offset %d, dead-lettered: %r", tp.topic, tp.partition, offset, exc)
+        record = _Placeholder(tp.topic, tp.partition, offset, Unreadable(f"{type(exc).__name__}: {exc}"[:500]))
+        return {tp: [record]}
+
+    def commit(self, offsets: Offsets) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        committed = {theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        try:
+            self._c().commit(offsets=committed)
+        except CommitFailedError as exc:
+            raise CommitRefused(str(exc)) from exc
+        except KafkaError as exc:
+            raise TransportError(f"{exc!r}", retriable=bool(getattr(exc, "retriable", False))) from exc
+
+    def membership(self) -> KafkaMembership:
+        """Group generation and member id now, for KIP-447 fencing in transactional commits."""
+        return KafkaMembership(self._c().group_metadata())
+
+    def still_member(self, batch: Batch) -> bool:
+        """False when the group generation moved since ``batch`` was polled (this worker was
+        evicted, e.g. frozen past the session timeout): its offsets must not be committed."""
+        if not isinstance(batch.group, KafkaMembership):
+            return True
+        then, now = batch.group.metadata, self._c().group_metadata()
+        return bool(now.generation_id >= 0 and now.generation_id == then.generation_id
+                    and now.member_id == then.member_id)
+
+    def rewind_to_committed(self, batch: Batch) -> None:
+        """Seek the batch's partitions (those still assigned) back to the group's committed
+        offsets, so an abandoned batch is neither skipped nor read past what others committed."""
+        consumer = self._c()
+        owned = consumer.assignment()
+        for tp in map(theirs, batch.next_offsets()):
+            if tp in owned:
+                committed = consumer.committed(tp)
+                if committed is None:
+                    consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+
+    def poll_while_paused(self, timeout_ms: int) -> None:
+        """Keep group membership while holding a batch: poll, and rewind anything that arrives.
+
+        Partitions assigned during the pause (a rebalance) are not paused yet, so their records
+        may come back here: seek to their first offset and pause them too, so nothing is skipped.
+        """
+        consumer = self._c()
+        for tp, records in self._poll(timeout_ms, None).items():
+            if records:
+                consumer.seek(tp, records[0].offset)
+        self.pause_all()
+
+    def pause_all(self) -> None:
+        consumer = self._c()
+        consumer.pause(*consumer.assignment())
+
+    def resume_all(self) -> None:
+        consumer = self._c()
+        consumer.resume(*consumer.paused())
+
+    def paused(self) -> set[TopicPartition]:
+        return {ours(tp) for tp in self._c().paused()}
+
+    def assignment(self) -> set[TopicPartition]:
+        try:
+            return {ours(tp) for tp in self._c().assignment()}
+        except KafkaError as exc:
+            raise TransportError(f"assignment unavailable: {exc!r}", retriable=True) from exc
+
+    def highwaters(self) -> dict[int, int | None]:
+        """Per assigned partition, the highwater mark of the last fetch response (None before one)."""
+        consumer = self.consumer
+        if consumer is None:
+            return {}
+        try:
+            return {tp.partition: consumer.highwater(tp) for tp in consumer.assignment()}
+        except KafkaError as exc:
+            raise TransportError(f"highwaters unavailable: {exc!r}", retriable=True) from exc
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
+            self.consumer = None
