@@ -57,8 +57,11 @@ class MemoryControl:
         self._threshold: Threshold | None = None
         self._state = InMemoryState()
         self.telemetry = MemoryTelemetry()
+        self.unreachable = False  # a test sets it: reads raise OSError, as a Redis outage does
 
     def snapshot(self) -> Snapshot:
+        if self.unreachable:
+            raise OSError("control plane unreachable")
         with self._lock:
             return Snapshot(self._threshold, self._active)
 

@@ -1,0 +1,190 @@
+"""The worker's logic without a broker or Redis: the in-memory transport (``transport/memory.py``)
+and the in-memory control plane (``store/memory.py``). Swap race, hold and resume, abandon after
+an eviction, delivery failures: each a fast, deterministic test of ``Worker.run_once``.
+The same behaviours run against real Kafka + Redis in ``tests/integration``."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from stream_detector.model.bundle import Bundle
+from stream_detector.offline import score_events
+from stream_detector.settings import Settings
+from stream_detector.simulate import Simulator
+from stream_detector.store.memory import MemoryControl
+from stream_detector.transport.base import TopicPartition
+from stream_detector.transport.memory import MemoryBroker, MemoryPublisher, MemorySource
+from stream_detector.worker import Worker
+from tests.helpers import anomaly, small_bundle
+
+TOPIC, ALERTS, DLQ, GROUP = "tx", "alerts", "dlq", "g"
+
+
+@pytest.fixture(scope="module")
+def other() -> Bundle:
+    """A second, differently trained model: its scores are on another scale than ``bundle``'s."""
+    return small_bundle(seed=7, epochs=5)
+
+
+def _settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"input_topic": TOPIC, "alerts_topic": ALERTS, "dlq_topic": DLQ, "group_id": GROUP,
+                              "create_topics": False, "metrics_port": 0, "score_feed_sample": 0,
+                              "threshold_refresh_s": 0.05, "worker_id": "w", **overrides}
+    return Settings(**values)
+
+
+def _events(n: int, tag: str, bad: int = 2) -> tuple[list[bytes], set[str]]:
+    events, _ = Simulator(seed=len(tag), accounts=200, run_id=tag).batch(n, 0.0)
+    frauds = [anomaly(f"{tag}-bad-{i}", f"acct-{i:05d}") for i in range(bad)]
+    mixed = events[: n // 2] + frauds + events[n // 2:]
+    return [orjson.dumps(e) for e in mixed], {str(e["event_id"]) for e in frauds}
+
+
+def _worker(broker: MemoryBroker, control: MemoryControl, **overrides: Any) -> Worker:
+    settings = _settings(**overrides)
+    worker = Worker(settings, control, MemorySource(broker, TOPIC, GROUP, settings.batch_size),
+                    MemoryPublisher(broker))
+    worker.start()
+    return worker
+
+
+def _alerts(broker: MemoryBroker) -> list[dict[str, Any]]:
+    return [orjson.loads(r.value) for r in broker.read(ALERTS) if r.value is not None]
+
+
+def _drain(worker: Worker, limit: int = 50) -> None:
+    for _ in range(limit):
+        if not worker.run_once() and not worker.hold.active:
+            return
+    raise AssertionError("the worker did not drain the topic")
+
+
+@pytest.fixture
+def broker() -> MemoryBroker:
+    b = MemoryBroker()
+    for topic in (TOPIC, ALERTS, DLQ):
+        b.create_topic(topic)
+    return b
+
+
+def test_a_batch_met_by_a_new_models_threshold_is_scored_again_by_that_model(broker, bundle, other):
+    """The swap race: B's threshold is live while B still loads; the batch in hand was scored by A.
+    It must not be decided against B's threshold or labelled B with A's scores: the worker waits
+    for B and scores the batch again. Every alert agrees with offline scoring by the model it names."""
+    control = MemoryControl()
+    control.publish(bundle)
+    worker = _worker(broker, control)
+    try:
+        first, first_bad = _events(300, "a")
+        broker.produce(TOPIC, first)
+        _drain(worker)
+        gate, waiting = threading.Event(), threading.Event()
+        load, finish = worker.models._load, worker.models.finish
+
+        def gated_load(version: str) -> Any:
+            if version == other.version:
+                assert gate.wait(30)
+            return load(version)
+
+        def watched_finish(wait: bool) -> bool:
+            if wait:
+                waiting.set()
+            return finish(wait)
+
+        worker.models._load, worker.models.finish = gated_load, watched_finish  # type: ignore[method-assign]
+        threading.Thread(target=lambda: waiting.wait(30) and gate.set(), daemon=True).start()
+        control.publish(other)  # B's threshold is live, B is loading (held at the gate)
+        second, second_bad = _events(300, "b")
+        broker.produce(TOPIC, second)
+        _drain(worker)
+    finally:
+        worker.close()
+    assert worker.stats.rescored_batches == 1 and worker.stats.swaps == 1
+    alerts = _alerts(broker)
+    by_id = {a["event_id"]: a for a in alerts}
+    assert first_bad | second_bad <= set(by_id)
+    assert {by_id[i]["model_version"] for i in second_bad} == {other.version}
+    models = {bundle.version: bundle, other.version: other}
+    for version, model in models.items():
+        mine = [a for a in alerts if a["model_version"] == version]
+        assert mine, f"no alerts of {version}"
+        offline = score_events(model, [a["event"] for a in mine]).scores
+        np.testing.assert_allclose([a["score"] for a in mine], offline, rtol=1e-4, atol=1e-6)
+        assert all(a["threshold"] == pytest.approx(model.threshold) and a["score"] > a["threshold"] for a in mine)
+    assert broker.committed(GROUP) == broker.end_offsets(TOPIC)
+
+
+def test_a_stale_threshold_holds_the_batch_paused_then_resumes_without_loss(broker, bundle):
+    control = MemoryControl()
+    control.publish(bundle)
+    worker = _worker(broker, control, threshold_max_staleness_s=5.0)
+    now = [0.0]
+    worker.thresholds.clock = lambda: now[0]
+    worker.thresholds.refresh(force=True)
+    try:
+        values, bad = _events(200, "h")
+        broker.produce(TOPIC, values)
+        control.unreachable = True
+        now[0] = 10.0  # past the staleness bound: deciding is not allowed
+        assert worker.run_once() == 0
+        assert worker.hold.active and worker.source.paused() == {TopicPartition(TOPIC, 0)}
+        assert worker.stats.held_batches == 1 and broker.committed(GROUP) == {} and not _alerts(broker)
+        assert worker.run_once() == 0 and worker.stats.held_batches == 2  # still down: still held
+        control.unreachable = False
+        now[0] = 11.0
+        assert worker.run_once() == len(values)  # the held batch, once Redis answers
+        assert not worker.hold.active and worker.source.paused() == set()
+    finally:
+        worker.close()
+    assert {a["event_id"] for a in _alerts(broker)} >= bad
+    assert broker.committed(GROUP) == broker.end_offsets(TOPIC)
+
+
+def test_a_delivery_failure_holds_the_batch_and_the_retry_delivers_it(broker, bundle):
+    control = MemoryControl()
+    control.publish(bundle)
+    worker = _worker(broker, control)
+    try:
+        values, bad = _events(200, "d")
+        broker.produce(TOPIC, values)
+        broker.fail_sends = 1
+        assert worker.run_once() == 0 and worker.hold.active and worker.stats.delivery_failures == 1
+        assert broker.committed(GROUP) == {}
+        assert worker.run_once() == len(values) and not worker.hold.active
+    finally:
+        worker.close()
+    ids = [a["event_id"] for a in _alerts(broker)]
+    assert set(ids) >= bad and len(ids) == len(set(ids)), "the failed send stored nothing: no duplicates"
+    assert broker.committed(GROUP) == broker.end_offsets(TOPIC)
+
+
+def test_an_eviction_during_the_batch_abandons_its_commit_and_rereads(broker, bundle):
+    control = MemoryControl()
+    control.publish(bundle)
+    worker = _worker(broker, control)
+    publish = worker.publisher.publish
+    evicted = []
+
+    def publish_then_evict(messages: Any) -> None:
+        publish(messages)
+        if not evicted:
+            evicted.append(True)
+            broker.evict(GROUP)  # the group moved on while this batch was in flight
+
+    worker.publisher.publish = publish_then_evict  # type: ignore[method-assign]
+    try:
+        values, bad = _events(200, "e")
+        broker.produce(TOPIC, values)
+        worker.run_once()
+        assert worker.stats.abandoned_batches == 1 and broker.committed(GROUP) == {}, "a zombie never commits"
+        _drain(worker)
+    finally:
+        worker.close()
+    ids = [a["event_id"] for a in _alerts(broker)]
+    assert set(ids) >= bad and all(ids.count(i) == 2 for i in bad), "at least once: re-read and alerted again"
+    assert broker.committed(GROUP) == broker.end_offsets(TOPIC)
