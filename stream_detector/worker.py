@@ -211,9 +211,8 @@ class Worker:
         rows = decision.rows
         self.feed.observe(events, decision.scores, rows, decision.threshold, batch.timestamps, indices)  # sample
         field_errors = scorer.field_errors(done.per_feature[rows])
-        alerts = build_alerts(batch, events, indices, rows, decision.scores, field_errors, scorer.fields,
-                              decision.threshold, self.settings.top_features, self.settings.alerts_topic,
-                              self.settings.redacted_fields)
+        alerts = build_alerts(batch, events, indices, decision, field_errors, scorer.fields,
+                              self.settings.top_features, self.settings.alerts_topic, self.settings.redacted_fields)
         self.metrics.decided(batch, indices, rows)
         dead = build_dead_letters(batch, rejected, self.settings.dlq_topic)
         try:

@@ -15,30 +15,31 @@ import numpy as np
 import orjson
 
 from ..schema import Alert, DeadLetterHeaders, FeatureContribution
-from ..store import Threshold
 from ..transport.base import Batch, OutMessage
 from .decode import Rejected
+from .threshold import Decision
 
 
 def build_alerts(
     batch: Batch,
     events: Sequence[dict[str, Any]],
     indices: Sequence[int],
-    rows: np.ndarray,
-    scores: np.ndarray,
+    decision: Decision,
     field_errors: np.ndarray,
     fields: Sequence[str],
-    threshold: Threshold,
     top_n: int,
     topic: str,
     redact: frozenset[str] = frozenset(),
 ) -> list[OutMessage]:
-    """One alert per flagged row.
+    """One alert per flagged row of ``decision`` (step 5's result, taken whole: scores, rows,
+    threshold and model version of ONE model).
 
-    ``rows`` index into ``events``/``indices``/``scores``; ``field_errors`` has one row per entry
-    of ``rows`` (per-field errors of the flagged events only). Fields in ``redact`` are replaced by
-    ``"[redacted]"`` in the alert's copy of the event (PII such as card numbers).
+    ``decision.rows`` index into ``events``/``indices``/``decision.scores``; ``field_errors``
+    (float32, len(rows) × len(fields)) has the per-field errors of the flagged events only.
+    Fields in ``redact`` are replaced by ``"[redacted]"`` in the alert's copy of the event (PII
+    such as card numbers).
     """
+    rows, scores, threshold = decision.rows, decision.scores, decision.threshold
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     out: list[OutMessage] = []
     for k, row in enumerate(rows.tolist()):

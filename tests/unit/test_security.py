@@ -11,6 +11,7 @@ from stream_detector.features import fit_spec
 from stream_detector.model.signing import Signer, Verifier, generate_keypair
 from stream_detector.pipeline.decode import decode_batch
 from stream_detector.pipeline.publish import build_alerts
+from stream_detector.pipeline.threshold import Decision
 from stream_detector.store import Threshold
 from stream_detector.transport.base import Batch
 
@@ -42,8 +43,9 @@ def test_alerts_redact_configured_fields():
     event = {"event_id": "e1", "account_id": "a", "amount": 5.0, "card_number": CARD}
     batch = Batch(topic="t", partitions=[0], offsets=[7], keys=[b"a"], values=[orjson.dumps(event)],
                   timestamps=[1], headers=[[]])
-    out = build_alerts(batch, [event], [0], np.array([0]), np.array([2.0]), np.ones((1, 2)), ["amount", "x"],
-                       Threshold(1.0, 3, "m"), 2, "alerts", frozenset({"card_number"}))
+    decision = Decision.of(np.array([2.0]), "m", Threshold(1.0, 3, "m"))
+    out = build_alerts(batch, [event], [0], decision, np.ones((1, 2)), ["amount", "x"], 2, "alerts",
+                       frozenset({"card_number"}))
     alert = orjson.loads(out[0].value)
     assert alert["event"]["card_number"] == "[redacted]" and alert["event"]["amount"] == 5.0
     assert CARD.encode() not in out[0].value
