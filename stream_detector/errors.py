@@ -54,8 +54,16 @@ class TransportError(StreamDetectorError):
 
 class DeliveryError(TransportError):
     """Alerts or dead-letter records were not acknowledged by Kafka, or the offsets of a batch could
-    not be committed; offsets must not move and the batch is held and retried (the worker holds it
-    whatever ``retriable`` says: a fenced or refused commit is settled by re-reading the batch)."""
+    not be committed; offsets must not move.
+
+    Always ``retriable`` for the batch: the worker resets the producer, holds the batch and
+    retries it (a fenced or refused transaction is settled by re-reading the batch).
+    ``client_retriable`` keeps what the adapter said of the failed client call itself.
+    """
+
+    def __init__(self, message: str = "", retriable: bool = True) -> None:
+        super().__init__(message, retriable=True)
+        self.client_retriable = retriable
 
 
 class InputError(StreamDetectorError):

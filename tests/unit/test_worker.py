@@ -188,3 +188,12 @@ def test_an_eviction_during_the_batch_abandons_its_commit_and_rereads(broker, bu
     ids = [a["event_id"] for a in _alerts(broker)]
     assert set(ids) >= bad and all(ids.count(i) == 2 for i in bad), "at least once: re-read and alerted again"
     assert broker.committed(GROUP) == broker.end_offsets(TOPIC)
+
+
+def test_a_delivery_error_is_retriable_for_the_batch_whatever_the_client_said() -> None:
+    """A fenced transaction's DeliveryError says its client call cannot succeed as is; the batch
+    still can (the worker resets the producer and retries or re-reads it): it must be held."""
+    from stream_detector.errors import DeliveryError
+
+    fenced = DeliveryError("transaction fenced", retriable=False)
+    assert fenced.retriable and not fenced.client_retriable
