@@ -76,14 +76,19 @@ def build_alerts(
 
 
 def build_dead_letters(batch: Batch, rejected: Sequence[Rejected], topic: str) -> list[OutMessage]:
-    """Original bytes (a tombstone's null stays null) and key; reason, message and source position
-    as headers."""
+    """Original bytes and key; reason, message and source position as headers.
+
+    A tombstone's null value stays null when it has a key. A tombstone with neither key nor value
+    gets an empty value instead (``sd.error.reason`` still says ``tombstone``): Kafka clients may
+    refuse a record with neither (kafka-python does), and the batch would be held forever."""
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
     out = []
     for rej in rejected:
         i = rej.index
         raw = batch.values[i]
         value = raw if raw is None or type(raw) is bytes else bytes(raw)  # an Unreadable stand-in: b""
+        if value is None and batch.keys[i] is None:
+            value = b""
         out.append(OutMessage(topic, batch.keys[i], value, [
             (DeadLetterHeaders.REASON, rej.reason.value.encode()),
             (DeadLetterHeaders.MESSAGE, rej.message.encode("utf-8", "replace")[:1000]),
