@@ -83,6 +83,14 @@ class WorkerStats:
 
 
 class Worker:
+    """One consumer-group member running steps 1-7 (``run_once``) until stopped.
+
+    Collaborators (each replaceable, e.g. by the in-memory ones in unit tests): ``control`` the
+    read-only control-plane view (default: Redis from ``settings``), ``source`` and ``publisher``
+    the transport (default: ``SD_TRANSPORT``/``SD_DELIVERY``). Raises from ``run``/``run_once``
+    only what is not retriable; retriable failures hold the batch (``hold.py``).
+    """
+
     def __init__(self, settings: Settings, control: ControlView | None = None,
                  source: Source | None = None, publisher: Publisher | None = None) -> None:
         self.settings = settings
