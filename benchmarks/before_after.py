@@ -105,6 +105,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--baseline", default=BASELINE, help="git revision to compare with (default %(default)s)")
     parser.add_argument("--events", type=int, default=60_000, help="pre-produced events per drain")
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs per transport")
+    parser.add_argument("--transports", default=",".join(harness_transports()),
+                        help="comma-separated: kafka-python, confluent (default: those installed)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
 
@@ -145,7 +147,7 @@ def main(argv: list[str]) -> int:
             base_env = {k: v for k, v in os.environ.items() if not k.startswith("SD_")}
             for name in ("before", "after"):  # untimed warm-up: bytecode caches, page cache
                 _run(trees[name], _COMPUTE, [str(model_dir)], base_env)  # type: ignore[arg-type]
-            for transport in harness_transports():
+            for transport in args.transports.split(","):
                 for r in range(args.rounds):
                     order = ("before", "after") if r % 2 == 0 else ("after", "before")
                     for name in order:
@@ -182,7 +184,8 @@ def harness_transports() -> list[str]:
 
 def render(rows: list[tuple[str, str, float, list[float]]], rev: str, head: str, dirty: bool,
            args: argparse.Namespace) -> str:
-    lines = [f"`python -m benchmarks before-after --baseline {rev} --events {args.events} --rounds {args.rounds}`: "
+    lines = [f"`python -m benchmarks before-after --baseline {rev} --events {args.events} --rounds {args.rounds} "
+             f"--transports {args.transports}`: "
              f"baseline `{rev}` against `{head}`{' plus uncommitted changes' if dirty else ''}, one worker process draining the same "
              "pre-produced topic (fresh group per run), runs alternating A B A B. Median of the runs; the ratio is "
              "after / before.", "",
