@@ -10,7 +10,6 @@ is ``kafka_python_out.py``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -125,15 +124,8 @@ class KafkaSource:
         self.consumer: KafkaConsumer | None = None
         self._last_poll_error = -float("inf")
 
-    def start(self, metadata_wait_s: float = 10.0) -> None:
-        """Create the consumer and subscribe. First waits (up to ``metadata_wait_s``) until the
-        cluster metadata lists the topic: kafka-python joins the group with the metadata it has,
-        and a topic created a moment ago (``SD_CREATE_TOPICS``) would otherwise give this member
-        no partitions until its next metadata refresh (``metadata_max_age_ms``, minutes)."""
+    def start(self) -> None:
         self.consumer = KafkaConsumer(**consumer_config(self.config, **self.overrides))
-        deadline = time.monotonic() + metadata_wait_s
-        while not self.consumer.partitions_for_topic(self.config.topic) and time.monotonic() < deadline:
-            threading.Event().wait(0.1)  # the topic is being created: ask again shortly
         self.consumer.subscribe([self.config.topic])
 
     def _c(self) -> KafkaConsumer:
