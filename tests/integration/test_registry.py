@@ -254,6 +254,8 @@ def test_a_batch_in_flight_during_a_swap_is_decided_by_one_model(settings, bundl
     worker.models._load, worker.models.finish = gated_load, watched_finish  # type: ignore[method-assign]
     control.store(other)
     control.activate(other.version, "pytest")  # B's threshold is live; B is still loading
+    wait_until(lambda: worker.models.pending_version == other.version,
+               message="the worker saw B's threshold and is loading B")  # else wave 2 is A's, rightly
     second, second_bad = _mixed(300, 32, 3, "b")
     _produce(settings, second)
     assert waiting.wait(60), "no batch met the new threshold while the new model loaded"

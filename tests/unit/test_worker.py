@@ -99,6 +99,7 @@ def test_a_batch_met_by_a_new_models_threshold_is_scored_again_by_that_model(bro
         worker.models._load, worker.models.finish = gated_load, watched_finish  # type: ignore[method-assign]
         threading.Thread(target=lambda: waiting.wait(30) and gate.set(), daemon=True).start()
         control.publish(other)  # B's threshold is live, B is loading (held at the gate)
+        worker.thresholds.refresh(force=True)  # the worker has seen it (else wave 2 is A's, rightly)
         second, second_bad = _events(300, "b")
         broker.produce(TOPIC, second)
         _drain(worker)
