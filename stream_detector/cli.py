@@ -532,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reader_args(p)
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("produce", help="replay a CSV / JSON Lines file as events")
+    p = sub.add_parser("produce", help="replay a CSV, JSON Lines or Parquet file as events")
     p.add_argument("--input", required=True)
     p.add_argument("--topic", help="default SD_INPUT_TOPIC")
     p.add_argument("--id-column")
