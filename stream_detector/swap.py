@@ -29,17 +29,16 @@ class ModelSwap:
 
     ``load(version)`` fetches, verifies and warms a bundle (raises ``ModelError`` / any
     ``StreamDetectorError``, ``RuntimeError`` or ``OSError`` when it cannot); ``on_swap(ok)`` is
-    called after each finished attempt (metrics, stats); ``on_swapped()`` after a successful one
-    (the worker re-freezes the GC generation there). ``timeout_s`` bounds ``finish(wait=True)``.
+    called after each finished attempt, once ``current`` is the new model when ``ok`` (metrics,
+    stats, the worker's GC re-freeze). ``timeout_s`` bounds ``finish(wait=True)``.
     """
 
     def __init__(self, load: Callable[[str], Scorer], timeout_s: float,
-                 on_swap: Callable[[bool], None] = lambda ok: None, on_swapped: Callable[[], None] = lambda: None,
+                 on_swap: Callable[[bool], None] = lambda ok: None,
                  clock: Callable[[], float] = time.monotonic, retry_after_s: float = REFUSED_RETRY_S) -> None:
         self._load = load
         self.timeout_s = timeout_s
         self.on_swap = on_swap
-        self.on_swapped = on_swapped
         self.clock = clock
         self.retry_after_s = retry_after_s
         self.current: Scorer | None = None
@@ -91,7 +90,6 @@ class ModelSwap:
                       extra={"model_version": old, "failed_model_version": version})
             return False
         self.current = new
-        self.on_swapped()
         self.on_swap(True)
         log.info("swapped model %s -> %s", old, version, extra={"model_version": version,
                                                                  "previous_model_version": old})

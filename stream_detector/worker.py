@@ -104,7 +104,7 @@ class Worker:
         self.feed = ScoreFeed(self.control.telemetry, settings)  # sampled scores for the console (docs/console.md)
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
-        self.models = ModelSwap(self._load, settings.delivery_timeout_s, self._swapped, _freeze_long_lived)
+        self.models = ModelSwap(self._load, settings.delivery_timeout_s, self._swapped)
         self.hold = BatchHold(self.source, self.publisher, int(min(1.0, settings.threshold_refresh_s) * 1000),
                               self._held)
         self.steps = StepTimer()  # per-step wall time → Prometheus (+ any listener: benchmarks)
@@ -295,6 +295,7 @@ class Worker:
 
     def _swapped(self, ok: bool) -> None:
         if ok:
+            _freeze_long_lived()  # the old model may sit in the frozen generation: collected here, once
             self.stats.swaps += 1
         else:
             self.stats.swap_failures += 1
