@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from .entity import Enricher, InMemoryState
-from .fieldschema import JSON_TEXT, TextFormat
+from .fieldschema import JSON_TEXT
 from .model.bundle import Bundle
 from .pipeline.compute import score_decoded
-from .pipeline.decode import Decoded, type_events
+from .pipeline.decode import type_events
 from .pipeline.score import Scorer, scores_of
 
 
@@ -38,11 +38,6 @@ class OfflineScores:
     def valid(self) -> np.ndarray:
         valid: np.ndarray = ~np.isnan(self.scores)
         return valid
-
-
-def typed_events(bundle: Bundle, events: Sequence[Any], text: TextFormat = JSON_TEXT) -> Decoded:
-    """Step 2 on parsed objects: validate and type them with the bundle's field schema."""
-    return type_events(events, range(len(events)), bundle.schema, text, [])
 
 
 def score_events(bundle: Bundle, events: Sequence[Any], device: str = "cpu", batch_size: int = 8192,

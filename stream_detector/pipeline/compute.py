@@ -75,7 +75,7 @@ def score_decoded(scorer: Scorer, decoded: Decoded, enrich: Enrich | None = None
     return Computed(events, indices, rejected, scorer.errors(x))
 
 
-StepTimer = Callable[[str, float], None]  # (step name, seconds): the worker's step-time hook
+StepTime = Callable[[str, float], None]  # (step name, seconds): the worker's step-time hook (metrics.StepTimer)
 
 
 def _no_timer(step: str, seconds: float) -> None:
@@ -89,7 +89,7 @@ class ChunkedCompute:
     call on the caller's thread and of each ``scoring thread`` call (on that thread): one
     ``perf_counter`` pair per chunk, cheap enough to stay on in production (Prometheus)."""
 
-    def __init__(self, chunk: int, torch_threads: int = 0, timer: StepTimer = _no_timer) -> None:
+    def __init__(self, chunk: int, torch_threads: int = 0, timer: StepTime = _no_timer) -> None:
         self.chunk = max(1, chunk)
         self.timer = timer
         init = (lambda: torch.set_num_threads(torch_threads)) if torch_threads else None
