@@ -11,6 +11,7 @@ SUITES = {
     "entity": "benchmarks.entity",
     "inputs": "benchmarks.inputs",
     "before-after": "benchmarks.before_after",
+    "cuda": "benchmarks.cuda",
 }
 
 

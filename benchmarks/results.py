@@ -53,10 +53,11 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_section(name: str, title: str, body: str) -> Path:
-    """Replace (or append) the section ``name`` of RESULTS.md with ``body`` plus a provenance line."""
+def write_section(name: str, title: str, body: str, on: str | None = None) -> Path:
+    """Replace (or append) the section ``name`` of RESULTS.md with ``body`` plus a provenance line;
+    ``on`` names the machine when the run was elsewhere (the lent GPU machine), else this one's."""
     stamp = (f"_Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit {git_commit()} on: "
-             f"{machine()}._\n\n")
+             f"{on or machine()}._\n\n")
     block = f"<!-- {name}:start -->\n## {title}\n\n{stamp}{body.rstrip()}\n<!-- {name}:end -->\n"
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->\n?", re.DOTALL)

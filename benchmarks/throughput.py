@@ -490,7 +490,7 @@ def run(plan: Plan, kafka: str, redis: str, seed: int) -> dict[str, Any]:
     say("stage sweep and per-event baseline")
     ctx["sweep"] = stage_sweep(bundle, raw[:8192], plan.sweep_reps)
     ctx["compute_8192"] = next(r[5] for r in ctx["sweep"] if r[0] == 8192)
-    ctx["cuda"] = "measured separately" if torch.cuda.is_available() else "not measured: no GPU lent"
+    ctx["cuda"] = "see the section *CPU vs CUDA scoring* (python -m benchmarks cuda, on a GPU machine)"
     ctx["per_event"] = per_event_baseline(bundle, raw[:plan.per_event])
     say(f"per-event baseline {ctx['per_event']:,.0f}/s")
     for r in ctx["runs"].values():
