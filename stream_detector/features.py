@@ -39,6 +39,7 @@ from .fieldschema import FieldSchema, FieldType
 from .schema import RESERVED_FIELDS, Problem, RejectReason, parse_timestamp_ms
 
 SPEC_FORMAT = 1
+Extra = tuple[Sequence[str], np.ndarray]  # (field names, float64 values n × len(names)): see transform
 OTHER = "__other__"
 
 
@@ -113,22 +114,33 @@ class FeatureSpec:
         return hashlib.sha256(self.to_json()).hexdigest()
 
     # ---- transform -----------------------------------------------------------------------
-    def transform(self, events: Sequence[dict[str, Any]]) -> tuple[np.ndarray, dict[int, Problem]]:
+    def transform(self, events: Sequence[dict[str, Any]], extra: Extra | None = None
+                  ) -> tuple[np.ndarray, dict[int, Problem]]:
         """Events → (float32 matrix n × width, {row: (RejectReason, message)} for rows that must be
         rejected).
 
+        ``extra`` = (names, values float64[n, len(names)]): numeric fields given as columns instead
+        of dict entries (the entity features straight from the kernel, ``Enricher.features``); a
+        field there is read from its column and never from the events, with the same rules (NaN
+        is missing, ±inf is rejected), so the matrix equals that of events carrying those values.
         Rows with a problem still get a (meaningless) row in the matrix so indices stay aligned;
         callers drop them before deciding.
         """
         n = len(events)
         out = np.zeros((n, self.width), dtype=np.float32)
         bad: dict[int, Problem] = {}
-        fields = _field_columns(events, [c.name for c in self.numeric] + [c.name for c in self.categorical])
-        numbers = _float_rows(fields[:len(self.numeric)]) if fields is not None and self.numeric else None
+        given = {name: j for j, name in enumerate(extra[0])} if extra is not None else {}
+        from_events = [c.name for c in self.numeric if c.name not in given]
+        fields = _field_columns(events, from_events + [c.name for c in self.categorical])
+        numbers = _float_rows(fields[:len(from_events)]) if fields is not None and from_events else None
         col = 0
-        for j, num in enumerate(self.numeric):
-            if numbers is not None:
-                values, missing = _finite_or_missing(numbers[j], num.name, bad)
+        k = 0  # the next row of ``numbers``
+        for num in self.numeric:
+            if extra is not None and num.name in given:
+                values, missing = _finite_or_missing(extra[1][:, given[num.name]].astype(np.float64), num.name, bad)
+            elif numbers is not None:
+                values, missing = _finite_or_missing(numbers[k], num.name, bad)
+                k += 1
             else:
                 values, missing = _numeric_column(events, num.name, bad)
             values = np.where(missing, num.median, values)
@@ -139,11 +151,11 @@ class FeatureSpec:
             if num.missing_indicator:
                 out[:, col] = missing
                 col += 1
-        for j, cat in enumerate(self.categorical, start=len(self.numeric)):
+        for j, cat in enumerate(self.categorical):
             index = self._index[cat.name]
             other = len(cat.categories)
             name = cat.name
-            column = fields[j] if fields is not None else [e.get(name) for e in events]
+            column = fields[len(from_events) + j] if fields is not None else [e.get(name) for e in events]
             codes = np.fromiter(map(index.get, column, repeat(other, n)), dtype=np.int64, count=n)
             out[np.arange(n), col + codes] = 1.0
             col += other + 1

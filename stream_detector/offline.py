@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from .entity import Enricher, InMemoryState
+from .features import Extra
 from .fieldschema import JSON_TEXT
 from .model.bundle import Bundle
-from .pipeline.compute import score_decoded
+from .pipeline.compute import Enrich, score_decoded
 from .pipeline.decode import type_events
 from .pipeline.score import Scorer, scores_of
 
@@ -54,10 +55,12 @@ def score_events(bundle: Bundle, events: Sequence[Any], device: str = "cpu", bat
     per_feature = np.full((n, bundle.spec.width), np.nan, dtype=np.float32) if keep_errors else None
     reasons: list[str | None] = [None] * n
     messages: list[str | None] = [None] * n
-    enricher = Enricher(InMemoryState())
+    enrich: Enrich | None = None
+    if bundle.entity is not None:
+        spec, enricher = bundle.entity, Enricher(InMemoryState())
 
-    def enrich(typed: list[dict[str, Any]], indices: list[int]) -> list[dict[str, Any]]:
-        return enricher.enrich(bundle.entity, typed, [(0, i) for i in indices])  # offline: (0, row)
+        def enrich(typed: list[dict[str, Any]], indices: list[int]) -> Extra:
+            return spec.output_fields, enricher.features(spec, typed, [(0, i) for i in indices])  # (0, row)
 
     for start in range(0, n, batch_size):
         chunk = events[start:start + batch_size]

@@ -36,6 +36,7 @@ import torch
 
 from .entity import Enricher
 from .errors import DeliveryError, StreamDetectorError
+from .features import Extra
 from .hold import BatchHold
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
 from .pipeline.compute import ChunkedCompute, Computed, Enrich
@@ -262,15 +263,15 @@ class Worker:
 
     # ---- helpers ---------------------------------------------------------------------------
     def _enrich_for(self, scorer: Scorer, batch: Batch) -> Enrich | None:
-        """Step 3a for ``batch``: entity features (on copies; alerts keep the events as received),
-        or ``None`` when the model has no EntitySpec."""
+        """Step 3a for ``batch``: entity features as columns for step 3 (the events themselves are
+        not changed: alerts keep them as received), or ``None`` when the model has no EntitySpec."""
         spec, enricher = scorer.bundle.entity, self.enricher
         if spec is None or enricher is None:
             return None
 
-        def enrich(events: list[dict[str, Any]], indices: list[int]) -> list[dict[str, Any]]:
+        def enrich(events: list[dict[str, Any]], indices: list[int]) -> Extra:
             positions = [(batch.partitions[i], batch.offsets[i]) for i in indices]
-            return enricher.enrich(spec, events, positions)
+            return spec.output_fields, enricher.features(spec, events, positions)
         return enrich
 
     def _abandon(self, batch: Batch) -> None:

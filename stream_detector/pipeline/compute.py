@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..features import Extra
 from ..fieldschema import FieldSchema
 from ..schema import Problem
 from .decode import Decoded, Rejected, decode_batch
 from .score import Scorer
 
-Enrich = Callable[[list[dict[str, Any]], list[int]], list[dict[str, Any]]]
+# step 3a: (typed events, batch indices) → (feature names, float64 values n × len(names)) read by step 3
+Enrich = Callable[[list[dict[str, Any]], list[int]], Extra]
 
 
 @dataclass(slots=True)
@@ -53,12 +55,13 @@ class Computed:
 
 
 def featurise(scorer: Scorer, received: list[dict[str, Any]], indices: list[int],
-              inputs: list[dict[str, Any]], rejected: list[Rejected],
+              inputs: list[dict[str, Any]], rejected: list[Rejected], extra: Extra | None = None,
               ) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
-    """Step 3 on ``inputs`` (the typed, possibly enriched, events; aligned with ``received`` and
-    ``indices``): the float32 matrix (n_kept × width) and the kept events and indices. Rows the
-    feature step refuses are appended to ``rejected`` with their reason."""
-    x, bad = scorer.bundle.spec.transform(inputs)
+    """Step 3 on ``inputs`` (the typed events; aligned with ``received`` and ``indices``) and
+    ``extra`` (step 3a's entity features, one row per input): the float32 matrix (n_kept × width)
+    and the kept events and indices. Rows the feature step refuses are appended to ``rejected``
+    with their reason."""
+    x, bad = scorer.bundle.spec.transform(inputs, extra)
     if bad:
         return _drop(x, received, indices, bad, rejected)
     return x, received, indices
@@ -69,8 +72,8 @@ def score_decoded(scorer: Scorer, decoded: Decoded, enrich: Enrich | None = None
     rejection (``decoded.rejected`` and the feature step's, in index order) and the per-feature
     errors (float32, one row per scored event). Never raises on data."""
     rejected = list(decoded.rejected)
-    inputs = enrich(decoded.events, decoded.indices) if enrich is not None else decoded.events
-    x, events, indices = featurise(scorer, decoded.received, decoded.indices, inputs, rejected)
+    extra = enrich(decoded.events, decoded.indices) if enrich is not None else None
+    x, events, indices = featurise(scorer, decoded.received, decoded.indices, decoded.events, rejected, extra)
     rejected.sort(key=lambda r: r.index)
     return Computed(events, indices, rejected, scorer.errors(x))
 
@@ -108,10 +111,10 @@ class ChunkedCompute:
         inline = len(values) <= self.chunk
         try:
             chunks = self._chunks(values, max_bytes, enrich, rejected, scorer.bundle.schema)
-            for part_received, part_indices_in, features_of in chunks:
+            for part_received, part_indices_in, features_of, extra in chunks:
                 t = perf_counter()
                 x, part_events, part_indices = featurise(scorer, part_received, part_indices_in, features_of,
-                                                         rejected)  # 3 features
+                                                         rejected, extra)  # 3 features
                 self.timer("features", perf_counter() - t)
                 events.extend(part_events)
                 indices.extend(part_indices)
@@ -141,25 +144,25 @@ class ChunkedCompute:
 
     def _chunks(self, values: Sequence[bytes | None], max_bytes: int, enrich: Enrich | None,
                 rejected: list[Rejected], schema: FieldSchema | None,
-                ) -> Iterator[tuple[list[dict[str, Any]], list[int], list[dict[str, Any]]]]:
-        """Per chunk: the valid events as received, their batch indices, and the dicts to featurise
-        (typed by the bundle's field schema; enriched copies with an entity spec). Decode
-        rejections are added to ``rejected``."""
+                ) -> Iterator[tuple[list[dict[str, Any]], list[int], list[dict[str, Any]], Extra | None]]:
+        """Per chunk: the valid events as received, their batch indices, the dicts to featurise
+        (typed by the bundle's field schema) and, with an entity spec, their entity features.
+        Decode rejections are added to ``rejected``."""
         step = self.chunk
         if enrich is None:
             for start in range(0, len(values), step):
                 part = self._decode(values[start:start + step], max_bytes, start, schema)
                 rejected.extend(part.rejected)
-                yield part.received, part.indices, part.events
+                yield part.received, part.indices, part.events, None
             return
         whole = self._decode(values, max_bytes, 0, schema)  # 3a needs the whole batch: decode it first
         rejected.extend(whole.rejected)
         t = perf_counter()
-        enriched = enrich(whole.events, whole.indices)  # copies: alerts keep the events as received
+        names, matrix = enrich(whole.events, whole.indices)  # columns: the events are not copied
         self.timer("enrich", perf_counter() - t)
         for start in range(0, len(whole.events), step):
             rows = slice(start, start + step)
-            yield whole.received[rows], whole.indices[rows], enriched[rows]
+            yield whole.received[rows], whole.indices[rows], whole.events[rows], (names, matrix[rows])
 
 
 def _drop(x: np.ndarray, events: list[dict[str, Any]], indices: list[int], bad: dict[int, Problem],

@@ -127,10 +127,10 @@ def test_enrichment_sees_the_whole_batch_once_and_alerts_keep_the_events_as_rece
     values = _values(1200)
     calls: list[int] = []
 
-    def enrich(events: list[dict[str, Any]], indices: list[int]) -> list[dict[str, Any]]:
-        calls.append(len(events))
-        return [{**e, "amount": float(e["amount"]) * 3 if isinstance(e.get("amount"), (int, float)) else e.get("amount")}
-                for e in events]
+    def enrich(events: list[dict[str, Any]], indices: list[int]) -> tuple[list[str], np.ndarray]:
+        calls.append(len(events))  # step 3a's columns replace the field "amount" (tripled) in step 3
+        amount = [float(e["amount"]) * 3 if isinstance(e.get("amount"), (int, float)) else np.nan for e in events]
+        return ["amount"], np.array(amount, dtype=np.float64).reshape(-1, 1)
 
     compute = ChunkedCompute(256, torch_threads=1)
     try:
@@ -140,8 +140,9 @@ def test_enrichment_sees_the_whole_batch_once_and_alerts_keep_the_events_as_rece
     events, indices, rejected, plain = _reference(scorer, values)
     assert calls == [len(events)]  # once, with every decoded event (the two text amounts are refused by the schema)
     assert got.events == events and got.indices == indices and got.rejected == rejected
-    x, _ = scorer.bundle.spec.transform(enrich(got.events, got.indices))
-    _same_errors(got.per_feature, scorer.errors(x))  # features of the enriched copies
+    tripled = [{**e, "amount": float(e["amount"]) * 3} for e in got.events]
+    x, _ = scorer.bundle.spec.transform(tripled)
+    _same_errors(got.per_feature, scorer.errors(x))  # the columns are read, not the events' own amounts
     assert not np.allclose(got.per_feature, plain, rtol=5e-3, atol=1e-3)  # (which differ from the plain ones)
 
 

@@ -237,3 +237,27 @@ def test_cli_train_with_entity_keys_stores_the_spec_and_score_agrees(tmp_path: P
     written = [line.split(",")[1] for line in (tmp_path / "s.csv").read_text().splitlines()[1:]]
     expected = score_events(bundle, events).scores
     assert [float(v) for v in written] == expected.tolist()
+
+
+def test_features_as_columns_equal_the_enriched_events_matrix() -> None:
+    """The worker's and offline scoring's path (``Enricher.features`` → ``transform(extra=)``)
+    gives the same feature matrix and the same rejections as enriched dicts, including entity
+    values that are missing (NaN) or non-finite, and events whose own fields are bad."""
+    from stream_detector.features import fit_spec
+
+    events = history(400)
+    spec_f = fit_spec(enrich_history(SPEC, events))
+    batch = [dict(e) for e in history(300, seed=9)]
+    batch[5]["amount"] = "lots"  # an event field the feature step refuses
+    positions = [(0, i) for i in range(len(batch))]
+    values = Enricher(InMemoryState()).features(SPEC, batch, positions)
+    assert values.shape == (len(batch), len(SPEC.output_fields)) and values.dtype == np.float64
+    dicts = Enricher(InMemoryState()).enrich(SPEC, batch, positions)
+    assert [[d[f] for f in SPEC.output_fields] for d in dicts] == values.tolist()
+    values[7, 0], values[8, 1] = np.nan, np.inf  # as if the kernel had produced them
+    for row, col in ((7, 0), (8, 1)):
+        dicts[row][SPEC.output_fields[col]] = float(values[row, col])
+    got, got_bad = spec_f.transform(batch, (SPEC.output_fields, values))
+    want, want_bad = spec_f.transform(dicts)
+    np.testing.assert_array_equal(got, want)
+    assert got_bad == want_bad and set(got_bad) == {5, 8}
