@@ -12,6 +12,7 @@ SUITES = {
     "inputs": "benchmarks.inputs",
     "before-after": "benchmarks.before_after",
     "cuda": "benchmarks.cuda",
+    "entity-worker": "benchmarks.entity_worker",
 }
 
 

@@ -1,0 +1,152 @@
+"""One worker end to end with and without entity features, on real Kafka and Redis, in one run
+(``python -m benchmarks entity-worker``; issue 16's "≥ 60 % of the same worker without entity
+features, on both transports; p99 event→alert at 20k events/s offered").
+
+Starts its own Kafka + Redis (``deploy/services.sh``) unless ``--kafka/--redis`` name running
+ones. The workload is raw simulated card transactions with a terminal per event
+(``entity_speed.workload``: no precomputed history fields), keyed by account, on a 4-partition
+topic. Two models are trained on the same events: *stateless* (the raw fields) and *entity*
+(plus account and terminal history: windows 1h/1d/7d/30d, distinct merchant category and
+country; state in Redis). Then, per transport:
+
+* **drain**: one worker process drains the pre-produced topic with each model, alternating
+  stateless, entity, stateless, entity … (``--repeats``), a fresh consumer group and Redis prefix
+  per run (entity state starts empty, as for a new deployment); events/s over the busy window,
+  best of the repeats, and the per-step wall time of the entity runs;
+* **latency**: one worker process with the entity model and a paced producer process at each
+  offered rate; event→alert latency (alert Kafka timestamp − input produce timestamp).
+
+Results: the ``entity-worker`` section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import torch
+
+from stream_detector.entity import enrich_history
+from stream_detector.model.bundle import Bundle, build_bundle
+from stream_detector.model.train import TrainConfig, train
+from stream_detector.store import ControlPlane
+from stream_detector.topics import ensure_topics
+
+from . import entity_speed, harness
+from .results import write_section
+from .throughput import base_settings, drain, latency, say, transports
+
+SPEC = entity_speed.SPEC
+
+
+def models(events: list[dict[str, Any]]) -> dict[str, Bundle]:
+    """Both models on the same events (quantile threshold at 0.2 %: some alerts to time)."""
+    config = TrainConfig(epochs=5, seed=0, threshold_method="quantile", target_fpr=0.002)
+    return {"stateless": build_bundle(train(events, config)),
+            "entity": build_bundle(train(enrich_history(SPEC, events), config, entity=SPEC))}
+
+
+def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seconds: float) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    tag = uuid.uuid4().hex[:8]
+    events = entity_speed.workload(n, max(500, n // 100), seed=0)
+    say(f"training both models on {min(n, 40_000):,} events")
+    bundles = models(events[:40_000])
+    raw = [orjson.dumps(e) for e in events]
+    keys: list[bytes | None] = [str(e["account_id"]).encode() for e in events]
+    topic = f"ew-in-{tag}"
+    setup = base_settings(kafka, redis, tag, input_topic=topic)
+    ensure_topics(setup, [topic])
+    say(f"producing {n:,} events")
+    harness.produce(kafka, topic, raw, keys)
+    out: dict[str, Any] = {"events": n, "entities": {"accounts": len({e["account_id"] for e in events}),
+                                                     "terminals": len({e["terminal_id"] for e in events})},
+                           "bytes": sum(map(len, raw)) / n, "runs": {}}
+    for transport in transports():
+        short = "kp" if transport == "kafka-python" else "rd"
+        runs: dict[str, list[dict[str, Any]]] = {"stateless": [], "entity": []}
+        for rep in range(repeats):
+            for name, bundle in bundles.items():
+                run_tag = f"{short}-{name}-{rep}-{tag}"
+                s = base_settings(kafka, redis, run_tag, input_topic=topic, transport=transport)
+                ControlPlane.from_url(redis, s.redis_prefix).publish(bundle, set_by="bench")
+                r = drain(s, 1, n)
+                runs[name].append(r)
+                say(f"[{transport}] {name} drain {rep + 1}: {r['rate']:,.0f} events/s, drained={r['drained']}")
+        result: dict[str, Any] = {name: max(rs, key=lambda r: r["rate"]) for name, rs in runs.items()}
+        result["all"] = {name: [r["rate"] for r in rs] for name, rs in runs.items()}
+        result["latency"] = []
+        for rate in rates:
+            run_tag = f"{short}-lat-{rate}-{tag}"
+            s = base_settings(kafka, redis, run_tag, transport=transport)
+            ControlPlane.from_url(redis, s.redis_prefix).publish(bundles["entity"], set_by="bench")
+            r = latency(s, raw, keys, rate, seconds)
+            result["latency"].append(r)
+            say(f"[{transport}] entity model at {rate:,}/s offered: achieved {r['achieved']:,.0f}/s, "
+                f"p50 {r['p50']:.0f} p99 {r['p99']:.0f} ms ({r['samples']} alerts), drained={r['drained']}")
+        out["runs"][transport] = result
+    return out
+
+
+def markdown(ctx: dict[str, Any]) -> str:
+    lines = [f"{ctx['events']:,} raw events ({ctx['bytes']:.0f} bytes each; {ctx['entities']['accounts']:,} accounts, "
+             f"{ctx['entities']['terminals']:,} terminals), keyed by account on 4 partitions; one worker process, "
+             "batches of 8,192, `torch_threads=1`; entity state in Redis (empty at the start of each drain).", "",
+             "| transport | stateless events/s | entity events/s | entity / stateless | runs (stateless; entity) |",
+             "|---|---|---|---|---|"]
+    for transport, r in ctx["runs"].items():
+        a, b = r["stateless"]["rate"], r["entity"]["rate"]
+        runs = (", ".join(f"{x:,.0f}" for x in r["all"]["stateless"]) + "; "
+                + ", ".join(f"{x:,.0f}" for x in r["all"]["entity"]))
+        lines.append(f"| {transport} | {a:,.0f} | {b:,.0f} | {b / a:.0%} | {runs} |")
+    lines += ["", "Where the entity worker's time goes (its best drain; wall seconds per step on the worker's thread):",
+              "", "| transport | " + " | ".join(("source", "decode", "enrich", "features", "publish", "commit"))
+              + " | scoring thread |", "|---|" + "---|" * 7]
+    for transport, r in ctx["runs"].items():
+        st = r["entity"]["stage_s"]
+        lines.append(f"| {transport} | " + " | ".join(f"{st.get(k, 0.0):.2f}" for k in
+                                                        ("source", "decode", "enrich", "features", "publish", "commit"))
+                     + f" | {st.get('scoring thread', 0.0):.2f} |")
+    lines += ["", "Event → alert latency with the entity model (one worker process, paced producer process):", "",
+              "| transport | offered/s | achieved/s | alerts timed | p50 ms | p95 ms | p99 ms | lag drained |",
+              "|---|---|---|---|---|---|---|---|"]
+    for transport, r in ctx["runs"].items():
+        for x in r["latency"]:
+            lines.append(f"| {transport} | {x['offered']:,} | {x['achieved']:,.0f} | {x['samples']:,} | {x['p50']:.0f} "
+                         f"| {x['p95']:.0f} | {x['p99']:.0f} | {x['drained']} |")
+    lines += ["", ctx["load"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks entity-worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=200_000, help="pre-produced events (default 200,000)")
+    p.add_argument("--repeats", type=int, default=2, help="drains per model and transport (default 2)")
+    p.add_argument("--rates", default="5000,20000", help="offered loads for the latency runs (default 5000,20000)")
+    p.add_argument("--seconds", type=float, default=15.0, help="seconds of offered load per latency run")
+    p.add_argument("--kafka", default=None, help="use this running broker instead of starting one")
+    p.add_argument("--redis", default=None, help="use this running Redis (with --kafka)")
+    p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = p.parse_args(argv)
+    rates = [int(x) for x in args.rates.split(",") if x]
+    started, before = time.monotonic(), os.getloadavg()
+    if args.kafka and args.redis:
+        ctx = run(args.kafka, args.redis, args.events, args.repeats, rates, args.seconds)
+    else:
+        with harness.services(say) as svc:
+            ctx = run(svc.kafka, svc.redis, args.events, args.repeats, rates, args.seconds)
+    after = os.getloadavg()
+    ctx["load"] = (f"Load average (1/5/15 min) before: {before[0]:.2f}/{before[1]:.2f}/{before[2]:.2f}, after: "
+                   f"{after[0]:.2f}/{after[1]:.2f}/{after[2]:.2f}; {os.cpu_count()} cores shared with the broker, "
+                   f"Redis and the load producer. Run in {time.monotonic() - started:.0f}s.")
+    body = markdown(ctx)
+    print(body)
+    if not args.no_write:
+        write_section("entity-worker", "Entity features end to end: one worker, real Kafka and Redis", body)
+    return 0
