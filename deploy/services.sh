@@ -12,6 +12,9 @@
 #   sentinel-up|sentinel-down|sentinel-status  Redis primary + replica + 3 Sentinels (Debian's packages)
 #   kill-redis-primary                       SIGKILLs whichever Redis Sentinel reports as the primary
 #   start-redis-nodes                        restarts killed Redis nodes (Sentinel makes them replicas)
+#   redis-cluster-up|redis-cluster-down|redis-cluster-status
+#                                            a Redis Cluster of three primaries (16384 slots split
+#                                            evenly; entity state, SD_ENTITY_REDIS_CLUSTER)
 # The single broker stays the default of `up` (make demo, make test).
 #
 # Environment (all optional):
@@ -29,6 +32,7 @@
 #   SD_CLUSTER_HEAP          JVM heap per node (512m)
 #   SD_SENTINEL_REDIS_PORTS  primary,replica (6380,6381)   SD_SENTINEL_PORTS  3 Sentinels (26379,26380,26381)
 #   SD_REDIS_SENTINEL_MASTER the monitored name (sd-primary)
+#   SD_REDIS_CLUSTER_PORTS   the Redis Cluster's 3 nodes (7001,7002,7003; cluster bus: port + 10000)
 #
 # Idempotent: `up` on a running stack only checks it; `down` on a stopped one does nothing.
 # Waits until the broker has logged "Kafka Server started" and accepts connections, and until
@@ -335,6 +339,52 @@ sentinel_down() {
   for p in "${SRPORTS[@]}"; do stop_pid "$SDIR/redis-$p/pid" "redis :$p"; done
 }
 
+# ---- Redis Cluster: three primaries ---------------------------------------------------------
+IFS=, read -r -a RCPORTS <<< "${SD_REDIS_CLUSTER_PORTS:-7001,7002,7003}"
+RCDIR="$STATE/redis-cluster-${RCPORTS[0]}"
+
+redis_cluster_ok() {  # every node answers and reports cluster_state:ok with all slots assigned
+  local p
+  for p in "${RCPORTS[@]}"; do
+    rcli "$p" cluster info | tr -d '\r' | grep -q '^cluster_state:ok$' || return 1
+    rcli "$p" cluster info | tr -d '\r' | grep -q '^cluster_slots_assigned:16384$' || return 1
+  done
+}
+
+redis_cluster_up() {
+  ensure_redis
+  local p dir deadline
+  for p in "${RCPORTS[@]}"; do
+    dir="$RCDIR/node-$p"; mkdir -p "$dir"
+    alive "$dir/pid" && continue
+    port_open "$p" && die "port $p is taken by another process (set SD_REDIS_CLUSTER_PORTS)"
+    port_open "$((p + 10000))" && die "cluster bus port $((p + 10000)) is taken (set SD_REDIS_CLUSTER_PORTS)"
+    redis-server --bind 127.0.0.1 --port "$p" --daemonize yes --pidfile "$dir/pid" --dir "$dir" \
+      --logfile "$dir/redis.log" --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
+      --cluster-node-timeout 2000 --appendonly yes --save "" >/dev/null
+  done
+  deadline=$((SECONDS + TIMEOUT))
+  for p in "${RCPORTS[@]}"; do
+    until [ "$(rcli "$p" ping)" = "PONG" ]; do
+      [ $SECONDS -lt $deadline ] || die "redis cluster node :$p not ready after ${TIMEOUT}s"; sleep 0.1
+    done
+  done
+  if ! redis_cluster_ok && [ "$(rcli "${RCPORTS[0]}" cluster info | tr -d '\r' | awk -F: '/^cluster_slots_assigned/ {print $2}')" = "0" ]; then
+    local nodes=(); for p in "${RCPORTS[@]}"; do nodes+=("127.0.0.1:$p"); done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$RCDIR/create.log" 2>&1 \
+      || die "redis-cli --cluster create failed (log: $RCDIR/create.log)"
+  fi
+  until redis_cluster_ok; do
+    [ $SECONDS -lt $deadline ] || die "redis cluster not ok after ${TIMEOUT}s (logs: $RCDIR)"; sleep 0.1
+  done
+  log "redis cluster ready on ${RCPORTS[*]} (3 primaries)"
+}
+
+redis_cluster_down() {
+  local p
+  for p in "${RCPORTS[@]}"; do stop_pid "$RCDIR/node-$p/pid" "redis cluster node :$p"; done
+}
+
 case "${1:-}" in
   up) redis_up; kafka_up ;;
   down) stop_pid "$KDIR/pid" "kafka :$KAFKA_PORT"; stop_pid "$RDIR/pid" "redis :$REDIS_PORT" ;;
@@ -373,7 +423,14 @@ case "${1:-}" in
     echo "primary per sentinels: $(sentinel_primary || true)" ;;
   kill-redis-primary) kill_redis_primary ;;
   start-redis-nodes) ensure_sentinel; start_redis_node 0; start_redis_node 1 ;;
+  redis-cluster-up) redis_cluster_up ;;
+  redis-cluster-down) redis_cluster_down ;;
+  redis-cluster-status)
+    for p in "${RCPORTS[@]}"; do
+      echo "redis cluster node :$p: $(rcli "$p" cluster info | tr -d '\r' | awk -F: '/^cluster_state/ {print $2}' || true)"
+    done ;;
   *) echo "usage: $0 up|down|status|stop-kafka|stop-redis|kill-kafka" \
           "|cluster-up|cluster-down|cluster-status|kill-broker N|stop-broker N|start-broker N|cluster-controller" \
-          "|sentinel-up|sentinel-down|sentinel-status|kill-redis-primary|start-redis-nodes" >&2; exit 2 ;;
+          "|sentinel-up|sentinel-down|sentinel-status|kill-redis-primary|start-redis-nodes" \
+          "|redis-cluster-up|redis-cluster-down|redis-cluster-status" >&2; exit 2 ;;
 esac

@@ -146,6 +146,26 @@ def _redis_checks(s: Settings) -> Iterator[Check]:
             yield Check("ok", "threshold", f"{snap.threshold.value:.6g} (version {snap.threshold.version})")
     except (redis.RedisError, OSError, StreamDetectorError) as exc:
         yield Check("fail", "redis", f"{exc}")
+    if s.entity_redis_cluster:
+        yield _cluster_check(s)
+
+
+def _cluster_check(s: Settings) -> Check:
+    """The entity state's Redis Cluster: reachable, and every slot served (``cluster_state:ok``)."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    from .redis_client import entity_cluster_client
+
+    try:
+        client = entity_cluster_client(s)
+        info = client.cluster_info()
+    except (RedisError, RedisClusterException, OSError) as exc:
+        return Check("fail", "entity cluster", f"cannot reach {s.entity_redis_cluster}: {exc}")
+    state = info.get("cluster_state") if isinstance(info, dict) else None
+    if state != "ok":
+        return Check("fail", "entity cluster", f"{s.entity_redis_cluster}: cluster_state is {state}")
+    return Check("ok", "entity cluster", f"{len(client.get_primaries())} primaries at "  # type: ignore[no-untyped-call]
+                 f"{s.entity_redis_cluster}, all slots served")
 
 
 def _load(control: ControlPlane, version: str, device: str) -> str:

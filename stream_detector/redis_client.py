@@ -1,4 +1,5 @@
-"""The one place a Redis client is built from settings: a plain URL, or a Sentinel-managed primary.
+"""The one place a Redis client is built from settings: a plain URL, or a Sentinel-managed primary;
+and the Redis Cluster client of the entity state (``SD_ENTITY_REDIS_CLUSTER``).
 
 With ``SD_REDIS_SENTINELS`` set, the client asks the Sentinels for the current primary of
 ``SD_REDIS_SENTINEL_MASTER`` and asks again whenever a connection fails or a write meets a
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
 from .settings import RedisSettings
@@ -64,3 +66,16 @@ def redis_client(settings: RedisSettings, timeout_s: float = 2.0) -> redis.Redis
     client: redis.Redis = sentinel.master_for(settings.redis_sentinel_master,  # type: ignore[no-untyped-call]
                                               **options)
     return client
+
+
+def entity_cluster_client(settings: RedisSettings, timeout_s: float = 2.0) -> RedisCluster:
+    """The Redis Cluster of ``SD_ENTITY_REDIS_CLUSTER`` (per-entity history), connected: it learns
+    the slot map from the first reachable node and follows MOVED/ASK redirections. Credentials and
+    TLS as for the control plane's Redis; the database number does not apply (a cluster has only
+    database 0). Raises ``RedisClusterException`` / ``redis.RedisError`` when no node answers."""
+    if not settings.entity_redis_cluster:
+        raise ValueError("SD_ENTITY_REDIS_CLUSTER is not set")
+    options = {k: v for k, v in connection_options(settings, timeout_s).items() if k != "db"}
+    nodes = [ClusterNode(host, port)  # type: ignore[no-untyped-call]
+             for host, port in sentinel_addresses(settings.entity_redis_cluster)]
+    return RedisCluster(startup_nodes=nodes, **options)

@@ -79,11 +79,14 @@ class RedisSettings(_Group):
     redis_sentinels: str = Field("", description="Redis Sentinels, host:port[,host:port...]; when set, clients "
                                  "follow the primary they report (SD_REDIS_URL then gives only db, TLS, password).")
     redis_sentinel_master: str = Field("stream-detector", description="Name the Sentinels monitor the primary by.")
+    entity_redis_cluster: str = Field("", description="Redis Cluster nodes, host:port[,host:port...]: when set, "
+                                      "per-entity history (entity features) lives there, spread over the cluster's "
+                                      "slots; thresholds and models stay on SD_REDIS_URL (docs/entity-features.md).")
     redis_username: str = Field("", description="Redis ACL user (or put it in SD_REDIS_URL).")
     redis_password: SecretStr = Field(SecretStr(""), description="Redis AUTH password (from a Secret, never "
                                       "logged; overrides one in SD_REDIS_URL).")
 
-    @field_validator("redis_sentinels")
+    @field_validator("redis_sentinels", "entity_redis_cluster")
     @classmethod
     def _sentinels_have_ports(cls, value: str) -> str:
         for server in value.split(",") if value.strip() else []:

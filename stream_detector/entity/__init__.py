@@ -12,7 +12,7 @@ tested against.
 from ..entity_spec import EntitySpec, parse_windows
 from .enrich import Enricher, enrich_history
 from .history import enrich_columns
-from .state import InMemoryState, RedisState, StateStore
+from .state import InMemoryState, RedisClusterState, RedisState, StateStore
 
-__all__ = ["Enricher", "EntitySpec", "InMemoryState", "RedisState", "StateStore", "enrich_columns",
+__all__ = ["Enricher", "EntitySpec", "InMemoryState", "RedisClusterState", "RedisState", "StateStore", "enrich_columns",
            "enrich_history", "parse_windows"]

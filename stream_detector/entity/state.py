@@ -21,17 +21,20 @@ Records are bounded: ``3·W + 1`` floats, at most ``max_distinct`` values per di
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from ..entity_spec import EntitySpec
 from ..errors import EntityStateUnavailable
 from .binary import decode, encode
 
 Record = dict[str, Any]
+REDIS_ERRORS = (redis.RedisError, RedisClusterException)  # the cluster client's own errors are not RedisErrors
 EntityKey = tuple[str, str]  # (key field, entity value)
 
 
@@ -67,7 +70,7 @@ class RedisState:
     ``EntityStateUnavailable`` (retriable: the worker holds the batch and retries it, and the
     idempotency record makes the retry apply each event once)."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster, prefix: str) -> None:
         self.r = client
         self.prefix = prefix
         self.round_trips = 0
@@ -75,13 +78,19 @@ class RedisState:
     def key(self, spec: EntitySpec, entity: EntityKey) -> str:
         return f"{self.prefix}:entity:{spec.fingerprint[:12]}:{entity[0]}:{entity[1]}"
 
+    def client(self) -> redis.Redis | RedisCluster:
+        return self.r
+
+    def _mget(self, names: list[str]) -> list[Any]:
+        return list(self.r.mget(names))
+
     def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
         if not keys:
             return {}
         ns = f"{self.prefix}:entity:{spec.fingerprint[:12]}"
         try:
-            raw = self.r.mget([f"{ns}:{k[0]}:{k[1]}" for k in keys])
-        except redis.RedisError as exc:
+            raw = self._mget([f"{ns}:{k[0]}:{k[1]}" for k in keys])
+        except REDIS_ERRORS as exc:
             raise EntityStateUnavailable(f"entity state read failed: {exc}") from exc
         finally:
             self.round_trips += 1
@@ -91,16 +100,47 @@ class RedisState:
     def save(self, spec: EntitySpec, records: dict[EntityKey, Record]) -> None:
         if not records:
             return
-        pipe = self.r.pipeline(transaction=False)
         ns, ttl = f"{self.prefix}:entity:{spec.fingerprint[:12]}", spec.horizon_ms
-        for k, record in records.items():
-            pipe.set(f"{ns}:{k[0]}:{k[1]}", encode(spec, k[0], record), px=ttl)
         try:
+            pipe = self.client().pipeline(transaction=False)
+            for k, record in records.items():
+                pipe.set(f"{ns}:{k[0]}:{k[1]}", encode(spec, k[0], record), px=ttl)
             pipe.execute()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise EntityStateUnavailable(f"entity state write failed: {exc}") from exc
         finally:
             self.round_trips += 1
+
+
+class RedisClusterState(RedisState):
+    """Records on a Redis Cluster (``SD_ENTITY_REDIS_CLUSTER``): the same keys and values as
+    ``RedisState``, each key in the slot its name hashes to, so entities spread over every node.
+    Still two store operations per batch, each **one round trip per node**: ``load`` sends one
+    ``MGET`` per slot the batch touches and ``save`` one ``SET … PX`` per entity, both as one
+    cluster pipeline, which redis-py groups by node (all nodes' commands written, then all
+    replies read). A node that is down or a cluster that lost slots raises
+    ``EntityStateUnavailable`` (retriable) like a single Redis outage; slot moves (MOVED/ASK) are
+    followed by the client. Given a ``connect`` callable instead of a client, it connects on first
+    use, so a cluster that is down when the worker starts is an outage of the first batches (held,
+    retried), not a failed start."""
+
+    def __init__(self, client: RedisCluster | Callable[[], RedisCluster], prefix: str) -> None:
+        self.prefix = prefix
+        self.round_trips = 0
+        self._cluster = client if isinstance(client, RedisCluster) else None
+        self._connect = None if isinstance(client, RedisCluster) else client
+
+    def client(self) -> RedisCluster:
+        if self._cluster is None:
+            assert self._connect is not None
+            try:
+                self._cluster = self._connect()
+            except REDIS_ERRORS as exc:
+                raise EntityStateUnavailable(f"entity state cluster unreachable: {exc}") from exc
+        return self._cluster
+
+    def _mget(self, names: list[str]) -> list[Any]:
+        return list(self.client().mget_nonatomic(names))
 
 
 def record_bytes(record: Record, spec: EntitySpec | None = None, key: str | None = None) -> int:

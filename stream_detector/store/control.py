@@ -6,15 +6,17 @@ Redis is unreachable; registry reads raise ``NoActiveModel`` / ``ModelError`` as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.cluster import RedisCluster
 
-from ..entity.state import RedisState, StateStore
+from ..entity.state import RedisClusterState, RedisState, StateStore
 from ..model.artifacts import ArtifactStore, DirArtifacts
 from ..model.bundle import Bundle
 from ..model.signing import Signer, Verifier
-from ..redis_client import redis_client
+from ..redis_client import entity_cluster_client, redis_client
 from .base import Keys, Snapshot, Threshold
 from .registry import BundleReader, ModelRegistry
 from .telemetry import Telemetry
@@ -28,8 +30,10 @@ class WorkerView:
     """A worker's read-only view of the control plane (it never writes a threshold or a model):
     snapshots, verified bundles, telemetry writes, change notices, and its entity state store."""
 
-    def __init__(self, client: redis.Redis, prefix: str, verifier: Verifier | None = None) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, verifier: Verifier | None = None,
+                 entity_cluster: Callable[[], RedisCluster] | None = None) -> None:
         self._r = client
+        self._entity_cluster = entity_cluster
         self.keys = Keys(prefix)
         self._thresholds = ThresholdStore(client, self.keys)
         self._bundles = BundleReader(client, self.keys, verifier)
@@ -45,7 +49,10 @@ class WorkerView:
         return self._bundles.active_bundle()
 
     def entity_state(self) -> StateStore:
-        """The per-entity history store of this prefix (``entity/state.py``)."""
+        """The per-entity history store of this prefix (``entity/state.py``): on the Redis Cluster
+        of ``SD_ENTITY_REDIS_CLUSTER`` when one is configured, else beside the control plane."""
+        if self._entity_cluster is not None:
+            return RedisClusterState(self._entity_cluster, self.keys.prefix)
         return RedisState(self._r, self.keys.prefix)
 
 
@@ -57,8 +64,10 @@ class ControlPlane:
     """
 
     def __init__(self, client: redis.Redis, prefix: str, artifacts: ArtifactStore | None = None,
-                 signer: Signer | None = None, verifier: Verifier | None = None) -> None:
+                 signer: Signer | None = None, verifier: Verifier | None = None,
+                 entity_cluster: Callable[[], RedisCluster] | None = None) -> None:
         self._r = client
+        self._entity_cluster = entity_cluster  # connects on the entity store's first use
         self.keys = Keys(prefix)
         self.thresholds = ThresholdStore(client, self.keys)
         self.registry = ModelRegistry(client, self.keys, self.thresholds, artifacts, signer, verifier)
@@ -76,11 +85,12 @@ class ControlPlane:
         artifacts = DirArtifacts(settings.model_dir) if settings.model_store == "dir" else None
         return cls(redis_client(settings), settings.redis_prefix, artifacts,
                    Signer.from_file(settings.signing_key_file) if settings.signing_key_file else None,
-                   Verifier.from_file(settings.verify_key_file) if settings.verify_key_file else None)
+                   Verifier.from_file(settings.verify_key_file) if settings.verify_key_file else None,
+                   (lambda: entity_cluster_client(settings)) if settings.entity_redis_cluster else None)
 
     def worker_view(self) -> WorkerView:
         """The same Redis and prefix, read-only for thresholds and models."""
-        return WorkerView(self._r, self.keys.prefix, self.registry.verifier)
+        return WorkerView(self._r, self.keys.prefix, self.registry.verifier, self._entity_cluster)
 
     def ping(self) -> None:
         """Raises ``redis.RedisError`` / ``OSError`` when Redis cannot be reached."""
