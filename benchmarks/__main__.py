@@ -13,6 +13,7 @@ SUITES = {
     "before-after": "benchmarks.before_after",
     "cuda": "benchmarks.cuda",
     "entity-worker": "benchmarks.entity_worker",
+    "entity-cluster": "benchmarks.entity_cluster",
 }
 
 
