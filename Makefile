@@ -12,7 +12,7 @@ help:
 	@echo "make test            install and run the whole test suite (tests start their own Kafka + Redis)"
 	@echo "make services-up     start the local Kafka (127.0.0.1:9092) and Redis (127.0.0.1:6379); services-down stops them"
 	@echo "make reliability     the chaos + failover tiers' long form (3-broker cluster, Sentinel); writes docs/RELIABILITY.md"
-	@echo "make test-failover   every failover scenario once (~8 min; make test runs a ~3 min smoke subset)"
+	@echo "make test-failover   every failover scenario once (~8 min; make test runs a ~2 min smoke subset)"
 	@echo "make soak            SOAK_MINUTES (60) at SOAK_RATE (20000) events/s, entity path on → docs/RELIABILITY.md"
 	@echo "make lint            ruff + mypy --strict + import-linter layer contracts (docs/architecture.md)"
 	@echo "make bench           throughput/latency benchmarks against a real broker → benchmarks/RESULTS.md"
