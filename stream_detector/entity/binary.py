@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -88,12 +89,9 @@ def _core(parts: list[bytes], fields: tuple[str, ...], core: Core) -> None:
 
 
 def _pairs(raw: bytes, at: int, count: int) -> tuple[dict[str, int], int]:
-    out = {}
-    for _ in range(count):
-        p, o = _PAIR.unpack_from(raw, at)
-        out[str(p)] = o
-        at += _PAIR.size
-    return out, at
+    """``count`` × (i32 partition, i64 offset) from ``at`` → ({str(partition): offset}, end)."""
+    values = struct.unpack_from("<" + "iq" * count, raw, at)
+    return {str(values[i]): values[i + 1] for i in range(0, 2 * count, 2)}, at + _PAIR.size * count
 
 
 def _read_core(raw: bytes, at: int, windows: int, fields: tuple[str, ...]) -> tuple[Core, int]:
@@ -114,3 +112,72 @@ def _read_core(raw: bytes, at: int, windows: int, fields: tuple[str, ...]) -> tu
         d[field] = dict(zip(names, numbers[start:start + m], strict=True))
         start += m
     return {"t": None if math.isnan(t) else t, "w": w, "d": d}, at
+
+
+# ---- the record as bytes, without decoding its cores (the enricher's path) ------------------
+
+@dataclass(slots=True)
+class Parsed:
+    """A version-2 record split at its sections, cores left as bytes: ``applied`` offsets,
+    ``core`` (the current core's bytes), and the undo section (``u16 Q | pairs | core``) verbatim
+    with its first offsets and core bytes; both None without one."""
+
+    applied: dict[str, int]
+    core: bytes
+    undo: bytes | None
+    undo_firsts: dict[str, int] | None
+    undo_core: bytes | None
+
+
+def parse(spec: EntitySpec, key: str, raw: bytes, fields: int | None = None) -> Parsed:
+    """Bytes (version 2, or version-1 JSON, which is re-encoded first) → ``Parsed``; only the
+    headers and offsets are read. ``fields``: ``len(spec.distinct_for(key))`` when the caller has
+    it. ``ValueError`` for anything else."""
+    if raw[:1] == b"{":
+        raw = encode(spec, key, orjson.loads(raw))
+    if not raw or raw[0] != VERSION:
+        raise ValueError(f"entity record: unknown format version {raw[:1]!r}")
+    _, flags, count = _HEAD.unpack_from(raw, 0)
+    applied, at = _pairs(raw, _HEAD.size, count)
+    windows = len(spec.windows)
+    if fields is None:
+        fields = len(spec.distinct_for(key))
+    end = core_end(raw, at, windows, fields)
+    core = raw[at:end]
+    if not flags & 1:
+        if end != len(raw):
+            raise ValueError(f"entity record: {len(raw) - end} trailing bytes")
+        return Parsed(applied, core, None, None, None)
+    (q,) = _COUNT.unpack_from(raw, end)
+    firsts, at = _pairs(raw, end + _COUNT.size, q)
+    if core_end(raw, at, windows, fields) != len(raw):
+        raise ValueError("entity record: malformed undo section")
+    return Parsed(applied, core, raw[end:], firsts, raw[at:])
+
+
+def core_end(raw: bytes, at: int, windows: int, fields: int) -> int:
+    """Where the core starting at ``at`` ends (``u8[F] | f64[1 + 3W + Σm] | u32 L | L bytes``)."""
+    size = 1 + 3 * windows + sum(raw[at:at + fields])
+    at += fields + 8 * size
+    length: int = _LONG.unpack_from(raw, at)[0]
+    return at + _LONG.size + length
+
+
+def empty_core(spec: EntitySpec, key: str) -> bytes:
+    """The bytes of a core with no history (what a new entity starts from)."""
+    from .compute import empty_core as empty
+
+    parts: list[bytes] = []
+    _core(parts, spec.distinct_for(key), empty(spec, key))
+    return b"".join(parts)
+
+
+def undo_section(firsts: dict[str, int], core: bytes) -> bytes:
+    """``u16 Q | Q × (i32 partition, i64 first offset) | core``: the undo snapshot of a write."""
+    return b"".join([_COUNT.pack(len(firsts)), *(_PAIR.pack(int(p), o) for p, o in firsts.items()), core])
+
+
+def assemble(applied: dict[str, int], core: bytes, undo: bytes | None) -> bytes:
+    """A version-2 record from its parts (``undo``: an ``undo_section`` or None)."""
+    head = _HEAD.pack(VERSION, 1 if undo else 0, len(applied))
+    return b"".join([head, *(_PAIR.pack(int(p), o) for p, o in applied.items()), core, undo or b""])

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import orjson
 
 from ..entity_spec import EntitySpec
 from . import kernel
+from .binary import _LONG
 from .columns import Columns, codes_of, grouping, vocabulary
 from .compute import Core
 
@@ -72,6 +74,103 @@ class Block:
             block.dc[at] = codes_kept
             np.add.at(block.n, (at[0], at[1]), 1)
         return block
+
+    @classmethod
+    def from_bytes(cls, spec: EntitySpec, fields: tuple[str, ...], cores: Sequence[bytes], extra: int,
+                   cols: Columns) -> Block:
+        """``of`` for cores as record bytes (``binary.py``'s core layout), without a Python dict
+        per entity: one ``frombuffer`` for every core's doubles, one JSON parse for every core's
+        labels, and numpy scatters. Equal to ``of`` on the decoded cores (unit-tested)."""
+        e_count, f_count, w = len(cores), len(fields), len(spec.windows)
+        head = 1 + 3 * w
+        counts = np.zeros((e_count, f_count), dtype=np.int64)
+        chunks: list[bytes] = []
+        labels_json: list[bytes] = []
+        for e, core in enumerate(cores):
+            m = core[:f_count]
+            size = head + sum(m)
+            end = f_count + 8 * size
+            chunks.append(core[f_count:end])
+            labels_json.append(core[end + 4:])
+            if f_count:
+                counts[e] = list(m)
+        flat = np.frombuffer(b"".join(chunks), dtype="<f8")
+        sizes = head + counts.sum(axis=1)
+        offs = np.zeros(e_count, dtype=np.int64)
+        if e_count:
+            np.cumsum(sizes[:-1], out=offs[1:])
+        kept_per = counts.sum(axis=1)
+        total = int(kept_per.sum())
+        e_rep = np.repeat(np.arange(e_count), kept_per)
+        f_rep = np.repeat(np.tile(np.arange(f_count), e_count), counts.ravel())
+        start_e = np.concatenate(([0], np.cumsum(kept_per)[:-1])) if e_count else np.zeros(0, dtype=np.int64)
+        within_e = np.arange(total) - start_e[e_rep]  # rank among the entity's kept values (field-major)
+        field_start = np.concatenate((np.zeros((e_count, 1), dtype=np.int64), np.cumsum(counts, axis=1)[:, :-1]),
+                                     axis=1) if f_count else np.zeros((e_count, 0), dtype=np.int64)
+        slot = within_e - field_start[e_rep, f_rep]
+        times = flat[offs[e_rep] + head + within_e]
+        kept_labels: list[str] = [lab for per_e in orjson.loads(b"[" + b",".join(labels_json) + b"]")
+                                  for per_f in per_e for lab in per_f]
+        f_list = f_rep.tolist()
+        per_field: list[set[str]] = [set() for _ in fields]
+        for lab, fi in zip(kept_labels, f_list, strict=True):
+            per_field[fi].add(lab)
+        index, codes = [], []
+        for i, f in enumerate(fields):
+            ix = cols.index[f]
+            if not per_field[i] <= ix.keys():  # a kept label the batch does not use: recode
+                ix = vocabulary(cols.labels[f], per_field[i])
+                codes.append(codes_of(cols.labels[f], ix))
+            else:
+                codes.append(cols.codes[f])
+            index.append(ix)
+        stacked = np.stack(codes) if codes else np.zeros((0, cols.ts.size), dtype=np.int64)
+        block = cls(spec, fields, e_count + extra, index, stacked)
+        if e_count:
+            block.t[:e_count] = flat[offs]
+            block.w[:e_count] = flat[offs[:, None] + 1 + np.arange(3 * w)].reshape(e_count, w, 3)
+            block.n[:e_count] = counts
+        if total:
+            block.dt[e_rep, f_rep, slot] = times
+            block.dc[e_rep, f_rep, slot] = [index[fi][lab] for lab, fi in zip(kept_labels, f_list, strict=True)]
+        return block
+
+    def core_bytes(self, rows: int) -> list[bytes]:
+        """The first ``rows`` rows' state as core bytes (``binary.py``'s layout; kept values in slot
+        order, as ``cores`` gives them): what ``binary._core`` writes for ``cores(rows)``."""
+        f_count, w = len(self.fields), self.w.shape[1]
+        head = 1 + 3 * w
+        n = self.n[:rows]
+        mask = np.arange(self.dt.shape[2])[None, None, :] < n[:, :, None]
+        kept_dt = self.dt[:rows][mask]
+        kept_dc = self.dc[:rows][mask].tolist()
+        kept_per = n.sum(axis=1)
+        sizes = head + kept_per
+        offs = np.zeros(rows + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offs[1:])
+        flat = np.empty(int(offs[-1]), dtype="<f8")
+        base = offs[:-1]
+        heads = np.concatenate((self.t[:rows, None], self.w[:rows].reshape(rows, 3 * w)), axis=1)
+        flat[base[:, None] + np.arange(head)] = heads
+        e_rep = np.repeat(np.arange(rows), kept_per)
+        start_e = np.concatenate(([0], np.cumsum(kept_per)[:-1])) if rows else np.zeros(0, dtype=np.int64)
+        flat[base[e_rep] + head + (np.arange(kept_dt.size) - start_e[e_rep])] = kept_dt
+        doubles = flat.tobytes()
+        counts = n.astype(np.uint8).tobytes()
+        n_list, offs_list = n.tolist(), offs.tolist()
+        out: list[bytes] = []
+        k = 0
+        for e in range(rows):
+            per_field = []
+            for i in range(f_count):
+                m = n_list[e][i]
+                names = self.labels[i]
+                per_field.append([names[c] for c in kept_dc[k:k + m]])
+                k += m
+            labels = orjson.dumps(per_field)
+            out.append(b"".join((counts[e * f_count:(e + 1) * f_count], doubles[8 * offs_list[e]:8 * offs_list[e + 1]],
+                                 _LONG.pack(len(labels)), labels)))
+        return out
 
     def run(self, spec: EntitySpec, state_row: np.ndarray, apply: np.ndarray, ts: np.ndarray,
             amount: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:

@@ -23,37 +23,21 @@ Events without a usable key value get the features of an entity with no history 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..entity_spec import EntitySpec
 from ..schema import validate_event
-from . import kernel
+from . import binary, kernel
 from .block import Block
 from .columns import Columns, attach, entity_value, gc_paused
-from .compute import Core, empty_core
 from .state import EntityKey, Record, StateStore
 
 Position = tuple[int, int]  # (partition, offset)
 
 __all__ = ["Enricher", "Position", "enrich_history", "entity_value"]
-
-
-@dataclass
-class _Plan:
-    """One entity's part of a batch: the state it starts from, which events it applies."""
-
-    start: Core
-    rows: list[int]
-    apply: list[bool]
-    applied: dict[str, int]
-    undo: dict[str, Any] | None
-    core: Core = field(default_factory=dict)
-
-    def record(self) -> Record:
-        return {"c": self.core, "a": self.applied, "u": self.undo}
 
 
 class Enricher:
@@ -109,54 +93,90 @@ class Enricher:
                     loose.setdefault(key, []).append(row)
                 else:
                     groups.setdefault((key, value), []).append(row)
-        records = self.store.load(spec, list(groups))
-        plans = {k: plan(spec, k[0], records.get(k), rows, positions) for k, rows in groups.items()}
-        parts = [self._key(spec, key, cols, plans, loose.get(key, [])) for key in spec.keys]
-        self.store.save(spec, {k: p.record() for k, p in plans.items()})
+        entities = list(groups)
+        raws = self.store.load_raw(spec, entities)
+        where = [(str(p), o) for p, o in positions]
+        writes: dict[EntityKey, bytes] = {}
+        parts = []
+        for key in spec.keys:
+            mine = [(k, groups[k], raw) for k, raw in zip(entities, raws, strict=True) if k[0] == key]
+            empty = binary.empty_core(spec, key)
+            n_fields = len(spec.distinct_for(key))
+            plans = [plan_bytes(spec, key, raw, rows, where, empty, n_fields) for _, rows, raw in mine]
+            parts.append(self._key(spec, key, cols, mine, plans, loose.get(key, [])))
+            for (k, _, _), p in zip(mine, plans, strict=True):
+                writes[k] = binary.assemble(p.applied, p.core, p.undo)
+        self.store.save_raw(spec, writes)
         return np.concatenate(parts, axis=1) if parts else np.empty((len(events), 0))
 
     @staticmethod
-    def _key(spec: EntitySpec, key: str, cols: Columns, plans: dict[EntityKey, _Plan],
-             loose: list[int]) -> np.ndarray:
-        mine = [p for (k, _), p in plans.items() if k == key]
+    def _key(spec: EntitySpec, key: str, cols: Columns, mine: list[tuple[EntityKey, list[int], bytes | None]],
+             plans: list[_BytesPlan], loose: list[int]) -> np.ndarray:
         fields = spec.distinct_for(key)
-        block = Block.of(spec, fields, [p.start for p in mine], extra=len(loose), cols=cols)
+        block = Block.from_bytes(spec, fields, [p.start for p in plans], extra=len(loose), cols=cols)
         n = cols.ts.size
         state_row = np.empty(n, dtype=np.int64)
         apply = np.ones(n, dtype=np.bool_)
-        for e, p in enumerate(mine):
-            state_row[p.rows] = e
-            apply[p.rows] = p.apply
+        for e, ((_, rows, _), p) in enumerate(zip(mine, plans, strict=True)):
+            state_row[rows] = e
+            if p.skip:
+                apply[rows] = p.apply
         state_row[loose] = np.arange(len(mine), len(mine) + len(loose))
         out = block.run(spec, state_row, apply, cols.ts, cols.amount)
-        for p, core in zip(mine, block.cores(len(mine)), strict=True):
+        for p, core in zip(plans, block.core_bytes(len(plans)), strict=True):
             p.core = core
         return out
 
 
-def plan(spec: EntitySpec, key: str, record: Record | None, rows: list[int],
-         positions: Sequence[Position]) -> _Plan:
-    """The idempotency decision for one entity's events of a batch (see the module docstring)."""
-    if record is None:
-        record = {"c": empty_core(spec, key), "a": {}, "u": None}
-    applied: dict[str, int] = record["a"]
-    where = [(str(positions[r][0]), positions[r][1]) for r in rows]
-    done = [o <= applied.get(p, -1) for p, o in where]
+@dataclass(slots=True)
+class _BytesPlan:
+    """``plan`` on record bytes: the core bytes the batch starts from, which events it applies
+    (``skip``: some are already applied), the offsets and undo section to write; ``core`` is
+    filled with the state after the batch."""
+
+    start: bytes
+    apply: list[bool]
+    skip: bool
+    applied: dict[str, int]
+    undo: bytes | None
+    core: bytes = b""
+
+
+def plan_bytes(spec: EntitySpec, key: str, raw: bytes | None, rows: list[int], where: list[tuple[str, int]],
+               empty: bytes, fields: int) -> _BytesPlan:
+    """The idempotency decision of ``plan`` (same three cases) on a record's bytes: the cores stay
+    bytes (the undo snapshot of a normal write is the loaded current core, copied as it is)."""
+    if raw is None:
+        parsed = binary.Parsed({}, empty, None, None, None)
+    else:
+        parsed = binary.parse(spec, key, raw, fields)
+    applied = parsed.applied
+    mine = [where[r] for r in rows]
+    done = [o <= applied.get(p, -1) for p, o in mine]
     firsts: dict[str, int] = {}
-    for p, o in where:
+    for p, o in mine:
         firsts.setdefault(p, o)
     if not any(done):
-        result = _Plan(record["c"], rows, [True] * len(rows), applied, {"s": record["c"], "f": firsts})
-    elif exact_replay(record, firsts, where, done):
-        result = _Plan(record["u"]["s"], rows, [True] * len(rows), applied, record["u"])
+        result = _BytesPlan(parsed.core, [], False, applied, binary.undo_section(firsts, parsed.core))
+    elif parsed.undo is not None and parsed.undo_core is not None and _replays(parsed.undo_firsts or {}, firsts,
+                                                                             mine, done):
+        result = _BytesPlan(parsed.undo_core, [], False, applied, parsed.undo)
         for part in firsts:  # the state now ends where this batch ends (it may be shorter than the last write)
             applied[part] = -1
     else:
-        result = _Plan(record["c"], rows, [not d for d in done], applied, None)
-    for p, o in where:
+        result = _BytesPlan(parsed.core, [not d for d in done], True, applied, None)
+    for p, o in mine:
         if o > applied.get(p, -1):
             applied[p] = o
     return result
+
+
+def _replays(last_firsts: dict[str, int], firsts: dict[str, int], where: list[tuple[str, int]],
+             done: list[bool]) -> bool:
+    """``exact_replay`` on the undo section's first offsets."""
+    if any(firsts.get(p) != o for p, o in last_firsts.items()):
+        return False
+    return all(not d or p in last_firsts for (p, _o), d in zip(where, done, strict=True))
 
 
 def exact_replay(record: Record, firsts: dict[str, int], where: list[tuple[str, int]],

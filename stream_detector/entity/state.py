@@ -39,9 +39,15 @@ EntityKey = tuple[str, str]  # (key field, entity value)
 
 
 class StateStore(Protocol):
-    """Batch-granular state access: one read and one write per batch."""
+    """Batch-granular state access: one read and one write per batch. The enricher uses the
+    record bytes (``load_raw``/``save_raw``, ``binary.py``'s version-2 layout); ``load``/``save``
+    give the same records decoded (the per-event reference, tests and tools)."""
 
     round_trips: int
+
+    def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]: ...
+
+    def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes]) -> None: ...
 
     def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]: ...
 
@@ -49,20 +55,34 @@ class StateStore(Protocol):
 
 
 class InMemoryState:
-    """A dict of records (no copies: the enricher owns them between load and save)."""
+    """Record bytes in a dict, exactly as Redis holds them (training, offline scoring, tests).
+    ``records`` decodes them all (for tests and tools)."""
 
     def __init__(self) -> None:
-        self.records: dict[tuple[str, EntityKey], Record] = {}
+        self.raw: dict[tuple[str, EntityKey], bytes] = {}
+        self._specs: dict[str, EntitySpec] = {}
         self.round_trips = 0
 
-    def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
+    @property
+    def records(self) -> dict[tuple[str, EntityKey], Record]:
+        return {(ns, k): decode(self._specs[ns], k[0], v) for (ns, k), v in self.raw.items()}
+
+    def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
         ns = spec.fingerprint[:12]
-        return {k: self.records.get((ns, k)) for k in keys}
+        return [self.raw.get((ns, k)) for k in keys]
+
+    def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes]) -> None:
+        ns = spec.fingerprint[:12]
+        self._specs[ns] = spec
+        for k, value in records.items():
+            self.raw[(ns, k)] = value
+
+    def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
+        return {k: None if v is None else decode(spec, k[0], v)
+                for k, v in zip(keys, self.load_raw(spec, keys), strict=True)}
 
     def save(self, spec: EntitySpec, records: dict[EntityKey, Record]) -> None:
-        ns = spec.fingerprint[:12]
-        for k, record in records.items():
-            self.records[(ns, k)] = record
+        self.save_raw(spec, {k: encode(spec, k[0], r) for k, r in records.items()})
 
 
 class RedisState:
@@ -84,9 +104,9 @@ class RedisState:
     def _mget(self, names: list[str]) -> list[Any]:
         return list(self.r.mget(names))
 
-    def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
+    def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
         if not keys:
-            return {}
+            return []
         ns = f"{self.prefix}:entity:{spec.fingerprint[:12]}"
         try:
             raw = self._mget([f"{ns}:{k[0]}:{k[1]}" for k in keys])
@@ -94,17 +114,23 @@ class RedisState:
             raise EntityStateUnavailable(f"entity state read failed: {exc}") from exc
         finally:
             self.round_trips += 1
-        return {k: (decode(spec, k[0], v if isinstance(v, bytes) else v.encode()) if v is not None else None)
-                for k, v in zip(keys, raw, strict=True)}
+        return [v if v is None or isinstance(v, bytes) else v.encode() for v in raw]
+
+    def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
+        return {k: None if v is None else decode(spec, k[0], v)
+                for k, v in zip(keys, self.load_raw(spec, keys), strict=True)}
 
     def save(self, spec: EntitySpec, records: dict[EntityKey, Record]) -> None:
+        self.save_raw(spec, {k: encode(spec, k[0], r) for k, r in records.items()})
+
+    def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes]) -> None:
         if not records:
             return
         ns, ttl = f"{self.prefix}:entity:{spec.fingerprint[:12]}", spec.horizon_ms
         try:
             pipe = self.client().pipeline(transaction=False)
-            for k, record in records.items():
-                pipe.set(f"{ns}:{k[0]}:{k[1]}", encode(spec, k[0], record), px=ttl)
+            for k, value in records.items():
+                pipe.set(f"{ns}:{k[0]}:{k[1]}", value, px=ttl)
             pipe.execute()
         except REDIS_ERRORS as exc:
             raise EntityStateUnavailable(f"entity state write failed: {exc}") from exc

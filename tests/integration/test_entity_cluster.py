@@ -135,7 +135,7 @@ def test_a_cluster_that_cannot_be_reached_is_a_retriable_outage(settings: Settin
     down = settings.model_copy(update={"entity_redis_cluster": f"127.0.0.1:{_free_cluster_port()}"})
     store = ControlPlane.from_settings(down).worker_view().entity_state()  # no connection yet
     assert isinstance(store, RedisClusterState)
-    for call in (lambda: store.load(SPEC, [("account_id", "a")]), lambda: store.save(SPEC, {("account_id", "a"): {}})):
+    for call in (lambda: store.load(SPEC, [("account_id", "a")]), lambda: store.save_raw(SPEC, {("account_id", "a"): b"x"})):
         with pytest.raises(EntityStateUnavailable) as info:
             call()
         assert info.value.retriable

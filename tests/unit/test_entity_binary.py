@@ -64,3 +64,33 @@ def test_version_1_json_is_read_and_the_next_write_is_version_2() -> None:
     with pytest.raises(ValueError, match="trailing"):
         record = next(iter(reference.records.values()))
         decode(SPEC, "account_id", encode(SPEC, "account_id", record) + b"\x00")
+
+
+@pytest.mark.parametrize("labels", [3, 40])
+def test_cores_as_bytes_fill_and_read_the_kernels_arrays_as_the_dicts_do(labels: int) -> None:
+    """The enricher's bytes path (``Block.from_bytes`` / ``core_bytes``) against the dict path
+    (``Block.of`` / ``cores`` + ``binary.encode``): the same arrays in, the same bytes out, with
+    batch labels that do and do not cover the kept ones."""
+    import numpy as np
+
+    from stream_detector.entity.block import Block
+    from stream_detector.entity.columns import Columns
+
+    store = _store(_events(600, labels))
+    batch = _events(650, labels)[600:]  # labels the cores hold that this batch lacks, and new ones
+    cols = Columns.of(SPEC, batch)
+    for key in SPEC.keys:
+        fields = SPEC.distinct_for(key)
+        cores = [r["c"] for (_, (k, _)), r in store.records.items() if k == key]
+        as_bytes = [encode(SPEC, key, {"c": c, "a": {}, "u": None})[4:] for c in cores]  # head (4 bytes) off
+        a = Block.of(SPEC, fields, cores, extra=2, cols=cols)
+        b = Block.from_bytes(SPEC, fields, as_bytes, extra=2, cols=cols)
+        assert a.index == b.index and a.labels == b.labels
+        np.testing.assert_array_equal(a.codes, b.codes)
+        for name in ("t", "w", "n"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        kept = np.arange(a.dt.shape[2])[None, None, :] < a.n[:, :, None]
+        np.testing.assert_array_equal(a.dt[kept], b.dt[kept])
+        np.testing.assert_array_equal(a.dc[kept], b.dc[kept])
+        assert b.core_bytes(len(cores)) == as_bytes
+        assert [encode(SPEC, key, {"c": c, "a": {}, "u": None})[4:] for c in a.cores(len(cores))] == as_bytes
