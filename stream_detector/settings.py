@@ -108,6 +108,11 @@ class WorkerSettings(_Group):
 
     batch_size: int = Field(8192, ge=1, le=100_000, description="Largest batch a worker scores at once "
                             "(8192 measured fastest: publish and commit round trips spread over more events).")
+    align_event_time: Literal["auto", "on", "off"] = Field(
+        "auto", description="Release a worker's partitions in event-time order (pipeline/align.py): auto = on when "
+        "the active model has entity features with more than one key (a terminal's events come from many partitions).")
+    align_idle_ms: int = Field(2000, ge=0, le=600_000, description="Event-time alignment's grace: a partition that "
+                               "delivered nothing for this long no longer holds the others back.")
     compute_chunk: int = Field(1024, ge=1, le=100_000, description="Rows decoded, featurised and scored per step "
                                "inside a batch; chunk k is scored on a second thread while chunk k+1 is decoded "
                                "(512-1024 measured fastest: the chunk stays in cache).")

@@ -1,6 +1,7 @@
 """The worker: orchestration only. Read the loop in ``run_once`` top to bottom — it is the design.
 
-    1 source   poll a batch (size or deadline)
+    1 source   poll a batch (size or deadline); with entity features over several keys, the
+               partitions are released in event-time order (pipeline/align.py)
     2 decode   bytes → validated events; bad ones → Rejected(reason)
     3a enrich  per-entity history features of the model's EntitySpec (state in Redis: 2 round trips)
     3 features the shared FeatureSpec of the active model
@@ -39,6 +40,7 @@ from .errors import DeliveryError, StreamDetectorError
 from .features import Extra
 from .hold import BatchHold
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
+from .pipeline.align import AlignedSource
 from .pipeline.compute import ChunkedCompute, Computed, Enrich
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected
@@ -145,6 +147,13 @@ class Worker:
             ensure_topics(self.settings, [self.settings.input_topic, self.settings.alerts_topic,
                                           self.settings.dlq_topic])
         scorer = self.models.start(self.control.active_bundle().version)
+        entity = scorer.bundle.entity
+        mode = self.settings.align_event_time
+        if mode == "on" or (mode == "auto" and entity is not None and len(entity.keys) > 1):
+            # 1½ align: partitions released in event-time order (pipeline/align.py); decided once per start
+            self.source = AlignedSource(self.source, self.settings.batch_size, self.settings.align_idle_ms)
+            self.source.enabled = True
+            self.hold.source = self.source
         self.enricher = Enricher(self.control.entity_state())
         self.thresholds.refresh(force=True)
         self.link.start()

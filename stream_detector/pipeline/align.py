@@ -1,0 +1,252 @@
+"""Step 1½, event-time alignment: the records of a worker's partitions released in event-time order.
+
+Kafka orders records within a partition only. A worker that owns several partitions gets them in
+fetch order. On a backlog (a catch-up after an outage, a deploy, a rebalance, a replay) one fetch
+can hold days of one partition's events before the next partition's first. A key that is not the
+partition key, such as a terminal, then sees its events out of time order: the late-event rule
+clamps them, and its features leave the training distribution (measured: ``benchmarks/RESULTS.md``,
+*Entity features end to end*). ``AlignedSource`` wraps the worker's ``transport.Source`` and
+buffers each partition. It releases records in order of **(running-max event time of their
+partition, partition, offset)**, up to the **release bound**: the smallest newest key among the
+partitions that may still deliver older records. Because the key never decreases within a
+partition, every release is a contiguous prefix of each partition, so offsets still commit after
+delivery, batch by batch, exactly as without alignment.
+
+A partition holds the others back while it has records left to read (its last seen offset + 1 is
+below its high watermark) and it delivered a record within the last ``idle_ms`` of wall time; a
+partition nothing has come from yet holds them back until the client knows its high watermark
+(its first fetch response) and ``idle_ms`` more (ten times ``idle_ms`` at most while none is
+known). A partition at its end (live traffic caught up) or idle for longer does not hold
+anything back: live latency grows by at most a poll, and a stalled partition delays the others
+by at most ``idle_ms`` (the stated grace). The buffer is capped (``max_buffered``); past
+the cap (default 200,000 records or 8 batches, whichever is more: about 60 MB of 300-byte events)
+the oldest records are released regardless (alignment is best effort then, never a stall). Event time is the event's ``timestamp`` (RFC 3339 or epoch ms); a record without a
+usable one takes its partition's running maximum (it never moves the order).
+
+Enabled per worker (``SD_ALIGN_EVENT_TIME``: ``auto`` turns it on when the active model has
+entity features with more than one key); disabled, it is a pass-through. Rebalances and rewinds
+drop the buffer and rewind the inner source to the group's committed offsets, so buffered
+records are read again, never lost.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..schema import parse_timestamp_ms
+from ..transport.base import Batch, Membership, Offsets, Source, TopicPartition
+
+NEG_INF = float("-inf")
+
+
+def event_time_ms(value: bytes | None) -> float | None:
+    """The ``timestamp`` of a JSON event as epoch ms, or None when absent or unusable."""
+    if not value:
+        return None
+    try:
+        event = orjson.loads(value)
+        raw = event.get("timestamp") if isinstance(event, dict) else None
+        return None if raw is None else float(parse_timestamp_ms(raw))
+    except (orjson.JSONDecodeError, TypeError, ValueError, OverflowError):
+        return None
+
+
+@dataclass(slots=True)
+class _Held:
+    """One buffered record: its sort key and the batch fields it came with."""
+
+    key: float
+    offset: int
+    record: tuple[bytes | None, bytes | None, int, Any]  # key, value, timestamp, headers
+    polled_at: float
+
+
+@dataclass
+class _Partition:
+    records: deque[_Held] = field(default_factory=deque)
+    newest: float = NEG_INF  # running maximum of event time seen (the sort key of its next record)
+    last_offset: int = -1
+    last_record_at: float = 0.0  # wall clock (monotonic)
+
+
+class AlignedSource:
+    """``transport.Source`` over another, releasing records in event-time order (see the module
+    docstring). ``enabled`` may be switched before the first poll; disabled, every call goes
+    straight to ``inner``."""
+
+    def __init__(self, inner: Source, batch_size: int, idle_ms: int = 2000, max_buffered: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.inner = inner
+        self.batch_size = batch_size
+        self.idle_ms = idle_ms
+        self.max_buffered = max_buffered or max(8 * batch_size, 200_000)
+        self.clock = clock
+        self.enabled = False
+        self.topic = ""
+        self._parts: dict[int, _Partition] = {}
+        self._since: dict[int, float] = {}  # partition → when it was first seen assigned
+        self._known: dict[int, float] = {}  # partition → when its high watermark was first known
+        self._group: Membership | None = None  # the membership the buffered records were polled under
+        self.held_back = 0  # records waiting in the buffer (metrics, tests)
+
+    # ---- the Source protocol ------------------------------------------------------------------
+    def start(self) -> None:
+        self.inner.start()
+
+    def poll_batch(self) -> Batch:
+        if not self.enabled:
+            return self.inner.poll_batch()
+        deadline = self.clock() + self.idle_ms / 1000.0
+        if self.held_back and not self.inner.still_member(Batch(topic=self.topic, group=self._group)):
+            self.rewind_to_committed(Batch(topic=self.topic))  # a rebalance since the buffer filled
+        while True:
+            released = self._release()
+            if released is not None:
+                return released
+            incoming = self.inner.poll_batch()
+            self._take(incoming)
+            if not incoming.values and not self.held_back:
+                return incoming  # nothing anywhere: an idle poll, as without alignment
+            if not incoming.values and self.clock() >= deadline:
+                return self._release(force=True) or Batch(topic=self.topic)
+
+    def commit(self, offsets: Offsets) -> None:
+        self.inner.commit(offsets)
+
+    def membership(self) -> Membership:
+        return self.inner.membership()
+
+    def still_member(self, batch: Batch) -> bool:
+        return self.inner.still_member(batch)
+
+    def rewind_to_committed(self, batch: Batch) -> None:
+        """Drop the buffer and rewind ``batch``'s partitions and every buffered one."""
+        parts = set(batch.partitions) | {p for p, part in self._parts.items() if part.records}
+        self._drop()
+        self.inner.rewind_to_committed(Batch(topic=batch.topic or self.topic, partitions=sorted(parts),
+                                             offsets=[0] * len(parts), keys=[None] * len(parts),
+                                             values=[None] * len(parts), timestamps=[-1] * len(parts),
+                                             headers=[()] * len(parts)))
+
+    def poll_while_paused(self, timeout_ms: int) -> None:
+        self.inner.poll_while_paused(timeout_ms)
+
+    def pause_all(self) -> None:
+        self.inner.pause_all()
+
+    def resume_all(self) -> None:
+        self.inner.resume_all()
+
+    def paused(self) -> set[TopicPartition]:
+        return self.inner.paused()
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.inner.assignment()
+
+    def highwaters(self) -> dict[int, int | None]:
+        return self.inner.highwaters()
+
+    def close(self) -> None:
+        self._drop()
+        self.inner.close()
+
+    # ---- alignment ----------------------------------------------------------------------------
+    def _drop(self) -> None:
+        self._parts.clear()
+        self._since.clear()
+        self._known.clear()
+        self.held_back = 0
+
+    def _take(self, batch: Batch) -> None:
+        if batch.topic:
+            self.topic = batch.topic
+        if self.held_back and batch.values and not self.inner.still_member(Batch(topic=self.topic, group=self._group)):
+            self.rewind_to_committed(batch)  # a rebalance since the buffer filled: read it all again
+            return
+        if not self.held_back:
+            self._group = batch.group
+        now = self.clock()
+        for i, p in enumerate(batch.partitions):
+            part = self._parts.setdefault(p, _Partition())
+            t = event_time_ms(batch.values[i])
+            if t is not None and t > part.newest:
+                part.newest = t
+            part.records.append(_Held(part.newest, batch.offsets[i],
+                                      (batch.keys[i], batch.values[i], batch.timestamps[i], batch.headers[i]),
+                                      batch.polled_at))
+            part.last_offset = batch.offsets[i]
+            part.last_record_at = now
+            self.held_back += 1
+
+    def _bound(self) -> float:
+        """The release bound: the smallest newest key among partitions that hold the others back."""
+        now = self.clock()
+        assigned = {tp.partition for tp in self.inner.assignment() if not self.topic or tp.topic == self.topic}
+        for p in list(self._parts):  # revoked partitions: their new owner reads them from the commit
+            if p not in assigned:
+                self.held_back -= len(self._parts.pop(p).records)
+        highs = self.inner.highwaters()
+        bound = float("inf")
+        grace = self.idle_ms / 1000.0
+        for p in assigned:
+            since = self._since.setdefault(p, now)
+            part = self._parts.get(p)
+            high = highs.get(p)
+            if part is not None:
+                if high is not None and part.last_offset + 1 >= high:
+                    continue  # at its end: live traffic, nothing older can come
+                if now - part.last_record_at > grace:
+                    continue  # delivered nothing for longer than the grace
+                bound = min(bound, part.newest)
+                continue
+            # Nothing seen from it yet: hold until the client knows its high watermark (its first
+            # fetch response), then for the grace; with none known, for ten graces at most.
+            if high is None:
+                if now - since > 10 * grace:
+                    continue
+            elif now - self._known.setdefault(p, now) > grace:
+                continue
+            bound = NEG_INF
+        return bound
+
+    def _release(self, force: bool = False) -> Batch | None:
+        if not self.held_back:
+            return None
+        bound = self._bound()
+        over = self.held_back - self.max_buffered
+        heads = [(part.records[0].key, p) for p, part in self._parts.items() if part.records]
+        heapq.heapify(heads)
+        out = Batch(topic=self.topic)
+        first: _Held | None = None
+        while heads and len(out) < self.batch_size:
+            key, p = heads[0]
+            if key > bound and not force and over <= 0:
+                break
+            part = self._parts[p]
+            held = part.records.popleft()
+            self.held_back -= 1
+            over -= 1
+            if first is None:
+                first = held
+            out.partitions.append(p)
+            out.offsets.append(held.offset)
+            k, v, ts, hs = held.record
+            out.keys.append(k)
+            out.values.append(v)
+            out.timestamps.append(ts)
+            out.headers.append(hs)
+            if part.records:
+                heapq.heapreplace(heads, (part.records[0].key, p))
+            else:
+                heapq.heappop(heads)
+        if first is None:
+            return None
+        out.group, out.polled_at = self._group, first.polled_at
+        return out
