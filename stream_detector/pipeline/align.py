@@ -12,16 +12,17 @@ partitions that may still deliver older records. Because the key never decreases
 partition, every release is a contiguous prefix of each partition, so offsets still commit after
 delivery, batch by batch, exactly as without alignment.
 
-A partition holds the others back while it has records left to read (its last seen offset + 1 is
-below its high watermark) and it delivered a record within the last ``idle_ms`` of wall time; a
-partition nothing has come from yet holds them back until the client knows its high watermark
-(its first fetch response) and ``idle_ms`` more (ten times ``idle_ms`` at most while none is
-known). A partition at its end (live traffic caught up) or idle for longer does not hold
-anything back: live latency grows by at most a poll, and a stalled partition delays the others
-by at most ``idle_ms`` (the stated grace). The buffer is capped (``max_buffered``); past
-the cap (default 200,000 records or 8 batches, whichever is more: about 60 MB of 300-byte events)
-the oldest records are released regardless (alignment is best effort then, never a stall). Event time is the event's ``timestamp`` (RFC 3339 or epoch ms); a record without a
-usable one takes its partition's running maximum (it never moves the order).
+A partition holds the others back while it has records left to read: its last seen offset + 1
+is below its high watermark (however long the client takes to hand them out: kafka-python hands
+out a backlog one partition after another), or, its high watermark unknown, it delivered a
+record within the last ``idle_ms`` of wall time. A partition nothing has come from yet holds them
+back until the client knows its high watermark (its first fetch response) and ``idle_ms`` more
+(ten times ``idle_ms`` at most while none is known). A partition at its end (live traffic caught
+up) does not hold anything back, so live latency grows by at most a poll. The buffer is capped
+(``max_buffered``: 200,000 records or 8 batches, whichever is more, about 60 MB of 300-byte
+events); past the cap the oldest records are released regardless (alignment is best effort
+then, never a stall). Event time is the event's ``timestamp`` (RFC 3339 or epoch ms); a record
+without a usable one takes its partition's running maximum (it never moves the order).
 
 Enabled per worker (``SD_ALIGN_EVENT_TIME``: ``auto`` turns it on when the active model has
 entity features with more than one key); disabled, it is a pass-through. Rebalances and rewinds
@@ -202,9 +203,9 @@ class AlignedSource:
             if part is not None:
                 if high is not None and part.last_offset + 1 >= high:
                     continue  # at its end: live traffic, nothing older can come
-                if now - part.last_record_at > grace:
-                    continue  # delivered nothing for longer than the grace
-                bound = min(bound, part.newest)
+                if high is None and now - part.last_record_at > grace:
+                    continue  # nothing known of what is left, and quiet for longer than the grace
+                bound = min(bound, part.newest)  # records are left (or may be): they come next
                 continue
             # Nothing seen from it yet: hold until the client knows its high watermark (its first
             # fetch response), then for the grace; with none known, for ten graces at most.
