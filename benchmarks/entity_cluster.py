@@ -140,9 +140,9 @@ def markdown(r: dict[str, Any], load: str) -> str:
 def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks entity-cluster", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=80_000)
-    p.add_argument("--batch", type=int, default=2048)
-    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--events", type=int, default=80_000, help="simulated events (default 80,000)")
+    p.add_argument("--batch", type=int, default=2048, help="events per enriched batch (default 2,048)")
+    p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args(argv)
     before = os.getloadavg()
     ports = [_free_pair() for _ in range(3)]

@@ -24,7 +24,7 @@
 #   SD_KAFKA_HEAP            JVM heap (768m)               SD_READY_TIMEOUT seconds to wait (120)
 #   SD_KAFKA_ADVERTISED_PORT port clients are told to use (default SD_KAFKA_PORT; chaos tests put a
 #                            TCP proxy there to cut the network)
-##   SD_CLUSTER_PORTS         the 3 nodes' client ports (9192,9194,9196)
+#   SD_CLUSTER_PORTS         the 3 nodes' client ports (9192,9194,9196)
 #   SD_CLUSTER_CONTROLLER_PORTS  their controller ports (9193,9195,9197)
 #   SD_CLUSTER_ADVERTISED_PORTS  client ports advertised (default SD_CLUSTER_PORTS; a test's proxies)
 #   SD_CLUSTER_VOTERS_N      node N's controller.quorum.voters (default: the controller ports; a
@@ -353,6 +353,7 @@ redis_cluster_ok() {  # every node answers and reports cluster_state:ok with all
 
 redis_cluster_up() {
   ensure_redis
+  [ "${#RCPORTS[@]}" -ge 3 ] || die "a Redis Cluster needs at least 3 primaries; SD_REDIS_CLUSTER_PORTS has ${#RCPORTS[@]}"
   local p dir deadline
   for p in "${RCPORTS[@]}"; do
     dir="$RCDIR/node-$p"; mkdir -p "$dir"
@@ -377,7 +378,7 @@ redis_cluster_up() {
   until redis_cluster_ok; do
     [ $SECONDS -lt $deadline ] || die "redis cluster not ok after ${TIMEOUT}s (logs: $RCDIR)"; sleep 0.1
   done
-  log "redis cluster ready on ${RCPORTS[*]} (3 primaries)"
+  log "redis cluster ready on ${RCPORTS[*]} (${#RCPORTS[@]} primaries)"
 }
 
 redis_cluster_down() {
@@ -427,7 +428,11 @@ case "${1:-}" in
   redis-cluster-down) redis_cluster_down ;;
   redis-cluster-status)
     for p in "${RCPORTS[@]}"; do
-      echo "redis cluster node :$p: $(rcli "$p" cluster info | tr -d '\r' | awk -F: '/^cluster_state/ {print $2}' || true)"
+      if alive "$RCDIR/node-$p/pid"; then
+        echo "redis cluster node :$p: $(rcli "$p" cluster info | tr -d '\r' | awk -F: '/^cluster_state/ {print $2}' || true)"
+      else
+        echo "redis cluster node :$p: stopped"
+      fi
     done ;;
   *) echo "usage: $0 up|down|status|stop-kafka|stop-redis|kill-kafka" \
           "|cluster-up|cluster-down|cluster-status|kill-broker N|stop-broker N|start-broker N|cluster-controller" \

@@ -128,6 +128,8 @@ def _redis_checks(s: Settings) -> Iterator[Check]:
         control.ping()
     except (redis.RedisError, OSError) as exc:
         yield Check("fail", "redis", f"cannot reach {_redact(s.redis_url)}: {exc}")
+        if s.entity_redis_cluster:
+            yield _cluster_check(s)
         return
     yield Check("ok", "redis", f"reached {_redact(s.redis_url)}")
     try:

@@ -62,8 +62,8 @@ class KafkaSettings(_Group):
     def _bootstrap_has_port(cls, value: str) -> str:
         for server in value.split(","):
             host, _, port = server.strip().rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+            if not host or not port.isdigit() or "/" in host or ":" in host:
+                raise ValueError(f"expected host:port[,host:port...] (no scheme, no IPv6 literal), got {value!r}")
         return value
 
     @property
@@ -91,8 +91,8 @@ class RedisSettings(_Group):
     def _sentinels_have_ports(cls, value: str) -> str:
         for server in value.split(",") if value.strip() else []:
             host, _, port = server.strip().rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+            if not host or not port.isdigit() or "/" in host or ":" in host:
+                raise ValueError(f"expected host:port[,host:port...] (no scheme, no IPv6 literal), got {value!r}")
         return value.strip()
 
     @field_validator("redis_url")

@@ -149,3 +149,7 @@ def test_check_config_reports_the_entity_cluster(settings: Settings, cluster: st
     gone = f"127.0.0.1:{_free_cluster_port()}"
     bad = {c.name: c for c in run_checks(settings.model_copy(update={"entity_redis_cluster": gone}))}
     assert bad["entity cluster"].status == "fail" and gone in bad["entity cluster"].detail
+    no_redis = settings.model_copy(update={"entity_redis_cluster": cluster,
+                                           "redis_url": f"redis://127.0.0.1:{_free_cluster_port()}/0"})
+    checks = {c.name: c for c in run_checks(no_redis)}  # the control plane's Redis down: still reported
+    assert checks["redis"].status == "fail" and checks["entity cluster"].status == "ok"

@@ -49,3 +49,18 @@ def test_report_counts_failures_and_redacts_passwords():
     assert report([Check("ok", "a", "b")]).endswith("result: OK (0 failed, 0 warnings, 1 checks)")
     assert _redact("rediss://default:hunter2@redis.prod:6380/0") == "rediss://default:***@redis.prod:6380/0"
     assert _redact("redis://localhost:6379/0") == "redis://localhost:6379/0"
+
+
+@pytest.mark.parametrize("value", ["redis://127.0.0.1:7001", "nonsense", "[::1]:7001", "host:port"])
+def test_node_lists_take_host_and_port_only(value: str) -> None:
+    """A URL where host:port belongs (written in SD_REDIS_URL's style) is a settings error
+    naming the variable, not a connection failure later."""
+    with pytest.raises(ConfigError, match="SD_ENTITY_REDIS_CLUSTER"):
+        load_settings(entity_redis_cluster=value)
+    assert load_settings(entity_redis_cluster="10.0.0.1:7001,10.0.0.2:7001").entity_redis_cluster
+
+
+def test_alignment_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="SD_ALIGN_EVENT_TIME"):
+        load_settings(align_event_time="maybe")
+    assert load_settings(align_event_time="off").align_event_time == "off"
