@@ -119,7 +119,7 @@ class Enricher:
         apply = np.ones(n, dtype=np.bool_)
         for e, ((_, rows, _), p) in enumerate(zip(mine, plans, strict=True)):
             state_row[rows] = e
-            if p.skip:
+            if p.apply:  # some events already applied (an older batch redelivered)
                 apply[rows] = p.apply
         state_row[loose] = np.arange(len(mine), len(mine) + len(loose))
         out = block.run(spec, state_row, apply, cols.ts, cols.amount)
@@ -130,13 +130,12 @@ class Enricher:
 
 @dataclass(slots=True)
 class _BytesPlan:
-    """``plan`` on record bytes: the core bytes the batch starts from, which events it applies
-    (``skip``: some are already applied), the offsets and undo section to write; ``core`` is
+    """One entity's part of a batch, on record bytes: the core bytes the batch starts from, which
+    events it applies (empty: all of them), the offsets and undo section to write; ``core`` is
     filled with the state after the batch."""
 
     start: bytes
     apply: list[bool]
-    skip: bool
     applied: dict[str, int]
     undo: bytes | None
     core: bytes = b""
@@ -144,8 +143,8 @@ class _BytesPlan:
 
 def plan_bytes(spec: EntitySpec, key: str, raw: bytes | None, rows: list[int], where: list[tuple[str, int]],
                empty: bytes, fields: int) -> _BytesPlan:
-    """The idempotency decision of ``plan`` (same three cases) on a record's bytes: the cores stay
-    bytes (the undo snapshot of a normal write is the loaded current core, copied as it is)."""
+    """The idempotency decision (the module docstring's three cases) on a record's bytes: the
+    cores stay bytes (the undo snapshot of a normal write is the loaded current core, copied)."""
     if raw is None:
         parsed = binary.Parsed({}, empty, None, None, None)
     else:
@@ -157,38 +156,36 @@ def plan_bytes(spec: EntitySpec, key: str, raw: bytes | None, rows: list[int], w
     for p, o in mine:
         firsts.setdefault(p, o)
     if not any(done):
-        result = _BytesPlan(parsed.core, [], False, applied, binary.undo_section(firsts, parsed.core))
-    elif parsed.undo is not None and parsed.undo_core is not None and _replays(parsed.undo_firsts or {}, firsts,
-                                                                             mine, done):
-        result = _BytesPlan(parsed.undo_core, [], False, applied, parsed.undo)
+        result = _BytesPlan(parsed.core, [], applied, binary.undo_section(firsts, parsed.core))
+    elif parsed.undo is not None and parsed.undo_core is not None and replays(parsed.undo_firsts or {}, firsts,
+                                                                            mine, done):
+        result = _BytesPlan(parsed.undo_core, [], applied, parsed.undo)
         for part in firsts:  # the state now ends where this batch ends (it may be shorter than the last write)
             applied[part] = -1
     else:
-        result = _BytesPlan(parsed.core, [not d for d in done], True, applied, None)
+        result = _BytesPlan(parsed.core, [not d for d in done], applied, None)
     for p, o in mine:
         if o > applied.get(p, -1):
             applied[p] = o
     return result
 
 
-def _replays(last_firsts: dict[str, int], firsts: dict[str, int], where: list[tuple[str, int]],
-             done: list[bool]) -> bool:
-    """``exact_replay`` on the undo section's first offsets."""
+def replays(last_firsts: dict[str, int], firsts: dict[str, int], where: list[tuple[str, int]],
+            done: list[bool]) -> bool:
+    """True when the batch starts exactly where the last write started (``last_firsts``, the undo
+    snapshot's first offsets), on every partition it wrote."""
     if any(firsts.get(p) != o for p, o in last_firsts.items()):
         return False
     return all(not d or p in last_firsts for (p, _o), d in zip(where, done, strict=True))
 
 
 def exact_replay(record: Record, firsts: dict[str, int], where: list[tuple[str, int]],
-                  done: list[bool]) -> bool:
-    """True when the batch starts exactly where the last write started, on every partition it wrote."""
+                 done: list[bool]) -> bool:
+    """``replays`` for a decoded record (the per-event reference's form)."""
     undo = record.get("u")
     if not undo:
         return False
-    last_firsts: dict[str, int] = undo["f"]
-    if any(firsts.get(p) != o for p, o in last_firsts.items()):
-        return False
-    return all(not d or p in last_firsts for (p, _o), d in zip(where, done, strict=True))
+    return replays(undo["f"], firsts, where, done)
 
 
 def enrich_history(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: int = 8192,
