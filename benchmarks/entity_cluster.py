@@ -65,10 +65,10 @@ class _Timed:
         finally:
             self.store_s += time.perf_counter() - t
 
-    def save_raw(self, spec: Any, records: Any) -> None:
+    def save_raw(self, spec: Any, records: Any, expected: Any = None) -> Any:
         t = time.perf_counter()
         try:
-            self.inner.save_raw(spec, records)
+            return self.inner.save_raw(spec, records, expected)
         finally:
             self.store_s += time.perf_counter() - t
 

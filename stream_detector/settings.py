@@ -113,6 +113,12 @@ class WorkerSettings(_Group):
         "the active model has entity features with more than one key (a terminal's events come from many partitions).")
     align_idle_ms: int = Field(2000, ge=0, le=600_000, description="Event-time alignment's grace: a partition that "
                                "delivered nothing for this long no longer holds the others back.")
+    align_peer_grace_ms: int = Field(
+        2000, ge=0, le=86_400_000, description="Several workers of one group (alignment on): a worker releases a "
+        "record only while its event time is at most this far past every other partition's next record, so a "
+        "shared entity's events are applied at most this far out of order (0: exact order, slow on a backlog).")
+    align_peer_stale_ms: int = Field(30_000, ge=1000, le=3_600_000, description="Several workers: a partition whose "
+                                     "owner published nothing for this long (a dead worker) stops holding others back.")
     compute_chunk: int = Field(1024, ge=1, le=100_000, description="Rows decoded, featurised and scored per step "
                                "inside a batch; chunk k is scored on a second thread while chunk k+1 is decoded "
                                "(512-1024 measured fastest: the chunk stays in cache).")

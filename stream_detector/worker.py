@@ -50,8 +50,9 @@ from .pipeline.score_feed import ScoreFeed
 from .pipeline.threshold import Decision, ModelMismatch, ThresholdCache
 from .settings import Settings
 from .store import ControlPlane, ControlView
+from .store.control import WorkerView
 from .swap import ModelSwap
-from .topics import ensure_topics
+from .topics import ensure_topics, topic_partitions
 from .transport.base import Batch, Publisher, Source
 from .transport.factory import make_sink, make_source
 
@@ -151,7 +152,11 @@ class Worker:
         mode = self.settings.align_event_time
         if mode == "on" or (mode == "auto" and entity is not None and len(entity.keys) > 1):
             # 1½ align: partitions released in event-time order (pipeline/align.py); decided once per start
-            self.source = AlignedSource(self.source, self.settings.batch_size, self.settings.align_idle_ms)
+            peers = self.control.watermarks(self.settings.group_id, self.settings.input_topic,
+                                            self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms,
+                                            self._input_partitions())
+            self.source = AlignedSource(self.source, self.settings.batch_size, self.settings.align_idle_ms,
+                                        peers=peers)
             self.source.enabled = True
             self.hold.source = self.source
         self.enricher = Enricher(self.control.entity_state())
@@ -165,6 +170,17 @@ class Worker:
                  self.settings.input_topic, self.settings.group_id,
                  extra={"model_version": scorer.version, "topic": self.settings.input_topic,
                         "group": self.settings.group_id})
+
+    def _input_partitions(self) -> int:
+        """The input topic's partition count (the peers' watermarks wait for every partition); 0
+        when the broker cannot say (then a partition nobody published holds nothing back)."""
+        if not isinstance(self.control, WorkerView):
+            return 0  # an in-process control plane (tests): the memory transport
+        try:
+            return topic_partitions(self.settings, self.settings.input_topic)
+        except Exception:  # noqa: BLE001 - metadata unavailable: degrade, as documented
+            log.warning("input topic's partition count unknown; alignment across workers starts without it")
+            return 0
 
     def run(self, max_idle_polls: int | None = None) -> WorkerStats:
         """Loop until ``stop()``; ``max_idle_polls`` ends it after that many empty polls (tests, demo)."""
@@ -243,6 +259,8 @@ class Worker:
             with self.steps.time("commit"):
                 self.publisher.commit(self.source, batch.next_offsets(), batch.group)  # 7 commit, after 6
             self.hold.in_doubt = False
+            if isinstance(self.source, AlignedSource):
+                self.source.settled(batch.next_offsets())  # several workers: peers may release up to here
         except DeliveryError:
             self.stats.delivery_failures += 1
             self.metrics.delivery_failed()

@@ -17,6 +17,12 @@ snapshot: the state before its last write and the first offset of that write per
   commit) → those events are not applied again; their features are computed from the current
   state (approximate, never double-counted) and the undo snapshot is dropped.
 
+**No lost update.** The write is a compare-and-set (``StateStore.save_raw(..., expected=)``): a
+record another writer changed since this batch read it (another worker applying a shared
+terminal's events from its partitions) is not overwritten; the enricher reads those entities
+again, recomputes their events alone and retries, up to ``MAX_ATTEMPTS`` rounds, then raises
+``EntityStateUnavailable`` (retriable: the batch is held and retried, idempotently).
+
 Events without a usable key value get the features of an entity with no history and change no state.
 """
 
@@ -29,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..entity_spec import EntitySpec
+from ..errors import EntityStateUnavailable
 from ..schema import validate_event
 from . import binary, kernel
 from .block import Block
@@ -36,6 +43,7 @@ from .columns import Columns, attach, entity_value, gc_paused
 from .state import EntityKey, Record, StateStore
 
 Position = tuple[int, int]  # (partition, offset)
+MAX_ATTEMPTS = 8  # compare-and-set rounds per batch before the batch is held as an outage (retriable)
 
 __all__ = ["Enricher", "Position", "enrich_history", "entity_value"]
 
@@ -49,6 +57,7 @@ class Enricher:
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self.on_enriched: Callable[[list[dict[str, Any]]], None] | None = None
+        self.conflicts = 0  # records recomputed because another writer changed them (``_redo``)
         kernel.warm()
 
     def enrich(self, spec: EntitySpec | None, events: Sequence[dict[str, Any]],
@@ -100,14 +109,49 @@ class Enricher:
         parts = []
         for key in spec.keys:
             mine = [(k, groups[k], raw) for k, raw in zip(entities, raws, strict=True) if k[0] == key]
-            empty = binary.empty_core(spec, key)
-            n_fields = len(spec.distinct_for(key))
-            plans = [plan_bytes(spec, key, raw, rows, where, empty, n_fields) for _, rows, raw in mine]
-            parts.append(self._key(spec, key, cols, mine, plans, loose.get(key, [])))
-            for (k, _, _), p in zip(mine, plans, strict=True):
-                writes[k] = binary.assemble(p.applied, p.core, p.undo)
-        self.store.save_raw(spec, writes)
+            parts.append(self._apply(spec, key, cols, mine, where, loose.get(key, []), writes))
+        lost = self.store.save_raw(spec, writes, dict(zip(entities, raws, strict=True)))
+        attempts = 1
+        while lost:
+            if attempts >= MAX_ATTEMPTS:
+                raise EntityStateUnavailable(
+                    f"entity state contended: {len(lost)} records changed by another writer between read and "
+                    f"write {attempts} times in a row")
+            self.conflicts += len(lost)
+            lost = self._redo(spec, events, where, groups, lost, parts)
+            attempts += 1
         return np.concatenate(parts, axis=1) if parts else np.empty((len(events), 0))
+
+    def _apply(self, spec: EntitySpec, key: str, cols: Columns, mine: list[tuple[EntityKey, list[int], bytes | None]],
+               where: list[tuple[str, int]], loose: list[int], writes: dict[EntityKey, bytes]) -> np.ndarray:
+        """One key's features for the rows of ``cols`` (its entities ``mine`` and keyless ``loose``
+        rows); the records to write go into ``writes``."""
+        empty = binary.empty_core(spec, key)
+        n_fields = len(spec.distinct_for(key))
+        plans = [plan_bytes(spec, key, raw, rows, where, empty, n_fields) for _, rows, raw in mine]
+        out = self._key(spec, key, cols, mine, plans, loose)
+        for (k, _, _), p in zip(mine, plans, strict=True):
+            writes[k] = binary.assemble(p.applied, p.core, p.undo)
+        return out
+
+    def _redo(self, spec: EntitySpec, events: Sequence[dict[str, Any]], where: list[tuple[str, int]],
+              groups: dict[EntityKey, list[int]], lost: list[EntityKey], parts: list[np.ndarray]) -> list[EntityKey]:
+        """Entities another writer changed between this batch's read and its write: read them again,
+        recompute only their events' features for their key (an entity's features depend on its own
+        state and events alone) into ``parts``, and compare-and-set them again; the entities lost
+        again are returned."""
+        raws = self.store.load_raw(spec, lost)
+        writes: dict[EntityKey, bytes] = {}
+        for i, key in enumerate(spec.keys):
+            mine = [(k, raw) for k, raw in zip(lost, raws, strict=True) if k[0] == key]
+            if not mine:
+                continue
+            rows = sorted(r for k, _ in mine for r in groups[k])
+            at = {r: j for j, r in enumerate(rows)}
+            cols = Columns.of(spec, [events[r] for r in rows])
+            sub = [(k, [at[r] for r in groups[k]], raw) for k, raw in mine]
+            parts[i][rows] = self._apply(spec, key, cols, sub, [where[r] for r in rows], [], writes)
+        return self.store.save_raw(spec, writes, dict(zip(lost, raws, strict=True)))
 
     @staticmethod
     def _key(spec: EntitySpec, key: str, cols: Columns, mine: list[tuple[EntityKey, list[int], bytes | None]],

@@ -14,14 +14,20 @@ A model whose entity spec changes therefore starts from empty state instead of m
 records, and a retrained model with the same spec keeps the history.
 
 Per batch the worker makes exactly **two round trips**: one ``MGET`` of every entity the batch
-touches and one non-transactional pipeline of ``SET … PX`` — ``round_trips`` counts them.
+touches and one compare-and-set write — ``round_trips`` counts them. The write is a Lua script
+(``CAS_SCRIPT``) that sets each record only if it still has the bytes the batch read (compared by
+SHA-1) and returns the entities another writer changed in between, so two workers sharing an
+entity (a terminal seen from several partitions) never lose an update: the enricher re-reads
+those entities and recomputes only their events (``enrich.py``), a third round trip that happens
+only on a conflict.
 Records are bounded: ``3·W + 1`` floats, at most ``max_distinct`` values per distinct field, twice
 (current and undo); docs/entity-features.md gives the measured bytes per entity.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -34,8 +40,32 @@ from ..errors import EntityStateUnavailable
 from .binary import decode, encode
 
 Record = dict[str, Any]
+Expected = Mapping[Any, bytes | None]  # entity → the record bytes a batch read (None: absent)
 REDIS_ERRORS = (redis.RedisError, RedisClusterException)  # the cluster client's own errors are not RedisErrors
 EntityKey = tuple[str, str]  # (key field, entity value)
+
+# KEYS: record names; ARGV[1]: TTL in ms; then per key i: ARGV[2i] the SHA-1 hex of the bytes the
+# batch read ('' when the record was absent), ARGV[2i+1] the new bytes. Sets the records that are
+# unchanged, returns the 1-based indices of the others (changed, created or expired since the read).
+CAS_SCRIPT = """
+local ttl = ARGV[1]
+local lost = {}
+for i, name in ipairs(KEYS) do
+  local now = redis.call('GET', name)
+  local want = ARGV[2 * i]
+  if (now == false and want == '') or (now ~= false and redis.sha1hex(now) == want) then
+    redis.call('SET', name, ARGV[2 * i + 1], 'PX', ttl)
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost
+"""
+
+
+def digest(raw: bytes | None) -> str:
+    """What ``CAS_SCRIPT`` compares: the SHA-1 hex of a record's bytes, '' for an absent record."""
+    return "" if raw is None else hashlib.sha1(raw).hexdigest()  # noqa: S324 - equality check, not security
 
 
 class StateStore(Protocol):
@@ -47,7 +77,12 @@ class StateStore(Protocol):
 
     def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]: ...
 
-    def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes]) -> None: ...
+    def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes],
+                 expected: Expected | None = None) -> list[EntityKey]:
+        """Write ``records``. With ``expected`` (the bytes the batch read, per entity), a
+        compare-and-set: only records still holding those bytes are written, and the entities
+        that changed in between are returned (not written). Without it, a plain write (``[]``)."""
+        ...
 
     def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]: ...
 
@@ -71,11 +106,16 @@ class InMemoryState:
         ns = spec.fingerprint[:12]
         return [self.raw.get((ns, k)) for k in keys]
 
-    def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes]) -> None:
+    def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes],
+                 expected: Expected | None = None) -> list[EntityKey]:
         ns = spec.fingerprint[:12]
         self._specs[ns] = spec
+        lost = [k for k in records if expected is not None and self.raw.get((ns, k)) != expected.get(k)]
+        skip = set(lost)
         for k, value in records.items():
-            self.raw[(ns, k)] = value
+            if k not in skip:
+                self.raw[(ns, k)] = value
+        return lost
 
     def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
         return {k: None if v is None else decode(spec, k[0], v)
@@ -94,6 +134,7 @@ class RedisState:
         self.r = client
         self.prefix = prefix
         self.round_trips = 0
+        self._cas = client.register_script(CAS_SCRIPT) if isinstance(client, redis.Redis) else None
 
     def key(self, spec: EntitySpec, entity: EntityKey) -> str:
         return f"{self.prefix}:entity:{spec.fingerprint[:12]}:{entity[0]}:{entity[1]}"
@@ -123,19 +164,34 @@ class RedisState:
     def save(self, spec: EntitySpec, records: dict[EntityKey, Record]) -> None:
         self.save_raw(spec, {k: encode(spec, k[0], r) for k, r in records.items()})
 
-    def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes]) -> None:
+    def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes],
+                 expected: Expected | None = None) -> list[EntityKey]:
         if not records:
-            return
+            return []
         ns, ttl = f"{self.prefix}:entity:{spec.fingerprint[:12]}", spec.horizon_ms
+        keys = list(records)
+        names = [f"{ns}:{k[0]}:{k[1]}" for k in keys]
         try:
-            pipe = self.client().pipeline(transaction=False)
-            for k, value in records.items():
-                pipe.set(f"{ns}:{k[0]}:{k[1]}", value, px=ttl)
-            pipe.execute()
+            if expected is None:
+                pipe = self.client().pipeline(transaction=False)
+                for name, k in zip(names, keys, strict=True):
+                    pipe.set(name, records[k], px=ttl)
+                pipe.execute()
+                return []
+            return [keys[i - 1] for i in self._compare_and_set(names, keys, records, expected, ttl)]
         except REDIS_ERRORS as exc:
             raise EntityStateUnavailable(f"entity state write failed: {exc}") from exc
         finally:
             self.round_trips += 1
+
+    def _compare_and_set(self, names: list[str], keys: list[EntityKey], records: dict[EntityKey, bytes],
+                         expected: Expected, ttl: int) -> list[int]:
+        """One ``CAS_SCRIPT`` call over every record (EVALSHA; redis-py loads the script on NOSCRIPT)."""
+        assert self._cas is not None
+        args: list[Any] = [ttl]
+        for k in keys:
+            args += [digest(expected.get(k)), records[k]]
+        return [int(i) for i in self._cas(keys=names, args=args)]
 
 
 class RedisClusterState(RedisState):
@@ -155,6 +211,8 @@ class RedisClusterState(RedisState):
         self.round_trips = 0
         self._cluster = client if isinstance(client, RedisCluster) else None
         self._connect = None if isinstance(client, RedisCluster) else client
+        self._cas = None
+        self._sha: str | None = None
 
     def client(self) -> RedisCluster:
         if self._cluster is None:
@@ -167,6 +225,29 @@ class RedisClusterState(RedisState):
 
     def _mget(self, names: list[str]) -> list[Any]:
         return list(self.client().mget_nonatomic(names))
+
+    def _compare_and_set(self, names: list[str], keys: list[EntityKey], records: dict[EntityKey, bytes],
+                         expected: Expected, ttl: int) -> list[int]:
+        """A script's keys must share a slot, so one ``CAS_SCRIPT`` call per record, all in one
+        cluster pipeline (one round trip per node; redis-py's cluster pipeline refuses its
+        ``evalsha`` method, the command itself is accepted). The script is loaded on every primary first
+        (once per client); a node that lost it (restarted, failed over) makes the write fail with
+        NOSCRIPT, which is retriable, and the next attempt loads it again."""
+        cluster = self.client()
+        if self._sha is None:
+            self._sha = str(cluster.script_load(CAS_SCRIPT))  # sent to every primary
+        pipe = cluster.pipeline()  # type: ignore[no-untyped-call]
+        for name, k in zip(names, keys, strict=True):
+            # The node named here: left to redis-py, an EVALSHA costs a COMMAND GETKEYS round trip
+            # to the default node each (redis-py 8.1 has no routing policy for it); MOVED still redirects.
+            pipe.execute_command("EVALSHA", self._sha, 1, name, ttl, digest(expected.get(k)), records[k],
+                                 target_nodes=cluster.get_node_from_key(name))  # type: ignore[no-untyped-call]
+        try:
+            replies = pipe.execute()
+        except redis.exceptions.NoScriptError:
+            self._sha = None
+            raise
+        return [i for i, lost in enumerate(replies, start=1) if lost]
 
 
 def record_bytes(record: Record, spec: EntitySpec | None = None, key: str | None = None) -> int:

@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -45,6 +45,18 @@ from ..schema import parse_timestamp_ms
 from ..transport.base import Batch, Membership, Offsets, Source, TopicPartition
 
 NEG_INF = float("-inf")
+INF = float("inf")
+
+
+class Peers(Protocol):
+    """The other workers of the consumer group (``store/watermarks.py``): ``publish`` this worker's
+    partitions' heads (event time in epoch ms of the next record to apply; caught up or not),
+    ``bound`` the largest event time the other partitions allow this worker to release now (+inf
+    when none holds it back)."""
+
+    def publish(self, heads: dict[int, tuple[float, bool]]) -> None: ...
+
+    def bound(self, own: set[int]) -> float: ...
 
 
 def event_time_ms(value: bytes | None) -> float | None:
@@ -83,8 +95,15 @@ class AlignedSource:
     straight to ``inner``."""
 
     def __init__(self, inner: Source, batch_size: int, idle_ms: int = 2000, max_buffered: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, peers: Peers | None = None,
+                 heartbeat_s: float = 0.5) -> None:
         self.inner = inner
+        self.peers = peers
+        self.heartbeat_s = heartbeat_s
+        self._released: dict[int, deque[tuple[int, float]]] = {}  # released, not yet committed: (offset, key)
+        self._settled: dict[int, float] = {}  # partition → sort key of its last committed record
+        self._next: dict[int, int] = {}  # partition → the next offset after its last commit
+        self._published_at = NEG_INF
         self.batch_size = batch_size
         self.idle_ms = idle_ms
         self.max_buffered = max_buffered or max(8 * batch_size, 200_000)
@@ -105,6 +124,8 @@ class AlignedSource:
         if not self.enabled:
             return self.inner.poll_batch()
         deadline = self.clock() + self.idle_ms / 1000.0
+        if self.peers is not None and self.clock() - self._published_at >= self.heartbeat_s:
+            self._publish()
         if self.held_back and not self.inner.still_member(Batch(topic=self.topic, group=self._group)):
             self.rewind_to_committed(Batch(topic=self.topic))  # a rebalance since the buffer filled
         while True:
@@ -120,6 +141,44 @@ class AlignedSource:
 
     def commit(self, offsets: Offsets) -> None:
         self.inner.commit(offsets)
+
+    def settled(self, offsets: Offsets) -> None:
+        """The worker committed ``offsets`` (either delivery mode): their records are applied, so
+        their partitions' heads move on and are published to the peers."""
+        for tp, next_offset in offsets.items():
+            if tp.topic != self.topic:
+                continue
+            released = self._released.get(tp.partition)
+            while released and released[0][0] < next_offset:
+                _, key = released.popleft()
+                if key > self._settled.get(tp.partition, NEG_INF):
+                    self._settled[tp.partition] = key
+            self._next[tp.partition] = next_offset
+        if self.peers is not None:
+            self._publish()
+
+    def _publish(self) -> None:
+        """Per partition of this worker, its **head**: the sort key of the first record not yet
+        committed (released or buffered), else of the last committed one (every later record's key
+        is at least that), and whether it is caught up; see ``store/watermarks.py``."""
+        assert self.peers is not None
+        now = self.clock()
+        self._published_at = now
+        highs = self.inner.highwaters()
+        out: dict[int, tuple[float, bool]] = {}
+        for p in self._assigned():
+            high = highs.get(p)
+            released = self._released.get(p)
+            part = self._parts.get(p)
+            if released:
+                out[p] = (released[0][1], False)
+            elif part is not None and part.records:
+                out[p] = (part.records[0].key, False)
+            elif p in self._settled:
+                out[p] = (self._settled[p], high is not None and self._next.get(p, -1) >= high)
+            elif part is None and high is not None and now - self._known.get(p, now) > self.idle_ms / 1000.0:
+                out[p] = (NEG_INF, True)  # nothing came from it since its high watermark was known: at its end
+        self.peers.publish(out)
 
     def membership(self) -> Membership:
         return self.inner.membership()
@@ -160,6 +219,7 @@ class AlignedSource:
 
     # ---- alignment ----------------------------------------------------------------------------
     def _drop(self) -> None:
+        self._released.clear()  # read again from the committed offsets
         self._parts.clear()
         self._since.clear()
         self._known.clear()
@@ -174,8 +234,10 @@ class AlignedSource:
         if not self.held_back:
             self._group = batch.group
         now = self.clock()
+        head_moved = False
         for i, p in enumerate(batch.partitions):
             part = self._parts.setdefault(p, _Partition())
+            head_moved = head_moved or (not part.records and not self._released.get(p))
             t = event_time_ms(batch.values[i])
             if t is not None and t > part.newest:
                 part.newest = t
@@ -185,14 +247,22 @@ class AlignedSource:
             part.last_offset = batch.offsets[i]
             part.last_record_at = now
             self.held_back += 1
+        if head_moved and self.peers is not None:
+            self._publish()  # a partition's next record is known now: the peers may move on
 
-    def _bound(self) -> float:
+    def _assigned(self) -> set[int]:
+        return {tp.partition for tp in self.inner.assignment() if not self.topic or tp.topic == self.topic}
+
+    def _bound(self, assigned: set[int]) -> float:
         """The release bound: the smallest newest key among partitions that hold the others back."""
         now = self.clock()
-        assigned = {tp.partition for tp in self.inner.assignment() if not self.topic or tp.topic == self.topic}
         for p in list(self._parts):  # revoked partitions: their new owner reads them from the commit
             if p not in assigned:
                 self.held_back -= len(self._parts.pop(p).records)
+        for p in [p for p in self._settled if p not in assigned]:  # their new owner publishes them
+            del self._settled[p]
+            self._next.pop(p, None)
+            self._released.pop(p, None)
         highs = self.inner.highwaters()
         bound = float("inf")
         grace = self.idle_ms / 1000.0
@@ -220,7 +290,10 @@ class AlignedSource:
     def _release(self, force: bool = False) -> Batch | None:
         if not self.held_back:
             return None
-        bound = self._bound()
+        assigned = self._assigned()
+        bound = INF if force else self._bound(assigned)
+        if self.peers is not None:  # several workers: never past the other partitions' heads + grace
+            bound = min(bound, self.peers.bound(assigned))
         over = self.held_back - self.max_buffered
         heads = [(part.records[0].key, p) for p, part in self._parts.items() if part.records]
         heapq.heapify(heads)
@@ -228,7 +301,7 @@ class AlignedSource:
         first: _Held | None = None
         while heads and len(out) < self.batch_size:
             key, p = heads[0]
-            if key > bound and not force and over <= 0:
+            if key > bound and over <= 0:
                 break
             part = self._parts[p]
             held = part.records.popleft()
@@ -236,6 +309,7 @@ class AlignedSource:
             over -= 1
             if first is None:
                 first = held
+            self._released.setdefault(p, deque()).append((held.offset, held.key))
             out.partitions.append(p)
             out.offsets.append(held.offset)
             k, v, ts, hs = held.record

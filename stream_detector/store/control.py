@@ -21,6 +21,7 @@ from .base import Keys, Snapshot, Threshold
 from .registry import BundleReader, ModelRegistry
 from .telemetry import Telemetry
 from .thresholds import ThresholdStore
+from .watermarks import RedisWatermarks
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -47,6 +48,10 @@ class WorkerView:
 
     def active_bundle(self) -> Bundle:
         return self._bundles.active_bundle()
+
+    def watermarks(self, group: str, topic: str, grace_ms: int, stale_ms: int, partitions: int) -> RedisWatermarks:
+        """The consumer group's shared event-time watermarks (``store/watermarks.py``)."""
+        return RedisWatermarks(self._r, self.keys.prefix, group, topic, grace_ms, stale_ms, partitions)
 
     def entity_state(self) -> StateStore:
         """The per-entity history store of this prefix (``entity/state.py``): on the Redis Cluster

@@ -15,6 +15,7 @@ from ..entity.state import InMemoryState, StateStore
 from ..errors import NoActiveModel
 from ..model.bundle import Bundle
 from .base import Snapshot, Threshold
+from .watermarks import MemoryWatermarks
 
 
 class _Subscription:
@@ -56,6 +57,7 @@ class MemoryControl:
         self._active: str | None = None
         self._threshold: Threshold | None = None
         self._state = InMemoryState()
+        self._watermarks: dict[tuple[str, str], MemoryWatermarks] = {}
         self.telemetry = MemoryTelemetry()
         self.unreachable = False  # a test sets it: reads raise OSError, as a Redis outage does
 
@@ -79,6 +81,11 @@ class MemoryControl:
 
     def entity_state(self) -> StateStore:
         return self._state
+
+    def watermarks(self, group: str, topic: str, grace_ms: int, stale_ms: int, partitions: int) -> MemoryWatermarks:
+        """One shared ``MemoryWatermarks`` per (group, topic): every worker of this control plane sees it."""
+        with self._lock:
+            return self._watermarks.setdefault((group, topic), MemoryWatermarks(grace_ms, stale_ms, partitions))
 
     def publish(self, bundle: Bundle, threshold: float | None = None) -> int:
         """Store ``bundle`` and flip the active model and its threshold together; a notice follows."""

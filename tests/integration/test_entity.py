@@ -14,6 +14,7 @@ import redis
 from stream_detector.entity import Enricher, EntitySpec, InMemoryState, RedisState, enrich_history
 from stream_detector.entity.binary import VERSION, decode
 from stream_detector.entity.reference import ReferenceEnricher
+from stream_detector.entity.state import CAS_SCRIPT
 from stream_detector.errors import DeliveryError
 from stream_detector.kafka_util import lag, read_all
 from stream_detector.model.bundle import Bundle, build_bundle
@@ -96,12 +97,16 @@ class _FailFirstPublish:
 def run_worker() -> Iterator[Any]:
     started: list[tuple[Worker, threading.Thread]] = []
 
-    def start(worker: Worker) -> Worker:
-        worker.start()
+    def run_started(worker: Worker) -> Worker:
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         started.append((worker, thread))
         return worker
+
+    def start(worker: Worker) -> Worker:
+        worker.start()
+        return run_started(worker)
+    start.run_started = run_started  # type: ignore[attr-defined]  # workers started by the test itself
     yield start
     for worker, thread in started:
         worker.stop()
@@ -176,6 +181,7 @@ def test_one_read_and_one_write_round_trip_per_batch(settings: Settings) -> None
     store = RedisState(client, settings.redis_prefix)
     enricher = Enricher(store)
     events = _raw(600, seed=24, accounts=50)
+    client.script_load(CAS_SCRIPT)  # as after a first batch: no NOSCRIPT round below
     before = client.info("commandstats")
     batches = [events[i:i + 200] for i in range(0, 600, 200)]
     for b, batch in enumerate(batches):
@@ -187,7 +193,8 @@ def test_one_read_and_one_write_round_trip_per_batch(settings: Settings) -> None
     touched = sum(len({e["account_id"] for e in batch}) for batch in batches)
     assert store.round_trips == 2 * len(batches)
     assert calls("mget") == len(batches)  # one read per batch, whatever the number of accounts
-    assert calls("set") == touched  # one pipelined write per touched account
+    assert calls("evalsha") == len(batches)  # one compare-and-set write per batch
+    assert calls("set") == touched  # which sets every touched account (no other writer)
     key = store.key(SPEC, ("account_id", str(events[0]["account_id"])))
     assert 0 < client.pttl(key) <= SPEC.horizon_ms
     usage = client.memory_usage(key)
@@ -249,3 +256,51 @@ def test_one_worker_on_four_partitions_replays_a_backlog_like_the_time_ordered_f
     expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > bundle.threshold}
     alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
     assert alerts == expected
+
+
+def test_four_workers_on_four_partitions_replay_a_backlog_like_the_time_ordered_file(
+        settings: Settings, run_worker: Any) -> None:
+    """Issue 16, several workers: four workers of one group, one partition each, replay a backlog
+    keyed by account; the merchant category is shared by accounts on every partition. Through the
+    shared heads (``store/watermarks.py``, grace 0) and the compare-and-set write, every worker's
+    merchant features equal offline enrichment of the time-ordered file, bit for bit, no update is
+    lost (Redis holds offline's final state), and the alerts are offline's."""
+    events = _raw(120, seed=28)
+    times = [e["timestamp"] for e in events]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
+                                TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
+                                entity=TWO_KEYS))
+    settings = _small_batches(settings).model_copy(update={"align_peer_grace_ms": 0})
+    assert settings.topic_partitions == 4
+    _publish(settings, bundle)
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    seen = _Collector()
+    workers = []
+    for _ in range(4):
+        worker = Worker(settings)
+        worker.start()
+        assert worker.enricher is not None
+        worker.enricher.on_enriched = seen
+        workers.append(worker)
+    for worker in workers:
+        run_worker.run_started(worker)
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, timeout_s=180, message="drained")
+
+    assert {len(w.source.assignment()) for w in workers} == {1}  # one partition each, at the end
+    online = seen.by_id()
+    offline = enrich_history(TWO_KEYS, events)
+    assert len(online) == len(events)
+    different = [e["event_id"] for e in offline if online[e["event_id"]] != e]
+    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
+    store = InMemoryState()
+    enrich_history(TWO_KEYS, events, store=store)
+    client = redis.Redis.from_url(settings.redis_url)
+    for (_, (key, value)), record in store.records.items():
+        raw = client.get(RedisState(client, settings.redis_prefix).key(TWO_KEYS, (key, value)))
+        assert raw is not None and decode(TWO_KEYS, key, raw)["c"] == record["c"]  # no lost update
+    scores = score_events(bundle, events).scores
+    expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > bundle.threshold}
+    alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
+    assert expected and alerts == expected

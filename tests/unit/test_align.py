@@ -108,3 +108,70 @@ def test_buffered_records_are_read_again_after_a_rewind_or_a_rebalance(how: str)
     else:
         assert got == everything
     assert broker.committed(GROUP) == broker.end_offsets(TOPIC)
+
+
+class _OnePartition:
+    """A worker's source owning one partition of a backlog (the scripted part of a consumer group):
+    hands out up to ``fetch`` records per poll; commits are recorded."""
+
+    def __init__(self, partition: int, times: list[float], fetch: int) -> None:
+        from stream_detector.transport.base import TopicPartition
+
+        self.p, self.fetch, self.pos = partition, fetch, 0
+        self.tp = TopicPartition(TOPIC, partition)
+        self.values = [orjson.dumps({"event_id": f"{partition}-{i}", "timestamp": t}) for i, t in enumerate(times)]
+
+    def start(self) -> None: ...
+
+    def poll_batch(self) -> Batch:
+        n = min(self.fetch, len(self.values) - self.pos)
+        out = Batch(topic=TOPIC, partitions=[self.p] * n, offsets=list(range(self.pos, self.pos + n)),
+                    keys=[None] * n, values=self.values[self.pos:self.pos + n], timestamps=[0] * n, headers=[()] * n)
+        self.pos += n
+        return out
+
+    def commit(self, offsets: object) -> None: ...
+
+    def still_member(self, batch: Batch) -> bool:
+        return True
+
+    def assignment(self) -> set[object]:
+        return {self.tp}
+
+    def highwaters(self) -> dict[int, int | None]:
+        return {self.p: len(self.values)}
+
+
+@pytest.mark.parametrize("grace", [0.0, 5_000.0])
+def test_several_workers_apply_a_shared_entitys_events_in_event_time_order(grace: float) -> None:
+    """Four workers, one partition each, sharing heads through ``MemoryWatermarks``: whatever order
+    the workers take turns in, every record is released once, and a record is applied (released
+    and committed) only when no other partition still has one more than ``grace`` older — with a
+    grace of 0, one global event-time order, as one worker over all four partitions gives."""
+    from stream_detector.store.watermarks import MemoryWatermarks
+
+    rng = random.Random(11)
+    times = sorted(rng.uniform(0, 1e6) for _ in range(600))  # 600 events over ~17 minutes
+    per: dict[int, list[float]] = {p: [] for p in range(4)}
+    for t in times:
+        per[rng.randrange(4)].append(t)
+    peers = MemoryWatermarks(grace_ms=int(grace), stale_ms=60_000, partitions=4)
+    workers = []
+    for p in range(4):
+        source = AlignedSource(_OnePartition(p, per[p], fetch=rng.randint(20, 200)),  # type: ignore[arg-type]
+                               batch_size=25, idle_ms=0, peers=peers)
+        source.enabled = True
+        workers.append(source)
+    applied: list[float] = []
+    for _ in range(20_000):
+        if len(applied) == len(times):
+            break
+        source = rng.choice(workers)  # workers take turns in any order
+        batch = source.poll_batch()
+        applied += _times([batch])
+        source.settled(batch.next_offsets())
+    assert sorted(applied) == times  # every record once, and no stall
+    worst = max(max(applied[:i + 1]) - t for i, t in enumerate(applied))
+    assert worst <= grace  # how far a record came after a later one
+    if grace:
+        assert worst > 0  # the grace let the workers overlap (bigger steps)

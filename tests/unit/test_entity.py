@@ -261,3 +261,61 @@ def test_features_as_columns_equal_the_enriched_events_matrix() -> None:
     want, want_bad = spec_f.transform(dicts)
     np.testing.assert_array_equal(got, want)
     assert got_bad == want_bad and set(got_bad) == {5, 8}
+
+
+class _Racing(InMemoryState):
+    """A store shared by two workers where ``other`` runs a whole batch between this worker's
+    read and its write (the interleaving that lost an update before compare-and-set)."""
+
+    def __init__(self, shared: InMemoryState, other: Any) -> None:
+        super().__init__()
+        self.raw, self._specs = shared.raw, shared._specs  # noqa: SLF001 - the same dicts: one store
+        self.other = other
+        self.loads = 0
+
+    def load_raw(self, spec: EntitySpec, keys: Any) -> list[bytes | None]:
+        self.loads += 1
+        return super().load_raw(spec, keys)
+
+    def save_raw(self, spec: EntitySpec, records: Any, expected: Any = None) -> list[Any]:
+        if self.other is not None:
+            self.other(), setattr(self, "other", None)
+        return super().save_raw(spec, records, expected)
+
+
+def test_a_concurrent_write_to_a_shared_entity_is_not_lost() -> None:
+    """Two workers enrich batches from different partitions that share terminals; worker B writes
+    between worker A's read and write. A's write is refused for the shared terminals only; A reads
+    them again and recomputes their events, so the state and every feature equal B's batch then
+    A's batch applied one after the other — nothing lost, nothing counted twice."""
+    spec = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400), max_distinct=4)
+    early = [ev(i, i * 60_000.0, 5.0 + i, account=f"b{i % 3}", terminal_id=f"t{i % 4}") for i in range(12)]
+    late = [ev(100 + i, 1_000_000.0 + i * 60_000.0, 7.0 + i, account=f"a{i % 3}",
+               terminal_id=f"t{i % 6}") for i in range(12)]  # t0-t3 shared with B, t4 and t5 only A's
+    shared = InMemoryState()
+    b = Enricher(shared)
+    got_b: list[Any] = []
+    racing = _Racing(shared, lambda: got_b.extend(b.enrich(spec, early, _positions(1, 0, 12))))
+    a = Enricher(racing)
+    got_a = a.enrich(spec, late, _positions(0, 0, 12))
+
+    serial = Enricher(InMemoryState())
+    assert serial.enrich(spec, early, _positions(1, 0, 12)) == got_b
+    assert serial.enrich(spec, late, _positions(0, 0, 12)) == got_a  # A's features saw B's events
+    assert _state(a, "cau") == _state(serial, "cau")
+    assert a.conflicts == 4 and racing.loads == 2  # t0-t3 recomputed, in one more read
+    assert any(e["terminal_id__count_1d"] >= 3 for e in got_a)
+
+
+def test_a_write_refused_on_every_attempt_is_a_retriable_outage() -> None:
+    from stream_detector.entity.enrich import MAX_ATTEMPTS
+    from stream_detector.errors import EntityStateUnavailable
+
+    class Always(InMemoryState):
+        def save_raw(self, spec: EntitySpec, records: Any, expected: Any = None) -> list[Any]:
+            return list(records)  # another writer wins every time
+
+    enricher = Enricher(Always())
+    with pytest.raises(EntityStateUnavailable) as info:
+        enricher.enrich(SPEC, [ev(1, 0.0), ev(2, 60_000.0, account="b")], _positions(0, 0, 2))
+    assert info.value.retriable and enricher.conflicts == 2 * (MAX_ATTEMPTS - 1)

@@ -1,0 +1,114 @@
+"""Shared event-time watermarks: the next record of each partition of a consumer group's input.
+
+Several workers of one consumer group align their partitions against each other through these
+(``pipeline/align.py``, *several workers*). Each worker publishes, per partition it owns, its
+**head**: the event-time sort key of the first record it has not committed yet (buffered or in
+flight), or of the last one it committed when none is known (every record still to be applied
+from that partition has a key at least this), and whether the partition is **caught up**
+(committed to its high watermark, nothing buffered). A worker then releases a record only while
+its key is at most ``grace_ms`` past every other partition's head; caught-up partitions and
+entries older than ``stale_ms`` (a dead worker's, until its partitions' new owner publishes) do
+not count, and a partition of the topic with no entry yet holds everything back for ``stale_ms``
+(workers starting one after another on a backlog: the first must not run ahead of the rest).
+
+With ``grace_ms`` 0 a shared entity's events are applied in event-time order exactly (ties
+aside), the workers taking turns; with a grace, at most ``grace_ms`` out of order, in steps of
+up to the grace (``tests/unit/test_align.py``).
+
+Redis layout: ``{prefix}:align:{group}:{topic}``, a hash ``partition → "head_ms caught_up wall_ms"``,
+with no TTL (a few dozen bytes per partition; rewritten on every commit and heartbeat).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+INF = float("inf")
+NEG_INF = float("-inf")
+
+
+def peer_bound(entries: dict[int, tuple[float, bool, float]], own: set[int], grace_ms: float, stale_ms: float,
+               now_ms: float, partitions: int = 0, missing: dict[int, float] | None = None) -> float:
+    """The release bound the other partitions allow: min over their live, not caught-up entries
+    ``(head_ms, caught_up, wall_ms)`` of ``head_ms + grace_ms``; +inf when none holds. A partition
+    below ``partitions`` with no entry yet (its owner has read nothing from it so far) holds
+    everything back (-inf) for ``stale_ms`` from when ``missing`` (updated here) first saw it."""
+    bound = INF
+    for p, (head, caught, wall) in entries.items():
+        if p in own or caught or now_ms - wall > stale_ms:
+            continue
+        bound = min(bound, head + grace_ms)
+    if missing is not None:
+        for p in range(partitions):
+            if p in entries or p in own:
+                missing.pop(p, None)
+            elif now_ms - missing.setdefault(p, now_ms) <= stale_ms:
+                bound = NEG_INF
+    return bound
+
+
+class RedisWatermarks:
+    """``pipeline.align.Peers`` in Redis (module docstring). A read or write that fails keeps the
+    last bound read (the worker's own Redis outage handling holds batches meanwhile)."""
+
+    def __init__(self, client: redis.Redis, prefix: str, group: str, topic: str, grace_ms: int,
+                 stale_ms: int, partitions: int = 0, clock: Callable[[], float] = time.time) -> None:
+        self.r = client
+        self.partitions = partitions
+        self._missing: dict[int, float] = {}
+        self.key = f"{prefix}:align:{group}:{topic}"
+        self.grace_ms = grace_ms
+        self.stale_ms = stale_ms
+        self.clock = clock
+        self._last = NEG_INF
+
+    def publish(self, heads: dict[int, tuple[float, bool]]) -> None:
+        if not heads:
+            return
+        wall = self.clock() * 1000.0
+        try:
+            self.r.hset(self.key, mapping={str(p): f"{t!r} {int(c)} {wall!r}" for p, (t, c) in heads.items()})
+        except (redis.RedisError, OSError):
+            pass  # the next commit or heartbeat publishes again; peers see the entry age meanwhile
+
+    def bound(self, own: set[int]) -> float:
+        try:
+            raw = self.r.hgetall(self.key)
+        except (redis.RedisError, OSError):
+            return self._last
+        entries = {}
+        for p, value in raw.items():
+            t, c, w = value.split()
+            entries[int(p)] = (float(t), c == b"1", float(w))
+        self._last = peer_bound(entries, own, self.grace_ms, self.stale_ms, self.clock() * 1000.0,
+                                self.partitions, self._missing)
+        return self._last
+
+
+class MemoryWatermarks:
+    """``pipeline.align.Peers`` in process memory (the in-memory control plane's workers, tests):
+    one ``entries`` dict shared by every worker given the same object."""
+
+    def __init__(self, grace_ms: int, stale_ms: int, partitions: int = 0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.entries: dict[int, tuple[float, bool, float]] = {}
+        self.partitions = partitions
+        self._missing: dict[int, float] = {}
+        self.grace_ms = grace_ms
+        self.stale_ms = stale_ms
+        self.clock = clock
+        self._lock = threading.Lock()
+
+    def publish(self, heads: dict[int, tuple[float, bool]]) -> None:
+        wall = self.clock() * 1000.0
+        with self._lock:
+            self.entries.update({p: (t, c, wall) for p, (t, c) in heads.items()})
+
+    def bound(self, own: set[int]) -> float:
+        with self._lock:
+            return peer_bound(dict(self.entries), own, self.grace_ms, self.stale_ms, self.clock() * 1000.0,
+                              self.partitions, self._missing)
