@@ -14,6 +14,7 @@ SUITES = {
     "cuda": "benchmarks.cuda",
     "entity-worker": "benchmarks.entity_worker",
     "entity-cluster": "benchmarks.entity_cluster",
+    "entity-workers": "benchmarks.entity_workers",
 }
 
 

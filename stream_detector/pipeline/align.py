@@ -46,6 +46,7 @@ from ..transport.base import Batch, Membership, Offsets, Source, TopicPartition
 
 NEG_INF = float("-inf")
 INF = float("inf")
+PEER_WAIT_S = 0.005  # how often a worker held back by another's partition looks at the heads again
 
 
 class Peers(Protocol):
@@ -96,8 +97,11 @@ class AlignedSource:
 
     def __init__(self, inner: Source, batch_size: int, idle_ms: int = 2000, max_buffered: int | None = None,
                  clock: Callable[[], float] = time.monotonic, peers: Peers | None = None,
-                 heartbeat_s: float = 0.5) -> None:
+                 heartbeat_s: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> None:
         self.inner = inner
+        self.sleep = sleep
+        self._peer_blocked = False  # the last release stopped at the peers' bound, not this worker's
+        self._polled_at = NEG_INF  # when the inner source was last polled
         self.peers = peers
         self.heartbeat_s = heartbeat_s
         self._released: dict[int, deque[tuple[int, float]]] = {}  # released, not yet committed: (offset, key)
@@ -124,15 +128,25 @@ class AlignedSource:
         if not self.enabled:
             return self.inner.poll_batch()
         deadline = self.clock() + self.idle_ms / 1000.0
-        if self.peers is not None and self.clock() - self._published_at >= self.heartbeat_s:
-            self._publish()
         if self.held_back and not self.inner.still_member(Batch(topic=self.topic, group=self._group)):
             self.rewind_to_committed(Batch(topic=self.topic))  # a rebalance since the buffer filled
         while True:
+            if self.peers is not None and self.clock() - self._published_at >= self.heartbeat_s:
+                self._publish()
             released = self._release()
             if released is not None:
                 return released
+            now = self.clock()
+            if self._peer_blocked and now - self._polled_at < self.idle_ms / 1000.0:
+                # Held back only by another worker's partition: its head moves within a turn, so
+                # look again shortly instead of blocking in the client's poll (idle_poll_ms);
+                # the client is still polled every idle_ms (its poll interval, the buffer's fill).
+                if now >= deadline:
+                    return Batch(topic=self.topic)
+                self.sleep(PEER_WAIT_S)
+                continue
             incoming = self.inner.poll_batch()
+            self._polled_at = self.clock()
             self._take(incoming)
             if not incoming.values and not self.held_back:
                 return incoming  # nothing anywhere: an idle poll, as without alignment
@@ -288,12 +302,13 @@ class AlignedSource:
         return bound
 
     def _release(self, force: bool = False) -> Batch | None:
+        self._peer_blocked = False
         if not self.held_back:
             return None
         assigned = self._assigned()
-        bound = INF if force else self._bound(assigned)
-        if self.peers is not None:  # several workers: never past the other partitions' heads + grace
-            bound = min(bound, self.peers.bound(assigned))
+        own = INF if force else self._bound(assigned)
+        peer = INF if self.peers is None else self.peers.bound(assigned)  # never past other partitions' heads + grace
+        bound = min(own, peer)
         over = self.held_back - self.max_buffered
         heads = [(part.records[0].key, p) for p, part in self._parts.items() if part.records]
         heapq.heapify(heads)
@@ -302,6 +317,7 @@ class AlignedSource:
         while heads and len(out) < self.batch_size:
             key, p = heads[0]
             if key > bound and over <= 0:
+                self._peer_blocked = key > peer and key <= own
                 break
             part = self._parts[p]
             held = part.records.popleft()

@@ -1,0 +1,140 @@
+"""Four workers with account and terminal history on real Kafka and Redis: events/s, agreement
+with offline scoring, lost updates (``python -m benchmarks entity-workers``; issue 16's "four
+workers on four partitions with terminal features: events/s, and zero lost updates").
+
+Starts its own Kafka + Redis (``deploy/services.sh``) unless ``--kafka/--redis`` name running
+ones. The workload is ``entity_worker``'s (raw card transactions with a terminal per event, keyed
+by account, 4 partitions) with its event times spread at ``--density`` events per second of
+event time, as a replayed stretch of live traffic would be. One model with account and terminal
+history (state in Redis). Each drain is a fresh consumer group and Redis prefix (state starts
+empty):
+
+* **1 worker, aligned**: the exact reference (one worker orders its four partitions itself);
+* **4 workers, no alignment** (``SD_ALIGN_EVENT_TIME=off``): the order across workers is their pace;
+* **4 workers, aligned, grace G** (``SD_ALIGN_PEER_GRACE_MS``, each value of ``--graces``): shared
+  partition heads in Redis.
+
+Per drain: events/s over the busy window, the alerted set's agreement with offline scoring of
+the time-ordered file (|A∩B| / |A∪B|), and the terminal records equal to offline enrichment's
+final state (bit for bit; a lost update or an out-of-order application changes a record).
+Results: the ``entity-workers`` section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import redis as redis_lib
+import torch
+
+from stream_detector.entity import InMemoryState, enrich_history
+from stream_detector.entity.binary import decode
+from stream_detector.entity.state import RedisState
+from stream_detector.kafka_util import read_all
+from stream_detector.offline import score_events
+from stream_detector.store import ControlPlane
+from stream_detector.topics import ensure_topics
+
+from . import entity_speed, harness
+from .entity_worker import models
+from .results import write_section
+from .throughput import base_settings, drain, say
+
+SPEC = entity_speed.SPEC
+
+
+def run(kafka: str, redis: str, n: int, density: float, graces: Sequence[int]) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    tag = uuid.uuid4().hex[:8]
+    events = entity_speed.workload(n, max(500, n // 100), seed=0)
+    t0 = events[0]["timestamp"]
+    for i, e in enumerate(events):  # time-ordered, `density` events per second of event time
+        e["timestamp"] = t0 + int(i * 1000 / density)
+    say(f"training the entity model on {min(n, 40_000):,} events")
+    bundle = models(events[:40_000])["entity"]
+    raw = [orjson.dumps(e) for e in events]
+    keys: list[bytes | None] = [str(e["account_id"]).encode() for e in events]
+    topic = f"ews-in-{tag}"
+    ensure_topics(base_settings(kafka, redis, tag, input_topic=topic), [topic])
+    say(f"producing {n:,} events")
+    harness.produce(kafka, topic, raw, keys)
+    scores = score_events(bundle, events).scores
+    offline_alerts = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > bundle.threshold}
+    state = InMemoryState()
+    enrich_history(SPEC, events, store=state)
+    offline_terminals = {k[1][1]: r["c"] for k, r in state.records.items() if k[1][0] == "terminal_id"}
+    plans: list[tuple[str, int, dict[str, Any]]] = [("1 worker, aligned", 1, {"align_event_time": "on"}),
+                                                    ("4 workers, no alignment", 4, {"align_event_time": "off"})]
+    plans += [(f"4 workers, aligned, grace {g:,} ms", 4, {"align_event_time": "on", "align_peer_grace_ms": g})
+              for g in graces]
+    out: dict[str, Any] = {"events": n, "density": density, "offline_alerts": len(offline_alerts),
+                           "terminals": len(offline_terminals), "runs": []}
+    for i, (name, k, overrides) in enumerate(plans):
+        s = base_settings(kafka, redis, f"ews{i}-{tag}", input_topic=topic, **overrides)
+        ControlPlane.from_url(redis, s.redis_prefix).publish(bundle, set_by="bench")
+        r = drain(s, k, n)
+        alerts = {orjson.loads(m.value)["event_id"] for m in read_all(s, s.alerts_topic, timeout_s=60)}
+        union = alerts | offline_alerts
+        client = redis_lib.Redis.from_url(redis)
+        store = RedisState(client, s.redis_prefix)
+        names = list(offline_terminals)
+        got = store.load_raw(SPEC, [("terminal_id", t) for t in names])
+        equal = sum(1 for t, v in zip(names, got, strict=True)
+                    if v is not None and decode(SPEC, "terminal_id", v)["c"] == offline_terminals[t])
+        row = {"name": name, "workers": k, "rate": r["rate"], "drained": r["drained"], "alerts": len(alerts),
+               "agreement": len(alerts & offline_alerts) / len(union) if union else 1.0,
+               "terminals_equal": equal}
+        out["runs"].append(row)
+        say(f"{name}: {r['rate']:,.0f} events/s, {len(alerts):,} alerts (agreement {row['agreement']:.3f}), "
+            f"{equal:,}/{len(names):,} terminal records equal offline, drained={r['drained']}")
+    return out
+
+
+def markdown(ctx: dict[str, Any]) -> str:
+    lines = [f"{ctx['events']:,} raw events keyed by account on 4 partitions, event times "
+             f"{ctx['density']:,.0f} per second (time-ordered), {ctx['terminals']:,} terminals; model with account "
+             "and terminal history (1h/1d/7d/30d); worker processes of one consumer group, batches of 8,192, "
+             "`torch_threads=1`, entity state in Redis (empty at the start of each drain). Offline scoring of the "
+             f"time-ordered file: {ctx['offline_alerts']:,} alerts.", "",
+             "| run | events/s | alerts | agreement with offline | terminal records equal to offline | drained |",
+             "|---|---|---|---|---|---|"]
+    for r in ctx["runs"]:
+        lines.append(f"| {r['name']} | {r['rate']:,.0f} | {r['alerts']:,} | {r['agreement']:.3f} "
+                     f"| {r['terminals_equal']:,} / {ctx['terminals']:,} | {r['drained']} |")
+    lines += ["", ctx["load"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks entity-workers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=100_000, help="pre-produced events (default 100,000)")
+    p.add_argument("--density", type=float, default=2000.0,
+                   help="events per second of event time (default 2,000)")
+    p.add_argument("--graces", default="2000,200", help="SD_ALIGN_PEER_GRACE_MS values to run (default 2000,200)")
+    p.add_argument("--kafka", default=None, help="use this running broker instead of starting one")
+    p.add_argument("--redis", default=None, help="use this running Redis (with --kafka)")
+    p.add_argument("--write", action="store_true", help="also write the section of benchmarks/RESULTS.md")
+    args = p.parse_args(argv)
+    graces = [int(x) for x in args.graces.split(",") if x]
+    started, before = time.monotonic(), os.getloadavg()
+    if args.kafka and args.redis:
+        ctx = run(args.kafka, args.redis, args.events, args.density, graces)
+    else:
+        with harness.services(say) as svc:
+            ctx = run(svc.kafka, svc.redis, args.events, args.density, graces)
+    after = os.getloadavg()
+    ctx["load"] = (f"Load average (1/5/15 min) before: {before[0]:.2f}/{before[1]:.2f}/{before[2]:.2f}, after: "
+                   f"{after[0]:.2f}/{after[1]:.2f}/{after[2]:.2f}; {os.cpu_count()} cores shared with the broker "
+                   f"and Redis. Run in {time.monotonic() - started:.0f}s.")
+    body = markdown(ctx)
+    print(body)
+    if args.write:
+        write_section("entity-workers", "Several workers with terminal history: real Kafka and Redis", body)
+    return 0
