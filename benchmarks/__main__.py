@@ -16,11 +16,30 @@ SUITES = {
     "entity-cluster": "benchmarks.entity_cluster",
     "entity-workers": "benchmarks.entity_workers",
 }
+WHAT = {
+    "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
+    "quality": "detection quality on the real datasets, beside River and PyOD (make bench-quality)",
+    "entity": "entity features: kernel speed, state bytes, features + score per batch",
+    "inputs": "file readers (CSV, JSON Lines, Parquet) and what the field schema costs decoding",
+    "before-after": "the same workload on a baseline commit and on the working tree, in one run",
+    "cuda": "CPU vs CUDA scoring, step 4 alone and the worker end to end (needs a GPU for CUDA)",
+    "entity-worker": "one worker with and without entity features on real Kafka and Redis; p99 latency",
+    "entity-cluster": "entity state on a 3-node Redis Cluster vs a single Redis, per batch",
+    "entity-workers": "1 vs 4 workers with terminal history: events/s, agreement with offline, lost updates",
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUITES))
+    lines = ["usage: python -m benchmarks NAME [--help]", "",
+             "Each benchmark measures against a baseline in the same run; results go to benchmarks/RESULTS.md",
+             "(with the machine). NAME --help gives its options.", ""]
+    return "\n".join(lines + [f"  {name:<{width}}  {WHAT[name]}" for name in SUITES])
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in SUITES:
-        print("usage: python -m benchmarks {" + ",".join(SUITES) + "} [--help]", file=sys.stderr)
+        print(usage(), file=sys.stdout if argv and argv[0] in {"-h", "--help"} else sys.stderr)
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
     module = importlib.import_module(SUITES[argv[0]])
     return int(module.main(argv[1:]))

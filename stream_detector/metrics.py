@@ -171,6 +171,9 @@ class WorkerMetrics:
                                     "time; compute: steps 2-4 on the worker thread).", ["step"], registry=r)
         self.held_batches = Counter(f"{p}_held_batches", "Attempts on a held batch (partitions paused), by cause.",
                             ["cause"], registry=r)
+        self.entity_conflicts = Counter(f"{p}_entity_conflicts", "Entity records another worker wrote between a "
+                                        "batch's read and its compare-and-set write (re-read and recomputed).",
+                                        registry=r)
         self.record_latency = BulkHistogram(f"{p}_event_latency_seconds", "Kafka record timestamp to "
                                             "decision, every handled record.", RECORD_LATENCY_BUCKETS)
         self.alert_latency = BulkHistogram(f"{p}_event_to_alert_latency_seconds", "Kafka record timestamp "

@@ -115,6 +115,7 @@ class Worker:
         self.steps.listeners.append(self.metrics.step_time)
         self.compute = ChunkedCompute(settings.compute_chunk, settings.torch_threads, self.steps)  # steps 2-4
         self.enricher: Enricher | None = None  # step 3a, created in start()
+        self._conflicts = 0  # the enricher's compare-and-set conflicts already counted in metrics
 
     @property
     def scorer(self) -> Scorer | None:
@@ -339,3 +340,6 @@ class Worker:
         for r in rejected:
             s.rejected_by_reason[r.reason.value] = s.rejected_by_reason.get(r.reason.value, 0) + 1
         self.metrics.batch_done(batch, scored, alerts, rejected)
+        if self.enricher is not None and self.enricher.conflicts > self._conflicts:
+            self.metrics.entity_conflicts.inc(self.enricher.conflicts - self._conflicts)
+            self._conflicts = self.enricher.conflicts

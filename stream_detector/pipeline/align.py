@@ -24,6 +24,14 @@ events); past the cap the oldest records are released regardless (alignment is b
 then, never a stall). Event time is the event's ``timestamp`` (RFC 3339 or epoch ms); a record
 without a usable one takes its partition's running maximum (it never moves the order).
 
+**Several workers** of one consumer group align against each other through ``peers``
+(``store/watermarks.py``): each publishes its partitions' *heads* (the key of the next record it
+will apply) in Redis after every commit, and releases a record only while its key is at most
+``SD_ALIGN_PEER_GRACE_MS`` past every other partition's head. With a grace of 0 a shared
+entity's events are applied in exact event-time order, the workers taking turns; a worker held
+back only by another's partition looks at the heads again every 5 ms instead of blocking in the
+client's poll.
+
 Enabled per worker (``SD_ALIGN_EVENT_TIME``: ``auto`` turns it on when the active model has
 entity features with more than one key); disabled, it is a pass-through. Rebalances and rewinds
 drop the buffer and rewind the inner source to the group's committed offsets, so buffered
@@ -306,7 +314,8 @@ class AlignedSource:
         if not self.held_back:
             return None
         assigned = self._assigned()
-        own = INF if force else self._bound(assigned)
+        own = self._bound(assigned)  # also drops revoked partitions' records, forced or not
+        own = INF if force else own
         peer = INF if self.peers is None else self.peers.bound(assigned)  # never past other partitions' heads + grace
         bound = min(own, peer)
         over = self.held_back - self.max_buffered
