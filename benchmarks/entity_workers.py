@@ -69,6 +69,7 @@ def run(kafka: str, redis: str, n: int, density: float, graces: Sequence[int]) -
     torch.set_num_threads(1)
     tag = uuid.uuid4().hex[:8]
     events = entity_speed.workload(n, max(500, n // 100), seed=0)
+    n = len(events)  # the workload adds its injected frauds to the n legit events
     t0 = events[0]["timestamp"]
     for i, e in enumerate(events):  # time-ordered, `density` events per second of event time
         e["timestamp"] = t0 + int(i * 1000 / density)
