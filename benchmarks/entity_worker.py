@@ -22,8 +22,6 @@ Results: the ``entity-worker`` section of ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
-import os
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -144,16 +142,10 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args(argv)
     rates = [int(x) for x in args.rates.split(",") if x]
-    started, before = time.monotonic(), os.getloadavg()
-    if args.kafka and args.redis:
-        ctx = run(args.kafka, args.redis, args.events, args.repeats, rates, args.seconds)
-    else:
-        with harness.services(say) as svc:
-            ctx = run(svc.kafka, svc.redis, args.events, args.repeats, rates, args.seconds)
-    after = os.getloadavg()
-    ctx["load"] = (f"Load average (1/5/15 min) before: {before[0]:.2f}/{before[1]:.2f}/{before[2]:.2f}, after: "
-                   f"{after[0]:.2f}/{after[1]:.2f}/{after[2]:.2f}; {os.cpu_count()} cores shared with the broker, "
-                   f"Redis and the load producer. Run in {time.monotonic() - started:.0f}s.")
+    ctx, load = harness.on_services(
+        args.kafka, args.redis, lambda kafka, redis: run(kafka, redis, args.events, args.repeats, rates, args.seconds), say,
+        "the broker, Redis and the load producer")
+    ctx["load"] = load
     body = markdown(ctx)
     print(body)
     if not args.no_write:

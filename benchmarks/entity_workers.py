@@ -23,7 +23,6 @@ Results: the ``entity-workers`` section of ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -135,24 +134,18 @@ def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks entity-workers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=100_000, help="pre-produced events (default 100,000)")
-    p.add_argument("--density", type=float, default=2000.0,
-                   help="events per second of event time (default 2,000)")
+    p.add_argument("--density", type=float, default=200.0,
+                   help="events per second of event time (default 200: about 0.4 per second per terminal)")
     p.add_argument("--graces", default="2000,200", help="SD_ALIGN_PEER_GRACE_MS values to run (default 2000,200)")
     p.add_argument("--kafka", default=None, help="use this running broker instead of starting one")
     p.add_argument("--redis", default=None, help="use this running Redis (with --kafka)")
     p.add_argument("--write", action="store_true", help="also write the section of benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     graces = [int(x) for x in args.graces.split(",") if x]
-    started, before = time.monotonic(), os.getloadavg()
-    if args.kafka and args.redis:
-        ctx = run(args.kafka, args.redis, args.events, args.density, graces)
-    else:
-        with harness.services(say) as svc:
-            ctx = run(svc.kafka, svc.redis, args.events, args.density, graces)
-    after = os.getloadavg()
-    ctx["load"] = (f"Load average (1/5/15 min) before: {before[0]:.2f}/{before[1]:.2f}/{before[2]:.2f}, after: "
-                   f"{after[0]:.2f}/{after[1]:.2f}/{after[2]:.2f}; {os.cpu_count()} cores shared with the broker "
-                   f"and Redis. Run in {time.monotonic() - started:.0f}s.")
+    ctx, load = harness.on_services(
+        args.kafka, args.redis, lambda kafka, redis: run(kafka, redis, args.events, args.density, graces), say,
+        "the broker and Redis")
+    ctx["load"] = load
     body = markdown(ctx)
     print(body)
     if args.write:

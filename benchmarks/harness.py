@@ -12,7 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +62,24 @@ def free_port() -> int:
 class Services:
     kafka: str
     redis: str
+
+
+
+def on_services(kafka: str | None, redis: str | None, run: Callable[[str, str], Any], log: Any = print,
+                shared_with: str = "the broker and Redis") -> tuple[Any, str]:
+    """``run(kafka, redis)`` on the running services named (both given) or on ones started for it
+    (``services``); returns its result and a line with the load average before and after, the
+    cores and the run's wall time (for the RESULTS section)."""
+    started, before = time.monotonic(), os.getloadavg()
+    if kafka and redis:
+        out = run(kafka, redis)
+    else:
+        with services(log) as svc:
+            out = run(svc.kafka, svc.redis)
+    after = os.getloadavg()
+    return out, (f"Load average (1/5/15 min) before: {before[0]:.2f}/{before[1]:.2f}/{before[2]:.2f}, after: "
+                 f"{after[0]:.2f}/{after[1]:.2f}/{after[2]:.2f}; {os.cpu_count()} cores shared with {shared_with}. "
+                 f"Run in {time.monotonic() - started:.0f}s.")
 
 
 @contextmanager
