@@ -113,6 +113,9 @@ class WorkerSettings(_Group):
         "the active model has entity features with more than one key (a terminal's events come from many partitions).")
     align_idle_ms: int = Field(2000, ge=0, le=600_000, description="Event-time alignment's grace: a partition that "
                                "delivered nothing for this long no longer holds the others back.")
+    align_max_buffered: int = Field(0, ge=0, le=10_000_000, description="Event-time alignment's buffer cap in "
+                                    "records (0: 8 batches or 200,000, whichever is more); past it the oldest are "
+                                    "released anyway (best effort, never a stall).")
     align_peer_grace_ms: int = Field(
         2000, ge=0, le=86_400_000, description="Several workers of one group (alignment on): a worker releases a "
         "record only while its event time is at most this far past every other partition's next record, so a "

@@ -157,7 +157,7 @@ class Worker:
                                             self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms,
                                             self._input_partitions())
             self.source = AlignedSource(self.source, self.settings.batch_size, self.settings.align_idle_ms,
-                                        peers=peers)
+                                        self.settings.align_max_buffered or None, peers=peers)
             self.source.enabled = True
             self.hold.source = self.source
         self.enricher = Enricher(self.control.entity_state())

@@ -271,7 +271,7 @@ def test_four_workers_on_four_partitions_replay_a_backlog_like_the_time_ordered_
     bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
                                 TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
                                 entity=TWO_KEYS))
-    settings = _small_batches(settings).model_copy(update={"align_peer_grace_ms": 0})
+    settings = _small_batches(settings).model_copy(update={"align_peer_grace_ms": 0, "align_max_buffered": 50_000})
     assert settings.topic_partitions == 4
     _publish(settings, bundle)
     with EventProducer(settings, settings.input_topic) as producer:
@@ -285,6 +285,7 @@ def test_four_workers_on_four_partitions_replay_a_backlog_like_the_time_ordered_
         worker.enricher.on_enriched = seen
         workers.append(worker)
     for worker in workers:
+        assert isinstance(worker.source, AlignedSource) and worker.source.max_buffered == 50_000
         run_worker.run_started(worker)
     wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, timeout_s=180, message="drained")
 
