@@ -111,8 +111,9 @@ class WorkerSettings(_Group):
     align_event_time: Literal["auto", "on", "off"] = Field(
         "auto", description="Release a worker's partitions in event-time order (pipeline/align.py): auto = on when "
         "the active model has entity features with more than one key (a terminal's events come from many partitions).")
-    align_idle_ms: int = Field(2000, ge=0, le=600_000, description="Event-time alignment's grace: a partition that "
-                               "delivered nothing for this long no longer holds the others back.")
+    align_idle_ms: int = Field(2000, ge=0, le=600_000, description="Event-time alignment's idle time: a partition "
+                               "at its end holds the others at its newest event time until it has delivered nothing "
+                               "for this long.")
     align_max_buffered: int = Field(0, ge=0, le=10_000_000, description="Event-time alignment's buffer cap in "
                                     "records (0: 8 batches or 200,000, whichever is more); past it the oldest are "
                                     "released anyway (best effort, never a stall).")

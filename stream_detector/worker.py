@@ -160,6 +160,9 @@ class Worker:
                                         self.settings.align_max_buffered or None, peers=peers)
             self.source.enabled = True
             self.hold.source = self.source
+            log.info("event-time alignment on (%s): idle %d ms, across workers grace %d ms, stale %d ms",
+                     mode, self.settings.align_idle_ms, self.settings.align_peer_grace_ms,
+                     self.settings.align_peer_stale_ms)
         self.enricher = Enricher(self.control.entity_state())
         self.thresholds.refresh(force=True)
         self.link.start()

@@ -17,8 +17,11 @@ is below its high watermark (however long the client takes to hand them out: kaf
 out a backlog one partition after another), or, its high watermark unknown, it delivered a
 record within the last ``idle_ms`` of wall time. A partition nothing has come from yet holds them
 back until the client knows its high watermark (its first fetch response) and ``idle_ms`` more
-(ten times ``idle_ms`` at most while none is known). A partition at its end (live traffic caught
-up) does not hold anything back, so live latency grows by at most a poll. The buffer is capped
+(ten times ``idle_ms`` at most while none is known). A partition at its end holds the others at
+its newest key until it has been quiet for ``idle_ms`` (idle, as Flink's idle sources): its next
+record, live or from a backlog still being written, cannot be older than its newest (partitions
+are in event-time order). So at live traffic a record waits until every partition has delivered
+one at least as new, or has been quiet for ``idle_ms``. The buffer is capped
 (``max_buffered``: 200,000 records or 8 batches, whichever is more, about 60 MB of 300-byte
 events); past the cap the oldest records are released regardless (alignment is best effort
 then, never a stall). Event time is the event's ``timestamp`` (RFC 3339 or epoch ms); a record
@@ -59,7 +62,7 @@ PEER_WAIT_S = 0.005  # how often a worker held back by another's partition looks
 
 class Peers(Protocol):
     """The other workers of the consumer group (``store/watermarks.py``): ``publish`` this worker's
-    partitions' heads (event time in epoch ms of the next record to apply; caught up or not),
+    partitions' heads (event time in epoch ms of the next record to apply; idle or not),
     ``bound`` the largest event time the other partitions allow this worker to release now (+inf
     when none holds it back)."""
 
@@ -180,26 +183,33 @@ class AlignedSource:
             self._publish()
 
     def _publish(self) -> None:
-        """Per partition of this worker, its **head**: the sort key of the first record not yet
-        committed (released or buffered), else of the last committed one (every later record's key
-        is at least that), and whether it is caught up; see ``store/watermarks.py``."""
+        """Per partition of this worker, its **head** and whether it is **idle**; see
+        ``store/watermarks.py``. The head is the sort key of the first record not yet committed
+        (released or buffered), else of the newest one (every later record's key is at least that).
+        Idle is ``_bound``'s rule: at its end and quiet for ``idle_ms``, or nothing came from it since
+        its high watermark was known for ``idle_ms`` (ten times that while none is known)."""
         assert self.peers is not None
         now = self.clock()
         self._published_at = now
+        grace = self.idle_ms / 1000.0
         highs = self.inner.highwaters()
         out: dict[int, tuple[float, bool]] = {}
         for p in self._assigned():
             high = highs.get(p)
+            since = self._since.setdefault(p, now)
+            known = self._known.setdefault(p, now) if high is not None else None
             released = self._released.get(p)
             part = self._parts.get(p)
             if released:
                 out[p] = (released[0][1], False)
             elif part is not None and part.records:
                 out[p] = (part.records[0].key, False)
-            elif p in self._settled:
-                out[p] = (self._settled[p], high is not None and self._next.get(p, -1) >= high)
-            elif part is None and high is not None and now - self._known.get(p, now) > self.idle_ms / 1000.0:
-                out[p] = (NEG_INF, True)  # nothing came from it since its high watermark was known: at its end
+            elif part is not None:
+                quiet = (high is None or part.last_offset + 1 >= high) and now - part.last_record_at > grace
+                out[p] = (max(part.newest, self._settled.get(p, NEG_INF)), quiet)
+            else:  # nothing from it since assignment or a rewind
+                quiet = now - since > 10 * grace if known is None else now - known > grace
+                out[p] = (self._settled.get(p, NEG_INF), quiet)
         self.peers.publish(out)
 
     def membership(self) -> Membership:
@@ -293,11 +303,11 @@ class AlignedSource:
             part = self._parts.get(p)
             high = highs.get(p)
             if part is not None:
-                if high is not None and part.last_offset + 1 >= high:
-                    continue  # at its end: live traffic, nothing older can come
-                if high is None and now - part.last_record_at > grace:
-                    continue  # nothing known of what is left, and quiet for longer than the grace
-                bound = min(bound, part.newest)  # records are left (or may be): they come next
+                if (high is None or part.last_offset + 1 >= high) and now - part.last_record_at > grace:
+                    continue  # idle: at its end (or nothing known of what is left) and quiet for the grace
+                # Records are left, or it is at its end but not idle: its next record (live, or a
+                # backlog still being written) has a key at least its newest, so it holds there.
+                bound = min(bound, part.newest)
                 continue
             # Nothing seen from it yet: hold until the client knows its high watermark (its first
             # fetch response), then for the grace; with none known, for ten graces at most.

@@ -4,9 +4,9 @@ Several workers of one consumer group align their partitions against each other 
 (``pipeline/align.py``, *several workers*). Each worker publishes, per partition it owns, its
 **head**: the event-time sort key of the first record it has not committed yet (buffered or in
 flight), or of the last one it committed when none is known (every record still to be applied
-from that partition has a key at least this), and whether the partition is **caught up**
-(committed to its high watermark, nothing buffered). A worker then releases a record only while
-its key is at most ``grace_ms`` past every other partition's head; caught-up partitions and
+from that partition has a key at least this), and whether the partition is **idle** (at its
+end and quiet for the alignment's ``idle_ms``, ``pipeline/align.py``). A worker then releases a record only while
+its key is at most ``grace_ms`` past every other partition's head; idle partitions and
 entries older than ``stale_ms`` (a dead worker's, until its partitions' new owner publishes) do
 not count, and a partition of the topic with no entry yet holds everything back for ``stale_ms``
 (workers starting one after another on a backlog: the first must not run ahead of the rest).
@@ -15,7 +15,7 @@ With ``grace_ms`` 0 a shared entity's events are applied in event-time order exa
 aside), the workers taking turns; with a grace, at most ``grace_ms`` out of order, in steps of
 up to the grace (``tests/unit/test_align.py``).
 
-Redis layout: ``{prefix}:align:{group}:{topic}``, a hash ``partition → "head_ms caught_up wall_ms"``,
+Redis layout: ``{prefix}:align:{group}:{topic}``, a hash ``partition → "head_ms idle wall_ms"``,
 with no TTL (a few dozen bytes per partition; rewritten on every commit and heartbeat).
 """
 
@@ -33,13 +33,13 @@ NEG_INF = float("-inf")
 
 def peer_bound(entries: dict[int, tuple[float, bool, float]], own: set[int], grace_ms: float, stale_ms: float,
                now_ms: float, partitions: int = 0, missing: dict[int, float] | None = None) -> float:
-    """The release bound the other partitions allow: min over their live, not caught-up entries
-    ``(head_ms, caught_up, wall_ms)`` of ``head_ms + grace_ms``; +inf when none holds. A partition
+    """The release bound the other partitions allow: min over their live, not idle entries
+    ``(head_ms, idle, wall_ms)`` of ``head_ms + grace_ms``; +inf when none holds. A partition
     below ``partitions`` with no entry yet (its owner has read nothing from it so far) holds
     everything back (-inf) for ``stale_ms`` from when ``missing`` (updated here) first saw it."""
     bound = INF
-    for p, (head, caught, wall) in entries.items():
-        if p in own or caught or now_ms - wall > stale_ms:
+    for p, (head, idle, wall) in entries.items():
+        if p in own or idle or now_ms - wall > stale_ms:
             continue
         bound = min(bound, head + grace_ms)
     if missing is not None:

@@ -221,9 +221,9 @@ def test_version_1_json_state_is_migrated_on_read(settings: Settings) -> None:
 TWO_KEYS = EntitySpec(keys=("account_id", "merchant_category"), windows=(3600, 86_400), max_distinct=8)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(("transport", "written"), [(t, "before") for t in TRANSPORTS] + [("kafka-python", "while")])
 def test_one_worker_on_four_partitions_replays_a_backlog_like_the_time_ordered_file(
-        settings: Settings, run_worker: Any) -> None:
+        settings: Settings, run_worker: Any, written: str) -> None:
     """Issue 16: a key that is not the partition key (here the merchant category, shared by
     accounts on every partition) gets, from one worker reading a backlog of four partitions, the
     features offline enrichment gives the time-ordered file, bit for bit. Without event-time
@@ -237,13 +237,20 @@ def test_one_worker_on_four_partitions_replays_a_backlog_like_the_time_ordered_f
                                 entity=TWO_KEYS))
     settings = _small_batches(settings)
     _publish(settings, bundle)
-    with EventProducer(settings, settings.input_topic) as producer:  # the backlog is there first
-        producer.send(events)
-    worker = run_worker(Worker(settings))
+    if written == "before":
+        with EventProducer(settings, settings.input_topic) as producer:  # the backlog is there first
+            producer.send(events)
+    worker = Worker(settings)
+    worker.start()
     assert isinstance(worker.source, AlignedSource) and worker.source.enabled  # auto: two keys
     seen = _Collector()
     assert worker.enricher is not None
     worker.enricher.on_enriched = seen
+    run_worker.run_started(worker)
+    if written == "while":  # a replay produced while the worker runs: partitions fill one by one
+        wait_until(lambda: len(worker.source.assignment()) == 4, message="partitions assigned")
+        with EventProducer(settings, settings.input_topic) as producer:
+            producer.send(events)
     wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
 
     online = seen.by_id()
