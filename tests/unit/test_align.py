@@ -208,3 +208,23 @@ def test_a_backlog_still_being_written_is_released_in_event_time_order() -> None
     source.commit(second.next_offsets())
     now[0] += 2.0  # partition 0 quiet for longer than idle_ms: idle, it no longer holds 35 back
     assert _times([source.poll_batch()]) == [35.0]
+
+
+def test_a_worker_with_nothing_to_read_publishes_its_partition_idle() -> None:
+    """An idle worker's empty partition must not hold the group back for the stale time (the
+    helper's trial: nothing was published, the others waited 30 s): it is published as holding
+    at first, then idle once its high watermark has been known for ``idle_ms``."""
+    from stream_detector.store.watermarks import MemoryWatermarks
+
+    now = [0.0]
+    peers = MemoryWatermarks(grace_ms=0, stale_ms=60_000, partitions=2, clock=lambda: now[0])
+    source = AlignedSource(_OnePartition(1, [], fetch=10), batch_size=10,  # type: ignore[arg-type]
+                           idle_ms=1000, clock=lambda: now[0], peers=peers)
+    source.enabled = True
+    source.topic = TOPIC
+    assert not len(source.poll_batch())
+    assert peers.entries[1][:2] == (float("-inf"), False)  # known empty, not yet quiet for idle_ms
+    assert peers.bound({0}) == float("-inf")  # partition 0's worker waits for it
+    now[0] += 1.5
+    source.poll_batch()
+    assert peers.entries[1][1] is True and peers.bound({0}) == float("inf")  # idle: holds nothing back
