@@ -72,7 +72,13 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     _say("field schema (--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
     for line in data.schema.describe():
         _say(line)
-    events, labels = data.events, data.labels
+    from .feedback import LEGIT
+
+    events, labels, normal_label = data.events, data.labels, args.normal_label
+    if args.feedback:
+        if args.label_column:
+            raise ConfigError("--label-column and --feedback both give labels: use one of them")
+        labels, normal_label = _feedback_labels(Path(args.feedback), events), LEGIT
     if entity is not None:  # 3a: point-in-time entity features over the whole history, in file order
         from .entity import enrich_history
 
@@ -81,11 +87,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
              f"over windows {args.entity_windows}; {_backwards(events)} rows earlier than a previous row "
              f"(applied in file order, time clamped: docs/entity-features.md)")
     if labels is not None:
-        normal = [e for e, lab in zip(events, labels, strict=True) if lab == args.normal_label]
+        normal = [e for e, lab in zip(events, labels, strict=True) if lab == normal_label]
+        source = f"{args.label_column}=" if args.label_column else "the feedback label "
         if not normal:
-            raise ConfigError(f"no rows with {args.label_column} == {args.normal_label!r} "
-                              f"(labels seen: {sorted(set(labels))[:10]})")
-        _say(f"{len(events)} events; training on {len(normal)} with {args.label_column}={args.normal_label}")
+            raise ConfigError(f"no rows with {source}{normal_label!r} (labels seen: {sorted(set(labels))[:10]})")
+        _say(f"{len(events)} events; training on {len(normal)} with {source}{normal_label}")
     else:
         normal = events
         _say(f"{len(events)} events; no label column: training on all of them")
@@ -100,7 +106,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                              "training_rows_rejected": len(data.rejected)}
     out = Path(args.out)
     if labels is not None:
-        y = np.array([lab != args.normal_label for lab in labels])
+        y = np.array([lab != normal_label for lab in labels])
         # the bundle enriches the raw rows itself; numbers + PNGs in OUT/report/
         extra["evaluation_on_input"] = evaluate_on_input(build_bundle(result), data.events, y, out,
                                                          Path(args.input).name)
@@ -111,6 +117,24 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
     print(bundle.version)
     return 0
+
+
+def _feedback_labels(path: Path, events: list[dict[str, Any]]) -> list[str]:
+    """Each event's label from a feedback file (``feedback``'s rule: the winning label of all the
+    file's records; an event without one is taken as legit, as fraud teams read silence)."""
+    from .feedback import FRAUD, LEGIT
+    from .inputs import read_feedback
+
+    feedback = read_feedback(path)
+    _say(f"feedback {path.name}: {feedback.summary()}")
+    verdicts = feedback.verdicts
+    found = [verdicts.verdict(str(e["event_id"])) for e in events]
+    ids = {str(e["event_id"]) for e in events}
+    elsewhere = sum(1 for event_id in verdicts if event_id not in ids)
+    _say(f"labels joined by event_id: {found.count(True)} fraud, {found.count(False)} legit, "
+         f"{found.count(None)} events without a label (taken as legit)"
+         + (f"; {elsewhere} labelled events are not in the input" if elsewhere else ""))
+    return [FRAUD if v else LEGIT for v in found]
 
 
 def _reader_options(args: argparse.Namespace) -> Any:
@@ -248,6 +272,16 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     write_scores(Path(args.out), [(event_id, *by_row[row]) for row, event_id in enumerate(data.ids)], threshold)
     flagged = int((scored.scores[scored.valid] > threshold).sum())
     _say(f"scored {int(scored.valid.sum())} of {data.total} rows; {flagged} above {threshold:.6g} → {args.out}")
+    if args.feedback:
+        import numpy as np
+
+        from .report import evaluate
+
+        valid = [e for e, ok in zip(data.events, scored.valid.tolist(), strict=True) if ok]
+        y = np.array([lab == "fraud" for lab in _feedback_labels(Path(args.feedback), valid)], dtype=bool)
+        numbers = evaluate(scored.scores[scored.valid], y, threshold)
+        _say("against the feedback labels: " + ", ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items() if v is not None))
     return 0
 
 
@@ -472,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for the bundle")
     p.add_argument("--label-column", help="column with labels; only --normal-label rows are trained on")
     p.add_argument("--normal-label", default="0", help="label value of normal rows (default: 0)")
+    p.add_argument("--feedback", metavar="FILE",
+                   help="labels as feedback records (CSV, JSON Lines or Parquet: event_id, label fraud|legit, "
+                        "source, labelled_at; docs/feedback.md), joined by event_id: fraud-labelled events are "
+                        "left out of training and the input is evaluated against them (instead of --label-column)")
     p.add_argument("--id-column", help="column to use as event_id (default: event_id, else row number)")
     p.add_argument("--exclude", action="append", help="field to leave out of the features (repeatable)")
     p.add_argument("--epochs", type=int, help="training epochs (default: derived from the row count)")
@@ -527,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", help="column to use as event_id (default: event_id; generated only when the "
                                        "file has no id column)")
     p.add_argument("--label-column", help="column to leave out of the features (kept out of the output)")
+    p.add_argument("--feedback", metavar="FILE",
+                   help="feedback records (docs/feedback.md) to evaluate the scores against: AUC-ROC, average "
+                        "precision, precision/recall at the threshold (events without a label count as legit)")
     p.add_argument("--threshold", type=float, help="override the bundle's calibrated threshold")
     p.add_argument("--device", help="torch device (default SD_DEVICE)")
     _add_reader_args(p)

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import InputError
 from .events_io import RawRows, ReaderOptions, RowRejection, read_rows
+from .feedback import Label, Verdicts, parse_label
 from .fieldschema import FieldSchema, InferenceOptions, infer_schema
 from .pipeline.decode import type_events
 
@@ -127,3 +128,46 @@ def _id_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+@dataclass
+class FeedbackFile:
+    """A feedback file: its labels and the rows that are not labels, with why."""
+
+    verdicts: Verdicts
+    rejected: list[RowRejection]
+    rows: int
+
+    def summary(self) -> str:
+        frauds = len(self.verdicts.frauds())
+        text = (f"{self.verdicts.count} labels on {len(self.verdicts)} events "
+                f"({frauds} fraud, {len(self.verdicts) - frauds} legit by the winning label)")
+        if self.rejected:
+            first = self.rejected[0]
+            text += (f"; {len(self.rejected)} of {self.rows} rows rejected (e.g. row {first.index + 1}: "
+                     f"{first.reason.value}: {first.message})")
+        return text
+
+
+def read_feedback(path: Path, options: ReaderOptions | None = None) -> FeedbackFile:
+    """The labels of a feedback file (CSV, JSON Lines or Parquet, as for events).
+
+    Raises ``InputError`` when the file cannot be read, or when none of its rows is a label.
+    """
+    raw = read_rows(path, options or ReaderOptions())
+    rejected = list(raw.rejected)
+    verdicts = Verdicts()
+    for index, row in enumerate(raw.rows):
+        if row is None:
+            continue
+        parsed = parse_label(row)
+        if isinstance(parsed, Label):
+            verdicts.add(parsed)
+        else:
+            rejected.append(RowRejection(index, parsed[0], parsed[1]))
+    rejected.sort(key=lambda r: r.index)
+    if not verdicts.count:
+        detail = f" (row {rejected[0].index + 1}: {rejected[0].message})" if rejected else ""
+        raise InputError(f"{path}: no feedback records{detail}")
+    return FeedbackFile(verdicts, rejected, len(raw.rows))
+

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ModelError, NoActiveModel, StreamDetectorError
+from ..feedback import Label, decode_label, prefer
 from ..offline import score_events
 from ..pipeline.score import Scorer
 from ..settings import Settings
@@ -37,7 +38,8 @@ class ConsoleService:
         self.control = control or ControlPlane.from_settings(settings)
         self.feedback_topic = str(getattr(settings, "feedback_topic", "feedback"))
         self.alerts = TopicTail(settings, settings.alerts_topic, keep=500, start_back=200)
-        self.feedback = TopicTail(settings, self.feedback_topic, keep=200_000, start_back=None)
+        self.feedback = TopicTail(settings, self.feedback_topic, keep=200_000, start_back=None,
+                                  decode_record=decode_label)  # a Label, or why the record is not one
         self._feed: tuple[float, list[FeedEntry]] = (0.0, [])
         self._scorer: Scorer | None = None
         self._lock = threading.Lock()
@@ -113,10 +115,11 @@ class ConsoleService:
 
     def _labelled(self, sample: whatif.Sample, model: str | None) -> tuple[np.ndarray, np.ndarray]:
         """Scores of labelled events: from the sample, else from an alert of the same model."""
-        labels: dict[str, bool] = {}
-        for msg in self.feedback.read():
-            if isinstance(msg, dict) and msg.get("label") in ("fraud", "legit") and msg.get("event_id") is not None:
-                labels[str(msg["event_id"])] = msg["label"] == "fraud"
+        winners: dict[str, Label] = {}
+        for record in self.feedback.read():
+            if isinstance(record, Label):  # the contract's rule when an event has several labels
+                winners[record.event_id] = prefer(winners.get(record.event_id), record)
+        labels = {event_id: label.fraud for event_id, label in winners.items()}
         if not labels:
             return np.zeros(0), np.zeros(0, dtype=bool)
         known: dict[str, float] = {}

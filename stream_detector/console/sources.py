@@ -80,8 +80,10 @@ class TopicTail:
     """
 
     def __init__(self, settings: Settings, topic: str, keep: int, start_back: int | None,
-                 decode: Callable[[bytes], Any] = orjson.loads) -> None:
+                 decode: Callable[[bytes], Any] = orjson.loads,
+                 decode_record: Callable[[bytes, float], Any] | None = None) -> None:
         self.settings = settings
+        self.decode_record = decode_record  # given: called with the value and the record's timestamp (ms)
         self.topic = topic
         self.keep = keep
         self.start_back = start_back
@@ -105,14 +107,15 @@ class TopicTail:
             while any(consumer.position(tp) < end for tp, end in ends.items()) and time.monotonic() < deadline:
                 for batch in consumer.poll(timeout_ms=100).values():
                     for record in batch:
-                        self._add(record.value)
+                        self._add(record.value, record.timestamp)
             return list(self.records)
 
-    def _add(self, value: bytes | None) -> None:
+    def _add(self, value: bytes | None, timestamp_ms: float = 0.0) -> None:
         if value is None:
             return
         try:
-            self.records.append(self.decode(value))
+            self.records.append(self.decode(value) if self.decode_record is None
+                                else self.decode_record(value, timestamp_ms))
         except (orjson.JSONDecodeError, ValueError, TypeError):
             return
         if len(self.records) > self.keep * 2:

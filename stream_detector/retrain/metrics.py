@@ -35,6 +35,9 @@ class RetrainerMetrics:
         self.window = Gauge("stream_detector_retrain_window_events", "Events in the training window.", registry=r)
         self.excluded = Gauge("stream_detector_retrain_excluded_ids",
                               "Alerted or fraud-labelled event ids remembered for exclusion.", registry=r)
+        self.feedback_rejected = Counter("stream_detector_retrain_feedback_rejected",
+                                         "Feedback records that break the contract (docs/feedback.md), by reason.",
+                                         ["reason"], registry=r)
         self.drift_checks = Counter("stream_detector_retrain_drift_checks",
                                     "Drift judgements of the active model's live scores.", registry=r)
         self.psi = Gauge("stream_detector_retrain_drift_psi", "PSI of the last drift judgement.", registry=r)

@@ -34,10 +34,12 @@ from kafka.errors import KafkaError
 from redis import RedisError
 
 from ..errors import ModelError, StreamDetectorError
+from ..feedback import Label, decode_label
 from ..kafka_util import committed_offsets
 from ..model.bundle import Bundle
 from ..model.reference import reference_bins
 from ..pipeline.decode import decode_batch
+from ..schema import RejectReason
 from ..settings import Settings
 from ..store import ControlPlane
 from ..topics import ensure_topics
@@ -77,6 +79,7 @@ class Retrainer:
         self.progress = progress or log.info
         self.window = TrainingWindow(settings.retrain_window_events, settings.retrain_window_seconds)
         self.exclusions = Exclusions(settings.retrain_exclude_max)
+        self._refused: set[RejectReason] = set()  # feedback refusal reasons already logged
         self.stop_event = threading.Event()
         self.input: KafkaConsumer | None = None
         self.side: KafkaConsumer | None = None
@@ -276,23 +279,29 @@ class Retrainer:
         while True:
             for tp, records in side.poll(timeout_ms=100 if ends else 0, max_records=10_000).items():
                 for r in records:
-                    self._side_record(tp.topic, r.value)
+                    self._side_record(tp.topic, r.value, r.timestamp)
             if not ends or all(side.position(tp) >= end for tp, end in ends.items()):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError("retrainer could not read the alerts/feedback topics to their end")
 
-    def _side_record(self, topic: str, value: bytes | None) -> None:
-        try:
-            obj = orjson.loads(value or b"")
-            event_id = str(obj["event_id"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            log.debug("ignoring unreadable record on %s", topic)
-            return
+    def _side_record(self, topic: str, value: bytes | None, timestamp_ms: float | None = None) -> None:
         if topic == self.settings.alerts_topic:
-            self.exclusions.add_alert(event_id)
-        elif str(obj.get("label", "")).lower() in ("fraud", "legit"):
-            self.exclusions.add_label(event_id, str(obj["label"]).lower())
+            try:
+                self.exclusions.add_alert(str(orjson.loads(value or b"")["event_id"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                log.debug("ignoring unreadable record on %s", topic)
+            return
+        label = decode_label(value, timestamp_ms)
+        if isinstance(label, Label):
+            self.exclusions.add_label(label)
+            return
+        reason, message = label  # counted, and logged once per reason (the retrainer only reads the topic)
+        if reason not in self._refused:
+            self._refused.add(reason)
+            log.warning("feedback record refused (%s): %s; further ones only counted in "
+                        "stream_detector_retrain_feedback_rejected", reason.value, message)
+        self.metrics.feedback_rejected.labels(reason.value).inc()
 
     def _active_bundle(self) -> Bundle | None:
         version = self.control.active_model()

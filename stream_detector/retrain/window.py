@@ -21,6 +21,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from ..feedback import Label, prefer
 
 ALERTED = "alerted"
 FRAUD = "fraud"
@@ -37,20 +40,23 @@ class WindowEntry:
     raw: bytes
 
 
-class BoundedIds:
+V = TypeVar("V")
+
+
+class BoundedIds(Generic[V]):
     """Insertion-ordered id → value map that forgets its oldest entries past ``max_size``."""
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._items: dict[str, str] = {}
+        self._items: dict[str, V | None] = {}
 
-    def add(self, event_id: str, value: str = "") -> None:
+    def add(self, event_id: str, value: V | None = None) -> None:
         self._items.pop(event_id, None)  # re-insert at the young end
         self._items[event_id] = value
         while len(self._items) > self.max_size:
             del self._items[next(iter(self._items))]
 
-    def get(self, event_id: str) -> str | None:
+    def get(self, event_id: str) -> V | None:
         return self._items.get(event_id)
 
     def __contains__(self, event_id: object) -> bool:
@@ -61,23 +67,25 @@ class BoundedIds:
 
 
 class Exclusions:
-    """Alerted event ids and analyst labels (``fraud`` / ``legit``), both bounded."""
+    """Alerted event ids and labels (the winning ``feedback.Label`` per event), both bounded."""
 
     def __init__(self, max_ids: int) -> None:
-        self.alerted = BoundedIds(max_ids)
-        self.labels = BoundedIds(max_ids)
+        self.alerted: BoundedIds[None] = BoundedIds(max_ids)
+        self.labels: BoundedIds[Label] = BoundedIds(max_ids)
 
     def add_alert(self, event_id: str) -> None:
         self.alerted.add(event_id)
 
-    def add_label(self, event_id: str, label: str) -> None:
-        self.labels.add(event_id, label)
+    def add_label(self, label: Label) -> None:
+        """Keep the label that wins by the feedback contract's rule (``feedback.prefer``)."""
+        self.labels.add(label.event_id, prefer(self.labels.get(label.event_id), label))
 
     def reason(self, event_id: str) -> str | None:
         """Why an event must not be trained on, or None."""
         if event_id in self.alerted:
             return ALERTED
-        if self.labels.get(event_id) == FRAUD:
+        label = self.labels.get(event_id)
+        if label is not None and label.fraud:
             return FRAUD
         return None
 
@@ -126,8 +134,8 @@ class TrainingWindow:
                 reason = UNDECIDED
             else:
                 label = exclusions.labels.get(entry.event_id)
-                if label:
-                    out.labelled.append((entry, label))
+                if label is not None:
+                    out.labelled.append((entry, label.label))
             if reason is None:
                 out.clean.append(entry)
             else:

@@ -54,12 +54,13 @@ def _produce(s: Settings, events: list[dict[str, object]]) -> None:
         producer.send(events)
 
 
-def _feedback(s: Settings, labels: dict[str, str]) -> None:
+def _feedback(s: Settings, labels: dict[str, str], extra: tuple[bytes, ...] = ()) -> None:
     ensure_topics(s, [s.feedback_topic])
     producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers)
-    for event_id, label in labels.items():
+    for event_id, label in labels.items():  # no source, no labelled_at: the record's timestamp
         producer.send(s.feedback_topic, orjson.dumps({"event_id": event_id, "label": label, "analyst": "pytest"}))
-    producer.send(s.feedback_topic, b"not json")  # ignored, never fatal
+    for value in (*extra, b"not json"):  # refused records are counted, never fatal
+        producer.send(s.feedback_topic, value)
     producer.flush()
     producer.close()
 
@@ -89,10 +90,20 @@ def test_retrain_once_trains_on_clean_traffic_and_a_running_worker_swaps_without
     assert first_bad <= alerted
     normal_ids = [str(e["event_id"]) for e in first if str(e["event_id"]) not in alerted]
     fraud_labelled = set(normal_ids[100:110])  # analysts say these passed but were fraud
+    overruled = normal_ids[230]  # an analyst said fraud; the chargeback feed, which outranks it, says legit
     _feedback(s, {**{i: "fraud" for i in fraud_labelled}, **{i: "legit" for i in normal_ids[200:220]},
-                  **{i: "fraud" for i in sorted(first_bad)[:4]}})
+                  **{i: "fraud" for i in sorted(first_bad)[:4]}},
+              extra=(orjson.dumps({"event_id": overruled, "label": "fraud", "source": "analyst",
+                                   "labelled_at": "2030-01-02T00:00:00Z"}),
+                     orjson.dumps({"event_id": overruled, "label": "legit", "source": "chargeback",
+                                   "labelled_at": "2030-01-01T00:00:00Z"}),
+                     orjson.dumps({"event_id": normal_ids[231], "label": "FRAUD"})))  # invalid_label
 
-    outcome = Retrainer(s).run_once(timeout_s=60)  # the worker keeps running meanwhile
+    retrainer = Retrainer(s)
+    outcome = retrainer.run_once(timeout_s=60)  # the worker keeps running meanwhile
+    refused = {reason: retrainer.metrics.registry.get_sample_value(
+        "stream_detector_retrain_feedback_rejected_total", {"reason": reason}) for reason in ("invalid_json", "invalid_label")}
+    assert refused == {"invalid_json": 1.0, "invalid_label": 1.0}
 
     assert outcome.status == "promoted", outcome.to_dict()
     new = outcome.version
@@ -103,7 +114,7 @@ def test_retrain_once_trains_on_clean_traffic_and_a_running_worker_swaps_without
     assert training["left_out_alerted"] == len(alerted) and training["left_out_fraud"] == len(fraud_labelled)
     assert training["clean"] == len(expected_clean) == training["train_events"] + training["holdout_events"]
     assert training["clean_ids_sha256"] == ids_digest(expected_clean), "no alerted or fraud event trained on"
-    assert training["labelled"] == len(fraud_labelled) + 20 + 4
+    assert training["labelled"] == len(fraud_labelled) + 20 + 4 + 1  # the overruled one is legit, trained on
     gate = info["gate"]
     assert gate["passed"] and gate["version"] == new and gate["active"]["version"] == bundle.version
     assert gate["candidate"]["alert_rate"] <= gate["policy"]["alert_rate_bound"]

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from stream_detector.errors import ModelError
+from stream_detector.feedback import Label
 from stream_detector.model.bundle import bundle_from_files
 from stream_detector.model.reference import bin_counts, reference_bins, reference_from_scores
 from stream_detector.model.registry import check_compatible, retention_victims, rollback_target
@@ -57,9 +58,10 @@ def test_selection_leaves_out_alerted_fraud_and_undecided_events_whenever_the_al
     exclusions.add_alert("e1")  # alert before its event reaches the window
     window.add(entry(i, partition=i % 2) for i in range(10))
     exclusions.add_alert("e2")  # alert after
-    exclusions.add_label("e3", "fraud")
-    exclusions.add_label("e4", "legit")
-    exclusions.add_label("e1", "fraud")  # alerted and labelled: counted once, as alerted
+    exclusions.add_label(Label("e3", True, "analyst", 1.0))
+    exclusions.add_label(Label("e4", True, "analyst", 1.0))
+    exclusions.add_label(Label("e4", False, "chargeback", 0.5))  # a chargeback outranks the analyst
+    exclusions.add_label(Label("e1", True, "analyst", 1.0))  # alerted and labelled: counted once, as alerted
     chosen = window.select(exclusions, decided={0: 8, 1: 7})  # e8 (p0) and e7, e9 (p1) undecided
     assert {e.event_id for e in chosen.clean} == {"e0", "e4", "e5", "e6"}
     assert chosen.left_out == {"alerted": 2, "fraud": 1, "undecided": 3}

@@ -1,0 +1,158 @@
+"""The feedback contract (``stream_detector/feedback.py``): parsing, refusals, the winning label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_detector.errors import InputError
+from stream_detector.feedback import Label, Verdicts, decode_label, parse_label, prefer
+from stream_detector.inputs import read_feedback
+from stream_detector.schema import RejectReason
+
+T = 1_764_496_800_000.0  # 2025-11-30T10:00:00Z in epoch ms
+
+
+def test_a_record_of_the_contract_is_a_label() -> None:
+    assert parse_label({"event_id": "e1", "label": "fraud", "source": "chargeback",
+                        "labelled_at": "2025-11-30T10:00:00Z"}) == Label("e1", True, "chargeback", T)
+    assert parse_label({"event_id": "e1", "label": "legit", "labelled_at": int(T)}) == Label("e1", False, "unspecified", T)
+
+
+@pytest.mark.parametrize("at", [int(T), T, int(T / 1000), str(int(T)), str(int(T / 1000)), "2025-11-30T10:00:00+00:00",
+                                "2025-11-30T11:00:00+01:00", "2025-11-30T10:00:00"])
+def test_labelled_at_is_read_like_an_events_timestamp(at: object) -> None:
+    """RFC 3339 (naive = UTC) or an epoch number whose unit follows from its magnitude, as for events."""
+    label = parse_label({"event_id": "e", "label": "fraud", "labelled_at": at})
+    assert isinstance(label, Label) and label.labelled_at == T
+
+
+@pytest.mark.parametrize(("record", "reason"), [
+    ([1, 2], RejectReason.NOT_AN_OBJECT),
+    ({"label": "fraud", "labelled_at": T}, RejectReason.MISSING_EVENT_ID),
+    ({"event_id": "", "label": "fraud", "labelled_at": T}, RejectReason.MISSING_EVENT_ID),
+    ({"event_id": {"x": 1}, "label": "fraud", "labelled_at": T}, RejectReason.WRONG_TYPE),
+    ({"event_id": True, "label": "fraud", "labelled_at": T}, RejectReason.WRONG_TYPE),
+    ({"event_id": "e", "label": "FRAUD", "labelled_at": T}, RejectReason.INVALID_LABEL),  # not converted
+    ({"event_id": "e", "label": 1, "labelled_at": T}, RejectReason.INVALID_LABEL),
+    ({"event_id": "e", "labelled_at": T}, RejectReason.INVALID_LABEL),
+    ({"event_id": "e", "label": "fraud", "source": 3, "labelled_at": T}, RejectReason.WRONG_TYPE),
+    ({"event_id": "e", "label": "fraud"}, RejectReason.INVALID_TIMESTAMP),  # a file has no other clock
+    ({"event_id": "e", "label": "fraud", "labelled_at": "yesterday"}, RejectReason.INVALID_TIMESTAMP),
+    ({"event_id": "e", "label": "fraud", "labelled_at": True}, RejectReason.INVALID_TIMESTAMP),
+    ({"event_id": "e", "label": "fraud", "labelled_at": 86_400_000}, RejectReason.IMPLAUSIBLE_TIMESTAMP),  # 1970
+])
+def test_a_record_that_breaks_the_contract_says_why(record: object, reason: RejectReason) -> None:
+    problem = parse_label(record)
+    assert isinstance(problem, tuple) and problem[0] is reason and problem[1]
+
+
+def test_on_the_topic_a_missing_labelled_at_is_the_record_timestamp() -> None:
+    assert decode_label(b'{"event_id": "e", "label": "legit"}', T) == Label("e", False, "unspecified", T)
+    assert decode_label(None, T)[0] is RejectReason.TOMBSTONE  # type: ignore[index]
+    assert decode_label(b"not json", T)[0] is RejectReason.INVALID_JSON  # type: ignore[index]
+
+
+def test_a_chargeback_outranks_an_analyst_and_the_latest_wins_within_a_source() -> None:
+    analyst_fraud = Label("e", True, "analyst", T)
+    chargeback_legit = Label("e", False, "chargeback", T - 5)  # earlier, but a chargeback
+    assert prefer(analyst_fraud, chargeback_legit) is chargeback_legit
+    assert prefer(chargeback_legit, analyst_fraud) is chargeback_legit
+    representment = Label("e", False, "chargeback", T + 10)
+    chargeback_fraud = Label("e", True, "chargeback", T)
+    assert prefer(chargeback_fraud, representment) is representment  # the later chargeback record wins
+    assert prefer(Label("e", True, "crm", T + 99), Label("e", False, "analyst", T)).source == "analyst"
+    tie = Label("e", False, "analyst", T), Label("e", True, "analyst", T)
+    assert prefer(*tie).fraud and prefer(*tie[::-1]).fraud  # an exact tie: fraud
+
+
+def test_the_verdict_at_a_time_sees_only_the_labels_known_then() -> None:
+    verdicts = Verdicts([Label("e", False, "analyst", T), Label("e", True, "chargeback", T + 7 * 86_400_000)])
+    assert verdicts.verdict("e", as_of=T - 1) is None
+    assert verdicts.verdict("e", as_of=T) is False
+    assert verdicts.verdict("e", as_of=T + 7 * 86_400_000 - 1) is False
+    assert verdicts.verdict("e", as_of=T + 7 * 86_400_000) is True
+    assert verdicts.verdict("e") is True and verdicts.verdict("other") is None
+    assert verdicts.frauds() == {"e"} and verdicts.frauds(as_of=T) == set()
+
+
+labels = st.builds(Label, st.sampled_from(["a", "b"]), st.booleans(),
+                   st.sampled_from(["chargeback", "analyst", "crm", "unspecified"]),
+                   st.integers(0, 5).map(lambda d: T + d * 3_600_000))
+
+
+@given(st.lists(labels, max_size=12), st.randoms(use_true_random=False), st.integers(-1, 6))
+def test_the_verdict_does_not_depend_on_arrival_order(records: list[Label], rnd: object, hours: int) -> None:
+    shuffled = list(records)
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    as_of = None if hours < 0 else T + hours * 3_600_000
+    one, other = Verdicts(records), Verdicts(shuffled)
+    for event_id in ("a", "b"):
+        assert one.winner(event_id, as_of) == other.winner(event_id, as_of)
+
+
+def test_a_feedback_file_in_csv_and_json_lines_gives_the_same_labels(tmp_path: Path) -> None:
+    rows = [{"event_id": "e1", "label": "fraud", "source": "chargeback", "labelled_at": int(T)},
+            {"event_id": "e2", "label": "legit", "source": "analyst", "labelled_at": "2025-11-30T10:00:00Z"},
+            {"event_id": "e3", "label": "maybe", "source": "analyst", "labelled_at": int(T)}]
+    (tmp_path / "f.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    (tmp_path / "f.csv").write_text("event_id,label,source,labelled_at\n"
+                                    + "".join(f"{r['event_id']},{r['label']},{r['source']},{r['labelled_at']}\n" for r in rows))
+    for name in ("f.jsonl", "f.csv"):
+        read = read_feedback(tmp_path / name)
+        assert {e: read.verdicts.winner(e) for e in read.verdicts} == {
+            "e1": Label("e1", True, "chargeback", T), "e2": Label("e2", False, "analyst", T)}
+        assert [(r.index, r.reason) for r in read.rejected] == [(2, RejectReason.INVALID_LABEL)]
+        assert "1 of 3 rows rejected" in read.summary()
+
+
+def test_a_file_without_one_label_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    path.write_text("event_id,label\ne1,fraud\n")  # no labelled_at
+    with pytest.raises(InputError, match="no feedback records.*labelled_at"):
+        read_feedback(path)
+
+
+def test_train_with_feedback_is_train_with_the_same_labels_in_a_column(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """``train --feedback`` joins the labels by event_id: the model and its evaluation equal those of
+    ``--label-column`` holding the same labels; ``score --feedback`` evaluates against them."""
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_csv
+    from stream_detector.model.bundle import load_bundle
+    from stream_detector.simulate import Simulator
+
+    events, patterns = Simulator(seed=3, accounts=300).batch(3000, 0.03, now_ms=int(T), span_ms=86_400_000)
+    frauds = [e for e, p in zip(events, patterns, strict=True) if p != "legit"]
+    write_csv(tmp_path / "plain.csv", events)
+    write_csv(tmp_path / "labelled.csv", [{**e, "label": "legit" if p == "legit" else "fraud"}
+                                          for e, p in zip(events, patterns, strict=True)])
+    feedback = [{"event_id": e["event_id"], "label": "fraud", "source": "chargeback",
+                 "labelled_at": int(e["timestamp"]) + 86_400_000} for e in frauds]
+    feedback += [{"event_id": frauds[0]["event_id"], "label": "legit", "source": "analyst",  # outranked
+                  "labelled_at": int(T) + 99}, {"event_id": "not-in-the-input", "label": "fraud",
+                                               "source": "analyst", "labelled_at": int(T)}]
+    (tmp_path / "fb.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in feedback))
+    common = ["--epochs", "2", "--seed", "1"]
+    assert main(["train", "--input", str(tmp_path / "plain.csv"), "--out", str(tmp_path / "a"),
+                 "--feedback", str(tmp_path / "fb.jsonl"), *common]) == 0
+    said = capsys.readouterr().err
+    assert f"labels joined by event_id: {len(frauds)} fraud, 0 legit, {3000 - len(frauds)} events without" in said
+    assert "1 labelled events are not in the input" in said
+    assert main(["train", "--input", str(tmp_path / "labelled.csv"), "--out", str(tmp_path / "b"),
+                 "--label-column", "label", "--normal-label", "legit", *common]) == 0
+    a, b = load_bundle(tmp_path / "a"), load_bundle(tmp_path / "b")
+    assert a.threshold == b.threshold
+    assert a.metadata["evaluation_on_input"] == b.metadata["evaluation_on_input"]
+    assert a.metadata["evaluation_on_input"]["anomalies"] == len(frauds)
+    capsys.readouterr()
+    assert main(["score", "--model", str(tmp_path / "a"), "--input", str(tmp_path / "plain.csv"),
+                 "--out", str(tmp_path / "s.csv"), "--feedback", str(tmp_path / "fb.jsonl")]) == 0
+    auc = a.metadata["evaluation_on_input"]["auc_roc"]
+    assert f"against the feedback labels: rows=3000, anomalies={len(frauds)}, auc_roc={auc:.4f}" in capsys.readouterr().err
+    assert main(["train", "--input", str(tmp_path / "labelled.csv"), "--out", str(tmp_path / "c"),
+                 "--label-column", "label", "--feedback", str(tmp_path / "fb.jsonl")]) == 2
