@@ -75,17 +75,23 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from .feedback import LEGIT
 
     events, labels, normal_label = data.events, data.labels, args.normal_label
+    known: list[Any] = []  # feedback records, for label features
     if args.feedback:
         if args.label_column:
             raise ConfigError("--label-column and --feedback both give labels: use one of them")
-        labels, normal_label = _feedback_labels(Path(args.feedback), events), LEGIT
+        labels, known = _feedback_labels(Path(args.feedback), events)
+        normal_label = LEGIT
     if entity is not None:  # 3a: point-in-time entity features over the whole history, in file order
         from .entity import enrich_history
 
-        events = enrich_history(entity, events)
+        events = enrich_history(entity, events, labels=known)
         _say(f"entity features: {len(entity.output_fields)} fields per event from keys {', '.join(entity.keys)} "
              f"over windows {args.entity_windows}; {_backwards(events)} rows earlier than a previous row "
              f"(applied in file order, time clamped: docs/entity-features.md)")
+        if entity.label_keys:
+            _say(f"label features: {len(entity.label_fields)} fields per event from keys "
+                 f"{', '.join(entity.label_keys)}, each label counted from its labelled_at + {args.label_delay} "
+                 f"(docs/feedback.md)")
     if labels is not None:
         normal = [e for e, lab in zip(events, labels, strict=True) if lab == normal_label]
         source = f"{args.label_column}=" if args.label_column else "the feedback label "
@@ -109,7 +115,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         y = np.array([lab != normal_label for lab in labels])
         # the bundle enriches the raw rows itself; numbers + PNGs in OUT/report/
         extra["evaluation_on_input"] = evaluate_on_input(build_bundle(result), data.events, y, out,
-                                                         Path(args.input).name)
+                                                         Path(args.input).name, labels=known)
         _say("on the labelled input (training rows included): " + ", ".join(
             f"{k}={v:.4f}" for k, v in extra["evaluation_on_input"].items() if isinstance(v, float)))
     bundle = build_bundle(result, extra)
@@ -119,9 +125,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _feedback_labels(path: Path, events: list[dict[str, Any]]) -> list[str]:
+def _feedback_labels(path: Path, events: list[dict[str, Any]]) -> tuple[list[str], list[Any]]:
     """Each event's label from a feedback file (``feedback``'s rule: the winning label of all the
-    file's records; an event without one is taken as legit, as fraud teams read silence)."""
+    file's records; an event without one is taken as legit, as fraud teams read silence), and the
+    file's records (``feedback.Label``)."""
     from .feedback import FRAUD, LEGIT
     from .inputs import read_feedback
 
@@ -134,7 +141,7 @@ def _feedback_labels(path: Path, events: list[dict[str, Any]]) -> list[str]:
     _say(f"labels joined by event_id: {found.count(True)} fraud, {found.count(False)} legit, "
          f"{found.count(None)} events without a label (taken as legit)"
          + (f"; {elsewhere} labelled events are not in the input" if elsewhere else ""))
-    return [FRAUD if v else LEGIT for v in found]
+    return [FRAUD if v else LEGIT for v in found], verdicts.labels()
 
 
 def _reader_options(args: argparse.Namespace) -> Any:
@@ -217,14 +224,20 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
 
 def _entity_spec(args: argparse.Namespace) -> Any:
     """The ``EntitySpec`` asked for by ``--entity-key`` (None without one: no entity features)."""
+    if args.label_key and not args.feedback:
+        raise ConfigError("--label-key needs --feedback FILE: label features are computed from feedback records")
     if not args.entity_key:
+        if args.label_key:
+            raise ConfigError("--label-key needs the same key as --entity-key (the share divides by its count)")
         return None
     from .entity import EntitySpec, parse_windows
 
     try:
+        delay = parse_windows(args.label_delay)[0] if args.label_delay not in ("0", "0s") else 0
         return EntitySpec(keys=tuple(args.entity_key), windows=parse_windows(args.entity_windows),
                           amount_field=args.entity_amount,
-                          distinct_fields=tuple(f for f in args.entity_distinct.split(",") if f))
+                          distinct_fields=tuple(f for f in args.entity_distinct.split(",") if f),
+                          label_keys=tuple(args.label_key or ()), label_delay_s=delay)
     except ValueError as exc:
         raise ConfigError(f"entity features: {exc}") from exc
 
@@ -263,7 +276,12 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     bundle = load_bundle(Path(args.model))
     data = _load_file(args, schema=bundle.schema, need_events=False)  # no schema (older bundle): the file's
     threshold = args.threshold if args.threshold is not None else bundle.threshold
-    scored = score_events(bundle, data.events, device=args.device or settings.device)
+    known: list[Any] = []
+    if args.feedback:
+        verdicts, known = _feedback_labels(Path(args.feedback), data.events)
+    if bundle.entity is not None and bundle.entity.label_keys and not args.feedback:
+        _say("note: this model has label features; without --feedback FILE no label is known and they are 0")
+    scored = score_events(bundle, data.events, device=args.device or settings.device, labels=known)
     by_row: dict[int, tuple[float, str | None, str | None]] = {
         row: (score, reason, message) for row, score, reason, message
         in zip(data.rows, scored.scores.tolist(), scored.rejected, scored.messages, strict=True)}
@@ -277,8 +295,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 
         from .report import evaluate
 
-        valid = [e for e, ok in zip(data.events, scored.valid.tolist(), strict=True) if ok]
-        y = np.array([lab == "fraud" for lab in _feedback_labels(Path(args.feedback), valid)], dtype=bool)
+        y = np.array([lab == "fraud" for lab, ok in zip(verdicts, scored.valid.tolist(), strict=True) if ok])
         numbers = evaluate(scored.scores[scored.valid], y, threshold)
         _say("against the feedback labels: " + ", ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items() if v is not None))
@@ -539,6 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entity-distinct", default="merchant_category,country",
                    help="fields whose distinct / first-seen values per entity become features")
     p.add_argument("--entity-amount", default="amount", help="amount field of the entity features")
+    p.add_argument("--label-key", action="append",
+                   help="label-derived features for this --entity-key (repeatable; needs --feedback): the decayed "
+                        "count and share of the entity's earlier events known as fraud at each event's time, per "
+                        "entity window, e.g. terminal risk (docs/feedback.md)")
+    p.add_argument("--label-delay", default="0s",
+                   help="a label counts from its labelled_at plus this delay, e.g. 7d (default 0s)")
     p.add_argument("--max-self-flag-rate", type=float, default=0.2,
                    help="refuse the model (exit 2, no bundle) when more than this share of its own normal "
                         "training or validation rows is above its threshold (default 0.2)")

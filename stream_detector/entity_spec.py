@@ -12,6 +12,13 @@ Output fields, for each entity key ``k`` and window ``w`` (named like ``1h``, ``
     k__new_F              1 when the entity has not used this value of F within the longest window
 
 Every feature describes the history *before* the event (the event itself is then added).
+
+With ``label_keys`` (a subset of the keys; ``entity/labels.py``, docs/feedback.md), for each such key
+``k`` and window ``w``, from the feedback labels known ``label_delay_s`` before the event::
+
+    k__fraud_w            decayed number of the entity's earlier events whose winning label, as
+                          known at (event time - delay), is fraud
+    k__fraud_share_w      k__fraud_w / k__count_w   (0 without history)
 """
 
 from __future__ import annotations
@@ -56,8 +63,14 @@ class EntitySpec:
     distinct_fields: tuple[str, ...] = ("merchant_category", "country")
     max_distinct: int = 16
     horizon_factor: float = 3.0
+    label_keys: tuple[str, ...] = ()  # keys that also get label-derived features (entity/labels.py)
+    label_delay_s: int = 0  # a label counts from its labelled_at plus this delay
 
     def __post_init__(self) -> None:
+        if not set(self.label_keys) <= set(self.keys) or len(set(self.label_keys)) != len(self.label_keys):
+            raise ValueError("label keys must be unique entity keys")
+        if self.label_delay_s < 0:
+            raise ValueError("the label delay must be >= 0 seconds")
         if not self.keys or len(set(self.keys)) != len(self.keys):
             raise ValueError("entity keys must be non-empty and unique")
         if not self.windows or list(self.windows) != sorted(set(self.windows)) or self.windows[0] <= 0:
@@ -90,10 +103,25 @@ class EntitySpec:
 
     @property
     def output_fields(self) -> list[str]:
+        """The history features (the kernel's columns); ``label_fields`` come after them."""
         return [name for key in self.keys for name in self.fields_for(key)]
 
+    @property
+    def label_fields(self) -> list[str]:
+        """Label-derived features, per label key and window: ``k__fraud_w``, ``k__fraud_share_w``."""
+        return [f"{key}__{kind}_{window_name(w)}" for key in self.label_keys for w in self.windows
+                for kind in ("fraud", "fraud_share")]
+
+    @property
+    def all_fields(self) -> list[str]:
+        """Every field step 3a adds: ``output_fields`` then ``label_fields``."""
+        return self.output_fields + self.label_fields
+
     def to_dict(self) -> dict[str, Any]:
-        return {"format": ENTITY_FORMAT, **asdict(self)}
+        data = asdict(self)
+        if not self.label_keys:  # a spec without labels keeps the JSON, fingerprint and Redis keys it had
+            del data["label_keys"], data["label_delay_s"]
+        return {"format": ENTITY_FORMAT, **data}
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
@@ -104,7 +132,8 @@ class EntitySpec:
             raise ValueError(f"unsupported entity spec format {data.get('format')!r}")
         return cls(keys=tuple(data["keys"]), windows=tuple(int(w) for w in data["windows"]),
                    amount_field=str(data["amount_field"]), distinct_fields=tuple(data["distinct_fields"]),
-                   max_distinct=int(data["max_distinct"]), horizon_factor=float(data["horizon_factor"]))
+                   max_distinct=int(data["max_distinct"]), horizon_factor=float(data["horizon_factor"]),
+                   label_keys=tuple(data.get("label_keys", ())), label_delay_s=int(data.get("label_delay_s", 0)))
 
     @classmethod
     def from_json(cls, raw: bytes) -> EntitySpec:

@@ -166,6 +166,10 @@ class Verdicts:
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_event)
 
+    def labels(self) -> list[Label]:
+        """Every label, as added (per event)."""
+        return [label for labels in self._by_event.values() for label in labels]
+
     def winner(self, event_id: str, as_of: float | None = None) -> Label | None:
         """The label that wins among those known at ``as_of`` (epoch ms; None: all), or None."""
         best: Label | None = None

@@ -9,14 +9,16 @@ A bundle with an entity spec enriches the valid rows in file order with in-memor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .entity import Enricher, InMemoryState
+from .entity.labels import InMemoryLabels, label_values
 from .features import Extra
+from .feedback import Label
 from .fieldschema import JSON_TEXT
 from .model.bundle import Bundle
 from .pipeline.compute import Enrich, score_decoded
@@ -42,9 +44,12 @@ class OfflineScores:
 
 
 def score_events(bundle: Bundle, events: Sequence[Any], device: str = "cpu", batch_size: int = 8192,
-                 scorer: Scorer | None = None, keep_errors: bool = False) -> OfflineScores:
+                 scorer: Scorer | None = None, keep_errors: bool = False,
+                 labels: Iterable[Label] = ()) -> OfflineScores:
     """Score parsed events (JSON objects, or rows typed by ``inputs.load_events``) in order,
     ``batch_size`` rows at a time, through the worker's core (``pipeline.compute.score_decoded``).
+    A bundle with label features reads ``labels`` (feedback records, ``entity/labels.py``; none:
+    no label known, those features are 0).
 
     Returns one score per input row (NaN where rejected, with the reason and message) — never
     raises on data.
@@ -57,10 +62,13 @@ def score_events(bundle: Bundle, events: Sequence[Any], device: str = "cpu", bat
     messages: list[str | None] = [None] * n
     enrich: Enrich | None = None
     if bundle.entity is not None:
-        spec, enricher = bundle.entity, Enricher(InMemoryState())
+        spec, enricher, known = bundle.entity, Enricher(InMemoryState()), InMemoryLabels(labels)
 
         def enrich(typed: list[dict[str, Any]], indices: list[int]) -> Extra:
-            return spec.output_fields, enricher.features(spec, typed, [(0, i) for i in indices])  # (0, row)
+            values = enricher.features(spec, typed, [(0, i) for i in indices])  # positions (0, row)
+            if not spec.label_keys:
+                return spec.output_fields, values
+            return spec.all_fields, np.hstack([values, label_values(spec, known, typed, values)])
 
     for start in range(0, n, batch_size):
         chunk = events[start:start + batch_size]

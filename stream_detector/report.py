@@ -6,23 +6,25 @@ scores the rows as ``stream-detector score`` would, then the numbers and ``repor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from .feedback import Label
 from .model.bundle import Bundle
 from .offline import score_events
 
 
 def evaluate_on_input(bundle: Bundle, events: Sequence[Any], is_anomaly: np.ndarray, out: Path,
-                      input_name: str) -> dict[str, Any]:
+                      input_name: str, labels: Iterable[Label] = ()) -> dict[str, Any]:
     """Score ``events`` (one per row of ``is_anomaly``, bool (n,)) with ``bundle`` (offline core:
     rejected rows are left out), evaluate at the bundle's threshold, and write
-    ``out/report/scores.png`` (and ``curves.png`` when both classes are present)."""
-    scored = score_events(bundle, events)
+    ``out/report/scores.png`` (and ``curves.png`` when both classes are present). ``labels``:
+    feedback records for a bundle with label features (``offline.score_events``)."""
+    scored = score_events(bundle, events, labels=labels)
     ok = scored.valid
     scores, y, threshold = scored.scores[ok], is_anomaly[ok], bundle.threshold
     numbers = evaluate(scores, y, threshold)

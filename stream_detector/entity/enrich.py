@@ -28,7 +28,7 @@ Events without a usable key value get the features of an entity with no history 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ import numpy as np
 
 from ..entity_spec import EntitySpec
 from ..errors import EntityStateUnavailable
+from ..feedback import Label
 from ..schema import validate_event
 from . import binary, kernel
 from .block import Block
@@ -233,7 +234,7 @@ def exact_replay(record: Record, firsts: dict[str, int], where: list[tuple[str, 
 
 
 def enrich_history(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: int = 8192,
-                   store: StateStore | None = None) -> list[dict[str, Any]]:
+                   store: StateStore | None = None, labels: Iterable[Label] = ()) -> list[dict[str, Any]]:
     """Offline, point-in-time enrichment of a history in arrival (file) order.
 
     Each row's features come only from rows before it — exactly what a worker computes when the
@@ -241,16 +242,23 @@ def enrich_history(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: in
     (they get the features of an entity without history, so rows stay aligned). Without a
     ``store`` the state lives in arrays for the whole run (``history.py``, no records, same
     kernel); with one, chunks of ``chunk`` rows go through an ``Enricher`` on that store.
+    A spec with label keys also gets ``spec.label_fields`` from ``labels`` (feedback records,
+    ``labels.enrich_labels``; none given: no label is known, the label features are 0).
     """
     if store is None:
         from .history import enrich_offline
 
-        return enrich_offline(spec, events, chunk)
-    enricher = Enricher(store)
-    out: list[dict[str, Any]] = []
-    for start in range(0, len(events), chunk):
-        part = events[start:start + chunk]
-        valid = [validate_event(e) is None for e in part]
-        with gc_paused():
-            out.extend(enricher.enrich_rows(spec, part, [(0, start + j) for j in range(len(part))], valid))
+        out = enrich_offline(spec, events, chunk)
+    else:
+        enricher = Enricher(store)
+        out = []
+        for start in range(0, len(events), chunk):
+            part = events[start:start + chunk]
+            valid = [validate_event(e) is None for e in part]
+            with gc_paused():
+                out.extend(enricher.enrich_rows(spec, part, [(0, start + j) for j in range(len(part))], valid))
+    if spec.label_keys:
+        from .labels import enrich_labels
+
+        return enrich_labels(spec, out, labels)
     return out

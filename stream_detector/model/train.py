@@ -134,10 +134,10 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
     the model's own training or validation rows above its threshold.
     """
     say = progress or (lambda _msg: None)
-    if entity is not None and events and any(f not in events[0] for f in entity.output_fields):
+    if entity is not None and events and any(f not in events[0] for f in entity.all_fields):
         raise ValueError("events lack the entity fields: run entity.enrich_history on the history first")
     started = time.monotonic()
-    entity_fields = tuple(entity.output_fields) if entity is not None else ()
+    entity_fields = tuple(entity.all_fields) if entity is not None else ()
     if schema is None:
         schema = _infer(events, config, entity)
     events, dropped = _typed(events, schema)
@@ -217,7 +217,7 @@ def _infer(events: Sequence[dict[str, Any]], config: TrainConfig, entity: Entity
     """The schema of JSON-valued rows (API callers); entity output fields are features, not inputs."""
     keys = frozenset(entity.keys) if entity is not None else frozenset()
     schema = infer_schema(events, InferenceOptions(identifiers=keys, ignored=frozenset(config.exclude))).schema
-    outputs = set(entity.output_fields) if entity is not None else set()
+    outputs = set(entity.all_fields) if entity is not None else set()
     return FieldSchema(tuple(r for r in schema.fields if r.name not in outputs), schema.time_range_ms)
 
 
