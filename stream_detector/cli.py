@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import getpass
 import logging
 import signal
@@ -282,7 +283,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from .events_io import write_csv, write_jsonl
     from .producer import EventProducer
-    from .simulate import HandbookSimulator, LabelDelays, Simulator
+    from .simulate import HANDBOOK_PATTERNS, HandbookSimulator, LabelDelays, Simulator
 
     def write(path: Path, rows: list[dict[str, Any]]) -> None:
         (write_jsonl if path.suffix in (".jsonl", ".json") else write_csv)(path, rows)
@@ -333,11 +334,22 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.out:
         count = 10_000 if args.count is None else args.count
         batch = hb.generate(count, span_ms=int(args.span_days * 86_400_000))
-        patterns = batch.patterns()
-        rows = [{**e, "label": "legit" if p == "legit" else "fraud", "pattern": p}
-                for e, p in zip(batch.events(), patterns, strict=True)]
         out = Path(args.out)
-        write(out, rows)
+        jsonl = out.suffix in (".jsonl", ".json")
+        with out.open("w", encoding="utf-8", newline="") as handle:
+            writer = None  # in chunks of rows: the whole file as dicts would take ~1 GB per million events
+            for start in range(0, count, 50_000):
+                patterns = [HANDBOOK_PATTERNS[k] for k in batch.pattern[start:start + 50_000].tolist()]
+                rows = [{**e, "label": "legit" if p == "legit" else "fraud", "pattern": p}
+                        for e, p in zip(batch.events(start, start + 50_000), patterns, strict=True)]
+                if jsonl:  # as write_jsonl / write_csv write them
+                    handle.write("".join(orjson.dumps(row).decode() + "\n" for row in rows))
+                    continue
+                if writer is None:
+                    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                    writer.writeheader()
+                writer.writerows({k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in row.items()}
+                                 for row in rows)
         _say(f"wrote {count} events ({int(batch.fraud.sum())} fraud) to {out}")
         if args.feedback_out:
             records = batch.labels(delays)

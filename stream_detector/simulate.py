@@ -213,7 +213,7 @@ class HandbookBatch:
         return [HANDBOOK_PATTERNS[k] for k in self.pattern.tolist()]
 
     def event_ids(self, start: int = 0, stop: int | None = None) -> list[str]:
-        stop = len(self) if stop is None else stop
+        stop = len(self) if stop is None else min(stop, len(self))
         return [f"{self.run_id}-{k}" for k in range(self.first + start, self.first + stop)]
 
     def events(self, start: int = 0, stop: int | None = None) -> list[dict[str, object]]:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from stream_detector import simulate
 from stream_detector.cli import main
-from stream_detector.events_io import write_csv
+from stream_detector.events_io import write_csv, write_jsonl
 from stream_detector.simulate import (
     DAY_MS,
     HANDBOOK_PATTERNS,
@@ -266,6 +266,20 @@ def test_handbook_profile_is_the_default_and_writes_events_and_labels(tmp_path: 
                  "--accounts", "300", "--terminals", "600", "--seed", "2"]) == 0
     with feedback_csv.open() as handle:
         assert [dict(r, labelled_at=int(r["labelled_at"])) for r in csv.DictReader(handle)] == labels
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_handbook_out_file_written_in_chunks_is_what_write_csv_and_write_jsonl_write(
+        suffix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(simulate, "datetime", _FixedNow)
+    out = tmp_path / f"h{suffix}"
+    assert main(["simulate", "--out", str(out), "--count", "120000", "--accounts", "300", "--seed", "9"]) == 0
+    batch = HandbookSimulator(seed=9, customers=300).generate(120_000, span_ms=WEEK)
+    rows = [{**e, "label": "legit" if p == "legit" else "fraud", "pattern": p}
+            for e, p in zip(batch.events(), batch.patterns(), strict=True)]
+    expected = tmp_path / f"expected{suffix}"
+    (write_csv if suffix == ".csv" else write_jsonl)(expected, rows)
+    assert out.read_bytes() == expected.read_bytes()
 
 
 @pytest.mark.parametrize("argv, message", [
