@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import getpass
 import logging
 import signal
@@ -333,22 +334,86 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from .events_io import write_csv, write_jsonl
     from .producer import EventProducer
-    from .simulate import Simulator
+    from .simulate import HANDBOOK_PATTERNS, HandbookSimulator, LabelDelays, Simulator
 
-    sim = Simulator(seed=args.seed, accounts=args.accounts, run_id=args.run_id)
-    if args.out:
-        count = args.count or 10_000
-        events, labels = sim.batch(count, args.fraud_rate, span_ms=args.span_days * 86_400_000)
-        rows = [{**e, "label": "legit" if lab == "legit" else "fraud", "pattern": lab}
-                for e, lab in zip(events, labels, strict=True)]
-        out = Path(args.out)
-        (write_jsonl if out.suffix in (".jsonl", ".json") else write_csv)(out, rows)
-        _say(f"wrote {count} events ({sum(lab != 'legit' for lab in labels)} fraud) to {out}")
+    def write(path: Path, rows: list[dict[str, Any]]) -> None:
+        (write_jsonl if path.suffix in (".jsonl", ".json") else write_csv)(path, rows)
+
+    if args.count is not None and args.count < 0:
+        raise ConfigError(f"--count must be >= 0, got {args.count}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    if args.profile == "velocity":
+        for name in ("terminals", "feedback_out", "label_delay_scale"):
+            if getattr(args, name) is not None:
+                raise ConfigError(f"--{name.replace('_', '-')} applies to --profile handbook")
+        fraud_rate = 0.01 if args.fraud_rate is None else args.fraud_rate
+        sim = Simulator(seed=args.seed, accounts=args.accounts or 2000, run_id=args.run_id)
+        if args.out:
+            count = args.count or 10_000
+            events, labels = sim.batch(count, fraud_rate, span_ms=args.span_days * 86_400_000)
+            rows = [{**e, "label": "legit" if lab == "legit" else "fraud", "pattern": lab}
+                    for e, lab in zip(events, labels, strict=True)]
+            out = Path(args.out)
+            write(out, rows)
+            _say(f"wrote {count} events ({sum(lab != 'legit' for lab in labels)} fraud) to {out}")
+            return 0
+        total = args.count or int(args.rate * args.duration)
+        with EventProducer(settings, args.topic or settings.input_topic) as producer:
+            sent, frauds = producer.simulate(sim, total, args.rate, fraud_rate, progress=_say)
+        _say(f"simulated {sent} events ({frauds} injected fraud) into {args.topic or settings.input_topic}")
         return 0
-    total = args.count or int(args.rate * args.duration)
-    with EventProducer(settings, args.topic or settings.input_topic) as producer:
-        sent, frauds = producer.simulate(sim, total, args.rate, args.fraud_rate, progress=_say)
-    _say(f"simulated {sent} events ({frauds} injected fraud) into {args.topic or settings.input_topic}")
+
+    if args.fraud_rate is not None:
+        raise ConfigError("--fraud-rate applies to --profile velocity; the handbook profile's fraud comes from "
+                          "its scenarios (docs/simulator.md)")
+    if args.feedback_out and not args.out:
+        raise ConfigError("--feedback-out goes with --out (live, labels are published to the feedback topic)")
+    delays = LabelDelays(scale=1.0 if args.label_delay_scale is None else args.label_delay_scale)
+    if not delays.scale >= 0:
+        raise ConfigError(f"--label-delay-scale must be >= 0, got {args.label_delay_scale}")
+    if not args.span_days >= 0:
+        raise ConfigError(f"--span-days must be >= 0, got {args.span_days}")
+    customers = 5000 if args.accounts is None else args.accounts
+    terminals = 10_000 if args.terminals is None else args.terminals
+    if customers < 1 or terminals < 1:
+        raise ConfigError(f"--accounts and --terminals must be >= 1, got {customers} and {terminals}")
+    try:
+        hb = HandbookSimulator(seed=args.seed, customers=customers, terminals=terminals, run_id=args.run_id)
+    except ValueError as exc:  # e.g. so few terminals that no customer has one within reach
+        raise ConfigError(str(exc)) from None
+    if args.out:
+        count = 10_000 if args.count is None else args.count
+        batch = hb.generate(count, span_ms=int(args.span_days * 86_400_000))
+        out = Path(args.out)
+        jsonl = out.suffix in (".jsonl", ".json")
+        with out.open("w", encoding="utf-8", newline="") as handle:
+            writer = None  # in chunks of rows: the whole file as dicts would take ~1 GB per million events
+            for start in range(0, count, 50_000):
+                patterns = [HANDBOOK_PATTERNS[k] for k in batch.pattern[start:start + 50_000].tolist()]
+                rows = [{**e, "label": "legit" if p == "legit" else "fraud", "pattern": p}
+                        for e, p in zip(batch.events(start, start + 50_000), patterns, strict=True)]
+                if jsonl:  # as write_jsonl / write_csv write them
+                    handle.write("".join(orjson.dumps(row).decode() + "\n" for row in rows))
+                    continue
+                if writer is None:
+                    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                    writer.writeheader()
+                writer.writerows({k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in row.items()}
+                                 for row in rows)
+        _say(f"wrote {count} events ({int(batch.fraud.sum())} fraud) to {out}")
+        if args.feedback_out:
+            records = batch.labels(delays)
+            write(Path(args.feedback_out), records)
+            _say(f"wrote {len(records)} delayed labels to {args.feedback_out}")
+        return 0
+    total = args.count if args.count is not None else int(args.rate * args.duration)
+    topic = args.topic or settings.input_topic
+    with EventProducer(settings, topic) as producer:
+        sent, frauds, published, pending = producer.simulate_handbook(hb, total, args.rate, delays,
+                                                                      settings.feedback_topic, progress=_say)
+    _say(f"simulated {sent} events ({frauds} fraud) into {topic}; {published} delayed labels published to "
+         f"{settings.feedback_topic} ({pending} not yet due at the end)")
     return 0
 
 
@@ -607,14 +672,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schema_args(p)
     p.set_defaults(func=cmd_produce)
 
-    p = sub.add_parser("simulate", help="synthetic card transactions with injected, labelled fraud")
+    p = sub.add_parser("simulate", help="synthetic card transactions with labelled fraud",
+                       description="--profile handbook (default): raw card events as the Fraud Detection "
+                                   "Handbook simulates them (customers and terminals on a grid; fraud from "
+                                   "compromised terminals, compromised cards and large amounts) and their "
+                                   "delayed labels (analyst verdicts after hours, chargebacks after days) "
+                                   "— docs/simulator.md. --profile velocity: the former simulator, with "
+                                   "--fraud-rate injected fraud and precomputed history fields.")
+    p.add_argument("--profile", choices=["handbook", "velocity"], default="handbook",
+                   help="handbook (default): raw events, delayed labels; velocity: the former simulator")
     p.add_argument("--rate", type=float, default=1000, help="events per second (live mode)")
-    p.add_argument("--fraud-rate", type=float, default=0.01, help="share of injected fraud (0..1)")
+    p.add_argument("--fraud-rate", type=float, help="velocity: share of injected fraud (0..1, default 0.01)")
     p.add_argument("--duration", type=float, default=60, help="seconds to run (live mode)")
     p.add_argument("--count", type=int, help="number of events (overrides rate × duration)")
     p.add_argument("--out", help="write a CSV/JSONL file with label and pattern columns instead of producing")
+    p.add_argument("--feedback-out", help="handbook, with --out: write the delayed label records "
+                                          "({event_id, label, source, labelled_at}) to this CSV/JSONL file")
     p.add_argument("--span-days", type=float, default=7, help="time span of --out files")
-    p.add_argument("--accounts", type=int, default=2000)
+    p.add_argument("--accounts", type=int, help="customers/cards (default: handbook 5000, velocity 2000)")
+    p.add_argument("--terminals", type=int, help="handbook: terminals (default 10000)")
+    p.add_argument("--label-delay-scale", type=float,
+                   help="handbook: multiply every label delay (default 1.0: analyst 1-12 h, chargeback 1-7 days); "
+                        "live, labels are published to SD_FEEDBACK_TOPIC when due, while the run lasts, so "
+                        "e.g. 0.0001 lets a 60 s run see chargebacks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-id", default="sim", help="prefix of generated event ids")
     p.add_argument("--topic", help="default SD_INPUT_TOPIC")

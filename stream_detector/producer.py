@@ -7,6 +7,7 @@ leak into features.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -17,7 +18,7 @@ from kafka import KafkaProducer
 
 from .errors import DeliveryError
 from .settings import Settings
-from .simulate import Simulator
+from .simulate import HandbookSimulator, LabelDelays, Simulator, label_record
 from .topics import ensure_topics
 from .transport.factory import transport_config
 from .transport.kafka_python_out import producer_config
@@ -84,6 +85,43 @@ class EventProducer:
                 labels_out.update((str(e["event_id"]), lab) for e, lab in zip(events, labels, strict=True))
             self.send(events, labels)
         return _paced(total, rate, chunk, self.confirm, progress), frauds
+
+    def simulate_handbook(self, sim: HandbookSimulator, total: int, rate: float, delays: LabelDelays,
+                          feedback_topic: str, progress: Progress | None = None) -> tuple[int, int, int, int]:
+        """Produce ``total`` raw events (no label header) at ``rate``, stamped with the wall clock;
+        their delayed label records go to ``feedback_topic`` (keyed by event id) as they come due
+        (``labelled_at`` <= now) while the run lasts. Returns (events, frauds, labels published,
+        labels not yet due at the end, hence not published)."""
+        assert self.producer is not None, "use EventProducer as a context manager"
+        if self.settings.create_topics:
+            ensure_topics(self.settings, [feedback_topic])
+        pending: list[tuple[int, int, bytes, bytes]] = []  # heap of (labelled_at, order, key, record)
+        counts = {"frauds": 0, "labels": 0, "order": 0}
+
+        def release() -> None:
+            assert self.producer is not None
+            now_ms = int(time.time() * 1000)
+            while pending and pending[0][0] <= now_ms:
+                _, _, key, value = heapq.heappop(pending)
+                self.futures.append(self.producer.send(feedback_topic, value=value, key=key))
+                counts["labels"] += 1
+
+        def chunk(_start: int, n: int) -> None:
+            batch = sim.generate(n)
+            counts["frauds"] += int(batch.fraud.sum())
+            self.send(batch.events())
+            ids = batch.event_ids()
+            rows, fraud, chargeback, at = (c.tolist() for c in batch.label_columns(delays))
+            for row, is_fraud, is_chargeback, labelled_at in zip(rows, fraud, chargeback, at, strict=True):
+                record = label_record(ids[row], is_fraud, is_chargeback, labelled_at)
+                heapq.heappush(pending, (labelled_at, counts["order"], ids[row].encode(), orjson.dumps(record)))
+                counts["order"] += 1
+            release()
+
+        sent = _paced(total, rate, chunk, self.confirm, progress)
+        release()
+        self.confirm()
+        return sent, counts["frauds"], counts["labels"], len(pending)
 
 
 def _paced(total: int, rate: float, send_chunk: Callable[[int, int], None], confirm: Callable[[], None],

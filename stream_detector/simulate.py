@@ -120,3 +120,255 @@ class Simulator:
                 for name in VELOCITY_FIELDS:
                     del event[name]
         return events, [str(x) for x in labels]
+
+
+# ---- the Fraud Detection Handbook's simulator (Le Borgne et al., chapter 3.2) ------------------
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+HANDBOOK_PATTERNS = ("legit", "large_amount", "compromised_terminal", "compromised_card")
+MERCHANT_CATEGORIES = np.array(["grocery", "restaurant", "fuel", "retail", "pharmacy", "electronics",
+                                "travel", "entertainment", "utilities", "online_services"])
+_CATEGORY_WEIGHTS = np.array([.22, .16, .10, .16, .07, .06, .05, .07, .04, .07])
+
+
+@dataclass(frozen=True)
+class Scenarios:
+    """The Handbook's three fraud scenarios, with its parameters as defaults.
+
+    1. an amount above ``large_amount`` is fraud;
+    2. each day ``terminals_per_day`` random terminals are compromised: every transaction at
+       them on that day and the ``terminal_days - 1`` following ones is fraud;
+    3. each day ``cards_per_day`` random customers (cards) are compromised: for that day and the
+       ``card_days - 1`` following ones, a share ``card_share`` of their transactions is fraud,
+       with the amount multiplied by ``card_factor``.
+    """
+
+    large_amount: float = 220.0
+    terminals_per_day: int = 2
+    terminal_days: int = 28
+    cards_per_day: int = 3
+    card_days: int = 14
+    card_share: float = 1 / 3
+    card_factor: float = 5.0
+
+
+@dataclass(frozen=True)
+class LabelDelays:
+    """When labels arrive. Every fraud gets a ``chargeback`` uniformly ``chargeback_days`` after
+    its event; a share ``analyst_share`` of all events (both classes) gets an ``analyst`` verdict
+    uniformly ``analyst_hours`` after, wrong (the other class) at rate ``analyst_error``. Every
+    delay is multiplied by ``scale`` (e.g. 0.0001 for a demo that should see chargebacks)."""
+
+    chargeback_days: tuple[float, float] = (1.0, 7.0)
+    analyst_share: float = 0.05
+    analyst_hours: tuple[float, float] = (1.0, 12.0)
+    analyst_error: float = 0.02
+    scale: float = 1.0
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("chargeback_days", "analyst_hours"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                out.append(f"{name} must be 0 <= min <= max, got {low}, {high}")
+        for name in ("analyst_share", "analyst_error"):
+            if not 0 <= getattr(self, name) <= 1:
+                out.append(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if not self.scale >= 0:
+            out.append(f"scale must be >= 0, got {self.scale}")
+        return out
+
+
+def label_record(event_id: str, fraud: bool, chargeback: bool, labelled_at: int) -> dict[str, object]:
+    """One record of the feedback contract (docs/simulator.md)."""
+    return {"event_id": event_id, "label": "fraud" if fraud else "legit",
+            "source": "chargeback" if chargeback else "analyst", "labelled_at": labelled_at}
+
+
+@dataclass
+class HandbookBatch:
+    """One batch as columns (row ``i`` is one event), the label draws kept for ``labels()``."""
+
+    run_id: str
+    first: int  # counter of the first event: event ids are ``{run_id}-{first + i}``
+    account: np.ndarray
+    terminal: np.ndarray
+    timestamp: np.ndarray  # epoch ms, int64, ascending
+    amount: np.ndarray
+    category: np.ndarray
+    channel: np.ndarray
+    card_present: np.ndarray
+    pattern: np.ndarray  # index into HANDBOOK_PATTERNS
+    draws: np.ndarray  # (n, 4) uniforms: analyst picked, analyst wrong, analyst delay, chargeback delay
+
+    def __len__(self) -> int:
+        return int(self.timestamp.size)
+
+    @property
+    def fraud(self) -> np.ndarray:
+        return self.pattern > 0
+
+    def patterns(self) -> list[str]:
+        return [HANDBOOK_PATTERNS[k] for k in self.pattern.tolist()]
+
+    def event_ids(self, start: int = 0, stop: int | None = None) -> list[str]:
+        stop = len(self) if stop is None else min(stop, len(self))
+        return [f"{self.run_id}-{k}" for k in range(self.first + start, self.first + stop)]
+
+    def events(self, start: int = 0, stop: int | None = None) -> list[dict[str, object]]:
+        """Raw events (no label, no history fields), rows ``start:stop``."""
+        sl = slice(start, len(self) if stop is None else stop)
+        columns = zip(self.event_ids(start, stop), self.account[sl].tolist(), self.terminal[sl].tolist(),
+                      self.timestamp[sl].tolist(), self.amount[sl].tolist(), self.category[sl].tolist(),
+                      self.channel[sl].tolist(), self.card_present[sl].tolist(), strict=True)
+        return [{"event_id": e, "account_id": f"card-{a:05d}", "terminal_id": f"term-{t:05d}", "timestamp": ts,
+                 "amount": am, "merchant_category": cat, "channel": ch, "card_present": cp}
+                for e, a, t, ts, am, cat, ch, cp in columns]
+
+    def labels(self, delays: LabelDelays = LabelDelays()) -> list[dict[str, object]]:
+        """Delayed label records ``{event_id, label, source, labelled_at}`` sorted by ``labelled_at``
+        (then chargebacks after analyst verdicts at the same millisecond, then event order)."""
+        rows, fraud, chargeback, at = (c.tolist() for c in self.label_columns(delays))
+        ids = self.event_ids()
+        return [label_record(ids[i], f, cb, t) for i, f, cb, t in zip(rows, fraud, chargeback, at, strict=True)]
+
+    def label_columns(self, delays: LabelDelays) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(row, is fraud, is chargeback, labelled_at) of every label, sorted as ``labels()``."""
+        fraud = self.fraud
+        picked, wrong, u_analyst, u_chargeback = self.draws.T
+        analyst = np.flatnonzero(picked < delays.analyst_share)
+        low, high = delays.analyst_hours
+        a_at = self.timestamp[analyst] + np.ceil((low + (high - low) * u_analyst[analyst]) * HOUR_MS * delays.scale)
+        a_label = fraud[analyst] ^ (wrong[analyst] < delays.analyst_error)
+        chargeback = np.flatnonzero(fraud)
+        low, high = delays.chargeback_days
+        c_at = self.timestamp[chargeback] + np.ceil(
+            (low + (high - low) * u_chargeback[chargeback]) * DAY_MS * delays.scale)
+        row = np.concatenate([analyst, chargeback])
+        is_fraud = np.concatenate([a_label, np.ones(chargeback.size, dtype=bool)])
+        is_cb = np.concatenate([np.zeros(analyst.size, dtype=bool), np.ones(chargeback.size, dtype=bool)])
+        at = np.concatenate([a_at, c_at]).astype(np.int64)
+        order = np.lexsort((row, is_cb, at))
+        return row[order], is_fraud[order], is_cb[order], at[order]
+
+
+@dataclass
+class HandbookSimulator:
+    """Card transactions as the Fraud Detection Handbook simulates them (chapter 3.2), raw.
+
+    Customers and terminals lie uniformly on a 100×100 grid; a customer pays at the terminals
+    within ``radius``, uniformly, ``mean_tx_per_day`` ~ U(0, 4) times a day on average, amounts
+    ~ N(mean, mean/2) with mean ~ U(5, 100) per customer, times of day ~ N(noon, 20,000 s).
+    Each terminal has a merchant category and a channel (``pos`` or ``online``).
+
+    Fraud follows ``scenarios`` and depends only on the seed and the event's time: the terminals
+    and cards compromised on day ``d`` (UTC days since the epoch) come from an rng seeded by
+    ``(seed, d)``. History files (``span_ms``) and live batches (``now_ms``) therefore follow the
+    same rules, and consecutive batches continue the same compromises.
+    """
+
+    seed: int = 0
+    customers: int = 5000
+    terminals: int = 10000
+    radius: float = 5.0
+    run_id: str = "sim"
+    scenarios: Scenarios = Scenarios()
+
+    def __post_init__(self) -> None:
+        if self.seed < 0 or self.customers < 1 or self.terminals < 1 or self.radius <= 0:
+            raise ValueError("seed must be >= 0, customers and terminals >= 1, radius > 0")
+        rng = np.random.default_rng([self.seed, 1])
+        cust_xy = rng.uniform(0, 100, (self.customers, 2))
+        self.mean_amount = rng.uniform(5, 100, self.customers)
+        self.std_amount = self.mean_amount / 2
+        self.tx_per_day = rng.uniform(0, 4, self.customers)
+        term_xy = rng.uniform(0, 100, (self.terminals, 2))
+        self.term_category = MERCHANT_CATEGORIES[rng.choice(len(MERCHANT_CATEGORIES), self.terminals,
+                                                            p=_CATEGORY_WEIGHTS)]
+        online = (rng.random(self.terminals) < 0.15) | (self.term_category == "online_services")
+        self.term_channel = np.where(online, "online", "pos")
+        # the terminals within radius of each customer, as CSR (indptr, indices), in chunks of customers
+        indices, counts = [], []
+        for start in range(0, self.customers, 512):
+            cx, cy = cust_xy[start:start + 512, :1], cust_xy[start:start + 512, 1:]
+            rows, cols = np.nonzero((cx - term_xy[:, 0]) ** 2 + (cy - term_xy[:, 1]) ** 2 < self.radius ** 2)
+            indices.append(cols)
+            counts.append(np.bincount(rows, minlength=min(512, self.customers - start)))
+        self.near = np.concatenate(indices).astype(np.int64)
+        self.near_count = np.concatenate(counts)
+        self.near_start = np.concatenate([[0], np.cumsum(self.near_count)[:-1]])
+        weight = np.where(self.near_count > 0, self.tx_per_day, 0.0)  # no terminal in reach: no payments
+        if weight.sum() <= 0:
+            raise ValueError("no customer has a terminal within the radius")
+        self.customer_p = weight / weight.sum()
+        self.rng = np.random.default_rng([self.seed, 2])
+        self.counter = 0
+
+    # the scenarios: functions of (seed, day) only
+
+    def compromised_terminals(self, day: int) -> np.ndarray:
+        k = min(self.scenarios.terminals_per_day, self.terminals)
+        return np.random.default_rng([self.seed, 3, day]).choice(self.terminals, k, replace=False)
+
+    def compromised_cards(self, day: int) -> np.ndarray:
+        k = min(self.scenarios.cards_per_day, self.customers)
+        return np.random.default_rng([self.seed, 4, day]).choice(self.customers, k, replace=False)
+
+    def _compromised(self, ids: np.ndarray, days: np.ndarray, window: int, draw: str) -> np.ndarray:
+        """Whether entity ``ids[i]`` is compromised on day ``days[i]`` (drawn on one of the
+        ``window`` days up to and including it)."""
+        if ids.size == 0 or window <= 0:
+            return np.zeros(ids.size, dtype=bool)
+        pick = self.compromised_terminals if draw == "terminal" else self.compromised_cards
+        first, last = int(days.min()), int(days.max())
+        keys = []
+        for d in range(first - window + 1, last + 1):
+            if d >= 0:
+                covered = np.arange(max(d, first), min(d + window, last + 1), dtype=np.int64)
+                keys.append((pick(d).astype(np.int64)[:, None] << 32 | covered[None, :]).ravel())
+        if not keys:
+            return np.zeros(ids.size, dtype=bool)
+        return np.isin(ids.astype(np.int64) << 32 | days, np.concatenate(keys))
+
+    def generate(self, n: int, now_ms: int | None = None, span_ms: int = 0) -> HandbookBatch:
+        """``n`` events at ``now_ms`` (default: the wall clock) for live traffic, or spread in
+        time order over the ``span_ms`` before it (following the daily profile) for history files."""
+        rng, sc = self.rng, self.scenarios
+        base_ms = now_ms if now_ms is not None else int(datetime.now(timezone.utc).timestamp() * 1000)
+        if span_ms > 0:
+            times = np.empty(0, dtype=np.int64)
+            while times.size < n:  # rejection sampling of the daily profile, ~55 % accepted
+                t = base_ms - rng.integers(0, span_ms, 2 * (n - times.size) + 16)
+                tod = (t % DAY_MS) / 1000.0
+                keep = rng.random(t.size) < np.exp(-0.5 * ((tod - 43_200) / 20_000) ** 2)
+                times = np.concatenate([times, t[keep]])
+            times = np.sort(times[:n])
+        else:
+            times = np.full(n, base_ms, dtype=np.int64)
+        account = rng.choice(self.customers, n, p=self.customer_p)
+        terminal = self.near[self.near_start[account] + (rng.random(n) * self.near_count[account]).astype(np.int64)]
+        amount = rng.normal(self.mean_amount[account], self.std_amount[account])
+        negative = amount < 0
+        amount[negative] = rng.uniform(0, 2 * self.mean_amount[account[negative]])
+        amount = np.round(amount, 2)
+        channel = self.term_channel[terminal]
+        card_present = (channel == "pos") & (rng.random(n) >= 0.03)  # a few keyed-in (card absent) at a till
+        day = times // DAY_MS
+        pattern = np.zeros(n, dtype=np.int8)
+        pattern[amount > sc.large_amount] = 1
+        pattern[self._compromised(terminal, day, sc.terminal_days, "terminal")] = 2
+        card = self._compromised(account, day, sc.card_days, "card") & (rng.random(n) < sc.card_share)
+        pattern[card] = 3
+        amount[card] = np.round(amount[card] * sc.card_factor, 2)
+        draws = rng.random((n, 4))
+        first = self.counter + 1
+        self.counter += n
+        return HandbookBatch(self.run_id, first, account, terminal, times, amount, self.term_category[terminal],
+                             channel, card_present, pattern, draws)
+
+    def batch(self, n: int, now_ms: int | None = None,
+              span_ms: int = 0) -> tuple[list[dict[str, object]], list[str]]:
+        """``n`` raw events and their pattern (one of ``HANDBOOK_PATTERNS``), like ``Simulator.batch``."""
+        generated = self.generate(n, now_ms, span_ms)
+        return generated.events(), generated.patterns()

@@ -25,7 +25,7 @@ def run(args, env, timeout=300):
 def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     env = env_for(settings)
     train_file = tmp_path / "history.csv"
-    done = run(["simulate", "--out", str(train_file), "--count", "2000", "--fraud-rate", "0.02",
+    done = run(["simulate", "--profile", "velocity", "--out", str(train_file), "--count", "2000", "--fraud-rate", "0.02",
                 "--accounts", "300", "--seed", "4"], env)
     assert done.returncode == 0, done.stderr
     trained = run(["train", "--input", str(train_file), "--out", str(tmp_path / "model"), "--label-column",

@@ -38,7 +38,8 @@ def test_readme_session_by_hand_flags_about_the_calibrated_share(settings, env_f
     validation rows (was 100 %: CSV booleans learnt as text, JSON booleans unseen categories)."""
     env = env_for(settings)
     history = tmp_path / "history.csv"
-    for args in (["simulate", "--out", str(history), "--count", "3000", "--fraud-rate", "0.01", "--seed", "3"],
+    for args in (["simulate", "--profile", "velocity", "--out", str(history), "--count", "3000", "--fraud-rate", "0.01",
+                  "--seed", "3"],
                  ["train", "--input", str(history), "--out", str(tmp_path / "v1"), "--label-column", "label",
                   "--normal-label", "legit", "--exclude", "pattern", "--epochs", "20"],
                  ["publish", str(tmp_path / "v1")]):
