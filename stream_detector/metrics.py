@@ -174,6 +174,9 @@ class WorkerMetrics:
         self.entity_conflicts = Counter(f"{p}_entity_conflicts", "Entity records another worker wrote between a "
                                         "batch's read and its compare-and-set write (re-read and recomputed).",
                                         registry=r)
+        self.feedback_labels = Counter(f"{p}_feedback_labels", "Feedback records read by the label ingester, by "
+                                       "outcome: attached (to their event's entities), waiting (their event not "
+                                       "scored yet), dead_lettered (docs/feedback.md).", ["outcome"], registry=r)
         self.record_latency = BulkHistogram(f"{p}_event_latency_seconds", "Kafka record timestamp to "
                                             "decision, every handled record.", RECORD_LATENCY_BUCKETS)
         self.alert_latency = BulkHistogram(f"{p}_event_to_alert_latency_seconds", "Kafka record timestamp "
@@ -243,6 +246,10 @@ class WorkerMetrics:
             self._next[tp.partition] = offset
         self.refresh_lag(force=True)  # O(partitions) dict lookups: after every batch, so a drained
         # partition never keeps showing the lag of its second-to-last batch while idle
+
+    def labels_ingested(self, outcome: str, n: int) -> None:
+        """The label ingester's counts (called from its thread; prometheus counters are thread-safe)."""
+        self.feedback_labels.labels(outcome).inc(n)
 
     def held(self, exc: Exception) -> None:
         self._decided = None

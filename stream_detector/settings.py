@@ -121,6 +121,9 @@ class WorkerSettings(_Group):
         2000, ge=0, le=86_400_000, description="Several workers of one group (alignment on): a worker releases a "
         "record only while its event time is at most this far past every other partition's next record, so a "
         "shared entity's events are applied at most this far out of order (0: exact order, slow on a backlog).")
+    label_ingest: bool = Field(True, description="With a model that has label-derived features, run the label "
+                               "ingester thread: feedback topic → labels attached to entities in Redis "
+                               "(label_ingest.py, docs/feedback.md).")
     align_peer_stale_ms: int = Field(30_000, ge=1000, le=3_600_000, description="Several workers: a partition whose "
                                      "owner published nothing for this long (a dead worker) stops holding others back.")
     compute_chunk: int = Field(1024, ge=1, le=100_000, description="Rows decoded, featurised and scored per step "

@@ -33,12 +33,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .entity import Enricher
+from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
 from .errors import DeliveryError, StreamDetectorError
 from .features import Extra
 from .hold import BatchHold
+from .label_ingest import LabelIngester
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
 from .pipeline.align import AlignedSource
 from .pipeline.compute import ChunkedCompute, Computed, Enrich
@@ -115,6 +118,8 @@ class Worker:
         self.steps.listeners.append(self.metrics.step_time)
         self.compute = ChunkedCompute(settings.compute_chunk, settings.torch_threads, self.steps)  # steps 2-4
         self.enricher: Enricher | None = None  # step 3a, created in start()
+        self.ingester: LabelIngester | None = None  # feedback topic → label store, started in start()
+        self.labels: LabelStore = InMemoryLabels(())  # the label store (start(): the control plane's)
         self._conflicts = 0  # the enricher's compare-and-set conflicts already counted in metrics
 
     @property
@@ -164,6 +169,7 @@ class Worker:
                      mode, self.settings.align_idle_ms, self.settings.align_peer_grace_ms,
                      self.settings.align_peer_stale_ms)
         self.enricher = Enricher(self.control.entity_state())
+        self.labels = self.control.label_store()
         self.thresholds.refresh(force=True)
         self.link.start()
         self.feed.start()
@@ -203,6 +209,8 @@ class Worker:
         self.stop_event.set()
 
     def close(self) -> None:
+        if self.ingester is not None:
+            self.ingester.stop()
         self.source.close()
         self.publisher.close()
         self.compute.close()
@@ -299,11 +307,30 @@ class Worker:
         spec, enricher = scorer.bundle.entity, self.enricher
         if spec is None or enricher is None:
             return None
+        if spec.label_keys and self.ingester is None:
+            self._start_ingester()
 
         def enrich(events: list[dict[str, Any]], indices: list[int]) -> Extra:
             positions = [(batch.partitions[i], batch.offsets[i]) for i in indices]
-            return spec.output_fields, enricher.features(spec, events, positions)
+            values = enricher.features(spec, events, positions)
+            if not spec.label_keys:
+                return spec.output_fields, values
+            labels = label_values(spec, self.labels, events, values)  # entity/labels.py
+            return spec.all_fields, np.hstack([values, labels])
         return enrich
+
+    def _start_ingester(self) -> None:
+        """The label ingester (feedback topic → label store, docs/feedback.md), started with the first
+        model that has label features (at start or on a swap); labels published before are read too
+        (its consumer group starts at the earliest offset)."""
+        store = self.labels
+        if not self.settings.label_ingest or not isinstance(store, RedisLabels):
+            return
+        if self.settings.create_topics:
+            ensure_topics(self.settings, [self.settings.feedback_topic])
+        self.ingester = LabelIngester(self.settings, store, self.metrics.labels_ingested)
+        self.ingester.start()
+        log.info("label ingester started: topic %s, group %s", self.settings.feedback_topic, self.ingester.group)
 
     def _abandon(self, batch: Batch) -> None:
         log.warning("group generation changed while a batch of %d events was in flight (evicted?); "

@@ -33,9 +33,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
+from redis import RedisError
 
 from ..entity_spec import EntitySpec, window_name
-from ..feedback import Label, prefer
+from ..errors import EntityStateUnavailable
+from ..feedback import Label, decode_label, prefer
 from .columns import entity_value, timestamp_value
 
 
@@ -48,6 +51,11 @@ class Labelled:
 
 
 Book = dict[str, Labelled]  # one entity's labelled events, by event id
+
+
+def _ordered(labels: Iterable[Label]) -> tuple[Label, ...]:
+    """One order for a labelled event's labels, whatever the store (the verdict does not depend on it)."""
+    return tuple(sorted(set(labels), key=lambda x: (x.labelled_at, x.source, x.fraud)))
 
 
 class LabelStore(Protocol):
@@ -133,7 +141,7 @@ class InMemoryLabels:
             for key in spec.label_keys:
                 value = entity_value(event.get(key))
                 if value is not None:
-                    self._books.setdefault((key, value), {})[str(event["event_id"])] = Labelled(t, tuple(labels))
+                    self._books.setdefault((key, value), {})[str(event["event_id"])] = Labelled(t, _ordered(labels))
 
     def books(self, key: str, values: Sequence[str]) -> dict[str, Book]:
         return {v: self._books[(key, v)] for v in values if (key, v) in self._books}
@@ -154,3 +162,144 @@ def enrich_labels(spec: EntitySpec, rows: Sequence[dict[str, Any]], labels: Iter
     for row, i in enumerate(kept):
         out[i].update(zip(names, values[row].tolist(), strict=True))
     return out
+
+
+# Append one label (ARGV[2]) to the labels waiting for an event (field ARGV[1]) unless it is there.
+APPEND_WAITING = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then
+  if string.find(v, ARGV[2], 1, true) then return 0 end
+  v = v .. '\\n' .. ARGV[2]
+else
+  v = ARGV[2]
+end
+redis.call('HSET', KEYS[1], ARGV[1], v)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+WAITING_TTL_MS = 90 * 86_400_000  # a label whose event never comes is forgotten after 90 quiet days
+
+
+class RedisLabels:
+    """The worker's label store: labels attached to entities in Redis, shared by every worker.
+
+    Layout (prefix ``SD_REDIS_PREFIX``; not the spec's fingerprint: labels are facts, every model
+    version reads the same ones)::
+
+        {prefix}:labels:event:{event_id}  → {"t": event time ms, "k": {key: value}, "h": horizon ms}
+                                            (written by ``index``, PX horizon)
+        {prefix}:labels:{key}:{value}     → hash: a label's JSON → its event's time (repr float),
+                                            PX horizon from the last label
+        {prefix}:labels:waiting           → hash: event_id → its labels' JSON lines (labels that
+                                            arrived before their event was indexed)
+
+    A label finds its entities through its event's index record; one that arrives first waits and
+    is attached when the event is indexed. ``index`` writes the record, then reads the waiting
+    labels; ``ingest`` appends to the waiting labels, then reads the record — whichever runs second
+    sees the other's write, so no label is left waiting for an event that was indexed. Writes are
+    idempotent (a label is a hash field), so a redelivered label or batch changes nothing.
+    One round trip per batch for ``index`` (two when labels were waiting), one per label key for
+    ``books``, two per polled set of labels for ``ingest``.
+    """
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._append = client.register_script(APPEND_WAITING)
+
+    def _event_key(self, event_id: str) -> str:
+        return f"{self.prefix}:labels:event:{event_id}"
+
+    def _entity_key(self, key: str, value: str) -> str:
+        return f"{self.prefix}:labels:{key}:{value}"
+
+    @property
+    def _waiting(self) -> str:
+        return f"{self.prefix}:labels:waiting"
+
+    def index(self, spec: EntitySpec, events: Sequence[dict[str, Any]], times: np.ndarray) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        indexed: list[tuple[str, float, dict[str, str]]] = []
+        for event, t in zip(events, times.tolist(), strict=True):
+            values = {k: v for k in spec.label_keys if (v := entity_value(event.get(k))) is not None}
+            if t != t or not values:
+                continue
+            event_id = str(event.get("event_id"))
+            pipe.set(self._event_key(event_id), orjson.dumps({"t": t, "k": values, "h": spec.horizon_ms}),
+                     px=spec.horizon_ms)
+            indexed.append((event_id, t, values))
+        if not indexed:
+            return
+        pipe.hmget(self._waiting, [event_id for event_id, _, _ in indexed])
+        waiting = self._execute(pipe)[-1]
+        pipe = self.client.pipeline(transaction=False)
+        attached = False
+        for (_, t, values), lines in zip(indexed, waiting, strict=True):
+            if lines:
+                self._attach(pipe, t, values, _labels_of(lines), spec.horizon_ms)
+                attached = True
+        if attached:
+            self._execute(pipe)
+
+    def books(self, key: str, values: Sequence[str]) -> dict[str, Book]:
+        pipe = self.client.pipeline(transaction=False)
+        for value in values:
+            pipe.hgetall(self._entity_key(key, value))
+        out: dict[str, Book] = {}
+        for value, fields in zip(values, self._execute(pipe), strict=True):
+            if fields:
+                out[value] = _book_of(fields)
+        return out
+
+    def ingest(self, labels: Sequence[Label]) -> tuple[int, int]:
+        """Attach labels from the feedback topic to their event's entities; the ones whose event is
+        not indexed (yet) wait for it. Returns (attached, waiting). Raises ``RedisError``."""
+        if not labels:
+            return 0, 0
+        pipe = self.client.pipeline(transaction=False)
+        for label in labels:
+            self._append(keys=[self._waiting], args=[label.event_id, label.to_json(), WAITING_TTL_MS], client=pipe)
+        for label in labels:
+            pipe.get(self._event_key(label.event_id))
+        records = pipe.execute()[len(labels):]
+        pipe = self.client.pipeline(transaction=False)
+        attached = 0
+        for label, raw in zip(labels, records, strict=True):
+            if raw is not None:
+                record = orjson.loads(raw)
+                self._attach(pipe, float(record["t"]), record["k"], [label], int(record["h"]))
+                attached += 1
+        if attached:
+            pipe.execute()
+        return attached, len(labels) - attached
+
+    def _attach(self, pipe: Any, t: float, values: dict[str, str], labels: Sequence[Label], horizon_ms: int) -> None:
+        for key, value in values.items():
+            name = self._entity_key(key, value)
+            pipe.hset(name, mapping={label.to_json(): repr(t) for label in labels})
+            pipe.pexpire(name, horizon_ms)
+
+    @staticmethod
+    def _execute(pipe: Any) -> list[Any]:
+        try:
+            return list(pipe.execute())
+        except RedisError as exc:
+            raise EntityStateUnavailable(f"label store: {type(exc).__name__}: {exc}") from exc
+
+
+def _labels_of(lines: bytes) -> list[Label]:
+    out = []
+    for line in lines.split(b"\n"):
+        label = decode_label(line)
+        if isinstance(label, Label):
+            out.append(label)
+    return out
+
+
+def _book_of(fields: dict[bytes, bytes]) -> Book:
+    grouped: dict[str, tuple[float, list[Label]]] = {}
+    for raw, t in fields.items():
+        label = decode_label(raw)
+        if isinstance(label, Label):
+            grouped.setdefault(label.event_id, (float(t), []))[1].append(label)
+    return {event_id: Labelled(t, _ordered(labels)) for event_id, (t, labels) in grouped.items()}

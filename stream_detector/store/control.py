@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.cluster import RedisCluster
 
+from ..entity.labels import RedisLabels
 from ..entity.state import RedisClusterState, RedisState, StateStore
 from ..model.artifacts import ArtifactStore, DirArtifacts
 from ..model.bundle import Bundle
@@ -52,6 +53,10 @@ class WorkerView:
     def watermarks(self, group: str, topic: str, grace_ms: int, stale_ms: int, partitions: int) -> RedisWatermarks:
         """The consumer group's shared event-time watermarks (``store/watermarks.py``)."""
         return RedisWatermarks(self._r, self.keys.prefix, group, topic, grace_ms, stale_ms, partitions)
+
+    def label_store(self) -> RedisLabels:
+        """The feedback labels attached to entities (``entity/labels.py``), beside the control plane."""
+        return RedisLabels(self._r, self.keys.prefix)
 
     def entity_state(self) -> StateStore:
         """The per-entity history store of this prefix (``entity/state.py``): on the Redis Cluster

@@ -11,6 +11,7 @@ import queue
 import threading
 from typing import Any
 
+from ..entity.labels import InMemoryLabels
 from ..entity.state import InMemoryState, StateStore
 from ..errors import NoActiveModel
 from ..model.bundle import Bundle
@@ -57,6 +58,7 @@ class MemoryControl:
         self._active: str | None = None
         self._threshold: Threshold | None = None
         self._state = InMemoryState()
+        self._labels = InMemoryLabels(())
         self._watermarks: dict[tuple[str, str], MemoryWatermarks] = {}
         self.telemetry = MemoryTelemetry()
         self.unreachable = False  # a test sets it: reads raise OSError, as a Redis outage does
@@ -81,6 +83,10 @@ class MemoryControl:
 
     def entity_state(self) -> StateStore:
         return self._state
+
+    def label_store(self) -> InMemoryLabels:
+        """No feedback in memory: label features are 0 (the memory transport's tests)."""
+        return self._labels
 
     def watermarks(self, group: str, topic: str, grace_ms: int, stale_ms: int, partitions: int) -> MemoryWatermarks:
         """One shared ``MemoryWatermarks`` per (group, topic): every worker of this control plane sees it."""

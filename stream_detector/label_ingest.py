@@ -1,0 +1,174 @@
+"""The feedback topic → the label store: how label-derived features learn a verdict.
+
+Each worker process runs one ``LabelIngester`` thread (``SD_LABEL_INGEST``, on by default): a
+consumer of ``SD_FEEDBACK_TOPIC`` in a group of its own (``{SD_GROUP_ID}-labels``), so every label
+is ingested by one worker of the group. For each poll:
+
+1. each record is read with the feedback contract (``feedback.decode_label``; a missing
+   ``labelled_at`` is the record's timestamp);
+2. labels are attached to their event's entities in Redis (``entity/labels.py``: ``RedisLabels.ingest``;
+   a label whose event has not been scored yet waits for it);
+3. records that break the contract go to the dead-letter topic with their reason (the worker's
+   headers: ``sd.error.reason``, ``sd.error.message``, source topic/partition/offset);
+4. then the offsets are committed.
+
+At least once: a crash between 2 and 4 redelivers the records; attaching a label twice changes
+nothing (a label is a hash field), a dead letter may repeat. Redis or Kafka away: the poll's
+offsets are not committed, the consumer is rewound to them and the ingester retries after a pause.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from redis import RedisError
+
+from .entity.labels import RedisLabels
+from .errors import StreamDetectorError
+from .feedback import Label, decode_label
+from .pipeline.decode import Rejected
+from .pipeline.publish import build_dead_letters
+from .settings import Settings
+from .transport.base import Batch
+from .transport.factory import transport_config
+from .transport.kafka_python import consumer_config
+
+log = logging.getLogger("stream_detector.labels")
+
+
+@dataclass
+class IngestStats:
+    labels: int = 0  # valid records read
+    attached: int = 0  # attached to their event's entities when read
+    waiting: int = 0  # their event not indexed yet: attached when it is
+    dead_letters: int = 0
+    failures: int = 0  # polls retried after Redis or Kafka failed
+
+
+class LabelIngester:
+    def __init__(self, settings: Settings, store: RedisLabels,
+                 on_counts: Callable[[str, int], None] | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.stats = IngestStats()
+        self.on_counts = on_counts or (lambda _outcome, _n: None)  # (attached|waiting|dead_lettered, n)
+        self.stop_event = threading.Event()
+        self.consumer: KafkaConsumer | None = None
+        self.producer: KafkaProducer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def group(self) -> str:
+        return f"{self.settings.group_id}-labels"
+
+    def start(self, catch_up_s: float = 30.0) -> None:
+        """Join the group, ingest what is on the topic (``catch_up``), then go on in a thread."""
+        s = self.settings
+        self.consumer = KafkaConsumer(**consumer_config(
+            transport_config(s), group_id=self.group, client_id=f"stream-detector-labels-{s.worker_id}",
+            max_poll_records=5000, auto_offset_reset="earliest"))  # a new group reads every label
+        self.consumer.subscribe([s.feedback_topic])
+        self.producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all", **s.kafka_security())
+        self.catch_up(catch_up_s)
+        self._thread = threading.Thread(target=self._run, name="label-ingester", daemon=True)
+        self._thread.start()
+
+    def catch_up(self, timeout_s: float) -> bool:
+        """Ingest, in the calling thread, every label already on this consumer's partitions (up to
+        their end offsets once assigned), so that a worker replaying a backlog sees the labels known
+        before it started. Gives up after ``timeout_s`` (logged; the thread goes on from there)."""
+        assert self.consumer is not None
+        deadline = time.monotonic() + timeout_s
+        ends: dict[Any, int] = {}
+        while time.monotonic() < deadline:
+            assigned = self.consumer.assignment()
+            if not assigned:
+                self.poll_once(100)  # joins the group (records polled meanwhile are handled)
+                continue
+            if set(ends) != assigned:  # the ends as of the (new) assignment: later labels are live ones
+                ends = self.consumer.end_offsets(list(assigned))
+            if all(self.consumer.position(tp) >= end for tp, end in ends.items()):
+                return True
+            self.poll_once(100)
+        log.warning("label ingester: not caught up with %s after %.0f s; continuing in the background",
+                    self.settings.feedback_topic, timeout_s)
+        return False
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
+        if self.producer is not None:
+            self.producer.close(timeout=5)
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.poll_once(500)
+            except (RedisError, KafkaError, StreamDetectorError, OSError) as exc:
+                self.stats.failures += 1
+                log.warning("label ingestion failed, retrying from the last committed offsets: %s: %s",
+                            type(exc).__name__, exc)
+                self._rewind()
+                self.stop_event.wait(1.0)
+
+    def poll_once(self, timeout_ms: int) -> int:
+        """One poll: attach, dead-letter, commit. Returns the records handled. Raises what Redis or
+        Kafka raise (nothing committed then)."""
+        assert self.consumer is not None and self.producer is not None
+        polled = self.consumer.poll(timeout_ms=timeout_ms)
+        labels: list[Label] = []
+        bad: list[tuple[Any, Rejected]] = []
+        handled = 0
+        for _tp, records in polled.items():
+            for record in records:
+                handled += 1
+                parsed = decode_label(record.value, record.timestamp)
+                if isinstance(parsed, Label):
+                    labels.append(parsed)
+                else:
+                    bad.append((record, Rejected(0, parsed[0], parsed[1])))
+        if not handled:
+            return 0
+        attached, waiting = self.store.ingest(labels)
+        sent = []
+        for record, rejected in bad:
+            batch = Batch(topic=record.topic, partitions=[record.partition], offsets=[record.offset],
+                          keys=[record.key], values=[record.value])
+            for message in build_dead_letters(batch, [rejected], self.settings.dlq_topic):
+                sent.append(self.producer.send(message.topic, key=message.key, value=message.value,
+                                               headers=list(message.headers)))
+        for future in sent:  # every dead letter acknowledged before the offsets move
+            future.get(timeout=self.settings.delivery_timeout_s)
+        self.consumer.commit()
+        self.stats.labels += len(labels)
+        self.stats.attached += attached
+        self.stats.waiting += waiting
+        self.stats.dead_letters += len(bad)
+        for outcome, n in (("attached", attached), ("waiting", waiting), ("dead_lettered", len(bad))):
+            if n:
+                self.on_counts(outcome, n)
+        return handled
+
+    def _rewind(self) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        try:
+            for tp in consumer.assignment():
+                committed = consumer.committed(TopicPartition(tp.topic, tp.partition))
+                if committed is None:
+                    consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+        except (KafkaError, OSError) as exc:
+            log.warning("could not rewind the label consumer (%s); the group will on its next rebalance", exc)

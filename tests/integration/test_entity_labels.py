@@ -1,0 +1,93 @@
+"""Label-derived features in the worker (issue 17): the label ingester reads the feedback topic, the
+worker computes what offline scoring computes from the same events and labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from stream_detector.entity import EntitySpec, enrich_history
+from stream_detector.feedback import Label, parse_label
+from stream_detector.kafka_util import lag, read_all
+from stream_detector.model.bundle import build_bundle
+from stream_detector.model.train import TrainConfig, train
+from stream_detector.offline import score_events
+from stream_detector.producer import EventProducer
+from stream_detector.settings import Settings
+from stream_detector.simulate import HandbookSimulator
+from stream_detector.store import ControlPlane
+from stream_detector.topics import ensure_topics
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_790_000_000_000
+DAY = 86_400_000
+SPEC = EntitySpec(keys=("account_id", "terminal_id"), windows=(86_400, 7 * 86_400), distinct_fields=(),
+                  label_keys=("terminal_id",))
+
+
+def test_a_worker_fed_the_feedback_topic_scores_as_offline_scoring_with_the_same_labels(
+        settings: Settings, start_worker: Any) -> None:
+    """Labels on the feedback topic before the events (a replay): the ingester attaches them as
+    their events are scored, and every event's label features — hence its score — equal offline
+    scoring's with the same records, bit for bit. A record that breaks the contract is dead-lettered."""
+    sim = HandbookSimulator(seed=5, customers=400, terminals=150, run_id="lbl")
+    history = sim.generate(4000, now_ms=T0, span_ms=14 * DAY)
+    events, patterns = history.events(), history.patterns()
+    records = history.labels()
+    labels = [parse_label(r) for r in records]
+    assert all(isinstance(lab, Label) for lab in labels) and any(p == "compromised_terminal" for p in patterns)
+    known: list[Label] = labels  # type: ignore[assignment]
+    normal = [e for e, p in zip(enrich_history(SPEC, events, labels=known), patterns, strict=True) if p == "legit"]
+    bundle = build_bundle(train(normal, TrainConfig(epochs=4, seed=0, threshold_method="quantile", target_fpr=0.02),
+                                entity=SPEC))
+    settings = settings.model_copy(update={"batch_size": 256})
+    control = ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
+    control.publish(bundle, set_by="pytest")
+    ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic, settings.feedback_topic])
+    with EventProducer(settings, settings.feedback_topic) as producer:
+        producer.send([*records, {"event_id": "lbl-1", "label": "FRAUD", "labelled_at": T0}])
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    worker = start_worker(settings).worker
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, timeout_s=120, message="drained")
+
+    offline = score_events(bundle, events, labels=known).scores
+    expected = {e["event_id"]: s for e, s in zip(events, offline.tolist(), strict=True) if s > bundle.threshold}
+    alerts = {a["event_id"]: a["score"] for a in map(lambda r: orjson.loads(r.value),
+                                                     read_all(settings, settings.alerts_topic))}
+    assert alerts == expected  # same events, same scores: the worker's label features are offline's
+    blind = score_events(bundle, events).scores  # the same model without any label known
+    assert {e["event_id"] for e, s in zip(events, blind.tolist(), strict=True) if s > bundle.threshold} != set(expected)
+    ingester = worker.ingester
+    assert ingester is not None and ingester.stats.labels == len(records) and ingester.stats.dead_letters == 1
+    dead = [dict(r.headers) for r in read_all(settings, settings.dlq_topic)]
+    assert [d["sd.error.reason"] for d in dead] == [b"invalid_label"]
+
+
+def test_the_redis_label_store_holds_what_the_in_memory_one_holds_whatever_the_order(settings: Settings) -> None:
+    """Labels ingested before their event is indexed wait for it; after, they attach at once;
+    ingested twice, nothing changes. The books read back equal ``InMemoryLabels``'s."""
+    import numpy as np
+    import redis
+
+    from stream_detector.entity.labels import InMemoryLabels, RedisLabels
+
+    events = [{"event_id": f"e{i}", "terminal_id": f"t{i % 3}", "account_id": "a", "timestamp": float(T0 + i)}
+              for i in range(9)]
+    labels = [Label(f"e{i}", i % 2 == 0, "analyst", float(T0 + 100 + i)) for i in range(9)]
+    labels.append(Label("e4", False, "chargeback", float(T0 + 500)))
+    times = np.array([e["timestamp"] for e in events])
+    store = RedisLabels(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
+    assert store.ingest(labels[:5]) == (0, 5)  # events not indexed yet: they wait
+    store.index(SPEC, events[:6], times[:6])  # e0..e4 attached from waiting, e5 indexed
+    assert store.ingest(labels[5:]) == (2, 3)  # e5 and e4's chargeback at once, e6..e8 wait
+    store.index(SPEC, events[6:], times[6:])
+    assert store.ingest(labels) == (10, 0)  # redelivered: attached again, idempotent
+    memory = InMemoryLabels(labels)
+    memory.index(SPEC, events, times)
+    values = ["t0", "t1", "t2"]
+    assert store.books("terminal_id", values) == memory.books("terminal_id", values)
