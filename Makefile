@@ -49,7 +49,7 @@ test-integration: install
 	$(BIN)/python -m pytest -q tests/integration
 
 test-chaos: install
-	$(BIN)/python -m pytest -q tests/chaos
+	SD_CHAOS_STORMS=1 $(BIN)/python -m pytest -q tests/chaos
 
 # Every failover scenario once (make test runs only its smoke subset: tests/failover/test_failover.py).
 test-failover: install
@@ -59,7 +59,7 @@ test-failover: install
 # anomalies; both delivery modes for every failover scenario): their figures become docs/RELIABILITY.md
 # (the soak section there is kept).
 reliability: install
-	SD_CHAOS_ROUNDS=$${SD_CHAOS_ROUNDS:-3} SD_CHAOS_MIN_EVENTS=$${SD_CHAOS_MIN_EVENTS:-1000000} \
+	SD_CHAOS_STORMS=1 SD_CHAOS_ROUNDS=$${SD_CHAOS_ROUNDS:-3} SD_CHAOS_MIN_EVENTS=$${SD_CHAOS_MIN_EVENTS:-1000000} \
 	  SD_CHAOS_MIN_ANOMALIES=$${SD_CHAOS_MIN_ANOMALIES:-10000} SD_FAILOVER_TIER=long SD_RELIABILITY_REPORT=docs/RELIABILITY.md \
 	  $(BIN)/python -m pytest -q tests/chaos tests/failover
 
