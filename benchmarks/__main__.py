@@ -15,6 +15,7 @@ SUITES = {
     "entity-worker": "benchmarks.entity_worker",
     "entity-cluster": "benchmarks.entity_cluster",
     "entity-workers": "benchmarks.entity_workers",
+    "labels": "benchmarks.labels",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -26,6 +27,7 @@ WHAT = {
     "entity-worker": "one worker with and without entity features on real Kafka and Redis; p99 latency",
     "entity-cluster": "entity state on a 3-node Redis Cluster vs a single Redis, per batch",
     "entity-workers": "1 vs 4 workers with terminal history: events/s, agreement with offline, lost updates",
+    "labels": "delayed labels, the Fraud Detection Handbook's protocol: AUC, AP, card precision@k per variant",
 }
 
 

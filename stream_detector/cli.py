@@ -235,10 +235,11 @@ def _entity_spec(args: argparse.Namespace) -> Any:
 
     try:
         delay = parse_windows(args.label_delay)[0] if args.label_delay not in ("0", "0s") else 0
+        within = parse_windows(args.label_within)[0]
         return EntitySpec(keys=tuple(args.entity_key), windows=parse_windows(args.entity_windows),
                           amount_field=args.entity_amount,
                           distinct_fields=tuple(f for f in args.entity_distinct.split(",") if f),
-                          label_keys=tuple(args.label_key or ()), label_delay_s=delay)
+                          label_keys=tuple(args.label_key or ()), label_delay_s=delay, label_within_s=within)
     except ValueError as exc:
         raise ConfigError(f"entity features: {exc}") from exc
 
@@ -627,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "entity window, e.g. terminal risk (docs/feedback.md)")
     p.add_argument("--label-delay", default="0s",
                    help="a label counts from its labelled_at plus this delay, e.g. 7d (default 0s)")
+    p.add_argument("--label-within", default="30d",
+                   help="a label counts only when labelled within this long after its event (default 30d; the "
+                        "worker keeps a ~200-byte index record per scored event this long)")
     p.add_argument("--max-self-flag-rate", type=float, default=0.2,
                    help="refuse the model (exit 2, no bundle) when more than this share of its own normal "
                         "training or validation rows is above its threshold (default 0.2)")

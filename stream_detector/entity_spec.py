@@ -14,7 +14,9 @@ Output fields, for each entity key ``k`` and window ``w`` (named like ``1h``, ``
 Every feature describes the history *before* the event (the event itself is then added).
 
 With ``label_keys`` (a subset of the keys; ``entity/labels.py``, docs/feedback.md), for each such key
-``k`` and window ``w``, from the feedback labels known ``label_delay_s`` before the event::
+``k`` and window ``w``, from the feedback labels known ``label_delay_s`` before the event (and
+labelled within ``label_within_s`` of their own event: later labels are never counted, so the
+worker's event index lives that long)::
 
     k__fraud_w            decayed number of the entity's earlier events whose winning label, as
                           known at (event time - delay), is fraud
@@ -65,12 +67,13 @@ class EntitySpec:
     horizon_factor: float = 3.0
     label_keys: tuple[str, ...] = ()  # keys that also get label-derived features (entity/labels.py)
     label_delay_s: int = 0  # a label counts from its labelled_at plus this delay
+    label_within_s: int = 30 * 86_400  # ... and only when known within this long after its event
 
     def __post_init__(self) -> None:
         if not set(self.label_keys) <= set(self.keys) or len(set(self.label_keys)) != len(self.label_keys):
             raise ValueError("label keys must be unique entity keys")
-        if self.label_delay_s < 0:
-            raise ValueError("the label delay must be >= 0 seconds")
+        if self.label_delay_s < 0 or self.label_within_s <= 0:
+            raise ValueError("the label delay must be >= 0 seconds and the label window > 0")
         if not self.keys or len(set(self.keys)) != len(self.keys):
             raise ValueError("entity keys must be non-empty and unique")
         if not self.windows or list(self.windows) != sorted(set(self.windows)) or self.windows[0] <= 0:
@@ -120,7 +123,7 @@ class EntitySpec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if not self.label_keys:  # a spec without labels keeps the JSON, fingerprint and Redis keys it had
-            del data["label_keys"], data["label_delay_s"]
+            del data["label_keys"], data["label_delay_s"], data["label_within_s"]
         return {"format": ENTITY_FORMAT, **data}
 
     def to_json(self) -> bytes:
@@ -133,7 +136,8 @@ class EntitySpec:
         return cls(keys=tuple(data["keys"]), windows=tuple(int(w) for w in data["windows"]),
                    amount_field=str(data["amount_field"]), distinct_fields=tuple(data["distinct_fields"]),
                    max_distinct=int(data["max_distinct"]), horizon_factor=float(data["horizon_factor"]),
-                   label_keys=tuple(data.get("label_keys", ())), label_delay_s=int(data.get("label_delay_s", 0)))
+                   label_keys=tuple(data.get("label_keys", ())), label_delay_s=int(data.get("label_delay_s", 0)),
+                   label_within_s=int(data.get("label_within_s", 30 * 86_400)))
 
     @classmethod
     def from_json(cls, raw: bytes) -> EntitySpec:

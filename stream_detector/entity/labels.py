@@ -5,7 +5,8 @@ at time ``t`` gets (``entity_spec.py`` names them)::
 
     k__fraud_w        = Σ exp(-(t - t_e) / w)   over the entity's earlier events e (t_e < t, within
                                                  the horizon) whose winning label, among the labels
-                                                 with labelled_at <= t - delay, is fraud
+                                                 with labelled_at <= t - delay (and labelled within
+                                                 label_within_s of e), is fraud
     k__fraud_share_w  = k__fraud_w / k__count_w  (the decayed count of all its earlier events; 0 if none)
 
 — the "terminal risk" of the Fraud Detection Handbook (Le Borgne et al., ch. 3.4: frauds among a
@@ -84,7 +85,7 @@ def label_values(spec: EntitySpec, store: LabelStore, events: Sequence[dict[str,
     store.index(spec, events, times)
     taus = [w * 1000.0 for w in spec.windows]
     horizon = float(spec.horizon_ms)
-    delay = spec.label_delay_s * 1000.0
+    delay, within = spec.label_delay_s * 1000.0, spec.label_within_s * 1000.0
     for k, key in enumerate(spec.label_keys):
         values = [entity_value(e.get(key)) for e in events]
         books = store.books(key, sorted({v for v in values if v is not None}))
@@ -95,7 +96,7 @@ def label_values(spec: EntitySpec, store: LabelStore, events: Sequence[dict[str,
             t = times[i]
             if not book or t != t:
                 continue
-            frauds = known_frauds(book, str(events[i].get("event_id")), float(t), t - delay, horizon, taus)
+            frauds = known_frauds(book, str(events[i].get("event_id")), float(t), t - delay, horizon, taus, within)
             for j, fraud in enumerate(frauds):
                 count = counts[i, j]
                 out[i, base + 2 * j] = fraud
@@ -104,9 +105,10 @@ def label_values(spec: EntitySpec, store: LabelStore, events: Sequence[dict[str,
 
 
 def known_frauds(book: Book, event_id: str, t: float, as_of: float, horizon_ms: float,
-                 taus: Sequence[float]) -> list[float]:
+                 taus: Sequence[float], within_ms: float = float("inf")) -> list[float]:
     """Per window (time constants ``taus``, ms): the decayed count of ``book``'s events before
-    ``t`` (and within ``horizon_ms``) whose winning label among those known at ``as_of`` is fraud."""
+    ``t`` (and within ``horizon_ms``) whose winning label among those known at ``as_of`` — and
+    labelled at most ``within_ms`` after the event — is fraud."""
     parts: list[list[float]] = [[] for _ in taus]
     for other, item in book.items():
         age = t - item.time_ms
@@ -114,7 +116,7 @@ def known_frauds(book: Book, event_id: str, t: float, as_of: float, horizon_ms: 
             continue
         best: Label | None = None
         for label in item.labels:
-            if label.labelled_at <= as_of:
+            if label.labelled_at <= as_of and label.labelled_at - item.time_ms <= within_ms:
                 best = prefer(best, label)
         if best is not None and best.fraud:
             for j, tau in enumerate(taus):
@@ -187,7 +189,7 @@ class RedisLabels:
     version reads the same ones)::
 
         {prefix}:labels:event:{event_id}  → {"t": event time ms, "k": {key: value}, "h": horizon ms}
-                                            (written by ``index``, PX horizon)
+                                            (written by ``index``, PX label_within_s; ~200 B each)
         {prefix}:labels:{key}:{value}     → hash: a label's JSON → its event's time (repr float),
                                             PX horizon from the last label
         {prefix}:labels:waiting           → hash: event_id → its labels' JSON lines (labels that
@@ -226,7 +228,7 @@ class RedisLabels:
                 continue
             event_id = str(event.get("event_id"))
             pipe.set(self._event_key(event_id), orjson.dumps({"t": t, "k": values, "h": spec.horizon_ms}),
-                     px=spec.horizon_ms)
+                     px=spec.label_within_s * 1000)  # a label known later is never counted
             indexed.append((event_id, t, values))
         if not indexed:
             return

@@ -57,7 +57,7 @@ def _reference(spec: EntitySpec, events: list[dict[str, Any]], labels: list[Labe
                         continue
                     best = None
                     for label in by_event.get(other["event_id"], []):
-                        if label.labelled_at <= as_of:
+                        if label.labelled_at <= as_of and label.labelled_at - other["timestamp"] <= spec.label_within_s * 1000:
                             best = prefer(best, label)
                     if best is not None and best.fraud:
                         parts.append(math.exp(-age / (w * 1000.0)))
@@ -70,11 +70,11 @@ def _reference(spec: EntitySpec, events: list[dict[str, Any]], labels: list[Labe
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 10_000), st.integers(1, 60), st.sampled_from([0, 3600]))
-def test_label_features_follow_their_definition(seed: int, n: int, delay: int) -> None:
+@given(st.integers(0, 10_000), st.integers(1, 60), st.sampled_from([0, 3600]), st.sampled_from([3 * 3600, 30 * 86_400]))
+def test_label_features_follow_their_definition(seed: int, n: int, delay: int, within: int) -> None:
     rng = random.Random(seed)
     spec = EntitySpec(keys=SPEC.keys, windows=SPEC.windows, distinct_fields=(), label_keys=SPEC.label_keys,
-                      label_delay_s=delay)
+                      label_delay_s=delay, label_within_s=within)
     events = _stream(rng, n)
     labels = _labels(rng, events)
     got = enrich_history(spec, events, labels=labels)
