@@ -109,6 +109,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                          error_norm=args.error_norm, time_of_day=args.time_features,
                          exclude=tuple(args.exclude or ()), max_self_flag_rate=args.max_self_flag_rate)
     result = train(normal, config, progress=_say, entity=entity, schema=data.schema)
+    if args.supervised:
+        _supervised(args, result, events, labels, normal_label)
     extra: dict[str, Any] = {"training_input": str(args.input), "training_rows_read": data.total,
                              "training_rows_rejected": len(data.rejected)}
     out = Path(args.out)
@@ -124,6 +126,25 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
     print(bundle.version)
     return 0
+
+
+def _supervised(args: argparse.Namespace, result: Any, events: list[dict[str, Any]], labels: list[str] | None,
+                normal_label: str) -> None:
+    """``train --supervised``: the head beside the autoencoder (``model/supervised.py``) on every
+    labelled row; with too few frauds the bundle keeps the autoencoder alone (said on stderr)."""
+    from .errors import TrainingError
+    from .model.supervised import HeadConfig, rows_for_head, train_head
+
+    if labels is None:
+        raise ConfigError("--supervised needs labels: --feedback FILE or --label-column C")
+    x, y = rows_for_head(result.spec, result.schema, events, [lab != normal_label for lab in labels])
+    try:
+        module, entry = train_head(result.head, x, y, HeadConfig(target_fpr=args.target_fpr, seed=args.seed), _say)
+    except TrainingError as exc:
+        _say(f"note: no supervised head: {exc}")
+        return
+    result.head = module
+    result.calibration["supervised"] = entry
 
 
 def _feedback_labels(path: Path, events: list[dict[str, Any]]) -> tuple[list[str], list[Any]]:
@@ -289,9 +310,16 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         in zip(data.rows, scored.scores.tolist(), scored.rejected, scored.messages, strict=True)}
     for rej in data.rejected:
         by_row[rej.index] = (float("nan"), rej.reason.value, rej.message)
-    write_scores(Path(args.out), [(event_id, *by_row[row]) for row, event_id in enumerate(data.ids)], threshold)
-    flagged = int((scored.scores[scored.valid] > threshold).sum())
-    _say(f"scored {int(scored.valid.sum())} of {data.total} rows; {flagged} above {threshold:.6g} → {args.out}")
+    head = bundle.head_threshold
+    probability = None
+    if scored.probability is not None:
+        by_prob = dict(zip(data.rows, scored.probability.tolist(), strict=True))
+        probability = [by_prob.get(row, float("nan")) for row in range(len(data.ids))]
+    write_scores(Path(args.out), [(event_id, *by_row[row]) for row, event_id in enumerate(data.ids)], threshold,
+                 probability, head)
+    flagged = int(scored.flagged(threshold, head).sum())
+    rule = f"above {threshold:.6g}" + (f" or probability above {head:.4g}" if head is not None else "")
+    _say(f"scored {int(scored.valid.sum())} of {data.total} rows; {flagged} {rule} → {args.out}")
     if args.feedback:
         import numpy as np
 
@@ -301,6 +329,10 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         numbers = evaluate(scored.scores[scored.valid], y, threshold)
         _say("against the feedback labels: " + ", ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items() if v is not None))
+        if scored.probability is not None and head is not None:
+            numbers = evaluate(scored.probability[scored.valid], y, head)
+            _say("the supervised head against them: " + ", ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items() if v is not None))
     return 0
 
 
@@ -420,6 +452,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
     from .store import ControlPlane
+    from .store.thresholds import KEEP
 
     control = ControlPlane.from_settings(settings)
     if args.action == "get":
@@ -427,18 +460,26 @@ def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
         if current is None:
             raise ConfigError("no threshold in Redis yet: publish a model first")
         print(orjson.dumps({"value": current.value, "version": current.version,
-                            "model_version": current.model_version}).decode())
+                            "model_version": current.model_version, "head": current.head}).decode())
         if args.history:
             for line in control.threshold_history(args.history):
                 print(orjson.dumps(line).decode())
         return 0
-    if args.value is None:
-        raise ConfigError("threshold set needs a VALUE")
     model = control.active_model()
     if model is None:
         raise ConfigError("no active model: publish one before setting its threshold")
-    version = control.set_threshold(args.value, model, _who(), args.note or "")
-    print(f"threshold {args.value:.6g} for model {model} is version {version}")
+    current = control.threshold()
+    value = args.value if args.value is not None else (current.value if current is not None else None)
+    if value is None or (args.value is None and args.head is None):
+        raise ConfigError("threshold set needs a VALUE (and/or --head P for a model with a supervised head)")
+    if args.head is not None and not 0.0 <= args.head <= 1.0:
+        raise ConfigError(f"--head is a probability threshold in [0, 1], got {args.head}")
+    if args.head is not None and control.fetch_bundle(model).supervised is None:
+        raise ConfigError(f"model {model} has no supervised head (train --supervised): --head does not apply")
+    head: Any = args.head if args.head is not None else KEEP
+    version = control.set_threshold(value, model, _who(), args.note or "", head=head)
+    print(f"threshold {value:.6g}{'' if args.head is None else f', head {args.head:.6g}'} for model {model} "
+          f"is version {version}")
     return 0
 
 
@@ -622,6 +663,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entity-distinct", default="merchant_category,country",
                    help="fields whose distinct / first-seen values per entity become features")
     p.add_argument("--entity-amount", default="amount", help="amount field of the entity features")
+    p.add_argument("--supervised", action="store_true",
+                   help="also train a supervised head on the labelled rows (--feedback or --label-column): a "
+                        "calibrated fraud probability beside the reconstruction error, in the same TorchScript "
+                        "call; an event is alerted when either is above its threshold (needs >= 100 frauds; "
+                        "docs/feedback.md)")
     p.add_argument("--label-key", action="append",
                    help="label-derived features for this --entity-key (repeatable; needs --feedback): the decayed "
                         "count and share of the entity's earlier events known as fraud at each event's time, per "
@@ -708,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["get", "set"])
     p.add_argument("value", nargs="?", type=float, help="new threshold (set)")
     p.add_argument("--note", help="audit note (set)")
+    p.add_argument("--head", type=float, metavar="P",
+                   help="set: the supervised head's probability threshold (models trained with --supervised); "
+                        "VALUE may then be left out (the autoencoder's stays)")
     p.add_argument("--history", type=int, default=0, help="also print the last N changes (get)")
     p.set_defaults(func=cmd_threshold)
 

@@ -320,16 +320,22 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def write_scores(path: Path, rows: Sequence[tuple[str, float, str | None, str | None]], threshold: float) -> None:
+def write_scores(path: Path, rows: Sequence[tuple[str, float, str | None, str | None]], threshold: float,
+                 probability: Sequence[float] | None = None, head: float | None = None) -> None:
     """``stream-detector score``'s output: one CSV line per input row, in input order, from
     ``(event_id, score, rejection reason or None, message or None)``. Columns: ``event_id``,
     ``score`` (repr: round-trips exactly), ``is_anomaly`` (score > ``threshold``: 1/0),
-    ``rejected``, ``message`` (empty score and verdict where rejected)."""
+    ``rejected``, ``message`` (empty score and verdict where rejected); with a supervised head,
+    also ``probability`` (one per row), and ``is_anomaly`` is the worker's rule: score above
+    ``threshold`` or probability above ``head``."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["event_id", "score", "is_anomaly", "rejected", "message"])
-        for event_id, score, reason, message in rows:
+        writer.writerow(["event_id", "score", "is_anomaly", "rejected", "message",
+                         *(["probability"] if probability is not None else [])])
+        for k, (event_id, score, reason, message) in enumerate(rows):
+            p = [] if probability is None else [repr(probability[k]) if reason is None else ""]
             if reason is None:
-                writer.writerow([event_id, repr(score), int(score > threshold), "", ""])
+                flagged = score > threshold or (probability is not None and head is not None and probability[k] > head)
+                writer.writerow([event_id, repr(score), int(flagged), "", "", *p])
             else:
-                writer.writerow([event_id, "", "", reason, message or ""])
+                writer.writerow([event_id, "", "", reason, message or "", *p])

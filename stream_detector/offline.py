@@ -30,12 +30,23 @@ from .pipeline.score import Scorer, scores_of
 class OfflineScores:
     """One entry per input row: ``scores`` float64 (n,), NaN where rejected; ``rejected`` the
     reason per row (``None`` when scored) and ``messages`` its message; ``per_feature`` (only with
-    ``keep_errors``) float32 (n, width), the per-feature errors, NaN rows where rejected."""
+    ``keep_errors``) float32 (n, width), the per-feature errors, NaN rows where rejected;
+    ``probability`` (a bundle with a supervised head) float64 (n,), the calibrated fraud
+    probability, NaN where rejected."""
 
     scores: np.ndarray
     rejected: list[str | None]
     messages: list[str | None] = field(default_factory=list)
     per_feature: np.ndarray | None = None
+    probability: np.ndarray | None = None
+
+    def flagged(self, threshold: float, head: float | None = None) -> np.ndarray:
+        """bool (n,): the worker's decision (``pipeline/threshold.py``): score > ``threshold`` or,
+        with a head, probability > ``head``; False where rejected."""
+        out: np.ndarray = np.nan_to_num(self.scores, nan=-np.inf) > threshold
+        if self.probability is not None and head is not None:
+            out |= np.nan_to_num(self.probability, nan=-np.inf) > head
+        return out
 
     @property
     def valid(self) -> np.ndarray:
@@ -60,6 +71,7 @@ def score_events(bundle: Bundle, events: Sequence[Any], device: str = "cpu", bat
     per_feature = np.full((n, bundle.spec.width), np.nan, dtype=np.float32) if keep_errors else None
     reasons: list[str | None] = [None] * n
     messages: list[str | None] = [None] * n
+    probability = np.full(n, np.nan) if bundle.supervised is not None else None
     enrich: Enrich | None = None
     if bundle.entity is not None:
         spec, enricher, known = bundle.entity, Enricher(InMemoryState()), InMemoryLabels(labels)
@@ -75,8 +87,10 @@ def score_events(bundle: Bundle, events: Sequence[Any], device: str = "cpu", bat
         decoded = type_events(chunk, range(start, start + len(chunk)), bundle.schema, JSON_TEXT, [])  # 2
         done = score_decoded(scorer, decoded, enrich)  # 3a, 3, 4
         scores[done.indices] = scores_of(done.per_feature)
+        if probability is not None and done.probability is not None:
+            probability[done.indices] = done.probability
         if per_feature is not None:
             per_feature[done.indices] = done.per_feature
         for rej in done.rejected:
             reasons[rej.index], messages[rej.index] = rej.reason.value, rej.message
-    return OfflineScores(scores, reasons, messages, per_feature)
+    return OfflineScores(scores, reasons, messages, per_feature, probability)

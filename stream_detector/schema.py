@@ -118,10 +118,18 @@ class Alert(BaseModel):
     event_id: str
     account_id: str | None
     score: float = Field(description="Reconstruction error of the event (mean over features).")
-    threshold: float = Field(description="Threshold the score exceeded.")
+    threshold: float = Field(description="The autoencoder's threshold (the score is above it when "
+                             "\"autoencoder\" fired).")
     threshold_version: int
     model_version: str
     top_features: list[FeatureContribution]
+    fired: list[str] = Field(default_factory=lambda: ["autoencoder"], description="Which part fired: "
+                             "\"autoencoder\" (score > threshold), \"supervised\" (probability > "
+                             "head_threshold), or both.")
+    probability: float | None = Field(None, description="The supervised head's calibrated fraud probability "
+                                      "(models trained with --supervised; else null).")
+    head_threshold: float | None = Field(None, description="The supervised head's threshold of this threshold "
+                                         "version (null without a head).")
     event: dict[str, Scalar] = Field(description="The original event as received.")
     detected_at: str = Field(description="RFC 3339 UTC time the worker decided.")
     event_time_ms: int = Field(description="Kafka timestamp of the input record (epoch ms).")

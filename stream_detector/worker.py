@@ -298,7 +298,8 @@ class Worker:
                     self.stats.rescored_batches += 1
                     continue
                 raise
-            return scorer, done, Decision.of(scores_of(done.per_feature), scorer.version, threshold)
+            return scorer, done, Decision.of(scores_of(done.per_feature), scorer.version, threshold,
+                                             done.probability)
 
     # ---- helpers ---------------------------------------------------------------------------
     def _enrich_for(self, scorer: Scorer, batch: Batch) -> Enrich | None:

@@ -78,3 +78,35 @@ class ErrorHead(nn.Module):
         diff = self.autoencoder(x) - x
         out: torch.Tensor = diff * diff * self.inv_weights
         return out
+
+
+class SupervisedHead(nn.Module):
+    """[x, log1p(per-feature errors)] → calibrated fraud probability (n,): an MLP whose logit is
+    rescaled by Platt's ``a · logit + b`` (fitted on held-back labelled rows) before the sigmoid."""
+
+    def __init__(self, n_features: int, hidden: tuple[int, ...] = (64, 32), dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = _mlp([2 * n_features, *hidden, 1], dropout, last_activation=False)
+        self.platt: torch.Tensor
+        self.register_buffer("platt", torch.tensor([1.0, 0.0]))
+
+    def logit(self, x: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(torch.cat([x, torch.log1p(errors)], dim=1)).squeeze(1)
+        return out
+
+    def forward(self, x: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.platt[0] * self.logit(x, errors) + self.platt[1])
+
+
+class ScoringModule(nn.Module):
+    """The exported module of a bundle with a supervised head: x (n × d) → (n × (d + 1)), the
+    per-feature errors of ``ErrorHead`` then the head's calibrated fraud probability, in one call."""
+
+    def __init__(self, errors: ErrorHead, supervised: SupervisedHead) -> None:
+        super().__init__()
+        self.errors = errors
+        self.supervised = supervised
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        errors = self.errors(x)
+        return torch.cat([errors, self.supervised(x, errors).unsqueeze(1)], dim=1)

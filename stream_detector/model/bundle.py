@@ -73,6 +73,19 @@ class Bundle:
     def sha256(self) -> str:
         return str(self.metadata["sha256"])
 
+    @property
+    def supervised(self) -> dict[str, Any] | None:
+        """The supervised head's calibration entry (``model/supervised.py``), or None: the module
+        then returns only the per-feature errors (n × d), else (n × (d + 1)), probability last."""
+        entry = self.calibration.get("supervised")
+        return entry if isinstance(entry, dict) else None
+
+    @property
+    def head_threshold(self) -> float | None:
+        """The supervised head's calibrated probability threshold (None without a head)."""
+        entry = self.supervised
+        return None if entry is None else float(entry["threshold"])
+
     def load_module(self, device: str = "cpu") -> torch.jit.ScriptModule:
         """Deserialize the TorchScript head onto ``device``, eval mode, frozen for inference."""
         with _torchscript():

@@ -63,7 +63,7 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     spec: FeatureSpec
-    head: ErrorHead
+    head: nn.Module  # ErrorHead, or ScoringModule with a supervised head (model/supervised.py)
     arch: Architecture
     threshold: float
     calibration: dict[str, Any]

@@ -52,6 +52,7 @@ class Computed:
     indices: list[int]
     rejected: list[Rejected]
     per_feature: np.ndarray
+    probability: np.ndarray | None = None  # the supervised head's, float64 (n,); None without a head
 
 
 def featurise(scorer: Scorer, received: list[dict[str, Any]], indices: list[int],
@@ -75,9 +76,10 @@ def score_decoded(scorer: Scorer, decoded: Decoded, enrich: Enrich | None = None
     extra = enrich(decoded.events, decoded.indices) if enrich is not None else None
     x, events, indices = featurise(scorer, decoded.received, decoded.indices, decoded.events, rejected, extra)
     rejected.sort(key=lambda r: r.index)
-    return Computed(events, indices, rejected, scorer.errors(x))
+    return Computed(events, indices, rejected, *scorer.outputs(x))
 
 
+Outputs = tuple[np.ndarray, "np.ndarray | None"]  # Scorer.outputs: per-feature errors, probability
 StepTime = Callable[[str, float], None]  # (step name, seconds): the worker's step-time hook (metrics.StepTimer)
 
 
@@ -107,7 +109,7 @@ class ChunkedCompute:
         events: list[dict[str, Any]] = []
         indices: list[int] = []
         rejected: list[Rejected] = []
-        pending: list[Future[np.ndarray] | np.ndarray] = []
+        pending: list[Future[Outputs] | Outputs] = []
         inline = len(values) <= self.chunk
         try:
             chunks = self._chunks(values, max_bytes, enrich, rejected, scorer.bundle.schema)
@@ -119,18 +121,21 @@ class ChunkedCompute:
                 events.extend(part_events)
                 indices.extend(part_indices)
                 pending.append(self._score(scorer, x) if inline else self._pool.submit(self._score, scorer, x))  # 4
-            parts = [p if isinstance(p, np.ndarray) else p.result() for p in pending]
+            parts = [p if isinstance(p, tuple) else p.result() for p in pending]
         finally:  # on an error, no scoring of this batch may still run when the caller retries it
             wait([p for p in pending if isinstance(p, Future)])
-        per_feature = (np.concatenate(parts) if len(parts) > 1 else parts[0] if parts
+        per_feature = (np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0] if parts
                        else np.zeros((0, scorer.bundle.spec.width), dtype=np.float32))
+        probability = None
+        if scorer.supervised:
+            probability = np.concatenate([p[1] for p in parts if p[1] is not None]) if parts else np.zeros(0)
         rejected.sort(key=lambda r: r.index)  # dead letters in batch order
-        return Computed(events, indices, rejected, per_feature)
+        return Computed(events, indices, rejected, per_feature, probability)
 
-    def _score(self, scorer: Scorer, x: np.ndarray) -> np.ndarray:
+    def _score(self, scorer: Scorer, x: np.ndarray) -> Outputs:
         t = perf_counter()
         try:
-            return scorer.errors(x)
+            return scorer.outputs(x)
         finally:
             self.timer("scoring thread", perf_counter() - t)
 

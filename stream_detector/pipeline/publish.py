@@ -62,6 +62,9 @@ def build_alerts(
                 FeatureContribution(feature=fields[j], share=float(errs[j]) / total, error=float(errs[j]))
                 for j in worst.tolist()
             ],
+            fired=decision.fired(row),
+            probability=None if decision.probability is None else float(decision.probability[row]),
+            head_threshold=threshold.head if decision.probability is not None else None,
             event=event,
             detected_at=now,
             event_time_ms=batch.timestamps[i],

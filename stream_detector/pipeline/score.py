@@ -25,6 +25,7 @@ class Scorer:
                 self.fields.append(name)
                 starts.append(i)
         self.group_starts = np.asarray(starts, dtype=np.int64)
+        self.supervised = bundle.supervised is not None  # the module's last output column: a probability
 
     @property
     def version(self) -> str:
@@ -36,8 +37,14 @@ class Scorer:
 
     def errors(self, x: np.ndarray) -> np.ndarray:
         """Per-feature weighted squared errors, float32, n × d."""
+        return self.outputs(x)[0]
+
+    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One TorchScript call: the per-feature errors (float32, n × d) and, with a supervised
+        head, the calibrated fraud probability (float64, n; else None)."""
         if x.shape[0] == 0:
-            return np.zeros((0, x.shape[1]), dtype=np.float32)
+            return (np.zeros((0, x.shape[1]), dtype=np.float32),
+                    np.zeros(0) if self.supervised else None)
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
             if self.device.type == "cuda":
@@ -45,7 +52,9 @@ class Scorer:
                 out: np.ndarray = self.module(tensor).cpu().numpy()
             else:
                 out = self.module(tensor).numpy()
-            return out
+        if not self.supervised:
+            return out, None
+        return out[:, :-1], out[:, -1].astype(np.float64)
 
     def field_errors(self, per_feature: np.ndarray) -> np.ndarray:
         """Sum one-hot / indicator columns into their input field: n × n_fields."""

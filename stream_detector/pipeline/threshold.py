@@ -52,14 +52,29 @@ class Decision:
     threshold: Threshold
     scores: np.ndarray
     rows: np.ndarray
+    probability: np.ndarray | None = None  # the supervised head's (n,), float64; None without a head
 
     @classmethod
-    def of(cls, scores: np.ndarray, model_version: str, threshold: Threshold) -> Decision:
-        """Decide ``scores`` of ``model_version`` against ``threshold``; raises ``ModelMismatch``
+    def of(cls, scores: np.ndarray, model_version: str, threshold: Threshold,
+           probability: np.ndarray | None = None) -> Decision:
+        """Decide ``scores`` of ``model_version`` against ``threshold``: a row is flagged when its
+        score is above ``threshold.value`` or, with a supervised head (``probability`` and
+        ``threshold.head``), its probability is above ``threshold.head``. Raises ``ModelMismatch``
         when the threshold belongs to another version."""
         if threshold.model_version != model_version:
             raise ModelMismatch(model_version, threshold)
-        return cls(model_version, threshold, scores, np.flatnonzero(decide(scores, threshold.value)))
+        flagged = decide(scores, threshold.value)
+        if probability is not None and threshold.head is not None:
+            flagged = flagged | (probability > threshold.head)
+        return cls(model_version, threshold, scores, np.flatnonzero(flagged), probability)
+
+    def fired(self, row: int) -> list[str]:
+        """Which parts flagged ``row``: ``autoencoder`` and/or ``supervised``."""
+        out = ["autoencoder"] if self.scores[row] > self.threshold.value else []
+        head, probability = self.threshold.head, self.probability
+        if probability is not None and head is not None and probability[row] > head:
+            out.append("supervised")
+        return out
 
 
 class ThresholdCache:

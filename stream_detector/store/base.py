@@ -29,6 +29,7 @@ class Threshold:
     value: float
     version: int
     model_version: str
+    head: float | None = None  # the supervised head's probability threshold (model/supervised.py)
 
 
 @dataclass(frozen=True)
@@ -46,4 +47,6 @@ def text(value: bytes | str) -> str:
 def parse_threshold(raw: dict[bytes, bytes]) -> Threshold | None:
     if not raw:
         return None
-    return Threshold(float(raw[b"value"]), int(raw[b"version"]), raw[b"model_version"].decode())
+    head = raw.get(b"head")
+    return Threshold(float(raw[b"value"]), int(raw[b"version"]), raw[b"model_version"].decode(),
+                     float(head) if head else None)

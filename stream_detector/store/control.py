@@ -21,7 +21,7 @@ from ..redis_client import entity_cluster_client, redis_client
 from .base import Keys, Snapshot, Threshold
 from .registry import BundleReader, ModelRegistry
 from .telemetry import Telemetry
-from .thresholds import ThresholdStore
+from .thresholds import KEEP, ThresholdStore
 from .watermarks import RedisWatermarks
 
 if TYPE_CHECKING:
@@ -131,8 +131,9 @@ class ControlPlane:
         return self.thresholds.of_version(version)
 
     def set_threshold(self, value: float, model_version: str, set_by: str, note: str = "",
-                      activate_model: str | None = None) -> int:
-        return self.thresholds.set(value, model_version, set_by, note, activate_model)
+                      activate_model: str | None = None, head: float | None | object = KEEP) -> int:
+        """A new threshold version; ``head``: the supervised head's threshold (``KEEP``: unchanged)."""
+        return self.thresholds.set(value, model_version, set_by, note, activate_model, head=head)
 
     # ---- registry ----------------------------------------------------------------------------
     def active_model(self) -> str | None:

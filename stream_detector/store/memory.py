@@ -98,12 +98,13 @@ class MemoryControl:
         with self._lock:
             self._bundles[bundle.version] = bundle
         return self.set_threshold(bundle.threshold if threshold is None else threshold, bundle.version,
-                                  activate=True)
+                                  activate=True, head=bundle.head_threshold)
 
-    def set_threshold(self, value: float, model_version: str, activate: bool = False) -> int:
+    def set_threshold(self, value: float, model_version: str, activate: bool = False,
+                      head: float | None = None) -> int:
         with self._lock:
             version = 1 if self._threshold is None else self._threshold.version + 1
-            self._threshold = Threshold(float(value), version, model_version)
+            self._threshold = Threshold(float(value), version, model_version, head)
             if activate:
                 self._active = model_version
         self.telemetry.notices.put({"type": "threshold", "threshold_version": version})

@@ -97,14 +97,16 @@ class ModelRegistry(BundleReader):
         """Store the artifact first, then flip active model and threshold together."""
         self.store(bundle, gate)
         return self.thresholds.set(bundle.threshold, bundle.version, set_by,
-                                   note=f"publish {bundle.version}", activate_model=bundle.version)
+                                   note=f"publish {bundle.version}", activate_model=bundle.version,
+                                   head=bundle.head_threshold)
 
     def activate(self, version: str, set_by: str, note: str = "") -> int:
         """Make a stored version active with its own threshold (verified before the flip)."""
         bundle = self.fetch_bundle(version)
-        value = self.thresholds.of_version(version)
+        value, head = self.thresholds.of_version(version), self.thresholds.of_version_head(version)
         return self.thresholds.set(bundle.threshold if value is None else value, version, set_by,
-                                   note=note or f"promote {version}", activate_model=version)
+                                   note=note or f"promote {version}", activate_model=version,
+                                   head=bundle.head_threshold if head is None else head)
 
     def rollback(self, set_by: str) -> str:
         """Re-activate the previous version and its threshold: one atomic flip. Returns it."""
@@ -113,10 +115,10 @@ class ModelRegistry(BundleReader):
         if target is None:
             raise ConfigError("nothing to roll back to: no earlier activated version is stored")
         bundle = self.fetch_bundle(target)
-        value = self.thresholds.of_version(target)
+        value, head = self.thresholds.of_version(target), self.thresholds.of_version_head(target)
         self.thresholds.set(bundle.threshold if value is None else value, target, set_by,
                             note=f"rollback {history[0]} -> {target}", activate_model=target,
-                            rollback_from=history[0])
+                            rollback_from=history[0], head=bundle.head_threshold if head is None else head)
         return target
 
     def info(self, version: str) -> dict[str, Any]:

@@ -17,6 +17,8 @@ import redis
 from ..errors import ConfigError
 from .base import HISTORY_LIMIT, Keys, Snapshot, Threshold, parse_threshold
 
+KEEP = object()  # ThresholdStore.set: keep the supervised head's threshold as it is
+
 _SET_THRESHOLD = """
 if ARGV[10] == 'pop' and redis.call('LINDEX', KEYS[6], 0) ~= ARGV[11] then
   return redis.error_reply('STALE: the active model changed meanwhile; run the rollback again')
@@ -24,8 +26,15 @@ end
 local version = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'value', ARGV[1], 'version', version, 'model_version', ARGV[2],
            'set_at', ARGV[3], 'set_by', ARGV[4], 'note', ARGV[5])
+if ARGV[12] ~= '' then
+  redis.call('HSET', KEYS[1], 'head', ARGV[12])
+  redis.call('SET', KEYS[7], ARGV[12])
+else
+  redis.call('HDEL', KEYS[1], 'head')
+end
 local line = cjson.encode({value=tonumber(ARGV[1]), version=version, model_version=ARGV[2],
-                           set_at=ARGV[3], set_by=ARGV[4], note=ARGV[5], old_value=ARGV[7]})
+                           set_at=ARGV[3], set_by=ARGV[4], note=ARGV[5], old_value=ARGV[7],
+                           head=tonumber(ARGV[12])})
 redis.call('LPUSH', KEYS[3], line)
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[8]) - 1)
 redis.call('SET', KEYS[5], ARGV[1])
@@ -81,24 +90,37 @@ class ThresholdStore:
         raw = self._r.get(self.keys.key("model", version, "threshold"))
         return float(raw) if raw is not None else None
 
+    def of_version_head(self, version: str) -> float | None:
+        """The supervised head's threshold ``version`` last ran with (None: never set, or no head)."""
+        raw = self._r.get(self.keys.key("model", version, "head_threshold"))
+        return float(raw) if raw is not None else None
+
     def set(self, value: float, model_version: str, set_by: str, note: str = "",
-            activate_model: str | None = None, rollback_from: str | None = None) -> int:
+            activate_model: str | None = None, rollback_from: str | None = None,
+            head: float | None | object = KEEP) -> int:
         """Write a new threshold version (and optionally flip the active model) atomically.
 
         Also remembers the value as that model version's threshold, pushes an activation on the
         activation stack (or pops it for a rollback), and announces the change on ``{p}:events``.
+        ``head``: the supervised head's threshold of this version (``KEEP``: the current one when it is
+        the same model's, else the one that model last ran with; None: no head threshold).
         Returns the new threshold version.
         """
         k = self.keys.key
         old = self.current()
+        if head is KEEP:
+            head = old.head if old is not None and old.model_version == model_version else \
+                self.of_version_head(model_version)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         try:
             version = self._set_threshold(
                 keys=[k("threshold"), k("threshold", "seq"), k("threshold", "history"), k("model", "active"),
-                      k("model", model_version, "threshold"), k("model", "history")],
+                      k("model", model_version, "threshold"), k("model", "history"),
+                      k("model", model_version, "head_threshold")],
                 args=[repr(float(value)), model_version, now, set_by, note, activate_model or "",
                       "" if old is None else repr(old.value), HISTORY_LIMIT, self.keys.events_channel,
-                      "pop" if rollback_from else "push", rollback_from or ""],
+                      "pop" if rollback_from else "push", rollback_from or "",
+                      "" if head is None else repr(float(head))],  # type: ignore[arg-type]
             )
         except redis.ResponseError as exc:
             if "STALE" in str(exc):

@@ -77,10 +77,10 @@ def _same_errors(got: np.ndarray, want: np.ndarray) -> None:
 
 def test_a_batch_of_one_chunk_is_scored_on_the_callers_thread(scorer: Scorer) -> None:
     seen: list[str] = []
-    real = scorer.errors
+    real = scorer.outputs
 
     class Spy(Scorer):
-        def errors(self, x: np.ndarray) -> np.ndarray:
+        def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
             seen.append(threading.current_thread().name)
             return real(x)
 
@@ -100,10 +100,10 @@ def test_a_batch_of_one_chunk_is_scored_on_the_callers_thread(scorer: Scorer) ->
 def test_a_scoring_error_propagates_after_every_chunk_has_finished(scorer: Scorer) -> None:
     calls: list[int] = []
     finished: list[int] = []
-    real = scorer.errors
+    real = scorer.outputs
 
     class Failing(Scorer):
-        def errors(self, x: np.ndarray) -> np.ndarray:
+        def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
             calls.append(len(x))
             if len(calls) == 2:
                 raise RuntimeError("scoring failed")

@@ -1,0 +1,103 @@
+"""The supervised head (``model/supervised.py``): better ranking than the autoencoder where labels
+exist, calibrated, one TorchScript call, and the decision rule (either part above its threshold)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from stream_detector.entity import EntitySpec, enrich_history
+from stream_detector.errors import TrainingError
+from stream_detector.feedback import Label, parse_label
+from stream_detector.model.bundle import build_bundle, bundle_from_files
+from stream_detector.model.supervised import HeadConfig, expected_calibration_error, rows_for_head, train_head
+from stream_detector.model.train import TrainConfig, train
+from stream_detector.offline import score_events
+from stream_detector.pipeline.score import Scorer, scores_of
+from stream_detector.pipeline.threshold import Decision
+from stream_detector.simulate import HandbookSimulator
+from stream_detector.store import Threshold
+
+DAY = 86_400_000
+
+
+SPEC = EntitySpec(keys=("account_id", "terminal_id"), windows=(86_400, 7 * 86_400), distinct_fields=(),
+                  label_keys=("terminal_id", "account_id"))
+
+
+@pytest.fixture(scope="module")
+def labelled() -> tuple[list[dict[str, Any]], np.ndarray, list[Label]]:
+    """Handbook-like card events with their delayed labels: compromised terminals look like any
+    other transaction, to an autoencoder and to history alone; the terminal's known frauds (label
+    features) and the labels (the head) reveal them."""
+    sim = HandbookSimulator(seed=11, customers=300, terminals=1000, run_id="sup")
+    batch = sim.generate(6000, now_ms=1_790_000_000_000, span_ms=20 * DAY)
+    fraud = np.array([p != "legit" for p in batch.patterns()])
+    labels = [lab for lab in map(parse_label, batch.labels()) if isinstance(lab, Label)]
+    assert 300 < fraud.sum() < 1000
+    return batch.events(), fraud, labels  # type: ignore[return-value]
+
+
+def _trained(events: list[dict[str, Any]], fraud: np.ndarray) -> Any:
+    normal = [e for e, f in zip(events, fraud.tolist(), strict=True) if not f]
+    return train(normal, TrainConfig(epochs=4, seed=0, threshold_method="quantile", target_fpr=0.02), entity=SPEC)
+
+
+def test_the_head_ranks_frauds_better_than_the_autoencoder_and_is_calibrated(labelled: Any) -> None:
+    """Trained on the first 4,000 events (point-in-time features, labels as known), evaluated on
+    the 2,000 after them."""
+    events, fraud, labels = labelled
+    rows = enrich_history(SPEC, events, labels=labels)
+    result = _trained(rows[:4000], fraud[:4000])
+    x, y = rows_for_head(result.spec, result.schema, rows[:4000], fraud[:4000].tolist())
+    module, entry = train_head(result.head, x, y, HeadConfig(target_fpr=0.02, seed=0), lambda _m: None)
+    result.head, result.calibration["supervised"] = module, entry
+    bundle = bundle_from_files(build_bundle(result).files)  # exported and verified like a published one
+    assert bundle.supervised is not None and bundle.head_threshold == entry["threshold"]
+    scored = score_events(bundle, events, labels=labels)
+    assert scored.probability is not None and ((scored.probability >= 0) & (scored.probability <= 1)).all()
+    later = slice(4000, None)
+    ap_head = average_precision_score(fraud[later], scored.probability[later])
+    ap_ae = average_precision_score(fraud[later], scored.scores[later])
+    assert ap_head > ap_ae + 0.1, (ap_head, ap_ae)
+    v = entry["validation"]
+    assert v["expected_calibration_error"] < 0.05 and abs(v["mean_probability"] - v["fraud_share"]) < 0.03
+    # one call: the same per-feature errors as the autoencoder's own head, the probability after them
+    errors, probability = Scorer(bundle).outputs(x[:50])
+    plain = build_bundle(_trained(rows[:4000], fraud[:4000]))  # same seed, same rows: the same autoencoder
+    np.testing.assert_array_equal(errors, Scorer(plain).errors(x[:50]))
+    assert probability is not None and probability.shape == (50,)
+
+
+def test_either_part_above_its_threshold_flags_the_event_and_says_which() -> None:
+    scores = np.array([0.5, 3.0, 0.5, 3.0])
+    probability = np.array([0.01, 0.01, 0.9, 0.9])
+    decision = Decision.of(scores, "m", Threshold(1.0, 7, "m", head=0.5), probability)
+    assert decision.rows.tolist() == [1, 2, 3]
+    assert [decision.fired(r) for r in decision.rows.tolist()] == [["autoencoder"], ["supervised"],
+                                                                   ["autoencoder", "supervised"]]
+    alone = Decision.of(scores, "m", Threshold(1.0, 7, "m"), None)  # no head: the autoencoder alone
+    assert alone.rows.tolist() == [1, 3] and alone.fired(1) == ["autoencoder"]
+    no_head_threshold = Decision.of(scores, "m", Threshold(1.0, 7, "m", head=None), probability)
+    assert no_head_threshold.rows.tolist() == [1, 3]
+    assert (scores_of(np.ones((2, 3), dtype=np.float32)) == 1.0).all()
+
+
+def test_too_few_frauds_leave_the_autoencoder_alone(labelled: Any) -> None:
+    events, fraud, _ = labelled
+    rows = enrich_history(SPEC, events[:1500])
+    result = _trained(rows, fraud[:1500])
+    x, y = rows_for_head(result.spec, result.schema, rows, [False] * 1490 + [True] * 10)
+    with pytest.raises(TrainingError, match="at least 100"):
+        train_head(result.head, x, y, HeadConfig(), lambda _m: None)
+
+
+def test_expected_calibration_error_is_zero_for_a_calibrated_forecast() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 200_000)
+    y = rng.uniform(0, 1, p.size) < p
+    assert expected_calibration_error(p, y) < 0.01
+    assert expected_calibration_error(np.full(1000, 0.9), np.zeros(1000, dtype=bool)) == pytest.approx(0.9)
