@@ -65,6 +65,11 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         return Candidate(None, None, counts, "the active model uses entity features, which the retrainer "
                                              "cannot rebuild yet: retrain it with `stream-detector train "
                                              "--entity-key` (docs/retraining.md)")
+    if active is not None and active.supervised is not None:
+        # an autoencoder-only candidate would drop the supervised head (and its threshold) unseen
+        return Candidate(None, None, counts, "the active model has a supervised head, which the retrainer "
+                                             "cannot retrain yet: retrain it with `stream-detector train "
+                                             "--supervised` (docs/retraining.md)")
     if len(selection.clean) < settings.retrain_min_events:
         return Candidate(None, None, counts, f"only {len(selection.clean)} clean events in the window, "
                                              f"need {settings.retrain_min_events} (SD_RETRAIN_MIN_EVENTS)")

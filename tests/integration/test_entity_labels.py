@@ -91,3 +91,61 @@ def test_the_redis_label_store_holds_what_the_in_memory_one_holds_whatever_the_o
     memory.index(SPEC, events, times)
     values = ["t0", "t1", "t2"]
     assert store.books("terminal_id", values) == memory.books("terminal_id", values)
+
+
+def test_a_supervised_head_decides_in_the_worker_as_offline_and_its_threshold_is_versioned(
+        settings: Settings, start_worker: Any) -> None:
+    """A bundle with label features and a supervised head: the worker alerts exactly the events
+    offline scoring flags by the rule (error above the threshold or probability above the head's),
+    each alert saying which part fired. The head's threshold lives in Redis beside the
+    autoencoder's: kept when the latter changes, changed by its own set, restored on promote."""
+    from stream_detector.model.supervised import HeadConfig, rows_for_head, train_head
+
+    sim = HandbookSimulator(seed=6, customers=300, terminals=1000, run_id="sup")
+    history = sim.generate(5000, now_ms=T0, span_ms=14 * DAY)
+    events, patterns = history.events(), history.patterns()
+    records = history.labels()
+    known: list[Label] = [parse_label(r) for r in records]  # type: ignore[misc]
+    fraud = [p != "legit" for p in patterns]
+    rows = enrich_history(SPEC, events, labels=known)
+    result = train([r for r, f in zip(rows, fraud, strict=True) if not f],
+                   TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.02), entity=SPEC)
+    x, y = rows_for_head(result.spec, result.schema, rows, fraud)
+    result.head, result.calibration["supervised"] = train_head(result.head, x, y, HeadConfig(target_fpr=0.02),
+                                                               lambda _m: None)
+    bundle = build_bundle(result)
+    assert bundle.head_threshold is not None
+    control = ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
+    control.publish(bundle, set_by="pytest")
+    assert control.threshold().head == bundle.head_threshold  # type: ignore[union-attr]
+    ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic, settings.feedback_topic])
+    with EventProducer(settings, settings.feedback_topic) as producer:
+        producer.send(records)
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    start_worker(settings.model_copy(update={"batch_size": 256}))
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, timeout_s=120, message="drained")
+
+    offline = score_events(bundle, events, labels=known)
+    assert offline.probability is not None
+    flagged = offline.flagged(bundle.threshold, bundle.head_threshold)
+    by_id = {e["event_id"]: i for i, e in enumerate(events)}
+    alerts = {a["event_id"]: a for a in (orjson.loads(r.value) for r in read_all(settings, settings.alerts_topic))}
+    assert set(alerts) == {e["event_id"] for e, f in zip(events, flagged.tolist(), strict=True) if f}
+    fired = {part for a in alerts.values() for part in a["fired"]}
+    assert fired == {"autoencoder", "supervised"}  # both parts fire on this data
+    for event_id, alert in alerts.items():
+        i = by_id[event_id]
+        assert alert["probability"] == offline.probability[i] and alert["head_threshold"] == bundle.head_threshold
+        assert ("supervised" in alert["fired"]) == (offline.probability[i] > bundle.head_threshold)
+        assert ("autoencoder" in alert["fired"]) == (offline.scores[i] > bundle.threshold)
+
+    version = control.threshold().version  # type: ignore[union-attr]
+    control.set_threshold(bundle.threshold * 2, bundle.version, "pytest")
+    assert control.threshold().head == bundle.head_threshold  # type: ignore[union-attr]  # kept
+    control.set_threshold(bundle.threshold * 2, bundle.version, "pytest", head=0.9)
+    now = control.threshold()
+    assert now is not None and now.head == 0.9 and now.version == version + 2
+    assert control.threshold_history(1)[0]["head"] == 0.9
+    control.activate(bundle.version, "pytest")  # promoted again: its last thresholds, both
+    assert control.threshold().head == 0.9 and control.threshold().value == bundle.threshold * 2  # type: ignore[union-attr]

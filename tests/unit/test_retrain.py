@@ -268,3 +268,15 @@ def test_retrainer_skips_rather_than_drop_entity_features(bundle):
     candidate = build_candidate(selection, Settings(), with_entity, "test")
     assert candidate.bundle is None and candidate.decision is None
     assert "entity features" in candidate.message
+
+
+def test_retrainer_skips_rather_than_drop_a_supervised_head(bundle):
+    import dataclasses
+
+    from stream_detector.retrain.window import Selection
+    from stream_detector.settings import Settings
+
+    with_head = dataclasses.replace(bundle, calibration={**bundle.calibration, "supervised": {"threshold": 0.5}})
+    selection = Selection(clean=[entry(i) for i in range(2000)], labelled=[], left_out={})
+    candidate = build_candidate(selection, Settings(), with_head, "test")
+    assert candidate.bundle is None and "supervised head" in candidate.message
