@@ -94,6 +94,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                  f"{', '.join(entity.label_keys)}, each label counted from its labelled_at + {args.label_delay} "
                  f"(docs/feedback.md)")
     if labels is not None:
+        _refuse_leaks(data.schema, data.events, [lab != normal_label for lab in labels], args.exclude or ())
         normal = [e for e, lab in zip(events, labels, strict=True) if lab == normal_label]
         source = f"{args.label_column}=" if args.label_column else "the feedback label "
         if not normal:
@@ -128,6 +129,31 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _refuse_leaks(schema: Any, events: list[dict[str, Any]], fraud: list[bool], excluded: Sequence[str]) -> None:
+    """Refuse (exit 2) a category or boolean feature that gives the label away: values that are
+    (nearly) only ever seen on fraud rows (each with at least 5 rows, at least 95 % fraud) cover at
+    least 80 % of the frauds — a ground-truth column left in the file, like the simulator's
+    ``label`` and ``pattern``. The model would look perfect in training and meet events without it
+    when served. (Delayed labels disagree with such a column now and then: analysts err, so the
+    rule is not "exactly".)"""
+    from .fieldschema import FieldType
+
+    frauds = fraud.count(True)
+    if min(frauds, fraud.count(False)) < 10:
+        return
+    for rule in schema.fields:
+        if rule.name in excluded or rule.type not in (FieldType.CATEGORY, FieldType.BOOLEAN):
+            continue
+        counts: dict[Any, list[int]] = {}
+        for event, f in zip(events, fraud, strict=True):
+            counts.setdefault(event.get(rule.name), [0, 0])[f] += 1
+        covered = sum(c[1] for c in counts.values() if sum(c) >= 5 and c[1] >= 0.95 * sum(c))
+        if covered >= 0.8 * frauds:
+            raise ConfigError(f"field {rule.name!r} gives the label away: {covered} of the {frauds} fraud rows "
+                              f"have a value seen (almost) only on fraud rows (a ground-truth column?); "
+                              f"--exclude {rule.name}")
+
+
 def _supervised(args: argparse.Namespace, result: Any, events: list[dict[str, Any]], labels: list[str] | None,
                 normal_label: str) -> None:
     """``train --supervised``: the head beside the autoencoder (``model/supervised.py``) on every
@@ -160,6 +186,9 @@ def _feedback_labels(path: Path, events: list[dict[str, Any]]) -> tuple[list[str
     found = [verdicts.verdict(str(e["event_id"])) for e in events]
     ids = {str(e["event_id"]) for e in events}
     elsewhere = sum(1 for event_id in verdicts if event_id not in ids)
+    if found.count(None) == len(found) and found:
+        _say(f"note: no label of {path.name} is about an event of the input (event ids differ?): every event "
+             "counts as legit")
     _say(f"labels joined by event_id: {found.count(True)} fraud, {found.count(False)} legit, "
          f"{found.count(None)} events without a label (taken as legit)"
          + (f"; {elsewhere} labelled events are not in the input" if elsewhere else ""))
@@ -248,6 +277,12 @@ def _entity_spec(args: argparse.Namespace) -> Any:
     """The ``EntitySpec`` asked for by ``--entity-key`` (None without one: no entity features)."""
     if args.label_key and not args.feedback:
         raise ConfigError("--label-key needs --feedback FILE: label features are computed from feedback records")
+    if args.feedback and not Path(args.feedback).exists():
+        raise ConfigError(f"feedback file not found: {args.feedback}")
+    other = [k for k in args.label_key or () if k not in (args.entity_key or ())]
+    if other and args.entity_key:
+        raise ConfigError(f"--label-key {other[0]} is not an --entity-key: label features divide by that key's "
+                          f"history (add --entity-key {other[0]})")
     if not args.entity_key:
         if args.label_key:
             raise ConfigError("--label-key needs the same key as --entity-key (the share divides by its count)")
@@ -297,6 +332,8 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from .offline import score_events
 
     bundle = load_bundle(Path(args.model))
+    if args.feedback and not Path(args.feedback).exists():
+        raise ConfigError(f"feedback file not found: {args.feedback}")
     data = _load_file(args, schema=bundle.schema, need_events=False)  # no schema (older bundle): the file's
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     known: list[Any] = []

@@ -57,9 +57,10 @@ class Label:
         return FRAUD if self.fraud else LEGIT
 
     @property
-    def rank(self) -> tuple[int, float, bool]:
-        """The precedence key of the module docstring's rule: the greatest wins."""
-        return SOURCE_RANK.get(self.source, 0), self.labelled_at, self.fraud
+    def rank(self) -> tuple[int, float, bool, str]:
+        """The precedence key of the module docstring's rule: the greatest wins (two other sources
+        with the same time and label: the source name decides, so arrival order never does)."""
+        return SOURCE_RANK.get(self.source, 0), self.labelled_at, self.fraud, self.source
 
     def to_json(self) -> bytes:
         return orjson.dumps({"event_id": self.event_id, "label": self.label, "source": self.source,
@@ -67,19 +68,20 @@ class Label:
                              else self.labelled_at})
 
 
-def parse_label(obj: object, default_time_ms: float | None = None) -> Label | Problem:
+def parse_label(obj: object, default_time_ms: float | None = None, text_ids: bool = False) -> Label | Problem:
     """One feedback record (a parsed JSON object or a file row) as a ``Label``, or why it is not one.
 
     ``default_time_ms`` stands for a missing ``labelled_at`` (the Kafka record's timestamp); without
-    it a missing ``labelled_at`` is a problem.
+    it a missing ``labelled_at`` is a problem. ``text_ids``: the ``event_id`` must be a JSON string,
+    as an event's is on the topic (files: an integer id is its digits, as ``inputs`` reads events).
     """
     if not isinstance(obj, dict):
         return RejectReason.NOT_AN_OBJECT, f"a feedback record must be a JSON object, got {type(obj).__name__}"
     event_id = obj.get("event_id")
     if event_id is None or event_id == "":
         return RejectReason.MISSING_EVENT_ID, "feedback record without event_id"
-    if isinstance(event_id, bool) or not isinstance(event_id, (str, int)):
-        return RejectReason.WRONG_TYPE, f"event_id must be text, got {type(event_id).__name__}"
+    if isinstance(event_id, bool) or not isinstance(event_id, str if text_ids else (str, int)):
+        return RejectReason.WRONG_TYPE, f"event_id must be a string, got {type(event_id).__name__}"
     event_id = str(event_id)
     if len(event_id) > MAX_ID:
         return RejectReason.WRONG_TYPE, f"event_id longer than {MAX_ID} characters"
@@ -132,7 +134,7 @@ def decode_label(value: bytes | None, record_time_ms: float | None = None) -> La
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return RejectReason.INVALID_JSON, f"not JSON: {exc}"[:300]
-    return parse_label(obj, record_time_ms)
+    return parse_label(obj, record_time_ms, text_ids=True)
 
 
 def prefer(old: Label | None, new: Label) -> Label:

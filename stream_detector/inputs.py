@@ -167,7 +167,8 @@ def read_feedback(path: Path, options: ReaderOptions | None = None) -> FeedbackF
             rejected.append(RowRejection(index, parsed[0], parsed[1]))
     rejected.sort(key=lambda r: r.index)
     if not verdicts.count:
-        detail = f" (row {rejected[0].index + 1}: {rejected[0].message})" if rejected else ""
+        first = rejected[0] if rejected else None
+        detail = f" (row {first.index + 1}: {first.reason.value}: {first.message})" if first else ""
         raise InputError(f"{path}: no feedback records{detail}")
     return FeedbackFile(verdicts, rejected, len(raw.rows))
 

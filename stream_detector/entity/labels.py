@@ -197,8 +197,10 @@ class RedisLabels:
 
     A label finds its entities through its event's index record; one that arrives first waits and
     is attached when the event is indexed. ``index`` writes the record, then reads the waiting
-    labels; ``ingest`` appends to the waiting labels, then reads the record — whichever runs second
-    sees the other's write, so no label is left waiting for an event that was indexed. Writes are
+    labels; ``ingest``, when the record is not there, appends to the waiting labels, then reads the
+    record again — whichever runs second sees the other's write, so no label is left waiting for an
+    event that was indexed. A waiting entry is cleared once attached (by either side: a label
+    appended after the other side's read attaches itself). Writes are
     idempotent (a label is a hash field), so a redelivered label or batch changes nothing.
     One round trip per batch for ``index`` (two when labels were waiting), one per label key for
     ``books``, two per polled set of labels for ``ingest``.
@@ -235,12 +237,13 @@ class RedisLabels:
         pipe.hmget(self._waiting, [event_id for event_id, _, _ in indexed])
         waiting = self._execute(pipe)[-1]
         pipe = self.client.pipeline(transaction=False)
-        attached = False
-        for (_, t, values), lines in zip(indexed, waiting, strict=True):
+        resolved = []
+        for (event_id, t, values), lines in zip(indexed, waiting, strict=True):
             if lines:
                 self._attach(pipe, t, values, _labels_of(lines), spec.horizon_ms)
-                attached = True
-        if attached:
+                resolved.append(event_id)
+        if resolved:
+            pipe.hdel(self._waiting, *resolved)  # attached; a label appended since attaches itself
             self._execute(pipe)
 
     def books(self, key: str, values: Sequence[str]) -> dict[str, Book]:
@@ -255,25 +258,38 @@ class RedisLabels:
 
     def ingest(self, labels: Sequence[Label]) -> tuple[int, int]:
         """Attach labels from the feedback topic to their event's entities; the ones whose event is
-        not indexed (yet) wait for it. Returns (attached, waiting). Raises ``RedisError``."""
+        not indexed (yet) wait for it. Returns (attached, waiting). Raises ``RedisError``.
+
+        Per label: read its event's record; found, attach. Not found: append it to the waiting
+        labels, then read the record again (the event may have been indexed meanwhile: attach, and
+        clear its waiting entry). An event indexed after that second read finds the label waiting."""
         if not labels:
             return 0, 0
         pipe = self.client.pipeline(transaction=False)
         for label in labels:
-            self._append(keys=[self._waiting], args=[label.event_id, label.to_json(), WAITING_TTL_MS], client=pipe)
-        for label in labels:
             pipe.get(self._event_key(label.event_id))
-        records = pipe.execute()[len(labels):]
+        first = pipe.execute()
+        missing = [label for label, raw in zip(labels, first, strict=True) if raw is None]
+        found = [(label, raw) for label, raw in zip(labels, first, strict=True) if raw is not None]
+        if missing:
+            pipe = self.client.pipeline(transaction=False)
+            for label in missing:
+                self._append(keys=[self._waiting], args=[label.event_id, label.to_json(), WAITING_TTL_MS],
+                             client=pipe)
+            for label in missing:
+                pipe.get(self._event_key(label.event_id))
+            second = pipe.execute()[len(missing):]
+            found += [(label, raw) for label, raw in zip(missing, second, strict=True) if raw is not None]
         pipe = self.client.pipeline(transaction=False)
-        attached = 0
-        for label, raw in zip(labels, records, strict=True):
-            if raw is not None:
-                record = orjson.loads(raw)
-                self._attach(pipe, float(record["t"]), record["k"], [label], int(record["h"]))
-                attached += 1
-        if attached:
+        for label, raw in found:
+            record = orjson.loads(raw)
+            self._attach(pipe, float(record["t"]), record["k"], [label], int(record["h"]))
+        late = [label.event_id for label in missing if any(f[0] is label for f in found)]
+        if late:
+            pipe.hdel(self._waiting, *late)
+        if found:
             pipe.execute()
-        return attached, len(labels) - attached
+        return len(found), len(labels) - len(found)
 
     def _attach(self, pipe: Any, t: float, values: dict[str, str], labels: Sequence[Label], horizon_ms: int) -> None:
         for key, value in values.items():

@@ -102,7 +102,7 @@ class ScoringModule(nn.Module):
     """The exported module of a bundle with a supervised head: x (n × d) → (n × (d + 1)), the
     per-feature errors of ``ErrorHead`` then the head's calibrated fraud probability, in one call."""
 
-    def __init__(self, errors: ErrorHead, supervised: SupervisedHead) -> None:
+    def __init__(self, errors: nn.Module, supervised: SupervisedHead) -> None:
         super().__init__()
         self.errors = errors
         self.supervised = supervised

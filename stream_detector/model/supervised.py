@@ -32,7 +32,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
 from ..errors import TrainingError
-from .autoencoder import ErrorHead, ScoringModule, SupervisedHead
+from .autoencoder import ScoringModule, SupervisedHead
 
 MIN_FRAUDS = 100  # fewer labelled frauds: no head, the autoencoder alone (as without labels)
 
@@ -63,7 +63,7 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> 
     return float(total)
 
 
-def train_head(head: ErrorHead, x: np.ndarray, fraud: np.ndarray, config: HeadConfig,
+def train_head(head: nn.Module, x: np.ndarray, fraud: np.ndarray, config: HeadConfig,
                say: Callable[[str], None]) -> tuple[ScoringModule, dict[str, Any]]:
     """Train the head on feature rows ``x`` (float32, n × d) labelled ``fraud`` (bool, n); returns the
     exported module (errors and probability in one call) and the ``supervised`` calibration entry.

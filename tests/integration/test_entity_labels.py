@@ -91,6 +91,7 @@ def test_the_redis_label_store_holds_what_the_in_memory_one_holds_whatever_the_o
     memory.index(SPEC, events, times)
     values = ["t0", "t1", "t2"]
     assert store.books("terminal_id", values) == memory.books("terminal_id", values)
+    assert store.client.hlen(f"{settings.redis_prefix}:labels:waiting") == 0  # every waiting label attached, cleared
 
 
 def test_a_supervised_head_decides_in_the_worker_as_offline_and_its_threshold_is_versioned(

@@ -156,3 +156,31 @@ def test_train_with_feedback_is_train_with_the_same_labels_in_a_column(tmp_path:
     assert f"against the feedback labels: rows=3000, anomalies={len(frauds)}, auc_roc={auc:.4f}" in capsys.readouterr().err
     assert main(["train", "--input", str(tmp_path / "labelled.csv"), "--out", str(tmp_path / "c"),
                  "--label-column", "label", "--feedback", str(tmp_path / "fb.jsonl")]) == 2
+
+
+def test_on_the_topic_an_event_id_must_be_a_string_as_an_events_is() -> None:
+    problem = decode_label(b'{"event_id": 5, "label": "fraud"}', T)
+    assert isinstance(problem, tuple) and problem[0] is RejectReason.WRONG_TYPE
+    assert parse_label({"event_id": 5, "label": "fraud", "labelled_at": T}) == Label("5", True, "unspecified", T)  # files
+
+
+def test_a_ground_truth_column_left_in_the_training_file_is_refused(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a new-user trial: the simulator's file carries ``label`` and ``pattern``; with
+    ``--feedback`` they became features and the model looked perfect (AUC 0.98 against 0.81)."""
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_csv
+    from stream_detector.simulate import Simulator
+
+    events, patterns = Simulator(seed=4, accounts=300).batch(3000, 0.03, now_ms=int(T), span_ms=86_400_000)
+    write_csv(tmp_path / "h.csv", [{**e, "pattern": p} for e, p in zip(events, patterns, strict=True)])
+    frauds = [e for e, p in zip(events, patterns, strict=True) if p != "legit"]
+    wrong = frauds[:3]  # analysts err: the labels and the column disagree now and then
+    records = [{"event_id": e["event_id"], "label": "fraud", "labelled_at": int(T)} for e in frauds[3:]]
+    records += [{"event_id": e["event_id"], "label": "legit", "labelled_at": int(T)} for e in wrong]
+    (tmp_path / "fb.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    args = ["train", "--input", str(tmp_path / "h.csv"), "--out", str(tmp_path / "m"), "--feedback",
+            str(tmp_path / "fb.jsonl"), "--epochs", "1"]
+    assert main(args) == 2
+    assert "field 'pattern' gives the label away" in capsys.readouterr().err
+    assert main([*args, "--exclude", "pattern"]) == 0
