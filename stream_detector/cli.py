@@ -122,6 +122,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                                                          Path(args.input).name, labels=known)
         _say("on the labelled input (training rows included): " + ", ".join(
             f"{k}={v:.4f}" for k, v in extra["evaluation_on_input"].items() if isinstance(v, float)))
+        if "supervised_head" in extra["evaluation_on_input"]:
+            _say("the supervised head on it: " + ", ".join(
+                f"{k}={v:.4f}" for k, v in extra["evaluation_on_input"]["supervised_head"].items()
+                if isinstance(v, float)))
     bundle = build_bundle(result, extra)
     save_bundle(bundle, out)
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")

@@ -28,6 +28,8 @@ def evaluate_on_input(bundle: Bundle, events: Sequence[Any], is_anomaly: np.ndar
     ok = scored.valid
     scores, y, threshold = scored.scores[ok], is_anomaly[ok], bundle.threshold
     numbers = evaluate(scores, y, threshold)
+    if scored.probability is not None and bundle.head_threshold is not None:  # the supervised head's own figures
+        numbers["supervised_head"] = evaluate(scored.probability[ok], y, bundle.head_threshold)
     if y.any() and (~y).any():
         plot_curves(scores, y, threshold, out / "report" / "curves.png", out.name)
     plot_scores(scores, y, threshold, out / "report" / "scores.png", f"scores on {input_name}")

@@ -101,3 +101,35 @@ def test_expected_calibration_error_is_zero_for_a_calibrated_forecast() -> None:
     y = rng.uniform(0, 1, p.size) < p
     assert expected_calibration_error(p, y) < 0.01
     assert expected_calibration_error(np.full(1000, 0.9), np.zeros(1000, dtype=bool)) == pytest.approx(0.9)
+
+
+def test_train_supervised_and_score_from_the_command_line(labelled: Any, tmp_path: Any,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's flow on a small file: the bundle has a head; train and score report its
+    figures; score writes one probability per row and flags by the worker's rule."""
+    import csv
+
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_csv
+    from stream_detector.model.bundle import load_bundle
+
+    events, _fraud, labels = labelled
+    write_csv(tmp_path / "h.csv", events)
+    (tmp_path / "fb.jsonl").write_bytes(b"".join(lab.to_json() + b"\n" for lab in labels))
+    assert main(["train", "--input", str(tmp_path / "h.csv"), "--out", str(tmp_path / "m"), "--feedback",
+                 str(tmp_path / "fb.jsonl"), "--entity-key", "account_id", "--entity-key", "terminal_id",
+                 "--entity-windows", "1d,7d", "--entity-distinct", "", "--label-key", "terminal_id", "--supervised",
+                 "--threshold-method", "quantile", "--target-fpr", "0.02", "--epochs", "2"]) == 0
+    bundle = load_bundle(tmp_path / "m")
+    assert bundle.supervised is not None and bundle.entity is not None and bundle.entity.label_keys == ("terminal_id",)
+    assert "the supervised head on it: auc_roc=" in capsys.readouterr().err
+    assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "h.csv"), "--out",
+                 str(tmp_path / "s.csv"), "--feedback", str(tmp_path / "fb.jsonl")]) == 0
+    assert "the supervised head against them: rows=6000" in capsys.readouterr().err
+    with open(tmp_path / "s.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6000 and all(0.0 <= float(r["probability"]) <= 1.0 for r in rows)
+    head, threshold = bundle.head_threshold, bundle.threshold
+    assert head is not None
+    assert all(r["is_anomaly"] == str(int(float(r["score"]) > threshold or float(r["probability"]) > head)) for r in rows)
+    assert any(float(r["probability"]) > head and float(r["score"]) <= threshold for r in rows)  # the head alone
