@@ -272,7 +272,9 @@ async function loadAlerts() {
     list.replaceChildren(...alerts.map((a) => {
       const li = document.createElement("li"), b = document.createElement("button");
       b.className = "alert-pick"; b.type = "button"; b.dataset.eventId = a.event_id;
-      b.textContent = `${a.event_id} · score ${fmt(a.score)} · threshold v${a.threshold_version}`;
+      const head = a.probability === null || a.probability === undefined ? "" : ` · p(fraud) ${fmt(a.probability)}`;
+      b.textContent = `${a.event_id} · score ${fmt(a.score)}${head} · ${(a.fired || ["autoencoder"]).join(" + ")} ` +
+                      `· threshold v${a.threshold_version}`;
       b.onclick = async () => {
         $("#ex-event").value = JSON.stringify(a.event, null, 2);
         await explain();
