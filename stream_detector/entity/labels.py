@@ -156,9 +156,10 @@ def enrich_labels(spec: EntitySpec, rows: Sequence[dict[str, Any]], labels: Iter
     from ..schema import validate_event
 
     kept = [i for i, row in enumerate(rows) if validate_event(row) is None]
-    history = np.array([[rows[i][f] for f in spec.output_fields] for i in kept], dtype=np.float64)
-    values = label_values(spec, InMemoryLabels(labels), [rows[i] for i in kept],
-                          history.reshape(len(kept), len(spec.output_fields)))
+    fields = spec.output_fields  # a property that builds the list: once, not per row
+    history = np.array([[rows[i][f] for f in fields] for i in kept], dtype=np.float64)
+    history = history.reshape(len(kept), len(fields))
+    values = label_values(spec, InMemoryLabels(labels), [rows[i] for i in kept], history)
     names = spec.label_fields
     out = [{**row, **dict.fromkeys(names, 0.0)} for row in rows]
     for row, i in enumerate(kept):
