@@ -108,6 +108,14 @@ def _kafka_checks(s: Settings, timeout_ms: int) -> Iterator[Check]:
             count = len(admin.describe_topics([topic])[0]["partitions"])
             partitions[topic] = count
             yield Check("ok", "topic", f"{role} {topic}: {count} partitions")
+        if s.feedback_topic in existing:
+            count = len(admin.describe_topics([s.feedback_topic])[0]["partitions"])
+            yield Check("ok", "topic", f"feedback {s.feedback_topic}: {count} partitions (label ingesters: at "
+                        f"most {count} busy, group {s.group_id}-labels)")
+        else:
+            yield Check("warn", "topic", f"feedback {s.feedback_topic}: missing — delayed labels have nowhere to "
+                        f"arrive (label features, the retrainer's and the console's labels; docs/feedback.md)"
+                        + (": workers with a label model create it" if s.create_topics else ""))
         if s.input_topic in partitions:
             yield Check("ok", "scaling", f"at most {partitions[s.input_topic]} busy workers in group "
                         f"{s.group_id} (one per input partition; KEDA maxReplicaCount)")

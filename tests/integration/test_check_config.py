@@ -22,6 +22,7 @@ def test_a_ready_deployment_passes_with_topic_partitions_in_the_report(settings:
     out = done.stdout
     assert f"input {settings.input_topic}: 4 partitions" in out
     assert f"dead letters {settings.dlq_topic}: 4 partitions" in out
+    assert f"feedback {settings.feedback_topic}: missing" in out  # a warning: labels are optional
     assert f"{bundle.version} loads and scores on cpu" in out
     assert "FAIL" not in out and "result: OK" in out
 
