@@ -170,6 +170,10 @@ class Worker:
                      self.settings.align_peer_stale_ms)
         self.enricher = Enricher(self.control.entity_state())
         self.labels = self.control.label_store()
+        if entity is not None and entity.label_keys:
+            # before the source polls: the catch-up (seconds) must not stall a polled batch, or
+            # event-time alignment takes the unpolled partitions for idle (its grace is wall time)
+            self._start_ingester()
         self.thresholds.refresh(force=True)
         self.link.start()
         self.feed.start()
@@ -322,8 +326,10 @@ class Worker:
 
     def _start_ingester(self) -> None:
         """The label ingester (feedback topic → label store, docs/feedback.md), started with the first
-        model that has label features (at start or on a swap); labels published before are read too
-        (its consumer group starts at the earliest offset)."""
+        model that has label features: at start (before the source polls), or on a swap to one (its
+        catch-up then stalls that batch: with event-time alignment, whose idle grace is wall time,
+        a stall longer than SD_ALIGN_IDLE_MS can release partitions out of order once); labels
+        published before are read too (its consumer group starts at the earliest offset)."""
         store = self.labels
         if not self.settings.label_ingest or not isinstance(store, RedisLabels):
             return
