@@ -63,12 +63,13 @@ class LabelIngester:
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
         self._thread: threading.Thread | None = None
+        self.caught_up = False  # start(): every label on the topic when it began was ingested
 
     @property
     def group(self) -> str:
         return f"{self.settings.group_id}-labels"
 
-    def start(self, catch_up_s: float = 30.0) -> None:
+    def start(self, catch_up_s: float = 120.0) -> None:
         """Join the group, ingest what is on the topic (``catch_up``), then go on in a thread."""
         s = self.settings
         self.consumer = KafkaConsumer(**consumer_config(
@@ -76,7 +77,7 @@ class LabelIngester:
             max_poll_records=5000, auto_offset_reset="earliest"))  # a new group reads every label
         self.consumer.subscribe([s.feedback_topic])
         self.producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all", **s.kafka_security())
-        self.catch_up(catch_up_s)
+        self.caught_up = self.catch_up(catch_up_s)
         self._thread = threading.Thread(target=self._run, name="label-ingester", daemon=True)
         self._thread.start()
 
@@ -95,6 +96,8 @@ class LabelIngester:
             if set(ends) != assigned:  # the ends as of the (new) assignment: later labels are live ones
                 ends = self.consumer.end_offsets(list(assigned))
             if all(self.consumer.position(tp) >= end for tp, end in ends.items()):
+                log.info("label ingester caught up with %s: %d labels, %d dead letters", self.settings.feedback_topic,
+                         self.stats.labels, self.stats.dead_letters)
                 return True
             self.poll_once(100)
         log.warning("label ingester: not caught up with %s after %.0f s; continuing in the background",

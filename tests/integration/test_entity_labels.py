@@ -53,13 +53,18 @@ def test_a_worker_fed_the_feedback_topic_scores_as_offline_scoring_with_the_same
     with EventProducer(settings, settings.input_topic) as producer:
         producer.send(events)
     worker = start_worker(settings).worker
+    assert worker.ingester is not None and worker.ingester.caught_up  # before the first batch was polled
     wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, timeout_s=120, message="drained")
 
     offline = score_events(bundle, events, labels=known).scores
     expected = {e["event_id"]: s for e, s in zip(events, offline.tolist(), strict=True) if s > bundle.threshold}
     alerts = {a["event_id"]: a["score"] for a in map(lambda r: orjson.loads(r.value),
                                                      read_all(settings, settings.alerts_topic))}
-    assert alerts == expected  # same events, same scores: the worker's label features are offline's
+    # same events, same scores: the worker's label features are offline's. Scores to float32 GEMM
+    # precision: the model runs on batches of other shapes in the worker (the tail of a replay can be
+    # a batch of one row), and the kernel's summation order follows the shape (~1e-7 relative).
+    assert set(alerts) == set(expected)
+    assert alerts == {k: pytest.approx(v, rel=1e-5) for k, v in expected.items()}
     blind = score_events(bundle, events).scores  # the same model without any label known
     assert {e["event_id"] for e, s in zip(events, blind.tolist(), strict=True) if s > bundle.threshold} != set(expected)
     ingester = worker.ingester
@@ -137,7 +142,8 @@ def test_a_supervised_head_decides_in_the_worker_as_offline_and_its_threshold_is
     assert fired == {"autoencoder", "supervised"}  # both parts fire on this data
     for event_id, alert in alerts.items():
         i = by_id[event_id]
-        assert alert["probability"] == offline.probability[i] and alert["head_threshold"] == bundle.head_threshold
+        assert alert["probability"] == pytest.approx(offline.probability[i], rel=1e-5, abs=1e-9)  # batch shapes
+        assert alert["head_threshold"] == bundle.head_threshold
         assert ("supervised" in alert["fired"]) == (offline.probability[i] > bundle.head_threshold)
         assert ("autoencoder" in alert["fired"]) == (offline.scores[i] > bundle.threshold)
 
