@@ -12,4 +12,4 @@ cleanup() { [ "$started" = 1 ] && deploy/services.sh down || true; }
 trap cleanup EXIT
 export SD_KAFKA_BOOTSTRAP="127.0.0.1:${SD_KAFKA_PORT:-9092}"
 export SD_REDIS_URL="redis://127.0.0.1:${SD_REDIS_PORT:-6379}/0"
-.venv/bin/stream-detector demo --duration "${DEMO_SECONDS:-60}" --rate "${DEMO_RATE:-2000}"
+.venv/bin/stream-detector demo --cards "${DEMO_CARDS:-2000}" --rate "${DEMO_RATE:-2000}"

@@ -57,6 +57,15 @@ class EventProducer:
                 self.topic, value=orjson.dumps(event), key=None if account is None else str(account).encode(),
                 headers=headers))
 
+    def send_records(self, topic: str, records: Sequence[dict[str, Any]], key_field: str = "event_id") -> None:
+        """Send JSON ``records`` to ``topic`` keyed by their ``key_field`` (e.g. feedback records by
+        event id); checked by ``confirm`` like ``send``."""
+        assert self.producer is not None, "use EventProducer as a context manager"
+        for record in records:
+            key = record.get(key_field)
+            self.futures.append(self.producer.send(topic, value=orjson.dumps(record),
+                                                   key=None if key is None else str(key).encode()))
+
     def confirm(self) -> None:
         """Flush and check every send (``flush()`` alone does not report failures)."""
         assert self.producer is not None
