@@ -16,6 +16,7 @@ SUITES = {
     "entity-cluster": "benchmarks.entity_cluster",
     "entity-workers": "benchmarks.entity_workers",
     "labels": "benchmarks.labels",
+    "labels-worker": "benchmarks.labels_worker",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -28,6 +29,7 @@ WHAT = {
     "entity-cluster": "entity state on a 3-node Redis Cluster vs a single Redis, per batch",
     "entity-workers": "1 vs 4 workers with terminal history: events/s, agreement with offline, lost updates",
     "labels": "delayed labels, the Fraud Detection Handbook's protocol: AUC, AP, card precision@k per variant",
+    "labels-worker": "one worker with the supervised head vs the same autoencoder alone, real Kafka and Redis",
 }
 
 
