@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help install services-up services-down services-status demo test test-unit test-integration test-chaos test-failover reliability soak lint bench bench-quality clean
 
 help:
-	@echo "make demo            install, start Kafka + Redis, train, publish, run a worker on simulated fraud, summary"
+	@echo "make demo            install, start Kafka + Redis; raw card events, history and delayed labels: precision with and without labels"
 	@echo "make test            install and run the whole test suite (tests start their own Kafka + Redis)"
 	@echo "make services-up     start the local Kafka (127.0.0.1:9092) and Redis (127.0.0.1:6379); services-down stops them"
 	@echo "make reliability     the chaos + failover tiers' long form (3-broker cluster, Sentinel); writes docs/RELIABILITY.md"
