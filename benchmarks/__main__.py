@@ -16,6 +16,7 @@ SUITES = {
     "entity-cluster": "benchmarks.entity_cluster",
     "entity-workers": "benchmarks.entity_workers",
     "labels": "benchmarks.labels",
+    "labels-tables": "benchmarks.labels_tables",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -28,6 +29,7 @@ WHAT = {
     "entity-cluster": "entity state on a 3-node Redis Cluster vs a single Redis, per batch",
     "entity-workers": "1 vs 4 workers with terminal history: events/s, agreement with offline, lost updates",
     "labels": "delayed labels, the Fraud Detection Handbook's protocol: AUC, AP, card precision@k per variant",
+    "labels-tables": "delayed labels on the labelled tables: supervised head vs autoencoder, scarce-label fallback",
 }
 
 
