@@ -214,7 +214,7 @@ def markdown(results: list[TableResult], seeds: Sequence[int], scarce: int, some
         "quality section keeps for test only, are cut in two per seed: half are the training part's labelled "
         "frauds, half are tested on (NSL-KDD: the training file's anomalies vs KDDTest+'s). The autoencoder "
         "is `train()` with its defaults on the training normals (the quality section's `ours`), its fence "
-        "threshold set on its own 20 % validation rows. The head is `train_head` (`HeadConfig` defaults: "
+        "threshold set on its own 20 % validation rows and shipped in the bundle (the quality section instead recalibrates the fence on its separate calib rows, so alert figures differ from its table; AUC does not depend on it). The head is `train_head` (`HeadConfig` defaults: "
         "MLP 64-32 on the feature row and the autoencoder's per-feature errors, Platt-calibrated, threshold at "
         "a 1 % false-positive rate on its held-back legit rows) on the labelled training rows: the normals as "
         "legit plus the frauds given (a seeded subsample where fewer); frauds not given are left out, not "
@@ -224,7 +224,8 @@ def markdown(results: list[TableResult], seeds: Sequence[int], scarce: int, some
         "",
         "**No label features here.** These tables have no entity keys (no card, no terminal, no account), "
         "so the label features of the Handbook-like section (a terminal's or card's known frauds) cannot be "
-        "computed: the variants are the autoencoder alone and the autoencoder + supervised head.",
+        "computed: the variants are the autoencoder alone and the autoencoder + supervised head. Nor is there a "
+        "delay: every training label is known when the head is trained (the tables carry no label times).",
         "",
         f"**The fallback.** With fewer than {MIN_FRAUDS} labelled frauds (`supervised.MIN_FRAUDS`) "
         "`train_head` raises `TrainingError` and `train --supervised` keeps the autoencoder alone (it says so "
@@ -279,13 +280,18 @@ def reading(results: list[TableResult], scarce: int) -> str:
         if HEAD_SOME in r.variants():
             text += (f"; with {int(np.mean(r.cell(HEAD_SOME, 'frauds')))} frauds AUC "
                      f"{np.mean(r.cell(HEAD_SOME, 'auc_roc')):.3f}, AP {np.mean(r.cell(HEAD_SOME, 'average_precision')):.3f}")
-        text += (f". The union decision keeps every autoencoder alert, so alert recall can only rise "
-                 f"({ae_rec:.3f} → {h_rec:.3f}); alert precision {ae_pre:.3f} → {h_pre:.3f}")
         if r.name == "NSL-KDD" and h_auc < ae_auc:
-            text += (" — KDDTest+ holds attack types that the training file lacks (38 vs 22), which a head "
-                     "trained on the known attacks does not rank, while the label-free autoencoder does: on such "
-                     "data rank by the autoencoder's score and let the head add alerts")
+            text += (". KDDTest+ holds attack types that the training file lacks (38 vs 22): a head trained on the "
+                     "known attacks ranks them low, the label-free autoencoder does not, so on such data rank by "
+                     "the autoencoder's score and let the head add alerts")
+        spread = r.cell(AE, "alert_recall")
+        text += (f". The union decision keeps every autoencoder alert, so alert recall can only rise "
+                 f"({ae_rec:.3f} → {h_rec:.3f}); alert precision {ae_pre:.3f} → {h_pre:.3f}. The autoencoder's "
+                 f"own alert recall at its shipped threshold ranges {min(spread):.3f}-{max(spread):.3f} over the "
+                 "seeds")
         parts.append(text + ".")
+    worse = [r.name for r in results if any(np.mean(r.cell(v, "auc_roc")) < np.mean(r.cell(AE, "auc_roc"))
+                                            for v in (HEAD_ALL, HEAD_SOME) if v in r.variants())]
     same = all(all(r.cell(FALLBACK, "same_as_ae")) and not any(r.cell(FALLBACK, "head")) for r in results)
     kept = all(all(r.cell(v, "ae_scores_unchanged")) for r in results for v in (HEAD_ALL, HEAD_SOME)
                if v in r.variants())
@@ -293,8 +299,8 @@ def reading(results: list[TableResult], scarce: int) -> str:
             (f"With {scarce} labelled frauds (under {MIN_FRAUDS}) the head is refused on every table and seed and "
              "the product falls back to the autoencoder alone, so scarce labels cost nothing against the "
              "autoencoder: the figures are equal, not merely close (every test score identical). Above "
-             f"{MIN_FRAUDS} frauds the head is trained and its ranking is not guaranteed to beat the "
-             "autoencoder's (see NSL-KDD)." if same else
+             f"{MIN_FRAUDS} frauds the head is trained and nothing guarantees that its ranking beats the "
+             "autoencoder's" + (f" (it does not on {', '.join(worse)})." if worse else ".") if same else
              "WARNING: a scarce-labels run did not fall back to the autoencoder alone.") +
             (" In every bundle with a head the autoencoder's own scores are unchanged (within float32 precision)."
              if kept else " WARNING: a head changed the autoencoder's scores."))

@@ -49,6 +49,10 @@ def test_head_from_100_frauds_and_the_fallback_below_equals_the_autoencoder():
     assert [fallback[k] for k in metrics] == [by[lt.AE][k] for k in metrics]  # equal, not close
     # the union decision keeps every autoencoder alert: recall never falls
     assert by[lt.HEAD_ALL]["alert_recall"] >= by[lt.AE]["alert_recall"]
+    result = lt.TableResult("tiny", "", 0, 150, 0, 150, [0], [rows], 1.0)
+    text = lt.markdown([result], [0], 50, 120, 1.0, [])
+    assert "scarce: 50 frauds → no head (fallback), scores identical to the autoencoder's" in text
+    assert "+ head, all 150 frauds" in text and "WARNING" not in text
 
 
 def test_precision_at_k_counts_the_top_k():
