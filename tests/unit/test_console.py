@@ -11,7 +11,16 @@ from pydantic import SecretStr
 from sklearn.metrics import roc_curve
 
 from stream_detector.console.auth import check_token, host_allowed
-from stream_detector.console.whatif import Sample, alerts_per_hour, confusion, curves, histogram, what_if
+from stream_detector.console.whatif import (
+    Sample,
+    alerts_per_hour,
+    confusion,
+    curves,
+    fired,
+    histogram,
+    parts_per_hour,
+    what_if,
+)
 
 
 def test_alerts_per_hour_sums_weights_strictly_above_over_the_span() -> None:
@@ -52,6 +61,77 @@ def test_what_if_bundles_numbers_and_labels() -> None:
     assert out["events_per_hour"] == 3.0 and out["labelled"] == 2 and out["labelled_fraud"] == 1
     assert out["confusion"]["precision"] == 1.0 and out["confusion"]["recall"] == 1.0
     assert "confusion" not in what_if(sample, 1.5, np.zeros(0), np.zeros(0, dtype=bool), None)
+
+
+def test_what_if_without_a_head_is_the_autoencoders_alone_exactly() -> None:
+    """No head threshold: the same keys and numbers as before heads existed, whether or not the
+    sample carries probabilities (they are ignored)."""
+    scores, weights = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 2.0, 3.0, 4.0])
+    plain = Sample(scores, weights, list("abcd"), span_s=1800.0)
+    with_probs = Sample(scores, weights, list("abcd"), span_s=1800.0, probs=np.array([0.9, 0.9, 0.1, np.nan]))
+    labelled, fraud = np.array([1.0, 2.0, 3.0, 4.0]), np.array([True, False, True, False])
+    expected = {
+        "threshold": 2.0, "alerts_per_hour": 14.0, "current_threshold": 3.0, "current_alerts_per_hour": 8.0,
+        "events_per_hour": 20.0, "sampled": 4, "span_s": 1800.0, "labelled": 4, "labelled_fraud": 2,
+        "confusion": {"tp": 1, "fp": 1, "fn": 1, "tn": 1, "precision": 0.5, "recall": 0.5, "fpr": 0.5},
+        "curves": curves(labelled, fraud),
+    }
+    assert what_if(plain, 2.0, labelled, fraud, 3.0) == expected
+    assert what_if(with_probs, 2.0, labelled, fraud, 3.0) == expected
+    assert what_if(with_probs, 2.0, labelled, fraud, 3.0, labelled_probs=np.full(4, 0.99)) == expected
+    assert alerts_per_hour(with_probs, 2.0) == alerts_per_hour(plain, 2.0) == alerts_per_hour(plain, 2.0, head=0.5)
+
+
+def test_the_union_rule_counts_each_part_and_both_strictly_above() -> None:
+    scores = np.array([0.5, 2.0, 0.5, 2.0, 1.0, 0.5, 3.0])
+    probs = np.array([0.1, 0.1, 0.9, 0.9, 0.7, 0.5, np.nan])  # NaN: never above the head threshold
+    weights = np.array([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+    autoencoder, head = fired(scores, 1.0, probs, 0.5)
+    assert autoencoder.tolist() == [False, True, False, True, False, False, True]  # 1.0 is not above 1.0
+    assert head.tolist() == [False, False, True, True, True, False, False]  # 0.5 is not above 0.5
+    sample = Sample(scores, weights, list("abcdefg"), span_s=3600.0, probs=probs)
+    parts = parts_per_hour(sample, 1.0, 0.5)
+    assert parts == {"union": 94.0, "autoencoder": 74.0, "head": 28.0, "both": 8.0,
+                     "autoencoder_only": 66.0, "head_only": 20.0}
+    assert parts["union"] == parts["autoencoder_only"] + parts["head_only"] + parts["both"]
+    assert alerts_per_hour(sample, 1.0, 0.5) == 94.0 and alerts_per_hour(sample, 1.0) == 74.0
+    assert fired(scores, 1.0, None, 0.5)[1].sum() == 0 and fired(scores, 1.0, probs, None)[1].sum() == 0
+    assert parts_per_hour(Sample(scores, weights, list("abcdefg"), 3600.0), 1.0, 0.5)["head"] == 0.0  # no probs
+
+    y = np.array([False, True, True, False, True, True, False])
+    c = confusion(scores, y, 1.0, probs, 0.5)  # flagged: 1, 2, 3, 4, 6
+    assert (c.tp, c.fp, c.fn, c.tn) == (3, 2, 1, 1)
+    assert confusion(scores, y, 1.0) == confusion(scores, y, 1.0, probs, None)  # no head: the autoencoder's
+
+
+def test_what_if_with_a_head_threshold() -> None:
+    sample = Sample(np.array([0.5, 2.0, 0.5, 2.0]), np.ones(4), list("abcd"), span_s=3600.0,
+                    probs=np.array([0.1, 0.1, 0.9, np.nan]))
+    labelled, fraud = np.array([0.5, 2.0, 0.5, 0.5]), np.array([True, False, True, False])
+    lprobs = np.array([0.9, 0.2, np.nan, 0.1])
+    out = what_if(sample, 1.0, labelled, fraud, 3.0, head=0.5, current_head=0.95, labelled_probs=lprobs)
+    assert out["alerts_per_hour"] == 3.0 and out["current_alerts_per_hour"] == 0.0
+    assert out["parts"] == {"union": 3.0, "autoencoder": 2.0, "head": 1.0, "both": 0.0,
+                            "autoencoder_only": 2.0, "head_only": 1.0}
+    assert out["head_threshold"] == 0.5 and out["current_head_threshold"] == 0.95
+    assert out["head_sampled"] == 3 and out["labelled_with_probability"] == 3
+    assert out["confusion"] == confusion(labelled, fraud, 1.0, lprobs, 0.5).to_dict()
+    assert (out["confusion"]["tp"], out["confusion"]["fp"], out["confusion"]["fn"]) == (1, 1, 1)
+    assert out["curves_head"] == curves(lprobs[[0, 1, 3]], fraud[[0, 1, 3]])
+    assert out["curves"] == curves(labelled, fraud)  # the autoencoder score's curves, unchanged
+    lower = what_if(sample, 1.0, labelled, fraud, 3.0, head=0.05, current_head=None, labelled_probs=lprobs)
+    assert lower["alerts_per_hour"] == 4.0 and lower["parts"]["head"] == 3.0  # the NaN sample: not by the head
+    assert lower["parts"]["both"] == 1.0 and lower["parts"]["autoencoder_only"] == 1.0
+    assert lower["current_alerts_per_hour"] == 0.0  # no head threshold in force: the autoencoder's at 3.0
+
+
+def test_what_if_on_an_empty_sample_with_a_head() -> None:
+    out = what_if(Sample.empty(), 1.0, np.zeros(0), np.zeros(0, dtype=bool), None, head=0.5)
+    assert out["alerts_per_hour"] == 0.0 and out["current_alerts_per_hour"] is None
+    assert out["parts"] == dict.fromkeys(("union", "autoencoder", "head", "both", "autoencoder_only",
+                                          "head_only"), 0.0)
+    assert out["head_sampled"] == 0 and out["labelled_with_probability"] == 0 and out["sampled"] == 0
+    assert "confusion" not in out and "curves_head" not in out
 
 
 def test_histogram_is_weighted_and_spans_the_threshold() -> None:
@@ -112,8 +192,36 @@ def test_score_feed_weights_stand_for_every_scored_event() -> None:
     assert sum(samples["weights"]) == pytest.approx(1430)
     assert all(f == (s > 0.5) for f, s in zip(samples["flagged"], samples["scores"], strict=True))
     assert int(entry["alerts"]) > 0 and float(entry["at"]) >= float(entry["since"])
+    assert "probs" not in samples  # a model without a head
     feed.flush()
     assert len(telemetry.entries) == 1, "nothing new, nothing written"
+
+
+def test_score_feed_keeps_the_heads_probability_of_each_kept_row() -> None:
+    from stream_detector.console.sources import FeedEntry
+    from stream_detector.pipeline.score_feed import ScoreFeed
+    from stream_detector.settings import Settings
+    from stream_detector.store import Threshold
+
+    telemetry = _Telemetry()
+    feed = ScoreFeed(telemetry, Settings(score_feed_sample=50, worker_id="w1"), seed=2)  # type: ignore[arg-type]
+    threshold = Threshold(0.5, 3, "m1", head=0.8)
+    rng = np.random.default_rng(1)
+    for n in (30, 400):  # under the cap, then over it (thinned twice)
+        scores = rng.random(n)
+        probability = scores / 2  # a row's probability is known from its score
+        events = [{"event_id": f"e{n}-{i}"} for i in range(n)]
+        feed.observe(events, scores, np.flatnonzero(scores > 0.5), threshold, list(range(n)), list(range(n)),
+                     probability)
+    feed.flush()
+    (entry,) = telemetry.entries
+    samples = orjson.loads(entry["samples"])
+    assert len(samples["probs"]) == len(samples["scores"]) == 50
+    assert samples["probs"] == [s / 2 for s in samples["scores"]]  # same rows, same order
+    parsed = FeedEntry.parse({k.encode(): v.encode() for k, v in entry.items()})
+    assert parsed.probs is not None and np.array_equal(parsed.probs, parsed.scores / 2)
+    without = {**entry, "samples": orjson.dumps({k: v for k, v in samples.items() if k != "probs"}).decode()}
+    assert FeedEntry.parse({k.encode(): v.encode() for k, v in without.items()}).probs is None  # older entries
 
 
 def test_sample_of_keeps_the_active_model_and_spans_its_entries() -> None:
@@ -127,7 +235,13 @@ def test_sample_of_keeps_the_active_model_and_spans_its_entries() -> None:
     sample = sample_of(entries, "m")
     assert sample.span_s == 3.0 and sample.ids == ["m0.1", "m0.7", "m0.9"] and sample.events == 6.0
     assert alerts_per_hour(sample, 0.5) == pytest.approx(4.0 * 3600 / 3.0)
-    assert sample_of(entries, "none").scores.size == 0
+    assert sample_of(entries, "none").scores.size == 0 and sample.probs is None
+
+    headed = [*entries, FeedEntry("w2", "m", 1, 0.5, 12.0, 13.0, 4, 0, ["h1", "h2"], np.array([0.2, 0.3]),
+                                  np.full(2, 2.0), np.array([0.9, 0.1]))]
+    mixed = sample_of(headed, "m")  # an entry without probabilities (an older worker): NaN, never above
+    assert mixed.probs is not None and np.array_equal(mixed.probs, [np.nan, np.nan, np.nan, 0.9, 0.1], equal_nan=True)
+    assert alerts_per_hour(mixed, 0.5, head=0.5) == pytest.approx(6.0 * 3600 / 3.0)
 
 
 # ---- the HTTP layer (FastAPI app) over a fake service: routing, validation, errors, headers ------
