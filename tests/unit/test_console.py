@@ -260,8 +260,8 @@ class _FakeService:
     def overview(self) -> Any:
         return self._call("overview")
 
-    def what_if(self, value: float) -> Any:
-        return self._call("what_if", value)
+    def what_if(self, value: float, head: float | None = None) -> Any:
+        return self._call("what_if", (value, head))
 
     def recent_alerts(self, limit: int) -> Any:
         return self._call("recent_alerts", limit)
@@ -275,8 +275,8 @@ class _FakeService:
     def history(self, limit: int) -> Any:
         return self._call("history", limit)
 
-    def set_threshold(self, value: float, set_by: str, note: str) -> Any:
-        return {**self._call("set_threshold", (value, set_by, note)), "audit": {"set_by": set_by}}
+    def set_threshold(self, value: float, set_by: str, note: str, head: float | None = None) -> Any:
+        return {**self._call("set_threshold", (value, set_by, note, head)), "audit": {"set_by": set_by}}
 
     def rollback(self, set_by: str) -> Any:
         return {**self._call("rollback", set_by), "audit": {"set_by": set_by}}
@@ -309,12 +309,14 @@ def test_api_routes_reach_the_service_and_answer_json_with_numpy(console: Any) -
     got = console.get("/api/overview").json()
     assert got == {"called": "overview", "scores": [0.5, 1.5], "n": 3}
     console.get("/api/whatif", params={"threshold": "0.25"})
+    console.get("/api/whatif", params={"threshold": "0.25", "head": "0.3"})
     console.get("/api/alerts", params={"limit": "30"})
     console.get("/api/alerts")
     console.get("/api/history")
     console.post("/api/explain", json={"event": {"event_id": "e1", "amount": 3}})
     console.get("/api/models")
-    assert console.service.calls == [("overview", None), ("what_if", 0.25), ("recent_alerts", 30),
+    assert console.service.calls == [("overview", None), ("what_if", (0.25, None)), ("what_if", (0.25, 0.3)),
+                                     ("recent_alerts", 30),
                                      ("recent_alerts", 50), ("history", 20),
                                      ("explain", {"event_id": "e1", "amount": 3}), ("models", None)]
 
@@ -329,6 +331,25 @@ def test_bad_input_is_a_400_with_an_error_message(console: Any) -> None:
         assert set(response.json()) == {"error"} and response.json()["error"]
     assert "threshold" in console.get("/api/whatif", params={"threshold": "abc"}).json()["error"]
     assert console.service.calls == []
+
+
+def test_a_head_threshold_outside_0_1_is_a_400_naming_the_head(console: Any) -> None:
+    for bad in ("0", "1", "1.5", "-0.1", "abc", "nan", "inf"):
+        response = console.get("/api/whatif", params={"threshold": "0.25", "head": bad})
+        assert response.status_code == 400, (bad, response.text)
+        assert response.json()["error"].startswith("query head:"), response.json()
+    for bad in (0, 1, 2.5, "abc"):
+        response = console.post("/api/threshold", json={"value": 1.0, "head": bad}, headers={"X-Console-Token": TOKEN})
+        assert response.status_code == 400 and response.json()["error"].startswith("body head:"), response.json()
+    assert console.service.calls == []
+
+
+def test_a_bad_request_from_the_service_is_a_400(console: Any) -> None:
+    from stream_detector.console.service import BadRequest
+
+    console.service.fail = BadRequest("model m1 has no supervised head: a head threshold does not apply")
+    response = console.get("/api/whatif", params={"threshold": "0.25", "head": "0.5"})
+    assert response.status_code == 400 and response.json() == {"error": str(console.service.fail)}
 
 
 def test_unknown_paths_and_methods(console: Any) -> None:
@@ -357,8 +378,12 @@ def test_changes_need_the_token_and_record_a_sanitised_operator(console: Any) ->
     ok = console.post("/api/threshold", headers={"X-Console-Token": TOKEN},
                       json={"value": 2.5, "note": "n" * 300, "operator": "  al<ice>  "})
     assert ok.status_code == 200
-    (name, (value, set_by, note)), = console.service.calls
-    assert (name, value, set_by, note) == ("set_threshold", 2.5, "alice via console from testclient", "n" * 200)
+    (name, (value, set_by, note, head)), = console.service.calls
+    assert (name, value, set_by, note, head) == ("set_threshold", 2.5, "alice via console from testclient", "n" * 200,
+                                                 None)
+    assert console.post("/api/threshold", headers={"X-Console-Token": TOKEN},
+                        json={"value": 2.5, "head": 0.75}).status_code == 200
+    assert console.service.calls[-1][1][3] == 0.75
     assert console.post("/api/rollback", headers={"X-Console-Token": TOKEN}).json()["audit"]["set_by"] == \
         "operator via console from testclient"
 
