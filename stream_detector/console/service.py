@@ -156,18 +156,15 @@ class ConsoleService:
         if head is not None:
             check_head(head)
             if not has_head:
-                raise BadRequest(f"model {model} has no supervised head: a head threshold does not apply")
+                raise _no_head(model)
         sample = sample_of(self.feed(), model)
         scores, probs, fraud = self._labelled(sample, model)
         current = snap.threshold.value if snap.threshold else None
         current_head = snap.threshold.head if snap.threshold and has_head else None
         if has_head and head is None:
             head = current_head  # None too when no head threshold is set: the autoencoder alone
-        if head is None:
-            out = whatif.what_if(sample, value, scores, fraud, current)
-        else:
-            out = whatif.what_if(sample, value, scores, fraud, current, head=head, current_head=current_head,
-                                 labelled_probs=probs)
+        out = whatif.what_if(sample, value, scores, fraud, current, head=head, current_head=current_head,
+                             labelled_probs=probs)  # head None: the autoencoder's alone, as before heads
         if current is not None and scores.size:
             out["current_confusion"] = whatif.confusion(scores, fraud, current, probs, current_head).to_dict()
         out["has_head"] = has_head
@@ -276,7 +273,7 @@ class ConsoleService:
         if model is None:
             raise ConfigError("no active model: publish one before setting its threshold")
         if head is not None and not self.has_head(model):
-            raise BadRequest(f"model {model} has no supervised head: a head threshold does not apply")
+            raise _no_head(model)
         old = self.control.threshold()
         version = self.control.set_threshold(value, model, set_by, note, head=KEEP if head is None else head)
         audit = self.control.threshold_history(1)[0]
@@ -289,6 +286,12 @@ class ConsoleService:
         before = self.control.active_model()
         target = self.control.rollback(set_by)
         return {"from": before, "to": target, "audit": self.control.threshold_history(1)[0]}
+
+
+def _no_head(model: str | None) -> BadRequest:
+    if model is None:
+        return BadRequest("no active model: a head threshold does not apply")
+    return BadRequest(f"model {model} has no supervised head: a head threshold does not apply")
 
 
 def _rates(entries: list[FeedEntry], now: float) -> dict[str, float]:
