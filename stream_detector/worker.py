@@ -259,7 +259,8 @@ class Worker:
         events, indices, rejected = done.events, done.indices, done.rejected
         self.link.observe(scorer, decision.scores)  # drift summaries: one bincount per batch
         rows = decision.rows
-        self.feed.observe(events, decision.scores, rows, decision.threshold, batch.timestamps, indices)  # sample
+        self.feed.observe(events, decision.scores, rows, decision.threshold, batch.timestamps, indices,
+                          decision.probability)  # sample (with the head's probability when there is one)
         field_errors = scorer.field_errors(done.per_feature[rows])
         alerts = build_alerts(batch, events, indices, decision, field_errors, scorer.fields,
                               self.settings.top_features, self.settings.alerts_topic, self.settings.redacted_fields)

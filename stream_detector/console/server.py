@@ -3,12 +3,12 @@
     GET  /                     the page (static/index.html, app.js, app.css; no CDN, works offline)
     GET  /api/session          whether changes are possible (a token is configured)
     GET  /api/overview         live view: rates, histogram with threshold, series, workers, versions
-    GET  /api/whatif?threshold=T   alerts/hour, precision/recall, ROC/PR at T
+    GET  /api/whatif?threshold=T[&head=P]   alerts/hour, precision/recall, ROC/PR at T (and head P)
     GET  /api/alerts?limit=N   latest alerts (newest first)
     POST /api/explain          {event} → score, verdict, per-field errors
     GET  /api/models           registry versions, metrics, gate decisions, active/previous
     GET  /api/history          threshold audit lines (newest first)
-    POST /api/threshold        {value, note, operator}  — needs X-Console-Token
+    POST /api/threshold        {value, head, note, operator}  — needs X-Console-Token
     POST /api/rollback         {operator}               — needs X-Console-Token
     GET  /openapi.json         the API's OpenAPI description, generated from the routes below
 
@@ -18,8 +18,9 @@ load Swagger UI / ReDoc from a CDN with inline script, which the console's offli
 forbids. FastAPI also bounds request bodies (``MAX_BODY``). What stays hand-written here: the
 Host allow-list and the security headers (``_Guard``, one ASGI middleware around the app), the
 token check (``auth.py``, as a dependency), and the mapping of errors to JSON ``{"error": ...}``:
-400 (bad input), 403 (token/host), 404, 405, 409 (a refused change, e.g. nothing to roll back
-to), 413 (body over ``MAX_BODY``), 503 (Redis or Kafka unreachable).
+400 (bad input; also ``BadRequest``, e.g. a head threshold for a model without a head), 403
+(token/host), 404, 405, 409 (a refused change, e.g. nothing to roll back to), 413 (body over
+``MAX_BODY``), 503 (Redis or Kafka unreachable).
 """
 
 import logging
@@ -48,7 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import ConfigError, ModelError, StreamDetectorError
 from ..settings import Settings
 from .auth import TOKEN_HEADER, check_token, host_allowed
-from .service import ConsoleService
+from .service import BadRequest, ConsoleService
 
 log = logging.getLogger("stream_detector.console")
 
@@ -83,6 +84,9 @@ class ExplainBody(BaseModel):
 
 class ThresholdBody(BaseModel):
     value: float = Field(description="the new threshold (finite, >= 0)")
+    head: float | None = Field(None, gt=0, lt=1, description="the supervised head's new probability threshold, "
+                                                             "in (0, 1); only for a model with a head; "
+                                                             "absent or null: the one in force is kept")
     note: str = Field("", description="why (audit line; first 200 characters kept)")
     operator: str = Field("", description="who (audit line; letters, digits, `_.@ -`, 64 at most)")
 
@@ -130,6 +134,10 @@ def create_app(settings: Settings, bound_host: str, service: ConsoleService) -> 
     async def refused(request: Request, exc: Exception) -> Response:
         return _error(409, str(exc))
 
+    @app.exception_handler(BadRequest)  # a ConfigError, but the request's fault: 400, not 409
+    async def bad_request(request: Request, exc: BadRequest) -> Response:
+        return _error(400, str(exc))
+
     async def unavailable(request: Request, exc: Exception) -> Response:
         log.warning("console %s %s: %s", request.method, request.url.path, exc)
         return _error(503, f"backend unavailable: {exc}")
@@ -163,9 +171,13 @@ def create_app(settings: Settings, bound_host: str, service: ConsoleService) -> 
     def overview() -> Any:
         return _JSON(service.overview())
 
-    @app.get("/api/whatif", summary="alerts/hour, precision/recall and ROC/PR at a candidate threshold")
-    def what_if(threshold: Annotated[float, Query(description="candidate threshold")]) -> Any:
-        return _JSON(service.what_if(threshold))
+    @app.get("/api/whatif", summary="alerts/hour, precision/recall and ROC/PR at a candidate threshold "
+                                     "(and head threshold)")
+    def what_if(threshold: Annotated[float, Query(description="candidate threshold")],
+                head: Annotated[float | None, Query(gt=0, lt=1, description=(
+                    "candidate head threshold, a probability in (0, 1); only for a model with a supervised "
+                    "head (400 otherwise); absent: the one in force"))] = None) -> Any:
+        return _JSON(service.what_if(threshold, head))
 
     @app.get("/api/alerts", summary="latest alerts, newest first")
     def alerts(limit: Annotated[int, Query(ge=0, le=100_000)] = 50) -> Any:
@@ -185,7 +197,8 @@ def create_app(settings: Settings, bound_host: str, service: ConsoleService) -> 
 
     @app.post("/api/threshold", summary="set a new threshold version (needs the token)")
     def threshold(client: Writer, body: ThresholdBody) -> Any:
-        result = service.set_threshold(body.value, _set_by(body.operator, client), body.note[:200] or "console what-if")
+        result = service.set_threshold(body.value, _set_by(body.operator, client), body.note[:200] or "console what-if",
+                                       body.head)
         log.info("threshold set from the console: %s", result["audit"])
         return _JSON(result)
 

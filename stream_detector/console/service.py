@@ -6,6 +6,12 @@ summaries when those exist, and the alert list still comes from the alerts topic
 rollback go through ``ControlPlane`` — the same calls as ``stream-detector threshold set`` and
 ``stream-detector model rollback`` — so the audit history and the workers' change notices are
 the usual ones.
+
+A model with a supervised head (``model/supervised.py``) is decided by two thresholds: the
+autoencoder's and the head's probability threshold (``Threshold.head``). The overview and the
+what-if say whether the active model has a head (``has_head``) and its head threshold in force;
+the what-if and the threshold change take a head threshold too, and then follow the worker's
+union rule (``whatif.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from ..feedback import Label, decode_label, prefer
 from ..offline import score_events
 from ..pipeline.score import Scorer
 from ..settings import Settings
-from ..store import ControlPlane
+from ..store import ControlPlane, Threshold
+from ..store.thresholds import KEEP
 from . import whatif
 from .sources import FeedEntry, TopicTail, read_feed, read_summaries, sample_of
 
@@ -30,6 +37,18 @@ RATE_WINDOW_S = 30.0
 SERIES_BUCKET_S = 10.0
 SERIES_BUCKETS = 60
 FEED_CACHE_S = 1.0
+
+
+class BadRequest(ConfigError):
+    """A request the console cannot answer as asked (the HTTP layer's 400), e.g. a head threshold
+    for a model without a supervised head."""
+
+
+def check_head(head: float) -> float:
+    """``head`` if it is a probability strictly between 0 and 1, else ``BadRequest``."""
+    if not (math.isfinite(head) and 0.0 < head < 1.0):
+        raise BadRequest(f"head threshold must be a probability in (0, 1), got {head!r}")
+    return head
 
 
 class ConsoleService:
@@ -42,6 +61,7 @@ class ConsoleService:
                                   decode_record=decode_label)  # a Label, or why the record is not one
         self._feed: tuple[float, list[FeedEntry]] = (0.0, [])
         self._scorer: Scorer | None = None
+        self._heads: dict[str, bool] = {}  # model version → has a supervised head (versions never change)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -65,8 +85,10 @@ class ConsoleService:
         sample = sample_of(entries, snap.active_model)
         out: dict[str, Any] = {
             "active_model": snap.active_model,
+            "has_head": self._overview_has_head(snap.active_model, threshold),
             "threshold": None if threshold is None else {"value": threshold.value, "version": threshold.version,
-                                                         "model_version": threshold.model_version},
+                                                         "model_version": threshold.model_version,
+                                                         "head": threshold.head},
             "rates": _rates(entries, now), "series": _series(entries, now),
             "workers": _workers(entries, now, self._summary_workers()),
             "histogram": whatif.histogram(sample.scores, sample.weights, threshold.value if threshold else None),
@@ -78,6 +100,27 @@ class ConsoleService:
             if fallback is not None:
                 out["histogram"], out["source"] = fallback, "score-summaries"
         return out
+
+    def has_head(self, version: str | None) -> bool:
+        """Whether model ``version`` has a supervised head (False for None). Raises ``ModelError``
+        (``NoActiveModel``) when the version is not in the registry or its bundle is unusable."""
+        if version is None:
+            return False
+        with self._lock:
+            known = self._heads.get(version)
+        if known is None:
+            known = self.control.fetch_bundle(version).supervised is not None
+            with self._lock:
+                self._heads[version] = known
+        return known
+
+    def _overview_has_head(self, version: str | None, threshold: Threshold | None) -> bool:
+        """``has_head``, or, where the bundle cannot be read, whether a head threshold is in force
+        (the live view does not fail on a bundle; the what-if and explain say what is wrong)."""
+        try:
+            return self.has_head(version)
+        except StreamDetectorError:
+            return threshold is not None and threshold.head is not None
 
     def _summary_workers(self) -> list[dict[str, str]]:
         try:
@@ -102,33 +145,54 @@ class ConsoleService:
                 "log_threshold": math.log10(max(threshold, whatif.LOG_FLOOR)), "binned": True}
 
     # ---- what-if -------------------------------------------------------------------------------
-    def what_if(self, value: float) -> dict[str, Any]:
+    def what_if(self, value: float, head: float | None = None) -> dict[str, Any]:
+        """The what-if at threshold ``value`` (and head threshold ``head``) on the active model's
+        recent traffic (``whatif.what_if``), plus ``has_head``, ``current_confusion`` and
+        ``feedback_topic``. For a model with a head, ``head`` None means the head threshold in
+        force. Raises ``BadRequest`` for a ``head`` outside (0, 1) or on a model without a head."""
         snap = self.control.snapshot()
-        sample = sample_of(self.feed(), snap.active_model)
-        scores, fraud = self._labelled(sample, snap.active_model)
+        model = snap.active_model
+        has_head = self.has_head(model)
+        if head is not None:
+            check_head(head)
+            if not has_head:
+                raise _no_head(model)
+        sample = sample_of(self.feed(), model)
+        scores, probs, fraud = self._labelled(sample, model)
         current = snap.threshold.value if snap.threshold else None
-        out = whatif.what_if(sample, value, scores, fraud, current)
+        current_head = snap.threshold.head if snap.threshold and has_head else None
+        if has_head and head is None:
+            head = current_head  # None too when no head threshold is set: the autoencoder alone
+        out = whatif.what_if(sample, value, scores, fraud, current, head=head, current_head=current_head,
+                             labelled_probs=probs)  # head None: the autoencoder's alone, as before heads
         if current is not None and scores.size:
-            out["current_confusion"] = whatif.confusion(scores, fraud, current).to_dict()
+            out["current_confusion"] = whatif.confusion(scores, fraud, current, probs, current_head).to_dict()
+        out["has_head"] = has_head
         out["feedback_topic"] = self.feedback_topic
         return out
 
-    def _labelled(self, sample: whatif.Sample, model: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of labelled events: from the sample, else from an alert of the same model."""
+    def _labelled(self, sample: whatif.Sample, model: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Labelled events known to the console: (scores float64 (m,), head probabilities float64
+        (m,), NaN where unknown or without a head, fraud bool (m,)). Score and probability come from
+        the sample, else from an alert of the same model."""
         winners: dict[str, Label] = {}
         for record in self.feedback.read():
             if isinstance(record, Label):  # the contract's rule when an event has several labels
                 winners[record.event_id] = prefer(winners.get(record.event_id), record)
         labels = {event_id: label.fraud for event_id, label in winners.items()}
         if not labels:
-            return np.zeros(0), np.zeros(0, dtype=bool)
-        known: dict[str, float] = {}
+            return np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool)
+        known: dict[str, tuple[float, float]] = {}
         for alert in self.recent_alerts(limit=500):
             if alert.get("model_version") == model:
-                known[str(alert["event_id"])] = float(alert["score"])
-        known.update(zip(sample.ids, sample.scores.tolist(), strict=True))
+                probability = alert.get("probability")
+                known[str(alert["event_id"])] = (float(alert["score"]),
+                                                 math.nan if probability is None else float(probability))
+        probs = sample.probs if sample.probs is not None else np.full(sample.scores.size, math.nan)
+        known.update(zip(sample.ids, zip(sample.scores.tolist(), probs.tolist(), strict=True), strict=True))
         ids = [i for i in labels if i in known]
-        return (np.asarray([known[i] for i in ids], dtype=np.float64),
+        return (np.asarray([known[i][0] for i in ids], dtype=np.float64),
+                np.asarray([known[i][1] for i in ids], dtype=np.float64),
                 np.asarray([labels[i] for i in ids], dtype=bool))
 
     # ---- alerts and explain --------------------------------------------------------------------
@@ -194,16 +258,27 @@ class ConsoleService:
     def history(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.control.threshold_history(limit)
 
-    def set_threshold(self, value: float, set_by: str, note: str) -> dict[str, Any]:
+    def set_threshold(self, value: float, set_by: str, note: str, head: float | None = None) -> dict[str, Any]:
+        """A new threshold version for the active model, through ``ControlPlane.set_threshold`` (as
+        ``stream-detector threshold set [--head P]``): ``value`` (finite, >= 0), and the head
+        threshold ``head`` (a probability in (0, 1); None: the one in force is kept). Returns the
+        version, old and new values (``old_head``/``head`` too) and the audit line. Raises
+        ``ConfigError`` for a bad value or no active model, ``BadRequest`` for a bad ``head`` or a
+        ``head`` on a model without a supervised head."""
         if not math.isfinite(value) or value < 0:
             raise ConfigError(f"threshold must be a finite number >= 0, got {value!r}")
+        if head is not None:
+            check_head(head)
         model = self.control.active_model()
         if model is None:
             raise ConfigError("no active model: publish one before setting its threshold")
+        if head is not None and not self.has_head(model):
+            raise _no_head(model)
         old = self.control.threshold()
-        version = self.control.set_threshold(value, model, set_by, note)
+        version = self.control.set_threshold(value, model, set_by, note, head=KEEP if head is None else head)
+        audit = self.control.threshold_history(1)[0]
         return {"version": version, "model_version": model, "old": old.value if old else None, "new": value,
-                "audit": self.control.threshold_history(1)[0]}
+                "old_head": old.head if old else None, "head": audit.get("head"), "audit": audit}
 
     def rollback(self, set_by: str) -> dict[str, Any]:
         if not hasattr(self.control, "rollback"):
@@ -211,6 +286,12 @@ class ConsoleService:
         before = self.control.active_model()
         target = self.control.rollback(set_by)
         return {"from": before, "to": target, "audit": self.control.threshold_history(1)[0]}
+
+
+def _no_head(model: str | None) -> BadRequest:
+    if model is None:
+        return BadRequest("no active model: a head threshold does not apply")
+    return BadRequest(f"model {model} has no supervised head: a head threshold does not apply")
 
 
 def _rates(entries: list[FeedEntry], now: float) -> dict[str, float]:

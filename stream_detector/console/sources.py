@@ -35,15 +35,18 @@ class FeedEntry:
     ids: list[str]
     scores: np.ndarray
     weights: np.ndarray
+    probs: np.ndarray | None = None  # the supervised head's probabilities (same order as scores), if any
 
     @classmethod
     def parse(cls, fields: dict[bytes, bytes]) -> FeedEntry:
         f = {k.decode(): v for k, v in fields.items()}
         samples = orjson.loads(f["samples"])
+        scores = np.asarray(samples["scores"], dtype=np.float64)
+        probs = samples.get("probs")  # absent: a model without a head, or a worker of an older release
         return cls(f["worker"].decode(), f["model_version"].decode(), int(f["threshold_version"]),
                    float(f["threshold"]), float(f["since"]), float(f["at"]), int(f["n"]), int(f["alerts"]),
-                   [str(i) for i in samples["ids"]], np.asarray(samples["scores"], dtype=np.float64),
-                   np.asarray(samples["weights"], dtype=np.float64))
+                   [str(i) for i in samples["ids"]], scores, np.asarray(samples["weights"], dtype=np.float64),
+                   None if probs is None else np.asarray(probs, dtype=np.float64).reshape(scores.shape))
 
 
 def read_feed(control: ControlPlane, limit: int) -> list[FeedEntry]:
@@ -58,13 +61,21 @@ def read_feed(control: ControlPlane, limit: int) -> list[FeedEntry]:
 
 
 def sample_of(entries: list[FeedEntry], model_version: str | None) -> Sample:
-    """The weighted sample of one model version; its span runs from the first entry's start to the last's end."""
+    """The weighted sample of one model version; its span runs from the first entry's start to the last's end.
+
+    The sample's ``probs`` are there when some entry of that version carries the head's
+    probabilities; the samples of entries without them (a worker of an older release) get NaN,
+    which no head threshold is below.
+    """
     mine = [e for e in entries if e.model_version == model_version]
     if not mine:
         return Sample.empty()
     span = max(e.at for e in mine) - min(e.since for e in mine)
+    probs = None
+    if any(e.probs is not None for e in mine):
+        probs = np.concatenate([e.probs if e.probs is not None else np.full(e.scores.size, np.nan) for e in mine])
     return Sample(np.concatenate([e.scores for e in mine]), np.concatenate([e.weights for e in mine]),
-                  [i for e in mine for i in e.ids], max(span, 0.0))
+                  [i for e in mine for i in e.ids], max(span, 0.0), probs)
 
 
 def read_summaries(control: ControlPlane, limit: int = 2000) -> list[dict[str, str]]:

@@ -10,7 +10,12 @@ and threshold version::
     worker, model_version, threshold_version, threshold   who scored, with which decision rule
     since, at                                             epoch seconds the entry covers
     n, alerts                                             scored events and alerts in that span
-    samples                                               JSON {ids, scores, weights, flagged, ts}
+    samples                                               JSON {ids, scores, weights, flagged, ts[, probs]}
+
+``probs`` (same order as ``scores``) is there only when the model has a supervised head
+(``model/supervised.py``): each kept event's calibrated fraud probability, so the console's what-if
+can apply the decision rule with both thresholds. Entries of models without a head (and entries
+written before it existed) have no ``probs``.
 
 The sum of the weights of an entry is ``n``, so "events above t per hour" is
 ``Σ weight[score > t] / hours covered`` — the console's threshold what-if. If the pool is over the
@@ -50,6 +55,7 @@ class _Pool:
     weights: list[np.ndarray] = field(default_factory=list)
     flagged: list[np.ndarray] = field(default_factory=list)
     ts: list[np.ndarray] = field(default_factory=list)
+    probs: list[np.ndarray] = field(default_factory=list)  # one per batch when the model has a head
 
 
 class ScoreFeed:
@@ -78,8 +84,15 @@ class ScoreFeed:
         self.flush()
 
     def observe(self, events: Sequence[dict[str, Any]], scores: np.ndarray, flagged_rows: np.ndarray,
-                threshold: Threshold, timestamps: Sequence[int], indices: Sequence[int]) -> None:
-        """Sample one batch (hot path: one ``choice`` and at most ``cap`` rows of Python)."""
+                threshold: Threshold, timestamps: Sequence[int], indices: Sequence[int],
+                probability: np.ndarray | None = None) -> None:
+        """Sample one batch (hot path: one ``choice`` and at most ``cap`` rows of Python).
+
+        ``scores``: float64, shape (n,), one per scored event; ``flagged_rows``: int, the positions
+        the decision alerted; ``timestamps`` and ``indices``: the batch's record timestamps (epoch
+        ms) and each scored event's position in the batch; ``probability``: the supervised head's
+        fraud probability, float64 in [0, 1], shape (n,), or None for a model without a head.
+        """
         n = int(scores.size)
         if self.cap <= 0 or n == 0:
             return
@@ -97,6 +110,8 @@ class ScoreFeed:
             pool.weights.append(np.full(rows.size, n / rows.size))
             pool.flagged.append(flagged[rows])
             pool.ts.append(np.asarray([timestamps[indices[r]] for r in picked], dtype=np.int64))
+            if probability is not None:
+                pool.probs.append(np.asarray(probability, dtype=np.float64)[rows])
 
     def flush(self) -> None:
         with self._lock:
@@ -113,14 +128,19 @@ class ScoreFeed:
         weights = np.concatenate(pool.weights)
         flagged = np.concatenate(pool.flagged)
         ts = np.concatenate(pool.ts)
+        # one model version per pool: every batch has a probability, or none has
+        probs = np.concatenate(pool.probs) if pool.probs and len(pool.probs) == len(pool.scores) else None
         ids = pool.ids
         if scores.size > self.cap:  # thin uniformly again; rescale so the weights still sum to n
             keep = np.sort(self._rng.choice(scores.size, self.cap, replace=False))
             weights = weights[keep] * (pool.n / float(weights[keep].sum()))
             scores, flagged, ts = scores[keep], flagged[keep], ts[keep]
+            probs = probs[keep] if probs is not None else None
             ids = [ids[k] for k in keep.tolist()]
-        samples = {"ids": ids, "scores": scores.tolist(), "weights": weights.tolist(),
-                   "flagged": flagged.astype(np.int8).tolist(), "ts": ts.tolist()}
+        samples: dict[str, Any] = {"ids": ids, "scores": scores.tolist(), "weights": weights.tolist(),
+                                   "flagged": flagged.astype(np.int8).tolist(), "ts": ts.tolist()}
+        if probs is not None:
+            samples["probs"] = probs.tolist()
         return {"worker": self.worker_id, "model_version": model, "threshold_version": str(version),
                 "threshold": repr(pool.threshold), "since": repr(pool.since), "at": repr(now),
                 "n": str(pool.n), "alerts": str(pool.alerts), "samples": orjson.dumps(samples).decode()}

@@ -26,12 +26,13 @@ from pydantic import SecretStr
 
 from stream_detector.console import ConsoleServer
 from stream_detector.kafka_util import lag, read_all
-from stream_detector.model.bundle import Bundle
+from stream_detector.model.bundle import Bundle, build_bundle
 from stream_detector.offline import score_events
 from stream_detector.producer import EventProducer
 from stream_detector.settings import Settings
 from stream_detector.simulate import Simulator
 from stream_detector.store import ControlPlane
+from stream_detector.topics import ensure_topics
 from tests.helpers import anomaly, small_bundle, wait_until
 from tests.services import free_port
 
@@ -178,7 +179,157 @@ def test_what_if_numbers_match_an_independent_computation(running: Running, page
     page.fill("#wi-value", text)
     page.dispatch_event("#wi-value", "change")
     page.wait_for_selector(f"#wi-alerts-hour[data-threshold='{text}']")
+    assert page.is_hidden("#wi-head-controls") and page.is_hidden("#wi-head-cards")  # no supervised head
+    assert page.get_attribute("#wi-alerts-hour", "data-head") == ""
     _shoot(page, "whatif")
+
+    # the API: a model without a head says so, and refuses a head threshold (400)
+    assert _get_json(console.url + "/api/overview")["has_head"] is False
+    assert _get_json(f"{console.url}/api/whatif?threshold={text}")["has_head"] is False
+    status, body = _get_error(f"{console.url}/api/whatif?threshold={text}&head=0.5")
+    assert status == 400 and "has no supervised head" in body["error"]
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as res:
+        return orjson.loads(res.read())
+
+
+def _get_error(url: str) -> tuple[int, Any]:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    try:
+        return refused.value.code, orjson.loads(refused.value.read())
+    finally:
+        refused.value.close()
+
+
+def _head_bundle() -> Bundle:
+    """A small autoencoder with a supervised head (model/supervised.py), on the simulator's labelled fraud."""
+    from stream_detector.model.supervised import HeadConfig, rows_for_head, train_head
+    from stream_detector.model.train import TrainConfig, train
+
+    events, patterns = Simulator(seed=41, accounts=300, run_id="head-train").batch(2400, 0.15, span_ms=86_400_000)
+    fraud = [p != "legit" for p in patterns]
+    result = train([e for e, f in zip(events, fraud, strict=True) if not f],
+                   TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01))
+    x, y = rows_for_head(result.spec, result.schema, events, fraud)
+    result.head, result.calibration["supervised"] = train_head(result.head, x, y, HeadConfig(epochs=10, seed=0),
+                                                               lambda _m: None)
+    return build_bundle(result)
+
+
+def _between(values: np.ndarray, q: float) -> float:
+    """A cut near the ``q`` quantile of ``values``, halfway across a gap between two of them: no
+    value lies near it (the worker's scores equal offline's to float32 precision, not bit for bit)."""
+    v = np.unique(values)
+    i = int(q * (v.size - 1))
+    while v[i + 1] - v[i] < 1e-4 * max(abs(float(v[i])), 1e-3):
+        i += 1
+    return float((v[i] + v[i + 1]) / 2)
+
+
+def test_what_if_with_a_supervised_head_and_applying_a_head_threshold(settings: Settings, page: Any,
+                                                                      start_worker: Callable[[Settings], Any]) -> None:
+    """A model with a supervised head, scored by a running worker: its feed entries carry the head's
+    probabilities; the what-if at a pair (threshold, head threshold) equals the union rule computed
+    here from offline scores and probabilities (alerts/hour, each part alone and both, precision
+    and recall from labels); the page shows the head's input and numbers; applying the pair writes
+    a new threshold version with the head value in Redis and in the audit line."""
+    bundle = _head_bundle()
+    assert bundle.head_threshold is not None
+    control = ControlPlane.from_url(settings.redis_url, settings.redis_prefix)
+    control.publish(bundle, set_by="pytest")
+    s = settings.model_copy(update={"score_feed_sample": 5000, "score_feed_interval_s": 0.2, "worker_id": "worker-h",
+                                    "console_token": SecretStr(TOKEN)})
+    ensure_topics(s, [s.input_topic, s.alerts_topic, s.dlq_topic, s.feedback_topic])
+    events, patterns = Simulator(seed=42, accounts=300, run_id="head-live").batch(600, 0.1)
+    fraud = np.array([p != "legit" for p in patterns])
+    offline = score_events(bundle, events)
+    assert offline.probability is not None
+    start_worker(s)
+    with EventProducer(s, s.input_topic) as producer:
+        producer.send(events)
+    with EventProducer(s, s.feedback_topic) as producer:
+        producer.send([{"event_id": e["event_id"], "label": "fraud" if f else "legit"}
+                       for e, f in zip(events, fraud.tolist(), strict=True)])
+    wait_until(lambda: lag(s, s.group_id, s.input_topic) == 0, message="worker drained the input")
+    wait_until(lambda: _feed_total(control) == len(events), message="every scored event in the feed")
+    entries = control.telemetry.feed(100_000)
+    probs = {i: p for f in entries for i, p in zip(*(orjson.loads(f[b"samples"])[k] for k in ("ids", "probs")),
+                                                   strict=True)}
+    expected_probs = dict(zip((str(e["event_id"]) for e in events), offline.probability.tolist(), strict=True))
+    assert probs == {i: pytest.approx(p, rel=1e-5, abs=1e-9) for i, p in expected_probs.items()}  # the worker's
+
+    server = ConsoleServer(s, "127.0.0.1", 0).start()
+    try:
+        overview = _get_json(server.url + "/api/overview")
+        assert overview["has_head"] is True and overview["threshold"]["head"] == bundle.head_threshold
+        # the head is confident (probabilities near 0 or 1): 0.5 parts them, the AE's cut lets each part add its own
+        threshold, head = _between(offline.scores, 0.9), 0.5
+        assert not (np.abs(offline.probability - head) < 1e-3).any()
+        got = _get_json(f"{server.url}/api/whatif?threshold={threshold!r}&head={head!r}")
+        span_s = max(float(f[b"at"]) for f in entries) - min(float(f[b"since"]) for f in entries)
+        by_ae, by_head = offline.scores > threshold, offline.probability > head
+        per_hour = 3600.0 / span_s
+        assert got["has_head"] is True and got["head_threshold"] == head
+        assert got["current_head_threshold"] == bundle.head_threshold
+        assert got["alerts_per_hour"] == pytest.approx((by_ae | by_head).sum() * per_hour, rel=1e-9)
+        assert got["parts"] == pytest.approx({
+            "union": (by_ae | by_head).sum() * per_hour, "autoencoder": by_ae.sum() * per_hour,
+            "head": by_head.sum() * per_hour, "both": (by_ae & by_head).sum() * per_hour,
+            "autoencoder_only": (by_ae & ~by_head).sum() * per_hour,
+            "head_only": (by_head & ~by_ae).sum() * per_hour}, rel=1e-9)
+        assert got["parts"]["autoencoder_only"] > 0 and got["parts"]["head_only"] > 0 and got["parts"]["both"] > 0
+        in_force = (offline.scores > bundle.threshold) | (offline.probability > bundle.head_threshold)
+        assert got["current_alerts_per_hour"] == pytest.approx(in_force.sum() * per_hour, rel=1e-9)
+        flagged = by_ae | by_head
+        tp = int((flagged & fraud).sum())
+        assert got["labelled"] == len(events) and got["head_sampled"] == len(events)
+        assert got["confusion"]["tp"] == tp and got["confusion"]["fp"] == int((flagged & ~fraud).sum())
+        assert got["confusion"]["recall"] == pytest.approx(tp / fraud.sum())
+        assert got["curves_head"]["roc"] and got["curves"]["roc"]
+        status, body = _get_error(f"{server.url}/api/whatif?threshold={threshold!r}&head=1.5")
+        assert status == 400 and body["error"].startswith("query head:")
+
+        # the page: the head's input and numbers, then the apply of both thresholds
+        page.goto(f"{server.url}/#whatif")
+        page.fill("#token", TOKEN)
+        page.dispatch_event("#token", "change")
+        page.wait_for_selector("#wi-alerts-hour[data-threshold]")
+        assert page.is_visible("#wi-head-controls") and page.is_visible("#wi-head-cards")
+        assert float(page.input_value("#wi-head")) == bundle.head_threshold
+        page.fill("#wi-value", repr(threshold))
+        page.dispatch_event("#wi-value", "change")
+        page.fill("#wi-head", repr(head))
+        page.dispatch_event("#wi-head", "change")
+        box = page.wait_for_selector(f"#wi-alerts-hour[data-threshold='{threshold!r}'][data-head='{head!r}']")
+        assert float(box.get_attribute("data-value")) == pytest.approx(got["alerts_per_hour"], rel=1e-9)
+        for sel, key in (("#wi-ae-only", "autoencoder_only"), ("#wi-head-only", "head_only"), ("#wi-both", "both")):
+            assert float(page.get_attribute(sel, "data-value")) == pytest.approx(got["parts"][key], rel=1e-9)
+        assert float(page.get_attribute("#wi-recall", "data-value")) == pytest.approx(tp / fraud.sum())
+        assert page.locator("#roc polyline.curve.head").count() == 1
+        before = control.threshold()
+        assert before is not None
+        page.fill("#wi-operator", "carol")
+        page.fill("#wi-note", "head what-if")
+        page.click("#wi-apply")
+        page.wait_for_selector("#confirm[open]")
+        assert "head threshold" in page.text_content("#confirm-text")
+        page.click("#confirm-yes")
+        page.wait_for_selector("#wi-result[data-status='ok']")
+        after = control.threshold()
+        assert after is not None and after.version == before.version + 1
+        assert after.value == threshold and after.head == head and after.model_version == bundle.version
+        assert page.get_attribute("#wi-result", "data-version") == str(after.version)
+        audit = control.threshold_history(1)[0]
+        assert audit["head"] == pytest.approx(head, rel=1e-12)  # the audit line is JSON from Lua (cjson: 14 digits)
+        assert audit["value"] == pytest.approx(threshold, rel=1e-12) and audit["note"] == "head what-if"
+        assert audit["set_by"].startswith("carol via console")
+        page.wait_for_selector("#audit tbody tr td:text-is('head what-if')")
+        assert _get_json(server.url + "/api/overview")["threshold"]["head"] == head
+    finally:
+        server.stop()
 
 
 def test_applying_a_threshold_changes_what_the_running_worker_flags(running: Running, page: Any,

@@ -11,7 +11,16 @@ from pydantic import SecretStr
 from sklearn.metrics import roc_curve
 
 from stream_detector.console.auth import check_token, host_allowed
-from stream_detector.console.whatif import Sample, alerts_per_hour, confusion, curves, histogram, what_if
+from stream_detector.console.whatif import (
+    Sample,
+    alerts_per_hour,
+    confusion,
+    curves,
+    fired,
+    histogram,
+    parts_per_hour,
+    what_if,
+)
 
 
 def test_alerts_per_hour_sums_weights_strictly_above_over_the_span() -> None:
@@ -52,6 +61,77 @@ def test_what_if_bundles_numbers_and_labels() -> None:
     assert out["events_per_hour"] == 3.0 and out["labelled"] == 2 and out["labelled_fraud"] == 1
     assert out["confusion"]["precision"] == 1.0 and out["confusion"]["recall"] == 1.0
     assert "confusion" not in what_if(sample, 1.5, np.zeros(0), np.zeros(0, dtype=bool), None)
+
+
+def test_what_if_without_a_head_is_the_autoencoders_alone_exactly() -> None:
+    """No head threshold: the same keys and numbers as before heads existed, whether or not the
+    sample carries probabilities (they are ignored)."""
+    scores, weights = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 2.0, 3.0, 4.0])
+    plain = Sample(scores, weights, list("abcd"), span_s=1800.0)
+    with_probs = Sample(scores, weights, list("abcd"), span_s=1800.0, probs=np.array([0.9, 0.9, 0.1, np.nan]))
+    labelled, fraud = np.array([1.0, 2.0, 3.0, 4.0]), np.array([True, False, True, False])
+    expected = {
+        "threshold": 2.0, "alerts_per_hour": 14.0, "current_threshold": 3.0, "current_alerts_per_hour": 8.0,
+        "events_per_hour": 20.0, "sampled": 4, "span_s": 1800.0, "labelled": 4, "labelled_fraud": 2,
+        "confusion": {"tp": 1, "fp": 1, "fn": 1, "tn": 1, "precision": 0.5, "recall": 0.5, "fpr": 0.5},
+        "curves": curves(labelled, fraud),
+    }
+    assert what_if(plain, 2.0, labelled, fraud, 3.0) == expected
+    assert what_if(with_probs, 2.0, labelled, fraud, 3.0) == expected
+    assert what_if(with_probs, 2.0, labelled, fraud, 3.0, labelled_probs=np.full(4, 0.99)) == expected
+    assert alerts_per_hour(with_probs, 2.0) == alerts_per_hour(plain, 2.0) == alerts_per_hour(plain, 2.0, head=0.5)
+
+
+def test_the_union_rule_counts_each_part_and_both_strictly_above() -> None:
+    scores = np.array([0.5, 2.0, 0.5, 2.0, 1.0, 0.5, 3.0])
+    probs = np.array([0.1, 0.1, 0.9, 0.9, 0.7, 0.5, np.nan])  # NaN: never above the head threshold
+    weights = np.array([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+    autoencoder, head = fired(scores, 1.0, probs, 0.5)
+    assert autoencoder.tolist() == [False, True, False, True, False, False, True]  # 1.0 is not above 1.0
+    assert head.tolist() == [False, False, True, True, True, False, False]  # 0.5 is not above 0.5
+    sample = Sample(scores, weights, list("abcdefg"), span_s=3600.0, probs=probs)
+    parts = parts_per_hour(sample, 1.0, 0.5)
+    assert parts == {"union": 94.0, "autoencoder": 74.0, "head": 28.0, "both": 8.0,
+                     "autoencoder_only": 66.0, "head_only": 20.0}
+    assert parts["union"] == parts["autoencoder_only"] + parts["head_only"] + parts["both"]
+    assert alerts_per_hour(sample, 1.0, 0.5) == 94.0 and alerts_per_hour(sample, 1.0) == 74.0
+    assert fired(scores, 1.0, None, 0.5)[1].sum() == 0 and fired(scores, 1.0, probs, None)[1].sum() == 0
+    assert parts_per_hour(Sample(scores, weights, list("abcdefg"), 3600.0), 1.0, 0.5)["head"] == 0.0  # no probs
+
+    y = np.array([False, True, True, False, True, True, False])
+    c = confusion(scores, y, 1.0, probs, 0.5)  # flagged: 1, 2, 3, 4, 6
+    assert (c.tp, c.fp, c.fn, c.tn) == (3, 2, 1, 1)
+    assert confusion(scores, y, 1.0) == confusion(scores, y, 1.0, probs, None)  # no head: the autoencoder's
+
+
+def test_what_if_with_a_head_threshold() -> None:
+    sample = Sample(np.array([0.5, 2.0, 0.5, 2.0]), np.ones(4), list("abcd"), span_s=3600.0,
+                    probs=np.array([0.1, 0.1, 0.9, np.nan]))
+    labelled, fraud = np.array([0.5, 2.0, 0.5, 0.5]), np.array([True, False, True, False])
+    lprobs = np.array([0.9, 0.2, np.nan, 0.1])
+    out = what_if(sample, 1.0, labelled, fraud, 3.0, head=0.5, current_head=0.95, labelled_probs=lprobs)
+    assert out["alerts_per_hour"] == 3.0 and out["current_alerts_per_hour"] == 0.0
+    assert out["parts"] == {"union": 3.0, "autoencoder": 2.0, "head": 1.0, "both": 0.0,
+                            "autoencoder_only": 2.0, "head_only": 1.0}
+    assert out["head_threshold"] == 0.5 and out["current_head_threshold"] == 0.95
+    assert out["head_sampled"] == 3 and out["labelled_with_probability"] == 3
+    assert out["confusion"] == confusion(labelled, fraud, 1.0, lprobs, 0.5).to_dict()
+    assert (out["confusion"]["tp"], out["confusion"]["fp"], out["confusion"]["fn"]) == (1, 1, 1)
+    assert out["curves_head"] == curves(lprobs[[0, 1, 3]], fraud[[0, 1, 3]])
+    assert out["curves"] == curves(labelled, fraud)  # the autoencoder score's curves, unchanged
+    lower = what_if(sample, 1.0, labelled, fraud, 3.0, head=0.05, current_head=None, labelled_probs=lprobs)
+    assert lower["alerts_per_hour"] == 4.0 and lower["parts"]["head"] == 3.0  # the NaN sample: not by the head
+    assert lower["parts"]["both"] == 1.0 and lower["parts"]["autoencoder_only"] == 1.0
+    assert lower["current_alerts_per_hour"] == 0.0  # no head threshold in force: the autoencoder's at 3.0
+
+
+def test_what_if_on_an_empty_sample_with_a_head() -> None:
+    out = what_if(Sample.empty(), 1.0, np.zeros(0), np.zeros(0, dtype=bool), None, head=0.5)
+    assert out["alerts_per_hour"] == 0.0 and out["current_alerts_per_hour"] is None
+    assert out["parts"] == dict.fromkeys(("union", "autoencoder", "head", "both", "autoencoder_only",
+                                          "head_only"), 0.0)
+    assert out["head_sampled"] == 0 and out["labelled_with_probability"] == 0 and out["sampled"] == 0
+    assert "confusion" not in out and "curves_head" not in out
 
 
 def test_histogram_is_weighted_and_spans_the_threshold() -> None:
@@ -112,8 +192,36 @@ def test_score_feed_weights_stand_for_every_scored_event() -> None:
     assert sum(samples["weights"]) == pytest.approx(1430)
     assert all(f == (s > 0.5) for f, s in zip(samples["flagged"], samples["scores"], strict=True))
     assert int(entry["alerts"]) > 0 and float(entry["at"]) >= float(entry["since"])
+    assert "probs" not in samples  # a model without a head
     feed.flush()
     assert len(telemetry.entries) == 1, "nothing new, nothing written"
+
+
+def test_score_feed_keeps_the_heads_probability_of_each_kept_row() -> None:
+    from stream_detector.console.sources import FeedEntry
+    from stream_detector.pipeline.score_feed import ScoreFeed
+    from stream_detector.settings import Settings
+    from stream_detector.store import Threshold
+
+    telemetry = _Telemetry()
+    feed = ScoreFeed(telemetry, Settings(score_feed_sample=50, worker_id="w1"), seed=2)  # type: ignore[arg-type]
+    threshold = Threshold(0.5, 3, "m1", head=0.8)
+    rng = np.random.default_rng(1)
+    for n in (30, 400):  # under the cap, then over it (thinned twice)
+        scores = rng.random(n)
+        probability = scores / 2  # a row's probability is known from its score
+        events = [{"event_id": f"e{n}-{i}"} for i in range(n)]
+        feed.observe(events, scores, np.flatnonzero(scores > 0.5), threshold, list(range(n)), list(range(n)),
+                     probability)
+    feed.flush()
+    (entry,) = telemetry.entries
+    samples = orjson.loads(entry["samples"])
+    assert len(samples["probs"]) == len(samples["scores"]) == 50
+    assert samples["probs"] == [s / 2 for s in samples["scores"]]  # same rows, same order
+    parsed = FeedEntry.parse({k.encode(): v.encode() for k, v in entry.items()})
+    assert parsed.probs is not None and np.array_equal(parsed.probs, parsed.scores / 2)
+    without = {**entry, "samples": orjson.dumps({k: v for k, v in samples.items() if k != "probs"}).decode()}
+    assert FeedEntry.parse({k.encode(): v.encode() for k, v in without.items()}).probs is None  # older entries
 
 
 def test_sample_of_keeps_the_active_model_and_spans_its_entries() -> None:
@@ -127,7 +235,13 @@ def test_sample_of_keeps_the_active_model_and_spans_its_entries() -> None:
     sample = sample_of(entries, "m")
     assert sample.span_s == 3.0 and sample.ids == ["m0.1", "m0.7", "m0.9"] and sample.events == 6.0
     assert alerts_per_hour(sample, 0.5) == pytest.approx(4.0 * 3600 / 3.0)
-    assert sample_of(entries, "none").scores.size == 0
+    assert sample_of(entries, "none").scores.size == 0 and sample.probs is None
+
+    headed = [*entries, FeedEntry("w2", "m", 1, 0.5, 12.0, 13.0, 4, 0, ["h1", "h2"], np.array([0.2, 0.3]),
+                                  np.full(2, 2.0), np.array([0.9, 0.1]))]
+    mixed = sample_of(headed, "m")  # an entry without probabilities (an older worker): NaN, never above
+    assert mixed.probs is not None and np.array_equal(mixed.probs, [np.nan, np.nan, np.nan, 0.9, 0.1], equal_nan=True)
+    assert alerts_per_hour(mixed, 0.5, head=0.5) == pytest.approx(6.0 * 3600 / 3.0)
 
 
 # ---- the HTTP layer (FastAPI app) over a fake service: routing, validation, errors, headers ------
@@ -146,8 +260,8 @@ class _FakeService:
     def overview(self) -> Any:
         return self._call("overview")
 
-    def what_if(self, value: float) -> Any:
-        return self._call("what_if", value)
+    def what_if(self, value: float, head: float | None = None) -> Any:
+        return self._call("what_if", (value, head))
 
     def recent_alerts(self, limit: int) -> Any:
         return self._call("recent_alerts", limit)
@@ -161,8 +275,8 @@ class _FakeService:
     def history(self, limit: int) -> Any:
         return self._call("history", limit)
 
-    def set_threshold(self, value: float, set_by: str, note: str) -> Any:
-        return {**self._call("set_threshold", (value, set_by, note)), "audit": {"set_by": set_by}}
+    def set_threshold(self, value: float, set_by: str, note: str, head: float | None = None) -> Any:
+        return {**self._call("set_threshold", (value, set_by, note, head)), "audit": {"set_by": set_by}}
 
     def rollback(self, set_by: str) -> Any:
         return {**self._call("rollback", set_by), "audit": {"set_by": set_by}}
@@ -195,12 +309,14 @@ def test_api_routes_reach_the_service_and_answer_json_with_numpy(console: Any) -
     got = console.get("/api/overview").json()
     assert got == {"called": "overview", "scores": [0.5, 1.5], "n": 3}
     console.get("/api/whatif", params={"threshold": "0.25"})
+    console.get("/api/whatif", params={"threshold": "0.25", "head": "0.3"})
     console.get("/api/alerts", params={"limit": "30"})
     console.get("/api/alerts")
     console.get("/api/history")
     console.post("/api/explain", json={"event": {"event_id": "e1", "amount": 3}})
     console.get("/api/models")
-    assert console.service.calls == [("overview", None), ("what_if", 0.25), ("recent_alerts", 30),
+    assert console.service.calls == [("overview", None), ("what_if", (0.25, None)), ("what_if", (0.25, 0.3)),
+                                     ("recent_alerts", 30),
                                      ("recent_alerts", 50), ("history", 20),
                                      ("explain", {"event_id": "e1", "amount": 3}), ("models", None)]
 
@@ -215,6 +331,25 @@ def test_bad_input_is_a_400_with_an_error_message(console: Any) -> None:
         assert set(response.json()) == {"error"} and response.json()["error"]
     assert "threshold" in console.get("/api/whatif", params={"threshold": "abc"}).json()["error"]
     assert console.service.calls == []
+
+
+def test_a_head_threshold_outside_0_1_is_a_400_naming_the_head(console: Any) -> None:
+    for bad in ("0", "1", "1.5", "-0.1", "abc", "nan", "inf"):
+        response = console.get("/api/whatif", params={"threshold": "0.25", "head": bad})
+        assert response.status_code == 400, (bad, response.text)
+        assert response.json()["error"].startswith("query head:"), response.json()
+    for bad in (0, 1, 2.5, "abc"):
+        response = console.post("/api/threshold", json={"value": 1.0, "head": bad}, headers={"X-Console-Token": TOKEN})
+        assert response.status_code == 400 and response.json()["error"].startswith("body head:"), response.json()
+    assert console.service.calls == []
+
+
+def test_a_bad_request_from_the_service_is_a_400(console: Any) -> None:
+    from stream_detector.console.service import BadRequest
+
+    console.service.fail = BadRequest("model m1 has no supervised head: a head threshold does not apply")
+    response = console.get("/api/whatif", params={"threshold": "0.25", "head": "0.5"})
+    assert response.status_code == 400 and response.json() == {"error": str(console.service.fail)}
 
 
 def test_unknown_paths_and_methods(console: Any) -> None:
@@ -243,8 +378,12 @@ def test_changes_need_the_token_and_record_a_sanitised_operator(console: Any) ->
     ok = console.post("/api/threshold", headers={"X-Console-Token": TOKEN},
                       json={"value": 2.5, "note": "n" * 300, "operator": "  al<ice>  "})
     assert ok.status_code == 200
-    (name, (value, set_by, note)), = console.service.calls
-    assert (name, value, set_by, note) == ("set_threshold", 2.5, "alice via console from testclient", "n" * 200)
+    (name, (value, set_by, note, head)), = console.service.calls
+    assert (name, value, set_by, note, head) == ("set_threshold", 2.5, "alice via console from testclient", "n" * 200,
+                                                 None)
+    assert console.post("/api/threshold", headers={"X-Console-Token": TOKEN},
+                        json={"value": 2.5, "head": 0.75}).status_code == 200
+    assert console.service.calls[-1][1][3] == 0.75
     assert console.post("/api/rollback", headers={"X-Console-Token": TOKEN}).json()["audit"]["set_by"] == \
         "operator via console from testclient"
 

@@ -3,7 +3,8 @@
 
 const $ = (sel) => document.querySelector(sel);
 const NS = "http://www.w3.org/2000/svg";
-const state = { view: "live", overview: null, session: null, candidate: null, whatifSeq: 0, timer: null };
+const state = { view: "live", overview: null, session: null, candidate: null, headCandidate: null, whatifSeq: 0,
+                timer: null };
 
 // ---- API ------------------------------------------------------------------------------------
 async function api(path, options = {}) {
@@ -86,8 +87,8 @@ function drawSeries(svg, series) {
   el("text", { x: W - R, y: H - 12, "text-anchor": "end" }, svg, "now");
 }
 
-// A unit-square curve (ROC or PR) with the operating point marked.
-function drawCurve(svg, points, op, xLabel, yLabel, diagonal) {
+// A unit-square curve (ROC or PR) with the operating point marked; `second`: the head's curve (dashed).
+function drawCurve(svg, points, op, xLabel, yLabel, diagonal, second = null) {
   clear(svg);
   if (!points || !points.length) { empty(svg, "needs fraud and legit labels"); return; }
   const W = 260, H = 240, L = 36, R = 10, T = 10, B = 34;
@@ -95,6 +96,9 @@ function drawCurve(svg, points, op, xLabel, yLabel, diagonal) {
   el("rect", { x: L, y: T, width: W - L - R, height: H - T - B, fill: "none", class: "axis" }, svg);
   if (diagonal) el("line", { x1: x(0), y1: y(0), x2: x(1), y2: y(1), class: "diag" }, svg);
   el("polyline", { points: points.map(([a, b]) => `${x(a)},${y(b)}`).join(" "), class: "curve" }, svg);
+  if (second && second.length) {
+    el("polyline", { points: second.map(([a, b]) => `${x(a)},${y(b)}`).join(" "), class: "curve head" }, svg);
+  }
   if (op && op[0] !== null && op[1] !== null) {
     el("circle", { cx: x(op[0]), cy: y(op[1]), r: 5, class: "op", "data-x": op[0], "data-y": op[1] }, svg);
   }
@@ -135,12 +139,13 @@ async function refreshOverview() {
     const o = await api("/api/overview");
     state.overview = o;
     const t = o.threshold;
+    const headText = o.has_head && t && t.head !== null && t.head !== undefined ? ` · head p > ${fmt(t.head)}` : "";
     setText("#hdr-model", o.active_model || "none");
-    setText("#hdr-threshold", t ? `${fmt(t.value)} (v${t.version})` : "none");
+    setText("#hdr-threshold", t ? `${fmt(t.value)} (v${t.version})${headText}` : "none");
     setText("#live-eps", fmtRate(o.rates.events_per_s));
     setText("#live-aps", fmtRate(o.rates.alerts_per_s));
     setText("#live-model", o.active_model || "none");
-    setText("#live-threshold", t ? `${fmt(t.value)} (v${t.version})` : "none");
+    setText("#live-threshold", t ? `${fmt(t.value)} (v${t.version})${headText}` : "none");
     setText("#live-source", o.source === "none" ? "no samples yet" :
             `${o.sampled} sampled scores from ${o.source} over ${o.span_s.toFixed(1)} s`);
     drawHistogram($("#hist"), o.histogram, [{ value: t && t.value, cls: "threshold", label: "threshold" }]);
@@ -169,9 +174,24 @@ async function enterWhatIf() {
   // whole hundredths, so the slider's steps land on round log values (10 ** 0.5, not 10 ** 0.5003)
   slider.min = String(Math.floor(100 * Math.min(edges[0], Math.log10(current) - 1)) / 100);
   slider.max = String(Math.ceil(100 * Math.max(edges[edges.length - 1], Math.log10(current) + 1)) / 100);
+  const head = o && o.has_head && o.threshold && o.threshold.head !== null ? o.threshold.head : null;
+  $("#wi-head-controls").hidden = !(o && o.has_head);
+  $("#wi-head-cards").hidden = !(o && o.has_head);
+  if (!(o && o.has_head)) state.headCandidate = null;
+  else if (state.headCandidate === null && head !== null) setHead(String(head), true, false);
   if (state.candidate === null) setCandidate(String(current), true);
-  else whatIf(state.candidate);
+  else whatIf();
   loadAudit();
+}
+
+// The head's probability threshold (models with a supervised head only); the server checks it is in (0, 1).
+function setHead(text, moveSlider, refresh = true) {
+  state.headCandidate = text;
+  if (moveSlider && Number(text) > 0 && Number(text) < 1) $("#wi-head-slider").value = text;
+  $("#wi-head").value = text;
+  if (!refresh) return;
+  clearTimeout(state.debounce);
+  state.debounce = setTimeout(() => whatIf(), 120);
 }
 
 function setCandidate(text, moveSlider) {
@@ -181,18 +201,27 @@ function setCandidate(text, moveSlider) {
   if (moveSlider) $("#wi-slider").value = String(Math.log10(value));
   $("#wi-value").value = text;
   clearTimeout(state.debounce);
-  state.debounce = setTimeout(() => whatIf(text), 120);
+  state.debounce = setTimeout(() => whatIf(), 120);
 }
 
-async function whatIf(text) {
+async function whatIf() {
   const seq = ++state.whatifSeq;
+  const text = state.candidate, headText = state.headCandidate;
   try {
-    const r = await api(`/api/whatif?threshold=${encodeURIComponent(text)}`);
+    const headQuery = headText === null ? "" : `&head=${encodeURIComponent(headText)}`;
+    const r = await api(`/api/whatif?threshold=${encodeURIComponent(text)}${headQuery}`);
     if (seq !== state.whatifSeq) return; // a newer request is on its way
     const box = $("#wi-alerts-hour");
     box.textContent = fmtRate(r.alerts_per_hour);
     box.dataset.value = String(r.alerts_per_hour);
     setText("#wi-current-alerts-hour", fmtRate(r.current_alerts_per_hour));
+    $("#wi-head-cards").hidden = !r.has_head;
+    $("#wi-head-controls").hidden = !r.has_head;
+    const parts = r.parts || null; // only with a head threshold: alerts/hour by the part that fires them
+    for (const [sel, key] of [["#wi-ae-only", "autoencoder_only"], ["#wi-head-only", "head_only"], ["#wi-both", "both"]]) {
+      setText(sel, parts ? fmtRate(parts[key]) : "–");
+      $(sel).dataset.value = parts ? String(parts[key]) : "";
+    }
     const c = r.confusion;
     setText("#wi-precision", c ? pct(c.precision) : "no labels");
     setText("#wi-recall", c ? pct(c.recall) : "no labels");
@@ -200,14 +229,18 @@ async function whatIf(text) {
     $("#wi-recall").dataset.value = c && c.recall !== null ? String(c.recall) : "";
     setText("#wi-basis", `${r.sampled} sampled scores standing for ${Math.round(r.events_per_hour * r.span_s / 3600)} events ` +
             `over ${r.span_s.toFixed(1)} s · ${r.labelled} labelled events (${r.labelled_fraud} fraud) ` +
-            `from topic ${r.feedback_topic}` + (c ? ` · at the candidate: ${c.tp} TP, ${c.fp} FP, ${c.fn} FN` : ""));
+            `from topic ${r.feedback_topic}` + (c ? ` · at the candidate: ${c.tp} TP, ${c.fp} FP, ${c.fn} FN` : "") +
+            (parts ? ` · rule: score above ${fmt(r.threshold)} or p(fraud) above ${fmt(r.head_threshold)} ` +
+                     `(${r.head_sampled} of the sampled scores carry a probability)` : ""));
     const o = state.overview;
     drawHistogram($("#wi-hist"), o && o.histogram, [
       { value: r.current_threshold, cls: "current", label: "current" },
       { value: r.threshold, cls: "threshold", label: "candidate" }]);
     const curves = r.curves || { roc: [], pr: [] };
-    drawCurve($("#roc"), curves.roc, c ? [c.fpr, c.recall] : null, "false positive rate", "recall", true);
-    drawCurve($("#pr"), curves.pr, c ? [c.recall, c.precision] : null, "recall", "precision", false);
+    const headCurves = r.curves_head || { roc: [], pr: [] };
+    drawCurve($("#roc"), curves.roc, c ? [c.fpr, c.recall] : null, "false positive rate", "recall", true, headCurves.roc);
+    drawCurve($("#pr"), curves.pr, c ? [c.recall, c.precision] : null, "recall", "precision", false, headCurves.pr);
+    box.dataset.head = r.head_threshold === undefined || r.head_threshold === null ? "" : String(headText ?? r.head_threshold);
     box.dataset.threshold = text; // last: tests wait on this attribute
   } catch (err) {
     setText("#wi-basis", `error: ${err.message}`);
@@ -234,14 +267,20 @@ function result(sel, ok, text) {
 
 async function applyThreshold() {
   const value = Number(state.candidate);
-  const old = state.overview && state.overview.threshold ? state.overview.threshold.value : null;
-  const ok = await confirmDialog(`Set the threshold of model ${state.overview ? state.overview.active_model : "?"} ` +
-                                 `from ${fmt(old, 6)} to ${fmt(value, 6)}? Workers pick it up within a second.`);
+  const o = state.overview;
+  const old = o && o.threshold ? o.threshold.value : null;
+  const head = o && o.has_head && state.headCandidate !== null ? Number(state.headCandidate) : null;
+  const oldHead = o && o.threshold ? o.threshold.head : null;
+  const headChange = head === null ? "" : ` and its head threshold from ${fmt(oldHead, 6)} to ${fmt(head, 6)}`;
+  const ok = await confirmDialog(`Set the threshold of model ${o ? o.active_model : "?"} ` +
+                                 `from ${fmt(old, 6)} to ${fmt(value, 6)}${headChange}? Workers pick it up within a second.`);
   if (!ok) return;
   try {
-    const r = await api("/api/threshold", { method: "POST", write: true,
-      body: { value, note: $("#wi-note").value, operator: $("#wi-operator").value } });
-    result("#wi-result", true, `threshold version ${r.version}: ${fmt(r.old, 6)} → ${fmt(r.new, 6)}`);
+    const body = { value, note: $("#wi-note").value, operator: $("#wi-operator").value };
+    if (head !== null) body.head = head;
+    const r = await api("/api/threshold", { method: "POST", write: true, body });
+    result("#wi-result", true, `threshold version ${r.version}: ${fmt(r.old, 6)} → ${fmt(r.new, 6)}` +
+           (head === null ? "" : `, head ${fmt(r.old_head, 6)} → ${fmt(r.head, 6)}`));
     $("#wi-result").dataset.version = String(r.version);
     await refreshOverview();
     loadAudit();
@@ -256,7 +295,7 @@ async function loadAudit() {
     $("#audit tbody").replaceChildren(...lines.map((a) => {
       const tr = document.createElement("tr");
       for (const v of [a.version, a.set_at, a.set_by, a.old_value === "" ? "–" : fmt(Number(a.old_value), 6),
-                       fmt(a.value, 6), a.model_version, a.note]) {
+                       fmt(a.value, 6), a.head === undefined ? "–" : fmt(a.head, 6), a.model_version, a.note]) {
         const td = document.createElement("td"); td.textContent = String(v ?? "–"); tr.appendChild(td);
       }
       return tr;
@@ -365,7 +404,14 @@ async function start() {
   $("#token").onchange = (e) => sessionStorage.setItem("sd-token", e.target.value);
   $("#wi-slider").oninput = (e) => setCandidate(Math.pow(10, Number(e.target.value)).toPrecision(6), false);
   $("#wi-value").onchange = (e) => setCandidate(e.target.value, true);
-  $("#wi-reset").onclick = () => state.overview && state.overview.threshold && setCandidate(String(state.overview.threshold.value), true);
+  $("#wi-head-slider").oninput = (e) => setHead(Number(e.target.value).toPrecision(6), false);
+  $("#wi-head").onchange = (e) => setHead(e.target.value, true);
+  $("#wi-reset").onclick = () => {
+    const t = state.overview && state.overview.threshold;
+    if (!t) return;
+    if (state.overview.has_head && t.head !== null) setHead(String(t.head), true, false);
+    setCandidate(String(t.value), true);
+  };
   $("#wi-apply").onclick = applyThreshold;
   $("#ex-score-btn").onclick = explain;
   $("#rollback").onclick = rollback;
