@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.labels import DAY, card_precision_at_k, known_compromised
-from stream_detector.feedback import Label, Verdicts
 
 
 def test_card_precision_at_k_ranks_cards_by_their_best_transaction_and_leaves_out_known_ones() -> None:
@@ -20,8 +19,14 @@ def test_card_precision_at_k_ranks_cards_by_their_best_transaction_and_leaves_ou
     assert card_precision_at_k(events, scores, fraud, {day: {"a"}}, 2) == [0.5]
     assert card_precision_at_k(events, scores, fraud, {day: {"a", "b"}}, 2) == [0.5]  # c, d
     assert card_precision_at_k(events, scores, fraud, {day: {"b"}}, 2) == [1.0]  # a, c
-    earlier = [{"event_id": "old", "account_id": "a", "timestamp": (day - 1) * DAY}]
-    verdicts = Verdicts([Label("old", True, "chargeback", day * DAY - 5)])
-    assert known_compromised(earlier + events, verdicts, [day]) == {day: {"a"}}
-    late = Verdicts([Label("old", True, "chargeback", day * DAY + 5)])  # known only after the day began
-    assert known_compromised(earlier + events, late, [day]) == {day: set()}
+
+
+def test_known_compromised_follows_the_handbooks_rule() -> None:
+    """Cards with a fraud from the training week's first day up to 7 days before the test day."""
+    first = 20_000
+    events = [{"event_id": f"e{i}", "account_id": card, "timestamp": (first + d) * DAY + 5}
+              for i, (card, d) in enumerate([("old", -1), ("a", 0), ("b", 7), ("c", 8), ("d", 13)])]
+    fraud = np.ones(len(events), dtype=bool)
+    known = known_compromised(events, fraud, first, [first + 14, first + 15, first + 16])
+    assert known == {first + 14: {"a"}, first + 15: {"a", "b"}, first + 16: {"a", "b", "c"}}
+    assert known_compromised(events, np.zeros(len(events), dtype=bool), first, [first + 20]) == {first + 20: set()}
