@@ -48,6 +48,14 @@ class OfflineScores:
             out |= np.nan_to_num(self.probability, nan=-np.inf) > head
         return out
 
+    def take(self, rows: Sequence[int]) -> OfflineScores:
+        """The entries of ``rows`` (indices into this result), in that order."""
+        idx = np.asarray(rows, dtype=np.int64)
+        return OfflineScores(self.scores[idx], [self.rejected[i] for i in idx.tolist()],
+                             [self.messages[i] for i in idx.tolist()] if self.messages else [],
+                             None if self.per_feature is None else self.per_feature[idx],
+                             None if self.probability is None else self.probability[idx])
+
     @property
     def valid(self) -> np.ndarray:
         valid: np.ndarray = ~np.isnan(self.scores)

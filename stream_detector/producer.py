@@ -61,6 +61,8 @@ class EventProducer:
         """Send JSON ``records`` to ``topic`` keyed by their ``key_field`` (e.g. feedback records by
         event id); checked by ``confirm`` like ``send``."""
         assert self.producer is not None, "use EventProducer as a context manager"
+        if self.settings.create_topics:
+            ensure_topics(self.settings, [topic])
         for record in records:
             key = record.get(key_field)
             self.futures.append(self.producer.send(topic, value=orjson.dumps(record),

@@ -22,14 +22,14 @@ on different scales, their position against the threshold does not.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..model.bundle import Bundle
-from ..offline import score_events
+from ..offline import OfflineScores, score_events
 
 
 @dataclass(frozen=True)
@@ -53,24 +53,31 @@ class GateDecision:
                 "active": self.active, "policy": self.policy}
 
 
+Scoring = Callable[[Bundle, Sequence[dict[str, Any]]], OfflineScores]
+
+
 def evaluate(bundle: Bundle, holdout: Sequence[dict[str, Any]], labelled: Sequence[dict[str, Any]],
-             is_fraud: np.ndarray) -> dict[str, Any]:
-    """A model's numbers on the held-back clean events and on the labelled events."""
+             is_fraud: np.ndarray, score: Scoring = score_events) -> dict[str, Any]:
+    """A model's numbers on the held-back clean events and on the labelled events. ``score`` scores
+    events with a bundle (default ``offline.score_events``, from no history; a model with entity
+    features is scored in the context of its history, ``job.InContext``). An alert is the worker's
+    decision: error above the threshold, or with a supervised head, probability above its own."""
     threshold = bundle.threshold
-    scored = score_events(bundle, holdout)
+    scored = score(bundle, holdout)
     ok = scored.valid
     scores = scored.scores[ok]
+    alerts = scored.flagged(threshold, bundle.head_threshold)[ok]
     out: dict[str, Any] = {
-        "threshold": threshold, "rows": len(holdout),
+        "threshold": threshold, "head_threshold": bundle.head_threshold, "rows": len(holdout),
         "scored": int(ok.sum()), "finite": bool(np.isfinite(scores).all()),
-        "alert_rate": float((scores > threshold).mean()) if scores.size else 0.0,
+        "alert_rate": float(alerts.mean()) if scores.size else 0.0,
         "score_to_threshold_quantiles": {
             str(q): float(np.quantile(scores, q) / threshold) if scores.size and threshold > 0 else None
             for q in (0.5, 0.9, 0.99)},
     }
     if len(labelled):
-        lab = score_events(bundle, labelled)
-        flagged = lab.valid & (np.nan_to_num(lab.scores, nan=-np.inf) > threshold)
+        lab = score(bundle, labelled)
+        flagged = lab.valid & lab.flagged(threshold, bundle.head_threshold)
         tp = int((flagged & is_fraud).sum())
         out.update(labelled=len(labelled), frauds=int(is_fraud.sum()), flagged=int(flagged.sum()),
                    recall=tp / max(1, int(is_fraud.sum())),

@@ -14,19 +14,25 @@ or fraud-labelled event was trained on without storing every id), plus the gate 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import orjson
 
+from ..entity import enrich_history
+from ..errors import TrainingError
+from ..feedback import Verdicts
 from ..model.bundle import Bundle, build_bundle
 from ..model.reference import REFERENCE_KEY, reference_from_scores
+from ..model.supervised import HeadConfig, rows_for_head, train_head
 from ..model.train import TrainConfig, train
-from ..offline import score_events
+from ..offline import OfflineScores, score_events
 from ..settings import Settings
-from .gate import GateDecision, GatePolicy, decide, evaluate
+from .gate import GateDecision, GatePolicy, Scoring, decide, evaluate
+from .history import History
 from .window import FRAUD, Selection, WindowEntry
 
 Progress = Callable[[str], None]
@@ -54,47 +60,102 @@ def split_holdout(clean: list[WindowEntry], fraction: float) -> tuple[list[Windo
     return ordered[:-n_hold], ordered[-n_hold:]
 
 
+class InContext:
+    """Scores events of a ``History`` as a worker fed that history in order would: each bundle scores
+    the whole history once (entity and label state from its start, ``offline.score_events``), and
+    the rows asked for are picked by event id. Used as the gate's ``score`` for entity models."""
+
+    def __init__(self, history: History) -> None:
+        self.history = history
+        self.index: dict[str, int] = {}
+        for i, event in enumerate(history.events):
+            self.index.setdefault(str(event["event_id"]), i)
+        self._scored: dict[str, OfflineScores] = {}
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self.index
+
+    def event(self, event_id: str) -> dict[str, Any]:
+        return self.history.events[self.index[event_id]]
+
+    def __call__(self, bundle: Bundle, events: Sequence[dict[str, Any]]) -> OfflineScores:
+        scored = self._scored.get(bundle.version)
+        if scored is None:
+            labels = self.history.labels if bundle.entity is not None and bundle.entity.label_keys else ()
+            scored = self._scored[bundle.version] = score_events(bundle, self.history.events, labels=labels)
+        return scored.take([self.index[str(e["event_id"])] for e in events])
+
+
 def build_candidate(selection: Selection, settings: Settings, active: Bundle | None, reason: str,
-                    progress: Progress | None = None) -> Candidate:
+                    progress: Progress | None = None, history: History | None = None) -> Candidate:
+    """Train, calibrate and gate a candidate of the active model's kind.
+
+    * autoencoder only (or no active model): on the window's clean events;
+    * with entity features (and label features): ``history`` (``retrain/history.py``, read from
+      Kafka by time) is enriched point in time with the active model's ``EntitySpec`` — the same
+      code as ``stream-detector train`` on a time-ordered file — and the window's clean events are
+      trained on with those features; the gate scores both models in the context of that history;
+    * with a supervised head: the head is trained again (``model/supervised.py``) on the training
+      span's events: fraud where the winning label known now says fraud, legit where it says legit
+      or where the event is clean (not alerted, not labelled: silence reads as legit); alerted
+      events nobody labelled are left out of the head's rows. Fewer than ``MIN_FRAUDS`` labelled
+      frauds: no candidate (one without the head would drop it unseen).
+
+    Without ``history`` an entity model is skipped (said in the message)."""
     say = progress or (lambda _m: None)
     counts: dict[str, Any] = {"clean": len(selection.clean), "labelled": len(selection.labelled),
                               **{f"left_out_{k}": v for k, v in sorted(selection.left_out.items())}}
-    if active is not None and active.entity is not None:
-        # its features need per-entity history the window cannot rebuild point-in-time yet; a
-        # candidate without them would silently lose the model's strongest signals
-        return Candidate(None, None, counts, "the active model uses entity features, which the retrainer "
-                                             "cannot rebuild yet: retrain it with `stream-detector train "
-                                             "--entity-key` (docs/retraining.md)")
-    if active is not None and active.supervised is not None:
-        # an autoencoder-only candidate would drop the supervised head (and its threshold) unseen
-        return Candidate(None, None, counts, "the active model has a supervised head, which the retrainer "
-                                             "cannot retrain yet: retrain it with `stream-detector train "
-                                             "--supervised` (docs/retraining.md)")
-    if len(selection.clean) < settings.retrain_min_events:
-        return Candidate(None, None, counts, f"only {len(selection.clean)} clean events in the window, "
+    spec = active.entity if active is not None else None
+    if spec is not None and history is None:
+        return Candidate(None, None, counts, "the active model uses entity features and no history was read "
+                                             "for it (the retrainer reads it from the input topic by time)")
+    context = InContext(history) if spec is not None and history is not None else None
+    clean = selection.clean
+    labelled_entries = selection.labelled
+    if context is not None:
+        clean = [e for e in clean if e.event_id in context]
+        labelled_entries = [(e, lab) for e, lab in labelled_entries if e.event_id in context]
+        counts["left_out_not_in_history"] = len(selection.clean) - len(clean)
+        counts["history_events"] = len(context.history.events)
+        counts["history_labels"] = len(context.history.labels)
+    if len(clean) < settings.retrain_min_events:
+        return Candidate(None, None, counts, f"only {len(clean)} clean events in the window, "
                                              f"need {settings.retrain_min_events} (SD_RETRAIN_MIN_EVENTS)")
-    train_entries, holdout_entries = split_holdout(selection.clean, settings.retrain_holdout_fraction)
+    train_entries, holdout_entries = split_holdout(clean, settings.retrain_holdout_fraction)
     # the deployment's alert budget (the gate below enforces it), not the train command's fence
     config = TrainConfig(epochs=settings.retrain_epochs or None, threshold_method="quantile",
                          target_fpr=settings.retrain_target_fpr)
     say(f"training on {len(train_entries)} events ({reason}); {len(holdout_entries)} held back")
-    # the active model's field schema: a type a user set (``train --field``) survives retraining
-    result = train(_events(train_entries), config, progress=say,
-                   schema=active.schema if active is not None else None)
+    schema = active.schema if active is not None else None  # a type a user set (``train --field``) survives
+    if context is not None and spec is not None:
+        rows = enrich_history(spec, context.history.events, labels=context.history.labels if spec.label_keys else ())
+        by_id: Callable[[str], dict[str, Any]] = lambda i: rows[context.index[i]]  # noqa: E731
+        result = train([by_id(e.event_id) for e in train_entries], config, progress=say, entity=spec, schema=schema)
+        holdout = [context.event(e.event_id) for e in holdout_entries]
+        labelled = [context.event(e.event_id) for e, _ in labelled_entries]
+    else:
+        parsed = {e.event_id: orjson.loads(e.raw) for e in train_entries}
+        by_id = parsed.__getitem__
+        result = train(list(parsed.values()), config, progress=say, schema=schema)
+        holdout = _events(holdout_entries)
+        labelled = [orjson.loads(e.raw) for e, _ in labelled_entries]
+    if active is not None and active.supervised is not None:
+        problem = _retrain_head(result, train_entries, by_id, selection, context, settings, counts, say)
+        if problem:
+            return Candidate(None, None, counts, problem)
     draft = build_bundle(result)
-    holdout = _events(holdout_entries)
-    labelled = [orjson.loads(e.raw) for e, _ in selection.labelled]
-    is_fraud = np.array([label == FRAUD for _, label in selection.labelled], dtype=bool)
+    is_fraud = np.array([label == FRAUD for _, label in labelled_entries], dtype=bool)
     policy = GatePolicy(settings.retrain_target_fpr, settings.gate_max_alert_rate_ratio,
                         settings.gate_recall_tolerance, settings.gate_min_labels)
-    decision = decide(evaluate(draft, holdout, labelled, is_fraud),
-                      evaluate(active, holdout, labelled, is_fraud) if active is not None else None, policy)
+    score: Scoring = context if context is not None else score_events
+    decision = decide(evaluate(draft, holdout, labelled, is_fraud, score),
+                      evaluate(active, holdout, labelled, is_fraud, score) if active is not None else None, policy)
     if decision.active is not None and active is not None:
         decision.active["version"] = active.version
-    scores = score_events(draft, holdout).scores
+    scores = score(draft, holdout).scores
     reference = reference_from_scores(scores[~np.isnan(scores)])
     counts.update(train_events=len(train_entries), holdout_events=len(holdout_entries),
-                  clean_ids_sha256=ids_digest(e.event_id for e in selection.clean),
+                  clean_ids_sha256=ids_digest(e.event_id for e in clean),
                   train_ids_sha256=ids_digest(e.event_id for e in train_entries),
                   oldest_timestamp_s=train_entries[0].timestamp_s if train_entries else None,
                   newest_timestamp_s=holdout_entries[-1].timestamp_s)
@@ -102,6 +163,48 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     bundle = build_bundle(final, {"trained_by": "retrainer", "retrain_reason": reason, "training": counts,
                                   "gate": decision.to_dict()})
     return Candidate(bundle, decision, counts, "passed" if decision.passed else "; ".join(decision.reasons))
+
+
+def _retrain_head(result: Any, train_entries: list[WindowEntry], by_id: Callable[[str], dict[str, Any]],
+                  selection: Selection, context: InContext | None, settings: Settings, counts: dict[str, Any],
+                  say: Progress) -> str:
+    """Train the supervised head into ``result`` (see ``build_candidate``); returns why not, or ""."""
+    verdict: dict[str, bool] = {}
+    if context is not None:  # every label read from the feedback topic, the winner as known now
+        verdicts = Verdicts(context.history.labels)
+        times = [context.event(e.event_id).get("timestamp") for e in train_entries]
+        numeric = [float(t) for t in times if isinstance(t, (int, float)) and not isinstance(t, bool)]
+        first, last = (min(numeric), max(numeric)) if numeric else (-math.inf, math.inf)
+        for event in context.history.events:  # history order: the head's rows are deterministic
+            event_id = str(event["event_id"])
+            fraud = verdicts.verdict(event_id) if event_id in verdicts else None
+            if fraud is not None and _within(event.get("timestamp"), first, last):
+                verdict.setdefault(event_id, fraud)
+    else:
+        verdict = {e.event_id: label == FRAUD for e, label in selection.labelled}
+    ids = list(dict.fromkeys([e.event_id for e in train_entries] + list(verdict)))
+    if context is None:
+        raw = {e.event_id: e for e, _ in selection.labelled}
+        rows = [by_id(i) if i not in raw else orjson.loads(raw[i].raw) for i in ids]
+    else:
+        rows = [by_id(i) for i in ids]
+    x, y = rows_for_head(result.spec, result.schema, rows, [verdict.get(i, False) for i in ids])
+    counts.update(head_rows=int(len(y)), head_frauds=int(y.sum()))
+    try:
+        result.head, result.calibration["supervised"] = train_head(
+            result.head, x, y, HeadConfig(target_fpr=settings.retrain_target_fpr), say)
+    except TrainingError as exc:
+        return f"the active model has a supervised head and its candidate cannot have one: {exc}"
+    return ""
+
+
+def _within(timestamp: Any, first_ms: float, last_ms: float) -> bool:
+    """Whether an event's numeric ``timestamp`` (epoch ms) lies in the training span [first_ms,
+    last_ms] (the training events' own times); an event with another timestamp form is in the span
+    (the history read placed it by its record time)."""
+    if isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
+        return first_ms <= timestamp <= last_ms
+    return True
 
 
 def _events(entries: list[WindowEntry]) -> list[dict[str, Any]]:

@@ -4,7 +4,9 @@ Exported: ``stream_detector_retrain_runs_total{outcome}`` (promoted / rejected /
 ``stream_detector_retrain_duration_seconds`` (histogram), ``stream_detector_retrain_ingested_events_total``,
 ``stream_detector_retrain_window_events``, ``stream_detector_retrain_excluded_ids``,
 ``stream_detector_retrain_drift_checks_total``, ``stream_detector_retrain_drift_psi`` and
-``stream_detector_retrain_drift_ks`` (last judged), ``stream_detector_retrain_active_model_info``.
+``stream_detector_retrain_drift_ks`` (last judged), ``stream_detector_retrain_active_model_info``,
+``stream_detector_retrain_history_events`` (events read from the input topic by time for the last
+run of a model with entity features, ``retrain/history.py``).
 ``/healthz`` answers 200 while the process runs; ``/readyz`` 200 once the consumers are started.
 """
 
@@ -44,6 +46,8 @@ class RetrainerMetrics:
         self.ks = Gauge("stream_detector_retrain_drift_ks", "KS statistic of the last drift judgement.", registry=r)
         self.active = Info("stream_detector_retrain_active_model", "Model the retrainer compares against.",
                            registry=r)
+        self.history_events = Gauge("stream_detector_retrain_history_events",
+                                    "Input events read by time for the last entity-model run.", registry=r)
         self.ready = False
         self._server: ThreadingHTTPServer | None = None
         self.port = 0

@@ -46,6 +46,7 @@ from ..topics import ensure_topics
 from ..transport.factory import transport_config
 from ..transport.kafka_python import consumer_config
 from .drift import DriftReport, summarize
+from .history import read_history
 from .job import build_candidate
 from .metrics import RetrainerMetrics
 from .window import Exclusions, TrainingWindow, WindowEntry
@@ -213,7 +214,16 @@ class Retrainer:
         decided = {tp.partition: off for tp, off in committed_offsets(s, s.group_id, s.input_topic).items()}
         selection = self.window.select(self.exclusions, decided)
         active = self._active_bundle()
-        candidate = build_candidate(selection, s, active, reason, self.progress)
+        history = None
+        if active is not None and active.entity is not None and (selection.clean or selection.labelled):
+            # the entity features need each entity's events over the spec's horizon before the
+            # window, and every label: read from the topics by time (retrain/history.py)
+            spec = active.entity
+            oldest_s = min(e.timestamp_s for e in [*selection.clean, *(e for e, _ in selection.labelled)])
+            lookback_ms = spec.horizon_ms + (spec.label_within_s * 1000 if spec.label_keys else 0)
+            history = read_history(s, int(oldest_s * 1000) - lookback_ms, decided, progress=self.progress)
+            self.metrics.history_events.set(len(history.events))
+        candidate = build_candidate(selection, s, active, reason, self.progress, history=history)
         if candidate.bundle is None or candidate.decision is None:
             log.warning("retraining (%s) skipped: %s", reason, candidate.message)
             return RetrainOutcome("skipped", candidate.message, counts=candidate.counts)

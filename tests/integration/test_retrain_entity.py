@@ -1,0 +1,111 @@
+"""The retrainer refreshes a model with account and terminal history, label features and a
+supervised head (issue 18's first item), on the real broker and Redis.
+
+A worker decides a Handbook-like history with the active model; the retrainer reads that history
+back from the input topic by time and every label from the feedback topic
+(``retrain/history.py``), and its candidate equals a model trained by hand with the public API on
+the same events — the time-ordered history enriched point in time, the same clean training rows,
+the same labelled rows for the head — score for score."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import orjson
+import pytest
+
+from stream_detector.entity import EntitySpec, enrich_history
+from stream_detector.feedback import Label, Verdicts, parse_label
+from stream_detector.kafka_util import committed_offsets, end_offsets, read_all
+from stream_detector.model.bundle import build_bundle
+from stream_detector.model.supervised import HeadConfig, rows_for_head, train_head
+from stream_detector.model.train import TrainConfig, train
+from stream_detector.offline import score_events
+from stream_detector.producer import EventProducer
+from stream_detector.retrain.job import ids_digest
+from stream_detector.retrain.service import Retrainer
+from stream_detector.settings import Settings
+from stream_detector.simulate import HandbookSimulator, LabelDelays, Scenarios
+from stream_detector.store import ControlPlane
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+DAY = 86_400_000
+SPEC = EntitySpec(keys=("account_id", "terminal_id"), windows=(86_400, 7 * 86_400), distinct_fields=(),
+                  label_keys=("terminal_id",))
+
+
+def test_the_retrainer_rebuilds_an_entity_label_and_supervised_model_as_one_trained_by_hand(
+        settings: Settings, start_worker: object) -> None:
+    s = settings.model_copy(update={
+        "feedback_topic": f"fb-{uuid.uuid4().hex[:8]}", "retrain_epochs": 3, "retrain_min_events": 200,
+        "retrain_target_fpr": 0.01, "gate_max_alert_rate_ratio": 10.0, "gate_min_labels": 10**6})
+    end = int(time.time() * 1000) // DAY * DAY  # the last midnight: the history is the three weeks before
+    sim = HandbookSimulator(seed=3, customers=300, terminals=600, run_id=f"re{uuid.uuid4().hex[:6]}",
+                            scenarios=Scenarios(terminals_per_day=1, cards_per_day=1))
+    world = sim.generate(300 * 2 * 21, now_ms=end, span_ms=21 * DAY)
+    events = world.events()
+    due = world.label_columns(LabelDelays())[3] <= end
+    records = [r for r, d in zip(world.labels(), due.tolist(), strict=True) if d]
+    labels = [lab for lab in map(parse_label, records) if isinstance(lab, Label)]
+
+    # the active model: trained by hand on the first two weeks, with the head on their labels
+    first = [i for i, e in enumerate(events) if e["timestamp"] < end - 7 * DAY]
+    rows = enrich_history(SPEC, events, labels=labels)
+    verdicts = Verdicts(labels)
+    fraud = [bool(verdicts.verdict(events[i]["event_id"])) for i in first]
+    config = TrainConfig(epochs=3, threshold_method="quantile", target_fpr=0.01)
+    active = train([rows[i] for i, f in zip(first, fraud, strict=True) if not f], config, entity=SPEC)
+    x, y = rows_for_head(active.spec, active.schema, [rows[i] for i in first], fraud)
+    active.head, active.calibration["supervised"] = train_head(active.head, x, y, HeadConfig(target_fpr=0.01),
+                                                               lambda _m: None)
+    active_bundle = build_bundle(active)
+    control = ControlPlane.from_url(s.redis_url, s.redis_prefix)
+    control.publish(active_bundle, set_by="pytest")
+
+    with EventProducer(s, s.input_topic) as producer:
+        producer.send(events)
+        producer.send_records(s.feedback_topic, records)
+    running = start_worker(s)  # type: ignore[operator]
+    wait_until(lambda: committed_offsets(s, s.group_id, s.input_topic) == end_offsets(s, s.input_topic),
+               timeout_s=120, message="the worker decided every event")
+    running.stop()
+
+    outcome = Retrainer(s).run_once(timeout_s=120)
+    assert outcome.status == "promoted", outcome.to_dict()
+    candidate = control.fetch_bundle(str(outcome.version))
+    assert candidate.entity == SPEC and candidate.supervised is not None and candidate.head_threshold is not None
+    training = control.model_info(str(outcome.version))["metadata"]["training"]
+    assert training["history_events"] == len(events) and training["history_labels"] == len(labels)
+    assert training["left_out_not_in_history"] == 0
+
+    # by hand, from what is in the topics: the clean events (not alerted, not labelled fraud as known
+    # now) in record order, the newest 10 % held back; the history in event-time order
+    kafka = sorted(read_all(s, s.input_topic), key=lambda r: (r.timestamp / 1000.0, r.partition, r.offset))
+    alerted = {orjson.loads(r.value)["event_id"] for r in read_all(s, s.alerts_topic)}
+    clean = [orjson.loads(r.value)["event_id"] for r in kafka]
+    clean = [i for i in clean if i not in alerted and not verdicts.verdict(i)]
+    n_hold = max(1, int(len(clean) * s.retrain_holdout_fraction))
+    train_ids = clean[:-n_hold]
+    assert training["train_ids_sha256"] == ids_digest(train_ids), "no alerted or fraud event trained on"
+    by_id = {e["event_id"]: r for e, r in zip(events, rows, strict=True)}  # events are in event-time order
+    hand = train([by_id[i] for i in train_ids], TrainConfig(epochs=3, threshold_method="quantile",
+                                                             target_fpr=0.01), entity=SPEC, schema=active_bundle.schema)
+    times = [by_id[i]["timestamp"] for i in train_ids]
+    labelled = [e["event_id"] for e in events if e["event_id"] in verdicts
+                and min(times) <= e["timestamp"] <= max(times)]
+    head_ids = list(dict.fromkeys(train_ids + labelled))
+    x, y = rows_for_head(hand.spec, hand.schema, [by_id[i] for i in head_ids],
+                         [bool(verdicts.verdict(i)) for i in head_ids])
+    assert training["head_rows"] == len(y) and training["head_frauds"] == int(y.sum()) >= 100
+    hand.head, hand.calibration["supervised"] = train_head(hand.head, x, y, HeadConfig(target_fpr=0.01),
+                                                           lambda _m: None)
+    by_hand = build_bundle(hand)
+    assert candidate.threshold == pytest.approx(by_hand.threshold, rel=1e-5)
+    assert candidate.head_threshold == pytest.approx(by_hand.head_threshold, rel=1e-5)
+    ours, theirs = score_events(candidate, events, labels=labels), score_events(by_hand, events, labels=labels)
+    np.testing.assert_allclose(ours.scores, theirs.scores, rtol=1e-5)
+    assert ours.probability is not None and theirs.probability is not None
+    np.testing.assert_allclose(ours.probability, theirs.probability, rtol=1e-5, atol=1e-7)
