@@ -112,6 +112,14 @@ class FeatureContribution(BaseModel):
     error: float = Field(description="The field's summed squared reconstruction error (scaled space).")
 
 
+class HeadContribution(BaseModel):
+    """One field's part in the supervised head's verdict (``Scorer.head_attributions``)."""
+
+    feature: str = Field(description="Input field name (one-hot columns are summed into their field).")
+    contribution: float = Field(description="Gradient × input of the head's logit for this field: how far it "
+                                "pushed towards fraud (log-odds, before calibration).")
+
+
 class Alert(BaseModel):
     """What a subscriber of the alerts topic receives for each flagged event."""
 
@@ -130,6 +138,9 @@ class Alert(BaseModel):
                                       "(models trained with --supervised; else null).")
     head_threshold: float | None = Field(None, description="The supervised head's threshold of this threshold "
                                          "version (null without a head).")
+    head_top_features: list[HeadContribution] | None = Field(None, description="With a supervised head: the "
+                                                             "fields that pushed its verdict towards fraud most "
+                                                             "(positive contributions, largest first).")
     event: dict[str, Scalar] = Field(description="The original event as received.")
     detected_at: str = Field(description="RFC 3339 UTC time the worker decided.")
     event_time_ms: int = Field(description="Kafka timestamp of the input record (epoch ms).")

@@ -262,8 +262,11 @@ class Worker:
         self.feed.observe(events, decision.scores, rows, decision.threshold, batch.timestamps, indices,
                           decision.probability)  # sample (with the head's probability when there is one)
         field_errors = scorer.field_errors(done.per_feature[rows])
+        head = (scorer.head_attributions(done.features[rows])  # why the head said fraud, alerted rows only
+                if done.features is not None and len(rows) else None)
         alerts = build_alerts(batch, events, indices, decision, field_errors, scorer.fields,
-                              self.settings.top_features, self.settings.alerts_topic, self.settings.redacted_fields)
+                              self.settings.top_features, self.settings.alerts_topic, self.settings.redacted_fields,
+                              head)
         self.metrics.decided(batch, indices, rows)
         dead = build_dead_letters(batch, rejected, self.settings.dlq_topic)
         try:

@@ -86,14 +86,14 @@ class Bundle:
         entry = self.supervised
         return None if entry is None else float(entry["threshold"])
 
-    def load_module(self, device: str = "cpu") -> torch.jit.ScriptModule:
-        """Deserialize the TorchScript head onto ``device``, eval mode, frozen for inference."""
+    def load_module(self, device: str = "cpu", frozen: bool = True) -> torch.jit.ScriptModule:
+        """Deserialize the TorchScript head onto ``device``, eval mode, frozen for inference
+        (``frozen=False`` keeps the submodules and their methods, e.g. for gradients)."""
         with _torchscript():
-            module = torch.jit.load(  # type: ignore[no-untyped-call]
+            module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
                 io.BytesIO(self.files[MODEL_FILE]), map_location=device)
             module.eval()
-            frozen: torch.jit.ScriptModule = torch.jit.freeze(module)
-            return frozen
+            return torch.jit.freeze(module) if frozen else module
 
 
 def _digest(files: dict[str, bytes], listed: dict[str, str] | None = None) -> dict[str, str]:

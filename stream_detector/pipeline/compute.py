@@ -53,6 +53,7 @@ class Computed:
     rejected: list[Rejected]
     per_feature: np.ndarray
     probability: np.ndarray | None = None  # the supervised head's, float64 (n,); None without a head
+    features: np.ndarray | None = None  # the feature rows (float32, n × width), kept only with a head
 
 
 def featurise(scorer: Scorer, received: list[dict[str, Any]], indices: list[int],
@@ -76,7 +77,7 @@ def score_decoded(scorer: Scorer, decoded: Decoded, enrich: Enrich | None = None
     extra = enrich(decoded.events, decoded.indices) if enrich is not None else None
     x, events, indices = featurise(scorer, decoded.received, decoded.indices, decoded.events, rejected, extra)
     rejected.sort(key=lambda r: r.index)
-    return Computed(events, indices, rejected, *scorer.outputs(x))
+    return Computed(events, indices, rejected, *scorer.outputs(x), features=x if scorer.supervised else None)
 
 
 Outputs = tuple[np.ndarray, "np.ndarray | None"]  # Scorer.outputs: per-feature errors, probability
@@ -110,6 +111,7 @@ class ChunkedCompute:
         indices: list[int] = []
         rejected: list[Rejected] = []
         pending: list[Future[Outputs] | Outputs] = []
+        xs: list[np.ndarray] = []  # with a head: the feature rows, for the alerts' head attributions
         inline = len(values) <= self.chunk
         try:
             chunks = self._chunks(values, max_bytes, enrich, rejected, scorer.bundle.schema)
@@ -120,17 +122,21 @@ class ChunkedCompute:
                 self.timer("features", perf_counter() - t)
                 events.extend(part_events)
                 indices.extend(part_indices)
+                if scorer.supervised:
+                    xs.append(x)
                 pending.append(self._score(scorer, x) if inline else self._pool.submit(self._score, scorer, x))  # 4
             parts = [p if isinstance(p, tuple) else p.result() for p in pending]
         finally:  # on an error, no scoring of this batch may still run when the caller retries it
             wait([p for p in pending if isinstance(p, Future)])
         per_feature = (np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0] if parts
                        else np.zeros((0, scorer.bundle.spec.width), dtype=np.float32))
-        probability = None
+        probability = features = None
         if scorer.supervised:
             probability = np.concatenate([p[1] for p in parts if p[1] is not None]) if parts else np.zeros(0)
+            features = (np.concatenate(xs) if len(xs) > 1 else xs[0] if xs
+                        else np.zeros((0, scorer.bundle.spec.width), dtype=np.float32))
         rejected.sort(key=lambda r: r.index)  # dead letters in batch order
-        return Computed(events, indices, rejected, per_feature, probability)
+        return Computed(events, indices, rejected, per_feature, probability, features)
 
     def _score(self, scorer: Scorer, x: np.ndarray) -> Outputs:
         t = perf_counter()

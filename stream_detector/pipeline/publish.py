@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..schema import Alert, DeadLetterHeaders, FeatureContribution
+from ..schema import Alert, DeadLetterHeaders, FeatureContribution, HeadContribution
 from ..transport.base import Batch, OutMessage
 from .decode import Rejected
 from .threshold import Decision
@@ -30,12 +30,15 @@ def build_alerts(
     top_n: int,
     topic: str,
     redact: frozenset[str] = frozenset(),
+    head_contributions: np.ndarray | None = None,
 ) -> list[OutMessage]:
     """One alert per flagged row of ``decision`` (step 5's result, taken whole: scores, rows,
     threshold and model version of ONE model).
 
     ``decision.rows`` index into ``events``/``indices``/``decision.scores``; ``field_errors``
     (float32, len(rows) × len(fields)) has the per-field errors of the flagged events only.
+    ``head_contributions`` (float64, len(rows) × len(fields), ``Scorer.head_attributions``) gives
+    each alert's ``head_top_features``: its ``top_n`` largest positive contributions.
     Fields in ``redact`` are replaced by ``"[redacted]"`` in the alert's copy of the event (PII
     such as card numbers).
     """
@@ -65,6 +68,7 @@ def build_alerts(
             fired=decision.fired(row),
             probability=None if decision.probability is None else float(decision.probability[row]),
             head_threshold=threshold.head if decision.probability is not None else None,
+            head_top_features=None if head_contributions is None else _head_top(head_contributions[k], fields, top_n),
             event=event,
             detected_at=now,
             event_time_ms=batch.timestamps[i],
@@ -76,6 +80,12 @@ def build_alerts(
         out.append(OutMessage(topic, key, orjson.dumps(alert.model_dump()),
                               [("sd.model_version", threshold.model_version.encode())]))
     return out
+
+
+def _head_top(contributions: np.ndarray, fields: Sequence[str], top_n: int) -> list[HeadContribution]:
+    order = np.argsort(-contributions, kind="stable")[:top_n]
+    return [HeadContribution(feature=fields[j], contribution=float(contributions[j]))
+            for j in order.tolist() if contributions[j] > 0]
 
 
 def build_dead_letters(batch: Batch, rejected: Sequence[Rejected], topic: str) -> list[OutMessage]:

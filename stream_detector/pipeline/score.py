@@ -26,6 +26,8 @@ class Scorer:
                 starts.append(i)
         self.group_starts = np.asarray(starts, dtype=np.int64)
         self.supervised = bundle.supervised is not None  # the module's last output column: a probability
+        # the unfrozen module, whose submodules give the head's gradients (alerts' head attributions)
+        self._explain = bundle.load_module(device, frozen=False) if self.supervised else None
 
     @property
     def version(self) -> str:
@@ -55,6 +57,26 @@ class Scorer:
         if not self.supervised:
             return out, None
         return out[:, :-1], out[:, -1].astype(np.float64)
+
+    def head_attributions(self, x: np.ndarray) -> np.ndarray:
+        """Each input field's part in the supervised head's verdict on the rows ``x`` (float32,
+        k × width; the alerted rows): gradient × input of the head's logit (before Platt scaling)
+        with respect to the feature row, through both of the head's inputs (the row itself and the
+        autoencoder's errors of it), summed per field like ``field_errors``. Positive values pushed
+        towards fraud. The baseline is the zero row: each numeric feature at its training median
+        (robust scaling), no category. Method: gradient × input (Shrikumar et al., 2016, "Not just
+        a black box"). Returns float64, k × n_fields; raises ``ValueError`` without a head."""
+        if self._explain is None:
+            raise ValueError("the bundle has no supervised head")
+        if x.shape[0] == 0:
+            return np.zeros((0, len(self.fields)))
+        with torch.enable_grad():
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device).requires_grad_(True)
+            logit = self._explain.supervised.logit(t, self._explain.errors(t))
+            (grad,) = torch.autograd.grad(logit.sum(), t)
+        per_column = (grad * t).detach().cpu().numpy().astype(np.float64)
+        summed: np.ndarray = np.add.reduceat(per_column, self.group_starts, axis=1)
+        return summed
 
     def field_errors(self, per_feature: np.ndarray) -> np.ndarray:
         """Sum one-hot / indicator columns into their input field: n × n_fields."""

@@ -59,4 +59,7 @@ def test_the_demo_streams_history_and_labels_and_reports_what_the_workers_alerte
         assert dep["true_alerts"] == len(live_alerts & truth)
         if name == "labels":
             assert all(a["fired"] and a["probability"] is not None for a in published.values())
+            # why the head said fraud: its fields, largest positive contribution first
+            why = [a["head_top_features"] for a in published.values() if "supervised" in a["fired"]]
+            assert why and all(w and w[0]["contribution"] >= w[-1]["contribution"] > 0 for w in why)
             assert sum(n for _, n in dep["fired"].values()) == dep["alerts"]

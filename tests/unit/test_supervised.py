@@ -133,3 +133,43 @@ def test_train_supervised_and_score_from_the_command_line(labelled: Any, tmp_pat
     assert head is not None
     assert all(r["is_anomaly"] == str(int(float(r["score"]) > threshold or float(r["probability"]) > head)) for r in rows)
     assert any(float(r["probability"]) > head and float(r["score"]) <= threshold for r in rows)  # the head alone
+
+
+def test_the_heads_attributions_are_gradient_times_input_per_field_and_name_the_label_features(
+        labelled: Any) -> None:
+    """``Scorer.head_attributions`` (the alerts' ``head_top_features``) through the exported
+    TorchScript module equals gradient × input of the eager head's logit, summed per field; and on
+    this data, where compromised terminals show only through their known frauds, the frauds the
+    head flags are mostly explained by a label feature."""
+    import torch
+
+    events, fraud, labels = labelled
+    rows = enrich_history(SPEC, events, labels=labels)
+    result = _trained(rows[:4000], fraud[:4000])
+    x, y = rows_for_head(result.spec, result.schema, rows[:4000], fraud[:4000].tolist())
+    result.head, result.calibration["supervised"] = train_head(result.head, x, y, HeadConfig(target_fpr=0.02, seed=0),
+                                                               lambda _m: None)
+    bundle = bundle_from_files(build_bundle(result).files)
+    scorer = Scorer(bundle)
+    got = scorer.head_attributions(x[:64])
+    t = torch.from_numpy(x[:64].copy()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(result.head.supervised.logit(t, result.head.errors(t)).sum(), t)
+    expected = np.add.reduceat((grad * t).detach().numpy().astype(np.float64), scorer.group_starts, axis=1)
+    assert got.shape == (64, len(scorer.fields))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert not scorer.head_attributions(np.zeros((3, x.shape[1]), dtype=np.float32)).any()  # the baseline row
+
+    later_x, later_y = rows_for_head(result.spec, result.schema, rows[4000:], fraud[4000:].tolist())
+    _errors, p = scorer.outputs(later_x)
+    assert p is not None
+    # the fixture's world again (same seed, same call): which scenario each fraud belongs to
+    patterns = np.array(HandbookSimulator(seed=11, customers=300, terminals=1000, run_id="sup").generate(
+        6000, now_ms=1_790_000_000_000, span_ms=20 * DAY).patterns())[4000:]
+    assert len(later_y) == len(patterns)  # no row refused: the rows line up
+    top = np.array(scorer.fields)[np.argmax(scorer.head_attributions(later_x), axis=1)]
+    terminal = (patterns == "compromised_terminal") & (p > bundle.head_threshold)
+    card = (patterns == "compromised_card") & (p > bundle.head_threshold)
+    on_terminal_labels = float(np.mean([f.startswith("terminal_id__fraud") for f in top[terminal]]))
+    on_amount = float(np.mean(["amount" in f for f in top[card]]))
+    assert terminal.sum() >= 20 and on_terminal_labels >= 0.8, (int(terminal.sum()), on_terminal_labels)
+    assert card.sum() >= 5 and on_amount >= 0.7, (int(card.sum()), on_amount)
