@@ -17,6 +17,7 @@ SUITES = {
     "entity-workers": "benchmarks.entity_workers",
     "labels": "benchmarks.labels",
     "labels-worker": "benchmarks.labels_worker",
+    "retrain-scale": "benchmarks.retrain_scale",
     "labels-tables": "benchmarks.labels_tables",
 }
 WHAT = {
@@ -31,6 +32,7 @@ WHAT = {
     "entity-workers": "1 vs 4 workers with terminal history: events/s, agreement with offline, lost updates",
     "labels": "delayed labels, the Fraud Detection Handbook's protocol: AUC, AP, card precision@k per variant",
     "labels-worker": "one worker with the supervised head vs the same autoencoder alone, real Kafka and Redis",
+    "retrain-scale": "retraining an entity + label + head model: time per phase and peak memory by history size",
     "labels-tables": "delayed labels on the labelled tables: supervised head vs autoencoder, scarce-label fallback",
 }
 
