@@ -167,6 +167,9 @@ class RetrainSettings(_Group):
     retrain_window_seconds: float = Field(86_400.0, gt=0, description="Oldest event age the window keeps.")
     retrain_exclude_max: int = Field(500_000, ge=100, description="Most alerted/fraud event ids remembered.")
     retrain_interval_s: float = Field(3600.0, gt=0, description="Scheduled retraining period (service mode).")
+    retrain_on_frauds: int = Field(0, ge=0, description="Retrain (service mode) once this many events have become "
+                                   "fraud by their winning label since the last run (0 = off): new confirmed "
+                                   "frauds, e.g. a wave of chargebacks.")
     retrain_min_events: int = Field(500, ge=10, description="Fewest clean events a retraining needs.")
     retrain_holdout_fraction: float = Field(0.2, gt=0, lt=0.9, description="Newest share of clean events "
                                             "held back from training for the promotion gate.")

@@ -1,4 +1,4 @@
-"""The retrainer service: ingest → (schedule | drift | on demand) → train → gate → publish → prune.
+"""The retrainer service: ingest → (schedule | drift | label volume | on demand) → train → gate → publish → prune.
 
 Kafka inputs:
 
@@ -87,6 +87,9 @@ class Retrainer:
         self._drift_cursor = "-"
         self._drift_counts: list[dict[str, str]] = []
         self._active: Bundle | None = None  # the active bundle, fetched once per version
+        self.new_frauds = 0  # events whose verdict became fraud since the last run (SD_RETRAIN_ON_FRAUDS)
+        # labels published before this process started are relearned, not new: they do not count
+        self._new_since_ms = time.time() * 1000.0
         self._last_commit = time.monotonic()
         self.metrics = RetrainerMetrics()
 
@@ -154,6 +157,8 @@ class Retrainer:
                     report = self._survive(self.check_drift)
                     if report is not None and report.exceeds(s.drift_psi_bound):
                         reason = f"drift: psi {report.psi:.3f} > {s.drift_psi_bound} on {report.events} scores"
+                if reason is None and s.retrain_on_frauds and self.new_frauds >= s.retrain_on_frauds:
+                    reason = f"labels: {self.new_frauds} new confirmed frauds (SD_RETRAIN_ON_FRAUDS)"
                 if reason is None and now >= next_train:
                     reason = "schedule"
                 if reason is not None:
@@ -200,6 +205,7 @@ class Retrainer:
     def retrain(self, reason: str) -> RetrainOutcome:
         """Train on the clean, decided part of the window; publish if the gate passes."""
         started = time.monotonic()
+        self.new_frauds = 0  # counted afresh from this run on, whatever triggered it
         try:
             outcome = self._retrain(reason)
         except Exception:
@@ -304,7 +310,9 @@ class Retrainer:
             return
         label = decode_label(value, timestamp_ms)
         if isinstance(label, Label):
-            self.exclusions.add_label(label)
+            became_fraud = self.exclusions.add_label(label)
+            if became_fraud and (timestamp_ms is None or timestamp_ms >= self._new_since_ms):
+                self.new_frauds += 1
             return
         reason, message = label  # counted, and logged once per reason (the retrainer only reads the topic)
         if reason not in self._refused:

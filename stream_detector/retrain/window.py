@@ -76,9 +76,13 @@ class Exclusions:
     def add_alert(self, event_id: str) -> None:
         self.alerted.add(event_id)
 
-    def add_label(self, label: Label) -> None:
-        """Keep the label that wins by the feedback contract's rule (``feedback.prefer``)."""
-        self.labels.add(label.event_id, prefer(self.labels.get(label.event_id), label))
+    def add_label(self, label: Label) -> bool:
+        """Keep the label that wins by the feedback contract's rule (``feedback.prefer``); True when
+        the event's verdict became fraud with it (a new confirmed fraud)."""
+        before = self.labels.get(label.event_id)
+        winner = prefer(before, label)
+        self.labels.add(label.event_id, winner)
+        return winner.fraud and not (before is not None and before.fraud)
 
     def reason(self, event_id: str) -> str | None:
         """Why an event must not be trained on, or None."""

@@ -190,3 +190,42 @@ def test_retrain_cli_once_reports_and_exits_by_outcome(rsettings, published, env
     report = orjson.loads(done.stdout)
     assert report["status"] == "skipped" and report["counts"]["left_out_undecided"] == len(events)
     assert published.model_versions() == [published.active_model()]
+
+
+def test_new_confirmed_frauds_trigger_a_retraining_and_relearned_labels_do_not(rsettings, bundle, start_worker):
+    """SD_RETRAIN_ON_FRAUDS: once that many events have become fraud by their winning label since
+    the retrainer started (or last ran), it retrains; labels already on the topic when it started
+    are relearned for the exclusions but are not new."""
+    s = rsettings.model_copy(update={"retrain_interval_s": 3600.0, "drift_check_interval_s": 3600.0,
+                                     "retrain_on_frauds": 5})
+    control = ControlPlane.from_url(s.redis_url, s.redis_prefix)
+    control.publish(bundle, set_by="pytest")
+    events, _ = _wave(1200, 61, 0, "lv")
+    _produce(s, events)
+    running = start_worker(s)
+    wait_until(lambda: _drained(s), message="the wave decided")
+    ids = [str(e["event_id"]) for e in events]
+    _feedback(s, {i: "fraud" for i in ids[:5]})  # before the retrainer starts: old news
+    retrainer = Retrainer(s)
+    thread = threading.Thread(target=retrainer.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: all(retrainer.exclusions.reason(i) == "fraud" for i in ids[:5]),
+                   message="the earlier labels relearned")
+        assert retrainer.new_frauds == 0 and control.active_model() == bundle.version
+        _feedback(s, {**{i: "fraud" for i in ids[10:14]}, ids[20]: "legit"})  # 4 new frauds: not yet
+        wait_until(lambda: all(retrainer.exclusions.labels.get(i) is not None for i in [*ids[10:14], ids[20]]),
+                   message="4 new frauds and a legit label read")
+        assert retrainer.new_frauds == 4 and control.active_model() == bundle.version
+        _feedback(s, {ids[10]: "fraud", ids[30]: "fraud"})  # a repeat does not count; the fifth does
+        wait_until(lambda: control.active_model() != bundle.version, timeout_s=120,
+                   message="the fifth new fraud triggered a retraining that promoted a model")
+    finally:
+        retrainer.stop()
+        thread.join(timeout=60)
+        running.stop()
+    meta = control.model_info(control.active_model())["metadata"]  # type: ignore[arg-type]
+    assert meta["retrain_reason"].startswith("labels: 5 new confirmed frauds")
+    frauds = {*ids[:5], *ids[10:14], ids[30]}
+    alerted = {str(a["event_id"]) for a in _alerts(s)}  # an alerted event is left out as alerted first
+    assert meta["training"]["left_out_fraud"] == len(frauds - alerted)
