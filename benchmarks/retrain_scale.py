@@ -6,7 +6,7 @@ Starts its own Kafka + Redis (``deploy/services.sh``) unless ``--kafka/--redis``
 Per size ``n`` (``--sizes``): ``HandbookSimulator`` raw events over 35 days (``n / 70`` cards, twice
 as many terminals) and their delayed labels on fresh topics; the active model (account and
 terminal history + label features on terminal and account, windows 1d/7d/30d, + the supervised
-head) is trained on a 50,000-event sample and published; the worker group's offsets are committed
+head) is trained on the 100,000 events before the last week and published; the worker group's offsets are committed
 at the end (every event decided) without running a worker. Then, in a **fresh process** (so its
 peak resident memory is this size's alone), ``Retrainer.run_once``: catch up the window (its
 default bound, the newest 100,000 events), read the history by time from Kafka, enrich it point
@@ -67,8 +67,12 @@ def prepare(kafka: str, redis: str, n: int, tag: str) -> Settings:
                     [str(e["account_id"]).encode() for e in events])
     harness.produce(kafka, s.feedback_topic, [orjson.dumps(r) for r in records],
                     [str(r["event_id"]).encode() for r in records])
-    sample = events[-50_000:]  # the active model: the last 50,000 events, labels as known now
-    rows = enrich_history(SPEC, sample, labels=labels)
+    # the active model: the 100,000 events before the last week (most of their labels known by now)
+    last_week = next(i for i, e in enumerate(events) if int(str(e["timestamp"])) >= end - 7 * DAY)
+    sample = events[max(0, last_week - 100_000):last_week]
+    # enriched with all the history before it, as a model trained on a history file is (features
+    # from a sample's own start would leave the training distribution once scored with history)
+    rows = enrich_history(SPEC, events[:last_week], labels=labels)[-len(sample):]
     verdicts = Verdicts(labels)
     fraud = [bool(verdicts.verdict(str(e["event_id"]))) for e in sample]
     config = TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.005)

@@ -9,7 +9,10 @@ Rules (all must hold; every number is kept in the decision record):
 1. the candidate scores (finitely) at least 99 % of the held-back events it is given;
 2. its alert rate on held-back clean traffic is at most ``target · max_ratio`` plus three
    binomial standard errors (small held-back sets are noisy);
-3. with at least ``min_labels`` fraud labels and an active model: its recall and its precision
+3. with at least ``min_labels`` fraud labels and an active model whose own alert rate on the same
+   held-back events is within the bound of rule 2 (a model alerting far past the budget catches
+   frauds by alerting everything, so its recall is no reference: the decision's policy notes
+   say so): its recall and its precision
    on the labelled events are each at most ``tolerance`` below the active model's, plus two
    standard errors of the difference (labels are few; a handful of flagged events must not
    decide a promotion on noise). Precision is compared only when both models flag at least
@@ -95,7 +98,13 @@ def decide(candidate: dict[str, Any], active: dict[str, Any] | None, policy: Gat
         reasons.append(f"alert rate {candidate['alert_rate']:.4f} above bound {bound:.4f} "
                        f"(target {policy.target_rate:.4f})")
     frauds = int(candidate.get("frauds", 0))
-    if active is not None and frauds >= policy.min_labels and "recall" in active:
+    notes: list[str] = []
+    if active is not None and active.get("alert_rate", 0.0) > bound:
+        # an active model that alerts far past the budget catches frauds by alerting everything:
+        # its recall and precision are no reference for the candidate (rule 3 does not apply)
+        notes.append(f"active model's alert rate {active['alert_rate']:.4f} is above the bound {bound:.4f}: "
+                     "recall and precision not compared")
+    elif active is not None and frauds >= policy.min_labels and "recall" in active:
         for metric, n_key in (("recall", "frauds"), ("precision", "flagged")):
             n_c, n_a = int(candidate.get(n_key, 0)), int(active.get(n_key, 0))
             if metric == "precision" and min(n_c, n_a) < policy.min_labels:
@@ -107,7 +116,7 @@ def decide(candidate: dict[str, Any], active: dict[str, Any] | None, policy: Gat
     return GateDecision(not reasons, reasons, candidate, active,
                         {"target_rate": policy.target_rate, "max_ratio": policy.max_ratio,
                          "tolerance": policy.tolerance, "min_labels": policy.min_labels,
-                         "alert_rate_bound": bound})
+                         "alert_rate_bound": bound, "notes": notes})
 
 
 def _diff_se(p1: float, n1: int, p2: float, n2: int) -> float:

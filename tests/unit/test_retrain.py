@@ -170,6 +170,17 @@ def test_gate_compares_recall_and_precision_only_with_enough_labels():
     assert decide({**worse, "frauds": 4}, {**active, "frauds": 4}, POLICY).passed, "too few labels to judge"
 
 
+def test_an_active_model_alerting_past_the_budget_is_no_recall_reference():
+    """Seen at 1M events of history (benchmarks retrain-scale): an active model alerting on 99.7 %
+    of held-back traffic had recall 0.99 and blocked a candidate within budget."""
+    candidate = numbers(0.012, recall=0.65, precision=0.93, frauds=681, flagged=479)
+    flooding = numbers(0.997, recall=0.99, precision=0.12, frauds=681, flagged=5433)
+    decision = decide(candidate, flooding, POLICY)
+    assert decision.passed and "not compared" in decision.policy["notes"][0]
+    within = numbers(0.02, recall=0.99, precision=0.9, frauds=681, flagged=750)  # within the bound: compared
+    assert not decide(candidate, within, POLICY).passed
+
+
 def test_gate_allows_for_sampling_noise_on_few_labels():
     active = numbers(0.01, recall=2 / 7, precision=1.0, frauds=14, flagged=4)
     candidate = numbers(0.01, recall=2 / 7, precision=0.8, frauds=14, flagged=5)
