@@ -81,3 +81,16 @@ def read_all(settings: Settings, topic: str, timeout_s: float = 30.0,
         return records
     finally:
         consumer.close()
+
+
+def partitions_of(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> list[int]:
+    """The partition numbers of ``topic`` from ``consumer``'s metadata, waiting up to ``timeout_s``
+    for it to arrive; raises ``TimeoutError`` when it does not."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return sorted(parts)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no partition metadata for topic {topic}")
+        time.sleep(0.1)

@@ -33,6 +33,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from ..feedback import Label, decode_label
+from ..kafka_util import partitions_of
 from ..pipeline.decode import decode_batch
 from ..settings import Settings
 
@@ -95,7 +96,7 @@ def _read(consumer: KafkaConsumer, topic: str, since_ms: int, until: Mapping[int
           timeout_s: float) -> list[tuple[TopicPartition, list[Any]]]:
     """Records of ``topic`` from ``since_ms`` up to ``until`` (partition → end offset; None: the end
     offsets now), as (partition, records) chunks."""
-    parts = _partitions(consumer, topic, timeout_s)
+    parts = partitions_of(consumer, topic, timeout_s)
     tps = [TopicPartition(topic, p) for p in parts]
     ends = consumer.end_offsets(tps)
     if until is not None:
@@ -125,14 +126,3 @@ def _read(consumer: KafkaConsumer, topic: str, since_ms: int, until: Mapping[int
                 consumer.pause(tp)
     consumer.unsubscribe()
     return chunks
-
-
-def _partitions(consumer: KafkaConsumer, topic: str, timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return sorted(parts)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no partition metadata for topic {topic}")
-        time.sleep(0.1)

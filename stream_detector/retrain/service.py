@@ -35,7 +35,7 @@ from redis import RedisError
 
 from ..errors import ModelError, StreamDetectorError
 from ..feedback import Label, decode_label
-from ..kafka_util import committed_offsets
+from ..kafka_util import committed_offsets, partitions_of
 from ..model.bundle import Bundle
 from ..model.reference import reference_bins
 from ..pipeline.decode import decode_batch
@@ -337,14 +337,7 @@ class Retrainer:
     def _partitions(self, topic: str, timeout_s: float = 30.0) -> list[int]:
         consumer = self.side if self.side is not None else self.input
         assert consumer is not None
-        deadline = time.monotonic() + timeout_s
-        while True:
-            parts = consumer.partitions_for_topic(topic)
-            if parts:
-                return sorted(parts)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no partition metadata for topic {topic}")
-            time.sleep(0.1)
+        return partitions_of(consumer, topic, timeout_s)
 
     def _commit(self, force: bool = False) -> None:
         if self.input is None or (not force and time.monotonic() - self._last_commit < 5.0):
