@@ -1,15 +1,36 @@
 #!/usr/bin/env bash
-# make demo: start the local services (unless already running), run `stream-detector demo`,
-# and stop again only what this script started.
+# make demo: run `stream-detector demo` on a Kafka and a Redis. Which ones, in this order:
+#   1. SD_KAFKA_BOOTSTRAP and SD_REDIS_URL, when both are set (your own services; left as they are);
+#   2. this checkout's local services (deploy/services.sh) when they are running (left running);
+#   3. a Kafka and a Redis already answering on 127.0.0.1:SD_KAFKA_PORT (9092) / SD_REDIS_PORT (6379),
+#      e.g. started by another checkout's `make services-up` (left running);
+#   4. else this checkout's local services, started now and stopped again at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+sd=.venv/bin/stream-detector
+answers() {  # both Kafka (SD_KAFKA_BOOTSTRAP) and Redis (SD_REDIS_URL) answer `check-config`
+  "$sd" check-config --timeout 3 --json 2>/dev/null | .venv/bin/python -c \
+    'import json, sys; ok = {c["name"] for c in json.load(sys.stdin) if c["status"] == "ok"}; sys.exit({"kafka", "redis"} - ok != set())'
+}
 started=0
-if ! deploy/services.sh status | grep -q "kafka: running" || ! deploy/services.sh status | grep -q "redis: running"; then
-  started=1
+if [ -n "${SD_KAFKA_BOOTSTRAP:-}" ] && [ -n "${SD_REDIS_URL:-}" ]; then
+  answers || { echo "demo: Kafka at $SD_KAFKA_BOOTSTRAP or Redis at $SD_REDIS_URL does not answer" \
+                    "(unset both to use local services)" >&2; exit 1; }
+  echo "demo: using Kafka $SD_KAFKA_BOOTSTRAP and Redis $SD_REDIS_URL (SD_KAFKA_BOOTSTRAP / SD_REDIS_URL)" >&2
+else
+  export SD_KAFKA_BOOTSTRAP="127.0.0.1:${SD_KAFKA_PORT:-9092}"
+  export SD_REDIS_URL="redis://127.0.0.1:${SD_REDIS_PORT:-6379}/0"
+  status=$(deploy/services.sh status)
+  if grep -q "kafka: running" <<<"$status" && grep -q "redis: running" <<<"$status"; then
+    deploy/services.sh up  # only checks them
+  elif answers; then
+    echo "demo: using the Kafka ($SD_KAFKA_BOOTSTRAP) and Redis ($SD_REDIS_URL) already running" \
+         "(not started by this checkout: left running)" >&2
+  else
+    started=1
+    deploy/services.sh up
+  fi
 fi
-deploy/services.sh up
 cleanup() { [ "$started" = 1 ] && deploy/services.sh down || true; }
 trap cleanup EXIT
-export SD_KAFKA_BOOTSTRAP="127.0.0.1:${SD_KAFKA_PORT:-9092}"
-export SD_REDIS_URL="redis://127.0.0.1:${SD_REDIS_PORT:-6379}/0"
-.venv/bin/stream-detector demo --cards "${DEMO_CARDS:-2000}" --rate "${DEMO_RATE:-2000}"
+"$sd" demo --cards "${DEMO_CARDS:-2000}" --rate "${DEMO_RATE:-2000}"

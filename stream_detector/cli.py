@@ -73,6 +73,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     _say("field schema (--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
     for line in data.schema.describe():
         _say(line)
+    if entity is not None:
+        entity = _check_entity_fields(entity, data.schema, data.events,
+                                      explicit_distinct=args.entity_distinct != _DEFAULT_DISTINCT)
     from .feedback import LEGIT
 
     events, labels, normal_label = data.events, data.labels, args.normal_label
@@ -123,14 +126,20 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         _say("on the labelled input (training rows included): " + ", ".join(
             f"{k}={v:.4f}" for k, v in extra["evaluation_on_input"].items() if isinstance(v, float)))
         if "supervised_head" in extra["evaluation_on_input"]:
-            _say("the supervised head on it: " + ", ".join(
-                f"{k}={v:.4f}" for k, v in extra["evaluation_on_input"]["supervised_head"].items()
-                if isinstance(v, float)))
+            _say("the supervised head on it: " + _figures(extra["evaluation_on_input"]["supervised_head"]))
+            _say("the decision (alert when either fires, as the worker does) on it: "
+                 + _figures(extra["evaluation_on_input"]["decision"]))
     bundle = build_bundle(result, extra)
     save_bundle(bundle, out)
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
     print(bundle.version)
     return 0
+
+
+def _figures(numbers: dict[str, Any]) -> str:
+    """``k=v, …`` of an evaluation's figures (floats to 4 places; missing ones left out)."""
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items()
+                     if v is not None and not isinstance(v, dict))
 
 
 def _refuse_leaks(schema: Any, events: list[dict[str, Any]], fraud: list[bool], excluded: Sequence[str]) -> None:
@@ -304,6 +313,33 @@ def _entity_spec(args: argparse.Namespace) -> Any:
         raise ConfigError(f"entity features: {exc}") from exc
 
 
+def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]], explicit_distinct: bool) -> Any:
+    """Refuse (exit 2) entity options naming a field the input lacks, or an entity key missing from
+    every row: the features would be computed from nothing (a typo trains a model without history).
+    The default ``--entity-distinct`` keeps those of its fields the input has (said on stderr)."""
+    import dataclasses
+
+    present = [f for f in entity.distinct_fields if f in schema]
+    if not explicit_distinct and present != list(entity.distinct_fields):
+        _say(f"entity features: distinct values of {', '.join(present) or 'no field'} (the default "
+             f"--entity-distinct {_DEFAULT_DISTINCT}: the input has no "
+             f"{', '.join(f for f in entity.distinct_fields if f not in present)})")
+        entity = dataclasses.replace(entity, distinct_fields=tuple(present))
+    options = [("--entity-key", k) for k in entity.keys] + [("--entity-amount", entity.amount_field)] + [
+        ("--entity-distinct", f) for f in entity.distinct_fields]
+    for option, name in options:
+        if name not in schema and not any(name in e for e in events[:1000]):
+            raise ConfigError(f"{option} {name}: no such field in the input (fields: "
+                              f"{', '.join(rule.name for rule in schema.fields)})")
+    for key in entity.keys:
+        if all(e.get(key) in (None, "") for e in events):
+            raise ConfigError(f"--entity-key {key}: the field is empty in every row")
+    return entity
+
+
+_DEFAULT_DISTINCT = "merchant_category,country"
+
+
 def _backwards(events: list[dict[str, Any]]) -> int:
     """Rows whose timestamp is earlier than the latest one before them (late / out of order)."""
     from .schema import parse_timestamp_ms
@@ -364,16 +400,16 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     if args.feedback:
         import numpy as np
 
-        from .report import evaluate
+        from .report import decision_figures, evaluate
 
         y = np.array([lab == "fraud" for lab, ok in zip(verdicts, scored.valid.tolist(), strict=True) if ok])
         numbers = evaluate(scored.scores[scored.valid], y, threshold)
-        _say("against the feedback labels: " + ", ".join(
-            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items() if v is not None))
+        _say(("the autoencoder" if head is not None else "the model") + " against the feedback labels: "
+             + _figures(numbers))
         if scored.probability is not None and head is not None:
-            numbers = evaluate(scored.probability[scored.valid], y, head)
-            _say("the supervised head against them: " + ", ".join(
-                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items() if v is not None))
+            _say("the supervised head against them: " + _figures(evaluate(scored.probability[scored.valid], y, head)))
+            _say("the decision (alert when either fires, as the worker does) against them: " + _figures(
+                decision_figures(scored.flagged(threshold, head)[scored.valid], y)))
     return 0
 
 
@@ -711,8 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-entity history features keyed by this field, e.g. account_id (repeatable; "
                         "the input must be in arrival/time order; docs/entity-features.md)")
     p.add_argument("--entity-windows", default="1h,1d,7d", help="entity feature windows (default 1h,1d,7d)")
-    p.add_argument("--entity-distinct", default="merchant_category,country",
-                   help="fields whose distinct / first-seen values per entity become features")
+    p.add_argument("--entity-distinct", default=_DEFAULT_DISTINCT,
+                   help="fields whose distinct / first-seen values per entity become features (default "
+                        "merchant_category,country: those of them the input has; '' for none)")
     p.add_argument("--entity-amount", default="amount", help="amount field of the entity features")
     p.add_argument("--supervised", action="store_true",
                    help="also train a supervised head on the labelled rows (--feedback or --label-column): a "

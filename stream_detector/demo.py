@@ -24,6 +24,8 @@ velocity simulator, whose events carry precomputed history fields.
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
 import threading
 import time
 import uuid
@@ -185,6 +187,8 @@ def run_demo(settings: Settings, config: DemoConfig, workdir: Path, progress: Ca
                               "live_events": len(live_ids),
                               "live_frauds": sum(p != "legit" for p in live_ids.values()), "labels": len(records),
                               "drained": drained, "replay_seconds": replay_s, "live_seconds": live_s,
+                              "target_fpr": config.target_fpr, "topics": sorted({*topics.values(), *(
+                                  t for s in dep_settings.values() for t in (s.alerts_topic, s.dlq_topic))}),
                               "deployments": {}}
     for name, s in dep_settings.items():
         alerts = {a["event_id"]: a for a in (orjson.loads(r.value) for r in read_all(s, s.alerts_topic))
@@ -241,12 +245,31 @@ def _summary(r: dict[str, Any]) -> str:
                     "top_features")
             lines.append(f"  example alert ({name}): " + orjson.dumps({k: d["example"].get(k) for k in keep}).decode())
     first = next(iter(deps.values()))
-    lines += ["", "  try it by hand (the same history, written to the demo's folder):",
-              f"    stream-detector train {r['workdir']}/events.jsonl --entity-key account_id \\",
-              "      --entity-key terminal_id \\",
-              f"      --label-key terminal_id --feedback {r['workdir']}/feedback.jsonl --supervised --out my-model",
-              f"    SD_REDIS_PREFIX={first['redis_prefix']} stream-detector console   # one deployment's console"]
+    sd = _command_name()
+    lines += ["", "  try it by hand: the labelled model's features, label keys and alert budget, trained on the demo's files",
+              "  (on every day and every label in the file, where the demo trains on the third week with the labels",
+              "  known when the live week starts: its figures on the input differ from the demo's):",
+              f"    {sd} train --input {r['workdir']}/events.jsonl --feedback {r['workdir']}/feedback.jsonl \\",
+              "      --entity-key account_id --entity-key terminal_id --entity-windows 1d,7d,30d --entity-distinct '' \\",
+              "      --label-key terminal_id --label-key account_id --supervised \\",
+              f"      --threshold-method quantile --target-fpr {r['target_fpr']} --out my-model",
+              f"    SD_REDIS_PREFIX={first['redis_prefix']} {sd} console   # one deployment's console",
+              "", f"  left in place for a look: topics {', '.join(r['topics'])}; Redis keys under "
+              + ", ".join(f"{d['redis_prefix']}:*" for d in deps.values())
+              + " (each run uses new names; `make services-down` + removing .cache/services clears all)"]
     return "\n".join(lines)
+
+
+def _command_name() -> str:
+    """How the user reaches this CLI from the current folder: ``.venv/bin/stream-detector`` after
+    ``make install`` (not on PATH), plain ``stream-detector`` when it is on PATH."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "stream-detector" and shutil.which("stream-detector") != str(argv0.resolve()):
+        try:
+            return str(argv0.resolve().relative_to(Path.cwd()))
+        except ValueError:
+            return str(argv0)
+    return "stream-detector"
 
 
 def _caught(scenario: str, deployment: dict[str, Any]) -> str:

@@ -30,10 +30,24 @@ def evaluate_on_input(bundle: Bundle, events: Sequence[Any], is_anomaly: np.ndar
     numbers = evaluate(scores, y, threshold)
     if scored.probability is not None and bundle.head_threshold is not None:  # the supervised head's own figures
         numbers["supervised_head"] = evaluate(scored.probability[ok], y, bundle.head_threshold)
+        numbers["decision"] = decision_figures(scored.flagged(threshold, bundle.head_threshold)[ok], y)
     if y.any() and (~y).any():
         plot_curves(scores, y, threshold, out / "report" / "curves.png", out.name)
     plot_scores(scores, y, threshold, out / "report" / "scores.png", f"scores on {input_name}")
     return numbers
+
+
+def decision_figures(flagged: np.ndarray, is_anomaly: np.ndarray) -> dict[str, Any]:
+    """The worker's decision against labels: ``flagged`` (bool (n,)) is what it alerts (with a
+    supervised head: error above its threshold **or** probability above the head's), ``is_anomaly``
+    (bool (n,)) the truth. Alerts, precision, recall, F1 and flag rate (share of rows alerted)."""
+    pred, y = flagged.astype(bool), is_anomaly.astype(bool)
+    tp = int((pred & y).sum())
+    precision = tp / int(pred.sum()) if pred.any() else 0.0
+    recall = tp / int(y.sum()) if y.any() else 0.0
+    return {"alerts": int(pred.sum()), "precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "flag_rate": float(pred.mean()) if y.size else 0.0}
 
 
 def evaluate(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float) -> dict[str, Any]:

@@ -7,8 +7,10 @@ labelled events in the window, those labelled events. Each model is judged at it
 Rules (all must hold; every number is kept in the decision record):
 
 1. the candidate scores (finitely) at least 99 % of the held-back events it is given;
-2. its alert rate on held-back clean traffic is at most ``target · max_ratio`` plus three
-   binomial standard errors (small held-back sets are noisy);
+2. its alert rate on held-back clean traffic is at most ``target · parts · max_ratio`` plus three
+   binomial standard errors (small held-back sets are noisy). ``parts`` is 2 for a bundle with a
+   supervised head: each part is calibrated to the target on its own and an event alerts when
+   either fires, so the union's budget is the sum of the two;
 3. with at least ``min_labels`` fraud labels and an active model whose own alert rate on the same
    held-back events is within the bound of rule 2 (a model alerting far past the budget catches
    frauds by alerting everything, so its recall is no reference: the decision's policy notes
@@ -37,10 +39,19 @@ from ..offline import OfflineScores, score_events
 
 @dataclass(frozen=True)
 class GatePolicy:
+    """``target_rate``: each part's alert budget on clean traffic (share of events); ``parts``: the
+    decision's parts, 1 (autoencoder) or 2 (autoencoder or supervised head): the budget of the
+    decision is ``target_rate · parts``."""
+
     target_rate: float
     max_ratio: float = 2.0
     tolerance: float = 0.05
     min_labels: int = 5
+    parts: int = 1
+
+    @property
+    def budget(self) -> float:
+        return self.target_rate * self.parts
 
 
 @dataclass
@@ -96,7 +107,8 @@ def decide(candidate: dict[str, Any], active: dict[str, Any] | None, policy: Gat
     bound = alert_rate_bound(policy, candidate["rows"])
     if candidate["alert_rate"] > bound:
         reasons.append(f"alert rate {candidate['alert_rate']:.4f} above bound {bound:.4f} "
-                       f"(target {policy.target_rate:.4f})")
+                       f"(target {policy.budget:.4f}" + (f" = {policy.parts} parts × {policy.target_rate:.4f}"
+                                                         if policy.parts > 1 else "") + ")")
     frauds = int(candidate.get("frauds", 0))
     notes: list[str] = []
     if active is not None and active.get("alert_rate", 0.0) > bound:
@@ -114,7 +126,7 @@ def decide(candidate: dict[str, Any], active: dict[str, Any] | None, policy: Gat
                 reasons.append(f"{metric} {candidate[metric]:.3f} below active {active[metric]:.3f} "
                                f"- {margin:.3f}")
     return GateDecision(not reasons, reasons, candidate, active,
-                        {"target_rate": policy.target_rate, "max_ratio": policy.max_ratio,
+                        {"target_rate": policy.target_rate, "parts": policy.parts, "max_ratio": policy.max_ratio,
                          "tolerance": policy.tolerance, "min_labels": policy.min_labels,
                          "alert_rate_bound": bound, "notes": notes})
 
@@ -125,5 +137,6 @@ def _diff_se(p1: float, n1: int, p2: float, n2: int) -> float:
 
 
 def alert_rate_bound(policy: GatePolicy, rows: int) -> float:
-    p = policy.target_rate
+    """Rule 2's bound on a candidate's alert rate over ``rows`` held-back clean events (a share)."""
+    p = policy.budget
     return p * policy.max_ratio + 3.0 * math.sqrt(p * (1 - p) / max(1, rows))

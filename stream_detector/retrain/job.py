@@ -146,7 +146,8 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     draft = build_bundle(result)
     is_fraud = np.array([label == FRAUD for _, label in labelled_entries], dtype=bool)
     policy = GatePolicy(settings.retrain_target_fpr, settings.gate_max_alert_rate_ratio,
-                        settings.gate_recall_tolerance, settings.gate_min_labels)
+                        settings.gate_recall_tolerance, settings.gate_min_labels,
+                        parts=2 if draft.head_threshold is not None else 1)
     score: Scoring = context if context is not None else score_events
     decision = decide(evaluate(draft, holdout, labelled, is_fraud, score),
                       evaluate(active, holdout, labelled, is_fraud, score) if active is not None else None, policy)

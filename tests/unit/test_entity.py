@@ -239,6 +239,30 @@ def test_cli_train_with_entity_keys_stores_the_spec_and_score_agrees(tmp_path: P
     assert [float(v) for v in written] == expected.tolist()
 
 
+def test_cli_train_refuses_entity_options_naming_no_field_and_trims_the_default_distinct_fields(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in --entity-key / --entity-distinct / --entity-amount is exit 2 with one line naming the
+    option (it used to train a model whose history features were computed from nothing); the default
+    --entity-distinct keeps the fields the input has, and says so."""
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_jsonl
+
+    events, _ = Simulator(seed=9, accounts=20, raw=True).batch(400, 0.0, now_ms=1_790_000_000_000,
+                                                               span_ms=86_400_000)
+    write_jsonl(tmp_path / "h.jsonl", [{k: v for k, v in e.items() if k != "country"} for e in events])
+    base = ["train", "--input", str(tmp_path / "h.jsonl"), "--out", str(tmp_path / "m"), "--epochs", "1"]
+    for extra, option in ((["--entity-key", "acount_id"], "--entity-key acount_id"),
+                          (["--entity-key", "account_id", "--entity-distinct", "merchant"], "--entity-distinct merchant"),
+                          (["--entity-key", "account_id", "--entity-amount", "amt"], "--entity-amount amt")):
+        assert main(base + extra) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith(f"stream-detector train: error: {option}: no such field"), last
+        assert not (tmp_path / "m").exists()
+    assert main(base + ["--entity-key", "account_id"]) == 0
+    assert load_bundle(tmp_path / "m").entity.distinct_fields == ("merchant_category",)
+    assert "the input has no country" in capsys.readouterr().err
+
+
 def test_features_as_columns_equal_the_enriched_events_matrix() -> None:
     """The worker's and offline scoring's path (``Enricher.features`` → ``transform(extra=)``)
     gives the same feature matrix and the same rejections as enriched dicts, including entity

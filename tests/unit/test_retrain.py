@@ -152,6 +152,21 @@ def test_gate_refuses_a_candidate_that_alerts_too_much():
     assert not decision.passed and "alert rate" in decision.reasons[0]
 
 
+def test_gate_budget_of_a_bundle_with_a_head_is_the_sum_of_its_parts():
+    """An event alerts when the autoencoder or the head fires, each calibrated to the target: the
+    union alerts on up to twice the target (seen: `retrain --once` on the demo's labelled deployment
+    refused every candidate at ~2x the target, its parts each on budget)."""
+    two = GatePolicy(target_rate=0.01, max_ratio=2.0, tolerance=0.05, min_labels=5, parts=2)
+    union = 0.035  # each part ~1.75 % on these events: past one part's bound, within the union's
+    assert union > alert_rate_bound(POLICY, 1000)
+    assert not decide(numbers(union), None, POLICY).passed
+    decision = decide(numbers(union), None, two)
+    assert decision.passed and decision.policy["parts"] == 2
+    assert alert_rate_bound(two, 1000) == pytest.approx(
+        0.04 + 3.0 * (0.02 * 0.98 / 1000) ** 0.5)
+    assert "= 2 parts" in decide(numbers(0.06), None, two).reasons[0]
+
+
 def test_gate_refuses_a_candidate_that_cannot_score_the_holdout():
     assert not decide({**numbers(0.0), "scored": 900}, None, POLICY).passed
     assert not decide({**numbers(0.0), "finite": False}, None, POLICY).passed

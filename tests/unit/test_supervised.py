@@ -11,7 +11,7 @@ from sklearn.metrics import average_precision_score
 
 from stream_detector.entity import EntitySpec, enrich_history
 from stream_detector.errors import TrainingError
-from stream_detector.feedback import Label, parse_label
+from stream_detector.feedback import Label, Verdicts, parse_label
 from stream_detector.model.bundle import build_bundle, bundle_from_files
 from stream_detector.model.supervised import HeadConfig, expected_calibration_error, rows_for_head, train_head
 from stream_detector.model.train import TrainConfig, train
@@ -122,12 +122,20 @@ def test_train_supervised_and_score_from_the_command_line(labelled: Any, tmp_pat
                  "--threshold-method", "quantile", "--target-fpr", "0.02", "--epochs", "2"]) == 0
     bundle = load_bundle(tmp_path / "m")
     assert bundle.supervised is not None and bundle.entity is not None and bundle.entity.label_keys == ("terminal_id",)
-    assert "the supervised head on it: auc_roc=" in capsys.readouterr().err
+    assert "the supervised head on it: rows=6000" in capsys.readouterr().err
     assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "h.csv"), "--out",
                  str(tmp_path / "s.csv"), "--feedback", str(tmp_path / "fb.jsonl")]) == 0
-    assert "the supervised head against them: rows=6000" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the supervised head against them: rows=6000" in err
     with open(tmp_path / "s.csv") as handle:
         rows = list(csv.DictReader(handle))
+    # the decision line is the worker's rule against the labels: the written flags and the file's verdicts
+    verdicts = Verdicts(labels)
+    truth = [bool(verdicts.verdict(e["event_id"])) for e in events]
+    alerted = [r["is_anomaly"] == "1" for r in rows]
+    tp = sum(a and t for a, t in zip(alerted, truth, strict=True))
+    assert (f"the decision (alert when either fires, as the worker does) against them: alerts={sum(alerted)}, "
+            f"precision={tp / sum(alerted):.4f}, recall={tp / sum(truth):.4f}") in err
     assert len(rows) == 6000 and all(0.0 <= float(r["probability"]) <= 1.0 for r in rows)
     head, threshold = bundle.head_threshold, bundle.threshold
     assert head is not None
