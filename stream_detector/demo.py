@@ -246,12 +246,12 @@ def _summary(r: dict[str, Any]) -> str:
             lines.append(f"  example alert ({name}): " + orjson.dumps({k: d["example"].get(k) for k in keep}).decode())
     first = next(iter(deps.values()))
     sd = _command_name()
-    lines += ["", "  try it by hand: the labelled model's features, label keys and alert budget, trained on the demo's files",
-              "  (on every day and every label in the file, where the demo trains on the third week with the labels",
-              "  known when the live week starts: its figures on the input differ from the demo's):",
+    lines += ["", "  try it by hand: the labelled model's features, label keys and alert budget, trained on the",
+              "  demo's files (on every day and every label in the file, where the demo trains on the third week",
+              "  with the labels known when the live week starts: its figures on the input differ from the demo's):",
               f"    {sd} train --input {r['workdir']}/events.jsonl --feedback {r['workdir']}/feedback.jsonl \\",
-              "      --entity-key account_id --entity-key terminal_id --entity-windows 1d,7d,30d --entity-distinct '' \\",
-              "      --label-key terminal_id --label-key account_id --supervised \\",
+              "      --entity-key account_id --entity-key terminal_id --entity-windows 1d,7d,30d \\",
+              "      --entity-distinct '' --label-key terminal_id --label-key account_id --supervised \\",
               f"      --threshold-method quantile --target-fpr {r['target_fpr']} --out my-model",
               f"    SD_REDIS_PREFIX={first['redis_prefix']} {sd} console   # one deployment's console",
               "", f"  left in place for a look: topics {', '.join(r['topics'])}; Redis keys under "

@@ -181,3 +181,14 @@ def test_the_heads_attributions_are_gradient_times_input_per_field_and_name_the_
     on_amount = float(np.mean(["amount" in f for f in top[card]]))
     assert terminal.sum() >= 20 and on_terminal_labels >= 0.8, (int(terminal.sum()), on_terminal_labels)
     assert card.sum() >= 5 and on_amount >= 0.7, (int(card.sum()), on_amount)
+
+
+def test_train_supervised_without_labels_is_refused_before_reading(tmp_path: Any,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 2 with one line at once (the input does not even exist), not after an autoencoder's training."""
+    from stream_detector.cli import main
+
+    assert main(["train", "--input", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "m"),
+                 "--supervised"]) == 2
+    assert capsys.readouterr().err.strip() == ("stream-detector train: error: --supervised needs labels: "
+                                               "--feedback FILE or --label-column C")
