@@ -582,8 +582,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         if getattr(args, name) is not None:
             raise ConfigError(f"--{name.replace('_', '-')} applies to --profile velocity; the handbook profile "
                               "streams its last simulated week (--cards sets its size, --rate its pace)")
-    if args.cards < 100 or args.terminals < 100 or args.rate <= 0 or args.epochs < 1:
-        raise ConfigError("--cards and --terminals must be >= 100, --rate > 0, --epochs >= 1")
+    for option, value, ok, rule in (("--cards", args.cards, args.cards >= 100, ">= 100"),
+                                    ("--terminals", args.terminals, args.terminals >= 100, ">= 100"),
+                                    ("--rate", args.rate, args.rate > 0, "> 0"),
+                                    ("--epochs", args.epochs, args.epochs >= 1, ">= 1")):
+        if not ok:
+            raise ConfigError(f"{option} {value:g}: must be {rule}")
     return run_demo(settings, DemoConfig(cards=args.cards, terminals=args.terminals, rate=args.rate,
                                          epochs=args.epochs, seed=args.seed), Path(args.workdir), progress=_say)
 

@@ -286,6 +286,12 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def run_velocity_demo(settings: Settings, duration_s: float, rate: float, fraud_rate: float, workdir: Path,
              progress: Callable[[str], None]) -> int:
     run_id = f"demo{int(time.time())}"
+    # its own deployment, as the handbook demo's: a user's active model, topics and group are untouched
+    settings = settings.model_copy(update={
+        "input_topic": f"{run_id}-velocity.transactions", "alerts_topic": f"{run_id}-velocity.alerts",
+        "dlq_topic": f"{run_id}-velocity.dlq", "group_id": f"{run_id}-velocity",
+        "redis_prefix": f"{settings.redis_prefix}:{run_id}-velocity"})
+    ensure_topics(settings, [settings.input_topic])
     workdir.mkdir(parents=True, exist_ok=True)
     progress(f"[1/5] simulating 20,000 normal transactions (7 days) → {workdir / 'train.csv'}")
     history, _ = Simulator(seed=1, run_id=f"{run_id}-train").batch(20_000, 0.0, span_ms=7 * 86_400_000)
@@ -296,7 +302,8 @@ def run_velocity_demo(settings: Settings, duration_s: float, rate: float, fraud_
     bundle = build_bundle(result, {"training_input": "demo simulation"})
     save_bundle(bundle, workdir / "model")
 
-    progress(f"[3/5] publishing model {bundle.version} (threshold {bundle.threshold:.4g}) to Redis")
+    progress(f"[3/5] publishing model {bundle.version} (threshold {bundle.threshold:.4g}) under Redis prefix "
+             f"{settings.redis_prefix}; topics {settings.input_topic} → {settings.alerts_topic}")
     ControlPlane.from_settings(settings).publish(bundle, set_by="demo")
 
     progress(f"[4/5] worker running; {duration_s:.0f}s of live traffic at {rate:.0f}/s with {fraud_rate:.1%} fraud")
