@@ -30,6 +30,9 @@ class KafkaSettings(_Group):
     input_topic: str = Field("transactions", description="Topic the workers consume events from.")
     alerts_topic: str = Field("alerts", description="Topic flagged events are published to.")
     dlq_topic: str = Field("transactions.dlq", description="Dead-letter topic for events that cannot be scored.")
+    shadow_topic: str = Field("alerts.shadow", description="Topic of a challenger's shadow records: each event "
+                              "the champion or the challenger in shadow would alert, with both models' scores "
+                              "(docs/retraining.md, \"Challenger in shadow\"); nobody is alerted from it.")
     group_id: str = Field("stream-detector", description="Consumer group of the workers.")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts reading."
@@ -180,6 +183,14 @@ class RetrainSettings(_Group):
     gate_recall_tolerance: float = Field(0.05, ge=0, le=1, description="How much precision/recall on labelled "
                                          "events a candidate may lose against the active model.")
     gate_min_labels: int = Field(5, ge=1, description="Fewest fraud labels before precision/recall gate.")
+    retrain_shadow_events: int = Field(0, ge=0, description="A candidate that passes the gate is first a "
+                                       "challenger in shadow on live traffic until the workers scored this many "
+                                       "events, then promoted, refused or kept in shadow on its shadow figures "
+                                       "(0 = off: promoted at once, as the gate decides).")
+    retrain_shadow_max_seconds: float = Field(86_400.0, gt=0, description="Longest a challenger stays in shadow "
+                                              "waiting for SD_RETRAIN_SHADOW_EVENTS events or "
+                                              "SD_GATE_MIN_LABELS labelled frauds among the alerts; then it is "
+                                              "decided on the figures there are.")
     drift_psi_bound: float = Field(0.2, gt=0, description="PSI of live scores vs the reference that triggers "
                                    "a retraining.")
     drift_min_events: int = Field(1000, ge=10, description="Fewest scored events before drift is judged.")

@@ -97,3 +97,81 @@ class ModelSwap:
 
     def close(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)
+
+
+class ShadowSlot:
+    """The challenger in shadow beside the worker's current model (``pipeline/shadow.py``): loaded
+    on its own background thread when the control plane names one, dropped when it names none or
+    names the active model (promoted). A challenger that fails to load, or whose field schema or
+    entity spec differs from the champion's (it would need its own entity state), is not scored;
+    that is logged once per version and counted in ``refused``."""
+
+    def __init__(self, load: Callable[[str], Scorer]) -> None:
+        self._load = load
+        self.current: Scorer | None = None
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="challenger-loader")
+        self._pending: tuple[str, Future[Scorer]] | None = None
+        self._refused: set[str] = set()
+        self.refused = 0
+
+    def start(self, version: str | None, champion: str) -> None:
+        """Load ``version`` synchronously (worker start: its first batch is shadow-scored too); a
+        failed load is refused and logged, the worker starts anyway."""
+        if version is None or version == champion:
+            return
+        try:
+            self.current = self._load(version)
+        except (ModelError, StreamDetectorError, RuntimeError, OSError) as exc:
+            self._refuse(version, f"failed to load: {exc}")
+
+    def want(self, version: str | None, champion: str | None) -> None:
+        """Load ``version`` in the background (None, or the champion itself: no challenger)."""
+        if version is None or version == champion:
+            self.current, self._pending = None, None
+            return
+        if (self.current is not None and self.current.version == version) or version in self._refused \
+                or (self._pending is not None and self._pending[0] == version):
+            return
+        log.info("challenger %s named; loading it in background for shadow scoring", version,
+                 extra={"challenger_version": version})
+        self.current = None
+        self._pending = (version, self._loader.submit(self._load, version))
+
+    def ready(self, champion: Scorer) -> Scorer | None:
+        """The challenger to score the next batch with beside ``champion``, or None."""
+        if self._pending is not None and self._pending[1].done():
+            version, future = self._pending
+            self._pending = None
+            try:
+                self.current = future.result()
+            except (ModelError, StreamDetectorError, RuntimeError, OSError) as exc:
+                self._refuse(version, f"failed to load: {exc}")
+        current = self.current
+        if current is None:
+            return None
+        problem = incompatible(champion, current)
+        if problem:
+            self._refuse(current.version, problem)
+            self.current = None
+            return None
+        return current
+
+    def _refuse(self, version: str, why: str) -> None:
+        self._refused.add(version)
+        self.refused += 1
+        log.error("challenger %s is not shadow-scored: %s", version, why, extra={"challenger_version": version})
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+
+def incompatible(champion: Scorer, challenger: Scorer) -> str | None:
+    """Why ``challenger`` cannot be scored from the champion's decoded events and entity features
+    (None when it can): another field schema (events are typed by the champion's) or another
+    entity spec (its features would need their own per-entity state)."""
+    a, b = champion.bundle, challenger.bundle
+    if (a.schema.fields if a.schema else None) != (b.schema.fields if b.schema else None):
+        return "its field schema differs from the active model's"
+    if a.entity != b.entity:
+        return "its entity spec differs from the active model's (it would need its own entity state)"
+    return None

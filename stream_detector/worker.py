@@ -50,13 +50,14 @@ from .pipeline.decode import Rejected
 from .pipeline.publish import build_alerts, build_dead_letters
 from .pipeline.score import Scorer, scores_of
 from .pipeline.score_feed import ScoreFeed
+from .pipeline.shadow import ModelVerdicts, build_shadow_records, shadow_counts
 from .pipeline.threshold import Decision, ModelMismatch, ThresholdCache
 from .settings import Settings
 from .store import ControlPlane, ControlView
 from .store.control import WorkerView
-from .swap import ModelSwap
+from .swap import ModelSwap, ShadowSlot
 from .topics import ensure_topics, topic_partitions
-from .transport.base import Batch, Publisher, Source
+from .transport.base import Batch, OutMessage, Publisher, Source
 from .transport.factory import make_sink, make_source
 
 log = logging.getLogger("stream_detector.worker")
@@ -86,6 +87,8 @@ class WorkerStats:
     delivery_failures: int = 0
     held_batches: int = 0
     abandoned_batches: int = 0
+    shadow_events: int = 0  # scored by a challenger in shadow too (pipeline/shadow.py)
+    shadow_alerts: int = 0  # the challenger's would-be alerts
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -112,6 +115,7 @@ class Worker:
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self.models = ModelSwap(self._load, settings.delivery_timeout_s, self._swapped)
+        self.shadow = ShadowSlot(self._load)  # a challenger in shadow beside the active model
         self.hold = BatchHold(self.source, self.publisher, int(min(1.0, settings.threshold_refresh_s) * 1000),
                               self._held)
         self.steps = StepTimer()  # per-step wall time → Prometheus (+ any listener: benchmarks)
@@ -154,6 +158,7 @@ class Worker:
             ensure_topics(self.settings, [self.settings.input_topic, self.settings.alerts_topic,
                                           self.settings.dlq_topic])
         scorer = self.models.start(self.control.active_bundle().version)
+        self.shadow.start(self.control.snapshot().challenger, scorer.version)  # a challenger in shadow, if any
         entity = scorer.bundle.entity
         mode = self.settings.align_event_time
         if mode == "on" or (mode == "auto" and entity is not None and len(entity.keys) > 1):
@@ -219,6 +224,7 @@ class Worker:
         self.publisher.close()
         self.compute.close()
         self.models.close()
+        self.shadow.close()
         self.link.close()
         self.feed.close()
         self.metrics.close()
@@ -231,6 +237,7 @@ class Worker:
         snap = self.thresholds.refresh(force=notice)  # pub/sub notice, else polling
         self.models.want(snap.active_model if snap is not None else None, notice)
         self.models.finish(wait=False)  # between batches: swap if the new model is ready
+        self.shadow.want(snap.challenger if snap is not None else None, self.models.require().version)
         if self.hold.active and self.hold.in_doubt:
             self.hold.settle()
             return 0
@@ -269,9 +276,10 @@ class Worker:
                               head)
         self.metrics.decided(batch, indices, rows)
         dead = build_dead_letters(batch, rejected, self.settings.dlq_topic)
+        shadow = self._shadow(batch, done, decision)  # a challenger's would-be alerts: shadow records
         try:
             with self.steps.time("publish"):
-                self.publisher.publish(alerts + dead)  # 6 publish (every ack / inside the transaction)
+                self.publisher.publish(alerts + dead + shadow)  # 6 publish (every ack / inside the transaction)
             if not self.source.still_member(batch):  # evicted meanwhile: a zombie must not commit
                 self._abandon(batch)
                 return
@@ -288,6 +296,21 @@ class Worker:
             raise
         self._count(batch, len(events), len(alerts), rejected)
 
+    def _shadow(self, batch: Batch, done: Computed, decision: Decision) -> list[OutMessage]:
+        """A challenger's verdicts on the batch beside the champion's (``pipeline/shadow.py``): the
+        shadow records to publish with the alerts, and the counts for its figures (telemetry)."""
+        if done.shadow_scores is None or self.shadow.current is None:
+            return []
+        challenger = self.shadow.current
+        t = decision.threshold
+        champ = ModelVerdicts.of(decision.model_version, decision.scores, decision.probability, t.value, t.head)
+        chall = ModelVerdicts.of(challenger.version, done.shadow_scores, done.shadow_probability,
+                                 challenger.bundle.threshold, challenger.bundle.head_threshold)
+        self.link.observe_shadow(challenger.version, shadow_counts(champ, chall))
+        self.stats.shadow_events += int(decision.scores.size)
+        self.stats.shadow_alerts += int(chall.flagged.sum())
+        return build_shadow_records(batch, done.events, done.indices, champ, chall, self.settings.shadow_topic)
+
     def _score_and_decide(self, batch: Batch) -> tuple[Scorer, Computed, Decision]:
         """Steps 2-5 with ONE model: the scorer is read once; if the threshold already belongs to
         the model being loaded, the swap is finished and the batch scored again by it (at most
@@ -298,7 +321,7 @@ class Worker:
             # 2 decode, 3a enrich, 3 features, 4 score: chunk by chunk, overlapped (pipeline/compute.py)
             with self.steps.time("compute"):
                 done = self.compute.run(scorer, batch.values, self.settings.max_event_bytes,
-                                        self._enrich_for(scorer, batch))
+                                        self._enrich_for(scorer, batch), self.shadow.ready(scorer))
             try:
                 threshold = self.thresholds.current(scorer.version)  # 5 decide
             except ModelMismatch:

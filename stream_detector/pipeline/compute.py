@@ -54,6 +54,10 @@ class Computed:
     per_feature: np.ndarray
     probability: np.ndarray | None = None  # the supervised head's, float64 (n,); None without a head
     features: np.ndarray | None = None  # the feature rows (float32, n × width), kept only with a head
+    # a challenger in shadow (pipeline/shadow.py): its scores of the same n rows (float64, NaN where it
+    # refused a row) and its head's probability; None without a challenger
+    shadow_scores: np.ndarray | None = None
+    shadow_probability: np.ndarray | None = None
 
 
 def featurise(scorer: Scorer, received: list[dict[str, Any]], indices: list[int],
@@ -105,13 +109,17 @@ class ChunkedCompute:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self, scorer: Scorer, values: Sequence[bytes | None], max_bytes: int,
-            enrich: Enrich | None = None) -> Computed:
-        """Decode, enrich (when given), featurise and score ``values``; never raises on data."""
+            enrich: Enrich | None = None, shadow: Scorer | None = None) -> Computed:
+        """Decode, enrich (when given), featurise and score ``values``; never raises on data.
+        ``shadow``: a challenger (same field schema and entity spec as ``scorer``) that also scores
+        the rows ``scorer`` kept, from the same typed events and entity features, featurised by
+        its own spec (``Computed.shadow_scores``)."""
         events: list[dict[str, Any]] = []
         indices: list[int] = []
         rejected: list[Rejected] = []
         pending: list[Future[Outputs] | Outputs] = []
         xs: list[np.ndarray] = []  # with a head: the feature rows, for the alerts' head attributions
+        shadows: list[Future[tuple[np.ndarray, np.ndarray | None]] | tuple[np.ndarray, np.ndarray | None]] = []
         inline = len(values) <= self.chunk
         try:
             chunks = self._chunks(values, max_bytes, enrich, rejected, scorer.bundle.schema)
@@ -125,9 +133,18 @@ class ChunkedCompute:
                 if scorer.supervised:
                     xs.append(x)
                 pending.append(self._score(scorer, x) if inline else self._pool.submit(self._score, scorer, x))  # 4
+                if shadow is not None:  # the challenger on the rows the champion kept
+                    t = perf_counter()
+                    x2, bad2 = shadow.bundle.spec.transform(features_of, extra)
+                    kept = np.searchsorted(np.asarray(part_indices_in), np.asarray(part_indices, dtype=np.int64))
+                    refused = np.isin(kept, np.fromiter(bad2, dtype=np.int64, count=len(bad2)))
+                    self.timer("shadow features", perf_counter() - t)
+                    args = (shadow, x2[kept], refused)
+                    shadows.append(self._shadow(*args) if inline else self._pool.submit(self._shadow, *args))
             parts = [p if isinstance(p, tuple) else p.result() for p in pending]
+            shadow_parts = [p if isinstance(p, tuple) else p.result() for p in shadows]
         finally:  # on an error, no scoring of this batch may still run when the caller retries it
-            wait([p for p in pending if isinstance(p, Future)])
+            wait([p for p in (*pending, *shadows) if isinstance(p, Future)])
         per_feature = (np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0] if parts
                        else np.zeros((0, scorer.bundle.spec.width), dtype=np.float32))
         probability = features = None
@@ -136,7 +153,28 @@ class ChunkedCompute:
             features = (np.concatenate(xs) if len(xs) > 1 else xs[0] if xs
                         else np.zeros((0, scorer.bundle.spec.width), dtype=np.float32))
         rejected.sort(key=lambda r: r.index)  # dead letters in batch order
-        return Computed(events, indices, rejected, per_feature, probability, features)
+        shadow_scores = shadow_probability = None
+        if shadow is not None:
+            shadow_scores = np.concatenate([p[0] for p in shadow_parts]) if shadow_parts else np.zeros(0)
+            if shadow.supervised:
+                shadow_probability = (np.concatenate([p[1] for p in shadow_parts if p[1] is not None])
+                                      if shadow_parts else np.zeros(0))
+        return Computed(events, indices, rejected, per_feature, probability, features, shadow_scores,
+                        shadow_probability)
+
+    def _shadow(self, shadow: Scorer, x: np.ndarray, refused: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The challenger's scores (float64; NaN on rows its feature step refused) and probability."""
+        t = perf_counter()
+        try:
+            per_feature, probability = shadow.outputs(x)
+            scores = per_feature.mean(axis=1, dtype=np.float64)
+            scores[refused] = np.nan
+            if probability is not None:
+                probability = probability.copy()
+                probability[refused] = np.nan
+            return scores, probability
+        finally:
+            self.timer("shadow scoring", perf_counter() - t)
 
     def _score(self, scorer: Scorer, x: np.ndarray) -> Outputs:
         t = perf_counter()

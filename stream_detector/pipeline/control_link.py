@@ -5,6 +5,9 @@
   its snapshot at once instead of at the next ``SD_THRESHOLD_REFRESH_S`` poll. Polling stays:
   a missed message (Redis restart, dropped subscription) costs at most one poll interval, and
   after any reconnect the flag is set so the loop re-reads right away.
+* **Shadow figures.** ``observe_shadow`` sums a challenger's per-batch counts
+  (``pipeline/shadow.py``); each flush adds them to its figures in Redis (``HINCRBY``), and a
+  closing worker flushes what is left.
 * **Score summaries.** ``observe`` bins one batch's scores against the model's drift reference
   (one ``searchsorted`` + ``bincount``; no per-event Python) into a per-version count vector; the
   thread appends the counts to the stream ``{p}:score-summaries`` every
@@ -40,6 +43,7 @@ class ControlLink:
         self._lock = threading.Lock()
         self._edges: dict[str, np.ndarray] = {}
         self._counts: dict[str, np.ndarray] = {}
+        self._shadow: dict[str, dict[str, int]] = {}  # challenger version → counts since the last flush
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -51,6 +55,7 @@ class ControlLink:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+            self.flush_now()
 
     def take_notice(self) -> bool:
         """True once after each change notice (or reconnect) since the last call."""
@@ -74,6 +79,20 @@ class ControlLink:
         with self._lock:
             total = self._counts.get(scorer.version)
             self._counts[scorer.version] = counts if total is None else total + counts
+
+    def observe_shadow(self, version: str, counts: dict[str, int]) -> None:
+        """Add one batch's shadow counts (``pipeline/shadow.shadow_counts``) of challenger ``version``."""
+        with self._lock:
+            total = self._shadow.setdefault(version, {})
+            for name, n in counts.items():
+                total[name] = total.get(name, 0) + n
+
+    def flush_now(self) -> None:
+        """Write what is pending at once (tests, and ``close``: a stopping worker's last figures)."""
+        try:
+            self._flush()
+        except Exception as exc:  # noqa: BLE001 — telemetry: dropped when Redis is unreachable
+            log.debug("control link: final flush: %s", exc)
 
     # ---- background thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -99,6 +118,9 @@ class ControlLink:
     def _flush(self) -> None:
         with self._lock:
             pending, self._counts = self._counts, {}
+            shadow, self._shadow = self._shadow, {}
+        for challenger, shadow_counts in shadow.items():
+            self.telemetry.add_shadow_counts(challenger, shadow_counts)
         for version, counts in pending.items():
             self.telemetry.add_score_summary({
                 "worker_id": self.settings.worker_id or socket.gethostname(), "model_version": version,

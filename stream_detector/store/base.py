@@ -38,6 +38,7 @@ class Snapshot:
 
     threshold: Threshold | None
     active_model: str | None
+    challenger: str | None = None  # the model in shadow beside the active one (store/shadow.py)
 
 
 def text(value: bytes | str) -> str:

@@ -14,12 +14,14 @@ from redis.cluster import RedisCluster
 
 from ..entity.labels import RedisLabels
 from ..entity.state import RedisClusterState, RedisState, StateStore
+from ..errors import ConfigError
 from ..model.artifacts import ArtifactStore, DirArtifacts
 from ..model.bundle import Bundle
 from ..model.signing import Signer, Verifier
 from ..redis_client import entity_cluster_client, redis_client
 from .base import Keys, Snapshot, Threshold
 from .registry import BundleReader, ModelRegistry
+from .shadow import ShadowStore
 from .telemetry import Telemetry
 from .thresholds import KEEP, ThresholdStore
 from .watermarks import RedisWatermarks
@@ -82,6 +84,7 @@ class ControlPlane:
         self.thresholds = ThresholdStore(client, self.keys)
         self.registry = ModelRegistry(client, self.keys, self.thresholds, artifacts, signer, verifier)
         self.telemetry = Telemetry(client, self.keys)
+        self.shadow = ShadowStore(client, self.keys)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, timeout_s: float = 2.0,
@@ -177,6 +180,36 @@ class ControlPlane:
 
     def prune(self, keep: int) -> list[str]:
         return self.registry.prune(keep)
+
+    # ---- a challenger in shadow (store/shadow.py, docs/retraining.md) ---------------------------
+    def challenger(self) -> str | None:
+        return self.shadow.challenger()
+
+    def start_shadow(self, bundle: Bundle, set_by: str, min_events: int, max_seconds: float,
+                     gate: dict[str, Any] | None = None, note: str = "") -> None:
+        """Store ``bundle`` (not active) and make it the challenger in shadow with fresh figures."""
+        if bundle.version == self.active_model():
+            raise ConfigError(f"model {bundle.version} is the active model: it cannot be its own challenger")
+        self.registry.store(bundle, gate)
+        self.shadow.start(bundle.version, bundle.threshold, bundle.head_threshold, set_by, min_events,
+                          max_seconds, note)
+
+    def shadow_figures(self, version: str | None = None) -> dict[str, Any] | None:
+        return self.shadow.figures(version)
+
+    def end_shadow(self, outcome: str, decision: dict[str, Any], set_by: str) -> dict[str, Any]:
+        """End the current challenger's period; ``outcome`` ``promoted`` activates it first (the
+        registry's atomic flip, its own thresholds), ``refused`` / ``stopped`` leave the champion.
+        Returns the decision record; ``ConfigError`` without a challenger."""
+        version = self.shadow.challenger()
+        if version is None:
+            raise ConfigError("no challenger in shadow")
+        if outcome == "promoted":
+            self.registry.activate(version, set_by, note=f"promoted from shadow: {decision.get('reasons', '')}")
+        return self.shadow.end(version, outcome, decision, set_by)
+
+    def shadow_decisions(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.shadow.decisions(limit)
 
     # ---- telemetry ---------------------------------------------------------------------------
     def record_rejection(self, gate: dict[str, Any], limit: int = 100) -> None:

@@ -37,6 +37,7 @@ class MemoryTelemetry:
     def __init__(self) -> None:
         self.summaries: list[dict[str, str]] = []
         self.feed: list[dict[str, str]] = []
+        self.shadow: dict[str, dict[str, int]] = {}
         self.notices: queue.Queue[dict[str, Any]] = queue.Queue()
 
     def add_score_summary(self, fields: dict[str, str], maxlen: int) -> None:
@@ -44,6 +45,11 @@ class MemoryTelemetry:
 
     def add_feed_entry(self, fields: dict[str, str], maxlen: int) -> None:
         self.feed.append(fields)
+
+    def add_shadow_counts(self, version: str, counts: dict[str, int]) -> None:
+        total = self.shadow.setdefault(version, {})
+        for name, n in counts.items():
+            total[name] = total.get(name, 0) + n
 
     def subscribe(self) -> _Subscription:
         return _Subscription(self.notices)
@@ -57,6 +63,7 @@ class MemoryControl:
         self._bundles: dict[str, Bundle] = {}
         self._active: str | None = None
         self._threshold: Threshold | None = None
+        self.challenger: str | None = None  # a test sets it: the model in shadow
         self._state = InMemoryState()
         self._labels = InMemoryLabels(())
         self._watermarks: dict[tuple[str, str], MemoryWatermarks] = {}
@@ -67,7 +74,7 @@ class MemoryControl:
         if self.unreachable:
             raise OSError("control plane unreachable")
         with self._lock:
-            return Snapshot(self._threshold, self._active)
+            return Snapshot(self._threshold, self._active, self.challenger)
 
     def fetch_bundle(self, version: str) -> Bundle:
         with self._lock:
@@ -99,6 +106,14 @@ class MemoryControl:
             self._bundles[bundle.version] = bundle
         return self.set_threshold(bundle.threshold if threshold is None else threshold, bundle.version,
                                   activate=True, head=bundle.head_threshold)
+
+    def shadow(self, bundle: Bundle | None) -> None:
+        """Store ``bundle`` and make it the challenger in shadow (None: no challenger); a notice follows."""
+        with self._lock:
+            if bundle is not None:
+                self._bundles[bundle.version] = bundle
+            self.challenger = None if bundle is None else bundle.version
+        self.telemetry.notices.put({"type": "challenger"})
 
     def set_threshold(self, value: float, model_version: str, activate: bool = False,
                       head: float | None = None) -> int:

@@ -3,6 +3,7 @@
     {p}:score-summaries   stream  per-worker score histograms (bounded), read by drift checks
     {p}:recent-scores     stream  the console's sampled score feed (bounded)
     {p}:gate:rejected     list    JSON gate decisions of refused candidates, newest first (bounded)
+    {p}:shadow:{version}  hash    a challenger's shadow figures, summed by every worker (store/shadow.py)
     {p}:events            pub/sub one JSON message per threshold / active-model change
 
 Telemetry is best effort for writers: callers on the hot path catch failures and drop entries.
@@ -24,6 +25,19 @@ class Telemetry:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._r = client
         self.keys = keys
+
+    # ---- a challenger in shadow (pipeline/shadow.py) -------------------------------------------
+    def add_shadow_counts(self, version: str, counts: dict[str, int]) -> None:
+        """Add a worker's counts to the challenger's figures (``HINCRBY`` each, one round trip).
+        Only while ``version`` is the challenger (the hash exists): a worker that has not yet seen
+        the end of a shadow period does not write figures that outlive it."""
+        key = self.keys.key("shadow", version)
+        if not self._r.exists(key):
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for name, n in counts.items():
+            pipe.hincrby(key, name, n)
+        pipe.execute()
 
     # ---- score summaries (drift) -------------------------------------------------------------
     def add_score_summary(self, fields: dict[str, str], maxlen: int) -> None:

@@ -69,13 +69,15 @@ class ThresholdStore:
         self._set_threshold = client.register_script(_SET_THRESHOLD)
 
     def snapshot(self) -> Snapshot:
-        """Threshold and active model version, read in one transaction."""
+        """Threshold, active model version and challenger in shadow, read in one transaction."""
         k = self.keys.key
         pipe = self._r.pipeline(transaction=True)
         pipe.hgetall(k("threshold"))
         pipe.get(k("model", "active"))
-        raw, active = pipe.execute()
-        return Snapshot(parse_threshold(raw), active.decode() if active else None)
+        pipe.get(k("model", "challenger"))
+        raw, active, challenger = pipe.execute()
+        return Snapshot(parse_threshold(raw), active.decode() if active else None,
+                        challenger.decode() if challenger else None)
 
     def current(self) -> Threshold | None:
         raw: Any = self._r.hgetall(self.keys.key("threshold"))

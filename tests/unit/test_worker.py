@@ -20,7 +20,7 @@ from stream_detector.store.memory import MemoryControl
 from stream_detector.transport.base import TopicPartition
 from stream_detector.transport.memory import MemoryBroker, MemoryPublisher, MemorySource
 from stream_detector.worker import Worker
-from tests.helpers import anomaly, small_bundle
+from tests.helpers import anomaly, small_bundle, wait_until
 
 TOPIC, ALERTS, DLQ, GROUP = "tx", "alerts", "dlq", "g"
 
@@ -198,3 +198,73 @@ def test_a_delivery_error_is_retriable_for_the_batch_whatever_the_client_said() 
 
     fenced = DeliveryError("transaction fenced", retriable=False)
     assert fenced.retriable and not fenced.client_retriable
+
+
+def test_a_challenger_in_shadow_scores_every_batch_without_alerting(broker, bundle, other):
+    """Shadow scoring (pipeline/shadow.py): the champion alone alerts; a shadow record goes out for
+    each event either model would alert, with both models' scores equal to offline scoring; the
+    counts add up; the challenger promoted is scored as the champion and the shadow stops."""
+    from stream_detector.pipeline.shadow import N_BINS
+
+    broker.create_topic("alerts.shadow")
+    control = MemoryControl()
+    control.publish(bundle)
+    control.shadow(other)
+    worker = _worker(broker, control)
+    try:
+        values, bad = _events(600, "s")
+        broker.produce(TOPIC, values)
+        _drain(worker)
+        worker.link.flush_now()
+        assert worker.shadow.current is not None and worker.shadow.current.version == other.version
+        alerts = _alerts(broker)
+        assert {a["model_version"] for a in alerts} == {bundle.version}, "the challenger alerts nobody"
+        shadow = [orjson.loads(r.value) for r in broker.read("alerts.shadow")]
+        assert {r["challenger"]["model_version"] for r in shadow} == {other.version}
+        assert {r["event_id"] for r in shadow if r["champion"]["alert"]} == {a["event_id"] for a in alerts}
+        events = [orjson.loads(v) for v in values]
+        by_id = {e["event_id"]: e for e in events}
+        mine = [r for r in shadow if r["challenger"]["alert"]]
+        assert bad <= {r["event_id"] for r in mine}, "the challenger sees the injected anomalies too"
+        offline = score_events(other, [by_id[r["event_id"]] for r in shadow]).scores
+        np.testing.assert_allclose([r["challenger"]["score"] for r in shadow], offline, rtol=1e-4, atol=1e-6)
+        assert all(r["challenger"]["alert"] == (r["challenger"]["score"] > other.threshold) for r in shadow)
+        counts = control.telemetry.shadow[other.version]
+        all_scores = score_events(other, events).scores
+        assert counts["events"] == len(values) == worker.stats.shadow_events
+        assert counts["challenger_alerts"] == int((all_scores > other.threshold).sum()) == len(mine)
+        assert counts["champion_alerts"] == len(alerts)
+        assert counts["both_alerts"] == sum(r["champion"]["alert"] and r["challenger"]["alert"] for r in shadow)
+        assert sum(counts.get(f"challenger_bin_{i}", 0) for i in range(N_BINS)) == len(values)
+        control.publish(other)  # promoted: the challenger is now the champion
+        wait_until(lambda: worker.run_once() == 0 and worker.scorer is not None
+                   and worker.scorer.version == other.version, 30, message="the swap to the promoted model")
+        broker.produce(TOPIC, values[:50])
+        _drain(worker)
+        assert worker.shadow.current is None and worker.scorer is not None and worker.scorer.version == other.version
+        assert len(list(broker.read("alerts.shadow"))) == len(shadow), "no shadow records after the promotion"
+    finally:
+        worker.close()
+    assert broker.committed(GROUP) == broker.end_offsets(TOPIC)
+
+
+def test_a_challenger_with_another_entity_spec_is_not_shadow_scored(broker, bundle):
+    """Its features would need their own per-entity state: refused once, the champion goes on."""
+    import dataclasses
+
+    from stream_detector.entity_spec import EntitySpec
+
+    broker.create_topic("alerts.shadow")
+    control = MemoryControl()
+    control.publish(bundle)
+    control.shadow(dataclasses.replace(bundle, metadata={**bundle.metadata, "version": "other-entity"},
+                                       entity=EntitySpec()))
+    worker = _worker(broker, control)
+    try:
+        values, bad = _events(200, "x")
+        broker.produce(TOPIC, values)
+        _drain(worker)
+    finally:
+        worker.close()
+    assert worker.shadow.refused == 1 and worker.stats.shadow_events == 0
+    assert not list(broker.read("alerts.shadow")) and {a["event_id"] for a in _alerts(broker)} >= bad
