@@ -613,7 +613,7 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     if args.once:
         outcome = retrainer.run_once(timeout_s=args.timeout)
         print(orjson.dumps(outcome.to_dict()).decode())
-        return {"promoted": 0, "rejected": 3}.get(outcome.status, 4)
+        return {"promoted": 0, "rejected": 3, "shadow": 5}.get(outcome.status, 4)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: retrainer.stop())
     retrainer.run()
@@ -625,10 +625,11 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
 
     control = ControlPlane.from_settings(settings)
     if args.action == "list":
-        active, previous = control.active_model(), control.previous_model()
+        active, previous, challenger = control.active_model(), control.previous_model(), control.challenger()
         for version in reversed(control.model_versions()):
             info = control.model_info(version)
-            mark = "active" if version == active else "previous" if version == previous else ""
+            mark = ("active" if version == active else "previous" if version == previous
+                    else "shadow" if version == challenger else "")
             gate = info["gate"]["passed"] if info["gate"] else None
             print(f"{version}  {mark:8}  threshold={info['threshold']}  store={info['store']}  gate={gate}")
         return 0
@@ -640,13 +641,43 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
         removed = control.prune(args.keep or settings.model_keep)
         print("removed: " + (", ".join(removed) or "nothing"))
         return 0
+    if args.action == "shadow-status":
+        print(orjson.dumps({"challenger": control.challenger(), "figures": control.shadow_figures(),
+                            "decisions": control.shadow_decisions(5)}, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if args.action == "shadow-stop":
+        record = control.end_shadow("stopped", {"reasons": ["stopped by hand"]}, _who())
+        print(f"challenger {record['version']}: shadow period ended after {record['figures']['events']} events; "
+              f"the active model stays {control.active_model()}")
+        return 0
     if not args.version:
         raise ConfigError(f"model {args.action} needs a VERSION")
+    if args.action == "shadow":
+        return _start_shadow(args, settings, control)
     if args.action == "show":
         print(orjson.dumps(control.model_info(args.version), option=orjson.OPT_INDENT_2).decode())
         return 0
-    seq = control.activate(args.version, _who(), note=f"promote {args.version} by hand")
+    if args.version == control.challenger():
+        control.end_shadow("promoted", {"reasons": ["promoted by hand"]}, _who())
+        seq = int(control.threshold().version)  # type: ignore[union-attr]
+    else:
+        seq = control.activate(args.version, _who(), note=f"promote {args.version} by hand")
     print(f"model {args.version} is active; threshold version {seq}")
+    return 0
+
+
+def _start_shadow(args: argparse.Namespace, settings: Settings, control: Any) -> int:
+    """``model shadow VERSION|DIR``: a stored version, or a bundle directory stored first."""
+    from .model.bundle import load_bundle
+    from .topics import ensure_topics
+
+    bundle = load_bundle(Path(args.version)) if Path(args.version).is_dir() else control.fetch_bundle(args.version)
+    if settings.create_topics:
+        ensure_topics(settings, [settings.shadow_topic])
+    control.start_shadow(bundle, _who(), args.min_events, args.max_seconds, note="by hand")
+    print(f"model {bundle.version} is the challenger in shadow beside {control.active_model()}: shadow records on "
+          f"{settings.shadow_topic}; judged by the retrainer after {args.min_events} events or "
+          f"{args.max_seconds:.0f}s (`stream-detector retrain --once`), or `model promote|shadow-stop`")
     return 0
 
 
@@ -912,14 +943,28 @@ def build_parser() -> argparse.ArgumentParser:
                                    "feedback topics; a model with a supervised head gets a new head. Settings: "
                                    "SD_RETRAIN_* / SD_GATE_* (docs/retraining.md, or `check-config`).")
     p.add_argument("--once", action="store_true", help="consume what is there now, train, gate, publish, exit "
-                   "(exit 0 promoted, 3 refused by the gate, 4 not enough data)")
+                   "(exit 0 promoted, 3 refused by the gate, 4 not enough data, 5 in shadow: with "
+                   "SD_RETRAIN_SHADOW_EVENTS the candidate became the challenger, or the challenger in shadow "
+                   "was judged and stays there; with a challenger in shadow, --once judges it instead of training)")
     p.add_argument("--timeout", type=float, default=120.0, help="--once: longest wait to read the topics")
     p.set_defaults(func=cmd_retrain)
 
-    p = sub.add_parser("model", help="the model registry: list, show, promote, rollback, prune")
-    p.add_argument("action", choices=["list", "show", "promote", "rollback", "prune"])
-    p.add_argument("version", nargs="?", help="model version (show, promote)")
+    p = sub.add_parser("model", help="the model registry: list, show, promote, rollback, prune; a challenger in "
+                                     "shadow: shadow, shadow-status, shadow-stop",
+                       description="shadow VERSION|DIR: make a stored version (or a bundle directory, stored "
+                                   "first) the challenger: workers score live traffic with it beside the active "
+                                   "model without alerting (docs/retraining.md, \"Challenger in shadow\"); "
+                                   "shadow-status: its figures and the last decisions (JSON); shadow-stop: end "
+                                   "its period, the active model stays; promote VERSION makes any version active "
+                                   "(the challenger too: its period then ends as promoted).")
+    p.add_argument("action", choices=["list", "show", "promote", "rollback", "prune", "shadow", "shadow-status",
+                                      "shadow-stop"])
+    p.add_argument("version", nargs="?", help="model version (show, promote, shadow) or bundle directory (shadow)")
     p.add_argument("--keep", type=int, help="prune: versions to keep (default SD_MODEL_KEEP)")
+    p.add_argument("--min-events", type=int, default=100_000,
+                   help="shadow: events to score before the retrainer judges it (default 100000)")
+    p.add_argument("--max-seconds", type=float, default=86_400.0,
+                   help="shadow: longest period before it is judged on what there is (default 86400)")
     p.set_defaults(func=cmd_model)
     return parser
 

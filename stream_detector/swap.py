@@ -129,6 +129,7 @@ class ShadowSlot:
         if version is None or version == champion:
             self.current, self._pending = None, None
             return
+        self._collect()
         if (self.current is not None and self.current.version == version) or version in self._refused \
                 or (self._pending is not None and self._pending[0] == version):
             return
@@ -137,8 +138,8 @@ class ShadowSlot:
         self.current = None
         self._pending = (version, self._loader.submit(self._load, version))
 
-    def ready(self, champion: Scorer) -> Scorer | None:
-        """The challenger to score the next batch with beside ``champion``, or None."""
+    def _collect(self) -> None:
+        """Take a finished background load (or its failure)."""
         if self._pending is not None and self._pending[1].done():
             version, future = self._pending
             self._pending = None
@@ -146,6 +147,10 @@ class ShadowSlot:
                 self.current = future.result()
             except (ModelError, StreamDetectorError, RuntimeError, OSError) as exc:
                 self._refuse(version, f"failed to load: {exc}")
+
+    def ready(self, champion: Scorer) -> Scorer | None:
+        """The challenger to score the next batch with beside ``champion``, or None."""
+        self._collect()
         current = self.current
         if current is None:
             return None

@@ -115,7 +115,7 @@ class Worker:
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self.models = ModelSwap(self._load, settings.delivery_timeout_s, self._swapped)
-        self.shadow = ShadowSlot(self._load)  # a challenger in shadow beside the active model
+        self.shadow = ShadowSlot(self._load_challenger)  # a challenger in shadow beside the active model
         self.hold = BatchHold(self.source, self.publisher, int(min(1.0, settings.threshold_refresh_s) * 1000),
                               self._held)
         self.steps = StepTimer()  # per-step wall time → Prometheus (+ any listener: benchmarks)
@@ -385,6 +385,12 @@ class Worker:
         scorer = Scorer(self.control.fetch_bundle(version), self.settings.device)
         scorer.warm()
         return scorer
+
+    def _load_challenger(self, version: str) -> Scorer:
+        """A challenger's scorer; its shadow topic is made first (``SD_CREATE_TOPICS``)."""
+        if self.settings.create_topics and isinstance(self.control, WorkerView):
+            ensure_topics(self.settings, [self.settings.shadow_topic])
+        return self._load(version)
 
     def _swapped(self, ok: bool) -> None:
         if ok:

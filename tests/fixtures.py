@@ -57,6 +57,7 @@ def settings(services: Services, transport: str) -> Settings:
     tag = uuid.uuid4().hex[:10]
     return Settings(kafka_bootstrap=services.kafka, redis_url=services.redis, redis_prefix=f"test-{tag}",
                     input_topic=f"tx-{tag}", alerts_topic=f"alerts-{tag}", dlq_topic=f"dlq-{tag}", feedback_topic=f"fb-{tag}",
+                    shadow_topic=f"shadow-{tag}",
                     group_id=f"group-{tag}", batch_max_wait_ms=20, threshold_refresh_s=0.2,
                     topic_partitions=4, transport=transport)
 

@@ -140,3 +140,94 @@ def alert_rate_bound(policy: GatePolicy, rows: int) -> float:
     """Rule 2's bound on a candidate's alert rate over ``rows`` held-back clean events (a share)."""
     p = policy.budget
     return p * policy.max_ratio + 3.0 * math.sqrt(p * (1 - p) / max(1, rows))
+
+
+# ---- a challenger in shadow on live traffic (pipeline/shadow.py, store/shadow.py) --------------
+
+
+@dataclass
+class ShadowDecision:
+    """``outcome``: ``promoted``, ``refused`` or ``extended`` (kept in shadow: too few events or
+    labelled frauds yet); ``reasons``: why (refusals) or what it waits for (extensions);
+    ``numbers``: the figures it was decided on."""
+
+    outcome: str
+    reasons: list[str]
+    numbers: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "reasons": self.reasons, "numbers": self.numbers}
+
+
+def shadow_outcomes(records: Sequence[dict[str, Any]], is_fraud: Callable[[str], bool | None]) -> dict[str, Any]:
+    """Each model's would-be alerts in the shadow records of one challenger (``records``: the
+    shadow topic's JSON, redelivered duplicates collapsed by event id, last wins) against the labels
+    known now (``is_fraud(event_id)``: True fraud, False legit, None unlabelled — read as legit,
+    as fraud teams read silence): alerts, frauds among them, precision. The frauds neither model
+    alerted are not in the records, so recall is compared as caught frauds (same denominator)."""
+    last = {str(r["event_id"]): r for r in records}
+    out: dict[str, Any] = {}
+    for model in ("champion", "challenger"):
+        alerted = [event_id for event_id, r in last.items() if r[model]["alert"]]
+        frauds = sum(1 for event_id in alerted if is_fraud(event_id))
+        out[model] = {"alerts": len(alerted), "frauds": frauds,
+                      "precision": frauds / len(alerted) if alerted else None}
+    return out
+
+
+def decide_shadow(figures: dict[str, Any], outcomes: dict[str, Any], policy: GatePolicy,
+                  min_events: int, max_seconds: float) -> ShadowDecision:
+    """Promote, refuse or extend a challenger on its shadow figures (``store/shadow.derive``) and
+    labelled outcomes (``shadow_outcomes``). Pure; rules, in order:
+
+    1. **wait** (``extended``) while it has fewer than ``min_events`` events, unless ``age_s`` is
+       past ``max_seconds`` (then it is decided on what there is; with no events at all it is
+       refused);
+    2. it scored (finitely) at least 99 % of the events;
+    3. its alert rate on live traffic is within ``alert_rate_bound`` (the budget of its parts);
+    4. labels: with at least ``policy.min_labels`` frauds among either model's alerts, it must
+       catch at least the champion's frauds less ``tolerance`` of them and two Poisson standard
+       errors, and (both with ``min_labels`` alerts) its precision must be at most ``tolerance``
+       plus two standard errors below the champion's. With fewer labelled frauds it waits for labels
+       until ``max_seconds``, then is decided on rules 2-3.
+
+    Analysts review only the champion's alerts: their verdicts favour it, so the comparison is
+    conservative (chargebacks reach both models' frauds alike)."""
+    events, age = int(figures.get("events", 0)), float(figures.get("age_s", 0.0))
+    expired = age >= max_seconds
+    champ, chall = outcomes["champion"], outcomes["challenger"]
+    numbers = {"events": events, "age_s": round(age, 1), "min_events": min_events, "max_seconds": max_seconds,
+               "champion_alert_rate": figures.get("champion_alert_rate"),
+               "challenger_alert_rate": figures.get("challenger_alert_rate"),
+               "agreement": figures.get("agreement"), "alert_overlap": figures.get("alert_overlap"),
+               "champion": champ, "challenger": chall}
+    if events < min_events and not expired:
+        return ShadowDecision("extended", [f"{events} of {min_events} events scored in shadow"], numbers)
+    if events == 0:
+        return ShadowDecision("refused", [f"no events scored in shadow within {max_seconds:.0f}s"], numbers)
+    reasons: list[str] = []
+    scored = int(figures.get("challenger_scored", 0))
+    if scored < 0.99 * events:
+        reasons.append(f"challenger scored {scored} of {events} events")
+    bound = alert_rate_bound(policy, events)
+    numbers["alert_rate_bound"] = bound
+    rate = float(figures.get("challenger_alert_rate") or 0.0)
+    if rate > bound:
+        reasons.append(f"alert rate {rate:.4f} on live traffic above bound {bound:.4f}")
+    frauds = max(champ["frauds"], chall["frauds"])
+    if frauds >= policy.min_labels:
+        margin = policy.tolerance * champ["frauds"] + 2.0 * math.sqrt(max(1, champ["frauds"]))
+        if chall["frauds"] < champ["frauds"] - margin:
+            reasons.append(f"caught {chall['frauds']} labelled frauds, champion {champ['frauds']} "
+                           f"(allowed {champ['frauds'] - margin:.1f})")
+        if min(champ["alerts"], chall["alerts"]) >= policy.min_labels and champ["precision"] is not None \
+                and chall["precision"] is not None:
+            p_margin = policy.tolerance + 2.0 * _diff_se(chall["precision"], chall["alerts"], champ["precision"],
+                                                         champ["alerts"])
+            if chall["precision"] < champ["precision"] - p_margin:
+                reasons.append(f"precision {chall['precision']:.3f} below champion {champ['precision']:.3f} "
+                               f"- {p_margin:.3f}")
+    elif not reasons and not expired:
+        return ShadowDecision("extended", [f"{frauds} labelled frauds among the alerts, waiting for "
+                                           f"{policy.min_labels}"], numbers)
+    return ShadowDecision("refused" if reasons else "promoted", reasons, numbers)

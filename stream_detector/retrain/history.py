@@ -126,3 +126,31 @@ def _read(consumer: KafkaConsumer, topic: str, since_ms: int, until: Mapping[int
                 consumer.pause(tp)
     consumer.unsubscribe()
     return chunks
+
+
+def read_shadow(settings: Settings, version: str, since_ms: int, timeout_s: float = 120.0,
+                ) -> tuple[list[dict[str, Any]], list[Label]]:
+    """The shadow records of challenger ``version`` on ``SD_SHADOW_TOPIC`` since ``since_ms``
+    (record time; the start of its period) and every valid label on the feedback topic since then:
+    what ``gate.shadow_outcomes`` judges. Raises ``TimeoutError`` past ``timeout_s``."""
+    import orjson
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             isolation_level="read_committed", client_id="stream-detector-retrainer-shadow",
+                             max_poll_records=10_000, **settings.kafka_security())
+    records: list[dict[str, Any]] = []
+    labels: list[Label] = []
+    try:
+        for _tp, chunk in _read(consumer, settings.shadow_topic, since_ms, None, timeout_s):
+            for r in chunk:
+                try:
+                    record = orjson.loads(r.value)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("challenger", {}).get("model_version") == version:
+                    records.append(record)
+        for _tp, chunk in _read(consumer, settings.feedback_topic, since_ms, None, timeout_s):
+            labels.extend(x for x in (decode_label(r.value, r.timestamp) for r in chunk) if isinstance(x, Label))
+    finally:
+        consumer.close(autocommit=False)
+    return records, labels

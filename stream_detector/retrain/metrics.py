@@ -48,9 +48,15 @@ class RetrainerMetrics:
                            registry=r)
         self.history_events = Gauge("stream_detector_retrain_history_events",
                                     "Input events read by time for the last entity-model run.", registry=r)
+        self.shadow_decisions = Counter("stream_detector_retrain_shadow_decisions",
+                                        "Judgements of a challenger in shadow by outcome (promoted, refused, "
+                                        "extended).", ["outcome"], registry=r)
         self.ready = False
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
+
+    def shadow_decided(self, outcome: str) -> None:
+        self.shadow_decisions.labels(outcome).inc()
 
     def run_finished(self, outcome: str, seconds: float) -> None:
         self.runs.labels(outcome).inc()

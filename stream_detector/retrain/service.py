@@ -34,7 +34,7 @@ from kafka.errors import KafkaError
 from redis import RedisError
 
 from ..errors import ModelError, StreamDetectorError
-from ..feedback import Label, decode_label
+from ..feedback import Label, Verdicts, decode_label
 from ..kafka_util import committed_offsets, partitions_of
 from ..model.bundle import Bundle
 from ..model.reference import reference_bins
@@ -46,7 +46,8 @@ from ..topics import ensure_topics
 from ..transport.factory import transport_config
 from ..transport.kafka_python import consumer_config
 from .drift import DriftReport, summarize
-from .history import read_history
+from .gate import GatePolicy, decide_shadow, shadow_outcomes
+from .history import read_history, read_shadow
 from .job import build_candidate
 from .metrics import RetrainerMetrics
 from .window import Exclusions, TrainingWindow, WindowEntry
@@ -58,7 +59,7 @@ T = TypeVar("T")
 
 @dataclass
 class RetrainOutcome:
-    status: str  # promoted | rejected | skipped
+    status: str  # promoted | rejected | skipped | shadow (a challenger in shadow: started or kept)
     message: str
     version: str | None = None
     gate: dict[str, Any] | None = None
@@ -133,7 +134,11 @@ class Retrainer:
 
     # ---- modes -----------------------------------------------------------------------------------
     def run_once(self, timeout_s: float = 120.0) -> RetrainOutcome:
-        """``retrain --once``: consume what is in the topics now, train, gate, publish."""
+        """``retrain --once``: with a challenger in shadow, decide it (``judge_shadow``); else
+        consume what is in the topics now, train, gate, publish (or start a shadow period)."""
+        judged = self.judge_shadow(timeout_s)
+        if judged is not None:
+            return judged
         self.start()
         try:
             self.catch_up(timeout_s)
@@ -154,6 +159,9 @@ class Retrainer:
                 reason = None
                 if now >= next_drift:
                     next_drift = now + s.drift_check_interval_s
+                    judged = self._survive(self.judge_shadow)
+                    if judged is not None and judged.status == "shadow":
+                        continue  # a challenger in shadow: no new candidate until it is decided
                     report = self._survive(self.check_drift)
                     if report is not None and report.exceeds(s.drift_psi_bound):
                         reason = f"drift: psi {report.psi:.3f} > {s.drift_psi_bound} on {report.events} scores"
@@ -241,11 +249,50 @@ class Retrainer:
             log.warning("candidate %s refused by the gate (%s): %s; numbers: %s", bundle.version, reason,
                         candidate.message, orjson.dumps(record).decode())
             return RetrainOutcome("rejected", candidate.message, bundle.version, record, candidate.counts)
+        if s.retrain_shadow_events:  # first a challenger on live traffic (docs/retraining.md)
+            if s.create_topics:
+                ensure_topics(s, [s.shadow_topic])
+            self.control.start_shadow(bundle, f"retrainer@{socket.gethostname()}", s.retrain_shadow_events,
+                                      s.retrain_shadow_max_seconds, gate=record, note=reason)
+            log.info("candidate %s passed the gate (%s): in shadow until %d events are scored (at most %.0fs)",
+                     bundle.version, reason, s.retrain_shadow_events, s.retrain_shadow_max_seconds)
+            return RetrainOutcome("shadow", "gate passed: challenger in shadow", bundle.version, record,
+                                  candidate.counts)
         self.control.publish(bundle, set_by=f"retrainer@{socket.gethostname()}", gate=record)
         pruned = self.control.prune(s.model_keep)
         log.info("candidate %s promoted (%s): gate passed; numbers: %s; pruned %s", bundle.version, reason,
                  orjson.dumps(record).decode(), pruned or "nothing")
         return RetrainOutcome("promoted", "gate passed", bundle.version, record, candidate.counts, pruned)
+
+    def judge_shadow(self, timeout_s: float = 120.0) -> RetrainOutcome | None:
+        """Decide the challenger in shadow, if there is one (``gate.decide_shadow``): promoted (the
+        registry's activation flip, then the period ends), refused (the champion stays), or kept in
+        shadow (``extended``). Every decision but an extension is recorded in
+        ``{p}:shadow:decisions``; None without a challenger."""
+        s = self.settings
+        version = self.control.challenger()
+        figures = self.control.shadow_figures(version) if version else None
+        if version is None or figures is None:
+            return None
+        records, labels = read_shadow(s, version, int(figures["started_at"] * 1000), timeout_s)
+        verdicts = Verdicts(labels)
+        outcomes = shadow_outcomes(records, lambda event_id: verdicts.verdict(event_id))
+        bundle = self.control.fetch_bundle(version)
+        policy = GatePolicy(s.retrain_target_fpr, s.gate_max_alert_rate_ratio, s.gate_recall_tolerance,
+                            s.gate_min_labels, parts=2 if bundle.head_threshold is not None else 1)
+        decision = decide_shadow(figures, outcomes, policy, figures["min_events"], figures["max_seconds"])
+        self.metrics.shadow_decided(decision.outcome)
+        if decision.outcome == "extended":
+            log.info("challenger %s stays in shadow: %s", version, "; ".join(decision.reasons))
+            return RetrainOutcome("shadow", "; ".join(decision.reasons), version, decision.to_dict())
+        record = self.control.end_shadow(decision.outcome, decision.to_dict(), f"retrainer@{socket.gethostname()}")
+        log.info("challenger %s %s on its shadow figures: %s; numbers: %s", version, decision.outcome,
+                 "; ".join(decision.reasons) or "every rule passed", orjson.dumps(decision.numbers).decode())
+        if decision.outcome == "promoted":
+            return RetrainOutcome("promoted", "shadow figures passed", version, record,
+                                  pruned=self.control.prune(s.model_keep))
+        self.control.record_rejection({**record, "passed": False, "reasons": decision.reasons})
+        return RetrainOutcome("rejected", "; ".join(decision.reasons), version, record)
 
     def check_drift(self) -> DriftReport | None:
         """Add new worker summaries; once ``SD_DRIFT_MIN_EVENTS`` scores of the active model are

@@ -306,3 +306,62 @@ def test_retrainer_skips_rather_than_drop_a_supervised_head(bundle):
     selection = Selection(clean=[entry(i) for i in range(2000)], labelled=[], left_out={})
     candidate = build_candidate(selection, Settings(), with_head, "test")
     assert candidate.bundle is None and "supervised head" in candidate.message
+
+
+def _figures(events: int, champ: int, chall: int, age: float = 10.0, scored: int | None = None) -> dict:
+    return {"events": events, "challenger_scored": events if scored is None else scored, "age_s": age,
+            "champion_alert_rate": champ / events if events else None,
+            "challenger_alert_rate": chall / events if events else None}
+
+
+def _outcomes(champ_alerts: int, champ_frauds: int, chall_alerts: int, chall_frauds: int) -> dict:
+    return {"champion": {"alerts": champ_alerts, "frauds": champ_frauds,
+                         "precision": champ_frauds / champ_alerts if champ_alerts else None},
+            "challenger": {"alerts": chall_alerts, "frauds": chall_frauds,
+                           "precision": chall_frauds / chall_alerts if chall_alerts else None}}
+
+
+def test_shadow_gate_waits_for_events_then_labels_then_decides():
+    from stream_detector.retrain.gate import decide_shadow
+
+    policy = GatePolicy(target_rate=0.01, max_ratio=2.0, tolerance=0.05, min_labels=5)
+    few = decide_shadow(_figures(500, 5, 5), _outcomes(5, 2, 5, 2), policy, min_events=1000, max_seconds=3600)
+    assert few.outcome == "extended" and few.reasons == ["500 of 1000 events scored in shadow"]
+    unlabelled = decide_shadow(_figures(2000, 20, 20), _outcomes(20, 2, 20, 3), policy, 1000, 3600)
+    assert unlabelled.outcome == "extended" and "waiting for 5" in unlabelled.reasons[0]
+    expired = decide_shadow(_figures(2000, 20, 20, age=4000), _outcomes(20, 2, 20, 3), policy, 1000, 3600)
+    assert expired.outcome == "promoted", "past max_seconds it is decided on the figures there are"
+    assert decide_shadow(_figures(0, 0, 0, age=4000), _outcomes(0, 0, 0, 0), policy, 1000, 3600).outcome == "refused"
+    good = decide_shadow(_figures(2000, 20, 22), _outcomes(20, 15, 22, 17), policy, 1000, 3600)
+    assert good.outcome == "promoted" and good.reasons == [] and good.numbers["challenger"]["frauds"] == 17
+
+
+def test_shadow_gate_refuses_on_alert_rate_caught_frauds_precision_and_unscored_events():
+    from stream_detector.retrain.gate import alert_rate_bound, decide_shadow
+
+    policy = GatePolicy(target_rate=0.01, max_ratio=2.0, tolerance=0.05, min_labels=5)
+    loud = decide_shadow(_figures(2000, 20, 100), _outcomes(20, 15, 100, 30), policy, 1000, 3600)
+    assert loud.outcome == "refused" and loud.reasons[0].startswith("alert rate 0.0500 on live traffic above bound")
+    assert loud.numbers["alert_rate_bound"] == pytest.approx(alert_rate_bound(policy, 2000))
+    blind = decide_shadow(_figures(20_000, 200, 200), _outcomes(200, 150, 200, 100), policy, 1000, 3600)
+    assert blind.outcome == "refused" and blind.reasons[0].startswith("caught 100 labelled frauds, champion 150")
+    noisy = decide_shadow(_figures(20_000, 200, 200), _outcomes(200, 150, 200, 135), policy, 1000, 3600)
+    assert noisy.outcome == "promoted", "15 fewer of 150: within 5 % + two Poisson standard errors (7.5 + 24.5)"
+    imprecise = decide_shadow(_figures(20_000, 100, 300), _outcomes(100, 80, 300, 150), policy, 1000, 3600)
+    assert imprecise.outcome == "refused" and imprecise.reasons == ["precision 0.500 below champion 0.800 - 0.149"]  # 0.05 + 2·√(.5·.5/300 + .8·.2/100)
+    broken = decide_shadow(_figures(2000, 20, 20, scored=1900), _outcomes(20, 15, 20, 15), policy, 1000, 3600)
+    assert broken.outcome == "refused" and broken.reasons == ["challenger scored 1900 of 2000 events"]
+
+
+def test_shadow_outcomes_collapse_redelivered_records_and_read_silence_as_legit():
+    from stream_detector.retrain.gate import shadow_outcomes
+
+    def rec(event_id: str, champ: bool, chall: bool) -> dict:
+        return {"event_id": event_id, "champion": {"alert": champ}, "challenger": {"alert": chall}}
+
+    records = [rec("a", True, True), rec("b", True, False), rec("c", False, True), rec("a", True, True),
+               rec("d", False, True)]
+    truth = {"a": True, "b": False, "c": True}  # d: no label
+    out = shadow_outcomes(records, truth.get)
+    assert out["champion"] == {"alerts": 2, "frauds": 1, "precision": 0.5}
+    assert out["challenger"] == {"alerts": 3, "frauds": 2, "precision": 2 / 3}
