@@ -27,6 +27,7 @@ from ..errors import ConfigError, ModelError, NoActiveModel, StreamDetectorError
 from ..feedback import Label, decode_label, prefer
 from ..offline import score_events
 from ..pipeline.score import Scorer
+from ..pipeline.shadow import BIN_EDGES
 from ..settings import Settings
 from ..store import ControlPlane, Threshold
 from ..store.thresholds import KEEP
@@ -249,7 +250,17 @@ class ConsoleService:
                              "metrics": metadata.get("metrics"), "gate": info.get("gate"),
                              "created_at": metadata.get("created_at")})
         return {"active": active, "previous": previous, "versions": versions, "refused": self._refused(),
-                "can_roll_back": previous is not None and hasattr(self.control, "rollback")}
+                "can_roll_back": previous is not None and hasattr(self.control, "rollback"),
+                "shadow": self._shadow()}
+
+    def _shadow(self) -> dict[str, Any]:
+        """The challenger in shadow beside the champion (``store/shadow.py``): its live figures
+        (alert rates, agreement, score distributions relative to each model's threshold, and the
+        retrainer's last judgement with precision on the labels arrived) and the last decisions."""
+        if not hasattr(self.control, "challenger"):
+            return {"challenger": None, "figures": None, "decisions": []}
+        return {"challenger": self.control.challenger(), "figures": self.control.shadow_figures(),
+                "decisions": self.control.shadow_decisions(10), "bin_edges": BIN_EDGES.tolist()}
 
     def _refused(self, limit: int = 20) -> list[dict[str, Any]]:
         """Gate decisions of candidates the retrainer did not promote (newest first), where recorded."""

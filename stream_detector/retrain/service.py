@@ -283,6 +283,7 @@ class Retrainer:
         decision = decide_shadow(figures, outcomes, policy, figures["min_events"], figures["max_seconds"])
         self.metrics.shadow_decided(decision.outcome)
         if decision.outcome == "extended":
+            self.control.shadow.note_judgement(version, decision.to_dict())
             log.info("challenger %s stays in shadow: %s", version, "; ".join(decision.reasons))
             return RetrainOutcome("shadow", "; ".join(decision.reasons), version, decision.to_dict())
         record = self.control.end_shadow(decision.outcome, decision.to_dict(), f"retrainer@{socket.gethostname()}")

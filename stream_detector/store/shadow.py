@@ -69,6 +69,13 @@ class ShadowStore:
             return None
         return derive({text(key): text(v) for key, v in raw.items()})
 
+    def note_judgement(self, version: str, judgement: dict[str, Any]) -> None:
+        """Keep the retrainer's latest judgement of a period still running (an extension), for the
+        console (``figures()["judgement"]``)."""
+        key = self.keys.key("shadow", version)
+        if self._r.exists(key):
+            self._r.hset(key, "judgement", orjson.dumps({**judgement, "at": time.time()}))
+
     def end(self, version: str, outcome: str, decision: dict[str, Any], set_by: str) -> dict[str, Any]:
         """End ``version``'s period: the pointer goes (if it still names it), the figures are kept in
         the decision record (``{p}:shadow:decisions``), the live hash is deleted. Returns the record."""
@@ -118,4 +125,5 @@ def derive(raw: dict[str, str]) -> dict[str, Any]:
         "alert_overlap": both / either if either else None,
         "bins": {name: [counts.get(f"{name}_bin_{i}", 0) for i in range(N_BINS)]
                  for name in ("champion", "challenger")},
+        "judgement": orjson.loads(raw["judgement"]) if raw.get("judgement") else None,
     }

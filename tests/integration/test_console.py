@@ -74,6 +74,7 @@ class Running:
     scores: np.ndarray
     fraud: dict[str, bool]
     consoles: list[ConsoleServer]
+    worker: Any = None  # the fixture's RunningWorker
 
     def console(self, token: str = TOKEN) -> ConsoleServer:
         s = self.settings.model_copy(update={"console_token": SecretStr(token)})
@@ -112,7 +113,7 @@ def running(settings: Settings, published: ControlPlane, bundle: Bundle,
     labelled_fraud = {str(normal[i]["event_id"]) for i in [*order[:4], *missed]}
     fraud = {str(e["event_id"]): str(e["event_id"]).startswith("bad-") or str(e["event_id"]) in labelled_fraud
              for e in events}
-    start_worker(s)
+    worker = start_worker(s)
     with EventProducer(s, s.input_topic) as producer:
         if SHOTS:  # paced, so the screenshots show rates and a time series rather than one burst
             producer.send_paced(events, None, rate=25)
@@ -122,7 +123,7 @@ def running(settings: Settings, published: ControlPlane, bundle: Bundle,
         producer.send([{"event_id": i, "label": "fraud" if f else "legit"} for i, f in fraud.items()])
     wait_until(lambda: lag(s, s.group_id, s.input_topic) == 0, message="worker drained the input")
     wait_until(lambda: _feed_total(published) == len(events), message="every scored event in the feed")
-    run = Running(s, published, events, scores, fraud, [])
+    run = Running(s, published, events, scores, fraud, [], worker)
     yield run
     for server in run.consoles:
         server.stop()
@@ -491,3 +492,42 @@ def test_console_subcommand_serves_the_page(settings: Settings, published: Contr
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert b"console on http://127.0.0.1" in err
+
+
+def test_models_view_shows_champion_and_challenger_side_by_side(running: Running, page: Any, bundle: Bundle) -> None:
+    """A challenger in shadow scored by the running worker: the console shows both models' would-be
+    alerts and rates from the workers' figures, the score distributions, and the retrainer's decision."""
+    from stream_detector.retrain.service import Retrainer
+
+    s, control = running.settings, running.control
+    challenger = small_bundle(rows=600, seed=5, epochs=3)
+    control.start_shadow(challenger, "pytest", min_events=300, max_seconds=3600)
+    slot = running.worker.worker.shadow
+    wait_until(lambda: slot.current is not None, message="the worker loaded the challenger")
+    normal, _ = Simulator(seed=22, accounts=300, run_id="shadow").batch(300, 0.0)
+    with EventProducer(s, s.input_topic) as producer:
+        producer.send(normal)
+    wait_until(lambda: lag(s, s.group_id, s.input_topic) == 0, message="worker drained the input")
+    figures = wait_until(lambda: (f := control.shadow_figures()) is not None and f["events"] >= 300 and f,
+                         message="the worker's shadow figures")
+    console = running.console()
+    page.goto(f"{console.url}/#models")
+    page.wait_for_selector(f"#shadow[data-challenger='{challenger.version}']")
+    head = page.text_content("#shadow-head")
+    assert challenger.version in head and f"{figures['events']} of 300 events" in head
+    row = page.locator("#shadow tbody tr").first.locator("td")
+    assert [row.nth(i).text_content() for i in range(3)] == [
+        "would-be alerts", str(figures["champion_alerts"]), str(figures["challenger_alerts"])]
+    assert page.locator("#shadow-bins rect").count() > 0
+    _shoot(page, "shadow")
+    outcome = Retrainer(s, control).judge_shadow()  # no labels in this period: it waits for them
+    assert outcome is not None and outcome.status == "shadow" and "waiting for" in outcome.message
+    page.reload()
+    page.wait_for_selector(f"#shadow[data-challenger='{challenger.version}']")
+    assert "extended: 0 labelled frauds" in page.text_content("#shadow tbody tr:last-child")
+    control.end_shadow("stopped", {"reasons": ["stopped by hand"]}, "pytest")
+    page.reload()
+    page.wait_for_selector("#shadow[data-challenger='']")
+    decision = page.text_content("#shadow-decisions tbody tr")
+    assert challenger.version in decision and "stopped" in decision and "stopped by hand" in decision
+    assert control.active_model() == bundle.version

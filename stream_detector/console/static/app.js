@@ -369,7 +369,7 @@ async function loadModels() {
       tr.dataset.version = v.version;
       const reasons = v.gate ? [].concat(v.gate.reasons || []) : [];
       const gate = v.gate ? (v.gate.passed ? "passed" : "refused") + (reasons.length ? `: ${reasons.join("; ")}` : "") : "–";
-      for (const cell of [v.active ? "● active" : v.previous ? "previous" : "", v.version, v.created_at || "–",
+      for (const cell of [v.active ? "● active" : v.previous ? "previous" : v.version === r.shadow.challenger ? "◐ shadow" : "", v.version, v.created_at || "–",
                           v.threshold === null ? "–" : fmt(v.threshold), metricsText(v.metrics), gate]) {
         const td = document.createElement("td"); td.textContent = cell; tr.appendChild(td);
       }
@@ -382,9 +382,75 @@ async function loadModels() {
       }
       return tr;
     }));
+    renderShadow(r.shadow, r.active);
     $("#rollback").disabled = !r.can_roll_back;
     $("#view-models").dataset.loaded = "1";
   } catch (err) { result("#models-result", false, err.message); }
+}
+
+// Champion and challenger side by side: the workers' shadow figures and the retrainer's last judgement.
+function renderShadow(shadow, active) {
+  const f = shadow && shadow.figures;
+  const table = $("#shadow");
+  table.dataset.challenger = (shadow && shadow.challenger) || "";
+  if (!f) {
+    setText("#shadow-head", "no challenger in shadow");
+    $("#shadow tbody").replaceChildren();
+    empty($("#shadow-bins"), "no challenger in shadow");
+  } else {
+    const age = f.age_s < 3600 ? `${(f.age_s / 60).toFixed(1)} min` : `${(f.age_s / 3600).toFixed(1)} h`;
+    setText("#shadow-head", `challenger ${f.version} in shadow beside ${active} for ${age}: ${f.events} of ` +
+            `${f.min_events} events scored; agreement ${pct(f.agreement)}, alert overlap ${pct(f.alert_overlap)}`);
+    const j = f.judgement && f.judgement.numbers;
+    const side = (name) => j && j[name] ? j[name] : null;
+    const rows = [
+      ["would-be alerts", f.champion_alerts, f.challenger_alerts],
+      ["alert rate", pct(f.champion_alert_rate), pct(f.challenger_alert_rate)],
+      ["labelled frauds among its alerts", side("champion") ? side("champion").frauds : "–",
+       side("challenger") ? side("challenger").frauds : "–"],
+      ["precision on labels arrived", side("champion") ? pct(side("champion").precision) : "–",
+       side("challenger") ? pct(side("challenger").precision) : "–"],
+      ["threshold", "live (Redis)", fmt(f.threshold) + (f.head_threshold ? ` / head ${fmt(f.head_threshold, 3)}` : "")],
+      ["last judgement", "", f.judgement ? `${f.judgement.outcome}: ${[].concat(f.judgement.reasons || []).join("; ")}` : "not judged yet"],
+    ];
+    $("#shadow tbody").replaceChildren(...rows.map((cells) => {
+      const tr = document.createElement("tr");
+      for (const cell of cells) { const td = document.createElement("td"); td.textContent = String(cell); tr.appendChild(td); }
+      return tr;
+    }));
+    drawShadowBins($("#shadow-bins"), shadow.bin_edges, f.bins);
+  }
+  const decisions = (shadow && shadow.decisions) || [];
+  $("#shadow-decisions tbody").replaceChildren(...(decisions.length ? decisions : [null]).map((d) => {
+    const tr = document.createElement("tr");
+    const cells = d ? [d.version, d.outcome, d.figures ? d.figures.events : "–", [].concat(d.reasons || []).join("; ") || "every rule passed"]
+                    : ["none recorded", "", "", ""];
+    for (const cell of cells) { const td = document.createElement("td"); td.textContent = String(cell); tr.appendChild(td); }
+    return tr;
+  }));
+}
+
+// Two mirrored histograms over bins of log10(score / own threshold); bin 0 and the last are open-ended.
+function drawShadowBins(svg, edges, bins) {
+  clear(svg);
+  const W = 560, H = 220, L = 40, R = 20, mid = H / 2, span = mid - 18;
+  const n = edges.length + 1, w = (W - L - R) / n;
+  const maxC = Math.max(1, ...bins.champion, ...bins.challenger);
+  el("line", { x1: L, x2: W - R, y1: mid, y2: mid, class: "axis" }, svg);
+  for (const [name, sign, cls] of [["champion", -1, "bar"], ["challenger", 1, "bar over"]]) {
+    bins[name].forEach((c, i) => {
+      if (c <= 0) return;
+      const h = span * c / maxC;
+      el("rect", { x: L + i * w, y: sign < 0 ? mid - h : mid, width: Math.max(1, w - 1), height: h, class: cls }, svg);
+    });
+  }
+  const at = (v) => L + w * (1 + edges.indexOf(v));  // left edge of the bin starting at v
+  el("line", { x1: at(0), x2: at(0), y1: 4, y2: H - 14, class: "threshold" }, svg);
+  for (const v of [-2, -1, 0, 1, 2]) {
+    el("text", { x: at(v), y: H - 2, "text-anchor": "middle", class: "tick" }, svg, v === 0 ? "1×" : `10^${v}`);
+  }
+  el("text", { x: L, y: 12, class: "tick" }, svg, "champion");
+  el("text", { x: L, y: H - 16, class: "tick" }, svg, "challenger");
 }
 
 async function rollback() {
