@@ -109,3 +109,87 @@ def test_the_retrainer_rebuilds_an_entity_label_and_supervised_model_as_one_trai
     np.testing.assert_allclose(ours.scores, theirs.scores, rtol=1e-5)
     assert ours.probability is not None and theirs.probability is not None
     np.testing.assert_allclose(ours.probability, theirs.probability, rtol=1e-5, atol=1e-7)
+
+
+def test_an_entity_label_candidate_is_shadow_scored_on_live_traffic_promoted_and_alerts_go_on_exactly_once(
+        settings: Settings, start_worker: object) -> None:
+    """Issue 18's path end to end: an entity + label + head model is active; the retrainer builds a
+    candidate from the history on the topics and, with SD_RETRAIN_SHADOW_EVENTS, makes it the
+    challenger instead of promoting it; the running worker shadow-scores the next days' traffic
+    (new compromised terminals and cards) with the same entity and label state; once the labels of
+    those days arrive the gate promotes it on its shadow figures, and alerts go on exactly once
+    across the swap. (The label rules' refusals: tests/integration/test_shadow.py, unit tests.)"""
+    live_days = 4
+    s = settings.model_copy(update={
+        "feedback_topic": f"fb-{uuid.uuid4().hex[:8]}", "retrain_epochs": 3, "retrain_min_events": 200,
+        "retrain_target_fpr": 0.01, "gate_max_alert_rate_ratio": 10.0, "gate_min_labels": 5,
+        "gate_recall_tolerance": 0.5, "delivery": "exactly_once", "score_summary_interval_s": 0.2})
+    end = int(time.time() * 1000) // DAY * DAY
+    sim = HandbookSimulator(seed=4, customers=300, terminals=600, run_id=f"sh{uuid.uuid4().hex[:6]}",
+                            scenarios=Scenarios(terminals_per_day=1, cards_per_day=1))
+    world = sim.generate(300 * 2 * (21 + live_days), now_ms=end + live_days * DAY, span_ms=(21 + live_days) * DAY)
+    events = world.events()
+    history = [e for e in events if e["timestamp"] < end]
+    live = [e for e in events if e["timestamp"] >= end]
+    _, _, _, known_at = world.label_columns(LabelDelays())
+    records = world.labels()
+    past = [r for r, t in zip(records, known_at.tolist(), strict=True) if t <= end]
+    labels = [lab for lab in map(parse_label, past) if isinstance(lab, Label)]
+
+    first = [i for i, e in enumerate(history) if e["timestamp"] < end - 7 * DAY]
+    rows = enrich_history(SPEC, history, labels=labels)
+    verdicts = Verdicts(labels)
+    fraud = [bool(verdicts.verdict(history[i]["event_id"])) for i in first]
+    active = train([rows[i] for i, f in zip(first, fraud, strict=True) if not f],
+                   TrainConfig(epochs=3, threshold_method="quantile", target_fpr=0.01), entity=SPEC)
+    x, y = rows_for_head(active.spec, active.schema, [rows[i] for i in first], fraud)
+    active.head, active.calibration["supervised"] = train_head(active.head, x, y, HeadConfig(target_fpr=0.01),
+                                                               lambda _m: None)
+    champion = build_bundle(active)
+    control = ControlPlane.from_url(s.redis_url, s.redis_prefix)
+    control.publish(champion, set_by="pytest")
+    with EventProducer(s, s.input_topic) as producer:
+        producer.send(history)
+        producer.send_records(s.feedback_topic, past)
+    running = start_worker(s)  # type: ignore[operator]
+    decided = lambda: committed_offsets(s, s.group_id, s.input_topic) == end_offsets(s, s.input_topic)  # noqa: E731
+    wait_until(decided, timeout_s=120, message="the worker decided the history")
+
+    outcome = Retrainer(s.model_copy(update={"retrain_shadow_events": len(live) // 2})).run_once(timeout_s=120)
+    assert outcome.status == "shadow", outcome.to_dict()
+    challenger = str(outcome.version)
+    assert control.challenger() == challenger and control.active_model() == champion.version
+    wait_until(lambda: running.worker.shadow.current is not None, 60, message="the worker loaded the challenger")
+
+    # the next days: shadow-scored beside the champion, then their labels arrive
+    half = len(live) // 2
+    with EventProducer(s, s.input_topic) as producer:
+        producer.send(live[:half])
+    wait_until(decided, timeout_s=120, message="the worker decided the shadow days")
+    figures = wait_until(lambda: (f := control.shadow_figures()) is not None and f["events"] >= half and f, 30,
+                         message="the shadow figures")
+    assert figures["events"] == half == figures["challenger_scored"]
+    ids = {e["event_id"] for e in live[:half]}
+    with EventProducer(s, s.input_topic) as producer:
+        producer.send_records(s.feedback_topic, [r for r in records if r["event_id"] in ids])
+    shadowed = Retrainer(s).judge_shadow()
+    assert shadowed is not None and shadowed.status == "promoted", shadowed.to_dict()
+    decision = control.shadow_decisions(1)[0]
+    assert decision["numbers"]["challenger"]["frauds"] >= 5 and decision["figures"]["events"] == half
+    assert control.active_model() == challenger and control.challenger() is None
+
+    # alerts go on across the swap, each event decided once
+    with EventProducer(s, s.input_topic) as producer:
+        producer.send(live[half:])
+    wait_until(decided, timeout_s=120, message="the worker decided the rest")
+    wait_until(lambda: running.worker.scorer is not None and running.worker.scorer.version == challenger, 30,
+               message="the worker's swap")
+    running.stop()
+    alerts = [orjson.loads(r.value) for r in read_all(s, s.alerts_topic)]
+    alert_ids = [a["event_id"] for a in alerts]
+    assert len(alert_ids) == len(set(alert_ids)), "exactly once across the swap"
+    late = {e["event_id"] for e in live[half:]}
+    by_model = {a["model_version"] for a in alerts if a["event_id"] in late}
+    assert challenger in by_model and by_model <= {champion.version, challenger}
+    shadow_ids = [orjson.loads(r.value)["event_id"] for r in read_all(s, s.shadow_topic)]
+    assert len(shadow_ids) == len(set(shadow_ids)) and set(shadow_ids) <= ids, "shadow records of the period only"
