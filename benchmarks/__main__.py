@@ -19,6 +19,7 @@ SUITES = {
     "labels-worker": "benchmarks.labels_worker",
     "retrain-scale": "benchmarks.retrain_scale",
     "labels-tables": "benchmarks.labels_tables",
+    "shadow-worker": "benchmarks.shadow_worker",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -34,6 +35,7 @@ WHAT = {
     "labels-worker": "one worker with the supervised head vs the same autoencoder alone, real Kafka and Redis",
     "retrain-scale": "retraining an entity + label + head model: time per phase and peak memory by history size",
     "labels-tables": "delayed labels on the labelled tables: supervised head vs autoencoder, scarce-label fallback",
+    "shadow-worker": "one worker with a challenger in shadow vs the champion alone (stateless and entity paths)",
 }
 
 
