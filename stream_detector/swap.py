@@ -152,7 +152,7 @@ class ShadowSlot:
         """The challenger to score the next batch with beside ``champion``, or None."""
         self._collect()
         current = self.current
-        if current is None:
+        if current is None or current.version == champion.version:  # promoted mid-batch: no shadow of itself
             return None
         problem = incompatible(champion, current)
         if problem:

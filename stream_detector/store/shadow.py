@@ -44,8 +44,8 @@ class ShadowStore:
         challenger in shadow (its period ends as ``replaced``)."""
         k = self.keys.key
         old = self.challenger()
-        if old is not None and old != version:
-            self.end(old, "replaced", {"by": version}, set_by)
+        if old is not None and old != version and self.figures(old) is not None:
+            self.end(old, "replaced", {"reasons": [f"replaced by {version}"]}, set_by)
         config = {"version": version, "started_at": repr(time.time()), "set_by": set_by, "note": note,
                   "min_events": str(int(min_events)), "max_seconds": repr(float(max_seconds)),
                   "threshold": repr(float(threshold)), "head_threshold": "" if head is None else repr(float(head))}

@@ -21,23 +21,30 @@ from .base import Keys, text
 FEED_KEY = "recent-scores"
 
 
+# HINCRBY each (field, n) pair, only while the period's hash exists (atomic: a flush racing the end
+# of a period cannot leave a stray hash behind)
+_ADD_SHADOW = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
 class Telemetry:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._r = client
         self.keys = keys
+        self._add_shadow = client.register_script(_ADD_SHADOW)
 
     # ---- a challenger in shadow (pipeline/shadow.py) -------------------------------------------
     def add_shadow_counts(self, version: str, counts: dict[str, int]) -> None:
         """Add a worker's counts to the challenger's figures (``HINCRBY`` each, one round trip).
         Only while ``version`` is the challenger (the hash exists): a worker that has not yet seen
         the end of a shadow period does not write figures that outlive it."""
-        key = self.keys.key("shadow", version)
-        if not self._r.exists(key):
-            return
-        pipe = self._r.pipeline(transaction=False)
+        args: list[str | int] = []
         for name, n in counts.items():
-            pipe.hincrby(key, name, n)
-        pipe.execute()
+            args += [name, int(n)]
+        self._add_shadow(keys=[self.keys.key("shadow", version)], args=args)
 
     # ---- score summaries (drift) -------------------------------------------------------------
     def add_score_summary(self, fields: dict[str, str], maxlen: int) -> None:

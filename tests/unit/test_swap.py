@@ -97,3 +97,36 @@ def test_require_before_start_says_so() -> None:
     swap, _ = _swap({})
     with pytest.raises(RuntimeError, match="not started"):
         swap.require()
+
+
+def test_the_shadow_slot_loads_in_background_refuses_failures_once_and_never_shadows_the_champion() -> None:
+    from types import SimpleNamespace
+
+    from stream_detector.swap import ShadowSlot
+
+    spec = SimpleNamespace(schema=None, entity=None)
+    scorers = {v: SimpleNamespace(version=v, bundle=spec) for v in ("A", "B")}
+    calls: list[str] = []
+
+    def load(version: str) -> Any:
+        calls.append(version)
+        if version == "bad":
+            raise ModelError("altered artifact")
+        return scorers[version]
+
+    slot = ShadowSlot(load)
+    champion: Any = scorers["A"]
+    slot.want("B", champion="A")
+    slot._loader.shutdown(wait=True)  # the background load has finished
+    assert slot.ready(champion) is scorers["B"]
+    assert slot.ready(scorers["B"]) is None, "promoted mid-batch: the challenger is the champion now"
+    slot.want("A", champion="A")
+    assert slot.current is None, "the champion itself is no challenger"
+    slot = ShadowSlot(load)
+    slot.start("bad", champion="A")
+    assert slot.current is None and slot.refused == 1
+    slot.want("bad", champion="A")
+    slot.want("bad", champion="A")
+    assert calls.count("bad") == 1, "a refused version is not reloaded on every poll"
+    slot.want(None, champion="A")
+    assert slot.current is None
