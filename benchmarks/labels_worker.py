@@ -53,19 +53,21 @@ def workload(cards: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return world.events(), [r for r in world.labels() if int(str(r["labelled_at"])) <= END]
 
 
-def models(events: list[dict[str, Any]], labels: list[Label]) -> dict[str, Bundle]:
+def models(events: list[dict[str, Any]], labels: list[Label], seed: int = 0) -> dict[str, Bundle]:
     """The autoencoder (trained on the fourth week's rows not known as fraud) alone, and with the head
-    trained on that week's labels as known at the end."""
+    trained on that week's labels as known at the end; ``seed`` of both trainings."""
     rows = enrich_history(SPEC, events, labels=labels)
     verdicts = Verdicts(labels)
     t = np.array([e["timestamp"] for e in events])
     week = np.flatnonzero((t >= END - 14 * DAY) & (t < END - 7 * DAY))
     fraud = [bool(verdicts.verdict(events[i]["event_id"], END)) for i in week]
     normal = [rows[i] for i, f in zip(week.tolist(), fraud, strict=True) if not f]
-    result = train(normal, TrainConfig(epochs=5, seed=0, threshold_method="quantile", target_fpr=0.005), entity=SPEC)
+    result = train(normal, TrainConfig(epochs=5, seed=seed, threshold_method="quantile", target_fpr=0.005),
+                   entity=SPEC)
     baseline = build_bundle(result)
     x, y = rows_for_head(result.spec, result.schema, [rows[i] for i in week], fraud)
-    result.head, result.calibration["supervised"] = train_head(result.head, x, y, HeadConfig(target_fpr=0.005), say)
+    result.head, result.calibration["supervised"] = train_head(result.head, x, y,
+                                                               HeadConfig(target_fpr=0.005, seed=seed), say)
     return {"autoencoder": baseline, "autoencoder + head": build_bundle(result)}
 
 

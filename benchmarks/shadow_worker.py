@@ -25,43 +25,19 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import orjson
 import torch
 
-from stream_detector.entity import enrich_history
-from stream_detector.feedback import Label, Verdicts, parse_label
-from stream_detector.model.bundle import Bundle, build_bundle
-from stream_detector.model.supervised import HeadConfig, rows_for_head, train_head
-from stream_detector.model.train import TrainConfig, train
+from stream_detector.feedback import Label, parse_label
+from stream_detector.model.bundle import Bundle
 from stream_detector.store import ControlPlane
 from stream_detector.topics import ensure_topics
 
 from . import harness
-from .labels_worker import DAY, END, SPEC, workload
+from .labels_worker import models, workload
 from .results import write_section
 from .throughput import base_settings, drain, keys_of, say, trained_bundle, transports
 from .workload import make_events
-
-
-def entity_models(events: list[dict[str, Any]], labels: list[Label]) -> tuple[Bundle, Bundle]:
-    """Champion and challenger: the same spec (history + label features + head) trained on the fourth
-    week with seeds 0 and 1 (the challenger is what a retraining of the champion produces)."""
-    rows = enrich_history(SPEC, events, labels=labels)
-    verdicts = Verdicts(labels)
-    t = np.array([e["timestamp"] for e in events])
-    week = np.flatnonzero((t >= END - 14 * DAY) & (t < END - 7 * DAY))
-    fraud = [bool(verdicts.verdict(events[i]["event_id"], END)) for i in week]
-    normal = [rows[i] for i, f in zip(week.tolist(), fraud, strict=True) if not f]
-    out = []
-    for seed in (0, 1):
-        result = train(normal, TrainConfig(epochs=5, seed=seed, threshold_method="quantile", target_fpr=0.005),
-                       entity=SPEC)
-        x, y = rows_for_head(result.spec, result.schema, [rows[i] for i in week], fraud)
-        result.head, result.calibration["supervised"] = train_head(
-            result.head, x, y, HeadConfig(target_fpr=0.005, seed=seed), say)
-        out.append(build_bundle(result))
-    return out[0], out[1]
 
 
 def measure(kafka: str, redis: str, tag: str, name: str, champion: Bundle, challenger: Bundle, total: int,
@@ -111,7 +87,9 @@ def run(kafka: str, redis: str, cards: int, stateless_events: int, repeats: int)
     events, records = workload(cards)
     labels = [lab for lab in map(parse_label, records) if isinstance(lab, Label)]
     say(f"entity + labels + head: {len(events):,} events, {len(labels):,} labels; training champion and challenger")
-    champion, challenger = entity_models(events, labels)
+    # champion and challenger: the same spec (history + label features + head), seeds 0 and 1 (the
+    # challenger is what a retraining of the champion produces)
+    champion, challenger = (models(events, labels, seed)["autoencoder + head"] for seed in (0, 1))
     topic, feedback = f"sw-en-in-{tag}", f"sw-en-fb-{tag}"
     ensure_topics(base_settings(kafka, redis, tag, input_topic=topic), [topic, feedback])
     harness.produce(kafka, topic, [orjson.dumps(e) for e in events], [str(e["account_id"]).encode() for e in events])

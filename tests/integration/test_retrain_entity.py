@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 import orjson
@@ -19,7 +20,7 @@ import pytest
 from stream_detector.entity import EntitySpec, enrich_history
 from stream_detector.feedback import Label, Verdicts, parse_label
 from stream_detector.kafka_util import committed_offsets, end_offsets, read_all
-from stream_detector.model.bundle import build_bundle
+from stream_detector.model.bundle import Bundle, build_bundle
 from stream_detector.model.supervised import HeadConfig, rows_for_head, train_head
 from stream_detector.model.train import TrainConfig, train
 from stream_detector.offline import score_events
@@ -37,6 +38,22 @@ SPEC = EntitySpec(keys=("account_id", "terminal_id"), windows=(86_400, 7 * 86_40
                   label_keys=("terminal_id",))
 
 
+def _active_model(events: list[dict[str, Any]], labels: list[Label], end: int,
+                  ) -> tuple[Bundle, list[dict[str, Any]], Verdicts]:
+    """The active model, trained by hand on the events older than a week before ``end`` (the ones not
+    known as fraud), with the head on their labels; also the enriched rows and the verdicts."""
+    first = [i for i, e in enumerate(events) if e["timestamp"] < end - 7 * DAY]
+    rows = enrich_history(SPEC, events, labels=labels)
+    verdicts = Verdicts(labels)
+    fraud = [bool(verdicts.verdict(events[i]["event_id"])) for i in first]
+    active = train([rows[i] for i, f in zip(first, fraud, strict=True) if not f],
+                   TrainConfig(epochs=3, threshold_method="quantile", target_fpr=0.01), entity=SPEC)
+    x, y = rows_for_head(active.spec, active.schema, [rows[i] for i in first], fraud)
+    active.head, active.calibration["supervised"] = train_head(active.head, x, y, HeadConfig(target_fpr=0.01),
+                                                               lambda _m: None)
+    return build_bundle(active), rows, verdicts
+
+
 def test_the_retrainer_rebuilds_an_entity_label_and_supervised_model_as_one_trained_by_hand(
         settings: Settings, start_worker: object) -> None:
     s = settings.model_copy(update={
@@ -52,16 +69,7 @@ def test_the_retrainer_rebuilds_an_entity_label_and_supervised_model_as_one_trai
     labels = [lab for lab in map(parse_label, records) if isinstance(lab, Label)]
 
     # the active model: trained by hand on the first two weeks, with the head on their labels
-    first = [i for i, e in enumerate(events) if e["timestamp"] < end - 7 * DAY]
-    rows = enrich_history(SPEC, events, labels=labels)
-    verdicts = Verdicts(labels)
-    fraud = [bool(verdicts.verdict(events[i]["event_id"])) for i in first]
-    config = TrainConfig(epochs=3, threshold_method="quantile", target_fpr=0.01)
-    active = train([rows[i] for i, f in zip(first, fraud, strict=True) if not f], config, entity=SPEC)
-    x, y = rows_for_head(active.spec, active.schema, [rows[i] for i in first], fraud)
-    active.head, active.calibration["supervised"] = train_head(active.head, x, y, HeadConfig(target_fpr=0.01),
-                                                               lambda _m: None)
-    active_bundle = build_bundle(active)
+    active_bundle, rows, verdicts = _active_model(events, labels, end)
     control = ControlPlane.from_url(s.redis_url, s.redis_prefix)
     control.publish(active_bundle, set_by="pytest")
 
@@ -136,16 +144,7 @@ def test_an_entity_label_candidate_is_shadow_scored_on_live_traffic_promoted_and
     past = [r for r, t in zip(records, known_at.tolist(), strict=True) if t <= end]
     labels = [lab for lab in map(parse_label, past) if isinstance(lab, Label)]
 
-    first = [i for i, e in enumerate(history) if e["timestamp"] < end - 7 * DAY]
-    rows = enrich_history(SPEC, history, labels=labels)
-    verdicts = Verdicts(labels)
-    fraud = [bool(verdicts.verdict(history[i]["event_id"])) for i in first]
-    active = train([rows[i] for i, f in zip(first, fraud, strict=True) if not f],
-                   TrainConfig(epochs=3, threshold_method="quantile", target_fpr=0.01), entity=SPEC)
-    x, y = rows_for_head(active.spec, active.schema, [rows[i] for i in first], fraud)
-    active.head, active.calibration["supervised"] = train_head(active.head, x, y, HeadConfig(target_fpr=0.01),
-                                                               lambda _m: None)
-    champion = build_bundle(active)
+    champion, _, _ = _active_model(history, labels, end)
     control = ControlPlane.from_url(s.redis_url, s.redis_prefix)
     control.publish(champion, set_by="pytest")
     with EventProducer(s, s.input_topic) as producer:
