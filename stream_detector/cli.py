@@ -565,8 +565,8 @@ def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from .topics import ensure_topics
 
-    created = ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic],
-                            args.partitions)
+    created = ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic,
+                                       settings.feedback_topic, settings.shadow_topic], args.partitions)
     print("created: " + (", ".join(created) if created else "nothing (all exist)"))
     return 0
 
@@ -892,7 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="directory for the two PEM files")
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("topics", help="create the input, alerts and dead-letter topics if missing")
+    p = sub.add_parser("topics", help="create the input, alerts, dead-letter, feedback and shadow topics if missing")
     p.add_argument("--partitions", type=int, help="default SD_TOPIC_PARTITIONS")
     p.set_defaults(func=cmd_topics)
 
