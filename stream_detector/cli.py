@@ -646,6 +646,8 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
                             "decisions": control.shadow_decisions(5)}, option=orjson.OPT_INDENT_2).decode())
         return 0
     if args.action == "shadow-stop":
+        if args.version:
+            raise ConfigError("model shadow-stop takes no VERSION: it ends the period of the challenger in shadow")
         record = control.end_shadow("stopped", {"reasons": ["stopped by hand"]}, _who())
         print(f"challenger {record['version']}: shadow period ended after {record['figures']['events']} events; "
               f"the active model stays {control.active_model()}")
@@ -660,6 +662,7 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
     if args.version == control.challenger():
         control.end_shadow("promoted", {"reasons": ["promoted by hand"]}, _who())
         seq = int(control.threshold().version)  # type: ignore[union-attr]
+        print(f"the shadow period of {args.version} ended as promoted")
     else:
         seq = control.activate(args.version, _who(), note=f"promote {args.version} by hand")
     print(f"model {args.version} is active; threshold version {seq}")
@@ -669,16 +672,37 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
 def _start_shadow(args: argparse.Namespace, settings: Settings, control: Any) -> int:
     """``model shadow VERSION|DIR``: a stored version, or a bundle directory stored first."""
     from .model.bundle import load_bundle
-    from .topics import ensure_topics
 
-    bundle = load_bundle(Path(args.version)) if Path(args.version).is_dir() else control.fetch_bundle(args.version)
+    path = Path(args.version)
+    if path.is_dir():
+        bundle = load_bundle(path)
+    elif "/" in args.version or path.exists():
+        raise ConfigError(f"{args.version}: not a bundle directory (model shadow takes a stored VERSION or a "
+                          "directory written by train)")
+    else:
+        bundle = control.fetch_bundle(args.version)
+    _ensure_shadow_topic(settings)
+    replaced = control.start_shadow(bundle, _who(), args.min_events, args.max_seconds, note="by hand",
+                                    replace=args.replace)
+    if replaced:
+        print(f"the shadow period of {replaced} ended as replaced")
+    print(f"model {bundle.version} is the challenger in shadow beside {control.active_model()}: shadow records on "
+          f"{settings.shadow_topic}; judged by the retrainer (`stream-detector retrain --once`) once "
+          f"{args.min_events} events are scored and SD_GATE_MIN_LABELS labelled frauds are among the alerts, or "
+          f"after {args.max_seconds:.0f}s on what there is; or `model promote|shadow-stop`")
+    return 0
+
+
+def _ensure_shadow_topic(settings: Settings) -> None:
+    """The shadow topic must exist before workers shadow-score (a missing one is refused there):
+    created with SD_CREATE_TOPICS, else checked (``ConfigError`` naming `stream-detector topics`)."""
+    from .topics import ensure_topics, topic_exists
+
     if settings.create_topics:
         ensure_topics(settings, [settings.shadow_topic])
-    control.start_shadow(bundle, _who(), args.min_events, args.max_seconds, note="by hand")
-    print(f"model {bundle.version} is the challenger in shadow beside {control.active_model()}: shadow records on "
-          f"{settings.shadow_topic}; judged by the retrainer after {args.min_events} events or "
-          f"{args.max_seconds:.0f}s (`stream-detector retrain --once`), or `model promote|shadow-stop`")
-    return 0
+    elif not topic_exists(settings, settings.shadow_topic):
+        raise ConfigError(f"shadow topic {settings.shadow_topic} does not exist and SD_CREATE_TOPICS=false: "
+                          "create it (`stream-detector topics`) before starting a shadow period")
 
 
 def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
@@ -965,6 +989,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shadow: events to score before the retrainer judges it (default 100000)")
     p.add_argument("--max-seconds", type=float, default=86_400.0,
                    help="shadow: longest period before it is judged on what there is (default 86400)")
+    p.add_argument("--replace", action="store_true",
+                   help="shadow: end the period of a challenger already in shadow (outcome replaced) and start "
+                        "this one (without it, a second start is refused)")
     p.set_defaults(func=cmd_model)
     return parser
 

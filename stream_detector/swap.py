@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .errors import ModelError, StreamDetectorError
+from .model.registry import shadow_incompatibility
 from .pipeline.score import Scorer
 
 log = logging.getLogger("stream_detector.worker")
@@ -145,6 +146,8 @@ class ShadowSlot:
             self._pending = None
             try:
                 self.current = future.result()
+                log.info("challenger %s loaded: shadow-scoring every batch beside the active model", version,
+                         extra={"challenger_version": version})
             except (ModelError, StreamDetectorError, RuntimeError, OSError) as exc:
                 self._refuse(version, f"failed to load: {exc}")
 
@@ -172,11 +175,5 @@ class ShadowSlot:
 
 def incompatible(champion: Scorer, challenger: Scorer) -> str | None:
     """Why ``challenger`` cannot be scored from the champion's decoded events and entity features
-    (None when it can): another field schema (events are typed by the champion's) or another
-    entity spec (its features would need their own per-entity state)."""
-    a, b = champion.bundle, challenger.bundle
-    if (a.schema.fields if a.schema else None) != (b.schema.fields if b.schema else None):
-        return "its field schema differs from the active model's"
-    if a.entity != b.entity:
-        return "its entity spec differs from the active model's (it would need its own entity state)"
-    return None
+    (None when it can): ``model.registry.shadow_incompatibility``."""
+    return shadow_incompatibility(champion.bundle, challenger.bundle)

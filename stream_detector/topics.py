@@ -60,3 +60,13 @@ def topic_partitions(settings: Settings, topic: str) -> int:
         return len(meta[0]["partitions"])
     finally:
         admin.close()
+
+
+def topic_exists(settings: Settings, topic: str) -> bool:
+    """Whether the cluster has ``topic`` (one metadata request)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="stream-detector-admin",
+                             **settings.kafka_security())
+    try:
+        return topic in set(admin.list_topics())
+    finally:
+        admin.close()

@@ -38,7 +38,7 @@ import torch
 
 from .entity import Enricher
 from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
-from .errors import DeliveryError, StreamDetectorError
+from .errors import ConfigError, DeliveryError, StreamDetectorError
 from .features import Extra
 from .hold import BatchHold
 from .label_ingest import LabelIngester
@@ -56,7 +56,7 @@ from .settings import Settings
 from .store import ControlPlane, ControlView
 from .store.control import WorkerView
 from .swap import ModelSwap, ShadowSlot
-from .topics import ensure_topics, topic_partitions
+from .topics import ensure_topics, topic_exists, topic_partitions
 from .transport.base import Batch, OutMessage, Publisher, Source
 from .transport.factory import make_sink, make_source
 
@@ -125,6 +125,7 @@ class Worker:
         self.ingester: LabelIngester | None = None  # feedback topic → label store, started in start()
         self.labels: LabelStore = InMemoryLabels(())  # the label store (start(): the control plane's)
         self._conflicts = 0  # the enricher's compare-and-set conflicts already counted in metrics
+        self._shadow_counts: tuple[str, dict[str, int]] | None = None  # the batch in hand's, until committed
 
     @property
     def scorer(self) -> Scorer | None:
@@ -295,10 +296,17 @@ class Worker:
             self.publisher.reset()
             raise
         self._count(batch, len(events), len(alerts), rejected)
+        if self._shadow_counts is not None:  # the batch is committed: its shadow counts go in once
+            version, counts = self._shadow_counts
+            self._shadow_counts = None
+            self.link.observe_shadow(version, counts)
+            self.stats.shadow_events += counts["events"]
+            self.stats.shadow_alerts += counts["challenger_alerts"]
 
     def _shadow(self, batch: Batch, done: Computed, decision: Decision) -> list[OutMessage]:
         """A challenger's verdicts on the batch beside the champion's (``pipeline/shadow.py``): the
         shadow records to publish with the alerts, and the counts for its figures (telemetry)."""
+        self._shadow_counts = None
         if done.shadow_scores is None or self.shadow.current is None:
             return []
         challenger = self.shadow.current
@@ -306,9 +314,7 @@ class Worker:
         champ = ModelVerdicts.of(decision.model_version, decision.scores, decision.probability, t.value, t.head)
         chall = ModelVerdicts.of(challenger.version, done.shadow_scores, done.shadow_probability,
                                  challenger.bundle.threshold, challenger.bundle.head_threshold)
-        self.link.observe_shadow(challenger.version, shadow_counts(champ, chall))
-        self.stats.shadow_events += int(decision.scores.size)
-        self.stats.shadow_alerts += int(chall.flagged.sum())
+        self._shadow_counts = (challenger.version, shadow_counts(champ, chall))  # added once committed
         return build_shadow_records(batch, done.events, done.indices, champ, chall, self.settings.shadow_topic)
 
     def _score_and_decide(self, batch: Batch) -> tuple[Scorer, Computed, Decision]:
@@ -387,9 +393,16 @@ class Worker:
         return scorer
 
     def _load_challenger(self, version: str) -> Scorer:
-        """A challenger's scorer; its shadow topic is made first (``SD_CREATE_TOPICS``)."""
-        if self.settings.create_topics and isinstance(self.control, WorkerView):
-            ensure_topics(self.settings, [self.settings.shadow_topic])
+        """A challenger's scorer; its shadow topic is made first (``SD_CREATE_TOPICS``), else it must
+        exist: a challenger whose records could not be delivered would hold the live batches, so it
+        is refused instead (``ConfigError``, logged by the shadow slot)."""
+        if isinstance(self.control, WorkerView):
+            s = self.settings
+            if s.create_topics:
+                ensure_topics(s, [s.shadow_topic])
+            elif not topic_exists(s, s.shadow_topic):
+                raise ConfigError(f"shadow topic {s.shadow_topic} does not exist (SD_CREATE_TOPICS=false): "
+                                  "create it with `stream-detector topics`")
         return self._load(version)
 
     def _swapped(self, ok: bool) -> None:

@@ -51,3 +51,15 @@ def check_compatible(bundle: Bundle) -> Bundle:
         raise ModelError(f"model {bundle.version}: feature spec has {bundle.spec.width} columns, "
                          f"model expects {declared}")
     return bundle
+
+
+def shadow_incompatibility(champion: Bundle, challenger: Bundle) -> str | None:
+    """Why ``challenger`` cannot be shadow-scored beside ``champion`` (None when it can): workers
+    decode and enrich once, with the champion's field schema and entity state, so the challenger
+    must share both (another entity spec would need its own per-entity state)."""
+    a, b = champion, challenger
+    if (a.schema.fields if a.schema else None) != (b.schema.fields if b.schema else None):
+        return "its field schema differs from the active model's"
+    if a.entity != b.entity:
+        return "its entity spec differs from the active model's (it would need its own entity state)"
+    return None

@@ -184,7 +184,9 @@ def decide_shadow(figures: dict[str, Any], outcomes: dict[str, Any], policy: Gat
        past ``max_seconds`` (then it is decided on what there is; with no events at all it is
        refused);
     2. it scored (finitely) at least 99 % of the events;
-    3. its alert rate on live traffic is within ``alert_rate_bound`` (the budget of its parts);
+    3. its alert rate on live traffic is within ``alert_rate_bound`` (the budget of its parts) or
+       within the champion's own live alert rate (× 1 + ``tolerance``, plus three standard errors):
+       live traffic holds the frauds too, which the budget of clean traffic does not count;
     4. labels: with at least ``policy.min_labels`` frauds among either model's alerts, it must
        catch at least the champion's frauds less ``tolerance`` of them and two Poisson standard
        errors, and (both with ``min_labels`` alerts) its precision must be at most ``tolerance``
@@ -209,11 +211,16 @@ def decide_shadow(figures: dict[str, Any], outcomes: dict[str, Any], policy: Gat
     scored = int(figures.get("challenger_scored", 0))
     if scored < 0.99 * events:
         reasons.append(f"challenger scored {scored} of {events} events")
+    # live traffic holds the frauds too: a rate past the budget's bound is refused only when it is
+    # also past the champion's own live rate (plus tolerance and three standard errors)
     bound = alert_rate_bound(policy, events)
-    numbers["alert_rate_bound"] = bound
     rate = float(figures.get("challenger_alert_rate") or 0.0)
-    if rate > bound:
-        reasons.append(f"alert rate {rate:.4f} on live traffic above bound {bound:.4f}")
+    champ_rate = float(figures.get("champion_alert_rate") or 0.0)
+    beside = champ_rate * (1 + policy.tolerance) + 3.0 * math.sqrt(max(champ_rate * (1 - champ_rate), 1e-12) / events)
+    numbers["alert_rate_bound"], numbers["champion_rate_bound"] = bound, beside
+    if rate > bound and rate > beside:
+        reasons.append(f"alert rate {rate:.4f} on live traffic above bound {bound:.4f} and above the champion's "
+                       f"{champ_rate:.4f} (+ tolerance and noise: {beside:.4f})")
     frauds = max(champ["frauds"], chall["frauds"])
     if frauds >= policy.min_labels:
         margin = policy.tolerance * champ["frauds"] + 2.0 * math.sqrt(max(1, champ["frauds"]))

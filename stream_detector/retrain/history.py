@@ -132,7 +132,8 @@ def read_shadow(settings: Settings, version: str, since_ms: int, timeout_s: floa
                 ) -> tuple[list[dict[str, Any]], list[Label]]:
     """The shadow records of challenger ``version`` on ``SD_SHADOW_TOPIC`` since ``since_ms``
     (record time; the start of its period) and every valid label on the feedback topic since then:
-    what ``gate.shadow_outcomes`` judges. Raises ``TimeoutError`` past ``timeout_s``."""
+    what ``gate.shadow_outcomes`` judges; a topic that does not exist reads as empty. Raises
+    ``TimeoutError`` past ``timeout_s``."""
     import orjson
 
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
@@ -141,7 +142,9 @@ def read_shadow(settings: Settings, version: str, since_ms: int, timeout_s: floa
     records: list[dict[str, Any]] = []
     labels: list[Label] = []
     try:
-        for _tp, chunk in _read(consumer, settings.shadow_topic, since_ms, None, timeout_s):
+        existing = consumer.topics()  # a topic nobody created yet holds nothing (no waiting for its metadata)
+        for _tp, chunk in (_read(consumer, settings.shadow_topic, since_ms, None, timeout_s)
+                           if settings.shadow_topic in existing else []):
             for r in chunk:
                 try:
                     record = orjson.loads(r.value)
@@ -149,7 +152,8 @@ def read_shadow(settings: Settings, version: str, since_ms: int, timeout_s: floa
                     continue
                 if isinstance(record, dict) and record.get("challenger", {}).get("model_version") == version:
                     records.append(record)
-        for _tp, chunk in _read(consumer, settings.feedback_topic, since_ms, None, timeout_s):
+        for _tp, chunk in (_read(consumer, settings.feedback_topic, since_ms, None, timeout_s)
+                           if settings.feedback_topic in existing else []):
             labels.extend(x for x in (decode_label(r.value, r.timestamp) for r in chunk) if isinstance(x, Label))
     finally:
         consumer.close(autocommit=False)

@@ -274,6 +274,10 @@ class Retrainer:
         figures = self.control.shadow_figures(version) if version else None
         if version is None or figures is None:
             return None
+        if version == self.control.active_model():  # activated outside the shadow path: nothing to judge
+            record = self.control.shadow.end(version, "stopped", {"reasons": ["the challenger is the active model"]},
+                                             f"retrainer@{socket.gethostname()}")
+            return RetrainOutcome("skipped", "the challenger is the active model: its period ended", version, record)
         records, labels = read_shadow(s, version, int(figures["started_at"] * 1000), timeout_s)
         verdicts = Verdicts(labels)
         outcomes = shadow_outcomes(records, lambda event_id: verdicts.verdict(event_id))

@@ -17,6 +17,7 @@ from ..entity.state import RedisClusterState, RedisState, StateStore
 from ..errors import ConfigError
 from ..model.artifacts import ArtifactStore, DirArtifacts
 from ..model.bundle import Bundle
+from ..model.registry import shadow_incompatibility
 from ..model.signing import Signer, Verifier
 from ..redis_client import entity_cluster_client, redis_client
 from .base import Keys, Snapshot, Threshold
@@ -167,13 +168,35 @@ class ControlPlane:
         self.registry.store(bundle, gate)
 
     def publish(self, bundle: Bundle, set_by: str, gate: dict[str, Any] | None = None) -> int:
-        return self.registry.publish(bundle, set_by, gate)
+        seq = self.registry.publish(bundle, set_by, gate)
+        self._activated(bundle.version, set_by, "publish")
+        return seq
 
     def activate(self, version: str, set_by: str, note: str = "") -> int:
-        return self.registry.activate(version, set_by, note)
+        seq = self.registry.activate(version, set_by, note)
+        self._activated(version, set_by, "promote")
+        return seq
 
     def rollback(self, set_by: str) -> str:
-        return self.registry.rollback(set_by)
+        target = self.registry.rollback(set_by)
+        self._activated(target, set_by, "rollback")
+        return target
+
+    def _activated(self, version: str, set_by: str, how: str) -> None:
+        """A shadow period is measured against the model that was active when it began: when the
+        challenger itself becomes active (promote, rollback into it) the period ends as
+        ``promoted``; when another model does, it ends as ``stopped`` (its figures would mix two
+        champions)."""
+        challenger = self.shadow.challenger()
+        if challenger is None or self.shadow.figures(challenger) is None:
+            return
+        if challenger == version:
+            record = self.shadow.end(challenger, "promoted", {"reasons": [f"made active by {how}"]}, set_by)
+        else:
+            record = self.shadow.end(challenger, "stopped", {"reasons": [
+                f"the active model changed to {version} ({how}): the period's figures were measured against "
+                "the previous one"]}, set_by)
+        self.registry.attach_shadow_decision(challenger, record)
 
     def delete_version(self, version: str) -> None:
         self.registry.delete(version)
@@ -186,13 +209,35 @@ class ControlPlane:
         return self.shadow.challenger()
 
     def start_shadow(self, bundle: Bundle, set_by: str, min_events: int, max_seconds: float,
-                     gate: dict[str, Any] | None = None, note: str = "") -> None:
-        """Store ``bundle`` (not active) and make it the challenger in shadow with fresh figures."""
-        if bundle.version == self.active_model():
+                     gate: dict[str, Any] | None = None, note: str = "", replace: bool = False) -> str | None:
+        """Store ``bundle`` (not active) and make it the challenger in shadow with fresh figures.
+        Raises ``ConfigError`` without an active model, for the active model itself, for a bundle
+        the workers could not shadow-score (``shadow_incompatibility``), for limits out of range,
+        and while a challenger is in shadow unless ``replace`` (its period then ends as
+        ``replaced``; returned)."""
+        if min_events < 1 or not max_seconds > 0:
+            raise ConfigError(f"a shadow period needs min events >= 1 and max seconds > 0 (got {min_events}, "
+                              f"{max_seconds})")
+        active = self.active_model()
+        if active is None:
+            raise ConfigError("no active model: a challenger is scored beside one (publish a model first)")
+        if bundle.version == active:
             raise ConfigError(f"model {bundle.version} is the active model: it cannot be its own challenger")
+        problem = shadow_incompatibility(self.registry.fetch_bundle(active), bundle)
+        if problem:
+            raise ConfigError(f"model {bundle.version} cannot be shadow-scored beside {active}: {problem}")
+        current = self.shadow.challenger()
+        figures = self.shadow.figures(current) if current else None
+        if figures is not None and not replace:
+            same = "it is" if current == bundle.version else f"model {current} is"
+            raise ConfigError(f"{same} already in shadow ({figures['events']} events scored): "
+                              "`model shadow-stop` first, or --replace to end that period")
+        if figures is not None and current is not None:
+            self.shadow.end(current, "replaced", {"reasons": [f"replaced by {bundle.version}"]}, set_by)
         self.registry.store(bundle, gate)
         self.shadow.start(bundle.version, bundle.threshold, bundle.head_threshold, set_by, min_events,
                           max_seconds, note)
+        return current if figures is not None else None
 
     def shadow_figures(self, version: str | None = None) -> dict[str, Any] | None:
         return self.shadow.figures(version)
@@ -204,9 +249,11 @@ class ControlPlane:
         version = self.shadow.challenger()
         if version is None:
             raise ConfigError("no challenger in shadow")
-        if outcome == "promoted":
+        if outcome == "promoted":  # the registry's flip itself: the period ends here, not in _activated
             self.registry.activate(version, set_by, note=f"promoted from shadow: {decision.get('reasons', '')}")
-        return self.shadow.end(version, outcome, decision, set_by)
+        record = self.shadow.end(version, outcome, decision, set_by)
+        self.registry.attach_shadow_decision(version, record)  # model show / list: the evidence it was decided on
+        return record
 
     def shadow_decisions(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.shadow.decisions(limit)

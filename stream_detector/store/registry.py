@@ -138,10 +138,27 @@ class ModelRegistry(BundleReader):
                 "threshold": self.thresholds.of_version(version),  # None until the version has been active
                 "metadata": orjson.loads(metadata), "gate": orjson.loads(gate) if gate else None}
 
+    def challenger(self) -> str | None:
+        value: Any = self._r.get(self.keys.key("model", "challenger"))
+        return text(value) if value else None
+
+    def attach_shadow_decision(self, version: str, record: dict[str, Any]) -> None:
+        """Add a shadow period's decision to ``version``'s gate record (``model show``, the console)."""
+        key = self.keys.key("model", version, "gate")
+        raw: Any = self._r.get(key)
+        gate = orjson.loads(raw) if raw else {}
+        gate["shadow"] = record
+        if record.get("outcome") in ("promoted", "refused"):
+            gate["passed"] = record["outcome"] == "promoted"
+            gate.setdefault("reasons", [])
+            gate["reasons"] = [*gate["reasons"], *[f"shadow: {r}" for r in record.get("reasons", [])]]
+        self._r.set(key, orjson.dumps(gate))
+
     def delete(self, version: str) -> None:
-        """Remove a version's index entry and bytes; ``ConfigError`` for the active or previous one."""
-        if version in (self.active_model(), self.previous_model()):
-            raise ConfigError(f"model {version} is active or the rollback target; it is kept")
+        """Remove a version's index entry and bytes; ``ConfigError`` for the active one, the rollback
+        target and the challenger in shadow."""
+        if version in (self.active_model(), self.previous_model(), self.challenger()):
+            raise ConfigError(f"model {version} is active, the rollback target or in shadow; it is kept")
         k = self.keys.key
         raw: Any = self._r.hgetall(k("model", version))
         fields: dict[str, bytes] = {text(key): v for key, v in raw.items()}
@@ -153,8 +170,9 @@ class ModelRegistry(BundleReader):
         delete_artifact(version, fields)
 
     def prune(self, keep: int) -> list[str]:
-        """Delete all but the ``keep`` newest versions; the active and the previous always stay."""
-        protected = {v for v in (self.active_model(), self.previous_model()) if v}
+        """Delete all but the ``keep`` newest versions; the active, the previous and the challenger in
+        shadow always stay."""
+        protected = {v for v in (self.active_model(), self.previous_model(), self.challenger()) if v}
         victims = retention_victims(self.versions(), keep, protected)
         for version in victims:
             self.delete(version)

@@ -138,3 +138,70 @@ def test_a_challenger_in_shadow_is_promoted_on_its_figures_and_alerts_go_on_exac
         np.testing.assert_allclose([a["score"] for a in mine], score_events(model, [events[a["event_id"]] for a in mine]
                                                                             ).scores, rtol=1e-4, atol=1e-6)
     assert committed_offsets(s, s.group_id, s.input_topic) == end_offsets(s, s.input_topic)
+
+
+def test_shadow_periods_are_guarded_against_what_would_stall_or_mix_them(
+        settings: Settings, published: ControlPlane, bundle: Bundle, challenger: Bundle, loud: Bundle,
+        env_for: Any) -> None:
+    """From a new-user trial: a missing shadow topic refuses the challenger instead of holding live
+    batches; a second start, the champion, another entity spec, no active model are refused; prune
+    keeps the challenger; activating another model ends the period (its figures would mix two
+    champions), activating the challenger ends it as promoted; a judgement with no feedback topic
+    answers at once."""
+    import dataclasses
+    import subprocess
+    import sys
+    import time
+
+    from stream_detector.entity_spec import EntitySpec
+    from stream_detector.errors import ConfigError
+
+    control = published
+    empty = ControlPlane.from_url(settings.redis_url, settings.redis_prefix + "-empty")
+    with pytest.raises(ConfigError, match="no active model"):
+        empty.start_shadow(challenger, "pytest", 100, 60)
+    with pytest.raises(ConfigError, match="its own challenger"):
+        control.start_shadow(bundle, "pytest", 100, 60)
+    other_spec = dataclasses.replace(challenger, entity=EntitySpec())
+    with pytest.raises(ConfigError, match="entity spec differs"):
+        control.start_shadow(other_spec, "pytest", 100, 60)
+    with pytest.raises(ConfigError, match="min events >= 1"):
+        control.start_shadow(challenger, "pytest", 0, 60)
+
+    # SD_CREATE_TOPICS=false and no shadow topic: the CLI refuses; a worker refuses the challenger and alerts on
+    s = settings.model_copy(update={"create_topics": False})
+    control.store(challenger)
+    done = subprocess.run([sys.executable, "-m", "stream_detector.cli", "model", "shadow", challenger.version],
+                          env=env_for(s), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "does not exist and SD_CREATE_TOPICS=false" in done.stderr.strip().splitlines()[-1]
+    control.start_shadow(challenger, "pytest", 100, 60)  # named directly, as an operator without the check would
+    worker = Worker(s)
+    worker.start()
+    try:
+        assert worker.shadow.current is None and worker.shadow.refused == 1
+        events, bad = _wave(300, 21, "g1", 3)
+        _produce(s, events)
+        for _ in range(200):
+            if worker.run_once() == 0 and lag(s, s.group_id, s.input_topic) == 0:
+                break
+        assert worker.hold.active is False and worker.stats.events == len(events)
+    finally:
+        worker.close()
+    assert bad <= {orjson.loads(r.value)["event_id"] for r in read_all(s, s.alerts_topic)}
+
+    # a second start is refused; --replace ends the first as replaced
+    with pytest.raises(ConfigError, match="already in shadow"):
+        control.start_shadow(challenger, "pytest", 100, 60)
+    assert control.start_shadow(loud, "pytest", 100, 60, replace=True) == challenger.version
+    assert control.shadow_decisions(1)[0]["outcome"] == "replaced" and control.challenger() == loud.version
+    assert loud.version not in control.prune(1), "prune keeps the challenger in shadow"
+    started = time.monotonic()
+    outcome = Retrainer(settings.model_copy(update={"feedback_topic": "no-such-topic"}), control).judge_shadow(30)
+    assert outcome is not None and outcome.status == "shadow" and time.monotonic() - started < 20
+    control.publish(challenger, set_by="pytest")  # another model made active: the period ends
+    assert control.challenger() is None and control.shadow_decisions(1)[0]["outcome"] == "stopped"
+    control.start_shadow(bundle, "pytest", 100, 60)  # the previous model, in shadow
+    control.rollback("pytest")  # into the challenger: promoted
+    assert control.active_model() == bundle.version and control.challenger() is None
+    assert control.shadow_decisions(1)[0]["outcome"] == "promoted"
+    assert control.model_info(bundle.version)["gate"]["shadow"]["outcome"] == "promoted"

@@ -365,3 +365,16 @@ def test_shadow_outcomes_collapse_redelivered_records_and_read_silence_as_legit(
     out = shadow_outcomes(records, truth.get)
     assert out["champion"] == {"alerts": 2, "frauds": 1, "precision": 0.5}
     assert out["challenger"] == {"alerts": 3, "frauds": 2, "precision": 2 / 3}
+
+
+def test_shadow_gate_measures_the_live_alert_rate_against_the_champions_too():
+    """Live traffic holds the frauds, which the clean-traffic budget does not count: a challenger past
+    the bound but alerting no more than the champion is not refused for it (seen in a trial: 1 %
+    fraud put a well-calibrated challenger at 0.028 against a bound of 0.024, the champion at 0.026)."""
+    from stream_detector.retrain.gate import decide_shadow
+
+    policy = GatePolicy(target_rate=0.01, max_ratio=2.0, tolerance=0.05, min_labels=5)
+    like = decide_shadow(_figures(10_000, 264, 280), _outcomes(264, 80, 280, 85), policy, 1000, 3600)
+    assert like.outcome == "promoted" and like.numbers["champion_rate_bound"] > 0.028
+    louder = decide_shadow(_figures(10_000, 264, 400), _outcomes(264, 80, 400, 85), policy, 1000, 3600)
+    assert louder.outcome == "refused" and "above the champion's 0.0264" in louder.reasons[0]
