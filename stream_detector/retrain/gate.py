@@ -163,15 +163,19 @@ def shadow_outcomes(records: Sequence[dict[str, Any]], is_fraud: Callable[[str],
     """Each model's would-be alerts in the shadow records of one challenger (``records``: the
     shadow topic's JSON, redelivered duplicates collapsed by event id, last wins) against the labels
     known now (``is_fraud(event_id)``: True fraud, False legit, None unlabelled — read as legit,
-    as fraud teams read silence): alerts, frauds among them, precision. The frauds neither model
+    as fraud teams read silence): alerts, frauds and labelled events among them, precision (None
+    until one of its alerts has a label). The frauds neither model
     alerted are not in the records, so recall is compared as caught frauds (same denominator)."""
     last = {str(r["event_id"]): r for r in records}
     out: dict[str, Any] = {}
     for model in ("champion", "challenger"):
         alerted = [event_id for event_id, r in last.items() if r[model]["alert"]]
-        frauds = sum(1 for event_id in alerted if is_fraud(event_id))
-        out[model] = {"alerts": len(alerted), "frauds": frauds,
-                      "precision": frauds / len(alerted) if alerted else None}
+        verdicts = [is_fraud(event_id) for event_id in alerted]
+        frauds = sum(1 for v in verdicts if v)
+        labelled = sum(1 for v in verdicts if v is not None)
+        out[model] = {"alerts": len(alerted), "frauds": frauds, "labelled": labelled,
+                      # no label on any of its alerts yet: no precision (not 0)
+                      "precision": frauds / len(alerted) if alerted and labelled else None}
     return out
 
 

@@ -363,8 +363,9 @@ def test_shadow_outcomes_collapse_redelivered_records_and_read_silence_as_legit(
                rec("d", False, True)]
     truth = {"a": True, "b": False, "c": True}  # d: no label
     out = shadow_outcomes(records, truth.get)
-    assert out["champion"] == {"alerts": 2, "frauds": 1, "precision": 0.5}
-    assert out["challenger"] == {"alerts": 3, "frauds": 2, "precision": 2 / 3}
+    assert out["champion"] == {"alerts": 2, "frauds": 1, "labelled": 2, "precision": 0.5}
+    assert out["challenger"] == {"alerts": 3, "frauds": 2, "labelled": 2, "precision": 2 / 3}
+    assert shadow_outcomes(records, {}.get)["challenger"]["precision"] is None, "no label yet: no precision"
 
 
 def test_shadow_gate_measures_the_live_alert_rate_against_the_champions_too():
