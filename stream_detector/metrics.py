@@ -174,6 +174,13 @@ class WorkerMetrics:
         self.entity_conflicts = Counter(f"{p}_entity_conflicts", "Entity records another worker wrote between a "
                                         "batch's read and its compare-and-set write (re-read and recomputed).",
                                         registry=r)
+        self.shadow_events = Counter(f"{p}_shadow_events", "Events a challenger in shadow scored beside the "
+                                     "active model, in committed batches (docs/retraining.md).", registry=r)
+        self.shadow_alerts = Counter(f"{p}_shadow_alerts", "Events a challenger in shadow would have alerted "
+                                     "(shadow records, not alerts).", registry=r)
+        self.shadow_refused = Counter(f"{p}_shadow_refused", "Challengers this worker refused to shadow-score "
+                                      "(failed to load, another schema or entity spec, no shadow topic).",
+                                      registry=r)
         self.feedback_labels = Counter(f"{p}_feedback_labels", "Feedback records read by the label ingester, by "
                                        "outcome: attached (to their event's entities), waiting (their event not "
                                        "scored yet), dead_lettered (docs/feedback.md).", ["outcome"], registry=r)
@@ -266,6 +273,10 @@ class WorkerMetrics:
     def step_time(self, step: str, seconds: float) -> None:
         """A ``StepTimer`` listener (may run on the scoring thread; prometheus_client locks)."""
         self.step_seconds.labels(step).inc(seconds)
+
+    def shadowed(self, events: int, alerts: int) -> None:
+        self.shadow_events.inc(events)
+        self.shadow_alerts.inc(alerts)
 
     def swapped(self, ok: bool) -> None:
         self.swaps.labels("success" if ok else "failure").inc()

@@ -107,8 +107,9 @@ class ShadowSlot:
     entity spec differs from the champion's (it would need its own entity state), is not scored;
     that is logged once per version and counted in ``refused``."""
 
-    def __init__(self, load: Callable[[str], Scorer]) -> None:
+    def __init__(self, load: Callable[[str], Scorer], on_refuse: Callable[[], None] = lambda: None) -> None:
         self._load = load
+        self._on_refuse = on_refuse
         self.current: Scorer | None = None
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="challenger-loader")
         self._pending: tuple[str, Future[Scorer]] | None = None
@@ -167,6 +168,7 @@ class ShadowSlot:
     def _refuse(self, version: str, why: str) -> None:
         self._refused.add(version)
         self.refused += 1
+        self._on_refuse()
         log.error("challenger %s is not shadow-scored: %s", version, why, extra={"challenger_version": version})
 
     def close(self) -> None:

@@ -115,7 +115,7 @@ class Worker:
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self.models = ModelSwap(self._load, settings.delivery_timeout_s, self._swapped)
-        self.shadow = ShadowSlot(self._load_challenger)  # a challenger in shadow beside the active model
+        self.shadow = ShadowSlot(self._load_challenger, self.metrics.shadow_refused.inc)  # challenger in shadow
         self.hold = BatchHold(self.source, self.publisher, int(min(1.0, settings.threshold_refresh_s) * 1000),
                               self._held)
         self.steps = StepTimer()  # per-step wall time → Prometheus (+ any listener: benchmarks)
@@ -302,6 +302,7 @@ class Worker:
             self.link.observe_shadow(version, counts)
             self.stats.shadow_events += counts["events"]
             self.stats.shadow_alerts += counts["challenger_alerts"]
+            self.metrics.shadowed(counts["events"], counts["challenger_alerts"])
 
     def _shadow(self, batch: Batch, done: Computed, decision: Decision) -> list[OutMessage]:
         """A challenger's verdicts on the batch beside the champion's (``pipeline/shadow.py``): the

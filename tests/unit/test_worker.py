@@ -232,6 +232,7 @@ def test_a_challenger_in_shadow_scores_every_batch_without_alerting(broker, bund
         counts = control.telemetry.shadow[other.version]
         all_scores = score_events(other, events).scores
         assert counts["events"] == len(values) == worker.stats.shadow_events
+        assert worker.metrics.shadow_events._value.get() == len(values)
         assert counts["challenger_alerts"] == int((all_scores > other.threshold).sum()) == len(mine)
         assert counts["champion_alerts"] == len(alerts)
         assert counts["both_alerts"] == sum(r["champion"]["alert"] and r["challenger"]["alert"] for r in shadow)
@@ -267,4 +268,5 @@ def test_a_challenger_with_another_entity_spec_is_not_shadow_scored(broker, bund
     finally:
         worker.close()
     assert worker.shadow.refused == 1 and worker.stats.shadow_events == 0
+    assert worker.metrics.shadow_refused._value.get() == 1
     assert not list(broker.read("alerts.shadow")) and {a["event_id"] for a in _alerts(broker)} >= bad
