@@ -642,8 +642,13 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
         print("removed: " + (", ".join(removed) or "nothing"))
         return 0
     if args.action == "shadow-status":
+        from .pipeline.shadow import BIN_EDGES
+
+        decisions = [{**d, "figures": {k: v for k, v in (d.get("figures") or {}).items() if k != "bins"}}
+                     for d in control.shadow_decisions(5)]  # the bins of ended periods: console / API
         print(orjson.dumps({"challenger": control.challenger(), "figures": control.shadow_figures(),
-                            "decisions": control.shadow_decisions(5)}, option=orjson.OPT_INDENT_2).decode())
+                            "bin_edges_log10_score_over_threshold": BIN_EDGES.tolist(), "decisions": decisions},
+                           option=orjson.OPT_INDENT_2).decode())
         return 0
     if args.action == "shadow-stop":
         if args.version:

@@ -205,3 +205,10 @@ def test_shadow_periods_are_guarded_against_what_would_stall_or_mix_them(
     assert control.active_model() == bundle.version and control.challenger() is None
     assert control.shadow_decisions(1)[0]["outcome"] == "promoted"
     assert control.model_info(bundle.version)["gate"]["shadow"]["outcome"] == "promoted"
+    status = subprocess.run([sys.executable, "-m", "stream_detector.cli", "model", "shadow-status"],
+                            env=env_for(settings), capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    report = orjson.loads(status.stdout)
+    assert report["challenger"] is None and report["figures"] is None
+    assert [d["outcome"] for d in report["decisions"][:3]] == ["promoted", "stopped", "replaced"]
+    assert all("bins" not in d["figures"] for d in report["decisions"])
