@@ -281,9 +281,8 @@ class Retrainer:
         records, labels = read_shadow(s, version, int(figures["started_at"] * 1000), timeout_s)
         verdicts = Verdicts(labels)
         outcomes = shadow_outcomes(records, lambda event_id: verdicts.verdict(event_id))
-        bundle = self.control.fetch_bundle(version)
         policy = GatePolicy(s.retrain_target_fpr, s.gate_max_alert_rate_ratio, s.gate_recall_tolerance,
-                            s.gate_min_labels, parts=2 if bundle.head_threshold is not None else 1)
+                            s.gate_min_labels, parts=2 if figures["head_threshold"] is not None else 1)
         decision = decide_shadow(figures, outcomes, policy, figures["min_events"], figures["max_seconds"])
         self.metrics.shadow_decided(decision.outcome)
         if decision.outcome == "extended":

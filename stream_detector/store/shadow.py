@@ -40,12 +40,9 @@ class ShadowStore:
 
     def start(self, version: str, threshold: float, head: float | None, set_by: str, min_events: int,
               max_seconds: float, note: str = "") -> None:
-        """Make ``version`` (stored in the registry) the challenger with fresh figures; replaces a
-        challenger in shadow (its period ends as ``replaced``)."""
+        """Make ``version`` (stored in the registry) the challenger with fresh figures. The caller
+        ends a period still running first (``ControlPlane.start_shadow``: refused, or ``replaced``)."""
         k = self.keys.key
-        old = self.challenger()
-        if old is not None and old != version and self.figures(old) is not None:
-            self.end(old, "replaced", {"reasons": [f"replaced by {version}"]}, set_by)
         config = {"version": version, "started_at": repr(time.time()), "set_by": set_by, "note": note,
                   "min_events": str(int(min_events)), "max_seconds": repr(float(max_seconds)),
                   "threshold": repr(float(threshold)), "head_threshold": "" if head is None else repr(float(head))}
