@@ -9,7 +9,7 @@ out. ``tests/unit/test_entity_kernel.py`` holds it equal to the per-event refere
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,28 +25,41 @@ def enrich_columns(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: in
     """The entity features of a history in arrival order, as float64[N, len(spec.output_fields)]
     (columns in ``spec.output_fields`` order) — ``enrich_history`` without building dicts.
     Rows with ``valid[row]`` False get empty-history features and change no state."""
-    n, chunk = len(events), max(1, chunk)
+    n = len(events)
     cols = Columns.of(spec, events)
-    apply = np.ones(min(chunk, n), dtype=np.bool_)
     out = np.empty((n, len(spec.output_fields)))
     col = 0
     for key in spec.keys:
-        ids: dict[str, int] = {}
         found = (entity_value(e.get(key)) if valid is None or ok else None
                  for e, ok in zip(events, valid or [True] * n, strict=True))
-        rows = np.fromiter((-1 if v is None else ids.setdefault(v, len(ids)) for v in found), np.int64, n)
-        block = Block.of(spec, spec.distinct_for(key), [], extra=len(ids) + min(chunk, n), cols=cols)
         width = len(spec.fields_for(key))
-        for start in range(0, n, chunk):
-            part = slice(start, min(start + chunk, n))
-            state_row = rows[part].copy()
-            loose = state_row < 0
-            state_row[loose] = len(ids) + np.arange(int(loose.sum()))  # keyless: a fresh row each
-            block.clear(slice(len(ids), None))
-            size = part.stop - part.start
-            out[part, col:col + width] = block.run(spec, state_row, apply[:size], cols.ts[part], cols.amount[part],
-                                                   np.ascontiguousarray(block.codes[:, part]))
+        out[:, col:col + width] = enrich_key(spec, key, cols, found, n, chunk)
         col += width
+    return out
+
+
+def enrich_key(spec: EntitySpec, key: str, cols: Columns, entities: Iterable[str | None], n: int,
+               chunk: int = 65_536) -> np.ndarray:
+    """One key's features (float64[n, len(spec.fields_for(key))]) of ``n`` events in arrival order:
+    ``entities`` the entity id of each (None: keyless or invalid — empty history, no state kept),
+    ``cols`` their timestamps, amounts and distinct labels. The rows of other entities never
+    matter, so any subset of entities taken whole (a shard by key, ``big/shards.py``) gives
+    each of its rows the same features as the whole history."""
+    chunk = max(1, chunk)
+    ids: dict[str, int] = {}
+    rows = np.fromiter((-1 if v is None else ids.setdefault(v, len(ids)) for v in entities), np.int64, n)
+    apply = np.ones(min(chunk, n), dtype=np.bool_)
+    block = Block.of(spec, spec.distinct_for(key), [], extra=len(ids) + min(chunk, n), cols=cols)
+    out = np.empty((n, len(spec.fields_for(key))))
+    for start in range(0, n, chunk):
+        part = slice(start, min(start + chunk, n))
+        state_row = rows[part].copy()
+        loose = state_row < 0
+        state_row[loose] = len(ids) + np.arange(int(loose.sum()))  # keyless: a fresh row each
+        block.clear(slice(len(ids), None))
+        size = part.stop - part.start
+        out[part] = block.run(spec, state_row, apply[:size], cols.ts[part], cols.amount[part],
+                              np.ascontiguousarray(block.codes[:, part]))
     return out
 
 

@@ -1,0 +1,206 @@
+"""Entity enrichment of a big history, sharded by entity key: exact, bounded memory, any number of shards.
+
+An entity's features depend only on that entity's own earlier events (``entity.history.enrich_key``),
+so the history split by ``crc32(entity id) % shards`` — each shard holding its entities' rows in
+arrival order — gives every row exactly the features of the whole history, however many shards and
+whichever process runs them. A second key is a second sharded pass over its own shard files.
+
+Layout (``work_dir``): pass 1 writes ``<key>.<shard>.in.arrow`` (Arrow IPC: global row number,
+entity id, event time ms, amount, the key's distinct-field labels, whether the row trains the
+spec); each task writes ``<key>.<shard>.rows`` (int64) and ``<key>.<shard>.values`` (float64,
+row-major, ``len(spec.fields_for(key))`` per row) in row order, and returns the mergeable
+statistics of its training rows' features (``big/sketches.py``). ``ShardCursor`` then reads the
+outputs back in row order with plain file reads (no memory maps: resident memory stays bounded).
+
+Runs on a local process pool (``concurrent.futures``) or, given an address, on a **Dask
+distributed** cluster (``distributed.Client``): the tasks read and write ``work_dir``, which must
+then be a directory every Dask worker sees (a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..entity.columns import Columns, codes_of, vocabulary
+from ..entity.history import enrich_key
+from ..entity_spec import EntitySpec
+
+
+def shard_of(entities: Sequence[str | None], shards: int) -> np.ndarray:
+    """int64[n]: the shard of each entity id (``crc32(id) % shards``; keyless rows go to shard 0)."""
+    return np.fromiter((0 if e is None else zlib.crc32(e.encode()) % shards for e in entities), np.int64,
+                       len(entities))
+
+
+def _input_schema(spec: EntitySpec, key: str) -> pa.Schema:
+    return pa.schema([("row", pa.int64()), ("entity", pa.string()), ("ts", pa.float64()), ("amount", pa.float64()),
+                      *((f"d:{f}", pa.string()) for f in spec.distinct_for(key)), ("train", pa.bool_())])
+
+
+class ShardWriter:
+    """Pass 1's side output: each key's inputs, appended chunk by chunk to its shards' files."""
+
+    def __init__(self, spec: EntitySpec, work_dir: Path, shards: int) -> None:
+        self.spec, self.dir, self.shards = spec, work_dir, shards
+        self._writers: dict[tuple[str, int], Any] = {}
+        self.rows = 0
+
+    def path(self, key: str, shard: int) -> Path:
+        return self.dir / f"{key}.{shard}.in.arrow"
+
+    def append(self, rows: np.ndarray, entities: dict[str, list[str | None]], cols: Columns,
+               train: np.ndarray) -> None:
+        """One chunk: ``rows`` int64[n] global row numbers, ``entities[key]`` the entity id of each
+        (None: keyless or invalid), ``cols`` their event inputs, ``train`` bool[n]."""
+        for key in self.spec.keys:
+            ids = entities[key]
+            shard = shard_of(ids, self.shards)
+            table = pa.table({"row": rows, "entity": pa.array(ids, pa.string()), "ts": cols.ts,
+                              "amount": cols.amount,
+                              **{f"d:{f}": pa.array(cols.labels[f], pa.string()) for f in self.spec.distinct_for(key)},
+                              "train": train}, schema=_input_schema(self.spec, key))
+            for s in range(self.shards):
+                part = table.filter(pa.array(shard == s))
+                if part.num_rows:
+                    self._writer(key, s).write_table(part)
+        self.rows += len(rows)
+
+    def _writer(self, key: str, shard: int) -> Any:
+        if (key, shard) not in self._writers:
+            sink = pa.OSFile(str(self.path(key, shard)), "wb")
+            self._writers[key, shard] = (sink, pa.ipc.new_file(sink, _input_schema(self.spec, key)))
+        return self._writers[key, shard][1]
+
+    def close(self) -> list[tuple[str, int]]:
+        """Close every file; the (key, shard) pairs that have rows (the tasks to run)."""
+        for sink, writer in self._writers.values():
+            writer.close()
+            sink.close()
+        return sorted(self._writers)
+
+
+@dataclass
+class ShardResult:
+    key: str
+    shard: int
+    rows: int
+    seconds: float
+    stats: Any  # big.sketches stats of the training rows' features (None without a stats factory)
+
+
+def enrich_shard(spec_json: bytes, key: str, shard: int, work_dir: str,
+                 stats_factory: Callable[[Sequence[str]], Any] | None = None) -> ShardResult:
+    """The task: one key's features for one shard's rows (see the module docstring). Picklable
+    arguments only, so a pool process or a Dask worker can run it."""
+    started = time.process_time()
+    spec = EntitySpec.from_json(spec_json)
+    base = Path(work_dir) / f"{key}.{shard}"
+    with pa.memory_map(str(base) + ".in.arrow", "r") as source:
+        table = pa.ipc.open_file(source).read_all()
+    n = table.num_rows
+    labels = {f: table.column(f"d:{f}").to_pylist() for f in spec.distinct_for(key)}
+    index = {f: vocabulary(v) for f, v in labels.items()}
+    cols = Columns(table.column("ts").to_numpy(), table.column("amount").to_numpy(), labels, index,
+                   {f: codes_of(v, index[f]) for f, v in labels.items()})
+    values = enrich_key(spec, key, cols, table.column("entity").to_pylist(), n)
+    rows = table.column("row").to_numpy()
+    rows.astype(np.int64).tofile(str(base) + ".rows")
+    np.ascontiguousarray(values, dtype=np.float64).tofile(str(base) + ".values")
+    stats = None
+    if stats_factory is not None:
+        stats = stats_factory(spec.fields_for(key))
+        train = table.column("train").to_numpy(zero_copy_only=False)
+        stats.update_numeric(values[train])
+    del table
+    return ShardResult(key, shard, n, time.process_time() - started, stats)
+
+
+def run_shards(spec: EntitySpec, work_dir: Path, tasks: Sequence[tuple[str, int]], *, cluster: str | None = None,
+               workers: int | None = None, stats_factory: Callable[[Sequence[str]], Any] | None = None,
+               progress: Callable[[str], None] | None = None) -> list[ShardResult]:
+    """Run ``enrich_shard`` for every (key, shard) on a local process pool of ``workers`` (default:
+    the machine's cores) or on the Dask cluster at ``cluster`` (``tcp://host:port``)."""
+    say = progress or (lambda _m: None)
+    payload = spec.to_json()
+    started, done = time.monotonic(), []
+    if cluster is not None:
+        from distributed import Client, as_completed
+
+        with Client(cluster, timeout="30s") as client:  # type: ignore[no-untyped-call]
+            futures = [client.submit(enrich_shard, payload, key, shard, str(work_dir), stats_factory,
+                                     key=f"enrich-{key}-{shard}-{os.getpid()}-{time.time_ns()}", pure=False)
+                       for key, shard in tasks]
+            for future in as_completed(futures):  # type: ignore[no-untyped-call]
+                done.append(future.result())
+                _report(say, done, len(tasks), started)
+        return done
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import as_completed as completed
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=get_context("spawn")) as pool:
+        pending = [pool.submit(enrich_shard, payload, key, shard, str(work_dir), stats_factory) for key, shard in tasks]
+        for fut in completed(pending):
+            done.append(fut.result())
+            _report(say, done, len(tasks), started)
+    return done
+
+
+def _report(say: Callable[[str], None], done: list[ShardResult], total: int, started: float) -> None:
+    rows = sum(r.rows for r in done)
+    elapsed = max(time.monotonic() - started, 1e-9)
+    left = elapsed / len(done) * (total - len(done))
+    say(f"enrich: {len(done)}/{total} shards, {rows:,} rows, {rows / elapsed:,.0f} rows/s, ~{left:.0f} s left")
+
+
+class ShardCursor:
+    """Reads the shards' outputs of every key back in global row order, a range of rows at a time."""
+
+    def __init__(self, spec: EntitySpec, work_dir: Path, tasks: Sequence[tuple[str, int]]) -> None:
+        self.spec = spec
+        self.parts = []
+        for key, shard in tasks:
+            base = work_dir / f"{key}.{shard}"
+            rows = np.fromfile(str(base) + ".rows", dtype=np.int64)  # 8 bytes a row: small beside the values
+            self.parts.append((key, rows, open(str(base) + ".values", "rb"), len(spec.fields_for(key)), [0]))
+        self.offsets: dict[str, int] = {}
+        col = 0
+        for key in spec.keys:
+            self.offsets[key] = col
+            col += len(spec.fields_for(key))
+        self.width = col
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """float64[len(rows), width]: the features of ``rows`` (increasing global row numbers, each
+        at or after every row asked before). A row no shard holds (not an event) gets NaN."""
+        out = np.full((len(rows), self.width), np.nan)
+        if not len(rows):
+            return out
+        lo, hi = int(rows[0]), int(rows[-1])
+        for key, shard_rows, handle, width, cursor in self.parts:
+            start = cursor[0]
+            stop = int(np.searchsorted(shard_rows, hi, side="right"))
+            if stop <= start:
+                continue
+            handle.seek(start * width * 8)
+            values = np.fromfile(handle, dtype=np.float64, count=(stop - start) * width).reshape(-1, width)
+            mine = shard_rows[start:stop]
+            where = np.searchsorted(rows, mine)
+            hit = (where < len(rows)) & (rows[np.minimum(where, len(rows) - 1)] == mine) & (mine >= lo)
+            col = self.offsets[key]
+            out[where[hit], col:col + width] = values[hit]
+            cursor[0] = stop
+        return out
+
+    def close(self) -> None:
+        for part in self.parts:
+            part[2].close()

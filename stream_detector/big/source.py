@@ -1,0 +1,246 @@
+"""Big inputs, streamed: a file, a directory or a glob of files read in chunks of rows, typed chunk by chunk.
+
+The same rules as ``events_io`` / ``inputs.load_events`` (one event, one meaning), without ever
+holding the whole input: CSV is read in pyarrow record batches (``events_io._csv_batches``: the
+same dialect sniffing, missing-value markers, ragged-row rejections), Parquet in its row groups
+(``ParquetFile.iter_batches``), JSON Lines line by line through the worker's record decoder. Plain
+or gzip / bzip2 / zstd compressed. Only one chunk of rows is ever a list of dicts.
+
+Differences from the in-memory reader, said plainly:
+* the field schema is inferred from the first ``sample_rows`` rows (the in-memory reader uses
+  every row), then applied to every chunk; a value that does not fit it is that row's rejection;
+* whether event ids are generated (``<file>-<row>``) is decided per file from its first chunk.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import InputError
+from ..events_io import (
+    ReaderOptions,
+    RowRejection,
+    _csv_batches,
+    _open_binary,
+    _plain_column,
+    _salvage_id,
+    file_kind,
+    sniff_csv,
+)
+from ..fieldschema import JSON_TEXT, FieldSchema, TextFormat
+from ..pipeline.decode import Rejected, parse_record, type_events
+from ..schema import RejectReason
+
+DEFAULT_CHUNK_ROWS = 65_536
+
+
+def input_files(spec: str) -> list[Path]:
+    """The files of ``spec``: one file, every file of a directory (recursively, e.g. partitioned by
+    day, hidden files and ``_SUCCESS``-style markers left out), or a glob pattern; sorted by path,
+    which is the order their rows are read in (name day partitions so that it is time order).
+
+    Raises ``InputError`` when nothing matches.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+    else:
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+    if not files:
+        raise InputError(f"input not found: {spec} (a file, a directory of files or a glob pattern)")
+    kinds = {file_kind(p) for p in files}
+    if len(kinds) > 1:
+        raise InputError(f"{spec}: files of different kinds ({', '.join(sorted(kinds))}); give one kind per input")
+    return files
+
+
+@dataclass
+class RawChunk:
+    """Rows ``first_row .. first_row + len(rows) - 1`` of the input (0-based, across files), untyped:
+    ``rows[i]`` is None for a row that is not an event (its rejection in ``rejected``, indexed by
+    global row number)."""
+
+    path: Path
+    first_row: int  # global row number of rows[0]
+    file_row: int  # row number of rows[0] within its file
+    rows: list[dict[str, Any] | None]
+    rejected: list[RowRejection]
+    text: TextFormat
+    kind: str
+    rejected_ids: dict[int, str] = field(default_factory=dict)  # global row → id salvaged from a bad line
+    warnings: list[str] = field(default_factory=list)
+
+
+def raw_chunks(files: Sequence[Path], options: ReaderOptions | None = None,
+               chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[RawChunk]:
+    """Every row of ``files`` in order, ``chunk_rows`` at a time (a chunk never spans two files).
+
+    Raises ``InputError`` for a file that cannot be read at all (as ``events_io.read_rows``).
+    """
+    options = options or ReaderOptions()
+    first = 0
+    for path in files:
+        kind = file_kind(path)
+        in_file = 0
+        try:
+            reader = {"jsonl": _jsonl, "parquet": _parquet}.get(kind)
+            chunks = reader(path, chunk_rows) if reader is not None else _csv(path, options, chunk_rows)
+            for chunk in chunks:
+                chunk.first_row = first + chunk.file_row
+                for r in chunk.rejected:
+                    r.index += first
+                chunk.rejected_ids = {k + first: v for k, v in chunk.rejected_ids.items()}
+                yield chunk
+                in_file = chunk.file_row + len(chunk.rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
+            text = str(exc).strip()
+            raise InputError(f"{path}: {text.splitlines()[0] if text else type(exc).__name__}") from None
+        first += in_file
+
+
+def _jsonl(path: Path, chunk_rows: int) -> Iterator[RawChunk]:
+    rows: list[dict[str, Any] | None] = []
+    rejected: list[RowRejection] = []
+    ids: dict[int, str] = {}
+    start = 0
+    with _open_binary(path) as stream:
+        for line in io.BufferedReader(stream):
+            raw = line.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            obj, problem = parse_record(raw)
+            if problem is None and not isinstance(obj, dict):
+                problem = (RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+            if problem is not None:
+                rejected.append(RowRejection(start + len(rows), problem[0], problem[1]))
+                ident = _salvage_id(raw)
+                if ident is not None:
+                    ids[start + len(rows)] = ident
+                rows.append(None)
+            else:
+                rows.append(obj)
+            if len(rows) >= chunk_rows:
+                yield RawChunk(path, 0, start, rows, rejected, JSON_TEXT, "jsonl", ids)
+                start += len(rows)
+                rows, rejected, ids = [], [], {}
+    if rows:
+        yield RawChunk(path, 0, start, rows, rejected, JSON_TEXT, "jsonl", ids)
+
+
+def _parquet(path: Path, chunk_rows: int) -> Iterator[RawChunk]:
+    start = 0
+    for batch in pq.ParquetFile(str(path)).iter_batches(batch_size=chunk_rows):
+        table = pa.Table.from_batches([batch])
+        columns = [_plain_column(table.column(name)).to_pylist() for name in table.column_names]
+        names = table.column_names
+        rows: list[dict[str, Any] | None] = [dict(zip(names, values, strict=True))
+                                             for values in zip(*columns, strict=True)]
+        yield RawChunk(path, 0, start, rows, [], JSON_TEXT, "parquet")
+        start += len(rows)
+
+
+def _csv(path: Path, options: ReaderOptions, chunk_rows: int) -> Iterator[RawChunk]:
+    dialect = sniff_csv(path, options)
+    ragged: dict[int, RowRejection] = {}
+
+    def invalid_row(row: Any) -> str:  # a row with the wrong number of cells: that row's rejection
+        index = (row.number or 0) - 2  # pyarrow counts the header as row 1
+        ragged[index] = RowRejection(index, RejectReason.INVALID_ROW,
+                                     f"{row.actual_columns} cells where the header has {row.expected_columns}")
+        return "skip"
+
+    start = 0
+    warnings = list(dialect.warnings)
+    block = max(1 << 16, min(options.block_size, chunk_rows * 128))  # ~chunk_rows rows of ~100 bytes
+    sized = ReaderOptions(options.delimiter, options.decimal, options.thousands, options.na_values, block)
+    for batch in _csv_batches(path, dialect, sized, invalid_row):
+        columns = [column.to_pylist() for column in batch.columns]
+        good = iter(dict(zip(dialect.names, values, strict=True)) for values in zip(*columns, strict=True))
+        total = batch.num_rows + sum(1 for i in ragged if i >= start)
+        rows = [None if start + i in ragged else next(good) for i in range(total)]
+        mine = [ragged.pop(i) for i in sorted(i for i in ragged if i < start + total)]
+        yield RawChunk(path, 0, start, rows, mine, dialect.text, "csv", warnings=warnings)
+        warnings = []
+        start += total
+
+
+@dataclass
+class TypedChunk:
+    """A chunk's events typed by the schema: ``events[k]`` is global row ``rows[k]``; ``labels[k]``
+    its label text (with a label column); rows that are not events are in ``rejected``."""
+
+    events: list[dict[str, Any]]
+    rows: list[int]
+    labels: list[str] | None
+    rejected: list[RowRejection]
+    total: int  # rows of the chunk, events and rejections
+
+
+@dataclass
+class Prepared:
+    """A chunk's rows ready to type: ids set, labels set aside (``inputs.load_events``'s rules)."""
+
+    chunk: RawChunk
+    present: list[dict[str, Any]]
+    positions: list[int]  # global row number of each present row
+    labels: dict[int, str]  # global row → label text (with a label column)
+
+
+def prepare_chunk(chunk: RawChunk, *, id_column: str | None, label_column: str | None,
+                  generate_ids: bool) -> Prepared:
+    """Ids from ``id_column`` (else ``event_id``; ``<file>-<row>`` when ``generate_ids``) and the
+    label set aside, in place, as ``inputs.load_events`` does. Raises ``InputError`` for a row
+    without the label column."""
+    from ..inputs import _id_text, _label_text
+
+    stem = chunk.path.name.split(".")[0]
+    id_col = id_column or "event_id"
+    present: list[dict[str, Any]] = []
+    positions: list[int] = []
+    labels: dict[int, str] = {}
+    for i, row in enumerate(chunk.rows):
+        if row is None:
+            continue
+        n = chunk.first_row + i
+        if label_column is not None:
+            if label_column not in row:
+                raise InputError(f"{chunk.path}: row {chunk.file_row + i + 1} has no label column {label_column!r}")
+            label = row.pop(label_column, None)
+            labels[n] = "" if label is None else _label_text(label)
+        ident = row.pop(id_col, None) if id_col != "event_id" else row.get("event_id")
+        if ident is None or ident == "":
+            if generate_ids:
+                row["event_id"] = f"{stem}-{chunk.file_row + i + 1}"
+        elif id_col != "event_id" or not isinstance(ident, str):
+            row["event_id"] = _id_text(ident)
+        present.append(row)
+        positions.append(n)
+    return Prepared(chunk, present, positions, labels)
+
+
+def type_prepared(prepared: Prepared, schema: FieldSchema, with_labels: bool) -> TypedChunk:
+    """The prepared rows typed by ``schema`` with the worker's ``decode.type_events``."""
+    chunk = prepared.chunk
+    rejected: list[Rejected] = []
+    typed = type_events(prepared.present, prepared.positions, schema, chunk.text, rejected,
+                        from_json=chunk.kind == "jsonl")
+    problems = [*chunk.rejected, *(RowRejection(r.index, r.reason, r.message) for r in rejected)]
+    labels = [prepared.labels[n] for n in typed.indices] if with_labels else None
+    return TypedChunk(typed.events, list(typed.indices), labels, sorted(problems, key=lambda r: r.index),
+                      len(chunk.rows))
+
+
+def generates_ids(chunk: RawChunk, id_column: str | None) -> bool:
+    """``inputs.load_events``'s rule on a file's first chunk: ids are generated only when no row has one."""
+    col = id_column or "event_id"
+    return not any(row is not None and row.get(col) not in (None, "") for row in chunk.rows)

@@ -1,0 +1,132 @@
+"""Big inputs read in chunks type every row exactly as the in-memory reader does; entity shards are exact."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stream_detector.big.prepare import validation_rows
+from stream_detector.big.shards import ShardCursor, ShardWriter, run_shards
+from stream_detector.big.source import generates_ids, input_files, prepare_chunk, raw_chunks, type_prepared
+from stream_detector.entity import EntitySpec
+from stream_detector.entity.columns import Columns, entity_value
+from stream_detector.entity.history import enrich_columns
+from stream_detector.errors import InputError
+from stream_detector.fieldschema import InferenceOptions, infer_schema
+from stream_detector.inputs import load_events
+from stream_detector.schema import validate_event
+from stream_detector.simulate import HandbookSimulator
+
+CSV = """event_id,account_id,amount,merchant_category,label
+e1,a1,12.5,grocery,0
+e2,a2,13,fuel,0
+e3,a1,x,grocery,1
+e4,a3,7.25,grocery
+e5,a2,,fuel,0
+e6,a1,8,"gro
+cery",0
+e7,a3,9.5,fuel,0
+"""
+
+
+def _streamed(path: str, chunk_rows: int, label_column: str | None = None) -> tuple[list, list, list]:
+    files = input_files(path)
+    loaded = load_events(Path(path), label_column=label_column)  # the in-memory reader's schema, applied streamed
+    events, rows, rejected = [], [], []
+    seen: dict[Path, bool] = {}
+    for chunk in raw_chunks(files, chunk_rows=chunk_rows):
+        seen.setdefault(chunk.path, generates_ids(chunk, None))
+        prepared = prepare_chunk(chunk, id_column=None, label_column=label_column, generate_ids=seen[chunk.path])
+        typed = type_prepared(prepared, loaded.schema, label_column is not None)
+        events += typed.events
+        rows += typed.rows
+        rejected += [(r.index, r.reason) for r in typed.rejected]
+    return events, rows, rejected
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 1000])
+def test_csv_chunks_type_like_the_file_reader(tmp_path: Path, chunk_rows: int) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(CSV)
+    whole = load_events(path)
+    events, rows, rejected = _streamed(str(path), chunk_rows)
+    assert events == whole.events
+    assert rows == whole.rows
+    assert rejected == [(r.index, r.reason) for r in whole.rejected]
+    assert rejected  # the ragged row (e4) is a rejection in both
+
+
+@pytest.mark.parametrize("chunk_rows", [2, 1000])
+def test_jsonl_gzip_and_parquet_chunks_type_like_the_file_reader(tmp_path: Path, chunk_rows: int) -> None:
+    rows = [{"event_id": f"e{i}", "account_id": f"a{i % 3}", "amount": float(i), "channel": "pos" if i % 2 else "web"}
+            for i in range(9)]
+    text = "\n".join(orjson.dumps(r).decode() for r in rows[:4]) + "\nnot json\n" + "\n".join(
+        orjson.dumps(r).decode() for r in rows[4:]) + "\n"
+    jsonl = tmp_path / "t.jsonl.gz"
+    jsonl.write_bytes(gzip.compress(text.encode()))
+    whole = load_events(jsonl)
+    events, got_rows, rejected = _streamed(str(jsonl), chunk_rows)
+    assert events == whole.events and got_rows == whole.rows
+    assert rejected == [(r.index, r.reason) for r in whole.rejected] and len(rejected) == 1
+    parquet = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=4)
+    whole = load_events(parquet)
+    events, got_rows, _ = _streamed(str(parquet), chunk_rows)
+    assert events == whole.events and got_rows == whole.rows
+
+
+def test_a_directory_is_its_files_in_path_order(tmp_path: Path) -> None:
+    day = tmp_path / "days"
+    (day / "2026-01-02").mkdir(parents=True)
+    (day / "2026-01-01").mkdir()
+    (day / "2026-01-01" / "part.csv").write_text("event_id,amount\na,1\nb,2\n")
+    (day / "2026-01-02" / "part.csv").write_text("event_id,amount\nc,3\n")
+    (day / "_SUCCESS").write_text("")
+    files = input_files(str(day))
+    assert [f.parent.name for f in files] == ["2026-01-01", "2026-01-02"]
+    assert input_files(str(day / "*" / "*.csv")) == files
+    chunks = list(raw_chunks(files, chunk_rows=10))
+    assert [c.first_row for c in chunks] == [0, 2]
+    with pytest.raises(InputError, match="input not found"):
+        input_files(str(tmp_path / "nothing-*.csv"))
+
+
+def test_validation_split_is_a_function_of_row_and_seed() -> None:
+    rows = np.arange(200_000)
+    val = validation_rows(rows, 0, 0.2)
+    assert abs(val.mean() - 0.2) < 0.005
+    assert np.array_equal(validation_rows(rows[5000:6000], 0, 0.2), val[5000:6000])
+    assert not np.array_equal(validation_rows(rows, 1, 0.2), val)
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_sharded_enrichment_equals_the_whole_history(tmp_path: Path, shards: int) -> None:
+    sim = HandbookSimulator(seed=3, customers=200, terminals=300)
+    events = sim.generate(6000, now_ms=1_700_000_000_000, span_ms=10 * 86_400_000).events()
+    events[10]["account_id"] = None  # keyless rows: empty history, no state
+    events[11]["timestamp"] = "not a time"
+    schema = infer_schema(events, InferenceOptions(identifiers=frozenset({"event_id", "account_id", "terminal_id"}))).schema
+    typed, _ = schema.convert(events)
+    spec = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400, 7 * 86_400),
+                      distinct_fields=("merchant_category", "channel"))
+    valid = [validate_event(e) is None for e in typed]
+    expected = enrich_columns(spec, typed, valid=valid)
+    writer = ShardWriter(spec, tmp_path, shards)
+    for start in range(0, len(typed), 1000):  # pass 1 appends chunk by chunk
+        part = typed[start:start + 1000]
+        ok = valid[start:start + 1000]
+        ids = {k: [entity_value(e.get(k)) if v else None for e, v in zip(part, ok, strict=True)] for k in spec.keys}
+        writer.append(np.arange(start, start + len(part)), ids, Columns.of(spec, part), np.ones(len(part), bool))
+    tasks = writer.close()
+    results = run_shards(spec, tmp_path, tasks, workers=2)
+    assert sum(r.rows for r in results) == len(typed) * len(spec.keys)
+    cursor = ShardCursor(spec, tmp_path, tasks)
+    got = np.vstack([cursor.take(np.arange(s, min(s + 777, len(typed)))) for s in range(0, len(typed), 777)])
+    cursor.close()
+    np.testing.assert_array_equal(got, expected)
