@@ -15,7 +15,8 @@ worker's own entity features (docs/entity-features.md) have to find the history 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 
 import numpy as np
@@ -205,6 +206,20 @@ class HandbookBatch:
     def __len__(self) -> int:
         return int(self.timestamp.size)
 
+    def rows(self, start: int, stop: int) -> HandbookBatch:
+        """Rows ``start:stop`` as a batch (views of these columns; ids keep their numbers)."""
+        columns = {f.name: getattr(self, f.name)[start:stop] for f in fields(self) if f.name not in ("run_id", "first")}
+        return HandbookBatch(self.run_id, self.first + start, **columns)
+
+    @staticmethod
+    def concat(batches: Sequence[HandbookBatch]) -> HandbookBatch:
+        """Consecutive batches (ids following on) as one; ``batches`` must not be empty."""
+        if len(batches) == 1:
+            return batches[0]
+        columns = {f.name: np.concatenate([getattr(b, f.name) for b in batches])
+                   for f in fields(HandbookBatch) if f.name not in ("run_id", "first")}
+        return HandbookBatch(batches[0].run_id, batches[0].first, **columns)
+
     @property
     def fraud(self) -> np.ndarray:
         return self.pattern > 0
@@ -302,18 +317,31 @@ class HandbookSimulator:
         if weight.sum() <= 0:
             raise ValueError("no customer has a terminal within the radius")
         self.customer_p = weight / weight.sum()
+        self.customer_cdf = self.customer_p.cumsum()  # as Generator.choice(p=...) computes it
+        self.customer_cdf /= self.customer_cdf[-1]
         self.rng = np.random.default_rng([self.seed, 2])
         self.counter = 0
+        self.histories = 0  # history() calls so far: each call draws its own events
+        self._picks: dict[tuple[int, int], np.ndarray] = {}
 
     # the scenarios: functions of (seed, day) only
 
     def compromised_terminals(self, day: int) -> np.ndarray:
-        k = min(self.scenarios.terminals_per_day, self.terminals)
-        return np.random.default_rng([self.seed, 3, day]).choice(self.terminals, k, replace=False)
+        return self._pick(3, day, self.terminals, self.scenarios.terminals_per_day)
 
     def compromised_cards(self, day: int) -> np.ndarray:
-        k = min(self.scenarios.cards_per_day, self.customers)
-        return np.random.default_rng([self.seed, 4, day]).choice(self.customers, k, replace=False)
+        return self._pick(4, day, self.customers, self.scenarios.cards_per_day)
+
+    def _pick(self, stream: int, day: int, size: int, per_day: int) -> np.ndarray:
+        """The entities compromised on ``day``, from an rng seeded by (seed, stream, day); cached, read-only."""
+        picked = self._picks.get((stream, day))
+        if picked is None:
+            if len(self._picks) >= 4096:
+                self._picks.clear()
+            picked = np.random.default_rng([self.seed, stream, day]).choice(size, min(per_day, size), replace=False)
+            picked.flags.writeable = False
+            self._picks[(stream, day)] = picked
+        return picked
 
     def _compromised(self, ids: np.ndarray, days: np.ndarray, window: int, draw: str) -> np.ndarray:
         """Whether entity ``ids[i]`` is compromised on day ``days[i]`` (drawn on one of the
@@ -334,7 +362,7 @@ class HandbookSimulator:
     def generate(self, n: int, now_ms: int | None = None, span_ms: int = 0) -> HandbookBatch:
         """``n`` events at ``now_ms`` (default: the wall clock) for live traffic, or spread in
         time order over the ``span_ms`` before it (following the daily profile) for history files."""
-        rng, sc = self.rng, self.scenarios
+        rng = self.rng
         base_ms = now_ms if now_ms is not None else int(datetime.now(timezone.utc).timestamp() * 1000)
         if span_ms > 0:
             times = np.empty(0, dtype=np.int64)
@@ -346,7 +374,31 @@ class HandbookSimulator:
             times = np.sort(times[:n])
         else:
             times = np.full(n, base_ms, dtype=np.int64)
-        account = rng.choice(self.customers, n, p=self.customer_p)
+        generated = self.events_at(rng, times, self.counter + 1)
+        self.counter += n
+        return generated
+
+    def history(self, n: int, span_ms: int, end_ms: int | None = None,
+                chunk: int = 100_000) -> Iterator[HandbookBatch]:
+        """A history file's ``n`` events over the ``span_ms`` up to ``end_ms`` (epoch ms, default: the
+        wall clock; times in ``(end_ms - span_ms, end_ms]``, ``span_ms`` 0 counts as 1), as time-ordered
+        batches of ``chunk`` rows (the last one shorter): memory is bounded by ``chunk``, whatever ``n``.
+
+        The events do not depend on ``chunk``; they are not ``generate``'s (another random stream) but
+        follow the same distributions and scenarios (``history_files.history``: how). Ids are reserved
+        at the call (``counter`` grows by ``n``); each call on a simulator draws other events.
+        Raises ``ValueError`` for ``n < 0``, ``span_ms < 0`` or ``chunk < 1``.
+        """
+        from .history_files import history
+
+        end = end_ms if end_ms is not None else int(datetime.now(timezone.utc).timestamp() * 1000)
+        return history(self, n, span_ms, end, chunk)
+
+    def events_at(self, rng: np.random.Generator, times: np.ndarray, first: int) -> HandbookBatch:
+        """Events at ``times`` (int64 epoch ms, ascending), ids from ``first`` on, everything else drawn
+        from ``rng`` (``generate``'s draws after its times, in its order); ``counter`` is left alone."""
+        sc, n = self.scenarios, times.size
+        account = self.customer_cdf.searchsorted(rng.random(n), side="right")  # = rng.choice(p=customer_p)
         terminal = self.near[self.near_start[account] + (rng.random(n) * self.near_count[account]).astype(np.int64)]
         amount = rng.normal(self.mean_amount[account], self.std_amount[account])
         negative = amount < 0
@@ -362,8 +414,6 @@ class HandbookSimulator:
         pattern[card] = 3
         amount[card] = np.round(amount[card] * sc.card_factor, 2)
         draws = rng.random((n, 4))
-        first = self.counter + 1
-        self.counter += n
         return HandbookBatch(self.run_id, first, account, terminal, times, amount, self.term_category[terminal],
                              channel, card_present, pattern, draws)
 
