@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import getpass
 import logging
 import signal
@@ -444,17 +443,25 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from .events_io import write_csv, write_jsonl
-    from .producer import EventProducer
-    from .simulate import HANDBOOK_PATTERNS, HandbookSimulator, LabelDelays, Simulator
+    import contextlib
 
-    def write(path: Path, rows: list[dict[str, Any]]) -> None:
-        (write_jsonl if path.suffix in (".jsonl", ".json") else write_csv)(path, rows)
+    from .events_io import file_kind
+    from .history_files import EVENT_SCHEMA, LABEL_SCHEMA, ChunkWriter, SortedLabels, event_columns
+    from .producer import EventProducer
+    from .simulate import HandbookSimulator, LabelDelays, Simulator
+
+    def writer(path: Path, schema: Any = None) -> ChunkWriter:
+        try:
+            return ChunkWriter(path, file_kind(path), schema)
+        except ValueError as exc:  # a compressed Parquet name
+            raise ConfigError(str(exc)) from None
 
     if args.count is not None and args.count < 0:
         raise ConfigError(f"--count must be >= 0, got {args.count}")
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    if args.chunk_rows < 1:
+        raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
     if args.profile == "velocity":
         for name in ("terminals", "feedback_out", "label_delay_scale"):
             if getattr(args, name) is not None:
@@ -463,11 +470,14 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         sim = Simulator(seed=args.seed, accounts=args.accounts or 2000, run_id=args.run_id)
         if args.out:
             count = args.count or 10_000
-            events, labels = sim.batch(count, fraud_rate, span_ms=args.span_days * 86_400_000)
-            rows = [{**e, "label": "legit" if lab == "legit" else "fraud", "pattern": lab}
-                    for e, lab in zip(events, labels, strict=True)]
             out = Path(args.out)
-            write(out, rows)
+            with writer(out) as velocity_file:  # one batch (its random stream), written in chunks
+                events, labels = sim.batch(count, fraud_rate, span_ms=args.span_days * 86_400_000)
+                rows = [{**e, "label": "legit" if lab == "legit" else "fraud", "pattern": lab}
+                        for e, lab in zip(events, labels, strict=True)]
+                for start in range(0, count, args.chunk_rows):
+                    part = rows[start:start + args.chunk_rows]
+                    velocity_file.write({k: [row[k] for row in part] for k in rows[0]})
             _say(f"wrote {count} events ({sum(lab != 'legit' for lab in labels)} fraud) to {out}")
             return 0
         total = args.count or int(args.rate * args.duration)
@@ -494,30 +504,37 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         hb = HandbookSimulator(seed=args.seed, customers=customers, terminals=terminals, run_id=args.run_id)
     except ValueError as exc:  # e.g. so few terminals that no customer has one within reach
         raise ConfigError(str(exc)) from None
-    if args.out:
+    if args.out:  # chunk by chunk (docs/simulator.md "Big history files"): memory bounded by --chunk-rows
         count = 10_000 if args.count is None else args.count
-        batch = hb.generate(count, span_ms=int(args.span_days * 86_400_000))
-        out = Path(args.out)
-        jsonl = out.suffix in (".jsonl", ".json")
-        with out.open("w", encoding="utf-8", newline="") as handle:
-            writer = None  # in chunks of rows: the whole file as dicts would take ~1 GB per million events
-            for start in range(0, count, 50_000):
-                patterns = [HANDBOOK_PATTERNS[k] for k in batch.pattern[start:start + 50_000].tolist()]
-                rows = [{**e, "label": "legit" if p == "legit" else "fraud", "pattern": p}
-                        for e, p in zip(batch.events(start, start + 50_000), patterns, strict=True)]
-                if jsonl:  # as write_jsonl / write_csv write them
-                    handle.write("".join(orjson.dumps(row).decode() + "\n" for row in rows))
-                    continue
-                if writer is None:
-                    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                    writer.writeheader()
-                writer.writerows({k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in row.items()}
-                                 for row in rows)
-        _say(f"wrote {count} events ({int(batch.fraud.sum())} fraud) to {out}")
-        if args.feedback_out:
-            records = batch.labels(delays)
-            write(Path(args.feedback_out), records)
-            _say(f"wrote {len(records)} delayed labels to {args.feedback_out}")
+        out, feedback = Path(args.out), Path(args.feedback_out) if args.feedback_out else None
+        frauds = labels_written = 0
+        started = last_said = time.monotonic()
+        sorter = SortedLabels(delays)  # the labels sorted by labelled_at over the file, as each falls due
+        with contextlib.ExitStack() as files:
+            events_file = files.enter_context(writer(out, EVENT_SCHEMA))
+            labels_file = files.enter_context(writer(feedback, LABEL_SCHEMA)) if feedback else None
+            for chunk in hb.history(count, int(args.span_days * 86_400_000), chunk=args.chunk_rows):
+                events_file.write(event_columns(chunk))
+                frauds += int(chunk.fraud.sum())
+                if labels_file is not None:
+                    due = sorter.add(chunk)
+                    labels_file.write(due)
+                    labels_written += len(due["event_id"])
+                now = time.monotonic()
+                if now - last_said >= 5 and events_file.rows < count:
+                    rate = events_file.rows / (now - started)
+                    _say(f"simulate: {events_file.rows:,} of {count:,} rows written ({rate:,.0f} rows/s, "
+                         f"~{(count - events_file.rows) / rate:,.0f} s left)")
+                    last_said = now
+            if labels_file is not None:
+                rest = sorter.finish()
+                labels_file.write(rest)
+                labels_written += len(rest["event_id"])
+        elapsed = time.monotonic() - started
+        _say(f"wrote {count} events ({frauds} fraud) to {out} in {elapsed:.1f} s "
+             f"({count / max(elapsed, 1e-9):,.0f} rows/s)")
+        if feedback:
+            _say(f"wrote {labels_written} delayed labels to {feedback}")
         return 0
     total = args.count if args.count is not None else int(args.rate * args.duration)
     topic = args.topic or settings.input_topic
@@ -889,10 +906,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraud-rate", type=float, help="velocity: share of injected fraud (0..1, default 0.01)")
     p.add_argument("--duration", type=float, default=60, help="seconds to run (live mode)")
     p.add_argument("--count", type=int, help="number of events (overrides rate × duration)")
-    p.add_argument("--out", help="write a CSV/JSONL file with label and pattern columns instead of producing")
+    p.add_argument("--out", help="write a file with label and pattern columns instead of producing: CSV, JSON "
+                                 "Lines (.jsonl) or Parquet (.parquet) by its name; .gz/.bz2/.zst compress CSV "
+                                 "and JSON Lines; written in chunks (bounded memory, progress on stderr)")
     p.add_argument("--feedback-out", help="handbook, with --out: write the delayed label records "
-                                          "({event_id, label, source, labelled_at}) to this CSV/JSONL file")
+                                          "({event_id, label, source, labelled_at}, sorted by labelled_at) "
+                                          "to this CSV/JSONL/Parquet file")
     p.add_argument("--span-days", type=float, default=7, help="time span of --out files")
+    p.add_argument("--chunk-rows", type=int, default=100_000,
+                   help="--out: rows generated and written at a time, and Parquet row group size (default 100000); "
+                        "the file does not depend on it")
     p.add_argument("--accounts", type=int, help="customers/cards (default: handbook 5000, velocity 2000)")
     p.add_argument("--terminals", type=int, help="handbook: terminals (default 10000)")
     p.add_argument("--label-delay-scale", type=float,
