@@ -274,7 +274,7 @@ def test_handbook_out_file_written_in_chunks_is_what_write_csv_and_write_jsonl_w
     monkeypatch.setattr(simulate, "datetime", _FixedNow)
     out = tmp_path / f"h{suffix}"
     assert main(["simulate", "--out", str(out), "--count", "120000", "--accounts", "300", "--seed", "9"]) == 0
-    batch = HandbookSimulator(seed=9, customers=300).generate(120_000, span_ms=WEEK)
+    batch = HandbookBatch.concat(list(HandbookSimulator(seed=9, customers=300).history(120_000, WEEK)))
     rows = [{**e, "label": "legit" if p == "legit" else "fraud", "pattern": p}
             for e, p in zip(batch.events(), batch.patterns(), strict=True)]
     expected = tmp_path / f"expected{suffix}"
