@@ -13,18 +13,25 @@ same rows but other fields ``join`` (``combine`` does both), and ``fit_spec_from
 * quantiles (``median``, ``center``, ``scale``) from a KLL sketch (Karnin, Lang & Liberty 2016,
   "Optimal quantile approximation in streams", FOCS; ``datasketches.kll_doubles_sketch``) with
   ``k = KLL_K``: exact while a field has at most ``k`` finite values, else each quantile's rank is
-  within ``KLL_RANK_ERROR`` (0.28 %, 99 % confidence, DataSketches' figure) of the asked rank.
+  within ``KLL_RANK_ERROR`` (0.28 %, DataSketches' "single-sided" epsilon, 99 % confidence) of the
+  asked rank (at 200k values we saw at most 0.16 % in 900 queries).
   ``np.percentile`` interpolates linearly between the order statistics at index ``q·(n-1)`` and
   ``np.median`` averages the two middle ones; we query the sketch for those same order statistics
   (rank ``(j + ½)/n``) and interpolate identically, so in exact mode the numbers are ``fit_spec``'s
-  bit for bit; the log case transforms the two order statistics first (signed ``log1p`` is monotonic);
+  bit for bit; the log case transforms the two order statistics first (signed ``log1p`` is monotonic).
+  The sketch's own ``get_quantile(q)`` would not interpolate: inclusive it is numpy's
+  ``inverted_cdf`` (``x[⌈qn⌉-1]``), exclusive ``x[⌊qn⌋]`` — one order statistic off at most;
 * categories from a frequent-items sketch (Misra & Gries 1982; DataSketches' frequent items,
   https://datasketches.apache.org/docs/Frequency/FrequentItemsOverview.html) with
   ``lg_max_map_size = FREQ_LG_MAX_MAP_SIZE``: counts are exact while a field has at most
   ``FREQ_EXACT_DISTINCT`` (3072) distinct values; above, the map is purged and each count is an
   upper bound too high by at most ``FREQ_EPSILON`` (3.5/4096 ≈ 0.085 %) of the field's present
-  values — the chosen categories are then the top estimates. Ties at the ``max_categories`` cut go
-  to the smaller string (``fit_spec``: to the value seen first).
+  values — the chosen categories are then the top estimates, and ``min_category_count`` is compared
+  with an estimate. Ties at the ``max_categories`` cut go to the smaller string (``fit_spec``: to
+  the value seen first).
+
+Cost (one core): ≈ 10 M numeric values/s per field (the KLL update is most of it); categorical
+5–6 M/s from Python lists, 8–30 M/s from Arrow arrays (fewer distinct values: faster).
 """
 
 from __future__ import annotations
