@@ -70,6 +70,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.supervised and not (args.feedback or args.label_column):  # before reading and training, not after
         raise ConfigError("--supervised needs labels: --feedback FILE or --label-column C")
     entity = _entity_spec(args)
+    if args.streamed or args.cluster or Path(args.input).is_dir() or any(c in args.input for c in "*?["):
+        return _train_streamed(args, entity)
     data = _load_file(args, inference=_inference(args, entity))
     _say("field schema (--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
     for line in data.schema.describe():
@@ -131,6 +133,61 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             _say("the decision (alert when either fires, as the worker does) on it: "
                  + _figures(extra["evaluation_on_input"]["decision"]))
     bundle = build_bundle(result, extra)
+    save_bundle(bundle, out)
+    _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
+    print(bundle.version)
+    return 0
+
+
+def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
+    """``train --streamed`` (or a directory / glob input, or ``--cluster``): the big-history path
+    (``big/``, docs/big-history.md) — same bundle, bounded memory, progress on every phase."""
+    import dataclasses
+
+    from .big.prepare import BigOptions
+    from .big.source import input_files
+    from .big.train import default_work_dir, train_big
+    from .model.bundle import build_bundle, save_bundle
+    from .model.train import TrainConfig
+
+    for flag, given in (("--feedback", args.feedback), ("--supervised", args.supervised),
+                        ("--label-key", args.label_key)):
+        if given:
+            raise ConfigError(f"{flag} is not available on the streamed path yet (docs/big-history.md): "
+                              f"train on a file without --streamed")
+    if args.shards < 1 or args.chunk_rows < 1:
+        raise ConfigError("--shards and --chunk-rows must be >= 1")
+    files = input_files(args.input)
+    _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of {args.chunk_rows:,} rows, "
+         f"{args.shards} shards on {'the Dask cluster ' + args.cluster if args.cluster else 'a local process pool'}")
+    if entity is not None and _DEFAULT_DISTINCT == args.entity_distinct:  # keep the default's fields the input has
+        from .big.source import raw_chunks
+
+        first = next(raw_chunks(files[:1], _reader_options(args), 1000))
+        names = {k for row in first.rows if row for k in row}
+        present = tuple(f for f in entity.distinct_fields if f in names)
+        if present != entity.distinct_fields:
+            _say(f"entity features: distinct values of {', '.join(present) or 'no field'} (the input has no "
+                 f"{', '.join(f for f in entity.distinct_fields if f not in present)})")
+            entity = dataclasses.replace(entity, distinct_fields=present)
+    out = Path(args.out)
+    config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
+                         threshold_method=args.threshold_method, k_std=args.k_std,
+                         k_fence=args.k_fence, max_alert_rate=args.max_alert_rate,
+                         dropout=args.dropout, hidden=args.hidden, bottleneck=args.bottleneck,
+                         error_norm=args.error_norm, time_of_day=args.time_features,
+                         exclude=tuple(args.exclude or ()), max_self_flag_rate=args.max_self_flag_rate,
+                         batch_size=args.batch_size or 256)
+    options = BigOptions(work_dir=Path(args.work_dir) if args.work_dir else default_work_dir(out),
+                         chunk_rows=args.chunk_rows, shards=args.shards, cluster=args.cluster, workers=args.workers)
+    result = train_big(files, config, options, reader=_reader_options(args), inference=_inference(args, entity),
+                       entity=entity, id_column=args.id_column, label_column=args.label_column,
+                       normal_label=args.normal_label, say=_say)
+    _say("field schema (inferred from the first rows; --schema FILE / --field NAME=TYPE to change):")
+    for line in result.schema.describe() if result.schema is not None else []:
+        _say(line)
+    bundle = build_bundle(result, {"training_input": str(args.input), "training_files": len(files),
+                                   "training_rows_read": result.metrics["streamed"]["rows"]})
     save_bundle(bundle, out)
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
     print(bundle.version)
@@ -375,6 +432,8 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     bundle = load_bundle(Path(args.model))
     if args.feedback and not Path(args.feedback).exists():
         raise ConfigError(f"feedback file not found: {args.feedback}")
+    if args.streamed or Path(args.input).is_dir() or any(c in args.input for c in "*?["):
+        return _score_streamed(args, settings, bundle)
     data = _load_file(args, schema=bundle.schema, need_events=False)  # no schema (older bundle): the file's
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     known: list[Any] = []
@@ -411,6 +470,27 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
             _say("the supervised head against them: " + _figures(evaluate(scored.probability[scored.valid], y, head)))
             _say("the decision (alert when either fires, as the worker does) against them: " + _figures(
                 decision_figures(scored.flagged(threshold, head)[scored.valid], y)))
+    return 0
+
+
+def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -> int:
+    """``score --streamed`` (or a directory / glob input): chunk by chunk, same lines (big/score.py)."""
+    from .big.score import score_stream
+    from .big.source import input_files
+
+    if args.feedback:
+        raise ConfigError("--feedback is not available on the streamed path yet (docs/big-history.md)")
+    if bundle.entity is not None and bundle.entity.label_keys:
+        _say("note: this model has label features; on the streamed path no label is known and they are 0")
+    files = input_files(args.input)
+    threshold = args.threshold if args.threshold is not None else bundle.threshold
+    done = score_stream(bundle, files, Path(args.out), reader=_reader_options(args), threshold=threshold,
+                        device=args.device or settings.device, id_column=args.id_column,
+                        label_column=args.label_column, chunk_rows=args.chunk_rows, say=_say)
+    head = bundle.head_threshold
+    rule = f"above {threshold:.6g}" + (f" or probability above {head:.4g}" if head is not None else "")
+    _say(f"scored {done.scored} of {done.rows} rows from {len(files)} file(s) in {done.seconds:.0f} s "
+         f"({done.rows / max(done.seconds, 1e-9):,.0f} rows/s); {done.flagged} {rule} → {args.out}")
     return 0
 
 
@@ -852,6 +932,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse the model (exit 2, no bundle) when more than this share of its own normal "
                         "training or validation rows is above its threshold (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, weights and shuffling (default 0)")
+    big = p.add_argument_group("big histories (docs/big-history.md): streamed, bounded memory, sharded by entity key")
+    big.add_argument("--streamed", action="store_true",
+                     help="read the input in chunks and train from minibatches on disk (on by itself for a "
+                          "directory or glob --input, or with --cluster)")
+    big.add_argument("--shards", type=int, default=8, help="entity shards (default 8)")
+    big.add_argument("--cluster", metavar="ADDRESS",
+                     help="enrich the shards on this Dask scheduler (tcp://host:8786); --work-dir must be a "
+                          "directory every Dask worker sees")
+    big.add_argument("--workers", type=int, help="local process pool size (default: the machine's cores)")
+    big.add_argument("--work-dir", help="intermediate files (default: .OUT.work-PID beside --out; removed after)")
+    big.add_argument("--chunk-rows", type=int, default=65_536, help="rows read and typed at a time (default 65536)")
+    big.add_argument("--batch-size", type=int, help="minibatch rows (default 256)")
     _add_reader_args(p)
     _add_schema_args(p)
     p.set_defaults(func=cmd_train)
@@ -879,6 +971,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "precision, precision/recall at the threshold (events without a label count as legit)")
     p.add_argument("--threshold", type=float, help="override the bundle's calibrated threshold")
     p.add_argument("--device", help="torch device (default SD_DEVICE)")
+    p.add_argument("--streamed", action="store_true",
+                   help="read and score the input chunk by chunk, bounded memory, progress on stderr (on by "
+                        "itself for a directory or glob --input; docs/big-history.md)")
+    p.add_argument("--chunk-rows", type=int, default=65_536, help="rows per chunk with --streamed (default 65536)")
     _add_reader_args(p)
     p.set_defaults(func=cmd_score)
 

@@ -329,9 +329,21 @@ def write_scores(path: Path, rows: Sequence[tuple[str, float, str | None, str | 
     also ``probability`` (one per row), and ``is_anomaly`` is the worker's rule: score above
     ``threshold`` or probability above ``head``."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["event_id", "score", "is_anomaly", "rejected", "message",
-                         *(["probability"] if probability is not None else [])])
+        out = ScoresCsv(handle, probability is not None)
+        out.write(rows, threshold, probability, head)
+
+
+class ScoresCsv:
+    """``write_scores``'s format written part by part (``score`` on a big input, ``big/score.py``)."""
+
+    def __init__(self, handle: Any, with_probability: bool) -> None:
+        self.writer = csv.writer(handle)
+        self.writer.writerow(["event_id", "score", "is_anomaly", "rejected", "message",
+                              *(["probability"] if with_probability else [])])
+
+    def write(self, rows: Sequence[tuple[str, float, str | None, str | None]], threshold: float,
+              probability: Sequence[float] | None = None, head: float | None = None) -> None:
+        writer = self.writer
         for k, (event_id, score, reason, message) in enumerate(rows):
             p = [] if probability is None else [repr(probability[k]) if reason is None else ""]
             if reason is None:

@@ -73,32 +73,50 @@ def score_events(bundle: Bundle, events: Sequence[Any], device: str = "cpu", bat
     Returns one score per input row (NaN where rejected, with the reason and message) — never
     raises on data.
     """
-    scorer = scorer or Scorer(bundle, device)
-    n = len(events)
-    scores = np.full(n, np.nan)
-    per_feature = np.full((n, bundle.spec.width), np.nan, dtype=np.float32) if keep_errors else None
-    reasons: list[str | None] = [None] * n
-    messages: list[str | None] = [None] * n
-    probability = np.full(n, np.nan) if bundle.supervised is not None else None
-    enrich: Enrich | None = None
-    if bundle.entity is not None:
-        spec, enricher, known = bundle.entity, Enricher(InMemoryState()), InMemoryLabels(labels)
+    return OfflineScorer(bundle, device, scorer, labels).score(events, batch_size, keep_errors)
 
-        def enrich(typed: list[dict[str, Any]], indices: list[int]) -> Extra:
-            values = enricher.features(spec, typed, [(0, i) for i in indices])  # positions (0, row)
-            if not spec.label_keys:
-                return spec.output_fields, values
-            return spec.all_fields, np.hstack([values, label_values(spec, known, typed, values)])
 
-    for start in range(0, n, batch_size):
-        chunk = events[start:start + batch_size]
-        decoded = type_events(chunk, range(start, start + len(chunk)), bundle.schema, JSON_TEXT, [])  # 2
-        done = score_decoded(scorer, decoded, enrich)  # 3a, 3, 4
-        scores[done.indices] = scores_of(done.per_feature)
-        if probability is not None and done.probability is not None:
-            probability[done.indices] = done.probability
-        if per_feature is not None:
-            per_feature[done.indices] = done.per_feature
-        for rej in done.rejected:
-            reasons[rej.index], messages[rej.index] = rej.reason.value, rej.message
-    return OfflineScores(scores, reasons, messages, per_feature, probability)
+class OfflineScorer:
+    """``score_events`` over a history given in consecutive parts (``big/score.py`` streams a big
+    file): the entity state carries from one call to the next, so scoring the parts in order
+    equals scoring their concatenation."""
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", scorer: Scorer | None = None,
+                 labels: Iterable[Label] = ()) -> None:
+        self.bundle = bundle
+        self.scorer = scorer or Scorer(bundle, device)
+        self.enrich: Enrich | None = None
+        if bundle.entity is not None:
+            spec, enricher, known = bundle.entity, Enricher(InMemoryState()), InMemoryLabels(labels)
+            self.seen = 0
+
+            def enrich(typed: list[dict[str, Any]], indices: list[int]) -> Extra:
+                values = enricher.features(spec, typed, [(0, self.seen + i) for i in indices])  # positions (0, row)
+                if not spec.label_keys:
+                    return spec.output_fields, values
+                return spec.all_fields, np.hstack([values, label_values(spec, known, typed, values)])
+
+            self.enrich = enrich
+
+    def score(self, events: Sequence[Any], batch_size: int = 8192, keep_errors: bool = False) -> OfflineScores:
+        """The next part of the history: one entry per event of ``events`` (see ``score_events``)."""
+        bundle, n = self.bundle, len(events)
+        scores = np.full(n, np.nan)
+        per_feature = np.full((n, bundle.spec.width), np.nan, dtype=np.float32) if keep_errors else None
+        reasons: list[str | None] = [None] * n
+        messages: list[str | None] = [None] * n
+        probability = np.full(n, np.nan) if bundle.supervised is not None else None
+        for start in range(0, n, batch_size):
+            chunk = events[start:start + batch_size]
+            decoded = type_events(chunk, range(start, start + len(chunk)), bundle.schema, JSON_TEXT, [])  # 2
+            done = score_decoded(self.scorer, decoded, self.enrich)  # 3a, 3, 4
+            scores[done.indices] = scores_of(done.per_feature)
+            if probability is not None and done.probability is not None:
+                probability[done.indices] = done.probability
+            if per_feature is not None:
+                per_feature[done.indices] = done.per_feature
+            for rej in done.rejected:
+                reasons[rej.index], messages[rej.index] = rej.reason.value, rej.message
+        if self.enrich is not None:
+            self.seen += n
+        return OfflineScores(scores, reasons, messages, per_feature, probability)

@@ -1,0 +1,267 @@
+"""Big-history training, passes 1-3: read and type in chunks, enrich sharded by key, fit, featurise to disk.
+
+Pass 1 streams the input (``big/source.py``), types each chunk with a schema inferred from the
+first rows, and writes three things, never holding more than a chunk: a columnar cache of the
+feature inputs (Arrow IPC: numbers as float64, categories as strings), the entity inputs split
+into shards by key (``big/shards.py``), and the mergeable statistics of the raw fields over the
+training rows (``big/sketches.py``). Pass 2 enriches the shards (a process pool or a Dask
+cluster); each task returns its features' statistics. The spec is fitted from the merged
+statistics. Pass 3 reads the cache back with the entity features in row order and writes the
+feature matrix (float32, row-major) of the training and the validation rows to two files.
+
+Which rows train: those with the normal label (all rows without a label column); of those, the
+validation split is a hash of the row number and the seed (``validation_rows``), so it does not
+depend on the chunk size, the shard count or the order the shards finish in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..entity.columns import Columns, entity_value
+from ..entity_spec import EntitySpec
+from ..errors import InputError
+from ..events_io import ReaderOptions, RowRejection
+from ..features import FeatureSpec
+from ..fieldschema import FieldSchema, FieldType, InferenceOptions, infer_schema
+from ..schema import RESERVED_FIELDS, validate_event
+from .shards import ShardCursor, ShardWriter, run_shards
+from .source import Prepared, generates_ids, prepare_chunk, raw_chunks, type_prepared
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BigOptions:
+    """How the big path runs (``train --streamed``): chunk sizes, shards, where the work goes."""
+
+    work_dir: Path
+    chunk_rows: int = 65_536
+    sample_rows: int = 100_000  # rows the field schema is inferred from
+    shards: int = 8
+    cluster: str | None = None  # a Dask scheduler address; None: a local process pool
+    workers: int | None = None  # local pool size (default: the machine's cores)
+
+
+@dataclass
+class Prepared3:
+    """What passes 1-3 leave for training: the spec, the schema, the matrices on disk, the counts."""
+
+    spec: FeatureSpec
+    schema: FieldSchema
+    width: int
+    train_file: Path
+    val_file: Path
+    n_train: int
+    n_val: int
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def validation_rows(rows: np.ndarray, seed: int, fraction: float) -> np.ndarray:
+    """bool[n]: which global row numbers are validation rows (splitmix64 of row and seed < fraction)."""
+    z = (rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return np.asarray((z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction)
+
+
+class _Plan:
+    """The feature inputs: numeric (number/boolean) and categorical fields of the schema, in order."""
+
+    def __init__(self, schema: FieldSchema, exclude: Sequence[str], time_of_day: bool) -> None:
+        skip = set(RESERVED_FIELDS) | set(exclude)
+        rules = [r for r in schema.feature_fields if r.name not in skip]
+        self.order = [r.name for r in rules]  # fit_spec's field order (its ``dropped`` keeps it)
+        self.numeric = [r.name for r in rules if r.type is not FieldType.CATEGORY]
+        self.categorical = [r.name for r in rules if r.type is FieldType.CATEGORY]
+        self.time_of_day = time_of_day
+
+    def table(self, events: Sequence[dict[str, Any]], rows: np.ndarray, normal: np.ndarray,
+              val: np.ndarray) -> pa.Table:
+        n = len(events)
+        data: dict[str, Any] = {"row": rows, "normal": normal, "val": val}
+        for name in self.numeric:
+            data[f"n:{name}"] = np.fromiter((_number(e.get(name)) for e in events), np.float64, n)
+        for name in self.categorical:
+            data[f"c:{name}"] = pa.array([e.get(name) for e in events], pa.string())
+        if self.time_of_day:
+            data["timestamp"] = pa.array([e.get("timestamp") for e in events], pa.float64())
+        return pa.table(data)
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: InferenceOptions, entity: EntitySpec | None,
+             id_column: str | None, label_column: str | None, normal_label: str, exclude: Sequence[str],
+             time_of_day: bool, seed: int, validation_fraction: float, options: BigOptions,
+             say: Say) -> tuple[FieldSchema, _Plan, Any, list[tuple[str, int]], dict[str, Any]]:
+    """Read, type, cache, shard, gather the raw fields' statistics (see the module docstring)."""
+    started = last = time.monotonic()
+    chunks = raw_chunks(files, reader, options.chunk_rows)
+    files_seen: dict[Path, bool] = {}  # file → whether its event ids are generated
+    head, schema = _head(chunks, options.sample_rows, id_column, label_column, inference, files_seen)
+    from . import sketches
+
+    plan = _Plan(schema, exclude, time_of_day)
+    stats = sketches.SpecStats(plan.numeric, plan.categorical)
+    writer = ShardWriter(entity, options.work_dir, options.shards) if entity is not None else None
+    cache_sink = pa.OSFile(str(options.work_dir / "cache.arrow"), "wb")
+    cache: Any = None
+    counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    example: RowRejection | None = None
+    for prepared in _prepared(head, chunks, id_column, label_column, files_seen):
+        typed = type_prepared(prepared, schema, label_column is not None)
+        counts["rows"] += typed.total
+        for r in typed.rejected:
+            reasons[r.reason.value] += 1
+            example = example or r
+        if not typed.events:
+            continue
+        rows = np.asarray(typed.rows, dtype=np.int64)
+        normal = (np.array([lab == normal_label for lab in typed.labels]) if typed.labels is not None
+                  else np.ones(len(rows), dtype=bool))
+        val = validation_rows(rows, seed, validation_fraction)
+        table = plan.table(typed.events, rows, normal, val)
+        if cache is None:
+            cache = pa.ipc.new_file(cache_sink, table.schema)
+        cache.write_table(table)
+        train = normal & ~val
+        with_ts = sum(1 for e, t in zip(typed.events, train, strict=True) if t and e.get("timestamp") is not None)
+        mine = table.filter(pa.array(train))
+        stats.update(mine.num_rows, {name: mine.column(f"n:{name}").to_numpy() for name in plan.numeric},
+                     {name: mine.column(f"c:{name}") for name in plan.categorical}, with_timestamp=with_ts)
+        counts["events"] += len(rows)
+        counts["normal"] += int(normal.sum())
+        counts["train"] += int(train.sum())
+        counts["with_ts"] += with_ts
+        if writer is not None and entity is not None:
+            valid = [validate_event(e) is None for e in typed.events]
+            cols = Columns.of(entity, typed.events)
+            ids = {k: [entity_value(e.get(k)) if ok else None for e, ok in zip(typed.events, valid, strict=True)]
+                   for k in entity.keys}
+            writer.append(rows, ids, cols, train)
+        if time.monotonic() - last >= 5:
+            last = time.monotonic()
+            say(f"read: {counts['rows']:,} rows, {counts['rows'] / (last - started):,.0f} rows/s "
+                f"({len(files_seen)}/{len(files)} files)")
+    if cache is None:
+        raise InputError(f"{files[0] if len(files) == 1 else 'the input'}: no row is a valid event")
+    cache.close()
+    cache_sink.close()
+    tasks = writer.close() if writer is not None else []
+    seconds = time.monotonic() - started
+    say(f"read: {counts['rows']:,} rows in {seconds:.0f} s ({counts['rows'] / max(seconds, 1e-9):,.0f} rows/s), "
+        f"{counts['events']:,} events, {sum(reasons.values()):,} rejected"
+        + (f" ({', '.join(f'{k} {v}' for k, v in reasons.most_common())}; e.g. row {example.index + 1}: "
+           f"{example.message})" if example is not None else ""))
+    facts = {"rows": counts["rows"], "events": counts["events"], "normal": counts["normal"],
+             "train_rows": counts["train"], "with_ts": counts["with_ts"], "rejected": dict(reasons),
+             "read_seconds": round(seconds, 1)}
+    return schema, plan, stats, tasks, facts
+
+
+def _head(chunks: Iterator[Any], sample_rows: int, id_column: str | None, label_column: str | None,
+          inference: InferenceOptions, seen_files: dict[Path, bool]) -> tuple[list[Prepared], FieldSchema]:
+    """The first chunks (at least ``sample_rows`` rows, or all) prepared, and the schema inferred from them."""
+    head: list[Prepared] = []
+    for chunk in chunks:
+        head.append(_prepare(chunk, id_column, label_column, seen_files))
+        if sum(len(p.chunk.rows) for p in head) >= sample_rows:
+            break
+    present = [row for p in head for row in p.present]
+    if not present:
+        raise InputError("no rows in the input's first chunks")
+    text = head[0].chunk.text
+    inferred = infer_schema(present, InferenceOptions(
+        identifiers=inference.identifiers | {"event_id"}, ignored=inference.ignored, overrides=inference.overrides,
+        max_categories=inference.max_categories, text=text))
+    return head, inferred.schema
+
+
+def _prepare(chunk: Any, id_column: str | None, label_column: str | None, files: dict[Path, bool]) -> Prepared:
+    if chunk.path not in files:
+        files[chunk.path] = generates_ids(chunk, id_column)
+    return prepare_chunk(chunk, id_column=id_column, label_column=label_column, generate_ids=files[chunk.path])
+
+
+def _prepared(head: list[Prepared], chunks: Iterator[Any], id_column: str | None, label_column: str | None,
+              files: dict[Path, bool]) -> Iterator[Prepared]:
+    yield from head
+    for chunk in chunks:
+        yield _prepare(chunk, id_column, label_column, files)
+
+
+def pass_two(entity: EntitySpec, tasks: Sequence[tuple[str, int]], options: BigOptions,
+             say: Say) -> tuple[Any, dict[str, Any]]:
+    """Enrich the shards; the merged statistics of the entity features' training rows."""
+    from . import sketches
+
+    started = time.monotonic()
+    results = run_shards(entity, options.work_dir, tasks, cluster=options.cluster, workers=options.workers,
+                         stats_factory=sketches.numeric_stats, progress=say)
+    results.sort(key=lambda r: (r.key, r.shard))  # one merge order whichever shard finished first
+    merged = sketches.combine(r.stats for r in results)  # shards of a key merge; the keys' fields join
+    seconds = time.monotonic() - started
+    rows = sum(r.rows for r in results) // max(1, len(entity.keys))
+    where = f"Dask {options.cluster}" if options.cluster else "local pool"
+    say(f"enrich: {len(results)} shards of {len(entity.keys)} key(s) in {seconds:.0f} s "
+        f"({rows / max(seconds, 1e-9):,.0f} events/s, {where})")
+    return merged, {"enrich_seconds": round(seconds, 1), "shards": len(results),
+                    "shard_cpu_seconds": round(sum(r.seconds for r in results), 1)}
+
+
+def pass_three(spec: FeatureSpec, plan: _Plan, entity: EntitySpec | None, tasks: Sequence[tuple[str, int]],
+               options: BigOptions, say: Say) -> tuple[int, int, dict[str, Any]]:
+    """Featurise the cached rows into ``train.f32`` and ``val.f32`` (float32, ``spec.width`` per row)."""
+    started = last = time.monotonic()
+    cursor = ShardCursor(entity, options.work_dir, tasks) if entity is not None else None
+    names = plan.numeric + (list(entity.output_fields) if entity is not None else [])
+    n_train = n_val = bad_rows = done = 0
+    with pa.memory_map(str(options.work_dir / "cache.arrow"), "r") as source, \
+            (options.work_dir / "train.f32").open("wb") as train_out, \
+            (options.work_dir / "val.f32").open("wb") as val_out:
+        reader = pa.ipc.open_file(source)
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            rows = batch.column("row").to_numpy()
+            normal = batch.column("normal").to_numpy(zero_copy_only=False)
+            val = batch.column("val").to_numpy(zero_copy_only=False)
+            numbers = [batch.column(f"n:{name}").to_numpy(zero_copy_only=False) for name in plan.numeric]
+            if cursor is not None:
+                numbers_e = cursor.take(rows)
+                values = np.column_stack([*numbers, numbers_e]) if numbers else numbers_e
+            else:
+                values = np.column_stack(numbers) if numbers else np.zeros((len(rows), 0))
+            wanted = [f"c:{c}" for c in plan.categorical] + (["timestamp"] if plan.time_of_day else [])
+            events = pa.Table.from_batches([batch.select(wanted)]).rename_columns(
+                [w.removeprefix("c:") for w in wanted]).to_pylist() if wanted else [{} for _ in range(len(rows))]
+            x, bad = spec.transform(events, (names, values))
+            keep = np.ones(len(rows), dtype=bool)
+            keep[list(bad)] = False
+            bad_rows += len(bad)
+            np.ascontiguousarray(x[keep & normal & ~val]).tofile(train_out)
+            np.ascontiguousarray(x[keep & normal & val]).tofile(val_out)
+            n_train += int((keep & normal & ~val).sum())
+            n_val += int((keep & normal & val).sum())
+            done += len(rows)
+            if time.monotonic() - last >= 5:
+                last = time.monotonic()
+                say(f"features: {done:,} rows, {done / (last - started):,.0f} rows/s")
+    if cursor is not None:
+        cursor.close()
+    seconds = time.monotonic() - started
+    say(f"features: {done:,} rows in {seconds:.0f} s; {n_train:,} train / {n_val:,} validation rows"
+        + (f"; {bad_rows} rows left out (a value the features reject)" if bad_rows else ""))
+    return n_train, n_val, {"features_seconds": round(seconds, 1), "rows_left_out": bad_rows}

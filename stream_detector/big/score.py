@@ -1,0 +1,84 @@
+"""``score`` on a big input: chunk by chunk, bounded memory, the same output as the in-memory ``score``.
+
+Each chunk is read and typed with the bundle's schema (``big/source.py``), scored by
+``offline.OfflineScorer`` (the worker's steps 2-4; entity state carried from chunk to chunk, so
+the scores equal those of the whole file at once) and its lines written before the next chunk
+is read. What grows with the input is the entity state only (one entry per entity, not per row).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..events_io import ReaderOptions, ScoresCsv
+from ..model.bundle import Bundle
+from ..offline import OfflineScorer
+from .prepare import Say
+from .source import DEFAULT_CHUNK_ROWS, generates_ids, prepare_chunk, raw_chunks, type_prepared
+
+
+@dataclass
+class StreamedScores:
+    rows: int = 0
+    scored: int = 0
+    rejected: int = 0
+    flagged: int = 0
+    seconds: float = 0.0
+
+
+def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: ReaderOptions | None = None,
+                 threshold: float | None = None, device: str = "cpu", id_column: str | None = None,
+                 label_column: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 say: Say = lambda _m: None) -> StreamedScores:
+    """Score every row of ``files`` into the CSV ``out`` (``events_io.write_scores``'s columns, one
+    line per input row in input order). ``threshold``: the bundle's unless given.
+
+    Raises ``InputError`` for an input that cannot be read (a bad row is that row's line, never an error).
+    """
+    scorer = OfflineScorer(bundle, device)
+    limit = bundle.threshold if threshold is None else threshold
+    head = bundle.head_threshold
+    done = StreamedScores()
+    started = last = time.monotonic()
+    files_ids: dict[Path, bool] = {}
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = ScoresCsv(handle, bundle.supervised is not None)
+        for chunk in raw_chunks(files, reader, chunk_rows):
+            if chunk.path not in files_ids:
+                files_ids[chunk.path] = generates_ids(chunk, id_column)
+            stem = chunk.path.name.split(".")[0]
+            prepared = prepare_chunk(chunk, id_column=id_column, label_column=label_column,
+                                     generate_ids=files_ids[chunk.path])
+            ids = [chunk.rejected_ids.get(chunk.first_row + i, f"{stem}-{chunk.file_row + i + 1}") if row is None
+                   else str(row.get("event_id") or f"{stem}-{chunk.file_row + i + 1}")
+                   for i, row in enumerate(chunk.rows)]
+            typed = type_prepared(prepared, bundle.schema, False) if bundle.schema is not None else None
+            events = typed.events if typed is not None else prepared.present
+            rows = typed.rows if typed is not None else prepared.positions
+            scored = scorer.score(events)
+            n = len(chunk.rows)
+            lines: list[tuple[str, float, str | None, str | None]] = [(i, float("nan"), None, None) for i in ids]
+            probability = np.full(n, np.nan) if scored.probability is not None else None
+            for k, row in enumerate(rows):
+                at = row - chunk.first_row
+                lines[at] = (ids[at], float(scored.scores[k]), scored.rejected[k], scored.messages[k])
+                if probability is not None and scored.probability is not None:
+                    probability[at] = scored.probability[k]
+            for rej in (typed.rejected if typed is not None else chunk.rejected):
+                at = rej.index - chunk.first_row
+                lines[at] = (ids[at], float("nan"), rej.reason.value, rej.message)
+            writer.write(lines, limit, None if probability is None else probability.tolist(), head)
+            done.rows += n
+            done.scored += int(scored.valid.sum())
+            done.flagged += int(scored.flagged(limit, head).sum())
+            if time.monotonic() - last >= 5:
+                last = time.monotonic()
+                say(f"score: {done.rows:,} rows, {done.rows / (last - started):,.0f} rows/s")
+    done.rejected = done.rows - done.scored
+    done.seconds = time.monotonic() - started
+    return done

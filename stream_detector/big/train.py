@@ -1,0 +1,219 @@
+"""Big-history training: passes 1-3 (``big/prepare.py``), then the autoencoder from a stream of minibatches.
+
+The same bundle as ``model.train.train``: the same architecture rule, optimiser, loss, early
+stopping on a validation split, error weights and threshold calibration — only the rows come
+from the feature files on disk, ``block_rows`` at a time, never all at once:
+
+* an epoch visits the training file's blocks in a seeded random order; ``shuffle_blocks`` blocks
+  are read together and their rows shuffled (a shuffle buffer), then cut into minibatches;
+* the validation loss after each epoch, the error weights and the validation errors the
+  threshold is calibrated on are computed over the whole validation file, streamed;
+* the share of training rows above the threshold (the self-flag refusal) is measured on the
+  first ``flag_sample_rows`` rows of the training file (stated in the bundle's metrics).
+
+Memory: one shuffle buffer of float32 rows plus the model; the validation errors (8 bytes a
+validation row) are the only thing that grows with the history.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..entity_spec import EntitySpec
+from ..errors import TrainingError
+from ..events_io import ReaderOptions
+from ..fieldschema import InferenceOptions
+from ..model.autoencoder import Architecture, Autoencoder, ErrorHead
+from ..model.train import MIN_VALIDATION_ROWS, TrainConfig, TrainResult, _refuse_unusable, calibrate, default_epochs
+from . import sketches
+from .prepare import BigOptions, Say, pass_one, pass_three, pass_two
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    block_rows: int = 65_536
+    shuffle_blocks: int = 4
+    flag_sample_rows: int = 1_000_000
+
+
+def train_big(files: Sequence[Path], config: TrainConfig, options: BigOptions, *, reader: ReaderOptions,
+              inference: InferenceOptions, entity: EntitySpec | None = None, id_column: str | None = None,
+              label_column: str | None = None, normal_label: str = "0", stream: StreamOptions = StreamOptions(),
+              say: Say = lambda _m: None) -> TrainResult:
+    """Train a bundle's model from ``files`` (``big/source.py``'s input) with bounded memory.
+
+    Rows with ``label_column`` equal to ``normal_label`` train (all rows without a label column);
+    every event is the entity history. ``options.work_dir`` holds the intermediate files (about
+    ``rows × (fields + entity features) × 8`` bytes) and is emptied at the end.
+
+    Raises ``InputError`` (unreadable input, no event), ``TrainingError`` (as ``train``: too few
+    rows, no usable feature, an unusable threshold).
+    """
+    started = time.monotonic()
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        schema, plan, stats, tasks, facts = pass_one(
+            files, reader=reader, inference=inference, entity=entity, id_column=id_column,
+            label_column=label_column, normal_label=normal_label, exclude=config.exclude,
+            time_of_day=config.time_of_day, seed=config.seed, validation_fraction=config.validation_fraction,
+            options=options, say=say)
+        entity_stats = None
+        if entity is not None:
+            entity_stats, more = pass_two(entity, tasks, options, say)
+            facts.update(more)
+        if facts["normal"] < config.min_rows:
+            raise TrainingError(f"{facts['normal']} normal rows: at least {config.min_rows} are needed to train "
+                                f"and calibrate a threshold")
+        spec = sketches.fit_spec_from_stats(
+            stats.join(entity_stats) if entity_stats is not None else stats,
+            numeric=plan.numeric + (list(entity.output_fields) if entity is not None else []),
+            categorical=plan.categorical, order=plan.order + (list(entity.output_fields) if entity is not None else []),
+            time_of_day=config.time_of_day)
+        if spec.width == 0:
+            raise TrainingError("no usable feature in the input")
+        n_train, n_val, more = pass_three(spec, plan, entity, tasks, options, say)
+        facts.update(more)
+        if n_val < MIN_VALIDATION_ROWS:
+            raise TrainingError(f"{n_val} validation rows: at least {MIN_VALIDATION_ROWS} are needed to "
+                                f"calibrate the threshold")
+        say(f"features: {spec.width} columns from {len(spec.numeric)} numeric and {len(spec.categorical)} "
+            f"categorical fields; {n_train:,} train / {n_val:,} validation rows")
+        arch = Architecture.for_width(spec.width, config.dropout)
+        if config.hidden is not None or config.bottleneck is not None:
+            arch = Architecture(spec.width, config.hidden or arch.hidden, config.bottleneck or arch.bottleneck,
+                                config.dropout)
+        data = _Files(options.work_dir / "train.f32", n_train, options.work_dir / "val.f32", n_val, spec.width,
+                      stream)
+        fit_started = time.monotonic()
+        model, history = _fit(data, arch, config, say)
+        facts["fit_seconds"] = round(time.monotonic() - fit_started, 1)
+        result = _calibrate(model, data, config, say)
+        result.spec, result.arch, result.entity, result.schema = spec, arch, entity, schema
+        result.metrics.update({"train_rows": n_train, "validation_rows": n_val, "epochs_run": len(history),
+                               "best_validation_loss": float(min(history)),
+                               "train_seconds": round(time.monotonic() - started, 2), "streamed": facts})
+        return result
+    finally:
+        shutil.rmtree(options.work_dir, ignore_errors=True)
+
+
+@dataclass
+class _Files:
+    train: Path
+    n_train: int
+    val: Path
+    n_val: int
+    width: int
+    stream: StreamOptions
+
+    def blocks(self, path: Path, n: int, order: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+        """float32[rows, width] blocks of ``path`` (in ``order`` of block numbers, else file order)."""
+        rows = self.stream.block_rows
+        count = math.ceil(n / rows)
+        with path.open("rb") as handle:
+            for b in (order if order is not None else range(count)):
+                handle.seek(b * rows * self.width * 4)
+                take = min(rows, n - b * rows)
+                yield np.fromfile(handle, dtype=np.float32, count=take * self.width).reshape(take, self.width)
+
+
+def _fit(data: _Files, arch: Architecture, config: TrainConfig, say: Say) -> tuple[Autoencoder, list[float]]:
+    torch.manual_seed(config.seed)
+    model = Autoencoder(arch)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    loss_fn = nn.MSELoss()
+    epochs = config.epochs or default_epochs(data.n_train, config.batch_size)
+    rng = np.random.default_rng(config.seed)
+    best, best_state, stale, history = math.inf, None, 0, []
+    count = math.ceil(data.n_train / data.stream.block_rows)
+    for epoch in range(1, epochs + 1):
+        started, seen = time.monotonic(), 0
+        model.train()
+        order = rng.permutation(count)
+        for start in range(0, count, data.stream.shuffle_blocks):
+            picked = order[start:start + data.stream.shuffle_blocks].tolist()
+            buffer = np.concatenate(list(data.blocks(data.train, data.n_train, picked)))
+            xt = torch.from_numpy(buffer[rng.permutation(len(buffer))])
+            for batch in torch.split(xt, config.batch_size):
+                optimiser.zero_grad(set_to_none=True)
+                loss = loss_fn(model(batch), batch)
+                loss.backward()
+                optimiser.step()
+            seen += len(buffer)
+        val_loss = _val_loss(model, data)
+        history.append(val_loss)
+        if val_loss < best - 1e-7:
+            best, stale = val_loss, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        elapsed = time.monotonic() - started
+        say(f"epoch {epoch}/{epochs}: validation loss {val_loss:.5f} (best {best:.5f}); {seen / elapsed:,.0f} rows/s, "
+            f"~{elapsed * (epochs - epoch):.0f} s left at most")
+        if stale >= config.patience:
+            say(f"early stop at epoch {epoch}: no improvement for {config.patience} epochs")
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model.eval(), history
+
+
+def _val_loss(model: nn.Module, data: _Files) -> float:
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for block in data.blocks(data.val, data.n_val):
+            x = torch.from_numpy(block)
+            total += float((model(x) - x).pow(2).sum())
+    return total / (data.n_val * data.width)
+
+
+def _calibrate(model: Autoencoder, data: _Files, config: TrainConfig, say: Say) -> TrainResult:
+    with torch.no_grad():
+        sq = np.zeros(data.width, dtype=np.float64)
+        for block in data.blocks(data.val, data.n_val):
+            x = torch.from_numpy(block)
+            sq += (model(x) - x).pow(2).sum(dim=0).numpy()
+    weights = sq / data.n_val + 1e-6 if config.error_norm == "mean" else np.ones(data.width)
+    head = ErrorHead(model, torch.as_tensor(weights, dtype=torch.float32)).eval()
+    with torch.no_grad():
+        val_errors = np.concatenate([head(torch.from_numpy(b)).mean(dim=1).numpy().astype(np.float64)
+                                     for b in data.blocks(data.val, data.n_val)])
+        threshold = calibrate(val_errors, config.threshold_method, config.target_fpr, config.k_std, config.k_fence,
+                              config.max_alert_rate)
+        flags = sampled = 0
+        for block in data.blocks(data.train, data.n_train):
+            flags += int((head(torch.from_numpy(block)).mean(dim=1).numpy() > threshold).sum())
+            sampled += len(block)
+            if sampled >= data.stream.flag_sample_rows:
+                break
+    flag_rate = float((val_errors > threshold).mean())
+    train_flag_rate = flags / max(1, sampled)
+    _refuse_unusable(threshold, flag_rate, train_flag_rate, config.max_self_flag_rate)
+    calibration: dict[str, Any] = {
+        "method": config.threshold_method, "target_fpr": config.target_fpr, "k_std": config.k_std,
+        "k_fence": config.k_fence, "max_alert_rate": config.max_alert_rate, "threshold": threshold,
+        "validation_rows": int(len(val_errors)),
+        "validation_error_quantiles": {str(q): float(np.quantile(val_errors, q))
+                                       for q in (0.5, 0.9, 0.95, 0.99, 0.999)},
+        "validation_flag_rate": flag_rate, "train_flag_rate": train_flag_rate,
+        "train_flag_rate_rows": sampled,
+    }
+    say(f"threshold {threshold:.6g} ({config.threshold_method}); flags {flag_rate:.2%} of validation rows")
+    return TrainResult(None, head, None, threshold, calibration, {"rows_left_out": 0})  # type: ignore[arg-type]
+
+
+def default_work_dir(out: Path) -> Path:
+    """``OUT.work-<pid>`` beside the bundle directory (removed when training ends)."""
+    return out.parent / f".{out.name}.work-{os.getpid()}"
