@@ -19,6 +19,7 @@ due (those within the longest delay of the last event).
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -228,8 +229,12 @@ class ChunkWriter:
         if self.kind == "parquet" and codec:
             raise ValueError(f"{path}: Parquet compresses its own columns; drop the {path.suffix} suffix")
         self._parquet: pq.ParquetWriter | None = None
-        self._sink: BinaryIO | pa.NativeFile | None = None
-        if self.kind != "parquet":
+        self._file: BinaryIO | None = None
+        self._sink: BinaryIO | gzip.GzipFile | pa.NativeFile | None = None
+        if self.kind != "parquet" and codec == "gzip":  # level 6 (pyarrow's gzip is level 9: 2.6× slower,
+            self._file = path.open("wb")                # 1 % smaller); no name or time: the same bytes every run
+            self._sink = gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=self._file, mtime=0)
+        elif self.kind != "parquet":
             self._sink = pa.output_stream(str(path), compression=codec) if codec else path.open("wb")
 
     def write(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
@@ -255,10 +260,11 @@ class ChunkWriter:
                     writer.writerow(names)
                 writer.writerows(zip(*lists, strict=True))
                 self._sink.write(text.getvalue().encode("utf-8"))
-            else:
-                self._sink.write(b"".join(orjson.dumps(dict(zip(names, row, strict=True)),
-                                                       option=orjson.OPT_APPEND_NEWLINE)
-                                          for row in zip(*lists, strict=True)))
+            else:  # into one buffer: orjson's results hold ~3 KB each while they live
+                lines = bytearray()
+                for row in zip(*lists, strict=True):
+                    lines += orjson.dumps(dict(zip(names, row, strict=True)), option=orjson.OPT_APPEND_NEWLINE)
+                self._sink.write(lines)
         self.rows += size
 
     def close(self) -> None:
@@ -270,6 +276,8 @@ class ChunkWriter:
                 self._parquet.close()
         elif self._sink is not None:
             self._sink.close()
+            if self._file is not None:
+                self._file.close()
 
     def __enter__(self) -> ChunkWriter:
         return self
