@@ -20,6 +20,7 @@ SUITES = {
     "retrain-scale": "benchmarks.retrain_scale",
     "labels-tables": "benchmarks.labels_tables",
     "shadow-worker": "benchmarks.shadow_worker",
+    "big-history": "benchmarks.big_history",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -36,6 +37,7 @@ WHAT = {
     "retrain-scale": "retraining an entity + label + head model: time per phase and peak memory by history size",
     "labels-tables": "delayed labels on the labelled tables: supervised head vs autoencoder, scarce-label fallback",
     "shadow-worker": "one worker with a challenger in shadow vs the champion alone (stateless and entity paths)",
+    "big-history": "train --streamed on 20M rows: time per phase, peak memory, 1 vs 4 shards, vs in-memory train",
 }
 
 

@@ -177,7 +177,7 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
                          dropout=args.dropout, hidden=args.hidden, bottleneck=args.bottleneck,
                          error_norm=args.error_norm, time_of_day=args.time_features,
                          exclude=tuple(args.exclude or ()), max_self_flag_rate=args.max_self_flag_rate,
-                         batch_size=args.batch_size or 256)
+                         batch_size=args.batch_size or 1024)
     options = BigOptions(work_dir=Path(args.work_dir) if args.work_dir else default_work_dir(out),
                          chunk_rows=args.chunk_rows, shards=args.shards, cluster=args.cluster, workers=args.workers)
     result = train_big(files, config, options, reader=_reader_options(args), inference=_inference(args, entity),
@@ -943,7 +943,8 @@ def build_parser() -> argparse.ArgumentParser:
     big.add_argument("--workers", type=int, help="local process pool size (default: the machine's cores)")
     big.add_argument("--work-dir", help="intermediate files (default: .OUT.work-PID beside --out; removed after)")
     big.add_argument("--chunk-rows", type=int, default=65_536, help="rows read and typed at a time (default 65536)")
-    big.add_argument("--batch-size", type=int, help="minibatch rows (default 256)")
+    big.add_argument("--batch-size", type=int,
+                     help="minibatch rows on the streamed path (default 1024; the in-memory path uses 256)")
     _add_reader_args(p)
     _add_schema_args(p)
     p.set_defaults(func=cmd_train)
