@@ -46,7 +46,7 @@ class BigOptions:
     work_dir: Path
     chunk_rows: int = 65_536
     sample_rows: int = 100_000  # rows the field schema is inferred from
-    shards: int = 8
+    shards: int = 16
     cluster: str | None = None  # a Dask scheduler address; None: a local process pool
     workers: int | None = None  # local pool size (default: the machine's cores)
 

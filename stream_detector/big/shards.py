@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from ..entity.columns import Columns, codes_of, vocabulary
-from ..entity.history import enrich_key
+from ..entity.columns import Columns
+from ..entity.history import enrich_rows
 from ..entity_spec import EntitySpec
 
 
@@ -107,11 +108,11 @@ def enrich_shard(spec_json: bytes, key: str, shard: int, work_dir: str,
     with pa.memory_map(str(base) + ".in.arrow", "r") as source:
         table = pa.ipc.open_file(source).read_all()
     n = table.num_rows
-    labels = {f: table.column(f"d:{f}").to_pylist() for f in spec.distinct_for(key)}
-    index = {f: vocabulary(v) for f, v in labels.items()}
-    cols = Columns(table.column("ts").to_numpy(), table.column("amount").to_numpy(), labels, index,
-                   {f: codes_of(v, index[f]) for f, v in labels.items()})
-    values = enrich_key(spec, key, cols, table.column("entity").to_pylist(), n)
+    coded = {f: _label_codes(table.column(f"d:{f}")) for f in spec.distinct_for(key)}
+    cols = Columns(table.column("ts").to_numpy(), table.column("amount").to_numpy(), {},
+                   {f: index for f, (index, _) in coded.items()}, {f: codes for f, (_, codes) in coded.items()})
+    entities, count = _entity_rows(table.column("entity"))
+    values = enrich_rows(spec, key, cols, entities, count)
     rows = table.column("row").to_numpy()
     rows.astype(np.int64).tofile(str(base) + ".rows")
     np.ascontiguousarray(values, dtype=np.float64).tofile(str(base) + ".values")
@@ -122,6 +123,28 @@ def enrich_shard(spec_json: bytes, key: str, shard: int, work_dir: str,
         stats.update_numeric(values[train])
     del table
     return ShardResult(key, shard, n, time.process_time() - started, stats)
+
+
+def _entity_rows(column: pa.ChunkedArray) -> tuple[np.ndarray, int]:
+    """Each row's entity numbered 0..E-1 in order of appearance (-1: none), and E — no Python strings."""
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    rows = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return rows, len(encoded.dictionary)
+
+
+def _label_codes(column: pa.ChunkedArray) -> tuple[dict[str | None, int], np.ndarray]:
+    """``columns.vocabulary`` and ``codes_of`` of a label column: codes in label order (the kernel's
+    eviction tie-break compares codes), -1 for none; one Python string per distinct label only."""
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    labels = encoded.dictionary.to_pylist()
+    order = sorted(range(len(labels)), key=labels.__getitem__)
+    rank = np.empty(len(labels) + 1, dtype=np.int64)
+    rank[order] = np.arange(len(labels))
+    rank[-1] = -1  # index -1 (a null) → code -1
+    codes = rank[pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)]
+    index: dict[str | None, int] = {labels[i]: code for code, i in enumerate(order)}
+    index[None] = -1
+    return index, codes
 
 
 def run_shards(spec: EntitySpec, work_dir: Path, tasks: Sequence[tuple[str, int]], *, cluster: str | None = None,

@@ -45,18 +45,25 @@ def enrich_key(spec: EntitySpec, key: str, cols: Columns, entities: Iterable[str
     ``cols`` their timestamps, amounts and distinct labels. The rows of other entities never
     matter, so any subset of entities taken whole (a shard by key, ``big/shards.py``) gives
     each of its rows the same features as the whole history."""
-    chunk = max(1, chunk)
     ids: dict[str, int] = {}
     rows = np.fromiter((-1 if v is None else ids.setdefault(v, len(ids)) for v in entities), np.int64, n)
+    return enrich_rows(spec, key, cols, rows, len(ids), chunk)
+
+
+def enrich_rows(spec: EntitySpec, key: str, cols: Columns, rows: np.ndarray, entities: int,
+                chunk: int = 65_536) -> np.ndarray:
+    """``enrich_key`` with the entities already numbered: ``rows`` int64[n], each event's entity in
+    ``0 .. entities - 1`` (-1: keyless or invalid)."""
+    n, chunk = len(rows), max(1, chunk)
     apply = np.ones(min(chunk, n), dtype=np.bool_)
-    block = Block.of(spec, spec.distinct_for(key), [], extra=len(ids) + min(chunk, n), cols=cols)
+    block = Block.of(spec, spec.distinct_for(key), [], extra=entities + min(chunk, n), cols=cols)
     out = np.empty((n, len(spec.fields_for(key))))
     for start in range(0, n, chunk):
         part = slice(start, min(start + chunk, n))
         state_row = rows[part].copy()
         loose = state_row < 0
-        state_row[loose] = len(ids) + np.arange(int(loose.sum()))  # keyless: a fresh row each
-        block.clear(slice(len(ids), None))
+        state_row[loose] = entities + np.arange(int(loose.sum()))  # keyless: a fresh row each
+        block.clear(slice(entities, None))
         size = part.stop - part.start
         out[part] = block.run(spec, state_row, apply[:size], cols.ts[part], cols.amount[part],
                               np.ascontiguousarray(block.codes[:, part]))
