@@ -108,6 +108,7 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
              say: Say) -> tuple[FieldSchema, _Plan, Any, list[tuple[str, int]], dict[str, Any]]:
     """Read, type, cache, shard, gather the raw fields' statistics (see the module docstring)."""
     started = last = time.monotonic()
+    total = _known_rows(files)
     chunks = raw_chunks(files, reader, options.chunk_rows)
     files_seen: dict[Path, bool] = {}  # file → whether its event ids are generated
     head, schema = _head(chunks, options.sample_rows, id_column, label_column, inference, files_seen)
@@ -154,7 +155,9 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
             writer.append(rows, ids, cols, train)
         if time.monotonic() - last >= 5:
             last = time.monotonic()
-            say(f"read: {counts['rows']:,} rows, {counts['rows'] / (last - started):,.0f} rows/s "
+            rate = counts["rows"] / (last - started)
+            left = f", ~{(total - counts['rows']) / rate:.0f} s left" if total else ""
+            say(f"read: {counts['rows']:,} rows{f' of {total:,}' if total else ''}, {rate:,.0f} rows/s{left} "
                 f"({len(files_seen)}/{len(files)} files)")
     if cache is None:
         raise InputError(f"{files[0] if len(files) == 1 else 'the input'}: no row is a valid event")
@@ -170,6 +173,20 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
              "train_rows": counts["train"], "with_ts": counts["with_ts"], "rejected": dict(reasons),
              "read_seconds": round(seconds, 1)}
     return schema, plan, stats, tasks, facts
+
+
+def _known_rows(files: Sequence[Path]) -> int | None:
+    """The input's row count when the files say it (Parquet footers), for the time left; else None."""
+    import pyarrow.parquet as pq
+
+    from ..events_io import file_kind
+
+    if any(file_kind(f) != "parquet" for f in files):
+        return None
+    try:
+        return sum(int(pq.ParquetFile(str(f)).metadata.num_rows) for f in files)
+    except (OSError, pa.ArrowInvalid):
+        return None  # the reader says what is wrong with the file
 
 
 def _head(chunks: Iterator[Any], sample_rows: int, id_column: str | None, label_column: str | None,
