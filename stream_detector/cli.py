@@ -936,7 +936,8 @@ def build_parser() -> argparse.ArgumentParser:
     big.add_argument("--streamed", action="store_true",
                      help="read the input in chunks and train from minibatches on disk (on by itself for a "
                           "directory or glob --input, or with --cluster)")
-    big.add_argument("--shards", type=int, default=16, help="entity shards (default 16; a shard is enriched in one piece)")
+    big.add_argument("--shards", type=int, default=16,
+                     help="entity shards (default 16; a shard is enriched in one piece)")
     big.add_argument("--cluster", metavar="ADDRESS",
                      help="enrich the shards on this Dask scheduler (tcp://host:8786); --work-dir must be a "
                           "directory every Dask worker sees")

@@ -253,14 +253,7 @@ def _read_csv(path: Path, options: ReaderOptions, limit: int | None) -> RawRows:
     dialect = sniff_csv(path, options)
     good: list[dict[str, Any]] = []
     ragged: dict[int, RowRejection] = {}
-
-    def invalid_row(row: Any) -> str:  # a row with the wrong number of cells: that row's rejection
-        index = (row.number or 0) - 2  # pyarrow counts the header as row 1
-        ragged[index] = RowRejection(index, RejectReason.INVALID_ROW,
-                                     f"{row.actual_columns} cells where the header has {row.expected_columns}")
-        return "skip"
-
-    for batch in _csv_batches(path, dialect, options, invalid_row):
+    for batch in _csv_batches(path, dialect, options, ragged_rows(ragged)):
         columns = [column.to_pylist() for column in batch.columns]
         good.extend(dict(zip(dialect.names, values, strict=True)) for values in zip(*columns, strict=True))
         if limit is not None and len(good) >= limit:
@@ -273,6 +266,19 @@ def _read_csv(path: Path, options: ReaderOptions, limit: int | None) -> RawRows:
         del rows[limit:]
     return RawRows(rows, [r for i, r in sorted(ragged.items()) if i < len(rows)], dialect.text, "csv",
                    warnings=list(dialect.warnings))
+
+
+def ragged_rows(ragged: dict[int, RowRejection]) -> Any:
+    """pyarrow's ``invalid_row_handler``: a row with the wrong number of cells becomes that row's
+    ``invalid_row`` rejection in ``ragged`` (by 0-based row number) and is skipped."""
+
+    def invalid_row(row: Any) -> str:
+        index = (row.number or 0) - 2  # pyarrow counts the header as row 1
+        ragged[index] = RowRejection(index, RejectReason.INVALID_ROW,
+                                     f"{row.actual_columns} cells where the header has {row.expected_columns}")
+        return "skip"
+
+    return invalid_row
 
 
 def _csv_batches(path: Path, dialect: CsvDialect, options: ReaderOptions,

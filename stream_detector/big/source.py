@@ -33,6 +33,7 @@ from ..events_io import (
     _plain_column,
     _salvage_id,
     file_kind,
+    ragged_rows,
     sniff_csv,
 )
 from ..fieldschema import JSON_TEXT, FieldSchema, TextFormat
@@ -152,18 +153,11 @@ def _parquet(path: Path, chunk_rows: int) -> Iterator[RawChunk]:
 def _csv(path: Path, options: ReaderOptions, chunk_rows: int) -> Iterator[RawChunk]:
     dialect = sniff_csv(path, options)
     ragged: dict[int, RowRejection] = {}
-
-    def invalid_row(row: Any) -> str:  # a row with the wrong number of cells: that row's rejection
-        index = (row.number or 0) - 2  # pyarrow counts the header as row 1
-        ragged[index] = RowRejection(index, RejectReason.INVALID_ROW,
-                                     f"{row.actual_columns} cells where the header has {row.expected_columns}")
-        return "skip"
-
     start = 0
     warnings = list(dialect.warnings)
     block = max(1 << 16, min(options.block_size, chunk_rows * 128))  # ~chunk_rows rows of ~100 bytes
     sized = ReaderOptions(options.delimiter, options.decimal, options.thousands, options.na_values, block)
-    for batch in _csv_batches(path, dialect, sized, invalid_row):
+    for batch in _csv_batches(path, dialect, sized, ragged_rows(ragged)):
         columns = [column.to_pylist() for column in batch.columns]
         good = iter(dict(zip(dialect.names, values, strict=True)) for values in zip(*columns, strict=True))
         total = batch.num_rows + sum(1 for i in ragged if i >= start)

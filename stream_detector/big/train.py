@@ -35,7 +35,7 @@ from ..errors import TrainingError
 from ..events_io import ReaderOptions
 from ..fieldschema import InferenceOptions
 from ..model.autoencoder import Architecture, Autoencoder, ErrorHead
-from ..model.train import MIN_VALIDATION_ROWS, TrainConfig, TrainResult, _refuse_unusable, calibrate, default_epochs
+from ..model.train import TrainConfig, TrainResult, _refuse_unusable, architecture, calibrate, default_epochs
 from . import sketches
 from .prepare import BigOptions, Say, pass_one, pass_three, pass_two
 
@@ -84,15 +84,7 @@ def train_big(files: Sequence[Path], config: TrainConfig, options: BigOptions, *
             raise TrainingError("no usable feature in the input")
         n_train, n_val, more = pass_three(spec, plan, entity, tasks, options, say)
         facts.update(more)
-        if n_val < MIN_VALIDATION_ROWS:
-            raise TrainingError(f"{n_val} validation rows: at least {MIN_VALIDATION_ROWS} are needed to "
-                                f"calibrate the threshold")
-        say(f"features: {spec.width} columns from {len(spec.numeric)} numeric and {len(spec.categorical)} "
-            f"categorical fields; {n_train:,} train / {n_val:,} validation rows")
-        arch = Architecture.for_width(spec.width, config.dropout)
-        if config.hidden is not None or config.bottleneck is not None:
-            arch = Architecture(spec.width, config.hidden or arch.hidden, config.bottleneck or arch.bottleneck,
-                                config.dropout)
+        arch = architecture(spec, n_train, n_val, config, say)
         data = _Files(options.work_dir / "train.f32", n_train, options.work_dir / "val.f32", n_val, spec.width,
                       stream)
         fit_started = time.monotonic()

@@ -161,15 +161,7 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
     x_val, bad_val = spec.transform(val_events)
     x_train = np.delete(x_train, sorted(bad_train), axis=0)
     x_val = np.delete(x_val, sorted(bad_val), axis=0)
-    if len(x_val) < MIN_VALIDATION_ROWS:
-        raise TrainingError(f"{len(x_val)} validation rows: at least {MIN_VALIDATION_ROWS} are needed to "
-                            f"calibrate the threshold")
-    say(f"features: {spec.width} columns from {len(spec.numeric)} numeric and "
-        f"{len(spec.categorical)} categorical fields; {len(x_train)} train / {len(x_val)} validation rows")
-    arch = Architecture.for_width(spec.width, config.dropout)
-    if config.hidden is not None or config.bottleneck is not None:
-        arch = Architecture(spec.width, config.hidden or arch.hidden, config.bottleneck or arch.bottleneck,
-                            config.dropout)
+    arch = architecture(spec, len(x_train), len(x_val), config, say)
     model, history = _fit(x_train, x_val, arch, config, say)
     with torch.no_grad():
         val_sq = (model(torch.from_numpy(x_val)) - torch.from_numpy(x_val)).pow(2).numpy()
@@ -211,6 +203,21 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
             "a heavy tail); for a fixed alert budget use --max-alert-rate or --threshold-method quantile")
     metrics["rows_left_out"] = dropped
     return TrainResult(spec, head, arch, threshold, calibration, metrics, entity, schema)
+
+
+def architecture(spec: FeatureSpec, n_train: int, n_val: int, config: TrainConfig, say: Progress) -> Architecture:
+    """The network for ``spec`` (``Architecture.for_width`` unless ``config`` sets hidden/bottleneck),
+    after refusing (``TrainingError``) fewer than ``MIN_VALIDATION_ROWS`` validation rows."""
+    if n_val < MIN_VALIDATION_ROWS:
+        raise TrainingError(f"{n_val} validation rows: at least {MIN_VALIDATION_ROWS} are needed to "
+                            f"calibrate the threshold")
+    say(f"features: {spec.width} columns from {len(spec.numeric)} numeric and "
+        f"{len(spec.categorical)} categorical fields; {n_train:,} train / {n_val:,} validation rows")
+    arch = Architecture.for_width(spec.width, config.dropout)
+    if config.hidden is not None or config.bottleneck is not None:
+        arch = Architecture(spec.width, config.hidden or arch.hidden, config.bottleneck or arch.bottleneck,
+                            config.dropout)
+    return arch
 
 
 def _infer(events: Sequence[dict[str, Any]], config: TrainConfig, entity: EntitySpec | None) -> FieldSchema:
