@@ -275,7 +275,8 @@ def pass_three(spec: FeatureSpec, plan: _Plan, entity: EntitySpec | None, tasks:
             done += len(rows)
             if time.monotonic() - last >= 5:
                 last = time.monotonic()
-                say(f"features: {done:,} rows, {done / (last - started):,.0f} rows/s")
+                left = (last - started) / (i + 1) * (reader.num_record_batches - i - 1)
+                say(f"features: {done:,} rows, {done / (last - started):,.0f} rows/s, ~{left:.0f} s left")
     if cursor is not None:
         cursor.close()
     seconds = time.monotonic() - started
