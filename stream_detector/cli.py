@@ -142,11 +142,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
     """``train --streamed`` (or a directory / glob input, or ``--cluster``): the big-history path
     (``big/``, docs/big-history.md) — same bundle, bounded memory, progress on every phase."""
-    import dataclasses
-
     from .big.prepare import BigOptions
     from .big.source import input_files
-    from .big.train import default_work_dir, train_big
+    from .big.train import train_big, work_dir_for
     from .model.bundle import build_bundle, save_bundle
     from .model.train import TrainConfig
 
@@ -160,16 +158,14 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
     files = input_files(args.input)
     _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of {args.chunk_rows:,} rows, "
          f"{args.shards} shards on {'the Dask cluster ' + args.cluster if args.cluster else 'a local process pool'}")
-    if entity is not None and _DEFAULT_DISTINCT == args.entity_distinct:  # keep the default's fields the input has
+    if entity is not None:  # the in-memory path's checks, on the first file's first rows
         from .big.source import raw_chunks
+        from .fieldschema import infer_schema
 
-        first = next(raw_chunks(files[:1], _reader_options(args), 1000))
-        names = {k for row in first.rows if row for k in row}
-        present = tuple(f for f in entity.distinct_fields if f in names)
-        if present != entity.distinct_fields:
-            _say(f"entity features: distinct values of {', '.join(present) or 'no field'} (the input has no "
-                 f"{', '.join(f for f in entity.distinct_fields if f not in present)})")
-            entity = dataclasses.replace(entity, distinct_fields=present)
+        first = [row for row in next(raw_chunks(files[:1], _reader_options(args), 10_000)).rows if row is not None]
+        schema = infer_schema(first, _inference(args, entity)).schema
+        explicit = args.entity_distinct != _DEFAULT_DISTINCT
+        entity = _check_entity_fields(entity, schema, first, explicit_distinct=explicit)
     out = Path(args.out)
     config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
                          threshold_method=args.threshold_method, k_std=args.k_std,
@@ -178,7 +174,7 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
                          error_norm=args.error_norm, time_of_day=args.time_features,
                          exclude=tuple(args.exclude or ()), max_self_flag_rate=args.max_self_flag_rate,
                          batch_size=args.batch_size or 1024)
-    options = BigOptions(work_dir=Path(args.work_dir) if args.work_dir else default_work_dir(out),
+    options = BigOptions(work_dir=work_dir_for(out, Path(args.work_dir) if args.work_dir else None),
                          chunk_rows=args.chunk_rows, shards=args.shards, cluster=args.cluster, workers=args.workers)
     result = train_big(files, config, options, reader=_reader_options(args), inference=_inference(args, entity),
                        entity=entity, id_column=args.id_column, label_column=args.label_column,
@@ -942,7 +938,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="enrich the shards on this Dask scheduler (tcp://host:8786); --work-dir must be a "
                           "directory every Dask worker sees")
     big.add_argument("--workers", type=int, help="local process pool size (default: the machine's cores)")
-    big.add_argument("--work-dir", help="intermediate files (default: .OUT.work-PID beside --out; removed after)")
+    big.add_argument("--work-dir", help="where this run makes its directory of intermediate files, .OUT.work-PID "
+                                        "(default: beside --out; that directory is removed after)")
     big.add_argument("--chunk-rows", type=int, default=65_536, help="rows read and typed at a time (default 65536)")
     big.add_argument("--batch-size", type=int,
                      help="minibatch rows on the streamed path (default 1024; the in-memory path uses 256)")

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..entity_spec import EntitySpec
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from ..events_io import ReaderOptions
 from ..fieldschema import InferenceOptions
 from ..model.autoencoder import Architecture, Autoencoder, ErrorHead
@@ -54,14 +54,19 @@ def train_big(files: Sequence[Path], config: TrainConfig, options: BigOptions, *
     """Train a bundle's model from ``files`` (``big/source.py``'s input) with bounded memory.
 
     Rows with ``label_column`` equal to ``normal_label`` train (all rows without a label column);
-    every event is the entity history. ``options.work_dir`` holds the intermediate files (about
-    ``rows × (fields + entity features) × 8`` bytes) and is emptied at the end.
+    every event is the entity history. ``options.work_dir`` (created here; ``ConfigError`` when it
+    exists) holds the intermediate files (about ``rows × (fields + entity features) × 8`` bytes) and
+    is removed at the end, also on failure.
 
     Raises ``InputError`` (unreadable input, no event), ``TrainingError`` (as ``train``: too few
     rows, no usable feature, an unusable threshold).
     """
     started = time.monotonic()
-    options.work_dir.mkdir(parents=True, exist_ok=True)
+    options.work_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        options.work_dir.mkdir()  # a fresh directory of its own: only it is removed at the end
+    except FileExistsError:
+        raise ConfigError(f"work directory {options.work_dir} already exists (another run?)") from None
     try:
         schema, plan, stats, tasks, facts = pass_one(
             files, reader=reader, inference=inference, entity=entity, id_column=id_column,
@@ -206,6 +211,7 @@ def _calibrate(model: Autoencoder, data: _Files, config: TrainConfig, say: Say) 
     return TrainResult(None, head, None, threshold, calibration, {"rows_left_out": 0})  # type: ignore[arg-type]
 
 
-def default_work_dir(out: Path) -> Path:
-    """``OUT.work-<pid>`` beside the bundle directory (removed when training ends)."""
-    return out.parent / f".{out.name}.work-{os.getpid()}"
+def work_dir_for(out: Path, parent: Path | None = None) -> Path:
+    """``.OUT.work-<pid>`` beside the bundle directory, or in ``parent`` (``--work-dir``): a new
+    directory of this run's own, removed when training ends (never the directory the user named)."""
+    return (parent if parent is not None else out.parent) / f".{out.name}.work-{os.getpid()}"

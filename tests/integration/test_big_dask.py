@@ -77,5 +77,5 @@ def test_train_cluster_writes_a_bundle(cluster: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Dask {cluster}" in done.stderr
     assert "read: 6,000 rows" in done.stderr
-    assert (out / "model.pt").exists() or any(out.iterdir())
-    assert not (tmp_path / "work").exists()
+    assert (out / "model.pt").exists() and (out / "entity.json").exists()
+    assert list((tmp_path / "work").iterdir()) == []  # its own directory in --work-dir, removed

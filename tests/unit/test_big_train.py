@@ -99,3 +99,22 @@ def test_streamed_score_writes_the_in_memory_lines(history: Path, tmp_path: Path
     scored = [float(line["score"]) for line in lines if not line["rejected"]]
     assert scored == whole.scores.tolist()
     assert [line["rejected"] for line in lines if line["rejected"]] == ["wrong_type"]
+
+
+def test_cli_refuses_what_the_streamed_path_cannot_do_and_keeps_the_users_directory(
+        history: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stream_detector.cli import main
+
+    base = ["train", "--streamed", "--input", str(history), "--out", str(tmp_path / "m")]
+    assert main([*base, "--feedback", str(history), "--label-key", "account_id"]) == 2
+    assert main([*base, "--supervised", "--label-column", "label"]) == 2
+    assert "not available on the streamed path" in capsys.readouterr().err
+    assert main([*base, "--entity-key", "acount_id"]) == 2  # a typo: no such field
+    assert "--entity-key acount_id: no such field" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("the user's file")
+    assert main([*base, "--work-dir", str(mine), "--epochs", "1", "--label-column", "label",
+                 "--normal-label", "legit", "--exclude", "pattern"]) == 0
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"]  # only the run's own directory was removed
+    assert (tmp_path / "m" / "model.pt").exists()
