@@ -73,13 +73,13 @@ def train_big(files: Sequence[Path], config: TrainConfig, options: BigOptions, *
             label_column=label_column, normal_label=normal_label, exclude=config.exclude,
             time_of_day=config.time_of_day, seed=config.seed, validation_fraction=config.validation_fraction,
             options=options, say=say)
+        if facts["normal"] < config.min_rows:
+            raise TrainingError(f"{facts['normal']} normal rows: at least {config.min_rows} are needed to train "
+                                f"and calibrate a threshold")
         entity_stats = None
         if entity is not None:
             entity_stats, more = pass_two(entity, tasks, options, say)
             facts.update(more)
-        if facts["normal"] < config.min_rows:
-            raise TrainingError(f"{facts['normal']} normal rows: at least {config.min_rows} are needed to train "
-                                f"and calibrate a threshold")
         spec = sketches.fit_spec_from_stats(
             stats.join(entity_stats) if entity_stats is not None else stats,
             numeric=plan.numeric + (list(entity.output_fields) if entity is not None else []),
