@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import logging
 import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,11 +154,20 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
         if given:
             raise ConfigError(f"{flag} is not available on the streamed path yet (docs/big-history.md): "
                               f"train on a file without --streamed")
-    if args.shards < 1 or args.chunk_rows < 1:
-        raise ConfigError("--shards and --chunk-rows must be >= 1")
+    for flag, value in (("--shards", args.shards), ("--chunk-rows", args.chunk_rows), ("--workers", args.workers),
+                        ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.work_dir and not Path(args.work_dir).is_dir():
+        raise ConfigError(f"--work-dir {args.work_dir}: no such directory")
     files = input_files(args.input)
-    _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of {args.chunk_rows:,} rows, "
-         f"{args.shards} shards on {'the Dask cluster ' + args.cluster if args.cluster else 'a local process pool'}")
+    if args.cluster:
+        if entity is None:
+            _say("note: --cluster runs the entity shards; without --entity-key nothing is sent to it")
+        _check_cluster(args.cluster)
+    where = f"the Dask cluster {args.cluster}" if args.cluster else "a local process pool"
+    _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of {args.chunk_rows:,} rows"
+         + (f", {args.shards} entity shard(s) per key on {where}" if entity is not None else ""))
     if entity is not None:  # the in-memory path's checks, on the first file's first rows
         from .big.source import raw_chunks
         from .fieldschema import infer_schema
@@ -176,18 +186,43 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
                          batch_size=args.batch_size or 1024)
     options = BigOptions(work_dir=work_dir_for(out, Path(args.work_dir) if args.work_dir else None),
                          chunk_rows=args.chunk_rows, shards=args.shards, cluster=args.cluster, workers=args.workers)
-    result = train_big(files, config, options, reader=_reader_options(args), inference=_inference(args, entity),
-                       entity=entity, id_column=args.id_column, label_column=args.label_column,
-                       normal_label=args.normal_label, say=_say)
-    _say("field schema (inferred from the first rows; --schema FILE / --field NAME=TYPE to change):")
-    for line in result.schema.describe() if result.schema is not None else []:
-        _say(line)
+    with _terminated_as_interrupt():  # SIGTERM (timeout, Kubernetes) cleans up the work directory as Ctrl-C does
+        result = train_big(files, config, options, reader=_reader_options(args),
+                           inference=_inference(args, entity), entity=entity, id_column=args.id_column,
+                           label_column=args.label_column, normal_label=args.normal_label, say=_say)
+    facts = result.metrics["streamed"]
     bundle = build_bundle(result, {"training_input": str(args.input), "training_files": len(files),
-                                   "training_rows_read": result.metrics["streamed"]["rows"]})
+                                   "training_rows_read": facts["rows"],
+                                   "training_rows_rejected": sum(facts["rejected"].values())})
     save_bundle(bundle, out)
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
     print(bundle.version)
     return 0
+
+
+def _check_cluster(address: str) -> None:
+    """Refuse (exit 2, one line) a Dask address that does not answer, before any input is read."""
+    from distributed import Client
+
+    try:
+        Client(address, timeout="10s").close()  # type: ignore[no-untyped-call]
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"--cluster {address}: no Dask scheduler answers there ({str(exc).splitlines()[0][:160]})"
+                          ) from None
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises ``KeyboardInterrupt`` inside the block, so ``finally`` clauses (the streamed
+    path's work directory, a partial output file) run as they do on Ctrl-C."""
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _figures(numbers: dict[str, Any]) -> str:
@@ -478,11 +513,14 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -
         raise ConfigError("--feedback is not available on the streamed path yet (docs/big-history.md)")
     if bundle.entity is not None and bundle.entity.label_keys:
         _say("note: this model has label features; on the streamed path no label is known and they are 0")
+    if args.chunk_rows < 1:
+        raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
     files = input_files(args.input)
     threshold = args.threshold if args.threshold is not None else bundle.threshold
-    done = score_stream(bundle, files, Path(args.out), reader=_reader_options(args), threshold=threshold,
-                        device=args.device or settings.device, id_column=args.id_column,
-                        label_column=args.label_column, chunk_rows=args.chunk_rows, say=_say)
+    with _terminated_as_interrupt():
+        done = score_stream(bundle, files, Path(args.out), reader=_reader_options(args), threshold=threshold,
+                            device=args.device or settings.device, id_column=args.id_column,
+                            label_column=args.label_column, chunk_rows=args.chunk_rows, say=_say)
     head = bundle.head_threshold
     rule = f"above {threshold:.6g}" + (f" or probability above {head:.4g}" if head is not None else "")
     _say(f"scored {done.scored} of {done.rows} rows from {len(files)} file(s) in {done.seconds:.0f} s "

@@ -16,6 +16,7 @@ depend on the chunk size, the shard count or the order the shards finish in.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -26,9 +27,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..entity.columns import Columns, entity_value
+from ..entity.columns import Columns, entity_value, timestamp_value
 from ..entity_spec import EntitySpec
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..events_io import ReaderOptions, RowRejection
 from ..features import FeatureSpec
 from ..fieldschema import FieldSchema, FieldType, InferenceOptions, infer_schema
@@ -108,10 +109,14 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
              say: Say) -> tuple[FieldSchema, _Plan, Any, list[tuple[str, int]], dict[str, Any]]:
     """Read, type, cache, shard, gather the raw fields' statistics (see the module docstring)."""
     started = last = time.monotonic()
-    total = _known_rows(files)
+    total = known_rows(files)
     chunks = raw_chunks(files, reader, options.chunk_rows)
     files_seen: dict[Path, bool] = {}  # file → whether its event ids are generated
     head, schema = _head(chunks, options.sample_rows, id_column, label_column, inference, files_seen)
+    say(f"field schema, inferred from the first {sum(len(p.chunk.rows) for p in head):,} rows "
+        f"(--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
+    for line in schema.describe():
+        say(line)
     from . import sketches
 
     plan = _Plan(schema, exclude, time_of_day)
@@ -122,8 +127,13 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     example: RowRejection | None = None
+    order = _Order(schema)
+    labels_seen: dict[str, None] = {}
     for prepared in _prepared(head, chunks, id_column, label_column, files_seen):
         typed = type_prepared(prepared, schema, label_column is not None)
+        order.add(typed.events)
+        if typed.labels is not None and len(labels_seen) < 10:
+            labels_seen.update(dict.fromkeys(sorted(set(typed.labels))[:10]))
         counts["rows"] += typed.total
         for r in typed.rejected:
             reasons[r.reason.value] += 1
@@ -161,6 +171,8 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
                 f"({len(files_seen)}/{len(files)} files)")
     if cache is None:
         raise InputError(f"{files[0] if len(files) == 1 else 'the input'}: no row is a valid event")
+    if label_column is not None and not counts["normal"]:
+        raise ConfigError(f"no rows with {label_column}={normal_label!r} (labels seen: {list(labels_seen)[:10]})")
     cache.close()
     cache_sink.close()
     tasks = writer.close() if writer is not None else []
@@ -169,13 +181,50 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
         f"{counts['events']:,} events, {sum(reasons.values()):,} rejected"
         + (f" ({', '.join(f'{k} {v}' for k, v in reasons.most_common())}; e.g. row {example.index + 1}: "
            f"{example.message})" if example is not None else ""))
-    facts = {"rows": counts["rows"], "events": counts["events"], "normal": counts["normal"],
+    if label_column is not None:
+        say(f"{counts['events']:,} events; training on {counts['normal']:,} with {label_column}={normal_label}")
+    if entity is not None:
+        hint = "; is the input in time order? files are read in path order" if order.late else ""
+        say(f"entity features: {len(entity.output_fields)} fields per event from keys {', '.join(entity.keys)}; "
+            f"{order.late:,} rows earlier than a previous row (applied in input order, time clamped: "
+            f"docs/entity-features.md{hint})")
+    schema = order.schema(schema)
+    facts = {"rows": counts["rows"], "events": counts["events"], "normal": counts["normal"], "late_rows": order.late,
              "train_rows": counts["train"], "with_ts": counts["with_ts"], "rejected": dict(reasons),
              "read_seconds": round(seconds, 1)}
     return schema, plan, stats, tasks, facts
 
 
-def _known_rows(files: Sequence[Path]) -> int | None:
+class _Order:
+    """Rows earlier than a row before them (late, or files out of time order), and the time range."""
+
+    def __init__(self, schema: FieldSchema) -> None:
+        self.fields = [r.name for r in schema.fields if r.type is FieldType.TIMESTAMP]
+        self.latest = -np.inf
+        self.late = 0
+        self.lo, self.hi = np.inf, -np.inf
+
+    def add(self, events: Sequence[dict[str, Any]]) -> None:
+        if not events:
+            return
+        ts = np.fromiter((timestamp_value(e.get("timestamp")) for e in events), np.float64, len(events))
+        before = np.fmax.accumulate(np.concatenate(([self.latest], ts)))[:-1]
+        self.late += int((ts < before).sum())
+        self.latest = float(np.fmax(before[-1], ts[-1]))
+        for name in self.fields:
+            values = np.array([e.get(name) for e in events], dtype=np.float64)  # typed: epoch ms or None
+            if np.isfinite(values).any():
+                self.lo, self.hi = min(self.lo, float(np.nanmin(values))), max(self.hi, float(np.nanmax(values)))
+
+    def schema(self, schema: FieldSchema) -> FieldSchema:
+        """``schema`` with the time range of every row (inference saw the first rows only)."""
+        if schema.time_range_ms is None or self.lo > self.hi:
+            return schema
+        return dataclasses.replace(schema, time_range_ms=(min(self.lo, schema.time_range_ms[0]),
+                                                          max(self.hi, schema.time_range_ms[1])))
+
+
+def known_rows(files: Sequence[Path]) -> int | None:
     """The input's row count when the files say it (Parquet footers), for the time left; else None."""
     import pyarrow.parquet as pq
 
@@ -233,7 +282,7 @@ def pass_two(entity: EntitySpec, tasks: Sequence[tuple[str, int]], options: BigO
     seconds = time.monotonic() - started
     rows = sum(r.rows for r in results) // max(1, len(entity.keys))
     where = f"Dask {options.cluster}" if options.cluster else "local pool"
-    say(f"enrich: {len(results)} shards of {len(entity.keys)} key(s) in {seconds:.0f} s "
+    say(f"enrich: {rows:,} events × {len(entity.keys)} key(s) in {len(results)} shard tasks, {seconds:.0f} s "
         f"({rows / max(seconds, 1e-9):,.0f} events/s, {where})")
     return merged, {"enrich_seconds": round(seconds, 1), "shards": len(results),
                     "shard_cpu_seconds": round(sum(r.seconds for r in results), 1)}
@@ -280,6 +329,6 @@ def pass_three(spec: FeatureSpec, plan: _Plan, entity: EntitySpec | None, tasks:
     if cursor is not None:
         cursor.close()
     seconds = time.monotonic() - started
-    say(f"features: {done:,} rows in {seconds:.0f} s; {n_train:,} train / {n_val:,} validation rows"
+    say(f"features: {done:,} rows in {seconds:.0f} s ({done / max(seconds, 1e-9):,.0f} rows/s)"
         + (f"; {bad_rows} rows left out (a value the features reject)" if bad_rows else ""))
     return n_train, n_val, {"features_seconds": round(seconds, 1), "rows_left_out": bad_rows}

@@ -8,6 +8,7 @@ is read. What grows with the input is the entity state only (one entry per entit
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..events_io import ReaderOptions, ScoresCsv
 from ..model.bundle import Bundle
 from ..offline import OfflineScorer
-from .prepare import Say
-from .source import DEFAULT_CHUNK_ROWS, generates_ids, prepare_chunk, raw_chunks, type_prepared
+from .prepare import Say, known_rows
+from .source import DEFAULT_CHUNK_ROWS, RawChunk, generates_ids, prepare_chunk, raw_chunks, type_prepared
 
 
 @dataclass
@@ -36,7 +38,8 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
                  label_column: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                  say: Say = lambda _m: None) -> StreamedScores:
     """Score every row of ``files`` into the CSV ``out`` (``events_io.write_scores``'s columns, one
-    line per input row in input order). ``threshold``: the bundle's unless given.
+    line per input row in input order). ``threshold``: the bundle's unless given. The lines go to a
+    hidden file beside ``out``, renamed to ``out`` only when every row is written.
 
     Raises ``InputError`` for an input that cannot be read (a bad row is that row's line, never an error).
     """
@@ -46,12 +49,21 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     done = StreamedScores()
     started = last = time.monotonic()
     files_ids: dict[Path, bool] = {}
-    with out.open("w", newline="", encoding="utf-8") as handle:
+    total = known_rows(files)
+    hashes: list[np.ndarray] = []  # of every event id, for the repeated-ids warning (8 bytes a row)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")  # renamed to ``out`` once complete
+    try:
+        handle = partial.open("w", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc.strerror}") from None
+    try:
         writer = ScoresCsv(handle, bundle.supervised is not None)
         for chunk in raw_chunks(files, reader, chunk_rows):
+            if not files_ids:
+                _warn_absent(bundle, chunk, say)
             if chunk.path not in files_ids:
                 files_ids[chunk.path] = generates_ids(chunk, id_column)
-            stem = chunk.path.name.split(".")[0]
+            stem = chunk.stem
             prepared = prepare_chunk(chunk, id_column=id_column, label_column=label_column,
                                      generate_ids=files_ids[chunk.path])
             ids = [chunk.rejected_ids.get(chunk.first_row + i, f"{stem}-{chunk.file_row + i + 1}") if row is None
@@ -73,12 +85,35 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
                 at = rej.index - chunk.first_row
                 lines[at] = (ids[at], float("nan"), rej.reason.value, rej.message)
             writer.write(lines, limit, None if probability is None else probability.tolist(), head)
+            hashes.append(np.fromiter(map(hash, ids), np.int64, len(ids)))
             done.rows += n
             done.scored += int(scored.valid.sum())
             done.flagged += int(scored.flagged(limit, head).sum())
             if time.monotonic() - last >= 5:
                 last = time.monotonic()
-                say(f"score: {done.rows:,} rows, {done.rows / (last - started):,.0f} rows/s")
+                rate = done.rows / (last - started)
+                left = f" of {total:,}, ~{(total - done.rows) / rate:.0f} s left" if total else ""
+                say(f"score: {done.rows:,} rows{left}, {rate:,.0f} rows/s")
+        handle.close()
+        partial.replace(out)
+    finally:
+        handle.close()
+        partial.unlink(missing_ok=True)  # an interrupted run leaves no file that looks complete
+    ids_hashed = np.concatenate(hashes) if hashes else np.zeros(0, np.int64)
+    repeated = len(ids_hashed) - len(np.unique(ids_hashed))
+    if repeated:
+        say(f"warning: {repeated:,} rows repeat an event_id of an earlier row (ids should be unique)")
     done.rejected = done.rows - done.scored
     done.seconds = time.monotonic() - started
     return done
+
+
+def _warn_absent(bundle: Bundle, chunk: RawChunk, say: Say) -> None:
+    """The in-memory ``score``'s warning, from the first chunk: feature fields the input lacks."""
+    if bundle.schema is None:
+        return
+    seen = {name for row in chunk.rows if row for name in row}
+    absent = [r.name for r in bundle.schema.feature_fields if r.name not in seen]
+    if absent:
+        say(f"warning: {len(absent)} of the model's feature fields are not in this file, so every row gets "
+            f"the training median or an unseen category for them: {', '.join(absent[:10])}")

@@ -182,7 +182,8 @@ def _report(say: Callable[[str], None], done: list[ShardResult], total: int, sta
     rows = sum(r.rows for r in done)
     elapsed = max(time.monotonic() - started, 1e-9)
     left = elapsed / len(done) * (total - len(done))
-    say(f"enrich: {len(done)}/{total} shards, {rows:,} rows, {rows / elapsed:,.0f} rows/s, ~{left:.0f} s left")
+    say(f"enrich: {len(done)}/{total} shard tasks (a key's shard each), {rows:,} event-keys, "
+        f"{rows / elapsed:,.0f}/s, ~{left:.0f} s left")
 
 
 class ShardCursor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import io
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,15 +55,42 @@ def input_files(spec: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+        found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+        files = [p for p in found if _is_data(p)]  # README.txt, *.crc, … beside the partitions are not rows
+        if not files:
+            raise InputError(f"{spec}: no CSV, JSON Lines or Parquet file in the directory"
+                             + (f" ({len(found)} other files, e.g. {found[0].name})" if found else ""))
     else:
         files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
     if not files:
         raise InputError(f"input not found: {spec} (a file, a directory of files or a glob pattern)")
-    kinds = {file_kind(p) for p in files}
+    kinds: dict[str, Path] = {}
+    for p in files:
+        kinds.setdefault(file_kind(p), p)
     if len(kinds) > 1:
-        raise InputError(f"{spec}: files of different kinds ({', '.join(sorted(kinds))}); give one kind per input")
+        named = ", ".join(f"{kind}: {example}" for kind, example in sorted(kinds.items()))
+        raise InputError(f"{spec}: files of different kinds ({named}); give one kind per input")
     return files
+
+
+_DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq")
+
+
+def _is_data(path: Path) -> bool:
+    name = path.name.lower()
+    for suffix in (".gz", ".bz2", ".zst", ".zstd"):
+        name = name.removesuffix(suffix)
+    return name.endswith(_DATA_SUFFIXES)
+
+
+def stems(files: Sequence[Path]) -> dict[Path, str]:
+    """The prefix of each file's generated event ids (``<stem>-<row>``): its name up to the first dot
+    for one file (as the in-memory reader), its path below the files' common folder for several —
+    ``day=2026-11-01/part-0`` — so that partitions with the same file name get different ids."""
+    if len(files) == 1:
+        return {files[0]: files[0].name.split(".")[0]}
+    root = Path(os.path.commonpath([str(p.parent) for p in files]))
+    return {p: str(p.relative_to(root).with_name(p.name.split(".")[0])) for p in files}
 
 
 @dataclass
@@ -80,6 +108,7 @@ class RawChunk:
     kind: str
     rejected_ids: dict[int, str] = field(default_factory=dict)  # global row → id salvaged from a bad line
     warnings: list[str] = field(default_factory=list)
+    stem: str = ""  # prefix of generated ids (``stems``)
 
 
 def raw_chunks(files: Sequence[Path], options: ReaderOptions | None = None,
@@ -90,6 +119,7 @@ def raw_chunks(files: Sequence[Path], options: ReaderOptions | None = None,
     """
     options = options or ReaderOptions()
     first = 0
+    prefix = stems(files)
     for path in files:
         kind = file_kind(path)
         in_file = 0
@@ -98,6 +128,7 @@ def raw_chunks(files: Sequence[Path], options: ReaderOptions | None = None,
             chunks = reader(path, chunk_rows) if reader is not None else _csv(path, options, chunk_rows)
             for chunk in chunks:
                 chunk.first_row = first + chunk.file_row
+                chunk.stem = prefix[path]
                 for r in chunk.rejected:
                     r.index += first
                 chunk.rejected_ids = {k + first: v for k, v in chunk.rejected_ids.items()}
@@ -121,7 +152,8 @@ def _jsonl(path: Path, chunk_rows: int) -> Iterator[RawChunk]:
                 continue
             obj, problem = parse_record(raw)
             if problem is None and not isinstance(obj, dict):
-                problem = (RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+                hint = " (a JSON array file: write one object per line)" if isinstance(obj, list) else ""
+                problem = (RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}{hint}")
             if problem is not None:
                 rejected.append(RowRejection(start + len(rows), problem[0], problem[1]))
                 ident = _salvage_id(raw)
@@ -197,7 +229,7 @@ def prepare_chunk(chunk: RawChunk, *, id_column: str | None, label_column: str |
     without the label column."""
     from ..inputs import _id_text, _label_text
 
-    stem = chunk.path.name.split(".")[0]
+    stem = chunk.stem or chunk.path.name.split(".")[0]
     id_col = id_column or "event_id"
     present: list[dict[str, Any]] = []
     positions: list[int] = []

@@ -68,6 +68,7 @@ def test_train_cluster_writes_a_bundle(cluster: str, tmp_path: Path) -> None:
         (days / f"day={day}").mkdir(parents=True)
         write_csv(days / f"day={day}" / "part.csv", rows[day * 2000:(day + 1) * 2000])
     out = tmp_path / "model"
+    (tmp_path / "work").mkdir()
     done = subprocess.run(
         [sys.executable, "-m", "stream_detector.cli", "train", "--input", str(days), "--out", str(out),
          "--cluster", cluster, "--work-dir", str(tmp_path / "work"), "--label-column", "label",

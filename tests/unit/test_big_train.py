@@ -118,3 +118,35 @@ def test_cli_refuses_what_the_streamed_path_cannot_do_and_keeps_the_users_direct
                  "--normal-label", "legit", "--exclude", "pattern"]) == 0
     assert [p.name for p in mine.iterdir()] == ["keep.txt"]  # only the run's own directory was removed
     assert (tmp_path / "m" / "model.pt").exists()
+
+
+def test_partitions_with_one_file_name_get_distinct_generated_ids(tmp_path: Path) -> None:
+    from stream_detector.big.source import stems
+
+    files = [tmp_path / "d" / "day=1" / "part-0.csv", tmp_path / "d" / "day=2" / "part-0.csv"]
+    assert stems(files) == {files[0]: "day=1/part-0", files[1]: "day=2/part-0"}
+    assert stems(files[:1]) == {files[0]: "part-0"}  # one file: the in-memory reader's ids
+
+
+def test_an_interrupted_streamed_score_leaves_no_output(history: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import stream_detector.big.score as streamed
+
+    bundle = _train(history, tmp_path / "w", 2)
+    save_bundle(bundle, tmp_path / "m")  # type: ignore[arg-type]
+    out = tmp_path / "s.csv"
+    out.write_text("an older file\n")
+    write = streamed.ScoresCsv.write
+    calls: list[int] = []
+
+    def interrupted(self: object, *args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 3:  # Ctrl-C after two chunks were written
+            raise KeyboardInterrupt
+        write(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(streamed.ScoresCsv, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        score_stream(load_bundle(tmp_path / "m"), [history], out, label_column="label", chunk_rows=500)
+    assert out.read_text() == "an older file\n"  # untouched: the new lines went to a hidden file, removed
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".s.csv")] == []
