@@ -9,8 +9,10 @@ from the feature files on disk, ``block_rows`` at a time, never all at once:
   minibatches;
 * the validation loss after each epoch, the error weights and the validation errors the
   threshold is calibrated on are computed over the whole validation file, streamed;
-* the share of training rows above the threshold (the self-flag refusal) is measured on the
-  first ``flag_sample_rows`` rows of the training file (stated in the bundle's metrics).
+* the share of training rows above the threshold (the self-flag refusal) is measured on
+  ``flag_sample_rows`` rows of random blocks of the training file (stated in the calibration). Not
+  the first rows: a history's first days have little entity history and look unlike the rest
+  (at 20M rows they flagged 23 % where the validation rows flagged 3 %).
 
 Memory: one shuffle buffer of float32 rows plus the model; the validation errors (8 bytes a
 validation row) are the only thing that grows with the history.
@@ -196,7 +198,9 @@ def _calibrate(model: Autoencoder, data: _Files, config: TrainConfig, say: Say) 
         threshold = calibrate(val_errors, config.threshold_method, config.target_fpr, config.k_std, config.k_fence,
                               config.max_alert_rate)
         flags = sampled = 0
-        for block in data.blocks(data.train, data.n_train):
+        count = math.ceil(data.n_train / data.stream.block_rows)
+        spread = np.random.default_rng(config.seed).permutation(count).tolist()  # blocks from the whole span:
+        for block in data.blocks(data.train, data.n_train, spread):  # the first rows (little history) are unlike
             flags += int((head(torch.from_numpy(block)).mean(dim=1).numpy() > threshold).sum())
             sampled += len(block)
             if sampled >= data.stream.flag_sample_rows:
