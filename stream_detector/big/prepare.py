@@ -152,7 +152,8 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
         with_ts = sum(1 for e, t in zip(typed.events, train, strict=True) if t and e.get("timestamp") is not None)
         mine = table.filter(pa.array(train))
         stats.update(mine.num_rows, {name: mine.column(f"n:{name}").to_numpy() for name in plan.numeric},
-                     {name: mine.column(f"c:{name}") for name in plan.categorical}, with_timestamp=with_ts)
+                     {name: mine.column(f"c:{name}") for name in plan.categorical}, with_timestamp=with_ts,
+                     rows_of=mine.column("row").to_numpy())
         counts["events"] += len(rows)
         counts["normal"] += int(normal.sum())
         counts["train"] += int(train.sum())

@@ -120,7 +120,7 @@ def enrich_shard(spec_json: bytes, key: str, shard: int, work_dir: str,
     if stats_factory is not None:
         stats = stats_factory(spec.fields_for(key))
         train = table.column("train").to_numpy(zero_copy_only=False)
-        stats.update_numeric(values[train])
+        stats.update_numeric(values[train], rows[train])
     del table
     return ShardResult(key, shard, n, time.process_time() - started, stats)
 

@@ -10,7 +10,9 @@ same rows but other fields ``join`` (``combine`` does both), and ``fit_spec_from
   the pairwise update of Chan, Golub & LeVeque (1979) and Pébay (2008, "Formulas for robust,
   one-pass parallel computation of covariances and arbitrary-order statistical moments",
   SAND2008-6212), equal to numpy's up to rounding;
-* quantiles (``median``, ``center``, ``scale``) from a KLL sketch (Karnin, Lang & Liberty 2016,
+* quantiles (``median``, ``center``, ``scale``): with row numbers (``update(values, rows)``, as the big-history
+  path gives them), every numeric figure comes from a deterministic row sample (``row_keys``,
+  ``SAMPLE_K``) with ``fit_spec``'s own code; without, from a KLL sketch (Karnin, Lang & Liberty 2016,
   "Optimal quantile approximation in streams", FOCS; ``datasketches.kll_doubles_sketch``) with
   ``k = KLL_K``: exact while a field has at most ``k`` finite values, else each quantile's rank is
   within ``KLL_RANK_ERROR`` (0.28 %, DataSketches' "single-sided" epsilon, 99 % confidence) of the
@@ -47,13 +49,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasketches import frequent_items_error_type, frequent_strings_sketch, kll_doubles_sketch
 
-from ..features import CategoricalColumn, FeatureSpec, NumericColumn
+from ..features import CategoricalColumn, FeatureSpec, NumericColumn, _fit_numeric
 
 KLL_K = 1000
 KLL_RANK_ERROR: float = kll_doubles_sketch.get_normalized_rank_error(KLL_K, False)  # ≈ 0.00278
 FREQ_LG_MAX_MAP_SIZE = 12
 FREQ_EXACT_DISTINCT = 3 * (1 << FREQ_LG_MAX_MAP_SIZE) // 4  # 3072
 FREQ_EPSILON: float = frequent_strings_sketch.get_epsilon_for_lg_size(FREQ_LG_MAX_MAP_SIZE)  # 3.5 / 4096
+
+
+SAMPLE_K = 100_000  # rows kept per numeric field when row numbers are given
+
+
+def row_keys(rows: np.ndarray) -> np.ndarray:
+    """uint64 keys of row numbers (splitmix64's finaliser, a bijection: distinct rows, distinct keys).
+    The ``SAMPLE_K`` rows with the smallest keys are a uniform sample of the rows that is the same
+    however the rows were split into chunks, shards and processes, and in whatever order merged —
+    unlike KLL, whose compaction is random and takes no seed, so the spec and the model would
+    differ from run to run and between shard counts (measured: benchmarks/RESULTS.md)."""
+    z = rows.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return np.asarray(z ^ (z >> np.uint64(31)))
 
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:
@@ -133,8 +150,11 @@ class NumericStats(_Pickled):
         self.raw = Moments()
         self.logged = Moments()
         self.sketch = kll_doubles_sketch(k)
+        self.keyed = True  # every value came with its row number: the row sample decides the quantiles
+        self.sample_keys = np.zeros(0, dtype=np.uint64)
+        self.sample = np.zeros(0)
 
-    def update(self, values: np.ndarray) -> None:
+    def update(self, values: np.ndarray, rows: np.ndarray | None = None) -> None:
         """Add a chunk: float64[n] (other real dtypes are converted), NaN = missing (None), ±inf =
         present but not finite (counts as present, like an infinite value in ``fit_spec``; left out of
         the median, moments and quantiles). A present NaN cannot be told from a missing value (the
@@ -151,6 +171,18 @@ class NumericStats(_Pickled):
         self.logged.merge(Moments.of(signed_log1p(finite)))
         if len(finite):
             self.sketch.update(np.ascontiguousarray(finite))
+        if rows is None:
+            self.keyed = False
+        elif len(finite):
+            self._keep(row_keys(np.asarray(rows)[np.isfinite(x)]), finite)
+
+    def _keep(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """The values of the ``SAMPLE_K`` rows with the smallest keys, of these and the kept ones."""
+        k, v = np.concatenate([self.sample_keys, keys]), np.concatenate([self.sample, values])
+        if len(k) > SAMPLE_K:
+            keep = np.argpartition(k, SAMPLE_K - 1)[:SAMPLE_K]
+            k, v = k[keep], v[keep]
+        self.sample_keys, self.sample = k, v
 
     def merge(self, other: NumericStats) -> None:
         self.rows += other.rows
@@ -159,6 +191,13 @@ class NumericStats(_Pickled):
         self.raw.merge(other.raw)
         self.logged.merge(other.logged)
         self.sketch.merge(other.sketch)
+        self.keyed = self.keyed and other.keyed
+        self._keep(other.sample_keys, other.sample)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the quantiles come from the row sample (every update had row numbers)."""
+        return self.keyed and len(self.sample) > 0
 
     def order_statistic(self, j: int) -> float:
         """≈ the ``j``-th smallest finite value (0-based; exact while ``sketch.n <= k``)."""
@@ -166,6 +205,8 @@ class NumericStats(_Pickled):
 
     def median(self) -> float:
         """``np.median`` of the finite values: the middle one, or the mean of the two middle ones."""
+        if self.sampled:
+            return float(np.median(self.sample))
         n = int(self.sketch.n)
         if n % 2:
             return self.order_statistic(n // 2)
@@ -173,6 +214,8 @@ class NumericStats(_Pickled):
 
     def percentile(self, q: float, log: bool = False) -> float:
         """``np.percentile(v, 100·q)`` (linear) of the finite values, or of their signed ``log1p``."""
+        if self.sampled:
+            return float(np.percentile(signed_log1p(self.sample) if log else self.sample, 100 * q))
         n = int(self.sketch.n)
         h = q * (n - 1)  # numpy's virtual index, exact for q in {¼, ½, ¾}
         lo = math.floor(h)
@@ -255,7 +298,7 @@ class SpecStats:
 
     def update(self, rows: int, numeric: Mapping[str, np.ndarray] | None = None,
                categorical: Mapping[str, Sequence[str | None] | pa.Array | pa.ChunkedArray] | None = None,
-               with_timestamp: int = 0) -> None:
+               with_timestamp: int = 0, rows_of: np.ndarray | None = None) -> None:
         """Add a chunk of ``rows`` rows given as columns (see ``NumericStats.update`` and
         ``CategoricalStats.update``), each of length ``rows``; a field without a column is missing in
         every row. ``with_timestamp``: how many of the rows have a timestamp (not None). Raises
@@ -272,15 +315,16 @@ class SpecStats:
         self.rows += rows
         self.with_timestamp += with_timestamp
         for name, st in self.numeric.items():
-            st.update(numeric[name] if name in numeric else np.full(rows, np.nan))
+            st.update(numeric[name] if name in numeric else np.full(rows, np.nan), rows_of)
         for name, cat in self.categorical.items():
             cat.update(categorical.get(name, pa.nulls(rows, pa.string())))
 
-    def update_numeric(self, values: np.ndarray) -> None:
-        """Add rows of numeric fields only: float64[n, len(self.numeric)], columns in field order."""
+    def update_numeric(self, values: np.ndarray, rows_of: np.ndarray | None = None) -> None:
+        """Add rows of numeric fields only: float64[n, len(self.numeric)], columns in field order;
+        ``rows_of`` int64[n], their row numbers (the deterministic quantile sample, ``row_keys``)."""
         if values.ndim != 2 or values.shape[1] != len(self.numeric):
             raise ValueError(f"expected n × {len(self.numeric)} values, got shape {values.shape}")
-        self.update(len(values), {name: values[:, j] for j, name in enumerate(self.numeric)})
+        self.update(len(values), {name: values[:, j] for j, name in enumerate(self.numeric)}, rows_of=rows_of)
 
     def merge(self, other: SpecStats) -> SpecStats:
         """Add the stats of other rows (another chunk, shard or process) of the same fields; returns self.
@@ -367,9 +411,13 @@ def fit_spec_from_stats(stats: SpecStats, *, numeric: Sequence[str], categorical
 
 
 def _numeric_column(name: str, st: NumericStats) -> NumericColumn:
-    """``features._fit_numeric`` from the stats."""
+    """``features._fit_numeric`` from the stats: on the row sample when there is one (every figure
+    from the same rows, in key order, so the column is the same however the rows were sharded),
+    else from the KLL sketch and the moments."""
     if st.raw.n == 0:
         raise ValueError(f"numeric field {name!r}: {st.present} present values, none finite")
+    if st.sampled:
+        return _fit_numeric(name, st.sample[np.argsort(st.sample_keys, kind="stable")], st.present < st.rows)
     log = abs(st.raw.skew) > 2.0
     q25, center, q75 = (st.percentile(q, log) for q in (0.25, 0.5, 0.75))
     scale = (q75 - q25) / 1.349

@@ -74,15 +74,14 @@ def _train(history: Path, work: Path, shards: int) -> object:
                                   normal_label="legit"))
 
 
-def test_one_shard_or_four_give_the_same_model_within_sketch_error(history: Path, tmp_path: Path) -> None:
+def test_one_shard_or_four_give_the_same_spec_and_model(history: Path, tmp_path: Path) -> None:
     one, four = _train(history, tmp_path / "w1", 1), _train(history, tmp_path / "w4", 4)
     assert not (tmp_path / "w1").exists()  # the work directory is removed
     data = load_events(history, label_column="label", inference=KEYS)
     a = score_events(one, data.events).scores  # type: ignore[arg-type]
     b = score_events(four, data.events).scores  # type: ignore[arg-type]
-    assert [c.name for c in one.spec.numeric] == [c.name for c in four.spec.numeric]  # type: ignore[attr-defined]
-    assert one.spec.categorical == four.spec.categorical  # type: ignore[attr-defined]
-    assert spearmanr(a, b).statistic >= 0.99
+    assert one.spec == four.spec  # type: ignore[attr-defined]  # the row sample: no run-to-run or shard noise
+    assert spearmanr(a, b).statistic >= 0.999
 
 
 def test_streamed_score_writes_the_in_memory_lines(history: Path, tmp_path: Path) -> None:

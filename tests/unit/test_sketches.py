@@ -316,3 +316,32 @@ def _measure() -> None:
 
 if __name__ == "__main__":
     _measure()
+
+
+def test_the_row_sample_makes_quantiles_independent_of_chunks_shards_and_merge_order() -> None:
+    from stream_detector.big.sketches import SAMPLE_K
+
+    rng = np.random.default_rng(7)
+    values = rng.lognormal(size=3 * SAMPLE_K)
+    rows = np.arange(len(values))
+    whole = NumericStats()
+    whole.update(values, rows)
+    parts = [NumericStats() for _ in range(4)]
+    shard = rows % 4
+    for i, part in enumerate(parts):
+        for start in range(0, len(values), 50_000):  # chunks within each shard
+            take = (shard == i) & (rows >= start) & (rows < start + 50_000)
+            part.update(values[take], rows[take])
+    merged = parts[3]
+    for part in (parts[1], parts[0], parts[2]):
+        merged.merge(part)
+    assert merged.sampled and whole.sampled
+    for q in (0.25, 0.5, 0.75):
+        assert merged.percentile(q) == whole.percentile(q)
+        assert merged.percentile(q, log=True) == whole.percentile(q, log=True)
+    assert merged.median() == whole.median()
+    exact = np.percentile(values, 50)
+    assert abs(np.mean(values <= whole.median()) - 0.5) < 0.005  # a uniform sample: rank within 0.5 %
+    small = NumericStats()
+    small.update(values[:1000], rows[:1000])  # fewer rows than the sample holds: numpy's figures exactly
+    assert small.median() == np.median(values[:1000]) and exact > 0
