@@ -34,7 +34,7 @@ from ..events_io import ReaderOptions, RowRejection
 from ..features import FeatureSpec
 from ..fieldschema import FieldSchema, FieldType, InferenceOptions, infer_schema
 from ..schema import RESERVED_FIELDS, validate_event
-from .shards import ShardCursor, ShardWriter, run_shards
+from .shards import ShardCursor, ShardResult, ShardWriter, run_shards
 from .source import Prepared, generates_ids, prepare_chunk, raw_chunks, type_prepared
 
 Say = Callable[[str], None]
@@ -276,10 +276,15 @@ def pass_two(entity: EntitySpec, tasks: Sequence[tuple[str, int]], options: BigO
     from . import sketches
 
     started = time.monotonic()
+    per_key: dict[str, Any] = {}  # a key's shards merge as they arrive (the row sample is the same in any order)
+
+    def absorb(result: ShardResult) -> None:
+        mine = per_key.get(result.key)
+        per_key[result.key] = result.stats if mine is None else mine.merge(result.stats)
+
     results = run_shards(entity, options.work_dir, tasks, cluster=options.cluster, workers=options.workers,
-                         stats_factory=sketches.numeric_stats, progress=say)
-    results.sort(key=lambda r: (r.key, r.shard))  # one merge order whichever shard finished first
-    merged = sketches.combine(r.stats for r in results)  # shards of a key merge; the keys' fields join
+                         stats_factory=sketches.numeric_stats, progress=say, absorb=absorb)
+    merged = sketches.combine(per_key[key] for key in entity.keys if key in per_key)  # the keys' fields join
     seconds = time.monotonic() - started
     rows = sum(r.rows for r in results) // max(1, len(entity.keys))
     where = f"Dask {options.cluster}" if options.cluster else "local pool"

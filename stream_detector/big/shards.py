@@ -149,12 +149,24 @@ def _label_codes(column: pa.ChunkedArray) -> tuple[dict[str | None, int], np.nda
 
 def run_shards(spec: EntitySpec, work_dir: Path, tasks: Sequence[tuple[str, int]], *, cluster: str | None = None,
                workers: int | None = None, stats_factory: Callable[[Sequence[str]], Any] | None = None,
-               progress: Callable[[str], None] | None = None) -> list[ShardResult]:
+               progress: Callable[[str], None] | None = None,
+               absorb: Callable[[ShardResult], None] | None = None) -> list[ShardResult]:
     """Run ``enrich_shard`` for every (key, shard) on a local process pool of ``workers`` (default:
-    the machine's cores) or on the Dask cluster at ``cluster`` (``tcp://host:port``)."""
+    the machine's cores) or on the Dask cluster at ``cluster`` (``tcp://host:port``). ``absorb``
+    takes each result's statistics as it arrives (they are then dropped from the result, so the
+    caller never holds every shard's at once)."""
     say = progress or (lambda _m: None)
+
+    def arrived(result: ShardResult) -> None:
+        if absorb is not None:
+            absorb(result)
+            result.stats = None
+        done.append(result)
+        _report(say, done, len(tasks), started)
+
     payload = spec.to_json()
-    started, done = time.monotonic(), []
+    started = time.monotonic()
+    done: list[ShardResult] = []
     if cluster is not None:
         from distributed import Client, as_completed
 
@@ -163,8 +175,7 @@ def run_shards(spec: EntitySpec, work_dir: Path, tasks: Sequence[tuple[str, int]
                                      key=f"enrich-{key}-{shard}-{os.getpid()}-{time.time_ns()}", pure=False)
                        for key, shard in tasks]
             for future in as_completed(futures):  # type: ignore[no-untyped-call]
-                done.append(future.result())
-                _report(say, done, len(tasks), started)
+                arrived(future.result())
         return done
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures import as_completed as completed
@@ -173,8 +184,7 @@ def run_shards(spec: EntitySpec, work_dir: Path, tasks: Sequence[tuple[str, int]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=get_context("spawn")) as pool:
         pending = [pool.submit(enrich_shard, payload, key, shard, str(work_dir), stats_factory) for key, shard in tasks]
         for fut in completed(pending):
-            done.append(fut.result())
-            _report(say, done, len(tasks), started)
+            arrived(fut.result())
     return done
 
 
