@@ -129,6 +129,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--shard-rows", type=int, default=1_000_000)
     p.add_argument("--data-dir", help="where the history and the work go (default: a temporary directory)")
     p.add_argument("--write", action="store_true", help="write the big-history section of RESULTS.md")
+    p.add_argument("--shards-only", action="store_true",
+                   help="only the 1 vs 4 shards comparison, on --data-dir's history.parquet (simulated if absent); "
+                        "its own section of RESULTS.md")
     args = p.parse_args(argv)
     root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="sd-big-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -141,7 +144,52 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
 
+def _shards(args: argparse.Namespace, root: Path, logs: Path, history: Path) -> tuple[dict[str, Any], ...]:
+    """Train on the first ``--shard-rows`` rows with 1 and 4 shards; score both; compare."""
+    shard_in = head(history, args.shard_rows, root / "shards.parquet")
+    one = train(shard_in, root / "m-1shard", logs, True, "--shards", "1")
+    four = train(shard_in, root / "m-4shards", logs, True, "--shards", "4")
+    for name in ("m-1shard", "m-4shards"):
+        run(cli("score", "--model", str(root / name), "--input", str(shard_in), "--out", str(root / f"{name}.csv"),
+                "--label-column", "label", "--streamed"), logs / f"score-{name}.log")
+    from scipy.stats import spearmanr
+
+    a, b = scores(root / "m-1shard.csv"), scores(root / "m-4shards.csv")
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    center, scale, cats = spec_difference(root / "m-1shard", root / "m-4shards")
+    return one, four, {"rho": float(spearmanr(a[ok], b[ok]).statistic), "center": center, "scale": scale,
+                       "cats": cats, "equal_scores": bool(np.array_equal(a[ok], b[ok]))}
+
+
+def _shards_only(args: argparse.Namespace, root: Path, logs: Path) -> int:
+    history = root / "history.parquet"
+    if not history.exists():
+        run(cli("simulate", "--out", str(history), "--count", str(args.rows), "--span-days", "60",
+                "--accounts", str(max(1000, args.rows // 120)), "--terminals", str(max(2000, args.rows // 1000))),
+            logs / "simulate.log")
+    for old in ("m-1shard", "m-4shards"):  # a reused data directory: the previous run's models
+        shutil.rmtree(root / old, ignore_errors=True)
+    one, four, cmp = _shards(args, root, logs, history)
+    body = (f"The first {args.shard_rows:,} rows of the big-history benchmark's history (`--rows {args.rows:,}`), "
+            f"`train --streamed` with `--shards 1` and `--shards 4`, defaults otherwise "
+            f"({one['meta']['metrics']['epochs_run']} and {four['meta']['metrics']['epochs_run']} epochs), "
+            f"each model scoring the same rows (`score --streamed`).\n\n"
+            f"| | 1 shard | 4 shards |\n|---|---:|---:|\n"
+            f"| wall s | {one['seconds']:.0f} | {four['seconds']:.0f} |\n"
+            f"| peak tree RSS GiB | {one['tree_gib']:.2f} | {four['tree_gib']:.2f} |\n\n"
+            f"Largest difference of a numeric column's center {cmp['center']:.4g} and scale {cmp['scale']:.4g} "
+            f"(units of the 1-shard scale); categories {'equal' if cmp['cats'] else 'DIFFERENT'}; Spearman rank "
+            f"correlation of the scores {cmp['rho']:.4f}; scores {'identical' if cmp['equal_scores'] else 'not identical'}.")
+    print(body)
+    if args.write:
+        write_section("big-history-shards", "Big history: 1 shard vs 4 shards (`python -m benchmarks big-history "
+                      "--shards-only`)", body)
+    return 0
+
+
 def _run(args: argparse.Namespace, root: Path, logs: Path) -> int:
+    if args.shards_only:
+        return _shards_only(args, root, logs)
     n = args.rows
     history = root / "history.parquet"
     say(f"simulating {n:,} rows → {history}")
@@ -158,19 +206,9 @@ def _run(args: argparse.Namespace, root: Path, logs: Path) -> int:
     say(f"streamed train on all {n:,} rows")
     big = train(history, root / "m-big", logs, True)
     say(f"big: {big['seconds']:.0f} s, peak tree {big['tree_gib']:.2f} GiB")
-    shard_in = head(history, args.shard_rows, root / "shards.parquet")
-    one = train(shard_in, root / "m-1shard", logs, True, "--shards", "1")
-    four = train(shard_in, root / "m-4shards", logs, True, "--shards", "4")
-    for name in ("m-1shard", "m-4shards"):
-        run(cli("score", "--model", str(root / name), "--input", str(shard_in), "--out", str(root / f"{name}.csv"),
-                "--label-column", "label", "--streamed"), logs / f"score-{name}.log")
-    from scipy.stats import spearmanr
-
-    a, b = scores(root / "m-1shard.csv"), scores(root / "m-4shards.csv")
-    ok = ~np.isnan(a) & ~np.isnan(b)
-    rho = float(spearmanr(a[ok], b[ok]).statistic)
-    center, scale, cats = spec_difference(root / "m-1shard", root / "m-4shards")
-    body = _report(args, sim, mem, streamed_small, big, one, four, rho, center, scale, cats)
+    one, four, cmp = _shards(args, root, logs, history)
+    body = _report(args, sim, mem, streamed_small, big, one, four, cmp["rho"], cmp["center"], cmp["scale"],
+                   cmp["cats"])
     print(body)
     if args.write:
         write_section("big-history", "Training on a big history (`python -m benchmarks big-history`)", body)
