@@ -445,11 +445,20 @@ def _to_timestamp(name: str, value: Any, unit: str, plausible: tuple[float, floa
 
 def _plausible(name: str, ms: float, plausible: tuple[float, float], raw: Any) -> float:
     if not plausible[0] <= ms <= plausible[1]:
-        when = datetime.fromtimestamp(ms / 1000.0, timezone.utc) if abs(ms) < 2.5e14 else None
-        shown = when.isoformat(timespec="seconds") if when else f"{ms:.4g} ms"
+        shown = _shown_time(ms)
         raise ConversionError(RejectReason.IMPLAUSIBLE_TIMESTAMP,
                               f"field {name!r}: {raw!r} is {shown}, outside the plausible range of this model")
     return ms
+
+
+def _shown_time(ms: float) -> str:
+    """Epoch ms as an ISO time where Python's calendar has one (years 1..9999), else the number."""
+    if abs(ms) >= 2.5e14:
+        return f"{ms:.4g} ms"
+    try:
+        return datetime.fromtimestamp(ms / 1000.0, timezone.utc).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):  # before year 1 or after 9999
+        return f"{ms:.4g} ms"
 
 
 def _rfc3339_ms(text: str) -> float | None:

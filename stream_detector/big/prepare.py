@@ -26,16 +26,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from ..entity.columns import Columns, entity_value, timestamp_value
 from ..entity_spec import EntitySpec
 from ..errors import ConfigError, InputError
 from ..events_io import ReaderOptions, RowRejection
 from ..features import FeatureSpec
 from ..fieldschema import FieldSchema, FieldType, InferenceOptions, infer_schema
-from ..schema import RESERVED_FIELDS, validate_event
+from ..schema import RESERVED_FIELDS
+from .columnar import Derived, Layout, derive_events, derive_table
 from .shards import ShardCursor, ShardResult, ShardWriter, run_shards
-from .source import Prepared, generates_ids, prepare_chunk, raw_chunks, type_prepared
+from .source import Prepared, RawChunk, generates_ids, prepare_chunk, raw_chunks, type_prepared
 
 Say = Callable[[str], None]
 
@@ -86,21 +87,16 @@ class _Plan:
         self.categorical = [r.name for r in rules if r.type is FieldType.CATEGORY]
         self.time_of_day = time_of_day
 
-    def table(self, events: Sequence[dict[str, Any]], rows: np.ndarray, normal: np.ndarray,
-              val: np.ndarray) -> pa.Table:
-        n = len(events)
-        data: dict[str, Any] = {"row": rows, "normal": normal, "val": val}
+    def table(self, got: Derived, normal: np.ndarray, val: np.ndarray) -> pa.Table:
+        """The cache's record batch of one chunk: row, normal, val, ``n:`` numbers, ``c:`` categories."""
+        data: dict[str, Any] = {"row": got.rows, "normal": normal, "val": val}
         for name in self.numeric:
-            data[f"n:{name}"] = np.fromiter((_number(e.get(name)) for e in events), np.float64, n)
+            data[f"n:{name}"] = got.numeric[name]
         for name in self.categorical:
-            data[f"c:{name}"] = pa.array([e.get(name) for e in events], pa.string())
+            data[f"c:{name}"] = got.categorical[name]
         if self.time_of_day:
-            data["timestamp"] = pa.array([e.get("timestamp") for e in events], pa.float64())
+            data["timestamp"] = pa.array(got.ts, pa.float64(), mask=np.isnan(got.ts))
         return pa.table(data)
-
-
-def _number(value: Any) -> float:
-    return float("nan") if value is None else float(value)
 
 
 def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: InferenceOptions, entity: EntitySpec | None,
@@ -113,13 +109,15 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
     chunks = raw_chunks(files, reader, options.chunk_rows)
     files_seen: dict[Path, bool] = {}  # file → whether its event ids are generated
     head, schema = _head(chunks, options.sample_rows, id_column, label_column, inference, files_seen)
-    say(f"field schema, inferred from the first {sum(len(p.chunk.rows) for p in head):,} rows "
+    say(f"field schema, inferred from the first {sum(p.chunk.n for p in head):,} rows "
         f"(--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
     for line in schema.describe():
         say(line)
     from . import sketches
 
     plan = _Plan(schema, exclude, time_of_day)
+    times = [r.name for r in schema.fields if r.type is FieldType.TIMESTAMP]
+    layout = Layout(plan.numeric, plan.categorical, entity, times)
     stats = sketches.SpecStats(plan.numeric, plan.categorical)
     writer = ShardWriter(entity, options.work_dir, options.shards) if entity is not None else None
     cache_sink = pa.OSFile(str(options.work_dir / "cache.arrow"), "wb")
@@ -127,43 +125,36 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     example: RowRejection | None = None
-    order = _Order(schema)
+    order = _Order(times)
     labels_seen: dict[str, None] = {}
-    for prepared in _prepared(head, chunks, id_column, label_column, files_seen):
-        typed = type_prepared(prepared, schema, label_column is not None)
-        order.add(typed.events)
-        if typed.labels is not None and len(labels_seen) < 10:
-            labels_seen.update(dict.fromkeys(sorted(set(typed.labels))[:10]))
-        counts["rows"] += typed.total
-        for r in typed.rejected:
+    for got in _derived(head, chunks, schema, layout, id_column, label_column, files_seen):
+        order.add(got.ts, got.times)
+        if got.labels is not None and len(labels_seen) < 10:
+            labels_seen.update(dict.fromkeys(sorted(pc.unique(got.labels).to_pylist())[:10]))
+        counts["rows"] += got.total
+        for r in got.rejected:
             reasons[r.reason.value] += 1
             example = example or r
-        if not typed.events:
-            continue
-        rows = np.asarray(typed.rows, dtype=np.int64)
-        normal = (np.array([lab == normal_label for lab in typed.labels]) if typed.labels is not None
-                  else np.ones(len(rows), dtype=bool))
-        val = validation_rows(rows, seed, validation_fraction)
-        table = plan.table(typed.events, rows, normal, val)
-        if cache is None:
-            cache = pa.ipc.new_file(cache_sink, table.schema)
-        cache.write_table(table)
-        train = normal & ~val
-        with_ts = sum(1 for e, t in zip(typed.events, train, strict=True) if t and e.get("timestamp") is not None)
-        mine = table.filter(pa.array(train))
-        stats.update(mine.num_rows, {name: mine.column(f"n:{name}").to_numpy() for name in plan.numeric},
-                     {name: mine.column(f"c:{name}") for name in plan.categorical}, with_timestamp=with_ts,
-                     rows_of=mine.column("row").to_numpy())
-        counts["events"] += len(rows)
-        counts["normal"] += int(normal.sum())
-        counts["train"] += int(train.sum())
-        counts["with_ts"] += with_ts
-        if writer is not None and entity is not None:
-            valid = [validate_event(e) is None for e in typed.events]
-            cols = Columns.of(entity, typed.events)
-            ids = {k: [entity_value(e.get(k)) if ok else None for e, ok in zip(typed.events, valid, strict=True)]
-                   for k in entity.keys}
-            writer.append(rows, ids, cols, train)
+        if len(got):
+            rows = got.rows
+            normal = (pc.equal(got.labels, normal_label).to_numpy(zero_copy_only=False) if got.labels is not None
+                      else np.ones(len(rows), dtype=bool))
+            val = validation_rows(rows, seed, validation_fraction)
+            table = plan.table(got, normal, val)
+            if cache is None:
+                cache = pa.ipc.new_file(cache_sink, table.schema)
+            cache.write_table(table)
+            train = normal & ~val
+            with_ts = int((train & ~np.isnan(got.ts)).sum())
+            stats.update(int(train.sum()), {name: got.numeric[name][train] for name in plan.numeric},
+                         {name: got.categorical[name].filter(pa.array(train)) for name in plan.categorical},
+                         with_timestamp=with_ts, rows_of=rows[train])
+            counts["events"] += len(rows)
+            counts["normal"] += int(normal.sum())
+            counts["train"] += int(train.sum())
+            counts["with_ts"] += with_ts
+            if writer is not None:
+                writer.append(rows, got.entity, got.ts, got.amount, got.distinct, train)
         if time.monotonic() - last >= 5:
             last = time.monotonic()
             rate = counts["rows"] / (last - started)
@@ -199,21 +190,21 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
 class _Order:
     """Rows earlier than a row before them (late, or files out of time order), and the time range."""
 
-    def __init__(self, schema: FieldSchema) -> None:
-        self.fields = [r.name for r in schema.fields if r.type is FieldType.TIMESTAMP]
+    def __init__(self, fields: Sequence[str]) -> None:
+        self.fields = list(fields)
         self.latest = -np.inf
         self.late = 0
         self.lo, self.hi = np.inf, -np.inf
 
-    def add(self, events: Sequence[dict[str, Any]]) -> None:
-        if not events:
+    def add(self, ts: np.ndarray, times: dict[str, np.ndarray]) -> None:
+        """``ts`` float64[n] event times (NaN: none), ``times`` each timestamp field's epoch ms."""
+        if not len(ts):
             return
-        ts = np.fromiter((timestamp_value(e.get("timestamp")) for e in events), np.float64, len(events))
         before = np.fmax.accumulate(np.concatenate(([self.latest], ts)))[:-1]
         self.late += int((ts < before).sum())
         self.latest = float(np.fmax(before[-1], ts[-1]))
         for name in self.fields:
-            values = np.array([e.get(name) for e in events], dtype=np.float64)  # typed: epoch ms or None
+            values = times[name]
             if np.isfinite(values).any():
                 self.lo, self.hi = min(self.lo, float(np.nanmin(values))), max(self.hi, float(np.nanmax(values)))
 
@@ -245,7 +236,7 @@ def _head(chunks: Iterator[Any], sample_rows: int, id_column: str | None, label_
     head: list[Prepared] = []
     for chunk in chunks:
         head.append(_prepare(chunk, id_column, label_column, seen_files))
-        if sum(len(p.chunk.rows) for p in head) >= sample_rows:
+        if sum(p.chunk.n for p in head) >= sample_rows:
             break
     present = [row for p in head for row in p.present]
     if not present:
@@ -263,11 +254,24 @@ def _prepare(chunk: Any, id_column: str | None, label_column: str | None, files:
     return prepare_chunk(chunk, id_column=id_column, label_column=label_column, generate_ids=files[chunk.path])
 
 
-def _prepared(head: list[Prepared], chunks: Iterator[Any], id_column: str | None, label_column: str | None,
-              files: dict[Path, bool]) -> Iterator[Prepared]:
-    yield from head
+def _derived(head: list[Prepared], chunks: Iterator[Any], schema: FieldSchema, layout: Layout,
+             id_column: str | None, label_column: str | None, files: dict[Path, bool]) -> Iterator[Derived]:
+    """Every chunk typed: CSV and Parquet as columns (``big/columnar.py``), JSON Lines by the reference."""
+
+    def derive(chunk: RawChunk, prepared: Prepared | None) -> Derived:
+        if chunk.table is not None:
+            if chunk.path not in files:
+                files[chunk.path] = generates_ids(chunk, id_column)
+            return derive_table(chunk, schema, layout, id_column=id_column, label_column=label_column,
+                                generate_ids=files[chunk.path])
+        prepared = prepared or _prepare(chunk, id_column, label_column, files)
+        return derive_events(type_prepared(prepared, schema, label_column is not None), layout)
+
+    while head:
+        first = head.pop(0)  # the head's dicts go as they are used
+        yield derive(first.chunk, None if first.chunk.table is not None else first)
     for chunk in chunks:
-        yield _prepare(chunk, id_column, label_column, files)
+        yield derive(chunk, None)
 
 
 def pass_two(entity: EntitySpec, tasks: Sequence[tuple[str, int]], options: BigOptions,

@@ -36,8 +36,17 @@ from ..entity.history import enrich_rows
 from ..entity_spec import EntitySpec
 
 
-def shard_of(entities: Sequence[str | None], shards: int) -> np.ndarray:
-    """int64[n]: the shard of each entity id (``crc32(id) % shards``; keyless rows go to shard 0)."""
+def shard_of(entities: Sequence[str | None] | pa.Array, shards: int) -> np.ndarray:
+    """int64[n]: the shard of each entity id (``crc32(id) % shards``; keyless rows go to shard 0).
+    A pyarrow string array is hashed once per distinct id."""
+    if isinstance(entities, (pa.Array, pa.ChunkedArray)):
+        encoded = pc.dictionary_encode(entities)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.combine_chunks()
+        per_id = [zlib.crc32(e.encode()) % shards for e in encoded.dictionary.to_pylist()]
+        codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+        out: np.ndarray = np.asarray([*per_id, 0], dtype=np.int64)[codes]  # code -1 (null) → the last: shard 0
+        return out
     return np.fromiter((0 if e is None else zlib.crc32(e.encode()) % shards for e in entities), np.int64,
                        len(entities))
 
@@ -58,16 +67,16 @@ class ShardWriter:
     def path(self, key: str, shard: int) -> Path:
         return self.dir / f"{key}.{shard}.in.arrow"
 
-    def append(self, rows: np.ndarray, entities: dict[str, list[str | None]], cols: Columns,
-               train: np.ndarray) -> None:
+    def append(self, rows: np.ndarray, entities: dict[str, pa.Array], ts: np.ndarray, amount: np.ndarray,
+               distinct: dict[str, pa.Array], train: np.ndarray) -> None:
         """One chunk: ``rows`` int64[n] global row numbers, ``entities[key]`` the entity id of each
-        (None: keyless or invalid), ``cols`` their event inputs, ``train`` bool[n]."""
+        (string, null: keyless or invalid), ``ts`` / ``amount`` float64[n] and ``distinct[field]``
+        (string) their event inputs (``entity.columns.Columns``' values), ``train`` bool[n]."""
         for key in self.spec.keys:
             ids = entities[key]
             shard = shard_of(ids, self.shards)
-            table = pa.table({"row": rows, "entity": pa.array(ids, pa.string()), "ts": cols.ts,
-                              "amount": cols.amount,
-                              **{f"d:{f}": pa.array(cols.labels[f], pa.string()) for f in self.spec.distinct_for(key)},
+            table = pa.table({"row": rows, "entity": ids, "ts": ts, "amount": amount,
+                              **{f"d:{f}": distinct[f] for f in self.spec.distinct_for(key)},
                               "train": train}, schema=_input_schema(self.spec, key))
             for s in range(self.shards):
                 part = table.filter(pa.array(shard == s))

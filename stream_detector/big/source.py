@@ -4,7 +4,9 @@ The same rules as ``events_io`` / ``inputs.load_events`` (one event, one meaning
 holding the whole input: CSV is read in pyarrow record batches (``events_io._csv_batches``: the
 same dialect sniffing, missing-value markers, ragged-row rejections), Parquet in its row groups
 (``ParquetFile.iter_batches``), JSON Lines line by line through the worker's record decoder. Plain
-or gzip / bzip2 / zstd compressed. Only one chunk of rows is ever a list of dicts.
+or gzip / bzip2 / zstd compressed. CSV and Parquet chunks stay Arrow tables (``big/columnar.py``
+types them as columns); ``RawChunk.rows`` makes dicts of a chunk only where the row-wise reference
+needs them.
 
 Differences from the in-memory reader, said plainly:
 * the field schema is inferred from the first ``sample_rows`` rows (the in-memory reader uses
@@ -22,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import InputError
@@ -95,20 +99,41 @@ def stems(files: Sequence[Path]) -> dict[Path, str]:
 
 @dataclass
 class RawChunk:
-    """Rows ``first_row .. first_row + len(rows) - 1`` of the input (0-based, across files), untyped:
-    ``rows[i]`` is None for a row that is not an event (its rejection in ``rejected``, indexed by
-    global row number)."""
+    """Rows ``first_row .. first_row + n - 1`` of the input (0-based, across files), untyped.
+
+    CSV and Parquet chunks hold the rows that were read as an Arrow ``table`` (CSV: text cells;
+    Parquet: its types, times as epoch ms), ``present[j]`` the chunk position of table row ``j``
+    (a ragged CSV row is a rejection, not a table row). JSON Lines chunks hold the decoded objects.
+    ``rows`` gives every chunk as a list of dicts (None: not an event; built on first use, for the
+    row-wise reference and the schema inference of the first rows)."""
 
     path: Path
-    first_row: int  # global row number of rows[0]
-    file_row: int  # row number of rows[0] within its file
-    rows: list[dict[str, Any] | None]
+    first_row: int  # global row number of the chunk's first row
+    file_row: int  # row number of the chunk's first row within its file
+    n: int  # rows of the chunk, events and rejections
     rejected: list[RowRejection]
     text: TextFormat
     kind: str
+    table: pa.Table | None = None
+    present: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     rejected_ids: dict[int, str] = field(default_factory=dict)  # global row → id salvaged from a bad line
     warnings: list[str] = field(default_factory=list)
     stem: str = ""  # prefix of generated ids (``stems``)
+    _rows: list[dict[str, Any] | None] | None = None
+
+    @property
+    def rows(self) -> list[dict[str, Any] | None]:
+        if self._rows is None:
+            rows: list[dict[str, Any] | None] = [None] * self.n
+            if self.table is not None:
+                for pos, row in zip(self.present.tolist(), self.table.to_pylist(), strict=True):
+                    rows[pos] = row
+            self._rows = rows
+        return self._rows
+
+    def table_index(self, positions: np.ndarray) -> np.ndarray:
+        """The table rows of chunk ``positions`` (each a present row)."""
+        return np.searchsorted(self.present, positions)
 
 
 def raw_chunks(files: Sequence[Path], options: ReaderOptions | None = None,
@@ -133,7 +158,7 @@ def raw_chunks(files: Sequence[Path], options: ReaderOptions | None = None,
                     r.index += first
                 chunk.rejected_ids = {k + first: v for k, v in chunk.rejected_ids.items()}
                 yield chunk
-                in_file = chunk.file_row + len(chunk.rows)
+                in_file = chunk.file_row + chunk.n
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
             text = str(exc).strip()
             raise InputError(f"{path}: {text.splitlines()[0] if text else type(exc).__name__}") from None
@@ -163,23 +188,21 @@ def _jsonl(path: Path, chunk_rows: int) -> Iterator[RawChunk]:
             else:
                 rows.append(obj)
             if len(rows) >= chunk_rows:
-                yield RawChunk(path, 0, start, rows, rejected, JSON_TEXT, "jsonl", ids)
+                yield RawChunk(path, 0, start, len(rows), rejected, JSON_TEXT, "jsonl", rejected_ids=ids, _rows=rows)
                 start += len(rows)
                 rows, rejected, ids = [], [], {}
     if rows:
-        yield RawChunk(path, 0, start, rows, rejected, JSON_TEXT, "jsonl", ids)
+        yield RawChunk(path, 0, start, len(rows), rejected, JSON_TEXT, "jsonl", rejected_ids=ids, _rows=rows)
 
 
 def _parquet(path: Path, chunk_rows: int) -> Iterator[RawChunk]:
     start = 0
     for batch in pq.ParquetFile(str(path)).iter_batches(batch_size=chunk_rows):
         table = pa.Table.from_batches([batch])
-        columns = [_plain_column(table.column(name)).to_pylist() for name in table.column_names]
-        names = table.column_names
-        rows: list[dict[str, Any] | None] = [dict(zip(names, values, strict=True))
-                                             for values in zip(*columns, strict=True)]
-        yield RawChunk(path, 0, start, rows, [], JSON_TEXT, "parquet")
-        start += len(rows)
+        table = pa.table({name: _plain_column(table.column(name)) for name in table.column_names})
+        n = table.num_rows
+        yield RawChunk(path, 0, start, n, [], JSON_TEXT, "parquet", table, np.arange(n, dtype=np.int64))
+        start += n
 
 
 def _csv(path: Path, options: ReaderOptions, chunk_rows: int) -> Iterator[RawChunk]:
@@ -190,12 +213,12 @@ def _csv(path: Path, options: ReaderOptions, chunk_rows: int) -> Iterator[RawChu
     block = max(1 << 16, min(options.block_size, chunk_rows * 128))  # ~chunk_rows rows of ~100 bytes
     sized = ReaderOptions(options.delimiter, options.decimal, options.thousands, options.na_values, block)
     for batch in _csv_batches(path, dialect, sized, ragged_rows(ragged)):
-        columns = [column.to_pylist() for column in batch.columns]
-        good = iter(dict(zip(dialect.names, values, strict=True)) for values in zip(*columns, strict=True))
         total = batch.num_rows + sum(1 for i in ragged if i >= start)
-        rows = [None if start + i in ragged else next(good) for i in range(total)]
-        mine = [ragged.pop(i) for i in sorted(i for i in ragged if i < start + total)]
-        yield RawChunk(path, 0, start, rows, mine, dialect.text, "csv", warnings=warnings)
+        bad = sorted(i for i in ragged if i < start + total)
+        present = np.delete(np.arange(total, dtype=np.int64), [i - start for i in bad])
+        mine = [ragged.pop(i) for i in bad]
+        yield RawChunk(path, 0, start, total, mine, dialect.text, "csv", pa.Table.from_batches([batch]), present,
+                       warnings=warnings)
         warnings = []
         start += total
 
@@ -263,10 +286,17 @@ def type_prepared(prepared: Prepared, schema: FieldSchema, with_labels: bool) ->
     problems = [*chunk.rejected, *(RowRejection(r.index, r.reason, r.message) for r in rejected)]
     labels = [prepared.labels[n] for n in typed.indices] if with_labels else None
     return TypedChunk(typed.events, list(typed.indices), labels, sorted(problems, key=lambda r: r.index),
-                      len(chunk.rows))
+                      chunk.n)
 
 
 def generates_ids(chunk: RawChunk, id_column: str | None) -> bool:
     """``inputs.load_events``'s rule on a file's first chunk: ids are generated only when no row has one."""
     col = id_column or "event_id"
+    if chunk.table is not None:
+        if col not in chunk.table.column_names:
+            return True
+        ids = chunk.table.column(col)
+        if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+            return not bool(pc.any(pc.not_equal(ids, "")).as_py())
+        return bool(ids.null_count == len(ids))
     return not any(row is not None and row.get(col) not in (None, "") for row in chunk.rows)

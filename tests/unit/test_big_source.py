@@ -121,8 +121,11 @@ def test_sharded_enrichment_equals_the_whole_history(tmp_path: Path, shards: int
     for start in range(0, len(typed), 1000):  # pass 1 appends chunk by chunk
         part = typed[start:start + 1000]
         ok = valid[start:start + 1000]
-        ids = {k: [entity_value(e.get(k)) if v else None for e, v in zip(part, ok, strict=True)] for k in spec.keys}
-        writer.append(np.arange(start, start + len(part)), ids, Columns.of(spec, part), np.ones(len(part), bool))
+        ids = {k: pa.array([entity_value(e.get(k)) if v else None for e, v in zip(part, ok, strict=True)], pa.string())
+               for k in spec.keys}
+        cols = Columns.of(spec, part)
+        writer.append(np.arange(start, start + len(part)), ids, cols.ts, cols.amount,
+                      {f: pa.array(v, pa.string()) for f, v in cols.labels.items()}, np.ones(len(part), bool))
     tasks = writer.close()
     results = run_shards(spec, tmp_path, tasks, workers=2)
     assert sum(r.rows for r in results) == len(typed) * len(spec.keys)
