@@ -117,6 +117,7 @@ def test_values_convert_by_their_field_type(kind: FieldType, value: Any, expecte
     (FieldType.TIMESTAMP, True, RejectReason.INVALID_TIMESTAMP),
     (FieldType.TIMESTAMP, 86_400_000, RejectReason.IMPLAUSIBLE_TIMESTAMP),  # 1970 read as seconds... is 1972
     (FieldType.TIMESTAMP, "1970-01-02T00:00:00Z", RejectReason.IMPLAUSIBLE_TIMESTAMP),
+    (FieldType.TIMESTAMP, -6.2135596800001e16, RejectReason.IMPLAUSIBLE_TIMESTAMP),  # µs before year 1: no calendar date
 ])
 def test_values_that_do_not_fit_are_rejected_with_a_reason(kind: FieldType, value: Any, reason: RejectReason) -> None:
     events = [{"f": value}, {"f": None}]
