@@ -21,6 +21,7 @@ SUITES = {
     "labels-tables": "benchmarks.labels_tables",
     "shadow-worker": "benchmarks.shadow_worker",
     "big-history": "benchmarks.big_history",
+    "big-typing": "benchmarks.big_typing",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -38,6 +39,7 @@ WHAT = {
     "labels-tables": "delayed labels on the labelled tables: supervised head vs autoencoder, scarce-label fallback",
     "shadow-worker": "one worker with a challenger in shadow vs the champion alone (stateless and entity paths)",
     "big-history": "train --streamed on 20M rows: time per phase, peak memory, 1 vs 4 shards, vs in-memory train",
+    "big-typing": "train --streamed pass 1 on CSV / Parquet / JSON Lines: columnar typing vs row by row",
 }
 
 

@@ -119,15 +119,53 @@ def _first_line(exc: BaseException) -> str:
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\x28\xb5\x2f\xfd", "zstd"))
 
 
-def _open_binary(path: Path) -> Any:
-    """The file's bytes, decompressed when its first bytes say gzip, bzip2 or zstd (whatever its name)."""
+class Consumed:
+    """How far a reader has got in a file: bytes of the file as stored (compressed bytes for a
+    compressed file), for the time left of a long read. Call it for the count (the file's size once
+    its reader has closed it)."""
+
+    def __init__(self) -> None:
+        self.raw: Any = None
+        self.size = 0
+
+    def __call__(self) -> int:
+        if self.raw is None:
+            return 0
+        return self.size if self.raw.closed else int(self.raw.tell())
+
+
+def _open_binary(path: Path, consumed: Consumed | None = None) -> Any:
+    """The file's bytes, decompressed when its first bytes say gzip, bzip2 or zstd (whatever its name).
+    ``consumed`` is pointed at the stored file, to say how far the stream has read."""
     with path.open("rb") as handle:
         head = handle.read(4)
     codec = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
-    return pa.input_stream(str(path), compression=codec)
+    raw = pa.OSFile(str(path), "rb")
+    if consumed is not None:
+        consumed.raw, consumed.size = raw, path.stat().st_size
+    return raw if codec is None else pa.CompressedInputStream(raw, codec)
 
 
 # ---- JSON Lines: the worker's record decoder, one line at a time -----------------------------------
+
+
+def jsonl_records(stream: Any) -> Iterator[tuple[dict[str, Any] | None, tuple[RejectReason, str] | None,
+                                                 str | None]]:
+    """The rows of a JSON Lines stream (blank lines are not rows), each ``(object, None, None)`` or
+    ``(None, (reason, message), salvaged event_id or None)``: the worker's record decoder
+    (``decode.parse_record``), plus ``not_an_object`` for a line that is JSON but not an object."""
+    for line in io.BufferedReader(stream):
+        raw = line.rstrip(b"\r\n")
+        if not raw.strip():
+            continue
+        obj, problem = parse_record(raw)
+        if problem is None and not isinstance(obj, dict):
+            hint = " (a JSON array file: write one object per line)" if isinstance(obj, list) else ""
+            problem = (RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}{hint}")
+        if problem is not None:
+            yield None, problem, _salvage_id(raw)
+        else:
+            yield obj, None, None
 
 
 def _read_jsonl(path: Path, limit: int | None) -> RawRows:
@@ -135,24 +173,14 @@ def _read_jsonl(path: Path, limit: int | None) -> RawRows:
     rejected: list[RowRejection] = []
     ids: dict[int, str] = {}
     with _open_binary(path) as stream:
-        for line in io.BufferedReader(stream):
+        for obj, problem, ident in jsonl_records(stream):
             if limit is not None and len(rows) >= limit:
                 break
-            raw = line.rstrip(b"\r\n")
-            if not raw.strip():
-                continue
-            obj, problem = parse_record(raw)
-            if problem is None and not isinstance(obj, dict):
-                hint = " (a JSON array file: write one object per line)" if isinstance(obj, list) else ""
-                problem = (RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}{hint}")
             if problem is not None:
                 rejected.append(RowRejection(len(rows), problem[0], problem[1]))
-                ident = _salvage_id(raw)
                 if ident is not None:
                     ids[len(rows)] = ident
-                rows.append(None)
-            else:
-                rows.append(obj)
+            rows.append(obj)
     return RawRows(rows, rejected, JSON_TEXT, "jsonl", rejected_ids=ids)
 
 
@@ -282,9 +310,9 @@ def ragged_rows(ragged: dict[int, RowRejection]) -> Any:
 
 
 def _csv_batches(path: Path, dialect: CsvDialect, options: ReaderOptions,
-                 invalid_row: Any) -> Iterator[pa.RecordBatch]:
+                 invalid_row: Any, consumed: Consumed | None = None) -> Iterator[pa.RecordBatch]:
     reader = pacsv.open_csv(
-        _open_binary(path),
+        _open_binary(path, consumed),
         read_options=pacsv.ReadOptions(block_size=options.block_size, use_threads=False,
                                        column_names=list(dialect.names), skip_rows=1),
         parse_options=pacsv.ParseOptions(delimiter=dialect.delimiter, newlines_in_values=True,

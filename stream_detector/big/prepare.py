@@ -127,7 +127,8 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
     example: RowRejection | None = None
     order = _Order(times)
     labels_seen: dict[str, None] = {}
-    for got in _derived(head, chunks, schema, layout, id_column, label_column, files_seen):
+    progress = _ReadProgress(files, total)
+    for got, chunk_path, chunk_bytes in _derived(head, chunks, schema, layout, id_column, label_column, files_seen):
         order.add(got.ts, got.times)
         if got.labels is not None and len(labels_seen) < 10:
             labels_seen.update(dict.fromkeys(sorted(pc.unique(got.labels).to_pylist())[:10]))
@@ -157,9 +158,7 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
                 writer.append(rows, got.entity, got.ts, got.amount, got.distinct, train)
         if time.monotonic() - last >= 5:
             last = time.monotonic()
-            rate = counts["rows"] / (last - started)
-            left = f", ~{(total - counts['rows']) / rate:.0f} s left" if total else ""
-            say(f"read: {counts['rows']:,} rows{f' of {total:,}' if total else ''}, {rate:,.0f} rows/s{left} "
+            say(f"read: {progress.line(counts['rows'], chunk_path, chunk_bytes, last - started)} "
                 f"({len(files_seen)}/{len(files)} files)")
     if cache is None:
         raise InputError(f"{files[0] if len(files) == 1 else 'the input'}: no row is a valid event")
@@ -254,9 +253,31 @@ def _prepare(chunk: Any, id_column: str | None, label_column: str | None, files:
     return prepare_chunk(chunk, id_column=id_column, label_column=label_column, generate_ids=files[chunk.path])
 
 
+class _ReadProgress:
+    """The read's progress line: rows, rows/s and the time left — from the row count when the files
+    give it (Parquet), else from the bytes of the files read so far (CSV, JSON Lines; compressed bytes
+    for a compressed file, which is how far its reader has got)."""
+
+    def __init__(self, files: Sequence[Path], rows: int | None) -> None:
+        self.rows = rows
+        sizes = [f.stat().st_size for f in files]
+        self.before = dict(zip(files, np.cumsum([0, *sizes[:-1]]).tolist(), strict=True))
+        self.bytes = sum(sizes)
+
+    def line(self, done: int, path: Path, bytes_read: int, seconds: float) -> str:
+        rate = done / max(seconds, 1e-9)
+        if self.rows:
+            return f"{done:,} rows of {self.rows:,}, {rate:,.0f} rows/s, ~{(self.rows - done) / rate:.0f} s left"
+        fraction = (self.before.get(path, 0) + bytes_read) / max(self.bytes, 1)
+        left = f", ~{seconds * (1 - fraction) / fraction:.0f} s left" if 0 < fraction <= 1 else ""
+        return f"{done:,} rows ({fraction:.0%} of {self.bytes / 1e6:,.0f} MB), {rate:,.0f} rows/s{left}"
+
+
 def _derived(head: list[Prepared], chunks: Iterator[Any], schema: FieldSchema, layout: Layout,
-             id_column: str | None, label_column: str | None, files: dict[Path, bool]) -> Iterator[Derived]:
-    """Every chunk typed: CSV and Parquet as columns (``big/columnar.py``), JSON Lines by the reference."""
+             id_column: str | None, label_column: str | None,
+             files: dict[Path, bool]) -> Iterator[tuple[Derived, Path, int]]:
+    """Every chunk typed — CSV and Parquet as columns (``big/columnar.py``), JSON Lines by the
+    reference — with its file and how many of the file's bytes were read after it."""
 
     def derive(chunk: RawChunk, prepared: Prepared | None) -> Derived:
         if chunk.table is not None:
@@ -269,9 +290,10 @@ def _derived(head: list[Prepared], chunks: Iterator[Any], schema: FieldSchema, l
 
     while head:
         first = head.pop(0)  # the head's dicts go as they are used
-        yield derive(first.chunk, None if first.chunk.table is not None else first)
+        yield derive(first.chunk, None if first.chunk.table is not None else first), first.chunk.path, \
+            first.chunk.bytes_read
     for chunk in chunks:
-        yield derive(chunk, None)
+        yield derive(chunk, None), chunk.path, chunk.bytes_read
 
 
 def pass_two(entity: EntitySpec, tasks: Sequence[tuple[str, int]], options: BigOptions,

@@ -17,7 +17,6 @@ Differences from the in-memory reader, said plainly:
 from __future__ import annotations
 
 import glob
-import io
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,19 +30,19 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..events_io import (
+    Consumed,
     ReaderOptions,
     RowRejection,
     _csv_batches,
     _open_binary,
     _plain_column,
-    _salvage_id,
     file_kind,
+    jsonl_records,
     ragged_rows,
     sniff_csv,
 )
 from ..fieldschema import JSON_TEXT, FieldSchema, TextFormat
-from ..pipeline.decode import Rejected, parse_record, type_events
-from ..schema import RejectReason
+from ..pipeline.decode import Rejected, type_events
 
 DEFAULT_CHUNK_ROWS = 65_536
 
@@ -119,6 +118,7 @@ class RawChunk:
     rejected_ids: dict[int, str] = field(default_factory=dict)  # global row → id salvaged from a bad line
     warnings: list[str] = field(default_factory=list)
     stem: str = ""  # prefix of generated ids (``stems``)
+    bytes_read: int = 0  # of the file as stored, after this chunk (CSV, JSON Lines: for the time left)
     _rows: list[dict[str, Any] | None] | None = None
 
     @property
@@ -170,29 +170,22 @@ def _jsonl(path: Path, chunk_rows: int) -> Iterator[RawChunk]:
     rejected: list[RowRejection] = []
     ids: dict[int, str] = {}
     start = 0
-    with _open_binary(path) as stream:
-        for line in io.BufferedReader(stream):
-            raw = line.rstrip(b"\r\n")
-            if not raw.strip():
-                continue
-            obj, problem = parse_record(raw)
-            if problem is None and not isinstance(obj, dict):
-                hint = " (a JSON array file: write one object per line)" if isinstance(obj, list) else ""
-                problem = (RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}{hint}")
+    consumed = Consumed()
+    with _open_binary(path, consumed) as stream:
+        for obj, problem, ident in jsonl_records(stream):
             if problem is not None:
                 rejected.append(RowRejection(start + len(rows), problem[0], problem[1]))
-                ident = _salvage_id(raw)
                 if ident is not None:
                     ids[start + len(rows)] = ident
-                rows.append(None)
-            else:
-                rows.append(obj)
+            rows.append(obj)
             if len(rows) >= chunk_rows:
-                yield RawChunk(path, 0, start, len(rows), rejected, JSON_TEXT, "jsonl", rejected_ids=ids, _rows=rows)
+                yield RawChunk(path, 0, start, len(rows), rejected, JSON_TEXT, "jsonl", rejected_ids=ids, _rows=rows,
+                               bytes_read=consumed())
                 start += len(rows)
                 rows, rejected, ids = [], [], {}
-    if rows:
-        yield RawChunk(path, 0, start, len(rows), rejected, JSON_TEXT, "jsonl", rejected_ids=ids, _rows=rows)
+        if rows:
+            yield RawChunk(path, 0, start, len(rows), rejected, JSON_TEXT, "jsonl", rejected_ids=ids, _rows=rows,
+                           bytes_read=consumed())
 
 
 def _parquet(path: Path, chunk_rows: int) -> Iterator[RawChunk]:
@@ -212,13 +205,14 @@ def _csv(path: Path, options: ReaderOptions, chunk_rows: int) -> Iterator[RawChu
     warnings = list(dialect.warnings)
     block = max(1 << 16, min(options.block_size, chunk_rows * 128))  # ~chunk_rows rows of ~100 bytes
     sized = ReaderOptions(options.delimiter, options.decimal, options.thousands, options.na_values, block)
-    for batch in _csv_batches(path, dialect, sized, ragged_rows(ragged)):
+    consumed = Consumed()
+    for batch in _csv_batches(path, dialect, sized, ragged_rows(ragged), consumed):
         total = batch.num_rows + sum(1 for i in ragged if i >= start)
         bad = sorted(i for i in ragged if i < start + total)
         present = np.delete(np.arange(total, dtype=np.int64), [i - start for i in bad])
         mine = [ragged.pop(i) for i in bad]
         yield RawChunk(path, 0, start, total, mine, dialect.text, "csv", pa.Table.from_batches([batch]), present,
-                       warnings=warnings)
+                       warnings=warnings, bytes_read=consumed())
         warnings = []
         start += total
 

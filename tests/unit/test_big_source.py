@@ -133,3 +133,26 @@ def test_sharded_enrichment_equals_the_whole_history(tmp_path: Path, shards: int
     got = np.vstack([cursor.take(np.arange(s, min(s + 777, len(typed)))) for s in range(0, len(typed), 777)])
     cursor.close()
     np.testing.assert_array_equal(got, expected)
+
+
+def test_csv_and_jsonl_chunks_say_how_far_the_file_is_read(tmp_path: Path) -> None:
+    """The read's time left for inputs without a row count comes from the stored bytes read so far."""
+    from stream_detector.big.prepare import _ReadProgress
+
+    notes = np.random.default_rng(0).integers(0, 16**12, 20_000)  # little to compress: many gzip blocks
+    rows = [{"event_id": f"e{i}", "amount": i * 1.5, "note": f"{n:012x}" * 4} for i, n in enumerate(notes.tolist())]
+    plain = tmp_path / "a.csv"
+    plain.write_text("event_id,amount,note\n" + "".join(f"{r['event_id']},{r['amount']},{r['note']}\n" for r in rows))
+    packed = tmp_path / "b.jsonl.gz"
+    packed.write_bytes(gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in rows)))
+    for path in (plain, packed):  # pyarrow's CSV reader reads some blocks ahead: its count leads the rows
+        read = [c.bytes_read for c in raw_chunks([path], chunk_rows=4096)]
+        assert read == sorted(read) and read[-1] == path.stat().st_size, path  # compressed bytes for .gz
+    gz = [c.bytes_read for c in raw_chunks([packed], chunk_rows=4096)]
+    assert 0 < gz[0] < gz[len(gz) // 2] < packed.stat().st_size
+    progress = _ReadProgress([plain, packed], None)
+    half = progress.line(10_000, packed, packed.stat().st_size // 2, 30.0)
+    whole = plain.stat().st_size + packed.stat().st_size
+    fraction = (plain.stat().st_size + packed.stat().st_size // 2) / whole
+    assert f"{fraction:.0%} of" in half and f"~{30 * (1 - fraction) / fraction:.0f} s left" in half
+    assert "of 40,000, 1,000 rows/s, ~30 s left" in _ReadProgress([plain], 40_000).line(10_000, plain, 0, 10.0)
