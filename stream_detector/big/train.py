@@ -38,7 +38,15 @@ from ..errors import ConfigError, TrainingError
 from ..events_io import ReaderOptions
 from ..fieldschema import InferenceOptions
 from ..model.autoencoder import Architecture, Autoencoder, ErrorHead
-from ..model.train import TrainConfig, TrainResult, _refuse_unusable, architecture, calibrate, default_epochs
+from ..model.train import (
+    EarlyStopping,
+    TrainConfig,
+    TrainResult,
+    _refuse_unusable,
+    architecture,
+    calibrate,
+    default_epochs,
+)
 from . import sketches
 from .prepare import BigOptions, Say, pass_one, pass_three, pass_two
 
@@ -140,7 +148,7 @@ def _fit(data: _Files, arch: Architecture, config: TrainConfig, say: Say) -> tup
     loss_fn = nn.MSELoss()
     epochs = config.epochs or default_epochs(data.n_train, config.batch_size)
     rng = np.random.default_rng(config.seed)
-    best, best_state, stale, history = math.inf, None, 0, []
+    stopping = EarlyStopping(config.patience)
     count = math.ceil(data.n_train / data.stream.block_rows)
     for epoch in range(1, epochs + 1):
         started, seen = time.monotonic(), 0
@@ -157,21 +165,14 @@ def _fit(data: _Files, arch: Architecture, config: TrainConfig, say: Say) -> tup
                 optimiser.step()
             seen += len(buffer)
         val_loss = _val_loss(model, data)
-        history.append(val_loss)
-        if val_loss < best - 1e-7:
-            best, stale = val_loss, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
+        stop = stopping.epoch(val_loss, model)
         elapsed = time.monotonic() - started
-        say(f"epoch {epoch}/{epochs}: validation loss {val_loss:.5f} (best {best:.5f}); {seen / elapsed:,.0f} rows/s, "
-            f"~{elapsed * (epochs - epoch):.0f} s left at most")
-        if stale >= config.patience:
+        say(f"epoch {epoch}/{epochs}: validation loss {val_loss:.5f} (best {stopping.best:.5f}); "
+            f"{seen / elapsed:,.0f} rows/s, ~{elapsed * (epochs - epoch):.0f} s left at most")
+        if stop:
             say(f"early stop at epoch {epoch}: no improvement for {config.patience} epochs")
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return model.eval(), history
+    return stopping.restore(model), stopping.history
 
 
 def _val_loss(model: nn.Module, data: _Files) -> float:

@@ -256,7 +256,7 @@ def _fit(
     xv = torch.from_numpy(x_val)
     epochs = config.epochs or default_epochs(len(x_train), config.batch_size)
     generator = torch.Generator().manual_seed(config.seed)
-    best, best_state, stale, history = math.inf, None, 0, []
+    stopping = EarlyStopping(config.patience)
     report_every = max(1, epochs // 10)
     for epoch in range(1, epochs + 1):
         model.train()
@@ -269,17 +269,39 @@ def _fit(
         model.eval()
         with torch.no_grad():
             val_loss = float(loss_fn(model(xv), xv))
-        history.append(val_loss)
-        if val_loss < best - 1e-7:
-            best, stale = val_loss, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
+        stop = stopping.epoch(val_loss, model)
         if epoch % report_every == 0 or epoch == epochs:
-            say(f"epoch {epoch}/{epochs}: validation loss {val_loss:.5f} (best {best:.5f})")
-        if stale >= config.patience:
+            say(f"epoch {epoch}/{epochs}: validation loss {val_loss:.5f} (best {stopping.best:.5f})")
+        if stop:
             say(f"early stop at epoch {epoch}: no improvement for {config.patience} epochs")
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return model.eval(), history
+    return stopping.restore(model), stopping.history
+
+
+class EarlyStopping:
+    """Early stopping on the validation loss: the best weights kept (an improvement is a loss lower
+    by more than 1e-7), training stops after ``patience`` epochs without one; shared by ``train``
+    and ``train --streamed``."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best = math.inf
+        self.stale = 0
+        self.history: list[float] = []
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def epoch(self, val_loss: float, model: nn.Module) -> bool:
+        """Record one epoch's validation loss; True when training should stop."""
+        self.history.append(val_loss)
+        if val_loss < self.best - 1e-7:
+            self.best, self.stale = val_loss, 0
+            self._state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self, model: Autoencoder) -> Autoencoder:
+        """``model`` with the best epoch's weights, in eval mode."""
+        if self._state is not None:
+            model.load_state_dict(self._state)
+        return model.eval()
