@@ -346,10 +346,16 @@ def _converter(rule: FieldRule, text: TextFormat, plausible: tuple[float, float]
     return lambda v: _to_timestamp(name, v, rule.unit, plausible, text)
 
 
+def _shape(value: Any) -> str:
+    """What a value is, never the value itself (a card number in a wrong field must not reach a
+    dead letter's headers or a log): its type, and a text's length."""
+    if isinstance(value, str):
+        return f"text of {len(value)} characters" if value.strip() else "blank text" if value else "empty text"
+    return type(value).__name__
+
+
 def _wrong(name: str, value: Any, expected: str) -> ConversionError:
-    shown = repr(value) if not isinstance(value, str) else repr(value[:40])
-    return ConversionError(RejectReason.WRONG_TYPE,
-                           f"field {name!r} must be {expected}, got {type(value).__name__} {shown}")
+    return ConversionError(RejectReason.WRONG_TYPE, f"field {name!r} must be {expected}, got {_shape(value)}")
 
 
 def _to_number(name: str, value: Any, text: TextFormat) -> float | int:
@@ -364,7 +370,7 @@ def _to_number(name: str, value: Any, text: TextFormat) -> float | int:
         if number is None:
             raise _wrong(name, value, "a number")
         if not math.isfinite(number):
-            raise ConversionError(RejectReason.NON_FINITE_NUMBER, f"field {name!r} is not finite: {value[:40]!r}")
+            raise ConversionError(RejectReason.NON_FINITE_NUMBER, f"field {name!r} is not finite (it overflows)")
         return number
     raise _wrong(name, value, "a number")
 
@@ -399,8 +405,8 @@ def _to_identifier(name: str, value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         if abs(value) < _MAX_EXACT_INT:
             return str(int(value))
-        raise ConversionError(RejectReason.WRONG_TYPE, f"field {name!r}: id {value:.6g} is a float too large "
-                              f"to name one id exactly (write it as text or an integer)")
+        raise ConversionError(RejectReason.WRONG_TYPE, f"field {name!r}: an id written as a float beyond 2^53 "
+                              f"names no one id exactly (write it as text or an integer)")
     raise _wrong(name, value, "an identifier (text or integer)")
 
 
@@ -436,18 +442,18 @@ def _to_timestamp(name: str, value: Any, unit: str, plausible: tuple[float, floa
             ms = _rfc3339_ms(value)
             if ms is None:
                 raise ConversionError(RejectReason.INVALID_TIMESTAMP,
-                                      f"field {name!r} is neither RFC 3339 nor an epoch number: {value[:40]!r}")
+                                      f"field {name!r} is neither RFC 3339 nor an epoch number ({_shape(value)})")
             return _plausible(name, ms, plausible, value)
     if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConversionError(RejectReason.INVALID_TIMESTAMP, f"field {name!r} is not a timestamp: {value!r}")
+        raise ConversionError(RejectReason.INVALID_TIMESTAMP, f"field {name!r} is not a timestamp ({_shape(value)})")
     return _plausible(name, epoch_to_ms(float(value), unit), plausible, value)
 
 
 def _plausible(name: str, ms: float, plausible: tuple[float, float], raw: Any) -> float:
+    """``ms`` when inside the plausible range; the message says the time read (not ``raw``)."""
     if not plausible[0] <= ms <= plausible[1]:
-        shown = _shown_time(ms)
-        raise ConversionError(RejectReason.IMPLAUSIBLE_TIMESTAMP,
-                              f"field {name!r}: {raw!r} is {shown}, outside the plausible range of this model")
+        raise ConversionError(RejectReason.IMPLAUSIBLE_TIMESTAMP, f"field {name!r} is {_shown_time(ms)} "
+                              f"(read from {_shape(raw)}), outside the plausible range of this model")
     return ms
 
 

@@ -184,7 +184,7 @@ def test_clean_rows_take_the_columnar_path_and_odd_ones_the_reference(monkeypatc
                        label_column="label", generate_ids=False)
     assert seen == [1]
     assert len(got) == n - 1 and [r.index for r in got.rejected] == [100 + n - 1]
-    assert got.rejected[0].message == "field 'amount' must be a number, got str 'twelve'"
+    assert got.rejected[0].message == "field 'amount' must be a number, got text of 6 characters"
 
 
 def test_a_chunk_without_the_label_column_is_an_error() -> None:

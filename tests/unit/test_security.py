@@ -8,6 +8,7 @@ import pytest
 
 from stream_detector.errors import ConfigError, ModelError
 from stream_detector.features import fit_spec
+from stream_detector.fieldschema import JSON_TEXT
 from stream_detector.model.signing import Signer, Verifier, generate_keypair
 from stream_detector.pipeline.decode import decode_batch
 from stream_detector.pipeline.publish import build_alerts
@@ -64,6 +65,22 @@ def test_rejection_messages_never_carry_raw_values():
     assert len(decoded.rejected) == len(raws)
     for rejected in decoded.rejected:
         assert CARD not in rejected.message, rejected
+    # with the model's field schema (the worker's usual path): conversions name types, not values
+    from stream_detector.fieldschema import FieldRule, FieldSchema, FieldType
+    from stream_detector.pipeline.decode import type_events
+
+    schema = FieldSchema((FieldRule("amount", FieldType.NUMBER), FieldRule("flag", FieldType.BOOLEAN),
+                          FieldRule("account_id", FieldType.IDENTIFIER), FieldRule("timestamp", FieldType.TIMESTAMP)),
+                         time_range_ms=(1.7e12, 1.7e12))
+    spaced = " ".join(CARD[i:i + 4] for i in range(0, 16, 4))
+    rows = [{"event_id": "a", "amount": spaced}, {"event_id": "b", "flag": CARD},
+            {"event_id": "c", "account_id": float(CARD) * 1e6}, {"event_id": "d", "timestamp": f"x{CARD}"},
+            {"event_id": "e", "timestamp": int(CARD)}, {"event_id": "f", "amount": f"1e{CARD}"}]
+    rejected: list = []
+    type_events(rows, range(len(rows)), schema, JSON_TEXT, rejected)
+    assert len(rejected) == len(rows)
+    for r in rejected:
+        assert CARD not in r.message and spaced not in r.message and "4111" not in r.message, r
     spec = fit_spec([{"event_id": str(i), "amount": float(i)} for i in range(20)])
     _, bad = spec.transform([{"event_id": "x", "amount": f"card {CARD}"}])
     assert bad and all(CARD not in message for _, message in bad.values())
