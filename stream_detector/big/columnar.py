@@ -175,7 +175,7 @@ def covers(schema: FieldSchema, entity: EntitySpec | None) -> bool:
 
     if kind("account_id") not in (None, FieldType.IDENTIFIER, FieldType.CATEGORY, FieldType.IGNORED):
         return False
-    if kind("timestamp") not in (None, FieldType.TIMESTAMP):
+    if kind("timestamp") not in (None, FieldType.TIMESTAMP) or kind("event_id") not in (None, FieldType.IDENTIFIER):
         return False
     if entity is None:
         return True
