@@ -151,6 +151,7 @@ class NumericStats(_Pickled):
         self.logged = Moments()
         self.sketch = kll_doubles_sketch(k)
         self.keyed = True  # every value came with its row number: the row sample decides the quantiles
+        self.skipped = False  # keyed values were left out of the KLL sketch and the log moments (unused then)
         self.sample_keys = np.zeros(0, dtype=np.uint64)
         self.sample = np.zeros(0)
 
@@ -158,19 +159,30 @@ class NumericStats(_Pickled):
         """Add a chunk: float64[n] (other real dtypes are converted), NaN = missing (None), ±inf =
         present but not finite (counts as present, like an infinite value in ``fit_spec``; left out of
         the median, moments and quantiles). A present NaN cannot be told from a missing value (the
-        schema's converter never lets one through). Raises ``ValueError`` unless 1-D."""
+        schema's converter never lets one through).
+
+        With ``rows`` (int64[n], each value's row number) the row sample decides the quantiles, and
+        while every update has them the KLL sketch and the log moments are not kept (they would go
+        unused; they were half of a big-history shard task's time). Raises ``ValueError`` unless
+        1-D, and for a chunk without row numbers after chunks with them (give them always or never)."""
         x = np.asarray(values, dtype=np.float64)
         if x.ndim != 1:
             raise ValueError(f"a numeric column must be 1-D, got shape {x.shape}")
         finite = x[np.isfinite(x)]
         present = len(x) - int(np.isnan(x).sum())
+        if rows is None and self.skipped:
+            raise ValueError("earlier chunks of this field came with row numbers (no KLL sketch kept): "
+                             "give row numbers with every chunk or with none")
         self.rows += len(x)
         self.present += present
         self.nonfinite += present - len(finite)
         self.raw.merge(Moments.of(finite))
-        self.logged.merge(Moments.of(signed_log1p(finite)))
-        if len(finite):
-            self.sketch.update(np.ascontiguousarray(finite))
+        if rows is not None and self.keyed:
+            self.skipped = self.skipped or len(finite) > 0
+        else:
+            self.logged.merge(Moments.of(signed_log1p(finite)))
+            if len(finite):
+                self.sketch.update(np.ascontiguousarray(finite))
         if rows is None:
             self.keyed = False
         elif len(finite):
@@ -185,6 +197,11 @@ class NumericStats(_Pickled):
         self.sample_keys, self.sample = k, v
 
     def merge(self, other: NumericStats) -> None:
+        """Add ``other``'s values. Raises ``ValueError`` when one side kept no KLL sketch (keyed
+        values) and the other has values without row numbers: the merged quantiles would miss some."""
+        if (self.skipped and not other.keyed) or (other.skipped and not self.keyed):
+            raise ValueError("cannot merge statistics with row numbers (no KLL sketch kept) and without")
+        self.skipped = self.skipped or other.skipped
         self.rows += other.rows
         self.present += other.present
         self.nonfinite += other.nonfinite

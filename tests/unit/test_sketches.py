@@ -345,3 +345,26 @@ def test_the_row_sample_makes_quantiles_independent_of_chunks_shards_and_merge_o
     small = NumericStats()
     small.update(values[:1000], rows[:1000])  # fewer rows than the sample holds: numpy's figures exactly
     assert small.median() == np.median(values[:1000]) and exact > 0
+
+
+def test_keyed_updates_keep_no_kll_sketch_and_refuse_to_mix() -> None:
+    """With row numbers the row sample decides: the KLL sketch and log moments are not kept (they
+    would go unused), and a chunk without row numbers afterwards is refused rather than half-counted."""
+    from stream_detector.big.sketches import NumericStats
+
+    rng = np.random.default_rng(1)
+    keyed = NumericStats()
+    keyed.update(rng.normal(size=1000), rows=np.arange(1000))
+    assert keyed.sketch.n == 0 and keyed.logged.n == 0 and keyed.raw.n == 1000 and keyed.sampled
+    with pytest.raises(ValueError, match="row numbers"):
+        keyed.update(rng.normal(size=10))
+    plain = NumericStats()
+    plain.update(rng.normal(size=10))
+    with pytest.raises(ValueError, match="cannot merge"):
+        keyed.merge(plain)
+    with pytest.raises(ValueError, match="cannot merge"):
+        plain.merge(keyed)
+    other = NumericStats()
+    other.update(rng.normal(size=500), rows=np.arange(1000, 1500))
+    keyed.merge(other)
+    assert keyed.rows == 1500 and keyed.sampled and keyed.sketch.n == 0
