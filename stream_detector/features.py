@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
@@ -114,8 +114,8 @@ class FeatureSpec:
         return hashlib.sha256(self.to_json()).hexdigest()
 
     # ---- transform -----------------------------------------------------------------------
-    def transform(self, events: Sequence[dict[str, Any]], extra: Extra | None = None
-                  ) -> tuple[np.ndarray, dict[int, Problem]]:
+    def transform(self, events: Sequence[dict[str, Any]], extra: Extra | None = None,
+                  columns: Mapping[str, Any] | None = None) -> tuple[np.ndarray, dict[int, Problem]]:
         """Events → (float32 matrix n × width, {row: (RejectReason, message)} for rows that must be
         rejected).
 
@@ -123,6 +123,9 @@ class FeatureSpec:
         of dict entries (the entity features straight from the kernel, ``Enricher.features``); a
         field there is read from its column and never from the events, with the same rules (NaN
         is missing, ±inf is rejected), so the matrix equals that of events carrying those values.
+        ``columns``: categorical fields given as columns (a pyarrow string array, or a sequence of
+        ``str | None``), and ``"timestamp"`` as float64[n] epoch ms (NaN: none) — typed values, as
+        ``train --streamed``'s pass 3 has them; ``events`` may then be ``[{}] * n``.
         Rows with a problem still get a (meaningless) row in the matrix so indices stay aligned;
         callers drop them before deciding.
         """
@@ -130,8 +133,10 @@ class FeatureSpec:
         out = np.zeros((n, self.width), dtype=np.float32)
         bad: dict[int, Problem] = {}
         given = {name: j for j, name in enumerate(extra[0])} if extra is not None else {}
+        cols = columns or {}
         from_events = [c.name for c in self.numeric if c.name not in given]
-        fields = _field_columns(events, from_events + [c.name for c in self.categorical])
+        cats = [c.name for c in self.categorical if c.name not in cols]
+        fields = _field_columns(events, from_events + cats)
         numbers = _float_rows(fields[:len(from_events)]) if fields is not None and from_events else None
         col = 0
         k = 0  # the next row of ``numbers``
@@ -151,16 +156,24 @@ class FeatureSpec:
             if num.missing_indicator:
                 out[:, col] = missing
                 col += 1
-        for j, cat in enumerate(self.categorical):
+        for cat in self.categorical:
             index = self._index[cat.name]
             other = len(cat.categories)
             name = cat.name
-            column = fields[len(from_events) + j] if fields is not None else [e.get(name) for e in events]
-            codes = np.fromiter(map(index.get, column, repeat(other, n)), dtype=np.int64, count=n)
+            if name in cols:
+                codes = _category_codes(cols[name], index, other, n)
+            else:
+                column = fields[len(from_events) + cats.index(name)] if fields is not None else \
+                    [e.get(name) for e in events]
+                codes = np.fromiter(map(index.get, column, repeat(other, n)), dtype=np.int64, count=n)
             out[np.arange(n), col + codes] = 1.0
             col += other + 1
         if self.time_of_day:
-            hours = _hour_of_day(events, bad)
+            if "timestamp" in cols:  # typed epoch ms: parse_timestamp_ms(t) is t
+                ts = np.asarray(cols["timestamp"], dtype=np.float64)
+                hours = np.where(np.isnan(ts), 0.0, np.mod(ts / 3_600_000.0, 24.0))
+            else:
+                hours = _hour_of_day(events, bad)
             out[:, col] = np.sin(2 * np.pi * hours / 24.0)
             out[:, col + 1] = np.cos(2 * np.pi * hours / 24.0)
         return out, bad
@@ -344,6 +357,21 @@ def _finite_or_missing(values: np.ndarray, name: str, bad: dict[int, Problem]) -
         values[nonfinite] = np.nan
     missing = np.isnan(values)
     return values, missing
+
+
+def _category_codes(column: Any, index: dict[Any, int], other: int, n: int) -> np.ndarray:
+    """int64[n]: each value's category code (``other``: not a category, or missing), from a pyarrow
+    array (one lookup per distinct value) or a sequence."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        encoded = pc.dictionary_encode(column)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.combine_chunks()
+        per = np.array([index.get(v, other) for v in encoded.dictionary.to_pylist()] + [other], dtype=np.int64)
+        return np.asarray(per[pc.fill_null(encoded.indices, len(per) - 1).to_numpy(zero_copy_only=False)])
+    return np.fromiter(map(index.get, column, repeat(other, n)), dtype=np.int64, count=n)
 
 
 def _hour_of_day(events: Sequence[dict[str, Any]], bad: dict[int, Problem]) -> np.ndarray:

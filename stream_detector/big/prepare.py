@@ -342,10 +342,10 @@ def pass_three(spec: FeatureSpec, plan: _Plan, entity: EntitySpec | None, tasks:
                 values = np.column_stack([*numbers, numbers_e]) if numbers else numbers_e
             else:
                 values = np.column_stack(numbers) if numbers else np.zeros((len(rows), 0))
-            wanted = [f"c:{c}" for c in plan.categorical] + (["timestamp"] if plan.time_of_day else [])
-            events = pa.Table.from_batches([batch.select(wanted)]).rename_columns(
-                [w.removeprefix("c:") for w in wanted]).to_pylist() if wanted else [{} for _ in range(len(rows))]
-            x, bad = spec.transform(events, (names, values))
+            columns: dict[str, Any] = {c: batch.column(f"c:{c}") for c in plan.categorical}
+            if plan.time_of_day:
+                columns["timestamp"] = batch.column("timestamp").to_numpy(zero_copy_only=False)
+            x, bad = spec.transform([{}] * len(rows), (names, values), columns)  # no dict per row
             keep = np.ones(len(rows), dtype=bool)
             keep[list(bad)] = False
             bad_rows += len(bad)

@@ -75,3 +75,23 @@ def test_spec_round_trips_through_json_with_a_stable_fingerprint():
 def test_fit_refuses_empty_input():
     with pytest.raises(ValueError):
         fit_spec([])
+
+
+def test_categories_and_times_given_as_columns_give_the_events_matrix() -> None:
+    """``transform(columns=)`` (train --streamed's pass 3: no dict per row) equals the events path."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(3)
+    n = 500
+    events = [{"event_id": str(i), "amount": float(rng.gamma(2.0, 30.0)),
+               "channel": [None, "pos", "web", "atm", "rare"][int(rng.integers(0, 5))],
+               "timestamp": None if i % 7 == 0 else 1.7e12 + float(rng.integers(0, 10**9))} for i in range(n)]
+    spec = fit_spec(events[:400], time_of_day=True)
+    assert [c.name for c in spec.categorical] == ["channel"] and spec.time_of_day
+    expected, bad = spec.transform(events)
+    amounts = np.array([[e["amount"]] for e in events])
+    times = np.array([np.nan if e["timestamp"] is None else e["timestamp"] for e in events])
+    for channel in (pa.array([e["channel"] for e in events], pa.string()), [e["channel"] for e in events]):
+        got, got_bad = spec.transform([{}] * n, (["amount"], amounts), {"channel": channel, "timestamp": times})
+        assert got_bad == bad == {}
+        np.testing.assert_array_equal(got, expected)
