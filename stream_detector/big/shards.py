@@ -117,11 +117,9 @@ def enrich_shard(spec_json: bytes, key: str, shard: int, work_dir: str,
     with pa.memory_map(str(base) + ".in.arrow", "r") as source:
         table = pa.ipc.open_file(source).read_all()
     n = table.num_rows
-    coded = {f: _label_codes(table.column(f"d:{f}")) for f in spec.distinct_for(key)}
-    cols = Columns(table.column("ts").to_numpy(), table.column("amount").to_numpy(), {},
-                   {f: index for f, (index, _) in coded.items()}, {f: codes for f, (_, codes) in coded.items()})
-    entities, count = _entity_rows(table.column("entity"))
-    values = enrich_rows(spec, key, cols, entities, count)
+    values = enrich_arrow(spec, key, table.column("entity"), table.column("ts").to_numpy(),
+                          table.column("amount").to_numpy(),
+                          {f: table.column(f"d:{f}") for f in spec.distinct_for(key)})
     rows = table.column("row").to_numpy()
     rows.astype(np.int64).tofile(str(base) + ".rows")
     np.ascontiguousarray(values, dtype=np.float64).tofile(str(base) + ".values")
@@ -134,17 +132,36 @@ def enrich_shard(spec_json: bytes, key: str, shard: int, work_dir: str,
     return ShardResult(key, shard, n, time.process_time() - started, stats)
 
 
-def _entity_rows(column: pa.ChunkedArray) -> tuple[np.ndarray, int]:
+def enrich_arrow(spec: EntitySpec, key: str, entity: pa.Array | pa.ChunkedArray, ts: np.ndarray,
+                 amount: np.ndarray, distinct: dict[str, pa.Array | pa.ChunkedArray]) -> np.ndarray:
+    """Offline enrichment of one key from Arrow columns, in arrival order: ``entity`` (string, null:
+    keyless) the entity id of each of n events, ``ts`` / ``amount`` float64[n] (``Columns``' values),
+    ``distinct[field]`` (string) the labels of the key's distinct fields. Returns float64[n,
+    len(spec.fields_for(key))], equal to ``enrich_columns``' columns for the key; no Python object
+    per event (pyarrow's dictionary encoding numbers the entities and labels)."""
+    coded = {f: _label_codes(distinct[f]) for f in spec.distinct_for(key)}
+    cols = Columns(ts, amount, {}, {f: index for f, (index, _) in coded.items()},
+                   {f: codes for f, (_, codes) in coded.items()})
+    entities, count = _entity_rows(entity)
+    return enrich_rows(spec, key, cols, entities, count)
+
+
+def _encoded(column: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+    encoded = pc.dictionary_encode(column)
+    return encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
+
+
+def _entity_rows(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, int]:
     """Each row's entity numbered 0..E-1 in order of appearance (-1: none), and E — no Python strings."""
-    encoded = pc.dictionary_encode(column).combine_chunks()
+    encoded = _encoded(column)
     rows = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
     return rows, len(encoded.dictionary)
 
 
-def _label_codes(column: pa.ChunkedArray) -> tuple[dict[str | None, int], np.ndarray]:
+def _label_codes(column: pa.Array | pa.ChunkedArray) -> tuple[dict[str | None, int], np.ndarray]:
     """``columns.vocabulary`` and ``codes_of`` of a label column: codes in label order (the kernel's
     eviction tie-break compares codes), -1 for none; one Python string per distinct label only."""
-    encoded = pc.dictionary_encode(column).combine_chunks()
+    encoded = _encoded(column)
     labels = encoded.dictionary.to_pylist()
     order = sorted(range(len(labels)), key=labels.__getitem__)
     rank = np.empty(len(labels) + 1, dtype=np.int64)
