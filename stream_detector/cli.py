@@ -966,6 +966,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse the model (exit 2, no bundle) when more than this share of its own normal "
                         "training or validation rows is above its threshold (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, weights and shuffling (default 0)")
+    p.add_argument("--threads", type=int,
+                   help="torch intra-op threads (default: torch's, one per core). On a machine shared with other "
+                        "work, give the cores you can have: oversubscribed threads make each step many times slower")
     big = p.add_argument_group("big histories (docs/big-history.md): streamed, bounded memory, sharded by entity key")
     big.add_argument("--streamed", action="store_true",
                      help="read the input in chunks and train from minibatches on disk (on by itself for a "
@@ -1008,6 +1011,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "precision, precision/recall at the threshold (events without a label count as legit)")
     p.add_argument("--threshold", type=float, help="override the bundle's calibrated threshold")
     p.add_argument("--device", help="torch device (default SD_DEVICE)")
+    p.add_argument("--threads", type=int,
+                   help="torch intra-op threads (default: torch's, one per core). On a machine shared with other "
+                        "work, give the cores you can have: oversubscribed threads make each step many times slower")
     p.add_argument("--streamed", action="store_true",
                    help="read and score the input chunk by chunk, bounded memory, progress on stderr (on by "
                         "itself for a directory or glob --input; docs/big-history.md)")
@@ -1157,12 +1163,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _set_threads(threads: int | None) -> None:
+    """``--threads`` (train, score): torch's intra-op threads for this process."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
         _setup_logging(settings, args.verbose)
+        _set_threads(getattr(args, "threads", None))
         return int(args.func(args, settings))
     except StreamDetectorError as exc:
         print(f"stream-detector {args.command}: error: {exc}", file=sys.stderr)

@@ -110,11 +110,20 @@ def test_cli_refuses_what_the_streamed_path_cannot_do_and_keeps_the_users_direct
     assert "not available on the streamed path" in capsys.readouterr().err
     assert main([*base, "--entity-key", "acount_id"]) == 2  # a typo: no such field
     assert "--entity-key acount_id: no such field" in capsys.readouterr().err
+    assert main([*base, "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("the user's file")
-    assert main([*base, "--work-dir", str(mine), "--epochs", "1", "--label-column", "label",
-                 "--normal-label", "legit", "--exclude", "pattern"]) == 0
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main([*base, "--work-dir", str(mine), "--epochs", "1", "--label-column", "label",
+                     "--normal-label", "legit", "--exclude", "pattern", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
     assert [p.name for p in mine.iterdir()] == ["keep.txt"]  # only the run's own directory was removed
     assert (tmp_path / "m" / "model.pt").exists()
 
