@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from stream_detector.big.shards import ShardCursor, ShardWriter, run_shards
@@ -33,8 +34,10 @@ def cluster() -> Iterator[str]:
 
 def _features(tmp: Path, events: list[dict], cluster: str | None) -> np.ndarray:
     writer = ShardWriter(SPEC, tmp, 4)
-    ids = {k: [entity_value(e.get(k)) for e in events] for k in SPEC.keys}
-    writer.append(np.arange(len(events)), ids, Columns.of(SPEC, events), np.ones(len(events), bool))
+    ids = {k: pa.array([entity_value(e.get(k)) for e in events], pa.string()) for k in SPEC.keys}
+    cols = Columns.of(SPEC, events)
+    writer.append(np.arange(len(events)), ids, cols.ts, cols.amount,
+                  {f: pa.array(v, pa.string()) for f, v in cols.labels.items()}, np.ones(len(events), bool))
     tasks = writer.close()
     results = run_shards(SPEC, tmp, tasks, cluster=cluster, workers=2)
     assert sorted((r.key, r.shard) for r in results) == tasks
