@@ -207,14 +207,23 @@ def _csv(path: Path, options: ReaderOptions, chunk_rows: int) -> Iterator[RawChu
     sized = ReaderOptions(options.delimiter, options.decimal, options.thousands, options.na_values, block)
     consumed = Consumed()
     for batch in _csv_batches(path, dialect, sized, ragged_rows(ragged), consumed):
-        total = batch.num_rows + sum(1 for i in ragged if i >= start)
-        bad = sorted(i for i in ragged if i < start + total)
-        present = np.delete(np.arange(total, dtype=np.int64), [i - start for i in bad])
-        mine = [ragged.pop(i) for i in bad]
-        yield RawChunk(path, 0, start, total, mine, dialect.text, "csv", pa.Table.from_batches([batch]), present,
-                       warnings=warnings, bytes_read=consumed())
+        # the batch's rows are the next good rows; ragged rows between them are this chunk's. pyarrow
+        # parses blocks ahead, so ``ragged`` may already hold rows of later batches: never count those
+        later = np.array(sorted(i for i in ragged if i >= start), dtype=np.int64)
+        span = np.arange(start, start + batch.num_rows + len(later), dtype=np.int64)
+        good = span[~np.isin(span, later)][:batch.num_rows]
+        pos = int(good[-1]) + 1 if len(good) else start
+        total = pos - start
+        mine = [ragged.pop(i) for i in sorted(i for i in ragged if i < pos)]
+        yield RawChunk(path, 0, start, total, mine, dialect.text, "csv", pa.Table.from_batches([batch]),
+                       good - start, warnings=warnings, bytes_read=consumed())
         warnings = []
         start += total
+    if ragged:  # ragged rows after the last good row
+        end = max(ragged) + 1
+        yield RawChunk(path, 0, start, end - start, [ragged.pop(i) for i in sorted(ragged)], dialect.text, "csv",
+                       pa.table({name: pa.array([], pa.string()) for name in dialect.names}),
+                       np.zeros(0, dtype=np.int64), warnings=warnings, bytes_read=consumed())
 
 
 @dataclass

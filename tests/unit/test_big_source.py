@@ -156,3 +156,25 @@ def test_csv_and_jsonl_chunks_say_how_far_the_file_is_read(tmp_path: Path) -> No
     fraction = (plain.stat().st_size + packed.stat().st_size // 2) / whole
     assert f"{fraction:.0%} of" in half and f"~{30 * (1 - fraction) / fraction:.0f} s left" in half
     assert "of 40,000, 1,000 rows/s, ~30 s left" in _ReadProgress([plain], 40_000).line(10_000, plain, 0, 10.0)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 100, 65_536])
+def test_ragged_csv_rows_are_counted_in_their_own_chunk(tmp_path: Path, chunk_rows: int) -> None:
+    """pyarrow parses CSV blocks ahead: a ragged row of a later block must not be counted in the
+    chunk being handed over (it made chunks' row counts, positions and tables disagree)."""
+    lines = ["event_id,amount,channel,note"] + [f"e{i},{i % 97}.5,pos," + "x" * 80 for i in range(3000)]
+    lines[10], lines[2501], lines[3000] = "e9,1.5", "e2500,1.5,pos", "e2999,1,2,3,4"  # the first, a middle, the last
+    path = tmp_path / "ragged.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rows: list[int] = []
+    rejected: list[int] = []
+    total = 0
+    for chunk in raw_chunks([path], chunk_rows=chunk_rows):
+        assert chunk.table is not None and chunk.table.num_rows == len(chunk.present)
+        assert chunk.n == len(chunk.present) + len(chunk.rejected)
+        rows += (chunk.first_row + chunk.present).tolist()
+        rejected += [r.index for r in chunk.rejected]
+        total += chunk.n
+    assert total == 3000 and rejected == [9, 2500, 2999]
+    assert rows == [i for i in range(3000) if i not in (9, 2500, 2999)]
+    assert [r.index for r in load_events(path).rejected] == rejected
