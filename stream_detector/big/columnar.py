@@ -407,6 +407,9 @@ def derive_table(chunk: RawChunk, schema: FieldSchema, layout: Layout, *, id_col
         column = columns.get(rule.name)
         if column is None or rule.type is FieldType.IGNORED or rule.name == "event_id":
             continue
+        if _is(column.type, *_NESTED):  # its values are rejections (validate_event): no conversion to try
+            rows.mark(_valid(column))
+            continue
         if rule.type is FieldType.NUMBER:
             numbers[rule.name] = typer.number(rule, column)
         elif rule.type is FieldType.BOOLEAN:

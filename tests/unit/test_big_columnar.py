@@ -192,3 +192,15 @@ def test_a_chunk_without_the_label_column_is_an_error() -> None:
     with pytest.raises(InputError, match="row 41 has no label column 'label'"):
         derive_table(_chunk(table, JSON_TEXT, "parquet", []), SCHEMA, LAYOUT, id_column=None,
                      label_column="label", generate_ids=False)
+
+
+@pytest.mark.parametrize("kind", [pa.list_(pa.int64()), pa.struct([("a", pa.int64())]), pa.map_(pa.string(), pa.int64())])
+def test_a_nested_column_typed_by_the_schema_is_each_rows_rejection(kind: pa.DataType) -> None:
+    """Inference types a mostly-null nested column as a category: its values are rejections, not a crash."""
+    values = {"list": [[1, 2]], "struct": [{"a": 1}], "map": [[("k", 1)]]}[str(kind).split("<")[0]]
+    table = pa.table({"event_id": ["a", "b", "c"], "amount": [1.0, 2.0, 3.0],
+                      "channel": pa.array([None, values[0], None], kind)})
+    chunk = _chunk(table, JSON_TEXT, "parquet", [])
+    fast, ref = _both(chunk, False, None)
+    _equal(fast, ref)
+    assert [(r.index, r.reason.value) for r in fast.rejected] == [(101, "wrong_type")]
