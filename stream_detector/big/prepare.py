@@ -36,7 +36,7 @@ from ..fieldschema import FieldSchema, FieldType, InferenceOptions, infer_schema
 from ..schema import RESERVED_FIELDS
 from .columnar import Derived, Layout, derive_events, derive_table
 from .shards import ShardCursor, ShardResult, ShardWriter, run_shards
-from .source import Prepared, RawChunk, generates_ids, prepare_chunk, raw_chunks, type_prepared
+from .source import GeneratedIds, Prepared, RawChunk, prepare_chunk, raw_chunks, type_prepared
 
 Say = Callable[[str], None]
 
@@ -107,7 +107,7 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
     started = last = time.monotonic()
     total = known_rows(files)
     chunks = raw_chunks(files, reader, options.chunk_rows)
-    files_seen: dict[Path, bool] = {}  # file → whether its event ids are generated
+    files_seen = GeneratedIds(id_column, reader, options.chunk_rows)  # file → whether its event ids are generated
     head, schema = _head(chunks, options.sample_rows, id_column, label_column, inference, files_seen)
     say(f"field schema, inferred from the first {sum(p.chunk.n for p in head):,} rows "
         f"(--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
@@ -248,8 +248,6 @@ def _head(chunks: Iterator[Any], sample_rows: int, id_column: str | None, label_
 
 
 def _prepare(chunk: Any, id_column: str | None, label_column: str | None, files: dict[Path, bool]) -> Prepared:
-    if chunk.path not in files:
-        files[chunk.path] = generates_ids(chunk, id_column)
     return prepare_chunk(chunk, id_column=id_column, label_column=label_column, generate_ids=files[chunk.path])
 
 
@@ -281,8 +279,6 @@ def _derived(head: list[Prepared], chunks: Iterator[Any], schema: FieldSchema, l
 
     def derive(chunk: RawChunk, prepared: Prepared | None) -> Derived:
         if chunk.table is not None:
-            if chunk.path not in files:
-                files[chunk.path] = generates_ids(chunk, id_column)
             return derive_table(chunk, schema, layout, id_column=id_column, label_column=label_column,
                                 generate_ids=files[chunk.path])
         prepared = prepared or _prepare(chunk, id_column, label_column, files)

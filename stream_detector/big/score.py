@@ -21,7 +21,7 @@ from ..events_io import ReaderOptions, ScoresCsv
 from ..model.bundle import Bundle
 from ..offline import OfflineScorer
 from .prepare import Say, known_rows
-from .source import DEFAULT_CHUNK_ROWS, RawChunk, generates_ids, prepare_chunk, raw_chunks, type_prepared
+from .source import DEFAULT_CHUNK_ROWS, GeneratedIds, RawChunk, prepare_chunk, raw_chunks, type_prepared
 
 
 @dataclass
@@ -48,7 +48,8 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     head = bundle.head_threshold
     done = StreamedScores()
     started = last = time.monotonic()
-    files_ids: dict[Path, bool] = {}
+    files_ids = GeneratedIds(id_column, reader, chunk_rows)
+    warned = False
     total = known_rows(files)
     hashes: list[np.ndarray] = []  # of every event id, for the repeated-ids warning (8 bytes a row)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")  # renamed to ``out`` once complete
@@ -59,10 +60,9 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     try:
         writer = ScoresCsv(handle, bundle.supervised is not None)
         for chunk in raw_chunks(files, reader, chunk_rows):
-            if not files_ids:
+            if not warned:
+                warned = True
                 _warn_absent(bundle, chunk, say)
-            if chunk.path not in files_ids:
-                files_ids[chunk.path] = generates_ids(chunk, id_column)
             stem = chunk.stem
             prepared = prepare_chunk(chunk, id_column=id_column, label_column=label_column,
                                      generate_ids=files_ids[chunk.path])

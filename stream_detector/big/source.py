@@ -11,7 +11,8 @@ needs them.
 Differences from the in-memory reader, said plainly:
 * the field schema is inferred from the first ``sample_rows`` rows (the in-memory reader uses
   every row), then applied to every chunk; a value that does not fit it is that row's rejection;
-* whether event ids are generated (``<file>-<row>``) is decided per file from its first chunk.
+* whether event ids are generated (``<file>-<row>``) follows the in-memory rule over the whole
+  file (``GeneratedIds``: the file is read up to its first id, so a file without ids is read twice).
 """
 
 from __future__ import annotations
@@ -303,3 +304,20 @@ def generates_ids(chunk: RawChunk, id_column: str | None) -> bool:
             return not bool(pc.any(pc.not_equal(ids, "")).as_py())
         return bool(ids.null_count == len(ids))
     return not any(row is not None and row.get(col) not in (None, "") for row in chunk.rows)
+
+
+class GeneratedIds(dict[Path, bool]):
+    """File → whether its event ids are generated: ``inputs.load_events``' rule over the whole file
+    (only when no row of it has an id), decided on first use by reading the file up to its first
+    row with an id — usually its first row; a file without ids is read through once more."""
+
+    def __init__(self, id_column: str | None, options: ReaderOptions | None = None,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+        super().__init__()
+        self.id_column, self.options, self.chunk_rows = id_column, options, chunk_rows
+
+    def __missing__(self, path: Path) -> bool:
+        value = all(generates_ids(chunk, self.id_column)
+                    for chunk in raw_chunks([path], self.options, self.chunk_rows))
+        self[path] = value
+        return value

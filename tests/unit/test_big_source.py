@@ -178,3 +178,26 @@ def test_ragged_csv_rows_are_counted_in_their_own_chunk(tmp_path: Path, chunk_ro
     assert total == 3000 and rejected == [9, 2500, 2999]
     assert rows == [i for i in range(3000) if i not in (9, 2500, 2999)]
     assert [r.index for r in load_events(path).rejected] == rejected
+
+
+@pytest.mark.parametrize("chunk_rows", [100, 65_536])
+def test_ids_are_generated_by_the_whole_files_rule_whatever_the_chunk_size(tmp_path: Path, chunk_rows: int) -> None:
+    """A file whose first rows have no id but later ones do: ids are not generated (the in-memory rule),
+    so the rows without one are missing_event_id rejections at any chunk size."""
+    from stream_detector.big.source import GeneratedIds
+
+    lines = ["event_id,amount"] + [f"{'' if i < 300 or i % 10 == 0 else f'id{i}'},{i}.5" for i in range(1000)]
+    path = tmp_path / "late-ids.csv"
+    path.write_text("\n".join(lines) + "\n")
+    whole = load_events(path)
+    generated = GeneratedIds(None, chunk_rows=chunk_rows)
+    assert generated[path] is False
+    missing = 0
+    for chunk in raw_chunks([path], chunk_rows=chunk_rows):
+        typed = type_prepared(prepare_chunk(chunk, id_column=None, label_column=None, generate_ids=generated[path]),
+                              whole.schema, False)
+        missing += sum(1 for r in typed.rejected if r.reason.value == "missing_event_id")
+    assert missing == len(whole.rejected) == 370
+    no_ids = tmp_path / "no-ids.csv"
+    no_ids.write_text("amount\n1\n2\n")
+    assert GeneratedIds(None)[no_ids] is True
