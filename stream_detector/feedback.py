@@ -87,7 +87,7 @@ def parse_label(obj: object, default_time_ms: float | None = None, text_ids: boo
         return RejectReason.WRONG_TYPE, f"event_id longer than {MAX_ID} characters"
     label = obj.get("label")
     if label not in (FRAUD, LEGIT):
-        return RejectReason.INVALID_LABEL, f"label must be \"fraud\" or \"legit\", got {label!r}"[:300]
+        return RejectReason.INVALID_LABEL, f"label must be \"fraud\" or \"legit\", got {_kind(label)}"
     source = obj.get("source")
     if source is None or source == "":
         source = UNSPECIFIED
@@ -106,6 +106,13 @@ def parse_label(obj: object, default_time_ms: float | None = None, text_ids: boo
     return Label(event_id, label == FRAUD, source, at_ms)
 
 
+def _kind(value: object) -> str:
+    """A value's type (and a text's length), never the value: messages reach dead-letter headers."""
+    if isinstance(value, str):
+        return f"text of {len(value)} character{'s' if len(value) != 1 else ''}" if value else "empty text"
+    return "nothing" if value is None else type(value).__name__
+
+
 def labelled_at_ms(value: object) -> float | Problem:
     """``labelled_at`` as epoch ms: RFC 3339 text (naive = UTC), or an epoch number (or its digits)
     whose unit is read from its magnitude as for events' timestamps (< 1e11 seconds, < 1e14 ms,
@@ -116,12 +123,12 @@ def labelled_at_ms(value: object) -> float | Problem:
         return RejectReason.INVALID_TIMESTAMP, "labelled_at: a boolean is not a time"
     try:
         ms = epoch_to_ms(float(value), "auto") if isinstance(value, (int, float)) else parse_timestamp_ms(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        return RejectReason.INVALID_TIMESTAMP, f"labelled_at: {exc}"[:300]
+    except (TypeError, ValueError, OverflowError):
+        return RejectReason.INVALID_TIMESTAMP, f"labelled_at is neither RFC 3339 nor an epoch number ({_kind(value)})"
     if not math.isfinite(ms):
         return RejectReason.INVALID_TIMESTAMP, "labelled_at is not finite"
     if not PLAUSIBLE_MS[0] <= ms <= PLAUSIBLE_MS[1]:
-        return RejectReason.IMPLAUSIBLE_TIMESTAMP, f"labelled_at {value!r} is outside 1990..2100"[:300]
+        return RejectReason.IMPLAUSIBLE_TIMESTAMP, f"labelled_at ({_kind(value)}) is outside 1990..2100"
     return ms
 
 

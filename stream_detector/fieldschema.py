@@ -350,7 +350,9 @@ def _shape(value: Any) -> str:
     """What a value is, never the value itself (a card number in a wrong field must not reach a
     dead letter's headers or a log): its type, and a text's length."""
     if isinstance(value, str):
-        return f"text of {len(value)} characters" if value.strip() else "blank text" if value else "empty text"
+        if not value.strip():
+            return "blank text" if value else "empty text"
+        return f"text of {len(value)} character{'s' if len(value) != 1 else ''}"
     return type(value).__name__
 
 
@@ -450,21 +452,23 @@ def _to_timestamp(name: str, value: Any, unit: str, plausible: tuple[float, floa
 
 
 def _plausible(name: str, ms: float, plausible: tuple[float, float], raw: Any) -> float:
-    """``ms`` when inside the plausible range; the message says the time read (not ``raw``)."""
+    """``ms`` when inside the plausible range; the message says the year read (not ``raw``)."""
     if not plausible[0] <= ms <= plausible[1]:
-        raise ConversionError(RejectReason.IMPLAUSIBLE_TIMESTAMP, f"field {name!r} is {_shown_time(ms)} "
-                              f"(read from {_shape(raw)}), outside the plausible range of this model")
+        raise ConversionError(RejectReason.IMPLAUSIBLE_TIMESTAMP,
+                              f"field {name!r} reads as a time in {_shown_year(ms)} (from {_shape(raw)}), "
+                              f"outside the plausible range of this model")
     return ms
 
 
-def _shown_time(ms: float) -> str:
-    """Epoch ms as an ISO time where Python's calendar has one (years 1..9999), else the number."""
+def _shown_year(ms: float) -> str:
+    """The year of epoch ms (not the time: a number read as a time must not be recoverable from the
+    message) where Python's calendar has one (years 1..9999), else "no calendar year"."""
     if abs(ms) >= 2.5e14:
-        return f"{ms:.4g} ms"
+        return "no calendar year"
     try:
-        return datetime.fromtimestamp(ms / 1000.0, timezone.utc).isoformat(timespec="seconds")
+        return str(datetime.fromtimestamp(ms / 1000.0, timezone.utc).year)
     except (ValueError, OverflowError, OSError):  # before year 1 or after 9999
-        return f"{ms:.4g} ms"
+        return "no calendar year"
 
 
 def _rfc3339_ms(text: str) -> float | None:
@@ -559,7 +563,7 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
         coded = _codes(present)
         if coded:
             return FieldRule(name, FieldType.IDENTIFIER,
-                             note=f"numeric codes (e.g. {coded[0]!r}: leading zero or >15 digits)")
+                             note="numeric codes (a leading zero or more than 15 digits)")
         return FieldRule(name, FieldType.NUMBER, note="numbers")
     if len(numbers) >= 0.5 * len(present):
         odd = list(dict.fromkeys(str(v) for v in present if not _is_number(v, options.text)))

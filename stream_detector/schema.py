@@ -186,7 +186,9 @@ def validate_event(obj: object, finite_floats: bool = False, check_timestamp: bo
     if version is not None and (
         isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_SCHEMA_VERSIONS
     ):
-        return RejectReason.UNKNOWN_SCHEMA, f"unknown schema_version {version!r}"
+        shown = version if isinstance(version, int) and not isinstance(version, bool) and abs(version) < 1000 \
+            else f"({type(version).__name__})"
+        return RejectReason.UNKNOWN_SCHEMA, f"unknown schema_version {shown}"
     if not finite_floats or not set(map(type, obj.values())).isdisjoint(_NESTED):
         for name, value in obj.items():
             if isinstance(value, float):

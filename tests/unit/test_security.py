@@ -81,6 +81,16 @@ def test_rejection_messages_never_carry_raw_values():
     assert len(rejected) == len(rows)
     for r in rejected:
         assert CARD not in r.message and spaced not in r.message and "4111" not in r.message, r
+    # the event contract and the feedback contract: no values either
+    from stream_detector.feedback import parse_label
+    from stream_detector.schema import validate_event
+
+    problem = validate_event({"event_id": "x", "schema_version": int(CARD)})
+    assert problem is not None and CARD not in problem[1]
+    for record in ({"event_id": "x", "label": CARD}, {"event_id": "x", "label": "fraud", "labelled_at": CARD + "x"},
+                   {"event_id": "x", "label": "fraud", "labelled_at": CARD[:10]}):
+        got = parse_label(record)
+        assert isinstance(got, tuple) and CARD[:10] not in got[1], got
     spec = fit_spec([{"event_id": str(i), "amount": float(i)} for i in range(20)])
     _, bad = spec.transform([{"event_id": "x", "amount": f"card {CARD}"}])
     assert bad and all(CARD not in message for _, message in bad.values())
