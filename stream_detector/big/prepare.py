@@ -108,8 +108,12 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
     total = known_rows(files)
     chunks = raw_chunks(files, reader, options.chunk_rows)
     files_seen = GeneratedIds(id_column, reader, options.chunk_rows)  # file → whether its event ids are generated
-    head, schema = _head(chunks, options.sample_rows, id_column, label_column, inference, files_seen)
-    say(f"field schema, inferred from the first {sum(p.chunk.n for p in head):,} rows "
+    head, schema, warnings = _head(chunks, options.sample_rows, id_column, label_column, inference, files_seen)
+    for warning in [w for p in head for w in p.chunk.warnings] + warnings:
+        say(f"warning: {warning}")
+    for p in head:
+        p.chunk.warnings = []  # said
+    say(f"field schema, inferred from the first {min(sum(p.chunk.n for p in head), options.sample_rows):,} rows "
         f"(--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
     for line in schema.describe():
         say(line)
@@ -128,7 +132,8 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
     order = _Order(times)
     labels_seen: dict[str, None] = {}
     progress = _ReadProgress(files, total)
-    for got, chunk_path, chunk_bytes in _derived(head, chunks, schema, layout, id_column, label_column, files_seen):
+    for got, chunk_path, chunk_bytes in _derived(head, chunks, schema, layout, id_column, label_column, files_seen,
+                                                      say):
         order.add(got.ts, got.times)
         if got.labels is not None and len(labels_seen) < 10:
             labels_seen.update(dict.fromkeys(sorted(pc.unique(got.labels).to_pylist())[:10]))
@@ -230,21 +235,23 @@ def known_rows(files: Sequence[Path]) -> int | None:
 
 
 def _head(chunks: Iterator[Any], sample_rows: int, id_column: str | None, label_column: str | None,
-          inference: InferenceOptions, seen_files: dict[Path, bool]) -> tuple[list[Prepared], FieldSchema]:
-    """The first chunks (at least ``sample_rows`` rows, or all) prepared, and the schema inferred from them."""
+          inference: InferenceOptions, seen_files: dict[Path, bool]) -> tuple[list[Prepared], FieldSchema, list[str]]:
+    """The first chunks (at least ``sample_rows`` rows, or all) prepared; the schema inferred from
+    exactly the first ``sample_rows`` rows (whatever the chunk size), and inference's warnings."""
     head: list[Prepared] = []
     for chunk in chunks:
         head.append(_prepare(chunk, id_column, label_column, seen_files))
         if sum(p.chunk.n for p in head) >= sample_rows:
             break
-    present = [row for p in head for row in p.present]
+    present = [row for p in head for row, n in zip(p.present, p.positions, strict=True) if n < sample_rows]
     if not present:
-        raise InputError("no rows in the input's first chunks")
+        where = ", ".join(sorted({str(p.chunk.path) for p in head})) or "the input"
+        raise InputError(f"{where}: no rows in its first {sample_rows:,} rows")
     text = head[0].chunk.text
     inferred = infer_schema(present, InferenceOptions(
         identifiers=inference.identifiers | {"event_id"}, ignored=inference.ignored, overrides=inference.overrides,
         max_categories=inference.max_categories, text=text))
-    return head, inferred.schema
+    return head, inferred.schema, list(inferred.warnings)
 
 
 def _prepare(chunk: Any, id_column: str | None, label_column: str | None, files: dict[Path, bool]) -> Prepared:
@@ -273,7 +280,7 @@ class _ReadProgress:
 
 def _derived(head: list[Prepared], chunks: Iterator[Any], schema: FieldSchema, layout: Layout,
              id_column: str | None, label_column: str | None,
-             files: dict[Path, bool]) -> Iterator[tuple[Derived, Path, int]]:
+             files: dict[Path, bool], say: Say) -> Iterator[tuple[Derived, Path, int]]:
     """Every chunk typed — CSV and Parquet as columns (``big/columnar.py``), JSON Lines by the
     reference — with its file and how many of the file's bytes were read after it."""
 
@@ -289,6 +296,8 @@ def _derived(head: list[Prepared], chunks: Iterator[Any], schema: FieldSchema, l
         yield derive(first.chunk, None if first.chunk.table is not None else first), first.chunk.path, \
             first.chunk.bytes_read
     for chunk in chunks:
+        for warning in chunk.warnings:  # a later file's dialect
+            say(f"warning: {chunk.path}: {warning}")
         yield derive(chunk, None), chunk.path, chunk.bytes_read
 
 

@@ -158,3 +158,28 @@ def test_an_interrupted_streamed_score_leaves_no_output(history: Path, tmp_path:
         score_stream(load_bundle(tmp_path / "m"), [history], out, label_column="label", chunk_rows=500)
     assert out.read_text() == "an older file\n"  # untouched: the new lines went to a hidden file, removed
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".s.csv")] == []
+
+
+def test_the_schema_comes_from_exactly_the_first_rows_and_its_warnings_are_said(tmp_path: Path) -> None:
+    """Inference reads the first ``sample_rows`` rows whatever the chunk size (CSV chunks are byte
+    blocks, so the head's row count varies), and says inference's warnings as the in-memory path does."""
+    lines = ["event_id,amount,channel"] + [f"e{i},{'n/a' if i % 97 == 0 else f'{i}.5'},pos" for i in range(10_000)]
+    for i in range(9000, 9500):  # past the sample: not what the schema is inferred from
+        lines[i + 1] = f"e{i},later text,pos"
+    path = tmp_path / "h.csv"
+    path.write_text("\n".join(lines) + "\n")
+    schemas, said = [], []
+    for chunk_rows in (10, 2000):
+        (tmp_path / f"w{chunk_rows}").mkdir()
+        lines_said: list[str] = []
+        schema, *_ = pass_one([path], reader=ReaderOptions(), inference=InferenceOptions(), entity=None,
+                              id_column=None, label_column=None, normal_label="0", exclude=(), time_of_day=False,
+                              seed=0, validation_fraction=0.2,
+                              options=BigOptions(work_dir=tmp_path / f"w{chunk_rows}", chunk_rows=chunk_rows,
+                                                 sample_rows=5000), say=lines_said.append)
+        schemas.append(schema)
+        said.append(lines_said)
+    assert schemas[0] == schemas[1]
+    for lines_said in said:
+        assert any(line.startswith("warning: field 'amount'") for line in lines_said), lines_said
+        assert any("inferred from the first 5,000 rows" in line for line in lines_said)
