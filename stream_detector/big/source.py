@@ -18,6 +18,7 @@ Differences from the in-memory reader, said plainly:
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,8 +51,9 @@ DEFAULT_CHUNK_ROWS = 65_536
 
 def input_files(spec: str) -> list[Path]:
     """The files of ``spec``: one file, every file of a directory (recursively, e.g. partitioned by
-    day, hidden files and ``_SUCCESS``-style markers left out), or a glob pattern; sorted by path,
-    which is the order their rows are read in (name day partitions so that it is time order).
+    day), or a glob pattern; sorted by path, which is the order their rows are read in (name day
+    partitions so that it is time order). Names and folders starting with ``.`` or ``_`` (markers,
+    Spark / Hive staging) and files that are not CSV, JSON Lines or Parquet are left out.
 
     Raises ``InputError`` when nothing matches.
     """
@@ -59,13 +61,18 @@ def input_files(spec: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+        found = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
         files = [p for p in found if _is_data(p)]  # README.txt, *.crc, … beside the partitions are not rows
         if not files:
             raise InputError(f"{spec}: no CSV, JSON Lines or Parquet file in the directory"
                              + (f" ({len(found)} other files, e.g. {found[0].name})" if found else ""))
     else:
-        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        matched = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        fixed = Path(*[part for part in itertools.takewhile(lambda q: not any(c in q for c in "*?["), path.parts)])
+        files = [p for p in matched if not _hidden(p.relative_to(fixed)) and _is_data(p)]
+        if matched and not files:
+            raise InputError(f"{spec}: no CSV, JSON Lines or Parquet file among the {len(matched)} files it matches "
+                             f"(e.g. {matched[0].name})")
     if not files:
         raise InputError(f"input not found: {spec} (a file, a directory of files or a glob pattern)")
     kinds: dict[str, Path] = {}
@@ -78,6 +85,13 @@ def input_files(spec: str) -> list[Path]:
 
 
 _DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq")
+
+
+def _hidden(relative: Path) -> bool:
+    """A name or folder below the input that starts with ``.`` or ``_``: markers (``_SUCCESS``),
+    and the staging folders of Spark and Hive (``_temporary/``, ``.hive-staging…/``), whose files are
+    not (yet) the table's rows."""
+    return any(part.startswith((".", "_")) for part in relative.parts)
 
 
 def _is_data(path: Path) -> bool:

@@ -88,9 +88,16 @@ def test_a_directory_is_its_files_in_path_order(tmp_path: Path) -> None:
     (day / "2026-01-01" / "part.csv").write_text("event_id,amount\na,1\nb,2\n")
     (day / "2026-01-02" / "part.csv").write_text("event_id,amount\nc,3\n")
     (day / "_SUCCESS").write_text("")
+    (day / "README.md").write_text("# not rows\n")
+    for staging in ("_temporary/0/task_1", ".hive-staging_1"):  # Spark / Hive work in progress: not the table
+        (day / staging).mkdir(parents=True)
+        (day / staging / "part.csv").write_text("event_id,amount\nz,9\n")
     files = input_files(str(day))
     assert [f.parent.name for f in files] == ["2026-01-01", "2026-01-02"]
     assert input_files(str(day / "*" / "*.csv")) == files
+    assert input_files(str(day / "**" / "*")) == files  # a glob: the same rules below its fixed part
+    with pytest.raises(InputError, match="no CSV, JSON Lines or Parquet file among the 2 files"):
+        input_files(str(day / "*"))  # _SUCCESS and README.md
     chunks = list(raw_chunks(files, chunk_rows=10))
     assert [c.first_row for c in chunks] == [0, 2]
     with pytest.raises(InputError, match="input not found"):
