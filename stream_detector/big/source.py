@@ -264,10 +264,10 @@ class Prepared:
 
 
 def prepare_chunk(chunk: RawChunk, *, id_column: str | None, label_column: str | None,
-                  generate_ids: bool) -> Prepared:
+                  generate_ids: bool, require_labels: bool = True) -> Prepared:
     """Ids from ``id_column`` (else ``event_id``; ``<file>-<row>`` when ``generate_ids``) and the
     label set aside, in place, as ``inputs.load_events`` does. Raises ``InputError`` for a row
-    without the label column."""
+    without the label column when ``require_labels`` (training; scoring only sets the label aside)."""
     from ..inputs import _id_text, _label_text
 
     stem = chunk.stem or chunk.path.name.split(".")[0]
@@ -280,7 +280,7 @@ def prepare_chunk(chunk: RawChunk, *, id_column: str | None, label_column: str |
             continue
         n = chunk.first_row + i
         if label_column is not None:
-            if label_column not in row:
+            if label_column not in row and require_labels:
                 raise InputError(f"{chunk.path}: row {chunk.file_row + i + 1} has no label column {label_column!r}")
             label = row.pop(label_column, None)
             labels[n] = "" if label is None else _label_text(label)

@@ -98,6 +98,9 @@ def test_streamed_score_writes_the_in_memory_lines(history: Path, tmp_path: Path
     scored = [float(line["score"]) for line in lines if not line["rejected"]]
     assert scored == whole.scores.tolist()
     assert [line["rejected"] for line in lines if line["rejected"]] == ["wrong_type"]
+    # scoring only sets a label aside: a file without that column is scored all the same (as `score`)
+    score_stream(model, [history], tmp_path / "s2.csv", label_column="verdict", chunk_rows=999)
+    assert (tmp_path / "s2.csv").read_bytes() == (tmp_path / "s.csv").read_bytes()
 
 
 def test_cli_refuses_what_the_streamed_path_cannot_do_and_keeps_the_users_directory(
