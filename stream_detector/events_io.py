@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -212,10 +213,15 @@ def _read_parquet(path: Path, limit: int | None) -> RawRows:
 
 
 def _plain_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Arrow times → epoch milliseconds (int64), decimals → float64: the values a JSON event has."""
+    """Arrow times → epoch milliseconds (int64; a float64 where µs or ns have a sub-millisecond part),
+    decimals → float64: the values a JSON event has."""
     kind = column.type
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-        return column.cast(pa.timestamp("ms", tz=getattr(kind, "tz", None))).cast(pa.int64())
+        try:
+            return column.cast(pa.timestamp("ms", tz=getattr(kind, "tz", None))).cast(pa.int64())
+        except pa.ArrowInvalid:  # µs / ns with a sub-millisecond part: epoch ms as a float, nothing cut off
+            per_ms = {"us": 1e3, "ns": 1e6}[kind.unit]
+            return pc.divide(column.cast(pa.int64()).cast(pa.float64()), per_ms)
     if pa.types.is_decimal(kind):
         return column.cast(pa.float64())
     return column

@@ -309,7 +309,7 @@ class _Typer:
         if _is(kind, _INTEGER, _FLOAT):
             values = _floats(column)
             self.rows.mark(~np.isnan(values) & (values != 0.0) & (values != 1.0))
-            return values
+            return np.where(np.isnan(values), NAN, (values == 1.0).astype(np.float64))  # -0.0 is False: 0.0
         if _is(kind, *_STRING):
             flags = _per_unique(column, lambda v: _to_boolean(rule.name, v), self.rows, pa.bool_())
             return _floats(flags)

@@ -69,7 +69,8 @@ class Prepared3:
 
 def validation_rows(rows: np.ndarray, seed: int, fraction: float) -> np.ndarray:
     """bool[n]: which global row numbers are validation rows (splitmix64 of row and seed < fraction)."""
-    z = (rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
+    offset = np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFF_FFFF_FFFF_FFFF)  # wraps in Python: no overflow warning
+    z = (rows.astype(np.uint64) + offset) * np.uint64(0xBF58476D1CE4E5B9)
     z ^= z >> np.uint64(30)
     z *= np.uint64(0x94D049BB133111EB)
     z ^= z >> np.uint64(31)

@@ -204,3 +204,10 @@ def test_a_nested_column_typed_by_the_schema_is_each_rows_rejection(kind: pa.Dat
     fast, ref = _both(chunk, False, None)
     _equal(fast, ref)
     assert [(r.index, r.reason.value) for r in fast.rejected] == [(101, "wrong_type")]
+
+
+def test_minus_zero_in_a_boolean_field_is_false_as_in_the_reference() -> None:
+    table = pa.table({"event_id": ["a", "b", "c"], "card_present": pa.array([-0.0, 1.0, 0.0], pa.float64())})
+    fast, ref = _both(_chunk(table, JSON_TEXT, "parquet", []), False, None)
+    _equal(fast, ref)
+    assert str(fast.numeric["card_present"].tolist()) == "[0.0, 1.0, 0.0]"  # no -0.0

@@ -208,3 +208,16 @@ def test_ids_are_generated_by_the_whole_files_rule_whatever_the_chunk_size(tmp_p
     no_ids = tmp_path / "no-ids.csv"
     no_ids.write_text("amount\n1\n2\n")
     assert GeneratedIds(None)[no_ids] is True
+
+
+def test_parquet_microsecond_times_are_read_without_cutting_them(tmp_path: Path) -> None:
+    """µs / ns timestamps with a sub-millisecond part were refused (a safe cast to ms); now epoch ms as a float."""
+    path = tmp_path / "us.parquet"
+    pq.write_table(pa.table({"event_id": ["a", "b"], "amount": [1.0, 2.0],
+                             "timestamp": pa.array([1795273487907793, 1795273487908000], pa.timestamp("us", tz="UTC"))}),
+                   path)
+    data = load_events(path)
+    assert [e["timestamp"] for e in data.events] == [1795273487907.793, 1795273487908.0]
+    chunk = next(raw_chunks([path]))
+    assert chunk.table is not None and chunk.table.column("timestamp").to_pylist() == [1795273487907.793,
+                                                                                       1795273487908.0]
