@@ -166,7 +166,8 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
             _say("note: --cluster runs the entity shards; without --entity-key nothing is sent to it")
         _check_cluster(args.cluster)
     where = f"the Dask cluster {args.cluster}" if args.cluster else "a local process pool"
-    _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of {args.chunk_rows:,} rows"
+    _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of "
+         f"{args.chunk_rows:,} rows (CSV: blocks of about that many)"
          + (f", {args.shards} entity shard(s) per key on {where}" if entity is not None else ""))
     if entity is not None:  # the in-memory path's checks, on the first file's first rows
         from .big.source import raw_chunks
@@ -981,7 +982,9 @@ def build_parser() -> argparse.ArgumentParser:
     big.add_argument("--workers", type=int, help="local process pool size (default: the machine's cores)")
     big.add_argument("--work-dir", help="where this run makes its directory of intermediate files, .OUT.work-PID "
                                         "(default: beside --out; that directory is removed after)")
-    big.add_argument("--chunk-rows", type=int, default=65_536, help="rows read and typed at a time (default 65536)")
+    big.add_argument("--chunk-rows", type=int, default=65_536,
+                     help="rows read and typed at a time (default 65536; a CSV is read in byte blocks of about "
+                          "that many rows, at 128 bytes a row)")
     big.add_argument("--batch-size", type=int,
                      help="minibatch rows on the streamed path (default 1024; the in-memory path uses 256)")
     _add_reader_args(p)
@@ -1017,7 +1020,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--streamed", action="store_true",
                    help="read and score the input chunk by chunk, bounded memory, progress on stderr (on by "
                         "itself for a directory or glob --input; docs/big-history.md)")
-    p.add_argument("--chunk-rows", type=int, default=65_536, help="rows per chunk with --streamed (default 65536)")
+    p.add_argument("--chunk-rows", type=int, default=65_536,
+                   help="rows per chunk with --streamed (default 65536; CSV: byte blocks of about that many rows)")
     _add_reader_args(p)
     p.set_defaults(func=cmd_score)
 

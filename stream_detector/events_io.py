@@ -214,7 +214,8 @@ def _read_parquet(path: Path, limit: int | None) -> RawRows:
 
 def _plain_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """Arrow times → epoch milliseconds (int64; a float64 where µs or ns have a sub-millisecond part),
-    decimals → float64: the values a JSON event has."""
+    durations → milliseconds (float64), decimals → float64, bytes → their hex text: the values a JSON
+    event has."""
     kind = column.type
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         try:
@@ -224,6 +225,13 @@ def _plain_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
             return pc.divide(column.cast(pa.int64()).cast(pa.float64()), per_ms)
     if pa.types.is_decimal(kind):
         return column.cast(pa.float64())
+    if pa.types.is_duration(kind):  # a length of time: milliseconds, as a number
+        per_ms = {"s": 1e-3, "ms": 1.0, "us": 1e3, "ns": 1e6}[kind.unit]
+        return pc.divide(column.cast(pa.int64()).cast(pa.float64()), per_ms)
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        # raw bytes (a hashed card, a token): their hex text, an identifier or category like any text
+        return pa.chunked_array([pa.array([None if v is None else v.hex() for v in chunk.to_pylist()], pa.string())
+                                 for chunk in column.chunks], pa.string())
     return column
 
 

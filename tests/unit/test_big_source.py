@@ -221,3 +221,16 @@ def test_parquet_microsecond_times_are_read_without_cutting_them(tmp_path: Path)
     chunk = next(raw_chunks([path]))
     assert chunk.table is not None and chunk.table.column("timestamp").to_pylist() == [1795273487907.793,
                                                                                        1795273487908.0]
+
+
+def test_parquet_bytes_and_durations_are_read_as_text_and_milliseconds(tmp_path: Path) -> None:
+    """Binary and duration columns crashed inference (bytes and timedelta are not JSON values)."""
+    path = tmp_path / "odd.parquet"
+    n = 300
+    pq.write_table(pa.table({"event_id": [f"e{i}" for i in range(n)], "amount": [float(i) for i in range(n)],
+                             "token": pa.array([bytes([i % 7, 255]) for i in range(n)], pa.binary()),
+                             "wait": pa.array([1500 * (i % 5) for i in range(n)], pa.duration("us"))}), path)
+    data = load_events(path)
+    assert not data.rejected and data.events[1]["token"] == "01ff" and data.events[1]["wait"] == 1.5
+    typed = _streamed(str(path), 128)
+    assert typed[0] == data.events
