@@ -83,6 +83,8 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
                 raise InputError(f"{path}: row {n + 1} has no label column {label_column!r}")
             label = row.pop(label_column, None)
             row_labels.append(None if label is None else _label_text(label))
+        if raw.kind == "csv":
+            csv_schema_version(row)
         ident = row.pop(id_col, None) if id_col != "event_id" else row.get("event_id")
         if ident is None or ident == "":
             if generate:
@@ -122,6 +124,14 @@ def _label_text(value: Any) -> str:
     except ValueError:
         return text
     return str(int(number)) if number.is_integer() and abs(number) < 2**53 else text
+
+
+def csv_schema_version(row: dict[str, Any]) -> None:
+    """A CSV cell is text: the event contract's integer ``schema_version`` written as digits is that
+    integer (every row of a CSV export with the column was ``unknown_schema`` before); in place."""
+    version = row.get("schema_version")
+    if isinstance(version, str) and version.strip().isdecimal():
+        row["schema_version"] = int(version)
 
 
 def _id_text(value: Any) -> str:

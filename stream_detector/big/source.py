@@ -268,7 +268,7 @@ def prepare_chunk(chunk: RawChunk, *, id_column: str | None, label_column: str |
     """Ids from ``id_column`` (else ``event_id``; ``<file>-<row>`` when ``generate_ids``) and the
     label set aside, in place, as ``inputs.load_events`` does. Raises ``InputError`` for a row
     without the label column when ``require_labels`` (training; scoring only sets the label aside)."""
-    from ..inputs import _id_text, _label_text
+    from ..inputs import _id_text, _label_text, csv_schema_version
 
     stem = chunk.stem or chunk.path.name.split(".")[0]
     id_col = id_column or "event_id"
@@ -284,6 +284,8 @@ def prepare_chunk(chunk: RawChunk, *, id_column: str | None, label_column: str |
                 raise InputError(f"{chunk.path}: row {chunk.file_row + i + 1} has no label column {label_column!r}")
             label = row.pop(label_column, None)
             labels[n] = "" if label is None else _label_text(label)
+        if chunk.kind == "csv":
+            csv_schema_version(row)
         ident = row.pop(id_col, None) if id_col != "event_id" else row.get("event_id")
         if ident is None or ident == "":
             if generate_ids:

@@ -234,3 +234,13 @@ def test_parquet_bytes_and_durations_are_read_as_text_and_milliseconds(tmp_path:
     assert not data.rejected and data.events[1]["token"] == "01ff" and data.events[1]["wait"] == 1.5
     typed = _streamed(str(path), 128)
     assert typed[0] == data.events
+
+
+def test_a_csv_schema_version_column_is_read_as_the_integer_it_spells(tmp_path: Path) -> None:
+    """A CSV cell is text: schema_version 1 written in a CSV was every row's unknown_schema rejection."""
+    path = tmp_path / "sv.csv"
+    path.write_text("event_id,schema_version,amount\n" + "".join(f"e{i},1,{i}.5\n" for i in range(50)) + "e50,7,1\n")
+    data = load_events(path)
+    assert len(data.events) == 50 and [r.reason.value for r in data.rejected] == ["unknown_schema"]
+    events, _rows, rejected = _streamed(str(path), 16)
+    assert events == data.events and [r for _, r in rejected] == [r.reason for r in data.rejected]
