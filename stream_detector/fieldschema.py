@@ -436,7 +436,6 @@ def epoch_to_ms(value: float, unit: str) -> float:
 def _to_timestamp(name: str, value: Any, unit: str, plausible: tuple[float, float], text: TextFormat) -> float:
     if isinstance(value, bool):
         raise ConversionError(RejectReason.INVALID_TIMESTAMP, f"field {name!r}: a boolean is not a timestamp")
-    original = value  # what the message names (a text cell stays "text", not the float parsed from it)
     if isinstance(value, str):
         number = text.parse(value)
         if number is not None:
@@ -449,14 +448,15 @@ def _to_timestamp(name: str, value: Any, unit: str, plausible: tuple[float, floa
             return _plausible(name, ms, plausible, value)
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConversionError(RejectReason.INVALID_TIMESTAMP, f"field {name!r} is not a timestamp ({_shape(value)})")
-    return _plausible(name, epoch_to_ms(float(value), unit), plausible, original)
+    return _plausible(name, epoch_to_ms(float(value), unit), plausible, value)
 
 
 def _plausible(name: str, ms: float, plausible: tuple[float, float], raw: Any) -> float:
     """``ms`` when inside the plausible range; the message says the year read (not ``raw``)."""
     if not plausible[0] <= ms <= plausible[1]:
         raise ConversionError(RejectReason.IMPLAUSIBLE_TIMESTAMP,
-                              f"field {name!r} reads as a time in {_shown_year(ms)} (from {_shape(raw)}), "
+                              f"field {name!r} reads as a time in {_shown_year(ms)} "
+                              f"(from {'a number' if isinstance(raw, (int, float)) else _shape(raw)}), "
                               f"outside the plausible range of this model")
     return ms
 

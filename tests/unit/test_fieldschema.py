@@ -129,7 +129,7 @@ def test_values_that_do_not_fit_are_rejected_with_a_reason(kind: FieldType, valu
 def test_a_fixed_unit_and_the_plausible_range() -> None:
     schema = FieldSchema((FieldRule("timestamp", FieldType.TIMESTAMP, unit="ms"),), (T0, T0))
     _, problems = schema.convert([{"timestamp": T0 // 1000}])  # seconds where ms are promised: 1970
-    assert problems[0].reason is RejectReason.IMPLAUSIBLE_TIMESTAMP and "a time in 1970 (from int)" in str(problems[0])
+    assert problems[0].reason is RejectReason.IMPLAUSIBLE_TIMESTAMP and "a time in 1970 (from a number)" in str(problems[0])
     assert FieldSchema((FieldRule("t", FieldType.TIMESTAMP),)).plausible_ms[0] == 631_152_000_000.0
     assert epoch_to_ms(1.5e9, "auto") == 1.5e12 and epoch_to_ms(1.5e18, "auto") == 1.5e12
 
