@@ -217,6 +217,8 @@ def _plain_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
     durations → milliseconds (float64), decimals → float64, bytes → their hex text: the values a JSON
     event has."""
     kind = column.type
+    if pa.types.is_dictionary(kind):  # a pandas categorical: its values (the columnar typing then applies)
+        return _plain_column(column.cast(kind.value_type))
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         try:
             return column.cast(pa.timestamp("ms", tz=getattr(kind, "tz", None))).cast(pa.int64())

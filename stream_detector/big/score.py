@@ -94,6 +94,8 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
                 rate = done.rows / (last - started)
                 left = f" of {total:,}, ~{(total - done.rows) / rate:.0f} s left" if total else ""
                 say(f"score: {done.rows:,} rows{left}, {rate:,.0f} rows/s")
+        if done.rows == 0:  # as ``score``: an input without a row is an error, not an empty result
+            raise InputError(f"{files[0] if len(files) == 1 else 'the input'}: no rows")
         handle.close()
         partial.replace(out)
     finally:

@@ -244,3 +244,13 @@ def test_a_csv_schema_version_column_is_read_as_the_integer_it_spells(tmp_path: 
     assert len(data.events) == 50 and [r.reason.value for r in data.rejected] == ["unknown_schema"]
     events, _rows, rejected = _streamed(str(path), 16)
     assert events == data.events and [r for _, r in rejected] == [r.reason for r in data.rejected]
+
+
+def test_a_dictionary_column_is_read_as_its_values(tmp_path: Path) -> None:
+    """A pandas categorical (Arrow dictionary) column: its values, so the chunk stays on the columnar path."""
+    path = tmp_path / "cat.parquet"
+    pq.write_table(pa.table({"event_id": ["a", "b", "c"], "amount": [1.0, 2.0, 3.0],
+                             "channel": pa.array(["pos", "web", "pos"]).dictionary_encode()}), path)
+    chunk = next(raw_chunks([path]))
+    assert chunk.table is not None and chunk.table.column("channel").type == pa.string()
+    assert [e["channel"] for e in load_events(path).events] == ["pos", "web", "pos"]

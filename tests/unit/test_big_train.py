@@ -15,6 +15,7 @@ from stream_detector.big.score import score_stream
 from stream_detector.big.source import input_files
 from stream_detector.big.train import train_big
 from stream_detector.entity import EntitySpec, enrich_history
+from stream_detector.errors import InputError
 from stream_detector.events_io import ReaderOptions, write_csv
 from stream_detector.features import fit_spec
 from stream_detector.fieldschema import InferenceOptions
@@ -98,6 +99,11 @@ def test_streamed_score_writes_the_in_memory_lines(history: Path, tmp_path: Path
     scored = [float(line["score"]) for line in lines if not line["rejected"]]
     assert scored == whole.scores.tolist()
     assert [line["rejected"] for line in lines if line["rejected"]] == ["wrong_type"]
+    empty = tmp_path / "empty.csv"
+    empty.write_text("event_id,amount\n")
+    with pytest.raises(InputError, match="no rows"):  # as `score`: an input without rows is an error
+        score_stream(model, [empty], tmp_path / "e.csv")
+    assert not (tmp_path / "e.csv").exists()
     # scoring only sets a label aside: a file without that column is scored all the same (as `score`)
     score_stream(model, [history], tmp_path / "s2.csv", label_column="verdict", chunk_rows=999)
     assert (tmp_path / "s2.csv").read_bytes() == (tmp_path / "s.csv").read_bytes()
