@@ -215,8 +215,7 @@ def _per_unique(column: pa.Array, convert: Callable[[Any], Any], rows: _Rows, ou
         except ConversionError:
             results.append(None)
             refused[j] = True
-    indices = encoded.indices.to_numpy(zero_copy_only=False)
-    idx = np.where(_valid(encoded.indices), np.nan_to_num(indices, nan=len(uniques)), len(uniques)).astype(np.int64)
+    idx = np.asarray(pc.fill_null(encoded.indices, len(uniques)).to_numpy(zero_copy_only=False), dtype=np.int64)
     rows.mark(refused[idx])
     return pa.array(results + [None], out_type).take(pa.array(idx))
 
@@ -234,9 +233,10 @@ def _plain_numbers(column: pa.Array, text: TextFormat) -> pa.Array:
 
 
 def _text_numbers(column: pa.Array, text: TextFormat, convert: Callable[[Any], Any],
-                  rows: _Rows) -> np.ndarray:
-    """float64[m]: text cells written as plain numbers in ``text``'s format, cast in one pass; other
-    cells through ``convert`` (the reference, once per distinct value)."""
+                  rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
+    """(float64[m], bool[m]): text cells written as plain numbers in ``text``'s format, cast in one
+    pass, and which cells those were; other cells through ``convert`` (the reference, once per
+    distinct value)."""
     plain = _plain_numbers(column, text)
     out = np.full(len(column), NAN)
     mask = plain.to_numpy(zero_copy_only=False)
@@ -257,7 +257,7 @@ def _text_numbers(column: pa.Array, text: TextFormat, convert: Callable[[Any], A
     if rest.any():
         converted = _per_unique(column.filter(pa.array(rest)), convert, rows_of(rest, rows), pa.float64())
         out[rest] = _floats(converted)
-    return out
+    return out, mask
 
 
 class _Sub(_Rows):
@@ -298,7 +298,7 @@ class _Typer:
         if _is(kind, _INTEGER, _FLOAT, pa.types.is_null):
             return _floats(column)  # non-finite floats are already suspect (validate_event)
         if _is(kind, *_STRING):
-            return _text_numbers(column, self.text, lambda v: _to_number(rule.name, v, self.text), self.rows)
+            return _text_numbers(column, self.text, lambda v: _to_number(rule.name, v, self.text), self.rows)[0]
         self.rows.mark(_valid(column))  # a boolean is not a number: the reference says so
         return np.full(len(column), NAN)
 
@@ -339,8 +339,7 @@ class _Typer:
                 return _to_timestamp(rule.name, v, rule.unit, plausible, self.text)
 
             # plain text numbers are epochs in the rule's unit; the converter gives ms for the rest
-            plain = _plain_numbers(column, self.text).to_numpy(zero_copy_only=False)
-            numbers = _text_numbers(column, self.text, convert, self.rows)
+            numbers, plain = _text_numbers(column, self.text, convert, self.rows)
             ms = np.where(plain, _epoch_ms(numbers, rule.unit), numbers)
         else:
             self.rows.mark(_valid(column))
@@ -360,8 +359,7 @@ def derive_table(chunk: RawChunk, schema: FieldSchema, layout: Layout, *, id_col
                           label_column=label_column, generate_ids=generate_ids, with_rejected=True)
     m = table.num_rows
     rows = _Rows(m)
-    columns = {name: table.column(name).combine_chunks() if isinstance(table.column(name), pa.ChunkedArray)
-               else table.column(name) for name in table.column_names}
+    columns = {name: table.column(name).combine_chunks() for name in table.column_names}
     id_col = id_column or "event_id"
     labels: pa.Array | None = None
     if label_column is not None:

@@ -236,7 +236,7 @@ def known_rows(files: Sequence[Path]) -> int | None:
 
 
 def _head(chunks: Iterator[Any], sample_rows: int, id_column: str | None, label_column: str | None,
-          inference: InferenceOptions, seen_files: dict[Path, bool]) -> tuple[list[Prepared], FieldSchema, list[str]]:
+          inference: InferenceOptions, seen_files: GeneratedIds) -> tuple[list[Prepared], FieldSchema, list[str]]:
     """The first chunks (at least ``sample_rows`` rows, or all) prepared; the schema inferred from
     exactly the first ``sample_rows`` rows (whatever the chunk size), and inference's warnings."""
     head: list[Prepared] = []
@@ -255,8 +255,8 @@ def _head(chunks: Iterator[Any], sample_rows: int, id_column: str | None, label_
     return head, inferred.schema, list(inferred.warnings)
 
 
-def _prepare(chunk: Any, id_column: str | None, label_column: str | None, files: dict[Path, bool]) -> Prepared:
-    return prepare_chunk(chunk, id_column=id_column, label_column=label_column, generate_ids=files[chunk.path])
+def _prepare(chunk: Any, id_column: str | None, label_column: str | None, files: GeneratedIds) -> Prepared:
+    return prepare_chunk(chunk, id_column=id_column, label_column=label_column, generate_ids=files.of(chunk))
 
 
 class _ReadProgress:
@@ -281,14 +281,14 @@ class _ReadProgress:
 
 def _derived(head: list[Prepared], chunks: Iterator[Any], schema: FieldSchema, layout: Layout,
              id_column: str | None, label_column: str | None,
-             files: dict[Path, bool], say: Say) -> Iterator[tuple[Derived, Path, int]]:
+             files: GeneratedIds, say: Say) -> Iterator[tuple[Derived, Path, int]]:
     """Every chunk typed — CSV and Parquet as columns (``big/columnar.py``), JSON Lines by the
     reference — with its file and how many of the file's bytes were read after it."""
 
     def derive(chunk: RawChunk, prepared: Prepared | None) -> Derived:
         if chunk.table is not None:
             return derive_table(chunk, schema, layout, id_column=id_column, label_column=label_column,
-                                generate_ids=files[chunk.path])
+                                generate_ids=files.of(chunk))
         prepared = prepared or _prepare(chunk, id_column, label_column, files)
         return derive_events(type_prepared(prepared, schema, label_column is not None), layout)
 

@@ -65,7 +65,7 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
                 _warn_absent(bundle, chunk, say)
             stem = chunk.stem
             prepared = prepare_chunk(chunk, id_column=id_column, label_column=label_column,
-                                     generate_ids=files_ids[chunk.path], require_labels=False)
+                                     generate_ids=files_ids.of(chunk), require_labels=False)
             ids = [chunk.rejected_ids.get(chunk.first_row + i, f"{stem}-{chunk.file_row + i + 1}") if row is None
                    else str(row.get("event_id") or f"{stem}-{chunk.file_row + i + 1}")
                    for i, row in enumerate(chunk.rows)]

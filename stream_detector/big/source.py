@@ -332,6 +332,13 @@ class GeneratedIds(dict[Path, bool]):
         super().__init__()
         self.id_column, self.options, self.chunk_rows = id_column, options, chunk_rows
 
+    def of(self, chunk: RawChunk) -> bool:
+        """The decision for ``chunk``'s file; a file's first chunk with an id decides it without
+        reading the file again."""
+        if chunk.path not in self and chunk.file_row == 0 and not generates_ids(chunk, self.id_column):
+            self[chunk.path] = False
+        return self[chunk.path]
+
     def __missing__(self, path: Path) -> bool:
         value = all(generates_ids(chunk, self.id_column)
                     for chunk in raw_chunks([path], self.options, self.chunk_rows))
