@@ -18,57 +18,154 @@ history file: entity features computed over it equal ``stream-detector train`` o
 what a worker with event-time alignment computes (docs/entity-features.md).
 
 Retention is the limit: the input topic must keep at least the horizon plus the training window
-(``retention.ms``; 30-day windows need ≥ 30 days plus ``SD_RETRAIN_WINDOW_SECONDS``). Cost: the
-events are held as parsed dicts (~1.5 KB each in CPython) for the run; 1M events ≈ 1.5 GB. Reading
-columnar and out of core is issue 19's.
+(``retention.ms``; 30-day windows need ≥ 30 days plus ``SD_RETRAIN_WINDOW_SECONDS``).
+
+**Cost: disk, not memory.** The events are not held: each accepted record's value is appended to a
+spool file (``SD_RETRAIN_SPOOL_DIR``, the system temp folder by default; deleted when the run ends)
+and only its sort key stays in memory (event time, partition, offset, place in the file: 32 bytes
+per event). ``History.chunks`` then decodes the spool in event-time order, a chunk at a time, and
+``job.py`` enriches it with ``entity.history.enrich_selected`` keeping only the rows it needs: 10M
+events cost about 3 GB of spool and a few hundred MB of memory (``benchmarks/RESULTS.md``,
+retrain-scale). The labels (a few per hundred events) are held in memory.
 """
 
 from __future__ import annotations
 
+import mmap
+import tempfile
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
 
+import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from ..feedback import Label, decode_label
 from ..kafka_util import partitions_of
-from ..pipeline.decode import decode_batch
+from ..pipeline.decode import decode_batch, parse_record
 from ..settings import Settings
 
 
-@dataclass
 class History:
-    """``events``: decoded input events (JSON objects) in event-time order; ``labels``: every valid
-    feedback record read; ``counts``: records read and left out, per topic."""
+    """Decoded input events in event-time order (then partition, offset), spooled on disk; every
+    valid feedback record read (``labels``); ``counts``: records read and left out, per topic.
 
-    events: list[dict[str, Any]] = field(default_factory=list)
-    labels: list[Label] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
+    Fill with ``add`` (record values that decoded, their times, partitions and offsets), then
+    ``seal``; read with ``chunks``. ``close`` (or ``with``) deletes the spool."""
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="sd-history-", dir=directory or None)
+        self._file: BinaryIO | None = open(Path(self._dir.name) / "events.spool", "wb")  # noqa: SIM115
+        self._keys: list[np.ndarray] = []
+        self._size = 0
+        self._order: np.ndarray | None = None
+        self._spans: np.ndarray = np.zeros((0, 2), dtype=np.int64)
+        self.labels: list[Label] = []
+        self.counts: dict[str, int] = {}
+
+    @classmethod
+    def of(cls, events: Sequence[dict[str, Any]], labels: Sequence[Label] = (),
+           directory: str | Path | None = None) -> History:
+        """A history of ``events`` in the given order (tests, and hand use)."""
+        import orjson
+
+        out = cls(directory)
+        out.add([orjson.dumps(e) for e in events], np.arange(len(events), dtype=np.float64),
+                np.zeros(len(events), dtype=np.int64), np.arange(len(events), dtype=np.int64))
+        out.labels = list(labels)
+        return out.seal()
+
+    def add(self, values: Sequence[bytes], times: np.ndarray, partitions: np.ndarray, offsets: np.ndarray) -> None:
+        """Spool record ``values`` (each one that ``decode_batch`` accepts) with their sort keys:
+        ``times`` float64 (event time, ms), ``partitions`` and ``offsets`` int64."""
+        if self._file is None:
+            raise RuntimeError("history sealed")
+        lengths = np.fromiter(map(len, values), np.int64, len(values))
+        starts = self._size + np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+        self._file.write(b"".join(values))
+        self._size += int(lengths.sum())
+        keys = np.empty((len(values), 5), dtype=np.float64)  # time, partition, offset, start, length
+        keys[:, 0], keys[:, 1], keys[:, 2], keys[:, 3], keys[:, 4] = times, partitions, offsets, starts, lengths
+        self._keys.append(keys)
+
+    def seal(self) -> History:
+        """Close the spool and sort: the events' order is fixed from here on."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        keys = np.concatenate(self._keys) if self._keys else np.zeros((0, 5))
+        self._keys = []
+        order = np.lexsort((keys[:, 2], keys[:, 1], keys[:, 0]))
+        self._spans = keys[order][:, 3:5].astype(np.int64)
+        self._order = order
+        return self
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    @property
+    def spool_bytes(self) -> int:
+        return self._size
+
+    def chunks(self, size: int = 65_536) -> Iterator[list[dict[str, Any]]]:
+        """The events in order, ``size`` at a time (each a JSON object, as ``decode_batch`` gave it)."""
+        if self._order is None:
+            raise RuntimeError("history not sealed")
+        if not len(self):
+            return
+        with open(Path(self._dir.name) / "events.spool", "rb") as f, \
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as spool:
+            for at in range(0, len(self), size):
+                spans = self._spans[at:at + size].tolist()
+                yield [parse_record(spool[a:a + n])[0] for a, n in spans]
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event at once (small histories, tests): memory grows with the history."""
+        return [e for chunk in self.chunks() for e in chunk]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._dir.cleanup()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def read_history(settings: Settings, since_ms: int, decided: Mapping[int, int], timeout_s: float = 300.0,
                  progress: Callable[[str], None] | None = None) -> History:
     """Read the input topic from ``since_ms`` (epoch ms, record time) up to ``decided`` (partition →
-    first offset not yet committed by the workers; a partition absent reads nothing) and the feedback
-    topic from ``since_ms`` to its end. Raises ``TimeoutError`` when the topics cannot be read within
-    ``timeout_s``."""
+    first offset not yet committed by the workers; a partition absent reads nothing) into a spooled
+    ``History``, and the feedback topic from ``since_ms`` to its end. Raises ``TimeoutError`` when
+    the topics cannot be read within ``timeout_s`` (the spool is deleted then)."""
     say = progress or (lambda _m: None)
-    out = History(counts={"input_records": 0, "input_rejected": 0, "feedback_records": 0, "feedback_rejected": 0})
+    out = History(settings.retrain_spool_dir or None)
+    out.counts = {"input_records": 0, "input_rejected": 0, "feedback_records": 0, "feedback_rejected": 0}
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                              isolation_level="read_committed", client_id="stream-detector-retrainer-history",
                              max_poll_records=10_000, **settings.kafka_security())
+    started, reported = time.monotonic(), time.monotonic()
     try:
-        keyed: list[tuple[float, int, int, dict[str, Any]]] = []
         for tp, records in _read(consumer, settings.input_topic, since_ms, decided, timeout_s):
             out.counts["input_records"] += len(records)
             decoded = decode_batch([r.value for r in records], settings.max_event_bytes)
             out.counts["input_rejected"] += len(decoded.rejected)
-            for event, i in zip(decoded.events, decoded.indices, strict=True):
-                keyed.append((_event_time(event, records[i].timestamp), tp.partition, records[i].offset, event))
-        keyed.sort(key=lambda k: (k[0], k[1], k[2]))
-        out.events = [k[3] for k in keyed]
+            kept = [records[i] for i in decoded.indices]
+            out.add([r.value for r in kept],
+                    np.fromiter((_event_time(e, r.timestamp) for e, r in zip(decoded.events, kept, strict=True)),
+                                np.float64, len(kept)),
+                    np.full(len(kept), tp.partition, dtype=np.int64),
+                    np.fromiter((r.offset for r in kept), np.int64, len(kept)))
+            if time.monotonic() - reported > 30:
+                reported = time.monotonic()
+                say(f"history from Kafka: {out.counts['input_records']:,} records read "
+                    f"({out.counts['input_records'] / (reported - started):,.0f}/s)")
+        out.seal()
         for _tp, records in _read(consumer, settings.feedback_topic, since_ms, None, timeout_s):
             out.counts["feedback_records"] += len(records)
             for r in records:
@@ -77,11 +174,14 @@ def read_history(settings: Settings, since_ms: int, decided: Mapping[int, int], 
                     out.labels.append(label)
                 else:
                     out.counts["feedback_rejected"] += 1
+    except BaseException:
+        out.close()
+        raise
     finally:
         consumer.close(autocommit=False)
     since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(since_ms / 1000))
-    say(f"history from Kafka: {len(out.events):,} events since {since} UTC ({out.counts['input_rejected']} "
-        f"undecodable left out), {len(out.labels):,} labels")
+    say(f"history from Kafka: {len(out):,} events since {since} UTC ({out.counts['input_rejected']} "
+        f"undecodable left out; {out.spool_bytes / 2**20:,.0f} MiB spooled), {len(out.labels):,} labels")
     return out
 
 
@@ -93,9 +193,10 @@ def _event_time(event: Mapping[str, Any], record_ms: int) -> float:
 
 
 def _read(consumer: KafkaConsumer, topic: str, since_ms: int, until: Mapping[int, int] | None,
-          timeout_s: float) -> list[tuple[TopicPartition, list[Any]]]:
+          timeout_s: float) -> Iterator[tuple[TopicPartition, list[Any]]]:
     """Records of ``topic`` from ``since_ms`` up to ``until`` (partition → end offset; None: the end
-    offsets now), as (partition, records) chunks."""
+    offsets now), as (partition, records) chunks, one poll at a time (nothing accumulates here).
+    ``timeout_s`` bounds the time without progress."""
     parts = partitions_of(consumer, topic, timeout_s)
     tps = [TopicPartition(topic, p) for p in parts]
     ends = consumer.end_offsets(tps)
@@ -104,9 +205,8 @@ def _read(consumer: KafkaConsumer, topic: str, since_ms: int, until: Mapping[int
     starts = {tp: (found.offset if found is not None else ends[tp])
               for tp, found in consumer.offsets_for_times({tp: since_ms for tp in tps}).items()}
     todo = [tp for tp in tps if starts[tp] < ends[tp]]
-    chunks: list[tuple[TopicPartition, list[Any]]] = []
     if not todo:
-        return chunks
+        return
     consumer.assign(todo)
     for tp in todo:
         consumer.seek(tp, starts[tp])
@@ -114,18 +214,18 @@ def _read(consumer: KafkaConsumer, topic: str, since_ms: int, until: Mapping[int
     deadline = time.monotonic() + timeout_s
     while remaining:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"could not read {topic} up to its decided offsets within {timeout_s:.0f}s")
+            raise TimeoutError(f"could not read {topic} up to its decided offsets: no progress for {timeout_s:.0f}s")
         for tp, records in consumer.poll(timeout_ms=200).items():
             if tp not in remaining:
                 continue
+            deadline = time.monotonic() + timeout_s
             kept = [r for r in records if r.offset < ends[tp]]
             if kept:
-                chunks.append((tp, kept))
+                yield tp, kept
             if consumer.position(tp) >= ends[tp]:
                 remaining.discard(tp)
                 consumer.pause(tp)
     consumer.unsubscribe()
-    return chunks
 
 
 def read_shadow(settings: Settings, version: str, since_ms: int, timeout_s: float = 120.0,

@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import orjson
 
-from ..entity import enrich_history
+from ..entity import EntitySpec
+from ..entity.history import enrich_selected
 from ..errors import TrainingError
 from ..feedback import Verdicts
 from ..model.bundle import Bundle, build_bundle
 from ..model.reference import REFERENCE_KEY, reference_from_scores
 from ..model.supervised import HeadConfig, rows_for_head, train_head
 from ..model.train import TrainConfig, train
-from ..offline import OfflineScores, score_events
+from ..offline import OfflineScorer, OfflineScores, score_events
 from ..settings import Settings
 from .gate import GateDecision, GatePolicy, Scoring, decide, evaluate
 from .history import History
@@ -61,29 +63,99 @@ def split_holdout(clean: list[WindowEntry], fraction: float) -> tuple[list[Windo
 
 
 class InContext:
-    """Scores events of a ``History`` as a worker fed that history in order would: each bundle scores
-    the whole history once (entity and label state from its start, ``offline.score_events``), and
-    the rows asked for are picked by event id. Used as the gate's ``score`` for entity models."""
+    """The events of a ``History`` a retraining needs, enriched in the context of all of it (every
+    entity's earlier events and every label, point in time), and their scores as a worker fed that
+    history in order would give them. Used as the gate's ``score`` for entity models.
 
-    def __init__(self, history: History) -> None:
-        self.history = history
-        self.index: dict[str, int] = {}
-        for i, event in enumerate(history.events):
-            self.index.setdefault(str(event["event_id"]), i)
+    The history is read once, a chunk at a time (``entity.history.enrich_selected``): kept are the
+    first occurrence of each ``wanted`` id (the window's events) and of each labelled event whose
+    numeric ``timestamp`` (epoch ms) lies in ``span`` (the head's rows); nothing else of the history
+    stays in memory. ``rows`` (events + ``spec.all_fields``) equal ``enrich_history`` of the whole
+    history at those positions, bit for bit."""
+
+    def __init__(self, history: History, spec: EntitySpec, wanted: set[str],
+                 span: tuple[float, float] = (math.inf, -math.inf), progress: Progress | None = None) -> None:
+        self.history, self.spec = history, spec
+        labelled = {label.event_id for label in history.labels}
+        seen: set[str] = set()
+
+        def keep(_position: int, event: dict[str, Any]) -> bool:
+            event_id = str(event["event_id"])
+            if event_id in seen:
+                return False
+            if event_id in wanted:
+                seen.add(event_id)
+                return True
+            if event_id in labelled:
+                seen.add(event_id)
+                return _within(event.get("timestamp"), *span)
+            return False
+
+        started = time.monotonic()
+        self.selected = enrich_selected(spec, _reporting(history, progress), keep,
+                                        history.labels if spec.label_keys else ())
+        self.index = {str(row["event_id"]): i for i, row in enumerate(self.selected.rows)}
+        if progress is not None:
+            progress(f"history enriched point in time: {len(history):,} events, {len(self.index):,} kept, "
+                     f"{time.monotonic() - started:.0f}s")
         self._scored: dict[str, OfflineScores] = {}
 
     def __contains__(self, event_id: object) -> bool:
         return event_id in self.index
 
+    def row(self, event_id: str) -> dict[str, Any]:
+        """The enriched row of an event (its first occurrence in the history)."""
+        return self.selected.rows[self.index[event_id]]
+
     def event(self, event_id: str) -> dict[str, Any]:
-        return self.history.events[self.index[event_id]]
+        """The event as read (without the features)."""
+        return self.selected.events[self.index[event_id]]
 
     def __call__(self, bundle: Bundle, events: Sequence[dict[str, Any]]) -> OfflineScores:
         scored = self._scored.get(bundle.version)
         if scored is None:
-            labels = self.history.labels if bundle.entity is not None and bundle.entity.label_keys else ()
-            scored = self._scored[bundle.version] = score_events(bundle, self.history.events, labels=labels)
+            scored = self._scored[bundle.version] = self._score_kept(bundle)
         return scored.take([self.index[str(e["event_id"])] for e in events])
+
+    def _score_kept(self, bundle: Bundle) -> OfflineScores:
+        """Scores of every kept row by ``bundle``: with this context's entity spec, its features are
+        the ones computed (no second pass); with another, the history is scored again in order
+        (``OfflineScorer``, state carried from chunk to chunk) and the kept rows picked out."""
+        kept = self.selected.events
+        if bundle.entity == self.spec:
+            scorer = OfflineScorer(bundle)
+            values, fields = self.selected.values, self.spec.all_fields
+
+            def enrich(_typed: list[dict[str, Any]], indices: list[int]) -> tuple[list[str], np.ndarray]:
+                return fields, values[np.asarray(indices, dtype=np.int64)]
+
+            scorer.enrich = enrich
+            return scorer.score(kept)
+        scorer = OfflineScorer(bundle, labels=self.history.labels if bundle.entity is not None else ())
+        parts, at, positions = [], 0, self.selected.positions
+        for chunk in self.history.chunks():
+            done = scorer.score(chunk)
+            lo, hi = np.searchsorted(positions, [at, at + len(chunk)])
+            parts.append(done.take((positions[lo:hi] - at).tolist()))
+            at += len(chunk)
+        return OfflineScores(np.concatenate([p.scores for p in parts]) if parts else np.zeros(0),
+                             [r for p in parts for r in p.rejected], [m for p in parts for m in p.messages], None,
+                             None if bundle.supervised is None else
+                             np.concatenate([p.probability for p in parts if p.probability is not None]))
+
+
+def _reporting(history: History, progress: Progress | None) -> Iterator[list[dict[str, Any]]]:
+    """The history's chunks, with a progress line every 30 s on a long one."""
+    started = reported = time.monotonic()
+    done = 0
+    for chunk in history.chunks():
+        yield chunk
+        done += len(chunk)
+        if progress is not None and time.monotonic() - reported > 30:
+            reported = time.monotonic()
+            rate = done / (reported - started)
+            progress(f"enriching the history: {done:,}/{len(history):,} events, "
+                     f"{(len(history) - done) / max(rate, 1e-9):.0f}s left")
 
 
 def build_candidate(selection: Selection, settings: Settings, active: Bundle | None, reason: str,
@@ -109,15 +181,20 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     if spec is not None and history is None:
         return Candidate(None, None, counts, "the active model uses entity features and no history was read "
                                              "for it (the retrainer reads it from the input topic by time)")
-    context = InContext(history) if spec is not None and history is not None else None
+    context: InContext | None = None
     clean = selection.clean
     labelled_entries = selection.labelled
-    if context is not None:
+    if spec is not None and history is not None:
+        window = [*selection.clean, *(e for e, _ in selection.labelled)]
+        times = [t for t in (orjson.loads(e.raw).get("timestamp") for e in selection.clean)
+                 if isinstance(t, (int, float)) and not isinstance(t, bool)]
+        span = (float(min(times)), float(max(times))) if times else (-math.inf, math.inf)
+        context = InContext(history, spec, {e.event_id for e in window}, span, say)
         clean = [e for e in clean if e.event_id in context]
         labelled_entries = [(e, lab) for e, lab in labelled_entries if e.event_id in context]
         counts["left_out_not_in_history"] = len(selection.clean) - len(clean)
-        counts["history_events"] = len(context.history.events)
-        counts["history_labels"] = len(context.history.labels)
+        counts["history_events"] = len(history)
+        counts["history_labels"] = len(history.labels)
     if len(clean) < settings.retrain_min_events:
         return Candidate(None, None, counts, f"only {len(clean)} clean events in the window, "
                                              f"need {settings.retrain_min_events} (SD_RETRAIN_MIN_EVENTS)")
@@ -128,8 +205,7 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     say(f"training on {len(train_entries)} events ({reason}); {len(holdout_entries)} held back")
     schema = active.schema if active is not None else None  # a type a user set (``train --field``) survives
     if context is not None and spec is not None:
-        rows = enrich_history(spec, context.history.events, labels=context.history.labels if spec.label_keys else ())
-        by_id: Callable[[str], dict[str, Any]] = lambda i: rows[context.index[i]]  # noqa: E731
+        by_id: Callable[[str], dict[str, Any]] = context.row
         result = train([by_id(e.event_id) for e in train_entries], config, progress=say, entity=spec, schema=schema)
         holdout = [context.event(e.event_id) for e in holdout_entries]
         labelled = [context.event(e.event_id) for e, _ in labelled_entries]
@@ -173,13 +249,13 @@ def _retrain_head(result: Any, train_entries: list[WindowEntry], by_id: Callable
     verdict: dict[str, bool] = {}
     if context is not None:  # every label read from the feedback topic, the winner as known now
         verdicts = Verdicts(context.history.labels)
-        times = [context.event(e.event_id).get("timestamp") for e in train_entries]
+        times = [context.row(e.event_id).get("timestamp") for e in train_entries]
         numeric = [float(t) for t in times if isinstance(t, (int, float)) and not isinstance(t, bool)]
         first, last = (min(numeric), max(numeric)) if numeric else (-math.inf, math.inf)
-        for event in context.history.events:  # history order: the head's rows are deterministic
-            event_id = str(event["event_id"])
+        for row in context.selected.rows:  # history order: the head's rows are deterministic
+            event_id = str(row["event_id"])
             fraud = verdicts.verdict(event_id) if event_id in verdicts else None
-            if fraud is not None and _within(event.get("timestamp"), first, last):
+            if fraud is not None and _within(row.get("timestamp"), first, last):
                 verdict.setdefault(event_id, fraud)
     else:
         verdict = {e.event_id: label == FRAUD for e, label in selection.labelled}

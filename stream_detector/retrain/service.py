@@ -236,8 +236,12 @@ class Retrainer:
             oldest_s = min(e.timestamp_s for e in [*selection.clean, *(e for e, _ in selection.labelled)])
             lookback_ms = spec.horizon_ms + (spec.label_within_s * 1000 if spec.label_keys else 0)
             history = read_history(s, int(oldest_s * 1000) - lookback_ms, decided, progress=self.progress)
-            self.metrics.history_events.set(len(history.events))
-        candidate = build_candidate(selection, s, active, reason, self.progress, history=history)
+            self.metrics.history_events.set(len(history))
+        try:
+            candidate = build_candidate(selection, s, active, reason, self.progress, history=history)
+        finally:
+            if history is not None:
+                history.close()  # the spool goes with the run
         if candidate.bundle is None or candidate.decision is None:
             log.warning("retraining (%s) skipped: %s", reason, candidate.message)
             return RetrainOutcome("skipped", candidate.message, counts=candidate.counts)

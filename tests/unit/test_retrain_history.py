@@ -1,0 +1,78 @@
+"""The retrainer's history (``retrain/history.py``, ``job.InContext``): spooled on disk in event-time
+order, enriched a chunk at a time keeping only the rows a retraining needs, and scored as a worker
+fed the whole history would score those rows — the same numbers as ``enrich_history`` and
+``score_events`` on the whole list in memory."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from stream_detector.entity import EntitySpec, enrich_history
+from stream_detector.feedback import Label, parse_label
+from stream_detector.model.bundle import build_bundle
+from stream_detector.model.train import TrainConfig, train
+from stream_detector.offline import score_events
+from stream_detector.retrain.history import History
+from stream_detector.retrain.job import InContext
+from stream_detector.simulate import HandbookSimulator, Scenarios
+
+DAY = 86_400_000
+SPEC = EntitySpec(keys=("account_id", "terminal_id"), windows=(86_400, 7 * 86_400), distinct_fields=(),
+                  label_keys=("terminal_id",))
+
+
+def test_the_spool_gives_events_back_in_event_time_then_partition_then_offset_order(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    keyed = [(float(rng.randrange(20)), rng.randrange(3), i) for i in range(500)]  # ties in time
+    rng.shuffle(keyed)
+    history = History(tmp_path)
+    for at in range(0, len(keyed), 64):  # poll by poll, in any order
+        part = keyed[at:at + 64]
+        history.add([orjson.dumps({"event_id": f"e{o}", "t": t, "p": p}) for t, p, o in part],
+                    np.array([k[0] for k in part]), np.array([k[1] for k in part]), np.array([k[2] for k in part]))
+    history.seal()
+    got = [(e["t"], e["p"], int(e["event_id"][1:])) for chunk in history.chunks(37) for e in chunk]
+    assert got == sorted(keyed)
+    assert len(history) == 500 and history.spool_bytes > 0 and any(tmp_path.iterdir())
+    history.close()
+    assert not any(tmp_path.iterdir()), "the spool is deleted with the history"
+
+
+def _world() -> tuple[list[dict], list[Label]]:
+    end = 1_790_000_000_000 // DAY * DAY
+    sim = HandbookSimulator(seed=7, customers=60, terminals=120, run_id="hist",
+                            scenarios=Scenarios(terminals_per_day=1, cards_per_day=1))
+    world = sim.generate(6_000, now_ms=end, span_ms=14 * DAY)
+    labels = [lab for lab in map(parse_label, world.labels()) if isinstance(lab, Label)]
+    return world.events(), labels
+
+
+def test_in_context_rows_and_scores_equal_the_whole_history_in_memory(tmp_path: Path) -> None:
+    events, labels = _world()
+    whole = enrich_history(SPEC, events, labels=labels)
+    bundle = build_bundle(train(whole[:3000], TrainConfig(epochs=1, seed=0), entity=SPEC))
+    wanted = {str(e["event_id"]) for e in events[4000:4500]}
+    span = (float(events[4000]["timestamp"]), float(events[4499]["timestamp"]))
+    with History.of(events, labels, tmp_path) as history:
+        context = InContext(history, SPEC, wanted, span)
+        position = {str(e["event_id"]): i for i, e in reversed(list(enumerate(events)))}
+        labelled_in_span = {lab.event_id for lab in labels if span[0] <= events[position[lab.event_id]]["timestamp"]
+                            <= span[1]}
+        assert set(context.index) == wanted | labelled_in_span
+        for event_id in context.index:
+            assert context.row(event_id) == whole[position[event_id]]
+            assert context.event(event_id) == events[position[event_id]]
+        asked = [events[i] for i in range(4000, 4500, 7)]
+        reference = score_events(bundle, events, labels=labels).take([position[str(e["event_id"])] for e in asked])
+        got = context(bundle, asked)
+        assert np.array_equal(got.scores, reference.scores)
+        assert got.rejected == reference.rejected
+        # a bundle of another spec is scored by a second pass over the history: the same numbers
+        other = EntitySpec(keys=("account_id",), windows=(86_400,), distinct_fields=())
+        bundle2 = build_bundle(train(enrich_history(other, events)[:3000], TrainConfig(epochs=1, seed=0), entity=other))
+        reference2 = score_events(bundle2, events).take([position[str(e["event_id"])] for e in asked])
+        assert np.array_equal(context(bundle2, asked).scores, reference2.scores)
