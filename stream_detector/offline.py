@@ -3,8 +3,9 @@
 Same validation, same field schema (typing), same ``FeatureSpec``, same TorchScript head as the
 worker, so ``stream-detector score`` and a worker agree on every event (an integration test holds
 them to it), and a bad row is that row's rejection with the worker's reason, never the file's.
-A bundle with an entity spec enriches the valid rows in file order with in-memory state (step
-3a), as a worker fed the file from scratch would.
+A bundle with an entity spec enriches the valid rows in file order (step 3a), as a worker fed the
+file from scratch would: the state lives in the kernel's arrays between batches
+(``entity.history.CarriedState``, equal to the worker's records path bit for bit, tested).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .entity import Enricher, InMemoryState
+from .entity.history import CarriedState
 from .entity.labels import InMemoryLabels, label_values
 from .features import Extra
 from .feedback import Label
@@ -87,11 +88,10 @@ class OfflineScorer:
         self.scorer = scorer or Scorer(bundle, device)
         self.enrich: Enrich | None = None
         if bundle.entity is not None:
-            spec, enricher, known = bundle.entity, Enricher(InMemoryState()), InMemoryLabels(labels)
-            self.seen = 0
+            spec, state, known = bundle.entity, CarriedState(bundle.entity), InMemoryLabels(labels)
 
-            def enrich(typed: list[dict[str, Any]], indices: list[int]) -> Extra:
-                values = enricher.features(spec, typed, [(0, self.seen + i) for i in indices])  # positions (0, row)
+            def enrich(typed: list[dict[str, Any]], _indices: list[int]) -> Extra:
+                values = state.features(typed)  # the valid, typed events only, in order
                 if not spec.label_keys:
                     return spec.output_fields, values
                 return spec.all_fields, np.hstack([values, label_values(spec, known, typed, values)])
@@ -117,6 +117,4 @@ class OfflineScorer:
                 per_feature[done.indices] = done.per_feature
             for rej in done.rejected:
                 reasons[rej.index], messages[rej.index] = rej.reason.value, rej.message
-        if self.enrich is not None:
-            self.seen += n
         return OfflineScores(scores, reasons, messages, per_feature, probability)

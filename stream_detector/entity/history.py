@@ -19,7 +19,7 @@ from ..entity_spec import EntitySpec
 from ..feedback import Label
 from ..schema import validate_event
 from .block import Block
-from .columns import Columns, attach, entity_value, gc_paused, label_value, timestamp_value, vocabulary
+from .columns import Columns, attach, codes_of, entity_value, gc_paused, label_value, timestamp_value, vocabulary
 from .compute import amount_value
 
 
@@ -214,3 +214,83 @@ def enrich_selected(spec: EntitySpec, chunks: Iterable[Sequence[dict[str, Any]]]
     with gc_paused():
         rows = attach(kept, spec.all_fields, values)
     return Selected(positions, kept, rows, values)
+
+
+class CarriedState:
+    """Offline enrichment of a history given in consecutive parts, the state of every entity kept
+    in the kernel's arrays between calls (``offline.OfflineScorer``: ``score`` and ``score
+    --streamed``). ``features(part)`` for the parts in order equals ``enrich_columns`` of their
+    concatenation, bit for bit (``tests/unit/test_entity_selected.py``); no record is encoded or
+    decoded and no idempotency is kept (an offline replay applies every row once, in order).
+
+    Every event given is applied (give only the events a worker would: valid, typed). Memory per
+    entity: the kernel's arrays (``block.Block``: 8 + 24·W + F·(8 + 16·(K + 1)) bytes)."""
+
+    def __init__(self, spec: EntitySpec) -> None:
+        self.spec = spec
+        self.keys = {key: _KeyState(spec, key) for key in spec.keys}
+
+    def features(self, events: Sequence[dict[str, Any]]) -> np.ndarray:
+        """float64[N, len(spec.output_fields)] of the next part of the history (columns in
+        ``spec.output_fields`` order); the state advances past it."""
+        cols = Columns.of(self.spec, events)
+        parts = [state.run(cols, [entity_value(e.get(key)) for e in events]) for key, state in self.keys.items()]
+        return np.concatenate(parts, axis=1) if parts else np.empty((len(events), 0))
+
+
+class _KeyState:
+    """One key's entities: their rows (in order of appearance), the distinct labels seen (sorted:
+    codes in label order) and the kernel's state arrays, grown as entities appear."""
+
+    def __init__(self, spec: EntitySpec, key: str) -> None:
+        self.spec, self.key = spec, key
+        self.fields = spec.distinct_for(key)
+        self.ids: dict[str, int] = {}
+        self.labels: list[list[str]] = [[] for _ in self.fields]
+        self.block = Block(spec, self.fields, 0, [{None: -1} for _ in self.fields],
+                           np.zeros((len(self.fields), 0), dtype=np.int64))
+
+    def run(self, cols: Columns, entities: list[str | None]) -> np.ndarray:
+        n, before = len(entities), len(self.ids)
+        ids = self.ids
+        rows = np.fromiter((-1 if v is None else ids.setdefault(v, len(ids)) for v in entities), np.int64, n)
+        loose = rows < 0
+        rows[loose] = len(ids) + np.arange(int(loose.sum()))  # keyless: a fresh row each
+        self._grow(len(ids) + int(loose.sum()))
+        self.block.clear(slice(before, None))  # new entities and scratch rows start empty
+        codes = np.stack([self._codes(i, cols, f) for i, f in enumerate(self.fields)]) if self.fields \
+            else np.zeros((0, n), dtype=np.int64)
+        return self.block.run(self.spec, rows, np.ones(n, dtype=np.bool_), cols.ts, cols.amount,
+                              np.ascontiguousarray(codes))
+
+    def _codes(self, i: int, cols: Columns, field: str) -> np.ndarray:
+        """This part's codes of ``field`` in the merged label order; the state's codes recoded when
+        new labels come between old ones (order kept: the eviction tie-break compares codes)."""
+        old = self.labels[i]
+        new_labels = sorted(set(old).union(x for x in cols.index[field] if x is not None))
+        if len(new_labels) != len(old):
+            merged: dict[str | None, int] = {label: code for code, label in enumerate(new_labels)}
+            if old:
+                rank = np.array([merged[label] for label in old], dtype=np.int64)
+                block = self.block
+                kept = np.arange(block.dc.shape[2])[None, :] < block.n[:, i, None]
+                block.dc[:, i, :] = np.where(kept, rank[np.clip(block.dc[:, i, :], 0, len(old) - 1)],
+                                             block.dc[:, i, :])
+            self.labels[i] = new_labels
+            merged[None] = -1
+            self.block.index[i] = merged
+            self.block.labels[i] = new_labels
+        return codes_of(cols.labels[field], self.block.index[i])
+
+    def _grow(self, rows: int) -> None:
+        block = self.block
+        have = block.t.shape[0]
+        if rows <= have:
+            return
+        size = max(rows, 2 * have, 1024)
+        extra = size - have
+        block.t = np.concatenate((block.t, np.full(extra, np.nan)))
+        block.w = np.concatenate((block.w, np.zeros((extra,) + block.w.shape[1:])))
+        block.n = np.concatenate((block.n, np.zeros((extra,) + block.n.shape[1:], dtype=np.int64)))
+        block.dt = np.concatenate((block.dt, np.zeros((extra,) + block.dt.shape[1:])))
+        block.dc = np.concatenate((block.dc, np.zeros((extra,) + block.dc.shape[1:], dtype=np.int64)))

@@ -22,7 +22,7 @@ Retention is the limit: the input topic must keep at least the horizon plus the 
 
 **Cost: disk, not memory.** The events are not held: each accepted record's value is appended to a
 spool file (``SD_RETRAIN_SPOOL_DIR``, the system temp folder by default; deleted when the run ends)
-and only its sort key stays in memory (event time, partition, offset, place in the file: 32 bytes
+and only its sort key stays in memory (event time, partition, offset, place in the file: 40 bytes
 per event). ``History.chunks`` then decodes the spool in event-time order, a chunk at a time, and
 ``job.py`` enriches it with ``entity.history.enrich_selected`` keeping only the rows it needs: 10M
 events cost about 3 GB of spool and a few hundred MB of memory (``benchmarks/RESULTS.md``,
@@ -163,7 +163,7 @@ def read_history(settings: Settings, since_ms: int, decided: Mapping[int, int], 
                     np.fromiter((r.offset for r in kept), np.int64, len(kept)))
             if time.monotonic() - reported > 30:
                 reported = time.monotonic()
-                say(f"history from Kafka: {out.counts['input_records']:,} records read "
+                say(f"reading the history from Kafka: {out.counts['input_records']:,} records "
                     f"({out.counts['input_records'] / (reported - started):,.0f}/s)")
         out.seal()
         for _tp, records in _read(consumer, settings.feedback_topic, since_ms, None, timeout_s):

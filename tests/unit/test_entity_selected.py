@@ -66,3 +66,20 @@ def test_every_row_kept_is_enrich_history_itself() -> None:
     got = enrich_selected(spec, [events[:7], events[7:]], lambda _i, _e: True, labels)
     assert got.rows == enrich_history(spec, events, labels=labels)
     assert got.values[:, -len(spec.label_fields):].any()  # the labels reached the later rows
+
+
+@CHECK
+@given(st.sampled_from(range(len(SPECS))), streams(), st.data())
+def test_carried_state_over_parts_equals_the_whole_history_in_one_go(which: int, events: list[dict[str, Any]],
+                                                                     data: Any) -> None:
+    """``CarriedState`` (offline scoring in parts): the state crosses part boundaries exactly, new
+    entities and new distinct labels (recoded in label order) included."""
+    from stream_detector.entity.history import CarriedState, enrich_columns
+
+    spec = SPECS[which]
+    n = len(events)
+    cut = sorted(set(data.draw(st.lists(st.integers(0, n), max_size=6))))
+    state = CarriedState(spec)
+    parts = [state.features(events[a:b]) for a, b in zip([0, *cut], [*cut, n], strict=True)]
+    got = np.concatenate(parts) if parts else np.zeros((0, len(spec.output_fields)))
+    assert np.array_equal(got, enrich_columns(spec, events), equal_nan=True)
