@@ -174,8 +174,8 @@ class RetrainSettings(_Group):
                                    "fraud by their winning label since the last run (0 = off): new confirmed "
                                    "frauds, e.g. a wave of chargebacks.")
     retrain_spool_dir: str = Field("", description="Folder for the history a retraining of an entity model "
-                                   "reads from Kafka (spooled to disk, deleted after the run; about 300 B per "
-                                   "event). Empty: the system temp folder.")
+                                   "reads from Kafka (spooled to disk, deleted after the run: the records' "
+                                   "bytes). Empty: the system temp folder.")
     retrain_min_events: int = Field(500, ge=10, description="Fewest clean events a retraining needs.")
     retrain_holdout_fraction: float = Field(0.2, gt=0, lt=0.9, description="Newest share of clean events "
                                             "held back from training for the promotion gate.")

@@ -25,8 +25,8 @@ spool file (``SD_RETRAIN_SPOOL_DIR``, the system temp folder by default; deleted
 and only its sort key stays in memory (event time, partition, offset, place in the file: 40 bytes
 per event). ``History.chunks`` then decodes the spool in event-time order, a chunk at a time, and
 ``job.py`` enriches it with ``entity.history.enrich_selected`` keeping only the rows it needs: 10M
-events cost about 3 GB of spool and a few hundred MB of memory (``benchmarks/RESULTS.md``,
-retrain-scale). The labels (a few per hundred events) are held in memory.
+Handbook events are about 1.9 GB of spool; the whole run peaked at 4.1 GB resident
+(``benchmarks/RESULTS.md``, retrain-scale). The labels (a few per hundred events) are held in memory.
 """
 
 from __future__ import annotations
