@@ -26,12 +26,17 @@ and only its sort key stays in memory (event time, partition, offset, place in t
 per event). ``History.chunks`` then decodes the spool in event-time order, a chunk at a time, and
 ``job.py`` enriches it with ``entity.history.enrich_selected`` keeping only the rows it needs: 10M
 Handbook events are about 1.9 GB of spool; the whole run peaked at 4.1 GB resident
-(``benchmarks/RESULTS.md``, retrain-scale). The labels (a few per hundred events) are held in memory.
+(``benchmarks/RESULTS.md``, retrain-scale). The labels (a few per hundred events) are held in
+memory. A run killed before its cleanup leaves its spool behind; the next run removes every spool
+whose process is gone (each holds its ``owner.pid``).
 """
 
 from __future__ import annotations
 
+import logging
 import mmap
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,10 +46,47 @@ from typing import Any, BinaryIO
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
+from ..errors import ConfigError
 from ..feedback import Label, decode_label
 from ..kafka_util import partitions_of
 from ..pipeline.decode import decode_batch, parse_record
 from ..settings import Settings
+
+log = logging.getLogger("stream_detector.retrain")
+
+SPOOL_PREFIX = "sd-history-"
+OWNER = "owner.pid"
+
+
+def remove_stale_spools(parent: Path) -> list[Path]:
+    """Delete the history spools in ``parent`` whose process is gone (a retraining killed before its
+    cleanup: SIGKILL, a crash, the machine stopped), so that they do not pile up run after run; a
+    spool of a live process (another retrainer on this host) is left alone. Returns those removed."""
+    removed: list[Path] = []
+    try:
+        found = [p for p in parent.iterdir() if p.name.startswith(SPOOL_PREFIX) and p.is_dir()]
+    except OSError:
+        return removed
+    for spool in found:
+        try:
+            pid = int((spool / OWNER).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or being created: leave it
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(spool, ignore_errors=True)
+        removed.append(spool)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 class History:
@@ -55,8 +97,18 @@ class History:
     ``seal``; read with ``chunks``. ``close`` (or ``with``) deletes the spool."""
 
     def __init__(self, directory: str | Path | None = None) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="sd-history-", dir=directory or None)
-        self._file: BinaryIO | None = open(Path(self._dir.name) / "events.spool", "wb")  # noqa: SIM115
+        parent = Path(directory) if directory else Path(tempfile.gettempdir())
+        removed = remove_stale_spools(parent)
+        if removed:
+            log.warning("removed %d history spool(s) left in %s by retraining runs that did not finish: %s",
+                        len(removed), parent, ", ".join(p.name for p in removed))
+        try:
+            self._dir = tempfile.TemporaryDirectory(prefix=SPOOL_PREFIX, dir=parent)
+            (Path(self._dir.name) / OWNER).write_text(str(os.getpid()))
+            self._file: BinaryIO | None = open(Path(self._dir.name) / "events.spool", "wb")  # noqa: SIM115
+        except OSError as exc:
+            raise ConfigError(f"cannot spool the retraining history in {parent} (SD_RETRAIN_SPOOL_DIR): "
+                              f"{exc.strerror or exc}") from exc
         self._keys: list[np.ndarray] = []
         self._size = 0
         self._order: np.ndarray | None = None

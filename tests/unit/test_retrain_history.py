@@ -76,3 +76,41 @@ def test_in_context_rows_and_scores_equal_the_whole_history_in_memory(tmp_path: 
         bundle2 = build_bundle(train(enrich_history(other, events)[:3000], TrainConfig(epochs=1, seed=0), entity=other))
         reference2 = score_events(bundle2, events).take([position[str(e["event_id"])] for e in asked])
         assert np.array_equal(context(bundle2, asked).scores, reference2.scores)
+
+
+def test_a_spool_left_by_a_dead_run_is_removed_and_a_live_ones_is_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from stream_detector.retrain.history import OWNER, SPOOL_PREFIX
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    stale = tmp_path / f"{SPOOL_PREFIX}crashed"
+    stale.mkdir()
+    (stale / OWNER).write_text(dead.stdout.strip())  # that process has exited
+    (stale / "events.spool").write_bytes(b"x" * 100)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        live = tmp_path / f"{SPOOL_PREFIX}running"
+        live.mkdir()
+        (live / OWNER).write_text(str(alive.pid))
+        other = tmp_path / "not-ours"
+        other.mkdir()
+        with History(tmp_path):
+            assert not stale.exists(), "a dead run's spool is removed"
+            assert live.exists() and other.exists(), "a live run's spool and other folders are left alone"
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_an_unusable_spool_folder_is_one_clear_error(tmp_path: Path) -> None:
+    import pytest
+
+    from stream_detector.errors import ConfigError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="SD_RETRAIN_SPOOL_DIR"):
+        History(blocker)
