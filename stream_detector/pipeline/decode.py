@@ -11,7 +11,7 @@ Record-level rules (``parse_record``): a null value (a tombstone) is ``tombstone
 it (a sound pre-check — every key ends in a quote, optional JSON whitespace and a colon, so a
 record with no more such matches than keys cannot repeat one — then the stdlib parser's
 ``object_pairs_hook`` decides); NaN, Infinity and out-of-range numbers are ``non_finite_number``;
-an integer of 20 or more digits is read exactly (stdlib parser), so a 19+-digit id keeps its digits.
+an integer beyond 64 bits is read exactly (stdlib parser), so a long numeric id keeps its digits.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from ..schema import Problem, RejectReason, validate_event
 from ..transport.base import Unreadable as Unreadable  # a client's stand-in for a record it could not read
 
 _KEY_END = re.compile(rb'"[ \t\n\r]*:')
-_BIG_INT = re.compile(rb'[:,\[][ \t\n\r]*-?\d{20}')  # 20+ digits: beyond 64 bits, or close
+_TWO_63 = 2.0 ** 63
+_DIGITS_TO_NINE = bytes.maketrans(b"012345678", b"999999999")
+_NINETEEN = b"9" * 19
+_NESTED = (dict, list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +90,34 @@ def parse_record(raw: bytes | None, max_bytes: int | None = None) -> tuple[Any, 
             problem = _duplicate_key(raw)
             if problem is not None:
                 return None, problem
-        if _BIG_INT.search(raw):  # orjson reads integers beyond 64 bits as floats: re-read them exactly
+        if _may_hold_big_int(raw, obj):  # orjson reads integers beyond 64 bits as floats: re-read them exactly
             obj = json.loads(raw)
     return obj, None
+
+
+def _may_hold_big_int(raw: bytes, obj: dict[str, Any]) -> bool:
+    """Whether ``raw`` may hold an integer orjson could not read exactly. orjson reads integers in
+    [-2**63, 2**64) exactly and any other as a float of magnitude at least 2**63. Such an integer
+    has 19 or more digits in a row: one C-level pass over the text (every digit made a 9, then a
+    substring search) rules out almost every record; where it does not (a 19-digit id written as
+    text, say), the values are walked for such a float (a float literal that large is given back
+    unchanged by the stdlib's re-read). This replaced a regex that cost about 8 µs per 700-byte
+    record (a fifth of a stateless worker's time) and missed negative 19-digit integers below -2**63."""
+    return _NINETEEN in raw.translate(_DIGITS_TO_NINE) and _big_float(obj.values())
+
+
+def _big_float(values: Any) -> bool:
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            if not -_TWO_63 < value < _TWO_63:
+                return True
+        elif kind is dict:
+            if _big_float(value.values()):
+                return True
+        elif kind is list and _big_float(value):
+            return True
+    return False
 
 
 def type_events(objs: Sequence[Any], indices: Sequence[int], schema: FieldSchema | None, text: TextFormat,

@@ -91,3 +91,38 @@ def test_fuzzed_payloads_never_raise_and_every_index_has_one_verdict():
     assert by_index[raws.index(b'{"event_id": "d", "amount": 1, "amount": 100000}')] == RejectReason.DUPLICATE_KEY
     for event in decoded.events:
         assert validate_event(event) is None
+
+
+def _exact(value: object) -> tuple[str, object]:
+    """A value with its type (``1 == 1.0`` in Python; the reading must keep ints ints)."""
+    if isinstance(value, dict):
+        return "dict", tuple(sorted((k, _exact(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return "list", tuple(_exact(v) for v in value)
+    return type(value).__name__, value
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_numbers = st.one_of(st.integers(-(2**70), 2**70), st.integers(-(10**30), 10**30),
+                     st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**19, 10**20]),
+                     st.floats(allow_nan=False, allow_infinity=False),
+                     st.sampled_from([9.3e18, -9.3e18, 1e19, 2.0**63, -(2.0**63), 1.5e300]))
+_values = st.one_of(_numbers, st.text(max_size=5), st.booleans(), st.none(),
+                    st.lists(_numbers, max_size=3), st.dictionaries(st.text(max_size=3), _numbers, max_size=2))
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(st.dictionaries(st.text(max_size=6), _values, max_size=6))
+def test_every_integer_is_read_exactly_whatever_its_size(obj: dict) -> None:
+    """orjson reads integers beyond 64 bits as floats; ``parse_record`` re-reads those records with
+    the stdlib, so each value is the one the text says: ints stay exact ints, floats stay floats."""
+    import json
+
+    from stream_detector.pipeline.decode import parse_record
+
+    raw = json.dumps(obj).encode()
+    parsed, problem = parse_record(raw)
+    assert problem is None
+    assert _exact(parsed) == _exact(json.loads(raw))
