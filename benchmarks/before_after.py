@@ -66,7 +66,11 @@ from pathlib import Path
 bundle = load_bundle(Path(sys.argv[1]))
 scorer = Scorer(bundle)
 scorer.warm()
-events, _ = Simulator(seed=3, accounts=2000, run_id="ba").batch(8192, 0.01)
+if len(sys.argv) > 2 and sys.argv[2] == "padded":
+    from benchmarks.workload import make_events
+    events, _ = make_events(8192, 3)
+else:
+    events, _ = Simulator(seed=3, accounts=2000, run_id="ba").batch(8192, 0.01)
 values = [orjson.dumps(e) for e in events]
 compute = ChunkedCompute(1024, 0)
 best = float("inf")
@@ -107,6 +111,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs per transport")
     parser.add_argument("--transports", default=",".join(harness_transports()),
                         help="comma-separated: kafka-python, confluent (default: those installed)")
+    parser.add_argument("--padded", action="store_true",
+                        help="the throughput suite's workload (30 fields, ~724 bytes: benchmarks/workload.py) "
+                             "instead of the simulator's ~15-field events")
+    parser.add_argument("--section", default="before-after",
+                        help="RESULTS.md section to write (default %(default)s: issue 15's check)")
+    parser.add_argument("--title", default="Before/after (same run): issue 15's restructuring",
+                        help="that section's title")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
 
@@ -123,12 +134,23 @@ def main(argv: list[str]) -> int:
     dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], check=True,
                                 capture_output=True, text=True).stdout.strip())
     trees = {"before": None, "after": ROOT}
+    workload = "padded" if args.padded else "simulator"
     rates: dict[tuple[str, str], list[float]] = {}
     compute: dict[str, list[float]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="sd-before-after-") as tmp, harness.services(_say) as svc:
         trees["before"] = _tree(rev, Path(tmp))
         try:
-            bundle = small_bundle()
+            if args.padded:
+                from stream_detector.model.bundle import build_bundle
+                from stream_detector.model.train import TrainConfig, train
+
+                from .workload import make_events
+
+                history, _ = make_events(20_000, 11)
+                bundle = build_bundle(train(history, TrainConfig(epochs=2, seed=0, threshold_method="quantile",
+                                                                 target_fpr=0.002)))
+            else:
+                bundle = small_bundle()
             model_dir = save_bundle(bundle, Path(tmp) / "model")
             tag = uuid.uuid4().hex[:8]
             from stream_detector.settings import Settings
@@ -140,13 +162,16 @@ def main(argv: list[str]) -> int:
             settings = Settings(**config)
             ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
             ControlPlane.from_url(svc.redis, settings.redis_prefix).publish(bundle, set_by="bench")
-            events, _ = Simulator(seed=1, accounts=5000, run_id="ba").batch(args.events, 0.01)
+            if args.padded:
+                events, _ = make_events(args.events, 1)
+            else:
+                events, _ = Simulator(seed=1, accounts=5000, run_id="ba").batch(args.events, 0.01)
             harness.produce(svc.kafka, settings.input_topic, [orjson.dumps(e) for e in events],
                             [str(e["account_id"]).encode() for e in events])
             _say(f"{args.events} events produced; baseline {rev}, after {head}{' + uncommitted' if dirty else ''}")
             base_env = {k: v for k, v in os.environ.items() if not k.startswith("SD_")}
             for name in ("before", "after"):  # untimed warm-up: bytecode caches, page cache
-                _run(trees[name], _COMPUTE, [str(model_dir)], base_env)  # type: ignore[arg-type]
+                _run(trees[name], _COMPUTE, [str(model_dir), workload], base_env)  # type: ignore[arg-type]
             for transport in args.transports.split(","):
                 for r in range(args.rounds):
                     order = ("before", "after") if r % 2 == 0 else ("after", "before")
@@ -161,7 +186,7 @@ def main(argv: list[str]) -> int:
                         _say(f"{transport} {name}: {got['events_per_s']:,.0f} events/s ({got['events']} events)")
             for r in range(args.rounds * 2):
                 for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
-                    got = _run(trees[name], _COMPUTE, [str(model_dir)], base_env)  # type: ignore[arg-type]
+                    got = _run(trees[name], _COMPUTE, [str(model_dir), workload], base_env)  # type: ignore[arg-type]
                     compute[name].append(float(got["rows_per_s"]))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["before"])],
@@ -174,7 +199,7 @@ def main(argv: list[str]) -> int:
     text = render(rows, rev, head, dirty, args)
     print(text)
     if not args.no_write:
-        write_section("before-after", "Before/after (same run): issue 15's restructuring", text)
+        write_section(args.section, args.title, text)
     return 0
 
 
@@ -185,10 +210,13 @@ def harness_transports() -> list[str]:
 def render(rows: list[tuple[str, str, float, list[float]]], rev: str, head: str, dirty: bool,
            args: argparse.Namespace) -> str:
     lines = [f"`python -m benchmarks before-after --baseline {rev} --events {args.events} --rounds {args.rounds} "
-             f"--transports {args.transports}`: "
+             f"--transports {args.transports}{' --padded' if args.padded else ''}"
+             f"{f' --section {args.section}' if args.section != 'before-after' else ''}`: "
              f"baseline `{rev}` against `{head}`{' plus uncommitted changes' if dirty else ''}, one worker process draining the same "
              "pre-produced topic (fresh group per run), runs alternating A B A B. Median of the runs; the ratio is "
-             "after / before.", "",
+             "after / before. Workload: "
+             + ("the throughput suite's (30 fields, ~724 bytes of JSON, `benchmarks/workload.py`), a model trained on "
+                "it." if args.padded else "the simulator's events (~15 fields), `tests.helpers.small_bundle`."), "",
              "| workload | before | after | after / before | runs (before; after) |", "|---|---:|---:|---:|---|"]
     by: dict[str, dict[str, tuple[float, list[float]]]] = {}
     for what, name, median, values in rows:
