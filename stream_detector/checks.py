@@ -9,8 +9,10 @@ is one line of the report; ``failed`` ones make the command exit 1, ``warn`` one
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .settings import Settings
@@ -51,10 +53,12 @@ def _settings_checks(s: Settings) -> Iterator[Check]:
             s.kafka_sasl_username and s.kafka_sasl_password.get_secret_value()):
         yield Check("fail", "security", "SASL needs SD_KAFKA_SASL_USERNAME and SD_KAFKA_SASL_PASSWORD")
     if s.kafka_ssl_cafile:
-        from pathlib import Path
-
         if not Path(s.kafka_ssl_cafile).is_file():
             yield Check("fail", "security", f"SD_KAFKA_SSL_CAFILE {s.kafka_ssl_cafile} is not a file")
+    if s.retrain_spool_dir:  # the retrainer's setting, checked where it is set (docs/retraining.md)
+        problem = spool_problem(s.retrain_spool_dir)
+        yield Check("fail" if problem else "ok", "spool", problem or f"retraining history spooled in "
+                    f"{s.retrain_spool_dir} (SD_RETRAIN_SPOOL_DIR)")
     if s.transport == "confluent":
         yield _transport_check()
     if s.metrics_port == 0:
@@ -68,6 +72,19 @@ def _settings_checks(s: Settings) -> Iterator[Check]:
             yield Check("fail", "device", f"SD_DEVICE={s.device} but torch sees no CUDA device")
         else:
             yield Check("ok", "device", f"{s.device}: {torch.cuda.get_device_name(torch.device(s.device))}")
+
+
+def spool_problem(directory: str | Path | None) -> str | None:
+    """Why the retraining history cannot be spooled in ``directory`` (None: the system temp
+    folder), or None when a file can be written there — checked by writing one, so a read-only
+    file system or a missing folder shows up before any history is read."""
+    parent = Path(directory) if directory else Path(tempfile.gettempdir())
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        return f"cannot spool the retraining history in {parent} (SD_RETRAIN_SPOOL_DIR): {exc.strerror or exc}"
+    return None
 
 
 def _transport_check() -> Check:

@@ -135,7 +135,12 @@ class History:
             raise RuntimeError("history sealed")
         lengths = np.fromiter(map(len, values), np.int64, len(values))
         starts = self._size + np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-        self._file.write(b"".join(values))
+        try:
+            self._file.write(b"".join(values))
+        except OSError as exc:  # a full disk, typically: say where, and which setting moves it
+            raise ConfigError(f"cannot spool the retraining history in {Path(self._dir.name).parent} "
+                              f"(SD_RETRAIN_SPOOL_DIR): {exc.strerror or exc} after {self._size / 2**20:,.0f} MiB; "
+                              f"the spool needs about the records' bytes of the history read") from exc
         self._size += int(lengths.sum())
         keys = np.empty((len(values), 5), dtype=np.float64)  # time, partition, offset, start, length
         keys[:, 0], keys[:, 1], keys[:, 2], keys[:, 3], keys[:, 4] = times, partitions, offsets, starts, lengths
@@ -232,7 +237,8 @@ def read_history(settings: Settings, since_ms: int, decided: Mapping[int, int], 
     finally:
         consumer.close(autocommit=False)
     since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(since_ms / 1000))
-    say(f"history from Kafka: {len(out):,} events since {since} UTC ({out.counts['input_rejected']} "
+    say(f"history from Kafka: {len(out):,} events read from {since} UTC on (the window's oldest event less the "
+        f"features' horizon; {out.counts['input_rejected']} "
         f"undecodable left out; {out.spool_bytes / 2**20:,.0f} MiB spooled), {len(out.labels):,} labels")
     return out
 

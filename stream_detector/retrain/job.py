@@ -178,6 +178,8 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     counts: dict[str, Any] = {"clean": len(selection.clean), "labelled": len(selection.labelled),
                               **{f"left_out_{k}": v for k, v in sorted(selection.left_out.items())}}
     spec = active.entity if active is not None else None
+    if len(selection.clean) < settings.retrain_min_events:  # whatever the model's kind: too few events first
+        return Candidate(None, None, counts, _too_few(len(selection.clean), selection, settings))
     if spec is not None and history is None:
         return Candidate(None, None, counts, "the active model uses entity features and no history was read "
                                              "for it (the retrainer reads it from the input topic by time)")
@@ -196,8 +198,7 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         counts["history_events"] = len(history)
         counts["history_labels"] = len(history.labels)
     if len(clean) < settings.retrain_min_events:
-        return Candidate(None, None, counts, f"only {len(clean)} clean events in the window, "
-                                             f"need {settings.retrain_min_events} (SD_RETRAIN_MIN_EVENTS)")
+        return Candidate(None, None, counts, _too_few(len(clean), selection, settings))
     train_entries, holdout_entries = split_holdout(clean, settings.retrain_holdout_fraction)
     # the deployment's alert budget (the gate below enforces it), not the train command's fence
     config = TrainConfig(epochs=settings.retrain_epochs or None, threshold_method="quantile",
@@ -240,6 +241,19 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     bundle = build_bundle(final, {"trained_by": "retrainer", "retrain_reason": reason, "training": counts,
                                   "gate": decision.to_dict()})
     return Candidate(bundle, decision, counts, "passed" if decision.passed else "; ".join(decision.reasons))
+
+
+def _too_few(clean: int, selection: Selection, settings: Settings) -> str:
+    """Why there are too few events, with what the window left out (undecided: no worker has
+    committed them yet)."""
+    left = ", ".join(f"{v:,} {k}" for k, v in sorted(selection.left_out.items()) if v)
+    total = clean + len(selection.labelled) + sum(selection.left_out.values())
+    why = (f"; left out: {left}" if left else "") + (
+        " (undecided: the worker group has not committed them yet)" if selection.left_out.get("undecided") else "")
+    if not total:
+        why = "; the window is empty (no event since the retrainer group's committed position)"
+    need = settings.retrain_min_events
+    return f"only {clean:,} clean events in the window, need {need:,} (SD_RETRAIN_MIN_EVENTS){why}"
 
 
 def _retrain_head(result: Any, train_entries: list[WindowEntry], by_id: Callable[[str], dict[str, Any]],

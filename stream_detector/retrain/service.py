@@ -22,10 +22,12 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -33,7 +35,8 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from redis import RedisError
 
-from ..errors import ModelError, StreamDetectorError
+from ..checks import spool_problem
+from ..errors import ConfigError, ModelError, StreamDetectorError
 from ..feedback import Label, Verdicts, decode_label
 from ..kafka_util import committed_offsets, partitions_of
 from ..model.bundle import Bundle
@@ -47,7 +50,7 @@ from ..transport.factory import transport_config
 from ..transport.kafka_python import consumer_config
 from .drift import DriftReport, summarize
 from .gate import GatePolicy, decide_shadow, shadow_outcomes
-from .history import read_history, read_shadow
+from .history import read_history, read_shadow, remove_stale_spools
 from .job import build_candidate
 from .metrics import RetrainerMetrics
 from .window import Exclusions, TrainingWindow, WindowEntry
@@ -97,6 +100,13 @@ class Retrainer:
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
+        problem = spool_problem(s.retrain_spool_dir)  # before anything is read: fail at once, not at the first run
+        if problem is not None:
+            raise ConfigError(problem)
+        removed = remove_stale_spools(Path(s.retrain_spool_dir or tempfile.gettempdir()))
+        if removed:
+            log.warning("removed %d history spool(s) left by retraining runs that did not finish: %s",
+                        len(removed), ", ".join(str(p) for p in removed))
         if s.metrics_port and self.metrics.port == 0:
             self.metrics.serve(s.metrics_port, s.metrics_addr)
         if s.create_topics:
@@ -118,9 +128,12 @@ class Retrainer:
                 self.side.seek(tp, found.offset)
         self.metrics.ready = True
 
-    def close(self) -> None:
+    def close(self, commit: bool = True) -> None:
+        """Stop; with ``commit`` the window consumer's position is saved (a failed ``--once`` run
+        leaves it where it was, so the next run reads the same events again)."""
         if self.input is not None:
-            self._commit(force=True)
+            if commit:
+                self._commit(force=True)
             self.input.close(autocommit=False)
             self.input = None
         if self.side is not None:
@@ -140,11 +153,14 @@ class Retrainer:
         if judged is not None:
             return judged
         self.start()
+        done = False
         try:
             self.catch_up(timeout_s)
-            return self.retrain("on demand")
+            outcome = self.retrain("on demand")
+            done = True
+            return outcome
         finally:
-            self.close()
+            self.close(commit=done)
 
     def run(self) -> None:
         """Service mode until ``stop()``: retrain on schedule and when drift passes the bound."""

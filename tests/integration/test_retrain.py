@@ -229,3 +229,35 @@ def test_new_confirmed_frauds_trigger_a_retraining_and_relearned_labels_do_not(r
     frauds = {*ids[:5], *ids[10:14], ids[30]}
     alerted = {str(a["event_id"]) for a in _alerts(s)}  # an alerted event is left out as alerted first
     assert meta["training"]["left_out_fraud"] == len(frauds - alerted)
+
+
+def test_a_failed_once_run_leaves_the_window_where_it_was_and_a_bad_spool_folder_fails_first(
+        rsettings, published, env_for, tmp_path, monkeypatch):
+    """A run that fails does not save the retrainer group's position (the next run reads the same
+    events again); an unusable SD_RETRAIN_SPOOL_DIR is one line, exit 2, before anything is read."""
+    from stream_detector.errors import ConfigError
+
+    s = rsettings
+    events, _ = _wave(150, 62, 0, "fail")
+    _produce(s, events)
+
+    def broken(self: Retrainer, reason: str) -> object:
+        raise ConfigError("a failure inside the run")
+
+    monkeypatch.setattr(Retrainer, "retrain", broken)
+    with pytest.raises(ConfigError):
+        Retrainer(s).run_once(timeout_s=60)
+    assert not committed_offsets(s, s.retrainer_group, s.input_topic), "a failed run saves no position"
+    monkeypatch.undo()
+    outcome = Retrainer(s).run_once(timeout_s=60)  # the same events again: none decided by a worker yet
+    assert outcome.status == "skipped" and outcome.counts["left_out_undecided"] == len(events)
+    assert "undecided" in outcome.message and "SD_RETRAIN_MIN_EVENTS" in outcome.message
+    assert committed_offsets(s, s.retrainer_group, s.input_topic), "a run that ends saves its position"
+
+    missing = s.model_copy(update={"retrain_spool_dir": str(tmp_path / "nope"),
+                                   "retrain_group_id": f"rg-{uuid.uuid4().hex[:6]}"})
+    done = subprocess.run([sys.executable, "-m", "stream_detector.cli", "retrain", "--once", "--timeout", "60"],
+                          check=False, env=env_for(missing), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "SD_RETRAIN_SPOOL_DIR" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not committed_offsets(missing, missing.retrainer_group, s.input_topic), "nothing was read"

@@ -379,3 +379,20 @@ def test_shadow_gate_measures_the_live_alert_rate_against_the_champions_too():
     assert like.outcome == "promoted" and like.numbers["champion_rate_bound"] > 0.028
     louder = decide_shadow(_figures(10_000, 264, 400), _outcomes(264, 80, 400, 85), policy, 1000, 3600)
     assert louder.outcome == "refused" and "above the champion's 0.0264" in louder.reasons[0]
+
+
+def test_too_few_events_is_said_as_such_whatever_the_models_kind(bundle):
+    """An entity model with an empty or undecided window is skipped for lack of events — not
+    blamed on its history — and the message says what the window left out."""
+    import dataclasses
+
+    from stream_detector.entity_spec import EntitySpec
+    from stream_detector.retrain.window import Selection
+    from stream_detector.settings import Settings
+
+    with_entity = dataclasses.replace(bundle, entity=EntitySpec())
+    empty = build_candidate(Selection(), Settings(), with_entity, "test")
+    assert empty.bundle is None and "SD_RETRAIN_MIN_EVENTS" in empty.message and "window is empty" in empty.message
+    undecided = build_candidate(Selection(left_out={"undecided": 900}), Settings(), with_entity, "test")
+    assert "900 undecided" in undecided.message and "not committed" in undecided.message
+    assert "entity features" not in undecided.message

@@ -114,3 +114,39 @@ def test_an_unusable_spool_folder_is_one_clear_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ConfigError, match="SD_RETRAIN_SPOOL_DIR"):
         History(blocker)
+
+
+def test_a_full_disk_while_spooling_says_where_and_which_setting(tmp_path: Path) -> None:
+    import errno
+
+    import pytest
+
+    from stream_detector.errors import ConfigError
+
+    class Full:
+        def write(self, _data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    history = History(tmp_path)
+    history._file.close()  # type: ignore[union-attr]
+    history._file = Full()  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match=r"SD_RETRAIN_SPOOL_DIR\): No space left on device"):
+        history.add([b'{"event_id": "a"}'], np.zeros(1), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
+    history.close()
+
+
+def test_check_config_says_whether_the_spool_folder_can_be_written(tmp_path: Path) -> None:
+    from stream_detector.checks import run_checks
+    from stream_detector.settings import Settings
+
+    def spool(folder: Path) -> list[tuple[str, str]]:
+        checks = run_checks(Settings(retrain_spool_dir=str(folder), kafka_bootstrap="127.0.0.1:1",
+                                     redis_url="redis://127.0.0.1:1"), timeout_ms=200)
+        return [(c.status, c.detail) for c in checks if c.name == "spool"]
+
+    [(status, detail)] = spool(tmp_path / "nope")
+    assert status == "fail" and "SD_RETRAIN_SPOOL_DIR" in detail and "No such file" in detail
+    assert spool(tmp_path)[0][0] == "ok"
