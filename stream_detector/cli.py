@@ -41,6 +41,10 @@ def _setup_logging(settings: Settings | None, verbose: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python 3 warns of every slow task on its network thread ("Task ... ran for 0.268s ... It
+    # is blocking the event loop"): on a busy machine that is noise that reads like a fault (a
+    # user's trial of `retrain --once`); its real errors are still logged
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 def _say(msg: str) -> None:
