@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from .errors import ConfigError, StreamDetectorError
+from .errors import ConfigError, InputError, StreamDetectorError
 from .settings import Settings, load_settings
 
 log = logging.getLogger("stream_detector")
@@ -554,10 +554,50 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from .producer import EventProducer
 
+    if args.feedback:
+        return _produce_feedback(args, settings)
     data = _load_file(args, inference=_inference(args, None))  # typed by the file's own schema: JSON values
     with EventProducer(settings, args.topic or settings.input_topic) as producer:
         sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
     _say(f"produced {sent} events to {args.topic or settings.input_topic}")
+    return 0
+
+
+def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
+    """``produce --feedback``: a labels file (the feedback contract, docs/feedback.md) onto the
+    feedback topic, keyed by event id. Rows that are not labels are left out and said (count and
+    the first, as ``train --feedback`` says them); an event id repeated is normal here (an
+    analyst's verdict, then a chargeback)."""
+    from .events_io import read_rows
+    from .feedback import Label, parse_label
+    from .producer import EventProducer
+
+    for name in ("id_column", "label_column"):
+        if getattr(args, name):
+            raise ConfigError(f"--{name.replace('_', '-')} applies to events, not to --feedback")
+    raw = read_rows(Path(args.input), _reader_options(args), limit=args.limit)
+    records: list[dict[str, Any]] = []
+    rejected = [(r.index, r.reason.value, r.message) for r in raw.rejected]
+    for index, row in enumerate(raw.rows):
+        if row is None:
+            continue
+        label = parse_label(row)
+        if isinstance(label, Label):
+            records.append({"event_id": label.event_id, "label": label.label, "source": label.source,
+                            "labelled_at": label.labelled_at})
+        else:
+            rejected.append((index, label[0].value, label[1]))
+    if not records:
+        first = f" (row {min(rejected)[0] + 1}: {min(rejected)[1]}: {min(rejected)[2]})" if rejected else ""
+        raise InputError(f"{args.input}: no feedback records{first}")
+    topic = args.topic or settings.feedback_topic
+    if rejected:
+        index, reason, message = min(rejected)
+        _say(f"warning: {len(rejected)} of {len(raw.rows)} rows are not labels and are left out "
+             f"(e.g. row {index + 1}: {reason}: {message})")
+    with EventProducer(settings, topic) as producer:
+        producer.send_records(topic, records)
+    _say(f"produced {len(records)} labels to {topic}")
     return 0
 
 
@@ -1029,9 +1069,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reader_args(p)
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("produce", help="replay a CSV, JSON Lines or Parquet file as events")
+    p = sub.add_parser("produce", help="replay a CSV, JSON Lines or Parquet file as events (or, with --feedback, "
+                                       "labels onto the feedback topic)")
     p.add_argument("--input", required=True)
-    p.add_argument("--topic", help="default SD_INPUT_TOPIC")
+    p.add_argument("--topic", help="default SD_INPUT_TOPIC (with --feedback: SD_FEEDBACK_TOPIC)")
+    p.add_argument("--feedback", action="store_true",
+                   help="the file holds labels (event_id, label, source, labelled_at: docs/feedback.md), as "
+                        "simulate --feedback-out writes: they are checked against the feedback contract and sent "
+                        "to SD_FEEDBACK_TOPIC keyed by event id")
     p.add_argument("--id-column")
     p.add_argument("--label-column", help="moved from the event into the sd.label header")
     p.add_argument("--rate", type=float, default=0, help="events per second (0 = as fast as possible)")

@@ -94,3 +94,32 @@ def test_errors_are_one_clear_line(settings, env_for, tmp_path):
     (tampered / "metadata.json").write_text("{}")
     result = run(["publish", str(tampered)], env)
     assert result.returncode == 2 and "missing" in result.stderr
+
+
+def test_produce_feedback_puts_a_labels_file_on_the_feedback_topic(settings, env_for, tmp_path):
+    """``produce --feedback``: the records ``simulate --feedback-out`` writes go to SD_FEEDBACK_TOPIC,
+    keyed by event id, each read back by the feedback contract as the label it was; repeated ids
+    are normal there (no warning), a row that is not a label is left out and said."""
+    import uuid
+
+    from stream_detector.feedback import Label, decode_label, parse_label
+
+    s = settings.model_copy(update={"feedback_topic": f"fb-{uuid.uuid4().hex[:8]}"})
+    env = env_for(s)
+    events, labels = tmp_path / "events.jsonl", tmp_path / "labels.jsonl"
+    done = run(["simulate", "--out", str(events), "--feedback-out", str(labels), "--count", "3000",
+                "--span-days", "10", "--accounts", "200", "--terminals", "300", "--seed", "2"], env)
+    assert done.returncode == 0, done.stderr
+    lines = labels.read_bytes().splitlines()
+    with labels.open("ab") as f:
+        f.write(b'{"event_id": "x-1", "label": "FRAUD", "labelled_at": 1790000000000}\n')
+    produced = run(["produce", "--feedback", "--input", str(labels)], env)
+    assert produced.returncode == 0, produced.stderr
+    assert f"produced {len(lines)} labels to {s.feedback_topic}" in produced.stderr
+    assert "1 of" in produced.stderr and "invalid_label" in produced.stderr
+    assert "repeat an event_id" not in produced.stderr
+    got = read_all(s, s.feedback_topic)
+    sent = [decode_label(r.value, r.timestamp) for r in got]
+    want = [parse_label(orjson.loads(line)) for line in lines]
+    assert all(isinstance(x, Label) for x in sent) and sorted(map(repr, sent)) == sorted(map(repr, want))
+    assert {r.key.decode() for r in got} == {x.event_id for x in want if isinstance(x, Label)}
