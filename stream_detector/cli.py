@@ -1238,7 +1238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamDetectorError as exc:
         print(f"stream-detector {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # said, so that an interrupted command is not mistaken for a finished one
+        print(f"stream-detector {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # infrastructure: one line, plus the traceback when -v
         if args.verbose:
