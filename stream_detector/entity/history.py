@@ -19,8 +19,7 @@ from ..entity_spec import EntitySpec
 from ..feedback import Label
 from ..schema import validate_event
 from .block import Block
-from .columns import Columns, attach, codes_of, entity_value, gc_paused, label_value, timestamp_value, vocabulary
-from .compute import amount_value
+from .columns import Columns, attach, codes_of, entity_value, gc_paused, timestamp_value
 
 
 def enrich_columns(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: int = 65_536,
@@ -54,15 +53,13 @@ def enrich_key(spec: EntitySpec, key: str, cols: Columns, entities: Iterable[str
 
 
 def enrich_rows(spec: EntitySpec, key: str, cols: Columns, rows: np.ndarray, entities: int,
-                chunk: int = 65_536, keep: np.ndarray | None = None) -> np.ndarray:
+                chunk: int = 65_536) -> np.ndarray:
     """``enrich_key`` with the entities already numbered: ``rows`` int64[n], each event's entity in
-    ``0 .. entities - 1`` (-1: keyless or invalid). With ``keep`` (int64[k], ascending positions in
-    0..n-1) only those rows are returned (float64[k, width]): the whole history still passes
-    through the state, the output is what stays in memory."""
+    ``0 .. entities - 1`` (-1: keyless or invalid)."""
     n, chunk = len(rows), max(1, chunk)
     apply = np.ones(min(chunk, n), dtype=np.bool_)
     block = Block.of(spec, spec.distinct_for(key), [], extra=entities + min(chunk, n), cols=cols)
-    out = np.empty((n if keep is None else len(keep), len(spec.fields_for(key))))
+    out = np.empty((n, len(spec.fields_for(key))))
     for start in range(0, n, chunk):
         part = slice(start, min(start + chunk, n))
         state_row = rows[part].copy()
@@ -70,13 +67,8 @@ def enrich_rows(spec: EntitySpec, key: str, cols: Columns, rows: np.ndarray, ent
         state_row[loose] = entities + np.arange(int(loose.sum()))  # keyless: a fresh row each
         block.clear(slice(entities, None))
         size = part.stop - part.start
-        values = block.run(spec, state_row, apply[:size], cols.ts[part], cols.amount[part],
-                           np.ascontiguousarray(block.codes[:, part]))
-        if keep is None:
-            out[part] = values
-        else:
-            lo, hi = np.searchsorted(keep, [part.start, part.stop])
-            out[lo:hi] = values[keep[lo:hi] - part.start]
+        out[part] = block.run(spec, state_row, apply[:size], cols.ts[part], cols.amount[part],
+                              np.ascontiguousarray(block.codes[:, part]))
     return out
 
 
@@ -107,50 +99,6 @@ class Selected:
     values: np.ndarray
 
 
-class _Accumulated:
-    """What the state needs of every event, gathered chunk by chunk: numbers only, no event kept."""
-
-    def __init__(self, spec: EntitySpec) -> None:
-        self.spec = spec
-        self.ts: list[np.ndarray] = []
-        self.amount: list[np.ndarray] = []
-        self.ids: dict[str, dict[str, int]] = {k: {} for k in spec.keys}  # entity → row, per key
-        self.rows: dict[str, list[np.ndarray]] = {k: [] for k in spec.keys}
-        self.first: dict[str, dict[str | None, int]] = {f: {None: -1} for f in spec.distinct_fields}
-        self.codes: dict[str, list[np.ndarray]] = {f: [] for f in spec.distinct_fields}
-
-    def add(self, events: Sequence[dict[str, Any]], valid: list[bool]) -> None:
-        n, spec = len(events), self.spec
-        self.ts.append(np.fromiter((timestamp_value(e.get("timestamp")) for e in events), np.float64, n))
-        self.amount.append(np.fromiter((amount_value(e.get(spec.amount_field)) for e in events), np.float64, n))
-        for key in spec.keys:
-            ids = self.ids[key]
-            found = (entity_value(e.get(key)) if ok else None for e, ok in zip(events, valid, strict=True))
-            self.rows[key].append(np.fromiter((-1 if v is None else ids.setdefault(v, len(ids)) for v in found),
-                                              np.int64, n))
-        for f in spec.distinct_fields:
-            first = self.first[f]
-            self.codes[f].append(np.fromiter((first.setdefault(label_value(e.get(f)), len(first) - 1)
-                                              for e in events), np.int64, n))
-
-    def columns(self) -> Columns:
-        """``Columns`` of the whole history: distinct labels recoded from first-seen to label order
-        (``vocabulary``: the kernel's eviction tie-break compares codes)."""
-        index: dict[str, dict[str | None, int]] = {}
-        codes: dict[str, np.ndarray] = {}
-        for f in self.spec.distinct_fields:
-            index[f] = vocabulary(self.first[f])
-            rank = np.empty(len(self.first[f]), dtype=np.int64)  # first-seen code + 1 → label-order code
-            for label, seen in self.first[f].items():
-                rank[seen + 1] = index[f][label]
-            codes[f] = rank[_joined(self.codes[f]) + 1]
-        return Columns(_joined(self.ts, np.float64), _joined(self.amount, np.float64), {}, index, codes)
-
-
-def _joined(parts: list[np.ndarray], dtype: Any = np.int64) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-
-
 class _Indexed:
     """A ``LabelStore`` already indexed with the whole history: ``label_values`` asks it for books only."""
 
@@ -165,52 +113,50 @@ class _Indexed:
 
 
 def enrich_selected(spec: EntitySpec, chunks: Iterable[Sequence[dict[str, Any]]],
-                    keep: Callable[[int, dict[str, Any]], bool], labels: Iterable[Label] = (),
-                    chunk: int = 65_536) -> Selected:
+                    keep: Callable[[int, dict[str, Any]], bool], labels: Iterable[Label] = ()) -> Selected:
     """``enrich_history`` of a history given in consecutive parts (``chunks``, in arrival order),
     returning only the rows for which ``keep(position, event)`` is true — with the same values, bit
     for bit (``tests/unit/test_entity_selected.py``), in memory proportional to the kept rows plus
-    a few numbers per event (time, amount, entity and distinct-label codes) and the labelled
-    events' ids: the retrainer enriches a history of millions of events it never holds as dicts
+    the entities' state (``CarriedState``, carried from part to part) and the labelled events' ids:
+    the retrainer enriches a history of millions of events it never holds as dicts
     (``retrain/job.py``). ``labels``: feedback records for ``spec.label_fields`` (none: zeros)."""
     from .labels import InMemoryLabels, label_values
 
-    acc = _Accumulated(spec)
+    state = CarriedState(spec)  # the state crosses the parts: the kept rows' features as in one go
     store = InMemoryLabels(labels) if spec.label_keys else None
     waiting = store.waiting if store is not None else {}
     kept: list[dict[str, Any]] = []
     kept_at: list[int] = []
     kept_valid: list[bool] = []
+    history: list[np.ndarray] = []
     n = 0
     for part in chunks:
         valid = [validate_event(e) is None for e in part]
-        acc.add(part, valid)
+        features = state.features(part, valid)
+        picked: list[int] = []
         labelled: list[dict[str, Any]] = []
         for i, (event, ok) in enumerate(zip(part, valid, strict=True)):
             if keep(n + i, event):
+                picked.append(i)
                 kept.append(event)
                 kept_at.append(n + i)
                 kept_valid.append(ok)
             if ok and waiting and str(event.get("event_id")) in waiting:
                 labelled.append(event)
+        history.append(features[picked])
         if store is not None and labelled:  # every valid labelled event, in order (enrich_labels' index)
             times = np.fromiter((timestamp_value(e.get("timestamp")) for e in labelled), np.float64, len(labelled))
             store.index(spec, labelled, times)
         n += len(part)
     positions = np.asarray(kept_at, dtype=np.int64)
-    cols = acc.columns()
-    values = np.empty((len(kept), len(spec.all_fields)))
-    col = 0
-    for key in spec.keys:
-        width = len(spec.fields_for(key))
-        values[:, col:col + width] = enrich_rows(spec, key, cols, _joined(acc.rows[key]), len(acc.ids[key]), chunk,
-                                                 keep=positions)
-        col += width
-    values[:, col:] = 0.0
-    if store is not None:
+    col = len(spec.output_fields)
+    values = np.zeros((len(kept), len(spec.all_fields)))
+    if history:
+        values[:, :col] = np.concatenate(history)
+    if store is not None:  # labels known for the whole history first, then asked (enrich_labels' order)
         rows_ok = np.flatnonzero(np.asarray(kept_valid, dtype=bool))
-        history = np.ascontiguousarray(values[rows_ok, :col])
-        values[rows_ok, col:] = label_values(spec, _Indexed(store), [kept[i] for i in rows_ok.tolist()], history)
+        values[rows_ok, col:] = label_values(spec, _Indexed(store), [kept[i] for i in rows_ok.tolist()],
+                                             np.ascontiguousarray(values[rows_ok, :col]))
     with gc_paused():
         rows = attach(kept, spec.all_fields, values)
     return Selected(positions, kept, rows, values)
@@ -230,11 +176,15 @@ class CarriedState:
         self.spec = spec
         self.keys = {key: _KeyState(spec, key) for key in spec.keys}
 
-    def features(self, events: Sequence[dict[str, Any]]) -> np.ndarray:
+    def features(self, events: Sequence[dict[str, Any]], valid: Sequence[bool] | None = None) -> np.ndarray:
         """float64[N, len(spec.output_fields)] of the next part of the history (columns in
-        ``spec.output_fields`` order); the state advances past it."""
+        ``spec.output_fields`` order); the state advances past it. Rows with ``valid[row]`` False
+        get empty-history features and change no state (``enrich_columns``' rule)."""
         cols = Columns.of(self.spec, events)
-        parts = [state.run(cols, [entity_value(e.get(key)) for e in events]) for key, state in self.keys.items()]
+        ok = valid if valid is not None else [True] * len(events)
+        parts = [state.run(cols, [entity_value(e.get(key)) if good else None
+                                  for e, good in zip(events, ok, strict=True)])
+                 for key, state in self.keys.items()]
         return np.concatenate(parts, axis=1) if parts else np.empty((len(events), 0))
 
 

@@ -32,7 +32,6 @@ _KEY_END = re.compile(rb'"[ \t\n\r]*:')
 _TWO_63 = 2.0 ** 63
 _DIGITS_TO_NINE = bytes.maketrans(b"012345678", b"999999999")
 _NINETEEN = b"9" * 19
-_NESTED = (dict, list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ def test_selected_rows_equal_the_whole_history_enriched(which: int, events: list
     cut = sorted(set(data.draw(st.lists(st.integers(0, n), max_size=4))))
     chunks = [events[a:b] for a, b in zip([0, *cut], [*cut, n], strict=True)]
     whole = enrich_history(spec, events, labels=labels)
-    got = enrich_selected(spec, chunks, lambda i, _e: i in keep, labels, chunk=data.draw(st.sampled_from([1, 3, 64])))
+    got = enrich_selected(spec, chunks, lambda i, _e: i in keep, labels)
     assert got.positions.tolist() == sorted(keep)
     assert len(got.rows) == len(keep)
     for row, at in zip(got.rows, got.positions.tolist(), strict=True):
