@@ -114,6 +114,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--padded", action="store_true",
                         help="the throughput suite's workload (30 fields, ~724 bytes: benchmarks/workload.py) "
                              "instead of the simulator's ~15-field events")
+    parser.add_argument("--entity", action="store_true",
+                        help="the entity-worker workload (account + terminal history, state in Redis: "
+                             "benchmarks/entity_worker.py's model and events); drains only, a fresh state "
+                             "prefix per run")
     parser.add_argument("--section", default="before-after",
                         help="RESULTS.md section to write (default %(default)s: issue 15's check)")
     parser.add_argument("--title", default="Before/after (same run): issue 15's restructuring",
@@ -140,7 +144,13 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="sd-before-after-") as tmp, harness.services(_say) as svc:
         trees["before"] = _tree(rev, Path(tmp))
         try:
-            if args.padded:
+            if args.entity:
+                from . import entity_speed
+                from .entity_worker import models
+
+                entity_events = entity_speed.workload(args.events, max(500, args.events // 100), seed=0)
+                bundle = models(entity_events[:40_000])["entity"]
+            elif args.padded:
                 from stream_detector.model.bundle import build_bundle
                 from stream_detector.model.train import TrainConfig, train
 
@@ -162,7 +172,9 @@ def main(argv: list[str]) -> int:
             settings = Settings(**config)
             ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
             ControlPlane.from_url(svc.redis, settings.redis_prefix).publish(bundle, set_by="bench")
-            if args.padded:
+            if args.entity:
+                events = entity_events
+            elif args.padded:
                 events, _ = make_events(args.events, 1)
             else:
                 events, _ = Simulator(seed=1, accounts=5000, run_id="ba").batch(args.events, 0.01)
@@ -170,21 +182,25 @@ def main(argv: list[str]) -> int:
                             [str(e["account_id"]).encode() for e in events])
             _say(f"{args.events} events produced; baseline {rev}, after {head}{' + uncommitted' if dirty else ''}")
             base_env = {k: v for k, v in os.environ.items() if not k.startswith("SD_")}
-            for name in ("before", "after"):  # untimed warm-up: bytecode caches, page cache
+            for name in () if args.entity else ("before", "after"):  # untimed warm-up: bytecode caches
                 _run(trees[name], _COMPUTE, [str(model_dir), workload], base_env)  # type: ignore[arg-type]
             for transport in args.transports.split(","):
                 for r in range(args.rounds):
                     order = ("before", "after") if r % 2 == 0 else ("after", "before")
                     for name in order:
+                        prefix = settings.redis_prefix
+                        if args.entity:  # entity state empty at the start of every drain
+                            prefix = f"{prefix}-{name}-{transport}-{r}"
+                            ControlPlane.from_url(svc.redis, prefix).publish(bundle, set_by="bench")
                         env = {**base_env, "SD_KAFKA_BOOTSTRAP": svc.kafka, "SD_REDIS_URL": svc.redis,
-                               "SD_REDIS_PREFIX": settings.redis_prefix, "SD_INPUT_TOPIC": settings.input_topic,
+                               "SD_REDIS_PREFIX": prefix, "SD_INPUT_TOPIC": settings.input_topic,
                                "SD_ALERTS_TOPIC": settings.alerts_topic, "SD_DLQ_TOPIC": settings.dlq_topic,
                                "SD_GROUP_ID": f"ba-{name}-{transport}-{r}-{tag}", "SD_TRANSPORT": transport,
                                "SD_CREATE_TOPICS": "false", "SD_WORKER_ID": f"ba-{name}-{r}"}
                         got = _run(trees[name], _DRAIN, [str(args.events)], env)  # type: ignore[arg-type]
                         rates.setdefault((transport, name), []).append(float(got["events_per_s"]))
                         _say(f"{transport} {name}: {got['events_per_s']:,.0f} events/s ({got['events']} events)")
-            for r in range(args.rounds * 2):
+            for r in range(0 if args.entity else args.rounds * 2):
                 for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
                     got = _run(trees[name], _COMPUTE, [str(model_dir), workload], base_env)  # type: ignore[arg-type]
                     compute[name].append(float(got["rows_per_s"]))
@@ -194,7 +210,7 @@ def main(argv: list[str]) -> int:
     rows = []
     for (transport, name), values in sorted(rates.items()):
         rows.append((f"worker drain, {transport}", name, statistics.median(values), values))
-    for name, values in compute.items():
+    for name, values in compute.items() if not args.entity else ():
         rows.append(("steps 2-4 in process (8,192-record batch)", name, statistics.median(values), values))
     text = render(rows, rev, head, dirty, args)
     print(text)
@@ -210,12 +226,15 @@ def harness_transports() -> list[str]:
 def render(rows: list[tuple[str, str, float, list[float]]], rev: str, head: str, dirty: bool,
            args: argparse.Namespace) -> str:
     lines = [f"`python -m benchmarks before-after --baseline {rev} --events {args.events} --rounds {args.rounds} "
-             f"--transports {args.transports}{' --padded' if args.padded else ''}"
+             f"--transports {args.transports}{' --padded' if args.padded else ''}{' --entity' if args.entity else ''}"
              f"{f' --section {args.section}' if args.section != 'before-after' else ''}`: "
              f"baseline `{rev}` against `{head}`{' plus uncommitted changes' if dirty else ''}, one worker process draining the same "
              "pre-produced topic (fresh group per run), runs alternating A B A B. Median of the runs; the ratio is "
              "after / before. Workload: "
-             + ("the throughput suite's (30 fields, ~724 bytes of JSON, `benchmarks/workload.py`), a model trained on "
+             + ("`benchmarks/entity_worker.py`'s (raw events with account and terminal ids, 4 partitions keyed by "
+                "account) and its entity model (keys account and terminal, 1h/1d/7d/30d; event-time alignment on), "
+                "entity state in Redis empty at each drain's start." if args.entity else
+                "the throughput suite's (30 fields, ~724 bytes of JSON, `benchmarks/workload.py`), a model trained on "
                 "it." if args.padded else "the simulator's events (~15 fields), `tests.helpers.small_bundle`."), "",
              "| workload | before | after | after / before | runs (before; after) |", "|---|---:|---:|---:|---|"]
     by: dict[str, dict[str, tuple[float, list[float]]]] = {}

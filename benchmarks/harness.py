@@ -268,6 +268,13 @@ def worker_process(settings: Settings, target: Any, ready: Any, go: Any, done: A
 
     me = psutil.Process()
     report = WorkerReport()
+    profile_to = os.environ.get("SD_BENCH_PROFILE")  # a folder: this process's cProfile goes there
+    profiler = None
+    if profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         worker = Worker(settings)
         worker.start()
@@ -308,6 +315,9 @@ def worker_process(settings: Settings, target: Any, ready: Any, go: Any, done: A
         report.error = repr(exc)
         if not report.timeline:
             ready.release()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(str(profile_to), f"worker-{os.getpid()}.prof"))
     result.put(report)
 
 

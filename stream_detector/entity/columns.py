@@ -9,7 +9,8 @@ pass that adds the feature row to a copy of each event.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,44 @@ def entity_value(value: object) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         return None
     return str(value)
+
+
+def entity_codes(events: Sequence[dict[str, Any]], key: str,
+                 keyed: Sequence[bool] | None = None) -> tuple[list[str], np.ndarray]:
+    """The entities of ``key`` in a batch: their ids (``entity_value``) in order of first
+    appearance, and each event's entity as int64[N] codes into that list (-1: no usable value,
+    or ``keyed[row]`` False). Equal to calling ``entity_value`` per event; the common batch (every
+    value a str or an int) is grouped by dict and ``map`` at C speed, anything else per event."""
+    raw = [e.get(key) for e in events]
+    n = len(raw)
+    kinds = set(map(type, raw))
+    names: list[str]
+    if kinds <= {str, int}:
+        ids: list[str] = [v if type(v) is str else str(v) for v in raw] if int in kinds else raw  # type: ignore[assignment]
+        first = dict.fromkeys(ids, -1)
+        first.pop("", None)
+        names = list(first)
+        index = {name: i for i, name in enumerate(names)}
+        index[""] = -1
+        codes = np.fromiter(map(index.__getitem__, ids), np.int64, n)
+    else:
+        values = [entity_value(v) for v in raw]
+        found: dict[str | None, int] = {}
+        for v in values:
+            if v is not None and v not in found:
+                found[v] = len(found)
+        names = [str(v) for v in found]
+        found[None] = -1
+        codes = np.fromiter(map(found.__getitem__, values), np.int64, n)
+    if keyed is not None and not all(keyed):
+        codes[~np.asarray(keyed, dtype=np.bool_)] = -1
+        used = np.unique(codes[codes >= 0])
+        if used.size < len(names):  # entities only unkeyed rows named: renumber the rest in order
+            remap = np.full(len(names) + 1, -1, dtype=np.int64)
+            remap[used] = np.arange(used.size)
+            codes = remap[codes]  # -1 indexes the last slot, which stays -1
+            names = [names[i] for i in used.tolist()]
+    return names, codes
 
 
 def timestamp_value(value: object) -> float:
@@ -64,13 +103,35 @@ class Columns:
 
     @classmethod
     def of(cls, spec: EntitySpec, events: Sequence[dict[str, Any]]) -> Columns:
-        n = len(events)
-        ts = np.fromiter((timestamp_value(e.get("timestamp")) for e in events), np.float64, n)
+        ts = numbers([e.get("timestamp") for e in events], timestamp_value, math.nan)
         name = spec.amount_field
-        amount = np.fromiter((amount_value(e.get(name)) for e in events), np.float64, n)
-        labels = {f: [label_value(e.get(f)) for e in events] for f in spec.distinct_fields}
+        amount = numbers([e.get(name) for e in events], amount_value, 0.0)
+        labels = {f: label_values([e.get(f) for e in events]) for f in spec.distinct_fields}
         index = {f: vocabulary(v) for f, v in labels.items()}
         return cls(ts, amount, labels, index, {f: codes_of(v, index[f]) for f, v in labels.items()})
+
+
+def numbers(raw: list[Any], one: Callable[[object], float], bad: float) -> np.ndarray:
+    """float64[N] of ``one`` applied to each value, where ``one`` reads an int or float as itself
+    and a non-finite one as ``bad`` (``timestamp_value``: NaN, ``amount_value``: 0.0). A batch of
+    ints and floats only is converted in one ``fromiter`` (C speed); anything else, or an int past
+    the float range, goes value by value through ``one``."""
+    if set(map(type, raw)) <= {int, float}:
+        try:
+            out = np.fromiter(raw, np.float64, len(raw))
+        except OverflowError:
+            pass
+        else:
+            out[~np.isfinite(out)] = bad
+            return out
+    return np.fromiter(map(one, raw), np.float64, len(raw))
+
+
+def label_values(raw: list[Any]) -> list[str | None]:
+    """``label_value`` of each value; a batch of strings only is returned as it is."""
+    if set(map(type, raw)) <= {str}:
+        return raw
+    return [label_value(v) for v in raw]
 
 
 def vocabulary(*sources: Iterable[str | None]) -> dict[str | None, int]:

@@ -40,7 +40,7 @@ from ..feedback import Label
 from ..schema import validate_event
 from . import binary, kernel
 from .block import Block
-from .columns import Columns, attach, entity_value, gc_paused
+from .columns import Columns, attach, entity_codes, entity_value, gc_paused
 from .state import EntityKey, Record, StateStore
 
 Position = tuple[int, int]  # (partition, offset)
@@ -94,23 +94,16 @@ class Enricher:
     def _values(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Sequence[Position],
                 keyed: Sequence[bool] | None) -> np.ndarray:
         cols = Columns.of(spec, events)
-        groups: dict[EntityKey, list[int]] = {}
-        loose: dict[str, list[int]] = {}
-        for key in spec.keys:
-            for row, event in enumerate(events):
-                value = entity_value(event.get(key)) if keyed is None or keyed[row] else None
-                if value is None:
-                    loose.setdefault(key, []).append(row)
-                else:
-                    groups.setdefault((key, value), []).append(row)
-        entities = list(groups)
+        at = _Positions(positions)
+        batch = [_KeyBatch(key, *entity_codes(events, key, keyed)) for key in spec.keys]
+        entities = [(kb.key, name) for kb in batch for name in kb.names]
         raws = self.store.load_raw(spec, entities)
-        where = [(str(p), o) for p, o in positions]
         writes: dict[EntityKey, bytes] = {}
-        parts = []
-        for key in spec.keys:
-            mine = [(k, groups[k], raw) for k, raw in zip(entities, raws, strict=True) if k[0] == key]
-            parts.append(self._apply(spec, key, cols, mine, where, loose.get(key, []), writes))
+        parts, first = [], 0
+        for kb in batch:
+            mine = raws[first:first + len(kb.names)]
+            first += len(mine)
+            parts.append(self._apply(spec, kb, cols, list(range(len(kb.names))), mine, at, writes))
         lost = self.store.save_raw(spec, writes, dict(zip(entities, raws, strict=True)))
         attempts = 1
         while lost:
@@ -119,57 +112,121 @@ class Enricher:
                     f"entity state contended: {len(lost)} records changed by another writer between read and "
                     f"write {attempts} times in a row")
             self.conflicts += len(lost)
-            lost = self._redo(spec, events, where, groups, lost, parts)
+            lost = self._redo(spec, events, at, batch, lost, parts)
             attempts += 1
         return np.concatenate(parts, axis=1) if parts else np.empty((len(events), 0))
 
-    def _apply(self, spec: EntitySpec, key: str, cols: Columns, mine: list[tuple[EntityKey, list[int], bytes | None]],
-               where: list[tuple[str, int]], loose: list[int], writes: dict[EntityKey, bytes]) -> np.ndarray:
-        """One key's features for the rows of ``cols`` (its entities ``mine`` and keyless ``loose``
-        rows); the records to write go into ``writes``."""
-        empty = binary.empty_core(spec, key)
-        n_fields = len(spec.distinct_for(key))
-        plans = [plan_bytes(spec, key, raw, rows, where, empty, n_fields) for _, rows, raw in mine]
-        out = self._key(spec, key, cols, mine, plans, loose)
-        for (k, _, _), p in zip(mine, plans, strict=True):
-            writes[k] = binary.assemble(p.applied, p.core, p.undo)
+    def _apply(self, spec: EntitySpec, kb: _KeyBatch, cols: Columns, which: list[int], raws: list[bytes | None],
+               at: _Positions, writes: dict[EntityKey, bytes], rows: np.ndarray | None = None) -> np.ndarray:
+        """One key's features for the rows of ``cols`` (``rows`` of the batch, default all): the
+        entities ``which`` (indices into ``kb.names``, records ``raws``) and, with all rows, the
+        keyless ones; the records to write go into ``writes``."""
+        empty = binary.empty_core(spec, kb.key)
+        n_fields = len(spec.distinct_for(kb.key))
+        spans = kb.spans(at)
+        plans = []
+        for e, raw in zip(which, raws, strict=True):
+            plan = plan_spans(spec, kb.key, raw, spans[e], empty, n_fields)
+            if plan is None:  # some events already applied: the per-event decision
+                plan = plan_bytes(spec, kb.key, raw, kb.rows_of(e).tolist(), at.where, empty, n_fields)
+            plans.append(plan)
+        codes = kb.codes if rows is None else kb.codes[rows]
+        state_row = np.full(codes.size, -1, dtype=np.int64)
+        apply = np.ones(codes.size, dtype=np.bool_)
+        slot = np.full(len(kb.names) + 1, -1, dtype=np.int64)  # kb code → block row (the last: keyless)
+        slot[which] = np.arange(len(which))
+        keyed = codes >= 0
+        state_row[keyed] = slot[codes[keyed]]
+        for e, p in zip(which, plans, strict=True):
+            if p.apply:  # some events already applied (an older batch redelivered)
+                mask = codes == e
+                apply[mask] = p.apply
+        loose = np.flatnonzero(state_row < 0)
+        state_row[loose] = np.arange(len(which), len(which) + loose.size)
+        fields = spec.distinct_for(kb.key)
+        block = Block.from_bytes(spec, fields, [p.start for p in plans], extra=loose.size, cols=cols)
+        out = block.run(spec, state_row, apply, cols.ts, cols.amount)
+        for e, p, core in zip(which, plans, block.core_bytes(len(plans)), strict=True):
+            writes[(kb.key, kb.names[e])] = binary.assemble(p.applied, core, p.undo)
         return out
 
-    def _redo(self, spec: EntitySpec, events: Sequence[dict[str, Any]], where: list[tuple[str, int]],
-              groups: dict[EntityKey, list[int]], lost: list[EntityKey], parts: list[np.ndarray]) -> list[EntityKey]:
+    def _redo(self, spec: EntitySpec, events: Sequence[dict[str, Any]], at: _Positions, batch: list[_KeyBatch],
+              lost: list[EntityKey], parts: list[np.ndarray]) -> list[EntityKey]:
         """Entities another writer changed between this batch's read and its write: read them again,
         recompute only their events' features for their key (an entity's features depend on its own
         state and events alone) into ``parts``, and compare-and-set them again; the entities lost
         again are returned."""
         raws = self.store.load_raw(spec, lost)
         writes: dict[EntityKey, bytes] = {}
-        for i, key in enumerate(spec.keys):
-            mine = [(k, raw) for k, raw in zip(lost, raws, strict=True) if k[0] == key]
+        for i, kb in enumerate(batch):
+            number = {name: e for e, name in enumerate(kb.names)}
+            mine = [(number[k[1]], raw) for k, raw in zip(lost, raws, strict=True) if k[0] == kb.key]
             if not mine:
                 continue
-            rows = sorted(r for k, _ in mine for r in groups[k])
-            at = {r: j for j, r in enumerate(rows)}
-            cols = Columns.of(spec, [events[r] for r in rows])
-            sub = [(k, [at[r] for r in groups[k]], raw) for k, raw in mine]
-            parts[i][rows] = self._apply(spec, key, cols, sub, [where[r] for r in rows], [], writes)
+            which = [e for e, _ in mine]
+            rows = np.flatnonzero(np.isin(kb.codes, which))
+            cols = Columns.of(spec, [events[r] for r in rows.tolist()])
+            sub = _KeyBatch(kb.key, kb.names, kb.codes[rows])
+            parts[i][rows] = self._apply(spec, sub, cols, which, [raw for _, raw in mine], at.subset(rows), writes)
         return self.store.save_raw(spec, writes, dict(zip(lost, raws, strict=True)))
 
-    @staticmethod
-    def _key(spec: EntitySpec, key: str, cols: Columns, mine: list[tuple[EntityKey, list[int], bytes | None]],
-             plans: list[_BytesPlan], loose: list[int]) -> np.ndarray:
-        fields = spec.distinct_for(key)
-        block = Block.from_bytes(spec, fields, [p.start for p in plans], extra=len(loose), cols=cols)
-        n = cols.ts.size
-        state_row = np.empty(n, dtype=np.int64)
-        apply = np.ones(n, dtype=np.bool_)
-        for e, ((_, rows, _), p) in enumerate(zip(mine, plans, strict=True)):
-            state_row[rows] = e
-            if p.apply:  # some events already applied (an older batch redelivered)
-                apply[rows] = p.apply
-        state_row[loose] = np.arange(len(mine), len(mine) + len(loose))
-        out = block.run(spec, state_row, apply, cols.ts, cols.amount)
-        for p, core in zip(plans, block.core_bytes(len(plans)), strict=True):
-            p.core = core
+
+class _Positions:
+    """The batch's ``(partition, offset)`` per event as arrays (partitions numbered densely),
+    with the per-event form (``where``: ``(str(partition), offset)``) built only when needed."""
+
+    def __init__(self, positions: Sequence[Position]) -> None:
+        self.positions = positions
+        pairs = np.asarray(positions, dtype=np.int64).reshape(len(positions), 2)
+        values, self.part = np.unique(pairs[:, 0], return_inverse=True)
+        self.part = self.part.astype(np.int64).reshape(-1)
+        self.names = [str(v) for v in values.tolist()]
+        self.offset = pairs[:, 1]
+        self._where: list[tuple[str, int]] | None = None
+
+    @property
+    def where(self) -> list[tuple[str, int]]:
+        if self._where is None:
+            self._where = [(str(p), o) for p, o in self.positions]
+        return self._where
+
+    def subset(self, rows: np.ndarray) -> _Positions:
+        return _Positions([self.positions[r] for r in rows.tolist()])
+
+
+@dataclass(slots=True)
+class _KeyBatch:
+    """One key's entities in a batch: ids (``names``) and each event's entity code (-1: keyless)."""
+
+    key: str
+    names: list[str]
+    codes: np.ndarray
+
+    def rows_of(self, e: int) -> np.ndarray:
+        return np.flatnonzero(self.codes == e)
+
+    def spans(self, at: _Positions) -> list[list[tuple[str, int, int, int]]]:
+        """Per entity, per partition in order of first appearance: (partition, offset of its first
+        event, smallest offset, largest offset) — what the idempotency decision reads."""
+        out: list[list[tuple[str, int, int, int]]] = [[] for _ in self.names]
+        rows = np.flatnonzero(self.codes >= 0)
+        if not rows.size:
+            return out
+        width = len(at.names)
+        pair = self.codes[rows] * width + at.part[rows]
+        order = np.argsort(pair, kind="stable")
+        ordered = pair[order]
+        starts = np.concatenate(([0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1))
+        offs = at.offset[rows][order]
+        lows = np.minimum.reduceat(offs, starts)
+        highs = np.maximum.reduceat(offs, starts)
+        firsts = offs[starts]
+        appear = order[starts]  # where each (entity, partition) first appears
+        keys = ordered[starts]
+        by = np.lexsort((appear, keys // width))
+        for k, f, lo, hi in zip(keys[by].tolist(), firsts[by].tolist(), lows[by].tolist(), highs[by].tolist(),
+                                strict=True):
+            out[k // width].append((at.names[k % width], f, lo, hi))
         return out
 
 
@@ -184,6 +241,25 @@ class _BytesPlan:
     applied: dict[str, int]
     undo: bytes | None
     core: bytes = b""
+
+
+def plan_spans(spec: EntitySpec, key: str, raw: bytes | None, spans: list[tuple[str, int, int, int]],
+               empty: bytes, fields: int) -> _BytesPlan | None:
+    """``plan_bytes`` from the entity's per-partition spans (``_KeyBatch.spans``) instead of its
+    events, for the normal case only: None when some event is at or below an applied offset (then
+    ``plan_bytes`` decides per event). Equal to ``plan_bytes`` wherever it returns a plan."""
+    if raw is None:
+        parsed = binary.Parsed({}, empty, None, None, None)
+    else:
+        parsed = binary.parse(spec, key, raw, fields)
+    applied = parsed.applied
+    for p, _first, low, _high in spans:
+        if low <= applied.get(p, -1):
+            return None
+    result = _BytesPlan(parsed.core, [], applied, binary.undo_section({p: f for p, f, _, _ in spans}, parsed.core))
+    for p, _first, _low, high in spans:
+        applied[p] = high
+    return result
 
 
 def plan_bytes(spec: EntitySpec, key: str, raw: bytes | None, rows: list[int], where: list[tuple[str, int]],

@@ -8,10 +8,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_detector.entity import Enricher, EntitySpec, InMemoryState, enrich_history
+from stream_detector.entity.columns import entity_codes, entity_value, numbers, timestamp_value
+from stream_detector.entity.compute import amount_value
 from stream_detector.entity.reference import ReferenceEnricher, reference_enrich_history
 
 H = 3_600_000
@@ -144,3 +147,35 @@ def test_the_kernel_compiles_without_a_writable_cache() -> None:
     scope: dict[str, Any] = {}
     exec("def twice(x):\n    return 2 * x\n", scope)  # no source file: numba has no cache locator for it
     assert jit(scope["twice"])(21) == 42
+
+
+@CHECK
+@given(st.one_of(st.lists(st.one_of(st.text(max_size=2), st.integers(-3, 3)), max_size=40),
+                 st.lists(keys, max_size=40)),
+       st.lists(st.booleans(), min_size=40, max_size=40) | st.none())
+def test_entity_codes_equal_entity_value_per_event(values: list[Any], keyed: list[bool] | None) -> None:
+    """The batch grouping (dict and ``map`` for str/int batches, per event otherwise) names each
+    event's entity exactly as ``entity_value`` does, each entity once, unkeyed rows as -1."""
+    events = [{} if v == "missing" else {"account_id": v} for v in values]
+    mask = None if keyed is None else keyed[:len(events)]
+    names, codes = entity_codes(events, "account_id", mask)
+    assert codes.dtype == np.int64 and codes.shape == (len(events),)
+    assert len(set(names)) == len(names) and set(codes[codes >= 0].tolist()) == set(range(len(names)))
+    for row, event in enumerate(events):
+        want = entity_value(event.get("account_id")) if mask is None or mask[row] else None
+        assert (names[codes[row]] if codes[row] >= 0 else None) == want
+
+
+finite_or_not = st.one_of(st.floats(), st.integers(-2**70, 2**70), st.just(10**400), st.just(-(10**400)))
+
+
+@CHECK
+@given(st.lists(finite_or_not, max_size=30), st.lists(st.one_of(finite_or_not, st.none(), st.just("12"),
+                                                                 st.booleans()), max_size=30))
+def test_batch_numbers_equal_the_per_event_rules(numeric: list[Any], mixed: list[Any]) -> None:
+    """``Columns``' batch conversion of timestamps and amounts (one ``fromiter`` when every value
+    is an int or a float) gives exactly the per-event rules' floats, NaN where they give NaN."""
+    for raw in (numeric, mixed):
+        for one, bad in ((timestamp_value, math.nan), (amount_value, 0.0)):
+            want = np.array([one(v) for v in raw], dtype=np.float64)
+            assert np.array_equal(numbers(list(raw), one, bad), want, equal_nan=True)
