@@ -43,20 +43,23 @@ records are read again, never lost.
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
+from ..entity.columns import numbers
 from ..schema import parse_timestamp_ms
 from ..transport.base import Batch, Membership, Offsets, Source, TopicPartition
 
 NEG_INF = float("-inf")
 INF = float("inf")
+NAN = float("nan")
 PEER_WAIT_S = 0.005  # how often a worker held back by another's partition looks at the heads again
 
 
@@ -83,22 +86,69 @@ def event_time_ms(value: bytes | None) -> float | None:
         return None
 
 
-@dataclass(slots=True)
-class _Held:
-    """One buffered record: its sort key and the batch fields it came with."""
+def event_times(values: Sequence[Any]) -> np.ndarray:
+    """``event_time_ms`` of each value as float64[N], NaN where it gives None. A batch whose every
+    value parses goes through one comprehension over ``map(orjson.loads, values)`` and the batch
+    conversion of ``entity.columns.numbers``; any other through ``event_time_ms`` per value."""
+    try:  # each parsed event is dropped at once: a list of them would set off the cyclic GC
+        raw = [e.get("timestamp") if type(e) is dict else None for e in map(orjson.loads, values)]
+    except (orjson.JSONDecodeError, TypeError):
+        return np.array([NAN if t is None else t for t in map(event_time_ms, values)], dtype=np.float64)
+    return numbers(raw, _timestamp_or_nan, NAN)
 
-    key: float
-    offset: int
-    record: tuple[bytes | None, bytes | None, int, Any]  # key, value, timestamp, headers
-    polled_at: float
+
+def _timestamp_or_nan(value: object) -> float:
+    if value is None:
+        return NAN
+    try:
+        return float(parse_timestamp_ms(value))
+    except (TypeError, ValueError, OverflowError):
+        return NAN
 
 
 @dataclass
 class _Partition:
-    records: deque[_Held] = field(default_factory=deque)
+    """One partition's buffered records, from index ``at`` on: their sort keys and offsets as
+    arrays, polled-at times, and the batch fields as lists (released prefixes are dropped at the
+    next ``add``)."""
+
+    keys: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+    offsets: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    polled: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+    record_keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    headers: list[Any] = field(default_factory=list)
+    at: int = 0
     newest: float = NEG_INF  # running maximum of event time seen (the sort key of its next record)
     last_offset: int = -1
     last_record_at: float = 0.0  # wall clock (monotonic)
+
+    @property
+    def held(self) -> int:
+        return len(self.values) - self.at
+
+    def head_key(self) -> float:
+        return float(self.keys[self.at])
+
+    def add(self, times: np.ndarray, offsets: np.ndarray, polled_at: float, keys: list[bytes | None],
+            values: list[bytes | None], timestamps: list[int], headers: list[Any]) -> None:
+        """Append records (event times float64, NaN: none usable); their sort keys are the
+        running maximum of event time, starting from ``newest``."""
+        if self.at:
+            self.keys, self.offsets, self.polled = self.keys[self.at:], self.offsets[self.at:], self.polled[self.at:]
+            for column in (self.record_keys, self.values, self.timestamps, self.headers):
+                del column[:self.at]
+            self.at = 0
+        running = np.fmax.accumulate(np.concatenate(([self.newest], times)))[1:]
+        self.newest = float(running[-1])
+        self.keys = np.concatenate((self.keys, running))
+        self.offsets = np.concatenate((self.offsets, offsets))
+        self.polled = np.concatenate((self.polled, np.full(len(values), polled_at)))
+        self.record_keys += keys
+        self.values += values
+        self.timestamps += timestamps
+        self.headers += headers
 
 
 class AlignedSource:
@@ -115,7 +165,8 @@ class AlignedSource:
         self._polled_at = NEG_INF  # when the inner source was last polled
         self.peers = peers
         self.heartbeat_s = heartbeat_s
-        self._released: dict[int, deque[tuple[int, float]]] = {}  # released, not yet committed: (offset, key)
+        # released, not yet committed: per partition, chunks of (offsets int64, sort keys float64)
+        self._released: dict[int, deque[tuple[np.ndarray, np.ndarray]]] = {}
         self._settled: dict[int, float] = {}  # partition → sort key of its last committed record
         self._next: dict[int, int] = {}  # partition → the next offset after its last commit
         self._published_at = NEG_INF
@@ -174,10 +225,17 @@ class AlignedSource:
             if tp.topic != self.topic:
                 continue
             released = self._released.get(tp.partition)
-            while released and released[0][0] < next_offset:
-                _, key = released.popleft()
-                if key > self._settled.get(tp.partition, NEG_INF):
-                    self._settled[tp.partition] = key
+            while released:  # chunks of released records in offset order, keys nondecreasing
+                offs, keys = released[0]
+                n = int(np.searchsorted(offs, next_offset, side="left"))  # those below next_offset
+                if n == 0:
+                    break
+                if keys[n - 1] > self._settled.get(tp.partition, NEG_INF):
+                    self._settled[tp.partition] = float(keys[n - 1])
+                if n < offs.size:
+                    released[0] = (offs[n:], keys[n:])
+                    break
+                released.popleft()
             self._next[tp.partition] = next_offset
         if self.peers is not None:
             self._publish()
@@ -201,9 +259,9 @@ class AlignedSource:
             released = self._released.get(p)
             part = self._parts.get(p)
             if released:
-                out[p] = (released[0][1], False)
-            elif part is not None and part.records:
-                out[p] = (part.records[0].key, False)
+                out[p] = (float(released[0][1][0]), False)
+            elif part is not None and part.held:
+                out[p] = (part.head_key(), False)
             elif part is not None:
                 quiet = (high is None or part.last_offset + 1 >= high) and now - part.last_record_at > grace
                 out[p] = (max(part.newest, self._settled.get(p, NEG_INF)), quiet)
@@ -220,7 +278,7 @@ class AlignedSource:
 
     def rewind_to_committed(self, batch: Batch) -> None:
         """Drop the buffer and rewind ``batch``'s partitions and every buffered one."""
-        parts = set(batch.partitions) | {p for p, part in self._parts.items() if part.records}
+        parts = set(batch.partitions) | {p for p, part in self._parts.items() if part.held}
         self._drop()
         self.inner.rewind_to_committed(Batch(topic=batch.topic or self.topic, partitions=sorted(parts),
                                              offsets=[0] * len(parts), keys=[None] * len(parts),
@@ -267,18 +325,33 @@ class AlignedSource:
             self._group = batch.group
         now = self.clock()
         head_moved = False
-        for i, p in enumerate(batch.partitions):
+        if not batch.values:
+            return
+        times = event_times(batch.values)
+        first = batch.partitions[0]
+        groups: list[tuple[int, np.ndarray | None]]
+        if batch.partitions.count(first) == len(batch.partitions):  # one partition (kafka-python's fetches)
+            groups = [(first, None)]
+        else:
+            parts = np.asarray(batch.partitions, dtype=np.int64)
+            groups = [(int(p), np.flatnonzero(parts == p)) for p in dict.fromkeys(batch.partitions)]
+        offsets = np.asarray(batch.offsets, dtype=np.int64)
+        for p, rows in groups:
             part = self._parts.setdefault(p, _Partition())
-            head_moved = head_moved or (not part.records and not self._released.get(p))
-            t = event_time_ms(batch.values[i])
-            if t is not None and t > part.newest:
-                part.newest = t
-            part.records.append(_Held(part.newest, batch.offsets[i],
-                                      (batch.keys[i], batch.values[i], batch.timestamps[i], batch.headers[i]),
-                                      batch.polled_at))
-            part.last_offset = batch.offsets[i]
+            head_moved = head_moved or (not part.held and not self._released.get(p))
+            if rows is None:
+                part.add(times, offsets, batch.polled_at, list(batch.keys), list(batch.values),
+                         list(batch.timestamps), list(batch.headers))
+                n, last = len(batch.values), batch.offsets[-1]
+            else:
+                picked = rows.tolist()
+                part.add(times[rows], offsets[rows], batch.polled_at, [batch.keys[i] for i in picked],
+                         [batch.values[i] for i in picked], [batch.timestamps[i] for i in picked],
+                         [batch.headers[i] for i in picked])
+                n, last = len(picked), batch.offsets[picked[-1]]
+            part.last_offset = last
             part.last_record_at = now
-            self.held_back += 1
+            self.held_back += n
         if head_moved and self.peers is not None:
             self._publish()  # a partition's next record is known now: the peers may move on
 
@@ -290,7 +363,7 @@ class AlignedSource:
         now = self.clock()
         for p in list(self._parts):  # revoked partitions: their new owner reads them from the commit
             if p not in assigned:
-                self.held_back -= len(self._parts.pop(p).records)
+                self.held_back -= self._parts.pop(p).held
         for p in [p for p in self._settled if p not in assigned]:  # their new owner publishes them
             del self._settled[p]
             self._next.pop(p, None)
@@ -329,34 +402,59 @@ class AlignedSource:
         peer = INF if self.peers is None else self.peers.bound(assigned)  # never past other partitions' heads + grace
         bound = min(own, peer)
         over = self.held_back - self.max_buffered
-        heads = [(part.records[0].key, p) for p, part in self._parts.items() if part.records]
-        heapq.heapify(heads)
-        out = Batch(topic=self.topic)
-        first: _Held | None = None
-        while heads and len(out) < self.batch_size:
-            key, p = heads[0]
-            if key > bound and over <= 0:
-                self._peer_blocked = key > peer and key <= own
-                break
-            part = self._parts[p]
-            held = part.records.popleft()
-            self.held_back -= 1
-            over -= 1
-            if first is None:
-                first = held
-            self._released.setdefault(p, deque()).append((held.offset, held.key))
-            out.partitions.append(p)
-            out.offsets.append(held.offset)
-            k, v, ts, hs = held.record
-            out.keys.append(k)
-            out.values.append(v)
-            out.timestamps.append(ts)
-            out.headers.append(hs)
-            if part.records:
-                heapq.heapreplace(heads, (part.records[0].key, p))
-            else:
-                heapq.heappop(heads)
-        if first is None:
+        # A k-way merge of the partitions' runs (each sorted by key, then offset) is a sort of their
+        # leading records by (key, partition, offset): only a partition's first batch_size records,
+        # and (unless the cap forces more out) those up to the bound plus one, can be released now.
+        limit = self.batch_size
+        cand_keys, cand_parts, cand_pos = [], [], []
+        for p, part in self._parts.items():
+            if not part.held:
+                continue
+            keys = part.keys[part.at:part.at + limit]
+            take = keys.size if over > 0 else min(keys.size, int(np.searchsorted(keys, bound, side="right")) + 1)
+            cand_keys.append(keys[:take])
+            cand_parts.append(np.full(take, p, dtype=np.int64))
+            cand_pos.append(np.arange(part.at, part.at + take, dtype=np.int64))
+        if not cand_keys:
             return None
-        out.group, out.polled_at = self._group, first.polled_at
+        keys = np.concatenate(cand_keys)
+        parts = np.concatenate(cand_parts)
+        pos = np.concatenate(cand_pos)
+        order = np.lexsort((pos, parts, keys))
+        keys, parts, pos = keys[order], parts[order], pos[order]
+        within = int(np.searchsorted(keys, bound, side="right"))  # keys up to the bound
+        m = min(limit, keys.size, max(within, over))
+        if m < keys.size and m < limit:  # stopped at the bound, not by a full batch
+            key = float(keys[m])
+            self._peer_blocked = key > peer and key <= own
+        if m == 0:
+            return None
+        chosen, at = parts[:m], pos[:m]
+        first_part = self._parts[int(chosen[0])]
+        polled_at = float(first_part.polled[int(at[0])])
+        present, which = np.unique(chosen, return_inverse=True)
+        counts = np.bincount(which, minlength=present.size).tolist()
+        shifts = np.empty(present.size, dtype=np.int64)
+        pool: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
+        pool_offsets = []
+        for j, (p, n) in enumerate(zip(present.tolist(), counts, strict=True)):  # each one's part is a prefix
+            part = self._parts[p]
+            start = part.at
+            shifts[j] = len(pool[0]) - start
+            columns: tuple[list[Any], ...] = (part.record_keys, part.values, part.timestamps, part.headers)
+            for into, column in zip(pool, columns, strict=True):
+                into.extend(column[start:start + n])
+            pool_offsets.append(part.offsets[start:start + n])
+            self._released.setdefault(p, deque()).append((part.offsets[start:start + n].copy(),
+                                                          part.keys[start:start + n].copy()))
+            part.at += n
+            self.held_back -= n
+        index = at + shifts[which.reshape(-1)]
+        out = Batch(topic=self.topic, partitions=chosen.tolist(), offsets=np.concatenate(pool_offsets)[index].tolist())
+        if m == 1:
+            out.keys, out.values, out.timestamps, out.headers = ([column[0]] for column in pool)
+        else:
+            gather = itemgetter(*index.tolist())
+            out.keys, out.values, out.timestamps, out.headers = (list(gather(column)) for column in pool)
+        out.group, out.polled_at = self._group, polled_at
         return out

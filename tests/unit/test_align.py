@@ -6,9 +6,12 @@ buffer instead of losing it."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream_detector.pipeline.align import AlignedSource, event_time_ms
 from stream_detector.transport.base import Batch
@@ -228,3 +231,41 @@ def test_a_worker_with_nothing_to_read_publishes_its_partition_idle() -> None:
     now[0] += 1.5
     source.poll_batch()
     assert peers.entries[1][1] is True and peers.bound({0}) == float("inf")  # idle: holds nothing back
+
+
+_time_or_junk = st.one_of(st.floats(0, 1e6, allow_nan=False), st.integers(0, 10**6), st.integers(0, 9),  # ties
+                         st.sampled_from([None, "junk"]))
+
+
+@settings(derandomize=True, max_examples=60, deadline=None, database=None)
+@given(st.lists(st.lists(_time_or_junk, max_size=40), min_size=1, max_size=4), st.integers(1, 17), st.integers(1, 23),
+       st.sampled_from([None, 5, 30]))
+def test_any_backlog_is_released_in_key_partition_offset_order(streams: list[list[Any]], fetch: int, batch: int,
+                                                               cap: int | None) -> None:
+    """Any backlog (late, tied, untimed and unparsable records; any fetch and batch size): every
+    record once, each partition as contiguous prefixes, and, under the buffer cap, exactly the
+    order of (running-max event time of its partition, partition, offset)."""
+    broker = MemoryBroker()
+    broker.create_topic(TOPIC, partitions=4)
+    expected = []
+    for p, stream in enumerate(streams):
+        values = [b"{not json" if t == "junk" else orjson.dumps({"event_id": f"{p}-{i}", "timestamp": t})
+                  for i, t in enumerate(stream)]
+        broker.produce(TOPIC, values, partition=p)
+        newest = float("-inf")
+        for offset, t in enumerate(stream):
+            if isinstance(t, (int, float)) and t > newest:
+                newest = float(t)
+            expected.append((newest, p, offset))
+    source = AlignedSource(MemorySource(broker, TOPIC, GROUP, batch_size=fetch), batch_size=batch, idle_ms=50,
+                           max_buffered=cap or 10_000)
+    source.enabled = True
+    source.start()
+    got = [(p, o) for b in _drain(source) for p, o in zip(b.partitions, b.offsets, strict=True)]
+    assert sorted(got) == sorted((p, o) for _, p, o in expected)  # every record once
+    for p in range(len(streams)):
+        assert [o for q, o in got if q == p] == list(range(len(streams[p])))  # contiguous, in order
+    if cap is None:
+        assert got == [(p, o) for _, p, o in sorted(expected)]
+    committed = broker.committed(GROUP)
+    assert all(committed.get(tp, 0) == end for tp, end in broker.end_offsets(TOPIC).items())
