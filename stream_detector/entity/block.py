@@ -83,17 +83,16 @@ class Block:
         labels, and numpy scatters. Equal to ``of`` on the decoded cores (unit-tested)."""
         e_count, f_count, w = len(cores), len(fields), len(spec.windows)
         head = 1 + 3 * w
-        counts = np.zeros((e_count, f_count), dtype=np.int64)
         chunks: list[bytes] = []
         labels_json: list[bytes] = []
-        for e, core in enumerate(cores):
+        kept: list[bytes] = []
+        for core in cores:
             m = core[:f_count]
-            size = head + sum(m)
-            end = f_count + 8 * size
+            end = f_count + 8 * (head + sum(m))
+            kept.append(m)
             chunks.append(core[f_count:end])
             labels_json.append(core[end + 4:])
-            if f_count:
-                counts[e] = list(m)
+        counts = np.frombuffer(b"".join(kept), dtype=np.uint8).reshape(e_count, f_count).astype(np.int64)
         flat = np.frombuffer(b"".join(chunks), dtype="<f8")
         sizes = head + counts.sum(axis=1)
         offs = np.zeros(e_count, dtype=np.int64)
