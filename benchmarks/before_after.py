@@ -42,6 +42,8 @@ from stream_detector.worker import Worker
 total = int(sys.argv[1])
 w = Worker(Settings())
 w.start()
+steps = {}
+w.steps.listeners.append(lambda step, s: steps.__setitem__(step, steps.get(step, 0.0) + s))
 first = None
 deadline = time.monotonic() + 300
 while w.stats.events < total and time.monotonic() < deadline:
@@ -52,7 +54,8 @@ end = time.perf_counter()
 events = w.stats.events
 w.close()
 rate = (events - first_n) / (end - first) if first is not None and end > first else 0.0
-print(json.dumps({"events": events, "events_per_s": rate}))
+print(json.dumps({"events": events, "events_per_s": rate, "batches": w.stats.batches,
+                  "steps": {k: round(v, 3) for k, v in steps.items()}}))
 """
 
 _COMPUTE = r"""
@@ -199,7 +202,8 @@ def main(argv: list[str]) -> int:
                                "SD_CREATE_TOPICS": "false", "SD_WORKER_ID": f"ba-{name}-{r}"}
                         got = _run(trees[name], _DRAIN, [str(args.events)], env)  # type: ignore[arg-type]
                         rates.setdefault((transport, name), []).append(float(got["events_per_s"]))
-                        _say(f"{transport} {name}: {got['events_per_s']:,.0f} events/s ({got['events']} events)")
+                        _say(f"{transport} {name}: {got['events_per_s']:,.0f} events/s ({got['events']} events, "
+                             f"{got.get('batches')} batches; step seconds {got.get('steps')})")
             for r in range(0 if args.entity else args.rounds * 2):
                 for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
                     got = _run(trees[name], _COMPUTE, [str(model_dir), workload], base_env)  # type: ignore[arg-type]
