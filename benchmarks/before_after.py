@@ -98,10 +98,18 @@ def _tree(rev: str, where: Path) -> Path:
 
 
 def _run(tree: Path, code: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", code, *args], env={**env, "PYTHONPATH": str(tree)},
-                         capture_output=True, text=True, timeout=600, check=False)
+    """Run ``code`` on ``tree``'s version. ``python -c`` puts the current directory first on
+    ``sys.path``, ahead of ``PYTHONPATH``, so the child runs *in* the tree; it reports where it
+    imported ``stream_detector`` from, and a run that loaded another tree's code is refused
+    (before 2026-12-01 both sides ran the working tree: see RESULTS.md)."""
+    where = "import stream_detector as _sd, sys as _sys; print('SD_FROM', _sd.__file__, file=_sys.stderr)\n"
+    out = subprocess.run([sys.executable, "-c", where + code, *args], env={**env, "PYTHONPATH": str(tree)},
+                         cwd=str(tree), capture_output=True, text=True, timeout=600, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{tree.name}: {out.stderr[-2000:]}")
+    loaded = next((line.split(" ", 1)[1] for line in out.stderr.splitlines() if line.startswith("SD_FROM ")), "")
+    if not Path(loaded).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"{tree.name}: stream_detector was imported from {loaded}, not from {tree}")
     result: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -143,6 +151,7 @@ def main(argv: list[str]) -> int:
     trees = {"before": None, "after": ROOT}
     workload = "padded" if args.padded else "simulator"
     rates: dict[tuple[str, str], list[float]] = {}
+    step_runs: dict[tuple[str, str], list[dict[str, float]]] = {}
     compute: dict[str, list[float]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="sd-before-after-") as tmp, harness.services(_say) as svc:
         trees["before"] = _tree(rev, Path(tmp))
@@ -202,6 +211,7 @@ def main(argv: list[str]) -> int:
                                "SD_CREATE_TOPICS": "false", "SD_WORKER_ID": f"ba-{name}-{r}"}
                         got = _run(trees[name], _DRAIN, [str(args.events)], env)  # type: ignore[arg-type]
                         rates.setdefault((transport, name), []).append(float(got["events_per_s"]))
+                        step_runs.setdefault((transport, name), []).append(got.get("steps", {}))
                         _say(f"{transport} {name}: {got['events_per_s']:,.0f} events/s ({got['events']} events, "
                              f"{got.get('batches')} batches; step seconds {got.get('steps')})")
             for r in range(0 if args.entity else args.rounds * 2):
@@ -216,11 +226,25 @@ def main(argv: list[str]) -> int:
         rows.append((f"worker drain, {transport}", name, statistics.median(values), values))
     for name, values in compute.items() if not args.entity else ():
         rows.append(("steps 2-4 in process (8,192-record batch)", name, statistics.median(values), values))
-    text = render(rows, rev, head, dirty, args)
+    text = render(rows, rev, head, dirty, args) + steps_table(step_runs)
     print(text)
     if not args.no_write:
         write_section(args.section, args.title, text)
     return 0
+
+
+STEPS = ("source", "decode", "enrich", "features", "publish", "commit", "scoring thread")
+
+
+def steps_table(step_runs: dict[tuple[str, str], list[dict[str, float]]]) -> str:
+    """The drains' wall seconds per worker step (the worker's step timers), median over the runs."""
+    lines = ["", "Where the drains' time went: wall seconds per step on the worker's thread (the scoring thread "
+             "beside it), median of the runs:", "",
+             "| transport | tree | " + " | ".join(STEPS) + " |", "|---|---|" + "---:|" * len(STEPS)]
+    for (transport, name), runs in sorted(step_runs.items()):
+        cells = [f"{statistics.median(r.get(s, 0.0) for r in runs):.2f}" for s in STEPS]
+        lines.append(f"| {transport} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def harness_transports() -> list[str]:
