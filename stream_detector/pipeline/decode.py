@@ -100,8 +100,9 @@ def _may_hold_big_int(raw: bytes, obj: dict[str, Any]) -> bool:
     has 19 or more digits in a row: one C-level pass over the text (every digit made a 9, then a
     substring search) rules out almost every record; where it does not (a 19-digit id written as
     text, say), the values are walked for such a float (a float literal that large is given back
-    unchanged by the stdlib's re-read). This replaced a regex that cost about 8 µs per 700-byte
-    record (a fifth of a stateless worker's time) and missed negative 19-digit integers below -2**63."""
+    unchanged by the stdlib's re-read). This replaced a regex that cost about 6 µs of an 11 µs
+    decode per 700-byte record (measured by hand, benchmarks/RESULTS.md, *the decode step's
+    big-integer check*) and missed negative 19-digit integers below -2**63."""
     return _NINETEEN in raw.translate(_DIGITS_TO_NINE) and _big_float(obj.values())
 
 
