@@ -38,7 +38,7 @@ from ..entity_spec import EntitySpec
 from ..errors import EntityStateUnavailable
 from ..feedback import Label
 from ..schema import validate_event
-from . import binary, kernel
+from . import binary, kernel, records
 from .block import Block
 from .columns import Columns, attach, entity_codes, entity_value, gc_paused
 from .state import EntityKey, Record, StateStore
@@ -60,6 +60,7 @@ class Enricher:
         self.on_enriched: Callable[[list[dict[str, Any]]], None] | None = None
         self.conflicts = 0  # records recomputed because another writer changed them (``_redo``)
         kernel.warm()
+        records.warm()
 
     def enrich(self, spec: EntitySpec | None, events: Sequence[dict[str, Any]],
                positions: Sequence[Position]) -> list[dict[str, Any]]:
@@ -123,13 +124,21 @@ class Enricher:
         keyless ones; the records to write go into ``writes``."""
         empty = binary.empty_core(spec, kb.key)
         n_fields = len(spec.distinct_for(kb.key))
-        spans = kb.spans(at)
-        plans = []
-        for e, raw in zip(which, raws, strict=True):
-            plan = plan_spans(spec, kb.key, raw, spans[e], empty, n_fields)
-            if plan is None:  # some events already applied: the per-event decision
-                plan = plan_bytes(spec, kb.key, raw, kb.rows_of(e).tolist(), at.where, empty, n_fields)
-            plans.append(plan)
+        spans = kb.spans(at, which)
+        parsed = records.parse(raws, empty, n_fields, len(spec.windows))
+        plan = records.normal(parsed, spans)
+        normal = plan.normal.tolist()
+        bounds = zip(parsed.core_start.tolist(), parsed.core_end.tolist(), strict=True)
+        plans: list[_BytesPlan | None] = []
+        starts: list[bytes] = []
+        for e, raw, fast, (a, b) in zip(which, raws, normal, bounds, strict=True):
+            if fast:  # the compiled path writes it: it starts from its current core
+                plans.append(None)
+                starts.append(parsed.data[a:b])
+            else:  # a redelivery, or a record of another format: the per-event decision
+                plan_e = plan_bytes(spec, kb.key, raw, kb.rows_of(e).tolist(), at.where, empty, n_fields)
+                plans.append(plan_e)
+                starts.append(plan_e.start)
         codes = kb.codes if rows is None else kb.codes[rows]
         state_row = np.full(codes.size, -1, dtype=np.int64)
         apply = np.ones(codes.size, dtype=np.bool_)
@@ -138,16 +147,19 @@ class Enricher:
         keyed = codes >= 0
         state_row[keyed] = slot[codes[keyed]]
         for e, p in zip(which, plans, strict=True):
-            if p.apply:  # some events already applied (an older batch redelivered)
+            if p is not None and p.apply:  # some events already applied (an older batch redelivered)
                 mask = codes == e
                 apply[mask] = p.apply
         loose = np.flatnonzero(state_row < 0)
         state_row[loose] = np.arange(len(which), len(which) + loose.size)
         fields = spec.distinct_for(kb.key)
-        block = Block.from_bytes(spec, fields, [p.start for p in plans], extra=loose.size, cols=cols)
+        block = Block.from_bytes(spec, fields, starts, extra=loose.size, cols=cols)
         out = block.run(spec, state_row, apply, cols.ts, cols.amount)
-        for e, p, core in zip(which, plans, block.core_bytes(len(plans)), strict=True):
-            writes[(kb.key, kb.names[e])] = binary.assemble(p.applied, core, p.undo)
+        cores = block.core_bytes(len(plans))
+        fast_records = iter(records.assemble(parsed, plan, spans, [c for c, f in zip(cores, normal, strict=True) if f]))
+        for e, p, core in zip(which, plans, cores, strict=True):
+            record = next(fast_records) if p is None else binary.assemble(p.applied, core, p.undo)
+            writes[(kb.key, kb.names[e])] = record
         return out
 
     def _redo(self, spec: EntitySpec, events: Sequence[dict[str, Any]], at: _Positions, batch: list[_KeyBatch],
@@ -178,9 +190,9 @@ class _Positions:
     def __init__(self, positions: Sequence[Position]) -> None:
         self.positions = positions
         pairs = np.asarray(positions, dtype=np.int64).reshape(len(positions), 2)
-        values, self.part = np.unique(pairs[:, 0], return_inverse=True)
+        self.values, self.part = np.unique(pairs[:, 0], return_inverse=True)
         self.part = self.part.astype(np.int64).reshape(-1)
-        self.names = [str(v) for v in values.tolist()]
+        self.names = [str(v) for v in self.values.tolist()]
         self.offset = pairs[:, 1]
         self._where: list[tuple[str, int]] | None = None
 
@@ -205,29 +217,27 @@ class _KeyBatch:
     def rows_of(self, e: int) -> np.ndarray:
         return np.flatnonzero(self.codes == e)
 
-    def spans(self, at: _Positions) -> list[list[tuple[str, int, int, int]]]:
-        """Per entity, per partition in order of first appearance: (partition, offset of its first
-        event, smallest offset, largest offset) — what the idempotency decision reads."""
-        out: list[list[tuple[str, int, int, int]]] = [[] for _ in self.names]
+    def spans(self, at: _Positions, which: list[int]) -> records.Spans:
+        """Per (entity, partition) of the batch, entities numbered by their place in ``which``
+        (indices into ``names``), ordered by entity then first appearance: (partition, offset of
+        its first event, smallest offset, largest offset) — what the idempotency decision reads."""
         rows = np.flatnonzero(self.codes >= 0)
         if not rows.size:
-            return out
+            empty = np.zeros(0, dtype=np.int64)
+            return records.Spans(empty, empty, empty, empty, empty)
         width = len(at.names)
-        pair = self.codes[rows] * width + at.part[rows]
+        slot = np.full(len(self.names), -1, dtype=np.int64)
+        slot[which] = np.arange(len(which))
+        pair = slot[self.codes[rows]] * width + at.part[rows]
         order = np.argsort(pair, kind="stable")
         ordered = pair[order]
         starts = np.concatenate(([0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1))
         offs = at.offset[rows][order]
-        lows = np.minimum.reduceat(offs, starts)
-        highs = np.maximum.reduceat(offs, starts)
-        firsts = offs[starts]
-        appear = order[starts]  # where each (entity, partition) first appears
         keys = ordered[starts]
-        by = np.lexsort((appear, keys // width))
-        for k, f, lo, hi in zip(keys[by].tolist(), firsts[by].tolist(), lows[by].tolist(), highs[by].tolist(),
-                                strict=True):
-            out[k // width].append((at.names[k % width], f, lo, hi))
-        return out
+        by = np.lexsort((order[starts], keys // width))  # by entity, then where each pair first appears
+        return records.Spans(
+            (keys // width)[by], at.values[keys % width][by], offs[starts][by],
+            np.minimum.reduceat(offs, starts)[by], np.maximum.reduceat(offs, starts)[by])
 
 
 @dataclass(slots=True)
@@ -241,25 +251,6 @@ class _BytesPlan:
     applied: dict[str, int]
     undo: bytes | None
     core: bytes = b""
-
-
-def plan_spans(spec: EntitySpec, key: str, raw: bytes | None, spans: list[tuple[str, int, int, int]],
-               empty: bytes, fields: int) -> _BytesPlan | None:
-    """``plan_bytes`` from the entity's per-partition spans (``_KeyBatch.spans``) instead of its
-    events, for the normal case only: None when some event is at or below an applied offset (then
-    ``plan_bytes`` decides per event). Equal to ``plan_bytes`` wherever it returns a plan."""
-    if raw is None:
-        parsed = binary.Parsed({}, empty, None, None, None)
-    else:
-        parsed = binary.parse(spec, key, raw, fields)
-    applied = parsed.applied
-    for p, _first, low, _high in spans:
-        if low <= applied.get(p, -1):
-            return None
-    result = _BytesPlan(parsed.core, [], applied, binary.undo_section({p: f for p, f, _, _ in spans}, parsed.core))
-    for p, _first, _low, high in spans:
-        applied[p] = high
-    return result
 
 
 def plan_bytes(spec: EntitySpec, key: str, raw: bytes | None, rows: list[int], where: list[tuple[str, int]],

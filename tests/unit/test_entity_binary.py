@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_detector.entity import Enricher, EntitySpec, InMemoryState
+from stream_detector.entity import Enricher, EntitySpec, InMemoryState, binary, records
 from stream_detector.entity.binary import VERSION, decode, encode
 from stream_detector.entity.reference import ReferenceEnricher
 from stream_detector.entity.state import record_bytes
@@ -94,3 +94,25 @@ def test_cores_as_bytes_fill_and_read_the_kernels_arrays_as_the_dicts_do(labels:
         np.testing.assert_array_equal(a.dc[kept], b.dc[kept])
         assert b.core_bytes(len(cores)) == as_bytes
         assert [encode(SPEC, key, {"c": c, "a": {}, "u": None})[4:] for c in a.cores(len(cores))] == as_bytes
+
+
+def test_compiled_parse_finds_each_records_sections_and_refuses_what_is_not_version_2() -> None:
+    """``records.parse`` (one numba call for a batch's records) splits every well-formed record
+    where ``binary.parse`` does, and marks anything else not ok (version-1 JSON, truncated, trailing
+    bytes, unknown version), which the enricher then hands to the per-entity path."""
+    store = _store(_events(400, 40))
+    raws = [raw for (_, (key, _)), raw in store.raw.items() if key == "account_id"]
+    fields, windows = len(SPEC.distinct_for("account_id")), len(SPEC.windows)
+    empty = binary.empty_core(SPEC, "account_id")
+    bad = [raws[0][:-1], raws[0] + b"\0", b"\x03" + raws[0][1:], orjson.dumps(decode(SPEC, "account_id", raws[0])), b""]
+    parsed = records.parse([*raws, None, *bad], empty, fields, windows)
+    assert parsed.ok.tolist() == [True] * len(raws) + [True] + [False] * len(bad)
+    for i, raw in enumerate(raws):
+        split = binary.parse(SPEC, "account_id", raw, fields)
+        assert parsed.data[parsed.core_start[i]:parsed.core_end[i]] == split.core
+        assert parsed.pairs[i] == len(split.applied)
+    absent = len(raws)
+    assert parsed.data[parsed.core_start[absent]:parsed.core_end[absent]] == empty  # an absent record: empty core
+    for raw in bad[:3] + bad[4:]:
+        with pytest.raises(ValueError):
+            binary.parse(SPEC, "account_id", raw, fields)

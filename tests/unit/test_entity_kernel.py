@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_detector.entity import Enricher, EntitySpec, InMemoryState, enrich_history
+from stream_detector.entity import Enricher, EntitySpec, InMemoryState, enrich_history, records
 from stream_detector.entity.columns import entity_codes, entity_value, numbers, timestamp_value
 from stream_detector.entity.compute import amount_value
 from stream_detector.entity.reference import ReferenceEnricher, reference_enrich_history
@@ -179,3 +179,31 @@ def test_batch_numbers_equal_the_per_event_rules(numeric: list[Any], mixed: list
         for one, bad in ((timestamp_value, math.nan), (amount_value, 0.0)):
             want = np.array([one(v) for v in raw], dtype=np.float64)
             assert np.array_equal(numbers(list(raw), one, bad), want, equal_nan=True)
+
+
+@CHECK
+@given(deliveries(), st.sampled_from(SPECS))
+def test_compiled_records_equal_the_per_entity_path_byte_for_byte(batches: Delivery, spec: EntitySpec) -> None:
+    """``entity/records.py`` (parse, decide and assemble every normal entity of a batch in one
+    call) writes exactly the bytes the per-entity path (``plan_bytes`` + ``binary.assemble``,
+    forced here for every entity) writes: same pairs in the same order, cores and undo sections."""
+    compiled, per_entity = InMemoryState(), InMemoryState()
+    fast, slow = Enricher(compiled), Enricher(per_entity)
+    original = records.normal
+
+    def nothing_normal(parsed: records.Parsed, spans: records.Spans) -> records.Plan:
+        plan = original(parsed, spans)
+        plan.normal[:] = False
+        keep = np.zeros(plan.pair_entity.size, dtype=np.bool_)
+        return records.Plan(plan.normal, plan.pair_entity[keep], plan.pair_partition[keep], plan.pair_offset[keep])
+
+    for batch in batches:
+        events, positions = [e for e, _ in batch], [p for _, p in batch]
+        got = fast.enrich(spec, events, positions)
+        records.normal = nothing_normal
+        try:
+            want = slow.enrich(spec, events, positions)
+        finally:
+            records.normal = original
+        assert got == want
+        assert compiled.raw == per_entity.raw
