@@ -1,10 +1,12 @@
 """The enrich step: a batch of decoded events → the same events plus entity features.
 
-Per batch: read each event's inputs once into columns (``columns.py``), collect every (key,
-entity) the batch touches, load their records in ONE read, decide per entity which state the
-batch starts from (idempotency, below), run every event of every entity of a key through the
-compiled ``kernel`` in one call, save every touched record in ONE write. Events are identified by
-``(partition, offset)`` (offline: ``(0, row)``).
+Per batch: read each event's inputs once into columns (``columns.py``), group the batch by
+entity per key (``columns.entity_codes``), load every touched record in ONE read, decide per
+entity which state the batch starts from (idempotency, below: for all entities at once in
+``records.py``, event by event only where something was already applied), run every event of
+every entity of a key through the compiled ``kernel`` in one call, write the new records
+(``records.assemble``, compiled) in ONE write. Events are identified by ``(partition, offset)``
+(offline: ``(0, row)``).
 
 **Idempotency.** A record remembers, per partition, the last offset applied, and keeps an undo
 snapshot: the state before its last write and the first offset of that write per partition.

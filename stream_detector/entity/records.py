@@ -14,9 +14,11 @@ offset above the applied one), and ``assemble`` writes every normal entity's new
 numba call. Everything else — a record of another format version, a malformed one, an entity
 with an event already applied (a redelivery) — goes through ``enrich.plan_bytes`` and
 ``binary.assemble`` per entity, as before. The bytes are equal to that per-entity path's
-(``tests/unit/test_entity_records.py`` holds them equal on random records and spans); it
-replaced about 12 µs of Python per touched entity (``benchmarks/RESULTS.md``, *Before/after
-(same run): the entity worker's enrich ...*).
+(``tests/unit/test_entity_kernel.py::test_compiled_records_equal_the_per_entity_path_byte_for_byte``
+on random deliveries with retries and redeliveries). Measured by hand in process (100k events,
+1,500 entities, Redis state): the enrich step 1.0-1.2 s → 0.61-0.68 s per 100k events; the
+worker end to end in ``benchmarks/RESULTS.md``, *Before/after (same run): the entity worker's
+enrich and alignment steps on arrays*.
 """
 
 from __future__ import annotations
