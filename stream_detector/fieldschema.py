@@ -656,3 +656,59 @@ def parse_overrides(specs: Iterable[str]) -> dict[str, FieldRule]:
             raise ValueError(f"--field {spec!r}: only a timestamp takes a unit (NAME=timestamp:UNIT)")
         out[name] = rule_from_dict({"name": name, "type": kind, "unit": unit or "auto"})
     return out
+
+
+@dataclass(frozen=True)
+class EventTime:
+    """The event time (epoch ms) a model's worker reads from a raw ``timestamp`` value, for the
+    alignment step (``pipeline/align.py``), which sorts records before they are decoded: the
+    schema's rule (unit, plausible range; ``_to_timestamp``) when the schema types ``timestamp``,
+    NaN wherever the converter would reject the value — such a record is dead-lettered at decode
+    and must not move its partition's clock (a year-2076 or a seconds-as-ms value would hold the
+    partition back behind the others). ``rule`` None: numbers are epoch ms, strings RFC 3339
+    (``schema.parse_timestamp_ms``), no range (a model without a field schema)."""
+
+    rule: FieldRule | None = None
+    plausible: tuple[float, float] = _DEFAULT_RANGE_MS
+
+    @classmethod
+    def of(cls, schema: FieldSchema | None) -> EventTime:
+        if schema is None or "timestamp" not in schema or schema["timestamp"].type is not FieldType.TIMESTAMP:
+            return cls()
+        return cls(schema["timestamp"], schema.plausible_ms)
+
+    def __call__(self, value: object) -> float:
+        """One raw value → epoch ms, NaN when missing or rejected."""
+        if value is None:
+            return math.nan
+        try:
+            if self.rule is None:
+                from .schema import parse_timestamp_ms
+
+                return float(parse_timestamp_ms(value))
+            return _to_timestamp("timestamp", value, self.rule.unit, self.plausible, JSON_TEXT)
+        except (ValueError, TypeError, OverflowError):  # ConversionError is a ValueError
+            return math.nan
+
+    def batch(self, raw: list[Any]) -> np.ndarray:
+        """float64[N] of ``self`` on each value; a batch of ints and floats only in a few numpy
+        operations (the same float multiply and range test as ``_to_timestamp``)."""
+        if set(map(type, raw)) <= {int, float}:
+            try:
+                values = np.fromiter(raw, np.float64, len(raw))
+            except OverflowError:
+                values = None
+            if values is not None:
+                if self.rule is None:
+                    values[~np.isfinite(values)] = np.nan
+                    return values
+                if self.rule.unit == "auto":
+                    size = np.abs(values)
+                    scale = np.select([size < 1e11, size < 1e14, size < 1e17],
+                                      [_UNIT_MS["s"], _UNIT_MS["ms"], _UNIT_MS["us"]], _UNIT_MS["ns"])
+                else:
+                    scale = np.full(values.size, _UNIT_MS[self.rule.unit])
+                ms: np.ndarray = values * scale
+                ms[~((ms >= self.plausible[0]) & (ms <= self.plausible[1]))] = np.nan  # NaN, inf included
+                return ms
+        return np.fromiter(map(self, raw), np.float64, len(raw))

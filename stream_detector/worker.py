@@ -40,6 +40,7 @@ from .entity import Enricher
 from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
 from .errors import ConfigError, DeliveryError, StreamDetectorError
 from .features import Extra
+from .fieldschema import EventTime
 from .hold import BatchHold
 from .label_ingest import LabelIngester
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
@@ -122,6 +123,7 @@ class Worker:
         self.steps.listeners.append(self.metrics.step_time)
         self.compute = ChunkedCompute(settings.compute_chunk, settings.torch_threads, self.steps)  # steps 2-4
         self.enricher: Enricher | None = None  # step 3a, created in start()
+        self._aligned_for = ""  # the model version whose timestamp rule the alignment step uses
         self.ingester: LabelIngester | None = None  # feedback topic → label store, started in start()
         self.labels: LabelStore = InMemoryLabels(())  # the label store (start(): the control plane's)
         self._conflicts = 0  # the enricher's compare-and-set conflicts already counted in metrics
@@ -170,6 +172,7 @@ class Worker:
             self.source = AlignedSource(self.source, self.settings.batch_size, self.settings.align_idle_ms,
                                         self.settings.align_max_buffered or None, peers=peers)
             self.source.enabled = True
+            self.source.event_time = EventTime.of(scorer.bundle.schema)  # the model's timestamp rule
             self.hold.source = self.source
             log.info("event-time alignment on (%s): idle %d ms, across workers grace %d ms, stale %d ms",
                      mode, self.settings.align_idle_ms, self.settings.align_peer_grace_ms,
@@ -239,6 +242,10 @@ class Worker:
         self.models.want(snap.active_model if snap is not None else None, notice)
         self.models.finish(wait=False)  # between batches: swap if the new model is ready
         self.shadow.want(snap.challenger if snap is not None else None, self.models.require().version)
+        if isinstance(self.source, AlignedSource):  # alignment reads timestamps as the active model does
+            bundle = self.models.require().bundle
+            if self._aligned_for != bundle.version:
+                self.source.event_time, self._aligned_for = EventTime.of(bundle.schema), bundle.version
         if self.hold.active and self.hold.in_doubt:
             self.hold.settle()
             return 0

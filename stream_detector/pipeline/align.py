@@ -53,13 +53,12 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from ..entity.columns import numbers
+from ..fieldschema import EventTime
 from ..schema import parse_timestamp_ms
 from ..transport.base import Batch, Membership, Offsets, Source, TopicPartition
 
 NEG_INF = float("-inf")
 INF = float("inf")
-NAN = float("nan")
 PEER_WAIT_S = 0.005  # how often a worker held back by another's partition looks at the heads again
 
 
@@ -86,24 +85,29 @@ def event_time_ms(value: bytes | None) -> float | None:
         return None
 
 
-def event_times(values: Sequence[Any]) -> np.ndarray:
-    """``event_time_ms`` of each value as float64[N], NaN where it gives None. A batch whose every
-    value parses goes through one comprehension over ``map(orjson.loads, values)`` and the batch
-    conversion of ``entity.columns.numbers``; any other through ``event_time_ms`` per value."""
+def event_times(values: Sequence[Any], reader: EventTime | None = None) -> np.ndarray:
+    """Each value's event time as float64[N] epoch ms, NaN where unusable: its ``timestamp`` read by
+    ``reader`` (the model's field schema: unit and plausible range, ``fieldschema.EventTime``;
+    default: numbers as epoch ms, RFC 3339 strings, no range — ``event_time_ms``). A batch whose
+    every value parses goes through one comprehension over ``map(orjson.loads, values)``, any
+    other value by value."""
+    reader = reader or _LEGACY
     try:  # each parsed event is dropped at once: a list of them would set off the cyclic GC
         raw = [e.get("timestamp") if type(e) is dict else None for e in map(orjson.loads, values)]
     except (orjson.JSONDecodeError, TypeError):
-        return np.array([NAN if t is None else t for t in map(event_time_ms, values)], dtype=np.float64)
-    return numbers(raw, _timestamp_or_nan, NAN)
+        raw = [_timestamp_of(v) for v in values]
+    return reader.batch(raw)
 
 
-def _timestamp_or_nan(value: object) -> float:
-    if value is None:
-        return NAN
+def _timestamp_of(value: Any) -> Any:
     try:
-        return float(parse_timestamp_ms(value))
-    except (TypeError, ValueError, OverflowError):
-        return NAN
+        event = orjson.loads(value)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    return event.get("timestamp") if isinstance(event, dict) else None
+
+
+_LEGACY = EventTime()
 
 
 @dataclass
@@ -175,6 +179,7 @@ class AlignedSource:
         self.max_buffered = max_buffered or max(8 * batch_size, 200_000)
         self.clock = clock
         self.enabled = False
+        self.event_time: EventTime | None = None  # the model's timestamp rule (the worker sets it)
         self.topic = ""
         self._parts: dict[int, _Partition] = {}
         self._since: dict[int, float] = {}  # partition → when it was first seen assigned
@@ -327,7 +332,7 @@ class AlignedSource:
         head_moved = False
         if not batch.values:
             return
-        times = event_times(batch.values)
+        times = event_times(batch.values, self.event_time)
         first = batch.partitions[0]
         groups: list[tuple[int, np.ndarray | None]]
         if batch.partitions.count(first) == len(batch.partitions):  # one partition (kafka-python's fetches)

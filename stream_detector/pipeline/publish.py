@@ -7,6 +7,7 @@ flagged rows (a few per thousand), so pydantic here costs nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -77,9 +78,19 @@ def build_alerts(
             offset=batch.offsets[i],
         )
         key = batch.keys[i] or (None if account is None else str(account).encode())
-        out.append(OutMessage(topic, key, orjson.dumps(alert.model_dump()),
+        out.append(OutMessage(topic, key, json_bytes(alert.model_dump()),
                               [("sd.model_version", threshold.model_version.encode())]))
     return out
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as compact JSON. orjson refuses integers beyond 64 bits (an event keeps them
+    exact: a long numeric id, ``decode.py``); those records are written by the stdlib instead, digits
+    intact, rather than failing the batch on every retry (a poison record)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _head_top(contributions: np.ndarray, fields: Sequence[str], top_n: int) -> list[HeadContribution]:

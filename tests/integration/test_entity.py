@@ -22,6 +22,7 @@ from stream_detector.model.train import TrainConfig, train
 from stream_detector.offline import score_events
 from stream_detector.pipeline.align import AlignedSource
 from stream_detector.producer import EventProducer
+from stream_detector.schema import DeadLetterHeaders
 from stream_detector.settings import Settings
 from stream_detector.simulate import Simulator
 from stream_detector.store import ControlPlane
@@ -265,6 +266,37 @@ def test_one_worker_on_four_partitions_replays_a_backlog_like_the_time_ordered_f
     expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > bundle.threshold}
     alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
     assert alerts == expected
+
+
+def test_a_rejected_far_future_timestamp_does_not_hold_its_partition_back(settings: Settings, run_worker: Any) -> None:
+    """A trial found that one event 50 years ahead (dead-lettered at decode as implausible) moved
+    its partition's alignment clock to 2076: the rest of that partition was released after the
+    other three and a shared key's features left offline's. The alignment step now reads the
+    timestamp with the model's rule (unit, plausible range: ``fieldschema.EventTime``), so the
+    other events' features still equal offline enrichment of the time-ordered valid events."""
+    events = _raw(1200, seed=28)
+    bad = dict(events[10], event_id="far-future", timestamp=events[10]["timestamp"] + 50 * 365 * 86_400_000)
+    bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
+                                TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
+                                entity=TWO_KEYS))
+    settings = _small_batches(settings)
+    _publish(settings, bundle)
+    with EventProducer(settings, settings.input_topic) as producer:  # the backlog is there first
+        producer.send([*events[:10], bad, *events[10:]])
+    worker = Worker(settings)
+    worker.start()
+    assert isinstance(worker.source, AlignedSource) and worker.source.event_time is not None
+    seen = _Collector()
+    assert worker.enricher is not None
+    worker.enricher.on_enriched = seen
+    run_worker.run_started(worker)
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
+    dead = [r.headers for r in read_all(settings, settings.dlq_topic)]
+    assert len(dead) == 1 and (DeadLetterHeaders.REASON, b"implausible_timestamp") in dead[0]
+    online = seen.by_id()
+    assert [e["timestamp"] for b in seen.batches for e in b] == [e["timestamp"] for e in events]
+    different = [e["event_id"] for e in enrich_history(TWO_KEYS, events) if online[e["event_id"]] != e]
+    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
 
 
 def test_four_workers_on_four_partitions_replay_a_backlog_like_the_time_ordered_file(

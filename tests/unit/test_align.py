@@ -5,14 +5,17 @@ buffer instead of losing it."""
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_detector.fieldschema import EventTime, FieldRule, FieldSchema, FieldType
 from stream_detector.pipeline.align import AlignedSource, event_time_ms
 from stream_detector.transport.base import Batch
 from stream_detector.transport.memory import MemoryBroker, MemorySource
@@ -269,3 +272,34 @@ def test_any_backlog_is_released_in_key_partition_offset_order(streams: list[lis
         assert got == [(p, o) for _, p, o in sorted(expected)]
     committed = broker.committed(GROUP)
     assert all(committed.get(tp, 0) == end for tp, end in broker.end_offsets(TOPIC).items())
+
+
+_T = 1_795_554_061_109  # epoch ms, 2026
+_raw_times = st.one_of(st.sampled_from([_T, _T / 1000, _T * 1000, _T * 1_000_000, _T + 50 * 31_557_600_000, 0, -5,
+                                        float("inf"), float("nan"), 10**400, True, None, "2026-11-24T08:01:01Z",
+                                        "1795554061109", "junk"]),
+                       st.integers(-10**20, 10**20), st.floats())
+
+
+@settings(derandomize=True, max_examples=80, deadline=None, database=None)
+@given(st.lists(st.one_of(st.integers(0, 10**18), st.floats(0, 1e18)), max_size=20), st.lists(_raw_times, max_size=20))
+def test_the_alignment_reads_timestamps_as_the_models_schema_does(numeric: list[Any], mixed: list[Any]) -> None:
+    """``EventTime`` (the alignment's reader) gives, in one batch or value by value, the epoch ms
+    the schema's converter gives (unit by magnitude, the plausible range), NaN where the converter
+    rejects the value; seconds, ms and µs of one instant sort together (a trial found µs values
+    read as ms held their partition back for decades of event time)."""
+    schema = FieldSchema((FieldRule("event_id", FieldType.IDENTIFIER), FieldRule("timestamp", FieldType.TIMESTAMP)),
+                         time_range_ms=(float(_T - 86_400_000), float(_T)))
+    reader = EventTime.of(schema)
+    for raw in (numeric, mixed):
+        want = []
+        for v in raw:
+            try:
+                typed, problems = schema.convert([{"event_id": "e", "timestamp": v}])
+            except Exception:  # noqa: BLE001 - whatever the converter refuses
+                problems = {0: None}
+            want.append(math.nan if problems or v is None else typed[0]["timestamp"])
+        assert np.array_equal(reader.batch(list(raw)), np.array(want, dtype=np.float64), equal_nan=True)
+        assert np.array_equal(np.array([reader(v) for v in raw], dtype=np.float64), np.array(want), equal_nan=True)
+    assert reader(_T) == reader(_T / 1000) == reader(_T * 1000) == float(_T)
+    assert math.isnan(reader(_T + 50 * 31_557_600_000))  # implausible: dead-lettered, moves no clock

@@ -94,3 +94,20 @@ def test_rejection_messages_never_carry_raw_values():
     spec = fit_spec([{"event_id": str(i), "amount": float(i)} for i in range(20)])
     _, bad = spec.transform([{"event_id": "x", "amount": f"card {CARD}"}])
     assert bad and all(CARD not in message for _, message in bad.values())
+
+
+def test_an_alert_on_an_event_with_an_integer_beyond_64_bits_is_written_with_its_digits():
+    """orjson refuses such integers; the alert must still go out (never a batch that fails on
+    every retry), with the event's integers exact."""
+    raw = b'{"event_id":"big-1","account_id":123456789012345678901234567890,"amount":5.0,"memo":-99999999999999999999}'
+    decoded = decode_batch([raw], max_bytes=10_000)
+    event = decoded.events[0]
+    batch = Batch(topic="t", partitions=[0], offsets=[7], keys=[None], values=[raw], timestamps=[1], headers=[[]])
+    decision = Decision.of(np.array([2.0]), "m", Threshold(1.0, 3, "m"))
+    out = build_alerts(batch, [event], [0], decision, np.ones((1, 2)), ["amount", "x"], 2, "alerts", frozenset())
+    import json
+
+    alert = json.loads(out[0].value)
+    assert alert["event"]["account_id"] == 123456789012345678901234567890
+    assert alert["event"]["memo"] == -99999999999999999999
+    assert out[0].key == b"123456789012345678901234567890"
