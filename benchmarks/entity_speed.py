@@ -234,9 +234,10 @@ def markdown(s: dict[str, float], c: dict[str, float], load: str) -> str:
          f"{s['new_offline']:,.0f}/s when every event becomes a dict with 62 more floats (`enrich_history`);"),
         (f"* enrich + features + score with Redis: {with_ref / with_new:.1f}× faster than the reference, but still "
          f"{with_new / c['without']:.0f}× the cost without entity features (wall): what is left is per-entity "
-         "Python (record decode/encode, the idempotency decision, state ↔ arrays), with most of a batch's "
-         "entities touched in every batch here;"),
-        "* the worker end to end (≥ 60 % of the worker without entity features) was not measured in this run.",
+         "work (each core's labels as JSON, the compare-and-set script's GET and SET per record on the Redis "
+         "server, the per-event read of the inputs), with most of a batch's entities touched in every batch here;"),
+        "* the worker end to end (≥ 60 % of the worker without entity features): section *Entity features end to "
+        "end*.",
     ])
 
 
