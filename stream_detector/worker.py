@@ -44,6 +44,7 @@ from .fieldschema import EventTime
 from .hold import BatchHold
 from .label_ingest import LabelIngester
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
+from .model.bundle import Bundle
 from .pipeline.align import AlignedSource
 from .pipeline.compute import ChunkedCompute, Computed, Enrich
 from .pipeline.control_link import ControlLink
@@ -172,7 +173,7 @@ class Worker:
             self.source = AlignedSource(self.source, self.settings.batch_size, self.settings.align_idle_ms,
                                         self.settings.align_max_buffered or None, peers=peers)
             self.source.enabled = True
-            self.source.event_time = EventTime.of(scorer.bundle.schema)  # the model's timestamp rule
+            self._align_to(scorer.bundle)
             self.hold.source = self.source
             log.info("event-time alignment on (%s): idle %d ms, across workers grace %d ms, stale %d ms",
                      mode, self.settings.align_idle_ms, self.settings.align_peer_grace_ms,
@@ -235,6 +236,12 @@ class Worker:
         gc.unfreeze()
 
     # ---- the loop --------------------------------------------------------------------------
+    def _align_to(self, bundle: Bundle) -> None:
+        """The alignment step reads timestamps with the active model's rule (``fieldschema.EventTime``)."""
+        assert isinstance(self.source, AlignedSource)
+        if self._aligned_for != bundle.version:
+            self.source.event_time, self._aligned_for = EventTime.of(bundle.schema), bundle.version
+
     def run_once(self) -> int:
         """Handle one batch (or retry a held one); returns the number of events handled."""
         notice = self.link.take_notice()
@@ -242,10 +249,8 @@ class Worker:
         self.models.want(snap.active_model if snap is not None else None, notice)
         self.models.finish(wait=False)  # between batches: swap if the new model is ready
         self.shadow.want(snap.challenger if snap is not None else None, self.models.require().version)
-        if isinstance(self.source, AlignedSource):  # alignment reads timestamps as the active model does
-            bundle = self.models.require().bundle
-            if self._aligned_for != bundle.version:
-                self.source.event_time, self._aligned_for = EventTime.of(bundle.schema), bundle.version
+        if isinstance(self.source, AlignedSource):
+            self._align_to(self.models.require().bundle)
         if self.hold.active and self.hold.in_doubt:
             self.hold.settle()
             return 0

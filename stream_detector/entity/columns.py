@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..entity_spec import EntitySpec
+from ..fieldschema import float_array
 from ..schema import parse_timestamp_ms
 from .compute import amount_value
 
@@ -116,14 +117,10 @@ def numbers(raw: list[Any], one: Callable[[object], float], bad: float) -> np.nd
     and a non-finite one as ``bad`` (``timestamp_value``: NaN, ``amount_value``: 0.0). A batch of
     ints and floats only is converted in one ``fromiter`` (C speed); anything else, or an int past
     the float range, goes value by value through ``one``."""
-    if set(map(type, raw)) <= {int, float}:
-        try:
-            out = np.fromiter(raw, np.float64, len(raw))
-        except OverflowError:
-            pass
-        else:
-            out[~np.isfinite(out)] = bad
-            return out
+    out = float_array(raw)
+    if out is not None:
+        out[~np.isfinite(out)] = bad
+        return out
     return np.fromiter(map(one, raw), np.float64, len(raw))
 
 

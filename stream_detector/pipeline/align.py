@@ -54,7 +54,6 @@ import numpy as np
 import orjson
 
 from ..fieldschema import EventTime
-from ..schema import parse_timestamp_ms
 from ..transport.base import Batch, Membership, Offsets, Source, TopicPartition
 
 NEG_INF = float("-inf")
@@ -74,15 +73,10 @@ class Peers(Protocol):
 
 
 def event_time_ms(value: bytes | None) -> float | None:
-    """The ``timestamp`` of a JSON event as epoch ms, or None when absent or unusable."""
-    if not value:
-        return None
-    try:
-        event = orjson.loads(value)
-        raw = event.get("timestamp") if isinstance(event, dict) else None
-        return None if raw is None else float(parse_timestamp_ms(raw))
-    except (orjson.JSONDecodeError, TypeError, ValueError, OverflowError):
-        return None
+    """The ``timestamp`` of a JSON event as epoch ms, or None when absent or unusable (numbers as
+    epoch ms, RFC 3339 strings: the reader of a model without a field schema)."""
+    t = _LEGACY(_timestamp_of(value))
+    return None if t != t else t
 
 
 def event_times(values: Sequence[Any], reader: EventTime | None = None) -> np.ndarray:
@@ -449,9 +443,9 @@ class AlignedSource:
             columns: tuple[list[Any], ...] = (part.record_keys, part.values, part.timestamps, part.headers)
             for into, column in zip(pool, columns, strict=True):
                 into.extend(column[start:start + n])
-            pool_offsets.append(part.offsets[start:start + n])
-            self._released.setdefault(p, deque()).append((part.offsets[start:start + n].copy(),
-                                                          part.keys[start:start + n].copy()))
+            offsets = part.offsets[start:start + n].copy()
+            pool_offsets.append(offsets)
+            self._released.setdefault(p, deque()).append((offsets, part.keys[start:start + n].copy()))
             part.at += n
             self.held_back -= n
         index = at + shifts[which.reshape(-1)]
