@@ -171,13 +171,14 @@ class Worker:
                                             self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms,
                                             self._input_partitions())
             self.source = AlignedSource(self.source, self.settings.batch_size, self.settings.align_idle_ms,
-                                        self.settings.align_max_buffered or None, peers=peers)
+                                        self.settings.align_max_buffered or None, peers=peers,
+                                        max_jump_ms=self.settings.align_max_jump_ms)
             self.source.enabled = True
             self._align_to(scorer.bundle)
             self.hold.source = self.source
-            log.info("event-time alignment on (%s): idle %d ms, across workers grace %d ms, stale %d ms",
-                     mode, self.settings.align_idle_ms, self.settings.align_peer_grace_ms,
-                     self.settings.align_peer_stale_ms)
+            log.info("event-time alignment on (%s): idle %d ms, max jump %d ms, across workers grace %d ms, "
+                     "stale %d ms", mode, self.settings.align_idle_ms, self.settings.align_max_jump_ms,
+                     self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms)
         self.enricher = Enricher(self.control.entity_state())
         self.labels = self.control.label_store()
         if entity is not None and entity.label_keys:

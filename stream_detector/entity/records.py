@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernel import jit
+from ..compiled import jit
 
 VERSION = 2
 PAIR = 12  # bytes per (i32 partition, i64 offset)

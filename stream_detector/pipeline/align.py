@@ -6,9 +6,12 @@ can hold days of one partition's events before the next partition's first. A key
 partition key, such as a terminal, then sees its events out of time order: the late-event rule
 clamps them, and its features leave the training distribution (measured: ``benchmarks/RESULTS.md``,
 *Entity features end to end*). ``AlignedSource`` wraps the worker's ``transport.Source`` and
-buffers each partition. It releases records in order of **(running-max event time of their
-partition, partition, offset)**, up to the **release bound**: the smallest newest key among the
-partitions that may still deliver older records. Because the key never decreases within a
+buffers each partition. It releases records in order of **(their partition's clock, partition,
+offset)**, the clock being the running maximum of the partition's event times with lone jumps
+left out (a record more than ``max_jump_ms`` ahead moves it only when the next timed record is
+that far ahead too: ``_clock_keys``; one wrong device clock must not hold its partition back),
+up to the **release bound**: the smallest newest key among the partitions that may still
+deliver older records. Because the key never decreases within a
 partition, every release is a contiguous prefix of each partition, so offsets still commit after
 delivery, batch by batch, exactly as without alignment.
 
@@ -25,7 +28,7 @@ one at least as new, or has been quiet for ``idle_ms``. The buffer is capped
 (``max_buffered``: 200,000 records or 8 batches, whichever is more, about 60 MB of 300-byte
 events); past the cap the oldest records are released regardless (alignment is best effort
 then, never a stall). Event time is the event's ``timestamp`` (RFC 3339 or epoch ms); a record
-without a usable one takes its partition's running maximum (it never moves the order).
+without a usable one takes its partition's clock (it never moves the order).
 
 **Several workers** of one consumer group align against each other through ``peers``
 (``store/watermarks.py``): each publishes its partitions' *heads* (the key of the next record it
@@ -53,6 +56,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from ..compiled import jit
 from ..fieldschema import EventTime
 from ..transport.base import Batch, Membership, Offsets, Source, TopicPartition
 
@@ -104,13 +108,56 @@ def _timestamp_of(value: Any) -> Any:
 _LEGACY = EventTime()
 
 
+@jit
+def _clock_keys(times: np.ndarray, clock: float, jump: float,
+                keys: np.ndarray) -> tuple[int, float]:  # pragma: no cover (compiled)
+    """The sort keys of a partition's records in offset order (``times`` float64[N] epoch ms, NaN:
+    none usable), from its clock ``clock``, into ``keys`` float64[N]. A record within ``jump`` ms
+    past the clock moves it to its time (a running maximum). A record further ahead moves it only
+    if the next timed record is also that far ahead, and then to the smaller of the two; otherwise
+    it is a lone jump and takes the clock as it is. A partition's first timed record (clock -inf)
+    sets the clock to its time. An untimed record takes the clock. Returns (how many records have
+    their key, the clock): a jump whose next timed record has not arrived yet, and the untimed
+    records after it, wait."""
+    n = times.size
+    i = 0
+    while i < n:
+        x = times[i]
+        if x != x:
+            keys[i] = clock
+            i += 1
+            continue
+        if clock == -np.inf or x <= clock + jump:
+            if x > clock:
+                clock = x
+            keys[i] = clock
+            i += 1
+            continue
+        j = i + 1
+        while j < n and times[j] != times[j]:
+            j += 1
+        if j == n:
+            return i, clock
+        y = times[j]
+        if y > clock + jump:
+            clock = min(x, y)
+        keys[i] = clock
+        i += 1
+    return n, clock
+
+
 @dataclass
 class _Partition:
     """One partition's buffered records, from index ``at`` on: their sort keys and offsets as
     arrays, polled-at times, and the batch fields as lists (released prefixes are dropped at the
-    next ``add``)."""
+    next ``add``). The records past ``keys`` have no key yet (``tail``: their event times, a jump
+    waiting for the next timed record, then untimed ones) and cannot be released. A jump keyed by
+    ``settle`` before its next timed record came is provisional: ``prior`` is the clock before it
+    (NaN: none provisional) and ``provisional`` where its keys start (negative: released)."""
 
+    jump: float = 3_600_000.0
     keys: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+    tail: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
     offsets: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     polled: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
     record_keys: list[bytes | None] = field(default_factory=list)
@@ -118,35 +165,72 @@ class _Partition:
     timestamps: list[int] = field(default_factory=list)
     headers: list[Any] = field(default_factory=list)
     at: int = 0
-    newest: float = NEG_INF  # running maximum of event time seen (the sort key of its next record)
+    newest: float = NEG_INF  # the partition's clock: every later record's key is at least this
     last_offset: int = -1
     last_record_at: float = 0.0  # wall clock (monotonic)
+    prior: float = float("nan")
+    provisional: int = -1
 
     @property
     def held(self) -> int:
         return len(self.values) - self.at
 
+    @property
+    def ready(self) -> int:
+        """Buffered records with a key (releasable as far as this partition goes)."""
+        return self.keys.size - self.at
+
     def head_key(self) -> float:
-        return float(self.keys[self.at])
+        return float(self.keys[self.at]) if self.at < self.keys.size else self.newest
 
     def add(self, times: np.ndarray, offsets: np.ndarray, polled_at: float, keys: list[bytes | None],
             values: list[bytes | None], timestamps: list[int], headers: list[Any]) -> None:
-        """Append records (event times float64, NaN: none usable); their sort keys are the
-        running maximum of event time, starting from ``newest``."""
+        """Append records (event times float64, NaN: none usable) and key them (``_clock_keys``)."""
         if self.at:
             self.keys, self.offsets, self.polled = self.keys[self.at:], self.offsets[self.at:], self.polled[self.at:]
             for column in (self.record_keys, self.values, self.timestamps, self.headers):
                 del column[:self.at]
+            self.provisional -= self.at
             self.at = 0
-        running = np.fmax.accumulate(np.concatenate(([self.newest], times)))[1:]
-        self.newest = float(running[-1])
-        self.keys = np.concatenate((self.keys, running))
+        if self.prior == self.prior:
+            self._decide(times)
+        pending = np.concatenate((self.tail, times)) if self.tail.size else times
+        out = np.empty(pending.size, dtype=np.float64)
+        done, self.newest = _clock_keys(pending, self.newest, self.jump, out)
+        self.keys = np.concatenate((self.keys, out[:done]))
+        self.tail = pending[done:].copy()
         self.offsets = np.concatenate((self.offsets, offsets))
         self.polled = np.concatenate((self.polled, np.full(len(values), polled_at)))
         self.record_keys += keys
         self.values += values
         self.timestamps += timestamps
         self.headers += headers
+
+    def settle(self) -> None:
+        """Key a waiting jump when no next record came (the partition is idle, or the buffer is
+        forced out): provisionally by its own time, so that the last record of a sparse backlog is
+        released where its time puts it. Its partition's next timed record decides (``_decide``)."""
+        if not self.tail.size:
+            return
+        jump = float(self.tail[0])
+        self.prior, self.provisional = self.newest, self.keys.size
+        self.keys = np.concatenate((self.keys, np.full(self.tail.size, jump)))
+        self.newest = jump
+        self.tail = self.tail[:0]
+
+    def _decide(self, times: np.ndarray) -> None:
+        """The next timed record after a provisional jump has come: confirmed (that far ahead of
+        the clock before it too), the clock is the smaller of the two; a lone jump after all, the
+        clock goes back to what it was (a wrong device clock followed by a quiet spell must not
+        hold its partition back until the others catch up). The jump and the untimed records after
+        it that are still buffered are keyed again; one already released stays where it went."""
+        timed = times[times == times]
+        if not timed.size:
+            return
+        nxt = float(timed[0])
+        clock = min(self.newest, nxt) if nxt > self.prior + self.jump else self.prior
+        self.keys[max(self.provisional, self.at):] = clock
+        self.newest, self.prior, self.provisional = clock, float("nan"), -1
 
 
 class AlignedSource:
@@ -156,8 +240,11 @@ class AlignedSource:
 
     def __init__(self, inner: Source, batch_size: int, idle_ms: int = 2000, max_buffered: int | None = None,
                  clock: Callable[[], float] = time.monotonic, peers: Peers | None = None,
-                 heartbeat_s: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> None:
+                 heartbeat_s: float = 0.5, sleep: Callable[[float], None] = time.sleep,
+                 max_jump_ms: float = 3_600_000.0) -> None:
         self.inner = inner
+        self.max_jump_ms = float(max_jump_ms)
+        _clock_keys(np.zeros(1), NEG_INF, 0.0, np.zeros(1))  # compile (or load numba's cache) now, not on a batch
         self.sleep = sleep
         self._peer_blocked = False  # the last release stopped at the peers' bound, not this worker's
         self._polled_at = NEG_INF  # when the inner source was last polled
@@ -336,7 +423,7 @@ class AlignedSource:
             groups = [(int(p), np.flatnonzero(parts == p)) for p in dict.fromkeys(batch.partitions)]
         offsets = np.asarray(batch.offsets, dtype=np.int64)
         for p, rows in groups:
-            part = self._parts.setdefault(p, _Partition())
+            part = self._parts.setdefault(p, _Partition(self.max_jump_ms))
             head_moved = head_moved or (not part.held and not self._released.get(p))
             if rows is None:
                 part.add(times, offsets, batch.polled_at, list(batch.keys), list(batch.values),
@@ -376,6 +463,7 @@ class AlignedSource:
             high = highs.get(p)
             if part is not None:
                 if (high is None or part.last_offset + 1 >= high) and now - part.last_record_at > grace:
+                    part.settle()  # no next record is coming soon: a waiting jump is a lone one
                     continue  # idle: at its end (or nothing known of what is left) and quiet for the grace
                 # Records are left, or it is at its end but not idle: its next record (live, or a
                 # backlog still being written) has a key at least its newest, so it holds there.
@@ -401,13 +489,16 @@ class AlignedSource:
         peer = INF if self.peers is None else self.peers.bound(assigned)  # never past other partitions' heads + grace
         bound = min(own, peer)
         over = self.held_back - self.max_buffered
+        if force or over > 0:
+            for part in self._parts.values():
+                part.settle()
         # A k-way merge of the partitions' runs (each sorted by key, then offset) is a sort of their
         # leading records by (key, partition, offset): only a partition's first batch_size records,
         # and (unless the cap forces more out) those up to the bound plus one, can be released now.
         limit = self.batch_size
         cand_keys, cand_parts, cand_pos = [], [], []
         for p, part in self._parts.items():
-            if not part.held:
+            if not part.ready:
                 continue
             keys = part.keys[part.at:part.at + limit]
             take = keys.size if over > 0 else min(keys.size, int(np.searchsorted(keys, bound, side="right")) + 1)

@@ -299,6 +299,38 @@ def test_a_rejected_far_future_timestamp_does_not_hold_its_partition_back(settin
     assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
 
 
+def test_a_plausible_future_timestamp_does_not_hold_its_partition_back(settings: Settings, run_worker: Any) -> None:
+    """A trial put one event 1.5 days ahead (inside the plausible range, so it is scored) into a
+    1.5-day backlog: it lifted its partition's alignment clock, the rest of that partition was
+    released after the other three, and one worker raised 79 alerts where offline scoring raises
+    55. With the robust clock (``SD_ALIGN_MAX_JUMP_MS``) the lone jump is released where its
+    neighbours put it: every event's features equal offline enrichment of the file, in its order."""
+    events = _raw(1200, seed=28)
+    jump = dict(events[10], event_id="ahead", timestamp=events[10]["timestamp"] + 36 * 3_600_000)
+    file = [*events[:10], jump, *events[10:]]
+    bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
+                                TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
+                                entity=TWO_KEYS))
+    settings = _small_batches(settings)
+    assert settings.align_max_jump_ms == 3_600_000
+    _publish(settings, bundle)
+    with EventProducer(settings, settings.input_topic) as producer:  # the backlog is there first
+        producer.send(file)
+    worker = Worker(settings)
+    worker.start()
+    assert isinstance(worker.source, AlignedSource) and worker.source.max_jump_ms == 3_600_000
+    seen = _Collector()
+    assert worker.enricher is not None
+    worker.enricher.on_enriched = seen
+    run_worker.run_started(worker)
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
+    assert not read_all(settings, settings.dlq_topic)  # the jump is plausible: scored, not dead-lettered
+    online = seen.by_id()
+    assert [e["timestamp"] for b in seen.batches for e in b] == [e["timestamp"] for e in file]
+    different = [e["event_id"] for e in enrich_history(TWO_KEYS, file) if online[e["event_id"]] != e]
+    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
+
+
 def test_four_workers_on_four_partitions_replay_a_backlog_like_the_time_ordered_file(
         settings: Settings, run_worker: Any) -> None:
     """Issue 16, several workers: four workers of one group, one partition each, replay a backlog

@@ -32,9 +32,9 @@ def _broker(per_partition: dict[int, list[float]]) -> MemoryBroker:
     return broker
 
 
-def _aligned(broker: MemoryBroker, batch: int = 10) -> AlignedSource:
+def _aligned(broker: MemoryBroker, batch: int = 10, jump: float = 3_600_000.0) -> AlignedSource:
     source = AlignedSource(MemorySource(broker, TOPIC, GROUP, batch_size=batch), batch_size=batch, idle_ms=50,
-                           max_buffered=10_000)  # this source drains partition 0 before it reads 1
+                           max_buffered=10_000, max_jump_ms=jump)  # this source drains partition 0 before it reads 1
     source.enabled = True
     source.start()
     return source
@@ -61,7 +61,7 @@ def _times(batches: list[Batch]) -> list[float]:
 
 def test_a_backlog_is_released_in_event_time_order_each_record_once() -> None:
     rng = random.Random(4)
-    times = sorted(rng.uniform(0, 1e9) for _ in range(400))
+    times = sorted(rng.uniform(0, 1e8) for _ in range(400))  # 28 h: a partition's gaps mostly under max_jump_ms
     per_partition: dict[int, list[float]] = {p: [] for p in range(4)}
     for t in times:
         per_partition[rng.randrange(4)].append(t)
@@ -216,6 +216,49 @@ def test_a_backlog_still_being_written_is_released_in_event_time_order() -> None
     assert _times([source.poll_batch()]) == [35.0]
 
 
+def test_a_jump_before_a_quiet_spell_is_decided_by_its_partitions_next_record() -> None:
+    """Live traffic: a partition's last record jumps ahead (a wrong device clock) and the partition
+    goes quiet. Idle, the jump is released by its own time; when the partition's next record shows
+    it was a lone jump, the clock goes back, so that record is not held until the others reach the
+    jump. A sparse partition (every record a jump, each confirmed by the next) keeps its order."""
+    broker = MemoryBroker()
+    broker.create_topic(TOPIC, partitions=2)
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001
+        return now[0]
+
+    def send(p: int, times: list[float]) -> None:
+        broker.produce(TOPIC, [orjson.dumps({"event_id": f"{p}-{t}", "timestamp": t}) for t in times], partition=p)
+
+    def poll() -> list[float]:
+        batch = source.poll_batch()
+        source.commit(batch.next_offsets())
+        return _times([batch])
+
+    source = AlignedSource(MemorySource(broker, TOPIC, GROUP, batch_size=10), batch_size=10, idle_ms=1000,
+                           clock=clock, max_jump_ms=1000)
+    source.enabled = True
+    source.start()
+    send(0, [10.0, 20.0, 5000.0])
+    send(1, [15.0, 30.0])
+    assert poll() == [10.0, 15.0, 20.0]  # 5000 waits for partition 0's next record; 30 for partition 0
+    now[0] += 2.0  # both quiet: idle; the jump is keyed by its own time
+    assert poll() == [30.0, 5000.0]
+    send(0, [40.0])  # partition 0 goes on near its old clock: 5000 was a lone jump
+    send(1, [35.0, 50.0])
+    assert poll() == [35.0, 40.0]  # 40 is not held back until partition 1 reaches 5000
+    assert source.held_back == 1  # 50: partition 0 is not idle yet
+    send(0, [3000.0])
+    now[0] += 2.0
+    assert poll() == [50.0, 3000.0]  # a jump too: idle, released by its own time
+    send(1, [3500.0])
+    send(0, [6000.0, 9000.0])  # 6000 confirms 3000, 9000 confirms 6000: a sparse partition keeps its order
+    now[0] += 2.0
+    assert poll() == [3500.0, 6000.0, 9000.0]
+
+
 def test_a_worker_with_nothing_to_read_publishes_its_partition_idle() -> None:
     """An idle worker's empty partition must not hold the group back for the stale time (the
     helper's trial: nothing was published, the others waited 30 s): it is published as holding
@@ -272,6 +315,65 @@ def test_any_backlog_is_released_in_key_partition_offset_order(streams: list[lis
         assert got == [(p, o) for _, p, o in sorted(expected)]
     committed = broker.committed(GROUP)
     assert all(committed.get(tp, 0) == end for tp, end in broker.end_offsets(TOPIC).items())
+
+
+def _robust_keys(stream: list[Any], jump: float) -> list[float]:
+    """The alignment's sort keys of one partition, record by record (the rule of
+    ``align._clock_keys``, written plainly): a time more than ``jump`` past the clock moves it only
+    when the next timed record is that far ahead too (then to the smaller of the two); a lone one
+    takes the clock; one with no timed record after it (its partition idle at the end of the
+    backlog) moves the clock to its time."""
+    times = [float(t) if isinstance(t, (int, float)) else math.nan for t in stream]
+    clock, keys = float("-inf"), []
+    for i, x in enumerate(times):
+        if not math.isnan(x):
+            after = [y for y in times[i + 1:] if not math.isnan(y)]
+            if clock == float("-inf") or x <= clock + jump or not after:
+                clock = max(clock, x)
+            elif after[0] > clock + jump:
+                clock = min(x, after[0])
+        keys.append(clock)
+    return keys
+
+
+@settings(derandomize=True, max_examples=60, deadline=None, database=None)
+@given(st.lists(st.lists(_time_or_junk, max_size=40), min_size=1, max_size=4), st.integers(1, 17), st.integers(1, 23),
+       st.sampled_from([0, 3, 5000, 300_000]))
+def test_a_lone_jump_takes_its_partitions_clock(streams: list[list[Any]], fetch: int, batch: int, jump: int) -> None:
+    """With ``max_jump_ms`` (small here, so that most streams have jumps): any backlog is released
+    in the order of (robust clock of its partition, partition, offset), every record once; a time
+    more than ``max_jump_ms`` past its partition's clock moves the clock only when the next timed
+    record confirms it (a trial: one event 1.5 days ahead held the rest of its partition back and
+    raised 79 alerts where offline scoring raises 55)."""
+    broker = MemoryBroker()
+    broker.create_topic(TOPIC, partitions=4)
+    expected = []
+    for p, stream in enumerate(streams):
+        values = [b"{not json" if t == "junk" else orjson.dumps({"event_id": f"{p}-{i}", "timestamp": t})
+                  for i, t in enumerate(stream)]
+        broker.produce(TOPIC, values, partition=p)
+        expected += [(key, p, offset) for offset, key in enumerate(_robust_keys(stream, jump))]
+    source = AlignedSource(MemorySource(broker, TOPIC, GROUP, batch_size=fetch), batch_size=batch, idle_ms=50,
+                           max_buffered=10_000, max_jump_ms=jump)
+    source.enabled = True
+    source.start()
+    got = [(p, o) for b in _drain(source) for p, o in zip(b.partitions, b.offsets, strict=True)]
+    assert got == [(p, o) for _, p, o in sorted(expected)]
+
+
+def test_a_future_timestamp_inside_the_plausible_range_does_not_hold_its_partition_back() -> None:
+    """The trial's case in small: partition 0 has one event 1.5 days ahead. It is released where
+    its neighbours' times put it, and the rest of partition 0 keeps interleaving with partition 1
+    by event time (before: everything after it waited for partition 1 to catch up)."""
+    day = 86_400_000.0
+    zero = [1000.0 * i for i in range(0, 40, 2)]
+    one = [1000.0 * i for i in range(1, 40, 2)]
+    spiked = [*zero[:5], zero[4] + 1.5 * day, *zero[5:]]
+    batches = _drain(_aligned(_broker({0: spiked, 1: one})))
+    got = _times(batches)
+    assert got == [*sorted(zero[:5] + one[:4]), zero[4] + 1.5 * day, *sorted(zero[5:] + one[4:])]  # at 8 s
+    legacy = _drain(_aligned(_broker({0: spiked, 1: one}), jump=math.inf))  # no jump rule: a running maximum
+    assert _times(legacy)[-len(zero[5:]) - 1:] == [zero[4] + 1.5 * day, *zero[5:]]  # the old clock: last
 
 
 _T = 1_795_554_061_109  # epoch ms, 2026

@@ -142,7 +142,7 @@ def test_the_kernel_is_compiled_before_the_first_batch() -> None:
 
 def test_the_kernel_compiles_without_a_writable_cache() -> None:
     """A function numba cannot cache (no source file here: as with a read-only install) still compiles."""
-    from stream_detector.entity.kernel import jit
+    from stream_detector.compiled import jit
 
     scope: dict[str, Any] = {}
     exec("def twice(x):\n    return 2 * x\n", scope)  # no source file: numba has no cache locator for it
