@@ -1,0 +1,231 @@
+"""``decode_batch``'s batch path gives what the per-record loop gives, for every input: the same
+events (values and types), indices, rejections (reason, message, order) and events as received."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream_detector.fieldschema import JSON_TEXT, FieldRule, FieldSchema, FieldType
+from stream_detector.pipeline.decode import Decoded, Rejected, decode_batch, parse_record, type_events
+from stream_detector.transport.base import Unreadable
+
+T0 = 1_790_000_000_000
+
+
+def decode_batch_reference(values: list[Any], max_bytes: int, first_index: int = 0,
+                           schema: FieldSchema | None = None) -> Decoded:
+    """``decode_batch`` as it was: ``parse_record`` per record, then ``type_events``."""
+    objs: list[Any] = []
+    indices: list[int] = []
+    rejected: list[Rejected] = []
+    for i, raw in enumerate(values, first_index):
+        obj, problem = parse_record(raw, max_bytes)
+        if problem is not None:
+            rejected.append(Rejected(i, problem[0], problem[1]))
+            continue
+        objs.append(obj)
+        indices.append(i)
+    return type_events(objs, indices, schema, JSON_TEXT, rejected, from_json=True)
+
+
+def _exact(value: object) -> object:
+    """A value with its type, recursively (``1 == 1.0 == True`` in Python; the reading must not mix them)."""
+    if isinstance(value, dict):
+        return "dict", [(k, _exact(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return "list", [_exact(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return "float", "nan"
+    return type(value).__name__, value
+
+
+def assert_same(got: Decoded, want: Decoded) -> None:
+    assert got.indices == want.indices
+    assert [(r.index, r.reason, r.message) for r in got.rejected] == \
+        [(r.index, r.reason, r.message) for r in want.rejected]
+    assert [_exact(e) for e in got.events] == [_exact(e) for e in want.events]
+    assert [_exact(e) for e in got.received] == [_exact(e) for e in want.received]
+    assert (got.events is got.received) == (want.events is want.received)
+    assert [a is b for a, b in zip(got.events, got.received, strict=True)] == \
+        [a is b for a, b in zip(want.events, want.received, strict=True)]
+
+
+SCHEMA = FieldSchema((
+    FieldRule("event_id", FieldType.IDENTIFIER), FieldRule("account_id", FieldType.IDENTIFIER),
+    FieldRule("timestamp", FieldType.TIMESTAMP), FieldRule("amount", FieldType.NUMBER),
+    FieldRule("country", FieldType.CATEGORY), FieldRule("flag", FieldType.BOOLEAN),
+    FieldRule("note", FieldType.IGNORED)), time_range_ms=(T0 - 86_400_000, T0 + 86_400_000))
+SCHEMA_NO_TIME = FieldSchema((FieldRule("amount", FieldType.NUMBER), FieldRule("country", FieldType.CATEGORY)))
+
+# ---- JSON texts, written token by token (so the whitespace, repeats and literals are ours) -------------
+
+_big_ints = st.one_of(st.integers(10**17, 10**30), st.integers(-(10**30), -(10**17)),
+                      st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**19, 10**400]))
+_scalars = st.one_of(
+    st.integers(-1000, 1000).map(str), st.floats(allow_nan=False, allow_infinity=False).map(json.dumps),
+    st.text(max_size=6).map(json.dumps), st.sampled_from(["true", "false", "null"]),
+    _big_ints.map(str),  # integers of 18 to 400 digits, any sign
+    _big_ints.map(lambda n: json.dumps(str(n))),  # ... and as text
+    st.sampled_from(["1e20", "-1e20", "1.5e308", "1e400", "-1e400", "NaN", "Infinity", "-Infinity",
+                     "9223372036854775808.0", "1E19", "0.1234567890123456789012"]),
+    st.sampled_from(['"a\\":b"', '"x\\": 1"', '"\\":"', '"{"', '"["', '"12:30"', '"2026-01-02T03:04:05Z"',
+                     '"\\u00e9"', '"é"']),
+)
+_ws = st.sampled_from(["", " ", "\t", "\n", "\r\n ", "  "])
+_keys = st.sampled_from(["event_id", "account_id", "timestamp", "schema_version", "amount", "country",
+                         "flag", "note", "a", "b", "é", 'k"q', ""])
+
+
+def _object(values: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    pair = st.tuples(_keys, _ws, _ws, values).map(lambda p: f"{json.dumps(p[0])}{p[1]}:{p[2]}{p[3]}")
+    return st.tuples(st.lists(pair, max_size=5), _ws).map(lambda p: "{" + p[1] + ",".join(p[0]) + "}")
+
+
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    _object(inner), st.lists(inner, max_size=3).map(lambda items: "[" + ", ".join(items) + "]")), max_leaves=6)
+
+_event_values: dict[str, st.SearchStrategy[str]] = {
+    "event_id": st.one_of(st.text(min_size=1, max_size=8).map(json.dumps),
+                          st.sampled_from(['""', "5", "null", '"' + "x" * 512 + '"', '"' + "x" * 513 + '"'])),
+    "account_id": st.one_of(st.sampled_from(['"acct-1"', "17", "1.5", "true", "null", "[1]", '{"id": 1}',
+                                             '"12345678901234567890"']), _big_ints.map(str)),
+    "timestamp": st.one_of(st.integers(T0 - 10**8, T0 + 10**8).map(str),
+                           st.sampled_from(['"2026-01-02T03:04:05Z"', '"soon"', "true", "1.79e12", "null",
+                                            "1" + "0" * 400, "-1" + "0" * 400, "1e300", "17900000000000000000",
+                                            "1790000000", '"1790000000000"', "[1]"])),
+    "schema_version": st.sampled_from(["1", "2", "true", "1.0", "null", '"1"', "12345678901234567890", "0"]),
+    "amount": st.one_of(st.floats(allow_nan=False, allow_infinity=False).map(json.dumps),
+                        st.sampled_from(['"12.5"', '"1,234.5"', '"abc"', "true", "1e400", "NaN", "1e20"])),
+    "country": st.sampled_from(['"US"', '"CA"', "5", "true", "null", "2.5"]),
+    "flag": st.sampled_from(["true", "false", "1", "0", '"yes"', '"true"', "2"]),
+}
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> str:
+    """Mostly well-formed events (unique keys), each field often valid, sometimes not."""
+    names = ["event_id", *draw(st.lists(st.sampled_from(list(_event_values)[1:]), unique=True))]
+    pairs = [(name, draw(_event_values[name])) for name in names]
+    pairs += [(f"ctx_{j}", draw(_scalars)) for j in range(draw(st.integers(0, 3)))]
+    if draw(st.integers(0, 9)) == 0:  # now and then a nested value or a repeated key
+        pairs.append((draw(_keys), draw(_values)))
+    order = draw(st.permutations(range(len(pairs))))
+    sep, colon = draw(st.sampled_from([(",", ":"), (", ", ": "), (",", " : "), (" ,\n", "\t:\r\n")]))
+    return "{" + sep.join(f"{json.dumps(pairs[j][0])}{colon}{pairs[j][1]}" for j in order) + "}"
+
+
+_valid_values: dict[str, st.SearchStrategy[str]] = {
+    "account_id": st.one_of(st.sampled_from(['"acct-1"', "17", "null", "-5"]), _big_ints.map(str)),
+    "timestamp": st.one_of(st.integers(T0 - 10**8, T0 + 10**8).map(str),
+                           st.sampled_from(["1.79e12", "null", "17900000000000000000", '"2026-01-02T03:04:05Z"'])),
+    "schema_version": st.sampled_from(["1", "null"]),
+    "amount": st.one_of(st.floats(allow_nan=False, allow_infinity=False).map(json.dumps), _big_ints.map(str),
+                        st.sampled_from(['"12.5"', "1e20", "-0.0"])),
+    "country": st.sampled_from(['"US"', '"CA"', '"a\\":b"', '"12:30"', "null"]),
+    "flag": st.sampled_from(["true", "false", "1", "0", "null"]),
+}
+_plain_scalars = st.one_of(
+    st.integers(-1000, 1000).map(str), st.floats(allow_nan=False, allow_infinity=False).map(json.dumps),
+    st.text(st.characters(exclude_characters="{["), max_size=6).map(json.dumps),
+    st.sampled_from(["true", "false", "null"]), _big_ints.map(str))
+
+
+@st.composite
+def _valid_events(draw: st.DrawFn) -> str:
+    """Events that are valid, or nearly so (a text timestamp without a schema, a long id ...)."""
+    pairs = [("event_id", draw(st.one_of(st.text(min_size=1, max_size=8).map(json.dumps),
+                                         st.just('"' + "x" * 512 + '"'))))]
+    pairs += [(name, draw(_valid_values[name])) for name in draw(st.lists(st.sampled_from(list(_valid_values)),
+                                                                           unique=True))]
+    pairs += [(f"ctx_{j}", draw(_plain_scalars)) for j in range(draw(st.integers(0, 2)))]
+    order = draw(st.permutations(range(len(pairs))))
+    sep, colon = draw(st.sampled_from([(",", ":"), (", ", ": "), (",", " : ")]))
+    return "{" + sep.join(f"{json.dumps(pairs[j][0])}{colon}{pairs[j][1]}" for j in order) + "}"
+
+
+_records = st.one_of(
+    _events().map(str.encode), _events().map(str.encode), _valid_events().map(str.encode),
+    _object(_values).map(str.encode),  # any object: repeats, nesting, literals
+    _values.map(str.encode),  # any JSON value (a list, a number, a string ...)
+    st.sampled_from([b"", b" ", b"null", b"[]", b"{}", b"{", b'{"event_id": "x"', b"not json", b"\xff\xfe{}",
+                     b'{"event_id": "e", "amount": 1, "amount": 2}', b'{"event_id": "e", "a" : 1, "a" : 2}',
+                     b'{"event_id": "e", "n": {"a": 1, "a": 2}}', b'{"event_id": "e", "note": "a\\":b", "x": 1}',
+                     b'{"event_id": "\xed\xa0\x80"}', b'{"event_id": "e", "n": [{"a": 1}, {"a": 1}]}']),
+    st.binary(max_size=40),
+    st.just(None),  # a tombstone
+    st.text(max_size=10).map(Unreadable),  # a record the client could not read
+    _events().map(lambda text: bytearray(text.encode())),  # another bytes-like type
+    _events().map(lambda text: (" " * 300 + text).encode()),  # oversize (max_bytes below is 300)
+)
+
+
+@settings(max_examples=600, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(values=st.lists(_records, max_size=12), first_index=st.sampled_from([0, 7, 1000]),
+       schema=st.sampled_from([None, SCHEMA, SCHEMA_NO_TIME]))
+def test_the_batch_path_matches_the_per_record_loop(values: list[Any], first_index: int,
+                                                     schema: FieldSchema | None) -> None:
+    assert_same(decode_batch(values, 300, first_index, schema), decode_batch_reference(values, 300, first_index, schema))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(_valid_events().map(str.encode), min_size=1, max_size=12),
+       odd=st.one_of(st.none(), st.tuples(st.integers(0, 12), st.one_of(
+           _events().map(str.encode), _object(_values).map(str.encode), st.sampled_from([b"[1]", b"7", b"bad"])))),
+       schema=st.sampled_from([None, SCHEMA]))
+def test_batches_of_events_match_the_per_record_loop(values: list[bytes], odd: tuple[int, bytes] | None,
+                                                     schema: FieldSchema | None) -> None:
+    """Batches of (nearly) valid events, with one other value or none: where the batch pre-checks
+    and the column checks decide most."""
+    if odd is not None:
+        values.insert(odd[0], odd[1])
+    assert_same(decode_batch(values, 10_000, 3, schema), decode_batch_reference(values, 10_000, 3, schema))
+
+
+@pytest.mark.parametrize("digits", range(14, 24))
+@pytest.mark.parametrize("offset", range(8))
+def test_every_long_integer_is_found_wherever_it_lies(digits: int, offset: int) -> None:
+    """Integers of 14 to 23 digits at each alignment (the batch finds 19 digits in a row by 4-byte blocks)."""
+    pad = "e" + "x" * offset
+    values = [f'{{"event_id": "{pad}", "n": {sign}{"9" * digits}}}'.encode() for sign in ("", "-")]
+    values += [f'{{"event_id": "{pad}", "t": "{"1" * digits}"}}'.encode()]
+    for i in range(len(values)):
+        batch = values[i:] + values[:i]
+        got, want = decode_batch(batch, 10_000), decode_batch_reference(batch, 10_000)
+        assert_same(got, want)
+    assert type(decode_batch(values[:1], 10_000).events[0]["n"]) is int
+
+
+def test_the_fuzzed_payloads_match_the_per_record_loop() -> None:
+    from tests.fuzz_payloads import adversarial
+
+    raws = adversarial(seed=3, n_random=1500)
+    for schema in (None, SCHEMA):
+        assert_same(decode_batch(raws, 65536, 11, schema), decode_batch_reference(raws, 65536, 11, schema))
+
+
+def test_a_typical_batch_matches_and_reads_long_ids_exactly() -> None:
+    from benchmarks.workload import encode, make_events
+
+    events, _ = make_events(300, 1)
+    events[5]["account_id"] = 123456789012345678901234
+    events[9]["amount"] = 2**64
+    events[12]["account_id"] = -(2**63) - 1
+    raws: list[bytes | None] = [*encode(events[:5]), *(json.dumps(e).encode() for e in events[5:13]),
+                                *encode(events[13:])]
+    raws[40] = orjson.dumps(events[40])[:-1] + b',"amount":1}'  # a repeated key
+    raws[41] = None
+    for schema in (None, SCHEMA):
+        got = decode_batch(raws, 65536, 0, schema)
+        assert_same(got, decode_batch_reference(raws, 65536, 0, schema))
+    got = decode_batch(raws, 65536)
+    assert got.events[5]["account_id"] == 123456789012345678901234
+    assert got.events[9]["amount"] == 2**64 and type(got.events[9]["amount"]) is int
+    assert [r.index for r in got.rejected] == [40, 41]
