@@ -120,11 +120,18 @@ def _events(draw: st.DrawFn) -> str:
     return "{" + sep.join(f"{json.dumps(pairs[j][0])}{colon}{pairs[j][1]}" for j in order) + "}"
 
 
+def _mostly(common: st.SearchStrategy[str], rare: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """``rare`` about one time in 30, else ``common``."""
+    return st.integers(0, 29).flatmap(lambda r: rare if r == 0 else common)
+
+
 _valid_values: dict[str, st.SearchStrategy[str]] = {
-    "account_id": st.one_of(st.sampled_from(['"acct-1"', "17", "null", "-5"]), _big_ints.map(str)),
-    "timestamp": st.one_of(st.integers(T0 - 10**8, T0 + 10**8).map(str),
-                           st.sampled_from(["1.79e12", "null", "17900000000000000000", '"2026-01-02T03:04:05Z"'])),
-    "schema_version": st.sampled_from(["1", "null"]),
+    "account_id": _mostly(st.one_of(st.sampled_from(['"acct-1"', "17", "null", "-5"]), _big_ints.map(str)),
+                          st.sampled_from(["true", "1.5", "1e20"])),
+    "timestamp": _mostly(st.one_of(st.integers(T0 - 10**8, T0 + 10**8).map(str), st.sampled_from(
+                             ["1.79e12", "null", "17900000000000000000", '"2026-01-02T03:04:05Z"'])),
+                         st.sampled_from(['"soon"', "true", str(2**1024 - 2**970 - 1)])),
+    "schema_version": _mostly(st.sampled_from(["1", "null"]), st.sampled_from(["2", "true", "1.0", '"1"'])),
     "amount": st.one_of(st.floats(allow_nan=False, allow_infinity=False).map(json.dumps), _big_ints.map(str),
                         st.sampled_from(['"12.5"', "1e20", "-0.0"])),
     "country": st.sampled_from(['"US"', '"CA"', '"a\\":b"', '"12:30"', "null"]),
@@ -139,8 +146,8 @@ _plain_scalars = st.one_of(
 @st.composite
 def _valid_events(draw: st.DrawFn) -> str:
     """Events that are valid, or nearly so (a text timestamp without a schema, a long id ...)."""
-    pairs = [("event_id", draw(st.one_of(st.text(min_size=1, max_size=8).map(json.dumps),
-                                         st.just('"' + "x" * 512 + '"'))))]
+    pairs = [("event_id", draw(_mostly(st.one_of(st.text(min_size=1, max_size=8).map(json.dumps),
+                                                 st.just('"' + "x" * 512 + '"')), st.just('"' + "x" * 513 + '"'))))]
     pairs += [(name, draw(_valid_values[name])) for name in draw(st.lists(st.sampled_from(list(_valid_values)),
                                                                            unique=True))]
     pairs += [(f"ctx_{j}", draw(_plain_scalars)) for j in range(draw(st.integers(0, 2)))]
@@ -178,7 +185,9 @@ def test_the_batch_path_matches_the_per_record_loop(values: list[Any], first_ind
           suppress_health_check=[HealthCheck.too_slow])
 @given(values=st.lists(_valid_events().map(str.encode), min_size=1, max_size=12),
        odd=st.one_of(st.none(), st.tuples(st.integers(0, 12), st.one_of(
-           _events().map(str.encode), _object(_values).map(str.encode), st.sampled_from([b"[1]", b"7", b"bad"])))),
+           _events().map(str.encode), _object(_values).map(str.encode), st.sampled_from([
+           b"[1]", b"7", b"bad", b'{"event_id": "n", "a": [1, 2]}', b'{"event_id": "n", "a": []}',
+           b'{"event_id": "n", "a": {}}', b'{"event_id": "n", "a": {"b": 1}}', b'{"event_id": "n", "a": "[{"}'])))),
        schema=st.sampled_from([None, SCHEMA]))
 def test_batches_of_events_match_the_per_record_loop(values: list[bytes], odd: tuple[int, bytes] | None,
                                                      schema: FieldSchema | None) -> None:
@@ -229,3 +238,13 @@ def test_a_typical_batch_matches_and_reads_long_ids_exactly() -> None:
     assert got.events[5]["account_id"] == 123456789012345678901234
     assert got.events[9]["amount"] == 2**64 and type(got.events[9]["amount"]) is int
     assert [r.index for r in got.rejected] == [40, 41]
+
+
+def test_long_batches_find_each_verdict_in_its_own_record() -> None:
+    """Verdicts at the end of a long batch are found in the right record (the batch is scanned as one text)."""
+    tail = [b'{"b":1,"b":2}', b'{"event_id":"x","n":12345678901234567890123}', b'{"event_id":"y","n":[1]}',
+            b'{"event_id":"z","n":-12345678901234567890123}', b'{"event_id":"w" , "w" :1,"w"\t: 2}']
+    for head in (0, 1, 5, 50, 500):
+        for schema in (None, SCHEMA):
+            values = [b'{"event_id":"e","n":1}'] * head + tail
+            assert_same(decode_batch(values, 1000, 0, schema), decode_batch_reference(values, 1000, 0, schema))
