@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from unittest.mock import patch
 
 import orjson
 import pytest
@@ -12,10 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_detector.fieldschema import JSON_TEXT, FieldRule, FieldSchema, FieldType
+from stream_detector.pipeline import decode
 from stream_detector.pipeline.decode import Decoded, Rejected, decode_batch, parse_record, type_events
 from stream_detector.transport.base import Unreadable
 
 T0 = 1_790_000_000_000
+GROUPS = (decode._GROUP, 1, 3)  # the batch is scanned a group of texts at a time: groups' seams too
 
 
 def decode_batch_reference(values: list[Any], max_bytes: int, first_index: int = 0,
@@ -178,7 +181,10 @@ _records = st.one_of(
        schema=st.sampled_from([None, SCHEMA, SCHEMA_NO_TIME]))
 def test_the_batch_path_matches_the_per_record_loop(values: list[Any], first_index: int,
                                                      schema: FieldSchema | None) -> None:
-    assert_same(decode_batch(values, 300, first_index, schema), decode_batch_reference(values, 300, first_index, schema))
+    want = decode_batch_reference(values, 300, first_index, schema)
+    for group in GROUPS:
+        with patch.object(decode, "_GROUP", group):
+            assert_same(decode_batch(values, 300, first_index, schema), want)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None,
@@ -195,7 +201,10 @@ def test_batches_of_events_match_the_per_record_loop(values: list[bytes], odd: t
     and the column checks decide most."""
     if odd is not None:
         values.insert(odd[0], odd[1])
-    assert_same(decode_batch(values, 10_000, 3, schema), decode_batch_reference(values, 10_000, 3, schema))
+    want = decode_batch_reference(values, 10_000, 3, schema)
+    for group in GROUPS:
+        with patch.object(decode, "_GROUP", group):
+            assert_same(decode_batch(values, 10_000, 3, schema), want)
 
 
 @pytest.mark.parametrize("digits", range(14, 24))
@@ -244,7 +253,7 @@ def test_long_batches_find_each_verdict_in_its_own_record() -> None:
     """Verdicts at the end of a long batch are found in the right record (the batch is scanned as one text)."""
     tail = [b'{"b":1,"b":2}', b'{"event_id":"x","n":12345678901234567890123}', b'{"event_id":"y","n":[1]}',
             b'{"event_id":"z","n":-12345678901234567890123}', b'{"event_id":"w" , "w" :1,"w"\t: 2}']
-    for head in (0, 1, 5, 50, 500):
+    for head in (0, 1, 5, 50, 500, 509, 1100):
         for schema in (None, SCHEMA):
             values = [b'{"event_id":"e","n":1}'] * head + tail
             assert_same(decode_batch(values, 1000, 0, schema), decode_batch_reference(values, 1000, 0, schema))
