@@ -43,7 +43,7 @@ _KEY_END = re.compile(rb'"[ \t\n\r]*:')
 _TWO_63 = 2.0 ** 63
 _DIGITS_TO_NINE = bytes.maketrans(b"012345678", b"999999999")
 _NINETEEN = b"9" * 19
-_COLON, _OPEN_BRACE, _ZERO = b":{0"
+_COLON, _OPEN_BRACE, _ZERO, _QUOTE, _SPACE = b':{0" '
 _FOUR_DIGITS = 0x01010101  # four bytes of True
 _GROUP = 512  # texts scanned at once: the buffers stay in cache (8,192 at once: about 2.5x the time per text)
 _INDEX = attrgetter("index")
@@ -147,9 +147,12 @@ def _batch_checks(texts: Sequence[bytes], objs: Sequence[dict[str, Any]]) -> _Ch
     keys. Every key in a JSON text is followed by its own colon, so a text has at least as many
     colons as key occurrences, which are at least its object's (distinct) keys: each text's excess
     of colons is zero or more. When a group's colons are no more than its objects' keys, every
-    excess is zero and no text needs the check; otherwise the colons are counted per text, and
-    ``_may_repeat_keys`` (then ``_duplicate_key``) runs for each text with an excess. Nested
-    objects and colons inside strings only add colons: more texts checked, never fewer.
+    excess is zero and no text needs the check. Otherwise the colons are counted per text, by the
+    byte before them: ``_may_repeat_keys``'s matches are quotes followed by JSON whitespace and a
+    colon, so in a text with no colon right after whitespace (a byte up to a space) they are the
+    colons right after a quote, and with no more of those than keys it is false. It (then
+    ``_duplicate_key``) runs for each other text: more colons after a quote than keys (a repeat,
+    or a string holding ``":``), or whitespace before a colon.
 
     Integers beyond 64 bits: ``_may_hold_big_int`` needs 19 digits in a row in the text. Such a
     run holds four whole 4-byte blocks aligned to a multiple of 4 (the first such block starts
@@ -174,9 +177,12 @@ def _scan(texts: Sequence[bytes], objs: Sequence[dict[str, Any]], first: int, ch
     flags = work.view(np.bool_)
     repeated = checks.repeated
     if np.count_nonzero(np.equal(data, _COLON, out=flags)) > sum(map(len, objs)):
-        per_text = np.diff(np.searchsorted(np.flatnonzero(flags), ends), prepend=0)
+        colons = np.flatnonzero(flags)
+        before = data[colons - 1]  # no text starts with a colon
         keys = np.fromiter(map(len, objs), np.intp, len(objs))
-        for k in np.flatnonzero(per_text > keys).tolist():
+        quoted = np.diff(np.searchsorted(colons[before == _QUOTE], ends), prepend=0)
+        spaced = np.diff(np.searchsorted(colons[before <= _SPACE], ends), prepend=0)
+        for k in np.flatnonzero((quoted > keys) | (spaced > 0)).tolist():
             if _may_repeat_keys(texts[k], objs[k]):
                 problem = _duplicate_key(texts[k])
                 if problem is not None:
