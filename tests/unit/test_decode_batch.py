@@ -257,3 +257,23 @@ def test_long_batches_find_each_verdict_in_its_own_record() -> None:
         for schema in (None, SCHEMA):
             values = [b'{"event_id":"e","n":1}'] * head + tail
             assert_same(decode_batch(values, 1000, 0, schema), decode_batch_reference(values, 1000, 0, schema))
+
+
+_ODD_FIELDS = [("event_id", v) for v in ['""', "5", "null", "true", "1.5", "[1]", '{"a": 1}', '"' + "x" * 513 + '"']] + \
+    [("account_id", v) for v in ["true", "false", "1.5", "1e20", "[1]", "{}", '"x"', "12345678901234567890123", "null"]] + \
+    [("schema_version", v) for v in ["true", "false", "1.0", "2", '"1"', "0", "12345678901234567890123", "null", "1"]] + \
+    [("timestamp", v) for v in ['"soon"', "true", '"2026-01-02T03:04:05Z"', "1e400", str(2**1024 - 2**970 - 1),
+                                "17900000000000000000", "[1]", "{}", "null", "1.5"]] + \
+    [("x", v) for v in ["[]", "{}", "[1]", '{"a": 1}', '"[{"', "NaN", "123456789012345678901234567890"]]
+
+
+@pytest.mark.parametrize(("name", "value"), _ODD_FIELDS)
+def test_one_odd_field_in_a_batch_of_valid_events(name: str, value: str) -> None:
+    """Each value the column checks must refuse (or accept), alone in a batch of valid events."""
+    valid = [f'{{"event_id": "e{i}", "account_id": "a", "timestamp": {T0}, "amount": 1.5}}'.encode() for i in range(5)]
+    fields = {"event_id": '"odd"', "account_id": '"a"', "timestamp": str(T0), "amount": "2.5", name: value}
+    odd = ("{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}").encode()
+    for at in (0, 2, 5):
+        values = [*valid[:at], odd, *valid[at:]]
+        for schema in (None, SCHEMA, SCHEMA_NO_TIME):
+            assert_same(decode_batch(values, 10_000, 4, schema), decode_batch_reference(values, 10_000, 4, schema))
