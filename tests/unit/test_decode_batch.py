@@ -181,6 +181,9 @@ _records = st.one_of(
        schema=st.sampled_from([None, SCHEMA, SCHEMA_NO_TIME]))
 def test_the_batch_path_matches_the_per_record_loop(values: list[Any], first_index: int,
                                                      schema: FieldSchema | None) -> None:
+    """Any mix: events, repeated keys (any whitespace; strings holding ``":``), nesting, long
+    integers (also as text), 1e20 / 1e400 / NaN, invalid JSON, other JSON values, tombstones,
+    Unreadable, bytearray and oversize values, with a schema or none, from any first index."""
     want = decode_batch_reference(values, 300, first_index, schema)
     for group in GROUPS:
         with patch.object(decode, "_GROUP", group):
