@@ -84,8 +84,9 @@ def decode_batch(values: Sequence[bytes | None], max_bytes: int, first_index: in
 
     The same verdicts, messages, values and order as ``parse_record`` then ``type_events`` record
     by record, with less work per record: plain bytes within the limit are parsed inline, the text
-    pre-checks run once over the whole batch (``_batch_checks``), and the event contract is checked
-    column by column (``_all_valid``); anything else goes to the per-record functions."""
+    pre-checks run as vectorised passes over the batch's texts (``_batch_checks``), and the event
+    contract is checked column by column (``_all_valid``); anything else goes to the per-record
+    functions."""
     loads = orjson.loads
     objs: list[Any] = []
     indices: list[int] = []
@@ -150,7 +151,7 @@ def _batch_checks(texts: Sequence[bytes], objs: Sequence[dict[str, Any]]) -> _Ch
     of colons is zero or more. When a group's colons are no more than its objects' keys, every
     excess is zero and no text needs the check. Otherwise the colons are counted per text, by the
     byte before them: ``_may_repeat_keys``'s matches are quotes followed by JSON whitespace and a
-    colon, so in a text with no colon right after whitespace (a byte up to a space) they are the
+    colon, so in a text with no colon right after whitespace (any byte up to 0x20) they are the
     colons right after a quote, and with no more of those than keys it is false. It (then
     ``_duplicate_key``) runs for each other text: more colons after a quote than keys (a repeat,
     or a string holding ``":``), or whitespace before a colon.
