@@ -119,9 +119,9 @@ def decode_batch(values: Sequence[bytes | None], max_bytes: int, first_index: in
         checks = _batch_checks([texts[j] for j in at], [objs[j] for j in at])  # type: ignore[misc]
     for k, obj in checks.reread.items():
         objs[at[k]] = obj
-    if checks.repeated:
-        drop = {at[k] for k, _ in checks.repeated}
-        rejected.extend(Rejected(indices[at[k]], reason, message) for k, (reason, message) in checks.repeated)
+    if checks.refused:
+        drop = {at[k] for k, _ in checks.refused}
+        rejected.extend(Rejected(indices[at[k]], reason, message) for k, (reason, message) in checks.refused)
         rejected.sort(key=_INDEX)  # as the per-record loop: the parse verdicts in input order
         objs = [obj for j, obj in enumerate(objs) if j not in drop]
         indices = [i for j, i in enumerate(indices) if j not in drop]
@@ -135,7 +135,7 @@ def decode_batch(values: Sequence[bytes | None], max_bytes: int, first_index: in
 class _Checks:
     """``parse_record``'s text pre-checks over a batch of JSON object texts (by position)."""
 
-    repeated: list[tuple[int, Problem]]  # texts with a repeated key: the ``duplicate_key`` verdict
+    refused: list[tuple[int, Problem]]  # refused after the parse: a repeated key, or too deep to re-read exactly
     reread: dict[int, dict[str, Any]]  # texts with an integer beyond 64 bits: the stdlib's exact reading
     flat: bool  # one "{" or "[" per text: no object has a nested value
 
@@ -177,7 +177,7 @@ def _scan(texts: Sequence[bytes], objs: Sequence[dict[str, Any]], first: int, ch
     ends = np.cumsum(np.fromiter(map(len, texts), np.intp, len(texts)) + 1)  # text k ends before ends[k] - 1
     work = np.empty(data.size, np.uint8)  # one scratch buffer for every pass (each fresh one costs page faults)
     flags = work.view(np.bool_)
-    repeated = checks.repeated
+    refused = checks.refused
     if np.count_nonzero(np.equal(data, _COLON, out=flags)) > sum(map(len, objs)):
         colons = np.flatnonzero(flags)
         before = data[colons - 1]  # no text starts with a colon
@@ -188,7 +188,7 @@ def _scan(texts: Sequence[bytes], objs: Sequence[dict[str, Any]], first: int, ch
             if _may_repeat_keys(texts[k], objs[k]):
                 problem = _duplicate_key(texts[k])
                 if problem is not None:
-                    repeated.append((first + k, problem))
+                    refused.append((first + k, problem))
     np.bitwise_or(data, 0x20, out=work)  # "[" (0x5b) becomes "{" (0x7b); no other byte does
     checks.flat = checks.flat and np.count_nonzero(np.equal(work, _OPEN_BRACE, out=flags)) == len(texts)
     np.less(np.subtract(data, _ZERO, out=work), 10, out=flags)  # the digits
@@ -196,10 +196,14 @@ def _scan(texts: Sequence[bytes], objs: Sequence[dict[str, Any]], first: int, ch
     spans = quads[:-1] & quads[1:]
     spans = spans[:-2] & spans[2:]  # 16 digits from 4q
     if spans.any():
-        skip = {k for k, _ in repeated}
+        skip = {k for k, _ in refused}
         for k in np.unique(np.searchsorted(ends, np.flatnonzero(spans) * 4, side="right")).tolist():
             if first + k not in skip and _may_hold_big_int(texts[k], objs[k]):
-                checks.reread[first + k] = json.loads(texts[k])
+                exact, problem = _read_exactly(texts[k])
+                if problem is None:
+                    checks.reread[first + k] = exact
+                else:
+                    refused.append((first + k, problem))
 
 
 def _all_valid(objs: Sequence[Any], reread: Iterable[dict[str, Any]], check_timestamp: bool) -> bool:
@@ -245,8 +249,17 @@ def parse_record(raw: bytes | None, max_bytes: int | None = None) -> tuple[Any, 
             if problem is not None:
                 return None, problem
         if _may_hold_big_int(raw, obj):  # orjson reads integers beyond 64 bits as floats: re-read them exactly
-            obj = json.loads(raw)
+            return _read_exactly(raw)
     return obj, None
+
+
+def _read_exactly(raw: bytes) -> tuple[Any, Problem | None]:
+    """The stdlib's reading of ``raw`` (integers of any size exact). It recurses once per level of
+    nesting: a text orjson read but nested too deeply for it is rejected, not raised."""
+    try:
+        return json.loads(raw), None
+    except RecursionError:
+        return None, (RejectReason.INVALID_JSON, "nested too deeply to read its integers beyond 64 bits exactly")
 
 
 def _may_hold_big_int(raw: bytes, obj: dict[str, Any]) -> bool:
@@ -262,16 +275,23 @@ def _may_hold_big_int(raw: bytes, obj: dict[str, Any]) -> bool:
 
 
 def _big_float(values: Any) -> bool:
-    for value in values:
-        kind = type(value)
-        if kind is float:
-            if not -_TWO_63 < value < _TWO_63:
-                return True
-        elif kind is dict:
-            if _big_float(value.values()):
-                return True
-        elif kind is list and _big_float(value):
-            return True
+    """Whether a float of magnitude at least 2**63 is among ``values`` or nested in them; a stack
+    of iterators, not recursion (orjson accepts nesting deeper than Python's recursion limit)."""
+    stack = [iter(values)]
+    while stack:
+        for value in stack[-1]:
+            kind = type(value)
+            if kind is float:
+                if not -_TWO_63 < value < _TWO_63:
+                    return True
+            elif kind is dict:
+                stack.append(iter(value.values()))
+                break
+            elif kind is list:
+                stack.append(iter(value))
+                break
+        else:
+            stack.pop()
     return False
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from stream_detector.fieldschema import JSON_TEXT, FieldRule, FieldSchema, FieldType
 from stream_detector.pipeline import decode
 from stream_detector.pipeline.decode import Decoded, Rejected, decode_batch, parse_record, type_events
+from stream_detector.schema import RejectReason
 from stream_detector.transport.base import Unreadable
 
 T0 = 1_790_000_000_000
@@ -280,3 +281,18 @@ def test_one_odd_field_in_a_batch_of_valid_events(name: str, value: str) -> None
         values = [*valid[:at], odd, *valid[at:]]
         for schema in (None, SCHEMA, SCHEMA_NO_TIME):
             assert_same(decode_batch(values, 10_000, 4, schema), decode_batch_reference(values, 10_000, 4, schema))
+
+
+def test_a_record_nested_past_the_recursion_limit_with_a_big_integer_is_rejected_not_raised() -> None:
+    """A new-user style fuzz case found by review: orjson reads nesting ~1,000 deep, but the
+    big-integer walk and the stdlib's exact re-read recursed once per level and raised
+    ``RecursionError`` out of ``decode_batch`` ("never raises on data"). The record is now a dead
+    letter (``invalid_json``) and the rest of the batch is decoded."""
+    depth = 1000
+    deep = b'{"event_id": "deep", "x": ' + b"[" * depth + b"12345678901234567890123" + b"]" * depth + b"}"
+    good = b'{"event_id": "ok", "account_id": "a", "amount": 1.5}'
+    decoded = decode_batch([good, deep, good], 1 << 20)
+    assert decoded.indices == [0, 2]
+    assert [(r.index, r.reason) for r in decoded.rejected] == [(1, RejectReason.INVALID_JSON)]
+    _, problem = parse_record(deep, 1 << 20)
+    assert problem is not None and problem[0] is RejectReason.INVALID_JSON
