@@ -283,6 +283,17 @@ _time_or_junk = st.one_of(st.floats(0, 1e6, allow_nan=False), st.integers(0, 10*
                          st.sampled_from([None, "junk"]))
 
 
+def _backlog(streams: list[list[Any]]) -> MemoryBroker:
+    """A 4-partition topic holding ``streams[p]`` in partition p: an event per timestamp, or an
+    unparsable record for "junk"."""
+    broker = MemoryBroker()
+    broker.create_topic(TOPIC, partitions=4)
+    for p, stream in enumerate(streams):
+        broker.produce(TOPIC, [b"{not json" if t == "junk" else orjson.dumps({"event_id": f"{p}-{i}", "timestamp": t})
+                               for i, t in enumerate(stream)], partition=p)
+    return broker
+
+
 @settings(derandomize=True, max_examples=60, deadline=None, database=None)
 @given(st.lists(st.lists(_time_or_junk, max_size=40), min_size=1, max_size=4), st.integers(1, 17), st.integers(1, 23),
        st.sampled_from([None, 5, 30]))
@@ -290,14 +301,11 @@ def test_any_backlog_is_released_in_key_partition_offset_order(streams: list[lis
                                                                cap: int | None) -> None:
     """Any backlog (late, tied, untimed and unparsable records; any fetch and batch size): every
     record once, each partition as contiguous prefixes, and, under the buffer cap, exactly the
-    order of (running-max event time of its partition, partition, offset)."""
-    broker = MemoryBroker()
-    broker.create_topic(TOPIC, partitions=4)
+    order of (running-max event time of its partition, partition, offset): every time here is
+    within ``max_jump_ms`` of its partition's clock, so the clock is the running maximum."""
+    broker = _backlog(streams)
     expected = []
     for p, stream in enumerate(streams):
-        values = [b"{not json" if t == "junk" else orjson.dumps({"event_id": f"{p}-{i}", "timestamp": t})
-                  for i, t in enumerate(stream)]
-        broker.produce(TOPIC, values, partition=p)
         newest = float("-inf")
         for offset, t in enumerate(stream):
             if isinstance(t, (int, float)) and t > newest:
@@ -345,13 +353,9 @@ def test_a_lone_jump_takes_its_partitions_clock(streams: list[list[Any]], fetch:
     more than ``max_jump_ms`` past its partition's clock moves the clock only when the next timed
     record confirms it (a trial: one event 1.5 days ahead held the rest of its partition back and
     raised 79 alerts where offline scoring raises 55)."""
-    broker = MemoryBroker()
-    broker.create_topic(TOPIC, partitions=4)
+    broker = _backlog(streams)
     expected = []
     for p, stream in enumerate(streams):
-        values = [b"{not json" if t == "junk" else orjson.dumps({"event_id": f"{p}-{i}", "timestamp": t})
-                  for i, t in enumerate(stream)]
-        broker.produce(TOPIC, values, partition=p)
         expected += [(key, p, offset) for offset, key in enumerate(_robust_keys(stream, jump))]
     source = AlignedSource(MemorySource(broker, TOPIC, GROUP, batch_size=fetch), batch_size=batch, idle_ms=50,
                            max_buffered=10_000, max_jump_ms=jump)
