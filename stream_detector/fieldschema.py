@@ -73,7 +73,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .schema import RejectReason
+from .schema import RejectReason, parse_timestamp_ms
 
 SCHEMA_FORMAT = 1
 NUMERIC_SHARE = 0.98  # rule 5
@@ -683,8 +683,6 @@ class EventTime:
             return math.nan
         try:
             if self.rule is None:
-                from .schema import parse_timestamp_ms
-
                 return float(parse_timestamp_ms(value))
             return _to_timestamp("timestamp", value, self.rule.unit, self.plausible, JSON_TEXT)
         except (ValueError, TypeError, OverflowError):  # ConversionError is a ValueError
@@ -708,6 +706,7 @@ class EventTime:
         ms: np.ndarray = values * scale
         ms[~((ms >= self.plausible[0]) & (ms <= self.plausible[1]))] = np.nan  # NaN, inf included
         return ms
+
 
 def float_array(raw: Sequence[Any]) -> np.ndarray | None:
     """float64[N] of ``raw`` when every value is an int or a float (one ``fromiter``, C speed), each

@@ -62,6 +62,7 @@ from ..transport.base import Batch, Membership, Offsets, Source, TopicPartition
 
 NEG_INF = float("-inf")
 INF = float("inf")
+MAX_JUMP_MS = 3_600_000.0  # default of SD_ALIGN_MAX_JUMP_MS (settings.py)
 PEER_WAIT_S = 0.005  # how often a worker held back by another's partition looks at the heads again
 
 
@@ -153,9 +154,10 @@ class _Partition:
     next ``add``). The records past ``keys`` have no key yet (``tail``: their event times, a jump
     waiting for the next timed record, then untimed ones) and cannot be released. A jump keyed by
     ``settle`` before its next timed record came is provisional: ``prior`` is the clock before it
-    (NaN: none provisional) and ``provisional`` where its keys start (negative: released)."""
+    (NaN: none provisional); its keys, and those of the untimed records after it, are the
+    buffered keys above ``prior``."""
 
-    jump: float = 3_600_000.0
+    jump: float
     keys: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
     tail: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
     offsets: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
@@ -169,7 +171,6 @@ class _Partition:
     last_offset: int = -1
     last_record_at: float = 0.0  # wall clock (monotonic)
     prior: float = float("nan")
-    provisional: int = -1
 
     @property
     def held(self) -> int:
@@ -190,7 +191,6 @@ class _Partition:
             self.keys, self.offsets, self.polled = self.keys[self.at:], self.offsets[self.at:], self.polled[self.at:]
             for column in (self.record_keys, self.values, self.timestamps, self.headers):
                 del column[:self.at]
-            self.provisional -= self.at
             self.at = 0
         if self.prior == self.prior:
             self._decide(times)
@@ -212,10 +212,10 @@ class _Partition:
         released where its time puts it. Its partition's next timed record decides (``_decide``)."""
         if not self.tail.size:
             return
-        jump = float(self.tail[0])
-        self.prior, self.provisional = self.newest, self.keys.size
-        self.keys = np.concatenate((self.keys, np.full(self.tail.size, jump)))
-        self.newest = jump
+        ahead = float(self.tail[0])
+        self.prior = self.newest
+        self.keys = np.concatenate((self.keys, np.full(self.tail.size, ahead)))
+        self.newest = ahead
         self.tail = self.tail[:0]
 
     def _decide(self, times: np.ndarray) -> None:
@@ -229,8 +229,8 @@ class _Partition:
             return
         nxt = float(timed[0])
         clock = min(self.newest, nxt) if nxt > self.prior + self.jump else self.prior
-        self.keys[max(self.provisional, self.at):] = clock
-        self.newest, self.prior, self.provisional = clock, float("nan"), -1
+        self.keys[np.searchsorted(self.keys, self.prior, side="right"):] = clock  # called with at == 0
+        self.newest, self.prior = clock, float("nan")
 
 
 class AlignedSource:
@@ -241,7 +241,7 @@ class AlignedSource:
     def __init__(self, inner: Source, batch_size: int, idle_ms: int = 2000, max_buffered: int | None = None,
                  clock: Callable[[], float] = time.monotonic, peers: Peers | None = None,
                  heartbeat_s: float = 0.5, sleep: Callable[[float], None] = time.sleep,
-                 max_jump_ms: float = 3_600_000.0) -> None:
+                 max_jump_ms: float = MAX_JUMP_MS) -> None:
         self.inner = inner
         self.max_jump_ms = float(max_jump_ms)
         _clock_keys(np.zeros(1), NEG_INF, 0.0, np.zeros(1))  # compile (or load numba's cache) now, not on a batch
