@@ -1035,12 +1035,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schema_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("publish", help="make a bundle the active model and its threshold the active threshold")
+    p = sub.add_parser("publish", help="make a bundle the active model and its threshold the active threshold",
+                       description="Stores the bundle in Redis (SD_REDIS_URL, under SD_REDIS_PREFIX) and makes it "
+                                   "the active model with its calibrated threshold; running workers of that prefix "
+                                   "swap to it between batches (docs/retraining.md).")
     p.add_argument("dir", help="bundle directory written by train")
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("worker", help="consume, score, alert, commit (SIGTERM/SIGINT finish the batch)")
-    p.add_argument("--max-idle-polls", type=int, help="exit after this many consecutive empty polls")
+    p = sub.add_parser("worker", help="consume, score, alert, commit (SIGTERM/SIGINT finish the batch)",
+                       description="One worker of the consumer group SD_GROUP_ID: reads SD_INPUT_TOPIC, scores with "
+                                   "the active model in Redis (SD_REDIS_URL, SD_REDIS_PREFIX), publishes alerts to "
+                                   "SD_ALERTS_TOPIC and bad records to SD_DLQ_TOPIC, commits offsets after delivery. "
+                                   "Every setting is an SD_* environment variable (README, Configuration; "
+                                   "`stream-detector check-config` checks them against the services). With "
+                                   "entity features over several keys it releases its partitions in event-time "
+                                   "order (SD_ALIGN_*: "
+                                   "docs/entity-features.md#event-time-alignment).")
+    p.add_argument("--max-idle-polls", type=int, help="exit after this many consecutive polls that return nothing "
+                   "(tests, demos); default: run until SIGTERM/SIGINT")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("score", help="score a file offline: event_id,score,is_anomaly,rejected,message for every row",
@@ -1070,14 +1082,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("produce", help="replay a CSV, JSON Lines or Parquet file as events (or, with --feedback, "
-                                       "labels onto the feedback topic)")
-    p.add_argument("--input", required=True)
+                                       "labels onto the feedback topic)",
+                       description="Each row is sent as one JSON event to SD_INPUT_TOPIC (or --topic), keyed by its "
+                                   "account_id (so an account's events stay in one partition, in file order), typed "
+                                   "by the file's own schema as train reads it.")
+    p.add_argument("--input", required=True, help="the file (.csv, .jsonl/.json, .parquet)")
     p.add_argument("--topic", help="default SD_INPUT_TOPIC (with --feedback: SD_FEEDBACK_TOPIC)")
     p.add_argument("--feedback", action="store_true",
                    help="the file holds labels (event_id, label, source, labelled_at: docs/feedback.md), as "
                         "simulate --feedback-out writes: they are checked against the feedback contract and sent "
                         "to SD_FEEDBACK_TOPIC keyed by event id")
-    p.add_argument("--id-column")
+    p.add_argument("--id-column", help="the column that holds the event id (default: event_id)")
     p.add_argument("--label-column", help="moved from the event into the sd.label header")
     p.add_argument("--rate", type=float, default=0, help="events per second (0 = as fast as possible)")
     p.add_argument("--limit", type=int, help="send at most this many rows")
@@ -1136,7 +1151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="directory for the two PEM files")
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("topics", help="create the input, alerts, dead-letter, feedback and shadow topics if missing")
+    p = sub.add_parser("topics", help="create the input, alerts, dead-letter, feedback and shadow topics if missing",
+                       description="Creates SD_INPUT_TOPIC, SD_ALERTS_TOPIC, SD_DLQ_TOPIC, SD_FEEDBACK_TOPIC and "
+                                   "SD_SHADOW_TOPIC on SD_KAFKA_BOOTSTRAP if they do not exist; existing topics are "
+                                   "left as they are.")
     p.add_argument("--partitions", type=int, help="default SD_TOPIC_PARTITIONS")
     p.set_defaults(func=cmd_topics)
 

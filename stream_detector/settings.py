@@ -123,7 +123,8 @@ class WorkerSettings(_Group):
     align_max_jump_ms: int = Field(
         3_600_000, ge=0, le=31_557_600_000, description="Event-time alignment: a record whose event time is more "
         "than this past its partition's clock moves the clock only when the partition's next timed record is that far "
-        "ahead too; a lone one (a wrong device clock) keeps it, so the rest of its partition is not held back.")
+        "ahead too; a lone one (a wrong device clock) keeps it, so the rest of its partition is not held back. "
+        "0: every advance waits for the next record to confirm it; the maximum (a year) in effect turns the rule off.")
     align_peer_grace_ms: int = Field(
         2000, ge=0, le=86_400_000, description="Several workers of one group (alignment on): a worker releases a "
         "record only while its event time is at most this far past every other partition's next record, so a "
