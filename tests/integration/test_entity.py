@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from stream_detector.entity import Enricher, EntitySpec, InMemoryState, RedisState, enrich_history
-from stream_detector.entity.binary import VERSION, decode
+from stream_detector.entity.binary import VERSION, decode, encode
 from stream_detector.entity.reference import ReferenceEnricher
-from stream_detector.entity.state import CAS_SCRIPT
+from stream_detector.entity.state import CAS_SCRIPT, ENVELOPE, unwrap
 from stream_detector.errors import DeliveryError
 from stream_detector.kafka_util import lag, read_all
 from stream_detector.model.bundle import Bundle, build_bundle
@@ -124,7 +124,9 @@ def _offline_state(events: list[dict[str, Any]]) -> dict[str, Any]:
 def _redis_state(settings: Settings) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.redis_url)
     keys: list[bytes] = client.keys(f"{settings.redis_prefix}:entity:*")  # type: ignore[assignment]
-    raw: list[bytes] = [client.get(k) for k in keys]  # type: ignore[misc]
+    values: list[bytes] = [client.get(k) for k in keys]  # type: ignore[misc]
+    assert all(v[0] == ENVELOPE for v in values)  # every value carries a write token
+    raw = [unwrap(v) for v in values]
     assert all(r[0] == VERSION for r in raw)  # binary records, version byte first
     return {k.decode().rsplit(":", 1)[1]: decode(SPEC, "account_id", r)["c"] for k, r in zip(keys, raw, strict=True)}
 
@@ -202,6 +204,44 @@ def test_one_read_and_one_write_round_trip_per_batch(settings: Settings) -> None
     assert usage is not None and usage < 1000  # bytes per entity (docs/entity-features.md)
     enricher.enrich(SPEC, batches[-1], [(0, 400 + i) for i in range(200)])  # replayed: no double count
     assert _redis_state(settings) == _offline_state(events)
+
+
+def test_the_compare_and_set_write_compares_write_tokens(settings: Settings) -> None:
+    """The write of a batch sets a record only if it still holds the write token the batch read: a
+    record another writer rewrote in between, even with equal bytes, or created in between, is
+    returned as lost and left as the other writer left it. A record written before the envelope
+    (bare version-2 bytes) and bytes the caller did not get from a read are compared whole."""
+    client = redis.Redis.from_url(settings.redis_url)
+    mine, other = RedisState(client, settings.redis_prefix), RedisState(client, settings.redis_prefix)
+    a, b, c = ("account_id", "a"), ("account_id", "b"), ("account_id", "c")
+    r1, r2, r3 = (encode(SPEC, "account_id", {"c": _core(t), "a": {"0": t}, "u": None}) for t in (1, 2, 3))
+    other.save_raw(SPEC, {a: r1})
+    stored = client.get(mine.key(SPEC, a))
+    assert isinstance(stored, bytes) and stored[0] == ENVELOPE and unwrap(stored) == r1
+
+    assert mine.load_raw(SPEC, [a, b]) == [r1, None]
+    assert other.load_raw(SPEC, [a]) == [r1]
+    assert other.save_raw(SPEC, {a: r1}, {a: r1}) == []  # equal bytes, a new write token
+    other.save_raw(SPEC, {b: r3})  # created after mine read it as absent
+    assert mine.save_raw(SPEC, {a: r2, b: r2}, {a: r1, b: None}) == [a, b]
+    assert mine.load_raw(SPEC, [a, b]) == [r1, r3]  # the other writer's records, untouched
+    assert mine.save_raw(SPEC, {a: r2, b: r2}, {a: r1, b: r3}) == []  # read again: written
+    assert mine.load_raw(SPEC, [a, b]) == [r2, r2]
+
+    client.set(mine.key(SPEC, c), r1, px=SPEC.horizon_ms)  # as a release before the envelope left it
+    assert mine.load_raw(SPEC, [c]) == [r1]
+    assert mine.save_raw(SPEC, {c: r3}, {c: r2}) == [c]  # compared whole: not what is stored
+    assert mine.save_raw(SPEC, {c: r2}, {c: r1}) == []  # compared whole: equal, written
+    stored = client.get(mine.key(SPEC, c))
+    assert isinstance(stored, bytes) and stored[0] == ENVELOPE and unwrap(stored) == r2
+    assert other.save_raw(SPEC, {c: r3}, {c: r2}) == []  # bytes not from a read: compared whole
+    assert other.save_raw(SPEC, {c: r1}, {c: r2}) == [c]
+    assert mine.load_raw(SPEC, [c]) == [r3]
+
+
+def _core(t: int) -> dict[str, Any]:
+    return {"t": float(t), "w": [[1.0, float(t), float(t * t)]] * len(SPEC.windows),
+            "d": {f: {} for f in SPEC.distinct_for("account_id")}}
 
 
 def test_version_1_json_state_is_migrated_on_read(settings: Settings) -> None:
@@ -373,7 +413,7 @@ def test_four_workers_on_four_partitions_replay_a_backlog_like_the_time_ordered_
     client = redis.Redis.from_url(settings.redis_url)
     for (_, (key, value)), record in store.records.items():
         raw = client.get(RedisState(client, settings.redis_prefix).key(TWO_KEYS, (key, value)))
-        assert raw is not None and decode(TWO_KEYS, key, raw)["c"] == record["c"]  # no lost update
+        assert raw is not None and decode(TWO_KEYS, key, unwrap(raw))["c"] == record["c"]  # no lost update
     scores = score_events(bundle, events).scores
     expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > bundle.threshold}
     alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}

@@ -17,6 +17,7 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from stream_detector.entity import Enricher, RedisClusterState, enrich_history
 from stream_detector.entity.binary import decode
+from stream_detector.entity.state import unwrap
 from stream_detector.errors import EntityStateUnavailable
 from stream_detector.kafka_util import lag, read_all
 from stream_detector.model.bundle import Bundle
@@ -75,7 +76,7 @@ def _cluster_state(client: RedisCluster, prefix: str) -> tuple[dict[str, Any], C
         conn: redis.Redis = node.redis_connection  # type: ignore[assignment]
         for key in conn.scan_iter(match=f"{prefix}:entity:*", count=1000):
             raw: bytes = conn.get(key)  # type: ignore[assignment]
-            records[key.decode().rsplit(":", 1)[1]] = decode(SPEC, "account_id", raw)["c"]
+            records[key.decode().rsplit(":", 1)[1]] = decode(SPEC, "account_id", unwrap(raw))["c"]
             per_node[node.name] += 1
     return records, per_node
 
