@@ -88,9 +88,18 @@ class LabelIngester:
         assert self.consumer is not None
         deadline = time.monotonic() + timeout_s
         ends: dict[Any, int] = {}
+        looked = time.monotonic()
         while time.monotonic() < deadline:
             assigned = self.consumer.assignment()
             if not assigned:
+                if time.monotonic() - looked >= 1.0:
+                    # A group joined before the client's metadata held the topic assigns nothing, and
+                    # kafka-python refreshes that metadata only every metadata_max_age_ms (5 min): seen
+                    # as "No partition metadata for topic" and a 120 s catch-up timeout in a test run.
+                    # Asking for the topic's partitions fetches the metadata when it is missing; the
+                    # coordinator then sees the topic's partitions and joins again.
+                    self.consumer.partitions_for_topic(self.settings.feedback_topic)
+                    looked = time.monotonic()
                 self.poll_once(100)  # joins the group (records polled meanwhile are handled)
                 continue
             if set(ends) != assigned:  # the ends as of the (new) assignment: later labels are live ones

@@ -9,6 +9,8 @@ Extra rows (``extra``) start empty: keyless events, each on its own row, whose s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
+from typing import cast
 
 import numpy as np
 import orjson
@@ -108,21 +110,19 @@ class Block:
                                      axis=1) if f_count else np.zeros((e_count, 0), dtype=np.int64)
         slot = within_e - field_start[e_rep, f_rep]
         times = flat[offs[e_rep] + head + within_e]
-        kept_labels: list[str] = [lab for per_e in orjson.loads(b"[" + b",".join(labels_json) + b"]")
-                                  for per_f in per_e for lab in per_f]
+        kept_labels: list[str] = list(chain.from_iterable(chain.from_iterable(
+            orjson.loads(b"[" + b",".join(labels_json) + b"]"))))
         f_list = f_rep.tolist()
-        per_field: list[set[str]] = [set() for _ in fields]
-        for lab, fi in zip(kept_labels, f_list, strict=True):
-            per_field[fi].add(lab)
-        index, codes = [], []
-        for i, f in enumerate(fields):
-            ix = cols.index[f]
-            if not per_field[i] <= ix.keys():  # a kept label the batch does not use: recode
-                ix = vocabulary(cols.labels[f], per_field[i])
-                codes.append(codes_of(cols.labels[f], ix))
-            else:
-                codes.append(cols.codes[f])
-            index.append(ix)
+        index = [cols.index[f] for f in fields]
+        found = list(map(dict.get, map(index.__getitem__, f_list), kept_labels))  # None: not in the batch's labels
+        codes = [cols.codes[f] for f in fields]
+        if None in found:  # a kept label the batch does not use: recode those fields
+            for i in sorted({fi for fi, code in zip(f_list, found, strict=True) if code is None}):
+                f = fields[i]
+                mine = [lab for lab, fi in zip(kept_labels, f_list, strict=True) if fi == i]
+                index[i] = vocabulary(cols.labels[f], mine)
+                codes[i] = codes_of(cols.labels[f], index[i])
+            found = list(map(dict.get, map(index.__getitem__, f_list), kept_labels))
         stacked = np.stack(codes) if codes else np.zeros((0, cols.ts.size), dtype=np.int64)
         block = cls(spec, fields, e_count + extra, index, stacked)
         if e_count:
@@ -131,7 +131,7 @@ class Block:
             block.n[:e_count] = counts
         if total:
             block.dt[e_rep, f_rep, slot] = times
-            block.dc[e_rep, f_rep, slot] = [index[fi][lab] for lab, fi in zip(kept_labels, f_list, strict=True)]
+            block.dc[e_rep, f_rep, slot] = cast(list[int], found)  # every label coded now
         return block
 
     def core_bytes(self, rows: int) -> list[bytes]:

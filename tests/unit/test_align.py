@@ -89,6 +89,35 @@ def test_late_events_keep_their_partitions_order_and_untimed_ones_pass() -> None
     assert event_time_ms(b"not json") is None and event_time_ms(None) is None
 
 
+OBJECTS = [b'{"timestamp": 1790000000000}', b'{"timestamp": 1.5e12, "a": 1}', b'{"timestamp": "2026-11-30T10:00:00Z"}',
+           b'{"timestamp": 1, "timestamp": 1790000000000}', b'{"\\u0074imestamp": 1790000000001}',
+           b'{"a": {"timestamp": 5}}', b'{"a": 123456789012345678901234567890, "timestamp": 7}',
+           b'{"timestamp": 123456789012345678901234567890}', b'{"timestamp": null}', b'{"timestamp": true}',
+           b' {"timestamp": -3} ', b'{}']
+
+
+@pytest.mark.parametrize("reader", [None, EventTime(FieldRule("timestamp", FieldType.TIMESTAMP, unit="auto"))])
+def test_event_times_read_the_timestamp_as_a_whole_parse_does(reader: EventTime | None) -> None:
+    """The timestamp alone (msgspec, other fields skipped) equals the whole parse's (orjson) on
+    every JSON object: a repeated key, an escaped key, a nested one, a 30-digit number; a batch
+    holding a value that is not a JSON object goes value by value."""
+    from stream_detector.pipeline.align import event_times
+
+    def whole(values: list[Any]) -> np.ndarray:
+        raw = []
+        for v in values:
+            try:
+                e = orjson.loads(v)
+            except (orjson.JSONDecodeError, TypeError):
+                e = None
+            raw.append(e.get("timestamp") if type(e) is dict else None)
+        return (reader or EventTime()).batch(raw)
+
+    for values in (OBJECTS, [*OBJECTS, b"[1, 2]", b"not json", None, b'{"timestamp": NaN}', b'"x"']):
+        np.testing.assert_array_equal(event_times(values, reader), whole(values))
+    assert event_times(OBJECTS)[0] == 1.79e12 and event_times(OBJECTS)[3] == 1.79e12  # the last of a repeated key
+
+
 def test_partitions_at_their_end_hold_nothing_back() -> None:
     broker = _broker({0: [5.0, 6.0, 7.0]})  # partitions 1-3 empty: caught up
     source = _aligned(broker)
