@@ -3,14 +3,19 @@ worker computes what offline scoring computes from the same events and labels.""
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 import orjson
 import pytest
+import redis
 
 from stream_detector.entity import EntitySpec, enrich_history
+from stream_detector.entity.labels import RedisLabels
 from stream_detector.feedback import Label, parse_label
 from stream_detector.kafka_util import lag, read_all
+from stream_detector.label_ingest import LabelIngester
 from stream_detector.model.bundle import build_bundle
 from stream_detector.model.train import TrainConfig, train
 from stream_detector.offline import score_events
@@ -156,3 +161,34 @@ def test_a_supervised_head_decides_in_the_worker_as_offline_and_its_threshold_is
     assert control.threshold_history(1)[0]["head"] == 0.9
     control.activate(bundle.version, "pytest")  # promoted again: its last thresholds, both
     assert control.threshold().head == 0.9 and control.threshold().value == bundle.threshold * 2  # type: ignore[union-attr]
+
+
+def test_a_label_ingester_making_no_progress_joins_again_with_a_new_consumer(settings: Settings) -> None:
+    """The feedback topic does not exist yet when the ingester starts (the broker does not create
+    topics): its consumer gets no partitions. After ``stall_s`` without progress it is closed and a
+    new one joins (logged); once the topic exists the ingester catches up and reads its labels."""
+    store = RedisLabels(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
+    ingester = LabelIngester(settings, store)
+    rejoined = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "joining again with a new consumer" in record.getMessage():
+                rejoined.set()
+
+    seen = Seen()
+    logging.getLogger("stream_detector.labels").addHandler(seen)
+    starting = threading.Thread(target=ingester.start, kwargs={"catch_up_s": 90.0, "stall_s": 1.0}, daemon=True)
+    try:
+        starting.start()
+        assert rejoined.wait(timeout=60), "the stalled consumer was not replaced"
+        ensure_topics(settings, [settings.feedback_topic, settings.dlq_topic])
+        with EventProducer(settings, settings.feedback_topic) as producer:
+            producer.send([{"event_id": f"e{i}", "label": "fraud", "labelled_at": T0} for i in range(20)])
+        starting.join(timeout=90)
+        assert not starting.is_alive() and ingester.caught_up
+        wait_until(lambda: ingester.stats.labels == 20, message="the labels ingested")
+        assert ingester.stats.waiting == 20  # their events were never scored: they wait for them
+    finally:
+        logging.getLogger("stream_detector.labels").removeHandler(seen)
+        ingester.stop()
