@@ -545,8 +545,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         signal.signal(sig, lambda *_: worker.stop())
     stats = worker.run(max_idle_polls=args.max_idle_polls)
     elapsed = time.monotonic() - stats.started_at
-    rate = stats.events / max(elapsed, 1e-9)
-    _say(f"worker stopped: {stats.events} events in {stats.batches} batches ({rate:.0f}/s), "
+    rate = stats.events / max(stats.busy_s, 1e-9)  # while busy: the idle polls before a stop are not throughput
+    _say(f"worker stopped: {stats.events} events in {stats.batches} batches, {rate:,.0f} events/s while busy "
+         f"({stats.busy_s:.1f} s of {elapsed:.1f} s running), "
          f"{stats.alerts} alerts, {stats.rejected} rejected {stats.rejected_by_reason or ''}")
     return 0
 

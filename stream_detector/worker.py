@@ -92,6 +92,7 @@ class WorkerStats:
     shadow_events: int = 0  # scored by a challenger in shadow too (pipeline/shadow.py)
     shadow_alerts: int = 0  # the challenger's would-be alerts
     started_at: float = field(default_factory=time.monotonic)
+    busy_s: float = 0.0  # seconds in the loop's steps that handled events (``run``; empty polls left out)
 
 
 class Worker:
@@ -212,7 +213,10 @@ class Worker:
         idle = 0
         try:
             while not self.stop_event.is_set():
+                began = time.monotonic()
                 handled = self.run_once()
+                if handled:
+                    self.stats.busy_s += time.monotonic() - began
                 idle = 0 if handled else idle + 1
                 if max_idle_polls is not None and idle >= max_idle_polls:
                     break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import signal
 import subprocess
 import sys
@@ -59,6 +60,8 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
         _, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
     assert "worker stopped: 402 events" in err
+    busy = re.search(r"events/s while busy \(([\d.]+) s of ([\d.]+) s running\)", err)
+    assert busy is not None and 0 < float(busy[1]) <= float(busy[2]), err  # the idle polls are not throughput
     assert committed_offsets(settings, settings.group_id, settings.input_topic) == end_offsets(
         settings, settings.input_topic)
 
