@@ -84,6 +84,7 @@ return lost
 ENVELOPE = 0xFE  # first byte of a stored value: a write token follows, then the record
 TOKEN_BYTES = 16
 HEAD_BYTES = 1 + TOKEN_BYTES
+_MARK = bytes([ENVELOPE])
 
 
 def wrap(records: Sequence[bytes]) -> list[bytes]:
@@ -92,12 +93,17 @@ def wrap(records: Sequence[bytes]) -> list[bytes]:
     return [b"".join((_MARK, tokens[TOKEN_BYTES * i:TOKEN_BYTES * (i + 1)], r)) for i, r in enumerate(records)]
 
 
+def split(value: bytes) -> tuple[bytes | None, bytes]:
+    """A stored value → (its envelope head, 0xFE and the write token; the record). A value written
+    before the envelope has no head (None) and is the record itself."""
+    if value[:1] == _MARK:
+        return value[:HEAD_BYTES], value[HEAD_BYTES:]
+    return None, value
+
+
 def unwrap(value: bytes) -> bytes:
     """The record inside a stored value (the value itself when it was written before the envelope)."""
-    return value[HEAD_BYTES:] if value[:1] == _MARK else value
-
-
-_MARK = bytes([ENVELOPE])
+    return split(value)[1]
 
 
 class StateStore(Protocol):
@@ -170,7 +176,12 @@ class RedisState:
         self._heads: dict[str, tuple[bytes, bytes]] = {}  # name → (envelope head, record) of the last read
 
     def key(self, spec: EntitySpec, entity: EntityKey) -> str:
-        return f"{self.prefix}:entity:{spec.fingerprint[:12]}:{entity[0]}:{entity[1]}"
+        return self._names(spec, [entity])[0]
+
+    def _names(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[str]:
+        """The Redis names of ``keys``' records (the module docstring's layout)."""
+        ns = f"{self.prefix}:entity:{spec.fingerprint[:12]}"
+        return [f"{ns}:{k[0]}:{k[1]}" for k in keys]
 
     def client(self) -> redis.Redis | RedisCluster:
         return self.r
@@ -181,8 +192,7 @@ class RedisState:
     def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
         if not keys:
             return []
-        ns = f"{self.prefix}:entity:{spec.fingerprint[:12]}"
-        names = [f"{ns}:{k[0]}:{k[1]}" for k in keys]
+        names = self._names(spec, keys)
         try:
             raw = self._mget(names)
         except REDIS_ERRORS as exc:
@@ -195,13 +205,10 @@ class RedisState:
             if v is None:
                 out.append(None)
                 continue
-            value = v if isinstance(v, bytes) else v.encode()
-            if value[:1] == _MARK:
-                record = value[HEAD_BYTES:]
-                self._heads[name] = (value[:HEAD_BYTES], record)
-                out.append(record)
-            else:
-                out.append(value)
+            head, record = split(v if isinstance(v, bytes) else v.encode())
+            if head is not None:
+                self._heads[name] = (head, record)
+            out.append(record)
         return out
 
     def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
@@ -215,9 +222,9 @@ class RedisState:
                  expected: Expected | None = None) -> list[EntityKey]:
         if not records:
             return []
-        ns, ttl = f"{self.prefix}:entity:{spec.fingerprint[:12]}", spec.horizon_ms
+        ttl = spec.horizon_ms
         keys = list(records)
-        names = [f"{ns}:{k[0]}:{k[1]}" for k in keys]
+        names = self._names(spec, keys)
         values = wrap([records[k] for k in keys])
         try:
             if expected is None:
