@@ -224,7 +224,7 @@ def markdown(args: argparse.Namespace, runs: list[dict[str, dict[str, float]]], 
         f"| {c['round_trips_redis']:.0f} |"),
         f"| of which enrich alone (in-memory / Redis) | {c['enrich_memory']:.1f} / {c['enrich_redis']:.1f} | | |",
         "",
-        (f"State per entity: {c['record_bytes']:.0f} bytes of binary record (version 2; current state + undo snapshot), "
+        (f"State per entity: {c['record_bytes']:.0f} bytes of binary record (version 3; current state + undo snapshot), "
         f"{c['redis_bytes_per_entity']:.0f} bytes in Redis (`MEMORY USAGE`, key and overhead included). "
         f"Offline enrichment (training, `score`): {offline_rate:,.0f} events/s on one core."),
     ]

@@ -222,7 +222,7 @@ def markdown(s: dict[str, float], c: dict[str, float], load: str) -> str:
         "",
         (f"State per entity (this spec: 4 windows, 2 distinct fields, current + undo): version-1 JSON "
          f"{c['value_bytes_json']:.0f} bytes of value, {c['redis_bytes_json']:.0f} bytes in Redis (`MEMORY USAGE`); "
-         f"version-2 binary {c['value_bytes_binary']:.0f} bytes of value, {c['redis_bytes_binary']:.0f} bytes in Redis."),
+         f"version-3 binary {c['value_bytes_binary']:.0f} bytes of value, {c['redis_bytes_binary']:.0f} bytes in Redis."),
         "",
         "Against issue 16's targets:",
         "",
@@ -234,7 +234,7 @@ def markdown(s: dict[str, float], c: dict[str, float], load: str) -> str:
          f"{s['new_offline']:,.0f}/s when every event becomes a dict with 62 more floats (`enrich_history`);"),
         (f"* enrich + features + score with Redis: {with_ref / with_new:.1f}× faster than the reference, but still "
          f"{with_new / c['without']:.0f}× the cost without entity features (wall): what is left is per-entity "
-         "work (each core's labels as JSON, the compare-and-set script's GET and SET per record on the Redis "
+         "work (the records' bytes to and from arrays, the compare-and-set script's GETRANGE and SET per record on the Redis "
          "server, the per-event read of the inputs), with most of a batch's entities touched in every batch here;"),
         "* the worker end to end (≥ 60 % of the worker without entity features): section *Entity features end to "
         "end*.",

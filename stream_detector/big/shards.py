@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..entity.columns import Columns
+from ..entity.compute import label_code
 from ..entity.history import enrich_rows
 from ..entity_spec import EntitySpec
 
@@ -138,10 +139,8 @@ def enrich_arrow(spec: EntitySpec, key: str, entity: pa.Array | pa.ChunkedArray,
     keyless) the entity id of each of n events, ``ts`` / ``amount`` float64[n] (``Columns``' values),
     ``distinct[field]`` (string) the labels of the key's distinct fields. Returns float64[n,
     len(spec.fields_for(key))], equal to ``enrich_columns``' columns for the key; no Python object
-    per event (pyarrow's dictionary encoding numbers the entities and labels)."""
-    coded = {f: _label_codes(distinct[f]) for f in spec.distinct_for(key)}
-    cols = Columns(ts, amount, {}, {f: index for f, (index, _) in coded.items()},
-                   {f: codes for f, (_, codes) in coded.items()})
+    per event (pyarrow's dictionary encoding numbers the entities; labels are coded once each)."""
+    cols = Columns(ts, amount, {}, {f: _label_codes(distinct[f]) for f in spec.distinct_for(key)})
     entities, count = _entity_rows(entity)
     return enrich_rows(spec, key, cols, entities, count)
 
@@ -158,19 +157,14 @@ def _entity_rows(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, int]:
     return rows, len(encoded.dictionary)
 
 
-def _label_codes(column: pa.Array | pa.ChunkedArray) -> tuple[dict[str | None, int], np.ndarray]:
-    """``columns.vocabulary`` and ``codes_of`` of a label column: codes in label order (the kernel's
-    eviction tie-break compares codes), -1 for none; one Python string per distinct label only."""
+def _label_codes(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """``columns.label_codes`` of a label column: int64 codes, -1 for none; one Python string per
+    distinct label only."""
     encoded = _encoded(column)
-    labels = encoded.dictionary.to_pylist()
-    order = sorted(range(len(labels)), key=labels.__getitem__)
-    rank = np.empty(len(labels) + 1, dtype=np.int64)
-    rank[order] = np.arange(len(labels))
-    rank[-1] = -1  # index -1 (a null) → code -1
-    codes = rank[pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)]
-    index: dict[str | None, int] = {labels[i]: code for code, i in enumerate(order)}
-    index[None] = -1
-    return index, codes
+    codes = np.fromiter(map(label_code, encoded.dictionary.to_pylist()), np.int64, len(encoded.dictionary))
+    codes = np.append(codes, -1)  # index -1 (a null) → code -1
+    out: np.ndarray = codes[pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)]
+    return out
 
 
 def run_shards(spec: EntitySpec, work_dir: Path, tasks: Sequence[tuple[str, int]], *, cluster: str | None = None,

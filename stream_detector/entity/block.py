@@ -1,36 +1,31 @@
 """The state of the entities one key touches in a batch, as the kernel's arrays.
 
 ``Block.of`` lays the records' cores (``compute.Core``: the reference's shape, which the stores
-load and save) into arrays, with the batch's and the cores' distinct labels coded in label order;
-``Block.run`` calls the kernel; ``Block.core`` reads one entity's state back as a ``Core``.
-Extra rows (``extra``) start empty: keyless events, each on its own row, whose state is dropped.
+load and save) into arrays, ``Block.from_bytes`` does the same from the cores' bytes; the kept
+values and the batch's labels are their codes (``compute.label_code``), the same in every batch,
+so nothing is recoded. ``Block.run`` calls the kernel; ``Block.cores`` / ``core_bytes`` read the
+state back. Extra rows (``extra``) start empty: keyless events, each on its own row, whose state
+is dropped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain
-from typing import cast
 
 import numpy as np
-import orjson
 
 from ..entity_spec import EntitySpec
 from . import kernel
-from .binary import _LONG
-from .columns import Columns, codes_of, grouping, vocabulary
+from .columns import Columns, grouping
 from .compute import Core
 
 
 class Block:
     """Arrays of E entities (+ extra empty rows); see ``kernel`` for shapes and dtypes."""
 
-    def __init__(self, spec: EntitySpec, fields: tuple[str, ...], rows: int,
-                 index: list[dict[str | None, int]], codes: np.ndarray) -> None:
+    def __init__(self, spec: EntitySpec, fields: tuple[str, ...], rows: int, codes: np.ndarray) -> None:
         w, f, k = len(spec.windows), len(fields), spec.max_distinct
         self.fields = fields
-        self.index = index
-        self.labels = [sorted(lab for lab in ix if lab is not None) for ix in index]  # code → label
         self.codes = codes  # int64[F, N], the batch's events
         self.t = np.full(rows, np.nan)
         self.w = np.zeros((rows, w, 3))
@@ -41,19 +36,8 @@ class Block:
     @classmethod
     def of(cls, spec: EntitySpec, fields: tuple[str, ...], cores: Sequence[Core], extra: int,
            cols: Columns) -> Block:
-        """A block of ``cores`` (in order) plus ``extra`` empty rows, for the events of ``cols``.
-        Labels are recoded only when a core holds one the batch does not use."""
-        index, codes = [], []
-        for f in fields:
-            ix = cols.index[f]
-            if all(lab in ix for c in cores for lab in c["d"][f]):
-                index.append(ix)
-                codes.append(cols.codes[f])
-            else:
-                index.append(vocabulary(cols.labels[f], *(c["d"][f] for c in cores)))
-                codes.append(codes_of(cols.labels[f], index[-1]))
-        stacked = np.stack(codes) if codes else np.zeros((0, cols.ts.size), dtype=np.int64)
-        block = cls(spec, fields, len(cores) + extra, index, stacked)
+        """A block of ``cores`` (in order) plus ``extra`` empty rows, for the events of ``cols``."""
+        block = cls(spec, fields, len(cores) + extra, _codes(fields, cols))
         if cores:
             block.t[:len(cores)] = [np.nan if c["t"] is None else c["t"] for c in cores]
             block.w[:len(cores)] = [c["w"] for c in cores]
@@ -61,7 +45,6 @@ class Block:
         times: list[float] = []
         codes_kept: list[int] = []
         for i, f in enumerate(fields):
-            ix = index[i]
             for e, core in enumerate(cores):
                 seen = core["d"][f]
                 if seen:
@@ -70,7 +53,7 @@ class Block:
                     at[1].extend([i] * m)
                     at[2].extend(range(m))
                     times.extend(seen.values())
-                    codes_kept.extend(map(ix.__getitem__, seen))
+                    codes_kept.extend(seen)
         if times:  # one scatter per array instead of one numpy call per entity and field
             block.dt[at] = times
             block.dc[at] = codes_kept
@@ -80,22 +63,23 @@ class Block:
     @classmethod
     def from_bytes(cls, spec: EntitySpec, fields: tuple[str, ...], cores: Sequence[bytes], extra: int,
                    cols: Columns) -> Block:
-        """``of`` for cores as record bytes (``binary.py``'s core layout), without a Python dict
-        per entity: one ``frombuffer`` for every core's doubles, one JSON parse for every core's
-        labels, and numpy scatters. Equal to ``of`` on the decoded cores (unit-tested)."""
+        """``of`` for cores as bytes (``binary.py``'s version-3 core layout), without a Python dict
+        per entity: one ``frombuffer`` for every core's doubles and one for their codes, and numpy
+        scatters. Equal to ``of`` on the decoded cores (unit-tested)."""
         e_count, f_count, w = len(cores), len(fields), len(spec.windows)
         head = 1 + 3 * w
-        chunks: list[bytes] = []
-        labels_json: list[bytes] = []
         kept: list[bytes] = []
+        chunks: list[bytes] = []
+        coded: list[bytes] = []
         for core in cores:
             m = core[:f_count]
             end = f_count + 8 * (head + sum(m))
             kept.append(m)
             chunks.append(core[f_count:end])
-            labels_json.append(core[end + 4:])
+            coded.append(core[end:])
         counts = np.frombuffer(b"".join(kept), dtype=np.uint8).reshape(e_count, f_count).astype(np.int64)
         flat = np.frombuffer(b"".join(chunks), dtype="<f8")
+        codes_kept = np.frombuffer(b"".join(coded), dtype="<i8")
         sizes = head + counts.sum(axis=1)
         offs = np.zeros(e_count, dtype=np.int64)
         if e_count:
@@ -109,40 +93,24 @@ class Block:
         field_start = np.concatenate((np.zeros((e_count, 1), dtype=np.int64), np.cumsum(counts, axis=1)[:, :-1]),
                                      axis=1) if f_count else np.zeros((e_count, 0), dtype=np.int64)
         slot = within_e - field_start[e_rep, f_rep]
-        times = flat[offs[e_rep] + head + within_e]
-        kept_labels: list[str] = list(chain.from_iterable(chain.from_iterable(
-            orjson.loads(b"[" + b",".join(labels_json) + b"]"))))
-        f_list = f_rep.tolist()
-        index = [cols.index[f] for f in fields]
-        found = list(map(dict.get, map(index.__getitem__, f_list), kept_labels))  # None: not in the batch's labels
-        codes = [cols.codes[f] for f in fields]
-        if None in found:  # a kept label the batch does not use: recode those fields
-            for i in sorted({fi for fi, code in zip(f_list, found, strict=True) if code is None}):
-                f = fields[i]
-                mine = [lab for lab, fi in zip(kept_labels, f_list, strict=True) if fi == i]
-                index[i] = vocabulary(cols.labels[f], mine)
-                codes[i] = codes_of(cols.labels[f], index[i])
-            found = list(map(dict.get, map(index.__getitem__, f_list), kept_labels))
-        stacked = np.stack(codes) if codes else np.zeros((0, cols.ts.size), dtype=np.int64)
-        block = cls(spec, fields, e_count + extra, index, stacked)
+        block = cls(spec, fields, e_count + extra, _codes(fields, cols))
         if e_count:
             block.t[:e_count] = flat[offs]
             block.w[:e_count] = flat[offs[:, None] + 1 + np.arange(3 * w)].reshape(e_count, w, 3)
             block.n[:e_count] = counts
         if total:
-            block.dt[e_rep, f_rep, slot] = times
-            block.dc[e_rep, f_rep, slot] = cast(list[int], found)  # every label coded now
+            block.dt[e_rep, f_rep, slot] = flat[offs[e_rep] + head + within_e]
+            block.dc[e_rep, f_rep, slot] = codes_kept
         return block
 
     def core_bytes(self, rows: int) -> list[bytes]:
-        """The first ``rows`` rows' state as core bytes (``binary.py``'s layout; kept values in slot
-        order, as ``cores`` gives them): what ``binary._core`` writes for ``cores(rows)``."""
-        f_count, w = len(self.fields), self.w.shape[1]
+        """The first ``rows`` rows' state as core bytes (``binary.py``'s version-3 layout; kept values
+        in slot order, as ``cores`` gives them): what ``binary._core`` writes for ``cores(rows)``."""
+        w = self.w.shape[1]
         head = 1 + 3 * w
         n = self.n[:rows]
         mask = np.arange(self.dt.shape[2])[None, None, :] < n[:, :, None]
         kept_dt = self.dt[:rows][mask]
-        kept_dc = self.dc[:rows][mask].tolist()
         kept_per = n.sum(axis=1)
         sizes = head + kept_per
         offs = np.zeros(rows + 1, dtype=np.int64)
@@ -155,21 +123,14 @@ class Block:
         start_e = np.concatenate(([0], np.cumsum(kept_per)[:-1])) if rows else np.zeros(0, dtype=np.int64)
         flat[base[e_rep] + head + (np.arange(kept_dt.size) - start_e[e_rep])] = kept_dt
         doubles = flat.tobytes()
+        codes = self.dc[:rows][mask].astype("<i8").tobytes()
         counts = n.astype(np.uint8).tobytes()
-        n_list, offs_list = n.tolist(), offs.tolist()
-        out: list[bytes] = []
-        k = 0
-        for e in range(rows):
-            per_field = []
-            for i in range(f_count):
-                m = n_list[e][i]
-                names = self.labels[i]
-                per_field.append([names[c] for c in kept_dc[k:k + m]])
-                k += m
-            labels = orjson.dumps(per_field)
-            out.append(b"".join((counts[e * f_count:(e + 1) * f_count], doubles[8 * offs_list[e]:8 * offs_list[e + 1]],
-                                 _LONG.pack(len(labels)), labels)))
-        return out
+        f_count = n.shape[1]
+        k_offs = np.zeros(rows + 1, dtype=np.int64)
+        np.cumsum(kept_per, out=k_offs[1:])
+        offs_list, k_list = (8 * offs).tolist(), (8 * k_offs).tolist()
+        return [b"".join((counts[e * f_count:(e + 1) * f_count], doubles[offs_list[e]:offs_list[e + 1]],
+                          codes[k_list[e]:k_list[e + 1]])) for e in range(rows)]
 
     def run(self, spec: EntitySpec, state_row: np.ndarray, apply: np.ndarray, ts: np.ndarray,
             amount: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
@@ -198,13 +159,20 @@ class Block:
         dts, dcs = self.dt[:rows].tolist(), self.dc[:rows].tolist()
         out: list[Core] = []
         for e in range(rows):
-            d: dict[str, dict[str, float]] = {}
+            d: dict[str, dict[int, float]] = {}
             for i, f in enumerate(self.fields):
-                m, names = ns[e][i], self.labels[i]
-                d[f] = dict(zip([names[c] for c in dcs[e][i][:m]], dts[e][i][:m], strict=True))
+                m = ns[e][i]
+                d[f] = dict(zip(dcs[e][i][:m], dts[e][i][:m], strict=True))
             t = ts[e]
             out.append({"t": None if t != t else t, "w": ws[e], "d": d})
         return out
+
+
+def _codes(fields: tuple[str, ...], cols: Columns) -> np.ndarray:
+    """int64[F, N]: the batch's label codes of ``fields``, C-contiguous."""
+    if not fields:
+        return np.zeros((0, cols.ts.size), dtype=np.int64)
+    return np.stack([cols.codes[f] for f in fields])
 
 
 def windows_ms(spec: EntitySpec) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +20,7 @@ import numpy as np
 from ..entity_spec import EntitySpec
 from ..fieldschema import float_array
 from ..schema import parse_timestamp_ms
-from .compute import amount_value
+from .compute import amount_value, label_code
 
 NAN = float("nan")
 
@@ -91,15 +91,21 @@ def label_value(value: object) -> str | None:
     return str(value)
 
 
+def label_codes(labels: Sequence[str | None]) -> np.ndarray:
+    """int64[N]: ``label_code`` of each label, -1 for None (no usable value)."""
+    index: dict[str | None, int] = {label: label_code(label) for label in set(labels) if label is not None}
+    index[None] = -1
+    return np.fromiter(map(index.__getitem__, labels), np.int64, len(labels))
+
+
 @dataclass
 class Columns:
     """Per-event inputs of every key: ``ts`` and ``amount`` float64[N]; per distinct field the
-    labels, a label-ordered vocabulary of them and their codes int64[N] (-1: no value)."""
+    labels (``label_value``; None: no value) and their codes int64[N] (``label_code``; -1: no value)."""
 
     ts: np.ndarray
     amount: np.ndarray
     labels: dict[str, list[str | None]]
-    index: dict[str, dict[str | None, int]]
     codes: dict[str, np.ndarray]
 
     @classmethod
@@ -108,8 +114,7 @@ class Columns:
         name = spec.amount_field
         amount = numbers([e.get(name) for e in events], amount_value, 0.0)
         labels = {f: label_values([e.get(f) for e in events]) for f in spec.distinct_fields}
-        index = {f: vocabulary(v) for f, v in labels.items()}
-        return cls(ts, amount, labels, index, {f: codes_of(v, index[f]) for f, v in labels.items()})
+        return cls(ts, amount, labels, {f: label_codes(v) for f, v in labels.items()})
 
 
 def numbers(raw: list[Any], one: Callable[[object], float], bad: float) -> np.ndarray:
@@ -129,21 +134,6 @@ def label_values(raw: list[Any]) -> list[str | None]:
     if set(map(type, raw)) <= {str}:
         return raw
     return [label_value(v) for v in raw]
-
-
-def vocabulary(*sources: Iterable[str | None]) -> dict[str | None, int]:
-    """Label → code, codes in label order (the kernel's eviction tie-break compares codes); None → -1."""
-    labels: set[str | None] = set()
-    for source in sources:
-        labels.update(source)
-    ordered = sorted(x for x in labels if x is not None)
-    index: dict[str | None, int] = {label: code for code, label in enumerate(ordered)}
-    index[None] = -1
-    return index
-
-
-def codes_of(labels: Sequence[str | None], index: dict[str | None, int]) -> np.ndarray:
-    return np.fromiter(map(index.__getitem__, labels), np.int64, len(labels))
 
 
 def grouping(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

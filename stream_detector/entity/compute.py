@@ -3,12 +3,13 @@
 The enricher runs the compiled ``kernel`` (same operations, whole batches); this module is what
 it is tested against (``tests/unit/test_entity_kernel.py``) and the definition of the semantics.
 
-State ("core") of one entity, JSON-serialisable so Redis and memory hold the same numbers::
+State ("core") of one entity, the same numbers in Redis (``binary.py``) and in memory::
 
     {"t": last event time (epoch ms, float) or None,
      "w": [[n, s, ss] per window],        # decayed count, sum and sum of squares of amounts, as of t
-     "d": {field: {value: last seen ms}}}  # at most max_distinct values per field, none older than
-                                           # the longest window
+     "d": {field: {code: last seen ms}}}  # at most max_distinct values per field, none older than
+                                          # the longest window; a value is kept as the code of its
+                                          # label (``label_code``: a 63-bit hash), not as text
 
 **Windows are exponentially decayed, not exact.** Window ``w`` uses time constant ``τ = w``: an
 earlier event of age ``a`` weighs ``exp(-a/τ)`` instead of ``1 if a < w else 0``. At a steady
@@ -19,7 +20,8 @@ the state is three floats per window, updated in O(1) and exact to reproduce off
 **Distinct values are exact up to a cap.** Each distinct field keeps the ``max_distinct`` most
 recently used values with their last-seen time; the distinct count in a window is exact while
 the entity used at most ``max_distinct`` values in the longest window (else it saturates there),
-and "new value" means not used within the longest window among those kept.
+and "new value" means not used within the longest window among those kept. Over the cap the value
+last seen longest ago is dropped; two last seen at the same millisecond are ordered by code.
 
 **Event time.** ``t = max(timestamp, entity's last t)``: late / out-of-order events are applied
 in arrival order with their time clamped to the entity's last seen time (so decay never runs
@@ -30,6 +32,7 @@ is dropped, matching the Redis TTL in the worker.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from functools import lru_cache
 from typing import Any
@@ -130,7 +133,7 @@ def _distinct(spec: EntitySpec, key: str, core: Core, t: float, event: dict[str,
         if value is None or isinstance(value, (dict, list)):
             out[f"{key}__new_{field}"] = 0.0
             continue
-        label = str(value)
+        label = label_code(str(value))
         previous = seen.get(label)
         out[f"{key}__new_{field}"] = 1.0 if previous is None or t - previous >= longest else 0.0
         seen[label] = t
@@ -145,6 +148,28 @@ def features_only(spec: EntitySpec, key: str, core: Core, event: dict[str, Any])
     out: dict[str, float] = {}
     step(spec, key, copy_core(core), event, out)
     return out
+
+
+def label_code(label: str) -> int:
+    """A distinct field's label as its code in entity state: the first 8 bytes of the label's
+    BLAKE2b digest (UTF-8, ``hashlib.blake2b(digest_size=8)``), little-endian, top bit cleared —
+    an int in [0, 2**63), the same on every machine and in every process (unlike ``hash``). State
+    keeps codes, not labels (format version 3, ``binary.py``): 8 bytes per kept value, no text to
+    parse, and the kernel compares them directly. The eviction tie-break (two kept values last seen
+    at the same millisecond) orders by code. Two labels with one code would count as one value: for
+    an entity keeping at most K values the chance is about K²/2⁶⁴ (10⁻¹⁷ for K = 16)."""
+    code = _CODES.get(label)
+    if code is None:
+        if len(_CODES) >= _MAX_CACHED:
+            _CODES.clear()
+        digest = hashlib.blake2b(label.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        code = _CODES[label] = int.from_bytes(digest, "little") & _MASK
+    return code
+
+
+_MASK = (1 << 63) - 1
+_MAX_CACHED = 1 << 20  # labels whose code is kept (merchant ids, countries …); cleared when full
+_CODES: dict[str, int] = {}
 
 
 @lru_cache(maxsize=64)

@@ -1,7 +1,7 @@
 """Offline enrichment (training, ``score``) without records: the state of every entity stays in
 the kernel's arrays for the whole run.
 
-Same columns, same label coding (label order over the whole history), same kernel as the
+Same columns, same label codes (``compute.label_code``), same kernel as the
 ``Enricher`` — only the per-batch record load/save and the idempotency bookkeeping, which an
 in-order offline replay from empty state never needs (every row is new, applied once), are left
 out. ``tests/unit/test_entity_kernel.py`` holds it equal to the per-event reference.
@@ -19,7 +19,7 @@ from ..entity_spec import EntitySpec
 from ..feedback import Label
 from ..schema import validate_event
 from .block import Block
-from .columns import Columns, attach, codes_of, entity_value, gc_paused, timestamp_value
+from .columns import Columns, attach, entity_value, gc_paused, timestamp_value
 
 
 def enrich_columns(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: int = 65_536,
@@ -189,16 +189,14 @@ class CarriedState:
 
 
 class _KeyState:
-    """One key's entities: their rows (in order of appearance), the distinct labels seen (sorted:
-    codes in label order) and the kernel's state arrays, grown as entities appear."""
+    """One key's entities: their rows (in order of appearance) and the kernel's state arrays, grown
+    as entities appear (kept values as their label codes, the same in every part)."""
 
     def __init__(self, spec: EntitySpec, key: str) -> None:
         self.spec, self.key = spec, key
         self.fields = spec.distinct_for(key)
         self.ids: dict[str, int] = {}
-        self.labels: list[list[str]] = [[] for _ in self.fields]
-        self.block = Block(spec, self.fields, 0, [{None: -1} for _ in self.fields],
-                           np.zeros((len(self.fields), 0), dtype=np.int64))
+        self.block = Block(spec, self.fields, 0, np.zeros((len(self.fields), 0), dtype=np.int64))
 
     def run(self, cols: Columns, entities: list[str | None]) -> np.ndarray:
         n, before = len(entities), len(self.ids)
@@ -208,29 +206,10 @@ class _KeyState:
         rows[loose] = len(ids) + np.arange(int(loose.sum()))  # keyless: a fresh row each
         self._grow(len(ids) + int(loose.sum()))
         self.block.clear(slice(before, None))  # new entities and scratch rows start empty
-        codes = np.stack([self._codes(i, cols, f) for i, f in enumerate(self.fields)]) if self.fields \
+        codes = np.stack([cols.codes[f] for f in self.fields]) if self.fields \
             else np.zeros((0, n), dtype=np.int64)
         return self.block.run(self.spec, rows, np.ones(n, dtype=np.bool_), cols.ts, cols.amount,
                               np.ascontiguousarray(codes))
-
-    def _codes(self, i: int, cols: Columns, field: str) -> np.ndarray:
-        """This part's codes of ``field`` in the merged label order; the state's codes recoded when
-        new labels come between old ones (order kept: the eviction tie-break compares codes)."""
-        old = self.labels[i]
-        new_labels = sorted(set(old).union(x for x in cols.index[field] if x is not None))
-        if len(new_labels) != len(old):
-            merged: dict[str | None, int] = {label: code for code, label in enumerate(new_labels)}
-            if old:
-                rank = np.array([merged[label] for label in old], dtype=np.int64)
-                block = self.block
-                kept = np.arange(block.dc.shape[2])[None, :] < block.n[:, i, None]
-                block.dc[:, i, :] = np.where(kept, rank[np.clip(block.dc[:, i, :], 0, len(old) - 1)],
-                                             block.dc[:, i, :])
-            self.labels[i] = new_labels
-            merged[None] = -1
-            self.block.index[i] = merged
-            self.block.labels[i] = new_labels
-        return codes_of(cols.labels[field], self.block.index[i])
 
     def _grow(self, rows: int) -> None:
         block = self.block

@@ -11,8 +11,8 @@ and the distinct sets (cap, expiry, eviction) have no round-free numpy form at a
 
 The arithmetic is the per-event reference's (``compute.py``) operation for operation, without
 fast-math, so results are equal to the last bit (``tests/unit/test_entity_kernel.py`` compares them
-on random streams). Distinct values arrive as integer codes whose order is the order of their
-labels (the eviction tie-break of the reference compares labels).
+on random streams). Distinct values arrive as their labels' codes (``compute.label_code``, 63-bit
+hashes; the eviction tie-break of the reference compares codes too).
 
 Arrays (E entities, N events, W windows, F distinct fields, K = ``max_distinct``)::
 
@@ -22,7 +22,7 @@ Arrays (E entities, N events, W windows, F distinct fields, K = ``max_distinct``
     apply   bool[N]       False: features against the state, state unchanged (already applied)
     ts      float64[N]    event time, epoch ms; NaN when missing or unusable
     amount  float64[N]
-    codes   int64[F, N]   label code per distinct field; -1 when the event has no usable value
+    codes   int64[F, N]   label code per distinct field (``compute.label_code``); -1: no usable value
     st_t    float64[E]    last event time (NaN: no state)
     st_w    float64[E, W, 3]   decayed n, Σamount, Σamount² as of st_t
     st_n    int64[E, F]   values kept per field (≤ K)
@@ -147,7 +147,7 @@ def _insert(e: int, fi: int, code: int, t: float, at: int, kept: int, longest: f
             st_dt[e, fi, m] = st_dt[e, fi, j]
             st_dc[e, fi, m] = st_dc[e, fi, j]
             m += 1
-    while m > k:  # evict min (time, label); codes sort like labels
+    while m > k:  # evict min (time, code), as the reference
         low = 0
         for j in range(1, m):
             if (st_dt[e, fi, j] < st_dt[e, fi, low]

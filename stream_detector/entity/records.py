@@ -1,10 +1,10 @@
-"""A batch's entity records read and written in compiled code (``binary.py``'s version-2 layout).
+"""A batch's entity records read and written in compiled code (``binary.py``'s version-3 layout).
 
 The enricher's normal case per entity — no event of the batch at or below the record's applied
 offsets — needs from each record only its applied ``(partition, offset)`` pairs and where its
 current core lies, and writes a new record from fixed-layout parts::
 
-    u8 2 | u8 1 | u16 P' | P' × (i32 partition, i64 last applied offset)   (old pairs, updated,
+    u8 3 | u8 1 | u16 P' | P' × (i32 partition, i64 last applied offset)   (old pairs, updated,
                                                                              then new partitions)
     | new core | u16 Q | Q × (i32 partition, i64 first offset of this write) | old core  (undo)
 
@@ -30,13 +30,13 @@ import numpy as np
 
 from ..compiled import jit
 
-VERSION = 2
+VERSION = 3  # binary.VERSION
 PAIR = 12  # bytes per (i32 partition, i64 offset)
 
 
 @dataclass(slots=True)
 class Parsed:
-    """Sections of E records joined in ``buf`` (uint8): ``ok`` bool[E] (a well-formed version-2
+    """Sections of E records joined in ``buf`` (uint8): ``ok`` bool[E] (a well-formed version-3
     record), and per record the count of applied pairs, where they start, and where its current
     core starts and ends (byte positions in ``buf``; absent records: 0 pairs, an empty core
     appended to ``buf``)."""
@@ -52,24 +52,20 @@ class Parsed:
 
 @jit
 def _core_end(buf: np.ndarray, at: int, end: int, fields: int, windows: int) -> int:  # pragma: no cover
-    """Where the core at ``at`` ends (``u8[F] | f64[1+3W+Σm] | u32 L | L bytes``); -1 past ``end``."""
+    """Where the core at ``at`` ends (``u8[F] | f64[1+3W+Σm] | i64[Σm]``); -1 past ``end``."""
     if at + fields > end:
         return -1
     kept = 0
     for i in range(fields):
         kept += int(buf[at + i])
-    at += fields + 8 * (1 + 3 * windows + kept)
-    if at + 4 > end:
-        return -1
-    length = int(buf[at]) | (int(buf[at + 1]) << 8) | (int(buf[at + 2]) << 16) | (int(buf[at + 3]) << 24)
-    at += 4 + length
+    at += fields + 8 * (1 + 3 * windows + kept) + 8 * kept
     return at if at <= end else -1
 
 
 @jit
 def _parse(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, fields: int, windows: int,
            out: np.ndarray) -> None:  # pragma: no cover (compiled)
-    """out int64[E, 5]: ok, P, pairs_at, core_start, core_end per record (ok 0: not version 2 or
+    """out int64[E, 5]: ok, P, pairs_at, core_start, core_end per record (ok 0: not version 3 or
     malformed; the per-entity path then decides, and raises where it must)."""
     for e in range(starts.size):
         s, end = starts[e], ends[e]

@@ -7,10 +7,10 @@ One record per entity, the same shape in both stores (Redis holds it as bytes, `
      "u": {"s": core before the last write, "f": {partition: first offset of that write}} | null}
 
 Redis layout: ``{prefix}:entity:{spec fingerprint[:12]}:{key}:{value}`` → an **envelope**: the byte
-0xFE, a 16-byte write token (random, new on every write), then the record as version-2 binary
-(``binary.py``: fixed layout per spec, a format version byte first; version-1 JSON records written by
-earlier releases, and bare version-2 records written before the envelope, are read and rewritten in
-the current form on the entity's next write), with a TTL of the spec's horizon (``horizon_factor`` ×
+0xFE, a 16-byte write token (random, new on every write), then the record as version-3 binary
+(``binary.py``: fixed layout per spec, a format version byte first; version-1 JSON and version-2
+records written by earlier releases, with or without the envelope, are read and rewritten in the
+current form on the entity's next write), with a TTL of the spec's horizon (``horizon_factor`` ×
 longest window) refreshed on every write. A model whose entity spec changes therefore starts from
 empty state instead of misreading old records, and a retrained model with the same spec keeps the
 history.
@@ -108,7 +108,7 @@ def unwrap(value: bytes) -> bytes:
 
 class StateStore(Protocol):
     """Batch-granular state access: one read and one write per batch. The enricher uses the
-    record bytes (``load_raw``/``save_raw``, ``binary.py``'s version-2 layout); ``load``/``save``
+    record bytes (``load_raw``/``save_raw``, ``binary.py``'s version-3 layout); ``load``/``save``
     give the same records decoded (the per-event reference, tests and tools)."""
 
     round_trips: int
@@ -316,8 +316,8 @@ class RedisClusterState(RedisState):
 
 
 def record_bytes(record: Record, spec: EntitySpec | None = None, key: str | None = None) -> int:
-    """Size of one record as the Redis value: version-2 binary with ``spec`` and ``key``, else the
+    """Size of one record as the Redis value: version-3 binary with ``spec`` and ``key``, else the
     former version-1 JSON (for comparison). Redis adds ~60-90 bytes of key and overhead."""
     if spec is not None and key is not None:
         return len(encode(spec, key, record))
-    return len(orjson.dumps(record))
+    return len(orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS))

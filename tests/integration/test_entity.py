@@ -14,7 +14,7 @@ import redis
 from stream_detector.entity import Enricher, EntitySpec, InMemoryState, RedisState, enrich_history
 from stream_detector.entity.binary import VERSION, decode, encode
 from stream_detector.entity.reference import ReferenceEnricher
-from stream_detector.entity.state import CAS_SCRIPT, ENVELOPE, unwrap
+from stream_detector.entity.state import CAS_SCRIPT, ENVELOPE, unwrap, wrap
 from stream_detector.errors import DeliveryError
 from stream_detector.kafka_util import lag, read_all
 from stream_detector.model.bundle import Bundle, build_bundle
@@ -31,6 +31,7 @@ from stream_detector.transport.factory import make_sink
 from stream_detector.worker import Worker
 from tests.fixtures import TRANSPORTS
 from tests.helpers import wait_until
+from tests.legacy_records import labelled, version_1, version_2
 
 pytestmark = pytest.mark.integration
 
@@ -244,15 +245,20 @@ def _core(t: int) -> dict[str, Any]:
             "d": {f: {} for f in SPEC.distinct_for("account_id")}}
 
 
-def test_version_1_json_state_is_migrated_on_read(settings: Settings) -> None:
-    """Records written by the JSON release are read as they are and rewritten as version 2: the
-    features continue exactly as the JSON release would have computed them."""
+@pytest.mark.parametrize("release", ["json", "version-2"])
+def test_state_of_an_earlier_release_is_migrated_on_read(settings: Settings, release: str) -> None:
+    """Records written by an earlier release — version-1 JSON, or the version-2 binary behind a
+    write token — are read with their labels coded and rewritten as version 3: the features
+    continue exactly as this release computes them from the same events."""
     client = redis.Redis.from_url(settings.redis_url)
     events = _raw(400, seed=25, accounts=12)
+    labels = [str(e[f]) for e in events for f in SPEC.distinct_fields]
     old_store, new_store = RedisState(client, settings.redis_prefix), InMemoryState()
     ReferenceEnricher(new_store).enrich(SPEC, events[:200], [(0, i) for i in range(200)])
-    for (_, entity), record in new_store.records.items():  # as the JSON release left them in Redis
-        client.set(old_store.key(SPEC, entity), orjson.dumps(record), px=SPEC.horizon_ms)
+    for (_, entity), record in new_store.records.items():  # as the earlier release left them in Redis
+        old = labelled(record, labels)
+        value = version_1(old) if release == "json" else wrap([version_2(SPEC, entity[0], old)])[0]
+        client.set(old_store.key(SPEC, entity), value, px=SPEC.horizon_ms)
     expected = ReferenceEnricher(new_store).enrich(SPEC, events[200:], [(0, i) for i in range(200, 400)])
     got = Enricher(old_store).enrich(SPEC, events[200:], [(0, i) for i in range(200, 400)])
     assert got == expected

@@ -12,7 +12,7 @@ import pytest
 
 from stream_detector.entity import Enricher, EntitySpec, InMemoryState, enrich_history, parse_windows
 from stream_detector.entity.binary import decode, encode
-from stream_detector.entity.compute import empty_core, step
+from stream_detector.entity.compute import empty_core, label_code, step
 from stream_detector.entity.state import record_bytes
 from stream_detector.errors import ModelError
 from stream_detector.model.bundle import ENTITY_FILE, build_bundle, load_bundle, save_bundle
@@ -83,12 +83,30 @@ def test_distinct_and_first_use_are_capped_and_expire() -> None:
     assert [o["account_id__new_merchant_category"] for o in outs] == [1, 1, 0, 1, 1, 1, 1]
     assert outs[3]["account_id__distinct_merchant_category_1h"] == 2.0
     assert outs[6]["account_id__distinct_merchant_category_1h"] == 4.0  # saturates at max_distinct
-    assert len(core["d"]["merchant_category"]) == 4 and "a" not in core["d"]["merchant_category"]
+    assert len(core["d"]["merchant_category"]) == 4 and label_code("a") not in core["d"]["merchant_category"]
     out = {}
     core = step(SPEC, "account_id", core, ev(9, 26 * H, merchant_category="f"), out)
     assert out["account_id__new_merchant_category"] == 1.0  # last use is older than the longest window
     assert out["account_id__distinct_merchant_category_1d"] == 0.0
-    assert list(core["d"]["merchant_category"]) == ["f"]
+    assert list(core["d"]["merchant_category"]) == [label_code("f")]
+
+
+def test_labels_are_kept_as_stable_codes_and_the_eviction_tie_break_orders_by_code() -> None:
+    """State keeps a label's code (persisted in Redis: it must not change between processes,
+    machines or releases), and over the cap drops the value last seen longest ago, the smallest code
+    among those last seen at the same millisecond."""
+    import hashlib
+
+    assert label_code("FR") == 3_433_965_959_170_403_052  # format version 3; a change breaks stored state
+    for label in ("FR", "grocery", "Ünïcødé", ""):
+        digest = hashlib.blake2b(label.encode(), digest_size=8).digest()
+        assert label_code(label) == int.from_bytes(digest, "little") & (2**63 - 1)
+    names = ["v", "w", "x", "y", "z"]  # five values at one millisecond, cap 4
+    core = empty_core(SPEC, "account_id")
+    for i, name in enumerate(names):
+        core = step(SPEC, "account_id", core, ev(i, 60_000, merchant_category=name), {})
+    codes = sorted(label_code(n) for n in names)
+    assert sorted(core["d"]["merchant_category"]) == codes[1:]
 
 
 def test_late_and_untimed_events_are_clamped_to_the_entity_time() -> None:

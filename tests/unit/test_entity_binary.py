@@ -1,16 +1,17 @@
-"""Entity records as version-2 bytes: exact round trip, bounded size, version-1 JSON migrated on read."""
+"""Entity records as version-3 bytes: exact round trip, bounded size, versions 2 (labels as JSON) and 1
+(JSON) migrated on read."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pytest
 
 from stream_detector.entity import Enricher, EntitySpec, InMemoryState, binary, records
 from stream_detector.entity.binary import VERSION, decode, encode
 from stream_detector.entity.reference import ReferenceEnricher
 from stream_detector.entity.state import record_bytes
+from tests.legacy_records import labelled, version_1, version_2
 
 SPEC = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400, 604_800, 2_592_000))
 
@@ -30,6 +31,10 @@ def _store(events: list[dict[str, Any]], enricher_class: Any = Enricher) -> InMe
     return store
 
 
+def _labelled(record: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    return labelled(record, (str(e[f]) for e in events for f in ("merchant_category", "country")))
+
+
 def test_records_round_trip_bit_for_bit() -> None:
     store = _store(_events(400, 40))
     assert len(store.records) == 5
@@ -37,7 +42,7 @@ def test_records_round_trip_bit_for_bit() -> None:
         assert record["u"] is not None and len(record["a"]) > 1
         raw = encode(SPEC, key, record)
         assert raw[0] == VERSION
-        assert decode(SPEC, key, raw) == record  # every float, label (300-byte UTF-8 ones too) and offset
+        assert decode(SPEC, key, raw) == record  # every float, code (of 300-byte UTF-8 labels too) and offset
     empty: dict[str, Any] = {"c": {"t": None, "w": [[0.0] * 3] * 4, "d": {"merchant_category": {}, "country": {}}}, "a": {}, "u": None}
     assert decode(SPEC, "account_id", encode(SPEC, "account_id", empty)) == empty
 
@@ -50,15 +55,24 @@ def test_binary_records_are_smaller_than_json_and_bounded() -> None:
         assert len(record["c"]["d"]["merchant_category"]) == len(record["u"]["s"]["d"]["country"]) == 16
         size = record_bytes(record, SPEC, key)
         assert size < 0.75 * record_bytes(record)
-        # header + offsets, then per core: counts, t + 4 windows, 16 × (time, 12- and ≤ 4-byte JSON labels) per field
-        assert size <= 4 + 12 * 4 + 2 + 12 * 4 + 2 * (2 + 8 + 96 + 4 + 2 + 16 * (8 + 15) + 16 * (8 + 7) + 5)
+        # header + ≤ 4 offsets, undo header + ≤ 4 first offsets, then per core: counts, t + 4 windows,
+        # 16 × (time, code) per field: fixed whatever the labels' length
+        assert size <= 4 + 12 * 4 + 2 + 12 * 4 + 2 * (2 + 8 + 96 + 2 * 16 * (8 + 8))
 
 
-def test_version_1_json_is_read_and_the_next_write_is_version_2() -> None:
+def test_versions_1_and_2_are_read_with_labels_coded_and_the_next_write_is_version_3() -> None:
     events = _events(120, 5)
-    reference = _store(events, ReferenceEnricher)  # the records as the JSON release kept them
+    reference = _store(events, ReferenceEnricher)
     for (_, (key, _)), record in reference.records.items():
-        assert decode(SPEC, key, orjson.dumps(record)) == record
+        old_record = _labelled(record, events)
+        assert old_record != record
+        assert decode(SPEC, key, version_1(old_record)) == record  # version 1: JSON, as the first release kept it
+        if key == "account_id":
+            old = version_2(SPEC, "account_id", old_record)
+            assert decode(SPEC, key, old) == record
+            split = binary.parse(SPEC, key, old)  # the enricher's path: re-encoded as version 3
+            assert split.applied == record["a"]
+            assert split.core == encode(SPEC, key, {"c": record["c"], "a": {}, "u": None})[4:]
     with pytest.raises(ValueError, match="format version"):
         decode(SPEC, "account_id", b"\x07rest")
     with pytest.raises(ValueError, match="trailing"):
@@ -85,7 +99,6 @@ def test_cores_as_bytes_fill_and_read_the_kernels_arrays_as_the_dicts_do(labels:
         as_bytes = [encode(SPEC, key, {"c": c, "a": {}, "u": None})[4:] for c in cores]  # head (4 bytes) off
         a = Block.of(SPEC, fields, cores, extra=2, cols=cols)
         b = Block.from_bytes(SPEC, fields, as_bytes, extra=2, cols=cols)
-        assert a.index == b.index and a.labels == b.labels
         np.testing.assert_array_equal(a.codes, b.codes)
         for name in ("t", "w", "n"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
@@ -96,15 +109,16 @@ def test_cores_as_bytes_fill_and_read_the_kernels_arrays_as_the_dicts_do(labels:
         assert [encode(SPEC, key, {"c": c, "a": {}, "u": None})[4:] for c in a.cores(len(cores))] == as_bytes
 
 
-def test_compiled_parse_finds_each_records_sections_and_refuses_what_is_not_version_2() -> None:
+def test_compiled_parse_finds_each_records_sections_and_refuses_what_is_not_version_3() -> None:
     """``records.parse`` (one numba call for a batch's records) splits every well-formed record
-    where ``binary.parse`` does, and marks anything else not ok (version-1 JSON, truncated, trailing
+    where ``binary.parse`` does, and marks anything else not ok (versions 1 and 2, truncated, trailing
     bytes, unknown version), which the enricher then hands to the per-entity path."""
     store = _store(_events(400, 40))
     raws = [raw for (_, (key, _)), raw in store.raw.items() if key == "account_id"]
     fields, windows = len(SPEC.distinct_for("account_id")), len(SPEC.windows)
     empty = binary.empty_core(SPEC, "account_id")
-    bad = [raws[0][:-1], raws[0] + b"\0", b"\x03" + raws[0][1:], orjson.dumps(decode(SPEC, "account_id", raws[0])), b""]
+    v2 = version_2(SPEC, "account_id", _labelled(decode(SPEC, "account_id", raws[0]), _events(400, 40)))
+    bad = [raws[0][:-1], raws[0] + b"\0", b"\x04" + raws[0][1:], v2, b""]
     parsed = records.parse([*raws, None, *bad], empty, fields, windows)
     assert parsed.ok.tolist() == [True] * len(raws) + [True] + [False] * len(bad)
     for i, raw in enumerate(raws):
