@@ -86,6 +86,7 @@ class Batch:
     headers: list[Any] = field(default_factory=list)
     polled_at: float = 0.0
     group: Membership | None = None
+    _ends: tuple[int, dict[int, int]] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -99,12 +100,16 @@ class Batch:
                      self.group)
 
     def next_offsets(self) -> Offsets:
-        """Per partition, the offset after the last record of this batch (what to commit)."""
-        ends: dict[int, int] = {}
-        for p, o in zip(self.partitions, self.offsets, strict=True):  # ints only: one TopicPartition per partition
-            if o + 1 > ends.get(p, -1):
-                ends[p] = o + 1
-        return {TopicPartition(self.topic, p): o for p, o in ends.items()}
+        """Per partition, the offset after the last record of this batch (what to commit). Worked
+        out once per batch (the commit, the alignment's heads and the metrics each ask; ~1 ms per
+        8,192 records) and again only if records were added since."""
+        if self._ends is None or self._ends[0] != len(self.offsets):
+            ends: dict[int, int] = {}
+            for p, o in zip(self.partitions, self.offsets, strict=True):  # ints only: one TopicPartition per partition
+                if o + 1 > ends.get(p, -1):
+                    ends[p] = o + 1
+            self._ends = (len(self.offsets), ends)
+        return {TopicPartition(self.topic, p): o for p, o in self._ends[1].items()}
 
 
 @dataclass(frozen=True, slots=True)
