@@ -289,9 +289,9 @@ class AlignedSource:
     def start(self) -> None:
         self.inner.start()
 
-    def poll_batch(self) -> Batch:
+    def poll_batch(self, fill: bool = True) -> Batch:
         if not self.enabled:
-            return self.inner.poll_batch()
+            return self.inner.poll_batch(fill)
         deadline = self.clock() + self.idle_ms / 1000.0
         if self.held_back and not self.inner.still_member(Batch(topic=self.topic, group=self._group)):
             self.rewind_to_committed(Batch(topic=self.topic))  # a rebalance since the buffer filled
@@ -310,7 +310,9 @@ class AlignedSource:
                     return Batch(topic=self.topic)
                 self.sleep(PEER_WAIT_S)
                 continue
-            incoming = self.inner.poll_batch()
+            # Holding records back, what is wanted is the other partitions' next records, now: the
+            # client's poll returns with what it has instead of waiting batch_max_wait_ms to fill.
+            incoming = self.inner.poll_batch(fill=not self.held_back)
             self._polled_at = self.clock()
             self._take(incoming)
             if not incoming.values and not self.held_back:

@@ -201,7 +201,7 @@ class Source(Protocol):
     and ``highwaters``."""
 
     def start(self) -> None: ...
-    def poll_batch(self) -> Batch: ...
+    def poll_batch(self, fill: bool = True) -> Batch: ...
     def commit(self, offsets: Offsets) -> None: ...
     def membership(self) -> Membership: ...
     def still_member(self, batch: Batch) -> bool: ...
@@ -255,11 +255,13 @@ def commit_or_drop(source: Source, offsets: Offsets) -> None:
 
 
 def fill_batch(batch: Batch, tuning: ClientTuning, idle_poll_ms: int, take: Callable[[int, int, bool], None],
-               membership: Callable[[], Membership]) -> Batch:
+               membership: Callable[[], Membership], fill: bool = True) -> Batch:
     """The batching rule of every transport: wait up to ``idle_poll_ms`` for a first record, then up
     to ``batch_max_wait_ms`` to fill ``batch`` to ``batch_size``. ``take(max_records, timeout_ms,
     first)`` appends what one poll returned; ``membership()`` is snapshotted with the first record
-    (the group generation a commit of this batch must belong to)."""
+    (the group generation a commit of this batch must belong to). ``fill`` False: return with the
+    first poll that brought records, without waiting to fill (the alignment step, holding records
+    until other partitions catch up, wants what the client has now, not a full batch)."""
     limit = tuning.batch_size
     deadline: float | None = None
     timeout_ms = idle_poll_ms
@@ -271,6 +273,8 @@ def fill_batch(batch: Batch, tuning: ClientTuning, idle_poll_ms: int, take: Call
         if deadline is None:
             batch.polled_at = now
             batch.group = membership()
+            if not fill:
+                break
             deadline = now + tuning.batch_max_wait_ms / 1000.0
         timeout_ms = int((deadline - now) * 1000)
         if timeout_ms <= 0:

@@ -318,8 +318,8 @@ class ConfluentSource:
                     self._poll_failed(f"{m.topic()}[{m.partition()}]: {error}")
         return good
 
-    def poll_batch(self) -> Batch:
-        """Wait up to ``idle_poll_ms`` for a first record, then up to ``batch_max_wait_ms`` to fill."""
+    def poll_batch(self, fill: bool = True) -> Batch:
+        """Wait up to ``idle_poll_ms`` for a first record, then (``fill``) up to ``batch_max_wait_ms`` to fill."""
         consumer = self._c()
         batch = Batch(topic=self.config.topic)
 
@@ -344,7 +344,7 @@ class ConfluentSource:
                 batch.headers += [m.headers() or NO_HEADERS for m in messages]
 
         return fill_batch(batch, self.config.tuning, self.idle_poll_ms, take,
-                          lambda: ConfluentMembership(self._state.epoch, consumer.consumer_group_metadata()))
+                          lambda: ConfluentMembership(self._state.epoch, consumer.consumer_group_metadata()), fill)
 
     # ---- offsets and membership ---------------------------------------------------------------
     def commit(self, offsets: Offsets) -> None:

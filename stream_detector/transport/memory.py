@@ -158,7 +158,7 @@ class MemorySource:
         if self._generation != self.broker.generation(self.group_id):
             self._join()
 
-    def poll_batch(self) -> Batch:
+    def poll_batch(self, fill: bool = True) -> Batch:  # never waits: ``fill`` changes nothing
         self._live()
         batch = Batch(topic=self.topic)
         with self.broker._lock:

@@ -158,7 +158,7 @@ class _OnePartition:
 
     def start(self) -> None: ...
 
-    def poll_batch(self) -> Batch:
+    def poll_batch(self, fill: bool = True) -> Batch:
         n = min(self.fetch, len(self.values) - self.pos)
         out = Batch(topic=TOPIC, partitions=[self.p] * n, offsets=list(range(self.pos, self.pos + n)),
                     keys=[None] * n, values=self.values[self.pos:self.pos + n], timestamps=[0] * n, headers=[()] * n)
