@@ -438,3 +438,31 @@ def test_the_alignment_reads_timestamps_as_the_models_schema_does(numeric: list[
         assert np.array_equal(np.array([reader(v) for v in raw], dtype=np.float64), np.array(want), equal_nan=True)
     assert reader(_T) == reader(_T / 1000) == reader(_T * 1000) == float(_T)
     assert math.isnan(reader(_T + 50 * 31_557_600_000))  # implausible: dead-lettered, moves no clock
+
+
+def test_while_holding_records_back_the_client_is_polled_without_waiting_to_fill_a_batch() -> None:
+    """Records wait for the other partitions' next ones: the client is asked for what it has now
+    (``poll_batch(fill=False)``), not to wait ``batch_max_wait_ms`` for a full batch; with nothing
+    held, a poll may fill."""
+    class Recording:
+        def __init__(self, inner: MemorySource) -> None:
+            self.inner, self.polls, self.owner = inner, [], None
+
+        def poll_batch(self, fill: bool = True) -> Batch:
+            assert self.owner is not None
+            self.polls.append((self.owner.held_back, fill))
+            return self.inner.poll_batch(fill)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    broker = _broker({0: [1.0, 2.0, 3.0, 4.0], 1: [1.5, 2.5]})
+    inner = Recording(MemorySource(broker, TOPIC, GROUP, batch_size=2))  # partition 0 first, two at a time
+    source = AlignedSource(inner, batch_size=10, idle_ms=50, max_buffered=10_000)  # type: ignore[arg-type]
+    inner.owner = source
+    source.enabled = True
+    source.start()
+    assert _times(_drain(source)) == [1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
+    held = [fill for n, fill in inner.polls if n]
+    assert held and not any(held)  # partition 1 not read yet: polled for what is there, never to fill
+    assert all(fill for n, fill in inner.polls if not n)
