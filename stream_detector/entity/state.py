@@ -15,8 +15,10 @@ longest window) refreshed on every write. A model whose entity spec changes ther
 empty state instead of misreading old records, and a retrained model with the same spec keeps the
 history.
 
-Per batch the worker makes exactly **two round trips**: one ``MGET`` of every entity the batch
-touches and one compare-and-set write — ``round_trips`` counts them. The write is a Lua script
+Per batch the worker makes at most **two round trips**: one ``MGET`` of the entities the batch
+touches and one compare-and-set write — ``round_trips`` counts them. With ``copies`` (``_Copies``,
+``SD_ENTITY_COPIES``) the records this store wrote last are read from memory, so a batch whose
+entities were all in recent batches makes one (the write, which still decides). The write is a Lua script
 (``CAS_SCRIPT``) that sets each record only if it still has the write token the batch read (17 bytes
 sent back per record, compared with ``GETRANGE``, instead of the whole record: measured by hand,
 1,500 records of ~600 bytes, 16-18 → 9-12 ms per call including the client's packing), and returns
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from itertools import islice
 from typing import Any, Protocol
 
 import orjson
@@ -168,12 +171,13 @@ class RedisState:
     ``EntityStateUnavailable`` (retriable: the worker holds the batch and retries it, and the
     idempotency record makes the retry apply each event once)."""
 
-    def __init__(self, client: redis.Redis | RedisCluster, prefix: str) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster, prefix: str, copies: int = 0) -> None:
         self.r = client
         self.prefix = prefix
         self.round_trips = 0
         self._cas = client.register_script(CAS_SCRIPT) if isinstance(client, redis.Redis) else None
         self._heads: dict[str, tuple[bytes, bytes]] = {}  # name → (envelope head, record) of the last read
+        self.copies = _Copies(copies)
 
     def key(self, spec: EntitySpec, entity: EntityKey) -> str:
         return self._names(spec, [entity])[0]
@@ -190,25 +194,30 @@ class RedisState:
         return list(self.r.mget(names))
 
     def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
+        """The records of ``keys`` (None: absent): those this store wrote last and still holds
+        (``_Copies``) from memory, the others with one MGET."""
         if not keys:
             return []
         names = self._names(spec, keys)
+        self._heads.clear()  # only the last read's tokens are kept (the write that follows it uses them)
+        out: list[bytes | None] = [None] * len(names)
+        wanted = self.copies.read(names, keys, self._heads, out)
+        if not wanted:
+            return out
+        asked = names if len(wanted) == len(names) else [names[i] for i in wanted]
         try:
-            raw = self._mget(names)
+            raw = self._mget(asked)
         except REDIS_ERRORS as exc:
             raise EntityStateUnavailable(f"entity state read failed: {exc}") from exc
         finally:
             self.round_trips += 1
-        self._heads.clear()  # only the last read's tokens are kept (the write that follows it uses them)
-        out: list[bytes | None] = []
-        for name, v in zip(names, raw, strict=True):
+        for i, name, v in zip(wanted, asked, raw, strict=True):
             if v is None:
-                out.append(None)
                 continue
             head, record = split(v if isinstance(v, bytes) else v.encode())
             if head is not None:
                 self._heads[name] = (head, record)
-            out.append(record)
+            out[i] = record
         return out
 
     def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
@@ -228,17 +237,21 @@ class RedisState:
         values = wrap([records[k] for k in keys])
         try:
             if expected is None:
+                self.copies.forget(names)
                 pipe = self.client().pipeline(transaction=False)
                 for name, value in zip(names, values, strict=True):
                     pipe.set(name, value, px=ttl)
                 pipe.execute()
                 return []
             wants = [self._want(name, expected.get(k)) for name, k in zip(names, keys, strict=True)]
-            return [keys[i - 1] for i in self._compare_and_set(names, wants, values, ttl)]
+            lost = self._compare_and_set(names, wants, values, ttl)
         except REDIS_ERRORS as exc:
+            self.copies.forget(names)  # written or not: unknown
             raise EntityStateUnavailable(f"entity state write failed: {exc}") from exc
         finally:
             self.round_trips += 1
+        self.copies.wrote(names, keys, values, [records[k] for k in keys], lost)
+        return [keys[i - 1] for i in lost]
 
     def _want(self, name: str, read: bytes | None) -> bytes:
         """What ``CAS_SCRIPT`` compares ``name`` against: the write token of the last read when
@@ -259,6 +272,92 @@ class RedisState:
         return [int(i) for i in self._cas(keys=names, args=args)]
 
 
+class _Copies:
+    """The records this worker wrote last, kept in memory so that its next batch need not read them
+    again (``SD_ENTITY_COPIES``: how many, least recently written dropped first; 0: none). A copy is
+    only a guess at what Redis holds: the batch's write is the compare-and-set on its write token,
+    so if another writer changed the record meanwhile (a terminal shared with another worker's
+    partitions, a partition that moved, the TTL), the write loses for that entity, the copy is
+    dropped, and the enricher reads the record again and recomputes its events
+    (``Enricher._redo``) — the features are those of an enricher without copies, always.
+
+    Entities of a key that other workers write too would lose that way on most batches (a third
+    round trip and a recomputation each time), so a key whose copies lose often — at least
+    ``STALE_MIN`` and more than ``STALE_SHARE`` of those used in one write — is read from Redis for
+    the next ``REST_BATCHES`` batches, then tried again. The partition key (the account, when the
+    topic is keyed by account) keeps its copies."""
+
+    STALE_MIN = 8
+    STALE_SHARE = 0.1
+    REST_BATCHES = 100
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.records: dict[str, tuple[bytes, bytes]] = {}  # name → (envelope head, record), oldest write first
+        self.resting: dict[str, int] = {}  # key field → batches left without copies
+        self.used: dict[str, str] = {}  # name → its key field, for the copies the last read used
+        self.hits = 0  # copies used (metrics, tests)
+        self.stale = 0  # of those, found changed by another writer
+
+    def read(self, names: list[str], keys: Sequence[EntityKey], heads: dict[str, tuple[bytes, bytes]],
+             out: list[bytes | None]) -> list[int]:
+        """Fill ``out`` (and ``heads``) from the copies; the indices of the names left to read."""
+        self.used.clear()
+        if not self.size or not self.records:
+            return list(range(len(names)))
+        for field in list(self.resting):
+            self.resting[field] -= 1
+            if self.resting[field] <= 0:
+                del self.resting[field]
+        left: list[int] = []
+        records, resting = self.records, self.resting
+        for i, (name, key) in enumerate(zip(names, keys, strict=True)):
+            copy = records.get(name) if key[0] not in resting else None
+            if copy is None:
+                left.append(i)
+                continue
+            heads[name] = copy
+            out[i] = copy[1]
+            self.used[name] = key[0]
+        self.hits += len(self.used)
+        return left
+
+    def wrote(self, names: list[str], keys: Sequence[EntityKey], values: list[bytes], written: list[bytes],
+              lost: list[int]) -> None:
+        """After a compare-and-set of ``values`` (the stored values of the records ``written``): the
+        records written become the copies (their write tokens are what Redis holds now); the lost
+        ones are dropped, and counted against their key."""
+        if not self.size:
+            return
+        records = self.records
+        stale: dict[str, int] = {}
+        used: dict[str, int] = {}
+        for field in self.used.values():
+            used[field] = used.get(field, 0) + 1
+        gone = {i - 1 for i in lost}
+        for j, (name, value, record) in enumerate(zip(names, values, written, strict=True)):
+            records.pop(name, None)
+            if j in gone:
+                if name in self.used:
+                    stale[keys[j][0]] = stale.get(keys[j][0], 0) + 1
+                continue
+            records[name] = (value[:HEAD_BYTES], record)
+        self.used.clear()
+        for field, n in stale.items():
+            self.stale += n
+            if n >= self.STALE_MIN and n > self.STALE_SHARE * used[field]:
+                self.resting[field] = self.REST_BATCHES
+        over = len(records) - self.size
+        if over > 0:
+            for name in list(islice(records, over)):
+                del records[name]
+
+    def forget(self, names: Sequence[str]) -> None:
+        for name in names:
+            self.records.pop(name, None)
+        self.used.clear()
+
+
 class RedisClusterState(RedisState):
     """Records on a Redis Cluster (``SD_ENTITY_REDIS_CLUSTER``): the same keys and values as
     ``RedisState``, each key in the slot its name hashes to, so entities spread over every node.
@@ -271,7 +370,7 @@ class RedisClusterState(RedisState):
     use, so a cluster that is down when the worker starts is an outage of the first batches (held,
     retried), not a failed start."""
 
-    def __init__(self, client: RedisCluster | Callable[[], RedisCluster], prefix: str) -> None:
+    def __init__(self, client: RedisCluster | Callable[[], RedisCluster], prefix: str, copies: int = 0) -> None:
         self.prefix = prefix
         self.round_trips = 0
         self._cluster = client if isinstance(client, RedisCluster) else None
@@ -279,6 +378,7 @@ class RedisClusterState(RedisState):
         self._cas = None
         self._sha: str | None = None
         self._heads: dict[str, tuple[bytes, bytes]] = {}
+        self.copies = _Copies(copies)
 
     def client(self) -> RedisCluster:
         if self._cluster is None:

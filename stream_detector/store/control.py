@@ -61,12 +61,13 @@ class WorkerView:
         """The feedback labels attached to entities (``entity/labels.py``), beside the control plane."""
         return RedisLabels(self._r, self.keys.prefix)
 
-    def entity_state(self) -> StateStore:
+    def entity_state(self, copies: int = 0) -> StateStore:
         """The per-entity history store of this prefix (``entity/state.py``): on the Redis Cluster
-        of ``SD_ENTITY_REDIS_CLUSTER`` when one is configured, else beside the control plane."""
+        of ``SD_ENTITY_REDIS_CLUSTER`` when one is configured, else beside the control plane;
+        ``copies``: how many of the records it wrote the store keeps in memory (``SD_ENTITY_COPIES``)."""
         if self._entity_cluster is not None:
-            return RedisClusterState(self._entity_cluster, self.keys.prefix)
-        return RedisState(self._r, self.keys.prefix)
+            return RedisClusterState(self._entity_cluster, self.keys.prefix, copies)
+        return RedisState(self._r, self.keys.prefix, copies)
 
 
 class ControlPlane:

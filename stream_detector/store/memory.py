@@ -88,7 +88,7 @@ class MemoryControl:
             raise NoActiveModel("no active model")
         return self.fetch_bundle(active)
 
-    def entity_state(self) -> StateStore:
+    def entity_state(self, copies: int = 0) -> StateStore:  # in memory already: nothing to copy
         return self._state
 
     def label_store(self) -> InMemoryLabels:

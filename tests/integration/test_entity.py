@@ -240,6 +240,42 @@ def test_the_compare_and_set_write_compares_write_tokens(settings: Settings) -> 
     assert mine.load_raw(SPEC, [c]) == [r3]
 
 
+def test_records_a_worker_wrote_are_read_from_its_copies_and_another_writers_change_is_caught(
+        settings: Settings) -> None:
+    """``SD_ENTITY_COPIES``: a worker's next batch reads the records it wrote last from memory (one
+    round trip a batch: the write). Another writer changing them in between (a second worker) makes
+    the write lose for those entities; they are read again and recomputed, so every feature and the
+    state in Redis equal offline enrichment of the events. A key whose copies go stale that often
+    is read from Redis for the next batches. At most ``copies`` records are kept."""
+    client = redis.Redis.from_url(settings.redis_url)
+    mine = RedisState(client, settings.redis_prefix, copies=10_000)
+    me, them = Enricher(mine), Enricher(RedisState(client, settings.redis_prefix))  # them: another worker
+    events = _raw(900, seed=31, accounts=30)
+    batches = [events[i:i + 150] for i in range(0, 900, 150)]
+    got: dict[str, dict[str, Any]] = {}
+    trips: list[int] = []
+    for b, batch in enumerate(batches):
+        before, hits = mine.round_trips, mine.copies.hits
+        out = (them if b == 2 else me).enrich(SPEC, batch, [(0, 150 * b + i) for i in range(len(batch))])
+        got.update((e["event_id"], e) for e in out)
+        trips.append(mine.round_trips - before)
+        if b == 1:
+            accounts = {str(e["account_id"]) for e in batch}
+            known = accounts & {str(e["account_id"]) for e in batches[0]}
+            assert mine.copies.hits - hits == len(known) > 0  # read from the copies
+            assert trips[1] == (1 if known == accounts else 2)  # the write, and a read only for new ones
+        if b == 3:
+            assert mine.copies.stale > 0  # written by the other worker since: lost, read again, recomputed
+            assert "account_id" in mine.copies.resting  # most of them: the key is read from Redis a while
+    assert trips[0] == 2 and trips[3] >= 3 and trips[4] == 2
+    assert got == {e["event_id"]: e for e in enrich_history(SPEC, events)}
+    assert _redis_state(settings) == _offline_state(events)
+
+    few = RedisState(client, settings.redis_prefix + ":few", copies=10)
+    Enricher(few).enrich(SPEC, events[:150], [(0, i) for i in range(150)])
+    assert len(few.copies.records) == 10  # the most recently written
+
+
 def _core(t: int) -> dict[str, Any]:
     return {"t": float(t), "w": [[1.0, float(t), float(t * t)]] * len(SPEC.windows),
             "d": {f: {} for f in SPEC.distinct_for("account_id")}}
