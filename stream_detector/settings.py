@@ -85,10 +85,10 @@ class RedisSettings(_Group):
     entity_redis_cluster: str = Field("", description="Redis Cluster nodes, host:port[,host:port...]: when set, "
                                       "per-entity history (entity features) lives there, spread over the cluster's "
                                       "slots; thresholds and models stay on SD_REDIS_URL (docs/entity-features.md).")
-    entity_copies: int = Field(100_000, ge=0, le=100_000_000, description="Entity records a worker keeps in memory "
+    entity_copies: int = Field(0, ge=0, le=100_000_000, description="Entity records a worker keeps in memory "
                                "after writing them, so its next batches need not read them again (about 0.8 KB "
-                               "each; 0: always read). Another writer's change is caught by the compare-and-set "
-                               "write (docs/entity-features.md).")
+                               "each; 0: always read, the default). Another writer's change is caught by the "
+                               "compare-and-set write (docs/entity-features.md).")
     redis_username: str = Field("", description="Redis ACL user (or put it in SD_REDIS_URL).")
     redis_password: SecretStr = Field(SecretStr(""), description="Redis AUTH password (from a Secret, never "
                                       "logged; overrides one in SD_REDIS_URL).")

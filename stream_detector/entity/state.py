@@ -283,19 +283,26 @@ class _Copies:
 
     Entities of a key that other workers write too would lose that way on most batches (a third
     round trip and a recomputation each time), so a key whose copies lose often — at least
-    ``STALE_MIN`` and more than ``STALE_SHARE`` of those used in one write — is read from Redis for
-    the next ``REST_BATCHES`` batches, then tried again. The partition key (the account, when the
-    topic is keyed by account) keeps its copies."""
+    ``STALE_MIN`` and more than ``STALE_SHARE`` of those it used, counted over its last writes
+    until ``TALLY`` copies were used (batches can be small: several workers taking turns release a
+    few events at a time) — is read from Redis for the next ``REST_BATCHES`` batches, then tried
+    again; set aside again at once, for twice as long each time (up to ``MAX_REST``), until a
+    tally passes. The partition key (the account, when the topic is keyed by account) keeps its
+    copies."""
 
     STALE_MIN = 8
     STALE_SHARE = 0.1
+    TALLY = 64
     REST_BATCHES = 100
+    MAX_REST = 100_000
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.records: dict[str, tuple[bytes, bytes]] = {}  # name → (envelope head, record), oldest write first
         self.resting: dict[str, int] = {}  # key field → batches left without copies
+        self.rest_for: dict[str, int] = {}  # key field → how long it is set aside next time
         self.used: dict[str, str] = {}  # name → its key field, for the copies the last read used
+        self.tally: dict[str, list[int]] = {}  # key field → [copies used, of those stale] since its last decision
         self.hits = 0  # copies used (metrics, tests)
         self.stale = 0  # of those, found changed by another writer
 
@@ -343,10 +350,20 @@ class _Copies:
                 continue
             records[name] = (value[:HEAD_BYTES], record)
         self.used.clear()
-        for field, n in stale.items():
-            self.stale += n
-            if n >= self.STALE_MIN and n > self.STALE_SHARE * used[field]:
-                self.resting[field] = self.REST_BATCHES
+        for field, n in used.items():
+            lost_n = stale.get(field, 0)
+            self.stale += lost_n
+            tally = self.tally.setdefault(field, [0, 0])
+            tally[0] += n
+            tally[1] += lost_n
+            if tally[1] >= self.STALE_MIN and tally[1] > self.STALE_SHARE * tally[0]:
+                rest = self.rest_for.get(field, self.REST_BATCHES)
+                self.resting[field] = rest
+                self.rest_for[field] = min(2 * rest, self.MAX_REST)
+                tally[0] = tally[1] = 0
+            elif tally[0] >= self.TALLY:
+                tally[0] = tally[1] = 0
+                self.rest_for.pop(field, None)
         over = len(records) - self.size
         if over > 0:
             for name in list(islice(records, over)):
