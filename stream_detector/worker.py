@@ -181,6 +181,9 @@ class Worker:
                      "stale %d ms", mode, self.settings.align_idle_ms, self.settings.align_max_jump_ms,
                      self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms)
         self.enricher = Enricher(self.control.entity_state(self.settings.entity_copies))
+        if self.settings.entity_copies:
+            log.info("entity state: copies of up to %d written records kept in memory (SD_ENTITY_COPIES)",
+                     self.settings.entity_copies)
         self.labels = self.control.label_store()
         if entity is not None and entity.label_keys:
             # before the source polls: the catch-up (seconds) must not stall a polled batch, or
