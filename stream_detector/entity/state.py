@@ -34,6 +34,7 @@ Records are bounded: ``3·W + 1`` floats, at most ``max_distinct`` values per di
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from itertools import islice
 from typing import Any, Protocol
@@ -337,21 +338,19 @@ class _Copies:
         if not self.size:
             return
         records = self.records
-        stale: dict[str, int] = {}
-        used: dict[str, int] = {}
-        for field in self.used.values():
-            used[field] = used.get(field, 0) + 1
+        used = Counter(self.used.values())
+        stale: Counter[str] = Counter()
         gone = {i - 1 for i in lost}
         for j, (name, value, record) in enumerate(zip(names, values, written, strict=True)):
             records.pop(name, None)
             if j in gone:
                 if name in self.used:
-                    stale[keys[j][0]] = stale.get(keys[j][0], 0) + 1
+                    stale[keys[j][0]] += 1
                 continue
             records[name] = (value[:HEAD_BYTES], record)
         self.used.clear()
         for field, n in used.items():
-            lost_n = stale.get(field, 0)
+            lost_n = stale[field]
             self.stale += lost_n
             tally = self.tally.setdefault(field, [0, 0])
             tally[0] += n
