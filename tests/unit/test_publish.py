@@ -1,0 +1,107 @@
+"""Step 6's alerts (``pipeline/publish.py``): built as plain dicts, they are exactly what the
+subscribers' contract ``schema.Alert`` gives through pydantic, for any batch."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_detector.pipeline.publish import build_alerts, json_bytes
+from stream_detector.pipeline.threshold import Decision
+from stream_detector.schema import Alert, FeatureContribution, HeadContribution
+from stream_detector.store import Threshold
+from stream_detector.transport.base import Batch
+
+FIELDS = ["amount", "merchant_category", "country", "card_number", "channel", "hour"]
+
+
+def _through_pydantic(batch: Batch, events: list[dict[str, Any]], indices: list[int], decision: Decision,
+                      field_errors: np.ndarray, top_n: int, redact: frozenset[str],
+                      head: np.ndarray | None, now: str) -> list[bytes]:
+    """The alerts as ``Alert`` models, row by row (the builder before it skipped pydantic)."""
+    t = decision.threshold
+    out = []
+    for k, row in enumerate(decision.rows.tolist()):
+        event = {f: ("[redacted]" if f in redact else v) for f, v in events[row].items()}
+        errs = field_errors[k]
+        total = float(errs.sum()) or 1.0
+        worst = np.argsort(-errs, kind="stable")[:top_n]
+        heads = None
+        if head is not None:
+            order = np.argsort(-head[k], kind="stable")[:top_n]
+            heads = [HeadContribution(feature=FIELDS[j], contribution=float(head[k][j]))
+                     for j in order.tolist() if head[k][j] > 0]
+        i = indices[row]
+        account = event.get("account_id")
+        alert = Alert(
+            event_id=event["event_id"], account_id=None if account is None else str(account),
+            score=float(decision.scores[row]), threshold=t.value, threshold_version=t.version,
+            model_version=t.model_version,
+            top_features=[FeatureContribution(feature=FIELDS[j], share=float(errs[j]) / total, error=float(errs[j]))
+                          for j in worst.tolist()],
+            fired=decision.fired(row),
+            probability=None if decision.probability is None else float(decision.probability[row]),
+            head_threshold=t.head if decision.probability is not None else None, head_top_features=heads,
+            event=event, detected_at=now, event_time_ms=batch.timestamps[i], topic=batch.topic,
+            partition=batch.partitions[i], offset=batch.offsets[i])
+        out.append(json_bytes(alert.model_dump()))
+    return out
+
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 12), seed=st.integers(0, 2**32 - 1), top_n=st.integers(1, 8),
+       with_head=st.booleans(), redact=st.frozensets(st.sampled_from(FIELDS), max_size=2),
+       account=st.one_of(st.none(), st.integers(0, 99), st.text(min_size=1, max_size=6)),
+       extra=scalars, zero_row=st.booleans())
+def test_alerts_equal_the_alert_schema_through_pydantic(n: int, seed: int, top_n: int, with_head: bool,
+                                                        redact: frozenset[str], account: Any, extra: Any,
+                                                        zero_row: bool) -> None:
+    rng = np.random.default_rng(seed)
+    events: list[dict[str, Any]] = []
+    for r in range(n):
+        event: dict[str, Any] = {"event_id": f"e{r}", "amount": float(rng.gamma(2.0, 20.0)),
+                                 "card_number": "4111111111111111", "extra": extra}
+        if account is not None:
+            event["account_id"] = account
+        events.append(event)
+    indices = sorted(rng.choice(np.arange(3 * n), size=n, replace=False).tolist())
+    scores = rng.exponential(1.0, n)
+    probability = rng.random(n) if with_head else None
+    threshold = Threshold(float(rng.exponential(1.0)), int(rng.integers(1, 99)), "m-1",
+                          float(rng.random()) if with_head else None)
+    decision = Decision.of(scores, "m-1", threshold, probability)
+    flagged = len(decision.rows)
+    field_errors = rng.exponential(1.0, (flagged, len(FIELDS))).astype(np.float32)
+    field_errors[rng.random(field_errors.shape) < 0.2] = 0.0  # ties: the stable ranking keeps field order
+    if zero_row and flagged:
+        field_errors[0] = 0.0  # no error at all: shares over a total of 1
+    head = rng.normal(0.0, 1.0, (flagged, len(FIELDS))) if with_head else None
+    size = 3 * n
+    batch = Batch(topic="tx", partitions=[int(p) for p in rng.integers(0, 4, size)], offsets=list(range(100, 100 + size)),
+                  keys=[None if r % 3 == 0 else f"k{r}".encode() for r in range(size)],
+                  values=[b"{}"] * size, timestamps=[1_700_000_000_000 + r for r in range(size)], headers=[[]] * size)
+
+    before = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    got = build_alerts(batch, events, indices, decision, field_errors, FIELDS, top_n, "alerts", redact, head)
+    assert len(got) == flagged
+    if not got:
+        return
+    now = json.loads(got[0].value)["detected_at"]
+    assert now >= before
+    want = _through_pydantic(batch, events, indices, decision, field_errors, top_n, redact, head, now)
+    assert [m.value for m in got] == want
+    for m, row in zip(got, decision.rows.tolist(), strict=True):
+        alert = json.loads(m.value)  # the stdlib: an event's integer past 64 bits stays exact
+        assert Alert(**alert).model_dump() == alert  # the contract's own reading of it
+        assert m.topic == "alerts" and m.headers == [("sd.model_version", b"m-1")]
+        i = indices[row]
+        assert m.key == (batch.keys[i] or (None if account is None else str(account).encode()))
