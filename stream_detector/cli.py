@@ -788,7 +788,8 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
     retrainer = Retrainer(settings, progress=_say)
     if args.once:
-        outcome = retrainer.run_once(timeout_s=args.timeout)
+        with _terminated_as_interrupt():  # SIGTERM (a cron job's timeout) removes the history spool, as Ctrl-C
+            outcome = retrainer.run_once(timeout_s=args.timeout)
         print(orjson.dumps(outcome.to_dict()).decode())
         return {"promoted": 0, "rejected": 3, "shadow": 5}.get(outcome.status, 4)
     for sig in (signal.SIGTERM, signal.SIGINT):
