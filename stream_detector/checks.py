@@ -48,7 +48,8 @@ def report(checks: list[Check]) -> str:
 def _settings_checks(s: Settings) -> Iterator[Check]:
     yield Check("ok", "settings", f"kafka {s.kafka_bootstrap} ({s.kafka_security_protocol}), group "
                 f"{s.group_id}, redis {_redact(s.redis_url)} prefix {s.redis_prefix}, device {s.device}, "
-                f"delivery {s.delivery}")
+                f"delivery {s.delivery}"
+                + (f", entity copies {s.entity_copies:,} (SD_ENTITY_COPIES)" if s.entity_copies else ""))
     if s.kafka_security_protocol.startswith("SASL") and not (
             s.kafka_sasl_username and s.kafka_sasl_password.get_secret_value()):
         yield Check("fail", "security", "SASL needs SD_KAFKA_SASL_USERNAME and SD_KAFKA_SASL_PASSWORD")
