@@ -733,10 +733,30 @@ def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
     if args.head is not None and control.fetch_bundle(model).supervised is None:
         raise ConfigError(f"model {model} has no supervised head (train --supervised): --head does not apply")
     head: Any = args.head if args.head is not None else KEEP
+    if args.value is not None:
+        warning = threshold_warning(control.fetch_bundle(model).calibration, value)
+        if warning:
+            print(f"stream-detector threshold: warning: {warning}", file=sys.stderr)
     version = control.set_threshold(value, model, _who(), args.note or "", head=head)
     print(f"threshold {value:.6g}{'' if args.head is None else f', head {args.head:.6g}'} for model {model} "
           f"is version {version}")
     return 0
+
+
+def threshold_warning(calibration: dict[str, Any], value: float) -> str | None:
+    """One line when ``value`` would flag a large share of normal events: the validation error
+    quantiles the model was calibrated on (``calibration.json``) bound that share from below (a
+    lower threshold flags more). None when the value flags at most 1 % of them, or the bundle has
+    no quantiles."""
+    quantiles = {float(q): float(v) for q, v in (calibration.get("validation_error_quantiles") or {}).items()}
+    above = [q for q, v in sorted(quantiles.items()) if value < v and q <= 0.99]
+    if not above:
+        return None
+    share = 1.0 - above[0]
+    calibrated = calibration.get("threshold")
+    where = f" (the calibrated threshold is {float(calibrated):.6g})" if calibrated is not None else ""
+    return (f"{value:.6g} is below the {above[0]:.0%} quantile of the model's validation errors: it would "
+            f"alert on more than {share:.0%} of normal events{where}; a higher value alerts less")
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:

@@ -77,7 +77,10 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     assert alerted == offline_flagged, "the worker and `score` agree on every event"
 
     changed = run(["threshold", "set", "123.5", "--note", "test"], env)
-    assert changed.returncode == 0 and "version" in changed.stdout
+    assert changed.returncode == 0 and "version" in changed.stdout and "warning" not in changed.stderr
+    flood = run(["threshold", "set", "0.000001", "--note", "too low"], env)  # set, but the operator is told
+    assert flood.returncode == 0 and "alert on more than 50% of normal events" in flood.stderr
+    changed = run(["threshold", "set", "123.5", "--note", "test"], env)
     history = run(["threshold", "get", "--history", "1"], env)
     lines = history.stdout.strip().splitlines()
     assert orjson.loads(lines[0])["value"] == 123.5 and orjson.loads(lines[1])["note"] == "test"

@@ -1,4 +1,4 @@
-"""``python -m stream_detector`` is the ``stream-detector`` command line."""
+"""The command line's parts that need no service: `python -m stream_detector`, SIGTERM as Ctrl-C, the threshold warning."""
 
 from __future__ import annotations
 
@@ -36,3 +36,16 @@ def test_sigterm_inside_a_long_command_runs_its_cleanup_like_ctrl_c() -> None:
             finally:
                 cleaned.append(True)
     assert cleaned == [True] and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_threshold_that_would_flood_alerts_is_named_by_the_share_it_would_flag() -> None:
+    from stream_detector.cli import threshold_warning
+
+    calibration = {"threshold": 2.99, "validation_error_quantiles": {"0.5": 0.3, "0.9": 0.9, "0.95": 1.5,
+                                                                     "0.99": 2.9, "0.999": 5.0}}
+    assert "more than 50% of normal events" in (threshold_warning(calibration, 0.2) or "")
+    assert "more than 10%" in (threshold_warning(calibration, 0.5) or "")
+    assert "more than 1%" in (threshold_warning(calibration, 2.0) or "")
+    assert "calibrated threshold is 2.99" in (threshold_warning(calibration, 2.0) or "")
+    assert threshold_warning(calibration, 3.0) is None and threshold_warning(calibration, 99.0) is None
+    assert threshold_warning({}, 0.0) is None  # a bundle without quantiles: nothing to say
