@@ -24,15 +24,18 @@ header, a header naming one column twice, a CSV row with the wrong number of cel
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -297,7 +300,7 @@ def _read_csv(path: Path, options: ReaderOptions, limit: int | None) -> RawRows:
     dialect = sniff_csv(path, options)
     good: list[dict[str, Any]] = []
     ragged: dict[int, RowRejection] = {}
-    for batch in _csv_batches(path, dialect, options, ragged_rows(ragged)):
+    for batch in _csv_batches(path, dialect, options, ragged):
         columns = [column.to_pylist() for column in batch.columns]
         good.extend(dict(zip(dialect.names, values, strict=True)) for values in zip(*columns, strict=True))
         if limit is not None and len(good) >= limit:
@@ -326,18 +329,83 @@ def ragged_rows(ragged: dict[int, RowRejection]) -> Any:
 
 
 def _csv_batches(path: Path, dialect: CsvDialect, options: ReaderOptions,
-                 invalid_row: Any, consumed: Consumed | None = None) -> Iterator[pa.RecordBatch]:
-    reader = pacsv.open_csv(
-        _open_binary(path, consumed),
-        read_options=pacsv.ReadOptions(block_size=options.block_size, use_threads=False,
-                                       column_names=list(dialect.names), skip_rows=1),
-        parse_options=pacsv.ParseOptions(delimiter=dialect.delimiter, newlines_in_values=True,
-                                         invalid_row_handler=invalid_row),
-        convert_options=pacsv.ConvertOptions(
-            column_types={name: pa.string() for name in dialect.names},
-            null_values=list(options.na_values), strings_can_be_null=True, quoted_strings_can_be_null=False),
-    )
-    yield from reader
+                 ragged: dict[int, RowRejection], consumed: Consumed | None = None) -> Iterator[pa.RecordBatch]:
+    """The good rows of a CSV file in record batches of string columns. Rows that are not events
+    go to ``ragged`` (by 0-based row number) and not into a batch: a row with the wrong number of
+    cells (``ragged_rows``), and a row with a cell that is not UTF-8 text (``invalid_row`` too: its
+    bytes are not decoded or replaced; a Latin-1 export's one bad cell is that row's rejection,
+    as a bad line is in JSON Lines). A batch's rows are the next good rows: the rows pyarrow reports
+    as ragged, which it parses ahead, never count among them."""
+    start = 0  # the file row of the next good row
+    with _undecodable_ragged_rows(path):
+        reader = pacsv.open_csv(
+            _open_binary(path, consumed),
+            read_options=pacsv.ReadOptions(block_size=options.block_size, use_threads=False,
+                                           column_names=list(dialect.names), skip_rows=1),
+            parse_options=pacsv.ParseOptions(delimiter=dialect.delimiter, newlines_in_values=True,
+                                             invalid_row_handler=ragged_rows(ragged)),
+            convert_options=pacsv.ConvertOptions(  # binary: cast to text below, row by row where a cell is not UTF-8
+                column_types={name: pa.binary() for name in dialect.names},
+                null_values=list(options.na_values), strings_can_be_null=True, quoted_strings_can_be_null=False),
+        )
+        for batch in reader:
+            later = np.array(sorted(i for i in ragged if i >= start), dtype=np.int64)
+            span = np.arange(start, start + batch.num_rows + len(later), dtype=np.int64)
+            rows = span[~np.isin(span, later)][:batch.num_rows]  # each row's place in the file
+            start = int(rows[-1]) + 1 if len(rows) else start
+            yield _as_text(batch, rows, ragged)
+
+
+def _as_text(batch: pa.RecordBatch, rows: np.ndarray, ragged: dict[int, RowRejection]) -> pa.RecordBatch:
+    """``batch`` (binary columns) with string columns; a row with a cell that is not UTF-8 becomes
+    ``ragged[rows[k]]`` and leaves the batch."""
+    try:
+        return pa.RecordBatch.from_arrays([c.cast(pa.string()) for c in batch.columns], names=batch.schema.names)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    bad: dict[int, str] = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        for k, cell in enumerate(column.to_pylist()):
+            if cell is None or k in bad:
+                continue
+            try:
+                cell.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad[k] = (f"cell {name!r} is not UTF-8 text (byte 0x{cell[exc.start]:02x} at {exc.start}): "
+                          "re-encode the file as UTF-8")
+    for k, message in bad.items():
+        index = int(rows[k])
+        ragged[index] = RowRejection(index, RejectReason.INVALID_ROW, message)
+    keep = pa.array(np.isin(np.arange(batch.num_rows), list(bad), invert=True))
+    kept = batch.filter(keep)
+    return pa.RecordBatch.from_arrays([c.cast(pa.string()) for c in kept.columns], names=kept.schema.names)
+
+
+@contextlib.contextmanager
+def _undecodable_ragged_rows(path: Path) -> Iterator[None]:
+    """pyarrow decodes a ragged row's text before it calls ``ragged_rows``; when that row is not
+    UTF-8 either, the decode fails inside pyarrow's callback, Python prints "Exception ignored …"
+    with a traceback, and the read stops with pyarrow's parse error. The traceback is kept out of
+    the user's terminal here (the parse error that follows names the row) and the error says why."""
+    failed: list[BaseException] = []
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, UnicodeDecodeError):
+            failed.append(unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    except pa.ArrowInvalid as exc:
+        if failed:
+            raise InputError(f"{path}: {str(exc).splitlines()[0]} — a row with the wrong number of cells that is "
+                             "not UTF-8 text either (re-encode the file as UTF-8)") from None
+        raise
+    finally:
+        sys.unraisablehook = previous
 
 
 # ---- writing --------------------------------------------------------------------------------------

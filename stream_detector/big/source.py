@@ -40,7 +40,6 @@ from ..events_io import (
     _plain_column,
     file_kind,
     jsonl_records,
-    ragged_rows,
     sniff_csv,
 )
 from ..fieldschema import JSON_TEXT, FieldSchema, TextFormat
@@ -221,7 +220,7 @@ def _csv(path: Path, options: ReaderOptions, chunk_rows: int) -> Iterator[RawChu
     block = max(1 << 16, min(options.block_size, chunk_rows * 128))  # ~chunk_rows rows of ~100 bytes
     sized = ReaderOptions(options.delimiter, options.decimal, options.thousands, options.na_values, block)
     consumed = Consumed()
-    for batch in _csv_batches(path, dialect, sized, ragged_rows(ragged), consumed):
+    for batch in _csv_batches(path, dialect, sized, ragged, consumed):
         # the batch's rows are the next good rows; ragged rows between them are this chunk's. pyarrow
         # parses blocks ahead, so ``ragged`` may already hold rows of later batches: never count those
         later = np.array(sorted(i for i in ragged if i >= start), dtype=np.int64)

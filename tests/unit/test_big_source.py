@@ -187,6 +187,31 @@ def test_ragged_csv_rows_are_counted_in_their_own_chunk(tmp_path: Path, chunk_ro
     assert [r.index for r in load_events(path).rejected] == rejected
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 100, 65_536])
+def test_csv_rows_that_are_not_utf8_are_counted_in_their_own_chunk(tmp_path: Path, chunk_rows: int) -> None:
+    """Cells that are not UTF-8 text make their rows rejections at their place in the file, among
+    ragged rows, whatever the block and chunk sizes; the streamed path and the in-memory one agree."""
+    lines = [b"event_id,amount,channel,note"] + [f"e{i},{i % 97}.5,pos,".encode() + b"x" * 80 for i in range(3000)]
+    lines[10], lines[2501] = b"e9,1.5", b"e2500,1.5,pos"  # ragged
+    lines[5], lines[1200], lines[3000] = b"e4,1.5,caf\xe9,n", b"e1199,2.5,pos,\xff", b"e2999,3.5,\xe9t\xe9,n"  # Latin-1
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    rows: list[int] = []
+    rejected: list[tuple[int, str]] = []
+    total = 0
+    for chunk in raw_chunks([path], chunk_rows=chunk_rows):
+        assert chunk.table is not None and chunk.table.num_rows == len(chunk.present)
+        assert chunk.n == len(chunk.present) + len(chunk.rejected)
+        rows += (chunk.first_row + chunk.present).tolist()
+        rejected += [(r.index, r.message.split(" ")[0]) for r in chunk.rejected]
+        total += chunk.n
+    bad = [4, 9, 1199, 2500, 2999]
+    assert total == 3000 and [i for i, _ in rejected] == bad
+    assert [m for _, m in rejected] == ["cell", "2", "cell", "3", "cell"]  # not UTF-8; cells where the header has 4
+    assert rows == [i for i in range(3000) if i not in bad]
+    assert [r.index for r in load_events(path).rejected] == bad
+
+
 @pytest.mark.parametrize("chunk_rows", [100, 65_536])
 def test_ids_are_generated_by_the_whole_files_rule_whatever_the_chunk_size(tmp_path: Path, chunk_rows: int) -> None:
     """A file whose first rows have no id but later ones do: ids are not generated (the in-memory rule),

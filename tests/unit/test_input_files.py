@@ -33,6 +33,29 @@ def test_a_ragged_csv_row_is_that_rows_rejection(tmp_path: Path) -> None:
     assert _rejections(tmp_path / "r.csv", id_column="id") == [(1, "invalid_row"), (2, "invalid_row")]
 
 
+def test_a_csv_cell_that_is_not_utf8_is_that_rows_rejection_as_in_json_lines(tmp_path: Path) -> None:
+    """A Latin-1 export's one bad cell (found by a new-user trial: it failed the whole file): the row
+    is rejected with the column named, its bytes neither decoded nor replaced; the other rows are read."""
+    (tmp_path / "l.csv").write_bytes(b"id,amt,cat\nr1,20,shop\nr2,21,caf\xe9\nr3,22,bar\nr4,23,\xff\xfe\n")
+    data = load_events(tmp_path / "l.csv", id_column="id")
+    assert [e["event_id"] for e in data.events] == ["r1", "r3"] and data.rows == [0, 2]
+    assert [(r.index, r.reason.value) for r in data.rejected] == [(1, "invalid_row"), (3, "invalid_row")]
+    assert "cell 'cat' is not UTF-8 text (byte 0xe9" in data.rejected[0].message
+    (tmp_path / "l.jsonl").write_bytes(b'{"id":"r1","amt":20,"cat":"shop"}\n{"id":"r2","amt":21,"cat":"caf\xe9"}\n')
+    assert _rejections(tmp_path / "l.jsonl", id_column="id") == [(1, "invalid_json")]
+
+
+def test_a_ragged_row_that_is_not_utf8_either_is_one_line_without_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """pyarrow cannot hand such a row to the ragged-row handler (it decodes it first): the file is
+    refused, in one line that says why, and no "Exception ignored" traceback reaches the terminal."""
+    (tmp_path / "g.csv").write_bytes(b"id,amt,cat\nr1,20,shop\nr2,caf\xe9\nr3,22,bar\n")
+    assert main(["train", "--input", str(tmp_path / "g.csv"), "--out", str(tmp_path / "m"), "--id-column", "id"]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8 text either" in err and "Traceback" not in err and "Exception ignored" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 def test_integer_ids_in_files_are_their_digits(tmp_path: Path) -> None:
     pq.write_table(pa.table({"event_id": pa.array([10, 7_340_000_000_000_000_001], pa.int64()), "amt": [1.0, 2.0]}),
                    tmp_path / "i.parquet")
