@@ -72,6 +72,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from .report import evaluate_on_input
 
     _check_threshold_args(args)
+    _check_model_out(Path(args.out))
     if args.supervised and not (args.feedback or args.label_column):  # before reading and training, not after
         raise ConfigError("--supervised needs labels: --feedback FILE or --label-column C")
     entity = _entity_spec(args)
@@ -203,6 +204,24 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
     print(bundle.version)
     return 0
+
+
+def _check_model_out(out: Path) -> None:
+    """``train --out``: refused before any input is read when it cannot become the model's folder
+    (it found out only after training, with a Python exception and exit 1)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file is there; a model is written to a folder")
+    parent = next((p for p in [out, *out.parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+
+
+def _check_file_out(out: Path, option: str) -> None:
+    """An output file's place, checked before any input is read: its folder exists, and it is not a folder."""
+    if out.is_dir():
+        raise ConfigError(f"{option} {out}: a folder is there; give a file name")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{option} {out}: no folder {out.parent} to write it in")
 
 
 def _check_cluster(address: str) -> None:
@@ -468,6 +487,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     bundle = load_bundle(Path(args.model))
     if args.feedback and not Path(args.feedback).exists():
         raise ConfigError(f"feedback file not found: {args.feedback}")
+    _check_file_out(Path(args.out), "--out")
     if args.streamed or Path(args.input).is_dir() or any(c in args.input for c in "*?["):
         return _score_streamed(args, settings, bundle)
     data = _load_file(args, schema=bundle.schema, need_events=False)  # no schema (older bundle): the file's

@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +51,22 @@ def test_a_threshold_that_would_flood_alerts_is_named_by_the_share_it_would_flag
     assert "calibrated threshold is 2.99" in (threshold_warning(calibration, 2.0) or "")
     assert threshold_warning(calibration, 3.0) is None and threshold_warning(calibration, 99.0) is None
     assert threshold_warning({}, 0.0) is None  # a bundle without quantiles: nothing to say
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(
+        tmp_path: Path, bundle: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a new-user trial: `train --out` naming a file, and `score --out` in a folder that
+    does not exist, failed only after all the training or scoring, with a Python exception (exit 1)."""
+    from stream_detector.cli import main
+    from stream_detector.model.bundle import save_bundle
+
+    data = tmp_path / "history.csv"
+    data.write_text("event_id,amount\ne1,1.5\n")
+    assert main(["train", "--input", str(data), "--out", str(data)]) == 2
+    assert "a file is there; a model is written to a folder" in capsys.readouterr().err
+    save_bundle(bundle, tmp_path / "model")
+    missing = tmp_path / "no" / "such" / "scores.csv"
+    assert main(["score", "--model", str(tmp_path / "model"), "--input", str(data), "--out", str(missing)]) == 2
+    assert f"no folder {missing.parent} to write it in" in capsys.readouterr().err
+    assert main(["score", "--model", str(tmp_path / "model"), "--input", str(data), "--out", str(tmp_path)]) == 2
+    assert "a folder is there; give a file name" in capsys.readouterr().err
