@@ -540,6 +540,8 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -
         _say("note: this model has label features; on the streamed path no label is known and they are 0")
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
+    if args.run_id is None:  # files: reproducible by seed; live: never the ids of a file or of another run
+        args.run_id = "sim" if args.out else "live-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     files = input_files(args.input)
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     with _terminated_as_interrupt():
@@ -642,6 +644,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
+    if args.run_id is None:  # files: reproducible by seed; live: never the ids of a file or of another run
+        args.run_id = "sim" if args.out else "live-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     if args.profile == "velocity":
         for name in ("terminals", "feedback_out", "label_delay_scale"):
             if getattr(args, name) is not None:
@@ -1151,9 +1155,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--fraud-rate injected fraud and precomputed history fields.")
     p.add_argument("--profile", choices=["handbook", "velocity"], default="handbook",
                    help="handbook (default): raw events, delayed labels; velocity: the former simulator")
-    p.add_argument("--rate", type=float, default=1000, help="events per second (live mode)")
+    p.add_argument("--rate", type=float, default=1000, help="events per second (live mode; default 1000)")
     p.add_argument("--fraud-rate", type=float, help="velocity: share of injected fraud (0..1, default 0.01)")
-    p.add_argument("--duration", type=float, default=60, help="seconds to run (live mode)")
+    p.add_argument("--duration", type=float, default=60, help="seconds to run (live mode; default 60)")
     p.add_argument("--count", type=int, help="number of events (overrides rate × duration)")
     p.add_argument("--out", help="write a file with label and pattern columns instead of producing: CSV, JSON "
                                  "Lines (.jsonl) or Parquet (.parquet) by its name; .gz/.bz2/.zst compress CSV "
@@ -1161,7 +1165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feedback-out", help="handbook, with --out: write the delayed label records "
                                           "({event_id, label, source, labelled_at}, sorted by labelled_at) "
                                           "to this CSV/JSONL/Parquet file")
-    p.add_argument("--span-days", type=float, default=7, help="time span of --out files")
+    p.add_argument("--span-days", type=float, default=7, help="time span of --out files, in days (default 7)")
     p.add_argument("--chunk-rows", type=int, default=100_000,
                    help="--out: rows generated and written at a time, and Parquet row group size (default 100000); "
                         "the file does not depend on it")
@@ -1171,8 +1175,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="handbook: multiply every label delay (default 1.0: analyst 1-12 h, chargeback 1-7 days); "
                         "live, labels are published to SD_FEEDBACK_TOPIC when due, while the run lasts, so "
                         "e.g. 0.0001 lets a 60 s run see chargebacks")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-id", default="sim", help="prefix of generated event ids")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same file (default 0)")
+    p.add_argument("--run-id", help="prefix of generated event ids, '<run-id>-<n>' (default: 'sim' for --out "
+                                    "files, reproducible by --seed; live, 'live-<UTC start time>', so that live "
+                                    "ids never repeat a history file's or another live run's)")
     p.add_argument("--topic", help="default SD_INPUT_TOPIC")
     p.set_defaults(func=cmd_simulate)
 
@@ -1233,8 +1239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("check-config", help="validate settings, reach Kafka (topics, partitions) and Redis "
-                                            "(active model loads, threshold present); exit 0 ok, 1 failed")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each service")
+                                            "(active model loads, threshold present); exit 0 ok, 1 failed",
+                       description="Checks the SD_* settings as a worker would read them, then reaches Kafka "
+                                   "(the topics and their partitions) and Redis (the active model loads and warms, "
+                                   "a threshold belongs to it): one line per check, OK / WARN / FAIL. Exit 0 "
+                                   "when nothing failed, 1 otherwise.")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each service (default 5)")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.set_defaults(func=cmd_check_config)
 

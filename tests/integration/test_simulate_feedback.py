@@ -33,6 +33,7 @@ def test_simulate_live_publishes_raw_events_and_due_labels(settings, env_for) ->
     assert set(events[0]) == {"event_id", "account_id", "terminal_id", "timestamp", "amount",
                               "merchant_category", "channel", "card_present"}
     ids = {e["event_id"] for e in events}
+    assert len(ids) == 3000 and all(i.startswith("live-") for i in ids)  # never a history file's "sim-<n>"
 
     labels = [orjson.loads(r.value) for r in read_all(s, s.feedback_topic)]
     assert labels and all(label["event_id"] in ids for label in labels)
