@@ -124,3 +124,34 @@ def test_a_record_the_client_cannot_read_is_dead_lettered_not_a_crash_loop(setti
     assert {dict(r.headers)[DeadLetterHeaders.REASON] for r in dead} == {b"unreadable_record"}
     assert b"zstd" in dict(dead[0].headers)[DeadLetterHeaders.MESSAGE]
     assert worker.worker.stats.scored == 100 and worker.worker.stats.rejected == 5
+
+
+def test_produce_sends_one_event_alike_from_csv_json_lines_and_parquet(settings, env_for, tmp_path: Path) -> None:
+    """``produce --input`` of the same events as CSV, JSON Lines and Parquet: the records on the
+    topic are equal, and the timestamps integers from every format (a CSV's went out as
+    ``1792567621113.0``; a new-user trial). Left as it is: a CSV's whole-number cells are typed
+    as floats (``0.0`` for a JSON ``0``), equal as numbers and as features."""
+    from stream_detector.events_io import write_csv, write_jsonl
+
+    events, _ = Simulator(seed=12, accounts=50, run_id="pp").batch(60, 0.0)
+    write_csv(tmp_path / "e.csv", events)
+    write_jsonl(tmp_path / "e.jsonl", events)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(events), tmp_path / "e.parquet")
+    sent: dict[str, list[dict[str, object]]] = {}
+    for kind in ("csv", "jsonl", "parquet"):
+        topic = f"{settings.input_topic}-{kind}"
+        done = subprocess.run(CLI + ["produce", "--input", str(tmp_path / f"e.{kind}"), "--topic", topic],
+                              env=env_for(settings), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        sent[kind] = sorted((orjson.loads(r.value) for r in read_all(settings, topic)), key=lambda e: str(e["event_id"]))
+
+    def timed(e: dict[str, object]) -> tuple[str, object]:
+        return type(e["timestamp"]).__name__, e["timestamp"]
+
+    assert len(sent["jsonl"]) == 60 and all(type(e["timestamp"]) is int for e in sent["jsonl"])
+    for kind in ("csv", "parquet"):
+        assert sent[kind] == sent["jsonl"]  # every value equal (a CSV's count 0 is sent as 0.0: equal, a float)
+        assert [timed(e) for e in sent[kind]] == [timed(e) for e in sent["jsonl"]]  # epoch ms: an integer
