@@ -646,6 +646,11 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from .simulate import HandbookSimulator, LabelDelays, Simulator
 
     def writer(path: Path, schema: Any = None) -> ChunkWriter:
+        name = path.name.lower()
+        for suffix in (".gz", ".bz2", ".zst", ".zstd"):
+            name = name.removesuffix(suffix)
+        if not name.endswith((".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq")):
+            _say(f"note: {path}: its extension names no format (.csv, .jsonl, .parquet): written as CSV")
         try:
             return ChunkWriter(path, file_kind(path), schema)
         except ValueError as exc:  # a compressed Parquet name
@@ -999,6 +1004,16 @@ def _add_schema_args(p: argparse.ArgumentParser) -> None:
                         "(timestamp units: auto, s, ms, us, ns)")
 
 
+def _version() -> str:
+    """The installed package's version (``pyproject.toml``), or ``unknown`` when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stream-detector")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stream-detector",
@@ -1006,6 +1021,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "SD_* environment variables (see the README); subcommands below.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"stream-detector {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model bundle from a CSV, JSON Lines or Parquet file",

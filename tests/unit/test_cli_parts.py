@@ -19,6 +19,9 @@ def test_python_dash_m_runs_the_command_line_and_passes_its_exit_code() -> None:
     bad = subprocess.run([sys.executable, "-m", "stream_detector", "no-such-command"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "invalid choice: 'no-such-command'" in bad.stderr
+    version = subprocess.run([sys.executable, "-m", "stream_detector", "--version"], capture_output=True, text=True,
+                             timeout=120)
+    assert version.returncode == 0 and version.stdout.startswith("stream-detector 0.")
 
 
 def test_sigterm_inside_a_long_command_runs_its_cleanup_like_ctrl_c() -> None:
