@@ -649,7 +649,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         name = path.name.lower()
         for suffix in (".gz", ".bz2", ".zst", ".zstd"):
             name = name.removesuffix(suffix)
-        if not name.endswith((".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq")):
+        if not name.endswith((".csv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq")):  # .tsv too: commas
             _say(f"note: {path}: its extension names no format (.csv, .jsonl, .parquet): written as CSV")
         try:
             return ChunkWriter(path, file_kind(path), schema)
