@@ -99,8 +99,11 @@ def keys_of(events: list[dict[str, Any]]) -> list[bytes | None]:
 
 # ---- measurements --------------------------------------------------------------------------
 
-def drain(settings: Settings, k: int, total: int) -> dict[str, Any]:
-    """``k`` worker processes drain ``total`` pre-produced events; rate over the all-busy window."""
+def drain(settings: Settings, k: int, total: int, rate_until: int | None = None) -> dict[str, Any]:
+    """``k`` worker processes drain ``total`` pre-produced events; rate over the all-busy window
+    (with ``rate_until``: the window ends at the batch that brings a worker to that many events, so
+    that a backlog's tail, which an aligned worker releases after ``SD_ALIGN_IDLE_MS``, is drained
+    but not timed)."""
     pool = harness.WorkerPool(settings, k, total)
     started = time.perf_counter()
     pool.start()
@@ -112,7 +115,10 @@ def drain(settings: Settings, k: int, total: int) -> dict[str, Any]:
     for r in reports:
         for name, s in r.stage_s.items():
             stage_s[name] = stage_s.get(name, 0.0) + s
-    return {"workers": k, "rate": window_rate([r.timeline for r in reports]), "events": events,
+    timelines = [r.timeline for r in reports]
+    if rate_until is not None:
+        timelines = [t[:next((i + 1 for i, (_, n) in enumerate(t) if n >= rate_until), len(t))] for t in timelines]
+    return {"workers": k, "rate": window_rate(timelines), "events": events,
                 "batches": sum(r.batches for r in reports), "alerts": sum(r.alerts for r in reports),
                 "stage_s": stage_s, "rss_start": max(r.rss_start_mb for r in reports),
                 "rss_max": max(r.rss_max_mb for r in reports), "drained": drained, "wall": wall}
