@@ -46,7 +46,7 @@ def build_alerts(
     The alerts are plain dicts in ``Alert``'s field order, the top features ranked for all rows at
     once: ``Alert(**value).model_dump()`` gives the same dict (``tests/unit/test_publish.py``), and
     pydantic's validation and dump, 20 of the ~27 µs per alert (measured by hand), are skipped —
-    an entity model flags thousands of events per 100,000 while its state warms up.
+    a model whose features drift from its training rows flags thousands per 100,000 events.
     """
     rows, scores, threshold = decision.rows, decision.scores, decision.threshold
     if not len(rows):
