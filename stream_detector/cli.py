@@ -540,8 +540,6 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -
         _say("note: this model has label features; on the streamed path no label is known and they are 0")
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
-    if args.run_id is None:  # files: reproducible by seed; live: never the ids of a file or of another run
-        args.run_id = "sim" if args.out else "live-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     files = input_files(args.input)
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     with _terminated_as_interrupt():

@@ -73,3 +73,20 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(
     assert f"no folder {missing.parent} to write it in" in capsys.readouterr().err
     assert main(["score", "--model", str(tmp_path / "model"), "--input", str(data), "--out", str(tmp_path)]) == 2
     assert "a folder is there; give a file name" in capsys.readouterr().err
+
+
+def test_score_streamed_writes_the_lines_score_writes(tmp_path: Path, bundle: Any) -> None:
+    """``score --streamed`` through the command line (a simulate option's default once leaked into
+    it and every streamed score stopped with AttributeError)."""
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_csv
+    from stream_detector.model.bundle import save_bundle
+    from stream_detector.simulate import Simulator
+
+    events, _ = Simulator(seed=3, accounts=40, run_id="st").batch(300, 0.01)
+    write_csv(tmp_path / "e.csv", events)
+    save_bundle(bundle, tmp_path / "model")
+    for name, extra in (("a.csv", []), ("b.csv", ["--streamed"])):
+        assert main(["score", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "e.csv"),
+                     "--out", str(tmp_path / name), *extra]) == 0
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
