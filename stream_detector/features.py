@@ -151,7 +151,8 @@ class FeatureSpec:
             values = np.where(missing, num.median, values)
             if num.log:
                 values = np.sign(values) * np.log1p(np.abs(values))
-            out[:, col] = np.clip((values - num.center) / num.scale, -self.clip, self.clip)
+            with np.errstate(over="ignore"):  # a finite value scaled past the float range is ±inf: clipped
+                out[:, col] = np.clip((values - num.center) / num.scale, -self.clip, self.clip)
             col += 1
             if num.missing_indicator:
                 out[:, col] = missing

@@ -113,7 +113,8 @@ def _column_by_column(spec: FeatureSpec, values: np.ndarray) -> tuple[np.ndarray
         v = np.where(missing, num.median, v)
         if num.log:
             v = np.sign(v) * np.log1p(np.abs(v))
-        out[:, col] = np.clip((v - num.center) / num.scale, -spec.clip, spec.clip)
+        with np.errstate(over="ignore"):  # near the float maximum, a scale below 1 overflows to ±inf: clipped
+            out[:, col] = np.clip((v - num.center) / num.scale, -spec.clip, spec.clip)
         col += 1
         if num.missing_indicator:
             out[:, col] = missing
@@ -145,3 +146,16 @@ def test_numeric_columns_equal_the_column_by_column_definition(data: st.DataObje
     want, want_bad = _column_by_column(spec, values)
     np.testing.assert_array_equal(got, want)
     assert bad == want_bad
+
+
+def test_a_value_scaled_past_the_float_range_is_clipped_without_a_warning() -> None:
+    """A finite value near the float maximum over a scale below 1 overflows to ±inf in numpy: it is
+    clipped like any large value, and the overflow warning (an error under the test settings) is
+    not raised (a case hypothesis found in the property test above, 2026-12-02)."""
+    from stream_detector.features import NumericColumn
+
+    spec = FeatureSpec(numeric=(NumericColumn("f", 0.0, 0.0, 0.5, False, False),), categorical=(), time_of_day=False,
+                       clip=3.0)
+    got, bad = spec.transform([{"f": 8.98846567431158e307}, {"f": -8.98846567431158e307}, {"f": 1.0}])
+    assert bad == {}
+    np.testing.assert_array_equal(got[:, 0], np.array([3.0, -3.0, 2.0], dtype=np.float32))
