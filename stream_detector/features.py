@@ -115,7 +115,8 @@ class FeatureSpec:
 
     # ---- transform -----------------------------------------------------------------------
     def transform(self, events: Sequence[dict[str, Any]], extra: Extra | None = None,
-                  columns: Mapping[str, Any] | None = None) -> tuple[np.ndarray, dict[int, Problem]]:
+                  columns: Mapping[str, Any] | None = None, fields: Mapping[str, Sequence[Any]] | None = None,
+                  ) -> tuple[np.ndarray, dict[int, Problem]]:
         """Events → (float32 matrix n × width, {row: (RejectReason, message)} for rows that must be
         rejected).
 
@@ -126,6 +127,9 @@ class FeatureSpec:
         ``columns``: categorical fields given as columns (a pyarrow string array, or a sequence of
         ``str | None``), and ``"timestamp"`` as float64[n] epoch ms (NaN: none) — typed values, as
         ``train --streamed``'s pass 3 has them; ``events`` may then be ``[{}] * n``.
+        ``fields``: some of the events' fields already read out, {name: n values, each what
+        ``events[i].get(name)`` is} (the decode step's ``Decoded.columns``); a field there is read
+        from it instead of the dicts, with the same rules, so the matrix is the same.
         Rows with a problem still get a (meaningless) row in the matrix so indices stay aligned;
         callers drop them before deciding.
         """
@@ -136,8 +140,12 @@ class FeatureSpec:
         cols = columns or {}
         from_events = [c.name for c in self.numeric if c.name not in given]
         cats = [c.name for c in self.categorical if c.name not in cols]
-        fields = _field_columns(events, from_events + cats)
-        numbers = _float_rows(fields[:len(from_events)]) if fields is not None and from_events else None
+        wanted = from_events + cats
+        if fields is not None and wanted and all(name in fields for name in wanted):
+            read: list[Sequence[Any]] | None = [fields[name] for name in wanted]
+        else:
+            read = _field_columns(events, wanted)
+        numbers = _float_rows(read[:len(from_events)]) if read is not None and from_events else None
         col = 0
         k = 0  # the next row of ``numbers``
         for num in self.numeric:
@@ -164,7 +172,7 @@ class FeatureSpec:
             if name in cols:
                 codes = _category_codes(cols[name], index, other, n)
             else:
-                column = fields[len(from_events) + cats.index(name)] if fields is not None else \
+                column = read[len(from_events) + cats.index(name)] if read is not None else \
                     [e.get(name) for e in events]
                 codes = np.fromiter(map(index.get, column, repeat(other, n)), dtype=np.int64, count=n)
             out[np.arange(n), col + codes] = 1.0
@@ -307,7 +315,7 @@ def _fit_numeric(name: str, values: np.ndarray, missing: bool) -> NumericColumn:
 # ---- column extraction ------------------------------------------------------------------------
 
 
-def _field_columns(events: Sequence[dict[str, Any]], names: list[str]) -> list[tuple[Any, ...]] | None:
+def _field_columns(events: Sequence[dict[str, Any]], names: list[str]) -> list[Sequence[Any]] | None:
     """Fast path: one ``itemgetter`` call per event and a C-level transpose give one tuple of
     values per field. ``None`` (use the per-field ``.get`` path) when an event lacks a field."""
     if len(names) < 2 or not events:
@@ -319,7 +327,7 @@ def _field_columns(events: Sequence[dict[str, Any]], names: list[str]) -> list[t
     return list(zip(*rows, strict=True))
 
 
-def _float_rows(columns: list[tuple[Any, ...]]) -> np.ndarray | None:
+def _float_rows(columns: Sequence[Sequence[Any]]) -> np.ndarray | None:
     """All numeric fields in one conversion (fields × events, each row contiguous); ``None`` when
     a value does not convert, and the per-field path then finds (and rejects) it."""
     try:

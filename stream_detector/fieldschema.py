@@ -211,15 +211,29 @@ class FieldSchema:
         list). A row with a problem keeps its input dict and is listed once, with its first problem.
         ``text`` is the number format of text values (a CSV's ``--decimal``/``--thousands``).
         """
+        typed, problems, _ = self.convert_columns(events, text)
+        return typed, problems
+
+    def convert_columns(self, events: Sequence[dict[str, Any]], text: TextFormat = JSON_TEXT,
+                        ) -> tuple[list[dict[str, Any]], dict[int, ConversionError], dict[str, Sequence[Any]]]:
+        """``convert``, plus the columns it read that needed no conversion: {field: one value per
+        event, as ``typed[i].get(field)`` reads it} (a tuple or list of N values; a field the
+        events lack reads None). Every field whose values all had their type already is there
+        (the usual case for JSON from Kafka); a field with a value converted is not. The decode
+        step hands them to enrich and features (``Decoded.columns``), which would otherwise read
+        the same fields from the dicts again. Never raises on data."""
         out = list(events)
         problems: dict[int, ConversionError] = {}
         rules = [rule for rule in self.fields if rule.type is not FieldType.IGNORED]
         columns = _columns(events, [rule.name for rule in rules])
+        kept: dict[str, Sequence[Any]] = {}
         for rule, column in zip(rules, columns, strict=True):
             native = _NATIVE.get(rule.type)
             if native is not None and native.issuperset(map(type, column)):
+                kept[rule.name] = column
                 continue
             if rule.type is FieldType.TIMESTAMP and _already_ms(column, rule.unit, self.plausible_ms):
+                kept[rule.name] = column
                 continue
             fast = _text_numbers(column, text) if rule.type in _NUMERIC_TEXT else None
             if fast is not None:  # every text value a plain number: parsed in one vectorised cast
@@ -242,7 +256,7 @@ class FieldSchema:
                     out[i][rule.name] = new
         for i in problems:
             out[i] = events[i]
-        return out, problems
+        return out, problems, kept
 
     # ---- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from .features import Extra
 from .feedback import Label
 from .fieldschema import JSON_TEXT
 from .model.bundle import Bundle
-from .pipeline.compute import Enrich, score_decoded
+from .pipeline.compute import Enrich, Fields, score_decoded
 from .pipeline.decode import type_events
 from .pipeline.score import Scorer, scores_of
 
@@ -90,8 +90,8 @@ class OfflineScorer:
         if bundle.entity is not None:
             spec, state, known = bundle.entity, CarriedState(bundle.entity), InMemoryLabels(labels)
 
-            def enrich(typed: list[dict[str, Any]], _indices: list[int]) -> Extra:
-                values = state.features(typed)  # the valid, typed events only, in order
+            def enrich(typed: list[dict[str, Any]], _indices: list[int], fields: Fields) -> Extra:
+                values = state.features(typed, fields=fields)  # the valid, typed events only, in order
                 if not spec.label_keys:
                     return spec.output_fields, values
                 return spec.all_fields, np.hstack([values, label_values(spec, known, typed, values)])

@@ -46,7 +46,7 @@ from .label_ingest import LabelIngester
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
 from .model.bundle import Bundle
 from .pipeline.align import AlignedSource
-from .pipeline.compute import ChunkedCompute, Computed, Enrich
+from .pipeline.compute import ChunkedCompute, Computed, Enrich, Fields
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected
 from .pipeline.publish import build_alerts, build_dead_letters
@@ -369,9 +369,9 @@ class Worker:
         if spec.label_keys and self.ingester is None:
             self._start_ingester()
 
-        def enrich(events: list[dict[str, Any]], indices: list[int]) -> Extra:
+        def enrich(events: list[dict[str, Any]], indices: list[int], fields: Fields) -> Extra:
             positions = [(batch.partitions[i], batch.offsets[i]) for i in indices]
-            values = enricher.features(spec, events, positions)
+            values = enricher.features(spec, events, positions, fields)
             if not spec.label_keys:
                 return spec.output_fields, values
             labels = label_values(spec, self.labels, events, values)  # entity/labels.py

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +23,7 @@ from ..schema import parse_timestamp_ms
 from .compute import amount_value, label_code
 
 NAN = float("nan")
+Fields = Mapping[str, Sequence[Any]]  # fields of a list of events, read out: {name: one value per event}
 
 
 def entity_value(value: object) -> str | None:
@@ -32,18 +33,19 @@ def entity_value(value: object) -> str | None:
     return str(value)
 
 
-def entity_codes(events: Sequence[dict[str, Any]], key: str,
-                 keyed: Sequence[bool] | None = None) -> tuple[list[str], np.ndarray]:
+def entity_codes(events: Sequence[dict[str, Any]], key: str, keyed: Sequence[bool] | None = None,
+                 fields: Fields | None = None) -> tuple[list[str], np.ndarray]:
     """The entities of ``key`` in a batch: their ids (``entity_value``) in order of first
     appearance, and each event's entity as int64[N] codes into that list (-1: no usable value,
     or ``keyed[row]`` False). Equal to calling ``entity_value`` per event; the common batch (every
-    value a str or an int) is grouped by dict and ``map`` at C speed, anything else per event."""
-    raw = [e.get(key) for e in events]
+    value a str or an int) is grouped by dict and ``map`` at C speed, anything else per event.
+    ``fields``: fields of ``events`` already read out (``read``)."""
+    raw = read(events, key, fields)
     n = len(raw)
     kinds = set(map(type, raw))
     names: list[str]
     if kinds <= {str, int}:
-        ids: list[str] = [v if type(v) is str else str(v) for v in raw] if int in kinds else raw  # type: ignore[assignment]
+        ids: list[str] = [v if type(v) is str else str(v) for v in raw] if int in kinds else raw
         first = dict.fromkeys(ids, -1)
         first.pop("", None)
         names = list(first)
@@ -109,12 +111,21 @@ class Columns:
     codes: dict[str, np.ndarray]
 
     @classmethod
-    def of(cls, spec: EntitySpec, events: Sequence[dict[str, Any]]) -> Columns:
-        ts = numbers([e.get("timestamp") for e in events], timestamp_value, math.nan)
-        name = spec.amount_field
-        amount = numbers([e.get(name) for e in events], amount_value, 0.0)
-        labels = {f: label_values([e.get(f) for e in events]) for f in spec.distinct_fields}
+    def of(cls, spec: EntitySpec, events: Sequence[dict[str, Any]], fields: Fields | None = None) -> Columns:
+        """The columns of ``events``; ``fields``: some of their fields already read out (``read``)."""
+        ts = numbers(read(events, "timestamp", fields), timestamp_value, math.nan)
+        amount = numbers(read(events, spec.amount_field, fields), amount_value, 0.0)
+        labels = {f: label_values(read(events, f, fields)) for f in spec.distinct_fields}
         return cls(ts, amount, labels, {f: label_codes(v) for f, v in labels.items()})
+
+
+def read(events: Sequence[dict[str, Any]], name: str, fields: Fields | None) -> list[Any]:
+    """``[e.get(name) for e in events]``, from ``fields[name]`` when there (the decode step's
+    ``Decoded.columns``: the same values, already read out of the dicts)."""
+    column = fields.get(name) if fields is not None else None
+    if column is not None:
+        return column if type(column) is list else list(column)
+    return [e.get(name) for e in events]
 
 
 def numbers(raw: list[Any], one: Callable[[object], float], bad: float) -> np.ndarray:

@@ -42,7 +42,7 @@ from ..feedback import Label
 from ..schema import validate_event
 from . import binary, kernel, records
 from .block import Block
-from .columns import Columns, attach, entity_codes, entity_value, gc_paused
+from .columns import Columns, Fields, attach, entity_codes, entity_value, gc_paused
 from .state import EntityKey, Record, StateStore
 
 Position = tuple[int, int]  # (partition, offset)
@@ -75,13 +75,14 @@ class Enricher:
             return self.enrich_rows(spec, events, positions, None)
 
     def features(self, spec: EntitySpec, events: Sequence[dict[str, Any]],
-                 positions: Sequence[Position]) -> np.ndarray:
+                 positions: Sequence[Position], fields: Fields | None = None) -> np.ndarray:
         """``enrich`` without building dicts: the entity features as float64[N, len(spec.output_fields)]
         (columns in ``spec.output_fields`` order, the values ``enrich`` would add), for the feature
         step to read directly (``FeatureSpec.transform(..., extra=)``: the worker's and offline
-        scoring's path). Same state changes and errors as ``enrich``."""
+        scoring's path). Same state changes and errors as ``enrich``. ``fields``: some fields of
+        ``events`` already read out, {name: one value per event} (the decode step's ``Decoded.columns``)."""
         with gc_paused():
-            values = self._values(spec, events, positions, None)
+            values = self._values(spec, events, positions, None, fields)
             if self.on_enriched is not None:
                 self.on_enriched(attach(events, spec.output_fields, values))
             return values
@@ -95,10 +96,10 @@ class Enricher:
         return out
 
     def _values(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Sequence[Position],
-                keyed: Sequence[bool] | None) -> np.ndarray:
-        cols = Columns.of(spec, events)
+                keyed: Sequence[bool] | None, fields: Fields | None = None) -> np.ndarray:
+        cols = Columns.of(spec, events, fields)
         at = _Positions(positions)
-        batch = [_KeyBatch(key, *entity_codes(events, key, keyed)) for key in spec.keys]
+        batch = [_KeyBatch(key, *entity_codes(events, key, keyed, fields)) for key in spec.keys]
         entities = [(kb.key, name) for kb in batch for name in kb.names]
         raws = self.store.load_raw(spec, entities)
         writes: dict[EntityKey, bytes] = {}

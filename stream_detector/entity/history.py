@@ -19,7 +19,7 @@ from ..entity_spec import EntitySpec
 from ..feedback import Label
 from ..schema import validate_event
 from .block import Block
-from .columns import Columns, attach, entity_value, gc_paused, timestamp_value
+from .columns import Columns, Fields, attach, entity_value, gc_paused, read, timestamp_value
 
 
 def enrich_columns(spec: EntitySpec, events: Sequence[dict[str, Any]], chunk: int = 65_536,
@@ -176,14 +176,16 @@ class CarriedState:
         self.spec = spec
         self.keys = {key: _KeyState(spec, key) for key in spec.keys}
 
-    def features(self, events: Sequence[dict[str, Any]], valid: Sequence[bool] | None = None) -> np.ndarray:
+    def features(self, events: Sequence[dict[str, Any]], valid: Sequence[bool] | None = None,
+                 fields: Fields | None = None) -> np.ndarray:
         """float64[N, len(spec.output_fields)] of the next part of the history (columns in
         ``spec.output_fields`` order); the state advances past it. Rows with ``valid[row]`` False
-        get empty-history features and change no state (``enrich_columns``' rule)."""
-        cols = Columns.of(self.spec, events)
+        get empty-history features and change no state (``enrich_columns``' rule). ``fields``:
+        some fields of ``events`` already read out, {name: one value per event}."""
+        cols = Columns.of(self.spec, events, fields)
         ok = valid if valid is not None else [True] * len(events)
-        parts = [state.run(cols, [entity_value(e.get(key)) if good else None
-                                  for e, good in zip(events, ok, strict=True)])
+        parts = [state.run(cols, [entity_value(v) if good else None
+                                  for v, good in zip(read(events, key, fields), ok, strict=True)])
                  for key, state in self.keys.items()]
         return np.concatenate(parts, axis=1) if parts else np.empty((len(events), 0))
 

@@ -24,7 +24,7 @@ Results are identical to one unchunked pass (a unit test compares them row for r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from time import perf_counter
@@ -39,8 +39,10 @@ from ..schema import Problem
 from .decode import Decoded, Rejected, decode_batch
 from .score import Scorer
 
-# step 3a: (typed events, batch indices) → (feature names, float64 values n × len(names)) read by step 3
-Enrich = Callable[[list[dict[str, Any]], list[int]], Extra]
+# step 3a: (typed events, batch indices, their fields already read out: ``Decoded.columns``) →
+# (feature names, float64 values n × len(names)) read by step 3
+Enrich = Callable[[list[dict[str, Any]], list[int], Mapping[str, Sequence[Any]]], Extra]
+Fields = Mapping[str, Sequence[Any]]  # some fields of a list of events, read out: ``Decoded.columns``
 
 
 @dataclass(slots=True)
@@ -62,12 +64,12 @@ class Computed:
 
 def featurise(scorer: Scorer, received: list[dict[str, Any]], indices: list[int],
               inputs: list[dict[str, Any]], rejected: list[Rejected], extra: Extra | None = None,
-              ) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
+              fields: Fields | None = None) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
     """Step 3 on ``inputs`` (the typed events; aligned with ``received`` and ``indices``) and
     ``extra`` (step 3a's entity features, one row per input): the float32 matrix (n_kept × width)
     and the kept events and indices. Rows the feature step refuses are appended to ``rejected``
-    with their reason."""
-    x, bad = scorer.bundle.spec.transform(inputs, extra)
+    with their reason. ``fields``: the inputs' fields already read out (``Decoded.columns``)."""
+    x, bad = scorer.bundle.spec.transform(inputs, extra, fields=fields)
     if bad:
         return _drop(x, received, indices, bad, rejected)
     return x, received, indices
@@ -78,8 +80,9 @@ def score_decoded(scorer: Scorer, decoded: Decoded, enrich: Enrich | None = None
     rejection (``decoded.rejected`` and the feature step's, in index order) and the per-feature
     errors (float32, one row per scored event). Never raises on data."""
     rejected = list(decoded.rejected)
-    extra = enrich(decoded.events, decoded.indices) if enrich is not None else None
-    x, events, indices = featurise(scorer, decoded.received, decoded.indices, decoded.events, rejected, extra)
+    extra = enrich(decoded.events, decoded.indices, decoded.columns) if enrich is not None else None
+    x, events, indices = featurise(scorer, decoded.received, decoded.indices, decoded.events, rejected, extra,
+                                   decoded.columns)
     rejected.sort(key=lambda r: r.index)
     return Computed(events, indices, rejected, *scorer.outputs(x), features=x if scorer.supervised else None)
 
@@ -123,10 +126,10 @@ class ChunkedCompute:
         inline = len(values) <= self.chunk
         try:
             chunks = self._chunks(values, max_bytes, enrich, rejected, scorer.bundle.schema)
-            for part_received, part_indices_in, features_of, extra in chunks:
+            for part_received, part_indices_in, features_of, extra, fields in chunks:
                 t = perf_counter()
                 x, part_events, part_indices = featurise(scorer, part_received, part_indices_in, features_of,
-                                                         rejected, extra)  # 3 features
+                                                         rejected, extra, fields)  # 3 features
                 self.timer("features", perf_counter() - t)
                 events.extend(part_events)
                 indices.extend(part_indices)
@@ -135,7 +138,7 @@ class ChunkedCompute:
                 pending.append(self._score(scorer, x) if inline else self._pool.submit(self._score, scorer, x))  # 4
                 if shadow is not None:  # the challenger on the rows the champion kept
                     t = perf_counter()
-                    x2, bad2 = shadow.bundle.spec.transform(features_of, extra)
+                    x2, bad2 = shadow.bundle.spec.transform(features_of, extra, fields=fields)
                     kept = np.searchsorted(np.asarray(part_indices_in), np.asarray(part_indices, dtype=np.int64))
                     refused = np.isin(kept, np.fromiter(bad2, dtype=np.int64, count=len(bad2)))
                     self.timer("shadow features", perf_counter() - t)
@@ -193,25 +196,28 @@ class ChunkedCompute:
 
     def _chunks(self, values: Sequence[bytes | None], max_bytes: int, enrich: Enrich | None,
                 rejected: list[Rejected], schema: FieldSchema | None,
-                ) -> Iterator[tuple[list[dict[str, Any]], list[int], list[dict[str, Any]], Extra | None]]:
+                ) -> Iterator[tuple[list[dict[str, Any]], list[int], list[dict[str, Any]], Extra | None, Fields]]:
         """Per chunk: the valid events as received, their batch indices, the dicts to featurise
-        (typed by the bundle's field schema) and, with an entity spec, their entity features.
-        Decode rejections are added to ``rejected``."""
+        (typed by the bundle's field schema), with an entity spec their entity features, and the
+        fields the decode step read out (``Decoded.columns``). Decode rejections are added to
+        ``rejected``."""
         step = self.chunk
         if enrich is None:
             for start in range(0, len(values), step):
                 part = self._decode(values[start:start + step], max_bytes, start, schema)
                 rejected.extend(part.rejected)
-                yield part.received, part.indices, part.events, None
+                yield part.received, part.indices, part.events, None, part.columns
             return
         whole = self._decode(values, max_bytes, 0, schema)  # 3a needs the whole batch: decode it first
         rejected.extend(whole.rejected)
         t = perf_counter()
-        names, matrix = enrich(whole.events, whole.indices)  # columns: the events are not copied
+        names, matrix = enrich(whole.events, whole.indices, whole.columns)  # columns: the events are not copied
         self.timer("enrich", perf_counter() - t)
+        one = len(whole.events) <= step
         for start in range(0, len(whole.events), step):
             rows = slice(start, start + step)
-            yield whole.received[rows], whole.indices[rows], whole.events[rows], (names, matrix[rows])
+            fields = whole.columns if one else {name: column[rows] for name, column in whole.columns.items()}
+            yield whole.received[rows], whole.indices[rows], whole.events[rows], (names, matrix[rows]), fields
 
 
 def _drop(x: np.ndarray, events: list[dict[str, Any]], indices: list[int], bad: dict[int, Problem],

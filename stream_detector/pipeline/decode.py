@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import repeat
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
@@ -69,12 +69,17 @@ class Rejected:
 class Decoded:
     """Valid events (in input order) with their batch indices, plus the rejections. ``events`` are
     typed by the schema (when one is given); ``received`` are the same events as they arrived
-    (the same dict objects where nothing was converted): alerts carry those."""
+    (the same dict objects where nothing was converted): alerts carry those. ``columns``: fields
+    the schema's converter read and left as they were, {field: one value per event of ``events``,
+    as ``event.get(field)`` reads it} (``FieldSchema.convert_columns``), for the enrich and
+    feature steps to read instead of the dicts; empty without a schema or when a record was
+    refused by it."""
 
     events: list[dict[str, Any]]
     indices: list[int]
     rejected: list[Rejected]
     received: list[dict[str, Any]]
+    columns: Mapping[str, Sequence[Any]] = field(default_factory=dict)
 
 
 def decode_batch(values: Sequence[bytes | None], max_bytes: int, first_index: int = 0,
@@ -318,13 +323,22 @@ def _typed(valid: list[dict[str, Any]], valid_indices: list[int], schema: FieldS
     """Valid events (and their indices) converted with ``schema``; its rejections appended."""
     if schema is None:
         return Decoded(valid, valid_indices, rejected, valid)
-    typed, problems = schema.convert(valid, text)
+    typed, problems, columns = schema.convert_columns(valid, text)
     if not problems:
-        return Decoded(typed, valid_indices, rejected, valid)
+        return Decoded(typed, valid_indices, rejected, valid, columns)
     keep = [j for j in range(len(valid)) if j not in problems]
     for j, exc in problems.items():
         rejected.append(Rejected(valid_indices[j], exc.reason, str(exc)))
-    return Decoded([typed[j] for j in keep], [valid_indices[j] for j in keep], rejected, [valid[j] for j in keep])
+    return Decoded([typed[j] for j in keep], [valid_indices[j] for j in keep], rejected, [valid[j] for j in keep],
+                   _rows(columns, keep))
+
+
+def _rows(columns: dict[str, Sequence[Any]], keep: list[int]) -> dict[str, Sequence[Any]]:
+    """``columns`` at the rows ``keep`` only (one C-level ``itemgetter`` per column)."""
+    if len(keep) < 2:
+        return {name: [column[j] for j in keep] for name, column in columns.items()}
+    pick = itemgetter(*keep)
+    return {name: pick(column) for name, column in columns.items()}
 
 
 def _may_repeat_keys(raw: bytes, obj: dict[str, Any]) -> bool:

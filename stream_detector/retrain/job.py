@@ -32,6 +32,7 @@ from ..model.reference import REFERENCE_KEY, reference_from_scores
 from ..model.supervised import HeadConfig, rows_for_head, train_head
 from ..model.train import TrainConfig, train
 from ..offline import OfflineScorer, OfflineScores, score_events
+from ..pipeline.compute import Fields
 from ..settings import Settings
 from .gate import GateDecision, GatePolicy, Scoring, decide, evaluate
 from .history import History
@@ -126,7 +127,8 @@ class InContext:
             scorer = OfflineScorer(bundle)
             values, fields = self.selected.values, self.spec.all_fields
 
-            def enrich(_typed: list[dict[str, Any]], indices: list[int]) -> tuple[list[str], np.ndarray]:
+            def enrich(_typed: list[dict[str, Any]], indices: list[int],
+                       _fields: Fields) -> tuple[list[str], np.ndarray]:
                 return fields, values[np.asarray(indices, dtype=np.int64)]
 
             scorer.enrich = enrich

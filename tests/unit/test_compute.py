@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -127,8 +128,10 @@ def test_enrichment_sees_the_whole_batch_once_and_alerts_keep_the_events_as_rece
     values = _values(1200)
     calls: list[int] = []
 
-    def enrich(events: list[dict[str, Any]], indices: list[int]) -> tuple[list[str], np.ndarray]:
+    def enrich(events: list[dict[str, Any]], indices: list[int],
+               fields: Mapping[str, Sequence[Any]]) -> tuple[list[str], np.ndarray]:
         calls.append(len(events))  # step 3a's columns replace the field "amount" (tripled) in step 3
+        assert fields and all(list(column) == [e.get(name) for e in events] for name, column in fields.items())
         amount = [float(e["amount"]) * 3 if isinstance(e.get("amount"), (int, float)) else np.nan for e in events]
         return ["amount"], np.array(amount, dtype=np.float64).reshape(-1, 1)
 
