@@ -58,6 +58,9 @@ def assert_same(got: Decoded, want: Decoded) -> None:
     assert (got.events is got.received) == (want.events is want.received)
     assert [a is b for a, b in zip(got.events, got.received, strict=True)] == \
         [a is b for a, b in zip(want.events, want.received, strict=True)]
+    for decoded in (got, want):  # the fields read out for enrich and features are the events' own values
+        for name, column in decoded.columns.items():
+            assert [_exact(v) for v in column] == [_exact(e.get(name)) for e in decoded.events], name
 
 
 SCHEMA = FieldSchema((
@@ -296,3 +299,19 @@ def test_a_record_nested_past_the_recursion_limit_with_a_big_integer_is_rejected
     assert [(r.index, r.reason) for r in decoded.rejected] == [(1, RejectReason.INVALID_JSON)]
     _, problem = parse_record(deep, 1 << 20)
     assert problem is not None and problem[0] is RejectReason.INVALID_JSON
+
+
+def test_the_fields_read_out_cover_the_fields_left_as_they_were() -> None:
+    """``Decoded.columns``: with a schema, each field whose values already had their type is read
+    out once (for enrich and features), aligned with the kept events also when the schema refuses
+    a record in between; a field with a value converted is not."""
+    rows = [{"event_id": f"e{i}", "account_id": "a", "timestamp": T0 + i, "amount": 1.5 + i, "country": "NL"}
+            for i in range(6)]
+    rows[2]["timestamp"] = "not a time"  # refused by the schema: the other rows stay aligned
+    rows[4]["amount"] = "7.25"  # text in a number field: converted, so "amount" is not read out
+    got = decode_batch([orjson.dumps(r) for r in rows], 10_000, 0, SCHEMA)
+    assert got.indices == [0, 1, 3, 4, 5] and [r.index for r in got.rejected] == [2]
+    assert set(got.columns) == {"event_id", "account_id", "country", "flag"}  # "timestamp": the refused text
+    assert list(got.columns["event_id"]) == ["e0", "e1", "e3", "e4", "e5"]
+    assert list(got.columns["flag"]) == [None] * 5  # a field no event has reads None, as ``.get`` does
+    assert decode_batch([orjson.dumps(r) for r in rows], 10_000).columns == {}  # no schema: none read out
