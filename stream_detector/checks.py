@@ -148,6 +148,7 @@ def _redis_checks(s: Settings) -> Iterator[Check]:
 
     from .errors import StreamDetectorError
     from .store import ControlPlane
+    from .store.base import threshold_problem
 
     control = ControlPlane.from_settings(s)
     try:
@@ -167,6 +168,9 @@ def _redis_checks(s: Settings) -> Iterator[Check]:
             yield _try("model", lambda: _load(control, snap.active_model or "", s.device))
         if snap.threshold is None:
             yield Check("fail", "threshold", "no threshold: publish a model (or `stream-detector threshold set`)")
+        elif threshold_problem(snap.threshold.value, snap.threshold.head) is not None:
+            yield Check("fail", "threshold", f"v{snap.threshold.version} is unusable: "
+                        f"{threshold_problem(snap.threshold.value, snap.threshold.head)}; set a new one")
         elif snap.threshold.model_version != snap.active_model:
             yield Check("fail", "threshold", f"v{snap.threshold.version} belongs to model "
                         f"{snap.threshold.model_version}, active is {snap.active_model}")

@@ -748,6 +748,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
     from .store import ControlPlane
+    from .store.base import threshold_problem
     from .store.thresholds import KEEP
 
     control = ControlPlane.from_settings(settings)
@@ -770,6 +771,9 @@ def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("threshold set needs a VALUE (and/or --head P for a model with a supervised head)")
     if args.head is not None and not 0.0 <= args.head <= 1.0:
         raise ConfigError(f"--head is a probability threshold in [0, 1], got {args.head}")
+    problem = threshold_problem(value)
+    if problem is not None:
+        raise ConfigError(problem)
     if args.head is not None and control.fetch_bundle(model).supervised is None:
         raise ConfigError(f"model {model} has no supervised head (train --supervised): --head does not apply")
     head: Any = args.head if args.head is not None else KEEP

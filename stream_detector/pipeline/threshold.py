@@ -21,6 +21,7 @@ import redis
 
 from ..errors import ThresholdUnavailable
 from ..store import Snapshot, Threshold
+from ..store.base import threshold_problem
 
 
 def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -104,6 +105,7 @@ class ThresholdCache:
         """A threshold is known and was read within ``max_staleness_s`` (the staleness rule)."""
         snap = self.snapshot
         return (snap is not None and snap.threshold is not None
+                and threshold_problem(snap.threshold.value, snap.threshold.head) is None
                 and self.clock() - self.fetched_at <= self.max_staleness_s)
 
     def current(self, model_version: str) -> Threshold:
@@ -113,6 +115,10 @@ class ThresholdCache:
         snap = self.snapshot
         if snap is None or snap.threshold is None:
             raise ThresholdUnavailable("no threshold in Redis yet")
+        problem = threshold_problem(snap.threshold.value, snap.threshold.head)
+        if problem is not None:  # written around the checks (by hand, or by a release without them)
+            raise ThresholdUnavailable(f"threshold version {snap.threshold.version} in Redis is unusable: {problem}; "
+                                       "set a new one (stream-detector threshold set)")
         if not self.fresh():
             raise ThresholdUnavailable(f"threshold not refreshed for over {self.max_staleness_s:.0f}s")
         if snap.threshold.model_version != model_version:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 HISTORY_LIMIT = 1000
@@ -51,3 +52,14 @@ def parse_threshold(raw: dict[bytes, bytes]) -> Threshold | None:
     head = raw.get(b"head")
     return Threshold(float(raw[b"value"]), int(raw[b"version"]), raw[b"model_version"].decode(),
                      float(head) if head else None)
+
+
+def threshold_problem(value: float, head: float | None = None) -> str | None:
+    """Why ``value`` (a reconstruction-error threshold: errors are means of squares, never
+    negative) or ``head`` (a probability threshold) cannot be a threshold; None when both can.
+    NaN would flag nothing and +inf nothing either, without a word: both are refused."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        return f"threshold must be a finite number >= 0 (reconstruction errors are never negative), got {value!r}"
+    if head is not None and not (isinstance(head, (int, float)) and math.isfinite(head) and 0.0 <= head <= 1.0):
+        return f"the head threshold must be a probability in [0, 1], got {head!r}"
+    return None

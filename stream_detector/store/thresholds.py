@@ -15,11 +15,16 @@ import orjson
 import redis
 
 from ..errors import ConfigError
-from .base import HISTORY_LIMIT, Keys, Snapshot, Threshold, parse_threshold
+from .base import HISTORY_LIMIT, Keys, Snapshot, Threshold, parse_threshold, threshold_problem
 
 KEEP = object()  # ThresholdStore.set: keep the supervised head's threshold as it is
 
 _SET_THRESHOLD = """
+local value, head = tonumber(ARGV[1]), tonumber(ARGV[12])
+if not value or value ~= value or value < 0 or value == math.huge
+   or (ARGV[12] ~= '' and (not head or head ~= head or head < 0 or head > 1)) then
+  return redis.error_reply('INVALID: a threshold must be a finite number >= 0 and a head threshold in [0, 1]')
+end
 if ARGV[10] == 'pop' and redis.call('LINDEX', KEYS[6], 0) ~= ARGV[11] then
   return redis.error_reply('STALE: the active model changed meanwhile; run the rollback again')
 end
@@ -108,6 +113,9 @@ class ThresholdStore:
         the same model's, else the one that model last ran with; None: no head threshold).
         Returns the new threshold version.
         """
+        problem = threshold_problem(value, None if head is KEEP else head)  # type: ignore[arg-type]
+        if problem is not None:  # nothing is written (the script checks again before its first write)
+            raise ConfigError(problem)
         k = self.keys.key
         old = self.current()
         if head is KEEP:
@@ -125,7 +133,7 @@ class ThresholdStore:
                       "" if head is None else repr(float(head))],  # type: ignore[arg-type]
             )
         except redis.ResponseError as exc:
-            if "STALE" in str(exc):
+            if "STALE" in str(exc) or "INVALID" in str(exc):
                 raise ConfigError(str(exc)) from None
             raise
         return int(version)

@@ -277,3 +277,43 @@ def test_a_batch_in_flight_during_a_swap_is_decided_by_one_model(settings, bundl
         assert np.allclose(live, offline, rtol=1e-4, atol=1e-6), f"alerts of {version} carry another model's scores"
         assert all(a["threshold"] == pytest.approx(thresholds[version]) for a in mine)
         assert all(a["score"] > a["threshold"] for a in mine)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e309", "-1"])
+def test_an_unusable_threshold_is_refused_and_nothing_is_written(published, bundle, settings, env_for, value):
+    """``threshold set nan`` used to fail half way: the script had bumped the version and written
+    the value before its audit line failed to encode NaN, and workers then flagged nothing without
+    a word. Refused now on every path — the CLI (one line, exit 2), ``ControlPlane.set_threshold``,
+    and the Lua script itself before its first write — and a worker refuses such a value in Redis."""
+    before = published.threshold()
+    history = published.threshold_history(5)
+    got = subprocess.run([sys.executable, "-m", "stream_detector", "threshold", "set", value],
+                         env=env_for(settings), capture_output=True, text=True, timeout=120)
+    assert got.returncode == 2, got.stderr
+    lines = got.stderr.strip().splitlines()
+    assert len(lines) == 1 and "finite number >= 0" in lines[0], got.stderr
+    with pytest.raises(ConfigError, match="finite number >= 0"):
+        published.set_threshold(float(value), bundle.version, "pytest")
+    store = published.thresholds  # the script alone, as a caller without the Python check would run it
+    k = store.keys.key
+    with pytest.raises(redis.ResponseError, match="INVALID"):
+        store._set_threshold(keys=[k("threshold"), k("threshold", "seq"), k("threshold", "history"),
+                                   k("model", "active"), k("model", bundle.version, "threshold"), k("model", "history"),
+                                   k("model", bundle.version, "head_threshold")],
+                             args=[value, bundle.version, "now", "pytest", "", "", "", 1000, "x", "push", "", ""])
+    assert published.threshold() == before and published.threshold_history(5) == history
+
+
+def test_a_worker_refuses_an_unusable_threshold_found_in_redis(published, bundle, settings):
+    """A NaN written around the checks (by hand, or by an older release) is not "flag nothing": the
+    threshold cache reports it unusable, so readiness fails and batches are held, not scored."""
+    from stream_detector.errors import ThresholdUnavailable
+    from stream_detector.pipeline.threshold import ThresholdCache
+
+    r = redis.Redis.from_url(settings.redis_url)
+    r.hset(published.thresholds.keys.key("threshold"), "value", "nan")
+    cache = ThresholdCache(published.worker_view().snapshot, 1.0, 60.0)
+    cache.refresh(force=True)
+    assert not cache.fresh()
+    with pytest.raises(ThresholdUnavailable, match="unusable"):
+        cache.current(bundle.version)
