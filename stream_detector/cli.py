@@ -82,6 +82,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     _say("field schema (--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
     for line in data.schema.describe():
         _say(line)
+    _check_excluded(args.exclude or (), data.schema, data.events)
     if entity is not None:
         entity = _check_entity_fields(entity, data.schema, data.events,
                                       explicit_distinct=args.entity_distinct != _DEFAULT_DISTINCT)
@@ -174,14 +175,16 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
     _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of "
          f"{args.chunk_rows:,} rows (CSV: blocks of about that many)"
          + (f", {args.shards} entity shard(s) per key on {where}" if entity is not None else ""))
-    if entity is not None:  # the in-memory path's checks, on the first file's first rows
+    if entity is not None or args.exclude:  # the in-memory path's checks, on the first file's first rows
         from .big.source import raw_chunks
         from .fieldschema import infer_schema
 
         first = [row for row in next(raw_chunks(files[:1], _reader_options(args), 10_000)).rows if row is not None]
         schema = infer_schema(first, _inference(args, entity)).schema
-        explicit = args.entity_distinct != _DEFAULT_DISTINCT
-        entity = _check_entity_fields(entity, schema, first, explicit_distinct=explicit)
+        _check_excluded(args.exclude or (), schema, first)
+        if entity is not None:
+            explicit = args.entity_distinct != _DEFAULT_DISTINCT
+            entity = _check_entity_fields(entity, schema, first, explicit_distinct=explicit)
     out = Path(args.out)
     config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
                          threshold_method=args.threshold_method, k_std=args.k_std,
@@ -364,9 +367,11 @@ def _schema_file(path: Path) -> dict[str, Any]:
     return {rule.name: rule for rule in (rule_from_dict(item) for item in items)}
 
 
-def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = None, need_events: bool = True) -> Any:
-    """Read and type ``--input``, and say what was read and what was left out (never silently)."""
-    from .inputs import load_events
+def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = None, need_events: bool = True,
+               entity: Any = None) -> Any:
+    """Read and type ``--input``, and say what was read and what was left out (never silently);
+    with a model's ``schema`` (and ``entity`` spec), what the file lacks that the model reads."""
+    from .inputs import absent_warnings, load_events
 
     data = load_events(Path(args.input), options=_reader_options(args), id_column=args.id_column,
                        label_column=args.label_column, schema=schema, inference=inference,
@@ -382,10 +387,8 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
         if unknown:
             _say(f"note: {len(unknown)} field(s) the model's schema does not know are passed through, not "
                  f"features: {', '.join(unknown[:10])}")
-        absent = [r.name for r in schema.feature_fields if r.name not in seen]
-        if absent:
-            _say(f"warning: {len(absent)} of the model's feature fields are not in this file, so every row gets "
-                 f"the training median or an unseen category for them: {', '.join(absent[:10])}")
+        for warning in absent_warnings(schema, entity, seen):
+            _say(f"warning: {warning}")
     if inference is not None:
         for name in inference.overrides:
             if data.schema[name].note.endswith("(not in the data)"):
@@ -447,7 +450,20 @@ def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]],
     for key in entity.keys:
         if all(e.get(key) in (None, "") for e in events):
             raise ConfigError(f"--entity-key {key}: the field is empty in every row")
+    if all(e.get("timestamp") in (None, "") for e in events):  # no window could advance: history from nothing
+        raise ConfigError("--entity-key needs event times: the input has no timestamp field, or it is empty in "
+                          "every row (docs/entity-features.md)")
     return entity
+
+
+def _check_excluded(excluded: Sequence[str], schema: Any, events: list[dict[str, Any]]) -> None:
+    """Refuse (exit 2) an ``--exclude`` naming a field the input lacks: a typo would leave the field
+    meant to be excluded (a label, say) among the features, without a word."""
+    for name in excluded:
+        if not (name in schema and not schema[name].note.endswith("(not in the data)")) \
+                and not any(name in e for e in events[:1000]):
+            raise ConfigError(f"--exclude {name}: no such field in the input (fields: "
+                              f"{', '.join(rule.name for rule in schema.fields)})")
 
 
 _DEFAULT_DISTINCT = "merchant_category,country"
@@ -490,7 +506,8 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     _check_file_out(Path(args.out), "--out")
     if args.streamed or Path(args.input).is_dir() or any(c in args.input for c in "*?["):
         return _score_streamed(args, settings, bundle)
-    data = _load_file(args, schema=bundle.schema, need_events=False)  # no schema (older bundle): the file's
+    data = _load_file(args, schema=bundle.schema, need_events=False,
+                      entity=bundle.entity)  # an older bundle without a schema: the file's own inferred one
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     known: list[Any] = []
     if args.feedback:

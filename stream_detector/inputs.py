@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .entity_spec import EntitySpec
 from .errors import InputError
 from .events_io import RawRows, ReaderOptions, RowRejection, read_rows
 from .feedback import Label, Verdicts, parse_label
@@ -182,3 +183,25 @@ def read_feedback(path: Path, options: ReaderOptions | None = None) -> FeedbackF
         raise InputError(f"{path}: no feedback records{detail}")
     return FeedbackFile(verdicts, rejected, len(raw.rows))
 
+
+
+def absent_warnings(schema: FieldSchema | None, entity: EntitySpec | None, seen: set[str]) -> list[str]:
+    """What a file (whose rows have the fields ``seen``) lacks that a model reads, one warning
+    each: feature fields (every row gets the training median or an unseen category), entity keys
+    (every row gets the features of an entity with no history) and, for a model with history, the
+    ``timestamp`` (windows cannot advance: each entity's last time is used, docs/entity-features.md).
+    ``score`` (in memory and ``--streamed``) says them before scoring."""
+    out: list[str] = []
+    absent = [r.name for r in schema.feature_fields if r.name not in seen] if schema is not None else []
+    if absent:
+        out.append(f"{len(absent)} of the model's feature fields are not in this file, so every row gets "
+                   f"the training median or an unseen category for them: {', '.join(absent[:10])}")
+    if entity is not None:
+        keys = [k for k in (*entity.keys, *entity.label_keys) if k not in seen]
+        if keys:
+            out.append(f"the model keeps history per {', '.join(dict.fromkeys(keys))}, which this file does not "
+                       "have: every row gets the features of an entity with no history")
+        if "timestamp" not in seen:
+            out.append("the model's history windows run on event time, and this file has no timestamp field: "
+                       "every row is taken at its entity's last time (docs/entity-features.md)")
+    return out

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..events_io import ReaderOptions, ScoresCsv
+from ..inputs import absent_warnings
 from ..model.bundle import Bundle
 from ..offline import OfflineScorer
 from .prepare import Say, known_rows
@@ -111,11 +112,9 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
 
 
 def _warn_absent(bundle: Bundle, chunk: RawChunk, say: Say) -> None:
-    """The in-memory ``score``'s warning, from the first chunk: feature fields the input lacks."""
+    """The in-memory ``score``'s warnings, from the first chunk: what the input lacks that the model reads."""
     if bundle.schema is None:
         return
     seen = {name for row in chunk.rows if row for name in row}
-    absent = [r.name for r in bundle.schema.feature_fields if r.name not in seen]
-    if absent:
-        say(f"warning: {len(absent)} of the model's feature fields are not in this file, so every row gets "
-            f"the training median or an unseen category for them: {', '.join(absent[:10])}")
+    for warning in absent_warnings(bundle.schema, bundle.entity, seen):
+        say(f"warning: {warning}")

@@ -90,3 +90,49 @@ def test_score_streamed_writes_the_lines_score_writes(tmp_path: Path, bundle: An
         assert main(["score", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "e.csv"),
                      "--out", str(tmp_path / name), *extra]) == 0
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def test_training_refuses_an_exclude_typo_and_history_without_event_times(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a new-user trial: ``--exclude patern`` (for ``pattern``, the ground truth) trained
+    a model with the label among its features, exit 0; ``--entity-key`` on a file without a
+    timestamp trained windows that never advance. Both are one line, exit 2, before any work, on
+    the in-memory and the streamed path."""
+    from stream_detector.cli import main
+
+    rows = "".join(f"e{i},a{i % 7},{1_790_000_000_000 + i * 60_000},{i % 13 + 0.5},{'xy'[i % 2]}\n" for i in range(60))
+    data = tmp_path / "h.csv"
+    data.write_text("event_id,account_id,timestamp,amount,pattern\n" + rows)
+    for streamed in ([], ["--streamed"]):
+        out = tmp_path / f"m{len(streamed)}"
+        assert main(["train", "--input", str(data), "--out", str(out), "--exclude", "patern", *streamed]) == 2
+        err = capsys.readouterr().err
+        assert "--exclude patern: no such field in the input" in err and "pattern" in err
+        assert not out.exists()
+    no_time = tmp_path / "no_time.csv"
+    no_time.write_text("event_id,account_id,amount\n" + "".join(f"e{i},a{i % 7},{i + 0.5}\n" for i in range(60)))
+    for streamed in ([], ["--streamed"]):
+        assert main(["train", "--input", str(no_time), "--out", str(tmp_path / "m"), "--entity-key", "account_id",
+                     *streamed]) == 2
+        assert "--entity-key needs event times" in capsys.readouterr().err
+
+
+def test_a_file_lacking_what_a_model_with_history_reads_is_named() -> None:
+    """``score``'s warnings (in memory and ``--streamed``): feature fields, entity keys, and event
+    times for a model with history (a file without ``terminal_id`` or ``timestamp`` was scored
+    with no word, found by a new-user trial)."""
+    from stream_detector.entity import EntitySpec, parse_windows
+    from stream_detector.fieldschema import FieldRule, FieldSchema, FieldType
+    from stream_detector.inputs import absent_warnings
+
+    schema = FieldSchema((FieldRule("amount", FieldType.NUMBER), FieldRule("channel", FieldType.CATEGORY),
+                          FieldRule("terminal_id", FieldType.IDENTIFIER)))
+    entity = EntitySpec(keys=("account_id", "terminal_id"), windows=parse_windows("1h,1d"))
+    full = {"event_id", "timestamp", "amount", "channel", "account_id", "terminal_id"}
+    assert absent_warnings(schema, entity, full) == []
+    assert absent_warnings(schema, None, full - {"terminal_id", "timestamp"}) == []  # no history: not read
+    got = absent_warnings(schema, entity, full - {"terminal_id", "timestamp", "channel"})
+    assert len(got) == 3
+    assert "1 of the model's feature fields" in got[0] and "channel" in got[0]
+    assert "history per terminal_id" in got[1] and "no history" in got[1]
+    assert "no timestamp field" in got[2]
