@@ -98,14 +98,59 @@ def file_kind(path: Path) -> str:
     return "csv"
 
 
-def read_rows(path: Path, options: ReaderOptions = ReaderOptions(), limit: int | None = None) -> RawRows:
-    """Read ``path`` (CSV, JSON Lines or Parquet by its name) into raw rows; see the module docstring.
+_SNIFF_BYTES = 1 << 16
+_SNIFF_LINES = 5
+_NAMES = {"csv": "CSV", "jsonl": "JSON Lines", "parquet": "Parquet"}
 
-    Raises ``InputError`` when the file cannot be read at all.
+
+def checked_kind(path: Path) -> str:
+    """``file_kind`` (by the name), checked against the file's first bytes (decompressed): a
+    Parquet file named as text, JSON Lines named ``.csv``, CSV (or one JSON array) named
+    ``.jsonl`` would otherwise be read as the wrong format — every row alerted or rejected, exit
+    0. Raises ``InputError`` naming what the file looks like; an empty or unreadable file is left
+    to the reader. The rule: Parquet starts with ``PAR1``; a CSV file whose first line starts with
+    ``{`` is JSON Lines; a JSON Lines file none of whose first 5 lines starts with ``{`` is not."""
+    kind = file_kind(path)
+    try:
+        with _open_binary(path) as stream:
+            head = bytes(stream.read(_SNIFF_BYTES))
+    except (OSError, pa.ArrowInvalid):
+        return kind
+    named = f"{path}: named as {_NAMES[kind]}"
+    if head.startswith(b"PAR1"):
+        if kind != "parquet":
+            raise InputError(f"{named}, but it is a Parquet file (it starts with PAR1): name it .parquet")
+        return kind
+    if kind == "parquet":
+        if head:
+            raise InputError(f"{named}, but it is not one (a Parquet file starts with PAR1): CSV or JSON Lines? "
+                             "name it .csv or .jsonl")
+        return kind
+    text = head.removeprefix(b"\xef\xbb\xbf")
+    lines = [line.strip() for line in text.split(b"\n")[:-1 if len(head) == _SNIFF_BYTES else None]]
+    first = [line for line in lines if line][:_SNIFF_LINES]
+    if not first:
+        return kind
+    if kind == "csv" and first[0].startswith(b"{"):
+        raise InputError(f"{named}, but its first line is a JSON object: JSON Lines? name it .jsonl")
+    if kind == "jsonl" and not any(line.startswith(b"{") for line in first):
+        looks = ("one JSON document (it starts with '['), not one object per line" if first[0].startswith(b"[")
+                 else "CSV" if any(sep in first[0] for sep in (b",", b";", b"\t", b"|")) else "not JSON Lines")
+        which = "its first line is not" if len(first) == 1 else f"none of its first {len(first)} lines is"
+        raise InputError(f"{named}, but {which} a JSON object: it looks like {looks}"
+                         + ("; name it .csv" if looks == "CSV" else ""))
+    return kind
+
+
+def read_rows(path: Path, options: ReaderOptions = ReaderOptions(), limit: int | None = None) -> RawRows:
+    """Read ``path`` (CSV, JSON Lines or Parquet by its name, checked against its first bytes:
+    ``checked_kind``) into raw rows; see the module docstring.
+
+    Raises ``InputError`` when the file cannot be read at all, or is not in the format its name says.
     """
     if not path.exists():
         raise InputError(f"input file not found: {path}")
-    kind = file_kind(path)
+    kind = checked_kind(path)
     try:
         if kind == "jsonl":
             return _read_jsonl(path, limit)
@@ -157,9 +202,14 @@ def jsonl_records(stream: Any) -> Iterator[tuple[dict[str, Any] | None, tuple[Re
                                                  str | None]]:
     """The rows of a JSON Lines stream (blank lines are not rows), each ``(object, None, None)`` or
     ``(None, (reason, message), salvaged event_id or None)``: the worker's record decoder
-    (``decode.parse_record``), plus ``not_an_object`` for a line that is JSON but not an object."""
+    (``decode.parse_record``), plus ``not_an_object`` for a line that is JSON but not an object.
+    A UTF-8 byte order mark at the start of the stream (Windows tools write one) is not part of
+    the first line, as the CSV reader does not take it into the first column's name."""
+    first = True
     for line in io.BufferedReader(stream):
         raw = line.rstrip(b"\r\n")
+        if first:
+            raw, first = raw.removeprefix(b"\xef\xbb\xbf"), False
         if not raw.strip():
             continue
         obj, problem = parse_record(raw)

@@ -38,6 +38,7 @@ from ..events_io import (
     _csv_batches,
     _open_binary,
     _plain_column,
+    checked_kind,
     file_kind,
     jsonl_records,
     sniff_csv,
@@ -160,7 +161,7 @@ def raw_chunks(files: Sequence[Path], options: ReaderOptions | None = None,
     first = 0
     prefix = stems(files)
     for path in files:
-        kind = file_kind(path)
+        kind = checked_kind(path)
         in_file = 0
         try:
             reader = {"jsonl": _jsonl, "parquet": _parquet}.get(kind)

@@ -4,6 +4,7 @@ rejection, never the file's; what the reader cannot decide for sure is said."""
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -89,3 +90,41 @@ def test_what_cannot_be_decided_is_said(tmp_path: Path, capsys: pytest.CaptureFi
     code = main(["train", "--input", str(tmp_path / "c.csv"), "--out", str(tmp_path / "m"), "--delimiter", ";"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "one column with --delimiter ';'" in err[-1]
+
+
+def test_a_file_in_another_format_than_its_name_says_is_refused_by_what_it_looks_like(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a new-user trial: files were read by their names only — JSON Lines named .csv was
+    scored as a one-column CSV (every row alerted, exit 0), CSV named .jsonl had every row
+    rejected (exit 0), Parquet named .csv failed as "not UTF-8". Each is one line, exit 2, naming
+    what the file looks like, on the in-memory and the streamed path; a byte order mark before the
+    first line of JSON Lines is not part of it."""
+    from stream_detector.errors import InputError
+    from stream_detector.events_io import checked_kind
+
+    lines = '{"event_id": "e1", "amount": 1.5}\n{"event_id": "e2", "amount": 2.5}\n'
+    cases = {"jsonl.csv": (lines.encode(), "its first line is a JSON object: JSON Lines? name it .jsonl"),
+             "csv.jsonl": (b"event_id,amount\ne1,1.5\ne2,2.5\n", "it looks like CSV; name it .csv"),
+             "array.json": (b'[{"event_id": "e1"}]\n', "one JSON document (it starts with '[')"),
+             "text.parquet": (b"event_id,amount\ne1,1.5\n", "it is not one (a Parquet file starts with PAR1)"),
+             "jsonl.csv.gz": (gzip.compress(lines.encode()), "its first line is a JSON object")}
+    for name, (data, said) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match=re.escape(said)):
+            checked_kind(tmp_path / name)
+        for streamed in ([], ["--streamed"]):
+            assert main(["train", "--input", str(tmp_path / name), "--out",
+                         str(tmp_path / f"m-{name}"), *streamed]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            errors = [line for line in err if "error:" in line]  # (the streamed path says first what it reads)
+            assert len(errors) == 1 and said in errors[0] and errors[0] == err[-1], err
+    pq.write_table(pa.table({"event_id": ["e1"], "amount": [1.5]}), tmp_path / "parquet.csv")
+    with pytest.raises(InputError, match="it is a Parquet file .it starts with PAR1.: name it .parquet"):
+        checked_kind(tmp_path / "parquet.csv")
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + lines.encode())
+    (tmp_path / "plain.jsonl").write_bytes(lines.encode())
+    assert checked_kind(tmp_path / "bom.jsonl") == "jsonl"
+    bom, plain = load_events(tmp_path / "bom.jsonl"), load_events(tmp_path / "plain.jsonl")
+    assert bom.events == plain.events and not bom.rejected
+    (tmp_path / "empty.csv").write_bytes(b"")
+    assert checked_kind(tmp_path / "empty.csv") == "csv"  # left to the reader ("no rows")
