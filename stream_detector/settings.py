@@ -11,6 +11,7 @@ description, which ``stream-detector check-config`` and the README table are bui
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -21,6 +22,18 @@ from .errors import ConfigError
 
 class _Group(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SD_", frozen=True, extra="ignore")
+
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def topic_name(value: str) -> str:
+    """``value`` if Kafka accepts it as a topic name (1-249 of ``A-Z a-z 0-9 . _ -``, not ``.`` or
+    ``..``: the broker's rule, ``org.apache.kafka.common.internals.Topic.validate``), else ``ValueError``."""
+    if not _TOPIC.fullmatch(value) or value in (".", ".."):
+        raise ValueError(f"not a Kafka topic name (1-249 of A-Z a-z 0-9 . _ -), got {value!r}")
+    return value
 
 
 class KafkaSettings(_Group):
@@ -59,6 +72,18 @@ class KafkaSettings(_Group):
         "(pure Python, default) or confluent (librdkafka, parses records in C: more events/s per worker; needs the "
         "confluent extra). Same delivery semantics either way.",
     )
+
+    @field_validator("input_topic", "alerts_topic", "dlq_topic", "shadow_topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        return topic_name(value)
+
+    @field_validator("group_id")
+    @classmethod
+    def _group_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a consumer group needs a name, got an empty one")
+        return value
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -101,6 +126,13 @@ class RedisSettings(_Group):
             if not host or not port.isdigit() or "/" in host or ":" in host:
                 raise ValueError(f"expected host:port[,host:port...] (no scheme, no IPv6 literal), got {value!r}")
         return value.strip()
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _prefix_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("an empty prefix would put this deployment's keys beside every other's: name it")
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -165,8 +197,22 @@ class WorkerSettings(_Group):
     score_feed_interval_s: float = Field(1.0, gt=0, description="How often workers append their sample "
                                          "to the recent-scores stream.")
     score_feed_max: int = Field(2000, ge=10, description="Length bound (entries) of the recent-scores stream.")
-    log_level: str = Field("INFO", description="Python log level.")
+    log_level: str = Field("INFO", description="Python log level: CRITICAL, ERROR, WARNING, INFO or DEBUG.")
     log_json: bool = Field(False, description="Emit logs as JSON lines.")
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+            raise ValueError(f"expected cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return value.upper()
 
 
 class RetrainSettings(_Group):
@@ -175,6 +221,11 @@ class RetrainSettings(_Group):
     retrain_group_id: str = Field("", description="Consumer group of the retrainer on the input topic "
                                   "(empty: <group_id>-retrainer).")
     feedback_topic: str = Field("feedback", description="Analyst labels: {event_id, label: fraud|legit}.")
+
+    @field_validator("feedback_topic")
+    @classmethod
+    def _feedback_topic_name(cls, value: str) -> str:
+        return topic_name(value)
     retrain_window_events: int = Field(100_000, ge=10, description="Most events the training window keeps.")
     retrain_window_seconds: float = Field(86_400.0, gt=0, description="Oldest event age the window keeps.")
     retrain_exclude_max: int = Field(500_000, ge=100, description="Most alerted/fraud event ids remembered.")

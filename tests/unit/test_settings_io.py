@@ -24,12 +24,18 @@ def test_documented_defaults_and_env_overrides(monkeypatch):
                                 "redis://localhost:6379/0", "stream-detector")
     monkeypatch.setenv("SD_INPUT_TOPIC", "tx2")
     monkeypatch.setenv("SD_BATCH_SIZE", "64")
+    monkeypatch.setenv("SD_LOG_LEVEL", "debug")
+    monkeypatch.setenv("SD_DEVICE", "cuda:1")
     s = load_settings()
-    assert s.input_topic == "tx2" and s.batch_size == 64
+    assert s.input_topic == "tx2" and s.batch_size == 64 and s.log_level == "DEBUG" and s.device == "cuda:1"
 
 
 @pytest.mark.parametrize(("var", "value"), [("SD_BATCH_SIZE", "lots"), ("SD_KAFKA_BOOTSTRAP", "nohost"),
-                                            ("SD_REDIS_URL", "http://x"), ("SD_AUTO_OFFSET_RESET", "middle")])
+                                            ("SD_REDIS_URL", "http://x"), ("SD_AUTO_OFFSET_RESET", "middle"),
+                                            # a new-user trial: these stopped later, with a traceback (exit 1)
+                                            ("SD_DEVICE", "gpu"), ("SD_LOG_LEVEL", "LOUD"), ("SD_INPUT_TOPIC", ""),
+                                            ("SD_ALERTS_TOPIC", "a/b"), ("SD_FEEDBACK_TOPIC", "."),
+                                            ("SD_REDIS_PREFIX", ""), ("SD_GROUP_ID", " ")])
 def test_invalid_settings_give_one_clear_error(monkeypatch, var, value):
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=var):
