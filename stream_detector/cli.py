@@ -673,6 +673,13 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.count is not None and args.count < 0:
         raise ConfigError(f"--count must be >= 0, got {args.count}")
+    if args.out:
+        _check_file_out(Path(args.out), "--out")
+    if args.feedback_out:
+        _check_file_out(Path(args.feedback_out), "--feedback-out")
+    end_ms = _end_ms(args.end) if args.end else None
+    if args.end and not args.out:
+        raise ConfigError("--end goes with --out (live events are stamped with the time they are sent)")
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     if args.chunk_rows < 1:
@@ -689,7 +696,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             count = args.count or 10_000
             out = Path(args.out)
             with writer(out) as velocity_file:  # one batch (its random stream), written in chunks
-                events, labels = sim.batch(count, fraud_rate, span_ms=args.span_days * 86_400_000)
+                events, labels = sim.batch(count, fraud_rate, now_ms=end_ms, span_ms=args.span_days * 86_400_000)
                 rows = [{**e, "label": "legit" if lab == "legit" else "fraud", "pattern": lab}
                         for e, lab in zip(events, labels, strict=True)]
                 for start in range(0, count, args.chunk_rows):
@@ -730,7 +737,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         with contextlib.ExitStack() as files:
             events_file = files.enter_context(writer(out, EVENT_SCHEMA))
             labels_file = files.enter_context(writer(feedback, LABEL_SCHEMA)) if feedback else None
-            for chunk in hb.history(count, int(args.span_days * 86_400_000), chunk=args.chunk_rows):
+            for chunk in hb.history(count, int(args.span_days * 86_400_000), end_ms, chunk=args.chunk_rows):
                 events_file.write(event_columns(chunk))
                 frauds += int(chunk.fraud.sum())
                 if labels_file is not None:
@@ -761,6 +768,18 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     _say(f"simulated {sent} events ({frauds} fraud) into {topic}; {published} delayed labels published to "
          f"{settings.feedback_topic} ({pending} not yet due at the end)")
     return 0
+
+
+def _end_ms(text: str) -> int:
+    """``simulate --end``: epoch ms of an RFC 3339 time or a date (its midnight), UTC when no offset
+    is given. Raises ``ConfigError`` for anything else."""
+    from .schema import parse_timestamp_ms
+
+    try:
+        return int(parse_timestamp_ms(text.strip()))
+    except ValueError:
+        raise ConfigError(f"--end {text}: expected an RFC 3339 time or a date, e.g. 2026-06-15 or "
+                          "2026-06-15T12:00:00Z") from None
 
 
 def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
@@ -1223,7 +1242,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="handbook: multiply every label delay (default 1.0: analyst 1-12 h, chargeback 1-7 days); "
                         "live, labels are published to SD_FEEDBACK_TOPIC when due, while the run lasts, so "
                         "e.g. 0.0001 lets a 60 s run see chargebacks")
-    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same file (default 0)")
+    p.add_argument("--end", help="--out: the UTC end of the file's time span, RFC 3339 or a date "
+                                 "(2026-06-15 is its midnight; default: now); the same --seed, --end and sizes "
+                                 "write the same events to every format")
+    p.add_argument("--seed", type=int, default=0, help="random seed: with --end, the same seed writes the same file "
+                                                     "(default 0)")
     p.add_argument("--run-id", help="prefix of generated event ids, '<run-id>-<n>' (default: 'sim' for --out "
                                     "files, reproducible by --seed; live, 'live-<UTC start time>', so that live "
                                     "ids never repeat a history file's or another live run's)")

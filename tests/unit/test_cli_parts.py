@@ -136,3 +136,28 @@ def test_a_file_lacking_what_a_model_with_history_reads_is_named() -> None:
     assert "1 of the model's feature fields" in got[0] and "channel" in got[0]
     assert "history per terminal_id" in got[1] and "no history" in got[1]
     assert "no timestamp field" in got[2]
+
+
+def test_simulate_with_end_writes_the_same_events_to_every_format(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a new-user trial: history files ended at the wall clock, so the same --seed wrote
+    other times (and, to another format a moment later, other events): no parity check between a
+    CSV and a JSON Lines file was possible. ``--end`` pins the span; an output in a missing folder
+    is one line, exit 2."""
+    from stream_detector.cli import main
+    from stream_detector.inputs import load_events
+
+    common = ["simulate", "--count", "400", "--span-days", "3", "--end", "2026-06-15", "--accounts", "50",
+              "--terminals", "80"]
+    for name in ("a.csv", "b.csv", "c.jsonl"):
+        assert main([*common, "--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    csv, jsonl = load_events(tmp_path / "a.csv").events, load_events(tmp_path / "c.jsonl").events
+    assert len(csv) == 400 and [e["event_id"] for e in csv] == [e["event_id"] for e in jsonl]
+    assert [e["timestamp"] for e in csv] == [e["timestamp"] for e in jsonl]
+    assert max(e["timestamp"] for e in csv) <= 1_781_481_600_000  # 2026-06-15T00:00:00Z
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "no" / "x.csv")]) == 2
+    assert "no folder" in capsys.readouterr().err
+    assert main(["simulate", "--count", "5", "--end", "soon", "--out", str(tmp_path / "d.csv")]) == 2
+    assert "--end soon: expected an RFC 3339 time or a date" in capsys.readouterr().err
