@@ -886,6 +886,8 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from .retrain.service import Retrainer
 
+    if args.threads is None and settings.torch_threads:  # --threads, when given, is set in main()
+        _set_threads(settings.torch_threads)
     retrainer = Retrainer(settings, progress=_say)
     if args.once:
         with _terminated_as_interrupt():  # SIGTERM (a cron job's timeout) removes the history spool, as Ctrl-C
@@ -1332,6 +1334,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "SD_RETRAIN_SHADOW_EVENTS the candidate became the challenger, or the challenger in shadow "
                    "was judged and stays there; with a challenger in shadow, --once judges it instead of training)")
     p.add_argument("--timeout", type=float, default=120.0, help="--once: longest wait to read the topics")
+    p.add_argument("--threads", type=int,
+                   help="torch intra-op threads for training and scoring (default: SD_TORCH_THREADS when set, "
+                        "else torch's, one per core). The retrainer runs beside workers: give it the cores it may "
+                        "have, oversubscribed threads make each step many times slower")
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("model", help="the model registry: list, show, promote, rollback, prune; a challenger in "

@@ -175,7 +175,8 @@ class WorkerSettings(_Group):
                                "(512-1024 measured fastest: the chunk stays in cache).")
     batch_max_wait_ms: int = Field(20, ge=0, le=60_000, description="Longest wait to fill a batch (latency bound).")
     device: str = Field("cpu", description="Torch device for scoring: cpu, cuda or cuda:N.")
-    torch_threads: int = Field(0, ge=0, description="Intra-op threads for CPU scoring (0 = torch default).")
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads for CPU scoring, and for the retrainer's "
+                               "training when it has no --threads (0 = torch default).")
     threshold_refresh_s: float = Field(1.0, gt=0, description="How often workers re-read threshold and model.")
     threshold_max_staleness_s: float = Field(
         60.0, gt=0, description="How long a worker scores with a cached threshold while Redis is unreachable."

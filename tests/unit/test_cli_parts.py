@@ -161,3 +161,32 @@ def test_simulate_with_end_writes_the_same_events_to_every_format(
     assert "no folder" in capsys.readouterr().err
     assert main(["simulate", "--count", "5", "--end", "soon", "--out", str(tmp_path / "d.csv")]) == 2
     assert "--end soon: expected an RFC 3339 time or a date" in capsys.readouterr().err
+
+
+def test_the_retrainer_takes_its_threads_from_the_option_or_sd_torch_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a new-user trial: neither ``--threads`` nor ``SD_TORCH_THREADS`` reached the
+    retrainer's training (4 min 20 s of oversubscribed threads beside the workers on 2 cores)."""
+    import torch
+
+    from stream_detector import cli
+
+    seen: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+
+    class Stop(Exception):
+        pass
+
+    def no_retrainer(*_: Any, **__: Any) -> None:
+        raise Stop
+
+    monkeypatch.setattr("stream_detector.retrain.service.Retrainer", no_retrainer)
+    args = cli.build_parser().parse_args(["retrain", "--once", "--threads", "3"])
+    assert args.threads == 3
+    monkeypatch.setenv("SD_TORCH_THREADS", "2")
+    with pytest.raises(Stop):
+        cli.cmd_retrain(cli.build_parser().parse_args(["retrain", "--once"]), cli.load_settings())
+    assert seen == [2]
+    with pytest.raises(Stop):
+        cli.cmd_retrain(args, cli.load_settings())
+    assert seen == [2]  # --threads is set by main() before the command runs, not overridden here
+    assert cli.main(["retrain", "--once", "--threads", "0"]) == 2
