@@ -45,6 +45,7 @@ def _setup_logging(settings: Settings | None, verbose: bool = False) -> None:
     # is blocking the event loop"): on a busy machine that is noise that reads like a fault (a
     # user's trial of `retrain --once`); its real errors are still logged
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager" on a first run's report
 
 
 def _say(msg: str) -> None:

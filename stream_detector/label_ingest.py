@@ -83,6 +83,9 @@ class LabelIngester:
         consumer = KafkaConsumer(**consumer_config(
             transport_config(s), group_id=self.group, client_id=f"stream-detector-labels-{s.worker_id}",
             max_poll_records=5000, auto_offset_reset="earliest"))  # a new group reads every label
+        # the topic's partitions fetched before joining: else the group's assignor can run on metadata
+        # without them ("No partition metadata for topic …" at every start, and now and then no assignment)
+        consumer.partitions_for_topic(s.feedback_topic)
         consumer.subscribe([s.feedback_topic])
         return consumer
 
