@@ -1090,16 +1090,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-fpr", type=float, default=0.01,
                    help="--threshold-method quantile: share of normal validation rows above the threshold "
                         "(default 0.01)")
-    p.add_argument("--k-std", type=float, default=3.0, help="K for --threshold-method meanstd")
+    p.add_argument("--k-std", type=float, default=3.0, help="K for --threshold-method meanstd (default 3.0)")
     p.add_argument("--max-alert-rate", type=float,
                    help="alert budget cap for any method: the threshold is raised until at most this share "
                         "of normal validation rows is flagged (e.g. 0.002 for fraud streams)")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout in hidden layers")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout in hidden layers (default 0.0)")
     p.add_argument("--hidden", type=lambda v: tuple(int(x) for x in v.split(",")),
                    help="encoder widths, comma separated, e.g. 64,32 (default: derived from the feature count)")
     p.add_argument("--bottleneck", type=int, help="bottleneck width (default: derived from the feature count)")
     p.add_argument("--error-norm", choices=["none", "mean"], default="mean",
-                   help="divide per-feature errors by their mean validation error (default) or not")
+                   help="mean (default): divide each feature's error by its mean validation error, so every "
+                        "field weighs alike in the score; none: raw squared errors")
     p.add_argument("--time-features", action="store_true", help="add hour-of-day (sin/cos) from timestamp")
     p.add_argument("--entity-key", action="append",
                    help="per-entity history features keyed by this field, e.g. account_id (repeatable; "
@@ -1108,7 +1109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entity-distinct", default=_DEFAULT_DISTINCT,
                    help="fields whose distinct / first-seen values per entity become features (default "
                         "merchant_category,country: those of them the input has; '' for none)")
-    p.add_argument("--entity-amount", default="amount", help="amount field of the entity features")
+    p.add_argument("--entity-amount", default="amount", help="amount field of the entity features (default amount)")
     p.add_argument("--supervised", action="store_true",
                    help="also train a supervised head on the labelled rows (--feedback or --label-column): a "
                         "calibrated fraud probability beside the reconstruction error, in the same TorchScript "
@@ -1210,7 +1211,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "to SD_FEEDBACK_TOPIC keyed by event id")
     p.add_argument("--id-column", help="the column that holds the event id (default: event_id)")
     p.add_argument("--label-column", help="moved from the event into the sd.label header")
-    p.add_argument("--rate", type=float, default=0, help="events per second (0 = as fast as possible)")
+    p.add_argument("--rate", type=float, default=0, help="events per second (default 0: as fast as possible)")
     p.add_argument("--limit", type=int, help="send at most this many rows")
     _add_reader_args(p)
     _add_schema_args(p)
@@ -1257,7 +1258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("threshold", help="read or set the active threshold (versioned, audited)")
-    p.add_argument("action", choices=["get", "set"])
+    p.add_argument("action", choices=["get", "set"], help="get: the threshold in force (JSON); set: a new version")
     p.add_argument("value", nargs="?", type=float, help="new threshold (set)")
     p.add_argument("--note", help="audit note (set)")
     p.add_argument("--head", type=float, metavar="P",
@@ -1350,7 +1351,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "its period, the active model stays; promote VERSION makes any version active "
                                    "(the challenger too: its period then ends as promoted).")
     p.add_argument("action", choices=["list", "show", "promote", "rollback", "prune", "shadow", "shadow-status",
-                                      "shadow-stop"])
+                                      "shadow-stop"], help="what to do (the description above says each)")
     p.add_argument("version", nargs="?", help="model version (show, promote, shadow) or bundle directory (shadow)")
     p.add_argument("--keep", type=int, help="prune: versions to keep (default SD_MODEL_KEEP)")
     p.add_argument("--min-events", type=int, default=100_000,

@@ -256,7 +256,8 @@ def _summary(r: dict[str, Any]) -> str:
               f"    SD_REDIS_PREFIX={first['redis_prefix']} {sd} console   # one deployment's console",
               "", f"  left in place for a look: topics {', '.join(r['topics'])}; Redis keys under "
               + ", ".join(f"{d['redis_prefix']}:*" for d in deps.values())
-              + " (each run uses new names; `make services-down` + removing .cache/services clears all)"]
+              + " (each run uses new names; on the demo's own local services, `make services-down` and "
+              "removing .cache/services clear them — and everything else those services hold)"]
     return "\n".join(lines)
 
 
