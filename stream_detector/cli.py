@@ -783,6 +783,30 @@ def _end_ms(text: str) -> int:
                           "2026-06-15T12:00:00Z") from None
 
 
+def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
+    from .kafka_util import tail
+
+    topics = {"alerts": settings.alerts_topic, "dlq": settings.dlq_topic, "shadow": settings.shadow_topic,
+              "feedback": settings.feedback_topic, "input": settings.input_topic}
+    topic = topics.get(args.topic, args.topic)
+    if args.n < 0:
+        raise ConfigError(f"-n must be >= 0, got {args.n}")
+
+    def show(record: Any) -> None:
+        value = record.value
+        text = value.decode("utf-8", "backslashreplace") if value is not None else "null"
+        if args.with_position:
+            text = f"{record.partition}\t{record.offset}\t{text}"
+        print(text, flush=True)
+
+    try:
+        tail(settings, topic, args.n, args.follow, show,
+             following=lambda: _say(f"following {topic}: new records below as they arrive (Ctrl-C ends)"))
+    except KeyboardInterrupt:  # --follow ends with Ctrl-C: not an error
+        pass
+    return 0
+
+
 def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
     from .store import ControlPlane
     from .store.base import threshold_problem
@@ -1256,6 +1280,22 @@ def build_parser() -> argparse.ArgumentParser:
                                     "ids never repeat a history file's or another live run's)")
     p.add_argument("--topic", help="default SD_INPUT_TOPIC")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("tail", help="print the newest alerts, dead letters, shadow records, labels or events",
+                       description="Print the last -n records of a topic (every partition, oldest first), one "
+                                   "record value per line (JSON), and with --follow every new one. Reads committed "
+                                   "records only and joins no consumer group: nothing is committed, no worker is "
+                                   "disturbed. E.g. `stream-detector tail alerts -n 5`, `stream-detector tail dlq "
+                                   "--follow`; pipe to `jq` to pick fields.")
+    p.add_argument("topic", nargs="?", default="alerts",
+                   help="alerts (SD_ALERTS_TOPIC, the default), dlq (SD_DLQ_TOPIC), shadow (SD_SHADOW_TOPIC), "
+                        "feedback (SD_FEEDBACK_TOPIC), input (SD_INPUT_TOPIC), or a topic name")
+    p.add_argument("-n", type=int, default=10, help="how many of the newest records (default 10; 0: only new ones "
+                                                    "with --follow)")
+    p.add_argument("--follow", "-f", action="store_true", help="then print new records as they arrive (Ctrl-C ends)")
+    p.add_argument("--with-position", action="store_true", help="prefix each line with partition and offset "
+                                                                "(tab separated)")
+    p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("threshold", help="read or set the active threshold (versioned, audited)")
     p.add_argument("action", choices=["get", "set"], help="get: the threshold in force (JSON); set: a new version")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from .errors import ConfigError
 from .settings import Settings
 
 
@@ -94,3 +96,47 @@ def partitions_of(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) 
         if time.monotonic() > deadline:
             raise TimeoutError(f"no partition metadata for topic {topic}")
         time.sleep(0.1)
+
+
+def tail(settings: Settings, topic: str, last: int, follow: bool, out: Callable[[Any], None],
+         poll_ms: int = 500, stop: Callable[[], bool] = lambda: False,
+         following: Callable[[], None] = lambda: None) -> int:
+    """The last ``last`` records of ``topic`` over all its partitions, oldest first (by record
+    timestamp, then partition and offset), each given to ``out``; with ``follow``, then every new
+    record as it arrives, until ``stop()`` is true or Ctrl-C (``following()`` is called once, when
+    every record produced from then on will be given). Reads committed records only (an
+    exactly-once deployment's aborted alerts are never shown) and joins no consumer group: nothing
+    is committed, no worker is disturbed. Returns how many records were given. Raises
+    ``ConfigError`` when the topic does not exist."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             isolation_level="read_committed", **settings.kafka_security())
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise ConfigError(f"no topic {topic} on {settings.kafka_bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        ends, begins = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(begins[tp], ends[tp] - last))
+        backlog: list[Any] = []
+        remaining = {tp for tp in tps if consumer.position(tp) < ends[tp]}
+        while remaining:
+            for tp, batch in consumer.poll(timeout_ms=poll_ms).items():
+                backlog.extend(r for r in batch if r.offset < ends[tp])
+            remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
+        backlog.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
+        shown = backlog[-last:] if last > 0 else []
+        for record in shown:
+            out(record)
+        given = len(shown)
+        if follow:
+            following()
+        while follow and not stop():
+            for batch in consumer.poll(timeout_ms=poll_ms).values():
+                for record in batch:
+                    out(record)
+                    given += 1
+        return given
+    finally:
+        consumer.close()

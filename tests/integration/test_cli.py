@@ -129,3 +129,43 @@ def test_produce_feedback_puts_a_labels_file_on_the_feedback_topic(settings, env
     want = [parse_label(orjson.loads(line)) for line in lines]
     assert all(isinstance(x, Label) for x in sent) and sorted(map(repr, sent)) == sorted(map(repr, want))
     assert {r.key.decode() for r in got} == {x.event_id for x in want if isinstance(x, Label)}
+
+
+def test_tail_prints_the_newest_records_of_a_topic_and_follows_it(settings, env_for):
+    """``stream-detector tail``: the documented way to read alerts (a new-user trial wrote its own
+    consumer script). The last -n records over every partition, oldest first, committed only, no
+    consumer group; --follow then prints each new record; a missing topic is one line, exit 2."""
+    from kafka import KafkaProducer
+
+    from stream_detector.topics import ensure_topics
+
+    env = env_for(settings)
+    ensure_topics(settings, [settings.alerts_topic])
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    values = [orjson.dumps({"event_id": f"e{i}", "n": i}) for i in range(15)]
+    for i, value in enumerate(values):  # four partitions, times in order
+        producer.send(settings.alerts_topic, value=value, key=f"k{i % 4}".encode(), timestamp_ms=1_790_000_000_000 + i)
+    producer.flush()
+    got = run(["tail", "-n", "5"], env, timeout=120)  # alerts: the default
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.splitlines() == [v.decode() for v in values[-5:]]
+    assert run(["tail", "alerts", "-n", "100"], env, timeout=120).stdout.splitlines() == [v.decode() for v in values]
+    missing = run(["tail", "no-such-topic-" + settings.group_id, "-n", "1"], env, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no topic" in missing.stderr
+    follow = subprocess.Popen(CLI + ["tail", "alerts", "-n", "0", "--follow", "--with-position"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "following" in follow.stderr.readline()  # type: ignore[union-attr]  # its readiness line
+        new = orjson.dumps({"event_id": "late"})
+        producer.send(settings.alerts_topic, value=new, key=b"k0")
+        producer.flush()
+        partition, offset, value = follow.stdout.readline().rstrip("\n").split("\t")  # type: ignore[union-attr]
+        assert value == new.decode() and partition.isdigit() and offset.isdigit()
+    finally:
+        follow.send_signal(signal.SIGINT)
+        code = follow.wait(timeout=60)
+        follow.stdout.close()  # type: ignore[union-attr]
+        follow.stderr.close()  # type: ignore[union-attr]
+        producer.close()
+    assert code == 0  # Ctrl-C ends --follow: not an error
+    assert committed_offsets(settings, settings.group_id, settings.alerts_topic) == {}  # no group committed
