@@ -95,6 +95,28 @@ class WorkerStats:
     busy_s: float = 0.0  # seconds in the loop's steps that handled events (``run``; empty polls left out)
 
 
+class _Progress:
+    """The worker's INFO line every ``every_s`` while it handles events (``SD_LOG_PROGRESS_S``): what
+    it did since the last line, so an operator tailing the log sees it work (it said nothing per
+    batch at INFO; found by a new-user trial). Nothing is logged for a quiet period."""
+
+    def __init__(self, stats: WorkerStats, every_s: float) -> None:
+        self.stats, self.every_s = stats, every_s
+        self.since = time.monotonic()
+        self.seen = (0, 0, 0)
+
+    def maybe_log(self, now: float) -> None:
+        if not self.every_s or now - self.since < self.every_s:
+            return
+        s = self.stats
+        events, alerts, rejected = s.events - self.seen[0], s.alerts - self.seen[1], s.rejected - self.seen[2]
+        if events:
+            log.info("handled %d events in the last %.0f s (%.0f/s): %d alerts, %d dead letters; since start %d "
+                     "events, %d alerts", events, now - self.since, events / (now - self.since), alerts, rejected,
+                     s.events, s.alerts)
+        self.since, self.seen = now, (s.events, s.alerts, s.rejected)
+
+
 class Worker:
     """One consumer-group member running steps 1-7 (``run_once``) until stopped.
 
@@ -214,12 +236,14 @@ class Worker:
     def run(self, max_idle_polls: int | None = None) -> WorkerStats:
         """Loop until ``stop()``; ``max_idle_polls`` ends it after that many empty polls (tests, demo)."""
         idle = 0
+        progress = _Progress(self.stats, self.settings.log_progress_s)
         try:
             while not self.stop_event.is_set():
                 began = time.monotonic()
                 handled = self.run_once()
                 if handled:
                     self.stats.busy_s += time.monotonic() - began
+                progress.maybe_log(began)
                 idle = 0 if handled else idle + 1
                 if max_idle_polls is not None and idle >= max_idle_polls:
                     break

@@ -270,3 +270,27 @@ def test_a_challenger_with_another_entity_spec_is_not_shadow_scored(broker, bund
     assert worker.shadow.refused == 1 and worker.stats.shadow_events == 0
     assert worker.metrics.shadow_refused._value.get() == 1
     assert not list(broker.read("alerts.shadow")) and {a["event_id"] for a in _alerts(broker)} >= bad
+
+
+def test_the_progress_line_says_what_the_worker_did_since_the_last_one(caplog) -> None:
+    """``SD_LOG_PROGRESS_S``: one INFO line per period with events (none for a quiet one, none when 0)."""
+    import logging
+
+    from stream_detector.worker import WorkerStats, _Progress
+
+    stats = WorkerStats()
+    progress = _Progress(stats, 30.0)
+    start = progress.since
+    with caplog.at_level(logging.INFO, logger="stream_detector.worker"):
+        stats.events, stats.alerts, stats.rejected = 3000, 4, 1
+        progress.maybe_log(start + 10)  # not due yet
+        progress.maybe_log(start + 30)
+        progress.maybe_log(start + 61)  # a quiet period: nothing to say
+        stats.events, stats.alerts = 3600, 5
+        progress.maybe_log(start + 91)
+        _Progress(stats, 0.0).maybe_log(start + 1e6)  # 0: never
+    lines = [r.getMessage() for r in caplog.records if r.name == "stream_detector.worker"]
+    assert lines == ["handled 3000 events in the last 30 s (100/s): 4 alerts, 1 dead letters; since start 3000 "
+                     "events, 4 alerts",
+                     "handled 600 events in the last 30 s (20/s): 1 alerts, 0 dead letters; since start 3600 "
+                     "events, 5 alerts"]
