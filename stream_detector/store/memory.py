@@ -13,9 +13,9 @@ from typing import Any
 
 from ..entity.labels import InMemoryLabels
 from ..entity.state import InMemoryState, StateStore
-from ..errors import NoActiveModel
+from ..errors import ConfigError, NoActiveModel
 from ..model.bundle import Bundle
-from .base import Snapshot, Threshold
+from .base import Snapshot, Threshold, threshold_problem
 from .watermarks import MemoryWatermarks
 
 
@@ -117,6 +117,10 @@ class MemoryControl:
 
     def set_threshold(self, value: float, model_version: str, activate: bool = False,
                       head: float | None = None) -> int:
+        """A new threshold version, refused (``ConfigError``) as the Redis store refuses it."""
+        problem = threshold_problem(value, head)
+        if problem is not None:
+            raise ConfigError(problem)
         with self._lock:
             version = 1 if self._threshold is None else self._threshold.version + 1
             self._threshold = Threshold(float(value), version, model_version, head)

@@ -138,7 +138,7 @@ def test_threshold_change_in_redis_changes_what_is_flagged_live(settings, publis
     first = _alerts(settings)
     assert len(first) < 10
 
-    new_version = published.set_threshold(-1.0, bundle.version, "pytest", "flag everything")
+    new_version = published.set_threshold(0.0, bundle.version, "pytest", "flag everything")  # scores are > 0
     wait_until(lambda: worker.worker.thresholds.snapshot.threshold.version == new_version,
                message="worker sees the new threshold")
     with EventProducer(settings, settings.input_topic) as producer:
@@ -147,7 +147,7 @@ def test_threshold_change_in_redis_changes_what_is_flagged_live(settings, publis
     worker.stop()
     later = [a for a in _alerts(settings) if a["threshold_version"] == new_version]
     assert {a["event_id"] for a in later} == {str(e["event_id"]) for e in events[150:]}
-    assert all(a["threshold"] == -1.0 for a in later)
+    assert all(a["threshold"] == 0.0 for a in later)
     history = published.threshold_history()
     assert history[0]["version"] == new_version and history[0]["set_by"] == "pytest"
     assert float(history[0]["old_value"]) == pytest.approx(bundle.threshold)
@@ -175,7 +175,7 @@ def test_two_workers_split_a_four_partition_topic(settings, published, bundle, s
 
 def test_worker_scores_match_offline_scores(settings, published: ControlPlane, bundle, start_worker):
     events, _ = _traffic(500, seed=15, n_anomalies=5)
-    published.set_threshold(-1.0, bundle.version, "pytest", "flag everything to compare scores")
+    published.set_threshold(0.0, bundle.version, "pytest", "flag everything to compare scores")
     with EventProducer(settings, settings.input_topic) as producer:
         producer.send(events)
     worker = start_worker(settings)
