@@ -46,6 +46,15 @@ def _setup_logging(settings: Settings | None, verbose: bool = False) -> None:
     # user's trial of `retrain --once`); its real errors are still logged
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager" on a first run's report
+    logging.getLogger("kafka.net.transport").addFilter(_closed_transport_noise)
+
+
+def _closed_transport_noise(record: logging.LogRecord) -> bool:
+    """False for kafka-python 3's traceback from a read on a transport it has already closed
+    ("<KafkaTCPTransport [none] (closed)>: Error receiving network data": its socket is gone, a
+    race in its network thread at close; seen in the middle of `make demo`'s output by a new-user
+    trial). Every other record passes."""
+    return not (record.levelno >= logging.ERROR and "(closed)>" in record.getMessage())
 
 
 def _say(msg: str) -> None:

@@ -190,3 +190,20 @@ def test_the_retrainer_takes_its_threads_from_the_option_or_sd_torch_threads(mon
         cli.cmd_retrain(args, cli.load_settings())
     assert seen == [2]  # --threads is set by main() before the command runs, not overridden here
     assert cli.main(["retrain", "--once", "--threads", "0"]) == 2
+
+
+def test_kafka_python_reading_a_closed_transport_is_not_logged_as_an_error() -> None:
+    """kafka-python 3 logs a traceback when its network thread reads a transport it has just
+    closed (seen in the middle of `make demo`'s output); only that record is dropped."""
+    import logging
+
+    from stream_detector.cli import _closed_transport_noise
+
+    def record(level: int, transport: str, msg: str) -> logging.LogRecord:
+        return logging.LogRecord("kafka.net.transport", level, __file__, 1, "%s: " + msg, (transport,), None)
+
+    assert not _closed_transport_noise(record(logging.ERROR, "<KafkaTCPTransport [none] (closed)>",
+                                              "Error receiving network data closing socket"))
+    assert _closed_transport_noise(record(logging.ERROR, "<KafkaTCPTransport [127.0.0.1:9092] (connected)>",
+                                          "socket disconnected"))
+    assert _closed_transport_noise(record(logging.WARNING, "<KafkaTCPTransport [none] (closed)>", "closing"))
