@@ -33,6 +33,7 @@ from redis import RedisError
 from .entity.labels import RedisLabels
 from .errors import StreamDetectorError
 from .feedback import Label, decode_label
+from .kafka_util import partitions_of
 from .pipeline.decode import Rejected
 from .pipeline.publish import build_dead_letters
 from .settings import Settings
@@ -83,9 +84,14 @@ class LabelIngester:
         consumer = KafkaConsumer(**consumer_config(
             transport_config(s), group_id=self.group, client_id=f"stream-detector-labels-{s.worker_id}",
             max_poll_records=5000, auto_offset_reset="earliest"))  # a new group reads every label
-        # the topic's partitions fetched before joining: else the group's assignor can run on metadata
-        # without them ("No partition metadata for topic …" at every start, and now and then no assignment)
-        consumer.partitions_for_topic(s.feedback_topic)
+        # the topic's partitions known before joining (a topic created a moment ago has none until its
+        # leaders are elected): else the group's assignor can run on metadata without them ("No
+        # partition metadata for topic …" at starts, and now and then no assignment until a rejoin)
+        try:
+            partitions_of(consumer, s.feedback_topic, timeout_s=10.0)
+        except TimeoutError:
+            log.warning("feedback topic %s: no partitions known after 10 s (missing, and SD_CREATE_TOPICS off?); "
+                        "the label ingester subscribes anyway", s.feedback_topic)
         consumer.subscribe([s.feedback_topic])
         return consumer
 
