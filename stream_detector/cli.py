@@ -189,10 +189,12 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
         from .big.source import raw_chunks
         from .fieldschema import infer_schema
 
-        first = [row for row in next(raw_chunks(files[:1], _reader_options(args), 10_000)).rows if row is not None]
+        head = next(raw_chunks(files[:1], _reader_options(args), 10_000), None)
+        first = [row for row in head.rows if row is not None] if head is not None else []
         schema = infer_schema(first, _inference(args, entity)).schema
-        _check_excluded(args.exclude or (), schema, first)
-        if entity is not None:
+        if first:  # an empty input is refused by the training itself, with its own message
+            _check_excluded(args.exclude or (), schema, first)
+        if entity is not None and first:
             explicit = args.entity_distinct != _DEFAULT_DISTINCT
             entity = _check_entity_fields(entity, schema, first, explicit_distinct=explicit)
     out = Path(args.out)

@@ -108,8 +108,11 @@ def checked_kind(path: Path) -> str:
     Parquet file named as text, JSON Lines named ``.csv``, CSV (or one JSON array) named
     ``.jsonl`` would otherwise be read as the wrong format — every row alerted or rejected, exit
     0. Raises ``InputError`` naming what the file looks like; an empty or unreadable file is left
-    to the reader. The rule: Parquet starts with ``PAR1``; a CSV file whose first line starts with
-    ``{`` is JSON Lines; a JSON Lines file none of whose first 5 lines starts with ``{`` is not."""
+    to the reader. The rules: Parquet starts with ``PAR1``; UTF-16 text (a byte order mark, or NUL
+    bytes) is refused; a CSV file whose first line starts with ``{`` or ``[`` is JSON; a JSON Lines
+    file whose first line starts with ``[`` is one JSON document, and one none of whose first 5
+    lines is an object while the first holds a delimiter is CSV. Other bad lines stay each line's
+    own rejection."""
     kind = file_kind(path)
     try:
         with _open_binary(path) as stream:
@@ -126,19 +129,24 @@ def checked_kind(path: Path) -> str:
             raise InputError(f"{named}, but it is not one (a Parquet file starts with PAR1): CSV or JSON Lines? "
                              "name it .csv or .jsonl")
         return kind
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head[:4096]:
+        raise InputError(f"{path}: UTF-16 (or other non-UTF-8) text, as Excel's \"Unicode text\" writes: "
+                         "re-encode it as UTF-8")
     text = head.removeprefix(b"\xef\xbb\xbf")
-    lines = [line.strip() for line in text.split(b"\n")[:-1 if len(head) == _SNIFF_BYTES else None]]
+    lines = [line.strip() for line in text.split(b"\n")]  # the last one maybe cut short: its start is enough
     first = [line for line in lines if line][:_SNIFF_LINES]
     if not first:
         return kind
-    if kind == "csv" and first[0].startswith(b"{"):
-        raise InputError(f"{named}, but its first line is a JSON object: JSON Lines? name it .jsonl")
-    if kind == "jsonl" and not any(line.startswith(b"{") for line in first):
-        looks = ("one JSON document (it starts with '['), not one object per line" if first[0].startswith(b"[")
-                 else "CSV" if any(sep in first[0] for sep in (b",", b";", b"\t", b"|")) else "not JSON Lines")
+    if kind == "csv" and first[0].startswith((b"{", b"[")):
+        what = "a JSON object: JSON Lines? name it .jsonl" if first[0].startswith(b"{") else "a JSON array"
+        raise InputError(f"{named}, but its first line is {what}")
+    if kind == "jsonl" and first[0].startswith(b"["):
+        raise InputError(f"{named}, but it starts with '[': one JSON document (an array), not one object per "
+                         "line; write one object per line")
+    if kind == "jsonl" and not any(line.startswith(b"{") for line in first) \
+            and any(sep in first[0] for sep in (b",", b";", b"\t", b"|")):
         which = "its first line is not" if len(first) == 1 else f"none of its first {len(first)} lines is"
-        raise InputError(f"{named}, but {which} a JSON object: it looks like {looks}"
-                         + ("; name it .csv" if looks == "CSV" else ""))
+        raise InputError(f"{named}, but {which} a JSON object and it looks like CSV: name it .csv")
     return kind
 
 

@@ -109,6 +109,10 @@ def test_training_refuses_an_exclude_typo_and_history_without_event_times(
         err = capsys.readouterr().err
         assert "--exclude patern: no such field in the input" in err and "pattern" in err
         assert not out.exists()
+    (tmp_path / "empty.jsonl").write_bytes(b"")  # the check itself must not fail on an empty input
+    assert main(["train", "--input", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "e"), "--exclude", "x",
+                 "--streamed"]) == 2
+    assert "no rows" in capsys.readouterr().err
     no_time = tmp_path / "no_time.csv"
     no_time.write_text("event_id,account_id,amount\n" + "".join(f"e{i},a{i % 7},{i + 0.5}\n" for i in range(60)))
     for streamed in ([], ["--streamed"]):

@@ -104,8 +104,12 @@ def test_a_file_in_another_format_than_its_name_says_is_refused_by_what_it_looks
 
     lines = '{"event_id": "e1", "amount": 1.5}\n{"event_id": "e2", "amount": 2.5}\n'
     cases = {"jsonl.csv": (lines.encode(), "its first line is a JSON object: JSON Lines? name it .jsonl"),
-             "csv.jsonl": (b"event_id,amount\ne1,1.5\ne2,2.5\n", "it looks like CSV; name it .csv"),
-             "array.json": (b'[{"event_id": "e1"}]\n', "one JSON document (it starts with '[')"),
+             "csv.jsonl": (b"event_id,amount\ne1,1.5\ne2,2.5\n", "it looks like CSV: name it .csv"),
+             "array.json": (b'[{"event_id": "e1"}]\n', "it starts with '[': one JSON document"),
+             "long-array.json": (("[" + ", ".join([lines.splitlines()[0]] * 4000) + "]").encode(),  # one line > 64 KB
+                                 "it starts with '[': one JSON document"),
+             "pretty.json": (b'[\n  {"event_id": "e1"},\n  {"event_id": "e2"}\n]\n', "it starts with '['"),
+             "utf16.csv": ("event_id,amount\ne1,1.5\n".encode("utf-16"), "UTF-16 (or other non-UTF-8) text"),
              "text.parquet": (b"event_id,amount\ne1,1.5\n", "it is not one (a Parquet file starts with PAR1)"),
              "jsonl.csv.gz": (gzip.compress(lines.encode()), "its first line is a JSON object")}
     for name, (data, said) in cases.items():
@@ -128,3 +132,6 @@ def test_a_file_in_another_format_than_its_name_says_is_refused_by_what_it_looks
     assert bom.events == plain.events and not bom.rejected
     (tmp_path / "empty.csv").write_bytes(b"")
     assert checked_kind(tmp_path / "empty.csv") == "csv"  # left to the reader ("no rows")
+    junk = tmp_path / "junk-first.jsonl"  # bad lines first are each their row's rejection, not the file's
+    junk.write_bytes(b"oops\n1\n2\n3\n4\n5\n" + lines.encode())
+    assert checked_kind(junk) == "jsonl" and len(load_events(junk).events) == 2
