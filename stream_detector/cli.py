@@ -399,7 +399,8 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
         if unknown:
             _say(f"note: {len(unknown)} field(s) the model's schema does not know are passed through, not "
                  f"features: {', '.join(unknown[:10])}")
-        for warning in absent_warnings(schema, entity, seen):
+        filled = {name for row in data.raw.rows if row for name, value in row.items() if value not in (None, "")}
+        for warning in absent_warnings(schema, entity, filled):  # a column empty in every row is absent too
             _say(f"warning: {warning}")
     if inference is not None:
         for name in inference.overrides:

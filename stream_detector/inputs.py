@@ -186,7 +186,7 @@ def read_feedback(path: Path, options: ReaderOptions | None = None) -> FeedbackF
 
 
 def absent_warnings(schema: FieldSchema | None, entity: EntitySpec | None, seen: set[str]) -> list[str]:
-    """What a file (whose rows have the fields ``seen``) lacks that a model reads, one warning
+    """What a file (whose rows have a value in the fields ``seen``) lacks that a model reads, one warning
     each: feature fields (every row gets the training median or an unseen category), entity keys
     (every row gets the features of an entity with no history) and, for a model with history, the
     ``timestamp`` (windows cannot advance: each entity's last time is used, docs/entity-features.md).
@@ -200,8 +200,10 @@ def absent_warnings(schema: FieldSchema | None, entity: EntitySpec | None, seen:
         keys = [k for k in (*entity.keys, *entity.label_keys) if k not in seen]
         if keys:
             out.append(f"the model keeps history per {', '.join(dict.fromkeys(keys))}, which this file does not "
-                       "have: every row gets the features of an entity with no history")
+                       "have (or leaves empty in every row): every row gets the features of an entity with no "
+                       "history")
         if "timestamp" not in seen:
-            out.append("the model's history windows run on event time, and this file has no timestamp field: "
-                       "every row is taken at its entity's last time (docs/entity-features.md)")
+            out.append("the model's history windows run on event time, and this file has no timestamp values "
+                       "(no such field, or empty in every row): every row is taken at its entity's last time "
+                       "(docs/entity-features.md)")
     return out

@@ -115,6 +115,6 @@ def _warn_absent(bundle: Bundle, chunk: RawChunk, say: Say) -> None:
     """The in-memory ``score``'s warnings, from the first chunk: what the input lacks that the model reads."""
     if bundle.schema is None:
         return
-    seen = {name for row in chunk.rows if row for name in row}
-    for warning in absent_warnings(bundle.schema, bundle.entity, seen):
+    filled = {name for row in chunk.rows if row for name, value in row.items() if value not in (None, "")}
+    for warning in absent_warnings(bundle.schema, bundle.entity, filled):  # a column empty in every row too
         say(f"warning: {warning}")

@@ -139,7 +139,7 @@ def test_a_file_lacking_what_a_model_with_history_reads_is_named() -> None:
     assert len(got) == 3
     assert "1 of the model's feature fields" in got[0] and "channel" in got[0]
     assert "history per terminal_id" in got[1] and "no history" in got[1]
-    assert "no timestamp field" in got[2]
+    assert "no timestamp values" in got[2]
 
 
 def test_simulate_with_end_writes_the_same_events_to_every_format(
