@@ -805,18 +805,38 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"-n must be >= 0, got {args.n}")
 
     def show(record: Any) -> None:
-        value = record.value
-        text = value.decode("utf-8", "backslashreplace") if value is not None else "null"
+        text = _one_line(record.value)
+        if args.with_headers:
+            text = orjson.dumps({k: _one_line(v, quote=False) for k, v in record.headers or ()}).decode() + "\t" + text
         if args.with_position:
             text = f"{record.partition}\t{record.offset}\t{text}"
         print(text, flush=True)
 
     try:
-        tail(settings, topic, args.n, args.follow, show,
-             following=lambda: _say(f"following {topic}: new records below as they arrive (Ctrl-C ends)"))
+        with _terminated_as_interrupt():  # SIGTERM ends --follow as Ctrl-C does
+            shown = tail(settings, topic, args.n, args.follow, show,
+                         following=lambda: _say(f"following {topic}: new records below as they arrive (Ctrl-C ends)"))
     except KeyboardInterrupt:  # --follow ends with Ctrl-C: not an error
-        pass
+        return 0
+    if not shown and not args.follow and args.n:
+        _say(f"note: {topic} holds no committed record")
     return 0
+
+
+def _one_line(value: bytes | None, quote: bool = True) -> str:
+    """A record value (or header) as one line: its text when it is UTF-8 without line breaks (JSON
+    records are), else a JSON string of it (bytes that are not UTF-8 as backslash escapes); a
+    tombstone is ``null``. With ``quote`` False, the text itself (for a JSON object's value)."""
+    if value is None:
+        return "null"
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = value.decode("utf-8", "backslashreplace")
+        return orjson.dumps(text).decode() if quote else text
+    if quote and ("\n" in text or "\r" in text or "\x00" in text):
+        return orjson.dumps(text).decode()
+    return text
 
 
 def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
@@ -1295,7 +1315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tail", help="print the newest alerts, dead letters, shadow records, labels or events",
                        description="Print the last -n records of a topic (every partition, oldest first), one "
-                                   "record value per line (JSON), and with --follow every new one. Reads committed "
+                                   "record value per line (JSON records as they are; a value with a line break or "
+                                   "that is not UTF-8 as a JSON string), and with --follow every new one. Dead "
+                                   "letters: --with-headers shows why. Reads committed "
                                    "records only and joins no consumer group: nothing is committed, no worker is "
                                    "disturbed. E.g. `stream-detector tail alerts -n 5`, `stream-detector tail dlq "
                                    "--follow`; pipe to `jq` to pick fields.")
@@ -1307,6 +1329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="then print new records as they arrive (Ctrl-C ends)")
     p.add_argument("--with-position", action="store_true", help="prefix each line with partition and offset "
                                                                 "(tab separated)")
+    p.add_argument("--with-headers", action="store_true", help="prefix each line with the record's headers as a "
+                   "JSON object (tab separated): a dead letter's reason is there (sd.error.reason, sd.error.message)")
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("threshold", help="read or set the active threshold (versioned, audited)")

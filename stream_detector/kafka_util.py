@@ -108,10 +108,16 @@ def tail(settings: Settings, topic: str, last: int, follow: bool, out: Callable[
     exactly-once deployment's aborted alerts are never shown) and joins no consumer group: nothing
     is committed, no worker is disturbed. Returns how many records were given. Raises
     ``ConfigError`` when the topic does not exist."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                             isolation_level="read_committed", **settings.kafka_security())
     try:
-        parts = consumer.partitions_for_topic(topic)
+        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                                 isolation_level="read_committed", **settings.kafka_security())
+    except KafkaError as exc:
+        raise ConfigError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
+    try:
+        try:
+            parts = consumer.partitions_for_topic(topic)
+        except KafkaError as exc:
+            raise ConfigError(f"cannot read the topics of Kafka at {settings.kafka_bootstrap}: {exc}") from None
         if not parts:
             raise ConfigError(f"no topic {topic} on {settings.kafka_bootstrap}")
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
@@ -125,7 +131,8 @@ def tail(settings: Settings, topic: str, last: int, follow: bool, out: Callable[
             for tp, batch in consumer.poll(timeout_ms=poll_ms).items():
                 backlog.extend(r for r in batch if r.offset < ends[tp])
             remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
-        backlog.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
+        # oldest first; among equal timestamps, a record further from its partition's end is older
+        backlog.sort(key=lambda r: (r.timestamp, r.offset - ends[TopicPartition(topic, r.partition)], r.partition))
         shown = backlog[-last:] if last > 0 else []
         for record in shown:
             out(record)

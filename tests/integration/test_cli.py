@@ -140,7 +140,7 @@ def test_tail_prints_the_newest_records_of_a_topic_and_follows_it(settings, env_
     from stream_detector.topics import ensure_topics
 
     env = env_for(settings)
-    ensure_topics(settings, [settings.alerts_topic])
+    ensure_topics(settings, [settings.alerts_topic, settings.dlq_topic])
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     values = [orjson.dumps({"event_id": f"e{i}", "n": i}) for i in range(15)]
     for i, value in enumerate(values):  # four partitions, times in order
@@ -150,6 +150,18 @@ def test_tail_prints_the_newest_records_of_a_topic_and_follows_it(settings, env_
     assert got.returncode == 0, got.stderr
     assert got.stdout.splitlines() == [v.decode() for v in values[-5:]]
     assert run(["tail", "alerts", "-n", "100"], env, timeout=120).stdout.splitlines() == [v.decode() for v in values]
+    # a dead letter: not JSON, a line break inside; its reason in the headers (found by a second trial)
+    producer.send(settings.dlq_topic, value=b"not json\nsecond line", headers=[("sd.error.reason", b"invalid_json")],
+                  partition=0, timestamp_ms=1_790_000_000_000)
+    for partition in (1, 1, 1, 2):  # equal times: the newest are those nearest their partition's end
+        producer.send(settings.dlq_topic, value=orjson.dumps({"p": partition}), partition=partition,
+                      timestamp_ms=1_790_000_000_001)
+    producer.flush()
+    dlq = run(["tail", "dlq", "-n", "5", "--with-headers", "--with-position"], env, timeout=120).stdout.splitlines()
+    assert len(dlq) == 5
+    assert dlq[0].split("\t") == ["0", "0", '{"sd.error.reason":"invalid_json"}', '"not json\\nsecond line"']
+    newest = run(["tail", "dlq", "-n", "2", "--with-position"], env, timeout=120).stdout.splitlines()
+    assert [line.split("\t")[:2] for line in newest] == [["1", "2"], ["2", "0"]]
     missing = run(["tail", "no-such-topic-" + settings.group_id, "-n", "1"], env, timeout=120)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no topic" in missing.stderr
     follow = subprocess.Popen(CLI + ["tail", "alerts", "-n", "0", "--follow", "--with-position"], env=env,

@@ -211,3 +211,14 @@ def test_kafka_python_reading_a_closed_transport_is_not_logged_as_an_error() -> 
     assert _closed_transport_noise(record(logging.ERROR, "<KafkaTCPTransport [127.0.0.1:9092] (connected)>",
                                           "socket disconnected"))
     assert _closed_transport_noise(record(logging.WARNING, "<KafkaTCPTransport [none] (closed)>", "closing"))
+
+
+def test_tail_prints_every_record_on_one_line() -> None:
+    """A value with a line break, or not UTF-8, is printed as a JSON string; JSON records as they are."""
+    from stream_detector.cli import _one_line
+
+    assert _one_line(b'{"a": 1}') == '{"a": 1}'
+    assert _one_line(b"two\nlines") == '"two\\nlines"'
+    assert _one_line(b"\xff\x00raw") == '"\\\\xff\\u0000raw"'
+    assert _one_line(None) == "null"
+    assert _one_line(b"invalid_json", quote=False) == "invalid_json"
