@@ -683,6 +683,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             return ChunkWriter(path, file_kind(path), schema)
         except ValueError as exc:  # a compressed Parquet name
             raise ConfigError(str(exc)) from None
+        except OSError as exc:  # a folder that takes no files (/proc), no permission, a full disk
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     if args.count is not None and args.count < 0:
         raise ConfigError(f"--count must be >= 0, got {args.count}")
@@ -690,8 +692,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         _check_file_out(Path(args.out), "--out")
     if args.feedback_out:
         _check_file_out(Path(args.feedback_out), "--feedback-out")
-    end_ms = _end_ms(args.end) if args.end else None
-    if args.end and not args.out:
+    end_ms = _end_ms(args.end) if args.end is not None else None
+    if args.end is not None and not args.out:
         raise ConfigError("--end goes with --out (live events are stamped with the time they are sent)")
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
@@ -789,10 +791,13 @@ def _end_ms(text: str) -> int:
     from .schema import parse_timestamp_ms
 
     try:
-        return int(parse_timestamp_ms(text.strip()))
+        end = int(parse_timestamp_ms(text.strip()))
     except ValueError:
-        raise ConfigError(f"--end {text}: expected an RFC 3339 time or a date, e.g. 2026-06-15 or "
+        raise ConfigError(f"--end {text!r}: expected an RFC 3339 time or a date, e.g. 2026-06-15 or "
                           "2026-06-15T12:00:00Z") from None
+    if not 0 < end < 4_102_444_800_000:  # 1970 .. 2100: outside, the events' times are implausible when scored
+        raise ConfigError(f"--end {text}: expected a time between 1970 and 2100")
+    return end
 
 
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
@@ -867,6 +872,7 @@ def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
     problem = threshold_problem(value)
     if problem is not None:
         raise ConfigError(problem)
+    value += 0.0  # -0 is 0
     if args.head is not None and control.fetch_bundle(model).supervised is None:
         raise ConfigError(f"model {model} has no supervised head (train --supervised): --head does not apply")
     head: Any = args.head if args.head is not None else KEEP

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -214,9 +214,10 @@ class WorkerSettings(_Group):
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
-        if value.upper() not in LOG_LEVELS:
+        level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(value.upper(), value.upper())  # logging's aliases
+        if level not in LOG_LEVELS:
             raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
-        return value.upper()
+        return level
 
 
 class RetrainSettings(_Group):
@@ -326,6 +327,20 @@ class Settings(KafkaSettings, RedisSettings, WorkerSettings, RetrainSettings, Co
     def retrainer_group(self) -> str:
         return self.retrain_group_id or f"{self.group_id}-retrainer"
 
+    @model_validator(mode="after")
+    def _topics_apart(self) -> Settings:
+        """The input, alerts, dead-letter, shadow and feedback topics are five topics: one used twice
+        would have workers read their own alerts or dead letters as events."""
+        roles = {"SD_INPUT_TOPIC": self.input_topic, "SD_ALERTS_TOPIC": self.alerts_topic,
+                 "SD_DLQ_TOPIC": self.dlq_topic, "SD_SHADOW_TOPIC": self.shadow_topic,
+                 "SD_FEEDBACK_TOPIC": self.feedback_topic}
+        seen: dict[str, str] = {}
+        for name, topic in roles.items():
+            if topic in seen:
+                raise ValueError(f"{name} and {seen[topic]} name the same topic {topic!r}: each role needs its own")
+            seen[topic] = name
+        return self
+
 
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; invalid values become one clear ``ConfigError``."""
@@ -333,6 +348,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"SD_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            f"SD_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" if err["loc"]
+            else str(err["msg"]).removeprefix("Value error, ") for err in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None

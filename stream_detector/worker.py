@@ -112,8 +112,8 @@ class _Progress:
         events, alerts, rejected = s.events - self.seen[0], s.alerts - self.seen[1], s.rejected - self.seen[2]
         if events:
             log.info("handled %d events in the last %.0f s (%.0f/s): %d alerts, %d dead letters; since start %d "
-                     "events, %d alerts", events, now - self.since, events / (now - self.since), alerts, rejected,
-                     s.events, s.alerts)
+                     "events, %d alerts, %d dead letters", events, now - self.since, events / (now - self.since),
+                     alerts, rejected, s.events, s.alerts, s.rejected)
         self.since, self.seen = now, (s.events, s.alerts, s.rejected)
 
 

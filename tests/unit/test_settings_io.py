@@ -24,6 +24,8 @@ def test_documented_defaults_and_env_overrides(monkeypatch):
                                 "redis://localhost:6379/0", "stream-detector")
     monkeypatch.setenv("SD_INPUT_TOPIC", "tx2")
     monkeypatch.setenv("SD_BATCH_SIZE", "64")
+    monkeypatch.setenv("SD_LOG_LEVEL", "warn")
+    assert load_settings().log_level == "WARNING"
     monkeypatch.setenv("SD_LOG_LEVEL", "debug")
     monkeypatch.setenv("SD_DEVICE", "cuda:1")
     s = load_settings()
@@ -35,7 +37,8 @@ def test_documented_defaults_and_env_overrides(monkeypatch):
                                             # a new-user trial: these stopped later, with a traceback (exit 1)
                                             ("SD_DEVICE", "gpu"), ("SD_LOG_LEVEL", "LOUD"), ("SD_INPUT_TOPIC", ""),
                                             ("SD_ALERTS_TOPIC", "a/b"), ("SD_FEEDBACK_TOPIC", "."),
-                                            ("SD_REDIS_PREFIX", ""), ("SD_GROUP_ID", " ")])
+                                            ("SD_REDIS_PREFIX", ""), ("SD_GROUP_ID", " "),
+                                            ("SD_ALERTS_TOPIC", "transactions")])  # the input topic
 def test_invalid_settings_give_one_clear_error(monkeypatch, var, value):
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=var):

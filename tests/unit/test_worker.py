@@ -291,6 +291,6 @@ def test_the_progress_line_says_what_the_worker_did_since_the_last_one(caplog) -
         _Progress(stats, 0.0).maybe_log(start + 1e6)  # 0: never
     lines = [r.getMessage() for r in caplog.records if r.name == "stream_detector.worker"]
     assert lines == ["handled 3000 events in the last 30 s (100/s): 4 alerts, 1 dead letters; since start 3000 "
-                     "events, 4 alerts",
+                     "events, 4 alerts, 1 dead letters",
                      "handled 600 events in the last 30 s (20/s): 1 alerts, 0 dead letters; since start 3600 "
-                     "events, 5 alerts"]
+                     "events, 5 alerts, 1 dead letters"]
