@@ -121,6 +121,10 @@ def checked_kind(path: Path) -> str:
         return kind
     named = f"{path}: named as {_NAMES[kind]}"
     if head.startswith(b"PAR1"):
+        with path.open("rb") as raw:
+            if not raw.read(4).startswith(b"PAR1"):  # gzip (etc.) around a Parquet file
+                raise InputError(f"{path}: a compressed Parquet file: Parquet compresses inside (its own codecs); "
+                                 "decompress the file (e.g. gunzip)")
         if kind != "parquet":
             raise InputError(f"{named}, but it is a Parquet file (it starts with PAR1): name it .parquet")
         return kind

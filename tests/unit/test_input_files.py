@@ -123,6 +123,9 @@ def test_a_file_in_another_format_than_its_name_says_is_refused_by_what_it_looks
             errors = [line for line in err if "error:" in line]  # (the streamed path says first what it reads)
             assert len(errors) == 1 and said in errors[0] and errors[0] == err[-1], err
     pq.write_table(pa.table({"event_id": ["e1"], "amount": [1.5]}), tmp_path / "parquet.csv")
+    (tmp_path / "p.parquet.gz").write_bytes(gzip.compress((tmp_path / "parquet.csv").read_bytes()))
+    with pytest.raises(InputError, match="a compressed Parquet file"):
+        checked_kind(tmp_path / "p.parquet.gz")
     with pytest.raises(InputError, match="it is a Parquet file .it starts with PAR1.: name it .parquet"):
         checked_kind(tmp_path / "parquet.csv")
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + lines.encode())
