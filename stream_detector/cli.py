@@ -181,9 +181,12 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
         if entity is None:
             _say("note: --cluster runs the entity shards; without --entity-key nothing is sent to it")
         _check_cluster(args.cluster)
+    from . import events_io
+
     where = f"the Dask cluster {args.cluster}" if args.cluster else "a local process pool"
-    _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of "
-         f"{args.chunk_rows:,} rows (CSV: blocks of about that many)"
+    csv = events_io.file_kind(files[0]) == "csv"
+    _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of {args.chunk_rows:,} rows"
+         + (" (CSV: blocks of about that many)" if csv else "")
          + (f", {args.shards} entity shard(s) per key on {where}" if entity is not None else ""))
     if entity is not None or args.exclude:  # the in-memory path's checks, on the first file's first rows
         from .big.source import raw_chunks
@@ -458,7 +461,7 @@ def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]],
         ("--entity-distinct", f) for f in entity.distinct_fields]
     for option, name in options:
         if name not in schema and not any(name in e for e in events[:1000]):
-            raise ConfigError(f"{option} {name}: no such field in the input (fields: "
+            raise ConfigError(f"{option} {name}: no such field in the input{_did_you_mean(name, schema)} (fields: "
                               f"{', '.join(rule.name for rule in schema.fields)})")
     for key in entity.keys:
         if all(e.get(key) in (None, "") for e in events):
@@ -475,8 +478,17 @@ def _check_excluded(excluded: Sequence[str], schema: Any, events: list[dict[str,
     for name in excluded:
         if not (name in schema and not schema[name].note.endswith("(not in the data)")) \
                 and not any(name in e for e in events[:1000]):
-            raise ConfigError(f"--exclude {name}: no such field in the input (fields: "
+            raise ConfigError(f"--exclude {name}: no such field in the input{_did_you_mean(name, schema)} (fields: "
                               f"{', '.join(rule.name for rule in schema.fields)})")
+
+
+def _did_you_mean(name: str, schema: Any) -> str:
+    """``; did you mean 'x'?`` for the input's field closest to a mistyped ``name`` (difflib), or ``""``."""
+    import difflib
+
+    fields = [rule.name for rule in schema.fields]
+    close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6) or [f for f in fields if f.lower() == name.lower()]
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 _DEFAULT_DISTINCT = "merchant_category,country"
@@ -850,10 +862,16 @@ def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
     from .store.thresholds import KEEP
 
     control = ControlPlane.from_settings(settings)
+    if args.history < 0:
+        raise ConfigError(f"--history must be >= 0, got {args.history}")
     if args.action == "get":
         current = control.threshold()
         if current is None:
             raise ConfigError("no threshold in Redis yet: publish a model first")
+        problem = threshold_problem(current.value, current.head)
+        if problem is not None:  # written around the checks: workers hold their batches until it is replaced
+            _say(f"warning: threshold version {current.version} is unusable ({problem}): workers hold their "
+                 "batches until a new one is set")
         print(orjson.dumps({"value": current.value, "version": current.version,
                             "model_version": current.model_version, "head": current.head}).decode())
         if args.history:

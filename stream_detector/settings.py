@@ -200,7 +200,7 @@ class WorkerSettings(_Group):
     score_feed_max: int = Field(2000, ge=10, description="Length bound (entries) of the recent-scores stream.")
     log_level: str = Field("INFO", description="Python log level: CRITICAL, ERROR, WARNING, INFO or DEBUG.")
     log_json: bool = Field(False, description="Emit logs as JSON lines.")
-    log_progress_s: float = Field(30.0, ge=0, description="A worker logs one INFO line this often while it "
+    log_progress_s: float = Field(30.0, ge=0, le=86_400, description="A worker logs one INFO line this often while it "
                                   "handles events: events, events/s, alerts and dead letters since the last "
                                   "line (0 = never).")
 
