@@ -162,6 +162,7 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
     from .big.prepare import BigOptions
     from .big.source import input_files
     from .big.train import train_big, work_dir_for
+    from .events_io import file_kind
     from .model.bundle import build_bundle, save_bundle
     from .model.train import TrainConfig
 
@@ -181,10 +182,8 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
         if entity is None:
             _say("note: --cluster runs the entity shards; without --entity-key nothing is sent to it")
         _check_cluster(args.cluster)
-    from . import events_io
-
     where = f"the Dask cluster {args.cluster}" if args.cluster else "a local process pool"
-    csv = events_io.file_kind(files[0]) == "csv"
+    csv = file_kind(files[0]) == "csv"
     _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of {args.chunk_rows:,} rows"
          + (" (CSV: blocks of about that many)" if csv else "")
          + (f", {args.shards} entity shard(s) per key on {where}" if entity is not None else ""))
@@ -459,10 +458,7 @@ def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]],
         entity = dataclasses.replace(entity, distinct_fields=tuple(present))
     options = [("--entity-key", k) for k in entity.keys] + [("--entity-amount", entity.amount_field)] + [
         ("--entity-distinct", f) for f in entity.distinct_fields]
-    for option, name in options:
-        if name not in schema and not any(name in e for e in events[:1000]):
-            raise ConfigError(f"{option} {name}: no such field in the input{_did_you_mean(name, schema)} (fields: "
-                              f"{', '.join(rule.name for rule in schema.fields)})")
+    _require_fields(options, schema, events)
     for key in entity.keys:
         if all(e.get(key) in (None, "") for e in events):
             raise ConfigError(f"--entity-key {key}: the field is empty in every row")
@@ -475,10 +471,16 @@ def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]],
 def _check_excluded(excluded: Sequence[str], schema: Any, events: list[dict[str, Any]]) -> None:
     """Refuse (exit 2) an ``--exclude`` naming a field the input lacks: a typo would leave the field
     meant to be excluded (a label, say) among the features, without a word."""
-    for name in excluded:
+    _require_fields([("--exclude", name) for name in excluded], schema, events)
+
+
+def _require_fields(options: Sequence[tuple[str, str]], schema: Any, events: list[dict[str, Any]]) -> None:
+    """Refuse (exit 2, with the closest field) an ``(option, field)`` whose field the input lacks:
+    neither in its schema as a field of the data, nor in its first 1,000 rows."""
+    for option, name in options:
         if not (name in schema and not schema[name].note.endswith("(not in the data)")) \
                 and not any(name in e for e in events[:1000]):
-            raise ConfigError(f"--exclude {name}: no such field in the input{_did_you_mean(name, schema)} (fields: "
+            raise ConfigError(f"{option} {name}: no such field in the input{_did_you_mean(name, schema)} (fields: "
                               f"{', '.join(rule.name for rule in schema.fields)})")
 
 
@@ -680,16 +682,13 @@ def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     import contextlib
 
-    from .events_io import file_kind
+    from .events_io import file_kind, names_a_format
     from .history_files import EVENT_SCHEMA, LABEL_SCHEMA, ChunkWriter, SortedLabels, event_columns
     from .producer import EventProducer
     from .simulate import HandbookSimulator, LabelDelays, Simulator
 
     def writer(path: Path, schema: Any = None) -> ChunkWriter:
-        name = path.name.lower()
-        for suffix in (".gz", ".bz2", ".zst", ".zstd"):
-            name = name.removesuffix(suffix)
-        if not name.endswith((".csv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq")):  # .tsv too: commas
+        if not names_a_format(path):  # .tsv too: written with commas
             _say(f"note: {path}: its extension names no format (.csv, .jsonl, .parquet): written as CSV")
         try:
             return ChunkWriter(path, file_kind(path), schema)

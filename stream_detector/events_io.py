@@ -87,15 +87,27 @@ class RawRows:
     warnings: list[str] = field(default_factory=list)  # what the reader could not decide for sure
 
 
-def file_kind(path: Path) -> str:
+def _plain_name(path: Path) -> str:
+    """The lower-case file name without a compression suffix."""
     name = path.name.lower()
     for suffix in (".gz", ".bz2", ".zst", ".zstd"):
         name = name.removesuffix(suffix)
+    return name
+
+
+def file_kind(path: Path) -> str:
+    """``csv``, ``jsonl`` or ``parquet`` by the name (a compression suffix aside); CSV when the name says none."""
+    name = _plain_name(path)
     if name.endswith((".jsonl", ".ndjson", ".json")):
         return "jsonl"
     if name.endswith((".parquet", ".pq")):
         return "parquet"
     return "csv"
+
+
+def names_a_format(path: Path) -> bool:
+    """Whether the name (a compression suffix aside) ends in an extension ``file_kind`` knows."""
+    return _plain_name(path).endswith((".csv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq"))
 
 
 _SNIFF_BYTES = 1 << 16
