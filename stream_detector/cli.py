@@ -6,10 +6,12 @@ import argparse
 import contextlib
 import getpass
 import logging
+import math
 import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -557,6 +559,10 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     flagged = int(scored.flagged(threshold, head).sum())
     rule = f"above {threshold:.6g}" + (f" or probability above {head:.4g}" if head is not None else "")
     _say(f"scored {int(scored.valid.sum())} of {data.total} rows; {flagged} {rule} → {args.out}")
+    if data.ids and not scored.valid.any():
+        lines = [by_row[row] for row in range(len(data.ids))]
+        first = next(((f"row {row + 1}", why, text) for row, (_, why, text) in enumerate(lines) if why), None)
+        raise InputError(none_scored(len(lines), Counter(why for _, why, _ in lines if why), first, args.out))
     if args.feedback:
         import numpy as np
 
@@ -594,7 +600,18 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -
     rule = f"above {threshold:.6g}" + (f" or probability above {head:.4g}" if head is not None else "")
     _say(f"scored {done.scored} of {done.rows} rows from {len(files)} file(s) in {done.seconds:.0f} s "
          f"({done.rows / max(done.seconds, 1e-9):,.0f} rows/s); {done.flagged} {rule} → {args.out}")
+    if done.rows and not done.scored:
+        raise InputError(none_scored(done.rows, done.reasons, done.first_problem, args.out))
     return 0
+
+
+def none_scored(rows: int, reasons: Counter[str], first: tuple[str, str, str | None] | None, out: str) -> str:
+    """``score``'s one line when no row could be scored (every row rejected: a file that is not this
+    model's input, most often): how many rows per reason, the first one's message, and where each
+    row's reason is."""
+    counts = ", ".join(f"{n:,} {why}" for why, n in reasons.most_common())
+    where = f" ({first[0]}: {first[2] or first[1]})" if first else ""
+    return f"none of the {rows:,} rows could be scored: {counts}{where}; every row's reason is in {out}"
 
 
 # ---- streaming -------------------------------------------------------------------------------
@@ -697,8 +714,15 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as exc:  # a folder that takes no files (/proc), no permission, a full disk
             raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
-    if args.count is not None and args.count < 0:
-        raise ConfigError(f"--count must be >= 0, got {args.count}")
+    if args.count is not None and args.count < 1:
+        raise ConfigError(f"--count must be >= 1, got {args.count}")
+    if not (math.isfinite(args.rate) and args.rate >= 0):
+        raise ConfigError(f"--rate must be a number >= 0 (0: as fast as possible), got {args.rate}")
+    if not (math.isfinite(args.duration) and args.duration >= 0):
+        raise ConfigError(f"--duration must be a number of seconds >= 0, got {args.duration}")
+    if not args.out and args.count is None and int(args.rate * args.duration) < 1:
+        raise ConfigError(f"--rate {args.rate:g} for --duration {args.duration:g} s is no event: give --count N, "
+                          "or a rate and duration whose product is at least 1")
     if args.out:
         _check_file_out(Path(args.out), "--out")
     if args.feedback_out:
@@ -719,7 +743,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         fraud_rate = 0.01 if args.fraud_rate is None else args.fraud_rate
         sim = Simulator(seed=args.seed, accounts=args.accounts or 2000, run_id=args.run_id)
         if args.out:
-            count = args.count or 10_000
+            count = 10_000 if args.count is None else args.count
             out = Path(args.out)
             with writer(out) as velocity_file:  # one batch (its random stream), written in chunks
                 events, labels = sim.batch(count, fraud_rate, now_ms=end_ms, span_ms=args.span_days * 86_400_000)
@@ -730,7 +754,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
                     velocity_file.write({k: [row[k] for row in part] for k in rows[0]})
             _say(f"wrote {count} events ({sum(lab != 'legit' for lab in labels)} fraud) to {out}")
             return 0
-        total = args.count or int(args.rate * args.duration)
+        total = args.count if args.count is not None else int(args.rate * args.duration)
         with EventProducer(settings, args.topic or settings.input_topic) as producer:
             sent, frauds = producer.simulate(sim, total, args.rate, fraud_rate, progress=_say)
         _say(f"simulated {sent} events ({frauds} injected fraud) into {args.topic or settings.input_topic}")
@@ -1254,7 +1278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score a file offline: event_id,score,is_anomaly,rejected,message for every row",
                        description="Every row of the file gets one output row: its score, or the reason it "
                                    "was rejected (the same reasons a worker dead-letters with). Values are "
-                                   "typed by the bundle's field schema.")
+                                   "typed by the bundle's field schema. When no row can be scored (a file that "
+                                   "is not this model's input), the file is still written and the command "
+                                   "exits 2 with one line counting the reasons.")
     p.add_argument("--model", required=True, help="bundle directory")
     p.add_argument("--input", required=True, help="CSV (with header), JSON Lines or Parquet, optionally compressed")
     p.add_argument("--out", required=True, help="CSV to write")
@@ -1308,7 +1334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1000, help="events per second (live mode; default 1000)")
     p.add_argument("--fraud-rate", type=float, help="velocity: share of injected fraud (0..1, default 0.01)")
     p.add_argument("--duration", type=float, default=60, help="seconds to run (live mode; default 60)")
-    p.add_argument("--count", type=int, help="number of events (overrides rate × duration)")
+    p.add_argument("--count", type=int, help="number of events, >= 1 (overrides rate × duration; --out: default 10000)")
     p.add_argument("--out", help="write a file with label and pattern columns instead of producing: CSV, JSON "
                                  "Lines (.jsonl) or Parquet (.parquet) by its name; .gz/.bz2/.zst compress CSV "
                                  "and JSON Lines; written in chunks (bounded memory, progress on stderr)")

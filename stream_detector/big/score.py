@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ class StreamedScores:
     rejected: int = 0
     flagged: int = 0
     seconds: float = 0.0
+    reasons: Counter[str] = field(default_factory=Counter)  # rejected rows per reason
+    first_problem: tuple[str, str, str | None] | None = None  # ("<file stem> row N", reason, message)
 
 
 def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: ReaderOptions | None = None,
@@ -86,6 +89,11 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
                 at = rej.index - chunk.first_row
                 lines[at] = (ids[at], float("nan"), rej.reason.value, rej.message)
             writer.write(lines, limit, None if probability is None else probability.tolist(), head)
+            if int(scored.valid.sum()) < n:
+                done.reasons.update(why for _, _, why, _ in lines if why)
+                if done.first_problem is None:
+                    at, (_, _, why, text) = next((at, line) for at, line in enumerate(lines) if line[2])
+                    done.first_problem = (f"{stem} row {chunk.file_row + at + 1}", str(why), text)
             hashes.append(np.fromiter(map(hash, ids), np.int64, len(ids)))
             done.rows += n
             done.scored += int(scored.valid.sum())

@@ -224,3 +224,27 @@ def test_tail_prints_every_record_on_one_line() -> None:
     assert _one_line(b"\xff\x00raw") == '"\\\\xff\\u0000raw"'
     assert _one_line(None) == "null"
     assert _one_line(b"invalid_json", quote=False) == "invalid_json"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_score_where_no_row_can_be_scored_exits_2_and_still_writes_every_reason(
+        tmp_path: Path, bundle: Any, capsys: pytest.CaptureFixture[str], streamed: bool) -> None:
+    """Found by a new-user trial: a file none of whose rows the model can score (most often not this
+    model's input) exited 0 with 'scored 0 of N rows'. Now it is one error line naming the reasons
+    (exit 2); the output still has each row's reason, as a dead letter would."""
+    from stream_detector.cli import main
+    from stream_detector.model.bundle import save_bundle
+
+    save_bundle(bundle, tmp_path / "model")
+    data = tmp_path / "text.csv"
+    data.write_text("event_id,amount\ne1,lots\ne2,many\n")
+    out = tmp_path / "scores.csv"
+    argv = ["score", "--model", str(tmp_path / "model"), "--input", str(data), "--out", str(out)]
+    assert main(argv + (["--streamed"] if streamed else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("stream-detector score: error: none of the 2 rows could be scored: 2 wrong_type (")
+    assert "row 1: field 'amount'" in err and err.endswith(f"every row's reason is in {out}")
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 and all(",wrong_type," in line for line in lines[1:])
+    data.write_text("event_id,amount\ne1,lots\ne2,12.5\n")  # one row scored: exit 0, as before
+    assert main(argv + (["--streamed"] if streamed else [])) == 0

@@ -290,7 +290,11 @@ def test_handbook_out_file_written_in_chunks_is_what_write_csv_and_write_jsonl_w
     (["--label-delay-scale", "-1"], "--label-delay-scale must be >= 0"),
     (["--accounts", "0"], "--accounts and --terminals must be >= 1"),
     (["--seed", "-1"], "--seed must be >= 0"),
-    (["--count", "-5"], "--count must be >= 0"),
+    (["--count", "-5"], "--count must be >= 1"),
+    (["--count", "0"], "--count must be >= 1"),  # was 10,000 events (velocity) or an empty file (handbook)
+    (["--profile", "velocity", "--count", "0"], "--count must be >= 1"),
+    (["--rate", "nan"], "--rate must be a number >= 0"),
+    (["--duration", "-1"], "--duration must be a number of seconds >= 0"),
 ])
 def test_bad_arguments_one_line_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                                        tmp_path: Path) -> None:
@@ -298,3 +302,16 @@ def test_bad_arguments_one_line_exit_2(argv: list[str], message: str, capsys: py
     assert main(["simulate", *argv, *out]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("stream-detector simulate: error:") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv", [["--rate", "0"], ["--duration", "0"], ["--rate", "0.5", "--duration", "1"],
+                                  ["--profile", "velocity", "--rate", "0"]])
+def test_a_live_run_of_no_event_is_refused_before_connecting(argv: list[str], capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live, the event count is ``--rate × --duration`` unless ``--count`` is given: a product below
+    one event is refused (one line, exit 2) instead of connecting to Kafka to send nothing (found by
+    a new-user trial: ``--count 0`` used to mean 10,000 or rate × duration, by profile)."""
+    monkeypatch.setenv("SD_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing listens: a connection attempt would fail otherwise
+    assert main(["simulate", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stream-detector simulate: error: --rate") and "is no event" in err and "\n" not in err
