@@ -1053,6 +1053,10 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
         seq = int(control.threshold().version)  # type: ignore[union-attr]
         print(f"the shadow period of {args.version} ended as promoted")
     else:
+        gate = control.model_info(args.version)["gate"]
+        if gate is not None and not gate.get("passed", True):  # the operator's decision, in the threshold history
+            _say(f"note: the gate refused {args.version} ({'; '.join(gate.get('reasons') or []) or 'no reason'}); "
+                 "promoted by hand")
         seq = control.activate(args.version, _who(), note=f"promote {args.version} by hand")
     print(f"model {args.version} is active; threshold version {seq}")
     return 0

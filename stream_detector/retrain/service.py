@@ -14,7 +14,8 @@ already in the alerts topic (alerts are acknowledged before offsets move) are tr
 
 A candidate that passes the gate is published (artifact first, pointer last, through
 ``ControlPlane.publish``) with its gate record, then old versions are pruned (``SD_MODEL_KEEP``);
-a refused candidate's decision goes to ``{p}:gate:rejected`` and nothing else changes.
+a refused candidate is stored too, with its gate record, but not activated (``model show`` says why;
+an operator may still `model promote` it), and its decision goes to ``{p}:gate:rejected``.
 """
 
 from __future__ import annotations
@@ -265,10 +266,14 @@ class Retrainer:
         record = {**candidate.decision.to_dict(), "version": bundle.version, "reason": reason,
                   "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "counts": candidate.counts}
         if not candidate.decision.passed:
+            # kept, not activated: `model show` has why, and an operator may
+            # still `model promote` it (as a challenger refused in shadow is kept)
+            self.control.store(bundle, gate=record)
             self.control.record_rejection(record)
-            log.warning("candidate %s refused by the gate (%s): %s; numbers: %s", bundle.version, reason,
-                        candidate.message, orjson.dumps(record).decode())
-            return RetrainOutcome("rejected", candidate.message, bundle.version, record, candidate.counts)
+            pruned = self.control.prune(s.model_keep)
+            log.warning("candidate %s refused by the gate (%s): %s; stored, not active; numbers: %s", bundle.version,
+                        reason, candidate.message, orjson.dumps(record).decode())
+            return RetrainOutcome("rejected", candidate.message, bundle.version, record, candidate.counts, pruned)
         if s.retrain_shadow_events:  # first a challenger on live traffic (docs/retraining.md)
             if s.create_topics:
                 ensure_topics(s, [s.shadow_topic])

@@ -261,3 +261,47 @@ def test_a_failed_once_run_leaves_the_window_where_it_was_and_a_bad_spool_folder
     assert done.returncode == 2, done.stderr
     assert "SD_RETRAIN_SPOOL_DIR" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not committed_offsets(missing, missing.retrainer_group, s.input_topic), "nothing was read"
+
+
+def test_a_refused_candidate_is_stored_not_activated_and_an_operator_may_promote_it(
+        rsettings, bundle, start_worker, monkeypatch, env_for):
+    """A candidate the gate refuses is kept in the registry with its gate record, not activated (as a
+    challenger refused in shadow is): `model show` says why, and an
+    operator may still promote it by hand, told that the gate refused it. The gate's rules are unit-tested
+    on numbers (tests/unit/test_retrain.py); here the real decision is made and then marked refused, so
+    that what is tested is the service's handling of a refusal on the real Redis."""
+    from stream_detector.retrain import job
+
+    s = rsettings
+    control = ControlPlane.from_url(s.redis_url, s.redis_prefix)
+    control.publish(bundle, set_by="pytest")
+    events, _ = _wave(600, 43, 0, "rf")
+    _produce(s, events)
+    running = start_worker(s)
+    wait_until(lambda: _drained(s) and _fully_committed(s), message="wave committed")
+    running.stop()
+    real = job.decide
+
+    def refusing(candidate, active, policy):  # type: ignore[no-untyped-def]
+        decision = real(candidate, active, policy)
+        decision.passed = False
+        decision.reasons.append("refused by the test")
+        return decision
+
+    monkeypatch.setattr(job, "decide", refusing)
+    threshold_before = control.threshold()
+    outcome = Retrainer(s).run_once(timeout_s=60)
+    assert outcome.status == "rejected" and outcome.version, outcome.to_dict()
+    assert control.active_model() == bundle.version and control.threshold() == threshold_before
+    info = control.model_info(outcome.version)
+    assert not info["active"] and info["gate"]["passed"] is False
+    assert "refused by the test" in info["gate"]["reasons"] and info["gate"]["candidate"]["rows"] > 0
+    assert control.telemetry.rejections(1)[0]["version"] == outcome.version
+    assert control.fetch_bundle(outcome.version).version == outcome.version  # stored whole: its bytes verify
+    assert control.model_versions() == [bundle.version, outcome.version]
+
+    done = subprocess.run([sys.executable, "-m", "stream_detector.cli", "model", "promote", outcome.version],
+                          check=False, env=env_for(s), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"the gate refused {outcome.version} (" in done.stderr and "refused by the test" in done.stderr
+    assert control.active_model() == outcome.version
