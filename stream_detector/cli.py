@@ -643,7 +643,8 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     _integral_times(data.events, [r.name for r in data.schema.fields if r.type is FieldType.TIMESTAMP])
     with EventProducer(settings, args.topic or settings.input_topic) as producer:
         sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
-    _say(f"produced {sent} events to {args.topic or settings.input_topic}")
+    left = f"; {len(data.rejected)} rejected row(s) not sent (reasons above)" if data.rejected else ""
+    _say(f"produced {sent} events to {args.topic or settings.input_topic}{left}")
     return 0
 
 

@@ -585,8 +585,9 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
         odd_rows = len(present) - len(numbers)
     if len(numbers) >= NUMERIC_SHARE * len(present):
         warnings.append(f"field {name!r}: {odd_rows} of {len(present)} values are not numbers "
-                        f"(e.g. {', '.join(map(repr, odd[:3]))}); those rows are left out of training "
-                        f"and rejected when scored (override with --field {name}=category)")
+                        f"(e.g. {', '.join(map(repr, odd[:3]))}); those rows are rejected as a worker "
+                        f"rejects such an event: not trained on, not scored, not produced "
+                        f"(override with --field {name}=category)")
         return FieldRule(name, FieldType.NUMBER, note=f"numbers ({odd_rows} values are not)")
     if len(numbers) >= 0.5 * len(present):
         warnings.append(f"field {name!r}: {len(numbers)} of {len(present)} values are numbers but {odd_rows} are "

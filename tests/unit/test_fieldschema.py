@@ -70,6 +70,8 @@ def test_a_mostly_numeric_field_is_a_number_and_the_rest_is_reported() -> None:
     inferred = infer_schema(rows)
     assert inferred.schema["amount"].type is FieldType.NUMBER
     assert len(inferred.warnings) == 1 and "'n/a'" in inferred.warnings[0] and "1 of 100" in inferred.warnings[0]
+    # the same words for train, score and produce (produce once said "left out of training")
+    assert "rejected as a worker rejects such an event: not trained on, not scored, not produced" in inferred.warnings[0]
     typed, problems = inferred.schema.convert(rows, JSON_TEXT)
     assert list(problems) == [99] and problems[99].reason is RejectReason.WRONG_TYPE
     assert typed[5]["amount"] == 5.0
