@@ -174,6 +174,9 @@ class WorkerMetrics:
         self.entity_conflicts = Counter(f"{p}_entity_conflicts", "Entity records another worker wrote between a "
                                         "batch's read and its compare-and-set write (re-read and recomputed).",
                                         registry=r)
+        self.entity_untimed = Counter(f"{p}_entity_untimed_events", "Events enriched with entity features that "
+                                      "had no usable timestamp: applied at their entity's last time "
+                                      "(docs/entity-features.md, 'Time, late and out-of-order events').", registry=r)
         self.shadow_events = Counter(f"{p}_shadow_events", "Events a challenger in shadow scored beside the "
                                      "active model, in committed batches (docs/retraining.md).", registry=r)
         self.shadow_alerts = Counter(f"{p}_shadow_alerts", "Events a challenger in shadow would have alerted "

@@ -151,6 +151,7 @@ class Worker:
         self.ingester: LabelIngester | None = None  # feedback topic → label store, started in start()
         self.labels: LabelStore = InMemoryLabels(())  # the label store (start(): the control plane's)
         self._conflicts = 0  # the enricher's compare-and-set conflicts already counted in metrics
+        self._untimed = 0  # the current batch's events without a usable timestamp (its last enrich attempt)
         self._shadow_counts: tuple[str, dict[str, int]] | None = None  # the batch in hand's, until committed
 
     @property
@@ -396,6 +397,7 @@ class Worker:
         def enrich(events: list[dict[str, Any]], indices: list[int], fields: Fields) -> Extra:
             positions = [(batch.partitions[i], batch.offsets[i]) for i in indices]
             values = enricher.features(spec, events, positions, fields)
+            self._untimed = enricher.last_untimed  # a held batch enriched again: its last attempt counts
             if not spec.label_keys:
                 return spec.output_fields, values
             labels = label_values(spec, self.labels, events, values)  # entity/labels.py
@@ -468,6 +470,9 @@ class Worker:
         for r in rejected:
             s.rejected_by_reason[r.reason.value] = s.rejected_by_reason.get(r.reason.value, 0) + 1
         self.metrics.batch_done(batch, scored, alerts, rejected)
+        if self._untimed:
+            self.metrics.entity_untimed.inc(self._untimed)
+            self._untimed = 0
         if self.enricher is not None and self.enricher.conflicts > self._conflicts:
             self.metrics.entity_conflicts.inc(self.enricher.conflicts - self._conflicts)
             self._conflicts = self.enricher.conflicts

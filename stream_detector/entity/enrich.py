@@ -61,6 +61,7 @@ class Enricher:
         self.store = store
         self.on_enriched: Callable[[list[dict[str, Any]]], None] | None = None
         self.conflicts = 0  # records recomputed because another writer changed them (``_redo``)
+        self.last_untimed = 0  # events of the last batch without a usable timestamp (at their entity's last time)
         kernel.warm()
         records.warm()
 
@@ -98,6 +99,7 @@ class Enricher:
     def _values(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Sequence[Position],
                 keyed: Sequence[bool] | None, fields: Fields | None = None) -> np.ndarray:
         cols = Columns.of(spec, events, fields)
+        self.last_untimed = int(np.count_nonzero(np.isnan(cols.ts)))
         at = _Positions(positions)
         batch = [_KeyBatch(key, *entity_codes(events, key, keyed, fields)) for key in spec.keys]
         entities = [(kb.key, name) for kb in batch for name in kb.names]

@@ -163,6 +163,9 @@ def test_a_retried_batch_is_applied_once(settings: Settings, entity_bundle: Bund
     settings = _small_batches(settings)
     _publish(settings, entity_bundle)
     events = _raw(400, seed=23, accounts=15)
+    untimed = [0, 5, 170, 399]  # no timestamp: applied at their entity's last time, and counted in a metric
+    for i in untimed:
+        del events[i]["timestamp"]
     publisher = _FailFirstPublish(make_sink(settings))
     worker = run_worker(Worker(settings, publisher=publisher))  # type: ignore[arg-type]
     seen = _Collector()
@@ -178,6 +181,8 @@ def test_a_retried_batch_is_applied_once(settings: Settings, entity_bundle: Bund
     assert retry == first[:len(retry)]  # the retry computed the same features
     assert _redis_state(settings) == _offline_state(events)  # and counted every event once
     assert seen.by_id() == {e["event_id"]: e for e in enrich_history(SPEC, events)}
+    counted = worker.metrics.registry.get_sample_value("stream_detector_entity_untimed_events_total")
+    assert counted == len(untimed)  # the held batch was enriched twice and counted once
 
 
 def test_one_read_and_one_write_round_trip_per_batch(settings: Settings) -> None:
