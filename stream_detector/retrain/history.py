@@ -48,6 +48,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from ..errors import ConfigError
 from ..feedback import Label, decode_label
+from ..fieldschema import FieldSchema
 from ..kafka_util import partitions_of
 from ..pipeline.decode import decode_batch, parse_record
 from ..settings import Settings
@@ -195,11 +196,13 @@ class History:
 
 
 def read_history(settings: Settings, since_ms: int, decided: Mapping[int, int], timeout_s: float = 300.0,
-                 progress: Callable[[str], None] | None = None) -> History:
+                 progress: Callable[[str], None] | None = None, schema: FieldSchema | None = None) -> History:
     """Read the input topic from ``since_ms`` (epoch ms, record time) up to ``decided`` (partition →
     first offset not yet committed by the workers; a partition absent reads nothing) into a spooled
-    ``History``, and the feedback topic from ``since_ms`` to its end. Raises ``TimeoutError`` when
-    the topics cannot be read within ``timeout_s`` (the spool is deleted then)."""
+    ``History``, and the feedback topic from ``since_ms`` to its end. Records are decoded as a
+    worker decodes them (``schema``: the active model's field schema), so what a worker
+    dead-letters is left out. Raises ``TimeoutError`` when the topics cannot be read within
+    ``timeout_s`` (the spool is deleted then)."""
     say = progress or (lambda _m: None)
     out = History(settings.retrain_spool_dir or None)
     out.counts = {"input_records": 0, "input_rejected": 0, "feedback_records": 0, "feedback_rejected": 0}
@@ -210,7 +213,7 @@ def read_history(settings: Settings, since_ms: int, decided: Mapping[int, int], 
     try:
         for tp, records in _read(consumer, settings.input_topic, since_ms, decided, timeout_s):
             out.counts["input_records"] += len(records)
-            decoded = decode_batch([r.value for r in records], settings.max_event_bytes)
+            decoded = decode_batch([r.value for r in records], settings.max_event_bytes, schema=schema)
             out.counts["input_rejected"] += len(decoded.rejected)
             kept = [records[i] for i in decoded.indices]
             out.add([r.value for r in kept],
@@ -237,9 +240,9 @@ def read_history(settings: Settings, since_ms: int, decided: Mapping[int, int], 
     finally:
         consumer.close(autocommit=False)
     since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(since_ms / 1000))
-    say(f"history from Kafka: {len(out):,} events read from {since} UTC on (the window's oldest event less the "
-        f"features' horizon; {out.counts['input_rejected']} "
-        f"undecodable left out; {out.spool_bytes / 2**20:,.0f} MiB spooled), {len(out.labels):,} labels")
+    say(f"history from Kafka: {len(out):,} events read from Kafka record time {since} UTC on (the window's oldest "
+        f"record less the features' horizon; {out.counts['input_rejected']} left out as the workers dead-letter "
+        f"them; {out.spool_bytes / 2**20:,.0f} MiB spooled), {len(out.labels):,} labels")
     return out
 
 

@@ -196,8 +196,13 @@ class Retrainer:
     def ingest(self, timeout_ms: int) -> int:
         """One poll of the input topic into the window, and of alerts/feedback into exclusions."""
         added = 0
-        for records in self._input().poll(timeout_ms=timeout_ms, max_records=5000).values():
-            decoded = decode_batch([r.value for r in records], self.settings.max_event_bytes)
+        polled = self._input().poll(timeout_ms=timeout_ms, max_records=5000)
+        # typed by the active model's field schema, as a worker decodes: what a worker dead-letters
+        # (a text amount, an implausible timestamp) never enters the window
+        active = self._active_bundle() if polled else None
+        schema = active.schema if active is not None else None
+        for records in polled.values():
+            decoded = decode_batch([r.value for r in records], self.settings.max_event_bytes, schema=schema)
             entries = [WindowEntry(records[i].timestamp / 1000.0, records[i].partition, records[i].offset,
                                    str(event["event_id"]), records[i].value)
                        for event, i in zip(decoded.events, decoded.indices, strict=True)]
@@ -252,7 +257,8 @@ class Retrainer:
             spec = active.entity
             oldest_s = min(e.timestamp_s for e in [*selection.clean, *(e for e, _ in selection.labelled)])
             lookback_ms = spec.horizon_ms + (spec.label_within_s * 1000 if spec.label_keys else 0)
-            history = read_history(s, int(oldest_s * 1000) - lookback_ms, decided, progress=self.progress)
+            history = read_history(s, int(oldest_s * 1000) - lookback_ms, decided, progress=self.progress,
+                                   schema=active.schema)
             self.metrics.history_events.set(len(history))
         try:
             candidate = build_candidate(selection, s, active, reason, self.progress, history=history)

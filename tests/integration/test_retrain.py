@@ -305,3 +305,27 @@ def test_a_refused_candidate_is_stored_not_activated_and_an_operator_may_promote
     assert done.returncode == 0, done.stderr
     assert f"the gate refused {outcome.version} (" in done.stderr and "refused by the test" in done.stderr
     assert control.active_model() == outcome.version
+
+
+def test_the_window_takes_only_events_a_worker_would_not_dead_letter(rsettings, bundle):
+    """Found by a new-user trial: the retrainer decoded the input without the active model's field
+    schema, so events a worker dead-letters for their fields (a text amount, an implausible
+    timestamp) entered its training window — and the gate's "scores 99 % of held-back events"
+    rule then refused candidates with a misleading reason. Now the window is decoded as a worker
+    decodes."""
+    s = rsettings
+    control = ControlPlane.from_url(s.redis_url, s.redis_prefix)
+    control.publish(bundle, set_by="pytest")
+    events, _ = _wave(200, 44, 0, "dl")
+    bad = [dict(events[3], event_id="dl-text-amount", amount="lots"),
+           dict(events[4], event_id="dl-far-future", timestamp=int(events[4]["timestamp"]) + 50 * 365 * 86_400_000),
+           dict(events[5], event_id="dl-bad-time", timestamp="yesterday")]
+    _produce(s, events + bad)
+    retrainer = Retrainer(s)
+    retrainer.start()
+    try:
+        retrainer.catch_up(60)
+        ids = {e.event_id for e in retrainer.window.select(retrainer.exclusions, None).clean}
+    finally:
+        retrainer.close()
+    assert ids == {str(e["event_id"]) for e in events}, "every valid event and no dead letter"

@@ -29,9 +29,10 @@ def _train(tmp: Path, name: str, *args: str) -> Path:
     return out
 
 
-def _score(tmp: Path, model: Path, path: Path, *args: str) -> list[dict[str, str]]:
+def _score(tmp: Path, model: Path, path: Path, *args: str, code: int = 0) -> list[dict[str, str]]:
+    """The lines ``score`` writes (exit 2 when no row at all could be scored: the file is still written)."""
     out = tmp / f"scores-{path.stem}-{len(list(tmp.iterdir()))}.csv"
-    assert main(["score", "--model", str(model), "--input", str(path), "--out", str(out), *args]) == 0
+    assert main(["score", "--model", str(model), "--input", str(path), "--out", str(out), *args]) == code
     with out.open(newline="") as handle:
         return list(csv.DictReader(handle))
 
@@ -115,7 +116,7 @@ def test_epoch_seconds_are_read_as_seconds_or_refused_never_1970(tmp_path: Path)
     flagged_s = sum(r["is_anomaly"] == "1" for r in in_s)
     assert abs(flagged_s - flagged_ms) <= 4  # was 364 of 400 against 9 (only sub-second gaps differ)
     fixed = _train(tmp_path, "fixed", "--input", str(case / "raw_ms.jsonl"), "--field", "timestamp=timestamp:ms")
-    refused = _score(tmp_path, fixed, case / "raw_seconds.jsonl")
+    refused = _score(tmp_path, fixed, case / "raw_seconds.jsonl", code=2)  # every row refused: exit 2
     assert {r["rejected"] for r in refused} == {"implausible_timestamp"}
     assert "1970" in refused[0]["message"]
 
