@@ -174,6 +174,10 @@ class WorkerMetrics:
         self.entity_conflicts = Counter(f"{p}_entity_conflicts", "Entity records another worker wrote between a "
                                         "batch's read and its compare-and-set write (re-read and recomputed).",
                                         registry=r)
+        self.align_peer_wait = Counter(f"{p}_align_peer_wait_seconds", "Seconds this worker waited for other "
+                                       "workers' partitions to catch up in event time (event-time alignment with "
+                                       "several workers: docs/operations.md, 'Partitions and workers').",
+                                       registry=r)
         self.entity_untimed = Counter(f"{p}_entity_untimed_events", "Events enriched with entity features that "
                                       "had no usable timestamp: applied at their entity's last time "
                                       "(docs/entity-features.md, 'Time, late and out-of-order events').", registry=r)

@@ -30,6 +30,7 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,21 +101,29 @@ class _Progress:
     it did since the last line, so an operator tailing the log sees it work (it said nothing per
     batch at INFO; found by a new-user trial). Nothing is logged for a quiet period."""
 
-    def __init__(self, stats: WorkerStats, every_s: float) -> None:
-        self.stats, self.every_s = stats, every_s
+    def __init__(self, stats: WorkerStats, every_s: float, peer_wait: Callable[[], float] = lambda: 0.0) -> None:
+        self.stats, self.every_s, self.peer_wait = stats, every_s, peer_wait
         self.since = time.monotonic()
         self.seen = (0, 0, 0)
+        self.waited = peer_wait()
 
     def maybe_log(self, now: float) -> None:
         if not self.every_s or now - self.since < self.every_s:
             return
         s = self.stats
         events, alerts, rejected = s.events - self.seen[0], s.alerts - self.seen[1], s.rejected - self.seen[2]
+        period = now - self.since
+        waited = self.peer_wait() - self.waited
         if events:
             log.info("handled %d events in the last %.0f s (%.0f/s): %d alerts, %d dead letters; since start %d "
-                     "events, %d alerts, %d dead letters", events, now - self.since, events / (now - self.since),
+                     "events, %d alerts, %d dead letters", events, period, events / period,
                      alerts, rejected, s.events, s.alerts, s.rejected)
-        self.since, self.seen = now, (s.events, s.alerts, s.rejected)
+        if waited > 0.5 * period:  # several workers taking turns in event time (found by a new-user trial)
+            log.warning("waited %.0f of the last %.0f s for other workers' partitions to catch up in event time: "
+                        "on a backlog whose events are sparse in event time, workers sharing entity state take "
+                        "turns, so fewer workers (or a larger SD_ALIGN_PEER_GRACE_MS, less exact) drain it faster "
+                        "(docs/operations.md, 'Partitions and workers')", waited, period)
+        self.since, self.seen, self.waited = now, (s.events, s.alerts, s.rejected), self.peer_wait()
 
 
 class Worker:
@@ -237,7 +246,7 @@ class Worker:
     def run(self, max_idle_polls: int | None = None) -> WorkerStats:
         """Loop until ``stop()``; ``max_idle_polls`` ends it after that many empty polls (tests, demo)."""
         idle = 0
-        progress = _Progress(self.stats, self.settings.log_progress_s)
+        progress = _Progress(self.stats, self.settings.log_progress_s, self._peer_wait_s)
         try:
             while not self.stop_event.is_set():
                 began = time.monotonic()
@@ -269,6 +278,10 @@ class Worker:
         gc.unfreeze()
 
     # ---- the loop --------------------------------------------------------------------------
+    def _peer_wait_s(self) -> float:
+        """Seconds this worker's alignment has waited for other workers' partitions (0 without it)."""
+        return self.source.peer_wait_s if isinstance(self.source, AlignedSource) else 0.0
+
     def _align_to(self, bundle: Bundle) -> None:
         """The alignment step reads timestamps with the active model's rule (``fieldschema.EventTime``)."""
         assert isinstance(self.source, AlignedSource)
@@ -291,7 +304,10 @@ class Worker:
             batch = self.hold.retry()
         else:
             with self.steps.time("source"):
+                waited = self._peer_wait_s()
                 batch = self.source.poll_batch()  # 1 source
+                if self._peer_wait_s() > waited:
+                    self.metrics.align_peer_wait.inc(self._peer_wait_s() - waited)
         if not len(batch):
             if self.hold.active:  # every held partition moved to another worker
                 self.hold.release()

@@ -284,6 +284,7 @@ class AlignedSource:
         self._known: dict[int, float] = {}  # partition → when its high watermark was first known
         self._group: Membership | None = None  # the membership the buffered records were polled under
         self.held_back = 0  # records waiting in the buffer (metrics, tests)
+        self.peer_wait_s = 0.0  # seconds spent waiting for other workers' partitions (metrics, the progress log)
 
     # ---- the Source protocol ------------------------------------------------------------------
     def start(self) -> None:
@@ -309,6 +310,7 @@ class AlignedSource:
                 if now >= deadline:
                     return Batch(topic=self.topic)
                 self.sleep(PEER_WAIT_S)
+                self.peer_wait_s += self.clock() - now
                 continue
             # Holding records back, what is wanted is the other partitions' next records, now: the
             # client's poll returns with what it has instead of waiting batch_max_wait_ms to fill.

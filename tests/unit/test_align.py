@@ -466,3 +466,31 @@ def test_while_holding_records_back_the_client_is_polled_without_waiting_to_fill
     held = [fill for n, fill in inner.polls if n]
     assert held and not any(held)  # partition 1 not read yet: polled for what is there, never to fill
     assert all(fill for n, fill in inner.polls if not n)
+
+
+def test_the_time_a_worker_waits_for_another_workers_partition_is_counted() -> None:
+    """``peer_wait_s`` (the worker's metric and progress warning): a worker whose next record is
+    past another worker's head waits for it in steps of ``PEER_WAIT_S`` until its poll's deadline,
+    and that wait is counted; a worker nothing holds back counts none."""
+    from stream_detector.pipeline.align import PEER_WAIT_S
+    from stream_detector.store.watermarks import MemoryWatermarks
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    peers = MemoryWatermarks(grace_ms=0, stale_ms=60_000, partitions=2, clock=lambda: now[0])
+    peers.publish({0: (1000.0, False)})  # the other worker's partition 0 is at event time 1000, not idle
+    source = AlignedSource(_OnePartition(1, [5000.0, 6000.0], fetch=10), batch_size=10,  # type: ignore[arg-type]
+                           idle_ms=100, clock=lambda: now[0], peers=peers, sleep=sleep)
+    source.enabled = True
+    source.topic = TOPIC
+    assert not len(source.poll_batch())  # held back by partition 0 until the poll's deadline
+    assert slept and all(s == PEER_WAIT_S for s in slept)
+    assert source.peer_wait_s == pytest.approx(sum(slept)) and source.peer_wait_s >= 0.09
+    peers.publish({0: (7000.0, False)})  # partition 0 moved past both records: released, no more waiting
+    before = source.peer_wait_s
+    assert _times([source.poll_batch()]) == [5000.0, 6000.0] and source.peer_wait_s == before

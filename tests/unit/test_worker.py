@@ -294,3 +294,26 @@ def test_the_progress_line_says_what_the_worker_did_since_the_last_one(caplog) -
                      "events, 4 alerts, 1 dead letters",
                      "handled 600 events in the last 30 s (20/s): 1 alerts, 0 dead letters; since start 3600 "
                      "events, 5 alerts, 1 dead letters"]
+
+
+def test_the_progress_line_warns_when_the_worker_mostly_waited_for_other_workers(caplog) -> None:
+    """Found by a new-user trial: a second worker on a backlog sparse in event time made the group
+    ~14x slower (the workers take turns in event time) and nothing said so. A period in which the
+    alignment waited more than half the time for other workers' partitions is one WARNING naming
+    the cause and the remedies."""
+    import logging
+
+    from stream_detector.worker import WorkerStats, _Progress
+
+    waited = [0.0]
+    stats = WorkerStats()
+    progress = _Progress(stats, 30.0, lambda: waited[0])
+    start = progress.since
+    with caplog.at_level(logging.INFO, logger="stream_detector.worker"):
+        stats.events, waited[0] = 50, 27.0
+        progress.maybe_log(start + 30)
+        stats.events, waited[0] = 3050, 30.0  # 3 s of 30 waiting: no warning
+        progress.maybe_log(start + 60)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("waited 27 of the last 30 s for other workers' partitions")
+    assert "SD_ALIGN_PEER_GRACE_MS" in warnings[0] and "fewer workers" in warnings[0]
