@@ -29,18 +29,44 @@ _LOG_CONTEXT = ("topic", "partition", "offset", "group", "model_version", "previ
                 "failed_model_version", "threshold_version")
 
 
+class _UtcFormatter(logging.Formatter):
+    """Log times as RFC 3339 UTC with milliseconds (``2026-12-02T14:33:11.505Z``): a time without
+    its zone is ambiguous across hosts (found by a new-user trial)."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+        return utc_text(record.created)
+
+
+class _JsonFormatter(_UtcFormatter):
+    """``SD_LOG_JSON``: one JSON object per line (``ts``, ``level``, ``logger``, ``msg``, the record's
+    context fields, and ``exc`` with a traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        context = {k: getattr(record, k) for k in _LOG_CONTEXT if hasattr(record, k)}
+        if record.exc_info:
+            context["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps({"ts": self.formatTime(record), "level": record.levelname,
+                             "logger": record.name, "msg": record.getMessage(), **context}).decode()
+
+
+def utc_text(epoch_s: float) -> str:
+    """``epoch_s`` (seconds) as RFC 3339 UTC with milliseconds."""
+    ms = int(round(epoch_s * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+_JSON_LINES = False  # SD_LOG_JSON: the command's own lines (_say, errors) are JSON log lines too
+
+
 def _setup_logging(settings: Settings | None, verbose: bool = False) -> None:
+    global _JSON_LINES
     level = "DEBUG" if verbose else (settings.log_level if settings else "INFO")
     handler = logging.StreamHandler(sys.stderr)
-    if settings is not None and settings.log_json:
-        class _Json(logging.Formatter):
-            def format(self, record: logging.LogRecord) -> str:
-                context = {k: getattr(record, k) for k in _LOG_CONTEXT if hasattr(record, k)}
-                return orjson.dumps({"ts": self.formatTime(record), "level": record.levelname,
-                                     "logger": record.name, "msg": record.getMessage(), **context}).decode()
-        handler.setFormatter(_Json())
+    _JSON_LINES = settings is not None and settings.log_json
+    if _JSON_LINES:
+        handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("kafka").setLevel(logging.WARNING)
     # kafka-python 3 warns of every slow task on its network thread ("Task ... ran for 0.268s ... It
@@ -49,6 +75,7 @@ def _setup_logging(settings: Settings | None, verbose: bool = False) -> None:
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager" on a first run's report
     logging.getLogger("kafka.net.transport").addFilter(_closed_transport_noise)
+    logging.getLogger("kafka.cluster").addFilter(_cancelled_refresh_noise)
 
 
 def _closed_transport_noise(record: logging.LogRecord) -> bool:
@@ -59,7 +86,20 @@ def _closed_transport_noise(record: logging.LogRecord) -> bool:
     return not (record.levelno >= logging.ERROR and "(closed)>" in record.getMessage())
 
 
-def _say(msg: str) -> None:
+def _cancelled_refresh_noise(record: logging.LogRecord) -> bool:
+    """False for kafka-python 3's "Metadata refresh: failed Cancelled" ERROR: a refresh its network
+    thread cancels because the client is closing (printed by `tail` now and then, with the output
+    right and exit 0; found by a new-user trial). Every other record passes."""
+    return not (record.levelno >= logging.ERROR and "Cancelled" in record.getMessage()
+                and "Metadata refresh" in record.getMessage())
+
+
+def _say(msg: str, level: str = "INFO") -> None:
+    """A line for the person running the command, on stderr; with ``SD_LOG_JSON``, a JSON log line
+    of the same shape as the log's, so that a log collector reads every line."""
+    if _JSON_LINES:
+        msg = orjson.dumps({"ts": utc_text(time.time()), "level": level, "logger": "stream_detector.cli",
+                            "msg": msg}).decode()
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -627,9 +667,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     stats = worker.run(max_idle_polls=args.max_idle_polls)
     elapsed = time.monotonic() - stats.started_at
     rate = stats.events / max(stats.busy_s, 1e-9)  # while busy: the idle polls before a stop are not throughput
+    reasons = f" {stats.rejected_by_reason}" if stats.rejected else ""
     _say(f"worker stopped: {stats.events} events in {stats.batches} batches, {rate:,.0f} events/s while busy "
-         f"({stats.busy_s:.1f} s of {elapsed:.1f} s running), "
-         f"{stats.alerts} alerts, {stats.rejected} rejected {stats.rejected_by_reason or ''}")
+         f"({stats.busy_s:.1f} s of {elapsed:.1f} s running), {stats.alerts} alerts, "
+         f"{stats.rejected} rejected{reasons}")
     return 0
 
 
@@ -1515,15 +1556,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _set_threads(getattr(args, "threads", None))
         return int(args.func(args, settings))
     except StreamDetectorError as exc:
-        print(f"stream-detector {args.command}: error: {exc}", file=sys.stderr)
+        _say(f"stream-detector {args.command}: error: {exc}", "ERROR")
         return 2
     except KeyboardInterrupt:  # said, so that an interrupted command is not mistaken for a finished one
-        print(f"stream-detector {args.command}: interrupted", file=sys.stderr)
+        _say(f"stream-detector {args.command}: interrupted", "ERROR")
         return 130
     except Exception as exc:  # infrastructure: one line, plus the traceback when -v
         if args.verbose:
             raise
-        print(f"stream-detector {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _say(f"stream-detector {args.command}: {type(exc).__name__}: {exc}", "ERROR")
         return 1
 
 

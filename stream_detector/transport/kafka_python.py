@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka import TopicPartition as KTopicPartition
 from kafka.errors import CommitFailedError, CorruptRecordError, KafkaConnectionError, KafkaError, UnsupportedCodecError
 
@@ -108,6 +108,19 @@ class _Placeholder:
     headers: tuple[Any, ...] = ()
 
 
+class _LogRebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no type hints
+    """One INFO line per partition change of this consumer, as the confluent transport logs them
+    (found by a new-user trial: a worker joining or leaving showed only in /metrics)."""
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            log.info("revoked %s", sorted(tp.partition for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        if assigned:
+            log.info("assigned %s", sorted(tp.partition for tp in assigned))
+
+
 class KafkaSource:
     """``base.Source`` on kafka-python; explicit ``start``/``close``, no network I/O in the constructor.
 
@@ -126,7 +139,7 @@ class KafkaSource:
 
     def start(self) -> None:
         self.consumer = KafkaConsumer(**consumer_config(self.config, **self.overrides))
-        self.consumer.subscribe([self.config.topic])
+        self.consumer.subscribe([self.config.topic], listener=_LogRebalance())
 
     def _c(self) -> KafkaConsumer:
         if self.consumer is None:

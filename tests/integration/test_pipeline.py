@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import math
 
 import numpy as np
@@ -153,7 +155,8 @@ def test_threshold_change_in_redis_changes_what_is_flagged_live(settings, publis
     assert float(history[0]["old_value"]) == pytest.approx(bundle.threshold)
 
 
-def test_two_workers_split_a_four_partition_topic(settings, published, bundle, start_worker):
+def test_two_workers_split_a_four_partition_topic(settings, published, bundle, start_worker, caplog):
+    caplog.set_level(logging.INFO, logger="stream_detector")
     events, injected = _traffic(4000, seed=14, n_anomalies=20)
     expected_scores = score_events(bundle, events).scores
     expected = {str(e["event_id"]) for e, s in zip(events, expected_scores, strict=True) if s > bundle.threshold}
@@ -171,6 +174,9 @@ def test_two_workers_split_a_four_partition_topic(settings, published, bundle, s
     assert one.worker.stats.events + two.worker.stats.events >= len(events)
     assert {a["event_id"] for a in _alerts(settings)} == expected
     assert injected <= expected
+    # each partition change is logged, by both transports (kafka-python logged none: a new-user trial)
+    assigned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("assigned [")]
+    assert assigned and set().union(*(orjson.loads(m.removeprefix("assigned ")) for m in assigned)) == {0, 1, 2, 3}
 
 
 def test_worker_scores_match_offline_scores(settings, published: ControlPlane, bundle, start_worker):

@@ -218,7 +218,34 @@ def test_json_logs_carry_the_context_fields_of_notable_lines():
         assert line["msg"] == "holding 3" and line["level"] == "WARNING"
         assert (line["topic"], line["partition"], line["model_version"]) == ("tx", [0, 1], "v1")
         plain = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
+        plain.created = 1_796_000_000.5
         assert set(orjson.loads(formatter.format(plain))) == {"ts", "level", "logger", "msg"}
+        assert orjson.loads(formatter.format(plain))["ts"] == "2026-11-30T00:53:20.500Z"  # RFC 3339 UTC, not local
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def test_with_json_logs_the_commands_own_lines_are_json_too(capsys, monkeypatch) -> None:
+    """Found by a new-user trial: with SD_LOG_JSON the worker's last line ("worker stopped: …") and
+    a command's error line were plain text in a JSON log. Every line on stderr is now one JSON
+    object of the log's shape."""
+    import logging
+
+    from stream_detector.cli import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.setenv("SD_LOG_JSON", "true")
+    try:
+        assert main(["simulate", "--count", "0", "--out", "x.csv"]) == 2
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        import stream_detector.cli as cli
+
+        cli._JSON_LINES = False
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert len(lines) == 1 and lines[0]["level"] == "ERROR" and lines[0]["logger"] == "stream_detector.cli"
+    assert lines[0]["msg"] == "stream-detector simulate: error: --count must be >= 1, got 0"
+    assert lines[0]["ts"].endswith("Z")
