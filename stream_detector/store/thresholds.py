@@ -37,9 +37,9 @@ if ARGV[12] ~= '' then
 else
   redis.call('HDEL', KEYS[1], 'head')
 end
-local line = cjson.encode({value=tonumber(ARGV[1]), version=version, model_version=ARGV[2],
-                           set_at=ARGV[3], set_by=ARGV[4], note=ARGV[5], old_value=ARGV[7],
-                           head=tonumber(ARGV[12])})
+-- the audit line is JSON written by the client (ARGV[13]: the fields after the version), so its
+-- numbers keep every digit (cjson writes 14 significant digits at most)
+local line = '{"version":' .. version .. ',' .. ARGV[13]
 redis.call('LPUSH', KEYS[3], line)
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[8]) - 1)
 redis.call('SET', KEYS[5], ARGV[1])
@@ -89,7 +89,10 @@ class ThresholdStore:
         return parse_threshold(raw)
 
     def history(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Audit lines, newest first (JSON objects: value, version, model_version, set_at, set_by, note)."""
+        """Audit lines, newest first (JSON objects: version, value, model_version, set_at, set_by, note,
+        old_value (null for the first), head (null without a supervised head); numbers as floats with
+        every digit — lines written before December 2026 have 14 significant digits and
+        ``old_value`` as text)."""
         return [orjson.loads(x) for x in self._r.lrange(self.keys.key("threshold", "history"), 0, limit - 1)]
 
     def of_version(self, version: str) -> float | None:
@@ -122,6 +125,9 @@ class ThresholdStore:
             head = old.head if old is not None and old.model_version == model_version else \
                 self.of_version_head(model_version)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        audit = orjson.dumps({"value": float(value), "model_version": model_version, "set_at": now, "set_by": set_by,
+                              "note": note, "old_value": None if old is None else old.value,
+                              "head": None if head is None else float(head)})  # type: ignore[arg-type]
         try:
             version = self._set_threshold(
                 keys=[k("threshold"), k("threshold", "seq"), k("threshold", "history"), k("model", "active"),
@@ -130,7 +136,8 @@ class ThresholdStore:
                 args=[repr(float(value)), model_version, now, set_by, note, activate_model or "",
                       "" if old is None else repr(old.value), HISTORY_LIMIT, self.keys.events_channel,
                       "pop" if rollback_from else "push", rollback_from or "",
-                      "" if head is None else repr(float(head))],  # type: ignore[arg-type]
+                      "" if head is None else repr(float(head)),  # type: ignore[arg-type]
+                      audit[1:].decode()],  # the audit line's fields after the version (the script adds it)
             )
         except redis.ResponseError as exc:
             if "STALE" in str(exc) or "INVALID" in str(exc):

@@ -294,7 +294,7 @@ async function loadAudit() {
     const lines = await api("/api/history?limit=15");
     $("#audit tbody").replaceChildren(...lines.map((a) => {
       const tr = document.createElement("tr");
-      for (const v of [a.version, a.set_at, a.set_by, a.old_value === "" ? "–" : fmt(Number(a.old_value), 6),
+      for (const v of [a.version, a.set_at, a.set_by, a.old_value == null || a.old_value === "" ? "–" : fmt(Number(a.old_value), 6),
                        fmt(a.value, 6), a.head === undefined ? "–" : fmt(a.head, 6), a.model_version, a.note]) {
         const td = document.createElement("td"); td.textContent = String(v ?? "–"); tr.appendChild(td);
       }
