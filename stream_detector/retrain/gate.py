@@ -222,6 +222,12 @@ def decide_shadow(figures: dict[str, Any], outcomes: dict[str, Any], policy: Gat
     champ_rate = float(figures.get("champion_alert_rate") or 0.0)
     beside = champ_rate * (1 + policy.tolerance) + 3.0 * math.sqrt(max(champ_rate * (1 - champ_rate), 1e-12) / events)
     numbers["alert_rate_bound"], numbers["champion_rate_bound"] = bound, beside
+    numbers["notes"] = []
+    if rate > bound and champ_rate > bound:  # rule 3 lets the challenger through beside such a champion: say so
+        numbers["notes"].append(
+            f"both models alert above the budget's bound {bound:.4f} on live traffic (challenger {rate:.4f}, "
+            f"champion {champ_rate:.4f}): live traffic holds frauds the budget does not count, but this far "
+            "above it the budget (SD_RETRAIN_TARGET_FPR) or both models may be off")
     if rate > bound and rate > beside:
         reasons.append(f"alert rate {rate:.4f} on live traffic above bound {bound:.4f} and above the champion's "
                        f"{champ_rate:.4f} (+ tolerance and noise: {beside:.4f})")

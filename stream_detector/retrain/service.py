@@ -321,6 +321,8 @@ class Retrainer:
             log.info("challenger %s stays in shadow: %s", version, "; ".join(decision.reasons))
             return RetrainOutcome("shadow", "; ".join(decision.reasons), version, decision.to_dict())
         record = self.control.end_shadow(decision.outcome, decision.to_dict(), f"retrainer@{socket.gethostname()}")
+        for note in decision.numbers.get("notes") or ():
+            log.warning("challenger %s: %s", version, note)
         log.info("challenger %s %s on its shadow figures: %s; numbers: %s", version, decision.outcome,
                  "; ".join(decision.reasons) or "every rule passed", orjson.dumps(decision.numbers).decode())
         if decision.outcome == "promoted":

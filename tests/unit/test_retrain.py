@@ -379,6 +379,11 @@ def test_shadow_gate_measures_the_live_alert_rate_against_the_champions_too():
     assert like.outcome == "promoted" and like.numbers["champion_rate_bound"] > 0.028
     louder = decide_shadow(_figures(10_000, 264, 400), _outcomes(264, 80, 400, 85), policy, 1000, 3600)
     assert louder.outcome == "refused" and "above the champion's 0.0264" in louder.reasons[0]
+    # both above the bound, the challenger promoted beside the champion: a note says so (a new-user
+    # trial saw both at 2.5-3.8x their budget and nothing warned); within the bound, no note
+    assert like.numbers["notes"] and "both models alert above the budget's bound" in like.numbers["notes"][0]
+    calm = decide_shadow(_figures(10_000, 150, 160), _outcomes(150, 80, 160, 85), policy, 1000, 3600)
+    assert calm.outcome == "promoted" and calm.numbers["notes"] == []
 
 
 def test_too_few_events_is_said_as_such_whatever_the_models_kind(bundle):
