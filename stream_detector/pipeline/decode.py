@@ -381,4 +381,6 @@ def _classify_parse_error(raw: bytes, exc: Exception) -> Problem:
             return RejectReason.NON_FINITE_NUMBER, "NaN or Infinity is not a valid number"
         except (ValueError, RecursionError):
             pass
-    return RejectReason.INVALID_JSON, message[:200]
+    if "utf-8" in message.lower():  # orjson: "str is not valid UTF-8: surrogates not allowed"
+        return RejectReason.INVALID_JSON, f"not UTF-8 text ({message})"[:200]
+    return RejectReason.INVALID_JSON, f"not valid JSON: {message}"[:200]  # orjson alone: "invalid literal, ..."

@@ -126,3 +126,15 @@ def test_every_integer_is_read_exactly_whatever_its_size(obj: dict) -> None:
     parsed, problem = parse_record(raw)
     assert problem is None
     assert _exact(parsed) == _exact(json.loads(raw))
+
+
+def test_invalid_json_and_invalid_utf8_say_what_they_are() -> None:
+    """Found by a new-user trial: `this is not json` was dead-lettered with orjson's bare
+    "invalid literal, expected 'true'", and bytes that are not UTF-8 with "str is not valid
+    UTF-8: surrogates not allowed". The message now says what the record is not."""
+    from stream_detector.pipeline.decode import decode_batch
+
+    decoded = decode_batch([b"this is not json", b"\xff\xfe{}"], 65536)
+    messages = [r.message for r in decoded.rejected]
+    assert messages[0].startswith("not valid JSON: ") and messages[1].startswith("not UTF-8 text (")
+    assert [r.reason for r in decoded.rejected] == [RejectReason.INVALID_JSON] * 2
