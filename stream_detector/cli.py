@@ -681,6 +681,13 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     if args.feedback:
         return _produce_feedback(args, settings)
     data = _load_file(args, inference=_inference(args, None))  # typed by the file's own schema: JSON values
+    if args.exclude:
+        if "event_id" in args.exclude:
+            raise ConfigError("--exclude event_id: every event needs its event_id")
+        _require_fields([("--exclude", name) for name in args.exclude], data.schema, data.events)
+        for event in data.events:
+            for name in args.exclude:
+                event.pop(name, None)
     _integral_times(data.events, [r.name for r in data.schema.fields if r.type is FieldType.TIMESTAMP])
     with EventProducer(settings, args.topic or settings.input_topic) as producer:
         sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
@@ -1362,6 +1369,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "to SD_FEEDBACK_TOPIC keyed by event id")
     p.add_argument("--id-column", help="the column that holds the event id (default: event_id)")
     p.add_argument("--label-column", help="moved from the event into the sd.label header")
+    p.add_argument("--exclude", action="append", metavar="FIELD",
+                   help="leave this field out of the events sent (repeatable), e.g. the pattern column of a "
+                        "simulate --out file")
     p.add_argument("--rate", type=float, default=0, help="events per second (default 0: as fast as possible)")
     p.add_argument("--limit", type=int, help="send at most this many rows")
     _add_reader_args(p)

@@ -49,6 +49,8 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     live += [anomaly("cli-bad-1"), anomaly("cli-bad-2")]
     live_file = tmp_path / "live.jsonl"
     live_file.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in live))
+    typo = run(["produce", "--input", str(live_file), "--exclude", "channnel"], env)
+    assert typo.returncode == 2 and "--exclude channnel: no such field" in typo.stderr, typo.stderr
     produced = run(["produce", "--input", str(live_file)], env)
     assert produced.returncode == 0, produced.stderr
 
@@ -181,3 +183,23 @@ def test_tail_prints_the_newest_records_of_a_topic_and_follows_it(settings, env_
         producer.close()
     assert code == 0  # Ctrl-C ends --follow: not an error
     assert committed_offsets(settings, settings.group_id, settings.alerts_topic) == {}  # no group committed
+
+
+def test_produce_leaves_excluded_fields_out_of_the_events(settings, env_for, tmp_path):
+    """Found by a new-user trial: `produce --label-column label` of a simulate --out file sent the
+    simulator's `pattern` column in every event (and so in every alert's copy of it); `--exclude`
+    leaves fields out. Excluding event_id is refused (one line, exit 2)."""
+    env = env_for(settings)
+    events, _ = Simulator(seed=9, accounts=50, run_id="ex").batch(30, 0.0)
+    rows = [dict(e, label="legit", pattern="legit") for e in events]
+    path = tmp_path / "sim.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    topic = f"{settings.input_topic}-excluded"
+    done = run(["produce", "--input", str(path), "--label-column", "label", "--exclude", "pattern", "--topic", topic],
+               env)
+    assert done.returncode == 0, done.stderr
+    sent = [orjson.loads(r.value) for r in read_all(settings, topic)]
+    assert len(sent) == len(rows) and all("pattern" not in e and "label" not in e for e in sent)
+    assert sorted(e["event_id"] for e in sent) == sorted(str(e["event_id"]) for e in events)
+    refused = run(["produce", "--input", str(path), "--exclude", "event_id", "--topic", topic], env)
+    assert refused.returncode == 2 and "every event needs its event_id" in refused.stderr
