@@ -377,7 +377,8 @@ class Worker:
         chall = ModelVerdicts.of(challenger.version, done.shadow_scores, done.shadow_probability,
                                  challenger.bundle.threshold, challenger.bundle.head_threshold)
         self._shadow_counts = (challenger.version, shadow_counts(champ, chall))  # added once committed
-        return build_shadow_records(batch, done.events, done.indices, champ, chall, self.settings.shadow_topic)
+        return build_shadow_records(batch, done.events, done.indices, champ, chall, self.settings.shadow_topic,
+                                    self.settings.redacted_fields)
 
     def _score_and_decide(self, batch: Batch) -> tuple[Scorer, Computed, Decision]:
         """Steps 2-5 with ONE model: the scorer is read once; if the threshold already belongs to

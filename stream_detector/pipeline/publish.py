@@ -87,9 +87,22 @@ def build_alerts(
             "partition": batch.partitions[i],
             "offset": batch.offsets[i],
         }
-        key = batch.keys[i] or (None if account is None else str(account).encode())
-        out.append(OutMessage(topic, key, json_bytes(alert), header))
+        out.append(OutMessage(topic, batch.keys[i] or fallback_key(account, redact), json_bytes(alert), header))
     return out
+
+
+def fallback_key(account: Any, redact: frozenset[str]) -> bytes | None:
+    """The key of an alert (or shadow record) whose input record had none: its ``account_id``, or
+    none when there is none or ``account_id`` is redacted (every such alert keyed ``[redacted]``
+    went to one partition; found while documenting the alerts)."""
+    return None if account is None or "account_id" in redact else str(account).encode()
+
+
+def header_text(text: str, limit: int = 1000) -> bytes:
+    """``text`` as UTF-8 of at most ``limit`` bytes, cut at a character boundary (a cut inside a
+    multi-byte character made a header that is not UTF-8; found while documenting the dead letters)."""
+    raw = text.encode("utf-8", "replace")
+    return raw if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore").encode("utf-8")
 
 
 def json_bytes(value: Any) -> bytes:
@@ -125,7 +138,7 @@ def build_dead_letters(batch: Batch, rejected: Sequence[Rejected], topic: str) -
             value = b""
         out.append(OutMessage(topic, batch.keys[i], value, [
             (DeadLetterHeaders.REASON, rej.reason.value.encode()),
-            (DeadLetterHeaders.MESSAGE, rej.message.encode("utf-8", "replace")[:1000]),
+            (DeadLetterHeaders.MESSAGE, header_text(rej.message)),
             (DeadLetterHeaders.TOPIC, batch.topic.encode()),
             (DeadLetterHeaders.PARTITION, str(batch.partitions[i]).encode()),
             (DeadLetterHeaders.OFFSET, str(batch.offsets[i]).encode()),

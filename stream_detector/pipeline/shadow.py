@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 
 from ..transport.base import Batch, OutMessage
+from .publish import fallback_key
 
 # score / threshold distributions: bins of log10(score / threshold) from 1/100 to 100 times the
 # threshold, a quarter decade wide; bin 0 is below, the last above (counts kept per bin in Redis)
@@ -97,11 +98,13 @@ def shadow_counts(champion: ModelVerdicts, challenger: ModelVerdicts) -> dict[st
 
 
 def build_shadow_records(batch: Batch, events: Sequence[dict[str, Any]], indices: Sequence[int],
-                         champion: ModelVerdicts, challenger: ModelVerdicts, topic: str) -> list[OutMessage]:
+                         champion: ModelVerdicts, challenger: ModelVerdicts, topic: str,
+                         redact: frozenset[str] = frozenset()) -> list[OutMessage]:
     """One shadow record per event either model alerts (``events``/``indices``: the scored events,
     aligned with both verdicts), keyed like its alert; JSON with ``event_id``, the event's
     ``event_time_ms`` and ``topic``/``partition``/``offset``, and ``champion`` / ``challenger``
-    (``ModelVerdicts.row``)."""
+    (``ModelVerdicts.row``). ``redact`` (``SD_ALERT_REDACT_FIELDS``) hides what the alerts hide:
+    ``event_id`` as ``"[redacted]"``, and an ``account_id`` fallback key."""
     rows = np.flatnonzero(champion.flagged | challenger.flagged)
     if not rows.size:
         return []
@@ -111,9 +114,9 @@ def build_shadow_records(batch: Batch, events: Sequence[dict[str, Any]], indices
     for row in rows.tolist():
         event, i = events[row], indices[row]
         account = event.get("account_id")
-        record = {"event_id": event.get("event_id"), "event_time_ms": batch.timestamps[i], "detected_at": now,
+        record = {"event_id": "[redacted]" if "event_id" in redact else event.get("event_id"),
+                  "event_time_ms": batch.timestamps[i], "detected_at": now,
                   "topic": batch.topic, "partition": batch.partitions[i], "offset": batch.offsets[i],
                   "champion": champion.row(row), "challenger": challenger.row(row)}
-        key = batch.keys[i] or (None if account is None else str(account).encode())
-        out.append(OutMessage(topic, key, orjson.dumps(record), header))
+        out.append(OutMessage(topic, batch.keys[i] or fallback_key(account, redact), orjson.dumps(record), header))
     return out
