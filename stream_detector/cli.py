@@ -912,6 +912,26 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
+    from .kafka_util import group_lag
+
+    topics = {"input": settings.input_topic, "feedback": settings.feedback_topic}
+    topic = topics.get(args.topic, args.topic)
+    group = args.group or settings.group_id
+    rows = group_lag(settings, group, topic)
+    total = sum(lag for *_, lag in rows)
+    if args.json:
+        print(orjson.dumps({"group": group, "topic": topic, "lag": total, "partitions": [
+            {"partition": p, "end": end, "committed": committed, "lag": lag}
+            for p, end, committed, lag in rows]}).decode())
+        return 0
+    print(f"group {group} on {topic}: lag {total:,}")
+    for p, end, committed, lag in rows:
+        print(f"  partition {p}: end {end:,}, committed {'none' if committed is None else f'{committed:,}'}, "
+              f"lag {lag:,}")
+    return 0
+
+
 def _one_line(value: bytes | None, quote: bool = True) -> str:
     """A record value (or header) as one line: its text when it is UTF-8 without line breaks (JSON
     records are), else a JSON string of it (bytes that are not UTF-8 as backslash escapes); a
@@ -1417,6 +1437,20 @@ def build_parser() -> argparse.ArgumentParser:
                                     "ids never repeat a history file's or another live run's)")
     p.add_argument("--topic", help="default SD_INPUT_TOPIC")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("lag", help="a consumer group's committed offsets and lag, per partition",
+                       description="End offset, committed offset and lag (end − committed) of each partition "
+                                   "of a topic for a consumer group: by default the workers' group "
+                                   "(SD_GROUP_ID) on the input topic. Lag 0 on every partition: every event "
+                                   "is decided and its alerts delivered (offsets commit after delivery). Joins "
+                                   "no group, commits nothing. E.g. `stream-detector lag`, `stream-detector lag "
+                                   "--group my-workers-retrainer`, `stream-detector lag feedback --group "
+                                   "my-workers-labels --json`.")
+    p.add_argument("topic", nargs="?", default="input",
+                   help="input (SD_INPUT_TOPIC, the default), feedback (SD_FEEDBACK_TOPIC), or a topic name")
+    p.add_argument("--group", help="consumer group (default SD_GROUP_ID: the workers)")
+    p.add_argument("--json", action="store_true", help="one JSON object: group, topic, lag, partitions")
+    p.set_defaults(func=cmd_lag)
 
     p = sub.add_parser("tail", help="print the newest alerts, dead letters, shadow records, labels or events",
                        description="Print the last -n records of a topic (every partition, oldest first), one "

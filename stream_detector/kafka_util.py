@@ -44,6 +44,26 @@ def lag(settings: Settings, group: str, topic: str) -> int:
     return sum(max(0, end - max(0, done.get(tp, 0))) for tp, end in ends.items())
 
 
+def group_lag(settings: Settings, group: str, topic: str) -> list[tuple[int, int, int | None, int]]:
+    """Per partition of ``topic`` (ascending): (partition, end offset, ``group``'s committed offset
+    or None when it has committed none there, lag = end − committed, or end − 0 without a commit —
+    what the group has still to read when it starts from the earliest offset, the workers' reset
+    policy). Raises ``ConfigError`` when Kafka cannot be reached or the topic does not exist."""
+    try:
+        ends = end_offsets(settings, topic)
+    except KafkaError as exc:
+        raise ConfigError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
+    if not ends:
+        raise ConfigError(f"no topic {topic} on {settings.kafka_bootstrap}")
+    done = committed_offsets(settings, group, topic)
+    out = []
+    for tp in sorted(ends, key=lambda t: t.partition):
+        committed = done.get(tp)
+        committed = committed if committed is not None and committed >= 0 else None
+        out.append((tp.partition, ends[tp], committed, max(0, ends[tp] - (committed or 0))))
+    return out
+
+
 def wait_for_zero_lag(settings: Settings, group: str, topic: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

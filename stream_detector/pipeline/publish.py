@@ -18,6 +18,7 @@ import orjson
 from ..schema import DeadLetterHeaders
 from ..transport.base import Batch, OutMessage
 from .decode import Rejected
+from .keys import fallback_key
 from .threshold import Decision
 
 
@@ -89,13 +90,6 @@ def build_alerts(
         }
         out.append(OutMessage(topic, batch.keys[i] or fallback_key(account, redact), json_bytes(alert), header))
     return out
-
-
-def fallback_key(account: Any, redact: frozenset[str]) -> bytes | None:
-    """The key of an alert (or shadow record) whose input record had none: its ``account_id``, or
-    none when there is none or ``account_id`` is redacted (every such alert keyed ``[redacted]``
-    went to one partition; found while documenting the alerts)."""
-    return None if account is None or "account_id" in redact else str(account).encode()
 
 
 def header_text(text: str, limit: int = 1000) -> bytes:

@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from ..transport.base import Batch, OutMessage
-from .publish import fallback_key
+from .keys import fallback_key
 
 # score / threshold distributions: bins of log10(score / threshold) from 1/100 to 100 times the
 # threshold, a quarter decade wide; bin 0 is below, the last above (counts kept per bin in Redis)

@@ -53,6 +53,11 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     assert typo.returncode == 2 and "--exclude channnel: no such field" in typo.stderr, typo.stderr
     produced = run(["produce", "--input", str(live_file)], env)
     assert produced.returncode == 0, produced.stderr
+    before = run(["lag", "--json"], env)  # nothing decided yet: every event is lag, nothing committed
+    assert before.returncode == 0, before.stderr
+    report = orjson.loads(before.stdout)
+    assert report["lag"] == len(live) and report["group"] == settings.group_id
+    assert {p["committed"] for p in report["partitions"]} == {None} and len(report["partitions"]) == 4
 
     worker = subprocess.Popen(CLI + ["worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -66,6 +71,12 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     assert busy is not None and 0 < float(busy[1]) <= float(busy[2]), err  # the idle polls are not throughput
     assert committed_offsets(settings, settings.group_id, settings.input_topic) == end_offsets(
         settings, settings.input_topic)
+    after = run(["lag"], env)
+    assert after.returncode == 0 and after.stdout.startswith(f"group {settings.group_id} on "
+                                                             f"{settings.input_topic}: lag 0\n"), after.stdout
+    assert after.stdout.count(", lag 0") == 4
+    missing = run(["lag", "no-such-topic-here"], env)
+    assert missing.returncode == 2 and "no topic no-such-topic-here" in missing.stderr
 
     out = tmp_path / "scores.csv"
     scored = run(["score", "--model", str(tmp_path / "model"), "--input", str(live_file), "--out", str(out)], env)
