@@ -1549,7 +1549,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="consume what is there now, train, gate, publish, exit "
                    "(exit 0 promoted, 3 refused by the gate, 4 not enough data, 5 in shadow: with "
                    "SD_RETRAIN_SHADOW_EVENTS the candidate became the challenger, or the challenger in shadow "
-                   "was judged and stays there; with a challenger in shadow, --once judges it instead of training)")
+                   "was judged and stays there; with a challenger in shadow, --once judges it instead of training). "
+                   "Each --once trains on the events since the previous one (its group's position is saved), not "
+                   "on the whole window: docs/retraining.md")
     p.add_argument("--timeout", type=float, default=120.0, help="--once: longest wait to read the topics")
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads for training and scoring (default: SD_TORCH_THREADS when set, "
