@@ -190,7 +190,8 @@ class WorkerMetrics:
                                       registry=r)
         self.feedback_labels = Counter(f"{p}_feedback_labels", "Feedback records read by the label ingester, by "
                                        "outcome: attached (to their event's entities), waiting (their event not "
-                                       "scored yet), dead_lettered (docs/feedback.md).", ["outcome"], registry=r)
+                                       "scored yet), attached_later (a waiting one, attached when a worker scored "
+                                       "its event), dead_lettered (docs/feedback.md).", ["outcome"], registry=r)
         self.record_latency = BulkHistogram(f"{p}_event_latency_seconds", "Kafka record timestamp to "
                                             "decision, every handled record.", RECORD_LATENCY_BUCKETS)
         self.alert_latency = BulkHistogram(f"{p}_event_to_alert_latency_seconds", "Kafka record timestamp "

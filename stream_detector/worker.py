@@ -161,6 +161,7 @@ class Worker:
         self.labels: LabelStore = InMemoryLabels(())  # the label store (start(): the control plane's)
         self._conflicts = 0  # the enricher's compare-and-set conflicts already counted in metrics
         self._untimed = 0  # the current batch's events without a usable timestamp (its last enrich attempt)
+        self._attached_later = 0  # the label store's waiting labels attached, already counted in metrics
         self._shadow_counts: tuple[str, dict[str, int]] | None = None  # the batch in hand's, until committed
 
     @property
@@ -490,6 +491,9 @@ class Worker:
         if self._untimed:
             self.metrics.entity_untimed.inc(self._untimed)
             self._untimed = 0
+        if isinstance(self.labels, RedisLabels) and self.labels.attached_later > self._attached_later:
+            self.metrics.labels_ingested("attached_later", self.labels.attached_later - self._attached_later)
+            self._attached_later = self.labels.attached_later
         if self.enricher is not None and self.enricher.conflicts > self._conflicts:
             self.metrics.entity_conflicts.inc(self.enricher.conflicts - self._conflicts)
             self._conflicts = self.enricher.conflicts

@@ -211,6 +211,7 @@ class RedisLabels:
         self.client = client
         self.prefix = prefix
         self._append = client.register_script(APPEND_WAITING)
+        self.attached_later = 0  # labels that waited for their event and were attached when it was indexed
 
     def _event_key(self, event_id: str) -> str:
         return f"{self.prefix}:labels:event:{event_id}"
@@ -239,13 +240,17 @@ class RedisLabels:
         waiting = self._execute(pipe)[-1]
         pipe = self.client.pipeline(transaction=False)
         resolved = []
+        attached = 0
         for (event_id, t, values), lines in zip(indexed, waiting, strict=True):
             if lines:
-                self._attach(pipe, t, values, _labels_of(lines), spec.horizon_ms)
+                labels = _labels_of(lines)
+                self._attach(pipe, t, values, labels, spec.horizon_ms)
                 resolved.append(event_id)
+                attached += len(labels)
         if resolved:
             pipe.hdel(self._waiting, *resolved)  # attached; a label appended since attaches itself
             self._execute(pipe)
+            self.attached_later += attached  # the worker's feedback_labels{outcome="attached_later"}
 
     def books(self, key: str, values: Sequence[str]) -> dict[str, Book]:
         pipe = self.client.pipeline(transaction=False)

@@ -74,6 +74,11 @@ def test_a_worker_fed_the_feedback_topic_scores_as_offline_scoring_with_the_same
     assert {e["event_id"] for e, s in zip(events, blind.tolist(), strict=True) if s > bundle.threshold} != set(expected)
     ingester = worker.ingester
     assert ingester is not None and ingester.stats.labels == len(records) and ingester.stats.dead_letters == 1
+    # every label waited for its event (the feedback topic was read first); those attached when a
+    # worker scored their event are counted (a new-user trial saw only "waiting" grow)
+    later = worker.metrics.registry.get_sample_value("stream_detector_feedback_labels_total",
+                                                     {"outcome": "attached_later"})
+    assert later is not None and 0 < later <= ingester.stats.waiting
     dead = [dict(r.headers) for r in read_all(settings, settings.dlq_topic)]
     assert [d["sd.error.reason"] for d in dead] == [b"invalid_label"]
 
@@ -94,8 +99,10 @@ def test_the_redis_label_store_holds_what_the_in_memory_one_holds_whatever_the_o
     store = RedisLabels(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
     assert store.ingest(labels[:5]) == (0, 5)  # events not indexed yet: they wait
     store.index(SPEC, events[:6], times[:6])  # e0..e4 attached from waiting, e5 indexed
+    assert store.attached_later == 5  # the worker's feedback_labels{outcome="attached_later"}
     assert store.ingest(labels[5:]) == (2, 3)  # e5 and e4's chargeback at once, e6..e8 wait
     store.index(SPEC, events[6:], times[6:])
+    assert store.attached_later == 8
     assert store.ingest(labels) == (10, 0)  # redelivered: attached again, idempotent
     memory = InMemoryLabels(labels)
     memory.index(SPEC, events, times)
