@@ -7,6 +7,7 @@ import contextlib
 import getpass
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -14,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -96,8 +97,14 @@ def _cancelled_refresh_noise(record: logging.LogRecord) -> bool:
 
 def _say(msg: str, level: str = "INFO") -> None:
     """A line for the person running the command, on stderr; with ``SD_LOG_JSON``, a JSON log line
-    of the same shape as the log's, so that a log collector reads every line."""
+    of the same shape as the log's, so that a log collector reads every line: a ``warning: …`` line
+    at WARNING, and below ``SD_LOG_LEVEL`` none (a new-user trial's log at ERROR still had every
+    line, its warnings as INFO)."""
     if _JSON_LINES:
+        if level == "INFO" and msg.startswith("warning:"):
+            level = "WARNING"
+        if not logging.getLogger().isEnabledFor(logging.getLevelName(level)):
+            return
         msg = orjson.dumps({"ts": utc_text(time.time()), "level": level, "logger": "stream_detector.cli",
                             "msg": msg}).decode()
     print(msg, file=sys.stderr, flush=True)
@@ -668,6 +675,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     elapsed = time.monotonic() - stats.started_at
     rate = stats.events / max(stats.busy_s, 1e-9)  # while busy: the idle polls before a stop are not throughput
     reasons = f" {stats.rejected_by_reason}" if stats.rejected else ""
+    waited = worker.peer_wait_s()
+    if waited >= 0.05 * max(stats.busy_s, 1e-9):  # several workers taking turns in event time
+        reasons += (f"; {waited:.1f} s spent waiting for other workers' partitions "
+                    "(docs/operations.md, 'Partitions and workers')")
     _say(f"worker stopped: {stats.events} events in {stats.batches} batches, {rate:,.0f} events/s while busy "
          f"({stats.busy_s:.1f} s of {elapsed:.1f} s running), {stats.alerts} alerts, "
          f"{stats.rejected} rejected{reasons}")
@@ -684,6 +695,9 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     if args.exclude:
         if "event_id" in args.exclude:
             raise ConfigError("--exclude event_id: every event needs its event_id")
+        if args.label_column and args.label_column in args.exclude:
+            raise ConfigError(f"--exclude {args.label_column}: it is the --label-column, which never stays in the "
+                              "event (it goes to the sd.label header); drop one of the two options")
         _require_fields([("--exclude", name) for name in args.exclude], data.schema, data.events)
         for event in data.events:
             for name in args.exclude:
@@ -897,6 +911,8 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
         text = _one_line(record.value)
         if args.with_headers:
             text = orjson.dumps({k: _one_line(v, quote=False) for k, v in record.headers or ()}).decode() + "\t" + text
+        if args.with_key:
+            text = _one_line(record.key) + "\t" + text
         if args.with_position:
             text = f"{record.partition}\t{record.offset}\t{text}"
         print(text, flush=True)
@@ -1231,8 +1247,19 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are one JSON log line with ``SD_LOG_JSON`` (found by a new-user
+    trial: they were plain text in a JSON log); exit 2 as argparse's own."""
+
+    def error(self, message: str) -> NoReturn:
+        if _JSON_LINES:
+            _say(f"{self.prog}: error: {message}", "ERROR")
+            sys.exit(2)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stream-detector",
         description="Streaming anomaly detection for real-time fraud flagging. Settings come from "
                     "SD_* environment variables (see the README); subcommands below.",
@@ -1407,7 +1434,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--fraud-rate injected fraud and precomputed history fields.")
     p.add_argument("--profile", choices=["handbook", "velocity"], default="handbook",
                    help="handbook (default): raw events, delayed labels; velocity: the former simulator")
-    p.add_argument("--rate", type=float, default=1000, help="events per second (live mode; default 1000)")
+    p.add_argument("--rate", type=float, default=1000, help="events per second (live mode; default 1000; 0: as fast "
+                                                             "as possible, with --count N)")
     p.add_argument("--fraud-rate", type=float, help="velocity: share of injected fraud (0..1, default 0.01)")
     p.add_argument("--duration", type=float, default=60, help="seconds to run (live mode; default 60)")
     p.add_argument("--count", type=int, help="number of events, >= 1 (overrides rate × duration; --out: default 10000)")
@@ -1468,6 +1496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="then print new records as they arrive (Ctrl-C ends)")
     p.add_argument("--with-position", action="store_true", help="prefix each line with partition and offset "
                                                                 "(tab separated)")
+    p.add_argument("--with-key", action="store_true", help="prefix each line with the record's key (tab separated; "
+                                                           "a null key as null; docs/alerts.md says how keys are set)")
     p.add_argument("--with-headers", action="store_true", help="prefix each line with the record's headers as a "
                    "JSON object (tab separated): a dead letter's reason is there (sd.error.reason, sd.error.message)")
     p.set_defaults(func=cmd_tail)
@@ -1594,6 +1624,9 @@ def _set_threads(threads: int | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _JSON_LINES
+    # before the settings are read: usage and settings errors are JSON lines too when SD_LOG_JSON is
+    _JSON_LINES = os.environ.get("SD_LOG_JSON", "").strip().lower() in ("1", "true", "yes", "on")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

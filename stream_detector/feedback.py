@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import orjson
 
 from .fieldschema import epoch_to_ms
-from .schema import Problem, RejectReason, parse_timestamp_ms
+from .schema import Problem, RejectReason, not_json_message, parse_timestamp_ms
 
 FRAUD, LEGIT = "fraud", "legit"
 SOURCE_RANK = {"chargeback": 2, "analyst": 1}  # any other source ranks 0
@@ -140,7 +140,7 @@ def decode_label(value: bytes | None, record_time_ms: float | None = None) -> La
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        return RejectReason.INVALID_JSON, f"not JSON: {exc}"[:300]
+        return RejectReason.INVALID_JSON, not_json_message(value, str(exc))
     return parse_label(obj, record_time_ms, text_ids=True)
 
 

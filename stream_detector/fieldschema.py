@@ -586,8 +586,8 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
     if len(numbers) >= NUMERIC_SHARE * len(present):
         warnings.append(f"field {name!r}: {odd_rows} of {len(present)} values are not numbers "
                         f"(e.g. {', '.join(map(repr, odd[:3]))}); those rows are rejected as a worker "
-                        f"rejects such an event: not trained on, not scored, not produced "
-                        f"(override with --field {name}=category)")
+                        f"rejects such an event: not trained on, not scored, not produced (name the text "
+                        f"in --na-values to read it as missing, or --field {name}=category)")
         return FieldRule(name, FieldType.NUMBER, note=f"numbers ({odd_rows} values are not)")
     if len(numbers) >= 0.5 * len(present):
         warnings.append(f"field {name!r}: {len(numbers)} of {len(present)} values are numbers but {odd_rows} are "

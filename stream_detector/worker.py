@@ -247,7 +247,7 @@ class Worker:
     def run(self, max_idle_polls: int | None = None) -> WorkerStats:
         """Loop until ``stop()``; ``max_idle_polls`` ends it after that many empty polls (tests, demo)."""
         idle = 0
-        progress = _Progress(self.stats, self.settings.log_progress_s, self._peer_wait_s)
+        progress = _Progress(self.stats, self.settings.log_progress_s, self.peer_wait_s)
         try:
             while not self.stop_event.is_set():
                 began = time.monotonic()
@@ -279,7 +279,7 @@ class Worker:
         gc.unfreeze()
 
     # ---- the loop --------------------------------------------------------------------------
-    def _peer_wait_s(self) -> float:
+    def peer_wait_s(self) -> float:
         """Seconds this worker's alignment has waited for other workers' partitions (0 without it)."""
         return self.source.peer_wait_s if isinstance(self.source, AlignedSource) else 0.0
 
@@ -305,10 +305,10 @@ class Worker:
             batch = self.hold.retry()
         else:
             with self.steps.time("source"):
-                waited = self._peer_wait_s()
+                waited = self.peer_wait_s()
                 batch = self.source.poll_batch()  # 1 source
-                if self._peer_wait_s() > waited:
-                    self.metrics.align_peer_wait.inc(self._peer_wait_s() - waited)
+                if self.peer_wait_s() > waited:
+                    self.metrics.align_peer_wait.inc(self.peer_wait_s() - waited)
         if not len(batch):
             if self.hold.active:  # every held partition moved to another worker
                 self.hold.release()

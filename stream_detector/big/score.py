@@ -34,7 +34,7 @@ class StreamedScores:
     flagged: int = 0
     seconds: float = 0.0
     reasons: Counter[str] = field(default_factory=Counter)  # rejected rows per reason
-    first_problem: tuple[str, str, str | None] | None = None  # ("<file stem> row N", reason, message)
+    first_problem: tuple[str, str, str | None] | None = None  # ("<file name> row N", reason, message)
 
 
 def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: ReaderOptions | None = None,
@@ -93,7 +93,7 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
                 done.reasons.update(why for _, _, why, _ in lines if why)
                 if done.first_problem is None:
                     at, (_, _, why, text) = next((at, line) for at, line in enumerate(lines) if line[2])
-                    done.first_problem = (f"{stem} row {chunk.file_row + at + 1}", str(why), text)
+                    done.first_problem = (f"{chunk.path.name} row {chunk.file_row + at + 1}", str(why), text)
             hashes.append(np.fromiter(map(hash, ids), np.int64, len(ids)))
             done.rows += n
             done.scored += int(scored.valid.sum())

@@ -37,7 +37,7 @@ import numpy as np
 import orjson
 
 from ..fieldschema import JSON_TEXT, FieldSchema, TextFormat
-from ..schema import SUPPORTED_SCHEMA_VERSIONS, Problem, RejectReason, validate_event
+from ..schema import SUPPORTED_SCHEMA_VERSIONS, Problem, RejectReason, not_json_message, validate_event
 from ..transport.base import Unreadable as Unreadable  # a client's stand-in for a record it could not read
 
 _KEY_END = re.compile(rb'"[ \t\n\r]*:')
@@ -381,6 +381,6 @@ def _classify_parse_error(raw: bytes, exc: Exception) -> Problem:
             return RejectReason.NON_FINITE_NUMBER, "NaN or Infinity is not a valid number"
         except (ValueError, RecursionError):
             pass
-    if "utf-8" in message.lower():  # orjson: "str is not valid UTF-8: surrogates not allowed"
-        return RejectReason.INVALID_JSON, f"not UTF-8 text ({message})"[:200]
-    return RejectReason.INVALID_JSON, f"not valid JSON: {message}"[:200]  # orjson alone: "invalid literal, ..."
+    return RejectReason.INVALID_JSON, not_json_message(raw, message)
+
+

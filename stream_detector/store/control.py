@@ -251,7 +251,8 @@ class ControlPlane:
         if version is None:
             raise ConfigError("no challenger in shadow")
         if outcome == "promoted":  # the registry's flip itself: the period ends here, not in _activated
-            self.registry.activate(version, set_by, note=f"promoted from shadow: {decision.get('reasons', '')}")
+            reasons = "; ".join(decision.get("reasons") or []) or "every rule of the shadow gate passed"
+            self.registry.activate(version, set_by, note=f"promoted from shadow: {reasons}")
         record = self.shadow.end(version, outcome, decision, set_by)
         self.registry.attach_shadow_decision(version, record)  # model show / list: the evidence it was decided on
         return record

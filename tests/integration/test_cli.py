@@ -214,3 +214,8 @@ def test_produce_leaves_excluded_fields_out_of_the_events(settings, env_for, tmp
     assert sorted(e["event_id"] for e in sent) == sorted(str(e["event_id"]) for e in events)
     refused = run(["produce", "--input", str(path), "--exclude", "event_id", "--topic", topic], env)
     assert refused.returncode == 2 and "every event needs its event_id" in refused.stderr
+    both = run(["produce", "--input", str(path), "--label-column", "label", "--exclude", "label", "--topic", topic], env)
+    assert both.returncode == 2 and "--exclude label: it is the --label-column" in both.stderr
+    keyed = run(["tail", topic, "-n", "1", "--with-key"], env)  # keys: docs/alerts.md says how they are set
+    key, value = keyed.stdout.rstrip("\n").split("\t")
+    assert keyed.returncode == 0 and key == str(orjson.loads(value)["account_id"])

@@ -243,7 +243,7 @@ def test_score_where_no_row_can_be_scored_exits_2_and_still_writes_every_reason(
     assert main(argv + (["--streamed"] if streamed else [])) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("stream-detector score: error: none of the 2 rows could be scored: 2 wrong_type (")
-    assert "row 1: field 'amount'" in err and err.endswith(f"every row's reason is in {out}")
+    assert f"{'text.csv ' if streamed else ''}row 1: field 'amount'" in err and err.endswith(f"every row's reason is in {out}")
     lines = out.read_text().splitlines()
     assert len(lines) == 3 and all(",wrong_type," in line for line in lines[1:])
     data.write_text("event_id,amount\ne1,lots\ne2,12.5\n")  # one row scored: exit 0, as before

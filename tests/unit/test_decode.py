@@ -132,9 +132,14 @@ def test_invalid_json_and_invalid_utf8_say_what_they_are() -> None:
     """Found by a new-user trial: `this is not json` was dead-lettered with orjson's bare
     "invalid literal, expected 'true'", and bytes that are not UTF-8 with "str is not valid
     UTF-8: surrogates not allowed". The message now says what the record is not."""
+    from stream_detector.feedback import decode_label
     from stream_detector.pipeline.decode import decode_batch
 
-    decoded = decode_batch([b"this is not json", b"\xff\xfe{}"], 65536)
+    values = [b"this is not json", b'{"event_id": "b\xff\xfe"}', b"\xef\xbb\xbf{}"]
+    decoded = decode_batch(values, 65536)
     messages = [r.message for r in decoded.rejected]
-    assert messages[0].startswith("not valid JSON: ") and messages[1].startswith("not UTF-8 text (")
-    assert [r.reason for r in decoded.rejected] == [RejectReason.INVALID_JSON] * 2
+    assert messages[0].startswith("not valid JSON: ")
+    assert messages[1] == "not UTF-8 text: byte 0xff at byte 15 (counting from 0)"  # where it is, not "surrogates"
+    assert messages[2].startswith("not valid JSON: it starts with a UTF-8 byte order mark (BOM)")
+    assert [r.reason for r in decoded.rejected] == [RejectReason.INVALID_JSON] * 3
+    assert [decode_label(v) for v in values] == [(RejectReason.INVALID_JSON, m) for m in messages]  # feedback alike

@@ -249,3 +249,38 @@ def test_with_json_logs_the_commands_own_lines_are_json_too(capsys, monkeypatch)
     assert len(lines) == 1 and lines[0]["level"] == "ERROR" and lines[0]["logger"] == "stream_detector.cli"
     assert lines[0]["msg"] == "stream-detector simulate: error: --count must be >= 1, got 0"
     assert lines[0]["ts"].endswith("Z")
+    # usage errors and settings errors (before the settings are read) too
+    with pytest.raises(SystemExit) as usage:
+        main(["simulate", "--bogus"])
+    assert usage.value.code == 2
+    monkeypatch.setenv("SD_BATCH_SIZE", "abc")
+    assert main(["threshold", "get"]) == 2
+    monkeypatch.delenv("SD_BATCH_SIZE")
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["level"] for line in lines] == ["ERROR", "ERROR"]
+    assert "unrecognized arguments: --bogus" in lines[0]["msg"] and "SD_BATCH_SIZE" in lines[1]["msg"]
+
+
+def test_with_json_logs_the_commands_warnings_are_warnings_and_the_level_applies(capsys, monkeypatch) -> None:
+    """A command's ``warning: …`` line is a WARNING log line, and lines below SD_LOG_LEVEL are left
+    out (a new-user trial's log at ERROR had every line, its warnings as INFO)."""
+    import logging
+
+    from stream_detector import cli
+
+    root = logging.getLogger()
+    level = root.level
+    monkeypatch.setattr(cli, "_JSON_LINES", True)
+    try:
+        root.setLevel(logging.INFO)
+        cli._say("warning: 3 of 9 rows rejected")
+        cli._say("scored 6 of 9 rows")
+        root.setLevel(logging.ERROR)
+        cli._say("warning: left out")
+        cli._say("stream-detector score: error: no rows", "ERROR")
+    finally:
+        root.setLevel(level)
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(line["level"], line["msg"]) for line in lines] == [
+        ("WARNING", "warning: 3 of 9 rows rejected"), ("INFO", "scored 6 of 9 rows"),
+        ("ERROR", "stream-detector score: error: no rows")]
