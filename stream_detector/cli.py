@@ -698,7 +698,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         if args.label_column and args.label_column in args.exclude:
             raise ConfigError(f"--exclude {args.label_column}: it is the --label-column, which never stays in the "
                               "event (it goes to the sd.label header); drop one of the two options")
-        _require_fields([("--exclude", name) for name in args.exclude], data.schema, data.events)
+        _check_excluded(args.exclude, data.schema, data.events)
         for event in data.events:
             for name in args.exclude:
                 event.pop(name, None)
@@ -901,9 +901,7 @@ def _end_ms(text: str) -> int:
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     from .kafka_util import tail
 
-    topics = {"alerts": settings.alerts_topic, "dlq": settings.dlq_topic, "shadow": settings.shadow_topic,
-              "feedback": settings.feedback_topic, "input": settings.input_topic}
-    topic = topics.get(args.topic, args.topic)
+    topic = _topic_named(args.topic, settings)
     if args.n < 0:
         raise ConfigError(f"-n must be >= 0, got {args.n}")
 
@@ -928,11 +926,18 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _topic_named(name: str, settings: Settings) -> str:
+    """``tail``'s and ``lag``'s topic argument: a role (alerts, dlq, shadow, feedback, input: its
+    SD_*_TOPIC) or a topic's own name."""
+    roles = {"alerts": settings.alerts_topic, "dlq": settings.dlq_topic, "shadow": settings.shadow_topic,
+             "feedback": settings.feedback_topic, "input": settings.input_topic}
+    return roles.get(name, name)
+
+
 def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     from .kafka_util import group_lag
 
-    topics = {"input": settings.input_topic, "feedback": settings.feedback_topic}
-    topic = topics.get(args.topic, args.topic)
+    topic = _topic_named(args.topic, settings)
     group = args.group or settings.group_id
     rows = group_lag(settings, group, topic)
     total = sum(lag for *_, lag in rows)

@@ -39,9 +39,20 @@ def committed_offsets(settings: Settings, group: str, topic: str) -> dict[TopicP
 
 
 def lag(settings: Settings, group: str, topic: str) -> int:
+    """Records of ``topic`` that ``group`` has not committed (0 for a topic that does not exist)."""
+    return sum(behind for *_, behind in _partition_lags(settings, group, topic))
+
+
+def _partition_lags(settings: Settings, group: str, topic: str) -> list[tuple[int, int, int | None, int]]:
+    """``group_lag``'s rows; none for a topic that does not exist."""
     ends = end_offsets(settings, topic)
     done = committed_offsets(settings, group, topic)
-    return sum(max(0, end - max(0, done.get(tp, 0))) for tp, end in ends.items())
+    out = []
+    for tp in sorted(ends, key=lambda t: t.partition):
+        committed = done.get(tp)
+        committed = committed if committed is not None and committed >= 0 else None
+        out.append((tp.partition, ends[tp], committed, max(0, ends[tp] - (committed or 0))))
+    return out
 
 
 def group_lag(settings: Settings, group: str, topic: str) -> list[tuple[int, int, int | None, int]]:
@@ -50,18 +61,12 @@ def group_lag(settings: Settings, group: str, topic: str) -> list[tuple[int, int
     what the group has still to read when it starts from the earliest offset, the workers' reset
     policy). Raises ``ConfigError`` when Kafka cannot be reached or the topic does not exist."""
     try:
-        ends = end_offsets(settings, topic)
+        rows = _partition_lags(settings, group, topic)
     except KafkaError as exc:
         raise ConfigError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
-    if not ends:
+    if not rows:
         raise ConfigError(f"no topic {topic} on {settings.kafka_bootstrap}")
-    done = committed_offsets(settings, group, topic)
-    out = []
-    for tp in sorted(ends, key=lambda t: t.partition):
-        committed = done.get(tp)
-        committed = committed if committed is not None and committed >= 0 else None
-        out.append((tp.partition, ends[tp], committed, max(0, ends[tp] - (committed or 0))))
-    return out
+    return rows
 
 
 def wait_for_zero_lag(settings: Settings, group: str, topic: str, timeout_s: float) -> bool:

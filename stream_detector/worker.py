@@ -159,9 +159,8 @@ class Worker:
         self._aligned_for = ""  # the model version whose timestamp rule the alignment step uses
         self.ingester: LabelIngester | None = None  # feedback topic → label store, started in start()
         self.labels: LabelStore = InMemoryLabels(())  # the label store (start(): the control plane's)
-        self._conflicts = 0  # the enricher's compare-and-set conflicts already counted in metrics
+        self._counted: dict[str, int] = {}  # running totals of the enricher and label store, as counted in metrics
         self._untimed = 0  # the current batch's events without a usable timestamp (its last enrich attempt)
-        self._attached_later = 0  # the label store's waiting labels attached, already counted in metrics
         self._shadow_counts: tuple[str, dict[str, int]] | None = None  # the batch in hand's, until committed
 
     @property
@@ -307,8 +306,9 @@ class Worker:
             with self.steps.time("source"):
                 waited = self.peer_wait_s()
                 batch = self.source.poll_batch()  # 1 source
-                if self.peer_wait_s() > waited:
-                    self.metrics.align_peer_wait.inc(self.peer_wait_s() - waited)
+                waited = self.peer_wait_s() - waited
+                if waited > 0:
+                    self.metrics.align_peer_wait.inc(waited)
         if not len(batch):
             if self.hold.active:  # every held partition moved to another worker
                 self.hold.release()
@@ -491,9 +491,16 @@ class Worker:
         if self._untimed:
             self.metrics.entity_untimed.inc(self._untimed)
             self._untimed = 0
-        if isinstance(self.labels, RedisLabels) and self.labels.attached_later > self._attached_later:
-            self.metrics.labels_ingested("attached_later", self.labels.attached_later - self._attached_later)
-            self._attached_later = self.labels.attached_later
-        if self.enricher is not None and self.enricher.conflicts > self._conflicts:
-            self.metrics.entity_conflicts.inc(self.enricher.conflicts - self._conflicts)
-            self._conflicts = self.enricher.conflicts
+        if isinstance(self.labels, RedisLabels):
+            self._count_growth("attached_later", self.labels.attached_later,
+                               lambda n: self.metrics.labels_ingested("attached_later", n))
+        if self.enricher is not None:
+            self._count_growth("conflicts", self.enricher.conflicts, self.metrics.entity_conflicts.inc)
+
+    def _count_growth(self, name: str, total: int, add: Callable[[int], None]) -> None:
+        """Give ``add`` what a running ``total`` (the enricher's, the label store's) grew by since the
+        last time ``name`` was counted."""
+        grown = total - self._counted.get(name, 0)
+        if grown > 0:
+            add(grown)
+            self._counted[name] = total

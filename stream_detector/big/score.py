@@ -89,14 +89,15 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
                 at = rej.index - chunk.first_row
                 lines[at] = (ids[at], float("nan"), rej.reason.value, rej.message)
             writer.write(lines, limit, None if probability is None else probability.tolist(), head)
-            if int(scored.valid.sum()) < n:
+            valid = int(scored.valid.sum())
+            if valid < n:
                 done.reasons.update(why for _, _, why, _ in lines if why)
                 if done.first_problem is None:
                     at, (_, _, why, text) = next((at, line) for at, line in enumerate(lines) if line[2])
                     done.first_problem = (f"{chunk.path.name} row {chunk.file_row + at + 1}", str(why), text)
             hashes.append(np.fromiter(map(hash, ids), np.int64, len(ids)))
             done.rows += n
-            done.scored += int(scored.valid.sum())
+            done.scored += valid
             done.flagged += int(scored.flagged(limit, head).sum())
             if time.monotonic() - last >= 5:
                 last = time.monotonic()

@@ -382,5 +382,3 @@ def _classify_parse_error(raw: bytes, exc: Exception) -> Problem:
         except (ValueError, RecursionError):
             pass
     return RejectReason.INVALID_JSON, not_json_message(raw, message)
-
-

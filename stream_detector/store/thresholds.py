@@ -37,9 +37,9 @@ if ARGV[12] ~= '' then
 else
   redis.call('HDEL', KEYS[1], 'head')
 end
--- the audit line is JSON written by the client (ARGV[13]: the fields after the version), so its
+-- the audit line is JSON written by the client (ARGV[7]: the fields after the version), so its
 -- numbers keep every digit (cjson writes 14 significant digits at most)
-local line = '{"version":' .. version .. ',' .. ARGV[13]
+local line = '{"version":' .. version .. ',' .. ARGV[7]
 redis.call('LPUSH', KEYS[3], line)
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[8]) - 1)
 redis.call('SET', KEYS[5], ARGV[1])
@@ -134,10 +134,10 @@ class ThresholdStore:
                       k("model", model_version, "threshold"), k("model", "history"),
                       k("model", model_version, "head_threshold")],
                 args=[repr(float(value)), model_version, now, set_by, note, activate_model or "",
-                      "" if old is None else repr(old.value), HISTORY_LIMIT, self.keys.events_channel,
+                      audit[1:].decode(),  # the audit line's fields after the version (the script adds it)
+                      HISTORY_LIMIT, self.keys.events_channel,
                       "pop" if rollback_from else "push", rollback_from or "",
-                      "" if head is None else repr(float(head)),  # type: ignore[arg-type]
-                      audit[1:].decode()],  # the audit line's fields after the version (the script adds it)
+                      "" if head is None else repr(float(head))],  # type: ignore[arg-type]
             )
         except redis.ResponseError as exc:
             if "STALE" in str(exc) or "INVALID" in str(exc):
