@@ -59,7 +59,7 @@ def utc_text(epoch_s: float) -> str:
 _JSON_LINES = False  # SD_LOG_JSON: the command's own lines (_say, errors) are JSON log lines too
 
 
-def _setup_logging(settings: Settings | None, verbose: bool = False) -> None:
+def _setup_logging(settings: Settings | None, verbose: bool = False, one_shot: bool = False) -> None:
     global _JSON_LINES
     level = "DEBUG" if verbose else (settings.log_level if settings else "INFO")
     handler = logging.StreamHandler(sys.stderr)
@@ -77,6 +77,38 @@ def _setup_logging(settings: Settings | None, verbose: bool = False) -> None:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager" on a first run's report
     logging.getLogger("kafka.net.transport").addFilter(_closed_transport_noise)
     logging.getLogger("kafka.cluster").addFilter(_cancelled_refresh_noise)
+    for name in _KAFKA_CONNECTION_LOGGERS:
+        kafka_net = logging.getLogger(name)
+        kafka_net.setLevel(logging.NOTSET)  # a previous call's (tests run many commands in one process)
+        for old in [f for f in kafka_net.filters if isinstance(f, _OncePerMinute)]:
+            kafka_net.removeFilter(old)
+        if one_shot and not verbose:  # the command's own error line says it once, with the address
+            kafka_net.setLevel(logging.CRITICAL)
+        else:
+            kafka_net.addFilter(_OncePerMinute())
+
+
+# kafka-python 3's lines for each failed connection attempt: four per retry, every 0.1-1 s, while a
+# broker is unreachable (20 lines before `tail`'s one-line error; a new-user trial)
+_KAFKA_CONNECTION_LOGGERS = ("kafka.net.manager", "kafka.net.connection")
+_SERVICES = frozenset({"worker", "demo", "console", "retrain"})  # long-running: connection trouble is logged
+
+
+class _OncePerMinute(logging.Filter):
+    """Passes a logger's record once per minute per message template (``record.msg``, before its
+    arguments): a long-running service still says that a broker is unreachable, not four lines
+    per reconnection attempt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[tuple[int, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = (record.levelno, str(record.msg)), time.monotonic()
+        if now - self._last.get(key, -math.inf) < 60.0:
+            return False
+        self._last[key] = now
+        return True
 
 
 def _closed_transport_noise(record: logging.LogRecord) -> bool:
@@ -759,6 +791,9 @@ def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_MAX_IMPLIED_EVENTS = 1_000_000_000  # a live run's rate x duration past this is a typing slip, not a load test
+
+
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     import contextlib
 
@@ -786,6 +821,9 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     if not args.out and args.count is None and int(args.rate * args.duration) < 1:
         raise ConfigError(f"--rate {args.rate:g} for --duration {args.duration:g} s is no event: give --count N, "
                           "or a rate and duration whose product is at least 1")
+    if not args.out and args.count is None and args.rate * args.duration > _MAX_IMPLIED_EVENTS:
+        raise ConfigError(f"--rate {args.rate:g} for --duration {args.duration:g} s is {args.rate * args.duration:.3g} "
+                          f"events (more than {_MAX_IMPLIED_EVENTS:,}): give --count N, or a smaller rate or duration")
     if args.out:
         _check_file_out(Path(args.out), "--out")
     if args.feedback_out:
@@ -1105,7 +1143,10 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
             mark = ("active" if version == active else "previous" if version == previous
                     else "shadow" if version == challenger else "")
             gate = info["gate"]["passed"] if info["gate"] else None
-            print(f"{version}  {mark:8}  threshold={info['threshold']}  store={info['store']}  gate={gate}")
+            threshold = (f"{info['threshold']:.6g}" if info["threshold"] is not None
+                         else "never active" if info["calibrated_threshold"] is None
+                         else f"{info['calibrated_threshold']:.6g} (calibrated; never active)")
+            print(f"{version}  {mark:8}  threshold={threshold}  store={info['store']}  gate={gate}")
         return 0
     if args.action == "rollback":
         target = control.rollback(_who())
@@ -1634,9 +1675,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _JSON_LINES = os.environ.get("SD_LOG_JSON", "").strip().lower() in ("1", "true", "yes", "on")
     parser = build_parser()
     args = parser.parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = load_settings()
-        _setup_logging(settings, args.verbose)
+        _setup_logging(settings, args.verbose, one_shot=args.command not in _SERVICES)
         _set_threads(getattr(args, "threads", None))
         return int(args.func(args, settings))
     except StreamDetectorError as exc:
@@ -1648,8 +1690,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # infrastructure: one line, plus the traceback when -v
         if args.verbose:
             raise
+        if _kafka_unreachable(exc):  # as `tail` and `lag` say it
+            where = settings.kafka_bootstrap if settings is not None else "SD_KAFKA_BOOTSTRAP"
+            why = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+            _say(f"stream-detector {args.command}: error: cannot reach Kafka at {where}: {why}", "ERROR")
+            return 2
         _say(f"stream-detector {args.command}: {type(exc).__name__}: {exc}", "ERROR")
         return 1
+
+
+def _kafka_unreachable(exc: Exception) -> bool:
+    """Whether ``exc`` is kafka-python 3's "no broker reachable": its bootstrap gave up
+    (``KafkaTimeoutError`` "Unable to bootstrap from [...]")."""
+    from kafka.errors import KafkaTimeoutError
+
+    return isinstance(exc, KafkaTimeoutError) and "bootstrap" in str(exc).lower()
 
 
 if __name__ == "__main__":

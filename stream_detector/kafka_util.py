@@ -11,6 +11,7 @@ from kafka.errors import KafkaError
 
 from .errors import ConfigError
 from .settings import Settings
+from .transport.kafka_python import poll_readable
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
@@ -97,7 +98,7 @@ def read_all(settings: Settings, topic: str, timeout_s: float = 30.0,
         remaining = {tp for tp, end in ends.items() if end > 0}
         deadline = time.monotonic() + timeout_s
         while remaining and time.monotonic() < deadline:
-            for tp, batch in consumer.poll(timeout_ms=200).items():
+            for tp, batch in poll_readable(consumer, 200).items():
                 for r in batch:
                     if r.offset < ends[tp]:
                         records.append(r)
@@ -153,7 +154,7 @@ def tail(settings: Settings, topic: str, last: int, follow: bool, out: Callable[
         backlog: list[Any] = []
         remaining = {tp for tp in tps if consumer.position(tp) < ends[tp]}
         while remaining:
-            for tp, batch in consumer.poll(timeout_ms=poll_ms).items():
+            for tp, batch in poll_readable(consumer, poll_ms).items():
                 backlog.extend(r for r in batch if r.offset < ends[tp])
             remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
         # oldest first; among equal timestamps, a record further from its partition's end is older
@@ -165,7 +166,7 @@ def tail(settings: Settings, topic: str, last: int, follow: bool, out: Callable[
         if follow:
             following()
         while follow and not stop():
-            for batch in consumer.poll(timeout_ms=poll_ms).values():
+            for batch in poll_readable(consumer, poll_ms).values():
                 for record in batch:
                     out(record)
                     given += 1

@@ -9,7 +9,9 @@ is ingested by one worker of the group. For each poll:
 2. labels are attached to their event's entities in Redis (``entity/labels.py``: ``RedisLabels.ingest``;
    a label whose event has not been scored yet waits for it);
 3. records that break the contract go to the dead-letter topic with their reason (the worker's
-   headers: ``sd.error.reason``, ``sd.error.message``, source topic/partition/offset);
+   headers: ``sd.error.reason``, ``sd.error.message``, source topic/partition/offset), and so
+   does a record the client cannot read (``unreadable_record``: a corrupt batch, a codec it
+   lacks), as in the worker, instead of a poll that fails at the same offset forever;
 4. then the offsets are committed.
 
 At least once: a crash between 2 and 4 redelivers the records; attaching a label twice changes
@@ -36,10 +38,11 @@ from .feedback import Label, decode_label
 from .kafka_util import partitions_of
 from .pipeline.decode import Rejected
 from .pipeline.publish import build_dead_letters
+from .schema import RejectReason
 from .settings import Settings
-from .transport.base import Batch
+from .transport.base import Batch, Unreadable
 from .transport.factory import transport_config
-from .transport.kafka_python import consumer_config
+from .transport.kafka_python import consumer_config, poll_readable
 
 log = logging.getLogger("stream_detector.labels")
 
@@ -169,14 +172,16 @@ class LabelIngester:
         """One poll: attach, dead-letter, commit. Returns the records handled. Raises what Redis or
         Kafka raise (nothing committed then)."""
         assert self.consumer is not None and self.producer is not None
-        polled = self.consumer.poll(timeout_ms=timeout_ms)
+        polled = poll_readable(self.consumer, timeout_ms)  # a record the client cannot read: dead-lettered
         labels: list[Label] = []
         bad: list[tuple[Any, Rejected]] = []
         handled = 0
         for _tp, records in polled.items():
             for record in records:
                 handled += 1
-                parsed = decode_label(record.value, record.timestamp)
+                value = record.value
+                parsed = ((RejectReason.UNREADABLE, value.message) if type(value) is Unreadable
+                          else decode_label(value, record.timestamp))
                 if isinstance(parsed, Label):
                     labels.append(parsed)
                 else:

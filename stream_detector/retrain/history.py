@@ -52,6 +52,7 @@ from ..fieldschema import FieldSchema
 from ..kafka_util import partitions_of
 from ..pipeline.decode import decode_batch, parse_record
 from ..settings import Settings
+from ..transport.kafka_python import poll_readable
 
 log = logging.getLogger("stream_detector.retrain")
 
@@ -276,7 +277,7 @@ def _read(consumer: KafkaConsumer, topic: str, since_ms: int, until: Mapping[int
     while remaining:
         if time.monotonic() > deadline:
             raise TimeoutError(f"could not read {topic} up to its decided offsets: no progress for {timeout_s:.0f}s")
-        for tp, records in consumer.poll(timeout_ms=200).items():
+        for tp, records in poll_readable(consumer, 200).items():
             if tp not in remaining:
                 continue
             deadline = time.monotonic() + timeout_s

@@ -48,7 +48,7 @@ from ..settings import Settings
 from ..store import ControlPlane
 from ..topics import ensure_topics
 from ..transport.factory import transport_config
-from ..transport.kafka_python import consumer_config
+from ..transport.kafka_python import consumer_config, poll_readable
 from .drift import DriftReport, summarize
 from .gate import GatePolicy, decide_shadow, shadow_outcomes
 from .history import read_history, read_shadow, remove_stale_spools
@@ -196,7 +196,7 @@ class Retrainer:
     def ingest(self, timeout_ms: int) -> int:
         """One poll of the input topic into the window, and of alerts/feedback into exclusions."""
         added = 0
-        polled = self._input().poll(timeout_ms=timeout_ms, max_records=5000)
+        polled = poll_readable(self._input(), timeout_ms, 5000)  # an unreadable record: no stall
         # typed by the active model's field schema, as a worker decodes: what a worker dead-letters
         # (a text amount, an implausible timestamp) never enters the window
         active = self._active_bundle() if polled else None
@@ -377,7 +377,7 @@ class Retrainer:
         ends = side.end_offsets(list(side.assignment())) if timeout_s > 0 else {}
         deadline = time.monotonic() + timeout_s
         while True:
-            for tp, records in side.poll(timeout_ms=100 if ends else 0, max_records=10_000).items():
+            for tp, records in poll_readable(side, 100 if ends else 0, 10_000).items():
                 for r in records:
                     self._side_record(tp.topic, r.value, r.timestamp)
             if not ends or all(side.position(tp) >= end for tp, end in ends.items()):

@@ -9,6 +9,7 @@ deserialises the TorchScript.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ import redis
 
 from ..errors import ConfigError, ModelError, NoActiveModel
 from ..model.artifacts import ArtifactStore, RedisArtifacts, delete_artifact, resolve_files
-from ..model.bundle import METADATA_FILE, Bundle, bundle_from_files
+from ..model.bundle import CALIBRATION_FILE, METADATA_FILE, Bundle, bundle_from_files
 from ..model.registry import check_compatible, retention_victims, rollback_target
 from ..model.signing import SIGNATURE_FIELD, Signer, Verifier
 from .base import Keys, text
@@ -129,13 +130,15 @@ class ModelRegistry(BundleReader):
         pipe.hget(k("model", version), "_location")
         pipe.get(k("model", version, "gate"))
         pipe.zscore(k("models"), version)
-        metadata, location, gate, created = pipe.execute()
+        pipe.hget(k("model", version), CALIBRATION_FILE)
+        metadata, location, gate, created, calibration = pipe.execute()
         if metadata is None:
             raise ModelError(f"model {version} is not in the registry")
         return {"version": version, "active": version == self.active_model(),
                 "stored_at": created, "store": "dir" if location else "redis",
                 "location": location.decode() if location else None,
                 "threshold": self.thresholds.of_version(version),  # None until the version has been active
+                "calibrated_threshold": _calibrated(calibration, location),
                 "metadata": orjson.loads(metadata), "gate": orjson.loads(gate) if gate else None}
 
     def challenger(self) -> str | None:
@@ -177,3 +180,21 @@ class ModelRegistry(BundleReader):
         for version in victims:
             self.delete(version)
         return victims
+
+
+def _calibrated(inline: bytes | None, location: bytes | None) -> float | None:
+    """The threshold a version's bundle was calibrated with (``calibration.json``, from its Redis
+    hash or its directory), for display: what ``model promote`` activates for a version never
+    active before. None where the file cannot be read; the bundle's digests are checked when it
+    is fetched to be used, not here."""
+    raw = inline
+    if raw is None and location is not None:
+        try:
+            raw = (Path(location.decode()) / CALIBRATION_FILE).read_bytes()
+        except OSError:
+            return None
+    try:
+        value = orjson.loads(raw)["threshold"] if raw is not None else None
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None

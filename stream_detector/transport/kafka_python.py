@@ -108,6 +108,51 @@ class _Placeholder:
     headers: tuple[Any, ...] = ()
 
 
+def skip_unreadable(consumer: KafkaConsumer, exc: Exception) -> dict[KTopicPartition, list[Any]] | None:
+    """A record ``consumer`` cannot read (kafka-python raises ``exc`` from ``poll`` at the same
+    position on every call: a crash loop) becomes one record whose value is an ``Unreadable`` at
+    that offset, and the consumer moves past it; a corrupt or undecodable batch so yields one dead
+    letter per offset. ``None`` when ``exc`` is not about a record (authorisation, configuration:
+    those still propagate). Reads the fetcher's parse state, which kafka-python does not expose
+    otherwise. Used by the worker's source and the label ingester."""
+    record_level = isinstance(exc, (CorruptRecordError, UnsupportedCodecError)) or (
+        not isinstance(exc, KafkaError) and any(
+            "/kafka/record/" in frame.filename or frame.filename.endswith("/kafka/codec.py")
+            for frame in traceback.extract_tb(exc.__traceback__)))
+    if not record_level:
+        return None
+    fetcher = getattr(consumer, "_fetcher", None)
+    failed = getattr(fetcher, "_next_partition_records", None)
+    if fetcher is None or failed is None:
+        return None
+    tp, offset = failed.topic_partition, failed.next_fetch_offset
+    if consumer.position(tp) != offset:
+        return None
+    fetcher._next_partition_records = None
+    consumer.seek(tp, offset + 1)
+    log.error("unreadable record at %s[%d] offset %d, dead-lettered: %r", tp.topic, tp.partition, offset, exc)
+    record = _Placeholder(tp.topic, tp.partition, offset, Unreadable(f"{type(exc).__name__}: {exc}"[:500]))
+    return {tp: [record]}
+
+
+def poll_readable(consumer: KafkaConsumer, timeout_ms: int, max_records: int | None = None,
+                  ) -> dict[KTopicPartition, list[Any]]:
+    """``consumer.poll`` where a record the client cannot read comes back as one record whose value
+    is an ``Unreadable`` (``skip_unreadable``) instead of the same exception at the same offset on
+    every call; other errors propagate. For the project's own consumers outside the worker (label
+    ingester, retrainer, ``tail``): an ``Unreadable`` value decodes as ``unreadable_record``
+    (``pipeline.decode.parse_record``), as invalid JSON elsewhere."""
+    try:
+        if max_records is None:
+            return dict(consumer.poll(timeout_ms=timeout_ms))
+        return dict(consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
+    except Exception as exc:
+        skipped = skip_unreadable(consumer, exc)
+        if skipped is None:
+            raise
+        return skipped
+
+
 class _LogRebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no type hints
     """One INFO line per partition change of this consumer, as the confluent transport logs them
     (found by a new-user trial: a worker joining or leaving showed only in /metrics)."""
@@ -188,29 +233,7 @@ class KafkaSource:
             return {}
 
     def _unreadable(self, exc: Exception) -> dict[KTopicPartition, list[Any]] | None:
-        """A record the client cannot read (kafka-python raises from ``poll`` at the same position on
-        every call: a crash loop) becomes one ``Unreadable`` record at that offset, and the consumer
-        moves past it; a corrupt or undecodable batch so yields one dead letter per offset. ``None``
-        when ``exc`` is not about a record (authorisation, configuration: those still propagate).
-        Reads the fetcher's parse state, which kafka-python does not expose otherwise."""
-        record_level = isinstance(exc, (CorruptRecordError, UnsupportedCodecError)) or (
-            not isinstance(exc, KafkaError) and any(
-                "/kafka/record/" in frame.filename or frame.filename.endswith("/kafka/codec.py")
-                for frame in traceback.extract_tb(exc.__traceback__)))
-        if not record_level:
-            return None
-        fetcher = getattr(self._c(), "_fetcher", None)
-        failed = getattr(fetcher, "_next_partition_records", None)
-        if fetcher is None or failed is None:
-            return None
-        tp, offset = failed.topic_partition, failed.next_fetch_offset
-        if self._c().position(tp) != offset:
-            return None
-        fetcher._next_partition_records = None
-        self._c().seek(tp, offset + 1)
-        log.error("unreadable record at %s[%d] offset %d, dead-lettered: %r", tp.topic, tp.partition, offset, exc)
-        record = _Placeholder(tp.topic, tp.partition, offset, Unreadable(f"{type(exc).__name__}: {exc}"[:500]))
-        return {tp: [record]}
+        return skip_unreadable(self._c(), exc)
 
     def commit(self, offsets: Offsets) -> None:
         from kafka.structs import OffsetAndMetadata

@@ -199,3 +199,43 @@ def test_a_label_ingester_making_no_progress_joins_again_with_a_new_consumer(set
     finally:
         logging.getLogger("stream_detector.labels").removeHandler(seen)
         ingester.stop()
+
+
+def test_a_feedback_record_the_client_cannot_read_is_dead_lettered_and_the_labels_after_it_ingested(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kafka-python raises from ``poll`` at the same offset on every call when it cannot read a
+    batch (here its zstd library made unavailable). The label ingester stalled there, retrying
+    forever, and no later label was ever attached. Now each of that batch's offsets is an
+    ``unreadable_record`` dead letter (as in the worker) and the labels around it are ingested."""
+    import kafka.codec
+    from kafka import KafkaProducer
+
+    from stream_detector.schema import DeadLetterHeaders
+
+    ensure_topics(settings, [settings.feedback_topic, settings.dlq_topic], partitions=1)
+    labels = [orjson.dumps({"event_id": f"e{i}", "label": "fraud", "labelled_at": T0}) for i in range(30)]
+    plain = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    packed = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, compression_type="zstd", linger_ms=200)
+    try:
+        for group, producer in ((labels[:10], plain), (labels[10:14], packed), (labels[14:], plain)):
+            for value in group:
+                producer.send(settings.feedback_topic, value=value)
+            producer.flush(timeout=30)
+    finally:
+        plain.close(timeout=10)
+        packed.close(timeout=10)
+    monkeypatch.setattr(kafka.codec, "has_zstd", lambda: False)
+    store = RedisLabels(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
+    ingester = LabelIngester(settings, store)
+    try:
+        ingester.start(catch_up_s=90.0)
+        wait_until(lambda: ingester.stats.labels == 26 and ingester.stats.dead_letters == 4,
+                   message="the readable labels ingested and the unreadable ones dead-lettered")
+        assert ingester.stats.failures == 0
+    finally:
+        ingester.stop()
+    dead = read_all(settings, settings.dlq_topic)
+    assert sorted(int(dict(r.headers)[DeadLetterHeaders.OFFSET]) for r in dead) == list(range(10, 14))
+    assert {dict(r.headers)[DeadLetterHeaders.REASON] for r in dead} == {b"unreadable_record"}
+    assert b"zstd" in dict(dead[0].headers)[DeadLetterHeaders.MESSAGE]
+    assert lag(settings, ingester.group, settings.feedback_topic) == 0

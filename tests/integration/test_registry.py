@@ -204,6 +204,10 @@ def test_model_cli_lists_shows_promotes_and_rolls_back(published, settings, bund
         assert done.returncode == 0, done.stderr
         return done.stdout
 
+    stored = cli("list").splitlines()  # newer is stored, never active: its bundle's calibrated threshold
+    assert stored[0] == (f"{newer.version}            threshold={newer.threshold:.6g} (calibrated; never active)  "
+                         "store=redis  gate=None"), stored
+    assert stored[1].startswith(f"{bundle.version}  active    threshold={bundle.threshold:.6g}  "), stored
     assert f"model {newer.version} is active" in cli("promote", newer.version)
     listing = cli("list").splitlines()
     assert listing[0].startswith(f"{newer.version}  active") and listing[1].startswith(f"{bundle.version}  previous")

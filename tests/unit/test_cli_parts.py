@@ -248,3 +248,40 @@ def test_score_where_no_row_can_be_scored_exits_2_and_still_writes_every_reason(
     assert len(lines) == 3 and all(",wrong_type," in line for line in lines[1:])
     data.write_text("event_id,amount\ne1,lots\ne2,12.5\n")  # one row scored: exit 0, as before
     assert main(argv + (["--streamed"] if streamed else [])) == 0
+
+
+def test_a_one_shot_command_with_kafka_unreachable_says_so_in_one_line(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listens at the bootstrap address: one line naming it, exit 2 (a new-user trial saw
+    20 lines of kafka-python's reconnection attempts first, and `simulate` exited 1 with the
+    exception's name twice). One command: kafka-python gives up after 30 s (`tail` and `lag`
+    name the address through their own ConfigError; the lines they printed first were the same
+    kafka-python loggers, now quiet for every one-shot command)."""
+    from stream_detector.cli import main
+
+    argv = ["simulate", "--count", "5"]
+    monkeypatch.setenv("SD_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"stream-detector {argv[0]}: error: cannot reach Kafka at 127.0.0.1:1: "), err
+    assert "\n" not in err and err.count("KafkaTimeoutError") == 1, err
+
+
+def test_a_services_kafka_connection_lines_come_once_a_minute_per_message() -> None:
+    """A long-running service (worker, retrainer) still logs that a broker is unreachable, once a
+    minute per kind of line, not four lines per reconnection attempt."""
+    import logging
+
+    from stream_detector.cli import _OncePerMinute
+
+    once = _OncePerMinute()
+
+    def record(level: int, msg: str, *args: Any) -> logging.LogRecord:
+        return logging.LogRecord("kafka.net.manager", level, __file__, 1, msg, args, None)
+
+    assert once.filter(record(logging.ERROR, "Connection failed: %s", "ECONNREFUSED"))
+    assert not once.filter(record(logging.ERROR, "Connection failed: %s", "ETIMEDOUT"))  # same template
+    assert once.filter(record(logging.WARNING, "Bootstrap %s not ready; waiting %s secs", "b-0", 0.1))
+    assert once.filter(record(logging.WARNING, "Connection failed: %s", "x"))  # another level
+    once._last = {key: at - 61.0 for key, at in once._last.items()}  # a minute later
+    assert once.filter(record(logging.ERROR, "Connection failed: %s", "ECONNREFUSED"))

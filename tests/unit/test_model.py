@@ -86,3 +86,19 @@ def test_size_rules_follow_the_data():
     assert small.hidden == (16,) and small.bottleneck == 2
     assert wide.hidden == (256, 128) and wide.bottleneck == 8
     assert default_epochs(100, 256) == 300 and default_epochs(1_000_000, 256) == 10
+
+
+def test_a_stored_versions_calibrated_threshold_is_read_from_its_hash_or_its_directory(tmp_path):
+    """``model list`` shows a version never active with its bundle's calibrated threshold."""
+    import orjson
+
+    from stream_detector.model.bundle import CALIBRATION_FILE
+    from stream_detector.store.registry import _calibrated
+
+    raw = orjson.dumps({"threshold": 0.25, "quantile": 0.998})
+    assert _calibrated(raw, None) == 0.25
+    (tmp_path / CALIBRATION_FILE).write_bytes(raw)
+    assert _calibrated(None, str(tmp_path).encode()) == 0.25
+    assert _calibrated(None, str(tmp_path / "gone").encode()) is None
+    assert _calibrated(b"not json", None) is None and _calibrated(b'{"threshold": "x"}', None) is None
+    assert _calibrated(None, None) is None

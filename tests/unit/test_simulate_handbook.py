@@ -315,3 +315,15 @@ def test_a_live_run_of_no_event_is_refused_before_connecting(argv: list[str], ca
     assert main(["simulate", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("stream-detector simulate: error: --rate") and "is no event" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv", [["--rate", "1e30"], ["--profile", "velocity", "--rate", "1e8", "--duration", "3600"]])
+def test_a_live_run_of_an_absurd_number_of_events_is_refused_before_connecting(
+        argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--rate 1e30`` (a slip) made rate × duration 6e31 events: a run that never ends. Past
+    10^9 events without ``--count`` the command says so (one line, exit 2)."""
+    monkeypatch.setenv("SD_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing listens: a connection attempt would fail otherwise
+    assert main(["simulate", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stream-detector simulate: error: --rate") and "more than 1,000,000,000" in err
+    assert "give --count N" in err and "\n" not in err
