@@ -40,6 +40,9 @@ class RetrainerMetrics:
         self.feedback_rejected = Counter("stream_detector_retrain_feedback_rejected",
                                          "Feedback records that break the contract (docs/feedback.md), by reason.",
                                          ["reason"], registry=r)
+        self.input_rejected = Counter("stream_detector_retrain_input_rejected",
+                                      "Input events left out of the training window because a worker dead-letters "
+                                      "them (the active model's field schema), by reason.", ["reason"], registry=r)
         self.drift_checks = Counter("stream_detector_retrain_drift_checks",
                                     "Drift judgements of the active model's live scores.", registry=r)
         self.psi = Gauge("stream_detector_retrain_drift_psi", "PSI of the last drift judgement.", registry=r)

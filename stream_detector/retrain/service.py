@@ -86,6 +86,7 @@ class Retrainer:
         self.window = TrainingWindow(settings.retrain_window_events, settings.retrain_window_seconds)
         self.exclusions = Exclusions(settings.retrain_exclude_max)
         self._refused: set[RejectReason] = set()  # feedback refusal reasons already logged
+        self._left_out: set[RejectReason] = set()  # input rejection reasons already logged
         self.stop_event = threading.Event()
         self.input: KafkaConsumer | None = None
         self.side: KafkaConsumer | None = None
@@ -208,6 +209,12 @@ class Retrainer:
                        for event, i in zip(decoded.events, decoded.indices, strict=True)]
             self.window.add(entries)
             added += len(entries)
+            for rejected in decoded.rejected:  # counted, and logged once per reason (the workers dead-letter them)
+                if rejected.reason not in self._left_out:
+                    self._left_out.add(rejected.reason)
+                    log.warning("input event left out of the training window (%s): %s; further ones only counted "
+                                "in stream_detector_retrain_input_rejected", rejected.reason.value, rejected.message)
+                self.metrics.input_rejected.labels(rejected.reason.value).inc()
         self._read_side(0)
         self.metrics.ingested.inc(added)
         self.metrics.window.set(len(self.window))

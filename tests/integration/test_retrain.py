@@ -84,6 +84,12 @@ def test_retrain_once_trains_on_clean_traffic_and_a_running_worker_swaps_without
     control.publish(bundle, set_by="pytest")
     first, first_bad = _wave(1500, 41, 8, "w1")
     _produce(s, first)
+    dead = [b"not json", orjson.dumps({**first[0], "event_id": "w1-text-amount", "amount": "12,50"})]
+    producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers)  # what a worker dead-letters: never trained on
+    for value in dead:
+        producer.send(s.input_topic, value)
+    producer.flush(timeout=30)
+    producer.close(timeout=10)
     running = start_worker(s)
     wait_until(lambda: _drained(s), message="first wave committed")
     alerted = {str(a["event_id"]) for a in _alerts(s)}
@@ -104,6 +110,9 @@ def test_retrain_once_trains_on_clean_traffic_and_a_running_worker_swaps_without
     refused = {reason: retrainer.metrics.registry.get_sample_value(
         "stream_detector_retrain_feedback_rejected_total", {"reason": reason}) for reason in ("invalid_json", "invalid_label")}
     assert refused == {"invalid_json": 1.0, "invalid_label": 1.0}
+    left_out = {reason: retrainer.metrics.registry.get_sample_value(
+        "stream_detector_retrain_input_rejected_total", {"reason": reason}) for reason in ("invalid_json", "wrong_type")}
+    assert left_out == {"invalid_json": 1.0, "wrong_type": 1.0}
 
     assert outcome.status == "promoted", outcome.to_dict()
     new = outcome.version
@@ -136,7 +145,8 @@ def test_retrain_once_trains_on_clean_traffic_and_a_running_worker_swaps_without
     assert {a["model_version"] for a in after} == {new}
     new_threshold = control.fetch_bundle(new).threshold
     assert all(a["threshold"] == pytest.approx(new_threshold) for a in after)
-    assert running.worker.stats.events == len(first) + len(second) and running.worker.stats.swaps == 1
+    assert running.worker.stats.events == len(first) + len(dead) + len(second) and running.worker.stats.swaps == 1
+    assert running.worker.stats.rejected == len(dead)
 
 
 def test_drift_in_worker_score_summaries_triggers_a_retraining(rsettings, bundle, start_worker):
