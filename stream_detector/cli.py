@@ -933,6 +933,11 @@ def _end_ms(text: str) -> int:
                           "2026-06-15T12:00:00Z") from None
     if not 0 < end < 4_102_444_800_000:  # 1970 .. 2100: outside, the events' times are implausible when scored
         raise ConfigError(f"--end {text}: expected a time between 1970 and 2100")
+    from .fieldschema import FUTURE_MS, future_limit_ms
+
+    if end > future_limit_ms():  # scored or trained on, such events are dead-lettered as implausible_timestamp
+        raise ConfigError(f"--end {text}: more than {FUTURE_MS / 86_400_000:g} day ahead of this machine's clock; "
+                          "events after it are implausible (docs/simulator.md)")
     return end
 
 

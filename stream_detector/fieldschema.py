@@ -32,8 +32,9 @@ missing for every type; features impute them (``features.py``). A field the sche
 (new in live traffic) is passed through untouched and is not a feature.
 
 **Plausible timestamps**: within ``plausible_years`` (10) of the training rows' time range; when
-training saw no timestamps, 1990-01-01 .. 2100-01-01. A value outside is dead-lettered, never
-scored as a date in 1970.
+training saw no timestamps, 1990-01-01 .. 2100-01-01; and never more than ``FUTURE_MS`` (a day)
+ahead of the reading machine's clock. A value outside is dead-lettered, never scored as a date in
+1970 nor allowed to move an entity's history clock years ahead.
 
 Inference rules (``infer_schema``), first match wins, each printed with its reason:
 
@@ -61,6 +62,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -79,6 +81,12 @@ SCHEMA_FORMAT = 1
 NUMERIC_SHARE = 0.98  # rule 5
 PLAUSIBLE_YEARS = 10.0
 _YEAR_MS = 365.25 * 86_400_000.0
+# An event time more than this ahead of the reading machine's clock is implausible whatever the
+# training range (Kafka's brokers refuse records more than an hour ahead by default,
+# ``message.timestamp.after.max.ms``; a day leaves room for skewed clocks upstream). Accepted, one
+# such event moved its account's history clock years ahead, and the late-event rule then clamped
+# every later event of the account to it.
+FUTURE_MS = 86_400_000.0
 _DEFAULT_RANGE_MS = (631_152_000_000.0, 4_102_444_800_000.0)  # 1990-01-01 .. 2100-01-01 UTC
 _MAX_EXACT_INT = 2**53
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -195,7 +203,16 @@ class FieldSchema:
 
     @property
     def plausible_ms(self) -> tuple[float, float]:
-        """Timestamps outside this range (epoch ms) are ``implausible_timestamp``."""
+        """Timestamps outside this range (epoch ms) are ``implausible_timestamp``: ``range_ms``,
+        and at most ``FUTURE_MS`` ahead of this machine's clock (read now: a range kept by a
+        long-running reader would go stale)."""
+        lo, hi = self.range_ms
+        return lo, min(hi, future_limit_ms())
+
+    @property
+    def range_ms(self) -> tuple[float, float]:
+        """The plausible range from the training rows alone (``plausible_years`` either side),
+        1990-01-01 .. 2100-01-01 without them; ``plausible_ms`` adds the clock's limit."""
         if self.time_range_ms is None:
             return _DEFAULT_RANGE_MS
         margin = self.plausible_years * _YEAR_MS
@@ -465,9 +482,21 @@ def _to_timestamp(name: str, value: Any, unit: str, plausible: tuple[float, floa
     return _plausible(name, epoch_to_ms(float(value), unit), plausible, value)
 
 
+def future_limit_ms() -> float:
+    """The latest plausible event time now (epoch ms): this machine's clock plus ``FUTURE_MS``."""
+    return time.time() * 1000.0 + FUTURE_MS
+
+
 def _plausible(name: str, ms: float, plausible: tuple[float, float], raw: Any) -> float:
-    """``ms`` when inside the plausible range; the message says the year read (not ``raw``)."""
+    """``ms`` when inside the plausible range; the message says the year read (not ``raw``), or
+    how far ahead of this machine's clock it is."""
     if not plausible[0] <= ms <= plausible[1]:
+        ahead_days = (ms - time.time() * 1000.0) / 86_400_000.0
+        if ms > plausible[1] and ms - future_limit_ms() > -1.0 and ahead_days < 3_650_000:
+            raise ConversionError(RejectReason.IMPLAUSIBLE_TIMESTAMP,
+                                  f"field {name!r} reads as a time {ahead_days:,.1f} days ahead of this machine's "
+                                  f"clock (from {'a number' if isinstance(raw, (int, float)) else _shape(raw)}); "
+                                  f"more than {FUTURE_MS / 86_400_000.0:g} day ahead is not plausible")
         raise ConversionError(RejectReason.IMPLAUSIBLE_TIMESTAMP,
                               f"field {name!r} reads as a time in {_shown_year(ms)} "
                               f"(from {'a number' if isinstance(raw, (int, float)) else _shape(raw)}), "
@@ -690,7 +719,11 @@ class EventTime:
     def of(cls, schema: FieldSchema | None) -> EventTime:
         if schema is None or "timestamp" not in schema or schema["timestamp"].type is not FieldType.TIMESTAMP:
             return cls()
-        return cls(schema["timestamp"], schema.plausible_ms)
+        return cls(schema["timestamp"], schema.range_ms)  # the clock's limit is applied at each read
+
+    def _now(self) -> tuple[float, float]:
+        """``plausible`` with the clock's limit of this moment (``FieldSchema.plausible_ms``)."""
+        return self.plausible[0], min(self.plausible[1], future_limit_ms())
 
     def __call__(self, value: object) -> float:
         """One raw value → epoch ms, NaN when missing or rejected."""
@@ -699,7 +732,7 @@ class EventTime:
         try:
             if self.rule is None:
                 return float(parse_timestamp_ms(value))
-            return _to_timestamp("timestamp", value, self.rule.unit, self.plausible, JSON_TEXT)
+            return _to_timestamp("timestamp", value, self.rule.unit, self._now(), JSON_TEXT)
         except (ValueError, TypeError, OverflowError):  # ConversionError is a ValueError
             return math.nan
 
@@ -719,7 +752,8 @@ class EventTime:
         else:
             scale = np.full(values.size, _UNIT_MS[self.rule.unit])
         ms: np.ndarray = values * scale
-        ms[~((ms >= self.plausible[0]) & (ms <= self.plausible[1]))] = np.nan  # NaN, inf included
+        lo, hi = self._now()
+        ms[~((ms >= lo) & (ms <= hi))] = np.nan  # NaN, inf included
         return ms
 
 

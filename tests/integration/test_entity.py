@@ -355,14 +355,19 @@ def test_one_worker_on_four_partitions_replays_a_backlog_like_the_time_ordered_f
     assert alerts == expected
 
 
-def test_a_rejected_far_future_timestamp_does_not_hold_its_partition_back(settings: Settings, run_worker: Any) -> None:
+@pytest.mark.parametrize("years", [50, 3])
+def test_a_rejected_far_future_timestamp_does_not_hold_its_partition_back(settings: Settings, run_worker: Any,
+                                                                         years: int) -> None:
     """A trial found that one event 50 years ahead (dead-lettered at decode as implausible) moved
     its partition's alignment clock to 2076: the rest of that partition was released after the
     other three and a shared key's features left offline's. The alignment step now reads the
     timestamp with the model's rule (unit, plausible range: ``fieldschema.EventTime``), so the
-    other events' features still equal offline enrichment of the time-ordered valid events."""
+    other events' features still equal offline enrichment of the time-ordered valid events.
+    Three years ahead is inside the training range's 10 years but more than a day ahead of the
+    clock (``fieldschema.FUTURE_MS``): it was scored, and moved its account's and terminal's
+    history clocks years ahead; now it is dead-lettered alike."""
     events = _raw(1200, seed=28)
-    bad = dict(events[10], event_id="far-future", timestamp=events[10]["timestamp"] + 50 * 365 * 86_400_000)
+    bad = dict(events[10], event_id="far-future", timestamp=events[10]["timestamp"] + years * 365 * 86_400_000)
     bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
                                 TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
                                 entity=TWO_KEYS))

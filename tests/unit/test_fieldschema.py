@@ -136,6 +136,36 @@ def test_a_fixed_unit_and_the_plausible_range() -> None:
     assert epoch_to_ms(1.5e9, "auto") == 1.5e12 and epoch_to_ms(1.5e18, "auto") == 1.5e12
 
 
+def test_an_event_time_more_than_a_day_ahead_of_the_clock_is_implausible(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside the 10 years around training, one event three years ahead was scored and moved its
+    account's history clock (the late-event rule then clamped every later event of the account).
+    More than ``FUTURE_MS`` ahead of the machine's clock is ``implausible_timestamp`` on every input
+    path, by number or RFC 3339 text, and the alignment's reader (built once per model load) applies
+    the limit of the moment it reads, not of the moment it was built."""
+    import time as clock
+
+    from stream_detector.fieldschema import FUTURE_MS, EventTime
+
+    now = clock.time() * 1000.0
+    schema = FieldSchema((FieldRule("timestamp", FieldType.TIMESTAMP, unit="auto"),), (now - 86_400_000, now))
+    assert schema.range_ms[1] > now + 9 * 365 * 86_400_000  # the training range alone would take years ahead
+    ahead = [{"timestamp": int(now + 1000.3 * 86_400_000)}, {"timestamp": int(now + FUTURE_MS + 600_000)},
+             {"timestamp": "2031-01-01T00:00:00Z"}, {"timestamp": int(now + 3_600_000)}, {"timestamp": int(now)}]
+    typed, problems = schema.convert(ahead)
+    assert sorted(problems) == [0, 1, 2]
+    assert all(p.reason is RejectReason.IMPLAUSIBLE_TIMESTAMP for p in problems.values())
+    assert "1,000.3 days ahead of this machine's clock (from a number)" in str(problems[0]), str(problems[0])
+    assert "more than 1 day ahead is not plausible" in str(problems[1])
+    assert typed[3]["timestamp"] == ahead[3]["timestamp"] and typed[4]["timestamp"] == ahead[4]["timestamp"]
+    reader = EventTime.of(schema)
+    values = [e["timestamp"] for e in ahead]
+    assert np.isnan(reader.batch(values)[:3]).all() and not np.isnan(reader.batch(values)[3:]).any()
+    later = clock.time() + 2 * 86_400  # the same reader two days on: yesterday's "ahead" is now
+    monkeypatch.setattr(clock, "time", lambda: later)
+    assert not np.isnan(reader(ahead[1]["timestamp"])) and not np.isnan(reader.batch(values)[1])
+    assert schema.convert([ahead[1]])[1] == {}
+
+
 def test_native_columns_are_not_copied() -> None:
     events = [{"a": 1.5, "b": True, "c": "x", "t": T0, "id": "u"}, {"a": None, "b": None, "c": None, "t": None}]
     schema = _schema(("a", FieldType.NUMBER), ("b", FieldType.BOOLEAN), ("c", FieldType.CATEGORY),
@@ -165,7 +195,7 @@ _FALSE = ["false", "False", "FALSE", "0"]
 
 event_rows = st.lists(st.fixed_dictionaries({
     "account_id": st.sampled_from(["001", "002", "017", "4711"]),
-    "timestamp": st.integers(T0, T0 + 30 * 86_400_000),
+    "timestamp": st.integers(T0 - 30 * 86_400_000, T0),  # in the past: more than a day ahead of the clock is implausible
     "amount": st.one_of(st.none(), st.floats(0.01, 250_000, allow_nan=False).map(lambda v: round(v, 2))),
     "count": st.one_of(st.none(), st.integers(0, 10_000)),
     "online": st.one_of(st.none(), st.booleans()),

@@ -295,6 +295,7 @@ def test_handbook_out_file_written_in_chunks_is_what_write_csv_and_write_jsonl_w
     (["--profile", "velocity", "--count", "0"], "--count must be >= 1"),
     (["--rate", "nan"], "--rate must be a number >= 0"),
     (["--duration", "-1"], "--duration must be a number of seconds >= 0"),
+    (["--end", "2099-01-01"], "more than 1 day ahead of this machine's clock"),  # its events: implausible
 ])
 def test_bad_arguments_one_line_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                                        tmp_path: Path) -> None:
