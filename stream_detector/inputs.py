@@ -99,7 +99,7 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
         base = inference or InferenceOptions()
         inferred = infer_schema(present, InferenceOptions(
             identifiers=base.identifiers | {"event_id"}, ignored=base.ignored, overrides=base.overrides,
-            max_categories=base.max_categories, text=raw.text))
+            max_categories=base.max_categories, text=raw.text, inputs=base.inputs))
         schema, warnings = inferred.schema, inferred.warnings
     positions = [n for n, row in enumerate(raw.rows) if row is not None]
     rejected_rows: list[Any] = []
