@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from stream_detector.entity_spec import EntitySpec
 from stream_detector.events_io import ReaderOptions
@@ -154,6 +155,22 @@ def test_the_same_verdict_from_csv_json_lines_parquet_and_a_kafka_record(tmp_pat
     assert "'amount', 'merchant_category', 'card_present', ... are null" in verdicts["kafka"][0][2]
 
 
+def test_the_streamed_readers_columns_give_the_reference_verdicts(tmp_path: Path) -> None:
+    from stream_detector.big.columnar import Layout, derive_table
+    from stream_detector.big.source import raw_chunks
+
+    for kind, path in _write_all(tmp_path).items():
+        if kind == "jsonl":
+            continue  # JSON Lines chunks take the reference itself
+        (chunk,) = raw_chunks([path], ReaderOptions())
+        got = derive_table(chunk, SCHEMA, Layout(["amount", "card_present"], ["merchant_category", "channel"],
+                                                 None, ["timestamp"]), id_column=None, label_column=None,
+                           generate_ids=False)
+        assert got.rows.tolist() == [0, 2], kind
+        assert [(r.index, r.reason) for r in got.rejected] == [(1, RejectReason.NO_FEATURES),
+                                                               (3, RejectReason.NO_FEATURES)], kind
+
+
 # ---- a bundle's input fields ---------------------------------------------------------------------------
 
 
@@ -181,3 +198,28 @@ def test_an_entity_bundle_counts_its_keys_not_its_computed_fields() -> None:
     scored = score_events(bundle, [{"event_id": "k", "account_id": "card-00001", "timestamp": T0},
                                    {"event_id": "n", "terminal_id": "term-00001", "timestamp": T0}])
     assert scored.rejected == [None, "no_features"]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_train_counts_rows_without_an_input_field_alike_in_memory_and_streamed(tmp_path: Path,
+                                                                               streamed: bool) -> None:
+    from stream_detector.cli import main
+    from stream_detector.model.bundle import load_bundle
+    from stream_detector.simulate import Simulator
+
+    events, _ = Simulator(seed=4, accounts=60, run_id="nf").batch(1200, 0.0, span_ms=86_400_000)
+    inputs = [k for k in events[0] if k not in ("event_id", "account_id", "timestamp")]
+    for i in (5, 500, 900):
+        events[i] = {k: (None if k in inputs else v) for k, v in events[i].items()}
+    path = tmp_path / "history.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(events[0]))
+        writer.writeheader()
+        writer.writerows(events)
+    out = tmp_path / "model"
+    args = ["train", "--input", str(path), "--out", str(out), "--epochs", "2"] + (["--streamed"] if streamed else [])
+    assert main(args) == 0
+    meta = load_bundle(out).metadata
+    assert (meta["training_rows_read"], meta["training_rows_rejected"]) == (1200, 3)
+    if streamed:
+        assert meta["metrics"]["streamed"]["rejected"] == {"no_features": 3}
