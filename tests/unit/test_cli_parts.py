@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -248,3 +249,39 @@ def test_score_where_no_row_can_be_scored_exits_2_and_still_writes_every_reason(
     assert len(lines) == 3 and all(",wrong_type," in line for line in lines[1:])
     data.write_text("event_id,amount\ne1,lots\ne2,12.5\n")  # one row scored: exit 0, as before
     assert main(argv + (["--streamed"] if streamed else [])) == 0
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_score_of_rows_without_any_input_field_is_no_features_never_an_imputed_score(
+        tmp_path: Path, bundle: Any, capsys: pytest.CaptureFixture[str], streamed: bool) -> None:
+    """A file written with other field names (``amt``, camelCase) has no field the model reads: every
+    row was scored on imputed values alone, without a word. Now each is ``no_features`` (exit 2 when
+    no row is left); a file with some good rows scores those and reports the others."""
+    from stream_detector.cli import main
+    from stream_detector.model.bundle import save_bundle
+
+    assert bundle.schema is not None
+    count = len(bundle.schema.input_fields)
+    save_bundle(bundle, tmp_path / "model")
+    data = tmp_path / "camel.csv"
+    data.write_text("event_id,amt,merchantCategory\ne1,12.5,fuel\ne2,3.0,grocery\n")
+    out = tmp_path / "scores.csv"
+    argv = ["score", "--model", str(tmp_path / "model"), "--input", str(data), "--out", str(out)]
+    argv += ["--streamed"] if streamed else []
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("stream-detector score: error: none of the 2 rows could be scored: 2 no_features (")
+    assert f"{'camel.csv ' if streamed else ''}row 1: none of the model's {count} input fields is present " \
+        f"(expected e.g. 'amount', " in err
+    assert "the event has 'amt', 'merchantCategory')" in err and err.endswith(f"every row's reason is in {out}")
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 and all(",no_features," in line for line in lines[1:])
+    # mixed: a row with one input field (the others imputed) scores; the empty and the misnamed ones do not
+    data.write_text("event_id,amount,amt,merchant_category\ne1,,12.5,\ne2,12.5,,\ne3,,,fuel\ne4,,,\n")
+    assert main(argv) == 0
+    with out.open(newline="") as handle:
+        rows = {r["event_id"]: r for r in csv.DictReader(handle)}
+    assert [rows[e]["rejected"] for e in ("e1", "e2", "e3", "e4")] == ["no_features", "", "", "no_features"]
+    assert rows["e2"]["score"] != "" and rows["e1"]["score"] == ""
+    err = capsys.readouterr().err
+    assert "scored 2 of 4 rows" in err
