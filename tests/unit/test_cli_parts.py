@@ -141,6 +141,9 @@ def test_a_file_lacking_what_a_model_with_history_reads_is_named() -> None:
     assert "1 of the model's feature fields" in got[0] and "channel" in got[0]
     assert "history per terminal_id" in got[1] and "no history" in got[1]
     assert "no timestamp values" in got[2]
+    got = absent_warnings(schema, None, {"event_id", "timestamp", "amt"})  # no input field: not imputed, rejected
+    assert got == ["none of the model's 2 input fields is in this file (or each is empty in every row), so every "
+                   "row is rejected as no_features: amount, channel"]
 
 
 def test_simulate_with_end_writes_the_same_events_to_every_format(
@@ -269,7 +272,9 @@ def test_score_of_rows_without_any_input_field_is_no_features_never_an_imputed_s
     argv = ["score", "--model", str(tmp_path / "model"), "--input", str(data), "--out", str(out)]
     argv += ["--streamed"] if streamed else []
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert f"warning: none of the model's {count} input fields is in this file" in "\n".join(err_lines)
+    err = err_lines[-1]
     assert err.startswith("stream-detector score: error: none of the 2 rows could be scored: 2 no_features (")
     assert f"{'camel.csv ' if streamed else ''}row 1: none of the model's {count} input fields is present " \
         f"(expected e.g. 'amount', " in err
