@@ -442,7 +442,7 @@ def _inference(args: argparse.Namespace, entity: Any) -> Any:
     return InferenceOptions(identifiers=frozenset(ids | set(entity.keys if entity is not None else ())),
                             ignored=frozenset({*(getattr(args, "exclude", None) or ()),
                                                *([args.label_column] if args.label_column else [])}),
-                            overrides=overrides)
+                            overrides=overrides, inputs=entity.input_fields if entity is not None else ())
 
 
 def _schema_file(path: Path) -> dict[str, Any]:

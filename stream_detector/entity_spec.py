@@ -82,6 +82,12 @@ class EntitySpec:
             raise ValueError("max_distinct must be >= 1 and horizon_factor >= 1")
 
     @property
+    def input_fields(self) -> tuple[str, ...]:
+        """The event fields the entity features are computed from: the keys, the amount field and
+        the distinct fields (with ``timestamp``, which alone is no input: ``FieldSchema.input_fields``)."""
+        return tuple(dict.fromkeys((*self.keys, self.amount_field, *self.distinct_fields)))
+
+    @property
     def longest_ms(self) -> float:
         return self.windows[-1] * 1000.0
 

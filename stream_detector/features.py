@@ -9,8 +9,10 @@ of ``fit_spec``) the value-guessing rules below decide. Rules applied at fit tim
   caller excludes (labels) are not features;
 * a field whose non-null values are all numbers/booleans (or numeric strings, ≥ 98 %) is numeric:
   missing values are imputed with the training median (plus a ``field__missing`` indicator column
-  when training saw any), heavy-tailed fields (|skew| > 2) get a signed ``log1p``, then robust
-  scaling ``(x - median) / (IQR / 1.349)`` (falling back to std, then 1), clipped to ±``clip``;
+  when training saw any; an event missing every input field never gets here: the field schema
+  rejects it as ``no_features``, ``fieldschema.py``), heavy-tailed fields (|skew| > 2) get a
+  signed ``log1p``, then robust scaling ``(x - median) / (IQR / 1.349)`` (falling back to std,
+  then 1), clipped to ±``clip``;
 * a string field is categorical: the ``max_categories`` most frequent values seen at least
   ``min_category_count`` times get a one-hot column, everything else (unseen values included)
   goes to ``field=__other__``; id-like fields (more than half the values unique) are dropped;

@@ -31,6 +31,14 @@ Missing values (JSON ``null``, a CSV cell that is one of the reader's missing-va
 missing for every type; features impute them (``features.py``). A field the schema does not know
 (new in live traffic) is passed through untouched and is not a feature.
 
+**No input field, no score** (``no_features``): an event in which none of the model's input fields
+(``FieldSchema.input_fields``: the fields its features are computed from) has a value is rejected,
+never scored on imputed values alone — a producer writing ``amt`` to a model trained on ``amount``
+gets dead letters saying so, not quiet scores. A field present with a null value (or a CSV
+missing-value marker) counts as absent, as it is missing to the features; an event with at least one
+input field holding a value is converted and imputed as before. The check comes after the values'
+conversion: a row with a value that does not convert keeps that reason.
+
 **Plausible timestamps**: within ``plausible_years`` (10) of the training rows' time range; when
 training saw no timestamps, 1990-01-01 .. 2100-01-01; and never more than ``FUTURE_MS`` (a day)
 ahead of the reading machine's clock. A value outside is dead-lettered, never scored as a date in
@@ -63,7 +71,7 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -75,7 +83,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .schema import RejectReason, parse_timestamp_ms
+from .schema import RESERVED_FIELDS, RejectReason, parse_timestamp_ms
 
 SCHEMA_FORMAT = 1
 NUMERIC_SHARE = 0.98  # rule 5
@@ -178,12 +186,15 @@ class FieldRule:
 
 @dataclass(frozen=True)
 class FieldSchema:
-    """The fitted schema: ordered field rules plus the training rows' time range (epoch ms)."""
+    """The fitted schema: ordered field rules plus the training rows' time range (epoch ms), and the
+    model's input fields when they are not the default (``input_fields``; not saved in
+    ``schema.json``: a bundle derives them from its feature and entity specs, ``model/bundle.py``)."""
 
     fields: tuple[FieldRule, ...]
     time_range_ms: tuple[float, float] | None = None
     plausible_years: float = PLAUSIBLE_YEARS
     _by_name: dict[str, FieldRule] = field(default_factory=dict, compare=False, repr=False)
+    inputs: tuple[str, ...] | None = None  # None: input_fields' default
 
     def __post_init__(self) -> None:
         self._by_name.update({rule.name: rule for rule in self.fields})
@@ -200,6 +211,24 @@ class FieldSchema:
     def feature_fields(self) -> list[FieldRule]:
         """Number, boolean and category fields, in schema order: the inputs of the feature spec."""
         return [rule for rule in self.fields if rule.type in FEATURE_TYPES]
+
+    @property
+    def input_fields(self) -> tuple[str, ...]:
+        """The model's input fields: an event with a value in none of them is ``no_features``.
+
+        By default the feature fields (number, boolean, category) other than the reserved ones
+        (``event_id``, ``account_id``, ``timestamp``, ``schema_version``, never features): what
+        ``fit_spec`` reads. ``reading`` sets them otherwise: ``train`` adds an entity spec's keys,
+        amount and distinct fields (``InferenceOptions.inputs``), a bundle names exactly the fields
+        its features and entity features are computed from. Empty (a schema with no feature field,
+        built by hand): the rule does not apply."""
+        if self.inputs is not None:
+            return self.inputs
+        return tuple(rule.name for rule in self.feature_fields if rule.name not in RESERVED_FIELDS)
+
+    def reading(self, names: Iterable[str]) -> FieldSchema:
+        """This schema with ``names`` (in order, once each) as its input fields."""
+        return replace(self, inputs=tuple(dict.fromkeys(names)))
 
     @property
     def plausible_ms(self) -> tuple[float, float]:
@@ -238,11 +267,15 @@ class FieldSchema:
         events lack reads None). Every field whose values all had their type already is there
         (the usual case for JSON from Kafka); a field with a value converted is not. The decode
         step hands them to enrich and features (``Decoded.columns``), which would otherwise read
-        the same fields from the dicts again. Never raises on data."""
+        the same fields from the dicts again. Never raises on data.
+
+        A row in which no input field (``input_fields``) has a value — absent, or null — and whose
+        values all convert is ``no_features`` (the module docstring)."""
         out = list(events)
         problems: dict[int, ConversionError] = {}
         rules = [rule for rule in self.fields if rule.type is not FieldType.IGNORED]
         columns = _columns(events, [rule.name for rule in rules])
+        read = dict(zip((rule.name for rule in rules), columns, strict=True))  # as read, before conversion
         kept: dict[str, Sequence[Any]] = {}
         for rule, column in zip(rules, columns, strict=True):
             native = _NATIVE.get(rule.type)
@@ -271,6 +304,10 @@ class FieldSchema:
                     if out[i] is events[i]:
                         out[i] = dict(events[i])
                     out[i][rule.name] = new
+        for i in _without_inputs(events, self.input_fields, read):
+            if i not in problems:
+                problems[i] = ConversionError(RejectReason.NO_FEATURES, _no_features_message(
+                    events[i], self.input_fields, self._by_name))
         for i in problems:
             out[i] = events[i]
         return out, problems, kept
@@ -339,6 +376,52 @@ def _columns(events: Sequence[dict[str, Any]], names: list[str]) -> list[Sequenc
         except KeyError:
             pass
     return [[e.get(name) for e in events] for name in names]
+
+
+def _without_inputs(events: Sequence[dict[str, Any]], names: Sequence[str],
+                    read: Mapping[str, Sequence[Any]]) -> list[int]:
+    """The rows in which none of ``names`` has a value (absent or None), from the columns already
+    ``read`` where there are (else one ``.get`` pass). One C-level ``None in column`` per field
+    until a field has a value in every row still open: a batch whose first input field is never
+    missing costs one pass."""
+    if not names or not events:
+        return []
+    open_rows: list[int] | None = None  # rows with no value so far; None: every row
+    for name in names:
+        column = read.get(name)
+        if column is None:
+            column = [e.get(name) for e in events]
+        if open_rows is None:
+            if None not in column:
+                return []
+            open_rows = [i for i, value in enumerate(column) if value is None]
+        else:
+            open_rows = [i for i in open_rows if column[i] is None]
+        if not open_rows:
+            return []
+    return open_rows if open_rows is not None else []
+
+
+def _no_features_message(event: Mapping[str, Any], inputs: Sequence[str], known: Container[str],
+                         shown: int = 3) -> str:
+    """Which input fields were expected and which fields the event has (names only, each cut to 40
+    characters, never a value): those the schema does not know first — a producer's misnamed or
+    camelCase fields show at a glance — then the others, each group in name order (so a CSV row
+    and a JSON object with their fields in another order read alike)."""
+
+    def names(items: Sequence[str]) -> str:
+        cut = [repr(n if len(n) <= 40 else n[:39] + "…") for n in items[:shown]]
+        return ", ".join(cut + (["..."] if len(items) > shown else []))
+
+    has = sorted((k in known, str(k)) for k, v in event.items() if v is not None and k != "event_id")
+    has_names = [name for _, name in has]
+    null = [n for n in inputs if n in event]  # present, but null
+    what = f"the event has {names(has_names)}" if has else "the event has no field with a value but event_id"
+    if null:
+        what += f"; {names(null)} {'is' if len(null) == 1 else 'are'} null"
+    count = f"none of the model's {len(inputs)} input fields is" if len(inputs) > 1 else \
+        "the model's input field is not"
+    return f"{count} present (expected {'e.g. ' if len(inputs) > shown else ''}{names(inputs)}; {what})"
 
 
 def _assign(out: list[dict[str, Any]], events: Sequence[dict[str, Any]], name: str, values: list[Any]) -> None:
@@ -544,6 +627,7 @@ class InferenceOptions:
     overrides: Mapping[str, FieldRule] = field(default_factory=dict)
     max_categories: int = 32
     text: TextFormat = JSON_TEXT
+    inputs: tuple[str, ...] = ()  # input fields besides the feature fields: an entity spec's (input_fields)
 
 
 @dataclass
@@ -577,7 +661,10 @@ def infer_schema(rows: Sequence[Mapping[str, Any]], options: InferenceOptions = 
     if "timestamp" not in names and "timestamp" not in options.overrides:  # live records may carry one
         rules.append(FieldRule("timestamp", FieldType.TIMESTAMP, note="reserved: event time (not in these rows)"))
     provisional = FieldSchema(tuple(rules))
-    return Inferred(FieldSchema(tuple(rules), _time_range(rows, provisional, options.text)), warnings)
+    schema = FieldSchema(tuple(rules), _time_range(rows, provisional, options.text))
+    if options.inputs:
+        schema = schema.reading([*schema.input_fields, *options.inputs])
+    return Inferred(schema, warnings)
 
 
 def _rule_by_name(name: str, options: InferenceOptions) -> FieldRule | None:

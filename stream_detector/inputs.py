@@ -99,7 +99,7 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
         base = inference or InferenceOptions()
         inferred = infer_schema(present, InferenceOptions(
             identifiers=base.identifiers | {"event_id"}, ignored=base.ignored, overrides=base.overrides,
-            max_categories=base.max_categories, text=raw.text))
+            max_categories=base.max_categories, text=raw.text, inputs=base.inputs))
         schema, warnings = inferred.schema, inferred.warnings
     positions = [n for n, row in enumerate(raw.rows) if row is not None]
     rejected_rows: list[Any] = []
@@ -187,13 +187,18 @@ def read_feedback(path: Path, options: ReaderOptions | None = None) -> FeedbackF
 
 def absent_warnings(schema: FieldSchema | None, entity: EntitySpec | None, seen: set[str]) -> list[str]:
     """What a file (whose rows have a value in the fields ``seen``) lacks that a model reads, one warning
-    each: feature fields (every row gets the training median or an unseen category), entity keys
-    (every row gets the features of an entity with no history) and, for a model with history, the
-    ``timestamp`` (windows cannot advance: each entity's last time is used, docs/entity-features.md).
+    each: feature fields (every row gets the training median or an unseen category; none of the
+    model's input fields at all: every row is ``no_features``), entity keys (every row gets the
+    features of an entity with no history) and, for a model with history, the ``timestamp``
+    (windows cannot advance: each entity's last time is used, docs/entity-features.md).
     ``score`` (in memory and ``--streamed``) says them before scoring."""
     out: list[str] = []
     absent = [r.name for r in schema.feature_fields if r.name not in seen] if schema is not None else []
-    if absent:
+    inputs = schema.input_fields if schema is not None else ()
+    if inputs and not seen.intersection(inputs):
+        out.append(f"none of the model's {len(inputs)} input fields is in this file (or each is empty in every "
+                   f"row), so every row is rejected as no_features: {', '.join(inputs[:10])}")
+    elif absent:
         out.append(f"{len(absent)} of the model's feature fields are not in this file, so every row gets "
                    f"the training median or an unseen category for them: {', '.join(absent[:10])}")
     if entity is not None:

@@ -40,6 +40,7 @@ class RejectReason(StrEnum):
     DUPLICATE_KEY = "duplicate_key"
     TOMBSTONE = "tombstone"  # a null record value (Kafka's delete marker); the key is kept
     IMPLAUSIBLE_TIMESTAMP = "implausible_timestamp"  # decades away from the model's training range
+    NO_FEATURES = "no_features"  # none of the model's input fields has a value (fieldschema.FieldSchema.input_fields)
     INVALID_ROW = "invalid_row"  # a CSV row with the wrong number of cells, or a cell that is not UTF-8 text
     INVALID_LABEL = "invalid_label"  # a feedback record whose label is not "fraud" or "legit"
     UNREADABLE = "unreadable_record"  # the client could not read the record (corrupt or unknown codec)

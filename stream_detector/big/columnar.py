@@ -17,7 +17,9 @@ How parity is kept, by construction rather than by re-implementing every rule:
   times, floats used as categories) run the reference's own converter once per distinct value
   (``pyarrow.compute.dictionary_encode``) and are taken back by index;
 * suspect rows — the rare ones — are made into dicts and go through the reference itself, which
-  gives their typed values or their rejection with its reason and message;
+  gives their typed values or their rejection with its reason and message; a row with a value in
+  none of the model's input fields (``FieldSchema.input_fields``, null or absent in every one) is
+  suspect too, so its ``no_features`` rejection (or an earlier reason) is the reference's own;
 * a schema this module does not cover (an entity key, ``account_id`` or distinct field typed as a
   number, the amount as a category, a column of an Arrow type it does not know) sends the whole
   chunk through the reference: slower, never different.
@@ -390,6 +392,14 @@ def derive_table(chunk: RawChunk, schema: FieldSchema, layout: Layout, *, id_col
             rows.mark(_valid(column))
         elif _FLOAT(kind):
             rows.mark(pc.invert(pc.is_finite(column)))
+    # no_features (FieldSchema.convert_columns): no value in any input field; an Arrow null is the
+    # reference's None (a CSV missing-value marker, a Parquet null)
+    if schema.input_fields:
+        filled = np.zeros(m, dtype=bool)
+        for name in schema.input_fields:
+            if name in columns:
+                filled |= _valid(columns[name])
+        rows.mark(~filled)
     account = columns.get("account_id")
     if account is not None and not _is(account.type, *_STRING, _INTEGER, pa.types.is_null):
         rows.mark(_valid(account))

@@ -251,7 +251,7 @@ def _head(chunks: Iterator[Any], sample_rows: int, id_column: str | None, label_
     text = head[0].chunk.text
     inferred = infer_schema(present, InferenceOptions(
         identifiers=inference.identifiers | {"event_id"}, ignored=inference.ignored, overrides=inference.overrides,
-        max_categories=inference.max_categories, text=text))
+        max_categories=inference.max_categories, text=text, inputs=inference.inputs))
     return head, inferred.schema, list(inferred.warnings)
 
 

@@ -164,7 +164,8 @@ def build_bundle(result: Trained, extra_metadata: dict[str, Any] | None = None) 
         **(extra_metadata or {}),
     }
     files[METADATA_FILE] = orjson.dumps(metadata, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-    return Bundle(files, result.spec, result.calibration, metadata, result.entity, result.schema)
+    return Bundle(files, result.spec, result.calibration, metadata, result.entity,
+                  _reading(result.schema, result.spec, result.entity))
 
 
 def bundle_from_files(files: dict[str, bytes]) -> Bundle:
@@ -190,7 +191,23 @@ def bundle_from_files(files: dict[str, bytes]) -> Bundle:
         raise ModelError("bundle entity spec does not match its metadata fingerprint")
     if schema is not None and schema.fingerprint != metadata.get("schema_fingerprint"):
         raise ModelError("bundle field schema does not match its metadata fingerprint")
-    return Bundle(files, spec, calibration, metadata, entity, schema)
+    return Bundle(files, spec, calibration, metadata, entity, _reading(schema, spec, entity))
+
+
+def _reading(schema: FieldSchema | None, spec: FeatureSpec, entity: EntitySpec | None) -> FieldSchema | None:
+    """``schema`` with the model's input fields (``FieldSchema.input_fields``: an event with a value
+    in none of them is ``no_features``): the fields its features are computed from — the spec's
+    numeric and categorical fields (a field training dropped, having no value in it, is none), less
+    the entity and label features the product computes, plus the entity spec's keys, amount and
+    distinct fields. Derived here, not stored: every bundle, older ones too, gets them alike."""
+    if schema is None:
+        return None
+    computed = set(entity.all_fields) if entity is not None else set()
+    names = {name for name in [*(c.name for c in spec.numeric), *(c.name for c in spec.categorical)]
+             if name not in computed}
+    names.update(entity.input_fields if entity is not None else ())
+    in_order = [rule.name for rule in schema.fields if rule.name in names]  # the schema's order, for messages
+    return schema.reading([*in_order, *sorted(names - set(in_order))])
 
 
 def save_bundle(bundle: Bundle, directory: Path) -> Path:

@@ -225,7 +225,8 @@ def _infer(events: Sequence[dict[str, Any]], config: TrainConfig, entity: Entity
     keys = frozenset(entity.keys) if entity is not None else frozenset()
     schema = infer_schema(events, InferenceOptions(identifiers=keys, ignored=frozenset(config.exclude))).schema
     outputs = set(entity.all_fields) if entity is not None else set()
-    return FieldSchema(tuple(r for r in schema.fields if r.name not in outputs), schema.time_range_ms)
+    inputs = FieldSchema(tuple(r for r in schema.fields if r.name not in outputs), schema.time_range_ms)
+    return inputs.reading([*inputs.input_fields, *(entity.input_fields if entity is not None else ())])
 
 
 def _typed(events: Sequence[dict[str, Any]], schema: FieldSchema) -> tuple[list[dict[str, Any]], int]:

@@ -129,6 +129,45 @@ def test_bad_events_go_to_the_dead_letter_topic_with_reasons(settings, published
     assert stats.scored == len(events) and stats.rejected == len(BAD) + 2 and stats.events == len(raw)
 
 
+def test_an_event_without_any_input_field_is_a_dead_letter_not_a_score(settings, published: ControlPlane, bundle,
+                                                                       start_worker):
+    """A producer writing other field names (``amt``, camelCase), or only nulls, gave events the
+    model scored on imputed values alone — at threshold 0 each was an alert. Now each is a dead
+    letter ``no_features`` naming the fields, and the good events around them are scored."""
+    from kafka import KafkaProducer
+
+    events, _ = _traffic(300, seed=16, n_anomalies=2)
+    published.set_threshold(0.0, bundle.version, "pytest", "flag every scored event")
+    misnamed = {"event_id": "camel-1", "account_id": "acct-00001", "timestamp": events[0]["timestamp"],
+                "amt": 12.5, "merchantCategory": "fuel"}
+    nulls = {"event_id": "null-1", "amount": None, "country": None}
+    raw = [orjson.dumps(e) for e in events[:150]] + [orjson.dumps(misnamed), orjson.dumps(nulls)] + \
+        [orjson.dumps(e) for e in events[150:]]
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    for value in raw:
+        producer.send(settings.input_topic, value=value)
+    producer.flush()
+    producer.close()
+    worker = start_worker(settings)
+    wait_until(lambda: _drained(settings), message="all offsets committed")
+    worker.stop()
+
+    dead = {record.value: dict(record.headers) for record in read_all(settings, settings.dlq_topic)}
+    assert set(dead) == {orjson.dumps(misnamed), orjson.dumps(nulls)}
+    count = len(bundle.schema.input_fields)
+    for headers in dead.values():
+        assert headers[DeadLetterHeaders.REASON] == b"no_features"
+        assert headers[DeadLetterHeaders.MESSAGE].decode().startswith(
+            f"none of the model's {count} input fields is present (expected e.g. 'amount', ")
+    assert b"the event has 'amt', 'merchantCategory', 'account_id', ...)" in dead[orjson.dumps(misnamed)][
+        DeadLetterHeaders.MESSAGE]
+    assert dead[orjson.dumps(nulls)][DeadLetterHeaders.MESSAGE].endswith(b"'amount', 'country' are null)")
+    alerts = {a["event_id"] for a in _alerts(settings)}
+    assert alerts == {str(e["event_id"]) for e in events}  # every good event scored (threshold 0), no other
+    stats = worker.worker.stats
+    assert stats.scored == len(events) and stats.rejected_by_reason == {"no_features": 2}
+
+
 def test_threshold_change_in_redis_changes_what_is_flagged_live(settings, published: ControlPlane, bundle,
                                                                 start_worker):
     events, _ = _traffic(300, seed=13, n_anomalies=0)

@@ -27,7 +27,8 @@ from stream_detector.simulate import HANDBOOK_PATTERNS, HandbookSimulator
 
 SPEC = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400, 7 * 86_400),
                   distinct_fields=("merchant_category",))
-KEYS = InferenceOptions(identifiers=frozenset({"account_id", "terminal_id"}), ignored=frozenset({"pattern"}))
+KEYS = InferenceOptions(identifiers=frozenset({"account_id", "terminal_id"}), ignored=frozenset({"pattern"}),
+                        inputs=SPEC.input_fields)  # as `train --entity-key` infers: the keys are inputs too
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,9 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = [{**e, "label": "fraud" if p else "legit", "pattern": HANDBOOK_PATTERNS[p]}
             for e, p in zip(batch.events(), batch.pattern.tolist(), strict=True)]
     rows[7]["amount"] = "not a number"  # a rejected row in the middle
+    inputs = ("account_id", "terminal_id", "amount", "merchant_category", "channel", "card_present")
+    rows[11].update(dict.fromkeys(inputs))  # no input field with a value: no_features
+    rows[13].update(dict.fromkeys(inputs[1:]))  # only its entity key: an input of this model, scored
     path = tmp_path_factory.mktemp("big") / "history.csv"
     write_csv(path, rows)
     return path
@@ -49,10 +53,11 @@ def test_streamed_features_equal_the_in_memory_features(history: Path, tmp_path:
         label_column="label", normal_label="legit", exclude=("pattern",), time_of_day=True, seed=0,
         validation_fraction=0.2, options=options, say=lambda _m: None)
     pass_two(SPEC, tasks, options, lambda _m: None)
-    assert facts["rejected"] == {"wrong_type": 1}
+    assert facts["rejected"] == {"wrong_type": 1, "no_features": 1}
     # the in-memory path: every row typed, enriched point in time, the normal training rows selected
     data = load_events(history, label_column="label", inference=KEYS)
     assert data.schema == schema  # the first 100k rows are the whole file here
+    assert [(r.index, r.reason.value) for r in data.rejected] == [(7, "wrong_type"), (11, "no_features")]
     enriched = enrich_history(SPEC, data.events)
     normal = np.array([lab == "legit" for lab in data.labels or []])
     val = validation_rows(np.asarray(data.rows), 0, 0.2)
@@ -90,7 +95,7 @@ def test_streamed_score_writes_the_in_memory_lines(history: Path, tmp_path: Path
     save_bundle(bundle, tmp_path / "m")  # type: ignore[arg-type]
     model = load_bundle(tmp_path / "m")
     done = score_stream(model, [history], tmp_path / "s.csv", label_column="label", chunk_rows=999)
-    assert done.rows == 12_000 and done.rejected == 1
+    assert done.rows == 12_000 and done.rejected == 2
     data = load_events(history, label_column="label", schema=model.schema, require_labels=False)
     whole = score_events(model, data.events)
     with (tmp_path / "s.csv").open() as handle:
@@ -98,7 +103,7 @@ def test_streamed_score_writes_the_in_memory_lines(history: Path, tmp_path: Path
     assert len(lines) == 12_000
     scored = [float(line["score"]) for line in lines if not line["rejected"]]
     assert scored == whole.scores.tolist()
-    assert [line["rejected"] for line in lines if line["rejected"]] == ["wrong_type"]
+    assert [line["rejected"] for line in lines if line["rejected"]] == ["wrong_type", "no_features"]
     empty = tmp_path / "empty.csv"
     empty.write_text("event_id,amount\n")
     with pytest.raises(InputError, match="no rows"):  # as `score`: an input without rows is an error
@@ -106,7 +111,13 @@ def test_streamed_score_writes_the_in_memory_lines(history: Path, tmp_path: Path
     assert not (tmp_path / "e.csv").exists()
     # scoring only sets a label aside: a file without that column is scored all the same (as `score`)
     score_stream(model, [history], tmp_path / "s2.csv", label_column="verdict", chunk_rows=999)
-    assert (tmp_path / "s2.csv").read_bytes() == (tmp_path / "s.csv").read_bytes()
+    with (tmp_path / "s2.csv").open() as handle:
+        again = list(csv.DictReader(handle))
+    # ... line for line, but for the no_features row's message: the label column it kept is one of its fields
+    assert [{**line, "message": ""} for line in again] == [{**line, "message": ""} for line in lines]
+    assert [(a["message"], b["message"]) for a, b in zip(again, lines, strict=True) if a != b] == [
+        (lines[11]["message"].replace("the event has 'pattern'", "the event has 'label', 'pattern'"),
+         lines[11]["message"])]
 
 
 def test_cli_refuses_what_the_streamed_path_cannot_do_and_keeps_the_users_directory(

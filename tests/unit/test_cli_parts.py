@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -140,6 +141,9 @@ def test_a_file_lacking_what_a_model_with_history_reads_is_named() -> None:
     assert "1 of the model's feature fields" in got[0] and "channel" in got[0]
     assert "history per terminal_id" in got[1] and "no history" in got[1]
     assert "no timestamp values" in got[2]
+    got = absent_warnings(schema, None, {"event_id", "timestamp", "amt"})  # no input field: not imputed, rejected
+    assert got == ["none of the model's 2 input fields is in this file (or each is empty in every row), so every "
+                   "row is rejected as no_features: amount, channel"]
 
 
 def test_simulate_with_end_writes_the_same_events_to_every_format(
@@ -285,3 +289,41 @@ def test_a_services_kafka_connection_lines_come_once_a_minute_per_message() -> N
     assert once.filter(record(logging.WARNING, "Connection failed: %s", "x"))  # another level
     once._last = {key: at - 61.0 for key, at in once._last.items()}  # a minute later
     assert once.filter(record(logging.ERROR, "Connection failed: %s", "ECONNREFUSED"))
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_score_of_rows_without_any_input_field_is_no_features_never_an_imputed_score(
+        tmp_path: Path, bundle: Any, capsys: pytest.CaptureFixture[str], streamed: bool) -> None:
+    """A file written with other field names (``amt``, camelCase) has no field the model reads: every
+    row was scored on imputed values alone, without a word. Now each is ``no_features`` (exit 2 when
+    no row is left); a file with some good rows scores those and reports the others."""
+    from stream_detector.cli import main
+    from stream_detector.model.bundle import save_bundle
+
+    assert bundle.schema is not None
+    count = len(bundle.schema.input_fields)
+    save_bundle(bundle, tmp_path / "model")
+    data = tmp_path / "camel.csv"
+    data.write_text("event_id,amt,merchantCategory\ne1,12.5,fuel\ne2,3.0,grocery\n")
+    out = tmp_path / "scores.csv"
+    argv = ["score", "--model", str(tmp_path / "model"), "--input", str(data), "--out", str(out)]
+    argv += ["--streamed"] if streamed else []
+    assert main(argv) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert f"warning: none of the model's {count} input fields is in this file" in "\n".join(err_lines)
+    err = err_lines[-1]
+    assert err.startswith("stream-detector score: error: none of the 2 rows could be scored: 2 no_features (")
+    assert f"{'camel.csv ' if streamed else ''}row 1: none of the model's {count} input fields is present " \
+        f"(expected e.g. 'amount', " in err
+    assert "the event has 'amt', 'merchantCategory')" in err and err.endswith(f"every row's reason is in {out}")
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 and all(",no_features," in line for line in lines[1:])
+    # mixed: a row with one input field (the others imputed) scores; the empty and the misnamed ones do not
+    data.write_text("event_id,amount,amt,merchant_category\ne1,,12.5,\ne2,12.5,,\ne3,,,fuel\ne4,,,\n")
+    assert main(argv) == 0
+    with out.open(newline="") as handle:
+        rows = {r["event_id"]: r for r in csv.DictReader(handle)}
+    assert [rows[e]["rejected"] for e in ("e1", "e2", "e3", "e4")] == ["no_features", "", "", "no_features"]
+    assert rows["e2"]["score"] != "" and rows["e1"]["score"] == ""
+    err = capsys.readouterr().err
+    assert "scored 2 of 4 rows" in err

@@ -122,8 +122,8 @@ def test_values_convert_by_their_field_type(kind: FieldType, value: Any, expecte
     (FieldType.TIMESTAMP, -6.2135596800001e16, RejectReason.IMPLAUSIBLE_TIMESTAMP),  # µs before year 1: no calendar date
 ])
 def test_values_that_do_not_fit_are_rejected_with_a_reason(kind: FieldType, value: Any, reason: RejectReason) -> None:
-    events = [{"f": value}, {"f": None}]
-    typed, problems = _schema(("f", kind)).convert(events)
+    events = [{"f": value, "n": 1}, {"f": None, "n": 2}]  # n: an input field with a value (else no_features)
+    typed, problems = _schema(("f", kind), ("n", FieldType.NUMBER)).convert(events)
     assert list(problems) == [0] and problems[0].reason is reason and str(problems[0])
     assert typed[0] is events[0] and typed[1] is events[1]  # a refused row is returned untouched
 
@@ -167,7 +167,8 @@ def test_an_event_time_more_than_a_day_ahead_of_the_clock_is_implausible(monkeyp
 
 
 def test_native_columns_are_not_copied() -> None:
-    events = [{"a": 1.5, "b": True, "c": "x", "t": T0, "id": "u"}, {"a": None, "b": None, "c": None, "t": None}]
+    events = [{"a": 1.5, "b": True, "c": "x", "t": T0, "id": "u"}, {"a": None, "b": None, "c": "y", "t": None},
+              {"a": 2.5, "b": None, "c": None, "t": None}]  # a null in every column; an input value in every row
     schema = _schema(("a", FieldType.NUMBER), ("b", FieldType.BOOLEAN), ("c", FieldType.CATEGORY),
                      ("t", FieldType.TIMESTAMP), ("id", FieldType.IDENTIFIER))
     typed, problems = schema.convert(events)
@@ -248,14 +249,25 @@ def test_csv_json_lines_and_kafka_records_are_one_event(tmp_path: Path, rows: li
     json_path.write_bytes(b"\n".join(records) + b"\n")
     from_json = load_events(json_path)
     from_csv = load_events(csv_path, schema=from_json.schema)
-    assert not from_json.rejected and not from_csv.rejected
-    assert from_csv.events == from_json.events
+    # a row whose feature fields are all null is no_features from every input alike, with one message
+    # (a column null in every row is no field of the schema: then no row is, and none is rejected)
+    inputs = from_json.schema.input_fields
+    empty = [i for i, row in enumerate(rows) if inputs and all(row[n] is None for n in inputs)]
+    assert [(r.index, r.reason, r.message) for r in from_csv.rejected] == \
+        [(r.index, r.reason, r.message) for r in from_json.rejected]
+    assert [r.index for r in from_json.rejected] == empty
+    assert all(r.reason is RejectReason.NO_FEATURES for r in from_json.rejected)
+    assert from_csv.events == from_json.events and from_csv.rows == from_json.rows
     inferred = {r.name: r.type for r in load_events(csv_path).schema.feature_fields}
     expected = {r.name: r.type for r in from_json.schema.feature_fields}
     expected.update({n: FieldType.NUMBER for n, t in expected.items() if t is FieldType.BOOLEAN and n not in spelled})
     assert inferred == expected  # the CSV alone infers the same types (0/1-only columns are numbers)
     from_kafka = decode_batch(records, 1 << 20, schema=from_json.schema)
-    assert from_kafka.events == from_json.events and from_kafka.indices == list(range(len(rows)))
+    assert from_kafka.events == from_json.events and from_kafka.indices == from_json.rows
+    assert [(r.index, r.reason, r.message) for r in from_kafka.rejected] == \
+        [(r.index, r.reason, r.message) for r in from_json.rejected]
+    if not from_json.events:  # every row empty: nothing to fit features on
+        return
     spec = fit_spec(from_json.events, schema=from_json.schema, min_category_count=1)
     x_json, bad_json = spec.transform(from_json.events)
     x_csv, bad_csv = spec.transform(from_csv.events)

@@ -77,8 +77,8 @@ def test_long_numeric_ids_are_kept_exactly(tmp_path: Path) -> None:
     assert events[0]["terminal_id"] == "000010"
     schema = load_bundle(model).schema
     assert schema is not None and {schema[n].type for n in ("account_id", "terminal_id")} == {"identifier"}
-    big = decode_batch([b'{"event_id": "e", "account_id": 123456789012345678901234}'], 10_000,
-                       schema=schema)
+    big = decode_batch([b'{"event_id": "e", "account_id": 123456789012345678901234, "amount": 5}'], 10_000,
+                       schema=schema)  # an amount: with no input field at all the event is no_features
     assert big.events[0]["account_id"] == "123456789012345678901234"  # was rejected as "got float"
 
 
