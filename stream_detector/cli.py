@@ -90,7 +90,7 @@ def _setup_logging(settings: Settings | None, verbose: bool = False, one_shot: b
 
 # kafka-python 3's lines for each failed connection attempt: four per retry, every 0.1-1 s, while a
 # broker is unreachable (20 lines before `tail`'s one-line error; a new-user trial)
-_KAFKA_CONNECTION_LOGGERS = ("kafka.net.manager", "kafka.net.connection")
+_KAFKA_CONNECTION_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.net.inet")  # inet: DNS lookups
 _SERVICES = frozenset({"worker", "demo", "console", "retrain"})  # long-running: connection trouble is logged
 
 
@@ -822,7 +822,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--rate {args.rate:g} for --duration {args.duration:g} s is no event: give --count N, "
                           "or a rate and duration whose product is at least 1")
     if not args.out and args.count is None and args.rate * args.duration > _MAX_IMPLIED_EVENTS:
-        raise ConfigError(f"--rate {args.rate:g} for --duration {args.duration:g} s is {args.rate * args.duration:.3g} "
+        implied = args.rate * args.duration
+        raise ConfigError(f"--rate {args.rate:g} for --duration {args.duration:g} s is {implied:,.0f} "
                           f"events (more than {_MAX_IMPLIED_EVENTS:,}): give --count N, or a smaller rate or duration")
     if args.out:
         _check_file_out(Path(args.out), "--out")
@@ -1147,7 +1148,7 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
             info = control.model_info(version)
             mark = ("active" if version == active else "previous" if version == previous
                     else "shadow" if version == challenger else "")
-            gate = info["gate"]["passed"] if info["gate"] else None
+            gate = info["gate"].get("passed") if info["gate"] else None  # a shadow period stopped: no verdict
             threshold = (f"{info['threshold']:.6g}" if info["threshold"] is not None
                          else "never active" if info["calibrated_threshold"] is None
                          else f"{info['calibrated_threshold']:.6g} (calibrated; never active)")
@@ -1683,7 +1684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = load_settings()
-        _setup_logging(settings, args.verbose, one_shot=args.command not in _SERVICES)
+        _setup_logging(settings, args.verbose, one_shot=_one_shot(args))
         _set_threads(getattr(args, "threads", None))
         return int(args.func(args, settings))
     except StreamDetectorError as exc:
@@ -1699,9 +1700,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = settings.kafka_bootstrap if settings is not None else "SD_KAFKA_BOOTSTRAP"
             why = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
             _say(f"stream-detector {args.command}: error: cannot reach Kafka at {where}: {why}", "ERROR")
-            return 2
+            return 2 if args.command not in _SERVICES else 1  # the services' documented code for Kafka / Redis failing
         _say(f"stream-detector {args.command}: {type(exc).__name__}: {exc}", "ERROR")
         return 1
+
+
+def _one_shot(args: argparse.Namespace) -> bool:
+    """Whether the command runs once and ends (``retrain --once`` too), not as a service."""
+    return args.command not in _SERVICES or (args.command == "retrain" and bool(getattr(args, "once", False)))
 
 
 def _kafka_unreachable(exc: Exception) -> bool:

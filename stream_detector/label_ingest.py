@@ -38,7 +38,7 @@ from .feedback import Label, decode_label
 from .kafka_util import partitions_of
 from .pipeline.decode import Rejected
 from .pipeline.publish import build_dead_letters
-from .schema import RejectReason
+from .schema import Problem, RejectReason
 from .settings import Settings
 from .transport.base import Batch, Unreadable
 from .transport.factory import transport_config
@@ -54,6 +54,14 @@ class IngestStats:
     waiting: int = 0  # their event not indexed yet: attached when it is
     dead_letters: int = 0
     failures: int = 0  # polls retried after Redis or Kafka failed
+
+
+def read_label(value: bytes | None, record_time_ms: float | None = None) -> Label | Problem:
+    """``feedback.decode_label`` of a record read through ``poll_readable``: a record the client
+    could not read (an ``Unreadable``) is ``unreadable_record`` with the client's error."""
+    if type(value) is Unreadable:
+        return RejectReason.UNREADABLE, value.message
+    return decode_label(value, record_time_ms)
 
 
 class LabelIngester:
@@ -179,9 +187,7 @@ class LabelIngester:
         for _tp, records in polled.items():
             for record in records:
                 handled += 1
-                value = record.value
-                parsed = ((RejectReason.UNREADABLE, value.message) if type(value) is Unreadable
-                          else decode_label(value, record.timestamp))
+                parsed = read_label(record.value, record.timestamp)
                 if isinstance(parsed, Label):
                     labels.append(parsed)
                 else:

@@ -47,9 +47,10 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from ..errors import ConfigError
-from ..feedback import Label, decode_label
+from ..feedback import Label
 from ..fieldschema import FieldSchema
 from ..kafka_util import partitions_of
+from ..label_ingest import read_label
 from ..pipeline.decode import decode_batch, parse_record
 from ..settings import Settings
 from ..transport.kafka_python import poll_readable
@@ -230,7 +231,7 @@ def read_history(settings: Settings, since_ms: int, decided: Mapping[int, int], 
         for _tp, records in _read(consumer, settings.feedback_topic, since_ms, None, timeout_s):
             out.counts["feedback_records"] += len(records)
             for r in records:
-                label = decode_label(r.value, r.timestamp)
+                label = read_label(r.value, r.timestamp)
                 if isinstance(label, Label):
                     out.labels.append(label)
                 else:
@@ -316,7 +317,7 @@ def read_shadow(settings: Settings, version: str, since_ms: int, timeout_s: floa
                     records.append(record)
         for _tp, chunk in (_read(consumer, settings.feedback_topic, since_ms, None, timeout_s)
                            if settings.feedback_topic in existing else []):
-            labels.extend(x for x in (decode_label(r.value, r.timestamp) for r in chunk) if isinstance(x, Label))
+            labels.extend(x for x in (read_label(r.value, r.timestamp) for r in chunk) if isinstance(x, Label))
     finally:
         consumer.close(autocommit=False)
     return records, labels

@@ -38,8 +38,9 @@ from redis import RedisError
 
 from ..checks import spool_problem
 from ..errors import ConfigError, ModelError, StreamDetectorError
-from ..feedback import Label, Verdicts, decode_label
+from ..feedback import Label, Verdicts
 from ..kafka_util import committed_offsets, partitions_of
+from ..label_ingest import read_label
 from ..model.bundle import Bundle
 from ..model.reference import reference_bins
 from ..pipeline.decode import decode_batch
@@ -399,7 +400,7 @@ class Retrainer:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 log.debug("ignoring unreadable record on %s", topic)
             return
-        label = decode_label(value, timestamp_ms)
+        label = read_label(value, timestamp_ms)
         if isinstance(label, Label):
             became_fraud = self.exclusions.add_label(label)
             if became_fraud and (timestamp_ms is None or timestamp_ms >= self._new_since_ms):

@@ -130,8 +130,9 @@ def skip_unreadable(consumer: KafkaConsumer, exc: Exception) -> dict[KTopicParti
         return None
     fetcher._next_partition_records = None
     consumer.seek(tp, offset + 1)
-    log.error("unreadable record at %s[%d] offset %d, dead-lettered: %r", tp.topic, tp.partition, offset, exc)
-    record = _Placeholder(tp.topic, tp.partition, offset, Unreadable(f"{type(exc).__name__}: {exc}"[:500]))
+    log.error("unreadable record at %s[%d] offset %d, moved past it: %r", tp.topic, tp.partition, offset, exc)
+    why = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+    record = _Placeholder(tp.topic, tp.partition, offset, Unreadable(why[:500]))
     return {tp: [record]}
 
 

@@ -204,6 +204,9 @@ def test_model_cli_lists_shows_promotes_and_rolls_back(published, settings, bund
         assert done.returncode == 0, done.stderr
         return done.stdout
 
+    # a shadow period that ended as stopped leaves a gate record with no verdict ("passed"): `model
+    # list` failed on it with KeyError: 'passed' for every version (a new-user trial)
+    published.registry.attach_shadow_decision(newer.version, {"outcome": "stopped", "reasons": ["stopped by hand"]})
     stored = cli("list").splitlines()  # newer is stored, never active: its bundle's calibrated threshold
     assert stored[0] == (f"{newer.version}            threshold={newer.threshold:.6g} (calibrated; never active)  "
                          "store=redis  gate=None"), stored
