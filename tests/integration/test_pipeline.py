@@ -95,20 +95,12 @@ BAD = {
 
 
 def test_bad_events_go_to_the_dead_letter_topic_with_reasons(settings, published, bundle, start_worker):
-    from kafka import KafkaProducer
 
     events, injected = _traffic(400, seed=12, n_anomalies=3)
     numeric_as_text = {**events[0], "event_id": "text-amount", "amount": "a lot"}
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=2_000_000)
     raw_good = [orjson.dumps(e) for e in events]
     raw = raw_good[:200] + list(BAD.values()) + [orjson.dumps(numeric_as_text)] + raw_good[200:] + [b"\xff\xfe\x00"]
-    for value in raw:
-        producer.send(settings.input_topic, value=value)
-    producer.flush()
-    producer.close()
-    worker = start_worker(settings)
-    wait_until(lambda: _drained(settings), message="all offsets committed")
-    worker.stop()
+    worker = _drain_values(settings, start_worker, raw)
 
     dead = read_all(settings, settings.dlq_topic)
     reasons = {}
@@ -134,7 +126,6 @@ def test_an_event_without_any_input_field_is_a_dead_letter_not_a_score(settings,
     """A producer writing other field names (``amt``, camelCase), or only nulls, gave events the
     model scored on imputed values alone — at threshold 0 each was an alert. Now each is a dead
     letter ``no_features`` naming the fields, and the good events around them are scored."""
-    from kafka import KafkaProducer
 
     events, _ = _traffic(300, seed=16, n_anomalies=2)
     published.set_threshold(0.0, bundle.version, "pytest", "flag every scored event")
@@ -143,14 +134,7 @@ def test_an_event_without_any_input_field_is_a_dead_letter_not_a_score(settings,
     nulls = {"event_id": "null-1", "amount": None, "country": None}
     raw = [orjson.dumps(e) for e in events[:150]] + [orjson.dumps(misnamed), orjson.dumps(nulls)] + \
         [orjson.dumps(e) for e in events[150:]]
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
-    for value in raw:
-        producer.send(settings.input_topic, value=value)
-    producer.flush()
-    producer.close()
-    worker = start_worker(settings)
-    wait_until(lambda: _drained(settings), message="all offsets committed")
-    worker.stop()
+    worker = _drain_values(settings, start_worker, raw)
 
     dead = {record.value: dict(record.headers) for record in read_all(settings, settings.dlq_topic)}
     assert set(dead) == {orjson.dumps(misnamed), orjson.dumps(nulls)}
@@ -305,3 +289,18 @@ def test_a_batch_polled_before_a_rebalance_is_abandoned_not_committed(settings, 
     # the records of the abandoned batch on partitions the first worker kept were read again (rewound),
     # not skipped: between them the two workers committed every event at least once
     assert first.stats.events + second.worker.stats.events >= len(events)
+
+
+def _drain_values(settings, start_worker, raw: list[bytes]):
+    """Send ``raw`` record values to the input topic, run a worker until every offset is committed."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=2_000_000)
+    for value in raw:
+        producer.send(settings.input_topic, value=value)
+    producer.flush()
+    producer.close()
+    worker = start_worker(settings)
+    wait_until(lambda: _drained(settings), message="all offsets committed")
+    worker.stop()
+    return worker
