@@ -132,7 +132,9 @@ def test_an_entity_label_candidate_is_shadow_scored_on_live_traffic_promoted_and
         "feedback_topic": f"fb-{uuid.uuid4().hex[:8]}", "retrain_epochs": 3, "retrain_min_events": 200,
         "retrain_target_fpr": 0.01, "gate_max_alert_rate_ratio": 10.0, "gate_min_labels": 5,
         "gate_recall_tolerance": 0.5, "delivery": "exactly_once", "score_summary_interval_s": 0.2})
-    end = int(time.time() * 1000) // DAY * DAY
+    # the live days end at the last midnight: event times more than a day ahead of the clock are
+    # implausible (fieldschema.FUTURE_MS), so "the next days" are the last ones, not tomorrow's
+    end = int(time.time() * 1000) // DAY * DAY - live_days * DAY
     sim = HandbookSimulator(seed=4, customers=300, terminals=600, run_id=f"sh{uuid.uuid4().hex[:6]}",
                             scenarios=Scenarios(terminals_per_day=1, cards_per_day=1))
     world = sim.generate(300 * 2 * (21 + live_days), now_ms=end + live_days * DAY, span_ms=(21 + live_days) * DAY)
