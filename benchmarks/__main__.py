@@ -22,6 +22,7 @@ SUITES = {
     "shadow-worker": "benchmarks.shadow_worker",
     "big-history": "benchmarks.big_history",
     "big-typing": "benchmarks.big_typing",
+    "error-weights": "benchmarks.error_weights",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -40,6 +41,7 @@ WHAT = {
     "shadow-worker": "one worker with a challenger in shadow vs the champion alone (stateless and entity paths)",
     "big-history": "train --streamed on 20M rows: time per phase, peak memory, 1 vs 4 shards, vs in-memory train",
     "big-typing": "train --streamed pass 1 on CSV / Parquet / JSON Lines: columnar typing vs row by row",
+    "error-weights": "per-feature error weights over training + validation rows vs validation rows alone",
 }
 
 

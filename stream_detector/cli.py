@@ -1354,8 +1354,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder widths, comma separated, e.g. 64,32 (default: derived from the feature count)")
     p.add_argument("--bottleneck", type=int, help="bottleneck width (default: derived from the feature count)")
     p.add_argument("--error-norm", choices=["none", "mean"], default="mean",
-                   help="mean (default): divide each feature's error by its mean validation error, so every "
-                        "field weighs alike in the score; none: raw squared errors")
+                   help="mean (default): divide each feature's squared error by its mean over the training "
+                        "and validation rows, so every field weighs alike in the score; none: raw squared errors")
     p.add_argument("--time-features", action="store_true", help="add hour-of-day (sin/cos) from timestamp")
     p.add_argument("--entity-key", action="append",
                    help="per-entity history features keyed by this field, e.g. account_id (repeatable; "

@@ -7,8 +7,9 @@ from the feature files on disk, ``block_rows`` at a time, never all at once:
 * an epoch visits the training file's blocks in a seeded random order; ``shuffle_blocks`` blocks
   are read together and their rows shuffled (a shuffle buffer of 32 × 8,192 rows), then cut into
   minibatches;
-* the validation loss after each epoch, the error weights and the validation errors the
-  threshold is calibrated on are computed over the whole validation file, streamed;
+* the validation loss after each epoch and the validation errors the threshold is calibrated on
+  are computed over the whole validation file, streamed; the error weights over the training and
+  validation files (``model.train.error_weights``, one more forward pass over the training rows);
 * the share of training rows above the threshold (the self-flag refusal) is measured on
   ``flag_sample_rows`` rows of random blocks of the training file (stated in the calibration). Not
   the first rows: a history's first days have little entity history and look unlike the rest
@@ -26,6 +27,7 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ from ..model.train import (
     architecture,
     calibrate,
     default_epochs,
+    error_weights,
 )
 from . import sketches
 from .prepare import BigOptions, Say, pass_one, pass_three, pass_two
@@ -186,12 +189,11 @@ def _val_loss(model: nn.Module, data: _Files) -> float:
 
 
 def _calibrate(model: Autoencoder, data: _Files, config: TrainConfig, say: Say) -> TrainResult:
-    with torch.no_grad():
-        sq = np.zeros(data.width, dtype=np.float64)
-        for block in data.blocks(data.val, data.n_val):
-            x = torch.from_numpy(block)
-            sq += (model(x) - x).pow(2).sum(dim=0).numpy()
-    weights = sq / data.n_val + 1e-6 if config.error_norm == "mean" else np.ones(data.width)
+    if config.error_norm == "mean":  # train's rule: over the training and the validation rows, streamed
+        say("error weights over the training and validation files")
+        weights = error_weights(model, chain(data.blocks(data.train, data.n_train), data.blocks(data.val, data.n_val)))
+    else:
+        weights = np.ones(data.width)
     head = ErrorHead(model, torch.as_tensor(weights, dtype=torch.float32)).eval()
     with torch.no_grad():
         val_errors = np.concatenate([head(torch.from_numpy(b)).mean(dim=1).numpy().astype(np.float64)

@@ -1,8 +1,9 @@
 """Dense autoencoder and the scoring head that is exported to TorchScript.
 
 ``ErrorHead`` wraps a trained autoencoder and returns the *per-feature* squared reconstruction
-error, divided by per-feature weights fixed at training time (ones by default, or the mean
-validation error per feature when ``error_norm="mean"``). One TorchScript call per batch gives
+error, divided by per-feature weights fixed at training time (ones with ``error_norm="none"``, or,
+by default, each feature's mean squared error over the training and validation rows:
+``model/train.py::error_weights``). One TorchScript call per batch gives
 everything the worker needs: the score (row mean) and the explanation (the row itself).
 """
 

@@ -102,3 +102,25 @@ def test_a_stored_versions_calibrated_threshold_is_read_from_its_hash_or_its_dir
     assert _calibrated(None, str(tmp_path / "gone").encode()) is None
     assert _calibrated(b"not json", None) is None and _calibrated(b'{"threshold": "x"}', None) is None
     assert _calibrated(None, None) is None
+
+
+def test_error_weights_are_each_features_mean_squared_error_over_training_and_validation_rows():
+    """A feature that is constant in the validation rows (a rare value none of them has) is weighed
+    by the training rows too, not left at ~1e-6: such a weight made every training row with the rare
+    value score far above the threshold (benchmarks/RESULTS.md, *Per-feature error weights*)."""
+    import torch
+
+    from stream_detector.errors import TrainingError
+    from stream_detector.model.train import error_weights
+
+    class Zero(torch.nn.Module):  # reconstructs nothing: the squared error is x²
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros_like(x)
+
+    train_rows = np.array([[1.0, 2.0], [3.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+    val_rows = np.array([[1.0, 0.0]], dtype=np.float32)  # the second feature never set here
+    weights = error_weights(Zero(), (train_rows, val_rows))
+    np.testing.assert_allclose(weights, [(1 + 9 + 1 + 1) / 4 + 1e-6, 4 / 4 + 1e-6], rtol=1e-9)
+    assert weights.dtype == np.float64
+    with pytest.raises(TrainingError, match="no rows"):
+        error_weights(Zero(), ())
