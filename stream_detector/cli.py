@@ -1144,7 +1144,11 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
     control = ControlPlane.from_settings(settings)
     if args.action == "list":
         active, previous, challenger = control.active_model(), control.previous_model(), control.challenger()
-        for version in reversed(control.model_versions()):
+        versions = control.model_versions()
+        if not versions:
+            print(f"no model versions in the registry (Redis prefix {settings.redis_prefix!r}); "
+                  f"add one with: stream-detector publish BUNDLE_DIR", file=sys.stderr)
+        for version in reversed(versions):
             info = control.model_info(version)
             mark = ("active" if version == active else "previous" if version == previous
                     else "shadow" if version == challenger else "")

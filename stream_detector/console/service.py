@@ -246,7 +246,9 @@ class ConsoleService:
                 info = {}
             metadata = info.get("metadata") or {}
             versions.append({"version": version, "active": version == active, "previous": version == previous,
-                             "threshold": info.get("threshold"), "stored_at": info.get("stored_at"),
+                             "threshold": info.get("threshold"),  # None until the version has been active
+                             "calibrated_threshold": info.get("calibrated_threshold"),  # its bundle's own
+                             "stored_at": info.get("stored_at"),
                              "metrics": metadata.get("metrics"), "gate": info.get("gate"),
                              "created_at": metadata.get("created_at")})
         return {"active": active, "previous": previous, "versions": versions, "refused": self._refused(),

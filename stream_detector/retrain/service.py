@@ -88,6 +88,7 @@ class Retrainer:
         self.exclusions = Exclusions(settings.retrain_exclude_max)
         self._refused: set[RejectReason] = set()  # feedback refusal reasons already logged
         self._left_out: set[RejectReason] = set()  # input rejection reasons already logged
+        self.input_rejected: dict[str, int] = {}  # input events left out of the window since start, by reason
         self.stop_event = threading.Event()
         self.input: KafkaConsumer | None = None
         self.side: KafkaConsumer | None = None
@@ -216,6 +217,7 @@ class Retrainer:
                     log.warning("input event left out of the training window (%s): %s; further ones only counted "
                                 "in stream_detector_retrain_input_rejected", rejected.reason.value, rejected.message)
                 self.metrics.input_rejected.labels(rejected.reason.value).inc()
+                self.input_rejected[rejected.reason.value] = self.input_rejected.get(rejected.reason.value, 0) + 1
         self._read_side(0)
         self.metrics.ingested.inc(added)
         self.metrics.window.set(len(self.window))
@@ -273,6 +275,8 @@ class Retrainer:
         finally:
             if history is not None:
                 history.close()  # the spool goes with the run
+        # what the window never took (a worker dead-letters it), since this retrainer started
+        candidate.counts["input_rejected_since_start"] = dict(sorted(self.input_rejected.items()))
         if candidate.bundle is None or candidate.decision is None:
             log.warning("retraining (%s) skipped: %s", reason, candidate.message)
             return RetrainOutcome("skipped", candidate.message, counts=candidate.counts)

@@ -40,6 +40,9 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     arch = orjson.loads((tmp_path / "model" / "metadata.json").read_bytes())["architecture"]
     assert (arch["hidden"], arch["bottleneck"], arch["dropout"]) == ([24, 12], 3, 0.05)
 
+    empty = run(["model", "list"], env)  # was: nothing at all
+    assert empty.returncode == 0 and not empty.stdout, empty
+    assert "no model versions in the registry" in empty.stderr and settings.redis_prefix in empty.stderr
     published = run(["publish", str(tmp_path / "model")], env)
     assert published.returncode == 0 and version in published.stdout, published.stderr
     got = run(["threshold", "get"], env)

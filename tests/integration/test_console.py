@@ -450,6 +450,8 @@ def test_models_view_marks_the_active_version_and_rolls_back(running: Running, p
     running.control.publish(newer, set_by="pytest", gate={"passed": True, "reasons": []})
     running.control.record_rejection({"passed": False, "version": "20261128T000000Z-refused1",
                                       "reasons": ["alert rate 0.0400 above bound 0.0200"]})
+    stored = small_bundle(rows=600, seed=6, epochs=3)  # never active; its shadow period was stopped (no verdict)
+    running.control.store(stored, gate={"shadow": {"outcome": "stopped"}})
     console = running.console()
     page.goto(f"{console.url}/#models")
     page.fill("#token", TOKEN)
@@ -457,6 +459,9 @@ def test_models_view_marks_the_active_version_and_rolls_back(running: Running, p
     page.wait_for_selector(f"#models tr.active[data-version='{newer.version}']")
     assert page.locator(f"#models tr[data-version='{bundle.version}']").count() == 1
     assert "passed" in page.text_content(f"#models tr[data-version='{newer.version}']")
+    never = page.text_content(f"#models tr[data-version='{stored.version}']")  # was "–" and "refused"
+    assert f"{stored.threshold:#.4g}" in never and "calibrated; never active" in never, never
+    assert "no verdict" in never and "refused" not in never, never
     assert "above bound" in page.text_content("#refused")
     _shoot(page, "models")
     page.fill("#rb-operator", "bob")

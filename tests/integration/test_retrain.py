@@ -113,6 +113,7 @@ def test_retrain_once_trains_on_clean_traffic_and_a_running_worker_swaps_without
     left_out = {reason: retrainer.metrics.registry.get_sample_value(
         "stream_detector_retrain_input_rejected_total", {"reason": reason}) for reason in ("invalid_json", "wrong_type")}
     assert left_out == {"invalid_json": 1.0, "wrong_type": 1.0}
+    assert outcome.counts["input_rejected_since_start"] == {"invalid_json": 1, "wrong_type": 1}  # `retrain --once`'s report
 
     assert outcome.status == "promoted", outcome.to_dict()
     new = outcome.version

@@ -368,9 +368,13 @@ async function loadModels() {
       if (v.active) tr.className = "active";
       tr.dataset.version = v.version;
       const reasons = v.gate ? [].concat(v.gate.reasons || []) : [];
-      const gate = v.gate ? (v.gate.passed ? "passed" : "refused") + (reasons.length ? `: ${reasons.join("; ")}` : "") : "–";
+      // a shadow period that was stopped leaves a gate record with no verdict
+      const verdict = !v.gate ? null : v.gate.passed === true ? "passed" : v.gate.passed === false ? "refused" : "no verdict";
+      const gate = verdict ? verdict + (reasons.length ? `: ${reasons.join("; ")}` : "") : "–";
+      const threshold = v.threshold !== null && v.threshold !== undefined ? fmt(v.threshold)
+        : v.calibrated_threshold !== null && v.calibrated_threshold !== undefined ? `${fmt(v.calibrated_threshold)} (calibrated; never active)` : "–";
       for (const cell of [v.active ? "● active" : v.previous ? "previous" : v.version === r.shadow.challenger ? "◐ shadow" : "", v.version, v.created_at || "–",
-                          v.threshold === null ? "–" : fmt(v.threshold), metricsText(v.metrics), gate]) {
+                          threshold, metricsText(v.metrics), gate]) {
         const td = document.createElement("td"); td.textContent = cell; tr.appendChild(td);
       }
       return tr;
