@@ -829,9 +829,9 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         _check_file_out(Path(args.out), "--out")
     if args.feedback_out:
         _check_file_out(Path(args.feedback_out), "--feedback-out")
-    end_ms = _end_ms(args.end) if args.end is not None else None
-    if args.end is not None and not args.out:
+    if args.end is not None and not args.out:  # before --end's value is judged: the first problem to fix
         raise ConfigError("--end goes with --out (live events are stamped with the time they are sent)")
+    end_ms = _end_ms(args.end) if args.end is not None else None
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     if args.chunk_rows < 1:
@@ -944,12 +944,17 @@ def _end_ms(text: str) -> int:
 
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     from .kafka_util import tail
+    from .transport.base import Unreadable
 
     topic = _topic_named(args.topic, settings)
     if args.n < 0:
         raise ConfigError(f"-n must be >= 0, got {args.n}")
 
     def show(record: Any) -> None:
+        if isinstance(record.value, Unreadable):  # a corrupt batch, a codec the client lacks: no value to print
+            _say(f"{topic}[{record.partition}] offset {record.offset}: a record the Kafka client cannot read, "
+                 f"not shown ({record.value.message})")
+            return
         text = _one_line(record.value)
         if args.with_headers:
             text = orjson.dumps({k: _one_line(v, quote=False) for k, v in record.headers or ()}).decode() + "\t" + text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,10 +131,27 @@ def skip_unreadable(consumer: KafkaConsumer, exc: Exception) -> dict[KTopicParti
         return None
     fetcher._next_partition_records = None
     consumer.seek(tp, offset + 1)
-    log.error("unreadable record at %s[%d] offset %d, moved past it: %r", tp.topic, tp.partition, offset, exc)
+    _log_unreadable(tp.topic, tp.partition, offset, exc)
     why = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
     record = _Placeholder(tp.topic, tp.partition, offset, Unreadable(why[:500]))
     return {tp: [record]}
+
+
+_UNREADABLE_LOGGED: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+UNREADABLE_LOG_MEMORY = 10_000  # positions remembered: a record read again (each retraining) logs at DEBUG
+
+
+def _log_unreadable(topic: str, partition: int, offset: int, exc: Exception) -> None:
+    """One ERROR line per unreadable record in this process, DEBUG when it is read again (the
+    retrainer reads its history, and its unreadable records, on every run)."""
+    position = (topic, partition, offset)
+    again = position in _UNREADABLE_LOGGED
+    if not again:
+        _UNREADABLE_LOGGED[position] = None
+        if len(_UNREADABLE_LOGGED) > UNREADABLE_LOG_MEMORY:
+            _UNREADABLE_LOGGED.popitem(last=False)
+    log.log(logging.DEBUG if again else logging.ERROR, "unreadable record at %s[%d] offset %d, moved past it: %r",
+            topic, partition, offset, exc)
 
 
 def poll_readable(consumer: KafkaConsumer, timeout_ms: int, max_records: int | None = None,

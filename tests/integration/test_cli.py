@@ -222,3 +222,36 @@ def test_produce_leaves_excluded_fields_out_of_the_events(settings, env_for, tmp
     keyed = run(["tail", topic, "-n", "1", "--with-key"], env)  # keys: docs/alerts.md says how they are set
     key, value = keyed.stdout.rstrip("\n").split("\t")
     assert keyed.returncode == 0 and key == str(orjson.loads(value)["account_id"])
+
+
+def test_tail_names_a_record_the_client_cannot_read_on_stderr(settings, monkeypatch, capsys):
+    """Found in a review: ``tail`` printed a record kafka-python could not read (here: its zstd
+    library made unavailable) as an empty line, first. It is named on stderr, with its partition,
+    offset and the client's error; stdout keeps only the records' values."""
+    import kafka.codec
+    from kafka import KafkaProducer
+
+    from stream_detector import cli
+    from stream_detector.topics import ensure_topics
+
+    topic = f"tail-unreadable-{settings.group_id}"
+    ensure_topics(settings, [topic], partitions=1)
+    values = [orjson.dumps({"n": i, "note": "compressible " * 20}) for i in range(6)]  # a tiny batch stays uncompressed
+    plain = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    packed = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, compression_type="zstd", linger_ms=200)
+    try:
+        for group, producer in ((values[:2], plain), (values[2:4], packed), (values[4:], plain)):
+            for value in group:
+                producer.send(topic, value=value)
+            producer.flush(timeout=30)
+    finally:
+        plain.close(timeout=10)
+        packed.close(timeout=10)
+    monkeypatch.setattr(kafka.codec, "has_zstd", lambda: False)
+    monkeypatch.setenv("SD_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    assert cli.main(["tail", topic, "-n", "10"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [v.decode() for v in values[:2] + values[4:]]  # no empty line
+    unreadable = [line for line in err.splitlines() if "cannot read" in line]
+    assert [line.split(":")[0] for line in unreadable] == [f"{topic}[0] offset 2", f"{topic}[0] offset 3"], err
+    assert all("zstd" in line for line in unreadable), err

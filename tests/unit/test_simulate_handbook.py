@@ -305,6 +305,14 @@ def test_bad_arguments_one_line_exit_2(argv: list[str], message: str, capsys: py
     assert err.startswith("stream-detector simulate: error:") and message in err and "\n" not in err
 
 
+def test_a_future_end_without_out_names_the_missing_out_first(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--end`` is only for a file: without ``--out``, that is the problem to name, not the date
+    (which used to be judged first, so fixing it led to a second error)."""
+    assert main(["simulate", "--end", "2099-01-01"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--end goes with --out" in err and "ahead" not in err and "\n" not in err
+
+
 @pytest.mark.parametrize("argv", [["--rate", "0"], ["--duration", "0"], ["--rate", "0.5", "--duration", "1"],
                                   ["--profile", "velocity", "--rate", "0"]])
 def test_a_live_run_of_no_event_is_refused_before_connecting(argv: list[str], capsys: pytest.CaptureFixture[str],
