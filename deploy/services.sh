@@ -334,7 +334,11 @@ kill_redis_primary() {
   rm -f "$dir/pid"; log "redis primary :$port killed (SIGKILL)"; echo "$port"
 }
 
-sentinel_down() {
+sentinel_down() {  # SIGTERM to all five at once (each takes a second or two to exit), then wait for each
+  local f
+  for f in "${SPORTS[@]/#/$SDIR/sentinel-}" "${SRPORTS[@]/#/$SDIR/redis-}"; do
+    alive "$f/pid" && kill "$(cat "$f/pid")" 2>/dev/null
+  done
   for s in "${SPORTS[@]}"; do stop_pid "$SDIR/sentinel-$s/pid" "sentinel :$s"; done
   for p in "${SRPORTS[@]}"; do stop_pid "$SDIR/redis-$p/pid" "redis :$p"; done
 }
@@ -381,8 +385,9 @@ redis_cluster_up() {
   log "redis cluster ready on ${RCPORTS[*]} (${#RCPORTS[@]} primaries)"
 }
 
-redis_cluster_down() {
+redis_cluster_down() {  # SIGTERM to the three at once, then wait for each
   local p
+  for p in "${RCPORTS[@]}"; do alive "$RCDIR/node-$p/pid" && kill "$(cat "$RCDIR/node-$p/pid")" 2>/dev/null; done
   for p in "${RCPORTS[@]}"; do stop_pid "$RCDIR/node-$p/pid" "redis cluster node :$p"; done
 }
 
