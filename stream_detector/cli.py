@@ -831,6 +831,12 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         _check_file_out(Path(args.feedback_out), "--feedback-out")
     if args.end is not None and not args.out:  # before --end's value is judged: the first problem to fix
         raise ConfigError("--end goes with --out (live events are stamped with the time they are sent)")
+    for flag, value in (("--span-days", args.span_days), ("--chunk-rows", args.chunk_rows)):
+        if value is not None and not args.out:  # was: ignored, and a 60 s live run started (a new-user trial)
+            raise ConfigError(f"{flag} goes with --out (a file's time span and write chunks; live events are "
+                              f"sent as they are made)")
+    args.span_days = 7.0 if args.span_days is None else args.span_days
+    args.chunk_rows = 100_000 if args.chunk_rows is None else args.chunk_rows
     end_ms = _end_ms(args.end) if args.end is not None else None
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
@@ -1506,8 +1512,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feedback-out", help="handbook, with --out: write the delayed label records "
                                           "({event_id, label, source, labelled_at}, sorted by labelled_at) "
                                           "to this CSV/JSONL/Parquet file")
-    p.add_argument("--span-days", type=float, default=7, help="time span of --out files, in days (default 7)")
-    p.add_argument("--chunk-rows", type=int, default=100_000,
+    p.add_argument("--span-days", type=float, default=None, help="time span of --out files, in days (default 7)")
+    p.add_argument("--chunk-rows", type=int, default=None,
                    help="--out: rows generated and written at a time, and Parquet row group size (default 100000); "
                         "the file does not depend on it")
     p.add_argument("--accounts", type=int, help="customers/cards (default: handbook 5000, velocity 2000)")

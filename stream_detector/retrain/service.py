@@ -88,6 +88,7 @@ class Retrainer:
         self.exclusions = Exclusions(settings.retrain_exclude_max)
         self._refused: set[RejectReason] = set()  # feedback refusal reasons already logged
         self._left_out: set[RejectReason] = set()  # input rejection reasons already logged
+        self._decided: dict[int, int] = {}  # the worker group's committed offsets, as the last run read them
         self.input_rejected: dict[str, int] = {}  # input events left out of the window since start, by reason
         self.stop_event = threading.Event()
         self.input: KafkaConsumer | None = None
@@ -164,7 +165,30 @@ class Retrainer:
             done = True
             return outcome
         finally:
-            self.close(commit=done)
+            if done and self.input is not None:  # the window dies with this run: what the workers have
+                self._commit_decided()  # not decided yet must stay for the next run (found by a trial)
+            self.close(commit=False)
+
+    def _commit_decided(self) -> None:
+        """Commit the window consumer's position, but on each partition no further than the worker
+        group's committed offset as the run read it (``_decided``): the events a ``--once`` run left
+        out as undecided are read again by the next run instead of being skipped for good."""
+        from kafka.structs import OffsetAndMetadata
+
+        assert self.input is not None
+        offsets = {}
+        for tp in self.input.assignment():
+            position = self.input.position(tp)
+            cap = self._decided.get(tp.partition)
+            if cap is None:
+                continue  # the workers committed nothing here: nothing of it is decided
+            offsets[tp] = OffsetAndMetadata(min(position, cap), "", -1)
+        if not offsets:
+            return
+        try:
+            self.input.commit(offsets)
+        except KafkaError as exc:
+            log.warning("retrainer offset commit failed: %s", exc)
 
     def run(self) -> None:
         """Service mode until ``stop()``: retrain on schedule and when drift passes the bound."""
@@ -258,6 +282,7 @@ class Retrainer:
         s = self.settings
         self._read_side(60.0)
         decided = {tp.partition: off for tp, off in committed_offsets(s, s.group_id, s.input_topic).items()}
+        self._decided = decided
         selection = self.window.select(self.exclusions, decided)
         active = self._active_bundle()
         history = None

@@ -187,7 +187,10 @@ def test_drift_in_worker_score_summaries_triggers_a_retraining(rsettings, bundle
     assert float(meta["retrain_reason"].split()[2]) > 0.2
 
 
-def test_retrain_cli_once_reports_and_exits_by_outcome(rsettings, published, env_for):
+def test_retrain_cli_once_reports_and_exits_by_outcome(rsettings, published, env_for, start_worker):
+    """Exit 4 when skipped. The events a run leaves out as undecided stay for the next run (found by
+    a new-user trial: the run's position was committed past them, and the next run found the window
+    empty)."""
     s = rsettings
     events, _ = _wave(120, 61, 0, "few")
     _produce(s, events)
@@ -201,6 +204,14 @@ def test_retrain_cli_once_reports_and_exits_by_outcome(rsettings, published, env
     report = orjson.loads(done.stdout)
     assert report["status"] == "skipped" and report["counts"]["left_out_undecided"] == len(events)
     assert published.model_versions() == [published.active_model()]
+    running = start_worker(s)
+    wait_until(lambda: _drained(s) and _fully_committed(s), message="the events decided")
+    running.stop()
+    again = retrain()  # the same events, decided now: still too few to train on, but every one is read
+    assert again.returncode == 4, again.stderr
+    counts = orjson.loads(again.stdout)["counts"]
+    assert counts.get("left_out_undecided", 0) == 0
+    assert counts["clean"] + counts.get("left_out_alerted", 0) == len(events), counts
 
 
 def test_new_confirmed_frauds_trigger_a_retraining_and_relearned_labels_do_not(rsettings, bundle, start_worker):

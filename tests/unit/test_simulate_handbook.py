@@ -311,6 +311,10 @@ def test_a_future_end_without_out_names_the_missing_out_first(capsys: pytest.Cap
     assert main(["simulate", "--end", "2099-01-01"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--end goes with --out" in err and "ahead" not in err and "\n" not in err
+    for flag, value in (("--span-days", "3"), ("--chunk-rows", "5")):  # were ignored: a 60 s live run started
+        assert main(["simulate", flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{flag} goes with --out" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("argv", [["--rate", "0"], ["--duration", "0"], ["--rate", "0.5", "--duration", "1"],
