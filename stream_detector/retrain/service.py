@@ -165,8 +165,10 @@ class Retrainer:
             done = True
             return outcome
         finally:
-            if done and self.input is not None:  # the window dies with this run: what the workers have
-                self._commit_decided()  # not decided yet must stay for the next run (found by a trial)
+            # the window dies with this run: a skipped run commits nothing (its events, too few yet,
+            # count towards the next run), and no run commits what the workers have not decided yet
+            if done and outcome.status != "skipped" and self.input is not None:
+                self._commit_decided()
             self.close(commit=False)
 
     def _commit_decided(self) -> None:

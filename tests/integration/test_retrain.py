@@ -188,9 +188,9 @@ def test_drift_in_worker_score_summaries_triggers_a_retraining(rsettings, bundle
 
 
 def test_retrain_cli_once_reports_and_exits_by_outcome(rsettings, published, env_for, start_worker):
-    """Exit 4 when skipped. The events a run leaves out as undecided stay for the next run (found by
-    a new-user trial: the run's position was committed past them, and the next run found the window
-    empty)."""
+    """Exit 4 when skipped. A ``--once`` run keeps no window: the events it left out as undecided,
+    and those of a run skipped for too few events, are read again by the next run (found by a
+    new-user trial: the position was committed past them, and the next run found the window empty)."""
     s = rsettings
     events, _ = _wave(120, 61, 0, "few")
     _produce(s, events)
@@ -212,6 +212,13 @@ def test_retrain_cli_once_reports_and_exits_by_outcome(rsettings, published, env
     counts = orjson.loads(again.stdout)["counts"]
     assert counts.get("left_out_undecided", 0) == 0
     assert counts["clean"] + counts.get("left_out_alerted", 0) == len(events), counts
+    more, _ = _wave(100, 62, 0, "more")  # a skipped run committed nothing: the next one has all 220
+    _produce(s, more)
+    running = start_worker(s)
+    wait_until(lambda: _drained(s) and _fully_committed(s), message="the new events decided")
+    running.stop()
+    counts = orjson.loads(retrain().stdout)["counts"]
+    assert counts["clean"] + counts.get("left_out_alerted", 0) == len(events) + len(more), counts
 
 
 def test_new_confirmed_frauds_trigger_a_retraining_and_relearned_labels_do_not(rsettings, bundle, start_worker):
@@ -274,7 +281,8 @@ def test_a_failed_once_run_leaves_the_window_where_it_was_and_a_bad_spool_folder
     outcome = Retrainer(s).run_once(timeout_s=60)  # the same events again: none decided by a worker yet
     assert outcome.status == "skipped" and outcome.counts["left_out_undecided"] == len(events)
     assert "undecided" in outcome.message and "SD_RETRAIN_MIN_EVENTS" in outcome.message
-    assert committed_offsets(s, s.retrainer_group, s.input_topic), "a run that ends saves its position"
+    # a --once run keeps no window: its undecided events (and a skipped run's) are read again next time
+    assert not committed_offsets(s, s.retrainer_group, s.input_topic), "nothing decided, nothing committed"
 
     missing = s.model_copy(update={"retrain_spool_dir": str(tmp_path / "nope"),
                                    "retrain_group_id": f"rg-{uuid.uuid4().hex[:6]}"})
