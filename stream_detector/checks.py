@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from .redis_client import redact
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def report(checks: list[Check]) -> str:
 
 def _settings_checks(s: Settings) -> Iterator[Check]:
     yield Check("ok", "settings", f"kafka {s.kafka_bootstrap} ({s.kafka_security_protocol}), group "
-                f"{s.group_id}, redis {_redact(s.redis_url)} prefix {s.redis_prefix}, device {s.device}, "
+                f"{s.group_id}, redis {redact(s.redis_url)} prefix {s.redis_prefix}, device {s.device}, "
                 f"delivery {s.delivery}"
                 + (f", entity copies {s.entity_copies:,} (SD_ENTITY_COPIES)" if s.entity_copies else ""))
     if s.kafka_security_protocol.startswith("SASL") and not (
@@ -154,11 +155,11 @@ def _redis_checks(s: Settings) -> Iterator[Check]:
     try:
         control.ping()
     except (redis.RedisError, OSError) as exc:
-        yield Check("fail", "redis", f"cannot reach {_redact(s.redis_url)}: {exc}")
+        yield Check("fail", "redis", f"cannot reach {redact(s.redis_url)}: {exc}")
         if s.entity_redis_cluster:
             yield _cluster_check(s)
         return
-    yield Check("ok", "redis", f"reached {_redact(s.redis_url)}")
+    yield Check("ok", "redis", f"reached {redact(s.redis_url)}")
     try:
         snap = control.snapshot()
         if snap.active_model is None:
@@ -215,10 +216,3 @@ def _try(name: str, run: Callable[[], str]) -> Check:
         return Check("fail", name, f"{type(exc).__name__}: {exc}")
 
 
-def _redact(url: str) -> str:
-    """redis://user:secret@host → redis://user:***@host (passwords never reach a report)."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"

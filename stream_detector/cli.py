@@ -1716,6 +1716,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             why = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
             _say(f"stream-detector {args.command}: error: cannot reach Kafka at {where}: {why}", "ERROR")
             return 2 if args.command not in _SERVICES else 1  # the services' documented code for Kafka / Redis failing
+        if _redis_unreachable(exc):  # the same line and exit code as Kafka's
+            _say(f"stream-detector {args.command}: error: cannot reach Redis at {_redis_where(settings)}: "
+                 f"{type(exc).__name__}: {exc}", "ERROR")
+            return 2 if args.command not in _SERVICES else 1
         _say(f"stream-detector {args.command}: {type(exc).__name__}: {exc}", "ERROR")
         return 1
 
@@ -1723,6 +1727,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _one_shot(args: argparse.Namespace) -> bool:
     """Whether the command runs once and ends (``retrain --once`` too), not as a service."""
     return args.command not in _SERVICES or (args.command == "retrain" and bool(getattr(args, "once", False)))
+
+
+def _redis_unreachable(exc: Exception) -> bool:
+    """Whether ``exc`` is redis-py's "no connection" (refused, timed out, no Sentinel primary): not
+    a command Redis refused."""
+    import redis
+
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+
+
+def _redis_where(settings: Settings | None) -> str:
+    """The Redis the settings name, password redacted, with the setting to change."""
+    from .redis_client import redact
+
+    if settings is None:
+        return "SD_REDIS_URL"
+    if settings.redis_sentinels:
+        return f"{settings.redis_sentinels} (SD_REDIS_SENTINELS, primary {settings.redis_sentinel_master!r})"
+    return f"{redact(settings.redis_url)} (SD_REDIS_URL)"
 
 
 def _kafka_unreachable(exc: Exception) -> bool:

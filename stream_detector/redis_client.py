@@ -79,3 +79,12 @@ def entity_cluster_client(settings: RedisSettings, timeout_s: float = 2.0) -> Re
     nodes = [ClusterNode(host, port)  # type: ignore[no-untyped-call]
              for host, port in sentinel_addresses(settings.entity_redis_cluster)]
     return RedisCluster(startup_nodes=nodes, **options)
+
+
+def redact(url: str) -> str:
+    """redis://user:secret@host → redis://user:***@host (passwords never reach a report)."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"

@@ -271,6 +271,23 @@ def test_a_one_shot_command_with_kafka_unreachable_says_so_in_one_line(
     assert "\n" not in err and err.count("KafkaTimeoutError") == 1, err
 
 
+@pytest.mark.parametrize(("argv", "code"), [(["model", "list"], 2), (["threshold", "get"], 2),
+                                            (["retrain", "--once"], 1)])
+def test_a_command_with_redis_unreachable_says_where_in_one_line(
+        argv: list[str], code: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listens at SD_REDIS_URL: one line naming the address (password redacted) and the
+    setting, as for Kafka; exit 2 for a one-shot command, 1 for a service (`retrain --once`:
+    docs/retraining.md's exit codes). It printed `ConnectionError: Error 111 ...` and exited 1."""
+    from stream_detector.cli import main
+
+    monkeypatch.setenv("SD_REDIS_URL", "redis://ops:hunter2@127.0.0.1:1/0")
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"stream-detector {argv[0]}: error: cannot reach Redis at "
+                          "redis://ops:***@127.0.0.1:1/0 (SD_REDIS_URL): ConnectionError: "), err
+    assert "\n" not in err and "hunter2" not in err, err
+
+
 def test_a_services_kafka_connection_lines_come_once_a_minute_per_message() -> None:
     """A long-running service (worker, retrainer) still logs that a broker is unreachable, once a
     minute per kind of line, not four lines per reconnection attempt."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stream_detector.checks import Check, _redact, report
+from stream_detector.checks import Check, report
+from stream_detector.redis_client import redact
 from stream_detector.errors import ConfigError
 from stream_detector.settings import Settings, load_settings
 from stream_detector.transport.factory import transport_config
@@ -47,8 +48,8 @@ def test_report_counts_failures_and_redacts_passwords():
     assert text.splitlines()[-1] == "result: FAILED (1 failed, 1 warnings, 3 checks)"
     assert "FAIL  model" in text
     assert report([Check("ok", "a", "b")]).endswith("result: OK (0 failed, 0 warnings, 1 checks)")
-    assert _redact("rediss://default:hunter2@redis.prod:6380/0") == "rediss://default:***@redis.prod:6380/0"
-    assert _redact("redis://localhost:6379/0") == "redis://localhost:6379/0"
+    assert redact("rediss://default:hunter2@redis.prod:6380/0") == "rediss://default:***@redis.prod:6380/0"
+    assert redact("redis://localhost:6379/0") == "redis://localhost:6379/0"
 
 
 @pytest.mark.parametrize("value", ["redis://127.0.0.1:7001", "nonsense", "[::1]:7001", "host:port"])
