@@ -1149,9 +1149,37 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _gate_word(record: dict[str, Any] | None) -> str:
+    """``model list``'s gate column: ``passed`` / ``refused`` (the retrainer's gate or a shadow
+    period's verdict), ``no-verdict`` (a shadow period stopped by hand), ``none`` (no gate: a bundle
+    published or stored by hand)."""
+    if not record:
+        return "none"
+    passed = record.get("passed")
+    return "no-verdict" if passed is None else "passed" if passed else "refused"
+
+
+_MODEL_DEFAULTS = {"min_events": 100_000, "max_seconds": 86_400.0, "replace": False}
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    """An argument the action does not take is refused, not ignored (``model list extra --keep 3``
+    listed and exited 0)."""
+    if args.version and args.action in ("list", "rollback", "prune", "shadow-status", "shadow-stop"):
+        what = ("it ends the period of the challenger in shadow" if args.action == "shadow-stop"
+                else "it acts on the registry as a whole")
+        raise ConfigError(f"model {args.action} takes no VERSION ({args.version!r}): {what}")
+    if args.keep is not None and args.action != "prune":
+        raise ConfigError(f"--keep is for model prune, not model {args.action}")
+    for name, default in _MODEL_DEFAULTS.items():
+        if getattr(args, name) != default and args.action != "shadow":
+            raise ConfigError(f"--{name.replace('_', '-')} is for model shadow, not model {args.action}")
+
+
 def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
     from .store import ControlPlane
 
+    _check_model_args(args)
     control = ControlPlane.from_settings(settings)
     if args.action == "list":
         active, previous, challenger = control.active_model(), control.previous_model(), control.challenger()
@@ -1163,7 +1191,7 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
             info = control.model_info(version)
             mark = ("active" if version == active else "previous" if version == previous
                     else "shadow" if version == challenger else "")
-            gate = info["gate"].get("passed") if info["gate"] else None  # a shadow period stopped: no verdict
+            gate = _gate_word(info["gate"])
             threshold = (f"{info['threshold']:.6g}" if info["threshold"] is not None
                          else "never active" if info["calibrated_threshold"] is None
                          else f"{info['calibrated_threshold']:.6g} (calibrated; never active)")
@@ -1187,8 +1215,6 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
                            option=orjson.OPT_INDENT_2).decode())
         return 0
     if args.action == "shadow-stop":
-        if args.version:
-            raise ConfigError("model shadow-stop takes no VERSION: it ends the period of the challenger in shadow")
         record = control.end_shadow("stopped", {"reasons": ["stopped by hand"]}, _who())
         print(f"challenger {record['version']}: shadow period ended after {record['figures']['events']} events; "
               f"the active model stays {control.active_model()}")
@@ -1620,7 +1646,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("console", help="operator console in the browser: live scores, threshold what-if, "
-                                       "explain an event, models (docs/console.md)")
+                                       "explain an event, models (docs/console.md)",
+                       description="Serves the operator console (one web page and its JSON API, FastAPI on "
+                                   "uvicorn) for the deployment the SD_* settings name: live scores and alert "
+                                   "rate from the workers' sample, what a different threshold would flag "
+                                   "(what-if), why one event was or was not flagged, the model versions and "
+                                   "a challenger in shadow. Read-only unless SD_CONSOLE_TOKEN is set (then the "
+                                   "token's holder may set the threshold or roll back). Binds 127.0.0.1 by "
+                                   "default; expose it only behind something that authenticates people. The "
+                                   "API is described at /openapi.json (docs/console.md).")
     p.add_argument("--host", help="address to bind (default SD_CONSOLE_HOST, 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, help="port (default SD_CONSOLE_PORT, 8050)")
     p.set_defaults(func=cmd_console)
@@ -1658,12 +1692,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("model", help="the model registry: list, show, promote, rollback, prune; a challenger in "
                                      "shadow: shadow, shadow-status, shadow-stop",
-                       description="shadow VERSION|DIR: make a stored version (or a bundle directory, stored "
-                                   "first) the challenger: workers score live traffic with it beside the active "
-                                   "model without alerting (docs/retraining.md, \"Challenger in shadow\"); "
-                                   "shadow-status: its figures and the last decisions (JSON); shadow-stop: end "
-                                   "its period, the active model stays; promote VERSION makes any version active "
-                                   "(the challenger too: its period then ends as promoted).")
+                       description="The model registry in Redis (docs/retraining.md). list: every stored "
+                                   "version, newest first, with its mark (active, previous, shadow), threshold, "
+                                   "store and gate (passed, refused, no-verdict, none); show VERSION: its "
+                                   "metadata, gate record and calibration (JSON); promote VERSION: make any "
+                                   "stored version active with its threshold (a refused one too, noted; the "
+                                   "challenger too: its period then ends as promoted); rollback: the previous "
+                                   "version active again; prune [--keep N]: remove the oldest versions beyond N "
+                                   "(the active, previous and challenger are always kept). shadow VERSION|DIR: "
+                                   "make a stored version (or a bundle directory, stored first) the challenger: "
+                                   "workers score live traffic with it beside the active model without alerting "
+                                   "(docs/retraining.md, \"Challenger in shadow\"); shadow-status: its figures "
+                                   "and the last decisions (JSON); shadow-stop: end its period, the active model "
+                                   "stays.")
     p.add_argument("action", choices=["list", "show", "promote", "rollback", "prune", "shadow", "shadow-status",
                                       "shadow-stop"], help="what to do (the description above says each)")
     p.add_argument("version", nargs="?", help="model version (show, promote, shadow) or bundle directory (shadow)")

@@ -209,8 +209,9 @@ def test_model_cli_lists_shows_promotes_and_rolls_back(published, settings, bund
     published.registry.attach_shadow_decision(newer.version, {"outcome": "stopped", "reasons": ["stopped by hand"]})
     stored = cli("list").splitlines()  # newer is stored, never active: its bundle's calibrated threshold
     assert stored[0] == (f"{newer.version}            threshold={newer.threshold:.6g} (calibrated; never active)  "
-                         "store=redis  gate=None"), stored
+                         "store=redis  gate=no-verdict"), stored
     assert stored[1].startswith(f"{bundle.version}  active    threshold={bundle.threshold:.6g}  "), stored
+    assert stored[1].endswith("gate=none"), stored  # published by hand: no gate (it printed gate=None)
     assert f"model {newer.version} is active" in cli("promote", newer.version)
     listing = cli("list").splitlines()
     assert listing[0].startswith(f"{newer.version}  active") and listing[1].startswith(f"{bundle.version}  previous")

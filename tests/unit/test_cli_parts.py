@@ -344,3 +344,23 @@ def test_score_of_rows_without_any_input_field_is_no_features_never_an_imputed_s
     assert rows["e2"]["score"] != "" and rows["e1"]["score"] == ""
     err = capsys.readouterr().err
     assert "scored 2 of 4 rows" in err
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["model", "list", "extra"], "model list takes no VERSION ('extra')"),
+    (["model", "rollback", "3"], "model rollback takes no VERSION ('3')"),
+    (["model", "shadow-stop", "3"], "model shadow-stop takes no VERSION ('3'): it ends the period"),
+    (["model", "list", "--keep", "3"], "--keep is for model prune, not model list"),
+    (["model", "promote", "3", "--replace"], "--replace is for model shadow, not model promote"),
+    (["model", "show", "3", "--min-events", "5"], "--min-events is for model shadow, not model show"),
+])
+def test_model_refuses_arguments_its_action_does_not_take(
+        argv: list[str], says: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before Redis is asked (nothing listens at SD_REDIS_URL here): `model list extra --keep 3`
+    listed the registry and exited 0, the extra words ignored."""
+    from stream_detector.cli import main
+
+    monkeypatch.setenv("SD_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stream-detector model: error: ") and says in err and "\n" not in err, err
