@@ -1009,9 +1009,11 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _one_line(value: bytes | None, quote: bool = True) -> str:
-    """A record value (or header) as one line: its text when it is UTF-8 without line breaks (JSON
-    records are), else a JSON string of it (bytes that are not UTF-8 as backslash escapes); a
-    tombstone is ``null``. With ``quote`` False, the text itself (for a JSON object's value)."""
+    """A record value (or header) as one line of JSON, so that ``tail | jq`` reads every line: a
+    JSON text on one line as it is (the project's records are), anything else — not JSON, a line
+    break inside, not UTF-8 — as a JSON string of its text (bytes that are not UTF-8 as backslash
+    escapes); a tombstone is ``null``. With ``quote`` False, the text itself (for a JSON object's
+    value)."""
     if value is None:
         return "null"
     try:
@@ -1019,9 +1021,17 @@ def _one_line(value: bytes | None, quote: bool = True) -> str:
     except UnicodeDecodeError:
         text = value.decode("utf-8", "backslashreplace")
         return orjson.dumps(text).decode() if quote else text
-    if quote and ("\n" in text or "\r" in text or "\x00" in text):
+    if quote and ("\n" in text or "\r" in text or "\x00" in text or not _is_json(value)):
         return orjson.dumps(text).decode()
     return text
+
+
+def _is_json(value: bytes) -> bool:
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
@@ -1575,8 +1585,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tail", help="print the newest alerts, dead letters, shadow records, labels or events",
                        description="Print the last -n records of a topic (every partition, oldest first), one "
-                                   "record value per line (JSON records as they are; a value with a line break or "
-                                   "that is not UTF-8 as a JSON string), and with --follow every new one. Dead "
+                                   "record value per line, every line JSON (JSON records as they are; any other value "
+                                   "- not JSON, with a line break, not UTF-8 - as a JSON string of its text; a "
+                                   "tombstone as null), and with --follow every new one. Dead "
                                    "letters: --with-headers shows why. Reads committed "
                                    "records only and joins no consumer group: nothing is committed, no worker is "
                                    "disturbed. E.g. `stream-detector tail alerts -n 5`, `stream-detector tail dlq "

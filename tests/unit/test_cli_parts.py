@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 
@@ -220,7 +221,8 @@ def test_kafka_python_reading_a_closed_transport_is_not_logged_as_an_error() -> 
 
 
 def test_tail_prints_every_record_on_one_line() -> None:
-    """A value with a line break, or not UTF-8, is printed as a JSON string; JSON records as they are."""
+    """A value that is not JSON, has a line break, or is not UTF-8 is printed as a JSON string; JSON
+    records as they are."""
     from stream_detector.cli import _one_line
 
     assert _one_line(b'{"a": 1}') == '{"a": 1}'
@@ -228,6 +230,12 @@ def test_tail_prints_every_record_on_one_line() -> None:
     assert _one_line(b"\xff\x00raw") == '"\\\\xff\\u0000raw"'
     assert _one_line(None) == "null"
     assert _one_line(b"invalid_json", quote=False) == "invalid_json"
+    # every line is JSON, for jq: a one-line value that is not JSON was printed as it is
+    assert _one_line(b"not json") == '"not json"' and _one_line(b'{"a": 1') == '"{\\"a\\": 1"'
+    assert _one_line(b"12.5") == "12.5" and _one_line(b'"text"') == '"text"'
+    for v in (b"not json", b"two\nlines", b"\xff\x00raw", b'{"a": [1, 2]}', None):
+        assert orjson.loads(_one_line(v)) == (None if v is None else orjson.loads(v) if v.startswith(b"{")
+                                              else v.decode("utf-8", "backslashreplace"))
 
 
 @pytest.mark.parametrize("streamed", [False, True])
