@@ -26,6 +26,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,7 @@ class Retrainer:
         self._refused: set[RejectReason] = set()  # feedback refusal reasons already logged
         self._left_out: set[RejectReason] = set()  # input rejection reasons already logged
         self._decided: dict[int, int] = {}  # the worker group's committed offsets, as the last run read them
-        self.input_rejected: dict[str, int] = {}  # input events left out of the window since start, by reason
+        self.input_rejected: Counter[str] = Counter()  # input events left out of the window since start, by reason
         self.stop_event = threading.Event()
         self.input: KafkaConsumer | None = None
         self.side: KafkaConsumer | None = None
@@ -240,10 +241,12 @@ class Retrainer:
             for rejected in decoded.rejected:  # counted, and logged once per reason (the workers dead-letter them)
                 if rejected.reason not in self._left_out:
                     self._left_out.add(rejected.reason)
-                    log.warning("input event left out of the training window (%s): %s; further ones only counted "
-                                "in stream_detector_retrain_input_rejected", rejected.reason.value, rejected.message)
+                    log.warning("input event left out of the training window (%s): %s; further ones are only "
+                                "counted: counts.input_rejected_since_start in the gate record and the --once "
+                                "report, metric stream_detector_retrain_input_rejected",
+                                rejected.reason.value, rejected.message)
                 self.metrics.input_rejected.labels(rejected.reason.value).inc()
-                self.input_rejected[rejected.reason.value] = self.input_rejected.get(rejected.reason.value, 0) + 1
+                self.input_rejected[rejected.reason.value] += 1
         self._read_side(0)
         self.metrics.ingested.inc(added)
         self.metrics.window.set(len(self.window))

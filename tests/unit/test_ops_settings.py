@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from stream_detector.checks import Check, report
-from stream_detector.redis_client import redact
 from stream_detector.errors import ConfigError
+from stream_detector.redis_client import redact
 from stream_detector.settings import Settings, load_settings
 from stream_detector.transport.factory import transport_config
 from stream_detector.transport.kafka_python import consumer_config as consumer_options
