@@ -55,10 +55,11 @@ def models(events: list[dict[str, Any]]) -> dict[str, Bundle]:
             "entity": build_bundle(train(enrich_history(SPEC, events), config, entity=SPEC))}
 
 
-def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seconds: float) -> dict[str, Any]:
+def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seconds: float,
+        accounts: int | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     tag = uuid.uuid4().hex[:8]
-    events = entity_speed.workload(n, max(500, n // 100), seed=0)
+    events = entity_speed.workload(n, accounts or max(500, n // 100), seed=0)
     timed = n  # events/s over the first n events: the backlog's tail waits for the alignment's idle release
     n = len(events)  # the workload adds its injected frauds: every event is drained (a drain stopping at the
     # requested count left the last ones unread, and the kafka-python drains ended "drained=False")
@@ -153,6 +154,20 @@ def markdown(ctx: dict[str, Any]) -> str:
         for x in r["latency"]:
             lines.append(f"| {transport} | {x.get('model', 'entity')} | {x['offered']:,} | {x['achieved']:,.0f} "
                          f"| {x['samples']:,} | {x['p50']:.0f} | {x['p95']:.0f} | {x['p99']:.0f} | {x['drained']} |")
+    steps = ("source", "decode", "enrich", "features", "publish", "commit")
+    lines += ["", "The latency runs per batch (the worker takes what has arrived, so the batch size is set by the "
+              "offered load and the time the previous batch took): mean events per batch, and the worker thread's "
+              "wall ms per batch by step (`source` includes waiting for records to arrive; `busy`: the whole "
+              "loop, all steps):", "",
+              "| transport | model | offered/s | batches | events per batch | " + " | ".join(steps)
+              + " | scoring thread | busy |", "|---|---|---|---|---|" + "---|" * (len(steps) + 2)]
+    for transport, r in ctx["runs"].items():
+        for x in r["latency"]:
+            n, st = max(1, x.get("batches", 0)), x.get("stage_s", {})
+            lines.append(f"| {transport} | {x.get('model', 'entity')} | {x['offered']:,} | {x.get('batches', 0):,} "
+                         f"| {x.get('events', 0) / n:,.0f} | "
+                         + " | ".join(f"{1000 * st.get(k, 0.0) / n:.1f}" for k in steps)
+                         + f" | {1000 * st.get('scoring thread', 0.0) / n:.1f} | {1000 * st.get('busy', 0.0) / n:.1f} |")
     lines += ["", ctx["load"]]
     return "\n".join(lines) + "\n"
 
@@ -165,17 +180,26 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--repeats", type=int, default=2, help="drains per model and transport (default 2)")
     p.add_argument("--rates", default="5000,20000", help="offered loads for the latency runs (default 5000,20000)")
     p.add_argument("--seconds", type=float, default=15.0, help="seconds of offered load per latency run")
+    p.add_argument("--accounts", type=int, default=None,
+                   help="accounts in the workload (default events / 100, at least 500; terminals: half as many): "
+                        "more accounts, more entities touched per batch (the state's cost is per entity)")
+    p.add_argument("--section", default="entity-worker",
+                   help="RESULTS.md section to write (default entity-worker; e.g. entity-worker-many for a run "
+                        "with --accounts)")
     p.add_argument("--kafka", default=None, help="use this running broker instead of starting one")
     p.add_argument("--redis", default=None, help="use this running Redis (with --kafka)")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args(argv)
     rates = [int(x) for x in args.rates.split(",") if x]
     ctx, load = harness.on_services(
-        args.kafka, args.redis, lambda kafka, redis: run(kafka, redis, args.events, args.repeats, rates, args.seconds), say,
+        args.kafka, args.redis, lambda kafka, redis: run(kafka, redis, args.events, args.repeats, rates, args.seconds, args.accounts), say,
         "the broker, Redis and the load producer")
     ctx["load"] = load
     body = markdown(ctx)
     print(body)
     if not args.no_write:
-        write_section("entity-worker", "Entity features end to end: one worker, real Kafka and Redis", body)
+        title = "Entity features end to end: one worker, real Kafka and Redis"
+        if args.section != "entity-worker":
+            title += f" ({ctx['entities']['accounts']:,} accounts)"
+        write_section(args.section, title, body)
     return 0

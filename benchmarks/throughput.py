@@ -148,9 +148,14 @@ def latency(settings: Settings, values: list[bytes], keys: list[bytes | None], r
         event_ms = orjson.loads(r.value)["event_time_ms"]
         if event_ms - first_event >= warmup_ms:
             lat.append(float(r.timestamp - event_ms))
+    stage_s: dict[str, float] = {}
+    for x in reports:
+        for name, sec in x.stage_s.items():
+            stage_s[name] = stage_s.get(name, 0.0) + sec
     return dict(offered=rate, sent=sent, achieved=achieved, alerts=len(records), samples=len(lat),
                 drained=drained, rss_max=max(x.rss_max_mb for x in reports), **percentiles(lat),
-                max=max(lat) if lat else math.nan)
+                max=max(lat) if lat else math.nan, batches=sum(x.batches for x in reports),
+                events=sum(x.events for x in reports), stage_s=stage_s)
 
 
 def best_rate(fn: Callable[[], Any], n: int, reps: int, min_s: float = 0.05) -> float:
