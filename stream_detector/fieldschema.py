@@ -55,7 +55,10 @@ Inference rules (``infer_schema``), first match wins, each printed with its reas
 4. every value a number: integers with a leading zero (``007``) or more than 15 digits →
    ``identifier`` (digits that a float cannot hold are a code, not an amount); else ``number``.
 5. at least 98 % numbers and the rest text → ``number``; the text values' rows are reported (field,
-   count, examples) and left out of training, as a live event with them is rejected.
+   count, examples) and left out of training, as a live event with them is rejected. Likewise at
+   least 98 % true/false (or 0/1 beside them) and the rest text → ``boolean``.
+
+Nested values (JSON objects and arrays) do not count: their rows are rejected whatever the type.
 6. every value RFC 3339 text → ``timestamp`` (not a feature).
 7. otherwise ``category`` — unless more than half the values are distinct and there are more than
    ``max_categories`` of them: ``identifier`` (one-hot would only memorise ids).
@@ -683,11 +686,22 @@ def _rule_by_name(name: str, options: InferenceOptions) -> FieldRule | None:
 
 
 def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, warnings: list[str]) -> FieldRule:
-    present = [v for v in values if v is not None]
+    # a nested value's row is rejected whatever the field's type (validate_event): it does not vote
+    # (one such row turned a JSON Lines file's numbers into text on every other row)
+    present = [v for v in values if v is not None and not isinstance(v, (dict, list))]
     if not present:
         return FieldRule(name, FieldType.IGNORED, note="no values")
-    if all(_is_boolean(v) or _is_bit(v) for v in present) and any(_is_boolean(v) for v in present):
-        return FieldRule(name, FieldType.BOOLEAN, note="true/false values")
+    if any(_is_boolean(v) for v in present):
+        odd = [v for v in present if not (_is_boolean(v) or _is_bit(v))]
+        if not odd:
+            return FieldRule(name, FieldType.BOOLEAN, note="true/false values")
+        if len(odd) <= (1.0 - NUMERIC_SHARE) * len(present):  # rule 5's share, for true/false
+            examples = list(dict.fromkeys(map(str, odd)))[:3]
+            warnings.append(f"field {name!r}: {len(odd)} of {len(present)} values are not true/false "
+                            f"(e.g. {', '.join(map(repr, examples))}); those rows are rejected as a worker "
+                            f"rejects such an event: not trained on, not scored, not produced (name the text "
+                            f"in --na-values to read it as missing, or --field {name}=category)")
+            return FieldRule(name, FieldType.BOOLEAN, note=f"true/false values ({len(odd)} values are not)")
     fast = _text_numbers(present, options.text)
     numbers = present if fast is not None else [v for v in present if _is_number(v, options.text)]
     if len(numbers) == len(present):

@@ -77,6 +77,31 @@ def test_a_mostly_numeric_field_is_a_number_and_the_rest_is_reported() -> None:
     assert typed[5]["amount"] == 5.0
 
 
+def test_a_mostly_boolean_field_is_a_boolean_and_the_rest_is_reported() -> None:
+    """One 'maybe' among 3,000 true/false made the column text and `produce` sent every row's
+    flag as "true" (a string), with no warning (a new-user trial). Rule 5's share, for booleans;
+    below it the column stays text (category), as before."""
+    rows = [{"flag": ("true", "false", "1")[i % 3]} for i in range(99)] + [{"flag": "maybe"}]
+    inferred = infer_schema(rows)
+    assert inferred.schema["flag"].type is FieldType.BOOLEAN
+    assert len(inferred.warnings) == 1 and "'maybe'" in inferred.warnings[0] and "1 of 100" in inferred.warnings[0]
+    typed, problems = inferred.schema.convert(rows, JSON_TEXT)
+    assert list(problems) == [99] and problems[99].reason is RejectReason.WRONG_TYPE
+    assert typed[0]["flag"] is True and typed[1]["flag"] is False and typed[2]["flag"] is True
+    few = [{"flag": "true"}, {"flag": "false"}, {"flag": "maybe"}]  # a third is not true/false: text
+    assert infer_schema(few).schema["flag"].type is FieldType.CATEGORY
+
+
+def test_nested_values_do_not_vote_on_a_fields_type() -> None:
+    """A JSON Lines row with a nested amount is rejected whatever the type; it turned the other
+    rows' JSON numbers into text ("12.5") on the input topic (a new-user trial)."""
+    rows: list[dict[str, Any]] = [{"amount": 12.5}, {"amount": {"v": 1}}, {"amount": 3}, {"amount": [1]}]
+    inferred = infer_schema(rows)
+    assert inferred.schema["amount"].type is FieldType.NUMBER and not inferred.warnings
+    typed, problems = inferred.schema.convert(rows, JSON_TEXT)
+    assert typed[0]["amount"] == 12.5 and sorted(problems) == [1, 3]
+
+
 def test_overrides_win_and_bad_ones_are_named() -> None:
     rows = [{"zip": "01234", "ts": 1_795_000_000} for _ in range(5)]
     schema = infer_schema(rows, InferenceOptions(overrides=parse_overrides(["zip=category", "ts=timestamp:s"]))).schema
