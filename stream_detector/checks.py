@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .redis_client import redact
-from .settings import Settings
+from .settings import Settings, unknown_settings
 
 if TYPE_CHECKING:
     from .store import ControlPlane
@@ -47,6 +47,8 @@ def report(checks: list[Check]) -> str:
 
 
 def _settings_checks(s: Settings) -> Iterator[Check]:
+    for typo in unknown_settings():  # ignored, so the setting meant keeps its default: a failure here
+        yield Check("fail", "settings", typo)
     yield Check("ok", "settings", f"kafka {s.kafka_bootstrap} ({s.kafka_security_protocol}), group "
                 f"{s.group_id}, redis {redact(s.redis_url)} prefix {s.redis_prefix}, device {s.device}, "
                 f"delivery {s.delivery}"

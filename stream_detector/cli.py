@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import orjson
 
 from .errors import ConfigError, InputError, StreamDetectorError
-from .settings import Settings, load_settings
+from .settings import Settings, load_settings, unknown_settings
 
 log = logging.getLogger("stream_detector")
 
@@ -1752,6 +1752,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         _setup_logging(settings, args.verbose, one_shot=_one_shot(args))
+        if args.command != "check-config":  # which reports them as failed checks
+            for typo in unknown_settings():
+                _say(f"warning: {typo}")
         _set_threads(getattr(args, "threads", None))
         return int(args.func(args, settings))
     except StreamDetectorError as exc:

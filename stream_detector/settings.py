@@ -11,7 +11,10 @@ description, which ``stream-detector check-config`` and the README table are bui
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -340,6 +343,24 @@ class Settings(KafkaSettings, RedisSettings, WorkerSettings, RetrainSettings, Co
                 raise ValueError(f"{name} and {seen[topic]} name the same topic {topic!r}: each role needs its own")
             seen[topic] = name
         return self
+
+
+def unknown_settings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``SD_*`` variables of ``environ`` (default ``os.environ``) that are not settings but
+    nearly spell one (``difflib`` ratio >= 0.85: ``SD_INPUT_TOPICS``, ``SD_BATCHSIZE``), each as a
+    sentence naming the setting it resembles. Such a variable is ignored like any other, so the
+    setting it meant keeps its default; other ``SD_*`` names (the services script's, the tests')
+    are not reported."""
+    known = {f"SD_{name.upper()}" for name in Settings.model_fields}
+    env = os.environ if environ is None else environ
+    out = []
+    for name in sorted(env):
+        if not name.startswith("SD_") or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if close:
+            out.append(f"{name} is not a setting and is ignored (did you mean {close[0]}?)")
+    return out
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -65,3 +65,20 @@ def test_alignment_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="SD_ALIGN_EVENT_TIME"):
         load_settings(align_event_time="maybe")
     assert load_settings(align_event_time="off").align_event_time == "off"
+
+
+def test_a_misspelled_setting_is_named_with_the_one_it_resembles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SD_INPUT_TOPICS=x passed check-config with OK and the worker read the default topic (a
+    new-user trial): a variable that nearly spells a setting fails check-config and is a warning
+    line for every other command; SD_* names of the scripts and tests (SD_SOAK_RATE) are not settings
+    and are left alone."""
+    from stream_detector.checks import _settings_checks
+    from stream_detector.settings import unknown_settings
+
+    env = {"SD_INPUT_TOPICS": "x", "SD_BATCHSIZE": "5", "SD_SOAK_RATE": "3", "SD_INPUT_TOPIC": "y", "PATH": "/bin"}
+    assert unknown_settings(env) == [
+        "SD_BATCHSIZE is not a setting and is ignored (did you mean SD_BATCH_SIZE?)",
+        "SD_INPUT_TOPICS is not a setting and is ignored (did you mean SD_INPUT_TOPIC?)"]
+    monkeypatch.setenv("SD_GROUPID", "g")
+    checks = list(_settings_checks(load_settings()))
+    assert checks[0] == Check("fail", "settings", "SD_GROUPID is not a setting and is ignored (did you mean SD_GROUP_ID?)")
