@@ -773,8 +773,7 @@ def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
             continue
         label = parse_label(row)
         if isinstance(label, Label):
-            records.append({"event_id": label.event_id, "label": label.label, "source": label.source,
-                            "labelled_at": label.labelled_at})
+            records.append(orjson.loads(label.to_json()))  # labelled_at: whole epoch ms as an integer, as written
         else:
             rejected.append((index, label[0].value, label[1]))
     if not records:

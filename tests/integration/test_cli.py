@@ -145,6 +145,9 @@ def test_produce_feedback_puts_a_labels_file_on_the_feedback_topic(settings, env
     want = [parse_label(orjson.loads(line)) for line in lines]
     assert all(isinstance(x, Label) for x in sent) and sorted(map(repr, sent)) == sorted(map(repr, want))
     assert {r.key.decode() for r in got} == {x.event_id for x in want if isinstance(x, Label)}
+    # labelled_at as written: whole epoch ms stay integers on the topic (they went out as 1796284588925.0)
+    on_topic = [orjson.loads(r.value)["labelled_at"] for r in got]
+    assert all(type(t) is int for t in on_topic), on_topic[:3]
 
 
 def test_tail_prints_the_newest_records_of_a_topic_and_follows_it(settings, env_for):
