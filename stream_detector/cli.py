@@ -964,7 +964,7 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
         if args.with_headers:
             text = orjson.dumps({k: _one_line(v, quote=False) for k, v in record.headers or ()}).decode() + "\t" + text
         if args.with_key:
-            text = _one_line(record.key) + "\t" + text
+            text = _one_line(record.key, as_json=False) + "\t" + text
         if args.with_position:
             text = f"{record.partition}\t{record.offset}\t{text}"
         print(text, flush=True)
@@ -992,9 +992,13 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     from .kafka_util import group_lag
 
     topic = _topic_named(args.topic, settings)
-    group = args.group or settings.group_id
+    # the feedback topic's reader is the workers' label ingester, in its own group
+    group = args.group or (f"{settings.group_id}-labels" if topic == settings.feedback_topic else settings.group_id)
     rows = group_lag(settings, group, topic)
     total = sum(lag for *_, lag in rows)
+    if rows and all(committed is None for _, _, committed, _ in rows):
+        _say(f"note: group {group} has committed no offset on {topic}: no member has finished a batch yet, "
+             "or the group name is not the one the readers use (--group)")
     if args.json:
         print(orjson.dumps({"group": group, "topic": topic, "lag": total, "partitions": [
             {"partition": p, "end": end, "committed": committed, "lag": lag}
@@ -1007,12 +1011,12 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _one_line(value: bytes | None, quote: bool = True) -> str:
+def _one_line(value: bytes | None, quote: bool = True, as_json: bool = True) -> str:
     """A record value (or header) as one line of JSON, so that ``tail | jq`` reads every line: a
     JSON text on one line as it is (the project's records are), anything else — not JSON, a line
     break inside, not UTF-8 — as a JSON string of its text (bytes that are not UTF-8 as backslash
     escapes); a tombstone is ``null``. With ``quote`` False, the text itself (for a JSON object's
-    value)."""
+    value); with ``as_json`` False (a key, its own tab-separated column), one-line UTF-8 text as it is."""
     if value is None:
         return "null"
     try:
@@ -1020,7 +1024,7 @@ def _one_line(value: bytes | None, quote: bool = True) -> str:
     except UnicodeDecodeError:
         text = value.decode("utf-8", "backslashreplace")
         return orjson.dumps(text).decode() if quote else text
-    if quote and ("\n" in text or "\r" in text or "\x00" in text or not _is_json(value)):
+    if quote and ("\n" in text or "\r" in text or "\x00" in text or (as_json and not _is_json(value))):
         return orjson.dumps(text).decode()
     return text
 
@@ -1571,14 +1575,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lag", help="a consumer group's committed offsets and lag, per partition",
                        description="End offset, committed offset and lag (end − committed) of each partition "
                                    "of a topic for a consumer group: by default the workers' group "
-                                   "(SD_GROUP_ID) on the input topic. Lag 0 on every partition: every event "
+                                   "(SD_GROUP_ID) on the input topic, and on the feedback topic the workers' "
+                                   "label ingester (SD_GROUP_ID-labels). Lag 0 on every partition: every event "
                                    "is decided and its alerts delivered (offsets commit after delivery). Joins "
                                    "no group, commits nothing. E.g. `stream-detector lag`, `stream-detector lag "
-                                   "--group my-workers-retrainer`, `stream-detector lag feedback --group "
-                                   "my-workers-labels --json`.")
+                                   "--group my-workers-retrainer`, `stream-detector lag feedback --json`.")
     p.add_argument("topic", nargs="?", default="input",
                    help="input (SD_INPUT_TOPIC, the default), feedback (SD_FEEDBACK_TOPIC), or a topic name")
-    p.add_argument("--group", help="consumer group (default SD_GROUP_ID: the workers)")
+    p.add_argument("--group", help="consumer group (default SD_GROUP_ID: the workers; on the feedback topic "
+                                   "SD_GROUP_ID-labels: their label ingester)")
     p.add_argument("--json", action="store_true", help="one JSON object: group, topic, lag, partitions")
     p.set_defaults(func=cmd_lag)
 

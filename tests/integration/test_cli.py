@@ -61,6 +61,7 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     report = orjson.loads(before.stdout)
     assert report["lag"] == len(live) and report["group"] == settings.group_id
     assert {p["committed"] for p in report["partitions"]} == {None} and len(report["partitions"]) == 4
+    assert f"note: group {settings.group_id} has committed no offset" in before.stderr  # or a misspelled --group
 
     worker = subprocess.Popen(CLI + ["worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -77,7 +78,13 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     after = run(["lag"], env)
     assert after.returncode == 0 and after.stdout.startswith(f"group {settings.group_id} on "
                                                              f"{settings.input_topic}: lag 0\n"), after.stdout
-    assert after.stdout.count(", lag 0") == 4
+    assert after.stdout.count(", lag 0") == 4 and "committed no offset" not in after.stderr
+    from stream_detector.topics import ensure_topics
+
+    ensure_topics(settings, [settings.feedback_topic])  # its reader is the label ingester, in its own group
+    labels_lag = run(["lag", "feedback", "--json"], env)
+    assert labels_lag.returncode == 0, labels_lag.stderr
+    assert orjson.loads(labels_lag.stdout)["group"] == f"{settings.group_id}-labels"
     missing = run(["lag", "no-such-topic-here"], env)
     assert missing.returncode == 2 and "no topic no-such-topic-here" in missing.stderr
 

@@ -233,6 +233,7 @@ def test_tail_prints_every_record_on_one_line() -> None:
     # every line is JSON, for jq: a one-line value that is not JSON was printed as it is
     assert _one_line(b"not json") == '"not json"' and _one_line(b'{"a": 1') == '"{\\"a\\": 1"'
     assert _one_line(b"12.5") == "12.5" and _one_line(b'"text"') == '"text"'
+    assert _one_line(b"acct-7", as_json=False) == "acct-7"  # a key: its own column, text as it is
     for v in (b"not json", b"two\nlines", b"\xff\x00raw", b'{"a": [1, 2]}', None):
         assert orjson.loads(_one_line(v)) == (None if v is None else orjson.loads(v) if v.startswith(b"{")
                                               else v.decode("utf-8", "backslashreplace"))
