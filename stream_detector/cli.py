@@ -1202,8 +1202,8 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
                   f"add one with: stream-detector publish BUNDLE_DIR", file=sys.stderr)
         for version in reversed(versions):
             info = control.model_info(version)
-            mark = ("active" if version == active else "previous" if version == previous
-                    else "shadow" if version == challenger else "")
+            mark = "+".join(m for m, v in (("active", active), ("previous", previous), ("shadow", challenger))
+                            if version == v)  # the previous version may be the challenger too
             gate = _gate_word(info["gate"])
             threshold = (f"{info['threshold']:.6g}" if info["threshold"] is not None
                          else "never active" if info["calibrated_threshold"] is None

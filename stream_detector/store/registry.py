@@ -91,7 +91,8 @@ class ModelRegistry(BundleReader):
         pipe.hset(k("model", bundle.version), mapping=fields)  # type: ignore[arg-type]
         if gate is not None:
             pipe.set(k("model", bundle.version, "gate"), orjson.dumps(gate))
-        pipe.zadd(k("models"), {bundle.version: time.time()})
+        pipe.zadd(k("models"), {bundle.version: time.time()}, nx=True)  # stored again (model shadow VERSION,
+        # a re-publish): its stored_at, and so its place in `model list` and in retention, stays
         pipe.execute()
 
     def publish(self, bundle: Bundle, set_by: str, gate: dict[str, Any] | None = None) -> int:

@@ -215,6 +215,14 @@ def test_model_cli_lists_shows_promotes_and_rolls_back(published, settings, bund
     assert f"model {newer.version} is active" in cli("promote", newer.version)
     listing = cli("list").splitlines()
     assert listing[0].startswith(f"{newer.version}  active") and listing[1].startswith(f"{bundle.version}  previous")
+    # the previous version made the challenger: both marks, and it is not stored anew (its stored_at
+    # moved, so `model list`, newest first, put the older model first; a new-user trial)
+    stored_at = published.model_info(bundle.version)["stored_at"]
+    assert "is the challenger in shadow" in cli("shadow", bundle.version)
+    listing = cli("list").splitlines()
+    assert listing[1].startswith(f"{bundle.version}  previous+shadow"), listing
+    assert published.model_info(bundle.version)["stored_at"] == stored_at
+    assert "shadow period ended" in cli("shadow-stop")
     assert orjson.loads(cli("show", newer.version))["metadata"]["sha256"] == newer.sha256
     assert f"rolled back to {bundle.version}" in cli("rollback")
     assert published.active_model() == bundle.version
