@@ -784,6 +784,12 @@ def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
         index, reason, message = min(rejected)
         _say(f"warning: {len(rejected)} of {len(raw.rows)} rows are not labels and are left out "
              f"(e.g. row {index + 1}: {reason}: {message})")
+    now_ms = time.time() * 1000.0
+    ahead = [r["labelled_at"] for r in records if r["labelled_at"] > now_ms + 60_000.0]
+    if ahead:  # e.g. a simulated file ending now: its chargebacks are not due yet (live simulate holds them)
+        _say(f"warning: {len(ahead)} of {len(records)} labels are dated after now (up to "
+             f"{(max(ahead) - now_ms) / 86_400_000.0:.1f} days ahead); they are sent now: label features "
+             "count each from its labelled_at; the retrainer counts it once it has read it (docs/feedback.md)")
     with EventProducer(settings, topic) as producer:
         producer.send_records(topic, records)
     _say(f"produced {len(records)} labels to {topic}")

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import orjson
 import pytest
@@ -147,6 +148,8 @@ def test_produce_feedback_puts_a_labels_file_on_the_feedback_topic(settings, env
     assert f"produced {len(lines)} labels to {s.feedback_topic}" in produced.stderr
     assert "1 of" in produced.stderr and "invalid_label" in produced.stderr
     assert "repeat an event_id" not in produced.stderr
+    ahead = sum(orjson.loads(line)["labelled_at"] > time.time() * 1000 + 60_000 for line in lines)
+    assert ahead and f"warning: {ahead} of {len(lines)} labels are dated after now" in produced.stderr  # not due yet
     got = read_all(s, s.feedback_topic)
     sent = [decode_label(r.value, r.timestamp) for r in got]
     want = [parse_label(orjson.loads(line)) for line in lines]
