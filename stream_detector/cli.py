@@ -1488,7 +1488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("score", help="score a file offline: event_id,score,is_anomaly,rejected,message for every row",
-                       description="Every row of the file gets one output row: its score, or the reason it "
+                       description="Every row of the file gets one output row (event_id, score, is_anomaly, "
+                                   "rejected, message; and probability, the supervised head's, for a model "
+                                   "trained with --supervised): its score, or the reason it "
                                    "was rejected (the same reasons a worker dead-letters with). Values are "
                                    "typed by the bundle's field schema. When no row can be scored (a file that "
                                    "is not this model's input), the file is still written and the command "
@@ -1681,11 +1683,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("check-config", help="validate settings, reach Kafka (topics, partitions) and Redis "
-                                            "(active model loads, threshold present); exit 0 ok, 1 failed",
+                                            "(active model loads, threshold present); exit 0 ok, 1 a check failed, 2 a "
+                                            "setting is invalid",
                        description="Checks the SD_* settings as a worker would read them, then reaches Kafka "
                                    "(the topics and their partitions) and Redis (the active model loads and warms, "
                                    "a threshold belongs to it): one line per check, OK / WARN / FAIL. Exit 0 "
-                                   "when nothing failed, 1 otherwise.")
+                                   "when nothing failed, 1 when a check failed, 2 when a setting's value is "
+                                   "invalid (one line naming it, before any check runs).")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each service (default 5)")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.set_defaults(func=cmd_check_config)
