@@ -63,6 +63,16 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> 
     return float(total)
 
 
+def too_few_labels(n_fraud: int, n_legit: int, config: HeadConfig) -> str:
+    """Why the head cannot be trained on ``n_fraud`` fraud and ``n_legit`` legit rows ("" when it can):
+    fewer than ``config.min_frauds`` of either (``train_head`` raises it; the retrainer asks first, so
+    that it does not train an autoencoder it then throws away)."""
+    if n_fraud < config.min_frauds or n_legit < config.min_frauds:
+        return (f"{n_fraud} fraud and {n_legit} legit labelled rows: the supervised head needs at least "
+                f"{config.min_frauds} of each (without it the autoencoder decides alone)")
+    return ""
+
+
 def train_head(head: nn.Module, x: np.ndarray, fraud: np.ndarray, config: HeadConfig,
                say: Callable[[str], None]) -> tuple[ScoringModule, dict[str, Any]]:
     """Train the head on feature rows ``x`` (float32, n × d) labelled ``fraud`` (bool, n); returns the
@@ -70,9 +80,9 @@ def train_head(head: nn.Module, x: np.ndarray, fraud: np.ndarray, config: HeadCo
     Raises ``TrainingError`` with fewer than ``config.min_frauds`` frauds or legit rows."""
     fraud = np.asarray(fraud, dtype=bool)
     n_fraud, n_legit = int(fraud.sum()), int((~fraud).sum())
-    if n_fraud < config.min_frauds or n_legit < config.min_frauds:
-        raise TrainingError(f"{n_fraud} fraud and {n_legit} legit labelled rows: the supervised head needs at "
-                            f"least {config.min_frauds} of each (without it the autoencoder decides alone)")
+    problem = too_few_labels(n_fraud, n_legit, config)
+    if problem:
+        raise TrainingError(problem)
     rng = np.random.default_rng(config.seed)
     val_idx, fit_idx = [], []
     for cls in (True, False):  # stratified: both classes in both parts

@@ -29,7 +29,7 @@ from ..errors import TrainingError
 from ..feedback import Verdicts
 from ..model.bundle import Bundle, build_bundle
 from ..model.reference import REFERENCE_KEY, reference_from_scores
-from ..model.supervised import HeadConfig, rows_for_head, train_head
+from ..model.supervised import HeadConfig, rows_for_head, too_few_labels, train_head
 from ..model.train import TrainConfig, train
 from ..offline import OfflineScorer, OfflineScores, score_events
 from ..pipeline.compute import Fields
@@ -205,6 +205,14 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     # the deployment's alert budget (the gate below enforces it), not the train command's fence
     config = TrainConfig(epochs=settings.retrain_epochs or None, threshold_method="quantile",
                          target_fpr=settings.retrain_target_fpr)
+    head_labels: tuple[list[str], dict[str, bool]] | None = None
+    if active is not None and active.supervised is not None:  # asked before the autoencoder is trained
+        head_labels = _head_labels(train_entries, selection, context)
+        frauds = sum(head_labels[1].values())
+        problem = too_few_labels(frauds, len(head_labels[0]) - frauds, HeadConfig())
+        if problem:
+            counts.update(head_rows=len(head_labels[0]), head_frauds=frauds)
+            return Candidate(None, None, counts, f"{HEAD_REFUSED}: {problem}")
     say(f"training on {len(train_entries)} events ({reason}); {len(holdout_entries)} held back")
     schema = active.schema if active is not None else None  # a type a user set (``train --field``) survives
     if context is not None and spec is not None:
@@ -218,8 +226,8 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         result = train(list(parsed.values()), config, progress=say, schema=schema)
         holdout = _events(holdout_entries)
         labelled = [orjson.loads(e.raw) for e, _ in labelled_entries]
-    if active is not None and active.supervised is not None:
-        problem = _retrain_head(result, train_entries, by_id, selection, context, settings, counts, say)
+    if head_labels is not None:
+        problem = _retrain_head(result, head_labels, by_id, selection, context, settings, counts, say)
         if problem:
             return Candidate(None, None, counts, problem)
     draft = build_bundle(result)
@@ -258,10 +266,13 @@ def _too_few(clean: int, selection: Selection, settings: Settings) -> str:
     return f"only {clean:,} clean events in the window, need {need:,} (SD_RETRAIN_MIN_EVENTS){why}"
 
 
-def _retrain_head(result: Any, train_entries: list[WindowEntry], by_id: Callable[[str], dict[str, Any]],
-                  selection: Selection, context: InContext | None, settings: Settings, counts: dict[str, Any],
-                  say: Progress) -> str:
-    """Train the supervised head into ``result`` (see ``build_candidate``); returns why not, or ""."""
+HEAD_REFUSED = "the active model has a supervised head and its candidate cannot have one"
+
+
+def _head_labels(train_entries: list[WindowEntry], selection: Selection,
+                 context: InContext | None) -> tuple[list[str], dict[str, bool]]:
+    """The head's rows: the training events and the labelled ones (ids, in a deterministic order),
+    and the verdict of each labelled one (fraud True); an id without a verdict is legit."""
     verdict: dict[str, bool] = {}
     if context is not None:  # every label read from the feedback topic, the winner as known now
         verdicts = Verdicts(context.history.labels)
@@ -275,7 +286,15 @@ def _retrain_head(result: Any, train_entries: list[WindowEntry], by_id: Callable
                 verdict.setdefault(event_id, fraud)
     else:
         verdict = {e.event_id: label == FRAUD for e, label in selection.labelled}
-    ids = list(dict.fromkeys([e.event_id for e in train_entries] + list(verdict)))
+    return list(dict.fromkeys([e.event_id for e in train_entries] + list(verdict))), verdict
+
+
+def _retrain_head(result: Any, head_labels: tuple[list[str], dict[str, bool]],
+                  by_id: Callable[[str], dict[str, Any]], selection: Selection, context: InContext | None,
+                  settings: Settings, counts: dict[str, Any], say: Progress) -> str:
+    """Train the supervised head into ``result`` on ``_head_labels``' rows (see ``build_candidate``);
+    returns why not, or ""."""
+    ids, verdict = head_labels
     if context is None:
         raw = {e.event_id: e for e, _ in selection.labelled}
         rows = [by_id(i) if i not in raw else orjson.loads(raw[i].raw) for i in ids]
@@ -286,8 +305,8 @@ def _retrain_head(result: Any, train_entries: list[WindowEntry], by_id: Callable
     try:
         result.head, result.calibration["supervised"] = train_head(
             result.head, x, y, HeadConfig(target_fpr=settings.retrain_target_fpr), say)
-    except TrainingError as exc:
-        return f"the active model has a supervised head and its candidate cannot have one: {exc}"
+    except TrainingError as exc:  # rows_for_head left out rows the counts before training had
+        return f"{HEAD_REFUSED}: {exc}"
     return ""
 
 

@@ -29,6 +29,7 @@ ALERTED = "alerted"
 FRAUD = "fraud"
 UNDECIDED = "undecided"
 TOO_OLD = "too_old"
+LEFT_OUT_REASONS = (ALERTED, FRAUD, UNDECIDED, TOO_OLD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,7 @@ class TrainingWindow:
         """Clean entries (oldest first) and labelled ones; ``decided`` maps partition → first
         offset the workers have not committed (None: treat everything as decided)."""
         cutoff = self.clock() - self.max_age_s
-        out = Selection()
+        out = Selection(left_out=dict.fromkeys(LEFT_OUT_REASONS, 0))  # every reason, 0 included (the report)
         for entry in self._entries:
             reason = exclusions.reason(entry.event_id)
             if entry.timestamp_s < cutoff:

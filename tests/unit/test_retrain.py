@@ -64,7 +64,7 @@ def test_selection_leaves_out_alerted_fraud_and_undecided_events_whenever_the_al
     exclusions.add_label(Label("e1", True, "analyst", 1.0))  # alerted and labelled: counted once, as alerted
     chosen = window.select(exclusions, decided={0: 8, 1: 7})  # e8 (p0) and e7, e9 (p1) undecided
     assert {e.event_id for e in chosen.clean} == {"e0", "e4", "e5", "e6"}
-    assert chosen.left_out == {"alerted": 2, "fraud": 1, "undecided": 3}
+    assert chosen.left_out == {"alerted": 2, "fraud": 1, "undecided": 3, "too_old": 0}  # every reason, 0 too
     assert sorted((e.event_id, lab) for e, lab in chosen.labelled) == [("e1", "fraud"), ("e3", "fraud"),
                                                                        ("e4", "legit")]
 
@@ -304,8 +304,13 @@ def test_retrainer_skips_rather_than_drop_a_supervised_head(bundle):
 
     with_head = dataclasses.replace(bundle, calibration={**bundle.calibration, "supervised": {"threshold": 0.5}})
     selection = Selection(clean=[entry(i) for i in range(2000)], labelled=[], left_out={})
-    candidate = build_candidate(selection, Settings(), with_head, "test")
+    said: list[str] = []
+    candidate = build_candidate(selection, Settings(), with_head, "test", progress=said.append)
     assert candidate.bundle is None and "supervised head" in candidate.message
+    assert "0 fraud and 1600 legit labelled rows" in candidate.message, candidate.message
+    assert candidate.counts["head_frauds"] == 0
+    # asked before training: the autoencoder was trained and thrown away first (a new-user trial)
+    assert not any(m.startswith("training on") for m in said), said
 
 
 def _figures(events: int, champ: int, chall: int, age: float = 10.0, scored: int | None = None) -> dict:
