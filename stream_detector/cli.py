@@ -706,7 +706,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     stats = worker.run(max_idle_polls=args.max_idle_polls)
     elapsed = time.monotonic() - stats.started_at
     rate = stats.events / max(stats.busy_s, 1e-9)  # while busy: the idle polls before a stop are not throughput
-    reasons = f" {stats.rejected_by_reason}" if stats.rejected else ""
+    reasons = (" (" + ", ".join(f"{reason} {n}" for reason, n in sorted(stats.rejected_by_reason.items())) + ")"
+               if stats.rejected else "")  # "3 rejected (wrong_type 3)", not a Python dict
     waited = worker.peer_wait_s()
     if waited >= 0.05 * max(stats.busy_s, 1e-9):  # several workers taking turns in event time
         reasons += (f"; {waited:.1f} s spent waiting for other workers' partitions "

@@ -109,7 +109,9 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
     labels: list[str] | None = None
     if label_column is not None:
         labels = [str(row_labels[n]) if row_labels[n] is not None else "" for n in typed.indices]
-    repeated = len(ids) - len(set(ids))
+    # only ids the file holds: a rejected row's made-up id (<file>-<row>) may equal a real one
+    real = [ident for n, ident in enumerate(ids) if raw.rows[n] is not None or n in raw.rejected_ids]
+    repeated = len(real) - len(set(real))
     if repeated:
         warnings.append(f"{repeated} rows repeat an event_id of an earlier row (ids should be unique)")
     return FileEvents(typed.events, typed.indices, labels, rejected, ids, schema, raw, [*raw.warnings, *warnings])

@@ -46,6 +46,17 @@ def test_a_csv_cell_that_is_not_utf8_is_that_rows_rejection_as_in_json_lines(tmp
     assert _rejections(tmp_path / "l.jsonl", id_column="id") == [(1, "invalid_json")]
 
 
+def test_a_rejected_rows_made_up_id_is_not_a_repeated_id(tmp_path: Path) -> None:
+    """A row rejected before its id could be read gets the id <file>-<row> in reports; it equalled a
+    real id of the file and `produce` warned "1 rows repeat an event_id" (a new-user trial)."""
+    (tmp_path / "l.csv").write_bytes(b"id,amt,cat\nl-2,20,shop\nr2,21,caf\xe9\nr3,22,bar\n")
+    data = load_events(tmp_path / "l.csv", id_column="id")
+    assert [r.index for r in data.rejected] == [1] and data.ids[1] == "l-2"
+    assert not any("repeat an event_id" in w for w in data.warnings), data.warnings
+    (tmp_path / "l.csv").write_bytes(b"id,amt,cat\nl-2,20,shop\nr2,21,caf\xe9\nl-2,22,bar\n")
+    assert any(w.startswith("1 rows repeat an event_id") for w in load_events(tmp_path / "l.csv", id_column="id").warnings)
+
+
 def test_a_ragged_row_that_is_not_utf8_either_is_one_line_without_a_traceback(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """pyarrow cannot hand such a row to the ragged-row handler (it decodes it first): the file is
