@@ -115,7 +115,10 @@ class ModelRegistry(BundleReader):
         history = self.history()
         target = rollback_target(history, self.has_version)
         if target is None:
-            raise ConfigError("nothing to roll back to: no earlier activated version is stored")
+            top = f" {history[0]}" if history else ""
+            raise ConfigError(f"nothing to roll back to: no stored version was active before{top} (rollback "
+                              "undoes activations, newest first, and a rollback is not undone by another; "
+                              "`model promote VERSION` makes any stored version active)")
         bundle = self.fetch_bundle(target)
         value, head = self.thresholds.of_version(target), self.thresholds.of_version_head(target)
         self.thresholds.set(bundle.threshold if value is None else value, target, set_by,
