@@ -701,7 +701,7 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
                             f"(e.g. {', '.join(map(repr, examples))}); those rows are rejected as a worker "
                             f"rejects such an event: not trained on, not scored, not produced (name the text "
                             f"in --na-values to read it as missing, or --field {name}=category)")
-            return FieldRule(name, FieldType.BOOLEAN, note=f"true/false values ({len(odd)} {'value is' if len(odd) == 1 else 'values are'} not)")
+            return FieldRule(name, FieldType.BOOLEAN, note=f"true/false values ({_not_count(len(odd))})")
     fast = _text_numbers(present, options.text)
     numbers = present if fast is not None else [v for v in present if _is_number(v, options.text)]
     if len(numbers) == len(present):
@@ -718,7 +718,7 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
                         f"(e.g. {', '.join(map(repr, odd[:3]))}); those rows are rejected as a worker "
                         f"rejects such an event: not trained on, not scored, not produced (name the text "
                         f"in --na-values to read it as missing, or --field {name}=category)")
-        return FieldRule(name, FieldType.NUMBER, note=f"numbers ({odd_rows} {'value is' if odd_rows == 1 else 'values are'} not)")
+        return FieldRule(name, FieldType.NUMBER, note=f"numbers ({_not_count(odd_rows)})")
     if len(numbers) >= 0.5 * len(present):
         warnings.append(f"field {name!r}: {len(numbers)} of {len(present)} values are numbers but {odd_rows} are "
                         f"not (e.g. {', '.join(map(repr, odd[:3]))}), so it is not a number field: set "
@@ -730,6 +730,10 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
         return FieldRule(name, FieldType.IDENTIFIER,
                          note=f"{distinct} distinct values in {len(present)} rows: an id, not a category")
     return FieldRule(name, FieldType.CATEGORY, note="text")
+
+
+def _not_count(n: int) -> str:
+    return f"{n} value is not" if n == 1 else f"{n} values are not"
 
 
 def _is_boolean(value: Any) -> bool:
