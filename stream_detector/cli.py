@@ -287,7 +287,7 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
                          dropout=args.dropout, hidden=args.hidden, bottleneck=args.bottleneck,
                          error_norm=args.error_norm, time_of_day=args.time_features,
                          exclude=tuple(args.exclude or ()), max_self_flag_rate=args.max_self_flag_rate,
-                         batch_size=args.batch_size or 1024)
+                         batch_size=args.batch_size)
     options = BigOptions(work_dir=work_dir_for(out, Path(args.work_dir) if args.work_dir else None),
                          chunk_rows=args.chunk_rows, shards=args.shards, cluster=args.cluster, workers=args.workers)
     with _terminated_as_interrupt():  # SIGTERM (timeout, Kubernetes) cleans up the work directory as Ctrl-C does
@@ -1463,7 +1463,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rows read and typed at a time (default 65536; a CSV is read in byte blocks of about "
                           "that many rows, at 128 bytes a row)")
     big.add_argument("--batch-size", type=int,
-                     help="minibatch rows on the streamed path (default 1024; the in-memory path uses 256)")
+                     help="minibatch rows on the streamed path (default: 256, the in-memory path's, and so its "
+                          "epochs and steps; 1024 from 2,046,977 training rows, where the epochs are at their "
+                          "floor of 10 either way; docs/big-history.md)")
     _add_reader_args(p)
     _add_schema_args(p)
     p.set_defaults(func=cmd_train)

@@ -1,8 +1,9 @@
 """Big-history training: passes 1-3 (``big/prepare.py``), then the autoencoder from a stream of minibatches.
 
-The same bundle as ``model.train.train``: the same architecture rule, optimiser, loss, early
-stopping on a validation split, error weights and threshold calibration — only the rows come
-from the feature files on disk, ``block_rows`` at a time, never all at once:
+The same bundle as ``model.train.train``: the same architecture rule, optimiser, loss, minibatch
+and epochs (up to 2M training rows: ``streamed_batch_size``), early stopping on a validation split,
+error weights and threshold calibration — only the rows come from the feature files on disk,
+``block_rows`` at a time, never all at once:
 
 * an epoch visits the training file's blocks in a seeded random order; ``shuffle_blocks`` blocks
   are read together and their rows shuffled (a shuffle buffer of 32 × 8,192 rows), then cut into
@@ -41,6 +42,8 @@ from ..events_io import ReaderOptions
 from ..fieldschema import InferenceOptions
 from ..model.autoencoder import Architecture, Autoencoder, ErrorHead
 from ..model.train import (
+    BATCH_SIZE,
+    MIN_EPOCHS,
     EarlyStopping,
     TrainConfig,
     TrainResult,
@@ -52,6 +55,21 @@ from ..model.train import (
 )
 from . import sketches
 from .prepare import BigOptions, Say, pass_one, pass_three, pass_two
+
+BIG_BATCH_SIZE = 1024  # the streamed minibatch on a big history: ~2.5x train's rows/s on a 2-core CPU
+
+
+def streamed_batch_size(n_train: int) -> int:
+    """The minibatch of ``train --streamed`` without ``--batch-size``: ``train``'s 256, and so ``train``'s
+    epochs and optimiser steps, unless the epoch rule is at its floor of 10 epochs with 1,024-row
+    minibatches too (from 2,046,977 training rows). There ``BIG_BATCH_SIZE`` changes only the step size:
+    the same 10 passes over the history, at least the 20,000 steps the rule aims at, about 2.5x the rows/s.
+
+    1,024 on every input made small files' models undertrained (docs/big-history.md, "Training"): under
+    the 300-epoch cap, a quarter of ``train``'s steps (4,800 instead of 18,900 at 15,887 training rows);
+    and 20,000 steps of 1,024 rows are not 20,000 of 256 (at 80,000 training rows the validation loss was
+    55x ``train``'s, and the model was refused for flagging 24 % of its own rows)."""
+    return BIG_BATCH_SIZE if default_epochs(n_train, BIG_BATCH_SIZE) == MIN_EPOCHS else BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -112,11 +130,12 @@ def train_big(files: Sequence[Path], config: TrainConfig, options: BigOptions, *
         data = _Files(options.work_dir / "train.f32", n_train, options.work_dir / "val.f32", n_val, spec.width,
                       stream)
         fit_started = time.monotonic()
-        model, history = _fit(data, arch, config, say)
+        model, history, batch_size = _fit(data, arch, config, say)
         facts["fit_seconds"] = round(time.monotonic() - fit_started, 1)
         result = _calibrate(model, data, config, say)
         result.spec, result.arch, result.entity, result.schema = spec, arch, entity, schema
-        result.metrics.update({"train_rows": n_train, "validation_rows": n_val, "epochs_run": len(history),
+        result.metrics.update({"train_rows": n_train, "validation_rows": n_val, "batch_size": batch_size,
+                               "epochs_run": len(history),
                                "best_validation_loss": float(min(history)),
                                "train_seconds": round(time.monotonic() - started, 2), "streamed": facts})
         return result
@@ -144,12 +163,15 @@ class _Files:
                 yield np.fromfile(handle, dtype=np.float32, count=take * self.width).reshape(take, self.width)
 
 
-def _fit(data: _Files, arch: Architecture, config: TrainConfig, say: Say) -> tuple[Autoencoder, list[float]]:
+def _fit(data: _Files, arch: Architecture, config: TrainConfig, say: Say) -> tuple[Autoencoder, list[float], int]:
     torch.manual_seed(config.seed)
     model = Autoencoder(arch)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_fn = nn.MSELoss()
-    epochs = config.epochs or default_epochs(data.n_train, config.batch_size)
+    batch_size = config.batch_size or streamed_batch_size(data.n_train)
+    epochs = config.epochs or default_epochs(data.n_train, batch_size)
+    say(f"minibatches of {batch_size:,} rows" + ("" if config.batch_size else f" (the default for "
+        f"{data.n_train:,} training rows)") + f", {epochs} epochs at most")
     rng = np.random.default_rng(config.seed)
     stopping = EarlyStopping(config.patience)
     count = math.ceil(data.n_train / data.stream.block_rows)
@@ -161,7 +183,7 @@ def _fit(data: _Files, arch: Architecture, config: TrainConfig, say: Say) -> tup
             picked = order[start:start + data.stream.shuffle_blocks].tolist()
             buffer = np.concatenate(list(data.blocks(data.train, data.n_train, picked)))
             xt = torch.from_numpy(buffer[rng.permutation(len(buffer))])
-            for batch in torch.split(xt, config.batch_size):
+            for batch in torch.split(xt, batch_size):
                 optimiser.zero_grad(set_to_none=True)
                 loss = loss_fn(model(batch), batch)
                 loss.backward()
@@ -175,7 +197,7 @@ def _fit(data: _Files, arch: Architecture, config: TrainConfig, say: Say) -> tup
         if stop:
             say(f"early stop at epoch {epoch}: no improvement for {config.patience} epochs")
             break
-    return stopping.restore(model), stopping.history
+    return stopping.restore(model), stopping.history, batch_size
 
 
 def _val_loss(model: nn.Module, data: _Files) -> float:

@@ -32,6 +32,9 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution × this = its standard dev
 MIN_TRAIN_ROWS = 100  # normal rows after the schema's rejections: 80 to fit, 20 to calibrate
 MIN_VALIDATION_ROWS = 20
 MAX_SELF_FLAG_RATE = 0.2  # a model flagging more of its own normal rows than this is refused
+STEPS_TARGET = 20_000  # optimiser steps default_epochs aims at, within MIN_EPOCHS..MAX_EPOCHS
+MIN_EPOCHS, MAX_EPOCHS = 10, 300
+BATCH_SIZE = 256  # train's minibatch (train --streamed: big.train.streamed_batch_size)
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class TrainConfig:
     """Training knobs; ``None`` means "derive from the data"."""
 
     epochs: int | None = None
-    batch_size: int = 256
+    batch_size: int | None = None  # train: BATCH_SIZE; train --streamed: big.train.streamed_batch_size
     learning_rate: float = 1e-3
     weight_decay: float = 1e-5
     dropout: float = 0.0
@@ -73,9 +76,15 @@ class TrainResult:
 
 
 def default_epochs(n_rows: int, batch_size: int) -> int:
-    """About 20k optimiser steps on small data, at least 10 and at most 300 epochs."""
+    """About ``STEPS_TARGET`` (20k) optimiser steps on small data, at least 10 and at most 300 epochs."""
     steps_per_epoch = max(1, math.ceil(n_rows / batch_size))
-    return int(min(300, max(10, math.ceil(20_000 / steps_per_epoch))))
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(STEPS_TARGET / steps_per_epoch))))
+
+
+def default_steps(n_rows: int, batch_size: int) -> int:
+    """The optimiser steps of ``default_epochs`` epochs over ``n_rows`` rows in minibatches of ``batch_size``
+    (early stopping may end sooner)."""
+    return default_epochs(n_rows, batch_size) * max(1, math.ceil(n_rows / batch_size))
 
 
 def calibrate(errors: np.ndarray, method: str, target_fpr: float, k_std: float, k_fence: float = 3.0,
@@ -190,6 +199,7 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
     metrics = {
         "train_rows": int(len(x_train)),
         "validation_rows": int(len(x_val)),
+        "batch_size": config.batch_size or BATCH_SIZE,
         "epochs_run": len(history),
         "best_validation_loss": float(min(history)),
         "train_seconds": round(time.monotonic() - started, 2),
@@ -282,13 +292,14 @@ def _fit(
     loss_fn = nn.MSELoss()
     xt = torch.from_numpy(x_train)
     xv = torch.from_numpy(x_val)
-    epochs = config.epochs or default_epochs(len(x_train), config.batch_size)
+    batch_size = config.batch_size or BATCH_SIZE
+    epochs = config.epochs or default_epochs(len(x_train), batch_size)
     generator = torch.Generator().manual_seed(config.seed)
     stopping = EarlyStopping(config.patience)
     report_every = max(1, epochs // 10)
     for epoch in range(1, epochs + 1):
         model.train()
-        for idx in torch.split(torch.randperm(len(xt), generator=generator), config.batch_size):
+        for idx in torch.split(torch.randperm(len(xt), generator=generator), batch_size):
             batch = xt[idx]
             optimiser.zero_grad(set_to_none=True)
             loss = loss_fn(model(batch), batch)
