@@ -774,7 +774,7 @@ def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
             continue
         label = parse_label(row)
         if isinstance(label, Label):
-            records.append(orjson.loads(label.to_json()))  # labelled_at: whole epoch ms as an integer, as written
+            records.append(label.as_record())
         else:
             rejected.append((index, label[0].value, label[1]))
     if not records:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -62,10 +63,13 @@ class Label:
         with the same time and label: the source name decides, so arrival order never does)."""
         return SOURCE_RANK.get(self.source, 0), self.labelled_at, self.fraud, self.source
 
+    def as_record(self) -> dict[str, Any]:
+        """The feedback record of this label (``labelled_at`` a whole epoch ms as an integer)."""
+        return {"event_id": self.event_id, "label": self.label, "source": self.source,
+                "labelled_at": int(self.labelled_at) if self.labelled_at.is_integer() else self.labelled_at}
+
     def to_json(self) -> bytes:
-        return orjson.dumps({"event_id": self.event_id, "label": self.label, "source": self.source,
-                             "labelled_at": int(self.labelled_at) if self.labelled_at.is_integer()
-                             else self.labelled_at})
+        return orjson.dumps(self.as_record())
 
 
 def parse_label(obj: object, default_time_ms: float | None = None, text_ids: bool = False) -> Label | Problem:

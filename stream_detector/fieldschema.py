@@ -696,11 +696,7 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
         if not odd:
             return FieldRule(name, FieldType.BOOLEAN, note="true/false values")
         if len(odd) <= (1.0 - NUMERIC_SHARE) * len(present):  # rule 5's share, for true/false
-            examples = list(dict.fromkeys(map(str, odd)))[:3]
-            warnings.append(f"field {name!r}: {len(odd)} of {len(present)} values are not true/false "
-                            f"(e.g. {', '.join(map(repr, examples))}); those rows are rejected as a worker "
-                            f"rejects such an event: not trained on, not scored, not produced (name the text "
-                            f"in --na-values to read it as missing, or --field {name}=category)")
+            warnings.append(_odd_rows(name, len(odd), len(present), list(dict.fromkeys(map(str, odd))), "true/false"))
             return FieldRule(name, FieldType.BOOLEAN, note=f"true/false values ({_not_count(len(odd))})")
     fast = _text_numbers(present, options.text)
     numbers = present if fast is not None else [v for v in present if _is_number(v, options.text)]
@@ -714,10 +710,7 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
         odd = list(dict.fromkeys(str(v) for v in present if not _is_number(v, options.text)))
         odd_rows = len(present) - len(numbers)
     if len(numbers) >= NUMERIC_SHARE * len(present):
-        warnings.append(f"field {name!r}: {odd_rows} of {len(present)} values are not numbers "
-                        f"(e.g. {', '.join(map(repr, odd[:3]))}); those rows are rejected as a worker "
-                        f"rejects such an event: not trained on, not scored, not produced (name the text "
-                        f"in --na-values to read it as missing, or --field {name}=category)")
+        warnings.append(_odd_rows(name, odd_rows, len(present), odd, "numbers"))
         return FieldRule(name, FieldType.NUMBER, note=f"numbers ({_not_count(odd_rows)})")
     if len(numbers) >= 0.5 * len(present):
         warnings.append(f"field {name!r}: {len(numbers)} of {len(present)} values are numbers but {odd_rows} are "
@@ -730,6 +723,14 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
         return FieldRule(name, FieldType.IDENTIFIER,
                          note=f"{distinct} distinct values in {len(present)} rows: an id, not a category")
     return FieldRule(name, FieldType.CATEGORY, note="text")
+
+
+def _odd_rows(name: str, odd: int, present: int, examples: list[str], kind: str) -> str:
+    """The warning of a field typed by its majority (rules 3 and 5): how many values are not
+    ``kind``, examples, and what happens to their rows (the same words for train, score, produce)."""
+    return (f"field {name!r}: {odd} of {present} values are not {kind} (e.g. {', '.join(map(repr, examples[:3]))}); "
+            "those rows are rejected as a worker rejects such an event: not trained on, not scored, not produced "
+            f"(name the text in --na-values to read it as missing, or --field {name}=category)")
 
 
 def _not_count(n: int) -> str:
