@@ -426,7 +426,8 @@ def _reader_options(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--delimiter must be one character (\\t for a tab), got {args.delimiter!r}")
     na = tuple(args.na_values.split(",")) if args.na_values is not None else DEFAULT_NA
     return ReaderOptions(delimiter=args.delimiter.replace("\\t", "\t") if args.delimiter else None,
-                         decimal=args.decimal, thousands=args.thousands, na_values=na)
+                         decimal=args.decimal, thousands=args.thousands, na_values=na,
+                         id_column=getattr(args, "id_column", None) or "event_id")
 
 
 def _inference(args: argparse.Namespace, entity: Any) -> Any:

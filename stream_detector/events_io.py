@@ -64,15 +64,19 @@ class ReaderOptions:
     thousands: str = "auto"
     na_values: tuple[str, ...] = DEFAULT_NA
     block_size: int = 1 << 22
+    id_column: str = "event_id"  # the column whose value a rejected row is still named by, when readable
 
 
 @dataclass
 class RowRejection:
-    """A row that is not an event: its position in the file (0-based), reason and message."""
+    """A row that is not an event: its position in the file (0-based), reason and message, and the
+    ``event_id`` the row still names when a reader can tell (a CSV row whose error is in another
+    cell), so a rejection names the event rather than a made-up id."""
 
     index: int
     reason: RejectReason
     message: str
+    event_id: str | None = None
 
 
 @dataclass
@@ -177,7 +181,7 @@ def read_rows(path: Path, options: ReaderOptions = ReaderOptions(), limit: int |
     kind = checked_kind(path)
     try:
         if kind == "jsonl":
-            return _read_jsonl(path, limit)
+            return _read_jsonl(path, limit, options.id_column)
         if kind == "parquet":
             return _read_parquet(path, limit)
         return _read_csv(path, options, limit)
@@ -222,10 +226,10 @@ def _open_binary(path: Path, consumed: Consumed | None = None) -> Any:
 # ---- JSON Lines: the worker's record decoder, one line at a time -----------------------------------
 
 
-def jsonl_records(stream: Any) -> Iterator[tuple[dict[str, Any] | None, tuple[RejectReason, str] | None,
-                                                 str | None]]:
+def jsonl_records(stream: Any, id_column: str = "event_id") -> Iterator[
+        tuple[dict[str, Any] | None, tuple[RejectReason, str] | None, str | None]]:
     """The rows of a JSON Lines stream (blank lines are not rows), each ``(object, None, None)`` or
-    ``(None, (reason, message), salvaged event_id or None)``: the worker's record decoder
+    ``(None, (reason, message), salvaged id or None)`` (the line's ``id_column``): the worker's record decoder
     (``decode.parse_record``), plus ``not_an_object`` for a line that is JSON but not an object.
     A UTF-8 byte order mark at the start of the stream (Windows tools write one) is not part of
     the first line, as the CSV reader does not take it into the first column's name."""
@@ -241,17 +245,17 @@ def jsonl_records(stream: Any) -> Iterator[tuple[dict[str, Any] | None, tuple[Re
             hint = " (a JSON array file: write one object per line)" if isinstance(obj, list) else ""
             problem = (RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}{hint}")
         if problem is not None:
-            yield None, problem, _salvage_id(raw)
+            yield None, problem, _salvage_id(raw, id_column)
         else:
             yield obj, None, None
 
 
-def _read_jsonl(path: Path, limit: int | None) -> RawRows:
+def _read_jsonl(path: Path, limit: int | None, id_column: str = "event_id") -> RawRows:
     rows: list[dict[str, Any] | None] = []
     rejected: list[RowRejection] = []
     ids: dict[int, str] = {}
     with _open_binary(path) as stream:
-        for obj, problem, ident in jsonl_records(stream):
+        for obj, problem, ident in jsonl_records(stream, id_column):
             if limit is not None and len(rows) >= limit:
                 break
             if problem is not None:
@@ -262,14 +266,14 @@ def _read_jsonl(path: Path, limit: int | None) -> RawRows:
     return RawRows(rows, rejected, JSON_TEXT, "jsonl", rejected_ids=ids)
 
 
-def _salvage_id(raw: bytes) -> str | None:
-    """The ``event_id`` of a rejected line when the lenient stdlib parser can still read it (NaN
+def _salvage_id(raw: bytes, id_column: str = "event_id") -> str | None:
+    """The id (``id_column``, text) of a rejected line when the lenient stdlib parser can still read it (NaN
     literals, repeated keys), so the rejection names the event; ``None`` otherwise."""
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError):
         return None
-    ident = obj.get("event_id") if isinstance(obj, dict) else None
+    ident = obj.get(id_column) if isinstance(obj, dict) else None
     return ident if isinstance(ident, str) and ident else None
 
 
@@ -385,21 +389,39 @@ def _read_csv(path: Path, options: ReaderOptions, limit: int | None) -> RawRows:
         rows.append(None if len(rows) in ragged else next(taken))
     if limit is not None:
         del rows[limit:]
-    return RawRows(rows, [r for i, r in sorted(ragged.items()) if i < len(rows)], dialect.text, "csv",
-                   warnings=list(dialect.warnings))
+    rejected = [r for i, r in sorted(ragged.items()) if i < len(rows)]
+    return RawRows(rows, rejected, dialect.text, "csv", warnings=list(dialect.warnings),
+                   rejected_ids={r.index: r.event_id for r in rejected if r.event_id})
 
 
-def ragged_rows(ragged: dict[int, RowRejection]) -> Any:
+def ragged_rows(ragged: dict[int, RowRejection], dialect: CsvDialect | None = None,
+                id_column: str = "event_id") -> Any:
     """pyarrow's ``invalid_row_handler``: a row with the wrong number of cells becomes that row's
-    ``invalid_row`` rejection in ``ragged`` (by 0-based row number) and is skipped."""
+    ``invalid_row`` rejection in ``ragged`` (by 0-based row number) and is skipped. With
+    ``dialect``, the rejection keeps the row's id (cell ``id_column``) when the row has that cell
+    (``_cell_of``)."""
 
     def invalid_row(row: Any) -> str:
         index = (row.number or 0) - 2  # pyarrow counts the header as row 1
         ragged[index] = RowRejection(index, RejectReason.INVALID_ROW,
-                                     f"{row.actual_columns} cells where the header has {row.expected_columns}")
+                                     f"{row.actual_columns} cells where the header has {row.expected_columns}",
+                                     None if dialect is None else _cell_of(row.text, dialect, id_column))
         return "skip"
 
     return invalid_row
+
+
+def _cell_of(text: str | None, dialect: CsvDialect, name: str = "event_id") -> str | None:
+    """Cell ``name`` of one CSV row's ``text`` (Python's csv rules with the file's delimiter), or
+    None when the header has no such column, the row is too short for it, or the cell is empty."""
+    if text is None or name not in dialect.names:
+        return None
+    try:
+        cells = next(csv.reader([text], delimiter=dialect.delimiter), [])
+    except csv.Error:
+        return None
+    at = list(dialect.names).index(name)
+    return cells[at] if at < len(cells) and cells[at] else None
 
 
 def _csv_batches(path: Path, dialect: CsvDialect, options: ReaderOptions,
@@ -417,7 +439,7 @@ def _csv_batches(path: Path, dialect: CsvDialect, options: ReaderOptions,
             read_options=pacsv.ReadOptions(block_size=options.block_size, use_threads=False,
                                            column_names=list(dialect.names), skip_rows=1),
             parse_options=pacsv.ParseOptions(delimiter=dialect.delimiter, newlines_in_values=True,
-                                             invalid_row_handler=ragged_rows(ragged)),
+                                             invalid_row_handler=ragged_rows(ragged, dialect, options.id_column)),
             convert_options=pacsv.ConvertOptions(  # binary: cast to text below, row by row where a cell is not UTF-8
                 column_types={name: pa.binary() for name in dialect.names},
                 null_values=list(options.na_values), strings_can_be_null=True, quoted_strings_can_be_null=False),
@@ -427,10 +449,11 @@ def _csv_batches(path: Path, dialect: CsvDialect, options: ReaderOptions,
             span = np.arange(start, start + batch.num_rows + len(later), dtype=np.int64)
             rows = span[~np.isin(span, later)][:batch.num_rows]  # each row's place in the file
             start = int(rows[-1]) + 1 if len(rows) else start
-            yield _as_text(batch, rows, ragged)
+            yield _as_text(batch, rows, ragged, options.id_column)
 
 
-def _as_text(batch: pa.RecordBatch, rows: np.ndarray, ragged: dict[int, RowRejection]) -> pa.RecordBatch:
+def _as_text(batch: pa.RecordBatch, rows: np.ndarray, ragged: dict[int, RowRejection],
+             id_column: str = "event_id") -> pa.RecordBatch:
     """``batch`` (binary columns) with string columns; a row with a cell that is not UTF-8 becomes
     ``ragged[rows[k]]`` and leaves the batch."""
     try:
@@ -447,12 +470,22 @@ def _as_text(batch: pa.RecordBatch, rows: np.ndarray, ragged: dict[int, RowRejec
             except UnicodeDecodeError as exc:
                 bad[k] = (f"cell {name!r} is not UTF-8 text (byte 0x{cell[exc.start]:02x} at {exc.start}): "
                           "re-encode the file as UTF-8")
+    names = batch.schema.names
+    ids = batch.column(names.index(id_column)).to_pylist() if id_column in names else []
     for k, message in bad.items():
         index = int(rows[k])
-        ragged[index] = RowRejection(index, RejectReason.INVALID_ROW, message)
+        ident = _utf8(ids[k]) if k < len(ids) else None
+        ragged[index] = RowRejection(index, RejectReason.INVALID_ROW, message, ident)
     keep = pa.array(np.isin(np.arange(batch.num_rows), list(bad), invert=True))
     kept = batch.filter(keep)
     return pa.RecordBatch.from_arrays([c.cast(pa.string()) for c in kept.columns], names=kept.schema.names)
+
+
+def _utf8(cell: bytes | None) -> str | None:
+    try:
+        return cell.decode("utf-8") or None if cell else None
+    except UnicodeDecodeError:
+        return None
 
 
 @contextlib.contextmanager

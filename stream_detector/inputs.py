@@ -10,7 +10,7 @@ reason, exactly as the same record would in a worker.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +64,11 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
     Raises ``InputError`` when the file cannot be read, has no rows, or (``require_labels``, as
     training does) a row lacks the label column; when scoring, the label is only set aside.
     """
-    raw = read_rows(path, options or ReaderOptions(), limit)
+    id_col = id_column or "event_id"
+    raw = read_rows(path, replace(options or ReaderOptions(), id_column=id_col), limit)
     if not raw.rows:
         raise InputError(f"{path}: no rows")
     stem = path.name.split(".")[0]
-    id_col = id_column or "event_id"
     # ids are generated (<file>-<row>, rows counted from 1) only for a file without an id column;
     # in a file with one, a row without an id is that row's missing_event_id rejection
     generate = not any(row is not None and row.get(id_col) not in (None, "") for row in raw.rows)

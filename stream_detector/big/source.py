@@ -21,7 +21,7 @@ import glob
 import itertools
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +165,8 @@ def raw_chunks(files: Sequence[Path], options: ReaderOptions | None = None,
         in_file = 0
         try:
             reader = {"jsonl": _jsonl, "parquet": _parquet}.get(kind)
-            chunks = reader(path, chunk_rows) if reader is not None else _csv(path, options, chunk_rows)
+            chunks = (reader(path, chunk_rows, options.id_column) if reader is not None
+                      else _csv(path, options, chunk_rows))
             for chunk in chunks:
                 chunk.first_row = first + chunk.file_row
                 chunk.stem = prefix[path]
@@ -180,14 +181,14 @@ def raw_chunks(files: Sequence[Path], options: ReaderOptions | None = None,
         first += in_file
 
 
-def _jsonl(path: Path, chunk_rows: int) -> Iterator[RawChunk]:
+def _jsonl(path: Path, chunk_rows: int, id_column: str = "event_id") -> Iterator[RawChunk]:
     rows: list[dict[str, Any] | None] = []
     rejected: list[RowRejection] = []
     ids: dict[int, str] = {}
     start = 0
     consumed = Consumed()
     with _open_binary(path, consumed) as stream:
-        for obj, problem, ident in jsonl_records(stream):
+        for obj, problem, ident in jsonl_records(stream, id_column):
             if problem is not None:
                 rejected.append(RowRejection(start + len(rows), problem[0], problem[1]))
                 if ident is not None:
@@ -203,7 +204,7 @@ def _jsonl(path: Path, chunk_rows: int) -> Iterator[RawChunk]:
                            bytes_read=consumed())
 
 
-def _parquet(path: Path, chunk_rows: int) -> Iterator[RawChunk]:
+def _parquet(path: Path, chunk_rows: int, id_column: str = "event_id") -> Iterator[RawChunk]:
     start = 0
     for batch in pq.ParquetFile(str(path)).iter_batches(batch_size=chunk_rows):
         table = pa.Table.from_batches([batch])
@@ -219,7 +220,7 @@ def _csv(path: Path, options: ReaderOptions, chunk_rows: int) -> Iterator[RawChu
     start = 0
     warnings = list(dialect.warnings)
     block = max(1 << 16, min(options.block_size, chunk_rows * 128))  # ~chunk_rows rows of ~100 bytes
-    sized = ReaderOptions(options.delimiter, options.decimal, options.thousands, options.na_values, block)
+    sized = replace(options, block_size=block)
     consumed = Consumed()
     for batch in _csv_batches(path, dialect, sized, ragged, consumed):
         # the batch's rows are the next good rows; ragged rows between them are this chunk's. pyarrow
@@ -231,14 +232,21 @@ def _csv(path: Path, options: ReaderOptions, chunk_rows: int) -> Iterator[RawChu
         total = pos - start
         mine = [ragged.pop(i) for i in sorted(i for i in ragged if i < pos)]
         yield RawChunk(path, 0, start, total, mine, dialect.text, "csv", pa.Table.from_batches([batch]),
-                       good - start, warnings=warnings, bytes_read=consumed())
+                       good - start, warnings=warnings, bytes_read=consumed(), rejected_ids=_ids_of(mine))
         warnings = []
         start += total
     if ragged:  # ragged rows after the last good row
         end = max(ragged) + 1
-        yield RawChunk(path, 0, start, end - start, [ragged.pop(i) for i in sorted(ragged)], dialect.text, "csv",
+        mine = [ragged.pop(i) for i in sorted(ragged)]
+        yield RawChunk(path, 0, start, end - start, mine, dialect.text, "csv",
                        pa.table({name: pa.array([], pa.string()) for name in dialect.names}),
-                       np.zeros(0, dtype=np.int64), warnings=warnings, bytes_read=consumed())
+                       np.zeros(0, dtype=np.int64), warnings=warnings, bytes_read=consumed(),
+                       rejected_ids=_ids_of(mine))
+
+
+def _ids_of(rejected: Sequence[RowRejection]) -> dict[int, str]:
+    """File row → the ``event_id`` a rejected CSV row still names (``RowRejection.event_id``)."""
+    return {r.index: r.event_id for r in rejected if r.event_id}
 
 
 @dataclass

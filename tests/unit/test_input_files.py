@@ -11,7 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from stream_detector.big.source import raw_chunks
 from stream_detector.cli import main
+from stream_detector.events_io import ReaderOptions
 from stream_detector.fieldschema import InferenceOptions, infer_schema, parse_overrides
 from stream_detector.inputs import load_events
 
@@ -49,12 +51,31 @@ def test_a_csv_cell_that_is_not_utf8_is_that_rows_rejection_as_in_json_lines(tmp
 def test_a_rejected_rows_made_up_id_is_not_a_repeated_id(tmp_path: Path) -> None:
     """A row rejected before its id could be read gets the id <file>-<row> in reports; it equalled a
     real id of the file and `produce` warned "1 rows repeat an event_id" (a new-user trial)."""
-    (tmp_path / "l.csv").write_bytes(b"id,amt,cat\nl-2,20,shop\nr2,21,caf\xe9\nr3,22,bar\n")
+    (tmp_path / "l.csv").write_bytes(b"id,amt,cat\nl-2,20,shop\nr\xe9,21,caf\xe9\nr3,22,bar\n")  # no id to read
     data = load_events(tmp_path / "l.csv", id_column="id")
     assert [r.index for r in data.rejected] == [1] and data.ids[1] == "l-2"
     assert not any("repeat an event_id" in w for w in data.warnings), data.warnings
-    (tmp_path / "l.csv").write_bytes(b"id,amt,cat\nl-2,20,shop\nr2,21,caf\xe9\nl-2,22,bar\n")
+    (tmp_path / "l.csv").write_bytes(b"id,amt,cat\nl-2,20,shop\nr\xe9,21,caf\xe9\nl-2,22,bar\n")
     assert any(w.startswith("1 rows repeat an event_id") for w in load_events(tmp_path / "l.csv", id_column="id").warnings)
+
+
+@pytest.mark.parametrize("id_column", [None, "id"])
+def test_a_csv_row_bad_in_another_cell_is_named_by_its_own_id(tmp_path: Path, id_column: str | None) -> None:
+    """A CSV row rejected for a later cell (one cell too many, a Latin-1 byte) still names its event:
+    `score`'s output gave it a made-up id <file>-<row> (a new-user trial), while JSON Lines named
+    its bad lines. In memory and streamed (`raw_chunks`, `score` of a big file) alike; a row whose id
+    cell itself is unreadable keeps the made-up id."""
+    name = id_column or "event_id"
+    (tmp_path / "d.csv").write_bytes(f"{name},amt,cat\n".encode() + b'e1,20,shop\ne2,"2,5",shop,x\n'
+                                     b"e3,21,caf\xe9\n\xe9,22,bar\ne5,23,bar\n")
+    data = load_events(tmp_path / "d.csv", id_column=id_column)
+    assert [r.index for r in data.rejected] == [1, 2, 3]
+    assert data.ids == ["e1", "e2", "e3", "d-4", "e5"]
+    streamed = {k: v for chunk in raw_chunks([tmp_path / "d.csv"], ReaderOptions(id_column=name), 2)
+                for k, v in chunk.rejected_ids.items()}
+    assert streamed == {1: "e2", 2: "e3"}
+    (tmp_path / "d.jsonl").write_text(f'{{"{name}":"j1","amt":NaN}}\n{{"{name}":"j2","amt":2}}\n')
+    assert load_events(tmp_path / "d.jsonl", id_column=id_column).ids == ["j1", "j2"]
 
 
 def test_a_ragged_row_that_is_not_utf8_either_is_one_line_without_a_traceback(
