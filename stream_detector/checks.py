@@ -137,6 +137,14 @@ def _kafka_checks(s: Settings, timeout_ms: int) -> Iterator[Check]:
             yield Check("warn", "topic", f"feedback {s.feedback_topic}: missing — delayed labels have nowhere to "
                         f"arrive (label features, the retrainer's and the console's labels; docs/feedback.md)"
                         + (": workers with a label model create it" if s.create_topics else ""))
+        if s.shadow_topic in existing:
+            count = len(admin.describe_topics([s.shadow_topic])[0]["partitions"])
+            yield Check("ok", "topic", f"shadow {s.shadow_topic}: {count} partitions (a challenger's shadow records)")
+        elif s.create_topics:
+            yield Check("ok", "topic", f"shadow {s.shadow_topic}: not created yet (`model shadow` creates it)")
+        else:
+            yield Check("warn", "topic", f"shadow {s.shadow_topic}: missing and SD_CREATE_TOPICS=false — "
+                        "`model shadow` refuses until it exists (docs/retraining.md)")
         if s.input_topic in partitions:
             yield Check("ok", "scaling", f"at most {partitions[s.input_topic]} busy workers in group "
                         f"{s.group_id} (one per input partition; KEDA maxReplicaCount)")

@@ -1216,7 +1216,10 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
             threshold = (f"{info['threshold']:.6g}" if info["threshold"] is not None
                          else "never active" if info["calibrated_threshold"] is None
                          else f"{info['calibrated_threshold']:.6g} (calibrated; never active)")
-            print(f"{version}  {mark:8}  threshold={threshold}  store={info['store']}  gate={gate}")
+            head = (f"  head={info['head_threshold']:.4g}" if info["head_threshold"] is not None
+                    else f"  head={info['calibrated_head_threshold']:.4g} (calibrated)"
+                    if info["calibrated_head_threshold"] is not None else "")
+            print(f"{version}  {mark:8}  threshold={threshold}{head}  store={info['store']}  gate={gate}")
         return 0
     if args.action == "rollback":
         target = control.rollback(_who())

@@ -248,6 +248,8 @@ class ConsoleService:
             versions.append({"version": version, "active": version == active, "previous": version == previous,
                              "threshold": info.get("threshold"),  # None until the version has been active
                              "calibrated_threshold": info.get("calibrated_threshold"),  # its bundle's own
+                             "head_threshold": info.get("head_threshold"),  # the supervised head's, as threshold
+                             "calibrated_head_threshold": info.get("calibrated_head_threshold"),
                              "stored_at": info.get("stored_at"),
                              "metrics": metadata.get("metrics"), "gate": info.get("gate"),
                              "created_at": metadata.get("created_at")})

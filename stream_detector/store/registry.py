@@ -142,7 +142,9 @@ class ModelRegistry(BundleReader):
                 "stored_at": created, "store": "dir" if location else "redis",
                 "location": location.decode() if location else None,
                 "threshold": self.thresholds.of_version(version),  # None until the version has been active
+                "head_threshold": self.thresholds.of_version_head(version),  # None: never active, or no head
                 "calibrated_threshold": _calibrated(calibration, location),
+                "calibrated_head_threshold": _calibrated(calibration, location, head=True),
                 "metadata": orjson.loads(metadata), "gate": orjson.loads(gate) if gate else None}
 
     def challenger(self) -> str | None:
@@ -186,11 +188,12 @@ class ModelRegistry(BundleReader):
         return victims
 
 
-def _calibrated(inline: bytes | None, location: bytes | None) -> float | None:
+def _calibrated(inline: bytes | None, location: bytes | None, head: bool = False) -> float | None:
     """The threshold a version's bundle was calibrated with (``calibration.json``, from its Redis
     hash or its directory), for display: what ``model promote`` activates for a version never
-    active before. None where the file cannot be read; the bundle's digests are checked when it
-    is fetched to be used, not here."""
+    active before; with ``head``, its supervised head's probability threshold (None without a
+    head). None where the file cannot be read; the bundle's digests are checked when it is
+    fetched to be used, not here."""
     raw = inline
     if raw is None and location is not None:
         try:
@@ -198,7 +201,10 @@ def _calibrated(inline: bytes | None, location: bytes | None) -> float | None:
         except OSError:
             return None
     try:
-        value = orjson.loads(raw)["threshold"] if raw is not None else None
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        entry = orjson.loads(raw) if raw is not None else None
+        if head and entry is not None:
+            entry = entry.get("supervised")
+        value = entry.get("threshold") if isinstance(entry, dict) else None
+    except (orjson.JSONDecodeError, AttributeError):
         return None
     return float(value) if isinstance(value, (int, float)) else None

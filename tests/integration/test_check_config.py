@@ -23,6 +23,7 @@ def test_a_ready_deployment_passes_with_topic_partitions_in_the_report(settings:
     assert f"input {settings.input_topic}: 4 partitions" in out
     assert f"dead letters {settings.dlq_topic}: 4 partitions" in out
     assert f"feedback {settings.feedback_topic}: missing" in out  # a warning: labels are optional
+    assert f"shadow {settings.shadow_topic}: not created yet (`model shadow` creates it)" in out
     assert f"{bundle.version} loads and scores on cpu" in out
     assert "FAIL" not in out and "result: OK" in out
 
@@ -32,6 +33,7 @@ def test_missing_model_topics_and_unreachable_services_fail(settings: Settings):
     checks = {(c.name, c.status): c.detail for c in run_checks(s)}
     assert ("kafka", "ok") in checks and ("redis", "ok") in checks
     assert any("missing and SD_CREATE_TOPICS=false" in d for (n, st), d in checks.items() if n == "topic")
+    assert checks[("topic", "warn")].startswith(f"shadow {s.shadow_topic}: missing and SD_CREATE_TOPICS=false")
     assert "no active model" in checks[("model", "fail")]
     assert ("threshold", "fail") in checks
 

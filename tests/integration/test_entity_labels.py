@@ -4,6 +4,8 @@ worker computes what offline scoring computes from the same events and labels.""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -112,7 +114,7 @@ def test_the_redis_label_store_holds_what_the_in_memory_one_holds_whatever_the_o
 
 
 def test_a_supervised_head_decides_in_the_worker_as_offline_and_its_threshold_is_versioned(
-        settings: Settings, start_worker: Any) -> None:
+        settings: Settings, start_worker: Any, env_for: Any) -> None:
     """A bundle with label features and a supervised head: the worker alerts exactly the events
     offline scoring flags by the rule (error above the threshold or probability above the head's),
     each alert saying which part fired. The head's threshold lives in Redis beside the
@@ -168,6 +170,11 @@ def test_a_supervised_head_decides_in_the_worker_as_offline_and_its_threshold_is
     assert control.threshold_history(1)[0]["head"] == 0.9
     control.activate(bundle.version, "pytest")  # promoted again: its last thresholds, both
     assert control.threshold().head == 0.9 and control.threshold().value == bundle.threshold * 2  # type: ignore[union-attr]
+    info = control.model_info(bundle.version)  # `model list` shows the head's too (it showed only the other)
+    assert info["head_threshold"] == 0.9 and info["calibrated_head_threshold"] == bundle.head_threshold
+    listed = subprocess.run([sys.executable, "-m", "stream_detector", "model", "list"], env=env_for(settings),
+                            capture_output=True, text=True, timeout=120, check=True).stdout
+    assert f"threshold={bundle.threshold * 2:.6g}  head=0.9  store=" in listed, listed
 
 
 def test_a_label_ingester_making_no_progress_joins_again_with_a_new_consumer(settings: Settings) -> None:

@@ -102,6 +102,9 @@ def test_a_stored_versions_calibrated_threshold_is_read_from_its_hash_or_its_dir
     assert _calibrated(None, str(tmp_path / "gone").encode()) is None
     assert _calibrated(b"not json", None) is None and _calibrated(b'{"threshold": "x"}', None) is None
     assert _calibrated(None, None) is None
+    assert _calibrated(raw, None, head=True) is None  # no supervised head
+    with_head = orjson.dumps({"threshold": 0.25, "supervised": {"threshold": 0.62}})
+    assert _calibrated(with_head, None, head=True) == 0.62 and _calibrated(with_head, None) == 0.25
 
 
 def test_error_weights_are_each_features_mean_squared_error_over_training_and_validation_rows():
