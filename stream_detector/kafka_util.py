@@ -154,7 +154,7 @@ def tail(settings: Settings, topic: str, last: int, follow: bool, out: Callable[
         backlog: list[Any] = []
         remaining = {tp for tp in tps if consumer.position(tp) < ends[tp]}
         while remaining:
-            for tp, batch in poll_readable(consumer, poll_ms).items():
+            for tp, batch in poll_readable(consumer, poll_ms, quiet=True).items():
                 backlog.extend(r for r in batch if r.offset < ends[tp])
             remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
         # oldest first; among equal timestamps, a record further from its partition's end is older
@@ -166,7 +166,7 @@ def tail(settings: Settings, topic: str, last: int, follow: bool, out: Callable[
         if follow:
             following()
         while follow and not stop():
-            for batch in poll_readable(consumer, poll_ms).values():
+            for batch in poll_readable(consumer, poll_ms, quiet=True).values():
                 for record in batch:
                     out(record)
                     given += 1

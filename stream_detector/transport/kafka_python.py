@@ -109,13 +109,15 @@ class _Placeholder:
     headers: tuple[Any, ...] = ()
 
 
-def skip_unreadable(consumer: KafkaConsumer, exc: Exception) -> dict[KTopicPartition, list[Any]] | None:
+def skip_unreadable(consumer: KafkaConsumer, exc: Exception, quiet: bool = False,
+                    ) -> dict[KTopicPartition, list[Any]] | None:
     """A record ``consumer`` cannot read (kafka-python raises ``exc`` from ``poll`` at the same
     position on every call: a crash loop) becomes one record whose value is an ``Unreadable`` at
     that offset, and the consumer moves past it; a corrupt or undecodable batch so yields one dead
     letter per offset. ``None`` when ``exc`` is not about a record (authorisation, configuration:
     those still propagate). Reads the fetcher's parse state, which kafka-python does not expose
-    otherwise. Used by the worker's source and the label ingester."""
+    otherwise. Used by the worker's source and the label ingester. ``quiet``: the caller reports
+    the record itself (``tail``), so the ERROR line is logged at DEBUG."""
     record_level = isinstance(exc, (CorruptRecordError, UnsupportedCodecError)) or (
         not isinstance(exc, KafkaError) and any(
             "/kafka/record/" in frame.filename or frame.filename.endswith("/kafka/codec.py")
@@ -131,7 +133,7 @@ def skip_unreadable(consumer: KafkaConsumer, exc: Exception) -> dict[KTopicParti
         return None
     fetcher._next_partition_records = None
     consumer.seek(tp, offset + 1)
-    _log_unreadable(tp.topic, tp.partition, offset, exc)
+    _log_unreadable(tp.topic, tp.partition, offset, exc, quiet)
     why = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
     record = _Placeholder(tp.topic, tp.partition, offset, Unreadable(why[:500]))
     return {tp: [record]}
@@ -141,7 +143,7 @@ _UNREADABLE_LOGGED: OrderedDict[tuple[str, int, int], None] = OrderedDict()
 UNREADABLE_LOG_MEMORY = 10_000  # positions remembered: a record read again (each retraining) logs at DEBUG
 
 
-def _log_unreadable(topic: str, partition: int, offset: int, exc: Exception) -> None:
+def _log_unreadable(topic: str, partition: int, offset: int, exc: Exception, quiet: bool = False) -> None:
     """One ERROR line per unreadable record in this process, DEBUG when it is read again (the
     retrainer reads its history, and its unreadable records, on every run)."""
     position = (topic, partition, offset)
@@ -150,23 +152,23 @@ def _log_unreadable(topic: str, partition: int, offset: int, exc: Exception) -> 
         _UNREADABLE_LOGGED[position] = None
         if len(_UNREADABLE_LOGGED) > UNREADABLE_LOG_MEMORY:
             _UNREADABLE_LOGGED.popitem(last=False)
-    log.log(logging.DEBUG if again else logging.ERROR, "unreadable record at %s[%d] offset %d, moved past it: %r",
+    log.log(logging.DEBUG if again or quiet else logging.ERROR, "unreadable record at %s[%d] offset %d, moved past it: %r",
             topic, partition, offset, exc)
 
 
 def poll_readable(consumer: KafkaConsumer, timeout_ms: int, max_records: int | None = None,
-                  ) -> dict[KTopicPartition, list[Any]]:
+                  quiet: bool = False) -> dict[KTopicPartition, list[Any]]:
     """``consumer.poll`` where a record the client cannot read comes back as one record whose value
     is an ``Unreadable`` (``skip_unreadable``) instead of the same exception at the same offset on
     every call; other errors propagate. For the project's own consumers outside the worker (label
     ingester, retrainer, ``tail``): an ``Unreadable`` value decodes as ``unreadable_record``
-    (``pipeline.decode.parse_record``), as invalid JSON elsewhere."""
+    (``pipeline.decode.parse_record``), as invalid JSON elsewhere. ``quiet``: see ``skip_unreadable``."""
     try:
         if max_records is None:
             return dict(consumer.poll(timeout_ms=timeout_ms))
         return dict(consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
     except Exception as exc:
-        skipped = skip_unreadable(consumer, exc)
+        skipped = skip_unreadable(consumer, exc, quiet)
         if skipped is None:
             raise
         return skipped
