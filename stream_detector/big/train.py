@@ -51,6 +51,7 @@ from ..model.train import (
     architecture,
     calibrate,
     default_epochs,
+    error_rule,
     error_weights,
 )
 from . import sketches
@@ -236,6 +237,7 @@ def _calibrate(model: Autoencoder, data: _Files, config: TrainConfig, say: Say) 
     calibration: dict[str, Any] = {
         "method": config.threshold_method, "target_fpr": config.target_fpr, "k_std": config.k_std,
         "k_fence": config.k_fence, "max_alert_rate": config.max_alert_rate, "threshold": threshold,
+        **error_rule(config),
         "validation_rows": int(len(val_errors)),
         "validation_error_quantiles": {str(q): float(np.quantile(val_errors, q))
                                        for q in (0.5, 0.9, 0.95, 0.99, 0.999)},

@@ -189,6 +189,7 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
         "k_fence": config.k_fence,
         "max_alert_rate": config.max_alert_rate,
         "threshold": threshold,
+        **error_rule(config),
         "validation_rows": int(len(val_errors)),
         "validation_error_quantiles": {
             str(q): float(np.quantile(val_errors, q)) for q in (0.5, 0.9, 0.95, 0.99, 0.999)
@@ -242,6 +243,16 @@ def _typed(events: Sequence[dict[str, Any]], schema: FieldSchema) -> tuple[list[
     if not problems:
         return typed, 0
     return [e for i, e in enumerate(typed) if i not in problems], len(problems)
+
+
+def error_rule(config: TrainConfig) -> dict[str, str]:
+    """How the score weighs the features' errors, for ``calibration.json`` (the weights themselves
+    are a buffer of the TorchScript module): ``error_norm`` ``mean`` (``error_weights``, and the
+    rows they were taken over) or ``none`` (all ones)."""
+    if config.error_norm == "mean":
+        return {"error_norm": "mean", "error_weights": "mean squared error per feature over the training "
+                                                       "and validation rows, plus 1e-6"}
+    return {"error_norm": "none", "error_weights": "ones"}
 
 
 def error_weights(model: nn.Module, blocks: Iterable[np.ndarray]) -> np.ndarray:

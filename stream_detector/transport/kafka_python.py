@@ -152,8 +152,8 @@ def _log_unreadable(topic: str, partition: int, offset: int, exc: Exception, qui
         _UNREADABLE_LOGGED[position] = None
         if len(_UNREADABLE_LOGGED) > UNREADABLE_LOG_MEMORY:
             _UNREADABLE_LOGGED.popitem(last=False)
-    log.log(logging.DEBUG if again or quiet else logging.ERROR, "unreadable record at %s[%d] offset %d, moved past it: %r",
-            topic, partition, offset, exc)
+    log.log(logging.DEBUG if again or quiet else logging.ERROR,
+            "unreadable record at %s[%d] offset %d, moved past it: %r", topic, partition, offset, exc)
 
 
 def poll_readable(consumer: KafkaConsumer, timeout_ms: int, max_records: int | None = None,

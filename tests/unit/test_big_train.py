@@ -245,8 +245,11 @@ def test_streamed_and_in_memory_train_alike_on_a_small_file(tmp_path: Path) -> N
             assert main(["train", "--input", str(data), "--out", str(tmp_path / path), "--label-column", "label",
                          "--normal-label", "legit", "--exclude", "pattern", "--epochs", "100", "--threads", "1",
                          *extra]) == 0
-            meta = load_bundle(tmp_path / path).metadata
+            trained = load_bundle(tmp_path / path)
+            meta = trained.metadata
             assert meta["metrics"]["batch_size"] == 256  # train's minibatch on both paths
+            assert trained.calibration["error_norm"] == "mean"  # the rule is recorded, the same on both paths
+            assert "training and validation rows" in trained.calibration["error_weights"]
             loss[path] = meta["metrics"]["best_validation_loss"]
             scores = tmp_path / f"{path}.csv"
             assert main(["score", "--model", str(tmp_path / path), "--input", str(data), "--out", str(scores),

@@ -34,7 +34,7 @@ def test_threshold_flags_about_the_target_rate_and_catches_obvious_anomalies(bun
     assert (scores > bundle.threshold).mean() < 0.02
     weird = score_events(bundle, [anomaly("w")]).scores[0]
     assert weird > 10 * bundle.threshold
-    assert bundle.calibration["method"] == "quantile"
+    assert bundle.calibration["method"] == "quantile" and bundle.calibration["error_norm"] == "mean"
     assert set(bundle.metadata) >= {"version", "sha256", "created_at", "metrics", "files", "spec_fingerprint"}
     assert bundle.metadata["metrics"]["train_rows"] > 0
 
