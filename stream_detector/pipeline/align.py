@@ -285,6 +285,7 @@ class AlignedSource:
         self._group: Membership | None = None  # the membership the buffered records were polled under
         self.held_back = 0  # records waiting in the buffer (metrics, tests)
         self.peer_wait_s = 0.0  # seconds spent waiting for other workers' partitions (metrics, the progress log)
+        self.peer_cut_batches = 0  # batches released that stopped at another worker's head (the progress log)
 
     # ---- the Source protocol ------------------------------------------------------------------
     def start(self) -> None:
@@ -540,6 +541,7 @@ class AlignedSource:
             self._peer_blocked = key > peer and key <= own
         if m == 0:
             return None
+        self.peer_cut_batches += self._peer_blocked
         chosen, at = parts[:m], pos[:m]
         first_part = self._parts[int(chosen[0])]
         polled_at = float(first_part.polled[int(at[0])])

@@ -494,3 +494,25 @@ def test_the_time_a_worker_waits_for_another_workers_partition_is_counted() -> N
     peers.publish({0: (7000.0, False)})  # partition 0 moved past both records: released, no more waiting
     before = source.peer_wait_s
     assert _times([source.poll_batch()]) == [5000.0, 6000.0] and source.peer_wait_s == before
+    assert source.peer_cut_batches == 0  # nothing released was stopped by the peers
+
+
+def test_a_batch_stopped_at_another_workers_head_is_counted() -> None:
+    """``peer_cut_batches`` (the progress warning on tiny turns): a release that stops at another
+    worker's head counts once; one that stops at the end of this worker's records does not."""
+    from stream_detector.store.watermarks import MemoryWatermarks
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    peers = MemoryWatermarks(grace_ms=0, stale_ms=60_000, partitions=2, clock=lambda: now[0])
+    peers.publish({0: (5500.0, False)})
+    source = AlignedSource(_OnePartition(1, [5000.0, 6000.0, 7000.0], fetch=10), batch_size=10,  # type: ignore[arg-type]
+                           idle_ms=100, clock=lambda: now[0], peers=peers, sleep=sleep)
+    source.enabled = True
+    source.topic = TOPIC
+    assert _times([source.poll_batch()]) == [5000.0] and source.peer_cut_batches == 1
+    peers.publish({0: (9000.0, False)})
+    assert _times([source.poll_batch()]) == [6000.0, 7000.0] and source.peer_cut_batches == 1

@@ -317,3 +317,30 @@ def test_the_progress_line_warns_when_the_worker_mostly_waited_for_other_workers
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith("waited 27 of the last 30 s for other workers' partitions")
     assert "SD_ALIGN_PEER_GRACE_MS" in warnings[0] and "fewer workers" in warnings[0]
+
+
+def test_most_batches_cut_short_by_other_workers_is_a_warning_too(caplog) -> None:
+    """Found by a new-user trial: two workers drained a 7-day simulated file at ~120 events/s
+    together, each batch an event or two (a turn in event time), yet they waited only 26 of 704 s
+    for each other, so the wait warning stayed silent. Most of a period's batches stopping at
+    another worker's head, with few events each, is the same WARNING; large batches that stop
+    there (live traffic, dense backlogs) are not."""
+    import logging
+
+    from stream_detector.worker import WorkerStats, _Progress
+
+    cut = [0]
+    stats = WorkerStats()
+    progress = _Progress(stats, 30.0, lambda: 1.0, lambda: cut[0])
+    start = progress.since
+    with caplog.at_level(logging.INFO, logger="stream_detector.worker"):
+        stats.batches, stats.events, cut[0] = 400, 600, 390  # 1.5 events per batch, nearly all cut short
+        progress.maybe_log(start + 30)
+        stats.batches, stats.events, cut[0] = 800, 600 + 400 * 500, 780  # cut short, but 500 events each
+        progress.maybe_log(start + 60)
+        stats.batches, stats.events, cut[0] = 810, 200_615, 790  # 10 batches: too few to tell
+        progress.maybe_log(start + 90)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("390 of the last 400 batches (1.5 events each) stopped at other workers' partitions")
+    assert "SD_ALIGN_PEER_GRACE_MS" in warnings[0] and "fewer workers" in warnings[0]
