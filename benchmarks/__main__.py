@@ -23,6 +23,7 @@ SUITES = {
     "big-history": "benchmarks.big_history",
     "big-typing": "benchmarks.big_typing",
     "error-weights": "benchmarks.error_weights",
+    "scoring-threads": "benchmarks.scoring_threads",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -42,6 +43,7 @@ WHAT = {
     "big-history": "train --streamed on 20M rows: time per phase, peak memory, 1 vs 4 shards, vs in-memory train",
     "big-typing": "train --streamed pass 1 on CSV / Parquet / JSON Lines: columnar typing vs row by row",
     "error-weights": "per-feature error weights over training + validation rows vs validation rows alone",
+    "scoring-threads": "step 4 with one intra-op thread (the worker's default) vs torch's default, alone and busy",
 }
 
 

@@ -178,8 +178,11 @@ class WorkerSettings(_Group):
                                "(512-1024 measured fastest: the chunk stays in cache).")
     batch_max_wait_ms: int = Field(20, ge=0, le=60_000, description="Longest wait to fill a batch (latency bound).")
     device: str = Field("cpu", description="Torch device for scoring: cpu, cuda or cuda:N.")
-    torch_threads: int = Field(0, ge=0, description="Intra-op threads for CPU scoring, and for the retrainer's "
-                               "training when it has no --threads (0 = torch default).")
+    torch_threads: int | None = Field(
+        None, ge=0, description="Intra-op threads for CPU scoring (unset: 1, the worker's scoring thread beside "
+        "its decode thread; torch's default of one per core oversubscribes: scoring a few events took 8 ms instead "
+        "of 0.08), and for the retrainer's training when it has no --threads (unset: torch's default). "
+        "0 = torch's default for both.")
     threshold_refresh_s: float = Field(1.0, gt=0, description="How often workers re-read threshold and model.")
     threshold_max_staleness_s: float = Field(
         60.0, gt=0, description="How long a worker scores with a cached threshold while Redis is unreachable."
@@ -221,6 +224,11 @@ class WorkerSettings(_Group):
         if level not in LOG_LEVELS:
             raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
         return level
+
+    @property
+    def scoring_threads(self) -> int:
+        """Intra-op threads a worker scores with (``SD_TORCH_THREADS``; unset: 1; 0: torch's default)."""
+        return 1 if self.torch_threads is None else self.torch_threads
 
 
 class RetrainSettings(_Group):

@@ -175,7 +175,7 @@ class Worker:
                               self._held)
         self.steps = StepTimer()  # per-step wall time → Prometheus (+ any listener: benchmarks)
         self.steps.listeners.append(self.metrics.step_time)
-        self.compute = ChunkedCompute(settings.compute_chunk, settings.torch_threads, self.steps)  # steps 2-4
+        self.compute = ChunkedCompute(settings.compute_chunk, settings.scoring_threads, self.steps)  # steps 2-4
         self.enricher: Enricher | None = None  # step 3a, created in start()
         self._aligned_for = ""  # the model version whose timestamp rule the alignment step uses
         self.ingester: LabelIngester | None = None  # feedback topic → label store, started in start()
@@ -210,8 +210,8 @@ class Worker:
 
     def start(self) -> None:
         self.metrics.attach(self.status, self.source.highwaters)
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        if self.settings.scoring_threads:
+            torch.set_num_threads(self.settings.scoring_threads)
         if self.settings.create_topics:
             ensure_topics(self.settings, [self.settings.input_topic, self.settings.alerts_topic,
                                           self.settings.dlq_topic])

@@ -82,3 +82,17 @@ def test_a_misspelled_setting_is_named_with_the_one_it_resembles(monkeypatch: py
     monkeypatch.setenv("SD_GROUPID", "g")
     checks = list(_settings_checks(load_settings()))
     assert checks[0] == Check("fail", "settings", "SD_GROUPID is not a setting and is ignored (did you mean SD_GROUP_ID?)")
+
+
+def test_a_worker_scores_with_one_intra_op_thread_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found while timing workers taking turns: with torch's default (one intra-op thread per core)
+    the worker's scoring thread, its decode thread and torch's second thread oversubscribed two
+    cores, and scoring two events took ~8 ms instead of ~0.08 (benchmarks/RESULTS.md, *Scoring
+    threads*). Unset, a worker scores with 1 thread and the retrainer keeps torch's default;
+    ``SD_TORCH_THREADS=0`` is torch's default for both, N is N."""
+    monkeypatch.delenv("SD_TORCH_THREADS", raising=False)
+    assert Settings().torch_threads is None and Settings().scoring_threads == 1
+    monkeypatch.setenv("SD_TORCH_THREADS", "0")
+    assert load_settings().scoring_threads == 0
+    monkeypatch.setenv("SD_TORCH_THREADS", "3")
+    assert load_settings().scoring_threads == 3 and load_settings().torch_threads == 3
