@@ -77,6 +77,9 @@ def env_for(services: Services) -> Callable[[Settings], dict[str, str]]:
     def make(s: Settings) -> dict[str, str]:
         env = dict(os.environ)
         for name, value in s.model_dump().items():
+            if value is None:  # unset (SD_TORCH_THREADS): the setting's own default
+                env.pop(f"SD_{name.upper()}", None)
+                continue
             env[f"SD_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
         return env
     return make

@@ -1,5 +1,8 @@
-"""Chaos tests break things (kill workers, stop Redis or Kafka), so each test gets its OWN real
-Kafka + Redis on fresh ports and its own state folder; nothing is shared with other tests."""
+"""Chaos tests break things (kill workers, stop Redis or Kafka). A test that stops or restarts
+Kafka or Redis, and every storm, is marked ``own_services`` and gets its OWN real Kafka + Redis on
+fresh ports and its own state folder. The others only kill, stop or add workers, or delete a topic
+of their own: they use the session's Kafka + Redis (``tests/fixtures.py``) with fresh topics, group
+and Redis prefix, as integration tests do; starting a broker per test cost ~15 s of each."""
 
 from __future__ import annotations
 
@@ -11,7 +14,13 @@ from tests.services import Services, start_services
 
 
 @pytest.fixture
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+def services(services: Services, request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """The session's services (the ``services`` argument), or the test's own when it is marked
+    ``own_services``."""
+    if request.node.get_closest_marker("own_services") is None:
+        yield services
+        return
     running = start_services(tmp_path_factory.mktemp("chaos-services"))
     try:
         yield running

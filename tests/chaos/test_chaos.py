@@ -1,6 +1,7 @@
 """Crashes, outages and back-pressure: every event still gets a verdict, every alert arrives.
 
-Each test owns its Kafka and Redis (see conftest). Waiting is by polling conditions with
+A test that stops Kafka or Redis owns them (``own_services``); the others share the session's, with
+fresh topics, group and Redis prefix (see conftest). Waiting is by polling conditions with
 deadlines (``wait_until``), never fixed sleeps.
 """
 
@@ -88,6 +89,7 @@ def test_worker_killed_mid_stream_loses_no_alert(services, bundle, env_for, deli
         settings, settings.input_topic)
 
 
+@pytest.mark.own_services
 @pytest.mark.parametrize("transport", ["kafka-python", "confluent"])
 def test_redis_outage_holds_the_batch_pauses_and_resumes(services, bundle, start_worker, transport):
     settings = Settings(**{**_base(services), "threshold_max_staleness_s": 1.0, "threshold_refresh_s": 0.2,
@@ -113,6 +115,7 @@ def test_redis_outage_holds_the_batch_pauses_and_resumes(services, bundle, start
     assert injected <= set(_alert_ids(settings))
 
 
+@pytest.mark.own_services
 @pytest.mark.parametrize("transport", ["kafka-python", "confluent"])
 def test_broker_restart_is_survived_without_a_manual_restart(services, bundle, start_worker, transport):
     settings = Settings(**{**_base(services), "delivery_timeout_s": 10.0, "transport": transport})

@@ -28,7 +28,7 @@ from tests.chaos.proxy import TcpProxy
 from tests.helpers import wait_until
 from tests.services import Services, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_services]  # storms kill many workers: their own broker
 
 
 def _assert_outcome(figures: dict, exactly_once: bool) -> None:

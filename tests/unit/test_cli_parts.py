@@ -270,10 +270,15 @@ def test_a_one_shot_command_with_kafka_unreachable_says_so_in_one_line(
     exception's name twice). One command: kafka-python gives up after 30 s (`tail` and `lag`
     name the address through their own ConfigError; the lines they printed first were the same
     kafka-python loggers, now quiet for every one-shot command)."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
     from stream_detector.cli import main
 
     argv = ["simulate", "--count", "5"]
     monkeypatch.setenv("SD_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    # the same path as kafka-python's 30 s bootstrap wait, sooner (it was the suite's slowest unit test)
+    for client in (KafkaAdminClient, KafkaConsumer, KafkaProducer):
+        monkeypatch.setitem(client.DEFAULT_CONFIG, "bootstrap_timeout_ms", 2_000)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"stream-detector {argv[0]}: error: cannot reach Kafka at 127.0.0.1:1: "), err
