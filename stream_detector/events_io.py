@@ -515,6 +515,14 @@ def _undecodable_ragged_rows(path: Path) -> Iterator[None]:
         sys.unraisablehook = previous
 
 
+def missing_id_column(path: Path, id_column: str) -> str:
+    """The one-line refusal of an ``--id-column`` no row of ``path`` has: ids made up in its place
+    would replace the file's own (a new-user trial: a misspelled ``--id-column`` sent ``x-49`` for
+    ``sim-20049`` to Kafka, and joined no label)."""
+    return (f"{path}: --id-column {id_column}: no row has a value in this column; check its spelling "
+            "(without --id-column, ids are read from event_id, or made up where the file has none)")
+
+
 # ---- writing --------------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from .entity_spec import EntitySpec
 from .errors import InputError
-from .events_io import RawRows, ReaderOptions, RowRejection, read_rows
+from .events_io import RawRows, ReaderOptions, RowRejection, missing_id_column, read_rows
 from .feedback import Label, Verdicts, parse_label
 from .fieldschema import FieldSchema, InferenceOptions, infer_schema
 from .pipeline.decode import type_events
@@ -72,6 +72,8 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
     # ids are generated (<file>-<row>, rows counted from 1) only for a file without an id column;
     # in a file with one, a row without an id is that row's missing_event_id rejection
     generate = not any(row is not None and row.get(id_col) not in (None, "") for row in raw.rows)
+    if generate and id_column:
+        raise InputError(missing_id_column(path, id_column))
     ids: list[str] = []
     row_labels: list[str | None] = []
     for n, row in enumerate(raw.rows):

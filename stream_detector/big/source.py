@@ -41,6 +41,7 @@ from ..events_io import (
     checked_kind,
     file_kind,
     jsonl_records,
+    missing_id_column,
     sniff_csv,
 )
 from ..fieldschema import JSON_TEXT, FieldSchema, TextFormat
@@ -333,7 +334,8 @@ def generates_ids(chunk: RawChunk, id_column: str | None) -> bool:
 class GeneratedIds(dict[Path, bool]):
     """File → whether its event ids are generated: ``inputs.load_events``' rule over the whole file
     (only when no row of it has an id), decided on first use by reading the file up to its first
-    row with an id — usually its first row; a file without ids is read through once more."""
+    row with an id — usually its first row; a file without ids is read through once more. An
+    explicit ``id_column`` no row has raises ``InputError`` (``missing_id_column``)."""
 
     def __init__(self, id_column: str | None, options: ReaderOptions | None = None,
                  chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
@@ -350,5 +352,8 @@ class GeneratedIds(dict[Path, bool]):
     def __missing__(self, path: Path) -> bool:
         value = all(generates_ids(chunk, self.id_column)
                     for chunk in raw_chunks([path], self.options, self.chunk_rows))
+        if value and self.id_column:
+            raise InputError(missing_id_column(path, self.id_column))
         self[path] = value
         return value
+

@@ -170,3 +170,22 @@ def test_a_file_in_another_format_than_its_name_says_is_refused_by_what_it_looks
     junk = tmp_path / "junk-first.jsonl"  # bad lines first are each their row's rejection, not the file's
     junk.write_bytes(b"oops\n1\n2\n3\n4\n5\n" + lines.encode())
     assert checked_kind(junk) == "jsonl" and len(load_events(junk).events) == 2
+
+
+def test_an_id_column_no_row_has_is_refused_not_replaced_by_made_up_ids(tmp_path: Path, capsys) -> None:
+    """Found by a new-user trial: `produce --id-column evnt_id` (misspelled) sent every event with a
+    made-up id (`x-49` for `sim-20049`), `score` wrote them, and `train --feedback` joined no label;
+    all exit 0. An explicit --id-column that no row has is one line, exit 2, on every path."""
+    from stream_detector.big.source import GeneratedIds
+    from stream_detector.errors import InputError
+
+    path = tmp_path / "x.csv"
+    path.write_text("event_id,amount\nsim-1,3.5\nsim-2,4.5\n")
+    with pytest.raises(InputError, match="--id-column evnt_id: no row has a value in this column"):
+        load_events(path, id_column="evnt_id")
+    with pytest.raises(InputError, match="--id-column evnt_id"):
+        GeneratedIds("evnt_id")[path]
+    assert load_events(path).ids == ["sim-1", "sim-2"]  # without the option: event_id, as before
+    assert main(["produce", "--input", str(path), "--id-column", "evnt_id"]) == 2  # before any Kafka call
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("stream-detector produce: error: ") and "evnt_id" in err, err
