@@ -151,7 +151,7 @@ class LabelIngester:
                 self.consumer.close(autocommit=False)
                 self.consumer = self._connect()
                 ends, last, progress_at, looked = {}, (), now, now
-            self.poll_once(100)  # joins the group (records polled meanwhile are handled)
+            self._poll_guarded(100)  # joins the group (records polled meanwhile are handled)
         log.warning("label ingester: not caught up with %s after %.0f s; continuing in the background",
                     self.settings.feedback_topic, timeout_s)
         return False
@@ -167,14 +167,23 @@ class LabelIngester:
 
     def _run(self) -> None:
         while not self.stop_event.is_set():
-            try:
-                self.poll_once(500)
-            except (RedisError, KafkaError, StreamDetectorError, OSError) as exc:
-                self.stats.failures += 1
-                log.warning("label ingestion failed, retrying from the last committed offsets: %s: %s",
-                            type(exc).__name__, exc)
-                self._rewind()
+            if self._poll_guarded(500) is None:
                 self.stop_event.wait(1.0)
+
+    def _poll_guarded(self, timeout_ms: int) -> int | None:
+        """``poll_once``, where a failure (Redis or Kafka unreachable, a commit refused while the group
+        rebalances) is logged and counted and the consumer rewound to its committed offsets: the
+        records are read again, nothing is lost. None on a failure. The catch-up at a worker's start
+        used to let it through: a commit refused by a rebalance (``RebalanceInProgressError``) stopped
+        the worker with exit 1 (a new-user trial, 2 of 7 starts of a new deployment)."""
+        try:
+            return self.poll_once(timeout_ms)
+        except (RedisError, KafkaError, StreamDetectorError, OSError) as exc:
+            self.stats.failures += 1
+            log.warning("label ingestion failed, retrying from the last committed offsets: %s: %s",
+                        type(exc).__name__, exc)
+            self._rewind()
+            return None
 
     def poll_once(self, timeout_ms: int) -> int:
         """One poll: attach, dead-letter, commit. Returns the records handled. Raises what Redis or

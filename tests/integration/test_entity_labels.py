@@ -177,6 +177,46 @@ def test_a_supervised_head_decides_in_the_worker_as_offline_and_its_threshold_is
     assert f"threshold={bundle.threshold * 2:.6g}  head=0.9  store=" in listed, listed
 
 
+def test_a_commit_refused_by_a_rebalance_during_the_catch_up_is_retried_not_fatal(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a new-user trial: a worker with a label model stopped at start with exit 1,
+    ``RebalanceInProgressError`` from the label ingester's catch-up commit (2 of 7 starts of a new
+    deployment). The real consumer's first commit is refused here as the broker refuses it during a
+    rebalance: the catch-up logs it, rewinds to the committed offsets, reads the labels again and
+    catches up; every label is counted once."""
+    from kafka.errors import RebalanceInProgressError
+
+    ensure_topics(settings, [settings.feedback_topic, settings.dlq_topic])
+    with EventProducer(settings, settings.feedback_topic) as producer:
+        producer.send([{"event_id": f"r{i}", "label": "fraud", "labelled_at": T0} for i in range(30)])
+    store = RedisLabels(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
+    ingester = LabelIngester(settings, store)
+    connect = LabelIngester._connect
+    refused = [0]
+
+    def connect_once_refusing(self: LabelIngester) -> Any:
+        consumer = connect(self)
+        commit = consumer.commit
+
+        def first_refused(*args: Any, **kwargs: Any) -> Any:
+            if not refused[0]:
+                refused[0] += 1
+                raise RebalanceInProgressError("Offset commit cannot be completed since the consumer is "
+                                               "undergoing a rebalance")
+            return commit(*args, **kwargs)
+
+        consumer.commit = first_refused
+        return consumer
+
+    monkeypatch.setattr(LabelIngester, "_connect", connect_once_refusing)
+    try:
+        ingester.start(catch_up_s=90.0)
+        assert ingester.caught_up and refused[0] == 1 and ingester.stats.failures == 1
+        assert ingester.stats.labels == 30 and ingester.stats.waiting == 30  # read twice, counted once
+    finally:
+        ingester.stop()
+
+
 def test_a_label_ingester_making_no_progress_joins_again_with_a_new_consumer(settings: Settings) -> None:
     """The feedback topic does not exist yet when the ingester starts (the broker does not create
     topics): its consumer gets no partitions. After ``stall_s`` without progress it is closed and a
