@@ -314,8 +314,14 @@ def _check_model_out(out: Path) -> None:
         raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
 
 
-def _check_file_out(out: Path, option: str) -> None:
-    """An output file's place, checked before any input is read: its folder exists, and it is not a folder."""
+def _check_file_out(out: Path, option: str, inputs: Sequence[str | None] = ()) -> None:
+    """An output file's place, checked before any input is read: its folder exists, it is not a
+    folder, and it is none of ``inputs`` (``score --out`` named as its ``--input`` replaced the input
+    with the scores, exit 0: a new-user trial)."""
+    for given in inputs:
+        if given and Path(given).is_file() and out.exists() and out.resolve() == Path(given).resolve():
+            raise ConfigError(f"{option} {out} is the input file {given}: writing there would replace it; "
+                              "give another file name")
     if out.is_dir():
         raise ConfigError(f"{option} {out}: a folder is there; give a file name")
     if not out.parent.is_dir():
@@ -612,7 +618,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     bundle = load_bundle(Path(args.model))
     if args.feedback and not Path(args.feedback).exists():
         raise ConfigError(f"feedback file not found: {args.feedback}")
-    _check_file_out(Path(args.out), "--out")
+    _check_file_out(Path(args.out), "--out", [args.input, args.feedback])
     if args.streamed or Path(args.input).is_dir() or any(c in args.input for c in "*?["):
         return _score_streamed(args, settings, bundle)
     data = _load_file(args, schema=bundle.schema, need_events=False,
@@ -1226,7 +1232,10 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
         print(f"rolled back to {target} (threshold {control.threshold().value:.6g})")  # type: ignore[union-attr]
         return 0
     if args.action == "prune":
-        removed = control.prune(args.keep or settings.model_keep)
+        if args.keep is not None and args.keep < 0:
+            raise ConfigError(f"--keep must be >= 0 (versions to keep besides the active, previous and shadow "
+                              f"ones), got {args.keep}")
+        removed = control.prune(settings.model_keep if args.keep is None else args.keep)  # 0: only those three
         print("removed: " + (", ".join(removed) or "nothing"))
         return 0
     if args.action == "shadow-status":
@@ -1740,7 +1749,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "show", "promote", "rollback", "prune", "shadow", "shadow-status",
                                       "shadow-stop"], help="what to do (the description above says each)")
     p.add_argument("version", nargs="?", help="model version (show, promote, shadow) or bundle directory (shadow)")
-    p.add_argument("--keep", type=int, help="prune: versions to keep (default SD_MODEL_KEEP)")
+    p.add_argument("--keep", type=int, help="prune: the newest versions to keep (default SD_MODEL_KEEP; 0 keeps "
+                   "only the active, previous and shadow ones, which are always kept)")
     p.add_argument("--min-events", type=int, default=100_000,
                    help="shadow: events to score before the retrainer judges it (default 100000)")
     p.add_argument("--max-seconds", type=float, default=86_400.0,

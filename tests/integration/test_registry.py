@@ -12,6 +12,7 @@ import orjson
 import pytest
 import redis
 
+from stream_detector.cli import main as cli_main
 from stream_detector.errors import ConfigError, ModelError
 from stream_detector.kafka_util import committed_offsets, end_offsets, lag, read_all
 from stream_detector.model.artifacts import DirArtifacts
@@ -66,7 +67,7 @@ def test_rollback_restores_the_previous_version_and_its_own_threshold(published,
     assert published.active_model() == v3.version and published.previous_model() == v1.version
 
 
-def test_retention_keeps_the_newest_plus_active_and_previous(published, bundle, settings):
+def test_retention_keeps_the_newest_plus_active_and_previous(published, bundle, settings, monkeypatch, capsys):
     versions = [bundle.version]
     for n in range(1, 7):
         b = variant(bundle, n)
@@ -88,6 +89,14 @@ def test_retention_keeps_the_newest_plus_active_and_previous(published, bundle, 
             published.fetch_bundle(gone)
     with pytest.raises(ConfigError):
         published.delete_version(active)
+    newer = variant(bundle, 9)
+    published.store(newer)
+    monkeypatch.setenv("SD_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("SD_REDIS_PREFIX", settings.redis_prefix)
+    assert cli_main(["model", "prune", "--keep", "0"]) == 0  # 0 was read as "the default", 10, and kept it
+    assert set(published.model_versions()) == {active, previous}
+    assert cli_main(["model", "prune", "--keep", "-1"]) == 2  # was a ValueError, exit 1
+    assert "--keep must be >= 0" in capsys.readouterr().err
 
 
 def test_directory_store_keeps_bytes_on_disk_and_refuses_tampered_ones(settings: Settings, bundle, tmp_path: Path):

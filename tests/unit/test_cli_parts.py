@@ -378,3 +378,22 @@ def test_model_refuses_arguments_its_action_does_not_take(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("stream-detector model: error: ") and says in err and "\n" not in err, err
+
+
+def test_score_refuses_to_write_its_scores_over_its_input(tmp_path: Path, bundle: Any,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a new-user trial: `score --input y.csv --out y.csv` replaced the input with the scores,
+    exit 0 (`train` refuses its equivalent). One line, exit 2, the input untouched."""
+    from stream_detector.cli import main
+    from stream_detector.model.bundle import save_bundle
+    from stream_detector.simulate import Simulator
+
+    model = save_bundle(bundle, tmp_path / "m")
+    data = tmp_path / "y.jsonl"
+    data.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in Simulator(seed=1, accounts=20).batch(20, 0.0)[0]))
+    before = data.read_bytes()
+    for out in (str(data), str(tmp_path / "." / "y.jsonl")):
+        assert main(["score", "--model", str(model), "--input", str(data), "--out", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "is the input file" in err, err
+    assert data.read_bytes() == before
