@@ -193,7 +193,10 @@ def decide_shadow(figures: dict[str, Any], outcomes: dict[str, Any], policy: Gat
        live traffic holds the frauds too, which the budget of clean traffic does not count;
     4. labels: with at least ``policy.min_labels`` frauds among either model's alerts, it must
        catch at least the champion's frauds less ``tolerance`` of them and two Poisson standard
-       errors, and (both with ``min_labels`` alerts) its precision must be at most ``tolerance``
+       errors (not where the champion alerts above ``alert_rate_bound`` and the challenger within
+       it: as in the offline gate's rule 3, an over-budget champion's catch is no reference, and
+       the decision's notes say so; a new-user trial saw a challenger at 0.042 with precision 0.54
+       refused beside a champion at 0.125 with 0.30), and (both with ``min_labels`` alerts) its precision must be at most ``tolerance``
        plus two standard errors below the champion's. With fewer labelled frauds it waits for labels
        until ``max_seconds``, then is decided on rules 2-3.
 
@@ -234,7 +237,12 @@ def decide_shadow(figures: dict[str, Any], outcomes: dict[str, Any], policy: Gat
     frauds = max(champ["frauds"], chall["frauds"])
     if frauds >= policy.min_labels:
         margin = policy.tolerance * champ["frauds"] + 2.0 * math.sqrt(max(1, champ["frauds"]))
-        if chall["frauds"] < champ["frauds"] - margin:
+        if champ_rate > bound >= rate:  # rule 3 of the offline gate: an over-budget catch is no reference
+            numbers["notes"].append(
+                f"the champion alerts above the budget's bound {bound:.4f} on live traffic ({champ_rate:.4f}) and "
+                f"the challenger within it ({rate:.4f}): the champion's {champ['frauds']} labelled frauds are "
+                "bought by alerting more, so the challenger's catch is not held against them (its precision is)")
+        elif chall["frauds"] < champ["frauds"] - margin:
             reasons.append(f"caught {chall['frauds']} labelled frauds, champion {champ['frauds']} "
                            f"(allowed {champ['frauds'] - margin:.1f})")
         if min(champ["alerts"], chall["alerts"]) >= policy.min_labels and champ["precision"] is not None \

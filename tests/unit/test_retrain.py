@@ -358,6 +358,26 @@ def test_shadow_gate_refuses_on_alert_rate_caught_frauds_precision_and_unscored_
     assert broken.outcome == "refused" and broken.reasons == ["challenger scored 1900 of 2000 events"]
 
 
+
+def test_shadow_gate_does_not_hold_an_over_budget_champions_catch_against_an_in_budget_challenger():
+    """Found by a new-user trial: a challenger alerting 0.042 of live events (bound 0.048) with
+    precision 0.54 was refused because a champion alerting 0.125 with precision 0.30 "caught" more
+    labelled frauds. The offline gate already leaves such a champion's recall out (its rule 3);
+    the shadow gate now does too, and says so. Precision is still compared; a challenger over
+    budget too is still held to the champion's catch."""
+    from stream_detector.retrain.gate import alert_rate_bound, decide_shadow
+
+    policy = GatePolicy(target_rate=0.01, max_ratio=2.0, tolerance=0.05, min_labels=5)
+    assert alert_rate_bound(policy, 20_000) < 1_000 / 20_000
+    quiet = decide_shadow(_figures(20_000, 1_000, 300), _outcomes(1_000, 300, 300, 200), policy, 1000, 3600)
+    assert quiet.outcome == "promoted" and quiet.reasons == [], quiet.reasons
+    assert any("champion's 300 labelled frauds are bought by alerting more" in n for n in quiet.numbers["notes"])
+    sloppy = decide_shadow(_figures(20_000, 1_000, 300), _outcomes(1_000, 300, 300, 30), policy, 1000, 3600)
+    assert sloppy.outcome == "refused" and sloppy.reasons[0].startswith("precision 0.100 below champion 0.300")
+    loud = decide_shadow(_figures(20_000, 1_000, 900), _outcomes(1_000, 300, 900, 100), policy, 1000, 3600)
+    assert loud.outcome == "refused" and any(r.startswith("caught 100 labelled frauds") for r in loud.reasons)
+
+
 def test_shadow_outcomes_collapse_redelivered_records_and_read_silence_as_legit():
     from stream_detector.retrain.gate import shadow_outcomes
 
