@@ -353,19 +353,36 @@ class Settings(KafkaSettings, RedisSettings, WorkerSettings, RetrainSettings, Co
         return self
 
 
+# Names other clients use for the two addresses, which difflib does not find close enough
+# (a new-user trial: SD_KAFKA_BOOTSTRAP_SERVERS=bogus:1 passed check-config and every command
+# reached localhost:9092). The services script's own SD_KAFKA_PORT / SD_REDIS_PORT are not here.
+OTHER_CLIENTS_NAMES = {
+    **dict.fromkeys(("SD_KAFKA_BOOTSTRAP_SERVERS", "SD_KAFKA_BOOTSTRAP_SERVER", "SD_BOOTSTRAP_SERVERS",
+                     "SD_BOOTSTRAP_SERVER", "SD_BOOTSTRAP", "SD_KAFKA_BROKERS", "SD_KAFKA_BROKER", "SD_BROKERS",
+                     "SD_KAFKA_SERVERS", "SD_KAFKA_SERVER", "SD_KAFKA_HOST", "SD_KAFKA_URL", "SD_KAFKA"),
+                    "SD_KAFKA_BOOTSTRAP"),
+    **dict.fromkeys(("SD_REDIS_HOST", "SD_REDIS", "SD_REDIS_URI", "SD_REDIS_ADDRESS", "SD_REDIS_SERVER",
+                     "SD_REDIS_ADDR"), "SD_REDIS_URL"),
+    **dict.fromkeys(("SD_TOPIC", "SD_TOPICS", "SD_INPUT"), "SD_INPUT_TOPIC"),
+    **dict.fromkeys(("SD_GROUP", "SD_CONSUMER_GROUP", "SD_CONSUMER_GROUP_ID"), "SD_GROUP_ID"),
+}
+
+
 def unknown_settings(environ: Mapping[str, str] | None = None) -> list[str]:
     """The ``SD_*`` variables of ``environ`` (default ``os.environ``) that are not settings but
-    nearly spell one (``difflib`` ratio >= 0.85: ``SD_INPUT_TOPICS``, ``SD_BATCHSIZE``), each as a
-    sentence naming the setting it resembles. Such a variable is ignored like any other, so the
-    setting it meant keeps its default; other ``SD_*`` names (the services script's, the tests')
-    are not reported."""
+    nearly spell one (``difflib`` ratio >= 0.85: ``SD_INPUT_TOPICS``, ``SD_BATCHSIZE``) or are
+    another client's name for one (``OTHER_CLIENTS_NAMES``: ``SD_KAFKA_BOOTSTRAP_SERVERS``,
+    ``SD_REDIS_HOST``), each as a sentence naming the setting it resembles. Such a variable is
+    ignored like any other, so the setting it meant keeps its default; other ``SD_*`` names (the
+    services script's, the tests') are not reported."""
     known = {f"SD_{name.upper()}" for name in Settings.model_fields}
     env = os.environ if environ is None else environ
     out = []
     for name in sorted(env):
         if not name.startswith("SD_") or name in known:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        close = [OTHER_CLIENTS_NAMES[name]] if name in OTHER_CLIENTS_NAMES else difflib.get_close_matches(
+            name, known, n=1, cutoff=0.85)
         if close:
             out.append(f"{name} is not a setting and is ignored (did you mean {close[0]}?)")
     return out

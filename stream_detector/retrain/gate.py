@@ -196,9 +196,9 @@ def decide_shadow(figures: dict[str, Any], outcomes: dict[str, Any], policy: Gat
        errors (not where the champion alerts above ``alert_rate_bound`` and the challenger within
        it: as in the offline gate's rule 3, an over-budget champion's catch is no reference, and
        the decision's notes say so; a new-user trial saw a challenger at 0.042 with precision 0.54
-       refused beside a champion at 0.125 with 0.30), and (both with ``min_labels`` alerts) its precision must be at most ``tolerance``
-       plus two standard errors below the champion's. With fewer labelled frauds it waits for labels
-       until ``max_seconds``, then is decided on rules 2-3.
+       refused beside a champion at 0.125 with 0.30), and (both with ``min_labels`` alerts) its
+       precision must be at most ``tolerance`` plus two standard errors below the champion's. With
+       fewer labelled frauds it waits for labels until ``max_seconds``, then is decided on rules 2-3.
 
     Analysts review only the champion's alerts: their verdicts favour it, so the comparison is
     conservative (chargebacks reach both models' frauds alike)."""

@@ -84,6 +84,22 @@ def test_a_misspelled_setting_is_named_with_the_one_it_resembles(monkeypatch: py
     assert checks[0] == Check("fail", "settings", "SD_GROUPID is not a setting and is ignored (did you mean SD_GROUP_ID?)")
 
 
+
+def test_other_clients_names_for_the_addresses_are_named_too() -> None:
+    """Found by a new-user trial: SD_KAFKA_BOOTSTRAP_SERVERS=bogus:1 (Kafka's own name), SD_REDIS_HOST
+    and SD_KAFKA_BROKERS are too far from SD_KAFKA_BOOTSTRAP / SD_REDIS_URL for the spelling rule:
+    check-config said OK and every command reached localhost. The services script's own
+    SD_KAFKA_PORT / SD_REDIS_PORT stay unreported."""
+    from stream_detector.settings import unknown_settings
+
+    env = {"SD_KAFKA_BOOTSTRAP_SERVERS": "bogus:1", "SD_REDIS_HOST": "r", "SD_KAFKA_BROKERS": "b:1",
+           "SD_KAFKA_PORT": "9092", "SD_REDIS_PORT": "6379", "SD_SERVICES_DIR": "/x"}
+    assert unknown_settings(env) == [
+        "SD_KAFKA_BOOTSTRAP_SERVERS is not a setting and is ignored (did you mean SD_KAFKA_BOOTSTRAP?)",
+        "SD_KAFKA_BROKERS is not a setting and is ignored (did you mean SD_KAFKA_BOOTSTRAP?)",
+        "SD_REDIS_HOST is not a setting and is ignored (did you mean SD_REDIS_URL?)"]
+
+
 def test_a_worker_scores_with_one_intra_op_thread_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
     """Found while timing workers taking turns: with torch's default (one intra-op thread per core)
     the worker's scoring thread, its decode thread and torch's second thread oversubscribed two
