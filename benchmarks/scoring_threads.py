@@ -3,12 +3,14 @@
 ``Scorer.outputs`` (step 4, one TorchScript call) on batches of 2 to 8,192 rows of the throughput
 suite's model (``benchmarks/workload.py``: 30 fields, 108 columns), with ``torch.set_num_threads``
 1 and torch's default (one per core), each in its own process so that the intra-op pool is set
-before its first use. Two conditions, in the same run:
+before its first use. Three conditions, in the same run:
 
-* **alone**: nothing else runs in the process;
-* **beside a busy thread**: a second Python thread of the same process spins in pure Python (what
-  the worker's decode/features thread does while its scoring thread scores, ``pipeline/compute.py``)
-  and one busy process beside it (the broker, Redis or another worker on the same cores).
+* **alone**: nothing else runs in the process or beside it;
+* **busy 1**: a second Python thread of the same process spins in pure Python (what the worker's
+  decode/features thread does while its scoring thread scores, ``pipeline/compute.py``), and one
+  busy process beside it (the broker, Redis or another worker on the same cores);
+* **busy 3**: the same thread and three busy processes: a loaded machine, as a test run or a
+  host shared by several workers, the broker and Redis.
 
 Per batch size: the median wall time of one call over ``--calls`` calls after a warm-up, best of
 ``--repeats`` processes per setting (the settings alternate). ``SD_TORCH_THREADS`` unset gives a
@@ -36,6 +38,7 @@ from .results import write_section
 from .workload import make_events, table
 
 SIZES = (2, 16, 128, 1024, 8192)
+BUSY = (0, 1, 3)  # busy processes beside the measuring one (and, when any, a busy thread inside it)
 
 
 def say(msg: str) -> None:
@@ -47,7 +50,7 @@ def _spin(stop: Any) -> None:
         sum(range(1000))
 
 
-def measure(model: Path, threads: int, busy: bool, calls: int) -> dict[str, float]:
+def measure(model: Path, threads: int, busy: int, calls: int) -> dict[str, float]:
     """One process's medians, ms per call by batch size (``threads`` 0: torch's default)."""
     import torch
 
@@ -63,7 +66,8 @@ def measure(model: Path, threads: int, busy: bool, calls: int) -> dict[str, floa
     helpers: list[Any] = []
     if busy:
         helpers = [threading.Thread(target=_spin, args=(stop,), daemon=True),
-                   multiprocessing.get_context("spawn").Process(target=_spin, args=(other,), daemon=True)]
+                   *(multiprocessing.get_context("spawn").Process(target=_spin, args=(other,), daemon=True)
+                     for _ in range(busy))]
         for h in helpers:
             h.start()
     out: dict[str, float] = {"threads": float(torch.get_num_threads())}
@@ -92,13 +96,13 @@ def run(repeats: int, calls: int, work: Path) -> dict[str, Any]:
 
     say("training the throughput suite's model (3 epochs)")
     model = save_bundle(build_bundle(train(make_events(6000, seed=0)[0], TrainConfig(epochs=3, seed=0))), work / "model")
-    best: dict[tuple[int, bool], dict[str, float]] = {}
+    best: dict[tuple[int, int], dict[str, float]] = {}
     for r in range(repeats):
-        for busy in (False, True):
+        for busy in BUSY:
             for threads in (1, 0):
-                say(f"repeat {r + 1}/{repeats}: threads {threads or 'default'}, {'busy' if busy else 'alone'}")
+                say(f"repeat {r + 1}/{repeats}: threads {threads or 'default'}, busy processes {busy}")
                 done = subprocess.run([sys.executable, "-m", "benchmarks.scoring_threads", "--child", str(model),
-                                       str(threads), str(int(busy)), str(calls)],
+                                       str(threads), str(busy), str(calls)],
                                       capture_output=True, text=True, check=True)
                 got = json.loads(done.stdout.strip().splitlines()[-1])
                 key = (threads, busy)
@@ -109,11 +113,11 @@ def run(repeats: int, calls: int, work: Path) -> dict[str, Any]:
 def markdown(ctx: dict[str, Any]) -> str:
     best = ctx["best"]
     rows = []
-    for busy in (False, True):
+    for busy in BUSY:
         one, default = best[(1, busy)], best[(0, busy)]
         for n in SIZES:
             a, b = one[str(n)], default[str(n)]
-            rows.append(["beside a busy thread and process" if busy else "alone", f"{n:,}",
+            rows.append([f"busy {busy}" if busy else "alone", f"{n:,}",
                          f"{a:.3f}", f"{b:.3f} ({int(default['threads'])} threads)", f"{b / a:.1f}×"])
     head = ("`python -m benchmarks scoring-threads`: `Scorer.outputs` on the throughput suite's model (108 "
             f"columns); median ms per call over {ctx['calls']} calls (a tenth of that at 8,192 rows), best of "
@@ -124,7 +128,7 @@ def markdown(ctx: dict[str, Any]) -> str:
 def main(argv: Sequence[str]) -> int:
     if argv and argv[0] == "--child":
         model, threads, busy, calls = argv[1:5]
-        print(json.dumps(measure(Path(model), int(threads), busy == "1", int(calls))))
+        print(json.dumps(measure(Path(model), int(threads), int(busy), int(calls))))
         return 0
     p = argparse.ArgumentParser(prog="python -m benchmarks scoring-threads",
                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
