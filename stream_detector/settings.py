@@ -180,9 +180,9 @@ class WorkerSettings(_Group):
     device: str = Field("cpu", description="Torch device for scoring: cpu, cuda or cuda:N.")
     torch_threads: int | None = Field(
         None, ge=0, description="Intra-op threads for CPU scoring (unset: 1, the worker's scoring thread beside "
-        "its decode thread; torch's default of one per core oversubscribes: scoring a few events took 8 ms instead "
-        "of 0.08), and for the retrainer's training when it has no --threads (unset: torch's default). "
-        "0 = torch's default for both.")
+        "its decode thread; torch's default of one per core oversubscribes a shared host: up to 3.2x slower, "
+        "benchmarks/RESULTS.md 'Scoring threads'), and for the retrainer's training when it has no --threads "
+        "(unset: torch's default). 0 = torch's default for both.")
     threshold_refresh_s: float = Field(1.0, gt=0, description="How often workers re-read threshold and model.")
     threshold_max_staleness_s: float = Field(
         60.0, gt=0, description="How long a worker scores with a cached threshold while Redis is unreachable."

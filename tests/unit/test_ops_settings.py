@@ -103,8 +103,8 @@ def test_other_clients_names_for_the_addresses_are_named_too() -> None:
 def test_a_worker_scores_with_one_intra_op_thread_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
     """Found while timing workers taking turns: with torch's default (one intra-op thread per core)
     the worker's scoring thread, its decode thread and torch's second thread oversubscribed two
-    cores, and scoring two events took ~8 ms instead of ~0.08 (benchmarks/RESULTS.md, *Scoring
-    threads*). Unset, a worker scores with 1 thread and the retrainer keeps torch's default;
+    shared cores: the scoring step of a two-event batch took 18 ms instead of 1 (benchmarks/RESULTS.md,
+    *Scoring threads*). Unset, a worker scores with 1 thread and the retrainer keeps torch's default;
     ``SD_TORCH_THREADS=0`` is torch's default for both, N is N."""
     monkeypatch.delenv("SD_TORCH_THREADS", raising=False)
     assert Settings().torch_threads is None and Settings().scoring_threads == 1
