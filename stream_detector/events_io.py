@@ -124,7 +124,8 @@ def checked_kind(path: Path) -> str:
     Parquet file named as text, JSON Lines named ``.csv``, CSV (or one JSON array) named
     ``.jsonl`` would otherwise be read as the wrong format — every row alerted or rejected, exit
     0. Raises ``InputError`` naming what the file looks like; an empty or unreadable file is left
-    to the reader. The rules: Parquet starts with ``PAR1``; UTF-16 text (a byte order mark, or NUL
+    to the reader. The rules: Parquet starts with ``PAR1``; a ZIP archive (an .xlsx workbook) is
+    refused as one; UTF-16 text (a byte order mark, or NUL
     bytes) is refused; a CSV file whose first line starts with ``{`` or ``[`` is JSON; a JSON Lines
     file whose first line starts with ``[`` is one JSON document, and one none of whose first 5
     lines is an object while the first holds a delimiter is CSV. Other bad lines stay each line's
@@ -149,6 +150,9 @@ def checked_kind(path: Path) -> str:
             raise InputError(f"{named}, but it is not one (a Parquet file starts with PAR1): CSV or JSON Lines? "
                              "name it .csv or .jsonl")
         return kind
+    if head.startswith(b"PK\x03\x04"):  # an .xlsx / .ods workbook is a ZIP archive (a new-user trial)
+        raise InputError(f"{path}: a ZIP archive, such as an Excel (.xlsx) or OpenDocument workbook: save the "
+                         "sheet as CSV (UTF-8), or unzip the archive")
     if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head[:4096]:
         raise InputError(f"{path}: UTF-16 (or other non-UTF-8) text, as Excel's \"Unicode text\" writes: "
                          "re-encode it as UTF-8")

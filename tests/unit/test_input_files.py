@@ -22,6 +22,16 @@ def _rejections(path: Path, **kwargs: object) -> list[tuple[int, str]]:
     return [(r.index, r.reason.value) for r in load_events(path, **kwargs).rejected]  # type: ignore[arg-type]
 
 
+def _zipped(name: str, data: bytes) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(name, data)
+    return buffer.getvalue()
+
+
 def test_json_lines_that_are_not_objects_are_rows_rejected(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_text('{"event_id":"a","amount":3}\n[1,2,3]\n"text"\n5\nnull\n{"event_id":"b","amount":4}\n')
     data = load_events(tmp_path / "a.jsonl")
@@ -143,7 +153,10 @@ def test_a_file_in_another_format_than_its_name_says_is_refused_by_what_it_looks
              "pretty.json": (b'[\n  {"event_id": "e1"},\n  {"event_id": "e2"}\n]\n', "it starts with '['"),
              "utf16.csv": ("event_id,amount\ne1,1.5\n".encode("utf-16"), "UTF-16 (or other non-UTF-8) text"),
              "text.parquet": (b"event_id,amount\ne1,1.5\n", "it is not one (a Parquet file starts with PAR1)"),
-             "jsonl.csv.gz": (gzip.compress(lines.encode()), "its first line is a JSON object")}
+             "jsonl.csv.gz": (gzip.compress(lines.encode()), "its first line is a JSON object"),
+             # a workbook is a ZIP archive: it was called UTF-16 text (a new-user trial)
+             "book.xlsx": (_zipped("xl/workbook.xml", b"<workbook/>"), "an Excel (.xlsx) or OpenDocument workbook"),
+             "zipped.csv": (_zipped("data.csv", b"event_id,amount\ne1,1.5\n"), "a ZIP archive")}
     for name, (data, said) in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(InputError, match=re.escape(said)):
