@@ -425,6 +425,23 @@ def _feedback_labels(path: Path, events: list[dict[str, Any]]) -> tuple[list[str
     return [FRAUD if v else LEGIT for v in found], verdicts.labels()
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of a count that must be >= 1 (``train --epochs 0`` meant "derived", ``--hidden 0``
+    wrote a model without a hidden unit: a new-user trial)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """argparse type of ``--hidden``: comma-separated layer widths, each >= 1."""
+    return tuple(_at_least_one(part.strip()) for part in text.split(","))
+
+
 def _reader_options(args: argparse.Namespace) -> Any:
     from .events_io import DEFAULT_NA, ReaderOptions
 
@@ -615,6 +632,12 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from .model.bundle import load_bundle
     from .offline import score_events
 
+    if args.threshold is not None:  # `threshold set` refuses the same values (a new-user trial: -1 flagged all)
+        from .store.base import threshold_problem
+
+        problem = threshold_problem(args.threshold)
+        if problem is not None:
+            raise ConfigError(f"--threshold: {problem}")
     bundle = load_bundle(Path(args.model))
     if args.feedback and not Path(args.feedback).exists():
         raise ConfigError(f"feedback file not found: {args.feedback}")
@@ -729,6 +752,8 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from .fieldschema import FieldType
     from .producer import EventProducer
 
+    if not (math.isfinite(args.rate) and args.rate >= 0):  # as simulate (a new-user trial: -5 was taken)
+        raise ConfigError(f"--rate must be a number >= 0 (0: as fast as possible), got {args.rate}")
     if args.feedback:
         return _produce_feedback(args, settings)
     data = _load_file(args, inference=_inference(args, None))  # typed by the file's own schema: JSON values
@@ -1007,6 +1032,8 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
 
     topic = _topic_named(args.topic, settings)
     # the feedback topic's reader is the workers' label ingester, in its own group
+    if args.group is not None and not args.group.strip():
+        raise ConfigError("--group is empty: name a consumer group, or leave the option out for the default")
     group = args.group or (f"{settings.group_id}-labels" if topic == settings.feedback_topic else settings.group_id)
     rows = group_lag(settings, group, topic)
     total = sum(lag for *_, lag in rows)
@@ -1089,6 +1116,9 @@ def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
     if args.head is not None and control.fetch_bundle(model).supervised is None:
         raise ConfigError(f"model {model} has no supervised head (train --supervised): --head does not apply")
     head: Any = args.head if args.head is not None else KEEP
+    if args.head == 0.0:  # as threshold_warning says of a value that flags everything (a new-user trial)
+        print("stream-detector threshold: warning: --head 0 makes every event alert (a probability above 0 is "
+              "fraud): workers will alert on all of them", file=sys.stderr)
     if args.value is not None:
         warning = threshold_warning(control.fetch_bundle(model).calibration, value)
         if warning:
@@ -1410,7 +1440,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "left out of training and the input is evaluated against them (instead of --label-column)")
     p.add_argument("--id-column", help="column to use as event_id (default: event_id, else row number)")
     p.add_argument("--exclude", action="append", help="field to leave out of the features (repeatable)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: derived from the row count)")
+    p.add_argument("--epochs", type=_at_least_one, help="training epochs, >= 1 (default: derived from the row "
+                   "count: ~20,000 optimiser steps, 10 to 300 epochs)")
     p.add_argument("--threshold-method", choices=["fence", "quantile", "meanstd"], default="fence",
                    help="fence (default): exp(median + K*1.4826*MAD) of the log validation errors, a robust "
                         "outlier rule whose flag rate follows the data; quantile: a fixed alert budget "
@@ -1424,9 +1455,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alert budget cap for any method: the threshold is raised until at most this share "
                         "of normal validation rows is flagged (e.g. 0.002 for fraud streams)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout in hidden layers (default 0.0)")
-    p.add_argument("--hidden", type=lambda v: tuple(int(x) for x in v.split(",")),
+    p.add_argument("--hidden", type=_widths,
                    help="encoder widths, comma separated, e.g. 64,32 (default: derived from the feature count)")
-    p.add_argument("--bottleneck", type=int, help="bottleneck width (default: derived from the feature count)")
+    p.add_argument("--bottleneck", type=_at_least_one,
+                   help="bottleneck width (default: derived from the feature count)")
     p.add_argument("--error-norm", choices=["none", "mean"], default="mean",
                    help="mean (default): divide each feature's squared error by its mean over the training "
                         "and validation rows, so every field weighs alike in the score; none: raw squared errors")
@@ -1634,7 +1666,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "JSON object (tab separated): a dead letter's reason is there (sd.error.reason, sd.error.message)")
     p.set_defaults(func=cmd_tail)
 
-    p = sub.add_parser("threshold", help="read or set the active threshold (versioned, audited)")
+    p = sub.add_parser("threshold", help="read or set the active threshold (versioned, audited)",
+                       description="get: the threshold workers use now, as JSON (value, version, the model it "
+                                   "belongs to, a supervised head's probability threshold), with --history N the "
+                                   "last N changes. set VALUE: a new version for the active model, atomically; "
+                                   "workers use it within SD_THRESHOLD_REFRESH_S. A value far from the model's "
+                                   "calibration is warned about; a negative or non-finite one is refused. "
+                                   "docs/operations.md.")
     p.add_argument("action", choices=["get", "set"], help="get: the threshold in force (JSON); set: a new version")
     p.add_argument("value", nargs="?", type=float, help="new threshold (set)")
     p.add_argument("--note", help="audit note (set)")

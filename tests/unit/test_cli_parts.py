@@ -397,3 +397,29 @@ def test_score_refuses_to_write_its_scores_over_its_input(tmp_path: Path, bundle
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "is the input file" in err, err
     assert data.read_bytes() == before
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["train", "--input", "x.csv", "--out", "m", "--epochs", "0"], "--epochs: expected a whole number >= 1"),
+    (["train", "--input", "x.csv", "--out", "m", "--hidden", "0"], "--hidden: expected a whole number >= 1"),
+    (["train", "--input", "x.csv", "--out", "m", "--bottleneck", "-1"], "--bottleneck: expected a whole number"),
+    (["produce", "--input", "x.csv", "--rate", "-5"], "--rate must be a number >= 0"),
+    (["score", "--model", "m", "--input", "x.csv", "--out", "o.csv", "--threshold", "-1"],
+     "--threshold: threshold must be a finite number >= 0"),
+    (["lag", "--group", ""], "--group is empty"),
+])
+def test_values_that_make_no_sense_are_refused_before_any_work(argv: list[str], said: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a new-user trial: each was accepted and did something the user did not ask for
+    (--epochs 0 ran 300 epochs, --hidden 0 wrote a model without hidden units, --rate -5 was taken,
+    --threshold -1 flagged every row, an empty --group read the default group)."""
+    from stream_detector.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.csv").write_text("event_id,amount\ne1,1.5\n")
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own refusal of a value
+        code = int(exc.code or 0)
+    assert code == 2 and said in capsys.readouterr().err
