@@ -74,6 +74,9 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
     generate = not any(row is not None and row.get(id_col) not in (None, "") for row in raw.rows)
     if generate and id_column:
         raise InputError(missing_id_column(path, id_column))
+    if label_column is not None and not any(row is not None and label_column in row for row in raw.rows):
+        # scoring set the label aside where present and ignored a misspelled one (a new-user trial)
+        raise InputError(f"{path}: --label-column {label_column}: no row has this column; check its spelling")
     ids: list[str] = []
     row_labels: list[str | None] = []
     for n, row in enumerate(raw.rows):

@@ -202,3 +202,15 @@ def test_an_id_column_no_row_has_is_refused_not_replaced_by_made_up_ids(tmp_path
     assert main(["produce", "--input", str(path), "--id-column", "evnt_id"]) == 2  # before any Kafka call
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("stream-detector produce: error: ") and "evnt_id" in err, err
+
+
+def test_a_label_column_no_row_has_is_refused_when_scoring_too(tmp_path: Path) -> None:
+    """Found by a new-user trial: `score --label-column labl` (misspelled) was silently ignored,
+    so no evaluation was made; training already refused it. Now every reader refuses it."""
+    from stream_detector.errors import InputError
+
+    path = tmp_path / "s.csv"
+    path.write_text("event_id,amount,label\ne1,3.5,legit\n")
+    with pytest.raises(InputError, match="--label-column labl: no row has this column"):
+        load_events(path, label_column="labl", require_labels=False)
+    assert load_events(path, label_column="label", require_labels=False).labels == ["legit"]
