@@ -75,6 +75,9 @@ def _setup_logging(settings: Settings | None, verbose: bool = False, one_shot: b
     # user's trial of `retrain --once`); its real errors are still logged
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager" on a first run's report
+    # numba logs its compiler passes at DEBUG: thousands of lines for one short worker run under -v
+    # (a new-user trial), which bury the project's own debug lines
+    logging.getLogger("numba").setLevel(logging.WARNING)
     logging.getLogger("kafka.net.transport").addFilter(_closed_transport_noise)
     logging.getLogger("kafka.cluster").addFilter(_cancelled_refresh_noise)
     for name in _KAFKA_CONNECTION_LOGGERS:
