@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import getpass
 import logging
 import math
@@ -513,9 +514,16 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
         for warning in absent_warnings(schema, entity, filled):  # a column empty in every row is absent too
             _say(f"warning: {warning}")
     if inference is not None:
+        named = {text.split("=", 1)[0].strip() for text in getattr(args, "field", None) or ()}
         for name in inference.overrides:
-            if data.schema[name].note.endswith("(not in the data)"):
-                _say(f"warning: --schema/--field names {name!r}, which is not a field of {args.input}")
+            if not data.schema[name].note.endswith("(not in the data)"):
+                continue
+            if name in named:  # typed on the command line: a misspelling (`--field amout=number`, a trial)
+                fields = sorted({n for row in data.raw.rows if row for n in row})
+                close = difflib.get_close_matches(name, fields, n=1)
+                raise ConfigError(f"--field {name}: no such field in {args.input}"
+                                  + (f" (did you mean {close[0]!r}?)" if close else f" (fields: {', '.join(fields)})"))
+            _say(f"warning: --schema names {name!r}, which is not a field of {args.input}")
     if data.rejected:
         _say(f"warning: {data.rejection_summary()}")
     if need_events and not data.events:

@@ -407,13 +407,16 @@ def test_score_refuses_to_write_its_scores_over_its_input(tmp_path: Path, bundle
     (["score", "--model", "m", "--input", "x.csv", "--out", "o.csv", "--threshold", "-1"],
      "--threshold: threshold must be a finite number >= 0"),
     (["lag", "--group", ""], "--group is empty"),
+    (["train", "--input", "x.csv", "--out", "m", "--field", "amout=number"],  # a warning and a phantom field
+     "--field amout: no such field in x.csv (did you mean 'amount'?)"),
 ])
 def test_values_that_make_no_sense_are_refused_before_any_work(argv: list[str], said: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """Found by a new-user trial: each was accepted and did something the user did not ask for
     (--epochs 0 ran 300 epochs, --hidden 0 wrote a model without hidden units, --rate -5 was taken,
-    --threshold -1 flagged every row, an empty --group read the default group)."""
+    --threshold -1 flagged every row, an empty --group read the default group, a misspelled --field
+    was a warning and a phantom field in the schema)."""
     from stream_detector.cli import main
 
     monkeypatch.chdir(tmp_path)
