@@ -323,9 +323,9 @@ def _check_file_out(out: Path, option: str, inputs: Sequence[str | None] = ()) -
     folder, and it is none of ``inputs`` (``score --out`` named as its ``--input`` replaced the input
     with the scores, exit 0: a new-user trial)."""
     for given in inputs:
-        if given and Path(given).is_file() and out.exists() and out.resolve() == Path(given).resolve():
+        if given and Path(given).is_file() and out.exists() and os.path.samefile(out, given):  # links too
             raise ConfigError(f"{option} {out} is the input file {given}: writing there would replace it; "
-                              "give another file name")
+                              "give another file name (or, for a folder or pattern, one outside it)")
     if out.is_dir():
         raise ConfigError(f"{option} {out}: a folder is there; give a file name")
     if not out.parent.is_dir():
@@ -711,6 +711,7 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
     files = input_files(args.input)
+    _check_file_out(Path(args.out), "--out", [str(f) for f in files])  # a folder's or glob's own file
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     with _terminated_as_interrupt():
         done = score_stream(bundle, files, Path(args.out), reader=_reader_options(args), threshold=threshold,

@@ -362,7 +362,8 @@ OTHER_CLIENTS_NAMES = {
                      "SD_KAFKA_SERVERS", "SD_KAFKA_SERVER", "SD_KAFKA_HOST", "SD_KAFKA_URL", "SD_KAFKA"),
                     "SD_KAFKA_BOOTSTRAP"),
     **dict.fromkeys(("SD_REDIS_HOST", "SD_REDIS", "SD_REDIS_URI", "SD_REDIS_ADDRESS", "SD_REDIS_SERVER",
-                     "SD_REDIS_ADDR"), "SD_REDIS_URL"),
+                     "SD_REDIS_ADDR", "SD_REDIS_HOSTS", "SD_REDIS_HOSTNAME", "SD_REDIS_PASSWORD", "SD_REDIS_USER",
+                     "SD_REDIS_USERNAME", "SD_REDIS_DB"), "SD_REDIS_URL"),  # the password goes in the URL
     **dict.fromkeys(("SD_TOPIC", "SD_TOPICS", "SD_INPUT"), "SD_INPUT_TOPIC"),
     **dict.fromkeys(("SD_GROUP", "SD_CONSUMER_GROUP", "SD_CONSUMER_GROUP_ID"), "SD_GROUP_ID"),
 }

@@ -45,7 +45,8 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     line per input row in input order). ``threshold``: the bundle's unless given. The lines go to a
     hidden file beside ``out``, renamed to ``out`` only when every row is written.
 
-    Raises ``InputError`` for an input that cannot be read (a bad row is that row's line, never an error).
+    Raises ``InputError`` for an input that cannot be read (a bad row is that row's line, never an error),
+    and for a ``label_column`` no row has (no file is written then).
     """
     scorer = OfflineScorer(bundle, device)
     limit = bundle.threshold if threshold is None else threshold
@@ -53,7 +54,7 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     done = StreamedScores()
     started = last = time.monotonic()
     files_ids = GeneratedIds(id_column, reader, chunk_rows)
-    warned = False
+    warned = labelled = False
     total = known_rows(files)
     hashes: list[np.ndarray] = []  # of every event id, for the repeated-ids warning (8 bytes a row)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")  # renamed to ``out`` once complete
@@ -67,6 +68,9 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
             if not warned:
                 warned = True
                 _warn_absent(bundle, chunk, say)
+            if label_column is not None and not labelled:
+                labelled = (label_column in chunk.table.column_names if chunk.table is not None
+                            else any(row is not None and label_column in row for row in chunk.rows))
             stem = chunk.stem
             prepared = prepare_chunk(chunk, id_column=id_column, label_column=label_column,
                                      generate_ids=files_ids.of(chunk), require_labels=False)
@@ -106,6 +110,9 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
                 say(f"score: {done.rows:,} rows{left}, {rate:,.0f} rows/s")
         if done.rows == 0:  # as ``score``: an input without a row is an error, not an empty result
             raise InputError(f"{files[0] if len(files) == 1 else 'the input'}: no rows")
+        if label_column is not None and not labelled:  # as ``inputs.load_events`` (a misspelled one; a trial)
+            raise InputError(f"{files[0] if len(files) == 1 else 'the input'}: --label-column {label_column}: "
+                             "no row has this column; check its spelling")
         handle.close()
         partial.replace(out)
     finally:

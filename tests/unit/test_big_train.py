@@ -127,8 +127,12 @@ def test_streamed_score_writes_the_in_memory_lines(history: Path, tmp_path: Path
     with pytest.raises(InputError, match="no rows"):  # as `score`: an input without rows is an error
         score_stream(model, [empty], tmp_path / "e.csv")
     assert not (tmp_path / "e.csv").exists()
-    # scoring only sets a label aside: a file without that column is scored all the same (as `score`)
-    score_stream(model, [history], tmp_path / "s2.csv", label_column="verdict", chunk_rows=999)
+    # a label column no row has is refused (a misspelling was scored silently: a trial), no file written
+    with pytest.raises(InputError, match="--label-column verdict: no row has this column"):
+        score_stream(model, [history], tmp_path / "s2.csv", label_column="verdict", chunk_rows=999)
+    assert not (tmp_path / "s2.csv").exists()
+    # scoring only sets a label aside: without --label-column the file is scored all the same
+    score_stream(model, [history], tmp_path / "s2.csv", chunk_rows=999)
     with (tmp_path / "s2.csv").open() as handle:
         again = list(csv.DictReader(handle))
     # ... line for line, but for the no_features row's message: the label column it kept is one of its fields

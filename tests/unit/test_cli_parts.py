@@ -426,3 +426,32 @@ def test_values_that_make_no_sense_are_refused_before_any_work(argv: list[str], 
     except SystemExit as exc:  # argparse's own refusal of a value
         code = int(exc.code or 0)
     assert code == 2 and said in capsys.readouterr().err
+
+
+def test_score_of_a_folder_or_pattern_refuses_an_out_among_its_files_and_links(
+        tmp_path: Path, bundle: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a second trial: the same-file check looked at --input only when it was one file, so
+    `score --input '*.csv' --out x.csv` and `--input . --out y.csv` replaced an input with scores, and a
+    hard link to the input got past it too. The streamed path also ignored a misspelled --label-column."""
+    import os
+
+    from stream_detector.cli import main
+    from stream_detector.model.bundle import save_bundle
+    from stream_detector.simulate import Simulator
+
+    model = save_bundle(bundle, tmp_path / "m")
+    data = tmp_path / "in"
+    data.mkdir()
+    rows = Simulator(seed=1, accounts=20).batch(20, 0.0)[0]
+    for name in ("x.jsonl", "y.jsonl"):
+        (data / name).write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in rows))
+    os.link(data / "y.jsonl", tmp_path / "hard.jsonl")
+    before = (data / "x.jsonl").read_bytes()
+    for given, out in ((str(data / "*.jsonl"), data / "x.jsonl"), (str(data), data / "y.jsonl"),
+                       (str(tmp_path / "hard.jsonl"), data / "y.jsonl")):
+        assert main(["score", "--model", str(model), "--input", given, "--out", str(out)]) == 2
+        assert "is the input file" in capsys.readouterr().err
+    assert (data / "x.jsonl").read_bytes() == before == (data / "y.jsonl").read_bytes()
+    out = tmp_path / "o.csv"
+    assert main(["score", "--model", str(model), "--input", str(data), "--out", str(out), "--label-column", "lbl"]) == 2
+    assert "--label-column lbl: no row has this column" in capsys.readouterr().err and not out.exists()
