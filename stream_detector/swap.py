@@ -86,14 +86,14 @@ class ModelSwap:
             new = future.result(timeout=self.timeout_s)
         except (ModelError, StreamDetectorError, RuntimeError, OSError, TimeoutError) as exc:
             self._refused = (version, self.clock())
-            self.on_swap(False)
             log.error("model %s failed to load, keeping %s: %s", version, old, exc,
                       extra={"model_version": old, "failed_model_version": version})
+            self.on_swap(False)  # counted after its line is out: a reader of the counter then finds the line
             return False
         self.current = new
-        self.on_swap(True)
         log.info("swapped model %s -> %s", old, version, extra={"model_version": version,
                                                                  "previous_model_version": old})
+        self.on_swap(True)
         return True
 
     def close(self) -> None:
