@@ -117,6 +117,16 @@ class RedisSettings(_Group):
                                "after writing them, so its next batches need not read them again (about 0.8 KB "
                                "each; 0: always read, the default). Another writer's change is caught by the "
                                "compare-and-set write (docs/entity-features.md).")
+    entity_partition_key: str = Field(
+        "account_id", description="The event field the input topic's producers key by (the project's producer keys "
+        "by account_id): one worker owns each such entity, so its history is kept in the worker's memory and written "
+        "to Redis once per SD_ENTITY_FLUSH_MS, the offsets committed after that write (write-behind; "
+        "docs/entity-features.md). A record with events from two partitions turns it off with an ERROR. Empty: every "
+        "record is written on every batch. Off with SD_DELIVERY=exactly_once.")
+    entity_flush_ms: int = Field(
+        1000, ge=0, le=600_000, description="Write-behind entity state (SD_ENTITY_PARTITION_KEY): how often it is "
+        "written to Redis and the offsets committed; a crash re-reads at most this much of the stream. 0: every batch "
+        "(write-behind off).")
     redis_username: str = Field("", description="Redis ACL user (or put it in SD_REDIS_URL).")
     redis_password: SecretStr = Field(SecretStr(""), description="Redis AUTH password (from a Secret, never "
                                       "logged; overrides one in SD_REDIS_URL).")

@@ -8,7 +8,8 @@
     4 score    TorchScript per-feature errors
     5 decide   score vs the Redis threshold for that model
     6 publish  alerts + dead letters, wait for every acknowledgement
-    7 commit   offsets, only after 6 succeeded
+    7 commit   offsets, only after 6 succeeded (with write-behind entity state, a window of batches
+               at a time, after the state is written: entity/behind.py)
 
 Steps 2-4 run over chunks of the batch, each chunk scored on a scoring thread while the next is
 decoded (``pipeline/compute.py``); steps 5-7 see the whole batch at once.
@@ -38,8 +39,9 @@ import numpy as np
 import torch
 
 from .entity import Enricher
+from .entity.behind import WriteBehind, WriteBehindConflict
 from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
-from .errors import ConfigError, DeliveryError, StreamDetectorError
+from .errors import ConfigError, DeliveryError, EntityStateUnavailable, StreamDetectorError
 from .features import Extra
 from .fieldschema import EventTime
 from .hold import BatchHold
@@ -60,7 +62,7 @@ from .store import ControlPlane, ControlView
 from .store.control import WorkerView
 from .swap import ModelSwap, ShadowSlot
 from .topics import ensure_topics, topic_exists, topic_partitions
-from .transport.base import Batch, OutMessage, Publisher, Source
+from .transport.base import Batch, Membership, Offsets, OutMessage, Publisher, Source, TopicPartition
 from .transport.factory import make_sink, make_source
 
 log = logging.getLogger("stream_detector.worker")
@@ -92,6 +94,8 @@ class WorkerStats:
     abandoned_batches: int = 0
     shadow_events: int = 0  # scored by a challenger in shadow too (pipeline/shadow.py)
     shadow_alerts: int = 0  # the challenger's would-be alerts
+    state_flushes: int = 0  # write-behind entity state written, offsets committed after (entity/behind.py)
+    state_conflicts: int = 0  # flushes that found a record changed by another writer (window read again)
     started_at: float = field(default_factory=time.monotonic)
     busy_s: float = 0.0  # seconds in the loop's steps that handled events (``run``; empty polls left out)
 
@@ -183,6 +187,12 @@ class Worker:
         self._counted: dict[str, int] = {}  # running totals of the enricher and label store, as counted in metrics
         self._untimed = 0  # the current batch's events without a usable timestamp (its last enrich attempt)
         self._shadow_counts: tuple[str, dict[str, int]] | None = None  # the batch in hand's, until committed
+        self.behind: WriteBehind | None = None  # write-behind entity state (SD_ENTITY_PARTITION_KEY), start()
+        self._pending: Offsets = {}  # with write-behind: offsets delivered, not committed yet (the window)
+        self._pending_group: Membership | None = None
+        self._behind_group: Membership | None = None  # the membership of the last batch accepted into the window
+        self._flushed_at = time.monotonic()
+        self._flush_failed_at = -1e9
 
     @property
     def scorer(self) -> Scorer | None:
@@ -233,7 +243,13 @@ class Worker:
             log.info("event-time alignment on (%s): idle %d ms, max jump %d ms, across workers grace %d ms, "
                      "stale %d ms", mode, self.settings.align_idle_ms, self.settings.align_max_jump_ms,
                      self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms)
-        self.enricher = Enricher(self.control.entity_state(self.settings.entity_copies))
+        store = self.control.entity_state(self.settings.entity_copies)
+        key = self.settings.entity_partition_key
+        if key and self.settings.entity_flush_ms > 0 and not self.publisher.transactional:
+            store = self.behind = WriteBehind(store, key, max(self.settings.entity_copies, 100_000))
+            log.info("entity state: write-behind for %s (the input topic's key), written and committed every "
+                     "%d ms (SD_ENTITY_PARTITION_KEY, SD_ENTITY_FLUSH_MS)", key, self.settings.entity_flush_ms)
+        self.enricher = Enricher(store)
         if self.settings.entity_copies:
             log.info("entity state: copies of up to %d written records kept in memory (SD_ENTITY_COPIES)",
                      self.settings.entity_copies)
@@ -246,6 +262,8 @@ class Worker:
         self.link.start()
         self.feed.start()
         self.publisher.start()
+        if self.behind is not None:
+            self.source.on_revoke = self._revoking
         self.source.start()
         _freeze_long_lived()
         log.info("worker started: model %s, topic %s, group %s", scorer.version,
@@ -289,6 +307,11 @@ class Worker:
     def close(self) -> None:
         if self.ingester is not None:
             self.ingester.stop()
+        if self._pending:  # the delivered batches' state and offsets, as on every flush
+            try:
+                self._flush_and_commit(idle=True)
+            except Exception:  # noqa: BLE001 - closing anyway: the window is read again by whoever owns it next
+                log.warning("closing with a window of batches uncommitted: they will be read again", exc_info=True)
         self.source.close()
         self.publisher.close()
         self.compute.close()
@@ -334,6 +357,8 @@ class Worker:
         if not len(batch):
             if self.hold.active:  # every held partition moved to another worker
                 self.hold.release()
+            elif self._pending:
+                self._flush_and_commit(due_only=True, idle=True)  # a quiet stream still commits its last window
             return 0
         try:
             self.handle(batch)
@@ -347,6 +372,8 @@ class Worker:
         return len(batch)
 
     def handle(self, batch: Batch) -> None:
+        if self.behind is not None and self._window_moved(batch):
+            return
         scorer, done, decision = self._score_and_decide(batch)  # 2 decode … 5 decide, one model
         events, indices, rejected = done.events, done.indices, done.rejected
         self.link.observe(scorer, decision.scores)  # drift summaries: one bincount per batch
@@ -368,12 +395,16 @@ class Worker:
             if not self.source.still_member(batch):  # evicted meanwhile: a zombie must not commit
                 self._abandon(batch)
                 return
-            self.hold.in_doubt = self.publisher.transactional  # until the commit returns
-            with self.steps.time("commit"):
-                self.publisher.commit(self.source, batch.next_offsets(), batch.group)  # 7 commit, after 6
-            self.hold.in_doubt = False
-            if isinstance(self.source, AlignedSource):
-                self.source.settled(batch.next_offsets())  # several workers: peers may release up to here
+            defer = self._defers(scorer)
+            if defer or self._pending:
+                self._defer(batch, defer)  # 7 commit: the window's, after its entity state is written
+            else:
+                self.hold.in_doubt = self.publisher.transactional  # until the commit returns
+                with self.steps.time("commit"):
+                    self.publisher.commit(self.source, batch.next_offsets(), batch.group)  # 7 commit, after 6
+                self.hold.in_doubt = False
+                if isinstance(self.source, AlignedSource):
+                    self.source.settled(batch.next_offsets())  # several workers: peers may release up to here
         except DeliveryError:
             self.stats.delivery_failures += 1
             self.metrics.delivery_failed()
@@ -464,7 +495,144 @@ class Worker:
                     "not committing it, rewinding to the group's committed offsets", len(batch))
         self.stats.abandoned_batches += 1
         self.publisher.abandon()
-        self.source.rewind_to_committed(batch)
+        self.source.rewind_to_committed(self._drop_window(batch))
+
+    # ---- write-behind entity state (entity/behind.py) ------------------------------------------
+    def _defers(self, scorer: Scorer) -> bool:
+        """Whether batches scored by ``scorer`` commit as a window (write-behind): its entity spec has
+        the partition key, and the topic has not turned out to be keyed otherwise."""
+        spec, behind = scorer.bundle.entity, self.behind
+        return behind is not None and not behind.disabled and spec is not None and behind.key in spec.keys
+
+    def _defer(self, batch: Batch, defer: bool = True) -> None:
+        """Step 7 with write-behind: the delivered batch's entity records become the worker's state,
+        its offsets join the window, its shared entities (written already) let peers move on; every
+        ``SD_ENTITY_FLUSH_MS`` the window's records are written, then its offsets committed.
+        ``defer`` False (a model without the partition key took over): the window is closed now."""
+        assert self.behind is not None
+        must = self.behind.accept() or not defer
+        offsets = batch.next_offsets()
+        self._pending.update(offsets)
+        self._pending_group = self._behind_group = batch.group
+        if isinstance(self.source, AlignedSource):
+            self.source.settled(offsets)  # its shared entities are written (the partition key's are not shared)
+        self._flush_and_commit(due_only=not must and not self.stop_event.is_set())
+
+    def _window_moved(self, batch: Batch) -> bool:
+        """Before ``batch`` is enriched: True when the group rebalanced since the last batch accepted
+        into the open window — a partition may have been revoked and handed back, its position reset
+        to the committed offset, so the records held no longer match what is read. The window and
+        ``batch`` are then dropped unwritten and uncommitted and read again from the committed
+        offsets against the stored state (at most ``SD_ENTITY_FLUSH_MS`` of events read twice per
+        rebalance). With no window open, only the records held are forgotten."""
+        assert self.behind is not None
+        group = self._behind_group
+        if group is None or self.source.still_member(Batch(topic=batch.topic, group=group)):
+            return False
+        self._behind_group = None
+        if not self._pending:
+            self.behind.forget()  # flushed records of a partition that moved and came back may be stale
+            return False
+        log.warning("the consumer group rebalanced with a window of batches uncommitted: its entity records are "
+                    "dropped and it is read again from the committed offsets")
+        self.stats.abandoned_batches += 1
+        self.source.rewind_to_committed(self._drop_window(batch))
+        return True
+
+    def _revoking(self, partitions: set[TopicPartition]) -> Offsets:
+        """The consumer's rebalance hook (inside its poll, ``base.Source.on_revoke``): before
+        ``partitions`` go to another worker, the open window's entity records are written and its
+        offsets returned for the consumer to commit (as Kafka Streams commits in
+        ``onPartitionsRevoked``), so their new owner starts after them rather than reading up to
+        ``SD_ENTITY_FLUSH_MS`` of events again. If the write fails the window stays open (nothing to
+        commit): the next batch finds the group moved and reads the window again."""
+        behind = self.behind
+        if not self._pending or behind is None:
+            return {}
+        try:
+            with self.steps.time("flush"):
+                behind.flush()
+        except Exception:  # noqa: BLE001 - inside the client's poll: never raise there
+            log.warning("could not write the open window before partitions %s were revoked",
+                        sorted(tp.partition for tp in partitions), exc_info=True)
+            return {}
+        self._flushed_at = time.monotonic()
+        self.stats.state_flushes += 1
+        offsets, self._pending = self._pending, {}
+        return offsets
+
+    def _flush_and_commit(self, due_only: bool = False, idle: bool = False) -> None:
+        """Write the window's entity records, then commit its offsets (only those of partitions still
+        assigned: a revoked partition's records are dropped unwritten and its offsets uncommitted, so
+        its new owner starts from the stored state of the committed offsets). ``due_only``: only once
+        ``SD_ENTITY_FLUSH_MS`` has passed since the last flush. A store that fails leaves the window
+        open (tried again later); a conflict abandons it (read again from the committed offsets).
+        ``idle`` (no batch in hand): a failed commit is logged and tried again later, not raised."""
+        behind = self.behind
+        if behind is None or not (self._pending or behind.pending):
+            return
+        now = time.monotonic()
+        if due_only and now - self._flushed_at < self.settings.entity_flush_ms / 1000.0:
+            return
+        if idle and now - self._flush_failed_at < 1.0:
+            return
+        if self._pending_group is not None and not self.source.still_member(
+                Batch(topic=self.settings.input_topic, group=self._pending_group)):
+            log.warning("the consumer group rebalanced with a window of batches uncommitted: read again")
+            self.stats.abandoned_batches += 1
+            self._behind_group = None
+            self.source.rewind_to_committed(self._drop_window(None))
+            return
+        assigned = self.source.assignment()
+        gone = {tp for tp in self._pending if tp not in assigned}
+        if gone:
+            dropped = behind.drop_partitions({tp.partition for tp in gone if tp.topic == self.settings.input_topic})
+            for tp in gone:
+                del self._pending[tp]
+            log.info("partitions %s revoked with a window open: %d entity records and their offsets left to the "
+                     "new owner", sorted(tp.partition for tp in gone), dropped)
+        try:
+            with self.steps.time("flush"):
+                behind.flush()
+        except WriteBehindConflict as exc:
+            self.stats.state_conflicts += 1
+            log.warning("%s", exc)
+            self.publisher.abandon()
+            self.source.rewind_to_committed(self._drop_window(None))
+            return
+        except EntityStateUnavailable as exc:
+            self._flush_failed_at = now
+            log.warning("entity state write-behind failed, offsets not committed; trying again: %s", exc)
+            return
+        self._flushed_at = now
+        self.stats.state_flushes += 1
+        if not self._pending:
+            return
+        try:
+            with self.steps.time("commit"):
+                self.publisher.commit(self.source, dict(self._pending), self._pending_group)
+        except DeliveryError as exc:
+            if not idle:
+                raise
+            self._flush_failed_at = now
+            log.warning("offset commit failed; trying again: %s", exc)
+            return
+        self._pending.clear()
+
+    def _drop_window(self, batch: Batch | None) -> Batch:
+        """Forget the open window (write-behind records, uncommitted offsets); the batch to rewind:
+        ``batch``'s partitions and the window's."""
+        topic = batch.topic if batch is not None and batch.topic else self.settings.input_topic
+        parts = set(batch.partitions) if batch is not None else set()
+        parts |= {tp.partition for tp in self._pending if tp.topic == topic}
+        self._pending.clear()
+        if self.behind is not None:
+            self.behind.forget()
+        if batch is not None and parts == set(batch.partitions):
+            return batch
+        n = len(parts)
+        return Batch(topic=topic, partitions=sorted(parts), offsets=[0] * n, keys=[None] * n, values=[None] * n,
+                     timestamps=[-1] * n, headers=[()] * n)
 
     def _held(self, batch: Batch, exc: StreamDetectorError, first: bool) -> None:
         if first:

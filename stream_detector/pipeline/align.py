@@ -326,9 +326,19 @@ class AlignedSource:
     def commit(self, offsets: Offsets) -> None:
         self.inner.commit(offsets)
 
+    @property
+    def on_revoke(self) -> Callable[[set[TopicPartition]], Offsets] | None:
+        """The inner source's hook (``base.Source``): its rebalances happen inside its poll."""
+        return self.inner.on_revoke
+
+    @on_revoke.setter
+    def on_revoke(self, hook: Callable[[set[TopicPartition]], Offsets] | None) -> None:
+        self.inner.on_revoke = hook
+
     def settled(self, offsets: Offsets) -> None:
-        """The worker committed ``offsets`` (either delivery mode): their records are applied, so
-        their partitions' heads move on and are published to the peers."""
+        """The worker committed ``offsets`` (either delivery mode), or, with write-behind entity
+        state (``entity/behind.py``), delivered them with their shared entities' records written:
+        their records are applied, so their partitions' heads move on and are published to the peers."""
         for tp, next_offset in offsets.items():
             if tp.topic != self.topic:
                 continue

@@ -198,7 +198,13 @@ class Source(Protocol):
     I/O before ``start`` (``RuntimeError`` when called before it). ``poll_batch`` rides out
     retriable client errors; others propagate as the client raised them. ``commit`` raises
     ``CommitRefused`` when the partitions moved, else ``TransportError``; so do ``assignment``
-    and ``highwaters``."""
+    and ``highwaters``. ``on_revoke``, when set, is called inside ``poll_batch`` with the
+    partitions a rebalance takes away, while they are still this consumer's; the offsets it returns
+    are committed before the rebalance goes on (the worker's write-behind window, ``entity/behind.py``;
+    a failed commit is logged: their new owner reads them again). Partitions *lost* (evicted) are not
+    passed: they cannot be committed."""
+
+    on_revoke: Callable[[set[TopicPartition]], Offsets] | None
 
     def start(self) -> None: ...
     def poll_batch(self, fill: bool = True) -> Batch: ...

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -248,6 +249,7 @@ class ConfluentSource:
         self._state = _Rebalances()
         self._fatal: KafkaError | None = None
         self._poll_failed = Throttled("poll")
+        self.on_revoke: Callable[[set[TopicPartition]], Offsets] | None = None  # base.Source
 
     # ---- lifecycle and rebalance callbacks (they run inside consume(), on the worker thread) ----
     def start(self) -> None:
@@ -264,6 +266,14 @@ class ConfluentSource:
             log.info("assigned %s", sorted(tp.partition for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
+        if partitions and self.on_revoke is not None:  # still ours until this returns: commits go through
+            offsets = self.on_revoke({ours(tp) for tp in partitions})
+            if offsets:
+                try:
+                    self.commit(offsets)
+                except Exception as exc:  # noqa: BLE001 - the rebalance goes on; the new owner reads them again
+                    log.warning("offsets of partitions being revoked were not committed (read again by their new "
+                                "owner): %r", exc)
         self._state.epoch += 1  # a batch polled before this must not commit
         self._state.paused -= {(tp.topic, tp.partition) for tp in partitions}
         if partitions:

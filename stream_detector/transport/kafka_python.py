@@ -13,10 +13,11 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer
 from kafka import TopicPartition as KTopicPartition
 from kafka.errors import CommitFailedError, CorruptRecordError, KafkaConnectionError, KafkaError, UnsupportedCodecError
 
@@ -174,15 +175,34 @@ def poll_readable(consumer: KafkaConsumer, timeout_ms: int, max_records: int | N
         return skipped
 
 
-class _LogRebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no type hints
+class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no type hints
     """One INFO line per partition change of this consumer, as the confluent transport logs them
-    (found by a new-user trial: a worker joining or leaving showed only in /metrics)."""
+    (found by a new-user trial: a worker joining or leaving showed only in /metrics). Revoked
+    partitions go to the source's ``on_revoke`` hook first, and the offsets it returns are
+    committed before the rebalance goes on (``base.Source``). kafka-python 3 runs listeners on its
+    I/O thread, where a blocking commit is refused: hence the async listener and ``commit_async``,
+    awaited."""
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        if revoked:
-            log.info("revoked %s", sorted(tp.partition for tp in revoked))
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if not revoked:
+            return
+        log.info("revoked %s", sorted(tp.partition for tp in revoked))
+        hook = self.source.on_revoke
+        offsets = hook({ours(tp) for tp in revoked}) if hook is not None else {}
+        if not offsets:
+            return
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            await self.source._c().commit_async({theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except Exception as exc:  # noqa: BLE001 - the rebalance goes on; the new owner reads them again
+            log.warning("offsets of partitions being revoked were not committed (read again by their new owner): %r",
+                        exc)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
         if assigned:
             log.info("assigned %s", sorted(tp.partition for tp in assigned))
 
@@ -202,10 +222,11 @@ class KafkaSource:
         self.overrides = overrides
         self.consumer: KafkaConsumer | None = None
         self._last_poll_error = -float("inf")
+        self.on_revoke: Callable[[set[TopicPartition]], Offsets] | None = None  # base.Source
 
     def start(self) -> None:
         self.consumer = KafkaConsumer(**consumer_config(self.config, **self.overrides))
-        self.consumer.subscribe([self.config.topic], listener=_LogRebalance())
+        self.consumer.subscribe([self.config.topic], listener=_Rebalance(self))
 
     def _c(self) -> KafkaConsumer:
         if self.consumer is None:

@@ -17,7 +17,7 @@ import itertools
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .base import (
@@ -139,6 +139,7 @@ class MemorySource:
         self._generation = -1
         self._member = 0
         self._started = False
+        self.on_revoke: Callable[[set[TopicPartition]], Offsets] | None = None  # base.Source (no rebalances here)
 
     def start(self) -> None:
         self.broker.create_topic(self.topic)

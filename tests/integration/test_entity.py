@@ -185,6 +185,92 @@ def test_a_retried_batch_is_applied_once(settings: Settings, entity_bundle: Bund
     assert counted == len(untimed)  # the held batch was enriched twice and counted once
 
 
+class _NeverCommits:
+    """The real publisher, except that every offset commit fails (a worker that dies right after
+    writing its entity state, before its commit)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.commits = 0
+
+    def commit(self, *args: Any) -> None:
+        self.commits += 1
+        raise RuntimeError("injected: the worker dies before its commit")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_write_behind_window_written_but_not_committed_is_replayed_exactly(
+        settings: Settings, entity_bundle: Bundle, run_worker: Any) -> None:
+    """Write-behind (``entity/behind.py``, the default for the account key): worker A keeps the
+    accounts' records in memory over a window of batches, writes them, and dies before committing
+    the window's offsets. Worker B then reads everything again from the committed offsets (none);
+    each record carries the window's undo snapshot, so B's features equal offline enrichment bit for
+    bit, Redis ends with offline's state (every event counted once), and B's alerts are offline's."""
+    settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 600_000})
+    assert settings.entity_partition_key == "account_id"
+    _publish(settings, entity_bundle)
+    events = _raw(1200, seed=25)
+    with EventProducer(settings, settings.input_topic) as producer:  # keyed by account
+        producer.send(events)
+    dying = _NeverCommits(make_sink(settings))
+    a = run_worker(Worker(settings, publisher=dying))  # type: ignore[arg-type]
+    assert a.behind is not None
+    wait_until(lambda: a.stats.events == len(events), message="worker A handled every event")
+    assert a.stats.batches > 3 and a.behind.pending > 0 and a.stats.state_flushes == 0  # one open window
+    assert not client_keys(settings)  # nothing written yet: the accounts' records are in A's memory
+    a.source.on_revoke = None  # a dead worker commits nothing as it leaves the group
+    a.stop()
+    wait_until(lambda: a.behind is not None and a.behind.pending == 0 and dying.commits >= 1,
+               message="A wrote its window and failed to commit")
+    assert lag(settings, settings.group_id, settings.input_topic) == len(events)  # nothing committed
+    assert client_keys(settings)  # but the state is in Redis
+
+    b = run_worker(Worker(settings.model_copy(update={"entity_flush_ms": 200})))
+    seen = _Collector()
+    assert b.enricher is not None
+    b.enricher.on_enriched = seen
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="B drained")
+    offline = enrich_history(SPEC, events)
+    online = seen.by_id()
+    assert len(online) == len(events)
+    assert all(online[e["event_id"]] == e for e in offline)  # every float, bit for bit
+    assert _redis_state(settings) == _offline_state(events)
+    scores = score_events(entity_bundle, events).scores
+    expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > entity_bundle.threshold}
+    alerts = [orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)]
+    assert expected and set(alerts) == expected
+    assert sorted(alerts) == sorted(2 * list(expected))  # A's and B's: at least once, same verdicts
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_write_behind_window_is_written_and_committed_before_its_partitions_are_revoked(
+        settings: Settings, entity_bundle: Bundle, run_worker: Any, transport: str) -> None:
+    """A second worker joining takes partitions from the first while the first holds a window of
+    delivered batches: the first writes the window's records and commits its offsets inside the
+    rebalance (``base.Source.on_revoke``), so nothing is read twice and the state is offline's."""
+    settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 600_000, "transport": transport})
+    _publish(settings, entity_bundle)
+    events = _raw(800, seed=26)
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    a = run_worker(Worker(settings))
+    wait_until(lambda: a.stats.events == len(events), message="worker A handled every event")
+    assert lag(settings, settings.group_id, settings.input_topic) == len(events)  # its window: uncommitted
+    b = run_worker(Worker(settings))
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0,
+               message="A's window committed when B joined")
+    wait_until(lambda: len(b.source.assignment()) > 0, message="B got partitions")
+    assert a.stats.state_flushes == 1 and b.stats.events == 0  # written once, nothing read again
+    assert _redis_state(settings) == _offline_state(events)
+
+
+def client_keys(settings: Settings) -> list[Any]:
+    client = redis.Redis.from_url(settings.redis_url)
+    return list(client.keys(f"{settings.redis_prefix}:entity:*"))  # type: ignore[arg-type]
+
+
 def test_one_read_and_one_write_round_trip_per_batch(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     store = RedisState(client, settings.redis_prefix)

@@ -1,0 +1,259 @@
+"""Write-behind entity state for the key the input topic is partitioned by (``SD_ENTITY_PARTITION_KEY``).
+
+When producers key the input topic by an entity field (``account_id``: Kafka's default
+partitioner sends every event of an account to one partition), that entity's events reach only
+the worker that owns its partition, so that worker is its only writer. Its records need not go to
+the store on every batch: ``WriteBehind`` keeps them in memory, reads them from there, and writes
+the ones a window of batches changed in **one compare-and-set at the flush** (as Kafka Streams
+keeps a partition's state in a local store and writes its changelog before it commits). The worker
+flushes every ``SD_ENTITY_FLUSH_MS`` and **commits the window's offsets only after the flush**
+(``worker.py``), so the store always holds the state of the committed offsets or newer:
+
+* a crash before the flush loses the window's state and its commit together; the window is read
+  again from the committed offsets and computed again from the stored state — identical features;
+* a crash after the flush, before the commit: each flushed record carries the **window's** undo
+  snapshot (the state before the window's first batch, and that batch's first offset), so the
+  re-delivered window replays from it (``enrich.py``, idempotency case 2) — identical features,
+  nothing counted twice.
+
+Every other key (a terminal, seen from every partition) goes to the store on every batch exactly
+as without write-behind (read once, compare-and-set once). What the records of the partition key
+cost per batch drops from a read and a write per touched entity to nothing, plus one write per
+entity per window.
+
+**Safety.** The flush is a compare-and-set against the bytes this worker last read or wrote: a
+record another writer changed in between (a zombie, a partition that moved and came back, a topic
+not keyed by that field after all) is not overwritten — ``flush`` raises ``WriteBehindConflict``
+and forgets every record it holds, and the worker abandons the window (nothing committed; the
+window is read again from the committed offsets). A record of the partition key that names two
+partitions means the topic is not keyed by that field: the store logs an ERROR, asks for a flush
+at once (``accept`` returns True) and, once the records it holds are written (or forgotten after a
+conflict), stops deferring (``disabled``). Records of partitions revoked in a
+rebalance are dropped unflushed (``drop_partitions``): their window's offsets are not committed
+either, so the new owner reads the stored state of the committed offsets. Clean records (flushed)
+are kept up to ``max_records``, least recently used dropped first; a dropped record is read from
+the store again when next needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..entity_spec import EntitySpec
+from ..errors import StreamDetectorError
+from . import binary
+from .state import EntityKey, Expected, Record, StateStore
+
+log = logging.getLogger("stream_detector.entity")
+
+Name = tuple[str, EntityKey]  # (spec fingerprint, entity)
+_PARTITION = struct.Struct("<i")
+
+
+class WriteBehindConflict(StreamDetectorError):
+    """A flush found records of the partition key changed by another writer since this worker
+    read or wrote them: the window since the last commit must be abandoned (not committed) and
+    read again. Retriable."""
+
+    retriable = True
+
+
+@dataclass(slots=True)
+class _Dirty:
+    """A record changed since the last flush: the spec it follows, its latest bytes (with the last
+    batch's undo), the window's undo section (the state before the window), the bytes the store
+    held when the window began (``base``: what the flush compares against; None: absent), and its
+    partition."""
+
+    spec: EntitySpec
+    record: bytes
+    first: bytes  # the record after the window's first batch: its undo section is the window's
+    base: bytes | None
+    partition: int
+
+
+class WriteBehind:
+    """A ``StateStore`` around ``inner`` that keeps the records of key field ``key`` in memory and
+    writes them at ``flush`` (module docstring). Records of other keys pass through to ``inner``.
+
+    Protocol per batch: ``load_raw`` then ``save_raw`` (the enricher's, unchanged: records of
+    ``key`` are only *staged* by ``save_raw``), then ``accept`` once the batch is delivered (a batch
+    that is held or abandoned is never accepted: the next ``load_raw`` drops what it staged), and
+    ``flush`` before the offsets are committed."""
+
+    def __init__(self, inner: StateStore, key: str, max_records: int = 1_000_000) -> None:
+        self.inner = inner
+        self.key = key
+        self.max_records = max(1, max_records)
+        self.clean: OrderedDict[Name, tuple[bytes, int]] = OrderedDict()  # flushed: (bytes held, partition)
+        self.dirty: dict[Name, _Dirty] = {}
+        self.staged: dict[Name, tuple[EntitySpec, bytes]] = {}
+        self.read: dict[Name, bytes | None] = {}  # what the store held, for records read this batch
+        self.disabled = False  # the topic turned out not to be keyed by ``key``: everything passes through
+        self._disabling = False  # found so: ``disabled`` once the records held are flushed or forgotten
+        self.flushes = 0
+        self.flushed_records = 0
+
+    @property
+    def round_trips(self) -> int:
+        return self.inner.round_trips
+
+    @round_trips.setter
+    def round_trips(self, value: int) -> None:
+        self.inner.round_trips = value
+
+    # ---- the StateStore protocol (what the enricher calls) -----------------------------------------
+    def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
+        """Records of ``key`` from memory where held, every other one (and those not held) with one
+        read of ``inner``. Drops what an unaccepted batch staged."""
+        self.staged.clear()
+        self.read.clear()
+        if self.disabled:
+            return self.inner.load_raw(spec, keys)
+        ns = spec.fingerprint
+        out: list[bytes | None] = [None] * len(keys)
+        wanted: list[int] = []
+        for i, k in enumerate(keys):
+            if k[0] != self.key:
+                wanted.append(i)
+                continue
+            name = (ns, k)
+            dirty = self.dirty.get(name)
+            if dirty is not None:
+                out[i] = dirty.record
+                continue
+            clean = self.clean.get(name)
+            if clean is not None:
+                self.clean.move_to_end(name)
+                out[i] = clean[0]
+                continue
+            wanted.append(i)
+        if wanted:
+            asked = [keys[i] for i in wanted]
+            for i, k, raw in zip(wanted, asked, self.inner.load_raw(spec, asked), strict=True):
+                out[i] = raw
+                if k[0] == self.key:
+                    self.read[(ns, k)] = raw
+        return out
+
+    def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes],
+                 expected: Expected | None = None) -> list[EntityKey]:
+        """Records of ``key`` are staged (written at ``flush`` once accepted); the others are written
+        to ``inner`` now, as ``inner.save_raw`` does (the lost ones returned)."""
+        if self.disabled:
+            return self.inner.save_raw(spec, records, expected)
+        ns = spec.fingerprint
+        through: dict[EntityKey, bytes] = {}
+        for k, raw in records.items():
+            if k[0] == self.key:
+                self.staged[(ns, k)] = (spec, raw)
+            else:
+                through[k] = raw
+        if not through:
+            return []
+        return self.inner.save_raw(spec, through, expected)
+
+    def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
+        return {k: None if v is None else binary.decode(spec, k[0], v)
+                for k, v in zip(keys, self.load_raw(spec, keys), strict=True)}
+
+    def save(self, spec: EntitySpec, records: dict[EntityKey, Record]) -> None:
+        self.save_raw(spec, {k: binary.encode(spec, k[0], r) for k, r in records.items()})
+        self.accept()
+
+    # ---- the window --------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Records changed since the last flush."""
+        return len(self.dirty)
+
+    def accept(self) -> bool:
+        """The last batch was delivered: its staged records become the latest state (a record's
+        first change in the window keeps that batch's undo as the window's). Returns True when the
+        store must be flushed now (it found the topic not keyed by ``key`` and stopped deferring)."""
+        staged, self.staged = self.staged, {}
+        read, self.read = self.read, {}
+        must = False
+        dirty_of, clean_of = self.dirty, self.clean
+        for name, (spec, raw) in staged.items():
+            # the version-3 header (binary.py): u8 version, u8 flags, u16 P, then P × (i32 partition, i64 offset)
+            if raw[0] != binary.VERSION or raw[2] + (raw[3] << 8) != 1:
+                if not self._disabling:
+                    applied = sorted(binary.parse(spec, name[1][0], raw).applied)
+                    log.error("entity state: %s %r has events from partitions %s, so the input topic is not keyed "
+                              "by %s (SD_ENTITY_PARTITION_KEY); its records are written on every batch from now on",
+                              name[1][0], name[1][1], applied, self.key)
+                self._disabling = must = True
+            partition = _PARTITION.unpack_from(raw, 4)[0] if raw[2] or raw[3] else -1
+            dirty = dirty_of.get(name)
+            if dirty is not None:
+                dirty.record = raw
+                continue
+            clean = clean_of.pop(name, None)
+            base = clean[0] if clean is not None else read.get(name)
+            dirty_of[name] = _Dirty(spec, raw, raw, base, partition)
+        return must
+
+    def flush(self) -> int:
+        """Write every record changed since the last flush, with its window's undo snapshot, in one
+        compare-and-set per spec; returns how many. Raises ``WriteBehindConflict`` when another
+        writer changed any of them (every record held is forgotten) and ``EntityStateUnavailable``
+        when the store fails (retriable: the records stay pending, the next flush tries again; one
+        that was in fact written then conflicts, and the window is read again)."""
+        if not self.dirty:
+            self.disabled = self.disabled or self._disabling
+            return 0
+        by_spec: dict[str, list[tuple[Name, _Dirty]]] = {}
+        for name, d in self.dirty.items():
+            by_spec.setdefault(name[0], []).append((name, d))
+        written = 0
+        for items in by_spec.values():
+            spec = items[0][1].spec
+            values = {name[1]: _with_undo(d.spec, name[1][0], d.record, d.first) for name, d in items}
+            expected = {name[1]: d.base for name, d in items}
+            lost = self.inner.save_raw(spec, values, expected)
+            if lost:
+                self.forget()
+                raise WriteBehindConflict(
+                    f"entity state: {len(lost)} records of {self.key} were changed by another writer since this "
+                    f"worker read them (a partition that moved?); the batches since the last commit are read again")
+            for name, d in items:
+                self.dirty.pop(name)
+                self.clean[name] = (values[name[1]], d.partition)
+                written += 1
+        while len(self.clean) > self.max_records:
+            self.clean.popitem(last=False)
+        self.flushes += 1
+        self.flushed_records += written
+        self.disabled = self.disabled or self._disabling
+        return written
+
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget the records of ``partitions`` (revoked: their new owner starts from the stored state
+        of the committed offsets); returns how many changed records were dropped unflushed."""
+        dropped = [n for n, d in self.dirty.items() if d.partition in partitions]
+        for n in dropped:
+            del self.dirty[n]
+        for n in [n for n, (_raw, p) in self.clean.items() if p in partitions]:
+            del self.clean[n]
+        return len(dropped)
+
+    def forget(self) -> None:
+        """Drop every record held, changed or not (the window is abandoned)."""
+        self.dirty.clear()
+        self.clean.clear()
+        self.staged.clear()
+        self.read.clear()
+        self.disabled = self.disabled or self._disabling
+
+
+def _with_undo(spec: EntitySpec, key: str, raw: bytes, first: bytes) -> bytes:
+    """``raw`` with the undo section of ``first`` (the record after the window's first batch)."""
+    if raw is first:
+        return raw
+    parsed = binary.parse(spec, key, raw)
+    return binary.assemble(parsed.applied, parsed.core, binary.parse(spec, key, first).undo)

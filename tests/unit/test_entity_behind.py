@@ -1,0 +1,198 @@
+"""``entity.behind.WriteBehind``: the partition key's records kept in memory and written once per
+window, against the per-batch store (``InMemoryState``: pure logic; the worker on real Kafka and
+Redis is in ``tests/integration/test_entity.py``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+
+from stream_detector.entity import Enricher, EntitySpec, InMemoryState
+from stream_detector.entity.behind import WriteBehind, WriteBehindConflict
+from stream_detector.simulate import Simulator
+
+SPEC = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400), max_distinct=4)
+T0 = 1_790_000_000_000
+
+
+def _events(n: int, seed: int, accounts: int = 30) -> list[dict[str, Any]]:
+    events, _ = Simulator(seed=seed, accounts=accounts, run_id=f"wb{seed}", raw=True).batch(
+        n, 0.03, now_ms=T0, span_ms=86_400_000)
+    rng = np.random.default_rng(seed)
+    for e in events:
+        e["terminal_id"] = f"T{int(rng.integers(0, 12))}"  # shared by every partition
+    return events
+
+
+class _Counting(InMemoryState):
+    """``InMemoryState`` that counts the records read and written (what a Redis store sends)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read = self.written = 0
+
+    def load_raw(self, spec: EntitySpec, keys: Any) -> list[bytes | None]:
+        self.read += len(keys)
+        return super().load_raw(spec, keys)
+
+    def save_raw(self, spec: EntitySpec, records: Any, expected: Any = None) -> Any:
+        self.written += len(records)
+        return super().save_raw(spec, records, expected)
+
+
+def _positions(events: list[dict[str, Any]], partitions: int = 3) -> list[tuple[int, int]]:
+    """Keyed by account: each account's events on one partition, offsets in arrival order."""
+    nxt = [0] * partitions
+    out = []
+    for e in events:
+        p = sum(map(ord, str(e["account_id"]))) % partitions
+        out.append((p, nxt[p]))
+        nxt[p] += 1
+    return out
+
+
+def _run(enricher: Enricher, events: list[dict[str, Any]], pos: list[tuple[int, int]], cuts: list[int],
+         behind: WriteBehind | None = None, flush_every: int = 1) -> np.ndarray:
+    """Batches ``events[cuts[i]:cuts[i+1]]``; with ``behind``: accept each, flush every ``flush_every``."""
+    out = []
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+        out.append(enricher.features(SPEC, events[a:b], pos[a:b]))
+        if behind is not None:
+            behind.accept()
+            if (i + 1) % flush_every == 0:
+                behind.flush()
+    return np.vstack(out)
+
+
+def _cuts(n: int, rng: np.random.Generator) -> list[int]:
+    inner = sorted(set(rng.integers(1, n, size=int(rng.integers(3, 12))).tolist()))
+    return [0, *inner, n]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_write_behind_gives_the_per_batch_features_and_records(seed: int) -> None:
+    """Random batch cuts and flush periods: the features of every event and, after the last flush,
+    every stored record are those of the store written on every batch."""
+    rng = np.random.default_rng(seed)
+    events = _events(600, seed)
+    pos = _positions(events)
+    cuts = _cuts(len(events), rng)
+    plain = _Counting()
+    expected = _run(Enricher(plain), events, pos, cuts)
+    inner = _Counting()
+    behind = WriteBehind(inner, "account_id", max_records=int(rng.integers(1, 50)))
+    got = _run(Enricher(behind), events, pos, cuts, behind, flush_every=int(rng.integers(1, 5)))
+    behind.flush()
+    assert np.array_equal(got, expected, equal_nan=True)
+    assert inner.written < plain.written and inner.read < plain.read  # the accounts' were saved
+    assert set(inner.raw) == set(plain.raw)
+    # the records hold the same state and applied offsets (the undo snapshots differ: a window's)
+    assert {k: (r["c"], r["a"]) for k, r in inner.records.items()} == \
+           {k: (r["c"], r["a"]) for k, r in plain.records.items()}
+
+
+def test_a_window_flushed_but_not_committed_is_replayed_exactly() -> None:
+    """The worker flushes, then dies before its commit: the next owner reads the window again from
+    the committed offsets (here: the start), in other batch cuts. The partition key's features are
+    the same, bit for bit (the window's undo snapshot), and every event is counted once in the final
+    state. A shared key's records were written batch by batch: their undo is the last batch's, so
+    the events of the window's earlier batches get features from the state that already holds them
+    (the documented approximation of a re-delivery, never counted twice)."""
+    events = _events(500, seed=7)
+    pos = _positions(events)
+    inner = InMemoryState()
+    behind = WriteBehind(inner, "account_id")
+    first = _run(Enricher(behind), events, pos, [0, 120, 260, 400, 500], behind, flush_every=99)
+    behind.flush()  # one window of four batches written, never committed
+    replay = _run(Enricher(inner), events, pos, [0, 90, 330, 500])  # a new worker, per-batch writes
+    fresh = InMemoryState()
+    expected = Enricher(fresh).features(SPEC, events, pos)
+    assert np.array_equal(first, expected, equal_nan=True)
+    account = [i for i, f in enumerate(SPEC.output_fields) if f.startswith("account_id__")]
+    assert np.array_equal(replay[:, account], expected[:, account], equal_nan=True)
+    assert not np.array_equal(replay, expected, equal_nan=True)  # the terminals' approximation, as documented
+    assert {k: r["c"] for k, r in inner.records.items()} == {k: r["c"] for k, r in fresh.records.items()}
+
+
+def test_a_batch_never_accepted_is_not_kept() -> None:
+    """A held batch (its delivery failed) is enriched again: what its first attempt staged is dropped,
+    so the retry computes the same features and nothing is counted twice."""
+    events = _events(300, seed=8)
+    pos = _positions(events)
+    inner = InMemoryState()
+    behind = WriteBehind(inner, "account_id")
+    enricher = Enricher(behind)
+    head = enricher.features(SPEC, events[:100], pos[:100])
+    behind.accept()
+    held = enricher.features(SPEC, events[100:200], pos[100:200])  # not accepted: delivery failed
+    retried = enricher.features(SPEC, events[100:200], pos[100:200])
+    behind.accept()
+    tail = enricher.features(SPEC, events[200:], pos[200:])
+    behind.accept()
+    behind.flush()
+    assert np.array_equal(held, retried, equal_nan=True)
+    fresh = InMemoryState()
+    expected = Enricher(fresh).features(SPEC, events, pos)
+    assert np.array_equal(np.vstack([head, retried, tail]), expected, equal_nan=True)
+    assert {k: r["c"] for k, r in inner.records.items()} == {k: r["c"] for k, r in fresh.records.items()}
+
+
+def test_a_record_changed_by_another_writer_fails_the_flush_and_everything_held_is_forgotten() -> None:
+    events = _events(200, seed=9)
+    pos = _positions(events)
+    inner = InMemoryState()
+    behind = WriteBehind(inner, "account_id")
+    enricher = Enricher(behind)
+    enricher.features(SPEC, events[:100], pos[:100])
+    behind.accept()
+    behind.flush()
+    enricher.features(SPEC, events[100:], pos[100:])
+    behind.accept()
+    held = {name[1] for name in behind.dirty}
+    victim = next(k for k in inner.raw if k[1] in held)
+    inner.raw[victim] = bytes(inner.raw[victim][:-1]) + bytes([inner.raw[victim][-1] ^ 1])
+    with pytest.raises(WriteBehindConflict, match="changed by another writer"):
+        behind.flush()
+    assert not behind.dirty and not behind.clean
+
+
+def test_a_topic_not_keyed_by_the_field_turns_write_behind_off(caplog: pytest.LogCaptureFixture) -> None:
+    """Accounts spread over partitions (a topic keyed by event id): the first such record asks for a
+    flush and logs an ERROR; after the flush every record is written on every batch, and the features
+    stay those of the per-batch store."""
+    events = _events(400, seed=10)
+    pos = [(i % 3, i // 3) for i in range(len(events))]  # round robin: an account on every partition
+    inner = InMemoryState()
+    behind = WriteBehind(inner, "account_id")
+    enricher = Enricher(behind)
+    out = [enricher.features(SPEC, events[:150], pos[:150])]
+    with caplog.at_level(logging.ERROR, logger="stream_detector.entity"):
+        assert behind.accept() is True
+    assert "not keyed by account_id" in caplog.text and not behind.disabled
+    behind.flush()
+    assert behind.disabled and not behind.dirty
+    out.append(enricher.features(SPEC, events[150:], pos[150:]))
+    assert behind.accept() is False and not behind.dirty  # written through
+    fresh = InMemoryState()
+    assert np.array_equal(np.vstack(out), Enricher(fresh).features(SPEC, events, pos), equal_nan=True)
+    assert {k: r["c"] for k, r in inner.records.items()} == {k: r["c"] for k, r in fresh.records.items()}
+
+
+def test_records_of_revoked_partitions_are_dropped_unwritten() -> None:
+    events = _events(300, seed=11)
+    pos = _positions(events)
+    inner = InMemoryState()
+    behind = WriteBehind(inner, "account_id")
+    Enricher(behind).features(SPEC, events, pos)
+    behind.accept()
+    held = {d.partition for d in behind.dirty.values()}
+    assert held == {p for p, _ in pos}
+    dropped = behind.drop_partitions({0})
+    assert dropped > 0 and {d.partition for d in behind.dirty.values()} == held - {0}
+    behind.flush()
+    accounts = {k[1][1] for k in inner.raw if k[1][0] == "account_id"}
+    on_zero = {e["account_id"] for e, (p, _) in zip(events, pos, strict=True) if p == 0}
+    assert accounts and not accounts & on_zero
