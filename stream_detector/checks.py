@@ -52,7 +52,10 @@ def _settings_checks(s: Settings) -> Iterator[Check]:
     yield Check("ok", "settings", f"kafka {s.kafka_bootstrap} ({s.kafka_security_protocol}), group "
                 f"{s.group_id}, redis {redact(s.redis_url)} prefix {s.redis_prefix}, device {s.device}, "
                 f"delivery {s.delivery}"
-                + (f", entity copies {s.entity_copies:,} (SD_ENTITY_COPIES)" if s.entity_copies else ""))
+                + (f", entity copies {s.entity_copies:,} (SD_ENTITY_COPIES)" if s.entity_copies else "")
+                + (f", write-behind {s.entity_partition_key} every {s.entity_flush_ms} ms (SD_ENTITY_PARTITION_KEY)"
+                   if s.entity_partition_key and s.entity_flush_ms and s.delivery == "at_least_once"
+                   else ", entity state written every batch"))
     if s.kafka_security_protocol.startswith("SASL") and not (
             s.kafka_sasl_username and s.kafka_sasl_password.get_secret_value()):
         yield Check("fail", "security", "SASL needs SD_KAFKA_SASL_USERNAME and SD_KAFKA_SASL_PASSWORD")

@@ -193,6 +193,7 @@ class Worker:
         self._behind_group: Membership | None = None  # the membership of the last batch accepted into the window
         self._flushed_at = time.monotonic()
         self._flush_failed_at = -1e9
+        self._polling = False  # the worker thread is inside source.poll_batch (nothing else touches the window)
 
     @property
     def scorer(self) -> Scorer | None:
@@ -350,7 +351,11 @@ class Worker:
         else:
             with self.steps.time("source"):
                 waited = self.peer_wait_s()
-                batch = self.source.poll_batch()  # 1 source
+                self._polling = True  # a rebalance hook may run now (_revoking), on this or the client's thread
+                try:
+                    batch = self.source.poll_batch()  # 1 source
+                finally:
+                    self._polling = False
                 waited = self.peer_wait_s() - waited
                 if waited > 0:
                     self.metrics.align_peer_wait.inc(waited)
@@ -545,9 +550,13 @@ class Worker:
         offsets returned for the consumer to commit (as Kafka Streams commits in
         ``onPartitionsRevoked``), so their new owner starts after them rather than reading up to
         ``SD_ENTITY_FLUSH_MS`` of events again. If the write fails the window stays open (nothing to
-        commit): the next batch finds the group moved and reads the window again."""
+        commit): the next batch finds the group moved and reads the window again. Only while the
+        worker thread waits in ``poll_batch`` (kafka-python 3 calls listeners on its I/O thread):
+        called at any other time (a hold's paused polls, closing) it leaves the window alone."""
         behind = self.behind
         if not self._pending or behind is None:
+            return {}
+        if not self._polling:  # called outside the worker's poll (closing, holding): the window may be in use
             return {}
         try:
             with self.steps.time("flush"):

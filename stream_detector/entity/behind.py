@@ -93,6 +93,9 @@ class WriteBehind:
         self.dirty: dict[Name, _Dirty] = {}
         self.staged: dict[Name, tuple[EntitySpec, bytes]] = {}
         self.read: dict[Name, bytes | None] = {}  # what the store held, for records read this batch
+        keep = getattr(inner, "keep_heads", None)  # RedisState: compare-and-set on write tokens, not records
+        if keep is not None:
+            keep(key, self.max_records + 100_000)
         self.disabled = False  # the topic turned out not to be keyed by ``key``: everything passes through
         self._disabling = False  # found so: ``disabled`` once the records held are flushed or forgotten
         self.flushes = 0
@@ -255,5 +258,4 @@ def _with_undo(spec: EntitySpec, key: str, raw: bytes, first: bytes) -> bytes:
     """``raw`` with the undo section of ``first`` (the record after the window's first batch)."""
     if raw is first:
         return raw
-    parsed = binary.parse(spec, key, raw)
-    return binary.assemble(parsed.applied, parsed.core, binary.parse(spec, key, first).undo)
+    return binary.with_undo(raw, first, len(spec.windows), len(spec.distinct_for(key)))

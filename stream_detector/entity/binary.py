@@ -184,6 +184,21 @@ def core_end(raw: bytes, at: int, windows: int, fields: int) -> int:
     return at + fields + 8 * (1 + 3 * windows + kept) + 8 * kept
 
 
+def split_undo(raw: bytes, windows: int, fields: int) -> tuple[bytes, bytes | None]:
+    """A version-3 record → (its bytes up to the end of the current core, its undo section or
+    None), by slicing (no decoding): what write-behind splices (``behind.py``)."""
+    count = raw[2] | raw[3] << 8
+    end = core_end(raw, _HEAD.size + _PAIR.size * count, windows, fields)
+    return raw[:end], raw[end:] if raw[1] & 1 else None
+
+
+def with_undo(raw: bytes, undo_from: bytes, windows: int, fields: int) -> bytes:
+    """Version-3 record ``raw`` with the undo section of record ``undo_from`` (same spec and key)."""
+    head, _ = split_undo(raw, windows, fields)
+    _, undo = split_undo(undo_from, windows, fields)
+    return b"".join([head[:1], b"\x01" if undo else b"\x00", head[2:], undo or b""])
+
+
 def empty_core(spec: EntitySpec, key: str) -> bytes:
     """The bytes of a core with no history (what a new entity starts from)."""
     from .compute import empty_core as empty

@@ -34,7 +34,7 @@ Records are bounded: ``3·W + 1`` floats, at most ``max_distinct`` values per di
 from __future__ import annotations
 
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from itertools import islice
 from typing import Any, Protocol
@@ -179,6 +179,22 @@ class RedisState:
         self._cas = client.register_script(CAS_SCRIPT) if isinstance(client, redis.Redis) else None
         self._heads: dict[str, tuple[bytes, bytes]] = {}  # name → (envelope head, record) of the last read
         self.copies = _Copies(copies)
+        self._kept: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # keep_heads: name → (head, record)
+        self._kept_field: str | None = None
+        self._kept_size = 0
+
+    def keep_heads(self, field: str, size: int) -> None:
+        """Remember the write token of the last ``size`` records of key ``field`` this store read or
+        wrote, so that a later compare-and-set against those record bytes sends the 17-byte token,
+        not the record (write-behind: ``behind.py`` writes a record many batches after reading it)."""
+        self._kept_field, self._kept_size = field, size
+
+    def _keep(self, name: str, head: bytes, record: bytes) -> None:
+        kept = self._kept
+        kept[name] = (head, record)
+        kept.move_to_end(name)
+        if len(kept) > self._kept_size:
+            kept.popitem(last=False)
 
     def key(self, spec: EntitySpec, entity: EntityKey) -> str:
         return self._names(spec, [entity])[0]
@@ -212,12 +228,15 @@ class RedisState:
             raise EntityStateUnavailable(f"entity state read failed: {exc}") from exc
         finally:
             self.round_trips += 1
+        field = self._kept_field
         for i, name, v in zip(wanted, asked, raw, strict=True):
             if v is None:
                 continue
             head, record = split(v if isinstance(v, bytes) else v.encode())
             if head is not None:
                 self._heads[name] = (head, record)
+                if field is not None and keys[i][0] == field:
+                    self._keep(name, head, record)
             out[i] = record
         return out
 
@@ -243,6 +262,7 @@ class RedisState:
                 for name, value in zip(names, values, strict=True):
                     pipe.set(name, value, px=ttl)
                 pipe.execute()
+                self._kept_written(names, keys, values, records, set())
                 return []
             wants = [self._want(name, expected.get(k)) for name, k in zip(names, keys, strict=True)]
             lost = self._compare_and_set(names, wants, values, ttl)
@@ -252,7 +272,20 @@ class RedisState:
         finally:
             self.round_trips += 1
         self.copies.wrote(names, keys, values, [records[k] for k in keys], lost)
+        self._kept_written(names, keys, values, records, {i - 1 for i in lost})
         return [keys[i - 1] for i in lost]
+
+    def _kept_written(self, names: list[str], keys: list[EntityKey], values: list[bytes],
+                      records: dict[EntityKey, bytes], lost: set[int]) -> None:
+        field = self._kept_field
+        if field is None:
+            return
+        for j, (name, k, value) in enumerate(zip(names, keys, values, strict=True)):
+            if k[0] == field:
+                if j in lost:
+                    self._kept.pop(name, None)
+                else:
+                    self._keep(name, value[:HEAD_BYTES], records[k])
 
     def _want(self, name: str, read: bytes | None) -> bytes:
         """What ``CAS_SCRIPT`` compares ``name`` against: the write token of the last read when
@@ -262,6 +295,9 @@ class RedisState:
         head = self._heads.pop(name, None)
         if head is not None and (head[1] is read or head[1] == read):
             return head[0]
+        kept = self._kept.get(name) if self._kept_field is not None else None
+        if kept is not None and (kept[1] is read or kept[1] == read):
+            return kept[0]
         return read
 
     def _compare_and_set(self, names: list[str], wants: list[bytes], values: list[bytes], ttl: int) -> list[int]:
@@ -395,6 +431,9 @@ class RedisClusterState(RedisState):
         self._sha: str | None = None
         self._heads: dict[str, tuple[bytes, bytes]] = {}
         self.copies = _Copies(copies)
+        self._kept = OrderedDict()
+        self._kept_field = None
+        self._kept_size = 0
 
     def client(self) -> RedisCluster:
         if self._cluster is None:
