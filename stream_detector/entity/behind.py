@@ -216,7 +216,9 @@ class WriteBehind:
         written = 0
         for items in by_spec.values():
             spec = items[0][1].spec
-            values = {name[1]: _with_undo(d.spec, name[1][0], d.record, d.first) for name, d in items}
+            windows, fields = len(spec.windows), len(spec.distinct_for(self.key))
+            values = {name[1]: d.record if d.record is d.first else binary.with_undo(d.record, d.first, windows, fields)
+                      for name, d in items}
             expected = {name[1]: d.base for name, d in items}
             lost = self.inner.save_raw(spec, values, expected)
             if lost:
@@ -252,10 +254,3 @@ class WriteBehind:
         self.staged.clear()
         self.read.clear()
         self.disabled = self.disabled or self._disabling
-
-
-def _with_undo(spec: EntitySpec, key: str, raw: bytes, first: bytes) -> bytes:
-    """``raw`` with the undo section of ``first`` (the record after the window's first batch)."""
-    if raw is first:
-        return raw
-    return binary.with_undo(raw, first, len(spec.windows), len(spec.distinct_for(key)))
