@@ -235,7 +235,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-STEPS = ("source", "decode", "enrich", "features", "publish", "commit", "scoring thread")
+STEPS = ("source", "decode", "enrich", "features", "publish", "flush", "commit", "scoring thread")  # flush: write-behind
 
 
 def steps_table(step_runs: dict[tuple[str, str], list[dict[str, float]]]) -> str:

@@ -46,6 +46,7 @@ from .results import write_section
 from .throughput import base_settings, drain, latency, say, transports
 
 SPEC = entity_speed.SPEC
+STEPS = ("source", "decode", "enrich", "features", "publish", "flush", "commit")  # flush: write-behind (entity/behind.py)
 
 
 def models(events: list[dict[str, Any]]) -> dict[str, Bundle]:
@@ -134,12 +135,10 @@ def markdown(ctx: dict[str, Any]) -> str:
         lines.append(f"| {transport} | {a:,.0f} | {b:,.0f} | {b / a:.0%} | {runs} "
                      f"| {r['stateless']['alerts']:,}; {r['entity']['alerts']:,} |")
     lines += ["", "Where the entity worker's time goes (its best drain; wall seconds per step on the worker's thread):",
-              "", "| transport | " + " | ".join(("source", "decode", "enrich", "features", "publish", "commit"))
-              + " | scoring thread |", "|---|" + "---|" * 7]
+              "", "| transport | " + " | ".join(STEPS) + " | scoring thread |", "|---|" + "---|" * (len(STEPS) + 1)]
     for transport, r in ctx["runs"].items():
         st = r["entity"]["stage_s"]
-        lines.append(f"| {transport} | " + " | ".join(f"{st.get(k, 0.0):.2f}" for k in
-                                                        ("source", "decode", "enrich", "features", "publish", "commit"))
+        lines.append(f"| {transport} | " + " | ".join(f"{st.get(k, 0.0):.2f}" for k in STEPS)
                      + f" | {st.get('scoring thread', 0.0):.2f} |")
     lines += ["", f"Offline scoring of the same events in file order: {ctx['offline_alerts']['stateless']:,} alerts "
               f"(stateless), {ctx['offline_alerts']['entity']:,} (entity). Each model's threshold is its training "
@@ -154,7 +153,7 @@ def markdown(ctx: dict[str, Any]) -> str:
         for x in r["latency"]:
             lines.append(f"| {transport} | {x.get('model', 'entity')} | {x['offered']:,} | {x['achieved']:,.0f} "
                          f"| {x['samples']:,} | {x['p50']:.0f} | {x['p95']:.0f} | {x['p99']:.0f} | {x['drained']} |")
-    steps = ("source", "decode", "enrich", "features", "publish", "commit")
+    steps = STEPS
     lines += ["", "The latency runs per batch (the worker takes what has arrived, so the batch size is set by the "
               "offered load and the time the previous batch took): mean events per batch, and the worker thread's "
               "wall ms per batch by step (`source` includes waiting for records to arrive; `busy`: the whole "
