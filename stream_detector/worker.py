@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -151,6 +151,20 @@ class _Progress:
         self.waited, self.cut = self.peer_wait(), self.peer_cut()
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _windowed(method: Callable[Concatenate[Worker, P], R]) -> Callable[Concatenate[Worker, P], R]:
+    """Run a method that changes the open write-behind window under the worker's ``_window_lock``
+    (the rebalance hook ``Worker._revoking`` may run on the Kafka client's thread)."""
+    def locked(self: Worker, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._window_lock:
+            return method(self, *args, **kwargs)
+    locked.__doc__, locked.__name__ = method.__doc__, method.__name__
+    return locked
+
+
 class Worker:
     """One consumer-group member running steps 1-7 (``run_once``) until stopped.
 
@@ -193,7 +207,10 @@ class Worker:
         self._behind_group: Membership | None = None  # the membership of the last batch accepted into the window
         self._flushed_at = time.monotonic()
         self._flush_failed_at = -1e9
-        self._polling = False  # the worker thread is inside source.poll_batch (nothing else touches the window)
+        # the open window (_pending, the write-behind records) is changed under this lock: the rebalance
+        # hook may run on the client's thread while this one computes (kafka-python 3's listeners)
+        self._window_lock = threading.RLock()
+        self._taken = False  # partitions were revoked or lost with the window uncommitted (_revoking)
 
     @property
     def scorer(self) -> Scorer | None:
@@ -248,8 +265,14 @@ class Worker:
         key = self.settings.entity_partition_key
         if key and self.settings.entity_flush_ms > 0 and not self.publisher.transactional:
             store = self.behind = WriteBehind(store, key, max(self.settings.entity_copies, 100_000))
-            log.info("entity state: write-behind for %s (the input topic's key), written and committed every "
-                     "%d ms (SD_ENTITY_PARTITION_KEY, SD_ENTITY_FLUSH_MS)", key, self.settings.entity_flush_ms)
+            if entity is not None and key in entity.keys:
+                log.info("entity state: write-behind for %s (the input topic's key), written and committed every "
+                         "%d ms (SD_ENTITY_PARTITION_KEY, SD_ENTITY_FLUSH_MS)", key, self.settings.entity_flush_ms)
+            elif entity is not None:
+                log.warning("entity state: SD_ENTITY_PARTITION_KEY=%s is not one of the model's entity keys (%s): "
+                            "every record is written on every batch", key, ", ".join(entity.keys))
+        elif key and entity is not None and self.settings.entity_flush_ms > 0:
+            log.info("entity state: written on every batch (write-behind is off with SD_DELIVERY=exactly_once)")
         self.enricher = Enricher(store)
         if self.settings.entity_copies:
             log.info("entity state: copies of up to %d written records kept in memory (SD_ENTITY_COPIES)",
@@ -351,11 +374,7 @@ class Worker:
         else:
             with self.steps.time("source"):
                 waited = self.peer_wait_s()
-                self._polling = True  # a rebalance hook may run now (_revoking), on this or the client's thread
-                try:
-                    batch = self.source.poll_batch()  # 1 source
-                finally:
-                    self._polling = False
+                batch = self.source.poll_batch()  # 1 source
                 waited = self.peer_wait_s() - waited
                 if waited > 0:
                     self.metrics.align_peer_wait.inc(waited)
@@ -495,12 +514,16 @@ class Worker:
         self.ingester.start()
         log.info("label ingester started: topic %s, group %s", self.settings.feedback_topic, self.ingester.group)
 
+
+    @_windowed
     def _abandon(self, batch: Batch) -> None:
         log.warning("group generation changed while a batch of %d events was in flight (evicted?); "
                     "not committing it, rewinding to the group's committed offsets", len(batch))
         self.stats.abandoned_batches += 1
         self.publisher.abandon()
-        self.source.rewind_to_committed(self._drop_window(batch))
+        if self._pending and not self._taken:  # a rebalance that took nothing: the window is still this worker's
+            self._flush_and_commit(idle=True)  # written and committed, so the rewind below re-reads this batch only
+        self.source.rewind_to_committed(self._drop_window(batch) if self._pending else batch)
 
     # ---- write-behind entity state (entity/behind.py) ------------------------------------------
     def _defers(self, scorer: Scorer) -> bool:
@@ -509,6 +532,8 @@ class Worker:
         spec, behind = scorer.bundle.entity, self.behind
         return behind is not None and not behind.disabled and spec is not None and behind.key in spec.keys
 
+
+    @_windowed
     def _defer(self, batch: Batch, defer: bool = True) -> None:
         """Step 7 with write-behind: the delivered batch's entity records become the worker's state,
         its offsets join the window, its shared entities (written already) let peers move on; every
@@ -523,20 +548,29 @@ class Worker:
             self.source.settled(offsets)  # its shared entities are written (the partition key's are not shared)
         self._flush_and_commit(due_only=not must and not self.stop_event.is_set())
 
+
+    @_windowed
     def _window_moved(self, batch: Batch) -> bool:
         """Before ``batch`` is enriched: True when the group rebalanced since the last batch accepted
-        into the open window — a partition may have been revoked and handed back, its position reset
-        to the committed offset, so the records held no longer match what is read. The window and
-        ``batch`` are then dropped unwritten and uncommitted and read again from the committed
-        offsets against the stored state (at most ``SD_ENTITY_FLUSH_MS`` of events read twice per
-        rebalance). With no window open, only the records held are forgotten."""
+        into the open window *and* took partitions from this worker without the window being
+        committed (the rebalance hook could not write it, or they were lost: ``_revoking``) — a
+        partition may have been handed back with its position reset to the committed offset, so
+        the records held no longer match what is read. The window and ``batch`` are then dropped
+        unwritten and uncommitted and read again from the committed offsets against the stored
+        state (at most ``SD_ENTITY_FLUSH_MS`` of events read twice). A rebalance that only added
+        partitions leaves the window open; with no window open, the records held are forgotten."""
         assert self.behind is not None
         group = self._behind_group
         if group is None or self.source.still_member(Batch(topic=batch.topic, group=group)):
             return False
         self._behind_group = None
-        if not self._pending:
-            self.behind.forget()  # flushed records of a partition that moved and came back may be stale
+        taken, self._taken = self._taken, False
+        if not self._pending or not taken:  # nothing open, or a rebalance that took nothing from this worker
+            if not self._pending:
+                self.behind.forget()  # flushed records of a partition that moved and came back may be stale
+            else:
+                self._behind_group = batch.group  # the window goes on under the new membership
+                self._pending_group = batch.group
             return False
         log.warning("the consumer group rebalanced with a window of batches uncommitted: its entity records are "
                     "dropped and it is read again from the committed offsets")
@@ -544,32 +578,46 @@ class Worker:
         self.source.rewind_to_committed(self._drop_window(batch))
         return True
 
-    def _revoking(self, partitions: set[TopicPartition]) -> Offsets:
+    def _revoking(self, partitions: set[TopicPartition], lost: bool = False) -> Offsets:
         """The consumer's rebalance hook (inside its poll, ``base.Source.on_revoke``): before
         ``partitions`` go to another worker, the open window's entity records are written and its
         offsets returned for the consumer to commit (as Kafka Streams commits in
         ``onPartitionsRevoked``), so their new owner starts after them rather than reading up to
         ``SD_ENTITY_FLUSH_MS`` of events again. If the write fails the window stays open (nothing to
-        commit): the next batch finds the group moved and reads the window again. Only while the
-        worker thread waits in ``poll_batch`` (kafka-python 3 calls listeners on its I/O thread):
-        called at any other time (a hold's paused polls, closing) it leaves the window alone."""
+        commit): the next batch finds the group moved and reads the window again. Called while the
+        worker thread is changing the window (``_window_lock`` taken: kafka-python 3 calls listeners
+        on its I/O thread, which must not block) it leaves the window alone.
+        Whatever it does not commit marks the window as taken: the next batch reads it again
+        (``_window_moved``); ``lost`` partitions (evicted) cannot be committed at all."""
         behind = self.behind
         if not self._pending or behind is None:
             return {}
-        if not self._polling:  # called outside the worker's poll (closing, holding): the window may be in use
+        if lost or not self._window_lock.acquire(blocking=False):  # evicted, or the window is being changed
+            self._taken = True
             return {}
+        try:
+            return self._commit_on_revoke(partitions)
+        finally:
+            self._window_lock.release()
+
+    def _commit_on_revoke(self, partitions: set[TopicPartition]) -> Offsets:
+        behind = self.behind
+        assert behind is not None
         try:
             with self.steps.time("flush"):
                 behind.flush()
         except Exception:  # noqa: BLE001 - inside the client's poll: never raise there
             log.warning("could not write the open window before partitions %s were revoked",
                         sorted(tp.partition for tp in partitions), exc_info=True)
+            self._taken = True
             return {}
         self._flushed_at = time.monotonic()
         self.stats.state_flushes += 1
         offsets, self._pending = self._pending, {}
         return offsets
 
+
+    @_windowed
     def _flush_and_commit(self, due_only: bool = False, idle: bool = False) -> None:
         """Write the window's entity records, then commit its offsets (only those of partitions still
         assigned: a revoked partition's records are dropped unwritten and its offsets uncommitted, so
@@ -585,11 +633,11 @@ class Worker:
             return
         if idle and now - self._flush_failed_at < 1.0:
             return
-        if self._pending_group is not None and not self.source.still_member(
-                Batch(topic=self.settings.input_topic, group=self._pending_group)):
+        if self._taken:  # partitions revoked or lost with the window uncommitted: not this worker's to commit
             log.warning("the consumer group rebalanced with a window of batches uncommitted: read again")
             self.stats.abandoned_batches += 1
             self._behind_group = None
+            self._taken = False
             self.source.rewind_to_committed(self._drop_window(None))
             return
         assigned = self.source.assignment()

@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar
 
 from ..entity_spec import EntitySpec
 from ..errors import StreamDetectorError
@@ -51,7 +53,18 @@ from .state import EntityKey, Expected, Record, StateStore
 log = logging.getLogger("stream_detector.entity")
 
 Name = tuple[str, EntityKey]  # (spec fingerprint, entity)
+P = ParamSpec("P")
+R = TypeVar("R")
 _PARTITION = struct.Struct("<i")
+
+
+def _locked(method: Callable[Concatenate[WriteBehind, P], R]) -> Callable[Concatenate[WriteBehind, P], R]:
+    """Run a ``WriteBehind`` method under its lock."""
+    def locked(self: WriteBehind, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.lock:
+            return method(self, *args, **kwargs)
+    locked.__doc__, locked.__name__ = method.__doc__, method.__name__
+    return locked
 
 
 class WriteBehindConflict(StreamDetectorError):
@@ -96,6 +109,8 @@ class WriteBehind:
         keep = getattr(inner, "keep_heads", None)  # RedisState: compare-and-set on write tokens, not records
         if keep is not None:
             keep(key, self.max_records + 100_000)
+        # the worker's rebalance hook may flush from the Kafka client's thread while a batch is enriched
+        self.lock = threading.RLock()
         self.disabled = False  # the topic turned out not to be keyed by ``key``: everything passes through
         self._disabling = False  # found so: ``disabled`` once the records held are flushed or forgotten
         self.flushes = 0
@@ -110,6 +125,7 @@ class WriteBehind:
         self.inner.round_trips = value
 
     # ---- the StateStore protocol (what the enricher calls) -----------------------------------------
+    @_locked
     def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
         """Records of ``key`` from memory where held, every other one (and those not held) with one
         read of ``inner``. Drops what an unaccepted batch staged."""
@@ -143,6 +159,7 @@ class WriteBehind:
                     self.read[(ns, k)] = raw
         return out
 
+    @_locked
     def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes],
                  expected: Expected | None = None) -> list[EntityKey]:
         """Records of ``key`` are staged (written at ``flush`` once accepted); the others are written
@@ -174,6 +191,7 @@ class WriteBehind:
         """Records changed since the last flush."""
         return len(self.dirty)
 
+    @_locked
     def accept(self) -> bool:
         """The last batch was delivered: its staged records become the latest state (a record's
         first change in the window keeps that batch's undo as the window's). Returns True when the
@@ -185,11 +203,11 @@ class WriteBehind:
         for name, (spec, raw) in staged.items():
             # the version-3 header (binary.py): u8 version, u8 flags, u16 P, then P × (i32 partition, i64 offset)
             if raw[0] != binary.VERSION or raw[2] + (raw[3] << 8) != 1:
-                if not self._disabling:
+                if not self._disabling:  # the value itself is not logged: it may be a card number
                     applied = sorted(binary.parse(spec, name[1][0], raw).applied)
-                    log.error("entity state: %s %r has events from partitions %s, so the input topic is not keyed "
-                              "by %s (SD_ENTITY_PARTITION_KEY); its records are written on every batch from now on",
-                              name[1][0], name[1][1], applied, self.key)
+                    log.error("entity state: an entity of %s has events from partitions %s, so the input topic is not "
+                              "keyed by %s (SD_ENTITY_PARTITION_KEY); its records are written every batch from now on",
+                              name[1][0], ", ".join(applied), self.key)
                 self._disabling = must = True
             partition = _PARTITION.unpack_from(raw, 4)[0] if raw[2] or raw[3] else -1
             dirty = dirty_of.get(name)
@@ -201,6 +219,7 @@ class WriteBehind:
             dirty_of[name] = _Dirty(spec, raw, raw, base, partition)
         return must
 
+    @_locked
     def flush(self) -> int:
         """Write every record changed since the last flush, with its window's undo snapshot, in one
         compare-and-set per spec; returns how many. Raises ``WriteBehindConflict`` when another
@@ -237,6 +256,7 @@ class WriteBehind:
         self.disabled = self.disabled or self._disabling
         return written
 
+    @_locked
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget the records of ``partitions`` (revoked: their new owner starts from the stored state
         of the committed offsets); returns how many changed records were dropped unflushed."""
@@ -247,6 +267,7 @@ class WriteBehind:
             del self.clean[n]
         return len(dropped)
 
+    @_locked
     def forget(self) -> None:
         """Drop every record held, changed or not (the window is abandoned)."""
         self.dirty.clear()

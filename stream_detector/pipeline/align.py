@@ -327,12 +327,12 @@ class AlignedSource:
         self.inner.commit(offsets)
 
     @property
-    def on_revoke(self) -> Callable[[set[TopicPartition]], Offsets] | None:
+    def on_revoke(self) -> Callable[[set[TopicPartition], bool], Offsets] | None:
         """The inner source's hook (``base.Source``): its rebalances happen inside its poll."""
         return self.inner.on_revoke
 
     @on_revoke.setter
-    def on_revoke(self, hook: Callable[[set[TopicPartition]], Offsets] | None) -> None:
+    def on_revoke(self, hook: Callable[[set[TopicPartition], bool], Offsets] | None) -> None:
         self.inner.on_revoke = hook
 
     def settled(self, offsets: Offsets) -> None:

@@ -198,13 +198,14 @@ class Source(Protocol):
     I/O before ``start`` (``RuntimeError`` when called before it). ``poll_batch`` rides out
     retriable client errors; others propagate as the client raised them. ``commit`` raises
     ``CommitRefused`` when the partitions moved, else ``TransportError``; so do ``assignment``
-    and ``highwaters``. ``on_revoke``, when set, is called inside ``poll_batch`` with the
-    partitions a rebalance takes away, while they are still this consumer's; the offsets it returns
-    are committed before the rebalance goes on (the worker's write-behind window, ``entity/behind.py``;
-    a failed commit is logged: their new owner reads them again). Partitions *lost* (evicted) are not
-    passed: they cannot be committed."""
+    and ``highwaters``. ``on_revoke(partitions, lost)``, when set, is called inside ``poll_batch``
+    with the partitions a rebalance takes away: revoked (``lost`` False), while they are still this
+    consumer's, the offsets it returns are committed before the rebalance goes on (the worker's
+    write-behind window, ``entity/behind.py``; a failed commit is logged: their new owner reads
+    them again); lost (evicted, ``lost`` True), nothing can be committed and what it returns is
+    ignored. A rebalance that only adds partitions does not call it."""
 
-    on_revoke: Callable[[set[TopicPartition]], Offsets] | None
+    on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None
 
     def start(self) -> None: ...
     def poll_batch(self, fill: bool = True) -> Batch: ...

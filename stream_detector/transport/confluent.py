@@ -249,7 +249,7 @@ class ConfluentSource:
         self._state = _Rebalances()
         self._fatal: KafkaError | None = None
         self._poll_failed = Throttled("poll")
-        self.on_revoke: Callable[[set[TopicPartition]], Offsets] | None = None  # base.Source
+        self.on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None = None  # base.Source
 
     # ---- lifecycle and rebalance callbacks (they run inside consume(), on the worker thread) ----
     def start(self) -> None:
@@ -267,7 +267,7 @@ class ConfluentSource:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
         if partitions and self.on_revoke is not None:  # still ours until this returns: commits go through
-            offsets = self.on_revoke({ours(tp) for tp in partitions})
+            offsets = self.on_revoke({ours(tp) for tp in partitions}, False)
             if offsets:
                 try:
                     self.commit(offsets)
@@ -280,6 +280,8 @@ class ConfluentSource:
             log.info("revoked %s", sorted(tp.partition for tp in partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
+        if partitions and self.on_revoke is not None:
+            self.on_revoke({ours(tp) for tp in partitions}, True)
         self._state.epoch += 1
         self._state.paused -= {(tp.topic, tp.partition) for tp in partitions}
         log.warning("partitions %s lost (evicted from the group?); their batch will not be committed",

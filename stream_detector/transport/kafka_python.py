@@ -191,7 +191,7 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka
             return
         log.info("revoked %s", sorted(tp.partition for tp in revoked))
         hook = self.source.on_revoke
-        offsets = hook({ours(tp) for tp in revoked}) if hook is not None else {}
+        offsets = hook({ours(tp) for tp in revoked}, False) if hook is not None else {}
         if not offsets:
             return
         from kafka.structs import OffsetAndMetadata
@@ -201,6 +201,13 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka
         except Exception as exc:  # noqa: BLE001 - the rebalance goes on; the new owner reads them again
             log.warning("offsets of partitions being revoked were not committed (read again by their new owner): %r",
                         exc)
+
+    async def on_partitions_lost(self, lost: Any) -> None:
+        if not lost:
+            return
+        log.warning("partitions %s lost (evicted from the group?)", sorted(tp.partition for tp in lost))
+        if self.source.on_revoke is not None:
+            self.source.on_revoke({ours(tp) for tp in lost}, True)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         if assigned:
@@ -222,7 +229,7 @@ class KafkaSource:
         self.overrides = overrides
         self.consumer: KafkaConsumer | None = None
         self._last_poll_error = -float("inf")
-        self.on_revoke: Callable[[set[TopicPartition]], Offsets] | None = None  # base.Source
+        self.on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None = None  # base.Source
 
     def start(self) -> None:
         self.consumer = KafkaConsumer(**consumer_config(self.config, **self.overrides))

@@ -139,7 +139,7 @@ class MemorySource:
         self._generation = -1
         self._member = 0
         self._started = False
-        self.on_revoke: Callable[[set[TopicPartition]], Offsets] | None = None  # base.Source (no rebalances here)
+        self.on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None = None  # base.Source (no rebalances here)
 
     def start(self) -> None:
         self.broker.create_topic(self.topic)

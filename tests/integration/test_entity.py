@@ -266,6 +266,36 @@ def test_a_write_behind_window_is_written_and_committed_before_its_partitions_ar
     assert _redis_state(settings) == _offline_state(events)
 
 
+def test_a_rebalance_that_only_adds_partitions_keeps_the_write_behind_window(
+        settings: Settings, entity_bundle: Bundle, run_worker: Any) -> None:
+    """Scale-in on confluent (a new-user trial found it): worker B stops, worker A gains B's
+    partitions and nothing is taken from A. A's open window stays its own: nothing is read twice
+    (A's and B's events add up to the topic's) and the state is offline's."""
+    settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 600_000, "transport": "confluent"})
+    _publish(settings, entity_bundle)
+    events = _raw(1000, seed=29)
+    events, later = events[:800], events[800:]
+    a = run_worker(Worker(settings))
+    wait_until(lambda: len(a.source.assignment()) == 4, message="A owns every partition")
+    b = run_worker(Worker(settings))
+    wait_until(lambda: len(a.source.assignment()) == 2 and len(b.source.assignment()) == 2, message="split")
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    wait_until(lambda: a.stats.events + b.stats.events == len(events), message="every event handled")
+    assert a.behind is not None and a.behind.pending > 0  # A's window is open
+    events += later
+    b.stop()
+    wait_until(lambda: len(a.source.assignment()) == 4, message="A took B's partitions back")
+    with EventProducer(settings, settings.input_topic) as producer:  # A's next batches come after the rebalance
+        producer.send(later)
+    wait_until(lambda: a.stats.events + b.stats.events >= len(events), message="the later events handled")
+    a.stop()
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="A committed at its stop")
+    assert a.stats.events + b.stats.events == len(events)  # nothing read twice
+    assert a.stats.abandoned_batches == 0
+    assert _redis_state(settings) == _offline_state(events)
+
+
 def client_keys(settings: Settings) -> list[Any]:
     client = redis.Redis.from_url(settings.redis_url)
     return list(client.keys(f"{settings.redis_prefix}:entity:*"))  # type: ignore[arg-type]

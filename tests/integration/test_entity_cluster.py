@@ -87,7 +87,8 @@ def test_worker_on_a_redis_cluster_equals_offline_enrichment(settings: Settings,
     _publish(settings, entity_bundle)
     events = _raw(1200, seed=31, accounts=60)
     worker = run_worker(Worker(settings))
-    assert worker.enricher is not None and isinstance(worker.enricher.store, RedisClusterState)
+    assert worker.enricher is not None and worker.behind is not None  # write-behind for the accounts, over the cluster
+    assert isinstance(worker.behind.inner, RedisClusterState)
     seen = _Collector()
     worker.enricher.on_enriched = seen
     with EventProducer(settings, settings.input_topic) as producer:

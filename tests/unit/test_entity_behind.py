@@ -172,6 +172,7 @@ def test_a_topic_not_keyed_by_the_field_turns_write_behind_off(caplog: pytest.Lo
     with caplog.at_level(logging.ERROR, logger="stream_detector.entity"):
         assert behind.accept() is True
     assert "not keyed by account_id" in caplog.text and not behind.disabled
+    assert not any(str(e["account_id"]) in caplog.text for e in events)  # no raw value (a card number?) logged
     behind.flush()
     assert behind.disabled and not behind.dirty
     out.append(enricher.features(SPEC, events[150:], pos[150:]))
