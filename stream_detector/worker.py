@@ -514,7 +514,6 @@ class Worker:
         self.ingester.start()
         log.info("label ingester started: topic %s, group %s", self.settings.feedback_topic, self.ingester.group)
 
-
     @_windowed
     def _abandon(self, batch: Batch) -> None:
         log.warning("group generation changed while a batch of %d events was in flight (evicted?); "
@@ -532,7 +531,6 @@ class Worker:
         spec, behind = scorer.bundle.entity, self.behind
         return behind is not None and not behind.disabled and spec is not None and behind.key in spec.keys
 
-
     @_windowed
     def _defer(self, batch: Batch, defer: bool = True) -> None:
         """Step 7 with write-behind: the delivered batch's entity records become the worker's state,
@@ -547,7 +545,6 @@ class Worker:
         if isinstance(self.source, AlignedSource):
             self.source.settled(offsets)  # its shared entities are written (the partition key's are not shared)
         self._flush_and_commit(due_only=not must and not self.stop_event.is_set())
-
 
     @_windowed
     def _window_moved(self, batch: Batch) -> bool:
@@ -604,18 +601,14 @@ class Worker:
         behind = self.behind
         assert behind is not None
         try:
-            with self.steps.time("flush"):
-                behind.flush()
+            self._write_window(behind)
         except Exception:  # noqa: BLE001 - inside the client's poll: never raise there
             log.warning("could not write the open window before partitions %s were revoked",
                         sorted(tp.partition for tp in partitions), exc_info=True)
             self._taken = True
             return {}
-        self._flushed_at = time.monotonic()
-        self.stats.state_flushes += 1
         offsets, self._pending = self._pending, {}
         return offsets
-
 
     @_windowed
     def _flush_and_commit(self, due_only: bool = False, idle: bool = False) -> None:
@@ -649,8 +642,7 @@ class Worker:
             log.info("partitions %s revoked with a window open: %d entity records and their offsets left to the "
                      "new owner", sorted(tp.partition for tp in gone), dropped)
         try:
-            with self.steps.time("flush"):
-                behind.flush()
+            self._write_window(behind)
         except WriteBehindConflict as exc:
             self.stats.state_conflicts += 1
             log.warning("%s", exc)
@@ -661,8 +653,6 @@ class Worker:
             self._flush_failed_at = now
             log.warning("entity state write-behind failed, offsets not committed; trying again: %s", exc)
             return
-        self._flushed_at = now
-        self.stats.state_flushes += 1
         if not self._pending:
             return
         try:
@@ -675,6 +665,14 @@ class Worker:
             log.warning("offset commit failed; trying again: %s", exc)
             return
         self._pending.clear()
+
+    def _write_window(self, behind: WriteBehind) -> None:
+        """The window's entity records written (``WriteBehind.flush``: its errors propagate), timed
+        as the ``flush`` step and counted."""
+        with self.steps.time("flush"):
+            behind.flush()
+        self._flushed_at = time.monotonic()
+        self.stats.state_flushes += 1
 
     def _drop_window(self, batch: Batch | None) -> Batch:
         """Forget the open window (write-behind records, uncommitted offsets); the batch to rewind:

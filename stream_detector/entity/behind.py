@@ -113,8 +113,6 @@ class WriteBehind:
         self.lock = threading.RLock()
         self.disabled = False  # the topic turned out not to be keyed by ``key``: everything passes through
         self._disabling = False  # found so: ``disabled`` once the records held are flushed or forgotten
-        self.flushes = 0
-        self.flushed_records = 0
 
     @property
     def round_trips(self) -> int:
@@ -251,8 +249,6 @@ class WriteBehind:
                 written += 1
         while len(self.clean) > self.max_records:
             self.clean.popitem(last=False)
-        self.flushes += 1
-        self.flushed_records += written
         self.disabled = self.disabled or self._disabling
         return written
 
