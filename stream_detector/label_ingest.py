@@ -76,6 +76,9 @@ class LabelIngester:
         self.producer: KafkaProducer | None = None
         self._thread: threading.Thread | None = None
         self.caught_up = False  # start(): every label on the topic when it began was ingested
+        self.stall_s = 30.0  # start(): a consumer making no progress this long is replaced
+        self._failing_since: float | None = None  # the first of the polls failing in a row
+        self.rejoins = 0  # consumers replaced (no progress, or every poll failing for stall_s)
 
     @property
     def group(self) -> str:
@@ -84,6 +87,7 @@ class LabelIngester:
     def start(self, catch_up_s: float = 120.0, stall_s: float = 30.0) -> None:
         """Join the group, ingest what is on the topic (``catch_up``), then go on in a thread."""
         s = self.settings
+        self.stall_s = stall_s
         self.consumer = self._connect()
         self.producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all", **s.kafka_security())
         self.caught_up = self.catch_up(catch_up_s, stall_s)
@@ -148,8 +152,7 @@ class LabelIngester:
                 log.warning("label ingester: no progress on %s for %.0f s (assigned %s, positions %s, ends %s); "
                             "joining again with a new consumer", self.settings.feedback_topic, now - progress_at,
                             sorted(tp.partition for tp in assigned), list(last), [ends[tp] for tp in sorted(ends)])
-                self.consumer.close(autocommit=False)
-                self.consumer = self._connect()
+                self._replace_consumer()
                 ends, last, progress_at, looked = {}, (), now, now
             self._poll_guarded(100)  # joins the group (records polled meanwhile are handled)
         log.warning("label ingester: not caught up with %s after %.0f s; continuing in the background",
@@ -170,20 +173,46 @@ class LabelIngester:
             if self._poll_guarded(500) is None:
                 self.stop_event.wait(1.0)
 
+    def _replace_consumer(self) -> None:
+        assert self.consumer is not None
+        self.consumer.close(autocommit=False)
+        self.consumer = self._connect()
+        self.rejoins += 1
+
     def _poll_guarded(self, timeout_ms: int) -> int | None:
         """``poll_once``, where a failure (Redis or Kafka unreachable, a commit refused while the group
         rebalances) is logged and counted and the consumer rewound to its committed offsets: the
         records are read again, nothing is lost. None on a failure. The catch-up at a worker's start
         used to let it through: a commit refused by a rebalance (``RebalanceInProgressError``) stopped
-        the worker with exit 1 (a new-user trial, 2 of 7 starts of a new deployment)."""
+        the worker with exit 1 (a new-user trial, 2 of 7 starts of a new deployment).
+
+        Polls failing in a row for ``stall_s`` with a Kafka error replace the consumer (logged, as a
+        stalled catch-up does). Seen once in CI (2026-12-03): a kafka-python 3.0.12 consumer, after
+        the topic appeared under it, read its records but refused every commit for 60 s with its
+        client-side ``RebalanceInProgressError`` ("the consumer is undergoing a rebalance") and
+        never finished that rebalance; a new consumer joins and commits."""
         try:
-            return self.poll_once(timeout_ms)
+            handled = self.poll_once(timeout_ms)
         except (RedisError, KafkaError, StreamDetectorError, OSError) as exc:
             self.stats.failures += 1
+            now = time.monotonic()
+            if self._failing_since is None:
+                self._failing_since = now
             log.warning("label ingestion failed, retrying from the last committed offsets: %s: %s",
                         type(exc).__name__, exc)
+            if isinstance(exc, KafkaError) and now - self._failing_since >= self.stall_s:
+                log.warning("label ingester: every poll failed for %.0f s; joining again with a new consumer",
+                            now - self._failing_since)
+                self._failing_since = None
+                try:
+                    self._replace_consumer()
+                except (KafkaError, OSError) as again:  # the broker away: the next poll fails and retries
+                    log.warning("label ingester: a new consumer could not join (%s); retrying", again)
+                return None
             self._rewind()
             return None
+        self._failing_since = None
+        return handled
 
     def poll_once(self, timeout_ms: int) -> int:
         """One poll: attach, dead-letter, commit. Returns the records handled. Raises what Redis or

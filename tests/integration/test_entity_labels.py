@@ -248,6 +248,46 @@ def test_a_label_ingester_making_no_progress_joins_again_with_a_new_consumer(set
         ingester.stop()
 
 
+def test_a_label_consumer_refusing_every_commit_is_replaced_and_the_labels_ingested(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CI run (2026-12-03) showed a kafka-python consumer that read its records but refused every
+    commit for 60 s with its client-side ``RebalanceInProgressError``, a rebalance it never finished;
+    the ingester's thread retried from the committed offsets forever and no label counted. Here the
+    first consumer's commits raise that error once the catch-up is done: after ``stall_s`` of
+    failing polls a new consumer joins (logged) and every label is ingested once."""
+    from kafka.errors import RebalanceInProgressError
+
+    ensure_topics(settings, [settings.feedback_topic, settings.dlq_topic])
+    store = RedisLabels(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
+    ingester = LabelIngester(settings, store)
+    consumers: list[Any] = []
+    connect = ingester._connect
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise RebalanceInProgressError("Offset commit cannot be completed since the consumer is undergoing a "
+                                       "rebalance for auto partition assignment.")
+
+    def connecting() -> Any:
+        consumer = connect()
+        if not consumers:
+            monkeypatch.setattr(consumer, "commit", refuse)
+        consumers.append(consumer)
+        return consumer
+
+    monkeypatch.setattr(ingester, "_connect", connecting)
+    try:
+        ingester.start(catch_up_s=60.0, stall_s=2.0)
+        assert ingester.caught_up  # an empty topic: the labels below are the background thread's
+        with EventProducer(settings, settings.feedback_topic) as producer:
+            producer.send([{"event_id": f"e{i}", "label": "fraud", "labelled_at": T0} for i in range(20)])
+        wait_until(lambda: ingester.stats.labels == 20, message="the labels ingested by a new consumer")
+        assert ingester.rejoins >= 1 and len(consumers) >= 2
+        assert ingester.stats.failures >= 1
+        assert ingester.stats.waiting == 20
+    finally:
+        ingester.stop()
+
+
 def test_a_feedback_record_the_client_cannot_read_is_dead_lettered_and_the_labels_after_it_ingested(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """kafka-python raises from ``poll`` at the same offset on every call when it cannot read a
