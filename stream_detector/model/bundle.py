@@ -19,16 +19,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-import torch
 
 from .. import __version__
 from ..entity_spec import EntitySpec
 from ..errors import ModelError
 from ..features import FeatureSpec
 from ..fieldschema import FieldSchema
+
+if TYPE_CHECKING:  # torch is imported where a module is loaded or built: the registry, threshold and
+    import torch  # lag commands and the console read bundles' metadata without it (3.5 s of a CLI call)
 
 MODEL_FILE = "model.pt"
 SPEC_FILE = "spec.json"
@@ -89,6 +91,8 @@ class Bundle:
     def load_module(self, device: str = "cpu", frozen: bool = True) -> torch.jit.ScriptModule:
         """Deserialize the TorchScript head onto ``device``, eval mode, frozen for inference
         (``frozen=False`` keeps the submodules and their methods, e.g. for gradients)."""
+        import torch
+
         with _torchscript():
             module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
                 io.BytesIO(self.files[MODEL_FILE]), map_location=device)
@@ -133,6 +137,8 @@ class Trained(Protocol):
 
 def build_bundle(result: Trained, extra_metadata: dict[str, Any] | None = None) -> Bundle:
     """Serialize a training result into a bundle (TorchScript export happens here)."""
+    import torch
+
     buf = io.BytesIO()
     with _torchscript():
         torch.jit.save(torch.jit.script(result.head.cpu().eval()), buf)
