@@ -37,12 +37,15 @@ services-status:
 demo: install
 	deploy/demo.sh
 
+# tests/unit is pure logic and CPU-bound: spread over the cores (pytest-xdist; -n auto: one process a
+# core). The services tiers run in one process: their timing waits on Kafka and Redis, not the CPU.
 test: install
 	deploy/install-browser.sh
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto tests/unit
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests --ignore=tests/unit
 
 test-unit: install
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -n auto tests/unit
 
 test-integration: install
 	deploy/install-browser.sh

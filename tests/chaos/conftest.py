@@ -13,13 +13,31 @@ import pytest
 from tests.services import Services, start_services
 
 
+@pytest.fixture(scope="module")
+def _module_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """One Kafka + Redis of their own for the ``own_services`` tests of ``test_chaos.py``, apart from
+    the session's: each stops and brings back Kafka or Redis, with its own topics, group and prefix;
+    a start and a stop cost ~12 s of each test."""
+    running = start_services(tmp_path_factory.mktemp("chaos-services"))
+    try:
+        yield running
+    finally:
+        running.run("down")
+
+
 @pytest.fixture
 def services(services: Services, request: pytest.FixtureRequest,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    """The session's services (the ``services`` argument), or the test's own when it is marked
-    ``own_services``."""
+    """The session's services (the ``services`` argument), or, for a test marked ``own_services``,
+    services apart from the session's: the module's in ``test_chaos.py`` (``up`` first: both running,
+    whatever the test before left), each storm's own."""
     if request.node.get_closest_marker("own_services") is None:
         yield services
+        return
+    if request.node.path.name == "test_chaos.py":
+        shared: Services = request.getfixturevalue("_module_services")
+        shared.run("up")
+        yield shared
         return
     running = start_services(tmp_path_factory.mktemp("chaos-services"))
     try:

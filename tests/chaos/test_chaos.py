@@ -1,7 +1,7 @@
 """Crashes, outages and back-pressure: every event still gets a verdict, every alert arrives.
 
-A test that stops Kafka or Redis owns them (``own_services``); the others share the session's, with
-fresh topics, group and Redis prefix (see conftest). Waiting is by polling conditions with
+A test that stops Kafka or Redis runs on a Kafka + Redis apart from the session's (``own_services``;
+one pair for this module's); every test has fresh topics, group and Redis prefix (see conftest). Waiting is by polling conditions with
 deadlines (``wait_until``), never fixed sleeps.
 """
 
