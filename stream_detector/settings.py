@@ -67,6 +67,10 @@ class KafkaSettings(_Group):
     transaction_timeout_s: float = Field(
         30.0, gt=0, description="Broker-side timeout of an open transaction (a killed worker's is aborted then)."
     )
+    metadata_max_age_ms: int = Field(
+        300_000, ge=100, description="How often the consumers refresh the topics' metadata: partitions added "
+        "to the input topic are consumed within this (both clients' default: 5 min).",
+    )
     assignment: Literal["cooperative", "eager"] = Field(
         "cooperative", description="Rebalance protocol: cooperative-sticky (incremental) or eager range/round-robin."
     )

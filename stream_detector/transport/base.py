@@ -163,6 +163,7 @@ class ClientTuning:
     max_request_bytes: int = 16 * 1024 * 1024
     delivery_timeout_s: float = 30.0  # bounds every send, flush and transaction call
     transaction_timeout_s: float = 30.0
+    metadata_max_age_ms: int = 300_000  # the consumer sees partitions added to its topics within this
 
     @property
     def fetch_max_wait_ms(self) -> int:

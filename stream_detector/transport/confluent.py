@@ -167,6 +167,7 @@ def confluent_consumer_config(config: TransportConfig, **overrides: Any) -> dict
         "session.timeout.ms": t.session_timeout_ms,
         "heartbeat.interval.ms": t.heartbeat_interval_ms,
         "max.poll.interval.ms": t.max_poll_interval_ms,
+        "topic.metadata.refresh.interval.ms": t.metadata_max_age_ms,
         "fetch.max.bytes": t.fetch_max_bytes,
         "max.partition.fetch.bytes": t.max_partition_fetch_bytes,
         "fetch.min.bytes": t.fetch_min_bytes,

@@ -46,6 +46,7 @@ def tuning_of(settings: Settings) -> ClientTuning:
         acks="all" if settings.producer_acks == "all" else int(settings.producer_acks),
         delivery_timeout_s=settings.delivery_timeout_s,
         transaction_timeout_s=settings.transaction_timeout_s,
+        metadata_max_age_ms=settings.metadata_max_age_ms,
     )
 
 

@@ -64,6 +64,7 @@ def consumer_config(config: TransportConfig, **overrides: Any) -> dict[str, Any]
         session_timeout_ms=t.session_timeout_ms,
         heartbeat_interval_ms=t.heartbeat_interval_ms,
         max_poll_interval_ms=t.max_poll_interval_ms,
+        metadata_max_age_ms=t.metadata_max_age_ms,
         partition_assignment_strategy=_assignors(t.cooperative),
         isolation_level="read_committed",
         **connection_options(config.connection),
@@ -157,6 +158,31 @@ def _log_unreadable(topic: str, partition: int, offset: int, exc: Exception, qui
             "unreadable record at %s[%d] offset %d, moved past it: %r", topic, partition, offset, exc)
 
 
+def finish_rejoin(consumer: KafkaConsumer) -> bool:
+    """Works around a kafka-python 3.0.12 bug; call before each ``poll``. True when it acted.
+
+    A group leader rejoins when its topics' metadata changes (partitions added to the input topic, a
+    subscribed topic created). That rejoin is not flagged: the coordinator's ``need_rejoin()`` is
+    true only while its assignment snapshot differs from the metadata. When a ``poll`` times out
+    before the JoinGroup/SyncGroup round trip ends, the leader's assignment on the client's I/O
+    thread makes the snapshots equal, so no later ``poll`` finishes the join. The coordinator stays
+    REBALANCING: every commit fails client-side with ``RebalanceInProgressError`` and the added
+    partitions are never assigned. A worker held its batch forever; reproduced in 5 ms polls.
+    Flagging the rejoin (``request_rejoin``) makes the next ``poll`` await the join task in flight,
+    or join again, and the member is STABLE within a poll or two. Does nothing in a healthy state
+    (STABLE, or a rejoin already flagged)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or consumer.config.get("group_id") is None:
+        return False
+    try:
+        if coordinator.rebalance_in_progress() and not coordinator.need_rejoin():
+            coordinator.request_rejoin()
+            return True
+    except AttributeError:  # another kafka-python: its own join logic
+        return False
+    return False
+
+
 def poll_readable(consumer: KafkaConsumer, timeout_ms: int, max_records: int | None = None,
                   quiet: bool = False) -> dict[KTopicPartition, list[Any]]:
     """``consumer.poll`` where a record the client cannot read comes back as one record whose value
@@ -164,6 +190,7 @@ def poll_readable(consumer: KafkaConsumer, timeout_ms: int, max_records: int | N
     every call; other errors propagate. For the project's own consumers outside the worker (label
     ingester, retrainer, ``tail``): an ``Unreadable`` value decodes as ``unreadable_record``
     (``pipeline.decode.parse_record``), as invalid JSON elsewhere. ``quiet``: see ``skip_unreadable``."""
+    finish_rejoin(consumer)
     try:
         if max_records is None:
             return dict(consumer.poll(timeout_ms=timeout_ms))
@@ -263,6 +290,8 @@ class KafkaSource:
         unreachable: the network blipped) by returning nothing after the poll timeout; the
         client reconnects by itself. Non-retriable errors (authorisation, config) propagate."""
         consumer = self._c()
+        if finish_rejoin(consumer):
+            log.info("finishing a rebalance kafka-python left unfinished (finish_rejoin)")
         try:
             if max_records is None:
                 return dict(consumer.poll(timeout_ms=timeout_ms))

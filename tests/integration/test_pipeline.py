@@ -203,6 +203,43 @@ def test_two_workers_split_a_four_partition_topic(settings, published, bundle, s
     assert assigned and set().union(*(orjson.loads(m.removeprefix("assigned ")) for m in assigned)) == {0, 1, 2, 3}
 
 
+def test_partitions_added_to_the_input_topic_are_consumed_by_the_running_worker(settings: Settings, bundle,
+                                                                                  start_worker):
+    """An operator scales out by adding partitions to the input topic. The worker sees them within
+    ``SD_METADATA_MAX_AGE_MS`` and consumes and commits them. On kafka-python 3.0.12 the group
+    leader's rejoin after such a metadata change could be left unfinished: every commit then failed
+    with ``RebalanceInProgressError`` and the new partitions were never assigned
+    (``transport.kafka_python.finish_rejoin``)."""
+    from kafka.admin import KafkaAdminClient, NewPartitions
+
+    from stream_detector.topics import ensure_topics
+
+    s = settings.model_copy(update={"metadata_max_age_ms": 500})
+    ControlPlane.from_url(s.redis_url, s.redis_prefix).publish(bundle, set_by="pytest")
+    ensure_topics(s, [s.input_topic], partitions=1)
+    ensure_topics(s, [s.alerts_topic, s.dlq_topic])
+    first, _ = _traffic(300, seed=31, n_anomalies=0)
+    with EventProducer(s, s.input_topic) as producer:
+        producer.send(first)
+    running = start_worker(s)
+    wait_until(lambda: _drained(s), message="the one partition's events committed")
+    admin = KafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
+    try:
+        admin.create_partitions({s.input_topic: NewPartitions(total_count=4)})
+    finally:
+        admin.close()
+    events, injected = _traffic(3000, seed=32, n_anomalies=10)
+    with EventProducer(s, s.input_topic) as producer:  # keyed by account: over the four partitions
+        producer.send(events)
+    wait_until(lambda: len(running.worker.source.assignment()) == 4, message="the added partitions assigned")
+    wait_until(lambda: _drained(s), message="every partition's events committed")
+    running.stop()
+    committed = committed_offsets(s, s.group_id, s.input_topic)
+    assert committed == end_offsets(s, s.input_topic) and len(committed) == 4
+    assert all(offset > 0 for offset in committed.values())
+    assert injected <= {str(a["event_id"]) for a in _alerts(s)}
+
+
 def test_worker_scores_match_offline_scores(settings, published: ControlPlane, bundle, start_worker):
     events, _ = _traffic(500, seed=15, n_anomalies=5)
     published.set_threshold(0.0, bundle.version, "pytest", "flag everything to compare scores")

@@ -1,0 +1,53 @@
+"""kafka-python 3.0.12's group rejoin after a metadata change, on the real broker: the workaround
+``transport.kafka_python.finish_rejoin`` (the worker-level test is in ``test_pipeline.py``:
+partitions added to the input topic are consumed by the running worker, on both clients)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewPartitions, NewTopic
+from kafka.errors import KafkaError
+
+from stream_detector.transport.kafka_python import poll_readable
+from tests.helpers import wait_until
+from tests.services import Services
+
+pytestmark = pytest.mark.integration
+
+
+def test_kafka_python_finishes_the_rejoin_after_partitions_are_added_even_on_short_polls(services: Services) -> None:
+    """The kafka-python 3.0.12 bug, made likely: 5 ms polls, so the poll times
+    out before the JoinGroup/SyncGroup round trip ends. Without ``finish_rejoin`` the consumer stays
+    REBALANCING: every commit failed for 40 s and partitions 1-3 were never assigned (reproduced
+    every time); with it, the four partitions are assigned and commits succeed again at once."""
+    topic = f"grow-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=services.kafka)
+    producer = KafkaProducer(bootstrap_servers=services.kafka)
+    consumer = KafkaConsumer(bootstrap_servers=services.kafka, group_id=f"group-{topic}", enable_auto_commit=False,
+                             auto_offset_reset="earliest", metadata_max_age_ms=500)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+        consumer.subscribe([topic])
+        wait_until(lambda: poll_readable(consumer, 100) is not None and bool(consumer.assignment()),
+                   message="partition 0 assigned")
+        admin.create_partitions({topic: NewPartitions(total_count=4)})
+
+        def committed_on_four() -> bool:
+            for partition in range(4):
+                producer.send(topic, b"x", partition=partition)
+            poll_readable(consumer, 5)
+            try:
+                consumer.commit()
+            except KafkaError:  # RebalanceInProgressError while the rejoin is not finished
+                return False
+            return len(consumer.assignment()) == 4
+
+        wait_until(committed_on_four, timeout_s=30, interval_s=0.0,
+                   message="the four partitions assigned and a commit accepted")
+    finally:
+        consumer.close(autocommit=False)
+        producer.close(timeout=10)
+        admin.close()
