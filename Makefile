@@ -5,14 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install services-up services-down services-status demo test test-unit test-integration test-chaos test-failover reliability soak lint bench bench-quality clean
+.PHONY: help install services-up services-down services-status demo test test-unit test-integration test-chaos test-failover test-failover-smoke reliability soak lint bench bench-quality clean
 
 help:
 	@echo "make demo            install, start Kafka + Redis; raw card events, history and delayed labels: precision with and without labels"
-	@echo "make test            install and run the whole test suite (tests start their own Kafka + Redis)"
+	@echo "make test            install and run the test suite (tests start their own Kafka + Redis); CI runs it"
 	@echo "make services-up     start the local Kafka (127.0.0.1:9092) and Redis (127.0.0.1:6379); services-down stops them"
 	@echo "make reliability     the chaos + failover tiers' long form (3-broker cluster, Sentinel); writes docs/RELIABILITY.md"
-	@echo "make test-failover   every failover scenario once (~8 min; make test runs a ~2 min smoke subset)"
+	@echo "make test-chaos      the chaos tier: storms and the repeated variants (~8 min; make test runs each guarantee once)"
+	@echo "make test-failover   every failover scenario once (~8 min); make test-failover-smoke one (~2 min)"
 	@echo "make soak            SOAK_MINUTES (60) at SOAK_RATE (20000) events/s, entity path on → docs/RELIABILITY.md"
 	@echo "make lint            ruff + mypy --strict + import-linter layer contracts (docs/architecture.md)"
 	@echo "make bench           throughput/latency benchmarks against a real broker → benchmarks/RESULTS.md"
@@ -42,7 +43,7 @@ demo: install
 test: install
 	deploy/install-browser.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto tests/unit
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests --ignore=tests/unit
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests --ignore=tests/unit --ignore=tests/failover
 
 test-unit: install
 	$(BIN)/python -m pytest -q -n auto tests/unit
@@ -54,9 +55,12 @@ test-integration: install
 test-chaos: install
 	SD_CHAOS_STORMS=1 $(BIN)/python -m pytest -q tests/chaos
 
-# Every failover scenario once (make test runs only its smoke subset: tests/failover/test_failover.py).
+# Every failover scenario once; test-failover-smoke: one scenario, ~2 min (tests/failover/test_failover.py).
 test-failover: install
 	SD_FAILOVER_TIER=$${SD_FAILOVER_TIER:-short} $(BIN)/python -m pytest -q tests/failover
+
+test-failover-smoke: install
+	SD_FAILOVER_TIER=smoke $(BIN)/python -m pytest -q tests/failover
 
 # The chaos and failover tiers' long form (SD_CHAOS_ROUNDS=3; every storm at least 1M events with 10k
 # anomalies; both delivery modes for every failover scenario): their figures become docs/RELIABILITY.md

@@ -24,6 +24,7 @@ SUITES = {
     "big-typing": "benchmarks.big_typing",
     "error-weights": "benchmarks.error_weights",
     "scoring-threads": "benchmarks.scoring_threads",
+    "cli-startup": "benchmarks.cli_startup",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -44,6 +45,7 @@ WHAT = {
     "big-typing": "train --streamed pass 1 on CSV / Parquet / JSON Lines: columnar typing vs row by row",
     "error-weights": "per-feature error weights over training + validation rows vs validation rows alone",
     "scoring-threads": "step 4 with one intra-op thread (the worker's default) vs torch's default, alone and busy",
+    "cli-startup": "registry, threshold and lag commands now vs with torch imported first (the old import chain)",
 }
 
 

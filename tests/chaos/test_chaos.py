@@ -26,6 +26,10 @@ pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "stream_detector.cli"]
 
 
+# A variant that repeats a guarantee already checked on the other client (or the other delivery
+# mode) in ``make test``: run by ``make test-chaos`` and ``make reliability`` (SD_CHAOS_STORMS=1).
+LONG_TIER = pytest.mark.long_tier
+
 def _traffic(n: int, seed: int, n_anomalies: int, tag: str) -> tuple[list[dict[str, object]], set[str]]:
     events, _ = Simulator(seed=seed, accounts=300, run_id=f"{tag}{seed}").batch(n, 0.0)
     injected = [anomaly(f"{tag}-bad-{seed}-{i}", f"acct-{i:05d}") for i in range(n_anomalies)]
@@ -58,7 +62,8 @@ def _spawn_worker(env: dict[str, str], log_path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(CLI + ["worker"], env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
-@pytest.mark.parametrize(("delivery", "transport"), [("at_least_once", "kafka-python"), ("exactly_once", "kafka-python"),
+@pytest.mark.parametrize(("delivery", "transport"), [("at_least_once", "kafka-python"),
+                                                     pytest.param("exactly_once", "kafka-python", marks=LONG_TIER),
                                                      ("exactly_once", "confluent")])
 def test_worker_killed_mid_stream_loses_no_alert(services, bundle, env_for, delivery, transport, tmp_path):
     settings = Settings(**{**_base(services), "delivery": delivery, "worker_id": "slot-0", "batch_size": 256,
@@ -175,7 +180,7 @@ def _publish(settings: Settings, bundle) -> None:
 
 @pytest.mark.parametrize(("assignment", "delivery", "transport"), [
     ("cooperative", "at_least_once", "kafka-python"), ("eager", "at_least_once", "kafka-python"),
-    ("cooperative", "exactly_once", "kafka-python"),
+    pytest.param("cooperative", "exactly_once", "kafka-python", marks=LONG_TIER),
     ("eager", "at_least_once", "confluent"), ("cooperative", "exactly_once", "confluent")])
 def test_rebalance_mid_stream_loses_nothing(services, bundle, start_worker, assignment, delivery, transport):
     """No anomaly without an alert; in exactly-once mode also no duplicate. (At-least-once may

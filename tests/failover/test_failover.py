@@ -2,9 +2,9 @@
 chaos tier (lost, duplicate, poison not dead-lettered, all committed, a live ``read_committed``
 reader). ``SD_FAILOVER_TIER`` picks how much runs:
 
-- ``smoke`` (default, part of ``make test``): an alerts-partition leader killed mid-transaction
-  (exactly-once), ~2 min (the Redis primary kill left the smoke subset to keep ``make test``
-  inside CI's 25 minutes; it runs in both tiers below);
+- ``smoke`` (default; ``make test-failover-smoke``): an alerts-partition leader killed
+  mid-transaction (exactly-once), ~2 min. It left ``make test`` on 2026-12-03 to keep CI inside its
+  25 minutes (a run took 27); the Redis primary kill had left it before. Both run in the tiers below;
 - ``short`` (``make test-failover``): every scenario once, in the mode where it bites hardest, ~8 min;
 - ``long`` (``make reliability``): every scenario in both modes, streams scaled by ``SD_CHAOS_ROUNDS``.
 
