@@ -1,15 +1,16 @@
-"""CLI start-up: the registry, threshold and lag commands with and without torch imported.
+"""CLI start-up: the registry and threshold commands with and without torch imported.
 
 Until 2026-12-03 ``model/bundle.py`` imported torch at module level, so every command that reads the
-control plane (``threshold``, ``model``, ``publish``, ``lag`` through ``store``) paid torch's import
+control plane (``threshold``, ``model``, ``publish``, through ``store``) paid torch's import
 though it never loads a TorchScript module. Now torch is imported where a module is loaded or built.
 
 The baseline is the same command in the same run with ``import torch`` first (what the old import
 chain did), so the difference is what the change saves whatever the machine's speed. Each command
 runs as a whole process (``python -m stream_detector …``), the two variants alternating, ``--runs``
 times each after one warm-up; medians of wall time. The commands run against ``SD_REDIS_URL`` and
-``SD_KAFKA_BOOTSTRAP`` as set (``make services-up`` for the local ones); an unreachable service
-makes the command exit 2 after one refused connection, which the table says.
+``SD_KAFKA_BOOTSTRAP`` as set (``make services-up`` for the local ones); the exit status is in
+the table (2: the command's own one-line refusal, e.g. no threshold published yet on fresh local
+services, after it reached Redis).
 
 Results: the ``cli-startup`` section of ``benchmarks/RESULTS.md``.
 """
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 
 from .results import write_section
 
-COMMANDS = (("threshold get",), ("model list",), ("lag",), ("--help",))
+COMMANDS = (("threshold get",), ("model list",))
 BASELINE = ("import sys, runpy, torch; sys.argv = ['stream-detector', *sys.argv[1:]]; "
             "runpy.run_module('stream_detector', run_name='__main__')")
 
@@ -65,7 +66,8 @@ def main(argv: Sequence[str]) -> int:
                     f"{b:.2f} | {b - a:.2f} s ({(b - a) / b:.0%}) |")
     body = (f"Each command as a whole process, {args.runs} runs of each variant alternating after a warm-up; "
             "the baseline is the same command with `import torch` first (the import chain before "
-            "2026-12-03). Exit 2: the service it asks was not reachable (one refused connection).\n\n"
+            "2026-12-03). Exit 2: the command's one-line refusal after reaching Redis (no threshold published "
+            "yet on fresh local services).\n\n"
             + "\n".join(rows) + "\n")
     print(body)
     if not args.no_write:
