@@ -203,9 +203,10 @@ class WriteBehind:
             if raw[0] != binary.VERSION or raw[2] + (raw[3] << 8) != 1:
                 if not self._disabling:  # the value itself is not logged: it may be a card number
                     applied = sorted(binary.parse(spec, name[1][0], raw).applied)
-                    log.error("entity state: an entity of %s has events from partitions %s, so the input topic is not "
-                              "keyed by %s (SD_ENTITY_PARTITION_KEY); its records are written every batch from now on",
-                              name[1][0], ", ".join(applied), self.key)
+                    log.error("entity state: an entity of %s has events from partitions %s: the input topic is not "
+                              "keyed by %s (SD_ENTITY_PARTITION_KEY), or partitions were added to it (a key then "
+                              "moves to another partition); this worker writes its records every batch until it "
+                              "restarts", name[1][0], ", ".join(applied), self.key)
                 self._disabling = must = True
             partition = _PARTITION.unpack_from(raw, 4)[0] if raw[2] or raw[3] else -1
             dirty = dirty_of.get(name)

@@ -145,9 +145,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Scenarios outside this tier (``SD_FAILOVER_TIER``: smoke in ``make test``) are deselected,
-    not skipped: a default run reports only what it ran (their tiers are ``make test-failover`` and
-    ``make reliability``)."""
+    """Scenarios outside this tier (``SD_FAILOVER_TIER``: smoke by default, ``make
+    test-failover-smoke``) are deselected, not skipped: a run reports only what it ran (their tiers
+    are ``make test-failover`` and ``make reliability``)."""
     outside = [item for item in items if "tests/failover/" in item.nodeid and any(
         mark.name == "skip" and "empty parameter set" in str(mark.kwargs.get("reason", ""))
         or mark.name == "skipif" and mark.args and mark.args[0] is True
