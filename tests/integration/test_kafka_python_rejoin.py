@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewPartitions, NewTopic
 from kafka.errors import KafkaError
 
@@ -47,6 +47,18 @@ def test_kafka_python_finishes_the_rejoin_after_partitions_are_added_even_on_sho
 
         wait_until(committed_on_four, timeout_s=30, interval_s=0.0,
                    message="the four partitions assigned and a commit accepted")
+        assert sorted(tp.partition for tp in consumer.assignment()) == [0, 1, 2, 3]
+        assert consumer._coordinator.rebalance_in_progress() is False  # STABLE, not left REBALANCING
+
+        def committed_everywhere() -> dict[int, int | None]:
+            poll_readable(consumer, 50)  # the added partitions' records read, then committed
+            consumer.commit()
+            return {p: consumer.committed(TopicPartition(topic, p)) for p in range(4)}
+
+        wait_until(lambda: all(o is not None and o >= 1 for o in committed_everywhere().values()),
+                   message="a record of every partition read and committed")
+        committed = committed_everywhere()
+        assert all(committed[p] is not None and committed[p] >= 1 for p in range(4)), committed
     finally:
         consumer.close(autocommit=False)
         producer.close(timeout=10)
