@@ -29,8 +29,8 @@ from ..errors import ModelError
 from ..features import FeatureSpec
 from ..fieldschema import FieldSchema
 
-if TYPE_CHECKING:  # torch is imported where a module is loaded or built: the registry, threshold and
-    import torch  # lag commands and the console read bundles' metadata without it (3.5 s of a CLI call)
+if TYPE_CHECKING:  # torch is imported where a module is loaded or built: the registry and threshold
+    import torch  # commands and the console read bundles' metadata without it (3.5 s of a CLI call)
 
 MODEL_FILE = "model.pt"
 SPEC_FILE = "spec.json"
