@@ -1542,7 +1542,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "`stream-detector check-config` checks them against the services). With "
                                    "entity features over several keys it releases its partitions in event-time "
                                    "order (SD_ALIGN_*: "
-                                   "docs/entity-features.md#event-time-alignment).")
+                                   "docs/entity-features.md#event-time-alignment). Partitions added to the input "
+                                   "topic are consumed within SD_METADATA_MAX_AGE_MS (default 5 minutes; "
+                                   "docs/operations.md, Partitions and workers).")
     p.add_argument("--max-idle-polls", type=int, help="exit after this many consecutive polls that return nothing "
                    "(tests, demos); default: run until SIGTERM/SIGINT")
     p.set_defaults(func=cmd_worker)

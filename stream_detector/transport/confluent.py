@@ -86,7 +86,7 @@ class _UnreadableMessage:
     def error(self) -> None:
         return None
 
-log = logging.getLogger("stream_detector.confluent")
+log = logging.getLogger("stream_detector.source")  # as kafka_python.py: assigned, revoked, lost
 ERROR_LOG_INTERVAL_S = 10.0  # transient client errors (broker unreachable) are logged at most this often
 NO_HEADERS: tuple[tuple[str, bytes], ...] = ()  # a record without headers (kafka-python: []); one shared,
 # immutable empty sequence instead of a new list per record, which would feed the garbage collector
