@@ -42,14 +42,13 @@ from .entity import Enricher
 from .entity.behind import WriteBehind, WriteBehindConflict
 from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
 from .errors import ConfigError, DeliveryError, EntityStateUnavailable, StreamDetectorError
-from .features import Extra
 from .fieldschema import EventTime
 from .hold import BatchHold
 from .label_ingest import LabelIngester
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
 from .model.bundle import Bundle
 from .pipeline.align import AlignedSource
-from .pipeline.compute import ChunkedCompute, Computed, Enrich, Fields
+from .pipeline.compute import ChunkedCompute, Computed, Deferred, Enrich, Fields
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected
 from .pipeline.publish import build_alerts, build_dead_letters
@@ -489,14 +488,28 @@ class Worker:
         if spec.label_keys and self.ingester is None:
             self._start_ingester()
 
-        def enrich(events: list[dict[str, Any]], indices: list[int], fields: Fields) -> Extra:
+        def enrich(events: list[dict[str, Any]], indices: list[int], fields: Fields) -> Deferred:
             positions = [(batch.partitions[i], batch.offsets[i]) for i in indices]
-            values = enricher.features(spec, events, positions, fields)
+            pending = enricher.begin(spec, events, positions, fields)  # the state is written by ``write``
             self._untimed = enricher.last_untimed  # a held batch enriched again: its last attempt counts
             if not spec.label_keys:
-                return spec.output_fields, values
-            labels = label_values(spec, self.labels, events, values)  # entity/labels.py
-            return spec.all_fields, np.hstack([values, labels])
+                def write() -> tuple[np.ndarray, np.ndarray]:
+                    return pending.write(), pending.values
+                return Deferred((spec.output_fields, pending.values), write)
+            labels = label_values(spec, self.labels, events, pending.values)  # entity/labels.py
+
+            def write_labelled() -> tuple[np.ndarray, np.ndarray]:
+                rows = pending.write()
+                if not rows.size:
+                    return rows, matrix
+                # another writer's update changed some rows' history, whose counts the label shares read:
+                # those rows again (the others keep the values they were scored with)
+                again = np.hstack([pending.values, label_values(spec, self.labels, events, pending.values)])
+                out = matrix.copy()
+                out[rows] = again[rows]
+                return rows, out
+            matrix = np.hstack([pending.values, labels])
+            return Deferred((spec.all_fields, matrix), write_labelled)
         return enrich
 
     def _start_ingester(self) -> None:

@@ -48,7 +48,7 @@ from .state import EntityKey, Record, StateStore
 Position = tuple[int, int]  # (partition, offset)
 MAX_ATTEMPTS = 8  # compare-and-set rounds per batch before the batch is held as an outage (retriable)
 
-__all__ = ["Enricher", "Position", "enrich_history", "entity_value"]
+__all__ = ["Enricher", "PendingWrite", "Position", "enrich_history", "entity_value"]
 
 
 class Enricher:
@@ -82,11 +82,20 @@ class Enricher:
         step to read directly (``FeatureSpec.transform(..., extra=)``: the worker's and offline
         scoring's path). Same state changes and errors as ``enrich``. ``fields``: some fields of
         ``events`` already read out, {name: one value per event} (the decode step's ``Decoded.columns``)."""
+        pending = self.begin(spec, events, positions, fields)
+        pending.write()
+        return pending.values
+
+    def begin(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Sequence[Position],
+              fields: Fields | None = None) -> PendingWrite:
+        """``features`` in two halves, so that the caller can score while the state is written: the
+        batch's records are read and its features computed (``PendingWrite.values``), and nothing
+        is written until ``PendingWrite.write``, which may change the features of some rows (those
+        of entities another writer changed in between: it returns them). Raises
+        ``EntityStateUnavailable`` (retriable) when the store cannot be read; then no state has
+        changed."""
         with gc_paused():
-            values = self._values(spec, events, positions, None, fields)
-            if self.on_enriched is not None:
-                self.on_enriched(attach(events, spec.output_fields, values))
-            return values
+            return self._begin(spec, events, positions, None, fields, hook=True)
 
     def enrich_rows(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Sequence[Position],
                     keyed: Sequence[bool] | None) -> list[dict[str, Any]]:
@@ -98,6 +107,12 @@ class Enricher:
 
     def _values(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Sequence[Position],
                 keyed: Sequence[bool] | None, fields: Fields | None = None) -> np.ndarray:
+        pending = self._begin(spec, events, positions, keyed, fields, hook=False)
+        pending.write()
+        return pending.values
+
+    def _begin(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Sequence[Position],
+               keyed: Sequence[bool] | None, fields: Fields | None, hook: bool) -> PendingWrite:
         cols = Columns.of(spec, events, fields)
         self.last_untimed = int(np.count_nonzero(np.isnan(cols.ts)))
         at = _Positions(positions)
@@ -110,17 +125,8 @@ class Enricher:
             mine = raws[first:first + len(kb.names)]
             first += len(mine)
             parts.append(self._apply(spec, kb, cols, list(range(len(kb.names))), mine, at, writes))
-        lost = self.store.save_raw(spec, writes, dict(zip(entities, raws, strict=True)))
-        attempts = 1
-        while lost:
-            if attempts >= MAX_ATTEMPTS:
-                raise EntityStateUnavailable(
-                    f"entity state contended: {len(lost)} records changed by another writer between read and "
-                    f"write {attempts} times in a row")
-            self.conflicts += len(lost)
-            lost = self._redo(spec, events, at, batch, lost, parts)
-            attempts += 1
-        return np.concatenate(parts, axis=1) if parts else np.empty((len(events), 0))
+        return PendingWrite(self, spec, events, at, batch, parts, writes, dict(zip(entities, raws, strict=True)),
+                            hook)
 
     def _apply(self, spec: EntitySpec, kb: _KeyBatch, cols: Columns, which: list[int], raws: list[bytes | None],
                at: _Positions, writes: dict[EntityKey, bytes], rows: np.ndarray | None = None) -> np.ndarray:
@@ -168,11 +174,11 @@ class Enricher:
         return out
 
     def _redo(self, spec: EntitySpec, events: Sequence[dict[str, Any]], at: _Positions, batch: list[_KeyBatch],
-              lost: list[EntityKey], parts: list[np.ndarray]) -> list[EntityKey]:
+              lost: list[EntityKey], parts: list[np.ndarray], changed: list[np.ndarray]) -> list[EntityKey]:
         """Entities another writer changed between this batch's read and its write: read them again,
         recompute only their events' features for their key (an entity's features depend on its own
-        state and events alone) into ``parts``, and compare-and-set them again; the entities lost
-        again are returned."""
+        state and events alone) into ``parts`` (their rows added to ``changed``), and compare-and-set
+        them again; the entities lost again are returned."""
         raws = self.store.load_raw(spec, lost)
         writes: dict[EntityKey, bytes] = {}
         for i, kb in enumerate(batch):
@@ -185,7 +191,51 @@ class Enricher:
             cols = Columns.of(spec, [events[r] for r in rows.tolist()])
             sub = _KeyBatch(kb.key, kb.names, kb.codes[rows])
             parts[i][rows] = self._apply(spec, sub, cols, which, [raw for _, raw in mine], at.subset(rows), writes)
+            changed.append(rows)
         return self.store.save_raw(spec, writes, dict(zip(lost, raws, strict=True)))
+
+
+class PendingWrite:
+    """A batch enriched but not yet written (``Enricher.begin``): ``values`` are its entity features,
+    float64[N, len(spec.output_fields)], final unless ``write`` says otherwise."""
+
+    def __init__(self, enricher: Enricher, spec: EntitySpec, events: Sequence[dict[str, Any]], at: _Positions,
+                 batch: list[_KeyBatch], parts: list[np.ndarray], writes: dict[EntityKey, bytes],
+                 read: dict[EntityKey, bytes | None], hook: bool = True) -> None:
+        self._enricher, self._spec, self._events, self._at = enricher, spec, events, at
+        self._batch, self._parts, self._writes, self._read = batch, parts, writes, read
+        self.values = np.concatenate(parts, axis=1) if parts else np.empty((len(events), 0))
+        self.written = False
+        self._hook = hook  # call the enricher's ``on_enriched`` once written (``Enricher.begin``'s)
+
+    def write(self) -> np.ndarray:
+        """The batch's records written, compare-and-set against what ``begin`` read; entities
+        another writer changed in between are read again and their events recomputed
+        (``Enricher._redo``), up to ``MAX_ATTEMPTS`` rounds. Returns the rows (int64 indices into
+        the batch's events, sorted, unique) whose ``values`` changed: empty when nobody else wrote.
+        Raises ``EntityStateUnavailable`` (retriable: the batch is held and retried, idempotently)
+        when the store cannot be written or stays contended. Then calls the enricher's ``on_enriched``
+        (``Enricher.begin``'s writes)."""
+        enricher, spec = self._enricher, self._spec
+        changed: list[np.ndarray] = []
+        with gc_paused():
+            lost = enricher.store.save_raw(spec, self._writes, self._read)
+            attempts = 1
+            while lost:
+                if attempts >= MAX_ATTEMPTS:
+                    raise EntityStateUnavailable(
+                        f"entity state contended: {len(lost)} records changed by another writer between read and "
+                        f"write {attempts} times in a row")
+                enricher.conflicts += len(lost)
+                lost = enricher._redo(spec, self._events, self._at, self._batch, lost, self._parts, changed)
+                attempts += 1
+        self.written = True
+        rows = np.unique(np.concatenate(changed)) if changed else np.zeros(0, dtype=np.int64)
+        if rows.size:
+            self.values = np.concatenate(self._parts, axis=1)
+        if self._hook and enricher.on_enriched is not None:
+            enricher.on_enriched(attach(self._events, spec.output_fields, self.values))
+        return rows
 
 
 class _Positions:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
@@ -39,10 +39,29 @@ from ..schema import Problem
 from .decode import Decoded, Rejected, decode_batch
 from .score import Scorer
 
-# step 3a: (typed events, batch indices, their fields already read out: ``Decoded.columns``) →
-# (feature names, float64 values n × len(names)) read by step 3
-Enrich = Callable[[list[dict[str, Any]], list[int], Mapping[str, Sequence[Any]]], Extra]
 Fields = Mapping[str, Sequence[Any]]  # some fields of a list of events, read out: ``Decoded.columns``
+
+
+@dataclass(slots=True)
+class Deferred:
+    """Step 3a's features with the entity state not written yet (``entity.enrich.PendingWrite``):
+    ``extra`` (names, float64 n × len(names)) and ``write``, to be called once: it writes the state
+    and returns the rows (int64 indices into the enriched events) whose values it changed (entities
+    another writer changed meanwhile: recomputed) and the matrix to read them from. The worker
+    scores the batch's chunks while the state is written (``ChunkedCompute.run``)."""
+
+    extra: Extra
+    write: Callable[[], tuple[np.ndarray, np.ndarray]]
+
+    def now(self) -> Extra:
+        """The features once written: ``write`` called here."""
+        _rows, matrix = self.write()
+        return self.extra[0], matrix
+
+
+# step 3a: (typed events, batch indices, their fields already read out: ``Decoded.columns``) →
+# (feature names, float64 values n × len(names)) read by step 3, or the same with the write deferred
+Enrich = Callable[[list[dict[str, Any]], list[int], Fields], "Extra | Deferred"]
 
 
 @dataclass(slots=True)
@@ -81,6 +100,8 @@ def score_decoded(scorer: Scorer, decoded: Decoded, enrich: Enrich | None = None
     errors (float32, one row per scored event). Never raises on data."""
     rejected = list(decoded.rejected)
     extra = enrich(decoded.events, decoded.indices, decoded.columns) if enrich is not None else None
+    if isinstance(extra, Deferred):
+        extra = extra.now()
     x, events, indices = featurise(scorer, decoded.received, decoded.indices, decoded.events, rejected, extra,
                                    decoded.columns)
     rejected.sort(key=lambda r: r.index)
@@ -117,37 +138,36 @@ class ChunkedCompute:
         ``shadow``: a challenger (same field schema and entity spec as ``scorer``) that also scores
         the rows ``scorer`` kept, from the same typed events and entity features, featurised by
         its own spec (``Computed.shadow_scores``)."""
-        events: list[dict[str, Any]] = []
-        indices: list[int] = []
-        rejected: list[Rejected] = []
-        pending: list[Future[Outputs] | Outputs] = []
-        xs: list[np.ndarray] = []  # with a head: the feature rows, for the alerts' head attributions
+        rejected: list[Rejected] = []  # decode's rejections; each chunk's feature step keeps its own
+        chunks: list[_Chunk] = []
         shadows: list[Future[tuple[np.ndarray, np.ndarray | None]] | tuple[np.ndarray, np.ndarray | None]] = []
         inline = len(values) <= self.chunk
+        later: list[Deferred] = []  # step 3a's state write, done once every chunk is submitted for scoring
         try:
-            chunks = self._chunks(values, max_bytes, enrich, rejected, scorer.bundle.schema)
-            for part_received, part_indices_in, features_of, extra, fields in chunks:
-                t = perf_counter()
-                x, part_events, part_indices = featurise(scorer, part_received, part_indices_in, features_of,
-                                                         rejected, extra, fields)  # 3 features
-                self.timer("features", perf_counter() - t)
-                events.extend(part_events)
-                indices.extend(part_indices)
-                if scorer.supervised:
-                    xs.append(x)
-                pending.append(self._score(scorer, x) if inline else self._pool.submit(self._score, scorer, x))  # 4
+            parts_in = self._chunks(values, max_bytes, enrich, rejected, scorer.bundle.schema,
+                                    later if not inline and shadow is None else None)
+            for part_received, part_indices_in, features_of, extra, fields in parts_in:
+                chunk = _Chunk(part_received, part_indices_in, features_of, extra, fields)
+                self._featurise(scorer, chunk, inline)
+                chunks.append(chunk)
                 if shadow is not None:  # the challenger on the rows the champion kept
                     t = perf_counter()
                     x2, bad2 = shadow.bundle.spec.transform(features_of, extra, fields=fields)
-                    kept = np.searchsorted(np.asarray(part_indices_in), np.asarray(part_indices, dtype=np.int64))
+                    kept = np.searchsorted(np.asarray(part_indices_in), np.asarray(chunk.indices, dtype=np.int64))
                     refused = np.isin(kept, np.fromiter(bad2, dtype=np.int64, count=len(bad2)))
                     self.timer("shadow features", perf_counter() - t)
                     args = (shadow, x2[kept], refused)
                     shadows.append(self._shadow(*args) if inline else self._pool.submit(self._shadow, *args))
-            parts = [p if isinstance(p, tuple) else p.result() for p in pending]
+            if later:
+                self._write(scorer, later[0], chunks)
+            parts = [c.result() for c in chunks]
             shadow_parts = [p if isinstance(p, tuple) else p.result() for p in shadows]
         finally:  # on an error, no scoring of this batch may still run when the caller retries it
-            wait([p for p in (*pending, *shadows) if isinstance(p, Future)])
+            wait([f for c in chunks for f in c.futures] + [p for p in shadows if isinstance(p, Future)])
+        events = [e for c in chunks for e in c.events]
+        indices = [i for c in chunks for i in c.indices]
+        rejected.extend(r for c in chunks for r in c.rejected)
+        xs = [c.x for c in chunks if c.x is not None]  # with a head: the feature rows (head attributions)
         per_feature = (np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0] if parts
                        else np.zeros((0, scorer.bundle.spec.width), dtype=np.float32))
         probability = features = None
@@ -164,6 +184,42 @@ class ChunkedCompute:
                                       if shadow_parts else np.zeros(0))
         return Computed(events, indices, rejected, per_feature, probability, features, shadow_scores,
                         shadow_probability)
+
+    def _featurise(self, scorer: Scorer, chunk: _Chunk, inline: bool) -> None:
+        """Step 3 on ``chunk`` (its kept events, indices, refusals, with a head its rows), and step 4
+        submitted to the scoring thread (run here when ``inline``)."""
+        t = perf_counter()
+        chunk.rejected = []
+        x, chunk.events, chunk.indices = featurise(scorer, chunk.received, chunk.indices_in, chunk.features_of,
+                                                   chunk.rejected, chunk.extra, chunk.fields)
+        self.timer("features", perf_counter() - t)
+        chunk.x = x if scorer.supervised else None
+        if inline:
+            chunk.outputs = self._score(scorer, x)
+        else:
+            future = self._pool.submit(self._score, scorer, x)
+            chunk.outputs = future
+            chunk.futures.append(future)
+
+    def _write(self, scorer: Scorer, deferred: Deferred, chunks: list[_Chunk]) -> None:
+        """Step 3a's state written while the scoring thread scores the chunks; the chunks holding
+        rows whose entity features the write changed (another writer's update, recomputed) are
+        featurised and scored again, here, from the new values."""
+        t = perf_counter()
+        try:
+            rows, matrix = deferred.write()
+        finally:
+            self.timer("enrich", perf_counter() - t)
+        if not rows.size:
+            return
+        names = deferred.extra[0]
+        start = 0
+        for chunk in chunks:
+            end = start + len(chunk.received)
+            if np.any((rows >= start) & (rows < end)):
+                chunk.extra = (names, matrix[start:end])
+                self._featurise(scorer, chunk, inline=True)
+            start = end
 
     def _shadow(self, shadow: Scorer, x: np.ndarray, refused: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The challenger's scores (float64; NaN on rows its feature step refused) and probability."""
@@ -195,12 +251,13 @@ class ChunkedCompute:
             self.timer("decode", perf_counter() - t)
 
     def _chunks(self, values: Sequence[bytes | None], max_bytes: int, enrich: Enrich | None,
-                rejected: list[Rejected], schema: FieldSchema | None,
+                rejected: list[Rejected], schema: FieldSchema | None, later: list[Deferred] | None,
                 ) -> Iterator[tuple[list[dict[str, Any]], list[int], list[dict[str, Any]], Extra | None, Fields]]:
         """Per chunk: the valid events as received, their batch indices, the dicts to featurise
         (typed by the bundle's field schema), with an entity spec their entity features, and the
         fields the decode step read out (``Decoded.columns``). Decode rejections are added to
-        ``rejected``."""
+        ``rejected``. A deferred state write (``Deferred``) goes into ``later`` for the caller;
+        without ``later`` (None) it is done here, before the first chunk."""
         step = self.chunk
         if enrich is None:
             for start in range(0, len(values), step):
@@ -211,13 +268,42 @@ class ChunkedCompute:
         whole = self._decode(values, max_bytes, 0, schema)  # 3a needs the whole batch: decode it first
         rejected.extend(whole.rejected)
         t = perf_counter()
-        names, matrix = enrich(whole.events, whole.indices, whole.columns)  # columns: the events are not copied
+        result = enrich(whole.events, whole.indices, whole.columns)  # columns: the events are not copied
+        if isinstance(result, Deferred):
+            if later is None:
+                result = result.now()
+            else:
+                later.append(result)
+                result = result.extra
+        names, matrix = result
         self.timer("enrich", perf_counter() - t)
         one = len(whole.events) <= step
         for start in range(0, len(whole.events), step):
             rows = slice(start, start + step)
             fields = whole.columns if one else {name: column[rows] for name, column in whole.columns.items()}
             yield whole.received[rows], whole.indices[rows], whole.events[rows], (names, matrix[rows]), fields
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """One chunk of a batch in ``ChunkedCompute.run``: step 3's inputs (kept, so that a deferred
+    state write that changed some entity features can featurise it again) and its results."""
+
+    received: list[dict[str, Any]]
+    indices_in: list[int]
+    features_of: list[dict[str, Any]]
+    extra: Extra | None
+    fields: Fields
+    events: list[dict[str, Any]] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    x: np.ndarray | None = None
+    outputs: Future[Outputs] | Outputs | None = None
+    futures: list[Future[Outputs]] = field(default_factory=list)  # every scoring submitted: awaited before return
+
+    def result(self) -> Outputs:
+        assert self.outputs is not None, "featurised first"
+        return self.outputs if isinstance(self.outputs, tuple) else self.outputs.result()
 
 
 def _drop(x: np.ndarray, events: list[dict[str, Any]], indices: list[int], bad: dict[int, Problem],

@@ -193,3 +193,95 @@ def test_the_step_timer_sees_every_step_of_a_chunked_batch(scorer: Scorer) -> No
     chunks = -(-1200 // 256)
     assert {k: len(v) for k, v in seen.items()} == {"decode": chunks, "features": chunks, "scoring thread": chunks}
     assert all(s >= 0 for v in seen.values() for s in v)
+
+
+def _tripled(events: list[dict[str, Any]]) -> np.ndarray:
+    amount = [float(e["amount"]) * 3 if isinstance(e.get("amount"), (int, float)) else np.nan for e in events]
+    return np.array(amount, dtype=np.float64).reshape(-1, 1)
+
+
+@pytest.mark.parametrize("changed", ["none", "some", "all"])
+def test_a_deferred_state_write_runs_once_after_every_chunk_is_submitted_and_its_changes_are_scored(
+        scorer: Scorer, changed: str) -> None:
+    """The worker's step 3a hands back ``Deferred``: its state is written while the chunks are
+    scored. Rows the write changed (another writer's update, recomputed) are scored from the new
+    values; the result equals one pass over the final values, row for row."""
+    from stream_detector.pipeline.compute import Deferred
+
+    values = _values(1200)
+    log: list[str] = []  # on the caller's thread: each chunk featurised (then submitted for scoring), the write
+    final: dict[str, np.ndarray] = {}
+
+    def enrich(events: list[dict[str, Any]], indices: list[int], fields: Mapping[str, Sequence[Any]]) -> Deferred:
+        first = _tripled(events)
+        rows = {"none": np.zeros(0, dtype=np.int64), "some": np.array([5, 300, 301, len(events) - 1]),
+                "all": np.arange(len(events))}[changed]
+        after = first.copy()
+        after[rows] *= 10  # what the write recomputed for the rows another writer changed
+
+        def write() -> tuple[np.ndarray, np.ndarray]:
+            log.append("write")
+            final["matrix"] = after
+            return rows, after
+        return Deferred((["amount"], first), write)
+
+    def timer(step: str, _seconds: float) -> None:
+        if step == "features":
+            log.append(step)
+
+    compute = ChunkedCompute(256, torch_threads=1, timer=timer)
+    try:
+        got = compute.run(scorer, values, 65536, enrich)
+    finally:
+        compute.close()
+    chunks = -(-len(final["matrix"]) // 256)  # over the decoded events: step 3a's rows
+    redone = {"none": 0, "some": 3, "all": chunks}[changed]  # rows 300 and 301 share a chunk
+    assert log == ["features"] * chunks + ["write"] + ["features"] * redone  # the write after every submission
+    events, indices, rejected, _plain = _reference(scorer, values)
+    assert got.events == events and got.indices == indices and got.rejected == rejected
+    rows = [{**e, "amount": float(v)} for e, v in zip(got.events, final["matrix"][:, 0], strict=True)]
+    x, _ = scorer.bundle.spec.transform(rows)
+    _same_errors(got.per_feature, scorer.errors(x))
+
+
+def test_a_deferred_write_that_fails_leaves_no_scoring_running_and_raises(scorer: Scorer) -> None:
+    from stream_detector.errors import EntityStateUnavailable
+    from stream_detector.pipeline.compute import Deferred
+
+    def enrich(events: list[dict[str, Any]], indices: list[int], fields: Mapping[str, Sequence[Any]]) -> Deferred:
+        def write() -> tuple[np.ndarray, np.ndarray]:
+            raise EntityStateUnavailable("entity state write failed: connection refused")
+        return Deferred((["amount"], _tripled(events)), write)
+
+    compute = ChunkedCompute(256, torch_threads=1)
+    try:
+        with pytest.raises(EntityStateUnavailable):
+            compute.run(scorer, _values(1200), 65536, enrich)
+        assert compute._pool.submit(lambda: 1).result() == 1  # the pool is idle and still usable
+    finally:
+        compute.close()
+
+
+def test_a_one_chunk_batch_or_a_challenger_writes_before_scoring(scorer: Scorer) -> None:
+    """Nothing to overlap in a batch of one chunk; a challenger in shadow featurises from the same
+    values, so the write comes first and nothing is featurised twice."""
+    from stream_detector.pipeline.compute import Deferred
+
+    log: list[str] = []
+
+    def enrich(events: list[dict[str, Any]], indices: list[int], fields: Mapping[str, Sequence[Any]]) -> Deferred:
+        def write() -> tuple[np.ndarray, np.ndarray]:
+            log.append("write")
+            return np.zeros(0, dtype=np.int64), _tripled(events)
+        return Deferred((["amount"], _tripled(events)), write)
+
+    compute = ChunkedCompute(256, torch_threads=1, timer=lambda step, _s: log.append(step))
+    try:
+        compute.run(scorer, _values(1200)[:200], 65536, enrich)
+        assert log.index("write") < log.index("features")
+        log.clear()
+        got = compute.run(scorer, _values(1200), 65536, enrich, shadow=scorer)
+        assert log.index("write") < log.index("features")
+        assert got.shadow_scores is not None and len(got.shadow_scores) == len(got.events)
+    finally:
+        compute.close()

@@ -361,3 +361,33 @@ def test_a_write_refused_on_every_attempt_is_a_retriable_outage() -> None:
     with pytest.raises(EntityStateUnavailable) as info:
         enricher.enrich(SPEC, [ev(1, 0.0), ev(2, 60_000.0, account="b")], _positions(0, 0, 2))
     assert info.value.retriable and enricher.conflicts == 2 * (MAX_ATTEMPTS - 1)
+
+
+def test_begin_then_write_gives_what_features_gives_and_names_the_rows_a_concurrent_write_changed() -> None:
+    """The worker's two halves (``Enricher.begin``, ``PendingWrite.write``: scoring runs between
+    them). Nothing is written before ``write``; a writer between the two changes the shared
+    terminals' rows only, ``write`` names exactly those rows, and the values then equal the serial
+    application's, like ``features``'s."""
+    spec = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400), max_distinct=4)
+    early = [ev(i, i * 60_000.0, 5.0 + i, account=f"b{i % 3}", terminal_id=f"t{i % 4}") for i in range(12)]
+    late = [ev(100 + i, 1_000_000.0 + i * 60_000.0, 7.0 + i, account=f"a{i % 3}",
+               terminal_id=f"t{i % 6}") for i in range(12)]  # t0-t3 shared with B, t4 and t5 only A's
+    shared = InMemoryState()
+    a, b = Enricher(shared), Enricher(shared)
+    seen: list[list[dict[str, Any]]] = []
+    a.on_enriched = seen.append
+    pending = a.begin(spec, late, _positions(0, 0, 12))
+    assert not shared.raw and not seen  # read and computed; nothing written, the hook not called yet
+    alone = Enricher(InMemoryState()).features(spec, late, _positions(0, 0, 12))
+    np.testing.assert_array_equal(pending.values, alone)  # before the write: as if A were alone
+    b.features(spec, early, _positions(1, 0, 12))  # B's batch lands between A's read and A's write
+    rows = pending.write()
+    assert rows.tolist() == [i for i, e in enumerate(late) if e["terminal_id"] in {"t0", "t1", "t2", "t3"}]
+    serial = Enricher(InMemoryState())
+    serial.features(spec, early, _positions(1, 0, 12))
+    want = serial.features(spec, late, _positions(0, 0, 12))
+    np.testing.assert_array_equal(pending.values, want)
+    changed = np.flatnonzero((pending.values != alone).any(axis=1))
+    assert set(changed.tolist()) <= set(rows.tolist()) and changed.size > 0
+    assert len(seen) == 1 and [[r[f] for f in spec.output_fields] for r in seen[0]] == want.tolist()
+    assert _state(a, "cau") == _state(serial, "cau")
