@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
@@ -71,6 +71,7 @@ class FeatureSpec:
     clip: float = 1000.0
     dropped: tuple[str, ...] = ()
     _index: dict[str, dict[str, int]] = field(default_factory=dict, compare=False, repr=False)
+    _blocks: dict[tuple[str, ...], _Block | None] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for col in self.categorical:
@@ -148,9 +149,15 @@ class FeatureSpec:
         else:
             read = _field_columns(events, wanted)
         numbers = _float_rows(read[:len(from_events)]) if read is not None and from_events else None
+        block = self._block(tuple(extra[0])) if extra is not None else None
+        if block is not None and extra is not None and not block.put(extra[1], out, self.clip):
+            block = None  # an infinite value: the column-by-column path below names its field
         col = 0
         k = 0  # the next row of ``numbers``
         for num in self.numeric:
+            if block is not None and num.name in given:  # written by ``block.put``
+                col += 2 if num.missing_indicator else 1
+                continue
             if extra is not None and num.name in given:
                 values, missing = _finite_or_missing(extra[1][:, given[num.name]].astype(np.float64), num.name, bad)
             elif numbers is not None:
@@ -188,6 +195,20 @@ class FeatureSpec:
             out[:, col] = np.sin(2 * np.pi * hours / 24.0)
             out[:, col + 1] = np.cos(2 * np.pi * hours / 24.0)
         return out, bad
+
+    def _block(self, names: tuple[str, ...]) -> _Block | None:
+        """The numeric columns an ``extra`` with these field names gives, as one block (cached per
+        names); None when it gives none."""
+        if names not in self._blocks:
+            given = {name: j for j, name in enumerate(names)}
+            rows: list[tuple[int, int, NumericColumn]] = []  # (extra column, output column, column)
+            col = 0
+            for num in self.numeric:
+                if num.name in given:
+                    rows.append((given[num.name], col, num))
+                col += 2 if num.missing_indicator else 1
+            self._blocks[names] = _Block.of(rows) if rows else None
+        return self._blocks[names]
 
     # ---- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -357,6 +378,52 @@ def _numeric_column(
                 bad.setdefault(i, (RejectReason.WRONG_TYPE, f"field {name!r} must be numeric, "
                                    f"got {type(v).__name__}"))
     return _finite_or_missing(values, name, bad)
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Numeric columns given as one float64 block (step 3a's entity features): the same rules as
+    the column-by-column path of ``FeatureSpec.transform`` (NaN missing → median, log1p, robust
+    scaling, clip), applied to every column at once. The log runs column by column on contiguous
+    copies, as that path runs it (numpy's vectorised log1p may round a strided or differently
+    aligned element otherwise), so the matrix is the same to the bit."""
+
+    source: np.ndarray  # int64[k]: the columns of ``extra``'s values
+    target: np.ndarray  # int64[k]: their output columns
+    median: np.ndarray  # float64[k]
+    center: np.ndarray
+    scale: np.ndarray
+    logged: tuple[int, ...]  # positions in 0..k-1 of the log-scaled columns
+    indicator: np.ndarray  # int64: positions in 0..k-1 of the columns with a missing indicator
+    indicator_target: np.ndarray  # int64: their indicators' output columns
+
+    @classmethod
+    def of(cls, rows: list[tuple[int, int, NumericColumn]]) -> _Block:
+        def floats(get: Callable[[NumericColumn], float]) -> np.ndarray:
+            return np.array([get(num) for _, _, num in rows], dtype=np.float64)
+        with_indicator = [i for i, (_, _, num) in enumerate(rows) if num.missing_indicator]
+        return cls(np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.int64),
+                   floats(lambda c: c.median), floats(lambda c: c.center), floats(lambda c: c.scale),
+                   tuple(i for i, (_, _, num) in enumerate(rows) if num.log),
+                   np.array(with_indicator, dtype=np.int64),
+                   np.array([rows[i][1] + 1 for i in with_indicator], dtype=np.int64))
+
+    def put(self, values: np.ndarray, out: np.ndarray, clip: float) -> bool:
+        """Write the block's columns of ``values`` (float64 n × len(names)) into ``out``; False
+        (nothing written) when one is infinite (a rejected row: the caller's path names the field)."""
+        v = np.asarray(values, dtype=np.float64)[:, self.source]  # a copy, C-contiguous
+        if np.isinf(v).any():
+            return False
+        missing = np.isnan(v)
+        v = np.where(missing, self.median, v)
+        for j in self.logged:
+            c = np.ascontiguousarray(v[:, j])
+            v[:, j] = np.sign(c) * np.log1p(np.abs(c))
+        with np.errstate(over="ignore"):  # a finite value scaled past the float range is ±inf: clipped
+            out[:, self.target] = np.clip((v - self.center) / self.scale, -clip, clip)
+        if self.indicator.size:
+            out[:, self.indicator_target] = missing[:, self.indicator]
+        return True
 
 
 def _finite_or_missing(values: np.ndarray, name: str, bad: dict[int, Problem]) -> tuple[np.ndarray, np.ndarray]:

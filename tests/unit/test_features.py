@@ -148,6 +148,32 @@ def test_numeric_columns_equal_the_column_by_column_definition(data: st.DataObje
     assert bad == want_bad
 
 
+@pytest.mark.parametrize("n", [1, 7, 682, 1024, 1029])
+def test_entity_feature_columns_as_one_block_equal_the_same_values_in_the_events(n: int) -> None:
+    """Step 3a's columns (``extra``) are scaled as one block; on chunk sizes whose vector loops
+    leave a tail, with log columns, NaNs and missing indicators, the matrix equals the one from the
+    same values carried in the events, to the bit; an infinite value is still refused by name."""
+    from stream_detector.features import NumericColumn
+
+    rng = np.random.default_rng(n)
+    m = 9
+    cols = tuple(NumericColumn(f"f{j}", float(rng.normal()), float(rng.normal()), float(rng.uniform(0.1, 10)),
+                               bool(j % 2), bool(j % 3 == 0)) for j in range(m))
+    spec = FeatureSpec(numeric=cols, categorical=(), time_of_day=False, clip=1000.0)
+    values = rng.lognormal(0, 3, (n, m)) * rng.choice([-1.0, 1.0], (n, m))
+    values[rng.random((n, m)) < 0.05] = np.nan
+    as_extra = [0, 2, 3, 5, 6, 8]
+    events = [{f"f{j}": float(values[i, j]) for j in range(m)} for i in range(n)]
+    stripped = [{k: v for k, v in e.items() if int(k[1:]) not in as_extra} for e in events]
+    got, bad = spec.transform(stripped, ([f"f{j}" for j in as_extra], values[:, as_extra].copy()))
+    want, want_bad = spec.transform(events)
+    np.testing.assert_array_equal(got, want)
+    assert bad == want_bad == {}
+    values[n - 1, 3] = np.inf
+    _, bad = spec.transform(stripped, ([f"f{j}" for j in as_extra], values[:, as_extra].copy()))
+    assert bad == {n - 1: (RejectReason.NON_FINITE_NUMBER, "field 'f3' is not finite")}
+
+
 def test_a_value_scaled_past_the_float_range_is_clipped_without_a_warning() -> None:
     """A finite value near the float maximum over a scale below 1 overflows to ±inf in numpy: it is
     clipped like any large value, and the overflow warning (an error under the test settings) is
