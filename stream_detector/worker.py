@@ -489,7 +489,9 @@ class Worker:
             self._start_ingester()
 
         def enrich(events: list[dict[str, Any]], indices: list[int], fields: Fields) -> Deferred:
-            positions = [(batch.partitions[i], batch.offsets[i]) for i in indices]
+            rows = np.asarray(indices, dtype=np.int64)
+            positions = (np.asarray(batch.partitions, dtype=np.int64)[rows],
+                         np.asarray(batch.offsets, dtype=np.int64)[rows])  # no tuple per event
             pending = enricher.begin(spec, events, positions, fields)  # the state is written by ``write``
             self._untimed = enricher.last_untimed  # a held batch enriched again: its last attempt counts
             if not spec.label_keys:

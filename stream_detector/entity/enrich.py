@@ -46,9 +46,12 @@ from .columns import Columns, Fields, attach, entity_codes, entity_value, gc_pau
 from .state import EntityKey, Record, StateStore
 
 Position = tuple[int, int]  # (partition, offset)
+# the events' positions: one (partition, offset) per event, or the same as two int64 arrays
+# (partitions, offsets) — the worker's form, without a tuple per event
+Positions = Sequence[Position] | tuple[np.ndarray, np.ndarray]
 MAX_ATTEMPTS = 8  # compare-and-set rounds per batch before the batch is held as an outage (retriable)
 
-__all__ = ["Enricher", "PendingWrite", "Position", "enrich_history", "entity_value"]
+__all__ = ["Enricher", "PendingWrite", "Position", "Positions", "enrich_history", "entity_value"]
 
 
 class Enricher:
@@ -86,7 +89,7 @@ class Enricher:
         pending.write()
         return pending.values
 
-    def begin(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Sequence[Position],
+    def begin(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Positions,
               fields: Fields | None = None) -> PendingWrite:
         """``features`` in two halves, so that the caller can score while the state is written: the
         batch's records are read and its features computed (``PendingWrite.values``), and nothing
@@ -111,7 +114,7 @@ class Enricher:
         pending.write()
         return pending.values
 
-    def _begin(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Sequence[Position],
+    def _begin(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Positions,
                keyed: Sequence[bool] | None, fields: Fields | None, hook: bool) -> PendingWrite:
         cols = Columns.of(spec, events, fields)
         self.last_untimed = int(np.count_nonzero(np.isnan(cols.ts)))
@@ -242,23 +245,27 @@ class _Positions:
     """The batch's ``(partition, offset)`` per event as arrays (partitions numbered densely),
     with the per-event form (``where``: ``(str(partition), offset)``) built only when needed."""
 
-    def __init__(self, positions: Sequence[Position]) -> None:
-        self.positions = positions
-        pairs = np.asarray(positions, dtype=np.int64).reshape(len(positions), 2)
-        self.values, self.part = np.unique(pairs[:, 0], return_inverse=True)
-        self.part = self.part.astype(np.int64).reshape(-1)
+    def __init__(self, positions: Positions) -> None:
+        if isinstance(positions, tuple) and len(positions) == 2 and isinstance(positions[0], np.ndarray):
+            partitions = np.asarray(positions[0], dtype=np.int64).reshape(-1)
+            self.offset = np.asarray(positions[1], dtype=np.int64).reshape(-1)
+        else:
+            pairs = np.asarray(positions, dtype=np.int64).reshape(len(positions), 2)
+            partitions, self.offset = pairs[:, 0], pairs[:, 1]
+        self.values, part = np.unique(partitions, return_inverse=True)
+        self.part = part.astype(np.int64).reshape(-1)
         self.names = [str(v) for v in self.values.tolist()]
-        self.offset = pairs[:, 1]
         self._where: list[tuple[str, int]] | None = None
 
     @property
     def where(self) -> list[tuple[str, int]]:
         if self._where is None:
-            self._where = [(str(p), o) for p, o in self.positions]
+            names = self.names
+            self._where = [(names[p], o) for p, o in zip(self.part.tolist(), self.offset.tolist(), strict=True)]
         return self._where
 
     def subset(self, rows: np.ndarray) -> _Positions:
-        return _Positions([self.positions[r] for r in rows.tolist()])
+        return _Positions((self.values[self.part[rows]], self.offset[rows]))
 
 
 @dataclass(slots=True)

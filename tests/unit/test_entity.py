@@ -391,3 +391,19 @@ def test_begin_then_write_gives_what_features_gives_and_names_the_rows_a_concurr
     assert set(changed.tolist()) <= set(rows.tolist()) and changed.size > 0
     assert len(seen) == 1 and [[r[f] for f in spec.output_fields] for r in seen[0]] == want.tolist()
     assert _state(a, "cau") == _state(serial, "cau")
+
+
+def test_positions_as_two_arrays_act_like_one_pair_per_event() -> None:
+    """The worker hands positions as (partitions, offsets) arrays; a batch on two partitions, its
+    retry (replayed from the undo snapshot) and an older batch redelivered (per-event decisions,
+    which read the per-event form) give what the (partition, offset) pairs give."""
+    spec = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400), max_distinct=4)
+    events = [ev(i, i * 60_000.0, 5.0 + i, account=f"a{i % 3}", terminal_id=f"t{i % 5}") for i in range(40)]
+    pairs = [(i % 2 + 3, 100 + i) for i in range(40)]
+    arrays = (np.array([p for p, _ in pairs]), np.array([o for _, o in pairs]))
+    by_pairs, by_arrays = Enricher(InMemoryState()), Enricher(InMemoryState())
+    for part in (slice(0, 25), slice(0, 25), slice(25, 40), slice(0, 25)):  # a retry; then an older batch again
+        want = by_pairs.features(spec, events[part], pairs[part])
+        got = by_arrays.features(spec, events[part], (arrays[0][part], arrays[1][part]))
+        np.testing.assert_array_equal(got, want)
+    assert _state(by_arrays, "cau") == _state(by_pairs, "cau")
