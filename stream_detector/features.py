@@ -411,16 +411,19 @@ class _Block:
     def put(self, values: np.ndarray, out: np.ndarray, clip: float) -> bool:
         """Write the block's columns of ``values`` (float64 n × len(names)) into ``out``; False
         (nothing written) when one is infinite (a rejected row: the caller's path names the field)."""
-        v = np.asarray(values, dtype=np.float64)[:, self.source]  # a copy, C-contiguous
-        if np.isinf(v).any():
-            return False
+        v = np.asarray(values, dtype=np.float64)[:, self.source]  # a copy, C-contiguous: changed in place
         missing = np.isnan(v)
-        v = np.where(missing, self.median, v)
+        if not np.isfinite(v).all() and np.isinf(v).any():
+            return False
+        np.copyto(v, np.broadcast_to(self.median, v.shape), where=missing)
         for j in self.logged:
             c = np.ascontiguousarray(v[:, j])
             v[:, j] = np.sign(c) * np.log1p(np.abs(c))
         with np.errstate(over="ignore"):  # a finite value scaled past the float range is ±inf: clipped
-            out[:, self.target] = np.clip((v - self.center) / self.scale, -clip, clip)
+            v -= self.center
+            v /= self.scale
+            np.clip(v, -clip, clip, out=v)
+        out[:, self.target] = v
         if self.indicator.size:
             out[:, self.indicator_target] = missing[:, self.indicator]
         return True
