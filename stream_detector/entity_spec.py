@@ -96,6 +96,12 @@ class EntitySpec:
         """Inactivity after which an entity's state is dropped (Redis TTL; offline: reset)."""
         return int(self.windows[-1] * 1000 * self.horizon_factor)
 
+    def shared_keys(self, partition_key: str) -> tuple[str, ...]:
+        """The keys whose entities' events may come from several partitions of a topic keyed by
+        ``partition_key`` (every key when it is empty: the topic's key is not known): the ones whose
+        features depend on how partitions interleave unless the worker aligns them in event time."""
+        return tuple(k for k in self.keys if k != partition_key)
+
     def distinct_for(self, key: str) -> tuple[str, ...]:
         return tuple(f for f in self.distinct_fields if f != key)
 

@@ -166,7 +166,8 @@ class WorkerSettings(_Group):
                             "(8192 measured fastest: publish and commit round trips spread over more events).")
     align_event_time: Literal["auto", "on", "off"] = Field(
         "auto", description="Release a worker's partitions in event-time order (pipeline/align.py): auto = on when "
-        "the active model has entity features with more than one key (a terminal's events come from many partitions).")
+        "the active model (at start, or swapped in) has entity features keyed by a field other than "
+        "SD_ENTITY_PARTITION_KEY (a terminal's events come from many partitions); once on, until the worker restarts.")
     align_idle_ms: int = Field(2000, ge=0, le=600_000, description="Event-time alignment's idle time: a partition "
                                "at its end holds the others at its newest event time until it has delivered nothing "
                                "for this long.")

@@ -1,7 +1,7 @@
 """The worker: orchestration only. Read the loop in ``run_once`` top to bottom — it is the design.
 
-    1 source   poll a batch (size or deadline); with entity features over several keys, the
-               partitions are released in event-time order (pipeline/align.py)
+    1 source   poll a batch (size or deadline); with entity features keyed by a field other than
+               the topic's key, the partitions are released in event-time order (pipeline/align.py)
     2 decode   bytes → validated events; bad ones → Rejected(reason)
     3a enrich  per-entity history features of the model's EntitySpec (state in Redis: 2 round trips)
     3 features the shared FeatureSpec of the active model
@@ -195,6 +195,7 @@ class Worker:
         self.compute = ChunkedCompute(settings.compute_chunk, settings.scoring_threads, self.steps)  # steps 2-4
         self.enricher: Enricher | None = None  # step 3a, created in start()
         self._aligned_for = ""  # the model version whose timestamp rule the alignment step uses
+        self._align_checked = ""  # the model version alignment was last decided for (_check_alignment)
         self.ingester: LabelIngester | None = None  # feedback topic → label store, started in start()
         self.labels: LabelStore = InMemoryLabels(())  # the label store (start(): the control plane's)
         self._counted: dict[str, int] = {}  # running totals of the enricher and label store, as counted in metrics
@@ -245,21 +246,7 @@ class Worker:
         scorer = self.models.start(self.control.active_bundle().version)
         self.shadow.start(self.control.snapshot().challenger, scorer.version)  # a challenger in shadow, if any
         entity = scorer.bundle.entity
-        mode = self.settings.align_event_time
-        if mode == "on" or (mode == "auto" and entity is not None and len(entity.keys) > 1):
-            # 1½ align: partitions released in event-time order (pipeline/align.py); decided once per start
-            peers = self.control.watermarks(self.settings.group_id, self.settings.input_topic,
-                                            self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms,
-                                            self._input_partitions())
-            self.source = AlignedSource(self.source, self.settings.batch_size, self.settings.align_idle_ms,
-                                        self.settings.align_max_buffered or None, peers=peers,
-                                        max_jump_ms=self.settings.align_max_jump_ms)
-            self.source.enabled = True
-            self._align_to(scorer.bundle)
-            self.hold.source = self.source
-            log.info("event-time alignment on (%s): idle %d ms, max jump %d ms, across workers grace %d ms, "
-                     "stale %d ms", mode, self.settings.align_idle_ms, self.settings.align_max_jump_ms,
-                     self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms)
+        self._check_alignment(scorer.bundle, at_start=True)  # 1½ align (pipeline/align.py)
         store = self.control.entity_state(self.settings.entity_copies)
         key = self.settings.entity_partition_key
         if key and self.settings.entity_flush_ms > 0 and not self.publisher.transactional:
@@ -350,6 +337,49 @@ class Worker:
         """Seconds this worker's alignment has waited for other workers' partitions (0 without it)."""
         return self.source.peer_wait_s if isinstance(self.source, AlignedSource) else 0.0
 
+    def _check_alignment(self, bundle: Bundle, at_start: bool = False) -> None:
+        """Step 1½, event-time alignment (pipeline/align.py), for the active model: ``on`` turns it on
+        at start; ``auto`` turns it on at start or at the hot swap to a model whose history has a
+        key other than the one the topic is keyed by (``EntitySpec.shared_keys``: such an entity's events
+        come from several partitions, so its features would depend on how they interleave). Once
+        on, it stays on until the worker restarts (a swap back only logs it). ``off`` with such a
+        model logs a WARNING."""
+        mode = self.settings.align_event_time
+        shared = bundle.entity.shared_keys(self.settings.entity_partition_key) if bundle.entity is not None else ()
+        if isinstance(self.source, AlignedSource):
+            self._align_to(bundle)
+            self._align_checked = bundle.version
+            if not shared and mode == "auto":
+                log.info("event-time alignment stays on until the worker restarts (model %s has no history "
+                         "keyed by a field other than the topic's key)", bundle.version)
+            return
+        if mode == "off" or (mode == "auto" and not shared):
+            self._align_checked = bundle.version
+            if shared:
+                log.warning("SD_ALIGN_EVENT_TIME=off with model %s, whose history is keyed by %s: those entities' "
+                            "events come from several partitions, so their features depend on how the partitions "
+                            "interleave and differ from offline scoring (docs/entity-features.md"
+                            "#event-time-alignment)", bundle.version, ", ".join(shared))
+            return
+        if not at_start and self.hold.active:
+            return  # a held batch first: turned on at the next batch
+        peers = self.control.watermarks(self.settings.group_id, self.settings.input_topic,
+                                        self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms,
+                                        self._input_partitions())
+        self.source = AlignedSource(self.source, self.settings.batch_size, self.settings.align_idle_ms,
+                                    self.settings.align_max_buffered or None, peers=peers,
+                                    max_jump_ms=self.settings.align_max_jump_ms)
+        self.source.enabled = True
+        self._align_to(bundle)
+        self.hold.source = self.source
+        self._align_checked = bundle.version
+        why = "SD_ALIGN_EVENT_TIME=on" if mode == "on" else (
+            f"auto: model {bundle.version} has history keyed by {', '.join(shared)}, not only by the topic's key "
+            f"{self.settings.entity_partition_key or '(none set: SD_ENTITY_PARTITION_KEY)'}")
+        log.info("event-time alignment on (%s%s): idle %d ms, max jump %d ms, across workers grace %d ms, "
+                 "stale %d ms", why, "" if at_start else ", turned on at the model swap", self.settings.align_idle_ms,
+                 self.settings.align_max_jump_ms, self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms)
+
     def _align_to(self, bundle: Bundle) -> None:
         """The alignment step reads timestamps with the active model's rule (``fieldschema.EventTime``)."""
         assert isinstance(self.source, AlignedSource)
@@ -363,8 +393,8 @@ class Worker:
         self.models.want(snap.active_model if snap is not None else None, notice)
         self.models.finish(wait=False)  # between batches: swap if the new model is ready
         self.shadow.want(snap.challenger if snap is not None else None, self.models.require().version)
-        if isinstance(self.source, AlignedSource):
-            self._align_to(self.models.require().bundle)
+        if self._align_checked != self.models.require().version:  # swapped to this model
+            self._check_alignment(self.models.require().bundle)
         if self.hold.active and self.hold.in_doubt:
             self.hold.settle()
             return 0

@@ -39,7 +39,8 @@ back only by another's partition looks at the heads again every 5 ms instead of 
 client's poll.
 
 Enabled per worker (``SD_ALIGN_EVENT_TIME``: ``auto`` turns it on when the active model has
-entity features with more than one key); disabled, it is a pass-through. Rebalances and rewinds
+entity features keyed by a field other than the topic's key, ``EntitySpec.shared_keys``; the
+worker wraps its source at start or at the swap to such a model); disabled, it is a pass-through. Rebalances and rewinds
 drop the buffer and rewind the inner source to the group's committed offsets, so buffered
 records are read again, never lost.
 """

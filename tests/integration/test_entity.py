@@ -471,6 +471,73 @@ def test_one_worker_on_four_partitions_replays_a_backlog_like_the_time_ordered_f
     assert alerts == expected
 
 
+def test_a_worker_hot_swapped_to_a_model_with_terminal_history_aligns_and_replays_like_offline(
+        settings: Settings, run_worker: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A new-user trial (2026-12-03): a worker started with a model without history, then
+    hot-swapped to an account + merchant-category model, kept the partitions unaligned and raised
+    other alerts than offline scoring, silently. The swap now turns event-time alignment on: the
+    backlog's features equal offline enrichment of the time-ordered file, the alerts offline's."""
+    events = _raw(1600, seed=26)
+    times = [e["timestamp"] for e in events]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    config = TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01)
+    plain = build_bundle(train(_raw(1500, seed=27), config))
+    two_keys = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)), config, entity=TWO_KEYS))
+    settings = _small_batches(settings)
+    control = _publish(settings, plain)
+    worker = Worker(settings)
+    worker.start()
+    assert not isinstance(worker.source, AlignedSource)  # no history: nothing to align
+    run_worker.run_started(worker)
+    with caplog.at_level("INFO", logger="stream_detector.worker"):
+        control.publish(two_keys, set_by="pytest")
+        wait_until(lambda: isinstance(worker.source, AlignedSource), message="alignment turned on by the swap")
+    assert worker.source.enabled and worker.models.require().version == two_keys.version
+    assert any("turned on at the model swap" in r.getMessage() and "merchant_category" in r.getMessage()
+               for r in caplog.records)
+    seen = _Collector()
+    assert worker.enricher is not None
+    worker.enricher.on_enriched = seen
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
+    online = seen.by_id()
+    offline = enrich_history(TWO_KEYS, events)
+    assert len(online) == len(events)
+    different = [e["event_id"] for e in offline if online[e["event_id"]] != e]
+    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
+    scores = score_events(two_keys, events).scores
+    expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > two_keys.threshold}
+    alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
+    assert alerts == expected and expected
+
+
+@pytest.mark.parametrize(("keys", "partition_key", "mode", "aligned"), [
+    (("merchant_category",), "account_id", "auto", True),  # one key, not the topic's: the trial's terminal-only model
+    (("account_id",), "account_id", "auto", False),  # the topic's own key: every entity on one partition
+    (("account_id",), "", "auto", True),  # the topic's key not known: aligned to be safe
+    (("account_id", "merchant_category"), "account_id", "off", False),  # off: a WARNING names the key
+])
+def test_auto_alignment_follows_the_keys_the_topic_is_not_keyed_by(
+        settings: Settings, keys: tuple[str, ...], partition_key: str, mode: str, aligned: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    spec = EntitySpec(keys=keys, windows=(3600,), max_distinct=4)
+    bundle = build_bundle(train(enrich_history(spec, _raw(400, seed=28)), TrainConfig(epochs=1, seed=0), entity=spec))
+    settings = settings.model_copy(update={"entity_partition_key": partition_key, "align_event_time": mode})
+    _publish(settings, bundle)
+    worker = Worker(settings)
+    try:
+        with caplog.at_level("INFO", logger="stream_detector.worker"):
+            worker.start()
+        assert isinstance(worker.source, AlignedSource) == aligned
+        assert not aligned or worker.source.enabled
+        warned = [r for r in caplog.records if r.levelname == "WARNING" and "SD_ALIGN_EVENT_TIME=off" in r.getMessage()]
+        assert len(warned) == (1 if mode == "off" else 0)
+        assert not warned or "merchant_category" in warned[0].getMessage()
+    finally:
+        worker.close()
+
+
 @pytest.mark.parametrize("years", [50, 3])
 def test_a_rejected_far_future_timestamp_does_not_hold_its_partition_back(settings: Settings, run_worker: Any,
                                                                          years: int) -> None:
