@@ -255,8 +255,9 @@ class Worker:
                 log.info("entity state: write-behind for %s (the input topic's key), written and committed every "
                          "%d ms (SD_ENTITY_PARTITION_KEY, SD_ENTITY_FLUSH_MS)", key, self.settings.entity_flush_ms)
             elif entity is not None:
-                log.warning("entity state: SD_ENTITY_PARTITION_KEY=%s is not one of the model's entity keys (%s): "
-                            "every record is written on every batch", key, ", ".join(entity.keys))
+                log.info("entity state: the model's history is keyed by %s, not by the topic's key %s "
+                         "(SD_ENTITY_PARTITION_KEY): its records are shared across partitions, so they are written "
+                         "on every batch (no write-behind; nothing to change)", ", ".join(entity.keys), key)
         elif key and entity is not None and self.settings.entity_flush_ms > 0:
             log.info("entity state: written on every batch (write-behind is off with SD_DELIVERY=exactly_once)")
         self.enricher = Enricher(store)

@@ -237,6 +237,26 @@ def test_produce_leaves_excluded_fields_out_of_the_events(settings, env_for, tmp
     assert keyed.returncode == 0 and key == str(orjson.loads(value)["account_id"])
 
 
+def test_produce_sends_a_json_lines_files_numbers_as_numbers_when_a_word_makes_the_field_text(
+        settings, env_for, tmp_path):
+    """Found by a new-user trial: one ``"amount": "twelve"`` among five rows made the inferred
+    schema type ``amount`` as text, and `produce` sent every row's ``52.42`` as ``"52.42"``: the
+    events on the topic were not the file's. Numbers and booleans stay as the file has them; the
+    word is sent as it is (the worker dead-letters it by its model's schema)."""
+    env = env_for(settings)
+    events, _ = Simulator(seed=9, accounts=50, run_id="words").batch(5, 0.0)
+    events[2]["amount"] = "twelve"
+    path = tmp_path / "words.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    topic = f"{settings.input_topic}-words"
+    done = run(["produce", "--input", str(path), "--topic", topic], env)
+    assert done.returncode == 0, done.stderr
+    assert "'amount': 4 of 5 values are numbers" in done.stderr  # the inference still says what it decided
+    sent = {e["event_id"]: e for e in (orjson.loads(r.value) for r in read_all(settings, topic))}
+    assert sent == {str(e["event_id"]): e for e in events}  # every row as in the file, types included
+    assert [type(sent[str(e["event_id"])]["amount"]) for e in events] == [float, float, str, float, float]
+
+
 def test_tail_names_a_record_the_client_cannot_read_on_stderr(settings, monkeypatch, capsys):
     """Found in a review: ``tail`` printed a record kafka-python could not read (here: its zstd
     library made unavailable) as an empty line, first. It is named on stderr, with its partition,
