@@ -1436,14 +1436,17 @@ def _version() -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, whose usage errors are one JSON log line with ``SD_LOG_JSON`` (found by a new-user
-    trial: they were plain text in a JSON log); exit 2 as argparse's own."""
+    """argparse, whose usage errors are one line, as every other CLI error (README: one line, exit
+    2; a new-user trial found argparse's usage block before it), pointing at ``--help``; one JSON
+    log line with ``SD_LOG_JSON`` (plain text in a JSON log, another trial); exit 2 as argparse's own."""
 
     def error(self, message: str) -> NoReturn:
+        line = f"{self.prog}: error: {message} (see {self.prog} --help)"
         if _JSON_LINES:
-            _say(f"{self.prog}: error: {message}", "ERROR")
-            sys.exit(2)
-        super().error(message)
+            _say(line, "ERROR")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -329,8 +329,9 @@ class Retrainer:
                                       s.retrain_shadow_max_seconds, gate=record, note=reason)
             log.info("candidate %s passed the gate (%s): in shadow until %d events are scored (at most %.0fs)",
                      bundle.version, reason, s.retrain_shadow_events, s.retrain_shadow_max_seconds)
-            return RetrainOutcome("shadow", "gate passed: challenger in shadow", bundle.version, record,
-                                  candidate.counts)
+            return RetrainOutcome("shadow", f"offline gate passed: the challenger in shadow until "
+                                  f"{s.retrain_shadow_events} events are scored (the shadow gate decides then)",
+                                  bundle.version, record, candidate.counts)
         self.control.publish(bundle, set_by=f"retrainer@{socket.gethostname()}", gate=record)
         pruned = self.control.prune(s.model_keep)
         log.info("candidate %s promoted (%s): gate passed; numbers: %s; pruned %s", bundle.version, reason,

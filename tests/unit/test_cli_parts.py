@@ -21,6 +21,11 @@ def test_python_dash_m_runs_the_command_line_and_passes_its_exit_code() -> None:
     bad = subprocess.run([sys.executable, "-m", "stream_detector", "no-such-command"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "invalid choice: 'no-such-command'" in bad.stderr
+    assert bad.stderr.count("\n") == 1 and "(see stream-detector --help)" in bad.stderr  # one line, as all CLI errors
+    value = subprocess.run([sys.executable, "-m", "stream_detector", "threshold", "set", "abc"], capture_output=True,
+                           text=True, timeout=120)
+    assert value.returncode == 2 and value.stderr == ("stream-detector threshold: error: argument value: invalid "
+                                                      "float value: 'abc' (see stream-detector threshold --help)\n")
     version = subprocess.run([sys.executable, "-m", "stream_detector", "--version"], capture_output=True, text=True,
                              timeout=120)
     assert version.returncode == 0 and version.stdout.startswith("stream-detector 0.")
