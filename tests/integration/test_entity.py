@@ -78,6 +78,18 @@ class _Collector:
             return {e["event_id"]: e for b in self.batches for e in b}
 
 
+def _sent_and_drained(settings: Settings, worker: Worker, events: list[dict[str, Any]]) -> _Collector:
+    """``events`` produced (keyed by account) to the running ``worker``'s input, drained: what its
+    enricher computed, batch by batch."""
+    seen = _Collector()
+    assert worker.enricher is not None
+    worker.enricher.on_enriched = seen
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
+    return seen
+
+
 class _FailFirstPublish:
     """The real publisher, except that the first publish raises (the batch is held and retried)."""
 
@@ -138,12 +150,7 @@ def test_worker_features_equal_offline_features_to_the_last_float(settings: Sett
     _publish(settings, entity_bundle)
     events = _raw(1500, seed=22)
     worker = run_worker(Worker(settings))
-    seen = _Collector()
-    assert worker.enricher is not None
-    worker.enricher.on_enriched = seen
-    with EventProducer(settings, settings.input_topic) as producer:  # keyed by account: one partition each
-        producer.send(events)
-    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
+    seen = _sent_and_drained(settings, worker, events)  # keyed by account: one partition each
 
     online = seen.by_id()
     offline = enrich_history(SPEC, events)
@@ -168,12 +175,7 @@ def test_a_retried_batch_is_applied_once(settings: Settings, entity_bundle: Bund
         del events[i]["timestamp"]
     publisher = _FailFirstPublish(make_sink(settings))
     worker = run_worker(Worker(settings, publisher=publisher))  # type: ignore[arg-type]
-    seen = _Collector()
-    assert worker.enricher is not None
-    worker.enricher.on_enriched = seen
-    with EventProducer(settings, settings.input_topic) as producer:
-        producer.send(events)
-    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
+    seen = _sent_and_drained(settings, worker, events)
 
     assert publisher.failed and worker.stats.held_batches >= 1
     first, retry = seen.batches[0], seen.batches[1]
@@ -495,12 +497,7 @@ def test_a_worker_hot_swapped_to_a_model_with_terminal_history_aligns_and_replay
     assert worker.source.enabled and worker.models.require().version == two_keys.version
     assert any("turned on at the model swap" in r.getMessage() and "merchant_category" in r.getMessage()
                for r in caplog.records)
-    seen = _Collector()
-    assert worker.enricher is not None
-    worker.enricher.on_enriched = seen
-    with EventProducer(settings, settings.input_topic) as producer:
-        producer.send(events)
-    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
+    seen = _sent_and_drained(settings, worker, events)
     online = seen.by_id()
     offline = enrich_history(TWO_KEYS, events)
     assert len(online) == len(events)
