@@ -847,8 +847,9 @@ def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
     topic = args.topic or settings.feedback_topic
     if rejected:
         index, reason, message = min(rejected)
+        counts = Counter(why for _, why, _ in rejected)  # per reason, as produce's events and score say them
         _say(f"warning: {len(rejected)} of {len(raw.rows)} rows are not labels and are left out "
-             f"(e.g. row {index + 1}: {reason}: {message})")
+             f"({', '.join(f'{k} {v}' for k, v in counts.most_common())}; e.g. row {index + 1}: {reason}: {message})")
     now_ms = time.time() * 1000.0
     ahead = [r["labelled_at"] for r in records if r["labelled_at"] > now_ms + 60_000.0]
     if ahead:  # e.g. a simulated file ending now: its chargebacks are not due yet (live simulate holds them)

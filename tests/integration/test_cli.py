@@ -143,10 +143,14 @@ def test_produce_feedback_puts_a_labels_file_on_the_feedback_topic(settings, env
     lines = labels.read_bytes().splitlines()
     with labels.open("ab") as f:
         f.write(b'{"event_id": "x-1", "label": "FRAUD", "labelled_at": 1790000000000}\n')
+        f.write(b'{"event_id": "x-2", "label": "FRAUD", "labelled_at": 1790000000000}\n')
+        f.write(b'{"label": "fraud", "labelled_at": 1790000000000}\n')
     produced = run(["produce", "--feedback", "--input", str(labels)], env)
     assert produced.returncode == 0, produced.stderr
     assert f"produced {len(lines)} labels to {s.feedback_topic}" in produced.stderr
-    assert "1 of" in produced.stderr and "invalid_label" in produced.stderr
+    counted = [line for line in produced.stderr.splitlines() if "rows are not labels" in line]
+    assert len(counted) == 1 and "3 of" in counted[0]
+    assert "(invalid_label 2, missing_event_id 1; e.g. row" in counted[0]  # every reason counted, as for events
     assert "repeat an event_id" not in produced.stderr
     ahead = sum(orjson.loads(line)["labelled_at"] > time.time() * 1000 + 60_000 for line in lines)
     assert ahead and f"warning: {ahead} of {len(lines)} labels are dated after now" in produced.stderr  # not due yet
