@@ -15,7 +15,8 @@ runs over ``compute_chunk`` rows at a time, for two measured reasons (``benchmar
   rows/s in process at 1024-row chunks);
 - **overlap**: torch releases the GIL, so chunk k is scored on the scoring thread (the second core)
   while this thread decodes and featurises chunk k+1 (→ 156k rows/s). A batch of one chunk is
-  scored inline: there is nothing to overlap, and no thread hop is added to low-load latency.
+  scored inline: there is nothing to overlap, and no thread hop is added to low-load latency —
+  unless step 3a defers its state write (``Deferred``): the write then overlaps the scoring.
 
 With an entity spec, step 3a needs the whole batch's events in order (its Redis state is read and
 written once per batch), so decode runs over the whole batch first and chunking starts at step 3.
@@ -137,7 +138,9 @@ class ChunkedCompute:
         """Decode, enrich (when given), featurise and score ``values``; never raises on data.
         ``shadow``: a challenger (same field schema and entity spec as ``scorer``) that also scores
         the rows ``scorer`` kept, from the same typed events and entity features, featurised by
-        its own spec (``Computed.shadow_scores``)."""
+        its own spec (``Computed.shadow_scores``). A deferred state write (``Deferred``) is made
+        once every chunk is on the scoring thread, a batch of one chunk included; with a
+        challenger it is made first."""
         rejected: list[Rejected] = []  # decode's rejections; each chunk's feature step keeps its own
         chunks: list[_Chunk] = []
         shadows: list[Future[tuple[np.ndarray, np.ndarray | None]] | tuple[np.ndarray, np.ndarray | None]] = []
@@ -145,10 +148,11 @@ class ChunkedCompute:
         later: list[Deferred] = []  # step 3a's state write, done once every chunk is submitted for scoring
         try:
             parts_in = self._chunks(values, max_bytes, enrich, rejected, scorer.bundle.schema,
-                                    later if not inline and shadow is None else None)
+                                    later if shadow is None else None)
             for part_received, part_indices_in, features_of, extra, fields in parts_in:
                 chunk = _Chunk(part_received, part_indices_in, features_of, extra, fields)
-                self._featurise(scorer, chunk, inline)
+                # a deferred write overlaps even one chunk's scoring: the scoring thread, then the write
+                self._featurise(scorer, chunk, inline and not later)
                 chunks.append(chunk)
                 if shadow is not None:  # the challenger on the rows the champion kept
                     t = perf_counter()

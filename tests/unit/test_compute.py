@@ -262,9 +262,10 @@ def test_a_deferred_write_that_fails_leaves_no_scoring_running_and_raises(scorer
         compute.close()
 
 
-def test_a_one_chunk_batch_or_a_challenger_writes_before_scoring(scorer: Scorer) -> None:
-    """Nothing to overlap in a batch of one chunk; a challenger in shadow featurises from the same
-    values, so the write comes first and nothing is featurised twice."""
+def test_a_one_chunk_batch_overlaps_its_write_and_a_challenger_writes_before_scoring(scorer: Scorer) -> None:
+    """A batch of one chunk is scored on the scoring thread while its state is written (at 20k
+    events/s batches are about one chunk); a challenger in shadow featurises from the same values,
+    so the write comes first and nothing is featurised twice."""
     from stream_detector.pipeline.compute import Deferred
 
     log: list[str] = []
@@ -275,10 +276,21 @@ def test_a_one_chunk_batch_or_a_challenger_writes_before_scoring(scorer: Scorer)
             return np.zeros(0, dtype=np.int64), _tripled(events)
         return Deferred((["amount"], _tripled(events)), write)
 
+    threads: list[str] = []
+    real = scorer.outputs
+
+    class Spy(Scorer):
+        def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            threads.append(threading.current_thread().name)
+            return real(x)
+
+    spy = Spy.__new__(Spy)
+    spy.__dict__.update(scorer.__dict__)
     compute = ChunkedCompute(256, torch_threads=1, timer=lambda step, _s: log.append(step))
     try:
-        compute.run(scorer, _values(1200)[:200], 65536, enrich)
-        assert log.index("write") < log.index("features")
+        compute.run(spy, _values(1200)[:200], 65536, enrich)
+        assert log.index("features") < log.index("write")
+        assert len(threads) == 1 and threads[0].startswith("scoring")  # not inline: beside the write
         log.clear()
         got = compute.run(scorer, _values(1200), 65536, enrich, shadow=scorer)
         assert log.index("write") < log.index("features")
