@@ -124,7 +124,8 @@ class RedisSettings(_Group):
     entity_partition_key: str = Field(
         "account_id", description="The event field the input topic's producers key by (the project's producer keys "
         "by account_id): one worker owns each such entity, so its history is kept in the worker's memory and written "
-        "to Redis once per SD_ENTITY_FLUSH_MS, the offsets committed after that write (write-behind; "
+        "to Redis once per SD_ENTITY_FLUSH_MS (every batch for a model that also has a key shared across partitions), "
+        "the offsets committed after that write (write-behind; "
         "docs/entity-features.md). A record with events from two partitions turns it off with an ERROR. Empty: every "
         "record is written on every batch. Off with SD_DELIVERY=exactly_once.")
     entity_flush_ms: int = Field(

@@ -203,6 +203,15 @@ class _NeverCommits:
         return getattr(self.inner, name)
 
 
+class _CommitsFail(_NeverCommits):
+    """Every offset commit fails as Kafka refusing it would (retriable): the worker holds its batch
+    and retries it, committing nothing (a worker killed between its state write and its commit)."""
+
+    def commit(self, *args: Any) -> None:
+        self.commits += 1
+        raise DeliveryError("injected: the commit is refused")
+
+
 def test_a_write_behind_window_written_but_not_committed_is_replayed_exactly(
         settings: Settings, entity_bundle: Bundle, run_worker: Any) -> None:
     """Write-behind (``entity/behind.py``, the default for the account key): worker A keeps the
@@ -244,6 +253,55 @@ def test_a_write_behind_window_written_but_not_committed_is_replayed_exactly(
     alerts = [orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)]
     assert expected and set(alerts) == expected
     assert sorted(alerts) == sorted(2 * list(expected))  # A's and B's: at least once, same verdicts
+
+
+def test_a_worker_dying_before_a_commit_leaves_a_shared_key_its_successor_replays_exactly(
+        settings: Settings, run_worker: Any) -> None:
+    """A trial (2026-12-03): a worker with an account + terminal model SIGKILLed mid-backlog, and
+    its successor raised 4.4x offline's alerts. The terminals' records are written on every batch
+    and keep the undo snapshot of their last write only, while write-behind committed the offsets
+    once per window of many batches: the successor re-read batches the records already held, and
+    their features came out of a state ahead in time. A model with a key shared across partitions
+    now commits every batch (its accounts' records written just before), so a crash before a
+    commit re-reads one batch, replayed from the undo snapshots: the successor's features equal
+    offline enrichment bit for bit, and its alerts offline's."""
+    settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 600_000})
+    bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
+                                TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
+                                entity=TWO_KEYS))
+    _publish(settings, bundle)
+    events = _raw(1200, seed=25)
+    with EventProducer(settings, settings.input_topic) as producer:  # keyed by account
+        producer.send(events)
+    dying = _CommitsFail(make_sink(settings))  # every commit refused: the batch is held and retried
+    a = Worker(settings, publisher=dying)  # type: ignore[arg-type]
+    a.start()
+    a.source.on_revoke = None  # a dead worker commits nothing as it leaves the group
+    running = threading.Thread(target=a.run, daemon=True)
+    running.start()
+    wait_until(lambda: dying.commits >= 3 or a.stats.events >= len(events) // 2,
+               message="worker A wrote its state and failed to commit")
+    a.stop()
+    running.join(timeout=60)
+    assert not running.is_alive()  # dead before its successor starts
+    assert lag(settings, settings.group_id, settings.input_topic) == len(events)  # nothing committed
+    assert a.stats.batches == 0 and a.stats.held_batches >= 1  # held at its first batch: no window of more
+
+    b = run_worker(Worker(settings.model_copy(update={"entity_flush_ms": 200})))
+    seen = _Collector()
+    assert b.enricher is not None
+    b.enricher.on_enriched = seen
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="B drained")
+    offline = enrich_history(TWO_KEYS, sorted(events, key=lambda e: e["timestamp"]))
+    online = seen.by_id()
+    assert len(online) == len(events)
+    different = [e["event_id"] for e in offline if online[e["event_id"]] != e]
+    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
+    scores = score_events(bundle, sorted(events, key=lambda e: e["timestamp"])).scores
+    expected = {e["event_id"] for e, s in zip(sorted(events, key=lambda e: e["timestamp"]), scores, strict=True)
+                if s > bundle.threshold}
+    alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
+    assert expected and alerts == expected
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
