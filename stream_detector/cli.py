@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -1436,6 +1436,30 @@ def _version() -> str:
         return "unknown"
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= low`` (a usage error, one line, otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, whose usage errors are one line, as every other CLI error (README: one line, exit
     2; a new-user trial found argparse's usage block before it), pointing at ``--help``; one JSON
@@ -1570,8 +1594,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "docs/entity-features.md#event-time-alignment). Partitions added to the input "
                                    "topic are consumed within SD_METADATA_MAX_AGE_MS (default 5 minutes; "
                                    "docs/operations.md, Partitions and workers).")
-    p.add_argument("--max-idle-polls", type=int, help="exit after this many consecutive polls that return nothing "
-                   "(tests, demos); default: run until SIGTERM/SIGINT")
+    p.add_argument("--max-idle-polls", type=_at_least(1), help="exit after this many consecutive polls that return "
+                   "nothing (tests, demos); default: run until SIGTERM/SIGINT")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("score", help="score a file offline: event_id,score,is_anomaly,rejected,message for every row",
@@ -1621,7 +1645,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave this field out of the events sent (repeatable), e.g. the pattern column of a "
                         "simulate --out file")
     p.add_argument("--rate", type=float, default=0, help="events per second (default 0: as fast as possible)")
-    p.add_argument("--limit", type=int, help="send at most this many rows")
+    p.add_argument("--limit", type=_at_least(1), help="send at most this many rows")
     _add_reader_args(p)
     _add_schema_args(p)
     p.set_defaults(func=cmd_produce)
@@ -1646,7 +1670,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feedback-out", help="handbook, with --out: write the delayed label records "
                                           "({event_id, label, source, labelled_at}, sorted by labelled_at) "
                                           "to this CSV/JSONL/Parquet file")
-    p.add_argument("--span-days", type=float, default=None, help="time span of --out files, in days (default 7)")
+    p.add_argument("--span-days", type=_positive_float, default=None,
+                   help="time span of --out files, in days (default 7)")
     p.add_argument("--chunk-rows", type=int, default=None,
                    help="--out: rows generated and written at a time, and Parquet row group size (default 100000); "
                         "the file does not depend on it")
@@ -1732,7 +1757,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Creates SD_INPUT_TOPIC, SD_ALERTS_TOPIC, SD_DLQ_TOPIC, SD_FEEDBACK_TOPIC and "
                                    "SD_SHADOW_TOPIC on SD_KAFKA_BOOTSTRAP if they do not exist; existing topics are "
                                    "left as they are.")
-    p.add_argument("--partitions", type=int, help="default SD_TOPIC_PARTITIONS")
+    p.add_argument("--partitions", type=_at_least(1), help="default SD_TOPIC_PARTITIONS")
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("demo", help="the main job on local services: raw card events, account and terminal "

@@ -26,6 +26,25 @@ def test_python_dash_m_runs_the_command_line_and_passes_its_exit_code() -> None:
                            text=True, timeout=120)
     assert value.returncode == 2 and value.stderr == ("stream-detector threshold: error: argument value: invalid "
                                                       "float value: 'abc' (see stream-detector threshold --help)\n")
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["topics", "--partitions", "-2"], "argument --partitions: expected an integer >= 1, got -2"),  # was a raw dump
+    (["topics", "--partitions", "0"], "argument --partitions: expected an integer >= 1, got 0"),  # was 4, silently
+    (["worker", "--max-idle-polls", "-1"], "argument --max-idle-polls: expected an integer >= 1, got -1"),
+    (["produce", "--input", "x.jsonl", "--limit", "0"], "argument --limit: expected an integer >= 1, got 0"),
+    (["simulate", "--out", "x.jsonl", "--span-days", "0"], "argument --span-days: expected a number > 0, got 0"),
+])
+def test_option_values_out_of_range_are_usage_errors(argv: list[str], said: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial found these taken (or failing late, with a client's exception dump): each is one
+    line naming the option, exit 2, before anything connects."""
+    from stream_detector.cli import build_parser
+
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and said in err and err.count("\n") == 1
     version = subprocess.run([sys.executable, "-m", "stream_detector", "--version"], capture_output=True, text=True,
                              timeout=120)
     assert version.returncode == 0 and version.stdout.startswith("stream-detector 0.")
