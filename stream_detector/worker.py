@@ -252,9 +252,9 @@ class Worker:
         if key and self.settings.entity_flush_ms > 0 and not self.publisher.transactional:
             store = self.behind = WriteBehind(store, key, max(self.settings.entity_copies, 100_000))
             if entity is not None and key in entity.keys and entity.shared_keys(key):
-                log.info("entity state: %s (the input topic's key) and %s written and committed on every batch "
-                         "(history shared across partitions: a window of one batch, replayed exactly after a crash)",
-                         key, ", ".join(entity.shared_keys(key)))
+                log.info("entity state: %s (the input topic's key) and %s read and written with every batch, "
+                         "offsets committed after every batch (history shared across partitions: no write-behind "
+                         "window, so a crash replays one batch exactly)", key, ", ".join(entity.shared_keys(key)))
             elif entity is not None and key in entity.keys:
                 log.info("entity state: write-behind for %s (the input topic's key), written and committed every "
                          "%d ms (SD_ENTITY_PARTITION_KEY, SD_ENTITY_FLUSH_MS)", key, self.settings.entity_flush_ms)
@@ -453,8 +453,9 @@ class Worker:
             if not self.source.still_member(batch):  # evicted meanwhile: a zombie must not commit
                 self._abandon(batch)
                 return
-            if self._stages(scorer) or self._pending:
-                self._defer(batch, self._defers(scorer))  # 7 commit: the window's, after its entity state is written
+            defer = self._defers(scorer)
+            if defer or self._pending:
+                self._defer(batch, defer)  # 7 commit: the window's, after its entity state is written
             else:
                 self.hold.in_doubt = self.publisher.transactional  # until the commit returns
                 with self.steps.time("commit"):
@@ -521,6 +522,13 @@ class Worker:
             return None
         if spec.label_keys and self.ingester is None:
             self._start_ingester()
+        if self.behind is not None:
+            passing = bool(spec.shared_keys(self.behind.key))
+            if passing and not self.behind.passing and (self._pending or self.behind.pending):
+                self._flush_and_commit(idle=True)  # the window of the model before: written and committed first
+                if self.behind.pending:
+                    raise EntityStateUnavailable("entity state: the previous model's window is not written yet")
+            self.behind.pass_through(passing)
 
         def enrich(events: list[dict[str, Any]], indices: list[int], fields: Fields) -> Deferred:
             rows = np.asarray(indices, dtype=np.int64)
@@ -574,24 +582,18 @@ class Worker:
         self.source.rewind_to_committed(self._drop_window(batch) if self._pending else batch)
 
     # ---- write-behind entity state (entity/behind.py) ------------------------------------------
-    def _stages(self, scorer: Scorer) -> bool:
-        """Whether ``scorer``'s batches stage the partition key's records in the write-behind store
-        (its entity spec has that key, and the topic has not turned out to be keyed otherwise): they
-        are written by ``_defer``, before the batch's offsets are committed."""
-        spec, behind = scorer.bundle.entity, self.behind
-        return behind is not None and not behind.disabled and spec is not None and behind.key in spec.keys
-
     def _defers(self, scorer: Scorer) -> bool:
-        """Whether batches scored by ``scorer`` commit as a window of several (write-behind): they
-        stage the partition key's records, and the model has no key shared across partitions. A
-        shared key's records (a terminal's) are written on every batch, and each record keeps the
-        undo snapshot of its last write only, so a window of several batches would leave records
-        holding uncommitted batches that a successor after a crash cannot replay exactly (a trial
-        on 2026-12-03: 4.4x offline's alerts after a SIGKILL): such a model commits every batch,
-        its accounts' records written just before."""
-        spec = scorer.bundle.entity
-        return (self._stages(scorer) and spec is not None
-                and not spec.shared_keys(self.settings.entity_partition_key))
+        """Whether batches scored by ``scorer`` commit as a window (write-behind): its entity spec has
+        the partition key and no key shared across partitions, and the topic has not turned out to
+        be keyed otherwise. A shared key's records (a terminal's) are written on every batch, and
+        each keeps the undo snapshot of its last write only, so a window of several batches would
+        leave records holding uncommitted batches that a successor after a crash cannot replay
+        exactly (a trial on 2026-12-03: 4.4x offline's alerts after a SIGKILL). Such a model's
+        records all pass through (``WriteBehind.pass_through``: the batch's one read and one
+        compare-and-set, overlapped with scoring), and its batches commit one by one."""
+        spec, behind = scorer.bundle.entity, self.behind
+        return (behind is not None and not behind.disabled and spec is not None and behind.key in spec.keys
+                and not spec.shared_keys(behind.key))
 
     @_windowed
     def _defer(self, batch: Batch, defer: bool = True) -> None:

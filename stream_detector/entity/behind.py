@@ -112,6 +112,7 @@ class WriteBehind:
         # the worker's rebalance hook may flush from the Kafka client's thread while a batch is enriched
         self.lock = threading.RLock()
         self.disabled = False  # the topic turned out not to be keyed by ``key``: everything passes through
+        self.passing = False  # ``pass_through``: the active model's records all go to ``inner`` on every batch
         self._disabling = False  # found so: ``disabled`` once the records held are flushed or forgotten
 
     @property
@@ -129,7 +130,7 @@ class WriteBehind:
         read of ``inner``. Drops what an unaccepted batch staged."""
         self.staged.clear()
         self.read.clear()
-        if self.disabled:
+        if self.disabled or self.passing:
             return self.inner.load_raw(spec, keys)
         ns = spec.fingerprint
         out: list[bytes | None] = [None] * len(keys)
@@ -162,7 +163,7 @@ class WriteBehind:
                  expected: Expected | None = None) -> list[EntityKey]:
         """Records of ``key`` are staged (written at ``flush`` once accepted); the others are written
         to ``inner`` now, as ``inner.save_raw`` does (the lost ones returned)."""
-        if self.disabled:
+        if self.disabled or self.passing:
             return self.inner.save_raw(spec, records, expected)
         ns = spec.fingerprint
         through: dict[EntityKey, bytes] = {}
@@ -182,6 +183,24 @@ class WriteBehind:
     def save(self, spec: EntitySpec, records: dict[EntityKey, Record]) -> None:
         self.save_raw(spec, {k: binary.encode(spec, k[0], r) for k, r in records.items()})
         self.accept()
+
+    @_locked
+    def pass_through(self, on: bool) -> None:
+        """``on``: every record goes straight to ``inner`` (read and written by the batch itself, in
+        its one read and its one compare-and-set), as for a model with a key shared across
+        partitions, whose batches commit one by one (the worker's ``_defers``); off again: records
+        of ``key`` are kept and written at ``flush``. Turning it on needs no window open (the
+        caller flushes first) and forgets the records held, which the batches then change in
+        ``inner``."""
+        if on == self.passing:
+            return
+        if on:
+            if self.dirty:
+                raise RuntimeError("write-behind: flush the open window before passing records through")
+            self.clean.clear()
+            self.staged.clear()
+            self.read.clear()
+        self.passing = on
 
     # ---- the window --------------------------------------------------------------------------------
     @property

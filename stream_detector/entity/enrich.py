@@ -13,8 +13,9 @@ snapshot: the state before its last write and the first offset of that write per
 
 * No event of the batch is at or below the applied offsets → normal: apply all, new undo.
 * The batch re-delivers the last write from its start (the same first offsets — a held batch
-  retried, or a restart before the commit, with a batch of any length) → replay from the undo
-  snapshot: identical features, identical final state, nothing counted twice.
+  retried, or a restart before the commit, with a batch of any length, on all or some of the
+  write's partitions: the others' part is undone too and applied again when read) → replay from
+  the undo snapshot: identical features, identical final state, nothing counted twice.
 * Anything else already applied (rare: an older batch redelivered after a rebalance dropped a
   commit) → those events are not applied again; their features are computed from the current
   state (approximate, never double-counted) and the undo snapshot is dropped.
@@ -336,6 +337,9 @@ def plan_bytes(spec: EntitySpec, key: str, raw: bytes | None, rows: list[int], w
         result = _BytesPlan(parsed.undo_core, [], applied, parsed.undo)
         for part in firsts:  # the state now ends where this batch ends (it may be shorter than the last write)
             applied[part] = -1
+        for part, first in (parsed.undo_firsts or {}).items():
+            if part not in firsts:  # the last write's events there are undone too: applied when read again
+                applied[part] = first - 1
     else:
         result = _BytesPlan(parsed.core, [not d for d in done], applied, None)
     for p, o in mine:
@@ -347,8 +351,12 @@ def plan_bytes(spec: EntitySpec, key: str, raw: bytes | None, rows: list[int], w
 def replays(last_firsts: dict[str, int], firsts: dict[str, int], where: list[tuple[str, int]],
             done: list[bool]) -> bool:
     """True when the batch starts exactly where the last write started (``last_firsts``, the undo
-    snapshot's first offsets), on every partition it wrote."""
-    if any(firsts.get(p) != o for p, o in last_firsts.items()):
+    snapshot's first offsets) on every partition of that write it has events of, and has no
+    already-applied event elsewhere. It may lack some of the write's partitions (a shared entity,
+    a terminal, whose last write took events from four partitions, read again after a crash by a
+    worker whose first batch released two of them): the replay then also undoes those partitions'
+    part, which is applied again when read (``plan_bytes`` sets their applied offsets back)."""
+    if any(p in firsts and firsts[p] != o for p, o in last_firsts.items()):
         return False
     return all(not d or p in last_firsts for (p, _o), d in zip(where, done, strict=True))
 

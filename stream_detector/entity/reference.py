@@ -69,6 +69,9 @@ def advance(spec: EntitySpec, key: str, record: Record | None, items: list[Item]
         core = _apply(spec, key, copy_core(undo["s"]), items, out)
         for part in firsts:  # the state now ends where this batch ends (it may be shorter than the last write)
             applied[part] = -1
+        for part, first in undo["f"].items():
+            if part not in firsts:  # the last write's events there are undone too: applied when read again
+                applied[part] = first - 1
     else:
         undo = None
         core = record["c"]
