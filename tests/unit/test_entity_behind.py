@@ -224,3 +224,32 @@ def test_the_window_undo_splice_equals_decoding_and_assembling() -> None:
         assert binary.decode(SPEC, key, got)["u"] == binary.decode(SPEC, key, first)["u"]
         spliced += 1
     assert spliced > 10
+
+
+def test_passing_through_reads_and_writes_every_record_with_the_batch() -> None:
+    """``pass_through`` (a model with a key shared across partitions): a batch's account records are
+    read from and written to the store with the batch, as without write-behind; switching needs the
+    window flushed, and forgets the records held (the batches change them in the store); off again,
+    write-behind resumes from the store. Features equal the per-batch enricher's throughout."""
+    events = _events(300, seed=4)
+    pos = _positions(events)
+    inner, plain = InMemoryState(), Enricher(InMemoryState())
+    behind = WriteBehind(inner, "account_id")
+    enricher = Enricher(behind)
+    cuts = [0, 60, 120, 180, 240, 300]
+    want = _run(plain, events, pos, cuts)
+    got = [_run(enricher, events, pos, cuts[:3], behind, flush_every=10)]  # a window of two batches, open
+    assert behind.pending > 0
+    with pytest.raises(RuntimeError, match="flush the open window"):
+        behind.pass_through(True)
+    behind.flush()
+    behind.pass_through(True)
+    assert not behind.clean and behind.passing
+    before = dict(inner.raw)
+    got.append(enricher.features(SPEC, events[120:180], pos[120:180]))
+    changed = {k for k, v in inner.raw.items() if before.get(k) != v}
+    assert any(k[1][0] == "account_id" for k in changed) and behind.pending == 0  # written with the batch
+    behind.pass_through(False)
+    got.append(_run(enricher, events[180:], pos[180:], [0, 60, 120], behind, flush_every=1))
+    np.testing.assert_array_equal(np.vstack(got), want)
+    assert inner.raw == plain.store.raw  # type: ignore[attr-defined]  # the same records, bit for bit
