@@ -76,8 +76,8 @@ def _same_errors(got: np.ndarray, want: np.ndarray) -> None:
     np.testing.assert_allclose(got.mean(axis=1), want.mean(axis=1), rtol=1e-3)
 
 
-def test_a_batch_of_one_chunk_is_scored_on_the_callers_thread(scorer: Scorer) -> None:
-    seen: list[str] = []
+def _thread_spy(scorer: Scorer, seen: list[str]) -> Scorer:
+    """``scorer``, recording in ``seen`` the name of the thread each scoring call runs on."""
     real = scorer.outputs
 
     class Spy(Scorer):
@@ -87,6 +87,12 @@ def test_a_batch_of_one_chunk_is_scored_on_the_callers_thread(scorer: Scorer) ->
 
     spy = Spy.__new__(Spy)
     spy.__dict__.update(scorer.__dict__)
+    return spy
+
+
+def test_a_batch_of_one_chunk_is_scored_on_the_callers_thread(scorer: Scorer) -> None:
+    seen: list[str] = []
+    spy = _thread_spy(scorer, seen)
     compute = ChunkedCompute(512, torch_threads=1)
     try:
         compute.run(spy, _values(1200)[:400], 65536)
@@ -277,15 +283,7 @@ def test_a_one_chunk_batch_overlaps_its_write_and_a_challenger_writes_before_sco
         return Deferred((["amount"], _tripled(events)), write)
 
     threads: list[str] = []
-    real = scorer.outputs
-
-    class Spy(Scorer):
-        def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-            threads.append(threading.current_thread().name)
-            return real(x)
-
-    spy = Spy.__new__(Spy)
-    spy.__dict__.update(scorer.__dict__)
+    spy = _thread_spy(scorer, threads)
     compute = ChunkedCompute(256, torch_threads=1, timer=lambda step, _s: log.append(step))
     try:
         compute.run(spy, _values(1200)[:200], 65536, enrich)
