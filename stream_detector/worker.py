@@ -749,9 +749,7 @@ class Worker:
             self.behind.forget()
         if batch is not None and parts == set(batch.partitions):
             return batch
-        n = len(parts)
-        return Batch(topic=topic, partitions=sorted(parts), offsets=[0] * n, keys=[None] * n, values=[None] * n,
-                     timestamps=[-1] * n, headers=[()] * n)
+        return Batch.naming(topic, parts)
 
     def _held(self, batch: Batch, exc: StreamDetectorError, first: bool) -> None:
         if first:

@@ -399,10 +399,7 @@ class AlignedSource:
         """Drop the buffer and rewind ``batch``'s partitions and every buffered one."""
         parts = set(batch.partitions) | {p for p, part in self._parts.items() if part.held}
         self._drop()
-        self.inner.rewind_to_committed(Batch(topic=batch.topic or self.topic, partitions=sorted(parts),
-                                             offsets=[0] * len(parts), keys=[None] * len(parts),
-                                             values=[None] * len(parts), timestamps=[-1] * len(parts),
-                                             headers=[()] * len(parts)))
+        self.inner.rewind_to_committed(Batch.naming(batch.topic or self.topic, parts))
 
     def poll_while_paused(self, timeout_ms: int) -> None:
         self.inner.poll_while_paused(timeout_ms)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -90,6 +90,15 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.values)
+
+    @classmethod
+    def naming(cls, topic: str, partitions: Iterable[int]) -> Batch:
+        """A batch of one placeholder record (offset 0, no value) per partition in ``partitions``:
+        what ``Source.rewind_to_committed`` takes to rewind partitions rather than a polled batch."""
+        parts = sorted(set(partitions))
+        n = len(parts)
+        return cls(topic=topic, partitions=parts, offsets=[0] * n, keys=[None] * n, values=[None] * n,
+                   timestamps=[-1] * n, headers=[()] * n)
 
     def only(self, partitions: set[int]) -> Batch:
         """The records of this batch on ``partitions`` (a held batch after a rebalance)."""
@@ -235,7 +244,8 @@ class Sink(Protocol):
 
 class Committer(Protocol):
     """Step 7: move the offsets of a published batch. ``group`` is the membership of its poll.
-    A commit refused because the partitions moved is dropped (their new owner re-reads them);
+    A commit refused by a rebalance is dropped and the partitions still held are rewound (the
+    batch is read again, here or by their new owner);
     any other failure raises ``DeliveryError``. ``transactional``: commits are part of a
     transaction with the batch's messages (a failed commit may then be in doubt)."""
 
@@ -250,14 +260,24 @@ class Publisher(Sink, Committer, Protocol):
 
 
 def commit_or_drop(source: Source, offsets: Offsets) -> None:
-    """Step 7 of at-least-once delivery on every transport: commit through the consumer; a commit
-    refused because the partitions moved is logged and dropped (the new owner reprocesses the
-    batch); any other failure raises ``DeliveryError`` (the batch is held and retried)."""
+    """Step 7 of at-least-once delivery on every transport: commit through the consumer. A commit
+    refused by a rebalance (``CommitRefused``) is logged and dropped, and the partitions in
+    ``offsets`` that this consumer still holds are rewound to the group's committed offsets: the
+    batch is read again here, or by the partitions' new owner. Any other failure raises
+    ``DeliveryError`` (the batch is held and retried); so does a rewind that fails."""
     try:
         source.commit(offsets)
     except CommitRefused as exc:
-        log.warning("offsets of a batch were not committed (partitions moved to another worker; "
-                    "they will be reprocessed there): %s", exc)
+        log.warning("offsets of a batch were not committed (the group is rebalancing, or the partitions "
+                    "moved: their new owner reads them again): %s", exc)
+        # a cooperative rebalance may leave some of them with this worker, its position past the batch:
+        # read those again from the committed offsets, or nothing would ever commit them (a finite backlog
+        # would never drain; a restart would read them again anyway)
+        topics: dict[str, set[int]] = {}
+        for tp in offsets:
+            topics.setdefault(tp.topic, set()).add(tp.partition)
+        for topic, partitions in topics.items():
+            source.rewind_to_committed(Batch.naming(topic, partitions))
     except TransportError as exc:
         raise DeliveryError(f"offset commit failed: {exc!r}") from exc
 

@@ -328,6 +328,59 @@ def test_a_batch_polled_before_a_rebalance_is_abandoned_not_committed(settings, 
     assert first.stats.events + second.worker.stats.events >= len(events)
 
 
+def test_a_commit_refused_by_a_rebalance_is_read_again_where_the_worker_keeps_the_partitions(settings, published,
+                                                                                          bundle):
+    """A batch that passes the membership check but whose commit the broker then refuses (a
+    rebalance began in between: ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS) while the worker keeps
+    its partitions (cooperative-sticky), its position past the batch. The refusal is injected at
+    the consumer's commit, once; the rest is the real broker. Before the fix the refused commit
+    was only dropped: when the batch held the last records of a partition nothing ever committed
+    them and the backlog never drained (CI, 2026-12-03). Now the worker rewinds those partitions
+    to the committed offsets and reads the batch again (at least once: its alerts twice)."""
+    from stream_detector.transport.base import CommitRefused
+    from stream_detector.worker import Worker
+
+    events, injected = _traffic(300, seed=23, n_anomalies=4)
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    wait_until(lambda: sum(end_offsets(settings, settings.input_topic).values()) == len(events),
+               message="every event in the topic")
+    first = Worker(settings.model_copy(update={"worker_id": "refused", "batch_size": 4096,
+                                                "batch_max_wait_ms": 2000}))
+    first.start()
+    try:
+        batch = wait_until(lambda: (lambda b: b if len(b) else None)(first.source.poll_batch()),
+                           message="a first batch")
+        while len(batch) < len(events):  # the whole backlog in one batch: the last records of every partition
+            more = first.source.poll_batch()
+            batch = batch if not len(more) else _joined(batch, more)
+        commit, refused = first.source.commit, []
+
+        def refuse_once(offsets):
+            if not refused:
+                refused.append(dict(offsets))
+                raise CommitRefused("injected: ILLEGAL_GENERATION (a rebalance began after the membership check)")
+            commit(offsets)
+        first.source.commit = refuse_once
+        first.handle(batch)
+        assert refused == [batch.next_offsets()]
+        assert committed_offsets(settings, settings.group_id, settings.input_topic) == {}  # nothing committed
+        wait_until(lambda: (first.run_once(), _drained(settings))[-1], message="the batch read again and committed")
+    finally:
+        first.close()
+    assert first.stats.events == 2 * len(events)  # the whole batch again, no more
+    flagged = [a["event_id"] for a in _alerts(settings)]
+    assert all(flagged.count(event_id) == 2 for event_id in injected)
+
+
+def _joined(a, b):
+    """Two polled batches of one topic as one."""
+    from stream_detector.transport.base import Batch
+
+    return Batch(a.topic, a.partitions + b.partitions, a.offsets + b.offsets, a.keys + b.keys, a.values + b.values,
+                 a.timestamps + b.timestamps, a.headers + b.headers, a.polled_at, a.group)
+
+
 def _drain_values(settings, start_worker, raw: list[bytes]):
     """Send ``raw`` record values to the input topic, run a worker until every offset is committed."""
     from kafka import KafkaProducer

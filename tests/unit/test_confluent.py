@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as CTopicPartition
 
 from stream_detector import cli
 from stream_detector.checks import _settings_checks
@@ -157,11 +158,23 @@ def test_librdkafka_accepts_every_property():
 
 
 class _RefusingConsumer:
+    """Refuses every commit; holds partition 0 of ``tx`` (committed offset 3) and records seeks."""
+
     def __init__(self, code: int) -> None:
         self.code = code
+        self.seeks: list[tuple[str, int, int]] = []
 
     def commit(self, offsets: list[object], asynchronous: bool) -> None:
         raise KafkaException(KafkaError(self.code))
+
+    def assignment(self) -> list[CTopicPartition]:
+        return [CTopicPartition("tx", 0)]
+
+    def committed(self, partitions: list[CTopicPartition], timeout: float) -> list[CTopicPartition]:
+        return [CTopicPartition(tp.topic, tp.partition, 3) for tp in partitions]
+
+    def seek(self, tp: CTopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
 
 
 def _Refusing(code: int) -> ConfluentSource:  # noqa: N802 - stands where the fake source class stood
@@ -173,9 +186,12 @@ def _Refusing(code: int) -> ConfluentSource:  # noqa: N802 - stands where the fa
 
 @pytest.mark.parametrize("code", [KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
                                   KafkaError.UNKNOWN_MEMBER_ID])
-def test_a_commit_refused_because_partitions_moved_is_logged_and_dropped(code, caplog):
-    ConfluentPublisher(transport_config(Settings())).commit(_Refusing(code), {TopicPartition("tx", 0): 5})
+def test_a_commit_refused_by_a_rebalance_is_logged_and_the_partitions_still_held_rewound(code, caplog):
+    source = _Refusing(code)
+    ConfluentPublisher(transport_config(Settings())).commit(source, {TopicPartition("tx", 0): 5,
+                                                                     TopicPartition("tx", 1): 7})
     assert "not committed" in caplog.text
+    assert source.consumer.seeks == [("tx", 0, 3)]  # type: ignore[union-attr]  # held: back to its committed offset
 
 
 def test_other_commit_failures_are_delivery_errors():

@@ -8,7 +8,16 @@ from collections.abc import Sequence
 import pytest
 
 from stream_detector.errors import DeliveryError
-from stream_detector.transport.base import Membership, Offsets, OutMessage, Source, TopicPartition
+from stream_detector.transport.base import (
+    Batch,
+    CommitRefused,
+    Membership,
+    Offsets,
+    OutMessage,
+    Source,
+    TopicPartition,
+    commit_or_drop,
+)
 from stream_detector.transport.eos import ExactlyOnce
 from stream_detector.transport.memory import (
     MemoryBroker,
@@ -112,3 +121,34 @@ def test_memory_eviction_makes_a_batch_stale_and_its_commit_is_dropped_or_fenced
     assert broker.read("alerts") == [] and broker.committed("g") == {}
     again = source.poll_batch()  # the next poll rejoins at the committed offsets
     assert again.offsets == [0, 1] and source.still_member(again)
+
+
+class _KeptThroughRebalance:
+    """A consumer whose commit a rebalance refuses while it keeps its partitions (cooperative-sticky):
+    records what it is asked to rewind."""
+
+    def __init__(self) -> None:
+        self.rewound: list[tuple[str, list[int]]] = []
+
+    def commit(self, offsets: Offsets) -> None:
+        raise CommitRefused("REBALANCE_IN_PROGRESS")
+
+    def rewind_to_committed(self, batch: Batch) -> None:
+        self.rewound.append((batch.topic, sorted(set(batch.partitions))))
+
+
+def test_a_commit_refused_by_a_rebalance_rewinds_every_partition_of_the_batch(caplog) -> None:
+    """Dropping the refused commit alone left a partition the worker kept positioned past the
+    batch: nothing committed it again and a finite backlog never drained (CI, 2026-12-03)."""
+    source = _KeptThroughRebalance()
+    offsets = {TopicPartition("tx", 3): 9, TopicPartition("tx", 0): 5, TopicPartition("other", 1): 2}
+    commit_or_drop(source, offsets)  # type: ignore[arg-type]
+    assert sorted(source.rewound) == [("other", [1]), ("tx", [0, 3])]
+    assert "not committed" in caplog.text
+
+
+def test_a_batch_naming_partitions_rewinds_them_and_holds_no_record() -> None:
+    named = Batch.naming("tx", [2, 0, 2])
+    assert named.partitions == [0, 2] and named.next_offsets() == {TopicPartition("tx", 0): 1,
+                                                                   TopicPartition("tx", 2): 1}
+    assert named.values == [None, None] and len(named.headers) == len(named.keys) == 2
