@@ -491,14 +491,14 @@ def _schema_file(path: Path) -> dict[str, Any]:
 
 
 def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = None, need_events: bool = True,
-               entity: Any = None) -> Any:
+               entity: Any = None, keep_json: bool = False) -> Any:
     """Read and type ``--input``, and say what was read and what was left out (never silently);
     with a model's ``schema`` (and ``entity`` spec), what the file lacks that the model reads."""
     from .inputs import absent_warnings, load_events
 
     data = load_events(Path(args.input), options=_reader_options(args), id_column=args.id_column,
                        label_column=args.label_column, schema=schema, inference=inference,
-                       limit=getattr(args, "limit", None), require_labels=need_events)
+                       limit=getattr(args, "limit", None), require_labels=need_events, keep_json=keep_json)
     text = data.raw.text
     fmt = f" (numbers: decimal {text.decimal!r}, thousands {text.thousands!r})" if data.raw.kind == "csv" else ""
     _say(f"read {data.total} rows from {args.input} [{data.raw.kind}]{fmt}")
@@ -768,7 +768,9 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--rate must be a number >= 0 (0: as fast as possible), got {args.rate}")
     if args.feedback:
         return _produce_feedback(args, settings)
-    data = _load_file(args, inference=_inference(args, None))  # typed by the file's own schema: JSON values
+    # a JSON Lines file's rows are sent as the file has them (event contract checked, nothing retyped); a CSV's
+    # or Parquet's are typed by the schema inferred from the file (text → numbers, booleans, epoch ms)
+    data = _load_file(args, inference=_inference(args, None), keep_json=True)
     if args.exclude:
         if "event_id" in args.exclude:
             raise ConfigError("--exclude event_id: every event needs its event_id")
@@ -779,32 +781,13 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         for event in data.events:
             for name in args.exclude:
                 event.pop(name, None)
-    _integral_times(data.events, [r.name for r in data.schema.fields if r.type is FieldType.TIMESTAMP])
-    if data.raw.kind == "jsonl":
-        _json_types_kept(data.events, [data.raw.rows[n] for n in data.rows],
-                         {r.name for r in data.schema.fields if r.type is FieldType.CATEGORY})
+    if data.raw.kind != "jsonl":
+        _integral_times(data.events, [r.name for r in data.schema.fields if r.type is FieldType.TIMESTAMP])
     with EventProducer(settings, args.topic or settings.input_topic) as producer:
         sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
     left = f"; {len(data.rejected)} rejected row(s) not sent (reasons above)" if data.rejected else ""
     _say(f"produced {sent} events to {args.topic or settings.input_topic}{left}")
     return 0
-
-
-def _json_types_kept(events: list[dict[str, Any]], rows: list[dict[str, Any] | None], text: set[str]) -> None:
-    """A JSON Lines file's numbers and booleans in the fields ``text`` (typed as categories) are
-    sent as numbers and booleans, not as the text the inferred schema made of them (a column of
-    numbers with a few words in it: a new-user
-    trial saw every ``"amount": 52.42`` of a file sent as ``"52.42"`` because one row said
-    ``"twelve"``). The event on the topic is the file's; the worker types it by its model's schema
-    (and dead-letters the word as a wrong type)."""
-    for event, row in zip(events, rows, strict=True):
-        if row is None:
-            continue
-        for name, value in event.items():
-            if type(value) is str and name in text:
-                original = row.get(name)
-                if isinstance(original, (bool, int, float)):
-                    event[name] = original
 
 
 def _integral_times(events: list[dict[str, Any]], names: list[str]) -> None:
@@ -1631,8 +1614,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("produce", help="replay a CSV, JSON Lines or Parquet file as events (or, with --feedback, "
                                        "labels onto the feedback topic)",
                        description="Each row is sent as one JSON event to SD_INPUT_TOPIC (or --topic), keyed by its "
-                                   "account_id (so an account's events stay in one partition, in file order), typed "
-                                   "by the file's own schema as train reads it.")
+                                   "account_id (so an account's events stay in one partition, in file order). A JSON "
+                                   "Lines row is sent as the file has it (each value of its own JSON type; the "
+                                   "worker types it by its model's schema); a CSV or Parquet row is typed by the "
+                                   "file's own schema as train reads it (text to numbers, booleans, epoch ms). Rows "
+                                   "that are not events (no event_id, not a JSON object) are said, not sent.")
     p.add_argument("--input", required=True, help="the file (.csv, .jsonl/.json, .parquet)")
     p.add_argument("--topic", help="default SD_INPUT_TOPIC (with --feedback: SD_FEEDBACK_TOPIC)")
     p.add_argument("--feedback", action="store_true",

@@ -57,9 +57,12 @@ class FileEvents:
 def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: str | None = None,
                 label_column: str | None = None, schema: FieldSchema | None = None,
                 inference: InferenceOptions | None = None, limit: int | None = None,
-                require_labels: bool = True) -> FileEvents:
+                require_labels: bool = True, keep_json: bool = False) -> FileEvents:
     """Read and type ``path``. With ``schema`` (scoring) values are converted by it; without, one is
     inferred from the rows (``inference`` adds ids, keys, exclusions and overrides).
+    ``keep_json`` (``produce``): a JSON Lines file's rows are checked against the event contract
+    only and kept as the file has them, every value of its own JSON type (the schema is still
+    inferred, and said); the consumer types them by its model's schema. Other formats are typed.
 
     Raises ``InputError`` when the file cannot be read, has no rows, or (``require_labels``, as
     training does) a row lacks the label column; when scoring, the label is only set aside.
@@ -108,7 +111,9 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
         schema, warnings = inferred.schema, inferred.warnings
     positions = [n for n, row in enumerate(raw.rows) if row is not None]
     rejected_rows: list[Any] = []
-    typed = type_events(present, positions, schema, raw.text, rejected_rows, from_json=raw.kind == "jsonl")
+    as_in_file = keep_json and raw.kind == "jsonl"
+    typed = type_events(present, positions, None if as_in_file else schema, raw.text, rejected_rows,
+                        from_json=raw.kind == "jsonl")
     rejected = sorted([*raw.rejected, *(RowRejection(r.index, r.reason, r.message) for r in rejected_rows)],
                       key=lambda r: r.index)
     labels: list[str] | None = None
