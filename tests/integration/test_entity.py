@@ -306,6 +306,49 @@ def test_a_worker_dying_before_a_commit_leaves_a_shared_key_its_successor_replay
     assert expected and alerts == expected
 
 
+@pytest.mark.parametrize("two_keys", [False, True], ids=["account-window", "account-terminal-per-batch"])
+def test_commits_refused_by_rebalances_are_read_again_and_replayed_exactly(
+        settings: Settings, entity_bundle: Bundle, run_worker: Any, two_keys: bool) -> None:
+    """Every third offset commit refused as a rebalance refuses it (``CommitRefused``) while the
+    worker keeps its partitions: the batch (or write-behind window) was written, its commit
+    dropped, and ``commit_or_drop`` rewinds the partitions to the committed offsets. What is read
+    again is replayed from the records' undo snapshots: the features equal offline enrichment bit
+    for bit and Redis counts every event once — for an account-only model (write-behind windows)
+    and for an account + terminal one (every batch written and committed)."""
+    from stream_detector.transport.base import CommitRefused
+
+    spec = TWO_KEYS if two_keys else SPEC
+    bundle = entity_bundle
+    if two_keys:
+        bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
+                                    TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
+                                    entity=TWO_KEYS))
+    settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 50})
+    _publish(settings, bundle)
+    events = _raw(1200, seed=29)
+    worker = Worker(settings)
+    worker.start()
+    commit, calls = worker.source.commit, []
+
+    def every_third_refused(offsets: Any) -> None:
+        calls.append(dict(offsets))
+        if len(calls) % 3 == 1:
+            raise CommitRefused("injected: REBALANCE_IN_PROGRESS")
+        commit(offsets)
+    worker.source.commit = every_third_refused  # type: ignore[method-assign]
+    run_worker.run_started(worker)
+    seen = _sent_and_drained(settings, worker, events)
+    assert len(calls) >= 4  # some refused, and the batches read again after them committed
+    ordered = sorted(events, key=lambda e: e["timestamp"])
+    offline = {e["event_id"]: e for e in enrich_history(spec, ordered if two_keys else events)}
+    online = seen.by_id()  # an event read again: its last features
+    assert len(online) == len(events) and sum(len(b) for b in seen.batches) > len(events)  # some read twice
+    different = [k for k, e in offline.items() if online[k] != e]
+    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
+    if not two_keys:
+        assert _redis_state(settings) == _offline_state(events)  # every event counted once
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_write_behind_window_is_written_and_committed_before_its_partitions_are_revoked(
         settings: Settings, entity_bundle: Bundle, run_worker: Any, transport: str) -> None:
