@@ -58,6 +58,7 @@ def utc_text(epoch_s: float) -> str:
 
 
 _JSON_LINES = False  # SD_LOG_JSON: the command's own lines (_say, errors) are JSON log lines too
+_ARGV: list[str] = []  # the command line being parsed (usage errors name an unknown option, and the command's --help)
 
 
 def _setup_logging(settings: Settings | None, verbose: bool = False, one_shot: bool = False) -> None:
@@ -1449,12 +1450,46 @@ class _Parser(argparse.ArgumentParser):
     log line with ``SD_LOG_JSON`` (plain text in a JSON log, another trial); exit 2 as argparse's own."""
 
     def error(self, message: str) -> NoReturn:
-        line = f"{self.prog}: error: {message} (see {self.prog} --help)"
+        prog = self.prog
+        unknown = self._unknown_options()
+        if unknown and message.startswith("the following arguments are required"):
+            message = f"unrecognized arguments: {' '.join(unknown)}"  # what was mistyped, not what then looked missing
+        if message.startswith("unrecognized arguments") and self._subparsers is not None:
+            command = next((a for a in _ARGV if a in self._commands()), None)
+            if command is not None:  # extra words after a command: that command's --help, not the top level's
+                prog = f"{self.prog} {command}"
+        line = f"{prog}: error: {message} (see {prog} --help)"
         if _JSON_LINES:
             _say(line, "ERROR")
         else:
             sys.stderr.write(line + "\n")
         sys.exit(2)
+
+    def _commands(self) -> set[str]:
+        return {name for action in self._subparsers._group_actions if isinstance(action, argparse._SubParsersAction)
+                for name in action.choices} if self._subparsers is not None else set()
+
+    def _unknown_options(self) -> list[str]:
+        """The options on the command line that neither this parser nor the top level knows
+        (``--bogus``; a negative number is a value, not an option)."""
+        known = set(self._option_string_actions) | {"-v", "--verbose", "--version", "-h", "--help"}
+        out = []
+        for arg in _ARGV:
+            if arg == "--":
+                break
+            name = arg.split("=", 1)[0]
+            if arg.startswith("-") and len(arg) > 1 and not _looks_numeric(arg) and name not in known and not (
+                    name.startswith("--") and any(k.startswith(name) for k in known)):  # argparse's abbreviations
+                out.append(arg)
+        return out
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1866,6 +1901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # before the settings are read: usage and settings errors are JSON lines too when SD_LOG_JSON is
     _JSON_LINES = os.environ.get("SD_LOG_JSON", "").strip().lower() in ("1", "true", "yes", "on")
     parser = build_parser()
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     settings: Settings | None = None
     try:

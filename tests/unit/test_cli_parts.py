@@ -490,3 +490,25 @@ def test_score_of_a_folder_or_pattern_refuses_an_out_among_its_files_and_links(
     out = tmp_path / "o.csv"
     assert main(["score", "--model", str(model), "--input", str(data), "--out", str(out), "--label-column", "lbl"]) == 2
     assert "--label-column lbl: no row has this column" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["--bogus"], "stream-detector: error: unrecognized arguments: --bogus (see stream-detector --help)"),
+    (["train", "--bogus"], "stream-detector train: error: unrecognized arguments: --bogus "
+                           "(see stream-detector train --help)"),
+    (["-v", "train", "--input", "x", "--bogus=1"], "stream-detector train: error: unrecognized arguments: --bogus=1 "
+                                                    "(see stream-detector train --help)"),
+    (["lag", "x", "y", "z"], "stream-detector lag: error: unrecognized arguments: y z (see stream-detector lag --help)"),
+    (["train", "--inp", "x"], "stream-detector train: error: the following arguments are required: --out "
+                              "(see stream-detector train --help)"),  # an abbreviation argparse takes
+    (["score", "--threshold", "-1"], "stream-detector score: error: the following arguments are required: --model, "
+                                     "--input, --out (see stream-detector score --help)"),  # a value, not an option
+])
+def test_a_usage_error_names_the_mistyped_option_and_the_commands_help(argv: list[str], line: str, capsys) -> None:
+    """Found by trials: ``--bogus`` alone said COMMAND was missing, ``train --bogus`` that --input
+    was, and extra words after a command pointed at the top level's --help."""
+    from stream_detector import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(argv)
+    assert done.value.code == 2 and capsys.readouterr().err == line + "\n"
