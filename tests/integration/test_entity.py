@@ -612,6 +612,73 @@ def test_a_worker_hot_swapped_to_a_model_with_terminal_history_aligns_and_replay
     assert alerts == expected and expected
 
 
+class _PublishFailsWhile:
+    """The real publisher, except that every publish raises (retriable) while ``failing`` is set:
+    the worker holds its batch and retries it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.failing = True
+
+    def publish(self, messages: Any) -> None:
+        if self.failing:
+            raise DeliveryError("injected: the alerts topic is unavailable")
+        self.inner.publish(messages)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_batch_held_at_a_swap_to_a_model_that_needs_alignment_is_read_again_aligned(
+        settings: Settings, run_worker: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A trial (2026-12-03): a batch held (the new model's threshold arrived before the model)
+    while the worker hot-swapped to an account + terminal model was retried as it was polled,
+    partition by partition, 26 h of event time; alignment came on only at the next batch, and 6
+    events of the held batch got alerts offline scoring does not raise (scores 4-9 where offline's
+    were 0.5-1). A batch polled unaligned is now never scored by a model that needs alignment: the
+    swap between batches gives the held batch up, and a swap inside its retry (the threshold's model
+    swapped in to score it) abandons it; either way it is read again through the alignment step, and
+    every event's features equal offline enrichment of the time-ordered file."""
+    events = _raw(1600, seed=26)
+    config = TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01)
+    plain = build_bundle(train(_raw(1500, seed=27), config))
+    two_keys = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)), config, entity=TWO_KEYS))
+    settings = _small_batches(settings)
+    control = _publish(settings, plain)
+    with EventProducer(settings, settings.input_topic) as producer:  # a backlog on four partitions
+        producer.send(events)
+    publisher = _PublishFailsWhile(make_sink(settings))
+    worker = Worker(settings, publisher=publisher)  # type: ignore[arg-type]
+    worker.start()
+    assert not isinstance(worker.source, AlignedSource)
+    seen = _Collector()
+    assert worker.enricher is not None
+    worker.enricher.on_enriched = seen
+    run_worker.run_started(worker)
+    wait_until(lambda: worker.hold.active, message="a batch held")
+    held = worker.hold.batch
+    assert held is not None and len(set(held.partitions)) < 4  # polled unaligned: fetch by fetch
+    with caplog.at_level("INFO", logger="stream_detector.worker"):
+        control.publish(two_keys, set_by="pytest")
+        wait_until(lambda: isinstance(worker.source, AlignedSource), message="alignment turned on by the swap")
+    # at the swap between batches (the held batch given up), or inside the retry (the threshold's model
+    # swapped in to score it): either way the batch is read again through the alignment step
+    assert any("read again from the committed offsets through the alignment step" in r.getMessage()
+               for r in caplog.records)
+    publisher.failing = False
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
+    ordered = sorted(events, key=lambda e: e["timestamp"])
+    offline = {e["event_id"]: e for e in enrich_history(TWO_KEYS, ordered)}
+    online = seen.by_id()
+    assert len(online) == len(events)
+    different = [k for k, e in offline.items() if online[k] != e]
+    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
+    scores = score_events(two_keys, ordered).scores
+    expected = {e["event_id"] for e, s in zip(ordered, scores, strict=True) if s > two_keys.threshold}
+    alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
+    assert expected and alerts == expected
+
+
 @pytest.mark.parametrize(("keys", "partition_key", "mode", "aligned"), [
     (("merchant_category",), "account_id", "auto", True),  # one key, not the topic's: the trial's terminal-only model
     (("account_id",), "account_id", "auto", False),  # the topic's own key: every entity on one partition
