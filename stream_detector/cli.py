@@ -1484,6 +1484,31 @@ class _Parser(argparse.ArgumentParser):
         return out
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    import select
+
+    try:
+        sys.stdout.flush()
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind stdout: not a closed pipe
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not fail again on
+    the closed pipe (the recipe of Python's signal module documentation, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (embedded, captured): nothing to flush there
+        pass
+
+
 def _looks_numeric(text: str) -> bool:
     try:
         float(text)
@@ -1918,6 +1943,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # said, so that an interrupted command is not mistaken for a finished one
         _say(f"stream-detector {args.command}: interrupted", "ERROR")
         return 130
+    except BrokenPipeError as exc:
+        if not _stdout_closed():  # a socket's, not ours: an error as any other
+            _say(f"stream-detector {args.command}: {type(exc).__name__}: {exc}", "ERROR")
+            return 1
+        _silence_stdout()  # the reader of stdout went away (`lag | head -1`, a trial): stop quietly, as Unix tools do
+        return 141  # 128 + SIGPIPE: what a shell reports for a tool a closed pipe ended
     except Exception as exc:  # infrastructure: one line, plus the traceback when -v
         if args.verbose:
             raise

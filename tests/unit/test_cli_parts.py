@@ -512,3 +512,13 @@ def test_a_usage_error_names_the_mistyped_option_and_the_commands_help(argv: lis
     with pytest.raises(SystemExit) as done:
         cli.main(argv)
     assert done.value.code == 2 and capsys.readouterr().err == line + "\n"
+
+
+def test_output_into_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    """Found by a trial: ``stream-detector lag | head -1`` printed ``BrokenPipeError`` on stderr.
+    A command whose reader goes away stops quietly with 141 (128 + SIGPIPE), as Unix tools do."""
+    command = (f"{sys.executable} -m stream_detector simulate --out /dev/stdout --count 20000 --seed 1 "
+               "2>err.txt | head -1 >/dev/null; echo ${PIPESTATUS[0]} >rc.txt")
+    subprocess.run(["bash", "-c", command], cwd=tmp_path, timeout=120, check=True)
+    assert (tmp_path / "rc.txt").read_text().strip() == "141"
+    assert "BrokenPipe" not in (tmp_path / "err.txt").read_text()
