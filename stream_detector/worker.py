@@ -201,6 +201,7 @@ class Worker:
         self.enricher: Enricher | None = None  # step 3a, created in start()
         self._aligned_for = ""  # the model version whose timestamp rule the alignment step uses
         self._align_checked = ""  # the model version alignment was last decided for (_check_alignment)
+        self._delivered_by = ""  # the model version that scored the last batch delivered (_first_delivered)
         self.ingester: LabelIngester | None = None  # feedback topic → label store, started in start()
         self.labels: LabelStore = InMemoryLabels(())  # the label store (start(): the control plane's)
         self._counted: dict[str, int] = {}  # running totals of the enricher and label store, as counted in metrics
@@ -400,6 +401,17 @@ class Worker:
                  "stale %d ms", why, "" if at_start else ", turned on at the model swap", self.settings.align_idle_ms,
                  self.settings.align_max_jump_ms, self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms)
 
+    def _first_delivered(self, version: str, batch: Batch) -> None:
+        """Log where a model's first delivered batch starts, per partition (where a swap took effect:
+        a trial could not tell which events the new model scored)."""
+        starts: dict[int, int] = {}
+        for p, o in zip(batch.partitions, batch.offsets, strict=True):
+            if o < starts.get(p, o + 1):
+                starts[p] = o
+        log.info("model %s scored its first batch delivered: %s from %s", version, batch.topic,
+                 " ".join(f"{p}@{o}" for p, o in sorted(starts.items())))
+        self._delivered_by = version
+
     def _shared_keys(self, bundle: Bundle) -> tuple[str, ...]:
         entity = bundle.entity
         return entity.shared_keys(self.settings.entity_partition_key) if entity is not None else ()
@@ -496,6 +508,8 @@ class Worker:
                 self.hold.in_doubt = False
                 if isinstance(self.source, AlignedSource):
                     self.source.settled(batch.next_offsets())  # several workers: peers may release up to here
+            if scorer.version != self._delivered_by:
+                self._first_delivered(scorer.version, batch)
         except DeliveryError:
             self.stats.delivery_failures += 1
             self.metrics.delivery_failed()
