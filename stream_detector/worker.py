@@ -77,12 +77,12 @@ def _freeze_long_lived() -> None:
     gc.freeze()
 
 
-@dataclass
 class _AlignFirst(Exception):  # noqa: N818 - a signal inside the worker, not an error
     """A batch polled without event-time alignment met a model that needs it (the threshold's
     model, swapped in to score it): the batch is read again through the alignment step."""
 
 
+@dataclass
 class WorkerStats:
     batches: int = 0
     events: int = 0

@@ -344,3 +344,20 @@ def test_most_batches_cut_short_by_other_workers_is_a_warning_too(caplog) -> Non
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("390 of the last 400 batches (1.5 events each) stopped at other workers' partitions")
     assert "SD_ALIGN_PEER_GRACE_MS" in warnings[0] and "fewer workers" in warnings[0]
+
+
+def test_the_worker_counts_dead_letters_by_reason(broker, bundle):
+    """The stats the CLI prints at stop ("3 rejected (wrong_type 3)"): a dead letter per reason
+    (a misplaced decorator once left ``WorkerStats`` a plain class, and counting crashed the worker)."""
+    control = MemoryControl()
+    control.publish(bundle)
+    worker = _worker(broker, control)
+    try:
+        values, _ = _events(50, "r", bad=0)
+        broker.produce(TOPIC, [*values, b"{not json", orjson.dumps({"event_id": 7, "account_id": "a"})])
+        _drain(worker)
+    finally:
+        worker.close()
+    assert worker.stats.rejected == 2 and sum(worker.stats.rejected_by_reason.values()) == 2
+    assert set(worker.stats.rejected_by_reason) == {"invalid_json", "wrong_type"}
+    assert len(broker.read(DLQ)) == 2 and worker.stats.events == len(values) + 2
