@@ -772,6 +772,9 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     # a JSON Lines file's rows are sent as the file has them (event contract checked, nothing retyped); a CSV's
     # or Parquet's are typed by the schema inferred from the file (text → numbers, booleans, epoch ms)
     data = _load_file(args, inference=_inference(args, None), keep_json=True)
+    if data.raw.kind == "jsonl" and (getattr(args, "field", None) or getattr(args, "schema", None)):
+        _say("warning: --field/--schema type a CSV or Parquet file; a JSON Lines file is sent as it is written "
+             "(the worker types each event by its model's schema)")
     if args.exclude:
         if "event_id" in args.exclude:
             raise ConfigError("--exclude event_id: every event needs its event_id")

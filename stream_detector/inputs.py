@@ -19,7 +19,7 @@ from .errors import InputError
 from .events_io import RawRows, ReaderOptions, RowRejection, missing_id_column, read_rows
 from .feedback import Label, Verdicts, parse_label
 from .fieldschema import FieldSchema, InferenceOptions, infer_schema
-from .pipeline.decode import type_events
+from .pipeline.decode import Rejected, type_events
 
 
 @dataclass
@@ -98,6 +98,9 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
         if ident is None or ident == "":
             if generate:
                 row["event_id"] = f"{stem}-{n + 1}"
+        elif isinstance(ident, (bool, dict, list)):  # not an id: left as it is, the event contract refuses it
+            if id_col != "event_id":
+                row["event_id"] = ident
         elif id_col != "event_id" or not isinstance(ident, str):
             row["event_id"] = _id_text(ident)  # files: an integer id column is its digits (Parquet int64)
         ids.append(str(row.get("event_id") or f"{stem}-{n + 1}"))
@@ -112,8 +115,12 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
     positions = [n for n, row in enumerate(raw.rows) if row is not None]
     rejected_rows: list[Any] = []
     as_in_file = keep_json and raw.kind == "jsonl"
+    if as_in_file:  # nothing is typed: the inference's advice (--field …) does not apply; the consumer's schema
+        # types the timestamp too (an epoch in a string is one for a model that reads it so)
+        warnings = []
+        present, positions = _sendable(present, positions, rejected_rows)
     typed = type_events(present, positions, None if as_in_file else schema, raw.text, rejected_rows,
-                        from_json=raw.kind == "jsonl")
+                        from_json=raw.kind == "jsonl", check_timestamp=False if as_in_file else None)
     rejected = sorted([*raw.rejected, *(RowRejection(r.index, r.reason, r.message) for r in rejected_rows)],
                       key=lambda r: r.index)
     labels: list[str] | None = None
@@ -145,6 +152,24 @@ def csv_schema_version(row: dict[str, Any]) -> None:
     version = row.get("schema_version")
     if isinstance(version, str) and version.strip().isdecimal():
         row["schema_version"] = int(version)
+
+
+def _sendable(rows: list[dict[str, Any]], positions: list[int],
+              rejected: list[Any]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows JSON can carry as they are: an integer beyond 64 bits has no JSON form any Kafka
+    consumer here reads (orjson refuses it; ``produce`` crashed half-way through a file, a trial),
+    so its row is rejected (``wrong_type``), said and not sent."""
+    from .schema import RejectReason
+
+    keep_rows, keep_positions = [], []
+    for row, n in zip(rows, positions, strict=True):
+        big = next((name for name, v in row.items() if type(v) is int and not -2**63 <= v < 2**64), None)
+        if big is None:
+            keep_rows.append(row)
+            keep_positions.append(n)
+        else:
+            rejected.append(Rejected(n, RejectReason.WRONG_TYPE, f"field {big!r} is an integer beyond 64 bits"))
+    return keep_rows, keep_positions
 
 
 def _id_text(value: Any) -> str:

@@ -202,6 +202,7 @@ class Worker:
         self._aligned_for = ""  # the model version whose timestamp rule the alignment step uses
         self._align_checked = ""  # the model version alignment was last decided for (_check_alignment)
         self._delivered_by = ""  # the model version that scored the last batch delivered (_first_delivered)
+        self._entity_spec = ""  # the entity spec fingerprint of the model alignment was last decided for
         self.ingester: LabelIngester | None = None  # feedback topic → label store, started in start()
         self.labels: LabelStore = InMemoryLabels(())  # the label store (start(): the control plane's)
         self._counted: dict[str, int] = {}  # running totals of the enricher and label store, as counted in metrics
@@ -355,6 +356,12 @@ class Worker:
         come from several partitions, so its features would depend on how they interleave). Once
         on, it stays on until the worker restarts (a swap back only logs it). ``off`` with such a
         model logs a WARNING."""
+        spec = bundle.entity.fingerprint if bundle.entity is not None else ""
+        if not at_start and spec and self._entity_spec and spec != self._entity_spec:  # a trial compared whole files
+            log.info("model %s has another entity spec than the model before it: its history is the state kept "
+                     "for that spec (empty unless a worker ran a model with the same spec), not the history built "
+                     "so far (docs/entity-features.md)", bundle.version)
+        self._entity_spec = spec
         mode = self.settings.align_event_time
         shared = self._shared_keys(bundle)
         if isinstance(self.source, AlignedSource):

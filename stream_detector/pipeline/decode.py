@@ -301,13 +301,16 @@ def _big_float(values: Any) -> bool:
 
 
 def type_events(objs: Sequence[Any], indices: Sequence[int], schema: FieldSchema | None, text: TextFormat,
-                rejected: list[Rejected], from_json: bool = False) -> Decoded:
+                rejected: list[Rejected], from_json: bool = False, check_timestamp: bool | None = None) -> Decoded:
     """Validate parsed objects against the event contract, then convert them with ``schema``
     (``text``: the number format of text values). Rejections are appended to ``rejected``.
-    ``from_json``: the objects come from ``parse_record`` (no non-finite floats in them)."""
+    ``from_json``: the objects come from ``parse_record`` (no non-finite floats in them).
+    ``check_timestamp``: check ``timestamp`` by the contract's rule (default: when ``schema``
+    does not type it; False: leave it to the consumer's schema)."""
     valid: list[dict[str, Any]] = []
     valid_indices: list[int] = []
-    check_timestamp = schema is None or "timestamp" not in schema  # else the schema's converter checks it
+    if check_timestamp is None:
+        check_timestamp = schema is None or "timestamp" not in schema  # else the schema's converter checks it
     for i, obj in zip(indices, objs, strict=True):
         problem = validate_event(obj, from_json, check_timestamp)
         if problem is None:

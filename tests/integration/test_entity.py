@@ -600,6 +600,7 @@ def test_a_worker_hot_swapped_to_a_model_with_terminal_history_aligns_and_replay
     assert worker.source.enabled and worker.models.require().version == two_keys.version
     assert any("turned on at the model swap" in r.getMessage() and "merchant_category" in r.getMessage()
                for r in caplog.records)
+    assert not any("another entity spec" in r.getMessage() for r in caplog.records)  # the first with history
     seen = _sent_and_drained(settings, worker, events)
     online = seen.by_id()
     offline = enrich_history(TWO_KEYS, events)
