@@ -371,7 +371,7 @@ class Worker:
                 log.info("event-time alignment stays on until the worker restarts (model %s has no history "
                          "keyed by a field other than the topic's key)", bundle.version)
             return
-        if mode == "off" or (mode == "auto" and not shared):
+        if not self._needs_aligning(bundle):
             self._align_checked = bundle.version
             if shared:
                 log.warning("SD_ALIGN_EVENT_TIME=off with model %s, whose history is keyed by %s: those entities' "
@@ -382,15 +382,8 @@ class Worker:
         if not at_start and self.hold.active:
             if self.hold.in_doubt:  # settled first (read again from the committed offsets), turned on after
                 return
-            # the held batch was polled unaligned (fetch order, partition by partition): read it again through
-            # the alignment step, or the new model's shared-key history would be built from it out of
-            # event-time order (a trial, 2026-12-03: 6 extra alerts, scores 4-9 where offline's were 0.5-1)
-            held = self.hold.batch
-            assert held is not None
-            log.info("a batch of %d events held at the swap to model %s, which needs event-time alignment: "
-                     "read again from the committed offsets through the alignment step", len(held), bundle.version)
-            self.hold.release()
-            self._read_again(held)
+            assert self.hold.batch is not None
+            self._read_again_aligned(self.hold.batch, "held at the swap to", bundle.version)
         peers = self.control.watermarks(self.settings.group_id, self.settings.input_topic,
                                         self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms,
                                         self._input_partitions())
@@ -470,11 +463,7 @@ class Worker:
             self.hold.hold(batch, exc)  # retry by flag: pause, keep membership, try again later
             return 0
         except _AlignFirst:
-            log.info("a batch of %d events met model %s, which needs event-time alignment: read again from the "
-                     "committed offsets through the alignment step", len(batch), self.models.require().version)
-            if self.hold.active:
-                self.hold.release()
-            self._read_again(batch)
+            self._read_again_aligned(batch, "met", self.models.require().version)
             self._check_alignment(self.models.require().bundle)
             return 0
         if self.hold.active:
@@ -632,6 +621,17 @@ class Worker:
         log.warning("group generation changed while a batch of %d events was in flight (evicted?); "
                     "not committing it, rewinding to the group's committed offsets", len(batch))
         self.stats.abandoned_batches += 1
+        self._read_again(batch)
+
+    def _read_again_aligned(self, batch: Batch, how: str, version: str) -> None:
+        """``batch`` was polled unaligned (fetch order, partition by partition) and model ``version``
+        needs event-time alignment: give it up (and the hold, if it is the held one) and read it again
+        through the alignment step, or the model's shared-key history would be built from it out of
+        event-time order (a trial, 2026-12-03: 6 extra alerts, scores 4-9 where offline's were 0.5-1)."""
+        log.info("a batch of %d events %s model %s, which needs event-time alignment: read again from the "
+                 "committed offsets through the alignment step", len(batch), how, version)
+        if self.hold.active:
+            self.hold.release()
         self._read_again(batch)
 
     @_windowed
