@@ -492,14 +492,16 @@ def _schema_file(path: Path) -> dict[str, Any]:
 
 
 def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = None, need_events: bool = True,
-               entity: Any = None, keep_json: bool = False) -> Any:
+               entity: Any = None, keep_json: bool = False, need_labels: bool | None = None) -> Any:
     """Read and type ``--input``, and say what was read and what was left out (never silently);
-    with a model's ``schema`` (and ``entity`` spec), what the file lacks that the model reads."""
+    with a model's ``schema`` (and ``entity`` spec), what the file lacks that the model reads.
+    ``need_labels`` (default: ``need_events``, as training): every row must have a label."""
     from .inputs import absent_warnings, load_events
 
     data = load_events(Path(args.input), options=_reader_options(args), id_column=args.id_column,
                        label_column=args.label_column, schema=schema, inference=inference,
-                       limit=getattr(args, "limit", None), require_labels=need_events, keep_json=keep_json)
+                       limit=getattr(args, "limit", None),
+                       require_labels=need_events if need_labels is None else need_labels, keep_json=keep_json)
     text = data.raw.text
     fmt = f" (numbers: decimal {text.decimal!r}, thousands {text.thousands!r})" if data.raw.kind == "csv" else ""
     _say(f"read {data.total} rows from {args.input} [{data.raw.kind}]{fmt}")
@@ -771,7 +773,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         return _produce_feedback(args, settings)
     # a JSON Lines file's rows are sent as the file has them (event contract checked, nothing retyped); a CSV's
     # or Parquet's are typed by the schema inferred from the file (text → numbers, booleans, epoch ms)
-    data = _load_file(args, inference=_inference(args, None), keep_json=True)
+    data = _load_file(args, inference=_inference(args, None), keep_json=True, need_labels=False)
     if data.raw.kind == "jsonl" and (getattr(args, "field", None) or getattr(args, "schema", None)):
         _say("warning: --field/--schema type a CSV or Parquet file; a JSON Lines file is sent as it is written "
              "(the worker types each event by its model's schema)")
@@ -790,6 +792,10 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     with EventProducer(settings, args.topic or settings.input_topic) as producer:
         sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
     left = f"; {len(data.rejected)} rejected row(s) not sent (reasons above)" if data.rejected else ""
+    bare = sum(1 for label in data.labels or () if not label)
+    if bare:
+        left += (f"; {bare} of them without a label (no value in column {args.label_column}): sent without an "
+                 "sd.label header")
     _say(f"produced {sent} events to {args.topic or settings.input_topic}{left}")
     return 0
 
@@ -1689,7 +1695,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "simulate --feedback-out writes: they are checked against the feedback contract and sent "
                         "to SD_FEEDBACK_TOPIC keyed by event id")
     p.add_argument("--id-column", help="the column that holds the event id (default: event_id)")
-    p.add_argument("--label-column", help="moved from the event into the sd.label header")
+    p.add_argument("--label-column", help="moved from the event into the sd.label header (a row without a value "
+                                          "in it is sent without the header)")
     p.add_argument("--exclude", action="append", metavar="FIELD",
                    help="leave this field out of the events sent (repeatable), e.g. the pattern column of a "
                         "simulate --out file")

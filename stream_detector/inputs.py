@@ -27,7 +27,8 @@ class FileEvents:
     """A file's rows as typed events, with the rows that are not events and why.
 
     ``events[k]`` came from file row ``rows[k]`` (0-based, file order); ``labels[k]`` is its label
-    (when a label column was named). ``ids[i]`` is the event id of file row ``i`` (every row).
+    (when a label column was named; ``""``: the row has none, ``take_label``). ``ids[i]`` is the
+    event id of file row ``i`` (every row).
     """
 
     events: list[dict[str, Any]]
@@ -65,7 +66,8 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
     inferred, and said); the consumer types them by its model's schema. Other formats are typed.
 
     Raises ``InputError`` when the file cannot be read, has no rows, or (``require_labels``, as
-    training does) a row lacks the label column; when scoring, the label is only set aside.
+    training does) rows have no label (``take_label``: the column absent, null or empty); when
+    scoring or producing, the label is only set aside (``""`` in ``labels`` where a row has none).
     """
     id_col = id_column or "event_id"
     raw = read_rows(path, replace(options or ReaderOptions(), id_column=id_col), limit)
@@ -82,16 +84,20 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
         raise InputError(f"{path}: --label-column {label_column}: no row has this column; check its spelling")
     ids: list[str] = []
     row_labels: list[str | None] = []
+    unlabelled: list[int] = []
+    replaced_ids = 0  # rows whose own event_id gives way to --id-column's value
     for n, row in enumerate(raw.rows):
         if row is None:
             ids.append(raw.rejected_ids.get(n, f"{stem}-{n + 1}"))
             row_labels.append(None)
             continue
         if label_column is not None:
-            if label_column not in row and require_labels:
-                raise InputError(f"{path}: row {n + 1} has no label column {label_column!r}")
-            label = row.pop(label_column, None)
-            row_labels.append(None if label is None else _label_text(label))
+            label = take_label(row, label_column)
+            row_labels.append(label)
+            if label is None:
+                unlabelled.append(n)
+        if id_col != "event_id" and row.get("event_id") not in (None, ""):
+            replaced_ids += 1
         if raw.kind == "csv":
             csv_schema_version(row)
         ident = row.pop(id_col, None) if id_col != "event_id" else row.get("event_id")
@@ -104,6 +110,8 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
         elif id_col != "event_id" or not isinstance(ident, str):
             row["event_id"] = _id_text(ident)  # files: an integer id column is its digits (Parquet int64)
         ids.append(str(row.get("event_id") or f"{stem}-{n + 1}"))
+    if unlabelled and require_labels:
+        raise InputError(unlabelled_rows(path, label_column or "", [n + 1 for n in unlabelled]))
     present = [row for row in raw.rows if row is not None]
     warnings: list[str] = []
     if schema is None:
@@ -131,7 +139,30 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
     repeated = len(real) - len(set(real))
     if repeated:
         warnings.append(f"{repeated} rows repeat an event_id of an earlier row (ids should be unique)")
+    if replaced_ids:
+        warnings.append(f"--id-column {id_col}: {replaced_ids} rows have an event_id column of their own; "
+                        f"their event_id is {id_col}'s value, the file's event_id is not kept")
     return FileEvents(typed.events, typed.indices, labels, rejected, ids, schema, raw, [*raw.warnings, *warnings])
+
+
+def take_label(row: dict[str, Any], label_column: str) -> str | None:
+    """The row's label, taken out of the row (labels never stay in an event), as text
+    (``_label_text``); None when the row has none: the column absent, null, or an empty or blank
+    cell. The same for every format (before, a JSON Lines row without the key stopped training
+    while an empty CSV cell was trained on as the label ``""``, i.e. not normal)."""
+    label = row.pop(label_column, None)
+    if label is None:
+        return None
+    text = _label_text(label)
+    return text or None
+
+
+def unlabelled_rows(path: Path | str, label_column: str, rows: list[int]) -> str:
+    """The one-line refusal of rows without a label where every row needs one (training):
+    ``rows`` are 1-based row numbers."""
+    first = ", ".join(str(n) for n in rows[:5]) + (", …" if len(rows) > 5 else "")
+    return (f"{path}: {len(rows)} row(s) have no label in column {label_column!r} (rows {first}): training "
+            "needs one on every row; fill them in or leave those rows out")
 
 
 def _label_text(value: Any) -> str:

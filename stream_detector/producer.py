@@ -2,7 +2,7 @@
 
 Events are keyed by ``account_id`` (so one partition, hence one worker, owns an account) and
 labels, when known, travel in the ``sd.label`` header — never in the event, so they cannot
-leak into features.
+leak into features; an event without a label (``""``) has no such header.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class EventProducer:
         assert self.producer is not None, "use EventProducer as a context manager"
         for i, event in enumerate(events):
             account = event.get("account_id")
-            headers = [("sd.label", labels[i].encode())] if labels is not None else None
+            headers = [("sd.label", labels[i].encode())] if labels is not None and labels[i] else None
             self.futures.append(self.producer.send(
                 self.topic, value=orjson.dumps(event), key=None if account is None else str(account).encode(),
                 headers=headers))

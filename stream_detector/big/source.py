@@ -275,24 +275,26 @@ class Prepared:
 def prepare_chunk(chunk: RawChunk, *, id_column: str | None, label_column: str | None,
                   generate_ids: bool, require_labels: bool = True) -> Prepared:
     """Ids from ``id_column`` (else ``event_id``; ``<file>-<row>`` when ``generate_ids``) and the
-    label set aside, in place, as ``inputs.load_events`` does. Raises ``InputError`` for a row
-    without the label column when ``require_labels`` (training; scoring only sets the label aside)."""
-    from ..inputs import _id_text, _label_text, csv_schema_version
+    label set aside, in place, as ``inputs.load_events`` does. Raises ``InputError`` for rows
+    without a label (``inputs.take_label``) when ``require_labels`` (training; scoring only sets
+    the label aside)."""
+    from ..inputs import _id_text, csv_schema_version, take_label, unlabelled_rows
 
     stem = chunk.stem or chunk.path.name.split(".")[0]
     id_col = id_column or "event_id"
     present: list[dict[str, Any]] = []
     positions: list[int] = []
-    labels: dict[int, str] = {}
+    labels: dict[int, str] = {}  # "": the row has no label (``inputs.take_label``)
+    unlabelled: list[int] = []
     for i, row in enumerate(chunk.rows):
         if row is None:
             continue
         n = chunk.first_row + i
         if label_column is not None:
-            if label_column not in row and require_labels:
-                raise InputError(f"{chunk.path}: row {chunk.file_row + i + 1} has no label column {label_column!r}")
-            label = row.pop(label_column, None)
-            labels[n] = "" if label is None else _label_text(label)
+            label = take_label(row, label_column)
+            if label is None:
+                unlabelled.append(chunk.file_row + i + 1)
+            labels[n] = label or ""
         if chunk.kind == "csv":
             csv_schema_version(row)
         ident = row.pop(id_col, None) if id_col != "event_id" else row.get("event_id")
@@ -303,6 +305,8 @@ def prepare_chunk(chunk: RawChunk, *, id_column: str | None, label_column: str |
             row["event_id"] = _id_text(ident)
         present.append(row)
         positions.append(n)
+    if unlabelled and require_labels:
+        raise InputError(unlabelled_rows(chunk.path, label_column or "", unlabelled))
     return Prepared(chunk, present, positions, labels)
 
 

@@ -241,6 +241,31 @@ def test_produce_leaves_excluded_fields_out_of_the_events(settings, env_for, tmp
     assert keyed.returncode == 0 and key == str(orjson.loads(value)["account_id"])
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_produce_sends_a_row_without_a_label_without_the_label_header(settings, env_for, tmp_path, fmt):
+    """Found by a trial: one JSON Lines row without the label key stopped `produce --label-column`
+    for the whole file, a null label went out as an empty `sd.label` header, and an empty CSV
+    cell did too. Every row is sent; one without a label has no header, and the summary says
+    how many."""
+    env = env_for(settings)
+    rows = [{"event_id": "p1", "account_id": "a1", "amount": 1.5, "label": "fraud"},
+            {"event_id": "p2", "account_id": "a1", "amount": 2.5},
+            {"event_id": "p3", "account_id": "a2", "amount": 3.5, "label": None},
+            {"event_id": "p4", "account_id": "a2", "amount": 4.5, "label": "legit"}]
+    path = tmp_path / f"l.{fmt}"
+    if fmt == "jsonl":
+        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    else:
+        path.write_text("event_id,account_id,amount,label\n" + "".join(
+            f"{r['event_id']},{r['account_id']},{r['amount']},{r.get('label') or ''}\n" for r in rows))
+    topic = f"{settings.input_topic}-unlabelled-{fmt}"
+    done = run(["produce", "--input", str(path), "--label-column", "label", "--topic", topic], env)
+    assert done.returncode == 0, done.stderr
+    assert "produced 4 events" in done.stderr and "2 of them without a label" in done.stderr
+    sent = {orjson.loads(r.value)["event_id"]: dict(r.headers) for r in read_all(settings, topic)}
+    assert sent == {"p1": {"sd.label": b"fraud"}, "p2": {}, "p3": {}, "p4": {"sd.label": b"legit"}}
+
+
 def test_produce_sends_a_json_lines_files_numbers_as_numbers_when_a_word_makes_the_field_text(
         settings, env_for, tmp_path):
     """Found by a new-user trial: one ``"amount": "twelve"`` among five rows made the inferred

@@ -7,12 +7,14 @@ import gzip
 import re
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stream_detector.big.source import raw_chunks
+from stream_detector.big.source import input_files, prepare_chunk, raw_chunks
 from stream_detector.cli import main
+from stream_detector.errors import InputError
 from stream_detector.events_io import ReaderOptions
 from stream_detector.fieldschema import InferenceOptions, infer_schema, parse_overrides
 from stream_detector.inputs import load_events
@@ -214,3 +216,39 @@ def test_a_label_column_no_row_has_is_refused_when_scoring_too(tmp_path: Path) -
     with pytest.raises(InputError, match="--label-column labl: no row has this column"):
         load_events(path, label_column="labl", require_labels=False)
     assert load_events(path, label_column="label", require_labels=False).labels == ["legit"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_a_row_without_a_label_means_the_same_in_every_format(tmp_path: Path, fmt: str) -> None:
+    """Found by a trial: a JSON Lines row without the label key stopped `produce --label-column`
+    for the whole file, while an empty CSV cell was trained on as the label "" (not normal: a
+    positive in the evaluation). Now a row has no label when the column is absent, null or empty,
+    whatever the format: training refuses such rows (one line naming them), producing and scoring
+    set the label aside as "" (produce sends no sd.label header for it)."""
+    rows = [{"event_id": "e1", "amount": 1.5, "label": "0"}, {"event_id": "e2", "amount": 2.5},
+            {"event_id": "e3", "amount": 3.5, "label": None}, {"event_id": "e4", "amount": 4.5, "label": " "},
+            {"event_id": "e5", "amount": 5.5, "label": 1}]
+    path = tmp_path / f"l.{fmt}"
+    if fmt == "jsonl":
+        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    elif fmt == "csv":
+        path.write_text("event_id,amount,label\n" + "".join(
+            f"{r['event_id']},{r['amount']},{'' if r.get('label') is None else r['label']}\n" for r in rows))
+    else:
+        pq.write_table(pa.table({"event_id": [r["event_id"] for r in rows], "amount": [r["amount"] for r in rows],
+                                 "label": [None if r.get("label") is None else str(r["label"]) for r in rows]}), path)
+    loaded = load_events(path, label_column="label", require_labels=False)
+    assert loaded.labels == ["0", "", "", "", "1"]
+    assert all("label" not in e for e in loaded.events)
+    with pytest.raises(InputError, match=r"3 row\(s\) have no label in column 'label' \(rows 2, 3, 4\)"):
+        load_events(path, label_column="label")
+    for chunk_rows in (2, 1000):  # the big-history reader, chunk by chunk: the same rule
+        found: list[str] = []
+        for chunk in raw_chunks(input_files(str(path)), chunk_rows=chunk_rows):
+            found += prepare_chunk(chunk, id_column=None, label_column="label", generate_ids=False,
+                                   require_labels=False).labels.values()
+            if chunk.first_row == 0:
+                with pytest.raises(InputError, match="have no label in column 'label'"):
+                    prepare_chunk(next(raw_chunks(input_files(str(path)), chunk_rows=chunk_rows)), id_column=None,
+                                  label_column="label", generate_ids=False)
+        assert found == ["0", "", "", "", "1"]
