@@ -862,11 +862,16 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     import contextlib
 
     from .events_io import file_kind, names_a_format
-    from .history_files import EVENT_SCHEMA, LABEL_SCHEMA, ChunkWriter, SortedLabels, event_columns
+    from .history_files import EVENT_SCHEMA, LABEL_SCHEMA, STDOUT, ChunkWriter, SortedLabels, event_columns
     from .producer import EventProducer
     from .simulate import HandbookSimulator, LabelDelays, Simulator
 
+    def named(path: Path) -> str:
+        return "standard output" if str(path) == STDOUT else str(path)
+
     def writer(path: Path, schema: Any = None) -> ChunkWriter:
+        if str(path) == STDOUT:  # JSON Lines on stdout (a trial: `--out -` wrote a CSV file named "-")
+            return ChunkWriter(path, "jsonl")
         if not names_a_format(path):  # .tsv too: written with commas
             _say(f"note: {path}: its extension names no format (.csv, .jsonl, .parquet): written as CSV")
         try:
@@ -889,9 +894,11 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         implied = args.rate * args.duration
         raise ConfigError(f"--rate {args.rate:g} for --duration {args.duration:g} s is {implied:,.0f} "
                           f"events (more than {_MAX_IMPLIED_EVENTS:,}): give --count N, or a smaller rate or duration")
-    if args.out:
+    if args.out == STDOUT and args.feedback_out == STDOUT:
+        raise ConfigError("--out - and --feedback-out -: only one of them can go to standard output")
+    if args.out and args.out != STDOUT:
         _check_file_out(Path(args.out), "--out")
-    if args.feedback_out:
+    if args.feedback_out and args.feedback_out != STDOUT:
         _check_file_out(Path(args.feedback_out), "--feedback-out")
     if args.end is not None and not args.out:  # before --end's value is judged: the first problem to fix
         raise ConfigError("--end goes with --out (live events are stamped with the time they are sent)")
@@ -924,7 +931,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
                 for start in range(0, count, args.chunk_rows):
                     part = rows[start:start + args.chunk_rows]
                     velocity_file.write({k: [row[k] for row in part] for k in rows[0]})
-            _say(f"wrote {count} events ({sum(lab != 'legit' for lab in labels)} fraud) to {out}")
+            _say(f"wrote {count} events ({sum(lab != 'legit' for lab in labels)} fraud) to {named(out)}")
             return 0
         total = args.count if args.count is not None else int(args.rate * args.duration)
         with EventProducer(settings, args.topic or settings.input_topic) as producer:
@@ -977,10 +984,10 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
                 labels_file.write(rest)
                 labels_written += len(rest["event_id"])
         elapsed = time.monotonic() - started
-        _say(f"wrote {count} events ({frauds} fraud) to {out} in {elapsed:.1f} s "
+        _say(f"wrote {count} events ({frauds} fraud) to {named(out)} in {elapsed:.1f} s "
              f"({count / max(elapsed, 1e-9):,.0f} rows/s)")
         if feedback:
-            _say(f"wrote {labels_written} delayed labels to {feedback}")
+            _say(f"wrote {labels_written} delayed labels to {named(feedback)}")
         return 0
     total = args.count if args.count is not None else int(args.rate * args.duration)
     topic = args.topic or settings.input_topic
@@ -1113,6 +1120,11 @@ def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
     if args.history < 0:
         raise ConfigError(f"--history must be >= 0, got {args.history}")
     if args.action == "get":
+        given = [f"VALUE {args.value:g}" if args.value is not None else "", "--note" if args.note else "",
+                 "--head" if args.head is not None else ""]
+        if any(given):  # a trial: `threshold get 5` printed the threshold and set nothing, silently
+            raise ConfigError(f"threshold get takes no {' or '.join(g for g in given if g)} (those set a new "
+                              "version: threshold set VALUE [--head P] [--note TEXT])")
         current = control.threshold()
         if current is None:
             raise ConfigError("no threshold in Redis yet: publish a model first")
@@ -1722,10 +1734,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="number of events, >= 1 (overrides rate × duration; --out: default 10000)")
     p.add_argument("--out", help="write a file with label and pattern columns instead of producing: CSV, JSON "
                                  "Lines (.jsonl) or Parquet (.parquet) by its name; .gz/.bz2/.zst compress CSV "
-                                 "and JSON Lines; written in chunks (bounded memory, progress on stderr)")
+                                 "and JSON Lines; written in chunks (bounded memory, progress on stderr); "
+                                 "-: JSON Lines on standard output")
     p.add_argument("--feedback-out", help="handbook, with --out: write the delayed label records "
                                           "({event_id, label, source, labelled_at}, sorted by labelled_at) "
-                                          "to this CSV/JSONL/Parquet file")
+                                          "to this CSV/JSONL/Parquet file (-: JSON Lines on standard output)")
     p.add_argument("--span-days", type=_positive_float, default=None,
                    help="time span of --out files, in days (default 7)")
     p.add_argument("--chunk-rows", type=int, default=None,

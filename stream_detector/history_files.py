@@ -22,6 +22,7 @@ import csv
 import gzip
 import io
 import math
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -208,6 +209,9 @@ class SortedLabels:
 # ---- writing -----------------------------------------------------------------------------------------
 
 
+STDOUT = "-"  # ChunkWriter's path for standard output (``simulate --out -``)
+
+
 class ChunkWriter:
     """Writes a file chunk by chunk: ``kind`` ``csv``, ``jsonl`` or ``parquet`` (``events_io.file_kind``
     of the name, as the readers read it); CSV and JSON Lines compressed when the name ends ``.gz``,
@@ -217,6 +221,9 @@ class ChunkWriter:
     ``true``/``false``, missing values empty); JSON Lines as ``write_jsonl``; Parquet: typed columns
     (``schema`` if given, else inferred from the first chunk), one row group per chunk.
 
+    The path ``-`` (``STDOUT``) is standard output, uncompressed, left open at ``close``; Parquet
+    cannot go there.
+
     Raises ``ValueError`` for another kind or a compressed Parquet name, ``OSError`` when the file
     cannot be written.
     """
@@ -225,12 +232,18 @@ class ChunkWriter:
         if kind not in ("csv", "jsonl", "parquet"):
             raise ValueError(f"{path}: cannot write files of kind {kind!r}")
         self.path, self.kind, self.schema, self.rows = path, kind, schema, 0
-        codec = _COMPRESSION.get(path.suffix.lower())
-        if self.kind == "parquet" and codec:
-            raise ValueError(f"{path}: Parquet compresses its own columns; drop the {path.suffix} suffix")
         self._parquet: pq.ParquetWriter | None = None
         self._file: BinaryIO | None = None
         self._sink: BinaryIO | gzip.GzipFile | pa.NativeFile | None = None
+        self._stdout = str(path) == STDOUT
+        if self._stdout:
+            if kind == "parquet":
+                raise ValueError("Parquet cannot be written to standard output: name a .parquet file")
+            self._sink = sys.stdout.buffer
+            return
+        codec = _COMPRESSION.get(path.suffix.lower())
+        if self.kind == "parquet" and codec:
+            raise ValueError(f"{path}: Parquet compresses its own columns; drop the {path.suffix} suffix")
         if self.kind != "parquet" and codec == "gzip":  # level 6 (pyarrow's gzip is level 9: 2.6× slower,
             self._file = path.open("wb")                # 1 % smaller); no name or time: the same bytes every run
             self._sink = gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=self._file, mtime=0)
@@ -259,13 +272,22 @@ class ChunkWriter:
                 if not self.rows:
                     writer.writerow(names)
                 writer.writerows(zip(*lists, strict=True))
-                self._sink.write(text.getvalue().encode("utf-8"))
+                self._put(text.getvalue().encode("utf-8"))
             else:  # into one buffer: orjson's results hold ~3 KB each while they live
                 lines = bytearray()
                 for row in zip(*lists, strict=True):
                     lines += orjson.dumps(dict(zip(names, row, strict=True)), option=orjson.OPT_APPEND_NEWLINE)
-                self._sink.write(lines)
+                self._put(lines)
         self.rows += size
+
+    def _put(self, data: bytes | bytearray) -> None:
+        assert self._sink is not None
+        if not self._stdout:
+            self._sink.write(data)
+            return
+        view = memoryview(data)  # a pipe whose reader left takes part of a big write without an error:
+        while view:              # the next write raises BrokenPipeError (the CLI exits 141, as Unix tools do)
+            view = view[self._sink.write(view) or 0:]
 
     def close(self) -> None:
         """Finish the file (a Parquet file with no chunk gets ``schema``'s columns and no rows)."""
@@ -274,6 +296,8 @@ class ChunkWriter:
                 self._parquet = pq.ParquetWriter(str(self.path), self.schema)
             if self._parquet is not None:
                 self._parquet.close()
+        elif self._stdout:
+            sys.stdout.buffer.flush()
         elif self._sink is not None:
             self._sink.close()
             if self._file is not None:

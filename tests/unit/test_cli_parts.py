@@ -337,6 +337,21 @@ def test_a_command_with_redis_unreachable_says_where_in_one_line(
     assert "\n" not in err and "hunter2" not in err, err
 
 
+@pytest.mark.parametrize("extra", [["5"], ["--note", "raised"], ["--head", "0.9"]])
+def test_threshold_get_refuses_what_only_set_takes(
+        extra: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial: `threshold get 5` printed the threshold in force and set nothing, without a word.
+    A value, --note or --head with `get` is refused in one line before Redis is asked (nothing
+    listens at the URL here)."""
+    from stream_detector.cli import main
+
+    monkeypatch.setenv("SD_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(["threshold", "get", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stream-detector threshold: error: threshold get takes no ") and "threshold set" in err
+    assert "\n" not in err and "cannot reach Redis" not in err, err
+
+
 def test_a_services_kafka_connection_lines_come_once_a_minute_per_message() -> None:
     """A long-running service (worker, retrainer) still logs that a broker is unreachable, once a
     minute per kind of line, not four lines per reconnection attempt."""
@@ -522,3 +537,21 @@ def test_output_into_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> N
     subprocess.run(["bash", "-c", command], cwd=tmp_path, timeout=120, check=True)
     assert (tmp_path / "rc.txt").read_text().strip() == "141"
     assert "BrokenPipe" not in (tmp_path / "err.txt").read_text()
+
+
+def test_simulate_out_dash_writes_json_lines_to_standard_output(tmp_path: Path) -> None:
+    """Found by a trial: `simulate --out -` wrote a CSV file named `-`. `-` is standard output,
+    as JSON Lines: the same rows as `--out FILE.jsonl`, no file made; a reader that leaves early
+    ends it with 141 (a big write into a closed pipe was taken in part, without an error, and the
+    command said it had written every event)."""
+    common = [sys.executable, "-m", "stream_detector", "simulate", "--count", "30", "--seed", "4"]
+    piped = subprocess.run([*common, "--out", "-"], cwd=tmp_path, capture_output=True, timeout=120, check=True)
+    subprocess.run([*common, "--out", "f.jsonl"], cwd=tmp_path, capture_output=True, timeout=120, check=True)
+    assert piped.stdout == (tmp_path / "f.jsonl").read_bytes() and piped.stdout.count(b"\n") == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.jsonl"]
+    assert "to standard output" in piped.stderr.decode()
+    command = (f"{' '.join(common[:4])} --out - --count 50000 --chunk-rows 50000 2>err.txt "
+               "| head -1 >/dev/null; echo ${PIPESTATUS[0]} >rc.txt")
+    subprocess.run(["bash", "-c", command], cwd=tmp_path, timeout=120, check=True)
+    assert (tmp_path / "rc.txt").read_text().strip() == "141"
+    assert "wrote" not in (tmp_path / "err.txt").read_text()
