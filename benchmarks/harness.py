@@ -160,9 +160,10 @@ def _rd_produce(bootstrap: str, topic: str, values: list[bytes], keys: list[byte
     return len(values) / elapsed
 
 
-def _pace(send: Any, tick: Any, n: int, rate: float, seconds: float) -> int:
+def _pace(send: Any, tick: Any, n: int, rate: float, seconds: float, stamps: list[float] | None = None) -> int:
     """Call ``send(i % n)`` ``rate`` times a second for ``seconds`` (0 rate = as fast as possible, in
-    slices of 500), ``tick()`` after each 2 ms slice; returns how many were sent."""
+    slices of 500), ``tick()`` after each 2 ms slice; returns how many were sent. ``stamps[i]``:
+    the epoch ms of the first ``send(i)`` (the time CreateTime would carry)."""
     sent = 0
     started = time.perf_counter()
     end = started + seconds
@@ -172,7 +173,10 @@ def _pace(send: Any, tick: Any, n: int, rate: float, seconds: float) -> int:
             return sent
         due = int((now - started) * rate) if rate > 0 else sent + 500
         while sent < due:
-            send(sent % n)
+            i = sent % n
+            if stamps is not None and sent < n:
+                stamps[i] = time.time() * 1000.0
+            send(i)
             sent += 1
         tick()
         if rate > 0:
@@ -184,37 +188,41 @@ def paced_producer(bootstrap: str, topic: str, values: list[bytes], keys: list[b
     """Child process: send ``rate`` records/s for ``seconds`` (0 rate = unpaced), in 2 ms slices.
 
     The record timestamp (CreateTime) is taken at ``send()``/``produce()``, so event→alert latency
-    includes the producer's own batching. Puts (sent, achieved rate) on ``result``.
+    includes the producer's own batching. Puts (sent, achieved rate, the wall time in epoch ms at
+    which each of ``values`` was first handed to the client: 0.0 for one never sent) on ``result``:
+    with a LogAppendTime topic the records carry the broker's time instead, and these are the
+    produce times.
     """
+    stamps = [0.0] * len(values)
     if has_confluent():
-        _rd_paced(bootstrap, topic, values, keys, rate, seconds, result)
+        _rd_paced(bootstrap, topic, values, keys, rate, seconds, result, stamps)
         return
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=[bootstrap], client_id="bench-paced", **PACED_CONFIG)
     started = time.perf_counter()
     sent = _pace(lambda i: producer.send(topic, value=values[i], key=keys[i]), lambda: None, len(values), rate,
-                 seconds)
+                 seconds, stamps)
     producer.flush(timeout=120)
     elapsed = time.perf_counter() - started
     producer.close()
-    result.put((sent, sent / elapsed))
+    result.put((sent, sent / elapsed, stamps))
 
 
 def _rd_paced(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None], rate: float,
-              seconds: float, result: Any) -> None:
+              seconds: float, result: Any, stamps: list[float]) -> None:
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": bootstrap, "client.id": "bench-paced", **RD_PACED_CONFIG})
     report = _RdDelivery()
     started = time.perf_counter()
     sent = _pace(lambda i: _rd_send(producer, topic, values[i], keys[i], report), lambda: producer.poll(0),
-                 len(values), rate, seconds)
+                 len(values), rate, seconds, stamps)
     left = producer.flush(120)
     elapsed = time.perf_counter() - started
     if left or report.failed:
         raise RuntimeError(f"paced loader: {report.failed} failed, {left} still queued")
-    result.put((sent, sent / elapsed))
+    result.put((sent, sent / elapsed, stamps))
 
 
 # ---- the worker under test, in its own process ---------------------------------------------

@@ -125,8 +125,20 @@ def drain(settings: Settings, k: int, total: int, rate_until: int | None = None)
 
 
 def latency(settings: Settings, values: list[bytes], keys: list[bytes | None], rate: float,
-            seconds: float) -> dict[str, Any]:
-    """One worker process, a paced producer process at ``rate`` (0 = unpaced); alert latencies."""
+            seconds: float, append_time: bool = False) -> dict[str, Any]:
+    """One worker process, a paced producer process at ``rate`` (0 = unpaced); alert latencies:
+    the alert's Kafka timestamp − the time the producer handed the event to its client (``p50``
+    …: CreateTime's meaning, the figure of every run so far), events handed over in the first
+    second left out (warm-up).
+
+    ``append_time``: the input topic stamps records with the broker's append time
+    (``message.timestamp.type=LogAppendTime``), so each alert's ``event_time_ms`` is when the
+    broker wrote the event, and the latency splits in two: ``broker_p50`` … = alert − broker
+    append (the worker's part: fetch, the batch's steps, publish) and ``producer_p50`` … = broker
+    append − produce (the load generator's queueing and the broker's, on cores the worker shares
+    here)."""
+    if append_time:
+        ensure_topics(settings, [settings.input_topic], configs={"message.timestamp.type": "LogAppendTime"})
     ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
     pool = harness.WorkerPool(settings, 1, 1 << 60, idle_stop_s=1e9, deadline_s=seconds + 240)
     pool.start()
@@ -135,26 +147,39 @@ def latency(settings: Settings, values: list[bytes], keys: list[bytes | None], r
     prod = ctx.Process(target=harness.paced_producer, daemon=True,
                        args=(settings.kafka_bootstrap, settings.input_topic, values, keys, rate, seconds, result))
     prod.start()
-    sent, achieved = result.get(timeout=seconds + 180)
+    sent, achieved, stamps = result.get(timeout=seconds + 180)
     prod.join(timeout=30)
     drained = wait_for_zero_lag(settings, settings.group_id, settings.input_topic, timeout_s=180)
     pool.done.set()
     reports = pool.finish()
+    produced_at = {}  # event_id → when the producer handed it over (epoch ms)
+    for value, stamp in zip(values, stamps, strict=True):
+        if stamp:
+            produced_at[orjson.loads(value)["event_id"]] = stamp
     lat: list[float] = []
+    broker: list[float] = []
+    producer: list[float] = []
     warmup_ms = 1000.0
     records = read_all(settings, settings.alerts_topic, timeout_s=60)
-    first_event = min((orjson.loads(r.value)["event_time_ms"] for r in records), default=0)
+    first = min(produced_at.values(), default=0.0)
     for r in records:
-        event_ms = orjson.loads(r.value)["event_time_ms"]
-        if event_ms - first_event >= warmup_ms:
-            lat.append(float(r.timestamp - event_ms))
+        alert = orjson.loads(r.value)
+        at = produced_at.get(alert["event_id"])
+        if at is None or at - first < warmup_ms:
+            continue
+        lat.append(float(r.timestamp) - at)
+        if append_time:
+            broker.append(float(r.timestamp - alert["event_time_ms"]))
+            producer.append(float(alert["event_time_ms"]) - at)
     stage_s: dict[str, float] = {}
     for x in reports:
         for name, sec in x.stage_s.items():
             stage_s[name] = stage_s.get(name, 0.0) + sec
+    split = ({**{f"broker_{k}": v for k, v in percentiles(broker).items()},
+              **{f"producer_{k}": v for k, v in percentiles(producer).items()}} if append_time else {})
     return dict(offered=rate, sent=sent, achieved=achieved, alerts=len(records), samples=len(lat),
                 drained=drained, rss_max=max(x.rss_max_mb for x in reports), **percentiles(lat),
-                max=max(lat) if lat else math.nan, batches=sum(x.batches for x in reports),
+                max=max(lat) if lat else math.nan, **split, batches=sum(x.batches for x in reports),
                 events=sum(x.events for x in reports), stage_s=stage_s)
 
 

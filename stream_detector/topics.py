@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -14,8 +14,9 @@ from .settings import Settings
 
 
 def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | None = None,
-                  ready_timeout_s: float = 10.0) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created.
+                  ready_timeout_s: float = 10.0, configs: Mapping[str, str] | None = None) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created. ``configs``: topic
+    configs for the ones created (e.g. ``{"message.timestamp.type": "LogAppendTime"}``).
 
     Returns once the brokers describe every created topic with a leader for each partition (or
     after ``ready_timeout_s``): a consumer that subscribes right after (a worker with
@@ -28,7 +29,8 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
         wanted = [n for n in dict.fromkeys(names) if n not in existing]
         if not wanted:
             return []
-        new = [NewTopic(n, partitions or settings.topic_partitions, settings.topic_replication or -1) for n in wanted]
+        new = [NewTopic(n, partitions or settings.topic_partitions, settings.topic_replication or -1,
+                        topic_configs=dict(configs or {})) for n in wanted]
         try:
             admin.create_topics(new)
         except TopicAlreadyExistsError:  # another process won the race: fine
