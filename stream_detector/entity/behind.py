@@ -106,9 +106,9 @@ class WriteBehind:
         self.dirty: dict[Name, _Dirty] = {}
         self.staged: dict[Name, tuple[EntitySpec, bytes]] = {}
         self.read: dict[Name, bytes | None] = {}  # what the store held, for records read this batch
-        keep = getattr(inner, "keep_heads", None)  # RedisState: compare-and-set on write tokens, not records
-        if keep is not None:
-            keep(key, self.max_records + 100_000)
+        self._keep_heads = getattr(inner, "keep_heads", None)  # RedisState: compare-and-set on write tokens
+        if self._keep_heads is not None:
+            self._keep_heads(key, self.max_records + 100_000)
         # the worker's rebalance hook may flush from the Kafka client's thread while a batch is enriched
         self.lock = threading.RLock()
         self.disabled = False  # the topic turned out not to be keyed by ``key``: everything passes through
@@ -200,6 +200,8 @@ class WriteBehind:
             self.clean.clear()
             self.staged.clear()
             self.read.clear()
+        if self._keep_heads is not None:  # the tokens are only needed for records held across batches
+            self._keep_heads(None if on else self.key, self.max_records + 100_000)
         self.passing = on
 
     # ---- the window --------------------------------------------------------------------------------

@@ -183,11 +183,16 @@ class RedisState:
         self._kept_field: str | None = None
         self._kept_size = 0
 
-    def keep_heads(self, field: str, size: int) -> None:
+    def keep_heads(self, field: str | None, size: int) -> None:
         """Remember the write token of the last ``size`` records of key ``field`` this store read or
         wrote, so that a later compare-and-set against those record bytes sends the 17-byte token,
-        not the record (write-behind: ``behind.py`` writes a record many batches after reading it)."""
+        not the record (write-behind: ``behind.py`` writes a record many batches after reading it).
+        ``None``: remember none (records passed through are written with the tokens of the batch's
+        own read: an ordered-dict update per record per batch saved, ~4 % of an entity worker's
+        thread in a py-spy profile of a drain)."""
         self._kept_field, self._kept_size = field, size
+        if field is None:
+            self._kept.clear()
 
     def _keep(self, name: str, head: bytes, record: bytes) -> None:
         kept = self._kept

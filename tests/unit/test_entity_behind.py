@@ -253,3 +253,21 @@ def test_passing_through_reads_and_writes_every_record_with_the_batch() -> None:
     got.append(_run(enricher, events[180:], pos[180:], [0, 60, 120], behind, flush_every=1))
     np.testing.assert_array_equal(np.vstack(got), want)
     assert inner.raw == plain.store.raw  # type: ignore[attr-defined]  # the same records, bit for bit
+
+
+def test_write_tokens_are_kept_only_while_records_are_held_across_batches() -> None:
+    """A store that remembers write tokens (``RedisState.keep_heads``) is asked to remember the
+    partition key's while write-behind holds its records, and none while they pass through (each
+    batch's write uses its own read's tokens; the bookkeeping cost ~4 % of the worker's thread)."""
+    calls: list[tuple[str | None, int]] = []
+
+    class Remembering(InMemoryState):
+        def keep_heads(self, field: str | None, size: int) -> None:
+            calls.append((field, size))
+
+    behind = WriteBehind(Remembering(), "account_id", max_records=10)
+    behind.pass_through(True)
+    behind.pass_through(True)  # no change: not asked again
+    behind.pass_through(False)
+    assert [field for field, _ in calls] == ["account_id", None, "account_id"]
+    assert all(size >= 10 for _, size in calls)
