@@ -353,7 +353,7 @@ class _Typer:
 def derive_table(chunk: RawChunk, schema: FieldSchema, layout: Layout, *, id_column: str | None,
                  label_column: str | None, generate_ids: bool) -> Derived:
     """``chunk`` (a CSV or Parquet chunk: ``chunk.table``) → ``Derived``, equal to ``derive_events`` of
-    the reference's typed events. Raises ``InputError`` for a chunk without the label column (as
+    the reference's typed events. Raises ``InputError`` for rows without a label (as
     ``prepare_chunk``)."""
     table = chunk.table
     if table is None or not covers(schema, layout.entity) or any(not _known(t) for t in table.schema.types):
@@ -365,13 +365,17 @@ def derive_table(chunk: RawChunk, schema: FieldSchema, layout: Layout, *, id_col
     id_col = id_column or "event_id"
     labels: pa.Array | None = None
     if label_column is not None:
-        if label_column not in columns:
-            first = int(chunk.present[0]) if m else 0
-            raise InputError(f"{chunk.path}: row {chunk.file_row + first + 1} has no label column {label_column!r}")
-        from ..inputs import _label_text
+        from ..inputs import _label_text, unlabelled_rows
 
-        raw = columns.pop(label_column)
-        labels = pc.fill_null(_per_unique(raw, _label_text, rows, pa.string()), "")
+        if label_column not in columns:
+            bare = np.arange(m)
+        else:
+            raw = columns.pop(label_column)
+            labels = pc.fill_null(_per_unique(raw, _label_text, rows, pa.string()), "")
+            bare = np.flatnonzero(pc.equal(labels, "").to_numpy(zero_copy_only=False))
+        if bare.size:  # absent, null, empty or blank (``inputs.take_label``): training needs every label
+            raise InputError(unlabelled_rows(chunk.path, label_column,
+                                             (chunk.file_row + chunk.present[bare] + 1).tolist()))
     # event ids (prepare_chunk's rules): a missing id is generated, or the row goes to the reference
     ident = columns.pop(id_col) if id_col != "event_id" else columns.get("event_id")
     if ident is None:
