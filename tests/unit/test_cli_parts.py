@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import os
 import signal
 import subprocess
@@ -555,3 +556,34 @@ def test_simulate_out_dash_writes_json_lines_to_standard_output(tmp_path: Path) 
     subprocess.run(["bash", "-c", command], cwd=tmp_path, timeout=120, check=True)
     assert (tmp_path / "rc.txt").read_text().strip() == "141"
     assert "wrote" not in (tmp_path / "err.txt").read_text()
+
+
+@pytest.mark.parametrize(("data", "kind"), [
+    (b'{"event_id": "a", "amount": 1.5}\n', ".jsonl"),
+    (b"event_id,amount\na,1.5\n", ".csv"),
+    (gzip.compress(b'  {"event_id": "a"}\n'), ".jsonl.gz"),
+])
+def test_an_input_from_standard_input_or_a_pipe_is_read_once_into_a_file_named_by_its_content(
+        data: bytes, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a trial: `simulate --out - | produce --input /dev/stdin` said "lseek failed" and a
+    FIFO as --input hung. `-` (standard input) and a pipe, FIFO or device are copied once into a
+    temporary file named by the format their first bytes show, which the readers then read."""
+    import argparse
+    import io
+    import threading
+
+    from stream_detector.cli import _spool_streams
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    args = argparse.Namespace(input="-", feedback=None)
+    _spool_streams(args)
+    assert args.input.endswith(f"stdin{kind}") and Path(args.input).read_bytes() == data
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+    args = argparse.Namespace(input=str(tmp_path / "plain.csv"), feedback=str(fifo))
+    _spool_streams(args)
+    writer.join(timeout=10)
+    assert args.input == str(tmp_path / "plain.csv")  # a path that is not a stream is left alone
+    assert args.feedback.endswith(f"fifo{kind}") and Path(args.feedback).read_bytes() == data
