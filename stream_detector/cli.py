@@ -172,6 +172,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.supervised and not (args.feedback or args.label_column):  # before reading and training, not after
         raise ConfigError("--supervised needs labels: --feedback FILE or --label-column C")
     entity = _entity_spec(args)
+    if args.label_column:  # spelled as the file's labels are read: 0.0 → 0, " legit " → legit, False → false (a trial)
+        from .inputs import _label_text
+
+        args.normal_label = _label_text(args.normal_label)
     if args.streamed or args.cluster or Path(args.input).is_dir() or any(c in args.input for c in "*?["):
         return _train_streamed(args, entity)
     data = _load_file(args, inference=_inference(args, entity))
@@ -794,8 +798,8 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     left = f"; {len(data.rejected)} rejected row(s) not sent (reasons above)" if data.rejected else ""
     bare = sum(1 for label in data.labels or () if not label)
     if bare:
-        left += (f"; {bare} of them without a label (no value in column {args.label_column}): sent without an "
-                 "sd.label header")
+        left += (f"; {bare} events sent without a label (no value in column {args.label_column}): no sd.label "
+                 "header")
     _say(f"produced {sent} events to {args.topic or settings.input_topic}{left}")
     return 0
 

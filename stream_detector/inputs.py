@@ -157,23 +157,31 @@ def take_label(row: dict[str, Any], label_column: str) -> str | None:
     return text or None
 
 
-def unlabelled_rows(path: Path | str, label_column: str, rows: list[int]) -> str:
+def unlabelled_rows(path: Path | str, label_column: str, rows: list[int], whole: bool = True) -> str:
     """The one-line refusal of rows without a label where every row needs one (training):
-    ``rows`` are 1-based row numbers."""
+    ``rows`` are 1-based data rows (the header not counted). ``whole``: ``rows`` are all of the
+    file's, else those of the chunk read so far (a streamed read stops at the first chunk)."""
     first = ", ".join(str(n) for n in rows[:5]) + (", …" if len(rows) > 5 else "")
-    return (f"{path}: {len(rows)} row(s) have no label in column {label_column!r} (rows {first}): training "
+    count = f"{len(rows)} row(s)" if whole else f"at least {len(rows)} row(s)"
+    return (f"{path}: {count} have no label in column {label_column!r} (data rows {first}): training "
             "needs one on every row; fill them in or leave those rows out")
 
 
 def _label_text(value: Any) -> str:
-    """Labels as text, one spelling per value: ``1``, ``1.0`` and ``"1.0"`` are ``"1"``."""
+    """Labels as text, one spelling per value: ``1``, ``1.0`` and ``"1.0"`` are ``"1"``; booleans
+    and the words true/false in any case are ``true``/``false``; NaN (a Parquet float column's
+    missing value, or the text ``nan``) is ``""``, no label, as a CSV's ``nan`` cell is."""
     if isinstance(value, bool):
         return "true" if value else "false"
     text = str(value).strip()
+    if text.lower() in ("true", "false"):
+        return text.lower()
     try:
         number = float(text)
     except ValueError:
         return text
+    if number != number:
+        return ""
     return str(int(number)) if number.is_integer() and abs(number) < 2**53 else text
 
 

@@ -375,7 +375,7 @@ def derive_table(chunk: RawChunk, schema: FieldSchema, layout: Layout, *, id_col
             bare = np.flatnonzero(pc.equal(labels, "").to_numpy(zero_copy_only=False))
         if bare.size:  # absent, null, empty or blank (``inputs.take_label``): training needs every label
             raise InputError(unlabelled_rows(chunk.path, label_column,
-                                             (chunk.file_row + chunk.present[bare] + 1).tolist()))
+                                             (chunk.file_row + chunk.present[bare] + 1).tolist(), whole=False))
     # event ids (prepare_chunk's rules): a missing id is generated, or the row goes to the reference
     ident = columns.pop(id_col) if id_col != "event_id" else columns.get("event_id")
     if ident is None:

@@ -306,7 +306,7 @@ def prepare_chunk(chunk: RawChunk, *, id_column: str | None, label_column: str |
         present.append(row)
         positions.append(n)
     if unlabelled and require_labels:
-        raise InputError(unlabelled_rows(chunk.path, label_column or "", unlabelled))
+        raise InputError(unlabelled_rows(chunk.path, label_column or "", unlabelled, whole=False))
     return Prepared(chunk, present, positions, labels)
 
 

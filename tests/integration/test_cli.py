@@ -261,7 +261,7 @@ def test_produce_sends_a_row_without_a_label_without_the_label_header(settings, 
     topic = f"{settings.input_topic}-unlabelled-{fmt}"
     done = run(["produce", "--input", str(path), "--label-column", "label", "--topic", topic], env)
     assert done.returncode == 0, done.stderr
-    assert "produced 4 events" in done.stderr and "2 of them without a label" in done.stderr
+    assert "produced 4 events" in done.stderr and "2 events sent without a label" in done.stderr
     sent = {orjson.loads(r.value)["event_id"]: dict(r.headers) for r in read_all(settings, topic)}
     assert sent == {"p1": {"sd.label": b"fraud"}, "p2": {}, "p3": {}, "p4": {"sd.label": b"legit"}}
 

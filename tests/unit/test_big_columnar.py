@@ -215,7 +215,7 @@ def test_clean_rows_take_the_columnar_path_and_odd_ones_the_reference(monkeypatc
 
 def test_a_chunk_without_the_label_column_is_an_error() -> None:
     table = pa.table({"event_id": ["a"], "amount": ["1"]})
-    with pytest.raises(InputError, match=r"1 row\(s\) have no label in column 'label' \(rows 41\)"):
+    with pytest.raises(InputError, match=r"at least 1 row\(s\) have no label in column 'label' \(data rows 41\)"):
         derive_table(_chunk(table, JSON_TEXT, "parquet", []), SCHEMA, LAYOUT, id_column=None,
                      label_column="label", generate_ids=False)
 

@@ -240,7 +240,7 @@ def test_a_row_without_a_label_means_the_same_in_every_format(tmp_path: Path, fm
     loaded = load_events(path, label_column="label", require_labels=False)
     assert loaded.labels == ["0", "", "", "", "1"]
     assert all("label" not in e for e in loaded.events)
-    with pytest.raises(InputError, match=r"3 row\(s\) have no label in column 'label' \(rows 2, 3, 4\)"):
+    with pytest.raises(InputError, match=r"3 row\(s\) have no label in column 'label' \(data rows 2, 3, 4\)"):
         load_events(path, label_column="label")
     for chunk_rows in (2, 1000):  # the big-history reader, chunk by chunk: the same rule
         found: list[str] = []
@@ -252,3 +252,23 @@ def test_a_row_without_a_label_means_the_same_in_every_format(tmp_path: Path, fm
                     prepare_chunk(next(raw_chunks(input_files(str(path)), chunk_rows=chunk_rows)), id_column=None,
                                   label_column="label", generate_ids=False)
         assert found == ["0", "", "", "", "1"]
+
+
+def test_labels_are_spelled_one_way_whatever_the_format_and_nan_is_no_label(tmp_path: Path) -> None:
+    """A second trial: a Parquet float label column's NaN was the label "nan" (trained on as a
+    positive; produced as an sd.label header "nan"), while a CSV's nan cell is missing; and the
+    words True/False were "True" in a CSV but "false" as JSON booleans. ``--normal-label`` is
+    spelled the same way (`0.0`, ` legit `, `False` found no rows)."""
+    from stream_detector.inputs import _label_text
+
+    pq.write_table(pa.table({"event_id": ["a", "b", "c"], "amount": [1.0, 2.0, 3.0],
+                             "label": pa.array([0.0, float("nan"), 1.0], pa.float64())}), tmp_path / "f.parquet")
+    assert load_events(tmp_path / "f.parquet", label_column="label", require_labels=False).labels == ["0", "", "1"]
+    with pytest.raises(InputError, match=r"1 row\(s\) have no label"):
+        load_events(tmp_path / "f.parquet", label_column="label")
+    (tmp_path / "b.csv").write_text("event_id,amount,label\na,1,True\nb,2,FALSE\n")
+    (tmp_path / "b.jsonl").write_text('{"event_id":"a","amount":1,"label":true}\n{"event_id":"b","amount":2,"label":false}\n')
+    for name in ("b.csv", "b.jsonl"):
+        assert load_events(tmp_path / name, label_column="label").labels == ["true", "false"]
+    assert [_label_text(v) for v in ("0.0", " legit ", "False", "nan", 1.0, "1e3")] == ["0", "legit", "false", "", "1",
+                                                                                         "1000"]
