@@ -502,6 +502,9 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
     ``need_labels`` (default: ``need_events``, as training): every row must have a label."""
     from .inputs import absent_warnings, load_events
 
+    if args.id_column and args.id_column == args.label_column:  # a trial: taken as both, said as neither
+        raise ConfigError(f"--id-column and --label-column both name {args.id_column}: a column is the event's id "
+                          "or its label, not both")
     data = load_events(Path(args.input), options=_reader_options(args), id_column=args.id_column,
                        label_column=args.label_column, schema=schema, inference=inference,
                        limit=getattr(args, "limit", None),
@@ -1124,7 +1127,7 @@ def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
     if args.history < 0:
         raise ConfigError(f"--history must be >= 0, got {args.history}")
     if args.action == "get":
-        given = [f"VALUE {args.value:g}" if args.value is not None else "", "--note" if args.note else "",
+        given = [f"VALUE {args.value:g}" if args.value is not None else "", "--note" if args.note is not None else "",
                  "--head" if args.head is not None else ""]
         if any(given):  # a trial: `threshold get 5` printed the threshold and set nothing, silently
             raise ConfigError(f"threshold get takes no {' or '.join(g for g in given if g)} (those set a new "
@@ -1142,6 +1145,8 @@ def cmd_threshold(args: argparse.Namespace, settings: Settings) -> int:
             for line in control.threshold_history(args.history):
                 print(orjson.dumps(line).decode())
         return 0
+    if args.history:  # the mirror of get's refusals (a trial: set 4.5 --history 2 set it and printed nothing)
+        raise ConfigError("threshold set takes no --history (threshold get --history N prints the changes)")
     model = control.active_model()
     if model is None:
         raise ConfigError("no active model: publish one before setting its threshold")

@@ -96,7 +96,7 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
             row_labels.append(label)
             if label is None:
                 unlabelled.append(n)
-        if id_col != "event_id" and row.get("event_id") not in (None, ""):
+        if id_col != "event_id" and row.get("event_id") not in (None, "") and row.get(id_col) not in (None, ""):
             replaced_ids += 1
         if raw.kind == "csv":
             csv_schema_version(row)
@@ -141,7 +141,8 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
         warnings.append(f"{repeated} rows repeat an event_id of an earlier row (ids should be unique)")
     if replaced_ids:
         warnings.append(f"--id-column {id_col}: {replaced_ids} rows have an event_id column of their own; "
-                        f"their event_id is {id_col}'s value, the file's event_id is not kept")
+                        f"their event_id is {id_col}'s value, the file's event_id is not kept (rows without a "
+                        f"{id_col} keep theirs)")
     return FileEvents(typed.events, typed.indices, labels, rejected, ids, schema, raw, [*raw.warnings, *warnings])
 
 

@@ -338,7 +338,7 @@ def test_a_command_with_redis_unreachable_says_where_in_one_line(
     assert "\n" not in err and "hunter2" not in err, err
 
 
-@pytest.mark.parametrize("extra", [["5"], ["--note", "raised"], ["--head", "0.9"]])
+@pytest.mark.parametrize("extra", [["5"], ["--note", "raised"], ["--note", ""], ["--head", "0.9"]])
 def test_threshold_get_refuses_what_only_set_takes(
         extra: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A trial: `threshold get 5` printed the threshold in force and set nothing, without a word.
@@ -351,6 +351,20 @@ def test_threshold_get_refuses_what_only_set_takes(
     err = capsys.readouterr().err.strip()
     assert err.startswith("stream-detector threshold: error: threshold get takes no ") and "threshold set" in err
     assert "\n" not in err and "cannot reach Redis" not in err, err
+
+
+def test_threshold_set_refuses_history_and_one_column_cannot_be_id_and_label(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mirror of get's refusals (a trial: `set 4.5 --history 2` ignored --history), and
+    `--id-column label --label-column label` (taken as both, a warning about neither)."""
+    from stream_detector.cli import main
+
+    monkeypatch.setenv("SD_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(["threshold", "set", "4.5", "--history", "2"]) == 2
+    assert "threshold set takes no --history" in capsys.readouterr().err
+    (tmp_path / "e.csv").write_text("event_id,amount,label\na,1,0\n")
+    assert main(["produce", "--input", str(tmp_path / "e.csv"), "--id-column", "label", "--label-column", "label"]) == 2
+    assert "a column is the event's id or its label, not both" in capsys.readouterr().err
 
 
 def test_a_services_kafka_connection_lines_come_once_a_minute_per_message() -> None:
