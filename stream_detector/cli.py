@@ -511,7 +511,7 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
                        require_labels=need_events if need_labels is None else need_labels, keep_json=keep_json)
     text = data.raw.text
     fmt = f" (numbers: decimal {text.decimal!r}, thousands {text.thousands!r})" if data.raw.kind == "csv" else ""
-    _say(f"read {data.total} rows from {args.input} [{data.raw.kind}]{fmt}")
+    _say(f"read {data.total} rows from {getattr(args, 'input_shown', args.input)} [{data.raw.kind}]{fmt}")
     for warning in data.warnings:
         _say(f"warning: {warning}")
     if schema is not None:
@@ -907,6 +907,11 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         _check_file_out(Path(args.out), "--out")
     if args.feedback_out and args.feedback_out != STDOUT:
         _check_file_out(Path(args.feedback_out), "--feedback-out")
+    typed = {a.split("=", 1)[0] for a in _ARGV}
+    live_only = [flag for flag in ("--rate", "--duration") if flag in typed]
+    if args.out and live_only:  # a trial: `--out - --rate 100 --duration 2` wrote the default 10,000 rows
+        raise ConfigError(f"{' and '.join(live_only)} go with live runs (events sent as they are made); an --out "
+                          "file's size is --count N and its time span --span-days")
     if args.end is not None and not args.out:  # before --end's value is judged: the first problem to fix
         raise ConfigError("--end goes with --out (live events are stamped with the time they are sent)")
     for flag, value in (("--span-days", args.span_days), ("--chunk-rows", args.chunk_rows)):
@@ -2044,6 +2049,7 @@ def _spool_streams(args: argparse.Namespace) -> None:
         named = spool.with_name(f"{'stdin' if given == '-' else Path(given).name}{kind}{suffix}")
         spool.rename(named)
         setattr(args, name, str(named))
+        setattr(args, f"{name}_shown", "standard input" if given == "-" else given)  # what the user named
         _say(f"read {named.stat().st_size:,} bytes from {'standard input' if given == '-' else given} "
              f"({kind[1:]}{' ' + suffix[1:] if suffix else ''}, by its first bytes)")
 

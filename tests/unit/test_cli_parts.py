@@ -601,3 +601,15 @@ def test_an_input_from_standard_input_or_a_pipe_is_read_once_into_a_file_named_b
     writer.join(timeout=10)
     assert args.input == str(tmp_path / "plain.csv")  # a path that is not a stream is left alone
     assert args.feedback.endswith(f"fifo{kind}") and Path(args.feedback).read_bytes() == data
+
+
+def test_simulate_out_refuses_the_live_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial: `simulate --out - --rate 100 --duration 2` wrote the default 10,000 rows. --rate and
+    --duration pace live runs; with --out they are refused (--count and --span-days size a file)."""
+    from stream_detector.cli import main
+
+    assert main(["simulate", "--out", str(tmp_path / "h.csv"), "--rate", "100", "--duration=2"]) == 2
+    assert "--rate and --duration go with live runs" in capsys.readouterr().err
+    assert not (tmp_path / "h.csv").exists()
+    assert main(["simulate", "--profile", "velocity", "--out", str(tmp_path / "v.csv"), "--count", "5",
+                 "--fraud-rate", "0.5"]) == 0  # --fraud-rate is not --rate
