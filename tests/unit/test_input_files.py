@@ -272,3 +272,4 @@ def test_labels_are_spelled_one_way_whatever_the_format_and_nan_is_no_label(tmp_
         assert load_events(tmp_path / name, label_column="label").labels == ["true", "false"]
     assert [_label_text(v) for v in ("0.0", " legit ", "False", "nan", 1.0, "1e3")] == ["0", "legit", "false", "", "1",
                                                                                          "1000"]
+    assert [_label_text(v) for v in (["x"], {"v": 1, "a": None})] == ['["x"]', '{"a":null,"v":1}']
