@@ -2004,54 +2004,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _spool_streams(args: argparse.Namespace) -> None:
-    """``--input -`` (standard input), or a pipe, FIFO or device named as ``--input`` / ``--feedback``
-    (``simulate --out - | produce --input /dev/stdin``, a trial: "lseek failed", and a FIFO hung): read
-    once into a temporary file whose name says the format its first bytes show (JSON Lines from ``{``,
-    Parquet from ``PAR1``, gzip/bzip2/zstd kept compressed, else CSV), removed at exit. The readers
-    seek, sniff and read files more than once, which a stream cannot do."""
-    import atexit
-    import shutil
-    import stat
-    import tempfile
+    """``--input`` / ``--feedback`` given as ``-`` (standard input), a pipe, FIFO or device: read once
+    into a temporary file (``events_io.spool_stream``), which the command reads instead."""
+    from .events_io import spool_stream
 
     for name in ("input", "feedback"):
         given = getattr(args, name, None)
-        if not isinstance(given, str) or not given:
+        spooled = spool_stream(given) if isinstance(given, str) and given else None
+        if spooled is None:
             continue
-        if given != "-":
-            try:
-                mode = os.stat(given).st_mode
-            except OSError:
-                continue  # the command says what is wrong with it
-            if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)):
-                continue
-        folder = tempfile.mkdtemp(prefix="sd-stdin-")
-        atexit.register(shutil.rmtree, folder, True)
-        spool = Path(folder) / "stream"
-        source = sys.stdin.buffer if given == "-" else open(given, "rb")  # noqa: SIM115 - closed below
-        try:
-            with spool.open("wb") as out:
-                shutil.copyfileobj(source, out, 1 << 20)
-        finally:
-            if source is not sys.stdin.buffer:
-                source.close()
-        with spool.open("rb") as stream:
-            head = stream.read(4096)
-        compressed = {b"\x1f\x8b": ".gz", b"BZh": ".bz2", b"\x28\xb5\x2f\xfd": ".zst"}
-        suffix = next((ext for magic, ext in compressed.items() if head.startswith(magic)), "")
-        if suffix:  # the format is that of what it holds
-            import pyarrow as pa
-
-            with pa.input_stream(str(spool), compression={".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}[suffix]) as z:
-                head = z.read(4096)
-        text = head.lstrip()
-        kind = ".parquet" if head.startswith(b"PAR1") else ".jsonl" if text.startswith((b"{", b"[")) else ".csv"
-        named = spool.with_name(f"{'stdin' if given == '-' else Path(given).name}{kind}{suffix}")
-        spool.rename(named)
-        setattr(args, name, str(named))
-        setattr(args, f"{name}_shown", "standard input" if given == "-" else given)  # what the user named
-        _say(f"read {named.stat().st_size:,} bytes from {'standard input' if given == '-' else given} "
-             f"({kind[1:]}{' ' + suffix[1:] if suffix else ''}, by its first bytes)")
+        shown = "standard input" if given == "-" else given
+        setattr(args, name, str(spooled))
+        setattr(args, f"{name}_shown", shown)  # what the user named, for the lines that say what was read
+        _say(f"read {spooled.stat().st_size:,} bytes from {shown} ({spooled.suffix[1:]}, by its first bytes)")
 
 
 def _one_shot(args: argparse.Namespace) -> bool:

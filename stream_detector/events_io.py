@@ -200,6 +200,41 @@ def _first_line(exc: BaseException) -> str:
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\x28\xb5\x2f\xfd", "zstd"))
 
 
+def spool_stream(given: str) -> Path | None:
+    """``-`` (standard input), or a pipe, FIFO, socket or device named as an input file, copied once
+    into a temporary file (removed at exit) named by the format its first bytes show, decompressed
+    as the readers do (``_open_binary``): ``.parquet`` from ``PAR1``, ``.jsonl`` from ``{`` or ``[``
+    (``checked_kind`` then says what a JSON array is), else ``.csv``. None for anything else (a
+    regular file, a folder, a pattern, a missing path: the command says what is wrong with it).
+    The readers seek and sniff, and the big-history path reads a file twice, which a stream cannot
+    do (a trial: `simulate --out - | produce --input /dev/stdin` said "lseek failed"; a FIFO hung)."""
+    import atexit
+    import shutil
+    import stat
+    import tempfile
+
+    if given != "-":
+        try:
+            mode = Path(given).stat().st_mode
+        except OSError:
+            return None
+        if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)):
+            return None
+    folder = Path(tempfile.mkdtemp(prefix="sd-stdin-"))
+    atexit.register(shutil.rmtree, folder, True)
+    spool = folder / "stream"
+    with contextlib.ExitStack() as stack:
+        source = sys.stdin.buffer if given == "-" else stack.enter_context(open(given, "rb"))  # noqa: SIM115
+        with spool.open("wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+    with _open_binary(spool) as stream:
+        head = bytes(stream.read(4096))
+    kind = "parquet" if head.startswith(b"PAR1") else "jsonl" if head.lstrip().startswith((b"{", b"[")) else "csv"
+    named = folder / f"{'stdin' if given == '-' else Path(given).name}.{kind}"
+    spool.rename(named)
+    return named
+
+
 class Consumed:
     """How far a reader has got in a file: bytes of the file as stored (compressed bytes for a
     compressed file), for the time left of a long read. Call it for the count (the file's size once

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .entity_spec import EntitySpec
 from .errors import InputError
 from .events_io import RawRows, ReaderOptions, RowRejection, missing_id_column, read_rows
@@ -171,13 +173,11 @@ def unlabelled_rows(path: Path | str, label_column: str, rows: list[int], whole:
 def _label_text(value: Any) -> str:
     """Labels as text, one spelling per value: ``1``, ``1.0`` and ``"1.0"`` are ``"1"``; booleans
     and the words true/false in any case are ``true``/``false``; a list or object its JSON text
-    (keys sorted); NaN (a Parquet float column's
-    missing value, or the text ``nan``) is ``""``, no label, as a CSV's ``nan`` cell is."""
+    (keys sorted); NaN (a Parquet float column's missing value, or the text ``nan``) is ``""``, no
+    label, as a CSV's ``nan`` cell is."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):  # JSON text, not Python's repr (a trial: the header "['x']")
-        import orjson
-
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
     text = str(value).strip()
     if text.lower() in ("true", "false"):

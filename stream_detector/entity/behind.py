@@ -107,8 +107,9 @@ class WriteBehind:
         self.staged: dict[Name, tuple[EntitySpec, bytes]] = {}
         self.read: dict[Name, bytes | None] = {}  # what the store held, for records read this batch
         self._keep_heads = getattr(inner, "keep_heads", None)  # RedisState: compare-and-set on write tokens
+        self._tokens_kept = self.max_records + 100_000  # the records held, and those read beside them
         if self._keep_heads is not None:
-            self._keep_heads(key, self.max_records + 100_000)
+            self._keep_heads(key, self._tokens_kept)
         # the worker's rebalance hook may flush from the Kafka client's thread while a batch is enriched
         self.lock = threading.RLock()
         self.disabled = False  # the topic turned out not to be keyed by ``key``: everything passes through
@@ -201,7 +202,7 @@ class WriteBehind:
             self.staged.clear()
             self.read.clear()
         if self._keep_heads is not None:  # the tokens are only needed for records held across batches
-            self._keep_heads(None if on else self.key, self.max_records + 100_000)
+            self._keep_heads(None if on else self.key, self._tokens_kept)
         self.passing = on
 
     # ---- the window --------------------------------------------------------------------------------

@@ -575,7 +575,7 @@ def test_simulate_out_dash_writes_json_lines_to_standard_output(tmp_path: Path) 
 @pytest.mark.parametrize(("data", "kind"), [
     (b'{"event_id": "a", "amount": 1.5}\n', ".jsonl"),
     (b"event_id,amount\na,1.5\n", ".csv"),
-    (gzip.compress(b'  {"event_id": "a"}\n'), ".jsonl.gz"),
+    (gzip.compress(b'  {"event_id": "a"}\n'), ".jsonl"),  # decompressed by the readers, whatever the name
 ])
 def test_an_input_from_standard_input_or_a_pipe_is_read_once_into_a_file_named_by_its_content(
         data: bytes, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -587,11 +587,13 @@ def test_an_input_from_standard_input_or_a_pipe_is_read_once_into_a_file_named_b
     import threading
 
     from stream_detector.cli import _spool_streams
+    from stream_detector.events_io import read_rows
 
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
     args = argparse.Namespace(input="-", feedback=None)
     _spool_streams(args)
     assert args.input.endswith(f"stdin{kind}") and Path(args.input).read_bytes() == data
+    assert read_rows(Path(args.input)).rows[0]["event_id"] == "a"  # read as the format it was named
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     writer = threading.Thread(target=fifo.write_bytes, args=(data,))
