@@ -58,6 +58,7 @@ def utc_text(epoch_s: float) -> str:
 
 
 _JSON_LINES = False  # SD_LOG_JSON: the command's own lines (_say, errors) are JSON log lines too
+_SPOOLED: dict[str, str] = {}  # a stream's temporary copy (``_spool_streams``) → the name the user gave
 _ARGV: list[str] = []  # the command line being parsed (usage errors name an unknown option, and the command's --help)
 
 
@@ -659,6 +660,8 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         problem = threshold_problem(args.threshold)
         if problem is not None:
             raise ConfigError(f"--threshold: {problem}")
+    if args.out == "-":  # the scores CSV on standard output (a trial: a file named "-" was written)
+        args.out = "/dev/stdout"
     bundle = load_bundle(Path(args.model))
     if args.feedback and not Path(args.feedback).exists():
         raise ConfigError(f"feedback file not found: {args.feedback}")
@@ -1686,7 +1689,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exits 2 with one line counting the reasons.")
     p.add_argument("--model", required=True, help="bundle directory")
     p.add_argument("--input", required=True, help="CSV (with header), JSON Lines or Parquet, optionally compressed")
-    p.add_argument("--out", required=True, help="CSV to write")
+    p.add_argument("--out", required=True, help="CSV to write (-: standard output)")
     p.add_argument("--id-column", help="column to use as event_id (default: event_id; generated only when the "
                                        "file has no id column)")
     p.add_argument("--label-column", help="column to leave out of the features (kept out of the output)")
@@ -1976,7 +1979,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _spool_streams(args)
         return int(args.func(args, settings))
     except StreamDetectorError as exc:
-        _say(f"stream-detector {args.command}: error: {exc}", "ERROR")
+        said = str(exc)
+        for spooled, shown in _SPOOLED.items():  # the temporary copy of a stream: named as the user gave it
+            said = said.replace(spooled, shown)
+        _say(f"stream-detector {args.command}: error: {said}", "ERROR")
         return 2
     except KeyboardInterrupt:  # said, so that an interrupted command is not mistaken for a finished one
         _say(f"stream-detector {args.command}: interrupted", "ERROR")
@@ -2013,10 +2019,12 @@ def _spool_streams(args: argparse.Namespace) -> None:
         spooled = spool_stream(given) if isinstance(given, str) and given else None
         if spooled is None:
             continue
-        shown = "standard input" if given == "-" else given
+        shown = "standard input" if given == "-" else str(given)
         setattr(args, name, str(spooled))
         setattr(args, f"{name}_shown", shown)  # what the user named, for the lines that say what was read
-        _say(f"read {spooled.stat().st_size:,} bytes from {shown} ({spooled.suffix[1:]}, by its first bytes)")
+        _SPOOLED[str(spooled)] = shown  # and for the errors, which name the file read (a trial)
+        size = spooled.stat().st_size
+        _say(f"read {size:,} bytes from {shown}" + (f" ({spooled.suffix[1:]}, by its first bytes)" if size else ""))
 
 
 def _one_shot(args: argparse.Namespace) -> bool:

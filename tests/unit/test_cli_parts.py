@@ -615,3 +615,16 @@ def test_simulate_out_refuses_the_live_options(tmp_path: Path, capsys: pytest.Ca
     assert not (tmp_path / "h.csv").exists()
     assert main(["simulate", "--profile", "velocity", "--out", str(tmp_path / "v.csv"), "--count", "5",
                  "--fraud-rate", "0.5"]) == 0  # --fraud-rate is not --rate
+
+
+def test_an_error_about_piped_input_names_standard_input_not_its_temporary_copy(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial: `cat odd.csv | train --input - …` named /tmp/sd-stdin-…/stdin.csv, a file gone by then."""
+    import io
+
+    from stream_detector.cli import main
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"event_id,amount,label\na,1,\n")))
+    assert main(["train", "--input", "-", "--out", str(tmp_path / "m"), "--label-column", "label"]) == 2
+    err = capsys.readouterr().err
+    assert "error: standard input: 1 row(s) have no label" in err and "sd-stdin-" not in err
