@@ -11,8 +11,11 @@ country; state in Redis). Then, per transport:
 
 * **drain**: one worker process drains the pre-produced topic with each model (the stateless
   one's Redis threshold set so that it flags the entity model's share of the events: both publish
-  the same number of alerts), alternating
-  stateless, entity, stateless, entity … (``--repeats``), a fresh consumer group and Redis prefix
+  the same number of alerts), and the entity model a second time as it ran before the replay log
+  (*entity, batch commits*: ``SD_ENTITY_REPLAY_LOG=false``, every record read and written and the
+  offsets committed with every batch; the default keeps the accounts in a write-behind window and
+  logs the terminals' features: ``entity/replay_log.py``), alternating
+  stateless, entity, entity batch commits, … (``--repeats``), a fresh consumer group and Redis prefix
   per run (entity state starts empty, as for a new deployment); events/s over the busy window,
   best of the repeats, and the per-step wall time of the entity runs;
 * **latency**: one worker process and a paced producer process at each offered rate, with the
@@ -46,6 +49,8 @@ from .results import write_section
 from .throughput import base_settings, drain, latency, say, transports
 
 SPEC = entity_speed.SPEC
+VARIANTS = {"stateless": ("stateless", {}), "entity": ("entity", {}),
+            "entity, batch commits": ("entity", {"entity_replay_log": False})}  # name → (model, settings)
 STEPS = ("source", "decode", "enrich", "features", "publish", "flush", "commit")  # flush: write-behind (entity/behind.py)
 
 
@@ -84,11 +89,12 @@ def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seco
                            "bytes": sum(map(len, raw)) / n, "runs": {}}
     for transport in transports():
         short = "kp" if transport == "kafka-python" else "rd"
-        runs: dict[str, list[dict[str, Any]]] = {"stateless": [], "entity": []}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
         for rep in range(repeats):
-            for name, bundle in bundles.items():
-                run_tag = f"{short}-{name}-{rep}-{tag}"
-                s = base_settings(kafka, redis, run_tag, input_topic=topic, transport=transport)
+            for name, (model, overrides) in VARIANTS.items():
+                bundle = bundles[model]
+                run_tag = f"{short}-{model}{'-pb' if overrides else ''}-{rep}-{tag}"
+                s = base_settings(kafka, redis, run_tag, input_topic=topic, transport=transport, **overrides)
                 control = ControlPlane.from_url(redis, s.redis_prefix)
                 control.publish(bundle, set_by="bench")
                 if name == "stateless":  # the same alerts to publish: the ratio compares entity features alone
@@ -101,13 +107,13 @@ def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seco
         result["all"] = {name: [r["rate"] for r in rs] for name, rs in runs.items()}
         result["latency"] = []
         for rate in rates:
-            for name in ("stateless", "entity"):
-                run_tag = f"{short}-lat-{name}-{rate}-{tag}"
-                s = base_settings(kafka, redis, run_tag, transport=transport)
+            for name, (model, overrides) in VARIANTS.items():
+                run_tag = f"{short}-lat-{model}{'-pb' if overrides else ''}-{rate}-{tag}"
+                s = base_settings(kafka, redis, run_tag, transport=transport, **overrides)
                 control = ControlPlane.from_url(redis, s.redis_prefix)
-                control.publish(bundles[name], set_by="bench")
+                control.publish(bundles[model], set_by="bench")
                 if name == "stateless":
-                    control.set_threshold(baseline_threshold, bundles[name].version, "bench",
+                    control.set_threshold(baseline_threshold, bundles[model].version, "bench",
                                           "latency baseline: the entity model's alert share")
                 # every event once: sent again, the history would run backwards in event time
                 r = dict(latency(s, raw, keys, rate, min(seconds, n / rate), append_time=True), model=name)
@@ -126,21 +132,28 @@ def markdown(ctx: dict[str, Any]) -> str:
              f"Events/s over the first {ctx['timed']:,} events of each drain; every event is drained (the "
              "alignment releases a backlog's last events once no partition has had a newer one for "
              "`SD_ALIGN_IDLE_MS`, 2 s: the end of a finite backlog, not throughput).", "",
-             "| transport | stateless events/s | entity events/s | entity / stateless | runs (stateless; entity) "
-             "| alerts (stateless; entity) |",
-             "|---|---|---|---|---|---|"]
+             "*entity* is the default (the accounts in a write-behind window committed every `SD_ENTITY_FLUSH_MS`, "
+             "the terminals written every batch with their features in the replay log); *entity, batch commits* "
+             "the same model with `SD_ENTITY_REPLAY_LOG=false` (every record read and written, and the offsets "
+             "committed, with every batch: the worker before the replay log).", "",
+             "| transport | stateless events/s | entity events/s | entity / stateless | entity, batch commits "
+             "events/s | its / stateless | runs (stateless; entity; batch commits) | alerts (stateless; entity; "
+             "batch commits) |",
+             "|---|---|---|---|---|---|---|---|"]
     for transport, r in ctx["runs"].items():
-        a, b = r["stateless"]["rate"], r["entity"]["rate"]
-        runs = (", ".join(f"{x:,.0f}" for x in r["all"]["stateless"]) + "; "
-                + ", ".join(f"{x:,.0f}" for x in r["all"]["entity"]))
-        lines.append(f"| {transport} | {a:,.0f} | {b:,.0f} | {b / a:.0%} | {runs} "
-                     f"| {r['stateless']['alerts']:,}; {r['entity']['alerts']:,} |")
+        a, b, c = r["stateless"]["rate"], r["entity"]["rate"], r["entity, batch commits"]["rate"]
+        runs = "; ".join(", ".join(f"{x:,.0f}" for x in r["all"][name]) for name in VARIANTS)
+        alerts = "; ".join(f"{r[name]['alerts']:,}" for name in VARIANTS)
+        lines.append(f"| {transport} | {a:,.0f} | {b:,.0f} | {b / a:.0%} | {c:,.0f} | {c / a:.0%} | {runs} "
+                     f"| {alerts} |")
     lines += ["", "Where the entity worker's time goes (its best drain; wall seconds per step on the worker's thread):",
-              "", "| transport | " + " | ".join(STEPS) + " | scoring thread |", "|---|" + "---|" * (len(STEPS) + 1)]
+              "", "| transport | variant | " + " | ".join(STEPS) + " | scoring thread |",
+              "|---|---|" + "---|" * (len(STEPS) + 1)]
     for transport, r in ctx["runs"].items():
-        st = r["entity"]["stage_s"]
-        lines.append(f"| {transport} | " + " | ".join(f"{st.get(k, 0.0):.2f}" for k in STEPS)
-                     + f" | {st.get('scoring thread', 0.0):.2f} |")
+        for name in ("entity", "entity, batch commits"):
+            st = r[name]["stage_s"]
+            lines.append(f"| {transport} | {name} | " + " | ".join(f"{st.get(k, 0.0):.2f}" for k in STEPS)
+                         + f" | {st.get('scoring thread', 0.0):.2f} |")
     lines += ["", f"Offline scoring of the same events in file order: {ctx['offline_alerts']['stateless']:,} alerts "
               f"(stateless), {ctx['offline_alerts']['entity']:,} (entity). Each model's threshold is its training "
               "quantile at 0.2 %; in the drains and the latency runs the stateless model's threshold is set to flag "

@@ -124,14 +124,19 @@ class RedisSettings(_Group):
     entity_partition_key: str = Field(
         "account_id", description="The event field the input topic's producers key by (the project's producer keys "
         "by account_id): one worker owns each such entity, so its history is kept in the worker's memory and written "
-        "to Redis once per SD_ENTITY_FLUSH_MS (every batch for a model that also has a key shared across partitions), "
-        "the offsets committed after that write (write-behind; "
+        "to Redis once per SD_ENTITY_FLUSH_MS, the offsets committed after that write (write-behind; a key shared "
+        "across partitions, a terminal, is written every batch with its features logged: SD_ENTITY_REPLAY_LOG; "
         "docs/entity-features.md). A record with events from two partitions turns it off with an ERROR. Empty: every "
         "record is written on every batch. Off with SD_DELIVERY=exactly_once.")
     entity_flush_ms: int = Field(
         1000, ge=0, le=600_000, description="Write-behind entity state (SD_ENTITY_PARTITION_KEY): how often it is "
         "written to Redis and the offsets committed; a crash re-reads at most this much of the stream. 0: every batch "
         "(write-behind off).")
+    entity_replay_log: bool = Field(
+        True, description="With write-behind (SD_ENTITY_PARTITION_KEY) and a model that also has a key shared "
+        "across partitions (a terminal): log that key's features of every batch in Redis until the window's offsets "
+        "are committed, so the window commits once per SD_ENTITY_FLUSH_MS and a crash replays it exactly "
+        "(docs/entity-features.md). false: such a model's batches are written and committed one by one.")
     redis_username: str = Field("", description="Redis ACL user (or put it in SD_REDIS_URL).")
     redis_password: SecretStr = Field(SecretStr(""), description="Redis AUTH password (from a Secret, never "
                                       "logged; overrides one in SD_REDIS_URL).")

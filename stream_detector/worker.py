@@ -41,6 +41,7 @@ import torch
 from .entity import Enricher
 from .entity.behind import WriteBehind, WriteBehindConflict
 from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
+from .entity.replay_log import FeatureLog
 from .errors import ConfigError, DeliveryError, EntityStateUnavailable, StreamDetectorError
 from .fieldschema import EventTime
 from .hold import BatchHold
@@ -209,6 +210,7 @@ class Worker:
         self._untimed = 0  # the current batch's events without a usable timestamp (its last enrich attempt)
         self._shadow_counts: tuple[str, dict[str, int]] | None = None  # the batch in hand's, until committed
         self.behind: WriteBehind | None = None  # write-behind entity state (SD_ENTITY_PARTITION_KEY), start()
+        self.replay_log: FeatureLog | None = None  # a shared key's features until committed (SD_ENTITY_REPLAY_LOG)
         self._pending: Offsets = {}  # with write-behind: offsets delivered, not committed yet (the window)
         self._pending_group: Membership | None = None
         self._behind_group: Membership | None = None  # the membership of the last batch accepted into the window
@@ -254,14 +256,22 @@ class Worker:
         self.shadow.start(self.control.snapshot().challenger, scorer.version)  # a challenger in shadow, if any
         entity = scorer.bundle.entity
         self._check_alignment(scorer.bundle, at_start=True)  # 1½ align (pipeline/align.py)
-        store = self.control.entity_state(self.settings.entity_copies)
+        store = inner = self.control.entity_state(self.settings.entity_copies)
         key = self.settings.entity_partition_key
         if key and self.settings.entity_flush_ms > 0 and not self.publisher.transactional:
-            store = self.behind = WriteBehind(store, key, max(self.settings.entity_copies, 100_000))
-            if entity is not None and key in entity.keys and entity.shared_keys(key):
+            store = self.behind = WriteBehind(inner, key, max(self.settings.entity_copies, 100_000))
+            if self.settings.entity_replay_log:
+                self.replay_log = self.control.replay_log(self.settings.input_topic, inner)
+            if entity is not None and key in entity.keys and entity.shared_keys(key) and self.replay_log is None:
                 log.info("entity state: %s (the input topic's key) and %s read and written with every batch, "
-                         "offsets committed after every batch (history shared across partitions: no write-behind "
-                         "window, so a crash replays one batch exactly)", key, ", ".join(entity.shared_keys(key)))
+                         "offsets committed after every batch (history shared across partitions and "
+                         "SD_ENTITY_REPLAY_LOG=false: no write-behind window, so a crash replays one batch exactly)",
+                         key, ", ".join(entity.shared_keys(key)))
+            elif entity is not None and key in entity.keys and entity.shared_keys(key):
+                log.info("entity state: write-behind for %s (the input topic's key), written and committed every "
+                         "%d ms; %s written with every batch, its features logged until the commit so that a crash "
+                         "replays the window exactly (SD_ENTITY_REPLAY_LOG)", key, self.settings.entity_flush_ms,
+                         ", ".join(entity.shared_keys(key)))
             elif entity is not None and key in entity.keys:
                 log.info("entity state: write-behind for %s (the input topic's key), written and committed every "
                          "%d ms (SD_ENTITY_PARTITION_KEY, SD_ENTITY_FLUSH_MS)", key, self.settings.entity_flush_ms)
@@ -568,7 +578,9 @@ class Worker:
         if spec.label_keys and self.ingester is None:
             self._start_ingester()
         if self.behind is not None:
-            passing = bool(spec.shared_keys(self.behind.key))
+            defers = self._defers(scorer)  # a window: its shared keys' features logged until its commit
+            enricher.keep_replay_log(self.replay_log if defers else None, self.behind.key)
+            passing = bool(spec.shared_keys(self.behind.key)) and self.replay_log is None
             if passing and not self.behind.passing and (self._pending or self.behind.pending):
                 self._flush_and_commit(idle=True)  # the window of the model before: written and committed first
                 if self.behind.pending:
@@ -647,16 +659,17 @@ class Worker:
     # ---- write-behind entity state (entity/behind.py) ------------------------------------------
     def _defers(self, scorer: Scorer) -> bool:
         """Whether batches scored by ``scorer`` commit as a window (write-behind): its entity spec has
-        the partition key and no key shared across partitions, and the topic has not turned out to
-        be keyed otherwise. A shared key's records (a terminal's) are written on every batch, and
-        each keeps the undo snapshot of its last write only, so a window of several batches would
-        leave records holding uncommitted batches that a successor after a crash cannot replay
-        exactly (a trial on 2026-12-03: 4.4x offline's alerts after a SIGKILL). Such a model's
-        records all pass through (``WriteBehind.pass_through``: the batch's one read and one
-        compare-and-set, overlapped with scoring), and its batches commit one by one."""
+        the partition key, and the topic has not turned out to be keyed otherwise. A key shared
+        across partitions (a terminal) is written on every batch, and each record keeps the undo
+        snapshot of its last write only; what lets a successor after a crash replay a window of
+        several batches exactly is the replay log of its features (``entity/replay_log.py``,
+        ``SD_ENTITY_REPLAY_LOG``; a trial on 2026-12-03 without it: 4.4x offline's alerts after a
+        SIGKILL). Without the log such a model's records all pass through
+        (``WriteBehind.pass_through``: the batch's one read and one compare-and-set, overlapped with
+        scoring), and its batches commit one by one."""
         spec, behind = scorer.bundle.entity, self.behind
         return (behind is not None and not behind.disabled and spec is not None and behind.key in spec.keys
-                and not spec.shared_keys(behind.key))
+                and (not spec.shared_keys(behind.key) or self.replay_log is not None))
 
     @_windowed
     def _defer(self, batch: Batch, defer: bool = True) -> None:
@@ -784,14 +797,21 @@ class Worker:
             return
         try:
             with self.steps.time("commit"):
-                self.publisher.commit(self.source, dict(self._pending), self._pending_group)
+                done = self.publisher.commit(self.source, dict(self._pending), self._pending_group)
         except DeliveryError as exc:
             if not idle:
                 raise
             self._flush_failed_at = now
             log.warning("offset commit failed; trying again: %s", exc)
             return
+        committed = {tp.partition: offset for tp, offset in self._pending.items()
+                     if tp.topic == self.settings.input_topic}
         self._pending.clear()
+        if self.replay_log is not None and done is True:  # not when a rebalance refused it: read again
+            try:  # what was logged below the committed offsets is not needed any more
+                self.replay_log.drop(committed)
+            except EntityStateUnavailable as exc:  # left to expire (the spec's horizon)
+                log.warning("could not delete the committed window's replay log: %s", exc)
 
     def _write_window(self, behind: WriteBehind) -> None:
         """The window's entity records written (``WriteBehind.flush``: its errors propagate), timed

@@ -17,9 +17,11 @@ flushes every ``SD_ENTITY_FLUSH_MS`` and **commits the window's offsets only aft
   nothing counted twice.
 
 Every other key (a terminal, seen from every partition) goes to the store on every batch exactly
-as without write-behind (read once, compare-and-set once). What the records of the partition key
-cost per batch drops from a read and a write per touched entity to nothing, plus one write per
-entity per window.
+as without write-behind (read once, compare-and-set once); what lets a crash replay such a key's
+part of the window exactly is the worker's replay log of its features (``replay_log.py``), and
+without it the worker passes every record through and commits batch by batch (``pass_through``).
+What the records of the partition key cost per batch drops from a read and a write per touched
+entity to nothing, plus one write per entity per window.
 
 **Safety.** The flush is a compare-and-set against the bytes this worker last read or wrote: a
 record another writer changed in between (a zombie, a partition that moved and came back, a topic

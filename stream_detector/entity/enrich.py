@@ -16,9 +16,13 @@ snapshot: the state before its last write and the first offset of that write per
   retried, or a restart before the commit, with a batch of any length, on all or some of the
   write's partitions: the others' part is undone too and applied again when read) → replay from
   the undo snapshot: identical features, identical final state, nothing counted twice.
-* Anything else already applied (rare: an older batch redelivered after a rebalance dropped a
-  commit) → those events are not applied again; their features are computed from the current
-  state (approximate, never double-counted) and the undo snapshot is dropped.
+* Anything else already applied (a key shared across partitions read again after a crash in a
+  write-behind window, or an older batch redelivered after a rebalance dropped a commit) → those
+  events are not applied again and the undo snapshot is dropped; their features are the ones
+  logged when they were applied (the **replay log**, ``replay_log.py``: a worker with
+  write-behind logs the shared keys' features of every batch before writing their records),
+  or, where none was logged, computed from the current state (approximate, never double-counted;
+  counted in ``log_misses``).
 
 **No lost update.** The write is a compare-and-set (``StateStore.save_raw(..., expected=)``): a
 record another writer changed since this batch read it (another worker applying a shared
@@ -44,6 +48,7 @@ from ..schema import validate_event
 from . import binary, kernel, records
 from .block import Block
 from .columns import Columns, Fields, attach, entity_codes, entity_value, gc_paused
+from .replay_log import FeatureLog
 from .state import EntityKey, Record, StateStore
 
 Position = tuple[int, int]  # (partition, offset)
@@ -66,8 +71,38 @@ class Enricher:
         self.on_enriched: Callable[[list[dict[str, Any]]], None] | None = None
         self.conflicts = 0  # records recomputed because another writer changed them (``_redo``)
         self.last_untimed = 0  # events of the last batch without a usable timestamp (at their entity's last time)
+        self.replay_log: FeatureLog | None = None  # ``keep_replay_log``
+        self.partition_key: str | None = None
+        self.log_hits = 0  # already-applied events whose features came from the replay log
+        self.log_misses = 0  # ... and those it did not hold (computed from the current state: approximate)
         kernel.warm()
         records.warm()
+
+    def keep_replay_log(self, log: FeatureLog | None, partition_key: str | None) -> None:
+        """Log the features of every key shared across partitions of a topic keyed by
+        ``partition_key`` (``EntitySpec.shared_keys``) in ``log`` before their records are written,
+        and take an already-applied event's features from it (``replay_log.py``); ``None``: neither."""
+        self.replay_log, self.partition_key = log, partition_key if log is not None else None
+
+    def _logged(self, spec: EntitySpec) -> tuple[str, ...]:
+        """The keys of ``spec`` whose features go to the replay log."""
+        if self.replay_log is None or self.partition_key is None:
+            return ()
+        return spec.shared_keys(self.partition_key)
+
+    def _log(self, spec: EntitySpec, batch: list[_KeyBatch], parts: list[np.ndarray], at: _Positions) -> None:
+        """The replay log's entries of a batch about to be written: its logged keys' features, for
+        the events with a usable key value. Raises ``EntityStateUnavailable`` (retriable)."""
+        logged = self._logged(spec)
+        if not logged:
+            return
+        assert self.replay_log is not None
+        for kb, part in zip(batch, parts, strict=True):
+            if kb.key not in logged:
+                continue
+            rows = np.flatnonzero(kb.codes >= 0)
+            if rows.size:
+                self.replay_log.append(spec, kb.key, at.values[at.part[rows]], at.offset[rows], part[rows])
 
     def enrich(self, spec: EntitySpec | None, events: Sequence[dict[str, Any]],
                positions: Sequence[Position]) -> list[dict[str, Any]]:
@@ -170,6 +205,14 @@ class Enricher:
         fields = spec.distinct_for(kb.key)
         block = Block.from_bytes(spec, fields, starts, extra=loose.size, cols=cols)
         out = block.run(spec, state_row, apply, cols.ts, cols.amount)
+        if not apply.all() and kb.key in self._logged(spec):  # applied before: the features it got then
+            assert self.replay_log is not None
+            done = np.flatnonzero(~apply)
+            found, logged = self.replay_log.find(spec, kb.key, at.values[at.part[done]], at.offset[done], out.shape[1])
+            out[done[found]] = logged[found]
+            hits = int(np.count_nonzero(found))
+            self.log_hits += hits
+            self.log_misses += done.size - hits
         cores = block.core_bytes(len(plans))
         fast_records = iter(records.assemble(parsed, plan, spans, [c for c, f in zip(cores, normal, strict=True) if f]))
         for e, p, core in zip(which, plans, cores, strict=True):
@@ -196,6 +239,7 @@ class Enricher:
             sub = _KeyBatch(kb.key, kb.names, kb.codes[rows])
             parts[i][rows] = self._apply(spec, sub, cols, which, [raw for _, raw in mine], at.subset(rows), writes)
             changed.append(rows)
+        self._log(spec, batch, parts, at)  # the batch's entries again, recomputed rows included: the last wins
         return self.store.save_raw(spec, writes, dict(zip(lost, raws, strict=True)))
 
 
@@ -223,6 +267,7 @@ class PendingWrite:
         enricher, spec = self._enricher, self._spec
         changed: list[np.ndarray] = []
         with gc_paused():
+            enricher._log(spec, self._batch, self._parts, self._at)  # before the records: replay_log.py
             lost = enricher.store.save_raw(spec, self._writes, self._read)
             attempts = 1
             while lost:

@@ -13,6 +13,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ..entity.labels import RedisLabels
+from ..entity.replay_log import RedisFeatureLog
 from ..entity.state import RedisClusterState, RedisState, StateStore
 from ..errors import ConfigError
 from ..model.artifacts import ArtifactStore, DirArtifacts
@@ -60,6 +61,12 @@ class WorkerView:
     def label_store(self) -> RedisLabels:
         """The feedback labels attached to entities (``entity/labels.py``), beside the control plane."""
         return RedisLabels(self._r, self.keys.prefix)
+
+    def replay_log(self, topic: str, store: StateStore) -> RedisFeatureLog:
+        """The replay log of ``topic``'s partitions (``entity/replay_log.py``), where ``store`` (this
+        view's ``entity_state``) keeps its records: beside them, on the cluster when there is one."""
+        assert isinstance(store, RedisState)
+        return RedisFeatureLog(store.client, self.keys.prefix, topic)
 
     def entity_state(self, copies: int = 0) -> StateStore:
         """The per-entity history store of this prefix (``entity/state.py``): on the Redis Cluster

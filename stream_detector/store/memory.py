@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from ..entity.labels import InMemoryLabels
+from ..entity.replay_log import InMemoryFeatureLog
 from ..entity.state import InMemoryState, StateStore
 from ..errors import ConfigError, NoActiveModel
 from ..model.bundle import Bundle
@@ -65,6 +66,7 @@ class MemoryControl:
         self._threshold: Threshold | None = None
         self.challenger: str | None = None  # a test sets it: the model in shadow
         self._state = InMemoryState()
+        self._replay_logs: dict[str, InMemoryFeatureLog] = {}
         self._labels = InMemoryLabels(())
         self._watermarks: dict[tuple[str, str], MemoryWatermarks] = {}
         self.telemetry = MemoryTelemetry()
@@ -90,6 +92,11 @@ class MemoryControl:
 
     def entity_state(self, copies: int = 0) -> StateStore:  # in memory already: nothing to copy
         return self._state
+
+    def replay_log(self, topic: str, store: StateStore) -> InMemoryFeatureLog:
+        """One replay log per topic, shared by every worker of this control plane (as its state)."""
+        with self._lock:
+            return self._replay_logs.setdefault(topic, InMemoryFeatureLog())
 
     def label_store(self) -> InMemoryLabels:
         """No feedback in memory: label features are 0 (the memory transport's tests)."""

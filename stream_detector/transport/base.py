@@ -251,7 +251,11 @@ class Committer(Protocol):
 
     transactional: bool
 
-    def commit(self, source: Source, offsets: Offsets, group: Membership | None = None) -> None: ...
+    def commit(self, source: Source, offsets: Offsets, group: Membership | None = None) -> bool:
+        """Commit ``offsets``: True once committed; False when a rebalance refused them (dropped,
+        the partitions rewound: ``commit_or_drop``); other failures raise ``DeliveryError``."""
+        ...
+
     def abandon(self) -> None: ...
 
 
@@ -259,14 +263,16 @@ class Publisher(Sink, Committer, Protocol):
     """What the worker holds for steps 6 and 7: a sink that also commits."""
 
 
-def commit_or_drop(source: Source, offsets: Offsets) -> None:
+def commit_or_drop(source: Source, offsets: Offsets) -> bool:
     """Step 7 of at-least-once delivery on every transport: commit through the consumer. A commit
     refused by a rebalance (``CommitRefused``) is logged and dropped, and the partitions in
     ``offsets`` that this consumer still holds are rewound to the group's committed offsets: the
     batch is read again here, or by the partitions' new owner. Any other failure raises
-    ``DeliveryError`` (the batch is held and retried); so does a rewind that fails."""
+    ``DeliveryError`` (the batch is held and retried); so does a rewind that fails. Returns True
+    when committed, False when refused (and rewound)."""
     try:
         source.commit(offsets)
+        return True
     except CommitRefused as exc:
         log.warning("offsets of a batch were not committed (the group is rebalancing, or the partitions "
                     "moved: their new owner reads them again): %s", exc)
@@ -278,6 +284,7 @@ def commit_or_drop(source: Source, offsets: Offsets) -> None:
             topics.setdefault(tp.topic, set()).add(tp.partition)
         for topic, partitions in topics.items():
             source.rewind_to_committed(Batch.naming(topic, partitions))
+        return False
     except TransportError as exc:
         raise DeliveryError(f"offset commit failed: {exc!r}") from exc
 

@@ -73,12 +73,13 @@ class ExactlyOnce:
                 self._abort()
                 raise
 
-    def commit(self, source: Source, offsets: Offsets, group: Membership | None = None) -> None:
+    def commit(self, source: Source, offsets: Offsets, group: Membership | None = None) -> bool:
         """Step 7 inside the transaction; ``group`` is the membership snapshot of the poll."""
         try:
             self.client.send_offsets(source, offsets, group)
             self.client.commit()
             self._open = False
+            return True
         except DeliveryError:
             self._abort()
             raise

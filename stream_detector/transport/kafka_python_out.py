@@ -105,9 +105,9 @@ class KafkaPublisher(KafkaSink):
 
     transactional = False
 
-    def commit(self, source: Source, offsets: Offsets, group: Membership | None = None) -> None:
+    def commit(self, source: Source, offsets: Offsets, group: Membership | None = None) -> bool:
         """Step 7 (``base.commit_or_drop``); ``group``, the poll's membership, is not needed here."""
-        commit_or_drop(source, offsets)
+        return commit_or_drop(source, offsets)
 
     def abandon(self) -> None:
         """Give up the current batch (at-least-once: its alerts are out; it will be redelivered)."""

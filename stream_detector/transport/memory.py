@@ -254,8 +254,8 @@ class MemoryPublisher(MemorySink):
 
     transactional = False
 
-    def commit(self, source: Source, offsets: Offsets, group: Membership | None = None) -> None:
-        commit_or_drop(source, offsets)
+    def commit(self, source: Source, offsets: Offsets, group: Membership | None = None) -> bool:
+        return commit_or_drop(source, offsets)
 
     def abandon(self) -> None:
         pass

@@ -261,13 +261,14 @@ def test_a_worker_dying_before_a_commit_leaves_a_shared_key_its_successor_replay
     its successor raised 4.4x offline's alerts. The terminals' records are written on every batch
     and keep the undo snapshot of their last write only, while write-behind committed the offsets
     once per window of many batches: the successor re-read batches the records already held, and
-    their features came out of a state ahead in time. A model with a key shared across partitions
-    now commits every batch (every record read and written with the batch), so a crash before a
-    commit re-reads one batch, replayed from the undo snapshots — also where the successor's first
-    batch holds only some of a shared entity's partitions (1 run in 4 failed so before the replay
-    took that case): the successor's features equal offline enrichment bit for bit, and its alerts
-    offline's."""
-    settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 600_000})
+    their features came out of a state ahead in time. Without the replay log
+    (``SD_ENTITY_REPLAY_LOG=false``) a model with a key shared across partitions commits every
+    batch (every record read and written with the batch), so a crash before a commit re-reads one
+    batch, replayed from the undo snapshots — also where the successor's first batch holds only
+    some of a shared entity's partitions (1 run in 4 failed so before the replay took that case):
+    the successor's features equal offline enrichment bit for bit, and its alerts offline's. (With
+    the log, the default: ``test_a_write_behind_window_with_a_shared_key_is_replayed_exactly``.)"""
+    settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 600_000, "entity_replay_log": False})
     bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
                                 TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
                                 entity=TWO_KEYS))
@@ -289,6 +290,19 @@ def test_a_worker_dying_before_a_commit_leaves_a_shared_key_its_successor_replay
     assert lag(settings, settings.group_id, settings.input_topic) == len(events)  # nothing committed
     assert a.stats.batches == 0 and a.stats.held_batches >= 1  # held at its first batch: no window of more
 
+    _successor_replays_like_offline(settings, run_worker, bundle, events)
+
+
+def _two_keys_bundle() -> Bundle:
+    return build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
+                              TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
+                              entity=TWO_KEYS))
+
+
+def _successor_replays_like_offline(settings: Settings, run_worker: Any, bundle: Bundle,
+                                    events: list[dict[str, Any]]) -> Worker:
+    """Worker B reads everything again from the committed offsets (none): its features equal
+    offline enrichment of the time-ordered events bit for bit, and its alerts offline's."""
     b = run_worker(Worker(settings.model_copy(update={"entity_flush_ms": 200})))
     seen = _Collector()
     assert b.enricher is not None
@@ -304,9 +318,48 @@ def test_a_worker_dying_before_a_commit_leaves_a_shared_key_its_successor_replay
                 if s > bundle.threshold}
     alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
     assert expected and alerts == expected
+    return b
 
 
-@pytest.mark.parametrize("two_keys", [False, True], ids=["account-window", "account-terminal-per-batch"])
+def test_a_write_behind_window_with_a_shared_key_is_replayed_exactly(
+        settings: Settings, run_worker: Any) -> None:
+    """The default for an account + terminal model: write-behind windows for the account, the
+    terminals written every batch with their features in the replay log (``entity/replay_log.py``).
+    Worker A handles the whole backlog in one window, writes it and dies before its commit: every
+    terminal record already holds A's events. Its successor B reads everything again; the
+    terminals' features of those events come from the log (none missing), the accounts' from the
+    window's undo snapshot — bit for bit offline enrichment of the time-ordered file, and offline's
+    alerts. B's commits trim the log as they pass its entries (a first run deleted it whole at B's
+    first commit: the rest of the window found nothing)."""
+    settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 600_000})
+    assert settings.entity_replay_log
+    bundle = _two_keys_bundle()
+    _publish(settings, bundle)
+    events = _raw(1200, seed=25)
+    with EventProducer(settings, settings.input_topic) as producer:  # keyed by account
+        producer.send(events)
+    dying = _NeverCommits(make_sink(settings))
+    a = run_worker(Worker(settings, publisher=dying))  # type: ignore[arg-type]
+    assert a.behind is not None and a.replay_log is not None
+    wait_until(lambda: a.stats.events == len(events), message="worker A handled every event")
+    assert a.stats.batches > 3 and a.behind.pending > 0 and a.stats.state_flushes == 0  # one open window
+    logs = client_keys(settings, "entity-log")
+    assert logs  # the terminals' features of A's batches, one list per partition
+    a.source.on_revoke = None  # a dead worker commits nothing as it leaves the group
+    a.stop()
+    wait_until(lambda: a.behind is not None and a.behind.pending == 0 and dying.commits >= 1,
+               message="A wrote its window and failed to commit")
+    assert lag(settings, settings.group_id, settings.input_topic) == len(events)  # nothing committed
+
+    b = _successor_replays_like_offline(settings, run_worker, bundle, events)
+    assert b.enricher is not None and b.enricher.log_hits > 0 and b.enricher.log_misses == 0
+    # B's commits trimmed the log: what is left holds no offset below the committed ones
+    wait_until(lambda: not client_keys(settings, "entity-log")
+               or all(not redis.Redis.from_url(settings.redis_url).llen(k) for k in client_keys(settings, "entity-log")),
+               message="B's commits trimmed the replay log")
+
+
+@pytest.mark.parametrize("two_keys", [False, True], ids=["account-window", "account-terminal-window"])
 def test_commits_refused_by_rebalances_are_read_again_and_replayed_exactly(
         settings: Settings, entity_bundle: Bundle, run_worker: Any, two_keys: bool) -> None:
     """Every third offset commit refused as a rebalance refuses it (``CommitRefused``) while the
@@ -314,15 +367,14 @@ def test_commits_refused_by_rebalances_are_read_again_and_replayed_exactly(
     dropped, and ``commit_or_drop`` rewinds the partitions to the committed offsets. What is read
     again is replayed from the records' undo snapshots: the features equal offline enrichment bit
     for bit and Redis counts every event once — for an account-only model (write-behind windows)
-    and for an account + terminal one (every batch written and committed)."""
+    and for an account + terminal one (the terminals' features of what is read again from the
+    replay log)."""
     from stream_detector.transport.base import CommitRefused
 
     spec = TWO_KEYS if two_keys else SPEC
     bundle = entity_bundle
     if two_keys:
-        bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
-                                    TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
-                                    entity=TWO_KEYS))
+        bundle = _two_keys_bundle()
     settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 50})
     _publish(settings, bundle)
     events = _raw(1200, seed=29)
@@ -401,9 +453,10 @@ def test_a_rebalance_that_only_adds_partitions_keeps_the_write_behind_window(
     assert _redis_state(settings) == _offline_state(events)
 
 
-def client_keys(settings: Settings) -> list[Any]:
+def client_keys(settings: Settings, kind: str = "entity") -> list[Any]:
+    """The prefix's keys of ``kind``: ``entity`` (records) or ``entity-log`` (the replay log)."""
     client = redis.Redis.from_url(settings.redis_url)
-    return list(client.keys(f"{settings.redis_prefix}:entity:*"))  # type: ignore[arg-type]
+    return list(client.keys(f"{settings.redis_prefix}:{kind}:*"))  # type: ignore[arg-type]
 
 
 def test_one_read_and_one_write_round_trip_per_batch(settings: Settings) -> None:

@@ -17,6 +17,7 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from stream_detector.entity import Enricher, RedisClusterState, enrich_history
 from stream_detector.entity.binary import decode
+from stream_detector.entity.replay_log import RedisFeatureLog
 from stream_detector.entity.state import unwrap
 from stream_detector.errors import EntityStateUnavailable
 from stream_detector.kafka_util import lag, read_all
@@ -155,3 +156,33 @@ def test_check_config_reports_the_entity_cluster(settings: Settings, cluster: st
                                            "redis_url": f"redis://127.0.0.1:{_free_cluster_port()}/0"})
     checks = {c.name: c for c in run_checks(no_redis)}  # the control plane's Redis down: still reported
     assert checks["redis"].status == "fail" and checks["entity cluster"].status == "ok"
+
+
+@pytest.mark.parametrize("where", ["redis", "cluster"])
+def test_the_replay_log_keeps_logged_features_until_their_offsets_are_committed(
+        settings: Settings, cluster: str, where: str) -> None:
+    """``entity/replay_log.py`` on a single Redis and on the cluster (its lists spread over the
+    slots; the trim's script called per list): what is appended is found bit for bit, an offset
+    logged twice takes the last entry, and a trim drops only entries wholly below the committed
+    offsets."""
+    import numpy as np
+
+    from tests.integration.test_entity import TWO_KEYS
+
+    client: redis.Redis | RedisCluster = (redis.Redis.from_url(settings.redis_url) if where == "redis"
+                                          else _client(cluster))
+    log = RedisFeatureLog(client, settings.redis_prefix, settings.input_topic)
+    width = len(TWO_KEYS.fields_for("merchant_category"))
+    values = np.random.default_rng(0).normal(size=(6, width))
+    parts, offsets = np.array([0, 1, 2, 0, 1, 2]), np.array([10, 10, 10, 11, 11, 11])
+    log.append(TWO_KEYS, "merchant_category", parts, offsets, values)
+    log.append(TWO_KEYS, "merchant_category", np.array([0, 0]), np.array([11, 12]), values[:2] * 2)
+    found, got = log.find(TWO_KEYS, "merchant_category", np.array([2, 1, 0, 0, 0]), np.array([11, 10, 11, 12, 13]), width)
+    assert found.tolist() == [True, True, True, True, False]
+    assert np.array_equal(got[:4], np.vstack([values[5], values[1], values[0] * 2, values[1] * 2]))
+    log.drop({0: 12, 1: 12, 2: 11})
+    found, _ = log.find(TWO_KEYS, "merchant_category", np.array([0, 0, 1, 2]), np.array([10, 12, 11, 11]), width)
+    assert found.tolist() == [False, True, False, True]  # partition 0's first entry and partition 1's went
+    assert log.trims == 1
+    log.drop({0: 99})  # nothing appended since the last trim: no round trip
+    assert log.trims == 1

@@ -1,0 +1,260 @@
+"""The replay log: the features a batch computed from keys shared across partitions, kept until
+the batch's offsets are committed, so that a crash between the two replays them exactly.
+
+Why. With write-behind (``behind.py``) a worker commits its offsets once per window of batches.
+The records of the topic's own key (the account) are written at the window's end with the
+window's undo snapshot, so whatever is read again after a crash is replayed from it exactly. A
+key shared across partitions (a terminal) is different: its records are written on every batch,
+other workers write them too, and each keeps the undo snapshot of its last write only — an event
+of the window that a terminal record already holds cannot be taken out of it again (other
+workers' events came after it), and features computed from the record's current state are ahead
+in time (a trial on 2026-12-03: 4.4x offline's alerts after a SIGKILL). So the worker writes,
+**before** every compare-and-set of the shared records, the features it computed for the batch's
+events from those keys; an event found already applied when read again gets its features from
+here (``enrich.py``), the ones it got the first time. (Kafka Streams solves the same problem by
+re-keying through a repartition topic, so each terminal has one writer; here every writer of a
+shared record is a worker of one group, and the record's per-partition offsets say which events
+it holds.)
+
+Layout: one Redis list per input partition, ``{prefix}:entity-log:{topic}:{partition}``; one
+element per (batch, shared key) — ``encode``: magic ``SDL1``, the largest offset it holds (20
+ASCII digits, for the trim below), the spec fingerprint (12 ASCII bytes), the key's name, then
+the batch's offsets from that partition (int64) and their features (float64, the key's
+``EntitySpec.fields_for`` columns, bit for bit). Written with the batch's
+state (one pipelined ``RPUSH`` + ``PEXPIRE`` per partition, before the compare-and-set: an entry
+whose write never happened is ignored, because only events a record holds are looked up);
+when an event is in several entries, the **last** one holds its features (a batch read again
+after a crash found the event applied and logged the features it got from an earlier entry, or
+computed it anew and applied it). Once a partition's offsets are committed, its entries holding
+only offsets below the committed one are dropped from the head of the list (``drop``:
+``TRIM_SCRIPT``; entries of a window read again after a crash sit behind older ones and go when
+the commits pass them); a list expires with the spec's horizon otherwise. Size: 8 bytes per event and feature of
+the shared keys, held for one commit window (``SD_ENTITY_FLUSH_MS``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+import redis
+from redis.cluster import RedisCluster
+
+from ..entity_spec import EntitySpec
+from ..errors import EntityStateUnavailable
+from .state import REDIS_ERRORS
+
+MAGIC = b"SDL1"
+_HEAD = struct.Struct("<4s20s12sH")  # magic, largest offset (ASCII), spec fingerprint[:12], length of the key's name
+# KEYS[1]: a partition's list; ARGV[1]: its committed offset (the next to read). Pops entries from the
+# head while every offset they hold is below it (the largest one: bytes 5-24, ASCII); returns how many.
+TRIM_SCRIPT = """
+local committed = tonumber(ARGV[1])
+local n = 0
+while true do
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if not head then break end
+  local top = tonumber(string.sub(head, 5, 24))
+  if top == nil or top >= committed then break end
+  redis.call('LPOP', KEYS[1])
+  n = n + 1
+end
+return n
+"""
+_SIZE = struct.Struct("<II")  # events, features per event
+
+__all__ = ["FeatureLog", "InMemoryFeatureLog", "RedisFeatureLog", "decode", "encode", "lookup"]
+
+
+def encode(spec: EntitySpec, key: str, offsets: np.ndarray, values: np.ndarray) -> bytes:
+    """One entry: ``offsets`` int64[n] (one partition's) and ``values`` float64[n, k] (the features
+    of ``key`` for those events), with the spec and key they belong to."""
+    name = key.encode()
+    offsets = np.ascontiguousarray(offsets, dtype="<i8").reshape(-1)
+    values = np.ascontiguousarray(values, dtype="<f8")
+    if values.ndim != 2 or values.shape[0] != offsets.size:
+        raise ValueError(f"replay log: {offsets.size} offsets need values of shape ({offsets.size}, k), "
+                         f"not {values.shape}")
+    top = int(offsets.max()) if offsets.size else -1
+    return b"".join((_HEAD.pack(MAGIC, b"%020d" % top, spec.fingerprint[:12].encode(), len(name)), name,
+                     _SIZE.pack(offsets.size, values.shape[1]), offsets.tobytes(), values.tobytes()))
+
+
+def decode(entry: bytes) -> tuple[str, str, np.ndarray, np.ndarray] | None:
+    """An entry → (spec fingerprint[:12], key, offsets int64[n], values float64[n, k]); None when
+    it is not one (another format: ignored, as a missing entry)."""
+    if len(entry) < _HEAD.size or entry[:4] != MAGIC:
+        return None
+    _magic, _top, fingerprint, length = _HEAD.unpack_from(entry)
+    at = _HEAD.size
+    key = entry[at:at + length].decode()
+    at += length
+    n, k = _SIZE.unpack_from(entry, at)
+    at += _SIZE.size
+    offsets = np.frombuffer(entry, dtype="<i8", count=n, offset=at)
+    values = np.frombuffer(entry, dtype="<f8", count=n * k, offset=at + 8 * n).reshape(n, k)
+    return fingerprint.decode(), key, offsets, values
+
+
+def lookup(entries: Iterable[bytes], spec: EntitySpec, key: str, offsets: np.ndarray,
+           width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``offsets`` (int64[m], one partition's) looked up in its ``entries`` (oldest first): (found
+    bool[m], values float64[m, width]); an offset in several entries takes the last one's."""
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+    found = np.zeros(offsets.size, dtype=np.bool_)
+    values = np.zeros((offsets.size, width), dtype=np.float64)
+    mine = spec.fingerprint[:12]
+    for entry in entries:
+        parsed = decode(entry)
+        if parsed is None or parsed[0] != mine or parsed[1] != key or parsed[3].shape[1] != width:
+            continue
+        logged, logged_values = parsed[2], parsed[3]
+        if not logged.size:
+            continue
+        order = np.argsort(logged, kind="stable")
+        at = np.searchsorted(logged[order], offsets)
+        inside = at < logged.size
+        hit = np.zeros(offsets.size, dtype=np.bool_)
+        hit[inside] = logged[order][at[inside]] == offsets[inside]
+        values[hit] = logged_values[order[at[hit]]]
+        found |= hit
+    return found, values
+
+
+class FeatureLog(Protocol):
+    """Where the replay log lives (the module docstring)."""
+
+    def append(self, spec: EntitySpec, key: str, partitions: np.ndarray, offsets: np.ndarray,
+               values: np.ndarray) -> None:
+        """Log ``values`` (float64[n, k]: ``key``'s features) of the events at ``partitions`` /
+        ``offsets`` (int64[n] each). Raises ``EntityStateUnavailable`` (retriable) when it cannot."""
+        ...
+
+    def find(self, spec: EntitySpec, key: str, partitions: np.ndarray, offsets: np.ndarray,
+             width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The logged features of the events at ``partitions`` / ``offsets`` (int64[m] each): (found
+        bool[m], float64[m, width]). Raises ``EntityStateUnavailable`` when it cannot read."""
+        ...
+
+    def drop(self, committed: Mapping[int, int]) -> None:
+        """``committed``: partition → its committed offset (the next to read). Drops the entries at
+        the head of each partition's list that hold only offsets below it."""
+        ...
+
+
+def _by_partition(partitions: np.ndarray, offsets: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(partition, rows) per distinct partition, in partition order."""
+    partitions = np.asarray(partitions, dtype=np.int64).reshape(-1)
+    return [(int(p), np.flatnonzero(partitions == p)) for p in np.unique(partitions).tolist()]
+
+
+class InMemoryFeatureLog:
+    """The replay log in a dict of lists (tests; a worker's is ``RedisFeatureLog``)."""
+
+    def __init__(self) -> None:
+        self.lists: dict[int, list[bytes]] = {}
+        self.appends = 0
+        self.trims = 0
+
+    def append(self, spec: EntitySpec, key: str, partitions: np.ndarray, offsets: np.ndarray,
+               values: np.ndarray) -> None:
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        for p, rows in _by_partition(partitions, offsets):
+            self.lists.setdefault(p, []).append(encode(spec, key, offsets[rows], values[rows]))
+        self.appends += 1
+
+    def find(self, spec: EntitySpec, key: str, partitions: np.ndarray, offsets: np.ndarray,
+             width: int) -> tuple[np.ndarray, np.ndarray]:
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        found = np.zeros(offsets.size, dtype=np.bool_)
+        values = np.zeros((offsets.size, width), dtype=np.float64)
+        for p, rows in _by_partition(partitions, offsets):
+            f, v = lookup(self.lists.get(p, []), spec, key, offsets[rows], width)
+            found[rows], values[rows] = f, v
+        return found, values
+
+    def drop(self, committed: Mapping[int, int]) -> None:
+        self.trims += 1
+        for p, offset in committed.items():
+            entries = self.lists.get(int(p), [])
+            while entries and int(entries[0][4:24]) < offset:
+                entries.pop(0)
+
+
+class RedisFeatureLog:
+    """The replay log in Redis or a Redis Cluster (one list per partition: each in the slot its
+    name hashes to). ``append`` is one pipelined round trip (one per node on a cluster). ``client``
+    may be a callable that connects on first use (``RedisClusterState.client``: a cluster that is
+    down is an outage of a batch, retriable, not a failed start)."""
+
+    def __init__(self, client: redis.Redis | RedisCluster | Callable[[], redis.Redis | RedisCluster],
+                 prefix: str, topic: str) -> None:
+        self._client = client
+        self.prefix = prefix
+        self.topic = topic
+        self.appends = 0
+        self.trims = 0
+        self._appended = False  # since the last trim: a model without a shared key logs nothing, trims nothing
+
+    @property
+    def r(self) -> redis.Redis | RedisCluster:
+        client = self._client
+        return client if isinstance(client, (redis.Redis, RedisCluster)) else client()
+
+    def name(self, partition: int) -> str:
+        return f"{self.prefix}:entity-log:{self.topic}:{partition}"
+
+    def append(self, spec: EntitySpec, key: str, partitions: np.ndarray, offsets: np.ndarray,
+               values: np.ndarray) -> None:
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        pipe = self.r.pipeline(transaction=False)
+        for p, rows in _by_partition(partitions, offsets):
+            name = self.name(p)
+            pipe.rpush(name, encode(spec, key, offsets[rows], values[rows]))
+            pipe.pexpire(name, spec.horizon_ms)
+        self._appended = True  # before: a write that failed may have landed
+        try:
+            pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise EntityStateUnavailable(f"entity replay log write failed: {exc}") from exc
+        self.appends += 1
+
+    def find(self, spec: EntitySpec, key: str, partitions: np.ndarray, offsets: np.ndarray,
+             width: int) -> tuple[np.ndarray, np.ndarray]:
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        groups = _by_partition(partitions, offsets)
+        pipe = self.r.pipeline(transaction=False)
+        for p, _rows in groups:
+            pipe.lrange(self.name(p), 0, -1)
+        try:
+            lists: Sequence[list[bytes]] = pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise EntityStateUnavailable(f"entity replay log read failed: {exc}") from exc
+        found = np.zeros(offsets.size, dtype=np.bool_)
+        values = np.zeros((offsets.size, width), dtype=np.float64)
+        for (_p, rows), entries in zip(groups, lists, strict=True):
+            f, v = lookup(entries, spec, key, offsets[rows], width)
+            found[rows], values[rows] = f, v
+        return found, values
+
+    def drop(self, committed: Mapping[int, int]) -> None:
+        """As ``FeatureLog.drop``; nothing to do (no round trip) when nothing was appended since the
+        last one (a model without a shared key)."""
+        if not committed or not self._appended:
+            return
+        self.trims += 1
+        client = self.r
+        try:
+            if isinstance(client, RedisCluster):  # its pipeline refuses EVAL: one call per list (once per commit)
+                for p, offset in committed.items():
+                    client.eval(TRIM_SCRIPT, 1, self.name(int(p)), int(offset))
+            else:
+                pipe = client.pipeline(transaction=False)
+                for p, offset in committed.items():
+                    pipe.eval(TRIM_SCRIPT, 1, self.name(int(p)), int(offset))
+                pipe.execute()
+            self._appended = False
+        except REDIS_ERRORS as exc:
+            raise EntityStateUnavailable(f"entity replay log trim failed: {exc}") from exc
