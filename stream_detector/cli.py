@@ -674,6 +674,8 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     known: list[Any] = []
     if args.feedback:
         verdicts, known = _feedback_labels(Path(args.feedback), data.events)
+        if args.label_column:
+            _say(f"note: column {args.label_column!r} is set aside; the scores are evaluated against --feedback")
     if bundle.entity is not None and bundle.entity.label_keys and not args.feedback:
         _say("note: this model has label features; without --feedback FILE no label is known and they are 0")
     scored = score_events(bundle, data.events, device=args.device or settings.device, labels=known)
@@ -699,17 +701,50 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     if args.feedback:
         import numpy as np
 
-        from .report import decision_figures, evaluate
-
         y = np.array([lab == "fraud" for lab, ok in zip(verdicts, scored.valid.tolist(), strict=True) if ok])
-        numbers = evaluate(scored.scores[scored.valid], y, threshold)
-        _say(("the autoencoder" if head is not None else "the model") + " against the feedback labels: "
-             + _figures(numbers))
-        if scored.probability is not None and head is not None:
-            _say("the supervised head against them: " + _figures(evaluate(scored.probability[scored.valid], y, head)))
-            _say("the decision (alert when either fires, as the worker does) against them: " + _figures(
-                decision_figures(scored.flagged(threshold, head)[scored.valid], y)))
+        _say_evaluation(scored, scored.valid, y, threshold, head, "the feedback labels")
+    elif args.label_column and data.labels is not None:
+        _evaluate_on_label_column(args, scored, data.labels, threshold, head)
     return 0
+
+
+def _say_evaluation(scored: Any, rows: Any, y: Any, threshold: float, head: float | None, against: str) -> None:
+    """The scores of ``rows`` (bool mask over ``scored``'s events) against ``y`` (bool, one per row
+    taken): AUC-ROC, AUC-PR, precision/recall at the threshold (``report.evaluate``), and with a
+    supervised head its figures and the worker's decision's."""
+    from .report import decision_figures, evaluate
+
+    _say(("the autoencoder" if head is not None else "the model") + f" against {against}: "
+         + _figures(evaluate(scored.scores[rows], y, threshold)))
+    if scored.probability is not None and head is not None:
+        _say("the supervised head against them: " + _figures(evaluate(scored.probability[rows], y, head)))
+        _say("the decision (alert when either fires, as the worker does) against them: " + _figures(
+            decision_figures(scored.flagged(threshold, head)[rows], y)))
+
+
+def _evaluate_on_label_column(args: argparse.Namespace, scored: Any, labels: list[str], threshold: float,
+                              head: float | None) -> None:
+    """``score --label-column C``: the scores against the file's own labels (a row whose label is not
+    ``--normal-label`` is an anomaly, as ``train`` reads them); rows without a label are left out,
+    and said. A new-user trial: the column was set aside and nothing said how the model did."""
+    import numpy as np
+
+    from .inputs import _label_text
+
+    normal = _label_text(args.normal_label)
+    labelled = np.array([lab != "" for lab in labels], dtype=bool)
+    rows = scored.valid & labelled
+    missing = int((scored.valid & ~labelled).sum())
+    if not rows.any():
+        _say(f"note: no scored row has a label in column {args.label_column!r}: nothing to evaluate")
+        return
+    y = np.array([lab != normal for lab in labels])[rows]
+    if y.all():
+        _say(f"warning: no scored row has the normal label {normal!r} in column {args.label_column!r} (labels seen: "
+             f"{sorted(set(labels) - {''})[:10]}): give the normal rows' label with --normal-label")
+    _say_evaluation(scored, rows, y, threshold, head,
+                    f"column {args.label_column!r} ({int(y.sum())} of {int(rows.sum())} rows not {normal!r})"
+                    + (f"; {missing} scored rows without a label left out" if missing else ""))
 
 
 def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -> int:
@@ -719,6 +754,9 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -
 
     if args.feedback:
         raise ConfigError("--feedback is not available on the streamed path yet (docs/big-history.md)")
+    if args.label_column:
+        _say(f"note: on the streamed path column {args.label_column!r} is set aside, not evaluated (without "
+             "--streamed the scores are evaluated against it)")
     if bundle.entity is not None and bundle.entity.label_keys:
         _say("note: this model has label features; on the streamed path no label is known and they are 0")
     if args.chunk_rows < 1:
@@ -1692,10 +1730,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV to write (-: standard output)")
     p.add_argument("--id-column", help="column to use as event_id (default: event_id; generated only when the "
                                        "file has no id column)")
-    p.add_argument("--label-column", help="column to leave out of the features (kept out of the output)")
+    p.add_argument("--label-column", help="the file's labels: left out of the features and the output, and the "
+                                          "scores evaluated against them (AUC-ROC, average precision, "
+                                          "precision/recall at the threshold; rows without a label left out)")
+    p.add_argument("--normal-label", default="0",
+                   help="with --label-column: label value of normal rows, every other one an anomaly (default: 0)")
     p.add_argument("--feedback", metavar="FILE",
                    help="feedback records (docs/feedback.md) to evaluate the scores against: AUC-ROC, average "
-                        "precision, precision/recall at the threshold (events without a label count as legit)")
+                        "precision, precision/recall at the threshold (events without a label count as legit; "
+                        "instead of --label-column's)")
     p.add_argument("--threshold", type=float, help="override the bundle's calibrated threshold")
     p.add_argument("--device", help="torch device (default SD_DEVICE)")
     p.add_argument("--threads", type=int,

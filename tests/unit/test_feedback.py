@@ -156,6 +156,22 @@ def test_train_with_feedback_is_train_with_the_same_labels_in_a_column(tmp_path:
     assert f"against the feedback labels: rows=3000, anomalies={len(frauds)}, auc_roc={auc:.4f}" in capsys.readouterr().err
     assert main(["train", "--input", str(tmp_path / "labelled.csv"), "--out", str(tmp_path / "c"),
                  "--label-column", "label", "--feedback", str(tmp_path / "fb.jsonl")]) == 2
+    # the file's own labels (a new-user trial: score set the column aside and said nothing of how the model did)
+    capsys.readouterr()
+    assert main(["score", "--model", str(tmp_path / "b"), "--input", str(tmp_path / "labelled.csv"),
+                 "--out", str(tmp_path / "s2.csv"), "--label-column", "label", "--normal-label", "legit"]) == 0
+    said = capsys.readouterr().err
+    assert (f"against column 'label' ({len(frauds)} of 3000 rows not 'legit'): rows=3000, anomalies={len(frauds)}, "
+            f"auc_roc={auc:.4f}") in said
+    assert main(["score", "--model", str(tmp_path / "b"), "--input", str(tmp_path / "labelled.csv"),
+                 "--out", str(tmp_path / "s3.csv"), "--label-column", "label"]) == 0  # normal label 0: not there
+    assert "no scored row has the normal label '0' in column 'label'" in capsys.readouterr().err
+    write_csv(tmp_path / "partly.csv", [{**e, "label": "" if i < 10 else "legit" if p == "legit" else "fraud"}
+                                        for i, (e, p) in enumerate(zip(events, patterns, strict=True))])
+    assert main(["score", "--model", str(tmp_path / "b"), "--input", str(tmp_path / "partly.csv"),
+                 "--out", str(tmp_path / "s4.csv"), "--label-column", "label", "--normal-label", "legit"]) == 0
+    said = capsys.readouterr().err
+    assert "10 scored rows without a label left out: rows=2990," in said and "scored 3000 of 3000 rows" in said
 
 
 def test_on_the_topic_an_event_id_must_be_a_string_as_an_events_is() -> None:
