@@ -14,31 +14,9 @@ from hypothesis import strategies as st
 from stream_detector.entity import Enricher, EntitySpec, InMemoryState
 from stream_detector.entity.behind import WriteBehind
 from stream_detector.entity.replay_log import InMemoryFeatureLog, decode, encode, lookup
-from stream_detector.simulate import Simulator
+from tests.unit.test_entity_behind import SPEC, _events, _positions  # the same workload: terminals on every partition
 
-SPEC = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400), max_distinct=4)
 OTHER = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600,), max_distinct=4)
-T0 = 1_790_000_000_000
-
-
-def _events(n: int, seed: int, accounts: int = 30) -> list[dict[str, Any]]:
-    events, _ = Simulator(seed=seed, accounts=accounts, run_id=f"rl{seed}", raw=True).batch(
-        n, 0.03, now_ms=T0, span_ms=86_400_000)
-    rng = np.random.default_rng(seed)
-    for e in events:
-        e["terminal_id"] = f"T{int(rng.integers(0, 12))}"  # shared by every partition
-    return events
-
-
-def _positions(events: list[dict[str, Any]], partitions: int = 3) -> list[tuple[int, int]]:
-    """Keyed by account: each account's events on one partition, offsets in arrival order."""
-    nxt = [0] * partitions
-    out = []
-    for e in events:
-        p = sum(map(ord, str(e["account_id"]))) % partitions
-        out.append((p, nxt[p]))
-        nxt[p] += 1
-    return out
 
 
 class _Worker:
