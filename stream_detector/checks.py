@@ -54,6 +54,8 @@ def _settings_checks(s: Settings) -> Iterator[Check]:
                 f"delivery {s.delivery}"
                 + (f", entity copies {s.entity_copies:,} (SD_ENTITY_COPIES)" if s.entity_copies else "")
                 + (f", write-behind {s.entity_partition_key} every {s.entity_flush_ms} ms (SD_ENTITY_PARTITION_KEY)"
+                   + (", shared keys' features in the replay log (SD_ENTITY_REPLAY_LOG)" if s.entity_replay_log
+                      else ", models with a shared key commit every batch (SD_ENTITY_REPLAY_LOG=false)")
                    if s.entity_partition_key and s.entity_flush_ms and s.delivery == "at_least_once"
                    else ", entity state written every batch"))
     if s.kafka_security_protocol.startswith("SASL") and not (
