@@ -210,7 +210,8 @@ class Worker:
         self._untimed = 0  # the current batch's events without a usable timestamp (its last enrich attempt)
         self._shadow_counts: tuple[str, dict[str, int]] | None = None  # the batch in hand's, until committed
         self.behind: WriteBehind | None = None  # write-behind entity state (SD_ENTITY_PARTITION_KEY), start()
-        self.replay_log: FeatureLog | None = None  # a shared key's features until committed (SD_ENTITY_REPLAY_LOG)
+        self.replay_log: FeatureLog | None = None  # a shared key's features until committed, read always
+        self._log_writes = False  # and written by this worker (write-behind with SD_ENTITY_REPLAY_LOG)
         self._pending: Offsets = {}  # with write-behind: offsets delivered, not committed yet (the window)
         self._pending_group: Membership | None = None
         self._behind_group: Membership | None = None  # the membership of the last batch accepted into the window
@@ -258,11 +259,13 @@ class Worker:
         self._check_alignment(scorer.bundle, at_start=True)  # 1½ align (pipeline/align.py)
         store = inner = self.control.entity_state(self.settings.entity_copies)
         key = self.settings.entity_partition_key
+        # read whatever the settings: a predecessor that crashed with its window uncommitted logged what
+        # this worker reads again (a trial: a successor restarted with the log off raised 2.7x the alerts)
+        self.replay_log = self.control.replay_log(self.settings.input_topic, inner)
         if key and self.settings.entity_flush_ms > 0 and not self.publisher.transactional:
             store = self.behind = WriteBehind(inner, key, max(self.settings.entity_copies, 100_000))
-            if self.settings.entity_replay_log:
-                self.replay_log = self.control.replay_log(self.settings.input_topic, inner)
-            if entity is not None and key in entity.keys and entity.shared_keys(key) and self.replay_log is None:
+            self._log_writes = self.settings.entity_replay_log
+            if entity is not None and key in entity.keys and entity.shared_keys(key) and not self._log_writes:
                 log.info("entity state: %s (the input topic's key) and %s read and written with every batch, "
                          "offsets committed after every batch (history shared across partitions and "
                          "SD_ENTITY_REPLAY_LOG=false: no write-behind window, so a crash replays one batch exactly)",
@@ -282,6 +285,7 @@ class Worker:
         elif key and entity is not None and self.settings.entity_flush_ms > 0:
             log.info("entity state: written on every batch (write-behind is off with SD_DELIVERY=exactly_once)")
         self.enricher = Enricher(store)
+        self.enricher.keep_replay_log(self.replay_log, key or None, write=False)  # written in windows: _enrich_for
         if self.settings.entity_copies:
             log.info("entity state: copies of up to %d written records kept in memory (SD_ENTITY_COPIES)",
                      self.settings.entity_copies)
@@ -510,8 +514,9 @@ class Worker:
             else:
                 self.hold.in_doubt = self.publisher.transactional  # until the commit returns
                 with self.steps.time("commit"):
-                    self.publisher.commit(self.source, batch.next_offsets(), batch.group)  # 7 commit, after 6
+                    committed = self.publisher.commit(self.source, batch.next_offsets(), batch.group)  # 7, after 6
                 self.hold.in_doubt = False
+                self._trim_replay_log(batch.next_offsets(), committed)
                 if isinstance(self.source, AlignedSource):
                     self.source.settled(batch.next_offsets())  # several workers: peers may release up to here
             if scorer.version != self._delivered_by:
@@ -579,8 +584,8 @@ class Worker:
             self._start_ingester()
         if self.behind is not None:
             defers = self._defers(scorer)  # a window: its shared keys' features logged until its commit
-            enricher.keep_replay_log(self.replay_log if defers else None, self.behind.key)
-            passing = bool(spec.shared_keys(self.behind.key)) and self.replay_log is None
+            enricher.keep_replay_log(self.replay_log, self.behind.key, write=defers and self._log_writes)
+            passing = bool(spec.shared_keys(self.behind.key)) and not self._log_writes
             if passing and not self.behind.passing and (self._pending or self.behind.pending):
                 self._flush_and_commit(idle=True)  # the window of the model before: written and committed first
                 if self.behind.pending:
@@ -669,7 +674,7 @@ class Worker:
         scoring), and its batches commit one by one."""
         spec, behind = scorer.bundle.entity, self.behind
         return (behind is not None and not behind.disabled and spec is not None and behind.key in spec.keys
-                and (not spec.shared_keys(behind.key) or self.replay_log is not None))
+                and (not spec.shared_keys(behind.key) or self._log_writes))
 
     @_windowed
     def _defer(self, batch: Batch, defer: bool = True) -> None:
@@ -804,14 +809,20 @@ class Worker:
             self._flush_failed_at = now
             log.warning("offset commit failed; trying again: %s", exc)
             return
-        committed = {tp.partition: offset for tp, offset in self._pending.items()
-                     if tp.topic == self.settings.input_topic}
-        self._pending.clear()
-        if self.replay_log is not None and done is True:  # not when a rebalance refused it: read again
-            try:  # what was logged below the committed offsets is not needed any more
-                self.replay_log.drop(committed)
-            except EntityStateUnavailable as exc:  # left to expire (the spec's horizon)
-                log.warning("could not delete the committed window's replay log: %s", exc)
+        pending, self._pending = self._pending, {}
+        self._trim_replay_log(pending, done)
+
+    def _trim_replay_log(self, offsets: Offsets, done: bool) -> None:
+        """After a commit of ``offsets`` (``done``: True when it was committed; not when a rebalance
+        refused it: read again), the replay log's entries below them go (``FeatureLog.drop``: no
+        round trip when this worker neither wrote nor found any since the last trim)."""
+        if self.replay_log is None or done is not True:
+            return
+        committed = {tp.partition: offset for tp, offset in offsets.items() if tp.topic == self.settings.input_topic}
+        try:
+            self.replay_log.drop(committed)
+        except EntityStateUnavailable as exc:  # left to expire (the spec's horizon), or trimmed by the next commit
+            log.warning("could not trim the replay log of the committed offsets: %s", exc)
 
     def _write_window(self, behind: WriteBehind) -> None:
         """The window's entity records written (``WriteBehind.flush``: its errors propagate), timed

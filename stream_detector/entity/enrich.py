@@ -35,6 +35,7 @@ Events without a usable key value get the features of an entity with no history 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,7 @@ Position = tuple[int, int]  # (partition, offset)
 # the events' positions: one (partition, offset) per event, or the same as two int64 arrays
 # (partitions, offsets) — the worker's form, without a tuple per event
 Positions = Sequence[Position] | tuple[np.ndarray, np.ndarray]
+log = logging.getLogger("stream_detector.entity")
 MAX_ATTEMPTS = 8  # compare-and-set rounds per batch before the batch is held as an outage (retriable)
 
 __all__ = ["Enricher", "PendingWrite", "Position", "Positions", "enrich_history", "entity_value"]
@@ -72,21 +74,26 @@ class Enricher:
         self.conflicts = 0  # records recomputed because another writer changed them (``_redo``)
         self.last_untimed = 0  # events of the last batch without a usable timestamp (at their entity's last time)
         self.replay_log: FeatureLog | None = None  # ``keep_replay_log``
-        self.partition_key: str | None = None
+        self.partition_key: str | None = None  # with ``log_writes``: its shared keys' features are logged
+        self.log_writes = False
         self.log_hits = 0  # already-applied events whose features came from the replay log
         self.log_misses = 0  # ... and those it did not hold (computed from the current state: approximate)
         kernel.warm()
         records.warm()
 
-    def keep_replay_log(self, log: FeatureLog | None, partition_key: str | None) -> None:
-        """Log the features of every key shared across partitions of a topic keyed by
-        ``partition_key`` (``EntitySpec.shared_keys``) in ``log`` before their records are written,
-        and take an already-applied event's features from it (``replay_log.py``); ``None``: neither."""
-        self.replay_log, self.partition_key = log, partition_key if log is not None else None
+    def keep_replay_log(self, log: FeatureLog | None, partition_key: str | None, write: bool = True) -> None:
+        """Take an already-applied event's features from ``log`` (``replay_log.py``), whatever wrote
+        it: a worker that does not write the log itself (``SD_ENTITY_REPLAY_LOG=false``,
+        ``SD_ENTITY_FLUSH_MS=0``) still replays exactly what a predecessor logged before it crashed
+        (a trial: one restarted so after a crash raised 2.7x offline's alerts). ``write``: also log
+        the features of every key shared across partitions of a topic keyed by ``partition_key``
+        (``EntitySpec.shared_keys``) before their records are written. ``None``: neither."""
+        self.replay_log, self.partition_key = log, partition_key
+        self.log_writes = log is not None and write and bool(partition_key)
 
     def _logged(self, spec: EntitySpec) -> tuple[str, ...]:
-        """The keys of ``spec`` whose features go to the replay log."""
-        if self.replay_log is None or self.partition_key is None:
+        """The keys of ``spec`` whose features this enricher writes to the replay log."""
+        if not self.log_writes or self.partition_key is None:
             return ()
         return spec.shared_keys(self.partition_key)
 
@@ -205,14 +212,19 @@ class Enricher:
         fields = spec.distinct_for(kb.key)
         block = Block.from_bytes(spec, fields, starts, extra=loose.size, cols=cols)
         out = block.run(spec, state_row, apply, cols.ts, cols.amount)
-        if not apply.all() and kb.key in self._logged(spec):  # applied before: the features it got then
-            assert self.replay_log is not None
+        if not apply.all() and self.replay_log is not None:  # applied before: the features it got then
             done = np.flatnonzero(~apply)
             found, logged = self.replay_log.find(spec, kb.key, at.values[at.part[done]], at.offset[done], out.shape[1])
             out[done[found]] = logged[found]
             hits = int(np.count_nonzero(found))
             self.log_hits += hits
             self.log_misses += done.size - hits
+            if hits < done.size:
+                log.warning("entity state: %d event(s) of %s already applied and not in the replay log: their "
+                            "features come from the current state (approximate; %d found in the log)",
+                            done.size - hits, kb.key, hits)
+            else:
+                log.info("entity state: %d already-applied event(s) of %s replayed from the replay log", hits, kb.key)
         cores = block.core_bytes(len(plans))
         fast_records = iter(records.assemble(parsed, plan, spans, [c for c, f in zip(cores, normal, strict=True) if f]))
         for e, p, core in zip(which, plans, cores, strict=True):

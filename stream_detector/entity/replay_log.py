@@ -196,7 +196,9 @@ class RedisFeatureLog:
         self.topic = topic
         self.appends = 0
         self.trims = 0
-        self._appended = False  # since the last trim: a model without a shared key logs nothing, trims nothing
+        # since the last trim, entries appended or found: none (a model without a shared key, a worker past
+        # what its predecessor logged) → nothing to trim, no round trip
+        self._touched = False
 
     @property
     def r(self) -> redis.Redis | RedisCluster:
@@ -214,7 +216,7 @@ class RedisFeatureLog:
             name = self.name(p)
             pipe.rpush(name, encode(spec, key, offsets[rows], values[rows]))
             pipe.pexpire(name, spec.horizon_ms)
-        self._appended = True  # before: a write that failed may have landed
+        self._touched = True  # before: a write that failed may have landed
         try:
             pipe.execute()
         except REDIS_ERRORS as exc:
@@ -237,12 +239,13 @@ class RedisFeatureLog:
         for (_p, rows), entries in zip(groups, lists, strict=True):
             f, v = lookup(entries, spec, key, offsets[rows], width)
             found[rows], values[rows] = f, v
+        self._touched = self._touched or any(lists)
         return found, values
 
     def drop(self, committed: Mapping[int, int]) -> None:
-        """As ``FeatureLog.drop``; nothing to do (no round trip) when nothing was appended since the
-        last one (a model without a shared key)."""
-        if not committed or not self._appended:
+        """As ``FeatureLog.drop``; nothing to do (no round trip) when nothing was appended or found
+        since the last one (a model without a shared key, a worker without a predecessor's log)."""
+        if not committed or not self._touched:
             return
         self.trims += 1
         client = self.r
@@ -255,6 +258,6 @@ class RedisFeatureLog:
                 for p, offset in committed.items():
                     pipe.eval(TRIM_SCRIPT, 1, self.name(int(p)), int(offset))
                 pipe.execute()
-            self._appended = False
+            self._touched = False
         except REDIS_ERRORS as exc:
             raise EntityStateUnavailable(f"entity replay log trim failed: {exc}") from exc

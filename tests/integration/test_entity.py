@@ -300,10 +300,11 @@ def _two_keys_bundle() -> Bundle:
 
 
 def _successor_replays_like_offline(settings: Settings, run_worker: Any, bundle: Bundle,
-                                    events: list[dict[str, Any]]) -> Worker:
-    """Worker B reads everything again from the committed offsets (none): its features equal
-    offline enrichment of the time-ordered events bit for bit, and its alerts offline's."""
-    b = run_worker(Worker(settings.model_copy(update={"entity_flush_ms": 200})))
+                                    events: list[dict[str, Any]], **update: Any) -> Worker:
+    """Worker B (``settings`` with ``update``) reads everything again from the committed offsets
+    (none): its features equal offline enrichment of the time-ordered events bit for bit, and its
+    alerts offline's."""
+    b = run_worker(Worker(settings.model_copy(update={"entity_flush_ms": 200, **update})))
     seen = _Collector()
     assert b.enricher is not None
     b.enricher.on_enriched = seen
@@ -321,8 +322,10 @@ def _successor_replays_like_offline(settings: Settings, run_worker: Any, bundle:
     return b
 
 
+@pytest.mark.parametrize("successor", [{}, {"entity_replay_log": False}, {"entity_flush_ms": 0}],
+                         ids=["default", "log-off", "flush-0"])
 def test_a_write_behind_window_with_a_shared_key_is_replayed_exactly(
-        settings: Settings, run_worker: Any) -> None:
+        settings: Settings, run_worker: Any, successor: dict[str, Any]) -> None:
     """The default for an account + terminal model: write-behind windows for the account, the
     terminals written every batch with their features in the replay log (``entity/replay_log.py``).
     Worker A handles the whole backlog in one window, writes it and dies before its commit: every
@@ -330,7 +333,9 @@ def test_a_write_behind_window_with_a_shared_key_is_replayed_exactly(
     terminals' features of those events come from the log (none missing), the accounts' from the
     window's undo snapshot — bit for bit offline enrichment of the time-ordered file, and offline's
     alerts. B's commits trim the log as they pass its entries (a first run deleted it whole at B's
-    first commit: the rest of the window found nothing)."""
+    first commit: the rest of the window found nothing). The same when B does not write the log
+    itself (restarted with ``SD_ENTITY_REPLAY_LOG=false`` or ``SD_ENTITY_FLUSH_MS=0``: a trial found
+    such a successor computing the window's terminal features anew, 2.7x offline's alerts)."""
     settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 600_000})
     assert settings.entity_replay_log
     bundle = _two_keys_bundle()
@@ -351,7 +356,7 @@ def test_a_write_behind_window_with_a_shared_key_is_replayed_exactly(
                message="A wrote its window and failed to commit")
     assert lag(settings, settings.group_id, settings.input_topic) == len(events)  # nothing committed
 
-    b = _successor_replays_like_offline(settings, run_worker, bundle, events)
+    b = _successor_replays_like_offline(settings, run_worker, bundle, events, **successor)
     assert b.enricher is not None and b.enricher.log_hits > 0 and b.enricher.log_misses == 0
     # B's commits trimmed the log: what is left holds no offset below the committed ones
     wait_until(lambda: not client_keys(settings, "entity-log")

@@ -184,5 +184,8 @@ def test_the_replay_log_keeps_logged_features_until_their_offsets_are_committed(
     found, _ = log.find(TWO_KEYS, "merchant_category", np.array([0, 0, 1, 2]), np.array([10, 12, 11, 11]), width)
     assert found.tolist() == [False, True, False, True]  # partition 0's first entry and partition 1's went
     assert log.trims == 1
-    log.drop({0: 99})  # nothing appended since the last trim: no round trip
-    assert log.trims == 1
+    log.drop({0: 99})  # entries found since the last trim: trimmed
+    log.drop({0: 99})  # nothing appended or found since: no round trip
+    assert log.trims == 2
+    found, _ = log.find(TWO_KEYS, "merchant_category", np.array([0, 1]), np.array([12, 11]), width)
+    assert found.tolist() == [False, False]

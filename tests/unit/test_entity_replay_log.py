@@ -23,11 +23,11 @@ class _Worker:
     """One worker's enricher: write-behind for the account (a window flushed on ``flush``), the
     terminal written every batch, and (``log``) the replay log."""
 
-    def __init__(self, inner: InMemoryState, log: InMemoryFeatureLog | None) -> None:
+    def __init__(self, inner: InMemoryState, log: InMemoryFeatureLog | None, write: bool = True) -> None:
         self.behind = WriteBehind(inner, "account_id")
         self.enricher = Enricher(self.behind)
         if log is not None:
-            self.enricher.keep_replay_log(log, "account_id")
+            self.enricher.keep_replay_log(log, "account_id", write=write)
 
     def batch(self, events: list[dict[str, Any]], pos: list[tuple[int, int]]) -> np.ndarray:
         out = self.enricher.features(SPEC, events, pos)
@@ -35,8 +35,8 @@ class _Worker:
         return out
 
 
-def _scenario(log: InMemoryFeatureLog | None, seed: int, cuts_a: list[int], cuts_again: list[int]
-              ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], _Worker]:
+def _scenario(log: InMemoryFeatureLog | None, seed: int, cuts_a: list[int], cuts_again: list[int],
+              again_writes: bool = True) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], _Worker]:
     """Worker A owns partitions 0 and 1, worker B partition 2; both write the shared terminals in
     turn. A writes its window (flush) and dies before committing; B goes on; A's successor reads
     A's window again from the start in other batch cuts. Returns A's features and the successor's,
@@ -63,7 +63,7 @@ def _scenario(log: InMemoryFeatureLog | None, seed: int, cuts_a: list[int], cuts
     rest = theirs[half:]
     b.batch([events[i] for i in rest], [pos[i] for i in rest])  # B goes on meanwhile
     b.behind.flush()
-    again = _Worker(inner, log)
+    again = _Worker(inner, log, write=again_writes)
     second: dict[int, np.ndarray] = {}
     for lo, hi in zip(cuts_again[:-1], cuts_again[1:], strict=True):
         rows = mine[lo:hi]
@@ -72,18 +72,21 @@ def _scenario(log: InMemoryFeatureLog | None, seed: int, cuts_a: list[int], cuts
     return first, second, again
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_a_window_read_again_after_a_crash_gets_its_shared_features_from_the_log(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "again_writes"), [(0, True), (1, True), (2, False), (3, True), (4, False)])
+def test_a_window_read_again_after_a_crash_gets_its_shared_features_from_the_log(seed: int,
+                                                                                 again_writes: bool) -> None:
     """With the replay log, every event of the window read again gets the features A computed,
-    bit for bit (the account's from the window's undo snapshot, the terminal's from the log);
-    without it the terminal's come from a state ahead in time (the approximation the log removes:
-    this test can fail)."""
+    bit for bit (the account's from the window's undo snapshot, the terminal's from the log),
+    also when the successor does not write the log itself (``again_writes`` False: restarted with
+    ``SD_ENTITY_REPLAY_LOG=false``, a trial found it computing them anew); without the log the
+    terminal's come from a state ahead in time (the approximation the log removes: this test can
+    fail)."""
     rng = np.random.default_rng(seed)
     n = len([p for p, _o in _positions(_events(600, seed)) if p in (0, 1)])
     cuts_a = [0, *sorted(set(rng.integers(1, n, size=4).tolist())), n]
     cuts_again = [0, *sorted(set(rng.integers(1, n, size=3).tolist())), n]
     log = InMemoryFeatureLog()
-    first, second, again = _scenario(log, seed, cuts_a, cuts_again)
+    first, second, again = _scenario(log, seed, cuts_a, cuts_again, again_writes)
     assert first.keys() == second.keys()
     assert all(np.array_equal(first[i], second[i], equal_nan=True) for i in first)
     assert again.enricher.log_hits > 0 and again.enricher.log_misses == 0
