@@ -635,8 +635,9 @@ class Worker:
 
     @_windowed
     def _abandon(self, batch: Batch) -> None:
-        log.warning("group generation changed while a batch of %d events was in flight (evicted?); "
-                    "not committing it, rewinding to the group's committed offsets", len(batch))
+        log.warning("the consumer group rebalanced while a batch of %d events was in flight (a worker joined or "
+                    "left, or this one was evicted); not committing it, rewinding to the group's committed offsets",
+                    len(batch))
         self.stats.abandoned_batches += 1
         self._read_again(batch)
 
