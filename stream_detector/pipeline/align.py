@@ -15,12 +15,13 @@ deliver older records. Because the key never decreases within a
 partition, every release is a contiguous prefix of each partition, so offsets still commit after
 delivery, batch by batch, exactly as without alignment.
 
-A partition holds the others back while it has records left to read: its last seen offset + 1
-is below its high watermark (however long the client takes to hand them out: kafka-python hands
-out a backlog one partition after another), or, its high watermark unknown, it delivered a
-record within the last ``idle_ms`` of wall time. A partition nothing has come from yet holds them
-back until the client knows its high watermark (its first fetch response) and ``idle_ms`` more
-(ten times ``idle_ms`` at most while none is known). A partition at its end holds the others at
+A partition holds the others back while it has records left to read: its client's position is
+below its high watermark (``Source.backlog``; however long the client takes to hand them out:
+kafka-python hands out a backlog one partition after another and caches a partition's high
+watermark only then, so the broker is asked for the ends it lacks, at most once per ``idle_ms``).
+While its backlog is unknown, it holds for ten times ``idle_ms`` at most after its last record
+(or its assignment). A partition nothing has come from yet holds them back entirely; once it
+is known to be at its end, for ``idle_ms`` more. A partition at its end holds the others at
 its newest key until it has been quiet for ``idle_ms`` (idle, as Flink's idle sources): its next
 record, live or from a backlog still being written, cannot be older than its newest (partitions
 are in event-time order). So at live traffic a record waits until every partition has delivered
@@ -273,6 +274,7 @@ class AlignedSource:
         self._settled: dict[int, float] = {}  # partition → sort key of its last committed record
         self._next: dict[int, int] = {}  # partition → the next offset after its last commit
         self._published_at = NEG_INF
+        self._asked_at = NEG_INF  # when the broker was last asked for partitions' ends (``_backlog``)
         self.batch_size = batch_size
         self.idle_ms = idle_ms
         self.max_buffered = max_buffered or max(8 * batch_size, 200_000)
@@ -368,13 +370,9 @@ class AlignedSource:
         assert self.peers is not None
         now = self.clock()
         self._published_at = now
-        grace = self.idle_ms / 1000.0
-        highs = self.inner.highwaters()
+        left = self._backlog(now)
         out: dict[int, tuple[float, bool]] = {}
         for p in self._assigned():
-            high = highs.get(p)
-            since = self._since.setdefault(p, now)
-            known = self._known.setdefault(p, now) if high is not None else None
             released = self._released.get(p)
             part = self._parts.get(p)
             if released:
@@ -382,12 +380,40 @@ class AlignedSource:
             elif part is not None and part.held:
                 out[p] = (part.head_key(), False)
             elif part is not None:
-                quiet = (high is None or part.last_offset + 1 >= high) and now - part.last_record_at > grace
-                out[p] = (max(part.newest, self._settled.get(p, NEG_INF)), quiet)
+                out[p] = (max(part.newest, self._settled.get(p, NEG_INF)), self._idle(p, part, left.get(p), now))
             else:  # nothing from it since assignment or a rewind
-                quiet = now - since > 10 * grace if known is None else now - known > grace
-                out[p] = (self._settled.get(p, NEG_INF), quiet)
+                out[p] = (self._settled.get(p, NEG_INF), self._idle(p, None, left.get(p), now))
         self.peers.publish(out)
+
+    def _backlog(self, now: float) -> dict[int, int | None]:
+        """Per assigned partition, the records its client has still to hand out (``Source.backlog``).
+        Where that is unknown (kafka-python knows a partition's high watermark only once it hands
+        out that partition's fetch), the broker is asked, at most once per ``idle_ms``."""
+        left = self.inner.backlog()
+        if any(n is None for n in left.values()) and now - self._asked_at >= self.idle_ms / 1000.0:
+            self._asked_at = now
+            left = self.inner.backlog(ask=True)
+        return left
+
+    def _idle(self, p: int, part: _Partition | None, left: int | None, now: float) -> bool:
+        """Whether partition ``p`` holds nothing back (``_bound``, and its peers through ``_publish``):
+        its client has nothing left to hand out (``left`` 0) and nothing came from it for ``idle_ms``
+        (quiet: its next record, live or from a backlog still being written, is not older than its
+        newest); or nothing is known of its backlog for ten times ``idle_ms`` (a broker that does not
+        answer must not stall the group). A partition with records left holds, however long its
+        client takes to hand them out: kafka-python drains a backlog one partition after another,
+        and a worker waiting for its peers polls it only every ``idle_ms`` (the helper's trial: two
+        workers on a backlog raised 2.4x offline's alerts while a partition with 10k records left
+        was published idle for 24 s and the others ran 36 hours of event time ahead of it)."""
+        grace = self.idle_ms / 1000.0
+        since = self._since.setdefault(p, now)
+        if left is None:
+            quiet_since = part.last_record_at if part is not None else since
+            return now - max(quiet_since, since) > 10 * grace
+        known = self._known.setdefault(p, now)
+        if left:
+            return False
+        return now - (part.last_record_at if part is not None else known) > grace
 
     def membership(self) -> Membership:
         return self.inner.membership()
@@ -418,6 +444,9 @@ class AlignedSource:
 
     def highwaters(self) -> dict[int, int | None]:
         return self.inner.highwaters()
+
+    def backlog(self, ask: bool = False) -> dict[int, int | None]:
+        return self.inner.backlog(ask)
 
     def close(self) -> None:
         self._drop()
@@ -484,29 +513,18 @@ class AlignedSource:
             del self._settled[p]
             self._next.pop(p, None)
             self._released.pop(p, None)
-        highs = self.inner.highwaters()
+        left = self._backlog(now)
         bound = float("inf")
-        grace = self.idle_ms / 1000.0
         for p in assigned:
-            since = self._since.setdefault(p, now)
             part = self._parts.get(p)
-            high = highs.get(p)
-            if part is not None:
-                if (high is None or part.last_offset + 1 >= high) and now - part.last_record_at > grace:
+            if self._idle(p, part, left.get(p), now):
+                if part is not None:
                     part.settle()  # no next record is coming soon: a waiting jump is a lone one
-                    continue  # idle: at its end (or nothing known of what is left) and quiet for the grace
-                # Records are left, or it is at its end but not idle: its next record (live, or a
-                # backlog still being written) has a key at least its newest, so it holds there.
-                bound = min(bound, part.newest)
                 continue
-            # Nothing seen from it yet: hold until the client knows its high watermark (its first
-            # fetch response), then for the grace; with none known, for ten graces at most.
-            if high is None:
-                if now - since > 10 * grace:
-                    continue
-            elif now - self._known.setdefault(p, now) > grace:
-                continue
-            bound = NEG_INF
+            # Records are left, or it is at its end but not idle: its next record (live, or a
+            # backlog still being written) has a key at least its newest, so it holds there;
+            # one nothing came from yet holds everything.
+            bound = min(bound, part.newest) if part is not None else NEG_INF
         return bound
 
     def _release(self, force: bool = False) -> Batch | None:

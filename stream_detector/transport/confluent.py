@@ -248,6 +248,7 @@ class ConfluentSource:
         self.overrides = {k.replace("_", "."): v for k, v in overrides.items()}
         self.consumer: Consumer | None = None
         self._state = _Rebalances()
+        self._ends: dict[int, int] = {}  # partition → an end offset asked of the broker (``backlog``)
         self._fatal: KafkaError | None = None
         self._poll_failed = Throttled("poll")
         self.on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None = None  # base.Source
@@ -263,6 +264,7 @@ class ConfluentSource:
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     def _on_assign(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
+        self._ends.clear()  # ends asked under the old assignment
         if partitions:
             log.info("assigned %s", sorted(tp.partition for tp in partitions))
 
@@ -453,6 +455,25 @@ class ConfluentSource:
                 out[tp.partition] = high if high >= 0 else None
         except KafkaException as exc:
             raise TransportError(f"watermarks unavailable: {exc}") from exc
+        return out
+
+    def backlog(self, ask: bool = False) -> dict[int, int | None]:
+        """``base.Source.backlog``: per assigned partition, its high watermark (cached from the last
+        fetch; ``ask``: from the broker where none is cached, a blocking round trip of at most 1 s,
+        kept as a lower bound of the partition's end) minus the consumer's position (local)."""
+        consumer = self.consumer
+        if consumer is None:
+            return {}
+        out: dict[int, int | None] = {}
+        try:
+            for tp in consumer.position(consumer.assignment()):
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0 and ask:
+                    self._ends[tp.partition] = consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)[1]
+                high = max(high, self._ends.get(tp.partition, -1))
+                out[tp.partition] = max(high - tp.offset, 0) if high >= 0 and tp.offset >= 0 else None
+        except KafkaException as exc:
+            raise TransportError(f"backlog unavailable: {exc}") from exc
         return out
 
     def close(self) -> None:

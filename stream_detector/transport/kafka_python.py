@@ -237,6 +237,7 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka
             self.source.on_revoke({ours(tp) for tp in lost}, True)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.source._ends.clear()  # ends asked under the old assignment: the client's state is new
         if assigned:
             log.info("assigned %s", sorted(tp.partition for tp in assigned))
 
@@ -247,7 +248,7 @@ class KafkaSource:
     ``overrides`` are kafka-python consumer options. Retriable client errors during a poll are
     ridden out (logged, the poll returns nothing); other client errors propagate as they are.
     ``commit`` raises ``CommitRefused`` (kafka-python's ``CommitFailedError``: the partitions
-    moved) or ``TransportError``; so do ``assignment``/``highwaters``.
+    moved) or ``TransportError``; so do ``assignment``/``highwaters``/``backlog``.
     """
 
     def __init__(self, config: TransportConfig, idle_poll_ms: int = 500, **overrides: Any) -> None:
@@ -256,6 +257,7 @@ class KafkaSource:
         self.overrides = overrides
         self.consumer: KafkaConsumer | None = None
         self._last_poll_error = -float("inf")
+        self._ends: dict[int, int] = {}  # partition → an end offset asked of the broker (``backlog``)
         self.on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None = None  # base.Source
 
     def start(self) -> None:
@@ -388,6 +390,30 @@ class KafkaSource:
             return {tp.partition: consumer.highwater(tp) for tp in consumer.assignment()}
         except KafkaError as exc:
             raise TransportError(f"highwaters unavailable: {exc!r}", retriable=True) from exc
+
+    def backlog(self, ask: bool = False) -> dict[int, int | None]:
+        """``base.Source.backlog``: per assigned partition, its high watermark minus the consumer's
+        position. kafka-python caches a partition's high watermark only once it hands out records
+        from that partition's fetch (it drains a backlog one partition after another), so ``ask``
+        asks the broker for the others' ends (one ListOffsets round trip, ``end_offsets``, ~1 ms); an end
+        asked is a lower bound of the partition's end, used until the client's own is higher."""
+        consumer = self.consumer
+        if consumer is None:
+            return {}
+        try:
+            owned = consumer.assignment()
+            highs = {tp: consumer.highwater(tp) for tp in owned}
+            missing = [tp for tp, high in highs.items() if high is None]
+            if ask and missing:
+                self._ends.update({tp.partition: end for tp, end in consumer.end_offsets(missing).items()})
+            out: dict[int, int | None] = {}
+            for tp, high in highs.items():
+                known = max(high if high is not None else -1, self._ends.get(tp.partition, -1))
+                position = consumer.position(tp, timeout_ms=0) if known >= 0 else None  # local once resolved
+                out[tp.partition] = None if position is None else max(known - position, 0)
+            return out
+        except KafkaError as exc:
+            raise TransportError(f"backlog unavailable: {exc!r}", retriable=True) from exc
 
     def close(self) -> None:
         if self.consumer is not None:

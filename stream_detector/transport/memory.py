@@ -223,6 +223,12 @@ class MemorySource:
             return {}
         return {tp.partition: end for tp, end in self.broker.end_offsets(self.topic).items()}
 
+    def backlog(self, ask: bool = False) -> dict[int, int | None]:
+        if not self._started:
+            return {}
+        ends = self.broker.end_offsets(self.topic)
+        return {tp.partition: max(ends.get(tp, 0) - position, 0) for tp, position in self._positions.items()}
+
     def close(self) -> None:
         self._started = False
 

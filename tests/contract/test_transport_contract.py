@@ -78,6 +78,21 @@ def test_rewind_to_committed_rereads_what_was_not_committed(harness: Harness) ->
     assert again == [(0, 2, b"a2"), (0, 3, b"a3"), (1, 0, b"b0")], "p1 had no commit: back to its beginning"
 
 
+def test_backlog_counts_what_the_client_has_still_to_hand_out(harness: Harness) -> None:
+    """Event-time alignment decides from ``backlog`` whether a partition may still deliver older
+    records (``pipeline/align.py``). kafka-python caches a partition's high watermark only once it
+    hands that partition out, so asked, the source learns the others' ends from the broker."""
+    topic, group = harness.topic(2), harness.group()
+    harness.produce(topic, [b"a0", b"a1", b"a2", b"a3", b"a4"], partition=0)
+    harness.produce(topic, [b"b0", b"b1", b"b2"], partition=1)
+    source = harness.source(topic, group)
+    first = poll_until(source, 1)
+    handed = {p: sum(1 for q, _, _ in positions(first) if q == p) for p in (0, 1)}
+    assert source.backlog(ask=True) == {0: 5 - handed[0], 1: 3 - handed[1]}
+    poll_until(source, 8 - sum(handed.values()))
+    assert source.backlog() == source.backlog(ask=True) == {0: 0, 1: 0}
+
+
 def test_still_member_until_the_membership_moves(harness: Harness) -> None:
     topic, group = harness.topic(1), harness.group()
     harness.produce(topic, [b"x"])
