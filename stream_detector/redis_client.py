@@ -60,10 +60,10 @@ def redis_client(settings: RedisSettings, timeout_s: float = 2.0) -> redis.Redis
         bare = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()
         return redis.Redis.from_url(bare, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **auth)
     options = connection_options(settings, timeout_s)
-    sentinel = Sentinel(sentinel_addresses(settings.redis_sentinels),  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(sentinel_addresses(settings.redis_sentinels),  # type: ignore[no-untyped-call,unused-ignore]
                         sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
                         **options)
-    client: redis.Redis = sentinel.master_for(settings.redis_sentinel_master,  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(settings.redis_sentinel_master,  # type: ignore[no-untyped-call,unused-ignore]
                                               **options)
     return client
 
@@ -76,7 +76,7 @@ def entity_cluster_client(settings: RedisSettings, timeout_s: float = 2.0) -> Re
     if not settings.entity_redis_cluster:
         raise ValueError("SD_ENTITY_REDIS_CLUSTER is not set")
     options = {k: v for k, v in connection_options(settings, timeout_s).items() if k != "db"}
-    nodes = [ClusterNode(host, port)  # type: ignore[no-untyped-call]
+    nodes = [ClusterNode(host, port)  # type: ignore[no-untyped-call,unused-ignore]
              for host, port in sentinel_addresses(settings.entity_redis_cluster)]
     return RedisCluster(startup_nodes=nodes, **options)
 

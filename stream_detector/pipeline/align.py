@@ -37,7 +37,7 @@ will apply) in Redis after every commit, and releases a record only while its ke
 ``SD_ALIGN_PEER_GRACE_MS`` past every other partition's head. With a grace of 0 a shared
 entity's events are applied in exact event-time order, the workers taking turns; a worker held
 back only by another's partition looks at the heads again every 5 ms instead of blocking in the
-client's poll.
+client's poll, and polls its client every ``idle_ms`` without waiting (``poll_batch(wait_ms=0)``).
 
 Enabled per worker (``SD_ALIGN_EVENT_TIME``: ``auto`` turns it on when the active model has
 entity features keyed by a field other than the topic's key, ``EntitySpec.shared_keys``; the
@@ -294,10 +294,11 @@ class AlignedSource:
     def start(self) -> None:
         self.inner.start()
 
-    def poll_batch(self, fill: bool = True) -> Batch:
+    def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch:
         if not self.enabled:
-            return self.inner.poll_batch(fill)
-        deadline = self.clock() + self.idle_ms / 1000.0
+            return self.inner.poll_batch(fill, wait_ms)
+        limit_ms = self.idle_ms if wait_ms is None else min(self.idle_ms, wait_ms)
+        deadline = self.clock() + limit_ms / 1000.0
         if self.held_back and not self.inner.still_member(Batch(topic=self.topic, group=self._group)):
             self.rewind_to_committed(Batch(topic=self.topic))  # a rebalance since the buffer filled
         while True:
@@ -317,8 +318,15 @@ class AlignedSource:
                 self.peer_wait_s += self.clock() - now
                 continue
             # Holding records back, what is wanted is the other partitions' next records, now: the
-            # client's poll returns with what it has instead of waiting batch_max_wait_ms to fill.
-            incoming = self.inner.poll_batch(fill=not self.held_back)
+            # client's poll returns with what it has instead of waiting batch_max_wait_ms to fill,
+            # and waits for a first record no longer than this call's deadline; held back by
+            # another worker's partition, not at all (what was fetched comes at once): a client
+            # poll blocking for idle_poll_ms (500 ms) would keep this worker from looking at the
+            # heads, and the peers waiting for its own head, that long on every turn.
+            wait = None
+            if self.held_back:
+                wait = 0 if self._peer_blocked else max(0, int((deadline - now) * 1000))
+            incoming = self.inner.poll_batch(fill=not self.held_back, wait_ms=wait)
             self._polled_at = self.clock()
             self._take(incoming)
             if not incoming.values and not self.held_back:

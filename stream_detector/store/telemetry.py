@@ -93,6 +93,6 @@ class Telemetry:
     # ---- change notices --------------------------------------------------------------------------
     def subscribe(self) -> Any:
         """A pub/sub subscription to the change-notice channel (``get_message``, ``close``)."""
-        pubsub = self._r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self._r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
         pubsub.subscribe(self.keys.events_channel)
         return pubsub

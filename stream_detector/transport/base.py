@@ -218,7 +218,7 @@ class Source(Protocol):
     on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None
 
     def start(self) -> None: ...
-    def poll_batch(self, fill: bool = True) -> Batch: ...
+    def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch: ...
     def commit(self, offsets: Offsets) -> None: ...
     def membership(self) -> Membership: ...
     def still_member(self, batch: Batch) -> bool: ...
@@ -298,16 +298,19 @@ def commit_or_drop(source: Source, offsets: Offsets) -> bool:
 
 
 def fill_batch(batch: Batch, tuning: ClientTuning, idle_poll_ms: int, take: Callable[[int, int, bool], None],
-               membership: Callable[[], Membership], fill: bool = True) -> Batch:
+               membership: Callable[[], Membership], fill: bool = True, wait_ms: int | None = None) -> Batch:
     """The batching rule of every transport: wait up to ``idle_poll_ms`` for a first record, then up
     to ``batch_max_wait_ms`` to fill ``batch`` to ``batch_size``. ``take(max_records, timeout_ms,
     first)`` appends what one poll returned; ``membership()`` is snapshotted with the first record
     (the group generation a commit of this batch must belong to). ``fill`` False: return with the
     first poll that brought records, without waiting to fill (the alignment step, holding records
-    until other partitions catch up, wants what the client has now, not a full batch)."""
+    until other partitions catch up, wants what the client has now, not a full batch). ``wait_ms``:
+    wait at most that long for a first record (0: take what the client has fetched already), when
+    less than ``idle_poll_ms`` (the alignment step, waiting for another worker's partition, looks at
+    the peers' heads again by its own deadline instead of blocking in the client)."""
     limit = tuning.batch_size
     deadline: float | None = None
-    timeout_ms = idle_poll_ms
+    timeout_ms = idle_poll_ms if wait_ms is None else max(0, min(idle_poll_ms, wait_ms))
     while len(batch) < limit:
         take(limit - len(batch), timeout_ms, deadline is None)
         now = time.monotonic()

@@ -333,8 +333,9 @@ class ConfluentSource:
                     self._poll_failed(f"{m.topic()}[{m.partition()}]: {error}")
         return good
 
-    def poll_batch(self, fill: bool = True) -> Batch:
-        """Wait up to ``idle_poll_ms`` for a first record, then (``fill``) up to ``batch_max_wait_ms`` to fill."""
+    def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch:
+        """Wait up to ``idle_poll_ms`` (or ``wait_ms``, when less) for a first record, then (``fill``)
+        up to ``batch_max_wait_ms`` to fill."""
         consumer = self._c()
         batch = Batch(topic=self.config.topic)
 
@@ -359,7 +360,8 @@ class ConfluentSource:
                 batch.headers += [m.headers() or NO_HEADERS for m in messages]
 
         return fill_batch(batch, self.config.tuning, self.idle_poll_ms, take,
-                          lambda: ConfluentMembership(self._state.epoch, consumer.consumer_group_metadata()), fill)
+                          lambda: ConfluentMembership(self._state.epoch, consumer.consumer_group_metadata()),
+                          fill, wait_ms)
 
     # ---- offsets and membership ---------------------------------------------------------------
     def commit(self, offsets: Offsets) -> None:

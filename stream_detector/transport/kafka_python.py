@@ -269,8 +269,9 @@ class KafkaSource:
             raise RuntimeError("source not started")
         return self.consumer
 
-    def poll_batch(self, fill: bool = True) -> Batch:
-        """Wait up to ``idle_poll_ms`` for a first record, then (``fill``) up to ``batch_max_wait_ms`` to fill."""
+    def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch:
+        """Wait up to ``idle_poll_ms`` (or ``wait_ms``, when less) for a first record, then (``fill``)
+        up to ``batch_max_wait_ms`` to fill."""
         self._c()
         batch = Batch(topic=self.config.topic)
 
@@ -285,7 +286,7 @@ class KafkaSource:
                     batch.timestamps.append(r.timestamp)
                     batch.headers.append(r.headers)
 
-        return fill_batch(batch, self.config.tuning, self.idle_poll_ms, take, self.membership, fill)
+        return fill_batch(batch, self.config.tuning, self.idle_poll_ms, take, self.membership, fill, wait_ms)
 
     def _poll(self, timeout_ms: int, max_records: int | None) -> dict[KTopicPartition, list[Any]]:
         """``consumer.poll`` that rides out retriable client errors (broker or coordinator

@@ -159,7 +159,7 @@ class MemorySource:
         if self._generation != self.broker.generation(self.group_id):
             self._join()
 
-    def poll_batch(self, fill: bool = True) -> Batch:  # never waits: ``fill`` changes nothing
+    def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch:  # never waits: fill, wait_ms moot
         self._live()
         batch = Batch(topic=self.topic)
         with self.broker._lock:

@@ -4,6 +4,8 @@ of these; an adapter that passes them can carry it."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from stream_detector.errors import DeliveryError
@@ -91,6 +93,24 @@ def test_backlog_counts_what_the_client_has_still_to_hand_out(harness: Harness) 
     assert source.backlog(ask=True) == {0: 5 - handed[0], 1: 3 - handed[1]}
     poll_until(source, 8 - sum(handed.values()))
     assert source.backlog() == source.backlog(ask=True) == {0: 0, 1: 0}
+
+
+def test_a_poll_told_not_to_wait_returns_what_was_fetched_at_once(harness: Harness) -> None:
+    """``poll_batch(wait_ms=0)`` (the alignment step waiting for another worker's partition polls
+    its client so, ``pipeline/align.py``) hands out what the client has fetched and, with nothing
+    there, returns without waiting ``idle_poll_ms`` (200 ms in this harness)."""
+    topic, group = harness.topic(1), harness.group()
+    harness.produce(topic, [b"x0", b"x1"])
+    source = harness.source(topic, group)
+    poll_until(source, 2)
+    quick = []
+    for _ in range(3):  # the quickest of three: one slow call on a loaded machine says nothing
+        start = time.monotonic()
+        assert not len(source.poll_batch(fill=False, wait_ms=0))
+        quick.append(time.monotonic() - start)
+    assert min(quick) < 0.1
+    harness.produce(topic, [b"x2"])
+    assert [v for b in poll_until(source, 1) for v in b.values] == [b"x2"]
 
 
 def test_still_member_until_the_membership_moves(harness: Harness) -> None:

@@ -887,8 +887,9 @@ def test_four_workers_on_four_partitions_replay_a_backlog_like_the_time_ordered_
     assert expected and alerts == expected
 
 
+@pytest.mark.parametrize("idle_ms", [2000, 100])
 def test_a_worker_joining_a_backlog_midway_keeps_shared_features_like_the_time_ordered_file(
-        settings: Settings, run_worker: Any) -> None:
+        settings: Settings, run_worker: Any, idle_ms: int) -> None:
     """Scale-out in the middle of a backlog (kafka-python, grace 0): a second worker joins while the
     first drains four partitions, and the rebalance hands the first worker's partitions back with
     fresh client state. The merchant features of every event equal offline enrichment of the
@@ -896,12 +897,15 @@ def test_a_worker_joining_a_backlog_midway_keeps_shared_features_like_the_time_o
     50k events raised 2.4x offline's alerts: kafka-python knows a partition's high watermark only
     once it hands that partition out, and a partition with records left was published idle. This
     run does not always hit that timing; ``tests/unit/test_align.py::
-    test_a_partition_whose_client_has_not_handed_it_out_yet_holds_the_others`` scripts it.)"""
+    test_a_partition_whose_client_has_not_handed_it_out_yet_holds_the_others`` scripts it.) With
+    ``SD_ALIGN_IDLE_MS`` 100 too: partitions are called idle sooner, and the workers taking turns
+    poll their clients without waiting (105 s to drain before that, 35 s after, by hand)."""
     events = _raw(10_000, seed=31)
     bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
                                 TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
                                 entity=TWO_KEYS))
-    settings = settings.model_copy(update={"batch_size": 32, "align_peer_grace_ms": 0, "align_max_buffered": 50_000})
+    settings = settings.model_copy(update={"batch_size": 32, "align_peer_grace_ms": 0, "align_max_buffered": 50_000,
+                                         "align_idle_ms": idle_ms})
     _publish(settings, bundle)
     with EventProducer(settings, settings.input_topic) as producer:
         producer.send(events)

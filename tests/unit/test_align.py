@@ -158,7 +158,7 @@ class _OnePartition:
 
     def start(self) -> None: ...
 
-    def poll_batch(self, fill: bool = True) -> Batch:
+    def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch:
         n = min(self.fetch, len(self.values) - self.pos)
         out = Batch(topic=TOPIC, partitions=[self.p] * n, offsets=list(range(self.pos, self.pos + n)),
                     keys=[None] * n, values=self.values[self.pos:self.pos + n], timestamps=[0] * n, headers=[()] * n)
@@ -235,7 +235,7 @@ class _PartitionAfterPartition:
     def forget(self) -> None:
         self.cached.clear()
 
-    def poll_batch(self, fill: bool = True) -> Batch:
+    def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch:
         p = next((p for p in self.order if self.pos[p] < len(self.values[p])), self.order[-1])
         if self.first is not None:
             p, self.first = self.first, None
@@ -543,10 +543,10 @@ def test_while_holding_records_back_the_client_is_polled_without_waiting_to_fill
         def __init__(self, inner: MemorySource) -> None:
             self.inner, self.polls, self.owner = inner, [], None
 
-        def poll_batch(self, fill: bool = True) -> Batch:
+        def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch:
             assert self.owner is not None
             self.polls.append((self.owner.held_back, fill))
-            return self.inner.poll_batch(fill)
+            return self.inner.poll_batch(fill, wait_ms)
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self.inner, name)
@@ -611,3 +611,68 @@ def test_a_batch_stopped_at_another_workers_head_is_counted() -> None:
     assert _times([source.poll_batch()]) == [5000.0] and source.peer_cut_batches == 1
     peers.publish({0: (9000.0, False)})
     assert _times([source.poll_batch()]) == [6000.0, 7000.0] and source.peer_cut_batches == 1
+
+
+class _BlockingClient(_OnePartition):
+    """``_OnePartition`` whose poll, when it has nothing to hand out, blocks as a Kafka client does:
+    for ``idle_poll_ms`` (500 ms), or ``wait_ms`` when less (the fake clock moves on)."""
+
+    def __init__(self, partition: int, times: list[float], fetch: int, now: list[float]) -> None:
+        super().__init__(partition, times, fetch)
+        self.now = now
+        self.waits: list[int | None] = []
+
+    def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch:
+        out = super().poll_batch(fill, wait_ms)
+        self.waits.append(wait_ms)
+        if not len(out):
+            self.now[0] += min(500, 500 if wait_ms is None else wait_ms) / 1000.0
+        return out
+
+
+def test_a_worker_holding_records_back_never_blocks_in_its_client_past_its_deadline() -> None:
+    """A worker whose records wait for another worker's partition polls its own client every
+    ``idle_ms`` for what it fetched, without waiting (a client poll blocks ``idle_poll_ms``, 500 ms,
+    when nothing is there: found in a trial at ``SD_ALIGN_IDLE_MS=100``, where two workers taking
+    turns spent most of each turn blocked there and a 10k-event backlog did not drain in 240 s).
+    Each call returns by its deadline (``idle_ms``) to look at the heads again, and releases once
+    the peers move."""
+    from stream_detector.store.watermarks import MemoryWatermarks
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    peers = MemoryWatermarks(grace_ms=0, stale_ms=60_000, partitions=2, clock=lambda: now[0])
+    peers.publish({0: (1000.0, False)})  # the other worker's partition 0 is at event time 1000
+    inner = _BlockingClient(1, [5000.0, 6000.0], fetch=10, now=now)
+    source = AlignedSource(inner, batch_size=10, idle_ms=100, clock=lambda: now[0],  # type: ignore[arg-type]
+                           peers=peers, sleep=sleep)
+    source.enabled = True
+    source.topic = TOPIC
+    for _ in range(5):
+        start = now[0]
+        assert not len(source.poll_batch())  # held back: nothing released
+        assert now[0] - start <= 0.1 + 0.006  # back by its deadline (idle_ms, plus one 5 ms look at the heads)
+    assert len(inner.waits) > 2 and inner.waits[1:] == [0] * (len(inner.waits) - 1)  # the client polled, never waiting
+    peers.publish({0: (7000.0, False)})
+    assert _times([source.poll_batch()]) == [5000.0, 6000.0]
+
+
+def test_a_worker_held_back_by_its_own_partition_waits_in_its_client_no_longer_than_idle_ms() -> None:
+    """Held back by a partition of its own whose records the client has not fetched yet, the
+    worker waits for them no longer than its call's deadline (``idle_ms``), not the client's
+    ``idle_poll_ms``, before releasing what it holds (best effort past ``idle_ms``)."""
+    from stream_detector.transport.base import TopicPartition
+
+    now = [0.0]
+    inner = _BlockingClient(1, [5000.0, 6000.0], fetch=10, now=now)
+    inner.assignment = lambda: {inner.tp, TopicPartition(TOPIC, 2)}  # type: ignore[method-assign]
+    inner.backlog = lambda ask=False: {1: 0, 2: 5}  # type: ignore[method-assign]  # partition 2: not fetched yet
+    source = AlignedSource(inner, batch_size=10, idle_ms=100, clock=lambda: now[0])  # type: ignore[arg-type]
+    source.enabled = True
+    source.topic = TOPIC
+    assert _times([source.poll_batch()]) == [5000.0, 6000.0]
+    assert now[0] <= 0.1 + 0.001  # 0.5 s before: the client's idle_poll_ms, whatever idle_ms said
+    assert all(w is not None and w <= 100 for w in inner.waits[1:])
