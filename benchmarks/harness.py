@@ -267,9 +267,11 @@ def step_table(stage_s: dict[str, float]) -> tuple[dict[str, float], float]:
 
 
 def worker_process(settings: Settings, target: Any, ready: Any, go: Any, done: Any, result: Any,
-                   idle_stop_s: float, deadline_s: float) -> None:
+                   idle_stop_s: float, deadline_s: float, gate: bool = False) -> None:
     """Child process: start a Worker, say ready once it owns partitions, loop until the shared
-    ``target`` event count is reached (or idle / deadline), then report."""
+    ``target`` event count is reached (or idle / deadline), then report. ``gate``: hold every
+    partition paused (polling, so the group forms) until ``go``, so that on a pre-produced backlog
+    the first worker to join does not drain it alone before the others have their partitions."""
     import psutil
 
     from stream_detector.worker import Worker
@@ -286,12 +288,21 @@ def worker_process(settings: Settings, target: Any, ready: Any, go: Any, done: A
     try:
         worker = Worker(settings)
         worker.start()
+        announced = False
+        if gate:
+            source, gate_until = worker.source, time.monotonic() + deadline_s
+            source.pause_all()
+            while not go.is_set() and time.monotonic() < gate_until:
+                source.poll_while_paused(100)  # a rebalance's new partitions come back paused, rewound
+                if not announced and source.assignment():
+                    ready.release()
+                    announced = True
+            source.resume_all()
         _instrument(worker, report.stage_s)
         report.rss_start_mb = me.memory_info().rss / 2**20
         report.rss_max_mb = report.rss_start_mb
         idle_since = time.monotonic()
         stop_at = time.monotonic() + deadline_s
-        announced = False
         while not done.is_set() and time.monotonic() < stop_at:
             before = dict(report.stage_s)
             t = time.perf_counter()
@@ -333,7 +344,7 @@ class WorkerPool:
     """``k`` worker processes in one consumer group; ``target`` events in total end the run."""
 
     def __init__(self, settings: Settings, k: int, target: int, idle_stop_s: float = 3.0,
-                 deadline_s: float = 300.0) -> None:
+                 deadline_s: float = 300.0, gate: bool = False) -> None:
         ctx = mp.get_context("spawn")
         self.target = ctx.Value("q", target)
         self.ready = ctx.Semaphore(0)
@@ -341,7 +352,7 @@ class WorkerPool:
         self.results: Any = ctx.Queue()
         self.procs = [ctx.Process(target=worker_process, daemon=True,
                                   args=(settings, self.target, self.ready, self.go, self.done, self.results,
-                                        idle_stop_s, deadline_s)) for _ in range(k)]
+                                        idle_stop_s, deadline_s, gate)) for _ in range(k)]
 
     def start(self, timeout_s: float = 120.0) -> None:
         for p in self.procs:
