@@ -361,3 +361,45 @@ def test_the_worker_counts_dead_letters_by_reason(broker, bundle):
     assert worker.stats.rejected == 2 and sum(worker.stats.rejected_by_reason.values()) == 2
     assert set(worker.stats.rejected_by_reason) == {"invalid_json", "wrong_type"}
     assert len(broker.read(DLQ)) == 2 and worker.stats.events == len(values) + 2
+
+
+def test_a_worker_sharing_its_topic_under_alignment_with_a_grace_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Several workers aligned at a grace above 0 give features that differ from offline scoring
+    (docs/entity-features.md, *Several workers*): the worker says so once when it comes to own
+    only part of the topic, again only after it owned all of it in between; it says nothing at
+    grace 0 (exact), alone, or when the partition count is unknown."""
+    import logging
+
+    from stream_detector.pipeline.align import AlignedSource
+    from stream_detector.store.watermarks import MemoryWatermarks
+    from stream_detector.worker import SHARING_CHECK_S, sharing_warning
+
+    assert sharing_warning(1, 4, 2000) is not None and "1 of the input topic's 4" in str(sharing_warning(1, 4, 2000))
+    assert sharing_warning(1, 4, 0) is None and sharing_warning(4, 4, 2000) is None
+    assert sharing_warning(0, 4, 2000) is None and sharing_warning(1, 0, 2000) is None
+
+    class Owned:
+        def __init__(self) -> None:
+            self.n = 4
+
+        def assignment(self) -> set[TopicPartition]:
+            return {TopicPartition("tx", p) for p in range(self.n)}
+
+    owned = Owned()
+    worker = Worker.__new__(Worker)
+    worker.settings = Settings(align_peer_grace_ms=2000)
+    worker._sharing_at, worker._sharing_warned = float("-inf"), False
+    worker.source = AlignedSource(owned, batch_size=10,  # type: ignore[arg-type]
+                                  peers=MemoryWatermarks(grace_ms=2000, stale_ms=30_000, partitions=4))
+    now = 0.0
+
+    def check(n: int) -> int:
+        nonlocal now
+        owned.n = n
+        now += SHARING_CHECK_S
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="stream_detector.worker"):
+            worker._check_sharing(now)
+        return sum("SD_ALIGN_PEER_GRACE_MS=2000" in r.getMessage() for r in caplog.records)
+
+    assert [check(4), check(2), check(2), check(1), check(4), check(1)] == [0, 1, 0, 0, 0, 1]
