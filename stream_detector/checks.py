@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .redis_client import redact
 from .settings import Settings, unknown_settings
@@ -181,7 +181,12 @@ def _redis_checks(s: Settings) -> Iterator[Check]:
             yield Check("fail", "model", f"no active model under prefix {s.redis_prefix}: "
                         "run `stream-detector publish DIR`")
         else:
-            yield _try("model", lambda: _load(control, snap.active_model or "", s.device))
+            loaded = _try("model", lambda: _load(control, snap.active_model or "", s.device))
+            yield loaded
+            if loaded.status == "ok":
+                scaling = scaling_check(control.fetch_bundle(snap.active_model), s)
+                if scaling is not None:
+                    yield scaling
         if snap.threshold is None:
             yield Check("fail", "threshold", "no threshold: publish a model (or `stream-detector threshold set`)")
         elif threshold_problem(snap.threshold.value, snap.threshold.head) is not None:
@@ -214,6 +219,21 @@ def _cluster_check(s: Settings) -> Check:
         return Check("fail", "entity cluster", f"{s.entity_redis_cluster}: cluster_state is {state}")
     return Check("ok", "entity cluster", f"{len(client.get_primaries())} primaries at "  # type: ignore[no-untyped-call]
                  f"{s.entity_redis_cluster}, all slots served")
+
+
+def scaling_check(bundle: Any, s: Settings) -> Check | None:
+    """A WARN when the active model's history is keyed by a field other than the topic's key
+    (``EntitySpec.shared_keys``): such a model runs as one worker per consumer group (several are
+    exact only at ``SD_ALIGN_PEER_GRACE_MS=0``, a few hundred events/s; docs/operations.md,
+    *Partitions and workers*). None for a model without such history."""
+    spec = getattr(bundle, "entity", None)
+    shared = spec.shared_keys(s.entity_partition_key) if spec is not None else ()
+    if not shared:
+        return None
+    return Check("warn", "scaling", f"model {bundle.version} has history keyed by {', '.join(shared)}, not only by "
+                 f"the topic's key ({s.entity_partition_key or 'SD_ENTITY_PARTITION_KEY unset'}): run one worker in "
+                 f"group {s.group_id}; several are exact only at SD_ALIGN_PEER_GRACE_MS=0, a few hundred events/s "
+                 "(docs/operations.md, 'Partitions and workers')")
 
 
 def _load(control: ControlPlane, version: str, device: str) -> str:

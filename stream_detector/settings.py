@@ -189,7 +189,8 @@ class WorkerSettings(_Group):
         2000, ge=0, le=86_400_000, description="Several workers of one group (alignment on): a worker releases a "
         "record only while its event time is at most this far past every other partition's next record, so a "
         "shared entity's events are applied at most this far out of order and clamped by the late-event rule, and "
-        "on dense traffic most alerts differ from offline scoring (measured in docs/entity-features.md); 0: exact "
+        "once such an entity sees about one event per grace most alerts differ from offline scoring (measured in "
+        "docs/entity-features.md); 0: exact "
         "order, the workers taking turns about one event at a time (slow). One worker per group is exact and fast.")
     label_ingest: bool = Field(True, description="With a model that has label-derived features, run the label "
                                "ingester thread: feedback topic → labels attached to entities in Redis "

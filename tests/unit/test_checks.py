@@ -24,3 +24,22 @@ def test_check_config_says_how_entity_state_is_written() -> None:
     assert line(entity_partition_key="").endswith("entity state written every batch")
     assert line(entity_flush_ms=0).endswith("entity state written every batch")
     assert line(delivery="exactly_once").endswith("entity state written every batch")
+
+
+def test_a_model_with_history_keyed_by_a_field_other_than_the_topics_key_warns_to_run_one_worker() -> None:
+    """check-config's scaling WARN (docs/operations.md, *Partitions and workers*): a model whose
+    history is keyed by a terminal runs as one worker per group; an account-only model (the
+    topic's key), or none, gets no such line."""
+    from types import SimpleNamespace
+
+    from stream_detector.checks import scaling_check
+    from stream_detector.entity_spec import EntitySpec
+    from stream_detector.settings import Settings
+
+    s = Settings(group_id="g1", entity_partition_key="account_id")
+    terminal = SimpleNamespace(version="v7", entity=EntitySpec(keys=("account_id", "terminal_id")))
+    check = scaling_check(terminal, s)
+    assert check is not None and check.status == "warn" and check.name == "scaling"
+    assert "terminal_id" in check.detail and "one worker in group g1" in check.detail
+    assert scaling_check(SimpleNamespace(version="v8", entity=EntitySpec(keys=("account_id",))), s) is None
+    assert scaling_check(SimpleNamespace(version="v9", entity=None), s) is None
