@@ -1710,7 +1710,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "entity features keyed by a field other than the topic's key "
                                    "(SD_ENTITY_PARTITION_KEY) it releases its partitions in event-time "
                                    "order (SD_ALIGN_*: "
-                                   "docs/entity-features.md#event-time-alignment). Partitions added to the input "
+                                   "docs/entity-features.md#event-time-alignment); run one worker per group "
+                                   "for such a model (several are exact only at SD_ALIGN_PEER_GRACE_MS=0, a "
+                                   "few hundred events/s). Partitions added to the input "
                                    "topic are consumed within SD_METADATA_MAX_AGE_MS (default 5 minutes; "
                                    "docs/operations.md, Partitions and workers).")
     p.add_argument("--max-idle-polls", type=_at_least(1), help="exit after this many consecutive polls that return "
