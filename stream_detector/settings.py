@@ -186,12 +186,13 @@ class WorkerSettings(_Group):
         "ahead too; a lone one (a wrong device clock) keeps it, so the rest of its partition is not held back. "
         "0: every advance waits for the next record to confirm it; the maximum (a year) in effect turns the rule off.")
     align_peer_grace_ms: int = Field(
-        2000, ge=0, le=86_400_000, description="Several workers of one group (alignment on): a worker releases a "
+        0, ge=0, le=86_400_000, description="Several workers of one group (alignment on): a worker releases a "
         "record only while its event time is at most this far past every other partition's next record, so a "
         "shared entity's events are applied at most this far out of order and clamped by the late-event rule, and "
         "once such an entity sees about one event per grace most alerts differ from offline scoring (measured in "
         "docs/entity-features.md); 0: exact "
-        "order, the workers taking turns about one event at a time (slow). One worker per group is exact and fast.")
+        "order, the workers taking turns about one event at a time (slow; the default since 2026-12-04, 2000 before). "
+        "One worker per group is exact and fast.")
     label_ingest: bool = Field(True, description="With a model that has label-derived features, run the label "
                                "ingester thread: feedback topic → labels attached to entities in Redis "
                                "(label_ingest.py, docs/feedback.md).")

@@ -364,10 +364,11 @@ def test_the_worker_counts_dead_letters_by_reason(broker, bundle):
 
 
 def test_a_worker_sharing_its_topic_under_alignment_with_a_grace_warns_once(caplog: pytest.LogCaptureFixture) -> None:
-    """Several workers aligned at a grace above 0 give features that differ from offline scoring
-    (docs/entity-features.md, *Several workers*): the worker says so once when it comes to own
-    only part of the topic, again only after it owned all of it in between; it says nothing at
-    grace 0 (exact), alone, or when the partition count is unknown."""
+    """Several workers aligned at a grace above 0 give features that differ from offline scoring,
+    and at grace 0 take turns about one event at a time (docs/entity-features.md, *Several
+    workers*): the worker says so once when it comes to own only part of the topic, again only
+    after it owned all of it in between; it says nothing alone or when the partition count is
+    unknown."""
     import logging
 
     from stream_detector.pipeline.align import AlignedSource
@@ -375,7 +376,9 @@ def test_a_worker_sharing_its_topic_under_alignment_with_a_grace_warns_once(capl
     from stream_detector.worker import SHARING_CHECK_S, sharing_warning
 
     assert sharing_warning(1, 4, 2000) is not None and "1 of the input topic's 4" in str(sharing_warning(1, 4, 2000))
-    assert sharing_warning(1, 4, 0) is None and sharing_warning(4, 4, 2000) is None
+    exact = sharing_warning(1, 4, 0)
+    assert exact is not None and "exact" in exact and "one worker per group" in exact
+    assert sharing_warning(4, 4, 2000) is None and sharing_warning(4, 4, 0) is None
     assert sharing_warning(0, 4, 2000) is None and sharing_warning(1, 0, 2000) is None
 
     class Owned:
