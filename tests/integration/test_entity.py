@@ -309,16 +309,7 @@ def _successor_replays_like_offline(settings: Settings, run_worker: Any, bundle:
     assert b.enricher is not None
     b.enricher.on_enriched = seen
     wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="B drained")
-    offline = enrich_history(TWO_KEYS, sorted(events, key=lambda e: e["timestamp"]))
-    online = seen.by_id()
-    assert len(online) == len(events)
-    different = [e["event_id"] for e in offline if online[e["event_id"]] != e]
-    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
-    scores = score_events(bundle, sorted(events, key=lambda e: e["timestamp"])).scores
-    expected = {e["event_id"] for e, s in zip(sorted(events, key=lambda e: e["timestamp"]), scores, strict=True)
-                if s > bundle.threshold}
-    alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
-    assert expected and alerts == expected
+    assert _like_offline(settings, bundle, sorted(events, key=lambda e: e["timestamp"]), seen.by_id())
     return b
 
 
@@ -588,6 +579,22 @@ def test_state_of_an_earlier_release_is_migrated_on_read(settings: Settings, rel
 TWO_KEYS = EntitySpec(keys=("account_id", "merchant_category"), windows=(3600, 86_400), max_distinct=8)
 
 
+def _like_offline(settings: Settings, bundle: Bundle, ordered: list[dict[str, Any]],
+                  online: dict[str, dict[str, Any]]) -> set[str]:
+    """The workers' enriched events (``online``, by id) equal offline enrichment of the
+    time-ordered file (``ordered``) bit for bit, and the alerts topic holds offline scoring's
+    alerts; returns those (the caller asserts there are some where the test needs them)."""
+    offline = enrich_history(TWO_KEYS, ordered)
+    assert len(online) == len(ordered)
+    different = [e["event_id"] for e in offline if online[e["event_id"]] != e]
+    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
+    scores = score_events(bundle, ordered).scores
+    expected = {e["event_id"] for e, s in zip(ordered, scores, strict=True) if s > bundle.threshold}
+    alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
+    assert alerts == expected
+    return expected
+
+
 @pytest.mark.parametrize(("transport", "written"), [(t, "before") for t in TRANSPORTS] + [("kafka-python", "while")])
 def test_one_worker_on_four_partitions_replays_a_backlog_like_the_time_ordered_file(
         settings: Settings, run_worker: Any, written: str) -> None:
@@ -620,18 +627,10 @@ def test_one_worker_on_four_partitions_replays_a_backlog_like_the_time_ordered_f
             producer.send(events)
     wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
 
-    online = seen.by_id()
-    offline = enrich_history(TWO_KEYS, events)
-    assert len(online) == len(events)
     # the partitions were merged in event time, not read fetch by fetch (a batch made of one
     # partition's tail, released once the others stayed quiet, may hold a single account)
     assert [e["timestamp"] for b in seen.batches for e in b] == times
-    different = [e["event_id"] for e in offline if online[e["event_id"]] != e]
-    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
-    scores = score_events(bundle, events).scores
-    expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > bundle.threshold}
-    alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
-    assert alerts == expected
+    _like_offline(settings, bundle, events, seen.by_id())
 
 
 def test_a_worker_hot_swapped_to_a_model_with_terminal_history_aligns_and_replays_like_offline(
@@ -660,15 +659,7 @@ def test_a_worker_hot_swapped_to_a_model_with_terminal_history_aligns_and_replay
                for r in caplog.records)
     assert not any("another entity spec" in r.getMessage() for r in caplog.records)  # the first with history
     seen = _sent_and_drained(settings, worker, events)
-    online = seen.by_id()
-    offline = enrich_history(TWO_KEYS, events)
-    assert len(online) == len(events)
-    different = [e["event_id"] for e in offline if online[e["event_id"]] != e]
-    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
-    scores = score_events(two_keys, events).scores
-    expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > two_keys.threshold}
-    alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
-    assert alerts == expected and expected
+    assert _like_offline(settings, two_keys, events, seen.by_id())
 
 
 class _PublishFailsWhile:
@@ -870,21 +861,13 @@ def test_four_workers_on_four_partitions_replay_a_backlog_like_the_time_ordered_
     wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, timeout_s=180, message="drained")
 
     assert {len(w.source.assignment()) for w in workers} == {1}  # one partition each, at the end
-    online = seen.by_id()
-    offline = enrich_history(TWO_KEYS, events)
-    assert len(online) == len(events)
-    different = [e["event_id"] for e in offline if online[e["event_id"]] != e]
-    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
+    assert _like_offline(settings, bundle, events, seen.by_id())
     store = InMemoryState()
     enrich_history(TWO_KEYS, events, store=store)
     client = redis.Redis.from_url(settings.redis_url)
     for (_, (key, value)), record in store.records.items():
         raw = client.get(RedisState(client, settings.redis_prefix).key(TWO_KEYS, (key, value)))
         assert raw is not None and decode(TWO_KEYS, key, unwrap(raw))["c"] == record["c"]  # no lost update
-    scores = score_events(bundle, events).scores
-    expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > bundle.threshold}
-    alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
-    assert expected and alerts == expected
 
 
 @pytest.mark.parametrize("idle_ms", [2000, 100])
@@ -921,12 +904,4 @@ def test_a_worker_joining_a_backlog_midway_keeps_shared_features_like_the_time_o
     wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, timeout_s=180, message="drained")
 
     assert seen[1].batches  # the second worker took its share
-    online = seen[0].by_id() | seen[1].by_id()
-    offline = enrich_history(TWO_KEYS, events)
-    assert len(online) == len(events)
-    different = [e["event_id"] for e in offline if online[e["event_id"]] != e]
-    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
-    scores = score_events(bundle, events).scores
-    expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > bundle.threshold}
-    alerts = {orjson.loads(r.value)["event_id"] for r in read_all(settings, settings.alerts_topic)}
-    assert expected and alerts == expected
+    assert _like_offline(settings, bundle, events, seen[0].by_id() | seen[1].by_id())
