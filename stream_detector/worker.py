@@ -118,15 +118,17 @@ def sharing_warning(owned: int, partitions: int, grace_ms: int) -> str | None:
         return None
     if grace_ms <= 0:
         return (f"this worker owns {owned} of the input topic's {partitions} partitions, under a model with history "
-                "keyed by a field other than the topic's key: the workers apply a shared entity's events in exact "
+                "keyed by a field other than the topic's key: the workers apply a shared entity's events in "
                 "event-time order by taking turns, about one event per turn (measured: four workers 248 events/s, "
-                "one worker 27.9k); run one worker per group for such a model (docs/operations.md, "
+                "one worker 27.9k; a burst after a quiet spell can still come out of order); run one worker per group "
+                "for such a model (docs/operations.md, "
                 "'Partitions and workers')")
     return (f"this worker owns {owned} of the input topic's {partitions} partitions, under a model with history "
             f"keyed by a field other than the topic's key: with SD_ALIGN_PEER_GRACE_MS={grace_ms} an entity shared "
             "with the other workers' partitions sees its events up to that far out of order, the late-event rule "
-            "clamps them, and its features and alerts differ from offline scoring (measured: four workers at 2000 ms "
-            "raised 3.4 times offline's alerts); run one worker per group for such a model, or "
+            "clamps them, and its features and alerts differ from offline scoring, the more the denser its events "
+            "(measured: four workers at 2000 ms raised 3.4 times offline's alerts on a dense backlog); run one worker "
+            "per group for such a model, or "
             "SD_ALIGN_PEER_GRACE_MS=0 (exact, about one event per turn) (docs/operations.md, "
             "'Partitions and workers')")
 
@@ -505,8 +507,7 @@ class Worker:
                 waited = self.peer_wait_s() - waited
                 if waited > 0:
                     self.metrics.align_peer_wait.inc(waited)
-        if len(batch):
-            self._check_sharing(time.monotonic())
+        self._check_sharing(time.monotonic())  # also while it receives nothing (its peers may drain it all)
         if not len(batch):
             if self.hold.active:  # every held partition moved to another worker
                 self.hold.release()

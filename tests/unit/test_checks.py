@@ -43,3 +43,19 @@ def test_a_model_with_history_keyed_by_a_field_other_than_the_topics_key_warns_t
     assert "terminal_id" in check.detail and "one worker in group g1" in check.detail
     assert scaling_check(SimpleNamespace(version="v8", entity=EntitySpec(keys=("account_id",))), s) is None
     assert scaling_check(SimpleNamespace(version="v9", entity=None), s) is None
+
+
+def test_the_one_worker_warning_replaces_the_busy_workers_line(monkeypatch: object) -> None:
+    """A trial read "OK scaling at most 4 busy workers" followed by "WARN scaling … run one
+    worker" as a contradiction: with the WARN, the OK line goes."""
+    import stream_detector.checks as checks
+    from stream_detector.checks import Check, run_checks
+    from stream_detector.settings import Settings
+
+    ok = Check("ok", "scaling", "at most 4 busy workers in group g")
+    warn = Check("warn", "scaling", "model v has history keyed by terminal_id …: run one worker in group g")
+    for redis_checks, expected in (([warn], [warn]), ([], [ok])):
+        monkeypatch.setattr(checks, "_settings_checks", lambda s: iter(()))  # type: ignore[attr-defined]
+        monkeypatch.setattr(checks, "_kafka_checks", lambda s, t: iter([ok]))  # type: ignore[attr-defined]
+        monkeypatch.setattr(checks, "_redis_checks", lambda s, r=redis_checks: iter(r))  # type: ignore[attr-defined]
+        assert [c for c in run_checks(Settings()) if c.name == "scaling"] == expected
