@@ -237,7 +237,7 @@ def scaling_check(bundle: Any, s: Settings) -> Check | None:
         return None
     return Check("warn", "scaling", f"model {bundle.version} has history keyed by {', '.join(shared)}, not only by "
                  f"the topic's key ({s.entity_partition_key or 'SD_ENTITY_PARTITION_KEY unset'}): run one worker in "
-                 f"group {s.group_id}; several are exact only at SD_ALIGN_PEER_GRACE_MS=0 on a backlog, a few "
+                 f"group {s.group_id}; several are exact only at SD_ALIGN_PEER_GRACE_MS=0, a few "
                  "hundred events/s (docs/operations.md, 'Partitions and workers')")
 
 

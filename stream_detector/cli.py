@@ -1711,8 +1711,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(SD_ENTITY_PARTITION_KEY) it releases its partitions in event-time "
                                    "order (SD_ALIGN_*: "
                                    "docs/entity-features.md#event-time-alignment); run one worker per group "
-                                   "for such a model (several are exact only at SD_ALIGN_PEER_GRACE_MS=0 "
-                                   "on a backlog, a few hundred events/s). Partitions added to the input "
+                                   "for such a model (several are exact only at SD_ALIGN_PEER_GRACE_MS=0, "
+                                   "a few hundred events/s). Partitions added to the input "
                                    "topic are consumed within SD_METADATA_MAX_AGE_MS (default 5 minutes; "
                                    "docs/operations.md, Partitions and workers).")
     p.add_argument("--max-idle-polls", type=_at_least(1), help="exit after this many consecutive polls that return "

@@ -120,7 +120,7 @@ def sharing_warning(owned: int, partitions: int, grace_ms: int) -> str | None:
         return (f"this worker owns {owned} of the input topic's {partitions} partitions, under a model with history "
                 "keyed by a field other than the topic's key: the workers apply a shared entity's events in "
                 "event-time order by taking turns, about one event per turn (measured: four workers 248 events/s, "
-                "one worker 27.9k; a burst after a quiet spell can still come out of order); run one worker per group "
+                "one worker 27.9k); run one worker per group "
                 "for such a model (docs/operations.md, "
                 "'Partitions and workers')")
     return (f"this worker owns {owned} of the input topic's {partitions} partitions, under a model with history "

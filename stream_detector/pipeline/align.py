@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Protocol
@@ -60,6 +60,7 @@ import numpy as np
 import orjson
 
 from ..compiled import jit
+from ..errors import TransportError
 from ..fieldschema import EventTime
 from ..transport.base import Batch, Membership, Offsets, Source, TopicPartition
 
@@ -73,11 +74,13 @@ class Peers(Protocol):
     """The other workers of the consumer group (``store/watermarks.py``): ``publish`` this worker's
     partitions' heads (event time in epoch ms of the next record to apply; idle or not),
     ``bound`` the largest event time the other partitions allow this worker to release now (+inf
-    when none holds it back)."""
+    when none holds it back). An idle partition is published with its end offset (``ends``), and
+    ``bound`` checks such claims against the broker's end offsets now (its ``ends`` callable):
+    records appended since make the partition hold at its head again."""
 
-    def publish(self, heads: dict[int, tuple[float, bool]]) -> None: ...
+    def publish(self, heads: dict[int, tuple[float, bool]], ends: dict[int, int] | None = None) -> None: ...
 
-    def bound(self, own: set[int]) -> float: ...
+    def bound(self, own: set[int], ends: Callable[[set[int]], dict[int, int]] | None = None) -> float: ...
 
 
 def event_time_ms(value: bytes | None) -> float | None:
@@ -378,8 +381,13 @@ class AlignedSource:
         assert self.peers is not None
         now = self.clock()
         self._published_at = now
+        try:  # read before the backlog: an end the client learns in between (librdkafka fetches in the
+            highs = self.inner.highwaters()  # background) then shows as records left, not as a claim
+        except TransportError:
+            highs = {}
         left = self._backlog(now)
         out: dict[int, tuple[float, bool]] = {}
+        ends: dict[int, int] = {}
         for p in self._assigned():
             released = self._released.get(p)
             part = self._parts.get(p)
@@ -391,7 +399,10 @@ class AlignedSource:
                 out[p] = (max(part.newest, self._settled.get(p, NEG_INF)), self._idle(p, part, left.get(p), now))
             else:  # nothing from it since assignment or a rewind
                 out[p] = (self._settled.get(p, NEG_INF), self._idle(p, None, left.get(p), now))
-        self.peers.publish(out)
+            high = highs.get(p)
+            if out[p][1] and high is not None:  # idle: nothing left to hand out, so its position is this end
+                ends[p] = high  # the peers check the claim against the broker's end (store/watermarks.py)
+        self.peers.publish(out, ends)
 
     def _backlog(self, now: float) -> dict[int, int | None]:
         """Per assigned partition, the records its client has still to hand out (``Source.backlog``).
@@ -452,6 +463,9 @@ class AlignedSource:
 
     def highwaters(self) -> dict[int, int | None]:
         return self.inner.highwaters()
+
+    def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        return self.inner.end_offsets(partitions)
 
     def backlog(self, ask: bool = False) -> dict[int, int | None]:
         return self.inner.backlog(ask)
@@ -542,7 +556,8 @@ class AlignedSource:
         assigned = self._assigned()
         own = self._bound(assigned)  # also drops revoked partitions' records, forced or not
         own = INF if force else own
-        peer = INF if self.peers is None else self.peers.bound(assigned)  # never past other partitions' heads + grace
+        # never past other partitions' heads + grace; an idle one's claim checked against the broker
+        peer = INF if self.peers is None else self.peers.bound(assigned, self.inner.end_offsets)
         bound = min(own, peer)
         over = self.held_back - self.max_buffered
         if force or over > 0:

@@ -6,6 +6,7 @@ same in process for unit tests of the worker's logic (swap, hold, decide) withou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..entity.labels import LabelStore
@@ -42,5 +43,5 @@ class Watermarks(Protocol):
     """The consumer group's shared event-time watermarks (``store/watermarks.py``; the worker's
     ``pipeline.align.Peers``)."""
 
-    def publish(self, heads: dict[int, tuple[float, bool]]) -> None: ...
-    def bound(self, own: set[int]) -> float: ...
+    def publish(self, heads: dict[int, tuple[float, bool]], ends: dict[int, int] | None = None) -> None: ...
+    def bound(self, own: set[int], ends: Callable[[set[int]], dict[int, int]] | None = None) -> float: ...

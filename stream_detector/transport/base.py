@@ -230,6 +230,13 @@ class Source(Protocol):
     def assignment(self) -> set[TopicPartition]: ...
     def highwaters(self) -> dict[int, int | None]: ...
 
+    def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The broker's end offset (the offset the next record appended gets) of these partitions
+        of the source's topic, assigned to this consumer or not: one round trip. Event-time
+        alignment checks another worker's claim that its partition is idle with it
+        (``pipeline/align.py``). ``TransportError`` when the broker does not answer."""
+        ...
+
     def backlog(self, ask: bool = False) -> dict[int, int | None]:
         """Per assigned partition, how many records the client has still to hand out: its high
         watermark minus its position (0: at its end, as far as the client knows), None while either

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -249,6 +249,7 @@ class ConfluentSource:
         self.consumer: Consumer | None = None
         self._state = _Rebalances()
         self._ends: dict[int, int] = {}  # partition → an end offset asked of the broker (``backlog``)
+        self._starts: dict[int, int] = {}  # partition → where it starts, while nothing consumed (``backlog``)
         self._fatal: KafkaError | None = None
         self._poll_failed = Throttled("poll")
         self.on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None = None  # base.Source
@@ -264,7 +265,8 @@ class ConfluentSource:
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     def _on_assign(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
-        self._ends.clear()  # ends asked under the old assignment
+        self._ends.clear()  # ends and starts asked under the old assignment
+        self._starts.clear()
         if partitions:
             log.info("assigned %s", sorted(tp.partition for tp in partitions))
 
@@ -446,7 +448,8 @@ class ConfluentSource:
             raise TransportError(f"assignment unavailable: {exc}") from exc
 
     def highwaters(self) -> dict[int, int | None]:
-        """Per assigned partition, the highwater mark cached from the last fetch (None before one)."""
+        """Per assigned partition, the highwater mark cached from the last fetch, or the broker's
+        answer to ``backlog(ask=True)`` where that is higher or there is none (None: neither)."""
         consumer = self.consumer
         if consumer is None:
             return {}
@@ -454,26 +457,53 @@ class ConfluentSource:
         try:
             for tp in consumer.assignment():
                 _, high = consumer.get_watermark_offsets(tp, cached=True)
+                high = max(high, self._ends.get(tp.partition, -1))  # or the broker's, asked by backlog
                 out[tp.partition] = high if high >= 0 else None
         except KafkaException as exc:
             raise TransportError(f"watermarks unavailable: {exc}") from exc
         return out
 
+    def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """``base.Source.end_offsets``: the broker's high watermark of each partition (uncached, a
+        blocking round trip of at most 1 s each)."""
+        consumer = self._c()
+        try:
+            return {p: int(consumer.get_watermark_offsets(CTopicPartition(self.config.topic, p), timeout=1.0,
+                                                          cached=False)[1]) for p in partitions}
+        except KafkaException as exc:
+            raise TransportError(f"end offsets unavailable: {exc}") from exc
+
     def backlog(self, ask: bool = False) -> dict[int, int | None]:
         """``base.Source.backlog``: per assigned partition, its high watermark (cached from the last
         fetch; ``ask``: from the broker where none is cached, a blocking round trip of at most 1 s,
-        kept as a lower bound of the partition's end) minus the consumer's position (local)."""
+        kept as a lower bound of the partition's end) minus the consumer's position (local). Before
+        the first record of a partition is consumed librdkafka reports no position, so ``ask`` also
+        asks where it starts: the group's committed offset, else (nothing committed) the partition's
+        low watermark (``auto.offset.reset`` earliest) or its end (latest), kept until a record is
+        consumed. (Without it, such a partition's backlog stayed unknown, and event-time
+        alignment could call it idle with a burst already fetched into the client.)"""
         consumer = self.consumer
         if consumer is None:
             return {}
         out: dict[int, int | None] = {}
         try:
-            for tp in consumer.position(consumer.assignment()):
+            positions = consumer.position(consumer.assignment())
+            unknown = [tp for tp in positions if tp.offset < 0 and tp.partition not in self._starts]
+            if ask and unknown:
+                try:
+                    for c in consumer.committed(unknown, timeout=1.0):
+                        low, end = consumer.get_watermark_offsets(c, timeout=1.0, cached=False)
+                        earliest = self.config.tuning.auto_offset_reset == "earliest"
+                        self._starts[c.partition] = c.offset if c.offset >= 0 else (low if earliest else end)
+                except KafkaException:
+                    pass  # the coordinator is not known yet (a group still forming): unknown, asked again later
+            for tp in positions:
                 _, high = consumer.get_watermark_offsets(tp, cached=True)
                 if high < 0 and ask:
                     self._ends[tp.partition] = consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)[1]
                 high = max(high, self._ends.get(tp.partition, -1))
-                out[tp.partition] = max(high - tp.offset, 0) if high >= 0 and tp.offset >= 0 else None
+                position = tp.offset if tp.offset >= 0 else self._starts.get(tp.partition, -1)
+                out[tp.partition] = max(high - position, 0) if high >= 0 and position >= 0 else None
         except KafkaException as exc:
             raise TransportError(f"backlog unavailable: {exc}") from exc
         return out

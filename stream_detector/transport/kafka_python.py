@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -383,14 +383,32 @@ class KafkaSource:
             raise TransportError(f"assignment unavailable: {exc!r}", retriable=True) from exc
 
     def highwaters(self) -> dict[int, int | None]:
-        """Per assigned partition, the highwater mark of the last fetch response (None before one)."""
+        """Per assigned partition, its end as far as the client knows: the high watermark of the
+        last fetch response, or the broker's answer to ``backlog(ask=True)`` where that is higher or
+        there is none (kafka-python caches one only once it hands that partition out); None when
+        neither is known."""
         consumer = self.consumer
         if consumer is None:
             return {}
         try:
-            return {tp.partition: consumer.highwater(tp) for tp in consumer.assignment()}
+            out: dict[int, int | None] = {}
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                known = max(-1 if high is None else high, self._ends.get(tp.partition, -1))
+                out[tp.partition] = known if known >= 0 else None
+            return out
         except KafkaError as exc:
             raise TransportError(f"highwaters unavailable: {exc!r}", retriable=True) from exc
+
+    def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """``base.Source.end_offsets``: one ListOffsets request (``KafkaConsumer.end_offsets``)."""
+        wanted = [KTopicPartition(self.config.topic, p) for p in partitions]
+        if not wanted:
+            return {}
+        try:
+            return {tp.partition: int(end) for tp, end in self._c().end_offsets(wanted).items()}
+        except KafkaError as exc:
+            raise TransportError(f"end offsets unavailable: {exc!r}", retriable=True) from exc
 
     def backlog(self, ask: bool = False) -> dict[int, int | None]:
         """``base.Source.backlog``: per assigned partition, its high watermark minus the consumer's

@@ -17,7 +17,7 @@ import itertools
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .base import (
@@ -222,6 +222,10 @@ class MemorySource:
         if not self._started:
             return {}
         return {tp.partition: end for tp, end in self.broker.end_offsets(self.topic).items()}
+
+    def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        ends = {tp.partition: end for tp, end in self.broker.end_offsets(self.topic).items()}
+        return {p: ends.get(p, 0) for p in partitions}
 
     def backlog(self, ask: bool = False) -> dict[int, int | None]:
         if not self._started:

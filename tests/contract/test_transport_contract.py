@@ -113,6 +113,19 @@ def test_a_poll_told_not_to_wait_returns_what_was_fetched_at_once(harness: Harne
     assert [v for b in poll_until(source, 1) for v in b.values] == [b"x2"]
 
 
+def test_end_offsets_are_the_brokers_now(harness: Harness) -> None:
+    """``end_offsets`` (event-time alignment checks another worker's idle claim with it): the
+    offset the next record appended to each partition gets, asked of the broker, not what the
+    client has fetched."""
+    topic, group = harness.topic(2), harness.group()
+    harness.produce(topic, [b"a0", b"a1", b"a2"], partition=0)
+    source = harness.source(topic, group)
+    poll_until(source, 3)
+    assert source.end_offsets([0, 1]) == {0: 3, 1: 0}
+    harness.produce(topic, [b"b0"], partition=1)
+    assert source.end_offsets([1]) == {1: 1}  # appended since the last poll
+
+
 def test_still_member_until_the_membership_moves(harness: Harness) -> None:
     topic, group = harness.topic(1), harness.group()
     harness.produce(topic, [b"x"])

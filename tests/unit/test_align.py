@@ -179,6 +179,9 @@ class _OnePartition:
     def backlog(self, ask: bool = False) -> dict[int, int | None]:
         return {self.p: len(self.values) - self.pos}
 
+    def end_offsets(self, partitions: Any) -> dict[int, int]:
+        return {p: len(self.values) for p in partitions if p == self.p}
+
 
 @pytest.mark.parametrize("grace", [0.0, 5_000.0])
 def test_several_workers_apply_a_shared_entitys_events_in_event_time_order(grace: float) -> None:
@@ -258,6 +261,9 @@ class _PartitionAfterPartition:
 
     def backlog(self, ask: bool = False) -> dict[int, int | None]:
         return {p: len(v) - self.pos[p] if ask or p in self.cached else None for p, v in self.values.items()}
+
+    def end_offsets(self, partitions: Any) -> dict[int, int]:
+        return {p: len(self.values[p]) for p in partitions if p in self.values}
 
 
 def test_a_partition_whose_client_has_not_handed_it_out_yet_holds_the_others() -> None:
@@ -676,3 +682,112 @@ def test_a_worker_held_back_by_its_own_partition_waits_in_its_client_no_longer_t
     assert _times([source.poll_batch()]) == [5000.0, 6000.0]
     assert now[0] <= 0.1 + 0.001  # 0.5 s before: the client's idle_poll_ms, whatever idle_ms said
     assert all(w is not None and w <= 100 for w in inner.waits[1:])
+
+
+class _SharedLog:
+    """The input topic's partitions as the broker holds them, for scripted workers that each own
+    one (``_Owner``): records can be appended while they run (live traffic after a quiet spell)."""
+
+    def __init__(self) -> None:
+        self.values: dict[int, list[bytes]] = {}
+
+    def append(self, partition: int, times: list[float]) -> None:
+        log = self.values.setdefault(partition, [])
+        log += [orjson.dumps({"event_id": f"{partition}-{len(log) + i}", "timestamp": t}) for i, t in enumerate(times)]
+
+
+class _Owner(_OnePartition):
+    """One worker's client on partition ``partition`` of a ``_SharedLog``: it sees what was
+    appended (its high watermark as of its last poll) and can ask the end of any partition."""
+
+    def __init__(self, partition: int, log: _SharedLog) -> None:
+        super().__init__(partition, [], fetch=1000)
+        self.log, self.seen_end = log, 0
+
+    def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch:
+        self.values = self.log.values.get(self.p, [])
+        self.seen_end = len(self.values)
+        return super().poll_batch(fill, wait_ms)
+
+    def highwaters(self) -> dict[int, int | None]:
+        return {self.p: self.seen_end}
+
+    def backlog(self, ask: bool = False) -> dict[int, int | None]:
+        return {self.p: self.seen_end - self.pos}
+
+    def end_offsets(self, partitions: Any) -> dict[int, int]:
+        return {p: len(self.log.values.get(p, [])) for p in partitions}
+
+
+def test_a_burst_after_a_quiet_spell_is_applied_in_event_time_order_by_several_workers() -> None:
+    """Two workers at grace 0, each owning one partition, drain what there is and go quiet, so
+    each publishes its partition idle; then a burst reaches both partitions. Whichever worker polls
+    first must not release its burst before the other has published its own burst's heads: an idle
+    claim is checked against the broker's end offset (``store/watermarks.py``). Before, the first
+    to poll released its whole burst past the other's (a new-user trial: 312 alerts where offline
+    scoring raises 163, one run of five)."""
+    from stream_detector.store.watermarks import MemoryWatermarks
+
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001
+        return now[0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    log = _SharedLog()
+    log.append(0, [1000.0, 3000.0])
+    log.append(1, [2000.0, 4000.0])
+    peers = MemoryWatermarks(grace_ms=0, stale_ms=600_000, partitions=2, clock=lambda: now[0])
+    workers = []
+    for p in range(2):
+        source = AlignedSource(_Owner(p, log), batch_size=25, idle_ms=100, clock=clock, sleep=sleep,  # type: ignore[arg-type]
+                               peers=peers)
+        source.enabled, source.topic = True, TOPIC
+        workers.append(source)
+    applied: list[float] = []
+
+    def turn(source: AlignedSource) -> None:
+        batch = source.poll_batch()
+        applied.extend(_times([batch]))
+        source.settled(batch.next_offsets())
+
+    for _ in range(20):  # drain, then stay quiet well past idle_ms: both partitions published idle
+        for source in workers:
+            turn(source)
+    assert applied == [1000.0, 2000.0, 3000.0, 4000.0]
+    assert all(entry[1] for entry in peers.entries.values())  # both idle, each with its end offset
+    log.append(0, [5000.0, 7000.0])
+    log.append(1, [6000.0, 8000.0])
+    for _ in range(20):
+        for source in reversed(workers):  # the worker on partition 1 polls first
+            turn(source)
+    assert applied[4:] == [5000.0, 6000.0, 7000.0, 8000.0]
+
+
+def test_an_idle_claim_holds_again_once_the_broker_has_records_past_its_end() -> None:
+    """``peer_bound``: an idle entry with a known end offset counts as idle only while the
+    broker's end is still that; past it, it holds at its head. Unknown ends (-1, entries written
+    before the check existed) and a broker that does not answer trust the claim, as before."""
+    from stream_detector.store.watermarks import peer_bound
+
+    asked: list[set[int]] = []
+
+    def ends(now: dict[int, int]) -> Any:
+        def ask(parts: set[int]) -> dict[int, int]:
+            asked.append(set(parts))
+            return {p: now[p] for p in parts}
+        return ask
+
+    def down(parts: set[int]) -> dict[int, int]:
+        raise OSError("broker down")
+
+    entries = {0: (1000.0, True, 0.0, 10), 1: (2000.0, False, 0.0, -1), 2: (500.0, True, 0.0, -1)}
+    assert peer_bound(entries, {3}, 0, 60_000, 1.0, ends=ends({0: 10})) == 2000.0  # idle as claimed
+    assert asked == [{0}]  # only the claims with a known end are checked
+    assert peer_bound(entries, {3}, 0, 60_000, 1.0, ends=ends({0: 12})) == 1000.0  # appended since: holds
+    assert peer_bound(entries, {3}, 0, 60_000, 1.0, ends=down) == 2000.0
+    assert peer_bound(entries, {3}, 0, 60_000, 1.0) == 2000.0
+    assert peer_bound(entries, {0, 3}, 0, 60_000, 1.0, ends=ends({})) == 2000.0  # its own: never asked

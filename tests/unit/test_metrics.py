@@ -132,6 +132,7 @@ class _Source:
 
     def __init__(self, consumer: _Consumer) -> None:
         self.consumer = consumer
+        self._ends: dict[int, int] = {}  # the broker's ends asked by backlog(ask=True): none here
 
 
 def test_lag_is_highwater_minus_next_offset_for_assigned_partitions_only():
