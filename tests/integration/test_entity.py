@@ -51,6 +51,14 @@ def entity_bundle() -> Bundle:
     return build_bundle(train(history, TrainConfig(epochs=15, seed=0, threshold_method="quantile", target_fpr=0.01), entity=SPEC))
 
 
+@pytest.fixture(scope="module")
+def two_keys_bundle() -> Bundle:
+    """A model with account and merchant-category history (``TWO_KEYS``), trained once per module."""
+    return build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
+                              TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
+                              entity=TWO_KEYS))
+
+
 def _small_batches(settings: Settings) -> Settings:
     return settings.model_copy(update={"batch_size": 128})
 
@@ -256,7 +264,7 @@ def test_a_write_behind_window_written_but_not_committed_is_replayed_exactly(
 
 
 def test_a_worker_dying_before_a_commit_leaves_a_shared_key_its_successor_replays_exactly(
-        settings: Settings, run_worker: Any) -> None:
+        settings: Settings, run_worker: Any, two_keys_bundle: Bundle) -> None:
     """A trial (2026-12-03): a worker with an account + terminal model SIGKILLed mid-backlog, and
     its successor raised 4.4x offline's alerts. The terminals' records are written on every batch
     and keep the undo snapshot of their last write only, while write-behind committed the offsets
@@ -269,9 +277,7 @@ def test_a_worker_dying_before_a_commit_leaves_a_shared_key_its_successor_replay
     the successor's features equal offline enrichment bit for bit, and its alerts offline's. (With
     the log, the default: ``test_a_write_behind_window_with_a_shared_key_is_replayed_exactly``.)"""
     settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 600_000, "entity_replay_log": False})
-    bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
-                                TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
-                                entity=TWO_KEYS))
+    bundle = two_keys_bundle
     _publish(settings, bundle)
     events = _raw(1200, seed=25)
     with EventProducer(settings, settings.input_topic) as producer:  # keyed by account
@@ -597,7 +603,7 @@ def _like_offline(settings: Settings, bundle: Bundle, ordered: list[dict[str, An
 
 @pytest.mark.parametrize(("transport", "written"), [(t, "before") for t in TRANSPORTS] + [("kafka-python", "while")])
 def test_one_worker_on_four_partitions_replays_a_backlog_like_the_time_ordered_file(
-        settings: Settings, run_worker: Any, written: str) -> None:
+        settings: Settings, run_worker: Any, two_keys_bundle: Bundle, written: str) -> None:
     """Issue 16: a key that is not the partition key (here the merchant category, shared by
     accounts on every partition) gets, from one worker reading a backlog of four partitions, the
     features offline enrichment gives the time-ordered file, bit for bit. Without event-time
@@ -606,9 +612,7 @@ def test_one_worker_on_four_partitions_replays_a_backlog_like_the_time_ordered_f
     events = _raw(1600, seed=26)
     times = [e["timestamp"] for e in events]
     assert times == sorted(times) and len(set(times)) == len(times)  # one order, no ties to break
-    bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
-                                TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
-                                entity=TWO_KEYS))
+    bundle = two_keys_bundle
     settings = _small_batches(settings)
     _publish(settings, bundle)
     if written == "before":
@@ -762,7 +766,7 @@ def test_auto_alignment_follows_the_keys_the_topic_is_not_keyed_by(
 
 
 @pytest.mark.parametrize("years", [50, 3])
-def test_a_rejected_far_future_timestamp_does_not_hold_its_partition_back(settings: Settings, run_worker: Any,
+def test_a_rejected_far_future_timestamp_does_not_hold_its_partition_back(settings: Settings, run_worker: Any, two_keys_bundle: Bundle,
                                                                          years: int) -> None:
     """A trial found that one event 50 years ahead (dead-lettered at decode as implausible) moved
     its partition's alignment clock to 2076: the rest of that partition was released after the
@@ -774,9 +778,7 @@ def test_a_rejected_far_future_timestamp_does_not_hold_its_partition_back(settin
     history clocks years ahead; now it is dead-lettered alike."""
     events = _raw(1200, seed=28)
     bad = dict(events[10], event_id="far-future", timestamp=events[10]["timestamp"] + years * 365 * 86_400_000)
-    bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
-                                TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
-                                entity=TWO_KEYS))
+    bundle = two_keys_bundle
     settings = _small_batches(settings)
     _publish(settings, bundle)
     with EventProducer(settings, settings.input_topic) as producer:  # the backlog is there first
@@ -797,7 +799,7 @@ def test_a_rejected_far_future_timestamp_does_not_hold_its_partition_back(settin
     assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
 
 
-def test_a_plausible_future_timestamp_does_not_hold_its_partition_back(settings: Settings, run_worker: Any) -> None:
+def test_a_plausible_future_timestamp_does_not_hold_its_partition_back(settings: Settings, run_worker: Any, two_keys_bundle: Bundle) -> None:
     """A trial put one event 1.5 days ahead (inside the plausible range, so it is scored) into a
     1.5-day backlog: it lifted its partition's alignment clock, the rest of that partition was
     released after the other three, and one worker raised 79 alerts where offline scoring raises
@@ -806,9 +808,7 @@ def test_a_plausible_future_timestamp_does_not_hold_its_partition_back(settings:
     events = _raw(1200, seed=28)
     jump = dict(events[10], event_id="ahead", timestamp=events[10]["timestamp"] + 36 * 3_600_000)
     file = [*events[:10], jump, *events[10:]]
-    bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
-                                TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
-                                entity=TWO_KEYS))
+    bundle = two_keys_bundle
     settings = _small_batches(settings)
     assert settings.align_max_jump_ms == 3_600_000
     _publish(settings, bundle)
@@ -830,7 +830,7 @@ def test_a_plausible_future_timestamp_does_not_hold_its_partition_back(settings:
 
 
 def test_four_workers_on_four_partitions_replay_a_backlog_like_the_time_ordered_file(
-        settings: Settings, run_worker: Any) -> None:
+        settings: Settings, run_worker: Any, two_keys_bundle: Bundle) -> None:
     """Issue 16, several workers: four workers of one group, one partition each, replay a backlog
     keyed by account; the merchant category is shared by accounts on every partition. Through the
     shared heads (``store/watermarks.py``, grace 0) and the compare-and-set write, every worker's
@@ -839,9 +839,7 @@ def test_four_workers_on_four_partitions_replay_a_backlog_like_the_time_ordered_
     events = _raw(120, seed=28)
     times = [e["timestamp"] for e in events]
     assert times == sorted(times) and len(set(times)) == len(times)
-    bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
-                                TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
-                                entity=TWO_KEYS))
+    bundle = two_keys_bundle
     settings = _small_batches(settings).model_copy(update={"align_peer_grace_ms": 0, "align_max_buffered": 50_000})
     assert settings.topic_partitions == 4
     _publish(settings, bundle)
@@ -872,7 +870,7 @@ def test_four_workers_on_four_partitions_replay_a_backlog_like_the_time_ordered_
 
 @pytest.mark.parametrize("idle_ms", [2000, 100])
 def test_a_worker_joining_a_backlog_midway_keeps_shared_features_like_the_time_ordered_file(
-        settings: Settings, run_worker: Any, idle_ms: int) -> None:
+        settings: Settings, run_worker: Any, two_keys_bundle: Bundle, idle_ms: int) -> None:
     """Scale-out in the middle of a backlog (kafka-python, grace 0): a second worker joins while the
     first drains four partitions, and the rebalance hands the first worker's partitions back with
     fresh client state. The merchant features of every event equal offline enrichment of the
@@ -884,9 +882,7 @@ def test_a_worker_joining_a_backlog_midway_keeps_shared_features_like_the_time_o
     ``SD_ALIGN_IDLE_MS`` 100 too: partitions are called idle sooner, and the workers taking turns
     poll their clients without waiting (105 s to drain before that, 35 s after, by hand)."""
     events = _raw(10_000, seed=31)
-    bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
-                                TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
-                                entity=TWO_KEYS))
+    bundle = two_keys_bundle
     settings = settings.model_copy(update={"batch_size": 32, "align_peer_grace_ms": 0, "align_max_buffered": 50_000,
                                          "align_idle_ms": idle_ms})
     _publish(settings, bundle)
@@ -909,7 +905,7 @@ def test_a_worker_joining_a_backlog_midway_keeps_shared_features_like_the_time_o
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_two_workers_quiet_then_sent_a_burst_apply_it_like_the_time_ordered_file(
-        settings: Settings, run_worker: Any, transport: str) -> None:
+        settings: Settings, run_worker: Any, two_keys_bundle: Bundle, transport: str) -> None:
     """Live traffic after a quiet spell (grace 0, both transports): two workers drain an empty topic
     until every partition is published idle, then a burst reaches all four partitions. An idle
     claim is checked against the broker's end offset before another worker releases past it
@@ -920,9 +916,7 @@ def test_two_workers_quiet_then_sent_a_burst_apply_it_like_the_time_ordered_file
     ``tests/unit/test_align.py::
     test_a_burst_after_a_quiet_spell_is_applied_in_event_time_order_by_several_workers`` scripts it.)"""
     events = _raw(2_000, seed=33)
-    bundle = build_bundle(train(enrich_history(TWO_KEYS, _raw(1500, seed=27)),
-                                TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.01),
-                                entity=TWO_KEYS))
+    bundle = two_keys_bundle
     settings = settings.model_copy(update={"batch_size": 64, "align_peer_grace_ms": 0, "align_idle_ms": 200,
                                            "transport": transport})
     _publish(settings, bundle)
