@@ -217,7 +217,9 @@ def test_retrain_cli_once_reports_and_exits_by_outcome(rsettings, published, env
     running = start_worker(s)
     wait_until(lambda: _drained(s) and _fully_committed(s), message="the new events decided")
     running.stop()
-    counts = orjson.loads(retrain().stdout)["counts"]
+    last = retrain()
+    assert last.returncode in (0, 3, 4, 5) and last.stdout, (last.returncode, last.stderr[-2000:])  # once empty in CI
+    counts = orjson.loads(last.stdout)["counts"]
     assert counts["clean"] + counts.get("left_out_alerted", 0) == len(events) + len(more), counts
 
 
