@@ -54,19 +54,19 @@ def peer_bound(entries: dict[int, Entry], own: set[int], grace_ms: float, stale_
     claim. A partition below ``partitions`` with no entry yet (its owner has read nothing from it
     so far) holds everything back (-inf) for ``stale_ms`` from when ``missing`` (updated here)
     first saw it."""
-    bound = INF
     live = {p: e for p, e in entries.items() if p not in own and now_ms - e[2] <= stale_ms}
-    claimed = {p for p, e in live.items() if e[1] and e[3] >= 0}
-    now_ends: dict[int, int] = {}
+    bound = min((e[0] + grace_ms for e in live.values() if not e[1]), default=INF)
+    # only claims that would lower the bound are worth a round trip (a worker waiting for a peer
+    # looks at the heads every 5 ms)
+    claimed = {p for p, e in live.items() if e[1] and e[3] >= 0 and e[0] + grace_ms < bound}
     if claimed and ends is not None:
         try:
             now_ends = ends(claimed)
         except Exception:  # noqa: BLE001 - the broker did not answer: trust the idle claims, as before
             now_ends = {}
-    for p, (head, idle, _wall, end) in live.items():
-        if idle and now_ends.get(p, -1) <= end:
-            continue
-        bound = min(bound, head + grace_ms)
+        for p in claimed:
+            if now_ends.get(p, -1) > live[p][3]:  # appended since the claim: holds at its head
+                bound = min(bound, live[p][0] + grace_ms)
     if missing is not None:
         for p in range(partitions):
             if p in entries or p in own:
