@@ -13,7 +13,8 @@ figure has its CPU baseline from the same process:
    (``transport/memory.py``, ``store/memory.py``: the same ``Worker.run_once`` loop as in
    production, no network): events/s draining a pre-filled topic, and per batch the time from
    poll to commit (p50, p99), stateless and with entity features (in-memory state), ``device=cpu``
-   against ``device=cuda``. The CPU arm uses torch's default intra-op threads on that machine.
+   against ``device=cuda``. The CPU arms use ``--threads`` intra-op threads (default: one per
+   core) and, for the worker, also its own default of one (``SD_TORCH_THREADS`` unset).
 
 Every run checks that CUDA's per-feature errors equal the CPU's within float32 rounding
 (max |Δ| relative to the row's largest error, and a count of non-finite errors), so a fast wrong answer cannot pass as a result.
@@ -57,9 +58,11 @@ def models(events: list[dict[str, Any]]) -> dict[str, Bundle]:
             "entity": build_bundle(train(enriched, TrainConfig(epochs=2, seed=0), entity=SPEC))}
 
 
-def step4(bundle: Bundle, rows: list[dict[str, Any]], devices: Sequence[str], repeats: int
-          ) -> dict[Any, Any]:
-    """rows/s of ``Scorer.errors`` per device and batch size, and the largest CPU/CUDA difference."""
+def step4(bundle: Bundle, rows: list[dict[str, Any]], devices: Sequence[str], repeats: int,
+          threads: int) -> dict[Any, Any]:
+    """rows/s of ``Scorer.errors`` per device and batch size (``threads`` intra-op threads), and the
+    largest CPU/CUDA difference."""
+    torch.set_num_threads(threads)
     x_all = bundle.spec.transform(rows)[0]
     out: dict[Any, Any] = {"width": int(x_all.shape[1])}
     reference: np.ndarray | None = None
@@ -67,7 +70,7 @@ def step4(bundle: Bundle, rows: list[dict[str, Any]], devices: Sequence[str], re
         scorer = Scorer(bundle, device)
         for batch in BATCHES:
             x = np.ascontiguousarray(np.resize(x_all, (batch, x_all.shape[1])))
-            for _ in range(3):
+            for _ in range(10):  # TorchScript's profiling executor specialises per shape on early calls
                 scorer.errors(x)
             times = []
             for _ in range(repeats):
@@ -85,8 +88,10 @@ def step4(bundle: Bundle, rows: list[dict[str, Any]], devices: Sequence[str], re
     return out
 
 
-def drain(bundle: Bundle, payloads: list[bytes], device: str, batch_size: int) -> dict[str, float]:
-    """One worker draining ``payloads`` from the in-memory broker: events/s and batch latency."""
+def drain(bundle: Bundle, payloads: list[bytes], device: str, batch_size: int, threads: int
+          ) -> dict[str, float]:
+    """One worker draining ``payloads`` from the in-memory broker: events/s and batch latency
+    (``threads``: the worker's ``SD_TORCH_THREADS``)."""
     broker = MemoryBroker()
     for topic in ("tx", "alerts", "dlq"):
         broker.create_topic(topic)
@@ -95,7 +100,7 @@ def drain(bundle: Bundle, payloads: list[bytes], device: str, batch_size: int) -
     control.publish(bundle)
     values: dict[str, Any] = {"input_topic": "tx", "alerts_topic": "alerts", "dlq_topic": "dlq",
                               "group_id": f"g-{device}", "create_topics": False, "metrics_port": 0,
-                              "score_feed_sample": 0, "worker_id": "w", "device": device, "batch_size": batch_size}
+                              "score_feed_sample": 0, "worker_id": "w", "device": device, "batch_size": batch_size, "torch_threads": threads}
     settings = Settings(**values)
     worker = Worker(settings, control, MemorySource(broker, "tx", settings.group_id, batch_size),
                     MemoryPublisher(broker))
@@ -127,13 +132,14 @@ def machine_line() -> str:
     except (OSError, StopIteration):
         pass
     return (f"{gpu}; {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}"
-            f" (intra-op threads {torch.get_num_threads()}), numpy {np.__version__}")
+            f", numpy {np.__version__}")
 
 
 def markdown(s4: dict[str, dict[Any, Any]], ends: dict[tuple[str, str], dict[str, float]],
-             devices: Sequence[str], n_events: int, batch_size: int) -> str:
+             devices: Sequence[str], n_events: int, batch_size: int, threads: int) -> str:
     lines = [f"Machine: {machine_line()}.", "",
-             "### Step 4 alone: `Scorer.errors`, rows/s (median of timed calls; host → device → host included)",
+             "### Step 4 alone: `Scorer.errors`, rows/s (median of timed calls; host → device → host included;"
+             f" torch intra-op threads {threads})",
              "", "| model (input width) | batch | " + " | ".join(devices)
              + (" | CUDA / CPU |" if len(devices) > 1 else " |"),
              "|---|---|" + "---|" * len(devices) + ("---|" if len(devices) > 1 else "")]
@@ -166,6 +172,9 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--repeats", type=int, default=20, help="timed calls per batch size (default 20)")
     p.add_argument("--batch-size", type=int, default=8192, help="the worker's batch size (default 8,192)")
     p.add_argument("--devices", default="cpu,cuda", help="comma-separated torch devices (default cpu,cuda)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch intra-op threads of the CPU arms (default: one per core); the worker's CPU arm "
+                        "also runs at its own default, 1")
     p.add_argument("--out", type=Path, help="write the markdown to this file")
     p.add_argument("--write", action="store_true", help="write the section of benchmarks/RESULTS.md")
     args = p.parse_args(argv)
@@ -178,17 +187,19 @@ def main(argv: Sequence[str]) -> int:
     bundles = models(events[: min(len(events), 20_000)])
     print(f"[{time.perf_counter() - t0:.0f}s] trained the stateless and entity models", flush=True)
     rows = {"stateless": events[:16384], "entity": enrich_history(SPEC, events)[:16384]}
-    s4 = {name: step4(bundles[name], rows[name], devices, args.repeats) for name in bundles}
+    s4 = {name: step4(bundles[name], rows[name], devices, args.repeats, args.threads) for name in bundles}
     print(f"[{time.perf_counter() - t0:.0f}s] step 4 measured", flush=True)
     payloads = [orjson.dumps(e) for e in events]
     ends: dict[tuple[str, str], dict[str, float]] = {}
+    arms = [(d, n) for d in devices for n in ([args.threads, 1] if d == "cpu" and args.threads != 1 else [args.threads])]
     for name in bundles:
-        for device in devices:
-            drain(bundles[name], payloads[: 2 * args.batch_size], device, args.batch_size)  # warm-up
-            ends[(name, device)] = drain(bundles[name], payloads, device, args.batch_size)
-            print(f"[{time.perf_counter() - t0:.0f}s] {name} on {device}: "
-                  f"{ends[(name, device)]['events_per_s']:,.0f} events/s", flush=True)
-    body = markdown(s4, ends, devices, len(payloads), args.batch_size)
+        for device, threads in arms:
+            label = f"{device} ({threads} thread{'s' if threads != 1 else ''})" if device == "cpu" else device
+            drain(bundles[name], payloads[: 2 * args.batch_size], device, args.batch_size, threads)  # warm-up
+            ends[(name, label)] = drain(bundles[name], payloads, device, args.batch_size, threads)
+            print(f"[{time.perf_counter() - t0:.0f}s] {name} on {label}: "
+                  f"{ends[(name, label)]['events_per_s']:,.0f} events/s", flush=True)
+    body = markdown(s4, ends, devices, len(payloads), args.batch_size, args.threads)
     print(body)
     if args.out:
         args.out.write_text(body)
