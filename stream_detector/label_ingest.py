@@ -15,8 +15,10 @@ is ingested by one worker of the group. For each poll:
 4. then the offsets are committed.
 
 At least once: a crash between 2 and 4 redelivers the records; attaching a label twice changes
-nothing (a label is a hash field), a dead letter may repeat. Redis or Kafka away: the poll's
-offsets are not committed, the consumer is rewound to them and the ingester retries after a pause.
+nothing (a label is a hash field), a dead letter may repeat after a crash. Redis or Kafka away, or
+a commit refused by a rebalance: the poll's offsets are not committed, the consumer is rewound to
+them and the ingester retries after a pause; a dead letter already acknowledged for one of those
+records is not sent again by this process (``_dead_lettered``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -54,6 +56,7 @@ class IngestStats:
     waiting: int = 0  # their event not indexed yet: attached when it is
     dead_letters: int = 0
     failures: int = 0  # polls retried after Redis or Kafka failed
+    failure_kinds: dict[str, int] = field(default_factory=dict)  # failures by exception class name
 
 
 def read_label(value: bytes | None, record_time_ms: float | None = None) -> Label | Problem:
@@ -79,6 +82,9 @@ class LabelIngester:
         self.stall_s = 30.0  # start(): a consumer making no progress this long is replaced
         self._failing_since: float | None = None  # the first of the polls failing in a row
         self.rejoins = 0  # consumers replaced (no progress, or every poll failing for stall_s)
+        # (topic, partition, offset) of records whose dead letter was acknowledged but whose offset
+        # is not committed yet: a retried poll reads them again and must not dead-letter them twice
+        self._dead_lettered: set[tuple[str, int, int]] = set()
 
     @property
     def group(self) -> str:
@@ -195,6 +201,8 @@ class LabelIngester:
             handled = self.poll_once(timeout_ms)
         except (RedisError, KafkaError, StreamDetectorError, OSError) as exc:
             self.stats.failures += 1
+            kind = type(exc).__name__
+            self.stats.failure_kinds[kind] = self.stats.failure_kinds.get(kind, 0) + 1
             now = time.monotonic()
             if self._failing_since is None:
                 self._failing_since = now
@@ -234,7 +242,12 @@ class LabelIngester:
             return 0
         attached, waiting = self.store.ingest(labels)
         sent = []
+        positions = []
         for record, rejected in bad:
+            position = (record.topic, record.partition, record.offset)
+            positions.append(position)
+            if position in self._dead_lettered:  # sent before a refused commit: read again, not sent again
+                continue
             batch = Batch(topic=record.topic, partitions=[record.partition], offsets=[record.offset],
                           keys=[record.key], values=[record.value])
             for message in build_dead_letters(batch, [rejected], self.settings.dlq_topic):
@@ -242,7 +255,9 @@ class LabelIngester:
                                                headers=list(message.headers)))
         for future in sent:  # every dead letter acknowledged before the offsets move
             future.get(timeout=self.settings.delivery_timeout_s)
+        self._dead_lettered.update(positions)
         self.consumer.commit()
+        self._dead_lettered.clear()  # every offset this consumer read is committed
         self.stats.labels += len(labels)
         self.stats.attached += attached
         self.stats.waiting += waiting
