@@ -160,10 +160,10 @@ def _rd_produce(bootstrap: str, topic: str, values: list[bytes], keys: list[byte
     return len(values) / elapsed
 
 
-def _pace(send: Any, tick: Any, n: int, rate: float, seconds: float, stamps: list[float] | None = None) -> int:
+def _pace(send: Any, tick: Any, n: int, rate: float, seconds: float, stamps: list[list[float]] | None = None) -> int:
     """Call ``send(i % n)`` ``rate`` times a second for ``seconds`` (0 rate = as fast as possible, in
     slices of 500), ``tick()`` after each 2 ms slice; returns how many were sent. ``stamps[i]``:
-    the epoch ms of the first ``send(i)`` (the time CreateTime would carry)."""
+    the epoch ms of every ``send(i)``, one per lap over the values (the time CreateTime would carry)."""
     sent = 0
     started = time.perf_counter()
     end = started + seconds
@@ -174,8 +174,8 @@ def _pace(send: Any, tick: Any, n: int, rate: float, seconds: float, stamps: lis
         due = int((now - started) * rate) if rate > 0 else sent + 500
         while sent < due:
             i = sent % n
-            if stamps is not None and sent < n:
-                stamps[i] = time.time() * 1000.0
+            if stamps is not None:
+                stamps[i].append(time.time() * 1000.0)
             send(i)
             sent += 1
         tick()
@@ -188,12 +188,12 @@ def paced_producer(bootstrap: str, topic: str, values: list[bytes], keys: list[b
     """Child process: send ``rate`` records/s for ``seconds`` (0 rate = unpaced), in 2 ms slices.
 
     The record timestamp (CreateTime) is taken at ``send()``/``produce()``, so event→alert latency
-    includes the producer's own batching. Puts (sent, achieved rate, the wall time in epoch ms at
-    which each of ``values`` was first handed to the client: 0.0 for one never sent) on ``result``:
-    with a LogAppendTime topic the records carry the broker's time instead, and these are the
-    produce times.
+    includes the producer's own batching. Puts (sent, achieved rate, the wall times in epoch ms at
+    which each of ``values`` was handed to the client, one per lap: none for one never sent) on
+    ``result``: with a LogAppendTime topic the records carry the broker's time instead, and these
+    are the produce times.
     """
-    stamps = [0.0] * len(values)
+    stamps: list[list[float]] = [[] for _ in values]
     if has_confluent():
         _rd_paced(bootstrap, topic, values, keys, rate, seconds, result, stamps)
         return
@@ -210,7 +210,7 @@ def paced_producer(bootstrap: str, topic: str, values: list[bytes], keys: list[b
 
 
 def _rd_paced(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None], rate: float,
-              seconds: float, result: Any, stamps: list[float]) -> None:
+              seconds: float, result: Any, stamps: list[list[float]]) -> None:
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": bootstrap, "client.id": "bench-paced", **RD_PACED_CONFIG})

@@ -62,7 +62,7 @@ import orjson
 from ..compiled import jit
 from ..errors import TransportError
 from ..fieldschema import EventTime
-from ..transport.base import Batch, Membership, Offsets, Source, TopicPartition
+from ..transport.base import Batch, EndOffsets, Membership, Offsets, Source, TopicPartition
 
 NEG_INF = float("-inf")
 INF = float("inf")
@@ -80,7 +80,7 @@ class Peers(Protocol):
 
     def publish(self, heads: dict[int, tuple[float, bool]], ends: dict[int, int] | None = None) -> None: ...
 
-    def bound(self, own: set[int], ends: Callable[[set[int]], dict[int, int]] | None = None) -> float: ...
+    def bound(self, own: set[int], ends: EndOffsets | None = None) -> float: ...
 
 
 def event_time_ms(value: bytes | None) -> float | None:

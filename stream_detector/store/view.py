@@ -6,13 +6,13 @@ same in process for unit tests of the worker's logic (swap, hold, decide) withou
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..entity.labels import LabelStore
 from ..entity.replay_log import FeatureLog
 from ..entity.state import StateStore
 from ..model.bundle import Bundle
+from ..transport.base import EndOffsets
 from .base import Snapshot
 
 
@@ -44,4 +44,4 @@ class Watermarks(Protocol):
     ``pipeline.align.Peers``)."""
 
     def publish(self, heads: dict[int, tuple[float, bool]], ends: dict[int, int] | None = None) -> None: ...
-    def bound(self, own: set[int], ends: Callable[[set[int]], dict[int, int]] | None = None) -> float: ...
+    def bound(self, own: set[int], ends: EndOffsets | None = None) -> float: ...

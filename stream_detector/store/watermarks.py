@@ -36,17 +36,18 @@ from collections.abc import Callable
 
 import redis
 
+from ..transport.base import EndOffsets
+
 INF = float("inf")
 NEG_INF = float("-inf")
 
 
 Entry = tuple[float, bool, float, int]  # (head_ms, idle, wall_ms, end offset when idle; -1 unknown)
-Ends = Callable[[set[int]], dict[int, int]]  # partitions → the broker's end offsets now (``Source.end_offsets``)
 
 
 def peer_bound(entries: dict[int, Entry], own: set[int], grace_ms: float, stale_ms: float,
                now_ms: float, partitions: int = 0, missing: dict[int, float] | None = None,
-               ends: Ends | None = None) -> float:
+               ends: EndOffsets | None = None) -> float:
     """The release bound the other partitions allow: min over their live, not idle entries
     ``(head_ms, idle, wall_ms, end)`` of ``head_ms + grace_ms``; +inf when none holds. An idle
     entry with a known ``end`` counts as not idle when ``ends`` (asked once, for all such
@@ -103,7 +104,7 @@ class RedisWatermarks:
         except (redis.RedisError, OSError):
             pass  # the next commit or heartbeat publishes again; peers see the entry age meanwhile
 
-    def bound(self, own: set[int], ends: Ends | None = None) -> float:
+    def bound(self, own: set[int], ends: EndOffsets | None = None) -> float:
         try:
             raw = self.r.hgetall(self.key)
         except (redis.RedisError, OSError):
@@ -137,7 +138,7 @@ class MemoryWatermarks:
         with self._lock:
             self.entries.update({p: (t, c, wall, known.get(p, -1)) for p, (t, c) in heads.items()})
 
-    def bound(self, own: set[int], ends: Ends | None = None) -> float:
+    def bound(self, own: set[int], ends: EndOffsets | None = None) -> float:
         with self._lock:
             return peer_bound(dict(self.entries), own, self.grace_ms, self.stale_ms, self.clock() * 1000.0,
                               self.partitions, self._missing, ends)

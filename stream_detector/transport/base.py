@@ -19,10 +19,15 @@ from typing import Any, Protocol
 from ..errors import DeliveryError, TransportError
 
 __all__ = [
-    "Batch", "ClientTuning", "CommitRefused", "Committer", "Connection", "DeliveryError", "Membership", "Offsets",
-    "OutMessage", "Publisher", "Sink", "Source", "TopicPartition", "TransportConfig", "TransportError", "Unreadable",
+    "Batch", "ClientTuning", "CommitRefused", "Committer", "Connection", "DeliveryError", "EndOffsets", "Membership",
+    "Offsets", "OutMessage", "Publisher", "Sink", "Source", "TopicPartition", "TransportConfig", "TransportError",
+    "Unreadable",
     "commit_or_drop", "fill_batch",
 ]
+
+EndOffsets = Callable[[set[int]], dict[int, int]]
+"""Partitions of the source's topic → the broker's end offsets now (``Source.end_offsets``): how
+event-time alignment checks another worker's claim that its partition is idle."""
 
 log = logging.getLogger("stream_detector.publish")
 

@@ -59,3 +59,17 @@ def test_ratio_and_table_formatting() -> None:
     assert ratio(math.nan, 1.0) == "n/a"
     text = table(["a", "b"], [[1, 1234.5], ["x", math.nan]])
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 1,234 |", "| x | n/a |"]
+
+
+def test_a_paced_latency_sample_is_timed_from_its_own_lap_not_the_first() -> None:
+    """The paced producer goes round its values (100,000 values at 20,000/s for 15 s: three laps).
+    A run of 2026-12-04 timed every alert from its value's first hand-over and reported p50 5 s,
+    p99 10 s at 20,000/s; each record belongs to the last hand-over at or before its timestamp."""
+    from benchmarks.throughput import handed_over
+
+    laps = [1_000.4, 6_000.7, 11_000.2]
+    assert handed_over(laps, 1_000.0) == 1_000.4  # CreateTime: whole ms, taken just after the stamp
+    assert handed_over(laps, 6_000.0) == 6_000.7
+    assert handed_over(laps, 6_040.0) == 6_000.7  # appended 40 ms later: still the second lap
+    assert handed_over(laps, 11_003.0) == 11_000.2
+    assert handed_over(laps, 999.0) == 1_000.4  # before every hand-over (clock skew): the first
