@@ -114,7 +114,8 @@ def replay(parts: Sequence[Records], rule: str, lookahead: int,
                     else:
                         first, horizon = looks[q]
                         earlier = first.get(term)
-                        ok = t < horizon and (earlier is None or earlier > t or (earlier == t and p < q))
+                        ok = ((t < horizon or (t == horizon and p < q))  # ties: the lower partition first, as offline
+                              and (earlier is None or earlier > t or (earlier == t and p < q)))
                 if not ok:
                     if rule != RULES[2]:  # a prefix: the first record held back holds the rest
                         break

@@ -178,6 +178,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--out", type=Path, help="write the markdown to this file")
     p.add_argument("--write", action="store_true", help="write the section of benchmarks/RESULTS.md")
     args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
     devices = [d for d in args.devices.split(",") if d]
     if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
         print("benchmarks cuda: no CUDA device here; run with --devices cpu, or on the GPU machine")

@@ -129,8 +129,10 @@ def drain(settings: Settings, k: int, total: int, rate_until: int | None = None)
 def handed_over(laps: Sequence[float], written_ms: float) -> float:
     """The hand-over (epoch ms) of the lap an input record belongs to, given every hand-over of its
     value (ascending, one per lap of the paced producer) and the record's timestamp: the last at or
-    before it. CreateTime is whole ms taken just after the float stamp, hence the 1 ms slack; laps
-    are ``len(values) / rate`` seconds apart, so one lap's queueing cannot reach the next."""
+    before it. CreateTime is whole ms taken just after the float stamp, hence the 1 ms slack. Laps
+    are ``len(values) / rate`` seconds apart: with a broker append time (``LogAppendTime``) the
+    match assumes the producer's queueing stays shorter than a lap (true of the paced runs; an
+    unpaced run with append time could queue longer and is not run)."""
     return laps[max(0, bisect.bisect_right(laps, written_ms + 1.0) - 1)]
 
 

@@ -56,7 +56,7 @@ class IngestStats:
     waiting: int = 0  # their event not indexed yet: attached when it is
     dead_letters: int = 0
     failures: int = 0  # polls retried after Redis or Kafka failed
-    failure_kinds: dict[str, int] = field(default_factory=dict)  # failures by exception class name
+    failure_kinds: dict[str, int] = field(default_factory=dict)  # failures by exception class (module.name)
 
 
 def read_label(value: bytes | None, record_time_ms: float | None = None) -> Label | Problem:
@@ -201,7 +201,7 @@ class LabelIngester:
             handled = self.poll_once(timeout_ms)
         except (RedisError, KafkaError, StreamDetectorError, OSError) as exc:
             self.stats.failures += 1
-            kind = type(exc).__name__
+            kind = f"{type(exc).__module__}.{type(exc).__qualname__}"  # redis' and the builtin ConnectionError apart
             self.stats.failure_kinds[kind] = self.stats.failure_kinds.get(kind, 0) + 1
             now = time.monotonic()
             if self._failing_since is None:
@@ -242,20 +242,18 @@ class LabelIngester:
             return 0
         attached, waiting = self.store.ingest(labels)
         sent = []
-        positions = []
         for record, rejected in bad:
             position = (record.topic, record.partition, record.offset)
-            positions.append(position)
             if position in self._dead_lettered:  # sent before a refused commit: read again, not sent again
                 continue
             batch = Batch(topic=record.topic, partitions=[record.partition], offsets=[record.offset],
                           keys=[record.key], values=[record.value])
             for message in build_dead_letters(batch, [rejected], self.settings.dlq_topic):
-                sent.append(self.producer.send(message.topic, key=message.key, value=message.value,
-                                               headers=list(message.headers)))
-        for future in sent:  # every dead letter acknowledged before the offsets move
+                sent.append((position, self.producer.send(message.topic, key=message.key, value=message.value,
+                                                          headers=list(message.headers))))
+        for position, future in sent:  # every dead letter acknowledged before the offsets move
             future.get(timeout=self.settings.delivery_timeout_s)
-        self._dead_lettered.update(positions)
+            self._dead_lettered.add(position)  # acknowledged: a retry of this poll does not send it again
         self.consumer.commit()
         self._dead_lettered.clear()  # every offset this consumer read is committed
         self.stats.labels += len(labels)
