@@ -156,7 +156,7 @@ def run(n: int, accounts_list: Sequence[int], partitions: int, lookahead: int, t
 def markdown(r: dict[str, Any]) -> str:
     lines = [f"One worker per partition ({r['partitions']} partitions, keyed by account), the entity-workers "
              f"workload time-ordered; lookahead {r['lookahead']:,} records (a batch). Events/s projected at "
-             f"{r['turn_ms']} ms a round, the per-round cost measured for today's rule (entity-workers, "
+             f"{r['turn_ms']} ms a round, the per-round cost measured for today's rule (entity-workers 2026-12-04 14:00, "
              "grace 0: 101,002 events in 407 s, 75.7k rounds here); a per-terminal round publishes and "
              "reads more, so its projection is a ceiling.", "",
              "| terminals | rule | rounds | events a round | projected events/s (4 workers) | fewest rounds without re-keying |",

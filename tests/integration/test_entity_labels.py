@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -177,6 +178,33 @@ def test_a_supervised_head_decides_in_the_worker_as_offline_and_its_threshold_is
     assert f"threshold={bundle.threshold * 2:.6g}  head=0.9  store=" in listed, listed
 
 
+def refuse_one_commit(monkeypatch: pytest.MonkeyPatch, when: Callable[[], bool]) -> list[int]:
+    """Every label consumer's ``commit`` refuses once, the first time it is called while ``when()``
+    is true, as the broker refuses a commit during a rebalance (the consumer and everything else
+    are real); returns the count of refusals (a one-element list)."""
+    from kafka.errors import RebalanceInProgressError
+
+    connect = LabelIngester._connect
+    refused = [0]
+
+    def connect_refusing(self: LabelIngester) -> Any:
+        consumer = connect(self)
+        commit = consumer.commit
+
+        def refuse_once(*args: Any, **kwargs: Any) -> Any:
+            if when() and not refused[0]:
+                refused[0] += 1
+                raise RebalanceInProgressError("Offset commit cannot be completed since the consumer is "
+                                               "undergoing a rebalance")
+            return commit(*args, **kwargs)
+
+        consumer.commit = refuse_once
+        return consumer
+
+    monkeypatch.setattr(LabelIngester, "_connect", connect_refusing)
+    return refused
+
+
 def test_a_commit_refused_by_a_rebalance_during_the_catch_up_is_retried_not_fatal(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a new-user trial: a worker with a label model stopped at start with exit 1,
@@ -184,31 +212,12 @@ def test_a_commit_refused_by_a_rebalance_during_the_catch_up_is_retried_not_fata
     deployment). The real consumer's first commit is refused here as the broker refuses it during a
     rebalance: the catch-up logs it, rewinds to the committed offsets, reads the labels again and
     catches up; every label is counted once."""
-    from kafka.errors import RebalanceInProgressError
-
     ensure_topics(settings, [settings.feedback_topic, settings.dlq_topic])
     with EventProducer(settings, settings.feedback_topic) as producer:
         producer.send([{"event_id": f"r{i}", "label": "fraud", "labelled_at": T0} for i in range(30)])
     store = RedisLabels(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
     ingester = LabelIngester(settings, store)
-    connect = LabelIngester._connect
-    refused = [0]
-
-    def connect_once_refusing(self: LabelIngester) -> Any:
-        consumer = connect(self)
-        commit = consumer.commit
-
-        def first_refused(*args: Any, **kwargs: Any) -> Any:
-            if not refused[0]:
-                refused[0] += 1
-                raise RebalanceInProgressError("Offset commit cannot be completed since the consumer is "
-                                               "undergoing a rebalance")
-            return commit(*args, **kwargs)
-
-        consumer.commit = first_refused
-        return consumer
-
-    monkeypatch.setattr(LabelIngester, "_connect", connect_once_refusing)
+    refused = refuse_one_commit(monkeypatch, lambda: True)
     try:
         ingester.start(catch_up_s=90.0)
         assert ingester.caught_up and refused[0] == 1 and ingester.stats.failures == 1
@@ -306,7 +315,6 @@ def test_a_feedback_record_the_client_cannot_read_is_dead_lettered_and_the_label
     retry is the tests above): every failure must be such a refusal, never the unreadable batch."""
     import kafka.codec
     from kafka import KafkaProducer
-    from kafka.errors import RebalanceInProgressError
 
     import stream_detector.label_ingest as label_ingest
     from stream_detector.schema import DeadLetterHeaders
@@ -335,23 +343,7 @@ def test_a_feedback_record_the_client_cannot_read_is_dead_lettered_and_the_label
                 return super().send(*args, **kwargs)
 
         monkeypatch.setattr(label_ingest, "KafkaProducer", Sending)
-        connect = LabelIngester._connect
-
-        def connect_refusing(self: LabelIngester) -> Any:
-            consumer = connect(self)
-            commit = consumer.commit
-
-            def refuse_once_after_a_dead_letter(*args: Any, **kwargs: Any) -> Any:
-                if dead_lettered.is_set() and not refusals[0]:
-                    refusals[0] += 1
-                    raise RebalanceInProgressError("Offset commit cannot be completed since the consumer is "
-                                                   "undergoing a rebalance")
-                return commit(*args, **kwargs)
-
-            consumer.commit = refuse_once_after_a_dead_letter
-            return consumer
-
-        monkeypatch.setattr(LabelIngester, "_connect", connect_refusing)
+        refusals = refuse_one_commit(monkeypatch, dead_lettered.is_set)
     try:
         ingester.start(catch_up_s=90.0)
         wait_until(lambda: ingester.stats.labels == 26 and ingester.stats.dead_letters == 4,
