@@ -454,8 +454,9 @@ HOT_PATH_NOTES = """\
 - Not done: overlapping the publish/commit waits of batch N with steps 1-4 of batch N+1 (they cost
   ~1-10 ms per 8,192-event batch now). Run-to-run variance on this VM is large (the same kafka-python
   code measured 45.4k and 37.2k events/s on one day, both idle).
-- Scaling with 4 processes on 2 cores mixes in rebalances while processes start (incremental cooperative
-  assignment); figures for 4 are not a per-core capacity.
+- Scaling: the processes join with their partitions paused and start together (`WorkerPool(gate=True)`,
+  since 2026-12-04), so every process owns partitions when the timing starts; 4 processes on 2 cores shared with
+  the broker and the load producer are not a per-core capacity.
 """
 
 
