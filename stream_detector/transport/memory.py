@@ -218,13 +218,16 @@ class MemorySource:
             raise RuntimeError("source not started")
         return set(self._positions)
 
+    def _ends(self) -> dict[int, int]:
+        return {tp.partition: end for tp, end in self.broker.end_offsets(self.topic).items()}
+
     def highwaters(self) -> dict[int, int | None]:
         if not self._started:
             return {}
-        return {tp.partition: end for tp, end in self.broker.end_offsets(self.topic).items()}
+        return dict(self._ends())
 
     def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
-        ends = {tp.partition: end for tp, end in self.broker.end_offsets(self.topic).items()}
+        ends = self._ends()
         return {p: ends.get(p, 0) for p in partitions}
 
     def backlog(self, ask: bool = False) -> dict[int, int | None]:
