@@ -34,8 +34,9 @@ Results: the ``align-rounds`` section of ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kafka.partitioner.default import murmur2
@@ -154,12 +155,15 @@ def run(n: int, accounts_list: Sequence[int], partitions: int, lookahead: int, t
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = [f"One worker per partition ({r['partitions']} partitions, keyed by account), the entity-workers "
-             f"workload time-ordered; lookahead {r['lookahead']:,} records (a batch). Events/s projected at "
-             f"{r['turn_ms']} ms a round, the per-round cost measured for today's rule (entity-workers 2026-12-04 14:00, "
-             "grace 0: 101,002 events in 407 s, 75.7k rounds here); a per-terminal round publishes and "
-             "reads more, so its projection is a ceiling.", "",
-             "| terminals | rule | rounds | events a round | projected events/s (4 workers) | fewest rounds without re-keying |",
+    k = r["partitions"]
+    cost = (f"{r['turn_ms']} ms a round, the per-round cost measured for today's rule (entity-workers "
+            "2026-12-04 14:00, grace 0: 101,002 events in 407 s, 75.7k rounds of the default run)"
+            if r["turn_ms"] == TURN_MS else f"{r['turn_ms']} ms a round (--turn-ms)")
+    lines = [f"One worker per partition ({k} partitions, keyed by account), the entity-workers workload "
+             f"time-ordered; lookahead {r['lookahead']:,} records. Events/s projected at {cost}; a "
+             "per-terminal round publishes and reads more, so its projection is a ceiling.", "",
+             f"| terminals | rule | rounds | events a round | projected events/s ({k} workers) "
+             "| fewest rounds without re-keying |",
              "|---|---|---|---|---|---|"]
     for row in r["rows"]:
         per = row["events"] / row["rounds"]
@@ -168,19 +172,50 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ValueError(text)
+        return value
+    parse.__name__ = f"integer >= {low}"  # argparse names the type in its one-line error
+    return parse
+
+
+def _accounts(text: str) -> list[int]:
+    values = [_at_least(1)(a) for a in text.split(",")]
+    if not values:
+        raise ValueError(text)
+    return values
+
+
+def _milliseconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return value
+
+
+_accounts.__name__ = "list of account counts >= 1"
+_milliseconds.__name__ = "positive number of ms"
+
+
 def main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks align-rounds", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=100_000, help="legit events (default 100,000; frauds are added)")
-    p.add_argument("--accounts", default="1000,10000,100000",
-                   help="account counts to run, comma-separated (terminals are about half; default 1000,10000,100000)")
-    p.add_argument("--partitions", type=int, default=4, help="partitions, one worker each (default 4)")
-    p.add_argument("--lookahead", type=int, default=8192, help="records a worker publishes ahead (default 8,192)")
-    p.add_argument("--turn-ms", type=float, default=TURN_MS, help=f"cost of one round in ms (default {TURN_MS})")
-    p.add_argument("--write", action="store_true", help="also write the section of benchmarks/RESULTS.md")
+    p.add_argument("--events", type=_at_least(1), default=100_000,
+                   help="legit events (default 100000; frauds are added)")
+    p.add_argument("--accounts", type=_accounts, default=[1000, 10000, 100000],
+                   help="account counts to run, comma-separated, no thousands separators (terminals: fewer, "
+                        "497 at 1000 accounts, 37847 at 100000; default 1000,10000,100000)")
+    p.add_argument("--partitions", type=_at_least(1), default=4, help="partitions, one worker each (default 4)")
+    p.add_argument("--lookahead", type=_at_least(1), default=8192,
+                   help="records a worker publishes ahead (default 8192: a batch)")
+    p.add_argument("--turn-ms", type=_milliseconds, default=TURN_MS, help=f"cost of one round in ms (default {TURN_MS})")
+    p.add_argument("--write", action="store_true", help="also write the section of benchmarks/RESULTS.md (the "
+                   "hand-written reading in it is replaced too)")
     args = p.parse_args(argv)
-    result = run(args.events, [int(a) for a in args.accounts.split(",") if a], args.partitions, args.lookahead,
-                 args.turn_ms)
+    result = run(args.events, args.accounts, args.partitions, args.lookahead, args.turn_ms)
     body = markdown(result)
     print(body)
     if args.write:
