@@ -856,6 +856,8 @@ class Worker:
             log.warning("offset commit failed; trying again: %s", exc)
             return
         pending, self._pending = self._pending, {}
+        if done:  # the next window's records start undo snapshots of their own (entity/behind.py)
+            behind.committed({tp.partition for tp in pending if tp.topic == self.settings.input_topic})
         self._trim_replay_log(pending, done)
 
     def _trim_replay_log(self, offsets: Offsets, done: bool) -> None:

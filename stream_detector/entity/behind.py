@@ -14,7 +14,13 @@ flushes every ``SD_ENTITY_FLUSH_MS`` and **commits the window's offsets only aft
 * a crash after the flush, before the commit: each flushed record carries the **window's** undo
   snapshot (the state before the window's first batch, and that batch's first offset), so the
   re-delivered window replays from it (``enrich.py``, idempotency case 2) — identical features,
-  nothing counted twice.
+  nothing counted twice;
+* a flush whose commit then fails (a rebalance in progress, the coordinator away) leaves the
+  committed offsets behind the written state: the next window's records keep the undo snapshot of
+  the **first window since the last commit** (``committed`` releases it), so whatever is read again
+  from the committed offsets still starts where the undo does. (Found in CI, 2026-12-04: a window
+  written, its commit refused by a rebalance, the next window written with its own undo; read
+  again from the older commit, 8 events of one partition got approximate account features.)
 
 Every other key (a terminal, seen from every partition) goes to the store on every batch exactly
 as without write-behind (read once, compare-and-set once); what lets a crash replay such a key's
@@ -108,6 +114,9 @@ class WriteBehind:
         self.dirty: dict[Name, _Dirty] = {}
         self.staged: dict[Name, tuple[EntitySpec, bytes]] = {}
         self.read: dict[Name, bytes | None] = {}  # what the store held, for records read this batch
+        # written since the last commit: the record whose undo section is the first such window's
+        # (what a re-read from the committed offsets replays from), and its partition
+        self.pinned: dict[Name, tuple[bytes, int]] = {}
         self._keep_heads = getattr(inner, "keep_heads", None)  # RedisState: compare-and-set on write tokens
         self._tokens_kept = self.max_records + 100_000  # the records held, and those read beside them
         if self._keep_heads is not None:
@@ -129,10 +138,18 @@ class WriteBehind:
     # ---- the StateStore protocol (what the enricher calls) -----------------------------------------
     @_locked
     def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
-        """Records of ``key`` from memory where held, every other one (and those not held) with one
-        read of ``inner``. Drops what an unaccepted batch staged."""
+        """A batch's read: records of ``key`` from memory where held, every other one (and those not
+        held) with one read of ``inner``. Drops what an unaccepted batch staged."""
         self.staged.clear()
         self.read.clear()
+        return self.reload_raw(spec, keys)
+
+    @_locked
+    def reload_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
+        """``load_raw`` within the batch: entities its compare-and-set lost to another writer
+        (``Enricher._redo``) read again, keeping what the batch staged. (Before 2026-12-04 the redo
+        read through ``load_raw`` and dropped the batch's staged records of ``key``: one conflict on a
+        shared key lost that batch's account updates from the window, found by a CI run.)"""
         if self.disabled or self.passing:
             return self.inner.load_raw(spec, keys)
         ns = spec.fingerprint
@@ -203,6 +220,7 @@ class WriteBehind:
             self.clean.clear()
             self.staged.clear()
             self.read.clear()
+            self.pinned.clear()  # batches commit one by one from now on
         if self._keep_heads is not None:  # the tokens are only needed for records held across batches
             self._keep_heads(None if on else self.key, self._tokens_kept)
         self.passing = on
@@ -239,7 +257,8 @@ class WriteBehind:
                 continue
             clean = clean_of.pop(name, None)
             base = clean[0] if clean is not None else read.get(name)
-            dirty_of[name] = _Dirty(spec, raw, raw, base, partition)
+            pin = self.pinned.get(name)  # a window written but not committed: its undo stays the record's
+            dirty_of[name] = _Dirty(spec, raw, raw if pin is None else pin[0], base, partition)
         return must
 
     @_locked
@@ -271,11 +290,19 @@ class WriteBehind:
             for name, d in items:
                 self.dirty.pop(name)
                 self.clean[name] = (values[name[1]], d.partition)
+                self.pinned.setdefault(name, (d.first, d.partition))
                 written += 1
         while len(self.clean) > self.max_records:
             self.clean.popitem(last=False)
         self.disabled = self.disabled or self._disabling
         return written
+
+    @_locked
+    def committed(self, partitions: set[int]) -> None:
+        """The offsets of ``partitions`` are committed up to what was flushed: their records' next
+        window starts an undo snapshot of its own (module docstring)."""
+        for n in [n for n, (_raw, p) in self.pinned.items() if p in partitions]:
+            del self.pinned[n]
 
     @_locked
     def drop_partitions(self, partitions: set[int]) -> int:
@@ -286,6 +313,7 @@ class WriteBehind:
             del self.dirty[n]
         for n in [n for n, (_raw, p) in self.clean.items() if p in partitions]:
             del self.clean[n]
+        self.committed(partitions)
         return len(dropped)
 
     @_locked
@@ -295,4 +323,5 @@ class WriteBehind:
         self.clean.clear()
         self.staged.clear()
         self.read.clear()
+        self.pinned.clear()  # read from the store again: its records carry the undo they were written with
         self.disabled = self.disabled or self._disabling

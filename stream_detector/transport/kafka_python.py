@@ -19,7 +19,17 @@ from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer
 from kafka import TopicPartition as KTopicPartition
-from kafka.errors import CommitFailedError, CorruptRecordError, KafkaConnectionError, KafkaError, UnsupportedCodecError
+from kafka.errors import (
+    CommitFailedError,
+    CorruptRecordError,
+    FencedInstanceIdError,
+    IllegalGenerationError,
+    KafkaConnectionError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+    UnsupportedCodecError,
+)
 
 from .base import (
     Batch,
@@ -202,6 +212,14 @@ def poll_readable(consumer: KafkaConsumer, timeout_ms: int, max_records: int | N
         return skipped
 
 
+# A commit the group refused because the partitions are moving (confluent.COMMIT_REFUSED's kafka-python
+# names). kafka-python raises RebalanceInProgressError itself when it commits while it knows the group is
+# rebalancing: it was a DeliveryError before 2026-12-04, so a written write-behind window stayed open past
+# a rebalance and was read again from an older commit (entity/behind.py).
+COMMIT_REFUSED = (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError,
+                  FencedInstanceIdError)
+
+
 class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python has no type hints
     """One INFO line per partition change of this consumer, as the confluent transport logs them
     (found by a new-user trial: a worker joining or leaving showed only in /metrics). Revoked
@@ -247,7 +265,7 @@ class KafkaSource:
 
     ``overrides`` are kafka-python consumer options. Retriable client errors during a poll are
     ridden out (logged, the poll returns nothing); other client errors propagate as they are.
-    ``commit`` raises ``CommitRefused`` (kafka-python's ``CommitFailedError``: the partitions
+    ``commit`` raises ``CommitRefused`` (``COMMIT_REFUSED``: the partitions
     moved) or ``TransportError``; so do ``assignment``/``highwaters``/``backlog``.
     """
 
@@ -322,8 +340,8 @@ class KafkaSource:
         committed = {theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
         try:
             self._c().commit(offsets=committed)
-        except CommitFailedError as exc:
-            raise CommitRefused(str(exc)) from exc
+        except COMMIT_REFUSED as exc:
+            raise CommitRefused(repr(exc)) from exc
         except KafkaError as exc:
             raise TransportError(f"{exc!r}", retriable=bool(getattr(exc, "retriable", False))) from exc
 

@@ -56,7 +56,8 @@ def _positions(events: list[dict[str, Any]], partitions: int = 3) -> list[tuple[
 
 def _run(enricher: Enricher, events: list[dict[str, Any]], pos: list[tuple[int, int]], cuts: list[int],
          behind: WriteBehind | None = None, flush_every: int = 1) -> np.ndarray:
-    """Batches ``events[cuts[i]:cuts[i+1]]``; with ``behind``: accept each, flush every ``flush_every``."""
+    """Batches ``events[cuts[i]:cuts[i+1]]``; with ``behind``: accept each, flush every ``flush_every``
+    and commit (``committed``), as the worker does."""
     out = []
     for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
         out.append(enricher.features(SPEC, events[a:b], pos[a:b]))
@@ -64,6 +65,7 @@ def _run(enricher: Enricher, events: list[dict[str, Any]], pos: list[tuple[int, 
             behind.accept()
             if (i + 1) % flush_every == 0:
                 behind.flush()
+                behind.committed({p for p, _ in pos})
     return np.vstack(out)
 
 
@@ -115,6 +117,95 @@ def test_a_window_flushed_but_not_committed_is_replayed_exactly() -> None:
     assert np.array_equal(replay[:, account], expected[:, account], equal_nan=True)
     assert not np.array_equal(replay, expected, equal_nan=True)  # the terminals' approximation, as documented
     assert {k: r["c"] for k, r in inner.records.items()} == {k: r["c"] for k, r in fresh.records.items()}
+
+
+def test_a_window_written_whose_commit_failed_keeps_its_undo_until_a_commit() -> None:
+    """A CI run (2026-12-04): a window was written, its offset commit refused (a rebalance), the next
+    window written with an undo snapshot of its own; read again from the older commit, 8 events of
+    one partition got approximate account features. The undo snapshot now stays the first
+    uncommitted window's until ``committed``: read again from the last commit, in one-event batches
+    (event-time alignment's turns), with the records held (a refused commit) or read from the store
+    (a rebalance: ``forget``), every account feature equals the per-batch store's. After a commit
+    the next window starts an undo snapshot of its own."""
+    events = _events(300, seed=7)
+    pos = _positions(events, partitions=1)
+    fresh = InMemoryState()
+    expected = Enricher(fresh).features(SPEC, events, pos)
+    account = [i for i, f in enumerate(SPEC.output_fields) if f.startswith("account_id__")]
+    for held in (True, False):
+        inner = InMemoryState()
+        behind = WriteBehind(inner, "account_id")
+        enricher = Enricher(behind)
+        _run(enricher, events, pos, [0, 50, 100], behind, flush_every=99)
+        behind.flush()
+        behind.committed({0})  # offsets up to 100 committed
+        assert not behind.pinned
+        _run(enricher, events, pos, [100, 140, 180], behind, flush_every=99)
+        behind.flush()  # its commit fails: nothing committed past 100
+        pinned = dict(behind.pinned)
+        assert pinned
+        _run(enricher, events, pos, [180, 220, 260], behind, flush_every=99)
+        behind.flush()
+        assert all(behind.pinned[name] == pin for name, pin in pinned.items())  # the first window's undo stays
+        if not held:
+            behind.forget()
+            assert not behind.pinned
+        replay = _run(enricher, events, pos, list(range(100, 301)), behind, flush_every=7)
+        assert np.array_equal(replay[:, account], expected[100:, account], equal_nan=True), held
+        behind.flush()
+        behind.committed({0})
+        assert not behind.pinned
+
+
+class _AnotherWriter(InMemoryState):
+    """A store where, at the batch's compare-and-set, another worker has just written one shared
+    (terminal) record: it applied an event of partition 7 to it. The batch loses that record."""
+
+    def __init__(self, spec: EntitySpec, event: dict[str, Any]) -> None:
+        super().__init__()
+        self.spec, self.event, self.interfered = spec, event, False
+
+    def save_raw(self, spec: EntitySpec, records: Any, expected: Any = None) -> Any:
+        if expected is not None and not self.interfered and any(k[0] == "terminal_id" for k in records):
+            self.interfered = True
+            terminal = next(k[1] for k in records if k[0] == "terminal_id")
+            Enricher(InMemoryStateView(self)).features(self.spec, [dict(self.event, terminal_id=terminal)],
+                                                       [(7, 0)])
+        return super().save_raw(spec, records, expected)
+
+
+class InMemoryStateView(InMemoryState):
+    """Another writer's handle on the same records (``_AnotherWriter``'s), bypassing its hook."""
+
+    def __init__(self, of: InMemoryState) -> None:
+        super().__init__()
+        self.raw, self._specs = of.raw, of._specs
+
+
+def test_a_shared_record_lost_to_another_writer_keeps_the_batchs_account_records() -> None:
+    """A CI run (2026-12-04): a batch's compare-and-set lost a merchant record to another worker, and
+    the redo read it again through ``load_raw``, which drops what the batch staged: the batch's
+    account updates vanished from the window (later events of those accounts got features without
+    them). The redo now reads with ``reload_raw``: the account features and records equal those of
+    a run without the other writer, whose event only touches its terminal."""
+    events = _events(300, seed=12)
+    pos = _positions(events)
+    other = dict(events[0], account_id="acct-elsewhere", event_id="other")
+    account = [i for i, f in enumerate(SPEC.output_fields) if f.startswith("account_id__")]
+    runs = []
+    for interfering in (False, True):
+        inner = _AnotherWriter(SPEC, other) if interfering else InMemoryState()
+        inner.interfered = not interfering  # the plain run never interferes
+        behind = WriteBehind(inner, "account_id")
+        enricher = Enricher(behind)
+        out = _run(enricher, events, pos, [0, 100, 200, 300], behind, flush_every=99)
+        behind.flush()
+        accounts = {k: v for k, v in inner.raw.items() if k[1][0] == "account_id" and k[1][1] != "acct-elsewhere"}
+        runs.append((out, accounts, enricher.conflicts))
+    (plain, plain_accounts, _), (out, accounts, conflicts) = runs
+    assert conflicts >= 1  # the other writer's record was lost and the batch redone
+    assert np.array_equal(out[:, account], plain[:, account], equal_nan=True)
+    assert accounts == plain_accounts
 
 
 def test_a_batch_never_accepted_is_not_kept() -> None:
