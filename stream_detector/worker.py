@@ -768,10 +768,16 @@ class Worker:
 
     def _revoking(self, partitions: set[TopicPartition], lost: bool = False) -> Offsets:
         """The consumer's rebalance hook (inside its poll, ``base.Source.on_revoke``): before
-        ``partitions`` go to another worker, the open window's entity records are written and its
-        offsets returned for the consumer to commit (as Kafka Streams commits in
+        ``partitions`` go to another worker, the open window's entity records are written and the
+        offsets of ``partitions`` returned for the consumer to commit (as Kafka Streams commits in
         ``onPartitionsRevoked``), so their new owner starts after them rather than reading up to
-        ``SD_ENTITY_FLUSH_MS`` of events again. If the write fails the window stays open (nothing to
+        ``SD_ENTITY_FLUSH_MS`` of events again. The partitions this worker keeps (a cooperative
+        rebalance) stay in the window, committed by its next flush: the hook does not learn whether
+        the consumer's commit went through, and their records keep the window's undo snapshot until
+        a commit the worker saw (``WriteBehind.committed``). (Committing them here as well, a batch
+        handled meanwhile took the undo of a window already committed, and a refusal of its own
+        commit read it again from there with approximate account features: a review, 2026-12-04.)
+        If the write fails the window stays open (nothing to
         commit): the next batch finds the group moved and reads the window again. Called while the
         worker thread is changing the window (``_window_lock`` taken: kafka-python 3 calls listeners
         on its I/O thread, which must not block) it leaves the window alone.
@@ -798,7 +804,10 @@ class Worker:
                         sorted(tp.partition for tp in partitions), exc_info=True)
             self._taken = True
             return {}
-        offsets, self._pending = self._pending, {}
+        leaving = {tp for tp in self._pending if tp in partitions}
+        offsets = {tp: self._pending.pop(tp) for tp in leaving}
+        # written: their new owner reads them from the store (and a partition handed back, too)
+        behind.drop_partitions({tp.partition for tp in partitions if tp.topic == self.settings.input_topic})
         return offsets
 
     @_windowed

@@ -16,7 +16,7 @@ from stream_detector.entity.binary import VERSION, decode, encode
 from stream_detector.entity.reference import ReferenceEnricher
 from stream_detector.entity.state import CAS_SCRIPT, ENVELOPE, unwrap, wrap
 from stream_detector.errors import DeliveryError
-from stream_detector.kafka_util import lag, read_all
+from stream_detector.kafka_util import committed_offsets, end_offsets, lag, read_all
 from stream_detector.model.bundle import Bundle, build_bundle
 from stream_detector.model.train import TrainConfig, train
 from stream_detector.offline import score_events
@@ -407,8 +407,11 @@ def test_commits_refused_by_rebalances_are_read_again_and_replayed_exactly(
 def test_a_write_behind_window_is_written_and_committed_before_its_partitions_are_revoked(
         settings: Settings, entity_bundle: Bundle, run_worker: Any, transport: str) -> None:
     """A second worker joining takes partitions from the first while the first holds a window of
-    delivered batches: the first writes the window's records and commits its offsets inside the
-    rebalance (``base.Source.on_revoke``), so nothing is read twice and the state is offline's."""
+    delivered batches: the first writes the window's records and commits the revoked partitions'
+    offsets inside the rebalance (``base.Source.on_revoke``), so the second reads nothing again and
+    the state is offline's. The partitions the first keeps stay in its window (their undo snapshots
+    must not move on before a commit it saw: ``Worker._revoking``) and commit with its next flush,
+    here the one it makes as it stops."""
     settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 600_000, "transport": transport})
     _publish(settings, entity_bundle)
     events = _raw(800, seed=26)
@@ -418,10 +421,20 @@ def test_a_write_behind_window_is_written_and_committed_before_its_partitions_ar
     wait_until(lambda: a.stats.events == len(events), message="worker A handled every event")
     assert lag(settings, settings.group_id, settings.input_topic) == len(events)  # its window: uncommitted
     b = run_worker(Worker(settings))
-    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0,
-               message="A's window committed when B joined")
-    wait_until(lambda: len(b.source.assignment()) > 0, message="B got partitions")
+    ends = {tp.partition: o for tp, o in end_offsets(settings, settings.input_topic).items()}
+
+    def handed_over() -> bool:  # B owns partitions, and each is committed at its end by A's hook
+        owned = {tp.partition for tp in b.source.assignment()}
+        done = {tp.partition: o for tp, o in committed_offsets(settings, settings.group_id,
+                                                               settings.input_topic).items()}
+        return bool(owned) and all(done.get(p) == ends[p] for p in owned)
+
+    wait_until(handed_over, message="A's window written and B's partitions committed when B joined")
     assert a.stats.state_flushes == 1 and b.stats.events == 0  # written once, nothing read again
+    assert lag(settings, settings.group_id, settings.input_topic) > 0  # A's own partitions: in its window
+    a.stop()
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="A committed as it stopped")
+    assert b.stats.events == 0
     assert _redis_state(settings) == _offline_state(events)
 
 
