@@ -768,17 +768,17 @@ class Worker:
 
     def _revoking(self, partitions: set[TopicPartition], lost: bool = False) -> Offsets:
         """The consumer's rebalance hook (inside its poll, ``base.Source.on_revoke``): before
-        ``partitions`` go to another worker, the open window's entity records are written and the
-        offsets of ``partitions`` returned for the consumer to commit (as Kafka Streams commits in
+        ``partitions`` go to another worker, the open window's entity records are written and its
+        offsets returned for the consumer to commit (as Kafka Streams commits in
         ``onPartitionsRevoked``), so their new owner starts after them rather than reading up to
-        ``SD_ENTITY_FLUSH_MS`` of events again. The partitions this worker keeps (a cooperative
-        rebalance) stay in the window, committed by its next flush: the hook does not learn whether
-        the consumer's commit went through, and their records keep the window's undo snapshot until
-        a commit the worker saw (``WriteBehind.committed``). (Committing them here as well, a batch
-        handled meanwhile took the undo of a window already committed, and a refusal of its own
-        commit read it again from there with approximate account features: a review, 2026-12-04.)
-        If the write fails the window stays open (nothing to
-        commit): the next batch finds the group moved and reads the window again. Called while the
+        ``SD_ENTITY_FLUSH_MS`` of events again. The hook does not learn whether the consumer's
+        commit went through, so the records keep the window's undo snapshot (``WriteBehind.pinned``)
+        until the next batch finds the membership changed and forgets them (``_window_moved``).
+        (Returning only the revoked partitions' offsets, and keeping the others' window open, made
+        a worker joined by three others mid-backlog leave its kept partition's features off
+        offline's in 1 run of 4, 2026-12-04; not understood, reverted.) If the write fails the
+        window stays open (nothing to commit): the next batch finds the group moved and reads the
+        window again. Called while the
         worker thread is changing the window (``_window_lock`` taken: kafka-python 3 calls listeners
         on its I/O thread, which must not block) it leaves the window alone.
         Whatever it does not commit marks the window as taken: the next batch reads it again
@@ -804,10 +804,7 @@ class Worker:
                         sorted(tp.partition for tp in partitions), exc_info=True)
             self._taken = True
             return {}
-        leaving = {tp for tp in self._pending if tp in partitions}
-        offsets = {tp: self._pending.pop(tp) for tp in leaving}
-        # written: their new owner reads them from the store (and a partition handed back, too)
-        behind.drop_partitions({tp.partition for tp in partitions if tp.topic == self.settings.input_topic})
+        offsets, self._pending = self._pending, {}
         return offsets
 
     @_windowed
@@ -815,9 +812,10 @@ class Worker:
         """Write the window's entity records, then commit its offsets (only those of partitions still
         assigned: a revoked partition's records are dropped unwritten and its offsets uncommitted, so
         its new owner starts from the stored state of the committed offsets). ``due_only``: only once
-        ``SD_ENTITY_FLUSH_MS`` has passed since the last flush. A store that fails leaves the window
-        open (tried again later); a conflict abandons it (read again from the committed offsets).
-        ``idle`` (no batch in hand): a failed commit is logged and tried again later, not raised."""
+        ``SD_ENTITY_FLUSH_MS`` has passed since the last flush. A store or a commit that fails leaves
+        the window open (tried again with the next flush; a refusal by a rebalance is not a failure:
+        the partitions are read again); a conflict abandons it (read again from the committed
+        offsets). ``idle``: no batch in hand (a failed commit is not counted as a delivery failure)."""
         behind = self.behind
         if behind is None or not (self._pending or behind.pending):
             return
@@ -859,10 +857,17 @@ class Worker:
             with self.steps.time("commit"):
                 done = self.publisher.commit(self.source, dict(self._pending), self._pending_group)
         except DeliveryError as exc:
-            if not idle:
-                raise
+            # The window is written and the batch in hand delivered: only the commit is missing, so
+            # the window stays open and the next flush commits it (as a failed write is tried again).
+            # Raised, the batch was held and handled again against records that already held it:
+            # its already-applied account events got features from the current state unless it was
+            # the window's first batch (a review, 2026-12-04). Whatever is read again after a crash
+            # meanwhile replays from the first uncommitted window's undo (``WriteBehind.pinned``).
             self._flush_failed_at = now
-            log.warning("offset commit failed; trying again: %s", exc)
+            if not idle:
+                self.stats.delivery_failures += 1
+                self.metrics.delivery_failed()
+            log.warning("offset commit failed; the window stays open and its commit is tried again: %s", exc)
             return
         pending, self._pending = self._pending, {}
         if done:  # the next window's records start undo snapshots of their own (entity/behind.py)
