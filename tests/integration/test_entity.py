@@ -949,7 +949,7 @@ def test_workers_joining_mid_backlog_keep_features_like_the_time_ordered_file(
     enrichment of the time-ordered file.
 
     *A fifth joins four* (the rebalance moves no partition, but every generation changes): failed 3
-    runs of 24 before the fixes (17 of 48 with the second fix alone: its re-reads make the first
+    runs of 24 before the fixes (16 of 48 with the second fix alone: its re-reads make the first
     defect's conflicts likelier), 0 of 28 after. Two defects:
 
     * a compare-and-set that lost a merchant record to another worker read it again through
