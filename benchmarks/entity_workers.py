@@ -38,8 +38,9 @@ import torch
 from stream_detector.entity import InMemoryState, enrich_history
 from stream_detector.entity.binary import decode
 from stream_detector.entity.state import RedisState
-from stream_detector.kafka_util import read_all, wait_for_zero_lag
+from stream_detector.kafka_util import committed_offsets, end_offsets, read_all, wait_for_zero_lag
 from stream_detector.offline import score_events
+from stream_detector.pipeline.repartition import rest_spec
 from stream_detector.store import ControlPlane
 from stream_detector.topics import ensure_topics
 
@@ -72,6 +73,45 @@ def replay(settings: Any, k: int, n: int) -> dict[str, Any]:
             "split": sorted((r.events for r in reports), reverse=True)}
 
 
+def replay_stages(settings: Any, k1: int, k2: int, n: int) -> dict[str, Any]:
+    """Two stages through a repartition topic (``SD_STAGE``, ``pipeline/repartition.py``): ``k1``
+    stage-1 processes (exactly once) and ``k2`` stage-2 processes, all gated as in ``replay``;
+    events/s = backlog / wall time from the first batch handled (either stage) until stage 1's lag
+    is 0 and then stage 2 has committed every record of the repartition topic."""
+    first_stage = settings.model_copy(update={"stage": "repartition", "delivery": "exactly_once"})
+    second_stage = settings.model_copy(update={"stage": "repartitioned"})
+    pools = [harness.WorkerPool(second_stage, k2, 1 << 60, idle_stop_s=1e9, deadline_s=900, gate=True),
+             harness.WorkerPool(first_stage, k1, 1 << 60, idle_stop_s=1e9, deadline_s=900, gate=True)]
+    for pool in pools:  # stage 2 first: its range assignment settles while stage 1 joins
+        pool.start()
+    for pool in pools:
+        pool.go.set()
+    drained = wait_for_zero_lag(settings, f"{settings.group_id}.repartition", settings.input_topic, timeout_s=900)
+    deadline = time.monotonic() + 900
+    while drained and not settled(settings, settings.group_id, settings.repartition_topic_name):
+        if time.monotonic() > deadline:
+            drained = False
+            break
+        time.sleep(0.2)
+    ended = time.time()
+    reports = []
+    for pool in pools:
+        pool.done.set()
+        reports.append(pool.finish())
+    starts = [r.timeline[0][0] for rs in reports for r in rs if r.timeline]
+    first = min(starts, default=ended)
+    return {"rate": n / max(ended - first, 1e-9), "wall": ended - first, "drained": drained,
+            "handled": sum(r.events for r in reports[0]),
+            "split": sorted((r.events for r in reports[0]), reverse=True)}
+
+
+def settled(settings: Any, group: str, topic: str) -> bool:
+    """Every record of ``topic`` (written in transactions: each partition ends with a commit marker,
+    which the last record's offset + 1 does not pass) committed by ``group``."""
+    ends, done = end_offsets(settings, topic), committed_offsets(settings, group, topic)
+    return all(done.get(tp, 0) >= end - 1 for tp, end in ends.items())
+
+
 def events_counted(core: dict[str, Any], at_ms: float) -> float:
     """The events a terminal's record has applied, as its longest window's decayed count brought
     to ``at_ms``: over a backlog much shorter than that window (minutes against 30 days) each
@@ -84,7 +124,8 @@ def events_counted(core: dict[str, Any], at_ms: float) -> float:
     return float(core["w"][-1][0] * math.exp(-(at_ms - core["t"]) / tau))
 
 
-def run(kafka: str, redis: str, n: int, density: float, graces: Sequence[int]) -> dict[str, Any]:
+def run(kafka: str, redis: str, n: int, density: float, graces: Sequence[int],
+        stages: Sequence[int] = (2, 4)) -> dict[str, Any]:
     torch.set_num_threads(1)
     tag = uuid.uuid4().hex[:8]
     events = entity_speed.workload(n, max(500, n // 100), seed=0)
@@ -110,19 +151,23 @@ def run(kafka: str, redis: str, n: int, density: float, graces: Sequence[int]) -
                                                     ("4 workers, no alignment", 4, {"align_event_time": "off"})]
     plans += [(f"4 workers, aligned, grace {g:,} ms", 4, {"align_event_time": "on", "align_peer_grace_ms": g})
               for g in graces]
+    plans += [(f"{k} + {k} workers, two stages (repartition topic)", k,
+               {"stage": "two", "repartition_key": "terminal_id", "repartition_buckets": 12}) for k in stages]
     out: dict[str, Any] = {"events": n, "density": density, "offline_alerts": len(offline_alerts),
                            "terminals": len(offline_terminals), "runs": []}
     for i, (name, k, overrides) in enumerate(plans):
+        two = overrides.pop("stage", None) == "two"
         s = base_settings(kafka, redis, f"ews{i}-{tag}", input_topic=topic, **overrides)
         ControlPlane.from_url(redis, s.redis_prefix).publish(bundle, set_by="bench")
-        r = replay(s, k, n)
+        r = replay_stages(s, k, k, n) if two else replay(s, k, n)
+        spec = rest_spec(SPEC, "account_id") if two else SPEC  # stage 2 keeps the terminals under its own spec
         alerts = {orjson.loads(m.value)["event_id"] for m in read_all(s, s.alerts_topic, timeout_s=60)}
         union = alerts | offline_alerts
         client = redis_lib.Redis.from_url(redis)
         store = RedisState(client, s.redis_prefix)
         names = list(offline_terminals)
-        got = store.load_raw(SPEC, [("terminal_id", t) for t in names])
-        cores = {t: decode(SPEC, "terminal_id", v)["c"] for t, v in zip(names, got, strict=True) if v is not None}
+        got = store.load_raw(spec, [("terminal_id", t) for t in names])
+        cores = {t: decode(spec, "terminal_id", v)["c"] for t, v in zip(names, got, strict=True) if v is not None}
         equal = sum(1 for t, c in cores.items() if c == offline_terminals[t])
         counted = {t: events_counted(c, end) for t, c in cores.items()}
         off_counted = {t: events_counted(c, end) for t, c in offline_terminals.items()}
@@ -173,13 +218,16 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--density", type=float, default=200.0,
                    help="events per second of event time (default 200: about 0.4 per second per terminal)")
     p.add_argument("--graces", default="2000,200", help="SD_ALIGN_PEER_GRACE_MS values to run (default 2000,200)")
+    p.add_argument("--stages", default="2,4", help="two-stage runs: workers per stage, each value (default 2,4; "
+                   "'' for none)")
     p.add_argument("--kafka", default=None, help="use this running broker instead of starting one")
     p.add_argument("--redis", default=None, help="use this running Redis (with --kafka)")
     p.add_argument("--write", action="store_true", help="also write the section of benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     graces = [int(x) for x in args.graces.split(",") if x]
     ctx, load = harness.on_services(
-        args.kafka, args.redis, lambda kafka, redis: run(kafka, redis, args.events, args.density, graces), say,
+        args.kafka, args.redis, lambda kafka, redis: run(kafka, redis, args.events, args.density, graces,
+                                        [int(x) for x in args.stages.split(",") if x]), say,
         "the broker and Redis")
     ctx["load"] = load
     body = markdown(ctx)

@@ -286,6 +286,8 @@ def worker_process(settings: Settings, target: Any, ready: Any, go: Any, done: A
         profiler = cProfile.Profile()
         profiler.enable()
     try:
+        if settings.delivery == "exactly_once":  # one transactional id per process, as one per pod
+            settings = settings.model_copy(update={"worker_id": f"{settings.worker_id}-{os.getpid()}"})
         worker = Worker(settings)
         worker.start()
         announced = False

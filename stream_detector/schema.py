@@ -44,6 +44,7 @@ class RejectReason(StrEnum):
     INVALID_ROW = "invalid_row"  # a CSV row with the wrong number of cells, or a cell that is not UTF-8 text
     INVALID_LABEL = "invalid_label"  # a feedback record whose label is not "fraud" or "legit"
     UNREADABLE = "unreadable_record"  # the client could not read the record (corrupt or unknown codec)
+    NO_CARRIED_FEATURES = "no_carried_features"  # two stages: a repartition topic's record without stage 1's features
 
 
 Problem = tuple[RejectReason, str]  # why a record cannot be scored: the reason and a human message

@@ -74,6 +74,22 @@ class KafkaSettings(_Group):
     assignment: Literal["cooperative", "eager"] = Field(
         "cooperative", description="Rebalance protocol: cooperative-sticky (incremental) or eager range/round-robin."
     )
+    stage: Literal["whole", "repartition", "repartitioned"] = Field(
+        "whole", description="Which part of a two-stage deployment this worker runs (docs/entity-features.md, "
+        "'Scaling out: the repartition topic'): whole = all of it, one stage (default); repartition = stage 1: "
+        "reads SD_INPUT_TOPIC, computes the history of SD_ENTITY_PARTITION_KEY (the topic's key) and forwards every "
+        "event with those features to the repartition topic keyed by SD_REPARTITION_KEY, in one Kafka transaction "
+        "per batch (needs SD_DELIVERY=exactly_once), as consumer group SD_GROUP_ID + '.repartition'; repartitioned = "
+        "stage 2: reads the repartition topic, computes the history of SD_REPARTITION_KEY, scores and alerts. Run a "
+        "number of stage-2 workers that divides SD_REPARTITION_BUCKETS: each then owns whole buckets, and every "
+        "entity's events are applied in event-time order, exactly as one worker would.")
+    repartition_key: str = Field("", description="Two stages (SD_STAGE): the event field the repartition topic is "
+                                 "keyed by (a terminal, a merchant): the model's other entity key.")
+    repartition_buckets: int = Field(12, ge=1, le=10_000, description="Two stages: buckets of SD_REPARTITION_KEY "
+                                     "values; the repartition topic has buckets x the input topic's partitions "
+                                     "(12: whole buckets for 1, 2, 3, 4, 6 or 12 stage-2 workers).")
+    repartition_topic: str = Field("", description="Two stages: the repartition topic (empty: SD_INPUT_TOPIC + "
+                                   "'.by-' + SD_REPARTITION_KEY).")
     transport: Literal["kafka-python", "confluent"] = Field(
         "kafka-python", description="Kafka client library of the worker's consumer and alert producer: kafka-python "
         "(pure Python, default) or confluent (librdkafka, parses records in C: more events/s per worker; needs the "
@@ -360,6 +376,11 @@ class Settings(KafkaSettings, RedisSettings, WorkerSettings, RetrainSettings, Co
     model_config = SettingsConfigDict(env_prefix="SD_", frozen=True, extra="ignore")
 
     @property
+    def repartition_topic_name(self) -> str:
+        """Two stages (``SD_STAGE``): the topic stage 1 writes and stage 2 reads."""
+        return self.repartition_topic or f"{self.input_topic}.by-{self.repartition_key}"
+
+    @property
     def retrainer_group(self) -> str:
         return self.retrain_group_id or f"{self.group_id}-retrainer"
 
@@ -370,6 +391,11 @@ class Settings(KafkaSettings, RedisSettings, WorkerSettings, RetrainSettings, Co
         roles = {"SD_INPUT_TOPIC": self.input_topic, "SD_ALERTS_TOPIC": self.alerts_topic,
                  "SD_DLQ_TOPIC": self.dlq_topic, "SD_SHADOW_TOPIC": self.shadow_topic,
                  "SD_FEEDBACK_TOPIC": self.feedback_topic}
+        if self.stage != "whole":
+            if not self.repartition_key or self.repartition_key == self.entity_partition_key:
+                raise ValueError(f"SD_STAGE={self.stage} needs SD_REPARTITION_KEY: the entity key other than "
+                                 f"SD_ENTITY_PARTITION_KEY ({self.entity_partition_key!r}) that stage 2 is keyed by")
+            roles["SD_REPARTITION_TOPIC"] = self.repartition_topic_name
         seen: dict[str, str] = {}
         for name, topic in roles.items():
             if topic in seen:

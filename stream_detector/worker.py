@@ -40,8 +40,10 @@ import torch
 
 from .entity import Enricher
 from .entity.behind import WriteBehind, WriteBehindConflict
+from .entity.columns import read as read_field
 from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
 from .entity.replay_log import FeatureLog
+from .entity_spec import EntitySpec
 from .errors import ConfigError, DeliveryError, EntityStateUnavailable, StreamDetectorError
 from .fieldschema import EventTime
 from .hold import BatchHold
@@ -51,12 +53,22 @@ from .model.bundle import Bundle
 from .pipeline.align import AlignedSource
 from .pipeline.compute import ChunkedCompute, Computed, Deferred, Enrich, Fields
 from .pipeline.control_link import ControlLink
-from .pipeline.decode import Rejected
+from .pipeline.decode import Rejected, decode_batch
 from .pipeline.publish import build_alerts, build_dead_letters
+from .pipeline.repartition import (
+    carried_spec,
+    forwards,
+    read_carried,
+    rest_spec,
+    split_buckets,
+    stage_problem,
+    stage_settings,
+)
 from .pipeline.score import Scorer, scores_of
 from .pipeline.score_feed import ScoreFeed
 from .pipeline.shadow import ModelVerdicts, build_shadow_records, shadow_counts
 from .pipeline.threshold import Decision, ModelMismatch, ThresholdCache
+from .schema import RejectReason
 from .settings import Settings
 from .store import ControlPlane, ControlView
 from .store.control import WorkerView
@@ -209,7 +221,9 @@ class Worker:
 
     def __init__(self, settings: Settings, control: ControlView | None = None,
                  source: Source | None = None, publisher: Publisher | None = None) -> None:
-        self.settings = settings
+        self.carried_key = settings.entity_partition_key  # two stages (SD_STAGE): stage 1 computes it, 2 reads it
+        self.source_topic = settings.input_topic  # ... and the topic stage 1 reads
+        self.settings = settings = stage_settings(settings)  # stage 1: its own group; 2: the repartition topic
         self.control = control or ControlPlane.from_settings(settings).worker_view()  # read-only
         self.source = source or make_source(settings)  # SD_TRANSPORT: kafka-python or confluent
         self.publisher = publisher or make_sink(settings)
@@ -251,6 +265,9 @@ class Worker:
         # hook may run on the client's thread while this one computes (kafka-python 3's listeners)
         self._window_lock = threading.RLock()
         self._taken = False  # partitions were revoked or lost with the window uncommitted (_revoking)
+        self._specs: dict[str, EntitySpec | None] = {}  # per model version: the entity spec this stage computes
+        self._upstream = 0  # two stages: the input topic's partitions (the repartition topic has buckets × these)
+        self._carried: tuple[list[str], np.ndarray] | None = None  # stage 2: the batch's carried features
 
     @property
     def scorer(self) -> Scorer | None:
@@ -280,12 +297,14 @@ class Worker:
         self.metrics.attach(self.status, self.source.highwaters)
         if self.settings.scoring_threads:
             torch.set_num_threads(self.settings.scoring_threads)
+        if self.settings.stage != "whole":
+            self._start_stage()  # the repartition topic first: stage 2's input, made with its partition count
         if self.settings.create_topics:
             ensure_topics(self.settings, [self.settings.input_topic, self.settings.alerts_topic,
                                           self.settings.dlq_topic])
         scorer = self.models.start(self.control.active_bundle().version)
         self.shadow.start(self.control.snapshot().challenger, scorer.version)  # a challenger in shadow, if any
-        entity = scorer.bundle.entity
+        entity = self._spec_of(scorer.bundle)
         self._check_alignment(scorer.bundle, at_start=True)  # 1½ align (pipeline/align.py)
         store = inner = self.control.entity_state(self.settings.entity_copies)
         key = self.settings.entity_partition_key
@@ -342,11 +361,16 @@ class Worker:
         under alignment (looked at every ``SHARING_CHECK_S`` at most: the assignment call is cheap,
         not free)."""
         source = self.source
-        if not isinstance(source, AlignedSource) or source.peers is None or now - self._sharing_at < SHARING_CHECK_S:
+        stage2 = self.settings.stage == "repartitioned"
+        if not isinstance(source, AlignedSource) or (source.peers is None and not stage2) \
+                or now - self._sharing_at < SHARING_CHECK_S:
             return
         self._sharing_at = now
-        warning = sharing_warning(len(source.assignment()), getattr(source.peers, "partitions", 0),
-                                  self.settings.align_peer_grace_ms)
+        if stage2:
+            warning = self._split_warning(source.assignment())
+        else:
+            warning = sharing_warning(len(source.assignment()), getattr(source.peers, "partitions", 0),
+                                      self.settings.align_peer_grace_ms)
         if warning and not self._sharing_warned:
             log.warning(warning)
         self._sharing_warned = warning is not None
@@ -414,7 +438,8 @@ class Worker:
         come from several partitions, so its features would depend on how they interleave). Once
         on, it stays on until the worker restarts (a swap back only logs it). ``off`` with such a
         model logs a WARNING."""
-        spec = bundle.entity.fingerprint if bundle.entity is not None else ""
+        effective = self._spec_of(bundle)
+        spec = effective.fingerprint if effective is not None else ""
         if not at_start and spec and self._entity_spec and spec != self._entity_spec:  # a trial compared whole files
             log.info("model %s has another entity spec than the model before it: its history is the state kept "
                      "for that spec (empty unless a worker ran a model with the same spec), not the history built "
@@ -442,9 +467,9 @@ class Worker:
                 return
             assert self.hold.batch is not None
             self._read_again_aligned(self.hold.batch, "held at the swap to", bundle.version)
-        peers = self.control.watermarks(self.settings.group_id, self.settings.input_topic,
-                                        self.settings.align_peer_grace_ms, self.settings.align_peer_stale_ms,
-                                        self._input_partitions())
+        peers = None if self.settings.stage == "repartitioned" else self.control.watermarks(  # stage 2: whole buckets
+            self.settings.group_id, self.settings.input_topic, self.settings.align_peer_grace_ms,
+            self.settings.align_peer_stale_ms, self._input_partitions())
         self.source = AlignedSource(self.source, self.settings.batch_size, self.settings.align_idle_ms,
                                     self.settings.align_max_buffered or None, peers=peers,
                                     max_jump_ms=self.settings.align_max_jump_ms)
@@ -471,7 +496,9 @@ class Worker:
         self._delivered_by = version
 
     def _shared_keys(self, bundle: Bundle) -> tuple[str, ...]:
-        entity = bundle.entity
+        entity = self._spec_of(bundle)
+        if self.settings.stage == "repartitioned":
+            return ()  # every entity of its keys is in whole buckets, which this worker aligns itself
         return entity.shared_keys(self.settings.entity_partition_key) if entity is not None else ()
 
     def _needs_aligning(self, bundle: Bundle) -> bool:
@@ -532,6 +559,9 @@ class Worker:
     def handle(self, batch: Batch) -> None:
         if self.behind is not None and self._window_moved(batch):
             return
+        if self.settings.stage == "repartition":
+            self._forward(batch)
+            return
         scorer, done, decision = self._score_and_decide(batch)  # 2 decode … 5 decide, one model
         events, indices, rejected = done.events, done.indices, done.rejected
         self.link.observe(scorer, decision.scores)  # drift summaries: one bincount per batch
@@ -547,12 +577,41 @@ class Worker:
         self.metrics.decided(batch, indices, rows)
         dead = build_dead_letters(batch, rejected, self.settings.dlq_topic)
         shadow = self._shadow(batch, done, decision)  # a challenger's would-be alerts: shadow records
+        if self._deliver(batch, scorer, alerts + dead + shadow):
+            self._count(batch, len(events), len(alerts), rejected)
+            self._shadow_counted()
+
+    def _forward(self, batch: Batch) -> None:
+        """Stage 1 (``SD_STAGE=repartition``, ``pipeline/repartition.py``) in place of steps 3-5:
+        decode, the input key's history, and every valid event forwarded to the repartition topic
+        with those features; rejections to the dead-letter topic; then steps 6-7 as ever (one
+        transaction)."""
+        scorer = self.models.require()
+        spec = self._spec_of(scorer.bundle)
+        assert spec is not None and self.enricher is not None  # _start_stage refused the model otherwise
+        with self.steps.time("decode"):
+            decoded = decode_batch(batch.values, self.settings.max_event_bytes, 0, scorer.bundle.schema)
+        rows = np.asarray(decoded.indices, dtype=np.int64)
+        with self.steps.time("enrich"):
+            values = self.enricher.features(spec, decoded.events, (np.asarray(batch.partitions, dtype=np.int64)[rows],
+                                            np.asarray(batch.offsets, dtype=np.int64)[rows]), decoded.columns)
+        self._untimed = self.enricher.last_untimed
+        s = self.settings
+        out = forwards(batch, decoded.indices, read_field(decoded.events, s.repartition_key, decoded.columns), values,
+                       spec.fingerprint, s.repartition_topic_name, self._upstream, s.repartition_buckets)
+        if self._deliver(batch, scorer, out + build_dead_letters(batch, decoded.rejected, s.dlq_topic)):
+            self._count(batch, len(out), 0, decoded.rejected)
+
+    def _deliver(self, batch: Batch, scorer: Scorer, messages: list[OutMessage]) -> bool:
+        """Steps 6 and 7 for ``batch``: ``messages`` published, then its offsets committed (or, with
+        write-behind, its window's). False when the worker left the group meanwhile (the batch is
+        abandoned: its new owner reads it). Raises ``DeliveryError`` (the batch is held)."""
         try:
             with self.steps.time("publish"):
-                self.publisher.publish(alerts + dead + shadow)  # 6 publish (every ack / inside the transaction)
+                self.publisher.publish(messages)  # 6 publish (every ack / inside the transaction)
             if not self.source.still_member(batch):  # evicted meanwhile: a zombie must not commit
                 self._abandon(batch)
-                return
+                return False
             defer = self._defers(scorer)
             if defer or self._pending:
                 self._defer(batch, defer)  # 7 commit: the window's, after its entity state is written
@@ -571,7 +630,9 @@ class Worker:
             self.metrics.delivery_failed()
             self.publisher.reset()
             raise
-        self._count(batch, len(events), len(alerts), rejected)
+        return True
+
+    def _shadow_counted(self) -> None:
         if self._shadow_counts is not None:  # the batch is committed: its shadow counts go in once
             version, counts = self._shadow_counts
             self._shadow_counts = None
@@ -602,10 +663,14 @@ class Worker:
         (retriable) when no usable threshold exists for the model in hand."""
         while True:
             scorer = self.models.require()
+            values, refused = self._carried_of(scorer, batch)
             # 2 decode, 3a enrich, 3 features, 4 score: chunk by chunk, overlapped (pipeline/compute.py)
             with self.steps.time("compute"):
-                done = self.compute.run(scorer, batch.values, self.settings.max_event_bytes,
+                done = self.compute.run(scorer, values, self.settings.max_event_bytes,
                                         self._enrich_for(scorer, batch), self.shadow.ready(scorer))
+            if refused:
+                done.rejected = [Rejected(r.index, RejectReason.NO_CARRIED_FEATURES, refused[r.index])
+                                 if r.index in refused else r for r in done.rejected]
             try:
                 threshold = self.thresholds.current(scorer.version)  # 5 decide
             except ModelMismatch:
@@ -619,10 +684,72 @@ class Worker:
                                              done.probability)
 
     # ---- helpers ---------------------------------------------------------------------------
+    def _carried_of(self, scorer: Scorer, batch: Batch) -> tuple[list[bytes | None], dict[int, str]]:
+        """Stage 2: the batch's carried features (``self._carried``, from the records' headers), and
+        the values to decode with the records without a usable block left out (decoded as nothing,
+        then dead-lettered with ``{index: why}``); elsewhere the values as they are."""
+        self._carried = None
+        entity = scorer.bundle.entity
+        if self.settings.stage != "repartitioned" or entity is None:
+            return batch.values, {}
+        carried = carried_spec(entity, self.carried_key)
+        matrix, refused = read_carried(batch.headers, len(carried.output_fields), carried.fingerprint)
+        self._carried = (carried.output_fields, matrix)
+        if not refused:
+            return batch.values, {}
+        return [None if i in refused else v for i, v in enumerate(batch.values)], refused
+
+    def _spec_of(self, bundle: Bundle) -> EntitySpec | None:
+        """The entity spec this worker computes for ``bundle``: all of it (``SD_STAGE=whole``), the
+        input topic's key alone (stage 1) or the other keys (stage 2; ``pipeline/repartition.py``)."""
+        if bundle.version not in self._specs:
+            spec, stage = bundle.entity, self.settings.stage
+            if spec is not None and stage != "whole":
+                spec = (carried_spec if stage == "repartition" else rest_spec)(spec, self.carried_key)
+            self._specs[bundle.version] = spec
+        return self._specs[bundle.version]
+
+    def _start_stage(self) -> None:
+        """Two stages (``SD_STAGE``): stage 1 needs exactly-once delivery (the repartition topic must
+        hold each event once) and makes the repartition topic, buckets × the input topic's partitions
+        (or checks it); stage 2 learns that partition count. Raises ``ConfigError``."""
+        s = self.settings
+        if s.stage == "repartition" and not self.publisher.transactional:
+            raise ConfigError("SD_STAGE=repartition needs SD_DELIVERY=exactly_once: a batch forwarded twice "
+                              "(a crash before its commit) would apply its events twice in stage 2")
+        self._upstream = s.topic_partitions  # the memory transport's (tests)
+        if isinstance(self.control, WorkerView):
+            if s.create_topics:
+                ensure_topics(s, [self.source_topic])
+            self._upstream = topic_partitions(s, self.source_topic)
+            want = self._upstream * s.repartition_buckets
+            if s.create_topics:
+                ensure_topics(s, [s.repartition_topic_name], partitions=want)
+            have = topic_partitions(s, s.repartition_topic_name)
+            if have != want:
+                raise ConfigError(f"repartition topic {s.repartition_topic_name} has {have} partitions, not {want} "
+                                  f"({self._upstream} of {self.source_topic} x SD_REPARTITION_BUCKETS="
+                                  f"{s.repartition_buckets}): delete it, or set SD_REPARTITION_TOPIC")
+        log.info("two stages: %s (%s keyed by %s, %d buckets)", "stage 1, forwarding to " + s.repartition_topic_name
+                 if s.stage == "repartition" else "stage 2, reading", s.input_topic,
+                 self.carried_key if s.stage == "repartition" else s.repartition_key, s.repartition_buckets)
+
+    def _split_warning(self, assigned: set[TopicPartition]) -> str | None:
+        """Stage 2: a WARNING when this worker holds part of a bucket (its entities' events are merged
+        by two workers: not exact, ``split_buckets``)."""
+        if not self._upstream:
+            return None
+        split = split_buckets((tp.partition for tp in assigned), self._upstream)
+        if not split:
+            return None
+        return (f"stage 2 holds part of bucket(s) {', '.join(map(str, split[:8]))} of the repartition topic: their "
+                f"entities' events are merged by two workers, so their features depend on timing. Run a number of "
+                f"stage-2 workers that divides SD_REPARTITION_BUCKETS={self.settings.repartition_buckets}")
+
     def _enrich_for(self, scorer: Scorer, batch: Batch) -> Enrich | None:
         """Step 3a for ``batch``: entity features as columns for step 3 (the events themselves are
         not changed: alerts keep them as received), or ``None`` when the model has no EntitySpec."""
-        spec, enricher = scorer.bundle.entity, self.enricher
+        spec, enricher = self._spec_of(scorer.bundle), self.enricher
         if spec is None or enricher is None:
             return None
         if spec.label_keys and self.ingester is None:
@@ -643,6 +770,12 @@ class Worker:
                          np.asarray(batch.offsets, dtype=np.int64)[rows])  # no tuple per event
             pending = enricher.begin(spec, events, positions, fields)  # the state is written by ``write``
             self._untimed = enricher.last_untimed  # a held batch enriched again: its last attempt counts
+            if self._carried is not None:  # stage 2: the input key's features from stage 1, then this stage's
+                names, carried = self._carried[0], self._carried[1][rows]
+
+                def write_rest() -> tuple[np.ndarray, np.ndarray]:
+                    return pending.write(), np.hstack([carried, pending.values])
+                return Deferred(([*names, *spec.output_fields], np.hstack([carried, pending.values])), write_rest)
             if not spec.label_keys:
                 def write() -> tuple[np.ndarray, np.ndarray]:
                     return pending.write(), pending.values
@@ -718,7 +851,7 @@ class Worker:
         SIGKILL). Without the log such a model's records all pass through
         (``WriteBehind.pass_through``: the batch's one read and one compare-and-set, overlapped with
         scoring), and its batches commit one by one."""
-        spec, behind = scorer.bundle.entity, self.behind
+        spec, behind = self._spec_of(scorer.bundle), self.behind
         return (behind is not None and not behind.disabled and spec is not None and behind.key in spec.keys
                 and (not spec.shared_keys(behind.key) or self._log_writes))
 
@@ -916,7 +1049,13 @@ class Worker:
         self.metrics.held(exc)
 
     def _load(self, version: str) -> Scorer:
-        scorer = Scorer(self.control.fetch_bundle(version), self.settings.device)
+        bundle = self.control.fetch_bundle(version)
+        if self.settings.stage != "whole":
+            problem = stage_problem(bundle.entity, self.carried_key, self.settings.repartition_key)
+            if problem:
+                raise ConfigError(f"model {version} cannot run in two stages (SD_STAGE={self.settings.stage}): "
+                                  f"{problem}")
+        scorer = Scorer(bundle, self.settings.device)
         scorer.warm()
         return scorer
 

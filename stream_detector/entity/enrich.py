@@ -122,7 +122,7 @@ class Enricher:
             return self.enrich_rows(spec, events, positions, None)
 
     def features(self, spec: EntitySpec, events: Sequence[dict[str, Any]],
-                 positions: Sequence[Position], fields: Fields | None = None) -> np.ndarray:
+                 positions: Positions, fields: Fields | None = None) -> np.ndarray:
         """``enrich`` without building dicts: the entity features as float64[N, len(spec.output_fields)]
         (columns in ``spec.output_fields`` order, the values ``enrich`` would add), for the feature
         step to read directly (``FeatureSpec.transform(..., extra=)``: the worker's and offline

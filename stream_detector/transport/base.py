@@ -128,12 +128,14 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class OutMessage:
-    """One record to publish (an alert or a dead letter); headers are ``(name, bytes)`` pairs."""
+    """One record to publish (an alert, a dead letter, a record of a repartition topic); headers are
+    ``(name, bytes)`` pairs."""
 
     topic: str
     key: bytes | None
     value: bytes | None  # None only for a dead-lettered tombstone (kept null, distinct from b"")
     headers: list[tuple[str, bytes]]
+    partition: int | None = None  # None: the client's partitioner picks it from the key (a repartition topic's: set)
 
 
 @dataclass(frozen=True, slots=True)

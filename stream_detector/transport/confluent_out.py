@@ -78,8 +78,12 @@ class ConfluentSink:
             for m in messages:
                 while True:
                     try:
-                        producer.produce(m.topic, value=m.value, key=m.key, headers=list(m.headers),
-                                         on_delivery=on_delivery)
+                        if m.partition is None:
+                            producer.produce(m.topic, value=m.value, key=m.key, headers=list(m.headers),
+                                             on_delivery=on_delivery)
+                        else:  # librdkafka takes no partition=None: the argument only when set
+                            producer.produce(m.topic, value=m.value, key=m.key, headers=list(m.headers),
+                                             partition=m.partition, on_delivery=on_delivery)
                         break
                     except BufferError:  # local queue full: serve delivery reports, then retry
                         if time.monotonic() > deadline:

@@ -72,7 +72,8 @@ class KafkaSink:
             return
         producer = self._p()
         try:
-            futures = [producer.send(m.topic, value=m.value, key=m.key, headers=m.headers) for m in messages]
+            futures = [producer.send(m.topic, value=m.value, key=m.key, headers=m.headers, partition=m.partition)
+                       for m in messages]
             producer.flush(timeout=self.config.tuning.delivery_timeout_s)
         except Exception as exc:  # kafka-python raises a zoo of types here; all mean "not delivered"
             raise DeliveryError(f"send failed: {exc!r}") from exc

@@ -69,12 +69,13 @@ class MemoryBroker:
 
     def append(self, messages: Sequence[OutMessage], partition: int | None = None) -> None:
         """Store ``messages`` (topics created with one partition when missing); a key picks its
-        partition by CRC32, no key the first partition, unless ``partition`` is given."""
+        partition by CRC32, no key the first partition, unless the message or ``partition`` names one."""
         with self._lock:
             for m in messages:
                 self.create_topic(m.topic)
                 parts = self.topics[m.topic]
-                p = partition if partition is not None else (zlib.crc32(m.key) % len(parts) if m.key else 0)
+                p = (m.partition if m.partition is not None else partition if partition is not None
+                     else zlib.crc32(m.key) % len(parts) if m.key else 0)
                 parts[p].append(Record(m.key, m.value, tuple(m.headers), int(time.time() * 1000)))
 
     def produce(self, topic: str, values: Sequence[bytes | None], partition: int = 0) -> None:

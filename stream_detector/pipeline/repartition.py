@@ -1,0 +1,156 @@
+"""Two stages through a repartition topic: exact history for a key the input topic is not keyed by.
+
+A model with account *and* terminal history cannot be split across workers by the input topic's
+partitions alone: an account's events sit in one partition, a terminal's in all of them, and the
+terminal's features depend on how the partitions interleave (``pipeline/align.py``). Kafka Streams'
+answer is to re-key the stream through an internal topic; this module holds the pure parts of
+ours (``SD_STAGE``, docs/entity-features.md, *Scaling out: the repartition topic*):
+
+* **Stage 1** (``repartition``, consumer group ``SD_GROUP_ID.repartition``) reads the input topic
+  (keyed by ``SD_ENTITY_PARTITION_KEY``, the account), computes that key's history only
+  (``carried_spec``: exact, the account being the partition key) and forwards every valid event,
+  bytes unchanged, with those features in a header (``CARRIED``, float64 little-endian, the
+  columns of ``carried_spec(...).output_fields``) to the repartition topic, in one Kafka
+  transaction per batch with its offsets (exactly once: the repartition topic holds each event
+  once, read with ``read_committed``).
+* The repartition topic has ``buckets × U`` partitions (U: the input topic's): an event of
+  upstream partition ``u`` whose ``SD_REPARTITION_KEY`` value falls in bucket ``b``
+  (``bucket_of``: CRC-32 of the entity id) goes to partition ``b·U + u``. Each partition thus has
+  one upstream partition as its only source, in that partition's order (the transactions of
+  successive owners never interleave), so it is in event-time order when the upstream is.
+* **Stage 2** (``repartitioned``, ``SD_GROUP_ID``) reads the repartition topic with the range
+  assignor, which hands each member contiguous partitions: with a member count that divides
+  ``buckets``, whole buckets (all U partitions of each). Every terminal's events then reach one
+  worker, which merges its partitions in event time as one worker merges the input topic's
+  (``pipeline/align.py``, no peers), computes the terminal history (``rest_spec``), takes the
+  account features from the header (``read_carried``), scores and alerts. A bucket split between
+  members (a member count that does not divide ``buckets``) is not exact: ``split_buckets`` names
+  them and the worker warns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..entity.columns import entity_value
+from ..entity_spec import EntitySpec
+from ..settings import Settings
+from ..transport.base import Batch, OutMessage
+
+CARRIED = "sd.carried"  # header: stage 1's features of the input topic's key, float64 little-endian
+CARRIED_SPEC = "sd.carried.spec"  # header: the fingerprint of the spec they were computed with
+SOURCE = "sd.source"  # header: "topic/partition/offset" of the event in the input topic
+
+__all__ = ["CARRIED", "CARRIED_SPEC", "SOURCE", "bucket_of", "carried_spec", "forwards", "read_carried",
+           "rest_spec", "split_buckets", "stage_settings", "stage_problem"]
+
+
+def stage_settings(settings: Settings) -> Settings:
+    """The settings a worker of ``settings.stage`` runs with: stage 1 as consumer group
+    ``SD_GROUP_ID.repartition`` without event-time alignment (it computes the topic's key only);
+    stage 2 reading the repartition topic with the eager range assignor (whole buckets per member),
+    alignment on (``auto`` → ``on``) and its records written every batch (no write-behind, whose
+    records hold one partition's offsets: a terminal's events come from U partitions here);
+    ``whole``: unchanged."""
+    if settings.stage == "repartition":
+        return settings.model_copy(update={
+            "group_id": f"{settings.group_id}.repartition",
+            "align_event_time": "off" if settings.align_event_time == "auto" else settings.align_event_time})
+    if settings.stage == "repartitioned":
+        return settings.model_copy(update={
+            # no write-behind: a terminal's events come from U partitions of the repartition topic,
+            # and a write-behind record keeps one partition's offsets (entity/behind.py)
+            "input_topic": settings.repartition_topic_name, "entity_partition_key": "", "assignment": "eager",
+            "align_event_time": "on" if settings.align_event_time == "auto" else settings.align_event_time})
+    return settings
+
+
+def stage_problem(spec: EntitySpec | None, carried: str, rekeyed: str) -> str | None:
+    """Why a model cannot run in two stages carrying key ``carried`` and re-keyed by ``rekeyed``
+    (None: it can): both must be entity keys of ``spec``, and label features are not carried yet."""
+    if spec is None:
+        return "the model has no entity features: run it with SD_STAGE=whole"
+    if carried not in spec.keys or rekeyed not in spec.keys:
+        return (f"the model's entity keys are {', '.join(spec.keys)}; two stages need SD_ENTITY_PARTITION_KEY "
+                f"({carried}) and SD_REPARTITION_KEY ({rekeyed}) among them")
+    if spec.label_keys:
+        return "the model has label features, which two stages do not carry yet: run it with SD_STAGE=whole"
+    return None
+
+
+def carried_spec(spec: EntitySpec, key: str) -> EntitySpec:
+    """The part of ``spec`` stage 1 computes: ``key`` alone (its features are the same columns,
+    ``spec.fields_for(key)``, computed the same way: an entity's features depend on its events only)."""
+    return dataclasses.replace(spec, keys=(key,), label_keys=())
+
+
+def rest_spec(spec: EntitySpec, key: str) -> EntitySpec:
+    """The part of ``spec`` stage 2 computes: every key but the carried ``key``."""
+    return dataclasses.replace(spec, keys=tuple(k for k in spec.keys if k != key), label_keys=())
+
+
+def bucket_of(values: Iterable[Any], buckets: int) -> np.ndarray:
+    """int64[n]: each key value's bucket, CRC-32 of its entity id (``entity_value``: ``5`` and ``"5"``
+    are one entity) modulo ``buckets``; a value without a usable id (no history) goes to bucket 0.
+    Stable across processes and releases (unlike ``hash``)."""
+    out = [zlib.crc32(v.encode()) % buckets if v is not None else 0 for v in map(entity_value, values)]
+    return np.asarray(out, dtype=np.int64)
+
+
+def forwards(batch: Batch, indices: Sequence[int], keys: Sequence[Any], carried: np.ndarray, fingerprint: str,
+             topic: str, upstream: int, buckets: int) -> list[OutMessage]:
+    """Stage 1's records for the repartition ``topic``: per valid event (``indices`` into ``batch``,
+    ``keys`` their ``SD_REPARTITION_KEY`` values, ``carried`` float64[n, k] their carried features),
+    its bytes unchanged at partition ``bucket·upstream + partition``, keyed by the key's entity id,
+    with headers ``CARRIED`` (the row), ``CARRIED_SPEC`` (``fingerprint``) and ``SOURCE``.
+    Raises ``ValueError`` when the batch holds a partition ``≥ upstream``."""
+    rows = np.ascontiguousarray(carried, dtype="<f8")
+    spec_header = fingerprint.encode()
+    out: list[OutMessage] = []
+    for j, (i, b) in enumerate(zip(indices, bucket_of(keys, buckets).tolist(), strict=True)):
+        p = batch.partitions[i]
+        if p >= upstream:
+            raise ValueError(f"partition {p} of {batch.topic} beyond the {upstream} the repartition topic was made for")
+        key = entity_value(keys[j])
+        out.append(OutMessage(topic, key.encode() if key is not None else None, batch.values[i],
+                              [(CARRIED, rows[j].tobytes()), (CARRIED_SPEC, spec_header),
+                               (SOURCE, f"{batch.topic}/{p}/{batch.offsets[i]}".encode())],
+                              partition=b * upstream + p))
+    return out
+
+
+def read_carried(headers: Sequence[Any], width: int, fingerprint: str) -> tuple[np.ndarray, dict[int, str]]:
+    """Stage 2: the carried features of each record (``headers``: one sequence of ``(name, bytes)``
+    per record) as float64[n, width], and {row: why} for the records without a usable block (no
+    ``CARRIED`` header, another width, or computed with another spec than ``fingerprint``: a
+    model swapped in one stage and not yet in the other); those rows are NaN."""
+    out = np.full((len(headers), width), np.nan)
+    bad: dict[int, str] = {}
+    want = fingerprint.encode()
+    for i, hs in enumerate(headers):
+        found = dict(hs or ())
+        block, spec = found.get(CARRIED), found.get(CARRIED_SPEC)
+        if block is None:
+            bad[i] = f"no {CARRIED} header: not written by a stage-1 worker (SD_STAGE=repartition)"
+        elif spec != want:
+            bad[i] = (f"carried features computed with entity spec {(spec or b'?').decode(errors='replace')}, "
+                      f"this model's is {fingerprint}: stage 1 runs another model")
+        elif len(block) != 8 * width:
+            bad[i] = f"{CARRIED} holds {len(block) // 8} values, this model carries {width}"
+        else:
+            out[i] = np.frombuffer(block, dtype="<f8")
+    return out, bad
+
+
+def split_buckets(partitions: Iterable[int], upstream: int) -> list[int]:
+    """The buckets of which a stage-2 worker holds some but not all ``upstream`` partitions (their
+    entities' events are merged by two workers: not exact)."""
+    held: dict[int, int] = {}
+    for p in partitions:
+        held[p // upstream] = held.get(p // upstream, 0) + 1
+    return sorted(b for b, n in held.items() if n != upstream)

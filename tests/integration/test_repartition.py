@@ -1,0 +1,102 @@
+"""Two stages through a repartition topic on the real broker and Redis (``SD_STAGE``,
+``pipeline/repartition.py``): several workers per stage give the features of offline enrichment of
+the time-ordered file, bit for bit, for a key the input topic is not keyed by."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from stream_detector.entity import enrich_history
+from stream_detector.kafka_util import committed_offsets, end_offsets, lag, read_all
+from stream_detector.model.bundle import Bundle
+from stream_detector.offline import score_events
+from stream_detector.pipeline.align import AlignedSource
+from stream_detector.pipeline.repartition import split_buckets
+from stream_detector.producer import EventProducer
+from stream_detector.settings import Settings
+from stream_detector.topics import topic_partitions
+from stream_detector.worker import Worker
+from tests.fixtures import TRANSPORTS
+from tests.helpers import wait_until
+from tests.integration.test_entity import (
+    TWO_KEYS,
+    _Collector,
+    _publish,
+    _raw,
+    _small_batches,
+    run_worker,
+    two_keys_bundle,
+)
+
+pytestmark = pytest.mark.integration
+__all__ = ["run_worker", "two_keys_bundle"]  # fixtures of test_entity.py, used here by name
+
+
+def _stages(settings: Settings, n1: int, n2: int, buckets: int) -> tuple[Settings, list[Worker], list[Worker]]:
+    base = _small_batches(settings).model_copy(update={"repartition_key": "merchant_category",
+                                                        "repartition_buckets": buckets})
+    first = [Worker(base.model_copy(update={"stage": "repartition", "delivery": "exactly_once",
+                                            "worker_id": f"stage1-{i}"})) for i in range(n1)]
+    second = [Worker(base.model_copy(update={"stage": "repartitioned", "worker_id": f"stage2-{i}"}))
+              for i in range(n2)]
+    return base, first, second
+
+
+def _settled(settings: Settings, group: str, topic: str) -> bool:
+    """Every record of ``topic``, a topic written in transactions, committed by ``group``: each
+    partition ends with a transaction's commit marker, which the last record's offset + 1 does not
+    pass (a partition never written: end 0)."""
+    ends, done = end_offsets(settings, topic), committed_offsets(settings, group, topic)
+    return all(done.get(tp, 0) >= end - 1 for tp, end in ends.items()) and \
+        sum(done.get(tp, 0) for tp in ends) > 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_two_stages_of_two_workers_replay_a_backlog_like_the_time_ordered_file(
+        settings: Settings, run_worker: Any, two_keys_bundle: Bundle) -> None:
+    """Issue 16: a backlog keyed by account on four partitions, a model with account and merchant
+    history. Two stage-1 workers (exactly once) forward it with the account features to a
+    repartition topic of 2 buckets x 4 partitions; two stage-2 workers (range assignor: one whole
+    bucket each) merge their bucket's partitions in event time. Every event's features equal
+    offline enrichment of the time-ordered file bit for bit (account from stage 1, merchant from
+    stage 2), and the alerts are offline scoring's, once each."""
+    events = _raw(400, seed=29)
+    times = [e["timestamp"] for e in events]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    base, first, second = _stages(settings, 2, 2, buckets=2)
+    _publish(base, two_keys_bundle)
+    with EventProducer(base, base.input_topic) as producer:
+        producer.send(events)
+    seen = {id(w): _Collector() for w in first + second}
+    for worker in first + second:
+        worker.start()
+        assert worker.enricher is not None
+        worker.enricher.on_enriched = seen[id(worker)]
+    assert all(isinstance(w.source, AlignedSource) and w.source.peers is None for w in second)
+    assert not any(isinstance(w.source, AlignedSource) for w in first)
+    rekeyed = base.repartition_topic_name
+    assert topic_partitions(base, rekeyed) == 8
+    for worker in first + second:
+        run_worker.run_started(worker)
+    wait_until(lambda: lag(base, f"{base.group_id}.repartition", base.input_topic) == 0, timeout_s=120,
+               message="stage 1 drained")
+    wait_until(lambda: _settled(base, base.group_id, rekeyed), timeout_s=120, message="stage 2 drained")
+
+    held = [{tp.partition for tp in w.source.assignment()} for w in second]
+    assert sorted(map(len, held)) == [4, 4] and not any(split_buckets(h, 4) for h in held)  # whole buckets
+    merged: dict[str, dict[str, Any]] = {}
+    for worker in first + second:
+        for event_id, event in seen[id(worker)].by_id().items():
+            merged.setdefault(event_id, {}).update(event)
+    offline = enrich_history(TWO_KEYS, events)
+    assert len(merged) == len(offline)
+    different = [e["event_id"] for e in offline if merged[e["event_id"]] != e]
+    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
+    assert len(read_all(base, rekeyed, isolation_level="read_committed")) == len(events)  # each forwarded once
+    scores = score_events(two_keys_bundle, events).scores
+    expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > two_keys_bundle.threshold}
+    alerts = [orjson.loads(r.value)["event_id"] for r in read_all(base, base.alerts_topic)]
+    assert expected and sorted(alerts) == sorted(expected)

@@ -1,0 +1,211 @@
+"""Two stages through a repartition topic (``pipeline/repartition.py``, ``SD_STAGE``): the pure
+parts, and both stages' workers on the in-memory transport giving offline enrichment's features
+and alerts for a backlog of four partitions keyed by account."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from stream_detector.entity import EntitySpec, enrich_history
+from stream_detector.errors import ConfigError
+from stream_detector.model.bundle import Bundle, build_bundle
+from stream_detector.model.train import TrainConfig, train
+from stream_detector.offline import score_events
+from stream_detector.pipeline.repartition import (
+    CARRIED,
+    CARRIED_SPEC,
+    SOURCE,
+    bucket_of,
+    carried_spec,
+    forwards,
+    read_carried,
+    rest_spec,
+    split_buckets,
+    stage_problem,
+    stage_settings,
+)
+from stream_detector.schema import RejectReason
+from stream_detector.settings import Settings
+from stream_detector.simulate import Simulator
+from stream_detector.store.memory import MemoryControl
+from stream_detector.transport.base import Batch
+from stream_detector.transport.memory import MemoryBroker, MemoryPublisher, MemorySource, MemoryTransactionalPublisher
+from stream_detector.worker import Worker
+
+SPEC = EntitySpec(keys=("account_id", "merchant_category"), windows=(3600, 86_400), max_distinct=8)
+T0 = 1_790_000_000_000
+TOPIC, ALERTS, DLQ, GROUP = "tx", "alerts", "dlq", "g"
+REKEYED = "tx.by-merchant_category"
+
+
+def _raw(n: int, seed: int) -> list[dict[str, Any]]:
+    events, _ = Simulator(seed=seed, accounts=40, run_id=f"rp{seed}", raw=True).batch(
+        n, 0.03, now_ms=T0, span_ms=2 * 86_400_000)
+    return events
+
+
+@pytest.fixture(scope="module")
+def two_keys() -> Bundle:
+    return build_bundle(train(enrich_history(SPEC, _raw(1200, seed=31)),
+                              TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.02), entity=SPEC))
+
+
+def _settings(stage: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"input_topic": TOPIC, "alerts_topic": ALERTS, "dlq_topic": DLQ, "group_id": GROUP,
+                              "create_topics": False, "metrics_port": 0, "score_feed_sample": 0, "batch_size": 64,
+                              "threshold_refresh_s": 0.05, "worker_id": "w", "stage": stage,
+                              "repartition_key": "merchant_category", "repartition_buckets": 3, **overrides}
+    return Settings(**values)
+
+
+# ---- the pure parts -----------------------------------------------------------------------------
+def test_buckets_are_stable_and_one_per_entity_whatever_its_type() -> None:
+    got = bucket_of(["t-1", 5, "5", None, "", True], 7)
+    assert got.dtype == np.int64 and got[1] == got[2]  # 5 and "5" are one entity (entity_value)
+    assert got[3] == got[4] == got[5] == 0  # no usable id: bucket 0
+    assert list(bucket_of(["t-1"] * 3, 7)) == [got[0]] * 3 and 0 <= got[0] < 7
+
+
+def test_a_forwarded_event_keeps_its_bytes_and_goes_to_its_buckets_partition_of_its_upstream() -> None:
+    batch = Batch(topic=TOPIC, partitions=[2, 0, 1], offsets=[10, 11, 12], keys=[None] * 3,
+                  values=[b'{"a":1}', b"bad", b'{"a":3}'], timestamps=[0] * 3, headers=[()] * 3)
+    carried = np.array([[1.5, -0.0], [np.pi, 1e300]])
+    out = forwards(batch, [0, 2], ["t-1", 7], carried, "fp", REKEYED, 4, 3)
+    buckets = bucket_of(["t-1", 7], 3)
+    assert [m.partition for m in out] == [buckets[0] * 4 + 2, buckets[1] * 4 + 1]
+    assert [m.value for m in out] == [b'{"a":1}', b'{"a":3}'] and [m.key for m in out] == [b"t-1", b"7"]
+    headers = [dict(m.headers) for m in out]
+    assert headers[1][SOURCE] == b"tx/1/12" and headers[0][CARRIED_SPEC] == b"fp"
+    back, bad = read_carried([m.headers for m in out], 2, "fp")
+    assert not bad and back.tobytes() == carried.tobytes()  # bit for bit, -0.0 included
+    with pytest.raises(ValueError, match="beyond the 2"):
+        forwards(batch, [0], ["t"], carried[:1], "fp", REKEYED, 2, 3)
+
+
+def test_a_record_without_usable_carried_features_is_named_with_why() -> None:
+    good = [(CARRIED, np.array([1.0, 2.0]).tobytes()), (CARRIED_SPEC, b"fp")]
+    matrix, bad = read_carried([good, (), [(CARRIED, b"\0" * 16), (CARRIED_SPEC, b"other")],
+                                [(CARRIED, b"\0" * 8), (CARRIED_SPEC, b"fp")]], 2, "fp")
+    assert list(matrix[0]) == [1.0, 2.0] and np.isnan(matrix[1:]).all()
+    assert set(bad) == {1, 2, 3}
+    assert "stage-1" in bad[1] and "other" in bad[2] and "holds 1 values" in bad[3]
+
+
+def test_split_buckets_names_the_buckets_a_worker_holds_only_part_of() -> None:
+    assert split_buckets(range(8), 4) == []
+    assert split_buckets([0, 1, 2, 3, 4, 5], 4) == [1]
+    assert split_buckets([], 4) == []
+
+
+def test_the_stages_read_their_own_topic_and_group_and_compute_their_own_keys() -> None:
+    one, two = stage_settings(_settings("repartition")), stage_settings(_settings("repartitioned"))
+    assert (one.group_id, one.input_topic, one.align_event_time) == ("g.repartition", TOPIC, "off")
+    assert (two.group_id, two.input_topic, two.assignment, two.align_event_time, two.entity_partition_key) == \
+        (GROUP, REKEYED, "eager", "on", "")
+    assert stage_settings(_settings("whole")) == _settings("whole")
+    assert carried_spec(SPEC, "account_id").output_fields == SPEC.fields_for("account_id")
+    assert rest_spec(SPEC, "account_id").output_fields == SPEC.fields_for("merchant_category")
+    assert stage_problem(SPEC, "account_id", "merchant_category") is None
+    assert "entity keys" in str(stage_problem(SPEC, "account_id", "terminal_id"))
+    assert "no entity features" in str(stage_problem(None, "account_id", "merchant_category"))
+    with pytest.raises(ValueError, match="SD_REPARTITION_KEY"):
+        _settings("repartition", repartition_key="")
+
+
+# ---- both stages' workers -----------------------------------------------------------------------
+def _stage1(broker: MemoryBroker, control: MemoryControl, **overrides: Any) -> Worker:
+    settings = _settings("repartition", **overrides)
+    worker = Worker(settings, control, MemorySource(broker, TOPIC, f"{GROUP}.repartition", settings.batch_size),
+                    MemoryTransactionalPublisher(broker))
+    worker.start()
+    return worker
+
+
+def _stage2(broker: MemoryBroker, control: MemoryControl) -> Worker:
+    settings = _settings("repartitioned")
+    worker = Worker(settings, control, MemorySource(broker, REKEYED, GROUP, settings.batch_size),
+                    MemoryPublisher(broker))
+    worker.start()
+    return worker
+
+
+def _drain(worker: Worker) -> None:
+    for _ in range(400):
+        if not worker.run_once() and not worker.hold.active and not worker.run_once():
+            return
+    raise AssertionError("the worker did not drain its topic")
+
+
+def _broker() -> MemoryBroker:
+    broker = MemoryBroker()
+    broker.create_topic(TOPIC, 4)
+    broker.create_topic(REKEYED, 4 * 3)
+    for topic in (ALERTS, DLQ):
+        broker.create_topic(topic)
+    return broker
+
+
+def test_two_stages_give_a_backlog_of_four_partitions_offlines_features_and_alerts(two_keys: Bundle) -> None:
+    """Stage 1 computes the account history and forwards; stage 2, holding every bucket (one
+    worker here: whole buckets), merges each bucket's four partitions in event time and computes
+    the merchant history: every feature equals offline enrichment of the time-ordered file, bit for
+    bit, and the alerts are offline scoring's."""
+    events = _raw(600, seed=32)
+    assert [e["timestamp"] for e in events] == sorted(e["timestamp"] for e in events)
+    broker = _broker()
+    broker.append([_message(e) for e in events])  # keyed by account: four partitions, each in time order
+    control = MemoryControl()
+    control.publish(two_keys)
+    first = _stage1(broker, control)
+    seen1: list[dict[str, Any]] = []
+    assert first.enricher is not None
+    first.enricher.on_enriched = seen1.extend
+    _drain(first)
+    rekeyed = broker.read(REKEYED)
+    assert len(rekeyed) == len(events) and not broker.read(ALERTS)  # stage 1 alerts nothing
+    second = _stage2(broker, control)
+    seen2: list[dict[str, Any]] = []
+    assert second.enricher is not None
+    second.enricher.on_enriched = seen2.extend
+    _drain(second)
+
+    offline = enrich_history(SPEC, events)
+    merged = {e["event_id"]: dict(e) for e in seen1}
+    for e in seen2:
+        merged[e["event_id"]].update(e)
+    assert len(merged) == len(offline) and all(merged[e["event_id"]] == e for e in offline)
+    scores = score_events(two_keys, events).scores
+    expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > two_keys.threshold}
+    alerts = {orjson.loads(r.value)["event_id"] for r in broker.read(ALERTS) if r.value is not None}
+    assert expected and alerts == expected
+
+
+def _message(event: dict[str, Any]) -> Any:
+    from stream_detector.transport.base import OutMessage
+    return OutMessage(TOPIC, str(event["account_id"]).encode(), orjson.dumps(event), [])
+
+
+def test_a_record_of_the_repartition_topic_without_stage_1s_features_is_a_dead_letter(two_keys: Bundle) -> None:
+    broker = _broker()
+    control = MemoryControl()
+    control.publish(two_keys)
+    from stream_detector.transport.base import OutMessage
+    broker.append([OutMessage(REKEYED, b"m", orjson.dumps(_raw(1, seed=33)[0]), [])], partition=0)
+    worker = _stage2(broker, control)
+    _drain(worker)
+    dead = broker.read(DLQ)
+    assert len(dead) == 1 and dict(dead[0].headers)["sd.error.reason"] == RejectReason.NO_CARRIED_FEATURES.encode()
+
+
+def test_stage_1_refuses_to_run_without_exactly_once_delivery(two_keys: Bundle) -> None:
+    broker = _broker()
+    control = MemoryControl()
+    control.publish(two_keys)
+    settings = _settings("repartition")
+    worker = Worker(settings, control, MemorySource(broker, TOPIC, GROUP, 64), MemoryPublisher(broker))
+    with pytest.raises(ConfigError, match="SD_DELIVERY=exactly_once"):
+        worker.start()
