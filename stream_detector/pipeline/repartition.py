@@ -66,6 +66,7 @@ def stage_settings(settings: Settings) -> Settings:
             # no write-behind: a terminal's events come from U partitions of the repartition topic,
             # and a write-behind record keeps one partition's offsets (entity/behind.py)
             "input_topic": settings.repartition_topic_name, "entity_partition_key": "", "assignment": "eager",
+            "repartition_topic": settings.repartition_topic_name,  # not derived again from the new input topic
             "align_event_time": "on" if settings.align_event_time == "auto" else settings.align_event_time})
     return settings
 

@@ -71,14 +71,14 @@ def test_two_stages_of_two_workers_replay_a_backlog_like_the_time_ordered_file(
     with EventProducer(base, base.input_topic) as producer:
         producer.send(events)
     seen = {id(w): _Collector() for w in first + second}
-    for worker in first + second:
+    for worker in second + first:  # stage 2 first: it makes the repartition topic (a test of 15e3522's missed it)
         worker.start()
         assert worker.enricher is not None
         worker.enricher.on_enriched = seen[id(worker)]
     assert all(isinstance(w.source, AlignedSource) and w.source.peers is None for w in second)
     assert not any(isinstance(w.source, AlignedSource) for w in first)
     rekeyed = base.repartition_topic_name
-    assert topic_partitions(base, rekeyed) == 8
+    assert topic_partitions(base, rekeyed) == 8 and {w.settings.input_topic for w in second} == {rekeyed}
     for worker in first + second:
         run_worker.run_started(worker)
     wait_until(lambda: lag(base, f"{base.group_id}.repartition", base.input_topic) == 0, timeout_s=120,

@@ -106,6 +106,7 @@ def test_the_stages_read_their_own_topic_and_group_and_compute_their_own_keys() 
     assert (one.group_id, one.input_topic, one.align_event_time) == ("g.repartition", TOPIC, "off")
     assert (two.group_id, two.input_topic, two.assignment, two.align_event_time, two.entity_partition_key) == \
         (GROUP, REKEYED, "eager", "on", "")
+    assert one.repartition_topic_name == two.repartition_topic_name == REKEYED  # one topic between the stages
     assert stage_settings(_settings("whole")) == _settings("whole")
     assert carried_spec(SPEC, "account_id").output_fields == SPEC.fields_for("account_id")
     assert rest_spec(SPEC, "account_id").output_fields == SPEC.fields_for("merchant_category")
