@@ -152,7 +152,8 @@ def run(kafka: str, redis: str, n: int, density: float, graces: Sequence[int],
     plans += [(f"4 workers, aligned, grace {g:,} ms", 4, {"align_event_time": "on", "align_peer_grace_ms": g})
               for g in graces]
     plans += [(f"{k} + {k} workers, two stages (repartition topic)", k,
-               {"stage": "two", "repartition_key": "terminal_id", "repartition_buckets": 12}) for k in stages]
+               {"stage": "two", "repartition_key": "terminal_id", "repartition_buckets": 12,
+                "repartition_topic": f"ews-rekeyed{k}-{tag}"}) for k in stages]  # one topic per run
     out: dict[str, Any] = {"events": n, "density": density, "offline_alerts": len(offline_alerts),
                            "terminals": len(offline_terminals), "runs": []}
     for i, (name, k, overrides) in enumerate(plans):

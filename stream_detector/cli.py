@@ -1712,7 +1712,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "order (SD_ALIGN_*: "
                                    "docs/entity-features.md#event-time-alignment); run one worker per group "
                                    "for such a model (several are exact only at SD_ALIGN_PEER_GRACE_MS=0, "
-                                   "a few hundred events/s). Partitions added to the input "
+                                   "a few hundred events/s), or scale it out exactly in two stages through a "
+                                   "repartition topic: SD_STAGE=repartition (with SD_DELIVERY=exactly_once) and "
+                                   "SD_STAGE=repartitioned workers, SD_REPARTITION_KEY the other key "
+                                   "(docs/entity-features.md#scaling-out-the-repartition-topic). Partitions "
+                                   "added to the input "
                                    "topic are consumed within SD_METADATA_MAX_AGE_MS (default 5 minutes; "
                                    "docs/operations.md, Partitions and workers).")
     p.add_argument("--max-idle-polls", type=_at_least(1), help="exit after this many consecutive polls that return "

@@ -58,6 +58,7 @@ from .pipeline.publish import build_alerts, build_dead_letters
 from .pipeline.repartition import (
     carried_spec,
     forwards,
+    origin,
     read_carried,
     rest_spec,
     split_buckets,
@@ -132,15 +133,14 @@ def sharing_warning(owned: int, partitions: int, grace_ms: int) -> str | None:
         return (f"this worker owns {owned} of the input topic's {partitions} partitions, under a model with history "
                 "keyed by a field other than the topic's key: the workers apply a shared entity's events in "
                 "event-time order by taking turns, about one event per turn (measured: four workers 248 events/s, "
-                "one worker 27.9k); run one worker per group "
-                "for such a model (docs/operations.md, "
-                "'Partitions and workers')")
+                "one worker 27.9k); run one worker per group for such a model, or two stages through a repartition "
+                "topic (SD_STAGE; docs/operations.md, 'Partitions and workers')")
     return (f"this worker owns {owned} of the input topic's {partitions} partitions, under a model with history "
             f"keyed by a field other than the topic's key: with SD_ALIGN_PEER_GRACE_MS={grace_ms} an entity shared "
             "with the other workers' partitions sees its events up to that far out of order, the late-event rule "
             "clamps them, and its features and alerts differ from offline scoring, the more the denser its events "
             "(measured: four workers at 2000 ms raised 3.4 times offline's alerts on a dense backlog); run one worker "
-            "per group for such a model, or "
+            "per group for such a model, two stages through a repartition topic (SD_STAGE), or "
             "SD_ALIGN_PEER_GRACE_MS=0 (exact, about one event per turn) (docs/operations.md, "
             "'Partitions and workers')")
 
@@ -566,17 +566,18 @@ class Worker:
         events, indices, rejected = done.events, done.indices, done.rejected
         self.link.observe(scorer, decision.scores)  # drift summaries: one bincount per batch
         rows = decision.rows
-        self.feed.observe(events, decision.scores, rows, decision.threshold, batch.timestamps, indices,
+        shown = origin(batch) if self.settings.stage == "repartitioned" else batch  # where the events came from
+        self.feed.observe(events, decision.scores, rows, decision.threshold, shown.timestamps, indices,
                           decision.probability)  # sample (with the head's probability when there is one)
         field_errors = scorer.field_errors(done.per_feature[rows])
         head = (scorer.head_attributions(done.features[rows])  # why the head said fraud, alerted rows only
                 if done.features is not None and len(rows) else None)
-        alerts = build_alerts(batch, events, indices, decision, field_errors, scorer.fields,
+        alerts = build_alerts(shown, events, indices, decision, field_errors, scorer.fields,
                               self.settings.top_features, self.settings.alerts_topic, self.settings.redacted_fields,
                               head)
-        self.metrics.decided(batch, indices, rows)
+        self.metrics.decided(shown, indices, rows)  # latency from the record in the input topic
         dead = build_dead_letters(batch, rejected, self.settings.dlq_topic)
-        shadow = self._shadow(batch, done, decision)  # a challenger's would-be alerts: shadow records
+        shadow = self._shadow(shown, done, decision)  # a challenger's would-be alerts: shadow records
         if self._deliver(batch, scorer, alerts + dead + shadow):
             self._count(batch, len(events), len(alerts), rejected)
             self._shadow_counted()

@@ -44,9 +44,11 @@ from ..transport.base import Batch, OutMessage
 
 CARRIED = "sd.carried"  # header: stage 1's features of the input topic's key, float64 little-endian
 CARRIED_SPEC = "sd.carried.spec"  # header: the fingerprint of the spec they were computed with
-SOURCE = "sd.source"  # header: "topic/partition/offset" of the event in the input topic
+SOURCE = "sd.source"  # header: "topic/partition/offset/timestamp ms" of the event in the input topic
+SOURCE_KEY = "sd.source.key"  # header: the event's key in the input topic (absent: it had none)
 
-__all__ = ["CARRIED", "CARRIED_SPEC", "SOURCE", "bucket_of", "carried_spec", "forwards", "read_carried",
+__all__ = ["CARRIED", "CARRIED_SPEC", "SOURCE", "SOURCE_KEY", "bucket_of", "carried_spec", "forwards", "origin",
+           "read_carried",
            "rest_spec", "split_buckets", "stage_settings", "stage_problem"]
 
 
@@ -108,7 +110,8 @@ def forwards(batch: Batch, indices: Sequence[int], keys: Sequence[Any], carried:
     """Stage 1's records for the repartition ``topic``: per valid event (``indices`` into ``batch``,
     ``keys`` their ``SD_REPARTITION_KEY`` values, ``carried`` float64[n, k] their carried features),
     its bytes unchanged at partition ``bucket·upstream + partition``, keyed by the key's entity id,
-    with headers ``CARRIED`` (the row), ``CARRIED_SPEC`` (``fingerprint``) and ``SOURCE``.
+    with headers ``CARRIED`` (the row), ``CARRIED_SPEC`` (``fingerprint``), ``SOURCE`` and, when
+    the record had a key, ``SOURCE_KEY``.
     Raises ``ValueError`` when the batch holds a partition ``≥ upstream``."""
     rows = np.ascontiguousarray(carried, dtype="<f8")
     spec_header = fingerprint.encode()
@@ -118,9 +121,11 @@ def forwards(batch: Batch, indices: Sequence[int], keys: Sequence[Any], carried:
         if p >= upstream:
             raise ValueError(f"partition {p} of {batch.topic} beyond the {upstream} the repartition topic was made for")
         key = entity_value(keys[j])
-        out.append(OutMessage(topic, key.encode() if key is not None else None, batch.values[i],
-                              [(CARRIED, rows[j].tobytes()), (CARRIED_SPEC, spec_header),
-                               (SOURCE, f"{batch.topic}/{p}/{batch.offsets[i]}".encode())],
+        headers = [(CARRIED, rows[j].tobytes()), (CARRIED_SPEC, spec_header),
+                   (SOURCE, f"{batch.topic}/{p}/{batch.offsets[i]}/{batch.timestamps[i]}".encode())]
+        if batch.keys[i] is not None:
+            headers.append((SOURCE_KEY, batch.keys[i]))
+        out.append(OutMessage(topic, key.encode() if key is not None else None, batch.values[i], headers,
                               partition=b * upstream + p))
     return out
 
@@ -146,6 +151,26 @@ def read_carried(headers: Sequence[Any], width: int, fingerprint: str) -> tuple[
         else:
             out[i] = np.frombuffer(block, dtype="<f8")
     return out, bad
+
+
+def origin(batch: Batch) -> Batch:
+    """Stage 2: ``batch`` as its events were in the input topic, for their alerts and shadow records
+    (an alert names the event's topic, partition, offset and Kafka timestamp, and is keyed as the
+    event was): from each record's ``SOURCE`` and ``SOURCE_KEY`` headers. A record without them
+    (dead-lettered, never alerted) keeps its own position."""
+    out = Batch(topic=batch.topic, partitions=list(batch.partitions), offsets=list(batch.offsets),
+                keys=list(batch.keys), values=batch.values, timestamps=list(batch.timestamps),
+                headers=batch.headers, polled_at=batch.polled_at, group=batch.group)
+    for i, hs in enumerate(batch.headers):
+        found = dict(hs or ())
+        source = found.get(SOURCE)
+        if source is None:
+            continue
+        topic, partition, offset, timestamp = source.decode().rsplit("/", 3)
+        out.topic, out.partitions[i], out.offsets[i], out.timestamps[i] = topic, int(partition), int(offset), \
+            int(timestamp)
+        out.keys[i] = found.get(SOURCE_KEY)
+    return out
 
 
 def split_buckets(partitions: Iterable[int], upstream: int) -> list[int]:

@@ -10,14 +10,16 @@ import orjson
 import pytest
 
 from stream_detector.entity import enrich_history
+from stream_detector.errors import DeliveryError
 from stream_detector.kafka_util import committed_offsets, end_offsets, lag, read_all
 from stream_detector.model.bundle import Bundle
 from stream_detector.offline import score_events
 from stream_detector.pipeline.align import AlignedSource
-from stream_detector.pipeline.repartition import split_buckets
+from stream_detector.pipeline.repartition import split_buckets, stage_settings
 from stream_detector.producer import EventProducer
 from stream_detector.settings import Settings
 from stream_detector.topics import topic_partitions
+from stream_detector.transport.factory import make_sink
 from stream_detector.worker import Worker
 from tests.fixtures import TRANSPORTS
 from tests.helpers import wait_until
@@ -54,6 +56,11 @@ def _settled(settings: Settings, group: str, topic: str) -> bool:
         sum(done.get(tp, 0) for tp in ends) > 0
 
 
+def _events_in(settings: Settings, topic: str, isolation: str = "read_committed") -> list[Any]:
+    """The records of the repartition ``topic`` a reader with ``isolation`` sees."""
+    return read_all(settings, topic, isolation_level=isolation)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_two_stages_of_two_workers_replay_a_backlog_like_the_time_ordered_file(
         settings: Settings, run_worker: Any, two_keys_bundle: Bundle) -> None:
@@ -75,7 +82,7 @@ def test_two_stages_of_two_workers_replay_a_backlog_like_the_time_ordered_file(
         worker.start()
         assert worker.enricher is not None
         worker.enricher.on_enriched = seen[id(worker)]
-    assert all(isinstance(w.source, AlignedSource) and w.source.peers is None for w in second)
+    assert all(isinstance(w.source, AlignedSource) and w.source.peers is None for w in second)  # whole buckets
     assert not any(isinstance(w.source, AlignedSource) for w in first)
     rekeyed = base.repartition_topic_name
     assert topic_partitions(base, rekeyed) == 8 and {w.settings.input_topic for w in second} == {rekeyed}
@@ -95,8 +102,64 @@ def test_two_stages_of_two_workers_replay_a_backlog_like_the_time_ordered_file(
     assert len(merged) == len(offline)
     different = [e["event_id"] for e in offline if merged[e["event_id"]] != e]
     assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
-    assert len(read_all(base, rekeyed, isolation_level="read_committed")) == len(events)  # each forwarded once
+    assert len(_events_in(base, rekeyed)) == len(events)  # each forwarded once
     scores = score_events(two_keys_bundle, events).scores
     expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > two_keys_bundle.threshold}
-    alerts = [orjson.loads(r.value)["event_id"] for r in read_all(base, base.alerts_topic)]
-    assert expected and sorted(alerts) == sorted(expected)
+    records = [orjson.loads(r.value) for r in read_all(base, base.alerts_topic)]
+    assert expected and sorted(a["event_id"] for a in records) == sorted(expected)
+    assert {a["topic"] for a in records} == {base.input_topic}  # alerts point at the event in the input topic
+
+
+class _AbortFirstCommit:
+    """Stage 1's transactional publisher, except that its first commit aborts the open transaction
+    (the batch's records already sent to the repartition topic) and fails, as a crash or a fenced
+    worker would leave it: the batch is read again and forwarded again."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.failed = False
+
+    def commit(self, *args: Any, **kwargs: Any) -> bool:
+        if not self.failed:
+            self.failed = True
+            self.inner.abandon()
+            raise DeliveryError("injected: the transaction was aborted")
+        return bool(self.inner.commit(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_stage_1_batch_whose_transaction_aborted_is_forwarded_once_with_the_same_features(
+        settings: Settings, run_worker: Any, two_keys_bundle: Bundle) -> None:
+    """Stage 1's first transaction is aborted after its records were sent: stage 2 (reading
+    committed records only) sees each event once, and the batch forwarded again carries the same
+    account features (its state replayed from the records' undo snapshot)."""
+    events = _raw(300, seed=30)
+    base, _, [second] = _stages(settings, 0, 1, buckets=1)
+    _publish(base, two_keys_bundle)
+    with EventProducer(base, base.input_topic) as producer:
+        producer.send(events)
+    s1 = base.model_copy(update={"stage": "repartition", "delivery": "exactly_once", "worker_id": "stage1-abort"})
+    publisher = _AbortFirstCommit(make_sink(stage_settings(s1)))
+    first = Worker(s1, publisher=publisher)
+    seen1, seen2 = _Collector(), _Collector()
+    for worker, seen in ((second, seen2), (first, seen1)):
+        worker.start()
+        assert worker.enricher is not None
+        worker.enricher.on_enriched = seen
+        run_worker.run_started(worker)
+    wait_until(lambda: lag(base, f"{base.group_id}.repartition", base.input_topic) == 0, timeout_s=120,
+               message="stage 1 drained")
+    wait_until(lambda: _settled(base, base.group_id, base.repartition_topic_name), timeout_s=120,
+               message="stage 2 drained")
+
+    assert publisher.failed and first.stats.held_batches + first.stats.delivery_failures >= 1
+    assert len(_events_in(base, base.repartition_topic_name)) == len(events)
+    assert len(_events_in(base, base.repartition_topic_name, "read_uncommitted")) > len(events)  # the aborted ones
+    merged = seen1.by_id()
+    for event_id, event in seen2.by_id().items():
+        merged[event_id] = {**merged[event_id], **event}
+    offline = enrich_history(TWO_KEYS, events)
+    assert [e["event_id"] for e in offline if merged[e["event_id"]] != e] == []
+    assert sum(len(b) for b in seen2.batches) == len(events)  # stage 2 applied each event once

@@ -35,6 +35,7 @@ from stream_detector.store.memory import MemoryControl
 from stream_detector.transport.base import Batch
 from stream_detector.transport.memory import MemoryBroker, MemoryPublisher, MemorySource, MemoryTransactionalPublisher
 from stream_detector.worker import Worker
+from tests.helpers import wait_until
 
 SPEC = EntitySpec(keys=("account_id", "merchant_category"), windows=(3600, 86_400), max_distinct=8)
 T0 = 1_790_000_000_000
@@ -79,7 +80,7 @@ def test_a_forwarded_event_keeps_its_bytes_and_goes_to_its_buckets_partition_of_
     assert [m.partition for m in out] == [buckets[0] * 4 + 2, buckets[1] * 4 + 1]
     assert [m.value for m in out] == [b'{"a":1}', b'{"a":3}'] and [m.key for m in out] == [b"t-1", b"7"]
     headers = [dict(m.headers) for m in out]
-    assert headers[1][SOURCE] == b"tx/1/12" and headers[0][CARRIED_SPEC] == b"fp"
+    assert headers[1][SOURCE] == b"tx/1/12/0" and headers[0][CARRIED_SPEC] == b"fp"
     back, bad = read_carried([m.headers for m in out], 2, "fp")
     assert not bad and back.tobytes() == carried.tobytes()  # bit for bit, -0.0 included
     with pytest.raises(ValueError, match="beyond the 2"):
@@ -126,8 +127,8 @@ def _stage1(broker: MemoryBroker, control: MemoryControl, **overrides: Any) -> W
     return worker
 
 
-def _stage2(broker: MemoryBroker, control: MemoryControl) -> Worker:
-    settings = _settings("repartitioned")
+def _stage2(broker: MemoryBroker, control: MemoryControl, **overrides: Any) -> Worker:
+    settings = _settings("repartitioned", **overrides)
     worker = Worker(settings, control, MemorySource(broker, REKEYED, GROUP, settings.batch_size),
                     MemoryPublisher(broker))
     worker.start()
@@ -181,8 +182,11 @@ def test_two_stages_give_a_backlog_of_four_partitions_offlines_features_and_aler
     assert len(merged) == len(offline) and all(merged[e["event_id"]] == e for e in offline)
     scores = score_events(two_keys, events).scores
     expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > two_keys.threshold}
-    alerts = {orjson.loads(r.value)["event_id"] for r in broker.read(ALERTS) if r.value is not None}
-    assert expected and alerts == expected
+    records = [orjson.loads(r.value) for r in broker.read(ALERTS) if r.value is not None]
+    assert expected and {a["event_id"] for a in records} == expected
+    where = {orjson.loads(r.value)["event_id"]: (p, o)  # each event's place in the input topic
+             for p, part in enumerate(broker.topics[TOPIC]) for o, r in enumerate(part)}
+    assert all((a["topic"], a["partition"], a["offset"]) == (TOPIC, *where[a["event_id"]]) for a in records)
 
 
 def _message(event: dict[str, Any]) -> Any:
@@ -196,8 +200,8 @@ def test_a_record_of_the_repartition_topic_without_stage_1s_features_is_a_dead_l
     control.publish(two_keys)
     from stream_detector.transport.base import OutMessage
     broker.append([OutMessage(REKEYED, b"m", orjson.dumps(_raw(1, seed=33)[0]), [])], partition=0)
-    worker = _stage2(broker, control)
-    _drain(worker)
+    worker = _stage2(broker, control, align_peer_stale_ms=1000)  # no stage 1 here: its heads are missing
+    wait_until(lambda: worker.run_once() > 0, timeout_s=30, message="held until stage 1's heads went stale")
     dead = broker.read(DLQ)
     assert len(dead) == 1 and dict(dead[0].headers)["sd.error.reason"] == RejectReason.NO_CARRIED_FEATURES.encode()
 
