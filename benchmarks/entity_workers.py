@@ -12,7 +12,11 @@ empty):
 * **1 worker, aligned**: the exact reference (one worker orders its four partitions itself);
 * **4 workers, no alignment** (``SD_ALIGN_EVENT_TIME=off``): the order across workers is their pace;
 * **4 workers, aligned, grace G** (``SD_ALIGN_PEER_GRACE_MS``, each value of ``--graces``): shared
-  partition heads in Redis.
+  partition heads in Redis;
+* **k + k workers, two stages** (each value of ``--stages``; ``SD_STAGE``): k stage-1 workers
+  forward the backlog with the account features through a repartition topic of 12 buckets, k
+  stage-2 workers compute the terminal history; both stages at once, and stage 2 started only
+  once stage 1 has forwarded everything.
 
 Per drain: events/s over the busy window, the alerted set's agreement with offline scoring of
 the time-ordered file (|A∩B| / |A∪B|), the terminal records equal to offline enrichment's
@@ -73,20 +77,30 @@ def replay(settings: Any, k: int, n: int) -> dict[str, Any]:
             "split": sorted((r.events for r in reports), reverse=True)}
 
 
-def replay_stages(settings: Any, k1: int, k2: int, n: int) -> dict[str, Any]:
+def replay_stages(settings: Any, k1: int, k2: int, n: int, after: bool = False) -> dict[str, Any]:
     """Two stages through a repartition topic (``SD_STAGE``, ``pipeline/repartition.py``): ``k1``
     stage-1 processes (exactly once) and ``k2`` stage-2 processes, all gated as in ``replay``;
     events/s = backlog / wall time from the first batch handled (either stage) until stage 1's lag
-    is 0 and then stage 2 has committed every record of the repartition topic."""
+    is 0 and then stage 2 has committed every record of the repartition topic. ``after``: stage 2
+    starts once stage 1 has forwarded the whole backlog (the two stages one after the other)."""
     first_stage = settings.model_copy(update={"stage": "repartition", "delivery": "exactly_once"})
     second_stage = settings.model_copy(update={"stage": "repartitioned"})
     pools = [harness.WorkerPool(second_stage, k2, 1 << 60, idle_stop_s=1e9, deadline_s=900, gate=True),
              harness.WorkerPool(first_stage, k1, 1 << 60, idle_stop_s=1e9, deadline_s=900, gate=True)]
-    for pool in pools:  # stage 2 first: its range assignment settles while stage 1 joins
-        pool.start()
-    for pool in pools:
-        pool.go.set()
-    drained = wait_for_zero_lag(settings, f"{settings.group_id}.repartition", settings.input_topic, timeout_s=900)
+    if after:
+        pools.reverse()
+        pools[0].start()
+        pools[0].go.set()
+        drained = wait_for_zero_lag(settings, f"{settings.group_id}.repartition", settings.input_topic, timeout_s=900)
+        pools[1].start()
+        pools[1].go.set()
+    else:
+        for pool in pools:  # stage 2 first: its range assignment settles while stage 1 joins
+            pool.start()
+        for pool in pools:
+            pool.go.set()
+        drained = wait_for_zero_lag(settings, f"{settings.group_id}.repartition", settings.input_topic,
+                                    timeout_s=900)
     deadline = time.monotonic() + 900
     while drained and not settled(settings, settings.group_id, settings.repartition_topic_name):
         if time.monotonic() > deadline:
@@ -101,8 +115,8 @@ def replay_stages(settings: Any, k1: int, k2: int, n: int) -> dict[str, Any]:
     starts = [r.timeline[0][0] for rs in reports for r in rs if r.timeline]
     first = min(starts, default=ended)
     return {"rate": n / max(ended - first, 1e-9), "wall": ended - first, "drained": drained,
-            "handled": sum(r.events for r in reports[0]),
-            "split": sorted((r.events for r in reports[0]), reverse=True)}
+            "handled": sum(r.events for r in reports[1 if after else 0]),
+            "split": sorted((r.events for r in reports[1 if after else 0]), reverse=True)}
 
 
 def settled(settings: Any, group: str, topic: str) -> bool:
@@ -151,16 +165,18 @@ def run(kafka: str, redis: str, n: int, density: float, graces: Sequence[int],
                                                     ("4 workers, no alignment", 4, {"align_event_time": "off"})]
     plans += [(f"4 workers, aligned, grace {g:,} ms", 4, {"align_event_time": "on", "align_peer_grace_ms": g})
               for g in graces]
-    plans += [(f"{k} + {k} workers, two stages (repartition topic)", k,
-               {"stage": "two", "repartition_key": "terminal_id", "repartition_buckets": 12,
-                "repartition_topic": f"ews-rekeyed{k}-{tag}"}) for k in stages]  # one topic per run
+    plans += [(f"{k} + {k} workers, two stages (repartition topic){', stage 2 after stage 1' if after else ''}", k,
+               {"stage": "after" if after else "two", "repartition_key": "terminal_id", "repartition_buckets": 12,
+                "repartition_topic": f"ews-rekeyed{k}{'a' if after else ''}-{tag}"})  # one topic per run
+              for after in (False, True) for k in stages]
     out: dict[str, Any] = {"events": n, "density": density, "offline_alerts": len(offline_alerts),
                            "terminals": len(offline_terminals), "runs": []}
     for i, (name, k, overrides) in enumerate(plans):
-        two = overrides.pop("stage", None) == "two"
+        stage = overrides.pop("stage", None)
+        two = stage in ("two", "after")
         s = base_settings(kafka, redis, f"ews{i}-{tag}", input_topic=topic, **overrides)
         ControlPlane.from_url(redis, s.redis_prefix).publish(bundle, set_by="bench")
-        r = replay_stages(s, k, k, n) if two else replay(s, k, n)
+        r = replay_stages(s, k, k, n, after=stage == "after") if two else replay(s, k, n)
         spec = rest_spec(SPEC, "account_id") if two else SPEC  # stage 2 keeps the terminals under its own spec
         alerts = {orjson.loads(m.value)["event_id"] for m in read_all(s, s.alerts_topic, timeout_s=60)}
         union = alerts | offline_alerts

@@ -82,7 +82,8 @@ class KafkaSettings(_Group):
         "per batch (needs SD_DELIVERY=exactly_once), as consumer group SD_GROUP_ID + '.repartition'; repartitioned = "
         "stage 2: reads the repartition topic, computes the history of SD_REPARTITION_KEY, scores and alerts. Run a "
         "number of stage-2 workers that divides SD_REPARTITION_BUCKETS: each then owns whole buckets, and every "
-        "entity's events are applied in event-time order, exactly as one worker would.")
+        "entity's events are applied in event-time order as one worker would, while stage 1 runs ahead of stage 2 "
+        "(not yet when both replay a backlog at once).")
     repartition_key: str = Field("", description="Two stages (SD_STAGE): the event field the repartition topic is "
                                  "keyed by (a terminal, a merchant): the model's other entity key.")
     repartition_buckets: int = Field(12, ge=1, le=10_000, description="Two stages: buckets of SD_REPARTITION_KEY "
