@@ -31,7 +31,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -210,6 +210,13 @@ def _windowed(method: Callable[Concatenate[Worker, P], R]) -> Callable[Concatena
     return locked
 
 
+def _positions(batch: Batch, rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(partitions, offsets)`` of ``batch``'s records ``rows`` as two int64 arrays: the entity
+    step's event ids (``entity.enrich.Positions``), without a tuple per event."""
+    at = np.asarray(rows, dtype=np.int64)
+    return np.asarray(batch.partitions, dtype=np.int64)[at], np.asarray(batch.offsets, dtype=np.int64)[at]
+
+
 class Worker:
     """One consumer-group member running steps 1-7 (``run_once``) until stopped.
 
@@ -265,7 +272,7 @@ class Worker:
         # hook may run on the client's thread while this one computes (kafka-python 3's listeners)
         self._window_lock = threading.RLock()
         self._taken = False  # partitions were revoked or lost with the window uncommitted (_revoking)
-        self._specs: dict[str, EntitySpec | None] = {}  # per model version: the entity spec this stage computes
+        self._specs: dict[tuple[str, str], EntitySpec | None] = {}  # per (model version, stage): _spec_of
         self._upstream = 0  # two stages: the input topic's partitions (the repartition topic has buckets × these)
         self._carried: tuple[list[str], np.ndarray] | None = None  # stage 2: the batch's carried features
 
@@ -592,10 +599,8 @@ class Worker:
         assert spec is not None and self.enricher is not None  # _start_stage refused the model otherwise
         with self.steps.time("decode"):
             decoded = decode_batch(batch.values, self.settings.max_event_bytes, 0, scorer.bundle.schema)
-        rows = np.asarray(decoded.indices, dtype=np.int64)
         with self.steps.time("enrich"):
-            values = self.enricher.features(spec, decoded.events, (np.asarray(batch.partitions, dtype=np.int64)[rows],
-                                            np.asarray(batch.offsets, dtype=np.int64)[rows]), decoded.columns)
+            values = self.enricher.features(spec, decoded.events, _positions(batch, decoded.indices), decoded.columns)
         self._untimed = self.enricher.last_untimed
         s = self.settings
         out = forwards(batch, decoded.indices, read_field(decoded.events, s.repartition_key, decoded.columns), values,
@@ -693,22 +698,26 @@ class Worker:
         entity = scorer.bundle.entity
         if self.settings.stage != "repartitioned" or entity is None:
             return batch.values, {}
-        carried = carried_spec(entity, self.carried_key)
+        carried = self._spec_of(scorer.bundle, carried=True)
+        assert carried is not None
         matrix, refused = read_carried(batch.headers, len(carried.output_fields), carried.fingerprint)
         self._carried = (carried.output_fields, matrix)
         if not refused:
             return batch.values, {}
         return [None if i in refused else v for i, v in enumerate(batch.values)], refused
 
-    def _spec_of(self, bundle: Bundle) -> EntitySpec | None:
+    def _spec_of(self, bundle: Bundle, carried: bool = False) -> EntitySpec | None:
         """The entity spec this worker computes for ``bundle``: all of it (``SD_STAGE=whole``), the
-        input topic's key alone (stage 1) or the other keys (stage 2; ``pipeline/repartition.py``)."""
-        if bundle.version not in self._specs:
-            spec, stage = bundle.entity, self.settings.stage
+        input topic's key alone (stage 1) or the other keys (stage 2; ``pipeline/repartition.py``);
+        ``carried``: the input topic's key alone, whatever the stage (what stage 2 reads from stage
+        1). Derived once per model version (and its fingerprint with it), not per batch."""
+        stage = "repartition" if carried else self.settings.stage
+        if (bundle.version, stage) not in self._specs:
+            spec = bundle.entity
             if spec is not None and stage != "whole":
                 spec = (carried_spec if stage == "repartition" else rest_spec)(spec, self.carried_key)
-            self._specs[bundle.version] = spec
-        return self._specs[bundle.version]
+            self._specs[(bundle.version, stage)] = spec
+        return self._specs[(bundle.version, stage)]
 
     def _start_stage(self) -> None:
         """Two stages (``SD_STAGE``): stage 1 needs exactly-once delivery (the repartition topic must
@@ -767,9 +776,7 @@ class Worker:
 
         def enrich(events: list[dict[str, Any]], indices: list[int], fields: Fields) -> Deferred:
             rows = np.asarray(indices, dtype=np.int64)
-            positions = (np.asarray(batch.partitions, dtype=np.int64)[rows],
-                         np.asarray(batch.offsets, dtype=np.int64)[rows])  # no tuple per event
-            pending = enricher.begin(spec, events, positions, fields)  # the state is written by ``write``
+            pending = enricher.begin(spec, events, _positions(batch, rows), fields)  # the state is written by ``write``
             self._untimed = enricher.last_untimed  # a held batch enriched again: its last attempt counts
             if self._carried is not None:  # stage 2: the input key's features from stage 1, then this stage's
                 names, carried = self._carried[0], self._carried[1][rows]
