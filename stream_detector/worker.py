@@ -56,14 +56,19 @@ from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected, decode_batch
 from .pipeline.publish import build_alerts, build_dead_letters
 from .pipeline.repartition import (
+    IdleMarks,
     carried_spec,
     forwards,
+    idle_marks,
+    is_idle_mark,
+    marked_rows,
     origin,
     read_carried,
     rest_spec,
     split_buckets,
     stage_problem,
     stage_settings,
+    time_marks,
 )
 from .pipeline.score import Scorer, scores_of
 from .pipeline.score_feed import ScoreFeed
@@ -274,6 +279,8 @@ class Worker:
         self._taken = False  # partitions were revoked or lost with the window uncommitted (_revoking)
         self._specs: dict[tuple[str, str], EntitySpec | None] = {}  # per (model version, stage): _spec_of
         self._upstream = 0  # two stages: the input topic's partitions (the repartition topic has buckets × these)
+        self._idle_marks = IdleMarks(settings.align_idle_ms / 1000.0)  # stage 1: partitions owed an idle mark
+        self._asked_ends = float("-inf")  # stage 1: when the broker was last asked for the input's ends
         self._carried: tuple[list[str], np.ndarray] | None = None  # stage 2: the batch's carried features
 
     @property
@@ -479,7 +486,8 @@ class Worker:
             self.settings.align_peer_stale_ms, self._input_partitions())
         self.source = AlignedSource(self.source, self.settings.batch_size, self.settings.align_idle_ms,
                                     self.settings.align_max_buffered or None, peers=peers,
-                                    max_jump_ms=self.settings.align_max_jump_ms)
+                                    max_jump_ms=self.settings.align_max_jump_ms,
+                                    idle_mark=is_idle_mark if self.settings.stage == "repartitioned" else None)
         self.source.enabled = True
         self._align_to(bundle)
         self.hold.source = self.source
@@ -547,6 +555,8 @@ class Worker:
                 self.hold.release()
             elif self._pending:
                 self._flush_and_commit(due_only=True, idle=True)  # a quiet stream still commits its last window
+            elif self.settings.stage == "repartition":
+                self._mark_idle()
             return 0
         try:
             self.handle(batch)
@@ -569,6 +579,12 @@ class Worker:
         if self.settings.stage == "repartition":
             self._forward(batch)
             return
+        if self.settings.stage == "repartitioned":
+            marks = marked_rows(batch.headers)  # stage 1's marks: read by the alignment, committed, not events
+            batch = batch.without(marks)
+            if not len(batch):
+                self._deliver(batch, self.models.require(), [])
+                return
         scorer, done, decision = self._score_and_decide(batch)  # 2 decode … 5 decide, one model
         events, indices, rejected = done.events, done.indices, done.rejected
         self.link.observe(scorer, decision.scores)  # drift summaries: one bincount per batch
@@ -605,8 +621,51 @@ class Worker:
         s = self.settings
         out = forwards(batch, decoded.indices, read_field(decoded.events, s.repartition_key, decoded.columns), values,
                        spec.fingerprint, s.repartition_topic_name, self._upstream, s.repartition_buckets)
-        if self._deliver(batch, scorer, out + build_dead_letters(batch, decoded.rejected, s.dlq_topic)):
+        now = time.monotonic()
+        self._idle_marks.seen(set(batch.partitions), now)
+        idle = self._idle_due(now)
+        marks = time_marks(out, s.repartition_topic_name, self._upstream, s.repartition_buckets) + \
+            idle_marks(idle, s.repartition_topic_name, self._upstream, s.repartition_buckets)
+        if self._deliver(batch, scorer, out + marks + build_dead_letters(batch, decoded.rejected, s.dlq_topic)):
+            self._idle_marks.sent(idle, now)
             self._count(batch, len(out), 0, decoded.rejected)
+
+    def _idle_due(self, now: float) -> list[int]:
+        """Stage 1: the assigned partitions owed an idle mark now (``IdleMarks``); the broker is asked
+        for the ends the client does not know (kafka-python: a partition it fetched nothing from) at
+        most once per ``SD_ALIGN_IDLE_MS``."""
+        def backlog() -> dict[int, int | None]:
+            ask = now - self._asked_ends >= self.settings.align_idle_ms / 1000.0
+            if ask:
+                self._asked_ends = now
+            return self.source.backlog(ask=ask)
+        assigned = {tp.partition for tp in self.source.assignment() if tp.topic == self.settings.input_topic}
+        return self._idle_marks.due(assigned, backlog, now)
+
+    def _mark_idle(self) -> None:
+        """Stage 1 between batches: the idle marks owed (``IdleMarks``) in a transaction of their own,
+        with those partitions' offsets at their ends (committed already: nothing is left of them),
+        so that a worker evicted meanwhile is fenced (KIP-447) rather than marking a partition its
+        successor is forwarding. A failure is logged and tried again at the next empty poll."""
+        now = time.monotonic()
+        if self.hold.active:
+            return
+        due = self._idle_due(now)
+        ends = self.source.highwaters()
+        due = [p for p in due if ends.get(p) is not None]
+        if not due:
+            return
+        s = self.settings
+        group = self.source.membership()
+        try:
+            self.publisher.publish(idle_marks(due, s.repartition_topic_name, self._upstream, s.repartition_buckets))
+            at_end = {TopicPartition(s.input_topic, p): int(ends[p] or 0) for p in due}
+            self.publisher.commit(self.source, at_end, group)
+        except DeliveryError as exc:
+            log.info("stage 1: idle marks for partitions %s not written (%s); trying again", due, exc)
+            self.publisher.reset()  # a fresh producer at the next transaction
+            return
+        self._idle_marks.sent(due, now)
 
     def _deliver(self, batch: Batch, scorer: Scorer, messages: list[OutMessage]) -> bool:
         """Steps 6 and 7 for ``batch``: ``messages`` published, then its offsets committed (or, with

@@ -39,6 +39,12 @@ entity's events are applied in exact event-time order, the workers taking turns;
 back only by another's partition looks at the heads again every 5 ms instead of blocking in the
 client's poll, and polls its client every ``idle_ms`` without waiting (``poll_batch(wait_ms=0)``).
 
+**Marks** (``idle_mark`` given: two stages' stage 2, ``pipeline/repartition.py``): the partitions
+carry their upstream's marks, records like events to this step. A partition is idle only while the
+last record read from it is an idle mark and its client has nothing left of it, never for being
+quiet (a quiet partition of the repartition topic may be a stage-1 worker that is behind), and a
+poll's deadline forces nothing out (the buffer cap still does).
+
 Enabled per worker (``SD_ALIGN_EVENT_TIME``: ``auto`` turns it on when the active model has
 entity features keyed by a field other than the topic's key, ``EntitySpec.shared_keys``; the
 worker wraps its source at start or at the swap to such a model); disabled, it is a pass-through. Rebalances and rewinds
@@ -193,6 +199,7 @@ class _Partition:
     last_offset: int = -1
     last_record_at: float = 0.0  # wall clock (monotonic)
     prior: float = float("nan")
+    idle_mark: bool = False  # marks mode: the last record read from it is an upstream's idle mark
 
     @property
     def held(self) -> int:
@@ -263,8 +270,9 @@ class AlignedSource:
     def __init__(self, inner: Source, batch_size: int, idle_ms: int = 2000, max_buffered: int | None = None,
                  clock: Callable[[], float] = time.monotonic, peers: Peers | None = None,
                  heartbeat_s: float = 0.5, sleep: Callable[[float], None] = time.sleep,
-                 max_jump_ms: float = MAX_JUMP_MS) -> None:
+                 max_jump_ms: float = MAX_JUMP_MS, idle_mark: Callable[[Any], bool] | None = None) -> None:
         self.inner = inner
+        self.idle_mark = idle_mark
         self.max_jump_ms = float(max_jump_ms)
         _clock_keys(np.zeros(1), NEG_INF, 0.0, np.zeros(1))  # compile (or load numba's cache) now, not on a batch
         self.sleep = sleep
@@ -335,6 +343,8 @@ class AlignedSource:
             if not incoming.values and not self.held_back:
                 return incoming  # nothing anywhere: an idle poll, as without alignment
             if not incoming.values and self.clock() >= deadline:
+                if self.idle_mark is not None:  # marks: a partition waits for its upstream (the cap forces)
+                    return self._release() or Batch(topic=self.topic)
                 return self._release(force=True) or Batch(topic=self.topic)
 
     def commit(self, offsets: Offsets) -> None:
@@ -424,6 +434,8 @@ class AlignedSource:
         and a worker waiting for its peers polls it only every ``idle_ms`` (the helper's trial: two
         workers on a backlog raised 2.4x offline's alerts while a partition with 10k records left
         was published idle for 24 s and the others ran 36 hours of event time ahead of it)."""
+        if self.idle_mark is not None:  # marks: idle only on its upstream's word, with nothing read past it
+            return part is not None and part.idle_mark and not left
         grace = self.idle_ms / 1000.0
         since = self._since.setdefault(p, now)
         if left is None:
@@ -518,6 +530,8 @@ class AlignedSource:
                 n, last = len(picked), batch.offsets[picked[-1]]
             part.last_offset = last
             part.last_record_at = now
+            if self.idle_mark is not None:
+                part.idle_mark = self.idle_mark(batch.headers[len(batch.values) - 1 if rows is None else picked[-1]])
             self.held_back += n
         if head_moved and self.peers is not None:
             self._publish()  # a partition's next record is known now: the peers may move on

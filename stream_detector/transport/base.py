@@ -79,7 +79,9 @@ class Batch:
     ``values[i]`` is the record's bytes (``None`` for a tombstone, an ``Unreadable`` for a record
     the client could not read), at ``partitions[i]``/``offsets[i]`` of ``topic``; ``timestamps``
     in ms (-1 when unknown); ``headers[i]`` a sequence of ``(str, bytes)``. ``group`` is the
-    membership when the first record arrived (``None``: no group, never fenced).
+    membership when the first record arrived (``None``: no group, never fenced). ``past``: per
+    partition, an offset to commit up to even where this batch holds no record there (records the
+    worker consumed but does not handle: a repartition topic's marks, ``without``).
     """
 
     topic: str = ""
@@ -91,6 +93,7 @@ class Batch:
     headers: list[Any] = field(default_factory=list)
     polled_at: float = 0.0
     group: Membership | None = None
+    past: dict[int, int] | None = None
     _ends: tuple[int, dict[int, int]] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -111,7 +114,23 @@ class Batch:
         return Batch(self.topic, [self.partitions[i] for i in keep], [self.offsets[i] for i in keep],
                      [self.keys[i] for i in keep], [self.values[i] for i in keep],
                      [self.timestamps[i] for i in keep], [self.headers[i] for i in keep], self.polled_at,
-                     self.group)
+                     self.group, None if self.past is None else
+                     {p: o for p, o in self.past.items() if p in partitions})
+
+    def without(self, rows: Sequence[int]) -> Batch:
+        """This batch without the records at ``rows`` (ascending), still committing past them
+        (``past``): what a worker handles of a batch some of whose records are consumed and not
+        handled (a repartition topic's marks, ``pipeline/repartition.py``)."""
+        if not rows:
+            return self
+        drop = set(rows)
+        keep = [i for i in range(len(self.values)) if i not in drop]
+        out = Batch(self.topic, [self.partitions[i] for i in keep], [self.offsets[i] for i in keep],
+                    [self.keys[i] for i in keep], [self.values[i] for i in keep],
+                    [self.timestamps[i] for i in keep], [self.headers[i] for i in keep], self.polled_at,
+                    self.group)
+        out.past = {tp.partition: o for tp, o in self.next_offsets().items()}
+        return out
 
     def next_offsets(self) -> Offsets:
         """Per partition, the offset after the last record of this batch (what to commit). Worked
@@ -122,6 +141,9 @@ class Batch:
             for p, o in zip(self.partitions, self.offsets, strict=True):  # ints only: one TopicPartition per partition
                 if o + 1 > ends.get(p, -1):
                     ends[p] = o + 1
+            for p, o in (self.past or {}).items():
+                if o > ends.get(p, -1):
+                    ends[p] = o
             self._ends = (len(self.offsets), ends)
         return {TopicPartition(self.topic, p): o for p, o in self._ends[1].items()}
 

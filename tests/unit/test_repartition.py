@@ -15,24 +15,32 @@ from stream_detector.errors import ConfigError
 from stream_detector.model.bundle import Bundle, build_bundle
 from stream_detector.model.train import TrainConfig, train
 from stream_detector.offline import score_events
+from stream_detector.pipeline.align import AlignedSource, event_times
 from stream_detector.pipeline.repartition import (
     CARRIED,
     CARRIED_SPEC,
+    IDLE_MARK,
     SOURCE,
+    TIME_MARK,
+    IdleMarks,
     bucket_of,
     carried_spec,
     forwards,
+    idle_marks,
+    is_idle_mark,
+    marked_rows,
     read_carried,
     rest_spec,
     split_buckets,
     stage_problem,
     stage_settings,
+    time_marks,
 )
 from stream_detector.schema import RejectReason
 from stream_detector.settings import Settings
 from stream_detector.simulate import Simulator
 from stream_detector.store.memory import MemoryControl
-from stream_detector.transport.base import Batch
+from stream_detector.transport.base import Batch, OutMessage, TopicPartition
 from stream_detector.transport.memory import MemoryBroker, MemoryPublisher, MemorySource, MemoryTransactionalPublisher
 from stream_detector.worker import Worker
 from tests.helpers import wait_until
@@ -94,6 +102,99 @@ def test_a_record_without_usable_carried_features_is_named_with_why() -> None:
     assert list(matrix[0]) == [1.0, 2.0] and np.isnan(matrix[1:]).all()
     assert set(bad) == {1, 2, 3}
     assert "stage-1" in bad[1] and "other" in bad[2] and "holds 1 values" in bad[3]
+
+
+def test_each_batch_ends_every_bucket_of_its_upstream_partitions_at_their_newest_time() -> None:
+    """Time marks: per upstream partition of the batch, one at every bucket but the one its last
+    forwarded event went to, carrying that event's timestamp as it was (read by stage 2 as the
+    event's: the same sort key) and its place in the input topic."""
+    values = [b'{"timestamp":"2026-01-01T00:00:01Z","x":1}', b'{"timestamp":1767225602000}', b'{"x":3}',
+              b'{"timestamp":"2026-01-01T00:00:04Z"}']
+    batch = Batch(topic=TOPIC, partitions=[0, 1, 0, 1], offsets=[5, 6, 7, 8], keys=[None] * 4, values=values,
+                  timestamps=[0] * 4, headers=[()] * 4)
+    out = forwards(batch, [0, 1, 3], ["t-1", "t-2", "t-3"], np.zeros((3, 1)), "fp", REKEYED, 4, 3)
+    marks = time_marks(out, REKEYED, 4, 3)
+    by_part = {m.partition: m for m in marks}
+    assert len(marks) == len(by_part) == 2 * 2  # two upstream partitions, two buckets each
+    b0, b3 = bucket_of(["t-1"], 3)[0], bucket_of(["t-3"], 3)[0]
+    assert set(by_part) == {b * 4 + 0 for b in range(3) if b != b0} | {b * 4 + 1 for b in range(3) if b != b3}
+    for m in marks:
+        upstream_last = out[0] if m.partition % 4 == 0 else out[2]
+        assert m.headers[0] == TIME_MARK and dict(m.headers)[SOURCE] == dict(upstream_last.headers)[SOURCE]
+        assert event_times([m.value]).tolist() == event_times([upstream_last.value]).tolist()
+    assert marked_rows([m.headers for m in out + marks]) == list(range(len(out), len(out) + len(marks)))
+    idle = idle_marks([2, 0], REKEYED, 4, 3)
+    assert [m.partition for m in idle] == [0, 4, 8, 2, 6, 10] and all(is_idle_mark(m.headers) for m in idle)
+    assert not any(is_idle_mark(m.headers) for m in out + marks) and np.isnan(event_times([idle[0].value])).all()
+
+
+def test_an_upstream_partition_is_owed_an_idle_mark_when_at_its_end_and_quiet_then_every_idle_time() -> None:
+    owed = IdleMarks(idle_s=1.0, every_s=1.0)
+    assert IdleMarks(idle_s=2.0).every_s == 10.0
+    asked: list[float] = []
+
+    def backlog(left: dict[int, int | None]) -> Any:
+        return lambda: asked.append(1) or left  # type: ignore[func-returns-value]
+
+    assert owed.due({0, 1}, backlog({0: 0, 1: 0}), now=10.0) == [] and not asked  # just assigned: not quiet yet
+    owed.seen([1], now=10.5)
+    assert owed.due({0, 1}, backlog({0: 0, 1: 0}), now=11.0) == [0]
+    assert owed.due({0, 1}, backlog({0: 0, 1: None}), now=11.6) == [0]  # 1: its end unknown
+    assert owed.due({0, 1}, backlog({0: 3, 1: 0}), now=11.6) == [1]  # 0: records left
+    owed.sent([0, 1], now=11.6)
+    assert owed.due({0, 1}, backlog({0: 0, 1: 0}), now=12.0) == []  # marked within the idle time
+    assert owed.due({0, 1}, backlog({0: 0, 1: 0}), now=12.6) == [0, 1]  # the heartbeat
+    owed.seen([0], now=12.7)
+    assert owed.due({0}, backlog({0: 0}), now=13.0) == []  # a record ended 0's idleness; 1 revoked
+    assert owed.due({0, 1}, backlog({0: 0, 1: 0}), now=13.8) == [0]  # 1 assigned again: quiet from now
+
+
+def test_batch_without_some_records_still_commits_past_them() -> None:
+    batch = Batch(topic=TOPIC, partitions=[0, 1, 0, 1], offsets=[5, 6, 7, 9], keys=[None] * 4,
+                  values=[b"a", b"m", b"c", b"m"], timestamps=[1, 2, 3, 4], headers=[()] * 4)
+    events = batch.without([1, 3])
+    assert events.values == [b"a", b"c"] and events.offsets == [5, 7]
+    assert events.next_offsets() == batch.next_offsets() == {TopicPartition(TOPIC, 0): 8, TopicPartition(TOPIC, 1): 10}
+    assert not len(batch.without([0, 1, 2, 3])) and batch.without([0, 1, 2, 3]).next_offsets() == batch.next_offsets()
+    assert events.only({1}).next_offsets() == {TopicPartition(TOPIC, 1): 10} and batch.without([]) is batch
+
+
+def test_stage_2_takes_a_quiet_partition_for_idle_only_on_its_upstreams_idle_mark() -> None:
+    """A partition of the repartition topic that is quiet because its stage-1 worker is behind holds
+    the others back however long (without marks it is idle after SD_ALIGN_IDLE_MS); its upstream's
+    idle mark lets them go, and a record after the mark makes it hold again."""
+    broker = _broker()
+    source = MemorySource(broker, REKEYED, GROUP, 64)
+    now = [0.0]
+
+    def clock() -> float:  # each look at the clock takes 10 ms: a poll's deadline comes
+        now[0] += 0.01
+        return now[0]
+    aligned = AlignedSource(source, 64, idle_ms=100, clock=clock, idle_mark=is_idle_mark)
+    aligned.enabled = True
+    aligned.start()
+
+    def put(partition: int, ts: int | None, headers: list[tuple[str, bytes]]) -> None:
+        value = orjson.dumps({"timestamp": ts})
+        broker.append([OutMessage(REKEYED, None, value, headers, partition=partition)], partition=partition)
+
+    carried = [(CARRIED, b"")]
+    put(0, 1000, carried)
+    for p in range(1, 12):
+        put(p, 500, [TIME_MARK])  # every other partition's upstream has reached 500
+    got = aligned.poll_batch()
+    assert sorted(got.offsets) == [0] * 11 and 0 not in got.partitions  # 500s out; 1000 waits for the others
+    for _ in range(3):
+        now[0] += 10.0  # far past idle_ms: quiet is not idle with marks
+        assert not len(aligned.poll_batch())
+    for p in range(1, 12):
+        put(p, None, [IDLE_MARK])
+    got = aligned.poll_batch()
+    assert got.partitions.count(0) == 1 and len(got) == 12  # the idle marks, then the event at 1000
+    put(5, 2000, carried)
+    put(0, 1500, carried)
+    got = aligned.poll_batch()
+    assert got.partitions == [0]  # 1500 out; 2000 holds until partition 0 says more (it is not idle)
 
 
 def test_split_buckets_names_the_buckets_a_worker_holds_only_part_of() -> None:
@@ -162,17 +263,22 @@ def test_two_stages_give_a_backlog_of_four_partitions_offlines_features_and_aler
     broker.append([_message(e) for e in events])  # keyed by account: four partitions, each in time order
     control = MemoryControl()
     control.publish(two_keys)
-    first = _stage1(broker, control)
+    first = _stage1(broker, control, align_idle_ms=50)
     seen1: list[dict[str, Any]] = []
     assert first.enricher is not None
     first.enricher.on_enriched = seen1.extend
     _drain(first)
     rekeyed = broker.read(REKEYED)
-    assert len(rekeyed) == len(events) and not broker.read(ALERTS)  # stage 1 alerts nothing
-    second = _stage2(broker, control)
+    marks = marked_rows([r.headers for r in rekeyed])
+    assert len(rekeyed) - len(marks) == len(events) and not broker.read(ALERTS)  # stage 1 alerts nothing
+    second = _stage2(broker, control, align_idle_ms=50)
     seen2: list[dict[str, Any]] = []
     assert second.enricher is not None
     second.enricher.on_enriched = seen2.extend
+    _drain(second)  # the newest events wait until stage 1 says its partitions are idle
+    wait_until(lambda: first.run_once() == 0 and all(part and is_idle_mark(part[-1].headers)
+                                                      for part in broker.topics[REKEYED]),
+               timeout_s=30, message="stage 1's idle marks")
     _drain(second)
 
     offline = enrich_history(SPEC, events)
@@ -190,7 +296,6 @@ def test_two_stages_give_a_backlog_of_four_partitions_offlines_features_and_aler
 
 
 def _message(event: dict[str, Any]) -> Any:
-    from stream_detector.transport.base import OutMessage
     return OutMessage(TOPIC, str(event["account_id"]).encode(), orjson.dumps(event), [])
 
 
@@ -198,10 +303,11 @@ def test_a_record_of_the_repartition_topic_without_stage_1s_features_is_a_dead_l
     broker = _broker()
     control = MemoryControl()
     control.publish(two_keys)
-    from stream_detector.transport.base import OutMessage
     broker.append([OutMessage(REKEYED, b"m", orjson.dumps(_raw(1, seed=33)[0]), [])], partition=0)
-    worker = _stage2(broker, control, align_peer_stale_ms=1000)  # no stage 1 here: its heads are missing
-    wait_until(lambda: worker.run_once() > 0, timeout_s=30, message="held until stage 1's heads went stale")
+    for m in idle_marks(range(4), REKEYED, 4, 3)[1:]:  # what a stage 1 at its end says of every other partition
+        broker.append([m], partition=m.partition)
+    worker = _stage2(broker, control)
+    wait_until(lambda: worker.run_once() > 0, timeout_s=30, message="the record released")
     dead = broker.read(DLQ)
     assert len(dead) == 1 and dict(dead[0].headers)["sd.error.reason"] == RejectReason.NO_CARRIED_FEATURES.encode()
 
