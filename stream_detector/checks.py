@@ -63,6 +63,8 @@ def _settings_checks(s: Settings) -> Iterator[Check]:
                       else ", models with a shared key commit every batch (SD_ENTITY_REPLAY_LOG=false)")
                    if s.entity_partition_key and s.entity_flush_ms and s.delivery == "at_least_once"
                    else ", entity state written every batch"))
+    if s.stage != "whole":
+        yield _stage_check(s)
     if s.kafka_security_protocol.startswith("SASL") and not (
             s.kafka_sasl_username and s.kafka_sasl_password.get_secret_value()):
         yield Check("fail", "security", "SASL needs SD_KAFKA_SASL_USERNAME and SD_KAFKA_SASL_PASSWORD")
@@ -86,6 +88,19 @@ def _settings_checks(s: Settings) -> Iterator[Check]:
             yield Check("fail", "device", f"SD_DEVICE={s.device} but torch sees no CUDA device")
         else:
             yield Check("ok", "device", f"{s.device}: {torch.cuda.get_device_name(torch.device(s.device))}")
+
+
+def _stage_check(s: Settings) -> Check:
+    """Two stages (``SD_STAGE``): what the worker refuses at start, said before it starts."""
+    if s.stage == "repartition" and s.delivery != "exactly_once":
+        return Check("fail", "stage", "SD_STAGE=repartition needs SD_DELIVERY=exactly_once (the worker refuses to "
+                     "start): a batch forwarded twice would apply its events twice in stage 2")
+    if s.stage == "repartition":
+        return Check("ok", "stage", f"stage 1: {s.input_topic} keyed by {s.entity_partition_key or '?'} → "
+                     f"{s.repartition_topic_name}, group {s.group_id}.repartition, exactly once")
+    return Check("ok", "stage", f"stage 2: {s.repartition_topic_name} ({s.repartition_buckets} buckets of "
+                 f"{s.repartition_key}), group {s.group_id}; run a number of stage-2 workers that divides "
+                 f"{s.repartition_buckets}")
 
 
 def spool_problem(directory: str | Path | None) -> str | None:
@@ -155,13 +170,34 @@ def _kafka_checks(s: Settings, timeout_ms: int) -> Iterator[Check]:
         else:
             yield Check("warn", "topic", f"shadow {s.shadow_topic}: missing and SD_CREATE_TOPICS=false — "
                         "`model shadow` refuses until it exists (docs/retraining.md)")
-        if s.input_topic in partitions:
+        if s.stage != "whole" and s.input_topic in partitions:
+            yield _repartition_topic_check(s, admin, existing, partitions[s.input_topic])
+        elif s.input_topic in partitions:
             yield Check("ok", "scaling", f"at most {partitions[s.input_topic]} busy workers in group "
                         f"{s.group_id} (one per input partition; KEDA maxReplicaCount)")
     except KafkaError as exc:
         yield Check("fail", "kafka", f"{s.kafka_bootstrap}: {exc!r}")
     finally:
         admin.close()
+
+
+def _repartition_topic_check(s: Settings, admin: Any, existing: set[str], upstream: int) -> Check:
+    """Two stages: the repartition topic has buckets × the input topic's partitions (a worker refuses
+    another size), or is missing and the first worker makes it."""
+    topic, want = s.repartition_topic_name, upstream * s.repartition_buckets
+    if topic not in existing:
+        if s.create_topics:
+            return Check("warn", "topic", f"repartition {topic}: missing (the first worker of either stage creates "
+                         f"it with {want} partitions: {upstream} x SD_REPARTITION_BUCKETS={s.repartition_buckets})")
+        return Check("fail", "topic", f"repartition {topic}: missing and SD_CREATE_TOPICS=false (create it with "
+                     f"{want} partitions)")
+    have = len(admin.describe_topics([topic])[0]["partitions"])
+    if have != want:
+        return Check("fail", "topic", f"repartition {topic}: {have} partitions, not {want} ({upstream} of "
+                     f"{s.input_topic} x SD_REPARTITION_BUCKETS={s.repartition_buckets}): the worker refuses it; "
+                     "delete it, or set SD_REPARTITION_TOPIC")
+    return Check("ok", "topic", f"repartition {topic}: {have} partitions ({upstream} x {s.repartition_buckets} "
+                 "buckets)")
 
 
 def _redis_checks(s: Settings) -> Iterator[Check]:
@@ -230,8 +266,15 @@ def scaling_check(bundle: Any, s: Settings) -> Check | None:
     """A WARN when the active model's history is keyed by a field other than the topic's key
     (``EntitySpec.shared_keys``): such a model runs as one worker per consumer group (several are
     exact only at ``SD_ALIGN_PEER_GRACE_MS=0``, a few hundred events/s; docs/operations.md,
-    *Partitions and workers*). None for a model without such history."""
+    *Partitions and workers*), or in two stages. None for a model without such history; in two
+    stages (``SD_STAGE``), a FAIL when the model cannot run in them (``stage_problem``), else None."""
     spec = getattr(bundle, "entity", None)
+    if s.stage != "whole":
+        from .pipeline.repartition import stage_problem
+
+        problem = stage_problem(spec, s.entity_partition_key, s.repartition_key)
+        return Check("fail", "stage", f"model {bundle.version} cannot run in two stages: {problem}") \
+            if problem else None
     shared = spec.shared_keys(s.entity_partition_key) if spec is not None else ()
     if not shared:
         return None

@@ -82,8 +82,8 @@ class KafkaSettings(_Group):
         "per batch (needs SD_DELIVERY=exactly_once), as consumer group SD_GROUP_ID + '.repartition'; repartitioned = "
         "stage 2: reads the repartition topic, computes the history of SD_REPARTITION_KEY, scores and alerts. Run a "
         "number of stage-2 workers that divides SD_REPARTITION_BUCKETS: each then owns whole buckets, and every "
-        "entity's events are applied in event-time order as one worker would, while stage 1 runs ahead of stage 2 "
-        "(not yet when both replay a backlog at once).")
+        "entity's events are applied in event-time order as one worker would (stage 2 waits for the marks stage 1 "
+        "writes with each batch, and for its idle marks).")
     repartition_key: str = Field("", description="Two stages (SD_STAGE): the event field the repartition topic is "
                                  "keyed by (a terminal, a merchant): the model's other entity key.")
     repartition_buckets: int = Field(12, ge=1, le=10_000, description="Two stages: buckets of SD_REPARTITION_KEY "
@@ -193,7 +193,8 @@ class WorkerSettings(_Group):
         "SD_ENTITY_PARTITION_KEY (a terminal's events come from many partitions); once on, until the worker restarts.")
     align_idle_ms: int = Field(2000, ge=0, le=600_000, description="Event-time alignment's idle time: a partition "
                                "at its end holds the others at its newest event time until it has delivered nothing "
-                               "for this long.")
+                               "for this long. Two stages: stage 1 writes an idle mark for an input partition at its "
+                               "end and quiet this long (again every 5x this); stage 2 waits for it instead.")
     align_max_buffered: int = Field(0, ge=0, le=10_000_000, description="Event-time alignment's buffer cap in "
                                     "records (0: 8 batches or 200,000, whichever is more); past it the oldest are "
                                     "released anyway (best effort, never a stall).")
@@ -393,9 +394,12 @@ class Settings(KafkaSettings, RedisSettings, WorkerSettings, RetrainSettings, Co
                  "SD_DLQ_TOPIC": self.dlq_topic, "SD_SHADOW_TOPIC": self.shadow_topic,
                  "SD_FEEDBACK_TOPIC": self.feedback_topic}
         if self.stage != "whole":
-            if not self.repartition_key or self.repartition_key == self.entity_partition_key:
+            if not self.repartition_key:
                 raise ValueError(f"SD_STAGE={self.stage} needs SD_REPARTITION_KEY: the entity key other than "
                                  f"SD_ENTITY_PARTITION_KEY ({self.entity_partition_key!r}) that stage 2 is keyed by")
+            if self.repartition_key == self.entity_partition_key:
+                raise ValueError(f"SD_REPARTITION_KEY={self.repartition_key} is SD_ENTITY_PARTITION_KEY too: stage 2 "
+                                 "is keyed by the model's other entity key (a terminal, a merchant)")
             roles["SD_REPARTITION_TOPIC"] = self.repartition_topic_name
         seen: dict[str, str] = {}
         for name, topic in roles.items():

@@ -41,3 +41,28 @@ def test_missing_model_topics_and_unreachable_services_fail(settings: Settings):
     statuses = {c.name: c.status for c in run_checks(dead, timeout_ms=500)}
     assert statuses["kafka"] == "fail" and statuses["redis"] == "fail"
     assert "model" not in statuses, "nothing is checked behind an unreachable service"
+
+
+def test_two_stages_are_checked_as_the_worker_would_refuse_them(settings: Settings, published, bundle) -> None:
+    """``SD_STAGE``: stage 1 without exactly-once, a repartition topic of another size than
+    buckets × the input's partitions, and a model without both entity keys each FAIL (a new-user
+    trial found check-config passing them); the right setup passes."""
+    from stream_detector.topics import ensure_topics
+
+    s1 = settings.model_copy(update={"stage": "repartition", "repartition_key": "terminal_id",
+                                     "entity_partition_key": "account_id", "repartition_buckets": 3})
+    checks = run_checks(s1)
+    assert any(c.status == "fail" and c.name == "stage" and "SD_DELIVERY=exactly_once" in c.detail for c in checks)
+    assert any(c.status == "warn" and f"repartition {s1.repartition_topic_name}: missing" in c.detail
+               and "12 partitions" in c.detail for c in checks)
+    assert any(c.status == "fail" and c.name == "stage" and "cannot run in two stages" in c.detail
+               for c in checks)  # the fixture's model has no entity features
+    ensure_topics(s1, [s1.repartition_topic_name], partitions=5)
+    s2 = s1.model_copy(update={"stage": "repartitioned"})
+    bad = [c for c in run_checks(s2) if c.status == "fail" and c.name == "topic"]
+    assert len(bad) == 1 and "5 partitions, not 12" in bad[0].detail
+    right = s2.model_copy(update={"repartition_topic": f"{s2.input_topic}.stage2"})
+    ensure_topics(right, [right.repartition_topic_name], partitions=12)
+    ok = {c.detail for c in run_checks(right) if c.status == "ok"}
+    assert f"repartition {right.repartition_topic_name}: 12 partitions (4 x 3 buckets)" in ok
+    assert any(d.startswith("stage 2:") and "divides 3" in d for d in ok)
