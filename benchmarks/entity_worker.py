@@ -49,8 +49,9 @@ from .results import write_section
 from .throughput import base_settings, drain, latency, say, transports
 
 SPEC = entity_speed.SPEC
-VARIANTS = {"stateless": ("stateless", {}), "entity": ("entity", {}),
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"stateless": ("stateless", {}), "entity": ("entity", {}),
             "entity, batch commits": ("entity", {"entity_replay_log": False})}  # name → (model, settings)
+TWO_STAGES = "entity, two stages (1 + 1)"  # latency only (--two-stages): a stage-1 and a stage-2 worker process
 STEPS = ("source", "decode", "enrich", "features", "publish", "flush", "commit")  # flush: write-behind (entity/behind.py)
 
 
@@ -62,7 +63,7 @@ def models(events: list[dict[str, Any]]) -> dict[str, Bundle]:
 
 
 def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seconds: float,
-        accounts: int | None = None) -> dict[str, Any]:
+        accounts: int | None = None, two_stages: bool = False) -> dict[str, Any]:
     torch.set_num_threads(1)
     tag = uuid.uuid4().hex[:8]
     events = entity_speed.workload(n, accounts or max(500, n // 100), seed=0)
@@ -103,12 +104,17 @@ def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seco
                 r = drain(s, 1, n, rate_until=timed)
                 runs[name].append(r)
                 say(f"[{transport}] {name} drain {rep + 1}: {r['rate']:,.0f} events/s, drained={r['drained']}")
-        result: dict[str, Any] = {name: max(rs, key=lambda r: r["rate"]) for name, rs in runs.items()}
+        result: dict[str, Any] = {name: max(rs, key=lambda r: r["rate"]) for name, rs in runs.items() if rs}
         result["all"] = {name: [r["rate"] for r in rs] for name, rs in runs.items()}
         result["latency"] = []
+        timed_variants = dict(VARIANTS)
+        if two_stages:
+            timed_variants[TWO_STAGES] = ("entity", {"repartition_key": "terminal_id"})
         for rate in rates:
-            for name, (model, overrides) in VARIANTS.items():
-                run_tag = f"{short}-lat-{model}{'-pb' if overrides else ''}-{rate}-{tag}"
+            for name, (model, overrides) in timed_variants.items():
+                stages = 1 if name == TWO_STAGES else 0
+                suffix = "-2s" if stages else "-pb" if overrides else ""
+                run_tag = f"{short}-lat-{model}{suffix}-{rate}-{tag}"
                 s = base_settings(kafka, redis, run_tag, transport=transport, **overrides)
                 control = ControlPlane.from_url(redis, s.redis_prefix)
                 control.publish(bundles[model], set_by="bench")
@@ -116,7 +122,8 @@ def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seco
                     control.set_threshold(baseline_threshold, bundles[model].version, "bench",
                                           "latency baseline: the entity model's alert share")
                 # every event once: sent again, the history would run backwards in event time
-                r = dict(latency(s, raw, keys, rate, min(seconds, n / rate), append_time=True), model=name)
+                r = dict(latency(s, raw, keys, rate, min(seconds, n / rate), append_time=True, stages=stages),
+                         model=name)
                 result["latency"].append(r)
                 say(f"[{transport}] {name} model at {rate:,}/s offered: achieved {r['achieved']:,.0f}/s, "
                     f"p50 {r['p50']:.0f} p99 {r['p99']:.0f} ms ({r['samples']} alerts; broker → alert p99 "
@@ -140,7 +147,8 @@ def markdown(ctx: dict[str, Any]) -> str:
              "events/s | its / stateless | runs (stateless; entity; batch commits) | alerts (stateless; entity; "
              "batch commits) |",
              "|---|---|---|---|---|---|---|---|"]
-    for transport, r in ctx["runs"].items():
+    drained = {t: r for t, r in ctx["runs"].items() if "stateless" in r}  # none with --repeats 0
+    for transport, r in drained.items():
         a, b, c = r["stateless"]["rate"], r["entity"]["rate"], r["entity, batch commits"]["rate"]
         runs = "; ".join(", ".join(f"{x:,.0f}" for x in r["all"][name]) for name in VARIANTS)
         alerts = "; ".join(f"{r[name]['alerts']:,}" for name in VARIANTS)
@@ -149,7 +157,7 @@ def markdown(ctx: dict[str, Any]) -> str:
     lines += ["", "Where the entity worker's time goes (its best drain; wall seconds per step on the worker's thread):",
               "", "| transport | variant | " + " | ".join(STEPS) + " | scoring thread |",
               "|---|---|" + "---|" * (len(STEPS) + 1)]
-    for transport, r in ctx["runs"].items():
+    for transport, r in drained.items():
         for name in ("entity", "entity, batch commits"):
             st = r[name]["stage_s"]
             lines.append(f"| {transport} | {name} | " + " | ".join(f"{st.get(k, 0.0):.2f}" for k in STEPS)
@@ -209,11 +217,15 @@ def main(argv: Sequence[str]) -> int:
                         "with --accounts)")
     p.add_argument("--kafka", default=None, help="use this running broker instead of starting one")
     p.add_argument("--redis", default=None, help="use this running Redis (with --kafka)")
+    p.add_argument("--two-stages", action="store_true",
+                   help="also time the entity model in two stages (SD_STAGE: one stage-1 and one stage-2 worker "
+                        "process, through a repartition topic keyed by terminal_id) in the latency runs")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args(argv)
     rates = [int(x) for x in args.rates.split(",") if x]
     ctx, load = harness.on_services(
-        args.kafka, args.redis, lambda kafka, redis: run(kafka, redis, args.events, args.repeats, rates, args.seconds, args.accounts), say,
+        args.kafka, args.redis, lambda kafka, redis: run(kafka, redis, args.events, args.repeats, rates, args.seconds,
+                                                         args.accounts, args.two_stages), say,
         "the broker, Redis and the load producer")
     ctx["load"] = load
     body = markdown(ctx)

@@ -42,7 +42,7 @@ import torch
 from stream_detector.entity import InMemoryState, enrich_history
 from stream_detector.entity.binary import decode
 from stream_detector.entity.state import RedisState
-from stream_detector.kafka_util import committed_offsets, end_offsets, read_all, wait_for_zero_lag
+from stream_detector.kafka_util import read_all, wait_for_zero_lag
 from stream_detector.offline import score_events
 from stream_detector.pipeline.repartition import rest_spec
 from stream_detector.store import ControlPlane
@@ -102,7 +102,7 @@ def replay_stages(settings: Any, k1: int, k2: int, n: int, after: bool = False) 
         drained = wait_for_zero_lag(settings, f"{settings.group_id}.repartition", settings.input_topic,
                                     timeout_s=900)
     deadline = time.monotonic() + 900
-    while drained and not settled(settings, settings.group_id, settings.repartition_topic_name):
+    while drained and not harness.settled(settings, settings.group_id, settings.repartition_topic_name):
         if time.monotonic() > deadline:
             drained = False
             break
@@ -117,13 +117,6 @@ def replay_stages(settings: Any, k1: int, k2: int, n: int, after: bool = False) 
     return {"rate": n / max(ended - first, 1e-9), "wall": ended - first, "drained": drained,
             "handled": sum(r.events for r in reports[1 if after else 0]),
             "split": sorted((r.events for r in reports[1 if after else 0]), reverse=True)}
-
-
-def settled(settings: Any, group: str, topic: str) -> bool:
-    """Every record of ``topic`` (written in transactions: each partition ends with a commit marker,
-    which the last record's offset + 1 does not pass) committed by ``group``."""
-    ends, done = end_offsets(settings, topic), committed_offsets(settings, group, topic)
-    return all(done.get(tp, 0) >= end - 1 for tp, end in ends.items())
 
 
 def events_counted(core: dict[str, Any], at_ms: float) -> float:

@@ -377,6 +377,15 @@ class WorkerPool:
         return reports
 
 
+def settled(settings: Any, group: str, topic: str) -> bool:
+    """Every record of ``topic`` (written in transactions: each partition ends with a commit marker,
+    which the last record's offset + 1 does not pass) committed by ``group``."""
+    from stream_detector.kafka_util import committed_offsets, end_offsets
+
+    ends, done = end_offsets(settings, topic), committed_offsets(settings, group, topic)
+    return all(done.get(tp, 0) >= end - 1 for tp, end in ends.items())
+
+
 def consume_only_rd(bootstrap: str, topic: str, group: str, total: int, batch: int, wait_ms: int) -> float:
     """librdkafka's ceiling: plain confluent-kafka ``consume(num_messages=batch)`` loop, values touched."""
     from confluent_kafka import Consumer

@@ -137,7 +137,7 @@ def handed_over(laps: Sequence[float], written_ms: float) -> float:
 
 
 def latency(settings: Settings, values: list[bytes], keys: list[bytes | None], rate: float,
-            seconds: float, append_time: bool = False) -> dict[str, Any]:
+            seconds: float, append_time: bool = False, stages: int = 0) -> dict[str, Any]:
     """One worker process, a paced producer process at ``rate`` (0 = unpaced); alert latencies:
     the alert's Kafka timestamp − the time the producer handed the event to its client (``p50``
     …: the input record's CreateTime, the figure of every run so far), events handed over in the
@@ -150,12 +150,23 @@ def latency(settings: Settings, values: list[bytes], keys: list[bytes | None], r
     broker wrote the event, and the latency splits in two: ``broker_p50`` … = alert − broker
     append (the worker's part: fetch, the batch's steps, publish) and ``producer_p50`` … = broker
     append − produce (the load generator's queueing and the broker's, on cores the worker shares
-    here)."""
+    here).
+
+    ``stages``: two stages (``SD_STAGE``) of that many worker processes each instead of one worker
+    (stage 1 exactly once; its alerts name the input record, so they are timed alike); drained
+    means stage 1's lag is 0 and stage 2 has committed every record of the repartition topic."""
     if append_time:
         ensure_topics(settings, [settings.input_topic], configs={"message.timestamp.type": "LogAppendTime"})
     ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
-    pool = harness.WorkerPool(settings, 1, 1 << 60, idle_stop_s=1e9, deadline_s=seconds + 240)
-    pool.start()
+    if stages:
+        stage1 = settings.model_copy(update={"stage": "repartition", "delivery": "exactly_once"})
+        pools = [harness.WorkerPool(settings.model_copy(update={"stage": "repartitioned"}), stages, 1 << 60,
+                                    idle_stop_s=1e9, deadline_s=seconds + 240),
+                 harness.WorkerPool(stage1, stages, 1 << 60, idle_stop_s=1e9, deadline_s=seconds + 240)]
+    else:
+        pools = [harness.WorkerPool(settings, 1, 1 << 60, idle_stop_s=1e9, deadline_s=seconds + 240)]
+    for pool in pools:  # stage 2 first: it makes the repartition topic
+        pool.start()
     ctx = mp.get_context("spawn")
     result: Any = ctx.Queue()
     prod = ctx.Process(target=harness.paced_producer, daemon=True,
@@ -163,9 +174,18 @@ def latency(settings: Settings, values: list[bytes], keys: list[bytes | None], r
     prod.start()
     sent, achieved, stamps = result.get(timeout=seconds + 180)
     prod.join(timeout=30)
-    drained = wait_for_zero_lag(settings, settings.group_id, settings.input_topic, timeout_s=180)
-    pool.done.set()
-    reports = pool.finish()
+    if stages:
+        drained = wait_for_zero_lag(settings, f"{settings.group_id}.repartition", settings.input_topic, timeout_s=180)
+        deadline = time.monotonic() + 180
+        while drained and not harness.settled(settings, settings.group_id, settings.repartition_topic_name):
+            drained = time.monotonic() < deadline
+            time.sleep(0.2)  # polling the broker's offsets, as wait_for_zero_lag does
+    else:
+        drained = wait_for_zero_lag(settings, settings.group_id, settings.input_topic, timeout_s=180)
+    reports = []
+    for pool in pools:
+        pool.done.set()
+        reports += pool.finish()
     produced_at: dict[str, list[float]] = {}  # event_id → when the producer handed it over (epoch ms), per lap
     for value, laps in zip(values, stamps, strict=True):
         if laps:

@@ -258,6 +258,7 @@ class Worker:
         self._align_checked = ""  # the model version alignment was last decided for (_check_alignment)
         self._sharing_at = float("-inf")  # when _check_sharing last looked at the assignment
         self._sharing_warned = False
+        self._sharing_assigned = False  # whether _check_sharing's last look found partitions assigned
         self._delivered_by = ""  # the model version that scored the last batch delivered (_first_delivered)
         self._entity_spec = ""  # the entity spec fingerprint of the model alignment was last decided for
         self.ingester: LabelIngester | None = None  # feedback topic → label store, started in start()
@@ -372,18 +373,22 @@ class Worker:
 
     def _check_sharing(self, now: float) -> None:
         """``sharing_warning`` once each time this worker comes to share its topic with others
-        under alignment (looked at every ``SHARING_CHECK_S`` at most: the assignment call is cheap,
-        not free)."""
+        under alignment, or (stage 2) holds part of a bucket: looked at every ``SHARING_CHECK_S`` at
+        most (the assignment call is cheap, not free), every second while nothing is assigned yet
+        (a trial's short run ended before the first look that found its partitions)."""
         source = self.source
         stage2 = self.settings.stage == "repartitioned"
+        every = SHARING_CHECK_S if self._sharing_assigned else 1.0  # not joined yet: look again soon
         if not isinstance(source, AlignedSource) or (source.peers is None and not stage2) \
-                or now - self._sharing_at < SHARING_CHECK_S:
+                or now - self._sharing_at < every:
             return
         self._sharing_at = now
+        assigned = source.assignment()
+        self._sharing_assigned = bool(assigned)
         if stage2:
-            warning = self._split_warning(source.assignment())
+            warning = self._split_warning(assigned)
         else:
-            warning = sharing_warning(len(source.assignment()), getattr(source.peers, "partitions", 0),
+            warning = sharing_warning(len(assigned), getattr(source.peers, "partitions", 0),
                                       self.settings.align_peer_grace_ms)
         if warning and not self._sharing_warned:
             log.warning(warning)
@@ -492,6 +497,11 @@ class Worker:
         self._align_to(bundle)
         self.hold.source = self.source
         self._align_checked = bundle.version
+        if self.settings.stage == "repartitioned":
+            log.info("event-time alignment on (stage 2): each bucket's %d partitions merged in event time, each "
+                     "waiting for stage 1's marks (a quiet partition is idle only on its idle mark); max jump %d ms",
+                     self._upstream, self.settings.align_max_jump_ms)
+            return
         why = "SD_ALIGN_EVENT_TIME=on" if mode == "on" else (
             f"auto: model {bundle.version} has history keyed by {', '.join(shared)}, not only by the topic's key "
             f"{self.settings.entity_partition_key or '(none set: SD_ENTITY_PARTITION_KEY)'}")
@@ -506,7 +516,8 @@ class Worker:
         for p, o in zip(batch.partitions, batch.offsets, strict=True):
             if o < starts.get(p, o + 1):
                 starts[p] = o
-        log.info("model %s scored its first batch delivered: %s from %s", version, batch.topic,
+        log.info("model %s %s its first batch delivered: %s from %s", version,
+                 "forwarded" if self.settings.stage == "repartition" else "scored", batch.topic,
                  " ".join(f"{p}@{o}" for p, o in sorted(starts.items())))
         self._delivered_by = version
 
@@ -799,9 +810,12 @@ class Worker:
                 raise ConfigError(f"repartition topic {s.repartition_topic_name} has {have} partitions, not {want} "
                                   f"({self._upstream} of {self.source_topic} x SD_REPARTITION_BUCKETS="
                                   f"{s.repartition_buckets}): delete it, or set SD_REPARTITION_TOPIC")
-        log.info("two stages: %s (%s keyed by %s, %d buckets)", "stage 1, forwarding to " + s.repartition_topic_name
-                 if s.stage == "repartition" else "stage 2, reading", s.input_topic,
-                 self.carried_key if s.stage == "repartition" else s.repartition_key, s.repartition_buckets)
+        if s.stage == "repartition":
+            log.info("two stages: stage 1, %s (keyed by %s) → %s, %d buckets of %s", s.input_topic, self.carried_key,
+                     s.repartition_topic_name, s.repartition_buckets, s.repartition_key)
+        else:
+            log.info("two stages: stage 2, %s: %d buckets of %s, each %d partitions (one per partition of %s)",
+                     s.input_topic, s.repartition_buckets, s.repartition_key, self._upstream, self.source_topic)
 
     def _split_warning(self, assigned: set[TopicPartition]) -> str | None:
         """Stage 2: a WARNING when this worker holds part of a bucket (its entities' events are merged

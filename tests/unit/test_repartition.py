@@ -119,7 +119,7 @@ def test_each_batch_ends_every_bucket_of_its_upstream_partitions_at_their_newest
     b0, b3 = bucket_of(["t-1"], 3)[0], bucket_of(["t-3"], 3)[0]
     assert set(by_part) == {b * 4 + 0 for b in range(3) if b != b0} | {b * 4 + 1 for b in range(3) if b != b3}
     for m in marks:
-        upstream_last = out[0] if m.partition % 4 == 0 else out[2]
+        upstream_last = out[0] if (m.partition or 0) % 4 == 0 else out[2]
         assert m.headers[0] == TIME_MARK and dict(m.headers)[SOURCE] == dict(upstream_last.headers)[SOURCE]
         assert event_times([m.value]).tolist() == event_times([upstream_last.value]).tolist()
     assert marked_rows([m.headers for m in out + marks]) == list(range(len(out), len(out) + len(marks)))
@@ -320,3 +320,29 @@ def test_stage_1_refuses_to_run_without_exactly_once_delivery(two_keys: Bundle) 
     worker = Worker(settings, control, MemorySource(broker, TOPIC, GROUP, 64), MemoryPublisher(broker))
     with pytest.raises(ConfigError, match="SD_DELIVERY=exactly_once"):
         worker.start()
+
+
+def test_stage_2_warns_of_a_split_bucket_within_a_second_of_getting_its_partitions(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A trial's short run ended before the split-bucket WARNING (looked at every 10 s): while
+    nothing is assigned yet the worker looks again every second."""
+    import logging
+
+    class Owned:
+        parts: set[int] = set()
+
+        def assignment(self) -> set[TopicPartition]:
+            return {TopicPartition(REKEYED, p) for p in self.parts}
+
+    owned = Owned()
+    worker = Worker.__new__(Worker)
+    worker.settings = stage_settings(_settings("repartitioned"))
+    worker._upstream = 4
+    worker._sharing_at, worker._sharing_warned, worker._sharing_assigned = float("-inf"), False, False
+    worker.source = AlignedSource(owned, batch_size=10)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="stream_detector.worker"):
+        worker._check_sharing(0.0)  # not joined yet
+        owned.parts = {0, 1, 2, 3, 4, 5}  # bucket 0 whole, bucket 1 half
+        worker._check_sharing(1.0)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "bucket(s) 1 of the repartition topic" in warned[0]

@@ -391,7 +391,7 @@ def test_a_worker_sharing_its_topic_under_alignment_with_a_grace_warns_once(capl
     owned = Owned()
     worker = Worker.__new__(Worker)
     worker.settings = Settings(align_peer_grace_ms=2000)
-    worker._sharing_at, worker._sharing_warned = float("-inf"), False
+    worker._sharing_at, worker._sharing_warned, worker._sharing_assigned = float("-inf"), False, False
     worker.source = AlignedSource(owned, batch_size=10,  # type: ignore[arg-type]
                                   peers=MemoryWatermarks(grace_ms=2000, stale_ms=30_000, partitions=4))
     now = 0.0
