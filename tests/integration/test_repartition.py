@@ -225,3 +225,7 @@ def test_a_stage_1_worker_that_falls_behind_holds_stage_2_back_until_its_marks_c
     different = [e["event_id"] for e in offline if merged[e["event_id"]] != e]
     assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
     assert len(_events_in(base, base.repartition_topic_name)) == len(events)
+    offline_scores = dict(zip((e["event_id"] for e in events), score_events(two_keys_bundle, events).scores.tolist(),
+                              strict=True))
+    alerts = [orjson.loads(r.value) for r in read_all(base, base.alerts_topic)]
+    assert alerts and [a for a in alerts if a["score"] != offline_scores[a["event_id"]]] == []  # to the bit (MIN_ROWS)

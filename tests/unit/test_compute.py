@@ -295,3 +295,17 @@ def test_a_one_chunk_batch_overlaps_its_write_and_a_challenger_writes_before_sco
         assert got.shadow_scores is not None and len(got.shadow_scores) == len(got.events)
     finally:
         compute.close()
+
+
+def test_an_event_scored_alone_gets_the_bits_it_gets_in_a_batch(bundle: Bundle) -> None:
+    """One event, one score (``score.MIN_ROWS``): torch scores a 1- or 2-row matrix with another
+    kernel (matrix-vector), whose float32 sums fall a few units apart from a batch's. A new-user
+    trial of two stages, whose alignment releases live events one or two at a time, saw alert
+    scores 1e-6 off offline ``score``'s. Every call size here gives one call's bits."""
+    scorer = Scorer(bundle)
+    events, _ = Simulator(seed=8, accounts=50, run_id="alone").batch(200, 0.05, span_ms=3_600_000)
+    x, _ = bundle.spec.transform(events)
+    whole = scorer.errors(x)
+    for size in (1, 2, 3, 5, 7, 8, 9, 64):
+        parts = np.concatenate([scorer.errors(x[i:i + size]) for i in range(0, len(x), size)])
+        assert parts.shape == whole.shape and parts.tobytes() == whole.tobytes(), size
