@@ -62,6 +62,7 @@ def _settings_checks(s: Settings) -> Iterator[Check]:
                    + (", shared keys' features in the replay log (SD_ENTITY_REPLAY_LOG)" if s.entity_replay_log
                       else ", models with a shared key commit every batch (SD_ENTITY_REPLAY_LOG=false)")
                    if s.entity_partition_key and s.entity_flush_ms and s.delivery == "at_least_once"
+                   and s.stage == "whole"  # stage 2 writes every batch; stage 1 is exactly once
                    else ", entity state written every batch"))
     if s.stage != "whole":
         yield _stage_check(s)
@@ -280,8 +281,9 @@ def scaling_check(bundle: Any, s: Settings) -> Check | None:
         return None
     return Check("warn", "scaling", f"model {bundle.version} has history keyed by {', '.join(shared)}, not only by "
                  f"the topic's key ({s.entity_partition_key or 'SD_ENTITY_PARTITION_KEY unset'}): run one worker in "
-                 f"group {s.group_id}; several are exact only at SD_ALIGN_PEER_GRACE_MS=0, a few "
-                 "hundred events/s (docs/operations.md, 'Partitions and workers')")
+                 f"group {s.group_id}, or two stages to scale out (SD_STAGE, SD_REPARTITION_KEY); several whole "
+                 "workers are exact only at SD_ALIGN_PEER_GRACE_MS=0, a few hundred events/s (docs/operations.md, "
+                 "'Partitions and workers')")
 
 
 def _load(control: ControlPlane, version: str, device: str) -> str:

@@ -167,8 +167,9 @@ class _Progress:
     SMALL_BATCH = 64
 
     def __init__(self, stats: WorkerStats, every_s: float, peer_wait: Callable[[], float] = lambda: 0.0,
-                 peer_cut: Callable[[], int] = lambda: 0) -> None:
+                 peer_cut: Callable[[], int] = lambda: 0, forwards: bool = False) -> None:
         self.stats, self.every_s, self.peer_wait, self.peer_cut = stats, every_s, peer_wait, peer_cut
+        self.forwards = forwards  # stage 1 (SD_STAGE=repartition): it forwards events, it never alerts
         self.since = time.monotonic()
         self.seen = (0, 0, 0, 0)
         self.waited, self.cut = peer_wait(), peer_cut()
@@ -182,7 +183,11 @@ class _Progress:
         period = now - self.since
         waited = self.peer_wait() - self.waited
         cut = self.peer_cut() - self.cut
-        if events:
+        if events and self.forwards:
+            log.info("forwarded %d events to the repartition topic in the last %.0f s (%.0f/s), %d dead letters; "
+                     "since start %d events, %d dead letters", events, period, events / period, rejected, s.events,
+                     s.rejected)
+        elif events:
             log.info("handled %d events in the last %.0f s (%.0f/s): %d alerts, %d dead letters; since start %d "
                      "events, %d alerts, %d dead letters", events, period, events / period,
                      alerts, rejected, s.events, s.alerts, s.rejected)
@@ -409,7 +414,8 @@ class Worker:
         """Loop until ``stop()``; ``max_idle_polls`` ends it after that many empty polls (tests, demo)."""
         idle = 0
         progress = _Progress(self.stats, self.settings.log_progress_s, self.peer_wait_s,
-                             lambda: self.source.peer_cut_batches if isinstance(self.source, AlignedSource) else 0)
+                             lambda: self.source.peer_cut_batches if isinstance(self.source, AlignedSource) else 0,
+                             forwards=self.settings.stage == "repartition")
         try:
             while not self.stop_event.is_set():
                 began = time.monotonic()
@@ -516,7 +522,9 @@ class Worker:
         for p, o in zip(batch.partitions, batch.offsets, strict=True):
             if o < starts.get(p, o + 1):
                 starts[p] = o
-        log.info("model %s %s its first batch delivered: %s from %s", version,
+        if not starts:  # stage 2: a batch of stage 1's marks alone
+            return
+        log.info("model %s: first batch %s and delivered, %s from %s", version,
                  "forwarded" if self.settings.stage == "repartition" else "scored", batch.topic,
                  " ".join(f"{p}@{o}" for p, o in sorted(starts.items())))
         self._delivered_by = version

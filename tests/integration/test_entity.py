@@ -771,8 +771,8 @@ def test_a_batch_held_at_a_swap_to_a_model_that_needs_alignment_is_read_again_al
     with caplog.at_level("INFO", logger="stream_detector.worker"):
         publisher.failing = False
         wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="drained")
-    firsts = [r.getMessage() for r in caplog.records if "scored its first batch delivered" in r.getMessage()]
-    assert len(firsts) == 1 and firsts[0].startswith(f"model {two_keys.version} scored its first batch delivered: "
+    firsts = [r.getMessage() for r in caplog.records if "first batch scored and delivered" in r.getMessage()]
+    assert len(firsts) == 1 and firsts[0].startswith(f"model {two_keys.version}: first batch scored and delivered, "
                                                      f"{settings.input_topic} from ")
     starts = firsts[0].rsplit(" from ", 1)[1].split()  # where the swap took effect, per partition
     assert starts and all(s.endswith("@0") for s in starts)  # at each partition's start: none by the plain model

@@ -256,6 +256,30 @@ def test_kafka_python_reading_a_closed_transport_is_not_logged_as_an_error() -> 
     assert _closed_transport_noise(record(logging.WARNING, "<KafkaTCPTransport [none] (closed)>", "closing"))
 
 
+def test_a_dead_workers_open_transaction_is_said_once_a_minute_at_info_not_as_an_error_flood(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new-user trial killed a stage-1 worker: its peer logged 338 ERRORs "Unknown error fetching
+    offsets ... UnstableOffsetCommitError" until the transaction timed out."""
+    import logging
+
+    from stream_detector import cli
+
+    monkeypatch.setattr(cli, "_UNSTABLE_SAID", [float("-inf")])
+
+    def record() -> logging.LogRecord:
+        return logging.LogRecord("kafka.coordinator.consumer", logging.ERROR, __file__, 1,
+                                 "Unknown error fetching offsets for %s: %s", ("tx[0]", "[Error 88] "
+                                                                                 "UnstableOffsetCommitError"), None)
+
+    first = record()
+    assert cli._unstable_offsets_noise(first) and first.levelno == logging.INFO
+    assert "open transaction of a worker that left the group" in first.getMessage()
+    assert "UnstableOffsetCommitError" in first.getMessage()
+    assert not cli._unstable_offsets_noise(record())  # within the minute: dropped
+    other = logging.LogRecord("kafka.coordinator.consumer", logging.ERROR, __file__, 1, "something else", (), None)
+    assert cli._unstable_offsets_noise(other) and other.levelno == logging.ERROR
+
+
 def test_tail_prints_every_record_on_one_line() -> None:
     """A value that is not JSON, has a line break, or is not UTF-8 is printed as a JSON string; JSON
     records as they are."""
