@@ -1134,6 +1134,8 @@ def _topic_named(name: str, settings: Settings) -> str:
     SD_*_TOPIC) or a topic's own name."""
     roles = {"alerts": settings.alerts_topic, "dlq": settings.dlq_topic, "shadow": settings.shadow_topic,
              "feedback": settings.feedback_topic, "input": settings.input_topic}
+    if settings.repartition_key:  # two stages (SD_STAGE): the topic between them
+        roles["repartition"] = settings.repartition_topic_name
     return roles.get(name, name)
 
 
@@ -1144,9 +1146,14 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     # the feedback topic's reader is the workers' label ingester, in its own group
     if args.group is not None and not args.group.strip():
         raise ConfigError("--group is empty: name a consumer group, or leave the option out for the default")
-    group = args.group or (f"{settings.group_id}-labels" if topic == settings.feedback_topic else settings.group_id)
+    group = args.group or (f"{settings.group_id}-labels" if topic == settings.feedback_topic else
+                           f"{settings.group_id}.repartition" if settings.stage != "whole"
+                           and topic == settings.input_topic else settings.group_id)  # two stages: stage 1's
     rows = group_lag(settings, group, topic)
     total = sum(lag for *_, lag in rows)
+    if settings.stage != "whole" and topic == settings.repartition_topic_name and not args.json:
+        _say("note: the repartition topic is written in transactions: each partition ends with a commit marker, "
+             "so a drained partition shows lag 1")
     if rows and all(committed is None for _, _, committed, _ in rows):
         _say(f"note: group {group} has committed no offset on {topic}: no member has finished a batch yet, "
              "or the group name is not the one the readers use (--group)")
@@ -1858,11 +1865,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "label ingester (SD_GROUP_ID-labels). Lag 0 on every partition: every event "
                                    "is decided and its alerts delivered (offsets commit after delivery). Joins "
                                    "no group, commits nothing. E.g. `stream-detector lag`, `stream-detector lag "
-                                   "--group my-workers-retrainer`, `stream-detector lag feedback --json`.")
+                                   "--group my-workers-retrainer`, `stream-detector lag feedback --json`. Two "
+                                   "stages (SD_STAGE set): the input topic's group is stage 1's "
+                                   "(SD_GROUP_ID.repartition), and `lag repartition` shows stage 2's (a drained "
+                                   "partition of that topic shows lag 1: its transaction's commit marker).")
     p.add_argument("topic", nargs="?", default="input",
-                   help="input (SD_INPUT_TOPIC, the default), feedback (SD_FEEDBACK_TOPIC), or a topic name")
+                   help="input (SD_INPUT_TOPIC, the default), feedback (SD_FEEDBACK_TOPIC), repartition (two "
+                        "stages: the topic between them), or a topic name")
     p.add_argument("--group", help="consumer group (default SD_GROUP_ID: the workers; on the feedback topic "
-                                   "SD_GROUP_ID-labels: their label ingester)")
+                                   "SD_GROUP_ID-labels: their label ingester; with SD_STAGE set, on the input topic "
+                                   "SD_GROUP_ID.repartition: stage 1)")
     p.add_argument("--json", action="store_true", help="one JSON object: group, topic, lag, partitions")
     p.set_defaults(func=cmd_lag)
 

@@ -129,6 +129,7 @@ def run_worker() -> Iterator[Any]:
         worker.start()
         return run_started(worker)
     start.run_started = run_started  # type: ignore[attr-defined]  # workers started by the test itself
+    start.started = started  # type: ignore[attr-defined]  # (worker, its thread): a test may stop one and join it
     yield start
     for worker, thread in started:
         worker.stop()

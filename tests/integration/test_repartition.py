@@ -4,6 +4,8 @@ the time-ordered file, bit for bit, for a key the input topic is not keyed by.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -66,13 +68,14 @@ def _events_in(settings: Settings, topic: str, isolation: str = "read_committed"
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_two_stages_of_two_workers_replay_a_backlog_like_the_time_ordered_file(
-        settings: Settings, run_worker: Any, two_keys_bundle: Bundle) -> None:
+        settings: Settings, run_worker: Any, two_keys_bundle: Bundle, env_for: Any) -> None:
     """Issue 16: a backlog keyed by account on four partitions, a model with account and merchant
     history. Two stage-1 workers (exactly once) forward it with the account features to a
     repartition topic of 2 buckets x 4 partitions; two stage-2 workers (range assignor: one whole
     bucket each) merge their bucket's partitions in event time. Every event's features equal
     offline enrichment of the time-ordered file bit for bit (account from stage 1, merchant from
-    stage 2), and the alerts are offline scoring's, once each."""
+    stage 2), and the alerts are offline scoring's, once each. `stream-detector lag` with the stages'
+    settings reports stage 1's group on the input topic and stage 2's on the repartition topic."""
     events = _raw(400, seed=29)
     times = [e["timestamp"] for e in events]
     assert times == sorted(times) and len(set(times)) == len(times)
@@ -111,6 +114,21 @@ def test_two_stages_of_two_workers_replay_a_backlog_like_the_time_ordered_file(
     records = [orjson.loads(r.value) for r in read_all(base, base.alerts_topic)]
     assert expected and sorted(a["event_id"] for a in records) == sorted(expected)
     assert {a["topic"] for a in records} == {base.input_topic}  # alerts point at the event in the input topic
+
+    for worker, thread in run_worker.started:  # no more marks: each partition ends with a commit marker
+        if worker in first:
+            worker.stop()
+            thread.join(timeout=60)
+            assert not thread.is_alive()
+    wait_until(lambda: _settled(base, base.group_id, rekeyed), timeout_s=60, message="stage 2 drained the last marks")
+    env = {**env_for(first[0].settings), "SD_STAGE": "repartition", "SD_GROUP_ID": base.group_id,
+           "SD_DELIVERY": "exactly_once", "SD_INPUT_TOPIC": base.input_topic}
+    lags = [orjson.loads(subprocess.run([sys.executable, "-m", "stream_detector.cli", "lag", *where, "--json"],
+                                        env=env, capture_output=True, text=True, timeout=120, check=True).stdout)
+            for where in ([], ["repartition"])]
+    assert (lags[0]["group"], lags[0]["topic"], lags[0]["lag"]) == (f"{base.group_id}.repartition", base.input_topic, 0)
+    assert (lags[1]["group"], lags[1]["topic"]) == (base.group_id, rekeyed)  # stage 2's
+    assert [p["lag"] for p in lags[1]["partitions"]] == [1] * 8  # drained: only each partition's commit marker
 
 
 class _AbortFirstCommit:
