@@ -167,9 +167,11 @@ class _Progress:
     SMALL_BATCH = 64
 
     def __init__(self, stats: WorkerStats, every_s: float, peer_wait: Callable[[], float] = lambda: 0.0,
-                 peer_cut: Callable[[], int] = lambda: 0, forwards: bool = False) -> None:
+                 peer_cut: Callable[[], int] = lambda: 0, forwards: bool = False,
+                 waiting: Callable[[], str | None] = lambda: None) -> None:
         self.stats, self.every_s, self.peer_wait, self.peer_cut = stats, every_s, peer_wait, peer_cut
         self.forwards = forwards  # stage 1 (SD_STAGE=repartition): it forwards events, it never alerts
+        self.waiting = waiting  # stage 2: what it holds records for, said when a period handled none
         self.since = time.monotonic()
         self.seen = (0, 0, 0, 0)
         self.waited, self.cut = peer_wait(), peer_cut()
@@ -191,6 +193,9 @@ class _Progress:
             log.info("handled %d events in the last %.0f s (%.0f/s): %d alerts, %d dead letters; since start %d "
                      "events, %d alerts, %d dead letters", events, period, events / period,
                      alerts, rejected, s.events, s.alerts, s.rejected)
+        why = self.waiting() if not events else None
+        if why:
+            log.info(why)
         small_turns = (batches >= self.TURN_BATCHES and cut > batches / 2
                        and events < self.SMALL_BATCH * batches)
         if waited > 0.5 * period or small_turns:  # several workers taking turns in event time
@@ -415,7 +420,7 @@ class Worker:
         idle = 0
         progress = _Progress(self.stats, self.settings.log_progress_s, self.peer_wait_s,
                              lambda: self.source.peer_cut_batches if isinstance(self.source, AlignedSource) else 0,
-                             forwards=self.settings.stage == "repartition")
+                             forwards=self.settings.stage == "repartition", waiting=self._waiting_for_marks)
         try:
             while not self.stop_event.is_set():
                 began = time.monotonic()
@@ -648,6 +653,20 @@ class Worker:
         if self._deliver(batch, scorer, out + marks + build_dead_letters(batch, decoded.rejected, s.dlq_topic)):
             self._idle_marks.sent(idle, now)
             self._count(batch, len(out), 0, decoded.rejected)
+
+    def _waiting_for_marks(self) -> str | None:
+        """Stage 2, for the progress line of a period that handled nothing: the records it holds in
+        event-time order and the partition of the repartition topic they wait for (its stage-1
+        worker behind or down: a new-user trial's worker sat silent); None when it holds none."""
+        source = self.source
+        if self.settings.stage != "repartitioned" or not isinstance(source, AlignedSource) \
+                or not source.held_back or source.holding is None or not self._upstream:
+            return None
+        p = source.holding
+        return (f"stage 2 holds {source.held_back} records in event-time order, waiting for partition {p} of "
+                f"{self.settings.input_topic} (bucket {p // self._upstream}, input partition {p % self._upstream} "
+                f"of {self.source_topic}): its stage-1 worker is behind or down, and stage 2 waits for its marks "
+                "(docs/entity-features.md, 'Marks')")
 
     def _idle_due(self, now: float) -> list[int]:
         """Stage 1: the assigned partitions owed an idle mark now (``IdleMarks``); the broker is asked

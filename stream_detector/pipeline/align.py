@@ -298,6 +298,7 @@ class AlignedSource:
         self._known: dict[int, float] = {}  # partition → when its high watermark was first known
         self._group: Membership | None = None  # the membership the buffered records were polled under
         self.held_back = 0  # records waiting in the buffer (metrics, tests)
+        self.holding: int | None = None  # the partition the last release bound came from (None: none held it)
         self.peer_wait_s = 0.0  # seconds spent waiting for other workers' partitions (metrics, the progress log)
         self.peer_cut_batches = 0  # batches released that stopped at another worker's head (the progress log)
 
@@ -551,6 +552,7 @@ class AlignedSource:
             self._released.pop(p, None)
         left = self._backlog(now)
         bound = float("inf")
+        self.holding = None
         for p in assigned:
             part = self._parts.get(p)
             if self._idle(p, part, left.get(p), now):
@@ -560,7 +562,9 @@ class AlignedSource:
             # Records are left, or it is at its end but not idle: its next record (live, or a
             # backlog still being written) has a key at least its newest, so it holds there;
             # one nothing came from yet holds everything.
-            bound = min(bound, part.newest) if part is not None else NEG_INF
+            key = part.newest if part is not None else NEG_INF
+            if key < bound:
+                bound, self.holding = key, p
         return bound
 
     def _release(self, force: bool = False) -> Batch | None:

@@ -187,6 +187,14 @@ def test_stage_2_takes_a_quiet_partition_for_idle_only_on_its_upstreams_idle_mar
     for _ in range(3):
         now[0] += 10.0  # far past idle_ms: quiet is not idle with marks
         assert not len(aligned.poll_batch())
+    assert aligned.held_back == 1 and aligned.holding in range(1, 12)  # what stage 2's progress line names
+    worker = Worker.__new__(Worker)
+    worker.settings, worker.source, worker._upstream, worker.source_topic = \
+        stage_settings(_settings("repartitioned")), aligned, 4, TOPIC
+    said = worker._waiting_for_marks()
+    p = aligned.holding
+    assert said is not None and said.startswith(f"stage 2 holds 1 records in event-time order, waiting for partition "
+                                                f"{p} of {REKEYED} (bucket {p // 4}, input partition {p % 4} of {TOPIC})")
     for p in range(1, 12):
         put(p, None, [IDLE_MARK])
     got = aligned.poll_batch()
