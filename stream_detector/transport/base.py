@@ -110,12 +110,8 @@ class Batch:
 
     def only(self, partitions: set[int]) -> Batch:
         """The records of this batch on ``partitions`` (a held batch after a rebalance)."""
-        keep = [i for i, p in enumerate(self.partitions) if p in partitions]
-        return Batch(self.topic, [self.partitions[i] for i in keep], [self.offsets[i] for i in keep],
-                     [self.keys[i] for i in keep], [self.values[i] for i in keep],
-                     [self.timestamps[i] for i in keep], [self.headers[i] for i in keep], self.polled_at,
-                     self.group, None if self.past is None else
-                     {p: o for p, o in self.past.items() if p in partitions})
+        return self._rows([i for i, p in enumerate(self.partitions) if p in partitions],
+                          None if self.past is None else {p: o for p, o in self.past.items() if p in partitions})
 
     def without(self, rows: Sequence[int]) -> Batch:
         """This batch without the records at ``rows`` (ascending), still committing past them
@@ -124,13 +120,15 @@ class Batch:
         if not rows:
             return self
         drop = set(rows)
-        keep = [i for i in range(len(self.values)) if i not in drop]
-        out = Batch(self.topic, [self.partitions[i] for i in keep], [self.offsets[i] for i in keep],
-                    [self.keys[i] for i in keep], [self.values[i] for i in keep],
-                    [self.timestamps[i] for i in keep], [self.headers[i] for i in keep], self.polled_at,
-                    self.group)
-        out.past = {tp.partition: o for tp, o in self.next_offsets().items()}
-        return out
+        return self._rows([i for i in range(len(self.values)) if i not in drop],
+                          {tp.partition: o for tp, o in self.next_offsets().items()})
+
+    def _rows(self, keep: list[int], past: dict[int, int] | None) -> Batch:
+        """The records at ``keep`` (ascending), committing past ``past``."""
+        return Batch(self.topic, [self.partitions[i] for i in keep], [self.offsets[i] for i in keep],
+                     [self.keys[i] for i in keep], [self.values[i] for i in keep],
+                     [self.timestamps[i] for i in keep], [self.headers[i] for i in keep], self.polled_at,
+                     self.group, past)
 
     def next_offsets(self) -> Offsets:
         """Per partition, the offset after the last record of this batch (what to commit). Worked
