@@ -15,12 +15,25 @@ from .transport.kafka_python import poll_readable
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    """Each partition of ``topic``: the offset its next record will get (the high watermark)."""
+    return _offsets(settings, topic, beginning=False)
+
+
+def beginning_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    """Each partition of ``topic``: the offset of its first record still held (the log start offset:
+    above 0 once retention or a purge, ``topics.RecordPurge``, deleted records below it)."""
+    return _offsets(settings, topic, beginning=True)
+
+
+def _offsets(settings: Settings, topic: str, beginning: bool) -> dict[TopicPartition, int]:
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                              **settings.kafka_security())
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        return dict(consumer.end_offsets(tps)) if tps else {}
+        if not tps:
+            return {}
+        return dict(consumer.beginning_offsets(tps) if beginning else consumer.end_offsets(tps))
     finally:
         consumer.close()
 

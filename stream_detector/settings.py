@@ -91,6 +91,10 @@ class KafkaSettings(_Group):
                                      "(12: whole buckets for 1, 2, 3, 4, 6 or 12 stage-2 workers).")
     repartition_topic: str = Field("", description="Two stages: the repartition topic (empty: SD_INPUT_TOPIC + "
                                    "'.by-' + SD_REPARTITION_KEY).")
+    repartition_purge_ms: int = Field(30_000, ge=0, description="Two stages: how often stage 2 deletes the "
+                                      "repartition topic's records below its committed offsets (Kafka's "
+                                      "DeleteRecords, as Kafka Streams' repartition.purge.interval.ms); 0: never "
+                                      "(the topic's retention alone bounds it).")
     transport: Literal["kafka-python", "confluent"] = Field(
         "kafka-python", description="Kafka client library of the worker's consumer and alert producer: kafka-python "
         "(pure Python, default) or confluent (librdkafka, parses records in C: more events/s per worker; needs the "

@@ -79,7 +79,7 @@ from .settings import Settings
 from .store import ControlPlane, ControlView
 from .store.control import WorkerView
 from .swap import ModelSwap, ShadowSlot
-from .topics import ensure_topics, topic_exists, topic_partitions
+from .topics import RecordPurge, ensure_topics, topic_exists, topic_partitions
 from .transport.base import Batch, Membership, Offsets, OutMessage, Publisher, Source, TopicPartition
 from .transport.factory import make_sink, make_source
 
@@ -291,6 +291,7 @@ class Worker:
         self._specs: dict[tuple[str, str], EntitySpec | None] = {}  # per (model version, stage): _spec_of
         self._upstream = 0  # two stages: the input topic's partitions (the repartition topic has buckets × these)
         self._idle_marks = IdleMarks(settings.align_idle_ms / 1000.0)  # stage 1: partitions owed an idle mark
+        self._purge: RecordPurge | None = None  # stage 2: deletes the repartition topic's consumed records
         self._asked_ends = float("-inf")  # stage 1: when the broker was last asked for the input's ends
         self._carried: tuple[list[str], np.ndarray] | None = None  # stage 2: the batch's carried features
 
@@ -448,6 +449,8 @@ class Worker:
                 log.warning("closing with a window of batches uncommitted: they will be read again", exc_info=True)
         self.source.close()
         self.publisher.close()
+        if self._purge is not None:
+            self._purge.close()
         self.compute.close()
         self.models.close()
         self.shadow.close()
@@ -724,6 +727,8 @@ class Worker:
                     committed = self.publisher.commit(self.source, batch.next_offsets(), batch.group)  # 7, after 6
                 self.hold.in_doubt = False
                 self._trim_replay_log(batch.next_offsets(), committed)
+                if committed and self._purge is not None:  # stage 2: the records below go (Kafka Streams' purge)
+                    self._purge.committed({tp.partition: o for tp, o in batch.next_offsets().items()})
                 if isinstance(self.source, AlignedSource):
                     self.source.settled(batch.next_offsets())  # several workers: peers may release up to here
             if scorer.version != self._delivered_by:
@@ -837,12 +842,16 @@ class Worker:
                 raise ConfigError(f"repartition topic {s.repartition_topic_name} has {have} partitions, not {want} "
                                   f"({self._upstream} of {self.source_topic} x SD_REPARTITION_BUCKETS="
                                   f"{s.repartition_buckets}): delete it, or set SD_REPARTITION_TOPIC")
+            if s.stage == "repartitioned" and s.repartition_purge_ms > 0:
+                self._purge = RecordPurge(s, s.repartition_topic_name, s.repartition_purge_ms)
         if s.stage == "repartition":
             log.info("two stages: stage 1, %s (keyed by %s) → %s, %d buckets of %s", s.input_topic, self.carried_key,
                      s.repartition_topic_name, s.repartition_buckets, s.repartition_key)
         else:
-            log.info("two stages: stage 2, %s: %d buckets of %s, each %d partitions (one per partition of %s)",
-                     s.input_topic, s.repartition_buckets, s.repartition_key, self._upstream, self.source_topic)
+            purge = (f"its records below the committed offsets deleted every {s.repartition_purge_ms / 1000:g} s"
+                     if self._purge is not None else "its records kept until the topic's retention deletes them")
+            log.info("two stages: stage 2, %s: %d buckets of %s, each %d partitions (one per partition of %s); %s",
+                     s.input_topic, s.repartition_buckets, s.repartition_key, self._upstream, self.source_topic, purge)
 
     def _split_warning(self, assigned: set[TopicPartition]) -> str | None:
         """Stage 2: a WARNING when this worker holds part of a bucket (its entities' events are merged

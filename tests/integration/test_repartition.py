@@ -14,7 +14,7 @@ import pytest
 
 from stream_detector.entity import enrich_history
 from stream_detector.errors import DeliveryError
-from stream_detector.kafka_util import committed_offsets, end_offsets, lag, read_all
+from stream_detector.kafka_util import beginning_offsets, committed_offsets, end_offsets, lag, read_all
 from stream_detector.model.bundle import Bundle
 from stream_detector.offline import score_events
 from stream_detector.pipeline.align import AlignedSource
@@ -42,7 +42,8 @@ __all__ = ["run_worker", "two_keys_bundle"]  # fixtures of test_entity.py, used 
 
 def _stages(settings: Settings, n1: int, n2: int, buckets: int) -> tuple[Settings, list[Worker], list[Worker]]:
     base = _small_batches(settings).model_copy(update={"repartition_key": "merchant_category",
-                                                        "repartition_buckets": buckets})
+                                                        "repartition_buckets": buckets,
+                                                        "repartition_purge_ms": 0})  # the tests read the topic back
     first = [Worker(base.model_copy(update={"stage": "repartition", "delivery": "exactly_once",
                                             "worker_id": f"stage1-{i}"})) for i in range(n1)]
     second = [Worker(base.model_copy(update={"stage": "repartitioned", "worker_id": f"stage2-{i}"}))
@@ -131,6 +132,37 @@ def test_two_stages_of_two_workers_replay_a_backlog_like_the_time_ordered_file(
     assert [p["lag"] for p in lags[1]["partitions"]] == [1] * 8  # drained: only each partition's commit marker
 
 
+def test_stage_2_deletes_the_records_of_the_repartition_topic_it_has_committed(
+        settings: Settings, run_worker: Any, two_keys_bundle: Bundle) -> None:
+    """Kafka Streams' purge (``SD_REPARTITION_PURGE_MS``, ``topics.RecordPurge``): once stage 2
+    has committed the repartition topic, each partition's records below its committed offset are
+    deleted (the log start offset moves up to it), and the alerts are all there."""
+    events = _raw(200, seed=32)
+    base, [first], _ = _stages(settings, 1, 0, buckets=1)
+    second = Worker(base.model_copy(update={"stage": "repartitioned", "worker_id": "stage2-0",
+                                            "repartition_purge_ms": 1}))
+    _publish(base, two_keys_bundle)
+    with EventProducer(base, base.input_topic) as producer:
+        producer.send(events)
+    rekeyed = base.repartition_topic_name
+    for worker in (second, first):
+        run_worker(worker)
+    wait_until(lambda: lag(base, f"{base.group_id}.repartition", base.input_topic) == 0, timeout_s=120,
+               message="stage 1 drained")
+    wait_until(lambda: _settled(base, base.group_id, rekeyed), timeout_s=120, message="stage 2 drained")
+
+    def purged() -> bool:
+        starts, done = beginning_offsets(base, rekeyed), committed_offsets(base, base.group_id, rekeyed)
+        return sum(starts.values()) > 0 and all(starts[tp] == done.get(tp, 0) for tp in starts)
+
+    wait_until(purged, timeout_s=60, message="each partition's log start at stage 2's committed offset")
+    assert second._purge is not None and second._purge.failures == 0
+    scores = score_events(two_keys_bundle, events).scores
+    expected = {e["event_id"] for e, s in zip(events, scores, strict=True) if s > two_keys_bundle.threshold}
+    alerts = [orjson.loads(r.value) for r in read_all(base, base.alerts_topic)]
+    assert expected and sorted(a["event_id"] for a in alerts) == sorted(expected)
+
+
 class _AbortFirstCommit:
     """Stage 1's transactional publisher, except that its first commit aborts the open transaction
     (the batch's records already sent to the repartition topic) and fails, as a crash or a fenced
@@ -213,7 +245,7 @@ def test_a_stage_1_worker_that_falls_behind_holds_stage_2_back_until_its_marks_c
     equals offline enrichment (before the marks, 395 of these 400 events differed)."""
     events = _raw(400, seed=31)
     base = settings.model_copy(update={"batch_size": 16, "repartition_key": "merchant_category",
-                                       "repartition_buckets": 2, "align_idle_ms": 100})
+                                       "repartition_buckets": 2, "align_idle_ms": 100, "repartition_purge_ms": 0})
     _publish(base, two_keys_bundle)
     with EventProducer(base, base.input_topic) as producer:
         producer.send(events)
