@@ -292,6 +292,7 @@ class Worker:
         self._upstream = 0  # two stages: the input topic's partitions (the repartition topic has buckets × these)
         self._idle_marks = IdleMarks(settings.align_idle_ms / 1000.0)  # stage 1: partitions owed an idle mark
         self._purge: RecordPurge | None = None  # stage 2: deletes the repartition topic's consumed records
+        self._standby_said = False  # the progress line said that no partition is assigned (_idle_reason)
         self._asked_ends = float("-inf")  # stage 1: when the broker was last asked for the input's ends
         self._carried: tuple[list[str], np.ndarray] | None = None  # stage 2: the batch's carried features
 
@@ -421,7 +422,7 @@ class Worker:
         idle = 0
         progress = _Progress(self.stats, self.settings.log_progress_s, self.peer_wait_s,
                              lambda: self.source.peer_cut_batches if isinstance(self.source, AlignedSource) else 0,
-                             forwards=self.settings.stage == "repartition", waiting=self._waiting_for_marks)
+                             forwards=self.settings.stage == "repartition", waiting=self._idle_reason)
         try:
             while not self.stop_event.is_set():
                 began = time.monotonic()
@@ -656,6 +657,32 @@ class Worker:
         if self._deliver(batch, scorer, out + marks + build_dead_letters(batch, decoded.rejected, s.dlq_topic)):
             self._idle_marks.sent(idle, now)
             self._count(batch, len(out), 0, decoded.rejected)
+
+    def _idle_reason(self) -> str | None:
+        """For the progress line of a period that handled nothing: why, when the worker knows —
+        stage 2 waiting for a stage-1 worker's marks (``_waiting_for_marks``), or no partition
+        assigned (said once until partitions come and go again: a worker that joins a group with
+        as many members as partitions, e.g. a third stage-1 worker on a two-partition topic, said
+        nothing but "assigned" lines of others; a new-user trial)."""
+        marks = self._waiting_for_marks()
+        if marks:
+            return marks
+        if self.source.assignment():
+            self._standby_said = False
+            return None
+        if self._standby_said:
+            return None
+        self._standby_said = True
+        s = self.settings
+        count = ""
+        if isinstance(self.control, WorkerView):  # the real broker: one metadata call, once per standby
+            try:
+                count = f" ({topic_partitions(s, s.input_topic)})"
+            except Exception:  # noqa: BLE001 - the line says it without the count
+                count = ""
+        return (f"no partition of {s.input_topic} is assigned to this worker: its consumer group {s.group_id} has at "
+                f"least as many members as the topic has partitions{count}, so it stands by until a member leaves "
+                "or the topic gets more partitions")
 
     def _waiting_for_marks(self) -> str | None:
         """Stage 2, for the progress line of a period that handled nothing: the records it holds in

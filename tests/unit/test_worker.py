@@ -406,3 +406,27 @@ def test_a_worker_sharing_its_topic_under_alignment_with_a_grace_warns_once(capl
         return sum("SD_ALIGN_PEER_GRACE_MS=2000" in r.getMessage() for r in caplog.records)
 
     assert [check(4), check(2), check(2), check(1), check(4), check(1)] == [0, 1, 0, 0, 0, 1]
+
+
+def test_a_worker_with_no_partition_says_it_stands_by_once_until_it_gets_one() -> None:
+    """Found by a new-user trial: a stage-1 worker that joined a group with as many members as
+    partitions said nothing of it. The progress line of a period that handled nothing says it once,
+    and again only after partitions came and went."""
+    class _Source:
+        assigned: set[TopicPartition] = set()
+
+        def assignment(self) -> set[TopicPartition]:
+            return self.assigned
+
+    worker = Worker.__new__(Worker)
+    worker.settings, worker.source, worker.control = Settings(input_topic="tx", group_id="g"), _Source(), MemoryControl()
+    worker._standby_said = False
+    said = [worker._idle_reason() for _ in range(2)]
+    worker.source.assigned = {TopicPartition("tx", 0)}
+    said.append(worker._idle_reason())
+    worker.source.assigned = set()
+    said.append(worker._idle_reason())
+    assert said[1:3] == [None, None] and said[0] == said[3]
+    assert said[0] == ("no partition of tx is assigned to this worker: its consumer group g has at least as many "
+                       "members as the topic has partitions, so it stands by until a member leaves or the topic gets "
+                       "more partitions")
