@@ -112,7 +112,9 @@ def event_times(values: Sequence[Any], reader: EventTime | None = None) -> np.nd
     reader = reader or _LEGACY
     try:
         raw = [peek.timestamp for peek in map(_PEEK, values)]
-    except (msgspec.DecodeError, TypeError):  # ValidationError (not an object) is a DecodeError
+    except (msgspec.DecodeError, TypeError, RecursionError):  # ValidationError (not an object) is a DecodeError;
+        # RecursionError: msgspec skips a deeply nested field by recursion (a new-user trial: one event nested
+        # 1,000 deep stopped an aligned worker at every restart); orjson refuses it (depth limit), value by value
         raw = [_timestamp_of(v) for v in values]
     return reader.batch(raw)
 

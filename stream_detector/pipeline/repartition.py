@@ -231,7 +231,7 @@ def _raw_timestamp(value: bytes | None) -> bytes:
     """The ``timestamp`` member of a JSON event as JSON text, as it was (``null`` when absent)."""
     try:
         raw = _PEEK(value) if value is not None else None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: a deeply nested field (align.event_times)
         raw = None
     return bytes(raw.timestamp) if raw is not None and raw.timestamp else b"null"
 

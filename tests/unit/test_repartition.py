@@ -354,3 +354,30 @@ def test_stage_2_warns_of_a_split_bucket_within_a_second_of_getting_its_partitio
         worker._check_sharing(1.0)
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and "bucket(s) 1 of the repartition topic" in warned[0]
+
+
+@pytest.mark.parametrize("stage", ["whole", "repartition"])
+def test_an_event_nested_thousands_deep_is_a_dead_letter_not_a_stopped_worker(two_keys: Bundle, stage: str) -> None:
+    """Found by a new-user trial: one event with a field nested 1,000 deep stopped a worker with
+    event-time alignment (and stage 1's time marks read the same way) on RecursionError, at every
+    restart, so its partition never moved again. It is a dead letter; the events around it are
+    handled."""
+    events = _raw(40, seed=34)
+    deep = [b'{"event_id": "deep-%d", "account_id": "a-1", "x": ' % n + b"[" * n + b"]" * n + b"}"
+            for n in (1000, 5000)]
+    broker = _broker()
+    broker.append([_message(e) for e in events[:20]])
+    broker.append([OutMessage(TOPIC, b"a-1", v, []) for v in deep], partition=0)
+    broker.append([_message(e) for e in events[20:]])
+    control = MemoryControl()
+    control.publish(two_keys)
+    if stage == "whole":
+        settings = _settings("whole", align_event_time="on", align_idle_ms=50)
+        worker = Worker(settings, control, MemorySource(broker, TOPIC, GROUP, 64), MemoryPublisher(broker))
+        worker.start()
+    else:
+        worker = _stage1(broker, control, align_idle_ms=50)
+    wait_until(lambda: not worker.run_once() and worker.stats.events == len(events) + 2,
+               timeout_s=30, message="every record handled")
+    reasons = [dict(r.headers)["sd.error.reason"] for r in broker.read(DLQ)]
+    assert sorted(reasons) == [b"invalid_json", b"wrong_type"] and worker.stats.rejected == 2
