@@ -643,8 +643,13 @@ class Worker:
         assert spec is not None and self.enricher is not None  # _start_stage refused the model otherwise
         with self.steps.time("decode"):
             decoded = decode_batch(batch.values, self.settings.max_event_bytes, 0, scorer.bundle.schema)
+        if spec.label_keys and self.ingester is None:
+            self._start_ingester()
         with self.steps.time("enrich"):
             values = self.enricher.features(spec, decoded.events, _positions(batch, decoded.indices), decoded.columns)
+            if spec.label_keys:  # the input key's label features travel with its history (``spec.all_fields``)
+                values = np.hstack([values, label_values(spec, self.labels, decoded.events, values,
+                                                         scorer.bundle.entity)])
         self._untimed = self.enricher.last_untimed
         s = self.settings
         out = forwards(batch, decoded.indices, read_field(decoded.events, s.repartition_key, decoded.columns), values,
@@ -829,8 +834,8 @@ class Worker:
             return batch.values, {}
         carried = self._spec_of(scorer.bundle, carried=True)
         assert carried is not None
-        matrix, refused = read_carried(batch.headers, len(carried.output_fields), carried.fingerprint)
-        self._carried = (carried.output_fields, matrix)
+        matrix, refused = read_carried(batch.headers, len(carried.all_fields), carried.fingerprint)
+        self._carried = (carried.all_fields, matrix)
         if not refused:
             return batch.values, {}
         return [None if i in refused else v for i, v in enumerate(batch.values)], refused
@@ -910,21 +915,24 @@ class Worker:
                     raise EntityStateUnavailable("entity state: the previous model's window is not written yet")
             self.behind.pass_through(passing)
 
+        model = scorer.bundle.entity  # the whole spec: every event is indexed under all its label keys
+
         def enrich(events: list[dict[str, Any]], indices: list[int], fields: Fields) -> Deferred:
             rows = np.asarray(indices, dtype=np.int64)
             pending = enricher.begin(spec, events, _positions(batch, rows), fields)  # the state is written by ``write``
             self._untimed = enricher.last_untimed  # a held batch enriched again: its last attempt counts
-            if self._carried is not None:  # stage 2: the input key's features from stage 1, then this stage's
-                names, carried = self._carried[0], self._carried[1][rows]
+            # stage 2: the input key's features (and label features) from stage 1 first, then this stage's
+            carried = None if self._carried is None else self._carried[1][rows]
+            names = [*(self._carried[0] if self._carried is not None else ()), *spec.all_fields]
 
-                def write_rest() -> tuple[np.ndarray, np.ndarray]:
-                    return pending.write(), np.hstack([carried, pending.values])
-                return Deferred(([*names, *spec.output_fields], np.hstack([carried, pending.values])), write_rest)
+            def joined(matrix: np.ndarray) -> np.ndarray:
+                return matrix if carried is None else np.hstack([carried, matrix])
             if not spec.label_keys:
                 def write() -> tuple[np.ndarray, np.ndarray]:
-                    return pending.write(), pending.values
-                return Deferred((spec.output_fields, pending.values), write)
-            labels = label_values(spec, self.labels, events, pending.values)  # entity/labels.py
+                    changed = pending.write()
+                    return changed, joined(pending.values)
+                return Deferred((names, joined(pending.values)), write)
+            labels = label_values(spec, self.labels, events, pending.values, model)  # entity/labels.py
 
             def write_labelled() -> tuple[np.ndarray, np.ndarray]:
                 rows = pending.write()
@@ -932,12 +940,13 @@ class Worker:
                     return rows, matrix
                 # another writer's update changed some rows' history, whose counts the label shares read:
                 # those rows again (the others keep the values they were scored with)
-                again = np.hstack([pending.values, label_values(spec, self.labels, events, pending.values)])
+                again = joined(np.hstack([pending.values, label_values(spec, self.labels, events, pending.values,
+                                                                       model)]))
                 out = matrix.copy()
                 out[rows] = again[rows]
                 return rows, out
-            matrix = np.hstack([pending.values, labels])
-            return Deferred((spec.all_fields, matrix), write_labelled)
+            matrix = joined(np.hstack([pending.values, labels]))
+            return Deferred((names, matrix), write_labelled)
         return enrich
 
     def _start_ingester(self) -> None:

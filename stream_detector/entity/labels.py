@@ -69,11 +69,14 @@ class LabelStore(Protocol):
 
 
 def label_values(spec: EntitySpec, store: LabelStore, events: Sequence[dict[str, Any]],
-                 history: np.ndarray) -> np.ndarray:
+                 history: np.ndarray, indexed: EntitySpec | None = None) -> np.ndarray:
     """Step 3a's label features of a batch, float64[N, len(spec.label_fields)] (columns in
     ``spec.label_fields`` order), after indexing the batch in ``store`` (so an event's labels can
     reach the events after it, in this batch and later ones). ``history``: the batch's entity
     features, float64[N, len(spec.output_fields)] (``k__count_w`` is the share's denominator).
+    ``indexed``: the spec whose label keys the events are indexed under (default ``spec``; two
+    stages compute part of a model's label keys each, and index every event under all of them, the
+    model's spec: an event's index record is one, written whole by either stage).
 
     Raises what ``store`` raises (``EntityStateUnavailable`` for Redis: retriable).
     """
@@ -82,7 +85,7 @@ def label_values(spec: EntitySpec, store: LabelStore, events: Sequence[dict[str,
     if not spec.label_keys or n == 0:
         return out
     times = np.fromiter((timestamp_value(e.get("timestamp")) for e in events), np.float64, n)
-    store.index(spec, events, times)
+    store.index(indexed or spec, events, times)
     taus = [w * 1000.0 for w in spec.windows]
     horizon = float(spec.horizon_ms)
     delay, within = spec.label_delay_s * 1000.0, spec.label_within_s * 1000.0

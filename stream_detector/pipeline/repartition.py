@@ -92,26 +92,27 @@ def stage_settings(settings: Settings) -> Settings:
 
 def stage_problem(spec: EntitySpec | None, carried: str, rekeyed: str) -> str | None:
     """Why a model cannot run in two stages carrying key ``carried`` and re-keyed by ``rekeyed``
-    (None: it can): both must be entity keys of ``spec``, and label features are not carried yet."""
+    (None: it can): both must be entity keys of ``spec``."""
     if spec is None:
         return "the model has no entity features: run it with SD_STAGE=whole"
     if carried not in spec.keys or rekeyed not in spec.keys:
         return (f"the model's entity keys are {', '.join(spec.keys)}; two stages need SD_ENTITY_PARTITION_KEY "
                 f"({carried}) and SD_REPARTITION_KEY ({rekeyed}) among them")
-    if spec.label_keys:
-        return "the model has label features, which two stages do not carry yet: run it with SD_STAGE=whole"
     return None
 
 
 def carried_spec(spec: EntitySpec, key: str) -> EntitySpec:
-    """The part of ``spec`` stage 1 computes: ``key`` alone (its features are the same columns,
-    ``spec.fields_for(key)``, computed the same way: an entity's features depend on its events only)."""
-    return dataclasses.replace(spec, keys=(key,), label_keys=())
+    """The part of ``spec`` stage 1 computes: ``key`` alone, with its label features when it is a
+    label key (the same columns, ``spec.fields_for(key)`` and its ``label_fields``, computed the same
+    way: an entity's features depend on its own events and their labels only)."""
+    return dataclasses.replace(spec, keys=(key,), label_keys=tuple(k for k in spec.label_keys if k == key))
 
 
 def rest_spec(spec: EntitySpec, key: str) -> EntitySpec:
-    """The part of ``spec`` stage 2 computes: every key but the carried ``key``."""
-    return dataclasses.replace(spec, keys=tuple(k for k in spec.keys if k != key), label_keys=())
+    """The part of ``spec`` stage 2 computes: every key but the carried ``key``, and their label
+    features."""
+    return dataclasses.replace(spec, keys=tuple(k for k in spec.keys if k != key),
+                               label_keys=tuple(k for k in spec.label_keys if k != key))
 
 
 def bucket_of(values: Iterable[Any], buckets: int) -> np.ndarray:

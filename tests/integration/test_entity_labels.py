@@ -360,3 +360,50 @@ def test_a_feedback_record_the_client_cannot_read_is_dead_lettered_and_the_label
     assert {dict(r.headers)[DeadLetterHeaders.REASON] for r in dead} == {b"unreadable_record"}
     assert b"zstd" in dict(dead[0].headers)[DeadLetterHeaders.MESSAGE]
     assert lag(settings, ingester.group, settings.feedback_topic) == 0
+
+
+BOTH = EntitySpec(keys=("account_id", "terminal_id"), windows=(86_400, 7 * 86_400), distinct_fields=(),
+                  label_keys=("account_id", "terminal_id"))
+
+
+def test_two_stages_carry_label_features_and_alert_as_offline_scoring(settings: Settings, start_worker: Any) -> None:
+    """A model with label features of both keys in two stages (``SD_STAGE``): stage 1 computes the
+    account's history and label features and carries them, stage 2 the terminal's; each stage's
+    label ingester reads the feedback topic, and every event is indexed under both label keys by
+    whichever stage comes first. The alerts are offline scoring's with the same labels, and not
+    those of the same model with no label known."""
+    from tests.integration.test_repartition import _settled
+
+    sim = HandbookSimulator(seed=7, customers=300, terminals=120, run_id="lb2")
+    history = sim.generate(3000, now_ms=T0, span_ms=14 * DAY)
+    events, patterns = history.events(), history.patterns()
+    records = history.labels()
+    known: list[Label] = [parse_label(r) for r in records]  # type: ignore[misc]
+    normal = [e for e, p in zip(enrich_history(BOTH, events, labels=known), patterns, strict=True) if p == "legit"]
+    bundle = build_bundle(train(normal, TrainConfig(epochs=4, seed=0, threshold_method="quantile", target_fpr=0.02),
+                                entity=BOTH))
+    base = settings.model_copy(update={"batch_size": 256, "repartition_key": "terminal_id",
+                                       "repartition_buckets": 1, "repartition_purge_ms": 0})
+    ControlPlane.from_url(base.redis_url, base.redis_prefix).publish(bundle, set_by="pytest")
+    ensure_topics(base, [base.input_topic, base.alerts_topic, base.dlq_topic, base.feedback_topic])
+    with EventProducer(base, base.feedback_topic) as producer:
+        producer.send(records)
+    with EventProducer(base, base.input_topic) as producer:
+        producer.send(events)
+    second = start_worker(base.model_copy(update={"stage": "repartitioned", "worker_id": "stage2"})).worker
+    first = start_worker(base.model_copy(update={"stage": "repartition", "delivery": "exactly_once",
+                                                 "worker_id": "stage1"})).worker
+    assert first.ingester is not None and second.ingester is not None  # both stages compute label features
+    wait_until(lambda: lag(base, f"{base.group_id}.repartition", base.input_topic) == 0, timeout_s=120,
+               message="stage 1 drained")
+    wait_until(lambda: _settled(base, base.group_id, base.repartition_topic_name), timeout_s=120,
+               message="stage 2 drained")
+
+    offline = score_events(bundle, events, labels=known).scores
+    expected = {e["event_id"]: s for e, s in zip(events, offline.tolist(), strict=True) if s > bundle.threshold}
+    alerts = {a["event_id"]: a["score"] for a in map(lambda r: orjson.loads(r.value),
+                                                     read_all(base, base.alerts_topic))}
+    assert expected and set(alerts) == set(expected)
+    assert alerts == {k: pytest.approx(v, rel=1e-5) for k, v in expected.items()}
+    blind = score_events(bundle, events).scores  # the same model without any label known
+    assert {e["event_id"] for e, s in zip(events, blind.tolist(), strict=True) if s > bundle.threshold} != set(expected)

@@ -4,6 +4,7 @@ and alerts for a backlog of four partitions keyed by account."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -223,6 +224,15 @@ def test_the_stages_read_their_own_topic_and_group_and_compute_their_own_keys() 
     assert stage_problem(SPEC, "account_id", "merchant_category") is None
     assert "entity keys" in str(stage_problem(SPEC, "account_id", "terminal_id"))
     assert "no entity features" in str(stage_problem(None, "account_id", "merchant_category"))
+    labelled = dataclasses.replace(SPEC, label_keys=("merchant_category",))  # label features: the key's stage's
+    assert stage_problem(labelled, "account_id", "merchant_category") is None
+    one_spec, two_spec = carried_spec(labelled, "account_id"), rest_spec(labelled, "account_id")
+    assert (one_spec.label_keys, two_spec.label_keys) == ((), ("merchant_category",))
+    assert one_spec.fingerprint == carried_spec(SPEC, "account_id").fingerprint  # no label key of its own
+    assert two_spec.all_fields == [*SPEC.fields_for("merchant_category"), *labelled.label_fields]
+    both = dataclasses.replace(SPEC, label_keys=("account_id", "merchant_category"))
+    assert carried_spec(both, "account_id").all_fields == [*SPEC.fields_for("account_id"),
+                                                          *[f for f in both.label_fields if f.startswith("account_id")]]
     with pytest.raises(ValueError, match="SD_REPARTITION_KEY"):
         _settings("repartition", repartition_key="")
 
