@@ -69,6 +69,17 @@ def topic_partitions(settings: Settings, topic: str) -> int:
         admin.close()
 
 
+def missing_topics(settings: Settings, names: Iterable[str]) -> list[str]:
+    """The topics of ``names`` the cluster does not have (one metadata request), in their order."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="stream-detector-admin",
+                             **settings.kafka_security())
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    return [n for n in dict.fromkeys(names) if n not in existing]
+
+
 def topic_exists(settings: Settings, topic: str) -> bool:
     """Whether the cluster has ``topic`` (one metadata request)."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="stream-detector-admin",

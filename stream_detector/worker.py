@@ -79,7 +79,7 @@ from .settings import Settings
 from .store import ControlPlane, ControlView
 from .store.control import WorkerView
 from .swap import ModelSwap, ShadowSlot
-from .topics import RecordPurge, ensure_topics, topic_exists, topic_partitions
+from .topics import RecordPurge, ensure_topics, missing_topics, topic_exists, topic_partitions
 from .transport.base import Batch, Membership, Offsets, OutMessage, Publisher, Source, TopicPartition
 from .transport.factory import make_sink, make_source
 
@@ -324,6 +324,8 @@ class Worker:
         self.metrics.attach(self.status, self.source.highwaters)
         if self.settings.scoring_threads:
             torch.set_num_threads(self.settings.scoring_threads)
+        if not self.settings.create_topics and isinstance(self.control, WorkerView):
+            self._check_topics()
         if self.settings.stage != "whole":
             self._start_stage()  # the repartition topic first: stage 2's input, made with its partition count
         if self.settings.create_topics:
@@ -884,6 +886,24 @@ class Worker:
                      if self._purge is not None else "its records kept until the topic's retention deletes them")
             log.info("two stages: stage 2, %s: %d buckets of %s, each %d partitions (one per partition of %s); %s",
                      s.input_topic, s.repartition_buckets, s.repartition_key, self._upstream, self.source_topic, purge)
+
+    def _check_topics(self) -> None:
+        """With ``SD_CREATE_TOPICS=false``: the topics this worker reads and writes exist, or a
+        ``ConfigError`` names the missing ones (a new-user trial's worker on a missing input topic
+        logged kafka-python's "Topic not found" ERROR nine times a second and exited 0 on
+        ``--max-idle-polls``; ``check-config`` said it, the worker did not)."""
+        s = self.settings
+        names = [self.source_topic, s.dlq_topic]
+        if s.stage != "repartition":
+            names.append(s.alerts_topic)
+        if s.stage != "whole":
+            names.append(s.repartition_topic_name)
+        missing = missing_topics(s, names)
+        if missing:
+            raise ConfigError(f"topic{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                              f"{'do' if len(missing) > 1 else 'does'} not exist and SD_CREATE_TOPICS=false: create "
+                              f"{'them' if len(missing) > 1 else 'it'} (the input topic with as many partitions as "
+                              "workers are to share it) or set SD_CREATE_TOPICS=true")
 
     def _split_warning(self, assigned: set[TopicPartition]) -> str | None:
         """Stage 2: a WARNING when this worker holds part of a bucket (its entities' events are merged

@@ -66,3 +66,18 @@ def test_two_stages_are_checked_as_the_worker_would_refuse_them(settings: Settin
     ok = {c.detail for c in run_checks(right) if c.status == "ok"}
     assert f"repartition {right.repartition_topic_name}: 12 partitions (4 x 3 buckets)" in ok
     assert any(d.startswith("stage 2:") and "divides 3" in d for d in ok)
+
+
+def test_a_worker_refuses_to_start_on_a_missing_topic_it_may_not_create(settings: Settings, published,
+                                                                         env_for) -> None:
+    """A new-user trial: ``SD_CREATE_TOPICS=false`` and a missing input topic gave kafka-python's
+    "Topic not found" ERROR nine times a second and exit 0. The worker says which topics are
+    missing in one line and exits 2, as ``check-config`` FAILs it."""
+    s = settings.model_copy(update={"create_topics": False, "input_topic": f"{settings.input_topic}-nosuch"})
+    done = subprocess.run([sys.executable, "-m", "stream_detector.cli", "worker", "--max-idle-polls", "3"],
+                          env=env_for(s), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"stream-detector worker: error: topic {s.input_topic} does not exist and "
+                    "SD_CREATE_TOPICS=false: create it (the input topic with as many partitions as workers are to "
+                    "share it) or set SD_CREATE_TOPICS=true")
