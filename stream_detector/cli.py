@@ -1909,7 +1909,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--follow`; pipe to `jq` to pick fields.")
     p.add_argument("topic", nargs="?", default="alerts",
                    help="alerts (SD_ALERTS_TOPIC, the default), dlq (SD_DLQ_TOPIC), shadow (SD_SHADOW_TOPIC), "
-                        "feedback (SD_FEEDBACK_TOPIC), input (SD_INPUT_TOPIC), or a topic name")
+                        "feedback (SD_FEEDBACK_TOPIC), input (SD_INPUT_TOPIC), repartition (two stages: the "
+                        "topic between them; its marks show as {\"timestamp\": ...} records), or a topic name")
     p.add_argument("-n", type=int, default=10, help="how many of the newest records (default 10; 0: only new ones "
                                                     "with --follow)")
     p.add_argument("--follow", "-f", action="store_true", help="then print new records as they arrive (Ctrl-C ends)")
