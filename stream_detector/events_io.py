@@ -153,9 +153,11 @@ def checked_kind(path: Path) -> str:
     if head.startswith(b"PK\x03\x04"):  # an .xlsx / .ods workbook is a ZIP archive (a new-user trial)
         raise InputError(f"{path}: a ZIP archive, such as an Excel (.xlsx) or OpenDocument workbook: save the "
                          "sheet as CSV (UTF-8), or unzip the archive")
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head[:4096]:
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or _utf16_like(head[:4096]):
         raise InputError(f"{path}: UTF-16 (or other non-UTF-8) text, as Excel's \"Unicode text\" writes: "
                          "re-encode it as UTF-8")
+    if b"\x00" in head[:4096]:  # NUL bytes, but not in UTF-16's pattern (a new-user trial: random bytes were "UTF-16")
+        raise InputError(f"{path}: binary data, not text (it holds NUL bytes): not a CSV, JSON Lines or Parquet file")
     text = head.removeprefix(b"\xef\xbb\xbf")
     lines = [line.strip() for line in text.split(b"\n")]  # the last one maybe cut short: its start is enough
     first = [line for line in lines if line][:_SNIFF_LINES]
@@ -248,6 +250,16 @@ class Consumed:
         if self.raw is None:
             return 0
         return self.size if self.raw.closed else int(self.raw.tell())
+
+
+def _utf16_like(head: bytes) -> bool:
+    """Whether ``head`` reads as UTF-16 text without a BOM: text in a Latin script has a NUL in
+    every other byte (the high byte of each character), so most of one byte position (even or odd)
+    is NUL; random binary data has NULs in about 1 byte of 256 at either."""
+    if len(head) < 4:
+        return False
+    even, odd = head[0::2], head[1::2]
+    return max(even.count(0) / len(even), odd.count(0) / max(1, len(odd))) > 0.5
 
 
 def _open_binary(path: Path, consumed: Consumed | None = None) -> Any:

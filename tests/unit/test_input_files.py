@@ -4,6 +4,7 @@ rejection, never the file's; what the reader cannot decide for sure is said."""
 from __future__ import annotations
 
 import gzip
+import random
 import re
 from pathlib import Path
 
@@ -154,6 +155,9 @@ def test_a_file_in_another_format_than_its_name_says_is_refused_by_what_it_looks
                                  "it starts with '[': one JSON document"),
              "pretty.json": (b'[\n  {"event_id": "e1"},\n  {"event_id": "e2"}\n]\n', "it starts with '['"),
              "utf16.csv": ("event_id,amount\ne1,1.5\n".encode("utf-16"), "UTF-16 (or other non-UTF-8) text"),
+             "utf16-no-bom.csv": ("event_id,amount\ne1,1.5\n".encode("utf-16-be"), "UTF-16 (or other non-UTF-8) text"),
+             # random bytes were called UTF-16 text (a new-user trial)
+             "random.jsonl": (random.Random(3).randbytes(8192), "binary data, not text (it holds NUL bytes)"),
              "text.parquet": (b"event_id,amount\ne1,1.5\n", "it is not one (a Parquet file starts with PAR1)"),
              "jsonl.csv.gz": (gzip.compress(lines.encode()), "its first line is a JSON object"),
              # a workbook is a ZIP archive: it was called UTF-16 text (a new-user trial)
