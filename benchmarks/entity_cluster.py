@@ -66,6 +66,9 @@ class _Timed:
         finally:
             self.store_s += time.perf_counter() - t
 
+    def reload_raw(self, spec: Any, keys: Any) -> Any:
+        return self.load_raw(spec, keys)
+
     def save_raw(self, spec: Any, records: Any, expected: Any = None) -> Any:
         t = time.perf_counter()
         self.last = records

@@ -1080,11 +1080,9 @@ class Worker:
         ``SD_ENTITY_FLUSH_MS`` of events again. The hook does not learn whether the consumer's
         commit went through, so the records keep the window's undo snapshot (``WriteBehind.pinned``)
         until the next batch finds the membership changed and forgets them (``_window_moved``).
-        (Returning only the revoked partitions' offsets, and keeping the others' window open, made
-        a worker joined by three others mid-backlog leave its kept partition's features off
-        offline's in 1 run of 4, 2026-12-04; not understood, reverted.) If the write fails the
-        window stays open (nothing to commit): the next batch finds the group moved and reads the
-        window again. Called while the
+        It commits the whole window, kept partitions too (docs/entity-features.md, *Write-behind*:
+        why not only the revoked ones). If the write fails the window stays open (nothing to
+        commit): the next batch finds the group moved and reads the window again. Called while the
         worker thread is changing the window (``_window_lock`` taken: kafka-python 3 calls listeners
         on its I/O thread, which must not block) it leaves the window alone.
         Whatever it does not commit marks the window as taken: the next batch reads it again

@@ -301,6 +301,10 @@ class WriteBehind:
     def committed(self, partitions: set[int]) -> None:
         """The offsets of ``partitions`` are committed up to what was flushed: their records' next
         window starts an undo snapshot of its own (module docstring)."""
+        self._unpin(partitions)
+
+    def _unpin(self, partitions: set[int]) -> None:
+        """Release the undo snapshots pinned for ``partitions``' records (committed, or dropped)."""
         for n in [n for n, (_raw, p) in self.pinned.items() if p in partitions]:
             del self.pinned[n]
 
@@ -313,7 +317,7 @@ class WriteBehind:
             del self.dirty[n]
         for n in [n for n, (_raw, p) in self.clean.items() if p in partitions]:
             del self.clean[n]
-        self.committed(partitions)
+        self._unpin(partitions)
         return len(dropped)
 
     @_locked

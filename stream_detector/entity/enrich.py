@@ -237,9 +237,9 @@ class Enricher:
         """Entities another writer changed between this batch's read and its write: read them again,
         recompute only their events' features for their key (an entity's features depend on its own
         state and events alone) into ``parts`` (their rows added to ``changed``), and compare-and-set
-        them again; the entities lost again are returned. A store with ``reload_raw`` (write-behind)
-        reads them with that: the batch's staged records stay staged."""
-        raws = getattr(self.store, "reload_raw", self.store.load_raw)(spec, lost)
+        them again; the entities lost again are returned. They are read with ``reload_raw``, so a
+        write-behind store keeps the batch's staged records staged."""
+        raws = self.store.reload_raw(spec, lost)
         writes: dict[EntityKey, bytes] = {}
         for i, kb in enumerate(batch):
             number = {name: e for e, name in enumerate(kb.names)}

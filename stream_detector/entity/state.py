@@ -119,6 +119,12 @@ class StateStore(Protocol):
 
     def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]: ...
 
+    def reload_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
+        """``load_raw`` within a batch: the records its compare-and-set lost to another writer, read
+        again (``Enricher._redo``). A store that stages a batch's writes (``behind.WriteBehind``)
+        keeps them; the others read as ``load_raw`` does."""
+        ...
+
     def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes],
                  expected: Expected | None = None) -> list[EntityKey]:
         """Write ``records``. With ``expected`` (the bytes the batch read, per entity), a
@@ -147,6 +153,9 @@ class InMemoryState:
     def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
         ns = spec.fingerprint[:12]
         return [self.raw.get((ns, k)) for k in keys]
+
+    def reload_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
+        return self.load_raw(spec, keys)
 
     def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes],
                  expected: Expected | None = None) -> list[EntityKey]:
@@ -244,6 +253,10 @@ class RedisState:
                     self._keep(name, head, record)
             out[i] = record
         return out
+
+    def reload_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
+        """As ``load_raw`` (nothing staged here: a lost record's new write token comes with it)."""
+        return self.load_raw(spec, keys)
 
     def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
         return {k: None if v is None else decode(spec, k[0], v)
