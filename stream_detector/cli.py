@@ -537,7 +537,8 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
                        require_labels=need_events if need_labels is None else need_labels, keep_json=keep_json)
     text = data.raw.text
     fmt = f" (numbers: decimal {text.decimal!r}, thousands {text.thousands!r})" if data.raw.kind == "csv" else ""
-    _say(f"read {data.total} rows from {getattr(args, 'input_shown', args.input)} [{data.raw.kind}]{fmt}")
+    rows = "1 row" if data.total == 1 else f"{data.total} rows"
+    _say(f"read {rows} from {getattr(args, 'input_shown', args.input)} [{data.raw.kind}]{fmt}")
     for warning in data.warnings:
         _say(f"warning: {warning}")
     if schema is not None:
