@@ -158,7 +158,8 @@ def _kafka_checks(s: Settings, timeout_ms: int) -> Iterator[Check]:
         if s.feedback_topic in existing:
             count = len(admin.describe_topics([s.feedback_topic])[0]["partitions"])
             yield Check("ok", "topic", f"feedback {s.feedback_topic}: {count} partitions (label ingesters: at "
-                        f"most {count} busy, group {s.group_id}-labels)")
+                        f"most {count} busy, group {s.group_id}{'.repartition' if s.stage == 'repartition' else ''}"
+                        "-labels)")
         else:
             yield Check("warn", "topic", f"feedback {s.feedback_topic}: missing — delayed labels have nowhere to "
                         f"arrive (label features, the retrainer's and the console's labels; docs/feedback.md)"

@@ -1167,7 +1167,9 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     # the feedback topic's reader is the workers' label ingester, in its own group
     if args.group is not None and not args.group.strip():
         raise ConfigError("--group is empty: name a consumer group, or leave the option out for the default")
-    group = args.group or (f"{settings.group_id}-labels" if topic == settings.feedback_topic else
+    stage1 = ".repartition" if settings.stage == "repartition" else ""  # stage 1's ingester has a group of its own
+    ingesters = f"{settings.group_id}{stage1}-labels"
+    group = args.group or (ingesters if topic == settings.feedback_topic else
                            f"{settings.group_id}.repartition" if settings.stage != "whole"
                            and topic == settings.input_topic else settings.group_id)  # two stages: stage 1's
     rows = group_lag(settings, group, topic)
@@ -1291,10 +1293,13 @@ def threshold_warning(calibration: dict[str, Any], value: float) -> str | None:
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from .topics import ensure_topics
+    from .topics import ensure_topics, topic_partitions
 
     created = ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic,
                                        settings.feedback_topic, settings.shadow_topic], args.partitions)
+    if settings.stage != "whole":  # two stages: the repartition topic, buckets x the input topic's partitions
+        want = topic_partitions(settings, settings.input_topic) * settings.repartition_buckets
+        created += ensure_topics(settings, [settings.repartition_topic_name], want)
     print("created: " + (", ".join(created) if created else "nothing (all exist)"))
     return 0
 
@@ -1895,7 +1900,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "stages: the topic between them), or a topic name")
     p.add_argument("--group", help="consumer group (default SD_GROUP_ID: the workers; on the feedback topic "
                                    "SD_GROUP_ID-labels: their label ingester; with SD_STAGE set, on the input topic "
-                                   "SD_GROUP_ID.repartition: stage 1)")
+                                   "SD_GROUP_ID.repartition: stage 1, and with SD_STAGE=repartition on the feedback "
+                                   "topic SD_GROUP_ID.repartition-labels: stage 1's ingester)")
     p.add_argument("--json", action="store_true", help="one JSON object: group, topic, lag, partitions")
     p.set_defaults(func=cmd_lag)
 

@@ -89,8 +89,9 @@ class KafkaSettings(_Group):
     repartition_buckets: int = Field(12, ge=1, le=10_000, description="Two stages: buckets of SD_REPARTITION_KEY "
                                      "values; the repartition topic has buckets x the input topic's partitions "
                                      "(12: whole buckets for 1, 2, 3, 4, 6 or 12 stage-2 workers).")
-    repartition_topic: str = Field("", description="Two stages: the repartition topic (empty: SD_INPUT_TOPIC + "
-                                   "'.by-' + SD_REPARTITION_KEY).")
+    repartition_topic: str = Field("", description="Two stages: the repartition topic (empty: SD_GROUP_ID + '.' + "
+                                   "SD_INPUT_TOPIC + '.by-' + SD_REPARTITION_KEY: one per deployment, as Kafka "
+                                   "Streams names its repartition topics after the application id).")
     repartition_purge_ms: int = Field(30_000, ge=0, description="Two stages: how often stage 2 deletes the "
                                       "repartition topic's records below its committed offsets (Kafka's "
                                       "DeleteRecords, as Kafka Streams' repartition.purge.interval.ms); 0: never "
@@ -383,8 +384,12 @@ class Settings(KafkaSettings, RedisSettings, WorkerSettings, RetrainSettings, Co
 
     @property
     def repartition_topic_name(self) -> str:
-        """Two stages (``SD_STAGE``): the topic stage 1 writes and stage 2 reads."""
-        return self.repartition_topic or f"{self.input_topic}.by-{self.repartition_key}"
+        """Two stages (``SD_STAGE``): the topic stage 1 writes and stage 2 reads. By default named after
+        the deployment's consumer group as well as the input topic and key: two deployments on one
+        input topic (two models, as ``make demo`` runs) each get their own. Named after the input
+        topic alone (before 2026-12-05), they shared one, and each read the other's records (a
+        new-user trial: 10,409 alerts offline scoring does not raise, no warning)."""
+        return self.repartition_topic or f"{self.group_id}.{self.input_topic}.by-{self.repartition_key}"
 
     @property
     def retrainer_group(self) -> str:
@@ -404,6 +409,11 @@ class Settings(KafkaSettings, RedisSettings, WorkerSettings, RetrainSettings, Co
             if self.repartition_key == self.entity_partition_key:
                 raise ValueError(f"SD_REPARTITION_KEY={self.repartition_key} is SD_ENTITY_PARTITION_KEY too: stage 2 "
                                  "is keyed by the model's other entity key (a terminal, a merchant)")
+            try:
+                topic_name(self.repartition_topic_name)
+            except ValueError as exc:
+                raise ValueError(f"the repartition topic's name {self.repartition_topic_name!r} (SD_GROUP_ID."
+                                 f"SD_INPUT_TOPIC.by-SD_REPARTITION_KEY) is {exc}: set SD_REPARTITION_TOPIC") from None
             roles["SD_REPARTITION_TOPIC"] = self.repartition_topic_name
         seen: dict[str, str] = {}
         for name, topic in roles.items():

@@ -149,6 +149,9 @@ class RecordPurge:
                     self._wanted[p] = max(offset, self._wanted.get(p, 0))
                 self._busy = False
             return
+        (log.info if not self.purges else log.debug)(
+            "deleted the records of %s below the committed offsets on %d partition(s)%s", self.topic, len(batch),
+            " (the first purge; the next ones are logged at DEBUG)" if not self.purges else "")
         with self._lock:
             self.purges += 1
             self._done.update(batch)

@@ -245,6 +245,7 @@ class Worker:
                  source: Source | None = None, publisher: Publisher | None = None) -> None:
         self.carried_key = settings.entity_partition_key  # two stages (SD_STAGE): stage 1 computes it, 2 reads it
         self.source_topic = settings.input_topic  # ... and the topic stage 1 reads
+        self._assignment = settings.assignment  # as configured: the label ingester's (stage 2's source is eager)
         self.settings = settings = stage_settings(settings)  # stage 1: its own group; 2: the repartition topic
         self.control = control or ControlPlane.from_settings(settings).worker_view()  # read-only
         self.source = source or make_source(settings)  # SD_TRANSPORT: kafka-python or confluent
@@ -893,17 +894,19 @@ class Worker:
         logged kafka-python's "Topic not found" ERROR nine times a second and exited 0 on
         ``--max-idle-polls``; ``check-config`` said it, the worker did not)."""
         s = self.settings
-        names = [self.source_topic, s.dlq_topic]
+        names = {self.source_topic: "the input topic, with as many partitions as workers are to share it",
+                 s.dlq_topic: "the dead-letter topic"}
         if s.stage != "repartition":
-            names.append(s.alerts_topic)
+            names[s.alerts_topic] = "the alerts topic"
         if s.stage != "whole":
-            names.append(s.repartition_topic_name)
+            names[s.repartition_topic_name] = (f"the repartition topic, with SD_REPARTITION_BUCKETS="
+                                               f"{s.repartition_buckets} x the input topic's partitions")
         missing = missing_topics(s, names)
         if missing:
-            raise ConfigError(f"topic{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            raise ConfigError(f"{'; '.join(f'{t} ({names[t]})' for t in missing)}: "
                               f"{'do' if len(missing) > 1 else 'does'} not exist and SD_CREATE_TOPICS=false: create "
-                              f"{'them' if len(missing) > 1 else 'it'} (the input topic with as many partitions as "
-                              "workers are to share it) or set SD_CREATE_TOPICS=true")
+                              f"{'them' if len(missing) > 1 else 'it'} (`stream-detector topics` with the same "
+                              "settings does) or set SD_CREATE_TOPICS=true")
 
     def _split_warning(self, assigned: set[TopicPartition]) -> str | None:
         """Stage 2: a WARNING when this worker holds part of a bucket (its entities' events are merged
@@ -980,7 +983,16 @@ class Worker:
             return
         if self.settings.create_topics:
             ensure_topics(self.settings, [self.settings.feedback_topic])
-        self.ingester = LabelIngester(self.settings, store, self.metrics.labels_ingested)
+        elif missing_topics(self.settings, [self.settings.feedback_topic]):  # a trial: ~1 min of retries, then rc 1
+            raise ConfigError(f"{self.settings.feedback_topic} (the feedback topic, where this model's label features "
+                              "come from) does not exist and SD_CREATE_TOPICS=false: create it (`stream-detector "
+                              "topics` with the same settings does), set SD_CREATE_TOPICS=true, or SD_LABEL_INGEST="
+                              "false (label features from what the store holds)")
+        # the configured rebalance protocol, not stage 2's eager one: a whole worker's ingester and stage 2's
+        # share the group SD_GROUP_ID-labels (while a deployment switches stages), and two protocols in one
+        # group are refused (a trial: InconsistentGroupProtocolError, 18,800 log lines in 20 s)
+        self.ingester = LabelIngester(self.settings.model_copy(update={"assignment": self._assignment}), store,
+                                      self.metrics.labels_ingested)
         self.ingester.start()
         log.info("label ingester started: topic %s, group %s", self.settings.feedback_topic, self.ingester.group)
 

@@ -78,6 +78,20 @@ def test_a_worker_refuses_to_start_on_a_missing_topic_it_may_not_create(settings
                           env=env_for(s), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last == (f"stream-detector worker: error: topic {s.input_topic} does not exist and "
-                    "SD_CREATE_TOPICS=false: create it (the input topic with as many partitions as workers are to "
-                    "share it) or set SD_CREATE_TOPICS=true")
+    assert last == (f"stream-detector worker: error: {s.input_topic} (the input topic, with as many partitions as "
+                    "workers are to share it): does not exist and SD_CREATE_TOPICS=false: create it (`stream-detector "
+                    "topics` with the same settings does) or set SD_CREATE_TOPICS=true")
+    # two stages: the repartition topic's own hint (a second trial: it got the input topic's), and `topics` makes it
+    from stream_detector.topics import topic_partitions
+
+    two = settings.model_copy(update={"create_topics": False, "stage": "repartitioned", "repartition_buckets": 3,
+                                      "repartition_key": "terminal_id", "entity_partition_key": "account_id"})
+    done = subprocess.run([sys.executable, "-m", "stream_detector.cli", "worker", "--max-idle-polls", "3"],
+                          env=env_for(two), capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and f"{two.repartition_topic_name} (the repartition topic, with " \
+        "SD_REPARTITION_BUCKETS=3 x the input topic's partitions): does not exist" in last, done.stderr
+    made = subprocess.run([sys.executable, "-m", "stream_detector.cli", "topics"], env=env_for(two),
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0 and two.repartition_topic_name in made.stdout, made.stdout + made.stderr
+    assert topic_partitions(two, two.repartition_topic_name) == 3 * topic_partitions(two, two.input_topic)

@@ -407,3 +407,28 @@ def test_two_stages_carry_label_features_and_alert_as_offline_scoring(settings: 
     assert alerts == {k: pytest.approx(v, rel=1e-5) for k, v in expected.items()}
     blind = score_events(bundle, events).scores  # the same model without any label known
     assert {e["event_id"] for e, s in zip(events, blind.tolist(), strict=True) if s > bundle.threshold} != set(expected)
+
+
+def test_a_label_model_refuses_to_start_without_its_feedback_topic_when_it_may_not_create_it(
+        settings: Settings) -> None:
+    """A second new-user trial: ``SD_CREATE_TOPICS=false`` and no feedback topic gave a minute of
+    the ingester's retries, then an ``UnknownTopicOrPartitionError`` and rc 1. The worker refuses
+    at start, naming the topic and what to do."""
+    from stream_detector.errors import ConfigError
+    from stream_detector.worker import Worker
+
+    sim = HandbookSimulator(seed=8, customers=100, terminals=50, run_id="lb3")
+    history = sim.generate(600, now_ms=T0, span_ms=7 * DAY)
+    known: list[Label] = [parse_label(r) for r in history.labels()]  # type: ignore[misc]
+    bundle = build_bundle(train(enrich_history(SPEC, history.events(), labels=known),
+                                TrainConfig(epochs=1, seed=0), entity=SPEC))
+    s = settings.model_copy(update={"create_topics": False, "feedback_topic": f"{settings.feedback_topic}-nosuch"})
+    ensure_topics(s, [s.input_topic, s.alerts_topic, s.dlq_topic])  # every topic but the feedback one
+    ControlPlane.from_url(s.redis_url, s.redis_prefix).publish(bundle, set_by="pytest")
+    worker = Worker(s)
+    try:
+        with pytest.raises(ConfigError, match=f"{s.feedback_topic} .the feedback topic, where this model's label "
+                                              "features come from. does not exist and SD_CREATE_TOPICS=false"):
+            worker.start()
+    finally:
+        worker.close()

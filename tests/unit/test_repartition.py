@@ -49,7 +49,7 @@ from tests.helpers import wait_until
 SPEC = EntitySpec(keys=("account_id", "merchant_category"), windows=(3600, 86_400), max_distinct=8)
 T0 = 1_790_000_000_000
 TOPIC, ALERTS, DLQ, GROUP = "tx", "alerts", "dlq", "g"
-REKEYED = "tx.by-merchant_category"
+REKEYED = "g.tx.by-merchant_category"  # SD_GROUP_ID.SD_INPUT_TOPIC.by-SD_REPARTITION_KEY
 
 
 def _raw(n: int, seed: int) -> list[dict[str, Any]]:
@@ -218,6 +218,13 @@ def test_the_stages_read_their_own_topic_and_group_and_compute_their_own_keys() 
     assert (two.group_id, two.input_topic, two.assignment, two.align_event_time, two.entity_partition_key) == \
         (GROUP, REKEYED, "eager", "on", "")
     assert one.repartition_topic_name == two.repartition_topic_name == REKEYED  # one topic between the stages
+    # named after the deployment: two deployments on one input topic (a new-user trial) get two
+    other = _settings("repartition", group_id="h")
+    assert other.repartition_topic_name == "h.tx.by-merchant_category" != REKEYED
+    assert stage_settings(other).repartition_topic_name == "h.tx.by-merchant_category"  # not stage 1's group's
+    with pytest.raises(ValueError, match="set SD_REPARTITION_TOPIC"):
+        _settings("repartition", group_id="fraud team")  # not a topic name: named by hand
+    assert _settings("repartition", group_id="fraud team", repartition_topic="t2").repartition_topic_name == "t2"
     assert stage_settings(_settings("whole")) == _settings("whole")
     assert carried_spec(SPEC, "account_id").output_fields == SPEC.fields_for("account_id")
     assert rest_spec(SPEC, "account_id").output_fields == SPEC.fields_for("merchant_category")
