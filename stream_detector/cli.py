@@ -649,35 +649,23 @@ def _did_you_mean(name: str, schema: Any) -> str:
 _DEFAULT_DISTINCT = "merchant_category,country"
 
 
-LATE_SHARE_WARNED = 0.01  # more rows than this out of time order: a file not sorted by time, said as a warning
-
-
 def _warn_unsorted(late: int, total: int) -> None:
-    """A warning when more than ``LATE_SHARE_WARNED`` of a file's rows are earlier than a row before
-    them: history features apply rows in file order (a late row at its entity's last time, as a
-    worker applies a late event), so an unsorted file gets features unlike the stream's. A new-user
-    trial: a shuffled copy of the simulator's file scored 89 % of its rows above the threshold, and
-    ``score`` said nothing."""
-    if total and late > LATE_SHARE_WARNED * total:
-        _say(f"warning: {late:,} of {total:,} rows ({late / total:.0%}) are earlier than a row before them: history "
-             "features apply the rows in file order, a late row at its entity's last time, so a file not sorted by "
-             "timestamp gets features (and scores) unlike the live stream's. Sort it by timestamp first "
-             "(docs/entity-features.md)")
+    """``entity.columns.unsorted_warning``, said when there is one."""
+    from .entity.columns import unsorted_warning
+
+    warning = unsorted_warning(late, total)
+    if warning:
+        _say(warning)
 
 
 def _backwards(events: list[dict[str, Any]]) -> int:
     """Rows whose timestamp is earlier than the latest one before them (late / out of order)."""
-    from .schema import parse_timestamp_ms
+    import numpy as np
 
-    late, latest = 0, float("-inf")
-    for event in events:
-        try:
-            t = parse_timestamp_ms(event.get("timestamp"))
-        except ValueError:
-            continue
-        late += t < latest
-        latest = max(latest, t)
-    return late
+    from .entity.columns import late_rows, timestamp_value
+
+    times = np.fromiter((timestamp_value(e.get("timestamp")) for e in events), np.float64, len(events))
+    return late_rows(times)[0]
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:

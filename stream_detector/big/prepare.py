@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..entity.columns import late_rows, unsorted_warning
 from ..entity_spec import EntitySpec
 from ..errors import ConfigError, InputError
 from ..events_io import ReaderOptions, RowRejection
@@ -185,6 +186,9 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
         say(f"entity features: {len(entity.output_fields)} fields per event from keys {', '.join(entity.keys)}; "
             f"{order.late:,} rows earlier than a previous row (applied in input order, time clamped: "
             f"docs/entity-features.md{hint})")
+        unsorted = unsorted_warning(order.late, counts["events"])
+        if unsorted:
+            say(unsorted)
     schema = order.schema(schema)
     facts = {"rows": counts["rows"], "events": counts["events"], "normal": counts["normal"], "late_rows": order.late,
              "train_rows": counts["train"], "with_ts": counts["with_ts"], "rejected": dict(reasons),
@@ -205,9 +209,8 @@ class _Order:
         """``ts`` float64[n] event times (NaN: none), ``times`` each timestamp field's epoch ms."""
         if not len(ts):
             return
-        before = np.fmax.accumulate(np.concatenate(([self.latest], ts)))[:-1]
-        self.late += int((ts < before).sum())
-        self.latest = float(np.fmax(before[-1], ts[-1]))
+        late, self.latest = late_rows(ts, self.latest)
+        self.late += late
         for name in self.fields:
             values = times[name]
             if np.isfinite(values).any():

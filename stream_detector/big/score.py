@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..entity.columns import late_rows, timestamp_value, unsorted_warning
 from ..errors import InputError
 from ..events_io import ReaderOptions, ScoresCsv
 from ..inputs import absent_warnings
@@ -57,6 +58,7 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     warned = labelled = False
     total = known_rows(files)
     hashes: list[np.ndarray] = []  # of every event id, for the repeated-ids warning (8 bytes a row)
+    late, latest = 0, -np.inf  # rows out of time order (history features apply them in file order)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")  # renamed to ``out`` once complete
     try:
         handle = partial.open("w", newline="", encoding="utf-8")
@@ -81,6 +83,10 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
             events = typed.events if typed is not None else prepared.present
             rows = typed.rows if typed is not None else prepared.positions
             scored = scorer.score(events)
+            if bundle.entity is not None:
+                times = np.fromiter((timestamp_value(e.get("timestamp")) for e in events), np.float64, len(events))
+                more, latest = late_rows(times, latest)
+                late += more
             n = len(chunk.rows)
             lines: list[tuple[str, float, str | None, str | None]] = [(i, float("nan"), None, None) for i in ids]
             probability = np.full(n, np.nan) if scored.probability is not None else None
@@ -122,6 +128,9 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     repeated = len(ids_hashed) - len(np.unique(ids_hashed))
     if repeated:
         say(f"warning: {repeated:,} rows repeat an event_id of an earlier row (ids should be unique)")
+    warning = unsorted_warning(late, done.scored) if bundle.entity is not None else None
+    if warning:
+        say(warning)
     done.rejected = done.rows - done.scored
     done.seconds = time.monotonic() - started
     return done

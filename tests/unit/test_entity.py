@@ -282,9 +282,13 @@ def test_score_and_train_warn_of_a_file_not_sorted_by_time(tmp_path: Path, capsy
     said = capsys.readouterr().err
     assert "%) are earlier than a row before them" in said and "Sort it by timestamp first" in said
     for name, warned in (("shuffled", True), ("sorted", False), ("few", False)):
-        assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / f"{name}.jsonl"),
-                     "--out", str(tmp_path / f"{name}.csv")]) == 0
-        assert ("Sort it by timestamp first" in capsys.readouterr().err) is warned, name
+        for streamed in ([], ["--streamed", "--chunk-rows", "128"]):  # a second trial: the streamed path said nothing
+            assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / f"{name}.jsonl"),
+                         "--out", str(tmp_path / f"{name}.csv"), *streamed]) == 0
+            assert ("Sort it by timestamp first" in capsys.readouterr().err) is warned, (name, streamed)
+    assert main(["train", "--input", str(tmp_path / "shuffled.jsonl"), "--out", str(tmp_path / "m2"), "--epochs", "1",
+                 "--entity-key", "account_id", "--entity-windows", "1d", "--streamed"]) == 0
+    assert "Sort it by timestamp first" in capsys.readouterr().err
 
 
 def test_cli_train_refuses_entity_options_naming_no_field_and_trims_the_default_distinct_fields(
