@@ -1145,6 +1145,9 @@ def _topic_named(name: str, settings: Settings) -> str:
              "feedback": settings.feedback_topic, "input": settings.input_topic}
     if settings.repartition_key:  # two stages (SD_STAGE): the topic between them
         roles["repartition"] = settings.repartition_topic_name
+    elif name == "repartition":  # a second trial: "no topic repartition", the word read as a topic's name
+        raise ConfigError("repartition names the two stages' topic: set the deployment's SD_REPARTITION_KEY (and "
+                          "SD_GROUP_ID, SD_INPUT_TOPIC) as its workers have them, or give the topic's own name")
     return roles.get(name, name)
 
 
@@ -1167,7 +1170,8 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
              "so a drained partition shows lag 1")
     if rows and all(committed is None for _, _, committed, _ in rows):
         _say(f"note: group {group} has committed no offset on {topic}: no member has finished a batch yet, "
-             "or the group name is not the one the readers use (--group)")
+             "or the group name is not the one the readers use (--group; in a two-stage deployment set SD_STAGE "
+             "as its workers do: stage 1 reads the input topic as SD_GROUP_ID.repartition)")
     if args.json:
         print(orjson.dumps({"group": group, "topic": topic, "lag": total, "partitions": [
             {"partition": p, "end": end, "committed": committed, "lag": lag}
@@ -1789,7 +1793,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feedback", metavar="FILE",
                    help="feedback records (docs/feedback.md) to evaluate the scores against: AUC-ROC, average "
                         "precision, precision/recall at the threshold (events without a label count as legit; "
-                        "instead of --label-column's)")
+                        "instead of --label-column's). For a model with label features they are also the labels "
+                        "those features are computed from, point in time, as a worker's label ingester supplies "
+                        "them: without it the features are 0 and the scores differ")
     p.add_argument("--threshold", type=float, help="override the bundle's calibrated threshold")
     p.add_argument("--device", help="torch device (default SD_DEVICE)")
     p.add_argument("--threads", type=int,

@@ -654,3 +654,18 @@ def test_an_error_about_piped_input_names_standard_input_not_its_temporary_copy(
     assert main(["train", "--input", "-", "--out", str(tmp_path / "m"), "--label-column", "label"]) == 2
     err = capsys.readouterr().err
     assert "error: standard input: 1 row(s) have no label" in err and "sd-stdin-" not in err
+
+
+def test_the_repartition_topic_is_named_by_its_role_only_with_the_two_stages_settings() -> None:
+    """``tail`` / ``lag`` ``repartition``: the deployment's repartition topic when its settings name
+    a repartition key; without them the word is refused, not read as a topic called "repartition"
+    (a second new-user trial: "no topic repartition on …")."""
+    from stream_detector.cli import _topic_named
+    from stream_detector.errors import ConfigError
+    from stream_detector.settings import Settings
+
+    two = Settings(group_id="fraud", input_topic="tx", repartition_key="terminal_id")
+    assert _topic_named("repartition", two) == "fraud.tx.by-terminal_id"
+    assert _topic_named("alerts", two) == two.alerts_topic and _topic_named("my-topic", two) == "my-topic"
+    with pytest.raises(ConfigError, match="set the deployment's SD_REPARTITION_KEY"):
+        _topic_named("repartition", Settings())
