@@ -132,6 +132,8 @@ def _kafka_checks(s: Settings, timeout_ms: int) -> Iterator[Check]:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    from .pipeline.repartition import stage_settings
+
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # the report says it once, kafka-python 20 times
     try:
         admin = KafkaAdminClient(bootstrap_servers=s.bootstrap_servers, client_id="stream-detector-check",
@@ -158,8 +160,7 @@ def _kafka_checks(s: Settings, timeout_ms: int) -> Iterator[Check]:
         if s.feedback_topic in existing:
             count = len(admin.describe_topics([s.feedback_topic])[0]["partitions"])
             yield Check("ok", "topic", f"feedback {s.feedback_topic}: {count} partitions (label ingesters: at "
-                        f"most {count} busy, group {s.group_id}{'.repartition' if s.stage == 'repartition' else ''}"
-                        "-labels)")
+                        f"most {count} busy, group {stage_settings(s).label_group})")
         else:
             yield Check("warn", "topic", f"feedback {s.feedback_topic}: missing — delayed labels have nowhere to "
                         f"arrive (label features, the retrainer's and the console's labels; docs/feedback.md)"

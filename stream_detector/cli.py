@@ -1158,9 +1158,9 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     # the feedback topic's reader is the workers' label ingester, in its own group
     if args.group is not None and not args.group.strip():
         raise ConfigError("--group is empty: name a consumer group, or leave the option out for the default")
-    stage1 = ".repartition" if settings.stage == "repartition" else ""  # stage 1's ingester has a group of its own
-    ingesters = f"{settings.group_id}{stage1}-labels"
-    group = args.group or (ingesters if topic == settings.feedback_topic else
+    from .pipeline.repartition import stage_settings
+
+    group = args.group or (stage_settings(settings).label_group if topic == settings.feedback_topic else
                            f"{settings.group_id}.repartition" if settings.stage != "whole"
                            and topic == settings.input_topic else settings.group_id)  # two stages: stage 1's
     rows = group_lag(settings, group, topic)

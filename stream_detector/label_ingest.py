@@ -88,7 +88,7 @@ class LabelIngester:
 
     @property
     def group(self) -> str:
-        return f"{self.settings.group_id}-labels"
+        return self.settings.label_group
 
     def start(self, catch_up_s: float = 120.0, stall_s: float = 30.0) -> None:
         """Join the group, ingest what is on the topic (``catch_up``), then go on in a thread."""

@@ -392,6 +392,12 @@ class Settings(KafkaSettings, RedisSettings, WorkerSettings, RetrainSettings, Co
         return self.repartition_topic or f"{self.group_id}.{self.input_topic}.by-{self.repartition_key}"
 
     @property
+    def label_group(self) -> str:
+        """The label ingesters' consumer group (``label_ingest.py``). Of a stage's settings
+        (``pipeline.repartition.stage_settings``): stage 1's is ``SD_GROUP_ID.repartition-labels``."""
+        return f"{self.group_id}-labels"
+
+    @property
     def retrainer_group(self) -> str:
         return self.retrain_group_id or f"{self.group_id}-retrainer"
 

@@ -82,12 +82,7 @@ def missing_topics(settings: Settings, names: Iterable[str]) -> list[str]:
 
 def topic_exists(settings: Settings, topic: str) -> bool:
     """Whether the cluster has ``topic`` (one metadata request)."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="stream-detector-admin",
-                             **settings.kafka_security())
-    try:
-        return topic in set(admin.list_topics())
-    finally:
-        admin.close()
+    return not missing_topics(settings, [topic])
 
 
 class RecordPurge:
