@@ -37,7 +37,7 @@ from redis import RedisError
 from .entity.labels import RedisLabels
 from .errors import StreamDetectorError
 from .feedback import Label, decode_label
-from .kafka_util import partitions_of
+from .kafka_util import known_partitions, partitions_of
 from .pipeline.decode import Rejected
 from .pipeline.publish import build_dead_letters
 from .schema import Problem, RejectReason
@@ -141,7 +141,7 @@ class LabelIngester:
                     # kafka-python refreshes that metadata only every metadata_max_age_ms (5 min).
                     # Asking for the topic's partitions fetches the metadata when it is missing; the
                     # coordinator then sees the topic's partitions and joins again.
-                    self.consumer.partitions_for_topic(self.settings.feedback_topic)
+                    known_partitions(self.consumer, self.settings.feedback_topic)
                     looked = now
             else:
                 if set(ends) != assigned:  # the ends as of the (new) assignment: later labels are live ones

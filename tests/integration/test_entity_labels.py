@@ -226,13 +226,33 @@ def test_a_commit_refused_by_a_rebalance_during_the_catch_up_is_retried_not_fata
         ingester.stop()
 
 
-def test_a_label_ingester_making_no_progress_joins_again_with_a_new_consumer(settings: Settings) -> None:
+def test_a_label_ingester_making_no_progress_joins_again_with_a_new_consumer(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """The feedback topic does not exist yet when the ingester starts (the broker does not create
     topics): its consumer gets no partitions. After ``stall_s`` without progress it is closed and a
-    new one joins (logged); once the topic exists the ingester catches up and reads its labels."""
+    new one joins (logged); once the topic exists the ingester catches up and reads its labels.
+
+    A CI run (2026-12-05) lost the catch-up thread here: kafka-python's ``partitions_for_topic``,
+    asked while the subscribed (missing) topic's metadata refresh was in flight, raised that
+    refresh's ``UnknownTopicOrPartitionError``. The first consumer here raises it on every such
+    call after subscribing, as the race did once."""
+    from kafka.errors import UnknownTopicOrPartitionError
+
     store = RedisLabels(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
     ingester = LabelIngester(settings, store)
     rejoined = threading.Event()
+    connect, consumers = ingester._connect, []
+
+    def connecting() -> Any:
+        consumer = connect()
+        if not consumers:
+            def refreshing(topic: str) -> Any:
+                raise UnknownTopicOrPartitionError(topic)
+            monkeypatch.setattr(consumer, "partitions_for_topic", refreshing)
+        consumers.append(consumer)
+        return consumer
+
+    monkeypatch.setattr(ingester, "_connect", connecting)
 
     class Seen(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:

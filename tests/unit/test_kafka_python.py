@@ -58,3 +58,33 @@ def test_a_commit_refused_by_a_rebalance_is_commit_refused_as_on_confluent() -> 
     with pytest.raises(TransportError) as raised:
         source.commit({TopicPartition("t", 0): 5})
     assert not isinstance(raised.value, CommitRefused)
+
+
+def test_a_topic_whose_metadata_refresh_fails_as_unknown_is_not_known_yet() -> None:
+    """kafka-python's ``partitions_for_topic`` raises a refresh's ``UnknownTopicOrPartitionError``
+    when a subscribed topic does not exist yet (a CI run, 2026-12-05, lost the label ingester's
+    catch-up to it). ``known_partitions`` calls that "no partitions yet" and ``partitions_of`` keeps
+    waiting for the topic; an error that is not retriable is raised."""
+    import pytest
+    from kafka.errors import TopicAuthorizationFailedError, UnknownTopicOrPartitionError
+
+    from stream_detector.kafka_util import known_partitions, partitions_of
+
+    class Consumer:
+        def __init__(self, answers: list[object]) -> None:
+            self.answers = answers
+
+        def partitions_for_topic(self, topic: str) -> object:
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    consumer = Consumer([UnknownTopicOrPartitionError("t"), None, {1, 0}])
+    assert known_partitions(consumer, "t") == set()  # type: ignore[arg-type]
+    assert partitions_of(consumer, "t", timeout_s=5.0) == [0, 1]  # type: ignore[arg-type]
+    assert consumer.answers == []
+    with pytest.raises(TopicAuthorizationFailedError):
+        known_partitions(Consumer([TopicAuthorizationFailedError("t")]), "t")  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError):
+        partitions_of(Consumer([UnknownTopicOrPartitionError("t")] * 3 + [set()] * 100), "t", timeout_s=0.15)  # type: ignore[arg-type]
