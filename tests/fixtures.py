@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,13 @@ def bundle() -> Bundle:
 
 
 TRANSPORTS = ["kafka-python", "confluent"]
+LONG_TIER = pytest.mark.long_tier  # make test-long, not make test (tests/conftest.py)
+
+
+def transports_once(keep: str = "kafka-python") -> list[Any]:
+    """``TRANSPORTS`` for a parametrize where ``make test`` checks the guarantee on ``keep`` and
+    ``make test-long`` on every client (the others are ``long_tier`` params, same ids)."""
+    return [t if t == keep else pytest.param(t, marks=LONG_TIER) for t in TRANSPORTS]
 
 
 @pytest.fixture

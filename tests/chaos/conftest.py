@@ -65,13 +65,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ~6 min on 2 cores) are the long chaos tier: deselected — not skipped — unless
     ``SD_CHAOS_STORMS=1`` (``make test-chaos`` and ``make reliability`` set it). ``make test`` keeps
     ``test_chaos.py``: every guarantee once, on both clients; its ``long_tier`` variants (a
-    guarantee checked again on the other client or delivery mode) run with the storms."""
+    guarantee checked again on the other client or delivery mode) run with the storms
+    (``tests/conftest.py`` deselects them)."""
     import os
 
     if os.environ.get("SD_CHAOS_STORMS", "0") == "1":
         return
-    storms = [item for item in items if "tests/chaos/test_storms.py" in item.nodeid
-              or item.get_closest_marker("long_tier") is not None]
+    storms = [item for item in items if "tests/chaos/test_storms.py" in item.nodeid]
     if storms:
         config.hook.pytest_deselected(items=storms)
         items[:] = [item for item in items if item not in storms]

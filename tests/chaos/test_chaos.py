@@ -26,8 +26,10 @@ pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "stream_detector.cli"]
 
 
-# A variant that repeats a guarantee already checked on the other client (or the other delivery
-# mode) in ``make test``: run by ``make test-chaos`` and ``make reliability`` (SD_CHAOS_STORMS=1).
+# A variant that repeats a guarantee ``make test`` checks once (on kafka-python, the default client,
+# unless the delivery mode needs the other): on the other client or delivery mode, run by ``make
+# test-long``, ``make test-chaos`` and ``make reliability``. ``make test`` still runs both clients
+# (worker killed, rebalance) and both delivery modes.
 LONG_TIER = pytest.mark.long_tier
 
 def _traffic(n: int, seed: int, n_anomalies: int, tag: str) -> tuple[list[dict[str, object]], set[str]]:
@@ -95,7 +97,7 @@ def test_worker_killed_mid_stream_loses_no_alert(services, bundle, env_for, deli
 
 
 @pytest.mark.own_services
-@pytest.mark.parametrize("transport", ["kafka-python", "confluent"])
+@pytest.mark.parametrize("transport", ["kafka-python", pytest.param("confluent", marks=LONG_TIER)])
 def test_redis_outage_holds_the_batch_pauses_and_resumes(services, bundle, start_worker, transport):
     settings = Settings(**{**_base(services), "threshold_max_staleness_s": 1.0, "threshold_refresh_s": 0.2,
                            "transport": transport})
@@ -121,7 +123,7 @@ def test_redis_outage_holds_the_batch_pauses_and_resumes(services, bundle, start
 
 
 @pytest.mark.own_services
-@pytest.mark.parametrize("transport", ["kafka-python", "confluent"])
+@pytest.mark.parametrize("transport", ["kafka-python", pytest.param("confluent", marks=LONG_TIER)])
 def test_broker_restart_is_survived_without_a_manual_restart(services, bundle, start_worker, transport):
     settings = Settings(**{**_base(services), "delivery_timeout_s": 10.0, "transport": transport})
     _publish(settings, bundle)
@@ -139,7 +141,7 @@ def test_broker_restart_is_survived_without_a_manual_restart(services, bundle, s
     assert running.error is None
 
 
-@pytest.mark.parametrize("transport", ["kafka-python", "confluent"])
+@pytest.mark.parametrize("transport", ["kafka-python", pytest.param("confluent", marks=LONG_TIER)])
 def test_unwritable_alerts_topic_pauses_instead_of_buffering(services, bundle, start_worker, transport):
     settings = Settings(**{**_base(services), "delivery_timeout_s": 2.0, "batch_size": 128, "transport": transport})
     _publish(settings, bundle)
@@ -179,9 +181,9 @@ def _publish(settings: Settings, bundle) -> None:
 
 
 @pytest.mark.parametrize(("assignment", "delivery", "transport"), [
-    ("cooperative", "at_least_once", "kafka-python"), ("eager", "at_least_once", "kafka-python"),
+    pytest.param("cooperative", "at_least_once", "kafka-python", marks=LONG_TIER), ("eager", "at_least_once", "kafka-python"),
     pytest.param("cooperative", "exactly_once", "kafka-python", marks=LONG_TIER),
-    ("eager", "at_least_once", "confluent"), ("cooperative", "exactly_once", "confluent")])
+    pytest.param("eager", "at_least_once", "confluent", marks=LONG_TIER), ("cooperative", "exactly_once", "confluent")])
 def test_rebalance_mid_stream_loses_nothing(services, bundle, start_worker, assignment, delivery, transport):
     """No anomaly without an alert; in exactly-once mode also no duplicate. (At-least-once may
     repeat a batch whose commit the group refused while it was rebalancing.)"""

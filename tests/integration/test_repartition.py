@@ -24,7 +24,7 @@ from stream_detector.settings import Settings
 from stream_detector.topics import topic_partitions
 from stream_detector.transport.factory import make_sink
 from stream_detector.worker import Worker
-from tests.fixtures import TRANSPORTS
+from tests.fixtures import transports_once
 from tests.helpers import wait_until
 from tests.integration.test_entity import (
     TWO_KEYS,
@@ -67,7 +67,7 @@ def _events_in(settings: Settings, topic: str, isolation: str = "read_committed"
     return [r for i, r in enumerate(records) if i not in marks]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", transports_once())
 def test_two_stages_of_two_workers_replay_a_backlog_like_the_time_ordered_file(
         settings: Settings, run_worker: Any, two_keys_bundle: Bundle, env_for: Any) -> None:
     """Issue 16: a backlog keyed by account on four partitions, a model with account and merchant
@@ -236,7 +236,7 @@ class _SlowCommits:
         return getattr(self.inner, name)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", transports_once("confluent"))
 def test_a_stage_1_worker_that_falls_behind_holds_stage_2_back_until_its_marks_come(
         settings: Settings, run_worker: Any, two_keys_bundle: Bundle) -> None:
     """Both stages replay a backlog at once and one stage-1 worker waits 0.3 s before each commit
