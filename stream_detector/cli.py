@@ -62,10 +62,28 @@ _SPOOLED: dict[str, str] = {}  # a stream's temporary copy (``_spool_streams``) 
 _ARGV: list[str] = []  # the command line being parsed (usage errors name an unknown option, and the command's --help)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A ``StreamHandler`` writing to ``sys.stderr`` as it is when a record is emitted (as the
+    standard library's last-resort handler does), not as it was when logging was set up: a command
+    run in-process (the tests) left the root logger writing to a stream closed since, and every
+    later log line of the process printed "--- Logging error --- I/O operation on closed file"."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def _setup_logging(settings: Settings | None, verbose: bool = False, one_shot: bool = False) -> None:
     global _JSON_LINES
     level = "DEBUG" if verbose else (settings.log_level if settings else "INFO")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     _JSON_LINES = settings is not None and settings.log_json
     if _JSON_LINES:
         handler.setFormatter(_JsonFormatter())

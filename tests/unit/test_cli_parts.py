@@ -669,3 +669,30 @@ def test_the_repartition_topic_is_named_by_its_role_only_with_the_two_stages_set
     assert _topic_named("alerts", two) == two.alerts_topic and _topic_named("my-topic", two) == "my-topic"
     with pytest.raises(ConfigError, match="set the deployment's SD_REPARTITION_KEY"):
         _topic_named("repartition", Settings())
+
+
+def test_log_lines_go_to_stderr_as_it_is_when_they_are_written(monkeypatch) -> None:
+    """A command run in-process set logging up on the ``sys.stderr`` of its time; once that stream
+    was closed (a test's capture), every later log line of the process printed "--- Logging error
+    --- ValueError: I/O operation on closed file" (a CI log, 2026-12-05). The handler writes to the
+    ``sys.stderr`` of the moment."""
+    import io
+    import logging
+    import sys
+
+    from stream_detector import cli
+
+    root = logging.getLogger()
+    kept = (root.handlers[:], root.level)
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        cli._setup_logging(None)
+        logging.getLogger("stream_detector.test").warning("one")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("stream_detector.test").warning("two")
+    finally:
+        root.handlers[:] = kept[0]
+        root.setLevel(kept[1])
+    assert second.getvalue().endswith("WARNING stream_detector.test: two\n")
