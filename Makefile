@@ -55,7 +55,7 @@ test-integration: install
 
 # The long tier: tests marked long_tier (tests/conftest.py), deselected by make test to keep CI within
 # its 25 minutes: a guarantee make test checks once, checked again on the other client, delivery mode
-# or timing setting, and scenarios too slow for CI on 2 cores (~15 min).
+# or timing setting (~3-4 min on 2 cores).
 test-long: install
 	SD_LONG_TIER=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m long_tier tests --ignore=tests/unit --ignore=tests/failover
 

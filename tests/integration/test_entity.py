@@ -994,8 +994,10 @@ def test_a_worker_joining_a_backlog_midway_keeps_shared_features_like_the_time_o
 
     3,000 events: with 10,000 the two workers (threads of this process, taking turns at grace 0)
     took 107-143 s to drain, measured alone at 355461d, d223aff, a21f4f4 and b6cfb1d (2026-12-05),
-    against the 180 s bound: a CI run on a slower machine timed out there (2026-12-05). The
-    scale-out still happens mid-backlog (the second joins after 200 events)."""
+    against the 180 s bound: a CI run on a slower machine timed out there (2026-12-05). Alone, the
+    first drained those 3,000 before the rebalance gave the second any (1 run of 1 at idle 100), so
+    from its 200th event until the second holds partitions the first waits up to 0.2 s after each
+    batch (at most 160 events/s: the rebalance happens with most of the backlog still there)."""
     events = _raw(3_000, seed=31)
     bundle = two_keys_bundle
     settings = settings.model_copy(update={"batch_size": 32, "align_peer_grace_ms": 0, "align_max_buffered": 50_000,
@@ -1004,14 +1006,25 @@ def test_a_worker_joining_a_backlog_midway_keeps_shared_features_like_the_time_o
     with EventProducer(settings, settings.input_topic) as producer:
         producer.send(events)
     seen = [_Collector(), _Collector()]
+    second_in = threading.Event()  # the second worker holds partitions
+
+    def first_hook(batch: list[dict[str, Any]]) -> None:
+        seen[0](batch)
+        if sum(map(len, seen[0].batches)) >= 200:
+            second_in.wait(0.2)
+
+    workers = []
     for joined in range(2):
         worker = Worker(settings)
         worker.start()
         assert worker.enricher is not None and isinstance(worker.source, AlignedSource)
-        worker.enricher.on_enriched = seen[joined]
+        worker.enricher.on_enriched = seen[1] if joined else first_hook
         run_worker.run_started(worker)
+        workers.append(worker)
         if not joined:  # the first has applied part of the backlog when the second joins
             wait_until(lambda: sum(map(len, seen[0].batches)) >= 200, timeout_s=60, message="first batches")
+    wait_until(lambda: workers[1].source.assignment(), timeout_s=60, message="the second worker's partitions")
+    second_in.set()
     wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, timeout_s=180, message="drained")
 
     assert seen[1].batches  # the second worker took its share
