@@ -1183,9 +1183,6 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
                            and topic == settings.input_topic else settings.group_id)  # two stages: stage 1's
     rows = group_lag(settings, group, topic)
     total = sum(lag for *_, lag in rows)
-    if settings.stage != "whole" and topic == settings.repartition_topic_name and not args.json:
-        _say("note: the repartition topic is written in transactions: each partition ends with a commit marker, "
-             "so a drained partition shows lag 1")
     if rows and all(committed is None for _, _, committed, _ in rows):
         _say(f"note: group {group} has committed no offset on {topic}: no member has finished a batch yet, "
              "or the group name is not the one the readers use (--group; in a two-stage deployment set SD_STAGE "
@@ -1905,8 +1902,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "no group, commits nothing. E.g. `stream-detector lag`, `stream-detector lag "
                                    "--group my-workers-retrainer`, `stream-detector lag feedback --json`. Two "
                                    "stages (SD_STAGE set): the input topic's group is stage 1's "
-                                   "(SD_GROUP_ID.repartition), and `lag repartition` shows stage 2's (a drained "
-                                   "partition of that topic shows lag 1: its transaction's commit marker).")
+                                   "(SD_GROUP_ID.repartition), and `lag repartition` shows stage 2's. Lag counts "
+                                   "records: in a topic written in transactions (the repartition topic) the "
+                                   "commit markers and aborted records in a gap of up to 1,000 offsets are not "
+                                   "counted, so a drained partition shows 0.")
     p.add_argument("topic", nargs="?", default="input",
                    help="input (SD_INPUT_TOPIC, the default), feedback (SD_FEEDBACK_TOPIC), repartition (two "
                         "stages: the topic between them), or a topic name")

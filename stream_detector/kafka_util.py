@@ -69,18 +69,57 @@ def _partition_lags(settings: Settings, group: str, topic: str) -> list[tuple[in
     return out
 
 
+MARKER_GAP = 1_000  # group_lag reads a gap of up to this many offsets to count its records exactly
+
+
 def group_lag(settings: Settings, group: str, topic: str) -> list[tuple[int, int, int | None, int]]:
     """Per partition of ``topic`` (ascending): (partition, end offset, ``group``'s committed offset
-    or None when it has committed none there, lag = end − committed, or end − 0 without a commit —
-    what the group has still to read when it starts from the earliest offset, the workers' reset
-    policy). Raises ``ConfigError`` when Kafka cannot be reached or the topic does not exist."""
+    or None when it has committed none there, lag: the records the group has still to read). Lag is
+    end − committed, or end − 0 without a commit (what the group reads when it starts from the
+    earliest offset, the workers' reset policy), except where the gap is at most ``MARKER_GAP``
+    offsets: there the records a read-committed reader gets are counted (``unread_records``), since
+    in a topic written in transactions (the two stages' repartition topic) commit and abort markers
+    and aborted records take offsets but are never read, and a drained partition ended one offset
+    short of the end (a new-user trial's headline "lag 48" on a drained topic). Raises
+    ``ConfigError`` when Kafka cannot be reached or the topic does not exist."""
     try:
         rows = _partition_lags(settings, group, topic)
+        gaps = {p: (committed, end) for p, end, committed, behind in rows
+                if committed is not None and 0 < behind <= MARKER_GAP}
+        counted = unread_records(settings, topic, gaps) if gaps else {}
     except KafkaError as exc:
         raise ConfigError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
     if not rows:
         raise ConfigError(f"no topic {topic} on {settings.kafka_bootstrap}")
-    return rows
+    return [(p, end, committed, counted.get(p, behind)) for p, end, committed, behind in rows]
+
+
+def unread_records(settings: Settings, topic: str, gaps: dict[int, tuple[int, int]],
+                   timeout_s: float = 2.0) -> dict[int, int]:
+    """Per partition of ``topic`` in ``gaps`` (partition → (start, end) offsets): how many records a
+    read-committed consumer gets from ``start`` up to ``end`` — transaction markers and aborted
+    records are skipped, as the group's own reads skip them. A partition whose read does not reach
+    ``end`` within ``timeout_s`` (a transaction still open holds a read-committed reader back) is
+    left out: its caller keeps end − start. Joins no group."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             isolation_level="read_committed", **settings.kafka_security())
+    try:
+        tps = {TopicPartition(topic, p): (start, end) for p, (start, end) in gaps.items()}
+        consumer.assign(list(tps))
+        for tp, (start, _end) in tps.items():
+            consumer.seek(tp, start)
+        counts = dict.fromkeys(tps, 0)
+        reached: set[TopicPartition] = set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=100).items():
+                counts[tp] += sum(1 for r in records if r.offset < tps[tp][1])
+            reached = {tp for tp, (_start, end) in tps.items() if consumer.position(tp) >= end}
+            if len(reached) == len(tps):
+                break
+        return {tp.partition: counts[tp] for tp in reached}
+    finally:
+        consumer.close()
 
 
 def wait_for_zero_lag(settings: Settings, group: str, topic: str, timeout_s: float) -> bool:

@@ -350,3 +350,50 @@ def test_tail_names_a_record_the_client_cannot_read_on_stderr(settings, monkeypa
     assert [line.split(":")[0] for line in unreadable] == [f"{topic}[0] offset 2", f"{topic}[0] offset 3"], err
     assert all("zstd" in line for line in unreadable), err
     assert "moved past it" not in err, err  # one line per record: not the transport's ERROR line too
+
+
+def test_lag_counts_records_not_transaction_markers(settings):
+    """A topic written in transactions (the two stages' repartition topic): commit and abort markers
+    and aborted records take offsets that no reader gets. ``lag`` counted end − committed, so a
+    drained partition showed lag 1 (a trial: "lag 48" on a drained repartition topic). Here two
+    committed transactions (records at offsets 0-4 and 6-10, markers at 5 and 11), then an aborted
+    one (record 12, marker 13): end 14. Committed at 11, nothing is left to read; at 4, the records
+    4 and 6-10; with no commit, end − 0 as before (the reset policy reads from the start)."""
+    import uuid
+
+    from confluent_kafka import Producer
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from stream_detector.kafka_util import group_lag
+    from stream_detector.topics import ensure_topics
+
+    topic = f"{settings.input_topic}-txn"
+    settings = settings.model_copy(update={"input_topic": topic})
+    ensure_topics(settings, [topic], partitions=2)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "transactional.id": f"lag-{uuid.uuid4().hex}"})
+    producer.init_transactions(30)
+    for _ in range(2):
+        producer.begin_transaction()
+        for i in range(5):
+            producer.produce(topic, b"v%d" % i, partition=0)
+        producer.commit_transaction(30)
+    producer.begin_transaction()
+    producer.produce(topic, b"aborted", partition=0)
+    producer.flush(30)
+    producer.abort_transaction(30)
+
+    def committed_at(group: str, offset: int) -> None:
+        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=group,
+                                 enable_auto_commit=False)
+        try:
+            consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(offset, "", -1)})
+        finally:
+            consumer.close()
+
+    drained, behind = f"{settings.group_id}-drained", f"{settings.group_id}-behind"
+    committed_at(drained, 11)
+    committed_at(behind, 4)
+    assert group_lag(settings, drained, topic) == [(0, 14, 11, 0), (1, 0, None, 0)]
+    assert group_lag(settings, behind, topic) == [(0, 14, 4, 6), (1, 0, None, 0)]
+    assert group_lag(settings, f"{settings.group_id}-none", topic) == [(0, 14, None, 14), (1, 0, None, 0)]
