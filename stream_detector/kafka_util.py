@@ -95,28 +95,31 @@ def group_lag(settings: Settings, group: str, topic: str) -> list[tuple[int, int
 
 
 def unread_records(settings: Settings, topic: str, gaps: dict[int, tuple[int, int]],
-                   timeout_s: float = 2.0) -> dict[int, int]:
+                   timeout_s: float = 10.0) -> dict[int, int]:
     """Per partition of ``topic`` in ``gaps`` (partition → (start, end) offsets): how many records a
     read-committed consumer gets from ``start`` up to ``end`` — transaction markers and aborted
-    records are skipped, as the group's own reads skip them. A partition whose read does not reach
-    ``end`` within ``timeout_s`` (a transaction still open holds a read-committed reader back) is
-    left out: its caller keeps end − start. Joins no group."""
+    records are skipped, as the group's own reads skip them. Offsets from the partition's last
+    stable offset on (a transaction still open: a read-committed reader cannot pass it yet) count
+    as records, an upper bound. A partition whose read does not reach its last stable offset
+    within ``timeout_s`` is left out: its caller keeps end − start. Joins no group."""
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                              isolation_level="read_committed", **settings.kafka_security())
     try:
         tps = {TopicPartition(topic, p): (start, end) for p, (start, end) in gaps.items()}
+        stable = consumer.end_offsets(list(tps))  # read-committed: the last stable offsets
+        until = {tp: min(end, stable.get(tp, end)) for tp, (_start, end) in tps.items()}
         consumer.assign(list(tps))
         for tp, (start, _end) in tps.items():
             consumer.seek(tp, start)
-        counts = dict.fromkeys(tps, 0)
+        counts = {tp: max(0, end - max(start, until[tp])) for tp, (start, end) in tps.items()}  # open: offsets
         reached: set[TopicPartition] = set()
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=100).items():
-                counts[tp] += sum(1 for r in records if r.offset < tps[tp][1])
-            reached = {tp for tp, (_start, end) in tps.items() if consumer.position(tp) >= end}
-            if len(reached) == len(tps):
+        while True:
+            reached = {tp for tp in tps if consumer.position(tp) >= until[tp]}
+            if len(reached) == len(tps) or time.monotonic() >= deadline:
                 break
+            for tp, records in consumer.poll(timeout_ms=100).items():
+                counts[tp] += sum(1 for r in records if r.offset < until[tp])
         return {tp.partition: counts[tp] for tp in reached}
     finally:
         consumer.close()

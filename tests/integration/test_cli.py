@@ -358,7 +358,8 @@ def test_lag_counts_records_not_transaction_markers(settings):
     drained partition showed lag 1 (a trial: "lag 48" on a drained repartition topic). Here two
     committed transactions (records at offsets 0-4 and 6-10, markers at 5 and 11), then an aborted
     one (record 12, marker 13): end 14. Committed at 11, nothing is left to read; at 4, the records
-    4 and 6-10; with no commit, end − 0 as before (the reset policy reads from the start)."""
+    4 and 6-10; with no commit, end − 0 as before (the reset policy reads from the start). A
+    transaction left open counts its offsets: the reader cannot pass it yet."""
     import uuid
 
     from confluent_kafka import Producer
@@ -397,3 +398,11 @@ def test_lag_counts_records_not_transaction_markers(settings):
     assert group_lag(settings, drained, topic) == [(0, 14, 11, 0), (1, 0, None, 0)]
     assert group_lag(settings, behind, topic) == [(0, 14, 4, 6), (1, 0, None, 0)]
     assert group_lag(settings, f"{settings.group_id}-none", topic) == [(0, 14, None, 14), (1, 0, None, 0)]
+    producer.begin_transaction()  # left open: a read-committed reader stops at its first offset (14)
+    for _ in range(2):
+        producer.produce(topic, b"open", partition=0)
+    producer.flush(30)
+    try:  # its offsets count as records, an upper bound (reading up to the end would never get there: 5)
+        assert group_lag(settings, drained, topic) == [(0, 16, 11, 2), (1, 0, None, 0)]
+    finally:
+        producer.abort_transaction(30)
