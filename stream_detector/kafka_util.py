@@ -101,9 +101,12 @@ def unread_records(settings: Settings, topic: str, gaps: dict[int, tuple[int, in
     records are skipped, as the group's own reads skip them. Offsets from the partition's last
     stable offset on (a transaction still open: a read-committed reader cannot pass it yet) count
     as records, an upper bound. A partition whose read does not reach its last stable offset
-    within ``timeout_s`` is left out: its caller keeps end − start. Joins no group."""
+    within ``timeout_s`` is left out: its caller keeps end − start. A ``start`` below the log start
+    (records deleted by retention) reads from the log start, as the workers' reset policy does.
+    Joins no group."""
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                             isolation_level="read_committed", **settings.kafka_security())
+                             isolation_level="read_committed", auto_offset_reset="earliest",
+                             **settings.kafka_security())
     try:
         tps = {TopicPartition(topic, p): (start, end) for p, (start, end) in gaps.items()}
         stable = consumer.end_offsets(list(tps))  # read-committed: the last stable offsets
