@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -58,7 +59,8 @@ def lag(settings: Settings, group: str, topic: str) -> int:
 
 
 def _partition_lags(settings: Settings, group: str, topic: str) -> list[tuple[int, int, int | None, int]]:
-    """``group_lag``'s rows; none for a topic that does not exist."""
+    """Per partition (ascending): (partition, end, committed or None, end − committed or end − 0);
+    none for a topic that does not exist."""
     ends = end_offsets(settings, topic)
     done = committed_offsets(settings, group, topic)
     out = []
@@ -72,36 +74,66 @@ def _partition_lags(settings: Settings, group: str, topic: str) -> list[tuple[in
 MARKER_GAP = 1_000  # group_lag reads a gap of up to this many offsets to count its records exactly
 
 
-def group_lag(settings: Settings, group: str, topic: str) -> list[tuple[int, int, int | None, int]]:
-    """Per partition of ``topic`` (ascending): (partition, end offset, ``group``'s committed offset
-    or None when it has committed none there, lag: the records the group has still to read). Lag is
-    end − committed, or end − 0 without a commit (what the group reads when it starts from the
-    earliest offset, the workers' reset policy), except where the gap is at most ``MARKER_GAP``
-    offsets: there the records a read-committed reader gets are counted (``unread_records``), since
-    in a topic written in transactions (the two stages' repartition topic) commit and abort markers
-    and aborted records take offsets but are never read, and a drained partition ended one offset
-    short of the end (a new-user trial's headline "lag 48" on a drained topic). Raises
-    ``ConfigError`` when Kafka cannot be reached or the topic does not exist."""
+@dataclass(frozen=True)
+class PartitionLag:
+    """One partition's row of ``group_lag``: its ``end`` offset, the group's ``committed`` offset
+    (None: none committed), ``lag`` (records the group has still to read) and how it was
+    ``counted``: ``records`` (read as the group reads: exact), ``offsets`` (end − start: a gap over
+    ``MARKER_GAP``, or one not read in time; in a topic written in transactions its markers count
+    too), ``at_most`` (read up to a transaction still open, whose offsets count: an upper bound)."""
+
+    partition: int
+    end: int
+    committed: int | None
+    lag: int
+    counted: str
+    log_start: int = 0  # the partition's first offset still held (above 0 after retention or a purge)
+
+
+def group_lag(settings: Settings, group: str, topic: str,
+              is_record: Callable[[Any], bool] | None = None) -> list[PartitionLag]:
+    """Per partition of ``topic`` (ascending), what ``group`` has still to read (``PartitionLag``).
+
+    The group reads from its committed offset, or, with none (or one outside the partition's
+    offsets, as after the topic was recreated), from the log start offset (the workers' reset
+    policy, earliest). A gap of at most ``MARKER_GAP`` offsets is read as a read-committed reader
+    reads it (``unread_records``): in a topic written in transactions (the two stages' repartition
+    topic) commit and abort markers and aborted records take offsets but are never read, and a
+    drained partition ended one offset short of the end (a new-user trial's headline "lag 48" on a
+    drained topic); ``is_record`` leaves out records the readers do not count as work (the
+    repartition topic's marks). Larger gaps are end − start. Raises ``ConfigError`` when Kafka
+    cannot be reached or the topic does not exist."""
     try:
         rows = _partition_lags(settings, group, topic)
-        gaps = {p: (committed, end) for p, end, committed, behind in rows
-                if committed is not None and 0 < behind <= MARKER_GAP}
-        counted = unread_records(settings, topic, gaps) if gaps else {}
+        starts = {tp.partition: offset for tp, offset in beginning_offsets(settings, topic).items()} if rows else {}
+        froms = {p: (committed if committed is not None and starts.get(p, 0) <= committed <= end else starts.get(p, 0))
+                 for p, end, committed, _ in rows}
+        gaps = {p: (froms[p], end) for p, end, _, _ in rows if 0 < end - froms[p] <= MARKER_GAP}
+        counted = unread_records(settings, topic, gaps, is_record=is_record) if gaps else {}
     except KafkaError as exc:
         raise ConfigError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
     if not rows:
         raise ConfigError(f"no topic {topic} on {settings.kafka_bootstrap}")
-    return [(p, end, committed, counted.get(p, behind)) for p, end, committed, behind in rows]
+    out = []
+    for p, end, committed, _ in rows:
+        if p in counted:
+            n, bounded = counted[p]
+            out.append(PartitionLag(p, end, committed, n, "at_most" if bounded else "records", starts.get(p, 0)))
+        else:
+            behind = max(0, end - froms[p])
+            out.append(PartitionLag(p, end, committed, behind, "offsets" if behind else "records", starts.get(p, 0)))
+    return out
 
 
-def unread_records(settings: Settings, topic: str, gaps: dict[int, tuple[int, int]],
-                   timeout_s: float = 10.0) -> dict[int, int]:
-    """Per partition of ``topic`` in ``gaps`` (partition → (start, end) offsets): how many records a
-    read-committed consumer gets from ``start`` up to ``end`` — transaction markers and aborted
-    records are skipped, as the group's own reads skip them. Offsets from the partition's last
-    stable offset on (a transaction still open: a read-committed reader cannot pass it yet) count
-    as records, an upper bound. A partition whose read does not reach its last stable offset
-    within ``timeout_s`` is left out: its caller keeps end − start. A ``start`` below the log start
+def unread_records(settings: Settings, topic: str, gaps: dict[int, tuple[int, int]], timeout_s: float = 10.0,
+                   is_record: Callable[[Any], bool] | None = None) -> dict[int, tuple[int, bool]]:
+    """Per partition of ``topic`` in ``gaps`` (partition → (start, end) offsets): (how many records
+    a read-committed consumer gets from ``start`` up to ``end``, whether that is an upper bound).
+    Transaction markers and aborted records are skipped, as the group's own reads skip them;
+    ``is_record(record)`` false leaves a record out too. Offsets from the partition's last stable
+    offset on (a transaction still open: a read-committed reader cannot pass it yet) count as
+    records: an upper bound. A partition whose read does not reach its last stable offset within
+    ``timeout_s`` is left out: its caller keeps end − start. A ``start`` below the log start
     (records deleted by retention) reads from the log start, as the workers' reset policy does.
     Joins no group."""
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
@@ -115,6 +147,7 @@ def unread_records(settings: Settings, topic: str, gaps: dict[int, tuple[int, in
         for tp, (start, _end) in tps.items():
             consumer.seek(tp, start)
         counts = {tp: max(0, end - max(start, until[tp])) for tp, (start, end) in tps.items()}  # open: offsets
+        bounded = {tp for tp, count in counts.items() if count}
         reached: set[TopicPartition] = set()
         deadline = time.monotonic() + timeout_s
         while True:
@@ -122,8 +155,8 @@ def unread_records(settings: Settings, topic: str, gaps: dict[int, tuple[int, in
             if len(reached) == len(tps) or time.monotonic() >= deadline:
                 break
             for tp, records in consumer.poll(timeout_ms=100).items():
-                counts[tp] += sum(1 for r in records if r.offset < until[tp])
-        return {tp.partition: counts[tp] for tp in reached}
+                counts[tp] += sum(1 for r in records if r.offset < until[tp] and (is_record is None or is_record(r)))
+        return {tp.partition: (counts[tp], tp in bounded) for tp in reached}
     finally:
         consumer.close()
 

@@ -358,12 +358,14 @@ def test_lag_counts_records_not_transaction_markers(settings):
     drained partition showed lag 1 (a trial: "lag 48" on a drained repartition topic). Here two
     committed transactions (records at offsets 0-4 and 6-10, markers at 5 and 11), then an aborted
     one (record 12, marker 13): end 14. Committed at 11, nothing is left to read; at 4, the records
-    4 and 6-10; with no commit, end − 0 as before (the reset policy reads from the start). A
-    transaction left open counts its offsets: the reader cannot pass it yet."""
+    4 and 6-10; with no commit, or one past the end (the topic recreated), the 10 records from the
+    first offset held (the reset policy, earliest; it was end − 0). ``is_record`` leaves records
+    out (the repartition topic's marks). A transaction left open counts its offsets, an upper
+    bound: the reader cannot pass it yet."""
     import uuid
 
     from confluent_kafka import Producer
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
     from kafka.structs import OffsetAndMetadata
 
     from stream_detector.kafka_util import group_lag
@@ -392,17 +394,33 @@ def test_lag_counts_records_not_transaction_markers(settings):
         finally:
             consumer.close()
 
-    drained, behind = f"{settings.group_id}-drained", f"{settings.group_id}-behind"
+    def rows(group: str) -> list[tuple[int, int, int | None, int, str]]:
+        return [(r.partition, r.end, r.committed, r.lag, r.counted) for r in group_lag(settings, group, topic)]
+
+    drained, behind, beyond = (f"{settings.group_id}-{name}" for name in ("drained", "behind", "beyond"))
     committed_at(drained, 11)
     committed_at(behind, 4)
-    assert group_lag(settings, drained, topic) == [(0, 14, 11, 0), (1, 0, None, 0)]
-    assert group_lag(settings, behind, topic) == [(0, 14, 4, 6), (1, 0, None, 0)]
-    assert group_lag(settings, f"{settings.group_id}-none", topic) == [(0, 14, None, 14), (1, 0, None, 0)]
+    committed_at(beyond, 500)  # past the end (a topic recreated): its readers start again from the first offset
+    empty = (1, 0, None, 0, "records")
+    assert rows(drained) == [(0, 14, 11, 0, "records"), empty]
+    assert rows(behind) == [(0, 14, 4, 6, "records"), empty]
+    assert rows(f"{settings.group_id}-none") == [(0, 14, None, 10, "records"), empty]  # no commit: from the start
+    assert rows(beyond) == [(0, 14, 500, 10, "records"), empty]
+    skipping = group_lag(settings, behind, topic, is_record=lambda record: record.value != b"v4")
+    assert [r.lag for r in skipping] == [4, 0]  # records 4 and 10 (v4) are not work (as the repartition topic's marks)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:  # records below 6 deleted (retention, a purge): no commit, or one below them, reads from 6
+        admin.delete_records({TopicPartition(topic, 0): 6}, timeout_ms=30_000)
+    finally:
+        admin.close()
+    assert rows(f"{settings.group_id}-none") == [(0, 14, None, 5, "records"), empty]
+    assert rows(behind) == [(0, 14, 4, 5, "records"), empty]
+    assert group_lag(settings, behind, topic)[0].log_start == 6
     producer.begin_transaction()  # left open: a read-committed reader stops at its first offset (14)
     for _ in range(2):
         producer.produce(topic, b"open", partition=0)
     producer.flush(30)
     try:  # its offsets count as records, an upper bound (reading up to the end would never get there: 5)
-        assert group_lag(settings, drained, topic) == [(0, 16, 11, 2), (1, 0, None, 0)]
+        assert rows(drained) == [(0, 16, 11, 2, "at_most"), empty]
     finally:
         producer.abort_transaction(30)
