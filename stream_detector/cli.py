@@ -1170,7 +1170,7 @@ def _topic_named(name: str, settings: Settings) -> str:
 
 
 def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
-    from .kafka_util import group_lag
+    from .kafka_util import committed_offsets, group_lag
 
     topic = _topic_named(args.topic, settings)
     # the feedback topic's reader is the workers' label ingester, in its own group
@@ -1190,6 +1190,11 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     if rows and all(row.committed is None for row in rows):
         hint = (" (in a two-stage deployment set SD_STAGE as its workers do: stage 1 reads the input topic as "
                 "SD_GROUP_ID.repartition)" if topic == settings.input_topic else "")
+        stage_1 = f"{group}.repartition"
+        if topic == settings.input_topic and args.group is None and committed_offsets(settings, stage_1, topic):
+            # a trial: "lag 8,000" on a drained input topic, SD_STAGE left out of a two-stage deployment
+            hint = (f": group {stage_1} has, stage 1 of a two-stage deployment; run with SD_STAGE as its workers "
+                    f"have it, or --group {stage_1}")
         _say(f"note: group {group} has committed no offset on {topic}: no member has finished a batch yet, "
              f"or the group name is not the one the readers use (--group){hint}")
     beyond = [row.partition for row in rows if row.committed is not None and row.committed > row.end]

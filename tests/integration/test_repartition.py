@@ -133,6 +133,10 @@ def test_two_stages_of_two_workers_replay_a_backlog_like_the_time_ordered_file(
     # which is no record to read (a headline "lag 48" on a drained topic before 2026-12-05)
     assert [p["end"] - p["committed"] for p in lags[1]["partitions"]] == [1] * 8
     assert [p["lag"] for p in lags[1]["partitions"]] == [0] * 8 and lags[1]["lag"] == 0
+    unstaged = subprocess.run([sys.executable, "-m", "stream_detector.cli", "lag"], capture_output=True, text=True,
+                              env={k: v for k, v in env.items() if k != "SD_STAGE"}, timeout=120, check=True)
+    # SD_STAGE left out: the workers' group has read nothing of the input topic; the note names stage 1's
+    assert f"group {base.group_id}.repartition has, stage 1 of a two-stage deployment" in unstaged.stderr
 
 
 def test_stage_2_deletes_the_records_of_the_repartition_topic_it_has_committed(
