@@ -1159,6 +1159,9 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 def _topic_named(name: str, settings: Settings) -> str:
     """``tail``'s and ``lag``'s topic argument: a role (alerts, dlq, shadow, feedback, input: its
     SD_*_TOPIC) or a topic's own name."""
+    if not name.strip():  # a trial: `lag ""` said "no topic  on …"
+        raise ConfigError("the topic is empty: name a role (input, feedback, alerts, dlq, shadow, repartition) or a "
+                          "topic")
     roles = {"alerts": settings.alerts_topic, "dlq": settings.dlq_topic, "shadow": settings.shadow_topic,
              "feedback": settings.feedback_topic, "input": settings.input_topic}
     if settings.repartition_key:  # two stages (SD_STAGE): the topic between them
@@ -1176,6 +1179,8 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     # the feedback topic's reader is the workers' label ingester, in its own group
     if args.group is not None and not args.group.strip():
         raise ConfigError("--group is empty: name a consumer group, or leave the option out for the default")
+    if args.group is not None and args.group != args.group.strip():  # a trial: --group " two", the lag of no group
+        raise ConfigError(f"--group {args.group!r} has spaces around it: the workers' group names have none")
     from .pipeline.repartition import marked_rows, stage_settings
 
     group = args.group or (stage_settings(settings).label_group if topic == settings.feedback_topic else

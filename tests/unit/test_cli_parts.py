@@ -496,6 +496,9 @@ def test_score_refuses_to_write_its_scores_over_its_input(tmp_path: Path, bundle
     (["score", "--model", "m", "--input", "x.csv", "--out", "o.csv", "--threshold", "-1"],
      "--threshold: threshold must be a finite number >= 0"),
     (["lag", "--group", ""], "--group is empty"),
+    (["lag", "--group", " two"], "--group ' two' has spaces around it"),
+    (["lag", ""], "the topic is empty"),
+    (["tail", " "], "the topic is empty"),
     (["train", "--input", "x.csv", "--out", "m", "--field", "amout=number"],  # a warning and a phantom field
      "--field amout: no such field in x.csv (did you mean 'amount'?)"),
 ])
