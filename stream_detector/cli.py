@@ -1164,7 +1164,7 @@ def _topic_named(name: str, settings: Settings) -> str:
                           "topic")
     roles = {"alerts": settings.alerts_topic, "dlq": settings.dlq_topic, "shadow": settings.shadow_topic,
              "feedback": settings.feedback_topic, "input": settings.input_topic}
-    if settings.repartition_key:  # two stages (SD_STAGE): the topic between them
+    if settings.repartition_key or settings.repartition_topic:  # two stages (SD_STAGE): the topic between them
         roles["repartition"] = settings.repartition_topic_name
     elif name == "repartition":  # a second trial: "no topic repartition", the word read as a topic's name
         raise ConfigError("repartition names the two stages' topic: set the deployment's SD_REPARTITION_KEY (and "

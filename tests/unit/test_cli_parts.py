@@ -661,7 +661,7 @@ def test_an_error_about_piped_input_names_standard_input_not_its_temporary_copy(
 
 def test_the_repartition_topic_is_named_by_its_role_only_with_the_two_stages_settings() -> None:
     """``tail`` / ``lag`` ``repartition``: the deployment's repartition topic when its settings name
-    a repartition key; without them the word is refused, not read as a topic called "repartition"
+    a repartition key or the topic itself; without them the word is refused, not read as a topic called "repartition"
     (a second new-user trial: "no topic repartition on …")."""
     from stream_detector.cli import _topic_named
     from stream_detector.errors import ConfigError
@@ -672,6 +672,8 @@ def test_the_repartition_topic_is_named_by_its_role_only_with_the_two_stages_set
     assert _topic_named("alerts", two) == two.alerts_topic and _topic_named("my-topic", two) == "my-topic"
     with pytest.raises(ConfigError, match="set the deployment's SD_REPARTITION_KEY"):
         _topic_named("repartition", Settings())
+    # a trial: SD_REPARTITION_TOPIC alone names the topic, and was refused
+    assert _topic_named("repartition", Settings(repartition_topic="between-stages")) == "between-stages"
 
 
 def test_log_lines_go_to_stderr_as_it_is_when_they_are_written(monkeypatch) -> None:
