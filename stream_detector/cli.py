@@ -1173,6 +1173,8 @@ def _topic_named(name: str, settings: Settings) -> str:
 
 
 def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
+    from kafka.errors import KafkaError
+
     from .kafka_util import committed_offsets, group_lag
 
     topic = _topic_named(args.topic, settings)
@@ -1186,26 +1188,36 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     group = args.group or (stage_settings(settings).label_group if topic == settings.feedback_topic else
                            f"{settings.group_id}.repartition" if settings.stage != "whole"
                            and topic == settings.input_topic else settings.group_id)  # two stages: stage 1's
-    repartition = settings.stage != "whole" and topic == settings.repartition_topic_name
+    named = bool(settings.repartition_key or settings.repartition_topic)  # SD_STAGE set or not
+    repartition = named and topic == settings.repartition_topic_name
     # the repartition topic: stage 1's time and idle marks are no work for stage 2 (a trial: lag 96 →
     # 144 with no event waiting, the marks of a stopped stage 2)
+    # the group's reset policy where it has no usable commit: the label ingester's is earliest
+    reset = "earliest" if group == stage_settings(settings).label_group or group.endswith("-labels") \
+        else settings.auto_offset_reset
     rows = group_lag(settings, group, topic,
-                     is_record=(lambda record: not marked_rows([record.headers])) if repartition else None)
+                     is_record=(lambda record: not marked_rows([record.headers])) if repartition else None,
+                     reset=reset)
     total = sum(row.lag for row in rows)
     if rows and all(row.committed is None for row in rows):
+        unstaged = topic == settings.input_topic and settings.stage == "whole"
         hint = (" (in a two-stage deployment set SD_STAGE as its workers do: stage 1 reads the input topic as "
-                "SD_GROUP_ID.repartition)" if topic == settings.input_topic else "")
+                "SD_GROUP_ID.repartition)" if unstaged else "")
         stage_1 = f"{group}.repartition"
-        if topic == settings.input_topic and args.group is None and committed_offsets(settings, stage_1, topic):
-            # a trial: "lag 8,000" on a drained input topic, SD_STAGE left out of a two-stage deployment
+        try:
+            stage_1_read = unstaged and args.group is None and bool(committed_offsets(settings, stage_1, topic))
+        except KafkaError:  # not allowed to describe that group, say: the note without it
+            stage_1_read = False
+        if stage_1_read:  # a trial: "lag 8,000" on a drained input topic, SD_STAGE left out of a two-stage deployment
             hint = (f": group {stage_1} has, stage 1 of a two-stage deployment; run with SD_STAGE as its workers "
                     f"have it, or --group {stage_1}")
         _say(f"note: group {group} has committed no offset on {topic}: no member has finished a batch yet, "
              f"or the group name is not the one the readers use (--group){hint}")
     beyond = [row.partition for row in rows if row.committed is not None and row.committed > row.end]
     if beyond:
+        start = "from the first offset held" if reset == "earliest" else "from the end (SD_AUTO_OFFSET_RESET=latest)"
         _say(f"note: group {group}'s committed offset is past the end of partitions {beyond} (the topic recreated?): "
-             "its readers start those again from the first offset held, counted so")
+             f"its readers start those again {start}, counted so")
     if args.json:
         print(orjson.dumps({"group": group, "topic": topic, "lag": total, "partitions": [
             {"partition": row.partition, "end": row.end, "committed": row.committed, "lag": row.lag,

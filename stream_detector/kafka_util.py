@@ -90,24 +90,24 @@ class PartitionLag:
     log_start: int = 0  # the partition's first offset still held (above 0 after retention or a purge)
 
 
-def group_lag(settings: Settings, group: str, topic: str,
-              is_record: Callable[[Any], bool] | None = None) -> list[PartitionLag]:
+def group_lag(settings: Settings, group: str, topic: str, is_record: Callable[[Any], bool] | None = None,
+              reset: str = "earliest") -> list[PartitionLag]:
     """Per partition of ``topic`` (ascending), what ``group`` has still to read (``PartitionLag``).
 
     The group reads from its committed offset, or, with none (or one outside the partition's
-    offsets, as after the topic was recreated), from the log start offset (the workers' reset
-    policy, earliest). A gap of at most ``MARKER_GAP`` offsets is read as a read-committed reader
-    reads it (``unread_records``): in a topic written in transactions (the two stages' repartition
-    topic) commit and abort markers and aborted records take offsets but are never read, and a
-    drained partition ended one offset short of the end (a new-user trial's headline "lag 48" on a
-    drained topic); ``is_record`` leaves out records the readers do not count as work (the
-    repartition topic's marks). Larger gaps are end − start. Raises ``ConfigError`` when Kafka
-    cannot be reached or the topic does not exist."""
+    offsets, as after the topic was recreated), as its reset policy ``reset`` says: from the log
+    start offset (``earliest``) or from the end (``latest``: nothing to read). A gap of at most
+    ``MARKER_GAP`` offsets is read as a read-committed reader reads it (``unread_records``): in a
+    topic written in transactions (the two stages' repartition topic) commit and abort markers and
+    aborted records take offsets but are never read, and a drained partition ended one offset short
+    of the end (a new-user trial's headline "lag 48" on a drained topic); ``is_record`` leaves out
+    records the readers do not count as work (the repartition topic's marks). Larger gaps are
+    end − start. Raises ``ConfigError`` when Kafka cannot be reached or the topic does not exist."""
     try:
         rows = _partition_lags(settings, group, topic)
         starts = {tp.partition: offset for tp, offset in beginning_offsets(settings, topic).items()} if rows else {}
-        froms = {p: (committed if committed is not None and starts.get(p, 0) <= committed <= end else starts.get(p, 0))
-                 for p, end, committed, _ in rows}
+        froms = {p: (committed if committed is not None and starts.get(p, 0) <= committed <= end
+                     else end if reset == "latest" else starts.get(p, 0)) for p, end, committed, _ in rows}
         gaps = {p: (froms[p], end) for p, end, _, _ in rows if 0 < end - froms[p] <= MARKER_GAP}
         counted = unread_records(settings, topic, gaps, is_record=is_record) if gaps else {}
     except KafkaError as exc:
@@ -151,10 +151,13 @@ def unread_records(settings: Settings, topic: str, gaps: dict[int, tuple[int, in
         reached: set[TopicPartition] = set()
         deadline = time.monotonic() + timeout_s
         while True:
-            reached = {tp for tp in tps if consumer.position(tp) >= until[tp]}
+            # position() is None while a reset is pending (the log start moved past ``start``)
+            reached = {tp for tp in tps if (at := consumer.position(tp)) is not None and at >= until[tp]}
             if len(reached) == len(tps) or time.monotonic() >= deadline:
                 break
-            for tp, records in consumer.poll(timeout_ms=100).items():
+            # a record the client cannot read (a corrupt batch, a codec missing) is one record to read
+            # (the worker dead-letters it), not an error that fails the command
+            for tp, records in poll_readable(consumer, 100, quiet=True).items():
                 counts[tp] += sum(1 for r in records if r.offset < until[tp] and (is_record is None or is_record(r)))
         return {tp.partition: (counts[tp], tp in bounded) for tp in reached}
     finally:

@@ -359,7 +359,7 @@ def test_lag_counts_records_not_transaction_markers(settings):
     committed transactions (records at offsets 0-4 and 6-10, markers at 5 and 11), then an aborted
     one (record 12, marker 13): end 14. Committed at 11, nothing is left to read; at 4, the records
     4 and 6-10; with no commit, or one past the end (the topic recreated), the 10 records from the
-    first offset held (the reset policy, earliest; it was end − 0). ``is_record`` leaves records
+    first offset held (the reset policy, earliest; it was end − 0; with latest, none). ``is_record`` leaves records
     out (the repartition topic's marks). A transaction left open counts its offsets, an upper
     bound: the reader cannot pass it yet."""
     import uuid
@@ -397,6 +397,8 @@ def test_lag_counts_records_not_transaction_markers(settings):
     def rows(group: str) -> list[tuple[int, int, int | None, int, str]]:
         return [(r.partition, r.end, r.committed, r.lag, r.counted) for r in group_lag(settings, group, topic)]
 
+    # the coordinator answers the abort before its markers are written: the end is 14 once they are
+    wait_until(lambda: end_offsets(settings, topic)[TopicPartition(topic, 0)] == 14, message="the abort marker")
     drained, behind, beyond = (f"{settings.group_id}-{name}" for name in ("drained", "behind", "beyond"))
     committed_at(drained, 11)
     committed_at(behind, 4)
@@ -406,6 +408,8 @@ def test_lag_counts_records_not_transaction_markers(settings):
     assert rows(behind) == [(0, 14, 4, 6, "records"), empty]
     assert rows(f"{settings.group_id}-none") == [(0, 14, None, 10, "records"), empty]  # no commit: from the start
     assert rows(beyond) == [(0, 14, 500, 10, "records"), empty]
+    latest = group_lag(settings, f"{settings.group_id}-none", topic, reset="latest")  # SD_AUTO_OFFSET_RESET=latest
+    assert [(r.lag, r.counted) for r in latest] == [(0, "records"), (0, "records")]
     skipping = group_lag(settings, behind, topic, is_record=lambda record: record.value != b"v4")
     assert [r.lag for r in skipping] == [4, 0]  # records 4 and 10 (v4) are not work (as the repartition topic's marks)
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
