@@ -91,7 +91,7 @@ def replay_stages(settings: Any, k1: int, k2: int, n: int, after: bool = False) 
         pools.reverse()
         pools[0].start()
         pools[0].go.set()
-        drained = wait_for_zero_lag(settings, f"{settings.group_id}.repartition", settings.input_topic, timeout_s=900)
+        drained = wait_for_zero_lag(settings, settings.stage_1_group, settings.input_topic, timeout_s=900)
         pools[1].start()
         pools[1].go.set()
     else:
@@ -99,7 +99,7 @@ def replay_stages(settings: Any, k1: int, k2: int, n: int, after: bool = False) 
             pool.start()
         for pool in pools:
             pool.go.set()
-        drained = wait_for_zero_lag(settings, f"{settings.group_id}.repartition", settings.input_topic,
+        drained = wait_for_zero_lag(settings, settings.stage_1_group, settings.input_topic,
                                     timeout_s=900)
     deadline = time.monotonic() + 900
     while drained and not harness.settled(settings, settings.group_id, settings.repartition_topic_name):

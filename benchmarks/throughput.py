@@ -175,7 +175,7 @@ def latency(settings: Settings, values: list[bytes], keys: list[bytes | None], r
     sent, achieved, stamps = result.get(timeout=seconds + 180)
     prod.join(timeout=30)
     if stages:
-        drained = wait_for_zero_lag(settings, f"{settings.group_id}.repartition", settings.input_topic, timeout_s=180)
+        drained = wait_for_zero_lag(settings, settings.stage_1_group, settings.input_topic, timeout_s=180)
         deadline = time.monotonic() + 180
         while drained and not harness.settled(settings, settings.group_id, settings.repartition_topic_name):
             drained = time.monotonic() < deadline

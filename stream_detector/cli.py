@@ -1186,15 +1186,14 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     from .pipeline.repartition import marked_rows, stage_settings
 
     group = args.group or (stage_settings(settings).label_group if topic == settings.feedback_topic else
-                           f"{settings.group_id}.repartition" if settings.stage != "whole"
+                           settings.stage_1_group if settings.stage != "whole"
                            and topic == settings.input_topic else settings.group_id)  # two stages: stage 1's
     named = bool(settings.repartition_key or settings.repartition_topic)  # SD_STAGE set or not
     repartition = named and topic == settings.repartition_topic_name
+    # the group's reset policy where it has no usable commit: the label ingesters' is earliest
+    reset = "earliest" if group.endswith("-labels") else settings.auto_offset_reset
     # the repartition topic: stage 1's time and idle marks are no work for stage 2 (a trial: lag 96 →
     # 144 with no event waiting, the marks of a stopped stage 2)
-    # the group's reset policy where it has no usable commit: the label ingester's is earliest
-    reset = "earliest" if group == stage_settings(settings).label_group or group.endswith("-labels") \
-        else settings.auto_offset_reset
     rows = group_lag(settings, group, topic,
                      is_record=(lambda record: not marked_rows([record.headers])) if repartition else None,
                      reset=reset)
@@ -1203,7 +1202,7 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
         unstaged = topic == settings.input_topic and settings.stage == "whole"
         hint = (" (in a two-stage deployment set SD_STAGE as its workers do: stage 1 reads the input topic as "
                 "SD_GROUP_ID.repartition)" if unstaged else "")
-        stage_1 = f"{group}.repartition"
+        stage_1 = settings.stage_1_group
         try:
             stage_1_read = unstaged and args.group is None and bool(committed_offsets(settings, stage_1, topic))
         except KafkaError:  # not allowed to describe that group, say: the note without it

@@ -105,9 +105,10 @@ def group_lag(settings: Settings, group: str, topic: str, is_record: Callable[[A
     end − start. Raises ``ConfigError`` when Kafka cannot be reached or the topic does not exist."""
     try:
         rows = _partition_lags(settings, group, topic)
-        starts = {tp.partition: offset for tp, offset in beginning_offsets(settings, topic).items()} if rows else {}
-        froms = {p: (committed if committed is not None and starts.get(p, 0) <= committed <= end
-                     else end if reset == "latest" else starts.get(p, 0)) for p, end, committed, _ in rows}
+        held = {tp.partition: offset for tp, offset in beginning_offsets(settings, topic).items()} if rows else {}
+        starts = {p: held.get(p, 0) for p, *_ in rows}
+        froms = {p: (committed if committed is not None and starts[p] <= committed <= end
+                     else end if reset == "latest" else starts[p]) for p, end, committed, _ in rows}
         gaps = {p: (froms[p], end) for p, end, _, _ in rows if 0 < end - froms[p] <= MARKER_GAP}
         counted = unread_records(settings, topic, gaps, is_record=is_record) if gaps else {}
     except KafkaError as exc:
@@ -118,10 +119,10 @@ def group_lag(settings: Settings, group: str, topic: str, is_record: Callable[[A
     for p, end, committed, _ in rows:
         if p in counted:
             n, bounded = counted[p]
-            out.append(PartitionLag(p, end, committed, n, "at_most" if bounded else "records", starts.get(p, 0)))
+            out.append(PartitionLag(p, end, committed, n, "at_most" if bounded else "records", starts[p]))
         else:
             behind = max(0, end - froms[p])
-            out.append(PartitionLag(p, end, committed, behind, "offsets" if behind else "records", starts.get(p, 0)))
+            out.append(PartitionLag(p, end, committed, behind, "offsets" if behind else "records", starts[p]))
     return out
 
 

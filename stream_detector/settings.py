@@ -392,6 +392,13 @@ class Settings(KafkaSettings, RedisSettings, WorkerSettings, RetrainSettings, Co
         return self.repartition_topic or f"{self.group_id}.{self.input_topic}.by-{self.repartition_key}"
 
     @property
+    def stage_1_group(self) -> str:
+        """Stage 1's consumer group on the input topic in a two-stage deployment (``SD_STAGE``):
+        ``SD_GROUP_ID.repartition`` (``pipeline.repartition.stage_settings``); stage 2 keeps
+        ``SD_GROUP_ID``."""
+        return f"{self.group_id}.repartition"
+
+    @property
     def label_group(self) -> str:
         """The label ingesters' consumer group (``label_ingest.py``). Of a stage's settings
         (``pipeline.repartition.stage_settings``): stage 1's is ``SD_GROUP_ID.repartition-labels``."""

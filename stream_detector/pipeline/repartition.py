@@ -78,7 +78,7 @@ def stage_settings(settings: Settings) -> Settings:
     ``whole``: unchanged."""
     if settings.stage == "repartition":
         return settings.model_copy(update={
-            "group_id": f"{settings.group_id}.repartition",
+            "group_id": settings.stage_1_group,
             "repartition_topic": settings.repartition_topic_name,  # named after the deployment's group, not stage 1's
             "align_event_time": "off" if settings.align_event_time == "auto" else settings.align_event_time})
     if settings.stage == "repartitioned":
