@@ -379,6 +379,7 @@ class Worker:
         self.publisher.start()
         if self.behind is not None:
             self.source.on_revoke = self._revoking
+            self.source.on_revoke_done = self._revoke_done
         self.source.start()
         _freeze_long_lived()
         log.info("worker started: model %s, topic %s, group %s", scorer.version,
@@ -1089,26 +1090,35 @@ class Worker:
         ``partitions`` go to another worker, the open window's entity records are written and its
         offsets returned for the consumer to commit (as Kafka Streams commits in
         ``onPartitionsRevoked``), so their new owner starts after them rather than reading up to
-        ``SD_ENTITY_FLUSH_MS`` of events again. The hook does not learn whether the consumer's
-        commit went through, so the records keep the window's undo snapshot (``WriteBehind.pinned``)
-        until the next batch finds the membership changed and forgets them (``_window_moved``).
-        It commits the whole window, kept partitions too (docs/entity-features.md, *Write-behind*:
-        why not only the revoked ones). If the write fails the window stays open (nothing to
-        commit): the next batch finds the group moved and reads the window again. Called while the
-        worker thread is changing the window (``_window_lock`` taken: kafka-python 3 calls listeners
-        on its I/O thread, which must not block) it leaves the window alone.
-        Whatever it does not commit marks the window as taken: the next batch reads it again
-        (``_window_moved``); ``lost`` partitions (evicted) cannot be committed at all."""
+        ``SD_ENTITY_FLUSH_MS`` of events again. It commits the whole window, kept partitions too
+        (docs/entity-features.md, *Write-behind*: why not only the revoked ones). If the write
+        fails the window stays open (nothing to commit): the next batch finds the group moved and
+        reads the window again. Called while the worker thread is changing the window
+        (``_window_lock`` taken: kafka-python 3 calls listeners on its I/O thread, which must not
+        block) it leaves the window alone. Whatever it does not commit marks the window as taken:
+        the next batch reads it again (``_window_moved``); ``lost`` partitions (evicted) cannot be
+        committed at all.
+
+        When it returns offsets it keeps ``_window_lock`` until the consumer says whether their
+        commit went through (``_revoke_done``, on the same thread): a batch delivered meanwhile on
+        the worker thread (kafka-python) then joins a window whose outcome is known. Before
+        2026-12-05 the hook never learned it, and the written window's undo snapshots stayed
+        pinned: such a batch took the committed window's undo as its own, and a refusal of its
+        commit read it again from that undo, without the committed window's events (approximate
+        account features; ``tests/unit/test_entity_window.py``)."""
         behind = self.behind
         if not self._pending or behind is None:
             return {}
         if lost or not self._window_lock.acquire(blocking=False):  # evicted, or the window is being changed
             self._taken = True
             return {}
+        offsets: Offsets = {}
         try:
-            return self._commit_on_revoke(partitions)
+            offsets = self._commit_on_revoke(partitions)
+            return offsets
         finally:
-            self._window_lock.release()
+            if not offsets:  # else held until _revoke_done
+                self._window_lock.release()
 
     def _commit_on_revoke(self, partitions: set[TopicPartition]) -> Offsets:
         behind = self.behind
@@ -1122,6 +1132,30 @@ class Worker:
             return {}
         offsets, self._pending = self._pending, {}
         return offsets
+
+    def _revoke_done(self, offsets: Offsets, committed: bool) -> None:
+        """``base.Source.on_revoke_done`` for what ``_revoking`` returned: committed, the window's
+        records start undo snapshots of their own from the next batch (``WriteBehind.committed``)
+        and the replay log's entries below the offsets go; not committed, the window is open again
+        and taken (written, uncommitted: the next batch drops it and reads it again from the
+        committed offsets against the stored records, which keep its undo). Releases the
+        ``_window_lock`` the hook kept. Never raises (inside the client's poll)."""
+        try:
+            if committed:
+                assert self.behind is not None
+                self.behind.committed({tp.partition for tp in offsets if tp.topic == self.settings.input_topic})
+                self._trim_replay_log(offsets, True)
+            else:
+                self._pending = {**offsets, **self._pending}
+                self._taken = True
+        except Exception:  # noqa: BLE001 - inside the client's poll: never raise there
+            log.warning("after the commit in the rebalance hook", exc_info=True)
+            self._taken = True
+        finally:
+            try:
+                self._window_lock.release()
+            except RuntimeError:  # not held by this thread (a listener finished elsewhere at shutdown)
+                log.warning("the rebalance hook's window lock was not held by the thread that finished it")
 
     @_windowed
     def _flush_and_commit(self, due_only: bool = False, idle: bool = False) -> None:

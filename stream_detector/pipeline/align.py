@@ -362,6 +362,15 @@ class AlignedSource:
     def on_revoke(self, hook: Callable[[set[TopicPartition], bool], Offsets] | None) -> None:
         self.inner.on_revoke = hook
 
+    @property
+    def on_revoke_done(self) -> Callable[[Offsets, bool], None] | None:
+        """The inner source's (``base.Source``): told whether the hook's offsets were committed."""
+        return self.inner.on_revoke_done
+
+    @on_revoke_done.setter
+    def on_revoke_done(self, hook: Callable[[Offsets, bool], None] | None) -> None:
+        self.inner.on_revoke_done = hook
+
     def settled(self, offsets: Offsets) -> None:
         """The worker committed ``offsets`` (either delivery mode), or, with write-behind entity
         state (``entity/behind.py``), delivered them with their shared entities' records written:

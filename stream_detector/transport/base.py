@@ -240,9 +240,14 @@ class Source(Protocol):
     consumer's, the offsets it returns are committed before the rebalance goes on (the worker's
     write-behind window, ``entity/behind.py``; a failed commit is logged: their new owner reads
     them again); lost (evicted, ``lost`` True), nothing can be committed and what it returns is
-    ignored. A rebalance that only adds partitions does not call it."""
+    ignored. A rebalance that only adds partitions does not call it. ``on_revoke_done(offsets,
+    committed)``, when set, is called on the same thread right after the commit of what
+    ``on_revoke`` returned (only when it returned offsets), with whether the commit went through —
+    also when it raised: the hook's caller learns the outcome before the rebalance goes on (the
+    worker keeps its window as it is between the two calls, ``Worker._revoking``)."""
 
     on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None
+    on_revoke_done: Callable[[Offsets, bool], None] | None
 
     def start(self) -> None: ...
     def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch: ...

@@ -253,6 +253,7 @@ class ConfluentSource:
         self._fatal: KafkaError | None = None
         self._poll_failed = Throttled("poll")
         self.on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None = None  # base.Source
+        self.on_revoke_done: Callable[[Offsets, bool], None] | None = None  # base.Source
 
     # ---- lifecycle and rebalance callbacks (they run inside consume(), on the worker thread) ----
     def start(self) -> None:
@@ -274,11 +275,16 @@ class ConfluentSource:
         if partitions and self.on_revoke is not None:  # still ours until this returns: commits go through
             offsets = self.on_revoke({ours(tp) for tp in partitions}, False)
             if offsets:
+                committed = False
                 try:
                     self.commit(offsets)
+                    committed = True
                 except Exception as exc:  # noqa: BLE001 - the rebalance goes on; the new owner reads them again
                     log.warning("offsets of partitions being revoked were not committed (read again by their new "
                                 "owner): %r", exc)
+                finally:
+                    if self.on_revoke_done is not None:
+                        self.on_revoke_done(offsets, committed)
         self._state.epoch += 1  # a batch polled before this must not commit
         self._state.paused -= {(tp.topic, tp.partition) for tp in partitions}
         if partitions:

@@ -226,7 +226,7 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka
     partitions go to the source's ``on_revoke`` hook first, and the offsets it returns are
     committed before the rebalance goes on (``base.Source``). kafka-python 3 runs listeners on its
     I/O thread, where a blocking commit is refused: hence the async listener and ``commit_async``,
-    awaited."""
+    awaited; ``on_revoke_done`` is then told whether it went through (on the same thread)."""
 
     def __init__(self, source: KafkaSource) -> None:
         self.source = source
@@ -234,18 +234,24 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka
     async def on_partitions_revoked(self, revoked: Any) -> None:
         if not revoked:
             return
+        from kafka.structs import OffsetAndMetadata
+
         log.info("revoked %s", sorted(tp.partition for tp in revoked))
         hook = self.source.on_revoke
         offsets = hook({ours(tp) for tp in revoked}, False) if hook is not None else {}
         if not offsets:
             return
-        from kafka.structs import OffsetAndMetadata
-
+        committed = False
         try:
             await self.source._c().commit_async({theirs(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+            committed = True
         except Exception as exc:  # noqa: BLE001 - the rebalance goes on; the new owner reads them again
             log.warning("offsets of partitions being revoked were not committed (read again by their new owner): %r",
                         exc)
+        finally:  # also when the listener is cancelled: the hook's caller is waiting for the outcome
+            done = self.source.on_revoke_done
+            if done is not None:
+                done(offsets, committed)
 
     async def on_partitions_lost(self, lost: Any) -> None:
         if not lost:
@@ -277,6 +283,7 @@ class KafkaSource:
         self._last_poll_error = -float("inf")
         self._ends: dict[int, int] = {}  # partition → an end offset asked of the broker (``backlog``)
         self.on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None = None  # base.Source
+        self.on_revoke_done: Callable[[Offsets, bool], None] | None = None  # base.Source
 
     def start(self) -> None:
         self.consumer = KafkaConsumer(**consumer_config(self.config, **self.overrides))

@@ -2,8 +2,10 @@
 
 ``MemoryBroker`` holds topics (partitions as lists of ``Record``), committed offsets per consumer
 group and a generation per group that a test bumps (``evict``) to simulate a rebalance or an
-eviction. ``MemorySource``, ``MemoryPublisher`` (at-least-once) and ``MemoryTransactionalPublisher``
-(``eos.ExactlyOnce`` over ``MemoryTransactions``) keep the contract of the Kafka adapters
+eviction (``MemorySource.rebalance``: one that calls the source's revoke hook first, as the Kafka
+clients do; ``MemorySource.revoke``: the hook alone). ``MemorySource``, ``MemoryPublisher``
+(at-least-once) and ``MemoryTransactionalPublisher`` (``eos.ExactlyOnce`` over
+``MemoryTransactions``) keep the contract of the Kafka adapters
 (``tests/contract``): offsets move only by a commit; a commit of a stale generation is refused
 (dropped at-least-once, fenced with ``DeliveryError`` in a transaction); a transaction's messages
 and offsets appear together at its commit, and an abort drops them — readers only ever see
@@ -140,7 +142,8 @@ class MemorySource:
         self._generation = -1
         self._member = 0
         self._started = False
-        self.on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None = None  # base.Source (no rebalances here)
+        self.on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None = None  # base.Source (``rebalance``)
+        self.on_revoke_done: Callable[[Offsets, bool], None] | None = None
 
     def start(self) -> None:
         self.broker.create_topic(self.topic)
@@ -185,6 +188,36 @@ class MemorySource:
     def commit(self, offsets: Offsets) -> None:
         """Raises ``CommitRefused`` when the generation moved since this member joined."""
         self.broker.commit(self.group_id, offsets, self._generation)
+
+    def rebalance(self, refuse_commit: bool = False) -> None:
+        """A rebalance of this member's group as the Kafka clients run one (``base.Source``):
+        ``revoke``, then the group's generation moves on, so the member joins again at its next
+        poll and reads from the committed offsets."""
+        self.revoke(refuse_commit)
+        self.broker.evict(self.group_id)
+
+    def revoke(self, refuse_commit: bool = False) -> None:
+        """A rebalance's first half, while the partitions are still this member's: every partition
+        it holds is revoked (eagerly, as kafka-python's default assignors do), the offsets
+        ``on_revoke`` returns are committed (not, with ``refuse_commit``: a commit that fails) and
+        ``on_revoke_done`` is told which. The second half is the broker's ``evict`` (``rebalance``
+        does both); a test may run the worker in between, as kafka-python's I/O thread runs the
+        hook beside the worker thread."""
+        self._live()
+        offsets = self.on_revoke(set(self._positions), False) if self.on_revoke is not None else {}
+        if not offsets:
+            return
+        committed = False
+        try:
+            if refuse_commit:
+                raise CommitRefused("the commit in the rebalance failed (MemorySource.revoke)")
+            self.commit(offsets)
+            committed = True
+        except CommitRefused:
+            pass
+        finally:
+            if self.on_revoke_done is not None:
+                self.on_revoke_done(offsets, committed)
 
     def membership(self) -> MemoryMembership:
         return MemoryMembership(self.group_id, self._generation, self._member)
