@@ -6,7 +6,7 @@ Every test gets fresh topics and a fresh group; clients are closed at its end.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -57,6 +57,17 @@ class Harness:
         source.close()
         source.start()
 
+    def rebalance(self, source: Source, topic: str, group: str, until: Callable[[], bool]) -> None:
+        """Another member joins ``source``'s group: poll both until ``until()`` (the rebalance's
+        effect the test waits for)."""
+        other = self.source(topic, group)
+
+        def polled() -> bool:
+            source.poll_batch(wait_ms=50)
+            other.poll_batch(wait_ms=50)
+            return until()
+        wait_until(polled, timeout_s=60, interval_s=0, message="the rebalance")
+
     def group(self) -> str:
         return f"ct-group-{_tag()}"
 
@@ -100,6 +111,11 @@ class MemoryHarness(Harness):
 
     def move_membership(self, source: Source, group: str) -> None:
         self.broker.evict(group)
+
+    def rebalance(self, source: Source, topic: str, group: str, until: Callable[[], bool]) -> None:
+        assert isinstance(source, MemorySource)
+        source.rebalance()
+        assert until()
 
 
 class KafkaHarness(Harness):

@@ -4,7 +4,9 @@ of these; an adapter that passes them can carry it."""
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -134,6 +136,33 @@ def test_still_member_until_the_membership_moves(harness: Harness) -> None:
     assert source.still_member(batch)
     harness.move_membership(source, group)
     assert not source.still_member(batch), "a batch of an older membership must not be committed"
+
+
+def test_a_rebalance_commits_what_the_revoke_hook_returns_and_says_whether_it_did(harness: Harness) -> None:
+    """``on_revoke`` is called with the partitions a rebalance takes while they are still this
+    member's; what it returns is committed, and ``on_revoke_done`` is then told so, on the hook's
+    thread (the worker keeps its write-behind window unchanged in between: ``Worker._revoking``)."""
+    topic, group = harness.topic(2), harness.group()
+    harness.produce(topic, [b"a0"], partition=0)
+    harness.produce(topic, [b"b0"], partition=1)
+    source = harness.source(topic, group)
+    poll_until(source, 2)
+    calls: list[tuple[Any, ...]] = []
+
+    def revoke(partitions: set[TopicPartition], lost: bool) -> dict[TopicPartition, int]:
+        calls.append(("revoke", threading.get_ident(), lost, partitions))
+        return {} if lost or calls[:-1] else {min(partitions): 1}  # which one goes is the assignor's choice
+
+    def done(offsets: dict[TopicPartition, int], committed: bool) -> None:
+        calls.append(("done", threading.get_ident(), offsets, committed))
+
+    source.on_revoke, source.on_revoke_done = revoke, done
+    harness.rebalance(source, topic, group, until=lambda: any(c[0] == "done" for c in calls))
+    hook = calls[0]
+    assert hook[0] == "revoke" and hook[2] is False and hook[3], calls
+    gone = min(hook[3])
+    assert calls[1] == ("done", hook[1], {gone: 1}, True), "told on the hook's own thread, after the commit"
+    assert harness.committed(group).get(gone) == 1
 
 
 def test_publish_returns_once_every_message_is_stored(harness: Harness) -> None:
