@@ -1198,7 +1198,11 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
                      is_record=(lambda record: not marked_rows([record.headers])) if repartition else None,
                      reset=reset)
     total = sum(row.lag for row in rows)
-    if rows and all(row.committed is None for row in rows):
+    outputs = {settings.alerts_topic, settings.dlq_topic, settings.shadow_topic}
+    if rows and args.group is None and topic in outputs:  # a trial: the workers' group "has finished no batch"
+        _say(f"note: the workers publish to {topic}, they do not read it: its lag is that of a group reading it "
+             f"(give it with --group); shown: group {group}, which has committed nothing there")
+    elif rows and all(row.committed is None for row in rows):
         unstaged = topic == settings.input_topic and settings.stage == "whole"
         hint = (" (in a two-stage deployment set SD_STAGE as its workers do: stage 1 reads the input topic as "
                 "SD_GROUP_ID.repartition)" if unstaged else "")
@@ -1340,6 +1344,10 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
         want = topic_partitions(settings, settings.input_topic) * settings.repartition_buckets
         created += ensure_topics(settings, [settings.repartition_topic_name], want)
     print("created: " + (", ".join(created) if created else "nothing (all exist)"))
+    if settings.stage == "whole" and (settings.repartition_key or settings.repartition_topic):
+        # a trial: SD_REPARTITION_KEY set, SD_STAGE not: "nothing (all exist)", the repartition topic missing
+        _say(f"note: the repartition topic {settings.repartition_topic_name} is made only with SD_STAGE set (as the "
+             "two stages' workers have it): its partitions are SD_REPARTITION_BUCKETS x the input topic's")
     return 0
 
 

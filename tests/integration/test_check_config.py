@@ -91,6 +91,12 @@ def test_a_worker_refuses_to_start_on_a_missing_topic_it_may_not_create(settings
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2 and f"{two.repartition_topic_name} (the repartition topic, with " \
         "SD_REPARTITION_BUCKETS=3 x the input topic's partitions): does not exist" in last, done.stderr
+    unstaged = subprocess.run([sys.executable, "-m", "stream_detector.cli", "topics"],  # a trial: "all exist"
+                              env=env_for(two.model_copy(update={"stage": "whole"})), capture_output=True, text=True,
+                              timeout=120)
+    assert unstaged.returncode == 0 and two.repartition_topic_name not in unstaged.stdout, unstaged.stdout
+    assert f"note: the repartition topic {two.repartition_topic_name} is made only with SD_STAGE set" \
+        in unstaged.stderr, unstaged.stderr
     made = subprocess.run([sys.executable, "-m", "stream_detector.cli", "topics"], env=env_for(two),
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0 and two.repartition_topic_name in made.stdout, made.stdout + made.stderr
