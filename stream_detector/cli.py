@@ -111,12 +111,17 @@ def _setup_logging(settings: Settings | None, verbose: bool = False, one_shot: b
             kafka_net.setLevel(logging.CRITICAL)
         else:
             kafka_net.addFilter(_OncePerMinute())
+    # a request timed out on a connection that a silent address accepted ("Abort (RequestTimedOutError)"):
+    # a one-shot command's error line says it (a test found the line above the error)
+    quiet = one_shot and not verbose
+    logging.getLogger("kafka.net.transport").setLevel(logging.CRITICAL if quiet else logging.NOTSET)
 
 
 # kafka-python 3's lines for each failed connection attempt: four per retry, every 0.1-1 s, while a
 # broker is unreachable (20 lines before `tail`'s one-line error; a new-user trial)
 _KAFKA_CONNECTION_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.net.inet")  # inet: DNS lookups
 _SERVICES = frozenset({"worker", "demo", "console", "retrain"})  # long-running: connection trouble is logged
+PROBE_TIMEOUT_S = 5.0
 
 
 class _OncePerMinute(logging.Filter):
@@ -888,6 +893,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
                 event.pop(name, None)
     if data.raw.kind != "jsonl":
         _integral_times(data.events, [r.name for r in data.schema.fields if r.type is FieldType.TIMESTAMP])
+    _probe_kafka(settings)  # an unreachable broker said at once, not after 30 s
     with EventProducer(settings, args.topic or settings.input_topic) as producer:
         sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
     left = f"; {len(data.rejected)} rejected row(s) not sent (reasons above)" if data.rejected else ""
@@ -948,6 +954,7 @@ def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
         _say(f"warning: {len(ahead)} of {len(records)} labels are dated after now (up to "
              f"{(max(ahead) - now_ms) / 86_400_000.0:.1f} days ahead); they are sent now: label features "
              "count each from its labelled_at; the retrainer counts it once it has read it (docs/feedback.md)")
+    _probe_kafka(settings)  # an unreachable broker said at once, not after 30 s
     with EventProducer(settings, topic) as producer:
         producer.send_records(topic, records)
     _say(f"produced {len(records)} labels to {topic}")
@@ -1038,6 +1045,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             _say(f"wrote {count} events ({sum(lab != 'legit' for lab in labels)} fraud) to {named(out)}")
             return 0
         total = args.count if args.count is not None else int(args.rate * args.duration)
+        _probe_kafka(settings)  # an unreachable broker said at once, not after 30 s
         with EventProducer(settings, args.topic or settings.input_topic) as producer:
             sent, frauds = producer.simulate(sim, total, args.rate, fraud_rate, progress=_say)
         _say(f"simulated {sent} events ({frauds} injected fraud) into {args.topic or settings.input_topic}")
@@ -1095,6 +1103,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     total = args.count if args.count is not None else int(args.rate * args.duration)
     topic = args.topic or settings.input_topic
+    _probe_kafka(settings)  # an unreachable broker said at once, not after 30 s
     with EventProducer(settings, topic) as producer:
         sent, frauds, published, pending = producer.simulate_handbook(hb, total, args.rate, delays,
                                                                       settings.feedback_topic, progress=_say)
@@ -1147,6 +1156,7 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         with _terminated_as_interrupt():  # SIGTERM ends --follow as Ctrl-C does
+            _probe_kafka(settings)
             shown = tail(settings, topic, args.n, args.follow, show,
                          following=lambda: _say(f"following {topic}: new records below as they arrive (Ctrl-C ends)"))
     except KeyboardInterrupt:  # --follow ends with Ctrl-C: not an error
@@ -1194,6 +1204,7 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     reset = "earliest" if group.endswith("-labels") else settings.auto_offset_reset
     # the repartition topic: stage 1's time and idle marks are no work for stage 2 (a trial: lag 96 →
     # 144 with no event waiting, the marks of a stopped stage 2)
+    _probe_kafka(settings)
     rows = group_lag(settings, group, topic,
                      is_record=(lambda record: not marked_rows([record.headers])) if repartition else None,
                      reset=reset)
@@ -1338,6 +1349,7 @@ def threshold_warning(calibration: dict[str, Any], value: float) -> str | None:
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from .topics import ensure_topics, topic_partitions
 
+    _probe_kafka(settings)
     created = ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic,
                                        settings.feedback_topic, settings.shadow_topic], args.partitions)
     if settings.stage != "whole":  # two stages: the repartition topic, buckets x the input topic's partitions
@@ -2217,6 +2229,27 @@ def _redis_where(settings: Settings | None) -> str:
     if settings.redis_sentinels:
         return f"{settings.redis_sentinels} (SD_REDIS_SENTINELS, primary {settings.redis_sentinel_master!r})"
     return f"{redact(settings.redis_url)} (SD_REDIS_URL)"
+
+
+def _probe_kafka(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """A one-shot command's first look at the broker, once its arguments are checked (``lag``,
+    ``tail``, ``topics``, ``produce``, ``simulate`` live): a TCP connection to each bootstrap address
+    in turn, closed at once; the first that accepts one is enough (the client then connects, with
+    TLS or SASL, as before). When none does — refused, an unknown host, or no answer within
+    ``timeout_s`` — ``ConfigError`` says so at once, where kafka-python's bootstrap would give up
+    after 30 s with nothing on the screen meanwhile (a new-user trial: `lag`, `tail` and `topics`
+    with no broker running took 31 s each)."""
+    reasons: list[tuple[str, str]] = []
+    for server in settings.bootstrap_servers:
+        host, _, port = server.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+            return
+        except OSError as exc:
+            reasons.append((server, exc.strerror or type(exc).__name__))
+    said = reasons[0][1] if len(reasons) == 1 else "; ".join(f"{server}: {why}" for server, why in reasons)
+    raise ConfigError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {said} (is the broker running, and "
+                      "SD_KAFKA_BOOTSTRAP its address?)")
 
 
 def _kafka_unreachable(exc: Exception) -> bool:

@@ -323,25 +323,52 @@ def test_score_where_no_row_can_be_scored_exits_2_and_still_writes_every_reason(
     assert main(argv + (["--streamed"] if streamed else [])) == 0
 
 
-def test_a_one_shot_command_with_kafka_unreachable_says_so_in_one_line(
+@pytest.mark.parametrize("argv", [["simulate", "--count", "5"], ["lag"], ["tail", "alerts"], ["topics"],
+                                  ["produce", "--input", "EVENTS"]])
+def test_a_one_shot_command_with_nothing_at_the_kafka_address_says_so_at_once(
+        argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Nothing listens at the bootstrap address: one line naming it and why, exit 2, at once (a
+    new-user trial saw 20 lines of kafka-python's reconnection attempts first, and `simulate`
+    exited 1 with the exception's name twice; a later one waited 31 s for `lag`, `tail` and
+    `topics` to say it: kafka-python's bootstrap timeout). ``cli._probe_kafka`` connects first."""
+    import time
+
+    from stream_detector.cli import main
+
+    events = tmp_path / "events.csv"
+    events.write_text("event_id,amount\ne1,12.5\n")
+    argv = [str(events) if a == "EVENTS" else a for a in argv]
+    monkeypatch.setenv("SD_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    began = time.monotonic()
+    assert main(argv) == 2
+    assert time.monotonic() - began < 5  # not kafka-python's 30 s
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # produce first says what it read
+    assert err == (f"stream-detector {argv[0]}: error: cannot reach Kafka at 127.0.0.1:1: Connection refused (is the "
+                   "broker running, and SD_KAFKA_BOOTSTRAP its address?)"), err
+    monkeypatch.setenv("SD_KAFKA_BOOTSTRAP", "no-such-host.invalid:9092,127.0.0.1:1")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no-such-host.invalid:9092: " in err and "; 127.0.0.1:1: Connection refused" in err
+
+
+def test_a_one_shot_command_where_something_not_kafka_listens_says_so_in_one_line(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing listens at the bootstrap address: one line naming it, exit 2 (a new-user trial saw
-    20 lines of kafka-python's reconnection attempts first, and `simulate` exited 1 with the
-    exception's name twice). One command: kafka-python gives up after 30 s (`tail` and `lag`
-    name the address through their own ConfigError; the lines they printed first were the same
-    kafka-python loggers, now quiet for every one-shot command)."""
+    """The address accepts connections but no broker answers (another service there): the probe
+    passes and kafka-python's bootstrap gives up; still one line naming the address, exit 2."""
+    import socket
+
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
     from stream_detector.cli import main
 
-    argv = ["simulate", "--count", "5"]
-    monkeypatch.setenv("SD_KAFKA_BOOTSTRAP", "127.0.0.1:1")
-    # the same path as kafka-python's 30 s bootstrap wait, sooner (it was the suite's slowest unit test)
-    for client in (KafkaAdminClient, KafkaConsumer, KafkaProducer):
-        monkeypatch.setitem(client.DEFAULT_CONFIG, "bootstrap_timeout_ms", 2_000)
-    assert main(argv) == 2
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        monkeypatch.setenv("SD_KAFKA_BOOTSTRAP", f"127.0.0.1:{silent.getsockname()[1]}")
+        # the same path as kafka-python's 30 s bootstrap wait, sooner (it was the suite's slowest unit test)
+        for client in (KafkaAdminClient, KafkaConsumer, KafkaProducer):
+            monkeypatch.setitem(client.DEFAULT_CONFIG, "bootstrap_timeout_ms", 2_000)
+        assert main(["simulate", "--count", "5"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"stream-detector {argv[0]}: error: cannot reach Kafka at 127.0.0.1:1: "), err
+    assert err.startswith("stream-detector simulate: error: cannot reach Kafka at 127.0.0.1:"), err
     assert "\n" not in err and err.count("KafkaTimeoutError") == 1, err
 
 
