@@ -1135,16 +1135,16 @@ class Worker:
 
     def _revoke_done(self, offsets: Offsets, committed: bool) -> None:
         """``base.Source.on_revoke_done`` for what ``_revoking`` returned: committed, the window's
-        records start undo snapshots of their own from the next batch (``WriteBehind.committed``)
-        and the replay log's entries below the offsets go; not committed, the window is open again
-        and taken (written, uncommitted: the next batch drops it and reads it again from the
-        committed offsets against the stored records, which keep its undo). Releases the
+        records start undo snapshots of their own from the next batch (``WriteBehind.committed``;
+        the replay log's entries below the offsets are left to the next commit's trim, or to
+        expire: no more Redis calls on the client's thread than before); not committed, the window
+        is open again and taken (written, uncommitted: the next batch drops it and reads it again
+        from the committed offsets against the stored records, which keep its undo). Releases the
         ``_window_lock`` the hook kept. Never raises (inside the client's poll)."""
         try:
             if committed:
                 assert self.behind is not None
                 self.behind.committed({tp.partition for tp in offsets if tp.topic == self.settings.input_topic})
-                self._trim_replay_log(offsets, True)
             else:
                 self._pending = {**offsets, **self._pending}
                 self._taken = True
