@@ -21,6 +21,22 @@ def small_bundle(rows: int = 3000, seed: int = 0, epochs: int = 25) -> Bundle:
     return build_bundle(result)
 
 
+def raw_card_events(n: int, seed: int, accounts: int, tag: str) -> list[dict[str, Any]]:
+    """``n`` raw simulated card events (no precomputed history fields) of ``accounts`` accounts over
+    two days from 2026-09-21, 3 % fraud, in time order; ids ``{tag}{seed}-…``."""
+    events, _ = Simulator(seed=seed, accounts=accounts, run_id=f"{tag}{seed}", raw=True).batch(
+        n, 0.03, now_ms=1_790_000_000_000, span_ms=2 * 86_400_000)
+    return events
+
+
+def entity_bundle(spec: Any, events: list[dict[str, Any]], epochs: int) -> Bundle:
+    """A small model of ``spec``'s entity features (``entity.EntitySpec``) trained on ``events``."""
+    from stream_detector.entity import enrich_history
+
+    return build_bundle(train(enrich_history(spec, events), TrainConfig(
+        epochs=epochs, seed=0, threshold_method="quantile", target_fpr=0.02), entity=spec))
+
+
 def save(bundle: Bundle, directory: Path) -> Path:
     return save_bundle(bundle, directory)
 

@@ -13,30 +13,25 @@ import orjson
 import pytest
 
 from stream_detector.entity import EntitySpec, enrich_history
-from stream_detector.model.bundle import Bundle, build_bundle
-from stream_detector.model.train import TrainConfig, train
+from stream_detector.model.bundle import Bundle
 from stream_detector.settings import Settings
-from stream_detector.simulate import Simulator
 from stream_detector.store.memory import MemoryControl
 from stream_detector.transport.base import OutMessage
 from stream_detector.transport.memory import MemoryBroker, MemoryPublisher, MemorySource
 from stream_detector.worker import Worker
+from tests.helpers import entity_bundle, raw_card_events
 
 SPEC = EntitySpec(keys=("account_id",), windows=(3600, 86_400), max_distinct=8)
-T0 = 1_790_000_000_000
 TOPIC, ALERTS, DLQ, GROUP = "tx", "alerts", "dlq", "g"
 
 
 def _raw(n: int, seed: int) -> list[dict[str, Any]]:
-    events, _ = Simulator(seed=seed, accounts=30, run_id=f"win{seed}", raw=True).batch(
-        n, 0.03, now_ms=T0, span_ms=2 * 86_400_000)
-    return events
+    return raw_card_events(n, seed, accounts=30, tag="win")
 
 
 @pytest.fixture(scope="module")
 def accounts() -> Bundle:
-    return build_bundle(train(enrich_history(SPEC, _raw(800, seed=41)),
-                              TrainConfig(epochs=2, seed=0, threshold_method="quantile", target_fpr=0.02), entity=SPEC))
+    return entity_bundle(SPEC, _raw(800, seed=41), epochs=2)
 
 
 def _append(broker: MemoryBroker, events: list[dict[str, Any]]) -> None:

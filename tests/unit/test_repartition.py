@@ -13,8 +13,7 @@ import pytest
 
 from stream_detector.entity import EntitySpec, enrich_history
 from stream_detector.errors import ConfigError
-from stream_detector.model.bundle import Bundle, build_bundle
-from stream_detector.model.train import TrainConfig, train
+from stream_detector.model.bundle import Bundle
 from stream_detector.offline import score_events
 from stream_detector.pipeline.align import AlignedSource, event_times
 from stream_detector.pipeline.repartition import (
@@ -39,12 +38,11 @@ from stream_detector.pipeline.repartition import (
 )
 from stream_detector.schema import RejectReason
 from stream_detector.settings import Settings
-from stream_detector.simulate import Simulator
 from stream_detector.store.memory import MemoryControl
 from stream_detector.transport.base import Batch, OutMessage, TopicPartition
 from stream_detector.transport.memory import MemoryBroker, MemoryPublisher, MemorySource, MemoryTransactionalPublisher
 from stream_detector.worker import Worker
-from tests.helpers import wait_until
+from tests.helpers import entity_bundle, raw_card_events, wait_until
 
 SPEC = EntitySpec(keys=("account_id", "merchant_category"), windows=(3600, 86_400), max_distinct=8)
 T0 = 1_790_000_000_000
@@ -53,15 +51,12 @@ REKEYED = "g.tx.by-merchant_category"  # SD_GROUP_ID.SD_INPUT_TOPIC.by-SD_REPART
 
 
 def _raw(n: int, seed: int) -> list[dict[str, Any]]:
-    events, _ = Simulator(seed=seed, accounts=40, run_id=f"rp{seed}", raw=True).batch(
-        n, 0.03, now_ms=T0, span_ms=2 * 86_400_000)
-    return events
+    return raw_card_events(n, seed, accounts=40, tag="rp")
 
 
 @pytest.fixture(scope="module")
 def two_keys() -> Bundle:
-    return build_bundle(train(enrich_history(SPEC, _raw(1200, seed=31)),
-                              TrainConfig(epochs=3, seed=0, threshold_method="quantile", target_fpr=0.02), entity=SPEC))
+    return entity_bundle(SPEC, _raw(1200, seed=31), epochs=3)
 
 
 def _settings(stage: str, **overrides: Any) -> Settings:
