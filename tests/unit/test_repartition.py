@@ -45,7 +45,6 @@ from stream_detector.worker import Worker
 from tests.helpers import entity_bundle, raw_card_events, wait_until
 
 SPEC = EntitySpec(keys=("account_id", "merchant_category"), windows=(3600, 86_400), max_distinct=8)
-T0 = 1_790_000_000_000
 TOPIC, ALERTS, DLQ, GROUP = "tx", "alerts", "dlq", "g"
 REKEYED = "g.tx.by-merchant_category"  # SD_GROUP_ID.SD_INPUT_TOPIC.by-SD_REPARTITION_KEY
 
