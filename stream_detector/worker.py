@@ -1099,13 +1099,15 @@ class Worker:
         the next batch reads it again (``_window_moved``); ``lost`` partitions (evicted) cannot be
         committed at all.
 
-        When it returns offsets it keeps ``_window_lock`` until the consumer says whether their
-        commit went through (``_revoke_done``, on the same thread): a batch delivered meanwhile on
-        the worker thread (kafka-python) then joins a window whose outcome is known. Before
-        2026-12-05 the hook never learned it, and the written window's undo snapshots stayed
-        pinned: such a batch took the committed window's undo as its own, and a refusal of its
-        commit read it again from that undo, without the committed window's events (approximate
-        account features; ``tests/unit/test_entity_window.py``)."""
+        The consumer then says whether their commit went through (``_revoke_done``, on the same
+        thread). Before 2026-12-05 the hook never learned it: a refused commit (cooperative
+        rebalance, the kept partitions read on at their positions) left the written window
+        uncommitted while the next batch forgot its undo snapshots, and a crash after the next
+        window's write stranded its events outside any undo (431 of 600 events with approximate
+        account features in ``tests/unit/test_entity_window.py``). Until it is told, the hook
+        keeps ``_window_lock``: both clients call it inside the worker thread's poll (kafka-python
+        3 on its I/O thread while the worker thread waits in ``poll``), so no batch can be
+        delivered meanwhile; the lock makes sure of it."""
         behind = self.behind
         if not self._pending or behind is None:
             return {}

@@ -144,6 +144,7 @@ class MemorySource:
         self._started = False
         self.on_revoke: Callable[[set[TopicPartition], bool], Offsets] | None = None  # base.Source (``rebalance``)
         self.on_revoke_done: Callable[[Offsets, bool], None] | None = None
+        self._kept: dict[TopicPartition, int] | None = None  # positions a cooperative rebalance leaves (_join)
 
     def start(self) -> None:
         self.broker.create_topic(self.topic)
@@ -154,7 +155,10 @@ class MemorySource:
     def _join(self) -> None:
         committed = self.broker.committed(self.group_id)
         self._generation = self.broker.generation(self.group_id)
-        self._positions = {tp: committed.get(tp, 0) for tp in self.broker.end_offsets(self.topic)}
+        if self._kept is not None:  # a cooperative rebalance (``rebalance(revoke=...)``): the rest stays as it was
+            self._positions, self._kept = self._kept, None
+        else:
+            self._positions = {tp: committed.get(tp, 0) for tp in self.broker.end_offsets(self.topic)}
         self._paused &= set(self._positions)
 
     def _live(self) -> None:
@@ -189,24 +193,29 @@ class MemorySource:
         """Raises ``CommitRefused`` when the generation moved since this member joined."""
         self.broker.commit(self.group_id, offsets, self._generation)
 
-    def rebalance(self, refuse_commit: bool = False) -> None:
+    def rebalance(self, refuse_commit: bool = False, revoke: set[int] | None = None) -> None:
         """A rebalance of this member's group as the Kafka clients run one (``base.Source``):
         ``revoke``, then the group's generation moves on, so the member joins again at its next
-        poll and reads from the committed offsets."""
-        self.revoke(refuse_commit)
+        poll. Eager (``revoke`` None, kafka-python's default assignors): every partition is taken
+        and given back, read again from the committed offsets. Cooperative (confluent's
+        cooperative-sticky): only the partitions ``revoke`` names go (to another member); the others
+        stay this member's at their positions."""
+        taken = self.revoke(refuse_commit, revoke)
+        if revoke is not None:
+            self._kept = {tp: at for tp, at in self._positions.items() if tp not in taken}
         self.broker.evict(self.group_id)
 
-    def revoke(self, refuse_commit: bool = False) -> None:
-        """A rebalance's first half, while the partitions are still this member's: every partition
-        it holds is revoked (eagerly, as kafka-python's default assignors do), the offsets
-        ``on_revoke`` returns are committed (not, with ``refuse_commit``: a commit that fails) and
-        ``on_revoke_done`` is told which. The second half is the broker's ``evict`` (``rebalance``
-        does both); a test may run the worker in between, as kafka-python's I/O thread runs the
-        hook beside the worker thread."""
+    def revoke(self, refuse_commit: bool = False, partitions: set[int] | None = None) -> set[TopicPartition]:
+        """A rebalance's first half, while the partitions are still this member's: ``partitions``
+        (default every one it holds) are revoked, the offsets ``on_revoke`` returns are committed
+        (not, with ``refuse_commit``: a commit that fails) and ``on_revoke_done`` is told which;
+        returns the partitions revoked. The second half is the broker's ``evict`` (``rebalance``
+        does both); a test may run the worker in between."""
         self._live()
-        offsets = self.on_revoke(set(self._positions), False) if self.on_revoke is not None else {}
+        taken = {tp for tp in self._positions if partitions is None or tp.partition in partitions}
+        offsets = self.on_revoke(taken, False) if self.on_revoke is not None else {}
         if not offsets:
-            return
+            return taken
         committed = False
         try:
             if refuse_commit:
@@ -218,6 +227,7 @@ class MemorySource:
         finally:
             if self.on_revoke_done is not None:
                 self.on_revoke_done(offsets, committed)
+        return taken
 
     def membership(self) -> MemoryMembership:
         return MemoryMembership(self.group_id, self._generation, self._member)

@@ -1,8 +1,13 @@
 """The write-behind window through a rebalance (``Worker._revoking`` / ``_revoke_done``,
-``base.Source.on_revoke_done``), on the in-memory transport: the window written and committed in
-the rebalance hook, or its commit refused there, with a batch of the same worker delivered while
-the hook ran (kafka-python runs the hook on its I/O thread, beside the worker thread). Every
-event's account features must be offline enrichment's, whichever events are read twice."""
+``base.Source.on_revoke_done``), on the in-memory transport: the window written in the
+rebalance hook and its commit made, or refused there. Every event's account features must be
+offline enrichment's, whichever events are read twice, a crash included.
+
+Both Kafka clients run the hook inside the worker thread's poll (confluent in ``consume``;
+kafka-python 3.0.12 on its I/O thread, while the worker thread waits in ``poll``: a helper's
+reading of its coordinator, 2026-12-05), so a batch is never between enrich and delivery while
+the hook runs; the first test makes that interleaving anyway (the lock the hook keeps guards it).
+"""
 
 from __future__ import annotations
 
@@ -45,31 +50,49 @@ def _drain(worker: Worker) -> None:
     raise AssertionError("the worker did not drain its topic")
 
 
-@pytest.mark.parametrize("refused", [False, True], ids=["committed", "commit-refused"])
-def test_a_batch_delivered_while_the_rebalance_hook_commits_the_window_keeps_offlines_features(
-        accounts: Bundle, refused: bool) -> None:
-    """Window W (300 events, uncommitted: a 10-minute flush interval) is open when a rebalance
-    starts during batch B's delivery; the hook writes W and its offsets go to the commit.
-
-    * committed: B joins a window of its own (its records' undo is the state before B, not
-      before W). The eager rejoin reads B again from W's end, against B's records: before
-      2026-12-05 they kept W's undo (pinned: the hook never learned the commit's outcome), so
-      B was replayed from the state before W without W's events — approximate features.
-    * refused: W is open again and taken; the next batch drops it and everything is read again
-      from the committed offsets (none) against the stored records, which keep W's undo."""
-    events = _raw(600, seed=42)
-    broker = MemoryBroker()
-    broker.create_topic(TOPIC, 4)
-    for topic in (ALERTS, DLQ):
-        broker.create_topic(topic)
-    control = MemoryControl()
-    control.publish(accounts)
+def _worker(accounts: Bundle, broker: MemoryBroker | None = None,
+            control: MemoryControl | None = None) -> tuple[MemoryBroker, Worker, MemorySource]:
+    """A started worker with write-behind on ``account_id`` (a 10-minute flush interval: the
+    window stays open unless a test flushes it) on a four-partition topic of ``broker``; the
+    entity state is ``control``'s (a new one's by default: shared, as Redis is, by a restart)."""
+    if broker is None:
+        broker = MemoryBroker()
+        broker.create_topic(TOPIC, 4)
+        for topic in (ALERTS, DLQ):
+            broker.create_topic(topic)
+    if control is None:
+        control = MemoryControl()
+        control.publish(accounts)
     settings = Settings(input_topic=TOPIC, alerts_topic=ALERTS, dlq_topic=DLQ, group_id=GROUP, create_topics=False,
                         metrics_port=0, score_feed_sample=0, batch_size=64, threshold_refresh_s=0.05, worker_id="w",
                         entity_partition_key="account_id", entity_flush_ms=600_000)
     source = MemorySource(broker, TOPIC, GROUP, settings.batch_size)
     worker = Worker(settings, control, source, MemoryPublisher(broker))
     worker.start()
+    return broker, worker, source
+
+
+def _offlines(seen: dict[str, dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    offline = enrich_history(SPEC, events)
+    assert len(seen) == len(events)
+    different = [e["event_id"] for e in offline if seen[e["event_id"]] != e]
+    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["committed", "commit-refused"])
+def test_a_batch_delivered_while_the_rebalance_hook_commits_the_window_keeps_offlines_features(
+        accounts: Bundle, refused: bool) -> None:
+    """Window W (300 events, uncommitted) is open when a rebalance starts during batch B's
+    delivery; the hook writes W and its offsets go to the commit.
+
+    * committed: B joins a window of its own (its records' undo is the state before B, not
+      before W). The eager rejoin reads B again from W's end, against B's records: had they kept
+      W's undo (pinned: before 2026-12-05 the hook never learned the commit's outcome), B would be
+      replayed from the state before W without W's events — 64 events off offline's.
+    * refused: W is open again and taken; the next batch drops it and everything is read again
+      from the committed offsets (none) against the stored records, which keep W's undo."""
+    events = _raw(600, seed=42)
+    broker, worker, source = _worker(accounts)
     try:
         assert worker.enricher is not None and worker.behind is not None
         seen: dict[str, dict[str, Any]] = {}
@@ -115,8 +138,54 @@ def test_a_batch_delivered_while_the_rebalance_hook_commits_the_window_keeps_off
         assert worker.stats.abandoned_batches == 1  # the batch in flight at the eviction: read again
     finally:
         worker.close()
-    offline = enrich_history(SPEC, events)
-    assert len(seen) == len(events)
-    different = [e["event_id"] for e in offline if seen[e["event_id"]] != e]
-    assert not different, f"{len(different)} events differ from offline enrichment, e.g. {different[:3]}"
+    _offlines(seen, events)
     assert broker.committed(GROUP) == broker.end_offsets(TOPIC)  # the window committed at close
+
+
+class _Crash(Exception):
+    """The process dies here."""
+
+
+def test_a_window_whose_commit_the_rebalance_refused_is_read_again_before_a_crash_can_strand_it(
+        accounts: Bundle) -> None:
+    """A cooperative rebalance (confluent's cooperative-sticky) takes partition 3 while window W is
+    open; 0-2 stay with the worker at their positions. The hook writes W (its records keep W's
+    undo) and the commit is refused. Then batches B on 0-2, their records written, and the process
+    dies before B's commit. Its successor reads everything again from the committed offsets (none).
+
+    Before 2026-12-05 the hook never learned of the refusal: the next batch forgot W's undo, B's
+    records were written with B's undo, and the successor found W's events on 0-2 applied outside
+    any undo — their features came from the state after B. Now the worker that learns of the
+    refusal drops W and reads it again from the committed offsets first."""
+    events = _raw(600, seed=43)
+    broker, worker, source = _worker(accounts)
+    seen: dict[str, dict[str, Any]] = {}
+    assert worker.enricher is not None and worker.behind is not None
+    worker.enricher.on_enriched = lambda batch: seen.update((e["event_id"], e) for e in batch)
+    _append(broker, events[:300])
+    _drain(worker)
+    source.rebalance(refuse_commit=True, revoke={3})  # inside a poll, as the clients call the hook
+    _append(broker, events[300:])
+    _drain(worker)
+    assert {tp.partition for tp in source.assignment()} == {0, 1, 2}
+
+    def crash(*args: Any, **kwargs: Any) -> bool:
+        raise _Crash
+
+    worker.publisher.commit = crash  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        worker._flush_and_commit()  # the window's records written; the process dies before its commit
+    assert broker.committed(GROUP) == {}
+
+    # restarted on the same state: every partition read again from the committed offsets
+    _, successor, _ = _worker(accounts, broker, worker.control)  # type: ignore[arg-type]
+    try:
+        assert successor.enricher is not None
+        successor.enricher.on_enriched = lambda batch: seen.update((e["event_id"], e) for e in batch)
+        seen.clear()
+        _drain(successor)
+        misses = successor.enricher.log_misses  # applied events outside any undo: approximate features
+    finally:
+        successor.close()
+    assert misses == 0
+    _offlines(seen, events)
