@@ -1157,8 +1157,9 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with _terminated_as_interrupt():  # SIGTERM ends --follow as Ctrl-C does
             _probe_kafka(settings)
-            shown = tail(settings, topic, args.n, args.follow, show,
-                         following=lambda: _say(f"following {topic}: new records below as they arrive (Ctrl-C ends)"))
+            with _topic_hint(settings):
+                shown = tail(settings, topic, args.n, args.follow, show, following=lambda: _say(
+                    f"following {topic}: new records below as they arrive (Ctrl-C ends)"))
     except KeyboardInterrupt:  # --follow ends with Ctrl-C: not an error
         return 0
     if not shown and not args.follow and args.n:
@@ -1180,6 +1181,27 @@ def _topic_named(name: str, settings: Settings) -> str:
         raise ConfigError("repartition names the two stages' topic: set the deployment's SD_REPARTITION_KEY (and "
                           "SD_GROUP_ID, SD_INPUT_TOPIC) as its workers have them, or give the topic's own name")
     return roles.get(name, name)
+
+
+@contextlib.contextmanager
+def _topic_hint(settings: Settings) -> Iterator[None]:
+    """``kafka_util.NoSuchTopic`` for one of the project's own topics, with what creates it (a
+    trial: `lag` before any topic existed said "no topic …" and no more; a name that is not one of
+    them, a typo say, gets no such hint)."""
+    from .kafka_util import NoSuchTopic
+
+    try:
+        yield
+    except NoSuchTopic as exc:
+        own = {settings.input_topic, settings.alerts_topic, settings.dlq_topic, settings.feedback_topic,
+               settings.shadow_topic}
+        if exc.topic in own:
+            raise ConfigError(f"{exc}: `stream-detector topics` creates it (a worker does at its start with "
+                              "SD_CREATE_TOPICS=true)") from None
+        if (settings.repartition_key or settings.repartition_topic) and exc.topic == settings.repartition_topic_name:
+            raise ConfigError(f"{exc}: `stream-detector topics` with SD_STAGE set creates it (as the two stages' "
+                              "workers do at their start with SD_CREATE_TOPICS=true)") from None
+        raise
 
 
 def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
@@ -1205,14 +1227,17 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     # the repartition topic: stage 1's time and idle marks are no work for stage 2 (a trial: lag 96 →
     # 144 with no event waiting, the marks of a stopped stage 2)
     _probe_kafka(settings)
-    rows = group_lag(settings, group, topic,
-                     is_record=(lambda record: not marked_rows([record.headers])) if repartition else None,
-                     reset=reset)
+    with _topic_hint(settings):
+        rows = group_lag(settings, group, topic,
+                         is_record=(lambda record: not marked_rows([record.headers])) if repartition else None,
+                         reset=reset)
     total = sum(row.lag for row in rows)
     outputs = {settings.alerts_topic, settings.dlq_topic, settings.shadow_topic}
     if rows and args.group is None and topic in outputs:  # a trial: the workers' group "has finished no batch"
+        nothing = all(row.committed is None for row in rows)
         _say(f"note: the workers publish to {topic}, they do not read it: its lag is that of a group reading it "
-             f"(give it with --group); shown: group {group}, which has committed nothing there")
+             f"(give it with --group); shown: group {group}" + (", which has committed nothing there" if nothing
+                                                                 else ""))
     elif rows and all(row.committed is None for row in rows):
         unstaged = topic == settings.input_topic and settings.stage == "whole"
         hint = (" (in a two-stage deployment set SD_STAGE as its workers do: stage 1 reads the input topic as "
@@ -1347,7 +1372,7 @@ def threshold_warning(calibration: dict[str, Any], value: float) -> str | None:
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from .topics import ensure_topics, topic_partitions
+    from .topics import ensure_topics, topic_exists, topic_partitions
 
     _probe_kafka(settings)
     created = ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic,
@@ -1356,7 +1381,8 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
         want = topic_partitions(settings, settings.input_topic) * settings.repartition_buckets
         created += ensure_topics(settings, [settings.repartition_topic_name], want)
     print("created: " + (", ".join(created) if created else "nothing (all exist)"))
-    if settings.stage == "whole" and (settings.repartition_key or settings.repartition_topic):
+    if settings.stage == "whole" and (settings.repartition_key or settings.repartition_topic) \
+            and not topic_exists(settings, settings.repartition_topic_name):
         # a trial: SD_REPARTITION_KEY set, SD_STAGE not: "nothing (all exist)", the repartition topic missing
         _say(f"note: the repartition topic {settings.repartition_topic_name} is made only with SD_STAGE set (as the "
              "two stages' workers have it): its partitions are SD_REPARTITION_BUCKETS x the input topic's")
@@ -2245,6 +2271,8 @@ def _probe_kafka(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> None
         try:
             socket.create_connection((host, int(port)), timeout=timeout_s).close()
             return
+        except TimeoutError:  # a filtered address: nothing refuses, nothing answers
+            reasons.append((server, f"no answer in {timeout_s:g} s"))
         except OSError as exc:
             reasons.append((server, exc.strerror or type(exc).__name__))
     said = reasons[0][1] if len(reasons) == 1 else "; ".join(f"{server}: {why}" for server, why in reasons)

@@ -14,9 +14,13 @@ from .errors import ConfigError
 from .settings import Settings
 from .transport.kafka_python import poll_readable
 
-# a trial: `lag` before any topic existed said "no topic …" and no more
-NO_TOPIC_HINT = (": `stream-detector topics` creates the project's topics (a worker does at its start with "
-                 "SD_CREATE_TOPICS=true)")
+
+class NoSuchTopic(ConfigError):
+    """The cluster has no topic ``topic`` (``group_lag``, ``tail``)."""
+
+    def __init__(self, topic: str, bootstrap: str) -> None:
+        super().__init__(f"no topic {topic} on {bootstrap}")
+        self.topic = topic
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
@@ -118,7 +122,7 @@ def group_lag(settings: Settings, group: str, topic: str, is_record: Callable[[A
     except KafkaError as exc:
         raise ConfigError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
     if not rows:
-        raise ConfigError(f"no topic {topic} on {settings.kafka_bootstrap}{NO_TOPIC_HINT}")
+        raise NoSuchTopic(topic, settings.kafka_bootstrap)
     out = []
     for p, end, committed, _ in rows:
         if p in counted:
@@ -262,7 +266,7 @@ def tail(settings: Settings, topic: str, last: int, follow: bool, out: Callable[
         except KafkaError as exc:
             raise ConfigError(f"cannot read the topics of Kafka at {settings.kafka_bootstrap}: {exc}") from None
         if not parts:
-            raise ConfigError(f"no topic {topic} on {settings.kafka_bootstrap}{NO_TOPIC_HINT}")
+            raise NoSuchTopic(topic, settings.kafka_bootstrap)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         ends, begins = consumer.end_offsets(tps), consumer.beginning_offsets(tps)

@@ -88,7 +88,11 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     assert orjson.loads(labels_lag.stdout)["group"] == f"{settings.group_id}-labels"
     missing = run(["lag", "no-such-topic-here"], env)
     assert missing.returncode == 2 and "no topic no-such-topic-here" in missing.stderr
-    assert "`stream-detector topics` creates" in missing.stderr and missing.stderr.count("\n") == 1, missing.stderr
+    assert "stream-detector topics" not in missing.stderr and missing.stderr.count("\n") == 1  # not a project topic
+    unmade = run(["lag"], {**env, "SD_INPUT_TOPIC": f"{settings.input_topic}-unmade"})  # a project topic: what makes it
+    assert unmade.returncode == 2 and unmade.stderr.count("\n") == 1, unmade.stderr
+    assert f"no topic {settings.input_topic}-unmade on " in unmade.stderr
+    assert "`stream-detector topics` creates it" in unmade.stderr
     alerts = run(["lag", "alerts"], env)  # the workers' output: their group reads nothing there
     assert alerts.returncode == 0 and f"note: the workers publish to {settings.alerts_topic}" in alerts.stderr
     assert "no member has finished a batch" not in alerts.stderr, alerts.stderr

@@ -351,6 +351,30 @@ def test_a_one_shot_command_with_nothing_at_the_kafka_address_says_so_at_once(
     assert "no-such-host.invalid:9092: " in err and "; 127.0.0.1:1: Connection refused" in err
 
 
+def test_the_kafka_probe_says_an_address_that_does_not_answer_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filtered address (packets dropped: nothing refuses) is "no answer in 5 s", not the bare
+    exception name a new-user trial saw ("TimeoutError"); the next address is still tried."""
+    import socket
+
+    from stream_detector import cli
+    from stream_detector.errors import ConfigError
+    from stream_detector.settings import Settings
+
+    tried: list[tuple[str, int]] = []
+
+    def silent(address: tuple[str, int], timeout: float) -> socket.socket:
+        tried.append(address)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(cli.socket, "create_connection", silent)
+    with pytest.raises(ConfigError) as raised:
+        cli._probe_kafka(Settings(kafka_bootstrap="10.255.255.1:9092,kafka-2:9093"))
+    assert str(raised.value) == ("cannot reach Kafka at 10.255.255.1:9092,kafka-2:9093: 10.255.255.1:9092: no answer "
+                                 "in 5 s; kafka-2:9093: no answer in 5 s (is the broker running, and "
+                                 "SD_KAFKA_BOOTSTRAP its address?)")
+    assert tried == [("10.255.255.1", 9092), ("kafka-2", 9093)]
+
+
 def test_a_one_shot_command_where_something_not_kafka_listens_says_so_in_one_line(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The address accepts connections but no broker answers (another service there): the probe
