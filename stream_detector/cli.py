@@ -893,7 +893,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
                 event.pop(name, None)
     if data.raw.kind != "jsonl":
         _integral_times(data.events, [r.name for r in data.schema.fields if r.type is FieldType.TIMESTAMP])
-    _probe_kafka(settings)  # an unreachable broker said at once, not after 30 s
+    _probe_kafka(settings)
     with EventProducer(settings, args.topic or settings.input_topic) as producer:
         sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
     left = f"; {len(data.rejected)} rejected row(s) not sent (reasons above)" if data.rejected else ""
@@ -954,7 +954,7 @@ def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
         _say(f"warning: {len(ahead)} of {len(records)} labels are dated after now (up to "
              f"{(max(ahead) - now_ms) / 86_400_000.0:.1f} days ahead); they are sent now: label features "
              "count each from its labelled_at; the retrainer counts it once it has read it (docs/feedback.md)")
-    _probe_kafka(settings)  # an unreachable broker said at once, not after 30 s
+    _probe_kafka(settings)
     with EventProducer(settings, topic) as producer:
         producer.send_records(topic, records)
     _say(f"produced {len(records)} labels to {topic}")
@@ -1045,7 +1045,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             _say(f"wrote {count} events ({sum(lab != 'legit' for lab in labels)} fraud) to {named(out)}")
             return 0
         total = args.count if args.count is not None else int(args.rate * args.duration)
-        _probe_kafka(settings)  # an unreachable broker said at once, not after 30 s
+        _probe_kafka(settings)
         with EventProducer(settings, args.topic or settings.input_topic) as producer:
             sent, frauds = producer.simulate(sim, total, args.rate, fraud_rate, progress=_say)
         _say(f"simulated {sent} events ({frauds} injected fraud) into {args.topic or settings.input_topic}")
@@ -1103,7 +1103,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     total = args.count if args.count is not None else int(args.rate * args.duration)
     topic = args.topic or settings.input_topic
-    _probe_kafka(settings)  # an unreachable broker said at once, not after 30 s
+    _probe_kafka(settings)
     with EventProducer(settings, topic) as producer:
         sent, frauds, published, pending = producer.simulate_handbook(hb, total, args.rate, delays,
                                                                       settings.feedback_topic, progress=_say)
@@ -1167,17 +1167,24 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _project_topics(settings: Settings) -> dict[str, str]:
+    """The project's topics by role (input, feedback, alerts, dlq, shadow: their SD_*_TOPIC), and
+    ``repartition``, the two stages' topic, where the deployment names it (SD_REPARTITION_KEY or
+    SD_REPARTITION_TOPIC, whether SD_STAGE is set or not)."""
+    roles = {"alerts": settings.alerts_topic, "dlq": settings.dlq_topic, "shadow": settings.shadow_topic,
+             "feedback": settings.feedback_topic, "input": settings.input_topic}
+    if settings.repartition_key or settings.repartition_topic:
+        roles["repartition"] = settings.repartition_topic_name
+    return roles
+
+
 def _topic_named(name: str, settings: Settings) -> str:
-    """``tail``'s and ``lag``'s topic argument: a role (alerts, dlq, shadow, feedback, input: its
-    SD_*_TOPIC) or a topic's own name."""
+    """``tail``'s and ``lag``'s topic argument: a role (``_project_topics``) or a topic's own name."""
     if not name.strip():  # a trial: `lag ""` said "no topic  on …"
         raise ConfigError("the topic is empty: name a role (input, feedback, alerts, dlq, shadow, repartition) or a "
                           "topic")
-    roles = {"alerts": settings.alerts_topic, "dlq": settings.dlq_topic, "shadow": settings.shadow_topic,
-             "feedback": settings.feedback_topic, "input": settings.input_topic}
-    if settings.repartition_key or settings.repartition_topic:  # two stages (SD_STAGE): the topic between them
-        roles["repartition"] = settings.repartition_topic_name
-    elif name == "repartition":  # a second trial: "no topic repartition", the word read as a topic's name
+    roles = _project_topics(settings)
+    if name == "repartition" and name not in roles:  # a second trial: "no topic repartition", the word read as a name
         raise ConfigError("repartition names the two stages' topic: set the deployment's SD_REPARTITION_KEY (and "
                           "SD_GROUP_ID, SD_INPUT_TOPIC) as its workers have them, or give the topic's own name")
     return roles.get(name, name)
@@ -1193,14 +1200,13 @@ def _topic_hint(settings: Settings) -> Iterator[None]:
     try:
         yield
     except NoSuchTopic as exc:
-        own = {settings.input_topic, settings.alerts_topic, settings.dlq_topic, settings.feedback_topic,
-               settings.shadow_topic}
-        if exc.topic in own:
-            raise ConfigError(f"{exc}: `stream-detector topics` creates it (a worker does at its start with "
-                              "SD_CREATE_TOPICS=true)") from None
-        if (settings.repartition_key or settings.repartition_topic) and exc.topic == settings.repartition_topic_name:
+        roles = _project_topics(settings)
+        if exc.topic == roles.get("repartition"):
             raise ConfigError(f"{exc}: `stream-detector topics` with SD_STAGE set creates it (as the two stages' "
                               "workers do at their start with SD_CREATE_TOPICS=true)") from None
+        if exc.topic in roles.values():
+            raise ConfigError(f"{exc}: `stream-detector topics` creates it (a worker does at its start with "
+                              "SD_CREATE_TOPICS=true)") from None
         raise
 
 
@@ -1220,8 +1226,8 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     group = args.group or (stage_settings(settings).label_group if topic == settings.feedback_topic else
                            settings.stage_1_group if settings.stage != "whole"
                            and topic == settings.input_topic else settings.group_id)  # two stages: stage 1's
-    named = bool(settings.repartition_key or settings.repartition_topic)  # SD_STAGE set or not
-    repartition = named and topic == settings.repartition_topic_name
+    roles = _project_topics(settings)
+    repartition = topic == roles.get("repartition")  # SD_STAGE set or not
     # the group's reset policy where it has no usable commit: the label ingesters' is earliest
     reset = "earliest" if group.endswith("-labels") else settings.auto_offset_reset
     # the repartition topic: stage 1's time and idle marks are no work for stage 2 (a trial: lag 96 →
@@ -1232,7 +1238,7 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
                          is_record=(lambda record: not marked_rows([record.headers])) if repartition else None,
                          reset=reset)
     total = sum(row.lag for row in rows)
-    outputs = {settings.alerts_topic, settings.dlq_topic, settings.shadow_topic}
+    outputs = {roles["alerts"], roles["dlq"], roles["shadow"]}  # the workers write them, read none
     if rows and args.group is None and topic in outputs:  # a trial: the workers' group "has finished no batch"
         nothing = all(row.committed is None for row in rows)
         _say(f"note: the workers publish to {topic}, they do not read it: its lag is that of a group reading it "
@@ -1381,7 +1387,7 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
         want = topic_partitions(settings, settings.input_topic) * settings.repartition_buckets
         created += ensure_topics(settings, [settings.repartition_topic_name], want)
     print("created: " + (", ".join(created) if created else "nothing (all exist)"))
-    if settings.stage == "whole" and (settings.repartition_key or settings.repartition_topic) \
+    if settings.stage == "whole" and "repartition" in _project_topics(settings) \
             and not topic_exists(settings, settings.repartition_topic_name):
         # a trial: SD_REPARTITION_KEY set, SD_STAGE not: "nothing (all exist)", the repartition topic missing
         _say(f"note: the repartition topic {settings.repartition_topic_name} is made only with SD_STAGE set (as the "

@@ -310,6 +310,24 @@ class Publisher(Sink, Committer, Protocol):
     """What the worker holds for steps 6 and 7: a sink that also commits."""
 
 
+def commit_revoked(source: Source, offsets: Offsets, commit: Callable[[Offsets], None]) -> None:
+    """What a transport does with the offsets ``source.on_revoke`` returned, inside its rebalance
+    callback (``Source``): ``commit`` them and tell ``source.on_revoke_done`` whether that went
+    through, also when it raised. A failure is logged, not raised: the rebalance goes on, and the
+    partitions' new owner reads them again. (kafka-python's listener awaits its commit: the same
+    steps, written out there.)"""
+    committed = False
+    try:
+        commit(offsets)
+        committed = True
+    except Exception as exc:  # noqa: BLE001 - inside the client's callback: the rebalance goes on
+        logging.getLogger("stream_detector.source").warning(  # the consumer's logger, as the clients' lines
+            "offsets of partitions being revoked were not committed (read again by their new owner): %r", exc)
+    finally:
+        if source.on_revoke_done is not None:
+            source.on_revoke_done(offsets, committed)
+
+
 def commit_or_drop(source: Source, offsets: Offsets) -> bool:
     """Step 7 of at-least-once delivery on every transport: commit through the consumer. A commit
     refused by a rebalance (``CommitRefused``) is logged and dropped, and the partitions in

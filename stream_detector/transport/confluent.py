@@ -47,6 +47,7 @@ from .base import (
     TransportConfig,
     TransportError,
     Unreadable,
+    commit_revoked,
     fill_batch,
 )
 
@@ -275,16 +276,7 @@ class ConfluentSource:
         if partitions and self.on_revoke is not None:  # still ours until this returns: commits go through
             offsets = self.on_revoke({ours(tp) for tp in partitions}, False)
             if offsets:
-                committed = False
-                try:
-                    self.commit(offsets)
-                    committed = True
-                except Exception as exc:  # noqa: BLE001 - the rebalance goes on; the new owner reads them again
-                    log.warning("offsets of partitions being revoked were not committed (read again by their new "
-                                "owner): %r", exc)
-                finally:
-                    if self.on_revoke_done is not None:
-                        self.on_revoke_done(offsets, committed)
+                commit_revoked(self, offsets, self.commit)
         self._state.epoch += 1  # a batch polled before this must not commit
         self._state.paused -= {(tp.topic, tp.partition) for tp in partitions}
         if partitions:

@@ -32,6 +32,7 @@ from .base import (
     Source,
     TopicPartition,
     commit_or_drop,
+    commit_revoked,
 )
 from .eos import ExactlyOnce
 
@@ -46,6 +47,11 @@ class Record:
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
     timestamp: int = -1
+
+
+def _refuse(offsets: Offsets) -> None:
+    """``MemorySource.revoke(refuse_commit=True)``'s commit."""
+    raise CommitRefused(f"the commit of {len(offsets)} partitions in the rebalance failed (MemorySource.revoke)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,19 +220,8 @@ class MemorySource:
         self._live()
         taken = {tp for tp in self._positions if partitions is None or tp.partition in partitions}
         offsets = self.on_revoke(taken, False) if self.on_revoke is not None else {}
-        if not offsets:
-            return taken
-        committed = False
-        try:
-            if refuse_commit:
-                raise CommitRefused("the commit in the rebalance failed (MemorySource.revoke)")
-            self.commit(offsets)
-            committed = True
-        except CommitRefused:
-            pass
-        finally:
-            if self.on_revoke_done is not None:
-                self.on_revoke_done(offsets, committed)
+        if offsets:
+            commit_revoked(self, offsets, _refuse if refuse_commit else self.commit)
         return taken
 
     def membership(self) -> MemoryMembership:
