@@ -122,6 +122,7 @@ def _setup_logging(settings: Settings | None, verbose: bool = False, one_shot: b
 _KAFKA_CONNECTION_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.net.inet")  # inet: DNS lookups
 _SERVICES = frozenset({"worker", "demo", "console", "retrain"})  # long-running: connection trouble is logged
 PROBE_TIMEOUT_S = 5.0
+_PROBE_HINT = " (is the broker running, and SD_KAFKA_BOOTSTRAP its address?)"  # every "cannot reach Kafka"
 
 
 class _OncePerMinute(logging.Filter):
@@ -1207,6 +1208,9 @@ def _topic_hint(settings: Settings) -> Iterator[None]:
         if exc.topic in roles.values():
             raise ConfigError(f"{exc}: `stream-detector topics` creates it (a worker does at its start with "
                               "SD_CREATE_TOPICS=true)") from None
+        near = difflib.get_close_matches(exc.topic, [*roles, *roles.values()], n=1)  # a trial: `lag alert`
+        if near:
+            raise ConfigError(f"{exc}: did you mean {near[0]}?") from None
         raise
 
 
@@ -1239,18 +1243,19 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
                          reset=reset)
     total = sum(row.lag for row in rows)
     outputs = {roles["alerts"], roles["dlq"], roles["shadow"]}  # the workers write them, read none
-    if rows and args.group is None and topic in outputs:  # a trial: the workers' group "has finished no batch"
+    workers = args.group is None or args.group in (settings.group_id, settings.stage_1_group)
+    if rows and workers and topic in outputs:  # a trial: the workers' group "has finished no batch"
         nothing = all(row.committed is None for row in rows)
         _say(f"note: the workers publish to {topic}, they do not read it: its lag is that of a group reading it "
              f"(give it with --group); shown: group {group}" + (", which has committed nothing there" if nothing
                                                                  else ""))
     elif rows and all(row.committed is None for row in rows):
-        unstaged = topic == settings.input_topic and settings.stage == "whole"
+        unstaged = topic == settings.input_topic and settings.stage == "whole" and args.group is None
         hint = (" (in a two-stage deployment set SD_STAGE as its workers do: stage 1 reads the input topic as "
                 "SD_GROUP_ID.repartition)" if unstaged else "")
         stage_1 = settings.stage_1_group
         try:
-            stage_1_read = unstaged and args.group is None and bool(committed_offsets(settings, stage_1, topic))
+            stage_1_read = unstaged and bool(committed_offsets(settings, stage_1, topic))
         except KafkaError:  # not allowed to describe that group, say: the note without it
             stage_1_read = False
         if stage_1_read:  # a trial: "lag 8,000" on a drained input topic, SD_STAGE left out of a two-stage deployment
@@ -2211,7 +2216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _kafka_unreachable(exc):  # as `tail` and `lag` say it
             where = settings.kafka_bootstrap if settings is not None else "SD_KAFKA_BOOTSTRAP"
             why = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
-            _say(f"stream-detector {args.command}: error: cannot reach Kafka at {where}: {why}", "ERROR")
+            _say(f"stream-detector {args.command}: error: cannot reach Kafka at {where}: {why}{_PROBE_HINT}", "ERROR")
             return 2 if args.command not in _SERVICES else 1  # the services' documented code for Kafka / Redis failing
         if _redis_unreachable(exc):  # the same line and exit code as Kafka's
             _say(f"stream-detector {args.command}: error: cannot reach Redis at {_redis_where(settings)}: "
@@ -2282,8 +2287,7 @@ def _probe_kafka(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> None
         except OSError as exc:
             reasons.append((server, exc.strerror or type(exc).__name__))
     said = reasons[0][1] if len(reasons) == 1 else "; ".join(f"{server}: {why}" for server, why in reasons)
-    raise ConfigError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {said} (is the broker running, and "
-                      "SD_KAFKA_BOOTSTRAP its address?)")
+    raise ConfigError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {said}{_PROBE_HINT}")
 
 
 def _kafka_unreachable(exc: Exception) -> bool:

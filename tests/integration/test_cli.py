@@ -93,9 +93,13 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     assert unmade.returncode == 2 and unmade.stderr.count("\n") == 1, unmade.stderr
     assert f"no topic {settings.input_topic}-unmade on " in unmade.stderr
     assert "`stream-detector topics` creates it" in unmade.stderr
-    alerts = run(["lag", "alerts"], env)  # the workers' output: their group reads nothing there
-    assert alerts.returncode == 0 and f"note: the workers publish to {settings.alerts_topic}" in alerts.stderr
-    assert "no member has finished a batch" not in alerts.stderr, alerts.stderr
+    for named in ([], ["--group", settings.group_id]):  # the workers' output: their group reads nothing there
+        alerts = run(["lag", "alerts", *named], env)
+        assert alerts.returncode == 0 and f"note: the workers publish to {settings.alerts_topic}" in alerts.stderr
+        assert "no member has finished a batch" not in alerts.stderr, alerts.stderr
+    typo = run(["lag", "alert"], env)  # a role's name mistyped: the nearest name offered
+    assert typo.returncode == 2 and typo.stderr.strip().endswith("no topic alert on " + settings.kafka_bootstrap
+                                                                  + ": did you mean alerts?"), typo.stderr
 
     out = tmp_path / "scores.csv"
     scored = run(["score", "--model", str(tmp_path / "model"), "--input", str(live_file), "--out", str(out)], env)

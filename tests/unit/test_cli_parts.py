@@ -394,6 +394,7 @@ def test_a_one_shot_command_where_something_not_kafka_listens_says_so_in_one_lin
     err = capsys.readouterr().err.strip()
     assert err.startswith("stream-detector simulate: error: cannot reach Kafka at 127.0.0.1:"), err
     assert "\n" not in err and err.count("KafkaTimeoutError") == 1, err
+    assert err.endswith("(is the broker running, and SD_KAFKA_BOOTSTRAP its address?)"), err  # as the probe's
 
 
 @pytest.mark.parametrize(("argv", "code"), [(["model", "list"], 2), (["threshold", "get"], 2),
