@@ -3,14 +3,18 @@
 The scorer only measures; deciding is ``threshold.py``'s job. On CUDA the batch is copied from
 pinned memory asynchronously; on CPU ``torch.from_numpy`` shares the numpy buffer (no copy).
 
-One event, one score, whatever the batch: on CPU a batch of fewer than ``MIN_ROWS`` rows is
-padded with copies of its last row. torch's ``linear`` takes another kernel for a matrix of one
+One event, one score, whatever the batch: on CPU every call is padded with copies of its last
+row to a multiple of ``MIN_ROWS`` rows. torch's ``linear`` takes another kernel for a matrix of one
 or two rows (a matrix-vector product: its sums in another order), so an event scored alone, as a
 live event often is, or in a stage-2 batch that the alignment released one or two at a time,
 scored a few float32 units apart from the same event in a batch (measured 2026-12-05 on the
 trial model of 22 entity fields and its 9,271 events: every row of 1- and 2-row calls differed,
-by up to 5.9e-5; 3 to 2,048 rows gave the same bits as one call of all rows). A new-user trial of
-two stages found it as alert scores 1e-6 off offline ``score``'s.
+by up to 5.9e-5). A new-user trial of two stages found it as alert scores 1e-6 off offline
+``score``'s. Padding to 8 rows was enough on an Intel Xeon; on an AMD EPYC with two intra-op
+threads, calls of 9, 10, 11, 15, 18, 22, … rows (not a multiple of 8) gave their last rows other
+bits than a call of all rows (its row blocks split otherwise between the threads); padded to a
+multiple of 8, every call size from 1 to 69 and 100 to 999 gave the same bits (measured
+2026-12-05, ``tests/unit/test_compute.py``). At most 7 rows are added to a call.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from ..model.bundle import Bundle
 
-MIN_ROWS = 8  # on CPU, a call gets at least this many rows (padded): the same kernel as a batch's
+MIN_ROWS = 8  # on CPU, a call's rows are padded to a multiple of this: the same kernels and blocks as a batch's
 
 
 class Scorer:
@@ -59,8 +63,8 @@ class Scorer:
         if n == 0:
             return (np.zeros((0, x.shape[1]), dtype=np.float32),
                     np.zeros(0) if self.supervised else None)
-        if n < MIN_ROWS and self.device.type == "cpu":  # the batch's kernel, not the matrix-vector one
-            x = np.concatenate([x, np.repeat(x[-1:], MIN_ROWS - n, axis=0)])
+        if n % MIN_ROWS and self.device.type == "cpu":  # the batch's kernel and row blocks
+            x = np.concatenate([x, np.repeat(x[-1:], MIN_ROWS - n % MIN_ROWS, axis=0)])
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
             if self.device.type == "cuda":
