@@ -315,6 +315,28 @@ class FieldSchema:
             out[i] = events[i]
         return out, problems, kept
 
+    def unconverted(self, read: Mapping[str, Sequence[Any]], n: int,
+                    types: Mapping[str, Iterable[type]] | None = None) -> dict[str, Sequence[Any]] | None:
+        """``convert_columns``' verdict from columns alone, for a batch it would leave as it is: the
+        columns it would keep (every field but the ignored ones), or None when a value needs
+        converting or a row has no input field (``convert_columns`` then decides, with its
+        messages). ``read``: n values per field of the schema, each what ``event.get(field)`` is;
+        ``types``: each column's set of value types, where the caller has it (one pass saved)."""
+        kept: dict[str, Sequence[Any]] = {}
+        for rule in self.fields:
+            if rule.type is FieldType.IGNORED:
+                continue
+            column = read[rule.name]
+            native = _NATIVE.get(rule.type)
+            have = types[rule.name] if types is not None else map(type, column)
+            if not (native is not None and native.issuperset(have)) and not (
+                    rule.type is FieldType.TIMESTAMP and _already_ms(column, rule.unit, self.plausible_ms)):
+                return None
+            kept[rule.name] = column
+        if _without_inputs([{}] * n, self.input_fields, read):
+            return None
+        return kept
+
     # ---- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"format": SCHEMA_FORMAT, "fields": [rule.to_dict() for rule in self.fields],

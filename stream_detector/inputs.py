@@ -145,6 +145,7 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
         warnings.append(f"--id-column {id_col}: {replaced_ids} rows have an event_id column of their own; "
                         f"their event_id is {id_col}'s value, the file's event_id is not kept (rows without a "
                         f"{id_col} keep theirs)")
+    assert isinstance(typed.events, list)  # type_events gives lists (only decode_batch's lazy reading does not)
     return FileEvents(typed.events, typed.indices, labels, rejected, ids, schema, raw, [*raw.warnings, *warnings])
 
 

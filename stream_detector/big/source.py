@@ -317,6 +317,7 @@ def type_prepared(prepared: Prepared, schema: FieldSchema, with_labels: bool) ->
     typed = type_events(prepared.present, prepared.positions, schema, chunk.text, rejected,
                         from_json=chunk.kind == "jsonl")
     problems = [*chunk.rejected, *(RowRejection(r.index, r.reason, r.message) for r in rejected)]
+    assert isinstance(typed.events, list)  # type_events gives lists (only decode_batch's lazy reading does not)
     labels = [prepared.labels[n] for n in typed.indices] if with_labels else None
     return TypedChunk(typed.events, list(typed.indices), labels, sorted(problems, key=lambda r: r.index),
                       chunk.n)

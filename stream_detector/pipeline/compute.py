@@ -37,10 +37,11 @@ import torch
 from ..features import Extra
 from ..fieldschema import FieldSchema
 from ..schema import Problem
-from .decode import Decoded, Rejected, decode_batch
+from .decode import Decoded, LazyEvents, Rejected, decode_batch
 from .score import Scorer
 
 Fields = Mapping[str, Sequence[Any]]  # some fields of a list of events, read out: ``Decoded.columns``
+Events = Sequence[dict[str, Any]]  # a list, or the decode step's LazyEvents (each dict parsed when read)
 
 
 @dataclass(slots=True)
@@ -70,7 +71,7 @@ class Computed:
     """The scored events of a batch (batch order) with their indices, every rejection (decode and
     features), and the per-feature errors: one row per scored event."""
 
-    events: list[dict[str, Any]]
+    events: Events  # a list, or the decode step's LazyEvents
     indices: list[int]
     rejected: list[Rejected]
     per_feature: np.ndarray
@@ -82,9 +83,9 @@ class Computed:
     shadow_probability: np.ndarray | None = None
 
 
-def featurise(scorer: Scorer, received: list[dict[str, Any]], indices: list[int],
-              inputs: list[dict[str, Any]], rejected: list[Rejected], extra: Extra | None = None,
-              fields: Fields | None = None) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
+def featurise(scorer: Scorer, received: Events, indices: list[int],
+              inputs: Events, rejected: list[Rejected], extra: Extra | None = None,
+              fields: Fields | None = None) -> tuple[np.ndarray, Events, list[int]]:
     """Step 3 on ``inputs`` (the typed events; aligned with ``received`` and ``indices``) and
     ``extra`` (step 3a's entity features, one row per input): the float32 matrix (n_kept × width)
     and the kept events and indices. Rows the feature step refuses are appended to ``rejected``
@@ -100,7 +101,7 @@ def score_decoded(scorer: Scorer, decoded: Decoded, enrich: Enrich | None = None
     rejection (``decoded.rejected`` and the feature step's, in index order) and the per-feature
     errors (float32, one row per scored event). Never raises on data."""
     rejected = list(decoded.rejected)
-    extra = enrich(decoded.events, decoded.indices, decoded.columns) if enrich is not None else None
+    extra = enrich(_listed(decoded.events), decoded.indices, decoded.columns) if enrich is not None else None
     if isinstance(extra, Deferred):
         extra = extra.now()
     x, events, indices = featurise(scorer, decoded.received, decoded.indices, decoded.events, rejected, extra,
@@ -168,7 +169,7 @@ class ChunkedCompute:
             shadow_parts = [p if isinstance(p, tuple) else p.result() for p in shadows]
         finally:  # on an error, no scoring of this batch may still run when the caller retries it
             wait([f for c in chunks for f in c.futures] + [p for p in shadows if isinstance(p, Future)])
-        events = [e for c in chunks for e in c.events]
+        events = _joined([c.events for c in chunks])
         indices = [i for c in chunks for i in c.indices]
         rejected.extend(r for c in chunks for r in c.rejected)
         xs = [c.x for c in chunks if c.x is not None]  # with a head: the feature rows (head attributions)
@@ -247,16 +248,16 @@ class ChunkedCompute:
             self.timer("scoring thread", perf_counter() - t)
 
     def _decode(self, values: Sequence[bytes | None], max_bytes: int, first: int,
-                schema: FieldSchema | None) -> Decoded:
+                schema: FieldSchema | None, lazy: bool = False) -> Decoded:
         t = perf_counter()
         try:
-            return decode_batch(values, max_bytes, first, schema)  # 2 decode + type
+            return decode_batch(values, max_bytes, first, schema, lazy)  # 2 decode + type
         finally:
             self.timer("decode", perf_counter() - t)
 
     def _chunks(self, values: Sequence[bytes | None], max_bytes: int, enrich: Enrich | None,
                 rejected: list[Rejected], schema: FieldSchema | None, later: list[Deferred] | None,
-                ) -> Iterator[tuple[list[dict[str, Any]], list[int], list[dict[str, Any]], Extra | None, Fields]]:
+                ) -> Iterator[tuple[Events, list[int], Events, Extra | None, Fields]]:
         """Per chunk: the valid events as received, their batch indices, the dicts to featurise
         (typed by the bundle's field schema), with an entity spec their entity features, and the
         fields the decode step read out (``Decoded.columns``). Decode rejections are added to
@@ -265,14 +266,14 @@ class ChunkedCompute:
         step = self.chunk
         if enrich is None:
             for start in range(0, len(values), step):
-                part = self._decode(values[start:start + step], max_bytes, start, schema)
+                part = self._decode(values[start:start + step], max_bytes, start, schema, lazy=True)
                 rejected.extend(part.rejected)
                 yield part.received, part.indices, part.events, None, part.columns
             return
         whole = self._decode(values, max_bytes, 0, schema)  # 3a needs the whole batch: decode it first
         rejected.extend(whole.rejected)
         t = perf_counter()
-        result = enrich(whole.events, whole.indices, whole.columns)  # columns: the events are not copied
+        result = enrich(_listed(whole.events), whole.indices, whole.columns)  # columns: the events are not copied
         if isinstance(result, Deferred):
             if later is None:
                 result = result.now()
@@ -293,12 +294,12 @@ class _Chunk:
     """One chunk of a batch in ``ChunkedCompute.run``: step 3's inputs (kept, so that a deferred
     state write that changed some entity features can featurise it again) and its results."""
 
-    received: list[dict[str, Any]]
+    received: Events
     indices_in: list[int]
-    features_of: list[dict[str, Any]]
+    features_of: Events
     extra: Extra | None
     fields: Fields
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: Events = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     x: np.ndarray | None = None
@@ -310,12 +311,27 @@ class _Chunk:
         return self.outputs if isinstance(self.outputs, tuple) else self.outputs.result()
 
 
-def _drop(x: np.ndarray, events: list[dict[str, Any]], indices: list[int], bad: dict[int, Problem],
-          rejected: list[Rejected]) -> tuple[np.ndarray, list[dict[str, Any]], list[int]]:
+def _drop(x: np.ndarray, events: Events, indices: list[int], bad: dict[int, Problem],
+          rejected: list[Rejected]) -> tuple[np.ndarray, Events, list[int]]:
     """Rows the feature step refused leave the matrix and become rejections with their reason."""
     keep = np.ones(len(events), dtype=bool)
     for row, (reason, message) in bad.items():
         keep[row] = False
         rejected.append(Rejected(indices[row], reason, message))
-    return (x[keep], [e for e, k in zip(events, keep, strict=True) if k],
-            [i for i, k in zip(indices, keep, strict=True) if k])
+    rows = np.flatnonzero(keep).tolist()
+    kept = events.take(rows) if isinstance(events, LazyEvents) else [events[row] for row in rows]
+    return x[keep], kept, [indices[row] for row in rows]
+
+
+def _listed(events: Events) -> list[dict[str, Any]]:
+    """``events`` as a list (step 3a's input): itself when it is one (the decode step's own, not
+    lazy, whenever enrich runs), else each event parsed."""
+    return events if isinstance(events, list) else list(events)
+
+
+def _joined(parts: Sequence[Events]) -> Events:
+    """The chunks' scored events as one sequence: still unparsed where every chunk's is
+    (``LazyEvents``), else a list."""
+    if parts and all(isinstance(part, LazyEvents) for part in parts):
+        return LazyEvents.concat(parts)  # type: ignore[arg-type]  # all LazyEvents, checked above
+    return [event for part in parts for event in part]

@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import attrgetter, itemgetter
-from typing import Any
+from functools import reduce
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter, or_
+from typing import Any, overload
 
+import msgspec
 import numpy as np
 import orjson
 
-from ..fieldschema import JSON_TEXT, FieldSchema, TextFormat
+from ..fieldschema import _NATIVE, JSON_TEXT, FieldSchema, FieldType, TextFormat
 from ..schema import SUPPORTED_SCHEMA_VERSIONS, Problem, RejectReason, not_json_message, validate_event
 from ..transport.base import Unreadable as Unreadable  # a client's stand-in for a record it could not read
 
@@ -75,15 +77,15 @@ class Decoded:
     feature steps to read instead of the dicts; empty without a schema or when a record was
     refused by it."""
 
-    events: list[dict[str, Any]]
+    events: Sequence[dict[str, Any]]  # a list, or with ``lazy`` a ``LazyEvents``
     indices: list[int]
     rejected: list[Rejected]
-    received: list[dict[str, Any]]
+    received: Sequence[dict[str, Any]]
     columns: Mapping[str, Sequence[Any]] = field(default_factory=dict)
 
 
 def decode_batch(values: Sequence[bytes | None], max_bytes: int, first_index: int = 0,
-                 schema: FieldSchema | None = None) -> Decoded:
+                 schema: FieldSchema | None = None, lazy: bool = False) -> Decoded:
     """Decode, validate and type a batch of Kafka record values; indices count from ``first_index``
     (the position of ``values[0]`` in its batch, when a chunk of one is decoded).
 
@@ -91,7 +93,17 @@ def decode_batch(values: Sequence[bytes | None], max_bytes: int, first_index: in
     by record, with less work per record: plain bytes within the limit are parsed inline, the text
     pre-checks run as vectorised passes over the batch's texts (``_batch_checks``), and the event
     contract is checked column by column (``_all_valid``); anything else goes to the per-record
-    functions."""
+    functions.
+
+    ``lazy`` (with ``schema``): first try the flat reading (``_decode_flat``): a batch of valid
+    events whose fields are all the schema's and need no conversion is read into ``columns``
+    without one dict per event, and ``events`` (= ``received``) is a ``LazyEvents`` that parses
+    an event's dict when it is read. Any other batch is decoded as above; the result is the same
+    either way (a property test compares them)."""
+    if lazy and schema is not None:
+        flat = _decode_flat(values, max_bytes, first_index, schema)
+        if flat is not None:
+            return flat
     loads = orjson.loads
     objs: list[Any] = []
     indices: list[int] = []
@@ -143,12 +155,16 @@ class _Checks:
     refused: list[tuple[int, Problem]]  # refused after the parse: a repeated key, or too deep to re-read exactly
     reread: dict[int, dict[str, Any]]  # texts with an integer beyond 64 bits: the stdlib's exact reading
     flat: bool  # one "{" or "[" per text: no object has a nested value
+    digits: list[int] = field(default_factory=list)  # without objects: the texts with 16 digits in a row
 
 
-def _batch_checks(texts: Sequence[bytes], objs: Sequence[dict[str, Any]]) -> _Checks:
+def _batch_checks(texts: Sequence[bytes], objs: Sequence[dict[str, Any]] | None,
+                  keys: np.ndarray | None = None) -> _Checks:
     """``parse_record``'s checks after orjson, for each (text, its parsed object): a few vectorised
     passes over ``_GROUP`` texts at a time joined by a newline (neither a colon nor a digit nor a
     bracket, so no match spans two texts), in place of one or two C-level passes per text.
+    Without ``objs`` (the flat reading, ``_decode_flat``): ``keys`` gives each text's number of
+    distinct keys, and integers beyond 64 bits are not looked for (msgspec reads them exactly).
 
     Repeated keys: ``_may_repeat_keys`` is false for a text with no more colons than its object's
     keys. Every key in a JSON text is followed by its own colon, so a text has at least as many
@@ -172,25 +188,30 @@ def _batch_checks(texts: Sequence[bytes], objs: Sequence[dict[str, Any]]) -> _Ch
     count), so with one per text every object's values are scalars."""
     checks = _Checks([], {}, True)
     for start in range(0, len(texts), _GROUP):
-        _scan(texts[start:start + _GROUP], objs[start:start + _GROUP], start, checks)
+        end = start + _GROUP
+        _scan(texts[start:end], objs[start:end] if objs is not None else None,
+              keys[start:end] if keys is not None else None, start, checks)
     return checks
 
 
-def _scan(texts: Sequence[bytes], objs: Sequence[dict[str, Any]], first: int, checks: _Checks) -> None:
+def _scan(texts: Sequence[bytes], objs: Sequence[dict[str, Any]] | None, keys: np.ndarray | None, first: int,
+          checks: _Checks) -> None:
     """``_batch_checks`` on one group of texts, the first at position ``first``: adds to ``checks``."""
     data = np.frombuffer(b"\n".join(texts), np.uint8)
     ends = np.cumsum(np.fromiter(map(len, texts), np.intp, len(texts)) + 1)  # text k ends before ends[k] - 1
     work = np.empty(data.size, np.uint8)  # one scratch buffer for every pass (each fresh one costs page faults)
     flags = work.view(np.bool_)
     refused = checks.refused
-    if np.count_nonzero(np.equal(data, _COLON, out=flags)) > sum(map(len, objs)):
+    total = int(keys.sum()) if keys is not None else sum(map(len, objs or ()))
+    if np.count_nonzero(np.equal(data, _COLON, out=flags)) > total:
         colons = np.flatnonzero(flags)
         before = data[colons - 1]  # no text starts with a colon
-        keys = np.fromiter(map(len, objs), np.intp, len(objs))
+        if keys is None:
+            keys = np.fromiter(map(len, objs or ()), np.intp, len(texts))
         quoted = np.diff(np.searchsorted(colons[before == _QUOTE], ends), prepend=0)
         spaced = np.diff(np.searchsorted(colons[before <= _SPACE], ends), prepend=0)
         for k in np.flatnonzero((quoted > keys) | (spaced > 0)).tolist():
-            if _may_repeat_keys(texts[k], objs[k]):
+            if _may_repeat_keys(texts[k], int(keys[k])):
                 problem = _duplicate_key(texts[k])
                 if problem is not None:
                     refused.append((first + k, problem))
@@ -201,8 +222,12 @@ def _scan(texts: Sequence[bytes], objs: Sequence[dict[str, Any]], first: int, ch
     spans = quads[:-1] & quads[1:]
     spans = spans[:-2] & spans[2:]  # 16 digits from 4q
     if spans.any():
+        found = np.unique(np.searchsorted(ends, np.flatnonzero(spans) * 4, side="right")).tolist()
+        if objs is None:  # the flat reading looks at these texts' values itself
+            checks.digits.extend(first + k for k in found)
+            return
         skip = {k for k, _ in refused}
-        for k in np.unique(np.searchsorted(ends, np.flatnonzero(spans) * 4, side="right")).tolist():
+        for k in found:
             if first + k not in skip and _may_hold_big_int(texts[k], objs[k]):
                 exact, problem = _read_exactly(texts[k])
                 if problem is None:
@@ -249,7 +274,7 @@ def parse_record(raw: bytes | None, max_bytes: int | None = None) -> tuple[Any, 
     except orjson.JSONDecodeError as exc:
         return None, _classify_parse_error(raw, exc)
     if isinstance(obj, dict):
-        if _may_repeat_keys(raw, obj):
+        if _may_repeat_keys(raw, len(obj)):
             problem = _duplicate_key(raw)
             if problem is not None:
                 return None, problem
@@ -344,12 +369,12 @@ def _rows(columns: dict[str, Sequence[Any]], keep: list[int]) -> dict[str, Seque
     return {name: pick(column) for name, column in columns.items()}
 
 
-def _may_repeat_keys(raw: bytes, obj: dict[str, Any]) -> bool:
-    """Sound pre-check for a repeated key: every key in the text ends in ``"``, optional JSON
-    whitespace (space, tab, newline, carriage return) and ``:``. With no more such matches than
-    keys parsed, no key can repeat; with more, it may (or a string value contains ``":``) and the
-    stdlib parser decides. The first test is one C-level scan: too few colons for any repeat."""
-    keys = len(obj)
+def _may_repeat_keys(raw: bytes, keys: int) -> bool:
+    """Sound pre-check for a repeated key, given the number of distinct ``keys`` parsed from
+    ``raw``: every key in the text ends in ``"``, optional JSON whitespace (space, tab, newline,
+    carriage return) and ``:``. With no more such matches than keys parsed, no key can repeat;
+    with more, it may (or a string value contains ``":``) and the stdlib parser decides. The first
+    test is one C-level scan: too few colons for any repeat."""
     if raw.count(b":") <= keys:
         return False
     return len(_KEY_END.findall(raw)) > keys
@@ -385,3 +410,203 @@ def _classify_parse_error(raw: bytes, exc: Exception) -> Problem:
         except (ValueError, RecursionError):
             pass
     return RejectReason.INVALID_JSON, not_json_message(raw, message)
+
+
+# ---- the flat reading: a batch's fields as columns, without one dict per event ----------------------
+
+_CONTRACT_FIELDS = ("event_id", "account_id", "schema_version", "timestamp")  # read by the event contract
+_UNSET_TYPE = type(msgspec.UNSET)
+_INT64_MIN, _UINT64_END = -(2 ** 63), 2 ** 64  # the integers orjson reads exactly
+_BYTES = frozenset({bytes})
+_NATIVE_ORDER = [int, float, bool, str, type(None)]  # a union's members in a fixed order
+_MAX_SKIP = 64  # batches decoded the usual way after repeated misses, at most, before the flat reading is tried again
+
+
+class _FlatReader:
+    """One field schema's flat reading (``_decode_flat``): a msgspec struct of every field the
+    schema names plus the event contract's. A field of the schema is required and typed as the
+    values it keeps unconverted (``fieldschema._NATIVE``: a number ``int | float | None``, a
+    category or identifier ``str | None``, a boolean ``bool | None``, a timestamp a number),
+    checked by msgspec in C (strict: no coercion); an ignored field and a contract field the
+    schema does not name are optional JSON values (``UNSET`` when missing); any other key is an
+    error (``forbid_unknown_fields``). So a struct holds every key of its text, and the number of
+    fields set is its number of distinct keys.
+
+    ``skip``: batches left to decode the usual way. A batch the flat reading cannot take (a bad
+    record, a value to convert, a missing field, a field the schema does not name) costs its
+    msgspec pass on top of the usual decode; after ``k`` such batches in a row the next
+    ``2**k - 1`` (at most ``_MAX_SKIP``) skip it, so a stream it never fits pays that pass on about
+    one batch in 65."""
+
+    def __init__(self, schema: FieldSchema) -> None:
+        fields: list[tuple[str, Any, Any]] = []
+        self.declared: dict[str, frozenset[type]] = {}  # a required field's value types, as msgspec checks them
+        for rule in schema.fields:
+            native = _NATIVE.get(rule.type, _NATIVE[FieldType.NUMBER] if rule.type is FieldType.TIMESTAMP else None)
+            if native is None:  # ignored: any JSON value, or none
+                fields.append((rule.name, object, msgspec.UNSET))
+            else:
+                fields.append((rule.name, reduce(or_, sorted(native, key=_NATIVE_ORDER.index)), msgspec.NODEFAULT))
+                self.declared[rule.name] = native
+        fields += [(name, object, msgspec.UNSET) for name in _CONTRACT_FIELDS if name not in schema]
+        self.names = tuple(name for name, _, _ in fields)
+        self.optional = [j for j, (name, _, _) in enumerate(fields) if name not in self.declared]
+        attrs = [f"f{j}" for j in range(len(fields))]  # field names need not be Python identifiers
+        struct = msgspec.defstruct(
+            "FlatEvent", [(a, kind, default) for a, (_, kind, default) in zip(attrs, fields, strict=True)],
+            rename=dict(zip(attrs, self.names, strict=True)), forbid_unknown_fields=True)
+        self.decode = msgspec.json.Decoder(struct).decode
+        self.misses = 0
+        self.skip = 0
+
+    def missed(self) -> None:
+        self.misses = min(self.misses + 1, 7)
+        self.skip = min(2 ** self.misses - 1, _MAX_SKIP)
+
+
+_READERS: dict[int, tuple[FieldSchema, _FlatReader]] = {}  # by id(schema); the schema kept so its id stays its own
+
+
+def _reader(schema: FieldSchema) -> _FlatReader:
+    got = _READERS.get(id(schema))
+    if got is not None and got[0] is schema:
+        return got[1]
+    if len(_READERS) >= 16:  # a worker holds a champion and a challenger; tests make many
+        _READERS.clear()
+    reader = _FlatReader(schema)
+    _READERS[id(schema)] = (schema, reader)
+    return reader
+
+
+def _decode_flat(values: Sequence[bytes | None], max_bytes: int, first: int, schema: FieldSchema) -> Decoded | None:
+    """``decode_batch`` for a batch in which every record is a valid event that ``schema``
+    leaves as it is, read without one dict per event; None for any other batch (the caller
+    decodes it the usual way, which names each problem). Measured: about half the time of the
+    usual decode of the benchmark's 30-field events (``benchmarks/RESULTS.md``, *the decode step
+    read flat*).
+
+    Each text is read into a ``_FlatReader`` struct (msgspec, C: no dict, no value object for
+    nothing), the structs transposed into one tuple per field, and ``decode_batch``'s rules
+    checked on those: the text pre-checks of ``_batch_checks`` with each text's distinct keys
+    counted from its struct (a repeated key, a nested value: None); an integer beyond 64 bits
+    (orjson reads it as a float, the usual path re-reads it exactly): None, so those rules stay in
+    one place; the event contract column by column (``_all_valid``'s rules); the schema's
+    conversions (``FieldSchema.unconverted``). A text msgspec refuses (not JSON, not an object, a
+    key the schema does not name, a number out of range, bad UTF-8, too deep): None."""
+    reader = _reader(schema)
+    if reader.skip:
+        reader.skip -= 1
+        return None
+    n = len(values)
+    if not n or not _BYTES.issuperset(map(type, values)) or max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
+        return None
+    texts: Sequence[bytes] = values  # type: ignore[assignment]  # bytes only, checked above
+    try:
+        structs = list(map(reader.decode, texts))
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError; RecursionError: too deep
+        reader.missed()
+        return None
+    names = reader.names
+    columns: list[Sequence[Any]] = list(zip(*map(msgspec.structs.astuple, structs), strict=True))
+    kinds: dict[str, frozenset[type] | set[type]] = dict(reader.declared)
+    keys = np.full(n, len(names), np.intp)
+    for j in reader.optional:  # an ignored or contract field: some events may lack it, read as None
+        kinds[names[j]] = kind = set(map(type, columns[j]))
+        if _UNSET_TYPE in kind:
+            keys -= np.fromiter((value is msgspec.UNSET for value in columns[j]), np.bool_, n)
+            columns[j] = [None if value is msgspec.UNSET else value for value in columns[j]]
+            kind.discard(_UNSET_TYPE)
+            kind.add(type(None))
+    checks = _batch_checks(texts, None, keys)
+    if checks.refused or not checks.flat or _beyond_64_bits(texts, structs, checks.digits):
+        reader.missed()
+        return None
+    read = dict(zip(names, columns, strict=True))
+    kinds["event_id"] = set(map(type, read["event_id"]))  # text, not null: an identifier field may be null
+    if not _valid_columns(read, kinds, "timestamp" not in schema):
+        reader.missed()
+        return None
+    kept = schema.unconverted(read, n, kinds)
+    if kept is None:
+        reader.missed()
+        return None
+    reader.misses = 0
+    events = LazyEvents(texts)
+    return Decoded(events, list(range(first, first + n)), [], events, kept)
+
+
+def _beyond_64_bits(texts: Sequence[bytes], structs: Sequence[Any], digits: Iterable[int]) -> bool:
+    """Whether a struct holds an integer orjson would not read exactly (below -2**63 or from
+    2**64). Such an integer has 19 digits in a row, so only the texts ``digits`` (16 in a row,
+    ``_batch_checks``) and of those the ones with 19 (``_may_hold_big_int``'s pass) can; their
+    values are then looked at."""
+    for k in digits:
+        if _NINETEEN in texts[k].translate(_DIGITS_TO_NINE):
+            for value in msgspec.structs.astuple(structs[k]):
+                if type(value) is int and not _INT64_MIN <= value < _UINT64_END:
+                    return True
+    return False
+
+
+def _valid_columns(read: Mapping[str, Sequence[Any]], kinds: Mapping[str, Iterable[type]],
+                   check_timestamp: bool) -> bool:
+    """``_all_valid``'s rules on the columns of the flat reading (no nested value: checked
+    before): an ``event_id`` that is text of 1 to 512 characters; an ``account_id`` that is
+    missing, text or an integer; a known ``schema_version`` or none; with ``check_timestamp``,
+    a ``timestamp`` that is missing or a number."""
+    ids = read["event_id"]
+    if not _TEXT.issuperset(kinds["event_id"]) or min(map(len, ids)) == 0 or max(map(len, ids)) > 512:
+        return False
+    if not _ACCOUNT_TYPES.issuperset(kinds["account_id"]):
+        return False
+    if not _VERSION_TYPES.issuperset(kinds["schema_version"]) or not _VERSIONS.issuperset(read["schema_version"]):
+        return False
+    return not check_timestamp or _NUMBER_TYPES.issuperset(kinds["timestamp"])
+
+
+class LazyEvents(Sequence[dict[str, Any]]):
+    """The events of a batch the flat reading took (``_decode_flat``), each parsed to its dict
+    the first time it is read: the worker reads the alerted ones and a sample (about 1%), not
+    the rest. ``events[i]`` is what the usual decode gives for that text (``parse_record``: orjson,
+    integers beyond 64 bits exact, keys in the text's order); a slice or ``take`` is another
+    ``LazyEvents`` over the same texts. Read from one thread (the worker's)."""
+
+    __slots__ = ("_texts", "_parsed")
+
+    def __init__(self, texts: Sequence[bytes]) -> None:
+        self._texts = texts
+        self._parsed: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> LazyEvents: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | LazyEvents:
+        if isinstance(index, slice):
+            return LazyEvents(self._texts[index])
+        if index < 0:
+            index += len(self._texts)
+        event = self._parsed.get(index)
+        if event is None:
+            obj, problem = parse_record(self._texts[index])  # raises IndexError past the end
+            assert problem is None and isinstance(obj, dict), "the flat reading took only valid events"
+            event = self._parsed[index] = obj
+        return event
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return map(self.__getitem__, range(len(self._texts)))
+
+    def take(self, rows: Iterable[int]) -> LazyEvents:
+        """The events at ``rows`` (in that order), still unparsed."""
+        texts = self._texts
+        return LazyEvents([texts[row] for row in rows])
+
+    @staticmethod
+    def concat(parts: Sequence[LazyEvents]) -> LazyEvents:
+        """One ``LazyEvents`` of ``parts`` in order."""
+        return LazyEvents(list(chain.from_iterable(part._texts for part in parts)))

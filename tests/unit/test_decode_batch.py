@@ -315,3 +315,140 @@ def test_the_fields_read_out_cover_the_fields_left_as_they_were() -> None:
     assert list(got.columns["event_id"]) == ["e0", "e1", "e3", "e4", "e5"]
     assert list(got.columns["flag"]) == [None] * 5  # a field no event has reads None, as ``.get`` does
     assert decode_batch([orjson.dumps(r) for r in rows], 10_000).columns == {}  # no schema: none read out
+
+
+# ---- the flat reading (decode_batch(lazy=True)): the same result, without one dict per event -----------
+
+def assert_same_lazy(values: list[Any], max_bytes: int, first_index: int, schema: FieldSchema) -> Decoded:
+    """``decode_batch(lazy=True)`` against the per-record loop: the same as ``assert_same``, the
+    events parsed as they are read (``LazyEvents``) where the flat reading took the batch; then
+    the same fields read out as the usual path's. The reader's memory of misses is cleared first,
+    so every call tries the flat reading."""
+    decode._READERS.clear()
+    got = decode_batch(values, max_bytes, first_index, schema, lazy=True)
+    want = decode_batch_reference(values, max_bytes, first_index, schema)
+    assert got.indices == want.indices
+    assert [(r.index, r.reason, r.message) for r in got.rejected] == \
+        [(r.index, r.reason, r.message) for r in want.rejected]
+    assert [_exact(e) for e in got.events] == [_exact(e) for e in want.events]
+    assert [_exact(e) for e in got.received] == [_exact(e) for e in want.received]
+    if isinstance(got.events, decode.LazyEvents):
+        assert got.events is got.received and all(a is b for a, b in zip(got.events, got.received, strict=True))
+        assert [list(e) for e in got.events] == [list(e) for e in want.events]  # keys in the text's order
+        usual = decode_batch(values, max_bytes, first_index, schema)
+        assert list(got.columns) == list(usual.columns)
+    for name, column in got.columns.items():
+        assert [_exact(v) for v in column] == [_exact(e.get(name)) for e in got.events], name
+    return got
+
+
+_no_brackets = st.characters(exclude_characters="{[")  # a bracket in a text sends the batch to the usual path too
+_flat_plain: dict[str, st.SearchStrategy[str]] = {  # SCHEMA's fields, as the flat reading keeps them
+    "event_id": st.text(_no_brackets, min_size=1, max_size=8).map(json.dumps),
+    "account_id": st.one_of(st.text(_no_brackets, max_size=5).map(json.dumps), st.just("null")),
+    "timestamp": st.one_of(st.integers(T0 - 10**7, T0 + 10**7).map(str), st.just("null")),
+    "amount": st.one_of(st.floats(allow_nan=False, allow_infinity=False).map(json.dumps),
+                        st.integers(-(2**63), 2**64 - 1).map(str), st.just("null")),
+    "country": st.one_of(st.text(_no_brackets, max_size=4).map(json.dumps),
+                         st.sampled_from(['"a\\":b"', '"12:30"', "null", '"{"'])),
+    "flag": st.sampled_from(["true", "false", "null"]),
+}
+_flat_odd: dict[str, st.SearchStrategy[str]] = {  # ... and as it must hand them to the usual path
+    "event_id": st.sampled_from(['""', "5", "null", '"' + "x" * 513 + '"', '"' + "x" * 512 + '"']),
+    "account_id": st.sampled_from(["17", "true", "1.5", "12345678901234567890123"]),
+    "timestamp": st.sampled_from(['"2026-01-02T03:04:05Z"', "1.79e12", "true", "1e400", str(T0 + 10**12),
+                                  "17900000000000000000"]),
+    "amount": st.one_of(_big_ints.map(str), st.sampled_from(['"12.5"', "true", "1e400", "NaN", "[1]"])),
+    "country": st.sampled_from(["5", "true", "{}"]),
+    "flag": st.sampled_from(["1", '"yes"']),
+}
+
+
+@st.composite
+def _flat_events(draw: st.DrawFn, plain: bool) -> str:
+    """An event with every field of ``SCHEMA``, ``note`` (ignored) and ``schema_version`` or not;
+    unless ``plain``, now and then a field missing, a value to convert or refuse, a key the
+    schema does not name, a repeated key or a nested value; keys in any order, any whitespace."""
+    pairs = [(name, draw(_mostly(strategy, _flat_odd[name]) if not plain else strategy))
+             for name, strategy in _flat_plain.items()]
+    if not plain and draw(st.integers(0, 29)) == 0:
+        del pairs[draw(st.integers(0, len(pairs) - 1))]
+    for name, strategy in (("note", _plain_scalars), ("schema_version", st.sampled_from(["1", "null"]))):
+        if draw(st.booleans()):
+            pairs.append((name, draw(strategy)))
+    rare = draw(st.integers(0, 39)) if not plain else -1
+    if rare == 0:
+        pairs.append(("other", draw(_plain_scalars)))
+    elif rare == 1:
+        pairs.append(draw(st.sampled_from(pairs)))  # a repeated key
+    elif rare == 2:
+        pairs.append(("note", draw(_values)))  # any value, nested ones too, in the ignored field
+    order = draw(st.permutations(range(len(pairs))))
+    sep, colon = draw(st.sampled_from([(",", ":"), (",", ":"), (", ", ": "), (",", " : ")]))
+    return "{" + sep.join(f"{json.dumps(pairs[j][0])}{colon}{pairs[j][1]}" for j in order) + "}"
+
+
+@settings(max_examples=500, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(values=st.booleans().flatmap(lambda plain: st.lists(_flat_events(plain).map(str.encode), min_size=1,
+                                                            max_size=12)),
+       odd=st.one_of(st.none(), st.none(), st.tuples(st.integers(0, 12), _records)),
+       first_index=st.sampled_from([0, 7]))
+def test_the_flat_reading_matches_the_per_record_loop(values: list[Any], odd: tuple[int, Any] | None,
+                                                      first_index: int) -> None:
+    """Events of ``SCHEMA``'s fields, mostly as they are kept, with any of the odd things the flat
+    reading must hand to the usual path (a value to convert or refuse, a missing field, a key the
+    schema does not name, a repeated key, nesting, integers beyond 64 bits, out-of-range numbers),
+    and now and then any other record: the same result as the per-record loop."""
+    if odd is not None:
+        values.insert(odd[0], odd[1])
+    assert_same_lazy(values, 300 if odd is not None else 10_000, first_index, SCHEMA)
+
+
+def test_the_flat_reading_takes_a_batch_of_plain_events_and_parses_only_what_is_read() -> None:
+    """A batch of the benchmark's events (every field of its model's schema, native values) is
+    read flat: no event dict is made until one is read, and one read is parsed once."""
+    from benchmarks.workload import encode, make_events
+    from stream_detector.fieldschema import infer_schema
+
+    events, _ = make_events(300, 1)
+    schema = infer_schema(events).schema
+    raws: list[Any] = encode(events)
+    assert isinstance(assert_same_lazy(raws, 65536, 0, schema).events, decode.LazyEvents)
+    got = decode_batch(raws, 65536, 0, schema, lazy=True)
+    assert isinstance(got.events, decode.LazyEvents)
+    assert got.events._parsed == {}  # noqa: SLF001 - nothing parsed until read
+    first = got.events[7]
+    assert got.events[7] is first and list(got.events._parsed) == [7]  # noqa: SLF001
+    assert [e["event_id"] for e in got.events[5:8]] == [e["event_id"] for e in events[5:8]]
+    assert got.events.take([9, 2])[1]["event_id"] == events[2]["event_id"]
+
+
+@pytest.mark.parametrize("odd", [
+    b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": 1, "country": "NL", "flag": true,'
+    b' "extra": 1}',  # a key the schema does not name
+    b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": "1.5", "country": "NL",'
+    b' "flag": true}',  # a value to convert
+    b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": 1, "country": "NL"}',  # no flag
+    b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": 18446744073709551616,'
+    b' "country": "NL", "flag": true}',  # an integer beyond 64 bits
+    b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": 1, "amount": 2, "country": "NL",'
+    b' "flag": true}',  # a repeated key
+    b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": 1, "country": "NL", "flag": true,'
+    b' "note": {"x": 1}}',  # a nested value
+    b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": 1e400, "country": "NL",'
+    b' "flag": true}',  # out of range
+])
+def test_the_flat_reading_hands_a_batch_with_an_odd_record_to_the_usual_path(odd: bytes) -> None:
+    """Each kind of record the flat reading cannot take, in a batch of plain ones: the batch is
+    decoded the usual way (events as dicts), with the same result as the per-record loop; after
+    a miss the reader skips the flat reading for a while, then tries it again."""
+    plain = [f'{{"event_id": "e{i}", "account_id": "a", "timestamp": {T0 + i}, "amount": {i}.5, "country": "NL",'
+             f' "flag": false}}'.encode() for i in range(6)]
+    assert isinstance(assert_same_lazy(plain, 10_000, 0, SCHEMA).events, decode.LazyEvents)
+    got = assert_same_lazy([*plain[:3], odd, *plain[3:]], 10_000, 0, SCHEMA)
+    assert isinstance(got.events, list)
+    reader = decode._reader(SCHEMA)
+    assert reader.skip == 1  # one miss: the next batch is decoded the usual way, the one after tries again
+    assert isinstance(decode_batch(plain, 10_000, 0, SCHEMA, lazy=True).events, list)
+    assert isinstance(decode_batch(plain, 10_000, 0, SCHEMA, lazy=True).events, decode.LazyEvents)
