@@ -119,7 +119,7 @@ class FieldType(StrEnum):
 FEATURE_TYPES = frozenset({FieldType.NUMBER, FieldType.BOOLEAN, FieldType.CATEGORY})
 _NUMERIC_TEXT = frozenset({FieldType.NUMBER, FieldType.TIMESTAMP})  # types a plain-number text column may hold
 # value types that already are what the field's type converts to: such a column is left as it is
-_NATIVE: dict[FieldType, frozenset[type]] = {
+NATIVE_TYPES: dict[FieldType, frozenset[type]] = {
     FieldType.NUMBER: frozenset({int, float, type(None)}),
     FieldType.BOOLEAN: frozenset({bool, type(None)}),
     FieldType.CATEGORY: frozenset({str, type(None)}),
@@ -281,7 +281,7 @@ class FieldSchema:
         read = dict(zip((rule.name for rule in rules), columns, strict=True))  # as read, before conversion
         kept: dict[str, Sequence[Any]] = {}
         for rule, column in zip(rules, columns, strict=True):
-            native = _NATIVE.get(rule.type)
+            native = NATIVE_TYPES.get(rule.type)
             if native is not None and native.issuperset(map(type, column)):
                 kept[rule.name] = column
                 continue
@@ -327,7 +327,7 @@ class FieldSchema:
             if rule.type is FieldType.IGNORED:
                 continue
             column = read[rule.name]
-            native = _NATIVE.get(rule.type)
+            native = NATIVE_TYPES.get(rule.type)
             have = types[rule.name] if types is not None else map(type, column)
             if not (native is not None and native.issuperset(have)) and not (
                     rule.type is FieldType.TIMESTAMP and _already_ms(column, rule.unit, self.plausible_ms)):
@@ -554,7 +554,7 @@ def _to_identifier(name: str, value: Any) -> str:
 def _already_ms(column: Sequence[Any], unit: str, plausible: tuple[float, float]) -> bool:
     """True when every value is an epoch-milliseconds number inside the plausible range: the
     converter would return each unchanged (one numpy pass instead of one call per value)."""
-    if unit not in ("auto", "ms") or not _NATIVE[FieldType.NUMBER].issuperset(map(type, column)):
+    if unit not in ("auto", "ms") or not NATIVE_TYPES[FieldType.NUMBER].issuperset(map(type, column)):
         return False
     values = np.array(column, dtype=np.float64)
     values = values[~np.isnan(values)]

@@ -21,6 +21,11 @@ the text pre-checks run as a few vectorised passes over the texts joined by a ne
 found by 4-byte blocks), and only the texts they cannot rule out get the per-record check; the
 event contract is checked a column at a time (``_all_valid``), and a batch it cannot clear is
 validated record by record. Each shortcut's argument is in its docstring.
+
+Flat reading (``decode_batch(lazy=True)``, the stateless worker's chunks): a batch whose events
+carry just the schema's fields (and the contract's), unconverted, is read by a msgspec struct
+per schema into columns, without one dict per event; ``events`` is a ``LazyEvents`` whose dicts
+are parsed when read. Any other batch falls back to the batch path above (``_decode_flat``).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from ..fieldschema import _NATIVE, JSON_TEXT, FieldSchema, FieldType, TextFormat
+from ..fieldschema import JSON_TEXT, NATIVE_TYPES, FieldSchema, FieldType, TextFormat
 from ..schema import SUPPORTED_SCHEMA_VERSIONS, Problem, RejectReason, not_json_message, validate_event
 from ..transport.base import Unreadable as Unreadable  # a client's stand-in for a record it could not read
 
@@ -425,7 +430,7 @@ _MAX_SKIP = 64  # batches decoded the usual way after repeated misses, at most, 
 class _FlatReader:
     """One field schema's flat reading (``_decode_flat``): a msgspec struct of every field the
     schema names plus the event contract's. A field of the schema is required and typed as the
-    values it keeps unconverted (``fieldschema._NATIVE``: a number ``int | float | None``, a
+    values it keeps unconverted (``fieldschema.NATIVE_TYPES``: a number ``int | float | None``, a
     category or identifier ``str | None``, a boolean ``bool | None``, a timestamp a number),
     checked by msgspec in C (strict: no coercion); an ignored field and a contract field the
     schema does not name are optional JSON values (``UNSET`` when missing); any other key is an
@@ -442,7 +447,8 @@ class _FlatReader:
         fields: list[tuple[str, Any, Any]] = []
         self.declared: dict[str, frozenset[type]] = {}  # a required field's value types, as msgspec checks them
         for rule in schema.fields:
-            native = _NATIVE.get(rule.type, _NATIVE[FieldType.NUMBER] if rule.type is FieldType.TIMESTAMP else None)
+            number = NATIVE_TYPES[FieldType.NUMBER]
+            native = NATIVE_TYPES.get(rule.type, number if rule.type is FieldType.TIMESTAMP else None)
             if native is None:  # ignored: any JSON value, or none
                 fields.append((rule.name, object, msgspec.UNSET))
             else:
