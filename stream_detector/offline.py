@@ -90,7 +90,7 @@ class OfflineScorer:
         if bundle.entity is not None:
             spec, state, known = bundle.entity, CarriedState(bundle.entity), InMemoryLabels(labels)
 
-            def enrich(typed: list[dict[str, Any]], _indices: list[int], fields: Fields) -> Extra:
+            def enrich(typed: Sequence[dict[str, Any]], _indices: list[int], fields: Fields) -> Extra:
                 values = state.features(typed, fields=fields)  # the valid, typed events only, in order
                 if not spec.label_keys:
                     return spec.output_fields, values

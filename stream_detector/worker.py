@@ -51,7 +51,7 @@ from .label_ingest import LabelIngester
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
 from .model.bundle import Bundle
 from .pipeline.align import AlignedSource
-from .pipeline.compute import ChunkedCompute, Computed, Deferred, Enrich, Fields
+from .pipeline.compute import ChunkedCompute, Computed, Deferred, Enrich, Fields, enrich_reads_columns
 from .pipeline.control_link import ControlLink
 from .pipeline.decode import Rejected, decode_batch
 from .pipeline.publish import build_alerts, build_dead_letters
@@ -811,7 +811,8 @@ class Worker:
             # 2 decode, 3a enrich, 3 features, 4 score: chunk by chunk, overlapped (pipeline/compute.py)
             with self.steps.time("compute"):
                 done = self.compute.run(scorer, values, self.settings.max_event_bytes,
-                                        self._enrich_for(scorer, batch), self.shadow.ready(scorer))
+                                        self._enrich_for(scorer, batch), self.shadow.ready(scorer),
+                                        enrich_reads_columns(self._spec_of(scorer.bundle), scorer.bundle.schema))
             if refused:
                 done.rejected = [Rejected(r.index, RejectReason.NO_CARRIED_FEATURES, refused[r.index])
                                  if r.index in refused else r for r in done.rejected]
@@ -941,7 +942,7 @@ class Worker:
 
         model = scorer.bundle.entity  # the whole spec: every event is indexed under all its label keys
 
-        def enrich(events: list[dict[str, Any]], indices: list[int], fields: Fields) -> Deferred:
+        def enrich(events: Sequence[dict[str, Any]], indices: list[int], fields: Fields) -> Deferred:
             rows = np.asarray(indices, dtype=np.int64)
             pending = enricher.begin(spec, events, _positions(batch, rows), fields)  # the state is written by ``write``
             self._untimed = enricher.last_untimed  # a held batch enriched again: its last attempt counts

@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..entity_spec import EntitySpec
 from ..features import Extra
-from ..fieldschema import FieldSchema
+from ..fieldschema import FieldSchema, FieldType
 from ..schema import Problem
 from .decode import Decoded, LazyEvents, Rejected, decode_batch
 from .score import Scorer
@@ -63,7 +64,7 @@ class Deferred:
 
 # step 3a: (typed events, batch indices, their fields already read out: ``Decoded.columns``) →
 # (feature names, float64 values n × len(names)) read by step 3, or the same with the write deferred
-Enrich = Callable[[list[dict[str, Any]], list[int], Fields], "Extra | Deferred"]
+Enrich = Callable[[Events, list[int], Fields], "Extra | Deferred"]
 
 
 @dataclass(slots=True)
@@ -101,13 +102,26 @@ def score_decoded(scorer: Scorer, decoded: Decoded, enrich: Enrich | None = None
     rejection (``decoded.rejected`` and the feature step's, in index order) and the per-feature
     errors (float32, one row per scored event). Never raises on data."""
     rejected = list(decoded.rejected)
-    extra = enrich(_listed(decoded.events), decoded.indices, decoded.columns) if enrich is not None else None
+    extra = enrich(decoded.events, decoded.indices, decoded.columns) if enrich is not None else None
     if isinstance(extra, Deferred):
         extra = extra.now()
     x, events, indices = featurise(scorer, decoded.received, decoded.indices, decoded.events, rejected, extra,
                                    decoded.columns)
     rejected.sort(key=lambda r: r.index)
     return Computed(events, indices, rejected, *scorer.outputs(x), features=x if scorer.supervised else None)
+
+
+def enrich_reads_columns(spec: EntitySpec | None, schema: FieldSchema | None) -> bool:
+    """Whether step 3a of ``spec`` reads the decode step's columns alone, never an event's dict,
+    for a model of field ``schema`` — so a batch it enriches may be read flat
+    (``decode_batch(lazy=True)``: each dict parsed only when read). True when every field the
+    enricher reads (``spec.input_fields`` and ``timestamp``: ``entity.columns.Columns.of``,
+    ``entity_codes``) is a field of the schema the decode step reads out, and the spec has no
+    label keys (their features read each event's dict: ``entity.labels.label_values``)."""
+    if spec is None or schema is None or spec.label_keys:
+        return False
+    read = {rule.name for rule in schema.fields if rule.type is not FieldType.IGNORED}
+    return read.issuperset((*spec.input_fields, "timestamp"))
 
 
 Outputs = tuple[np.ndarray, "np.ndarray | None"]  # Scorer.outputs: per-feature errors, probability
@@ -135,13 +149,15 @@ class ChunkedCompute:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self, scorer: Scorer, values: Sequence[bytes | None], max_bytes: int,
-            enrich: Enrich | None = None, shadow: Scorer | None = None) -> Computed:
+            enrich: Enrich | None = None, shadow: Scorer | None = None, flat_enrich: bool = False) -> Computed:
         """Decode, enrich (when given), featurise and score ``values``; never raises on data.
         ``shadow``: a challenger (same field schema and entity spec as ``scorer``) that also scores
         the rows ``scorer`` kept, from the same typed events and entity features, featurised by
         its own spec (``Computed.shadow_scores``). A deferred state write (``Deferred``) is made
         once every chunk is on the scoring thread, a batch of one chunk included; with a
-        challenger it is made first."""
+        challenger it is made first. Without ``enrich`` every chunk may be read flat
+        (``decode_batch(lazy=True)``); with it, only when ``flat_enrich`` says that step 3a reads
+        the decode step's columns alone (``Worker._flat_enrich``), not every event's dict."""
         rejected: list[Rejected] = []  # decode's rejections; each chunk's feature step keeps its own
         chunks: list[_Chunk] = []
         shadows: list[Future[tuple[np.ndarray, np.ndarray | None]] | tuple[np.ndarray, np.ndarray | None]] = []
@@ -149,7 +165,7 @@ class ChunkedCompute:
         later: list[Deferred] = []  # step 3a's state write, done once every chunk is submitted for scoring
         try:
             parts_in = self._chunks(values, max_bytes, enrich, rejected, scorer.bundle.schema,
-                                    later if shadow is None else None)
+                                    later if shadow is None else None, flat_enrich)
             for part_received, part_indices_in, features_of, extra, fields in parts_in:
                 chunk = _Chunk(part_received, part_indices_in, features_of, extra, fields)
                 # a deferred write overlaps even one chunk's scoring: the scoring thread, then the write
@@ -257,7 +273,7 @@ class ChunkedCompute:
 
     def _chunks(self, values: Sequence[bytes | None], max_bytes: int, enrich: Enrich | None,
                 rejected: list[Rejected], schema: FieldSchema | None, later: list[Deferred] | None,
-                ) -> Iterator[tuple[Events, list[int], Events, Extra | None, Fields]]:
+                flat_enrich: bool = False) -> Iterator[tuple[Events, list[int], Events, Extra | None, Fields]]:
         """Per chunk: the valid events as received, their batch indices, the dicts to featurise
         (typed by the bundle's field schema), with an entity spec their entity features, and the
         fields the decode step read out (``Decoded.columns``). Decode rejections are added to
@@ -270,10 +286,10 @@ class ChunkedCompute:
                 rejected.extend(part.rejected)
                 yield part.received, part.indices, part.events, None, part.columns
             return
-        whole = self._decode(values, max_bytes, 0, schema)  # 3a needs the whole batch: decode it first
+        whole = self._decode(values, max_bytes, 0, schema, flat_enrich)  # 3a needs the whole batch: decode it first
         rejected.extend(whole.rejected)
         t = perf_counter()
-        result = enrich(_listed(whole.events), whole.indices, whole.columns)  # columns: the events are not copied
+        result = enrich(whole.events, whole.indices, whole.columns)  # columns: the events are not copied
         if isinstance(result, Deferred):
             if later is None:
                 result = result.now()
@@ -321,12 +337,6 @@ def _drop(x: np.ndarray, events: Events, indices: list[int], bad: dict[int, Prob
     rows = np.flatnonzero(keep).tolist()
     kept = events.take(rows) if isinstance(events, LazyEvents) else [events[row] for row in rows]
     return x[keep], kept, [indices[row] for row in rows]
-
-
-def _listed(events: Events) -> list[dict[str, Any]]:
-    """``events`` as a list (step 3a's input): itself when it is one (the decode step's own, not
-    lazy, whenever enrich runs), else each event parsed."""
-    return events if isinstance(events, list) else list(events)
 
 
 def _joined(parts: Sequence[Events]) -> Events:

@@ -127,7 +127,7 @@ class InContext:
             scorer = OfflineScorer(bundle)
             values, fields = self.selected.values, self.spec.all_fields
 
-            def enrich(_typed: list[dict[str, Any]], indices: list[int],
+            def enrich(_typed: Sequence[dict[str, Any]], indices: list[int],
                        _fields: Fields) -> tuple[list[str], np.ndarray]:
                 return fields, values[np.asarray(indices, dtype=np.int64)]
 

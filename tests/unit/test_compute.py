@@ -319,3 +319,50 @@ def test_an_event_scored_alone_gets_the_bits_it_gets_in_a_batch(bundle: Bundle) 
                 assert parts.shape == whole.shape and parts.tobytes() == whole.tobytes(), (count, size)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_an_entity_batch_read_flat_enriches_and_scores_as_one_read_the_usual_way() -> None:
+    """Step 3a reads the decode step's columns (``enrich_reads_columns``), so the worker reads an
+    entity batch flat (``decode_batch(lazy=True)``): the same entity features, scores, events and
+    rejections as the usual decode, in batches that carry state from one to the next — the
+    first with an odd record (taken the usual way, and the next after it), the last read flat."""
+    from stream_detector.entity import EntitySpec, Enricher, InMemoryState
+    from stream_detector.pipeline.compute import Deferred, enrich_reads_columns
+    from stream_detector.pipeline import decode
+    from stream_detector.pipeline.decode import LazyEvents
+    from tests.helpers import entity_bundle, raw_card_events
+
+    spec = EntitySpec(keys=("account_id", "merchant_category"), windows=(3600, 86_400), max_distinct=4)
+    events = raw_card_events(900, 5, 40, "flat")
+    bundle = entity_bundle(spec, events[:400], epochs=2)
+    assert enrich_reads_columns(spec, bundle.schema)
+    assert not enrich_reads_columns(EntitySpec(keys=("account_id", "terminal_id")), bundle.schema)  # not read out
+    values: list[bytes | None] = [orjson.dumps(e) for e in events[400:]]
+    values[130] = b'{"event_id": "odd", "amount": 1'  # not JSON: a dead letter, and this batch the usual way
+    scorer = Scorer(bundle)
+    runs = []
+    for flat in (False, True):
+        decode._READERS.clear()  # no back-off left from an earlier test
+        enricher = Enricher(InMemoryState())
+        kinds: list[type] = []
+
+        def enrich(evs: Sequence[dict[str, Any]], indices: list[int], fields: Mapping[str, Sequence[Any]],
+                   enricher: Enricher = enricher, kinds: list[type] = kinds) -> Deferred:
+            kinds.append(type(evs))
+            pending = enricher.begin(spec, evs, [(0, i) for i in indices], fields)
+            return Deferred((spec.output_fields, pending.values), lambda: (pending.write(), pending.values))
+
+        compute = ChunkedCompute(64, torch_threads=1)
+        try:
+            done = [compute.run(scorer, values[a:a + 170], 65536, enrich, flat_enrich=flat) for a in (0, 170, 340)]
+        finally:
+            compute.close()
+        runs.append((done, kinds))
+    (eager, eager_kinds), (flat, flat_kinds) = runs
+    # the odd record's batch the usual way, then (the reader's back-off after a miss) the next one too
+    assert eager_kinds == [list, list, list] and flat_kinds == [list, list, LazyEvents]
+    for a, b in zip(eager, flat, strict=True):
+        assert a.per_feature.tobytes() == b.per_feature.tobytes()
+        assert a.indices == b.indices and list(a.events) == list(b.events)
+        assert [(r.index, r.reason) for r in a.rejected] == [(r.index, r.reason) for r in b.rejected]
+    assert [r.index for r in flat[0].rejected] == [130]
