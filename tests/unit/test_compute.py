@@ -326,9 +326,9 @@ def test_an_entity_batch_read_flat_enriches_and_scores_as_one_read_the_usual_way
     entity batch flat (``decode_batch(lazy=True)``): the same entity features, scores, events and
     rejections as the usual decode, in batches that carry state from one to the next — the
     first with an odd record (taken the usual way, and the next after it), the last read flat."""
-    from stream_detector.entity import EntitySpec, Enricher, InMemoryState
-    from stream_detector.pipeline.compute import Deferred, enrich_reads_columns
+    from stream_detector.entity import Enricher, EntitySpec, InMemoryState
     from stream_detector.pipeline import decode
+    from stream_detector.pipeline.compute import Deferred, enrich_reads_columns
     from stream_detector.pipeline.decode import LazyEvents
     from tests.helpers import entity_bundle, raw_card_events
 
