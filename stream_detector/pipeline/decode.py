@@ -600,7 +600,8 @@ class LazyEvents(Sequence[dict[str, Any]]):
         event = self._parsed.get(index)
         if event is None:
             obj, problem = parse_record(self._texts[index])  # raises IndexError past the end
-            assert problem is None and isinstance(obj, dict), "the flat reading took only valid events"
+            if problem is not None or not isinstance(obj, dict):  # msgspec took a text orjson refuses: a bug
+                raise RuntimeError(f"the flat reading took a record the usual decode refuses: {problem}")
             event = self._parsed[index] = obj
         return event
 

@@ -234,6 +234,8 @@ def test_the_fuzzed_payloads_match_the_per_record_loop() -> None:
     raws = adversarial(seed=3, n_random=1500)
     for schema in (None, SCHEMA):
         assert_same(decode_batch(raws, 65536, 11, schema), decode_batch_reference(raws, 65536, 11, schema))
+    for k in range(len(raws)):  # each alone, read flat where the flat reading takes it
+        assert_same_lazy(raws[k:k + 1], 65536, 11, SCHEMA)
 
 
 def test_a_typical_batch_matches_and_reads_long_ids_exactly() -> None:
