@@ -150,6 +150,51 @@ def sharing_warning(owned: int, partitions: int, grace_ms: int) -> str | None:
             "'Partitions and workers')")
 
 
+class AbsentFields:
+    """Says once per model when some of its input fields (``FieldSchema.input_fields``) are absent
+    from the events it scores: events of another producer or schema. A new-user trial streamed the
+    Handbook's raw card events to a model trained with velocity fields: all 600 events alerted and
+    nothing said why (each absent field is scored as a missing value: the training median and a
+    missing flag, which a model that never saw it missing reads as unusual).
+
+    ``observe`` looks at the first ``LOOK`` scored events of a batch (one key lookup per field
+    each) and keeps the fields absent from all of them; after ``BATCHES`` batches it returns the
+    warning once when some are still absent, and stops looking either way. A field that is merely
+    sparse (present in a few events) can be named too: the warning says what was looked at."""
+
+    LOOK, BATCHES = 8, 3
+
+    def __init__(self) -> None:
+        self._version: str | None = None
+        self._absent: set[str] = set()
+        self._batches = 0
+        self._done = False
+
+    def observe(self, version: str, fields: Sequence[str], events: Sequence[dict[str, Any]]) -> str | None:
+        """The warning, once, for model ``version`` of input ``fields``, given a batch's scored ``events``."""
+        if version != self._version:
+            self._version, self._absent, self._batches, self._done = version, set(fields), 0, not fields
+        if self._done or not len(events):
+            return None
+        for k in range(min(self.LOOK, len(events))):
+            event = events[k]
+            self._absent = {name for name in self._absent if name not in event}
+        self._batches += 1
+        if not self._absent or self._batches >= self.BATCHES:
+            self._done = True
+        if not self._absent or self._batches < self.BATCHES:
+            return None
+        names = sorted(self._absent)
+        shown = ", ".join(repr(name) for name in names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        looked = self.BATCHES * self.LOOK
+        return (f"model {version}: {len(names)} of its {len(fields)} input fields are absent from every event "
+                f"looked at (the first {self.LOOK} of each of {self.BATCHES} batches, up to {looked} events): "
+                f"{shown}. Each is scored as a missing value (the training median and a missing flag), so a "
+                "model that never saw it missing flags most of these events. Are they the model's own "
+                "producer and schema? (`stream-detector model show VERSION` has the model's fields; train on "
+                "events of this stream's shape)")
+
+
 class _Progress:
     """The worker's INFO line every ``every_s`` while it handles events (``SD_LOG_PROGRESS_S``): what
     it did since the last line, so an operator tailing the log sees it work (it said nothing per
@@ -294,6 +339,7 @@ class Worker:
         self._idle_marks = IdleMarks(settings.align_idle_ms / 1000.0)  # stage 1: partitions owed an idle mark
         self._purge: RecordPurge | None = None  # stage 2: deletes the repartition topic's consumed records
         self._standby_said = False  # the progress line said that no partition is assigned (_idle_reason)
+        self._absent = AbsentFields()  # warns once per model when its input fields are absent from the events
         self._asked_ends = float("-inf")  # stage 1: when the broker was last asked for the input's ends
         self._carried: tuple[list[str], np.ndarray] | None = None  # stage 2: the batch's carried features
 
@@ -624,6 +670,10 @@ class Worker:
         shown = origin(batch) if self.settings.stage == "repartitioned" else batch  # where the events came from
         self.feed.observe(events, decision.scores, rows, decision.threshold, shown.timestamps, indices,
                           decision.probability)  # sample (with the head's probability when there is one)
+        schema = scorer.bundle.schema
+        absent = self._absent.observe(scorer.version, schema.input_fields if schema is not None else (), events)
+        if absent:
+            log.warning("%s", absent)
         field_errors = scorer.field_errors(done.per_feature[rows])
         head = (scorer.head_attributions(done.features[rows])  # why the head said fraud, alerted rows only
                 if done.features is not None and len(rows) else None)

@@ -430,3 +430,52 @@ def test_a_worker_with_no_partition_says_it_stands_by_once_until_it_gets_one() -
     assert said[0] == ("no partition of tx is assigned to this worker: its consumer group g has at least as many "
                        "members as the topic has partitions, so it stands by until a member leaves or the topic gets "
                        "more partitions")
+
+
+def test_a_model_whose_input_fields_the_events_lack_is_said_once(broker, bundle, caplog) -> None:
+    """Events of another producer (a new-user trial: the Handbook's raw events streamed to a
+    model trained with other fields; every event alerted, nothing said why): the worker warns
+    once, naming the absent fields; the same model's events with every field get no warning."""
+    import logging
+
+    fields = bundle.schema.input_fields
+    values, _ = _events(200, "full", bad=0)
+    lacking = [orjson.loads(v) for v in values]
+    for event in lacking:
+        for name in fields[1:]:
+            event.pop(name, None)
+    said = {}
+    for name, records in (("full", values), ("lacking", [orjson.dumps(e) for e in lacking])):
+        b = MemoryBroker()
+        for topic in (TOPIC, ALERTS, DLQ):
+            b.create_topic(topic)
+        control = MemoryControl()
+        control.publish(bundle)
+        worker = _worker(b, control, batch_size=40)
+        caplog.clear()
+        try:
+            with caplog.at_level(logging.WARNING, logger="stream_detector.worker"):
+                b.produce(TOPIC, records)
+                _drain(worker)
+        finally:
+            worker.close()
+        said[name] = [r.getMessage() for r in caplog.records if "absent from every event" in r.getMessage()]
+    assert len(fields) > 1 and said["full"] == []
+    assert len(said["lacking"]) == 1 and f"{len(fields) - 1} of its {len(fields)} input fields" in said["lacking"][0]
+    assert all(repr(name) in said["lacking"][0] for name in sorted(fields[1:])[:6])
+
+
+def test_the_absent_fields_warning_names_them_once_per_model() -> None:
+    from stream_detector.worker import AbsentFields
+
+    watch = AbsentFields()
+    full = [{"amount": 1.0, "channel": "pos", "x": 1}] * 10
+    lacking = [{"amount": 2.0}] * 10
+    assert [watch.observe("v1", ("amount", "channel"), lacking) for _ in range(2)] == [None, None]
+    said = watch.observe("v1", ("amount", "channel"), lacking)
+    assert said is not None and "1 of its 2 input fields are absent" in said and "'channel'" in said
+    assert watch.observe("v1", ("amount", "channel"), lacking) is None  # once
+    assert [watch.observe("v2", ("amount", "channel"), b) for b in (lacking, full, lacking, lacking)] == [None] * 4
+    sparse = [{"amount": 1.0}] * 7 + [{"amount": 1.0, "channel": "pos"}]  # present in one event of eight
+    assert [watch.observe("v3", ("amount", "channel"), sparse) for _ in range(4)] == [None] * 4
+    assert watch.observe("v4", (), lacking) is None
