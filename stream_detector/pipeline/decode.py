@@ -31,6 +31,7 @@ are parsed when read. Any other batch falls back to the batch path above (``_dec
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from ..fieldschema import JSON_TEXT, NATIVE_TYPES, FieldSchema, FieldType, TextF
 from ..schema import SUPPORTED_SCHEMA_VERSIONS, Problem, RejectReason, not_json_message, validate_event
 from ..transport.base import Unreadable as Unreadable  # a client's stand-in for a record it could not read
 
+log = logging.getLogger(__name__)
 _KEY_END = re.compile(rb'"[ \t\n\r]*:')
 _TWO_63 = 2.0 ** 63
 _DIGITS_TO_NINE = bytes.maketrans(b"012345678", b"999999999")
@@ -458,9 +460,9 @@ class _FlatReader:
         self.names = tuple(name for name, _, _ in fields)
         self.optional = [j for j, (name, _, _) in enumerate(fields) if name not in self.declared]
         attrs = [f"f{j}" for j in range(len(fields))]  # field names need not be Python identifiers
-        struct = msgspec.defstruct(
+        struct = msgspec.defstruct(  # kw_only: a required field may follow an optional one (an ignored field)
             "FlatEvent", [(a, kind, default) for a, (_, kind, default) in zip(attrs, fields, strict=True)],
-            rename=dict(zip(attrs, self.names, strict=True)), forbid_unknown_fields=True)
+            rename=dict(zip(attrs, self.names, strict=True)), forbid_unknown_fields=True, kw_only=True)
         self.decode = msgspec.json.Decoder(struct).decode
         self.misses = 0
         self.skip = 0
@@ -470,16 +472,25 @@ class _FlatReader:
         self.skip = min(2 ** self.misses - 1, _MAX_SKIP)
 
 
-_READERS: dict[int, tuple[FieldSchema, _FlatReader]] = {}  # by id(schema); the schema kept so its id stays its own
+# by id(schema); the schema kept so that its id stays its own
+_READERS: dict[int, tuple[FieldSchema, _FlatReader | None]] = {}
+_UNNAMEABLE = re.compile(r'["\\\x00-\x1f]')  # msgspec cannot rename a field to a name holding these
 
 
-def _reader(schema: FieldSchema) -> _FlatReader:
+def _reader(schema: FieldSchema) -> _FlatReader | None:
+    """The schema's flat reader, made once; None where msgspec cannot name its fields (a field
+    name holding ``"``, ``\\`` or a control character: legal JSON keys, read the usual way)."""
     got = _READERS.get(id(schema))
     if got is not None and got[0] is schema:
         return got[1]
     if len(_READERS) >= 16:  # a worker holds a champion and a challenger; tests make many
         _READERS.clear()
-    reader = _FlatReader(schema)
+    reader = None
+    if not any(_UNNAMEABLE.search(rule.name) for rule in schema.fields):
+        try:
+            reader = _FlatReader(schema)
+        except (TypeError, ValueError):  # a schema msgspec cannot make a struct of: the usual path, still right
+            log.warning("the decode step's flat reading is off for this model's field schema", exc_info=True)
     _READERS[id(schema)] = (schema, reader)
     return reader
 
@@ -500,6 +511,8 @@ def _decode_flat(values: Sequence[bytes | None], max_bytes: int, first: int, sch
     conversions (``FieldSchema.unconverted``). A text msgspec refuses (not JSON, not an object, a
     key the schema does not name, a number out of range, bad UTF-8, too deep): None."""
     reader = _reader(schema)
+    if reader is None:
+        return None
     if reader.skip:
         reader.skip -= 1
         return None
@@ -597,6 +610,8 @@ class LazyEvents(Sequence[dict[str, Any]]):
             return LazyEvents(self._texts[index])
         if index < 0:
             index += len(self._texts)
+            if index < 0:
+                raise IndexError("LazyEvents index out of range")
         event = self._parsed.get(index)
         if event is None:
             obj, problem = parse_record(self._texts[index])  # raises IndexError past the end

@@ -454,3 +454,37 @@ def test_the_flat_reading_hands_a_batch_with_an_odd_record_to_the_usual_path(odd
     assert reader.skip == 1  # one miss: the next batch is decoded the usual way, the one after tries again
     assert isinstance(decode_batch(plain, 10_000, 0, SCHEMA, lazy=True).events, list)
     assert isinstance(decode_batch(plain, 10_000, 0, SCHEMA, lazy=True).events, decode.LazyEvents)
+
+
+@pytest.mark.parametrize("schema", [
+    FieldSchema((FieldRule("event_id", FieldType.IDENTIFIER), FieldRule("note", FieldType.IGNORED),
+                 FieldRule("amount", FieldType.NUMBER), FieldRule("pattern", FieldType.IGNORED),
+                 FieldRule("country", FieldType.CATEGORY))),  # an ignored field before a feature field
+    FieldSchema((FieldRule("event_id", FieldType.IDENTIFIER), FieldRule('size "XL"', FieldType.CATEGORY),
+                 FieldRule("a\\b", FieldType.NUMBER), FieldRule("tab\there", FieldType.NUMBER))),
+    FieldSchema((FieldRule("event_id", FieldType.IDENTIFIER), FieldRule("", FieldType.NUMBER),
+                 FieldRule("é \u2028", FieldType.CATEGORY))),
+], ids=["ignored-before-a-feature", "quote-backslash-control", "empty-and-unicode"])
+def test_the_flat_reading_takes_any_schema_or_leaves_it_to_the_usual_path(schema: FieldSchema) -> None:
+    """A new-user trial: a model trained with ``--exclude`` of a middle column (an optional
+    field before a required one in the struct) and one with a field named ``size "XL"`` (msgspec
+    cannot rename to it) crashed every worker on its first batch. Any schema now decodes, as the
+    per-record loop does: flat where msgspec can name the fields, the usual way where not."""
+    names = [rule.name for rule in schema.fields if rule.name != "event_id"]
+    rows = [{"event_id": f"e{i}", **{name: (f"v{i}" if name in ("country", 'size "XL"', "é \u2028", "note",
+                                                                "pattern") else i + 0.5) for name in names}}
+            for i in range(5)]
+    values: list[Any] = [orjson.dumps(row) for row in rows]
+    got = assert_same_lazy(values, 10_000, 0, schema)
+    flat = not any(c in name for name in names for c in '"\\\t')
+    assert isinstance(got.events, decode.LazyEvents) == flat
+
+
+def test_lazy_events_index_like_a_list() -> None:
+    """A new-user trial: ``events[-6]`` of five events gave the last one, not ``IndexError``."""
+    events = decode.LazyEvents([orjson.dumps({"event_id": f"e{i}"}) for i in range(5)])
+    assert [events[i]["event_id"] for i in (-1, -5, 0, 4)] == ["e4", "e0", "e0", "e4"]
+    for i in (-6, 5):
+        with pytest.raises(IndexError):
+            events[i]
+    assert [e["event_id"] for e in events[-2:]] == ["e3", "e4"] and len(events[7:]) == 0
