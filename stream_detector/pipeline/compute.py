@@ -157,7 +157,7 @@ class ChunkedCompute:
         once every chunk is on the scoring thread, a batch of one chunk included; with a
         challenger it is made first. Without ``enrich`` every chunk may be read flat
         (``decode_batch(lazy=True)``); with it, only when ``flat_enrich`` says that step 3a reads
-        the decode step's columns alone (``Worker._flat_enrich``), not every event's dict."""
+        the decode step's columns alone (``enrich_reads_columns``), not every event's dict."""
         rejected: list[Rejected] = []  # decode's rejections; each chunk's feature step keeps its own
         chunks: list[_Chunk] = []
         shadows: list[Future[tuple[np.ndarray, np.ndarray | None]] | tuple[np.ndarray, np.ndarray | None]] = []
