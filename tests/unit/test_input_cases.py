@@ -14,8 +14,10 @@ import orjson
 import pytest
 
 from stream_detector.cli import main
+from stream_detector.fieldschema import FieldRule, FieldSchema, FieldType
 from stream_detector.inputs import load_events
 from stream_detector.model.bundle import load_bundle
+from stream_detector.pipeline import decode
 from stream_detector.pipeline.decode import decode_batch
 from stream_detector.schema import RejectReason
 
@@ -96,6 +98,12 @@ def test_offline_score_rejects_the_bad_row_and_scores_the_rest(tmp_path: Path) -
     assert all(verdicts[i] is RejectReason.NON_FINITE_NUMBER for i in range(5))  # NaN, ±Infinity, ±1e400
     assert verdicts[6] is RejectReason.INVALID_JSON  # lower-case nan is no JSON literal at all
     assert decoded.indices == [5, 7]  # 1e-400 is 0.0; "NaN" inside a string is only text
+    schema = FieldSchema((FieldRule("event_id", FieldType.IDENTIFIER), FieldRule("amount", FieldType.NUMBER),
+                          FieldRule("merchant_category", FieldType.CATEGORY), FieldRule("note", FieldType.IGNORED)))
+    for k, payload in enumerate(payloads):  # the worker's flat reading: the same verdict, alone or not
+        decode._READERS.clear()  # no back-off from the payload before: each is tried flat
+        flat = decode_batch([payloads[5], payload], 10_000, 0, schema, lazy=True)
+        assert [r.reason for r in flat.rejected] == ([verdicts[k]] if k in verdicts else [])
 
 
 def test_repeated_keys_are_caught_whatever_the_whitespace() -> None:
@@ -104,6 +112,17 @@ def test_repeated_keys_are_caught_whatever_the_whitespace() -> None:
     decoded = decode_batch(payloads, 10_000)
     assert decoded.events == []
     assert [r.reason for r in decoded.rejected] == [RejectReason.DUPLICATE_KEY] * len(payloads)
+    # the worker's flat reading (msgspec keeps a repeated key's last value): the same verdicts, each
+    # payload in a batch of plain events of a schema naming its fields
+    schema = FieldSchema((FieldRule("event_id", FieldType.IDENTIFIER), FieldRule("amount", FieldType.NUMBER),
+                          FieldRule("country", FieldType.CATEGORY), FieldRule("channel", FieldType.CATEGORY)))
+    plain = [b'{"event_id":"p%d","amount":1.5,"country":"US","channel":"pos"}' % i for i in range(3)]
+    assert type(decode_batch(plain, 10_000, 0, schema, lazy=True).events).__name__ == "LazyEvents"
+    for payload in payloads:
+        decode._READERS.clear()  # no back-off from the payload before: each is tried flat
+        flat = decode_batch([*plain, payload], 10_000, 0, schema, lazy=True)
+        assert [(r.index, r.reason) for r in flat.rejected] == [(3, RejectReason.DUPLICATE_KEY)]
+        assert [e["event_id"] for e in flat.events] == ["p0", "p1", "p2"]
 
 
 def test_epoch_seconds_are_read_as_seconds_or_refused_never_1970(tmp_path: Path) -> None:
