@@ -151,48 +151,65 @@ def sharing_warning(owned: int, partitions: int, grace_ms: int) -> str | None:
 
 
 class AbsentFields:
-    """Says once per model when some of its input fields (``FieldSchema.input_fields``) are absent
-    from the events it scores: events of another producer or schema. A new-user trial streamed the
-    Handbook's raw card events to a model trained with velocity fields: all 600 events alerted and
-    nothing said why (each absent field is scored as a missing value: the training median and a
-    missing flag, which a model that never saw it missing reads as unusual).
+    """Says once per model when some of its input fields are absent from the events it scores:
+    events of another producer or schema. A new-user trial streamed the Handbook's raw card events
+    to a model trained with velocity fields: every event alerted and nothing said why (each absent
+    field is scored as a missing value: the training median, or no category, which a model that
+    rarely or never saw it missing can read as unusual).
 
-    ``observe`` looks at the first ``LOOK`` scored events of a batch (one key lookup per field
-    each) and keeps the fields absent from all of them; after ``BATCHES`` batches it returns the
-    warning once when some are still absent, and stops looking either way. A field that is merely
-    sparse (present in a few events) can be named too: the warning says what was looked at."""
+    ``observe`` looks at up to ``LOOK`` scored events of each batch (one key lookup per field
+    each) and keeps the fields absent from all of them; once ``ENOUGH`` events have been looked
+    at (one batch of a backlog, or many small live ones) it returns the warning when some are
+    still absent, and stops looking either way. The worker watches the model's input fields
+    except the numeric ones it was trained to see missing (``NumericColumn.missing_indicator``):
+    a field a training set often left out is no sign of another producer (a second trial)."""
 
-    LOOK, BATCHES = 8, 3
+    LOOK, ENOUGH = 64, 32
 
     def __init__(self) -> None:
         self._version: str | None = None
         self._absent: set[str] = set()
-        self._batches = 0
-        self._done = False
+        self._looked = 0
+        self._done = True
+
+    def wants(self, version: str) -> bool:
+        """Whether ``observe`` still looks at model ``version``'s events (False once it decided)."""
+        return version != self._version or not self._done
 
     def observe(self, version: str, fields: Sequence[str], events: Sequence[dict[str, Any]]) -> str | None:
-        """The warning, once, for model ``version`` of input ``fields``, given a batch's scored ``events``."""
+        """The warning, once, for model ``version`` watching input ``fields``, given a batch's
+        scored ``events``."""
         if version != self._version:
-            self._version, self._absent, self._batches, self._done = version, set(fields), 0, not fields
+            self._version, self._absent, self._looked, self._done = version, set(fields), 0, not fields
         if self._done or not len(events):
             return None
         for k in range(min(self.LOOK, len(events))):
             event = events[k]
             self._absent = {name for name in self._absent if name not in event}
-        self._batches += 1
-        if not self._absent or self._batches >= self.BATCHES:
-            self._done = True
-        if not self._absent or self._batches < self.BATCHES:
+            self._looked += 1
+        if self._absent and self._looked < self.ENOUGH:
+            return None
+        self._done = True
+        if not self._absent:
             return None
         names = sorted(self._absent)
         shown = ", ".join(repr(name) for name in names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-        looked = self.BATCHES * self.LOOK
-        return (f"model {version}: {len(names)} of its {len(fields)} input fields are absent from every event "
-                f"looked at (the first {self.LOOK} of each of {self.BATCHES} batches, up to {looked} events): "
-                f"{shown}. Each is scored as a missing value (the training median and a missing flag), so a "
-                "model that never saw it missing flags most of these events. Are they the model's own "
-                "producer and schema? (`stream-detector model show VERSION` has the model's fields; train on "
-                "events of this stream's shape)")
+        verb = "is" if len(names) == 1 else "are"
+        return (f"model {version}: {len(names)} of its input fields {verb} absent from every one of the first "
+                f"{self._looked} events it scored: {shown}. Each is scored as a missing value (the training "
+                "median, or no category), which a model that rarely or never saw it missing can read as "
+                "unusual: expect more alerts than its threshold was calibrated for. Are these events of the "
+                "model's own producer and schema? (`stream-detector model show VERSION` has the model's "
+                "fields; train on events of this stream's shape)")
+
+
+def watched_fields(bundle: Bundle) -> tuple[str, ...]:
+    """The input fields ``AbsentFields`` watches for ``bundle``: ``FieldSchema.input_fields`` but
+    the numeric features trained with a missing indicator (training saw them missing)."""
+    if bundle.schema is None:
+        return ()
+    seen_missing = {num.name for num in bundle.spec.numeric if num.missing_indicator}
+    return tuple(name for name in bundle.schema.input_fields if name not in seen_missing)
 
 
 class _Progress:
@@ -670,10 +687,10 @@ class Worker:
         shown = origin(batch) if self.settings.stage == "repartitioned" else batch  # where the events came from
         self.feed.observe(events, decision.scores, rows, decision.threshold, shown.timestamps, indices,
                           decision.probability)  # sample (with the head's probability when there is one)
-        schema = scorer.bundle.schema
-        absent = self._absent.observe(scorer.version, schema.input_fields if schema is not None else (), events)
-        if absent:
-            log.warning("%s", absent)
+        if self._absent.wants(scorer.version):
+            absent = self._absent.observe(scorer.version, watched_fields(scorer.bundle), events)
+            if absent:
+                log.warning("%s", absent)
         field_errors = scorer.field_errors(done.per_feature[rows])
         head = (scorer.head_attributions(done.features[rows])  # why the head said fraud, alerted rows only
                 if done.features is not None and len(rows) else None)

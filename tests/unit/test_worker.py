@@ -435,10 +435,14 @@ def test_a_worker_with_no_partition_says_it_stands_by_once_until_it_gets_one() -
 def test_a_model_whose_input_fields_the_events_lack_is_said_once(broker, bundle, caplog) -> None:
     """Events of another producer (a new-user trial: the Handbook's raw events streamed to a
     model trained with other fields; every event alerted, nothing said why): the worker warns
-    once, naming the absent fields; the same model's events with every field get no warning."""
+    once, naming the absent fields, also when the whole backlog is one batch (a second trial:
+    10,000 events in 2 batches said nothing); the same model's events with every field get no
+    warning."""
     import logging
 
-    fields = bundle.schema.input_fields
+    from stream_detector.worker import watched_fields
+
+    fields = watched_fields(bundle)
     values, _ = _events(200, "full", bad=0)
     lacking = [orjson.loads(v) for v in values]
     for event in lacking:
@@ -451,17 +455,19 @@ def test_a_model_whose_input_fields_the_events_lack_is_said_once(broker, bundle,
             b.create_topic(topic)
         control = MemoryControl()
         control.publish(bundle)
-        worker = _worker(b, control, batch_size=40)
+        worker = _worker(b, control, batch_size=500)  # the whole backlog in one batch
         caplog.clear()
         try:
             with caplog.at_level(logging.WARNING, logger="stream_detector.worker"):
                 b.produce(TOPIC, records)
                 _drain(worker)
+                b.produce(TOPIC, records[:50])
+                _drain(worker)
         finally:
             worker.close()
-        said[name] = [r.getMessage() for r in caplog.records if "absent from every event" in r.getMessage()]
-    assert len(fields) > 1 and said["full"] == []
-    assert len(said["lacking"]) == 1 and f"{len(fields) - 1} of its {len(fields)} input fields" in said["lacking"][0]
+        said[name] = [r.getMessage() for r in caplog.records if "absent from every one" in r.getMessage()]
+    assert len(fields) > 2 and said["full"] == []
+    assert len(said["lacking"]) == 1 and f"{len(fields) - 1} of its input fields are absent" in said["lacking"][0]
     assert all(repr(name) in said["lacking"][0] for name in sorted(fields[1:])[:6])
 
 
@@ -469,13 +475,34 @@ def test_the_absent_fields_warning_names_them_once_per_model() -> None:
     from stream_detector.worker import AbsentFields
 
     watch = AbsentFields()
+    fields = ("amount", "channel")
     full = [{"amount": 1.0, "channel": "pos", "x": 1}] * 10
     lacking = [{"amount": 2.0}] * 10
-    assert [watch.observe("v1", ("amount", "channel"), lacking) for _ in range(2)] == [None, None]
-    said = watch.observe("v1", ("amount", "channel"), lacking)
-    assert said is not None and "1 of its 2 input fields are absent" in said and "'channel'" in said
-    assert watch.observe("v1", ("amount", "channel"), lacking) is None  # once
-    assert [watch.observe("v2", ("amount", "channel"), b) for b in (lacking, full, lacking, lacking)] == [None] * 4
+    assert [watch.observe("v1", fields, lacking) for _ in range(3)] == [None] * 3  # 30 events looked at
+    said = watch.observe("v1", fields, lacking)
+    assert said is not None and "1 of its input fields is absent from every one of the first 40 events" in said
+    assert "'channel'" in said and not watch.wants("v1")
+    assert watch.observe("v1", fields, lacking) is None  # once
+    assert watch.observe("v2", fields, [{"amount": 1.0}] * 100) is not None  # one big batch is enough
+    assert [watch.observe("v3", fields, b) for b in (lacking, full, lacking, lacking, lacking)] == [None] * 5
     sparse = [{"amount": 1.0}] * 7 + [{"amount": 1.0, "channel": "pos"}]  # present in one event of eight
-    assert [watch.observe("v3", ("amount", "channel"), sparse) for _ in range(4)] == [None] * 4
-    assert watch.observe("v4", (), lacking) is None
+    assert [watch.observe("v4", fields, sparse) for _ in range(6)] == [None] * 6
+    assert watch.observe("v5", (), lacking) is None and not watch.wants("v5")
+
+
+def test_fields_the_model_was_trained_to_see_missing_are_not_watched() -> None:
+    """A second trial: a model trained on events that mostly leave a field out was warned about
+    for events of that very shape. The numeric fields with a missing indicator are not watched."""
+    from stream_detector.worker import watched_fields
+
+    events, _ = Simulator(seed=3, accounts=100, run_id="sparse").batch(1500, 0.0)
+    for i, event in enumerate(events):
+        if i % 20:
+            event.pop("distance_from_home_km", None)
+    from stream_detector.model.bundle import build_bundle
+    from stream_detector.model.train import TrainConfig, train
+
+    sparse = build_bundle(train(events, TrainConfig(epochs=1, seed=0)))
+    assert "distance_from_home_km" in sparse.schema.input_fields
+    assert "distance_from_home_km" not in watched_fields(sparse)
+    assert set(watched_fields(sparse)) == set(sparse.schema.input_fields) - {"distance_from_home_km"}
