@@ -365,14 +365,24 @@ class FieldSchema:
         return cls.from_dict(orjson.loads(raw))
 
     def describe(self) -> list[str]:
-        """One line per field for ``train``'s output: name, type, why."""
-        width = max((len(rule.name) for rule in self.fields), default=5)
+        """One line per field for ``train``'s output: name, type, why. A name that would not read
+        as itself in a column (empty, with spaces around it, or with a control character: a field
+        ``"event_id "`` looked like ``event_id``, a new-user trial) is shown quoted."""
+        names = [_shown_name(rule.name) for rule in self.fields]
+        width = max((len(name) for name in names), default=5)
         lines = []
-        for rule in self.fields:
+        for rule, name in zip(self.fields, names, strict=True):
             kind = f"{rule.type.value} ({rule.unit})" if rule.type is FieldType.TIMESTAMP else rule.type.value
             role = "feature" if rule.type in FEATURE_TYPES else "not a feature"
-            lines.append(f"  {rule.name:<{width}}  {kind:<16} {role:<14} {rule.note}".rstrip())
+            lines.append(f"  {name:<{width}}  {kind:<16} {role:<14} {rule.note}".rstrip())
         return lines
+
+
+def _shown_name(name: str) -> str:
+    """``name`` as ``describe`` shows it: itself, or quoted when it would not read as itself."""
+    if name and name == name.strip() and name.isprintable():
+        return name
+    return repr(name)
 
 
 def rule_from_dict(item: Mapping[str, Any]) -> FieldRule:

@@ -364,3 +364,17 @@ def test_quoted_newlines_compressed_files_and_parquet_are_the_same_events(tmp_pa
     with pytest.raises(InputError, match="more than once"):
         (tmp_path / "d.csv").write_text("a,a\n1,2\n")
         load_events(tmp_path / "d.csv")
+
+
+def test_the_field_table_quotes_a_name_that_would_not_read_as_itself() -> None:
+    """A new-user trial: ``train`` listed a field ``"event_id "`` (a trailing space) as
+    ``event_id``, the same as the real id column."""
+    from stream_detector.fieldschema import FieldRule, FieldSchema, FieldType
+
+    schema = FieldSchema((FieldRule("event_id", FieldType.IDENTIFIER), FieldRule("event_id ", FieldType.CATEGORY),
+                          FieldRule("", FieldType.NUMBER), FieldRule("tab\there", FieldType.NUMBER),
+                          FieldRule("montant_€", FieldType.NUMBER)))
+    lines = schema.describe()
+    assert [line.split("  ")[1].strip() for line in lines[:1]] == ["event_id"]
+    assert "'event_id '" in lines[1] and "''" in lines[2] and "'tab\\there'" in lines[3]
+    assert lines[4].lstrip().startswith("montant_€ ")
