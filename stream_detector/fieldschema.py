@@ -281,11 +281,7 @@ class FieldSchema:
         read = dict(zip((rule.name for rule in rules), columns, strict=True))  # as read, before conversion
         kept: dict[str, Sequence[Any]] = {}
         for rule, column in zip(rules, columns, strict=True):
-            native = NATIVE_TYPES.get(rule.type)
-            if native is not None and native.issuperset(map(type, column)):
-                kept[rule.name] = column
-                continue
-            if rule.type is FieldType.TIMESTAMP and _already_ms(column, rule.unit, self.plausible_ms):
+            if self._left_as_is(rule, column):
                 kept[rule.name] = column
                 continue
             fast = _text_numbers(column, text) if rule.type in _NUMERIC_TEXT else None
@@ -327,15 +323,21 @@ class FieldSchema:
             if rule.type is FieldType.IGNORED:
                 continue
             column = read[rule.name]
-            native = NATIVE_TYPES.get(rule.type)
-            have = types[rule.name] if types is not None else map(type, column)
-            if not (native is not None and native.issuperset(have)) and not (
-                    rule.type is FieldType.TIMESTAMP and _already_ms(column, rule.unit, self.plausible_ms)):
+            if not self._left_as_is(rule, column, types[rule.name] if types is not None else None):
                 return None
             kept[rule.name] = column
         if _without_inputs([{}] * n, self.input_fields, read):
             return None
         return kept
+
+    def _left_as_is(self, rule: FieldRule, column: Sequence[Any], types: Iterable[type] | None = None) -> bool:
+        """Whether the converter returns every value of ``column`` unchanged: each already of the
+        field's type (``NATIVE_TYPES``; ``types``: the column's value types, where the caller has
+        them), or a timestamp column of epoch milliseconds in the plausible range."""
+        native = NATIVE_TYPES.get(rule.type)
+        if native is not None and native.issuperset(types if types is not None else map(type, column)):
+            return True
+        return rule.type is FieldType.TIMESTAMP and _already_ms(column, rule.unit, self.plausible_ms)
 
     # ---- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -63,6 +63,7 @@ _ACCOUNT_TYPES = frozenset({str, int, type(None)})
 _VERSION_TYPES = frozenset({int, type(None)})
 _VERSIONS = SUPPORTED_SCHEMA_VERSIONS | {None}
 _NUMBER_TYPES = frozenset({int, float, type(None)})
+_CONTRACT_FIELDS = ("event_id", "account_id", "schema_version", "timestamp")  # read by the event contract
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,24 +247,17 @@ def _scan(texts: Sequence[bytes], objs: Sequence[dict[str, Any]] | None, keys: n
 def _all_valid(objs: Sequence[Any], reread: Iterable[dict[str, Any]], check_timestamp: bool) -> bool:
     """Whether ``validate_event(obj, True, check_timestamp)`` is None for every object, for objects
     that orjson read from texts with no nested value (``_Checks.flat``) — except ``reread``, those
-    among them the stdlib re-read, each checked with ``validate_event``. Its rules, a column at a
-    time: an ``event_id`` that is text of 1 to 512 characters; an ``account_id`` that is missing,
-    text or an integer; a known ``schema_version`` or none; a ``timestamp`` that is missing or a
-    number (orjson's numbers are finite and within 64 bits); no nested value (``flat``)."""
+    among them the stdlib re-read, each checked with ``validate_event``. The rules a column at a
+    time (``_valid_columns``; orjson's numbers are finite and within 64 bits)."""
     if not objs:
         return True
     if not _DICT.issuperset(map(type, objs)):
         return False
     get = dict.get
-    ids: list[Any] = list(map(get, objs, repeat("event_id")))
-    if not _TEXT.issuperset(map(type, ids)) or min(map(len, ids)) == 0 or max(map(len, ids)) > 512:
-        return False
-    if not _ACCOUNT_TYPES.issuperset(map(type, map(get, objs, repeat("account_id")))):
-        return False
-    versions = list(map(get, objs, repeat("schema_version")))
-    if not _VERSION_TYPES.issuperset(map(type, versions)) or not _VERSIONS.issuperset(versions):
-        return False
-    if check_timestamp and not _NUMBER_TYPES.issuperset(map(type, map(get, objs, repeat("timestamp")))):
+    names = _CONTRACT_FIELDS if check_timestamp else _CONTRACT_FIELDS[:3]  # timestamp: the contract's last field
+    read = {name: list(map(get, objs, repeat(name))) for name in names}
+    kinds = {name: set(map(type, column)) for name, column in read.items()}
+    if not _valid_columns(read, kinds, check_timestamp):
         return False
     return all(validate_event(obj, True, check_timestamp) is None for obj in reread)
 
@@ -421,7 +415,6 @@ def _classify_parse_error(raw: bytes, exc: Exception) -> Problem:
 
 # ---- the flat reading: a batch's fields as columns, without one dict per event ----------------------
 
-_CONTRACT_FIELDS = ("event_id", "account_id", "schema_version", "timestamp")  # read by the event contract
 _UNSET_TYPE = type(msgspec.UNSET)
 _INT64_MIN, _UINT64_END = -(2 ** 63), 2 ** 64  # the integers orjson reads exactly
 _BYTES = frozenset({bytes})
@@ -569,8 +562,8 @@ def _beyond_64_bits(texts: Sequence[bytes], structs: Sequence[Any], digits: Iter
 
 def _valid_columns(read: Mapping[str, Sequence[Any]], kinds: Mapping[str, Iterable[type]],
                    check_timestamp: bool) -> bool:
-    """``_all_valid``'s rules on the columns of the flat reading (no nested value: checked
-    before): an ``event_id`` that is text of 1 to 512 characters; an ``account_id`` that is
+    """The event contract's rules a column at a time (``_all_valid``'s and the flat reading's; no
+    nested value: checked before): an ``event_id`` that is text of 1 to 512 characters; an ``account_id`` that is
     missing, text or an integer; a known ``schema_version`` or none; with ``check_timestamp``,
     a ``timestamp`` that is missing or a number."""
     ids = read["event_id"]
