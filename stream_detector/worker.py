@@ -74,7 +74,7 @@ from .pipeline.score import Scorer, scores_of
 from .pipeline.score_feed import ScoreFeed
 from .pipeline.shadow import ModelVerdicts, build_shadow_records, shadow_counts
 from .pipeline.threshold import Decision, ModelMismatch, ThresholdCache
-from .schema import RejectReason
+from .schema import RESERVED_FIELDS, RejectReason
 from .settings import Settings
 from .store import ControlPlane, ControlView
 from .store.control import WorkerView
@@ -193,10 +193,13 @@ class AbsentFields:
         if not self._absent:
             return None
         names = sorted(self._absent)
-        shown = ", ".join(repr(name) for name in names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        shown = ", ".join(repr(name) for name in names[:7]) + (f" and {len(names) - 7} more" if len(names) > 7 else "")
         verb = "is" if len(names) == 1 else "are"
+        own = sorted(set(events[0]) - set(fields) - RESERVED_FIELDS)  # what they carry instead (a trial: camelCase)
+        theirs = (f" (the first carries {', '.join(repr(name) for name in own[:7])}"
+                  f"{', ...' if len(own) > 7 else ''})" if own else "")
         return (f"model {version}: {len(names)} of its input fields {verb} absent from every one of the first "
-                f"{self._looked} events it scored: {shown}. Each is scored as a missing value (the training "
+                f"{self._looked} events it scored: {shown}{theirs}. Each is scored as a missing value (the training "
                 "median, or no category), which a model that rarely or never saw it missing can read as "
                 "unusual: expect more alerts than its threshold was calibrated for. Are these events of the "
                 "model's own producer and schema? (`stream-detector model show VERSION` has the model's "

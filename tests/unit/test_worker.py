@@ -481,7 +481,9 @@ def test_the_absent_fields_warning_names_them_once_per_model() -> None:
     assert [watch.observe("v1", fields, lacking) for _ in range(3)] == [None] * 3  # 30 events looked at
     said = watch.observe("v1", fields, lacking)
     assert said is not None and "1 of its input fields is absent from every one of the first 40 events" in said
-    assert "'channel'" in said and not watch.wants("v1")
+    assert "'channel'" in said and not watch.wants("v1") and "(the first carries" not in said
+    renamed = watch.observe("v6", fields, [{"amount": 1.0, "Channel": "pos", "event_id": "e"}] * 40)
+    assert renamed is not None and "(the first carries 'Channel')" in renamed
     assert watch.observe("v1", fields, lacking) is None  # once
     assert watch.observe("v2", fields, [{"amount": 1.0}] * 100) is not None  # one big batch is enough
     assert [watch.observe("v3", fields, b) for b in (lacking, full, lacking, lacking, lacking)] == [None] * 5
