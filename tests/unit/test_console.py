@@ -224,6 +224,39 @@ def test_score_feed_keeps_the_heads_probability_of_each_kept_row() -> None:
     assert FeedEntry.parse({k.encode(): v.encode() for k, v in without.items()}).probs is None  # older entries
 
 
+@pytest.mark.parametrize("flat", [False, True])
+def test_score_feed_ids_are_those_of_the_kept_rows_and_a_flat_batch_is_not_parsed(flat: bool) -> None:
+    """Each sampled id goes with its own score, and a batch read flat (``LazyEvents``) is left
+    unparsed by the sample: its ids are read at the flush, from the feed's own copy of its rows."""
+    from stream_detector.pipeline.decode import LazyEvents
+    from stream_detector.pipeline.score_feed import ScoreFeed
+    from stream_detector.settings import Settings
+    from stream_detector.store import Threshold
+
+    telemetry = _Telemetry()
+    feed = ScoreFeed(telemetry, Settings(score_feed_sample=50, worker_id="w1"), seed=3)  # type: ignore[arg-type]
+    threshold = Threshold(0.5, 1, "m1")
+    score_of: dict[str, float] = {}
+    batches = []
+    for b, n in enumerate((30, 400, 120)):  # under the cap, over it, under it: thinned at the flush
+        ids = [f"b{b}-{i}" for i in range(n)]
+        scores = np.random.default_rng(b).random(n)
+        score_of.update(zip(ids, scores.tolist(), strict=True))
+        texts = [orjson.dumps({"event_id": i, "amount": 1.0}) for i in ids]
+        events = LazyEvents(texts) if flat else [orjson.loads(t) for t in texts]
+        batches.append(events)
+        feed.observe(events, scores, np.flatnonzero(scores > 0.5), threshold, list(range(n)), list(range(n)))
+    if flat:
+        assert all(not events._parsed for events in batches)  # type: ignore[union-attr]  # nothing parsed
+    feed.flush()
+    (entry,) = telemetry.entries
+    samples = orjson.loads(entry["samples"])
+    assert len(samples["ids"]) == 50 == len(set(samples["ids"]))
+    assert [score_of[i] for i in samples["ids"]] == samples["scores"]  # each id with its own row's score
+    if flat:
+        assert all(not events._parsed for events in batches)  # type: ignore[union-attr]  # the worker's untouched
+
+
 def test_sample_of_keeps_the_active_model_and_spans_its_entries() -> None:
     from stream_detector.console.sources import FeedEntry, sample_of
 
