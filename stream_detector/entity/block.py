@@ -1,9 +1,9 @@
 """The state of the entities one key touches in a batch, as the kernel's arrays.
 
 ``Block.of`` lays the records' cores (``compute.Core``: the reference's shape, which the stores
-load and save) into arrays, ``Block.from_bytes`` does the same from the cores' bytes; the kept
+load and save) into arrays, ``Block.from_buffer`` does the same from the cores' bytes; the kept
 values and the batch's labels are their codes (``compute.label_code``), the same in every batch,
-so nothing is recoded. ``Block.run`` calls the kernel; ``Block.cores`` / ``core_bytes`` read the
+so nothing is recoded. ``Block.run`` calls the kernel; ``Block.cores`` / ``core_buffer`` read the
 state back. Extra rows (``extra``) start empty: keyless events, each on its own row, whose state
 is dropped.
 """
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..compiled import jit
 from ..entity_spec import EntitySpec
 from . import kernel
 from .columns import Columns, grouping
@@ -61,76 +62,33 @@ class Block:
         return block
 
     @classmethod
-    def from_bytes(cls, spec: EntitySpec, fields: tuple[str, ...], cores: Sequence[bytes], extra: int,
-                   cols: Columns) -> Block:
-        """``of`` for cores as bytes (``binary.py``'s version-3 core layout), without a Python dict
-        per entity: one ``frombuffer`` for every core's doubles and one for their codes, and numpy
-        scatters. Equal to ``of`` on the decoded cores (unit-tested)."""
-        e_count, f_count, w = len(cores), len(fields), len(spec.windows)
-        head = 1 + 3 * w
-        kept: list[bytes] = []
-        chunks: list[bytes] = []
-        coded: list[bytes] = []
-        for core in cores:
-            m = core[:f_count]
-            end = f_count + 8 * (head + sum(m))
-            kept.append(m)
-            chunks.append(core[f_count:end])
-            coded.append(core[end:])
-        counts = np.frombuffer(b"".join(kept), dtype=np.uint8).reshape(e_count, f_count).astype(np.int64)
-        flat = np.frombuffer(b"".join(chunks), dtype="<f8")
-        codes_kept = np.frombuffer(b"".join(coded), dtype="<i8")
-        sizes = head + counts.sum(axis=1)
-        offs = np.zeros(e_count, dtype=np.int64)
-        if e_count:
-            np.cumsum(sizes[:-1], out=offs[1:])
-        kept_per = counts.sum(axis=1)
-        total = int(kept_per.sum())
-        e_rep = np.repeat(np.arange(e_count), kept_per)
-        f_rep = np.repeat(np.tile(np.arange(f_count), e_count), counts.ravel())
-        start_e = np.concatenate(([0], np.cumsum(kept_per)[:-1])) if e_count else np.zeros(0, dtype=np.int64)
-        within_e = np.arange(total) - start_e[e_rep]  # rank among the entity's kept values (field-major)
-        field_start = np.concatenate((np.zeros((e_count, 1), dtype=np.int64), np.cumsum(counts, axis=1)[:, :-1]),
-                                     axis=1) if f_count else np.zeros((e_count, 0), dtype=np.int64)
-        slot = within_e - field_start[e_rep, f_rep]
+    def from_buffer(cls, spec: EntitySpec, fields: tuple[str, ...], buf: np.ndarray, starts: np.ndarray,
+                    extra: int, cols: Columns) -> Block:
+        """``of`` for E cores as bytes (``binary.py``'s version-3 core layout) that lie in ``buf``
+        (uint8) at ``starts`` (int64[E], byte positions; each core's end follows from its counts),
+        without a Python dict or a Python step per entity: one compiled pass (``_read_cores``) fills
+        the kernel's arrays (the enricher reads a batch's cores where ``records.parse`` found them,
+        without slicing each record). Equal to ``of`` on the decoded cores (unit-tested)."""
+        e_count = starts.size
         block = cls(spec, fields, e_count + extra, _codes(fields, cols))
         if e_count:
-            block.t[:e_count] = flat[offs]
-            block.w[:e_count] = flat[offs[:, None] + 1 + np.arange(3 * w)].reshape(e_count, w, 3)
-            block.n[:e_count] = counts
-        if total:
-            block.dt[e_rep, f_rep, slot] = flat[offs[e_rep] + head + within_e]
-            block.dc[e_rep, f_rep, slot] = codes_kept
+            _read_cores(buf, np.ascontiguousarray(starts, dtype=np.int64), len(fields), block.t, block.w, block.n,
+                        block.dt, block.dc)
         return block
 
-    def core_bytes(self, rows: int) -> list[bytes]:
+    def core_buffer(self, rows: int) -> tuple[bytes, np.ndarray]:
         """The first ``rows`` rows' state as core bytes (``binary.py``'s version-3 layout; kept values
-        in slot order, as ``cores`` gives them): what ``binary._core`` writes for ``cores(rows)``."""
-        w = self.w.shape[1]
-        head = 1 + 3 * w
+        in slot order, as ``cores`` gives them: what ``binary._core`` writes for ``cores(rows)``), one
+        core after another (one compiled pass, ``_write_cores``), and their bounds (int64[rows + 1],
+        byte positions: row e's core is ``data[bounds[e]:bounds[e + 1]]``)."""
         n = self.n[:rows]
-        mask = np.arange(self.dt.shape[2])[None, None, :] < n[:, :, None]
-        kept_dt = self.dt[:rows][mask]
-        kept_per = n.sum(axis=1)
-        sizes = head + kept_per
-        offs = np.zeros(rows + 1, dtype=np.int64)
-        np.cumsum(sizes, out=offs[1:])
-        flat = np.empty(int(offs[-1]), dtype="<f8")
-        base = offs[:-1]
-        heads = np.concatenate((self.t[:rows, None], self.w[:rows].reshape(rows, 3 * w)), axis=1)
-        flat[base[:, None] + np.arange(head)] = heads
-        e_rep = np.repeat(np.arange(rows), kept_per)
-        start_e = np.concatenate(([0], np.cumsum(kept_per)[:-1])) if rows else np.zeros(0, dtype=np.int64)
-        flat[base[e_rep] + head + (np.arange(kept_dt.size) - start_e[e_rep])] = kept_dt
-        doubles = flat.tobytes()
-        codes = self.dc[:rows][mask].astype("<i8").tobytes()
-        counts = n.astype(np.uint8).tobytes()
-        f_count = n.shape[1]
-        k_offs = np.zeros(rows + 1, dtype=np.int64)
-        np.cumsum(kept_per, out=k_offs[1:])
-        offs_list, k_list = (8 * offs).tolist(), (8 * k_offs).tolist()
-        return [b"".join((counts[e * f_count:(e + 1) * f_count], doubles[offs_list[e]:offs_list[e + 1]],
-                          codes[k_list[e]:k_list[e + 1]])) for e in range(rows)]
+        sizes = n.shape[1] + 8 * (1 + 3 * self.w.shape[1] + 2 * n.sum(axis=1))  # counts, doubles, codes
+        bounds = np.zeros(rows + 1, dtype=np.int64)
+        np.cumsum(sizes, out=bounds[1:])
+        out = np.empty(int(bounds[-1]), dtype=np.uint8)
+        if rows:
+            _write_cores(out, bounds, self.t, self.w, self.n, self.dt, self.dc)
+        return out.tobytes(), bounds
 
     def run(self, spec: EntitySpec, state_row: np.ndarray, apply: np.ndarray, ts: np.ndarray,
             amount: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
@@ -173,6 +131,86 @@ def _codes(fields: tuple[str, ...], cols: Columns) -> np.ndarray:
     if not fields:
         return np.zeros((0, cols.ts.size), dtype=np.int64)
     return np.stack([cols.codes[f] for f in fields])
+
+
+@jit
+def _read_cores(buf: np.ndarray, starts: np.ndarray, f_count: int, t: np.ndarray, w: np.ndarray, n: np.ndarray,
+                dt: np.ndarray, dc: np.ndarray) -> None:  # pragma: no cover (compiled)
+    """Rows 0..E-1 of the block's arrays from the cores at ``starts`` in ``buf``: each core's
+    doubles and codes are copied to an aligned scratch buffer and read through its float64 and
+    int64 views (the cores sit at any byte position)."""
+    windows = w.shape[1]
+    head = 1 + 3 * windows
+    scratch = np.empty(8 * (head + 2 * f_count * dt.shape[2]), dtype=np.uint8)
+    doubles = scratch.view(np.float64)
+    longs = scratch.view(np.int64)
+    for e in range(starts.size):
+        s = starts[e]
+        kept = 0
+        for f in range(f_count):
+            n[e, f] = buf[s + f]
+            kept += buf[s + f]
+        size = 8 * (head + 2 * kept)
+        at = s + f_count
+        for b in range(size):
+            scratch[b] = buf[at + b]
+        t[e] = doubles[0]
+        for i in range(windows):
+            for j in range(3):
+                w[e, i, j] = doubles[1 + 3 * i + j]
+        k = 0
+        for f in range(f_count):
+            for slot in range(n[e, f]):
+                dt[e, f, slot] = doubles[head + k]
+                dc[e, f, slot] = longs[head + kept + k]
+                k += 1
+
+
+@jit
+def _write_cores(out: np.ndarray, bounds: np.ndarray, t: np.ndarray, w: np.ndarray, n: np.ndarray,
+                 dt: np.ndarray, dc: np.ndarray) -> None:  # pragma: no cover (compiled)
+    """``_read_cores`` reversed: rows 0..len(bounds)-2 written as cores into ``out`` at ``bounds``."""
+    windows = w.shape[1]
+    f_count = n.shape[1]
+    head = 1 + 3 * windows
+    scratch = np.empty(8 * (head + 2 * f_count * dt.shape[2]), dtype=np.uint8)
+    doubles = scratch.view(np.float64)
+    longs = scratch.view(np.int64)
+    for e in range(bounds.size - 1):
+        s = bounds[e]
+        kept = 0
+        for f in range(f_count):
+            out[s + f] = n[e, f]
+            kept += n[e, f]
+        doubles[0] = t[e]
+        for i in range(windows):
+            for j in range(3):
+                doubles[1 + 3 * i + j] = w[e, i, j]
+        k = 0
+        for f in range(f_count):
+            for slot in range(n[e, f]):
+                doubles[head + k] = dt[e, f, slot]
+                longs[head + kept + k] = dc[e, f, slot]
+                k += 1
+        at = s + f_count
+        for b in range(8 * (head + 2 * kept)):
+            out[at + b] = scratch[b]
+
+
+def warm() -> None:
+    """Compile (or load from numba's on-disk cache) ``_read_cores`` and ``_write_cores`` for the
+    enricher's dtypes, so the first batch does not pay it. Idempotent."""
+    if _WARM:
+        return
+    block_t, block_w, block_n = np.full(1, np.nan), np.zeros((1, 1, 3)), np.zeros((1, 1), dtype=np.int64)
+    block_dt, block_dc = np.zeros((1, 1, 2)), np.zeros((1, 1, 2), dtype=np.int64)
+    out = np.zeros(1 + 8 * 4, dtype=np.uint8)
+    _write_cores(out, np.array([0, out.size], dtype=np.int64), block_t, block_w, block_n, block_dt, block_dc)
+    _read_cores(out, np.zeros(1, dtype=np.int64), 1, block_t, block_w, block_n, block_dt, block_dc)
+    _WARM.append(True)
+
+
+_WARM: list[bool] = []
 
 
 def windows_ms(spec: EntitySpec) -> np.ndarray:

@@ -48,6 +48,7 @@ from ..feedback import Label
 from ..schema import validate_event
 from . import binary, kernel, records
 from .block import Block
+from .block import warm as warm_blocks
 from .columns import Columns, Fields, attach, entity_codes, entity_value, gc_paused
 from .replay_log import FeatureLog
 from .state import EntityKey, Record, StateStore
@@ -80,6 +81,7 @@ class Enricher:
         self.log_misses = 0  # ... and those it did not hold (computed from the current state: approximate)
         kernel.warm()
         records.warm()
+        warm_blocks()
 
     def keep_replay_log(self, log: FeatureLog | None, partition_key: str | None, write: bool = True) -> None:
         """Take an already-applied event's features from ``log`` (``replay_log.py``), whatever wrote
@@ -184,18 +186,23 @@ class Enricher:
         spans = kb.spans(at, which)
         parsed = records.parse(raws, empty, n_fields, len(spec.windows))
         plan = records.normal(parsed, spans)
-        normal = plan.normal.tolist()
-        bounds = zip(parsed.core_start.tolist(), parsed.core_end.tolist(), strict=True)
-        plans: list[_BytesPlan | None] = []
-        starts: list[bytes] = []
-        for e, raw, fast, (a, b) in zip(which, raws, normal, bounds, strict=True):
-            if fast:  # the compiled path writes it: it starts from its current core
-                plans.append(None)
-                starts.append(parsed.data[a:b])
-            else:  # a redelivery, or a record of another format: the per-event decision
-                plan_e = plan_bytes(spec, kb.key, raw, kb.rows_of(e).tolist(), at.where, empty, n_fields)
-                plans.append(plan_e)
-                starts.append(plan_e.start)
+        # the compiled path writes the normal entities: each starts from its current core, where
+        # ``parse`` found it; the others (a redelivery, a record of another format: the per-event
+        # decision) from their plan's core, appended after the batch's records
+        plans: list[_BytesPlan | None] = [None] * len(which)
+        buf, core_at = parsed.buf, parsed.core_start
+        odd = np.flatnonzero(~plan.normal).tolist()
+        if odd:
+            core_at = core_at.copy()
+            extra_cores: list[bytes] = []
+            end = len(parsed.data)
+            for j in odd:
+                plan_e = plan_bytes(spec, kb.key, raws[j], kb.rows_of(which[j]).tolist(), at.where, empty, n_fields)
+                plans[j] = plan_e
+                core_at[j] = end
+                end += len(plan_e.start)
+                extra_cores.append(plan_e.start)
+            buf = np.frombuffer(parsed.data + b"".join(extra_cores), dtype=np.uint8)
         codes = kb.codes if rows is None else kb.codes[rows]
         state_row = np.full(codes.size, -1, dtype=np.int64)
         apply = np.ones(codes.size, dtype=np.bool_)
@@ -203,14 +210,15 @@ class Enricher:
         slot[which] = np.arange(len(which))
         keyed = codes >= 0
         state_row[keyed] = slot[codes[keyed]]
-        for e, p in zip(which, plans, strict=True):
+        for j in odd:
+            p = plans[j]
             if p is not None and p.apply:  # some events already applied (an older batch redelivered)
-                mask = codes == e
+                mask = codes == which[j]
                 apply[mask] = p.apply
         loose = np.flatnonzero(state_row < 0)
         state_row[loose] = np.arange(len(which), len(which) + loose.size)
         fields = spec.distinct_for(kb.key)
-        block = Block.from_bytes(spec, fields, starts, extra=loose.size, cols=cols)
+        block = Block.from_buffer(spec, fields, buf, core_at, extra=loose.size, cols=cols)
         out = block.run(spec, state_row, apply, cols.ts, cols.amount)
         if not apply.all() and self.replay_log is not None:  # applied before: the features it got then
             done = np.flatnonzero(~apply)
@@ -225,11 +233,17 @@ class Enricher:
                             done.size - hits, kb.key, hits)
             else:
                 log.info("entity state: %d already-applied event(s) of %s replayed from the replay log", hits, kb.key)
-        cores = block.core_bytes(len(plans))
-        fast_records = iter(records.assemble(parsed, plan, spans, [c for c, f in zip(cores, normal, strict=True) if f]))
-        for e, p, core in zip(which, plans, cores, strict=True):
-            record = next(fast_records) if p is None else binary.assemble(p.applied, core, p.undo)
-            writes[(kb.key, kb.names[e])] = record
+        cores, bounds = block.core_buffer(len(plans))
+        fast_records = iter(records.assemble(parsed, plan, spans, cores, bounds))
+        names = kb.names
+        if not odd:
+            for e, record in zip(which, fast_records, strict=True):
+                writes[(kb.key, names[e])] = record
+            return out
+        cut = bounds.tolist()
+        for j, (e, p) in enumerate(zip(which, plans, strict=True)):
+            record = next(fast_records) if p is None else binary.assemble(p.applied, cores[cut[j]:cut[j + 1]], p.undo)
+            writes[(kb.key, names[e])] = record
         return out
 
     def _redo(self, spec: EntitySpec, events: Sequence[dict[str, Any]], at: _Positions, batch: list[_KeyBatch],

@@ -178,7 +178,7 @@ def normal(parsed: Parsed, spans: Spans) -> Plan:
 
 @jit
 def _fill(out: np.ndarray, starts: np.ndarray, rows: np.ndarray, pair_start: np.ndarray, pair_part: np.ndarray,
-          pair_off: np.ndarray, cores: np.ndarray, core_start: np.ndarray, span_start: np.ndarray,
+          pair_off: np.ndarray, cores: np.ndarray, core_lo: np.ndarray, core_hi: np.ndarray, span_start: np.ndarray,
           span_part: np.ndarray, span_first: np.ndarray, old: np.ndarray, old_start: np.ndarray,
           old_end: np.ndarray) -> None:  # pragma: no cover (compiled)
     for j in range(rows.size):
@@ -192,7 +192,7 @@ def _fill(out: np.ndarray, starts: np.ndarray, rows: np.ndarray, pair_start: np.
         w += 4
         for k in range(pair_start[j], pair_start[j + 1]):
             w = _put_pair(out, w, pair_part[k], pair_off[k])
-        for k in range(core_start[j], core_start[j + 1]):
+        for k in range(core_lo[j], core_hi[j]):
             out[w] = cores[k]
             w += 1
         q = span_start[e + 1] - span_start[e]
@@ -215,16 +215,17 @@ def _put_pair(out: np.ndarray, w: int, partition: int, offset: int) -> int:  # p
     return w + PAIR
 
 
-def assemble(parsed: Parsed, plan: Plan, spans: Spans, cores: Sequence[bytes]) -> list[bytes]:
-    """The new records of the normal entities (in entity order): ``cores`` are their cores after
-    the batch, in the same order."""
+def assemble(parsed: Parsed, plan: Plan, spans: Spans, cores: bytes, bounds: np.ndarray) -> list[bytes]:
+    """The new records of the normal entities (in entity order). ``cores``: every entity's core
+    after the batch, one after another (``Block.core_buffer``), entity e's at
+    ``cores[bounds[e]:bounds[e + 1]]``; only the normal entities' are read."""
     rows = np.flatnonzero(plan.normal)
     if not rows.size:
         return []
     pair_count = np.bincount(plan.pair_entity, minlength=plan.normal.size)[rows]
     pair_start = np.concatenate(([0], np.cumsum(pair_count)))
-    core_len = np.fromiter(map(len, cores), np.int64, len(cores))
-    core_start = np.concatenate(([0], np.cumsum(core_len)))
+    core_lo, core_hi = bounds[rows], bounds[rows + 1]
+    core_len = core_hi - core_lo
     span_count = np.bincount(spans.entity, minlength=plan.normal.size)
     span_start = np.concatenate(([0], np.cumsum(span_count)))
     old_len = parsed.core_end[rows] - parsed.core_start[rows]
@@ -232,11 +233,11 @@ def assemble(parsed: Parsed, plan: Plan, spans: Spans, cores: Sequence[bytes]) -
     starts = np.concatenate(([0], np.cumsum(sizes)))
     out = np.empty(int(starts[-1]), dtype=np.uint8)
     _fill(out, starts[:-1], rows, pair_start, plan.pair_partition, plan.pair_offset,
-          np.frombuffer(b"".join(cores), dtype=np.uint8), core_start, span_start, spans.partition, spans.first,
+          np.frombuffer(cores, dtype=np.uint8), core_lo, core_hi, span_start, spans.partition, spans.first,
           parsed.buf, parsed.core_start[rows], parsed.core_end[rows])
     data = out.tobytes()
-    bounds = starts.tolist()
-    return [data[bounds[i]:bounds[i + 1]] for i in range(rows.size)]
+    cut = starts.tolist()
+    return [data[cut[i]:cut[i + 1]] for i in range(rows.size)]
 
 
 def warm() -> None:
@@ -246,7 +247,7 @@ def warm() -> None:
     z = np.zeros(1, dtype=np.int64)
     _parse(np.zeros(8, dtype=np.uint8), z, z, 1, 1, np.zeros((1, 5), dtype=np.int64))
     _fill(np.zeros(64, dtype=np.uint8), z, z, np.zeros(2, dtype=np.int64), z, z, np.zeros(1, dtype=np.uint8),
-          np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.int64), z, z, np.zeros(1, dtype=np.uint8), z, z)
+          z, z, np.zeros(2, dtype=np.int64), z, z, np.zeros(1, dtype=np.uint8), z, z)
     _WARM.append(True)
 
 

@@ -82,7 +82,7 @@ def test_versions_1_and_2_are_read_with_labels_coded_and_the_next_write_is_versi
 
 @pytest.mark.parametrize("labels", [3, 40])
 def test_cores_as_bytes_fill_and_read_the_kernels_arrays_as_the_dicts_do(labels: int) -> None:
-    """The enricher's bytes path (``Block.from_bytes`` / ``core_bytes``) against the dict path
+    """The enricher's bytes path (``Block.from_buffer`` / ``core_buffer``) against the dict path
     (``Block.of`` / ``cores`` + ``binary.encode``): the same arrays in, the same bytes out, with
     batch labels that do and do not cover the kept ones."""
     import numpy as np
@@ -98,14 +98,18 @@ def test_cores_as_bytes_fill_and_read_the_kernels_arrays_as_the_dicts_do(labels:
         cores = [r["c"] for (_, (k, _)), r in store.records.items() if k == key]
         as_bytes = [encode(SPEC, key, {"c": c, "a": {}, "u": None})[4:] for c in cores]  # head (4 bytes) off
         a = Block.of(SPEC, fields, cores, extra=2, cols=cols)
-        b = Block.from_bytes(SPEC, fields, as_bytes, extra=2, cols=cols)
+        gap = b"\x55" * 5  # the cores where they lie in a batch's buffer: not back to back, not from 0
+        joined = b"\xaa" * 3 + gap.join(as_bytes)
+        starts = np.cumsum([3] + [len(c) + len(gap) for c in as_bytes[:-1]]).astype(np.int64)
+        b = Block.from_buffer(SPEC, fields, np.frombuffer(joined, dtype=np.uint8), starts, extra=2, cols=cols)
         np.testing.assert_array_equal(a.codes, b.codes)
         for name in ("t", "w", "n"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
         kept = np.arange(a.dt.shape[2])[None, None, :] < a.n[:, :, None]
         np.testing.assert_array_equal(a.dt[kept], b.dt[kept])
         np.testing.assert_array_equal(a.dc[kept], b.dc[kept])
-        assert b.core_bytes(len(cores)) == as_bytes
+        data, bounds = b.core_buffer(len(cores))
+        assert [data[bounds[e]:bounds[e + 1]] for e in range(len(cores))] == as_bytes and bounds[-1] == len(data)
         assert [encode(SPEC, key, {"c": c, "a": {}, "u": None})[4:] for c in a.cores(len(cores))] == as_bytes
 
 
