@@ -72,8 +72,11 @@ class Block:
         e_count = starts.size
         block = cls(spec, fields, e_count + extra, _codes(fields, cols))
         if e_count:
-            _read_cores(buf, np.ascontiguousarray(starts, dtype=np.int64), len(fields), block.t, block.w, block.n,
-                        block.dt, block.dc)
+            bad = _read_cores(buf, np.ascontiguousarray(starts, dtype=np.int64), len(fields), block.t, block.w,
+                              block.n, block.dt, block.dc)
+            if bad >= 0:  # a record the spec cannot have written: refused before anything is read past it
+                raise ValueError(f"entity record: a core keeps more than {block.dt.shape[2]} values of a field "
+                                 f"(max_distinct {spec.max_distinct}); not written with this spec")
         return block
 
     def core_buffer(self, rows: int) -> tuple[bytes, np.ndarray]:
@@ -135,19 +138,24 @@ def _codes(fields: tuple[str, ...], cols: Columns) -> np.ndarray:
 
 @jit
 def _read_cores(buf: np.ndarray, starts: np.ndarray, f_count: int, t: np.ndarray, w: np.ndarray, n: np.ndarray,
-                dt: np.ndarray, dc: np.ndarray) -> None:  # pragma: no cover (compiled)
+                dt: np.ndarray, dc: np.ndarray) -> int:  # pragma: no cover (compiled)
     """Rows 0..E-1 of the block's arrays from the cores at ``starts`` in ``buf``: each core's
     doubles and codes are copied to an aligned scratch buffer and read through its float64 and
-    int64 views (the cores sit at any byte position)."""
+    int64 views (the cores sit at any byte position). Returns -1, or the first core that keeps
+    more values of a field than ``dt`` has slots (nothing of it is read: compiled code does not
+    check bounds)."""
     windows = w.shape[1]
     head = 1 + 3 * windows
-    scratch = np.empty(8 * (head + 2 * f_count * dt.shape[2]), dtype=np.uint8)
+    slots = dt.shape[2]
+    scratch = np.empty(8 * (head + 2 * f_count * slots), dtype=np.uint8)
     doubles = scratch.view(np.float64)
     longs = scratch.view(np.int64)
     for e in range(starts.size):
         s = starts[e]
         kept = 0
         for f in range(f_count):
+            if buf[s + f] > slots:
+                return e
             n[e, f] = buf[s + f]
             kept += buf[s + f]
         size = 8 * (head + 2 * kept)
@@ -164,6 +172,7 @@ def _read_cores(buf: np.ndarray, starts: np.ndarray, f_count: int, t: np.ndarray
                 dt[e, f, slot] = doubles[head + k]
                 dc[e, f, slot] = longs[head + kept + k]
                 k += 1
+    return -1
 
 
 @jit

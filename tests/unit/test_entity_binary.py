@@ -113,6 +113,27 @@ def test_cores_as_bytes_fill_and_read_the_kernels_arrays_as_the_dicts_do(labels:
         assert [encode(SPEC, key, {"c": c, "a": {}, "u": None})[4:] for c in a.cores(len(cores))] == as_bytes
 
 
+def test_a_core_keeping_more_values_than_the_spec_allows_is_refused_not_read_past() -> None:
+    """The compiled reading does not check bounds: a core whose count of kept values is beyond the
+    spec's slots (a damaged record) raises ``ValueError`` instead of writing past the arrays."""
+    import numpy as np
+
+    from stream_detector.entity.block import Block
+    from stream_detector.entity.columns import Columns
+
+    key = SPEC.keys[0]
+    fields = SPEC.distinct_for(key)
+    assert fields, "the test spec keeps distinct values for its first key"
+    store = _store(_events(200, 3))
+    core = next(r["c"] for (_, (k, _)), r in store.records.items() if k == key)
+    good = encode(SPEC, key, {"c": core, "a": {}, "u": None})[4:]
+    cols = Columns.of(SPEC, _events(10, 3))
+    Block.from_buffer(SPEC, fields, np.frombuffer(good, dtype=np.uint8), np.zeros(1, dtype=np.int64), 0, cols)
+    damaged = bytes([SPEC.max_distinct + 2]) + good[1:]
+    with pytest.raises(ValueError, match="more than"):
+        Block.from_buffer(SPEC, fields, np.frombuffer(damaged, dtype=np.uint8), np.zeros(1, dtype=np.int64), 0, cols)
+
+
 def test_compiled_parse_finds_each_records_sections_and_refuses_what_is_not_version_3() -> None:
     """``records.parse`` (one numba call for a batch's records) splits every well-formed record
     where ``binary.parse`` does, and marks anything else not ok (versions 1 and 2, truncated, trailing
