@@ -215,7 +215,10 @@ def warm() -> None:
     block_dt, block_dc = np.zeros((1, 1, 2)), np.zeros((1, 1, 2), dtype=np.int64)
     out = np.zeros(1 + 8 * 4, dtype=np.uint8)
     _write_cores(out, np.array([0, out.size], dtype=np.int64), block_t, block_w, block_n, block_dt, block_dc)
-    _read_cores(out, np.zeros(1, dtype=np.int64), 1, block_t, block_w, block_n, block_dt, block_dc)
+    # read-only, as the enricher's buffers are (``np.frombuffer`` of bytes): numba compiles one
+    # specialisation per writability, and the first batch would otherwise pay the second
+    _read_cores(np.frombuffer(out.tobytes(), dtype=np.uint8), np.zeros(1, dtype=np.int64), 1, block_t, block_w,
+                block_n, block_dt, block_dc)
     _WARM.append(True)
 
 

@@ -245,9 +245,10 @@ def warm() -> None:
     if _WARM:
         return
     z = np.zeros(1, dtype=np.int64)
-    _parse(np.zeros(8, dtype=np.uint8), z, z, 1, 1, np.zeros((1, 5), dtype=np.int64))
-    _fill(np.zeros(64, dtype=np.uint8), z, z, np.zeros(2, dtype=np.int64), z, z, np.zeros(1, dtype=np.uint8),
-          z, z, np.zeros(2, dtype=np.int64), z, z, np.zeros(1, dtype=np.uint8), z, z)
+    data = np.frombuffer(bytes(8), dtype=np.uint8)  # read-only, as the enricher's (one specialisation each)
+    _parse(data, z, z, 1, 1, np.zeros((1, 5), dtype=np.int64))
+    _fill(np.zeros(64, dtype=np.uint8), z, z, np.zeros(2, dtype=np.int64), z, z, data, z, z,
+          np.zeros(2, dtype=np.int64), z, z, data, z, z)
     _WARM.append(True)
 
 
