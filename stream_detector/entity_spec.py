@@ -55,6 +55,9 @@ def window_name(seconds: int) -> str:
     return f"{seconds}s"
 
 
+MAX_DISTINCT = 255  # the most kept values per distinct field: entity/binary.py stores the count as u8
+
+
 @dataclass(frozen=True)
 class EntitySpec:
     """Entity keys, windows (seconds) and the fields the features read; immutable and versioned."""
@@ -80,6 +83,9 @@ class EntitySpec:
             raise ValueError("entity windows must be positive, sorted and unique (seconds)")
         if self.max_distinct < 1 or not self.horizon_factor >= 1.0:
             raise ValueError("max_distinct must be >= 1 and horizon_factor >= 1")
+        if self.max_distinct > MAX_DISTINCT:  # a record stores each field's count of kept values in one byte
+            raise ValueError(f"max_distinct must be <= {MAX_DISTINCT} (an entity record counts each field's kept "
+                             f"values in one byte); got {self.max_distinct}")
 
     @property
     def input_fields(self) -> tuple[str, ...]:

@@ -123,8 +123,13 @@ class ScoreFeed:
             pools, self._pools = self._pools, {}
         now = time.time()
         for (model, version), pool in pools.items():
+            try:  # the ids are read here: a sampled event without a readable one is a bug, said at WARNING
+                entry = self._entry(model, version, pool, now)
+            except Exception as exc:  # noqa: BLE001 — telemetry: never raised into the worker's threads
+                log.warning("score feed: the sample of %d scored events (model %s) dropped: %s", pool.n, model, exc)
+                continue
             try:
-                self.telemetry.add_feed_entry(self._entry(model, version, pool, now), self.maxlen)
+                self.telemetry.add_feed_entry(entry, self.maxlen)
             except Exception as exc:  # noqa: BLE001 — telemetry: never let Redis trouble reach the worker
                 log.debug("score feed entry dropped: %s", exc)
 

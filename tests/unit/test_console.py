@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -255,6 +256,24 @@ def test_score_feed_ids_are_those_of_the_kept_rows_and_a_flat_batch_is_not_parse
     assert [score_of[i] for i in samples["ids"]] == samples["scores"]  # each id with its own row's score
     if flat:
         assert all(not events._parsed for events in batches)  # type: ignore[union-attr]  # the worker's untouched
+
+
+def test_score_feed_says_so_when_a_sampled_event_has_no_readable_id(caplog: pytest.LogCaptureFixture) -> None:
+    """Ids are read at the flush: a sampled event that has none (a bug upstream: scored events carry
+    one) drops that pool's entry with a WARNING, never an exception into the worker's threads."""
+    from stream_detector.pipeline.decode import LazyEvents
+    from stream_detector.pipeline.score_feed import ScoreFeed
+    from stream_detector.settings import Settings
+    from stream_detector.store import Threshold
+
+    telemetry = _Telemetry()
+    feed = ScoreFeed(telemetry, Settings(score_feed_sample=50, worker_id="w1"), seed=4)  # type: ignore[arg-type]
+    scores = np.array([0.1, 0.9])
+    feed.observe(LazyEvents([b'{"event_id": "ok"}', b'{"amount": 1}']), scores, np.array([1]),
+                 Threshold(0.5, 1, "m1"), [0, 0], [0, 1])
+    with caplog.at_level(logging.WARNING, logger="stream_detector.worker"):
+        feed.flush()
+    assert telemetry.entries == [] and "sample of 2 scored events" in caplog.text
 
 
 def test_sample_of_keeps_the_active_model_and_spans_its_entries() -> None:

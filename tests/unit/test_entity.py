@@ -39,6 +39,15 @@ def history(n: int = 600, seed: int = 3) -> list[dict[str, Any]]:
     return events
 
 
+def test_max_distinct_is_capped_where_a_record_can_count_it() -> None:
+    """A record stores each distinct field's count of kept values in one byte: a spec keeping more
+    than 255 is refused when it is made, not found out by a corrupt record once an entity has used
+    256 values (the count wrapped, and the next batch failed reading it)."""
+    assert EntitySpec(max_distinct=255).max_distinct == 255
+    with pytest.raises(ValueError, match="<= 255"):
+        EntitySpec(max_distinct=256)
+
+
 def test_windows_parse_and_spec_round_trip() -> None:
     assert parse_windows("7d,1h, 1d,1h") == (3600, 86_400, 604_800)
     with pytest.raises(ValueError):

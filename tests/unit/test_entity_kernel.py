@@ -127,17 +127,24 @@ def test_boundaries_equal_the_reference() -> None:
 def test_the_kernel_is_compiled_before_the_first_batch() -> None:
     """``Enricher()`` compiles (or loads) the kernel for exactly the dtypes batches use, so no batch
     pays a compile: enriching adds no new specialisation."""
-    from stream_detector.entity import kernel
+    from stream_detector.entity import block, kernel, records
 
     enricher = Enricher(InMemoryState())
     compiled = list(kernel.run.signatures)
     assert len(compiled) == 1
-    events = [{"event_id": "e", "account_id": "a", "terminal_id": "t", "timestamp": 1.0, "amount": 2.0,
-               "merchant_category": "x", "country": "y"}]
+    # the record kernels too: numba compiles one specialisation per writability of an array, and the
+    # enricher's buffers are read-only (np.frombuffer of bytes); a warm-up with writable ones left
+    # the first batch of a fresh machine compiling (found 2026-12-05)
+    others = (block._read_cores, block._write_cores, records._parse, records._fill)
+    warmed = [set(f.signatures) for f in others]
+    events = [{"event_id": f"e{i}", "account_id": f"a{i % 2}", "terminal_id": "t", "timestamp": 1.0 + i,
+               "amount": 2.0, "merchant_category": "x", "country": "y"} for i in range(3)]
     for spec in SPECS:
-        enricher.enrich(spec, events, [(0, 0)])
+        enricher.enrich(spec, events[:1], [(0, 0)])
+        enricher.enrich(spec, events[1:], [(0, 1), (0, 2)])  # records read back: the read-only path
         enrich_history(spec, events)
     assert list(kernel.run.signatures) == compiled
+    assert [set(f.signatures) for f in others] == warmed
 
 
 def test_the_kernel_compiles_without_a_writable_cache() -> None:
