@@ -43,5 +43,7 @@ class Watermarks(Protocol):
     """The consumer group's shared event-time watermarks (``store/watermarks.py``; the worker's
     ``pipeline.align.Peers``)."""
 
+    partitions: int  # the topic's partition count (0: unknown)
+
     def publish(self, heads: dict[int, tuple[float, bool]], ends: dict[int, int] | None = None) -> None: ...
     def bound(self, own: set[int], ends: EndOffsets | None = None) -> float: ...
