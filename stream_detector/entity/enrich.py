@@ -189,20 +189,17 @@ class Enricher:
         # the compiled path writes the normal entities: each starts from its current core, where
         # ``parse`` found it; the others (a redelivery, a record of another format: the per-event
         # decision) from their plan's core, appended after the batch's records
-        plans: list[_BytesPlan | None] = [None] * len(which)
         buf, core_at = parsed.buf, parsed.core_start
         odd = np.flatnonzero(~plan.normal).tolist()
+        plans = {j: plan_bytes(spec, kb.key, raws[j], kb.rows_of(which[j]).tolist(), at.where, empty, n_fields)
+                 for j in odd}
         if odd:
             core_at = core_at.copy()
-            extra_cores: list[bytes] = []
             end = len(parsed.data)
             for j in odd:
-                plan_e = plan_bytes(spec, kb.key, raws[j], kb.rows_of(which[j]).tolist(), at.where, empty, n_fields)
-                plans[j] = plan_e
                 core_at[j] = end
-                end += len(plan_e.start)
-                extra_cores.append(plan_e.start)
-            buf = np.frombuffer(parsed.data + b"".join(extra_cores), dtype=np.uint8)
+                end += len(plans[j].start)
+            buf = np.frombuffer(parsed.data + b"".join(plans[j].start for j in odd), dtype=np.uint8)
         codes = kb.codes if rows is None else kb.codes[rows]
         state_row = np.full(codes.size, -1, dtype=np.int64)
         apply = np.ones(codes.size, dtype=np.bool_)
@@ -210,11 +207,9 @@ class Enricher:
         slot[which] = np.arange(len(which))
         keyed = codes >= 0
         state_row[keyed] = slot[codes[keyed]]
-        for j in odd:
-            p = plans[j]
-            if p is not None and p.apply:  # some events already applied (an older batch redelivered)
-                mask = codes == which[j]
-                apply[mask] = p.apply
+        for j, p in plans.items():
+            if p.apply:  # some events already applied (an older batch redelivered)
+                apply[codes == which[j]] = p.apply
         loose = np.flatnonzero(state_row < 0)
         state_row[loose] = np.arange(len(which), len(which) + loose.size)
         fields = spec.distinct_for(kb.key)
@@ -233,7 +228,7 @@ class Enricher:
                             done.size - hits, kb.key, hits)
             else:
                 log.info("entity state: %d already-applied event(s) of %s replayed from the replay log", hits, kb.key)
-        cores, bounds = block.core_buffer(len(plans))
+        cores, bounds = block.core_buffer(len(which))
         fast_records = iter(records.assemble(parsed, plan, spans, cores, bounds))
         names = kb.names
         if not odd:
@@ -241,8 +236,10 @@ class Enricher:
                 writes[(kb.key, names[e])] = record
             return out
         cut = bounds.tolist()
-        for j, (e, p) in enumerate(zip(which, plans, strict=True)):
-            record = next(fast_records) if p is None else binary.assemble(p.applied, cores[cut[j]:cut[j + 1]], p.undo)
+        for j, e in enumerate(which):
+            own = plans.get(j)  # None: a normal entity, written by the compiled path
+            record = (next(fast_records) if own is None
+                      else binary.assemble(own.applied, cores[cut[j]:cut[j + 1]], own.undo))
             writes[(kb.key, names[e])] = record
         return out
 

@@ -164,7 +164,8 @@ def _ids(parts: Sequence[Sequence[dict[str, Any]]], rows: np.ndarray) -> list[st
     """The ``event_id`` of each of ``rows`` (int, ascending positions in the parts joined), as text.
     A part that is a ``LazyEvents`` is this pool's own (``take``), so parsing it here, on the flush
     thread, does not touch the worker's copy of the batch."""
-    ends = np.cumsum([len(part) for part in parts])
+    lengths = np.asarray([len(part) for part in parts], dtype=np.int64)
+    ends = np.cumsum(lengths)
     which = np.searchsorted(ends, rows, side="right")
-    starts = ends - np.asarray([len(part) for part in parts], dtype=ends.dtype)
+    starts = ends - lengths
     return [str(parts[p][r - int(starts[p])]["event_id"]) for p, r in zip(which.tolist(), rows.tolist(), strict=True)]
