@@ -71,9 +71,11 @@ from pathlib import Path
 bundle = load_bundle(Path(sys.argv[1]))
 scorer = Scorer(bundle)
 scorer.warm()
-if len(sys.argv) > 2 and sys.argv[2] == "padded":
-    from benchmarks.workload import make_events
+if len(sys.argv) > 2 and sys.argv[2].startswith("padded"):
+    from benchmarks.workload import make_events, drifted
     events, _ = make_events(8192, 3)
+    if sys.argv[2] == "padded-drift":
+        events = drifted(events)
 else:
     events, _ = Simulator(seed=3, accounts=2000, run_id="ba").batch(8192, 0.01)
 values = [orjson.dumps(e) for e in events]
@@ -127,6 +129,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--padded", action="store_true",
                         help="the throughput suite's workload (30 fields, ~724 bytes: benchmarks/workload.py) "
                              "instead of the simulator's ~15-field events")
+    parser.add_argument("--drift", action="store_true",
+                        help="with --padded: the produced events drift from what the model was trained on as "
+                             "producers' events do (benchmarks/workload.py's drifted: a key the schema does not "
+                             "name in every event, a feature field left out of one in 20)")
     parser.add_argument("--entity", action="store_true",
                         help="the entity-worker workload (account + terminal history, state in Redis: "
                              "benchmarks/entity_worker.py's model and events); drains only, a fresh state "
@@ -137,6 +143,8 @@ def main(argv: list[str]) -> int:
                         help="that section's title")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
+    if args.drift and not args.padded:
+        parser.error("--drift needs --padded")
 
     from stream_detector.model.bundle import save_bundle
     from stream_detector.simulate import Simulator
@@ -151,7 +159,7 @@ def main(argv: list[str]) -> int:
     dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], check=True,
                                 capture_output=True, text=True).stdout.strip())
     trees = {"before": None, "after": ROOT}
-    workload = "padded" if args.padded else "simulator"
+    workload = ("padded-drift" if args.drift else "padded") if args.padded else "simulator"
     rates: dict[tuple[str, str], list[float]] = {}
     step_runs: dict[tuple[str, str], list[dict[str, float]]] = {}
     compute: dict[str, list[float]] = {"before": [], "after": []}
@@ -190,6 +198,10 @@ def main(argv: list[str]) -> int:
                 events = entity_events
             elif args.padded:
                 events, _ = make_events(args.events, 1)
+                if args.drift:
+                    from .workload import drifted
+
+                    events = drifted(events)
             else:
                 events, _ = Simulator(seed=1, accounts=5000, run_id="ba").batch(args.events, 0.01)
             harness.produce(svc.kafka, settings.input_topic, [orjson.dumps(e) for e in events],
@@ -256,7 +268,8 @@ def harness_transports() -> list[str]:
 def render(rows: list[tuple[str, str, float, list[float]]], rev: str, head: str, dirty: bool,
            args: argparse.Namespace) -> str:
     lines = [f"`python -m benchmarks before-after --baseline {rev} --events {args.events} --rounds {args.rounds} "
-             f"--transports {args.transports}{' --padded' if args.padded else ''}{' --entity' if args.entity else ''}"
+             f"--transports {args.transports}{' --padded' if args.padded else ''}{' --drift' if args.drift else ''}"
+             f"{' --entity' if args.entity else ''}"
              f"{f' --section {args.section}' if args.section != 'before-after' else ''}`: "
              f"baseline `{rev}` against `{head}`{' plus uncommitted changes' if dirty else ''}, one worker process draining the same "
              "pre-produced topic (fresh group per run), runs alternating A B A B. Median of the runs; the ratio is "
@@ -265,7 +278,9 @@ def render(rows: list[tuple[str, str, float, list[float]]], rev: str, head: str,
                 "account) and its entity model (keys account and terminal, 1h/1d/7d/30d; event-time alignment on), "
                 "entity state in Redis empty at each drain's start." if args.entity else
                 "the throughput suite's (30 fields, ~724 bytes of JSON, `benchmarks/workload.py`), a model trained on "
-                "it." if args.padded else "the simulator's events (~15 fields), `tests.helpers.small_bundle`."), "",
+                "it" + (", the produced events drifted from it (`workload.drifted`: a key the schema does not name in "
+                        "every event, a feature field left out of one in 20)." if args.drift else ".")
+                if args.padded else "the simulator's events (~15 fields), `tests.helpers.small_bundle`."), "",
              "| workload | before | after | after / before | runs (before; after) |", "|---|---:|---:|---:|---|"]
     by: dict[str, dict[str, tuple[float, list[float]]]] = {}
     for what, name, median, values in rows:

@@ -67,6 +67,19 @@ def make_events(n: int, seed: int, fraud_rate: float = 0.01, run_id: str = "benc
     return pad_events(events, np.random.default_rng(seed + 7)), labels
 
 
+def drifted(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events as producers' events drift from what a model was trained on (new dicts): every
+    event carries a key the model's schema does not name (``merchant_name``), and one in 20 leaves
+    out a feature field (``ctx_signal_01``: read as null, as a producer that omits nulls sends it)."""
+    left_out = _numeric_names()[1]
+    out = []
+    for i, event in enumerate(events):
+        new = {k: v for k, v in event.items() if not (i % 20 == 0 and k == left_out)}
+        new["merchant_name"] = f"shop-{i % 50:02d}"
+        out.append(new)
+    return out
+
+
 def encode(events: Sequence[dict[str, Any]]) -> list[bytes]:
     return [orjson.dumps(e) for e in events]
 

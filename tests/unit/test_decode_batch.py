@@ -427,11 +427,8 @@ def test_the_flat_reading_takes_a_batch_of_plain_events_and_parses_only_what_is_
 
 
 @pytest.mark.parametrize("odd", [
-    b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": 1, "country": "NL", "flag": true,'
-    b' "extra": 1}',  # a key the schema does not name
     b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": "1.5", "country": "NL",'
     b' "flag": true}',  # a value to convert
-    b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": 1, "country": "NL"}',  # no flag
     b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": 18446744073709551616,'
     b' "country": "NL", "flag": true}',  # an integer beyond 64 bits
     b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": 1, "amount": 2, "country": "NL",'
@@ -440,6 +437,10 @@ def test_the_flat_reading_takes_a_batch_of_plain_events_and_parses_only_what_is_
     b' "note": {"x": 1}}',  # a nested value
     b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": 1e400, "country": "NL",'
     b' "flag": true}',  # out of range
+    b'{"event_id": "o", "account_id": "a", "timestamp": 1790000000000, "amount": 1, "country": "NL", "flag": true,'
+    b' "a\\"b": 1}',  # a key the schema does not name, which msgspec cannot name either
+    b'{"event_id": "o", "account_id": "a", "amount": 1, "country": "NL", "flag": true,'
+    b' "extra": {"x": 1}}',  # a key the schema does not name, holding a nested value
 ])
 def test_the_flat_reading_hands_a_batch_with_an_odd_record_to_the_usual_path(odd: bytes) -> None:
     """Each kind of record the flat reading cannot take, in a batch of plain ones: the batch is
@@ -454,6 +455,58 @@ def test_the_flat_reading_hands_a_batch_with_an_odd_record_to_the_usual_path(odd
     assert reader.skip == 1  # one miss: the next batch is decoded the usual way, the one after tries again
     assert isinstance(decode_batch(plain, 10_000, 0, SCHEMA, lazy=True).events, list)
     assert isinstance(decode_batch(plain, 10_000, 0, SCHEMA, lazy=True).events, decode.LazyEvents)
+
+
+def _plain(i: int, **fields: Any) -> bytes:
+    event = {"event_id": f"e{i}", "account_id": "a", "timestamp": T0 + i, "amount": i + 0.5, "country": "NL",
+             "flag": i % 2 == 0, **fields}
+    return json.dumps({k: v for k, v in event.items() if v is not ...}).encode()
+
+
+@pytest.mark.parametrize(("odd", "extra", "lenient"), [
+    ({"merchant_name": "shop"}, ("merchant_name",), frozenset()),  # a producer's field the model does not use
+    ({"flag": ...}, (), frozenset({"flag"})),  # a producer that leaves out a null field
+    ({"amount": ..., "merchant_name": None, "channel": 3}, ("merchant_name", "channel"), frozenset({"amount"})),
+    ({"timestamp": ...}, (), frozenset({"timestamp"})),  # the event time: a feature of the schema, left out
+])
+def test_the_flat_reading_learns_the_keys_a_stream_adds_and_the_fields_it_leaves_out(
+        odd: dict[str, Any], extra: tuple[str, ...], lenient: frozenset[str]) -> None:
+    """A key the schema does not name, or a field of it left out (read as null, as the usual
+    decode's ``event.get``): the batch is still read flat, with the same result as the per-record
+    loop; the reader keeps what it learned, so the next batches take no extra msgspec pass, and a
+    batch without those keys is read flat as before. (Before: every such batch went to the usual
+    decode, 52 ms instead of 32 ms per 8,192 of the benchmark's events.)"""
+    batch = [_plain(i, **(odd if i % 3 == 1 else {})) for i in range(9)]
+    got = assert_same_lazy(batch, 10_000, 0, SCHEMA)
+    assert isinstance(got.events, decode.LazyEvents)
+    reader = decode._reader(SCHEMA)
+    assert reader.extra == extra and reader.lenient == lenient and reader.misses == 0
+    for later in (batch, [_plain(i) for i in range(4)]):  # what it learned stays; the plain stream reads as ever
+        again = decode_batch(later, 10_000, 0, SCHEMA, lazy=True)
+        assert isinstance(again.events, decode.LazyEvents)
+        assert decode._reader(SCHEMA) is reader
+        want = decode_batch_reference(later, 10_000, 0, SCHEMA)
+        assert [_exact(e) for e in again.events] == [_exact(e) for e in want.events]
+        assert {k: [_exact(v) for v in c] for k, c in again.columns.items()} == \
+            {k: [_exact(e.get(k)) for e in want.events] for k in again.columns}
+
+
+def test_the_flat_reading_learns_a_bounded_number_of_keys() -> None:
+    """A stream whose events each bring new keys (``_MAX_LEARNED`` of them learned at most, and
+    ``_RELEARN`` retries per batch): past those the batch goes to the usual decode, with the
+    same result, and the reader counts a miss."""
+    decode._READERS.clear()
+    many = [_plain(i, **{f"k{i}_{j}": j for j in range(decode._RELEARN + 1)}) for i in range(2)]
+    got = decode_batch(many, 10_000, 0, SCHEMA, lazy=True)
+    assert isinstance(got.events, list) and decode._reader(SCHEMA).misses == 1
+    assert len(decode._reader(SCHEMA).extra) == decode._RELEARN
+    decode._READERS.clear()
+    for start in range(0, 2 * decode._MAX_LEARNED, 4):
+        decode._reader(SCHEMA).skip = 0
+        decode_batch([_plain(start, **{f"n{start + j}": 1 for j in range(4)})], 10_000, 0, SCHEMA, lazy=True)
+    reader = decode._reader(SCHEMA)
+    assert len(reader.extra) == decode._MAX_LEARNED and reader.misses > 0
+    assert_same_lazy([_plain(1, n999=1)], 10_000, 0, SCHEMA)
 
 
 @pytest.mark.parametrize("schema", [
