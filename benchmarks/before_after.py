@@ -71,14 +71,15 @@ from pathlib import Path
 bundle = load_bundle(Path(sys.argv[1]))
 scorer = Scorer(bundle)
 scorer.warm()
-if len(sys.argv) > 2 and sys.argv[2].startswith("padded"):
-    from benchmarks.workload import make_events, drifted
-    events, _ = make_events(8192, 3)
-    if sys.argv[2] == "padded-drift":
-        events = drifted(events)
+if len(sys.argv) > 2 and sys.argv[2].endswith(".jsonl"):  # the records themselves (made by this suite's tree)
+    values = Path(sys.argv[2]).read_bytes().splitlines()
 else:
-    events, _ = Simulator(seed=3, accounts=2000, run_id="ba").batch(8192, 0.01)
-values = [orjson.dumps(e) for e in events]
+    if len(sys.argv) > 2 and sys.argv[2] == "padded":
+        from benchmarks.workload import make_events
+        events, _ = make_events(8192, 3)
+    else:
+        events, _ = Simulator(seed=3, accounts=2000, run_id="ba").batch(8192, 0.01)
+    values = [orjson.dumps(e) for e in events]
 compute = ChunkedCompute(1024, 0)
 best = float("inf")
 for _ in range(12):
@@ -159,7 +160,7 @@ def main(argv: list[str]) -> int:
     dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], check=True,
                                 capture_output=True, text=True).stdout.strip())
     trees = {"before": None, "after": ROOT}
-    workload = ("padded-drift" if args.drift else "padded") if args.padded else "simulator"
+    workload = "padded" if args.padded else "simulator"
     rates: dict[tuple[str, str], list[float]] = {}
     step_runs: dict[tuple[str, str], list[dict[str, float]]] = {}
     compute: dict[str, list[float]] = {"before": [], "after": []}
@@ -184,6 +185,11 @@ def main(argv: list[str]) -> int:
             else:
                 bundle = small_bundle()
             model_dir = save_bundle(bundle, Path(tmp) / "model")
+            if args.drift:  # this tree's workload for both: the baseline's benchmarks/ may not have ``drifted``
+                from .workload import drifted, make_events
+
+                workload = str(Path(tmp) / "drifted.jsonl")
+                Path(workload).write_bytes(b"\n".join(orjson.dumps(e) for e in drifted(make_events(8192, 3)[0])))
             tag = uuid.uuid4().hex[:8]
             from stream_detector.settings import Settings
 
