@@ -2275,17 +2275,37 @@ def _probe_kafka(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> None
     TLS or SASL, as before). When none does — refused, an unknown host, or no answer within
     ``timeout_s`` — ``ConfigError`` says so at once, where kafka-python's bootstrap would give up
     after 30 s with nothing on the screen meanwhile (a new-user trial: `lag`, `tail` and `topics`
-    with no broker running took 31 s each)."""
-    reasons: list[tuple[str, str]] = []
-    for server in settings.bootstrap_servers:
+    with no broker running took 31 s each). The addresses are tried at the same time (one daemon
+    thread each), so filtered ones cost ``timeout_s`` together, not each in turn."""
+    import queue
+    import threading
+
+    servers = settings.bootstrap_servers
+    answers: queue.Queue[tuple[int, str | None]] = queue.Queue()
+
+    def connect(at: int, server: str) -> None:
         host, _, port = server.rpartition(":")
         try:
             socket.create_connection((host, int(port)), timeout=timeout_s).close()
-            return
+            answers.put((at, None))
         except TimeoutError:  # a filtered address: nothing refuses, nothing answers
-            reasons.append((server, f"no answer in {timeout_s:g} s"))
+            answers.put((at, f"no answer in {timeout_s:g} s"))
         except OSError as exc:
-            reasons.append((server, exc.strerror or type(exc).__name__))
+            answers.put((at, exc.strerror or type(exc).__name__))
+
+    for at, server in enumerate(servers):  # daemon: a command that goes on does not wait for the others at exit
+        threading.Thread(target=connect, args=(at, server), name=f"kafka-probe-{at}", daemon=True).start()
+    why: dict[int, str] = {}
+    while len(why) < len(servers):
+        try:
+            at, reason = answers.get(timeout=timeout_s + 1.0)
+        except queue.Empty:  # a resolver that hangs past the connect timeout
+            why.update({k: f"no answer in {timeout_s:g} s" for k in range(len(servers)) if k not in why})
+            break
+        if reason is None:
+            return
+        why[at] = reason
+    reasons = [(server, why[at]) for at, server in enumerate(servers)]
     said = reasons[0][1] if len(reasons) == 1 else "; ".join(f"{server}: {why}" for server, why in reasons)
     raise ConfigError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {said}{_PROBE_HINT}")
 

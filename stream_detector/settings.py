@@ -117,16 +117,25 @@ class KafkaSettings(_Group):
     @field_validator("kafka_bootstrap")
     @classmethod
     def _bootstrap_has_port(cls, value: str) -> str:
-        for server in value.split(","):
-            host, _, port = server.strip().rpartition(":")
-            if not host or not port.isdigit() or "/" in host or ":" in host:
-                raise ValueError(f"expected host:port[,host:port...] (no scheme, no IPv6 literal), got {value!r}")
+        _check_addresses(value.split(","), value)
         return value
 
     @property
     def bootstrap_servers(self) -> list[str]:
         return [s.strip() for s in self.kafka_bootstrap.split(",")]
 
+
+
+def _check_addresses(servers: list[str], value: str) -> None:
+    """Each of ``servers`` is host:port with a TCP port (1-65535); raises ``ValueError`` naming
+    ``value`` otherwise (a port out of range was accepted, and the client then failed at connect
+    time with an error that did not name the setting: a new-user trial)."""
+    for server in servers:
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit() or "/" in host or ":" in host:
+            raise ValueError(f"expected host:port[,host:port...] (no scheme, no IPv6 literal), got {value!r}")
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"port {int(port)} of {server.strip()!r} is not a TCP port (1-65535), in {value!r}")
 
 class RedisSettings(_Group):
     """Redis: where the control plane and the entity state live, and how to log in."""
@@ -166,10 +175,7 @@ class RedisSettings(_Group):
     @field_validator("redis_sentinels", "entity_redis_cluster")
     @classmethod
     def _sentinels_have_ports(cls, value: str) -> str:
-        for server in value.split(",") if value.strip() else []:
-            host, _, port = server.strip().rpartition(":")
-            if not host or not port.isdigit() or "/" in host or ":" in host:
-                raise ValueError(f"expected host:port[,host:port...] (no scheme, no IPv6 literal), got {value!r}")
+        _check_addresses(value.split(",") if value.strip() else [], value)
         return value.strip()
 
     @field_validator("redis_prefix")

@@ -61,6 +61,19 @@ def test_node_lists_take_host_and_port_only(value: str) -> None:
     assert load_settings(entity_redis_cluster="10.0.0.1:7001,10.0.0.2:7001").entity_redis_cluster
 
 
+@pytest.mark.parametrize(("name", "value"), [
+    ("kafka_bootstrap", "localhost:99999"), ("kafka_bootstrap", "localhost:9092,b:0"),
+    ("redis_sentinels", "s1:26379,s2:65536"), ("entity_redis_cluster", "n1:70001"),
+])
+def test_an_address_list_takes_tcp_ports_only(name: str, value: str) -> None:
+    """A port out of 1-65535 (a new-user trial: SD_KAFKA_BOOTSTRAP=localhost:99999 was accepted and
+    the client failed later, without naming the setting) is a settings error naming the
+    variable and the port; the highest port is taken."""
+    with pytest.raises(ConfigError, match=f"SD_{name.upper()}.*is not a TCP port"):
+        load_settings(**{name: value})
+    assert getattr(load_settings(**{name: "h1:65535,h2:1"}), name) == "h1:65535,h2:1"
+
+
 def test_alignment_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="SD_ALIGN_EVENT_TIME"):
         load_settings(align_event_time="maybe")
