@@ -135,7 +135,7 @@ def _check_addresses(servers: list[str], value: str) -> None:
         if not host or not port.isdigit() or "/" in host or ":" in host:
             raise ValueError(f"expected host:port[,host:port...] (no scheme, no IPv6 literal), got {value!r}")
         if not 1 <= int(port) <= 65535:
-            raise ValueError(f"port {int(port)} of {server.strip()!r} is not a TCP port (1-65535), in {value!r}")
+            raise ValueError(f"port {int(port)} of {server.strip()!r} is not a TCP port (1-65535)")
 
 class RedisSettings(_Group):
     """Redis: where the control plane and the entity state live, and how to log in."""
@@ -484,7 +484,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"SD_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" if err["loc"]
-            else str(err["msg"]).removeprefix("Value error, ") for err in exc.errors()
+            f"SD_{'_'.join(str(p) for p in err['loc']).upper()}: {str(err['msg']).removeprefix('Value error, ')}"
+            if err["loc"] else str(err["msg"]).removeprefix("Value error, ") for err in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None
