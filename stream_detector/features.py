@@ -15,7 +15,15 @@ of ``fit_spec``) the value-guessing rules below decide. Rules applied at fit tim
   then 1), clipped to ±``clip``;
 * a string field is categorical: the ``max_categories`` most frequent values seen at least
   ``min_category_count`` times get a one-hot column, everything else (unseen values included)
-  goes to ``field=__other__``; id-like fields (more than half the values unique) are dropped;
+  goes to ``field=__other__``; id-like fields (more than half the values unique) are dropped. A
+  missing value (null, absent or empty) is imputed as numbers are: when training never saw the
+  field missing it reads as the field's most frequent category (``CategoricalColumn.impute``;
+  ties: the smaller value), like a number's median; when training saw it missing it stays
+  ``__other__``, which training then learned. (Before 2026-12-05 a missing value always went to
+  ``__other__``: a new-user trial left ``channel`` out of one event in 20, and every one of them
+  scored thousands of times the threshold, since the autoencoder had never seen that column on.)
+  A value never seen in training still goes to ``__other__``: that is novelty, which the model
+  is there to flag;
 * with ``time_of_day`` (off by default: on most traffic the hour is noise the autoencoder
   spends capacity on) and timestamps on most training events, hour-of-day is added as sin/cos (UTC).
 
@@ -41,6 +49,7 @@ from .fieldschema import FieldSchema, FieldType
 from .schema import RESERVED_FIELDS, Problem, RejectReason, parse_timestamp_ms
 
 SPEC_FORMAT = 1
+SPEC_FORMAT_IMPUTE = 2  # a spec with a categorical imputation: a release that cannot impute refuses it
 Extra = tuple[Sequence[str], np.ndarray]  # (field names, float64 values n × len(names)): see transform
 OTHER = "__other__"
 
@@ -57,8 +66,12 @@ class NumericColumn:
 
 @dataclass(frozen=True)
 class CategoricalColumn:
+    """A one-hot field: ``categories`` get a column each, anything else ``__other__``; a missing
+    value (null, absent, empty) reads as ``impute`` (a category of the field; None: ``__other__``)."""
+
     name: str
     categories: tuple[str, ...]
+    impute: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,13 @@ class FeatureSpec:
 
     def __post_init__(self) -> None:
         for col in self.categorical:
-            self._index[col.name] = {c: i for i, c in enumerate(col.categories)}
+            index: dict[Any, int] = {c: i for i, c in enumerate(col.categories)}
+            if col.impute is not None:
+                if col.impute not in index:
+                    raise ValueError(f"categorical field {col.name!r}: impute {col.impute!r} is not one of its "
+                                     "categories")
+                index[None] = index[""] = index[col.impute]  # missing reads as the imputed category
+            self._index[col.name] = index
 
     # ---- shape -------------------------------------------------------------------------
     @property
@@ -213,9 +232,10 @@ class FeatureSpec:
     # ---- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": SPEC_FORMAT,
+            "format": SPEC_FORMAT_IMPUTE if any(c.impute is not None for c in self.categorical) else SPEC_FORMAT,
             "numeric": [vars(c) for c in self.numeric],
-            "categorical": [{"name": c.name, "categories": list(c.categories)} for c in self.categorical],
+            "categorical": [{"name": c.name, "categories": list(c.categories),
+                             **({"impute": c.impute} if c.impute is not None else {})} for c in self.categorical],
             "time_of_day": self.time_of_day,
             "clip": self.clip,
             "dropped": list(self.dropped),
@@ -226,11 +246,12 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        if data.get("format") != SPEC_FORMAT:
+        if data.get("format") not in (SPEC_FORMAT, SPEC_FORMAT_IMPUTE):
             raise ValueError(f"unsupported feature spec format {data.get('format')!r}")
         return cls(
             numeric=tuple(NumericColumn(**c) for c in data["numeric"]),
-            categorical=tuple(CategoricalColumn(c["name"], tuple(c["categories"])) for c in data["categorical"]),
+            categorical=tuple(CategoricalColumn(c["name"], tuple(c["categories"]), c.get("impute"))
+                              for c in data["categorical"]),
             time_of_day=bool(data["time_of_day"]),
             clip=float(data["clip"]),
             dropped=tuple(data.get("dropped", ())),
@@ -292,7 +313,8 @@ def fit_spec(
             dropped.append(name)  # id-like: one-hot would only memorise
             continue
         kept = [c for c, k in counts.most_common(max_categories) if k >= min_category_count]
-        categorical.append(CategoricalColumn(name, tuple(sorted(kept))))
+        categorical.append(CategoricalColumn(name, tuple(sorted(kept)),
+                                             mode_of(kept, counts) if len(present) == len(values) else None))
     with_ts = sum(1 for e in events if e.get("timestamp") is not None)
     return FeatureSpec(
         numeric=tuple(numeric),
@@ -300,6 +322,13 @@ def fit_spec(
         time_of_day=time_of_day and with_ts >= 0.5 * len(events),
         dropped=tuple(dropped),
     )
+
+
+def mode_of(kept: Sequence[str], counts: Mapping[str, int]) -> str | None:
+    """The category a missing value of a field training never saw missing reads as
+    (``CategoricalColumn.impute``): the most frequent of ``kept``, ties to the smaller value;
+    None when nothing is kept."""
+    return min(kept, key=lambda c: (-counts[c], c)) if kept else None
 
 
 def _as_numbers(present: list[Any]) -> np.ndarray | None:
@@ -441,8 +470,9 @@ def _finite_or_missing(values: np.ndarray, name: str, bad: dict[int, Problem]) -
 
 
 def _category_codes(column: Any, index: dict[Any, int], other: int, n: int) -> np.ndarray:
-    """int64[n]: each value's category code (``other``: not a category, or missing), from a pyarrow
-    array (one lookup per distinct value) or a sequence."""
+    """int64[n]: each value's category code (``other``: not a category; missing: ``index[None]``,
+    the imputed category's, else ``other``), from a pyarrow array (one lookup per distinct value)
+    or a sequence."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -450,7 +480,8 @@ def _category_codes(column: Any, index: dict[Any, int], other: int, n: int) -> n
         encoded = pc.dictionary_encode(column)
         if isinstance(encoded, pa.ChunkedArray):
             encoded = encoded.combine_chunks()
-        per = np.array([index.get(v, other) for v in encoded.dictionary.to_pylist()] + [other], dtype=np.int64)
+        per = np.array([index.get(v, other) for v in encoded.dictionary.to_pylist()] + [index.get(None, other)],
+                       dtype=np.int64)
         return np.asarray(per[pc.fill_null(encoded.indices, len(per) - 1).to_numpy(zero_copy_only=False)])
     return np.fromiter(map(index.get, column, repeat(other, n)), dtype=np.int64, count=n)
 

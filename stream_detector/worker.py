@@ -154,7 +154,7 @@ class AbsentFields:
     """Says once per model when some of its input fields are absent from the events it scores:
     events of another producer or schema. A new-user trial streamed the Handbook's raw card events
     to a model trained with velocity fields: every event alerted and nothing said why (each absent
-    field is scored as a missing value: the training median, or no category, which a model that
+    field is scored as a missing value: the training median, or the most frequent category, which a model that
     rarely or never saw it missing can read as unusual).
 
     ``observe`` looks at up to ``LOOK`` scored events of each batch (one key lookup per field
@@ -200,7 +200,7 @@ class AbsentFields:
                   f"{', ...' if len(own) > 7 else ''})" if own else "")
         return (f"model {version}: {len(names)} of its input fields {verb} absent from every one of the first "
                 f"{self._looked} events it scored: {shown}{theirs}. Each is scored as a missing value (the training "
-                "median, or no category), which a model that rarely or never saw it missing can read as "
+                "median, or the most frequent category), which a model that rarely or never saw it missing can read as "
                 "unusual: expect more alerts than its threshold was calibrated for. Are these events of the "
                 "model's own producer and schema? (`stream-detector model show VERSION` has the model's "
                 "fields; train on events of this stream's shape)")

@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasketches import frequent_items_error_type, frequent_strings_sketch, kll_doubles_sketch
 
-from ..features import CategoricalColumn, FeatureSpec, NumericColumn, _fit_numeric
+from ..features import CategoricalColumn, FeatureSpec, NumericColumn, _fit_numeric, mode_of
 
 KLL_K = 1000
 KLL_RANK_ERROR: float = kll_doubles_sketch.get_normalized_rank_error(KLL_K, False)  # ≈ 0.00278
@@ -422,7 +422,9 @@ def fit_spec_from_stats(stats: SpecStats, *, numeric: Sequence[str], categorical
             columns.append(_numeric_column(name, st))
         else:
             top = st.counts()[:max_categories]
-            cats.append(CategoricalColumn(name, tuple(sorted(v for v, k in top if k >= min_category_count))))
+            kept = [v for v, k in top if k >= min_category_count]
+            cats.append(CategoricalColumn(name, tuple(sorted(kept)),
+                                          mode_of(kept, dict(top)) if st.present == st.rows else None))
     return FeatureSpec(numeric=tuple(columns), categorical=tuple(cats), dropped=tuple(dropped),
                        time_of_day=time_of_day and stats.with_timestamp >= 0.5 * stats.rows)
 

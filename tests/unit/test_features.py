@@ -47,8 +47,51 @@ def test_transform_is_float32_centered_and_handles_unseen_and_missing():
     odd = [{"event_id": "z", "country": "FR", "amount": None}, {"event_id": "y"}]
     x2, bad2 = spec.transform(odd)
     other = spec.columns.index(f"country={OTHER}")
-    assert not bad2 and x2[0, other] == 1.0 and x2[1, other] == 1.0
+    assert not bad2 and x2[0, other] == 1.0  # an unseen value: novel
+    assert x2[1, spec.columns.index("country=GB")] == 1.0 and x2[1, other] == 0.0  # missing: the mode (tie: GB < US)
     assert np.isfinite(x2).all()
+
+
+def test_a_missing_category_reads_as_its_most_frequent_value_when_training_never_saw_it_missing() -> None:
+    """A new-user trial left ``channel`` out of one event in 20 (or sent it null): every such event
+    went to ``channel=__other__``, a column the autoencoder never saw on, and scored thousands of
+    times the threshold. A missing category is now imputed as a number is (its median): by the
+    field's most frequent training value when training never saw the field missing; null, absent
+    and empty alike, from dicts and from a pyarrow column. A field training saw missing keeps
+    ``__other__`` for it (training learned that column), and an unseen value stays novel."""
+    import pyarrow as pa
+
+    from stream_detector.features import SPEC_FORMAT, SPEC_FORMAT_IMPUTE
+
+    events = [{"event_id": str(i), "amount": float(i % 13), "channel": ["pos", "pos", "web"][i % 3],
+               "device": None if i % 10 == 0 else ["a", "b"][i % 2]} for i in range(300)]
+    spec = fit_spec(events)
+    channel, device = spec.categorical
+    assert (channel.name, channel.impute, device.name, device.impute) == ("channel", "pos", "device", None)
+    rows = [{"event_id": "m1", "amount": 3.0}, {"event_id": "m2", "amount": 3.0, "channel": None},
+            {"event_id": "m3", "amount": 3.0, "channel": ""}, {"event_id": "m4", "amount": 3.0, "channel": "pos"},
+            {"event_id": "m5", "amount": 3.0, "channel": "mobile"}]
+    x, bad = spec.transform(rows)
+    assert not bad
+    assert (x[:3] == x[3]).all()  # missing reads as the mode
+    assert x[4, spec.columns.index(f"channel={OTHER}")] == 1.0 and x[4, spec.columns.index("channel=pos")] == 0.0
+    assert (x[:, spec.columns.index(f"device={OTHER}")] == 1.0).all()  # seen missing in training: __other__
+    column = pa.array([r.get("channel") for r in rows], pa.string())
+    got, _ = spec.transform([{k: v for k, v in r.items() if k != "channel"} for r in rows], columns={"channel": column})
+    np.testing.assert_array_equal(got, x)
+    data = spec.to_dict()
+    assert data["format"] == SPEC_FORMAT_IMPUTE and data["categorical"][0]["impute"] == "pos"
+    assert FeatureSpec.from_dict(data) == spec
+    old = {**data, "format": SPEC_FORMAT,  # a spec of an earlier release: missing went to __other__
+           "categorical": [{k: v for k, v in c.items() if k != "impute"} for c in data["categorical"]]}
+    x_old, _ = FeatureSpec.from_dict(old).transform(rows[:1])
+    assert x_old[0, spec.columns.index(f"channel={OTHER}")] == 1.0
+    assert fit_spec([{"event_id": "1", "c": "y"}] * 6 + [{"event_id": "2", "c": "x"}] * 6).categorical[0].impute == \
+        "x"  # a tie: the smaller value
+    with pytest.raises(ValueError, match="not one of its categories"):
+        FeatureSpec.from_dict({**data, "categorical": [{**data["categorical"][0], "impute": "nope"}]})
+    with pytest.raises(ValueError, match="unsupported feature spec format"):
+        FeatureSpec.from_dict({**data, "format": SPEC_FORMAT_IMPUTE + 1})
 
 
 def test_wrong_type_rejects_only_that_row():
