@@ -72,7 +72,7 @@ class Derived:
     ``numeric`` float64[n] per number/boolean feature field (NaN: missing; booleans 0/1);
     ``categorical`` a string array per category feature field (null: missing); ``ts`` float64[n]
     event time in epoch ms (NaN: none); ``times`` float64[n] per timestamp field (for the time range);
-    ``entity`` the key fields' entity ids (null: no state), ``amount`` float64[n] (0 when unusable)
+    ``entity`` the key fields' entity ids (null: no state), ``amount`` float64[n] (NaN when unusable)
     and ``distinct`` the distinct fields' labels, as ``entity.columns.Columns`` reads them;
     ``rejected`` the chunk's rows that are not events; ``total`` rows of the chunk."""
 
@@ -452,7 +452,8 @@ def derive_table(chunk: RawChunk, schema: FieldSchema, layout: Layout, *, id_col
         for key in spec.keys:
             ids = text(key)
             entity[key] = pc.if_else(pc.equal(ids, ""), pa.scalar(None, pa.string()), ids)
-        amount = np.nan_to_num(number(spec.amount_field), nan=0.0)
+        amount = number(spec.amount_field).astype(np.float64, copy=True)
+        amount[~np.isfinite(amount)] = np.nan  # none: counted at the entity's mean (entity/compute.py)
         distinct = {f: text(f) for f in spec.distinct_fields}
     fast = Derived(
         rows=(chunk.first_row + chunk.present).astype(np.int64), labels=labels,

@@ -141,7 +141,7 @@ class Columns:
     def of(cls, spec: EntitySpec, events: Sequence[dict[str, Any]], fields: Fields | None = None) -> Columns:
         """The columns of ``events``; ``fields``: some of their fields already read out (``read``)."""
         ts = numbers(read(events, "timestamp", fields), timestamp_value, math.nan)
-        amount = numbers(read(events, spec.amount_field, fields), amount_value, 0.0)
+        amount = numbers(read(events, spec.amount_field, fields), amount_value, math.nan)
         labels = {f: label_values(read(events, f, fields)) for f in spec.distinct_fields}
         return cls(ts, amount, labels, {f: label_codes(v) for f, v in labels.items()})
 
@@ -157,7 +157,7 @@ def read(events: Sequence[dict[str, Any]], name: str, fields: Fields | None) -> 
 
 def numbers(raw: list[Any], one: Callable[[object], float], bad: float) -> np.ndarray:
     """float64[N] of ``one`` applied to each value, where ``one`` reads an int or float as itself
-    and a non-finite one as ``bad`` (``timestamp_value``: NaN, ``amount_value``: 0.0). A batch of
+    and a non-finite one as ``bad`` (``timestamp_value`` and ``amount_value``: NaN). A batch of
     ints and floats only is converted in one ``fromiter`` (C speed); anything else, or an int past
     the float range, goes value by value through ``one``."""
     out = float_array(raw)

@@ -28,6 +28,14 @@ in arrival order with their time clamped to the entity's last seen time (so deca
 backwards and "seconds since last" is 0 for them); an event without a usable timestamp takes the
 entity's last time (0 for a new entity). After ``horizon_ms`` of inactivity (event time) the state
 is dropped, matching the Redis TTL in the worker.
+
+**An event without a usable amount** (missing, null, text, a boolean, not finite: ``amount_value``
+is NaN) still counts, at the entity's mean amount in each window (its decayed ``s / n`` before the
+event), so the means it leaves are those before it; in a window without history it is not counted
+(no amount to count it at: a mean of 0 would make the next event's z-score huge); its own
+``amount_ratio`` and ``amount_z`` are NaN (missing: the feature step imputes them). Before
+2026-12-05 it counted as a payment of 0: a new-user trial left ``amount`` out of one event in 20
+and the lowered means sent 640 unchanged events of those cards and terminals over the threshold.
 """
 
 from __future__ import annotations
@@ -64,20 +72,22 @@ def event_time(event: dict[str, Any], last: float | None) -> float:
 
 
 def amount_of(event: dict[str, Any], name: str) -> float:
-    """The amount as a finite float; anything else (missing, text, bool) counts as 0."""
+    """The amount as a finite float; NaN when it has none (``amount_value``)."""
     return amount_value(event.get(name))
 
 
 def amount_value(value: object) -> float:
+    """The amount as a finite float; NaN when it has none (missing, null, text, a boolean, not
+    finite): counted at the entity's mean (the module docstring)."""
     if type(value) is float:
-        return value if value - value == 0.0 else 0.0
+        return value if value - value == 0.0 else math.nan
     if isinstance(value, bool) or value is None:
-        return 0.0
+        return math.nan
     try:
         out = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
-        return 0.0
-    return out if math.isfinite(out) else 0.0
+        return math.nan
+    return out if math.isfinite(out) else math.nan
 
 
 def step(spec: EntitySpec, key: str, core: Core, event: dict[str, Any], out: dict[str, float]) -> Core:
@@ -118,7 +128,13 @@ def _windows(spec: EntitySpec, key: str, core: Core, t: float, last: float | Non
             out[f"{key}__mean_{w}"] = 0.0
             out[f"{key}__amount_ratio_{w}"] = 1.0
             out[f"{key}__amount_z_{w}"] = 0.0
-        core["w"][i] = [n + 1.0, s + amount, ss + amount * amount]
+        if amount == amount:
+            core["w"][i] = [n + 1.0, s + amount, ss + amount * amount]
+        elif n > 1e-9:  # none: counted at the mean so far
+            a = s / n
+            core["w"][i] = [n + 1.0, s + a, ss + a * a]
+        else:  # none, and no history in this window: not counted (its decayed state kept)
+            core["w"][i] = [n, s, ss]
 
 
 def _distinct(spec: EntitySpec, key: str, core: Core, t: float, event: dict[str, Any],

@@ -21,7 +21,7 @@ Arrays (E entities, N events, W windows, F distinct fields, K = ``max_distinct``
     grow    int64[G]      state row of group g
     apply   bool[N]       False: features against the state, state unchanged (already applied)
     ts      float64[N]    event time, epoch ms; NaN when missing or unusable
-    amount  float64[N]
+    amount  float64[N]    NaN: none (counted at the entity's mean, ``compute.py``)
     codes   int64[F, N]   label code per distinct field (``compute.label_code``); -1: no usable value
     st_t    float64[E]    last event time (NaN: no state)
     st_w    float64[E, W, 3]   decayed n, Σamount, Σamount² as of st_t
@@ -101,9 +101,19 @@ def _event(i: int, e: int, apply: bool, tv: float, amt: float, codes: np.ndarray
             out[i, base + 3] = 1.0
             out[i, base + 4] = 0.0
         if apply:
-            st_w[e, w, 0] = n + 1.0
-            st_w[e, w, 1] = s + amt
-            st_w[e, w, 2] = ss + amt * amt
+            if not math.isnan(amt):
+                st_w[e, w, 0] = n + 1.0
+                st_w[e, w, 1] = s + amt
+                st_w[e, w, 2] = ss + amt * amt
+            elif n > 1e-9:  # no amount: counted at the mean so far, as the reference
+                a = s / n
+                st_w[e, w, 0] = n + 1.0
+                st_w[e, w, 1] = s + a
+                st_w[e, w, 2] = ss + a * a
+            else:  # no amount, no history in this window: not counted (the decayed state kept)
+                st_w[e, w, 0] = n
+                st_w[e, w, 1] = s
+                st_w[e, w, 2] = ss
     tail = nw * per
     out[i, tail] = longest_s if not has_last else min((t - last) / 1000.0, longest_s)
     longest = windows_ms[nw - 1]

@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -61,13 +62,19 @@ def streams(draw: Any) -> list[dict[str, Any]]:
     return events
 
 
+def _same(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with every NaN as one marker, so that two lists of enriched events compare equal
+    where both hold NaN (an event without an amount: its ratio and z-score are missing)."""
+    return [{k: "NaN" if isinstance(v, float) and v != v else v for k, v in row.items()} for row in rows]
+
+
 @CHECK
 @given(streams(), st.sampled_from(SPECS), st.integers(1, 25))
 def test_offline_enrichment_equals_the_reference(events: list[dict[str, Any]], spec: EntitySpec, chunk: int) -> None:
-    expected = reference_enrich_history(spec, events, chunk=chunk)
-    assert enrich_history(spec, events, chunk=chunk) == expected  # array state, whole run
+    expected = _same(reference_enrich_history(spec, events, chunk=chunk))
+    assert _same(enrich_history(spec, events, chunk=chunk)) == expected  # array state, whole run
     store, reference_store = InMemoryState(), InMemoryState()
-    assert enrich_history(spec, events, chunk=chunk, store=store) == expected  # records, chunk by chunk
+    assert _same(enrich_history(spec, events, chunk=chunk, store=store)) == expected  # records, chunk by chunk
     reference_enrich_history(spec, events, chunk=chunk, store=reference_store)
     assert store.records == reference_store.records  # state, undo snapshot and offsets alike
 
@@ -106,7 +113,7 @@ def test_batches_with_retries_equal_the_reference(batches: Delivery, spec: Entit
     fast, reference = Enricher(fast_store), ReferenceEnricher(reference_store)
     for batch in batches:
         events, positions = [e for e, _ in batch], [p for _, p in batch]
-        assert fast.enrich(spec, events, positions) == reference.enrich(spec, events, positions)
+        assert _same(fast.enrich(spec, events, positions)) == _same(reference.enrich(spec, events, positions))
         assert fast_store.records == reference_store.records
 
 
@@ -119,7 +126,7 @@ def test_boundaries_equal_the_reference() -> None:
     events = [{"event_id": f"e{i}", "account_id": "a", "terminal_id": "t", "timestamp": t0 + dt,
                "merchant_category": cat, "amount": 5.0 + i} for i, (dt, cat) in enumerate(rows)]
     got = enrich_history(spec, events)
-    assert got == reference_enrich_history(spec, events)
+    assert _same(got) == _same(reference_enrich_history(spec, events))
     assert got[3]["account_id__count_1h"] == 0.0 and got[3]["account_id__seconds_since_last"] == 3600.0
     assert got[5]["account_id__new_merchant_category"] == 1.0  # last used exactly one longest window ago
 
@@ -183,7 +190,7 @@ def test_batch_numbers_equal_the_per_event_rules(numeric: list[Any], mixed: list
     """``Columns``' batch conversion of timestamps and amounts (one ``fromiter`` when every value
     is an int or a float) gives exactly the per-event rules' floats, NaN where they give NaN."""
     for raw in (numeric, mixed):
-        for one, bad in ((timestamp_value, math.nan), (amount_value, 0.0)):
+        for one, bad in ((timestamp_value, math.nan), (amount_value, math.nan)):
             want = np.array([one(v) for v in raw], dtype=np.float64)
             assert np.array_equal(numbers(list(raw), one, bad), want, equal_nan=True)
 
@@ -212,5 +219,34 @@ def test_compiled_records_equal_the_per_entity_path_byte_for_byte(batches: Deliv
             want = slow.enrich(spec, events, positions)
         finally:
             records.normal = original
-        assert got == want
+        assert _same(got) == _same(want)
         assert compiled.raw == per_entity.raw
+
+
+@pytest.mark.parametrize("absent", [{"amount": None}, {}, {"amount": "n/a"}, {"amount": True}], ids=["null", "absent",
+                                                                                                     "text", "bool"])
+def test_an_event_without_an_amount_counts_at_the_mean_and_leaves_it(absent: dict[str, Any]) -> None:
+    """A new-user trial left ``amount`` out of one event in 20: it counted as a payment of 0, and
+    the lowered means of its card and terminal sent 640 unchanged later events over the threshold.
+    Now it counts (``count`` grows), at the entity's mean in each window, so the means after it
+    are the means before it; without history it is not counted (a mean of 0 made the next
+    event's z-score amount / 0.01: the trial's first fix still flooded); its own ratio and z-score
+    are missing (NaN: the feature step imputes them). The kernel, the records path and the
+    reference agree."""
+    spec = SPECS[0]
+    t0 = 1_790_000_000_000.0
+    events = [{"event_id": f"e{i}", "account_id": "a", "terminal_id": "t", "timestamp": t0 + 1000.0 * i,
+               "amount": amount} for i, amount in enumerate([10.0, 20.0, 0.0, 30.0])]
+    events[2] = {k: v for k, v in events[2].items() if k != "amount"} | absent
+    got = enrich_history(spec, events)
+    assert _same(got) == _same(reference_enrich_history(spec, events))
+    assert _same(enrich_history(spec, events, store=InMemoryState())) == _same(got)
+    for w in ("1m", "1h"):
+        assert math.isnan(got[2][f"account_id__amount_ratio_{w}"]) and math.isnan(got[2][f"account_id__amount_z_{w}"])
+        assert got[3][f"account_id__count_{w}"] > got[2][f"account_id__count_{w}"]  # it counted
+        assert got[3][f"account_id__mean_{w}"] == pytest.approx(got[2][f"account_id__mean_{w}"], rel=1e-12)
+    zero = enrich_history(spec, [dict(e, amount=0.0) if i == 2 else e for i, e in enumerate(events)])
+    assert zero[3]["account_id__mean_1h"] < got[3]["account_id__mean_1h"] - 1.0  # what a payment of 0 did
+    first = enrich_history(spec, [events[2], events[3]])  # without history there is no mean to count it at
+    assert _same(first) == _same(reference_enrich_history(spec, [events[2], events[3]]))
+    assert first[1]["account_id__count_1h"] == 0.0 and first[1]["account_id__amount_z_1h"] == 0.0  # not a mean of 0
