@@ -247,7 +247,8 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
         if data.get("format") not in (SPEC_FORMAT, SPEC_FORMAT_IMPUTE):
-            raise ValueError(f"unsupported feature spec format {data.get('format')!r}")
+            raise ValueError(f"unsupported feature spec format {data.get('format')!r} (this release reads "
+                             f"{SPEC_FORMAT}-{SPEC_FORMAT_IMPUTE}: a newer stream-detector wrote it?)")
         return cls(
             numeric=tuple(NumericColumn(**c) for c in data["numeric"]),
             categorical=tuple(CategoricalColumn(c["name"], tuple(c["categories"]), c.get("impute"))

@@ -350,6 +350,12 @@ class _Typer:
         return ms
 
 
+def _empty_as_null(column: pa.Array) -> pa.Array:
+    """``column`` with every empty string null: an empty entity id or distinct value is missing, as
+    null (``entity.columns.entity_value``, ``label_value``)."""
+    return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+
+
 def derive_table(chunk: RawChunk, schema: FieldSchema, layout: Layout, *, id_column: str | None,
                  label_column: str | None, generate_ids: bool) -> Derived:
     """``chunk`` (a CSV or Parquet chunk: ``chunk.table``) → ``Derived``, equal to ``derive_events`` of
@@ -451,10 +457,10 @@ def derive_table(chunk: RawChunk, schema: FieldSchema, layout: Layout, *, id_col
     if spec is not None:
         for key in spec.keys:
             ids = text(key)
-            entity[key] = pc.if_else(pc.equal(ids, ""), pa.scalar(None, pa.string()), ids)
+            entity[key] = _empty_as_null(ids)
         amount = number(spec.amount_field).astype(np.float64, copy=True)
         amount[~np.isfinite(amount)] = np.nan  # none: counted at the entity's mean (entity/compute.py)
-        distinct = {f: text(f) for f in spec.distinct_fields}
+        distinct = {f: _empty_as_null(text(f)) for f in spec.distinct_fields}
     fast = Derived(
         rows=(chunk.first_row + chunk.present).astype(np.int64), labels=labels,
         numeric={name: number(name) for name in layout.numeric},

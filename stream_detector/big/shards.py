@@ -161,7 +161,8 @@ def _label_codes(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """``columns.label_codes`` of a label column: int64 codes, -1 for none; one Python string per
     distinct label only."""
     encoded = _encoded(column)
-    codes = np.fromiter(map(label_code, encoded.dictionary.to_pylist()), np.int64, len(encoded.dictionary))
+    codes = np.fromiter((label_code(v) if v else -1 for v in encoded.dictionary.to_pylist()), np.int64,
+                        len(encoded.dictionary))  # "": missing, as null
     codes = np.append(codes, -1)  # index -1 (a null) → code -1
     out: np.ndarray = codes[pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)]
     return out

@@ -112,9 +112,10 @@ def unsorted_warning(late: int, total: int) -> str | None:
 
 
 def label_value(value: object) -> str | None:
-    """A distinct field's value as the reference's label (``str(value)``); None when absent/nested."""
+    """A distinct field's value as the reference's label (``str(value)``); None when absent, null,
+    empty (``""``: missing, as null) or nested."""
     if type(value) is str:
-        return value
+        return value or None
     if value is None or isinstance(value, (dict, list)):
         return None
     return str(value)
@@ -169,7 +170,7 @@ def numbers(raw: list[Any], one: Callable[[object], float], bad: float) -> np.nd
 
 def label_values(raw: list[Any]) -> list[str | None]:
     """``label_value`` of each value; a batch of strings only is returned as it is."""
-    if set(map(type, raw)) <= {str}:
+    if set(map(type, raw)) <= {str} and "" not in raw:
         return raw
     return [label_value(v) for v in raw]
 
