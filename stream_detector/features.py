@@ -67,11 +67,15 @@ class NumericColumn:
 @dataclass(frozen=True)
 class CategoricalColumn:
     """A one-hot field: ``categories`` get a column each, anything else ``__other__``; a missing
-    value (null, absent, empty) reads as ``impute`` (a category of the field; None: ``__other__``)."""
+    value (null, absent, empty) reads as ``impute`` (a category of the field; None: ``__other__``).
+    ``other_share``: the share of training rows with a value that is not one of ``categories``
+    (rare ones: what ``__other__`` held in training; None in specs before 2026-12-05), against
+    which the worker compares the stream's (``worker.NovelValues``)."""
 
     name: str
     categories: tuple[str, ...]
     impute: str | None = None
+    other_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -232,10 +236,13 @@ class FeatureSpec:
     # ---- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": SPEC_FORMAT_IMPUTE if any(c.impute is not None for c in self.categorical) else SPEC_FORMAT,
+            "format": SPEC_FORMAT_IMPUTE if any(c.impute is not None or c.other_share is not None
+                                                for c in self.categorical) else SPEC_FORMAT,
             "numeric": [vars(c) for c in self.numeric],
             "categorical": [{"name": c.name, "categories": list(c.categories),
-                             **({"impute": c.impute} if c.impute is not None else {})} for c in self.categorical],
+                             **({"impute": c.impute} if c.impute is not None else {}),
+                             **({"other_share": c.other_share} if c.other_share is not None else {})}
+                            for c in self.categorical],
             "time_of_day": self.time_of_day,
             "clip": self.clip,
             "dropped": list(self.dropped),
@@ -251,8 +258,8 @@ class FeatureSpec:
                              f"{SPEC_FORMAT}-{SPEC_FORMAT_IMPUTE}: a newer stream-detector wrote it?)")
         return cls(
             numeric=tuple(NumericColumn(**c) for c in data["numeric"]),
-            categorical=tuple(CategoricalColumn(c["name"], tuple(c["categories"]), c.get("impute"))
-                              for c in data["categorical"]),
+            categorical=tuple(CategoricalColumn(c["name"], tuple(c["categories"]), c.get("impute"),
+                                                c.get("other_share")) for c in data["categorical"]),
             time_of_day=bool(data["time_of_day"]),
             clip=float(data["clip"]),
             dropped=tuple(data.get("dropped", ())),
@@ -315,7 +322,8 @@ def fit_spec(
             continue
         kept = [c for c, k in counts.most_common(max_categories) if k >= min_category_count]
         categorical.append(CategoricalColumn(name, tuple(sorted(kept)),
-                                             mode_of(kept, counts) if len(present) == len(values) else None))
+                                             mode_of(kept, counts) if len(present) == len(values) else None,
+                                             (len(present) - sum(counts[c] for c in kept)) / len(values)))
     with_ts = sum(1 for e in events if e.get("timestamp") is not None)
     return FeatureSpec(
         numeric=tuple(numeric),

@@ -31,7 +31,8 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -45,6 +46,7 @@ from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
 from .entity.replay_log import FeatureLog
 from .entity_spec import EntitySpec
 from .errors import ConfigError, DeliveryError, EntityStateUnavailable, StreamDetectorError
+from .features import OTHER, CategoricalColumn
 from .fieldschema import EventTime
 from .hold import BatchHold
 from .label_ingest import LabelIngester
@@ -206,6 +208,71 @@ class AbsentFields:
                 "fields; train on events of this stream's shape)")
 
 
+class NovelValues:
+    """Says once per model when a category field's values are, far more often than in training,
+    values training did not keep (``CategoricalColumn.categories``): a producer's new value (a new
+    ``channel``), which each event carrying it is scored as (the ``__other__`` column) and which
+    the model may read as very unusual. Two new-user trials: a new ``channel`` value alerted on
+    every event in one and on few in the other, and the worker said nothing either time.
+
+    ``observe`` looks at up to ``LOOK`` scored events of each batch until ``ENOUGH`` (a few
+    batches of a backlog, or many small live ones), then warns, naming each field whose share of
+    such values is at least ``SHARE`` and more than ``FACTOR`` times its training share
+    (``CategoricalColumn.other_share``; a spec without it, from before 2026-12-05, is not
+    watched), with its commonest new values (not for a redacted field), and stops looking."""
+
+    LOOK, ENOUGH = 512, 1024
+    SHARE, FACTOR = 0.01, 5.0
+
+    def __init__(self) -> None:
+        self._version: str | None = None
+        self._done = True
+        self._fields: list[tuple[str, frozenset[str], float]] = []
+        self._looked = 0
+        self._novel: dict[str, Counter[str]] = {}
+
+    def wants(self, version: str) -> bool:
+        """Whether ``observe`` still looks at model ``version``'s events (False once it decided)."""
+        return version != self._version or not self._done
+
+    def observe(self, version: str, columns: Sequence[CategoricalColumn], events: Sequence[dict[str, Any]],
+                redacted: Container[str] = ()) -> str | None:
+        """The warning, once, for model ``version`` with category ``columns``, given a batch's
+        scored ``events``; ``redacted``: fields whose values are never shown."""
+        if version != self._version:
+            self._version, self._looked = version, 0
+            self._fields = [(c.name, frozenset(c.categories), c.other_share) for c in columns
+                            if c.other_share is not None]
+            self._novel = {name: Counter() for name, _, _ in self._fields}
+            self._done = not self._fields
+        if self._done or not len(events):
+            return None
+        for k in range(min(self.LOOK, len(events))):
+            event = events[k]
+            for name, kept, _ in self._fields:
+                value = event.get(name)
+                if value is not None and value != "" and value not in kept:
+                    self._novel[name][str(value)] += 1
+            self._looked += 1
+        if self._looked < self.ENOUGH:
+            return None
+        self._done = True
+        said = []
+        for name, _, trained in self._fields:
+            novel = self._novel[name]
+            share = sum(novel.values()) / self._looked
+            if share >= self.SHARE and share > self.FACTOR * trained:
+                shown = "" if name in redacted else " (e.g. " + ", ".join(
+                    repr(v) for v, _ in novel.most_common(3)) + ")"
+                said.append(f"{name!r}: {share:.1%} of them{shown}, against {trained:.1%} in training")
+        if not said:
+            return None
+        return (f"model {version}: of the first {self._looked} events it scored, many carry category values "
+                f"its training did not keep — {'; '.join(said)}. Each is scored as a value it never saw (the "
+                f"field's {OTHER} column), which the model may read as very unusual: expect more alerts than "
+                "its threshold was calibrated for. A legitimate new value? Retrain on events that carry it")
+
+
 def watched_fields(bundle: Bundle) -> tuple[str, ...]:
     """The input fields ``AbsentFields`` watches for ``bundle``: ``FieldSchema.input_fields`` but
     the numeric features trained with a missing indicator (training saw them missing)."""
@@ -360,6 +427,7 @@ class Worker:
         self._purge: RecordPurge | None = None  # stage 2: deletes the repartition topic's consumed records
         self._standby_said = False  # the progress line said that no partition is assigned (_idle_reason)
         self._absent = AbsentFields()  # warns once per model when its input fields are absent from the events
+        self._novel = NovelValues()  # ... and when its category fields carry values training did not keep
         self._asked_ends = float("-inf")  # stage 1: when the broker was last asked for the input's ends
         self._carried: tuple[list[str], np.ndarray] | None = None  # stage 2: the batch's carried features
 
@@ -694,6 +762,11 @@ class Worker:
             absent = self._absent.observe(scorer.version, watched_fields(scorer.bundle), events)
             if absent:
                 log.warning("%s", absent)
+        if self._novel.wants(scorer.version):
+            novel = self._novel.observe(scorer.version, scorer.bundle.spec.categorical, events,
+                                        self.settings.redacted_fields)
+            if novel:
+                log.warning("%s", novel)
         field_errors = scorer.field_errors(done.per_feature[rows])
         head = (scorer.head_attributions(done.features[rows])  # why the head said fraud, alerted rows only
                 if done.features is not None and len(rows) else None)

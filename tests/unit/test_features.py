@@ -68,6 +68,9 @@ def test_a_missing_category_reads_as_its_most_frequent_value_when_training_never
     spec = fit_spec(events)
     channel, device = spec.categorical
     assert (channel.name, channel.impute, device.name, device.impute) == ("channel", "pos", "device", None)
+    assert channel.other_share == device.other_share == 0.0  # every present value kept (missing is not "other")
+    rare = fit_spec([{"event_id": str(i), "c": "x" if i < 90 else f"r{i}"} for i in range(100)]).categorical[0]
+    assert rare.categories == ("x",) and rare.other_share == pytest.approx(0.10)  # values seen < 5 times
     rows = [{"event_id": "m1", "amount": 3.0}, {"event_id": "m2", "amount": 3.0, "channel": None},
             {"event_id": "m3", "amount": 3.0, "channel": ""}, {"event_id": "m4", "amount": 3.0, "channel": "pos"},
             {"event_id": "m5", "amount": 3.0, "channel": "mobile"}]

@@ -508,3 +508,63 @@ def test_fields_the_model_was_trained_to_see_missing_are_not_watched() -> None:
     assert "distance_from_home_km" in sparse.schema.input_fields
     assert "distance_from_home_km" not in watched_fields(sparse)
     assert set(watched_fields(sparse)) == set(sparse.schema.input_fields) - {"distance_from_home_km"}
+
+
+def test_the_novel_values_warning_names_a_field_far_above_its_training_share_once_per_model() -> None:
+    """Two new-user trials sent a ``channel`` value training never saw ("mobile"): one model
+    alerted on every such event, another on few, and the worker said nothing either time. Now it
+    warns once per model, after ``ENOUGH`` events, for a field whose share of values training did
+    not keep is at least 1 % and over 5x its training share (``CategoricalColumn.other_share``),
+    with the commonest new values — not for a field training often saw such values in, nor for
+    missing values (imputed), nor the values of a redacted field; a spec without the training
+    share (before 2026-12-05) is not watched."""
+    from stream_detector.features import CategoricalColumn
+    from stream_detector.worker import NovelValues
+
+    columns = [CategoricalColumn("channel", ("atm", "pos", "web"), "pos", 0.0),
+               CategoricalColumn("merchant", ("a", "b"), None, 0.30)]  # a field with many rare values
+    normal = [{"channel": "pos", "merchant": "zz"}, {"channel": None, "merchant": "a"}, {"merchant": "b"}] * 40
+    drifted = [{"channel": "mobile" if i % 10 == 0 else "pos", "merchant": "yy"} for i in range(120)]
+    watch = NovelValues()
+    steps = watch.ENOUGH // 120 + 1
+    assert [watch.observe("v1", columns, normal) for _ in range(steps)] == [None] * steps
+    assert not watch.wants("v1")
+    said = [watch.observe("v2", columns, drifted) for _ in range(steps)]
+    assert said[:-1] == [None] * (steps - 1) and said[-1] is not None
+    assert "'channel': 10.0% of them (e.g. 'mobile'), against 0.0% in training" in said[-1]
+    assert "'merchant'" not in said[-1] and "__other__" in said[-1]  # 100 % against 30 %: 3.3x, not 5x
+    assert watch.observe("v2", columns, drifted) is None and not watch.wants("v2")  # once
+    hidden = [watch.observe("v3", columns, drifted, redacted={"channel"}) for _ in range(steps)][-1]
+    assert hidden is not None and "'channel': 10.0% of them, against" in hidden and "mobile" not in hidden
+    old = [CategoricalColumn("channel", ("atm", "pos", "web"))]  # no training share: not watched
+    assert watch.observe("v4", old, drifted) is None and not watch.wants("v4")
+
+
+def test_a_stream_with_a_category_value_training_never_kept_is_said_once(broker, bundle, caplog) -> None:
+    """The worker end to end: one event in 10 with ``channel: "mobile"`` (a value the model's
+    training never saw) gets one warning naming the field and the value; the same events without
+    it none."""
+    import logging
+
+    values, _ = _events(1_500, "novel", bad=0)  # three batches of 500: ENOUGH events looked at
+    events = [orjson.loads(v) for v in values]
+    assert "channel" in {c.name for c in bundle.spec.categorical}
+    drifted = [orjson.dumps(dict(e, channel="mobile") if i % 10 == 0 else e) for i, e in enumerate(events)]
+    said = {}
+    for name, records in (("plain", values), ("drifted", drifted)):
+        b = MemoryBroker()
+        for topic in (TOPIC, ALERTS, DLQ):
+            b.create_topic(topic)
+        control = MemoryControl()
+        control.publish(bundle)
+        worker = _worker(b, control, batch_size=500)
+        caplog.clear()
+        try:
+            with caplog.at_level(logging.WARNING, logger="stream_detector.worker"):
+                b.produce(TOPIC, records)
+                _drain(worker)
+        finally:
+            worker.close()
+        said[name] = [r.getMessage() for r in caplog.records if "its training did not keep" in r.getMessage()]
+    assert said["plain"] == []
+    assert len(said["drifted"]) == 1 and "'channel': 10.0% of them (e.g. 'mobile')" in said["drifted"][0]
