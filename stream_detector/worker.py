@@ -275,10 +275,15 @@ class NovelValues:
 
 def watched_fields(bundle: Bundle) -> tuple[str, ...]:
     """The input fields ``AbsentFields`` watches for ``bundle``: ``FieldSchema.input_fields`` but
-    the numeric features trained with a missing indicator (training saw them missing)."""
+    those training saw missing — the numeric features trained with a missing indicator, and the
+    category fields without an imputed value in a spec that records it (``CategoricalColumn``:
+    ``impute`` None beside an ``other_share``; an older spec does not say, so its category fields
+    are watched)."""
     if bundle.schema is None:
         return ()
     seen_missing = {num.name for num in bundle.spec.numeric if num.missing_indicator}
+    seen_missing |= {cat.name for cat in bundle.spec.categorical
+                     if cat.impute is None and cat.other_share is not None and cat.categories}
     return tuple(name for name in bundle.schema.input_fields if name not in seen_missing)
 
 

@@ -510,6 +510,33 @@ def test_fields_the_model_was_trained_to_see_missing_are_not_watched() -> None:
     assert set(watched_fields(sparse)) == set(sparse.schema.input_fields) - {"distance_from_home_km"}
 
 
+def test_category_fields_the_model_was_trained_to_see_missing_are_not_watched() -> None:
+    """A leftover of the absent-fields warning: a category field training often saw missing was
+    watched (numeric ones with a missing indicator were not). A spec that records it
+    (``CategoricalColumn.impute`` None beside ``other_share``: training saw the field missing)
+    leaves it out; a field never missing in training (imputed) is watched, and so is every
+    category field of an older spec, which does not say."""
+    import dataclasses
+
+    from stream_detector.model.bundle import build_bundle
+    from stream_detector.model.train import TrainConfig, train
+    from stream_detector.worker import watched_fields
+
+    events, _ = Simulator(seed=4, accounts=100, run_id="sparse-cat").batch(1500, 0.0)
+    for i, event in enumerate(events):
+        if i % 3:
+            event.pop("channel", None)
+    sparse = build_bundle(train(events, TrainConfig(epochs=1, seed=0)))
+    channel = next(c for c in sparse.spec.categorical if c.name == "channel")
+    assert channel.impute is None and channel.other_share is not None
+    assert "channel" in sparse.schema.input_fields and "channel" not in watched_fields(sparse)
+    imputed = [c.name for c in sparse.spec.categorical if c.impute is not None]
+    assert imputed and set(imputed) <= set(watched_fields(sparse))
+    older = dataclasses.replace(sparse.spec, categorical=tuple(dataclasses.replace(c, other_share=None, impute=None)
+                                                                for c in sparse.spec.categorical))
+    assert "channel" in watched_fields(dataclasses.replace(sparse, spec=older))
+
+
 def test_the_novel_values_warning_names_a_field_far_above_its_training_share_once_per_model() -> None:
     """Two new-user trials sent a ``channel`` value training never saw ("mobile"): one model
     alerted on every such event, another on few, and the worker said nothing either time. Now it
