@@ -152,7 +152,24 @@ def sharing_warning(owned: int, partitions: int, grace_ms: int) -> str | None:
             "'Partitions and workers')")
 
 
-class AbsentFields:
+class _OncePerModel:
+    """What ``AbsentFields`` and ``NovelValues`` share: a warning decided once per model from the
+    first events it scores (``wants`` until decided; ``_new_model`` when another model scores)."""
+
+    def __init__(self) -> None:
+        self._version: str | None = None
+        self._looked = 0
+        self._done = True
+
+    def wants(self, version: str) -> bool:
+        """Whether ``observe`` still looks at model ``version``'s events (False once it decided)."""
+        return version != self._version or not self._done
+
+    def _new_model(self, version: str, watching: bool) -> None:
+        self._version, self._looked, self._done = version, 0, not watching
+
+
+class AbsentFields(_OncePerModel):
     """Says once per model when some of its input fields are absent from the events it scores:
     events of another producer or schema. A new-user trial streamed the Handbook's raw card events
     to a model trained with velocity fields: every event alerted and nothing said why (each absent
@@ -163,26 +180,21 @@ class AbsentFields:
     each) and keeps the fields absent from all of them; once ``ENOUGH`` events have been looked
     at (one batch of a backlog, or many small live ones) it returns the warning when some are
     still absent, and stops looking either way. The worker watches the model's input fields
-    except the numeric ones it was trained to see missing (``NumericColumn.missing_indicator``):
-    a field a training set often left out is no sign of another producer (a second trial)."""
+    except those it was trained to see missing (``watched_fields``): a field a training set often
+    left out is no sign of another producer (a second trial)."""
 
     LOOK, ENOUGH = 64, 32
 
     def __init__(self) -> None:
-        self._version: str | None = None
+        super().__init__()
         self._absent: set[str] = set()
-        self._looked = 0
-        self._done = True
-
-    def wants(self, version: str) -> bool:
-        """Whether ``observe`` still looks at model ``version``'s events (False once it decided)."""
-        return version != self._version or not self._done
 
     def observe(self, version: str, fields: Sequence[str], events: Sequence[dict[str, Any]]) -> str | None:
         """The warning, once, for model ``version`` watching input ``fields``, given a batch's
         scored ``events``."""
         if version != self._version:
-            self._version, self._absent, self._looked, self._done = version, set(fields), 0, not fields
+            self._new_model(version, bool(fields))
+            self._absent = set(fields)
         if self._done or not len(events):
             return None
         for k in range(min(self.LOOK, len(events))):
@@ -208,7 +220,7 @@ class AbsentFields:
                 "fields; train on events of this stream's shape)")
 
 
-class NovelValues:
+class NovelValues(_OncePerModel):
     """Says once per model when a category field's values are, far more often than in training,
     values training did not keep (``CategoricalColumn.categories``): a producer's new value (a new
     ``channel``), which each event carrying it is scored as (the ``__other__`` column) and which
@@ -225,26 +237,19 @@ class NovelValues:
     SHARE, FACTOR = 0.01, 5.0
 
     def __init__(self) -> None:
-        self._version: str | None = None
-        self._done = True
+        super().__init__()
         self._fields: list[tuple[str, frozenset[str], float]] = []
-        self._looked = 0
         self._novel: dict[str, Counter[str]] = {}
-
-    def wants(self, version: str) -> bool:
-        """Whether ``observe`` still looks at model ``version``'s events (False once it decided)."""
-        return version != self._version or not self._done
 
     def observe(self, version: str, columns: Sequence[CategoricalColumn], events: Sequence[dict[str, Any]],
                 redacted: Container[str] = ()) -> str | None:
         """The warning, once, for model ``version`` with category ``columns``, given a batch's
         scored ``events``; ``redacted``: fields whose values are never shown."""
         if version != self._version:
-            self._version, self._looked = version, 0
             self._fields = [(c.name, frozenset(c.categories), c.other_share) for c in columns
                             if c.other_share is not None]
             self._novel = {name: Counter() for name, _, _ in self._fields}
-            self._done = not self._fields
+            self._new_model(version, bool(self._fields))
         if self._done or not len(events):
             return None
         for k in range(min(self.LOOK, len(events))):

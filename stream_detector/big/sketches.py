@@ -421,11 +421,11 @@ def fit_spec_from_stats(stats: SpecStats, *, numeric: Sequence[str], categorical
         elif isinstance(st, NumericStats):
             columns.append(_numeric_column(name, st))
         else:
-            top = st.counts()[:max_categories]
-            kept = [v for v, k in top if k >= min_category_count]
+            top = dict(st.counts()[:max_categories])
+            kept = [v for v, k in top.items() if k >= min_category_count]
             cats.append(CategoricalColumn(name, tuple(sorted(kept)),
-                                          mode_of(kept, dict(top)) if st.present == st.rows else None,
-                                          (st.present - sum(dict(top)[c] for c in kept)) / st.rows))
+                                          mode_of(kept, top) if st.present == st.rows else None,
+                                          (st.present - sum(top[c] for c in kept)) / st.rows))
     return FeatureSpec(numeric=tuple(columns), categorical=tuple(cats), dropped=tuple(dropped),
                        time_of_day=time_of_day and stats.with_timestamp >= 0.5 * stats.rows)
 
