@@ -282,8 +282,10 @@ def absent_warnings(schema: FieldSchema | None, entity: EntitySpec | None, seen:
         out.append(f"none of the model's {len(inputs)} input fields is in this file (or each is empty in every "
                    f"row), so every row is rejected as no_features: {', '.join(inputs[:10])}")
     elif absent:
-        out.append(f"{len(absent)} of the model's feature fields are not in this file, so every row gets "
-                   f"the training median or an unseen category for them: {', '.join(absent[:10])}")
+        verb = "is" if len(absent) == 1 else "are"
+        out.append(f"{len(absent)} of the model's feature fields {verb} not in this file, so every row gets a "
+                   f"missing value for them (a number's training median; a category's most frequent value, or "
+                   f"the missing-value column where training saw it missing): {', '.join(absent[:10])}")
     if entity is not None:
         keys = [k for k in (*entity.keys, *entity.label_keys) if k not in seen]
         if keys:

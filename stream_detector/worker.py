@@ -227,13 +227,15 @@ class NovelValues(_OncePerModel):
     the model may read as very unusual. Two new-user trials: a new ``channel`` value alerted on
     every event in one and on few in the other, and the worker said nothing either time.
 
-    ``observe`` looks at up to ``LOOK`` scored events of each batch until ``ENOUGH`` (a few
-    batches of a backlog, or many small live ones), then warns, naming each field whose share of
-    such values is at least ``SHARE`` and more than ``FACTOR`` times its training share
-    (``CategoricalColumn.other_share``; a spec without it, from before 2026-12-05, is not
-    watched), with its commonest new values (not for a redacted field), and stops looking."""
+    ``observe`` looks at the first ``ENOUGH`` scored events (one batch of a backlog, or many small
+    live ones), then warns, naming each field whose share of such values is at least ``SHARE`` and
+    more than ``FACTOR`` times its training share (``CategoricalColumn.other_share``), with its
+    commonest new values (not for a redacted field), and stops looking. Only fields with an imputed
+    value are watched: where training saw the field missing, ``__other__`` is its missing-value
+    column and a new value reads as missing, not as novel (a third trial: the warning said "very
+    unusual" where scores equalled those of null); a spec from before 2026-12-05 says neither."""
 
-    LOOK, ENOUGH = 512, 1024
+    LOOK = ENOUGH = 1024
     SHARE, FACTOR = 0.01, 5.0
 
     def __init__(self) -> None:
@@ -247,7 +249,7 @@ class NovelValues(_OncePerModel):
         scored ``events``; ``redacted``: fields whose values are never shown."""
         if version != self._version:
             self._fields = [(c.name, frozenset(c.categories), c.other_share) for c in columns
-                            if c.other_share is not None]
+                            if c.other_share is not None and c.impute is not None]
             self._novel = {name: Counter() for name, _, _ in self._fields}
             self._new_model(version, bool(self._fields))
         if self._done or not len(events):

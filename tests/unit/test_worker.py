@@ -565,6 +565,9 @@ def test_the_novel_values_warning_names_a_field_far_above_its_training_share_onc
     assert hidden is not None and "'channel': 10.0% of them, against" in hidden and "mobile" not in hidden
     old = [CategoricalColumn("channel", ("atm", "pos", "web"))]  # no training share: not watched
     assert watch.observe("v4", old, drifted) is None and not watch.wants("v4")
+    seen_missing = [CategoricalColumn("channel", ("atm", "pos", "web"), None, 0.0)]  # a new value reads as missing
+    assert watch.observe("v5", seen_missing, drifted) is None and not watch.wants("v5")
+    assert watch.observe("v6", columns, drifted * (watch.ENOUGH // 120 + 1)) is not None  # one big batch decides
 
 
 def test_a_stream_with_a_category_value_training_never_kept_is_said_once(broker, bundle, caplog) -> None:
