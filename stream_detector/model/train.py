@@ -208,7 +208,7 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
     say(f"threshold {threshold:.6g} ({config.threshold_method}); flags "
         f"{flag_rate:.2%} of validation rows")
     if config.max_alert_rate is None and flag_rate > 0.02:
-        say("note: more than 2% of normal validation rows are above the threshold (the normal errors have "
+        say("warning: more than 2% of normal validation rows are above the threshold (the normal errors have "
             "a heavy tail); for a fixed alert budget use --max-alert-rate or --threshold-method quantile")
     metrics["rows_left_out"] = dropped
     return TrainResult(spec, head, arch, threshold, calibration, metrics, entity, schema)

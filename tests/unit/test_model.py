@@ -76,6 +76,23 @@ def test_fence_ignores_a_heavy_tail_of_normal_rows():
     assert calibrate(errors, "fence", 0.01, 3, max_alert_rate=0.2) == fence
 
 
+def test_train_warns_when_its_threshold_flags_more_than_two_percent_of_normal_rows():
+    """README: ``train`` prints the share the threshold flags "and warns above 2 %" (a ``warning:``
+    line, which ``SD_LOG_JSON`` logs at WARNING); a fence at k = 1.5 flags far more, and the same
+    fence capped by ``--max-alert-rate`` gives no warning."""
+    from stream_detector.model.train import TrainConfig, train
+
+    history, _ = Simulator(seed=5, accounts=100, run_id="warn").batch(1500, 0.0, span_ms=86_400_000)
+    lines: list[str] = []
+    result = train(history, TrainConfig(epochs=2, seed=0, k_fence=1.5), progress=lines.append)
+    assert result.calibration["validation_flag_rate"] > 0.02
+    assert [ln for ln in lines if ln.startswith("warning: more than 2% of normal validation rows")]
+    lines.clear()
+    capped = train(history, TrainConfig(epochs=2, seed=0, k_fence=1.5, max_alert_rate=0.01), progress=lines.append)
+    assert capped.calibration["validation_flag_rate"] <= 0.01 + 1e-9
+    assert not [ln for ln in lines if ln.startswith("warning:")]
+
+
 def test_fence_falls_back_to_the_quantile_without_spread():
     errors = np.concatenate([np.full(990, 0.5), np.linspace(1, 2, 10)])
     assert calibrate(errors, "fence", 0.01, 3) == pytest.approx(np.quantile(errors, 0.99))
