@@ -724,6 +724,11 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         return _score_streamed(args, settings, bundle)
     data = _load_file(args, schema=bundle.schema, need_events=False,
                       entity=bundle.entity)  # an older bundle without a schema: the file's own inferred one
+    from .inputs import file_missing_warning
+
+    missing = file_missing_warning(bundle.spec, bundle.schema, data.raw.rows, "rows read")
+    if missing:
+        _say(f"warning: {missing}")
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     known: list[Any] = []
     if args.feedback:

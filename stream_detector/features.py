@@ -50,18 +50,26 @@ from .schema import RESERVED_FIELDS, Problem, RejectReason, parse_timestamp_ms
 
 SPEC_FORMAT = 1
 SPEC_FORMAT_IMPUTE = 2  # a spec with a categorical imputation: a release that cannot impute refuses it
+SPEC_FORMAT_SHARES = 3  # a spec that records each field's missing share in training (read by format-2 releases as
+# an unknown key: they refuse it by its format instead)
 Extra = tuple[Sequence[str], np.ndarray]  # (field names, float64 values n × len(names)): see transform
 OTHER = "__other__"
 
 
 @dataclass(frozen=True)
 class NumericColumn:
+    """A numeric field: missing (null, absent, empty, non-finite) reads as ``median``, a column of
+    its own says so where ``missing_indicator``; then log1p where ``log``, ``(x - center) / scale``.
+    ``missing_share``: the share of training rows without a finite value (None in specs before
+    2026-12-06), against which the worker compares the stream's (``worker.MissingShares``)."""
+
     name: str
     median: float
     center: float
     scale: float
     log: bool
     missing_indicator: bool
+    missing_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -70,12 +78,14 @@ class CategoricalColumn:
     value (null, absent, empty) reads as ``impute`` (a category of the field; None: ``__other__``).
     ``other_share``: the share of training rows with a value that is not one of ``categories``
     (rare ones: what ``__other__`` held in training; None in specs before 2026-12-05), against
-    which the worker compares the stream's (``worker.NovelValues``)."""
+    which the worker compares the stream's (``worker.NovelValues``); ``missing_share`` the share
+    of training rows where it is missing (None in specs before 2026-12-06: ``worker.MissingShares``)."""
 
     name: str
     categories: tuple[str, ...]
     impute: str | None = None
     other_share: float | None = None
+    missing_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -236,30 +246,47 @@ class FeatureSpec:
     # ---- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": SPEC_FORMAT_IMPUTE if any(c.impute is not None or c.other_share is not None
-                                                for c in self.categorical) else SPEC_FORMAT,
-            "numeric": [vars(c) for c in self.numeric],
+            "format": self._format(),
+            "numeric": [{k: v for k, v in vars(c).items() if k != "missing_share" or v is not None}
+                        for c in self.numeric],
             "categorical": [{"name": c.name, "categories": list(c.categories),
                              **({"impute": c.impute} if c.impute is not None else {}),
-                             **({"other_share": c.other_share} if c.other_share is not None else {})}
+                             **({"other_share": c.other_share} if c.other_share is not None else {}),
+                             **({"missing_share": c.missing_share} if c.missing_share is not None else {})}
                             for c in self.categorical],
             "time_of_day": self.time_of_day,
             "clip": self.clip,
             "dropped": list(self.dropped),
         }
 
+    def missing_shares(self) -> dict[str, float]:
+        """Field → the share of training rows it was missing in (``missing_share``), for the fields
+        whose spec records it (none before 2026-12-06)."""
+        shares = {c.name: c.missing_share for c in self.numeric if c.missing_share is not None}
+        shares.update({c.name: c.missing_share for c in self.categorical if c.missing_share is not None})
+        return shares
+
+    def _format(self) -> int:
+        """The oldest format that holds this spec (an older release reads it unchanged)."""
+        if self.missing_shares():
+            return SPEC_FORMAT_SHARES
+        if any(c.impute is not None or c.other_share is not None for c in self.categorical):
+            return SPEC_FORMAT_IMPUTE
+        return SPEC_FORMAT
+
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        if data.get("format") not in (SPEC_FORMAT, SPEC_FORMAT_IMPUTE):
+        if data.get("format") not in (SPEC_FORMAT, SPEC_FORMAT_IMPUTE, SPEC_FORMAT_SHARES):
             raise ValueError(f"unsupported feature spec format {data.get('format')!r} (this release reads "
-                             f"{SPEC_FORMAT}-{SPEC_FORMAT_IMPUTE}: a newer stream-detector wrote it?)")
+                             f"{SPEC_FORMAT}-{SPEC_FORMAT_SHARES}: a newer stream-detector wrote it?)")
         return cls(
             numeric=tuple(NumericColumn(**c) for c in data["numeric"]),
             categorical=tuple(CategoricalColumn(c["name"], tuple(c["categories"]), c.get("impute"),
-                                                c.get("other_share")) for c in data["categorical"]),
+                                                c.get("other_share"), c.get("missing_share"))
+                              for c in data["categorical"]),
             time_of_day=bool(data["time_of_day"]),
             clip=float(data["clip"]),
             dropped=tuple(data.get("dropped", ())),
@@ -314,7 +341,8 @@ def fit_spec(
             continue
         as_numbers = _as_numbers(present) if typed.get(name, FieldType.NUMBER) is not FieldType.CATEGORY else None
         if as_numbers is not None:
-            numeric.append(_fit_numeric(name, as_numbers, missing=len(present) < len(values)))
+            numeric.append(_fit_numeric(name, as_numbers, missing=len(present) < len(values),
+                                        share=(len(values) - len(as_numbers)) / len(values)))
             continue
         counts = Counter(str(v) for v in present)
         if not typed and len(counts) > 0.5 * len(present) and len(counts) > max_categories:
@@ -323,7 +351,8 @@ def fit_spec(
         kept = [c for c, k in counts.most_common(max_categories) if k >= min_category_count]
         categorical.append(CategoricalColumn(name, tuple(sorted(kept)),
                                              mode_of(kept, counts) if len(present) == len(values) else None,
-                                             (len(present) - sum(counts[c] for c in kept)) / len(values)))
+                                             (len(present) - sum(counts[c] for c in kept)) / len(values),
+                                             (len(values) - len(present)) / len(values)))
     with_ts = sum(1 for e in events if e.get("timestamp") is not None)
     return FeatureSpec(
         numeric=tuple(numeric),
@@ -357,7 +386,7 @@ def _as_numbers(present: list[Any]) -> np.ndarray | None:
     return arr[np.isfinite(arr)]
 
 
-def _fit_numeric(name: str, values: np.ndarray, missing: bool) -> NumericColumn:
+def _fit_numeric(name: str, values: np.ndarray, missing: bool, share: float | None = None) -> NumericColumn:
     median = float(np.median(values))
     std = float(values.std())
     skew = float(((values - values.mean()) ** 3).mean() / std**3) if std > 0 else 0.0
@@ -370,7 +399,7 @@ def _fit_numeric(name: str, values: np.ndarray, missing: bool) -> NumericColumn:
         scale = float(values.std())
     if not scale > 0 or not math.isfinite(scale):
         scale = 1.0
-    return NumericColumn(name, median, center, scale, log, missing)
+    return NumericColumn(name, median, center, scale, log, missing, share)
 
 
 # ---- column extraction ------------------------------------------------------------------------

@@ -46,9 +46,10 @@ from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
 from .entity.replay_log import FeatureLog
 from .entity_spec import EntitySpec
 from .errors import ConfigError, DeliveryError, EntityStateUnavailable, StreamDetectorError
-from .features import OTHER, CategoricalColumn
+from .features import OTHER, CategoricalColumn, FeatureSpec
 from .fieldschema import EventTime
 from .hold import BatchHold
+from .inputs import missing_counts, missing_share_warning
 from .label_ingest import LabelIngester
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
 from .model.bundle import Bundle
@@ -280,6 +281,47 @@ class NovelValues(_OncePerModel):
                 "its threshold was calibrated for. A legitimate new value? Retrain on events that carry it")
 
 
+class MissingShares(_OncePerModel):
+    """Says once per model when its input fields are missing (absent, null, empty) in the first
+    ``ENOUGH`` events it scores far more often than in its training
+    (``inputs.missing_share_warning``: the rule and why), leaving out the fields missing from every
+    one of them that ``AbsentFields`` watches (it says those). Only a spec from 2026-12-06 on records
+    training's shares; an older one is not watched."""
+
+    LOOK = ENOUGH = 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._spec: FeatureSpec | None = None
+        self._fields: tuple[str, ...] = ()
+        self._absent_said: frozenset[str] = frozenset()
+        self._missing: dict[str, int] = {}
+
+    def observe(self, bundle: Bundle, events: Sequence[dict[str, Any]]) -> str | None:
+        """The warning, once, for ``bundle``'s model, given a batch's scored ``events``."""
+        if bundle.version != self._version:
+            shares = bundle.spec.missing_shares()
+            inputs = bundle.schema.input_fields if bundle.schema is not None else ()
+            self._spec, self._fields = bundle.spec, tuple(name for name in inputs if name in shares)
+            self._absent_said = frozenset(watched_fields(bundle))
+            self._missing = dict.fromkeys(self._fields, 0)
+            self._new_model(bundle.version, bool(self._fields))
+        if self._done or not len(events) or self._spec is None:
+            return None
+        take = min(self.LOOK, self.ENOUGH - self._looked, len(events))
+        counts, looked = missing_counts(self._fields, (events[k] for k in range(take)))
+        for name, count in counts.items():
+            self._missing[name] += count
+        self._looked += looked
+        if self._looked < self.ENOUGH:
+            return None
+        self._done = True
+        everywhere = {name for name, count in self._missing.items() if count == self._looked}
+        return missing_share_warning(self._spec, self._missing, self._looked,
+                                     f"the first {self._looked:,} events model {self._version} scored",
+                                     skip=everywhere & self._absent_said)
+
+
 def watched_fields(bundle: Bundle) -> tuple[str, ...]:
     """The input fields ``AbsentFields`` watches for ``bundle``: ``FieldSchema.input_fields`` but
     those training saw missing — the numeric features trained with a missing indicator, and the
@@ -440,6 +482,7 @@ class Worker:
         self._standby_said = False  # the progress line said that no partition is assigned (_idle_reason)
         self._absent = AbsentFields()  # warns once per model when its input fields are absent from the events
         self._novel = NovelValues()  # ... and when its category fields carry values training did not keep
+        self._missing = MissingShares()  # ... and when its input fields are missing far more often than in training
         self._asked_ends = float("-inf")  # stage 1: when the broker was last asked for the input's ends
         self._carried: tuple[list[str], np.ndarray] | None = None  # stage 2: the batch's carried features
 
@@ -779,6 +822,10 @@ class Worker:
                                         self.settings.redacted_fields)
             if novel:
                 log.warning("%s", novel)
+        if self._missing.wants(scorer.version):
+            missing = self._missing.observe(scorer.bundle, events)
+            if missing:
+                log.warning("%s", missing)
         field_errors = scorer.field_errors(done.per_feature[rows])
         head = (scorer.head_attributions(done.features[rows])  # why the head said fraud, alerted rows only
                 if done.features is not None and len(rows) else None)

@@ -20,7 +20,7 @@ import numpy as np
 from ..entity.columns import late_rows, timestamp_value, unsorted_warning
 from ..errors import InputError
 from ..events_io import ReaderOptions, ScoresCsv
-from ..inputs import absent_warnings
+from ..inputs import absent_warnings, file_missing_warning
 from ..model.bundle import Bundle
 from ..offline import OfflineScorer
 from .prepare import Say, known_rows
@@ -137,9 +137,13 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
 
 
 def _warn_absent(bundle: Bundle, chunk: RawChunk, say: Say) -> None:
-    """The in-memory ``score``'s warnings, from the first chunk: what the input lacks that the model reads."""
+    """The in-memory ``score``'s warnings, from the first chunk: what the input lacks that the model reads, and
+    the fields it lacks far more often than training did."""
     if bundle.schema is None:
         return
     filled = {name for row in chunk.rows if row for name, value in row.items() if value not in (None, "")}
     for warning in absent_warnings(bundle.schema, bundle.entity, filled):  # a column empty in every row too
         say(f"warning: {warning}")
+    missing = file_missing_warning(bundle.spec, bundle.schema, chunk.rows, "rows of its first chunk")
+    if missing:
+        say(f"warning: {missing}")

@@ -425,7 +425,8 @@ def fit_spec_from_stats(stats: SpecStats, *, numeric: Sequence[str], categorical
             kept = [v for v, k in top.items() if k >= min_category_count]
             cats.append(CategoricalColumn(name, tuple(sorted(kept)),
                                           mode_of(kept, top) if st.present == st.rows else None,
-                                          (st.present - sum(top[c] for c in kept)) / st.rows))
+                                          (st.present - sum(top[c] for c in kept)) / st.rows,
+                                          (st.rows - st.present) / st.rows))
     return FeatureSpec(numeric=tuple(columns), categorical=tuple(cats), dropped=tuple(dropped),
                        time_of_day=time_of_day and stats.with_timestamp >= 0.5 * stats.rows)
 
@@ -437,7 +438,8 @@ def _numeric_column(name: str, st: NumericStats) -> NumericColumn:
     if st.raw.n == 0:
         raise ValueError(f"numeric field {name!r}: {st.present} present values, none finite")
     if st.sampled:
-        return _fit_numeric(name, st.sample[np.argsort(st.sample_keys, kind="stable")], st.present < st.rows)
+        return _fit_numeric(name, st.sample[np.argsort(st.sample_keys, kind="stable")], st.present < st.rows,
+                            (st.rows - st.raw.n) / st.rows)
     log = abs(st.raw.skew) > 2.0
     q25, center, q75 = (st.percentile(q, log) for q in (0.25, 0.5, 0.75))
     scale = (q75 - q25) / 1.349
@@ -445,4 +447,4 @@ def _numeric_column(name: str, st: NumericStats) -> NumericColumn:
         scale = (st.logged if log else st.raw).std
     if not scale > 0 or not math.isfinite(scale):
         scale = 1.0
-    return NumericColumn(name, st.median(), center, scale, log, st.present < st.rows)
+    return NumericColumn(name, st.median(), center, scale, log, st.present < st.rows, (st.rows - st.raw.n) / st.rows)

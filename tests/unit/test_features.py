@@ -61,7 +61,7 @@ def test_a_missing_category_reads_as_its_most_frequent_value_when_training_never
     ``__other__`` for it (training learned that column), and an unseen value stays novel."""
     import pyarrow as pa
 
-    from stream_detector.features import SPEC_FORMAT, SPEC_FORMAT_IMPUTE
+    from stream_detector.features import SPEC_FORMAT, SPEC_FORMAT_IMPUTE, SPEC_FORMAT_SHARES
 
     events = [{"event_id": str(i), "amount": float(i % 13), "channel": ["pos", "pos", "web"][i % 3],
                "device": None if i % 10 == 0 else ["a", "b"][i % 2]} for i in range(300)]
@@ -83,8 +83,13 @@ def test_a_missing_category_reads_as_its_most_frequent_value_when_training_never
     got, _ = spec.transform([{k: v for k, v in r.items() if k != "channel"} for r in rows], columns={"channel": column})
     np.testing.assert_array_equal(got, x)
     data = spec.to_dict()
-    assert data["format"] == SPEC_FORMAT_IMPUTE and data["categorical"][0]["impute"] == "pos"
+    assert data["format"] == SPEC_FORMAT_SHARES and data["categorical"][0]["impute"] == "pos"
     assert FeatureSpec.from_dict(data) == spec
+    assert (channel.missing_share, device.missing_share, spec.numeric[0].missing_share) == (0.0, 0.1, 0.0)
+    two = {**data, "format": SPEC_FORMAT_IMPUTE, "numeric": [{k: v for k, v in c.items() if k != "missing_share"}
+                                                             for c in data["numeric"]],
+           "categorical": [{k: v for k, v in c.items() if k != "missing_share"} for c in data["categorical"]]}
+    assert FeatureSpec.from_dict(two).to_dict() == two  # a spec of 2026-12-05: no shares, written as it was
     old = {**data, "format": SPEC_FORMAT,  # a spec of an earlier release: missing went to __other__
            "categorical": [{k: v for k, v in c.items() if k != "impute"} for c in data["categorical"]]}
     x_old, _ = FeatureSpec.from_dict(old).transform(rows[:1])
@@ -94,7 +99,7 @@ def test_a_missing_category_reads_as_its_most_frequent_value_when_training_never
     with pytest.raises(ValueError, match="not one of its categories"):
         FeatureSpec.from_dict({**data, "categorical": [{**data["categorical"][0], "impute": "nope"}]})
     with pytest.raises(ValueError, match="unsupported feature spec format"):
-        FeatureSpec.from_dict({**data, "format": SPEC_FORMAT_IMPUTE + 1})
+        FeatureSpec.from_dict({**data, "format": SPEC_FORMAT_SHARES + 1})
 
 
 def test_wrong_type_rejects_only_that_row():

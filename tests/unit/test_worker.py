@@ -570,6 +570,55 @@ def test_the_novel_values_warning_names_a_field_far_above_its_training_share_onc
     assert watch.observe("v6", columns, drifted * (watch.ENOUGH // 120 + 1)) is not None  # one big batch decides
 
 
+def test_the_missing_shares_warning_names_fields_missing_far_more_often_than_in_training() -> None:
+    """A trial left out a field training saw missing in one event in 20 (so the absent-fields
+    warning does not watch it) and the alerts went 1.9x, with no word; a field missing in one event
+    in 20 where training never saw it missing is scored at its training median, which hides an
+    anomaly in it, again with no word. ``MissingShares`` looks at the first ``ENOUGH`` scored
+    events and names each input field whose share missing (absent, null, empty) is at least 2
+    points above training's and twice it — once per model; a field missing from every event that
+    ``AbsentFields`` watches is left to it; an older spec (no shares) is not watched."""
+    import dataclasses
+
+    from stream_detector.features import CategoricalColumn, FeatureSpec, NumericColumn
+    from stream_detector.model.bundle import build_bundle
+    from stream_detector.model.train import TrainConfig, train
+    from stream_detector.worker import MissingShares
+
+    spec = FeatureSpec(numeric=(NumericColumn("amount", 10.0, 2.0, 1.0, True, False, 0.0),
+                                NumericColumn("distance", 3.0, 3.0, 1.0, False, True, 0.05)),
+                       categorical=(CategoricalColumn("channel", ("pos", "web"), "pos", 0.0, 0.0),),
+                       time_of_day=False)
+    base = build_bundle(train([{"event_id": f"e{i}", "amount": float(i % 7 + 1), "distance": float(i % 5),
+                                "channel": "pos" if i % 3 else "web"} for i in range(600)],
+                              TrainConfig(epochs=1, seed=0, min_rows=100)))
+    assert set(base.schema.input_fields) == {"amount", "distance", "channel"}
+
+    def model(version: str, spec: FeatureSpec = spec) -> Bundle:
+        return dataclasses.replace(base, spec=spec, metadata={**base.metadata, "version": version})
+
+    n = MissingShares.ENOUGH
+    normal = [{"amount": 5.0, "distance": None if i % 20 == 0 else 1.0, "channel": "web"} for i in range(n)]
+    watch = MissingShares()
+    assert watch.observe(model("v1"), normal[: n // 2]) is None and watch.wants("v1")
+    assert watch.observe(model("v1"), normal[n // 2:]) is None and not watch.wants("v1")  # decided: nothing
+    drifted = [{"amount": "" if i % 20 == 0 else 5.0, "channel": None if i % 2 else "pos"} for i in range(n)]
+    said = watch.observe(model("v2"), drifted)  # one big batch decides
+    assert said is not None and f"of the first {n:,} events model v2 scored, 3 of the model's input fields are" in said
+    assert "'amount' in 5.1% (0.0% in training)" in said and "'channel' in 50.0% (0.0% in training)" in said
+    assert "'distance' in 100.0% (5.0% in training)" in said  # left out: training saw it missing, not watched
+    assert watch.observe(model("v2"), drifted) is None  # once
+    gone = [{"distance": 1.0, "channel": "pos"}] * n  # amount absent from all: the absent-fields warning's
+    assert watch.observe(model("v3"), gone) is None
+    older = model("v4", dataclasses.replace(spec, numeric=tuple(
+        dataclasses.replace(c, missing_share=None) for c in spec.numeric), categorical=tuple(
+        dataclasses.replace(c, missing_share=None) for c in spec.categorical)))
+    assert watch.observe(older, drifted) is None and not watch.wants("v4")
+    slightly = [{"amount": None if i % 100 == 0 else 5.0, "distance": None if i % 15 == 0 else 1.0,
+                 "channel": "pos"} for i in range(n)]  # 1 % (< 2 points) and 6.7 % (< twice 5 %)
+    assert watch.observe(model("v5"), slightly) is None
+
+
 def test_a_stream_with_a_category_value_training_never_kept_is_said_once(broker, bundle, caplog) -> None:
     """The worker end to end: one event in 10 with ``channel: "mobile"`` (a value the model's
     training never saw) gets one warning naming the field and the value; the same events without
@@ -598,3 +647,32 @@ def test_a_stream_with_a_category_value_training_never_kept_is_said_once(broker,
         said[name] = [r.getMessage() for r in caplog.records if "its training did not keep" in r.getMessage()]
     assert said["plain"] == []
     assert len(said["drifted"]) == 1 and "'channel': 10.0% of them (e.g. 'mobile')" in said["drifted"][0]
+
+
+def test_a_stream_missing_a_field_far_more_often_than_training_is_said_once(bundle, caplog) -> None:
+    """The worker end to end: ``amount`` left out of one event in four (training never saw it
+    missing) gets one warning naming it with both shares; the same events whole, none."""
+    import logging
+
+    values, _ = _events(1_500, "gaps", bad=0)  # three batches of 500: ENOUGH events looked at
+    events = [orjson.loads(v) for v in values]
+    gaps = [orjson.dumps({k: v for k, v in e.items() if k != "amount"} if i % 4 == 0 else e)
+            for i, e in enumerate(events)]
+    said = {}
+    for name, records in (("whole", values), ("gaps", gaps)):
+        b = MemoryBroker()
+        for topic in (TOPIC, ALERTS, DLQ):
+            b.create_topic(topic)
+        control = MemoryControl()
+        control.publish(bundle)
+        worker = _worker(b, control, batch_size=500)
+        caplog.clear()
+        try:
+            with caplog.at_level(logging.WARNING, logger="stream_detector.worker"):
+                b.produce(TOPIC, records)
+                _drain(worker)
+        finally:
+            worker.close()
+        said[name] = [r.getMessage() for r in caplog.records if "far more often than in its training" in r.getMessage()]
+    assert said["whole"] == []
+    assert len(said["gaps"]) == 1 and "'amount' in 25.0% (0.0% in training)" in said["gaps"][0]
