@@ -218,7 +218,30 @@ def latency(settings: Settings, values: list[bytes], keys: list[bytes | None], r
     return dict(offered=rate, sent=sent, achieved=achieved, alerts=len(records), samples=len(lat),
                 drained=drained, rss_max=max(x.rss_max_mb for x in reports), **percentiles(lat),
                 max=max(lat) if lat else math.nan, **split, batches=sum(x.batches for x in reports),
-                events=sum(x.events for x in reports), stage_s=stage_s)
+                events=sum(x.events for x in reports), stage_s=stage_s,
+                timed_ms={"all": lat, "broker": broker, "producer": producer})
+
+
+def pooled(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One figure from several ``latency`` runs of the same settings: the percentiles of their
+    alerts' latencies taken together (``timed_ms``), the sums of their counts and step times, the
+    mean achieved rate; ``p99_runs``: each run's own p99."""
+    if len(runs) == 1:
+        return {**runs[0], "p99_runs": [runs[0]["p99"]]}
+    timed = {k: [x for r in runs for x in r["timed_ms"][k]] for k in ("all", "broker", "producer")}
+    stage_s: dict[str, float] = {}
+    for r in runs:
+        for name, sec in r["stage_s"].items():
+            stage_s[name] = stage_s.get(name, 0.0) + sec
+    split = ({**{f"broker_{k}": v for k, v in percentiles(timed["broker"]).items()},
+              **{f"producer_{k}": v for k, v in percentiles(timed["producer"]).items()}} if timed["broker"] else {})
+    return dict(offered=runs[0]["offered"], sent=sum(r["sent"] for r in runs),
+                achieved=sum(r["achieved"] for r in runs) / len(runs), alerts=sum(r["alerts"] for r in runs),
+                samples=len(timed["all"]), drained=all(r["drained"] for r in runs),
+                rss_max=max(r["rss_max"] for r in runs), **percentiles(timed["all"]),
+                max=max(timed["all"]) if timed["all"] else math.nan, **split,
+                batches=sum(r["batches"] for r in runs), events=sum(r["events"] for r in runs), stage_s=stage_s,
+                timed_ms=timed, p99_runs=[r["p99"] for r in runs])
 
 
 def best_rate(fn: Callable[[], Any], n: int, reps: int, min_s: float = 0.05) -> float:
