@@ -50,8 +50,7 @@ from .schema import RESERVED_FIELDS, Problem, RejectReason, parse_timestamp_ms
 
 SPEC_FORMAT = 1
 SPEC_FORMAT_IMPUTE = 2  # a spec with a categorical imputation: a release that cannot impute refuses it
-SPEC_FORMAT_SHARES = 3  # a spec that records each field's missing share in training (read by format-2 releases as
-# an unknown key: they refuse it by its format instead)
+SPEC_FORMAT_SHARES = 3  # a spec with each field's missing share in training: a release that cannot read it refuses it
 Extra = tuple[Sequence[str], np.ndarray]  # (field names, float64 values n × len(names)): see transform
 OTHER = "__other__"
 
@@ -60,8 +59,8 @@ OTHER = "__other__"
 class NumericColumn:
     """A numeric field: missing (null, absent, empty, non-finite) reads as ``median``, a column of
     its own says so where ``missing_indicator``; then log1p where ``log``, ``(x - center) / scale``.
-    ``missing_share``: the share of training rows without a finite value (None in specs before
-    2026-12-06), against which the worker compares the stream's (``worker.MissingShares``)."""
+    ``missing_share``: the share of training rows without a finite value (None in specs of
+    format 1-2), against which the worker compares the stream's (``worker.MissingShares``)."""
 
     name: str
     median: float
@@ -79,7 +78,7 @@ class CategoricalColumn:
     ``other_share``: the share of training rows with a value that is not one of ``categories``
     (rare ones: what ``__other__`` held in training; None in specs before 2026-12-05), against
     which the worker compares the stream's (``worker.NovelValues``); ``missing_share`` the share
-    of training rows where it is missing (None in specs before 2026-12-06: ``worker.MissingShares``)."""
+    of training rows where it is missing (None in specs of format 1-2: ``worker.MissingShares``)."""
 
     name: str
     categories: tuple[str, ...]
@@ -261,7 +260,7 @@ class FeatureSpec:
 
     def missing_shares(self) -> dict[str, float]:
         """Field → the share of training rows it was missing in (``missing_share``), for the fields
-        whose spec records it (none before 2026-12-06)."""
+        whose spec records it (none in a spec of format 1-2)."""
         shares = {c.name: c.missing_share for c in self.numeric if c.missing_share is not None}
         shares.update({c.name: c.missing_share for c in self.categorical if c.missing_share is not None})
         return shares

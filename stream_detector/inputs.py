@@ -269,7 +269,6 @@ def read_feedback(path: Path, options: ReaderOptions | None = None) -> FeedbackF
     return FeedbackFile(verdicts, rejected, len(raw.rows))
 
 
-
 MISSING_GAP, MISSING_FACTOR = 0.02, 2.0  # missing_share_warning: how much more often than in training
 
 

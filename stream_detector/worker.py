@@ -285,7 +285,7 @@ class MissingShares(_OncePerModel):
     """Says once per model when its input fields are missing (absent, null, empty) in the first
     ``ENOUGH`` events it scores far more often than in its training
     (``inputs.missing_share_warning``: the rule and why), leaving out the fields missing from every
-    one of them that ``AbsentFields`` watches (it says those). Only a spec from 2026-12-06 on records
+    one of them that ``AbsentFields`` watches (it says those). Only a spec of format 3 or later records
     training's shares; an older one is not watched."""
 
     LOOK = ENOUGH = 1024
