@@ -724,11 +724,12 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         return _score_streamed(args, settings, bundle)
     data = _load_file(args, schema=bundle.schema, need_events=False,
                       entity=bundle.entity)  # an older bundle without a schema: the file's own inferred one
-    from .inputs import file_missing_warning
+    from .inputs import file_missing_warning, file_novel_warning
 
-    missing = file_missing_warning(bundle.spec, bundle.schema, data.raw.rows, "rows read")
-    if missing:
-        _say(f"warning: {missing}")
+    for warning in (file_missing_warning(bundle.spec, bundle.schema, data.raw.rows, "rows read"),
+                    file_novel_warning(bundle.spec, data.events, "rows scored", settings.redacted_fields)):
+        if warning:
+            _say(f"warning: {warning}")
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     known: list[Any] = []
     if args.feedback:
@@ -828,7 +829,8 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -
     with _terminated_as_interrupt():
         done = score_stream(bundle, files, Path(args.out), reader=_reader_options(args), threshold=threshold,
                             device=args.device or settings.device, id_column=args.id_column,
-                            label_column=args.label_column, chunk_rows=args.chunk_rows, say=_say)
+                            label_column=args.label_column, chunk_rows=args.chunk_rows, say=_say,
+                            redacted=settings.redacted_fields)
     head = bundle.head_threshold
     rule = f"above {threshold:.6g}" + (f" or probability above {head:.4g}" if head is not None else "")
     _say(f"scored {done.scored} of {done.rows} rows from {len(files)} file(s) in {done.seconds:.0f} s "

@@ -20,7 +20,7 @@ import orjson
 from .entity_spec import EntitySpec
 from .errors import InputError
 from .events_io import RawRows, ReaderOptions, RowRejection, missing_id_column, read_rows
-from .features import FeatureSpec
+from .features import OTHER, CategoricalColumn, FeatureSpec
 from .feedback import Label, Verdicts, parse_label
 from .fieldschema import FieldSchema, InferenceOptions, infer_schema
 from .pipeline.decode import Rejected, type_events
@@ -328,6 +328,74 @@ def file_missing_warning(spec: FeatureSpec, schema: FieldSchema | None, rows: It
     counts, looked = missing_counts(schema.input_fields, (row for row in rows if row is not None))
     everywhere = {name for name, count in counts.items() if count == looked}
     return missing_share_warning(spec, counts, looked, f"the {looked:,} {what}", skip=everywhere)
+
+
+NOVEL_SHARE, NOVEL_FACTOR = 0.01, 5.0  # novel_values_warning: how much more often than in training
+
+
+def novel_fields(columns: Sequence[CategoricalColumn]) -> list[CategoricalColumn]:
+    """The category fields whose new values ``novel_values_warning`` watches: those with a training
+    share of values it did not keep (``other_share``) and an imputed value. Where training saw the
+    field missing (no imputed value), ``__other__`` is its missing-value column and a new value
+    reads as missing, not as novel (a trial: the warning said "very unusual" where the scores
+    equalled those of null); a spec from before 2026-12-05 says neither."""
+    return [c for c in columns if c.other_share is not None and c.impute is not None]
+
+
+def novel_counts(columns: Sequence[CategoricalColumn], events: Iterable[Mapping[str, Any]]
+                 ) -> tuple[dict[str, Counter[str]], int]:
+    """Per field of ``columns``, how often each value training did not keep (``categories``) occurs
+    in ``events`` (typed: a category's values are text); missing values (null, absent, empty) are
+    not counted. Also returns how many events."""
+    kept = [(c.name, frozenset(c.categories)) for c in columns]
+    novel: dict[str, Counter[str]] = {name: Counter() for name, _ in kept}
+    looked = 0
+    for event in events:
+        looked += 1
+        for name, categories in kept:
+            value = event.get(name)
+            if value is not None and value != "" and value not in categories:
+                novel[name][str(value)] += 1
+    return novel, looked
+
+
+def novel_values_warning(columns: Sequence[CategoricalColumn], novel: Mapping[str, Counter[str]], looked: int,
+                         of: str, redacted: Container[str] = ()) -> str | None:
+    """One line naming each field of ``columns`` (``novel_fields``) whose share of values training
+    did not keep, among ``looked`` events (``novel``: ``novel_counts``), is at least ``NOVEL_SHARE``
+    and more than ``NOVEL_FACTOR`` times its training share (``CategoricalColumn.other_share``),
+    with its commonest such values (not those of a ``redacted`` field); ``of``: what the events are.
+    None when none is. Each such event is scored as the field's ``__other__`` column, which a model
+    that never saw it on may read as very unusual: two new-user trials sent a new ``channel``
+    value, one model alerted on every such event and another on few, and nothing was said."""
+    said = []
+    for column in columns:
+        counts = novel.get(column.name)
+        if counts is None or column.other_share is None or looked <= 0:
+            continue
+        share = sum(counts.values()) / looked
+        if share >= NOVEL_SHARE and share > NOVEL_FACTOR * column.other_share:
+            shown = "" if column.name in redacted else " (e.g. " + ", ".join(
+                repr(v) for v, _ in counts.most_common(3)) + ")"
+            said.append(f"{column.name!r}: {share:.1%} of them{shown}, against {column.other_share:.1%} in training")
+    if not said:
+        return None
+    return (f"of {of}, many carry category values the model's training did not keep — {'; '.join(said)}. Each is "
+            f"scored as a value it never saw (the field's {OTHER} column), which the model may read as very "
+            "unusual: expect more alerts than its threshold was calibrated for. A legitimate new value? Retrain on "
+            "events that carry it")
+
+
+def file_novel_warning(spec: FeatureSpec, events: Sequence[Mapping[str, Any]], what: str,
+                       redacted: Container[str] = ()) -> str | None:
+    """``novel_values_warning`` for the typed events of a file ``score`` reads; ``what``: the rows,
+    as in "the 3,000 ``rows read``"; ``redacted``: fields whose values are not shown
+    (``SD_ALERT_REDACT_FIELDS``)."""
+    columns = novel_fields(spec.categorical)
+    if not columns:
+        return None
+    novel, looked = novel_counts(columns, events)
+    return novel_values_warning(columns, novel, looked, f"the {looked:,} {what}", redacted)
 
 
 def absent_warnings(schema: FieldSchema | None, entity: EntitySpec | None, seen: set[str]) -> list[str]:

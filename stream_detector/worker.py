@@ -46,10 +46,10 @@ from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
 from .entity.replay_log import FeatureLog
 from .entity_spec import EntitySpec
 from .errors import ConfigError, DeliveryError, EntityStateUnavailable, StreamDetectorError
-from .features import OTHER, CategoricalColumn, FeatureSpec
+from .features import CategoricalColumn, FeatureSpec
 from .fieldschema import EventTime
 from .hold import BatchHold
-from .inputs import missing_counts, missing_share_warning
+from .inputs import missing_counts, missing_share_warning, novel_counts, novel_fields, novel_values_warning
 from .label_ingest import LabelIngester
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
 from .model.bundle import Bundle
@@ -225,23 +225,18 @@ class NovelValues(_OncePerModel):
     """Says once per model when a category field's values are, far more often than in training,
     values training did not keep (``CategoricalColumn.categories``): a producer's new value (a new
     ``channel``), which each event carrying it is scored as (the ``__other__`` column) and which
-    the model may read as very unusual. Two new-user trials: a new ``channel`` value alerted on
-    every event in one and on few in the other, and the worker said nothing either time.
+    the model may read as very unusual (``inputs.novel_values_warning``: the rule, and the trials
+    that found it; ``inputs.novel_fields``: the fields watched).
 
-    ``observe`` looks at the first ``ENOUGH`` scored events (one batch of a backlog, or many small
-    live ones), then warns, naming each field whose share of such values is at least ``SHARE`` and
-    more than ``FACTOR`` times its training share (``CategoricalColumn.other_share``), with its
-    commonest new values (not for a redacted field), and stops looking. Only fields with an imputed
-    value are watched: where training saw the field missing, ``__other__`` is its missing-value
-    column and a new value reads as missing, not as novel (a third trial: the warning said "very
-    unusual" where scores equalled those of null); a spec from before 2026-12-05 says neither."""
+    ``observe`` looks at up to ``LOOK`` scored events of each batch until ``ENOUGH`` (one batch of
+    a backlog, or many small live ones), then says the warning or nothing, and stops looking.
+    ``score`` says the same of a file (``inputs.file_novel_warning``)."""
 
     LOOK = ENOUGH = 1024
-    SHARE, FACTOR = 0.01, 5.0
 
     def __init__(self) -> None:
         super().__init__()
-        self._fields: list[tuple[str, frozenset[str], float]] = []
+        self._columns: list[CategoricalColumn] = []
         self._novel: dict[str, Counter[str]] = {}
 
     def observe(self, version: str, columns: Sequence[CategoricalColumn], events: Sequence[dict[str, Any]],
@@ -249,36 +244,20 @@ class NovelValues(_OncePerModel):
         """The warning, once, for model ``version`` with category ``columns``, given a batch's
         scored ``events``; ``redacted``: fields whose values are never shown."""
         if version != self._version:
-            self._fields = [(c.name, frozenset(c.categories), c.other_share) for c in columns
-                            if c.other_share is not None and c.impute is not None]
-            self._novel = {name: Counter() for name, _, _ in self._fields}
-            self._new_model(version, bool(self._fields))
+            self._columns = novel_fields(columns)
+            self._novel = {c.name: Counter() for c in self._columns}
+            self._new_model(version, bool(self._columns))
         if self._done or not len(events):
             return None
-        for k in range(min(self.LOOK, len(events))):
-            event = events[k]
-            for name, kept, _ in self._fields:
-                value = event.get(name)
-                if value is not None and value != "" and value not in kept:
-                    self._novel[name][str(value)] += 1
-            self._looked += 1
+        novel, looked = novel_counts(self._columns, (events[k] for k in range(min(self.LOOK, len(events)))))
+        for name, counts in novel.items():
+            self._novel[name].update(counts)
+        self._looked += looked
         if self._looked < self.ENOUGH:
             return None
         self._done = True
-        said = []
-        for name, _, trained in self._fields:
-            novel = self._novel[name]
-            share = sum(novel.values()) / self._looked
-            if share >= self.SHARE and share > self.FACTOR * trained:
-                shown = "" if name in redacted else " (e.g. " + ", ".join(
-                    repr(v) for v, _ in novel.most_common(3)) + ")"
-                said.append(f"{name!r}: {share:.1%} of them{shown}, against {trained:.1%} in training")
-        if not said:
-            return None
-        return (f"model {version}: of the first {self._looked} events it scored, many carry category values "
-                f"its training did not keep — {'; '.join(said)}. Each is scored as a value it never saw (the "
-                f"field's {OTHER} column), which the model may read as very unusual: expect more alerts than "
-                "its threshold was calibrated for. A legitimate new value? Retrain on events that carry it")
+        return novel_values_warning(self._columns, self._novel, self._looked,
+                                    f"the first {self._looked:,} events model {version} scored", redacted)
 
 
 class MissingShares(_OncePerModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import numpy as np
 from ..entity.columns import late_rows, timestamp_value, unsorted_warning
 from ..errors import InputError
 from ..events_io import ReaderOptions, ScoresCsv
-from ..inputs import absent_warnings, file_missing_warning
+from ..inputs import absent_warnings, file_missing_warning, file_novel_warning
 from ..model.bundle import Bundle
 from ..offline import OfflineScorer
 from .prepare import Say, known_rows
@@ -41,10 +41,12 @@ class StreamedScores:
 def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: ReaderOptions | None = None,
                  threshold: float | None = None, device: str = "cpu", id_column: str | None = None,
                  label_column: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                 say: Say = lambda _m: None) -> StreamedScores:
+                 say: Say = lambda _m: None, redacted: Container[str] = ()) -> StreamedScores:
     """Score every row of ``files`` into the CSV ``out`` (``events_io.write_scores``'s columns, one
     line per input row in input order). ``threshold``: the bundle's unless given. The lines go to a
-    hidden file beside ``out``, renamed to ``out`` only when every row is written.
+    hidden file beside ``out``, renamed to ``out`` only when every row is written. ``say`` gets the
+    in-memory ``score``'s warnings, from the first chunk (``redacted``: fields whose values they never
+    show).
 
     Raises ``InputError`` for an input that cannot be read (a bad row is that row's line, never an error),
     and for a ``label_column`` no row has (no file is written then).
@@ -81,6 +83,10 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
                    for i, row in enumerate(chunk.rows)]
             typed = type_prepared(prepared, bundle.schema, False) if bundle.schema is not None else None
             events = typed.events if typed is not None else prepared.present
+            if done.rows == 0:  # the first chunk: values training did not keep, as the in-memory ``score``
+                novel = file_novel_warning(bundle.spec, events, "rows scored of its first chunk", redacted)
+                if novel:
+                    say(f"warning: {novel}")
             rows = typed.rows if typed is not None else prepared.positions
             scored = scorer.score(events)
             if bundle.entity is not None:

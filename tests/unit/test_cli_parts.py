@@ -798,3 +798,39 @@ def test_score_says_which_input_fields_are_missing_far_more_often_than_in_traini
                 assert len(said) == 1 and said[0].startswith("warning: of the 400 rows")
                 assert "1 of the model's input fields is missing" in said[0]
                 assert "'amount' in 25.0% (0.0% in training)" in said[0]
+
+
+def test_score_says_which_category_fields_carry_values_training_did_not_keep(
+        tmp_path: Path, bundle: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the worker does (``worker.NovelValues``), ``score`` in memory and ``--streamed`` names a
+    category field whose values are, far more often than in training, values training did not
+    keep, with its commonest ones (not with ``SD_ALERT_REDACT_FIELDS`` naming it); the file
+    without them, nothing."""
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_csv
+    from stream_detector.model.bundle import save_bundle
+    from stream_detector.simulate import Simulator
+
+    channel = next(c for c in bundle.spec.categorical if c.name == "channel")
+    assert channel.impute is not None and channel.other_share == 0.0 and "mobile" not in channel.categories
+    events, _ = Simulator(seed=3, accounts=40, run_id="novel").batch(400, 0.0)
+    write_csv(tmp_path / "plain.csv", events)
+    write_csv(tmp_path / "novel.csv", [{**e, "channel": "mobile"} if i % 10 == 0 else e for i, e in enumerate(events)])
+    save_bundle(bundle, tmp_path / "model")
+    for streamed in ([], ["--streamed"]):
+        for name in ("plain", "novel"):
+            assert main(["score", "--model", str(tmp_path / "model"), "--input", str(tmp_path / f"{name}.csv"),
+                         "--out", str(tmp_path / f"{name}.scores.csv"), *streamed]) == 0
+            said = [line for line in capsys.readouterr().err.splitlines() if "training did not keep" in line]
+            if name == "plain":
+                assert said == []
+            else:
+                assert len(said) == 1 and said[0].startswith("warning: of the 400 rows scored")
+                assert "'channel': 10.0% of them (e.g. 'mobile'), against 0.0% in training" in said[0]
+    monkeypatch.setenv("SD_ALERT_REDACT_FIELDS", "channel")
+    for streamed in ([], ["--streamed"]):
+        assert main(["score", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "novel.csv"),
+                     "--out", str(tmp_path / "r.scores.csv"), *streamed]) == 0
+        said = [line for line in capsys.readouterr().err.splitlines() if "training did not keep" in line]
+        assert len(said) == 1 and "'channel': 10.0% of them, against 0.0% in training" in said[0]
+        assert "mobile" not in said[0]
