@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Collection, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -190,9 +190,11 @@ class AbsentFields(_OncePerModel):
         super().__init__()
         self._absent: set[str] = set()
 
-    def observe(self, version: str, fields: Sequence[str], events: Sequence[dict[str, Any]]) -> str | None:
+    def observe(self, version: str, fields: Sequence[str], events: Sequence[dict[str, Any]],
+                known: Collection[str] = ()) -> str | None:
         """The warning, once, for model ``version`` watching input ``fields``, given a batch's
-        scored ``events``."""
+        scored ``events``; ``known``: every field of the model's schema (the hint names the first
+        event's other fields, those the model does not know)."""
         if version != self._version:
             self._new_model(version, bool(fields))
             self._absent = set(fields)
@@ -210,7 +212,8 @@ class AbsentFields(_OncePerModel):
         names = sorted(self._absent)
         shown = ", ".join(repr(name) for name in names[:7]) + (f" and {len(names) - 7} more" if len(names) > 7 else "")
         verb = "is" if len(names) == 1 else "are"
-        own = sorted(set(events[0]) - set(fields) - RESERVED_FIELDS)  # what they carry instead (a trial: camelCase)
+        # what they carry instead (a trial: camelCase); a trial saw the hint name fields the model knows
+        own = sorted(set(events[0]) - set(fields) - set(known) - RESERVED_FIELDS)
         theirs = (f" (the first carries {', '.join(repr(name) for name in own[:7])}"
                   f"{', ...' if len(own) > 7 else ''})" if own else "")
         return (f"model {version}: {len(names)} of its input fields {verb} absent from every one of the first "
@@ -793,7 +796,9 @@ class Worker:
         self.feed.observe(events, decision.scores, rows, decision.threshold, shown.timestamps, indices,
                           decision.probability)  # sample (with the head's probability when there is one)
         if self._absent.wants(scorer.version):
-            absent = self._absent.observe(scorer.version, watched_fields(scorer.bundle), events)
+            schema = scorer.bundle.schema
+            absent = self._absent.observe(scorer.version, watched_fields(scorer.bundle), events,
+                                          [rule.name for rule in schema.fields] if schema is not None else ())
             if absent:
                 log.warning("%s", absent)
         if self._novel.wants(scorer.version):

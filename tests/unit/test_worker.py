@@ -484,6 +484,9 @@ def test_the_absent_fields_warning_names_them_once_per_model() -> None:
     assert "'channel'" in said and not watch.wants("v1") and "(the first carries" not in said
     renamed = watch.observe("v6", fields, [{"amount": 1.0, "Channel": "pos", "event_id": "e"}] * 40)
     assert renamed is not None and "(the first carries 'Channel')" in renamed
+    known = watch.observe("v7", fields, [{"amount": 1.0, "Channel": "pos", "country": "FR"}] * 40,
+                          known=("amount", "channel", "country"))  # a field the model knows is not "instead"
+    assert known is not None and "(the first carries 'Channel')" in known
     assert watch.observe("v1", fields, lacking) is None  # once
     assert watch.observe("v2", fields, [{"amount": 1.0}] * 100) is not None  # one big batch is enough
     assert [watch.observe("v3", fields, b) for b in (lacking, full, lacking, lacking, lacking)] == [None] * 5
