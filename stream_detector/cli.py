@@ -727,7 +727,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from .inputs import file_missing_warning, file_novel_warning
 
     for warning in (file_missing_warning(bundle.spec, bundle.schema, data.raw.rows, "rows read"),
-                    file_novel_warning(bundle.spec, data.events, "rows scored", settings.redacted_fields)):
+                    file_novel_warning(bundle.spec, data.events, "valid rows", settings.redacted_fields)):
         if warning:
             _say(f"warning: {warning}")
     threshold = args.threshold if args.threshold is not None else bundle.threshold

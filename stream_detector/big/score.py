@@ -84,7 +84,7 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
             typed = type_prepared(prepared, bundle.schema, False) if bundle.schema is not None else None
             events = typed.events if typed is not None else prepared.present
             if done.rows == 0:  # the first chunk: values training did not keep, as the in-memory ``score``
-                novel = file_novel_warning(bundle.spec, events, "rows scored of its first chunk", redacted)
+                novel = file_novel_warning(bundle.spec, events, "valid rows of its first chunk", redacted)
                 if novel:
                     say(f"warning: {novel}")
             rows = typed.rows if typed is not None else prepared.positions

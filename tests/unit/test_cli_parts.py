@@ -825,7 +825,7 @@ def test_score_says_which_category_fields_carry_values_training_did_not_keep(
             if name == "plain":
                 assert said == []
             else:
-                assert len(said) == 1 and said[0].startswith("warning: of the 400 rows scored")
+                assert len(said) == 1 and said[0].startswith("warning: of the 400 valid rows")
                 assert "'channel': 10.0% of them (e.g. 'mobile'), against 0.0% in training" in said[0]
     monkeypatch.setenv("SD_ALERT_REDACT_FIELDS", "channel")
     for streamed in ([], ["--streamed"]):
