@@ -622,60 +622,47 @@ def test_the_missing_shares_warning_names_fields_missing_far_more_often_than_in_
     assert watch.observe(model("v5"), slightly) is None
 
 
-def test_a_stream_with_a_category_value_training_never_kept_is_said_once(broker, bundle, caplog) -> None:
+def _worker_warnings(bundle: Bundle, records: list[bytes], phrase: str, caplog: Any) -> list[str]:
+    """The worker's WARNING lines holding ``phrase`` while it drains ``records`` (batches of 500)
+    with ``bundle``, on a fresh in-memory broker and control plane."""
+    import logging
+
+    b = MemoryBroker()
+    for topic in (TOPIC, ALERTS, DLQ):
+        b.create_topic(topic)
+    control = MemoryControl()
+    control.publish(bundle)
+    worker = _worker(b, control, batch_size=500)
+    caplog.clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="stream_detector.worker"):
+            b.produce(TOPIC, records)
+            _drain(worker)
+    finally:
+        worker.close()
+    return [r.getMessage() for r in caplog.records if phrase in r.getMessage()]
+
+
+def test_a_stream_with_a_category_value_training_never_kept_is_said_once(bundle, caplog) -> None:
     """The worker end to end: one event in 10 with ``channel: "mobile"`` (a value the model's
     training never saw) gets one warning naming the field and the value; the same events without
     it none."""
-    import logging
-
     values, _ = _events(1_500, "novel", bad=0)  # three batches of 500: ENOUGH events looked at
     events = [orjson.loads(v) for v in values]
     assert "channel" in {c.name for c in bundle.spec.categorical}
     drifted = [orjson.dumps(dict(e, channel="mobile") if i % 10 == 0 else e) for i, e in enumerate(events)]
-    said = {}
-    for name, records in (("plain", values), ("drifted", drifted)):
-        b = MemoryBroker()
-        for topic in (TOPIC, ALERTS, DLQ):
-            b.create_topic(topic)
-        control = MemoryControl()
-        control.publish(bundle)
-        worker = _worker(b, control, batch_size=500)
-        caplog.clear()
-        try:
-            with caplog.at_level(logging.WARNING, logger="stream_detector.worker"):
-                b.produce(TOPIC, records)
-                _drain(worker)
-        finally:
-            worker.close()
-        said[name] = [r.getMessage() for r in caplog.records if "training did not keep" in r.getMessage()]
-    assert said["plain"] == []
-    assert len(said["drifted"]) == 1 and "'channel': 10.0% of them (e.g. 'mobile')" in said["drifted"][0]
+    assert _worker_warnings(bundle, values, "training did not keep", caplog) == []
+    said = _worker_warnings(bundle, drifted, "training did not keep", caplog)
+    assert len(said) == 1 and "'channel': 10.0% of them (e.g. 'mobile')" in said[0]
 
 
 def test_a_stream_missing_a_field_far_more_often_than_training_is_said_once(bundle, caplog) -> None:
     """The worker end to end: ``amount`` left out of one event in four (training never saw it
     missing) gets one warning naming it with both shares; the same events whole, none."""
-    import logging
-
     values, _ = _events(1_500, "gaps", bad=0)  # three batches of 500: ENOUGH events looked at
     events = [orjson.loads(v) for v in values]
     gaps = [orjson.dumps({k: v for k, v in e.items() if k != "amount"} if i % 4 == 0 else e)
             for i, e in enumerate(events)]
-    said = {}
-    for name, records in (("whole", values), ("gaps", gaps)):
-        b = MemoryBroker()
-        for topic in (TOPIC, ALERTS, DLQ):
-            b.create_topic(topic)
-        control = MemoryControl()
-        control.publish(bundle)
-        worker = _worker(b, control, batch_size=500)
-        caplog.clear()
-        try:
-            with caplog.at_level(logging.WARNING, logger="stream_detector.worker"):
-                b.produce(TOPIC, records)
-                _drain(worker)
-        finally:
-            worker.close()
-        said[name] = [r.getMessage() for r in caplog.records if "far more often than in its training" in r.getMessage()]
-    assert said["whole"] == []
-    assert len(said["gaps"]) == 1 and "'amount' in 25.0% (0.0% in training)" in said["gaps"][0]
+    assert _worker_warnings(bundle, values, "far more often than in its training", caplog) == []
+    said = _worker_warnings(bundle, gaps, "far more often than in its training", caplog)
+    assert len(said) == 1 and "'amount' in 25.0% (0.0% in training)" in said[0]
