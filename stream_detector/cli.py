@@ -726,7 +726,8 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
                       entity=bundle.entity)  # an older bundle without a schema: the file's own inferred one
     from .inputs import file_missing_warning, file_novel_warning
 
-    for warning in (file_missing_warning(bundle.spec, bundle.schema, data.raw.rows, "rows read"),
+    for warning in (file_missing_warning(bundle.spec, bundle.schema, data.events, "valid rows",
+                                         "the model folder's spec.json"),
                     file_novel_warning(bundle.spec, data.events, "valid rows", settings.redacted_fields)):
         if warning:
             _say(f"warning: {warning}")
@@ -1540,7 +1541,12 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "shadow":
         return _start_shadow(args, settings, control)
     if args.action == "show":
-        print(orjson.dumps(control.model_info(args.version), option=orjson.OPT_INDENT_2).decode())
+        info = control.model_info(args.version)
+        from .inputs import model_fields
+
+        bundle = control.fetch_bundle(args.version)
+        info["fields"] = model_fields(bundle.spec, bundle.schema)
+        print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return 0
     if args.version == control.challenger():
         control.end_shadow("promoted", {"reasons": ["promoted by hand"]}, _who())
@@ -2148,7 +2154,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The model registry in Redis (docs/retraining.md). list: every stored "
                                    "version, newest first, with its mark (active, previous, shadow), threshold, "
                                    "store and gate (passed, refused, no-verdict, none); show VERSION: its "
-                                   "metadata, gate record and calibration (JSON); promote VERSION: make any "
+                                   "metadata, gate record, calibration and input fields (JSON; each field's type "
+                                   "and what training saw of it: median or kept values, how often it was "
+                                   "missing); promote VERSION: make any "
                                    "stored version active with its threshold (a refused one too, noted; the "
                                    "challenger too: its period then ends as promoted); rollback: the previous "
                                    "version active again; prune [--keep N]: remove the oldest versions beyond N "

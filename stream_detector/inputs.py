@@ -285,15 +285,28 @@ def missing_counts(fields: Sequence[str], events: Iterable[Mapping[str, Any]]) -
     return counts, looked
 
 
+def share_text(count: int, looked: int) -> str:
+    """``count`` of ``looked`` as a percentage with one decimal, or two where one would round a
+    share that is neither 0 nor all to 0.0 % or 100.0 % (a trial: 2,999 of 3,000 read "100.0%")."""
+    share = count / looked if looked else 0.0
+    text = f"{share:.1%}"
+    if 0 < count < looked and text in ("0.0%", "100.0%"):
+        finer = f"{share:.2%}"
+        text = finer if finer not in ("0.00%", "100.00%") else ("<0.01%" if share < 0.5 else ">99.99%")
+    return text
+
+
 def missing_share_warning(spec: FeatureSpec, missing: Mapping[str, int], looked: int, of: str,
-                          skip: Container[str] = ()) -> str | None:
+                          skip: Container[str] = (), fields_at: str = "") -> str | None:
     """One line naming the fields of ``missing`` (field → how many of ``looked`` events lacked it:
     absent, null or empty) that are missing far more often than in the model's training
     (``NumericColumn.missing_share``, ``CategoricalColumn.missing_share``): a share at least
     ``MISSING_GAP`` above training's and at least ``MISSING_FACTOR`` times it (for 1,024 events,
     ≥ 4.5 binomial standard deviations above training's share at any share: no false alarm from
     chance). ``of``: what the events are (``"the first 1,024 events it scored"``); ``skip``: fields
-    said elsewhere (absent from every event). None when none is, or the spec predates the shares.
+    said elsewhere (absent from every event); ``fields_at``: where the user finds the model's fields
+    (``model show VERSION``, a bundle's ``spec.json``). None when none is, or the spec predates the
+    shares.
 
     Why: a field training saw missing in 5 % of rows and a stream left out entirely raised 1.9
     times the alerts (a new-user trial, 2026-12-05), and a field missing in one event in 20 where
@@ -307,27 +320,29 @@ def missing_share_warning(spec: FeatureSpec, missing: Mapping[str, int], looked:
             continue
         share = count / looked
         if share >= before + MISSING_GAP and share >= MISSING_FACTOR * before:
-            said.append(f"{name!r} in {share:.1%} ({before:.1%} in training)")
+            said.append(f"{name!r} in {share_text(count, looked)} ({before:.1%} in training)")
     if not said:
         return None
+    advice = f" ({fields_at} lists the model's fields and how often training saw each missing)" if fields_at else ""
     return (f"of {of}, {len(said)} of the model's input fields {'is' if len(said) == 1 else 'are'} missing (absent, "
             f"null or empty) far more often than in its training: {'; '.join(said[:10])}"
             f"{f' and {len(said) - 10} more' if len(said) > 10 else ''}. Each missing value is scored as a number's "
             "training median, a category's most frequent value, or the missing-value column where training saw it "
             "missing: the model may alert more than its threshold was calibrated for, or miss an anomaly in those "
-            "fields. A change in the producer? (`stream-detector model show VERSION` has the model's fields)")
+            f"fields. A change in the producer?{advice}")
 
 
-def file_missing_warning(spec: FeatureSpec, schema: FieldSchema | None, rows: Iterable[Mapping[str, Any] | None],
-                         what: str) -> str | None:
-    """``missing_share_warning`` for the rows of a file ``score`` reads (the model's input fields;
-    those missing in every row left to ``absent_warnings``); ``what``: the rows, as in "the 3,000
-    ``rows read``" (a rejected row, None, is not counted)."""
+def file_missing_warning(spec: FeatureSpec, schema: FieldSchema | None, events: Iterable[Mapping[str, Any]],
+                         what: str, fields_at: str = "") -> str | None:
+    """``missing_share_warning`` for the valid (typed) events of a file ``score`` reads, as the
+    worker counts the events it scores (a trial: rows rejected as ``wrong_type`` were counted as
+    missing values "scored as the training median"); the model's input fields, those missing in
+    every event left to ``absent_warnings``; ``what``: the rows, as in "the 3,000 ``valid rows``"."""
     if schema is None:
         return None
-    counts, looked = missing_counts(schema.input_fields, (row for row in rows if row is not None))
+    counts, looked = missing_counts(schema.input_fields, events)
     everywhere = {name for name, count in counts.items() if count == looked}
-    return missing_share_warning(spec, counts, looked, f"the {looked:,} {what}", skip=everywhere)
+    return missing_share_warning(spec, counts, looked, f"the {looked:,} {what}", skip=everywhere, fields_at=fields_at)
 
 
 NOVEL_SHARE, NOVEL_FACTOR = 0.01, 5.0  # novel_values_warning: how much more often than in training
@@ -398,6 +413,34 @@ def file_novel_warning(spec: FeatureSpec, events: Sequence[Mapping[str, Any]], w
     return novel_values_warning(columns, novel, looked, f"the {looked:,} {what}", redacted)
 
 
+def model_fields(spec: FeatureSpec, schema: FieldSchema | None) -> list[dict[str, Any]]:
+    """``model show``'s ``fields``: each input field of the model (``FieldSchema.input_fields``,
+    in schema order) with its type and what training saw of it — for a number feature its training
+    median (a missing value's) and whether a missing indicator was learned; for a category its
+    kept values, the one a missing value reads as (``imputed``; null: the ``__other__`` column) and
+    the share of training rows with a value it did not keep; for both, the share of training rows
+    it was missing in (null in a spec of format 1-2). A field that is no feature (an entity key)
+    has ``"feature": null``. The warnings about missing and new values point here (a trial: they
+    named ``model show``, which listed no field)."""
+    if schema is None:
+        return []
+    numeric = {c.name: c for c in spec.numeric}
+    categorical = {c.name: c for c in spec.categorical}
+    out: list[dict[str, Any]] = []
+    for name in schema.input_fields:
+        item: dict[str, Any] = {"name": name, "type": schema[name].type.value, "feature": None}
+        if name in numeric:
+            num = numeric[name]
+            item.update(feature="number", median=num.median, missing_indicator=num.missing_indicator,
+                        missing_share=num.missing_share)
+        elif name in categorical:
+            cat = categorical[name]
+            item.update(feature="category", categories=list(cat.categories), imputed=cat.impute,
+                        other_share=cat.other_share, missing_share=cat.missing_share)
+        out.append(item)
+    return out
+
+
 def absent_warnings(schema: FieldSchema | None, entity: EntitySpec | None, seen: set[str]) -> list[str]:
     """What a file (whose rows have a value in the fields ``seen``) lacks that a model reads, one warning
     each: feature fields (every row gets the training median or an unseen category; none of the
@@ -413,9 +456,10 @@ def absent_warnings(schema: FieldSchema | None, entity: EntitySpec | None, seen:
                    f"row), so every row is rejected as no_features: {', '.join(inputs[:10])}")
     elif absent:
         verb = "is" if len(absent) == 1 else "are"
-        out.append(f"{len(absent)} of the model's feature fields {verb} not in this file, so every row gets a "
-                   f"missing value for them (a number's training median; a category's most frequent value, or "
-                   f"the missing-value column where training saw it missing): {', '.join(absent[:10])}")
+        out.append(f"{len(absent)} of the model's feature fields {verb} not in this file (or empty in every row), "
+                   "so every row gets a missing value for them (a number's training median; a category's most "
+                   "frequent value, or the missing-value column where training saw it missing): "
+                   f"{', '.join(absent[:10])}")
     if entity is not None:
         keys = [k for k in (*entity.keys, *entity.label_keys) if k not in seen]
         if keys:

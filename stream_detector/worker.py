@@ -220,7 +220,7 @@ class AbsentFields(_OncePerModel):
                 f"{self._looked} events it scored: {shown}{theirs}. Each is scored as a missing value (the training "
                 "median, or the most frequent category), which a model that rarely or never saw it missing can read as "
                 "unusual: expect more alerts than its threshold was calibrated for. Are these events of the "
-                "model's own producer and schema? (`stream-detector model show VERSION` has the model's "
+                f"model's own producer and schema? (`stream-detector model show {version}` lists the model's "
                 "fields; train on events of this stream's shape)")
 
 
@@ -301,7 +301,8 @@ class MissingShares(_OncePerModel):
         everywhere = {name for name, count in self._missing.items() if count == self._looked}
         return missing_share_warning(self._spec, self._missing, self._looked,
                                      f"the first {self._looked:,} events model {self._version} scored",
-                                     skip=everywhere & self._absent_said)
+                                     skip=everywhere & self._absent_said,
+                                     fields_at=f"`stream-detector model show {self._version}`")
 
 
 def watched_fields(bundle: Bundle) -> tuple[str, ...]:

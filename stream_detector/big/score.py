@@ -83,10 +83,13 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
                    for i, row in enumerate(chunk.rows)]
             typed = type_prepared(prepared, bundle.schema, False) if bundle.schema is not None else None
             events = typed.events if typed is not None else prepared.present
-            if done.rows == 0:  # the first chunk: values training did not keep, as the in-memory ``score``
-                novel = file_novel_warning(bundle.spec, events, "valid rows of its first chunk", redacted)
-                if novel:
-                    say(f"warning: {novel}")
+            if done.rows == 0:  # the first chunk's valid events, counted as the in-memory ``score`` counts them
+                first = "valid rows of its first chunk"
+                for warning in (file_missing_warning(bundle.spec, bundle.schema, events, first,
+                                                     "the model folder's spec.json"),
+                                file_novel_warning(bundle.spec, events, first, redacted)):
+                    if warning:
+                        say(f"warning: {warning}")
             rows = typed.rows if typed is not None else prepared.positions
             scored = scorer.score(events)
             if bundle.entity is not None:
@@ -143,13 +146,9 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
 
 
 def _warn_absent(bundle: Bundle, chunk: RawChunk, say: Say) -> None:
-    """The in-memory ``score``'s warnings, from the first chunk: what the input lacks that the model reads, and
-    the fields it lacks far more often than training did."""
+    """The in-memory ``score``'s warnings, from the first chunk: what the input lacks that the model reads."""
     if bundle.schema is None:
         return
     filled = {name for row in chunk.rows if row for name, value in row.items() if value not in (None, "")}
     for warning in absent_warnings(bundle.schema, bundle.entity, filled):  # a column empty in every row too
         say(f"warning: {warning}")
-    missing = file_missing_warning(bundle.spec, bundle.schema, chunk.rows, "rows of its first chunk")
-    if missing:
-        say(f"warning: {missing}")

@@ -232,7 +232,13 @@ def test_model_cli_lists_shows_promotes_and_rolls_back(published, settings, bund
     assert listing[1].startswith(f"{bundle.version}  previous+shadow"), listing
     assert published.model_info(bundle.version)["stored_at"] == stored_at
     assert "shadow period ended" in cli("shadow-stop")
-    assert orjson.loads(cli("show", newer.version))["metadata"]["sha256"] == newer.sha256
+    shown = orjson.loads(cli("show", newer.version))
+    assert shown["metadata"]["sha256"] == newer.sha256
+    # the model's input fields, where the missing- and new-value warnings send a user (a trial: none listed)
+    fields = {f["name"]: f for f in shown["fields"]}
+    assert list(fields) == list(newer.schema.input_fields)
+    amount = next(c for c in newer.spec.numeric if c.name == "amount")
+    assert fields["amount"]["feature"] == "number" and fields["amount"]["missing_share"] == amount.missing_share
     assert f"rolled back to {bundle.version}" in cli("rollback")
     assert published.active_model() == bundle.version
     assert published.threshold().value == pytest.approx(bundle.threshold)  # type: ignore[union-attr]

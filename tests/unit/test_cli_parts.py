@@ -795,9 +795,20 @@ def test_score_says_which_input_fields_are_missing_far_more_often_than_in_traini
             if name == "whole":
                 assert said == []
             else:
-                assert len(said) == 1 and said[0].startswith("warning: of the 400 rows")
+                assert len(said) == 1 and said[0].startswith("warning: of the 400 valid rows")
                 assert "1 of the model's input fields is missing" in said[0]
                 assert "'amount' in 25.0% (0.0% in training)" in said[0]
+                assert "(the model folder's spec.json lists the model's fields" in said[0]
+    # a trial: JSON rows whose amount is "" are rejected (wrong_type), never scored: not counted as missing
+    rows = [{**e, "amount": ""} if i % 4 == 0 else {**e, "channel": None} if i % 4 == 1 else e
+            for i, e in enumerate(events)]
+    (tmp_path / "empty.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    for streamed in ([], ["--streamed"]):
+        assert main(["score", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "empty.jsonl"),
+                     "--out", str(tmp_path / "e.scores.csv"), *streamed]) == 0
+        said = [line for line in capsys.readouterr().err.splitlines() if "far more often than in its training" in line]
+        assert len(said) == 1 and said[0].startswith("warning: of the 300 valid rows")
+        assert "'channel' in 33.3% (0.0% in training)" in said[0] and "'amount'" not in said[0]
 
 
 def test_score_says_which_category_fields_carry_values_training_did_not_keep(
@@ -834,3 +845,34 @@ def test_score_says_which_category_fields_carry_values_training_did_not_keep(
         said = [line for line in capsys.readouterr().err.splitlines() if "training did not keep" in line]
         assert len(said) == 1 and "'channel': 10.0% of them, against 0.0% in training" in said[0]
         assert "mobile" not in said[0]
+
+
+def test_shares_are_written_so_that_neither_none_nor_all_reads_as_0_or_100_percent() -> None:
+    """A trial: 2,999 of 3,000 missing read "100.0%" in a warning that is not about a field
+    missing from every row."""
+    from stream_detector.inputs import share_text
+
+    assert share_text(750, 3000) == "25.0%" and share_text(3000, 3000) == "100.0%" and share_text(0, 10) == "0.0%"
+    assert share_text(2999, 3000) == "99.97%" and share_text(1, 3000) == "0.03%"
+    assert share_text(999_999, 1_000_000) == ">99.99%" and share_text(1, 1_000_000) == "<0.01%"
+
+
+def test_model_fields_lists_each_input_field_with_what_training_saw(bundle: Any) -> None:
+    """``model show``'s ``fields`` (where the drift warnings send a user): every input field of the
+    schema, in order, with its feature kind and its training missing share; a field that is no
+    feature has ``feature`` null; an older bundle without a schema, none."""
+    import dataclasses
+
+    from stream_detector.inputs import model_fields
+
+    fields = model_fields(bundle.spec, bundle.schema)
+    assert [f["name"] for f in fields] == list(bundle.schema.input_fields)
+    by = {f["name"]: f for f in fields}
+    channel = next(c for c in bundle.spec.categorical if c.name == "channel")
+    assert by["channel"]["feature"] == "category" and by["channel"]["imputed"] == channel.impute
+    assert by["channel"]["categories"] == list(channel.categories) and by["channel"]["missing_share"] == 0.0
+    assert by["amount"]["feature"] == "number" and by["amount"]["median"] == next(
+        c.median for c in bundle.spec.numeric if c.name == "amount")
+    keyless = dataclasses.replace(bundle.spec, numeric=tuple(c for c in bundle.spec.numeric if c.name != "amount"))
+    assert {f["name"]: f for f in model_fields(keyless, bundle.schema)}["amount"]["feature"] is None
+    assert model_fields(bundle.spec, None) == []

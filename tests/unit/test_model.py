@@ -79,7 +79,8 @@ def test_fence_ignores_a_heavy_tail_of_normal_rows():
 def test_train_warns_when_its_threshold_flags_more_than_two_percent_of_normal_rows():
     """README: ``train`` prints the share the threshold flags "and warns above 2 %" (a ``warning:``
     line, which ``SD_LOG_JSON`` logs at WARNING); a fence at k = 1.5 flags far more, and the same
-    fence capped by ``--max-alert-rate`` gives no warning."""
+    fence capped by ``--max-alert-rate`` gives no warning, nor a quantile threshold, whose
+    ``--target-fpr`` is the share asked for."""
     from stream_detector.model.train import TrainConfig, train
 
     history, _ = Simulator(seed=5, accounts=100, run_id="warn").batch(1500, 0.0, span_ms=86_400_000)
@@ -90,6 +91,11 @@ def test_train_warns_when_its_threshold_flags_more_than_two_percent_of_normal_ro
     lines.clear()
     capped = train(history, TrainConfig(epochs=2, seed=0, k_fence=1.5, max_alert_rate=0.01), progress=lines.append)
     assert capped.calibration["validation_flag_rate"] <= 0.01 + 1e-9
+    assert not [ln for ln in lines if ln.startswith("warning:")]
+    lines.clear()
+    asked = train(history, TrainConfig(epochs=2, seed=0, threshold_method="quantile", target_fpr=0.05),
+                  progress=lines.append)  # the share asked for: no advice to use the option in use
+    assert asked.calibration["validation_flag_rate"] > 0.02
     assert not [ln for ln in lines if ln.startswith("warning:")]
 
 
