@@ -838,6 +838,12 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -
          f"({done.rows / max(done.seconds, 1e-9):,.0f} rows/s); {done.flagged} {rule} → {args.out}")
     if done.rows and not done.scored:
         raise InputError(none_scored(done.rows, done.reasons, done.first_problem, args.out))
+    if done.scored < done.rows:  # as the in-memory ``score``'s summary (a trial: the streamed path said no reason)
+        counts = ", ".join(f"{why} {n:,}" for why, n in done.reasons.most_common())
+        first = f"; e.g. {done.first_problem[0]}: {done.first_problem[2] or done.first_problem[1]}" \
+            if done.first_problem else ""
+        _say(f"warning: {done.rows - done.scored:,} of {done.rows:,} rows rejected ({counts}{first}); every row's "
+             f"reason is in {args.out}")
     return 0
 
 
@@ -1920,7 +1926,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "work, give the cores you can have: oversubscribed threads make each step many times slower")
     p.add_argument("--streamed", action="store_true",
                    help="read and score the input chunk by chunk, bounded memory, progress on stderr (on by "
-                        "itself for a directory or glob --input; docs/big-history.md)")
+                        "itself for a directory or glob --input; docs/big-history.md). The warnings about fields "
+                        "missing or values new far more often than in training come from the first chunk, and at "
+                        "the end from the first 1,024 valid rows of every chunk")
     p.add_argument("--chunk-rows", type=int, default=65_536,
                    help="rows per chunk with --streamed (default 65536; CSV: byte blocks of about that many rows)")
     _add_reader_args(p)

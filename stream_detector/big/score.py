@@ -14,13 +14,23 @@ from collections import Counter
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..entity.columns import late_rows, timestamp_value, unsorted_warning
 from ..errors import InputError
 from ..events_io import ReaderOptions, ScoresCsv
-from ..inputs import absent_warnings, file_missing_warning, file_novel_warning
+from ..inputs import (
+    absent_warnings,
+    file_missing_warning,
+    file_novel_warning,
+    missing_counts,
+    missing_share_warning,
+    novel_counts,
+    novel_fields,
+    novel_values_warning,
+)
 from ..model.bundle import Bundle
 from ..offline import OfflineScorer
 from .prepare import Say, known_rows
@@ -61,7 +71,9 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     total = known_rows(files)
     hashes: list[np.ndarray] = []  # of every event id, for the repeated-ids warning (8 bytes a row)
     late, latest = 0, -np.inf  # rows out of time order (history features apply them in file order)
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")  # renamed to ``out`` once complete
+    drift = _Drift(bundle)  # the missing- and new-value warnings over a sample of every chunk, at the end
+    target, atomic = written_as(out)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}") if atomic else target  # renamed once complete
     try:
         handle = partial.open("w", newline="", encoding="utf-8")
     except OSError as exc:
@@ -85,11 +97,13 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
             events = typed.events if typed is not None else prepared.present
             if done.rows == 0:  # the first chunk's valid events, counted as the in-memory ``score`` counts them
                 first = "valid rows of its first chunk"
-                for warning in (file_missing_warning(bundle.spec, bundle.schema, events, first,
-                                                     "the model folder's spec.json"),
-                                file_novel_warning(bundle.spec, events, first, redacted)):
+                early = (file_missing_warning(bundle.spec, bundle.schema, events, first, FIELDS_AT),
+                         file_novel_warning(bundle.spec, events, first, redacted))
+                for warning in early:
                     if warning:
                         say(f"warning: {warning}")
+                drift.said = (early[0] is not None, early[1] is not None)
+            drift.add([events[k] for k in range(min(len(events), DRIFT_SAMPLE))])
             rows = typed.rows if typed is not None else prepared.positions
             scored = scorer.score(events)
             if bundle.entity is not None:
@@ -129,10 +143,14 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
             raise InputError(f"{files[0] if len(files) == 1 else 'the input'}: --label-column {label_column}: "
                              "no row has this column; check its spelling")
         handle.close()
-        partial.replace(out)
+        if atomic:
+            partial.replace(target)
+        for warning in drift.late(redacted):
+            say(f"warning: {warning}")
     finally:
         handle.close()
-        partial.unlink(missing_ok=True)  # an interrupted run leaves no file that looks complete
+        if atomic:
+            partial.unlink(missing_ok=True)  # an interrupted run leaves no file that looks complete
     ids_hashed = np.concatenate(hashes) if hashes else np.zeros(0, np.int64)
     repeated = len(ids_hashed) - len(np.unique(ids_hashed))
     if repeated:
@@ -143,6 +161,63 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     done.rejected = done.rows - done.scored
     done.seconds = time.monotonic() - started
     return done
+
+
+FIELDS_AT = "the model folder's spec.json"
+DRIFT_SAMPLE = 1024  # valid rows of each chunk counted for the drift warnings at the end
+
+
+class _Drift:
+    """The in-memory ``score``'s missing- and new-value warnings (``inputs``), counted over the first
+    ``DRIFT_SAMPLE`` valid rows of every chunk and said at the end, when the first chunk's own
+    warning did not already say it (a trial: a drift starting after the first chunk was never
+    said, where the in-memory ``score`` of the same file said it)."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.spec = bundle.spec
+        self.fields = bundle.schema.input_fields if bundle.schema is not None else ()
+        self.columns = novel_fields(bundle.spec.categorical)
+        self.missing: Counter[str] = Counter()
+        self.novel: dict[str, Counter[str]] = {c.name: Counter() for c in self.columns}
+        self.looked = self.chunks = 0
+        self.said = (False, False)
+
+    def add(self, events: Sequence[dict[str, Any]]) -> None:
+        missing, looked = missing_counts(self.fields, events)
+        self.missing.update(missing)
+        novel, _ = novel_counts(self.columns, events)
+        for name, counts in novel.items():
+            self.novel[name].update(counts)
+        self.looked += looked
+        self.chunks += 1
+
+    def late(self, redacted: Container[str]) -> list[str]:
+        """The warnings the sample gives that the first chunk did not (none for one chunk: its own
+        warnings counted all of it)."""
+        if self.looked == 0 or self.chunks < 2:
+            return []
+        of = f"the {self.looked:,} valid rows sampled (the first {DRIFT_SAMPLE:,} of each chunk)"
+        everywhere = {name for name in self.fields if self.missing[name] == self.looked}
+        out = [] if self.said[0] else [missing_share_warning(self.spec, self.missing, self.looked, of,
+                                                             skip=everywhere, fields_at=FIELDS_AT)]
+        if not self.said[1]:
+            out.append(novel_values_warning(self.columns, self.novel, self.looked, of, redacted))
+        return [w for w in out if w]
+
+
+def written_as(out: Path) -> tuple[Path, bool]:
+    """Where ``score_stream`` writes ``out``'s lines, and whether through a hidden file beside it
+    renamed over it once complete (True) or straight into it (False). A symbolic link is written
+    through, its target replaced and the link kept; a device or FIFO (``--out -`` is
+    ``/dev/stdout``; ``/dev/null``), or any path under ``/dev`` or ``/proc``, is written as it is,
+    never replaced (a trial as root: ``score --streamed --out -`` renamed its file over the
+    ``/dev/stdout`` link and printed nothing)."""
+    text = str(out)
+    if text.startswith(("/dev/", "/proc/")) or (os.path.exists(out) and not os.path.isfile(out)):
+        return out, False
+    if out.is_symlink():
+        return Path(os.path.realpath(out)), True
+    return out, True
 
 
 def _warn_absent(bundle: Bundle, chunk: RawChunk, say: Say) -> None:

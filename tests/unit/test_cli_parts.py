@@ -806,8 +806,10 @@ def test_score_says_which_input_fields_are_missing_far_more_often_than_in_traini
     for streamed in ([], ["--streamed"]):
         assert main(["score", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "empty.jsonl"),
                      "--out", str(tmp_path / "e.scores.csv"), *streamed]) == 0
-        said = [line for line in capsys.readouterr().err.splitlines() if "far more often than in its training" in line]
+        err = capsys.readouterr().err
+        said = [line for line in err.splitlines() if "far more often than in its training" in line]
         assert len(said) == 1 and said[0].startswith("warning: of the 300 valid rows")
+        assert "warning: 100 of 400 rows rejected (wrong_type 100" in err  # both paths say why (a trial)
         assert "'channel' in 33.3% (0.0% in training)" in said[0] and "'amount'" not in said[0]
 
 
@@ -876,3 +878,73 @@ def test_model_fields_lists_each_input_field_with_what_training_saw(bundle: Any)
     keyless = dataclasses.replace(bundle.spec, numeric=tuple(c for c in bundle.spec.numeric if c.name != "amount"))
     assert {f["name"]: f for f in model_fields(keyless, bundle.schema)}["amount"]["feature"] is None
     assert model_fields(bundle.spec, None) == []
+
+
+def test_score_streamed_writes_through_a_link_and_into_a_fifo_never_over_them(tmp_path: Path, bundle: Any) -> None:
+    """A trial as root: ``score --streamed --out -`` renamed its finished file over the
+    ``/dev/stdout`` link (nothing printed; the system's link replaced by a file), and an ``--out``
+    that is a symbolic link became a regular file with the target left empty. Now a link is
+    written through (the link kept, its target the scores ``score`` writes in memory) and a
+    device or FIFO is written as it is (``written_as``)."""
+    import stat
+    import threading
+
+    from stream_detector.big.score import written_as
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_csv
+    from stream_detector.model.bundle import save_bundle
+    from stream_detector.simulate import Simulator
+
+    assert written_as(Path("/dev/stdout")) == (Path("/dev/stdout"), False)
+    assert written_as(Path("/dev/null")) == (Path("/dev/null"), False)
+    assert written_as(tmp_path / "new.csv") == (tmp_path / "new.csv", True)
+    events, _ = Simulator(seed=3, accounts=40, run_id="link").batch(300, 0.0)
+    write_csv(tmp_path / "e.csv", events)
+    save_bundle(bundle, tmp_path / "model")
+    run = ["score", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "e.csv"), "--out"]
+    assert main([*run, str(tmp_path / "memory.csv")]) == 0
+    (tmp_path / "target").mkdir()
+    link = tmp_path / "link.csv"
+    link.symlink_to(tmp_path / "target" / "scores.csv")
+    assert main([*run, str(link), "--streamed"]) == 0
+    assert link.is_symlink() and (tmp_path / "target" / "scores.csv").read_bytes() == \
+        (tmp_path / "memory.csv").read_bytes()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert main([*run, str(fifo), "--streamed"]) == 0
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and got == [(tmp_path / "memory.csv").read_bytes()]
+
+
+def test_score_streamed_says_a_drift_that_starts_after_its_first_chunk(
+        tmp_path: Path, bundle: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial: with ``--streamed --chunk-rows 500``, a file whose later rows lack ``amount`` (half of
+    them) and carry a new ``channel`` got no warning, where the in-memory ``score`` of it said both.
+    Now the streamed path counts the first 1,024 valid rows of every chunk and says at the end what
+    the first chunk did not; a clean file, nothing."""
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_csv
+    from stream_detector.model.bundle import save_bundle
+    from stream_detector.simulate import Simulator
+
+    events, _ = Simulator(seed=5, accounts=40, run_id="late").batch(2000, 0.0)
+    late = [e if i < 1000 else {**e, "amount": None} if i % 2 else {**e, "channel": "kiosk"} if i % 5 == 0 else e
+            for i, e in enumerate(events)]
+    write_csv(tmp_path / "late.csv", late)
+    write_csv(tmp_path / "clean.csv", events)
+    save_bundle(bundle, tmp_path / "model")
+    for name in ("clean", "late"):
+        assert main(["score", "--model", str(tmp_path / "model"), "--input", str(tmp_path / f"{name}.csv"),
+                     "--out", str(tmp_path / f"{name}.scores.csv"), "--streamed", "--chunk-rows", "500"]) == 0
+        err = capsys.readouterr().err
+        said = [ln for ln in err.splitlines() if "valid rows sampled" in ln]
+        if name == "clean":
+            assert said == [] and "far more often" not in err and "did not keep" not in err
+        else:
+            assert len(said) == 2 and all(ln.startswith("warning: of the 2,000 valid rows sampled (the first 1,024 "
+                                                        "of each chunk)") for ln in said)
+            assert "'amount' in 25.0% (0.0% in training)" in said[0] and "'channel': 5.0% of them (e.g. 'kiosk')" \
+                in said[1]
