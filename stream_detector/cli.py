@@ -722,6 +722,8 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     _check_file_out(Path(args.out), "--out", [args.input, args.feedback])
     if args.streamed or Path(args.input).is_dir() or any(c in args.input for c in "*?["):
         return _score_streamed(args, settings, bundle)
+    if args.chunk_rows is not None:  # a trial: silently ignored
+        _say("note: --chunk-rows is for --streamed (chunk by chunk); this score reads the whole file at once")
     data = _load_file(args, schema=bundle.schema, need_events=False,
                       entity=bundle.entity)  # an older bundle without a schema: the file's own inferred one
     from .inputs import file_missing_warning, file_novel_warning
@@ -822,6 +824,7 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -
              "--streamed the scores are evaluated against it)")
     if bundle.entity is not None and bundle.entity.label_keys:
         _say("note: this model has label features; on the streamed path no label is known and they are 0")
+    args.chunk_rows = 65_536 if args.chunk_rows is None else args.chunk_rows
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
     files = input_files(args.input)
@@ -1929,7 +1932,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "itself for a directory or glob --input; docs/big-history.md). The warnings about fields "
                         "missing or values new far more often than in training come from the first chunk, and at "
                         "the end from the first 1,024 valid rows of every chunk")
-    p.add_argument("--chunk-rows", type=int, default=65_536,
+    p.add_argument("--chunk-rows", type=int, default=None,
                    help="rows per chunk with --streamed (default 65536; CSV: byte blocks of about that many rows)")
     _add_reader_args(p)
     p.set_defaults(func=cmd_score)

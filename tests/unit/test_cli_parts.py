@@ -948,3 +948,21 @@ def test_score_streamed_says_a_drift_that_starts_after_its_first_chunk(
                                                         "of each chunk)") for ln in said)
             assert "'amount' in 25.0% (0.0% in training)" in said[0] and "'channel': 5.0% of them (e.g. 'kiosk')" \
                 in said[1]
+
+
+def test_score_says_that_chunk_rows_without_streamed_does_nothing(
+        tmp_path: Path, bundle: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial: ``score --chunk-rows 500`` without ``--streamed`` was silently ignored."""
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_csv
+    from stream_detector.model.bundle import save_bundle
+    from stream_detector.simulate import Simulator
+
+    events, _ = Simulator(seed=3, accounts=40, run_id="cr").batch(200, 0.0)
+    write_csv(tmp_path / "e.csv", events)
+    save_bundle(bundle, tmp_path / "model")
+    run = ["score", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "e.csv"), "--out"]
+    assert main([*run, str(tmp_path / "a.csv"), "--chunk-rows", "500"]) == 0
+    assert "note: --chunk-rows is for --streamed" in capsys.readouterr().err
+    assert main([*run, str(tmp_path / "b.csv")]) == 0 and main([*run, str(tmp_path / "c.csv"), "--streamed"]) == 0
+    assert "--chunk-rows" not in capsys.readouterr().err
