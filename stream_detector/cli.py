@@ -726,11 +726,10 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         _say("note: --chunk-rows is for --streamed (chunk by chunk); this score reads the whole file at once")
     data = _load_file(args, schema=bundle.schema, need_events=False,
                       entity=bundle.entity)  # an older bundle without a schema: the file's own inferred one
-    from .inputs import file_missing_warning, file_novel_warning
+    from .inputs import FIELDS_AT, file_warnings
 
-    for warning in (file_missing_warning(bundle.spec, bundle.schema, data.events, "valid rows",
-                                         "the model folder's spec.json"),
-                    file_novel_warning(bundle.spec, data.events, "valid rows", settings.redacted_fields)):
+    for warning in file_warnings(bundle.spec, bundle.schema, data.events, "valid rows", settings.redacted_fields,
+                                 FIELDS_AT):
         if warning:
             _say(f"warning: {warning}")
     threshold = args.threshold if args.threshold is not None else bundle.threshold
@@ -841,12 +840,12 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -
          f"({done.rows / max(done.seconds, 1e-9):,.0f} rows/s); {done.flagged} {rule} → {args.out}")
     if done.rows and not done.scored:
         raise InputError(none_scored(done.rows, done.reasons, done.first_problem, args.out))
-    if done.scored < done.rows:  # as the in-memory ``score``'s summary (a trial: the streamed path said no reason)
-        counts = ", ".join(f"{why} {n:,}" for why, n in done.reasons.most_common())
-        first = f"; e.g. {done.first_problem[0]}: {done.first_problem[2] or done.first_problem[1]}" \
-            if done.first_problem else ""
-        _say(f"warning: {done.rows - done.scored:,} of {done.rows:,} rows rejected ({counts}{first}); every row's "
-             f"reason is in {args.out}")
+    if done.scored < done.rows and done.first_problem:  # the in-memory summary (a trial: this path said no reason)
+        from .inputs import rejection_line
+
+        where, why, text = done.first_problem
+        _say(f"warning: {rejection_line(done.rows - done.scored, done.rows, done.reasons, f'{where}: {text or why}')}; "
+             f"every row's reason is in {args.out}")
     return 0
 
 

@@ -52,11 +52,16 @@ class FileEvents:
         """``"3 rows rejected (wrong_type 2, duplicate_key 1; e.g. row 7: ...)"`` or ``""``."""
         if not self.rejected:
             return ""
-        counts = Counter(r.reason.value for r in self.rejected)
         first = self.rejected[0]
-        return (f"{len(self.rejected)} of {self.total} rows rejected "
-                f"({', '.join(f'{k} {v}' for k, v in counts.most_common())}; "
-                f"e.g. row {first.index + 1}: {first.message})")
+        return rejection_line(len(self.rejected), self.total, Counter(r.reason.value for r in self.rejected),
+                              f"row {first.index + 1}: {first.message}")
+
+
+def rejection_line(rejected: int, total: int, reasons: Counter[str], example: str) -> str:
+    """``"3 of 7 rows rejected (wrong_type 2, duplicate_key 1; e.g. row 7: ...)"``: ``score``'s and
+    ``train``'s summary, in memory and ``--streamed``."""
+    return (f"{rejected} of {total} rows rejected ({', '.join(f'{k} {v}' for k, v in reasons.most_common())}; "
+            f"e.g. {example})")
 
 
 def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: str | None = None,
@@ -270,19 +275,60 @@ def read_feedback(path: Path, options: ReaderOptions | None = None) -> FeedbackF
 
 
 MISSING_GAP, MISSING_FACTOR = 0.02, 2.0  # missing_share_warning: how much more often than in training
+NOVEL_SHARE, NOVEL_FACTOR = 0.01, 5.0  # novel_values_warning: how much more often than in training
+FIELDS_AT = "the model folder's spec.json"  # score's warnings: where a bundle's fields and training shares are
 
 
-def missing_counts(fields: Sequence[str], events: Iterable[Mapping[str, Any]]) -> tuple[dict[str, int], int]:
-    """How many of ``events`` lack each of ``fields`` (absent, null or empty), and how many events."""
-    counts = dict.fromkeys(fields, 0)
-    looked = 0
-    for event in events:
-        looked += 1
-        for name in fields:
-            value = event.get(name)
-            if value is None or value == "":
-                counts[name] += 1
-    return counts, looked
+class DriftCounts:
+    """What the missing- and new-value warnings are decided on, counted in one pass over the events
+    added (typed: a category's values are text): per field of ``fields``, how many lack it (absent,
+    null or empty); per category field of ``columns`` (``novel_fields``), how often each value
+    training did not keep occurs (a missing value is not one). ``trained``: training's missing
+    shares (``FeatureSpec.missing_shares``). The worker counts a model's first events
+    (``worker.MissingShares``, ``worker.NovelValues``), ``score`` a file or a sample of its chunks."""
+
+    def __init__(self, trained: Mapping[str, float] | None = None, fields: Sequence[str] = (),
+                 columns: Sequence[CategoricalColumn] = ()) -> None:
+        self.trained = dict(trained or {})
+        self.fields = tuple(fields)
+        self.columns = list(columns)
+        self.missing = dict.fromkeys(self.fields, 0)
+        self.novel: dict[str, Counter[str]] = {c.name: Counter() for c in self.columns}
+        self.looked = 0
+        self._kept = [(c.name, frozenset(c.categories)) for c in self.columns]
+
+    @classmethod
+    def of(cls, spec: FeatureSpec, schema: FieldSchema | None, missing: bool = True, novel: bool = True
+           ) -> DriftCounts:
+        """Counts for a model: its input fields whose training share the spec records (``missing``),
+        its ``novel_fields`` (``novel``)."""
+        trained = spec.missing_shares() if missing else {}
+        inputs = schema.input_fields if schema is not None else ()
+        return cls(trained, [name for name in inputs if name in trained],
+                   novel_fields(spec.categorical) if novel else ())
+
+    def add(self, events: Iterable[Mapping[str, Any]]) -> None:
+        missing, novel, fields, kept = self.missing, self.novel, self.fields, self._kept
+        for event in events:
+            self.looked += 1
+            for name in fields:
+                value = event.get(name)
+                if value is None or value == "":
+                    missing[name] += 1
+            for name, categories in kept:
+                value = event.get(name)
+                if value is not None and value != "" and value not in categories:
+                    novel[name][str(value)] += 1
+
+    def everywhere(self) -> set[str]:
+        """The fields missing from every event added (the absent-field warnings say those)."""
+        return {name for name, count in self.missing.items() if count == self.looked}
+
+    def missing_warning(self, of: str, skip: Container[str] = (), fields_at: str = "") -> str | None:
+        return missing_share_warning(self.trained, self.missing, self.looked, of, skip, fields_at)
+
+    def novel_warning(self, of: str, redacted: Container[str] = ()) -> str | None:
+        return novel_values_warning(self.columns, self.novel, self.looked, of, redacted)
 
 
 def share_text(count: int, looked: int) -> str:
@@ -296,11 +342,11 @@ def share_text(count: int, looked: int) -> str:
     return text
 
 
-def missing_share_warning(spec: FeatureSpec, missing: Mapping[str, int], looked: int, of: str,
+def missing_share_warning(trained: Mapping[str, float], missing: Mapping[str, int], looked: int, of: str,
                           skip: Container[str] = (), fields_at: str = "") -> str | None:
     """One line naming the fields of ``missing`` (field → how many of ``looked`` events lacked it:
     absent, null or empty) that are missing far more often than in the model's training
-    (``NumericColumn.missing_share``, ``CategoricalColumn.missing_share``): a share at least
+    (``trained``: ``FeatureSpec.missing_shares``, field → training's share): a share at least
     ``MISSING_GAP`` above training's and at least ``MISSING_FACTOR`` times it (for 1,024 events,
     ≥ 4.5 binomial standard deviations above training's share at any share: no false alarm from
     chance). ``of``: what the events are (``"the first 1,024 events it scored"``); ``skip``: fields
@@ -312,7 +358,6 @@ def missing_share_warning(spec: FeatureSpec, missing: Mapping[str, int], looked:
     times the alerts (a new-user trial, 2026-12-05), and a field missing in one event in 20 where
     training never saw it missing is scored at its training median (or most frequent value), which
     hides an anomaly in it; neither was said."""
-    trained = spec.missing_shares()
     said = []
     for name, count in missing.items():
         before = trained.get(name)
@@ -332,20 +377,18 @@ def missing_share_warning(spec: FeatureSpec, missing: Mapping[str, int], looked:
             f"fields. A change in the producer?{advice}")
 
 
-def file_missing_warning(spec: FeatureSpec, schema: FieldSchema | None, events: Iterable[Mapping[str, Any]],
-                         what: str, fields_at: str = "") -> str | None:
-    """``missing_share_warning`` for the valid (typed) events of a file ``score`` reads, as the
-    worker counts the events it scores (a trial: rows rejected as ``wrong_type`` were counted as
-    missing values "scored as the training median"); the model's input fields, those missing in
-    every event left to ``absent_warnings``; ``what``: the rows, as in "the 3,000 ``valid rows``"."""
-    if schema is None:
-        return None
-    counts, looked = missing_counts(schema.input_fields, events)
-    everywhere = {name for name, count in counts.items() if count == looked}
-    return missing_share_warning(spec, counts, looked, f"the {looked:,} {what}", skip=everywhere, fields_at=fields_at)
-
-
-NOVEL_SHARE, NOVEL_FACTOR = 0.01, 5.0  # novel_values_warning: how much more often than in training
+def file_warnings(spec: FeatureSpec, schema: FieldSchema | None, events: Iterable[Mapping[str, Any]], what: str,
+                  redacted: Container[str] = (), fields_at: str = "") -> tuple[str | None, str | None]:
+    """The missing-value and new-value warnings (None: nothing to say) for the valid (typed) events
+    of a file ``score`` reads, counted as the worker counts the events it scores (a trial: rows
+    rejected as ``wrong_type`` were counted as missing values "scored as the training median");
+    fields missing in every event are left to ``absent_warnings``. ``what``: the rows, as in "the
+    3,000 ``valid rows``"; ``redacted``: fields whose values are not shown (``SD_ALERT_REDACT_FIELDS``);
+    ``fields_at``: ``missing_share_warning``'s."""
+    counts = DriftCounts.of(spec, schema)
+    counts.add(events)
+    of = f"the {counts.looked:,} {what}"
+    return counts.missing_warning(of, counts.everywhere(), fields_at), counts.novel_warning(of, redacted)
 
 
 def novel_fields(columns: Sequence[CategoricalColumn]) -> list[CategoricalColumn]:
@@ -357,27 +400,10 @@ def novel_fields(columns: Sequence[CategoricalColumn]) -> list[CategoricalColumn
     return [c for c in columns if c.other_share is not None and c.impute is not None]
 
 
-def novel_counts(columns: Sequence[CategoricalColumn], events: Iterable[Mapping[str, Any]]
-                 ) -> tuple[dict[str, Counter[str]], int]:
-    """Per field of ``columns``, how often each value training did not keep (``categories``) occurs
-    in ``events`` (typed: a category's values are text); missing values (null, absent, empty) are
-    not counted. Also returns how many events."""
-    kept = [(c.name, frozenset(c.categories)) for c in columns]
-    novel: dict[str, Counter[str]] = {name: Counter() for name, _ in kept}
-    looked = 0
-    for event in events:
-        looked += 1
-        for name, categories in kept:
-            value = event.get(name)
-            if value is not None and value != "" and value not in categories:
-                novel[name][str(value)] += 1
-    return novel, looked
-
-
 def novel_values_warning(columns: Sequence[CategoricalColumn], novel: Mapping[str, Counter[str]], looked: int,
                          of: str, redacted: Container[str] = ()) -> str | None:
     """One line naming each field of ``columns`` (``novel_fields``) whose share of values training
-    did not keep, among ``looked`` events (``novel``: ``novel_counts``), is at least ``NOVEL_SHARE``
+    did not keep, among ``looked`` events (``novel``: ``DriftCounts.novel``), is at least ``NOVEL_SHARE``
     and more than ``NOVEL_FACTOR`` times its training share (``CategoricalColumn.other_share``),
     with its commonest such values (not those of a ``redacted`` field); ``of``: what the events are.
     None when none is. Each such event is scored as the field's ``__other__`` column, which a model
@@ -399,18 +425,6 @@ def novel_values_warning(columns: Sequence[CategoricalColumn], novel: Mapping[st
             f"scored as a value it never saw (the field's {OTHER} column), which the model may read as very "
             "unusual: expect more alerts than its threshold was calibrated for. A legitimate new value? Retrain on "
             "events that carry it")
-
-
-def file_novel_warning(spec: FeatureSpec, events: Sequence[Mapping[str, Any]], what: str,
-                       redacted: Container[str] = ()) -> str | None:
-    """``novel_values_warning`` for the typed events of a file ``score`` reads; ``what``: the rows,
-    as in "the 3,000 ``rows read``"; ``redacted``: fields whose values are not shown
-    (``SD_ALERT_REDACT_FIELDS``)."""
-    columns = novel_fields(spec.categorical)
-    if not columns:
-        return None
-    novel, looked = novel_counts(columns, events)
-    return novel_values_warning(columns, novel, looked, f"the {looked:,} {what}", redacted)
 
 
 def model_fields(spec: FeatureSpec, schema: FieldSchema | None) -> list[dict[str, Any]]:

@@ -31,7 +31,6 @@ import gc
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -46,10 +45,10 @@ from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
 from .entity.replay_log import FeatureLog
 from .entity_spec import EntitySpec
 from .errors import ConfigError, DeliveryError, EntityStateUnavailable, StreamDetectorError
-from .features import CategoricalColumn, FeatureSpec
+from .features import CategoricalColumn
 from .fieldschema import EventTime
 from .hold import BatchHold
-from .inputs import missing_counts, missing_share_warning, novel_counts, novel_fields, novel_values_warning
+from .inputs import DriftCounts, novel_fields
 from .label_ingest import LabelIngester
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
 from .model.bundle import Bundle
@@ -154,8 +153,9 @@ def sharing_warning(owned: int, partitions: int, grace_ms: int) -> str | None:
 
 
 class _OncePerModel:
-    """What ``AbsentFields`` and ``NovelValues`` share: a warning decided once per model from the
-    first events it scores (``wants`` until decided; ``_new_model`` when another model scores)."""
+    """What ``AbsentFields``, ``NovelValues`` and ``MissingShares`` share: a warning decided once per
+    model from the first events it scores (``wants`` until decided; ``_new_model`` when another
+    model scores)."""
 
     def __init__(self) -> None:
         self._version: str | None = None
@@ -233,34 +233,29 @@ class NovelValues(_OncePerModel):
 
     ``observe`` looks at up to ``LOOK`` scored events of each batch until ``ENOUGH`` (one batch of
     a backlog, or many small live ones), then says the warning or nothing, and stops looking.
-    ``score`` says the same of a file (``inputs.file_novel_warning``)."""
+    ``score`` says the same of a file (``inputs.file_warnings``)."""
 
     LOOK = ENOUGH = 1024
 
     def __init__(self) -> None:
         super().__init__()
-        self._columns: list[CategoricalColumn] = []
-        self._novel: dict[str, Counter[str]] = {}
+        self._counts = DriftCounts()
 
     def observe(self, version: str, columns: Sequence[CategoricalColumn], events: Sequence[dict[str, Any]],
                 redacted: Container[str] = ()) -> str | None:
         """The warning, once, for model ``version`` with category ``columns``, given a batch's
         scored ``events``; ``redacted``: fields whose values are never shown."""
         if version != self._version:
-            self._columns = novel_fields(columns)
-            self._novel = {c.name: Counter() for c in self._columns}
-            self._new_model(version, bool(self._columns))
+            self._counts = DriftCounts(columns=novel_fields(columns))
+            self._new_model(version, bool(self._counts.columns))
         if self._done or not len(events):
             return None
-        novel, looked = novel_counts(self._columns, (events[k] for k in range(min(self.LOOK, len(events)))))
-        for name, counts in novel.items():
-            self._novel[name].update(counts)
-        self._looked += looked
-        if self._looked < self.ENOUGH:
+        self._counts.add(events[k] for k in range(min(self.LOOK, len(events))))
+        if self._counts.looked < self.ENOUGH:
             return None
         self._done = True
-        return novel_values_warning(self._columns, self._novel, self._looked,
-                                    f"the first {self._looked:,} events model {version} scored", redacted)
+        return self._counts.novel_warning(f"the first {self._counts.looked:,} events model {version} scored",
+                                          redacted)
 
 
 class MissingShares(_OncePerModel):
@@ -274,35 +269,25 @@ class MissingShares(_OncePerModel):
 
     def __init__(self) -> None:
         super().__init__()
-        self._spec: FeatureSpec | None = None
-        self._fields: tuple[str, ...] = ()
+        self._counts = DriftCounts()
         self._absent_said: frozenset[str] = frozenset()
-        self._missing: dict[str, int] = {}
 
     def observe(self, bundle: Bundle, events: Sequence[dict[str, Any]]) -> str | None:
         """The warning, once, for ``bundle``'s model, given a batch's scored ``events``."""
         if bundle.version != self._version:
-            shares = bundle.spec.missing_shares()
-            inputs = bundle.schema.input_fields if bundle.schema is not None else ()
-            self._spec, self._fields = bundle.spec, tuple(name for name in inputs if name in shares)
+            self._counts = DriftCounts.of(bundle.spec, bundle.schema, novel=False)
             self._absent_said = frozenset(watched_fields(bundle))
-            self._missing = dict.fromkeys(self._fields, 0)
-            self._new_model(bundle.version, bool(self._fields))
-        if self._done or not len(events) or self._spec is None:
+            self._new_model(bundle.version, bool(self._counts.fields))
+        if self._done or not len(events):
             return None
-        take = min(self.LOOK, self.ENOUGH - self._looked, len(events))
-        counts, looked = missing_counts(self._fields, (events[k] for k in range(take)))
-        for name, count in counts.items():
-            self._missing[name] += count
-        self._looked += looked
-        if self._looked < self.ENOUGH:
+        counts = self._counts
+        counts.add(events[k] for k in range(min(self.LOOK, self.ENOUGH - counts.looked, len(events))))
+        if counts.looked < self.ENOUGH:
             return None
         self._done = True
-        everywhere = {name for name, count in self._missing.items() if count == self._looked}
-        return missing_share_warning(self._spec, self._missing, self._looked,
-                                     f"the first {self._looked:,} events model {self._version} scored",
-                                     skip=everywhere & self._absent_said,
-                                     fields_at=f"`stream-detector model show {self._version}`")
+        return counts.missing_warning(f"the first {counts.looked:,} events model {self._version} scored",
+                                      counts.everywhere() & self._absent_said,
+                                      f"`stream-detector model show {self._version}`")
 
 
 def watched_fields(bundle: Bundle) -> tuple[str, ...]:

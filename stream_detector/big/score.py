@@ -14,23 +14,13 @@ from collections import Counter
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..entity.columns import late_rows, timestamp_value, unsorted_warning
 from ..errors import InputError
 from ..events_io import ReaderOptions, ScoresCsv
-from ..inputs import (
-    absent_warnings,
-    file_missing_warning,
-    file_novel_warning,
-    missing_counts,
-    missing_share_warning,
-    novel_counts,
-    novel_fields,
-    novel_values_warning,
-)
+from ..inputs import FIELDS_AT, DriftCounts, absent_warnings, file_warnings
 from ..model.bundle import Bundle
 from ..offline import OfflineScorer
 from .prepare import Say, known_rows
@@ -71,7 +61,9 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     total = known_rows(files)
     hashes: list[np.ndarray] = []  # of every event id, for the repeated-ids warning (8 bytes a row)
     late, latest = 0, -np.inf  # rows out of time order (history features apply them in file order)
-    drift = _Drift(bundle)  # the missing- and new-value warnings over a sample of every chunk, at the end
+    sample = DriftCounts.of(bundle.spec, bundle.schema)  # DRIFT_SAMPLE valid rows of every chunk: late_warnings
+    said = (False, False)  # the first chunk's missing-value and new-value warnings
+    chunks = 0
     target, atomic = written_as(out)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}") if atomic else target  # renamed once complete
     try:
@@ -96,14 +88,14 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
             typed = type_prepared(prepared, bundle.schema, False) if bundle.schema is not None else None
             events = typed.events if typed is not None else prepared.present
             if done.rows == 0:  # the first chunk's valid events, counted as the in-memory ``score`` counts them
-                first = "valid rows of its first chunk"
-                early = (file_missing_warning(bundle.spec, bundle.schema, events, first, FIELDS_AT),
-                         file_novel_warning(bundle.spec, events, first, redacted))
+                early = file_warnings(bundle.spec, bundle.schema, events, "valid rows of its first chunk", redacted,
+                                      FIELDS_AT)
                 for warning in early:
                     if warning:
                         say(f"warning: {warning}")
-                drift.said = (early[0] is not None, early[1] is not None)
-            drift.add([events[k] for k in range(min(len(events), DRIFT_SAMPLE))])
+                said = (early[0] is not None, early[1] is not None)
+            sample.add(events[k] for k in range(min(len(events), DRIFT_SAMPLE)))
+            chunks += 1
             rows = typed.rows if typed is not None else prepared.positions
             scored = scorer.score(events)
             if bundle.entity is not None:
@@ -145,7 +137,7 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
         handle.close()
         if atomic:
             partial.replace(target)
-        for warning in drift.late(redacted):
+        for warning in late_warnings(sample, chunks, said, redacted):
             say(f"warning: {warning}")
     finally:
         handle.close()
@@ -163,46 +155,21 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     return done
 
 
-FIELDS_AT = "the model folder's spec.json"
 DRIFT_SAMPLE = 1024  # valid rows of each chunk counted for the drift warnings at the end
 
 
-class _Drift:
-    """The in-memory ``score``'s missing- and new-value warnings (``inputs``), counted over the first
-    ``DRIFT_SAMPLE`` valid rows of every chunk and said at the end, when the first chunk's own
-    warning did not already say it (a trial: a drift starting after the first chunk was never
-    said, where the in-memory ``score`` of the same file said it)."""
-
-    def __init__(self, bundle: Bundle) -> None:
-        self.spec = bundle.spec
-        self.fields = bundle.schema.input_fields if bundle.schema is not None else ()
-        self.columns = novel_fields(bundle.spec.categorical)
-        self.missing: Counter[str] = Counter()
-        self.novel: dict[str, Counter[str]] = {c.name: Counter() for c in self.columns}
-        self.looked = self.chunks = 0
-        self.said = (False, False)
-
-    def add(self, events: Sequence[dict[str, Any]]) -> None:
-        missing, looked = missing_counts(self.fields, events)
-        self.missing.update(missing)
-        novel, _ = novel_counts(self.columns, events)
-        for name, counts in novel.items():
-            self.novel[name].update(counts)
-        self.looked += looked
-        self.chunks += 1
-
-    def late(self, redacted: Container[str]) -> list[str]:
-        """The warnings the sample gives that the first chunk did not (none for one chunk: its own
-        warnings counted all of it)."""
-        if self.looked == 0 or self.chunks < 2:
-            return []
-        of = f"the {self.looked:,} valid rows sampled (the first {DRIFT_SAMPLE:,} of each chunk)"
-        everywhere = {name for name in self.fields if self.missing[name] == self.looked}
-        out = [] if self.said[0] else [missing_share_warning(self.spec, self.missing, self.looked, of,
-                                                             skip=everywhere, fields_at=FIELDS_AT)]
-        if not self.said[1]:
-            out.append(novel_values_warning(self.columns, self.novel, self.looked, of, redacted))
-        return [w for w in out if w]
+def late_warnings(sample: DriftCounts, chunks: int, said: tuple[bool, bool], redacted: Container[str]) -> list[str]:
+    """The in-memory ``score``'s missing- and new-value warnings from ``sample`` (the first
+    ``DRIFT_SAMPLE`` valid rows of each of ``chunks`` chunks), said at the end where the first
+    chunk's own (``said``: missing, new) did not already say it, and not for one chunk (its own
+    counted all of it). A trial: a drift starting after the first chunk was never said, where the
+    in-memory ``score`` of the same file said it."""
+    if sample.looked == 0 or chunks < 2:
+        return []
+    of = f"the {sample.looked:,} valid rows sampled (the first {DRIFT_SAMPLE:,} of each chunk)"
+    out = (None if said[0] else sample.missing_warning(of, sample.everywhere(), FIELDS_AT),
+           None if said[1] else sample.novel_warning(of, redacted))
+    return [w for w in out if w]
 
 
 def written_as(out: Path) -> tuple[Path, bool]:
