@@ -206,6 +206,15 @@ def _check_threshold_args(args: argparse.Namespace) -> None:
     for name in ("k_fence", "k_std"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    method = args.threshold_method  # an option of another rule, set away from its default: said, not silently
+    if method != "fence" and args.k_fence != 3.0:  # ignored (a trial)
+        _say(f"note: --k-fence is for --threshold-method fence; the {method} threshold does not use it")
+    if method != "meanstd" and args.k_std != 3.0:
+        _say(f"note: --k-std is for --threshold-method meanstd; the {method} threshold does not use it")
+    if method != "quantile" and args.target_fpr != 0.01:
+        use = ("uses it only when the validation errors have no spread" if method == "fence" else "does not use it")
+        _say(f"note: --target-fpr sets the quantile threshold (--threshold-method quantile) and a supervised head's; "
+             f"the {method} threshold {use}. For an alert budget with the {method}, use --max-alert-rate")
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:

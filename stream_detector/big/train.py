@@ -53,6 +53,7 @@ from ..model.train import (
     default_epochs,
     error_rule,
     error_weights,
+    threshold_lines,
 )
 from . import sketches
 from .prepare import BigOptions, Say, pass_one, pass_three, pass_two
@@ -244,7 +245,8 @@ def _calibrate(model: Autoencoder, data: _Files, config: TrainConfig, say: Say) 
         "validation_flag_rate": flag_rate, "train_flag_rate": train_flag_rate,
         "train_flag_rate_rows": sampled,
     }
-    say(f"threshold {threshold:.6g} ({config.threshold_method}); flags {flag_rate:.2%} of validation rows")
+    for line in threshold_lines(val_errors, threshold, config):
+        say(line)
     return TrainResult(None, head, None, threshold, calibration, {"rows_left_out": 0})  # type: ignore[arg-type]
 
 

@@ -210,14 +210,8 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
         "best_validation_loss": float(min(history)),
         "train_seconds": round(time.monotonic() - started, 2),
     }
-    say(f"threshold {threshold:.6g} ({config.threshold_method}); flags "
-        f"{flag_rate:.2%} of validation rows")
-    if config.max_alert_rate is None and config.threshold_method != "quantile" and flag_rate > 0.02:
-        # not for --threshold-method quantile: its --target-fpr is the share the user asked for (a trial was told
-        # to use the very option it used)
-        say("warning: more than 2% of normal validation rows are above the threshold (the normal errors have "
-            "a heavy tail, or --k-fence / --k-std is low); for a fixed alert budget use --max-alert-rate or "
-            "--threshold-method quantile")
+    for line in threshold_lines(val_errors, threshold, config):
+        say(line)
     metrics["rows_left_out"] = dropped
     return TrainResult(spec, head, arch, threshold, calibration, metrics, entity, schema)
 
@@ -292,6 +286,26 @@ def error_weights(model: nn.Module, blocks: Iterable[np.ndarray]) -> np.ndarray:
     return total / rows + 1e-6
 
 
+def threshold_lines(val_errors: np.ndarray, threshold: float, config: TrainConfig) -> list[str]:
+    """``train``'s lines on its threshold (in memory and ``--streamed``): the value, its rule (and,
+    where ``--max-alert-rate`` raised it, from what: a trial saw "(fence)" for a threshold the cap
+    had raised 4x) and the share of ``val_errors`` (float64[n], the validation rows' mean errors)
+    above it; then a warning when that share passes 2 % under a rule whose share follows the data
+    (not ``quantile``: its ``--target-fpr`` is the share asked for; not with a cap)."""
+    flag_rate = float((val_errors > threshold).mean())
+    rule: str = config.threshold_method
+    if config.max_alert_rate is not None:
+        before = calibrate(val_errors, rule, config.target_fpr, config.k_std, config.k_fence)
+        if threshold > before:
+            rule += f" {before:.6g}, raised by --max-alert-rate {config.max_alert_rate:g}"
+    lines = [f"threshold {threshold:.6g} ({rule}); flags {flag_rate:.2%} of validation rows"]
+    if config.max_alert_rate is None and config.threshold_method != "quantile" and flag_rate > 0.02:
+        lines.append("warning: more than 2% of normal validation rows are above the threshold (the normal errors "
+                     "have a heavy tail, or --k-fence / --k-std is low); for a fixed alert budget use "
+                     "--max-alert-rate or --threshold-method quantile")
+    return lines
+
+
 def _refuse_unusable(threshold: float, val_rate: float, train_rate: float, limit: float) -> None:
     if not math.isfinite(threshold):
         raise TrainingError(f"the calibrated threshold is not finite ({threshold}): the validation errors "
@@ -299,7 +313,8 @@ def _refuse_unusable(threshold: float, val_rate: float, train_rate: float, limit
     if max(val_rate, train_rate) > limit:
         raise TrainingError(f"the model flags {train_rate:.0%} of its own normal training rows and "
                             f"{val_rate:.0%} of its validation rows (limit {limit:.0%}): too few or too "
-                            f"varied rows to learn what normal looks like")
+                            f"varied rows to learn what normal looks like, or a threshold rule set low "
+                            f"(--k-fence, --k-std, --target-fpr)")
 
 
 def _fit(

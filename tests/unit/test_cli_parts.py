@@ -966,3 +966,25 @@ def test_score_says_that_chunk_rows_without_streamed_does_nothing(
     assert "note: --chunk-rows is for --streamed" in capsys.readouterr().err
     assert main([*run, str(tmp_path / "b.csv")]) == 0 and main([*run, str(tmp_path / "c.csv"), "--streamed"]) == 0
     assert "--chunk-rows" not in capsys.readouterr().err
+
+
+def test_a_threshold_option_of_another_rule_is_said_not_silently_ignored(capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial: ``--target-fpr 0.001`` with the default fence, or ``--k-fence 2`` with quantile,
+    changed nothing and said nothing. Each is now a note; the defaults, or an option of the rule in
+    use, none."""
+    import argparse
+
+    from stream_detector.cli import _check_threshold_args
+
+    def said(**given: Any) -> str:
+        args = argparse.Namespace(**{"threshold_method": "fence", "target_fpr": 0.01, "max_alert_rate": None,
+                                     "k_fence": 3.0, "k_std": 3.0, **given})
+        _check_threshold_args(args)
+        return capsys.readouterr().err
+
+    assert said() == "" and said(k_fence=2.0) == "" and said(threshold_method="quantile", target_fpr=0.05) == ""
+    assert "note: --target-fpr sets the quantile threshold" in said(target_fpr=0.001)
+    assert "the fence threshold uses it only when the validation errors have no spread" in said(target_fpr=0.001)
+    assert "note: --k-fence is for --threshold-method fence" in said(threshold_method="quantile", k_fence=2.0)
+    assert "note: --k-std is for --threshold-method meanstd" in said(k_std=1.0)
+    assert "the meanstd threshold does not use it" in said(threshold_method="meanstd", target_fpr=0.05)

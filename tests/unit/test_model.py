@@ -99,6 +99,7 @@ def test_train_warns_when_its_threshold_flags_more_than_two_percent_of_normal_ro
     capped = train(history, TrainConfig(epochs=2, seed=0, k_fence=1.5, max_alert_rate=0.01), progress=lines.append)
     assert capped.calibration["validation_flag_rate"] <= 0.01 + 1e-9
     assert not [ln for ln in lines if ln.startswith("warning:")]
+    assert [ln for ln in lines if "(fence " in ln and ", raised by --max-alert-rate 0.01)" in ln]  # says the cap
     lines.clear()
     asked = train(history, TrainConfig(epochs=2, seed=0, threshold_method="quantile", target_fpr=0.05),
                   progress=lines.append)  # the share asked for: no advice to use the option in use
