@@ -163,6 +163,11 @@ class RedisSettings(_Group):
         1000, ge=0, le=600_000, description="Write-behind entity state (SD_ENTITY_PARTITION_KEY): how often it is "
         "written to Redis and the offsets committed; a crash re-reads at most this much of the stream. 0: every batch "
         "(write-behind off).")
+    entity_flush_async: bool = Field(
+        True, description="Write-behind (SD_ENTITY_FLUSH_MS): a window's records are written by a thread of their own "
+        "while the worker reads and scores the next batches, and the window's offsets committed once the write has "
+        "landed (a write that fails or finds a record changed reads everything since the last commit again). false: "
+        "written on the worker's thread, the batch in hand waiting for it (docs/entity-features.md, Write-behind).")
     entity_replay_log: bool = Field(
         True, description="With write-behind (SD_ENTITY_PARTITION_KEY) and a model that also has a key shared "
         "across partitions (a terminal): log that key's features of every batch in Redis until the window's offsets "

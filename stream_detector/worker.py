@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Container, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from .entity import Enricher
-from .entity.behind import WriteBehind, WriteBehindConflict
+from .entity.behind import Flush, WriteBehind, WriteBehindConflict
 from .entity.columns import read as read_field
 from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
 from .entity.replay_log import FeatureLog
@@ -386,6 +387,16 @@ def _positions(batch: Batch, rows: Sequence[int] | np.ndarray) -> tuple[np.ndarr
     return np.asarray(batch.partitions, dtype=np.int64)[at], np.asarray(batch.offsets, dtype=np.int64)[at]
 
 
+@dataclass(slots=True)
+class _InFlight:
+    """A write-behind window being written on the worker's writer thread: the flush, the window's
+    offsets (committed once it has landed) and the membership they were read under."""
+
+    flush: Flush
+    offsets: Offsets
+    group: Membership | None
+
+
 class Worker:
     """One consumer-group member running steps 1-7 (``run_once``) until stopped.
 
@@ -443,6 +454,9 @@ class Worker:
         # hook may run on the client's thread while this one computes (kafka-python 3's listeners)
         self._window_lock = threading.RLock()
         self._taken = False  # partitions were revoked or lost with the window uncommitted (_revoking)
+        self._flush: _InFlight | None = None  # a window being written on the writer thread (_start_flush)
+        self._inflight_done: _InFlight | None = None  # ... written, its commit in hand (_land_flush)
+        self._writer: ThreadPoolExecutor | None = None  # that thread (SD_ENTITY_FLUSH_ASYNC), started with the first
         self._specs: dict[tuple[str, str], EntitySpec | None] = {}  # per (model version, stage): _spec_of
         self._upstream = 0  # two stages: the input topic's partitions (the repartition topic has buckets × these)
         self._idle_marks = IdleMarks(settings.align_idle_ms / 1000.0)  # stage 1: partitions owed an idle mark
@@ -604,11 +618,13 @@ class Worker:
     def close(self) -> None:
         if self.ingester is not None:
             self.ingester.stop()
-        if self._pending:  # the delivered batches' state and offsets, as on every flush
+        if self._pending or self._flush is not None:  # the delivered batches' state and offsets, as on every flush
             try:
                 self._flush_and_commit(idle=True)
             except Exception:  # noqa: BLE001 - closing anyway: the window is read again by whoever owns it next
                 log.warning("closing with a window of batches uncommitted: they will be read again", exc_info=True)
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
         self.source.close()
         self.publisher.close()
         if self._purge is not None:
@@ -742,7 +758,7 @@ class Worker:
         if not len(batch):
             if self.hold.active:  # every held partition moved to another worker
                 self.hold.release()
-            elif self._pending:
+            elif self._pending or self._flush is not None:
                 self._flush_and_commit(due_only=True, idle=True)  # a quiet stream still commits its last window
             elif self.settings.stage == "repartition":
                 self._mark_idle()
@@ -927,7 +943,7 @@ class Worker:
                 self._abandon(batch)
                 return False
             defer = self._defers(scorer)
-            if defer or self._pending:
+            if defer or self._pending or self._flush is not None:
                 self._defer(batch, defer)  # 7 commit: the window's, after its entity state is written
             else:
                 self.hold.in_doubt = self.publisher.transactional  # until the commit returns
@@ -1106,7 +1122,8 @@ class Worker:
             defers = self._defers(scorer)  # a window: its shared keys' features logged until its commit
             enricher.keep_replay_log(self.replay_log, self.behind.key, write=defers and self._log_writes)
             passing = bool(spec.shared_keys(self.behind.key)) and not self._log_writes
-            if passing and not self.behind.passing and (self._pending or self.behind.pending):
+            if passing and not self.behind.passing and (self._pending or self.behind.pending
+                                                        or self._flush is not None):
                 self._flush_and_commit(idle=True)  # the window of the model before: written and committed first
                 if self.behind.pending:
                     raise EntityStateUnavailable("entity state: the previous model's window is not written yet")
@@ -1195,9 +1212,10 @@ class Worker:
         (an open write-behind window that is still this worker's is written and committed first, so
         only ``batch`` is read again)."""
         self.publisher.abandon()
-        if self._pending and not self._taken:  # a rebalance that took nothing: the window is still this worker's
+        if (self._pending or self._flush is not None) and not self._taken:  # the window is still this worker's
             self._flush_and_commit(idle=True)  # written and committed, so the rewind below re-reads this batch only
-        self.source.rewind_to_committed(self._drop_window(batch) if self._pending else batch)
+        window = self._pending or self._flush is not None
+        self.source.rewind_to_committed(self._drop_window(batch) if window else batch)
 
     # ---- write-behind entity state (entity/behind.py) ------------------------------------------
     def _defers(self, scorer: Scorer) -> bool:
@@ -1227,7 +1245,8 @@ class Worker:
         self._pending_group = self._behind_group = batch.group
         if isinstance(self.source, AlignedSource):
             self.source.settled(offsets)  # its shared entities are written (the partition key's are not shared)
-        self._flush_and_commit(due_only=not must and not self.stop_event.is_set())
+        self._flush_and_commit(due_only=not must and not self.stop_event.is_set(),
+                               wait=must or self.stop_event.is_set() or not self.settings.entity_flush_async)
 
     @_windowed
     def _window_moved(self, batch: Batch) -> bool:
@@ -1244,6 +1263,8 @@ class Worker:
         if group is None or self.source.still_member(Batch(topic=batch.topic, group=group)):
             return False
         self._behind_group = None
+        if not self._join_flush():  # the window in flight failed: records forgotten, read again below
+            self._taken = True
         taken, self._taken = self._taken, False
         if not self._pending or not taken:  # nothing open, or a rebalance that took nothing from this worker
             if not self._pending:
@@ -1282,7 +1303,7 @@ class Worker:
         3 on its I/O thread while the worker thread waits in ``poll``), so no batch can be
         delivered meanwhile; the lock makes sure of it."""
         behind = self.behind
-        if not self._pending or behind is None:
+        if not (self._pending or self._flush is not None) or behind is None:
             return {}
         if lost or not self._window_lock.acquire(blocking=False):  # evicted, or the window is being changed
             self._taken = True
@@ -1298,6 +1319,9 @@ class Worker:
     def _commit_on_revoke(self, partitions: set[TopicPartition]) -> Offsets:
         behind = self.behind
         assert behind is not None
+        if not self._join_flush():  # the window in flight failed (records forgotten): read again
+            self._taken = True
+            return {}
         try:
             self._write_window(behind)
         except Exception:  # noqa: BLE001 - inside the client's poll: never raise there
@@ -1333,16 +1357,27 @@ class Worker:
                 log.warning("the rebalance hook's window lock was not held by the thread that finished it")
 
     @_windowed
-    def _flush_and_commit(self, due_only: bool = False, idle: bool = False) -> None:
+    def _flush_and_commit(self, due_only: bool = False, idle: bool = False, wait: bool = True) -> None:
         """Write the window's entity records, then commit its offsets (only those of partitions still
         assigned: a revoked partition's records are dropped unwritten and its offsets uncommitted, so
         its new owner starts from the stored state of the committed offsets). ``due_only``: only once
         ``SD_ENTITY_FLUSH_MS`` has passed since the last flush. A store or a commit that fails leaves
         the window open (tried again with the next flush; a refusal by a rebalance is not a failure:
         the partitions are read again); a conflict abandons it (read again from the committed
-        offsets). ``idle``: no batch in hand (a failed commit is not counted as a delivery failure)."""
+        offsets). ``idle``: no batch in hand (a failed commit is not counted as a delivery failure).
+        ``wait`` False (a batch accepted, SD_ENTITY_FLUSH_ASYNC): the records are written by the writer
+        thread while the next batches are computed (``_start_flush``), and the offsets committed by a
+        later call once the write has landed (``_land_flush``); True: the window in flight lands first,
+        then this one is written and committed here."""
         behind = self.behind
-        if behind is None or not (self._pending or behind.pending):
+        if behind is None:
+            return
+        if self._flush is not None:
+            if not wait and not self._flush.flush.done():
+                return  # the last window is still being written: this one grows until it lands
+            if not self._land_flush(idle):
+                return
+        if not (self._pending or behind.pending):
             return
         now = time.monotonic()
         if due_only and now - self._flushed_at < self.settings.entity_flush_ms / 1000.0:
@@ -1364,6 +1399,8 @@ class Worker:
                 del self._pending[tp]
             log.info("partitions %s revoked with a window open: %d entity records and their offsets left to the "
                      "new owner", sorted(tp.partition for tp in gone), dropped)
+        if not wait and self._start_flush(behind):
+            return
         try:
             self._write_window(behind)
         except WriteBehindConflict as exc:
@@ -1411,6 +1448,90 @@ class Worker:
         except EntityStateUnavailable as exc:  # left to expire (the spec's horizon), or trimmed by the next commit
             log.warning("could not trim the replay log of the committed offsets: %s", exc)
 
+    def _start_flush(self, behind: WriteBehind) -> bool:
+        """The open window handed to the writer thread (``WriteBehind.start_flush``): its records
+        written there while this thread goes on, its offsets kept with it until ``_land_flush``.
+        False when there is nothing to write (the caller commits at once) or the store wrote it here."""
+        with self.steps.time("flush"):
+            flush = behind.start_flush()
+        if flush is None:
+            return False
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sd-state-writer")
+        self._writer.submit(flush.send)
+        self._flush = _InFlight(flush, self._pending, self._pending_group)
+        self._pending = {}
+        self._flushed_at = time.monotonic()
+        self.stats.state_flushes += 1
+        return True
+
+    def _land_flush(self, idle: bool) -> bool:
+        """The window in flight, once written, committed (the offsets of partitions still assigned;
+        a commit that fails puts them back in the open window, committed with the next flush, its
+        records' undo pinned meanwhile). A write that failed or lost a record to another writer, or a
+        commit refused by a rebalance, drops everything since the last commit and reads it again;
+        returns False then."""
+        now = time.monotonic()
+        if not self._join_flush(keep=False):
+            self.publisher.abandon()
+            self.source.rewind_to_committed(self._drop_window(None))
+            return False
+        inflight, self._inflight_done = self._inflight_done, None
+        assert inflight is not None and self.behind is not None
+        assigned = self.source.assignment()
+        offsets = {tp: o for tp, o in inflight.offsets.items() if tp in assigned}
+        gone = {tp.partition for tp in inflight.offsets if tp not in assigned and tp.topic == self.settings.input_topic}
+        if gone:  # revoked meanwhile: written, not committed; the new owner replays them from their undo
+            self.behind.drop_partitions(gone)
+        if not offsets:
+            return True
+        try:
+            with self.steps.time("commit"):
+                done = self.publisher.commit(self.source, offsets, inflight.group)
+        except DeliveryError as exc:
+            self._pending = {**offsets, **self._pending}
+            self._flush_failed_at = now
+            if not idle:
+                self.stats.delivery_failures += 1
+                self.metrics.delivery_failed()
+            log.warning("offset commit failed; the window stays open and its commit is tried again: %s", exc)
+            return True
+        self._trim_replay_log(offsets, done)
+        if not done:
+            # refused by a rebalance: the window's partitions were rewound to the committed offsets, and
+            # the records held have the batches read since applied with their own undo (the window's is
+            # spliced in only when written): drop them and read everything since the last commit again
+            # against the store, whose records carry the window's undo
+            self.source.rewind_to_committed(self._drop_window(None))
+            return False
+        self.behind.committed({tp.partition for tp in offsets if tp.topic == self.settings.input_topic})
+        return True
+
+    def _join_flush(self, keep: bool = True) -> bool:
+        """Wait for the window in flight, if any, to land (``WriteBehind.finish_flush``). Written:
+        with ``keep`` its offsets go back to the open window (written, uncommitted: committed with it),
+        else they wait in ``_inflight_done`` for ``_land_flush``. Failed (the store, or a record another
+        writer changed): the records held are forgotten, the offsets go back to the open window (what
+        is read again), and False is returned."""
+        inflight, self._flush = self._flush, None
+        if inflight is None:
+            return True
+        assert self.behind is not None
+        try:
+            with self.steps.time("flush"):
+                self.behind.finish_flush(inflight.flush)
+        except (WriteBehindConflict, EntityStateUnavailable) as exc:
+            if isinstance(exc, WriteBehindConflict):
+                self.stats.state_conflicts += 1
+            log.warning("entity state write-behind failed, the batches since the last commit are read again: %s", exc)
+            self._pending = {**inflight.offsets, **self._pending}
+            return False
+        if keep:
+            self._pending = {**inflight.offsets, **self._pending}
+        else:
+            self._inflight_done = inflight
+        return True
+
     def _write_window(self, behind: WriteBehind) -> None:
         """The window's entity records written (``WriteBehind.flush``: its errors propagate), timed
         as the ``flush`` step and counted."""
@@ -1422,6 +1543,7 @@ class Worker:
     def _drop_window(self, batch: Batch | None) -> Batch:
         """Forget the open window (write-behind records, uncommitted offsets); the batch to rewind:
         ``batch``'s partitions and the window's."""
+        self._join_flush()  # its offsets join the window's (read again), whatever happened to it
         topic = batch.topic if batch is not None and batch.topic else self.settings.input_topic
         parts = set(batch.partitions) if batch is not None else set()
         parts |= {tp.partition for tp in self._pending if tp.topic == topic}

@@ -56,7 +56,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from ..entity_spec import EntitySpec
 from ..errors import StreamDetectorError
 from . import binary
-from .state import EntityKey, Expected, Record, StateStore
+from .state import CasWrite, EntityKey, Expected, Record, SplitWrites, StateStore
 
 log = logging.getLogger("stream_detector.entity")
 
@@ -95,6 +95,36 @@ class _Dirty:
     first: bytes  # the record after the window's first batch: its undo section is the window's
     base: bytes | None
     partition: int
+    own: bytes  # the record after its first batch in this window (``first`` unless an older window is pinned)
+
+
+class Flush:
+    """A window's records on their way to the store (``WriteBehind.start_flush``): ``send`` writes
+    them (one compare-and-set per spec, on any thread), ``result`` waits for it to have run and
+    returns what each found changed, or raises what it raised."""
+
+    def __init__(self, inner: SplitWrites, writes: list[CasWrite], count: int) -> None:
+        self.inner, self.writes, self.count = inner, writes, count
+        self._done = threading.Event()
+        self._lost: list[list[int]] = []
+        self._error: BaseException | None = None
+
+    def send(self) -> None:
+        try:
+            self._lost = [self.inner.send_save(write) for write in self.writes]
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that settles the flush
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self) -> list[list[int]]:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._lost
 
 
 class WriteBehind:
@@ -258,8 +288,79 @@ class WriteBehind:
             clean = clean_of.pop(name, None)
             base = clean[0] if clean is not None else read.get(name)
             pin = self.pinned.get(name)  # a window written but not committed: its undo stays the record's
-            dirty_of[name] = _Dirty(spec, raw, raw if pin is None else pin[0], base, partition)
+            dirty_of[name] = _Dirty(spec, raw, raw if pin is None else pin[0], base, partition, raw)
         return must
+
+    def _window_values(self, items: list[tuple[Name, _Dirty]]) -> tuple[dict[EntityKey, bytes],
+                                                                         dict[EntityKey, bytes | None]]:
+        """One spec's changed records as written at a flush (each with its window's undo section)
+        and what the store held when the window began."""
+        spec = items[0][1].spec
+        windows, fields = len(spec.windows), len(spec.distinct_for(self.key))
+        values = {name[1]: d.record if d.record is d.first else binary.with_undo(d.record, d.first, windows, fields)
+                  for name, d in items}
+        return values, {name[1]: d.base for name, d in items}
+
+    def _by_spec(self) -> list[list[tuple[Name, _Dirty]]]:
+        by_spec: dict[str, list[tuple[Name, _Dirty]]] = {}
+        for name, d in self.dirty.items():
+            by_spec.setdefault(name[0], []).append((name, d))
+        return list(by_spec.values())
+
+    @_locked
+    def start_flush(self) -> Flush | None:
+        """``flush`` in three steps, so that the window's write leaves the worker's thread: this one
+        (under the lock) prepares the compare-and-set of every record changed since the last flush
+        and takes them out of the window as if written — later batches read them from memory and
+        the next window compares against them, its records keeping this window's undo (``pinned``)
+        until its commit (``committed``) — then ``Flush.send`` writes them (any thread, no lock),
+        and ``finish_flush`` settles the outcome. None: nothing changed (or the store cannot split
+        its writes: then written here, as ``flush`` does). Raises as ``flush`` does only then."""
+        if not self.dirty:
+            self.disabled = self.disabled or self._disabling
+            return None
+        inner = self.inner
+        if not isinstance(inner, SplitWrites):
+            self.flush()
+            return None
+        parts: list[tuple[CasWrite, list[tuple[Name, _Dirty]]]] = []
+        for items in self._by_spec():
+            values, expected = self._window_values(items)
+            parts.append((inner.prepare_save(items[0][1].spec, values, expected), items))
+        count = 0
+        for write, items in parts:
+            for name, d in items:
+                del self.dirty[name]
+                self.clean[name] = (write.records[name[1]], d.partition)
+                self.pinned.setdefault(name, (d.first, d.partition))
+                count += 1
+        return Flush(inner, [w for w, _items in parts], count)
+
+    @_locked
+    def finish_flush(self, flush: Flush) -> int:
+        """``start_flush``'s last step (on the thread that reads this store): waits for ``Flush.send``
+        and returns how many records were written. A write that failed (``EntityStateUnavailable``)
+        or found a record changed by another writer (``WriteBehindConflict``) raises, and every
+        record held is forgotten: the records may or may not be in the store, and later batches
+        were computed from them, so the caller reads everything since the last commit again."""
+        try:
+            lost = flush.result()
+        except BaseException:
+            for write in flush.writes:
+                flush.inner.finish_save(write, None)
+            self.forget()
+            raise
+        conflicts = [key for write, gone in zip(flush.writes, lost, strict=True)
+                     for key in flush.inner.finish_save(write, gone)]
+        if conflicts:
+            self.forget()
+            raise WriteBehindConflict(
+                f"entity state: {len(conflicts)} records of {self.key} were changed by another writer since this "
+                f"worker read them (a partition that moved?); the batches since the last commit are read again")
+        while len(self.clean) > self.max_records:
+            self.clean.popitem(last=False)
+        self.disabled = self.disabled or self._disabling
+        return flush.count
 
     @_locked
     def flush(self) -> int:
@@ -271,16 +372,10 @@ class WriteBehind:
         if not self.dirty:
             self.disabled = self.disabled or self._disabling
             return 0
-        by_spec: dict[str, list[tuple[Name, _Dirty]]] = {}
-        for name, d in self.dirty.items():
-            by_spec.setdefault(name[0], []).append((name, d))
         written = 0
-        for items in by_spec.values():
+        for items in self._by_spec():
             spec = items[0][1].spec
-            windows, fields = len(spec.windows), len(spec.distinct_for(self.key))
-            values = {name[1]: d.record if d.record is d.first else binary.with_undo(d.record, d.first, windows, fields)
-                      for name, d in items}
-            expected = {name[1]: d.base for name, d in items}
+            values, expected = self._window_values(items)
             lost = self.inner.save_raw(spec, values, expected)
             if lost:
                 self.forget()
@@ -300,8 +395,13 @@ class WriteBehind:
     @_locked
     def committed(self, partitions: set[int]) -> None:
         """The offsets of ``partitions`` are committed up to what was flushed: their records' next
-        window starts an undo snapshot of its own (module docstring)."""
+        window starts an undo snapshot of its own (module docstring). A window already open (its
+        batches read while the last one was written: ``start_flush``) gives its records theirs now:
+        what a crash reads again starts at the commit, where their own undo starts."""
         self._unpin(partitions)
+        for d in self.dirty.values():
+            if d.partition in partitions:
+                d.first = d.own
 
     def _unpin(self, partitions: set[int]) -> None:
         """Release the undo snapshots pinned for ``partitions``' records (committed, or dropped)."""

@@ -34,10 +34,12 @@ Records are bounded: ``3·W + 1`` floats, at most ``max_distinct`` values per di
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 import redis
@@ -110,6 +112,32 @@ def unwrap(value: bytes) -> bytes:
     return split(value)[1]
 
 
+@dataclass(slots=True)
+class CasWrite:
+    """A compare-and-set prepared by ``RedisState.prepare_save`` (or ``InMemoryState``'s): the
+    entities, their Redis names, what each is compared against, the values to store (envelope and
+    record), the records themselves, and the TTL in ms."""
+
+    keys: list[EntityKey]
+    names: list[str]
+    wants: list[bytes]
+    values: list[bytes]
+    records: dict[EntityKey, bytes]
+    ttl: int
+
+
+@runtime_checkable
+class SplitWrites(Protocol):
+    """A store whose compare-and-set can be split in three (``RedisState.prepare_save``,
+    ``send_save``, ``finish_save``): the middle one may run on another thread."""
+
+    def prepare_save(self, spec: EntitySpec, records: dict[EntityKey, bytes], expected: Expected) -> CasWrite: ...
+
+    def send_save(self, write: CasWrite) -> list[int]: ...
+
+    def finish_save(self, write: CasWrite, lost: list[int] | None) -> list[EntityKey]: ...
+
+
 class StateStore(Protocol):
     """Batch-granular state access: one read and one write per batch. The enricher uses the
     record bytes (``load_raw``/``save_raw``, ``binary.py``'s version-3 layout); ``load``/``save``
@@ -144,7 +172,9 @@ class InMemoryState:
     def __init__(self) -> None:
         self.raw: dict[tuple[str, EntityKey], bytes] = {}
         self._specs: dict[str, EntitySpec] = {}
+        self._pending_specs: dict[str, EntitySpec] = {}
         self.round_trips = 0
+        self._lock = threading.Lock()  # ``send_save`` may run on another thread (``behind.WriteBehind.start_flush``)
 
     @property
     def records(self) -> dict[tuple[str, EntityKey], Record]:
@@ -160,13 +190,37 @@ class InMemoryState:
     def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes],
                  expected: Expected | None = None) -> list[EntityKey]:
         ns = spec.fingerprint[:12]
-        self._specs[ns] = spec
-        lost = [k for k in records if expected is not None and self.raw.get((ns, k)) != expected.get(k)]
-        skip = set(lost)
-        for k, value in records.items():
-            if k not in skip:
-                self.raw[(ns, k)] = value
+        with self._lock:
+            self._specs[ns] = spec
+            lost = [k for k in records if expected is not None and self.raw.get((ns, k)) != expected.get(k)]
+            skip = set(lost)
+            for k, value in records.items():
+                if k not in skip:
+                    self.raw[(ns, k)] = value
         return lost
+
+    def prepare_save(self, spec: EntitySpec, records: dict[EntityKey, bytes], expected: Expected) -> CasWrite:
+        """As ``RedisState.prepare_save`` (the names are the dict's, ``wants`` the bytes expected)."""
+        keys = list(records)
+        self._pending_specs[spec.fingerprint[:12]] = spec
+        return CasWrite(keys, [spec.fingerprint[:12]] * len(keys), [expected.get(k) or b"" for k in keys],
+                        [records[k] for k in keys], records, spec.horizon_ms)
+
+    def send_save(self, write: CasWrite) -> list[int]:
+        """As ``RedisState.send_save``: the compare-and-set, atomic against every other write here."""
+        with self._lock:
+            raw = self.raw
+            lost = [i for i, (ns, k, want) in enumerate(zip(write.names, write.keys, write.wants, strict=True), start=1)
+                    if raw.get((ns, k), b"") != want]
+            skip = set(lost)
+            for i, (ns, k, value) in enumerate(zip(write.names, write.keys, write.values, strict=True), start=1):
+                if i not in skip:
+                    raw[(ns, k)] = value
+                    self._specs.setdefault(ns, self._pending_specs[ns])
+            return lost
+
+    def finish_save(self, write: CasWrite, lost: list[int] | None) -> list[EntityKey]:
+        return [] if lost is None else [write.keys[i - 1] for i in lost]
 
     def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
         return {k: None if v is None else decode(spec, k[0], v)
@@ -273,24 +327,58 @@ class RedisState:
         keys = list(records)
         names = self._names(spec, keys)
         values = wrap([records[k] for k in keys])
+        if expected is not None:
+            write = self.prepare_save(spec, records, expected)
+            try:
+                lost = self.send_save(write)
+            except EntityStateUnavailable:
+                self.finish_save(write, None)
+                raise
+            return self.finish_save(write, lost)
         try:
-            if expected is None:
-                self.copies.forget(names)
-                pipe = self.client().pipeline(transaction=False)
-                for name, value in zip(names, values, strict=True):
-                    pipe.set(name, value, px=ttl)
-                pipe.execute()
-                self._kept_written(names, keys, values, records, set())
-                return []
-            wants = [self._want(name, expected.get(k)) for name, k in zip(names, keys, strict=True)]
-            lost = self._compare_and_set(names, wants, values, ttl)
+            self.copies.forget(names)
+            pipe = self.client().pipeline(transaction=False)
+            for name, value in zip(names, values, strict=True):
+                pipe.set(name, value, px=ttl)
+            pipe.execute()
         except REDIS_ERRORS as exc:
-            self.copies.forget(names)  # written or not: unknown
             raise EntityStateUnavailable(f"entity state write failed: {exc}") from exc
         finally:
             self.round_trips += 1
-        self.copies.wrote(names, keys, values, [records[k] for k in keys], lost)
-        self._kept_written(names, keys, values, records, {i - 1 for i in lost})
+        self._kept_written(names, keys, values, records, set())
+        return []
+
+    # ---- a compare-and-set in three steps, so that its round trip can leave the caller's thread ----
+    def prepare_save(self, spec: EntitySpec, records: dict[EntityKey, bytes], expected: Expected) -> CasWrite:
+        """``save_raw(spec, records, expected)``'s first step, on the thread that reads this store:
+        the stored values (``wrap``: new write tokens) and what each is compared against (``_want``)."""
+        keys = list(records)
+        names = self._names(spec, keys)
+        values = wrap([records[k] for k in keys])
+        wants = [self._want(name, expected.get(k)) for name, k in zip(names, keys, strict=True)]
+        return CasWrite(keys, names, wants, values, records, spec.horizon_ms)
+
+    def send_save(self, write: CasWrite) -> list[int]:
+        """The compare-and-set itself: one round trip (one per node on a cluster), touching nothing
+        of this store but the client (thread-safe: ``behind.WriteBehind.start_flush`` runs it on
+        another thread while batches are read and written here). Returns the 1-based indices of
+        the records another writer changed (not written). Raises ``EntityStateUnavailable``."""
+        try:
+            return self._compare_and_set(write.names, write.wants, write.values, write.ttl)
+        except REDIS_ERRORS as exc:
+            raise EntityStateUnavailable(f"entity state write failed: {exc}") from exc
+
+    def finish_save(self, write: CasWrite, lost: list[int] | None) -> list[EntityKey]:
+        """The last step, on the reading thread again: the copies and write tokens of what was
+        written; ``lost`` None: the write failed (written or not: unknown; the copies are dropped).
+        Returns the entities lost to another writer."""
+        self.round_trips += 1
+        if lost is None:
+            self.copies.forget(write.names)
+            return []
+        keys, values = write.keys, write.values
+        self.copies.wrote(write.names, keys, values, [write.records[k] for k in keys], lost)
+        self._kept_written(write.names, keys, values, write.records, {i - 1 for i in lost})
         return [keys[i - 1] for i in lost]
 
     def _kept_written(self, names: list[str], keys: list[EntityKey], values: list[bytes],

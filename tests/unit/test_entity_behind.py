@@ -362,3 +362,104 @@ def test_write_tokens_are_kept_only_while_records_are_held_across_batches() -> N
     behind.pass_through(False)
     assert [field for field, _ in calls] == ["account_id", None, "account_id"]
     assert all(size >= 10 for _, size in calls)
+
+
+def _async_run(enricher: Enricher, behind: WriteBehind, events: list[dict[str, Any]], pos: list[tuple[int, int]],
+               cuts: list[int], flush_every: int, lag: int) -> tuple[np.ndarray, list[int]]:
+    """``_run`` as the worker runs it with SD_ENTITY_FLUSH_ASYNC: every ``flush_every`` batches the
+    window goes in flight (``start_flush``); ``lag`` more batches are read and accepted before its
+    write runs (``Flush.send``, the writer thread's part) and lands (``finish_flush``); then its
+    offsets are committed (``committed``); the last one in flight lands uncommitted. Returns the
+    features and each committed window's end (the index of the first event after it: where a crash
+    then reads again from)."""
+    out, ends = [], []
+    flight: tuple[Any, int, int] | None = None  # (flush, its window's end, batches accepted since)
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+        out.append(enricher.features(SPEC, events[a:b], pos[a:b]))
+        behind.accept()
+        if flight is not None:
+            flush, end, since = flight
+            flight = (flush, end, since + 1)
+            if since + 1 >= lag:
+                flush.send()
+                behind.finish_flush(flush)
+                behind.committed({p for p, _ in pos[:end]})
+                ends.append(end)
+                flight = None
+        if flight is None and (i + 1) % flush_every == 0:
+            flush = behind.start_flush()
+            if flush is not None:
+                flight = (flush, b, 0)
+    if flight is not None:  # the last window in flight lands (its commit never comes)
+        flight[0].send()
+        behind.finish_flush(flight[0])
+    return np.vstack(out), ends
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_window_written_while_the_next_batches_are_read_gives_the_per_batch_features(seed: int) -> None:
+    """SD_ENTITY_FLUSH_ASYNC: the next batches read the records of a window still in flight from
+    memory and start a window of their own; the features of every event and, after the last
+    write, every stored record are those of the store written on every batch. Then a crash after
+    the next window's write, before its commit: read again from the last commit (a landed window's
+    end) by a new worker, every account feature is the per-batch store's — the next window's
+    records got an undo snapshot of their own when the one in flight committed (``committed``: a
+    record keeping the older window's undo would be replayed from the state before it, without its
+    events: approximate features)."""
+    rng = np.random.default_rng(100 + seed)
+    events = _events(600, seed)
+    pos = _positions(events)
+    cuts = _cuts(len(events), rng)
+    cuts = sorted(set(cuts) | set(range(0, len(events), 25)))  # enough batches for windows in flight
+    plain = InMemoryState()
+    expected = _run(Enricher(plain), events, pos, cuts)
+    inner = InMemoryState()
+    behind = WriteBehind(inner, "account_id")
+    got, ends = _async_run(Enricher(behind), behind, events, pos, cuts, flush_every=int(rng.integers(1, 4)),
+                           lag=int(rng.integers(1, 3)))
+    assert len(ends) >= 2
+    assert np.array_equal(got, expected, equal_nan=True)
+    behind.flush()  # the window open at the end: written, never committed
+    assert {k: (r["c"], r["a"]) for k, r in inner.records.items()} == \
+           {k: (r["c"], r["a"]) for k, r in plain.records.items()}
+    start = ends[-1]  # the last commit
+    replay = _run(Enricher(inner), events, pos, [start, *[c for c in cuts if c > start]])
+    account = [i for i, f in enumerate(SPEC.output_fields) if f.startswith("account_id__")]
+    assert np.array_equal(replay[:, account], expected[start:, account], equal_nan=True)
+
+
+class _Failing(InMemoryState):
+    """A store whose next compare-and-set sent from ``Flush.send`` fails (Redis went away)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+
+    def send_save(self, write: Any) -> list[int]:
+        if self.fail:
+            from stream_detector.errors import EntityStateUnavailable
+            raise EntityStateUnavailable("injected: connection refused")
+        return super().send_save(write)
+
+
+def test_a_window_in_flight_whose_write_fails_forgets_every_record_held() -> None:
+    """The write of a window in flight fails: ``finish_flush`` raises it and forgets every record
+    held — those of the window and those of the batches read since from them — so that everything
+    since the last commit is read again against the store (the worker rewinds)."""
+    from stream_detector.errors import EntityStateUnavailable
+    events = _events(200, seed=3)
+    pos = _positions(events)
+    inner = _Failing()
+    behind = WriteBehind(inner, "account_id")
+    enricher = Enricher(behind)
+    _run(enricher, events, pos, [0, 60, 120], behind, flush_every=99)
+    flush = behind.start_flush()
+    assert flush is not None and flush.count > 0 and behind.pending == 0 and behind.pinned
+    _run(enricher, events, pos, [120, 200], behind, flush_every=99)  # read from the window in flight
+    assert behind.pending > 0
+    inner.fail = True
+    flush.send()
+    with pytest.raises(EntityStateUnavailable, match="injected"):
+        behind.finish_flush(flush)
+    assert behind.pending == 0 and not behind.clean and not behind.pinned
+    assert not any(k[1][0] == "account_id" for k in inner.raw)  # nothing of the accounts was written

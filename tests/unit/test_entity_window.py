@@ -50,8 +50,8 @@ def _drain(worker: Worker) -> None:
     raise AssertionError("the worker did not drain its topic")
 
 
-def _worker(accounts: Bundle, broker: MemoryBroker | None = None,
-            control: MemoryControl | None = None) -> tuple[MemoryBroker, Worker, MemorySource]:
+def _worker(accounts: Bundle, broker: MemoryBroker | None = None, control: MemoryControl | None = None,
+            flush_ms: int = 600_000) -> tuple[MemoryBroker, Worker, MemorySource]:
     """A started worker with write-behind on ``account_id`` (a 10-minute flush interval: the
     window stays open unless a test flushes it) on a four-partition topic of ``broker``; the
     entity state is ``control``'s (a new one's by default: shared, as Redis is, by a restart)."""
@@ -65,7 +65,7 @@ def _worker(accounts: Bundle, broker: MemoryBroker | None = None,
         control.publish(accounts)
     settings = Settings(input_topic=TOPIC, alerts_topic=ALERTS, dlq_topic=DLQ, group_id=GROUP, create_topics=False,
                         metrics_port=0, score_feed_sample=0, batch_size=64, threshold_refresh_s=0.05, worker_id="w",
-                        entity_partition_key="account_id", entity_flush_ms=600_000)
+                        entity_partition_key="account_id", entity_flush_ms=flush_ms)
     source = MemorySource(broker, TOPIC, GROUP, settings.batch_size)
     worker = Worker(settings, control, source, MemoryPublisher(broker))
     worker.start()
@@ -189,3 +189,46 @@ def test_a_window_whose_commit_the_rebalance_refused_is_read_again_before_a_cras
         successor.close()
     assert misses == 0
     _offlines(seen, events)
+
+
+@pytest.mark.parametrize("crash_at", [2, 3, 6])
+def test_windows_written_while_the_next_batches_are_read_replay_exactly_after_a_crash(
+        accounts: Bundle, crash_at: int) -> None:
+    """SD_ENTITY_FLUSH_ASYNC with a window due after every batch: each window is written on the
+    writer thread while the next batch is read from its records, and committed once landed. The
+    process dies at the ``crash_at``-th commit — a window written, the batches after it accepted
+    into the next one. Its successor reads everything again from the last commit: every event's
+    account features are offline enrichment's and no already-applied event lacks its undo (a
+    window opened while the last was in flight starts an undo of its own once that one commits)."""
+    events = _raw(600, seed=44)
+    broker, worker, _source = _worker(accounts, flush_ms=1)
+    seen: dict[str, dict[str, Any]] = {}
+    assert worker.enricher is not None and worker.behind is not None
+    worker.enricher.on_enriched = lambda batch: seen.update((e["event_id"], e) for e in batch)
+    commit, calls = worker.publisher.commit, []
+
+    def crash_on(*args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if len(calls) == crash_at:
+            raise _Crash
+        return commit(*args, **kwargs)
+
+    worker.publisher.commit = crash_on  # type: ignore[method-assign]
+    _append(broker, events)
+    with pytest.raises(_Crash):
+        _drain(worker)
+    assert worker.stats.state_flushes >= crash_at and 0 < sum(broker.committed(GROUP).values()) < len(events)
+    assert worker._writer is not None  # the windows were written on the writer thread
+    worker._writer.shutdown(wait=True)
+
+    _, successor, _ = _worker(accounts, broker, worker.control, flush_ms=1)  # type: ignore[arg-type]
+    try:
+        assert successor.enricher is not None
+        successor.enricher.on_enriched = lambda batch: seen.update((e["event_id"], e) for e in batch)
+        _drain(successor)
+        misses = successor.enricher.log_misses
+    finally:
+        successor.close()
+    assert misses == 0
+    _offlines(seen, events)
+    assert broker.committed(GROUP) == broker.end_offsets(TOPIC)
