@@ -11,15 +11,16 @@ country; state in Redis). Then, per transport:
 
 * **drain**: one worker process drains the pre-produced topic with each model (the stateless
   one's Redis threshold set so that it flags the entity model's share of the events: both publish
-  the same number of alerts), and the entity model a second time as it ran before the replay log
-  (*entity, batch commits*: ``SD_ENTITY_REPLAY_LOG=false``, every record read and written and the
-  offsets committed with every batch; the default keeps the accounts in a write-behind window and
-  logs the terminals' features: ``entity/replay_log.py``), alternating
-  stateless, entity, entity batch commits, … (``--repeats``), a fresh consumer group and Redis prefix
+  the same number of alerts), the entity model a second time with the write-behind window written
+  on the worker's thread (``SD_ENTITY_FLUSH_ASYNC=false``: the worker before 2026-12-06), and a
+  third as it ran before the replay log (*entity, batch commits*: ``SD_ENTITY_REPLAY_LOG=false``,
+  every record read and written and the offsets committed with every batch; the default keeps the
+  accounts in a write-behind window and logs the terminals' features: ``entity/replay_log.py``),
+  alternating the variants (``--repeats``), a fresh consumer group and Redis prefix
   per run (entity state starts empty, as for a new deployment); events/s over the busy window,
   best of the repeats, and the per-step wall time of the entity runs;
-* **latency**: one worker process and a paced producer process at each offered rate, with the
-  entity model and, as the baseline in the same run, the stateless one (its Redis threshold set
+* **latency**: one worker process and a paced producer process at each offered rate, with each
+  entity variant and, as the baseline in the same run, the stateless one (its Redis threshold set
   so that it flags the same share of the events as the entity model, for a sample of the same
   size); event→alert latency (alert Kafka timestamp − input produce timestamp). A run sends each
   event once, so it lasts at most events / rate; a rate gets as many runs as ``--seconds`` of
@@ -52,8 +53,11 @@ from .results import write_section
 from .throughput import base_settings, drain, latency, pooled, say, transports
 
 SPEC = entity_speed.SPEC
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"stateless": ("stateless", {}), "entity": ("entity", {}),
-            "entity, batch commits": ("entity", {"entity_replay_log": False})}  # name → (model, settings)
+SYNC = "entity, window written on the worker's thread"
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {  # name → (model, settings)
+    "stateless": ("stateless", {}), "entity": ("entity", {}), SYNC: ("entity", {"entity_flush_async": False}),
+    "entity, batch commits": ("entity", {"entity_replay_log": False})}
+CODES = {"stateless": "", "entity": "", SYNC: "-sync", "entity, batch commits": "-pb"}  # run tags
 TWO_STAGES = "entity, two stages (1 + 1)"  # latency only (--two-stages): a stage-1 and a stage-2 worker process
 STEPS = ("source", "decode", "enrich", "features", "publish", "flush", "commit")  # flush: write-behind (entity/behind.py)
 
@@ -105,7 +109,7 @@ def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seco
         for rep in range(repeats):
             for name, (model, overrides) in VARIANTS.items():
                 bundle = bundles[model]
-                run_tag = f"{short}-{model}{'-pb' if overrides else ''}-{rep}-{tag}"
+                run_tag = f"{short}-{model}{CODES[name]}-{rep}-{tag}"
                 s = base_settings(kafka, redis, run_tag, input_topic=topic, transport=transport, **overrides)
                 control = ControlPlane.from_url(redis, s.redis_prefix)
                 control.publish(bundle, set_by="bench")
@@ -127,7 +131,7 @@ def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seco
             each_s = min(seconds, n / rate)
             for name, (model, overrides) in timed_variants.items():
                 stages = 1 if name == TWO_STAGES else 0
-                suffix = "-2s" if stages else "-pb" if overrides else ""
+                suffix = "-2s" if stages else CODES[name]
                 laps = []
                 for lap in range(runs_for(seconds, n / rate)):
                     run_tag = f"{short}-lat-{model}{suffix}-{rate}-{lap}-{tag}"
@@ -157,25 +161,24 @@ def markdown(ctx: dict[str, Any]) -> str:
              "alignment releases a backlog's last events once no partition has had a newer one for "
              "`SD_ALIGN_IDLE_MS`, 2 s: the end of a finite backlog, not throughput).", "",
              "*entity* is the default (the accounts in a write-behind window committed every `SD_ENTITY_FLUSH_MS`, "
-             "the terminals written every batch with their features in the replay log); *entity, batch commits* "
-             "the same model with `SD_ENTITY_REPLAY_LOG=false` (every record read and written, and the offsets "
-             "committed, with every batch: the worker before the replay log).", "",
-             "| transport | stateless events/s | entity events/s | entity / stateless | entity, batch commits "
-             "events/s | its / stateless | runs (stateless; entity; batch commits) | alerts (stateless; entity; "
-             "batch commits) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "the window's write on a writer thread while the next batches are computed, the terminals written "
+             f"every batch with their features in the replay log); *{SYNC}* the same with "
+             "`SD_ENTITY_FLUSH_ASYNC=false` (the batch in hand waits for the window's write: the worker before "
+             "2026-12-06); *entity, batch commits* the same model with `SD_ENTITY_REPLAY_LOG=false` (every record "
+             "read and written, and the offsets committed, with every batch: the worker before the replay log).",
+             "", "| transport | variant | events/s | / stateless | runs | alerts |", "|---|---|---|---|---|---|"]
     drained = {t: r for t, r in ctx["runs"].items() if "stateless" in r}  # none with --repeats 0
     for transport, r in drained.items():
-        a, b, c = r["stateless"]["rate"], r["entity"]["rate"], r["entity, batch commits"]["rate"]
-        runs = "; ".join(", ".join(f"{x:,.0f}" for x in r["all"][name]) for name in VARIANTS)
-        alerts = "; ".join(f"{r[name]['alerts']:,}" for name in VARIANTS)
-        lines.append(f"| {transport} | {a:,.0f} | {b:,.0f} | {b / a:.0%} | {c:,.0f} | {c / a:.0%} | {runs} "
-                     f"| {alerts} |")
+        base = r["stateless"]["rate"]
+        for name in VARIANTS:
+            rate = r[name]["rate"]
+            lines.append(f"| {transport} | {name} | {rate:,.0f} | {rate / base:.0%} | "
+                         f"{', '.join(f'{x:,.0f}' for x in r['all'][name])} | {r[name]['alerts']:,} |")
     lines += ["", "Where the entity worker's time goes (its best drain; wall seconds per step on the worker's thread):",
               "", "| transport | variant | " + " | ".join(STEPS) + " | scoring thread |",
               "|---|---|" + "---|" * (len(STEPS) + 1)]
     for transport, r in drained.items():
-        for name in ("entity", "entity, batch commits"):
+        for name in [v for v in VARIANTS if v != "stateless"]:
             st = r[name]["stage_s"]
             lines.append(f"| {transport} | {name} | " + " | ".join(f"{st.get(k, 0.0):.2f}" for k in STEPS)
                          + f" | {st.get('scoring thread', 0.0):.2f} |")

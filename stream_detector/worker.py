@@ -100,6 +100,11 @@ def _freeze_long_lived() -> None:
     gc.freeze()
 
 
+class _WindowDropped(Exception):  # noqa: N818 - a signal inside the worker, not an error
+    """Writing the open window before a batch could be handled failed, and the window was dropped and
+    rewound to the committed offsets: the batch in hand, read after it, is read again too."""
+
+
 class _AlignFirst(Exception):  # noqa: N818 - a signal inside the worker, not an error
     """A batch polled without event-time alignment met a model that needs it (the threshold's
     model, swapped in to score it): the batch is read again through the alignment step."""
@@ -457,6 +462,7 @@ class Worker:
         self._flush: _InFlight | None = None  # a window being written on the writer thread (_start_flush)
         self._inflight_done: _InFlight | None = None  # ... written, its commit in hand (_land_flush)
         self._writer: ThreadPoolExecutor | None = None  # that thread (SD_ENTITY_FLUSH_ASYNC), started with the first
+        self._drops = 0  # windows dropped and read again (_drop_window)
         self._specs: dict[tuple[str, str], EntitySpec | None] = {}  # per (model version, stage): _spec_of
         self._upstream = 0  # two stages: the input topic's partitions (the repartition topic has buckets × these)
         self._idle_marks = IdleMarks(settings.align_idle_ms / 1000.0)  # stage 1: partitions owed an idle mark
@@ -769,6 +775,10 @@ class Worker:
             if not exc.retriable:
                 raise
             self.hold.hold(batch, exc)  # retry by flag: pause, keep membership, try again later
+            return 0
+        except _WindowDropped:
+            self.stats.abandoned_batches += 1
+            self._read_again(batch)
             return 0
         except _AlignFirst:
             self._read_again_aligned(batch, "met", self.models.require().version)
@@ -1124,7 +1134,10 @@ class Worker:
             passing = bool(spec.shared_keys(self.behind.key)) and not self._log_writes
             if passing and not self.behind.passing and (self._pending or self.behind.pending
                                                         or self._flush is not None):
+                drops = self._drops
                 self._flush_and_commit(idle=True)  # the window of the model before: written and committed first
+                if self._drops != drops:  # its write failed: read again from the commit, this batch too
+                    raise _WindowDropped
                 if self.behind.pending:
                     raise EntityStateUnavailable("entity state: the previous model's window is not written yet")
             self.behind.pass_through(passing)
@@ -1303,7 +1316,7 @@ class Worker:
         3 on its I/O thread while the worker thread waits in ``poll``), so no batch can be
         delivered meanwhile; the lock makes sure of it."""
         behind = self.behind
-        if not (self._pending or self._flush is not None) or behind is None:
+        if not (self._pending or self._flush is not None or self._inflight_done is not None) or behind is None:
             return {}
         if lost or not self._window_lock.acquire(blocking=False):  # evicted, or the window is being changed
             self._taken = True
@@ -1319,10 +1332,10 @@ class Worker:
     def _commit_on_revoke(self, partitions: set[TopicPartition]) -> Offsets:
         behind = self.behind
         assert behind is not None
-        if not self._join_flush():  # the window in flight failed (records forgotten): read again
-            self._taken = True
-            return {}
         try:
+            if not self._join_flush():  # the window in flight failed (records forgotten): read again
+                self._taken = True
+                return {}
             self._write_window(behind)
         except Exception:  # noqa: BLE001 - inside the client's poll: never raise there
             log.warning("could not write the open window before partitions %s were revoked",
@@ -1456,11 +1469,14 @@ class Worker:
             flush = behind.start_flush()
         if flush is None:
             return False
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sd-state-writer")
-        self._writer.submit(flush.send)
         self._flush = _InFlight(flush, self._pending, self._pending_group)
         self._pending = {}
+        try:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="sd-state-writer")
+            self._writer.submit(flush.send)
+        except RuntimeError:  # no thread to be had (the interpreter exiting, or none left): written here
+            flush.send()
         self._flushed_at = time.monotonic()
         self.stats.state_flushes += 1
         return True
@@ -1476,26 +1492,32 @@ class Worker:
             self.publisher.abandon()
             self.source.rewind_to_committed(self._drop_window(None))
             return False
-        inflight, self._inflight_done = self._inflight_done, None
+        inflight = self._inflight_done  # kept there until committed: the rebalance hook sees a window open
         assert inflight is not None and self.behind is not None
-        assigned = self.source.assignment()
-        offsets = {tp: o for tp, o in inflight.offsets.items() if tp in assigned}
-        gone = {tp.partition for tp in inflight.offsets if tp not in assigned and tp.topic == self.settings.input_topic}
-        if gone:  # revoked meanwhile: written, not committed; the new owner replays them from their undo
-            self.behind.drop_partitions(gone)
-        if not offsets:
-            return True
         try:
+            assigned = self.source.assignment()
+            offsets = {tp: o for tp, o in inflight.offsets.items() if tp in assigned}
+            gone = {tp.partition for tp in inflight.offsets
+                    if tp not in assigned and tp.topic == self.settings.input_topic}
+            if gone:  # revoked meanwhile: written, not committed; the new owner replays them from their undo
+                self.behind.drop_partitions(gone)
+            if not offsets:
+                return True
             with self.steps.time("commit"):
                 done = self.publisher.commit(self.source, offsets, inflight.group)
         except DeliveryError as exc:
-            self._pending = {**offsets, **self._pending}
+            self._pending = {**inflight.offsets, **self._pending}
             self._flush_failed_at = now
             if not idle:
                 self.stats.delivery_failures += 1
                 self.metrics.delivery_failed()
             log.warning("offset commit failed; the window stays open and its commit is tried again: %s", exc)
             return True
+        except BaseException:
+            self._pending = {**inflight.offsets, **self._pending}  # open again: committed, or read again, later
+            raise
+        finally:
+            self._inflight_done = None
         self._trim_replay_log(offsets, done)
         if not done:
             # refused by a rebalance: the window's partitions were rewound to the committed offsets, and
@@ -1526,6 +1548,10 @@ class Worker:
             log.warning("entity state write-behind failed, the batches since the last commit are read again: %s", exc)
             self._pending = {**inflight.offsets, **self._pending}
             return False
+        except BaseException:  # anything else: nothing held can be trusted; read again, never committed
+            self._pending = {**inflight.offsets, **self._pending}
+            self._taken = True
+            raise
         if keep:
             self._pending = {**inflight.offsets, **self._pending}
         else:
@@ -1544,6 +1570,7 @@ class Worker:
         """Forget the open window (write-behind records, uncommitted offsets); the batch to rewind:
         ``batch``'s partitions and the window's."""
         self._join_flush()  # its offsets join the window's (read again), whatever happened to it
+        self._drops += 1
         topic = batch.topic if batch is not None and batch.topic else self.settings.input_topic
         parts = set(batch.partitions) if batch is not None else set()
         parts |= {tp.partition for tp in self._pending if tp.topic == topic}

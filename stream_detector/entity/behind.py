@@ -134,7 +134,9 @@ class WriteBehind:
     Protocol per batch: ``load_raw`` then ``save_raw`` (the enricher's, unchanged: records of
     ``key`` are only *staged* by ``save_raw``), then ``accept`` once the batch is delivered (a batch
     that is held or abandoned is never accepted: the next ``load_raw`` drops what it staged), and
-    ``flush`` before the offsets are committed."""
+    ``flush`` before the offsets are committed — or ``start_flush``, ``Flush.send`` on another
+    thread while the next batches are read and accepted, and ``finish_flush`` before the window's
+    offsets are committed (the worker's ``SD_ENTITY_FLUSH_ASYNC``)."""
 
     def __init__(self, inner: StateStore, key: str, max_records: int = 1_000_000) -> None:
         self.inner = inner
@@ -359,7 +361,8 @@ class WriteBehind:
                 f"worker read them (a partition that moved?); the batches since the last commit are read again")
         while len(self.clean) > self.max_records:
             self.clean.popitem(last=False)
-        self.disabled = self.disabled or self._disabling
+        # off only once nothing it holds is left unwritten (the next window's records may be open already)
+        self.disabled = self.disabled or (self._disabling and not self.dirty)
         return flush.count
 
     @_locked

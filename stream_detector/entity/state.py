@@ -323,10 +323,6 @@ class RedisState:
                  expected: Expected | None = None) -> list[EntityKey]:
         if not records:
             return []
-        ttl = spec.horizon_ms
-        keys = list(records)
-        names = self._names(spec, keys)
-        values = wrap([records[k] for k in keys])
         if expected is not None:
             write = self.prepare_save(spec, records, expected)
             try:
@@ -335,6 +331,10 @@ class RedisState:
                 self.finish_save(write, None)
                 raise
             return self.finish_save(write, lost)
+        ttl = spec.horizon_ms
+        keys = list(records)
+        names = self._names(spec, keys)
+        values = wrap([records[k] for k in keys])
         try:
             self.copies.forget(names)
             pipe = self.client().pipeline(transaction=False)

@@ -463,3 +463,30 @@ def test_a_window_in_flight_whose_write_fails_forgets_every_record_held() -> Non
         behind.finish_flush(flush)
     assert behind.pending == 0 and not behind.clean and not behind.pinned
     assert not any(k[1][0] == "account_id" for k in inner.raw)  # nothing of the accounts was written
+
+
+def test_a_topic_found_not_keyed_while_a_window_is_in_flight_stays_deferred_until_nothing_is_held() -> None:
+    """A review of the asynchronous write (2026-12-06): the window in flight lands while the next
+    window's records are still open; write-behind turns off only once those are written too (off
+    with records held, the next batches would read and write past them in the store)."""
+    events = _events(400, seed=10)
+    pos = [(i % 3, i // 3) for i in range(len(events))]  # round robin: an account on every partition
+    inner = InMemoryState()
+    behind = WriteBehind(inner, "account_id")
+    enricher = Enricher(behind)
+    out = [enricher.features(SPEC, events[:150], pos[:150])]
+    assert behind.accept() is True  # found: a flush is asked for
+    flush = behind.start_flush()
+    assert flush is not None
+    out.append(enricher.features(SPEC, events[150:250], pos[150:250]))  # read while the write is in flight
+    behind.accept()
+    flush.send()
+    behind.finish_flush(flush)
+    assert behind.dirty and not behind.disabled  # the open window's records are not written yet
+    behind.flush()
+    assert behind.disabled and not behind.dirty
+    out.append(enricher.features(SPEC, events[250:], pos[250:]))
+    assert behind.accept() is False and not behind.dirty  # written through
+    fresh = InMemoryState()
+    assert np.array_equal(np.vstack(out), Enricher(fresh).features(SPEC, events, pos), equal_nan=True)
+    assert {k: r["c"] for k, r in inner.records.items()} == {k: r["c"] for k, r in fresh.records.items()}

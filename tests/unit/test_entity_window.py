@@ -51,7 +51,7 @@ def _drain(worker: Worker) -> None:
 
 
 def _worker(accounts: Bundle, broker: MemoryBroker | None = None, control: MemoryControl | None = None,
-            flush_ms: int = 600_000) -> tuple[MemoryBroker, Worker, MemorySource]:
+            flush_ms: int = 600_000, **settings_: Any) -> tuple[MemoryBroker, Worker, MemorySource]:
     """A started worker with write-behind on ``account_id`` (a 10-minute flush interval: the
     window stays open unless a test flushes it) on a four-partition topic of ``broker``; the
     entity state is ``control``'s (a new one's by default: shared, as Redis is, by a restart)."""
@@ -65,7 +65,7 @@ def _worker(accounts: Bundle, broker: MemoryBroker | None = None, control: Memor
         control.publish(accounts)
     settings = Settings(input_topic=TOPIC, alerts_topic=ALERTS, dlq_topic=DLQ, group_id=GROUP, create_topics=False,
                         metrics_port=0, score_feed_sample=0, batch_size=64, threshold_refresh_s=0.05, worker_id="w",
-                        entity_partition_key="account_id", entity_flush_ms=flush_ms)
+                        entity_partition_key="account_id", entity_flush_ms=flush_ms, **settings_)
     source = MemorySource(broker, TOPIC, GROUP, settings.batch_size)
     worker = Worker(settings, control, source, MemoryPublisher(broker))
     worker.start()
@@ -232,3 +232,46 @@ def test_windows_written_while_the_next_batches_are_read_replay_exactly_after_a_
     assert misses == 0
     _offlines(seen, events)
     assert broker.committed(GROUP) == broker.end_offsets(TOPIC)
+
+
+def test_a_window_whose_write_fails_at_a_switch_to_a_pass_through_model_reads_the_batch_in_hand_again(
+        accounts: Bundle) -> None:
+    """A review of the asynchronous write (2026-12-06): the window in flight must land before a model
+    whose records all pass through (a shared key, ``SD_ENTITY_REPLAY_LOG=false``) takes over. When
+    its write fails, the window is dropped and its partitions rewound to the last commit; the batch
+    in hand came after it, so it is not enriched (it would be written and committed past the events
+    read again, which would then find themselves already applied) but read again too."""
+    from types import SimpleNamespace
+
+    from stream_detector.errors import EntityStateUnavailable
+    from stream_detector.worker import _WindowDropped
+
+    events = _raw(400, seed=45)
+    terminals = [dict(e, terminal_id=f"T{i % 7}") for i, e in enumerate(events)]
+    shared = entity_bundle(EntitySpec(keys=("account_id", "terminal_id"), windows=(3600,), max_distinct=8),
+                           terminals[:200], epochs=1)
+    broker, worker, source = _worker(accounts, flush_ms=1, entity_replay_log=False)
+    try:
+        assert worker.behind is not None
+        _append(broker, events[:256])
+        assert worker.run_once() and worker._flush is not None  # the first window in flight
+        assert worker.run_once() and worker._flush is not None  # landed and committed; the second in flight
+        worker._flush.flush.result()  # written (the writer thread's)
+        committed = broker.committed(GROUP)
+        inner = worker.behind.inner
+
+        def refused(write: Any) -> list[int]:
+            raise EntityStateUnavailable("injected: connection refused")
+        inner.send_save = refused  # type: ignore[attr-defined]
+        assert worker.run_once()  # lands the second, puts the third in flight: its write fails
+        assert worker._flush is not None
+        before = broker.committed(GROUP)
+        assert sum(before.values()) > sum(committed.values())
+        batch = source.poll_batch()
+        assert len(batch)
+        with pytest.raises(_WindowDropped):
+            worker._enrich_for(SimpleNamespace(bundle=shared), batch)  # type: ignore[arg-type]
+        assert worker._flush is None and not worker._pending and not worker.behind.pending
+        assert broker.committed(GROUP) == before  # nothing past the window read again
+    finally:
+        worker._writer and worker._writer.shutdown(wait=True)
