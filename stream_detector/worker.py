@@ -528,12 +528,13 @@ class Worker:
                          key, ", ".join(entity.shared_keys(key)))
             elif entity is not None and key in entity.keys and entity.shared_keys(key):
                 log.info("entity state: write-behind for %s (the input topic's key), written and committed every "
-                         "%d ms; %s written with every batch, its features logged until the commit so that a crash "
+                         "%d ms%s; %s written with every batch, its features logged until the commit so that a crash "
                          "replays the window exactly (SD_ENTITY_REPLAY_LOG)", key, self.settings.entity_flush_ms,
-                         ", ".join(entity.shared_keys(key)))
+                         self._how_written(), ", ".join(entity.shared_keys(key)))
             elif entity is not None and key in entity.keys:
                 log.info("entity state: write-behind for %s (the input topic's key), written and committed every "
-                         "%d ms (SD_ENTITY_PARTITION_KEY, SD_ENTITY_FLUSH_MS)", key, self.settings.entity_flush_ms)
+                         "%d ms%s (SD_ENTITY_PARTITION_KEY, SD_ENTITY_FLUSH_MS)", key, self.settings.entity_flush_ms,
+                         self._how_written())
             elif entity is not None:
                 log.info("entity state: the model's history is keyed by %s, not by the topic's key %s "
                          "(SD_ENTITY_PARTITION_KEY): its records are shared across partitions, so they are written "
@@ -1460,6 +1461,11 @@ class Worker:
             self.replay_log.drop(committed)
         except EntityStateUnavailable as exc:  # left to expire (the spec's horizon), or trimmed by the next commit
             log.warning("could not trim the replay log of the committed offsets: %s", exc)
+
+    def _how_written(self) -> str:
+        """For the start-up line: where the write-behind window's write runs."""
+        return (", the write on a thread of its own while the next batches are read (SD_ENTITY_FLUSH_ASYNC)"
+                if self.settings.entity_flush_async else ", the batch in hand waiting for the write")
 
     def _start_flush(self, behind: WriteBehind) -> bool:
         """The open window handed to the writer thread (``WriteBehind.start_flush``): its records

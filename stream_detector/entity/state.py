@@ -172,7 +172,6 @@ class InMemoryState:
     def __init__(self) -> None:
         self.raw: dict[tuple[str, EntityKey], bytes] = {}
         self._specs: dict[str, EntitySpec] = {}
-        self._pending_specs: dict[str, EntitySpec] = {}
         self.round_trips = 0
         self._lock = threading.Lock()  # ``send_save`` may run on another thread (``behind.WriteBehind.start_flush``)
 
@@ -202,7 +201,8 @@ class InMemoryState:
     def prepare_save(self, spec: EntitySpec, records: dict[EntityKey, bytes], expected: Expected) -> CasWrite:
         """As ``RedisState.prepare_save`` (the names are the dict's, ``wants`` the bytes expected)."""
         keys = list(records)
-        self._pending_specs[spec.fingerprint[:12]] = spec
+        with self._lock:
+            self._specs[spec.fingerprint[:12]] = spec
         return CasWrite(keys, [spec.fingerprint[:12]] * len(keys), [expected.get(k) or b"" for k in keys],
                         [records[k] for k in keys], records, spec.horizon_ms)
 
@@ -216,7 +216,6 @@ class InMemoryState:
             for i, (ns, k, value) in enumerate(zip(write.names, write.keys, write.values, strict=True), start=1):
                 if i not in skip:
                     raw[(ns, k)] = value
-                    self._specs.setdefault(ns, self._pending_specs[ns])
             return lost
 
     def finish_save(self, write: CasWrite, lost: list[int] | None) -> list[EntityKey]:

@@ -254,11 +254,7 @@ def test_a_topic_not_keyed_by_the_field_turns_write_behind_off(caplog: pytest.Lo
     """Accounts spread over partitions (a topic keyed by event id): the first such record asks for a
     flush and logs an ERROR; after the flush every record is written on every batch, and the features
     stay those of the per-batch store."""
-    events = _events(400, seed=10)
-    pos = [(i % 3, i // 3) for i in range(len(events))]  # round robin: an account on every partition
-    inner = InMemoryState()
-    behind = WriteBehind(inner, "account_id")
-    enricher = Enricher(behind)
+    events, pos, inner, behind, enricher = _round_robin()
     out = [enricher.features(SPEC, events[:150], pos[:150])]
     with caplog.at_level(logging.ERROR, logger="stream_detector.entity"):
         assert behind.accept() is True
@@ -266,7 +262,24 @@ def test_a_topic_not_keyed_by_the_field_turns_write_behind_off(caplog: pytest.Lo
     assert not any(str(e["account_id"]) in caplog.text for e in events)  # no raw value (a card number?) logged
     behind.flush()
     assert behind.disabled and not behind.dirty
-    out.append(enricher.features(SPEC, events[150:], pos[150:]))
+    _written_through(enricher, behind, inner, events, pos, out, 150)
+
+
+def _round_robin() -> tuple[list[dict[str, Any]], list[tuple[int, int]], InMemoryState, WriteBehind, Enricher]:
+    """Events of accounts spread over three partitions round robin (a topic not keyed by account),
+    and a write-behind enricher over an in-memory store."""
+    events = _events(400, seed=10)
+    pos = [(i % 3, i // 3) for i in range(len(events))]  # an account on every partition
+    inner = InMemoryState()
+    behind = WriteBehind(inner, "account_id")
+    return events, pos, inner, behind, Enricher(behind)
+
+
+def _written_through(enricher: Enricher, behind: WriteBehind, inner: InMemoryState, events: list[dict[str, Any]],
+                     pos: list[tuple[int, int]], out: list[np.ndarray], start: int) -> None:
+    """Write-behind turned off: the events from ``start`` are written through, and every feature
+    (``out`` and theirs) and stored record are the per-batch store's."""
+    out.append(enricher.features(SPEC, events[start:], pos[start:]))
     assert behind.accept() is False and not behind.dirty  # written through
     fresh = InMemoryState()
     assert np.array_equal(np.vstack(out), Enricher(fresh).features(SPEC, events, pos), equal_nan=True)
@@ -469,11 +482,7 @@ def test_a_topic_found_not_keyed_while_a_window_is_in_flight_stays_deferred_unti
     """A review of the asynchronous write (2026-12-06): the window in flight lands while the next
     window's records are still open; write-behind turns off only once those are written too (off
     with records held, the next batches would read and write past them in the store)."""
-    events = _events(400, seed=10)
-    pos = [(i % 3, i // 3) for i in range(len(events))]  # round robin: an account on every partition
-    inner = InMemoryState()
-    behind = WriteBehind(inner, "account_id")
-    enricher = Enricher(behind)
+    events, pos, inner, behind, enricher = _round_robin()
     out = [enricher.features(SPEC, events[:150], pos[:150])]
     assert behind.accept() is True  # found: a flush is asked for
     flush = behind.start_flush()
@@ -485,8 +494,4 @@ def test_a_topic_found_not_keyed_while_a_window_is_in_flight_stays_deferred_unti
     assert behind.dirty and not behind.disabled  # the open window's records are not written yet
     behind.flush()
     assert behind.disabled and not behind.dirty
-    out.append(enricher.features(SPEC, events[250:], pos[250:]))
-    assert behind.accept() is False and not behind.dirty  # written through
-    fresh = InMemoryState()
-    assert np.array_equal(np.vstack(out), Enricher(fresh).features(SPEC, events, pos), equal_nan=True)
-    assert {k: r["c"] for k, r in inner.records.items()} == {k: r["c"] for k, r in fresh.records.items()}
+    _written_through(enricher, behind, inner, events, pos, out, 250)
