@@ -888,9 +888,13 @@ class Worker:
                 count = f" ({topic_partitions(s, s.input_topic)})"
             except Exception:  # noqa: BLE001 - the line says it without the count
                 count = ""
-        return (f"no partition of {s.input_topic} is assigned to this worker: its consumer group {s.group_id} has at "
-                f"least as many members as the topic has partitions{count}, so it stands by until a member leaves "
-                "or the topic gets more partitions")
+        # both causes: the broker does not say which (a trial, 2026-12-06: every restart after a kill -9 read
+        # as "too many workers" for the seconds the dead member's session still held the partitions)
+        return (f"no partition of {s.input_topic} is assigned to this worker: either its consumer group "
+                f"{s.group_id} is still rebalancing (a member that stopped without leaving, e.g. killed, keeps its "
+                "partitions until its session times out, 10 s), or the group has at least as many members as the "
+                f"topic has partitions{count}, and this one stands by until a member leaves or the topic gets more "
+                "partitions")
 
     def _waiting_for_marks(self) -> str | None:
         """Stage 2, for the progress line of a period that handled nothing: the records it holds in

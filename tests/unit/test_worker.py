@@ -411,7 +411,8 @@ def test_a_worker_sharing_its_topic_under_alignment_with_a_grace_warns_once(capl
 def test_a_worker_with_no_partition_says_it_stands_by_once_until_it_gets_one() -> None:
     """Found by a new-user trial: a stage-1 worker that joined a group with as many members as
     partitions said nothing of it. The progress line of a period that handled nothing says it once,
-    and again only after partitions came and went."""
+    and again only after partitions came and went. It names both causes (a later trial: a worker
+    restarted after a kill -9 read "too many members" while the dead one's session held them)."""
     class _Source:
         assigned: set[TopicPartition] = set()
 
@@ -427,9 +428,10 @@ def test_a_worker_with_no_partition_says_it_stands_by_once_until_it_gets_one() -
     worker.source.assigned = set()
     said.append(worker._idle_reason())
     assert said[1:3] == [None, None] and said[0] == said[3]
-    assert said[0] == ("no partition of tx is assigned to this worker: its consumer group g has at least as many "
-                       "members as the topic has partitions, so it stands by until a member leaves or the topic gets "
-                       "more partitions")
+    assert said[0] == ("no partition of tx is assigned to this worker: either its consumer group g is still "
+                       "rebalancing (a member that stopped without leaving, e.g. killed, keeps its partitions until "
+                       "its session times out, 10 s), or the group has at least as many members as the topic has "
+                       "partitions, and this one stands by until a member leaves or the topic gets more partitions")
 
 
 def test_a_model_whose_input_fields_the_events_lack_is_said_once(broker, bundle, caplog) -> None:
