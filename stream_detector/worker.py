@@ -625,7 +625,7 @@ class Worker:
     def close(self) -> None:
         if self.ingester is not None:
             self.ingester.stop()
-        if self._pending or self._flush is not None:  # the delivered batches' state and offsets, as on every flush
+        if self._window_open():  # the delivered batches' state and offsets, as on every flush
             try:
                 self._flush_and_commit(idle=True)
             except Exception:  # noqa: BLE001 - closing anyway: the window is read again by whoever owns it next
@@ -765,7 +765,7 @@ class Worker:
         if not len(batch):
             if self.hold.active:  # every held partition moved to another worker
                 self.hold.release()
-            elif self._pending or self._flush is not None:
+            elif self._window_open():
                 self._flush_and_commit(due_only=True, idle=True)  # a quiet stream still commits its last window
             elif self.settings.stage == "repartition":
                 self._mark_idle()
@@ -958,7 +958,7 @@ class Worker:
                 self._abandon(batch)
                 return False
             defer = self._defers(scorer)
-            if defer or self._pending or self._flush is not None:
+            if defer or self._window_open():
                 self._defer(batch, defer)  # 7 commit: the window's, after its entity state is written
             else:
                 self.hold.in_doubt = self.publisher.transactional  # until the commit returns
@@ -1137,8 +1137,7 @@ class Worker:
             defers = self._defers(scorer)  # a window: its shared keys' features logged until its commit
             enricher.keep_replay_log(self.replay_log, self.behind.key, write=defers and self._log_writes)
             passing = bool(spec.shared_keys(self.behind.key)) and not self._log_writes
-            if passing and not self.behind.passing and (self._pending or self.behind.pending
-                                                        or self._flush is not None):
+            if passing and not self.behind.passing and (self._window_open() or self.behind.pending):
                 drops = self._drops
                 self._flush_and_commit(idle=True)  # the window of the model before: written and committed first
                 if self._drops != drops:  # its write failed: read again from the commit, this batch too
@@ -1230,10 +1229,9 @@ class Worker:
         (an open write-behind window that is still this worker's is written and committed first, so
         only ``batch`` is read again)."""
         self.publisher.abandon()
-        if (self._pending or self._flush is not None) and not self._taken:  # the window is still this worker's
+        if self._window_open() and not self._taken:  # the window is still this worker's
             self._flush_and_commit(idle=True)  # written and committed, so the rewind below re-reads this batch only
-        window = self._pending or self._flush is not None
-        self.source.rewind_to_committed(self._drop_window(batch) if window else batch)
+        self.source.rewind_to_committed(self._drop_window(batch) if self._window_open() else batch)
 
     # ---- write-behind entity state (entity/behind.py) ------------------------------------------
     def _defers(self, scorer: Scorer) -> bool:
@@ -1321,7 +1319,7 @@ class Worker:
         3 on its I/O thread while the worker thread waits in ``poll``), so no batch can be
         delivered meanwhile; the lock makes sure of it."""
         behind = self.behind
-        if not (self._pending or self._flush is not None or self._inflight_done is not None) or behind is None:
+        if not (self._window_open() or self._inflight_done is not None) or behind is None:
             return {}
         if lost or not self._window_lock.acquire(blocking=False):  # evicted, or the window is being changed
             self._taken = True
@@ -1363,7 +1361,7 @@ class Worker:
                 assert self.behind is not None
                 self.behind.committed({tp.partition for tp in offsets if tp.topic == self.settings.input_topic})
             else:
-                self._pending = {**offsets, **self._pending}
+                self._reopen(offsets)
                 self._taken = True
         except Exception:  # noqa: BLE001 - inside the client's poll: never raise there
             log.warning("after the commit in the rebalance hook", exc_info=True)
@@ -1443,11 +1441,7 @@ class Worker:
             # its already-applied account events got features from the current state unless it was
             # the window's first batch (a review, 2026-12-04). Whatever is read again after a crash
             # meanwhile replays from the first uncommitted window's undo (``WriteBehind.pinned``).
-            self._flush_failed_at = now
-            if not idle:
-                self.stats.delivery_failures += 1
-                self.metrics.delivery_failed()
-            log.warning("offset commit failed; the window stays open and its commit is tried again: %s", exc)
+            self._commit_failed(exc, idle, now)
             return
         pending, self._pending = self._pending, {}
         if done:  # the next window's records start undo snapshots of their own (entity/behind.py)
@@ -1465,6 +1459,23 @@ class Worker:
             self.replay_log.drop(committed)
         except EntityStateUnavailable as exc:  # left to expire (the spec's horizon), or trimmed by the next commit
             log.warning("could not trim the replay log of the committed offsets: %s", exc)
+
+    def _window_open(self) -> bool:
+        """Offsets delivered and not committed: the open window's, or a window's being written."""
+        return bool(self._pending) or self._flush is not None
+
+    def _reopen(self, offsets: Offsets) -> None:
+        """``offsets`` (an older window's) back into the open window: committed with it, or read again."""
+        self._pending = {**offsets, **self._pending}
+
+    def _commit_failed(self, exc: DeliveryError, idle: bool, now: float) -> None:
+        """A window's offset commit failed after its write: the window stays open and the next flush
+        commits it (counted as a delivery failure with a batch in hand)."""
+        self._flush_failed_at = now
+        if not idle:
+            self.stats.delivery_failures += 1
+            self.metrics.delivery_failed()
+        log.warning("offset commit failed; the window stays open and its commit is tried again: %s", exc)
 
     def _how_written(self) -> str:
         """For the start-up line: where the write-behind window's write runs."""
@@ -1516,15 +1527,11 @@ class Worker:
             with self.steps.time("commit"):
                 done = self.publisher.commit(self.source, offsets, inflight.group)
         except DeliveryError as exc:
-            self._pending = {**inflight.offsets, **self._pending}
-            self._flush_failed_at = now
-            if not idle:
-                self.stats.delivery_failures += 1
-                self.metrics.delivery_failed()
-            log.warning("offset commit failed; the window stays open and its commit is tried again: %s", exc)
+            self._reopen(inflight.offsets)
+            self._commit_failed(exc, idle, now)
             return True
         except BaseException:
-            self._pending = {**inflight.offsets, **self._pending}  # open again: committed, or read again, later
+            self._reopen(inflight.offsets)  # committed, or read again, later
             raise
         finally:
             self._inflight_done = None
@@ -1556,14 +1563,14 @@ class Worker:
             if isinstance(exc, WriteBehindConflict):
                 self.stats.state_conflicts += 1
             log.warning("entity state write-behind failed, the batches since the last commit are read again: %s", exc)
-            self._pending = {**inflight.offsets, **self._pending}
+            self._reopen(inflight.offsets)
             return False
         except BaseException:  # anything else: nothing held can be trusted; read again, never committed
-            self._pending = {**inflight.offsets, **self._pending}
+            self._reopen(inflight.offsets)
             self._taken = True
             raise
         if keep:
-            self._pending = {**inflight.offsets, **self._pending}
+            self._reopen(inflight.offsets)
         else:
             self._inflight_done = inflight
         return True
