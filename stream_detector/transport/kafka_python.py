@@ -193,6 +193,55 @@ def finish_rejoin(consumer: KafkaConsumer) -> bool:
     return False
 
 
+def keep_finished_joins() -> bool:
+    """Works around a second kafka-python 3.0.12 bug; applied once, when this module is imported.
+    True when the coordinator is patched (False for a kafka-python without the code it mends).
+
+    ``BaseCoordinator.join_group_async`` starts a JoinGroup/SyncGroup round trip as a task and
+    awaits it for the ``poll``'s timeout; a task still in flight is awaited again by the next
+    ``poll``. But a task that *finished* between two polls (the member was busy: scoring a batch, or
+    polling another consumer) counts as over: its assignment is dropped and a new JoinGroup is
+    sent, which starts another rebalance of the whole group. Two members that keep finishing their
+    joins off-poll rebalance for ever: seen as a contract test that waited 60 s for a rebalance
+    (generations 2, 3, 4 … each handing the revoked partition to nobody, the leader advertising
+    partitions it had given up), and as rebalances of 10-27 s where 2 s was usual.
+
+    The patch applies a finished, successful join before the method runs, as the method itself
+    does when it awaits the task in time: state STABLE, heartbeat on, the assignment (and its
+    rebalance listeners) through ``_on_join_complete_async``. A failed task, or one whose
+    generation was lost since (``Generation.is_lost``), is left to the method (a new join)."""
+    from kafka.coordinator.base import BaseCoordinator, MemberState
+
+    original = BaseCoordinator.join_group_async
+    if getattr(original, "_sd_keeps_finished_joins", False):
+        return True
+    if not all(hasattr(BaseCoordinator, name) for name in ("_on_join_complete_async", "_enable_heartbeat")):
+        return False
+
+    async def join_group_async(self: Any, timeout_ms: int | None = None) -> bool:
+        task = getattr(self, "_join_task", None)
+        if task is not None and task.is_done and task.exception is None and not self._generation.is_lost():
+            self._join_task = None
+            with self._lock:
+                self.rejoining = False
+                self.rejoin_needed = False
+                self.state = MemberState.STABLE
+                self._enable_heartbeat()
+            generation = self._generation
+            log.debug("applying a join that finished between polls (generation %d)", generation.generation_id)
+            await self._on_join_complete_async(generation.generation_id, generation.member_id, generation.protocol,
+                                               task.value)
+            return True
+        return bool(await original(self, timeout_ms))
+
+    join_group_async._sd_keeps_finished_joins = True  # type: ignore[attr-defined]
+    BaseCoordinator.join_group_async = join_group_async
+    return True
+
+
+KEEPS_FINISHED_JOINS = keep_finished_joins()
+
+
 def poll_readable(consumer: KafkaConsumer, timeout_ms: int, max_records: int | None = None,
                   quiet: bool = False) -> dict[KTopicPartition, list[Any]]:
     """``consumer.poll`` where a record the client cannot read comes back as one record whose value

@@ -11,7 +11,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewPartitions, NewTopic
 from kafka.errors import KafkaError
 
-from stream_detector.transport.kafka_python import poll_readable
+from stream_detector.transport.kafka_python import KEEPS_FINISHED_JOINS, poll_readable
 from tests.helpers import wait_until
 from tests.services import Services
 
@@ -62,4 +62,40 @@ def test_kafka_python_finishes_the_rejoin_after_partitions_are_added_even_on_sho
     finally:
         consumer.close(autocommit=False)
         producer.close(timeout=10)
+        admin.close()
+
+
+def test_kafka_python_applies_a_join_that_finished_between_polls(services: Services) -> None:
+    """The second kafka-python 3.0.12 bug (``transport.kafka_python.keep_finished_joins``): a join
+    whose round trip ends while no ``poll`` awaits it was dropped and a new JoinGroup sent, so the
+    group rebalanced again (a second generation here; two members doing so rebalanced for ever).
+    Made certain: polls that wait 0 ms, and no poll while a join is in flight (the first JoinGroup
+    of a new member fails by design, MEMBER_ID_REQUIRED: the next one is started by a poll)."""
+    assert KEEPS_FINISHED_JOINS, "the patch no longer fits this kafka-python: check whether it still has the bug"
+    topic = f"join-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=services.kafka)
+    consumer = KafkaConsumer(bootstrap_servers=services.kafka, group_id=f"group-{topic}", enable_auto_commit=False,
+                             auto_offset_reset="earliest")
+    try:
+        admin.create_topics([NewTopic(topic, 2, 1)])
+        wait_until(lambda: consumer.partitions_for_topic(topic), message=f"metadata of {topic}")
+        consumer.subscribe([topic])
+        coordinator = consumer._coordinator
+
+        def joined_off_poll() -> bool:
+            poll_readable(consumer, 0)
+            task = coordinator._join_task
+            assert not consumer.assignment(), "a join was awaited by a 0 ms poll: nothing left to test"
+            if task is None:
+                return False
+            wait_until(lambda: task.is_done, message="the join's round trip ended, with no poll awaiting it")
+            return task.exception is None
+
+        wait_until(joined_off_poll, interval_s=0.0, message="a join that succeeded between polls")
+        poll_readable(consumer, 0)
+        assert sorted(tp.partition for tp in consumer.assignment()) == [0, 1]
+        assert consumer.group_metadata().generation_id == 1, "the finished join applied, not a new one sent"
+        assert coordinator.rebalance_in_progress() is False
+    finally:
+        consumer.close(autocommit=False)
         admin.close()
