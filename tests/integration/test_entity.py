@@ -1071,3 +1071,71 @@ def test_two_workers_quiet_then_sent_a_burst_apply_it_like_the_time_ordered_file
     wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, timeout_s=180, message="drained")
     assert seen[0].batches and seen[1].batches  # both took part
     assert _like_offline(settings, bundle, events, seen[0].by_id() | seen[1].by_id())
+
+
+class _CommitsFailFrom(_NeverCommits):
+    """The real publisher until ``fail_from()`` is called; every offset commit after it fails
+    (retriable, a coordinator away): the windows stay open until the worker dies."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.failing = False
+
+    def fail_from(self) -> None:
+        self.failing = True
+
+    def commit(self, *args: Any) -> Any:
+        self.commits += 1
+        if self.failing:
+            raise DeliveryError("injected: the commit timed out")
+        return self.inner.commit(*args)
+
+
+@pytest.mark.parametrize(("transport", "then"), [("kafka-python", "keeps"), ("kafka-python", "dies"),
+                                                 pytest.param("confluent", "keeps", marks=LONG_TIER)])
+def test_one_worker_quiet_then_sent_a_burst_applies_it_like_the_time_ordered_file(
+        settings: Settings, run_worker: Any, two_keys_bundle: Bundle, transport: str, then: str) -> None:
+    """Live traffic after a quiet spell, one worker (account + merchant history, four partitions):
+    it drains a first part of the time-ordered file and goes quiet, so its partitions count as
+    idle; then the rest reaches all four. The client hands out some partitions' part of the burst
+    before it knows the others have any, and those hold the release until theirs arrive
+    (``AlignedSource._unseen``): features equal offline enrichment of the file, and the alerts are
+    offline's. Before 2026-12-06, 2,242-2,483 of the burst's 2,500 events got other merchant
+    features (3 runs of 3). ``dies``: from the burst on, every commit fails and the worker dies
+    before one goes through; its successor replays the burst (windows and replay log) like offline."""
+    events = sorted(_raw(4000, seed=25), key=lambda e: e["timestamp"])
+    bundle = two_keys_bundle
+    settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 300, "transport": transport})
+    _publish(settings, bundle)
+    with EventProducer(settings, settings.input_topic) as producer:  # keyed by account
+        producer.send(events[:1500])
+    publisher = _CommitsFailFrom(make_sink(settings))
+    a = Worker(settings, publisher=publisher)  # type: ignore[arg-type]
+    a.start()
+    seen = _Collector()
+    assert a.enricher is not None and isinstance(a.source, AlignedSource)
+    a.enricher.on_enriched = seen
+    run_worker.run_started(a)
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="the first part drained")
+    if then == "dies":
+        publisher.fail_from()
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events[1500:])
+    if then == "keeps":
+        wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="the burst drained")
+        assert _like_offline(settings, bundle, events, seen.by_id())
+        return
+    wait_until(lambda: a.stats.events == len(events) and publisher.commits > 2, message="A handled the burst")
+    a.source.on_revoke = None  # a dead worker commits nothing as it leaves the group
+    a.stop()
+    thread = next(t for w, t in run_worker.started if w is a)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert lag(settings, settings.group_id, settings.input_topic) == len(events) - 1500  # the burst: uncommitted
+    b = run_worker(Worker(settings.model_copy(update={"entity_flush_ms": 200})))
+    again = _Collector()
+    assert b.enricher is not None
+    b.enricher.on_enriched = again
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="B drained")
+    assert sum(map(len, again.batches)) == len(events) - 1500
+    assert _like_offline(settings, bundle, events, seen.by_id() | again.by_id())

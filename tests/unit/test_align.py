@@ -772,6 +772,124 @@ def test_a_burst_after_a_quiet_spell_is_applied_in_event_time_order_by_several_w
     assert applied[4:] == [5000.0, 6000.0, 7000.0, 8000.0]
 
 
+class _FetchesInTurn(_OnePartition):
+    """One worker's client on partitions 0 and 1 of a ``_SharedLog``, as kafka-python hands out a
+    fetch: each poll gives what one partition has (the partitions taking turns), and a partition's
+    high watermark is known as of the last poll that handed that partition out."""
+
+    def __init__(self, log: _SharedLog) -> None:
+        super().__init__(0, [], fetch=1000)
+        from stream_detector.transport.base import TopicPartition
+
+        self.log, self.turn = log, 0
+        self.at, self.seen_end = {0: 0, 1: 0}, {0: 0, 1: 0}
+        self.tps = {TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)}
+
+    def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch:
+        for p in (self.turn, 1 - self.turn):
+            values = self.log.values.get(p, [])
+            if self.at[p] < len(values):
+                self.turn = 1 - p
+                got = values[self.at[p]:]
+                out = Batch(topic=TOPIC, partitions=[p] * len(got), offsets=list(range(self.at[p], len(values))),
+                            keys=[None] * len(got), values=got, timestamps=[0] * len(got), headers=[()] * len(got))
+                self.at[p] = self.seen_end[p] = len(values)
+                return out
+        return Batch(topic=TOPIC)
+
+    def assignment(self) -> set[object]:
+        return set(self.tps)
+
+    def highwaters(self) -> dict[int, int | None]:
+        return dict(self.seen_end)
+
+    def backlog(self, ask: bool = False) -> dict[int, int | None]:
+        return {p: self.seen_end[p] - self.at[p] for p in (0, 1)}
+
+    def end_offsets(self, partitions: Any) -> dict[int, int]:
+        return {p: len(self.log.values.get(p, [])) for p in partitions}
+
+
+def test_a_burst_after_a_quiet_spell_is_applied_in_event_time_order_by_one_worker() -> None:
+    """One worker on two partitions drains what there is and goes quiet past ``idle_ms``, so both
+    count as idle; then a burst reaches both, and the client hands out partition 0's part first
+    while partition 1's high watermark is still the old one. Partition 1 must hold the release at
+    its newest record until its part arrives: an idle partition is checked against the broker's
+    end (``AlignedSource._unseen``). Before, partition 0's whole burst went first (an integration
+    test's second burst of 2,500 events: 2,242-2,483 with other merchant features than offline)."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001
+        return now[0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    log = _SharedLog()
+    log.append(0, [1000.0, 3000.0])
+    log.append(1, [2000.0, 4000.0])
+    client = _FetchesInTurn(log)
+    source = AlignedSource(client, batch_size=25, idle_ms=100, clock=clock, sleep=sleep)  # type: ignore[arg-type]
+    source.enabled, source.topic = True, TOPIC
+    applied: list[float] = []
+
+    def turn() -> None:
+        batch = source.poll_batch()
+        applied.extend(_times([batch]))
+        source.settled(batch.next_offsets())
+
+    for _ in range(20):  # drain, then stay quiet well past idle_ms
+        turn()
+    assert applied == [1000.0, 2000.0, 3000.0, 4000.0]
+    log.append(0, [5000.0, 7000.0])
+    log.append(1, [6000.0, 8000.0])
+    client.turn = 0  # partition 0's part is handed out first
+    for _ in range(20):
+        turn()
+    assert applied[4:] == [5000.0, 6000.0, 7000.0, 8000.0]
+
+
+def test_records_the_client_cannot_fetch_hold_an_idle_partition_no_longer_than_idle_ms() -> None:
+    """The other side of ``_unseen``: the broker's end of partition 1 stays past what its client can
+    hand out (an open transaction under read_committed). Partition 0's new records wait for
+    ``idle_ms`` at most, then go as the idle rule lets them; the hold is counted from when the
+    broker was first found ahead, not from each poll."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001
+        return now[0]
+
+    log = _SharedLog()
+    log.append(0, [1000.0])
+    log.append(1, [2000.0])
+    client = _FetchesInTurn(log)
+    ahead = {1: 0}
+    ends = client.end_offsets
+    client.end_offsets = lambda partitions: {p: e + ahead.get(p, 0) for p, e in ends(partitions).items()}  # type: ignore[method-assign]
+    source = AlignedSource(client, batch_size=25, idle_ms=100, clock=clock, sleep=lambda s: None)  # type: ignore[arg-type]
+    source.enabled, source.topic = True, TOPIC
+    applied: list[tuple[float, float]] = []
+    for _ in range(300):  # drain, then stay quiet past idle_ms
+        batch = source.poll_batch()
+        applied += [(t, now[0]) for t in _times([batch])]
+    assert [t for t, _ in applied] == [1000.0, 2000.0]
+    ahead[1] = 1
+    log.append(0, [3000.0])
+    asked = now[0]
+    for _ in range(300):
+        batch = source.poll_batch()
+        applied += [(t, now[0]) for t in _times([batch])]
+    assert [t for t, _ in applied] == [1000.0, 2000.0, 3000.0]
+    assert 0.1 <= applied[-1][1] - asked < 0.3  # held for about idle_ms
+    log.append(0, [4000.0])
+    asked = now[0]
+    batch = source.poll_batch()
+    applied += [(t, now[0]) for t in _times([batch])]
+    assert [t for t, _ in applied][3:] == [4000.0] and applied[-1][1] - asked < 0.05  # not again on every poll
+
+
 def test_an_idle_claim_holds_again_once_the_broker_has_records_past_its_end() -> None:
     """``peer_bound``: an idle entry with a known end offset counts as idle only while the
     broker's end is still that; past it, it holds at its head. Unknown ends (-1, entries written
