@@ -724,6 +724,27 @@ class _Owner(_OnePartition):
         return {p: len(self.log.values.get(p, [])) for p in partitions}
 
 
+def _scripted_time() -> tuple[list[float], Any, Any]:
+    """Scripted workers' time: ``now[0]``, a clock that moves 1 ms per look, and a sleep that moves it."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001
+        return now[0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+    return now, clock, sleep
+
+
+def _quiet_after(first: list[float], second: list[float]) -> _SharedLog:
+    """Partitions 0 and 1 holding ``first`` and ``second`` (event times), to drain before a quiet spell."""
+    log = _SharedLog()
+    log.append(0, first)
+    log.append(1, second)
+    return log
+
+
 def test_a_burst_after_a_quiet_spell_is_applied_in_event_time_order_by_several_workers() -> None:
     """Two workers at grace 0, each owning one partition, drain what there is and go quiet, so
     each publishes its partition idle; then a burst reaches both partitions. Whichever worker polls
@@ -733,18 +754,8 @@ def test_a_burst_after_a_quiet_spell_is_applied_in_event_time_order_by_several_w
     scoring raises 163, one run of five)."""
     from stream_detector.store.watermarks import MemoryWatermarks
 
-    now = [0.0]
-
-    def clock() -> float:
-        now[0] += 0.001
-        return now[0]
-
-    def sleep(seconds: float) -> None:
-        now[0] += seconds
-
-    log = _SharedLog()
-    log.append(0, [1000.0, 3000.0])
-    log.append(1, [2000.0, 4000.0])
+    now, clock, sleep = _scripted_time()
+    log = _quiet_after([1000.0, 3000.0], [2000.0, 4000.0])
     peers = MemoryWatermarks(grace_ms=0, stale_ms=600_000, partitions=2, clock=lambda: now[0])
     workers = []
     for p in range(2):
@@ -817,18 +828,8 @@ def test_a_burst_after_a_quiet_spell_is_applied_in_event_time_order_by_one_worke
     its newest record until its part arrives: an idle partition is checked against the broker's
     end (``AlignedSource._unseen``). Before, partition 0's whole burst went first (an integration
     test's second burst of 2,500 events: 2,242-2,483 with other merchant features than offline)."""
-    now = [0.0]
-
-    def clock() -> float:
-        now[0] += 0.001
-        return now[0]
-
-    def sleep(seconds: float) -> None:
-        now[0] += seconds
-
-    log = _SharedLog()
-    log.append(0, [1000.0, 3000.0])
-    log.append(1, [2000.0, 4000.0])
+    now, clock, sleep = _scripted_time()
+    log = _quiet_after([1000.0, 3000.0], [2000.0, 4000.0])
     client = _FetchesInTurn(log)
     source = AlignedSource(client, batch_size=25, idle_ms=100, clock=clock, sleep=sleep)  # type: ignore[arg-type]
     source.enabled, source.topic = True, TOPIC
@@ -855,15 +856,8 @@ def test_records_the_client_cannot_fetch_hold_an_idle_partition_no_longer_than_i
     hand out (an open transaction under read_committed). Partition 0's new records wait for
     ``idle_ms`` at most, then go as the idle rule lets them; the hold is counted from when the
     broker was first found ahead, not from each poll."""
-    now = [0.0]
-
-    def clock() -> float:
-        now[0] += 0.001
-        return now[0]
-
-    log = _SharedLog()
-    log.append(0, [1000.0])
-    log.append(1, [2000.0])
+    now, clock, _ = _scripted_time()
+    log = _quiet_after([1000.0], [2000.0])
     client = _FetchesInTurn(log)
     ahead = {1: 0}
     ends = client.end_offsets
