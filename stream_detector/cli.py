@@ -41,13 +41,18 @@ class _UtcFormatter(logging.Formatter):
 
 class _JsonFormatter(_UtcFormatter):
     """``SD_LOG_JSON``: one JSON object per line (``ts``, ``level``, ``logger``, ``msg``, the record's
-    context fields, and ``exc`` with a traceback)."""
+    context fields, and ``exc`` with a traceback); ``process``: fields every line carries (a
+    worker's ``worker`` id and ``pid``)."""
+
+    def __init__(self, process: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.process = process or {}
 
     def format(self, record: logging.LogRecord) -> str:
         context = {k: getattr(record, k) for k in _LOG_CONTEXT if hasattr(record, k)}
         if record.exc_info:
             context["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps({"ts": self.formatTime(record), "level": record.levelname,
+        return orjson.dumps({"ts": self.formatTime(record), "level": record.levelname, **self.process,
                              "logger": record.name, "msg": record.getMessage(), **context}).decode()
 
 
@@ -80,15 +85,22 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def _setup_logging(settings: Settings | None, verbose: bool = False, one_shot: bool = False) -> None:
+def _setup_logging(settings: Settings | None, verbose: bool = False, one_shot: bool = False,
+                   worker: bool = False) -> None:
+    """The process's log: level, text or JSON (``SD_LOG_JSON``), kafka-python's noise filtered.
+    ``worker``: every line names the worker (``SD_WORKER_ID``, the host name by default) and its
+    process id, so that the lines of several workers in one terminal or log store can be told apart
+    (a new-user trial scaling out could not tell whose "revoked"/"assigned" line was whose)."""
     global _JSON_LINES
     level = "DEBUG" if verbose else (settings.log_level if settings else "INFO")
     handler = _StderrHandler()
     _JSON_LINES = settings is not None and settings.log_json
+    process = {"worker": settings.worker_id, "pid": os.getpid()} if worker and settings is not None else {}
     if _JSON_LINES:
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(_JsonFormatter(process))
     else:
-        handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        tag = f" [{process['worker']} pid {process['pid']}]".replace("%", "%%") if process else ""
+        handler.setFormatter(_UtcFormatter(f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("kafka").setLevel(logging.WARNING)
     # kafka-python 3 warns of every slow task on its network thread ("Task ... ran for 0.268s ... It
@@ -2222,7 +2234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = load_settings()
-        _setup_logging(settings, args.verbose, one_shot=_one_shot(args))
+        _setup_logging(settings, args.verbose, one_shot=_one_shot(args), worker=args.command == "worker")
         if args.command != "check-config":  # which reports them as failed checks
             for typo in unknown_settings():
                 _say(f"warning: {typo}")

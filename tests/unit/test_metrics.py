@@ -227,6 +227,37 @@ def test_json_logs_carry_the_context_fields_of_notable_lines():
         root.setLevel(level)
 
 
+def test_a_workers_log_lines_name_the_worker_and_its_process():
+    """A new-user trial ran three workers in one terminal and could not tell whose "revoked" line
+    was whose: a worker's lines carry its ``SD_WORKER_ID`` and process id, as text and as JSON;
+    other commands' lines keep their shape."""
+    import logging
+    import os
+
+    from stream_detector.cli import _setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    record = logging.LogRecord("stream_detector.source", logging.INFO, __file__, 1, "revoked %s", ([1],), None)
+    try:
+        _setup_logging(Settings(worker_id="pod-7"), worker=True)
+        formatter = root.handlers[0].formatter
+        assert formatter is not None
+        assert formatter.format(record).endswith(f"Z INFO [pod-7 pid {os.getpid()}] stream_detector.source: revoked [1]")
+        _setup_logging(Settings(worker_id="pod-7", log_json=True), worker=True)
+        formatter = root.handlers[0].formatter
+        assert formatter is not None
+        line = orjson.loads(formatter.format(record))
+        assert (line["worker"], line["pid"], line["msg"]) == ("pod-7", os.getpid(), "revoked [1]")
+        _setup_logging(Settings(worker_id="pod-7"))
+        formatter = root.handlers[0].formatter
+        assert formatter is not None
+        assert formatter.format(record).endswith("Z INFO stream_detector.source: revoked [1]")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def test_with_json_logs_the_commands_own_lines_are_json_too(capsys, monkeypatch) -> None:
     """Found by a new-user trial: with SD_LOG_JSON the worker's last line ("worker stopped: …") and
     a command's error line were plain text in a JSON log. Every line on stderr is now one JSON
