@@ -26,6 +26,7 @@ SUITES = {
     "error-weights": "benchmarks.error_weights",
     "scoring-threads": "benchmarks.scoring_threads",
     "cli-startup": "benchmarks.cli_startup",
+    "end-offsets": "benchmarks.end_offsets",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -48,6 +49,7 @@ WHAT = {
     "error-weights": "per-feature error weights over training + validation rows vs validation rows alone",
     "scoring-threads": "step 4 with one intra-op thread (the worker's default) vs torch's default, alone and busy",
     "cli-startup": "registry, threshold and lag commands now vs with torch imported first (the old import chain)",
+    "end-offsets": "the confluent source's end offsets: one ListOffsets request vs one per partition (before)",
 }
 
 
