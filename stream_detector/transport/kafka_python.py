@@ -202,7 +202,7 @@ def keep_finished_joins() -> bool:
     ``poll``. But a task that *finished* between two polls (the member was busy: scoring a batch, or
     polling another consumer) counts as over: its assignment is dropped and a new JoinGroup is
     sent, which starts another rebalance of the whole group. Two members that keep finishing their
-    joins off-poll rebalance for ever: seen as a contract test that waited 60 s for a rebalance
+    joins off-poll keep rebalancing: seen as a contract test that waited 60 s for a rebalance
     (generations 2, 3, 4 … each handing the revoked partition to nobody, the leader advertising
     partitions it had given up), and as rebalances of 10-27 s where 2 s was usual.
 

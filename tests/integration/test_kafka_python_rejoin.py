@@ -68,7 +68,7 @@ def test_kafka_python_finishes_the_rejoin_after_partitions_are_added_even_on_sho
 def test_kafka_python_applies_a_join_that_finished_between_polls(services: Services) -> None:
     """The second kafka-python 3.0.12 bug (``transport.kafka_python.keep_finished_joins``): a join
     whose round trip ends while no ``poll`` awaits it was dropped and a new JoinGroup sent, so the
-    group rebalanced again (a second generation here; two members doing so rebalanced for ever).
+    group rebalanced again (a second generation here; two members doing so kept rebalancing).
     Made certain: polls that wait 0 ms, and no poll while a join is in flight (the first JoinGroup
     of a new member fails by design, MEMBER_ID_REQUIRED: the next one is started by a poll)."""
     assert KEEPS_FINISHED_JOINS, "the patch no longer fits this kafka-python: check whether it still has the bug"
