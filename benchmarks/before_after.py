@@ -138,6 +138,9 @@ def main(argv: list[str]) -> int:
                         help="the entity-worker workload (account + terminal history, state in Redis: "
                              "benchmarks/entity_worker.py's model and events); drains only, a fresh state "
                              "prefix per run")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="the drains' SD_BATCH_SIZE (default: the worker's own, 8,192): a small batch is the "
+                             "per-batch cost a worker at a moderate load pays (a 20,000/s latency run's ~500 events)")
     parser.add_argument("--section", default="before-after",
                         help="RESULTS.md section to write (default %(default)s: issue 15's check)")
     parser.add_argument("--title", default="Before/after (same run): issue 15's restructuring",
@@ -229,6 +232,8 @@ def main(argv: list[str]) -> int:
                                "SD_ALERTS_TOPIC": settings.alerts_topic, "SD_DLQ_TOPIC": settings.dlq_topic,
                                "SD_GROUP_ID": f"ba-{name}-{transport}-{r}-{tag}", "SD_TRANSPORT": transport,
                                "SD_CREATE_TOPICS": "false", "SD_WORKER_ID": f"ba-{name}-{r}"}
+                        if args.batch_size:
+                            env["SD_BATCH_SIZE"] = str(args.batch_size)
                         got = _run(trees[name], _DRAIN, [str(args.events)], env)  # type: ignore[arg-type]
                         rates.setdefault((transport, name), []).append(float(got["events_per_s"]))
                         step_runs.setdefault((transport, name), []).append(got.get("steps", {}))
@@ -275,7 +280,7 @@ def render(rows: list[tuple[str, str, float, list[float]]], rev: str, head: str,
            args: argparse.Namespace) -> str:
     lines = [f"`python -m benchmarks before-after --baseline {rev} --events {args.events} --rounds {args.rounds} "
              f"--transports {args.transports}{' --padded' if args.padded else ''}{' --drift' if args.drift else ''}"
-             f"{' --entity' if args.entity else ''}"
+             f"{' --entity' if args.entity else ''}{f' --batch-size {args.batch_size}' if args.batch_size else ''}"
              f"{f' --section {args.section}' if args.section != 'before-after' else ''}`: "
              f"baseline `{rev}` against `{head}`{' plus uncommitted changes' if dirty else ''}, one worker process draining the same "
              "pre-produced topic (fresh group per run), runs alternating A B A B. Median of the runs; the ratio is "

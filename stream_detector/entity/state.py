@@ -48,6 +48,7 @@ from redis.exceptions import RedisClusterException
 
 from ..entity_spec import EntitySpec
 from ..errors import EntityStateUnavailable
+from ..redis_client import packed_call
 from .binary import decode, encode
 
 Record = dict[str, Any]
@@ -275,6 +276,9 @@ class RedisState:
         return self.r
 
     def _mget(self, names: list[str]) -> list[Any]:
+        """One MGET, packed by hiredis (``redis_client.packed_call``)."""
+        if isinstance(self.r, redis.Redis):
+            return list(packed_call(self.r, "MGET", *names))
         return list(self.r.mget(names))
 
     def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
@@ -406,12 +410,18 @@ class RedisState:
         return read
 
     def _compare_and_set(self, names: list[str], wants: list[bytes], values: list[bytes], ttl: int) -> list[int]:
-        """One ``CAS_SCRIPT`` call over every record (EVALSHA; redis-py loads the script on NOSCRIPT)."""
-        assert self._cas is not None
-        args: list[Any] = [ttl]
-        for want, value in zip(wants, values, strict=True):
-            args += [want, value]
-        return [int(i) for i in self._cas(keys=names, args=args)]
+        """One ``CAS_SCRIPT`` call over every record (EVALSHA, packed by hiredis: ``redis_client.packed_call``;
+        the script loaded on NOSCRIPT, as redis-py's ``Script`` does)."""
+        cas = self._cas
+        assert cas is not None and isinstance(self.r, redis.Redis)
+        pairs: list[bytes] = [b""] * (2 * len(values))
+        pairs[0::2], pairs[1::2] = wants, values
+        try:
+            lost = packed_call(self.r, "EVALSHA", cas.sha, len(names), *names, ttl, *pairs)
+        except redis.exceptions.NoScriptError:  # a restarted or other server: load it, once (as redis-py's Script)
+            cas.sha = self.r.script_load(CAS_SCRIPT)
+            lost = packed_call(self.r, "EVALSHA", cas.sha, len(names), *names, ttl, *pairs)
+        return [int(i) for i in lost]
 
 
 class _Copies:
