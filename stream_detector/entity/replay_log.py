@@ -21,15 +21,18 @@ element per (batch, shared key) — ``encode``: magic ``SDL1``, the largest offs
 ASCII digits, for the trim below), the spec fingerprint (12 ASCII bytes), the key's name, then
 the batch's offsets from that partition (int64) and their features (float64, the key's
 ``EntitySpec.fields_for`` columns, bit for bit). Written with the batch's
-state (one pipelined ``RPUSH`` + ``PEXPIRE`` per partition, before the compare-and-set: an entry
+state (per partition one ``RPUSH`` of the entry and one of its largest offset to the list's tops,
+``tops_name``, with their ``PEXPIRE``s: one ``MULTI``/``EXEC`` on a single Redis, a pipeline on a
+cluster; before the compare-and-set: an entry
 whose write never happened is ignored, because only events a record holds are looked up);
 when an event is in several entries, the **last** one holds its features (a batch read again
 after a crash found the event applied and logged the features it got from an earlier entry, or
 computed it anew and applied it). Once a partition's offsets are committed, its entries holding
 only offsets below the committed one are dropped from the head of the list (``drop``:
-``TRIM_SCRIPT``; entries of a window read again after a crash sit behind older ones and go when
-the commits pass them); a list expires with the spec's horizon otherwise. Size: 8 bytes per event and feature of
-the shared keys, held for one commit window (``SD_ENTITY_FLUSH_MS``).
+``TRIM_SCRIPT``, which reads the tops, not the entries; entries of a window read again after a
+crash sit behind older ones and go when the commits pass them); a list expires with the spec's
+horizon otherwise. Size: 8 bytes per event and feature of the shared keys, held for one commit
+window (``SD_ENTITY_FLUSH_MS``), and a few bytes per entry for its top.
 """
 
 from __future__ import annotations
