@@ -243,9 +243,13 @@ class RedisFeatureLog:
         self.topic = topic
         self.appends = 0
         self.trims = 0
-        # since the last trim, entries appended or found: none (a model without a shared key, a worker past
-        # what its predecessor logged) → nothing to trim, no round trip
-        self._touched = False
+        # partition → the largest offset of the entries this log appended or found there that no trim
+        # has passed yet: none (a model without a shared key, a worker past what its predecessor logged)
+        # → nothing to trim, no round trip. Before 2026-12-06 one flag, cleared by every trim, also
+        # cleared it for entries appended after the window being committed (the next window, read
+        # while the last one was written): their own commit then skipped the trim, and they stayed
+        # until the horizon (a new-user trial found one such entry left in a drained list).
+        self._left: dict[int, int] = {}
 
     @property
     def r(self) -> redis.Redis | RedisCluster:
@@ -279,7 +283,7 @@ class RedisFeatureLog:
             pipe.rpush(tops, int(mine.max()) if mine.size else -1)
             pipe.pexpire(name, spec.horizon_ms)
             pipe.pexpire(tops, spec.horizon_ms)
-        self._touched = True  # before: a write that failed may have landed
+            self._keep(p, int(mine.max()) if mine.size else -1)  # before: a write that failed may have landed
         try:
             pipe.execute()
         except REDIS_ERRORS as exc:
@@ -302,13 +306,21 @@ class RedisFeatureLog:
         for (_p, rows), entries in zip(groups, lists, strict=True):
             f, v = lookup(entries, spec, key, offsets[rows], width)
             found[rows], values[rows] = f, v
-        self._touched = self._touched or any(lists)
+        for (p, _rows), entries in zip(groups, lists, strict=True):
+            for entry in entries:  # a predecessor's: trimmed with this worker's commits of the partition
+                top = entry[4:24]
+                self._keep(p, int(top) if entry[:4] == MAGIC and top.strip(b"-").isdigit() else -1)
         return found, values
 
+    def _keep(self, partition: int, top: int) -> None:
+        self._left[partition] = max(self._left.get(partition, -1), top)
+
     def drop(self, committed: Mapping[int, int]) -> None:
-        """As ``FeatureLog.drop``; nothing to do (no round trip) when nothing was appended or found
-        since the last one (a model without a shared key, a worker without a predecessor's log)."""
-        if not committed or not self._touched:
+        """As ``FeatureLog.drop``; nothing to do (no round trip) unless some partition of
+        ``committed`` has entries this log appended or found that no trim has passed (a model without
+        a shared key, a worker without a predecessor's log: none). Every partition of ``committed``
+        is trimmed in that round trip."""
+        if not committed or not any(int(p) in self._left for p in committed):
             return
         self.trims += 1
         client = self.r
@@ -321,6 +333,8 @@ class RedisFeatureLog:
                 for p, offset in committed.items():
                     pipe.eval(TRIM_SCRIPT, 2, self.name(int(p)), self.tops_name(int(p)), int(offset))
                 pipe.execute()
-            self._touched = False
         except REDIS_ERRORS as exc:
             raise EntityStateUnavailable(f"entity replay log trim failed: {exc}") from exc
+        for p, offset in committed.items():  # the trim passed every entry below the commit (the prefix rule)
+            if int(p) in self._left and self._left[int(p)] < int(offset):
+                del self._left[int(p)]

@@ -44,7 +44,6 @@ def _append(logs: tuple[RedisFeatureLog, InMemoryFeatureLog], offsets: np.ndarra
 
 
 def _drop(logs: tuple[Any, InMemoryFeatureLog], committed: dict[int, int]) -> None:
-    logs[0]._touched = True  # a trim with nothing appended or found since the last one is skipped: not here
     logs[0].drop(committed)
     logs[1].drop(committed)
 
@@ -116,3 +115,23 @@ def test_tops_that_do_not_match_the_entries_never_make_a_trim_drop_more(settings
     for committed in (5, 30, 66, 75, 200):
         _drop(logs, {0: committed})
         assert client.lrange(name, 0, -1) == logs[1].lists.get(0, []), committed
+
+
+def test_entries_of_the_next_window_are_trimmed_by_its_own_commit(settings: Settings) -> None:
+    """With the window written on the writer thread, the next window's batches are logged before the
+    last one's commit trims: that trim keeps them, and the next commit, with nothing logged after
+    it, still trims them (before 2026-12-06 it was skipped, and they stayed until the horizon)."""
+    rng = np.random.default_rng(3)
+    client = redis.Redis.from_url(settings.redis_url)
+    logs: tuple[Any, InMemoryFeatureLog] = (RedisFeatureLog(client, settings.redis_prefix, settings.input_topic),
+                                            InMemoryFeatureLog())
+    _append(logs, np.arange(0, 10, dtype=np.int64), rng)  # window 1
+    _append(logs, np.arange(10, 20, dtype=np.int64), rng)  # window 2, read while window 1 was written
+    _drop(logs, {0: 10})  # window 1 committed
+    assert client.llen(logs[0].name(0)) == 1
+    trims = logs[0].trims
+    _drop(logs, {0: 20})  # window 2 committed, nothing logged since
+    assert logs[0].trims == trims + 1
+    assert client.llen(logs[0].name(0)) == 0 and client.llen(logs[0].tops_name(0)) == 0
+    _drop(logs, {0: 30})  # nothing left of this log's: no round trip
+    assert logs[0].trims == trims + 1
