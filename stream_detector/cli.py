@@ -286,7 +286,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         _say(f"{len(events)} events; training on {len(normal)} with {source}{normal_label}")
     else:
         normal = events
-        _say(f"{len(events)} events; no label column: training on all of them")
+        named = sorted({"label", "is_fraud", "fraud", "class"}.intersection(events[0]) if events else set())
+        hint = (f"; the file has {', '.join(named)}: --label-column {named[0]} trains on its --normal-label rows only"
+                if named else "")
+        _say(f"{len(events)} events; no --label-column: training on all of them, anomalies included{hint}")
     config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
                          threshold_method=args.threshold_method, k_std=args.k_std,
                          k_fence=args.k_fence, max_alert_rate=args.max_alert_rate,
@@ -1901,7 +1904,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the active model in Redis (SD_REDIS_URL, SD_REDIS_PREFIX), publishes alerts to "
                                    "SD_ALERTS_TOPIC and bad records to SD_DLQ_TOPIC, commits offsets after delivery. "
                                    "Every setting is an SD_* environment variable (README, Configuration; "
-                                   "`stream-detector check-config` checks them against the services). With "
+                                   "`stream-detector check-config` checks them against the services). "
+                                   "Batching: SD_BATCH_SIZE (most events scored at once, default 8,192) and "
+                                   "SD_BATCH_MAX_WAIT_MS (longest wait to fill a batch after its first record, "
+                                   "default 20). With "
                                    "entity features keyed by a field other than the topic's key "
                                    "(SD_ENTITY_PARTITION_KEY) it releases its partitions in event-time "
                                    "order (SD_ALIGN_*: "

@@ -988,3 +988,24 @@ def test_a_threshold_option_of_another_rule_is_said_not_silently_ignored(capsys:
     assert "note: --k-fence is for --threshold-method fence" in said(threshold_method="quantile", k_fence=2.0)
     assert "note: --k-std is for --threshold-method meanstd" in said(k_std=1.0)
     assert "the meanstd threshold does not use it" in said(threshold_method="meanstd", target_fpr=0.05)
+
+
+def test_training_without_a_label_column_names_the_files_label_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a new-user trial: the simulator's file has a ``label`` field; excluded from the
+    features and no ``--label-column`` given, ``train`` said "no label column: training on all of
+    them", as if the file had none. It says which flag trains on the normal rows only."""
+    from stream_detector.cli import main
+
+    rows = "".join(f"e{i},a{i % 7},{1_790_000_000_000 + i * 60_000},{i % 13 + 0.5},{i % 9 == 0:d}\n" for i in range(240))
+    (tmp_path / "h.csv").write_text("event_id,account_id,timestamp,amount,label\n" + rows)
+    assert main(["train", "--input", str(tmp_path / "h.csv"), "--out", str(tmp_path / "m"), "--exclude", "label",
+                 "--epochs", "1"]) == 0
+    said = capsys.readouterr()
+    assert "240 events; no --label-column: training on all of them, anomalies included; the file has label: " \
+           "--label-column label trains on its --normal-label rows only" in said.out + said.err
+    (tmp_path / "plain.csv").write_text("event_id,account_id,timestamp,amount\n"
+                                        + "".join(r.rsplit(",", 1)[0] + "\n" for r in rows.splitlines()))
+    assert main(["train", "--input", str(tmp_path / "plain.csv"), "--out", str(tmp_path / "p"), "--epochs", "1"]) == 0
+    said = capsys.readouterr()
+    assert "240 events; no --label-column: training on all of them, anomalies included\n" in said.out + said.err
