@@ -108,8 +108,8 @@ def packed_call(client: redis.Redis, *args: str | bytes | int | float) -> Any:
 
     Why: redis-py's own packer (``HiredisRespSerializer.pack``) runs a Python generator and an
     encode call per argument before hiredis packs them: 0.68 ms of a 700-name MGET's 0.82 ms on
-    this project's host, against 0.08 ms for ``hiredis.pack_command`` alone
-    (benchmarks/RESULTS.md, *the entity state's round trips packed by hiredis*). Without hiredis,
+    this project's host, against 0.08 ms for ``hiredis.pack_command`` alone (measured by hand;
+    the worker: benchmarks/RESULTS.md, *the entity state's round trips packed by hiredis …*). Without hiredis,
     a single-connection client, or another client class (a cluster): ``execute_command``, as before."""
     if not HIREDIS_PACK or client.connection is not None or type(client) is not redis.Redis:
         return client.execute_command(*args)  # type: ignore[no-untyped-call]
