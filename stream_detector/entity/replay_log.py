@@ -115,6 +115,21 @@ _SIZE = struct.Struct("<II")  # events, features per event
 __all__ = ["FeatureLog", "InMemoryFeatureLog", "RedisFeatureLog", "decode", "encode", "lookup"]
 
 
+def top_of(offsets: np.ndarray) -> int:
+    """An entry's largest offset (int64[n] → int; -1 when empty): in its head and in the tops list."""
+    return int(offsets.max()) if offsets.size else -1
+
+
+def entry_top(entry: bytes) -> int | None:
+    """The largest offset in an entry's head (``TRIM_SCRIPT``'s ``top_of``); None when it is not one."""
+    if entry[:4] != MAGIC or len(entry) < 24:
+        return None
+    try:
+        return int(entry[4:24])
+    except ValueError:
+        return None
+
+
 def encode(spec: EntitySpec, key: str, offsets: np.ndarray, values: np.ndarray) -> bytes:
     """One entry: ``offsets`` int64[n] (one partition's) and ``values`` float64[n, k] (the features
     of ``key`` for those events), with the spec and key they belong to."""
@@ -124,7 +139,7 @@ def encode(spec: EntitySpec, key: str, offsets: np.ndarray, values: np.ndarray) 
     if values.ndim != 2 or values.shape[0] != offsets.size:
         raise ValueError(f"replay log: {offsets.size} offsets need values of shape ({offsets.size}, k), "
                          f"not {values.shape}")
-    top = int(offsets.max()) if offsets.size else -1
+    top = top_of(offsets)
     return b"".join((_HEAD.pack(MAGIC, b"%020d" % top, spec.fingerprint[:12].encode(), len(name)), name,
                      _SIZE.pack(offsets.size, values.shape[1]), offsets.tobytes(), values.tobytes()))
 
@@ -226,7 +241,7 @@ class InMemoryFeatureLog:
         self.trims += 1
         for p, offset in committed.items():
             entries = self.lists.get(int(p), [])
-            while entries and int(entries[0][4:24]) < offset:
+            while entries and (top := entry_top(entries[0])) is not None and top < offset:  # TRIM_SCRIPT's rule
                 entries.pop(0)
 
 
@@ -279,11 +294,12 @@ class RedisFeatureLog:
         for p, rows in _by_partition(partitions, offsets):
             name, tops = self.name(p), self.tops_name(p)
             mine = offsets[rows]
+            top = top_of(mine)
             pipe.rpush(name, encode(spec, key, mine, values[rows]))
-            pipe.rpush(tops, int(mine.max()) if mine.size else -1)
+            pipe.rpush(tops, top)
             pipe.pexpire(name, spec.horizon_ms)
             pipe.pexpire(tops, spec.horizon_ms)
-            self._keep(p, int(mine.max()) if mine.size else -1)  # before: a write that failed may have landed
+            self._keep(p, top)  # before: a write that failed may have landed
         try:
             pipe.execute()
         except REDIS_ERRORS as exc:
@@ -308,8 +324,8 @@ class RedisFeatureLog:
             found[rows], values[rows] = f, v
         for (p, _rows), entries in zip(groups, lists, strict=True):
             for entry in entries:  # a predecessor's: trimmed with this worker's commits of the partition
-                top = entry[4:24]
-                self._keep(p, int(top) if entry[:4] == MAGIC and top.strip(b"-").isdigit() else -1)
+                top = entry_top(entry)
+                self._keep(p, -1 if top is None else top)
         return found, values
 
     def _keep(self, partition: int, top: int) -> None:
