@@ -287,8 +287,13 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     else:
         normal = events
         named = sorted({"label", "is_fraud", "fraud", "class"}.intersection(events[0]) if events else set())
-        hint = (f"; the file has {', '.join(named)}: --label-column {named[0]} trains on its --normal-label rows only"
-                if named else "")
+        hint = ""
+        if named:
+            seen = {str(events[i].get(named[0])) for i in range(min(len(events), 10_000))}
+            usual = next((v for v in ("0", "legit", "normal", "false", "False") if v in seen), None)
+            flag = f"--label-column {named[0]}" + (f" --normal-label {usual}" if usual not in (None, "0") else "")
+            hint = (f"; to train on normal rows only: {flag} (values of {named[0]}: "
+                    f"{', '.join(sorted(seen)[:5])}{', …' if len(seen) > 5 else ''})")
         _say(f"{len(events)} events; no --label-column: training on all of them, anomalies included{hint}")
     config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
                          threshold_method=args.threshold_method, k_std=args.k_std,

@@ -1002,8 +1002,14 @@ def test_training_without_a_label_column_names_the_files_label_field(
     assert main(["train", "--input", str(tmp_path / "h.csv"), "--out", str(tmp_path / "m"), "--exclude", "label",
                  "--epochs", "1"]) == 0
     said = capsys.readouterr()
-    assert "240 events; no --label-column: training on all of them, anomalies included; the file has label: " \
-           "--label-column label trains on its --normal-label rows only" in said.out + said.err
+    assert "240 events; no --label-column: training on all of them, anomalies included; to train on normal rows " \
+           "only: --label-column label (values of label: 0, 1)" in said.out + said.err
+    (tmp_path / "named.csv").write_text("event_id,account_id,timestamp,amount,label\n" + rows.replace(
+        ",0\n", ",legit\n").replace(",1\n", ",fraud\n"))
+    assert main(["train", "--input", str(tmp_path / "named.csv"), "--out", str(tmp_path / "n"), "--exclude", "label",
+                 "--epochs", "1"]) == 0
+    said = capsys.readouterr()  # the simulator's labels: the flag that works, --normal-label with it
+    assert "--label-column label --normal-label legit (values of label: fraud, legit)" in said.out + said.err
     (tmp_path / "plain.csv").write_text("event_id,account_id,timestamp,amount\n"
                                         + "".join(r.rsplit(",", 1)[0] + "\n" for r in rows.splitlines()))
     assert main(["train", "--input", str(tmp_path / "plain.csv"), "--out", str(tmp_path / "p"), "--epochs", "1"]) == 0
