@@ -744,7 +744,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         if problem is not None:
             raise ConfigError(f"--threshold: {problem}")
     if args.out == "-":  # the scores CSV on standard output (a trial: a file named "-" was written)
-        args.out = "/dev/stdout"
+        args.out = SCORES_STDOUT
     bundle = load_bundle(Path(args.model))
     if args.feedback and not Path(args.feedback).exists():
         raise ConfigError(f"feedback file not found: {args.feedback}")
@@ -786,7 +786,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
                  probability, head)
     flagged = int(scored.flagged(threshold, head).sum())
     rule = f"above {threshold:.6g}" + (f" or probability above {head:.4g}" if head is not None else "")
-    _say(f"scored {int(scored.valid.sum())} of {data.total} rows; {flagged} {rule} → {args.out}")
+    _say(f"scored {int(scored.valid.sum())} of {data.total} rows; {flagged} {rule} → {_shown(args.out)}")
     if data.ids and not scored.valid.any():
         lines = [by_row[row] for row in range(len(data.ids))]
         first = next(((f"row {row + 1}", why, text) for row, (_, why, text) in enumerate(lines) if why), None)
@@ -866,7 +866,7 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -
     head = bundle.head_threshold
     rule = f"above {threshold:.6g}" + (f" or probability above {head:.4g}" if head is not None else "")
     _say(f"scored {done.scored} of {done.rows} rows from {len(files)} file(s) in {done.seconds:.0f} s "
-         f"({done.rows / max(done.seconds, 1e-9):,.0f} rows/s); {done.flagged} {rule} → {args.out}")
+         f"({done.rows / max(done.seconds, 1e-9):,.0f} rows/s); {done.flagged} {rule} → {_shown(args.out)}")
     if done.rows and not done.scored:
         raise InputError(none_scored(done.rows, done.reasons, done.first_problem, args.out))
     if done.scored < done.rows and done.first_problem:  # the in-memory summary (a trial: this path said no reason)
@@ -884,7 +884,15 @@ def none_scored(rows: int, reasons: Counter[str], first: tuple[str, str, str | N
     row's reason is."""
     counts = ", ".join(f"{n:,} {why}" for why, n in reasons.most_common())
     where = f" ({first[0]}: {first[2] or first[1]})" if first else ""
-    return f"none of the {rows:,} rows could be scored: {counts}{where}; every row's reason is in {out}"
+    return f"none of the {rows:,} rows could be scored: {counts}{where}; every row's reason is in {_shown(out)}"
+
+
+SCORES_STDOUT = "/dev/stdout"  # ``score --out -``: write_scores opens it as a file
+
+
+def _shown(out: str) -> str:
+    """``out`` as ``score``'s lines name it: ``--out -`` is "standard output", not /dev/stdout (a trial)."""
+    return "standard output" if out == SCORES_STDOUT else out
 
 
 # ---- streaming -------------------------------------------------------------------------------

@@ -616,6 +616,25 @@ def test_score_of_a_folder_or_pattern_refuses_an_out_among_its_files_and_links(
     assert "--label-column lbl: no row has this column" in capsys.readouterr().err and not out.exists()
 
 
+def test_score_to_standard_output_names_it_so(tmp_path: Path, bundle: Any, capfd: pytest.CaptureFixture[str]) -> None:
+    """A trial: `score --out -` wrote the CSV to standard output but its line said "→ /dev/stdout";
+    both paths (the whole file, and a folder read chunk by chunk) now say "standard output"."""
+    from stream_detector.cli import main
+    from stream_detector.model.bundle import save_bundle
+    from stream_detector.simulate import Simulator
+
+    model = save_bundle(bundle, tmp_path / "m")
+    data = tmp_path / "in"
+    data.mkdir()
+    rows = Simulator(seed=1, accounts=20).batch(20, 0.0)[0]
+    (data / "x.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in rows))
+    for given in (str(data / "x.jsonl"), str(data)):
+        assert main(["score", "--model", str(model), "--input", given, "--out", "-"]) == 0
+        out, err = capfd.readouterr()
+        assert out.splitlines()[0].startswith("event_id,score,is_anomaly") and len(out.splitlines()) == 21
+        assert "→ standard output" in err and "/dev/stdout" not in err
+
+
 @pytest.mark.parametrize(("argv", "line"), [
     (["--bogus"], "stream-detector: error: unrecognized arguments: --bogus (see stream-detector --help)"),
     (["train", "--bogus"], "stream-detector train: error: unrecognized arguments: --bogus "
