@@ -91,6 +91,12 @@ def _settings_checks(s: Settings) -> Iterator[Check]:
             yield Check("ok", "device", f"{s.device}: {torch.cuda.get_device_name(torch.device(s.device))}")
 
 
+def _cuda_ready() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _stage_check(s: Settings) -> Check:
     """Two stages (``SD_STAGE``): what the worker refuses at start, said before it starts."""
     if s.stage == "repartition" and s.delivery != "exactly_once":
@@ -225,7 +231,9 @@ def _redis_checks(s: Settings) -> Iterator[Check]:
             yield Check("fail", "model", f"no active model under prefix {s.redis_prefix}: "
                         "run `stream-detector publish DIR`")
         else:
-            loaded = _try("model", lambda: _load(control, snap.active_model or "", s.device))
+            # loaded on the CPU where the device is unusable: that is the device check's line, not a second one
+            device = s.device if s.device == "cpu" or _cuda_ready() else "cpu"
+            loaded = _try("model", lambda: _load(control, snap.active_model or "", device))
             yield loaded
             if loaded.status == "ok":
                 scaling = scaling_check(control.fetch_bundle(snap.active_model), s)

@@ -241,6 +241,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.supervised and not (args.feedback or args.label_column):  # before reading and training, not after
         raise ConfigError("--supervised needs labels: --feedback FILE or --label-column C")
     entity = _entity_spec(args)
+    _check_normal_label(args)
     if args.label_column:  # spelled as the file's labels are read: 0.0 → 0, " legit " → legit, False → false (a trial)
         from .inputs import _label_text
 
@@ -278,11 +279,18 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                  f"{', '.join(entity.label_keys)}, each label counted from its labelled_at + {args.label_delay} "
                  f"(docs/feedback.md)")
     if labels is not None:
-        _refuse_leaks(data.schema, data.events, [lab != normal_label for lab in labels], args.exclude or ())
         normal = [e for e, lab in zip(events, labels, strict=True) if lab == normal_label]
         source = f"{args.label_column}=" if args.label_column else "the feedback label "
         if not normal:
             raise ConfigError(f"no rows with {source}{normal_label!r} (labels seen: {sorted(set(labels))[:10]})")
+        if 2 * len(normal) < len(events):  # a trial: --normal-label fraud, and the leak check blamed real fields
+            common = Counter(labels).most_common(5)
+            _say(f"warning: {source}{normal_label} matches {len(normal):,} of {len(events):,} rows "
+                 f"({len(normal) / max(1, len(events)):.1%}): the model learns from those and takes the other "
+                 f"{len(events) - len(normal):,} for anomalies (labels: "
+                 + ", ".join(f"{lab} {n:,}" for lab, n in common) + "); --normal-label names the normal rows' label")
+        else:  # the check assumes anomalies are the few: with most rows anomalous, any common value looks like one
+            _refuse_leaks(data.schema, data.events, [lab != normal_label for lab in labels], args.exclude or ())
         _say(f"{len(events)} events; training on {len(normal)} with {source}{normal_label}")
     else:
         normal = events
@@ -306,6 +314,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         _supervised(args, result, events, labels, normal_label)
     extra: dict[str, Any] = {"training_input": str(args.input), "training_rows_read": data.total,
                              "training_rows_rejected": len(data.rejected)}
+    extra.update(_training_labels(args.label_column, normal_label))
     out = Path(args.out)
     if labels is not None:
         y = np.array([lab != normal_label for lab in labels])
@@ -319,6 +328,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             _say("the decision (alert when either fires, as the worker does) on it: "
                  + _figures(extra["evaluation_on_input"]["decision"]))
     bundle = build_bundle(result, extra)
+    if labels is None and (out / "metadata.json").is_file() and (out / "report").is_dir():
+        import shutil  # an earlier model's evaluation, written into the folder this one replaces
+
+        shutil.rmtree(out / "report")
     save_bundle(bundle, out)
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
     print(bundle.version)
@@ -385,16 +398,37 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
     facts = result.metrics["streamed"]
     bundle = build_bundle(result, {"training_input": str(args.input), "training_files": len(files),
                                    "training_rows_read": facts["rows"],
-                                   "training_rows_rejected": sum(facts["rejected"].values())})
+                                   "training_rows_rejected": sum(facts["rejected"].values()),
+                                   **_training_labels(args.label_column, args.normal_label)})
     save_bundle(bundle, out)
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
     print(bundle.version)
     return 0
 
 
+def _training_labels(label_column: str | None, normal_label: str) -> dict[str, str]:
+    """The bundle's record of ``train --label-column``'s column and normal label (none without one):
+    ``score --label-column`` of the same column reads the labels the same way by default (a trial:
+    it took 0 for normal against a model trained on the simulator's legit/fraud)."""
+    return {"training_label_column": label_column, "training_normal_label": normal_label} if label_column else {}
+
+
+def _check_normal_label(args: argparse.Namespace) -> None:
+    """``--normal-label`` given without ``--label-column`` is refused (exit 2): it was ignored, and
+    ``train`` then took the file's label column for a feature (a new-user trial)."""
+    if args.normal_label is None or args.label_column or args.normal_label == "0":
+        return
+    if getattr(args, "feedback", None):
+        raise ConfigError(f"--normal-label {args.normal_label}: the --feedback labels are legit and fraud "
+                          "already; --normal-label is for --label-column")
+    raise ConfigError(f"--normal-label {args.normal_label} needs --label-column: name the file's column of labels")
+
+
 def _check_model_out(out: Path) -> None:
     """``train --out``: refused before any input is read when it cannot become the model's folder
     (it found out only after training, with a Python exception and exit 1)."""
+    if str(out) == "-":  # a trial: a folder named "-" (score's and simulate's --out - is standard output)
+        raise ConfigError("--out -: a model is a folder of files, not a stream; name a folder")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: a file is there; a model is written to a folder")
     parent = next((p for p in [out, *out.parents] if p.exists()), None)
@@ -510,7 +544,33 @@ def _feedback_labels(path: Path, events: list[dict[str, Any]]) -> tuple[list[str
     _say(f"labels joined by event_id: {found.count(True)} fraud, {found.count(False)} legit, "
          f"{found.count(None)} events without a label (taken as legit)"
          + (f"; {elsewhere} labelled events are not in the input" if elsewhere else ""))
+    _warn_labels_before_events(path, events, verdicts.labels())
     return [FRAUD if v else LEGIT for v in found], verdicts.labels()
+
+
+def _warn_labels_before_events(path: Path, events: list[dict[str, Any]], labels: list[Any]) -> None:
+    """A ``warning:`` line when more than 5 % of the labels joined are dated before their event
+    (``labelled_at`` < its ``timestamp``): labels of another file whose event ids happen to match
+    (a trial: the simulator numbers every file's events sim-1, sim-2, …, and another run's labels
+    joined without a word, 1 of 201 "frauds" a fraud)."""
+    from .schema import parse_timestamp_ms
+
+    by_id = {str(e.get("event_id")): e for e in events}
+    joined = early = 0
+    for label in labels:
+        event = by_id.get(label.event_id)
+        if event is None or event.get("timestamp") is None:
+            continue
+        try:
+            at = parse_timestamp_ms(event["timestamp"])
+        except (TypeError, ValueError, OverflowError):
+            continue
+        joined += 1
+        early += label.labelled_at < at
+    if joined and early > 0.05 * joined:
+        _say(f"warning: {early:,} of the {joined:,} labels of {path.name} joined to an event are dated before it "
+             "(labelled_at earlier than its timestamp): labels of another file? (event ids such as the simulator's "
+             "sim-1, sim-2, … repeat across files)")
 
 
 def _at_least_one(text: str) -> int:
@@ -596,7 +656,7 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
         _say(f"warning: {warning}")
     if schema is not None:
         seen = {name for row in data.raw.rows if row for name in row}
-        unknown = sorted(seen - {r.name for r in schema.fields} - {"event_id"})
+        unknown = sorted(seen - {r.name for r in schema.fields} - {"event_id", getattr(args, "label_column", None)})
         if unknown:
             _say(f"note: {len(unknown)} field(s) the model's schema does not know are passed through, not "
                  f"features: {', '.join(unknown[:10])}")
@@ -631,6 +691,9 @@ def _entity_spec(args: argparse.Namespace) -> Any:
         raise ConfigError(f"feedback file not found: {args.feedback}")
     other = [k for k in args.label_key or () if k not in (args.entity_key or ())]
     if other and args.entity_key:
+        near = difflib.get_close_matches(other[0], args.entity_key, n=1)  # a trial: the typo's hint repeated it
+        if near:
+            raise ConfigError(f"--label-key {other[0]} is not an --entity-key: did you mean --label-key {near[0]}?")
         raise ConfigError(f"--label-key {other[0]} is not an --entity-key: label features divide by that key's "
                           f"history (add --entity-key {other[0]})")
     if not args.entity_key:
@@ -745,7 +808,17 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(f"--threshold: {problem}")
     if args.out == "-":  # the scores CSV on standard output (a trial: a file named "-" was written)
         args.out = SCORES_STDOUT
+    _check_normal_label(args)
+    if args.device:
+        from .model.bundle import device_problem
+
+        problem = device_problem(args.device)
+        if problem is not None:
+            raise ConfigError(f"--device {args.device}: {problem}")
     bundle = load_bundle(Path(args.model))
+    if args.label_column and args.normal_label is None:  # a trial: 0 against a model trained on legit/fraud
+        trained = bundle.metadata.get("training_label_column") == args.label_column
+        args.normal_label = str(bundle.metadata.get("training_normal_label", "0")) if trained else "0"
     if args.feedback and not Path(args.feedback).exists():
         raise ConfigError(f"feedback file not found: {args.feedback}")
     _check_file_out(Path(args.out), "--out", [args.input, args.feedback])
@@ -755,6 +828,8 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         _say("note: --chunk-rows is for --streamed (chunk by chunk); this score reads the whole file at once")
     data = _load_file(args, schema=bundle.schema, need_events=False,
                       entity=bundle.entity)  # an older bundle without a schema: the file's own inferred one
+    if args.label_column and data.labels is not None:
+        _check_normal_present(args, data.labels)
     from .inputs import FIELDS_AT, file_warnings
 
     for warning in file_warnings(bundle.spec, bundle.schema, data.events, "valid rows", settings.redacted_fields,
@@ -813,6 +888,18 @@ def _say_evaluation(scored: Any, rows: Any, y: Any, threshold: float, head: floa
         _say("the supervised head against them: " + _figures(evaluate(scored.probability[rows], y, head)))
         _say("the decision (alert when either fires, as the worker does) against them: " + _figures(
             decision_figures(scored.flagged(threshold, head)[rows], y)))
+
+
+def _check_normal_present(args: argparse.Namespace, labels: list[str]) -> None:
+    """``score --label-column``: refused (exit 2) before scoring when no row has the normal label,
+    as ``train`` refuses it (a trial: every row counted as an anomaly, figures printed, exit 0)."""
+    from .inputs import _label_text
+
+    normal = _label_text(args.normal_label)
+    seen = set(labels) - {""}
+    if seen and normal not in seen:
+        raise ConfigError(f"no row has {args.label_column}={normal!r} (labels seen: {sorted(seen)[:10]}): give the "
+                          "normal rows' label with --normal-label")
 
 
 def _evaluate_on_label_column(args: argparse.Namespace, scored: Any, labels: list[str], threshold: float,
@@ -932,6 +1019,12 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     # a JSON Lines file's rows are sent as the file has them (event contract checked, nothing retyped); a CSV's
     # or Parquet's are typed by the schema inferred from the file (text → numbers, booleans, epoch ms)
     data = _load_file(args, inference=_inference(args, None), keep_json=True, need_labels=False)
+    names = {name for event in data.events[:100] for name in event}
+    names |= {args.label_column} if args.label_column else set()
+    if {"label", "labelled_at"} <= names <= {"event_id", "label", "source", "labelled_at"}:
+        # a trial: sent to the input topic, each one dead-lettered by the worker as no_features
+        raise ConfigError(f"{args.input} holds feedback records (event_id, label, source, labelled_at), not events: "
+                          "send them with produce --feedback (to SD_FEEDBACK_TOPIC)")
     if data.raw.kind == "jsonl" and (getattr(args, "field", None) or getattr(args, "schema", None)):
         _say("warning: --field/--schema type a CSV or Parquet file; a JSON Lines file is sent as it is written "
              "(the worker types each event by its model's schema)")
@@ -1060,6 +1153,10 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         _check_file_out(Path(args.out), "--out")
     if args.feedback_out and args.feedback_out != STDOUT:
         _check_file_out(Path(args.feedback_out), "--feedback-out")
+        if args.out and args.out != STDOUT and Path(args.out).resolve() == Path(args.feedback_out).resolve():
+            # a trial: the labels were written over the events' first rows, exit 0
+            raise ConfigError(f"--out and --feedback-out are the same file ({args.out}): events and labels go to "
+                              "two files")
     typed = {a.split("=", 1)[0] for a in _ARGV}
     live_only = [flag for flag in ("--rate", "--duration") if flag in typed]
     if args.out and live_only:  # a trial: `--out - --rate 100 --duration 2` wrote the default 10,000 rows
@@ -1953,8 +2050,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help="the file's labels: left out of the features and the output, and the "
                                           "scores evaluated against them (AUC-ROC, average precision, "
                                           "precision/recall at the threshold; rows without a label left out)")
-    p.add_argument("--normal-label", default="0",
-                   help="with --label-column: label value of normal rows, every other one an anomaly (default: 0)")
+    p.add_argument("--normal-label",
+                   help="with --label-column: label value of normal rows, every other one an anomaly (default: the "
+                        "one the model was trained with, when trained with the same --label-column; else 0)")
     p.add_argument("--feedback", metavar="FILE",
                    help="feedback records (docs/feedback.md) to evaluate the scores against: AUC-ROC, average "
                         "precision, precision/recall at the threshold (events without a label count as legit; "
@@ -1980,8 +2078,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "labels onto the feedback topic)",
                        description="Each row is sent as one JSON event to SD_INPUT_TOPIC (or --topic), keyed by its "
                                    "account_id (so an account's events stay in one partition, in file order). A JSON "
-                                   "Lines row is sent as the file has it (each value of its own JSON type; the "
-                                   "worker types it by its model's schema); a CSV or Parquet row is typed by the "
+                                   "Lines row is sent as the file has it (each value of its own JSON type, but the "
+                                   "event_id as text, as the event contract has it; the worker types it by its "
+                                   "model's schema); a CSV or Parquet row is typed by the "
                                    "file's own schema as train reads it (text to numbers, booleans, epoch ms). Rows "
                                    "that are not events (no event_id, not a JSON object) are said, not sent.")
     p.add_argument("--input", required=True, help="the file (.csv, .jsonl/.json, .parquet)")

@@ -499,6 +499,11 @@ class Worker:
             threshold_fresh=cache.fresh())
 
     def start(self) -> None:
+        from .model.bundle import device_problem
+
+        problem = device_problem(self.settings.device)  # a trial: torch's RuntimeError loading the model, exit 1
+        if problem is not None:
+            raise ConfigError(f"SD_DEVICE={self.settings.device}: {problem}")
         self.metrics.attach(self.status, self.source.highwaters)
         if self.settings.scoring_threads:
             torch.set_num_threads(self.settings.scoring_threads)

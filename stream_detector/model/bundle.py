@@ -100,6 +100,27 @@ class Bundle:
             return torch.jit.freeze(module) if frozen else module
 
 
+def device_problem(device: str) -> str | None:
+    """Why a model cannot be loaded onto torch ``device`` here (one line), or None: a name other
+    than cpu, cuda or cuda:N, or a CUDA device this machine's torch does not see. A trial: `score
+    --device tpu` failed after reading the whole file and `--device cuda` on a CPU machine
+    deserialising the model, both with torch's RuntimeError and exit 1."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        return "expected cpu, cuda or cuda:N"
+    if device == "cpu":
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} sees no CUDA device on this machine (use cpu)"
+    index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count:
+        return f"this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+    return None
+
+
 def _digest(files: dict[str, bytes], listed: dict[str, str] | None = None) -> dict[str, str]:
     """Digests of the content files, plus each optional file that is present or that the
     metadata lists (so removing ``entity.json`` from a bundle that had one is a mismatch)."""
@@ -217,8 +238,14 @@ def _reading(schema: FieldSchema | None, spec: FeatureSpec, entity: EntitySpec |
 
 
 def save_bundle(bundle: Bundle, directory: Path) -> Path:
-    """Write the bundle files; metadata last, so a half-written directory never verifies."""
+    """Write the bundle files; metadata last, so a half-written directory never verifies. Into the
+    folder of an earlier bundle, the optional files this one has not (``entity.json`` of a model
+    with entity features) are removed first: left there, the folder failed to load ("sha256
+    mismatch in entity.json", a new-user trial retraining into the same ``--out``)."""
     directory.mkdir(parents=True, exist_ok=True)
+    for name in OPTIONAL_FILES:
+        if name not in bundle.files:
+            (directory / name).unlink(missing_ok=True)
     for name in (*CONTENT_FILES, *(n for n in OPTIONAL_FILES if n in bundle.files), METADATA_FILE):
         tmp = directory / f".{name}.tmp"
         tmp.write_bytes(bundle.files[name])

@@ -222,6 +222,18 @@ def entity_bundle_and_history() -> tuple[Any, list[dict[str, Any]]]:
     return build_bundle(result), events
 
 
+def test_a_bundle_saved_over_an_entity_bundle_loads(entity_bundle_and_history: Any, bundle: Any,
+                                                    tmp_path: Path) -> None:
+    """A trial: `train --out` into the folder of a model with entity features wrote a model without
+    them beside the old entity.json, and the folder then failed to load (sha256 mismatch). Saved
+    over it, a bundle loads as itself, both ways round."""
+    with_entity, _ = entity_bundle_and_history
+    save_bundle(with_entity, tmp_path / "m")
+    assert load_bundle(save_bundle(bundle, tmp_path / "m")).version == bundle.version
+    assert not (tmp_path / "m" / ENTITY_FILE).exists()
+    assert load_bundle(save_bundle(with_entity, tmp_path / "m")).entity == SPEC
+
+
 def test_bundle_stores_entity_spec_and_verifies_it(entity_bundle_and_history: Any, tmp_path: Path) -> None:
     bundle, _ = entity_bundle_and_history
     loaded = load_bundle(save_bundle(bundle, tmp_path / "b"))

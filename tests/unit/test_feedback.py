@@ -163,9 +163,15 @@ def test_train_with_feedback_is_train_with_the_same_labels_in_a_column(tmp_path:
     said = capsys.readouterr().err
     assert (f"against column 'label' ({len(frauds)} of 3000 rows not 'legit'): rows=3000, anomalies={len(frauds)}, "
             f"auc_roc={auc:.4f}") in said
+    # without --normal-label: the one b was trained with on that column (0 before 2026-12-06, a new-user trial)
     assert main(["score", "--model", str(tmp_path / "b"), "--input", str(tmp_path / "labelled.csv"),
-                 "--out", str(tmp_path / "s3.csv"), "--label-column", "label"]) == 0  # normal label 0: not there
-    assert "no scored row has the normal label '0' in column 'label'" in capsys.readouterr().err
+                 "--out", str(tmp_path / "s3.csv"), "--label-column", "label"]) == 0
+    assert f"against column 'label' ({len(frauds)} of 3000 rows not 'legit')" in capsys.readouterr().err
+    # a (trained on feedback) has no label column to go by: 0, which no row has, is refused (exit 0 and figures
+    # for every row taken as an anomaly before 2026-12-06)
+    assert main(["score", "--model", str(tmp_path / "a"), "--input", str(tmp_path / "labelled.csv"),
+                 "--out", str(tmp_path / "s3.csv"), "--label-column", "label"]) == 2
+    assert "no row has label='0' (labels seen: ['fraud', 'legit'])" in capsys.readouterr().err
     write_csv(tmp_path / "partly.csv", [{**e, "label": "" if i < 10 else "legit" if p == "legit" else "fraud"}
                                         for i, (e, p) in enumerate(zip(events, patterns, strict=True))])
     assert main(["score", "--model", str(tmp_path / "b"), "--input", str(tmp_path / "partly.csv"),

@@ -1,0 +1,173 @@
+"""A new-user trial of 2026-12-06 (the handbook simulator's files through train, score and produce):
+each mistake it made gets one line and exit 2, or a warning, instead of a misleading error, a
+silent wrong result or a traceback. No services: every refusal comes before Kafka is reached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from stream_detector.cli import main
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """3,000 handbook events (27 frauds) and their delayed labels, as `simulate` writes them."""
+    folder = tmp_path_factory.mktemp("sim")
+    events, labels = folder / "h.csv", folder / "l.jsonl"
+    assert main(["simulate", "--out", str(events), "--feedback-out", str(labels), "--count", "3000",
+                 "--span-days", "14", "--end", "2026-12-01"]) == 0
+    return events, labels
+
+
+def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+def test_the_normal_label_swapped_is_said_and_no_field_is_blamed(
+        history: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--normal-label fraud` on the simulator's legit/fraud labels: the leak check took the 2,973
+    legit rows for frauds and blamed real fields one after another (merchant_category, channel, …);
+    following its advice trained on the frauds, exit 0. Now a warning names the counts, and the
+    leak check (which assumes anomalies are few) does not run."""
+    events, _ = history
+    code, err = _run(capsys, ["train", "--input", str(events), "--out", str(tmp_path / "m"), "--label-column",
+                              "label", "--normal-label", "fraud", "--exclude", "pattern", "--epochs", "1"])
+    assert "gives the label away" not in err
+    assert "warning: label=fraud matches 27 of 3,000 rows (0.9%)" in err and "legit 2,973" in err
+    assert code == 2 and "27 normal rows: at least 100 are needed" in err  # too few to train on, said as before
+
+
+def test_the_leak_check_still_refuses_a_ground_truth_column(
+        history: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events, _ = history
+    code, err = _run(capsys, ["train", "--input", str(events), "--out", str(tmp_path / "m"), "--label-column",
+                              "label", "--normal-label", "legit", "--epochs", "1"])
+    assert code == 2 and "field 'pattern' gives the label away" in err
+
+
+@pytest.mark.parametrize("command", ["train", "score"])
+def test_a_normal_label_without_a_label_column_is_refused(
+        command: str, history: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was ignored: train then learned the file's label column as a feature."""
+    events, labels = history
+    out = ["--out", str(tmp_path / ("m" if command == "train" else "s.csv"))]
+    model = [] if command == "train" else ["--model", str(tmp_path / "none")]
+    code, err = _run(capsys, [command, "--input", str(events), *out, *model, "--normal-label", "legit"])
+    assert code == 2 and "--normal-label legit needs --label-column" in err
+    if command == "train":
+        code, err = _run(capsys, ["train", "--input", str(events), *out, "--feedback", str(labels),
+                                  "--normal-label", "legit"])
+        assert code == 2 and "the --feedback labels are legit and fraud already" in err
+
+
+def test_score_reads_labels_as_the_model_was_trained_and_refuses_a_normal_label_no_row_has(
+        history: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`score --label-column label` defaulted to 0 against a model trained on legit/fraud, and a
+    misspelt --normal-label printed figures for every row taken as an anomaly, exit 0."""
+    events, _ = history
+    model = tmp_path / "m"
+    assert main(["train", "--input", str(events), "--out", str(model), "--label-column", "label", "--normal-label",
+                 "legit", "--exclude", "pattern", "--epochs", "1"]) == 0
+    meta = orjson.loads((model / "metadata.json").read_bytes())
+    assert (meta["training_label_column"], meta["training_normal_label"]) == ("label", "legit")
+    capsys.readouterr()
+    base = ["score", "--model", str(model), "--input", str(events), "--out", str(tmp_path / "s.csv"),
+            "--label-column", "label"]
+    code, err = _run(capsys, base)
+    assert code == 0 and "(27 of 3000 rows not 'legit')" in err
+    code, err = _run(capsys, [*base, "--normal-label", "legitt"])
+    assert code == 2 and "no row has label='legitt' (labels seen: ['fraud', 'legit'])" in err
+
+
+def test_labels_of_another_file_joined_by_id_are_warned_of(
+        history: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every simulated file numbers its events sim-1, sim-2, …: another run's labels joined
+    silently (1 of its 201 "frauds" a fraud). A label dated before its event gives it away."""
+    events, labels = history
+    model = tmp_path / "m"
+    assert main(["train", "--input", str(events), "--out", str(model), "--label-column", "label", "--normal-label",
+                 "legit", "--exclude", "pattern", "--epochs", "1"]) == 0
+    other, other_labels = tmp_path / "o.csv", tmp_path / "o.jsonl"
+    assert main(["simulate", "--out", str(other), "--feedback-out", str(other_labels), "--count", "3000",
+                 "--span-days", "14", "--end", "2026-09-01", "--seed", "1"]) == 0
+    capsys.readouterr()
+    base = ["score", "--model", str(model), "--input", str(events), "--out", str(tmp_path / "s.csv")]
+    code, err = _run(capsys, [*base, "--feedback", str(labels)])
+    assert code == 0 and "dated before it" not in err
+    code, err = _run(capsys, [*base, "--feedback", str(other_labels)])
+    assert code == 0 and "warning: " in err and "labels of o.jsonl joined to an event are dated before it" in err
+
+
+def test_train_into_a_models_folder_replaces_it_and_out_dash_is_refused(
+        history: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trained into the folder of a model with entity features, a model without them loaded as
+    'sha256 mismatch in entity.json'; `--out -` made a folder named '-'."""
+    from stream_detector.model.bundle import load_bundle
+
+    events, _ = history
+    model = tmp_path / "m"
+    common = ["--input", str(events), "--label-column", "label", "--normal-label", "legit", "--exclude", "pattern",
+              "--epochs", "1"]
+    assert main(["train", *common, "--out", str(model), "--entity-key", "account_id",
+                 "--max-self-flag-rate", "1"]) == 0
+    assert load_bundle(model).entity is not None and (model / "report").is_dir()
+    assert main(["train", "--input", str(events), "--exclude", "label", "--exclude", "pattern", "--epochs", "1",
+                 "--out", str(model)]) == 0
+    assert load_bundle(model).entity is None and not (model / "report").exists()  # the old model's report went too
+    code, err = _run(capsys, ["train", *common, "--out", "-"])
+    assert code == 2 and "--out -: a model is a folder" in err and not Path("-").exists()
+
+
+def test_simulate_refuses_one_file_for_events_and_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    same = tmp_path / "same.csv"
+    code, err = _run(capsys, ["simulate", "--out", str(same), "--feedback-out", str(same), "--count", "100"])
+    assert code == 2 and "--out and --feedback-out are the same file" in err and not same.exists()
+
+
+@pytest.mark.parametrize(("device", "said"), [("tpu", "--device tpu: expected cpu, cuda or cuda:N"),
+                                              ("cuda:7", "--device cuda:7: ")])
+def test_score_refuses_a_device_it_cannot_use(device: str, said: str, history: tuple[Path, Path], bundle: Any,
+                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """torch's RuntimeError and exit 1 before (after reading the whole file, for `tpu`)."""
+    from stream_detector.model.bundle import save_bundle
+
+    events, _ = history
+    model = save_bundle(bundle, tmp_path / "m")
+    code, err = _run(capsys, ["score", "--model", str(model), "--input", str(events), "--out",
+                              str(tmp_path / "s.csv"), "--device", device])
+    assert code == 2 and said in err and "Traceback" not in err and not (tmp_path / "s.csv").exists()
+
+
+def test_produce_refuses_a_labels_file_sent_as_events(history: tuple[Path, Path],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Sent to the input topic, each label was dead-lettered by the worker as no_features."""
+    _, labels = history
+    code, err = _run(capsys, ["produce", "--input", str(labels), "--topic", "never-made"])
+    assert code == 2 and "holds feedback records" in err and "produce --feedback" in err
+
+
+def test_a_label_key_typo_gets_the_entity_key_it_meant(history: tuple[Path, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    events, labels = history
+    code, err = _run(capsys, ["train", "--input", str(events), "--out", str(tmp_path / "m"), "--feedback", str(labels),
+                              "--entity-key", "terminal_id", "--label-key", "termnal_id"])
+    assert code == 2 and "did you mean --label-key terminal_id?" in err
+
+
+def test_a_worker_refuses_a_device_it_cannot_use_before_reaching_anything() -> None:
+    """SD_DEVICE=cuda on a machine without one: torch's RuntimeError deserialising the model, exit 1."""
+    from stream_detector.errors import ConfigError
+    from stream_detector.settings import Settings
+    from stream_detector.worker import Worker
+
+    worker = Worker(Settings(device="cuda:7", kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0"))
+    with pytest.raises(ConfigError, match=r"SD_DEVICE=cuda:7: "):
+        worker.start()
