@@ -85,16 +85,13 @@ def _settings_checks(s: Settings) -> Iterator[Check]:
     if s.device.startswith("cuda"):
         import torch
 
-        if not torch.cuda.is_available():
-            yield Check("fail", "device", f"SD_DEVICE={s.device} but torch sees no CUDA device")
+        from .model.bundle import device_problem
+
+        problem = device_problem(s.device)  # what the worker refuses to start with
+        if problem is not None:
+            yield Check("fail", "device", f"SD_DEVICE={s.device}: {problem}")
         else:
             yield Check("ok", "device", f"{s.device}: {torch.cuda.get_device_name(torch.device(s.device))}")
-
-
-def _cuda_ready() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 def _stage_check(s: Settings) -> Check:
@@ -232,7 +229,9 @@ def _redis_checks(s: Settings) -> Iterator[Check]:
                         "run `stream-detector publish DIR`")
         else:
             # loaded on the CPU where the device is unusable: that is the device check's line, not a second one
-            device = s.device if s.device == "cpu" or _cuda_ready() else "cpu"
+            from .model.bundle import device_problem
+
+            device = s.device if device_problem(s.device) is None else "cpu"
             loaded = _try("model", lambda: _load(control, snap.active_model or "", device))
             yield loaded
             if loaded.status == "ok":

@@ -171,3 +171,12 @@ def test_a_worker_refuses_a_device_it_cannot_use_before_reaching_anything() -> N
     worker = Worker(Settings(device="cuda:7", kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0"))
     with pytest.raises(ConfigError, match=r"SD_DEVICE=cuda:7: "):
         worker.start()
+
+
+def test_check_config_says_why_the_device_is_unusable() -> None:
+    """check-config's device line names what the worker refuses to start with (device_problem)."""
+    from stream_detector.checks import _settings_checks
+    from stream_detector.settings import Settings
+
+    checks = {c.name: c for c in _settings_checks(Settings(device="cuda:7"))}
+    assert checks["device"].status == "fail" and checks["device"].detail.startswith("SD_DEVICE=cuda:7: ")
