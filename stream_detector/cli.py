@@ -237,11 +237,14 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from .report import evaluate_on_input
 
     _check_threshold_args(args)
+    if args.out.strip() in ("-", "./-"):  # a trial: a folder named "-" (score's and simulate's --out - is stdout)
+        raise ConfigError(f"--out {args.out}: a model is a folder of files, not a stream; name a folder")
     _check_model_out(Path(args.out))
     if args.supervised and not (args.feedback or args.label_column):  # before reading and training, not after
         raise ConfigError("--supervised needs labels: --feedback FILE or --label-column C")
     entity = _entity_spec(args)
     _check_normal_label(args)
+    args.normal_label = "0" if args.normal_label is None else args.normal_label
     if args.label_column:  # spelled as the file's labels are read: 0.0 → 0, " legit " → legit, False → false (a trial)
         from .inputs import _label_text
 
@@ -253,6 +256,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     for line in data.schema.describe():
         _say(line)
     _check_excluded(args.exclude or (), data.schema, data.events)
+    _require_fields([("--keep", name) for name in args.keep or ()], data.schema, data.events)
     if entity is not None:
         entity = _check_entity_fields(entity, data.schema, data.events,
                                       explicit_distinct=args.entity_distinct != _DEFAULT_DISTINCT)
@@ -283,14 +287,16 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         source = f"{args.label_column}=" if args.label_column else "the feedback label "
         if not normal:
             raise ConfigError(f"no rows with {source}{normal_label!r} (labels seen: {sorted(set(labels))[:10]})")
-        if 2 * len(normal) < len(events):  # a trial: --normal-label fraud, and the leak check blamed real fields
-            common = Counter(labels).most_common(5)
-            _say(f"warning: {source}{normal_label} matches {len(normal):,} of {len(events):,} rows "
-                 f"({len(normal) / max(1, len(events)):.1%}): the model learns from those and takes the other "
-                 f"{len(events) - len(normal):,} for anomalies (labels: "
-                 + ", ".join(f"{lab} {n:,}" for lab, n in common) + "); --normal-label names the normal rows' label")
+        from .inputs import minority_normal_warning
+
+        # a trial: --normal-label fraud, and the leak check blamed real fields one after another
+        warning = minority_normal_warning(f"{source}{normal_label}", len(normal), len(events),
+                                          Counter(labels).most_common(5))
+        if warning is not None:
+            _say(f"warning: {warning}")
         else:  # the check assumes anomalies are the few: with most rows anomalous, any common value looks like one
-            _refuse_leaks(data.schema, data.events, [lab != normal_label for lab in labels], args.exclude or ())
+            _refuse_leaks(data.schema, data.events, [lab != normal_label for lab in labels],
+                          [*(args.exclude or ()), *(args.keep or ())])
         _say(f"{len(events)} events; training on {len(normal)} with {source}{normal_label}")
     else:
         normal = events
@@ -316,6 +322,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                              "training_rows_rejected": len(data.rejected)}
     extra.update(_training_labels(args.label_column, normal_label))
     out = Path(args.out)
+    _drop_old_report(out)
     if labels is not None:
         y = np.array([lab != normal_label for lab in labels])
         # the bundle enriches the raw rows itself; numbers + PNGs in OUT/report/
@@ -328,10 +335,6 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             _say("the decision (alert when either fires, as the worker does) on it: "
                  + _figures(extra["evaluation_on_input"]["decision"]))
     bundle = build_bundle(result, extra)
-    if labels is None and (out / "metadata.json").is_file() and (out / "report").is_dir():
-        import shutil  # an earlier model's evaluation, written into the folder this one replaces
-
-        shutil.rmtree(out / "report")
     save_bundle(bundle, out)
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
     print(bundle.version)
@@ -396,6 +399,7 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
                            inference=_inference(args, entity), entity=entity, id_column=args.id_column,
                            label_column=args.label_column, normal_label=args.normal_label, say=_say)
     facts = result.metrics["streamed"]
+    _drop_old_report(out)
     bundle = build_bundle(result, {"training_input": str(args.input), "training_files": len(files),
                                    "training_rows_read": facts["rows"],
                                    "training_rows_rejected": sum(facts["rejected"].values()),
@@ -404,6 +408,22 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
     _say(f"model {bundle.version} written to {out} (threshold {bundle.threshold:.6g}, sha256 {bundle.sha256[:12]})")
     print(bundle.version)
     return 0
+
+
+REPORT_FILES = ("scores.png", "curves.png")  # what train writes in OUT/report/ (report.evaluate_on_input)
+
+
+def _drop_old_report(out: Path) -> None:
+    """Before ``train`` writes into the folder of an earlier model (``metadata.json`` there): that
+    model's report images go (a trial: they stayed beside the new model, or beside the one image a
+    new report wrote), and the report folder too when nothing else is in it. Other files are the
+    user's and stay."""
+    if not (out / "metadata.json").is_file():
+        return
+    for name in REPORT_FILES:
+        (out / "report" / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty (the user's files), or absent
+        (out / "report").rmdir()
 
 
 def _training_labels(label_column: str | None, normal_label: str) -> dict[str, str]:
@@ -416,19 +436,18 @@ def _training_labels(label_column: str | None, normal_label: str) -> dict[str, s
 def _check_normal_label(args: argparse.Namespace) -> None:
     """``--normal-label`` given without ``--label-column`` is refused (exit 2): it was ignored, and
     ``train`` then took the file's label column for a feature (a new-user trial)."""
-    if args.normal_label is None or args.label_column or args.normal_label == "0":
+    if args.normal_label is None or args.label_column:
         return
+    given = args.normal_label or repr(args.normal_label)
     if getattr(args, "feedback", None):
-        raise ConfigError(f"--normal-label {args.normal_label}: the --feedback labels are legit and fraud "
+        raise ConfigError(f"--normal-label {given}: the --feedback labels are legit and fraud "
                           "already; --normal-label is for --label-column")
-    raise ConfigError(f"--normal-label {args.normal_label} needs --label-column: name the file's column of labels")
+    raise ConfigError(f"--normal-label {given} needs --label-column: name the file's column of labels")
 
 
 def _check_model_out(out: Path) -> None:
     """``train --out``: refused before any input is read when it cannot become the model's folder
     (it found out only after training, with a Python exception and exit 1)."""
-    if str(out) == "-":  # a trial: a folder named "-" (score's and simulate's --out - is standard output)
-        raise ConfigError("--out -: a model is a folder of files, not a stream; name a folder")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: a file is there; a model is written to a folder")
     parent = next((p for p in [out, *out.parents] if p.exists()), None)
@@ -501,9 +520,9 @@ def _refuse_leaks(schema: Any, events: list[dict[str, Any]], fraud: list[bool], 
             counts.setdefault(event.get(rule.name), [0, 0])[f] += 1
         covered = sum(c[1] for c in counts.values() if sum(c) >= 5 and c[1] >= 0.95 * sum(c))
         if covered >= 0.8 * frauds:
-            raise ConfigError(f"field {rule.name!r} gives the label away: {covered} of the {frauds} fraud rows "
-                              f"have a value seen (almost) only on fraud rows (a ground-truth column?); "
-                              f"--exclude {rule.name}")
+            raise ConfigError(f"field {rule.name!r} gives the label away: {covered} of the {frauds} anomalous rows "
+                              f"have a value seen (almost) only on anomalous rows (a ground-truth column?); "
+                              f"--exclude {rule.name}, or --keep {rule.name} if it is a real feature")
 
 
 def _supervised(args: argparse.Namespace, result: Any, events: list[dict[str, Any]], labels: list[str] | None,
@@ -692,8 +711,9 @@ def _entity_spec(args: argparse.Namespace) -> Any:
     other = [k for k in args.label_key or () if k not in (args.entity_key or ())]
     if other and args.entity_key:
         near = difflib.get_close_matches(other[0], args.entity_key, n=1)  # a trial: the typo's hint repeated it
-        if near:
-            raise ConfigError(f"--label-key {other[0]} is not an --entity-key: did you mean --label-key {near[0]}?")
+        if near:  # a typo, or a key of its own (payee_id beside payer_id): both ways out
+            raise ConfigError(f"--label-key {other[0]} is not an --entity-key: --label-key {near[0]} (a typo?), or "
+                              f"add --entity-key {other[0]}")
         raise ConfigError(f"--label-key {other[0]} is not an --entity-key: label features divide by that key's "
                           f"history (add --entity-key {other[0]})")
     if not args.entity_key:
@@ -809,16 +829,19 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     if args.out == "-":  # the scores CSV on standard output (a trial: a file named "-" was written)
         args.out = SCORES_STDOUT
     _check_normal_label(args)
-    if args.device:
-        from .model.bundle import device_problem
+    from .model.bundle import device_problem
 
-        problem = device_problem(args.device)
-        if problem is not None:
-            raise ConfigError(f"--device {args.device}: {problem}")
+    problem = device_problem(args.device or settings.device)  # SD_DEVICE is its default (a trial: RuntimeError)
+    if problem is not None:
+        raise ConfigError(f"--device {args.device}: {problem}" if args.device else
+                          f"SD_DEVICE={settings.device}: {problem}")
     bundle = load_bundle(Path(args.model))
+    args.normal_from = ""
     if args.label_column and args.normal_label is None:  # a trial: 0 against a model trained on legit/fraud
         trained = bundle.metadata.get("training_label_column") == args.label_column
         args.normal_label = str(bundle.metadata.get("training_normal_label", "0")) if trained else "0"
+        args.normal_from = (" (the normal label the model was trained with)" if trained else
+                            " (the default: the model records no normal label for this column)")
     if args.feedback and not Path(args.feedback).exists():
         raise ConfigError(f"feedback file not found: {args.feedback}")
     _check_file_out(Path(args.out), "--out", [args.input, args.feedback])
@@ -898,8 +921,8 @@ def _check_normal_present(args: argparse.Namespace, labels: list[str]) -> None:
     normal = _label_text(args.normal_label)
     seen = set(labels) - {""}
     if seen and normal not in seen:
-        raise ConfigError(f"no row has {args.label_column}={normal!r} (labels seen: {sorted(seen)[:10]}): give the "
-                          "normal rows' label with --normal-label")
+        raise ConfigError(f"no row has {args.label_column}={normal!r}{getattr(args, 'normal_from', '')} (labels "
+                          f"seen: {sorted(seen)[:10]}): give the normal rows' label with --normal-label")
 
 
 def _evaluate_on_label_column(args: argparse.Namespace, scored: Any, labels: list[str], threshold: float,
@@ -1021,7 +1044,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     data = _load_file(args, inference=_inference(args, None), keep_json=True, need_labels=False)
     names = {name for event in data.events[:100] for name in event}
     names |= {args.label_column} if args.label_column else set()
-    if {"label", "labelled_at"} <= names <= {"event_id", "label", "source", "labelled_at"}:
+    if "label" in names and names <= {"event_id", "label", "source", "labelled_at"}:
         # a trial: sent to the input topic, each one dead-lettered by the worker as no_features
         raise ConfigError(f"{args.input} holds feedback records (event_id, label, source, labelled_at), not events: "
                           "send them with produce --feedback (to SD_FEEDBACK_TOPIC)")
@@ -1111,6 +1134,21 @@ def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
 _MAX_IMPLIED_EVENTS = 1_000_000_000  # a live run's rate x duration past this is a typing slip, not a load test
 
 
+def _same_target(a: str, b: str) -> bool:
+    """Whether output paths ``a`` and ``b`` (``-``: standard output) name one file: the same path
+    (links resolved), a hard link, or standard output by another name (/dev/stdout)."""
+    def stat(path: str) -> os.stat_result | None:
+        try:
+            return os.fstat(1) if path == "-" else os.stat(path)
+        except OSError:
+            return None
+
+    if a == b or (a != "-" and b != "-" and Path(a).resolve() == Path(b).resolve()):
+        return True
+    sa, sb = stat(a), stat(b)
+    return sa is not None and sb is not None and (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     import contextlib
 
@@ -1153,10 +1191,10 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         _check_file_out(Path(args.out), "--out")
     if args.feedback_out and args.feedback_out != STDOUT:
         _check_file_out(Path(args.feedback_out), "--feedback-out")
-        if args.out and args.out != STDOUT and Path(args.out).resolve() == Path(args.feedback_out).resolve():
-            # a trial: the labels were written over the events' first rows, exit 0
-            raise ConfigError(f"--out and --feedback-out are the same file ({args.out}): events and labels go to "
-                              "two files")
+    if args.out and args.feedback_out and _same_target(args.out, args.feedback_out):
+        # a trial: the labels were written over the events' first rows, exit 0
+        raise ConfigError(f"--out {args.out} and --feedback-out {args.feedback_out} are the same file: events and "
+                          "labels go to two files")
     typed = {a.split("=", 1)[0] for a in _ARGV}
     live_only = [flag for flag in ("--rate", "--duration") if flag in typed]
     if args.out and live_only:  # a trial: `--out - --rate 100 --duration 2` wrote the default 10,000 rows
@@ -1920,13 +1958,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV (with header), JSON Lines or Parquet, optionally compressed")
     p.add_argument("--out", required=True, help="directory for the bundle")
     p.add_argument("--label-column", help="column with labels; only --normal-label rows are trained on")
-    p.add_argument("--normal-label", default="0", help="label value of normal rows (default: 0)")
+    p.add_argument("--normal-label", help="with --label-column: label value of normal rows (default: 0)")
     p.add_argument("--feedback", metavar="FILE",
                    help="labels as feedback records (CSV, JSON Lines or Parquet: event_id, label fraud|legit, "
                         "source, labelled_at; docs/feedback.md), joined by event_id: fraud-labelled events are "
                         "left out of training and the input is evaluated against them (instead of --label-column)")
     p.add_argument("--id-column", help="column to use as event_id (default: event_id, else row number)")
     p.add_argument("--exclude", action="append", help="field to leave out of the features (repeatable)")
+    p.add_argument("--keep", action="append", metavar="FIELD",
+                   help="a category field the ground-truth check refuses (its values nearly only on anomalous rows) "
+                        "that is a real feature, e.g. an intrusion set's service (repeatable)")
     p.add_argument("--epochs", type=_at_least_one, help="training epochs, >= 1 (default: derived from the row "
                    "count: ~20,000 optimiser steps, 10 to 300 epochs)")
     p.add_argument("--threshold-method", choices=["fence", "quantile", "meanstd"], default="fence",

@@ -180,6 +180,12 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
         + (f" ({', '.join(f'{k} {v}' for k, v in reasons.most_common())}; e.g. row {example.index + 1}: "
            f"{example.message})" if example is not None else ""))
     if label_column is not None:
+        from ..inputs import minority_normal_warning
+
+        swapped = minority_normal_warning(f"{label_column}={normal_label}", counts["normal"], counts["events"],
+                                          [(lab, -1) for lab in labels_seen])
+        if swapped is not None:
+            say(f"warning: {swapped}")
         say(f"{counts['events']:,} events; training on {counts['normal']:,} with {label_column}={normal_label}")
     if entity is not None:
         hint = "; is the input in time order? files are read in path order" if order.late else ""

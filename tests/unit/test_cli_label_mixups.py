@@ -53,6 +53,37 @@ def test_the_leak_check_still_refuses_a_ground_truth_column(
     assert code == 2 and "field 'pattern' gives the label away" in err
 
 
+def test_the_leak_check_lets_a_real_feature_through_with_keep(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An intrusion-like file (80 % normal): `service` is nearly always `ecr_i` on the attacks and
+    never on normal rows, a real feature the ground-truth check refused with no way out."""
+    import random
+
+    rng = random.Random(0)
+    rows = ["event_id,timestamp,bytes,service,label"]
+    for i in range(1000):
+        attack = i % 5 == 0
+        rows.append(f"e{i},{1_700_000_000_000 + 1000 * i},{rng.random() * 100:.2f},"
+                    f"{'ecr_i' if attack else rng.choice(['http', 'smtp', 'ftp'])},{'smurf' if attack else 'normal'}")
+    data = tmp_path / "kdd.csv"
+    data.write_text("\n".join(rows) + "\n")
+    common = ["train", "--input", str(data), "--label-column", "label", "--normal-label", "normal", "--epochs", "1"]
+    code, err = _run(capsys, [*common, "--out", str(tmp_path / "m")])
+    assert code == 2 and "field 'service' gives the label away" in err and "--keep service" in err
+    assert main([*common, "--out", str(tmp_path / "m"), "--keep", "service"]) == 0
+    code, err = _run(capsys, [*common, "--out", str(tmp_path / "m"), "--keep", "servce"])
+    assert code == 2 and "--keep servce" in err
+
+
+def test_the_swapped_label_warning_on_the_streamed_path_too(
+        history: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    events, _ = history
+    code, err = _run(capsys, ["train", "--input", str(events), "--out", str(tmp_path / "m"), "--label-column",
+                              "label", "--normal-label", "fraud", "--exclude", "pattern", "--epochs", "1",
+                              "--streamed"])
+    assert "warning: label=fraud matches 27 of 3,000 rows (0.9%)" in err and "is skipped" in err
+
+
 @pytest.mark.parametrize("command", ["train", "score"])
 def test_a_normal_label_without_a_label_column_is_refused(
         command: str, history: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,6 +93,8 @@ def test_a_normal_label_without_a_label_column_is_refused(
     model = [] if command == "train" else ["--model", str(tmp_path / "none")]
     code, err = _run(capsys, [command, "--input", str(events), *out, *model, "--normal-label", "legit"])
     assert code == 2 and "--normal-label legit needs --label-column" in err
+    code, err = _run(capsys, [command, "--input", str(events), *out, *model, "--normal-label", "0"])  # the default, said
+    assert code == 2 and "--normal-label 0 needs --label-column" in err
     if command == "train":
         code, err = _run(capsys, ["train", "--input", str(events), *out, "--feedback", str(labels),
                                   "--normal-label", "legit"])
@@ -85,6 +118,11 @@ def test_score_reads_labels_as_the_model_was_trained_and_refuses_a_normal_label_
     assert code == 0 and "(27 of 3000 rows not 'legit')" in err
     code, err = _run(capsys, [*base, "--normal-label", "legitt"])
     assert code == 2 and "no row has label='legitt' (labels seen: ['fraud', 'legit'])" in err
+    numbered = tmp_path / "numbered.csv"  # the same file with 0/1 labels: the trained 'legit' is not there, said so
+    numbered.write_text(events.read_text().replace(",legit,", ",0,").replace(",fraud,", ",1,"))
+    code, err = _run(capsys, ["score", "--model", str(model), "--input", str(numbered), "--out",
+                              str(tmp_path / "n.csv"), "--label-column", "label"])
+    assert code == 2 and "no row has label='legit' (the normal label the model was trained with)" in err
 
 
 def test_labels_of_another_file_joined_by_id_are_warned_of(
@@ -119,17 +157,36 @@ def test_train_into_a_models_folder_replaces_it_and_out_dash_is_refused(
     assert main(["train", *common, "--out", str(model), "--entity-key", "account_id",
                  "--max-self-flag-rate", "1"]) == 0
     assert load_bundle(model).entity is not None and (model / "report").is_dir()
+    (model / "report" / "mine.txt").write_text("the user's")
     assert main(["train", "--input", str(events), "--exclude", "label", "--exclude", "pattern", "--epochs", "1",
                  "--out", str(model)]) == 0
-    assert load_bundle(model).entity is None and not (model / "report").exists()  # the old model's report went too
-    code, err = _run(capsys, ["train", *common, "--out", "-"])
-    assert code == 2 and "--out -: a model is a folder" in err and not Path("-").exists()
+    assert load_bundle(model).entity is None  # the old model's images went, the user's file stayed
+    assert sorted(p.name for p in (model / "report").iterdir()) == ["mine.txt"]
+    (model / "report" / "mine.txt").unlink()
+    assert main(["train", "--input", str(events), "--exclude", "label", "--exclude", "pattern", "--epochs", "1",
+                 "--out", str(model), "--streamed"]) == 0
+    assert not (model / "report").exists()
+    for dash in ("-", "./-"):
+        code, err = _run(capsys, ["train", *common, "--out", dash])
+        assert code == 2 and f"--out {dash}: a model is a folder" in err and not Path("-").exists()
 
 
 def test_simulate_refuses_one_file_for_events_and_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same path, another spelling of it, or a hard link: the labels were written over the events."""
+    import os
+
     same = tmp_path / "same.csv"
-    code, err = _run(capsys, ["simulate", "--out", str(same), "--feedback-out", str(same), "--count", "100"])
-    assert code == 2 and "--out and --feedback-out are the same file" in err and not same.exists()
+    (tmp_path / "sub").mkdir()
+    for other in (str(same), str(tmp_path / "sub" / ".." / "same.csv")):
+        code, err = _run(capsys, ["simulate", "--out", str(same), "--feedback-out", other, "--count", "100"])
+        assert code == 2 and "are the same file: events and labels go to two files" in err and not same.exists()
+    (tmp_path / "a.csv").write_text("x\n")
+    os.link(tmp_path / "a.csv", tmp_path / "b.csv")
+    code, err = _run(capsys, ["simulate", "--out", str(tmp_path / "a.csv"), "--feedback-out", str(tmp_path / "b.csv"),
+                              "--count", "100"])
+    assert code == 2 and "are the same file" in err
+    assert main(["simulate", "--out", str(tmp_path / "e.csv"), "--feedback-out", str(tmp_path / "l.csv"),
+                 "--count", "100"]) == 0
 
 
 @pytest.mark.parametrize(("device", "said"), [("tpu", "--device tpu: expected cpu, cuda or cuda:N"),
@@ -144,6 +201,14 @@ def test_score_refuses_a_device_it_cannot_use(device: str, said: str, history: t
     code, err = _run(capsys, ["score", "--model", str(model), "--input", str(events), "--out",
                               str(tmp_path / "s.csv"), "--device", device])
     assert code == 2 and said in err and "Traceback" not in err and not (tmp_path / "s.csv").exists()
+    if device.startswith("cuda"):  # SD_DEVICE, score's default, alike
+        import os
+        from unittest import mock
+
+        with mock.patch.dict(os.environ, {"SD_DEVICE": device}):
+            code, err = _run(capsys, ["score", "--model", str(model), "--input", str(events), "--out",
+                                      str(tmp_path / "s.csv")])
+        assert code == 2 and f"SD_DEVICE={device}: " in err and not (tmp_path / "s.csv").exists()
 
 
 def test_produce_refuses_a_labels_file_sent_as_events(history: tuple[Path, Path],
@@ -152,6 +217,11 @@ def test_produce_refuses_a_labels_file_sent_as_events(history: tuple[Path, Path]
     _, labels = history
     code, err = _run(capsys, ["produce", "--input", str(labels), "--topic", "never-made"])
     assert code == 2 and "holds feedback records" in err and "produce --feedback" in err
+    bare = labels.parent / "bare.jsonl"  # labelled_at is optional in the contract
+    bare.write_bytes(b"".join(orjson.dumps({k: v for k, v in orjson.loads(line).items() if k != "labelled_at"}) + b"\n"
+                              for line in labels.read_bytes().splitlines()))
+    code, err = _run(capsys, ["produce", "--input", str(bare), "--topic", "never-made"])
+    assert code == 2 and "holds feedback records" in err
 
 
 def test_a_label_key_typo_gets_the_entity_key_it_meant(history: tuple[Path, Path], tmp_path: Path,
@@ -159,7 +229,7 @@ def test_a_label_key_typo_gets_the_entity_key_it_meant(history: tuple[Path, Path
     events, labels = history
     code, err = _run(capsys, ["train", "--input", str(events), "--out", str(tmp_path / "m"), "--feedback", str(labels),
                               "--entity-key", "terminal_id", "--label-key", "termnal_id"])
-    assert code == 2 and "did you mean --label-key terminal_id?" in err
+    assert code == 2 and "--label-key terminal_id (a typo?), or add --entity-key termnal_id" in err
 
 
 def test_a_worker_refuses_a_device_it_cannot_use_before_reaching_anything() -> None:

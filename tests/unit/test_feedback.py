@@ -171,7 +171,8 @@ def test_train_with_feedback_is_train_with_the_same_labels_in_a_column(tmp_path:
     # for every row taken as an anomaly before 2026-12-06)
     assert main(["score", "--model", str(tmp_path / "a"), "--input", str(tmp_path / "labelled.csv"),
                  "--out", str(tmp_path / "s3.csv"), "--label-column", "label"]) == 2
-    assert "no row has label='0' (labels seen: ['fraud', 'legit'])" in capsys.readouterr().err
+    assert ("no row has label='0' (the default: the model records no normal label for this column) (labels seen: "
+            "['fraud', 'legit'])") in capsys.readouterr().err
     write_csv(tmp_path / "partly.csv", [{**e, "label": "" if i < 10 else "legit" if p == "legit" else "fraud"}
                                         for i, (e, p) in enumerate(zip(events, patterns, strict=True))])
     assert main(["score", "--model", str(tmp_path / "b"), "--input", str(tmp_path / "partly.csv"),
