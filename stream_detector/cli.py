@@ -381,6 +381,7 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
         schema = infer_schema(first, _inference(args, entity)).schema
         if first:  # an empty input is refused by the training itself, with its own message
             _check_excluded(args.exclude or (), schema, first)
+            _require_fields([("--keep", name) for name in args.keep or ()], schema, first)
         if entity is not None and first:
             explicit = args.entity_distinct != _DEFAULT_DISTINCT
             entity = _check_entity_fields(entity, schema, first, explicit_distinct=explicit)
@@ -397,7 +398,8 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
     with _terminated_as_interrupt():  # SIGTERM (timeout, Kubernetes) cleans up the work directory as Ctrl-C does
         result = train_big(files, config, options, reader=_reader_options(args),
                            inference=_inference(args, entity), entity=entity, id_column=args.id_column,
-                           label_column=args.label_column, normal_label=args.normal_label, say=_say)
+                           label_column=args.label_column, normal_label=args.normal_label, keep=args.keep or (),
+                           say=_say)
     facts = result.metrics["streamed"]
     _drop_old_report(out)
     bundle = build_bundle(result, {"training_input": str(args.input), "training_files": len(files),
@@ -501,28 +503,21 @@ def _figures(numbers: dict[str, Any]) -> str:
 
 
 def _refuse_leaks(schema: Any, events: list[dict[str, Any]], fraud: list[bool], excluded: Sequence[str]) -> None:
-    """Refuse (exit 2) a category or boolean feature that gives the label away: values that are
-    (nearly) only ever seen on fraud rows (each with at least 5 rows, at least 95 % fraud) cover at
-    least 80 % of the frauds — a ground-truth column left in the file, like the simulator's
-    ``label`` and ``pattern``. The model would look perfect in training and meet events without it
-    when served. (Delayed labels disagree with such a column now and then: analysts err, so the
-    rule is not "exactly".)"""
+    """Refuse (exit 2) a category or boolean feature that gives the label away
+    (``inputs.leak_problem``): the model would look perfect in training and meet events without it
+    when served."""
     from .fieldschema import FieldType
+    from .inputs import leak_problem
 
-    frauds = fraud.count(True)
-    if min(frauds, fraud.count(False)) < 10:
-        return
     for rule in schema.fields:
         if rule.name in excluded or rule.type not in (FieldType.CATEGORY, FieldType.BOOLEAN):
             continue
         counts: dict[Any, list[int]] = {}
         for event, f in zip(events, fraud, strict=True):
             counts.setdefault(event.get(rule.name), [0, 0])[f] += 1
-        covered = sum(c[1] for c in counts.values() if sum(c) >= 5 and c[1] >= 0.95 * sum(c))
-        if covered >= 0.8 * frauds:
-            raise ConfigError(f"field {rule.name!r} gives the label away: {covered} of the {frauds} anomalous rows "
-                              f"have a value seen (almost) only on anomalous rows (a ground-truth column?); "
-                              f"--exclude {rule.name}, or --keep {rule.name} if it is a real feature")
+        problem = leak_problem(rule.name, counts)
+        if problem is not None:
+            raise ConfigError(problem)
 
 
 def _supervised(args: argparse.Namespace, result: Any, events: list[dict[str, Any]], labels: list[str] | None,

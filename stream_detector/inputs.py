@@ -331,6 +331,28 @@ class DriftCounts:
         return novel_values_warning(self.columns, self.novel, self.looked, of, redacted)
 
 
+LEAK_MIN_ROWS, LEAK_VALUE_SHARE, LEAK_COVERED = 5, 0.95, 0.8  # train's ground-truth check (below)
+
+
+def leak_problem(name: str, counts: Mapping[Any, Sequence[int]]) -> str | None:
+    """``train``'s ground-truth check of one category field (in memory and ``--streamed``), from
+    its values' (normal rows, anomalous rows) ``counts``: the one-line refusal when values that are
+    (nearly) only ever seen on anomalous rows (each with at least ``LEAK_MIN_ROWS`` rows, at least
+    ``LEAK_VALUE_SHARE`` of them anomalous) cover at least ``LEAK_COVERED`` of the anomalous rows —
+    a ground-truth column left in the file, like the simulator's ``label`` and ``pattern``; else
+    None. Not run with fewer than 10 rows of either kind. (Delayed labels disagree with such a
+    column now and then: analysts err, so the rule is not "exactly".)"""
+    anomalous = sum(c[1] for c in counts.values())
+    if min(anomalous, sum(c[0] for c in counts.values())) < 10:
+        return None
+    covered = sum(c[1] for c in counts.values() if sum(c) >= LEAK_MIN_ROWS and c[1] >= LEAK_VALUE_SHARE * sum(c))
+    if covered < LEAK_COVERED * anomalous:
+        return None
+    return (f"field {name!r} gives the label away: {covered} of the {anomalous} anomalous rows have a value seen "
+            f"(almost) only on anomalous rows (a ground-truth column?); --exclude {name}, or --keep {name} if it is a "
+            "real feature")
+
+
 def minority_normal_warning(source: str, normal: int, total: int, labels: Sequence[tuple[str, int]]) -> str | None:
     """``train``'s warning (in memory and ``--streamed``) when the normal label matches fewer than
     half the ``total`` labelled rows (``normal`` of them; ``labels``: the most common (label, count)

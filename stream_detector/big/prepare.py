@@ -104,7 +104,8 @@ class _Plan:
 def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: InferenceOptions, entity: EntitySpec | None,
              id_column: str | None, label_column: str | None, normal_label: str, exclude: Sequence[str],
              time_of_day: bool, seed: int, validation_fraction: float, options: BigOptions,
-             say: Say) -> tuple[FieldSchema, _Plan, Any, list[tuple[str, int]], dict[str, Any]]:
+             say: Say, keep: Sequence[str] = ()) -> tuple[FieldSchema, _Plan, Any, list[tuple[str, int]],
+                                                          dict[str, Any]]:
     """Read, type, cache, shard, gather the raw fields' statistics (see the module docstring)."""
     started = last = time.monotonic()
     total = known_rows(files)
@@ -133,6 +134,7 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
     example: RowRejection | None = None
     order = _Order(times)
     labels_seen: dict[str, None] = {}
+    leaks = _LeakCounts([n for n in plan.categorical if n not in keep] if label_column is not None else [])
     progress = _ReadProgress(files, total)
     for got, chunk_path, chunk_bytes in _derived(head, chunks, schema, layout, id_column, label_column, files_seen,
                                                       say):
@@ -147,6 +149,7 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
             rows = got.rows
             normal = (pc.equal(got.labels, normal_label).to_numpy(zero_copy_only=False) if got.labels is not None
                       else np.ones(len(rows), dtype=bool))
+            leaks.add(got.categorical, ~normal)
             val = validation_rows(rows, seed, validation_fraction)
             table = plan.table(got, normal, val)
             if cache is None:
@@ -186,6 +189,8 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
                                           [(lab, -1) for lab in labels_seen])
         if swapped is not None:
             say(f"warning: {swapped}")
+        else:  # the check assumes anomalies are the few (as in memory)
+            leaks.refuse()
         say(f"{counts['events']:,} events; training on {counts['normal']:,} with {label_column}={normal_label}")
     if entity is not None:
         hint = "; is the input in time order? files are read in path order" if order.late else ""
@@ -200,6 +205,45 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
              "train_rows": counts["train"], "with_ts": counts["with_ts"], "rejected": dict(reasons),
              "read_seconds": round(seconds, 1)}
     return schema, plan, stats, tasks, facts
+
+
+class _LeakCounts:
+    """Per category field of ``fields``, each value's (normal rows, anomalous rows) over the first
+    pass, for the ground-truth check (``inputs.leak_problem``); a field with more than
+    ``MAX_VALUES`` distinct values is dropped from it (bounded memory: an id-like category is no
+    ground truth of a few values)."""
+
+    MAX_VALUES = 100_000
+
+    def __init__(self, fields: Sequence[str]) -> None:
+        self.counts: dict[str, dict[Any, list[int]]] = {name: {} for name in fields}
+
+    def add(self, columns: dict[str, Any], anomalous: np.ndarray) -> None:
+        """One chunk: ``columns`` its category columns (pyarrow arrays), ``anomalous`` bool[n]."""
+        if not self.counts:
+            return
+        flags = pa.array(anomalous.astype(np.int64))
+        for name in list(self.counts):
+            grouped = pa.table({"v": columns[name], "a": flags}).group_by("v").aggregate([("a", "sum"),
+                                                                                         ("a", "count")])
+            seen = self.counts[name]
+            for value, bad, n in zip(grouped["v"].to_pylist(), grouped["a_sum"].to_pylist(),
+                                     grouped["a_count"].to_pylist(), strict=True):
+                pair = seen.setdefault(value, [0, 0])
+                pair[0] += n - bad
+                pair[1] += bad
+            if len(seen) > self.MAX_VALUES:
+                del self.counts[name]
+
+    def refuse(self) -> None:
+        """Raises ``ConfigError`` (``inputs.leak_problem``'s line) for the first field that gives the
+        labels away."""
+        from ..inputs import leak_problem
+
+        for name, counts in self.counts.items():
+            problem = leak_problem(name, counts)
+            if problem is not None:
+                raise ConfigError(problem)
 
 
 class _Order:

@@ -89,11 +89,13 @@ class StreamOptions:
 def train_big(files: Sequence[Path], config: TrainConfig, options: BigOptions, *, reader: ReaderOptions,
               inference: InferenceOptions, entity: EntitySpec | None = None, id_column: str | None = None,
               label_column: str | None = None, normal_label: str = "0", stream: StreamOptions = StreamOptions(),
-              say: Say = lambda _m: None) -> TrainResult:
+              keep: Sequence[str] = (), say: Say = lambda _m: None) -> TrainResult:
     """Train a bundle's model from ``files`` (``big/source.py``'s input) with bounded memory.
 
     Rows with ``label_column`` equal to ``normal_label`` train (all rows without a label column);
-    every event is the entity history. ``options.work_dir`` (created here; ``ConfigError`` when it
+    every event is the entity history. With labels, a category field that gives them away is
+    refused after the first pass (``inputs.leak_problem``, as ``train`` in memory; ``keep``: fields
+    let through). ``options.work_dir`` (created here; ``ConfigError`` when it
     exists) holds the intermediate files (about ``rows × (fields + entity features) × 8`` bytes) and
     is removed at the end, also on failure.
 
@@ -109,7 +111,7 @@ def train_big(files: Sequence[Path], config: TrainConfig, options: BigOptions, *
     try:
         schema, plan, stats, tasks, facts = pass_one(
             files, reader=reader, inference=inference, entity=entity, id_column=id_column,
-            label_column=label_column, normal_label=normal_label, exclude=config.exclude,
+            label_column=label_column, normal_label=normal_label, exclude=config.exclude, keep=keep,
             time_of_day=config.time_of_day, seed=config.seed, validation_fraction=config.validation_fraction,
             options=options, say=say)
         if facts["normal"] < config.min_rows:

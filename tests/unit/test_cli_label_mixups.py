@@ -82,6 +82,13 @@ def test_the_swapped_label_warning_on_the_streamed_path_too(
                               "label", "--normal-label", "fraud", "--exclude", "pattern", "--epochs", "1",
                               "--streamed"])
     assert "warning: label=fraud matches 27 of 3,000 rows (0.9%)" in err and "is skipped" in err
+    # the ground-truth check on this path too (it kept the simulator's pattern as a feature before)
+    common = ["train", "--input", str(events), "--label-column", "label", "--normal-label", "legit", "--epochs", "1",
+              "--streamed"]
+    code, err = _run(capsys, [*common, "--out", str(tmp_path / "m2")])
+    assert code == 2 and "field 'pattern' gives the label away" in err and not (tmp_path / "m2").exists()
+    code, err = _run(capsys, [*common, "--out", str(tmp_path / "m3"), "--keep", "pattern"])
+    assert "gives the label away" not in err
 
 
 @pytest.mark.parametrize("command", ["train", "score"])
