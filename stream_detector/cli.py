@@ -244,6 +244,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--supervised needs labels: --feedback FILE or --label-column C")
     entity = _entity_spec(args)
     _check_normal_label(args)
+    for name in args.keep or ():  # before the file is read: these need no data
+        if name == args.label_column:
+            raise ConfigError(f"--keep {name}: it is the --label-column, which is never a feature")
+        if name in (args.exclude or ()):
+            raise ConfigError(f"--keep {name} and --exclude {name}: one or the other")
     args.normal_label = "0" if args.normal_label is None else args.normal_label
     if args.label_column:  # spelled as the file's labels are read: 0.0 → 0, " legit " → legit, False → false (a trial)
         from .inputs import _label_text
@@ -256,7 +261,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     for line in data.schema.describe():
         _say(line)
     _check_excluded(args.exclude or (), data.schema, data.events)
-    _require_fields([("--keep", name) for name in args.keep or ()], data.schema, data.events)
+    _check_keep(args, data.schema, data.events)
     if entity is not None:
         entity = _check_entity_fields(entity, data.schema, data.events,
                                       explicit_distinct=args.entity_distinct != _DEFAULT_DISTINCT)
@@ -372,7 +377,7 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
     _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of {args.chunk_rows:,} rows"
          + (" (CSV: blocks of about that many)" if csv else "")
          + (f", {args.shards} entity shard(s) per key on {where}" if entity is not None else ""))
-    if entity is not None or args.exclude:  # the in-memory path's checks, on the first file's first rows
+    if entity is not None or args.exclude or args.keep:  # the in-memory path's checks, on the first file's first rows
         from .big.source import raw_chunks
         from .fieldschema import infer_schema
 
@@ -381,7 +386,7 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
         schema = infer_schema(first, _inference(args, entity)).schema
         if first:  # an empty input is refused by the training itself, with its own message
             _check_excluded(args.exclude or (), schema, first)
-            _require_fields([("--keep", name) for name in args.keep or ()], schema, first)
+            _check_keep(args, schema, first)
         if entity is not None and first:
             explicit = args.entity_distinct != _DEFAULT_DISTINCT
             entity = _check_entity_fields(entity, schema, first, explicit_distinct=explicit)
@@ -500,6 +505,20 @@ def _figures(numbers: dict[str, Any]) -> str:
     """``k=v, …`` of an evaluation's figures (floats to 4 places; missing ones left out)."""
     return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items()
                      if v is not None and not isinstance(v, dict))
+
+
+def _check_keep(args: argparse.Namespace, schema: Any, events: list[dict[str, Any]]) -> None:
+    """``train --keep``: each a category or boolean field of the input (the fields the ground-truth
+    check looks at), refused (exit 2) otherwise, on both paths (a trial: a typo passed on the
+    streamed path, a number field anywhere)."""
+    from .fieldschema import FieldType
+
+    _require_fields([("--keep", name) for name in args.keep or ()], schema, events)
+    for name in args.keep or ():
+        rule = next((r for r in schema.fields if r.name == name), None)
+        if rule is not None and rule.type not in (FieldType.CATEGORY, FieldType.BOOLEAN):
+            raise ConfigError(f"--keep {name}: a {rule.type.value} field; --keep is for the category and boolean "
+                              "fields the ground-truth check refuses")
 
 
 def _refuse_leaks(schema: Any, events: list[dict[str, Any]], fraud: list[bool], excluded: Sequence[str]) -> None:
@@ -1961,8 +1980,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", help="column to use as event_id (default: event_id, else row number)")
     p.add_argument("--exclude", action="append", help="field to leave out of the features (repeatable)")
     p.add_argument("--keep", action="append", metavar="FIELD",
-                   help="a category field the ground-truth check refuses (its values nearly only on anomalous rows) "
-                        "that is a real feature, e.g. an intrusion set's service (repeatable)")
+                   help="a category or boolean field the ground-truth check refuses (its values nearly only on "
+                        "anomalous rows) that is a real feature, e.g. an intrusion set's service (repeatable)")
     p.add_argument("--epochs", type=_at_least_one, help="training epochs, >= 1 (default: derived from the row "
                    "count: ~20,000 optimiser steps, 10 to 300 epochs)")
     p.add_argument("--threshold-method", choices=["fence", "quantile", "meanstd"], default="fence",

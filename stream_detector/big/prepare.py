@@ -134,7 +134,9 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
     example: RowRejection | None = None
     order = _Order(times)
     labels_seen: dict[str, None] = {}
-    leaks = _LeakCounts([n for n in plan.categorical if n not in keep] if label_column is not None else [])
+    flags = [r.name for r in schema.fields if r.type is FieldType.BOOLEAN and r.name in plan.numeric]
+    leaks = _LeakCounts([n for n in plan.categorical if n not in keep] if label_column is not None else [],
+                        [n for n in flags if n not in keep] if label_column is not None else [])
     progress = _ReadProgress(files, total)
     for got, chunk_path, chunk_bytes in _derived(head, chunks, schema, layout, id_column, label_column, files_seen,
                                                       say):
@@ -149,7 +151,7 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
             rows = got.rows
             normal = (pc.equal(got.labels, normal_label).to_numpy(zero_copy_only=False) if got.labels is not None
                       else np.ones(len(rows), dtype=bool))
-            leaks.add(got.categorical, ~normal)
+            leaks.add({**got.categorical, **{n: got.numeric[n] for n in leaks.flags}}, ~normal)
             val = validation_rows(rows, seed, validation_fraction)
             table = plan.table(got, normal, val)
             if cache is None:
@@ -208,18 +210,20 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
 
 
 class _LeakCounts:
-    """Per category field of ``fields``, each value's (normal rows, anomalous rows) over the first
-    pass, for the ground-truth check (``inputs.leak_problem``); a field with more than
-    ``MAX_VALUES`` distinct values is dropped from it (bounded memory: an id-like category is no
-    ground truth of a few values)."""
+    """Per category field of ``fields`` and boolean field of ``flags`` (the in-memory check's two
+    kinds), each value's (normal rows, anomalous rows) over the first pass, for the ground-truth
+    check (``inputs.leak_problem``); a field with more than ``MAX_VALUES`` distinct values is
+    dropped from it (bounded memory: an id-like category is no ground truth of a few values)."""
 
     MAX_VALUES = 100_000
 
-    def __init__(self, fields: Sequence[str]) -> None:
-        self.counts: dict[str, dict[Any, list[int]]] = {name: {} for name in fields}
+    def __init__(self, fields: Sequence[str], flags: Sequence[str] = ()) -> None:
+        self.flags = list(flags)
+        self.counts: dict[str, dict[Any, list[int]]] = {name: {} for name in [*fields, *flags]}
 
     def add(self, columns: dict[str, Any], anomalous: np.ndarray) -> None:
-        """One chunk: ``columns`` its category columns (pyarrow arrays), ``anomalous`` bool[n]."""
+        """One chunk: ``columns`` its category columns (pyarrow arrays) and boolean ones (float64
+        numpy arrays, 1/0, NaN: none), ``anomalous`` bool[n]."""
         if not self.counts:
             return
         flags = pa.array(anomalous.astype(np.int64))

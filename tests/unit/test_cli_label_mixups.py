@@ -75,6 +75,34 @@ def test_the_leak_check_lets_a_real_feature_through_with_keep(
     assert code == 2 and "--keep servce" in err
 
 
+@pytest.mark.parametrize("streamed", [[], ["--streamed"]])
+def test_the_ground_truth_check_alike_on_both_paths(streamed: list[str], history: tuple[Path, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A third trial: a true/false ground-truth column passed on the streamed path (the check read
+    category fields only there); a --keep typo passed there unless --exclude came with it; --keep of
+    the label column, of an excluded field or of a number field was taken or misnamed."""
+    events, _ = history
+    lines = events.read_text().splitlines()
+    head = lines[0].split(",")
+    at, pat = head.index("label"), head.index("pattern")
+    flagged = tmp_path / "flag.csv"  # pattern replaced by is_fraud, true on the frauds
+    flagged.write_text("\n".join([",".join([*head[:pat], "is_fraud"])] + [
+        ",".join([*row[:pat], "true" if row[at] == "fraud" else "false"])
+        for row in (line.split(",") for line in lines[1:])]) + "\n")
+    common = ["train", "--label-column", "label", "--normal-label", "legit", "--epochs", "1", *streamed]
+    code, err = _run(capsys, [*common, "--input", str(flagged), "--out", str(tmp_path / "m")])
+    assert code == 2 and "field 'is_fraud' gives the label away: 27 of the 27 anomalous rows" in err
+    for keep, said in (("nosuch", "--keep nosuch: no such field"),
+                       ("label", "--keep label: it is the --label-column"),
+                       ("amount", "--keep amount: a number field")):
+        code, err = _run(capsys, [*common, "--input", str(flagged), "--out", str(tmp_path / "m"), "--keep", keep])
+        assert code == 2 and said in err, (keep, err)
+    code, err = _run(capsys, [*common, "--input", str(events), "--out", str(tmp_path / "m"), "--keep", "pattern",
+                              "--exclude", "pattern"])
+    assert code == 2 and "--keep pattern and --exclude pattern: one or the other" in err
+    assert main([*common, "--input", str(flagged), "--out", str(tmp_path / "m"), "--keep", "is_fraud"]) == 0
+
+
 def test_the_swapped_label_warning_on_the_streamed_path_too(
         history: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     events, _ = history
