@@ -460,6 +460,11 @@ def _check_model_out(out: Path) -> None:
     parent = next((p for p in [out, *out.parents] if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+    report = out / "report"  # train writes its images there (a trial: an OSError after the whole training)
+    for place in (report, *(report / name for name in REPORT_FILES)):
+        if place.exists() and place.is_dir() != (place == report):
+            raise ConfigError(f"--out {out}: {place} is a {'folder' if place.is_dir() else 'file'}; train writes "
+                              f"{'its report images in a folder' if place == report else 'an image'} there")
 
 
 def _check_file_out(out: Path, option: str, inputs: Sequence[str | None] = ()) -> None:

@@ -356,13 +356,13 @@ def leak_problem(name: str, counts: Mapping[Any, Sequence[int]]) -> str | None:
 def minority_normal_warning(source: str, normal: int, total: int, labels: Sequence[tuple[str, int]]) -> str | None:
     """``train``'s warning (in memory and ``--streamed``) when the normal label matches fewer than
     half the ``total`` labelled rows (``normal`` of them; ``labels``: the most common (label, count)
-    pairs, or labels without counts as count -1): swapped labels, most often (a trial trained on
+    pairs): swapped labels, most often (a trial trained on
     the simulator's frauds with ``--normal-label fraud``). None otherwise. ``source``: "label=fraud"
     as the lines name it. The share is rounded down, so that 49.96 % does not read "50.0 %"."""
     if 2 * normal >= total:
         return None
     share = int(1000 * normal / max(1, total)) / 10
-    seen = ", ".join(lab if n < 0 else f"{lab} {n:,}" for lab, n in labels)
+    seen = ", ".join(f"{lab} {n:,}" for lab, n in labels)
     return (f"{source} matches {normal:,} of {total:,} rows ({share:.1f}%): the model learns from those and takes the "
             f"other {total - normal:,} for anomalies (labels: {seen}); --normal-label names the normal rows' label "
             "(the check for a ground-truth column, which assumes anomalies are the few, is skipped)")

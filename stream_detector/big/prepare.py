@@ -133,7 +133,7 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
     reasons: Counter[str] = Counter()
     example: RowRejection | None = None
     order = _Order(times)
-    labels_seen: dict[str, None] = {}
+    labels_seen: Counter[str] = Counter()  # rows per label, for the lines on the labels
     flags = [r.name for r in schema.fields if r.type is FieldType.BOOLEAN and r.name in plan.numeric]
     leaks = _LeakCounts([n for n in plan.categorical if n not in keep] if label_column is not None else [],
                         [n for n in flags if n not in keep] if label_column is not None else [])
@@ -141,8 +141,11 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
     for got, chunk_path, chunk_bytes in _derived(head, chunks, schema, layout, id_column, label_column, files_seen,
                                                       say):
         order.add(got.ts, got.times)
-        if got.labels is not None and len(labels_seen) < 10:
-            labels_seen.update(dict.fromkeys(sorted(pc.unique(got.labels).to_pylist())[:10]))
+        if got.labels is not None:
+            counted = pc.value_counts(got.labels)
+            labels_seen.update({label: n for label, n in zip(counted.field("values").to_pylist(),
+                                                             counted.field("counts").to_pylist(), strict=True)
+                                if label is not None})
         counts["rows"] += got.total
         for r in got.rejected:
             reasons[r.reason.value] += 1
@@ -175,7 +178,7 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
     if cache is None:
         raise InputError(f"{files[0] if len(files) == 1 else 'the input'}: no row is a valid event")
     if label_column is not None and not counts["normal"]:
-        raise ConfigError(f"no rows with {label_column}={normal_label!r} (labels seen: {list(labels_seen)[:10]})")
+        raise ConfigError(f"no rows with {label_column}={normal_label!r} (labels seen: {sorted(labels_seen)[:10]})")
     cache.close()
     cache_sink.close()
     tasks = writer.close() if writer is not None else []
@@ -188,7 +191,7 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
         from ..inputs import minority_normal_warning
 
         swapped = minority_normal_warning(f"{label_column}={normal_label}", counts["normal"], counts["events"],
-                                          [(lab, -1) for lab in labels_seen])
+                                          labels_seen.most_common(5))
         if swapped is not None:
             say(f"warning: {swapped}")
         else:  # the check assumes anomalies are the few (as in memory)

@@ -110,6 +110,7 @@ def test_the_swapped_label_warning_on_the_streamed_path_too(
                               "label", "--normal-label", "fraud", "--exclude", "pattern", "--epochs", "1",
                               "--streamed"])
     assert "warning: label=fraud matches 27 of 3,000 rows (0.9%)" in err and "is skipped" in err
+    assert "(labels: legit 2,973, fraud 27)" in err  # counted as in memory (a trial: names alone)
     # the ground-truth check on this path too (it kept the simulator's pattern as a feature before)
     common = ["train", "--input", str(events), "--label-column", "label", "--normal-label", "legit", "--epochs", "1",
               "--streamed"]
@@ -201,6 +202,14 @@ def test_train_into_a_models_folder_replaces_it_and_out_dash_is_refused(
     assert main(["train", "--input", str(events), "--exclude", "label", "--exclude", "pattern", "--epochs", "1",
                  "--out", str(model), "--streamed"]) == 0
     assert not (model / "report").exists()
+    odd = tmp_path / "odd"  # a trial: an OSError (exit 1) after the whole training
+    capsys.readouterr()
+    for place, made in ((odd / "report", "file"), (odd / "report" / "scores.png", "folder")):
+        place.parent.mkdir(parents=True, exist_ok=True)
+        place.write_text("x") if made == "file" else place.mkdir()
+        code, err = _run(capsys, ["train", *common, "--out", str(odd)])
+        assert code == 2 and f"{place} is a {made}" in err and "epoch" not in err
+        place.unlink() if made == "file" else place.rmdir()
     for dash in ("-", "./-"):
         code, err = _run(capsys, ["train", *common, "--out", dash])
         assert code == 2 and f"--out {dash}: a model is a folder" in err and not Path("-").exists()
