@@ -237,9 +237,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from .report import evaluate_on_input
 
     _check_threshold_args(args)
-    if args.out.strip() in ("-", "./-"):  # a trial: a folder named "-" (score's and simulate's --out - is stdout)
-        raise ConfigError(f"--out {args.out}: a model is a folder of files, not a stream; name a folder")
-    _check_model_out(Path(args.out))
+    _check_model_out(args.out)
     if args.supervised and not (args.feedback or args.label_column):  # before reading and training, not after
         raise ConfigError("--supervised needs labels: --feedback FILE or --label-column C")
     entity = _entity_spec(args)
@@ -452,19 +450,23 @@ def _check_normal_label(args: argparse.Namespace) -> None:
     raise ConfigError(f"--normal-label {given} needs --label-column: name the file's column of labels")
 
 
-def _check_model_out(out: Path) -> None:
+def _check_model_out(given: str) -> None:
     """``train --out``: refused before any input is read when it cannot become the model's folder
     (it found out only after training, with a Python exception and exit 1)."""
+    if given.strip() in ("-", "./-"):  # a trial: a folder named "-" (score's and simulate's --out - is stdout)
+        raise ConfigError(f"--out {given}: a model is a folder of files, not a stream; name a folder")
+    out = Path(given)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: a file is there; a model is written to a folder")
     parent = next((p for p in [out, *out.parents] if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
     report = out / "report"  # train writes its images there (a trial: an OSError after the whole training)
-    for place in (report, *(report / name for name in REPORT_FILES)):
-        if place.exists() and place.is_dir() != (place == report):
-            raise ConfigError(f"--out {out}: {place} is a {'folder' if place.is_dir() else 'file'}; train writes "
-                              f"{'its report images in a folder' if place == report else 'an image'} there")
+    if report.exists() and not report.is_dir():
+        raise ConfigError(f"--out {out}: {report} is a file; train writes its report images in a folder there")
+    for image in (report / name for name in REPORT_FILES):
+        if image.is_dir():
+            raise ConfigError(f"--out {out}: {image} is a folder; train writes an image there")
 
 
 def _check_file_out(out: Path, option: str, inputs: Sequence[str | None] = ()) -> None:
@@ -855,12 +857,12 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--device {args.device}: {problem}" if args.device else
                           f"SD_DEVICE={settings.device}: {problem}")
     bundle = load_bundle(Path(args.model))
-    args.normal_from = ""
+    normal_from = ""  # where score's normal label came from, when not given
     if args.label_column and args.normal_label is None:  # a trial: 0 against a model trained on legit/fraud
         trained = bundle.metadata.get("training_label_column") == args.label_column
         args.normal_label = str(bundle.metadata.get("training_normal_label", "0")) if trained else "0"
-        args.normal_from = (" (the normal label the model was trained with)" if trained else
-                            " (the default: the model records no normal label for this column)")
+        normal_from = (" (the normal label the model was trained with)" if trained else
+                       " (the default: the model records no normal label for this column)")
     if args.feedback and not Path(args.feedback).exists():
         raise ConfigError(f"feedback file not found: {args.feedback}")
     _check_file_out(Path(args.out), "--out", [args.input, args.feedback])
@@ -871,7 +873,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     data = _load_file(args, schema=bundle.schema, need_events=False,
                       entity=bundle.entity)  # an older bundle without a schema: the file's own inferred one
     if args.label_column and data.labels is not None:
-        _check_normal_present(args, data.labels)
+        _check_normal_present(args, data.labels, normal_from)
     from .inputs import FIELDS_AT, file_warnings
 
     for warning in file_warnings(bundle.spec, bundle.schema, data.events, "valid rows", settings.redacted_fields,
@@ -932,15 +934,16 @@ def _say_evaluation(scored: Any, rows: Any, y: Any, threshold: float, head: floa
             decision_figures(scored.flagged(threshold, head)[rows], y)))
 
 
-def _check_normal_present(args: argparse.Namespace, labels: list[str]) -> None:
+def _check_normal_present(args: argparse.Namespace, labels: list[str], origin: str = "") -> None:
     """``score --label-column``: refused (exit 2) before scoring when no row has the normal label,
-    as ``train`` refuses it (a trial: every row counted as an anomaly, figures printed, exit 0)."""
+    as ``train`` refuses it (a trial: every row counted as an anomaly, figures printed, exit 0).
+    ``origin``: where the normal label came from when not given, said with it."""
     from .inputs import _label_text
 
     normal = _label_text(args.normal_label)
     seen = set(labels) - {""}
     if seen and normal not in seen:
-        raise ConfigError(f"no row has {args.label_column}={normal!r}{getattr(args, 'normal_from', '')} (labels "
+        raise ConfigError(f"no row has {args.label_column}={normal!r}{origin} (labels "
                           f"seen: {sorted(seen)[:10]}): give the normal rows' label with --normal-label")
 
 

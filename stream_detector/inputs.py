@@ -335,7 +335,7 @@ LEAK_MIN_ROWS, LEAK_VALUE_SHARE, LEAK_COVERED = 5, 0.95, 0.8  # train's ground-t
 
 
 def leak_problem(name: str, counts: Mapping[Any, Sequence[int]]) -> str | None:
-    """``train``'s ground-truth check of one category field (in memory and ``--streamed``), from
+    """``train``'s ground-truth check of one category or boolean field (in memory and ``--streamed``), from
     its values' (normal rows, anomalous rows) ``counts``: the one-line refusal when values that are
     (nearly) only ever seen on anomalous rows (each with at least ``LEAK_MIN_ROWS`` rows, at least
     ``LEAK_VALUE_SHARE`` of them anomalous) cover at least ``LEAK_COVERED`` of the anomalous rows —
@@ -356,8 +356,8 @@ def leak_problem(name: str, counts: Mapping[Any, Sequence[int]]) -> str | None:
 def minority_normal_warning(source: str, normal: int, total: int, labels: Sequence[tuple[str, int]]) -> str | None:
     """``train``'s warning (in memory and ``--streamed``) when the normal label matches fewer than
     half the ``total`` labelled rows (``normal`` of them; ``labels``: the most common (label, count)
-    pairs): swapped labels, most often (a trial trained on
-    the simulator's frauds with ``--normal-label fraud``). None otherwise. ``source``: "label=fraud"
+    pairs): swapped labels, most often (a trial trained on the simulator's frauds with
+    ``--normal-label fraud``). None otherwise. ``source``: "label=fraud"
     as the lines name it. The share is rounded down, so that 49.96 % does not read "50.0 %"."""
     if 2 * normal >= total:
         return None

@@ -93,7 +93,7 @@ def train_big(files: Sequence[Path], config: TrainConfig, options: BigOptions, *
     """Train a bundle's model from ``files`` (``big/source.py``'s input) with bounded memory.
 
     Rows with ``label_column`` equal to ``normal_label`` train (all rows without a label column);
-    every event is the entity history. With labels, a category field that gives them away is
+    every event is the entity history. With labels, a category or boolean field that gives them away is
     refused after the first pass (``inputs.leak_problem``, as ``train`` in memory; ``keep``: fields
     let through). ``options.work_dir`` (created here; ``ConfigError`` when it
     exists) holds the intermediate files (about ``rows × (fields + entity features) × 8`` bytes) and
