@@ -66,7 +66,12 @@ def main(argv: list[str]) -> int:
         print(usage(), file=sys.stdout if argv and argv[0] in {"-h", "--help"} else sys.stderr)
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
     module = importlib.import_module(SUITES[argv[0]])
-    return int(module.main(argv[1:]))
+    try:
+        return int(module.main(argv[1:]))
+    finally:  # the runs' Redis keys (fresh prefixes each): none left on a developer's running Redis
+        from . import harness
+
+        harness.drop_run_keys()
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ bytes per entity. A full run rewrites the ``entity`` section of ``benchmarks/RES
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,7 +42,7 @@ from stream_detector.model.train import TrainConfig, train
 from stream_detector.pipeline.score import Scorer, scores_of
 from stream_detector.report import evaluate
 
-from . import entity_data
+from . import entity_data, harness
 from .quality import ALERT_BUDGET, recall_at_budget
 
 
@@ -143,8 +145,9 @@ def cost(split: Split, spec: EntitySpec, bundles: dict[str, Bundle], batch: int,
     positions = [[(0, split.cut + i + j) for j in range(len(b))] for i, b in zip(range(0, len(test), batch),
                                                                                  batches, strict=True)]
     client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    stores: dict[str, Any] = {"memory": InMemoryState(), "redis": RedisState(client, "bench")}
+    # a fresh prefix, not FLUSHDB: --redis-url may name a Redis that holds other things
+    prefix = harness.run_prefix(redis_url, f"bench-entity-{uuid.uuid4().hex[:8]}")
+    stores: dict[str, Any] = {"memory": InMemoryState(), "redis": RedisState(client, prefix)}
     for store in stores.values():  # warm state: the training history, as a worker would have it
         _warm(store, spec, split, batch)
     enrichers = {name: Enricher(store) for name, store in stores.items()}
@@ -165,7 +168,7 @@ def cost(split: Split, spec: EntitySpec, bundles: dict[str, Bundle], batch: int,
     out = {k: float(np.median(v) * 1000) for k, v in times.items()}
     out.update(batches=float(len(batches)), batch=float(batch),
                round_trips_redis=(stores["redis"].round_trips - trips) / len(batches))
-    keys = client.keys("bench:entity:*")[:200]
+    keys = list(itertools.islice(client.scan_iter(match=f"{prefix}:entity:*", count=1000), 200))
     out["redis_bytes_per_entity"] = float(np.mean([client.memory_usage(k) for k in keys]))
     out["record_bytes"] = float(np.mean([record_bytes(r, spec, k[1][0]) for k, r in stores["memory"].records.items()]))
     out["entities"] = float(len(stores["memory"].records))

@@ -10,6 +10,7 @@ memory; features + score with the entity features (interleaved, so machine noise
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,8 @@ from stream_detector.entity.state import EntityKey, Record, record_bytes
 from stream_detector.model.bundle import Bundle, build_bundle
 from stream_detector.model.train import TrainConfig, train
 from stream_detector.pipeline.score import Scorer, scores_of
+
+from . import harness
 
 
 class JsonRedisState(RedisState):
@@ -70,8 +73,10 @@ def cost(events: list[dict[str, Any]], spec: EntitySpec, models: dict[str, Bundl
          url: str) -> dict[str, float]:
     cut = int(0.75 * len(events)) // batch * batch
     client = redis.Redis.from_url(url)
-    client.flushdb()
-    stores: dict[str, Any] = {"reference": JsonRedisState(client, "ref"), "redis": RedisState(client, "new"),
+    # fresh prefixes, not FLUSHDB: the Redis named may hold other things
+    tag = uuid.uuid4().hex[:8]
+    ref, new = (harness.run_prefix(url, f"bench-{name}-{tag}") for name in ("ref", "new"))
+    stores: dict[str, Any] = {"reference": JsonRedisState(client, ref), "redis": RedisState(client, new),
                               "memory": InMemoryState()}
     enrichers: dict[str, Any] = {"reference": ReferenceEnricher(stores["reference"]),
                                  "redis": Enricher(stores["redis"]), "memory": Enricher(stores["memory"])}
@@ -103,8 +108,8 @@ def cost(events: list[dict[str, Any]], spec: EntitySpec, models: dict[str, Bundl
     out.update({f"cpu_{k}": float(np.median(v) * 1000) for k, v in cpu.items()})
     out.update(batches=float(len(starts)), batch=float(batch),
                round_trips=(stores["redis"].round_trips - trips) / max(1, len(starts)))
-    for prefix, name in (("ref", "json"), ("new", "binary")):
-        keys = client.keys(f"{prefix}:entity:*")
+    for prefix, name in ((ref, "json"), (new, "binary")):
+        keys = list(client.scan_iter(match=f"{prefix}:entity:*", count=1000))
         out[f"redis_bytes_{name}"] = float(np.mean([client.memory_usage(k) for k in keys]))
         out[f"value_bytes_{name}"] = float(np.mean([client.strlen(k) for k in keys]))
     records = stores["memory"].records

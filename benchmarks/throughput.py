@@ -81,10 +81,11 @@ def say(msg: str) -> None:
 # ---- setup ---------------------------------------------------------------------------------
 
 def base_settings(kafka: str, redis: str, tag: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"kafka_bootstrap": kafka, "redis_url": redis, "redis_prefix": f"bench-{tag}",
-                                  "input_topic": f"bench-in-{tag}", "alerts_topic": f"bench-alerts-{tag}",
-                                  "dlq_topic": f"bench-dlq-{tag}", "group_id": f"bench-{tag}", "topic_partitions": 4,
-                                  "torch_threads": 1, "worker_id": f"bench-{tag}", "log_level": "WARNING"}
+    values: dict[str, Any] = {"kafka_bootstrap": kafka, "redis_url": redis,
+                              "redis_prefix": harness.run_prefix(redis, overrides.pop("redis_prefix", f"bench-{tag}")),
+                              "input_topic": f"bench-in-{tag}", "alerts_topic": f"bench-alerts-{tag}",
+                              "dlq_topic": f"bench-dlq-{tag}", "group_id": f"bench-{tag}", "topic_partitions": 4,
+                              "torch_threads": 1, "worker_id": f"bench-{tag}", "log_level": "WARNING"}
     values.update(overrides)
     return Settings(**values)
 
