@@ -29,6 +29,9 @@ class _Group(BaseSettings):
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+# SD_DEVICE / --device: torch's device names this project scores on. ``cpu:N`` is torch's too (the
+# index is ignored on CPU); a trial found ``--device cpu:0`` refused (2026-12-06).
+DEVICE_NAME = r"cpu(:\d+)?|cuda(:\d+)?"
 
 
 def topic_name(value: str) -> str:
@@ -272,7 +275,7 @@ class WorkerSettings(_Group):
     @field_validator("device")
     @classmethod
     def _torch_device(cls, value: str) -> str:
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        if not re.fullmatch(DEVICE_NAME, value):
             raise ValueError(f"expected cpu, cuda or cuda:N, got {value!r}")
         return value
 

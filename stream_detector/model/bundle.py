@@ -28,6 +28,7 @@ from ..entity_spec import EntitySpec
 from ..errors import ModelError
 from ..features import FeatureSpec
 from ..fieldschema import FieldSchema
+from ..settings import DEVICE_NAME
 
 if TYPE_CHECKING:  # torch is imported where a module is loaded or built: the registry and threshold
     import torch  # commands and the console read bundles' metadata without it (3.5 s of a CLI call)
@@ -102,14 +103,15 @@ class Bundle:
 
 def device_problem(device: str) -> str | None:
     """Why a model cannot be loaded onto torch ``device`` here (one line), or None: a name other
-    than cpu, cuda or cuda:N, or a CUDA device this machine's torch does not see. A trial: `score
-    --device tpu` failed after reading the whole file and `--device cuda` on a CPU machine
-    deserialising the model, both with torch's RuntimeError and exit 1."""
+    than cpu, cuda or cuda:N (``settings.DEVICE_NAME``; torch's ``cpu:N`` too: torch ignores a CPU
+    index), or a CUDA device this machine's torch does not see. A trial: `score --device tpu` failed
+    after reading the whole file and `--device cuda` on a CPU machine deserialising the model, both
+    with torch's RuntimeError and exit 1."""
     import re
 
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+    if not re.fullmatch(DEVICE_NAME, device):
         return "expected cpu, cuda or cuda:N"
-    if device == "cpu":
+    if device.startswith("cpu"):
         return None
     import torch
 

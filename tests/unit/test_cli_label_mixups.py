@@ -255,6 +255,26 @@ def test_score_refuses_a_device_it_cannot_use(device: str, said: str, history: t
         assert code == 2 and f"SD_DEVICE={device}: " in err and not (tmp_path / "s.csv").exists()
 
 
+def test_torch_cpu_index_is_a_device_like_cpu(history: tuple[Path, Path], bundle: Any, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`--device cpu:0` (torch's name; the index is ignored on CPU) was refused, SD_DEVICE=cpu:0 too."""
+    from stream_detector.model.bundle import device_problem, save_bundle
+    from stream_detector.settings import Settings
+
+    events, _ = history
+    model = save_bundle(bundle, tmp_path / "m")
+    outs = {}
+    for device in ("cpu", "cpu:0"):
+        out = tmp_path / f"s-{device.replace(':', '')}.csv"
+        code, err = _run(capsys, ["score", "--model", str(model), "--input", str(events), "--out", str(out),
+                                  "--device", device])
+        assert code == 0, err
+        outs[device] = out.read_bytes()
+    assert outs["cpu"] == outs["cpu:0"]
+    assert device_problem("cpu:0") is None and Settings(device="cpu:0").device == "cpu:0"
+    assert device_problem("cpu0") == "expected cpu, cuda or cuda:N"
+
+
 def test_produce_refuses_a_labels_file_sent_as_events(history: tuple[Path, Path],
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """Sent to the input topic, each label was dead-lettered by the worker as no_features."""
