@@ -588,6 +588,24 @@ def _feedback_labels(path: Path, events: list[dict[str, Any]]) -> tuple[list[str
     return [FRAUD if v else LEGIT for v in found], verdicts.labels()
 
 
+def _file_run_id(args: argparse.Namespace, end_ms: int | None) -> str:
+    """``simulate --out``'s default run id, ``sim-<6 hex>``: a digest of what decides the file's
+    events (profile, seed, count, span, end, accounts, terminals, fraud rate, label delays), so the
+    same command writes the same ids and a different file other ids. Every file was ``sim-1``,
+    ``sim-2``, … before: another run's labels joined to a file's events by id without a word (a
+    trial, 2026-12-06; only labels dated before their event were caught, by a warning)."""
+    import hashlib
+
+    def given(value: Any, default: Any) -> Any:  # an option left out and its default given: the same file
+        return default if value is None else value
+
+    velocity = args.profile == "velocity"
+    decided = [args.profile, args.seed, given(args.count, 10_000), args.span_days, end_ms,
+               given(args.accounts, 2000 if velocity else 5000), given(args.terminals, 10_000),
+               given(args.fraud_rate, 0.01), given(args.label_delay_scale, 1.0)]
+    return "sim-" + hashlib.sha256(repr(decided).encode()).hexdigest()[:6]
+
+
 def _warn_labels_before_events(path: Path, events: list[dict[str, Any]], labels: list[Any]) -> None:
     """A ``warning:`` line when more than 5 % of the labels joined are dated before their event
     (``labelled_at`` < its ``timestamp``): labels of another file whose event ids happen to match
@@ -1236,7 +1254,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
     if args.run_id is None:  # files: reproducible by seed; live: never the ids of a file or of another run
-        args.run_id = "sim" if args.out else "live-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        args.run_id = _file_run_id(args, end_ms) if args.out else "live-" + time.strftime("%Y%m%dT%H%M%SZ",
+                                                                                           time.gmtime())
     if args.profile == "velocity":
         for name in ("terminals", "feedback_out", "label_delay_scale"):
             if getattr(args, name) is not None:
@@ -2201,9 +2220,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "write the same events to every format")
     p.add_argument("--seed", type=int, default=0, help="random seed: with --end, the same seed writes the same file "
                                                      "(default 0)")
-    p.add_argument("--run-id", help="prefix of generated event ids, '<run-id>-<n>' (default: 'sim' for --out "
-                                    "files, reproducible by --seed; live, 'live-<UTC start time>', so that live "
-                                    "ids never repeat a history file's or another live run's)")
+    p.add_argument("--run-id", help="prefix of generated event ids, '<run-id>-<n>' (default: for --out files "
+                                    "'sim-<6 hex>', a digest of the options that decide the file, so the same "
+                                    "command writes the same ids and another file other ids; live, "
+                                    "'live-<UTC start time>', so that live ids never repeat a file's or another "
+                                    "live run's)")
     p.add_argument("--topic", help="default SD_INPUT_TOPIC")
     p.set_defaults(func=cmd_simulate)
 

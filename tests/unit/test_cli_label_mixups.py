@@ -4,6 +4,7 @@ silent wrong result or a traceback. No services: every refusal comes before Kafk
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -163,19 +164,34 @@ def test_score_reads_labels_as_the_model_was_trained_and_refuses_a_normal_label_
 
 def test_labels_of_another_file_joined_by_id_are_warned_of(
         history: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Every simulated file numbers its events sim-1, sim-2, …: another run's labels joined
-    silently (1 of its 201 "frauds" a fraud). A label dated before its event gives it away."""
+    """Every simulated file numbered its events sim-1, sim-2, …: another run's labels joined
+    silently (1 of its 201 "frauds" a fraud). Now each file's default run id is a digest of its
+    options, so they join nothing and `score` says so; with the same ids forced (`--run-id`), a
+    label dated before its event gives it away."""
     events, labels = history
     model = tmp_path / "m"
     assert main(["train", "--input", str(events), "--out", str(model), "--label-column", "label", "--normal-label",
                  "legit", "--exclude", "pattern", "--epochs", "1"]) == 0
+    first_id = events.read_text().splitlines()[1].split(",")[0]
+    assert re.fullmatch(r"sim-[0-9a-f]{6}-1", first_id)
     other, other_labels = tmp_path / "o.csv", tmp_path / "o.jsonl"
-    assert main(["simulate", "--out", str(other), "--feedback-out", str(other_labels), "--count", "3000",
-                 "--span-days", "14", "--end", "2026-09-01", "--seed", "1"]) == 0
+    again = tmp_path / "again.csv"
+    made = ["simulate", "--count", "3000", "--span-days", "14"]
+    assert main([*made, "--out", str(again), "--end", "2026-12-01"]) == 0
+    assert again.read_bytes() == events.read_bytes()  # the same command, the same file and ids
+    assert main([*made, "--out", str(other), "--feedback-out", str(other_labels), "--end", "2026-09-01",
+                 "--seed", "1"]) == 0
+    assert other.read_text().splitlines()[1].split(",")[0].rsplit("-", 1)[0] != first_id.rsplit("-", 1)[0]
     capsys.readouterr()
     base = ["score", "--model", str(model), "--input", str(events), "--out", str(tmp_path / "s.csv")]
     code, err = _run(capsys, [*base, "--feedback", str(labels)])
-    assert code == 0 and "dated before it" not in err
+    assert code == 0 and "dated before it" not in err and "no label of" not in err
+    code, err = _run(capsys, [*base, "--feedback", str(other_labels)])
+    assert code == 0 and "no label of o.jsonl is about an event of the input" in err
+    forced = first_id.rsplit("-", 1)[0]
+    assert main([*made, "--out", str(other), "--feedback-out", str(other_labels), "--end", "2026-09-01",
+                 "--seed", "1", "--run-id", forced]) == 0
+    capsys.readouterr()
     code, err = _run(capsys, [*base, "--feedback", str(other_labels)])
     assert code == 0 and "warning: " in err and "labels of o.jsonl joined to an event are dated before it" in err
 

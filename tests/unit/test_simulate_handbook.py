@@ -237,7 +237,7 @@ def test_velocity_profile_writes_exactly_what_simulator_wrote(tmp_path: Path,
     monkeypatch.setattr(simulate, "datetime", _FixedNow)
     out = tmp_path / "v.csv"
     assert main(["simulate", "--profile", "velocity", "--out", str(out), "--count", "3000",
-                 "--fraud-rate", "0.05", "--seed", "7", "--accounts", "300"]) == 0
+                 "--fraud-rate", "0.05", "--seed", "7", "--accounts", "300", "--run-id", "sim"]) == 0
     events, labels = Simulator(seed=7, accounts=300).batch(3000, 0.05, span_ms=7 * 86_400_000)
     expected = tmp_path / "expected.csv"
     write_csv(expected, [{**e, "label": "legit" if lab == "legit" else "fraud", "pattern": lab}
@@ -273,7 +273,8 @@ def test_handbook_out_file_written_in_chunks_is_what_write_csv_and_write_jsonl_w
         suffix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(simulate, "datetime", _FixedNow)
     out = tmp_path / f"h{suffix}"
-    assert main(["simulate", "--out", str(out), "--count", "120000", "--accounts", "300", "--seed", "9"]) == 0
+    assert main(["simulate", "--out", str(out), "--count", "120000", "--accounts", "300", "--seed", "9",
+                 "--run-id", "sim"]) == 0  # the simulator's own default ids, as below
     batch = HandbookBatch.concat(list(HandbookSimulator(seed=9, customers=300).history(120_000, WEEK)))
     rows = [{**e, "label": "legit" if p == "legit" else "fraud", "pattern": p}
             for e, p in zip(batch.events(), batch.patterns(), strict=True)]

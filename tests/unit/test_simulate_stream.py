@@ -145,7 +145,7 @@ def test_out_files_do_not_depend_on_chunk_rows(name: str, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_csv_and_jsonl_rows_are_what_write_csv_and_write_jsonl_write(suffix: str, tmp_path: Path) -> None:
-    out = _simulate(tmp_path, f"h{suffix}", 5000, "--chunk-rows", "2000")
+    out = _simulate(tmp_path, f"h{suffix}", 5000, "--chunk-rows", "2000", "--run-id", "sim")  # _sim()'s ids
     whole = _whole(list(_sim().history(5000, 7 * DAY_MS, NOW)))
     rows = [{**e, "label": "legit" if p == "legit" else "fraud", "pattern": p}
             for e, p in zip(whole.events(), whole.patterns(), strict=True)]
