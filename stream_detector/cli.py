@@ -1051,6 +1051,16 @@ def _shown(out: str) -> str:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from .worker import Worker
 
+    slot = None
+    if settings.delivery == "exactly_once":  # the transactional id's slot on this host (slot.py)
+        from .slot import claim
+
+        slot = claim(",".join(settings.bootstrap_servers), settings.group_id, settings.worker_id,
+                     explicit="worker_id" in settings.model_fields_set, folder=settings.slot_dir)
+        if slot.worker_id != settings.worker_id:
+            _say(f"worker slot {slot.worker_id}: {settings.worker_id} is taken by another worker of group "
+                 f"{settings.group_id} on this host (transactional id {settings.group_id}-{slot.worker_id})")
+            settings = settings.model_copy(update={"worker_id": slot.worker_id})
     worker = Worker(settings)
     worker.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -1068,6 +1078,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             else f"{stats.alerts} alerts")
     _say(f"worker stopped: {stats.events} events in {stats.batches} batches, {rate:,.0f} events/s while busy "
          f"({stats.busy_s:.1f} s of {elapsed:.1f} s running), {done}, {stats.rejected} rejected{reasons}")
+    if slot is not None:
+        slot.release()
     return 0
 
 

@@ -255,6 +255,8 @@ class WorkerSettings(_Group):
         default_factory=lambda: __import__("socket").gethostname(),
         description="Stable id of this worker slot (pod name / ordinal); names its transactional id.",
     )
+    slot_dir: str = Field("", description="Where exactly-once workers lock their worker slots on this host "
+                          "(stream_detector/slot.py; empty: <temp dir>/stream-detector-slots).")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz "
                               "(0 = no server; the container images and manifests use 9400).")
     metrics_addr: str = Field("0.0.0.0", description="Address the metrics and health server binds.")
