@@ -1695,8 +1695,8 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
 def _gate_word(record: dict[str, Any] | None) -> str:
     """``model list``'s gate column: ``passed`` / ``refused`` (the retrainer's gate or a shadow
-    period's verdict), ``no-verdict`` (a shadow period stopped by hand), ``none`` (no gate: a bundle
-    published or stored by hand)."""
+    period's verdict), ``no-verdict`` (a shadow period stopped, or promoted by hand, with no verdict
+    before it), ``none`` (no gate: a bundle published or stored by hand)."""
     if not record:
         return "none"
     passed = record.get("passed")
@@ -1781,15 +1781,17 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
         info["fields"] = model_fields(bundle.spec, bundle.schema)
         print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return 0
+    gate = control.model_info(args.version)["gate"]
+    if gate is not None and not gate.get("passed", True):  # the operator's decision, in the threshold history
+        _say(f"note: the gate refused {args.version} ({'; '.join(gate.get('reasons') or []) or 'no reason'}); "
+             "promoted by hand")
     if args.version == control.challenger():
-        control.end_shadow("promoted", {"reasons": ["promoted by hand"]}, _who())
+        # by_hand: the gate's verdict stays what it was (a trial: a refused version promoted from a new
+        # shadow period, scored on 0 events, showed gate=passed in model list)
+        control.end_shadow("promoted", {"reasons": ["promoted by hand"], "by_hand": True}, _who())
         seq = int(control.threshold().version)  # type: ignore[union-attr]
         print(f"the shadow period of {args.version} ended as promoted")
     else:
-        gate = control.model_info(args.version)["gate"]
-        if gate is not None and not gate.get("passed", True):  # the operator's decision, in the threshold history
-            _say(f"note: the gate refused {args.version} ({'; '.join(gate.get('reasons') or []) or 'no reason'}); "
-                 "promoted by hand")
         seq = control.activate(args.version, _who(), note=f"promote {args.version} by hand")
     print(f"model {args.version} is active; threshold version {seq}")
     return 0

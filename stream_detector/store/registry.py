@@ -152,12 +152,16 @@ class ModelRegistry(BundleReader):
         return text(value) if value else None
 
     def attach_shadow_decision(self, version: str, record: dict[str, Any]) -> None:
-        """Add a shadow period's decision to ``version``'s gate record (``model show``, the console)."""
+        """Add a shadow period's decision to ``version``'s gate record (``model show``, the console).
+        A verdict (``promoted``, ``refused``) sets whether the gate passed it; a promotion by hand
+        (``by_hand``, ``model promote``) only adds its reason, leaving the gate's own verdict."""
         key = self.keys.key("model", version, "gate")
         raw: Any = self._r.get(key)
         gate = orjson.loads(raw) if raw else {}
         gate["shadow"] = record
-        if record.get("outcome") in ("promoted", "refused"):
+        if record.get("by_hand"):
+            gate["reasons"] = [*gate.get("reasons", []), *[f"shadow: {r}" for r in record.get("reasons", [])]]
+        elif record.get("outcome") in ("promoted", "refused"):
             gate["passed"] = record["outcome"] == "promoted"
             gate.setdefault("reasons", [])
             gate["reasons"] = [*gate["reasons"], *[f"shadow: {r}" for r in record.get("reasons", [])]]

@@ -212,3 +212,31 @@ def test_shadow_periods_are_guarded_against_what_would_stall_or_mix_them(
     assert report["challenger"] is None and report["figures"] is None
     assert [d["outcome"] for d in report["decisions"][:3]] == ["promoted", "stopped", "replaced"]
     assert all("bins" not in d["figures"] for d in report["decisions"])
+
+
+def test_a_refused_version_promoted_by_hand_from_shadow_keeps_its_refusal(
+        settings: Settings, published: ControlPlane, challenger: Bundle, env_for: Any) -> None:
+    """A trial: a version the gate refused, put in shadow again and promoted by hand after 0
+    events, printed no note and showed gate=passed in model list. Now the note is said, as for a
+    version not in shadow, and the gate's verdict stays refused; the hand's reason is added."""
+    import subprocess
+    import sys
+
+    control = published
+    control.store(challenger, gate={"passed": False, "reasons": ["precision@k below the champion's"]})
+    control.start_shadow(challenger, "pytest", 100, 60)
+    env = env_for(settings)
+    done = subprocess.run([sys.executable, "-m", "stream_detector.cli", "model", "promote", challenger.version],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (f"note: the gate refused {challenger.version} (precision@k below the champion's); promoted by hand"
+            in done.stderr)
+    assert f"the shadow period of {challenger.version} ended as promoted" in done.stdout
+    assert control.active_model() == challenger.version and control.challenger() is None
+    gate = control.model_info(challenger.version)["gate"]
+    assert gate["passed"] is False and gate["reasons"][-1] == "shadow: promoted by hand"
+    assert gate["shadow"]["outcome"] == "promoted" and gate["shadow"]["by_hand"] is True
+    listed = subprocess.run([sys.executable, "-m", "stream_detector.cli", "model", "list"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    line = next(x for x in listed.stdout.splitlines() if x.startswith(challenger.version))
+    assert "gate=refused" in line, listed.stdout
