@@ -2462,6 +2462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spooled, shown in _SPOOLED.items():  # the temporary copy of a stream: named as the user gave it
             said = said.replace(spooled, shown)
         _say(f"stream-detector {args.command}: error: {said}", "ERROR")
+        if settings is None and args.command == "check-config" and args.json:
+            # a script reading --json gets the failure as a check too (a trial: nothing on stdout, exit 2)
+            print(orjson.dumps([{"status": "fail", "name": "settings", "detail": said}]).decode())
         return 2
     except KeyboardInterrupt:  # said, so that an interrupted command is not mistaken for a finished one
         _say(f"stream-detector {args.command}: interrupted", "ERROR")

@@ -45,6 +45,21 @@ def test_invalid_settings_give_one_clear_error(monkeypatch, var, value):
         load_settings()
 
 
+def test_check_config_json_reports_invalid_settings_as_a_failed_check(monkeypatch, capsys):
+    """A trial: `SD_BATCH_SIZE=0 check-config --json` printed nothing on stdout (exit 2)."""
+    import orjson
+
+    from stream_detector.cli import main
+
+    monkeypatch.setenv("SD_BATCH_SIZE", "0")
+    assert main(["check-config", "--json"]) == 2
+    out, err = capsys.readouterr()
+    checks = orjson.loads(out)
+    assert [(c["status"], c["name"]) for c in checks] == [("fail", "settings")] and "SD_BATCH_SIZE" in checks[0]["detail"]
+    assert "check-config: error: invalid settings: SD_BATCH_SIZE" in err
+    assert main(["check-config"]) == 2 and capsys.readouterr().out == ""  # without --json: the stderr line alone
+
+
 def test_csv_row_and_json_object_are_the_same_event(tmp_path):
     rows = [{"event_id": "1", "account_id": "007", "amount": 12.5, "n": 3, "country": "US", "empty": None}]
     (tmp_path / "a.csv").write_text("event_id,account_id,amount,n,country,empty,label\n1,007,12.5,3,US,,0\n")
