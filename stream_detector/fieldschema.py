@@ -46,14 +46,17 @@ ahead of the reading machine's clock. A value outside is dead-lettered, never sc
 
 Inference rules (``infer_schema``), first match wins, each printed with its reason:
 
-1. ``event_id``, the ``--id-column``, ``account_id``, entity keys, and names ``id`` / ``*_id`` →
-   ``identifier``; ``timestamp`` → ``timestamp``; ``schema_version``, the label column and
-   ``--exclude`` fields → ``ignored``.
+1. ``event_id``, the ``--id-column``, ``account_id``, entity keys, and names like an id (``id``,
+   ``*_id``, ``*-id``, camel-case ``TransactionID`` / ``customerId``) → ``identifier``;
+   ``timestamp`` → ``timestamp``; ``schema_version``, the label column and ``--exclude`` fields →
+   ``ignored``.
 2. no value present → ``ignored`` ("no values").
 3. every value a boolean (``true``/``false`` in any case, or ``0``/``1`` beside at least one of
    those) → ``boolean``; a column of only 0 and 1 is a ``number`` (a count can be 0 or 1 in training).
 4. every value a number: integers with a leading zero (``007``) or more than 15 digits →
-   ``identifier`` (digits that a float cannot hold are a code, not an amount); else ``number``.
+   ``identifier`` (digits that a float cannot hold are a code, not an amount); (4b) epoch seconds or
+   ms of 2001-2099 under a time-like name → ``ignored``; (4c) a row counter (``COUNTER_MIN_ROWS``
+   strictly increasing distinct integers) → ``identifier`` (``_number_rule``); else ``number``.
 5. at least 98 % numbers and the rest text → ``number``; the text values' rows are reported (field,
    count, examples) and left out of training, as a live event with them is rejected. Likewise at
    least 98 % true/false (or 0/1 beside them) and the rest text → ``boolean``.
@@ -705,7 +708,6 @@ def infer_schema(rows: Sequence[Mapping[str, Any]], options: InferenceOptions = 
 
 
 def _rule_by_name(name: str, options: InferenceOptions) -> FieldRule | None:
-    lower = name.lower()
     if name in options.ignored:
         return FieldRule(name, FieldType.IGNORED, note="label or --exclude")
     if name == "schema_version":
@@ -714,8 +716,44 @@ def _rule_by_name(name: str, options: InferenceOptions) -> FieldRule | None:
         return FieldRule(name, FieldType.TIMESTAMP, note="reserved: event time")
     if name in options.identifiers or name in _RESERVED_IDS:
         return FieldRule(name, FieldType.IDENTIFIER, note="id column or entity key")
-    if lower == "id" or lower.endswith("_id"):
-        return FieldRule(name, FieldType.IDENTIFIER, note="named *_id")
+    if _ID_NAME.search(name) or _CAMEL_ID.search(name):
+        return FieldRule(name, FieldType.IDENTIFIER, note="named like an id (*_id, *ID, *Id)")
+    return None
+
+
+# rule 1's id names: ``id``, ``*_id``, ``*-id``, ``*.id``, ``* id`` in any case, and a camel-case
+# ``TransactionID`` / ``customerId`` (a trial: IEEE-CIS's ``TransactionID`` became a number feature,
+# and next month's ids flagged every event); ``paid``, ``valid``, ``PAID`` are not ids.
+_ID_NAME = re.compile(r"(?:^|[_\-.\s])id$", re.IGNORECASE)
+_CAMEL_ID = re.compile(r"[a-z0-9](?:ID|Id)$")
+# rule 4b: a time-like name (``txn_time``, ``created_at``, ``event_ts``, ``date``) with every value an
+# epoch number of 2001-09-09 .. 2099 in seconds or milliseconds
+_TIME_NAME = re.compile(r"time|date|(?:^|_)ts$|_at$", re.IGNORECASE)
+_EPOCH_S, _EPOCH_MS = (1e9, 4.1e9), (1e12, 4.1e12)
+COUNTER_MIN_ROWS = 100  # rule 4c: a strictly increasing run of distinct integers this long is a row counter
+
+
+def _number_rule(name: str, values: np.ndarray) -> FieldRule | None:
+    """Rules 4b and 4c on a column whose every value is a number (``values``, float64, in row
+    order): an epoch time under a time-like name → ``ignored`` (a feature of absolute time would
+    put every later event outside training: a trial's ``txn_time``, epoch seconds, flagged all of
+    next month's events, where the same times as RFC 3339 text were read as a timestamp); a row
+    counter (strictly increasing distinct integers, at least ``COUNTER_MIN_ROWS``: a pandas index
+    written out, a sequence number) → ``identifier``. None: rule 4's ``number``."""
+    if values.size == 0 or not np.isfinite(values).all():
+        return None
+    low, high = float(values.min()), float(values.max())
+    if _TIME_NAME.search(name):
+        for unit, (a, b) in (("seconds", _EPOCH_S), ("milliseconds", _EPOCH_MS)):
+            if a <= low and high <= b:
+                return FieldRule(name, FieldType.IGNORED,
+                                 note=f"epoch {unit} named like a time (absolute time); "
+                                      f"--field {name}=number to keep it")
+    if (values.size >= COUNTER_MIN_ROWS and (values == np.round(values)).all()
+            and bool((np.diff(values) > 0).all())):
+        return FieldRule(name, FieldType.IDENTIFIER,
+                         note=f"a row counter ({values.size} strictly increasing integers); --field {name}=number "
+                              "to keep it")
     return None
 
 
@@ -739,7 +777,10 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
         if coded:
             return FieldRule(name, FieldType.IDENTIFIER,
                              note="numeric codes (a leading zero or more than 15 digits)")
-        return FieldRule(name, FieldType.NUMBER, note="numbers")
+        floats = np.asarray(fast if fast is not None else
+                            [v if isinstance(v, (int, float)) else options.text.parse(v) for v in present],
+                            dtype=np.float64)
+        return _number_rule(name, floats) or FieldRule(name, FieldType.NUMBER, note="numbers")
     if len(numbers) >= 0.5 * len(present):
         odd = list(dict.fromkeys(str(v) for v in present if not _is_number(v, options.text)))
         odd_rows = len(present) - len(numbers)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from stream_detector.errors import InputError
 from stream_detector.features import fit_spec
 from stream_detector.fieldschema import (
+    COUNTER_MIN_ROWS,
     JSON_TEXT,
     FieldRule,
     FieldSchema,
@@ -378,3 +379,35 @@ def test_the_field_table_quotes_a_name_that_would_not_read_as_itself() -> None:
     assert [line.split("  ")[1].strip() for line in lines[:1]] == ["event_id"]
     assert "'event_id '" in lines[1] and "''" in lines[2] and "'tab\\there'" in lines[3]
     assert lines[4].lstrip().startswith("montant_€ ")
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("TransactionID", FieldType.IDENTIFIER), ("customerId", FieldType.IDENTIFIER), ("card-id", FieldType.IDENTIFIER),
+    ("Order ID", FieldType.IDENTIFIER), ("ID", FieldType.IDENTIFIER), ("payer_id", FieldType.IDENTIFIER),
+    ("paid", FieldType.NUMBER), ("valid", FieldType.NUMBER), ("PAID", FieldType.NUMBER), ("Android", FieldType.NUMBER)])
+def test_id_names_in_any_common_spelling_are_identifiers(name: str, expected: FieldType) -> None:
+    """A trial: IEEE-CIS's `TransactionID` (numbers) became a number feature, and next month's ids
+    flagged every event; `*_id` alone was caught."""
+    rows = [{name: float(v % 7)} for v in range(50)]  # a number column that no value rule takes
+    assert infer_schema(rows).schema[name].type is expected
+
+
+def test_epoch_times_under_a_time_name_and_row_counters_are_no_number_features() -> None:
+    """A trial's `txn_time` (epoch seconds) was a number feature: next month's events all lay outside
+    training. The same values under another name, and times outside 2001-2099, stay numbers; a row
+    counter (a pandas index written out) is an identifier, an increasing amount with a repeat is not."""
+    n = 200
+    rows = [{"txn_time": 1_700_000_000 + 600 * i, "created_at": 1_700_000_000_000 + i, "amount": 1_700_000_000 + i,
+             "uptime": 5.0 + i, "Unnamed: 0": i, "seq": 10 * i + 3, "balance": float(i // 2)} for i in range(n)]
+    rules = {r.name: r for r in infer_schema(rows).schema.fields}
+    assert rules["txn_time"].type is FieldType.IGNORED and "epoch seconds" in rules["txn_time"].note
+    assert rules["created_at"].type is FieldType.IGNORED and "epoch milliseconds" in rules["created_at"].note
+    assert rules["amount"].type is FieldType.IDENTIFIER  # not time-named; but strictly increasing: a counter
+    assert rules["uptime"].type is FieldType.IDENTIFIER and "row counter" in rules["uptime"].note
+    assert rules["Unnamed: 0"].type is FieldType.IDENTIFIER and rules["seq"].type is FieldType.IDENTIFIER
+    assert rules["balance"].type is FieldType.NUMBER  # increasing, with repeats
+    shuffled = [{"amount": 1_700_000_000 + (i * 37) % n, "txn_time": 5.0 + (i * 37) % n} for i in range(n)]
+    kept = infer_schema(shuffled).schema
+    assert (kept["amount"].type, kept["txn_time"].type) == (FieldType.NUMBER, FieldType.NUMBER)  # no order, no epoch range: numbers
+    short = [{"seq": i} for i in range(COUNTER_MIN_ROWS - 1)]
+    assert infer_schema(short).schema["seq"].type is FieldType.NUMBER  # too few rows to call it a counter
