@@ -1910,6 +1910,36 @@ def _at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def _between(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] (``low_open`` / ``high_open``: that end left
+    out). A trial: ``--dropout 1.5`` failed after reading the data with torch's ValueError (exit 1),
+    and ``--dropout -0.5`` or ``--max-self-flag-rate 5`` were taken."""
+    span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {span}, got {text!r}") from None
+        if not (math.isfinite(value) and (low < value if low_open else low <= value)
+                and (value < high if high_open else value <= high)):
+            raise argparse.ArgumentTypeError(f"expected a number in {span}, got {text}")
+        return value
+    return parse
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a seed numpy and torch both take, 0 .. 2**32 - 1 (a trial: ``--seed -1`` and a
+    20-digit seed failed after reading the data with numpy's ValueError, exit 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number in [0, {2**32 - 1}], got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a whole number in [0, {2**32 - 1}], got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     """An argparse type: a finite number > 0."""
     try:
@@ -2037,7 +2067,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-alert-rate", type=float,
                    help="alert budget cap for any method: the threshold is raised until at most this share "
                         "of normal validation rows is flagged (e.g. 0.002 for fraud streams)")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout in hidden layers (default 0.0)")
+    p.add_argument("--dropout", type=_between(0.0, 1.0, high_open=True), default=0.0,
+                   help="dropout in hidden layers, in [0, 1) (default 0.0)")
     p.add_argument("--hidden", type=_widths,
                    help="encoder widths, comma separated, e.g. 64,32 (default: derived from the feature count)")
     p.add_argument("--bottleneck", type=_at_least_one,
@@ -2068,10 +2099,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-within", default="30d",
                    help="a label counts only when labelled within this long after its event (default 30d; the "
                         "worker keeps a ~200-byte index record per scored event this long)")
-    p.add_argument("--max-self-flag-rate", type=float, default=0.2,
+    p.add_argument("--max-self-flag-rate", type=_between(0.0, 1.0, low_open=True), default=0.2,
                    help="refuse the model (exit 2, no bundle) when more than this share of its own normal "
                         "training or validation rows is above its threshold (default 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, weights and shuffling (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the split, weights and shuffling (default 0)")
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads (default: torch's, one per core). On a machine shared with other "
                         "work, give the cores you can have: oversubscribed threads make each step many times slower")
@@ -2232,7 +2263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", help="--out: the UTC end of the file's time span, RFC 3339 or a date "
                                  "(2026-06-15 is its midnight; default: now); the same --seed, --end and sizes "
                                  "write the same events to every format")
-    p.add_argument("--seed", type=int, default=0, help="random seed: with --end, the same seed writes the same file "
+    p.add_argument("--seed", type=_seed, default=0, help="random seed: with --end, the same seed writes the same file "
                                                      "(default 0)")
     p.add_argument("--run-id", help="prefix of generated event ids, '<run-id>-<n>' (default: for --out files "
                                     "'sim-<6 hex>', a digest of the options that decide the file, so the same "
@@ -2341,7 +2372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cards", type=int, default=2000, help="handbook: cards (default 2000; about 140,000 events)")
     p.add_argument("--terminals", type=int, default=4000, help="handbook: terminals (default 4000)")
     p.add_argument("--epochs", type=int, default=8, help="handbook: autoencoder epochs (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="handbook: simulation and training seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="handbook: simulation and training seed (default 0)")
     p.add_argument("--rate", type=float, default=2000, help="events per second of live traffic (default 2000)")
     p.add_argument("--duration", type=float, help="velocity: seconds of live traffic (default 60)")
     p.add_argument("--fraud-rate", type=float, help="velocity: share of injected fraud (default 0.01)")

@@ -73,3 +73,25 @@ def test_score_says_when_a_number_feature_is_far_outside_training(
     code, err = _run(capsys, ["score", "--model", str(model), "--input", str(later), "--out", str(tmp_path / "b.csv"),
                               "--streamed"])
     assert code == 0 and "'TransactionID' in 100.0%" in err, err  # the first chunk's, on the streamed path
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--dropout", "1.5"], "--dropout: expected a number in [0, 1), got 1.5"),
+    (["--dropout", "-0.5"], "--dropout: expected a number in [0, 1), got -0.5"),
+    (["--max-self-flag-rate", "5"], "--max-self-flag-rate: expected a number in (0, 1], got 5"),
+    (["--seed", "-1"], "--seed: expected a whole number in [0, 4294967295], got -1"),
+    (["--seed", "12345678901234567890"], "--seed: expected a whole number in [0, 4294967295]"),
+    (["--thousands", "x"], "--thousands must be one punctuation or space character (or auto, none), got 'x'")])
+def test_train_options_out_of_range_are_one_line_and_exit_2(
+        args: list[str], said: str, tables: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial: --dropout 1.5 and --seed -1 failed after reading the data with a bare ValueError, exit 1;
+    --dropout -0.5, --max-self-flag-rate 5 and --thousands x were taken."""
+    train, _ = tables
+    try:
+        code = main(["train", "--input", str(train), "--out", str(tmp_path / "m"), "--label-column", "label", *args])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert not (tmp_path / "m").exists()
