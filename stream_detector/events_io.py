@@ -418,7 +418,8 @@ def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
         thousands = "." if decimal == "," else ","
     elif thousands in ("", "none"):
         thousands = None
-    elif thousands.isalnum() or len(thousands) != 1:  # a trial: --thousands x was taken (--decimal x refused)
+    # a trial: --thousands x was taken where --decimal x is refused
+    elif thousands is not None and (thousands.isalnum() or len(thousands) != 1):
         raise InputError(f"--thousands must be one punctuation or space character (or auto, none), got {thousands!r}")
     try:
         text = TextFormat(decimal, thousands)
