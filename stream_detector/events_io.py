@@ -382,6 +382,12 @@ class CsvDialect:
     warnings: tuple[str, ...] = ()
 
 
+# a header cell that is a value, not a name: a signed or fractional number (``-0.11252183``, ``0.00``,
+# ``1e-3``). Plain whole numbers (``0``, ``1``, …) can name columns (a table written with numbered
+# ones): a header is refused when at least half its cells are numbers and one of them is such a value
+_DATA_CELL = re.compile(r"[+-]\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\d*\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+")
+
+
 def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
     """Header names, delimiter and number format from the start of the file."""
     with _open_binary(path) as stream:
@@ -397,6 +403,14 @@ def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
     if options.delimiter and len(names) == 1 and any(d in header for d in _DELIMITERS if d != delimiter):
         raise InputError(f"{path}: the header has one column with --delimiter {delimiter!r}; is the file "
                          f"separated by another character?")
+    # a trial: ECG5000's headerless TSV trained on its first row's values as column names (the class
+    # label among them); NSL-KDD's was refused as "names '0' more than once", no hint at the cause
+    data_like = [n for n in names if _DATA_CELL.fullmatch(n)]
+    numbers = sum(1 for n in names if n.isdigit() or _DATA_CELL.fullmatch(n))
+    if data_like and numbers >= 0.5 * len(names):
+        raise InputError(f"{path}: the first line looks like data, not a header ({numbers} of its {len(names)} cells "
+                         f"are numbers, such as {data_like[0]!r}): a CSV file needs a header row naming its "
+                         "columns; add one")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"{path}: the header names column(s) {', '.join(map(repr, dupes))} more than once")

@@ -277,3 +277,21 @@ def test_labels_are_spelled_one_way_whatever_the_format_and_nan_is_no_label(tmp_
     assert [_label_text(v) for v in ("0.0", " legit ", "False", "nan", 1.0, "1e3")] == ["0", "legit", "false", "", "1",
                                                                                          "1000"]
     assert [_label_text(v) for v in (["x"], {"v": 1, "a": None})] == ['["x"]', '{"a":null,"v":1}']
+
+
+@pytest.mark.parametrize("first", ["1,-0.11252183,-2.8272038,0.5\n", "0,tcp,0.00,0.17,2,2,0.00,normal\n",
+                                   "1.0\t-0.5\t3.25\n"])
+def test_a_first_line_of_data_is_refused_as_a_header(first: str, tmp_path: Path) -> None:
+    """A trial: ECG5000's headerless TSV trained on its first row's values as column names (its
+    class label among the features), NSL-KDD's was refused with "names '0' more than once"."""
+    path = tmp_path / "headerless.csv"
+    path.write_text(first + first)
+    with pytest.raises(InputError, match=r"the first line looks like data, not a header \(\d+ of its \d+ cells are "
+                                         r"numbers, such as '[-0-9.]+'\): a CSV file needs a header row"):
+        load_events(path)
+
+
+def test_a_header_of_numbered_columns_is_a_header(tmp_path: Path) -> None:
+    path = tmp_path / "numbered.csv"
+    path.write_text("0,1,2,label\n1.5,-2,3e2,x\n")
+    assert load_events(path).events[0] == {"event_id": "numbered-1", "0": 1.5, "1": -2.0, "2": 300.0, "label": "x"}
