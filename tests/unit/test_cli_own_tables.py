@@ -95,3 +95,18 @@ def test_train_options_out_of_range_are_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert code == 2 and said in err and "Traceback" not in err and err.count("\n") == 1, err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_threshold_far_above_every_normal_error_is_warned_of() -> None:
+    """A trial: ADBench mammography's fence was 13x every normal validation error and the model
+    flagged none of the test's anomalies, without a word. The quantile rule and a cap are the
+    user's own budget: nothing said there."""
+    import numpy as np
+
+    from stream_detector.model.train import TrainConfig, threshold_lines
+
+    errors = np.linspace(0.1, 50.0, 1000)
+    far = threshold_lines(errors, 685.0, TrainConfig())
+    assert far[-1].startswith("warning: the threshold is 14x the largest error of any normal validation row (50)")
+    assert len(threshold_lines(errors, 120.0, TrainConfig())) == 1  # 2.4x: within what the quality tables show
+    assert len(threshold_lines(errors, 685.0, TrainConfig(threshold_method="quantile"))) == 1
