@@ -1261,8 +1261,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     args.span_days = 7.0 if args.span_days is None else args.span_days
     args.chunk_rows = 100_000 if args.chunk_rows is None else args.chunk_rows
     end_ms = _end_ms(args.end) if args.end is not None else None
-    if args.seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.seed < 2**32:  # what numpy's generators take
+        raise ConfigError(f"--seed must be >= 0 and < 2**32, got {args.seed}")
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
     if args.run_id is None:  # files: reproducible by seed; live: never the ids of a file or of another run
@@ -2263,7 +2263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", help="--out: the UTC end of the file's time span, RFC 3339 or a date "
                                  "(2026-06-15 is its midnight; default: now); the same --seed, --end and sizes "
                                  "write the same events to every format")
-    p.add_argument("--seed", type=_seed, default=0, help="random seed: with --end, the same seed writes the same file "
+    p.add_argument("--seed", type=int, default=0, help="random seed: with --end, the same seed writes the same file "
                                                      "(default 0)")
     p.add_argument("--run-id", help="prefix of generated event ids, '<run-id>-<n>' (default: for --out files "
                                     "'sim-<6 hex>', a digest of the options that decide the file, so the same "
