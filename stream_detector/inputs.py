@@ -9,6 +9,7 @@ reason, exactly as the same record would in a worker.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -130,6 +131,12 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
             identifiers=base.identifiers | {"event_id"}, ignored=base.ignored, overrides=base.overrides,
             max_categories=base.max_categories, text=raw.text, inputs=base.inputs))
         schema, warnings = inferred.schema, inferred.warnings
+    if generate and id_column is None:  # a trial: an `Event_ID` column was typed, and the ids made up
+        named = sorted({k for row in present[:1000] for k in row
+                        if k != "event_id" and re.sub(r"[^a-z0-9]", "", k.lower()) == "eventid"})
+        if named:
+            warnings.append(f"no event_id column, so the rows get generated ids ({stem}-1, {stem}-2, …); column "
+                            f"{named[0]!r} looks like one: --id-column {named[0]} takes the ids from it")
     positions = [n for n, row in enumerate(raw.rows) if row is not None]
     rejected_rows: list[Any] = []
     as_in_file = keep_json and raw.kind == "jsonl"

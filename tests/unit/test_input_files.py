@@ -295,3 +295,16 @@ def test_a_header_of_numbered_columns_is_a_header(tmp_path: Path) -> None:
     path = tmp_path / "numbered.csv"
     path.write_text("0,1,2,label\n1.5,-2,3e2,x\n")
     assert load_events(path).events[0] == {"event_id": "numbered-1", "0": 1.5, "1": -2.0, "2": 300.0, "label": "x"}
+
+
+def test_an_event_id_column_spelt_otherwise_is_pointed_at(tmp_path: Path) -> None:
+    """A trial: a file's `Event_ID` was listed as an identifier while `score` wrote generated ids
+    (`caps-1`, …), without saying why."""
+    path = tmp_path / "caps.csv"
+    path.write_text("Event_ID,amount\nA1,3.5\nA2,4.5\n")
+    loaded = load_events(path)
+    assert loaded.ids == ["caps-1", "caps-2"]
+    assert any("column 'Event_ID' looks like one: --id-column Event_ID" in w for w in loaded.warnings)
+    assert load_events(path, id_column="Event_ID").ids == ["A1", "A2"]
+    (tmp_path / "plain.csv").write_text("ref,amount\nA1,3.5\n")
+    assert not any("looks like one" in w for w in load_events(tmp_path / "plain.csv").warnings)
