@@ -133,7 +133,11 @@ def train_head(head: nn.Module, x: np.ndarray, fraud: np.ndarray, config: HeadCo
     with torch.no_grad():
         p_val = model(xt[vi], errors[vi]).numpy().astype(np.float64)
     y_val = fraud[vi]
-    threshold = float(np.quantile(p_val[~y_val], 1.0 - config.target_fpr))
+    # at most --target-fpr of the held-back legit rows above it, as the autoencoder's quantile rule
+    # (an interpolated quantile let one more row through)
+    from .train import at_most_above
+
+    threshold = at_most_above(p_val[~y_val], config.target_fpr)
     validation: dict[str, float] = {
         "average_precision": float(average_precision_score(y_val, p_val)),
         "auc_roc": float(roc_auc_score(y_val, p_val)),

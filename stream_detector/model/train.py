@@ -111,7 +111,7 @@ def calibrate(errors: np.ndarray, method: str, target_fpr: float, k_std: float, 
     if errors.size == 0:
         raise ValueError("no validation errors to calibrate on")
     if method == "quantile":
-        threshold = _at_most(errors, target_fpr)
+        threshold = at_most_above(errors, target_fpr)
     elif method == "meanstd":
         threshold = float(errors.mean() + k_std * errors.std())
     elif method == "fence":
@@ -121,16 +121,16 @@ def calibrate(errors: np.ndarray, method: str, target_fpr: float, k_std: float, 
         if spread > 0 and np.isfinite(spread):
             threshold = float(np.exp(median + k_fence * spread))
         else:
-            threshold = _at_most(errors, target_fpr)
+            threshold = at_most_above(errors, target_fpr)
     else:
         raise ValueError(f"unknown threshold method {method!r} (one of {', '.join(THRESHOLD_METHODS)})")
     if max_alert_rate is not None:
-        threshold = max(threshold, _at_most(errors, max_alert_rate))
+        threshold = max(threshold, at_most_above(errors, max_alert_rate))
     return threshold
 
 
-def _at_most(errors: np.ndarray, share: float) -> float:
-    """The smallest of ``errors`` with at most ``floor(share · n)`` of them strictly above it (an
+def at_most_above(errors: np.ndarray, share: float) -> float:
+    """The smallest of ``errors`` (float64[n]) with at most ``floor(share · n)`` of them strictly above it (an
     interpolated quantile let one more through: a trial's --max-alert-rate 0.02 flagged 16 of 789
     rows, 2.03 %). ``-inf`` when every row may be above (share 1)."""
     allowed = int(np.floor(share * errors.size + 1e-9))  # rows that may be above it

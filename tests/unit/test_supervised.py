@@ -65,6 +65,7 @@ def test_the_head_ranks_frauds_better_than_the_autoencoder_and_is_calibrated(lab
     assert ap_head > ap_ae + 0.1, (ap_head, ap_ae)
     v = entry["validation"]
     assert v["expected_calibration_error"] < 0.05 and abs(v["mean_probability"] - v["fraud_share"]) < 0.03
+    assert v["flag_rate_legit"] <= 0.02  # at most --target-fpr of the held-back legit rows (docs/feedback.md)
     # one call: the same per-feature errors as the autoencoder's own head, the probability after them
     errors, probability = Scorer(bundle).outputs(x[:50])
     plain = build_bundle(_trained(rows[:4000], fraud[:4000]))  # same seed, same rows: the same autoencoder
