@@ -56,7 +56,7 @@ Inference rules (``infer_schema``), first match wins, each printed with its reas
 4. every value a number: integers with a leading zero (``007``) or more than 15 digits →
    ``identifier`` (digits that a float cannot hold are a code, not an amount); (4b) epoch seconds or
    ms of 2001-2099 under a time-like name → ``ignored``; (4c) a row counter (``COUNTER_MIN_ROWS``
-   strictly increasing distinct integers) → ``identifier`` (``_number_rule``); else ``number``.
+   increasing integers at a constant step) → ``identifier`` (``_number_rule``); else ``number``.
 5. at least 98 % numbers and the rest text → ``number``; the text values' rows are reported (field,
    count, examples) and left out of training, as a live event with them is rejected. Likewise at
    least 98 % true/false (or 0/1 beside them) and the rest text → ``boolean``.
@@ -691,6 +691,11 @@ def infer_schema(rows: Sequence[Mapping[str, Any]], options: InferenceOptions = 
             rules.append(replace(override, note=override.note or "set by --schema/--field"))
             continue
         by_name = _rule_by_name(name, options)
+        if by_name is not None and by_name.note == _ID_NOTE:  # a name like an id over true/false values is a
+            values = [r.get(name) for r in rows]  # boolean feature (a trial: has_valid_id, photo_matches_id)
+            present = [v for v in values if v is not None and not isinstance(v, (dict, list))]
+            if present and all(_is_boolean(v) or _is_bit(v) for v in present) and any(map(_is_boolean, present)):
+                by_name = None
         if by_name is not None:
             rules.append(by_name)
             continue
@@ -717,8 +722,11 @@ def _rule_by_name(name: str, options: InferenceOptions) -> FieldRule | None:
     if name in options.identifiers or name in _RESERVED_IDS:
         return FieldRule(name, FieldType.IDENTIFIER, note="id column or entity key")
     if _ID_NAME.search(name) or _CAMEL_ID.search(name):
-        return FieldRule(name, FieldType.IDENTIFIER, note="named like an id (*_id, *ID, *Id)")
+        return FieldRule(name, FieldType.IDENTIFIER, note=_ID_NOTE)
     return None
+
+
+_ID_NOTE = "named like an id (*_id, *ID, *Id)"
 
 
 # rule 1's id names: ``id``, ``*_id``, ``*-id``, ``*.id``, ``* id`` in any case, and a camel-case
@@ -726,34 +734,53 @@ def _rule_by_name(name: str, options: InferenceOptions) -> FieldRule | None:
 # and next month's ids flagged every event); ``paid``, ``valid``, ``PAID`` are not ids.
 _ID_NAME = re.compile(r"(?:^|[_\-.\s])id$", re.IGNORECASE)
 _CAMEL_ID = re.compile(r"[a-z0-9](?:ID|Id)$")
-# rule 4b: a time-like name (``txn_time``, ``created_at``, ``event_ts``, ``date``) with every value an
-# epoch number of 2001-09-09 .. 2099 in seconds or milliseconds
-_TIME_NAME = re.compile(r"time|date|(?:^|_)ts$|_at$", re.IGNORECASE)
+# rule 4b: a time-like name with every value an epoch number of 2001-09-09 .. 2099 in seconds or
+# milliseconds. The name is split into words (``_``, ``-``, ``.``, spaces, camel case, digits), and one
+# word must be a time word: ``txn_time``, ``created_at``, ``createdAt``, ``event-ts``, ``epoch``,
+# ``TransactionDate`` — not ``mandate_amount``, ``uptime_ms`` or ``runtime`` (a trial: a substring
+# match took those for times and dropped them)
+_TIME_WORDS = frozenset({"time", "times", "date", "dates", "datetime", "ts", "at", "epoch", "timestamp", "dt",
+                         "created", "updated", "modified"})
+_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
+
+
+def _time_named(name: str) -> bool:
+    return any(word.lower() in _TIME_WORDS for word in _WORD.findall(name))
 _EPOCH_S, _EPOCH_MS = (1e9, 4.1e9), (1e12, 4.1e12)
-COUNTER_MIN_ROWS = 100  # rule 4c: a strictly increasing run of distinct integers this long is a row counter
+COUNTER_MIN_ROWS = 100  # rule 4c: a run of increasing integers this long, stepping by one value, is a row counter
+COUNTER_REGULAR = 0.9  # ... the share of its steps equal to the commonest (a trial: a file sorted by a whole-number
+# amount, every value distinct, lost the amount as a "counter": AUC 0.90 -> 0.35); a sorted run otherwise warns
 
 
-def _number_rule(name: str, values: np.ndarray) -> FieldRule | None:
+def _number_rule(name: str, values: np.ndarray, warnings: list[str]) -> FieldRule | None:
     """Rules 4b and 4c on a column whose every value is a number (``values``, float64, in row
     order): an epoch time under a time-like name → ``ignored`` (a feature of absolute time would
     put every later event outside training: a trial's ``txn_time``, epoch seconds, flagged all of
     next month's events, where the same times as RFC 3339 text were read as a timestamp); a row
-    counter (strictly increasing distinct integers, at least ``COUNTER_MIN_ROWS``: a pandas index
-    written out, a sequence number) → ``identifier``. None: rule 4's ``number``."""
+    counter (at least ``COUNTER_MIN_ROWS`` integers, each a constant step above the last in at least
+    ``COUNTER_REGULAR`` of the rows: a pandas index written out, a sequence number) → ``identifier``;
+    distinct integers increasing at irregular steps (a file sorted by a whole-number feature, or a
+    subsample's index) stay a number, with a warning in ``warnings``. None: rule 4's ``number``."""
     if values.size == 0 or not np.isfinite(values).all():
         return None
     low, high = float(values.min()), float(values.max())
-    if _TIME_NAME.search(name):
+    if _time_named(name):
         for unit, (a, b) in (("seconds", _EPOCH_S), ("milliseconds", _EPOCH_MS)):
             if a <= low and high <= b:
                 return FieldRule(name, FieldType.IGNORED,
                                  note=f"epoch {unit} named like a time (absolute time); "
                                       f"--field {name}=number to keep it")
-    if (values.size >= COUNTER_MIN_ROWS and (values == np.round(values)).all()
-            and bool((np.diff(values) > 0).all())):
-        return FieldRule(name, FieldType.IDENTIFIER,
-                         note=f"a row counter ({values.size} strictly increasing integers); --field {name}=number "
-                              "to keep it")
+    if values.size >= COUNTER_MIN_ROWS and (values == np.round(values)).all():
+        steps = np.diff(values)
+        if bool((steps > 0).all()):
+            common = float(np.median(steps))
+            if np.count_nonzero(steps == common) >= COUNTER_REGULAR * steps.size:
+                return FieldRule(name, FieldType.IDENTIFIER,
+                                 note=f"a row counter ({values.size} integers, each {common:g} above the last); "
+                                      f"--field {name}=number to keep it")
+            warnings.append(f"field {name!r}: its {values.size} values are distinct integers, increasing row after "
+                            "row — a sequence number or a file sorted by it? Kept as a number feature; "
+                            f"--field {name}=identifier if it counts rows or events")
     return None
 
 
@@ -780,7 +807,7 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
         floats = np.asarray(fast if fast is not None else
                             [v if isinstance(v, (int, float)) else options.text.parse(v) for v in present],
                             dtype=np.float64)
-        return _number_rule(name, floats) or FieldRule(name, FieldType.NUMBER, note="numbers")
+        return _number_rule(name, floats, warnings) or FieldRule(name, FieldType.NUMBER, note="numbers")
     if len(numbers) >= 0.5 * len(present):
         odd = list(dict.fromkeys(str(v) for v in present if not _is_number(v, options.text)))
         odd_rows = len(present) - len(numbers)
