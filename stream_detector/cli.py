@@ -591,7 +591,8 @@ def _feedback_labels(path: Path, events: list[dict[str, Any]]) -> tuple[list[str
 def _file_run_id(args: argparse.Namespace, end_ms: int | None) -> str:
     """``simulate --out``'s default run id, ``sim-<6 hex>``: a digest of what decides the file's
     events (profile, seed, count, span, end, accounts, terminals, fraud rate, label delays), so the
-    same command writes the same ids and a different file other ids. Every file was ``sim-1``,
+    same command writes the same ids and a different file other ids (without ``--end`` two runs
+    share ids: the same draws, at times shifted by the runs' distance). Every file was ``sim-1``,
     ``sim-2``, … before: another run's labels joined to a file's events by id without a word (a
     trial, 2026-12-06; only labels dated before their event were caught, by a warning)."""
     import hashlib
@@ -600,6 +601,8 @@ def _file_run_id(args: argparse.Namespace, end_ms: int | None) -> str:
         return default if value is None else value
 
     velocity = args.profile == "velocity"
+    # without --end the file ends now: two runs draw the same events at times shifted by the runs'
+    # distance, and share ids (their labels are about the same draws)
     decided = [args.profile, args.seed, given(args.count, 10_000), args.span_days, end_ms,
                given(args.accounts, 2000 if velocity else 5000), given(args.terminals, 10_000),
                given(args.fraud_rate, 0.01), given(args.label_delay_scale, 1.0)]
@@ -1055,12 +1058,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if settings.delivery == "exactly_once":  # the transactional id's slot on this host (slot.py)
         from .slot import claim
 
-        slot = claim(",".join(settings.bootstrap_servers), settings.group_id, settings.worker_id,
-                     explicit="worker_id" in settings.model_fields_set, folder=settings.slot_dir)
+        slot = claim(settings.group_id, settings.worker_id, explicit="worker_id" in settings.model_fields_set,
+                     folder=settings.slot_dir)
         if slot.worker_id != settings.worker_id:
             _say(f"worker slot {slot.worker_id}: {settings.worker_id} is taken by another worker of group "
                  f"{settings.group_id} on this host (transactional id {settings.group_id}-{slot.worker_id})")
             settings = settings.model_copy(update={"worker_id": slot.worker_id})
+            _setup_logging(settings, args.verbose, one_shot=False, worker=True)  # the log lines name the slot
     worker = Worker(settings)
     worker.start()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -54,10 +54,13 @@ def slot_dir(folder: str = "") -> Path:
     return Path(folder) if folder else Path(tempfile.gettempdir()) / "stream-detector-slots"
 
 
-def _try(folder: Path, bootstrap: str, group: str, worker_id: str) -> Slot | None | str:
-    """The slot ``worker_id`` of ``group`` on ``bootstrap`` locked, or the holder's pid (text) when a
-    running process holds it. The file name is a digest (ids may hold any character)."""
-    digest = hashlib.sha256(f"{bootstrap}\n{group}\n{worker_id}".encode()).hexdigest()[:24]
+def _try(folder: Path, group: str, worker_id: str) -> Slot | None | str:
+    """The slot ``worker_id`` of ``group`` locked, or the holder's pid (text) when a running process
+    holds it. The file is named by a digest of the transactional id's parts (ids may hold any
+    character), not of the broker's address: ``127.0.0.1:9092`` and ``localhost:9092`` are one
+    cluster, and a trial's two workers so configured fenced each other; two clusters with one
+    group and id on one host merely take two slots."""
+    digest = hashlib.sha256(f"{group}\n{worker_id}".encode()).hexdigest()[:24]
     path = folder / f"{digest}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -71,7 +74,7 @@ def _try(folder: Path, bootstrap: str, group: str, worker_id: str) -> Slot | Non
     return Slot(worker_id, fd, path)
 
 
-def claim(bootstrap: str, group: str, worker_id: str, explicit: bool, folder: str = "") -> Slot:
+def claim(group: str, worker_id: str, explicit: bool, folder: str = "") -> Slot:
     """Take a worker slot on this host (module docstring). ``explicit``: ``worker_id`` was set
     (``SD_WORKER_ID``), not the host-name default; ``folder``: ``SD_SLOT_DIR``. Raises
     ``ConfigError`` when an explicit id is held by a running process, or when ``MAX_SLOTS`` default
@@ -81,7 +84,7 @@ def claim(bootstrap: str, group: str, worker_id: str, explicit: bool, folder: st
     try:
         where.mkdir(parents=True, exist_ok=True)
         if explicit:
-            got = _try(where, bootstrap, group, worker_id)
+            got = _try(where, group, worker_id)
             if isinstance(got, Slot):
                 return got
             raise ConfigError(
@@ -90,7 +93,7 @@ def claim(bootstrap: str, group: str, worker_id: str, explicit: bool, folder: st
                 f"id {group}-{worker_id}; two share it and fence each other), or leave it unset on one machine")
         for n in range(1, MAX_SLOTS + 1):
             candidate = worker_id if n == 1 else f"{worker_id}-{n}"
-            got = _try(where, bootstrap, group, candidate)
+            got = _try(where, group, candidate)
             if isinstance(got, Slot):
                 return got
     except OSError as exc:  # a safeguard, not a requirement: the id as given, unlocked

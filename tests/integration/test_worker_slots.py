@@ -45,6 +45,7 @@ def test_two_exactly_once_workers_on_one_host_take_two_slots(settings, published
     host = socket.gethostname()
     slotted = [e for e in errs if f"worker slot {host}-2: {host} is taken by another worker" in e]
     assert len(slotted) == 1, errs
+    assert f"[{host}-2 pid " in slotted[0], slotted[0]  # its log lines name its slot (a trial: they said the host)
     assert not any("ProducerFenced" in e for e in errs), errs
     ids = [orjson.loads(r.value)["event_id"] for r in read_all(s, s.alerts_topic, isolation_level="read_committed")]
     assert len(ids) == len(set(ids)) and {f"slot-bad-{i}" for i in range(4)} <= set(ids)

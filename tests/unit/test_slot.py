@@ -20,43 +20,42 @@ def folder(tmp_path: Path) -> str:
 
 
 def test_the_default_id_takes_the_first_free_slot_and_gets_it_back(folder: str) -> None:
-    first, second, third = (claim("k:9092", "g", "host", explicit=False, folder=folder) for _ in range(3))
+    first, second, third = (claim("g", "host", explicit=False, folder=folder) for _ in range(3))
     assert (first.worker_id, second.worker_id, third.worker_id) == ("host", "host-2", "host-3")
-    assert claim("k:9092", "other", "host", explicit=False, folder=folder).worker_id == "host"  # slots are per group
-    assert claim("k2:9092", "g", "host", explicit=False, folder=folder).worker_id == "host"  # ... and per cluster
+    assert claim("other", "host", explicit=False, folder=folder).worker_id == "host"  # slots are per group
     second.release()
-    assert claim("k:9092", "g", "host", explicit=False, folder=folder).worker_id == "host-2"  # a restart takes it back
+    assert claim("g", "host", explicit=False, folder=folder).worker_id == "host-2"  # a restart takes it back
 
 
 def test_an_explicit_id_held_by_a_running_worker_is_refused_naming_it(folder: str) -> None:
-    held = claim("k:9092", "g", "w1", explicit=True, folder=folder)
+    held = claim("g", "w1", explicit=True, folder=folder)
     with pytest.raises(ConfigError, match=rf"SD_WORKER_ID=w1 is taken by another worker of group g on this host "
                                           rf"\(pid {os.getpid()}\): .*transactional id g-w1"):
-        claim("k:9092", "g", "w1", explicit=True, folder=folder)
+        claim("g", "w1", explicit=True, folder=folder)
     held.release()
-    assert claim("k:9092", "g", "w1", explicit=True, folder=folder).worker_id == "w1"
+    assert claim("g", "w1", explicit=True, folder=folder).worker_id == "w1"
 
 
 def test_a_killed_workers_slot_is_free_at_once(folder: str) -> None:
     """The operating system drops the flock of a process however it ends (SIGKILL here)."""
     code = ("import sys, time; from stream_detector.slot import claim; "
-            "s = claim('k:9092', 'g', 'w1', explicit=True, folder=sys.argv[1]); print(s.worker_id, flush=True); "
+            "s = claim('g', 'w1', explicit=True, folder=sys.argv[1]); print(s.worker_id, flush=True); "
             "time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, folder], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "w1"
         with pytest.raises(ConfigError, match=rf"\(pid {proc.pid}\)"):
-            claim("k:9092", "g", "w1", explicit=True, folder=folder)
+            claim("g", "w1", explicit=True, folder=folder)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
-    assert claim("k:9092", "g", "w1", explicit=True, folder=folder).worker_id == "w1"
+    assert claim("g", "w1", explicit=True, folder=folder).worker_id == "w1"
 
 
 def test_a_folder_that_cannot_be_made_leaves_the_id_unchecked(tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "file").write_text("not a folder")
-    assert claim("k:9092", "g", "host", explicit=False, folder=str(tmp_path / "file" / "slots")).worker_id == "host"
+    assert claim("g", "host", explicit=False, folder=str(tmp_path / "file" / "slots")).worker_id == "host"
     assert "cannot lock a worker slot in" in caplog.text and "used unchecked" in caplog.text
