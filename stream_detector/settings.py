@@ -30,8 +30,10 @@ class _Group(BaseSettings):
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 # SD_DEVICE / --device: torch's device names this project scores on. ``cpu:N`` is torch's too (the
-# index is ignored on CPU); a trial found ``--device cpu:0`` refused (2026-12-06).
-DEVICE_NAME = r"cpu(:\d+)?|cuda(:\d+)?"
+# index is ignored on CPU); a trial found ``--device cpu:0`` refused (2026-12-06), and the next one
+# ``cpu:01`` and a 20-digit index taken here and refused by torch after the file was read: an index
+# is written as torch parses it, without a leading zero, at most 4 digits.
+DEVICE_NAME = r"(?:cpu|cuda)(?::(?:0|[1-9]\d{0,3}))?"
 
 
 def topic_name(value: str) -> str:
@@ -278,7 +280,7 @@ class WorkerSettings(_Group):
     @classmethod
     def _torch_device(cls, value: str) -> str:
         if not re.fullmatch(DEVICE_NAME, value):
-            raise ValueError(f"expected cpu, cuda or cuda:N, got {value!r}")
+            raise ValueError(f"expected cpu, cpu:N, cuda or cuda:N, got {value!r}")
         return value
 
     @field_validator("log_level")

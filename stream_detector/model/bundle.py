@@ -110,7 +110,7 @@ def device_problem(device: str) -> str | None:
     import re
 
     if not re.fullmatch(DEVICE_NAME, device):
-        return "expected cpu, cuda or cuda:N"
+        return "expected cpu, cpu:N, cuda or cuda:N"
     if device.startswith("cpu"):
         return None
     import torch

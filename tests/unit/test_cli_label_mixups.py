@@ -249,7 +249,7 @@ def test_simulate_refuses_one_file_for_events_and_labels(tmp_path: Path, capsys:
                  "--count", "100"]) == 0
 
 
-@pytest.mark.parametrize(("device", "said"), [("tpu", "--device tpu: expected cpu, cuda or cuda:N"),
+@pytest.mark.parametrize(("device", "said"), [("tpu", "--device tpu: expected cpu, cpu:N, cuda or cuda:N"),
                                               ("cuda:7", "--device cuda:7: ")])
 def test_score_refuses_a_device_it_cannot_use(device: str, said: str, history: tuple[Path, Path], bundle: Any,
                                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -288,7 +288,8 @@ def test_torch_cpu_index_is_a_device_like_cpu(history: tuple[Path, Path], bundle
         outs[device] = out.read_bytes()
     assert outs["cpu"] == outs["cpu:0"]
     assert device_problem("cpu:0") is None and Settings(device="cpu:0").device == "cpu:0"
-    assert device_problem("cpu0") == "expected cpu, cuda or cuda:N"
+    for bad in ("cpu0", "cpu:01", "cpu:99999999999999999999", "cuda:007"):  # torch refuses these, after the read
+        assert device_problem(bad) == "expected cpu, cpu:N, cuda or cuda:N", bad
 
 
 def test_produce_refuses_a_labels_file_sent_as_events(history: tuple[Path, Path],
