@@ -383,8 +383,9 @@ class CsvDialect:
 
 
 # a header cell that is a value, not a name: a signed or fractional number (``-0.11252183``, ``0.00``,
-# ``1e-3``). Plain whole numbers (``0``, ``1``, …) can name columns (a table written with numbered
-# ones): a header is refused when at least half its cells are numbers and one of them is such a value
+# ``1e-3``). Plain whole numbers can name columns (a table written with numbered ones, 0, 1, 2, …):
+# a header is warned of when at least half its cells are numbers and one of them is such a value, or
+# its whole numbers are not a run of consecutive ones (``983,1,760,txn0,GB,0``)
 _DATA_CELL = re.compile(r"[+-]\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\d*\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+")
 
 
@@ -404,18 +405,23 @@ def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
         raise InputError(f"{path}: the header has one column with --delimiter {delimiter!r}; is the file "
                          f"separated by another character?")
     # a trial: ECG5000's headerless TSV trained on its first row's values as column names (the class
-    # label among them); NSL-KDD's was refused as "names '0' more than once", no hint at the cause
-    data_like = [n for n in names if _DATA_CELL.fullmatch(n)]
-    numbers = sum(1 for n in names if n.isdigit() or _DATA_CELL.fullmatch(n))
-    if data_like and numbers >= 0.5 * len(names):
-        raise InputError(f"{path}: the first line looks like data, not a header ({numbers} of its {len(names)} cells "
-                         f"are numbers, such as {data_like[0]!r}): a CSV file needs a header row naming its "
-                         "columns; add one")
+    # label among them); NSL-KDD's was refused as "names '0' more than once", no hint at the cause. A
+    # warning, not a refusal: a spectrum's header of wavelengths (400.5, 401.0, …) is a real one
+    numbers = [n for n in names if (n.isascii() and n.isdigit()) or _DATA_CELL.fullmatch(n)]
+    data_like = len(numbers) >= 0.5 * len(names) and (
+        any(_DATA_CELL.fullmatch(n) for n in numbers)  # a signed or fractional value
+        or sorted(int(n) for n in numbers) != list(range(int(min(numbers, key=int)),
+                                                           int(min(numbers, key=int)) + len(numbers))))  # not 0,1,2…
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise InputError(f"{path}: the header names column(s) {', '.join(map(repr, dupes))} more than once")
+        hint = " (is the first line data? a CSV file needs a header row naming its columns)" if data_like else ""
+        raise InputError(f"{path}: the header names column(s) {', '.join(map(repr, dupes))} more than once{hint}")
     decimal = options.decimal
     warnings: list[str] = []
+    if data_like:
+        warnings.append(f"the first line of {path.name} looks like data, not a header ({len(numbers)} of its "
+                        f"{len(names)} names are numbers, such as {numbers[0]!r}): a CSV file needs a header row "
+                        "naming its columns, and without one the first row's values name them")
     if decimal == "auto":
         cells = [c.strip() for line in lines[1:200] for c in next(csv.reader([line], delimiter=delimiter), [])]
         comma = sum(1 for c in cells if _COMMA_DECIMAL.match(c))
@@ -433,8 +439,9 @@ def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
     elif thousands in ("", "none"):
         thousands = None
     # a trial: --thousands x was taken where --decimal x is refused
-    elif thousands is not None and (thousands.isalnum() or len(thousands) != 1):
-        raise InputError(f"--thousands must be one punctuation or space character (or auto, none), got {thousands!r}")
+    elif thousands is not None and (thousands.isalnum() or len(thousands) != 1 or thousands in "+-"):
+        raise InputError(f"--thousands must be one punctuation or space character other than a sign (or auto, none), "
+                         f"got {thousands!r}")
     try:
         text = TextFormat(decimal, thousands)
     except ValueError as exc:

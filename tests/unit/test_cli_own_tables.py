@@ -81,7 +81,8 @@ def test_score_says_when_a_number_feature_is_far_outside_training(
     (["--max-self-flag-rate", "5"], "--max-self-flag-rate: expected a number in (0, 1], got 5"),
     (["--seed", "-1"], "--seed: expected a whole number in [0, 4294967295], got -1"),
     (["--seed", "12345678901234567890"], "--seed: expected a whole number in [0, 4294967295]"),
-    (["--thousands", "x"], "--thousands must be one punctuation or space character (or auto, none), got 'x'")])
+    (["--thousands", "x"], "--thousands must be one punctuation or space character other than a sign"),
+    (["--thousands", "-"], "(or auto, none), got '-'")])
 def test_train_options_out_of_range_are_one_line_and_exit_2(
         args: list[str], said: str, tables: tuple[Path, Path], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
