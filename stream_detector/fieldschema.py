@@ -833,7 +833,9 @@ def _rule_by_values(name: str, values: list[Any], options: InferenceOptions, war
 # numbers as another export writes them: a decimal comma (``1234,56``, ``1.234,56``), a currency sign
 # before or after (``$1,234.56``, ``12,50 €``), a percent sign
 _DECIMAL_COMMA = re.compile(r"[+-]?(?:\d{1,3}(?:[.\s]\d{3})+|\d+),\d+")
-_MONEY = re.compile(r"[+-]?[$€£¥]\s?[+-]?[\d.,\s]*\d|[+-]?[\d.,\s]*\d\s?[$€£¥%]")
+_SIGN = r"(?:[$€£¥₹₩₽₺₪฿¢]|[A-Z]{3}\b)"  # a currency sign or an ISO 4217 code (USD 45.68)
+_MONEY = re.compile(rf"[+-]?{_SIGN}\s?[+-]?[\d.,\s]*\d|[+-]?[\d.,\s]*\d\s?(?:{_SIGN}|%)|\(\s?{_SIGN}?\s?[\d.,\s]*\d\)")
+_SPACE_GROUPS = re.compile(r"[+-]?\d{1,3}(?: \d{3})+(?:[.,]\d+)?")  # 45 680.00: a space between thousands
 
 
 def _numbers_written_otherwise(name: str, values: list[Any], text: TextFormat) -> str | None:
@@ -849,8 +851,13 @@ def _numbers_written_otherwise(name: str, values: list[Any], text: TextFormat) -
     money = [c for c in cells if _MONEY.fullmatch(c)]
     if len(money) >= half:
         return (f"field {name!r}: {len(money)} of {len(values)} values are numbers with a currency or percent sign "
-                f"(e.g. {money[0]!r}), read as text, so the field is not a number feature: export the numbers "
-                f"without the sign (--field {name}=number would reject those rows)")
+                f"or in parentheses (e.g. {money[0]!r}), read as text, so the field is not a number feature: export "
+                f"the numbers without the sign (--field {name}=number would reject those rows)")
+    spaced = [c for c in cells if _SPACE_GROUPS.fullmatch(c)]
+    if len(spaced) >= half and text.thousands != " ":
+        return (f"field {name!r}: {len(spaced)} of {len(values)} values are numbers with spaces between thousands "
+                f"(e.g. {spaced[0]!r}), read as text, so the field is not a number feature: --thousands ' ' "
+                "reads them as numbers")
     if text.decimal == ".":
         comma = [c for c in cells if _DECIMAL_COMMA.fullmatch(c)]
         if len(comma) >= half:

@@ -433,9 +433,11 @@ def test_a_file_sorted_by_a_whole_number_feature_keeps_it_and_says_so() -> None:
 
 @pytest.mark.parametrize(("cells", "said"), [
     (["1234,56", "12,5", "1.234,50"], "numbers with a decimal comma (e.g. '1234,56')"),
-    (["$1,234.56", "$12.50", "€ 3.10"], "numbers with a currency or percent sign (e.g. '$1,234.56')"),
-    (["12,50 €", "3 €", "7,1 €"], "numbers with a currency or percent sign (e.g. '12,50 €')"),
-    (["12.5%", "3%", "80%"], "numbers with a currency or percent sign (e.g. '12.5%')")])
+    (["$1,234.56", "$12.50", "€ 3.10"], "numbers with a currency or percent sign or in parentheses (e.g. '$1,234.56')"),
+    (["12,50 €", "3 €", "7,1 €"], "numbers with a currency or percent sign or in parentheses (e.g. '12,50 €')"),
+    (["12.5%", "3%", "80%"], "numbers with a currency or percent sign or in parentheses (e.g. '12.5%')"),
+    (["USD 45.68", "₹45.68", "(45.68)"], "numbers with a currency or percent sign or in parentheses (e.g. 'USD 45.68')"),
+    (["45 680.00", "1 234", "12 000.5"], "numbers with spaces between thousands (e.g. '45 680.00')")])
 def test_numbers_written_in_another_export_s_format_are_said(cells: list[str], said: str) -> None:
     """A trial: quoted "1234,56" in a comma-separated file and "$1,234.56" each made `amount` an
     identifier without a word (AUC 0.80 → 0.47)."""
