@@ -623,7 +623,9 @@ def _plausible(name: str, ms: float, plausible: tuple[float, float], raw: Any) -
         raise ConversionError(RejectReason.IMPLAUSIBLE_TIMESTAMP,
                               f"field {name!r} reads as a time in {_shown_year(ms)} "
                               f"(from {'a number' if isinstance(raw, (int, float)) else _shape(raw)}), "
-                              f"outside the plausible range of this model")
+                              f"outside the plausible range of this model ({_shown_year(plausible[0])} to "
+                              f"{_shown_year(min(plausible[1], future_limit_ms()))}: {PLAUSIBLE_YEARS:g} years around "
+                              "its training rows' times; a model for another period is trained on rows of it)")
     return ms
 
 

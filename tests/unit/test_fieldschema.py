@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -158,6 +159,9 @@ def test_a_fixed_unit_and_the_plausible_range() -> None:
     schema = FieldSchema((FieldRule("timestamp", FieldType.TIMESTAMP, unit="ms"),), (T0, T0))
     _, problems = schema.convert([{"timestamp": T0 // 1000}])  # seconds where ms are promised: 1970
     assert problems[0].reason is RejectReason.IMPLAUSIBLE_TIMESTAMP and "a time in 1970 (from a number)" in str(problems[0])
+    year = datetime.fromtimestamp(T0 / 1000, timezone.utc).year  # a trial: the message gave neither range nor way out
+    assert re.search(rf"of this model \({year - 10} to \d{{4}}: 10 years around its training rows' times; a model for "
+                     "another period is trained on rows of it", str(problems[0]))  # the end: at most a day from now
     assert FieldSchema((FieldRule("t", FieldType.TIMESTAMP),)).plausible_ms[0] == 631_152_000_000.0
     assert epoch_to_ms(1.5e9, "auto") == 1.5e12 and epoch_to_ms(1.5e18, "auto") == 1.5e12
 
