@@ -385,8 +385,14 @@ class CsvDialect:
 # a header cell that is a value, not a name: a signed or fractional number (``-0.11252183``, ``0.00``,
 # ``1e-3``). Plain whole numbers can name columns (a table written with numbered ones, 0, 1, 2, …):
 # a header is warned of when at least half its cells are numbers and one of them is such a value, or
-# its whole numbers are not a run of consecutive ones (``983,1,760,txn0,GB,0``)
+# its whole numbers, sorted, do not step evenly (``983,1,760,txn0,GB,0``; not 0,1,2 nor 1990,2000,2010)
 _DATA_CELL = re.compile(r"[+-]\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\d*\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+")
+
+
+def _uneven(whole: list[int]) -> bool:
+    """Sorted whole numbers that do not step evenly: values, not column numbers (0, 1, 2) or years
+    (1990, 2000, 2010)."""
+    return len({b - a for a, b in zip(whole, whole[1:], strict=False)}) > 1
 
 
 def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
@@ -409,9 +415,7 @@ def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
     # warning, not a refusal: a spectrum's header of wavelengths (400.5, 401.0, …) is a real one
     numbers = [n for n in names if (n.isascii() and n.isdigit()) or _DATA_CELL.fullmatch(n)]
     data_like = len(numbers) >= 0.5 * len(names) and (
-        any(_DATA_CELL.fullmatch(n) for n in numbers)  # a signed or fractional value
-        or sorted(int(n) for n in numbers) != list(range(int(min(numbers, key=int)),
-                                                           int(min(numbers, key=int)) + len(numbers))))  # not 0,1,2…
+        any(_DATA_CELL.fullmatch(n) for n in numbers) or _uneven(sorted(int(n) for n in numbers)))
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         hint = " (is the first line data? a CSV file needs a header row naming its columns)" if data_like else ""

@@ -55,8 +55,8 @@ Inference rules (``infer_schema``), first match wins, each printed with its reas
    those) → ``boolean``; a column of only 0 and 1 is a ``number`` (a count can be 0 or 1 in training).
 4. every value a number: integers with a leading zero (``007``) or more than 15 digits →
    ``identifier`` (digits that a float cannot hold are a code, not an amount); (4b) epoch seconds or
-   ms of 2001-2099 under a time-like name → ``ignored``; (4c) a row counter (``COUNTER_MIN_ROWS``
-   increasing integers at a constant step) → ``identifier`` (``_number_rule``); else ``number``.
+   ms of 2001-2099 under a name ending in a time word → ``ignored``, with a warning; (4c) a run of
+   ``COUNTER_MIN_ROWS`` increasing distinct integers is warned of (``_number_rule``); else ``number``.
 5. at least 98 % numbers and the rest text → ``number``; the text values' rows are reported (field,
    count, examples) and left out of training, as a live event with them is rejected. Likewise at
    least 98 % true/false (or 0/1 beside them) and the rest text → ``boolean``.
@@ -696,7 +696,7 @@ def infer_schema(rows: Sequence[Mapping[str, Any]], options: InferenceOptions = 
         if by_name is not None and by_name.note == _ID_NOTE:  # a name like an id over true/false values is a
             values = [r.get(name) for r in rows]  # boolean feature (a trial: has_valid_id, photo_matches_id)
             present = [v for v in values if v is not None and not isinstance(v, (dict, list))]
-            if present and all(_is_boolean(v) or _is_bit(v) for v in present) and any(map(_is_boolean, present)):
+            if present and all(_is_boolean(v) or _is_bit(v) for v in present):  # has_id: a flag (0/1 too)
                 by_name = None
         if by_name is not None:
             rules.append(by_name)
@@ -725,7 +725,12 @@ def _rule_by_name(name: str, options: InferenceOptions) -> FieldRule | None:
         return FieldRule(name, FieldType.IDENTIFIER, note="id column or entity key")
     if _ID_NAME.search(name) or _CAMEL_ID.search(name):
         return FieldRule(name, FieldType.IDENTIFIER, note=_ID_NOTE)
+    if _PANDAS_INDEX.fullmatch(name):
+        return FieldRule(name, FieldType.IDENTIFIER, note="a pandas index written out (its name)")
     return None
+
+
+_PANDAS_INDEX = re.compile(r"Unnamed: \d+")  # what pandas names a written-out index column when reading it
 
 
 _ID_NOTE = "named like an id (*_id, *ID, *Id)"
@@ -746,43 +751,48 @@ _TIME_WORDS = frozenset({"time", "times", "date", "dates", "datetime", "ts", "at
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
 
 
+_UNIT_WORDS = frozenset({"ms", "s", "sec", "secs", "seconds", "millis", "utc", "epoch", "unix", "local", "gmt"})
+
+
 def _time_named(name: str) -> bool:
-    return any(word.lower() in _TIME_WORDS for word in _WORD.findall(name))
+    """The name's last word (after unit words: ``txn_time_ms``, ``created_at_utc``) is a time word;
+    ``amount_at_risk``, ``ts_count`` and ``time_on_site_ms`` are not times (a trial: a time word
+    anywhere in the name dropped amounts in cents that happened to lie in the epoch range)."""
+    words = [w.lower() for w in _WORD.findall(name)]
+    while len(words) > 1 and words[-1] in _UNIT_WORDS:
+        words.pop()
+    return bool(words) and words[-1] in _TIME_WORDS
 _EPOCH_S, _EPOCH_MS = (1e9, 4.1e9), (1e12, 4.1e12)
-COUNTER_MIN_ROWS = 100  # rule 4c: a run of increasing integers this long, stepping by one value, is a row counter
-COUNTER_REGULAR = 0.9  # ... the share of its steps equal to the commonest (a trial: a file sorted by a whole-number
-# amount, every value distinct, lost the amount as a "counter": AUC 0.90 -> 0.35); a sorted run otherwise warns
+COUNTER_MIN_ROWS = 100  # rule 4c: a run of increasing distinct integers this long is warned of (a counter, or
+# a file sorted by it). Two trials: typing such runs as identifiers dropped real features — a file sorted by
+# balance_cents (AUC 0.90 -> 0.35), then account_age_days in a one-row-per-day file and a setpoint sweep
 
 
 def _number_rule(name: str, values: np.ndarray, warnings: list[str]) -> FieldRule | None:
     """Rules 4b and 4c on a column whose every value is a number (``values``, float64, in row
     order): an epoch time under a time-like name → ``ignored`` (a feature of absolute time would
     put every later event outside training: a trial's ``txn_time``, epoch seconds, flagged all of
-    next month's events, where the same times as RFC 3339 text were read as a timestamp); a row
-    counter (at least ``COUNTER_MIN_ROWS`` integers, each a constant step above the last in at least
-    ``COUNTER_REGULAR`` of the rows: a pandas index written out, a sequence number) → ``identifier``;
-    distinct integers increasing at irregular steps (a file sorted by a whole-number feature, or a
-    subsample's index) stay a number, with a warning in ``warnings``. None: rule 4's ``number``."""
+    next month's events, where the same times as RFC 3339 text were read as a timestamp), said in
+    ``warnings`` too; at least ``COUNTER_MIN_ROWS`` distinct integers increasing row after row (a
+    counter, or a feature the file is sorted by) stay a number, with a warning. None: rule 4's
+    ``number``. A pandas index written out is an identifier by its name (``Unnamed: 0``, rule 1)."""
     if values.size == 0 or not np.isfinite(values).all():
         return None
     low, high = float(values.min()), float(values.max())
     if _time_named(name):
         for unit, (a, b) in (("seconds", _EPOCH_S), ("milliseconds", _EPOCH_MS)):
             if a <= low and high <= b:
+                warnings.append(f"field {name!r}: epoch {unit} under a time-like name, not a feature (absolute time "
+                                f"would put every later event outside training); --field {name}=number keeps it")
                 return FieldRule(name, FieldType.IGNORED,
                                  note=f"epoch {unit} named like a time (absolute time); "
                                       f"--field {name}=number to keep it")
     if values.size >= COUNTER_MIN_ROWS and (values == np.round(values)).all():
         steps = np.diff(values)
-        if bool((steps > 0).all()):
-            common = float(np.median(steps))
-            if np.count_nonzero(steps == common) >= COUNTER_REGULAR * steps.size:
-                return FieldRule(name, FieldType.IDENTIFIER,
-                                 note=f"a row counter ({values.size} integers, each {common:g} above the last); "
-                                      f"--field {name}=number to keep it")
+        if bool((steps > 0).all()):  # a counter, or a feature the file is sorted by: said, not decided
             warnings.append(f"field {name!r}: its {values.size} values are distinct integers, increasing row after "
-                            "row — a sequence number or a file sorted by it? Kept as a number feature; "
-                            f"--field {name}=identifier if it counts rows or events")
+                            "row — a row number or sequence number, or a file sorted by it? Kept as a number "
+                            f"feature; --field {name}=identifier if it counts rows or events")
     return None
 
 

@@ -396,25 +396,32 @@ def test_id_names_in_any_common_spelling_are_identifiers(name: str, expected: Fi
     assert infer_schema(rows).schema[name].type is expected
 
 
-def test_epoch_times_under_a_time_name_and_row_counters_are_no_number_features() -> None:
+def test_epoch_times_under_a_time_name_are_no_number_features_and_counters_are_said() -> None:
     """A trial's `txn_time` (epoch seconds) was a number feature: next month's events all lay outside
-    training. The same values under another name, and times outside 2001-2099, stay numbers; a row
-    counter (a pandas index written out) is an identifier, an increasing amount with a repeat is not."""
+    training. The same values under another name, a time word inside a name (`amount_at_risk`, a
+    trial: amounts in cents dropped), and times outside 2001-2099 stay numbers. Increasing integer
+    runs are warned of and kept (two trials: typed as identifiers, real features were dropped); a
+    pandas index written out is an identifier by its name."""
     n = 200
-    rows = [{"txn_time": 1_700_000_000 + 600 * i, "created_at": 1_700_000_000_000 + i, "amount": 1_700_000_000 + i,
-             "uptime": 5.0 + i, "Unnamed: 0": i, "seq": 10 * i + 3, "balance": float(i // 2)} for i in range(n)]
-    rules = {r.name: r for r in infer_schema(rows).schema.fields}
+    rows = [{"txn_time": 1_700_000_000 + 600 * i, "created_at_utc": 1_700_000_000_000 + i,
+             "amount_at_risk": 1_700_000_000 + (i * 37) % n, "ts_count": 1_500_000_000 + (i * 11) % n,
+             "uptime": 5.0 + i, "Unnamed: 0": i, "balance": float(i // 2)} for i in range(n)]
+    inferred = infer_schema(rows)
+    rules = {r.name: r for r in inferred.schema.fields}
     assert rules["txn_time"].type is FieldType.IGNORED and "epoch seconds" in rules["txn_time"].note
-    assert rules["created_at"].type is FieldType.IGNORED and "epoch milliseconds" in rules["created_at"].note
-    assert rules["amount"].type is FieldType.IDENTIFIER  # not time-named; but strictly increasing: a counter
-    assert rules["uptime"].type is FieldType.IDENTIFIER and "row counter" in rules["uptime"].note
-    assert rules["Unnamed: 0"].type is FieldType.IDENTIFIER and rules["seq"].type is FieldType.IDENTIFIER
-    assert rules["balance"].type is FieldType.NUMBER  # increasing, with repeats
+    assert rules["created_at_utc"].type is FieldType.IGNORED and "epoch milliseconds" in rules["created_at_utc"].note
+    assert any(w.startswith("field 'txn_time': epoch seconds under a time-like name") for w in inferred.warnings)
+    assert rules["amount_at_risk"].type is FieldType.NUMBER and rules["ts_count"].type is FieldType.NUMBER
+    assert rules["uptime"].type is FieldType.NUMBER  # a counter, or sorted by it: said, not decided
+    assert any(w.startswith("field 'uptime': its 200 values are distinct integers") for w in inferred.warnings)
+    assert rules["Unnamed: 0"].type is FieldType.IDENTIFIER and "pandas index" in rules["Unnamed: 0"].note
+    assert rules["balance"].type is FieldType.NUMBER  # increasing, with repeats: nothing said
+    assert not any(w.startswith("field 'balance'") for w in inferred.warnings)
     shuffled = [{"amount": 1_700_000_000 + (i * 37) % n, "txn_time": 5.0 + (i * 37) % n} for i in range(n)]
     kept = infer_schema(shuffled).schema
-    assert (kept["amount"].type, kept["txn_time"].type) == (FieldType.NUMBER, FieldType.NUMBER)  # no order, no epoch range: numbers
-    short = [{"seq": i} for i in range(COUNTER_MIN_ROWS - 1)]
-    assert infer_schema(short).schema["seq"].type is FieldType.NUMBER  # too few rows to call it a counter
+    assert (kept["amount"].type, kept["txn_time"].type) == (FieldType.NUMBER, FieldType.NUMBER)  # not epoch: numbers
+    short = infer_schema([{"seq": i} for i in range(COUNTER_MIN_ROWS - 1)])
+    assert short.schema["seq"].type is FieldType.NUMBER and not short.warnings  # too few rows to say
 
 
 def test_a_file_sorted_by_a_whole_number_feature_keeps_it_and_says_so() -> None:
@@ -429,10 +436,11 @@ def test_a_file_sorted_by_a_whole_number_feature_keeps_it_and_says_so() -> None:
                for w in inferred.warnings), inferred.warnings
     assert inferred.schema["createdAt"].type is FieldType.IGNORED  # camel case: created + at
     named = infer_schema([{"mandate_amount": 1_500_000_000 + 977 * i % 5000, "uptime_ms": 2_000_000_000 + i % 7,
-                           "has_valid_id": i % 3 == 0, "photo_matches_id": "true" if i % 2 else "false"}
-                          for i in range(200)]).schema
+                           "has_valid_id": i % 3 == 0, "photo_matches_id": "true" if i % 2 else "false",
+                           "has_id": i % 2} for i in range(200)]).schema
     assert named["mandate_amount"].type is FieldType.NUMBER and named["uptime_ms"].type is FieldType.NUMBER
     assert named["has_valid_id"].type is FieldType.BOOLEAN and named["photo_matches_id"].type is FieldType.BOOLEAN
+    assert named["has_id"].type is FieldType.NUMBER  # a 0/1 flag named like an id: rule 3's number, not an id
 
 
 @pytest.mark.parametrize(("cells", "said"), [
