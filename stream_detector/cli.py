@@ -1265,7 +1265,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     args.span_days = 7.0 if args.span_days is None else args.span_days
     args.chunk_rows = 100_000 if args.chunk_rows is None else args.chunk_rows
     end_ms = _end_ms(args.end) if args.end is not None else None
-    if not 0 <= args.seed < 2**32:  # what numpy's generators take
+    if not 0 <= args.seed < SEED_LIMIT:  # simulate checks its own (its tests call main, not argparse's exit)
         raise ConfigError(f"--seed must be >= 0 and < 2**32, got {args.seed}")
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
@@ -1932,15 +1932,18 @@ def _between(low: float, high: float, low_open: bool = False, high_open: bool = 
     return parse
 
 
+SEED_LIMIT = 2**32  # seeds numpy's generators and torch both take: 0 .. SEED_LIMIT - 1
+
+
 def _seed(text: str) -> int:
     """An argparse type: a seed numpy and torch both take, 0 .. 2**32 - 1 (a trial: ``--seed -1`` and a
     20-digit seed failed after reading the data with numpy's ValueError, exit 1)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number in [0, {2**32 - 1}], got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected a whole number in [0, {2**32 - 1}], got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number in [0, {SEED_LIMIT - 1}], got {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected a whole number in [0, {SEED_LIMIT - 1}], got {value}")
     return value
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import re
 import sys
@@ -392,7 +393,7 @@ _DATA_CELL = re.compile(r"[+-]\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\d*\.\d+(?:[eE][+-]
 def _uneven(whole: list[int]) -> bool:
     """Sorted whole numbers that do not step evenly: values, not column numbers (0, 1, 2) or years
     (1990, 2000, 2010)."""
-    return len({b - a for a, b in zip(whole, whole[1:], strict=False)}) > 1
+    return len({b - a for a, b in itertools.pairwise(whole)}) > 1
 
 
 def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:

@@ -54,7 +54,7 @@ def slot_dir(folder: str = "") -> Path:
     return Path(folder) if folder else Path(tempfile.gettempdir()) / "stream-detector-slots"
 
 
-def _try(folder: Path, group: str, worker_id: str) -> Slot | None | str:
+def _try(folder: Path, group: str, worker_id: str) -> Slot | str:
     """The slot ``worker_id`` of ``group`` locked, or the holder's pid (text) when a running process
     holds it. The file is named by a digest of the transactional id's parts (ids may hold any
     character), not of the broker's address: ``127.0.0.1:9092`` and ``localhost:9092`` are one
