@@ -529,15 +529,31 @@ def _csv_batches(path: Path, dialect: CsvDialect, options: ReaderOptions,
             span = np.arange(start, start + batch.num_rows + len(later), dtype=np.int64)
             rows = span[~np.isin(span, later)][:batch.num_rows]  # each row's place in the file
             start = int(rows[-1]) + 1 if len(rows) else start
-            yield _as_text(batch, rows, ragged, options.id_column)
+            yield _as_text(batch, rows, ragged, options.id_column, options.na_values)
+
+
+def _trimmed(column: pa.Array, na_values: tuple[str, ...]) -> pa.Array:
+    """A string column's cells without surrounding white space (``1, US, 12.5`` is ``US``, as a
+    header's names are: a category or an id written after a ``, `` would otherwise differ from the
+    same value in JSON, and an account's history split in two); a cell that is white space around
+    an ``na_values`` entry (`` NA``, a blank cell) is missing, as the bare entry is. A quoted empty
+    cell (``""``) stays an empty text."""
+    trimmed = pc.utf8_trim_whitespace(column)
+    changed = pc.not_equal(trimmed, column)
+    if not pc.any(changed).as_py():
+        return column
+    missing = pc.and_(changed, pc.is_in(trimmed, value_set=pa.array(na_values, pa.string())))
+    return pc.if_else(missing, pa.scalar(None, pa.string()), trimmed)
 
 
 def _as_text(batch: pa.RecordBatch, rows: np.ndarray, ragged: dict[int, RowRejection],
-             id_column: str = "event_id") -> pa.RecordBatch:
-    """``batch`` (binary columns) with string columns; a row with a cell that is not UTF-8 becomes
-    ``ragged[rows[k]]`` and leaves the batch."""
+             id_column: str = "event_id", na_values: tuple[str, ...] = DEFAULT_NA) -> pa.RecordBatch:
+    """``batch`` (binary columns) with string columns, each cell without surrounding white space
+    (``_trimmed``); a row with a cell that is not UTF-8 becomes ``ragged[rows[k]]`` and leaves the
+    batch."""
     try:
-        return pa.RecordBatch.from_arrays([c.cast(pa.string()) for c in batch.columns], names=batch.schema.names)
+        return pa.RecordBatch.from_arrays([_trimmed(c.cast(pa.string()), na_values) for c in batch.columns],
+                                          names=batch.schema.names)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
     bad: dict[int, str] = {}
@@ -558,7 +574,8 @@ def _as_text(batch: pa.RecordBatch, rows: np.ndarray, ragged: dict[int, RowRejec
         ragged[index] = RowRejection(index, RejectReason.INVALID_ROW, message, ident)
     keep = pa.array(np.isin(np.arange(batch.num_rows), list(bad), invert=True))
     kept = batch.filter(keep)
-    return pa.RecordBatch.from_arrays([c.cast(pa.string()) for c in kept.columns], names=kept.schema.names)
+    return pa.RecordBatch.from_arrays([_trimmed(c.cast(pa.string()), na_values) for c in kept.columns],
+                                      names=kept.schema.names)
 
 
 def _utf8(cell: bytes | None) -> str | None:

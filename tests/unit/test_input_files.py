@@ -120,6 +120,31 @@ def test_headers_spaces_empty_cells_labels_and_compression_by_content(tmp_path: 
     assert load_events(tmp_path / "l.csv", label_column="Class").labels == ["0", "1"]
 
 
+def test_csv_cells_lose_surrounding_spaces_so_a_category_or_id_means_what_it_does_in_json(tmp_path: Path) -> None:
+    """Found by a trial: a CSV written with ``, `` between cells kept the space in text cells, so
+    the country `` US`` a model learnt from the CSV was a category the same event from Kafka (JSON
+    ``"US"``) never has (every streamed event scored as an unseen category), and the account
+    `` 12`` had a history apart from ``12``. A cell that is spaces around a missing-value marker
+    (`` NA ``, a blank cell) is missing, as the bare marker is; a quoted empty cell stays text."""
+    (tmp_path / "s.csv").write_text('event_id, account_id, amount, country, note\n'
+                                    'e1, 12, 12.5, US ,x\n'
+                                    'e2, 12, 13.0,US,  \n'
+                                    'e3,13, NA , FR,""\n')
+    rows = [{"event_id": "e1", "account_id": "12", "amount": 12.5, "country": "US", "note": "x"},
+            {"event_id": "e2", "account_id": "12", "amount": 13.0, "country": "US", "note": None},
+            {"event_id": "e3", "account_id": "13", "amount": None, "country": "FR", "note": ""}]
+    (tmp_path / "s.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    options = InferenceOptions(overrides=parse_overrides(["account_id=identifier", "country=category",
+                                                          "note=category"]))
+    from_csv, from_json = (load_events(tmp_path / name, inference=options) for name in ("s.csv", "s.jsonl"))
+    assert from_csv.events == from_json.events
+    assert [e["country"] for e in from_csv.events] == ["US", "US", "FR"]
+    assert [e.get("note") for e in from_csv.events] == ["x", None, ""]
+    chunk = next(raw_chunks(input_files(str(tmp_path / "s.csv")), chunk_rows=1000))  # the big-history reader
+    assert chunk.table.column("country").to_pylist() == ["US", "US", "FR"]
+    assert chunk.table.column("account_id").to_pylist() == ["12", "12", "13"]
+
+
 def test_what_cannot_be_decided_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "eu.csv").write_text("event_id;amt;cat\nr1;1.500;a\nr2;2.000;a\nr3;750;a\n")
     assert any("'1.500' can be read two ways" in w for w in load_events(tmp_path / "eu.csv").warnings)
