@@ -323,7 +323,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         _supervised(args, result, events, labels, normal_label)
     extra: dict[str, Any] = {"training_input": str(args.input), "training_rows_read": data.total,
                              "training_rows_rejected": len(data.rejected)}
-    extra.update(_training_labels(args.label_column, normal_label))
+    extra.update(_training_labels(args.label_column, normal_label, labels))
     out = Path(args.out)
     _drop_old_report(out)
     if labels is not None:
@@ -431,11 +431,22 @@ def _drop_old_report(out: Path) -> None:
         (out / "report").rmdir()
 
 
-def _training_labels(label_column: str | None, normal_label: str) -> dict[str, str]:
+def _training_labels(label_column: str | None, normal_label: str,
+                     labels: Sequence[str] | None = None) -> dict[str, Any]:
     """The bundle's record of ``train --label-column``'s column and normal label (none without one):
     ``score --label-column`` of the same column reads the labels the same way by default (a trial:
-    it took 0 for normal against a model trained on the simulator's legit/fraud)."""
-    return {"training_label_column": label_column, "training_normal_label": normal_label} if label_column else {}
+    it took 0 for normal against a model trained on the simulator's legit/fraud). With ``labels``
+    (the training rows'), also the anomaly labels seen (at most ``ANOMALY_LABELS_KEPT``): ``score``
+    of a file holding only those is a frauds-only file, evaluated, not refused as a misspelling."""
+    if not label_column:
+        return {}
+    out: dict[str, Any] = {"training_label_column": label_column, "training_normal_label": normal_label}
+    if labels is not None:
+        out["training_anomaly_labels"] = sorted(set(labels) - {normal_label, ""})[:ANOMALY_LABELS_KEPT]
+    return out
+
+
+ANOMALY_LABELS_KEPT = 50
 
 
 def _check_normal_label(args: argparse.Namespace) -> None:
@@ -882,6 +893,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     if args.label_column and args.normal_label is None:  # a trial: 0 against a model trained on legit/fraud
         trained = bundle.metadata.get("training_label_column") == args.label_column
         args.normal_label = str(bundle.metadata.get("training_normal_label", "0")) if trained else "0"
+        args.anomaly_labels = frozenset(map(str, bundle.metadata.get("training_anomaly_labels", ()) if trained else ()))
         normal_from = (" (the normal label the model was trained with)" if trained else
                        " (the default: the model records no normal label for this column)")
     if args.feedback and not Path(args.feedback).exists():
@@ -947,8 +959,12 @@ def _say_evaluation(scored: Any, rows: Any, y: Any, threshold: float, head: floa
     supervised head its figures and the worker's decision's."""
     from .report import decision_figures, evaluate
 
-    _say(("the autoencoder" if head is not None else "the model") + f" against {against}: "
-         + _figures(evaluate(scored.scores[rows], y, threshold)))
+    numbers = evaluate(scored.scores[rows], y, threshold)
+    _say(("the autoencoder" if head is not None else "the model") + f" against {against}: " + _figures(numbers))
+    if not numbers["anomalies"] or numbers["precision"] is None:  # a trial: an all-normal file printed recall=0
+        _say("  (" + ("no anomaly among them: recall, F1 and the AUCs are undefined; what this file says is the "
+                      "flag rate, alerts that are all false positives" if not numbers["anomalies"]
+                      else "no alert among them: precision and F1 are undefined") + ")")
     if scored.probability is not None and head is not None:
         _say("the supervised head against them: " + _figures(evaluate(scored.probability[rows], y, head)))
         _say("the decision (alert when either fires, as the worker does) against them: " + _figures(
@@ -963,9 +979,21 @@ def _check_normal_present(args: argparse.Namespace, labels: list[str], origin: s
 
     normal = _label_text(args.normal_label)
     seen = set(labels) - {""}
+    if seen and _frauds_only(args, seen):
+        _say(f"note: every labelled row has a label the model was trained to take for an anomaly ({sorted(seen)[:5]}):"
+             " a file of anomalies only; recall is what it can measure")
+        return
     if seen and normal not in seen:
         raise ConfigError(f"no row has {args.label_column}={normal!r}{origin} (labels "
                           f"seen: {sorted(seen)[:10]}): give the normal rows' label with --normal-label")
+
+
+def _frauds_only(args: argparse.Namespace, seen: set[str]) -> bool:
+    """Whether ``score``'s labels ``seen`` are all anomaly labels of the model's training (the normal
+    label taken from the model, not given): a frauds-only file (a trial: refused as if the normal
+    label were misspelt)."""
+    known: frozenset[str] = getattr(args, "anomaly_labels", frozenset())
+    return bool(seen) and seen <= known
 
 
 def _evaluate_on_label_column(args: argparse.Namespace, scored: Any, labels: list[str], threshold: float,
@@ -985,7 +1013,7 @@ def _evaluate_on_label_column(args: argparse.Namespace, scored: Any, labels: lis
         _say(f"note: no scored row has a label in column {args.label_column!r}: nothing to evaluate")
         return
     y = np.array([lab != normal for lab in labels])[rows]
-    if y.all():
+    if y.all() and not _frauds_only(args, set(labels) - {""}):
         _say(f"warning: no scored row has the normal label {normal!r} in column {args.label_column!r} (labels seen: "
              f"{sorted(set(labels) - {''})[:10]}): give the normal rows' label with --normal-label")
     _say_evaluation(scored, rows, y, threshold, head,

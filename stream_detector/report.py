@@ -40,26 +40,36 @@ def evaluate_on_input(bundle: Bundle, events: Sequence[Any], is_anomaly: np.ndar
 def decision_figures(flagged: np.ndarray, is_anomaly: np.ndarray) -> dict[str, Any]:
     """The worker's decision against labels: ``flagged`` (bool (n,)) is what it alerts (with a
     supervised head: error above its threshold **or** probability above the head's), ``is_anomaly``
-    (bool (n,)) the truth. Alerts, precision, recall, F1 and flag rate (share of rows alerted)."""
+    (bool (n,)) the truth. Alerts, precision, recall, F1 and flag rate (share of rows alerted);
+    precision is None (undefined) without alerts, recall without anomalies, F1 without either."""
     pred, y = flagged.astype(bool), is_anomaly.astype(bool)
     tp = int((pred & y).sum())
-    precision = tp / int(pred.sum()) if pred.any() else 0.0
-    recall = tp / int(y.sum()) if y.any() else 0.0
-    return {"alerts": int(pred.sum()), "precision": precision, "recall": recall,
-            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+    precision = tp / int(pred.sum()) if pred.any() else None
+    recall = tp / int(y.sum()) if y.any() else None
+    return {"alerts": int(pred.sum()), "precision": precision, "recall": recall, "f1": _f1(precision, recall),
             "flag_rate": float(pred.mean()) if y.size else 0.0}
 
 
+def _f1(precision: float | None, recall: float | None) -> float | None:
+    """The harmonic mean; None where either is undefined, 0.0 where both are 0."""
+    if precision is None or recall is None:
+        return None
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
 def evaluate(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float) -> dict[str, Any]:
-    """AUC-ROC, AUC-PR and precision/recall/F1/accuracy at ``threshold`` (score > threshold)."""
+    """AUC-ROC, AUC-PR and precision/recall/F1/accuracy at ``threshold`` (score > threshold), of
+    ``scores`` (float (n,)) against ``is_anomaly`` (bool (n,)). Undefined figures are None, never a
+    made-up 0: precision without alerts, recall without anomalies (an all-normal file), F1 without
+    either, the AUCs without both classes."""
     y = is_anomaly.astype(bool)
     pred = scores > threshold
     tp = int((pred & y).sum())
     fp = int((pred & ~y).sum())
     fn = int((~pred & y).sum())
     tn = int((~pred & ~y).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
     both = y.any() and (~y).any()
     return {
         "rows": int(y.size),
@@ -68,7 +78,7 @@ def evaluate(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float) -> di
         "auc_pr": float(average_precision_score(y, scores)) if both else None,
         "precision": precision,
         "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "f1": _f1(precision, recall),
         "accuracy": (tp + tn) / y.size if y.size else 0.0,
         "flag_rate": float(pred.mean()) if y.size else 0.0,
     }
@@ -126,7 +136,8 @@ def plot_curves(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float, pa
     a.set_title(f"ROC — {title}")
     a.legend(loc="lower right")
     b.plot(rec, prec, label=f"AP {op['auc_pr']:.3f}")
-    b.scatter([op["recall"]], [op["precision"]], color="black", zorder=3, label="threshold")
+    if op["precision"] is not None:  # no alert at the threshold: no point on the curve
+        b.scatter([op["recall"]], [op["precision"]], color="black", zorder=3, label="threshold")
     b.set_xlabel("recall")
     b.set_ylabel("precision")
     b.set_title(f"Precision-recall — {title}")

@@ -153,6 +153,23 @@ def test_score_reads_labels_as_the_model_was_trained_and_refuses_a_normal_label_
             "--label-column", "label"]
     code, err = _run(capsys, base)
     assert code == 0 and "(27 of 3000 rows not 'legit')" in err
+    assert re.search(r"recall=0\.\d{4}", err) and "undefined" not in err
+    normal_only = tmp_path / "legit.csv"  # a trial: an all-normal file printed recall=0 and f1=0 as if measured
+    header, *lines = events.read_text().splitlines()
+    normal_only.write_text("\n".join([header, *(line for line in lines if ",legit," in line)]) + "\n")
+    code, err = _run(capsys, ["score", "--model", str(model), "--input", str(normal_only), "--out",
+                              str(tmp_path / "l.csv"), "--label-column", "label"])
+    assert code == 0 and "anomalies=0" in err and "no anomaly among them: recall, F1 and the AUCs are undefined" in err
+    assert "recall=" not in err and "f1=" not in err and "auc_roc=" not in err
+    frauds_only = tmp_path / "fraud.csv"  # a trial: refused as if the normal label were misspelt
+    frauds_only.write_text("\n".join([header, *(line for line in lines if ",fraud," in line)]) + "\n")
+    code, err = _run(capsys, ["score", "--model", str(model), "--input", str(frauds_only), "--out",
+                              str(tmp_path / "f.csv"), "--label-column", "label"])
+    assert code == 0 and "a file of anomalies only; recall is what it can measure" in err
+    assert "anomalies=27" in err and re.search(r"recall=\d\.\d{4}", err) and "warning: no scored row" not in err
+    code, err = _run(capsys, ["score", "--model", str(model), "--input", str(frauds_only), "--out",
+                              str(tmp_path / "f.csv"), "--label-column", "label", "--normal-label", "legi"])
+    assert code == 2 and "no row has label='legi'" in err, "a normal label given by hand: still a misspelling"
     code, err = _run(capsys, [*base, "--normal-label", "legitt"])
     assert code == 2 and "no row has label='legitt' (labels seen: ['fraud', 'legit'])" in err
     numbered = tmp_path / "numbered.csv"  # the same file with 0/1 labels: the trained 'legit' is not there, said so
