@@ -763,6 +763,7 @@ def _time_named(name: str) -> bool:
         words.pop()
     return bool(words) and words[-1] in _TIME_WORDS
 _EPOCH_S, _EPOCH_MS = (1e9, 4.1e9), (1e12, 4.1e12)
+EPOCH_MIN_ROWS = 20  # rule 4b's warning for a name that is not time-like: this many values, half of them distinct
 COUNTER_MIN_ROWS = 100  # rule 4c: a run of increasing distinct integers this long is warned of (a counter, or
 # a file sorted by it). Two trials: typing such runs as identifiers dropped real features — a file sorted by
 # balance_cents (AUC 0.90 -> 0.35), then account_age_days in a one-row-per-day file and a setpoint sweep
@@ -787,6 +788,14 @@ def _number_rule(name: str, values: np.ndarray, warnings: list[str]) -> FieldRul
                 return FieldRule(name, FieldType.IGNORED,
                                  note=f"epoch {unit} named like a time (absolute time); "
                                       f"--field {name}=number to keep it")
+    elif values.size >= EPOCH_MIN_ROWS and np.unique(values).size * 2 >= values.size:
+        for unit, (a, b), per_s in (("s", _EPOCH_S, 1.0), ("ms", _EPOCH_MS, 1000.0)):
+            if a <= low and high <= b:  # a trial: an unnamed epoch column stayed a feature, said nowhere
+                first, last = (time.strftime("%Y-%m-%d", time.gmtime(v / per_s)) for v in (low, high))
+                warnings.append(f"field {name!r}: every value lies in the epoch-{unit} range (read as times: {first} "
+                                f".. {last}); if it is a time, absolute time as a feature puts every later event "
+                                f"outside training: --field {name}=timestamp:{unit} reads it as a time (not a "
+                                f"feature), --exclude {name} leaves it out")
     if values.size >= COUNTER_MIN_ROWS and (values == np.round(values)).all():
         steps = np.diff(values)
         if bool((steps > 0).all()):  # a counter, or a feature the file is sorted by: said, not decided

@@ -23,6 +23,7 @@ from stream_detector.errors import InputError
 from stream_detector.features import fit_spec
 from stream_detector.fieldschema import (
     COUNTER_MIN_ROWS,
+    EPOCH_MIN_ROWS,
     JSON_TEXT,
     FieldRule,
     FieldSchema,
@@ -422,6 +423,23 @@ def test_epoch_times_under_a_time_name_are_no_number_features_and_counters_are_s
     assert (kept["amount"].type, kept["txn_time"].type) == (FieldType.NUMBER, FieldType.NUMBER)  # not epoch: numbers
     short = infer_schema([{"seq": i} for i in range(COUNTER_MIN_ROWS - 1)])
     assert short.schema["seq"].type is FieldType.NUMBER and not short.warnings  # too few rows to say
+
+
+def test_epoch_values_under_another_name_stay_numbers_and_are_said() -> None:
+    """A trial: an epoch-seconds column named `t` (or `col3`) stayed a number feature and nothing was
+    said; a week later every event lay beyond training. Kept (the name does not say time), warned
+    of with the dates the values read as; a handful of repeated codes in that range is not."""
+    rows = [{"t": 1_733_000_000 + 97 * ((i * 37) % 300), "ms": 1_733_000_000_000 + 1000 * i,
+             "code": 1_000_000_000 + (i % 3)} for i in range(300)]
+    inferred = infer_schema(rows)
+    assert inferred.schema["t"].type is FieldType.NUMBER and inferred.schema["ms"].type is FieldType.NUMBER
+    assert ("field 't': every value lies in the epoch-s range (read as times: 2024-11-30 .. 2024-12-01); if it "
+            "is a time, absolute time as a feature puts every later event outside training: --field t=timestamp:s"
+            in " ".join(inferred.warnings)), inferred.warnings
+    assert any(w.startswith("field 'ms': every value lies in the epoch-ms range") for w in inferred.warnings)
+    assert not any(w.startswith("field 'code'") for w in inferred.warnings)
+    few = infer_schema([{"t": 1_733_000_000 + i} for i in range(EPOCH_MIN_ROWS - 1)])
+    assert not any("epoch" in w for w in few.warnings)
 
 
 def test_a_file_sorted_by_a_whole_number_feature_keeps_it_and_says_so() -> None:
