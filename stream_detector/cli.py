@@ -900,7 +900,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"feedback file not found: {args.feedback}")
     _check_file_out(Path(args.out), "--out", [args.input, args.feedback])
     if args.streamed or Path(args.input).is_dir() or any(c in args.input for c in "*?["):
-        return _score_streamed(args, settings, bundle)
+        return _score_streamed(args, settings, bundle, normal_from)
     if args.chunk_rows is not None:  # a trial: silently ignored
         _say("note: --chunk-rows is for --streamed (chunk by chunk); this score reads the whole file at once")
     data = _load_file(args, schema=bundle.schema, need_events=False,
@@ -1021,16 +1021,13 @@ def _evaluate_on_label_column(args: argparse.Namespace, scored: Any, labels: lis
                     + (f"; {missing} scored rows without a label left out" if missing else ""))
 
 
-def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -> int:
+def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any, normal_from: str = "") -> int:
     """``score --streamed`` (or a directory / glob input): chunk by chunk, same lines (big/score.py)."""
     from .big.score import score_stream
     from .big.source import input_files
 
     if args.feedback:
         raise ConfigError("--feedback is not available on the streamed path yet (docs/big-history.md)")
-    if args.label_column:
-        _say(f"note: on the streamed path column {args.label_column!r} is set aside, not evaluated (without "
-             "--streamed the scores are evaluated against it)")
     if bundle.entity is not None and bundle.entity.label_keys:
         _say("note: this model has label features; on the streamed path no label is known and they are 0")
     args.chunk_rows = 65_536 if args.chunk_rows is None else args.chunk_rows
@@ -1056,6 +1053,9 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any) -
         where, why, text = done.first_problem
         _say(f"warning: {rejection_line(done.rows - done.scored, done.rows, done.reasons, f'{where}: {text or why}')}; "
              f"every row's reason is in {args.out}")
+    if args.label_column and done.labelled is not None and done.labels:  # as without --streamed (a trial: set aside)
+        _check_normal_present(args, done.labels, normal_from)
+        _evaluate_on_label_column(args, done.labelled, done.labels, threshold, head)
     return 0
 
 

@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..events_io import ReaderOptions, ScoresCsv
 from ..inputs import FIELDS_AT, DriftCounts, absent_warnings, file_warnings
 from ..model.bundle import Bundle
-from ..offline import OfflineScorer
+from ..offline import OfflineScorer, OfflineScores
 from .prepare import Say, known_rows
 from .source import DEFAULT_CHUNK_ROWS, GeneratedIds, RawChunk, prepare_chunk, raw_chunks, type_prepared
 
@@ -36,6 +36,10 @@ class StreamedScores:
     seconds: float = 0.0
     reasons: Counter[str] = field(default_factory=Counter)  # rejected rows per reason
     first_problem: tuple[str, str, str | None] | None = None  # ("<file name> row N", reason, message)
+    # with a label column: every scored row's score, probability (a supervised head) and label text ("" none),
+    # in input order, for the in-memory ``score``'s evaluation (about 16 bytes a scored row)
+    labelled: OfflineScores | None = None
+    labels: list[str] = field(default_factory=list)
 
 
 def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: ReaderOptions | None = None,
@@ -47,6 +51,9 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     hidden file beside ``out``, renamed to ``out`` only when every row is written. ``say`` gets the
     in-memory ``score``'s warnings, from the first chunk (``redacted``: fields whose values they never
     show).
+
+    With ``label_column``, the scored rows' scores and labels are kept (``StreamedScores.labelled``,
+    ``labels``) for the caller to evaluate, as the in-memory ``score`` does.
 
     Raises ``InputError`` for an input that cannot be read (a bad row is that row's line, never an error),
     and for a ``label_column`` no row has (no file is written then).
@@ -64,6 +71,8 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     sample = DriftCounts.of(bundle.spec, bundle.schema)  # DRIFT_SAMPLE valid rows of every chunk: late_warnings
     said = (False, False)  # the first chunk's missing-value and new-value warnings
     chunks = 0
+    kept_scores: list[np.ndarray] = []
+    kept_probability: list[np.ndarray] = []
     target, atomic = written_as(out)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}") if atomic else target  # renamed once complete
     try:
@@ -114,6 +123,12 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
                 at = rej.index - chunk.first_row
                 lines[at] = (ids[at], float("nan"), rej.reason.value, rej.message)
             writer.write(lines, limit, None if probability is None else probability.tolist(), head)
+            if label_column is not None:
+                kept_scores.append(scored.scores[scored.valid])
+                if scored.probability is not None:
+                    kept_probability.append(scored.probability[scored.valid])
+                done.labels += [prepared.labels.get(row, "") for row, ok in zip(rows, scored.valid.tolist(),
+                                                                                 strict=True) if ok]
             valid = int(scored.valid.sum())
             if valid < n:
                 done.reasons.update(why for _, _, why, _ in lines if why)
@@ -152,6 +167,10 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
         say(warning)
     done.rejected = done.rows - done.scored
     done.seconds = time.monotonic() - started
+    if label_column is not None:
+        n = len(done.labels)
+        done.labelled = OfflineScores(np.concatenate(kept_scores) if kept_scores else np.zeros(0), [None] * n,
+                                      probability=np.concatenate(kept_probability) if kept_probability else None)
     return done
 
 

@@ -154,6 +154,10 @@ def test_score_reads_labels_as_the_model_was_trained_and_refuses_a_normal_label_
     code, err = _run(capsys, base)
     assert code == 0 and "(27 of 3000 rows not 'legit')" in err
     assert re.search(r"recall=0\.\d{4}", err) and "undefined" not in err
+    figures = [line for line in err.splitlines() if line.startswith("the model against column")]
+    code, streamed = _run(capsys, [*base, "--streamed", "--chunk-rows", "700"])  # a trial: set aside, not evaluated
+    assert code == 0 and figures and [line for line in streamed.splitlines()
+                                      if line.startswith("the model against column")] == figures
     normal_only = tmp_path / "legit.csv"  # a trial: an all-normal file printed recall=0 and f1=0 as if measured
     header, *lines = events.read_text().splitlines()
     normal_only.write_text("\n".join([header, *(line for line in lines if ",legit," in line)]) + "\n")
@@ -170,6 +174,9 @@ def test_score_reads_labels_as_the_model_was_trained_and_refuses_a_normal_label_
     code, err = _run(capsys, ["score", "--model", str(model), "--input", str(frauds_only), "--out",
                               str(tmp_path / "f.csv"), "--label-column", "label", "--normal-label", "legi"])
     assert code == 2 and "no row has label='legi'" in err, "a normal label given by hand: still a misspelling"
+    code, err = _run(capsys, ["score", "--model", str(model), "--input", str(frauds_only), "--out",
+                              str(tmp_path / "f.csv"), "--label-column", "label", "--streamed"])
+    assert code == 0 and "a file of anomalies only" in err and "anomalies=27" in err
     code, err = _run(capsys, [*base, "--normal-label", "legitt"])
     assert code == 2 and "no row has label='legitt' (labels seen: ['fraud', 'legit'])" in err
     numbered = tmp_path / "numbered.csv"  # the same file with 0/1 labels: the trained 'legit' is not there, said so
