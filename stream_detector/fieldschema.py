@@ -798,10 +798,12 @@ def _number_rule(name: str, values: np.ndarray, warnings: list[str]) -> FieldRul
                                 f"feature), --exclude {name} leaves it out")
     if values.size >= COUNTER_MIN_ROWS and (values == np.round(values)).all():
         steps = np.diff(values)
-        if bool((steps > 0).all()):  # a counter, or a feature the file is sorted by: said, not decided
-            warnings.append(f"field {name!r}: its {values.size} values are distinct integers, increasing row after "
-                            "row — a row number or sequence number, or a file sorted by it? Kept as a number "
-                            f"feature; --field {name}=identifier if it counts rows or events")
+        rising = bool((steps > 0).all())
+        if rising or bool((steps < 0).all()):  # a counter (up or down), or a feature the file is sorted by: said
+            warnings.append(f"field {name!r}: its {values.size} values are distinct integers, "
+                            f"{'increasing' if rising else 'decreasing'} row after row — a row number or sequence "
+                            f"number, or a file sorted by it? Kept as a number feature; --field {name}=identifier "
+                            "if it counts rows or events")
     return None
 
 

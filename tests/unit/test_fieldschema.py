@@ -421,6 +421,10 @@ def test_epoch_times_under_a_time_name_are_no_number_features_and_counters_are_s
     shuffled = [{"amount": 1_700_000_000 + (i * 37) % n, "txn_time": 5.0 + (i * 37) % n} for i in range(n)]
     kept = infer_schema(shuffled).schema
     assert (kept["amount"].type, kept["txn_time"].type) == (FieldType.NUMBER, FieldType.NUMBER)  # not epoch: numbers
+    newest_first = infer_schema([{"seq": 10_000 - 3 * i} for i in range(COUNTER_MIN_ROWS)])  # a trial: said nothing
+    assert newest_first.schema["seq"].type is FieldType.NUMBER
+    assert any(w.startswith(f"field 'seq': its {COUNTER_MIN_ROWS} values are distinct integers, decreasing row after")
+               for w in newest_first.warnings), newest_first.warnings
     short = infer_schema([{"seq": i} for i in range(COUNTER_MIN_ROWS - 1)])
     assert short.schema["seq"].type is FieldType.NUMBER and not short.warnings  # too few rows to say
 
