@@ -125,6 +125,7 @@ def test_retrain_once_trains_on_clean_traffic_and_a_running_worker_swaps_without
     assert training["clean"] == len(expected_clean) == training["train_events"] + training["holdout_events"]
     assert training["clean_ids_sha256"] == ids_digest(expected_clean), "no alerted or fraud event trained on"
     assert training["labelled"] == len(fraud_labelled) + 20 + 4 + 1  # the overruled one is legit, trained on
+    assert training["labelled_trained_on"] == 20 + 1, "legit labels of the training span: not the gate's data"
     gate = info["gate"]
     assert gate["passed"] and gate["version"] == new and gate["active"]["version"] == bundle.version
     assert gate["candidate"]["alert_rate"] <= gate["policy"]["alert_rate_bound"]

@@ -426,3 +426,20 @@ def test_too_few_events_is_said_as_such_whatever_the_models_kind(bundle):
     undecided = build_candidate(Selection(left_out={"undecided": 900}), Settings(), with_entity, "test")
     assert "900 undecided" in undecided.message and "not committed" in undecided.message
     assert "entity features" not in undecided.message
+
+
+def test_the_gate_scores_only_labelled_events_the_candidate_was_not_trained_on(bundle):
+    """A trial: legit-labelled events of the training span were clean, trained on, and then counted in
+    the candidate's precision (the docs say the gate's data is held back). Now they are left out of
+    the gate and counted; a label on a held-back event, and a fraud (never trained on), stay."""
+    from stream_detector.retrain.window import Selection
+    from stream_detector.settings import Settings
+
+    clean = [entry(i, ts=1000.0 + i) for i in range(2000)]
+    labelled = [(clean[5], "legit"), (clean[1990], "legit"), (entry(5000, ts=1500.0), "fraud")]
+    selection = Selection(clean=clean, labelled=labelled, left_out={})
+    candidate = build_candidate(selection, Settings(retrain_epochs=1), None, "test")
+    assert candidate.decision is not None, candidate.message
+    assert candidate.counts["labelled"] == 3 and candidate.counts["labelled_trained_on"] == 1
+    gate = candidate.decision.to_dict()
+    assert gate["candidate"]["labelled"] == 2 and gate["candidate"]["frauds"] == 1
