@@ -203,8 +203,9 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         return Candidate(None, None, counts, _too_few(len(clean), selection, settings))
     train_entries, holdout_entries = split_holdout(clean, settings.retrain_holdout_fraction)
     # the deployment's alert budget (the gate below enforces it), not the train command's fence
-    config = TrainConfig(epochs=settings.retrain_epochs or None, threshold_method="quantile",
-                         target_fpr=settings.retrain_target_fpr)
+    budget, budget_from = alert_budget(settings, active)
+    counts.update(alert_budget=budget, alert_budget_from=budget_from)
+    config = TrainConfig(epochs=settings.retrain_epochs or None, threshold_method="quantile", target_fpr=budget)
     head_labels: tuple[list[str], dict[str, bool]] | None = None
     if active is not None and active.supervised is not None:  # asked before the autoencoder is trained
         head_labels = _head_labels(train_entries, selection, context)
@@ -213,7 +214,8 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         if problem:
             counts.update(head_rows=len(head_labels[0]), head_frauds=frauds)
             return Candidate(None, None, counts, f"{HEAD_REFUSED}: {problem}")
-    say(f"training on {len(train_entries)} events ({reason}); {len(holdout_entries)} held back")
+    say(f"training on {len(train_entries)} events ({reason}); {len(holdout_entries)} held back; alert budget "
+        f"{budget:.3%}, {budget_from}")
     schema = active.schema if active is not None else None  # a type a user set (``train --field``) survives
     if context is not None and spec is not None:
         by_id: Callable[[str], dict[str, Any]] = context.row
@@ -227,7 +229,7 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         holdout = _events(holdout_entries)
         labelled = [orjson.loads(e.raw) for e, _ in labelled_entries]
     if head_labels is not None:
-        problem = _retrain_head(result, head_labels, by_id, selection, context, settings, counts, say)
+        problem = _retrain_head(result, head_labels, by_id, selection, context, budget, counts, say)
         if problem:
             return Candidate(None, None, counts, problem)
     # the gate's labelled events: those the candidate was not trained on (a trial: legit-labelled events of the
@@ -241,7 +243,7 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     labelled_entries = [labelled_entries[k] for k in held]
     draft = build_bundle(result)
     is_fraud = np.array([label == FRAUD for _, label in labelled_entries], dtype=bool)
-    policy = GatePolicy(settings.retrain_target_fpr, settings.gate_max_alert_rate_ratio,
+    policy = GatePolicy(budget, settings.gate_max_alert_rate_ratio,
                         settings.gate_recall_tolerance, settings.gate_min_labels,
                         parts=2 if draft.head_threshold is not None else 1)
     score: Scoring = context if context is not None else score_events
@@ -260,6 +262,32 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     bundle = build_bundle(final, {"trained_by": "retrainer", "retrain_reason": reason, "training": counts,
                                   "gate": decision.to_dict()})
     return Candidate(bundle, decision, counts, "passed" if decision.passed else "; ".join(decision.reasons))
+
+
+BUDGET_FLOOR, BUDGET_CEILING = 0.0005, 0.49  # a budget taken from the active model's flag rate stays within these
+
+
+def alert_budget(settings: Settings, active: Bundle | None) -> tuple[float, str]:
+    """The alert budget a candidate is calibrated and gated to (share of clean events), and where it
+    came from: ``SD_RETRAIN_TARGET_FPR`` when set; else the active model's own — its quantile's
+    ``target_fpr``, or (a fence, k-std or capped threshold) the share of its validation rows it
+    flagged, kept within [``BUDGET_FLOOR``, ``BUDGET_CEILING``]; else the setting's default. A
+    trial: a model published with a 0.2 % budget was replaced by a retrained one alerting at 5x
+    that, under the default 1 %, and nothing said so."""
+    if "retrain_target_fpr" in settings.model_fields_set or active is None:
+        return settings.retrain_target_fpr, "SD_RETRAIN_TARGET_FPR" + (
+            "" if "retrain_target_fpr" in settings.model_fields_set else " (default; no active model)")
+    calibration = active.calibration or {}
+    target = calibration.get("target_fpr")
+    if calibration.get("method") == "quantile" and calibration.get("max_alert_rate") is None \
+            and isinstance(target, (int, float)) and 0 < target < 0.5:
+        return float(target), f"the active model {active.version}'s (quantile, target {target:g})"
+    rate = calibration.get("validation_flag_rate")
+    if isinstance(rate, (int, float)) and math.isfinite(rate):
+        kept = min(max(float(rate), BUDGET_FLOOR), BUDGET_CEILING)
+        return kept, (f"the active model {active.version}'s ({calibration.get('method', 'its rule')} flagged "
+                      f"{rate:.3%} of its validation rows)")
+    return settings.retrain_target_fpr, "SD_RETRAIN_TARGET_FPR (default; the active model records no budget)"
 
 
 def _too_few(clean: int, selection: Selection, settings: Settings) -> str:
@@ -300,7 +328,7 @@ def _head_labels(train_entries: list[WindowEntry], selection: Selection,
 
 def _retrain_head(result: Any, head_labels: tuple[list[str], dict[str, bool]],
                   by_id: Callable[[str], dict[str, Any]], selection: Selection, context: InContext | None,
-                  settings: Settings, counts: dict[str, Any], say: Progress) -> str:
+                  budget: float, counts: dict[str, Any], say: Progress) -> str:
     """Train the supervised head into ``result`` on ``_head_labels``' rows (see ``build_candidate``);
     returns why not, or ""."""
     ids, verdict = head_labels
@@ -313,7 +341,7 @@ def _retrain_head(result: Any, head_labels: tuple[list[str], dict[str, bool]],
     counts.update(head_rows=int(len(y)), head_frauds=int(y.sum()))
     try:
         result.head, result.calibration["supervised"] = train_head(
-            result.head, x, y, HeadConfig(target_fpr=settings.retrain_target_fpr), say)
+            result.head, x, y, HeadConfig(target_fpr=budget), say)
     except TrainingError as exc:  # rows_for_head left out rows the counts before training had
         return f"{HEAD_REFUSED}: {exc}"
     return ""

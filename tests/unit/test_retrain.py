@@ -443,3 +443,27 @@ def test_the_gate_scores_only_labelled_events_the_candidate_was_not_trained_on(b
     assert candidate.counts["labelled"] == 3 and candidate.counts["labelled_trained_on"] == 1
     gate = candidate.decision.to_dict()
     assert gate["candidate"]["labelled"] == 2 and gate["candidate"]["frauds"] == 1
+
+
+def test_a_candidate_keeps_the_active_models_alert_budget_unless_one_is_set(bundle):
+    """A trial: a model published with `--threshold-method quantile --target-fpr 0.002` was replaced by
+    a retrained one calibrated to the default 1 % (5x the alerts), and nothing said so."""
+    import dataclasses
+
+    from stream_detector.retrain.job import BUDGET_FLOOR, alert_budget
+    from stream_detector.settings import Settings
+
+    def with_rule(**calibration: object):
+        return dataclasses.replace(bundle, calibration={**bundle.calibration, "max_alert_rate": None, **calibration})
+
+    quantile = with_rule(method="quantile", target_fpr=0.002)
+    assert alert_budget(Settings(), quantile) == (0.002, f"the active model {bundle.version}'s (quantile, target 0.002)")
+    assert alert_budget(Settings(retrain_target_fpr=0.03), quantile) == (0.03, "SD_RETRAIN_TARGET_FPR")
+    fence = with_rule(method="fence", validation_flag_rate=0.0042)
+    assert alert_budget(Settings(), fence)[0] == 0.0042 and "fence flagged 0.420%" in alert_budget(Settings(), fence)[1]
+    assert alert_budget(Settings(), with_rule(method="fence", validation_flag_rate=0.0))[0] == BUDGET_FLOOR
+    capped = with_rule(method="quantile", target_fpr=0.05, max_alert_rate=0.01, validation_flag_rate=0.009)
+    assert alert_budget(Settings(), capped)[0] == 0.009, "a cap: the rate it left, not the quantile's target"
+    assert alert_budget(Settings(), None) == (0.01, "SD_RETRAIN_TARGET_FPR (default; no active model)")
+    old = dataclasses.replace(bundle, calibration={})
+    assert alert_budget(Settings(), old)[0] == 0.01
