@@ -102,6 +102,34 @@ def test_a_ragged_row_that_is_not_utf8_either_is_one_line_without_a_traceback(
     assert len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_cells_quoted_after_a_space_are_read_as_json_has_them(tmp_path: Path, compress: bool) -> None:
+    """A trial: an export written `"e1", "card-00893", 68.26, "grocery"` (quotes after ", ", a BOM, CRLF)
+    kept the quote marks in the values — `score` flagged 745 of 7,000 events where the same events
+    as JSON Lines flagged 84, and `produce` sent `"\"card-00893\""` as the account; with a quoted
+    header too, `--label-column label` was "no row has this column". Both readers now read such a
+    file as the csv module's skipinitialspace does; its bad rows are still each that row's own."""
+    rows = [{"event_id": "e1", "account_id": "card 7", "amount": 68.26, "merchant": "grocery, fresh", "label": "legit"},
+            {"event_id": "e2", "account_id": "card 8", "amount": 1250.0, "merchant": "jewel", "label": "fraud"}]
+    (tmp_path / "s.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    text = ('\ufeff"event_id", "account_id", "amount", "merchant", "label"\r\n'
+            '"e1", "card 7", 68.26, "grocery, fresh", "legit"\r\n'
+            '"e2", "card 8", "1,250.00", "jewel", "fraud"\r\n\r\n'
+            '"e3", "card 9", 3.5\r\n').encode() + b'"e4", "caf\xe9", 1.0, "x", "legit"\r\n'
+    path = tmp_path / "s.csv"
+    path.write_bytes(gzip.compress(text) if compress else text)
+    options = InferenceOptions(overrides=parse_overrides(["account_id=identifier", "merchant=category"]))
+    from_csv = load_events(path, label_column="label", inference=options, require_labels=False)
+    from_json = load_events(tmp_path / "s.jsonl", label_column="label", inference=options)
+    assert from_csv.events[:2] == from_json.events and from_csv.labels[:2] == ["legit", "fraud"]
+    assert [(r.index, r.reason.value, r.event_id) for r in from_csv.rejected] == [
+        (2, "invalid_row", "e3"), (3, "invalid_row", "e4")]
+    assert "not UTF-8" in from_csv.rejected[1].message
+    chunk = next(raw_chunks(input_files(str(path)), chunk_rows=1000))  # the big-history reader
+    assert chunk.table.column("account_id").to_pylist() == ["card 7", "card 8"]
+    assert chunk.table.column("merchant").to_pylist() == ["grocery, fresh", "jewel"]
+
+
 def test_integer_ids_in_files_are_their_digits(tmp_path: Path) -> None:
     pq.write_table(pa.table({"event_id": pa.array([10, 7_340_000_000_000_000_001], pa.int64()), "amt": [1.0, 2.0]}),
                    tmp_path / "i.parquet")
