@@ -894,6 +894,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         trained = bundle.metadata.get("training_label_column") == args.label_column
         args.normal_label = str(bundle.metadata.get("training_normal_label", "0")) if trained else "0"
         args.anomaly_labels = frozenset(map(str, bundle.metadata.get("training_anomaly_labels", ()) if trained else ()))
+        args.normal_defaulted = not trained  # the file's own labels may say better (_check_normal_present)
         normal_from = (" (the normal label the model was trained with)" if trained else
                        " (the default: the model records no normal label for this column)")
     if args.feedback and not Path(args.feedback).exists():
@@ -960,8 +961,13 @@ def _say_evaluation(scored: Any, rows: Any, y: Any, threshold: float, head: floa
     from .report import decision_figures, evaluate
 
     numbers = evaluate(scored.scores[rows], y, threshold)
+    only_anomalies = bool(numbers["rows"]) and numbers["anomalies"] == numbers["rows"]
+    if only_anomalies:  # a trial: a frauds-only file printed precision=1.0000, true by construction
+        numbers = {k: v for k, v in numbers.items() if k not in ("precision", "f1", "accuracy")}
     _say(("the autoencoder" if head is not None else "the model") + f" against {against}: " + _figures(numbers))
-    if not numbers["anomalies"] or numbers["precision"] is None:  # a trial: an all-normal file printed recall=0
+    if only_anomalies:
+        _say("  (no normal row among them: precision is 1 by construction and left out; recall is the figure)")
+    elif not numbers["anomalies"] or numbers["precision"] is None:  # a trial: an all-normal file printed recall=0
         _say("  (" + ("no anomaly among them: recall, F1 and the AUCs are undefined; what this file says is the "
                       "flag rate, alerts that are all false positives" if not numbers["anomalies"]
                       else "no alert among them: precision and F1 are undefined") + ")")
@@ -979,21 +985,36 @@ def _check_normal_present(args: argparse.Namespace, labels: list[str], origin: s
 
     normal = _label_text(args.normal_label)
     seen = set(labels) - {""}
+    if seen and normal not in seen and getattr(args, "normal_defaulted", False):
+        named = [label for label in NORMAL_WORDS if label in seen]
+        if len(named) == 1:  # a trial: a model trained with --feedback, scored against a file's legit/fraud
+            args.normal_label = named[0]
+            _say(f"note: normal rows are those with {args.label_column}={named[0]!r} (the file's labels: "
+                 f"{sorted(seen)[:10]}; the model records no normal label for this column): --normal-label to choose")
+            return
     if seen and _frauds_only(args, seen):
-        _say(f"note: every labelled row has a label the model was trained to take for an anomaly ({sorted(seen)[:5]}):"
-             " a file of anomalies only; recall is what it can measure")
+        _say(f"note: every labelled row is an anomaly ({args.label_column}: {sorted(seen)[:5]}): a file of anomalies "
+             "only; recall is what it can measure")
         return
     if seen and normal not in seen:
         raise ConfigError(f"no row has {args.label_column}={normal!r}{origin} (labels "
                           f"seen: {sorted(seen)[:10]}): give the normal rows' label with --normal-label")
 
 
+# labels that name normal rows, and anomalous ones, in the usual vocabularies (the feedback topic's
+# legit/fraud, 0/1, true/false, the usual words): score's defaults when the model records none
+NORMAL_WORDS = ("legit", "legitimate", "normal", "genuine", "benign", "false", "no")
+ANOMALY_WORDS = frozenset({"fraud", "fraudulent", "anomaly", "anomalous", "attack", "1", "true", "yes"})
+
+
 def _frauds_only(args: argparse.Namespace, seen: set[str]) -> bool:
-    """Whether ``score``'s labels ``seen`` are all anomaly labels of the model's training (the normal
-    label taken from the model, not given): a frauds-only file (a trial: refused as if the normal
-    label were misspelt)."""
+    """Whether ``score``'s labels ``seen`` are all anomaly labels: of the model's training (the
+    normal label taken from the model), or usual anomaly words (``ANOMALY_WORDS``) under a normal
+    label that is a usual normal word (``--normal-label legit`` on a file of ``fraud`` rows): a
+    frauds-only file (two trials: refused as if the normal label were misspelt)."""
     known: frozenset[str] = getattr(args, "anomaly_labels", frozenset())
-    return bool(seen) and seen <= known
+    usual = args.normal_label in NORMAL_WORDS or args.normal_label == "0"
+    return bool(seen) and (seen <= known or (usual and seen <= ANOMALY_WORDS))
 
 
 def _evaluate_on_label_column(args: argparse.Namespace, scored: Any, labels: list[str], threshold: float,

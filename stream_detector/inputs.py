@@ -92,7 +92,9 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
         raise InputError(missing_id_column(path, id_column))
     if label_column is not None and not any(row is not None and label_column in row for row in raw.rows):
         # scoring set the label aside where present and ignored a misspelled one (a new-user trial)
-        raise InputError(f"{path}: --label-column {label_column}: no row has this column; check its spelling")
+        names = {name for row in raw.rows[:1000] if row is not None for name in row}
+        raise InputError(f"{path}: --label-column {label_column}: no row has this column; check its spelling"
+                         + did_you_mean(label_column, names))
     ids: list[str] = []
     row_labels: list[str | None] = []
     unlabelled: list[int] = []
@@ -539,6 +541,17 @@ def model_fields(spec: FeatureSpec, schema: FieldSchema | None) -> list[dict[str
     return out
 
 
+def did_you_mean(name: str, names: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the name in ``names`` closest to a mistyped ``name`` (difflib, or
+    the same name in another case), or ``""``."""
+    import difflib
+
+    choices = sorted(set(names) - {name})
+    close = (difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+             or [c for c in choices if c.lower() == name.lower()])
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def absent_warnings(schema: FieldSchema | None, entity: EntitySpec | None, seen: set[str]) -> list[str]:
     """What a file (whose rows have a value in the fields ``seen``) lacks that a model reads, one warning
     each: feature fields (every row gets the training median or an unseen category; none of the
@@ -549,15 +562,20 @@ def absent_warnings(schema: FieldSchema | None, entity: EntitySpec | None, seen:
     out: list[str] = []
     absent = [r.name for r in schema.feature_fields if r.name not in seen] if schema is not None else []
     inputs = schema.input_fields if schema is not None else ()
+    others = seen - {r.name for r in schema.fields} if schema is not None else seen
+
+    def hinted(names: Sequence[str]) -> str:  # a trial: a renamed column (amt) scored every row, exit 0, no hint
+        return ", ".join(name + did_you_mean(name, others) for name in names[:10])
+
     if inputs and not seen.intersection(inputs):
         out.append(f"none of the model's {len(inputs)} input fields is in this file (or each is empty in every "
-                   f"row), so every row is rejected as no_features: {', '.join(inputs[:10])}")
+                   f"row), so every row is rejected as no_features: {hinted(inputs)}")
     elif absent:
         verb = "is" if len(absent) == 1 else "are"
         out.append(f"{len(absent)} of the model's feature fields {verb} not in this file (or empty in every row), "
                    "so every row gets a missing value for them (a number's training median; a category's most "
                    "frequent value, or the missing-value column where training saw it missing): "
-                   f"{', '.join(absent[:10])}")
+                   + hinted(absent))
     if entity is not None:
         keys = [k for k in (*entity.keys, *entity.label_keys) if k not in seen]
         if keys:

@@ -20,7 +20,7 @@ import numpy as np
 from ..entity.columns import late_rows, timestamp_value, unsorted_warning
 from ..errors import InputError
 from ..events_io import ReaderOptions, ScoresCsv
-from ..inputs import FIELDS_AT, DriftCounts, absent_warnings, file_warnings
+from ..inputs import FIELDS_AT, DriftCounts, absent_warnings, did_you_mean, file_warnings
 from ..model.bundle import Bundle
 from ..offline import OfflineScorer, OfflineScores
 from .prepare import Say, known_rows
@@ -65,6 +65,7 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     started = last = time.monotonic()
     files_ids = GeneratedIds(id_column, reader, chunk_rows)
     warned = labelled = False
+    names: set[str] = set()  # the first chunk's column names (a misspelt --label-column's hint)
     total = known_rows(files)
     hashes: list[np.ndarray] = []  # of every event id, for the repeated-ids warning (8 bytes a row)
     late, latest = 0, -np.inf  # rows out of time order (history features apply them in file order)
@@ -88,6 +89,9 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
             if label_column is not None and not labelled:
                 labelled = (label_column in chunk.table.column_names if chunk.table is not None
                             else any(row is not None and label_column in row for row in chunk.rows))
+                if not names:
+                    names = set(chunk.table.column_names if chunk.table is not None else
+                                (name for row in chunk.rows[:1000] if row is not None for name in row))
             stem = chunk.stem
             prepared = prepare_chunk(chunk, id_column=id_column, label_column=label_column,
                                      generate_ids=files_ids.of(chunk), require_labels=False)
@@ -148,7 +152,7 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
             raise InputError(f"{files[0] if len(files) == 1 else 'the input'}: no rows")
         if label_column is not None and not labelled:  # as ``inputs.load_events`` (a misspelled one; a trial)
             raise InputError(f"{files[0] if len(files) == 1 else 'the input'}: --label-column {label_column}: "
-                             "no row has this column; check its spelling")
+                             "no row has this column; check its spelling" + did_you_mean(label_column, names))
         handle.close()
         if atomic:
             partial.replace(target)

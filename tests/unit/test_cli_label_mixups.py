@@ -171,9 +171,23 @@ def test_score_reads_labels_as_the_model_was_trained_and_refuses_a_normal_label_
                               str(tmp_path / "f.csv"), "--label-column", "label"])
     assert code == 0 and "a file of anomalies only; recall is what it can measure" in err
     assert "anomalies=27" in err and re.search(r"recall=\d\.\d{4}", err) and "warning: no scored row" not in err
+    assert "precision=" not in err and "precision is 1 by construction" in err
     code, err = _run(capsys, ["score", "--model", str(model), "--input", str(frauds_only), "--out",
                               str(tmp_path / "f.csv"), "--label-column", "label", "--normal-label", "legi"])
     assert code == 2 and "no row has label='legi'" in err, "a normal label given by hand: still a misspelling"
+    code, err = _run(capsys, ["score", "--model", str(model), "--input", str(frauds_only), "--out",
+                              str(tmp_path / "f.csv"), "--label-column", "label", "--normal-label", "legit"])
+    assert code == 0 and "a file of anomalies only" in err, "legit given, only fraud rows: no misspelling"
+    untrained = tmp_path / "u"  # a trial: a model trained with --feedback (legit/fraud), scored against a label column
+    assert main(["train", "--input", str(events), "--out", str(untrained), "--feedback", str(history[1]),
+                 "--exclude", "pattern", "--exclude", "label", "--epochs", "1"]) == 0
+    capsys.readouterr()
+    code, err = _run(capsys, ["score", "--model", str(untrained), "--input", str(events), "--out",
+                              str(tmp_path / "u.csv"), "--label-column", "label"])
+    assert code == 0 and "note: normal rows are those with label='legit'" in err and "(27 of 3000 rows not 'legit')" in err
+    code, err = _run(capsys, ["score", "--model", str(untrained), "--input", str(frauds_only), "--out",
+                              str(tmp_path / "u.csv"), "--label-column", "label"])
+    assert code == 0 and "a file of anomalies only" in err
     code, err = _run(capsys, ["score", "--model", str(model), "--input", str(frauds_only), "--out",
                               str(tmp_path / "f.csv"), "--label-column", "label", "--streamed"])
     assert code == 0 and "a file of anomalies only" in err and "anomalies=27" in err

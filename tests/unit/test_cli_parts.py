@@ -180,7 +180,11 @@ def test_a_file_lacking_what_a_model_with_history_reads_is_named() -> None:
     assert "no timestamp values" in got[2]
     got = absent_warnings(schema, None, {"event_id", "timestamp", "amt"})  # no input field: not imputed, rejected
     assert got == ["none of the model's 2 input fields is in this file (or each is empty in every row), so every "
-                   "row is rejected as no_features: amount, channel"]
+                   "row is rejected as no_features: amount (did you mean 'amt'?), channel"]
+    renamed = absent_warnings(schema, None, {"event_id", "amt", "Channel"})  # a trial: exit 0, no hint
+    assert renamed[0].endswith("no_features: amount (did you mean 'amt'?), channel (did you mean 'Channel'?)")
+    renamed = absent_warnings(schema, None, {"event_id", "amt", "channel"})
+    assert renamed[0].endswith("saw it missing): amount (did you mean 'amt'?)"), renamed
 
 
 def test_simulate_with_end_writes_the_same_events_to_every_format(

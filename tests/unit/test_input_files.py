@@ -270,7 +270,8 @@ def test_a_label_column_no_row_has_is_refused_when_scoring_too(tmp_path: Path) -
 
     path = tmp_path / "s.csv"
     path.write_text("event_id,amount,label\ne1,3.5,legit\n")
-    with pytest.raises(InputError, match="--label-column labl: no row has this column"):
+    with pytest.raises(InputError, match=r"--label-column labl: no row has this column; check its spelling "
+                                         r"\(did you mean 'label'\?\)"):
         load_events(path, label_column="labl", require_labels=False)
     assert load_events(path, label_column="label", require_labels=False).labels == ["legit"]
 
