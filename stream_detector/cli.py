@@ -1080,6 +1080,14 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any, n
     return 0
 
 
+def _say_created(producer: Any) -> None:
+    """A topic the producer created (``SD_CREATE_TOPICS``) is said: a misspelt ``--topic`` is a new
+    topic, not an error (a trial: ``produced 5 events to tA.nosuch3``, nothing else)."""
+    for topic in producer.created:
+        _say(f"note: created topic {topic} ({producer.settings.topic_partitions} partitions, SD_TOPIC_PARTITIONS); "
+             "it did not exist")
+
+
 def none_scored(rows: int, reasons: Counter[str], first: tuple[str, str, str | None] | None, out: str) -> str:
     """``score``'s one line when no row could be scored (every row rejected: a file that is not this
     model's input, most often): how many rows per reason, the first one's message, and where each
@@ -1170,6 +1178,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         _integral_times(data.events, [r.name for r in data.schema.fields if r.type is FieldType.TIMESTAMP])
     _probe_kafka(settings)
     with EventProducer(settings, args.topic or settings.input_topic) as producer:
+        _say_created(producer)
         sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
     left = f"; {len(data.rejected)} rejected row(s) not sent (reasons above)" if data.rejected else ""
     bare = sum(1 for label in data.labels or () if not label)
@@ -1231,6 +1240,7 @@ def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
              "count each from its labelled_at; the retrainer counts it once it has read it (docs/feedback.md)")
     _probe_kafka(settings)
     with EventProducer(settings, topic) as producer:
+        _say_created(producer)
         producer.send_records(topic, records)
     _say(f"produced {len(records)} labels to {topic}")
     return 0
@@ -1342,6 +1352,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         total = args.count if args.count is not None else int(args.rate * args.duration)
         _probe_kafka(settings)
         with EventProducer(settings, args.topic or settings.input_topic) as producer:
+            _say_created(producer)
             sent, frauds = producer.simulate(sim, total, args.rate, fraud_rate, progress=_say)
         _say(f"simulated {sent} events ({frauds} injected fraud) into {args.topic or settings.input_topic}")
         return 0
@@ -1400,6 +1411,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     topic = args.topic or settings.input_topic
     _probe_kafka(settings)
     with EventProducer(settings, topic) as producer:
+        _say_created(producer)
         sent, frauds, published, pending = producer.simulate_handbook(hb, total, args.rate, delays,
                                                                       settings.feedback_topic, progress=_say)
     _say(f"simulated {sent} events ({frauds} fraud) into {topic}; {published} delayed labels published to "

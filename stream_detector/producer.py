@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
-from .errors import DeliveryError
+from .errors import ConfigError, DeliveryError
 from .settings import Settings
 from .simulate import HandbookSimulator, LabelDelays, Simulator, label_record
-from .topics import ensure_topics
+from .topics import ensure_topics, topic_exists
 from .transport.factory import transport_config
 from .transport.kafka_python_out import producer_config
 
@@ -32,10 +32,20 @@ class EventProducer:
         self.topic = topic
         self.producer: KafkaProducer | None = None
         self.futures: list[Any] = []
+        self.created: list[str] = []  # topics this producer created (the CLI says so: a misspelt one is new)
+
+    def _ready(self, topic: str) -> None:
+        """``topic`` exists: created with ``SD_CREATE_TOPICS`` (and remembered in ``created``), else
+        ``ConfigError`` when missing (a trial: kafka-python logged "not found in cluster metadata"
+        ten times a second for a minute, then failed with its timeout)."""
+        if self.settings.create_topics:
+            self.created += ensure_topics(self.settings, [topic])
+        elif not topic_exists(self.settings, topic):
+            raise ConfigError(f"no topic {topic} on {self.settings.bootstrap_servers} (SD_CREATE_TOPICS=false: "
+                              "check its name, or create it: stream-detector topics)")
 
     def __enter__(self) -> EventProducer:
-        if self.settings.create_topics:
-            ensure_topics(self.settings, [self.topic])
+        self._ready(self.topic)
         self.producer = KafkaProducer(**producer_config(transport_config(self.settings), linger_ms=5,
                                                         client_id="stream-detector-producer"))
         return self
@@ -61,8 +71,8 @@ class EventProducer:
         """Send JSON ``records`` to ``topic`` keyed by their ``key_field`` (e.g. feedback records by
         event id); checked by ``confirm`` like ``send``."""
         assert self.producer is not None, "use EventProducer as a context manager"
-        if self.settings.create_topics:
-            ensure_topics(self.settings, [topic])
+        if topic != self.topic:
+            self._ready(topic)
         for record in records:
             key = record.get(key_field)
             self.futures.append(self.producer.send(topic, value=orjson.dumps(record),
@@ -104,8 +114,7 @@ class EventProducer:
         (``labelled_at`` <= now) while the run lasts. Returns (events, frauds, labels published,
         labels not yet due at the end, hence not published)."""
         assert self.producer is not None, "use EventProducer as a context manager"
-        if self.settings.create_topics:
-            ensure_topics(self.settings, [feedback_topic])
+        self._ready(feedback_topic)
         pending: list[tuple[int, int, bytes, bytes]] = []  # heap of (labelled_at, order, key, record)
         counts = {"frauds": 0, "labels": 0, "order": 0}
 

@@ -244,6 +244,15 @@ def test_produce_leaves_excluded_fields_out_of_the_events(settings, env_for, tmp
     sent = [orjson.loads(r.value) for r in read_all(settings, topic)]
     assert len(sent) == len(rows) and all("pattern" not in e and "label" not in e for e in sent)
     assert sorted(e["event_id"] for e in sent) == sorted(str(e["event_id"]) for e in events)
+    assert f"note: created topic {topic} (" in done.stderr  # a trial: a misspelt --topic was made, nothing said
+    again = run(["produce", "--input", str(path), "--exclude", "pattern", "--label-column", "label", "--topic", topic],
+                env)
+    assert again.returncode == 0 and "created topic" not in again.stderr
+    missing = run(["produce", "--input", str(path), "--label-column", "label", "--topic", f"{topic}-nosuch"],
+                  {**env, "SD_CREATE_TOPICS": "false"}, timeout=60)  # a trial: a minute of errors, then a timeout
+    assert missing.returncode == 2 and missing.stderr.strip().endswith(
+        f"no topic {topic}-nosuch on {settings.bootstrap_servers} (SD_CREATE_TOPICS=false: check its name, or "
+        "create it: stream-detector topics)"), missing.stderr
     refused = run(["produce", "--input", str(path), "--exclude", "event_id", "--topic", topic], env)
     assert refused.returncode == 2 and "every event needs its event_id" in refused.stderr
     both = run(["produce", "--input", str(path), "--label-column", "label", "--exclude", "label", "--topic", topic], env)
