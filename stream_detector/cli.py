@@ -888,7 +888,11 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     if problem is not None:
         raise ConfigError(f"--device {args.device}: {problem}" if args.device else
                           f"SD_DEVICE={settings.device}: {problem}")
-    bundle = load_bundle(Path(args.model))
+    model = Path(args.model)
+    if not model.exists() and "/" not in args.model:  # a trial: a version the retrainer made, given to score
+        raise ConfigError(f"no model bundle at {args.model} (a version in the model registry? "
+                          f"stream-detector model export {args.model} --out DIR writes it as a bundle directory)")
+    bundle = load_bundle(model)
     normal_from = ""  # where score's normal label came from, when not given
     if args.label_column and args.normal_label is None:  # a trial: 0 against a model trained on legit/fraud
         trained = bundle.metadata.get("training_label_column") == args.label_column
@@ -1778,6 +1782,8 @@ def _check_model_args(args: argparse.Namespace) -> None:
         what = ("it ends the period of the challenger in shadow" if args.action == "shadow-stop"
                 else "it acts on the registry as a whole")
         raise ConfigError(f"model {args.action} takes no VERSION ({args.version!r}): {what}")
+    if getattr(args, "out", None) and args.action != "export":
+        raise ConfigError(f"--out is for model export, not model {args.action}")
     if args.keep is not None and args.action != "prune":
         raise ConfigError(f"--keep is for model prune, not model {args.action}")
     for name, default in _MODEL_DEFAULTS.items():
@@ -1838,6 +1844,8 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"model {args.action} needs a VERSION")
     if args.action == "shadow":
         return _start_shadow(args, settings, control)
+    if args.action == "export":
+        return _export_model(args, control)
     if args.action == "show":
         info = control.model_info(args.version)
         from .inputs import model_fields
@@ -1859,6 +1867,28 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
     else:
         seq = control.activate(args.version, _who(), note=f"promote {args.version} by hand")
     print(f"model {args.version} is active; threshold version {seq}")
+    return 0
+
+
+def _export_model(args: argparse.Namespace, control: Any) -> int:
+    """``model export VERSION --out DIR``: a stored version (one the retrainer made, say) as a bundle
+    directory, for ``score --model DIR`` (a trial: a retrained model could not be scored offline).
+    The directory holds the same files, so the same version and sha256."""
+    from .model.bundle import load_bundle, save_bundle
+
+    if not args.out:
+        raise ConfigError("model export needs --out DIR (the bundle directory to write)")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out}: exists and is not an empty directory")
+    bundle = control.fetch_bundle(args.version)
+    save_bundle(bundle, out)
+    written = load_bundle(out)
+    if written.version != bundle.version or written.sha256 != bundle.sha256:  # never expected: said, not hidden
+        raise ConfigError(f"model export: {out} reads as {written.version} / {written.sha256[:12]}, "
+                          f"not {bundle.version} / {bundle.sha256[:12]}")
+    print(f"model {bundle.version} written to {out} (sha256 {bundle.sha256[:12]}): stream-detector score "
+          f"--model {out} --input FILE --out FILE")
     return 0
 
 
@@ -2495,8 +2525,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "have, oversubscribed threads make each step many times slower")
     p.set_defaults(func=cmd_retrain)
 
-    p = sub.add_parser("model", help="the model registry: list, show, promote, rollback, prune; a challenger in "
-                                     "shadow: shadow, shadow-status, shadow-stop",
+    p = sub.add_parser("model", help="the model registry: list, show, promote, rollback, prune, export; a "
+                                     "challenger in shadow: shadow, shadow-status, shadow-stop",
                        description="The model registry in Redis (docs/retraining.md). list: every stored "
                                    "version, newest first, with its mark (active, previous, shadow), threshold, "
                                    "store and gate (passed, refused, no-verdict, none); show VERSION: its "
@@ -2506,15 +2536,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "stored version active with its threshold (a refused one too, noted; the "
                                    "challenger too: its period then ends as promoted); rollback: the previous "
                                    "version active again; prune [--keep N]: remove the oldest versions beyond N "
-                                   "(the active, previous and challenger are always kept). shadow VERSION|DIR: "
+                                   "(the active, previous and challenger are always kept); export VERSION --out "
+                                   "DIR: a stored version as a bundle directory (for score --model DIR). shadow "
+                                   "VERSION|DIR: "
                                    "make a stored version (or a bundle directory, stored first) the challenger: "
                                    "workers score live traffic with it beside the active model without alerting "
                                    "(docs/retraining.md, \"Challenger in shadow\"); shadow-status: its figures "
                                    "and the last decisions (JSON); shadow-stop: end its period, the active model "
                                    "stays.")
-    p.add_argument("action", choices=["list", "show", "promote", "rollback", "prune", "shadow", "shadow-status",
-                                      "shadow-stop"], help="what to do (the description above says each)")
-    p.add_argument("version", nargs="?", help="model version (show, promote, shadow) or bundle directory (shadow)")
+    p.add_argument("action", choices=["list", "show", "promote", "rollback", "prune", "export", "shadow",
+                                      "shadow-status", "shadow-stop"],
+                   help="what to do (the description above says each)")
+    p.add_argument("version", nargs="?", help="model version (show, promote, export, shadow) or bundle directory "
+                   "(shadow)")
+    p.add_argument("--out", help="export: the bundle directory to write (new, or empty)")
     p.add_argument("--keep", type=int, help="prune: the newest versions to keep (default SD_MODEL_KEEP; 0 keeps "
                    "only the active, previous and shadow ones, which are always kept)")
     p.add_argument("--min-events", type=int, default=100_000,

@@ -48,6 +48,17 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     assert published.returncode == 0 and version in published.stdout, published.stderr
     got = run(["threshold", "get"], env)
     assert orjson.loads(got.stdout)["model_version"] == version
+    by_version = run(["score", "--model", version, "--input", str(train_file), "--out", str(tmp_path / "v.csv")], env)
+    assert by_version.returncode == 2 and f"model export {version} --out DIR" in by_version.stderr  # a trial: no way
+    exported = run(["model", "export", version, "--out", str(tmp_path / "exported")], env)
+    assert exported.returncode == 0 and version in exported.stdout, exported.stderr
+    for name in ("model", "exported"):
+        scored = run(["score", "--model", str(tmp_path / name), "--input", str(train_file), "--out",
+                      str(tmp_path / f"{name}.csv")], env)
+        assert scored.returncode == 0, scored.stderr
+    assert (tmp_path / "model.csv").read_bytes() == (tmp_path / "exported.csv").read_bytes()
+    again = run(["model", "export", version, "--out", str(tmp_path / "exported")], env)
+    assert again.returncode == 2 and "exists and is not an empty directory" in again.stderr
 
     live, _ = Simulator(seed=8, accounts=300, run_id="live").batch(400, 0.0)
     live += [anomaly("cli-bad-1"), anomaly("cli-bad-2")]
