@@ -410,8 +410,11 @@ def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
     delimiter = options.delimiter or max(_DELIMITERS, key=header.count)
     # spreadsheet headers: surrounding spaces are not part of a name; an empty cell (a trailing
     # delimiter) names a column that inference ignores when it holds no values
-    names = tuple(n.strip() or f"column_{i + 1}"
-                  for i, n in enumerate(next(csv.reader([header], delimiter=delimiter, skipinitialspace=True))))
+    # an empty FIRST cell is how pandas writes its index (``df.to_csv()``): named as pandas reads it back,
+    # ``Unnamed: 0``, an identifier by that name (a trial: a file sorted normal-first had its index as a feature)
+    cells = next(csv.reader([header], delimiter=delimiter, skipinitialspace=True))
+    names = tuple(n.strip() or ("Unnamed: 0" if i == 0 and len(cells) > 1 else f"column_{i + 1}")
+                  for i, n in enumerate(cells))
     spaced_quotes = re.search(re.escape(delimiter) + r'[ \t]+"', sample) is not None
     if options.delimiter and len(names) == 1 and any(d in header for d in _DELIMITERS if d != delimiter):
         raise InputError(f"{path}: the header has one column with --delimiter {delimiter!r}; is the file "

@@ -167,12 +167,19 @@ def test_train_with_feedback_is_train_with_the_same_labels_in_a_column(tmp_path:
     assert main(["score", "--model", str(tmp_path / "b"), "--input", str(tmp_path / "labelled.csv"),
                  "--out", str(tmp_path / "s3.csv"), "--label-column", "label"]) == 0
     assert f"against column 'label' ({len(frauds)} of 3000 rows not 'legit')" in capsys.readouterr().err
-    # a (trained on feedback) has no label column to go by: 0, which no row has, is refused (exit 0 and figures
-    # for every row taken as an anomaly before 2026-12-06)
+    # a (trained on feedback) has no label column to go by: the file's one usual normal word, said (exit 0 and
+    # figures for every row taken as an anomaly before 2026-12-06; then refused: "no row has label='0'", a trial)
     assert main(["score", "--model", str(tmp_path / "a"), "--input", str(tmp_path / "labelled.csv"),
+                 "--out", str(tmp_path / "s3.csv"), "--label-column", "label"]) == 0
+    said = capsys.readouterr().err
+    assert "note: normal rows are those with label='legit' (the file's labels: ['fraud', 'legit']" in said
+    assert f"against column 'label' ({len(frauds)} of 3000 rows not 'legit')" in said
+    write_csv(tmp_path / "coded.csv", [{**e, "label": "a" if p == "legit" else "b"}  # no usual word: refused
+                                       for e, p in zip(events, patterns, strict=True)])
+    assert main(["score", "--model", str(tmp_path / "a"), "--input", str(tmp_path / "coded.csv"),
                  "--out", str(tmp_path / "s3.csv"), "--label-column", "label"]) == 2
     assert ("no row has label='0' (the default: the model records no normal label for this column) (labels seen: "
-            "['fraud', 'legit'])") in capsys.readouterr().err
+            "['a', 'b'])") in capsys.readouterr().err
     write_csv(tmp_path / "partly.csv", [{**e, "label": "" if i < 10 else "legit" if p == "legit" else "fraud"}
                                         for i, (e, p) in enumerate(zip(events, patterns, strict=True))])
     assert main(["score", "--model", str(tmp_path / "b"), "--input", str(tmp_path / "partly.csv"),

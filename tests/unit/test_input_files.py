@@ -130,6 +130,16 @@ def test_cells_quoted_after_a_space_are_read_as_json_has_them(tmp_path: Path, co
     assert chunk.table.column("merchant").to_pylist() == ["grocery, fresh", "jewel"]
 
 
+def test_a_pandas_index_written_with_an_empty_header_cell_is_an_identifier(tmp_path: Path) -> None:
+    """A trial: `df.to_csv()` writes its index under an empty first header cell; it was `column_1`, a
+    number feature (the file sorted normal-first: the index told the label). Now `Unnamed: 0`, as
+    pandas reads it back, and rule 1's identifier; a later empty cell stays `column_N`."""
+    (tmp_path / "p.csv").write_text(",amt,cat,\n" + "".join(f"{i},{i % 7 + 0.5},{'ab'[i % 2]},\n" for i in range(150)))
+    schema = load_events(tmp_path / "p.csv").schema
+    assert schema["Unnamed: 0"].type.value == "identifier" and schema["column_4"].type.value == "ignored"
+    assert schema["amt"].type.value == "number"
+
+
 def test_integer_ids_in_files_are_their_digits(tmp_path: Path) -> None:
     pq.write_table(pa.table({"event_id": pa.array([10, 7_340_000_000_000_000_001], pa.int64()), "amt": [1.0, 2.0]}),
                    tmp_path / "i.parquet")
