@@ -706,7 +706,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     for row in rows:
         names.update(dict.fromkeys(row))
     with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(names))
+        writer = csv.DictWriter(handle, fieldnames=list(names), lineterminator="\n")  # not \r\n (grep, a trial)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _cell(v) for k, v in row.items()})
@@ -737,7 +737,7 @@ class ScoresCsv:
     """``write_scores``'s format written part by part (``score`` on a big input, ``big/score.py``)."""
 
     def __init__(self, handle: Any, with_probability: bool) -> None:
-        self.writer = csv.writer(handle)
+        self.writer = csv.writer(handle, lineterminator="\n")
         self.writer.writerow(["event_id", "score", "is_anomaly", "rejected", "message",
                               *(["probability"] if with_probability else [])])
 

@@ -91,6 +91,10 @@ def parse_label(obj: object, default_time_ms: float | None = None, text_ids: boo
         return RejectReason.WRONG_TYPE, f"event_id longer than {MAX_ID} characters"
     label = obj.get("label")
     if label not in (FRAUD, LEGIT):
+        if isinstance(label, str) and label.strip().lower() in (FRAUD, LEGIT):  # a trial: "Fraud", no hint
+            return RejectReason.INVALID_LABEL, (f"label must be \"fraud\" or \"legit\", got {label.strip()!r}"
+                                                f"{' with spaces' if label != label.strip() else ''}: "
+                                                f"labels are lowercase ({label.strip().lower()!r})")
         return RejectReason.INVALID_LABEL, f"label must be \"fraud\" or \"legit\", got {_kind(label)}"
     source = obj.get("source")
     if source is None or source == "":

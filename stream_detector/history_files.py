@@ -268,7 +268,7 @@ class ChunkWriter:
             lists = [_plain(columns[k], self.kind == "csv") for k in names]
             if self.kind == "csv":
                 text = io.StringIO()
-                writer = csv.writer(text)
+                writer = csv.writer(text, lineterminator="\n")
                 if not self.rows:
                     writer.writerow(names)
                 writer.writerows(zip(*lists, strict=True))

@@ -51,6 +51,17 @@ def test_a_record_that_breaks_the_contract_says_why(record: object, reason: Reje
     assert isinstance(problem, tuple) and problem[0] is reason and problem[1]
 
 
+def test_a_label_in_another_case_says_the_one_it_should_be() -> None:
+    """A trial: `Fraud` was refused as "got text of 5 characters", with no hint."""
+    problem = parse_label({"event_id": "e", "label": "Fraud", "labelled_at": T})
+    assert problem == (RejectReason.INVALID_LABEL, "label must be \"fraud\" or \"legit\", got 'Fraud': labels are "
+                                                   "lowercase ('fraud')")
+    spaced = parse_label({"event_id": "e", "label": " LEGIT", "labelled_at": T})
+    assert isinstance(spaced, tuple) and spaced[1].endswith("got 'LEGIT' with spaces: labels are lowercase ('legit')")
+    other = parse_label({"event_id": "e", "label": "card 4111", "labelled_at": T})
+    assert isinstance(other, tuple) and "4111" not in other[1], "any other text is never shown (dead-letter headers)"
+
+
 def test_on_the_topic_a_missing_labelled_at_is_the_record_timestamp() -> None:
     assert decode_label(b'{"event_id": "e", "label": "legit"}', T) == Label("e", False, "unspecified", T)
     assert decode_label(None, T)[0] is RejectReason.TOMBSTONE  # type: ignore[index]

@@ -16,7 +16,7 @@ import pytest
 from stream_detector.big.source import input_files, prepare_chunk, raw_chunks
 from stream_detector.cli import main
 from stream_detector.errors import InputError
-from stream_detector.events_io import ReaderOptions
+from stream_detector.events_io import ReaderOptions, write_csv, write_scores
 from stream_detector.fieldschema import InferenceOptions, infer_schema, parse_overrides
 from stream_detector.inputs import load_events
 
@@ -385,3 +385,12 @@ def test_an_event_id_column_spelt_otherwise_is_pointed_at(tmp_path: Path) -> Non
     assert load_events(path, id_column="Event_ID").ids == ["A1", "A2"]
     (tmp_path / "plain.csv").write_text("ref,amount\nA1,3.5\n")
     assert not any("looks like one" in w for w in load_events(tmp_path / "plain.csv").warnings)
+
+
+def test_csv_written_here_ends_lines_with_newline_only(tmp_path: Path) -> None:
+    """A trial: `simulate --out x.csv` wrote CRLF line ends, so `grep ',legit$'` matched nothing."""
+    write_csv(tmp_path / "w.csv", [{"event_id": "e1", "label": "legit"}, {"event_id": "e2", "label": "fraud"}])
+    write_scores(tmp_path / "s.csv", [("e1", 0.5, None, None)], 1.0)
+    for name in ("w.csv", "s.csv"):
+        assert b"\r" not in (tmp_path / name).read_bytes()
+    assert (tmp_path / "w.csv").read_text().splitlines()[1].endswith(",legit")
