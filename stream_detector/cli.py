@@ -1181,9 +1181,16 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     if data.raw.kind != "jsonl":
         _integral_times(data.events, [r.name for r in data.schema.fields if r.type is FieldType.TIMESTAMP])
     _probe_kafka(settings)
-    with EventProducer(settings, args.topic or settings.input_topic) as producer:
-        _say_created(producer)
-        sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
+    producer = EventProducer(settings, args.topic or settings.input_topic)
+    try:
+        with producer:
+            _say_created(producer)
+            sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
+    except KeyboardInterrupt:  # a trial: "interrupted", and no word of how many events got there
+        _say(f"interrupted: {producer.acknowledged} of the file's {len(data.events)} events were acknowledged by "
+             f"{args.topic or settings.input_topic} (sent in file order; the rest were not sent, or not confirmed)",
+             "ERROR")
+        raise
     left = f"; {len(data.rejected)} rejected row(s) not sent (reasons above)" if data.rejected else ""
     bare = sum(1 for label in data.labels or () if not label)
     if bare:

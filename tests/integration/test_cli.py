@@ -460,3 +460,35 @@ def test_lag_counts_records_not_transaction_markers(settings):
         assert rows(drained) == [(0, 16, 11, 2, "at_most"), empty]
     finally:
         producer.abort_transaction(30)
+
+
+def test_an_interrupted_produce_says_how_many_events_kafka_acknowledged(settings, env_for, tmp_path):
+    """A trial: Ctrl-C on `produce --rate 200` said "interrupted" and nothing of what had reached the
+    broker, so a run could not be resumed or checked. Now the count of acknowledged events is said,
+    and the topic holds at least those."""
+    env = env_for(settings)
+    events, _ = Simulator(seed=12, accounts=50, run_id="int").batch(3000, 0.0)
+    path = tmp_path / "int.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    topic = f"{settings.input_topic}-interrupted"
+    proc = subprocess.Popen([*CLI, "produce", "--input", str(path), "--rate", "250", "--topic", topic], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: sum(end_offsets(settings, topic).values()) > 0 if _has_topic(settings, topic) else False,
+                   timeout_s=60, message="the first events on the topic")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    said = re.search(r"interrupted: (\d+) of the file's 3000 events were acknowledged by " + re.escape(topic), err)
+    assert said, err
+    acknowledged = int(said.group(1))
+    on_topic = sum(end_offsets(settings, topic).values())
+    assert 0 < acknowledged < 3000 and acknowledged <= on_topic, (acknowledged, on_topic)
+
+
+def _has_topic(settings, topic: str) -> bool:
+    from stream_detector.topics import topic_exists
+
+    return topic_exists(settings, topic)
