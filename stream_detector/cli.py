@@ -1578,6 +1578,10 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
         if stage_1_read:  # a trial: "lag 8,000" on a drained input topic, SD_STAGE left out of a two-stage deployment
             hint = (f": group {stage_1} has, stage 1 of a two-stage deployment; run with SD_STAGE as its workers "
                     f"have it, or --group {stage_1}")
+        if topic == settings.feedback_topic and not hint:  # a trial: a backlog that never drains, said no more
+            hint = (" — the workers read the feedback topic only for a model with label features (train "
+                    "--label-key): for any other model nothing reads it in this group and its lag stays; the "
+                    "retrainer and the console read it without a group (docs/feedback.md)")
         _say(f"note: group {group} has committed no offset on {topic}: no member has finished a batch yet, "
              f"or the group name is not the one the readers use (--group){hint}")
     beyond = [row.partition for row in rows if row.committed is not None and row.committed > row.end]

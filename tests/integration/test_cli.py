@@ -97,6 +97,7 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     labels_lag = run(["lag", "feedback", "--json"], env)
     assert labels_lag.returncode == 0, labels_lag.stderr
     assert orjson.loads(labels_lag.stdout)["group"] == f"{settings.group_id}-labels"
+    assert "read the feedback topic only for a model with label features" in labels_lag.stderr  # a trial: not said
     missing = run(["lag", "no-such-topic-here"], env)
     assert missing.returncode == 2 and "no topic no-such-topic-here" in missing.stderr
     assert "stream-detector topics" not in missing.stderr and missing.stderr.count("\n") == 1  # not a project topic
