@@ -224,8 +224,9 @@ class AbsentFields(_OncePerModel):
                   f"{', ...' if len(own) > 7 else ''})" if own else "")
         return (f"model {version}: {len(names)} of its input fields {verb} absent from every one of the first "
                 f"{self._looked} events it scored: {shown}{theirs}. Each is scored as a missing value (the training "
-                "median, or the most frequent category), which a model that rarely or never saw it missing can read as "
-                "unusual: expect more alerts than its threshold was calibrated for. Are these events of the "
+                "median, or the most frequent category): the field no longer tells anything, so its part of an anomaly "
+                "goes unseen (fewer alerts), and a model that rarely or never saw it missing can read the rest as "
+                "unusual (more alerts): alerts are not what the threshold was calibrated for. Are these events of the "
                 f"model's own producer and schema? (`stream-detector model show {version}` lists the model's "
                 "fields; train on events of this stream's shape)")
 
