@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from stream_detector.events_io import write_csv
+from stream_detector.events_io import read_rows, write_csv
 from stream_detector.fieldschema import infer_schema
 from stream_detector.inputs import load_events
 from stream_detector.pipeline.decode import decode_batch
@@ -79,6 +79,17 @@ def _readers(rows: int, repeats: int) -> list[tuple[str, float]]:
                             _best(lambda: pl.read_csv(path, infer_schema=False), repeats)))
         except ImportError:
             timings.append(("polars (not installed: pip install -e '.[bench]')", float("nan")))
+        spaced = Path(tmp) / "spaced.csv"  # the same rows as some exporters write them: "e1", "card 7", 12.5
+        with spaced.open("w", encoding="utf-8") as handle:
+            handle.write(", ".join(f'"{n}"' for n in names) + "\n")
+            for event in events:
+                handle.write(", ".join(f'"{v}"' if isinstance(v, str) else "" if v is None else
+                                       str(v).lower() if isinstance(v, bool) else str(v)
+                                       for v in (event.get(n) for n in names)) + "\n")
+        timings.append(("stream-detector read_rows → dicts (pyarrow, cells trimmed)",
+                        _best(lambda: read_rows(path), repeats)))
+        timings.append(("stream-detector read_rows → dicts, cells quoted after a space (csv module, "
+                        "skipinitialspace)", _best(lambda: read_rows(spaced), repeats)))
         timings.append(("stream-detector load_events: read + type (inferred schema)",
                         _best(lambda: load_events(path), repeats)))
     return [(name, rows / seconds) for name, seconds in timings]
