@@ -163,21 +163,22 @@ def test_csv_cells_lose_surrounding_spaces_so_a_category_or_id_means_what_it_doe
     the country `` US`` a model learnt from the CSV was a category the same event from Kafka (JSON
     ``"US"``) never has (every streamed event scored as an unseen category), and the account
     `` 12`` had a history apart from ``12``. A cell that is spaces around a missing-value marker
-    (`` NA ``, a blank cell) is missing, as the bare marker is; a quoted empty cell stays text."""
+    (`` NA ``, a blank cell) is missing, as the bare marker is, and so is a quoted empty cell (a
+    second trial: a QUOTE_ALL file's empty amounts were empty text, its rows rejected)."""
     (tmp_path / "s.csv").write_text('event_id, account_id, amount, country, note\n'
                                     'e1, 12, 12.5, US ,x\n'
                                     'e2, 12, 13.0,US,  \n'
                                     'e3,13, NA , FR,""\n')
     rows = [{"event_id": "e1", "account_id": "12", "amount": 12.5, "country": "US", "note": "x"},
             {"event_id": "e2", "account_id": "12", "amount": 13.0, "country": "US", "note": None},
-            {"event_id": "e3", "account_id": "13", "amount": None, "country": "FR", "note": ""}]
+            {"event_id": "e3", "account_id": "13", "amount": None, "country": "FR", "note": None}]
     (tmp_path / "s.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     options = InferenceOptions(overrides=parse_overrides(["account_id=identifier", "country=category",
                                                           "note=category"]))
     from_csv, from_json = (load_events(tmp_path / name, inference=options) for name in ("s.csv", "s.jsonl"))
     assert from_csv.events == from_json.events
     assert [e["country"] for e in from_csv.events] == ["US", "US", "FR"]
-    assert [e.get("note") for e in from_csv.events] == ["x", None, ""]
+    assert [e.get("note") for e in from_csv.events] == ["x", None, None]
     chunk = next(raw_chunks(input_files(str(tmp_path / "s.csv")), chunk_rows=1000))  # the big-history reader
     assert chunk.table.column("country").to_pylist() == ["US", "US", "FR"]
     assert chunk.table.column("account_id").to_pylist() == ["12", "12", "13"]
@@ -394,3 +395,21 @@ def test_csv_written_here_ends_lines_with_newline_only(tmp_path: Path) -> None:
     for name in ("w.csv", "s.csv"):
         assert b"\r" not in (tmp_path / name).read_bytes()
     assert (tmp_path / "w.csv").read_text().splitlines()[1].endswith(",legit")
+
+
+def test_a_file_with_every_cell_quoted_means_what_it_does_unquoted(tmp_path: Path) -> None:
+    """A trial: the same rows written with csv.QUOTE_ALL (and QUOTE_NONNUMERIC) read an empty amount
+    as empty text — 200 of 2,000 rows rejected, and `train` made `amount` an identifier — where the
+    QUOTE_MINIMAL file read it as missing."""
+    import csv
+
+    rows = [{"event_id": f"e{i}", "amount": "" if i % 10 == 0 else f"{i}.5", "channel": "web"} for i in range(60)]
+    for name, quoting in (("min", csv.QUOTE_MINIMAL), ("all", csv.QUOTE_ALL), ("nonnum", csv.QUOTE_NONNUMERIC)):
+        with (tmp_path / f"{name}.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["event_id", "amount", "channel"], quoting=quoting)
+            writer.writeheader()
+            writer.writerows(rows)
+    loaded = {name: load_events(tmp_path / f"{name}.csv") for name in ("min", "all", "nonnum")}
+    assert loaded["min"].events == loaded["all"].events == loaded["nonnum"].events
+    assert loaded["all"].schema["amount"].type.value == "number" and not loaded["all"].rejected
+    assert loaded["all"].events[0].get("amount") is None
