@@ -571,8 +571,8 @@ def _spaced_csv_batches(path: Path, dialect: CsvDialect, options: ReaderOptions,
     a category no event has, ``"card-00893"`` another account, and ``produce`` sent them so), so
     such a file is read with the csv module's ``skipinitialspace`` (slower: about 1 µs a cell).
     The same rules as the pyarrow path: cells without surrounding white space, a cell that is an
-    ``na_values`` entry missing (quoted or not, as there), a row with the wrong number of cells or a cell that is not UTF-8 that row's
-    ``invalid_row`` (by 0-based row number in ``ragged``), empty lines skipped."""
+    ``na_values`` entry missing (quoted or not, as there), a row with the wrong number of cells or a
+    cell that is not UTF-8 that row's ``invalid_row`` (by 0-based row number in ``ragged``), empty lines skipped."""
     names, width = dialect.names, len(dialect.names)
     na = frozenset(options.na_values)
     at = names.index(options.id_column) if options.id_column in names else None

@@ -116,7 +116,10 @@ def decide(candidate: dict[str, Any], active: dict[str, Any] | None, policy: Gat
         # its recall and precision are no reference for the candidate (rule 3 does not apply)
         notes.append(f"active model's alert rate {active['alert_rate']:.4f} is above the bound {bound:.4f}: "
                      "recall and precision not compared")
-    elif active is not None and frauds >= policy.min_labels and "recall" in active:
+    elif active is not None and frauds < policy.min_labels:  # a trial: rule 3 off for a head model, no word
+        notes.append(f"{frauds} labelled fraud(s) the candidate was not trained on (held back), fewer than "
+                     f"{policy.min_labels} (SD_GATE_MIN_LABELS): recall and precision not compared")
+    elif active is not None and "recall" in active:
         for metric, n_key in (("recall", "frauds"), ("precision", "flagged")):
             n_c, n_a = int(candidate.get(n_key, 0)), int(active.get(n_key, 0))
             if metric == "precision" and min(n_c, n_a) < policy.min_labels:

@@ -321,8 +321,11 @@ def _head_labels(train_entries: list[WindowEntry], selection: Selection,
             fraud = verdicts.verdict(event_id) if event_id in verdicts else None
             if fraud is not None and _within(row.get("timestamp"), first, last):
                 verdict.setdefault(event_id, fraud)
-    else:
-        verdict = {e.event_id: label == FRAUD for e, label in selection.labelled}
+    else:  # the labelled events of the training span only: later ones are the gate's (a trial: the head
+        # learnt every label, the held-back span's too, and the gate was left with none)
+        end = max(((e.timestamp_s, e.partition, e.offset) for e in train_entries), default=None)
+        verdict = {e.event_id: label == FRAUD for e, label in selection.labelled
+                   if end is not None and (e.timestamp_s, e.partition, e.offset) <= end}
     return list(dict.fromkeys([e.event_id for e in train_entries] + list(verdict))), verdict
 
 

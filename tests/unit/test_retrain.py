@@ -467,3 +467,23 @@ def test_a_candidate_keeps_the_active_models_alert_budget_unless_one_is_set(bund
     assert alert_budget(Settings(), None) == (0.01, "SD_RETRAIN_TARGET_FPR (default; no active model)")
     old = dataclasses.replace(bundle, calibration={})
     assert alert_budget(Settings(), old)[0] == 0.01
+
+
+def test_a_head_learns_the_labels_of_the_training_span_only_and_the_gate_says_when_it_has_too_few():
+    """A trial: a model with a supervised head was retrained on every label, the held-back span's too;
+    the gate was then left with no labelled event it could judge on, and said nothing (rule 3 off)."""
+    from stream_detector.retrain.job import _head_labels
+    from stream_detector.retrain.window import Selection
+
+    clean = [entry(i, ts=1000.0 + i) for i in range(2000)]
+    train_entries, holdout = split_holdout(clean, 0.2)
+    labelled = [(clean[5], "legit"), (clean[1990], "legit"), (entry(5000, ts=1500.0), "fraud"),
+                (entry(6000, ts=2990.5), "fraud")]
+    ids, verdict = _head_labels(train_entries, Selection(clean=clean, labelled=labelled, left_out={}), None)
+    assert verdict == {"e5": False, "e5000": True}, "the held-back span's labels are the gate's"
+    assert set(ids) == {e.event_id for e in train_entries} | {"e5000"}
+    few = decide(numbers(0.01, frauds=2, flagged=1, recall=0.5, precision=1.0),
+                 numbers(0.01, frauds=2, flagged=2, recall=1.0, precision=1.0), POLICY)
+    assert few.passed and few.policy["notes"] == [
+        "2 labelled fraud(s) the candidate was not trained on (held back), fewer than 5 (SD_GATE_MIN_LABELS): "
+        "recall and precision not compared"]
