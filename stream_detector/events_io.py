@@ -399,6 +399,28 @@ def _uneven(whole: list[int]) -> bool:
     return len({b - a for a, b in itertools.pairwise(whole)}) > 1
 
 
+def _spaced_quotes(path: Path, delimiter: str) -> bool:
+    """Whether a cell of ``path`` is quoted after a space (``delimiter``, spaces or tabs, ``"``)
+    anywhere in the file, not only in the sniffed start (a trial: a file whose first quoted cell came
+    on line 1,052, or whose rows turned quoted after 1,000 plain ones, kept the quotes in the values
+    again). One pass over the bytes: ~390 MB/s here (35 MB in 0.09 s; gzip 0.2 s), about a tenth of
+    what reading the rows into events takes."""
+    pattern = re.compile(re.escape(delimiter.encode()) + rb'[ \t]+"')
+    stream = _open_binary(path)
+    try:
+        tail = b""
+        while block := stream.read(_SCAN_BYTES):
+            if pattern.search(tail + block):
+                return True
+            tail = block[-64:]
+        return False
+    finally:
+        stream.close()
+
+
+_SCAN_BYTES = 1 << 23
+
+
 def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
     """Header names, delimiter and number format from the start of the file."""
     with _open_binary(path) as stream:
@@ -415,7 +437,7 @@ def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
     cells = next(csv.reader([header], delimiter=delimiter, skipinitialspace=True))
     names = tuple(n.strip() or ("Unnamed: 0" if i == 0 and len(cells) > 1 else f"column_{i + 1}")
                   for i, n in enumerate(cells))
-    spaced_quotes = re.search(re.escape(delimiter) + r'[ \t]+"', sample) is not None
+    spaced_quotes = _spaced_quotes(path, delimiter)
     if options.delimiter and len(names) == 1 and any(d in header for d in _DELIMITERS if d != delimiter):
         raise InputError(f"{path}: the header has one column with --delimiter {delimiter!r}; is the file "
                          f"separated by another character?")

@@ -413,3 +413,20 @@ def test_a_file_with_every_cell_quoted_means_what_it_does_unquoted(tmp_path: Pat
     assert loaded["min"].events == loaded["all"].events == loaded["nonnum"].events
     assert loaded["all"].schema["amount"].type.value == "number" and not loaded["all"].rejected
     assert loaded["all"].events[0].get("amount") is None
+
+
+def test_a_cell_quoted_after_a_space_far_into_the_file_is_read_as_such(tmp_path: Path) -> None:
+    """A third trial: the choice of reader was made from the first 64 KB, so a `, ` export whose
+    first quoted cell (`"travel, air"`) came on line 1,052 split it into two cells (a ragged row),
+    and rows quoted after a space after 1,000 plain ones kept their quotes (`produce` sent them)."""
+    lines = ["event_id, account_id, amount, merchant"]
+    quoted = '"travel, air"'
+    lines += [f"e{i}, card {i % 50}, {i}.25, {quoted if i == 2500 else 'grocery'}" for i in range(3000)]
+    lines += ['"e3000", "card 7", 1.5, "shoes"']
+    (tmp_path / "late.csv").write_text("\n".join(lines) + "\n")
+    assert (tmp_path / "late.csv").stat().st_size > 1 << 16
+    loaded = load_events(tmp_path / "late.csv")
+    assert not loaded.rejected and len(loaded.events) == 3001
+    assert loaded.events[2500]["merchant"] == "travel, air" and loaded.events[3000]["account_id"] == "card 7"
+    chunks = list(raw_chunks(input_files(str(tmp_path / "late.csv")), chunk_rows=1000))
+    assert [m for c in chunks for m in c.table.column("merchant").to_pylist()][2500] == "travel, air"
