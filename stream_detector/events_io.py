@@ -434,9 +434,10 @@ def sniff_csv(path: Path, options: ReaderOptions) -> CsvDialect:
     # delimiter) names a column that inference ignores when it holds no values
     # an empty FIRST cell is how pandas writes its index (``df.to_csv()``): named as pandas reads it back,
     # ``Unnamed: 0``, an identifier by that name (a trial: a file sorted normal-first had its index as a feature)
-    cells = next(csv.reader([header], delimiter=delimiter, skipinitialspace=True))
-    names = tuple(n.strip() or ("Unnamed: 0" if i == 0 and len(cells) > 1 else f"column_{i + 1}")
-                  for i, n in enumerate(cells))
+    cells = [c.strip() for c in next(csv.reader([header], delimiter=delimiter, skipinitialspace=True))]
+    index = next(f"Unnamed: 0{f'.{k}' if k else ''}" for k in itertools.count()  # a file saved twice by pandas
+                 if f"Unnamed: 0{f'.{k}' if k else ''}" not in cells)  # has an Unnamed: 0 column already
+    names = tuple(n or (index if i == 0 and len(cells) > 1 else f"column_{i + 1}") for i, n in enumerate(cells))
     spaced_quotes = _spaced_quotes(path, delimiter)
     if options.delimiter and len(names) == 1 and any(d in header for d in _DELIMITERS if d != delimiter):
         raise InputError(f"{path}: the header has one column with --delimiter {delimiter!r}; is the file "

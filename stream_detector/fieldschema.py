@@ -730,7 +730,10 @@ def _rule_by_name(name: str, options: InferenceOptions) -> FieldRule | None:
     return None
 
 
-_PANDAS_INDEX = re.compile(r"Unnamed: \d+")  # what pandas names a written-out index column when reading it
+# what pandas names a written-out index column when reading it back (``Unnamed: 0``; ``Unnamed: 0.1`` for a
+# second one: a file saved twice), and what it writes for a named or non-range index into Parquet
+# (``__index_level_0__``; a trial: a number feature there, an identifier in the same rows as CSV)
+_PANDAS_INDEX = re.compile(r"Unnamed: \d+(?:\.\d+)?|__index_level_\d+__")
 
 
 _ID_NOTE = "named like an id (*_id, *ID, *Id)"

@@ -138,6 +138,12 @@ def test_a_pandas_index_written_with_an_empty_header_cell_is_an_identifier(tmp_p
     schema = load_events(tmp_path / "p.csv").schema
     assert schema["Unnamed: 0"].type.value == "identifier" and schema["column_4"].type.value == "ignored"
     assert schema["amt"].type.value == "number"
+    (tmp_path / "twice.csv").write_text(",Unnamed: 0,amt\n" + "".join(f"{i},{i},{i % 7 + 0.5}\n" for i in range(150)))
+    twice = load_events(tmp_path / "twice.csv").schema  # a third trial: "names 'Unnamed: 0' more than once"
+    assert twice["Unnamed: 0.1"].type.value == "identifier" and twice["Unnamed: 0"].type.value == "identifier"
+    pq.write_table(pa.table({"amt": [i % 7 + 0.5 for i in range(150)], "__index_level_0__": list(range(150))}),
+                   tmp_path / "p.parquet")  # pandas' index in Parquet: a number feature before (a third trial)
+    assert load_events(tmp_path / "p.parquet").schema["__index_level_0__"].type.value == "identifier"
 
 
 def test_integer_ids_in_files_are_their_digits(tmp_path: Path) -> None:
