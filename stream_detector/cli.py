@@ -247,6 +247,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(f"--keep {name}: it is the --label-column, which is never a feature")
         if name in (args.exclude or ()):
             raise ConfigError(f"--keep {name} and --exclude {name}: one or the other")
+    normal_given = args.normal_label is not None
     args.normal_label = "0" if args.normal_label is None else args.normal_label
     if args.label_column:  # spelled as the file's labels are read: 0.0 → 0, " legit " → legit, False → false (a trial)
         from .inputs import _label_text
@@ -288,8 +289,15 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if labels is not None:
         normal = [e for e, lab in zip(events, labels, strict=True) if lab == normal_label]
         source = f"{args.label_column}=" if args.label_column else "the feedback label "
+        usual, found = _usual_normal(set(labels) - {""})
+        if not normal and not normal_given and args.label_column and usual is not None:  # as score picks it
+            normal_label = args.normal_label = usual
+            normal = [e for e, lab in zip(events, labels, strict=True) if lab == normal_label]
+            _say(f"note: normal rows are those with {args.label_column}={usual!r} (no row has the default 0; the "
+                 f"file's labels: {sorted(set(labels))[:10]}): --normal-label to choose")
         if not normal:
-            raise ConfigError(f"no rows with {source}{normal_label!r} (labels seen: {sorted(set(labels))[:10]})")
+            raise ConfigError(f"no rows with {source}{normal_label!r} (labels seen: {sorted(set(labels))[:10]})"
+                              + _two_normal_words(found))
         from .inputs import minority_normal_warning
 
         # a trial: --normal-label fraud, and the leak check blamed real fields one after another
@@ -989,11 +997,11 @@ def _check_normal_present(args: argparse.Namespace, labels: list[str], origin: s
 
     normal = _label_text(args.normal_label)
     seen = set(labels) - {""}
+    usual, found = _usual_normal(seen)
     if seen and normal not in seen and getattr(args, "normal_defaulted", False):
-        named = [label for label in NORMAL_WORDS if label in seen]
-        if len(named) == 1:  # a trial: a model trained with --feedback, scored against a file's legit/fraud
-            args.normal_label = named[0]
-            _say(f"note: normal rows are those with {args.label_column}={named[0]!r} (the file's labels: "
+        if usual is not None:  # a trial: a model trained with --feedback, scored against a file's legit/fraud
+            args.normal_label = usual
+            _say(f"note: normal rows are those with {args.label_column}={usual!r} (the file's labels: "
                  f"{sorted(seen)[:10]}; the model records no normal label for this column): --normal-label to choose")
             return
     if seen and _frauds_only(args, seen):
@@ -1002,7 +1010,8 @@ def _check_normal_present(args: argparse.Namespace, labels: list[str], origin: s
         return
     if seen and normal not in seen:
         raise ConfigError(f"no row has {args.label_column}={normal!r}{origin} (labels "
-                          f"seen: {sorted(seen)[:10]}): give the normal rows' label with --normal-label")
+                          f"seen: {sorted(seen)[:10]}): give the normal rows' label with --normal-label"
+                          + _two_normal_words(found))
 
 
 # labels that name normal rows, and anomalous ones, in the usual vocabularies (the feedback topic's
@@ -1011,14 +1020,26 @@ NORMAL_WORDS = ("legit", "legitimate", "normal", "genuine", "benign", "false", "
 ANOMALY_WORDS = frozenset({"fraud", "fraudulent", "anomaly", "anomalous", "attack", "1", "true", "yes"})
 
 
+def _usual_normal(seen: set[str]) -> tuple[str | None, list[str]]:
+    """The one label of ``seen`` that is a usual normal word (``NORMAL_WORDS``, in any case: ``Legit``),
+    or None; and every such label found (two: the user chooses)."""
+    found = sorted(label for label in seen if label.strip().lower() in NORMAL_WORDS)
+    return (found[0] if len(found) == 1 else None), found
+
+
+def _two_normal_words(found: list[str]) -> str:
+    return (f"; the labels {', '.join(map(repr, found))} each read as normal: give one with --normal-label"
+            if len(found) > 1 else "")
+
+
 def _frauds_only(args: argparse.Namespace, seen: set[str]) -> bool:
     """Whether ``score``'s labels ``seen`` are all anomaly labels: of the model's training (the
     normal label taken from the model), or usual anomaly words (``ANOMALY_WORDS``) under a normal
     label that is a usual normal word (``--normal-label legit`` on a file of ``fraud`` rows): a
     frauds-only file (two trials: refused as if the normal label were misspelt)."""
     known: frozenset[str] = getattr(args, "anomaly_labels", frozenset())
-    usual = args.normal_label in NORMAL_WORDS or args.normal_label == "0"
-    return bool(seen) and (seen <= known or (usual and seen <= ANOMALY_WORDS))
+    usual = str(args.normal_label).strip().lower() in NORMAL_WORDS or args.normal_label == "0"
+    return bool(seen) and (seen <= known or (usual and {label.strip().lower() for label in seen} <= ANOMALY_WORDS))
 
 
 def _evaluate_on_label_column(args: argparse.Namespace, scored: Any, labels: list[str], threshold: float,
@@ -2152,7 +2173,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV (with header), JSON Lines or Parquet, optionally compressed")
     p.add_argument("--out", required=True, help="directory for the bundle")
     p.add_argument("--label-column", help="column with labels; only --normal-label rows are trained on")
-    p.add_argument("--normal-label", help="with --label-column: label value of normal rows (default: 0)")
+    p.add_argument("--normal-label", help="with --label-column: label value of normal rows (default: 0; where no "
+                   "row has 0, the file's one usual normal word — legit, normal, genuine, benign, false, … in any "
+                   "case — said)")
     p.add_argument("--feedback", metavar="FILE",
                    help="labels as feedback records (CSV, JSON Lines or Parquet: event_id, label fraud|legit, "
                         "source, labelled_at; docs/feedback.md), joined by event_id: fraud-labelled events are "
@@ -2288,7 +2311,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "precision/recall at the threshold; rows without a label left out)")
     p.add_argument("--normal-label",
                    help="with --label-column: label value of normal rows, every other one an anomaly (default: the "
-                        "one the model was trained with, when trained with the same --label-column; else 0)")
+                        "one the model was trained with, when trained with the same --label-column; else the "
+                        "file's one usual normal word — legit, normal, genuine, benign, false, … in any case — "
+                        "said; else 0). A file whose labels are all anomaly words (fraud, 1, attack, …) is "
+                        "evaluated as anomalies only")
     p.add_argument("--feedback", metavar="FILE",
                    help="feedback records (docs/feedback.md) to evaluate the scores against: AUC-ROC, average "
                         "precision, precision/recall at the threshold (events without a label count as legit; "

@@ -188,6 +188,19 @@ def test_score_reads_labels_as_the_model_was_trained_and_refuses_a_normal_label_
     code, err = _run(capsys, ["score", "--model", str(untrained), "--input", str(frauds_only), "--out",
                               str(tmp_path / "u.csv"), "--label-column", "label"])
     assert code == 0 and "a file of anomalies only" in err
+    cased = tmp_path / "cased.csv"  # a third trial: Legit/Fraud were not recognised
+    cased.write_text(events.read_text().replace(",legit,", ",Legit,").replace(",fraud,", ",Fraud,"))
+    code, err = _run(capsys, ["score", "--model", str(untrained), "--input", str(cased), "--out",
+                              str(tmp_path / "u.csv"), "--label-column", "label"])
+    assert code == 0 and "normal rows are those with label='Legit'" in err and "(27 of 3000 rows not 'Legit')" in err
+    both = tmp_path / "both.csv"  # two usual normal words: the user chooses, and is told why
+    both.write_text(events.read_text().replace(",legit,", ",normal,", 5).replace(",fraud,", ",legit,"))
+    code, err = _run(capsys, ["score", "--model", str(untrained), "--input", str(both), "--out",
+                              str(tmp_path / "u.csv"), "--label-column", "label"])
+    assert code == 2 and "the labels 'legit', 'normal' each read as normal: give one with --normal-label" in err
+    code, err = _run(capsys, ["train", "--input", str(cased), "--out", str(tmp_path / "t"), "--label-column", "label",
+                              "--exclude", "pattern", "--epochs", "1"])  # a third trial: train refused, score chose
+    assert code == 0 and "note: normal rows are those with label='Legit' (no row has the default 0" in err
     code, err = _run(capsys, ["score", "--model", str(model), "--input", str(frauds_only), "--out",
                               str(tmp_path / "f.csv"), "--label-column", "label", "--streamed"])
     assert code == 0 and "a file of anomalies only" in err and "anomalies=27" in err
