@@ -42,8 +42,11 @@ class EventProducer:
         if self.settings.create_topics:
             self.created += ensure_topics(self.settings, [topic])
         elif not topic_exists(self.settings, topic):
+            made = {self.settings.input_topic, self.settings.feedback_topic}
+            how = ("`stream-detector topics` creates it" if topic in made else
+                   "create it with Kafka's tools, or let produce create it with SD_CREATE_TOPICS=true")
             raise ConfigError(f"no topic {topic} on {self.settings.bootstrap_servers} (SD_CREATE_TOPICS=false: "
-                              "check its name, or create it: stream-detector topics)")
+                              f"check its name; {how})")
 
     def __enter__(self) -> EventProducer:
         self._ready(self.topic)

@@ -263,8 +263,8 @@ def test_produce_leaves_excluded_fields_out_of_the_events(settings, env_for, tmp
     missing = run(["produce", "--input", str(path), "--label-column", "label", "--topic", f"{topic}-nosuch"],
                   {**env, "SD_CREATE_TOPICS": "false"}, timeout=60)  # a trial: a minute of errors, then a timeout
     assert missing.returncode == 2 and missing.stderr.strip().endswith(
-        f"no topic {topic}-nosuch on {settings.bootstrap_servers} (SD_CREATE_TOPICS=false: check its name, or "
-        "create it: stream-detector topics)"), missing.stderr
+        f"no topic {topic}-nosuch on {settings.bootstrap_servers} (SD_CREATE_TOPICS=false: check its name; create "
+        "it with Kafka's tools, or let produce create it with SD_CREATE_TOPICS=true)"), missing.stderr  # not `topics`
     refused = run(["produce", "--input", str(path), "--exclude", "event_id", "--topic", topic], env)
     assert refused.returncode == 2 and "every event needs its event_id" in refused.stderr
     both = run(["produce", "--input", str(path), "--label-column", "label", "--exclude", "label", "--topic", topic], env)
