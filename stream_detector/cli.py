@@ -1089,7 +1089,8 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any, n
                             redacted=settings.redacted_fields)
     head = bundle.head_threshold
     rule = f"above {threshold:.6g}" + (f" or probability above {head:.4g}" if head is not None else "")
-    _say(f"scored {done.scored} of {done.rows} rows from {len(files)} file(s) in {done.seconds:.0f} s "
+    took = f"{done.seconds:.{0 if done.seconds >= 10 else 1}f}"  # a trial: 20,000 rows "in 0 s"
+    _say(f"scored {done.scored} of {done.rows} rows from {len(files)} file(s) in {took} s "
          f"({done.rows / max(done.seconds, 1e-9):,.0f} rows/s); {done.flagged} {rule} → {_shown(args.out)}")
     if done.rows and not done.scored:
         raise InputError(none_scored(done.rows, done.reasons, done.first_problem, args.out))
@@ -1098,7 +1099,7 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any, n
 
         where, why, text = done.first_problem
         _say(f"warning: {rejection_line(done.rows - done.scored, done.rows, done.reasons, f'{where}: {text or why}')}; "
-             f"every row's reason is in {args.out}")
+             f"every row's reason is in {_shown(args.out)}")
     if args.label_column and done.labelled is not None and done.labels:  # as without --streamed (a trial: set aside)
         _check_normal_present(args, done.labels, normal_from)
         _evaluate_on_label_column(args, done.labelled, done.labels, threshold, head)
