@@ -254,7 +254,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
         args.normal_label = _label_text(args.normal_label)
     if args.streamed or args.cluster or Path(args.input).is_dir() or any(c in args.input for c in "*?["):
-        return _train_streamed(args, entity)
+        return _train_streamed(args, entity, normal_given)
     data = _load_file(args, inference=_inference(args, entity))
     _say("field schema (--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
     for line in data.schema.describe():
@@ -352,7 +352,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
+def _train_streamed(args: argparse.Namespace, entity: Any, normal_given: bool = True) -> int:
     """``train --streamed`` (or a directory / glob input, or ``--cluster``): the big-history path
     (``big/``, docs/big-history.md) — same bundle, bounded memory, progress on every phase."""
     from .big.prepare import BigOptions
@@ -383,6 +383,8 @@ def _train_streamed(args: argparse.Namespace, entity: Any) -> int:
     _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of {args.chunk_rows:,} rows"
          + (" (CSV: blocks of about that many)" if csv else "")
          + (f", {args.shards} entity shard(s) per key on {where}" if entity is not None else ""))
+    if args.label_column and not normal_given:  # the in-memory path's default, from the first file's first rows
+        _streamed_normal_label(args, files[0])
     if entity is not None or args.exclude or args.keep:  # the in-memory path's checks, on the first file's first rows
         from .big.source import raw_chunks
         from .fieldschema import infer_schema
@@ -437,6 +439,23 @@ def _drop_old_report(out: Path) -> None:
         (out / "report" / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty (the user's files), or absent
         (out / "report").rmdir()
+
+
+def _streamed_normal_label(args: argparse.Namespace, path: Path) -> None:
+    """``train --streamed`` without ``--normal-label``: where no row of the first file's first chunk
+    has the default 0, its one usual normal word (``_usual_normal``), said, as the in-memory
+    ``train`` picks it from the whole file (a trial: the streamed path refused legit/fraud labels)."""
+    from .big.source import raw_chunks
+    from .inputs import take_label
+
+    head = next(raw_chunks([path], _reader_options(args), 10_000), None)
+    seen = {label for row in (head.rows if head is not None else []) if row is not None
+            for label in [take_label(dict(row), args.label_column)] if label}
+    usual, _found = _usual_normal(seen)
+    if args.normal_label not in seen and usual is not None:
+        args.normal_label = usual
+        _say(f"note: normal rows are those with {args.label_column}={usual!r} (no row of the first chunk has the "
+             f"default 0; its labels: {sorted(seen)[:10]}): --normal-label to choose")
 
 
 def _training_labels(label_column: str | None, normal_label: str,
@@ -871,7 +890,11 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
     bundle = load_bundle(Path(args.dir))
     control = ControlPlane.from_settings(settings)  # artifact goes where SD_MODEL_STORE says
+    active = control.active_model()
     version = control.publish(bundle, set_by=_who())
+    if active == bundle.version:  # a trial: a new threshold version, and no word that nothing else changed
+        _say(f"note: model {bundle.version} was already active; its calibrated threshold is set again (a threshold "
+             "set by hand since is replaced)")
     print(f"published model {bundle.version}; threshold {bundle.threshold:.6g} is threshold version {version}")
     return 0
 

@@ -46,6 +46,9 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     assert "no model versions in the registry" in empty.stderr and settings.redis_prefix in empty.stderr
     published = run(["publish", str(tmp_path / "model")], env)
     assert published.returncode == 0 and version in published.stdout, published.stderr
+    assert "was already active" not in published.stderr
+    again = run(["publish", str(tmp_path / "model")], env)  # a trial: a new threshold version, no word why
+    assert again.returncode == 0 and f"note: model {version} was already active" in again.stderr, again.stderr
     got = run(["threshold", "get"], env)
     assert orjson.loads(got.stdout)["model_version"] == version
     by_version = run(["score", "--model", version, "--input", str(train_file), "--out", str(tmp_path / "v.csv")], env)

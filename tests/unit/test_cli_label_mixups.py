@@ -201,6 +201,9 @@ def test_score_reads_labels_as_the_model_was_trained_and_refuses_a_normal_label_
     code, err = _run(capsys, ["train", "--input", str(cased), "--out", str(tmp_path / "t"), "--label-column", "label",
                               "--exclude", "pattern", "--epochs", "1"])  # a third trial: train refused, score chose
     assert code == 0 and "note: normal rows are those with label='Legit' (no row has the default 0" in err
+    code, err = _run(capsys, ["train", "--input", str(cased), "--out", str(tmp_path / "ts"), "--label-column", "label",
+                              "--exclude", "pattern", "--epochs", "1", "--streamed", "--workers", "1"])
+    assert code == 0 and "note: normal rows are those with label='Legit' (no row of the first chunk" in err, err
     code, err = _run(capsys, ["score", "--model", str(model), "--input", str(frauds_only), "--out",
                               str(tmp_path / "f.csv"), "--label-column", "label", "--streamed"])
     assert code == 0 and "a file of anomalies only" in err and "anomalies=27" in err
