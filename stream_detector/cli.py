@@ -383,14 +383,18 @@ def _train_streamed(args: argparse.Namespace, entity: Any, normal_given: bool = 
     _say(f"streamed training: {len(files)} file(s) from {args.input}, chunks of {args.chunk_rows:,} rows"
          + (" (CSV: blocks of about that many)" if csv else "")
          + (f", {args.shards} entity shard(s) per key on {where}" if entity is not None else ""))
-    if args.label_column and not normal_given:  # the in-memory path's default, from the first file's first rows
-        _streamed_normal_label(args, files[0])
-    if entity is not None or args.exclude or args.keep:  # the in-memory path's checks, on the first file's first rows
+    defaulted = bool(args.label_column) and not normal_given
+    first: list[dict[str, Any]] = []  # the first file's first rows: the in-memory path's default and checks
+    if defaulted or entity is not None or args.exclude or args.keep:
         from .big.source import raw_chunks
-        from .fieldschema import infer_schema
 
         head = next(raw_chunks(files[:1], _reader_options(args), 10_000), None)
         first = [row for row in head.rows if row is not None] if head is not None else []
+    if defaulted:
+        _streamed_normal_label(args, first)
+    if entity is not None or args.exclude or args.keep:
+        from .fieldschema import infer_schema
+
         schema = infer_schema(first, _inference(args, entity)).schema
         if first:  # an empty input is refused by the training itself, with its own message
             _check_excluded(args.exclude or (), schema, first)
@@ -441,16 +445,14 @@ def _drop_old_report(out: Path) -> None:
         (out / "report").rmdir()
 
 
-def _streamed_normal_label(args: argparse.Namespace, path: Path) -> None:
-    """``train --streamed`` without ``--normal-label``: where no row of the first file's first chunk
-    has the default 0, its one usual normal word (``_usual_normal``), said, as the in-memory
-    ``train`` picks it from the whole file (a trial: the streamed path refused legit/fraud labels)."""
-    from .big.source import raw_chunks
+def _streamed_normal_label(args: argparse.Namespace, first: list[dict[str, Any]]) -> None:
+    """``train --streamed`` without ``--normal-label``: where no row of ``first`` (the first file's
+    first chunk) has the default 0, its one usual normal word (``_usual_normal``), said, as the
+    in-memory ``train`` picks it from the whole file (a trial: the streamed path refused legit/fraud
+    labels)."""
     from .inputs import take_label
 
-    head = next(raw_chunks([path], _reader_options(args), 10_000), None)
-    seen = {label for row in (head.rows if head is not None else []) if row is not None
-            for label in [take_label(dict(row), args.label_column)] if label}
+    seen = {label for row in first for label in [take_label(dict(row), args.label_column)] if label}
     usual, _found = _usual_normal(seen)
     if args.normal_label not in seen and usual is not None:
         args.normal_label = usual

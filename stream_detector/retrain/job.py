@@ -214,6 +214,12 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         if problem:
             counts.update(head_rows=len(head_labels[0]), head_frauds=frauds)
             return Candidate(None, None, counts, f"{HEAD_REFUSED}: {problem}")
+    # the gate's labelled events: those the candidate is not trained on (a trial: legit-labelled events of the
+    # training span were trained on and then counted in the candidate's precision, "held back" in the docs)
+    trained = {e.event_id for e in train_entries}.union(head_labels[0] if head_labels is not None else ())
+    held = [(e, label) for e, label in labelled_entries if e.event_id not in trained]
+    counts["labelled_trained_on"] = len(labelled_entries) - len(held)
+    labelled_entries = held
     say(f"training on {len(train_entries)} events ({reason}); {len(holdout_entries)} held back; alert budget "
         f"{budget:.3%}, {budget_from}")
     schema = active.schema if active is not None else None  # a type a user set (``train --field``) survives
@@ -232,15 +238,6 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         problem = _retrain_head(result, head_labels, by_id, selection, context, budget, counts, say)
         if problem:
             return Candidate(None, None, counts, problem)
-    # the gate's labelled events: those the candidate was not trained on (a trial: legit-labelled events of the
-    # training span were trained on and then counted in the candidate's precision, "held back" in the docs)
-    trained = {e.event_id for e in train_entries}
-    if head_labels is not None:
-        trained.update(head_labels[0])
-    held = [k for k, (e, _) in enumerate(labelled_entries) if e.event_id not in trained]
-    counts["labelled_trained_on"] = len(labelled_entries) - len(held)
-    labelled = [labelled[k] for k in held]
-    labelled_entries = [labelled_entries[k] for k in held]
     draft = build_bundle(result)
     is_fraud = np.array([label == FRAUD for _, label in labelled_entries], dtype=bool)
     policy = GatePolicy(budget, settings.gate_max_alert_rate_ratio,
