@@ -40,6 +40,7 @@ from ..transport.base import EndOffsets
 
 INF = float("inf")
 NEG_INF = float("-inf")
+ALONE_RECHECK_S = 1.0  # ``RedisWatermarks.bound``: how often a worker owning every partition reads the hash anyway
 
 
 Entry = tuple[float, bool, float, int]  # (head_ms, idle, wall_ms, end offset when idle; -1 unknown)
@@ -91,6 +92,7 @@ class RedisWatermarks:
         self.stale_ms = stale_ms
         self.clock = clock
         self._last = NEG_INF
+        self._alone_at = NEG_INF  # when a read last found no other partition's entry while this worker owned all
 
     def publish(self, heads: dict[int, tuple[float, bool]], ends: dict[int, int] | None = None) -> None:
         """Per partition its head and idle flag, with ``ends`` the end offsets of the idle ones."""
@@ -105,6 +107,17 @@ class RedisWatermarks:
             pass  # the next commit or heartbeat publishes again; peers see the entry age meanwhile
 
     def bound(self, own: set[int], ends: EndOffsets | None = None) -> float:
+        """As ``peer_bound`` over the entries read from Redis. A worker that owns every partition of
+        the topic has no peer to wait for: the hash is read again only every ``ALONE_RECHECK_S``
+        while that holds and the last read found no other partition's entry (partitions added to
+        the topic since the worker started, owned by another worker), not on every release (one
+        round trip each: 6 % of an entity worker's thread at 20,000 events/s in a py-spy profile,
+        2026-12-06)."""
+        now = self.clock()
+        whole = self.partitions > 0 and own.issuperset(range(self.partitions))
+        if whole and now - self._alone_at < ALONE_RECHECK_S:
+            self._last = INF
+            return INF
         try:
             raw = self.r.hgetall(self.key)
         except (redis.RedisError, OSError):
@@ -113,8 +126,10 @@ class RedisWatermarks:
         for p, value in raw.items():
             t, c, w, *end = value.split()
             entries[int(p)] = (float(t), c == b"1", float(w), int(end[0]) if end else -1)
-        self._last = peer_bound(entries, own, self.grace_ms, self.stale_ms, self.clock() * 1000.0,
+        self._last = peer_bound(entries, own, self.grace_ms, self.stale_ms, now * 1000.0,
                                 self.partitions, self._missing, ends)
+        alone = whole and all(p in own for p in entries)
+        self._alone_at = now if alone else NEG_INF
         return self._last
 
 
