@@ -69,6 +69,22 @@ def models(events: list[dict[str, Any]]) -> dict[str, Bundle]:
             "entity": build_bundle(train(enrich_history(SPEC, events), config, entity=SPEC))}
 
 
+TAIL_S = 1.0  # untimed load offered after each latency run's events (``tail``)
+
+
+def tail(events: list[dict[str, Any]], count: int) -> tuple[list[bytes], list[bytes | None]]:
+    """``count`` untimed events to offer after ``events`` (``throughput.latency``'s ``tail``): the
+    first ``count`` events again under new ids (``tail-N``), moved in event time to follow the last
+    event at the workload's own spacing, so every partition gets records newer than the timed
+    ones and the alignment releases those under load, not by its idle rule at the stream's end."""
+    picked = events[:count]
+    times = np.array([e["timestamp"] for e in events], dtype=np.int64)
+    gap = int(np.median(np.diff(times))) if times.size > 1 else 1
+    shift = int(times.max()) + gap - int(picked[0]["timestamp"])
+    moved = [{**e, "event_id": f"tail-{i}", "timestamp": int(e["timestamp"]) + shift} for i, e in enumerate(picked)]
+    return [orjson.dumps(e) for e in moved], [str(e["account_id"]).encode() for e in moved]
+
+
 def runs_for(seconds: float, run_s: float) -> int:
     """Latency runs of at most ``run_s`` seconds each (the backlog sent once at the rate) that it
     takes to cover ``seconds`` of offered load: 1 at 5,000/s and 3 at 20,000/s for 100,000 events
@@ -129,6 +145,7 @@ def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seco
             # every event once per run (sent again, the history would run backwards in event time), so
             # a run lasts at most n / rate: as many runs as --seconds needs, their alerts pooled
             each_s = min(seconds, n / rate)
+            after = tail(events[:min(n, int(rate * each_s))], int(rate * TAIL_S))
             for name, (model, overrides) in timed_variants.items():
                 stages = 1 if name == TWO_STAGES else 0
                 suffix = "-2s" if stages else CODES[name]
@@ -141,7 +158,7 @@ def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seco
                     if name == "stateless":
                         control.set_threshold(baseline_threshold, bundles[model].version, "bench",
                                               "latency baseline: the entity model's alert share")
-                    laps.append(latency(s, raw, keys, rate, each_s, append_time=True, stages=stages))
+                    laps.append(latency(s, raw, keys, rate, each_s, append_time=True, stages=stages, tail=after))
                 r = dict(pooled(laps), model=name, seconds=each_s)
                 del r["timed_ms"]
                 result["latency"].append(r)

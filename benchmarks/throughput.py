@@ -138,7 +138,8 @@ def handed_over(laps: Sequence[float], written_ms: float) -> float:
 
 
 def latency(settings: Settings, values: list[bytes], keys: list[bytes | None], rate: float,
-            seconds: float, append_time: bool = False, stages: int = 0) -> dict[str, Any]:
+            seconds: float, append_time: bool = False, stages: int = 0,
+            tail: tuple[list[bytes], list[bytes | None]] | None = None) -> dict[str, Any]:
     """One worker process, a paced producer process at ``rate`` (0 = unpaced); alert latencies:
     the alert's Kafka timestamp − the time the producer handed the event to its client (``p50``
     …: the input record's CreateTime, the figure of every run so far), events handed over in the
@@ -155,7 +156,19 @@ def latency(settings: Settings, values: list[bytes], keys: list[bytes | None], r
 
     ``stages``: two stages (``SD_STAGE``) of that many worker processes each instead of one worker
     (stage 1 exactly once; its alerts name the input record, so they are timed alike); drained
-    means stage 1's lag is 0 and stage 2 has committed every record of the repartition topic."""
+    means stage 1's lag is 0 and stage 2 has committed every record of the repartition topic.
+
+    ``tail``: records (values, keys) offered at the same rate right after ``values``, never timed,
+    so that the timed events end under load rather than at the stream's end: with event-time
+    alignment the last records of a stream that stops wait for the alignment's idle rule
+    (``SD_ALIGN_IDLE_MS``, 2 s: each partition's newest records until every other partition has
+    delivered a newer one or been quiet that long), a lull that is not the offered load. Their
+    event times must follow the timed ones'."""
+    timed_n = len(values)
+    if tail is not None and tail[0] and rate:
+        timed_n = min(timed_n, int(rate * seconds))  # what the run offers of ``values``, then the tail
+        seconds += len(tail[0]) / rate
+        values, keys = [*values[:timed_n], *tail[0]], [*keys[:timed_n], *tail[1]]
     if append_time:
         ensure_topics(settings, [settings.input_topic], configs={"message.timestamp.type": "LogAppendTime"})
     ensure_topics(settings, [settings.input_topic, settings.alerts_topic, settings.dlq_topic])
@@ -188,7 +201,7 @@ def latency(settings: Settings, values: list[bytes], keys: list[bytes | None], r
         pool.done.set()
         reports += pool.finish()
     produced_at: dict[str, list[float]] = {}  # event_id → when the producer handed it over (epoch ms), per lap
-    for value, laps in zip(values, stamps, strict=True):
+    for value, laps in zip(values[:timed_n], stamps[:timed_n], strict=True):
         if laps:
             produced_at[orjson.loads(value)["event_id"]] = laps
     lat: list[float] = []
