@@ -24,7 +24,9 @@ country; state in Redis). Then, per transport:
   so that it flags the same share of the events as the entity model, for a sample of the same
   size); event→alert latency (alert Kafka timestamp − input produce timestamp). A run sends each
   event once, so it lasts at most events / rate; a rate gets as many runs as ``--seconds`` of
-  offered load need (``runs_for``: three at 20,000/s), their alerts pooled.
+  offered load need (``runs_for``: three at 20,000/s), their alerts pooled. Each run then offers
+  ``TAIL_S`` more of untimed events (``tail``), so that the timed ones end under load, not at the
+  stream's end, where the alignment holds each partition's newest records for ``SD_ALIGN_IDLE_MS``.
 
 Results: the ``entity-worker`` section of ``benchmarks/RESULTS.md``.
 """
@@ -207,7 +209,11 @@ def markdown(ctx: dict[str, Any]) -> str:
               "run, so a run lasts at most events / rate, and a rate gets as many runs, each with a fresh group, "
               f"topic and Redis prefix, as {ctx.get('seconds', 15):.0f} s of offered load need; the percentiles are "
               "those of the runs' alerts together, and *p99 per run* each run's own): the alert's Kafka timestamp − the time the producer handed the "
-              "event to its client. The input topic stamps records with the broker's append time "
+              f"event to its client. After its timed events each run offers {TAIL_S:.0f} s more of untimed ones "
+              "(`tail`: ids `tail-N`, event times after the timed ones), so the timed events end under load: "
+              "without them the stream's last records wait for the alignment's idle rule (`SD_ALIGN_IDLE_MS`, 2 s) at "
+              "the stream's end, a lull rather than the offered load, which put runs of the same code at p99 49-381 ms "
+              "by how many of their alerts fell in that last fetch (runs before 2026-12-06 21:00 UTC had no tail). The input topic stamps records with the broker's append time "
               "(`LogAppendTime`), which splits it: broker → alert (the worker's part) and produce → broker (the "
               "load generator's and the broker's queueing, on the two cores the worker shares). The stateless "
               "model is the baseline of the same run, its threshold set to flag the entity model's share of the "
