@@ -134,8 +134,7 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
             max_categories=base.max_categories, text=raw.text, inputs=base.inputs))
         schema, warnings = inferred.schema, inferred.warnings
     if generate and id_column is None:  # a trial: an `Event_ID` column was typed, and the ids made up
-        named = sorted({k for row in present[:1000] for k in row
-                        if k != "event_id" and re.sub(r"[^a-z0-9]", "", k.lower()) == "eventid"})
+        named = id_like_columns(present)
         if named:
             warnings.append(f"no event_id column, so the rows get generated ids ({stem}-1, {stem}-2, …); column "
                             f"{named[0]!r} looks like one: --id-column {named[0]} takes the ids from it")
@@ -164,6 +163,36 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
                         f"{id_col} keep theirs)")
     assert isinstance(typed.events, list)  # type_events gives lists (only decode_batch's lazy reading does not)
     return FileEvents(typed.events, typed.indices, labels, rejected, ids, schema, raw, [*raw.warnings, *warnings])
+
+
+_EVENT_WORDS = ("event", "transaction", "trans", "txn", "tx", "trx", "payment", "order", "record")
+_ENTITY_WORDS = ("account", "acct", "customer", "cust", "card", "terminal", "merchant", "user", "device", "client",
+                 "member", "session", "pos", "atm", "shop", "store", "country")
+
+
+def id_like_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Columns of ``rows`` that look like the events' own id where the file has no ``event_id``:
+    one named so in another spelling (``Event_ID``), then ``id`` and any named ``<word>id``/``<word>_id``
+    whose word names an event (``transaction_id``, ``TxnID``, ``order_id``: ``_EVENT_WORDS``), whose
+    values are present and unique in every row. Never one naming an entity (``account_id``,
+    ``terminal_id``: ``_ENTITY_WORDS``). A trial: a file keyed by ``transaction_id`` was produced with
+    generated ids, without a word, and its labels, keyed by that id, joined nothing."""
+    names = dict.fromkeys(k for row in rows[:1000] for k in row if k != "event_id")
+    flat = {k: re.sub(r"[^a-z0-9]", "", k.lower()) for k in names}
+    spelled = [k for k, f in flat.items() if f == "eventid"]
+    if spelled:
+        return spelled
+    found = []
+    for k, f in flat.items():
+        word = f[:-2]
+        if (not f.endswith("id") or (word and not word.startswith(_EVENT_WORDS))
+                or any(w in word for w in _ENTITY_WORDS)):
+            continue
+        values = [row.get(k) for row in rows]
+        if all(v not in (None, "") and not isinstance(v, (dict, list, bool)) for v in values) \
+                and len(set(map(str, values))) == len(values):
+            found.append(k)
+    return found
 
 
 def take_label(row: dict[str, Any], label_column: str) -> str | None:

@@ -436,3 +436,31 @@ def test_a_cell_quoted_after_a_space_far_into_the_file_is_read_as_such(tmp_path:
     assert loaded.events[2500]["merchant"] == "travel, air" and loaded.events[3000]["account_id"] == "card 7"
     chunks = list(raw_chunks(input_files(str(tmp_path / "late.csv")), chunk_rows=1000))
     assert [m for c in chunks for m in c.table.column("merchant").to_pylist()][2500] == "travel, air"
+
+
+@pytest.mark.parametrize(("header", "named"), [
+    ("transaction_id,account_id,amount", "transaction_id"),
+    ("TRANSACTION_ID,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT", "TRANSACTION_ID"),
+    ("TxnID,card_id,amount", "TxnID"),
+    ("id,account_id,amount", "id"),
+])
+def test_a_transaction_id_column_is_pointed_at(header: str, named: str, tmp_path: Path) -> None:
+    """A trial: a file keyed by `transaction_id` was produced with generated ids, without a word,
+    so labels keyed by that id joined nothing. Entity ids (accounts, customers, terminals, cards)
+    are never taken for the event's id, even where every row has its own."""
+    path = tmp_path / "tx.csv"
+    path.write_text(f"{header}\nT1,A1,3.5\nT2,A2,4.5\n" if header.count(",") == 2 else f"{header}\nT1,C1,X1,3.5\nT2,C2,X2,4.5\n")
+    loaded = load_events(path)
+    assert loaded.ids == ["tx-1", "tx-2"]
+    hints = [w for w in loaded.warnings if "looks like one" in w]
+    assert len(hints) == 1 and f"column {named!r} looks like one: --id-column {named} takes" in hints[0]
+    assert load_events(path, id_column=named).ids == ["T1", "T2"]
+
+
+@pytest.mark.parametrize("header", ["account_id,terminal_id,amount", "transaction_id,account_id,amount"])
+def test_no_id_column_is_pointed_at_where_none_is_an_events_own(header: str, tmp_path: Path) -> None:
+    """Unique account and terminal ids are entities, not event ids; a transaction id that repeats
+    (or is missing in a row) is not one either."""
+    path = tmp_path / "plain.csv"
+    path.write_text(f"{header}\nA1,T1,3.5\nA1,T2,4.5\n" if header.startswith("account") else f"{header}\nT1,A1,3.5\nT1,A2,4.5\n")
+    assert not any("looks like one" in w for w in load_events(path).warnings)
