@@ -510,6 +510,23 @@ def _shape(value: Any) -> str:
     return type(value).__name__
 
 
+_LOCAL_DATE = re.compile(r"\s*\d{1,2}([./-])\d{1,2}\1\d{2,4}(?:[ T,]+\d{1,2}[:.]\d{2}(?:[:.]\d{2}(?:[.,]\d+)?)?"
+                         r"(?:\s*[AaPp][Mm])?)?\s*")
+
+
+def _local_date_hint(value: str) -> str:
+    """For a date written the local way (``10/1/2026 0:05``, ``01.10.2026 00:05``: a spreadsheet's
+    display format), what to write instead; its shape with every digit as 0, never its digits. A
+    trial: such dates were refused with the text's length alone. Which number is the month is not
+    guessed (10/1 is the 1st of October in the US, the 10th of January elsewhere)."""
+    if not _LOCAL_DATE.fullmatch(value):
+        return ""
+    shape = re.sub(r"\d", "0", value.strip())
+    return (f"; shaped {shape}, a date written the local way, whose day and month order is not guessed: write it as "
+            "RFC 3339 (2026-10-01T00:05:00Z, or without the Z for UTC) or as epoch milliseconds (in a spreadsheet, "
+            "format the column as yyyy-mm-ddThh:mm:ss before saving)")
+
+
 def _wrong(name: str, value: Any, expected: str) -> ConversionError:
     return ConversionError(RejectReason.WRONG_TYPE, f"field {name!r} must be {expected}, got {_shape(value)}")
 
@@ -598,7 +615,8 @@ def _to_timestamp(name: str, value: Any, unit: str, plausible: tuple[float, floa
             ms = _rfc3339_ms(value)
             if ms is None:
                 raise ConversionError(RejectReason.INVALID_TIMESTAMP,
-                                      f"field {name!r} is neither RFC 3339 nor an epoch number ({_shape(value)})")
+                                      f"field {name!r} is neither RFC 3339 nor an epoch number ({_shape(value)})"
+                                      + _local_date_hint(value))
             return _plausible(name, ms, plausible, value)
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConversionError(RejectReason.INVALID_TIMESTAMP, f"field {name!r} is not a timestamp ({_shape(value)})")

@@ -464,3 +464,20 @@ def test_no_id_column_is_pointed_at_where_none_is_an_events_own(header: str, tmp
     path = tmp_path / "plain.csv"
     path.write_text(f"{header}\nA1,T1,3.5\nA1,T2,4.5\n" if header.startswith("account") else f"{header}\nT1,A1,3.5\nT1,A2,4.5\n")
     assert not any("looks like one" in w for w in load_events(path).warnings)
+
+
+@pytest.mark.parametrize(("cell", "shape"), [("10/1/2026 0:05", "00/0/0000 0:00"), ("01.10.2026 00:05", "00.00.0000 00:00"),
+                                             ("12-31-2026 11:59 PM", "00-00-0000 00:00 PM"), ("1/10/26", "0/00/00")])
+def test_a_date_written_the_local_way_is_refused_with_what_to_write(cell: str, shape: str, tmp_path: Path) -> None:
+    """A trial: a spreadsheet's `10/1/2026 0:05` was refused with the text's length alone. The
+    refusal now gives its shape (digits as 0: never the value, which may be anything) and what to
+    write; day and month order is not guessed."""
+    path = tmp_path / "local.csv"
+    path.write_text(f"event_id,amount,timestamp\ne1,3.5,{cell}\ne2,4.5,2026-10-01T00:05:00Z\n")
+    loaded = load_events(path)
+    assert [r.index for r in loaded.rejected] == [0]
+    message = loaded.rejected[0].message
+    assert f"shaped {shape}, a date written the local way" in message and "RFC 3339 (2026-10-01T00:05:00Z" in message
+    assert cell not in message
+    (tmp_path / "iso.csv").write_text("event_id,amount,timestamp\ne1,3.5,2026/10/01 x\n")
+    assert "written the local way" not in load_events(tmp_path / "iso.csv").rejected[0].message
