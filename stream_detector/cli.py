@@ -257,7 +257,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         return _train_streamed(args, entity, normal_given)
     data = _load_file(args, inference=_inference(args, entity))
     _say("field schema (--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
-    for line in data.schema.describe():
+    for line in data.schema.describe(args.id_column, args.label_column):
         _say(line)
     _check_excluded(args.exclude or (), data.schema, data.events)
     _check_keep(args, data.schema, data.events)

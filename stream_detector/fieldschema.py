@@ -369,18 +369,27 @@ class FieldSchema:
     def from_json(cls, raw: bytes) -> FieldSchema:
         return cls.from_dict(orjson.loads(raw))
 
-    def describe(self) -> list[str]:
+    def describe(self, id_column: str | None = None, label_column: str | None = None) -> list[str]:
         """One line per field for ``train``'s output: name, type, why. A name that would not read
         as itself in a column (empty, with spaces around it, or with a control character: a field
-        ``"event_id "`` looked like ``event_id``, a new-user trial) is shown quoted."""
-        names = [_shown_name(rule.name) for rule in self.fields]
-        width = max((len(name) for name in names), default=5)
-        lines = []
-        for rule, name in zip(self.fields, names, strict=True):
+        ``"event_id "`` looked like ``event_id``, a new-user trial) is shown quoted. ``id_column``
+        (``--id-column``) is shown as the file's column it reads the event id from, and
+        ``label_column`` (``--label-column``, never in the schema) gets a line of its own (a trial:
+        the table listed ``event_id`` for a file without one and left the label out)."""
+        rows = []
+        for rule in self.fields:
+            name = _shown_name(rule.name)
+            if rule.name == "event_id" and id_column and id_column != "event_id":
+                name = f"{_shown_name(id_column)} (as event_id)"
             kind = f"{rule.type.value} ({rule.unit})" if rule.type is FieldType.TIMESTAMP else rule.type.value
             role = "feature" if rule.type in FEATURE_TYPES else "not a feature"
-            lines.append(f"  {name:<{width}}  {kind:<16} {role:<14} {rule.note}".rstrip())
-        return lines
+            note = "the event id (--id-column)" if name != _shown_name(rule.name) else rule.note
+            rows.append((name, kind, role, note))
+        if label_column:
+            rows.append((_shown_name(label_column), "label", "not a feature",
+                         "--label-column: the labels, out of the events"))
+        width = max((len(row[0]) for row in rows), default=5)
+        return [f"  {name:<{width}}  {kind:<16} {role:<14} {note}".rstrip() for name, kind, role, note in rows]
 
 
 def _shown_name(name: str) -> str:

@@ -118,7 +118,7 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
         p.chunk.warnings = []  # said
     say(f"field schema, inferred from the first {min(sum(p.chunk.n for p in head), options.sample_rows):,} rows "
         f"(--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
-    for line in schema.describe():
+    for line in schema.describe(id_column, label_column):
         say(line)
     from . import sketches
 

@@ -386,6 +386,20 @@ def test_the_field_table_quotes_a_name_that_would_not_read_as_itself() -> None:
     assert lines[4].lstrip().startswith("montant_€ ")
 
 
+def test_the_field_table_names_the_id_column_and_the_label_column() -> None:
+    """A trial: with --id-column transaction_id the table listed `event_id` (a field the file does
+    not have) and never the --label-column."""
+    from stream_detector.fieldschema import FieldRule, FieldSchema, FieldType
+
+    schema = FieldSchema((FieldRule("amount", FieldType.NUMBER), FieldRule("event_id", FieldType.IDENTIFIER)))
+    lines = schema.describe("transaction_id", "is_fraud")
+    assert len(lines) == 3
+    assert lines[1].split()[:4] == ["transaction_id", "(as", "event_id)", "identifier"] and "--id-column" in lines[1]
+    assert lines[2].split()[:2] == ["is_fraud", "label"] and "--label-column" in lines[2]
+    assert schema.describe("event_id") == schema.describe() and len(schema.describe()) == 2
+    assert lines[0].index("number") == lines[1].index("identifier") == lines[2].index("label ")  # one column width
+
+
 @pytest.mark.parametrize(("name", "expected"), [
     ("TransactionID", FieldType.IDENTIFIER), ("customerId", FieldType.IDENTIFIER), ("card-id", FieldType.IDENTIFIER),
     ("Order ID", FieldType.IDENTIFIER), ("ID", FieldType.IDENTIFIER), ("payer_id", FieldType.IDENTIFIER),
