@@ -834,8 +834,16 @@ def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]],
         if all(e.get(key) in (None, "") for e in events):
             raise ConfigError(f"--entity-key {key}: the field is empty in every row")
     if all(e.get("timestamp") in (None, "") for e in events):  # no window could advance: history from nothing
+        from .fieldschema import FieldType
+
+        # a trial (the handbook's TX_DATETIME): the times were there under another name, unsaid
+        times = [r.name for r in schema.fields if r.type is FieldType.TIMESTAMP and r.name != "timestamp"
+                 and any(e.get(r.name) not in (None, "") for e in events[:1000])]
+        other = (f"; {', '.join(times[:3])} {'holds' if len(times) == 1 else 'hold'} times, but the event time is the "
+                 f"field named timestamp: rename {'that column' if len(times) == 1 else 'the one that is'} to "
+                 "timestamp in the file's header") if times else ""
         raise ConfigError("--entity-key needs event times: the input has no timestamp field, or it is empty in "
-                          "every row (docs/entity-features.md)")
+                          f"every row{other} (docs/entity-features.md)")
     return entity
 
 

@@ -157,6 +157,15 @@ def test_training_refuses_an_exclude_typo_and_history_without_event_times(
         assert main(["train", "--input", str(no_time), "--out", str(tmp_path / "m"), "--entity-key", "account_id",
                      *streamed]) == 2
         assert "--entity-key needs event times" in capsys.readouterr().err
+    # a trial (the handbook's TX_DATETIME): the times are there under another name, and are named
+    other = tmp_path / "other_time.csv"
+    other.write_text("event_id,account_id,TX_DATETIME,amount\n"
+                     + "".join(f"e{i},a{i % 7},2018-04-01 00:{i:02d}:00,{i + 0.5}\n" for i in range(60)))
+    for streamed in ([], ["--streamed"]):
+        assert main(["train", "--input", str(other), "--out", str(tmp_path / "m"), "--entity-key", "account_id",
+                     *streamed]) == 2
+        assert ("TX_DATETIME holds times, but the event time is the field named timestamp: rename that column to "
+                "timestamp") in capsys.readouterr().err
 
 
 def test_a_file_lacking_what_a_model_with_history_reads_is_named() -> None:
