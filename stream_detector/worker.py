@@ -52,7 +52,7 @@ from .hold import BatchHold
 from .inputs import DriftCounts, novel_fields
 from .label_ingest import LabelIngester
 from .metrics import StepTimer, WorkerMetrics, WorkerStatus, batch_context
-from .model.bundle import Bundle
+from .model.bundle import Bundle, watched_fields
 from .pipeline.align import AlignedSource
 from .pipeline.compute import ChunkedCompute, Computed, Deferred, Enrich, Fields, enrich_reads_columns
 from .pipeline.control_link import ControlLink
@@ -295,20 +295,6 @@ class MissingShares(_OncePerModel):
         return counts.missing_warning(f"the first {counts.looked:,} events model {self._version} scored",
                                       counts.everywhere() & self._absent_said,
                                       f"`stream-detector model show {self._version}`")
-
-
-def watched_fields(bundle: Bundle) -> tuple[str, ...]:
-    """The input fields ``AbsentFields`` watches for ``bundle``: ``FieldSchema.input_fields`` but
-    those training saw missing — the numeric features trained with a missing indicator, and the
-    category fields without an imputed value in a spec that records it (``CategoricalColumn``:
-    ``impute`` None beside an ``other_share``; an older spec does not say, so its category fields
-    are watched)."""
-    if bundle.schema is None:
-        return ()
-    seen_missing = {num.name for num in bundle.spec.numeric if num.missing_indicator}
-    seen_missing |= {cat.name for cat in bundle.spec.categorical
-                     if cat.impute is None and cat.other_share is not None and cat.categories}
-    return tuple(name for name in bundle.schema.input_fields if name not in seen_missing)
 
 
 class _Progress:

@@ -101,6 +101,21 @@ class Bundle:
             return torch.jit.freeze(module) if frozen else module
 
 
+def watched_fields(bundle: Bundle) -> tuple[str, ...]:
+    """The input fields a model reads that events must carry (the worker's ``AbsentFields`` watches
+    them, the retrainer counts its training events lacking them) for ``bundle``: ``FieldSchema.input_fields`` but
+    those training saw missing — the numeric features trained with a missing indicator, and the
+    category fields without an imputed value in a spec that records it (``CategoricalColumn``:
+    ``impute`` None beside an ``other_share``; an older spec does not say, so its category fields
+    are watched)."""
+    if bundle.schema is None:
+        return ()
+    seen_missing = {num.name for num in bundle.spec.numeric if num.missing_indicator}
+    seen_missing |= {cat.name for cat in bundle.spec.categorical
+                     if cat.impute is None and cat.other_share is not None and cat.categories}
+    return tuple(name for name in bundle.schema.input_fields if name not in seen_missing)
+
+
 def device_problem(device: str) -> str | None:
     """Why a model cannot be loaded onto torch ``device`` here (one line), or None: a name other
     than cpu, cuda or cuda:N (``settings.DEVICE_NAME``; torch's ``cpu:N`` too: torch ignores a CPU

@@ -27,7 +27,7 @@ from ..entity import EntitySpec
 from ..entity.history import enrich_selected
 from ..errors import TrainingError
 from ..feedback import Verdicts
-from ..model.bundle import Bundle, build_bundle
+from ..model.bundle import Bundle, build_bundle, watched_fields
 from ..model.reference import REFERENCE_KEY, reference_from_scores
 from ..model.supervised import HeadConfig, rows_for_head, too_few_labels, train_head
 from ..model.train import TrainConfig, train
@@ -225,12 +225,15 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     schema = active.schema if active is not None else None  # a type a user set (``train --field``) survives
     if context is not None and spec is not None:
         by_id: Callable[[str], dict[str, Any]] = context.row
-        result = train([by_id(e.event_id) for e in train_entries], config, progress=say, entity=spec, schema=schema)
+        rows = [by_id(e.event_id) for e in train_entries]
+        _say_lacking(rows, active, counts, say)
+        result = train(rows, config, progress=say, entity=spec, schema=schema)
         holdout = [context.event(e.event_id) for e in holdout_entries]
         labelled = [context.event(e.event_id) for e, _ in labelled_entries]
     else:
         parsed = {e.event_id: orjson.loads(e.raw) for e in train_entries}
         by_id = parsed.__getitem__
+        _say_lacking(list(parsed.values()), active, counts, say)
         result = train(list(parsed.values()), config, progress=say, schema=schema)
         holdout = _events(holdout_entries)
         labelled = [orjson.loads(e.raw) for e, _ in labelled_entries]
@@ -259,6 +262,33 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     bundle = build_bundle(final, {"trained_by": "retrainer", "retrain_reason": reason, "training": counts,
                                   "gate": decision.to_dict()})
     return Candidate(bundle, decision, counts, "passed" if decision.passed else "; ".join(decision.reasons))
+
+
+LACKING_SHARE = 0.05  # a model input absent from at least this share of the training events is said
+
+
+def _say_lacking(rows: Sequence[dict[str, Any]], active: Bundle | None, counts: dict[str, Any],
+                 say: Callable[[str], None]) -> None:
+    """Count the training events lacking each input the active model reads (``watched_fields``,
+    and its entity keys): ``counts["training_events_lacking"]`` (field → events, those lacking any)
+    in the bundle's metadata, and a warning through ``say`` for a field absent from at least
+    ``LACKING_SHARE`` of them: the window then holds events of another producer or shape, which
+    the candidate learns as normal traffic with that field missing. A trial: a quarter of a window
+    were the README walkthrough's velocity events, without ``terminal_id``, unsaid."""
+    if active is None or not rows:
+        return
+    fields = dict.fromkeys([*watched_fields(active), *(active.entity.keys if active.entity is not None else ())])
+    lacking = {f: sum(1 for row in rows if row.get(f) in (None, "")) for f in fields}
+    lacking = {f: n for f, n in lacking.items() if n}
+    if not lacking:
+        return
+    counts["training_events_lacking"] = lacking
+    loud = {f: n for f, n in lacking.items() if n >= LACKING_SHARE * len(rows)}
+    if loud:
+        shown = ", ".join(f"{f} ({n:,})" for f, n in sorted(loud.items(), key=lambda x: -x[1])[:6])
+        say(f"warning: of {len(rows):,} training events, some lack fields the active model reads: {shown}. Events of "
+            "another producer or shape in the input topic? The candidate learns them as normal traffic with those "
+            "fields missing (the retrain report's training.training_events_lacking)")
 
 
 BUDGET_FLOOR, BUDGET_CEILING = 0.0005, 0.49  # a budget taken from the active model's flag rate stays within these

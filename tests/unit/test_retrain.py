@@ -487,3 +487,35 @@ def test_a_head_learns_the_labels_of_the_training_span_only_and_the_gate_says_wh
     assert few.passed and few.policy["notes"] == [
         "2 labelled fraud(s) the candidate was not trained on (held back), fewer than 5 (SD_GATE_MIN_LABELS): "
         "recall and precision not compared"]
+
+
+def test_training_events_lacking_the_models_fields_are_counted_and_said(bundle):
+    """A trial: a quarter of a window were events of another shape (the README walkthrough's velocity
+    events, without `terminal_id`), trained on as normal traffic, unsaid. Now the events lacking each
+    field the active model reads are counted in the candidate's metadata, and a field absent from at
+    least LACKING_SHARE of them is warned of."""
+    from stream_detector.retrain.job import LACKING_SHARE
+    from stream_detector.retrain.window import Selection
+    from stream_detector.settings import Settings
+    from stream_detector.simulate import Simulator
+    from stream_detector.worker import watched_fields
+
+    events, _ = Simulator(seed=7, accounts=100, run_id="w").batch(2000, 0.0, span_ms=86_400_000)
+    field = watched_fields(bundle)[0]
+    other = set(range(0, 2000, 4))  # a quarter without the field
+    clean = []
+    for i, event in enumerate(events):
+        row = {k: v for k, v in event.items() if not (i in other and k == field)}
+        clean.append(WindowEntry(1000.0 + i, 0, i, row["event_id"], orjson.dumps(row)))
+    said: list[str] = []
+    candidate = build_candidate(Selection(clean=clean), Settings(retrain_epochs=1), bundle, "test",
+                                progress=said.append)
+    lacking = candidate.counts["training_events_lacking"]
+    assert set(lacking) == {field} and lacking[field] >= LACKING_SHARE * candidate.counts["train_events"]
+    warning = [line for line in said if line.startswith("warning: of ")]
+    assert len(warning) == 1 and f"{field} ({lacking[field]:,})" in warning[0]
+    assert candidate.bundle is not None and candidate.bundle.metadata["training"]["training_events_lacking"] == lacking
+    said.clear()
+    whole = [WindowEntry(1000.0 + i, 0, i, e["event_id"], orjson.dumps(e)) for i, e in enumerate(events)]
+    again = build_candidate(Selection(clean=whole), Settings(retrain_epochs=1), bundle, "test", progress=said.append)
+    assert "training_events_lacking" not in again.counts and not any(line.startswith("warning: of ") for line in said)
