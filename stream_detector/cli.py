@@ -9,6 +9,7 @@ import getpass
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -311,15 +312,22 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         _say(f"{len(events)} events; training on {len(normal)} with {source}{normal_label}")
     else:
         normal = events
-        named = sorted({"label", "is_fraud", "fraud", "class"}.intersection(events[0]) if events else set())
+        named = label_like_columns(events[:10_000])
         hint = ""
         if named:
-            seen = {str(events[i].get(named[0])) for i in range(min(len(events), 10_000))}
-            usual = next((v for v in ("0", "legit", "normal", "false", "False") if v in seen), None)
+            from .inputs import _label_text
+
+            seen = {_label_text(events[i].get(named[0])) for i in range(min(len(events), 10_000))}
+            usual = next((v for v in ("0", "legit", "normal", "false", "N", "no") if v in seen), None)
             flag = f"--label-column {named[0]}" + (f" --normal-label {usual}" if usual not in (None, "0") else "")
             hint = (f"; to train on normal rows only: {flag} (values of {named[0]}: "
                     f"{', '.join(sorted(seen)[:5])}{', …' if len(seen) > 5 else ''})")
         _say(f"{len(events)} events; no --label-column: training on all of them, anomalies included{hint}")
+        features = {rule.name for rule in data.schema.feature_fields}
+        for name in [n for n in named if n in features]:
+            _say(f"warning: {name} looks like a label and is a feature of this model: it learns the frauds' labels "
+                 f"as one more input (a leak; scoring events without it reads them as unusual). --label-column {name} "
+                 f"trains on the normal rows, --exclude {name} leaves it out")
     config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
                          threshold_method=args.threshold_method, k_std=args.k_std,
                          k_fence=args.k_fence, max_alert_rate=args.max_alert_rate,
@@ -845,6 +853,21 @@ def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]],
         raise ConfigError("--entity-key needs event times: the input has no timestamp field, or it is empty in "
                           f"every row{other} (docs/entity-features.md)")
     return entity
+
+
+_LABEL_NAMES = frozenset({"label", "isfraud", "fraud", "class", "txfraud", "target", "fraudlabel", "isanomaly",
+                          "anomaly", "outlier", "isfraudulent", "fraudulent", "chargeback", "ischargeback"})
+
+
+def label_like_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Columns of ``rows`` named like a fraud label in any common spelling (``is_fraud``, ``TX_FRAUD``,
+    ``Class``, ``isFraud``, ``label``: ``_LABEL_NAMES``, case and separators aside) with at most 10
+    values. A trial: the handbook's ``TX_FRAUD`` and the ULB file's ``Class`` became features,
+    said nowhere; only ``label``, ``is_fraud``, ``fraud`` and ``class``, spelt so, were pointed at."""
+    if not rows:
+        return []
+    names = [k for k in rows[0] if re.sub(r"[^a-z0-9]", "", k.lower()) in _LABEL_NAMES]
+    return [k for k in names if len({str(row.get(k)) for row in rows[:10_000]}) <= 10]
 
 
 def _check_excluded(excluded: Sequence[str], schema: Any, events: list[dict[str, Any]]) -> None:

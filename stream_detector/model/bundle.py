@@ -107,13 +107,18 @@ def watched_fields(bundle: Bundle) -> tuple[str, ...]:
     those training saw missing — the numeric features trained with a missing indicator, and the
     category fields without an imputed value in a spec that records it (``CategoricalColumn``:
     ``impute`` None beside an ``other_share``; an older spec does not say, so its category fields
-    are watched)."""
+    are watched), and ``timestamp`` for a model with entity features."""
     if bundle.schema is None:
         return ()
     seen_missing = {num.name for num in bundle.spec.numeric if num.missing_indicator}
     seen_missing |= {cat.name for cat in bundle.spec.categorical
                      if cat.impute is None and cat.other_share is not None and cat.categories}
-    return tuple(name for name in bundle.schema.input_fields if name not in seen_missing)
+    fields = [name for name in bundle.schema.input_fields if name not in seen_missing]
+    if bundle.entity is not None and "timestamp" not in fields:
+        # the history windows run on event time: without it every event is taken at its entity's last
+        # time (a trial: events whose time was TX_DATETIME alerted 90 % in the worker, nothing said)
+        fields.append("timestamp")
+    return tuple(fields)
 
 
 def device_problem(device: str) -> str | None:

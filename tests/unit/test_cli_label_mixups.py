@@ -385,3 +385,30 @@ def test_check_config_says_why_the_device_is_unusable() -> None:
 
     checks = {c.name: c for c in _settings_checks(Settings(device="cuda:7"))}
     assert checks["device"].status == "fail" and checks["device"].detail.startswith("SD_DEVICE=cuda:7: ")
+
+
+@pytest.mark.parametrize(("column", "values"), [("TX_FRAUD", ("0", "1")), ("Class", ("0", "1")),
+                                                ("isFraud", ("N", "Y"))])
+def test_a_label_column_in_any_spelling_is_pointed_at_and_its_leak_warned_of(
+        column: str, values: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial (trial E): the handbook's `TX_FRAUD` and the ULB file's `Class` became features of a
+    model trained without --label-column, said nowhere (only `label`, `is_fraud`, `fraud`, `class`,
+    spelt so, were pointed at). Now the hint names it, with --normal-label where the normal value is
+    not 0, and a warning says it is a feature; a label given, or the column excluded, says nothing."""
+    rows = "".join(f"e{i},{1_790_000_000_000 + i * 60_000},{i % 13 + 0.5},{values[1] if i % 40 == 0 else values[0]}\n"
+                   for i in range(240))
+    data = tmp_path / "f.csv"
+    data.write_text(f"event_id,timestamp,amount,{column}\n" + rows)
+    code, err = _run(capsys, ["train", "--input", str(data), "--out", str(tmp_path / "m"), "--epochs", "1"])
+    normal = "" if values[0] == "0" else f" --normal-label {values[0]}"
+    assert code == 0, err
+    assert f"to train on normal rows only: --label-column {column}{normal} (values of {column}: " in err
+    assert f"warning: {column} looks like a label and is a feature of this model" in err
+    code, err = _run(capsys, ["train", "--input", str(data), "--out", str(tmp_path / "m2"), "--epochs", "1",
+                              "--label-column", column, *(["--normal-label", values[0]] if normal else [])])
+    assert code == 0, err
+    assert "looks like a label" not in err
+    code, err = _run(capsys, ["train", "--input", str(data), "--out", str(tmp_path / "m3"), "--epochs", "1",
+                              "--exclude", column])
+    assert code == 0, err
+    assert "looks like a label" not in err

@@ -186,7 +186,10 @@ def test_a_file_lacking_what_a_model_with_history_reads_is_named() -> None:
     assert len(got) == 3
     assert "1 of the model's feature fields" in got[0] and "channel" in got[0]
     assert "history per terminal_id" in got[1] and "no history" in got[1]
-    assert "no timestamp values" in got[2]
+    assert "no timestamp values" in got[2] and "looks like it" not in got[2]
+    moved = absent_warnings(schema, entity, full - {"timestamp"} | {"TX_DATETIME"})  # a trial (the handbook's)
+    assert moved[-1].endswith("last time; TX_DATETIME looks like it: rename it to timestamp in the file's header "
+                              "(docs/entity-features.md)")
     got = absent_warnings(schema, None, {"event_id", "timestamp", "amt"})  # no input field: not imputed, rejected
     assert got == ["none of the model's 2 input fields is in this file (or each is empty in every row), so every "
                    "row is rejected as no_features: amount (did you mean 'amt'?), channel"]

@@ -668,3 +668,23 @@ def test_a_stream_missing_a_field_far_more_often_than_training_is_said_once(bund
     assert _worker_warnings(bundle, values, "far more often than in its training", caplog) == []
     said = _worker_warnings(bundle, gaps, "far more often than in its training", caplog)
     assert len(said) == 1 and "'amount' in 25.0% (0.0% in training)" in said[0]
+
+
+def test_a_history_model_watches_the_event_time_too(bundle) -> None:
+    """A trial (trial E): events whose time was in `TX_DATETIME`, not `timestamp`, streamed to a
+    model with customer history: 90 % alerted in the worker, no warning (every event was taken at
+    its entity's last time). A model with entity features watches `timestamp` as an input field; the
+    warning then names the event's other fields (`TX_DATETIME`); a stateless model does not."""
+    from stream_detector.entity import EntitySpec
+    from stream_detector.worker import AbsentFields, watched_fields
+    from tests.helpers import entity_bundle, raw_card_events
+
+    events = raw_card_events(400, seed=3, accounts=20, tag="ts")
+    model = entity_bundle(EntitySpec(keys=("account_id",), windows=(3600,), distinct_fields=()), events, epochs=1)
+    assert "timestamp" in watched_fields(model)
+    moved = [{**{k: v for k, v in e.items() if k != "timestamp"}, "TX_DATETIME": e["timestamp"]} for e in events]
+    absent = AbsentFields()
+    said = absent.observe(model.version, watched_fields(model), moved, model.schema.input_fields)
+    assert said is not None and "timestamp" in said and "TX_DATETIME" in said
+    assert AbsentFields().observe(model.version, watched_fields(model), events, model.schema.input_fields) is None
+    assert bundle.entity is None and "timestamp" not in watched_fields(bundle)
