@@ -1274,7 +1274,11 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     if bare:
         left += (f"; {bare} events sent without a label (no value in column {args.label_column}): no sd.label "
                  "header")
-    _say(f"produced {sent} events to {args.topic or settings.input_topic}{left}")
+    if producer.unkeyed:
+        left += (f"; {producer.unkeyed} sent without a key (no value in {producer.key_field}, the field "
+                 "SD_ENTITY_PARTITION_KEY names), to any partition: fine for a model without history; for one with "
+                 "history per another field (a customer), set SD_ENTITY_PARTITION_KEY to it here and for the workers")
+    _say(f"produced {sent} events to {args.topic or settings.input_topic} keyed by {producer.key_field}{left}")
     return 0
 
 
@@ -2396,7 +2400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("produce", help="replay a CSV, JSON Lines or Parquet file as events (or, with --feedback, "
                                        "labels onto the feedback topic)",
                        description="Each row is sent as one JSON event to SD_INPUT_TOPIC (or --topic), keyed by its "
-                                   "account_id (so an account's events stay in one partition, in file order). A JSON "
+                                   "SD_ENTITY_PARTITION_KEY field, account_id by default (so an account's events stay "
+                                   "in one partition, in file order; a row without one goes to any partition). A JSON "
                                    "Lines row is sent as the file has it (each value of its own JSON type, but the "
                                    "event_id as text, as the event contract has it; the worker types it by its "
                                    "model's schema); a CSV or Parquet row is typed by the "

@@ -1,6 +1,7 @@
 """Putting events on the input topic: file replay and live simulation, paced, with progress.
 
-Events are keyed by ``account_id`` (so one partition, hence one worker, owns an account) and
+Events are keyed by ``SD_ENTITY_PARTITION_KEY``'s field, ``account_id`` by default (so one
+partition, hence one worker, owns an account; the workers' write-behind assumes that key), and
 labels, when known, travel in the ``sd.label`` header — never in the event, so they cannot
 leak into features; an event without a label (``""``) has no such header.
 """
@@ -30,6 +31,11 @@ class EventProducer:
     def __init__(self, settings: Settings, topic: str) -> None:
         self.settings = settings
         self.topic = topic
+        # the field events are keyed by: the one the workers take the topic to be keyed by (a trial: with
+        # SD_ENTITY_PARTITION_KEY=CUSTOMER_ID, events keyed by a missing account_id spread a customer over
+        # every partition, and the worker's customer history, computed out of time order, alerted 100x)
+        self.key_field = settings.entity_partition_key or "account_id"
+        self.unkeyed = 0  # events sent without a key (no value in key_field): any partition
         self.producer: KafkaProducer | None = None
         self.futures: list[Any] = []
         self.created: list[str] = []  # topics this producer created (the CLI says so: a misspelt one is new)
@@ -68,12 +74,15 @@ class EventProducer:
 
     def send(self, events: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> None:
         assert self.producer is not None, "use EventProducer as a context manager"
+        field = self.key_field
         for i, event in enumerate(events):
-            account = event.get("account_id")
+            account = event.get(field)
+            if account is None or account == "":
+                self.unkeyed += 1
             headers = [("sd.label", labels[i].encode())] if labels is not None and labels[i] else None
             self.futures.append(self.producer.send(
-                self.topic, value=orjson.dumps(event), key=None if account is None else str(account).encode(),
-                headers=headers))
+                self.topic, value=orjson.dumps(event),
+                key=None if account is None or account == "" else str(account).encode(), headers=headers))
 
     def send_records(self, topic: str, records: Sequence[dict[str, Any]], key_field: str = "event_id") -> None:
         """Send JSON ``records`` to ``topic`` keyed by their ``key_field`` (e.g. feedback records by

@@ -158,8 +158,8 @@ class RedisSettings(_Group):
                                "each; 0: always read, the default). Another writer's change is caught by the "
                                "compare-and-set write (docs/entity-features.md).")
     entity_partition_key: str = Field(
-        "account_id", description="The event field the input topic's producers key by (the project's producer keys "
-        "by account_id): one worker owns each such entity, so its history is kept in the worker's memory and written "
+        "account_id", description="The event field the input topic's producers key by (`stream-detector produce` keys "
+        "by this field): one worker owns each such entity, so its history is kept in the worker's memory and written "
         "to Redis once per SD_ENTITY_FLUSH_MS, the offsets committed after that write (write-behind; a key shared "
         "across partitions, a terminal, is written every batch with its features logged: SD_ENTITY_REPLAY_LOG; "
         "docs/entity-features.md). A record with events from two partitions turns it off with an ERROR. Empty: every "

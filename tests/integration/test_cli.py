@@ -496,3 +496,25 @@ def _has_topic(settings, topic: str) -> bool:
     from stream_detector.topics import topic_exists
 
     return topic_exists(settings, topic)
+
+
+def test_produce_keys_events_by_the_field_the_workers_take_the_topic_to_be_keyed_by(settings, env_for, tmp_path):
+    """A trial (trial E): with SD_ENTITY_PARTITION_KEY=CUSTOMER_ID for the worker, `produce` still keyed
+    by account_id, which the file lacked: every record went without a key, a customer's events to
+    every partition, and the worker's customer history (computed out of time order) alerted 100x.
+    `produce` keys by SD_ENTITY_PARTITION_KEY's field, and says how many events had none."""
+    path = tmp_path / "c.csv"
+    path.write_text("event_id,CUSTOMER_ID,amount\n" + "".join(f"t{i},c{i % 3},{i + 0.5}\n" for i in range(9)))
+    keyed = f"{settings.input_topic}-keyed"
+    done = run(["produce", "--input", str(path), "--topic", keyed],
+               {**env_for(settings), "SD_ENTITY_PARTITION_KEY": "CUSTOMER_ID"})
+    assert done.returncode == 0, done.stderr
+    assert "produced 9 events to " + keyed + " keyed by CUSTOMER_ID\n" in done.stderr
+    records = read_all(settings, keyed)
+    assert {orjson.loads(r.value)["event_id"]: r.key for r in records} == {f"t{i}": f"c{i % 3}".encode() for i in range(9)}
+    assert len({(r.key, r.partition) for r in records}) == 3  # one partition per customer
+    bare = f"{settings.input_topic}-bare"
+    done = run(["produce", "--input", str(path), "--topic", bare], env_for(settings))
+    assert done.returncode == 0, done.stderr
+    assert "keyed by account_id; 9 sent without a key (no value in account_id" in done.stderr
+    assert {r.key for r in read_all(settings, bare)} == {None}
