@@ -272,7 +272,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.feedback:
         if args.label_column:
             raise ConfigError("--label-column and --feedback both give labels: use one of them")
-        labels, known = _feedback_labels(Path(args.feedback), events)
+        labels, known = _feedback_labels(Path(args.feedback), events, training=True)
         normal_label = LEGIT
     if entity is not None:  # 3a: point-in-time entity features over the whole history, in file order
         from .entity import enrich_history
@@ -613,10 +613,12 @@ def _supervised(args: argparse.Namespace, result: Any, events: list[dict[str, An
     result.calibration["supervised"] = entry
 
 
-def _feedback_labels(path: Path, events: list[dict[str, Any]]) -> tuple[list[str], list[Any]]:
+def _feedback_labels(path: Path, events: list[dict[str, Any]], training: bool = False) -> tuple[list[str], list[Any]]:
     """Each event's label from a feedback file (``feedback``'s rule: the winning label of all the
     file's records; an event without one is taken as legit, as fraud teams read silence), and the
-    file's records (``feedback.Label``)."""
+    file's records (``feedback.Label``). ``training``: a file none of whose labels is about an
+    event of the input is refused (``ConfigError``: training would take every event as legit);
+    scoring says so and goes on."""
     from .feedback import FRAUD, LEGIT
     from .inputs import read_feedback
 
@@ -625,15 +627,43 @@ def _feedback_labels(path: Path, events: list[dict[str, Any]]) -> tuple[list[str
     verdicts = feedback.verdicts
     found = [verdicts.verdict(str(e["event_id"])) for e in events]
     ids = {str(e["event_id"]) for e in events}
-    elsewhere = sum(1 for event_id in verdicts if event_id not in ids)
+    strays = [event_id for event_id in verdicts if event_id not in ids]
+    why = _stray_label_ids(strays, ids)
     if found.count(None) == len(found) and found:
+        if training:  # a trial: a model trained on every event as legit, exit 0
+            raise ConfigError(f"no label of {path.name} is about an event of the input: every event would count "
+                              f"as legit; {why}")
         _say(f"note: no label of {path.name} is about an event of the input (event ids differ?): every event "
-             "counts as legit")
+             f"counts as legit; {why}")
     _say(f"labels joined by event_id: {found.count(True)} fraud, {found.count(False)} legit, "
          f"{found.count(None)} events without a label (taken as legit)"
-         + (f"; {elsewhere} labelled events are not in the input" if elsewhere else ""))
+         + (f"; {len(strays)} labelled events are not in the input ({why})" if strays else ""))
     _warn_labels_before_events(path, events, verdicts.labels())
     return [FRAUD if v else LEGIT for v in found], verdicts.labels()
+
+
+def _stray_label_ids(strays: Sequence[str], ids: set[str]) -> str:
+    """Why labels' event ids ``strays`` miss the input's ``ids``, as far as it shows: examples of both,
+    and ids that differ only as a spreadsheet writes numbers (``1369.0``, ``0001467``: trial E's
+    labels, which joined nothing and said only how many)."""
+    if not strays:
+        return ""
+
+    def bare(text: str) -> str:
+        digits = text[:-2] if text.endswith(".0") else text
+        if not digits.isdigit():
+            return text
+        return digits.lstrip("0") or "0"
+    numeric = {bare(i) for i in ids}
+    respelt = [s for s in strays if bare(s) != s and bare(s) in numeric]
+    out = (f"label ids like {', '.join(repr(s) for s in strays[:3])}; the input's event ids like "
+           f"{', '.join(repr(i) for i in sorted(ids)[:3])}")
+    if respelt:
+        out += (f"; {len(respelt)} differ only as a spreadsheet writes numbers (e.g. {respelt[0]!r} for "
+                f"{bare(respelt[0])!r}): write the ids as text")
+    elif ids and all(re.fullmatch(r".+-\d+", i) for i in sorted(ids)[:3]):
+        out += " (generated ids? --id-column names the input's id column)"
+    return out
 
 
 def _file_run_id(args: argparse.Namespace, end_ms: int | None) -> str:

@@ -412,3 +412,29 @@ def test_a_label_column_in_any_spelling_is_pointed_at_and_its_leak_warned_of(
                               "--exclude", column])
     assert code == 0, err
     assert "looks like a label" not in err
+
+
+def test_labels_that_join_no_event_refuse_training_and_say_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial E: labels keyed `1369.0` / `0001467` (a spreadsheet's numbers) joined no event `1369`,
+    and `train --feedback` wrote a model with every event taken as legit (exit 0), saying only how
+    many labels were elsewhere. Now training refuses (exit 2) naming examples and the respelling;
+    where some join, the rest are shown by example."""
+    rows = "".join(f"{1000 + i},a{i % 7},{1_790_000_000_000 + i * 60_000},{i % 13 + 0.5}\n" for i in range(240))
+    data = tmp_path / "f.csv"
+    data.write_text("event_id,account_id,timestamp,amount\n" + rows)
+    labels = tmp_path / "l.jsonl"
+    far = [{"event_id": f"{1000 + i}.0", "label": "fraud", "source": "analyst",
+            "labelled_at": 1_790_000_000_000 + i * 60_000 + 3_600_000} for i in range(0, 240, 40)]
+    labels.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in far))
+    code, err = _run(capsys, ["train", "--input", str(data), "--out", str(tmp_path / "m"), "--feedback", str(labels),
+                              "--epochs", "1"])
+    assert code == 2 and "no label of l.jsonl is about an event of the input: every event would count as legit" in err
+    assert "6 differ only as a spreadsheet writes numbers (e.g. '1000.0' for '1000'): write the ids as text" in err
+    assert not (tmp_path / "m").exists()
+    near = [{**r, "event_id": r["event_id"][:-2]} for r in far[:3]] + far[3:]
+    labels.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in near))
+    code, err = _run(capsys, ["train", "--input", str(data), "--out", str(tmp_path / "m"), "--feedback", str(labels),
+                              "--epochs", "1"])
+    assert code == 0, err
+    assert "labels joined by event_id: 3 fraud" in err and "3 labelled events are not in the input (label ids like " \
+        "'1120.0', '1160.0', '1200.0'" in err
