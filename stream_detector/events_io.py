@@ -32,7 +32,7 @@ import itertools
 import json
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -718,11 +718,18 @@ def _undecodable_ragged_rows(path: Path) -> Iterator[None]:
         sys.unraisablehook = previous
 
 
-def missing_id_column(path: Path, id_column: str) -> str:
+def missing_id_column(path: Path, id_column: str, names: Iterable[str] = ()) -> str:
     """The one-line refusal of an ``--id-column`` no row of ``path`` has: ids made up in its place
     would replace the file's own (a new-user trial: a misspelled ``--id-column`` sent ``x-49`` for
-    ``sim-20049`` to Kafka, and joined no label)."""
-    return (f"{path}: --id-column {id_column}: no row has a value in this column; check its spelling "
+    ``sim-20049`` to Kafka, and joined no label). ``names``: the file's columns, for the one it
+    likely meant (trial E: ``transaction_ID`` for ``TRANSACTION_ID``, not pointed at)."""
+    import difflib
+
+    choices = sorted(set(names) - {id_column})
+    close = ([c for c in choices if c.lower() == id_column.lower()]
+             or difflib.get_close_matches(id_column, choices, n=1, cutoff=0.6))
+    meant = f"; did you mean {close[0]!r}?" if close else ""
+    return (f"{path}: --id-column {id_column}: no row has a value in this column; check its spelling{meant} "
             "(without --id-column, ids are read from event_id, or made up where the file has none)")
 
 

@@ -89,7 +89,8 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
     # in a file with one, a row without an id is that row's missing_event_id rejection
     generate = not any(row is not None and row.get(id_col) not in (None, "") for row in raw.rows)
     if generate and id_column:
-        raise InputError(missing_id_column(path, id_column))
+        seen = {k for row in raw.rows[:1000] if row is not None for k in row}
+        raise InputError(missing_id_column(path, id_column, seen))
     if label_column is not None and not any(row is not None and label_column in row for row in raw.rows):
         # scoring set the label aside where present and ignored a misspelled one (a new-user trial)
         names = {name for row in raw.rows[:1000] if row is not None for name in row}

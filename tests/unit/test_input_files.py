@@ -481,3 +481,15 @@ def test_a_date_written_the_local_way_is_refused_with_what_to_write(cell: str, s
     assert cell not in message
     (tmp_path / "iso.csv").write_text("event_id,amount,timestamp\ne1,3.5,2026/10/01 x\n")
     assert "written the local way" not in load_events(tmp_path / "iso.csv").rejected[0].message
+
+
+def test_a_misspelt_id_column_names_the_one_meant(tmp_path: Path) -> None:
+    """Trial E: `--id-column transaction_ID` for a file's `TRANSACTION_ID` was refused without the
+    name it meant (`--entity-key` had it)."""
+    path = tmp_path / "t.csv"
+    path.write_text("TRANSACTION_ID,amount\nT1,3.5\nT2,4.5\n")
+    with pytest.raises(InputError, match=r"--id-column transaction_ID: no row has a value in this column; check its "
+                                         r"spelling; did you mean 'TRANSACTION_ID'\?"):
+        load_events(path, id_column="transaction_ID")
+    with pytest.raises(InputError, match=r"check its spelling \(without"):
+        load_events(path, id_column="zzz")
