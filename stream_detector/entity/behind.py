@@ -160,6 +160,13 @@ class WriteBehind:
         self._disabling = False  # found so: ``disabled`` once the records held are flushed or forgotten
 
     @property
+    def unkeyed(self) -> bool:
+        """The topic turned out not to be keyed by ``key`` (a record of it named two partitions):
+        deferral stops once the records held are written (``disabled``), and the worker aligns
+        that key's events in event time as it does a shared key's."""
+        return self._disabling or self.disabled
+
+    @property
     def round_trips(self) -> int:
         return self.inner.round_trips
 
@@ -280,7 +287,11 @@ class WriteBehind:
                     log.error("entity state: an entity of %s has events from partitions %s: the input topic is not "
                               "keyed by %s (SD_ENTITY_PARTITION_KEY), or partitions were added to it (a key then "
                               "moves to another partition); this worker writes its records every batch until it "
-                              "restarts", name[1][0], ", ".join(applied), self.key)
+                              "restarts, and with SD_ALIGN_EVENT_TIME=auto aligns the partitions in event time from "
+                              "the next batch (the events before had %s history in fetch order: alerts may be wrong). "
+                              "Key the topic by %s (stream-detector produce keys by SD_ENTITY_PARTITION_KEY), or "
+                              "set SD_ENTITY_PARTITION_KEY to the field it is keyed by", name[1][0],
+                              ", ".join(applied), self.key, self.key, self.key)
                 self._disabling = must = True
             partition = _PARTITION.unpack_from(raw, 4)[0] if raw[2] or raw[3] else -1
             dirty = dirty_of.get(name)
