@@ -1102,8 +1102,9 @@ def _check_normal_present(args: argparse.Namespace, labels: list[str], origin: s
 
 # labels that name normal rows, and anomalous ones, in the usual vocabularies (the feedback topic's
 # legit/fraud, 0/1, true/false, the usual words): score's defaults when the model records none
-NORMAL_WORDS = ("legit", "legitimate", "normal", "genuine", "benign", "false", "no")
-ANOMALY_WORDS = frozenset({"fraud", "fraudulent", "anomaly", "anomalous", "attack", "1", "true", "yes"})
+# "n" / "y": a Y/N flag column (trial E: --label-column is_fraud on Y/N labels was refused for want of a 0 row)
+NORMAL_WORDS = ("legit", "legitimate", "normal", "genuine", "benign", "false", "no", "n")
+ANOMALY_WORDS = frozenset({"fraud", "fraudulent", "anomaly", "anomalous", "attack", "1", "true", "yes", "y"})
 
 
 def _usual_normal(seen: set[str]) -> tuple[str | None, list[str]]:
@@ -2265,8 +2266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for the bundle")
     p.add_argument("--label-column", help="column with labels; only --normal-label rows are trained on")
     p.add_argument("--normal-label", help="with --label-column: label value of normal rows (default: 0; where no "
-                   "row has 0, the file's one usual normal word — legit, normal, genuine, benign, false, … in any "
-                   "case — said)")
+                   "row has 0, the file's one usual normal word — legit, normal, genuine, benign, false, no, N … in "
+                   "any case — said)")
     p.add_argument("--feedback", metavar="FILE",
                    help="labels as feedback records (CSV, JSON Lines or Parquet: event_id, label fraud|legit, "
                         "source, labelled_at; docs/feedback.md), joined by event_id: fraud-labelled events are "
@@ -2403,8 +2404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normal-label",
                    help="with --label-column: label value of normal rows, every other one an anomaly (default: the "
                         "one the model was trained with, when trained with the same --label-column; else the "
-                        "file's one usual normal word — legit, normal, genuine, benign, false, … in any case — "
-                        "said; else 0). A file whose labels are all anomaly words (fraud, 1, attack, …) is "
+                        "file's one usual normal word — legit, normal, genuine, benign, false, no, N … in any "
+                        "case — said; else 0). A file whose labels are all anomaly words (fraud, 1, attack, …) is "
                         "evaluated as anomalies only")
     p.add_argument("--feedback", metavar="FILE",
                    help="feedback records (docs/feedback.md) to evaluate the scores against: AUC-ROC, average "

@@ -412,6 +412,11 @@ def test_a_label_column_in_any_spelling_is_pointed_at_and_its_leak_warned_of(
                               "--exclude", column])
     assert code == 0, err
     assert "looks like a label" not in err
+    # the normal value found without --normal-label: 0 by default, N (a Y/N flag) as a usual normal word
+    code, err = _run(capsys, ["train", "--input", str(data), "--out", str(tmp_path / "m4"), "--epochs", "1",
+                              "--label-column", column])
+    assert code == 0, err
+    assert f"training on 234 with {column}={values[0]}" in err
 
 
 def test_labels_that_join_no_event_refuse_training_and_say_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
