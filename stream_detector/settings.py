@@ -162,8 +162,9 @@ class RedisSettings(_Group):
         "by this field): one worker owns each such entity, so its history is kept in the worker's memory and written "
         "to Redis once per SD_ENTITY_FLUSH_MS, the offsets committed after that write (write-behind; a key shared "
         "across partitions, a terminal, is written every batch with its features logged: SD_ENTITY_REPLAY_LOG; "
-        "docs/entity-features.md). A record with events from two partitions turns it off with an ERROR, and event-time alignment on (auto). Empty: every "
-        "record is written on every batch. Off with SD_DELIVERY=exactly_once.")
+        "docs/entity-features.md). A record with events from two partitions turns it off with an ERROR, and "
+        "event-time alignment on (auto). Empty: every record is written on every batch. Off with "
+        "SD_DELIVERY=exactly_once.")
     entity_flush_ms: int = Field(
         1000, ge=0, le=600_000, description="Write-behind entity state (SD_ENTITY_PARTITION_KEY): how often it is "
         "written to Redis and the offsets committed; a crash re-reads at most this much of the stream. 0: every batch "
