@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -554,6 +555,27 @@ def _terminated_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _interrupt_as_flag() -> Iterator[threading.Event]:
+    """Inside the block, Ctrl-C (SIGINT) and SIGTERM set the event it yields instead of raising
+    ``KeyboardInterrupt`` wherever the main thread happens to be: for loops that ask the event
+    between two calls of a client library that is not safe to interrupt (``kafka_util.tail``). A
+    second signal raises ``KeyboardInterrupt`` at once, for a user who will not wait."""
+    stopping = threading.Event()
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stopping
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _figures(numbers: dict[str, Any]) -> str:
@@ -1586,11 +1608,12 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
         print(text, flush=True)
 
     try:
-        with _terminated_as_interrupt():  # SIGTERM ends --follow as Ctrl-C does
+        with _interrupt_as_flag() as stopping:  # Ctrl-C or SIGTERM: the read stops between two polls
             _probe_kafka(settings)
             with _topic_hint(settings):
-                shown = tail(settings, topic, args.n, args.follow, show, following=lambda: _say(
-                    f"following {topic}: new records below as they arrive (Ctrl-C ends)"))
+                shown = tail(settings, topic, args.n, args.follow, show, stop=stopping.is_set,
+                             following=lambda: _say(
+                                 f"following {topic}: new records below as they arrive (Ctrl-C ends)"))
     except KeyboardInterrupt:  # --follow ends with Ctrl-C: not an error
         return 0
     if not shown and not args.follow and args.n:

@@ -253,11 +253,16 @@ def tail(settings: Settings, topic: str, last: int, follow: bool, out: Callable[
          following: Callable[[], None] = lambda: None) -> int:
     """The last ``last`` records of ``topic`` over all its partitions, oldest first (by record
     timestamp, then partition and offset), each given to ``out``; with ``follow``, then every new
-    record as it arrives, until ``stop()`` is true or Ctrl-C (``following()`` is called once, when
-    every record produced from then on will be given). Reads committed records only (an
-    exactly-once deployment's aborted alerts are never shown) and joins no consumer group: nothing
-    is committed, no worker is disturbed. Returns how many records were given. Raises
-    ``ConfigError`` when the topic does not exist."""
+    record as it arrives, until ``stop()`` is true (``following()`` is called once, when every
+    record produced from then on will be given). ``stop()`` is asked between polls, at least every
+    ``poll_ms``; true while the backlog is read, it raises ``KeyboardInterrupt`` once the consumer
+    is closed. Reads committed records only (an exactly-once deployment's aborted alerts are never
+    shown) and joins no consumer group: nothing is committed, no worker is disturbed. Returns how
+    many records were given. Raises ``ConfigError`` when the topic does not exist.
+
+    Interrupt it through ``stop`` (a signal handler setting a flag), not by raising in a signal
+    handler: kafka-python 3's I/O thread and the calls that wait on it are not written to be
+    interrupted anywhere, and a ``tail --follow`` ended that way once never exited (CI, 2026-12-06)."""
     try:
         consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                                  isolation_level="read_committed", **settings.kafka_security())
@@ -278,6 +283,8 @@ def tail(settings: Settings, topic: str, last: int, follow: bool, out: Callable[
         backlog: list[Any] = []
         remaining = {tp for tp in tps if consumer.position(tp) < ends[tp]}
         while remaining:
+            if stop():
+                raise KeyboardInterrupt
             for tp, batch in poll_readable(consumer, poll_ms, quiet=True).items():
                 backlog.extend(r for r in batch if r.offset < ends[tp])
             remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}

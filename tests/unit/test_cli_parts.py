@@ -81,6 +81,28 @@ def test_sigterm_inside_a_long_command_runs_its_cleanup_like_ctrl_c() -> None:
     assert cleaned == [True] and signal.getsignal(signal.SIGTERM) == before
 
 
+def test_ctrl_c_inside_tail_sets_a_flag_and_a_second_one_interrupts() -> None:
+    """``tail`` runs inside ``_interrupt_as_flag``: Ctrl-C and SIGTERM set the flag its read loop
+    asks between two polls (a ``KeyboardInterrupt`` raised inside kafka-python 3 once left
+    ``tail --follow`` running); a second signal interrupts at once; the handlers are back after."""
+    from stream_detector.cli import _interrupt_as_flag
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with _interrupt_as_flag() as stopping:
+        os.kill(os.getpid(), signal.SIGINT)
+        while not stopping.is_set():  # the handler runs between bytecodes
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000_000):
+                pass
+    with _interrupt_as_flag() as stopping:
+        os.kill(os.getpid(), signal.SIGTERM)
+        while not stopping.is_set():
+            pass
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
 def test_a_threshold_that_would_flood_alerts_is_named_by_the_share_it_would_flag() -> None:
     from stream_detector.cli import threshold_warning
 
