@@ -1310,7 +1310,8 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
             for name in args.exclude:
                 event.pop(name, None)
     if data.raw.kind != "jsonl":
-        _integral_times(data.events, [r.name for r in data.schema.fields if r.type is FieldType.TIMESTAMP])
+        _numbers_as_written(data, [r.name for r in data.schema.fields if r.type is FieldType.TIMESTAMP],
+                            [r.name for r in data.schema.fields if r.type is FieldType.NUMBER])
     _probe_kafka(settings)
     producer = EventProducer(settings, args.topic or settings.input_topic)
     try:
@@ -1335,14 +1336,28 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _integral_times(events: list[dict[str, Any]], names: list[str]) -> None:
-    """Epoch-ms timestamps typed from text (a CSV's) are floats; a whole one is sent as the
-    integer a JSON Lines file or any producer writes (``1792567621113``, not ``1792567621113.0``),
-    so the event on the topic, and the alert's copy of it, do not depend on the file's format."""
-    for event in events:
-        for name in names:
+def _numbers_as_written(data: Any, times: list[str], numbers: list[str]) -> None:
+    """A CSV's or Parquet's numbers go out as the file wrote them, so the event on the topic (and
+    the alert's copy of it) does not depend on the file's format: a whole epoch-ms timestamp
+    typed from text (a float) as the integer any producer writes (``1792567621113``, not
+    ``1792567621113.0``); a number field's value as an integer where the file wrote one (CSV text
+    without a decimal mark or exponent, ``3`` or ``1,204``; a Parquet integer), as a number with a
+    fraction otherwise (``3.0`` stays ``3.0``). A trial: ``n_items`` 3 in a CSV arrived as ``3.0``.
+    The worker types each field by its model's schema either way: features and scores are the same."""
+    decimal = data.raw.text.decimal
+    for event, row in zip(data.events, data.rows, strict=True):
+        for name in times:
             value = event.get(name)
             if type(value) is float and value.is_integer() and abs(value) < 2**53:
+                event[name] = int(value)
+        raw = data.raw.rows[row]
+        for name in numbers:
+            value = event.get(name)
+            if type(value) is not float or not value.is_integer() or abs(value) >= 2**53:
+                continue
+            written = raw.get(name)
+            if type(written) is int or (isinstance(written, str) and decimal not in written
+                                         and "e" not in written.lower() and any(c.isdigit() for c in written)):
                 event[name] = int(value)
 
 
@@ -2459,7 +2474,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Lines row is sent as the file has it (each value of its own JSON type, but the "
                                    "event_id as text, as the event contract has it; the worker types it by its "
                                    "model's schema); a CSV or Parquet row is typed by the "
-                                   "file's own schema as train reads it (text to numbers, booleans, epoch ms). Rows "
+                                   "file's own schema as train reads it (text to numbers, booleans, epoch ms; a "
+                                   "number as the file wrote it, 3 as 3 and 3.0 as 3.0). Rows "
                                    "that are not events (no event_id, not a JSON object) are said, not sent.")
     p.add_argument("--input", required=True, help="the file (.csv, .jsonl/.json, .parquet)")
     p.add_argument("--topic", help="default SD_INPUT_TOPIC (with --feedback: SD_FEEDBACK_TOPIC)")

@@ -129,8 +129,8 @@ def test_a_record_the_client_cannot_read_is_dead_lettered_not_a_crash_loop(setti
 def test_produce_sends_one_event_alike_from_csv_json_lines_and_parquet(settings, env_for, tmp_path: Path) -> None:
     """``produce --input`` of the same events as CSV, JSON Lines and Parquet: the records on the
     topic are equal, and the timestamps integers from every format (a CSV's went out as
-    ``1792567621113.0``; a new-user trial). Left as it is: a CSV's whole-number cells are typed
-    as floats (``0.0`` for a JSON ``0``), equal as numbers and as features."""
+    ``1792567621113.0``; a new-user trial), and every number of the same JSON type as the file
+    wrote it (a CSV's integer cells went out as ``3.0``)."""
     from stream_detector.events_io import write_csv, write_jsonl
 
     events, _ = Simulator(seed=12, accounts=50, run_id="pp").batch(60, 0.0)
@@ -153,5 +153,7 @@ def test_produce_sends_one_event_alike_from_csv_json_lines_and_parquet(settings,
 
     assert len(sent["jsonl"]) == 60 and all(type(e["timestamp"]) is int for e in sent["jsonl"])
     for kind in ("csv", "parquet"):
-        assert sent[kind] == sent["jsonl"]  # every value equal (a CSV's count 0 is sent as 0.0: equal, a float)
+        assert sent[kind] == sent["jsonl"]  # every value equal
         assert [timed(e) for e in sent[kind]] == [timed(e) for e in sent["jsonl"]]  # epoch ms: an integer
+        assert [{k: type(v).__name__ for k, v in e.items()} for e in sent[kind]] == \
+            [{k: type(v).__name__ for k, v in e.items()} for e in sent["jsonl"]], kind  # 3, not 3.0
