@@ -73,6 +73,8 @@ class TrainResult:
     metrics: dict[str, Any]
     entity: EntitySpec | None = None
     schema: FieldSchema | None = None
+    # the validation rows' mean errors (float64[n]), the ones ``threshold`` was calibrated on; not saved
+    validation_errors: np.ndarray | None = None
 
 
 def default_epochs(n_rows: int, batch_size: int) -> int:
@@ -221,7 +223,46 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
     for line in threshold_lines(val_errors, threshold, config):
         say(line)
     metrics["rows_left_out"] = dropped
-    return TrainResult(spec, head, arch, threshold, calibration, metrics, entity, schema)
+    return TrainResult(spec, head, arch, threshold, calibration, metrics, entity, schema, val_errors)
+
+
+def row_errors(result: TrainResult, rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """The mean reconstruction error (float64[k], the score the threshold is compared with) of each
+    of ``rows`` that the result's schema types and its spec transforms, by ``result.head`` (an
+    ``ErrorHead``: call before a supervised head is added); ``k`` ≤ ``len(rows)``: rows that do
+    not fit are left out, as ``train`` leaves them out of its own rows."""
+    if not rows:
+        return np.zeros(0)
+    typed = _typed(rows, result.schema)[0] if result.schema is not None else list(rows)
+    x, bad = result.spec.transform(typed)
+    x = np.delete(x, sorted(bad), axis=0)
+    with torch.no_grad():
+        errors: np.ndarray = result.head(torch.from_numpy(x)).mean(dim=1).numpy().astype(np.float64)
+    return errors
+
+
+def at_most_weighted_above(errors: np.ndarray, weights: np.ndarray, share: float) -> float:
+    """``at_most_above`` with a weight per error: the smallest of ``errors`` (float64[n]) whose
+    weights strictly above it sum to at most ``share`` of all the weights (``weights``: float64[n],
+    > 0). With every weight 1 it equals ``at_most_above``. ``-inf`` when every row may be above.
+    Used to calibrate on a sample that stands for a larger population in parts (the retrainer's
+    validation rows, each one of ``clean / validation`` clean events, and the alerted events, each
+    one)."""
+    errors = np.asarray(errors, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if errors.size == 0:
+        raise ValueError("no errors to calibrate on")
+    order = np.argsort(errors, kind="stable")
+    ordered, cum = errors[order], np.cumsum(weights[order])
+    total = cum[-1]
+    allowed = share * total * (1 + 1e-12)
+    # weight strictly above each ordered value: total less the weight up to its last tie
+    above = total - cum[np.searchsorted(ordered, ordered, side="right") - 1]
+    ok = np.flatnonzero(above <= allowed)
+    if ok.size == 0 or share >= 1:
+        return -math.inf
+    first = int(ok[0])
+    return -math.inf if first == 0 and allowed >= total else float(ordered[first])
 
 
 def architecture(spec: FeatureSpec, n_train: int, n_val: int, config: TrainConfig, say: Progress) -> Architecture:

@@ -1,13 +1,17 @@
 """The promotion gate: a candidate replaces the active model only if it does no worse.
 
 Both models are scored with the worker's own code path (``offline.score_events``) on the same
-held-back data: the newest clean events of the window (never trained on) and, where analysts
-labelled events in the window, those labelled events. Each model is judged at its own threshold.
+held-back data: the held-back traffic (the newest clean events of the window, never trained on,
+and the events of their span that the workers alerted and no label says are fraud: silence reads
+as legit) and, where analysts labelled events in the window, those labelled events. Each model is
+judged at its own threshold. Both alert rates are then rates on the same legit traffic, the
+active model's about its live one (before 2026-12-07 the held-back events were the clean ones
+alone, which by construction the active model had not alerted: its rate read about 0).
 
 Rules (all must hold; every number is kept in the decision record):
 
 1. the candidate scores (finitely) at least 99 % of the held-back events it is given;
-2. its alert rate on held-back clean traffic is at most ``target · parts · max_ratio`` plus three
+2. its alert rate on the held-back traffic is at most ``target · parts · max_ratio`` plus three
    binomial standard errors (small held-back sets are noisy). ``parts`` is 2 for a bundle with a
    supervised head: each part is calibrated to the target on its own and an event alerts when
    either fires, so the union's budget is the sum of the two;
@@ -39,9 +43,9 @@ from ..offline import OfflineScores, score_events
 
 @dataclass(frozen=True)
 class GatePolicy:
-    """``target_rate``: each part's alert budget on clean traffic (share of events); ``parts``: the
-    decision's parts, 1 (autoencoder) or 2 (autoencoder or supervised head): the budget of the
-    decision is ``target_rate · parts``."""
+    """``target_rate``: each part's alert budget on legit traffic (share of events; silence reads
+    as legit); ``parts``: the decision's parts, 1 (autoencoder) or 2 (autoencoder or supervised
+    head): the budget of the decision is ``target_rate · parts``."""
 
     target_rate: float
     max_ratio: float = 2.0
@@ -72,10 +76,11 @@ Scoring = Callable[[Bundle, Sequence[dict[str, Any]]], OfflineScores]
 
 def evaluate(bundle: Bundle, holdout: Sequence[dict[str, Any]], labelled: Sequence[dict[str, Any]],
              is_fraud: np.ndarray, score: Scoring = score_events) -> dict[str, Any]:
-    """A model's numbers on the held-back clean events and on the labelled events. ``score`` scores
-    events with a bundle (default ``offline.score_events``, from no history; a model with entity
-    features is scored in the context of its history, ``job.InContext``). An alert is the worker's
-    decision: error above the threshold, or with a supervised head, probability above its own."""
+    """A model's numbers on the held-back traffic (clean and alerted-unlabelled events) and on the
+    labelled events. ``score`` scores events with a bundle (default ``offline.score_events``, from
+    no history; a model with entity features is scored in the context of its history,
+    ``job.InContext``). An alert is the worker's decision: error above the threshold, or with a
+    supervised head, probability above its own."""
     threshold = bundle.threshold
     scored = score(bundle, holdout)
     ok = scored.valid
@@ -140,7 +145,7 @@ def _diff_se(p1: float, n1: int, p2: float, n2: int) -> float:
 
 
 def alert_rate_bound(policy: GatePolicy, rows: int) -> float:
-    """Rule 2's bound on a candidate's alert rate over ``rows`` held-back clean events (a share)."""
+    """Rule 2's bound on a candidate's alert rate over ``rows`` held-back events (a share)."""
     p = policy.budget
     return p * policy.max_ratio + 3.0 * math.sqrt(p * (1 - p) / max(1, rows))
 

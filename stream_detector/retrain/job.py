@@ -1,10 +1,12 @@
 """One training job: clean window events → train → calibrate → gate → a candidate bundle.
 
 The newest ``SD_RETRAIN_HOLDOUT_FRACTION`` of the clean events (by record time) are held back:
-never trained on, they are what the gate compares candidate and active model on, and what the
-candidate's drift reference (score quantiles, stored in its ``calibration.json``) is taken from.
-Training itself is ``model.train.train`` with the settings' epochs and target alert rate, and the
-bundle is ``model.bundle.build_bundle`` — the same code as ``stream-detector train``.
+never trained on, they (with the alerted events of their span) are what the gate compares
+candidate and active model on, and what the candidate's drift reference (score quantiles, stored
+in its ``calibration.json``) is taken from. Training itself is ``model.train.train`` with the
+settings' epochs and target alert rate, and the bundle is ``model.bundle.build_bundle`` — the
+same code as ``stream-detector train``; the threshold is then raised to the alert budget's
+quantile of the training span's traffic, the alerted events included (``_calibrate_on_traffic``).
 
 The bundle metadata records what went in: counts per exclusion reason and the sha256 of the
 sorted ids of the clean events and of the training events (so an audit can prove that no alerted
@@ -30,7 +32,7 @@ from ..feedback import Verdicts
 from ..model.bundle import Bundle, build_bundle, watched_fields
 from ..model.reference import REFERENCE_KEY, reference_from_scores
 from ..model.supervised import HeadConfig, rows_for_head, too_few_labels, train_head
-from ..model.train import TrainConfig, train
+from ..model.train import TrainConfig, at_most_weighted_above, row_errors, train
 from ..offline import OfflineScorer, OfflineScores, score_events
 from ..pipeline.compute import Fields
 from ..settings import Settings
@@ -189,7 +191,7 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     clean = selection.clean
     labelled_entries = selection.labelled
     if spec is not None and history is not None:
-        window = [*selection.clean, *(e for e, _ in selection.labelled)]
+        window = [*selection.clean, *(e for e, _ in selection.labelled), *selection.alerted]
         times = [t for t in (orjson.loads(e.raw).get("timestamp") for e in selection.clean)
                  if isinstance(t, (int, float)) and not isinstance(t, bool)]
         span = (float(min(times)), float(max(times))) if times else (-math.inf, math.inf)
@@ -202,6 +204,10 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     if len(clean) < settings.retrain_min_events:
         return Candidate(None, None, counts, _too_few(len(clean), selection, settings))
     train_entries, holdout_entries = split_holdout(clean, settings.retrain_holdout_fraction)
+    alerted = [e for e in selection.alerted if context is None or e.event_id in context]
+    end = _key(train_entries[-1]) if train_entries else None
+    alerted_trained = [e for e in alerted if end is not None and _key(e) <= end]  # the training span's
+    alerted_held = [e for e in alerted if end is None or _key(e) > end]  # the held-back span's
     # the deployment's alert budget (the gate below enforces it), not the train command's fence
     budget, budget_from = alert_budget(settings, active)
     counts.update(alert_budget=budget, alert_budget_from=budget_from)
@@ -228,14 +234,17 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         rows = [by_id(e.event_id) for e in train_entries]
         _say_lacking(rows, active, counts, say)
         result = train(rows, config, progress=say, entity=spec, schema=schema)
-        holdout = [context.event(e.event_id) for e in holdout_entries]
+        _calibrate_on_traffic(result, [by_id(e.event_id) for e in alerted_trained], len(train_entries), budget,
+                              counts, say)
+        holdout = [context.event(e.event_id) for e in [*holdout_entries, *alerted_held]]
         labelled = [context.event(e.event_id) for e, _ in labelled_entries]
     else:
         parsed = {e.event_id: orjson.loads(e.raw) for e in train_entries}
         by_id = parsed.__getitem__
         _say_lacking(list(parsed.values()), active, counts, say)
         result = train(list(parsed.values()), config, progress=say, schema=schema)
-        holdout = _events(holdout_entries)
+        _calibrate_on_traffic(result, _events(alerted_trained), len(train_entries), budget, counts, say)
+        holdout = _events([*holdout_entries, *alerted_held])
         labelled = [orjson.loads(e.raw) for e, _ in labelled_entries]
     if head_labels is not None:
         problem = _retrain_head(result, head_labels, by_id, selection, context, budget, counts, say)
@@ -251,9 +260,10 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
                       evaluate(active, holdout, labelled, is_fraud, score) if active is not None else None, policy)
     if decision.active is not None and active is not None:
         decision.active["version"] = active.version
-    scores = score(draft, holdout).scores
+    scores = score(draft, holdout[:len(holdout_entries)]).scores  # the drift reference: clean traffic, as before
     reference = reference_from_scores(scores[~np.isnan(scores)])
     counts.update(train_events=len(train_entries), holdout_events=len(holdout_entries),
+                  holdout_alerted_events=len(alerted_held),
                   clean_ids_sha256=ids_digest(e.event_id for e in clean),
                   train_ids_sha256=ids_digest(e.event_id for e in train_entries),
                   oldest_timestamp_s=train_entries[0].timestamp_s if train_entries else None,
@@ -262,6 +272,45 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     bundle = build_bundle(final, {"trained_by": "retrainer", "retrain_reason": reason, "training": counts,
                                   "gate": decision.to_dict()})
     return Candidate(bundle, decision, counts, "passed" if decision.passed else "; ".join(decision.reasons))
+
+
+def _key(entry: WindowEntry) -> tuple[float, int, int]:
+    """An entry's place in ``split_holdout``'s order."""
+    return entry.timestamp_s, entry.partition, entry.offset
+
+
+def _calibrate_on_traffic(result: Any, alerted: Sequence[dict[str, Any]], clean: int, budget: float,
+                          counts: dict[str, Any], say: Progress) -> None:
+    """Raise ``result``'s threshold (quantile, trained on ``clean`` clean events) so that it alerts
+    on at most ``budget`` of the training span's legit traffic: the clean events, which its
+    validation rows stand for (each one ``clean / validation rows`` of them), and ``alerted``, the
+    span's events the workers alerted and no label says are fraud (``Selection.alerted``: silence
+    reads as legit; rows with the active model's fields). Calibrated on the clean events alone, a
+    candidate alerted on its budget of them *and* on most of the events its predecessor had
+    alerted (anomalous by construction, and never seen): each retraining added about one budget
+    to the live alert rate (docs/retraining.md, *The alert budget*). Said, and kept in the
+    bundle's ``calibration.traffic``."""
+    validation = result.validation_errors
+    if validation is None or validation.size == 0 or not clean or result.calibration.get("method") != "quantile":
+        return
+    extra = row_errors(result, alerted)
+    weights = np.concatenate([np.full(validation.size, clean / validation.size), np.ones(extra.size)])
+    threshold = at_most_weighted_above(np.concatenate([validation, extra]), weights, budget)
+    clean_only = result.threshold
+    threshold = max(threshold, clean_only)  # never below the clean events' own quantile
+    above = int((extra > threshold).sum())
+    share = (float((validation > threshold).mean()) * clean + above) / (clean + extra.size)
+    result.calibration["traffic"] = {
+        "clean_events": clean, "alerted_events": int(extra.size), "threshold_on_clean_events": clean_only,
+        "alerted_above_clean_threshold": int((extra > clean_only).sum()), "alerted_above_threshold": above,
+        "share_of_traffic_above": share}
+    counts["calibrated_with_alerted"] = int(extra.size)
+    if threshold > clean_only:
+        result.threshold = result.calibration["threshold"] = threshold
+        result.calibration["validation_flag_rate"] = float((validation > threshold).mean())
+        say(f"threshold {threshold:.6g} for a {budget:.3%} budget of the training span's traffic: its "
+            f"{clean:,} clean events and the {extra.size:,} the workers alerted without a fraud label "
+            f"({int((extra > clean_only).sum()):,} of them above {clean_only:.6g}, the clean events' own quantile)")
 
 
 LACKING_SHARE = 0.05  # a model input absent from at least this share of the training events is said

@@ -22,7 +22,7 @@ from stream_detector.feedback import Label, Verdicts, parse_label
 from stream_detector.kafka_util import committed_offsets, end_offsets, read_all
 from stream_detector.model.bundle import Bundle, build_bundle
 from stream_detector.model.supervised import HeadConfig, rows_for_head, train_head
-from stream_detector.model.train import TrainConfig, train
+from stream_detector.model.train import TrainConfig, at_most_weighted_above, row_errors, train
 from stream_detector.offline import score_events
 from stream_detector.producer import EventProducer
 from stream_detector.retrain.job import ids_digest
@@ -101,6 +101,16 @@ def test_the_retrainer_rebuilds_an_entity_label_and_supervised_model_as_one_trai
     by_id = {e["event_id"]: r for e, r in zip(events, rows, strict=True)}  # events are in event-time order
     hand = train([by_id[i] for i in train_ids], TrainConfig(epochs=3, threshold_method="quantile",
                                                              target_fpr=0.01), entity=SPEC, schema=active_bundle.schema)
+    # its threshold: the budget's share of the training span's traffic, the alerted events no label says
+    # are fraud included (each clean validation row standing for its share of the clean events)
+    order = [orjson.loads(r.value)["event_id"] for r in kafka]
+    span_alerted = [i for i in order[:order.index(train_ids[-1]) + 1] if i in alerted and not verdicts.verdict(i)]
+    assert training["calibrated_with_alerted"] == len(span_alerted) > 0
+    extra, validation = row_errors(hand, [by_id[i] for i in span_alerted]), hand.validation_errors
+    assert validation is not None
+    weights = np.concatenate([np.full(validation.size, len(train_ids) / validation.size), np.ones(extra.size)])
+    hand.threshold = hand.calibration["threshold"] = max(hand.threshold, at_most_weighted_above(
+        np.concatenate([validation, extra]), weights, 0.01))
     times = [by_id[i]["timestamp"] for i in train_ids]
     labelled = [e["event_id"] for e in events if e["event_id"] in verdicts
                 and min(times) <= e["timestamp"] <= max(times)]
@@ -111,7 +121,7 @@ def test_the_retrainer_rebuilds_an_entity_label_and_supervised_model_as_one_trai
     hand.head, hand.calibration["supervised"] = train_head(hand.head, x, y, HeadConfig(target_fpr=0.01),
                                                            lambda _m: None)
     by_hand = build_bundle(hand)
-    assert candidate.threshold == pytest.approx(by_hand.threshold, rel=1e-5)
+    assert candidate.threshold == pytest.approx(by_hand.threshold, rel=1e-5), candidate.calibration.get("traffic")
     assert candidate.head_threshold == pytest.approx(by_hand.head_threshold, rel=1e-5)
     ours, theirs = score_events(candidate, events, labels=labels), score_events(by_hand, events, labels=labels)
     np.testing.assert_allclose(ours.scores, theirs.scores, rtol=1e-5)

@@ -67,6 +67,8 @@ def test_selection_leaves_out_alerted_fraud_and_undecided_events_whenever_the_al
     assert chosen.left_out == {"alerted": 2, "fraud": 1, "undecided": 3, "too_old": 0}  # every reason, 0 too
     assert sorted((e.event_id, lab) for e, lab in chosen.labelled) == [("e1", "fraud"), ("e3", "fraud"),
                                                                        ("e4", "legit")]
+    # traffic the budget is a share of: alerted and no label says fraud (silence reads as legit)
+    assert [e.event_id for e in chosen.alerted] == ["e2"]
 
 
 def test_bounded_ids_forget_the_oldest():
@@ -519,3 +521,62 @@ def test_training_events_lacking_the_models_fields_are_counted_and_said(bundle):
     whole = [WindowEntry(1000.0 + i, 0, i, e["event_id"], orjson.dumps(e)) for i, e in enumerate(events)]
     again = build_candidate(Selection(clean=whole), Settings(retrain_epochs=1), bundle, "test", progress=said.append)
     assert "training_events_lacking" not in again.counts and not any(line.startswith("warning: of ") for line in said)
+
+
+def _paired(rng: np.random.Generator, n: int, broken: bool) -> list[dict[str, float]]:
+    """Rows whose fee is twice the amount (plus noise); ``broken``: far off that line (anomalies)."""
+    amount = rng.normal(100, 10, n)
+    off = rng.choice([-1, 1], n) * rng.uniform(40, 80, n) if broken else rng.normal(0, 2, n)
+    return [{"amount": float(a), "fee": float(2 * a + o)} for a, o in zip(amount, off, strict=True)]
+
+
+def test_a_candidate_is_calibrated_to_its_budget_of_traffic_not_of_the_clean_events_alone():
+    """The window leaves the workers' alerts out of training, and the candidate was calibrated on the
+    clean events alone: it alerted on its budget of them *and* on most of what its predecessor had
+    alerted. Four retrainings of a 0.5 % model alerted on 1.0, 1.3, 1.7 and 2.0 % of fresh traffic,
+    every gate passed, the active model's rate shown as 0 (2026-12-07). Now the threshold is the
+    budget's quantile of the training span's traffic (clean and alerted, each clean validation row
+    standing for its share of the clean events), and the gate's held-back events include the
+    alerted ones of the held-back span."""
+    from stream_detector.offline import score_events
+    from stream_detector.retrain.window import Selection
+    from stream_detector.settings import Settings
+
+    rng = np.random.default_rng(7)
+    clean, odd = _paired(rng, 6000, False), _paired(rng, 60, True)  # 1 % alerted: the active model's budget
+    selection = Selection(left_out={"alerted": 60})
+    for i in range(6060):
+        alerted = i % 101 == 50
+        row = dict(odd[i // 101] if alerted else clean[i - (i + 50) // 101], event_id=f"e{i}")
+        (selection.alerted if alerted else selection.clean).append(
+            WindowEntry(1000.0 + i, 0, i, f"e{i}", orjson.dumps(row)))
+    candidate = build_candidate(selection, Settings(retrain_epochs=20, retrain_target_fpr=0.01), None, "test")
+    assert candidate.bundle is not None and candidate.decision is not None, candidate.message
+    traffic, counts = candidate.bundle.calibration["traffic"], candidate.counts
+    assert traffic["alerted_events"] == counts["calibrated_with_alerted"] > 0 and counts["holdout_alerted_events"] > 0
+    assert traffic["alerted_events"] + counts["holdout_alerted_events"] == 60  # each span's own
+    assert traffic["share_of_traffic_above"] <= 0.01 and candidate.bundle.threshold > traffic["threshold_on_clean_events"]
+    # fresh traffic, 1 % anomalies as in the window: over six seeds the clean-only threshold flagged 1.6-2.4 %
+    # of it, the new one 1.0-1.3 % (the anomalies, and the sampling error of a 1 % quantile on 1,200 rows)
+    fresh = [dict(r, event_id=f"f{i}") for i, r in enumerate(_paired(rng, 20000, False) + _paired(rng, 200, True))]
+    scores = score_events(candidate.bundle, fresh).scores
+    now, before = float((scores > candidate.bundle.threshold).mean()), float(
+        (scores > traffic["threshold_on_clean_events"]).mean())
+    assert now < 0.015 and now < before - 0.004, (now, before)
+    assert (scores[20000:] > candidate.bundle.threshold).mean() > 0.8  # the anomalies are still alerted
+    gate = candidate.decision.to_dict()  # held back: the newest clean events and the alerted ones of their span
+    assert gate["candidate"]["rows"] == counts["holdout_events"] + counts["holdout_alerted_events"]
+
+
+def test_weighted_quantile_threshold_equals_the_plain_one_with_unit_weights_and_counts_weights():
+    from stream_detector.model.train import at_most_above, at_most_weighted_above
+
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 100, 999):
+        errors = np.round(rng.gamma(2.0, 1.0, n), 1)  # ties
+        for share in (0.0, 0.001, 0.01, 0.2, 0.5, 0.999):
+            assert at_most_weighted_above(errors, np.ones(n), share) == at_most_above(errors, share)
+    errors, weights = np.array([1.0, 2.0, 3.0, 10.0]), np.array([10.0, 10.0, 10.0, 1.0])
+    assert at_most_weighted_above(errors, weights, 1 / 31) == 3.0  # only the weight-1 row above
+    assert at_most_weighted_above(errors, weights, 11 / 31) == 2.0
+    assert at_most_weighted_above(errors, weights, 0.99 / 31) == 10.0  # not even that one
