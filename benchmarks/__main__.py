@@ -27,6 +27,7 @@ SUITES = {
     "scoring-threads": "benchmarks.scoring_threads",
     "cli-startup": "benchmarks.cli_startup",
     "end-offsets": "benchmarks.end_offsets",
+    "retrain-budget": "benchmarks.retrain_budget",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -50,6 +51,7 @@ WHAT = {
     "scoring-threads": "step 4 with one intra-op thread (the worker's default) vs torch's default, alone and busy",
     "cli-startup": "registry, threshold and lag commands now vs with torch imported first (the old import chain)",
     "end-offsets": "the confluent source's end offsets: one ListOffsets request vs one per partition (before)",
+    "retrain-budget": "retraining generations: live alert rate, threshold on traffic vs on clean events (before)",
 }
 
 
