@@ -270,10 +270,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
     events, labels, normal_label = data.events, data.labels, args.normal_label
     known: list[Any] = []  # feedback records, for label features
+    labelled: list[bool] = []  # with --feedback: whether each event has a label of its own
     if args.feedback:
         if args.label_column:
             raise ConfigError("--label-column and --feedback both give labels: use one of them")
-        labels, known = _feedback_labels(Path(args.feedback), events, training=True)
+        labels, known = _feedback_labels(Path(args.feedback), events, training=True, labelled=labelled)
         normal_label = LEGIT
     if entity is not None:  # 3a: point-in-time entity features over the whole history, in file order
         from .entity import enrich_history
@@ -308,8 +309,21 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         if warning is not None:
             _say(f"warning: {warning}")
         else:  # the check assumes anomalies are the few: with most rows anomalous, any common value looks like one
-            _refuse_leaks(data.schema, data.events, [lab != normal_label for lab in labels],
-                          [*(args.exclude or ()), *(args.keep or ())])
+            excluded = [*(args.exclude or ()), *(args.keep or ())]
+            _refuse_leaks(data.schema, data.events, [lab != normal_label for lab in labels], excluded)
+            if labelled and not all(labelled):  # delayed labels: frauds not labelled yet read as legit, and a
+                # ground-truth column passed (a trial: `pattern` and `label` as features, 130 of 1,746 frauds
+                # unlabelled at the cut); the labelled events alone show it
+                kept = [i for i, has in enumerate(labelled) if has]
+                _refuse_leaks(data.schema, [data.events[i] for i in kept], [labels[i] != normal_label for i in kept],
+                              excluded, " (among the labelled events)")
+        if args.feedback:  # a column named as a label is a feature here: said, whatever the check found
+            features = {rule.name for rule in data.schema.feature_fields}
+            told = set(args.keep or ())
+            for name in [n for n in label_like_columns(events[:10_000]) if n in features and n not in told]:
+                _say(f"warning: {name} looks like a label and is a feature of this model: it learns the frauds' "
+                     f"labels as one more input (a leak; live events will not carry it). --exclude {name} leaves it "
+                     f"out (--keep {name} if it is a real feature)")
         _say(f"{len(events)} events; training on {len(normal)} with {source}{normal_label}")
     else:
         normal = events
@@ -598,10 +612,11 @@ def _check_keep(args: argparse.Namespace, schema: Any, events: list[dict[str, An
                               "fields the ground-truth check refuses")
 
 
-def _refuse_leaks(schema: Any, events: list[dict[str, Any]], fraud: list[bool], excluded: Sequence[str]) -> None:
+def _refuse_leaks(schema: Any, events: list[dict[str, Any]], fraud: list[bool], excluded: Sequence[str],
+                  among: str = "") -> None:
     """Refuse (exit 2) a category or boolean feature that gives the label away
     (``inputs.leak_problem``): the model would look perfect in training and meet events without it
-    when served."""
+    when served. ``among``: said after the counts (which events they are of)."""
     from .fieldschema import FieldType
     from .inputs import leak_problem
 
@@ -613,7 +628,7 @@ def _refuse_leaks(schema: Any, events: list[dict[str, Any]], fraud: list[bool], 
             counts.setdefault(event.get(rule.name), [0, 0])[f] += 1
         problem = leak_problem(rule.name, counts)
         if problem is not None:
-            raise ConfigError(problem)
+            raise ConfigError(problem.replace(" anomalous rows have", f" anomalous rows{among} have", 1))
 
 
 def _supervised(args: argparse.Namespace, result: Any, events: list[dict[str, Any]], labels: list[str] | None,
@@ -635,12 +650,14 @@ def _supervised(args: argparse.Namespace, result: Any, events: list[dict[str, An
     result.calibration["supervised"] = entry
 
 
-def _feedback_labels(path: Path, events: list[dict[str, Any]], training: bool = False) -> tuple[list[str], list[Any]]:
+def _feedback_labels(path: Path, events: list[dict[str, Any]], training: bool = False,
+                     labelled: list[bool] | None = None) -> tuple[list[str], list[Any]]:
     """Each event's label from a feedback file (``feedback``'s rule: the winning label of all the
     file's records; an event without one is taken as legit, as fraud teams read silence), and the
     file's records (``feedback.Label``). ``training``: a file none of whose labels is about an
     event of the input is refused (``ConfigError``: training would take every event as legit);
-    scoring says so and goes on."""
+    scoring says so and goes on. ``labelled``, when given, is filled with whether each event has
+    a label of its own (False: silence, read as legit)."""
     from .feedback import FRAUD, LEGIT
     from .inputs import read_feedback
 
@@ -661,6 +678,8 @@ def _feedback_labels(path: Path, events: list[dict[str, Any]], training: bool = 
          f"{found.count(None)} events without a label (taken as legit)"
          + (f"; {len(strays)} labelled events are not in the input ({why})" if strays else ""))
     _warn_labels_before_events(path, events, verdicts.labels())
+    if labelled is not None:
+        labelled[:] = [v is not None for v in found]
     return [FRAUD if v else LEGIT for v in found], verdicts.labels()
 
 

@@ -225,3 +225,39 @@ def test_a_ground_truth_column_left_in_the_training_file_is_refused(tmp_path: Pa
     assert main(args) == 2
     assert "field 'pattern' gives the label away" in capsys.readouterr().err
     assert main([*args, "--exclude", "pattern"]) == 0
+
+
+def test_a_ground_truth_column_is_refused_while_some_frauds_wait_for_their_label(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial (G): the simulator's ``label`` and ``pattern`` left in the file, labels delayed (130
+    of 1,746 frauds not labelled yet at the cut, read as legit), and the check passed: both became
+    features (AUC 0.98; 0.64 without them). The labelled events alone show the leak; a column
+    named as a label is warned of whatever the check finds."""
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_csv
+    from stream_detector.simulate import Simulator
+
+    events, patterns = Simulator(seed=4, accounts=300).batch(3000, 0.03, now_ms=int(T), span_ms=86_400_000)
+    rows = [{**e, "pattern": p, "label": "legit" if p == "legit" else "fraud"} for e, p in zip(events, patterns,
+                                                                                              strict=True)]
+    write_csv(tmp_path / "h.csv", rows)
+    frauds = [e["event_id"] for e, p in zip(events, patterns, strict=True) if p != "legit"]
+    legit = [e["event_id"] for e, p in zip(events, patterns, strict=True) if p == "legit"]
+    waiting = len(frauds) // 6  # not labelled yet: silence, read as legit
+    records = [{"event_id": i, "label": "fraud", "labelled_at": int(T)} for i in frauds[waiting:]]
+    records += [{"event_id": i, "label": "legit", "labelled_at": int(T)} for i in legit[::20]]  # 5 % reviewed
+    (tmp_path / "fb.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    args = ["train", "--input", str(tmp_path / "h.csv"), "--out", str(tmp_path / "m"), "--feedback",
+            str(tmp_path / "fb.jsonl"), "--epochs", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "gives the label away" in err and "anomalous rows (among the labelled events) have" in err, err[-600:]
+    assert main([*args, "--exclude", "pattern", "--keep", "label"]) == 0  # kept as told: no warning
+    assert "label looks like a label" not in capsys.readouterr().err
+    assert main([*args, "--exclude", "pattern", "--out", str(tmp_path / "m2"), "--keep", "channel"]) == 2
+    err = capsys.readouterr().err  # `label` itself gives it away among the labelled events
+    assert "field 'label' gives the label away" in err
+    # a column named as a label that gives nothing away (a stale flag): still said, it is a feature
+    write_csv(tmp_path / "h2.csv", [{**e, "is_fraud": i % 2} for i, e in enumerate(events)])
+    assert main([*args[:2], str(tmp_path / "h2.csv"), "--out", str(tmp_path / "m3"), *args[5:]]) == 0
+    assert "warning: is_fraud looks like a label and is a feature of this model" in capsys.readouterr().err
