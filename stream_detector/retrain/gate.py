@@ -133,6 +133,15 @@ def decide(candidate: dict[str, Any], active: dict[str, Any] | None, policy: Gat
             if candidate[metric] < active[metric] - margin:
                 reasons.append(f"{metric} {candidate[metric]:.3f} below active {active[metric]:.3f} "
                                f"- {margin:.3f}")
+            elif candidate[metric] < active[metric]:  # a trial: "gate passed", and both figures were lower
+                notes.append(f"{metric} {candidate[metric]:.3f} is below the active model's {active[metric]:.3f}, "
+                             f"within the margin {margin:.3f} (SD_GATE_RECALL_TOLERANCE and two standard errors): "
+                             "no worse by the gate's rule, not better")
+        legit = int(active.get("labelled", 0)) - int(active.get("frauds", 0))
+        if "precision" in active and legit < int(active.get("frauds", 0)):
+            notes.append(f"precision counts labelled events only ({legit} legit, {int(active.get('frauds', 0))} "
+                         "fraud): where legit events are labelled by sample it reads higher than on traffic, "
+                         "where silence is legit (score --feedback's precision)")
     return GateDecision(not reasons, reasons, candidate, active,
                         {"target_rate": policy.target_rate, "parts": policy.parts, "max_ratio": policy.max_ratio,
                          "tolerance": policy.tolerance, "min_labels": policy.min_labels,

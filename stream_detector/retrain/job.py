@@ -260,6 +260,7 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
                       evaluate(active, holdout, labelled, is_fraud, score) if active is not None else None, policy)
     if decision.active is not None and active is not None:
         decision.active["version"] = active.version
+        _note_smaller_training(decision, active, result.metrics.get("train_rows"))
     scores = score(draft, holdout[:len(holdout_entries)]).scores  # the drift reference: clean traffic, as before
     reference = reference_from_scores(scores[~np.isnan(scores)])
     counts.update(train_events=len(train_entries), holdout_events=len(holdout_entries),
@@ -272,6 +273,20 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     bundle = build_bundle(final, {"trained_by": "retrainer", "retrain_reason": reason, "training": counts,
                                   "gate": decision.to_dict()})
     return Candidate(bundle, decision, counts, "passed" if decision.passed else "; ".join(decision.reasons))
+
+
+def _note_smaller_training(decision: GateDecision, active: Bundle, rows: Any) -> None:
+    """A note in the decision when the candidate learnt from less than half the rows the active
+    model did (both: the metadata's ``metrics.train_rows``): a trial's candidate learnt from one
+    week of the window (6,037 events), the model it replaced from five (38,444), and the report did
+    not say so."""
+    before = (active.metadata.get("metrics") or {}).get("train_rows")
+    if isinstance(before, int) and isinstance(rows, int) and before > 2 * rows:
+        decision.policy["notes"].append(
+            f"the candidate learnt from {rows:,} rows of the window, the active model {active.version} from "
+            f"{before:,} (metrics.train_rows): the window (SD_RETRAIN_WINDOW_EVENTS, SD_RETRAIN_WINDOW_SECONDS) "
+            "holds less history than the active model was trained on (a retrain --once trains on the events "
+            "since the previous one: docs/retraining.md)")
 
 
 def _key(entry: WindowEntry) -> tuple[float, int, int]:

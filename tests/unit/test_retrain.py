@@ -187,6 +187,34 @@ def test_gate_compares_recall_and_precision_only_with_enough_labels():
     assert decide({**worse, "frauds": 4}, {**active, "frauds": 4}, POLICY).passed, "too few labels to judge"
 
 
+def test_a_candidate_passed_with_lower_figures_is_said_to_be_no_worse_not_better():
+    """A trial (G): `gate passed`, no note, and the candidate's recall (0.150 vs 0.185) and precision
+    (0.904 vs 0.906) were both below the active model's; its precision, over labelled events with
+    legit ones labelled by sample (394 labelled, 313 frauds), read 0.91 where `score --feedback`
+    read 0.42."""
+    active = numbers(0.008, recall=0.185, precision=0.906, frauds=313, flagged=64, labelled=394)
+    candidate = numbers(0.011, recall=0.150, precision=0.904, frauds=313, flagged=52, labelled=394)
+    decision = decide(candidate, active, POLICY)
+    notes = decision.policy["notes"]
+    assert decision.passed and decision.reasons == []
+    assert any(n.startswith("recall 0.150 is below the active model's 0.185, within the margin") for n in notes)
+    assert any(n.startswith("precision 0.904 is below the active model's 0.906") for n in notes)
+    assert any(n.startswith("precision counts labelled events only (81 legit, 313 fraud)") for n in notes)
+    better = decide(numbers(0.008, recall=0.2, precision=0.95, frauds=313, flagged=66, labelled=3313), active,
+                    POLICY)
+    assert better.passed and not any("below the active" in n for n in better.policy["notes"])
+    # and that it learnt from a week of the window where the model it replaces learnt from five
+    from types import SimpleNamespace
+
+    from stream_detector.retrain.job import _note_smaller_training
+
+    _note_smaller_training(better, SimpleNamespace(metadata={"metrics": {"train_rows": 38_444}}, version="v1"), 6_037)
+    assert better.policy["notes"][-1].startswith("the candidate learnt from 6,037 rows of the window, the active "
+                                                 "model v1 from 38,444")
+    _note_smaller_training(decision, SimpleNamespace(metadata={"metrics": {"train_rows": 9_000}}, version="v1"), 6_037)
+    assert not any(n.startswith("the candidate learnt") for n in decision.policy["notes"])
+
+
 def test_an_active_model_alerting_past_the_budget_is_no_recall_reference():
     """Seen at 1M events of history (benchmarks retrain-scale): an active model alerting on 99.7 %
     of held-back traffic had recall 0.99 and blocked a candidate within budget."""
