@@ -703,7 +703,13 @@ def _stray_label_ids(strays: Sequence[str], ids: set[str]) -> str:
         out += (f"; {len(respelt)} differ only as a spreadsheet writes numbers (e.g. {respelt[0]!r} for "
                 f"{bare(respelt[0])!r}): write the ids as text")
     elif ids and all(re.fullmatch(r".+-\d+", i) for i in sorted(ids)[:3]):
-        out += " (generated ids? --id-column names the input's id column)"
+        prefixes = {i.rsplit("-", 1)[0] for i in sorted(ids)[:100]}
+        if all(re.fullmatch(r".+-\d+", s) and s.rsplit("-", 1)[0] in prefixes for s in strays[:100]):
+            # a trial (G): labels of the older part of the same simulated data were said to be "generated ids?"
+            out += (" (the same id form as the input's: labels of events this file does not hold, another part "
+                    "of the same data?)")
+        else:
+            out += " (generated ids? --id-column names the input's id column)"
     return out
 
 

@@ -95,6 +95,11 @@ def parse_label(obj: object, default_time_ms: float | None = None, text_ids: boo
             return RejectReason.INVALID_LABEL, (f"label must be \"fraud\" or \"legit\", got {label.strip()!r}"
                                                 f"{' with spaces' if label != label.strip() else ''}: "
                                                 f"labels are lowercase ({label.strip().lower()!r})")
+        flag = _flag_word(label)
+        if flag is not None:  # a trial (G): 1/0 labels, said as "text of 1 character"
+            fraud, legit = flag
+            return RejectReason.INVALID_LABEL, (f"label must be \"fraud\" or \"legit\", got the flag {label!r}: "
+                                                f"write fraud for {fraud} and legit for {legit}")
         return RejectReason.INVALID_LABEL, f"label must be \"fraud\" or \"legit\", got {_kind(label)}"
     source = obj.get("source")
     if source is None or source == "":
@@ -112,6 +117,22 @@ def parse_label(obj: object, default_time_ms: float | None = None, text_ids: boo
             return parsed
         at_ms = parsed
     return Label(event_id, label == FRAUD, source, at_ms)
+
+
+_FLAGS = {"1": ("1", "0"), "0": ("1", "0"), "1.0": ("1.0", "0.0"), "0.0": ("1.0", "0.0"), "true": ("true", "false"),
+          "false": ("true", "false"), "yes": ("yes", "no"), "no": ("yes", "no"), "y": ("y", "n"), "n": ("y", "n")}
+
+
+def _flag_word(value: object) -> tuple[str, str] | None:
+    """The (fraud, legit) spellings of a 0/1, true/false or yes/no flag ``value`` is one of, or None.
+    Such a value is a well-known token, safe to repeat in a message (``_kind`` never repeats one)."""
+    if isinstance(value, bool):
+        return ("true", "false")
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return ("1", "0")
+    if isinstance(value, str):
+        return _FLAGS.get(value.strip().lower())
+    return None
 
 
 def _kind(value: object) -> str:

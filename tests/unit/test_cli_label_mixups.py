@@ -443,3 +443,16 @@ def test_labels_that_join_no_event_refuse_training_and_say_why(tmp_path: Path, c
     assert code == 0, err
     assert "labels joined by event_id: 3 fraud" in err and "3 labelled events are not in the input (label ids like " \
         "'1120.0', '1160.0', '1200.0'" in err
+
+
+def test_labels_of_events_another_part_of_the_data_holds_are_not_called_generated_ids() -> None:
+    """Trial G: `score --feedback` of the newer part of a simulated file with the whole file's labels
+    said `(generated ids? --id-column names the input's id column)` of labels whose ids had the
+    input's own form (`sim-27e826-39545` beside `sim-27e826-40061`): labels of the older part."""
+    from stream_detector.cli import _stray_label_ids
+
+    ids = {f"sim-27e826-{n}" for n in range(40_061, 40_100)}
+    said = _stray_label_ids(["sim-27e826-39545", "sim-27e826-12"], ids)
+    assert "another part of the same data?" in said and "generated ids?" not in said
+    made_up = {f"events-{n}" for n in range(1, 40)}  # the ids a file without event_id gets
+    assert "generated ids? --id-column" in _stray_label_ids(["tx-991", "tx-992"], made_up)

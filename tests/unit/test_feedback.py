@@ -261,3 +261,23 @@ def test_a_ground_truth_column_is_refused_while_some_frauds_wait_for_their_label
     write_csv(tmp_path / "h2.csv", [{**e, "is_fraud": i % 2} for i, e in enumerate(events)])
     assert main([*args[:2], str(tmp_path / "h2.csv"), "--out", str(tmp_path / "m3"), *args[5:]]) == 0
     assert "warning: is_fraud looks like a label and is a feature of this model" in capsys.readouterr().err
+
+
+def test_a_flag_label_is_named_with_what_to_write_and_an_events_file_is_named_as_one(tmp_path: Path) -> None:
+    """Trial G: labels 1/0 were refused as `got text of 1 character` (the value hidden: messages
+    reach dead-letter headers, but a 0/1 or yes/no flag is no secret); an events file given as the
+    feedback file was refused for `feedback record without labelled_at`."""
+    from stream_detector.errors import InputError
+    from stream_detector.inputs import read_feedback
+
+    for value, hint in (("1", "write fraud for 1 and legit for 0"), (0, "write fraud for 1 and legit for 0"),
+                        (" Yes ", "write fraud for yes and legit for no"), (False, "fraud for true and legit for false")):
+        problem = parse_label({"event_id": "e1", "label": value, "labelled_at": T})
+        assert isinstance(problem, tuple) and problem[0] is RejectReason.INVALID_LABEL and hint in problem[1]
+    secret = parse_label({"event_id": "e1", "label": "4111-1111", "labelled_at": T})
+    assert isinstance(secret, tuple) and "4111" not in secret[1] and "text of 9 characters" in secret[1]
+    events = tmp_path / "events.csv"
+    events.write_text("event_id,account_id,timestamp,amount,country\ne1,a1,2026-06-01T00:00:00Z,12.5,FR\n")
+    with pytest.raises(InputError, match=r"its rows have no label field \(fields: event_id, account_id, timestamp, "
+                                         r"amount, country\): an events file\?"):
+        read_feedback(events)
