@@ -1311,6 +1311,9 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     if not (math.isfinite(args.rate) and args.rate >= 0):  # as simulate (a new-user trial: -5 was taken)
         raise ConfigError(f"--rate must be a number >= 0 (0: as fast as possible), got {args.rate}")
     if args.feedback:
+        if args.skip:
+            raise ConfigError("--skip goes on with an events file; labels sent twice are harmless (the newest "
+                              "label of an event wins): send the whole feedback file again")
         return _produce_feedback(args, settings)
     # a JSON Lines file's rows are sent as the file has them (event contract checked, nothing retyped); a CSV's
     # or Parquet's are typed by the schema inferred from the file (text → numbers, booleans, epoch ms)
@@ -1337,19 +1340,27 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     if data.raw.kind != "jsonl":
         _numbers_as_written(data, [r.name for r in data.schema.fields if r.type is FieldType.TIMESTAMP],
                             [r.name for r in data.schema.fields if r.type is FieldType.NUMBER])
+    events, labels = data.events, data.labels
+    if args.skip:
+        if args.skip >= len(events):
+            raise ConfigError(f"--skip {args.skip}: {args.input} has {len(events)} events to send")
+        events, labels = events[args.skip:], None if labels is None else labels[args.skip:]
+        _say(f"the file's first {args.skip} events left out (--skip)")
     _probe_kafka(settings)
     producer = EventProducer(settings, args.topic or settings.input_topic)
     try:
         with producer:
             _say_created(producer)
-            sent = producer.send_paced(data.events, data.labels, rate=args.rate, progress=_say)
+            sent = producer.send_paced(events, labels, rate=args.rate, progress=_say)
     except KeyboardInterrupt:  # a trial: "interrupted", and no word of how many events got there
-        _say(f"interrupted: {producer.acknowledged} of the file's {len(data.events)} events were acknowledged by "
-             f"{args.topic or settings.input_topic} (sent in file order; the rest were not sent, or not confirmed)",
-             "ERROR")
+        # trial G: and no way to go on but cutting the file by hand
+        _say(f"interrupted: {producer.acknowledged} of the {len(events)} events were acknowledged by "
+             f"{args.topic or settings.input_topic} (sent in file order; the rest were not sent, or not confirmed); "
+             f"to send the rest, the same command with --skip {args.skip + producer.acknowledged_in_order} (the "
+             "file's events up to there were all acknowledged)", "ERROR")
         raise
     left = f"; {len(data.rejected)} rejected row(s) not sent (reasons above)" if data.rejected else ""
-    bare = sum(1 for label in data.labels or () if not label)
+    bare = sum(1 for label in labels or () if not label)
     if bare:
         left += (f"; {bare} events sent without a label (no value in column {args.label_column}): no sd.label "
                  "header")
@@ -2516,6 +2527,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "simulate --out file")
     p.add_argument("--rate", type=float, default=0, help="events per second (default 0: as fast as possible)")
     p.add_argument("--limit", type=_at_least(1), help="send at most this many rows")
+    p.add_argument("--skip", type=_at_least(0), default=0, metavar="N",
+                   help="leave out the file's first N events (of those --limit reads): to go on after an "
+                        "interrupted produce, which says the N to give")
     _add_reader_args(p)
     _add_schema_args(p)
     p.set_defaults(func=cmd_produce)

@@ -40,6 +40,8 @@ class EventProducer:
         self.futures: list[Any] = []
         self.created: list[str] = []  # topics this producer created (the CLI says so: a misspelt one is new)
         self.acknowledged = 0  # records Kafka acknowledged (an interrupted run says how many got there)
+        # the first records in send order all acknowledged: an interrupted produce goes on after them (--skip)
+        self.acknowledged_in_order = 0
 
     def _ready(self, topic: str) -> None:
         """``topic`` exists: created with ``SD_CREATE_TOPICS`` (and remembered in ``created``), else
@@ -67,7 +69,10 @@ class EventProducer:
                 self.confirm()
             else:  # interrupted: what was handed over is flushed (briefly) and counted, not checked
                 self.producer.flush(timeout=min(5.0, self.settings.delivery_timeout_s))
-                self.acknowledged += sum(1 for f in self.futures if f.is_done and not f.failed())
+                done = [f.is_done and not f.failed() for f in self.futures]
+                self.acknowledged_in_order = self.acknowledged + next(
+                    (i for i, ok in enumerate(done) if not ok), len(done))
+                self.acknowledged += sum(done)
                 self.futures.clear()
             self.producer.close(timeout=self.settings.delivery_timeout_s)
             self.producer = None
@@ -101,6 +106,8 @@ class EventProducer:
         self.producer.flush(timeout=self.settings.delivery_timeout_s)
         failed = [f for f in self.futures if not f.is_done or f.failed()]
         self.acknowledged += len(self.futures) - len(failed)
+        if not failed:
+            self.acknowledged_in_order = self.acknowledged
         self.futures.clear()
         if failed:
             raise DeliveryError(f"{len(failed)} events were not acknowledged by Kafka")
