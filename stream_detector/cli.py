@@ -1349,9 +1349,9 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     _probe_kafka(settings)
     producer = EventProducer(settings, args.topic or settings.input_topic)
     try:
-        with producer:
+        with _interrupt_as_flag() as stopping, producer:  # Ctrl-C: the send stops between two chunks
             _say_created(producer)
-            sent = producer.send_paced(events, labels, rate=args.rate, progress=_say)
+            sent = producer.send_paced(events, labels, rate=args.rate, progress=_say, stop=stopping.is_set)
     except KeyboardInterrupt:  # a trial: "interrupted", and no word of how many events got there
         # trial G: and no way to go on but cutting the file by hand
         _say(f"interrupted: {producer.acknowledged} of the {len(events)} events were acknowledged by "

@@ -113,8 +113,15 @@ class EventProducer:
             raise DeliveryError(f"{len(failed)} events were not acknowledged by Kafka")
 
     def send_paced(self, events: Sequence[dict[str, Any]], labels: Sequence[str] | None, rate: float,
-                   progress: Progress | None = None) -> int:
+                   progress: Progress | None = None, stop: Callable[[], bool] = lambda: False) -> int:
+        """Send ``events`` (with their ``labels`` as the ``sd.label`` header) at ``rate`` per second
+        (0: as fast as possible), in chunks of about 50 ms of it, every 20 chunks confirmed.
+        ``stop()`` is asked before each chunk: true, it raises ``KeyboardInterrupt`` there, between
+        two calls of the Kafka client (a signal handler that sets a flag, not one that raises inside
+        the client: ``kafka_util.tail``). Returns how many were sent."""
         def chunk(start: int, n: int) -> None:
+            if stop():
+                raise KeyboardInterrupt
             self.send(events[start:start + n], None if labels is None else labels[start:start + n])
         return _paced(len(events), rate, chunk, self.confirm, progress)
 
