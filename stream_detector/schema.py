@@ -165,6 +165,23 @@ class DeadLetterHeaders:
 _NESTED = (dict, list)
 
 
+_ID_WORDS = ("event", "transaction", "trans", "txn", "tx", "trx", "payment", "order", "record")
+
+
+def _id_hint(obj: dict[str, Any]) -> str:
+    """For a ``missing_event_id`` message: a field of ``obj`` that looks like the event's id under
+    another name (``Event_ID``, ``id``, ``transaction_id``, ``TxnID``: as ``inputs.id_like_columns``
+    names them), said with what to do; field names only, never a value (messages reach dead-letter
+    headers). A trial's producer sent ``transaction_id``, and every event was a dead letter
+    ``event_id is required``."""
+    for name in obj:
+        flat = "".join(c for c in str(name).lower() if c.isalnum())
+        if flat == "eventid" or flat == "id" or (flat.endswith("id") and flat[:-2].startswith(_ID_WORDS)):
+            return (f" (the event has {str(name)[:40]!r}: its id under another name? The event contract names it "
+                    f"event_id; stream-detector produce --id-column {str(name)[:40]} renames it)")
+    return ""
+
+
 def validate_event(obj: object, finite_floats: bool = False, check_timestamp: bool = True) -> Problem | None:
     """Check one parsed JSON value against the event contract; ``None`` when valid.
 
@@ -178,7 +195,7 @@ def validate_event(obj: object, finite_floats: bool = False, check_timestamp: bo
         return RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
     event_id = obj.get("event_id")
     if event_id is None or event_id == "":
-        return RejectReason.MISSING_EVENT_ID, "event_id is required"
+        return RejectReason.MISSING_EVENT_ID, "event_id is required" + _id_hint(obj)
     if not isinstance(event_id, str):
         return RejectReason.WRONG_TYPE, f"event_id must be a string, got {type(event_id).__name__}"
     if len(event_id) > 512:

@@ -143,3 +143,16 @@ def test_invalid_json_and_invalid_utf8_say_what_they_are() -> None:
     assert messages[2].startswith("not valid JSON: it starts with a UTF-8 byte order mark (BOM)")
     assert [r.reason for r in decoded.rejected] == [RejectReason.INVALID_JSON] * 3
     assert [decode_label(v) for v in values] == [(RejectReason.INVALID_JSON, m) for m in messages]  # feedback alike
+
+
+def test_an_event_whose_id_has_another_name_is_dead_lettered_with_that_name_and_what_to_do() -> None:
+    """A worker's dead letter `missing_event_id: event_id is required` for every event of a producer
+    that names its id `transaction_id` said nothing of it. The field's name (never a value) is said,
+    and `produce --id-column`; an event with no such field keeps the short message."""
+    for name in ("transaction_id", "TxnID", "Event_ID", "id"):
+        problem = validate_event({name: "t-1", "amount": 3.5})
+        assert problem is not None and problem[0] is RejectReason.MISSING_EVENT_ID
+        assert f"the event has {name!r}: its id under another name?" in problem[1] and "t-1" not in problem[1]
+        assert f"produce --id-column {name} renames it" in problem[1]
+    assert validate_event({"account_id": "a1", "terminal_id": "t9"}) == (RejectReason.MISSING_EVENT_ID,
+                                                                         "event_id is required")
