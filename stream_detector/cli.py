@@ -1343,7 +1343,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     events, labels = data.events, data.labels
     if args.skip:
         if args.skip >= len(events):
-            raise ConfigError(f"--skip {args.skip}: {args.input} has {len(events)} events to send")
+            raise ConfigError(f"--skip {args.skip} leaves nothing to send: {args.input} has {len(events)} events")
         events, labels = events[args.skip:], None if labels is None else labels[args.skip:]
         _say(f"the file's first {args.skip} events left out (--skip)")
     _probe_kafka(settings)

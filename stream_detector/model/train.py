@@ -75,6 +75,7 @@ class TrainResult:
     schema: FieldSchema | None = None
     # the validation rows' mean errors (float64[n]), the ones ``threshold`` was calibrated on; not saved
     validation_errors: np.ndarray | None = None
+    training_errors: np.ndarray | None = None  # the training rows' (float64[m]); not saved
 
 
 def default_epochs(n_rows: int, batch_size: int) -> int:
@@ -195,7 +196,8 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
                           config.max_alert_rate)
     flag_rate = float((val_errors > threshold).mean())
     with torch.no_grad():
-        train_flag_rate = float((head(torch.from_numpy(x_train)).mean(dim=1).numpy() > threshold).mean())
+        train_errors = head(torch.from_numpy(x_train)).mean(dim=1).numpy().astype(np.float64)
+    train_flag_rate = float((train_errors > threshold).mean())
     _refuse_unusable(threshold, flag_rate, train_flag_rate, config.max_self_flag_rate)
     calibration: dict[str, Any] = {
         "method": config.threshold_method,
@@ -223,7 +225,7 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
     for line in threshold_lines(val_errors, threshold, config):
         say(line)
     metrics["rows_left_out"] = dropped
-    return TrainResult(spec, head, arch, threshold, calibration, metrics, entity, schema, val_errors)
+    return TrainResult(spec, head, arch, threshold, calibration, metrics, entity, schema, val_errors, train_errors)
 
 
 def row_errors(result: TrainResult, rows: Sequence[dict[str, Any]]) -> np.ndarray:

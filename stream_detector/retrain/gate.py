@@ -4,15 +4,18 @@ Both models are scored with the worker's own code path (``offline.score_events``
 held-back data: the held-back traffic (the newest clean events of the window, never trained on,
 and the events of their span that the workers alerted and no label says are fraud: silence reads
 as legit) and, where analysts labelled events in the window, those labelled events. Each model is
-judged at its own threshold. Both alert rates are then rates on the same legit traffic, the
+judged at its own threshold. Both ``alert_rate`` figures are then rates on the same traffic, the
 active model's about its live one (before 2026-12-07 the held-back events were the clean ones
 alone, which by construction the active model had not alerted: its rate read about 0).
 
 Rules (all must hold; every number is kept in the decision record):
 
 1. the candidate scores (finitely) at least 99 % of the held-back events it is given;
-2. its alert rate on the held-back traffic is at most ``target · parts · max_ratio`` plus three
-   binomial standard errors (small held-back sets are noisy). ``parts`` is 2 for a bundle with a
+2. its alert rate on the held-back events whose verdict is settled (``settled_alert_rate``: clean,
+   or alerted and labelled legit; not the alerted events nobody has labelled yet, many of them
+   frauds whose chargeback is on its way — a trial's gate refused a better candidate for them) is
+   at most ``target · parts · max_ratio`` plus three binomial standard errors (small held-back
+   sets are noisy). ``parts`` is 2 for a bundle with a
    supervised head: each part is calibrated to the target on its own and an event alerts when
    either fires, so the union's budget is the sum of the two;
 3. with at least ``min_labels`` fraud labels and an active model whose own alert rate on the same
@@ -75,21 +78,30 @@ Scoring = Callable[[Bundle, Sequence[dict[str, Any]]], OfflineScores]
 
 
 def evaluate(bundle: Bundle, holdout: Sequence[dict[str, Any]], labelled: Sequence[dict[str, Any]],
-             is_fraud: np.ndarray, score: Scoring = score_events) -> dict[str, Any]:
+             is_fraud: np.ndarray, score: Scoring = score_events, settled: np.ndarray | None = None) -> dict[str, Any]:
     """A model's numbers on the held-back traffic (clean and alerted-unlabelled events) and on the
     labelled events. ``score`` scores events with a bundle (default ``offline.score_events``, from
     no history; a model with entity features is scored in the context of its history,
     ``job.InContext``). An alert is the worker's decision: error above the threshold, or with a
-    supervised head, probability above its own."""
+    supervised head, probability above its own.
+
+    ``settled`` (bool[len(holdout)]): the held-back events whose verdict is settled — clean (not
+    alerted) or labelled legit; an alerted event nobody has labelled yet may be a fraud whose
+    chargeback is on its way. ``alert_rate`` is over every held-back event, ``settled_alert_rate``
+    (over ``settled_rows``) over the settled ones: the figure rule 2 bounds."""
     threshold = bundle.threshold
     scored = score(bundle, holdout)
     ok = scored.valid
     scores = scored.scores[ok]
-    alerts = scored.flagged(threshold, bundle.head_threshold)[ok]
+    flagged = scored.flagged(threshold, bundle.head_threshold)
+    alerts = flagged[ok]
+    sure = ok & (settled if settled is not None else np.ones(len(holdout), dtype=bool))
     out: dict[str, Any] = {
         "threshold": threshold, "head_threshold": bundle.head_threshold, "rows": len(holdout),
         "scored": int(ok.sum()), "finite": bool(np.isfinite(scores).all()),
         "alert_rate": float(alerts.mean()) if scores.size else 0.0,
+        "settled_rows": int(sure.sum()),
+        "settled_alert_rate": float(flagged[sure].mean()) if sure.any() else 0.0,
         "score_to_threshold_quantiles": {
             str(q): float(np.quantile(scores, q) / threshold) if scores.size and threshold > 0 else None
             for q in (0.5, 0.9, 0.99)},
@@ -109,17 +121,19 @@ def decide(candidate: dict[str, Any], active: dict[str, Any] | None, policy: Gat
     reasons: list[str] = []
     if candidate["rows"] == 0 or candidate["scored"] < 0.99 * candidate["rows"] or not candidate["finite"]:
         reasons.append(f"candidate scored {candidate['scored']} of {candidate['rows']} held-back events")
-    bound = alert_rate_bound(policy, candidate["rows"])
-    if candidate["alert_rate"] > bound:
-        reasons.append(f"alert rate {candidate['alert_rate']:.4f} above bound {bound:.4f} "
+    rate_key = "settled_alert_rate" if "settled_alert_rate" in candidate else "alert_rate"
+    bound = alert_rate_bound(policy, int(candidate.get("settled_rows", candidate["rows"])))
+    if candidate[rate_key] > bound:
+        reasons.append(f"alert rate {candidate[rate_key]:.4f} above bound {bound:.4f} "
                        f"(target {policy.budget:.4f}" + (f" = {policy.parts} parts × {policy.target_rate:.4f}"
-                                                         if policy.parts > 1 else "") + ")")
+                                                         if policy.parts > 1 else "") + ")"
+                       + (" on the held-back events whose verdict is settled" if rate_key != "alert_rate" else ""))
     frauds = int(candidate.get("frauds", 0))
     notes: list[str] = []
-    if active is not None and active.get("alert_rate", 0.0) > bound:
+    if active is not None and active.get(rate_key, 0.0) > bound:
         # an active model that alerts far past the budget catches frauds by alerting everything:
         # its recall and precision are no reference for the candidate (rule 3 does not apply)
-        notes.append(f"active model's alert rate {active['alert_rate']:.4f} is above the bound {bound:.4f}: "
+        notes.append(f"active model's alert rate {active[rate_key]:.4f} is above the bound {bound:.4f}: "
                      "recall and precision not compared")
     elif active is not None and frauds < policy.min_labels:  # a trial: rule 3 off for a head model, no word
         notes.append(f"{frauds} labelled fraud(s) the candidate was not trained on (held back), fewer than "

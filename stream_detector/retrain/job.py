@@ -256,8 +256,13 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
                         settings.gate_recall_tolerance, settings.gate_min_labels,
                         parts=2 if draft.head_threshold is not None else 1)
     score: Scoring = context if context is not None else score_events
-    decision = decide(evaluate(draft, holdout, labelled, is_fraud, score),
-                      evaluate(active, holdout, labelled, is_fraud, score) if active is not None else None, policy)
+    # settled: a clean held-back event, or an alerted one labelled legit (an alerted one nobody labelled yet may
+    # be a fraud whose chargeback is on its way: a trial's gate refused a better candidate for catching those)
+    legit = {e.event_id for e, label in selection.labelled if label != FRAUD}
+    settled = np.array([True] * len(holdout_entries) + [e.event_id in legit for e in alerted_held], dtype=bool)
+    decision = decide(evaluate(draft, holdout, labelled, is_fraud, score, settled),
+                      evaluate(active, holdout, labelled, is_fraud, score, settled) if active is not None else None,
+                      policy)
     if decision.active is not None and active is not None:
         decision.active["version"] = active.version
         _note_smaller_training(decision, active, result.metrics.get("train_rows"))
@@ -316,13 +321,18 @@ def _calibrate_on_traffic(result: Any, alerted: Sequence[dict[str, Any]], clean:
     above = int((extra > threshold).sum())
     share = (float((validation > threshold).mean()) * clean + above) / (clean + extra.size)
     result.calibration["traffic"] = {
-        "clean_events": clean, "alerted_events": int(extra.size), "threshold_on_clean_events": clean_only,
+        "budget": budget, "clean_events": clean, "alerted_events": int(extra.size),
+        "threshold_on_clean_events": clean_only, "threshold": threshold,
         "alerted_above_clean_threshold": int((extra > clean_only).sum()), "alerted_above_threshold": above,
-        "share_of_traffic_above": share}
+        "validation_rows": int(validation.size), "validation_rows_above": int((validation > threshold).sum()),
+        "share_of_clean_events_above": float((validation > threshold).mean()), "share_of_traffic_above": share}
     counts["calibrated_with_alerted"] = int(extra.size)
+    counts["traffic_calibration"] = result.calibration["traffic"]  # in the metadata: `model show` has it
     if threshold > clean_only:
         result.threshold = result.calibration["threshold"] = threshold
         result.calibration["validation_flag_rate"] = float((validation > threshold).mean())
+        if result.training_errors is not None:  # a trial: left at the clean-only threshold's, 3x the validation's
+            result.calibration["train_flag_rate"] = float((result.training_errors > threshold).mean())
         say(f"threshold {threshold:.6g} for a {budget:.3%} budget of the training span's traffic: its "
             f"{clean:,} clean events and the {extra.size:,} the workers alerted without a fraud label "
             f"({int((extra > clean_only).sum()):,} of them above {clean_only:.6g}, the clean events' own quantile)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import socket
 import tempfile
 import threading
@@ -271,6 +272,29 @@ class Retrainer:
                                    f"within {timeout_s}s")
         self._read_side(timeout_s)
 
+    def _live_threshold_note(self, active: Bundle | None, candidate: Bundle) -> str:
+        """A note when the live threshold is not the active model's calibrated one (an operator's
+        ``threshold set``): the promotion replaces it with the candidate's, and the window was
+        decided at it. A trial raised it to 7.0 (calibrated 5.004) and then to 1e6; each next
+        promotion put a calibrated threshold back, and nothing said so."""
+        live = self.control.threshold()
+        if active is None or live is None or live.model_version != active.version:
+            return ""
+        if math.isclose(live.value, active.threshold, rel_tol=1e-6) and (
+                live.head is None or active.head_threshold is None
+                or math.isclose(live.head, active.head_threshold, rel_tol=1e-6)):
+            return ""
+        history = self.control.threshold_history(1)
+        who = history[0] if history else {}
+        set_by = f" by {who.get('set_by')}" + (f" ({who.get('note')!r})" if who.get("note") else "") if who else ""
+        raised = live.value > active.threshold
+        effect = ("fewer alerts: events its calibrated threshold would have alerted were trained on as clean" if raised
+                  else "more alerts: more events were left out of training")
+        return (f"the live threshold {live.value:g} (version {live.version}, set{set_by}) is not the active model "
+                f"{active.version}'s calibrated {active.threshold:g}: the window was decided at it ({effect}); "
+                f"promoting {candidate.version} sets its calibrated {candidate.threshold:g} in its place (threshold "
+                "set after the promotion to adjust it again)")
+
     def retrain(self, reason: str) -> RetrainOutcome:
         """Train on the clean, decided part of the window; publish if the gate passes."""
         started = time.monotonic()
@@ -311,6 +335,10 @@ class Retrainer:
             log.warning("retraining (%s) skipped: %s", reason, candidate.message)
             return RetrainOutcome("skipped", candidate.message, counts=candidate.counts)
         bundle = candidate.bundle
+        said = self._live_threshold_note(active, bundle)
+        if said:
+            candidate.decision.policy["notes"].append(said)
+            log.warning("%s", said)
         record = {**candidate.decision.to_dict(), "version": bundle.version, "reason": reason,
                   "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "counts": candidate.counts}
         if not candidate.decision.passed:

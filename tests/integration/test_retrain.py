@@ -365,3 +365,19 @@ def test_the_window_takes_only_events_a_worker_would_not_dead_letter(rsettings, 
     finally:
         retrainer.close()
     assert ids == {str(e["event_id"]) for e in events}, "every valid event and no dead letter"
+
+
+def test_a_promotion_over_an_operators_threshold_says_it_replaces_it(rsettings, published, bundle):
+    """Trial H: `threshold set 7.0` (calibrated 5.004), then `threshold set 1000000`: each next
+    promotion put a calibrated threshold back, and neither the run's log nor its report said so.
+    The decision's notes (and a WARNING) now name the live threshold, who set it, what it did to
+    the window, and that the promotion replaces it; nothing when the live one is the calibrated one."""
+    retrainer = Retrainer(rsettings)
+    assert retrainer._live_threshold_note(bundle, bundle) == ""  # as published: calibrated
+    published.set_threshold(bundle.threshold * 3, bundle.version, "ops@pager", note="too many alerts at night")
+    said = retrainer._live_threshold_note(bundle, bundle)
+    assert said.startswith(f"the live threshold {bundle.threshold * 3:g} (version ")
+    assert "set by ops@pager ('too many alerts at night')" in said and "fewer alerts: events its calibrated" in said
+    assert f"sets its calibrated {bundle.threshold:g} in its place" in said
+    published.set_threshold(bundle.threshold / 2, bundle.version, "ops@pager")
+    assert "more alerts: more events were left out of training" in retrainer._live_threshold_note(bundle, bundle)

@@ -187,6 +187,24 @@ def test_gate_compares_recall_and_precision_only_with_enough_labels():
     assert decide({**worse, "frauds": 4}, {**active, "frauds": 4}, POLICY).passed, "too few labels to judge"
 
 
+def test_rule_2_bounds_the_alert_rate_on_settled_events_not_on_alerts_awaiting_their_label():
+    """Trial H: the held-back span is the window's newest, where chargebacks have not arrived; the
+    active model's alerts there, unlabelled, counted as legit traffic (33 of its 53 were frauds), and
+    a candidate with recall 0.558 against 0.351 was refused at 0.0273 > 0.0253. Rule 2 now bounds
+    the rate over the settled events (clean, or labelled legit); both rates are kept."""
+    two = GatePolicy(target_rate=0.005, max_ratio=2.0, tolerance=0.05, min_labels=5, parts=2)
+    candidate = {**numbers(0.0273, rows=3117), "settled_rows": 3063, "settled_alert_rate": 0.0095,
+                 "recall": 0.558, "precision": 0.935, "frauds": 120, "flagged": 72}
+    active = {**numbers(0.0173, rows=3117), "settled_rows": 3063, "settled_alert_rate": 0.0003,
+              "recall": 0.351, "precision": 0.931, "frauds": 120, "flagged": 45}
+    decision = decide(candidate, active, two)
+    assert decision.passed, decision.reasons
+    assert decision.policy["alert_rate_bound"] == pytest.approx(alert_rate_bound(two, 3063))
+    over = decide({**candidate, "settled_alert_rate": 0.03}, active, two)
+    assert not over.passed and over.reasons[0].startswith("alert rate 0.0300 above bound")
+    assert over.reasons[0].endswith("on the held-back events whose verdict is settled")
+
+
 def test_a_candidate_passed_with_lower_figures_is_said_to_be_no_worse_not_better():
     """A trial (G): `gate passed`, no note, and the candidate's recall (0.150 vs 0.185) and precision
     (0.904 vs 0.906) were both below the active model's; its precision, over labelled events with
@@ -584,6 +602,11 @@ def test_a_candidate_is_calibrated_to_its_budget_of_traffic_not_of_the_clean_eve
     assert traffic["alerted_events"] == counts["calibrated_with_alerted"] > 0 and counts["holdout_alerted_events"] > 0
     assert traffic["alerted_events"] + counts["holdout_alerted_events"] == 60  # each span's own
     assert traffic["share_of_traffic_above"] <= 0.01 and candidate.bundle.threshold > traffic["threshold_on_clean_events"]
+    assert traffic["budget"] == 0.01 and traffic["threshold"] == candidate.bundle.threshold
+    assert counts["traffic_calibration"] == traffic  # the metadata's training counts: `model show` has it
+    calibration = candidate.bundle.calibration  # both flag rates at the final threshold (trial H: one was not)
+    assert calibration["validation_flag_rate"] == traffic["share_of_clean_events_above"]
+    assert calibration["train_flag_rate"] < 2 * calibration["validation_flag_rate"] + 0.002
     # fresh traffic, 1 % anomalies as in the window: over six seeds the clean-only threshold flagged 1.6-2.4 %
     # of it, the new one 1.0-1.3 % (the anomalies, and the sampling error of a 1 % quantile on 1,200 rows)
     fresh = [dict(r, event_id=f"f{i}") for i, r in enumerate(_paired(rng, 20000, False) + _paired(rng, 200, True))]
