@@ -17,6 +17,12 @@ passed is recorded). The baseline chain is the same code given no alerted events
 measured on the same fresh traffic: its alert rate over all events, over the legit ones (the false
 positive rate the budget is for), and its recall of the frauds.
 
+With ``--supervised`` every model also has the supervised head (``model/supervised.py``): the
+first is trained on the first window's labels, and in each window every fraud is labelled fraud
+(its chargeback has arrived) and one legit event in twenty labelled legit (an analyst's sample);
+the rest is silence. The head is calibrated on its own rows, as the retrainer does it (unchanged
+by the traffic calibration, which is the autoencoder's).
+
 No services: in-process (``offline.score_events``, the worker's scoring code).
 """
 
@@ -32,6 +38,7 @@ import orjson
 
 from benchmarks.results import write_section
 from stream_detector.model.bundle import Bundle, build_bundle
+from stream_detector.model.supervised import HeadConfig, rows_for_head, train_head
 from stream_detector.model.train import TrainConfig, train
 from stream_detector.offline import score_events
 from stream_detector.retrain.job import build_candidate
@@ -52,16 +59,22 @@ def rates(bundle: Bundle, events: list[dict[str, Any]], fraud: np.ndarray) -> di
             "recall": float(flagged[fraud].mean()) if fraud.any() else float("nan")}
 
 
-def chain(first: Bundle, windows: list[list[dict[str, Any]]], settings: Settings, on_traffic: bool,
-          fresh: list[dict[str, Any]], fraud: np.ndarray) -> list[dict[str, Any]]:
-    """One chain of generations; per generation its figures on ``fresh``, and its gate's."""
+def chain(first: Bundle, windows: list[tuple[list[dict[str, Any]], list[str]]], settings: Settings,
+          on_traffic: bool, fresh: list[dict[str, Any]], fraud: np.ndarray, labelled: bool) -> list[dict[str, Any]]:
+    """One chain of generations; per generation its figures on ``fresh``, and its gate's. With
+    ``labelled``, each window's frauds are labelled fraud and every 20th legit event legit."""
     active, out = first, []
-    for n, window in enumerate(windows, 1):
+    for n, (window, patterns) in enumerate(windows, 1):
         scored = score_events(active, window)
         alerted = scored.flagged(active.threshold, active.head_threshold) & scored.valid
         selection = Selection(left_out={"alerted": int(alerted.sum())})
-        for i, (event, hit) in enumerate(zip(window, alerted.tolist(), strict=True)):
+        for i, (event, hit, pattern) in enumerate(zip(window, alerted.tolist(), patterns, strict=True)):
             entry = WindowEntry(float(i), 0, i, str(event["event_id"]), orjson.dumps(event))
+            label = ("fraud" if pattern != "legit" else "legit" if i % 20 == 0 else None) if labelled else None
+            if label is not None:
+                selection.labelled.append((entry, label))
+            if label == "fraud":
+                continue  # left out of training and of the budget's traffic
             if not hit:
                 selection.clean.append(entry)
             elif on_traffic:
@@ -86,20 +99,25 @@ def main(argv: list[str]) -> int:
     p.add_argument("--budget", type=float, default=0.005, help="the alert budget (share of legit traffic)")
     p.add_argument("--fraud-rate", type=float, default=0.002, help="the simulator's fraud share")
     p.add_argument("--epochs", type=int, default=8, help="training epochs of every model")
+    p.add_argument("--supervised", action="store_true", help="every model with the supervised head (labels as above)")
     p.add_argument("--write", action="store_true", help="write the retrain-budget section of RESULTS.md")
     args = p.parse_args(argv)
     started = time.monotonic()
     sim = Simulator(seed=1, accounts=3000, run_id="budget")
     events, patterns = sim.batch(args.window, args.fraud_rate)
     legit = [e for e, pattern in zip(events, patterns, strict=True) if pattern == "legit"]
-    first = build_bundle(train(legit, TrainConfig(epochs=args.epochs, threshold_method="quantile",
-                                                  target_fpr=args.budget)))
-    windows = [sim.batch(args.window, args.fraud_rate)[0] for _ in range(args.generations)]
+    result = train(legit, TrainConfig(epochs=args.epochs, threshold_method="quantile", target_fpr=args.budget))
+    if args.supervised:
+        x, y = rows_for_head(result.spec, result.schema, events, [p != "legit" for p in patterns])
+        result.head, result.calibration["supervised"] = train_head(result.head, x, y,
+                                                                   HeadConfig(target_fpr=args.budget), say)
+    first = build_bundle(result)
+    windows = [sim.batch(args.window, args.fraud_rate) for _ in range(args.generations)]
     fresh, fresh_patterns = Simulator(seed=2, accounts=3000, run_id="fresh").batch(2 * args.window, args.fraud_rate)
     fraud = np.array([pattern != "legit" for pattern in fresh_patterns])
     settings = Settings(**{"retrain_epochs": args.epochs, "retrain_target_fpr": args.budget})
     zero = rates(first, fresh, fraud)
-    runs = {name: chain(first, windows, settings, name == "traffic", fresh, fraud)
+    runs = {name: chain(first, windows, settings, name == "traffic", fresh, fraud, args.supervised)
             for name in ("clean only", "traffic")}
     lines = [f"Simulated card traffic (`Simulator`, 3,000 accounts, {args.fraud_rate:.1%} frauds, unlabelled), "
              f"windows of {args.window:,} events, alert budget {args.budget:.2%}, {args.epochs} epochs; every model "
@@ -108,7 +126,9 @@ def main(argv: list[str]) -> int:
              f"{zero['legit']:.2%}, recall {zero['recall']:.0%}. *clean only (before)*: the threshold calibrated on "
              "the clean events alone (the same code given no alerted events); *traffic*: on the training span's "
              "traffic, the alerted events included. *gate*: the held-back alert rates the gate compared (candidate "
-             "/ active).", "",
+             "/ active)." + (" Every model has the supervised head (each part calibrated to the budget: the "
+                             "decision's budget is twice it); frauds labelled, one legit event in twenty "
+                             "labelled." if args.supervised else ""), "",
              "| generation | threshold on | alert rate, all | alert rate, legit | recall | gate passed | "
              "gate: candidate / active |", "|---:|---|---:|---:|---:|---|---|"]
     for n in range(args.generations):
@@ -121,6 +141,8 @@ def main(argv: list[str]) -> int:
     body = "\n".join(lines)
     print(body)
     if args.write:
-        write_section("retrain-budget", "Retraining generations: the alert budget on traffic vs on clean events "
-                                        "(`python -m benchmarks retrain-budget`)", body)
+        name = "retrain-budget-supervised" if args.supervised else "retrain-budget"
+        write_section(name, "Retraining generations: the alert budget on traffic vs on clean events "
+                            f"(`python -m benchmarks retrain-budget{' --supervised' if args.supervised else ''}`)",
+                      body)
     return 0

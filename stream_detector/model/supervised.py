@@ -74,10 +74,19 @@ def too_few_labels(n_fraud: int, n_legit: int, config: HeadConfig) -> str:
 
 
 def train_head(head: nn.Module, x: np.ndarray, fraud: np.ndarray, config: HeadConfig,
-               say: Callable[[str], None]) -> tuple[ScoringModule, dict[str, Any]]:
+               say: Callable[[str], None], traffic: np.ndarray | None = None) -> tuple[ScoringModule, dict[str, Any]]:
     """Train the head on feature rows ``x`` (float32, n × d) labelled ``fraud`` (bool, n); returns the
     exported module (errors and probability in one call) and the ``supervised`` calibration entry.
-    Raises ``TrainingError`` with fewer than ``config.min_frauds`` frauds or legit rows."""
+    Raises ``TrainingError`` with fewer than ``config.min_frauds`` frauds or legit rows.
+
+    ``traffic`` (float32, k × d): traffic the rows leave out — the retrainer's alerted events nobody
+    labelled (``retrain/job.py``). The threshold is then raised to the ``target_fpr`` weighted
+    quantile of the held-back legit rows (each standing for its share of the legit rows) and these,
+    each weighted by 1 − its probability (the head's calibrated estimate that it is legit: many are
+    frauds whose chargeback has not arrived), as the autoencoder's is (``_calibrate_on_traffic``):
+    calibrated on the labelled and clean rows alone, each retraining's head alerted again on what
+    the one before had alerted (benchmarks retrain-budget --supervised). Kept in the entry's
+    ``traffic``."""
     fraud = np.asarray(fraud, dtype=bool)
     n_fraud, n_legit = int(fraud.sum()), int((~fraud).sum())
     problem = too_few_labels(n_fraud, n_legit, config)
@@ -138,6 +147,24 @@ def train_head(head: nn.Module, x: np.ndarray, fraud: np.ndarray, config: HeadCo
     from .train import at_most_above
 
     threshold = at_most_above(p_val[~y_val], config.target_fpr)
+    on_traffic: dict[str, Any] | None = None
+    if traffic is not None and len(traffic):
+        from .train import at_most_weighted_above
+
+        xx = torch.from_numpy(np.ascontiguousarray(traffic, dtype=np.float32))
+        with torch.no_grad():
+            p_traffic = model(xx, head(xx)).numpy().astype(np.float64)
+        legit_val = p_val[~y_val]
+        # each counts as legit as far as the head's own (calibrated) probability says it is: an alerted event
+        # nobody labelled may be a fraud whose chargeback is on its way (1 - p), not a false positive (1)
+        weights = np.concatenate([np.full(legit_val.size, n_legit / max(1, legit_val.size)),
+                                  np.clip(1.0 - p_traffic, 1e-6, 1.0)])
+        raised = max(threshold, at_most_weighted_above(np.concatenate([legit_val, p_traffic]), weights,
+                                                       config.target_fpr))
+        on_traffic = {"alerted_events": int(p_traffic.size), "threshold_on_rows": threshold, "threshold": raised,
+                      "alerted_above_rows_threshold": int((p_traffic > threshold).sum()),
+                      "alerted_above_threshold": int((p_traffic > raised).sum())}
+        threshold = raised
     validation: dict[str, float] = {
         "average_precision": float(average_precision_score(y_val, p_val)),
         "auc_roc": float(roc_auc_score(y_val, p_val)),
@@ -156,6 +183,7 @@ def train_head(head: nn.Module, x: np.ndarray, fraud: np.ndarray, config: HeadCo
         "epochs_run": epochs_run,
         "rows": {"fit": int(len(fi)), "validation": int(len(vi)), "fraud": n_fraud, "legit": n_legit},
         "validation": validation,
+        **({"traffic": on_traffic} if on_traffic is not None else {}),
     }
     v = validation
     say(f"supervised head: {n_fraud} fraud / {n_legit} legit labelled rows, {epochs_run} epochs; held-back rows: "

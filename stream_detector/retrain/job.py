@@ -247,7 +247,9 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         holdout = _events([*holdout_entries, *alerted_held])
         labelled = [orjson.loads(e.raw) for e, _ in labelled_entries]
     if head_labels is not None:
-        problem = _retrain_head(result, head_labels, by_id, selection, context, budget, counts, say)
+        silent = [e for e in alerted_trained if e.event_id not in head_labels[1]]  # alerted, nobody labelled
+        traffic = [context.row(e.event_id) for e in silent] if context is not None else _events(silent)
+        problem = _retrain_head(result, head_labels, by_id, selection, context, budget, counts, say, traffic)
         if problem:
             return Candidate(None, None, counts, problem)
     draft = build_bundle(result)
@@ -432,7 +434,8 @@ def _head_labels(train_entries: list[WindowEntry], selection: Selection,
 
 def _retrain_head(result: Any, head_labels: tuple[list[str], dict[str, bool]],
                   by_id: Callable[[str], dict[str, Any]], selection: Selection, context: InContext | None,
-                  budget: float, counts: dict[str, Any], say: Progress) -> str:
+                  budget: float, counts: dict[str, Any], say: Progress,
+                  traffic: Sequence[dict[str, Any]] = ()) -> str:
     """Train the supervised head into ``result`` on ``_head_labels``' rows (see ``build_candidate``);
     returns why not, or ""."""
     ids, verdict = head_labels
@@ -443,9 +446,10 @@ def _retrain_head(result: Any, head_labels: tuple[list[str], dict[str, bool]],
         rows = [by_id(i) for i in ids]
     x, y = rows_for_head(result.spec, result.schema, rows, [verdict.get(i, False) for i in ids])
     counts.update(head_rows=int(len(y)), head_frauds=int(y.sum()))
+    extra = rows_for_head(result.spec, result.schema, list(traffic), [False] * len(traffic))[0] if traffic else None
     try:
         result.head, result.calibration["supervised"] = train_head(
-            result.head, x, y, HeadConfig(target_fpr=budget), say)
+            result.head, x, y, HeadConfig(target_fpr=budget), say, extra)
     except TrainingError as exc:  # rows_for_head left out rows the counts before training had
         return f"{HEAD_REFUSED}: {exc}"
     return ""

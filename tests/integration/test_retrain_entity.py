@@ -118,8 +118,12 @@ def test_the_retrainer_rebuilds_an_entity_label_and_supervised_model_as_one_trai
     x, y = rows_for_head(hand.spec, hand.schema, [by_id[i] for i in head_ids],
                          [bool(verdicts.verdict(i)) for i in head_ids])
     assert training["head_rows"] == len(y) and training["head_frauds"] == int(y.sum()) >= 100
+    # the head's threshold on traffic too: the span's alerted events nobody labelled, each as legit as the head says
+    silent = [i for i in span_alerted if i not in set(labelled)]
+    extra = rows_for_head(hand.spec, hand.schema, [by_id[i] for i in silent], [False] * len(silent))[0]
     hand.head, hand.calibration["supervised"] = train_head(hand.head, x, y, HeadConfig(target_fpr=0.01),
-                                                           lambda _m: None)
+                                                           lambda _m: None, extra)
+    assert hand.calibration["supervised"]["traffic"]["alerted_events"] == len(silent) > 0
     by_hand = build_bundle(hand)
     assert candidate.threshold == pytest.approx(by_hand.threshold, rel=1e-5), candidate.calibration.get("traffic")
     assert candidate.head_threshold == pytest.approx(by_hand.head_threshold, rel=1e-5)
