@@ -119,7 +119,8 @@ def main(argv: list[str]) -> int:
     zero = rates(first, fresh, fraud)
     runs = {name: chain(first, windows, settings, name == "traffic", fresh, fraud, args.supervised)
             for name in ("clean only", "traffic")}
-    lines = [f"Simulated card traffic (`Simulator`, 3,000 accounts, {args.fraud_rate:.1%} frauds, unlabelled), "
+    lines = [f"Simulated card traffic (`Simulator`, 3,000 accounts, {args.fraud_rate:.1%} frauds, "
+             f"{'labelled as below' if args.supervised else 'unlabelled'}), "
              f"windows of {args.window:,} events, alert budget {args.budget:.2%}, {args.epochs} epochs; every model "
              f"measured on the same fresh {len(fresh):,} events ({int(fraud.sum())} frauds). Generation 0 is the "
              f"first model (trained on a first window's legit events): alert rate {zero['all']:.2%}, on legit events "
