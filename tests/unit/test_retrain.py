@@ -631,3 +631,26 @@ def test_weighted_quantile_threshold_equals_the_plain_one_with_unit_weights_and_
     assert at_most_weighted_above(errors, weights, 1 / 31) == 3.0  # only the weight-1 row above
     assert at_most_weighted_above(errors, weights, 11 / 31) == 2.0
     assert at_most_weighted_above(errors, weights, 0.99 / 31) == 10.0  # not even that one
+
+
+def test_a_threshold_resting_on_a_few_validation_rows_is_said():
+    """Trial H: 423 validation rows, 5 alerted events, and the threshold moved 5.41 -> 7.59 (a whole
+    row of a 1 % budget), unsaid. The run now says how many rows it rests on and what steadies it."""
+    from stream_detector.retrain.window import Selection
+    from stream_detector.settings import Settings
+
+    rng = np.random.default_rng(1)
+    clean, odd = _paired(rng, 900, False), _paired(rng, 9, True)
+    selection = Selection(left_out={})
+    for i in range(909):
+        alerted = i % 101 == 50
+        row = dict(odd[i // 101] if alerted else clean[i - (i + 50) // 101], event_id=f"e{i}")
+        (selection.alerted if alerted else selection.clean).append(
+            WindowEntry(1000.0 + i, 0, i, f"e{i}", orjson.dumps(row)))
+    said: list[str] = []
+    candidate = build_candidate(selection, Settings(retrain_epochs=5, retrain_target_fpr=0.01), None, "test",
+                                progress=said.append)
+    assert candidate.bundle is not None, candidate.message
+    rows = candidate.bundle.calibration["traffic"]["validation_rows_above"]
+    assert rows < 5 and any(line.startswith(f"note: the threshold rests on the {rows} highest of ") and
+                            "SD_RETRAIN_WINDOW_EVENTS" in line for line in said), said
