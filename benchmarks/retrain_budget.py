@@ -60,9 +60,10 @@ def rates(bundle: Bundle, events: list[dict[str, Any]], fraud: np.ndarray) -> di
 
 
 def chain(first: Bundle, windows: list[tuple[list[dict[str, Any]], list[str]]], settings: Settings,
-          on_traffic: bool, fresh: list[dict[str, Any]], fraud: np.ndarray, labelled: bool) -> list[dict[str, Any]]:
-    """One chain of generations; per generation its figures on ``fresh``, and its gate's. With
-    ``labelled``, each window's frauds are labelled fraud and every 20th legit event legit."""
+          on_traffic: bool, fresh: list[dict[str, Any]], fraud: np.ndarray, labels: str) -> list[dict[str, Any]]:
+    """One chain of generations; per generation its figures on ``fresh``, and its gate's. ``labels``:
+    ``none``; ``sampled``: each window's frauds labelled fraud and every 20th legit event legit;
+    ``reviewed``: every fraud and every alerted event labelled (analysts review the alert queue)."""
     active, out = first, []
     for n, (window, patterns) in enumerate(windows, 1):
         scored = score_events(active, window)
@@ -70,7 +71,11 @@ def chain(first: Bundle, windows: list[tuple[list[dict[str, Any]], list[str]]], 
         selection = Selection(left_out={"alerted": int(alerted.sum())})
         for i, (event, hit, pattern) in enumerate(zip(window, alerted.tolist(), patterns, strict=True)):
             entry = WindowEntry(float(i), 0, i, str(event["event_id"]), orjson.dumps(event))
-            label = ("fraud" if pattern != "legit" else "legit" if i % 20 == 0 else None) if labelled else None
+            label = None
+            if labels != "none" and pattern != "legit":
+                label = "fraud"
+            elif (labels == "sampled" and i % 20 == 0) or (labels == "reviewed" and hit):
+                label = "legit"
             if label is not None:
                 selection.labelled.append((entry, label))
             if label == "fraud":
@@ -100,6 +105,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--fraud-rate", type=float, default=0.002, help="the simulator's fraud share")
     p.add_argument("--epochs", type=int, default=8, help="training epochs of every model")
     p.add_argument("--supervised", action="store_true", help="every model with the supervised head (labels as above)")
+    p.add_argument("--labels", choices=["none", "sampled", "reviewed"], default=None,
+                   help="the windows' labels: none (default), sampled (frauds and one legit event in twenty; the "
+                        "default with --supervised), reviewed (frauds and every alerted event)")
     p.add_argument("--write", action="store_true", help="write the retrain-budget section of RESULTS.md")
     args = p.parse_args(argv)
     started = time.monotonic()
@@ -117,10 +125,11 @@ def main(argv: list[str]) -> int:
     fraud = np.array([pattern != "legit" for pattern in fresh_patterns])
     settings = Settings(**{"retrain_epochs": args.epochs, "retrain_target_fpr": args.budget})
     zero = rates(first, fresh, fraud)
-    runs = {name: chain(first, windows, settings, name == "traffic", fresh, fraud, args.supervised)
+    labels = args.labels or ("sampled" if args.supervised else "none")
+    runs = {name: chain(first, windows, settings, name == "traffic", fresh, fraud, labels)
             for name in ("clean only", "traffic")}
     lines = [f"Simulated card traffic (`Simulator`, 3,000 accounts, {args.fraud_rate:.1%} frauds, "
-             f"{'labelled as below' if args.supervised else 'unlabelled'}), "
+             f"labels: {labels}), "
              f"windows of {args.window:,} events, alert budget {args.budget:.2%}, {args.epochs} epochs; every model "
              f"measured on the same fresh {len(fresh):,} events ({int(fraud.sum())} frauds). Generation 0 is the "
              f"first model (trained on a first window's legit events): alert rate {zero['all']:.2%}, on legit events "
@@ -128,8 +137,11 @@ def main(argv: list[str]) -> int:
              "the clean events alone (the same code given no alerted events); *traffic*: on the training span's "
              "traffic, the alerted events included. *gate*: the held-back alert rates the gate compared (candidate "
              "/ active)." + (" Every model has the supervised head (each part calibrated to the budget: the "
-                             "decision's budget is twice it); frauds labelled, one legit event in twenty "
-                             "labelled." if args.supervised else ""), "",
+                             "decision's budget is twice it)." if args.supervised else "")
+             + {"none": " No labels: silence reads as legit.",
+                "sampled": " Frauds labelled, one legit event in twenty labelled.",
+                "reviewed": " Frauds labelled, and every alerted event (analysts review the alert queue)."}[labels],
+             "",
              "| generation | threshold on | alert rate, all | alert rate, legit | recall | gate passed | "
              "gate: candidate / active |", "|---:|---|---:|---:|---:|---|---|"]
     for n in range(args.generations):
@@ -142,8 +154,9 @@ def main(argv: list[str]) -> int:
     body = "\n".join(lines)
     print(body)
     if args.write:
-        name = "retrain-budget-supervised" if args.supervised else "retrain-budget"
+        flags = " ".join(a for a in argv if a != "--write")
+        name = "retrain-budget" + ("-supervised" if args.supervised else "") + (
+            f"-{args.labels}" if args.labels else "")
         write_section(name, "Retraining generations: the alert budget on traffic vs on clean events "
-                            f"(`python -m benchmarks retrain-budget{' --supervised' if args.supervised else ''}`)",
-                      body)
+                            f"(`python -m benchmarks retrain-budget{' ' + flags if flags else ''}`)", body)
     return 0

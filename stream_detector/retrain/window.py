@@ -111,6 +111,7 @@ class Selection:
     labelled: list[tuple[WindowEntry, str]] = field(default_factory=list)
     left_out: dict[str, int] = field(default_factory=dict)
     alerted: list[WindowEntry] = field(default_factory=list)
+    alerted_frauds: int = 0  # decided window events alerted and labelled fraud (``job.alerted_legit_share``)
 
 
 class TrainingWindow:
@@ -155,6 +156,8 @@ class TrainingWindow:
             else:
                 if reason == ALERTED and not _fraud(exclusions, entry.event_id):
                     out.alerted.append(entry)
+                elif reason == ALERTED:
+                    out.alerted_frauds += 1
                 out.left_out[reason] = out.left_out.get(reason, 0) + 1
         return out
 

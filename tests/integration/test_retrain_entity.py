@@ -108,7 +108,12 @@ def test_the_retrainer_rebuilds_an_entity_label_and_supervised_model_as_one_trai
     assert training["calibrated_with_alerted"] == len(span_alerted) > 0
     extra, validation = row_errors(hand, [by_id[i] for i in span_alerted]), hand.validation_errors
     assert validation is not None
-    weights = np.concatenate([np.full(validation.size, len(train_ids) / validation.size), np.ones(extra.size)])
+    # an alerted event labelled legit counts whole, one nobody labelled as the window's labelled alerts' legit share
+    reviewed = [verdicts.verdict(i) for i in order if i in alerted and i in verdicts]
+    share = reviewed.count(False) / len(reviewed) if len(reviewed) >= 20 else 1.0
+    assert training["alerted_legit_share"] == pytest.approx(share) and len(reviewed) >= 20
+    counted = np.array([1.0 if verdicts.verdict(i) is False else share for i in span_alerted])
+    weights = np.concatenate([np.full(validation.size, len(train_ids) / validation.size), np.clip(counted, 1e-6, 1)])
     hand.threshold = hand.calibration["threshold"] = max(hand.threshold, at_most_weighted_above(
         np.concatenate([validation, extra]), weights, 0.01))
     times = [by_id[i]["timestamp"] for i in train_ids]

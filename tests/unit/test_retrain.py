@@ -654,3 +654,24 @@ def test_a_threshold_resting_on_a_few_validation_rows_is_said():
     rows = candidate.bundle.calibration["traffic"]["validation_rows_above"]
     assert rows < 5 and any(line.startswith(f"note: the threshold rests on the {rows} highest of ") and
                             "SD_RETRAIN_WINDOW_EVENTS" in line for line in said), said
+
+
+def test_an_unlabelled_alert_counts_as_legit_as_far_as_the_reviewed_alerts_are():
+    """benchmarks retrain-budget at a 0.1 % budget and 0.5 % frauds, none labelled: counted whole as
+    legit, the frauds took the budget and recall fell 99 % -> 25 %. An alert nobody labelled now
+    counts as the legit share of the window's labelled alerts (analysts review the alert queue);
+    with fewer than 20 labelled alerts it counts whole, said."""
+    from stream_detector.retrain.job import MIN_LABELLED_ALERTS, alerted_weights
+    from stream_detector.retrain.window import Selection
+
+    alerted = [entry(i) for i in range(40)]
+    selection = Selection(alerted=alerted, labelled=[(alerted[i], "legit") for i in range(10)], alerted_frauds=20)
+    counts: dict[str, object] = {}
+    said: list[str] = []
+    weights = alerted_weights(alerted, selection, counts, said.append)
+    assert weights[:10].tolist() == [1.0] * 10 and weights[10:] == pytest.approx([10 / 30] * 30)
+    assert counts["alerted_legit_share"] == pytest.approx(1 / 3) and not said
+    assert counts["alerted_legit_share_from"] == "10 of the window's 30 labelled alerts are legit"
+    few = Selection(alerted=alerted, labelled=[(alerted[0], "legit")], alerted_frauds=MIN_LABELLED_ALERTS - 2)
+    assert alerted_weights(alerted, few, counts, said.append).tolist() == [1.0] * 40
+    assert said and said[0].startswith("note: 40 alerted events of the training span, and 19 labelled alerts")
