@@ -149,7 +149,7 @@ def train_head(head: nn.Module, x: np.ndarray, fraud: np.ndarray, config: HeadCo
     threshold = at_most_above(p_val[~y_val], config.target_fpr)
     on_traffic: dict[str, Any] | None = None
     if traffic is not None and len(traffic):
-        from .train import at_most_weighted_above
+        from .train import traffic_threshold
 
         xx = torch.from_numpy(np.ascontiguousarray(traffic, dtype=np.float32))
         with torch.no_grad():
@@ -157,10 +157,8 @@ def train_head(head: nn.Module, x: np.ndarray, fraud: np.ndarray, config: HeadCo
         legit_val = p_val[~y_val]
         # each counts as legit as far as the head's own (calibrated) probability says it is: an alerted event
         # nobody labelled may be a fraud whose chargeback is on its way (1 - p), not a false positive (1)
-        weights = np.concatenate([np.full(legit_val.size, n_legit / max(1, legit_val.size)),
-                                  np.clip(1.0 - p_traffic, 1e-6, 1.0)])
-        raised = max(threshold, at_most_weighted_above(np.concatenate([legit_val, p_traffic]), weights,
-                                                       config.target_fpr))
+        raised = traffic_threshold(legit_val, n_legit / max(1, legit_val.size), p_traffic,
+                                   np.clip(1.0 - p_traffic, 1e-6, 1.0), config.target_fpr, threshold)
         on_traffic = {"alerted_events": int(p_traffic.size), "threshold_on_rows": threshold, "threshold": raised,
                       "alerted_above_rows_threshold": int((p_traffic > threshold).sum()),
                       "alerted_above_threshold": int((p_traffic > raised).sum())}

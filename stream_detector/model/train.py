@@ -267,6 +267,17 @@ def at_most_weighted_above(errors: np.ndarray, weights: np.ndarray, share: float
     return -math.inf if first == 0 and allowed >= total else float(ordered[first])
 
 
+def traffic_threshold(rows: np.ndarray, stands_for: float, extra: np.ndarray, extra_weight: np.ndarray,
+                      share: float, floor: float) -> float:
+    """The retrainer's threshold on traffic (autoencoder errors or head probabilities, float64):
+    the smallest value with at most ``share`` of the weight above it, where each of ``rows`` (held
+    back from fitting) stands for ``stands_for`` events and each of ``extra`` (traffic the rows
+    leave out: alerted events) for its ``extra_weight``; never below ``floor``, the rows' own
+    threshold (``at_most_weighted_above``; ``retrain/job.py``, ``supervised.train_head``)."""
+    weights = np.concatenate([np.full(rows.size, stands_for), extra_weight])
+    return max(floor, at_most_weighted_above(np.concatenate([rows, extra]), weights, share))
+
+
 def architecture(spec: FeatureSpec, n_train: int, n_val: int, config: TrainConfig, say: Progress) -> Architecture:
     """The network for ``spec`` (``Architecture.for_width`` unless ``config`` sets hidden/bottleneck),
     after refusing (``TrainingError``) fewer than ``MIN_VALIDATION_ROWS`` validation rows."""
