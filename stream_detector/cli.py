@@ -321,9 +321,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             features = {rule.name for rule in data.schema.feature_fields}
             told = set(args.keep or ())
             for name in [n for n in label_like_columns(events[:10_000]) if n in features and n not in told]:
-                _say(f"warning: {name} looks like a label and is a feature of this model: it learns the frauds' "
-                     f"labels as one more input (a leak; live events will not carry it). --exclude {name} leaves it "
-                     f"out (--keep {name} if it is a real feature)")
+                _say_label_feature(name, f"--exclude {name} leaves it out (--keep {name} if it is a real feature)")
         _say(f"{len(events)} events; training on {len(normal)} with {source}{normal_label}")
     else:
         normal = events
@@ -340,9 +338,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         _say(f"{len(events)} events; no --label-column: training on all of them, anomalies included{hint}")
         features = {rule.name for rule in data.schema.feature_fields}
         for name in [n for n in named if n in features]:
-            _say(f"warning: {name} looks like a label and is a feature of this model: it learns the frauds' labels "
-                 f"as one more input (a leak; scoring events without it reads them as unusual). --label-column {name} "
-                 f"trains on the normal rows, --exclude {name} leaves it out")
+            _say_label_feature(name, f"--label-column {name} trains on the normal rows, --exclude {name} leaves it out")
     config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
                          threshold_method=args.threshold_method, k_std=args.k_std,
                          k_fence=args.k_fence, max_alert_rate=args.max_alert_rate,
@@ -610,6 +606,12 @@ def _check_keep(args: argparse.Namespace, schema: Any, events: list[dict[str, An
         if rule is not None and rule.type not in (FieldType.CATEGORY, FieldType.BOOLEAN):
             raise ConfigError(f"--keep {name}: a {rule.type.value} field; --keep is for the category and boolean "
                               "fields the ground-truth check refuses")
+
+
+def _say_label_feature(name: str, what_to_do: str) -> None:
+    """``train``'s warning of a column named as a label (``label_like_columns``) that is a feature."""
+    _say(f"warning: {name} looks like a label and is a feature of this model: it learns the frauds' labels as one "
+         f"more input (a leak; live events and scoring without it read them as unusual). {what_to_do}")
 
 
 def _refuse_leaks(schema: Any, events: list[dict[str, Any]], fraud: list[bool], excluded: Sequence[str],
@@ -1312,8 +1314,12 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--rate must be a number >= 0 (0: as fast as possible), got {args.rate}")
     if args.feedback:
         if args.skip:
-            raise ConfigError("--skip goes on with an events file; labels sent twice are harmless (the newest "
-                              "label of an event wins): send the whole feedback file again")
+            raise ConfigError("--skip goes on with an events file; labels sent twice are harmless (an event's "
+                              "winning label stays the same, docs/feedback.md): send the whole feedback file again")
+        for flag, given in (("--rate", args.rate), ("--exclude", args.exclude)):
+            if given:  # trial I: both accepted and ignored
+                raise ConfigError(f"{flag} applies to events, not to --feedback (labels are sent as fast as Kafka "
+                                  "takes them, each record as the feedback contract has it)")
         return _produce_feedback(args, settings)
     # a JSON Lines file's rows are sent as the file has them (event contract checked, nothing retyped); a CSV's
     # or Parquet's are typed by the schema inferred from the file (text → numbers, booleans, epoch ms)
@@ -1421,8 +1427,10 @@ def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
         else:
             rejected.append((index, label[0].value, label[1]))
     if not records:
+        from .inputs import events_file_hint
+
         first = f" (row {min(rejected)[0] + 1}: {min(rejected)[1]}: {min(rejected)[2]})" if rejected else ""
-        raise InputError(f"{args.input}: no feedback records{first}")
+        raise InputError(f"{args.input}: no feedback records{first}{events_file_hint(raw.rows)}")
     topic = args.topic or settings.feedback_topic
     if rejected:
         index, reason, message = min(rejected)

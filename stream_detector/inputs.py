@@ -290,6 +290,19 @@ class FeedbackFile:
         return text
 
 
+def events_file_hint(rows: Sequence[dict[str, Any] | None]) -> str:
+    """For a file refused as feedback: ``"; its rows have no label field (fields: …): an events
+    file? …"`` when its rows have no ``label`` and more than four fields, else ``""``. Trials G and
+    I: an events file given as the feedback file was refused for "without labelled_at"."""
+    present = [row for row in rows[:100] if row is not None]
+    names = dict.fromkeys(k for row in present for k in row)
+    if not present or any("label" in row for row in present) or len(names) <= 4:
+        return ""
+    shown = ", ".join(list(names)[:6]) + (", …" if len(names) > 6 else "")
+    return (f"; its rows have no label field (fields: {shown}): an events file? A feedback file holds event_id, "
+            "label (fraud or legit), source, labelled_at (docs/feedback.md)")
+
+
 def read_feedback(path: Path, options: ReaderOptions | None = None) -> FeedbackFile:
     """The labels of a feedback file (CSV, JSON Lines or Parquet, as for events).
 
@@ -310,14 +323,7 @@ def read_feedback(path: Path, options: ReaderOptions | None = None) -> FeedbackF
     if not verdicts.count:
         first = rejected[0] if rejected else None
         detail = f" (row {first.index + 1}: {first.reason.value}: {first.message})" if first else ""
-        present = [row for row in raw.rows if row is not None]
-        names = dict.fromkeys(k for row in present[:100] for k in row)
-        if present and not any("label" in row for row in present[:100]) and len(names) > 4:
-            # a trial (G): an events file given as the feedback file was refused for "without labelled_at"
-            shown = ", ".join(list(names)[:6]) + (", …" if len(names) > 6 else "")
-            detail += (f"; its rows have no label field (fields: {shown}): an events file? A feedback file holds "
-                       "event_id, label (fraud or legit), source, labelled_at (docs/feedback.md)")
-        raise InputError(f"{path}: no feedback records{detail}")
+        raise InputError(f"{path}: no feedback records{detail}{events_file_hint(raw.rows)}")
     return FeedbackFile(verdicts, rejected, len(raw.rows))
 
 

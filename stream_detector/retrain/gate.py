@@ -130,6 +130,12 @@ def decide(candidate: dict[str, Any], active: dict[str, Any] | None, policy: Gat
                        + (" on the held-back events whose verdict is settled" if rate_key != "alert_rate" else ""))
     frauds = int(candidate.get("frauds", 0))
     notes: list[str] = []
+    if active is not None and rate_key == "settled_alert_rate" and active["alert_rate"] > active[rate_key]:
+        # trial I read "candidate 0.77 % vs active 0 %" as a worse candidate
+        notes.append(f"the active model's settled_alert_rate ({active[rate_key]:.4f}) is low by construction: its "
+                     "settled held-back events are those it did not alert, or labelled legit; the two models compare "
+                     f"on alert_rate ({candidate['alert_rate']:.4f} vs {active['alert_rate']:.4f}); rule 2 bounds "
+                     "the candidate's settled rate, not a comparison")
     if active is not None and active.get(rate_key, 0.0) > bound:
         # an active model that alerts far past the budget catches frauds by alerting everything:
         # its recall and precision are no reference for the candidate (rule 3 does not apply)

@@ -32,7 +32,7 @@ from ..feedback import Verdicts
 from ..model.bundle import Bundle, build_bundle, watched_fields
 from ..model.reference import REFERENCE_KEY, reference_from_scores
 from ..model.supervised import HeadConfig, rows_for_head, too_few_labels, train_head
-from ..model.train import TrainConfig, at_most_weighted_above, row_errors, train
+from ..model.train import TrainConfig, row_errors, traffic_threshold, train
 from ..offline import OfflineScorer, OfflineScores, score_events
 from ..pipeline.compute import Fields
 from ..settings import Settings
@@ -234,9 +234,6 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         rows = [by_id(e.event_id) for e in train_entries]
         _say_lacking(rows, active, counts, say)
         result = train(rows, config, progress=say, entity=spec, schema=schema)
-        _calibrate_on_traffic(result, [by_id(e.event_id) for e in alerted_trained], len(train_entries), budget,
-                              alerted_weights(alerted_trained, selection, counts, say),
-                              counts, say)
         holdout = [context.event(e.event_id) for e in [*holdout_entries, *alerted_held]]
         labelled = [context.event(e.event_id) for e, _ in labelled_entries]
     else:
@@ -244,14 +241,16 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
         by_id = parsed.__getitem__
         _say_lacking(list(parsed.values()), active, counts, say)
         result = train(list(parsed.values()), config, progress=say, schema=schema)
-        _calibrate_on_traffic(result, _events(alerted_trained), len(train_entries), budget,
-                              alerted_weights(alerted_trained, selection, counts, say), counts, say)
         holdout = _events([*holdout_entries, *alerted_held])
         labelled = [orjson.loads(e.raw) for e, _ in labelled_entries]
+    def rows_of(entries: list[WindowEntry]) -> list[dict[str, Any]]:  # as trained on: with the entity fields
+        return [context.row(e.event_id) for e in entries] if context is not None else _events(entries)
+
+    _calibrate_on_traffic(result, rows_of(alerted_trained), len(train_entries), budget,
+                          alerted_weights(alerted_trained, selection, counts, say), counts, say)
     if head_labels is not None:
         silent = [e for e in alerted_trained if e.event_id not in head_labels[1]]  # alerted, nobody labelled
-        traffic = [context.row(e.event_id) for e in silent] if context is not None else _events(silent)
-        problem = _retrain_head(result, head_labels, by_id, selection, context, budget, counts, say, traffic)
+        problem = _retrain_head(result, head_labels, by_id, selection, context, budget, counts, say, rows_of(silent))
         if problem:
             return Candidate(None, None, counts, problem)
     draft = build_bundle(result)
@@ -262,7 +261,7 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
     score: Scoring = context if context is not None else score_events
     # settled: a clean held-back event, or an alerted one labelled legit (an alerted one nobody labelled yet may
     # be a fraud whose chargeback is on its way: a trial's gate refused a better candidate for catching those)
-    legit = {e.event_id for e, label in selection.labelled if label != FRAUD}
+    legit = selection.legit_ids()
     settled = np.array([True] * len(holdout_entries) + [e.event_id in legit for e in alerted_held], dtype=bool)
     decision = decide(evaluate(draft, holdout, labelled, is_fraud, score, settled),
                       evaluate(active, holdout, labelled, is_fraud, score, settled) if active is not None else None,
@@ -313,22 +312,25 @@ def alerted_weights(alerted: Sequence[WindowEntry], selection: Selection, counts
                     say: Progress) -> np.ndarray:
     """How much each of ``alerted`` (the training span's alerted events no label says are fraud)
     counts as legit traffic in the calibration (float64[len(alerted)]): 1 for one labelled legit;
-    for one nobody has labelled yet, the legit share of the window's labelled alerts — analysts
+    for one nobody has labelled yet, the legit share of the window's reviewed alerts (labelled by
+    any source but ``chargeback``, which only ever says fraud: trial I's 133 chargebacks of 142
+    labelled alerts put the share at 0.02 while every unlabelled alert was legit) — analysts
     review the alert queue, and an alert not reviewed yet is as likely legit as the reviewed ones
     (counted whole, the unlabelled frauds of a deployment whose fraud rate is above its budget took
     the budget: recall 99 % → 25 % at a 0.1 % budget, benchmarks retrain-budget). With fewer than
     ``MIN_LABELLED_ALERTS`` labelled alerts the share is unknown and they count whole: the budget
     then caps the alerts on all traffic, frauds included — said, and kept in the report
     (``alerted_legit_share``, ``alerted_legit_share_from``)."""
-    legit = {e.event_id for e, label in selection.labelled if label != FRAUD}
-    labelled = sum(1 for e in selection.alerted if e.event_id in legit)
-    reviewed = labelled + selection.alerted_frauds
+    legit = selection.legit_ids()
+    labelled, reviewed = selection.reviewed_legit, selection.reviewed_legit + selection.reviewed_fraud
     if reviewed >= MIN_LABELLED_ALERTS:
-        share, source = labelled / reviewed, f"{labelled} of the window's {reviewed} labelled alerts are legit"
+        share, source = labelled / reviewed, (f"{labelled} of the window's {reviewed} reviewed alerts are legit "
+                                              "(labels of any source but chargeback)")
     else:
-        share, source = 1.0, f"{reviewed} labelled alerts in the window, fewer than {MIN_LABELLED_ALERTS}: unknown"
+        share, source = 1.0, (f"{reviewed} reviewed alerts in the window (labels of any source but chargeback), "
+                              f"fewer than {MIN_LABELLED_ALERTS}: unknown")
         if alerted:
-            say(f"note: {len(alerted):,} alerted events of the training span, and {reviewed} labelled alerts in the "
+            say(f"note: {len(alerted):,} alerted events of the training span, and {reviewed} reviewed alerts in the "
                 "window: whether the others were frauds is unknown, so they count as legit traffic and the alert "
                 "budget caps the candidate's alerts on all traffic, frauds included (analysts' verdicts on the "
                 "feedback topic, docs/feedback.md, let it count only the legit ones)")
@@ -353,24 +355,25 @@ def _calibrate_on_traffic(result: Any, alerted: Sequence[dict[str, Any]], clean:
     extra = row_errors(result, alerted)
     if extra.size != len(alerted_weight):  # rows the schema refused are left out: weigh the rest at their mean
         alerted_weight = np.full(extra.size, float(alerted_weight.mean()) if len(alerted_weight) else 1.0)
-    weights = np.concatenate([np.full(validation.size, clean / validation.size), np.clip(alerted_weight, 1e-6, 1.0)])
-    threshold = at_most_weighted_above(np.concatenate([validation, extra]), weights, budget)
-    clean_only = result.threshold
-    threshold = max(threshold, clean_only)  # never below the clean events' own quantile
-    above = int((extra > threshold).sum())
     counted = np.clip(alerted_weight, 1e-6, 1.0)
+    clean_only = result.threshold  # never lowered below the clean events' own quantile
+    threshold = traffic_threshold(validation, clean / validation.size, extra, counted, budget, clean_only)
+    above, above_clean = int((extra > threshold).sum()), int((extra > clean_only).sum())
     share = (float((validation > threshold).mean()) * clean + float(counted[extra > threshold].sum())) / (
         clean + float(counted.sum()))
     result.calibration["traffic"] = {
         "budget": budget, "clean_events": clean, "alerted_events": int(extra.size),
         "threshold_on_clean_events": clean_only, "threshold": threshold,
-        "alerted_above_clean_threshold": int((extra > clean_only).sum()), "alerted_above_threshold": above,
+        "alerted_above_clean_threshold": above_clean, "alerted_above_threshold": above,
         "validation_rows": int(validation.size), "validation_rows_above": int((validation > threshold).sum()),
         "share_of_clean_events_above": float((validation > threshold).mean()), "share_of_traffic_above": share}
     counts["calibrated_with_alerted"] = int(extra.size)
     counts["traffic_calibration"] = result.calibration["traffic"]  # in the metadata: `model show` has it
     rows_above = result.calibration["traffic"]["validation_rows_above"]
-    if rows_above < COARSE_ROWS:  # a trial (H): 423 validation rows, 5 alerted events moved it 5.41 -> 7.59
+    if rows_above == 0 and threshold > clean_only:  # trial I: "rests on the 0 highest" said nothing
+        say(f"note: the threshold is above every clean validation row: the whole {budget:.3%} budget goes to the "
+            "alerted events (unlabelled frauds among them count as legit here)")
+    elif rows_above < COARSE_ROWS:  # a trial (H): 423 validation rows, 5 alerted events moved it 5.41 -> 7.59
         say(f"note: the threshold rests on the {rows_above} highest of {validation.size} validation errors (a "
             f"{budget:.3%} budget of {clean:,} clean events): it moves by whole rows, and a few alerted events move it "
             "far; a larger window (SD_RETRAIN_WINDOW_EVENTS, SD_RETRAIN_WINDOW_SECONDS) steadies it")
@@ -381,7 +384,7 @@ def _calibrate_on_traffic(result: Any, alerted: Sequence[dict[str, Any]], clean:
             result.calibration["train_flag_rate"] = float((result.training_errors > threshold).mean())
         say(f"threshold {threshold:.6g} for a {budget:.3%} budget of the training span's traffic: its "
             f"{clean:,} clean events and the {extra.size:,} the workers alerted without a fraud label "
-            f"({int((extra > clean_only).sum()):,} of them above {clean_only:.6g}, the clean events' own quantile)")
+            f"({above_clean:,} of them above {clean_only:.6g}, the clean events' own quantile)")
 
 
 LACKING_SHARE = 0.05  # a model input absent from at least this share of the training events is said

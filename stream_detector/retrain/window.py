@@ -111,7 +111,14 @@ class Selection:
     labelled: list[tuple[WindowEntry, str]] = field(default_factory=list)
     left_out: dict[str, int] = field(default_factory=dict)
     alerted: list[WindowEntry] = field(default_factory=list)
-    alerted_frauds: int = 0  # decided window events alerted and labelled fraud (``job.alerted_legit_share``)
+    # decided alerted events whose winning label is a review (any source but chargeback, which only ever says
+    # fraud: not a review of the alert queue), legit and fraud (``job.alerted_weights``)
+    reviewed_legit: int = 0
+    reviewed_fraud: int = 0
+
+    def legit_ids(self) -> set[str]:
+        """The ids of the labelled events whose label is legit."""
+        return {e.event_id for e, label in self.labelled if label != FRAUD}
 
 
 class TrainingWindow:
@@ -156,8 +163,12 @@ class TrainingWindow:
             else:
                 if reason == ALERTED and not _fraud(exclusions, entry.event_id):
                     out.alerted.append(entry)
-                elif reason == ALERTED:
-                    out.alerted_frauds += 1
+                label = exclusions.labels.get(entry.event_id)
+                if reason == ALERTED and label is not None and label.source != "chargeback":
+                    if label.fraud:
+                        out.reviewed_fraud += 1
+                    else:
+                        out.reviewed_legit += 1
                 out.left_out[reason] = out.left_out.get(reason, 0) + 1
         return out
 

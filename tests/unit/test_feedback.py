@@ -281,3 +281,15 @@ def test_a_flag_label_is_named_with_what_to_write_and_an_events_file_is_named_as
     with pytest.raises(InputError, match=r"its rows have no label field \(fields: event_id, account_id, timestamp, "
                                          r"amount, country\): an events file\?"):
         read_feedback(events)
+
+
+@pytest.mark.parametrize("flag", [["--rate", "100"], ["--exclude", "source"]])
+def test_produce_feedback_refuses_the_options_it_would_ignore(tmp_path: Path, flag: list[str],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial I: `produce --feedback --rate 100` sent 1,026 labels in 0.56 s; `--exclude source` did nothing."""
+    from stream_detector.cli import main
+
+    path = tmp_path / "fb.jsonl"
+    path.write_bytes(orjson.dumps({"event_id": "e1", "label": "fraud", "labelled_at": int(T)}) + b"\n")
+    assert main(["produce", "--feedback", "--input", str(path), *flag]) == 2
+    assert f"{flag[0]} applies to events, not to --feedback" in capsys.readouterr().err

@@ -69,6 +69,7 @@ def test_selection_leaves_out_alerted_fraud_and_undecided_events_whenever_the_al
                                                                        ("e4", "legit")]
     # traffic the budget is a share of: alerted and no label says fraud (silence reads as legit)
     assert [e.event_id for e in chosen.alerted] == ["e2"]
+    assert (chosen.reviewed_legit, chosen.reviewed_fraud) == (0, 1)  # e1, by an analyst: a review
 
 
 def test_bounded_ids_forget_the_oldest():
@@ -200,6 +201,8 @@ def test_rule_2_bounds_the_alert_rate_on_settled_events_not_on_alerts_awaiting_t
     decision = decide(candidate, active, two)
     assert decision.passed, decision.reasons
     assert decision.policy["alert_rate_bound"] == pytest.approx(alert_rate_bound(two, 3063))
+    assert any(n.startswith("the active model's settled_alert_rate (0.0003) is low by construction") and
+               "(0.0273 vs 0.0173)" in n for n in decision.policy["notes"])  # trial I read 0 as "better"
     over = decide({**candidate, "settled_alert_rate": 0.03}, active, two)
     assert not over.passed and over.reasons[0].startswith("alert rate 0.0300 above bound")
     assert over.reasons[0].endswith("on the held-back events whose verdict is settled")
@@ -665,13 +668,16 @@ def test_an_unlabelled_alert_counts_as_legit_as_far_as_the_reviewed_alerts_are()
     from stream_detector.retrain.window import Selection
 
     alerted = [entry(i) for i in range(40)]
-    selection = Selection(alerted=alerted, labelled=[(alerted[i], "legit") for i in range(10)], alerted_frauds=20)
+    selection = Selection(alerted=alerted, labelled=[(alerted[i], "legit") for i in range(10)], reviewed_legit=10,
+                          reviewed_fraud=20)
     counts: dict[str, object] = {}
     said: list[str] = []
     weights = alerted_weights(alerted, selection, counts, said.append)
     assert weights[:10].tolist() == [1.0] * 10 and weights[10:] == pytest.approx([10 / 30] * 30)
     assert counts["alerted_legit_share"] == pytest.approx(1 / 3) and not said
-    assert counts["alerted_legit_share_from"] == "10 of the window's 30 labelled alerts are legit"
-    few = Selection(alerted=alerted, labelled=[(alerted[0], "legit")], alerted_frauds=MIN_LABELLED_ALERTS - 2)
+    assert counts["alerted_legit_share_from"] == ("10 of the window's 30 reviewed alerts are legit (labels of any "
+                                                  "source but chargeback)")
+    few = Selection(alerted=alerted, labelled=[(alerted[0], "legit")], reviewed_legit=1,
+                    reviewed_fraud=MIN_LABELLED_ALERTS - 2)
     assert alerted_weights(alerted, few, counts, said.append).tolist() == [1.0] * 40
-    assert said and said[0].startswith("note: 40 alerted events of the training span, and 19 labelled alerts")
+    assert said and said[0].startswith("note: 40 alerted events of the training span, and 19 reviewed alerts")
