@@ -78,6 +78,13 @@ def chain(first: Bundle, windows: list[tuple[list[dict[str, Any]], list[str]]], 
                 label = "legit"
             if label is not None:
                 selection.labelled.append((entry, label))
+                # a review of an alert: any label of "reviewed"; of "sampled", the analyst's legit sample (its
+                # fraud labels are chargebacks, which only ever say fraud and are no review)
+                if hit and (labels == "reviewed" or label == "legit"):
+                    if label == "fraud":
+                        selection.reviewed_fraud += 1
+                    else:
+                        selection.reviewed_legit += 1
             if label == "fraud":
                 continue  # left out of training and of the budget's traffic
             if not hit:
