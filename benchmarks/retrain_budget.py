@@ -60,19 +60,25 @@ def rates(bundle: Bundle, events: list[dict[str, Any]], fraud: np.ndarray) -> di
 
 
 def chain(first: Bundle, windows: list[tuple[list[dict[str, Any]], list[str]]], settings: Settings,
-          on_traffic: bool, fresh: list[dict[str, Any]], fraud: np.ndarray, labels: str) -> list[dict[str, Any]]:
+          on_traffic: bool, fresh: list[dict[str, Any]], fraud: np.ndarray, labels: str,
+          delay: float = 0.0) -> list[dict[str, Any]]:
     """One chain of generations; per generation its figures on ``fresh``, and its gate's. ``labels``:
     ``none``; ``sampled``: each window's frauds labelled fraud and every 20th legit event legit;
-    ``reviewed``: every fraud and every alerted event labelled (analysts review the alert queue)."""
+    ``reviewed``: every fraud and every alerted event labelled (analysts review the alert queue).
+    ``delay``: the newest share of each window has no label yet (chargebacks and reviews come
+    later): its frauds read as silence, trained on where no alert left them out."""
     active, out = first, []
     for n, (window, patterns) in enumerate(windows, 1):
+        labelled_before = int(round(len(window) * (1.0 - delay)))
         scored = score_events(active, window)
         alerted = scored.flagged(active.threshold, active.head_threshold) & scored.valid
         selection = Selection(left_out={"alerted": int(alerted.sum())})
         for i, (event, hit, pattern) in enumerate(zip(window, alerted.tolist(), patterns, strict=True)):
             entry = WindowEntry(float(i), 0, i, str(event["event_id"]), orjson.dumps(event))
             label = None
-            if labels != "none" and pattern != "legit":
+            if i >= labelled_before:
+                pass  # not labelled yet
+            elif labels != "none" and pattern != "legit":
                 label = "fraud"
             elif (labels == "sampled" and i % 20 == 0) or (labels == "reviewed" and hit):
                 label = "legit"
@@ -115,6 +121,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--labels", choices=["none", "sampled", "reviewed"], default=None,
                    help="the windows' labels: none (default), sampled (frauds and one legit event in twenty; the "
                         "default with --supervised), reviewed (frauds and every alerted event)")
+    p.add_argument("--label-delay", type=float, default=0.0,
+                   help="the newest share of each window (0-1) has no label yet: chargebacks and reviews arrive "
+                        "later, its frauds read as silence (default 0: every label known)")
     p.add_argument("--write", action="store_true", help="write the retrain-budget section of RESULTS.md")
     args = p.parse_args(argv)
     started = time.monotonic()
@@ -133,7 +142,9 @@ def main(argv: list[str]) -> int:
     settings = Settings(**{"retrain_epochs": args.epochs, "retrain_target_fpr": args.budget})
     zero = rates(first, fresh, fraud)
     labels = args.labels or ("sampled" if args.supervised else "none")
-    runs = {name: chain(first, windows, settings, name == "traffic", fresh, fraud, labels)
+    if not 0.0 <= args.label_delay < 1.0:
+        p.error("--label-delay is a share of the window, from 0 to below 1")
+    runs = {name: chain(first, windows, settings, name == "traffic", fresh, fraud, labels, args.label_delay)
             for name in ("clean only", "traffic")}
     lines = [f"Simulated card traffic (`Simulator`, 3,000 accounts, {args.fraud_rate:.1%} frauds, "
              f"labels: {labels}), "
@@ -147,7 +158,9 @@ def main(argv: list[str]) -> int:
                              "decision's budget is twice it)." if args.supervised else "")
              + {"none": " No labels: silence reads as legit.",
                 "sampled": " Frauds labelled, one legit event in twenty labelled.",
-                "reviewed": " Frauds labelled, and every alerted event (analysts review the alert queue)."}[labels],
+                "reviewed": " Frauds labelled, and every alerted event (analysts review the alert queue)."}[labels]
+             + (f" Labels delayed: the newest {args.label_delay:.0%} of each window has none yet (its frauds read as "
+                "silence: trained on where no alert left them out)." if args.label_delay else ""),
              "",
              "| generation | threshold on | alert rate, all | alert rate, legit | recall | gate passed | "
              "gate: candidate / active |", "|---:|---|---:|---:|---:|---|---|"]
@@ -163,7 +176,7 @@ def main(argv: list[str]) -> int:
     if args.write:
         flags = " ".join(a for a in argv if a != "--write")
         name = "retrain-budget" + ("-supervised" if args.supervised else "") + (
-            f"-{args.labels}" if args.labels else "")
+            f"-{args.labels}" if args.labels else "") + ("-delayed" if args.label_delay else "")
         write_section(name, "Retraining generations: the alert budget on traffic vs on clean events "
                             f"(`python -m benchmarks retrain-budget{' ' + flags if flags else ''}`)", body)
     return 0
