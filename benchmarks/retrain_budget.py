@@ -61,18 +61,22 @@ def rates(bundle: Bundle, events: list[dict[str, Any]], fraud: np.ndarray) -> di
 
 def chain(first: Bundle, windows: list[tuple[list[dict[str, Any]], list[str]]], settings: Settings,
           on_traffic: bool, fresh: list[dict[str, Any]], fraud: np.ndarray, labels: str,
-          delay: float = 0.0) -> list[dict[str, Any]]:
+          delay: float = 0.0, delay_known: bool = False) -> list[dict[str, Any]]:
     """One chain of generations; per generation its figures on ``fresh``, and its gate's. ``labels``:
     ``none``; ``sampled``: each window's frauds labelled fraud and every 20th legit event legit;
     ``reviewed``: every fraud and every alerted event labelled (analysts review the alert queue).
     ``delay``: the newest share of each window has no label yet (chargebacks and reviews come
-    later): its frauds read as silence, trained on where no alert left them out."""
+    later): its frauds read as silence, trained on where no alert left them out. ``delay_known``:
+    the retrainer is told that delay (``SD_RETRAIN_LABEL_DELAY_S``), as ``TrainingWindow.select``
+    tells it: the labelled part's alerts have their labels."""
     active, out = first, []
     for n, (window, patterns) in enumerate(windows, 1):
         labelled_before = int(round(len(window) * (1.0 - delay)))
         scored = score_events(active, window)
         alerted = scored.flagged(active.threshold, active.head_threshold) & scored.valid
         selection = Selection(left_out={"alerted": int(alerted.sum())})
+        if delay_known:
+            selection.matured_before_s = float(labelled_before)  # entry i's record time is i
         for i, (event, hit, pattern) in enumerate(zip(window, alerted.tolist(), patterns, strict=True)):
             entry = WindowEntry(float(i), 0, i, str(event["event_id"]), orjson.dumps(event))
             label = None
@@ -92,6 +96,10 @@ def chain(first: Bundle, windows: list[tuple[list[dict[str, Any]], list[str]]], 
                     else:
                         selection.reviewed_legit += 1
             if label == "fraud":
+                if hit and selection.matured(entry):
+                    selection.fraud_alerts_matured += 1
+                elif hit:
+                    selection.fraud_alerts_young += 1
                 continue  # left out of training and of the budget's traffic
             if not hit:
                 selection.clean.append(entry)
@@ -124,6 +132,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--label-delay", type=float, default=0.0,
                    help="the newest share of each window (0-1) has no label yet: chargebacks and reviews arrive "
                         "later, its frauds read as silence (default 0: every label known)")
+    p.add_argument("--delay-known", action="store_true",
+                   help="with --label-delay: the retrainer is told the delay (SD_RETRAIN_LABEL_DELAY_S), so an older "
+                        "alert nobody labelled is legit and the older alerts' labels give the newer ones' legit share")
     p.add_argument("--write", action="store_true", help="write the retrain-budget section of RESULTS.md")
     args = p.parse_args(argv)
     started = time.monotonic()
@@ -144,7 +155,10 @@ def main(argv: list[str]) -> int:
     labels = args.labels or ("sampled" if args.supervised else "none")
     if not 0.0 <= args.label_delay < 1.0:
         p.error("--label-delay is a share of the window, from 0 to below 1")
-    runs = {name: chain(first, windows, settings, name == "traffic", fresh, fraud, labels, args.label_delay)
+    if args.delay_known and not args.label_delay:
+        p.error("--delay-known needs --label-delay")
+    runs = {name: chain(first, windows, settings, name == "traffic", fresh, fraud, labels, args.label_delay,
+                        args.delay_known)
             for name in ("clean only", "traffic")}
     lines = [f"Simulated card traffic (`Simulator`, 3,000 accounts, {args.fraud_rate:.1%} frauds, "
              f"labels: {labels}), "
@@ -160,7 +174,10 @@ def main(argv: list[str]) -> int:
                 "sampled": " Frauds labelled, one legit event in twenty labelled.",
                 "reviewed": " Frauds labelled, and every alerted event (analysts review the alert queue)."}[labels]
              + (f" Labels delayed: the newest {args.label_delay:.0%} of each window has none yet (its frauds read as "
-                "silence: trained on where no alert left them out)." if args.label_delay else ""),
+                "silence: trained on where no alert left them out)." if args.label_delay else "")
+             + (" The retrainer is told the delay (`SD_RETRAIN_LABEL_DELAY_S`): an older alert nobody labelled is "
+                "legit, and the older alerts' labels give the newer unlabelled ones' legit share." if args.delay_known
+                else ""),
              "",
              "| generation | threshold on | alert rate, all | alert rate, legit | recall | gate passed | "
              "gate: candidate / active |", "|---:|---|---:|---:|---:|---|---|"]
@@ -176,7 +193,7 @@ def main(argv: list[str]) -> int:
     if args.write:
         flags = " ".join(a for a in argv if a != "--write")
         name = "retrain-budget" + ("-supervised" if args.supervised else "") + (
-            f"-{args.labels}" if args.labels else "") + ("-delayed" if args.label_delay else "")
+            f"-{args.labels}" if args.labels else "") + ("-delayed" if args.label_delay else "") + ("-known" if args.delay_known else "")
         write_section(name, "Retraining generations: the alert budget on traffic vs on clean events "
                             f"(`python -m benchmarks retrain-budget{' ' + flags if flags else ''}`)", body)
     return 0

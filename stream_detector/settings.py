@@ -324,6 +324,12 @@ class RetrainSettings(_Group):
                                             "held back from training for the promotion gate.")
     retrain_epochs: int = Field(0, ge=0, description="Training epochs (0 = derived from the row count).")
     retrain_target_fpr: float = Field(0.01, gt=0, lt=0.5, description="Target alert rate of a retrained model.")
+    retrain_label_delay_s: float = Field(0.0, ge=0, description="Age (Kafka record time, seconds) by which an "
+                                         "alerted fraud's label, a chargeback or a review, has arrived (0 = "
+                                         "unknown). Set, an older alert nobody labelled counts as legit in a "
+                                         "candidate's threshold calibration and the gate, and the fraud labels "
+                                         "of the older alerts give the legit share of the newer unlabelled ones "
+                                         "(docs/retraining.md, The alert budget).")
     gate_max_alert_rate_ratio: float = Field(2.0, ge=1.0, description="A candidate may alert on at most this "
                                              "multiple of the target rate on held-back data (plus noise).")
     gate_recall_tolerance: float = Field(0.05, ge=0, le=1, description="How much precision/recall on labelled "

@@ -259,10 +259,12 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
                         settings.gate_recall_tolerance, settings.gate_min_labels,
                         parts=2 if draft.head_threshold is not None else 1)
     score: Scoring = context if context is not None else score_events
-    # settled: a clean held-back event, or an alerted one labelled legit (an alerted one nobody labelled yet may
-    # be a fraud whose chargeback is on its way: a trial's gate refused a better candidate for catching those)
+    # settled: a clean held-back event, or an alerted one labelled legit or older than the label delay (an alerted
+    # one nobody labelled yet may be a fraud whose chargeback is on its way: a trial's gate refused a better
+    # candidate for catching those)
     legit = selection.legit_ids()
-    settled = np.array([True] * len(holdout_entries) + [e.event_id in legit for e in alerted_held], dtype=bool)
+    settled = np.array([True] * len(holdout_entries)
+                       + [e.event_id in legit or selection.matured(e) for e in alerted_held], dtype=bool)
     decision = decide(evaluate(draft, holdout, labelled, is_fraud, score, settled),
                       evaluate(active, holdout, labelled, is_fraud, score, settled) if active is not None else None,
                       policy)
@@ -311,31 +313,56 @@ MIN_LABELLED_ALERTS = 20  # alerted_weights: fewer labelled alerts in the window
 def alerted_weights(alerted: Sequence[WindowEntry], selection: Selection, counts: dict[str, Any],
                     say: Progress) -> np.ndarray:
     """How much each of ``alerted`` (the training span's alerted events no label says are fraud)
-    counts as legit traffic in the calibration (float64[len(alerted)]): 1 for one labelled legit;
-    for one nobody has labelled yet, the legit share of the window's reviewed alerts (labelled by
-    any source but ``chargeback``, which only ever says fraud: trial I's 133 chargebacks of 142
-    labelled alerts put the share at 0.02 while every unlabelled alert was legit) — analysts
-    review the alert queue, and an alert not reviewed yet is as likely legit as the reviewed ones
-    (counted whole, the unlabelled frauds of a deployment whose fraud rate is above its budget took
-    the budget: recall 99 % → 25 % at a 0.1 % budget, benchmarks retrain-budget). With fewer than
-    ``MIN_LABELLED_ALERTS`` labelled alerts the share is unknown and they count whole: the budget
-    then caps the alerts on all traffic, frauds included — said, and kept in the report
-    (``alerted_legit_share``, ``alerted_legit_share_from``)."""
+    counts as legit traffic in the calibration (float64[len(alerted)]): 1 for one labelled legit,
+    and with a label delay (``SD_RETRAIN_LABEL_DELAY_S``, ``Selection.matured_before_s``) 1 for
+    one old enough for its label to have arrived. One nobody has labelled yet counts as the legit
+    share of alerts (``alerted_legit_share``; ``alerted_legit_share_from`` says where it came from):
+
+    * with a label delay and at least ``MIN_LABELLED_ALERTS`` alerts older than it: the share of
+      those no label says is fraud (every fraud among them has its label by then), applied to the
+      newer alerts — the newer alerts expected legit less those labelled legit, over those nobody
+      labelled, clipped to [0, 1] (``benchmarks retrain-budget --labels sampled --label-delay
+      0.5``: recall 42-59 % counted whole, see RESULTS);
+    * else the legit share of the window's reviewed alerts (labelled by any source but
+      ``chargeback``, which only ever says fraud: trial I's 133 chargebacks of 142 labelled alerts
+      put the share at 0.02 while every unlabelled alert was legit) — analysts review the alert
+      queue, and an alert not reviewed yet is as likely legit as the reviewed ones (counted whole,
+      the unlabelled frauds of a deployment whose fraud rate is above its budget took the budget:
+      recall 99 % → 25 % at a 0.1 % budget, benchmarks retrain-budget);
+    * with fewer than ``MIN_LABELLED_ALERTS`` of either the share is unknown and they count whole:
+      the budget then caps the alerts on all traffic, frauds included — said."""
     legit = selection.legit_ids()
     labelled, reviewed = selection.reviewed_legit, selection.reviewed_legit + selection.reviewed_fraud
-    if reviewed >= MIN_LABELLED_ALERTS:
+    old = [e for e in selection.alerted if selection.matured(e)]
+    old_total = len(old) + selection.fraud_alerts_matured
+    if selection.matured_before_s is not None and old_total >= MIN_LABELLED_ALERTS:
+        old_share = len(old) / old_total
+        young = [e for e in selection.alerted if not selection.matured(e)]
+        young_legit = sum(e.event_id in legit for e in young)
+        young_unlabelled = len(young) - young_legit
+        expected = old_share * (len(young) + selection.fraud_alerts_young)
+        share = min(1.0, max(0.0, (expected - young_legit) / young_unlabelled)) if young_unlabelled else old_share
+        source = (f"{len(old)} of the window's {old_total} alerts older than the label delay have no fraud label "
+                  f"(share {old_share:.3f}); applied to the {len(young) + selection.fraud_alerts_young} newer ones, "
+                  f"{young_legit} labelled legit and {selection.fraud_alerts_young} fraud")
+    elif reviewed >= MIN_LABELLED_ALERTS:
         share, source = labelled / reviewed, (f"{labelled} of the window's {reviewed} reviewed alerts are legit "
                                               "(labels of any source but chargeback)")
     else:
         share, source = 1.0, (f"{reviewed} reviewed alerts in the window (labels of any source but chargeback), "
                               f"fewer than {MIN_LABELLED_ALERTS}: unknown")
-        if alerted:
-            say(f"note: {len(alerted):,} alerted events of the training span, and {reviewed} reviewed alerts in the "
-                "window: whether the others were frauds is unknown, so they count as legit traffic and the alert "
-                "budget caps the candidate's alerts on all traffic, frauds included (analysts' verdicts on the "
-                "feedback topic, docs/feedback.md, let it count only the legit ones)")
+        if selection.matured_before_s is not None:
+            source += f"; {old_total} alerts older than the label delay, fewer than {MIN_LABELLED_ALERTS}"
+        pending = sum(1 for e in alerted if e.event_id not in legit and not selection.matured(e))
+        if pending:
+            say(f"note: {pending:,} alerted events of the training span nobody labelled, and {reviewed} reviewed "
+                "alerts in the window: whether they were frauds is unknown, so they count as legit traffic and "
+                "the alert budget caps the candidate's alerts on all traffic, frauds included (analysts' "
+                "verdicts on the feedback topic, docs/feedback.md, or SD_RETRAIN_LABEL_DELAY_S with "
+                "chargebacks, let it count only the legit ones)")
     counts.update(alerted_legit_share=share, alerted_legit_share_from=source)
-    return np.array([1.0 if e.event_id in legit else share for e in alerted], dtype=np.float64)
+    return np.array([1.0 if e.event_id in legit or selection.matured(e) else share for e in alerted],
+                    dtype=np.float64)
 
 
 def _calibrate_on_traffic(result: Any, alerted: Sequence[dict[str, Any]], clean: int, budget: float,

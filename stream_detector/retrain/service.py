@@ -312,7 +312,7 @@ class Retrainer:
         self._read_side(60.0)
         decided = {tp.partition: off for tp, off in committed_offsets(s, s.group_id, s.input_topic).items()}
         self._decided = decided
-        selection = self.window.select(self.exclusions, decided)
+        selection = self.window.select(self.exclusions, decided, s.retrain_label_delay_s)
         active = self._active_bundle()
         history = None
         if active is not None and active.entity is not None and (selection.clean or selection.labelled):

@@ -115,6 +115,16 @@ class Selection:
     # fraud: not a review of the alert queue), legit and fraud (``job.alerted_weights``)
     reviewed_legit: int = 0
     reviewed_fraud: int = 0
+    # with a label delay (``SD_RETRAIN_LABEL_DELAY_S``): the record time before which an alert's label has had time
+    # to arrive (an alert older than it that nobody labelled is legit), and the decided alerted events labelled
+    # fraud (any source) older and newer than it (``job.alerted_weights``)
+    matured_before_s: float | None = None
+    fraud_alerts_matured: int = 0
+    fraud_alerts_young: int = 0
+
+    def matured(self, entry: WindowEntry) -> bool:
+        """Whether ``entry``'s label, if it has one, has had time to arrive (``matured_before_s``)."""
+        return self.matured_before_s is not None and entry.timestamp_s < self.matured_before_s
 
     def legit_ids(self) -> set[str]:
         """The ids of the labelled events whose label is legit."""
@@ -143,11 +153,17 @@ class TrainingWindow:
             dropped += 1
         return dropped
 
-    def select(self, exclusions: Exclusions, decided: Mapping[int, int] | None) -> Selection:
+    def select(self, exclusions: Exclusions, decided: Mapping[int, int] | None,
+               label_delay_s: float = 0.0) -> Selection:
         """Clean entries (oldest first) and labelled ones; ``decided`` maps partition → first
-        offset the workers have not committed (None: treat everything as decided)."""
-        cutoff = self.clock() - self.max_age_s
+        offset the workers have not committed (None: treat everything as decided).
+        ``label_delay_s`` (> 0): alerts older than that (record time) have their labels
+        (``Selection.matured_before_s``)."""
+        now = self.clock()
+        cutoff = now - self.max_age_s
         out = Selection(left_out=dict.fromkeys(LEFT_OUT_REASONS, 0))  # every reason, 0 included (the report)
+        if label_delay_s > 0:
+            out.matured_before_s = now - label_delay_s
         for entry in self._entries:
             reason = exclusions.reason(entry.event_id)
             if entry.timestamp_s < cutoff:
@@ -163,6 +179,11 @@ class TrainingWindow:
             else:
                 if reason == ALERTED and not _fraud(exclusions, entry.event_id):
                     out.alerted.append(entry)
+                elif reason == ALERTED:
+                    if out.matured(entry):
+                        out.fraud_alerts_matured += 1
+                    else:
+                        out.fraud_alerts_young += 1
                 label = exclusions.labels.get(entry.event_id)
                 if reason == ALERTED and label is not None and label.source != "chargeback":
                     if label.fraud:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import orjson
@@ -381,3 +382,46 @@ def test_a_promotion_over_an_operators_threshold_says_it_replaces_it(rsettings, 
     assert f"sets its calibrated {bundle.threshold:g} in its place" in said
     published.set_threshold(bundle.threshold / 2, bundle.version, "ops@pager")
     assert "more alerts: more events were left out of training" in retrainer._live_threshold_note(bundle, bundle)
+
+
+def test_with_a_label_delay_the_older_alerts_chargebacks_give_the_newer_alerts_legit_share(rsettings, bundle,
+                                                                                           start_worker):
+    """SD_RETRAIN_LABEL_DELAY_S on the real broker: alerts whose input records are older than the delay
+    have their labels (every chargeback has come), so the share of them with no fraud label is the
+    legit share of alerts, applied to the newer alerts nobody labelled (``job.alerted_weights``);
+    record times are the input records' (Kafka's CreateTime, set here two hours back)."""
+    s = rsettings.model_copy(update={"retrain_label_delay_s": 3600.0})
+    ControlPlane.from_url(s.redis_url, s.redis_prefix).publish(bundle, set_by="pytest")
+    old, old_bad = _wave(800, 43, 30, "ld1")
+    new, new_bad = _wave(800, 44, 10, "ld2")
+    ensure_topics(s, [s.input_topic])
+    producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers)
+    now_ms = int(time.time() * 1000)
+    for events, at in ((old, now_ms - 7_200_000), (new, now_ms)):
+        for e in events:
+            producer.send(s.input_topic, orjson.dumps(e), key=str(e["account_id"]).encode(), timestamp_ms=at)
+    producer.flush(timeout=30)
+    producer.close(timeout=10)
+    running = start_worker(s)
+    wait_until(lambda: _drained(s) and _fully_committed(s), message="both waves committed")
+    running.stop()
+    alerted = {str(a["event_id"]) for a in _alerts(s)}
+    assert old_bad | new_bad <= alerted
+    chargebacks = sorted(old_bad)[:24] + sorted(new_bad)[:2]
+    ensure_topics(s, [s.feedback_topic])
+    producer = KafkaProducer(bootstrap_servers=s.bootstrap_servers)
+    for event_id in chargebacks:
+        producer.send(s.feedback_topic, orjson.dumps({"event_id": event_id, "label": "fraud", "source": "chargeback"}))
+    producer.flush(timeout=30)
+    producer.close(timeout=10)
+
+    outcome = Retrainer(s).run_once(timeout_s=60)
+    assert outcome.status in ("promoted", "rejected"), outcome.to_dict()
+    training = outcome.counts
+    old_ids = {str(e["event_id"]) for e in old}
+    old_alerts, new_alerts = alerted & old_ids, alerted - old_ids
+    old_share = (len(old_alerts) - 24) / len(old_alerts)
+    unlabelled_new = len(new_alerts) - 2
+    assert training["alerted_legit_share_from"].startswith(
+        f"{len(old_alerts) - 24} of the window's {len(old_alerts)} alerts older than the label delay have no fraud label")
+    assert training["alerted_legit_share"] == pytest.approx(min(1.0, old_share * len(new_alerts) / unlabelled_new))

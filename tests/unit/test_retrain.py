@@ -680,4 +680,68 @@ def test_an_unlabelled_alert_counts_as_legit_as_far_as_the_reviewed_alerts_are()
     few = Selection(alerted=alerted, labelled=[(alerted[0], "legit")], reviewed_legit=1,
                     reviewed_fraud=MIN_LABELLED_ALERTS - 2)
     assert alerted_weights(alerted, few, counts, said.append).tolist() == [1.0] * 40
-    assert said and said[0].startswith("note: 40 alerted events of the training span, and 19 reviewed alerts")
+    assert said and said[0].startswith("note: 39 alerted events of the training span nobody labelled, and 19 "
+                                       "reviewed alerts")
+
+
+def test_with_a_label_delay_the_older_alerts_labels_give_the_newer_unlabelled_ones_share():
+    """benchmarks retrain-budget --labels sampled --label-delay 0.5 (chargebacks, a random legit
+    sample, no reviews of the alert queue; the newest half of each window not labelled yet): the
+    unlabelled alerts counted whole and recall fell 99 % -> 42-59 %. With SD_RETRAIN_LABEL_DELAY_S
+    the alerts older than the delay have their labels: those nobody labelled are legit (weight 1),
+    and their fraud share tells how many of the newer alerts nobody labelled are legit."""
+    from stream_detector.retrain.job import alerted_weights
+
+    window = TrainingWindow(max_events=1000, max_age_s=1e9, clock=lambda: 1000.0)
+    exclusions = Exclusions(1000)
+    # 40 alerts at t=100 (older than the 500 s delay), 30 of them chargebacks; 40 at t=900, 10 chargebacks so far,
+    # 2 labelled legit by an analyst
+    window.add([entry(i, ts=100.0) for i in range(40)] + [entry(i, ts=900.0) for i in range(40, 80)])
+    for i in range(80):
+        exclusions.add_alert(f"e{i}")
+    for i in [*range(30), *range(40, 50)]:
+        exclusions.add_label(Label(f"e{i}", True, "chargeback", 950.0))
+    for i in (50, 51):
+        exclusions.add_label(Label(f"e{i}", False, "analyst", 950.0))
+    chosen = window.select(exclusions, None, label_delay_s=500.0)
+    assert chosen.matured_before_s == 500.0
+    assert (chosen.fraud_alerts_matured, chosen.fraud_alerts_young) == (30, 10)
+    assert len(chosen.alerted) == 40 and (chosen.reviewed_legit, chosen.reviewed_fraud) == (2, 0)
+    counts: dict[str, object] = {}
+    said: list[str] = []
+    weights = alerted_weights(chosen.alerted, chosen, counts, said.append)
+    # older: 10 of 40 no fraud label -> share 0.25; newer: 40 x 0.25 = 10 expected legit, 2 labelled legit,
+    # so the 28 nobody labelled count (10 - 2) / 28 each
+    by_id = dict(zip((e.event_id for e in chosen.alerted), weights.tolist(), strict=True))
+    assert all(by_id[f"e{i}"] == 1.0 for i in range(30, 40))  # older than the delay, no label: legit
+    assert by_id["e50"] == by_id["e51"] == 1.0
+    assert all(by_id[f"e{i}"] == pytest.approx(8 / 28) for i in range(52, 80))
+    assert counts["alerted_legit_share"] == pytest.approx(8 / 28) and not said
+    assert str(counts["alerted_legit_share_from"]).startswith("10 of the window's 40 alerts older than the label "
+                                                              "delay have no fraud label (share 0.250)")
+    # without the delay: 2 reviewed alerts, fewer than 20, and every unlabelled alert counts whole, said
+    plain = window.select(exclusions, None)
+    assert plain.matured_before_s is None and (plain.fraud_alerts_matured, plain.fraud_alerts_young) == (0, 40)
+    assert alerted_weights(plain.alerted, plain, counts, said.append).tolist() == [1.0] * 40
+    assert counts["alerted_legit_share"] == 1.0 and said and "SD_RETRAIN_LABEL_DELAY_S" in said[0]
+
+
+def test_a_label_delay_with_too_few_older_alerts_falls_back_and_clips_the_share():
+    """Fewer than MIN_LABELLED_ALERTS alerts older than the delay: the reviewed alerts' share (or
+    whole), as without it, but an older alert nobody labelled is still legit; and more newer alerts
+    labelled legit than the older share expects gives 0, not a negative weight."""
+    from stream_detector.retrain.job import MIN_LABELLED_ALERTS, alerted_weights
+    from stream_detector.retrain.window import Selection
+
+    older = [entry(i, ts=100.0) for i in range(5)]
+    newer = [entry(i, ts=900.0) for i in range(5, 45)]
+    few = Selection(alerted=[*older, *newer], matured_before_s=500.0, fraud_alerts_matured=MIN_LABELLED_ALERTS - 6)
+    counts: dict[str, object] = {}
+    weights = alerted_weights(few.alerted, few, counts, lambda _m: None)
+    assert weights.tolist() == [1.0] * 45 and counts["alerted_legit_share"] == 1.0
+    assert "19 alerts older than the label delay, fewer than 20" in str(counts["alerted_legit_share_from"])
+    # 20 older alerts, all frauds but one -> share 0.05; newer: 40 alerts, 10 labelled legit (> 2 expected)
+    many = Selection(alerted=[older[0], *newer], matured_before_s=500.0, fraud_alerts_matured=19,
+                     labelled=[(e, "legit") for e in newer[:10]])
+    weights = alerted_weights(many.alerted, many, counts, lambda _m: None)
+    assert weights[0] == 1.0 and weights[1:11].tolist() == [1.0] * 10 and weights[11:].tolist() == [0.0] * 30
