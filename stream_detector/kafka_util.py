@@ -12,6 +12,8 @@ from kafka.errors import KafkaError
 
 from .errors import ConfigError
 from .settings import Settings
+from .transport.kafka_python import known_partitions as known_partitions  # re-exported: label_ingest, retrain
+from .transport.kafka_python import partitions_of as partitions_of
 from .transport.kafka_python import poll_readable
 
 
@@ -215,37 +217,6 @@ def read_all(settings: Settings, topic: str, timeout_s: float = 30.0,
         return records
     finally:
         consumer.close()
-
-
-def known_partitions(consumer: KafkaConsumer, topic: str) -> set[int]:
-    """The partition numbers of ``topic`` in ``consumer``'s metadata (fetched when missing); empty
-    while the broker does not know the topic yet.
-
-    kafka-python's ``partitions_for_topic`` waits on a metadata refresh already in flight, and a
-    consumer subscribed to a topic that does not exist yet has its refreshes fail with
-    ``UnknownTopicOrPartitionError`` (kafka-python 3.0.12 fails a one-topic metadata future with
-    the topic's error): the call then raises instead of returning nothing. A CI run (2026-12-05)
-    lost the label ingester's catch-up thread to that. A retriable ``KafkaError`` is "not known
-    yet" here; others (authorization, a closed consumer) are raised."""
-    try:
-        return set(consumer.partitions_for_topic(topic) or ())
-    except KafkaError as exc:
-        if getattr(exc, "retriable", False):
-            return set()
-        raise
-
-
-def partitions_of(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> list[int]:
-    """The partition numbers of ``topic`` from ``consumer``'s metadata, waiting up to ``timeout_s``
-    for it to arrive (``known_partitions``); raises ``TimeoutError`` when it does not."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        parts = known_partitions(consumer, topic)
-        if parts:
-            return sorted(parts)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no partition metadata for topic {topic}")
-        time.sleep(0.1)
 
 
 def tail(settings: Settings, topic: str, last: int, follow: bool, out: Callable[[Any], None],

@@ -121,6 +121,11 @@ class Retrainer:
         self.input = KafkaConsumer(**consumer_config(
             transport_config(s), group_id=s.retrainer_group, client_id=f"stream-detector-retrainer-{s.group_id}",
             max_poll_records=5000, max_poll_interval_ms=1_800_000))
+        try:  # the topic's partitions known before joining (a fresh topic: the assignor found none, and warned)
+            partitions_of(self.input, s.input_topic, timeout_s=10.0)
+        except TimeoutError:
+            log.warning("input topic %s: no partitions known after 10 s; the retrainer subscribes anyway",
+                        s.input_topic)
         self.input.subscribe([s.input_topic])
         self.side = KafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
                                   isolation_level="read_committed", client_id="stream-detector-retrainer-side",

@@ -315,6 +315,37 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka
             log.info("assigned %s", sorted(tp.partition for tp in assigned))
 
 
+def known_partitions(consumer: KafkaConsumer, topic: str) -> set[int]:
+    """The partition numbers of ``topic`` in ``consumer``'s metadata (fetched when missing); empty
+    while the broker does not know the topic yet.
+
+    kafka-python's ``partitions_for_topic`` waits on a metadata refresh already in flight, and a
+    consumer subscribed to a topic that does not exist yet has its refreshes fail with
+    ``UnknownTopicOrPartitionError`` (kafka-python 3.0.12 fails a one-topic metadata future with
+    the topic's error): the call then raises instead of returning nothing. A CI run (2026-12-05)
+    lost the label ingester's catch-up thread to that. A retriable ``KafkaError`` is "not known
+    yet" here; others (authorization, a closed consumer) are raised."""
+    try:
+        return set(consumer.partitions_for_topic(topic) or ())
+    except KafkaError as exc:
+        if getattr(exc, "retriable", False):
+            return set()
+        raise
+
+
+def partitions_of(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> list[int]:
+    """The partition numbers of ``topic`` from ``consumer``'s metadata, waiting up to ``timeout_s``
+    for it to arrive (``known_partitions``); raises ``TimeoutError`` when it does not."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        parts = known_partitions(consumer, topic)
+        if parts:
+            return sorted(parts)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no partition metadata for topic {topic}")
+        time.sleep(0.1)
+
+
 class KafkaSource:
     """``base.Source`` on kafka-python; explicit ``start``/``close``, no network I/O in the constructor.
 
@@ -336,6 +367,14 @@ class KafkaSource:
 
     def start(self) -> None:
         self.consumer = KafkaConsumer(**consumer_config(self.config, **self.overrides))
+        # the topic's partitions known before joining, as the label ingester does: a topic created a moment
+        # ago has none until its leaders are elected, and the group's assignor then ran on metadata without
+        # them ("No partition metadata for topic …" at every start on a fresh topic, a trial) and assigned
+        # the partitions only at the rejoin after the next metadata refresh
+        try:
+            partitions_of(self.consumer, self.config.topic, timeout_s=10.0)
+        except TimeoutError:
+            log.warning("input topic %s: no partitions known after 10 s; subscribing anyway", self.config.topic)
         self.consumer.subscribe([self.config.topic], listener=_Rebalance(self))
 
     def _c(self) -> KafkaConsumer:
