@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ import orjson
 
 from .errors import ConfigError, InputError, StreamDetectorError
 from .settings import Settings, load_settings, unknown_settings
+from .stopping import Stopping
 
 log = logging.getLogger("stream_detector")
 
@@ -565,27 +565,6 @@ def _terminated_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _interrupt_as_flag() -> Iterator[threading.Event]:
-    """Inside the block, Ctrl-C (SIGINT) and SIGTERM set the event it yields instead of raising
-    ``KeyboardInterrupt`` wherever the main thread happens to be: for loops that ask the event
-    between two calls of a client library that is not safe to interrupt (``kafka_util.tail``). A
-    second signal raises ``KeyboardInterrupt`` at once, for a user who will not wait."""
-    stopping = threading.Event()
-
-    def interrupt(_signum: int, _frame: Any) -> None:
-        if stopping.is_set():
-            raise KeyboardInterrupt
-        stopping.set()
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stopping
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _figures(numbers: dict[str, Any]) -> str:
@@ -1355,9 +1334,9 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     _probe_kafka(settings)
     producer = EventProducer(settings, args.topic or settings.input_topic)
     try:
-        with _interrupt_as_flag() as stopping, producer:  # Ctrl-C: the send stops between two chunks
+        with Stopping.installed() as stopping, producer:  # Ctrl-C: the send stops between two chunks
             _say_created(producer)
-            sent = producer.send_paced(events, labels, rate=args.rate, progress=_say, stop=stopping.is_set)
+            sent = producer.send_paced(events, labels, rate=args.rate, progress=_say, stop=stopping.event.is_set)
     except KeyboardInterrupt:  # a trial: "interrupted", and no word of how many events got there
         # trial G: and no way to go on but cutting the file by hand
         _say(f"interrupted: {producer.acknowledged} of the {len(events)} events were acknowledged by "
@@ -1667,10 +1646,10 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
         print(text, flush=True)
 
     try:
-        with _interrupt_as_flag() as stopping:  # Ctrl-C or SIGTERM: the read stops between two polls
+        with Stopping.installed() as stopping:  # Ctrl-C or SIGTERM: the read stops between two polls
             _probe_kafka(settings)
             with _topic_hint(settings):
-                shown = tail(settings, topic, args.n, args.follow, show, stop=stopping.is_set,
+                shown = tail(settings, topic, args.n, args.follow, show, stop=stopping.event.is_set,
                              following=lambda: _say(
                                  f"following {topic}: new records below as they arrive (Ctrl-C ends)"))
     except KeyboardInterrupt:  # --follow ends with Ctrl-C: not an error
@@ -1956,12 +1935,14 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.threads is None and settings.torch_threads:  # --threads, when given, is set in main()
         _set_threads(settings.torch_threads)
-    retrainer = Retrainer(settings, progress=_say)
     if args.once:
-        with _terminated_as_interrupt():  # SIGTERM (a cron job's timeout) removes the history spool, as Ctrl-C
-            outcome = retrainer.run_once(timeout_s=args.timeout)
+        # Ctrl-C or SIGTERM (a cron job's timeout) removes the history spool: raised between two Kafka reads
+        # (kafka-python's calls are not safe to interrupt), at once while the candidate trains
+        with Stopping.installed() as stopping:
+            outcome = Retrainer(settings, progress=_say, stopping=stopping).run_once(timeout_s=args.timeout)
         print(orjson.dumps(outcome.to_dict()).decode())
         return {"promoted": 0, "rejected": 3, "shadow": 5}.get(outcome.status, 4)
+    retrainer = Retrainer(settings, progress=_say)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: retrainer.stop())
     retrainer.run()

@@ -198,13 +198,15 @@ class History:
 
 
 def read_history(settings: Settings, since_ms: int, decided: Mapping[int, int], timeout_s: float = 300.0,
-                 progress: Callable[[str], None] | None = None, schema: FieldSchema | None = None) -> History:
+                 progress: Callable[[str], None] | None = None, schema: FieldSchema | None = None,
+                 stop: Callable[[], None] = lambda: None) -> History:
     """Read the input topic from ``since_ms`` (epoch ms, record time) up to ``decided`` (partition →
     first offset not yet committed by the workers; a partition absent reads nothing) into a spooled
     ``History``, and the feedback topic from ``since_ms`` to its end. Records are decoded as a
     worker decodes them (``schema``: the active model's field schema), so what a worker
     dead-letters is left out. Raises ``TimeoutError`` when the topics cannot be read within
-    ``timeout_s`` (the spool is deleted then)."""
+    ``timeout_s`` (the spool is deleted then). ``stop()`` is called before each poll (it may raise:
+    ``Stopping.check``, the spool deleted then too)."""
     say = progress or (lambda _m: None)
     out = History(settings.retrain_spool_dir or None)
     out.counts = {"input_records": 0, "input_rejected": 0, "feedback_records": 0, "feedback_rejected": 0}
@@ -213,7 +215,7 @@ def read_history(settings: Settings, since_ms: int, decided: Mapping[int, int], 
                              max_poll_records=10_000, **settings.kafka_security())
     started, reported = time.monotonic(), time.monotonic()
     try:
-        for tp, records in _read(consumer, settings.input_topic, since_ms, decided, timeout_s):
+        for tp, records in _read(consumer, settings.input_topic, since_ms, decided, timeout_s, stop):
             out.counts["input_records"] += len(records)
             decoded = decode_batch([r.value for r in records], settings.max_event_bytes, schema=schema)
             out.counts["input_rejected"] += len(decoded.rejected)
@@ -228,7 +230,7 @@ def read_history(settings: Settings, since_ms: int, decided: Mapping[int, int], 
                 say(f"reading the history from Kafka: {out.counts['input_records']:,} records "
                     f"({out.counts['input_records'] / (reported - started):,.0f}/s)")
         out.seal()
-        for _tp, records in _read(consumer, settings.feedback_topic, since_ms, None, timeout_s):
+        for _tp, records in _read(consumer, settings.feedback_topic, since_ms, None, timeout_s, stop):
             out.counts["feedback_records"] += len(records)
             for r in records:
                 label = read_label(r.value, r.timestamp)
@@ -256,10 +258,10 @@ def _event_time(event: Mapping[str, Any], record_ms: int) -> float:
 
 
 def _read(consumer: KafkaConsumer, topic: str, since_ms: int, until: Mapping[int, int] | None,
-          timeout_s: float) -> Iterator[tuple[TopicPartition, list[Any]]]:
+          timeout_s: float, stop: Callable[[], None] = lambda: None) -> Iterator[tuple[TopicPartition, list[Any]]]:
     """Records of ``topic`` from ``since_ms`` up to ``until`` (partition → end offset; None: the end
     offsets now), as (partition, records) chunks, one poll at a time (nothing accumulates here).
-    ``timeout_s`` bounds the time without progress."""
+    ``timeout_s`` bounds the time without progress; ``stop()`` is called before each poll."""
     parts = partitions_of(consumer, topic, timeout_s)
     tps = [TopicPartition(topic, p) for p in parts]
     ends = consumer.end_offsets(tps)
@@ -276,6 +278,7 @@ def _read(consumer: KafkaConsumer, topic: str, since_ms: int, until: Mapping[int
     remaining = set(todo)
     deadline = time.monotonic() + timeout_s
     while remaining:
+        stop()
         if time.monotonic() > deadline:
             raise TimeoutError(f"could not read {topic} up to its decided offsets: no progress for {timeout_s:.0f}s")
         for tp, records in poll_readable(consumer, 200).items():
@@ -292,7 +295,7 @@ def _read(consumer: KafkaConsumer, topic: str, since_ms: int, until: Mapping[int
 
 
 def read_shadow(settings: Settings, version: str, since_ms: int, timeout_s: float = 120.0,
-                ) -> tuple[list[dict[str, Any]], list[Label]]:
+                stop: Callable[[], None] = lambda: None) -> tuple[list[dict[str, Any]], list[Label]]:
     """The shadow records of challenger ``version`` on ``SD_SHADOW_TOPIC`` since ``since_ms``
     (record time; the start of its period) and every valid label on the feedback topic since then:
     what ``gate.shadow_outcomes`` judges; a topic that does not exist reads as empty. Raises
@@ -306,7 +309,7 @@ def read_shadow(settings: Settings, version: str, since_ms: int, timeout_s: floa
     labels: list[Label] = []
     try:
         existing = consumer.topics()  # a topic nobody created yet holds nothing (no waiting for its metadata)
-        for _tp, chunk in (_read(consumer, settings.shadow_topic, since_ms, None, timeout_s)
+        for _tp, chunk in (_read(consumer, settings.shadow_topic, since_ms, None, timeout_s, stop)
                            if settings.shadow_topic in existing else []):
             for r in chunk:
                 try:
@@ -315,7 +318,7 @@ def read_shadow(settings: Settings, version: str, since_ms: int, timeout_s: floa
                     continue
                 if isinstance(record, dict) and record.get("challenger", {}).get("model_version") == version:
                     records.append(record)
-        for _tp, chunk in (_read(consumer, settings.feedback_topic, since_ms, None, timeout_s)
+        for _tp, chunk in (_read(consumer, settings.feedback_topic, since_ms, None, timeout_s, stop)
                            if settings.feedback_topic in existing else []):
             labels.extend(x for x in (read_label(r.value, r.timestamp) for r in chunk) if isinstance(x, Label))
     finally:

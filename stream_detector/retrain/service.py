@@ -20,6 +20,7 @@ an operator may still `model promote` it), and its decision goes to ``{p}:gate:r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -48,6 +49,7 @@ from ..model.reference import reference_bins
 from ..pipeline.decode import decode_batch
 from ..schema import RejectReason
 from ..settings import Settings
+from ..stopping import Stopping, check
 from ..store import ControlPlane
 from ..topics import ensure_topics
 from ..transport.factory import transport_config
@@ -82,8 +84,11 @@ class Retrainer:
     """Explicit ``start``/``close``; no network I/O in the constructor."""
 
     def __init__(self, settings: Settings, control: ControlPlane | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, stopping: Stopping | None = None) -> None:
+        """``stopping`` (``retrain --once``): a signal is raised between two Kafka client calls, and
+        at once while a candidate trains (``stream_detector/stopping.py``)."""
         self.settings = settings
+        self.stopping = stopping
         self.control = control or ControlPlane.from_settings(settings)
         self.progress = progress or log.info
         self.window = TrainingWindow(settings.retrain_window_events, settings.retrain_window_seconds)
@@ -267,6 +272,7 @@ class Retrainer:
                                      for p in self._partitions(self.settings.input_topic)])
         deadline = time.monotonic() + timeout_s
         while True:
+            check(self.stopping)
             self.ingest(200)
             assigned = consumer.assignment()
             if (assigned or not any(ends.values())) and all(
@@ -327,10 +333,12 @@ class Retrainer:
             oldest_s = min(e.timestamp_s for e in [*selection.clean, *(e for e, _ in selection.labelled)])
             lookback_ms = spec.horizon_ms + (spec.label_within_s * 1000 if spec.label_keys else 0)
             history = read_history(s, int(oldest_s * 1000) - lookback_ms, decided, progress=self.progress,
+                                   stop=functools.partial(check, self.stopping),
                                    schema=active.schema)
             self.metrics.history_events.set(len(history))
         try:
-            candidate = build_candidate(selection, s, active, reason, self.progress, history=history)
+            with self.stopping.immediate() if self.stopping is not None else contextlib.nullcontext():
+                candidate = build_candidate(selection, s, active, reason, self.progress, history=history)
         finally:
             if history is not None:
                 history.close()  # the spool goes with the run
@@ -385,7 +393,8 @@ class Retrainer:
             record = self.control.shadow.end(version, "stopped", {"reasons": ["the challenger is the active model"]},
                                              f"retrainer@{socket.gethostname()}")
             return RetrainOutcome("skipped", "the challenger is the active model: its period ended", version, record)
-        records, labels = read_shadow(s, version, int(figures["started_at"] * 1000), timeout_s)
+        records, labels = read_shadow(s, version, int(figures["started_at"] * 1000), timeout_s,
+                                      stop=functools.partial(check, self.stopping))
         verdicts = Verdicts(labels)
         outcomes = shadow_outcomes(records, lambda event_id: verdicts.verdict(event_id))
         policy = GatePolicy(s.retrain_target_fpr, s.gate_max_alert_rate_ratio, s.gate_recall_tolerance,
@@ -453,6 +462,7 @@ class Retrainer:
         ends = side.end_offsets(list(side.assignment())) if timeout_s > 0 else {}
         deadline = time.monotonic() + timeout_s
         while True:
+            check(self.stopping)
             for tp, records in poll_readable(side, 100 if ends else 0, 10_000).items():
                 for r in records:
                     self._side_record(tp.topic, r.value, r.timestamp)

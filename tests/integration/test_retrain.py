@@ -425,3 +425,32 @@ def test_with_a_label_delay_the_older_alerts_chargebacks_give_the_newer_alerts_l
     assert training["alerted_legit_share_from"].startswith(
         f"{len(old_alerts) - 24} of the window's {len(old_alerts)} alerts older than the label delay have no fraud label")
     assert training["alerted_legit_share"] == pytest.approx(min(1.0, old_share * len(new_alerts) / unlabelled_new))
+
+
+def test_a_stop_asked_during_retrain_once_raises_between_two_kafka_reads_and_closes_its_consumers(
+        rsettings, bundle):
+    """``retrain --once`` under ``Stopping.installed()``: a Ctrl-C or SIGTERM only sets the flag, and
+    the run raises ``KeyboardInterrupt`` at its next check between two polls, never inside
+    kafka-python's calls; its consumers are closed and the window's position is not committed (the
+    next run reads the same events)."""
+    from stream_detector.stopping import Stopping
+
+    s = rsettings
+    ControlPlane.from_url(s.redis_url, s.redis_prefix).publish(bundle, set_by="pytest")
+    events, _ = _wave(300, 45, 0, "st")
+    _produce(s, events)
+    asked = []
+
+    class SignalAfterFirstPoll(Stopping):
+        def check(self) -> None:
+            asked.append(retrainer.input is not None)
+            if len(asked) == 2:
+                self.event.set()  # as the handler does on the first signal, here after one poll of the window
+            super().check()
+
+    retrainer = Retrainer(s, stopping=SignalAfterFirstPoll())
+    with pytest.raises(KeyboardInterrupt):
+        retrainer.run_once(timeout_s=60)
+    assert asked == [True, True], "raised at the check after the window consumer's first poll"
+    assert retrainer.input is None and retrainer.side is None
+    assert committed_offsets(s, s.retrainer_group, s.input_topic) == {}

@@ -63,9 +63,9 @@ def test_the_registry_threshold_and_lag_commands_do_not_import_torch() -> None:
 
 
 def test_sigterm_inside_a_long_command_runs_its_cleanup_like_ctrl_c() -> None:
-    """``train --streamed`` and ``retrain --once`` run inside ``_terminated_as_interrupt``: a
+    """``train --streamed`` and ``score --streamed`` run inside ``_terminated_as_interrupt``: a
     SIGTERM (a timeout, Kubernetes) raises ``KeyboardInterrupt`` there, so their ``finally``
-    clauses (the work directory, the history spool) run; the previous handler is back after."""
+    clauses (the work directory, a partial output file) run; the previous handler is back after."""
     from stream_detector.cli import _terminated_as_interrupt
 
     before = signal.getsignal(signal.SIGTERM)
@@ -82,25 +82,54 @@ def test_sigterm_inside_a_long_command_runs_its_cleanup_like_ctrl_c() -> None:
 
 
 def test_ctrl_c_inside_tail_sets_a_flag_and_a_second_one_interrupts() -> None:
-    """``tail`` runs inside ``_interrupt_as_flag``: Ctrl-C and SIGTERM set the flag its read loop
-    asks between two polls (a ``KeyboardInterrupt`` raised inside kafka-python 3 once left
-    ``tail --follow`` running); a second signal interrupts at once; the handlers are back after."""
-    from stream_detector.cli import _interrupt_as_flag
+    """``tail``, ``produce`` and ``retrain --once`` run inside ``Stopping.installed()``: Ctrl-C and
+    SIGTERM set the flag their read loops ask between two polls (a ``KeyboardInterrupt`` raised
+    inside kafka-python 3 once left ``tail --follow`` running); a second signal interrupts at once;
+    the handlers are back after."""
+    from stream_detector.stopping import Stopping
 
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    with _interrupt_as_flag() as stopping:
+    with Stopping.installed() as stopping:
         os.kill(os.getpid(), signal.SIGINT)
-        while not stopping.is_set():  # the handler runs between bytecodes
+        while not stopping.event.is_set():  # the handler runs between bytecodes
             pass
+        with pytest.raises(KeyboardInterrupt):
+            stopping.check()  # between two polls: raised there
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
             for _ in range(10_000_000):
                 pass
-    with _interrupt_as_flag() as stopping:
+    with Stopping.installed() as stopping:
         os.kill(os.getpid(), signal.SIGTERM)
-        while not stopping.is_set():
+        while not stopping.event.is_set():
             pass
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_signal_while_retrain_once_trains_interrupts_at_once_and_one_before_on_entry() -> None:
+    """``retrain --once`` trains inside ``Stopping.immediate()`` (torch and numpy only, no Kafka
+    client call): a SIGTERM there raises at once, so the history spool is removed before a cron
+    job's kill; one that came during the Kafka reads before raises on entry."""
+    from stream_detector.stopping import Stopping
+
+    cleaned = []
+    with Stopping.installed() as stopping:
+        with pytest.raises(KeyboardInterrupt):
+            with stopping.immediate():
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    for _ in range(10_000_000):
+                        pass
+                finally:
+                    cleaned.append(True)
+    assert cleaned == [True]
+    with Stopping.installed() as stopping:
+        os.kill(os.getpid(), signal.SIGTERM)
+        while not stopping.event.is_set():
+            pass
+        with pytest.raises(KeyboardInterrupt), stopping.immediate():
+            cleaned.append(False)  # never reached
+    assert cleaned == [True]
 
 
 def test_a_threshold_that_would_flood_alerts_is_named_by_the_share_it_would_flag() -> None:
