@@ -28,6 +28,7 @@ SUITES = {
     "cli-startup": "benchmarks.cli_startup",
     "end-offsets": "benchmarks.end_offsets",
     "retrain-budget": "benchmarks.retrain_budget",
+    "why": "benchmarks.why",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -52,6 +53,7 @@ WHAT = {
     "cli-startup": "registry, threshold and lag commands now vs with torch imported first (the old import chain)",
     "end-offsets": "the confluent source's end offsets: one ListOffsets request vs one per partition (before)",
     "retrain-budget": "retraining generations: live alert rate, threshold on traffic vs on clean events (before)",
+    "why": "why an alert fired: the field named by its reconstruction error vs by its part in the score",
 }
 
 

@@ -112,6 +112,10 @@ class FeatureContribution(BaseModel):
     feature: str = Field(description="Input field name (one-hot columns are summed into their field).")
     share: float = Field(description="Fraction of the event's total error, 0..1.")
     error: float = Field(description="The field's summed squared reconstruction error (scaled space).")
+    contribution: float | None = Field(None, description="How much the score falls when this field takes its "
+                                       "typical value (its columns' means over the model's validation rows), "
+                                       "score units; the fields are ranked by it. Null for a model trained "
+                                       "before 2026-12-07 (no column means): ranked by error.")
 
 
 class HeadContribution(BaseModel):

@@ -253,7 +253,12 @@ class WorkerSettings(_Group):
         60.0, gt=0, description="How long a worker scores with a cached threshold while Redis is unreachable."
     )
     max_event_bytes: int = Field(65536, ge=64, description="Larger events go to the dead-letter topic (oversize).")
-    top_features: int = Field(3, ge=1, le=50, description="How many worst-reconstructed features an alert names.")
+    top_features: int = Field(3, ge=1, le=50, description="How many fields an alert names as why (top_features: "
+                              "the largest parts in its score first).")
+    why_candidates: int = Field(10, ge=0, le=1000, description="The fields an alert's why (top_features) tries "
+                                "first, those with the largest errors: each costs one scoring of the alerted row "
+                                "(docs/alerts.md, Why). 0: name the fields with the largest errors instead (no "
+                                "extra scoring).")
     worker_id: str = Field(
         default_factory=lambda: __import__("socket").gethostname(),
         description="Stable id of this worker slot (pod name / ordinal); names its transactional id.",

@@ -43,6 +43,7 @@ from ..fieldschema import InferenceOptions
 from ..model.autoencoder import Architecture, Autoencoder, ErrorHead
 from ..model.train import (
     BATCH_SIZE,
+    COLUMN_MEANS,
     MIN_EPOCHS,
     EarlyStopping,
     TrainConfig,
@@ -221,9 +222,13 @@ def _calibrate(model: Autoencoder, data: _Files, config: TrainConfig, say: Say) 
     else:
         weights = np.ones(data.width)
     head = ErrorHead(model, torch.as_tensor(weights, dtype=torch.float32)).eval()
+    sums, rows, parts = np.zeros(data.width), 0, []
     with torch.no_grad():
-        val_errors = np.concatenate([head(torch.from_numpy(b)).mean(dim=1).numpy().astype(np.float64)
-                                     for b in data.blocks(data.val, data.n_val)])
+        for b in data.blocks(data.val, data.n_val):
+            parts.append(head(torch.from_numpy(b)).mean(dim=1).numpy().astype(np.float64))
+            sums += b.sum(axis=0, dtype=np.float64)
+            rows += len(b)
+        val_errors = np.concatenate(parts)
         threshold = calibrate(val_errors, config.threshold_method, config.target_fpr, config.k_std, config.k_fence,
                               config.max_alert_rate)
         flags = sampled = 0
@@ -246,6 +251,7 @@ def _calibrate(model: Autoencoder, data: _Files, config: TrainConfig, say: Say) 
                                        for q in (0.5, 0.9, 0.95, 0.99, 0.999)},
         "validation_flag_rate": flag_rate, "train_flag_rate": train_flag_rate,
         "train_flag_rate_rows": sampled,
+        COLUMN_MEANS: [float(v) for v in sums / max(rows, 1)],  # as train's: the validation rows' column means
     }
     for line in threshold_lines(val_errors, threshold, config):
         say(line)

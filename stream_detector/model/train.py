@@ -213,6 +213,9 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
         },
         "validation_flag_rate": flag_rate,
         "train_flag_rate": train_flag_rate,
+        # each feature column's mean over the validation rows (normal events the model was not fitted on): the
+        # typical value an alert's field takes when its part in the score is measured (Scorer.contributions)
+        COLUMN_MEANS: column_means(x_val),
     }
     metrics = {
         "train_rows": int(len(x_train)),
@@ -226,6 +229,15 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
         say(line)
     metrics["rows_left_out"] = dropped
     return TrainResult(spec, head, arch, threshold, calibration, metrics, entity, schema, val_errors, train_errors)
+
+
+COLUMN_MEANS = "column_means"  # calibration.json: float per feature column (Scorer.contributions)
+
+
+def column_means(x: np.ndarray) -> list[float]:
+    """Each column's mean of the feature rows ``x`` (n × width), as JSON floats (``calibration.json``'s
+    ``column_means``)."""
+    return [float(v) for v in np.asarray(x, dtype=np.float64).mean(axis=0)] if len(x) else []
 
 
 def row_errors(result: TrainResult, rows: Sequence[dict[str, Any]]) -> np.ndarray:

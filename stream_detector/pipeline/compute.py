@@ -82,6 +82,26 @@ class Computed:
     # refused a row) and its head's probability; None without a challenger
     shadow_scores: np.ndarray | None = None
     shadow_probability: np.ndarray | None = None
+    # every feature row (float32, n × width) in parts, one per chunk (not joined: a copy per batch): feature_rows
+    feature_parts: list[np.ndarray] = field(default_factory=list)
+
+    def feature_rows(self, rows: np.ndarray) -> np.ndarray | None:
+        """The feature rows (float32, len(rows) × width) of the scored events ``rows`` (indices
+        into ``events``, e.g. the alerted ones), or None where they were not kept."""
+        if not self.feature_parts:
+            return None
+        if len(self.feature_parts) == 1:
+            picked: np.ndarray = self.feature_parts[0][rows]
+            return picked
+        starts = np.cumsum([0] + [len(part) for part in self.feature_parts])
+        rows = np.asarray(rows, dtype=np.int64)
+        which = np.searchsorted(starts, rows, side="right") - 1
+        width = self.feature_parts[0].shape[1]
+        out = np.empty((len(rows), width), dtype=np.float32)
+        for k in np.unique(which).tolist():
+            hit = which == k
+            out[hit] = self.feature_parts[k][rows[hit] - starts[k]]
+        return out
 
 
 def featurise(scorer: Scorer, received: Events, indices: list[int],
@@ -108,7 +128,8 @@ def score_decoded(scorer: Scorer, decoded: Decoded, enrich: Enrich | None = None
     x, events, indices = featurise(scorer, decoded.received, decoded.indices, decoded.events, rejected, extra,
                                    decoded.columns)
     rejected.sort(key=lambda r: r.index)
-    return Computed(events, indices, rejected, *scorer.outputs(x), features=x if scorer.supervised else None)
+    return Computed(events, indices, rejected, *scorer.outputs(x), features=x if scorer.supervised else None,
+                    feature_parts=[x])
 
 
 def enrich_reads_columns(spec: EntitySpec | None, schema: FieldSchema | None) -> bool:
@@ -188,7 +209,7 @@ class ChunkedCompute:
         events = _joined([c.events for c in chunks])
         indices = [i for c in chunks for i in c.indices]
         rejected.extend(r for c in chunks for r in c.rejected)
-        xs = [c.x for c in chunks if c.x is not None]  # with a head: the feature rows (head attributions)
+        xs = [c.x for c in chunks if c.x is not None]  # the feature rows (head attributions, contributions)
         per_feature = (np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0] if parts
                        else np.zeros((0, scorer.bundle.spec.width), dtype=np.float32))
         probability = features = None
@@ -204,7 +225,7 @@ class ChunkedCompute:
                 shadow_probability = (np.concatenate([p[1] for p in shadow_parts if p[1] is not None])
                                       if shadow_parts else np.zeros(0))
         return Computed(events, indices, rejected, per_feature, probability, features, shadow_scores,
-                        shadow_probability)
+                        shadow_probability, [c.x for c in chunks if c.x is not None])
 
     def _featurise(self, scorer: Scorer, chunk: _Chunk, inline: bool) -> None:
         """Step 3 on ``chunk`` (its kept events, indices, refusals, with a head its rows), and step 4
@@ -214,7 +235,7 @@ class ChunkedCompute:
         x, chunk.events, chunk.indices = featurise(scorer, chunk.received, chunk.indices_in, chunk.features_of,
                                                    chunk.rejected, chunk.extra, chunk.fields)
         self.timer("features", perf_counter() - t)
-        chunk.x = x if scorer.supervised else None
+        chunk.x = x  # kept: the alerted rows' contributions (Scorer.contributions), with a head its attributions
         if inline:
             chunk.outputs = self._score(scorer, x)
         else:

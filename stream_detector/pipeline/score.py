@@ -24,6 +24,8 @@ import torch
 
 from ..model.bundle import Bundle
 
+WHY_CANDIDATES = 10  # Scorer.why: the fields tried, those with the largest errors
+WHY_LATER = 3  # Scorer.why: the fields tried after the first step, the first step's runners-up
 MIN_ROWS = 8  # on CPU, a call's rows are padded to a multiple of this: the same kernels and blocks as a batch's
 
 
@@ -40,6 +42,11 @@ class Scorer:
                 self.fields.append(name)
                 starts.append(i)
         self.group_starts = np.asarray(starts, dtype=np.int64)
+        means = bundle.calibration.get("column_means")  # models trained before 2026-12-07 have none
+        self.column_means = (np.asarray(means, dtype=np.float32)
+                             if isinstance(means, list) and len(means) == bundle.spec.width else None)
+        # each feature column's field (an index into self.fields): which columns a field's typical value sets
+        self.column_field = np.cumsum(np.isin(np.arange(bundle.spec.width), self.group_starts)) - 1
         self.supervised = bundle.supervised is not None  # the module's last output column: a probability
         # the unfrozen module, whose submodules give the head's gradients (alerts' head attributions)
         self._explain = bundle.load_module(device, frozen=False) if self.supervised else None
@@ -96,6 +103,94 @@ class Scorer:
         per_column = (grad * t).detach().cpu().numpy().astype(np.float64)
         summed: np.ndarray = np.add.reduceat(per_column, self.group_starts, axis=1)
         return summed
+
+    def why(self, x: np.ndarray, scores: np.ndarray, threshold: float, top_n: int,
+            field_errors: np.ndarray | None = None, candidates: int = WHY_CANDIDATES,
+            rows_per_call: int = 65_536) -> tuple[np.ndarray, np.ndarray] | None:
+        """Why the rows ``x`` (float32, k × width; the alerted rows, whose scores are ``scores``,
+        float64[k]) scored high: the fields which, given their typical values — each column's
+        mean over the model's validation rows (``calibration.json``'s ``column_means``) — lower the
+        score most, chosen one at a time (greedy occlusion): first the field whose typical value
+        alone lowers the score most, then, with it typical, the next, until the score is at or
+        under ``threshold`` or ``top_n`` fields are named. A field that would lower it no further
+        is not named (the first always is).
+
+        The fields tried first are each row's ``candidates`` with the largest errors
+        (``field_errors``, float32 k × n_fields, ``field_errors``; computed when not given): the
+        unusual field is seldom far down that ranking, only often not first, and a model with
+        entity features has dozens of fields (69 in the entity benchmarks: every one tried cost
+        ~250 µs per alert on random rows). The later steps try the first step's ``WHY_LATER`` runners-up only.
+
+        Returns ``(fields, parts)``: int64 and float64 k × top_n, each row's named fields (indices
+        into ``self.fields``; -1 past the last one) and what each took off the score at its step,
+        in score units (the mean per-column error): they add up to the score less the score with
+        them all typical. None for a bundle without ``column_means`` (trained before 2026-12-07).
+        Cost: ``candidates`` scorings of each alerted row, then ``WHY_LATER`` per further step
+        while it is above ``threshold``.
+
+        Why not the fields' own reconstruction errors: an autoencoder reconstructs an unusual
+        value partly into the other columns, so the largest errors were often on ordinary fields
+        (a trial: an event whose only unusual field was ``tx_count_1h`` alerted with three other
+        fields named). Method: occlusion (Zeiler & Fergus, 2014, "Visualizing and understanding
+        convolutional networks"), made greedy so that the fields named are the ones that clear
+        the alert; measured in ``benchmarks/why.py`` (RESULTS, *Why an alert fired*)."""
+        if self.column_means is None:
+            return None
+        k, n_fields = x.shape[0], len(self.fields)
+        fields = np.full((k, top_n), -1, dtype=np.int64)
+        parts = np.full((k, top_n), np.nan)
+        if k == 0 or n_fields == 0:
+            return fields, parts
+        spans = list(zip(self.group_starts.tolist(), [*self.group_starts.tolist()[1:], x.shape[1]], strict=True))
+        if field_errors is None:
+            field_errors = self.field_errors(self.errors(x))
+        width = min(candidates, n_fields)
+        tried = np.argsort(-np.asarray(field_errors), axis=1, kind="stable")[:, :width]  # k × width field indices
+        current = np.array(x, dtype=np.float32, copy=True)
+        now = np.asarray(scores, dtype=np.float64).copy()
+        typical = np.zeros((k, width), dtype=bool)  # by candidate position
+        active = np.arange(k)
+        for step in range(min(top_n, width)):
+            if not active.size:
+                break
+            occluded = self._occluded_scores(current[active], tried[active], rows_per_call)
+            drop = now[active][:, None] - occluded
+            drop[typical[active]] = -np.inf
+            pick = drop.argmax(axis=1)
+            took = drop[np.arange(active.size), pick]
+            best = tried[active, pick]
+            named = (took > 0) | (step == 0)
+            rows, best, took = active[named], best[named], took[named]
+            fields[rows, step], parts[rows, step] = best, took
+            typical[rows, pick[named]] = True
+            if step == 0 and width > 1 + WHY_LATER:  # later steps try the first step's runners-up only
+                order = np.argsort(-drop, axis=1, kind="stable")[:, :1 + WHY_LATER]  # [:, 0] is pick
+                tried, typical = np.take_along_axis(tried, order, axis=1), typical[:, :1 + WHY_LATER]
+                typical[:] = False
+                typical[rows, 0] = True
+            for f in np.unique(best).tolist():
+                lo, hi = spans[f]
+                current[rows[best == f], lo:hi] = self.column_means[lo:hi]
+            now[rows] -= took
+            active = rows[now[rows] > threshold]
+        return fields, parts
+
+    def _occluded_scores(self, block: np.ndarray, fields: np.ndarray, rows_per_call: int) -> np.ndarray:
+        """The scores (float64, len(block) × m) of each row ``i`` of ``block`` with the columns of
+        field ``fields[i, j]`` at their typical values, for each ``j`` in turn (``fields``: int,
+        len(block) × m)."""
+        assert self.column_means is not None
+        m = fields.shape[1]
+        out = np.empty((block.shape[0], m))
+        step = max(1, rows_per_call // max(m, 1))
+        for start in range(0, block.shape[0], step):
+            part, which = block[start:start + step], fields[start:start + step].reshape(-1, 1)
+            occluded = np.repeat(part, m, axis=0)  # row i * m + j: row i, its j-th field typical
+            typical = self.column_field[None, :] == which  # (len(part) * m) × width
+            occluded = np.where(typical, self.column_means[None, :], occluded)
+            scored = self.outputs(occluded)[0].mean(axis=1, dtype=np.float64)
+            out[start:start + len(part)] = scored.reshape(len(part), m)
+        return out
 
     def field_errors(self, per_feature: np.ndarray) -> np.ndarray:
         """Sum one-hot / indicator columns into their input field: n × n_fields."""

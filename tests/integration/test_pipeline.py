@@ -12,6 +12,7 @@ import pytest
 from stream_detector.kafka_util import committed_offsets, end_offsets, lag, read_all
 from stream_detector.model.bundle import Bundle
 from stream_detector.offline import score_events
+from stream_detector.pipeline.score import Scorer
 from stream_detector.producer import EventProducer
 from stream_detector.schema import Alert, DeadLetterHeaders
 from stream_detector.settings import Settings
@@ -58,6 +59,7 @@ def test_known_anomalies_give_exactly_the_expected_alerts(settings, published, b
     assert {a["event_id"] for a in alerts} == expected
     assert len(alerts) == len(expected), "no duplicate alerts in a clean run"
     by_id = {str(e["event_id"]): e for e in events}
+    scorer = Scorer(bundle)
     threshold = published.threshold()
     assert threshold is not None
     for a in alerts:
@@ -71,7 +73,17 @@ def test_known_anomalies_give_exactly_the_expected_alerts(settings, published, b
         assert a["topic"] == settings.input_topic and a["offset"] >= 0 and 0 <= a["partition"] < 4
         assert 1 <= len(a["top_features"]) <= settings.top_features
         shares = [f["share"] for f in a["top_features"]]
-        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+        assert 0 < sum(shares) <= 1 + 1e-9
+        # why: the fields whose typical values clear the alert (Scorer.why), each with what it took off the score
+        x, _ = bundle.spec.transform([by_id[a["event_id"]]])  # the simulator's values are already typed
+        assert float(scorer.errors(x).mean(dtype=np.float64)) == pytest.approx(a["score"], rel=1e-6)
+        named = [scorer.fields.index(f["feature"]) for f in a["top_features"]]
+        typical = np.isin(scorer.column_field, named)
+        x[0, typical] = scorer.column_means[typical]  # type: ignore[index]
+        after = float(scorer.errors(x).mean(dtype=np.float64))
+        taken = sum(f["contribution"] for f in a["top_features"])
+        assert taken == pytest.approx(a["score"] - after, rel=1e-3, abs=1e-3)
+        assert after <= a["threshold"] or len(named) == settings.top_features
     crafted = next(a for a in alerts if a["event_id"] in injected)
     assert crafted["top_features"][0]["feature"] in {"amount", "merchant_category", "country",
                                                       "distance_from_home_km", "tx_count_1h", "amount_to_avg",

@@ -254,6 +254,12 @@ def test_streamed_and_in_memory_train_alike_on_a_small_file(tmp_path: Path) -> N
             assert meta["metrics"]["batch_size"] == 256  # train's minibatch on both paths
             assert trained.calibration["error_norm"] == "mean"  # the rule is recorded, the same on both paths
             assert "training and validation rows" in trained.calibration["error_weights"]
+            # the typical values alerts' top_features are measured against (Scorer.why), on both paths: the
+            # validation rows' column means, a one-hot column's a share in [0, 1]
+            means = np.array(trained.calibration["column_means"])
+            assert means.shape == (trained.spec.width,) and np.isfinite(means).all()
+            shares = [i for i, name in enumerate(trained.spec.columns) if "=" in name]
+            assert shares and ((means[shares] >= 0) & (means[shares] <= 1)).all()
             loss[path] = meta["metrics"]["best_validation_loss"]
             scores = tmp_path / f"{path}.csv"
             assert main(["score", "--model", str(tmp_path / path), "--input", str(data), "--out", str(scores),

@@ -22,7 +22,8 @@ FIELDS = ["amount", "merchant_category", "country", "card_number", "channel", "h
 
 def _through_pydantic(batch: Batch, events: list[dict[str, Any]], indices: list[int], decision: Decision,
                       field_errors: np.ndarray, top_n: int, redact: frozenset[str],
-                      head: np.ndarray | None, now: str) -> list[bytes]:
+                      head: np.ndarray | None, now: str,
+                      why: tuple[np.ndarray, np.ndarray] | None = None) -> list[bytes]:
     """The alerts as ``Alert`` models, row by row (the builder before it skipped pydantic)."""
     t = decision.threshold
     out = []
@@ -30,7 +31,11 @@ def _through_pydantic(batch: Batch, events: list[dict[str, Any]], indices: list[
         event = {f: ("[redacted]" if f in redact else v) for f, v in events[row].items()}
         errs = field_errors[k]
         total = float(errs.sum()) or 1.0
-        worst = np.argsort(-errs, kind="stable")[:top_n]
+        worst = np.argsort(-errs, kind="stable")[:top_n].tolist()
+        parts: list[float | None] = [None] * len(worst)
+        if why is not None:  # Scorer.why's fields (-1 past the last) and what each took off the score
+            worst = [j for j in why[0][k].tolist() if j >= 0]
+            parts = [float(c) for c in why[1][k].tolist()[:len(worst)]]
         heads = None
         if head is not None:
             order = np.argsort(-head[k], kind="stable")[:top_n]
@@ -42,8 +47,8 @@ def _through_pydantic(batch: Batch, events: list[dict[str, Any]], indices: list[
             event_id=event["event_id"], account_id=None if account is None else str(account),
             score=float(decision.scores[row]), threshold=t.value, threshold_version=t.version,
             model_version=t.model_version,
-            top_features=[FeatureContribution(feature=FIELDS[j], share=float(errs[j]) / total, error=float(errs[j]))
-                          for j in worst.tolist()],
+            top_features=[FeatureContribution(feature=FIELDS[j], share=float(errs[j]) / total, error=float(errs[j]),
+                                              contribution=c) for j, c in zip(worst, parts, strict=True)],
             fired=decision.fired(row),
             probability=None if decision.probability is None else float(decision.probability[row]),
             head_threshold=t.head if decision.probability is not None else None, head_top_features=heads,
@@ -61,10 +66,10 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
 @given(n=st.integers(1, 12), seed=st.integers(0, 2**32 - 1), top_n=st.integers(1, 8),
        with_head=st.booleans(), redact=st.frozensets(st.sampled_from([*FIELDS, "account_id"]), max_size=2),
        account=st.one_of(st.none(), st.integers(0, 99), st.text(min_size=1, max_size=6)),
-       extra=scalars, zero_row=st.booleans())
+       extra=scalars, zero_row=st.booleans(), with_why=st.booleans())
 def test_alerts_equal_the_alert_schema_through_pydantic(n: int, seed: int, top_n: int, with_head: bool,
                                                         redact: frozenset[str], account: Any, extra: Any,
-                                                        zero_row: bool) -> None:
+                                                        zero_row: bool, with_why: bool) -> None:
     rng = np.random.default_rng(seed)
     events: list[dict[str, Any]] = []
     for r in range(n):
@@ -85,19 +90,28 @@ def test_alerts_equal_the_alert_schema_through_pydantic(n: int, seed: int, top_n
     if zero_row and flagged:
         field_errors[0] = 0.0  # no error at all: shares over a total of 1
     head = rng.normal(0.0, 1.0, (flagged, len(FIELDS))) if with_head else None
+    why = None
+    if with_why:  # at least one field named, distinct, then -1 / NaN
+        named = np.full((flagged, top_n), -1, dtype=np.int64)
+        parts = np.full((flagged, top_n), np.nan)
+        for k in range(flagged):
+            count = int(rng.integers(1, min(top_n, len(FIELDS)) + 1))
+            named[k, :count] = rng.permutation(len(FIELDS))[:count]
+            parts[k, :count] = np.sort(rng.exponential(1.0, count))[::-1]
+        why = (named, parts)
     size = 3 * n
     batch = Batch(topic="tx", partitions=[int(p) for p in rng.integers(0, 4, size)], offsets=list(range(100, 100 + size)),
                   keys=[None if r % 3 == 0 else f"k{r}".encode() for r in range(size)],
                   values=[b"{}"] * size, timestamps=[1_700_000_000_000 + r for r in range(size)], headers=[[]] * size)
 
     before = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    got = build_alerts(batch, events, indices, decision, field_errors, FIELDS, top_n, "alerts", redact, head)
+    got = build_alerts(batch, events, indices, decision, field_errors, FIELDS, top_n, "alerts", redact, head, why)
     assert len(got) == flagged
     if not got:
         return
     now = json.loads(got[0].value)["detected_at"]
     assert now >= before
-    want = _through_pydantic(batch, events, indices, decision, field_errors, top_n, redact, head, now)
+    want = _through_pydantic(batch, events, indices, decision, field_errors, top_n, redact, head, now, why)
     assert [m.value for m in got] == want
     for m, row in zip(got, decision.rows.tolist(), strict=True):
         alert = json.loads(m.value)  # the stdlib: an event's integer past 64 bits stays exact

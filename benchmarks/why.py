@@ -1,0 +1,192 @@
+"""Why an alert fired: does ``top_features`` name the field that made the event unusual?
+
+Two rankings of an alert's fields, on the same model and events:
+
+* **error** (the rule before 2026-12-07): each field's reconstruction error, largest first;
+* **why** (now, ``Scorer.why``): the fields whose typical values (their columns' means over the
+  model's validation rows) lower the score most, chosen one at a time until the score is under
+  the threshold (greedy occlusion): often one or two fields, at most three.
+
+An autoencoder reconstructs an unusual value partly into the other columns, so the largest errors
+can sit on ordinary fields (a new-user trial: an event whose only unusual field was
+``tx_count_1h`` alerted with three other fields named).
+
+Part 1, **one field made unusual**: fresh legit events of the simulator, one field changed at a
+time (a number to its training 99.9th percentile times ``--moderate`` or ``--strong``, except
+``seconds_since_last`` set to 1 s; a boolean flipped; a category to a value never seen); of the
+changed events that alert, the share whose changed field each rule names first, and among its
+top 3. Part 2, **the simulator's injected frauds**: for each pattern, the share of its alerts whose
+top 3 holds a field the pattern changes (``simulate.py``), how many fields are named, and the
+fields named most often. Also the cost: ``why`` scores each alerted row once per field it tries,
+on this model and on one with account and terminal history (69 fields).
+
+No services: in-process (the worker's ``Scorer``); the model is trained as ``train --label-column
+label --normal-label legit --exclude pattern`` would (the simulator's legit events, quantile
+threshold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from benchmarks.results import write_section
+from stream_detector.model.bundle import build_bundle
+from stream_detector.model.train import TrainConfig, train
+from stream_detector.pipeline.score import WHY_CANDIDATES, WHY_LATER, Scorer
+from stream_detector.simulate import Simulator
+
+# the fields each injected pattern changes (simulate.py, Simulator.batch)
+PATTERN_FIELDS = {
+    "card_testing": {"amount", "amount_to_avg", "channel", "card_present", "merchant_category", "tx_count_1h",
+                     "seconds_since_last"},
+    "account_takeover": {"device_new", "country", "distance_from_home_km", "amount", "amount_to_avg", "channel",
+                         "card_present", "tx_count_1h"},
+    "unusual_merchant_country": {"merchant_category", "country", "distance_from_home_km", "channel", "card_present"},
+    "amount_spike": {"amount", "amount_to_avg"},
+}
+
+
+def say(msg: str) -> None:
+    print(f"[why] {msg}", file=sys.stderr, flush=True)
+
+
+def rankings(scorer: Scorer, events: list[dict[str, Any]], threshold: float, candidates: int = WHY_CANDIDATES
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """For the alerting rows of ``events``: their indices, the three fields each rule names
+    (n_alerts × 3, field indices, first first; -1: ``why`` named fewer), and the seconds ``why``
+    took."""
+    x, bad = scorer.bundle.spec.transform(events)
+    assert not bad, bad
+    per_column = scorer.errors(x)
+    scores = per_column.mean(axis=1, dtype=np.float64)
+    alerted = np.flatnonzero(scores > threshold)
+    errors = scorer.field_errors(per_column[alerted])
+    started = time.perf_counter()
+    why = scorer.why(x[alerted], scores[alerted], threshold, 3, errors, candidates)
+    took = time.perf_counter() - started
+    assert why is not None, "the model has column means"
+    return alerted, np.argsort(-errors, axis=1, kind="stable")[:, :3], why[0], took
+
+
+def _entity_cost(epochs: int, budget: float) -> str:
+    """``why``'s cost per alert on a model with account and terminal history (raw simulated card
+    events, windows 1h/1d/7d/30d), on its own alerts among 20,000 events with 1 % frauds."""
+    from stream_detector.entity import EntitySpec, enrich_history
+
+    spec = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400, 7 * 86_400, 30 * 86_400))
+    events, patterns = Simulator(seed=7, accounts=2000, run_id="whye", raw=True).batch(
+        20_000, 0.01, now_ms=1_790_000_000_000, span_ms=14 * 86_400_000)
+    for n, event in enumerate(events):
+        event["terminal_id"] = f"t{n % 500}"
+    rows = enrich_history(spec, events)
+    legit = [r for r, p_ in zip(rows, patterns, strict=True) if p_ == "legit"]
+    bundle = build_bundle(train(legit, TrainConfig(epochs=epochs, threshold_method="quantile", target_fpr=budget),
+                                entity=spec))
+    scorer = Scorer(bundle)
+    alerted, _, named, took = rankings(scorer, rows, bundle.threshold)
+    return (f"{1e6 * took / max(len(alerted), 1):,.0f} µs per alert for a {len(scorer.fields)}-field model with "
+            f"account and terminal history ({len(alerted):,} alerts of 20,000 events, "
+            f"{(named >= 0).sum(axis=1).mean():.1f} fields named on average)")
+
+
+def changed(event: dict[str, Any], name: str, ceiling: dict[str, float], factor: float) -> dict[str, Any]:
+    out = dict(event)
+    value = event.get(name)
+    if isinstance(value, bool):
+        out[name] = not value
+    elif isinstance(value, (int, float)):
+        out[name] = 1.0 if name == "seconds_since_last" else ceiling[name] * factor
+    else:
+        out[name] = "never_seen"
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks why", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=3000, help="fresh legit events changed per field")
+    p.add_argument("--moderate", type=float, default=1.5, help="moderate: the 99.9th percentile times this")
+    p.add_argument("--strong", type=float, default=5.0, help="strong: the 99.9th percentile times this")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs")
+    p.add_argument("--budget", type=float, default=0.005, help="the model's quantile threshold (share of legit)")
+    p.add_argument("--write", action="store_true", help="write the why section of RESULTS.md")
+    args = p.parse_args(argv)
+    started = time.monotonic()
+    history, patterns = Simulator(seed=5, accounts=2000, run_id="why").batch(20_000, 0.01)
+    legit = [e for e, pattern in zip(history, patterns, strict=True) if pattern == "legit"]
+    say(f"training on {len(legit):,} legit events")
+    bundle = build_bundle(train(legit, TrainConfig(epochs=args.epochs, threshold_method="quantile",
+                                                   target_fpr=args.budget)))
+    scorer = Scorer(bundle)
+    fields = scorer.fields
+    fresh, _ = Simulator(seed=6, accounts=2000, run_id="fresh").batch(args.events, 0.0)
+    numbers = [c.name for c in bundle.spec.numeric]
+    ceiling = {name: float(np.quantile([float(e[name]) for e in legit], 0.999))  # type: ignore[arg-type]
+               for name in numbers}
+    lines = [f"Simulated card traffic (`Simulator`, velocity fields), a model trained on {len(legit):,} legit "
+             f"events ({args.epochs} epochs, quantile threshold at {args.budget:.1%}). Part 1: {args.events:,} fresh "
+             "legit events, one field changed at a time; *alerts*: the changed events that alert; *first* / *top 3*: "
+             "the share of them whose changed field the rule names first / at all (of at most three); *fields named*: how "
+             "many the rule names on average (the error rule always three).", "",
+             "| field changed | how | alerts | error: first | error: named | why: first | why: named | "
+             "why: fields named |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    took = rows = 0.0
+    for name in fields:
+        sample = fresh[0].get(name)
+        hows = ([("flipped", 0.0)] if isinstance(sample, bool) else [("set to 1 s", 0.0)]
+                if name == "seconds_since_last" else [(f"p99.9 × {args.moderate:g}", args.moderate),
+                                                      (f"p99.9 × {args.strong:g}", args.strong)]
+                if name in numbers else [("a value never seen", 0.0)])
+        for how, factor in hows:
+            alerted, by_error, by_part, seconds = rankings(scorer, [changed(e, name, ceiling, factor) for e in fresh],
+                                                           bundle.threshold)
+            took, rows = took + seconds, rows + len(alerted)
+            if not len(alerted):
+                lines.append(f"| {name} | {how} | 0 | | | | | |")
+                continue
+            j = fields.index(name)
+            cells = [f"{(ranked[:, 0] == j).mean():.0%} | {(ranked[:, :3] == j).any(axis=1).mean():.0%}"
+                     for ranked in (by_error, by_part)]
+            lines.append(f"| {name} | {how} | {len(alerted):,} | {cells[0]} | {cells[1]} | "
+                         f"{(by_part >= 0).sum(axis=1).mean():.1f} |")
+            say(lines[-1])
+    lines += ["", f"Part 2: the simulator's injected frauds ({sum(p != 'legit' for p in patterns):,} of the "
+              "20,000 history events, scored by the same model); *a changed field in the top 3*: the share of the "
+              "pattern's alerts whose top 3 holds at least one field the pattern changes; then the three fields "
+              "named most often.", "",
+              "| pattern | alerts | error: a changed field named | why: a changed field named | why: fields named "
+              "| error: named most | why: named most |", "|---|---:|---:|---:|---:|---|---|"]
+    for pattern, changes in PATTERN_FIELDS.items():
+        events = [e for e, p_ in zip(history, patterns, strict=True) if p_ == pattern]
+        alerted, by_error, by_part, seconds = rankings(scorer, events, bundle.threshold)
+        took, rows = took + seconds, rows + len(alerted)
+        hits, common = [], []
+        for ranked in (by_error, by_part):
+            top = [[fields[j] for j in row[:3] if j >= 0] for row in ranked.tolist()]
+            hits.append(np.mean([bool(changes & set(t)) for t in top]) if top else float("nan"))
+            counted = Counter(f for t in top for f in t).most_common(3)
+            common.append(", ".join(f"{f} ({n})" for f, n in counted))
+        lines.append(f"| {pattern} | {len(alerted):,} | {hits[0]:.0%} | {hits[1]:.0%} | "
+                     f"{(by_part >= 0).sum(axis=1).mean():.1f} | {common[0]} | {common[1]} |")
+        say(lines[-1])
+    per_alert = 1e6 * took / max(rows, 1)
+    entity_cost = _entity_cost(args.epochs, args.budget)
+    lines += ["", f"Cost of `why` (one extra scoring of each alerted row per field tried: first the "
+              f"{WHY_CANDIDATES} with the largest errors, then at each further step the first step's "
+              f"{WHY_LATER} runners-up), on the worker's `Scorer`, one thread: "
+              f"{per_alert:,.0f} µs per alert for this {len(fields)}-field model ({rows:,.0f} alerts); "
+              f"{entity_cost}.",
+              "", f"Run in {time.monotonic() - started:.0f}s."]
+    body = "\n".join(lines)
+    print(body)
+    if args.write:
+        flags = " ".join(a for a in argv if a != "--write")
+        write_section("why", "Why an alert fired: the fields named by their errors vs the fields that clear it "
+                             f"(`python -m benchmarks why{' ' + flags if flags else ''}`)", body)
+    return 0
