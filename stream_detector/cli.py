@@ -1279,7 +1279,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     done = (f"{stats.events} events forwarded" if settings.stage == "repartition"  # stage 1 never alerts
             else f"{stats.alerts} alerts")
     _say(f"worker stopped: {stats.events} events in {stats.batches} batches, {rate:,.0f} events/s while busy "
-         f"({stats.busy_s:.1f} s of {elapsed:.1f} s running), {done}, {stats.rejected} rejected{reasons}")
+         f"({stats.busy_s:.1f} s of {elapsed:.1f} s running), {done}, {stats.rejected} dead letters{reasons}")
     if slot is not None:
         slot.release()
     return 0

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 from .errors import InputError
 from .fieldschema import JSON_TEXT, TextFormat
 from .pipeline.decode import parse_record
-from .schema import RejectReason
+from .schema import RejectReason, json_type
 
 DEFAULT_NA = ("", "NA", "N/A", "null", "NULL", "None", "nan", "NaN")
 _DELIMITERS = ",;\t|"
@@ -296,7 +296,7 @@ def jsonl_records(stream: Any, id_column: str = "event_id") -> Iterator[
         obj, problem = parse_record(raw)
         if problem is None and not isinstance(obj, dict):
             hint = " (a JSON array file: write one object per line)" if isinstance(obj, list) else ""
-            problem = (RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}{hint}")
+            problem = (RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {json_type(obj)}{hint}")
         if problem is not None:
             yield None, problem, _salvage_id(raw, id_column)
         else:

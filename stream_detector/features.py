@@ -46,7 +46,7 @@ import numpy as np
 import orjson
 
 from .fieldschema import FieldSchema, FieldType
-from .schema import RESERVED_FIELDS, Problem, RejectReason, parse_timestamp_ms
+from .schema import RESERVED_FIELDS, Problem, RejectReason, json_type, parse_timestamp_ms
 
 SPEC_FORMAT = 1
 SPEC_FORMAT_IMPUTE = 2  # a spec with a categorical imputation: a release that cannot impute refuses it
@@ -442,7 +442,7 @@ def _numeric_column(
             except (TypeError, ValueError):
                 values[i] = np.nan
                 bad.setdefault(i, (RejectReason.WRONG_TYPE, f"field {name!r} must be numeric, "
-                                   f"got {type(v).__name__}"))
+                                   f"got {json_type(v)}"))
     return _finite_or_missing(values, name, bad)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from .fieldschema import epoch_to_ms
-from .schema import Problem, RejectReason, not_json_message, parse_timestamp_ms
+from .schema import Problem, RejectReason, json_type, not_json_message, parse_timestamp_ms
 
 FRAUD, LEGIT = "fraud", "legit"
 SOURCE_RANK = {"chargeback": 2, "analyst": 1}  # any other source ranks 0
@@ -80,12 +80,12 @@ def parse_label(obj: object, default_time_ms: float | None = None, text_ids: boo
     as an event's is on the topic (files: an integer id is its digits, as ``inputs`` reads events).
     """
     if not isinstance(obj, dict):
-        return RejectReason.NOT_AN_OBJECT, f"a feedback record must be a JSON object, got {type(obj).__name__}"
+        return RejectReason.NOT_AN_OBJECT, f"a feedback record must be a JSON object, got {json_type(obj)}"
     event_id = obj.get("event_id")
     if event_id is None or event_id == "":
         return RejectReason.MISSING_EVENT_ID, "feedback record without event_id"
     if isinstance(event_id, bool) or not isinstance(event_id, str if text_ids else (str, int)):
-        return RejectReason.WRONG_TYPE, f"event_id must be a string, got {type(event_id).__name__}"
+        return RejectReason.WRONG_TYPE, f"event_id must be a string, got {json_type(event_id)}"
     event_id = str(event_id)
     if len(event_id) > MAX_ID:
         return RejectReason.WRONG_TYPE, f"event_id longer than {MAX_ID} characters"
@@ -105,7 +105,7 @@ def parse_label(obj: object, default_time_ms: float | None = None, text_ids: boo
     if source is None or source == "":
         source = UNSPECIFIED
     elif not isinstance(source, str):
-        return RejectReason.WRONG_TYPE, f"source must be text, got {type(source).__name__}"
+        return RejectReason.WRONG_TYPE, f"source must be text, got {json_type(source)}"
     at = obj.get("labelled_at")
     if at is None or at == "":
         if default_time_ms is None:
@@ -139,7 +139,7 @@ def _kind(value: object) -> str:
     """A value's type (and a text's length), never the value: messages reach dead-letter headers."""
     if isinstance(value, str):
         return f"text of {len(value)} character{'s' if len(value) != 1 else ''}" if value else "empty text"
-    return "nothing" if value is None else type(value).__name__
+    return "nothing" if value is None else json_type(value)
 
 
 def labelled_at_ms(value: object) -> float | Problem:

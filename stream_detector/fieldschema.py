@@ -89,7 +89,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .schema import RESERVED_FIELDS, RejectReason, parse_timestamp_ms
+from .schema import RESERVED_FIELDS, RejectReason, json_type, parse_timestamp_ms
 
 SCHEMA_FORMAT = 1
 NUMERIC_SHARE = 0.98  # rule 5
@@ -516,7 +516,7 @@ def _shape(value: Any) -> str:
         if not value.strip():
             return "blank text" if value else "empty text"
         return f"text of {len(value)} character{'s' if len(value) != 1 else ''}"
-    return type(value).__name__
+    return json_type(value)
 
 
 _LOCAL_DATE = re.compile(r"\s*\d{1,2}([./-])\d{1,2}\1\d{2,4}(?:[ T,]+\d{1,2}[:.]\d{2}(?:[:.]\d{2}(?:[.,]\d+)?)?"

@@ -552,8 +552,9 @@ def novel_values_warning(columns: Sequence[CategoricalColumn], novel: Mapping[st
         return None
     return (f"of {of}, many carry category values the model's training did not keep — {'; '.join(said)}. Each is "
             f"scored as a value it never saw (the field's {OTHER} column), which the model may read as very "
-            "unusual: expect more alerts than its threshold was calibrated for. A legitimate new value? Retrain on "
-            "events that carry it")
+            "unusual: expect more alerts than its threshold was calibrated for. New values can be the anomaly "
+            "itself (a fraud pattern's merchant or country: check the alerts that name the field). A legitimate "
+            "new value? Retrain on legit events that carry it")
 
 
 def model_fields(spec: FeatureSpec, schema: FieldSchema | None) -> list[dict[str, Any]]:

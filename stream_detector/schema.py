@@ -101,7 +101,7 @@ def parse_timestamp_ms(value: object) -> float:
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=timezone.utc).timestamp() * 1000.0
         return parsed.timestamp() * 1000.0
-    raise ValueError(f"timestamp must be RFC 3339 or epoch milliseconds, got {type(value).__name__}")
+    raise ValueError(f"timestamp must be RFC 3339 or epoch milliseconds, got {json_type(value)}")
 
 
 
@@ -172,6 +172,17 @@ _NESTED = (dict, list)
 _ID_WORDS = ("event", "transaction", "trans", "txn", "tx", "trx", "payment", "order", "record")
 
 
+_JSON_TYPES = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+               dict: "object"}
+
+
+def json_type(value: object) -> str:
+    """A value's JSON type for a message (``null``, ``boolean``, ``integer``, ``number``,
+    ``string``, ``array``, ``object``), never the value; another Python type by its name. A trial's
+    dead letter of a JSON ``null`` said ``got NoneType``."""
+    return _JSON_TYPES.get(type(value)) or type(value).__name__
+
+
 def _id_hint(obj: dict[str, Any]) -> str:
     """For a ``missing_event_id`` message: a field of ``obj`` that looks like the event's id under
     another name (``Event_ID``, ``id``, ``transaction_id``, ``TxnID``: as ``inputs.id_like_columns``
@@ -196,23 +207,25 @@ def validate_event(obj: object, finite_floats: bool = False, check_timestamp: bo
     a rule changed here must change there (``tests/unit/test_decode_batch.py`` compares the two).
     """
     if not isinstance(obj, dict):
-        return RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+        return RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {json_type(obj)}"
     event_id = obj.get("event_id")
-    if event_id is None or event_id == "":
-        return RejectReason.MISSING_EVENT_ID, "event_id is required" + _id_hint(obj)
+    if event_id == "":  # present but empty: not another name (a trial was told to rename event_id to itself)
+        return RejectReason.MISSING_EVENT_ID, "event_id is required: it is empty"
+    if event_id is None:
+        return RejectReason.MISSING_EVENT_ID, "event_id is required" + ("" if "event_id" in obj else _id_hint(obj))
     if not isinstance(event_id, str):
-        return RejectReason.WRONG_TYPE, f"event_id must be a string, got {type(event_id).__name__}"
+        return RejectReason.WRONG_TYPE, f"event_id must be a string, got {json_type(event_id)}"
     if len(event_id) > 512:
         return RejectReason.WRONG_TYPE, "event_id is longer than 512 characters"
     account = obj.get("account_id")
     if account is not None and (isinstance(account, bool) or not isinstance(account, (str, int))):
-        return RejectReason.WRONG_TYPE, f"account_id must be a string or integer, got {type(account).__name__}"
+        return RejectReason.WRONG_TYPE, f"account_id must be a string or integer, got {json_type(account)}"
     version = obj.get("schema_version")
     if version is not None and (
         isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_SCHEMA_VERSIONS
     ):
         shown = version if isinstance(version, int) and not isinstance(version, bool) and abs(version) < 1000 \
-            else f"({type(version).__name__})"
+            else f"({json_type(version)})"
         return RejectReason.UNKNOWN_SCHEMA, f"unknown schema_version {shown}"
     if not finite_floats or not set(map(type, obj.values())).isdisjoint(_NESTED):
         for name, value in obj.items():
@@ -226,7 +239,7 @@ def validate_event(obj: object, finite_floats: bool = False, check_timestamp: bo
         try:
             parse_timestamp_ms(ts)
         except (ValueError, TypeError, OverflowError):
-            return RejectReason.INVALID_TIMESTAMP, f"timestamp is neither RFC 3339 nor epoch ms ({type(ts).__name__})"
+            return RejectReason.INVALID_TIMESTAMP, f"timestamp is neither RFC 3339 nor epoch ms ({json_type(ts)})"
     return None
 
 

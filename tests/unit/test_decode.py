@@ -156,3 +156,17 @@ def test_an_event_whose_id_has_another_name_is_dead_lettered_with_that_name_and_
         assert f"produce --id-column {name} renames it" in problem[1]
     assert validate_event({"account_id": "a1", "terminal_id": "t9"}) == (RejectReason.MISSING_EVENT_ID,
                                                                          "event_id is required")
+    # trial J: an empty event_id was told to rename event_id to itself; a null one has no other name either
+    assert validate_event({"event_id": "", "amount": 1.0}) == (RejectReason.MISSING_EVENT_ID,
+                                                               "event_id is required: it is empty")
+    assert validate_event({"event_id": None, "id": "x"}) == (RejectReason.MISSING_EVENT_ID, "event_id is required")
+
+
+def test_messages_name_json_types_not_python_ones() -> None:
+    """Trial J: a JSON ``null`` event was dead-lettered ``expected a JSON object, got NoneType``."""
+    assert validate_event(None) == (RejectReason.NOT_AN_OBJECT, "expected a JSON object, got null")
+    assert validate_event([1]) == (RejectReason.NOT_AN_OBJECT, "expected a JSON object, got array")
+    assert validate_event({"event_id": 42}) == (RejectReason.WRONG_TYPE, "event_id must be a string, got integer")
+    assert validate_event({"event_id": "e", "account_id": 1.5}) == (
+        RejectReason.WRONG_TYPE, "account_id must be a string or integer, got number")
+    assert validate_event({"event_id": "e", "account_id": True})[1].endswith("got boolean")  # type: ignore[index]
