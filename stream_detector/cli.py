@@ -259,7 +259,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         return _train_streamed(args, entity, normal_given)
     data = _load_file(args, inference=_inference(args, entity))
     _say("field schema (--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
-    for line in data.schema.describe(args.id_column, args.label_column):
+    for line in data.schema.describe(args.id_column, args.label_column, args.timestamp_column):
         _say(line)
     _check_excluded(args.exclude or (), data.schema, data.events)
     _check_keep(args, data.schema, data.events)
@@ -382,7 +382,7 @@ def _train_streamed(args: argparse.Namespace, entity: Any, normal_given: bool = 
     from .model.train import TrainConfig
 
     for flag, given in (("--feedback", args.feedback), ("--supervised", args.supervised),
-                        ("--label-key", args.label_key)):
+                        ("--label-key", args.label_key), ("--timestamp-column", args.timestamp_column)):
         if given:
             raise ConfigError(f"{flag} is not available on the streamed path yet (docs/big-history.md): "
                               f"train on a file without --streamed")
@@ -420,7 +420,7 @@ def _train_streamed(args: argparse.Namespace, entity: Any, normal_given: bool = 
             _check_keep(args, schema, first)
         if entity is not None and first:
             explicit = args.entity_distinct != _DEFAULT_DISTINCT
-            entity = _check_entity_fields(entity, schema, first, explicit_distinct=explicit)
+            entity = _check_entity_fields(entity, schema, first, explicit_distinct=explicit, streamed=True)
     out = Path(args.out)
     config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
                          threshold_method=args.threshold_method, k_std=args.k_std,
@@ -811,10 +811,15 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
     if args.id_column and args.id_column == args.label_column:  # a trial: taken as both, said as neither
         raise ConfigError(f"--id-column and --label-column both name {args.id_column}: a column is the event's id "
                           "or its label, not both")
+    times = getattr(args, "timestamp_column", None)
+    for flag, other in (("--id-column", args.id_column), ("--label-column", args.label_column)):
+        if times and times == other:
+            raise ConfigError(f"--timestamp-column and {flag} both name {times}: a column is one of them, not both")
     data = load_events(Path(args.input), options=_reader_options(args), id_column=args.id_column,
                        label_column=args.label_column, schema=schema, inference=inference,
                        limit=getattr(args, "limit", None),
-                       require_labels=need_events if need_labels is None else need_labels, keep_json=keep_json)
+                       require_labels=need_events if need_labels is None else need_labels, keep_json=keep_json,
+                       timestamp_column=times)
     text = data.raw.text
     fmt = f" (numbers: decimal {text.decimal!r}, thousands {text.thousands!r})" if data.raw.kind == "csv" else ""
     rows = "1 row" if data.total == 1 else f"{data.total} rows"
@@ -881,7 +886,8 @@ def _entity_spec(args: argparse.Namespace) -> Any:
         raise ConfigError(f"entity features: {exc}") from exc
 
 
-def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]], explicit_distinct: bool) -> Any:
+def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]], explicit_distinct: bool,
+                         streamed: bool = False) -> Any:
     """Refuse (exit 2) entity options naming a field the input lacks, or an entity key missing from
     every row: the features would be computed from nothing (a typo trains a model without history).
     The default ``--entity-distinct`` keeps those of its fields the input has (said on stderr)."""
@@ -889,9 +895,17 @@ def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]],
 
     present = [f for f in entity.distinct_fields if f in schema]
     if not explicit_distinct and present != list(entity.distinct_fields):
-        _say(f"entity features: distinct values of {', '.join(present) or 'no field'} (the default "
-             f"--entity-distinct {_DEFAULT_DISTINCT}: the input has no "
-             f"{', '.join(f for f in entity.distinct_fields if f not in present)})")
+        from .fieldschema import FieldType
+
+        absent = ", ".join(f for f in entity.distinct_fields if f not in present)
+        # a trial: "distinct values of no field" on every run of a file without them, and no word of its own fields
+        own = [r.name for r in schema.fields if r.type is FieldType.CATEGORY and r.name not in entity.keys]
+        offer = (f"; --entity-distinct {','.join(own[:3])} counts the input's own category field"
+                 f"{'s' if len(own[:3]) > 1 else ''}" if own else "; the input has no category field to count")
+        _say(f"entity features: distinct values of {', '.join(present)} only (the default --entity-distinct "
+             f"{_DEFAULT_DISTINCT}: the input has no {absent})" if present else
+             f"entity features: no distinct-value features (the default --entity-distinct {_DEFAULT_DISTINCT}: "
+             f"the input has no {absent}{offer})")
         entity = dataclasses.replace(entity, distinct_fields=tuple(present))
     options = [("--entity-key", k) for k in entity.keys] + [("--entity-amount", entity.amount_field)] + [
         ("--entity-distinct", f) for f in entity.distinct_fields]
@@ -906,8 +920,10 @@ def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]],
         times = [r.name for r in schema.fields if r.type is FieldType.TIMESTAMP and r.name != "timestamp"
                  and any(e.get(r.name) not in (None, "") for e in events[:1000])]
         other = (f"; {', '.join(times[:3])} {'holds' if len(times) == 1 else 'hold'} times, but the event time is the "
-                 f"field named timestamp: rename {'that column' if len(times) == 1 else 'the one that is'} to "
-                 "timestamp in the file's header") if times else ""
+                 + (f"field named timestamp: rename {'that column' if len(times) == 1 else 'the one that is'} to "
+                    "timestamp in the file's header (--timestamp-column is not on the streamed path yet)" if streamed
+                    else f"field named timestamp: --timestamp-column {times[0]} reads it as the event time")
+                 ) if times else ""
         raise ConfigError("--entity-key needs event times: the input has no timestamp field, or it is empty in "
                           f"every row{other} (docs/entity-features.md)")
     return entity
@@ -1187,8 +1203,9 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any, n
     from .big.score import score_stream
     from .big.source import input_files
 
-    if args.feedback:
-        raise ConfigError("--feedback is not available on the streamed path yet (docs/big-history.md)")
+    for flag, given in (("--feedback", args.feedback), ("--timestamp-column", args.timestamp_column)):
+        if given:
+            raise ConfigError(f"{flag} is not available on the streamed path yet (docs/big-history.md)")
     if bundle.entity is not None and bundle.entity.label_keys:
         _say("note: this model has label features; on the streamed path no label is known and they are 0")
     args.chunk_rows = 65_536 if args.chunk_rows is None else args.chunk_rows
@@ -1391,7 +1408,7 @@ def _produce_feedback(args: argparse.Namespace, settings: Settings) -> int:
     from .feedback import Label, parse_label
     from .producer import EventProducer
 
-    for name in ("id_column", "label_column"):
+    for name in ("id_column", "label_column", "timestamp_column"):
         if getattr(args, name):
             raise ConfigError(f"--{name.replace('_', '-')} applies to events, not to --feedback")
     raw = read_rows(Path(args.input), _reader_options(args), limit=args.limit)
@@ -2336,6 +2353,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "source, labelled_at; docs/feedback.md), joined by event_id: fraud-labelled events are "
                         "left out of training and the input is evaluated against them (instead of --label-column)")
     p.add_argument("--id-column", help="column to use as event_id (default: event_id, else row number)")
+    p.add_argument("--timestamp-column", metavar="COLUMN",
+                   help="the column that holds the event time, read as the timestamp field (default: timestamp), "
+                        "e.g. the Fraud Detection Handbook's TX_DATETIME; entity features need it. Events on Kafka "
+                        "carry it as timestamp (produce --timestamp-column renames it)")
     p.add_argument("--exclude", action="append", help="field to leave out of the features (repeatable)")
     p.add_argument("--keep", action="append", metavar="FIELD",
                    help="a category or boolean field the ground-truth check refuses (its values nearly only on "
@@ -2461,6 +2482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV to write (-: standard output)")
     p.add_argument("--id-column", help="column to use as event_id (default: event_id; generated only when the "
                                        "file has no id column)")
+    p.add_argument("--timestamp-column", metavar="COLUMN",
+                   help="the column that holds the event time, read as the timestamp field (default: timestamp), "
+                        "as train --timestamp-column")
     p.add_argument("--label-column", help="the file's labels: left out of the features and the output, and the "
                                           "scores evaluated against them (AUC-ROC, average precision, "
                                           "precision/recall at the threshold; rows without a label left out)")
@@ -2509,6 +2533,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "simulate --feedback-out writes: they are checked against the feedback contract and sent "
                         "to SD_FEEDBACK_TOPIC keyed by event id")
     p.add_argument("--id-column", help="the column that holds the event id (default: event_id)")
+    p.add_argument("--timestamp-column", metavar="COLUMN",
+                   help="the column that holds the event time: sent as the event's timestamp field, which the "
+                        "workers read (default: timestamp)")
     p.add_argument("--label-column", help="moved from the event into the sd.label header (a row without a value "
                                           "in it is sent without the header)")
     p.add_argument("--exclude", action="append", metavar="FIELD",

@@ -369,7 +369,8 @@ class FieldSchema:
     def from_json(cls, raw: bytes) -> FieldSchema:
         return cls.from_dict(orjson.loads(raw))
 
-    def describe(self, id_column: str | None = None, label_column: str | None = None) -> list[str]:
+    def describe(self, id_column: str | None = None, label_column: str | None = None,
+                 timestamp_column: str | None = None) -> list[str]:
         """One line per field for ``train``'s output: name, type, why. A name that would not read
         as itself in a column (empty, with spaces around it, or with a control character: a field
         ``"event_id "`` looked like ``event_id``, a new-user trial) is shown quoted. ``id_column``
@@ -381,9 +382,12 @@ class FieldSchema:
             name = _shown_name(rule.name)
             if rule.name == "event_id" and id_column and id_column != "event_id":
                 name = f"{_shown_name(id_column)} (as event_id)"
+            elif rule.name == "timestamp" and timestamp_column and timestamp_column != "timestamp":
+                name = f"{_shown_name(timestamp_column)} (as timestamp)"
             kind = f"{rule.type.value} ({rule.unit})" if rule.type is FieldType.TIMESTAMP else rule.type.value
             role = "feature" if rule.type in FEATURE_TYPES else "not a feature"
-            note = "the event id (--id-column)" if name != _shown_name(rule.name) else rule.note
+            note = rule.note if name == _shown_name(rule.name) else (
+                "the event id (--id-column)" if rule.name == "event_id" else "the event time (--timestamp-column)")
             rows.append((name, kind, role, note))
         if label_column:
             rows.append((_shown_name(label_column), "label", "not a feature",

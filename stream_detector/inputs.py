@@ -69,15 +69,20 @@ def rejection_line(rejected: int, total: int, reasons: Counter[str], example: st
 def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: str | None = None,
                 label_column: str | None = None, schema: FieldSchema | None = None,
                 inference: InferenceOptions | None = None, limit: int | None = None,
-                require_labels: bool = True, keep_json: bool = False) -> FileEvents:
+                require_labels: bool = True, keep_json: bool = False,
+                timestamp_column: str | None = None) -> FileEvents:
     """Read and type ``path``. With ``schema`` (scoring) values are converted by it; without, one is
     inferred from the rows (``inference`` adds ids, keys, exclusions and overrides).
     ``keep_json`` (``produce``): a JSON Lines file's rows are checked against the event contract
     only and kept as the file has them, every value of its own JSON type (the schema is still
     inferred, and said); the consumer types them by its model's schema. Other formats are typed.
 
-    Raises ``InputError`` when the file cannot be read, has no rows, or (``require_labels``, as
-    training does) rows have no label (``take_label``: the column absent, null or empty); when
+    ``timestamp_column`` (``--timestamp-column``): the column that holds the event time, read as
+    the ``timestamp`` field (a row's own ``timestamp`` gives way to it, said).
+
+    Raises ``InputError`` when the file cannot be read, has no rows, a named column is in no row,
+    or (``require_labels``, as training does) rows have no label (``take_label``: the column
+    absent, null or empty); when
     scoring or producing, the label is only set aside (``""`` in ``labels`` where a row has none).
     """
     id_col = id_column or "event_id"
@@ -96,6 +101,7 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
         names = {name for row in raw.rows[:1000] if row is not None for name in row}
         raise InputError(f"{path}: --label-column {label_column}: no row has this column; check its spelling"
                          + did_you_mean(label_column, names))
+    renamed_times = _event_time_column(path, raw.rows, timestamp_column)
     ids: list[str] = []
     row_labels: list[str | None] = []
     unlabelled: list[int] = []
@@ -158,12 +164,38 @@ def load_events(path: Path, *, options: ReaderOptions | None = None, id_column: 
     repeated = len(real) - len(set(real))
     if repeated:
         warnings.append(f"{repeated} rows repeat an event_id of an earlier row (ids should be unique)")
+    if renamed_times:
+        warnings.append(f"--timestamp-column {timestamp_column}: {renamed_times} rows have a timestamp column of "
+                        f"their own; their event time is {timestamp_column}'s value, the file's timestamp is not kept")
     if replaced_ids:
         warnings.append(f"--id-column {id_col}: {replaced_ids} rows have an event_id column of their own; "
                         f"their event_id is {id_col}'s value, the file's event_id is not kept (rows without a "
                         f"{id_col} keep theirs)")
     assert isinstance(typed.events, list)  # type_events gives lists (only decode_batch's lazy reading does not)
     return FileEvents(typed.events, typed.indices, labels, rejected, ids, schema, raw, [*raw.warnings, *warnings])
+
+
+def _event_time_column(path: Path, rows: list[dict[str, Any] | None], column: str | None) -> int:
+    """``--timestamp-column``: each row's ``column`` moved to ``timestamp`` (in place, before typing);
+    returns how many rows had a ``timestamp`` of their own that gave way. Raises ``InputError`` when
+    no row has the column (a misspelling, said with the nearest name)."""
+    if not column or column == "timestamp":
+        return 0
+    if not any(row is not None and row.get(column) not in (None, "") for row in rows):
+        names = {name for row in rows[:1000] if row is not None for name in row}
+        raise InputError(f"{path}: --timestamp-column {column}: no row has a value in this column; check its "
+                         "spelling" + did_you_mean(column, names))
+    replaced = 0
+    for row in rows:
+        if row is None or column not in row:
+            continue
+        value = row.pop(column)
+        if value in (None, ""):
+            continue
+        if row.get("timestamp") not in (None, ""):
+            replaced += 1
+        row["timestamp"] = value
+    return replaced
 
 
 _EVENT_WORDS = ("event", "transaction", "trans", "txn", "tx", "trx", "payment", "order", "record")
@@ -629,9 +661,8 @@ def absent_warnings(schema: FieldSchema | None, entity: EntitySpec | None, seen:
         if "timestamp" not in seen:
             # a trial: the handbook's TX_DATETIME scored 95 % of its rows as anomalies, the column unnamed
             timely = sorted(n for n in seen if re.search(r"time|date|created|(^|[^a-z])ts($|[^a-z])", n.lower()))
-            which = "it" if len(timely) == 1 else "the one that is"
-            rename = (f"; {', '.join(timely[:3])} looks like it: rename {which} to timestamp in the file's header"
-                      if timely else "")
+            rename = (f"; {', '.join(timely[:3])} {'looks' if len(timely) == 1 else 'look'} like it: "
+                      f"--timestamp-column {timely[0]} reads it as the event time" if timely else "")
             out.append("the model's history windows run on event time, and this file has no timestamp values "
                        "(no such field, or empty in every row): every row is taken at its entity's last time"
                        f"{rename} (docs/entity-features.md)")

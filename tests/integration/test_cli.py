@@ -531,3 +531,22 @@ def test_produce_keys_events_by_the_field_the_workers_take_the_topic_to_be_keyed
     assert done.returncode == 0, done.stderr
     assert "keyed by account_id; 9 sent without a key (no value in account_id" in done.stderr
     assert {r.key for r in read_all(settings, bare)} == {None}
+
+
+def test_produce_sends_the_timestamp_column_as_the_events_timestamp(settings, env_for, tmp_path):
+    """Trials E and F: the Fraud Detection Handbook's event time is TX_DATETIME, and the workers read
+    ``timestamp``; the file had to be edited. ``produce --timestamp-column TX_DATETIME`` sends it as
+    ``timestamp``, the same value in every format."""
+    env = env_for(settings)
+    path = tmp_path / "hb.csv"
+    path.write_text("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TX_AMOUNT\n"
+                    "1,2018-04-01T00:00:31Z,c1,57.16\n2,2018-04-01T00:02:10Z,c2,81.51\n")
+    topic = f"{settings.input_topic}-times"
+    done = run(["produce", "--input", str(path), "--id-column", "TRANSACTION_ID", "--timestamp-column", "TX_DATETIME",
+                "--topic", topic], env)
+    assert done.returncode == 0, done.stderr
+    sent = sorted((orjson.loads(r.value) for r in read_all(settings, topic)), key=lambda e: e["event_id"])
+    assert [(e["event_id"], e["timestamp"]) for e in sent] == [("1", 1522540831000), ("2", 1522540930000)]
+    assert all("TX_DATETIME" not in e for e in sent)
+    typo = run(["produce", "--input", str(path), "--timestamp-column", "TX_DATE", "--topic", topic], env)
+    assert typo.returncode == 2 and "did you mean 'TX_DATETIME'?" in typo.stderr
