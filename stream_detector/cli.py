@@ -846,7 +846,7 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
                 raise ConfigError(f"--field {name}: no such field in {args.input}"
                                   + (f" (did you mean {close[0]!r}?)" if close else f" (fields: {', '.join(fields)})"))
             _say(f"warning: --schema names {name!r}, which is not a field of {args.input}")
-    if data.rejected:
+    if data.rejected and not (need_events and not data.events):  # else the error says it (a trial: said twice)
         _say(f"warning: {data.rejection_summary()}")
     if need_events and not data.events:
         from .errors import InputError

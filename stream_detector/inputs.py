@@ -315,10 +315,11 @@ class FeedbackFile:
         frauds = len(self.verdicts.frauds())
         text = (f"{self.verdicts.count} labels on {len(self.verdicts)} events "
                 f"({frauds} fraud, {len(self.verdicts) - frauds} legit by the winning label)")
-        if self.rejected:
+        if self.rejected:  # every reason counted (a trial: two rows of two reasons, only the first said)
             first = self.rejected[0]
-            text += (f"; {len(self.rejected)} of {self.rows} rows rejected (e.g. row {first.index + 1}: "
-                     f"{first.reason.value}: {first.message})")
+            reasons = Counter(r.reason.value for r in self.rejected)
+            text += "; " + rejection_line(len(self.rejected), self.rows, reasons,
+                                          f"row {first.index + 1}: {first.reason.value}: {first.message}")
         return text
 
 

@@ -1116,3 +1116,15 @@ def test_training_without_a_label_column_names_the_files_label_field(
     assert main(["train", "--input", str(tmp_path / "plain.csv"), "--out", str(tmp_path / "p"), "--epochs", "1"]) == 0
     said = capsys.readouterr()
     assert "240 events; no --label-column: training on all of them, anomalies included\n" in said.out + said.err
+
+
+def test_a_file_with_no_valid_row_says_its_rejections_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial F: the local-date advice was printed twice, as a warning and inside the error."""
+    from stream_detector.cli import main
+
+    data = tmp_path / "local.csv"
+    data.write_text("event_id,timestamp,amount\n" + "".join(f"e{i},{i % 28 + 1:02d}/04/2018 10:00,{i}.5\n"
+                                                             for i in range(150)))
+    assert main(["train", "--input", str(data), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("a date written the local way") == 1 and "no row is a valid event" in err, err

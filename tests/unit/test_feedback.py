@@ -118,7 +118,13 @@ def test_a_feedback_file_in_csv_and_json_lines_gives_the_same_labels(tmp_path: P
         assert {e: read.verdicts.winner(e) for e in read.verdicts} == {
             "e1": Label("e1", True, "chargeback", T), "e2": Label("e2", False, "analyst", T)}
         assert [(r.index, r.reason) for r in read.rejected] == [(2, RejectReason.INVALID_LABEL)]
-        assert "1 of 3 rows rejected" in read.summary()
+        assert "1 of 3 rows rejected (invalid_label 1; e.g. row 3: invalid_label" in read.summary()
+    # every reason is counted, not only the first row's (a trial: two rows of two reasons, one said)
+    more = [*rows, {"event_id": "", "label": "fraud", "source": "analyst", "labelled_at": int(T)}]
+    (tmp_path / "g.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in more))
+    summary = read_feedback(tmp_path / "g.jsonl").summary()
+    assert "2 of 4 rows rejected (" in summary and "invalid_label 1" in summary, summary
+    assert summary.count(" 1") >= 2 and "missing_event_id 1" in summary, summary
 
 
 def test_a_file_without_one_label_is_an_input_error(tmp_path: Path) -> None:
