@@ -3,9 +3,10 @@
 Two rankings of an alert's fields, on the same model and events:
 
 * **error** (the rule before 2026-12-07): each field's reconstruction error, largest first;
-* **why** (now, ``Scorer.why``): the fields whose typical values (their columns' means over the
-  model's validation rows) lower the score most, chosen one at a time until the score is under
-  the threshold (greedy occlusion): often one or two fields, at most three.
+* **why** (now, ``Scorer.why``): the fields whose typical values (a number's median over the
+  model's validation rows, a category's most frequent value) lower the score most, chosen one at
+  a time until the score is under the threshold (greedy occlusion): often one or two fields, at
+  most three.
 
 An autoencoder reconstructs an unusual value partly into the other columns, so the largest errors
 can sit on ordinary fields (a new-user trial: an event whose only unusual field was
@@ -68,10 +69,13 @@ def rankings(scorer: Scorer, events: list[dict[str, Any]], threshold: float, can
     alerted = np.flatnonzero(scores > threshold)
     errors = scorer.field_errors(per_column[alerted])
     started = time.perf_counter()
-    why = scorer.why(x[alerted], scores[alerted], threshold, 3, errors, candidates)
+    why = scorer.why(x[alerted], scores[alerted], threshold, 3, per_column[alerted], candidates)
     took = time.perf_counter() - started
-    assert why is not None, "the model has column means"
-    return alerted, np.argsort(-errors, axis=1, kind="stable")[:, :3], why[0], took
+    assert why is not None, "the model has typical values"
+    # as field indices (a unit is named after its field; an entity feature of a field's value is in its unit)
+    named = np.array([[scorer.fields.index(why.units[j]) if j >= 0 else -1 for j in row] for row in why.named],
+                     dtype=np.int64).reshape(why.named.shape)
+    return alerted, np.argsort(-errors, axis=1, kind="stable")[:, :3], named, took
 
 
 def _entity_cost(epochs: int, budget: float) -> str:
@@ -157,9 +161,9 @@ def main(argv: list[str]) -> int:
                          f"{(by_part >= 0).sum(axis=1).mean():.1f} |")
             say(lines[-1])
     lines += ["", f"Part 2: the simulator's injected frauds ({sum(p != 'legit' for p in patterns):,} of the "
-              "20,000 history events, scored by the same model); *a changed field in the top 3*: the share of the "
-              "pattern's alerts whose top 3 holds at least one field the pattern changes; then the three fields "
-              "named most often.", "",
+              "20,000 history events, scored by the same model); *a changed field named*: the share of the "
+              "pattern's alerts of which the rule names at least one field the pattern changes; then how many "
+              "fields `why` names, and the three fields each rule names most often.", "",
               "| pattern | alerts | error: a changed field named | why: a changed field named | why: fields named "
               "| error: named most | why: named most |", "|---|---:|---:|---:|---:|---|---|"]
     for pattern, changes in PATTERN_FIELDS.items():

@@ -122,6 +122,19 @@ class EntitySpec:
         names += [f"{key}__new_{f}" for f in self.distinct_for(key)]
         return names
 
+    def derived_from(self) -> dict[str, str]:
+        """The output fields computed from this event's own value of an input field, each to that
+        field: ``k__amount_ratio_w`` and ``k__amount_z_w`` from the amount field, ``k__new_F``
+        from ``F`` (every other feature describes the history before the event). An alert's
+        ``top_features`` gives an input field its typical value together with these
+        (``pipeline/score.py``, ``Scorer.why``)."""
+        out: dict[str, str] = {}
+        for key in self.keys:
+            for w in map(window_name, self.windows):
+                out[f"{key}__amount_ratio_{w}"] = out[f"{key}__amount_z_{w}"] = self.amount_field
+            out.update({f"{key}__new_{f}": f for f in self.distinct_for(key)})
+        return out
+
     @property
     def output_fields(self) -> list[str]:
         """The history features (the kernel's columns); ``label_fields`` come after them."""

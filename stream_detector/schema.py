@@ -112,10 +112,14 @@ class FeatureContribution(BaseModel):
     feature: str = Field(description="Input field name (one-hot columns are summed into their field).")
     share: float = Field(description="Fraction of the event's total error, 0..1.")
     error: float = Field(description="The field's summed squared reconstruction error (scaled space).")
-    contribution: float | None = Field(None, description="How much the score falls when this field takes its "
-                                       "typical value (its columns' means over the model's validation rows), "
-                                       "score units; the fields are ranked by it. Null for a model trained "
-                                       "before 2026-12-07 (no column means): ranked by error.")
+    contribution: float | None = Field(None, description="What this field took off the score when it took its "
+                                       "typical value (after the fields listed before it), score units: the fields "
+                                       "whose typical values clear the alert, chosen greedily (docs/alerts.md, "
+                                       "Why). Null with SD_WHY_CANDIDATES=0 or a model trained before 2026-12-07: "
+                                       "the fields with the largest errors are listed.")
+    score_after: float | None = Field(None, description="The score with this field and those listed before it at "
+                                      "their typical values: above the threshold on the last one listed, the "
+                                      "fields listed do not clear the alert. Null where contribution is.")
 
 
 class HeadContribution(BaseModel):

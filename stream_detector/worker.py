@@ -818,12 +818,13 @@ class Worker:
             if missing:
                 log.warning("%s", missing)
         with self.steps.time("explain"):  # the alerts' top_features and head_top_features
-            field_errors = scorer.field_errors(done.per_feature[rows])
+            per_column = done.per_feature[rows]
+            field_errors = scorer.field_errors(per_column)
             head = (scorer.head_attributions(done.features[rows])  # why the head said fraud, alerted rows only
                     if done.features is not None and len(rows) else None)
             alerted_x = done.feature_rows(rows) if len(rows) else None
             why = (scorer.why(alerted_x, decision.scores[rows], decision.threshold.value, self.settings.top_features,
-                              field_errors, self.settings.why_candidates)
+                              per_column, self.settings.why_candidates)
                    if alerted_x is not None and self.settings.why_candidates else None)
         alerts = build_alerts(shown, events, indices, decision, field_errors, scorer.fields,
                               self.settings.top_features, self.settings.alerts_topic, self.settings.redacted_fields,

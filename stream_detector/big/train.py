@@ -43,8 +43,8 @@ from ..fieldschema import InferenceOptions
 from ..model.autoencoder import Architecture, Autoencoder, ErrorHead
 from ..model.train import (
     BATCH_SIZE,
-    COLUMN_MEANS,
     MIN_EPOCHS,
+    TYPICAL_SAMPLE_ROWS,
     EarlyStopping,
     TrainConfig,
     TrainResult,
@@ -55,6 +55,7 @@ from ..model.train import (
     error_rule,
     error_weights,
     threshold_lines,
+    typical_columns,
 )
 from . import sketches
 from .prepare import BigOptions, Say, pass_one, pass_three, pass_two
@@ -222,11 +223,13 @@ def _calibrate(model: Autoencoder, data: _Files, config: TrainConfig, say: Say) 
     else:
         weights = np.ones(data.width)
     head = ErrorHead(model, torch.as_tensor(weights, dtype=torch.float32)).eval()
-    sums, rows, parts = np.zeros(data.width), 0, []
+    sums, rows, parts, sample = np.zeros(data.width), 0, [], []
+    stride = max(1, math.ceil(data.n_val / TYPICAL_SAMPLE_ROWS))  # the medians: every stride-th validation row
     with torch.no_grad():
         for b in data.blocks(data.val, data.n_val):
             parts.append(head(torch.from_numpy(b)).mean(dim=1).numpy().astype(np.float64))
             sums += b.sum(axis=0, dtype=np.float64)
+            sample.append(b[(-rows) % stride::stride])  # the history's whole span, not its first rows
             rows += len(b)
         val_errors = np.concatenate(parts)
         threshold = calibrate(val_errors, config.threshold_method, config.target_fpr, config.k_std, config.k_fence,
@@ -251,7 +254,8 @@ def _calibrate(model: Autoencoder, data: _Files, config: TrainConfig, say: Say) 
                                        for q in (0.5, 0.9, 0.95, 0.99, 0.999)},
         "validation_flag_rate": flag_rate, "train_flag_rate": train_flag_rate,
         "train_flag_rate_rows": sampled,
-        COLUMN_MEANS: [float(v) for v in sums / max(rows, 1)],  # as train's: the validation rows' column means
+        # as train's: the validation rows' column means, and medians of a sample of them
+        **typical_columns(np.concatenate(sample) if sample else np.zeros((0, data.width)), sums / max(rows, 1)),
     }
     for line in threshold_lines(val_errors, threshold, config):
         say(line)

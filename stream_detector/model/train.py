@@ -213,9 +213,9 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
         },
         "validation_flag_rate": flag_rate,
         "train_flag_rate": train_flag_rate,
-        # each feature column's mean over the validation rows (normal events the model was not fitted on): the
-        # typical value an alert's field takes when its part in the score is measured (Scorer.contributions)
-        COLUMN_MEANS: column_means(x_val),
+        # each feature column's mean and median over the validation rows (normal events the model was not fitted
+        # on): the typical values an alert's fields take when their part in its score is measured (Scorer.why)
+        **typical_columns(x_val),
     }
     metrics = {
         "train_rows": int(len(x_train)),
@@ -231,13 +231,20 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
     return TrainResult(spec, head, arch, threshold, calibration, metrics, entity, schema, val_errors, train_errors)
 
 
-COLUMN_MEANS = "column_means"  # calibration.json: float per feature column (Scorer.contributions)
+COLUMN_MEANS, COLUMN_MEDIANS = "column_means", "column_medians"  # calibration.json, per feature column (Scorer.why)
+TYPICAL_SAMPLE_ROWS = 65_536  # the streamed path's medians: over at most this many validation rows
 
 
-def column_means(x: np.ndarray) -> list[float]:
-    """Each column's mean of the feature rows ``x`` (n × width), as JSON floats (``calibration.json``'s
-    ``column_means``)."""
-    return [float(v) for v in np.asarray(x, dtype=np.float64).mean(axis=0)] if len(x) else []
+def typical_columns(x: np.ndarray, means: np.ndarray | None = None) -> dict[str, list[float]]:
+    """``calibration.json``'s ``column_means`` and ``column_medians``: each column's mean and median
+    over the feature rows ``x`` (float32, n × width; the validation rows), as JSON floats.
+    ``means``: the means when they were taken over more rows than ``x`` (the streamed path's
+    medians are those of a sample). Empty when ``x`` has no row."""
+    if not len(x):
+        return {}
+    rows = np.asarray(x, dtype=np.float64)
+    mean = rows.mean(axis=0) if means is None else np.asarray(means, dtype=np.float64)
+    return {COLUMN_MEANS: [float(v) for v in mean], COLUMN_MEDIANS: [float(v) for v in np.median(rows, axis=0)]}
 
 
 def row_errors(result: TrainResult, rows: Sequence[dict[str, Any]]) -> np.ndarray:

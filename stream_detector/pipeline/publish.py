@@ -19,6 +19,7 @@ from ..schema import DeadLetterHeaders
 from ..transport.base import Batch, OutMessage
 from .decode import Rejected
 from .keys import fallback_key
+from .score import Why
 from .threshold import Decision
 
 
@@ -33,7 +34,7 @@ def build_alerts(
     topic: str,
     redact: frozenset[str] = frozenset(),
     head_contributions: np.ndarray | None = None,
-    why: tuple[np.ndarray, np.ndarray] | None = None,
+    why: Why | None = None,
 ) -> list[OutMessage]:
     """One alert per flagged row of ``decision`` (step 5's result, taken whole: scores, rows,
     threshold and model version of ONE model), its value the JSON of ``schema.Alert``.
@@ -42,10 +43,11 @@ def build_alerts(
     (float32, len(rows) × len(fields)) has the per-field errors of the flagged events only.
     ``head_contributions`` (float64, len(rows) × len(fields), ``Scorer.head_attributions``) gives
     each alert's ``head_top_features``: its ``top_n`` largest positive contributions.
-    ``why`` (``Scorer.why``: int64 and float64, len(rows) × top_n): the fields whose typical
-    values clear each alert, and what each took off its score: the ``top_features``, each with
-    its ``contribution``. Without it (a model trained before 2026-12-07) they are the ``top_n``
-    fields with the largest errors, ``contribution`` null.
+    ``why`` (``Scorer.why`` of the flagged rows): the fields whose typical values clear each
+    alert, what each took off its score and the score left: the ``top_features``, each with its
+    ``contribution`` and ``score_after``, its ``error`` and ``share`` those of ``why``'s units.
+    Without it (``SD_WHY_CANDIDATES=0``, or a model trained before 2026-12-07) they are the
+    ``top_n`` fields with the largest errors, ``contribution`` and ``score_after`` null.
     Fields in ``redact`` are replaced by ``"[redacted]"`` in the alert's copy of the event (PII
     such as card numbers).
 
@@ -63,10 +65,13 @@ def build_alerts(
     if why is None:
         worst = np.argsort(-field_errors, axis=1, kind="stable")[:, :top_n].tolist()
         parts: list[list[Any]] = [[None] * len(w) for w in worst]
+        afters: list[list[Any]] = parts
+        errors, names = field_errors.tolist(), fields
     else:
-        worst = [[j for j in named if j >= 0] for named in why[0].tolist()]
-        parts = why[1].tolist()
-    errors = field_errors.tolist()
+        worst = [[j for j in named if j >= 0] for named in why.named.tolist()]
+        parts, afters = why.parts.tolist(), why.after.tolist()
+        errors, names = why.errors.tolist(), why.units
+        totals = [float(t) or 1.0 for t in why.errors.sum(axis=1).tolist()]
     probability = decision.probability
     head = float(threshold.head) if probability is not None and threshold.head is not None else None
     header = [("sd.model_version", threshold.model_version.encode())]
@@ -85,8 +90,8 @@ def build_alerts(
             "threshold": float(threshold.value),
             "threshold_version": int(threshold.version),
             "model_version": threshold.model_version,
-            "top_features": [{"feature": fields[j], "share": errs[j] / total, "error": errs[j], "contribution": c}
-                             for j, c in zip(worst[k], parts[k], strict=False)],
+            "top_features": [{"feature": names[j], "share": errs[j] / total, "error": errs[j], "contribution": c,
+                              "score_after": a} for j, c, a in zip(worst[k], parts[k], afters[k], strict=False)],
             "fired": decision.fired(row),
             "probability": None if probability is None else float(probability[row]),
             "head_threshold": head,

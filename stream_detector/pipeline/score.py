@@ -19,6 +19,8 @@ multiple of 8, every call size from 1 to 69 and 100 to 999 gave the same bits (m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -27,6 +29,55 @@ from ..model.bundle import Bundle
 WHY_CANDIDATES = 10  # Scorer.why: the fields tried, those with the largest errors
 WHY_LATER = 3  # Scorer.why: the fields tried after the first step, the first step's runners-up
 MIN_ROWS = 8  # on CPU, a call's rows are padded to a multiple of this: the same kernels and blocks as a batch's
+
+
+@dataclass(frozen=True)
+class Why:
+    """``Scorer.why`` for k alerted rows: ``named`` (int64, k × top_n) the units named, indices
+    into ``units``, -1 past the last; ``parts`` (float64, k × top_n) what each took off the score
+    at its step, score units; ``after`` (float64, k × top_n) the score with it and the units
+    before it at their typical values (NaN past the last); ``errors`` (float64, k × len(units))
+    each unit's reconstruction error, its columns' per-column errors summed."""
+
+    named: np.ndarray
+    parts: np.ndarray
+    after: np.ndarray
+    units: list[str]
+    errors: np.ndarray
+
+
+def typical_row(bundle: Bundle) -> np.ndarray | None:
+    """The feature row (float32[width]) of typical values ``Scorer.why`` gives a field: each
+    column's median over the model's validation rows, and for a categorical field's one-hot
+    columns the most frequent category's column 1 and the others 0 (their means are the
+    categories' shares: a row of shares is no category at all, and a trial's never-seen country
+    made "typical" that way still scored twice the threshold). None for a bundle without
+    ``column_medians`` and ``column_means`` (trained before 2026-12-07)."""
+    width = bundle.spec.width
+    medians, means = bundle.calibration.get("column_medians"), bundle.calibration.get("column_means")
+    if not (isinstance(medians, list) and isinstance(means, list) and len(medians) == len(means) == width):
+        return None
+    row = np.asarray(medians, dtype=np.float32).copy()
+    shares = np.asarray(means, dtype=np.float64)
+    sources, names = bundle.spec.sources, bundle.spec.columns
+    for column in bundle.spec.categorical:
+        group = [j for j, (source, name) in enumerate(zip(sources, names, strict=True))
+                 if source == column.name and name.startswith(f"{column.name}=")]
+        if group:
+            row[group] = 0.0
+            row[group[int(np.argmax(shares[group]))]] = 1.0
+    return row
+
+
+def _units(bundle: Bundle, fields: list[str], column_field: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """``Scorer.why``'s units and each column's unit (int64[width]): the fields, but an entity
+    feature computed from an input field's own value in this event (``EntitySpec.derived_from``)
+    joins that field's unit when the model reads the field."""
+    derived = bundle.entity.derived_from() if bundle.entity is not None else {}
+    owner = [derived[f] if f in derived and derived[f] in fields else f for f in fields]
+    units = list(dict.fromkeys(owner))
+    unit_of_field = np.array([units.index(o) for o in owner], dtype=np.int64)
+    return units, unit_of_field[column_field]
 
 
 class Scorer:
@@ -42,11 +93,14 @@ class Scorer:
                 self.fields.append(name)
                 starts.append(i)
         self.group_starts = np.asarray(starts, dtype=np.int64)
-        means = bundle.calibration.get("column_means")  # models trained before 2026-12-07 have none
-        self.column_means = (np.asarray(means, dtype=np.float32)
-                             if isinstance(means, list) and len(means) == bundle.spec.width else None)
-        # each feature column's field (an index into self.fields): which columns a field's typical value sets
+        # each feature column's field (an index into self.fields)
         self.column_field = np.cumsum(np.isin(np.arange(bundle.spec.width), self.group_starts)) - 1
+        self.typical = typical_row(bundle)  # the columns' typical values (Scorer.why); None: a model without them
+        # why's units: each input field with the entity features computed from its own value in this event
+        # (an amount's ratios to the history: made typical alone, the amount left them unusual, trial K)
+        self.units, self.column_unit = _units(bundle, self.fields, self.column_field)
+        self._unit_matrix = np.zeros((bundle.spec.width, len(self.units)), dtype=np.float64)
+        self._unit_matrix[np.arange(bundle.spec.width), self.column_unit] = 1.0
         self.supervised = bundle.supervised is not None  # the module's last output column: a probability
         # the unfrozen module, whose submodules give the head's gradients (alerts' head attributions)
         self._explain = bundle.load_module(device, frozen=False) if self.supervised else None
@@ -105,49 +159,53 @@ class Scorer:
         return summed
 
     def why(self, x: np.ndarray, scores: np.ndarray, threshold: float, top_n: int,
-            field_errors: np.ndarray | None = None, candidates: int = WHY_CANDIDATES,
-            rows_per_call: int = 65_536) -> tuple[np.ndarray, np.ndarray] | None:
+            per_column: np.ndarray | None = None, candidates: int = WHY_CANDIDATES,
+            rows_per_call: int = 65_536) -> Why | None:
         """Why the rows ``x`` (float32, k × width; the alerted rows, whose scores are ``scores``,
-        float64[k]) scored high: the fields which, given their typical values — each column's
-        mean over the model's validation rows (``calibration.json``'s ``column_means``) — lower the
-        score most, chosen one at a time (greedy occlusion): first the field whose typical value
+        float64[k]) scored high: the input fields which, given their typical values, lower the
+        score most, chosen one at a time (greedy occlusion): first the one whose typical value
         alone lowers the score most, then, with it typical, the next, until the score is at or
-        under ``threshold`` or ``top_n`` fields are named. A field that would lower it no further
-        is not named (the first always is).
+        under ``threshold``, or ``top_n`` are named, or none lowers it further (the first is
+        always named). ``Why.after`` says where each step left the score: above ``threshold``
+        after the last, the fields named do not clear the alert.
 
-        The fields tried first are each row's ``candidates`` with the largest errors
-        (``field_errors``, float32 k × n_fields, ``field_errors``; computed when not given): the
-        unusual field is seldom far down that ranking, only often not first, and a model with
-        entity features has dozens of fields (69 in the entity benchmarks: every one tried cost
-        ~250 µs per alert on random rows). The later steps try the first step's ``WHY_LATER`` runners-up only.
+        A field's **typical value**: its columns' medians over the model's validation rows, and
+        for a categorical field the one-hot of its most frequent category (``typical_row``). An
+        input field the model's entity features read (the amount, a distinct field) is made
+        typical together with the features computed from its value in this event
+        (``EntitySpec.derived_from``: an amount with its ratios to the entity's history, a value
+        with its first-seen flag): ``Why.units`` names the pair after the field.
 
-        Returns ``(fields, parts)``: int64 and float64 k × top_n, each row's named fields (indices
-        into ``self.fields``; -1 past the last one) and what each took off the score at its step,
-        in score units (the mean per-column error): they add up to the score less the score with
-        them all typical. None for a bundle without ``column_means`` (trained before 2026-12-07).
-        Cost: ``candidates`` scorings of each alerted row, then ``WHY_LATER`` per further step
-        while it is above ``threshold``.
+        The units tried first are each row's ``candidates`` with the largest errors
+        (``per_column``: the rows' per-column errors, float32 k × width; computed when not
+        given): the unusual field is seldom far down that ranking, only often not first, and a
+        model with entity features has dozens of fields (69 in the entity benchmarks: every one
+        tried cost ~250 µs per alert on random rows). The later steps try the first step's
+        ``WHY_LATER`` runners-up only. Cost: ``candidates`` scorings of each alerted row, then
+        ``WHY_LATER`` per further step while it is above ``threshold``. None for a bundle without
+        the typical values (``column_medians``, ``column_means``: trained before 2026-12-07).
 
         Why not the fields' own reconstruction errors: an autoencoder reconstructs an unusual
         value partly into the other columns, so the largest errors were often on ordinary fields
-        (a trial: an event whose only unusual field was ``tx_count_1h`` alerted with three other
+        (trial J: an event whose only unusual field was ``tx_count_1h`` alerted with three other
         fields named). Method: occlusion (Zeiler & Fergus, 2014, "Visualizing and understanding
         convolutional networks"), made greedy so that the fields named are the ones that clear
         the alert; measured in ``benchmarks/why.py`` (RESULTS, *Why an alert fired*)."""
-        if self.column_means is None:
+        if self.typical is None:
             return None
-        k, n_fields = x.shape[0], len(self.fields)
-        fields = np.full((k, top_n), -1, dtype=np.int64)
+        k, n_units = x.shape[0], len(self.units)
+        named = np.full((k, top_n), -1, dtype=np.int64)
         parts = np.full((k, top_n), np.nan)
-        if k == 0 or n_fields == 0:
-            return fields, parts
-        spans = list(zip(self.group_starts.tolist(), [*self.group_starts.tolist()[1:], x.shape[1]], strict=True))
-        if field_errors is None:
-            field_errors = self.field_errors(self.errors(x))
-        width = min(candidates, n_fields)
-        tried = np.argsort(-np.asarray(field_errors), axis=1, kind="stable")[:, :width]  # k × width field indices
+        if per_column is None:
+            per_column = self.errors(x)
+        errors = self.unit_errors(per_column)
+        if k == 0 or n_units == 0:
+            return Why(named, parts, parts.copy(), self.units, errors)
+        width = min(candidates, n_units)
+        tried = np.argsort(-errors, axis=1, kind="stable")[:, :width]  # k × width unit indices
         current = np.array(x, dtype=np.float32, copy=True)
         now = np.asarray(scores, dtype=np.float64).copy()
+        after = np.full((k, top_n), np.nan)
         typical = np.zeros((k, width), dtype=bool)  # by candidate position
         active = np.arange(k)
         for step in range(min(top_n, width)):
@@ -159,35 +217,39 @@ class Scorer:
             pick = drop.argmax(axis=1)
             took = drop[np.arange(active.size), pick]
             best = tried[active, pick]
-            named = (took > 0) | (step == 0)
-            rows, best, took = active[named], best[named], took[named]
-            fields[rows, step], parts[rows, step] = best, took
-            typical[rows, pick[named]] = True
+            chosen = (took > 0) | (step == 0)
+            rows, best, took = active[chosen], best[chosen], took[chosen]
+            named[rows, step], parts[rows, step] = best, took
+            typical[rows, pick[chosen]] = True
             if step == 0 and width > 1 + WHY_LATER:  # later steps try the first step's runners-up only
                 order = np.argsort(-drop, axis=1, kind="stable")[:, :1 + WHY_LATER]  # [:, 0] is pick
                 tried, typical = np.take_along_axis(tried, order, axis=1), typical[:, :1 + WHY_LATER]
                 typical[:] = False
                 typical[rows, 0] = True
-            for f in np.unique(best).tolist():
-                lo, hi = spans[f]
-                current[rows[best == f], lo:hi] = self.column_means[lo:hi]
+            columns = self.column_unit[None, :] == best[:, None]  # len(rows) × width
+            current[rows] = np.where(columns, self.typical[None, :], current[rows])
             now[rows] -= took
+            after[rows, step] = now[rows]
             active = rows[now[rows] > threshold]
-        return fields, parts
+        return Why(named, parts, after, self.units, errors)
 
-    def _occluded_scores(self, block: np.ndarray, fields: np.ndarray, rows_per_call: int) -> np.ndarray:
+    def unit_errors(self, per_column: np.ndarray) -> np.ndarray:
+        """Each of ``units``' error (float64, n × n_units): its columns' per-column errors summed."""
+        summed: np.ndarray = np.asarray(per_column, dtype=np.float64) @ self._unit_matrix
+        return summed
+
+    def _occluded_scores(self, block: np.ndarray, units: np.ndarray, rows_per_call: int) -> np.ndarray:
         """The scores (float64, len(block) × m) of each row ``i`` of ``block`` with the columns of
-        field ``fields[i, j]`` at their typical values, for each ``j`` in turn (``fields``: int,
+        unit ``units[i, j]`` at their typical values, for each ``j`` in turn (``units``: int,
         len(block) × m)."""
-        assert self.column_means is not None
-        m = fields.shape[1]
+        assert self.typical is not None
+        m = units.shape[1]
         out = np.empty((block.shape[0], m))
         step = max(1, rows_per_call // max(m, 1))
         for start in range(0, block.shape[0], step):
-            part, which = block[start:start + step], fields[start:start + step].reshape(-1, 1)
-            occluded = np.repeat(part, m, axis=0)  # row i * m + j: row i, its j-th field typical
-            typical = self.column_field[None, :] == which  # (len(part) * m) × width
-            occluded = np.where(typical, self.column_means[None, :], occluded)
+            part, which = block[start:start + step], units[start:start + step].reshape(-1, 1)
+            occluded = np.repeat(part, m, axis=0)  # row i * m + j: row i, its j-th unit typical
+            occluded = np.where(self.column_unit[None, :] == which, self.typical[None, :], occluded)
             scored = self.outputs(occluded)[0].mean(axis=1, dtype=np.float64)
             out[start:start + len(part)] = scored.reshape(len(part), m)
         return out

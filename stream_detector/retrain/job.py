@@ -344,7 +344,13 @@ def alerted_weights(alerted: Sequence[WindowEntry], selection: Selection, counts
         share = min(1.0, max(0.0, (expected - young_legit) / young_unlabelled)) if young_unlabelled else old_share
         source = (f"{len(old)} of the window's {old_total} alerts older than the label delay have no fraud label "
                   f"(share {old_share:.3f}); applied to the {len(young) + selection.fraud_alerts_young} newer ones, "
-                  f"{young_legit} labelled legit and {selection.fraud_alerts_young} fraud")
+                  f"{young_legit} labelled legit and {selection.fraud_alerts_young} fraud; the {len(old)} older "
+                  "ones nobody labelled count whole")
+        if not young and not selection.fraud_alerts_young:  # trial K: a 30-s delay made every alert "older"
+            say(f"note: every one of the window's {old_total} alerts is older than SD_RETRAIN_LABEL_DELAY_S, and "
+                f"{len(old)} of them have no fraud label: they count as legit. Is the delay as long as chargebacks "
+                "take? Set shorter, frauds whose chargebacks have not come are counted as legit traffic and the "
+                "threshold is set higher than the budget needs (docs/retraining.md)")
     elif reviewed >= MIN_LABELLED_ALERTS:
         share, source = labelled / reviewed, (f"{labelled} of the window's {reviewed} reviewed alerts are legit "
                                               "(labels of any source but chargeback)")

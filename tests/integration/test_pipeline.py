@@ -77,13 +77,15 @@ def test_known_anomalies_give_exactly_the_expected_alerts(settings, published, b
         # why: the fields whose typical values clear the alert (Scorer.why), each with what it took off the score
         x, _ = bundle.spec.transform([by_id[a["event_id"]]])  # the simulator's values are already typed
         assert float(scorer.errors(x).mean(dtype=np.float64)) == pytest.approx(a["score"], rel=1e-6)
-        named = [scorer.fields.index(f["feature"]) for f in a["top_features"]]
-        typical = np.isin(scorer.column_field, named)
-        x[0, typical] = scorer.column_means[typical]  # type: ignore[index]
+        named = [scorer.units.index(f["feature"]) for f in a["top_features"]]
+        typical = np.isin(scorer.column_unit, named)
+        x[0, typical] = scorer.typical[typical]  # type: ignore[index]
         after = float(scorer.errors(x).mean(dtype=np.float64))
         taken = sum(f["contribution"] for f in a["top_features"])
         assert taken == pytest.approx(a["score"] - after, rel=1e-3, abs=1e-3)
-        assert after <= a["threshold"] or len(named) == settings.top_features
+        assert a["top_features"][-1]["score_after"] == pytest.approx(after, rel=1e-3, abs=1e-3)
+        assert after <= a["threshold"] or len(named) == settings.top_features or a["top_features"][-1][
+            "contribution"] is not None  # stopped: no other field lowered it (said by score_after > threshold)
     crafted = next(a for a in alerts if a["event_id"] in injected)
     assert crafted["top_features"][0]["feature"] in {"amount", "merchant_category", "country",
                                                       "distance_from_home_km", "tx_count_1h", "amount_to_avg",

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_detector.pipeline.publish import build_alerts, json_bytes
+from stream_detector.pipeline.score import Why
 from stream_detector.pipeline.threshold import Decision
 from stream_detector.schema import Alert, FeatureContribution, HeadContribution
 from stream_detector.store import Threshold
@@ -23,7 +24,7 @@ FIELDS = ["amount", "merchant_category", "country", "card_number", "channel", "h
 def _through_pydantic(batch: Batch, events: list[dict[str, Any]], indices: list[int], decision: Decision,
                       field_errors: np.ndarray, top_n: int, redact: frozenset[str],
                       head: np.ndarray | None, now: str,
-                      why: tuple[np.ndarray, np.ndarray] | None = None) -> list[bytes]:
+                      why: Why | None = None) -> list[bytes]:
     """The alerts as ``Alert`` models, row by row (the builder before it skipped pydantic)."""
     t = decision.threshold
     out = []
@@ -33,9 +34,13 @@ def _through_pydantic(batch: Batch, events: list[dict[str, Any]], indices: list[
         total = float(errs.sum()) or 1.0
         worst = np.argsort(-errs, kind="stable")[:top_n].tolist()
         parts: list[float | None] = [None] * len(worst)
-        if why is not None:  # Scorer.why's fields (-1 past the last) and what each took off the score
-            worst = [j for j in why[0][k].tolist() if j >= 0]
-            parts = [float(c) for c in why[1][k].tolist()[:len(worst)]]
+        afters: list[float | None] = [None] * len(worst)
+        if why is not None:  # Scorer.why's units (-1 past the last), what each took off the score, the score left
+            worst = [j for j in why.named[k].tolist() if j >= 0]
+            parts = [float(c) for c in why.parts[k].tolist()[:len(worst)]]
+            afters = [float(a) for a in why.after[k].tolist()[:len(worst)]]
+            errs = why.errors[k]
+            total = float(errs.sum()) or 1.0
         heads = None
         if head is not None:
             order = np.argsort(-head[k], kind="stable")[:top_n]
@@ -48,7 +53,8 @@ def _through_pydantic(batch: Batch, events: list[dict[str, Any]], indices: list[
             score=float(decision.scores[row]), threshold=t.value, threshold_version=t.version,
             model_version=t.model_version,
             top_features=[FeatureContribution(feature=FIELDS[j], share=float(errs[j]) / total, error=float(errs[j]),
-                                              contribution=c) for j, c in zip(worst, parts, strict=True)],
+                                              contribution=c, score_after=a)
+                          for j, c, a in zip(worst, parts, afters, strict=True)],
             fired=decision.fired(row),
             probability=None if decision.probability is None else float(decision.probability[row]),
             head_threshold=t.head if decision.probability is not None else None, head_top_features=heads,
@@ -98,7 +104,9 @@ def test_alerts_equal_the_alert_schema_through_pydantic(n: int, seed: int, top_n
             count = int(rng.integers(1, min(top_n, len(FIELDS)) + 1))
             named[k, :count] = rng.permutation(len(FIELDS))[:count]
             parts[k, :count] = np.sort(rng.exponential(1.0, count))[::-1]
-        why = (named, parts)
+        after = decision.scores[decision.rows][:, None] - np.cumsum(np.nan_to_num(parts), axis=1)
+        after[np.isnan(parts)] = np.nan
+        why = Why(named, parts, after, FIELDS, rng.exponential(1.0, (flagged, len(FIELDS))))
     size = 3 * n
     batch = Batch(topic="tx", partitions=[int(p) for p in rng.integers(0, 4, size)], offsets=list(range(100, 100 + size)),
                   keys=[None if r % 3 == 0 else f"k{r}".encode() for r in range(size)],

@@ -745,3 +745,20 @@ def test_a_label_delay_with_too_few_older_alerts_falls_back_and_clips_the_share(
                      labelled=[(e, "legit") for e in newer[:10]])
     weights = alerted_weights(many.alerted, many, counts, lambda _m: None)
     assert weights[0] == 1.0 and weights[1:11].tolist() == [1.0] * 10 and weights[11:].tolist() == [0.0] * 30
+
+
+def test_a_label_delay_that_leaves_no_newer_alert_is_said() -> None:
+    """Trial K: with SD_RETRAIN_LABEL_DELAY_S=30 every alert of the window was "older", the frauds
+    whose chargebacks had not come counted as legit, and a candidate the gate had refused was
+    promoted, with no word. The run says that every alert is older than the delay."""
+    from stream_detector.retrain.job import alerted_weights
+    from stream_detector.retrain.window import Selection
+
+    older = [entry(i, ts=100.0) for i in range(30)]
+    selection = Selection(alerted=older, matured_before_s=500.0, fraud_alerts_matured=10)
+    said: list[str] = []
+    counts: dict[str, object] = {}
+    assert alerted_weights(older, selection, counts, said.append).tolist() == [1.0] * 30
+    assert said and said[0].startswith("note: every one of the window's 40 alerts is older than "
+                                       "SD_RETRAIN_LABEL_DELAY_S, and 30 of them have no fraud label")
+    assert str(counts["alerted_legit_share_from"]).endswith("the 30 older ones nobody labelled count whole")

@@ -33,26 +33,27 @@ def test_the_one_field_made_unusual_is_named_and_its_typical_value_clears_the_al
     from stream_detector.simulate import Simulator
 
     scorer = Scorer(model)
-    assert scorer.column_means is not None and scorer.column_means.shape == (model.spec.width,)
+    assert scorer.typical is not None and scorer.typical.shape == (model.spec.width,)
     events, _ = Simulator(seed=9, accounts=300).batch(400, 0.0)
     for event in events:
         event["tx_count_1h"] = 60  # a burst: the training rows' largest is a few
     x, scores = _alerted(scorer, events, model.threshold)
     assert len(x) == 400
-    named, parts = scorer.why(x, scores, model.threshold, 3)  # type: ignore[misc]
-    assert (named[:, 0] == scorer.fields.index("tx_count_1h")).all()
+    why = scorer.why(x, scores, model.threshold, 3)
+    assert why is not None
+    named, parts = why.named, why.parts
+    assert (named[:, 0] == why.units.index("tx_count_1h")).all()
     assert (named[:, 1:] == -1).mean() > 0.95  # nearly always the only one: its typical value clears the alert
     assert np.all(parts[:, 0] > 0) and np.all((named >= 0) == ~np.isnan(parts))
     # the parts add up to the score less the score with the named fields typical
     for k in range(len(x)):
         row = x[k].copy()
-        for f in named[k][named[k] >= 0].tolist():
-            lo = int(scorer.group_starts[f])
-            hi = int(scorer.group_starts[f + 1]) if f + 1 < len(scorer.fields) else x.shape[1]
-            row[lo:hi] = scorer.column_means[lo:hi]
+        typical = np.isin(scorer.column_unit, named[k][named[k] >= 0])
+        row[typical] = scorer.typical[typical]
         after = float(scorer.errors(row[None, :]).mean(dtype=np.float64))
         assert np.nansum(parts[k]) == pytest.approx(scores[k] - after, rel=1e-4, abs=1e-4)
         last = int((named[k] >= 0).sum())
+        assert why.after[k, last - 1] == pytest.approx(after, rel=1e-4, abs=1e-4)  # the alert's score_after
         # it stopped because the score is at or under the threshold, or because three are named
         assert after <= model.threshold or last == 3 or not np.isfinite(parts[k][min(last, 2)])
 
@@ -63,16 +64,18 @@ def test_a_row_under_the_threshold_names_one_field_and_the_padding_is_minus_one(
     scorer = Scorer(model)
     x, _ = model.spec.transform([{"event_id": "e", "amount": 25.0}])
     score = scorer.errors(x).mean(axis=1, dtype=np.float64)
-    named, parts = scorer.why(x, score, float(score[0]) + 100.0, 4)  # type: ignore[misc]
-    assert named.shape == (1, 4) and named[0, 0] >= 0 and named[0, 1:].tolist() == [-1, -1, -1]
-    assert np.isnan(parts[0, 1:]).all()
+    why = scorer.why(x, score, float(score[0]) + 100.0, 4)
+    assert why is not None
+    assert why.named.shape == (1, 4) and why.named[0, 0] >= 0 and why.named[0, 1:].tolist() == [-1, -1, -1]
+    assert np.isnan(why.parts[0, 1:]).all() and np.isnan(why.after[0, 1:]).all()
     empty = scorer.why(x[:0], score[:0], 1.0, 3)
-    assert empty is not None and empty[0].shape == (0, 3)
+    assert empty is not None and empty.named.shape == (0, 3)
 
 
 def test_a_model_trained_before_column_means_keeps_the_error_ranking(model: Bundle) -> None:
-    """A bundle without ``column_means`` (trained before 2026-12-07) has no typical values: ``why``
-    is None and the alerts name the fields with the largest errors (``build_alerts``)."""
+    """A bundle without ``column_medians`` and ``column_means`` (trained before 2026-12-07) has no
+    typical values: ``why`` is None and the alerts name the fields with the largest errors
+    (``build_alerts``), as with ``SD_WHY_CANDIDATES=0``."""
     import dataclasses
 
     from stream_detector.pipeline.publish import build_alerts
@@ -80,7 +83,8 @@ def test_a_model_trained_before_column_means_keeps_the_error_ranking(model: Bund
     from stream_detector.store import Threshold
     from stream_detector.transport.base import Batch
 
-    old = dataclasses.replace(model, calibration={k: v for k, v in model.calibration.items() if k != "column_means"})
+    old = dataclasses.replace(model, calibration={k: v for k, v in model.calibration.items()
+                                                  if k not in ("column_means", "column_medians")})
     scorer = Scorer(old)
     x, _ = old.spec.transform([{"event_id": "e", "amount": 25.0}])
     assert scorer.why(x, np.array([1.0]), 0.5, 3) is None
@@ -91,7 +95,7 @@ def test_a_model_trained_before_column_means_keeps_the_error_ranking(model: Bund
                                       "alerts").pop().value)
     worst = np.argsort(-errors[0], kind="stable")[:3].tolist()
     assert [f["feature"] for f in alert["top_features"]] == [scorer.fields[j] for j in worst]
-    assert [f["contribution"] for f in alert["top_features"]] == [None] * 3
+    assert [(f["contribution"], f["score_after"]) for f in alert["top_features"]] == [(None, None)] * 3
 
 
 def test_feature_rows_pick_the_rows_of_every_chunk() -> None:
@@ -105,3 +109,40 @@ def test_feature_rows_pick_the_rows_of_every_chunk() -> None:
     assert np.array_equal(done.feature_rows(rows), whole[rows])  # type: ignore[arg-type]
     assert np.array_equal(Computed([], [], [], whole, feature_parts=[whole]).feature_rows(rows), whole[rows])  # type: ignore[arg-type]
     assert Computed([], [], [], whole).feature_rows(rows) is None
+
+
+def test_a_categorical_fields_typical_value_is_its_most_frequent_category(model: Bundle) -> None:
+    """Trial K: a never-seen country, made "typical" as the categories' shares (the columns'
+    means), still scored twice the threshold: a row of shares is no category at all. The typical
+    value is the most frequent category's one-hot; a number's is its median."""
+    from stream_detector.pipeline.score import typical_row
+
+    row = typical_row(model)
+    assert row is not None
+    means = np.asarray(model.calibration["column_means"])
+    for column in model.spec.categorical:
+        group = [j for j, name in enumerate(model.spec.columns) if name.startswith(f"{column.name}=")]
+        assert sorted(row[group].tolist()) == [0.0] * (len(group) - 1) + [1.0]
+        assert row[group].argmax() == means[group].argmax()
+    numbers = [j for j, name in enumerate(model.spec.columns) if "=" not in name]
+    assert np.allclose(row[numbers], np.asarray(model.calibration["column_medians"])[numbers])
+
+
+def test_an_amount_is_made_typical_with_its_ratios_to_the_entitys_history() -> None:
+    """Trial K: with account and terminal history, an amount ten times the account's was never
+    named: made typical alone, its ratios to the history stayed unusual. An input field's unit
+    holds the entity features computed from its value in this event."""
+    from stream_detector.entity import EntitySpec
+    from tests.helpers import entity_bundle, raw_card_events
+
+    spec = EntitySpec(keys=("account_id",), windows=(3600, 86_400), distinct_fields=("country",))
+    events = raw_card_events(4000, seed=4, accounts=200, tag="why")
+    scorer = Scorer(entity_bundle(spec, events, epochs=3))
+    assert "account_id__amount_ratio_1h" not in scorer.units and "account_id__new_country" not in scorer.units
+    amount = scorer.units.index("amount")
+    assert {scorer.fields[f] for f in np.unique(scorer.column_field[scorer.column_unit == amount])} == {
+        "amount", "account_id__amount_ratio_1h", "account_id__amount_z_1h", "account_id__amount_ratio_1d",
+        "account_id__amount_z_1d"}
+    country = scorer.units.index("country")
+    assert "account_id__new_country" in {scorer.fields[f] for f in scorer.column_field[scorer.column_unit == country]}
+    assert "account_id__count_1h" in scorer.units  # the history before the event: a unit of its own
