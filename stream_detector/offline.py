@@ -33,13 +33,15 @@ class OfflineScores:
     reason per row (``None`` when scored) and ``messages`` its message; ``per_feature`` (only with
     ``keep_errors``) float32 (n, width), the per-feature errors, NaN rows where rejected;
     ``probability`` (a bundle with a supervised head) float64 (n,), the calibrated fraud
-    probability, NaN where rejected."""
+    probability, NaN where rejected; ``features`` (only with ``keep_errors``) float32 (n, width),
+    the feature rows (``Scorer.why`` reads them), NaN rows where rejected."""
 
     scores: np.ndarray
     rejected: list[str | None]
     messages: list[str | None] = field(default_factory=list)
     per_feature: np.ndarray | None = None
     probability: np.ndarray | None = None
+    features: np.ndarray | None = None
 
     def flagged(self, threshold: float, head: float | None = None) -> np.ndarray:
         """bool (n,): the worker's decision (``pipeline/threshold.py``): score > ``threshold`` or,
@@ -103,6 +105,7 @@ class OfflineScorer:
         bundle, n = self.bundle, len(events)
         scores = np.full(n, np.nan)
         per_feature = np.full((n, bundle.spec.width), np.nan, dtype=np.float32) if keep_errors else None
+        features = np.full((n, bundle.spec.width), np.nan, dtype=np.float32) if keep_errors else None
         reasons: list[str | None] = [None] * n
         messages: list[str | None] = [None] * n
         probability = np.full(n, np.nan) if bundle.supervised is not None else None
@@ -113,8 +116,9 @@ class OfflineScorer:
             scores[done.indices] = scores_of(done.per_feature)
             if probability is not None and done.probability is not None:
                 probability[done.indices] = done.probability
-            if per_feature is not None:
+            if per_feature is not None and features is not None:
                 per_feature[done.indices] = done.per_feature
+                features[done.indices] = done.feature_parts[0]
             for rej in done.rejected:
                 reasons[rej.index], messages[rej.index] = rej.reason.value, rej.message
-        return OfflineScores(scores, reasons, messages, per_feature, probability)
+        return OfflineScores(scores, reasons, messages, per_feature, probability, features)

@@ -5,7 +5,7 @@
     GET  /api/overview         live view: rates, histogram with threshold, series, workers, versions
     GET  /api/whatif?threshold=T[&head=P]   alerts/hour, precision/recall, ROC/PR at T (and head P)
     GET  /api/alerts?limit=N   latest alerts (newest first)
-    POST /api/explain          {event} → score, verdict, per-field errors
+    POST /api/explain          {event} → score, verdict, per-field errors, why (as an alert's top_features)
     GET  /api/models           registry versions, metrics, gate decisions, active/previous
     GET  /api/history          threshold audit lines (newest first)
     POST /api/threshold        {value, head, note, operator}  — needs X-Console-Token
@@ -183,7 +183,7 @@ def create_app(settings: Settings, bound_host: str, service: ConsoleService) -> 
     def alerts(limit: Annotated[int, Query(ge=0, le=100_000)] = 50) -> Any:
         return _JSON(service.recent_alerts(limit))
 
-    @app.post("/api/explain", summary="score, verdict, rejection reason, per-field errors of one event")
+    @app.post("/api/explain", summary="score, verdict, rejection reason, per-field errors and why of one event")
     def explain(body: ExplainBody) -> Any:
         return _JSON(service.explain(body.event))
 

@@ -202,7 +202,9 @@ class ConsoleService:
         return alerts[::-1][:limit]
 
     def explain(self, event: Any) -> dict[str, Any]:
-        """Score one event exactly as ``score_events`` does, plus its per-field errors."""
+        """Score one event exactly as ``score_events`` does, plus its per-field errors and, as an
+        alert has them, the fields whose typical values would bring its score under the threshold
+        (``why``: ``Scorer.why``; null without a threshold or for a model without typical values)."""
         if not isinstance(event, dict):
             raise ConfigError("the event must be one JSON object")
         snap = self.control.snapshot()
@@ -224,6 +226,15 @@ class ConsoleService:
         out.update(score=score, alert=out["threshold"] is not None and score > out["threshold"],
                    fields=[{"feature": scorer.fields[j], "error": float(per_field[j]),
                             "share": float(per_field[j]) / total} for j in order])
+        why = None
+        if out["threshold"] is not None and scored.features is not None and self.settings.why_candidates:
+            found = scorer.why(scored.features[:1], scored.scores[:1], float(out["threshold"]),
+                               self.settings.top_features, scored.per_feature[:1], self.settings.why_candidates)
+            if found is not None:
+                why = [{"feature": found.units[j], "contribution": float(found.parts[0, t]),
+                        "score_after": float(found.after[0, t])}
+                       for t, j in enumerate(found.named[0].tolist()) if j >= 0]
+        out["why"] = why
         return out
 
     def _scorer_for(self, version: str | None) -> Scorer:

@@ -428,6 +428,12 @@ def test_explain_shows_the_same_score_as_score_events(running: Running, page: An
     assert float(score.get_attribute("data-score")) == score_events(bundle, [event]).scores[0]
     assert page.text_content("#ex-verdict") == "ALERT"
     assert page.locator("#ex-bars rect.bar").count() >= 5
+    # why, as the alert says it: the same fields, first the one the worker named first
+    alert = next(a for a in (orjson.loads(r.value) for r in read_all(running.settings, running.settings.alerts_topic))
+                 if str(a["event_id"]) == event_id)
+    why = page.text_content("#ex-why") or ""
+    assert alert["top_features"][0]["contribution"] is not None
+    assert why.startswith(f"{alert['top_features'][0]['feature']} (→ "), (why, alert["top_features"])
     _shoot(page, "explain")
 
     edited = {**running.events[0], "event_id": "edited-1", "amount": 12.5}

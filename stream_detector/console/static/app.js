@@ -342,11 +342,14 @@ async function explain() {
       score.textContent = "–"; score.dataset.score = "";
       verdict.textContent = `rejected: ${r.rejected}`; verdict.className = "value error";
       drawBars($("#ex-bars"), []);
+      setText("#ex-why", "–");
     } else {
       score.textContent = fmt(r.score, 6);
       verdict.textContent = r.alert ? "ALERT" : "normal";
       verdict.className = "value " + (r.alert ? "alert-verdict" : "normal-verdict");
       drawBars($("#ex-bars"), r.fields);
+      setText("#ex-why", r.why && r.why.length
+        ? r.why.map((w) => `${w.feature} (→ ${fmt(w.score_after, 4)})`).join(", ") : "–");
       score.dataset.score = String(r.score);
     }
     score.dataset.eventId = String(r.event_id); // last: tests wait on it
