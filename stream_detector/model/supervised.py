@@ -74,7 +74,8 @@ def too_few_labels(n_fraud: int, n_legit: int, config: HeadConfig) -> str:
 
 
 def train_head(head: nn.Module, x: np.ndarray, fraud: np.ndarray, config: HeadConfig,
-               say: Callable[[str], None], traffic: np.ndarray | None = None) -> tuple[ScoringModule, dict[str, Any]]:
+               say: Callable[[str], None], traffic: np.ndarray | None = None,
+               traffic_legit: np.ndarray | None = None) -> tuple[ScoringModule, dict[str, Any]]:
     """Train the head on feature rows ``x`` (float32, n × d) labelled ``fraud`` (bool, n); returns the
     exported module (errors and probability in one call) and the ``supervised`` calibration entry.
     Raises ``TrainingError`` with fewer than ``config.min_frauds`` frauds or legit rows.
@@ -86,7 +87,9 @@ def train_head(head: nn.Module, x: np.ndarray, fraud: np.ndarray, config: HeadCo
     frauds whose chargeback has not arrived), as the autoencoder's is (``_calibrate_on_traffic``):
     calibrated on the labelled and clean rows alone, each retraining's head alerted again on what
     the one before had alerted (benchmarks retrain-budget --supervised). Kept in the entry's
-    ``traffic``."""
+    ``traffic``. ``traffic_legit`` (bool, k): rows of ``traffic`` known to be legit (alerts older
+    than the retrainer's label delay that nobody labelled, ``SD_RETRAIN_LABEL_DELAY_S``): they
+    weigh 1 whatever the head's estimate."""
     fraud = np.asarray(fraud, dtype=bool)
     n_fraud, n_legit = int(fraud.sum()), int((~fraud).sum())
     problem = too_few_labels(n_fraud, n_legit, config)
@@ -157,11 +160,15 @@ def train_head(head: nn.Module, x: np.ndarray, fraud: np.ndarray, config: HeadCo
         legit_val = p_val[~y_val]
         # each counts as legit as far as the head's own (calibrated) probability says it is: an alerted event
         # nobody labelled may be a fraud whose chargeback is on its way (1 - p), not a false positive (1)
-        raised = traffic_threshold(legit_val, n_legit / max(1, legit_val.size), p_traffic,
-                                   np.clip(1.0 - p_traffic, 1e-6, 1.0), config.target_fpr, threshold)
+        weights = np.clip(1.0 - p_traffic, 1e-6, 1.0)
+        if traffic_legit is not None:
+            weights[np.asarray(traffic_legit, dtype=bool)] = 1.0
+        raised = traffic_threshold(legit_val, n_legit / max(1, legit_val.size), p_traffic, weights,
+                                   config.target_fpr, threshold)
         on_traffic = {"alerted_events": int(p_traffic.size), "threshold_on_rows": threshold, "threshold": raised,
                       "alerted_above_rows_threshold": int((p_traffic > threshold).sum()),
-                      "alerted_above_threshold": int((p_traffic > raised).sum())}
+                      "alerted_above_threshold": int((p_traffic > raised).sum()),
+                      "known_legit": int(np.sum(traffic_legit)) if traffic_legit is not None else 0}
         threshold = raised
     validation: dict[str, float] = {
         "average_precision": float(average_precision_score(y_val, p_val)),

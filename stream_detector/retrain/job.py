@@ -250,7 +250,8 @@ def build_candidate(selection: Selection, settings: Settings, active: Bundle | N
                           alerted_weights(alerted_trained, selection, counts, say), counts, say)
     if head_labels is not None:
         silent = [e for e in alerted_trained if e.event_id not in head_labels[1]]  # alerted, nobody labelled
-        problem = _retrain_head(result, head_labels, by_id, selection, context, budget, counts, say, rows_of(silent))
+        problem = _retrain_head(result, head_labels, by_id, selection, context, budget, counts, say, rows_of(silent),
+                                [selection.matured(e) for e in silent])
         if problem:
             return Candidate(None, None, counts, problem)
     draft = build_bundle(result)
@@ -515,9 +516,11 @@ def _head_labels(train_entries: list[WindowEntry], selection: Selection,
 def _retrain_head(result: Any, head_labels: tuple[list[str], dict[str, bool]],
                   by_id: Callable[[str], dict[str, Any]], selection: Selection, context: InContext | None,
                   budget: float, counts: dict[str, Any], say: Progress,
-                  traffic: Sequence[dict[str, Any]] = ()) -> str:
+                  traffic: Sequence[dict[str, Any]] = (), traffic_legit: Sequence[bool] = ()) -> str:
     """Train the supervised head into ``result`` on ``_head_labels``' rows (see ``build_candidate``);
-    returns why not, or ""."""
+    returns why not, or "". ``traffic``: the training span's alerted events nobody labelled, its
+    threshold's traffic; ``traffic_legit``: which of them are older than the label delay (legit,
+    weighing 1: ``Selection.matured``)."""
     ids, verdict = head_labels
     if context is None:
         raw = {e.event_id: e for e, _ in selection.labelled}
@@ -527,9 +530,12 @@ def _retrain_head(result: Any, head_labels: tuple[list[str], dict[str, bool]],
     x, y = rows_for_head(result.spec, result.schema, rows, [verdict.get(i, False) for i in ids])
     counts.update(head_rows=int(len(y)), head_frauds=int(y.sum()))
     extra = rows_for_head(result.spec, result.schema, list(traffic), [False] * len(traffic))[0] if traffic else None
+    known = np.asarray(traffic_legit, dtype=bool)
+    # a row rows_for_head refused leaves the mask unaligned: then every row is weighed by the head (1 - p)
+    legit = known if extra is not None and any(traffic_legit) and len(known) == len(extra) else None
     try:
         result.head, result.calibration["supervised"] = train_head(
-            result.head, x, y, HeadConfig(target_fpr=budget), say, extra)
+            result.head, x, y, HeadConfig(target_fpr=budget), say, extra, legit)
     except TrainingError as exc:  # rows_for_head left out rows the counts before training had
         return f"{HEAD_REFUSED}: {exc}"
     return ""

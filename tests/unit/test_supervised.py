@@ -96,6 +96,11 @@ def test_the_heads_threshold_counts_the_alerted_events_nobody_labelled_as_legit_
     # counted whole, 400 rows against a 2 % budget of ~3,000 legit rows would push the threshold past most of
     # them; weighted by how legit the head believes they are, it still alerts most of them
     assert traffic["alerted_above_threshold"] >= 0.8 * traffic["alerted_above_rows_threshold"] > 0, traffic
+    # older than the retrainer's label delay, nobody labelled them: legit, each counts whole (SD_RETRAIN_LABEL_DELAY_S)
+    _, known = train_head(result.head, x, y, config, lambda _m: None, frauds, np.ones(len(frauds), dtype=bool))
+    assert known["traffic"]["known_legit"] == 400 and traffic["known_legit"] == 0
+    assert known["threshold"] > fraudish["threshold"]
+    assert known["traffic"]["alerted_above_threshold"] < traffic["alerted_above_threshold"]
 
 
 def test_either_part_above_its_threshold_flags_the_event_and_says_which() -> None:
