@@ -820,9 +820,9 @@ class Worker:
         with self.steps.time("explain"):  # the alerts' top_features and head_top_features
             per_column = done.per_feature[rows]
             field_errors = scorer.field_errors(per_column)
-            head = (scorer.head_attributions(done.features[rows])  # why the head said fraud, alerted rows only
-                    if done.features is not None and len(rows) else None)
-            alerted_x = done.feature_rows(rows) if len(rows) else None
+            alerted_x = done.feature_rows(rows) if len(rows) else None  # the alerted rows' features
+            head = (scorer.head_attributions(alerted_x)  # why the head said fraud
+                    if scorer.supervised and alerted_x is not None else None)
             why = (scorer.why(alerted_x, decision.scores[rows], decision.threshold.value, self.settings.top_features,
                               per_column, self.settings.why_candidates)
                    if alerted_x is not None and self.settings.why_candidates else None)

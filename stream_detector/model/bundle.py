@@ -36,6 +36,9 @@ if TYPE_CHECKING:  # torch is imported where a module is loaded or built: the re
 MODEL_FILE = "model.pt"
 SPEC_FILE = "spec.json"
 CALIBRATION_FILE = "calibration.json"
+# calibration.json's per-column mean and median over the validation rows (model.train.typical_columns), from which
+# pipeline.score.typical_row makes the typical values an alert's why gives its fields
+COLUMN_MEANS, COLUMN_MEDIANS = "column_means", "column_medians"
 METADATA_FILE = "metadata.json"
 ENTITY_FILE = "entity.json"
 SCHEMA_FILE = "schema.json"

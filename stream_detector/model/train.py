@@ -22,6 +22,7 @@ from ..errors import TrainingError
 from ..features import FeatureSpec, fit_spec
 from ..fieldschema import FieldSchema, InferenceOptions, infer_schema
 from .autoencoder import Architecture, Autoencoder, ErrorHead
+from .bundle import COLUMN_MEANS, COLUMN_MEDIANS
 
 Progress = Callable[[str], None]
 
@@ -231,7 +232,6 @@ def train(events: Sequence[dict[str, Any]], config: TrainConfig, progress: Progr
     return TrainResult(spec, head, arch, threshold, calibration, metrics, entity, schema, val_errors, train_errors)
 
 
-COLUMN_MEANS, COLUMN_MEDIANS = "column_means", "column_medians"  # calibration.json, per feature column (Scorer.why)
 TYPICAL_SAMPLE_ROWS = 65_536  # the streamed path's medians: over at most this many validation rows
 
 

@@ -77,12 +77,12 @@ class Computed:
     rejected: list[Rejected]
     per_feature: np.ndarray
     probability: np.ndarray | None = None  # the supervised head's, float64 (n,); None without a head
-    features: np.ndarray | None = None  # the feature rows (float32, n × width), kept only with a head
     # a challenger in shadow (pipeline/shadow.py): its scores of the same n rows (float64, NaN where it
     # refused a row) and its head's probability; None without a challenger
     shadow_scores: np.ndarray | None = None
     shadow_probability: np.ndarray | None = None
     # every feature row (float32, n × width) in parts, one per chunk (not joined: a copy per batch): feature_rows
+    # picks the alerted ones (Scorer.why, with a head Scorer.head_attributions)
     feature_parts: list[np.ndarray] = field(default_factory=list)
 
     def feature_rows(self, rows: np.ndarray) -> np.ndarray | None:
@@ -128,8 +128,7 @@ def score_decoded(scorer: Scorer, decoded: Decoded, enrich: Enrich | None = None
     x, events, indices = featurise(scorer, decoded.received, decoded.indices, decoded.events, rejected, extra,
                                    decoded.columns)
     rejected.sort(key=lambda r: r.index)
-    return Computed(events, indices, rejected, *scorer.outputs(x), features=x if scorer.supervised else None,
-                    feature_parts=[x])
+    return Computed(events, indices, rejected, *scorer.outputs(x), feature_parts=[x])
 
 
 def enrich_reads_columns(spec: EntitySpec | None, schema: FieldSchema | None) -> bool:
@@ -209,14 +208,11 @@ class ChunkedCompute:
         events = _joined([c.events for c in chunks])
         indices = [i for c in chunks for i in c.indices]
         rejected.extend(r for c in chunks for r in c.rejected)
-        xs = [c.x for c in chunks if c.x is not None]  # the feature rows (head attributions, contributions)
         per_feature = (np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0] if parts
                        else np.zeros((0, scorer.bundle.spec.width), dtype=np.float32))
-        probability = features = None
+        probability = None
         if scorer.supervised:
             probability = np.concatenate([p[1] for p in parts if p[1] is not None]) if parts else np.zeros(0)
-            features = (np.concatenate(xs) if len(xs) > 1 else xs[0] if xs
-                        else np.zeros((0, scorer.bundle.spec.width), dtype=np.float32))
         rejected.sort(key=lambda r: r.index)  # dead letters in batch order
         shadow_scores = shadow_probability = None
         if shadow is not None:
@@ -224,8 +220,8 @@ class ChunkedCompute:
             if shadow.supervised:
                 shadow_probability = (np.concatenate([p[1] for p in shadow_parts if p[1] is not None])
                                       if shadow_parts else np.zeros(0))
-        return Computed(events, indices, rejected, per_feature, probability, features, shadow_scores,
-                        shadow_probability, [c.x for c in chunks if c.x is not None])
+        return Computed(events, indices, rejected, per_feature, probability, shadow_scores, shadow_probability,
+                        [c.x for c in chunks if c.x is not None])
 
     def _featurise(self, scorer: Scorer, chunk: _Chunk, inline: bool) -> None:
         """Step 3 on ``chunk`` (its kept events, indices, refusals, with a head its rows), and step 4
@@ -235,7 +231,7 @@ class ChunkedCompute:
         x, chunk.events, chunk.indices = featurise(scorer, chunk.received, chunk.indices_in, chunk.features_of,
                                                    chunk.rejected, chunk.extra, chunk.fields)
         self.timer("features", perf_counter() - t)
-        chunk.x = x  # kept: the alerted rows' contributions (Scorer.contributions), with a head its attributions
+        chunk.x = x  # kept: the alerted rows' why (Scorer.why), with a head its attributions
         if inline:
             chunk.outputs = self._score(scorer, x)
         else:

@@ -60,18 +60,19 @@ def build_alerts(
     if not len(rows):
         return []
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    field_errors = np.ascontiguousarray(field_errors)  # each row summed as one row alone would be
-    totals = [float(t) or 1.0 for t in field_errors.sum(axis=1).tolist()]
     if why is None:
-        worst = np.argsort(-field_errors, axis=1, kind="stable")[:, :top_n].tolist()
+        ranked = np.ascontiguousarray(field_errors)  # each row summed as one row alone would be
+        worst = np.argsort(-ranked, axis=1, kind="stable")[:, :top_n].tolist()
         parts: list[list[Any]] = [[None] * len(w) for w in worst]
         afters: list[list[Any]] = parts
-        errors, names = field_errors.tolist(), fields
+        names = fields
     else:
+        ranked = why.errors
         worst = [[j for j in named if j >= 0] for named in why.named.tolist()]
         parts, afters = why.parts.tolist(), why.after.tolist()
-        errors, names = why.errors.tolist(), why.units
-        totals = [float(t) or 1.0 for t in why.errors.sum(axis=1).tolist()]
+        names = why.units
+    errors = ranked.tolist()
+    totals = [float(t) or 1.0 for t in ranked.sum(axis=1).tolist()]
     probability = decision.probability
     head = float(threshold.head) if probability is not None and threshold.head is not None else None
     header = [("sd.model_version", threshold.model_version.encode())]
