@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..model.bundle import Bundle
+from ..model.bundle import COLUMN_MEANS, COLUMN_MEDIANS, Bundle
 
 WHY_CANDIDATES = 10  # Scorer.why: the fields tried, those with the largest errors
 WHY_LATER = 3  # Scorer.why: the fields tried after the first step, the first step's runners-up
+WHY_NOISE = 1e-6  # Scorer.why: a later field must lower the score by more than this share of it to be named
 MIN_ROWS = 8  # on CPU, a call's rows are padded to a multiple of this: the same kernels and blocks as a batch's
 
 
@@ -54,7 +55,7 @@ def typical_row(bundle: Bundle) -> np.ndarray | None:
     made "typical" that way still scored twice the threshold). None for a bundle without
     ``column_medians`` and ``column_means`` (trained before 2026-12-07)."""
     width = bundle.spec.width
-    medians, means = bundle.calibration.get("column_medians"), bundle.calibration.get("column_means")
+    medians, means = bundle.calibration.get(COLUMN_MEDIANS), bundle.calibration.get(COLUMN_MEANS)
     if not (isinstance(medians, list) and isinstance(means, list) and len(medians) == len(means) == width):
         return None
     row = np.asarray(medians, dtype=np.float32).copy()
@@ -217,7 +218,8 @@ class Scorer:
             pick = drop.argmax(axis=1)
             took = drop[np.arange(active.size), pick]
             best = tried[active, pick]
-            chosen = (took > 0) | (step == 0)
+            # a field already typical lowers it by float noise only (trial L: tx_count_1h named for 3.6e-15)
+            chosen = (took > WHY_NOISE * np.maximum(now[active], 1.0)) | (step == 0)
             rows, best, took = active[chosen], best[chosen], took[chosen]
             named[rows, step], parts[rows, step] = best, took
             typical[rows, pick[chosen]] = True

@@ -146,3 +146,19 @@ def test_an_amount_is_made_typical_with_its_ratios_to_the_entitys_history() -> N
     country = scorer.units.index("country")
     assert "account_id__new_country" in {scorer.fields[f] for f in scorer.column_field[scorer.column_unit == country]}
     assert "account_id__count_1h" in scorer.units  # the history before the event: a unit of its own
+
+
+def test_a_field_already_typical_is_not_named_for_float_noise(model: Bundle) -> None:
+    """Trial L: after the field that cleared most of the score, ``tx_count_1h`` (already 0, its
+    typical value) was named for a contribution of 3.6e-15. A row made of typical values but one
+    field names that field alone, even when the threshold is never reached."""
+    scorer = Scorer(model)
+    assert scorer.typical is not None
+    rows = 200
+    x = np.repeat(scorer.typical[None, :], rows, axis=0)
+    unit = scorer.units.index("amount")
+    x[:, scorer.column_unit == unit] += np.linspace(3.0, 90.0, rows, dtype=np.float32)[:, None]
+    score = scorer.errors(x).mean(axis=1, dtype=np.float64)
+    why = scorer.why(x, score, -1.0, 3)  # a threshold no score gets under: only "no field lowers it" stops it
+    assert why is not None and (why.named[:, 0] == unit).all()
+    assert (why.named[:, 1:] == -1).all(), why.parts[why.named[:, 1] >= 0][:3]
