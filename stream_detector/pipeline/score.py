@@ -183,7 +183,8 @@ class Scorer:
         model with entity features has dozens of fields (69 in the entity benchmarks: every one
         tried cost ~250 µs per alert on random rows). The later steps try the first step's
         ``WHY_LATER`` runners-up only. Cost: ``candidates`` scorings of each alerted row, then
-        ``WHY_LATER`` per further step while it is above ``threshold``. None for a bundle without
+        one fewer each further step (those not yet typical: ``WHY_LATER``, then ``WHY_LATER`` − 1, …)
+        while it is above ``threshold``. None for a bundle without
         the typical values (``column_medians``, ``column_means``: trained before 2026-12-07).
 
         Why not the fields' own reconstruction errors: an autoencoder reconstructs an unusual
@@ -212,9 +213,12 @@ class Scorer:
         for step in range(min(top_n, width)):
             if not active.size:
                 break
-            occluded = self._occluded_scores(current[active], tried[active], rows_per_call)
-            drop = now[active][:, None] - occluded
-            drop[typical[active]] = -np.inf
+            # each active row has ``step`` candidates already typical: only the others are scored (their
+            # drops -inf, never picked), in the same order, so the pick and its ties are the same
+            drop = np.full(typical[active].shape, -np.inf)
+            left = ~typical[active]
+            units = tried[active][left].reshape(active.size, -1)
+            drop[left] = (now[active][:, None] - self._occluded_scores(current[active], units, rows_per_call)).ravel()
             pick = drop.argmax(axis=1)
             took = drop[np.arange(active.size), pick]
             best = tried[active, pick]

@@ -162,3 +162,72 @@ def test_a_field_already_typical_is_not_named_for_float_noise(model: Bundle) -> 
     why = scorer.why(x, score, -1.0, 3)  # a threshold no score gets under: only "no field lowers it" stops it
     assert why is not None and (why.named[:, 0] == unit).all()
     assert (why.named[:, 1:] == -1).all(), why.parts[why.named[:, 1] >= 0][:3]
+
+
+def _greedy_reference(scorer: Scorer, row: np.ndarray, score: float, threshold: float, top_n: int,
+                      candidates: int) -> list[int]:
+    """``why`` for one row, the plain way: each candidate's occluded score computed on its own."""
+    from stream_detector.pipeline.score import WHY_LATER, WHY_NOISE
+
+    assert scorer.typical is not None
+
+    def occluded(current: np.ndarray, unit: int) -> float:
+        r = np.where(scorer.column_unit == unit, scorer.typical, current)
+        return float(scorer.errors(r[None, :].astype(np.float32)).mean(dtype=np.float64))
+
+    errors = scorer.unit_errors(scorer.errors(row[None, :]))[0]
+    tried = np.argsort(-errors, kind="stable")[:min(candidates, len(scorer.units))].tolist()
+    current, now, named = row.copy(), score, []
+    for step in range(min(top_n, len(tried))):
+        drops = {u: now - occluded(current, u) for u in tried if u not in named}
+        best = max(drops, key=lambda u: (drops[u], -tried.index(u)))  # the first of equal drops
+        if step == 0:
+            tried = sorted(tried, key=lambda u: (-drops[u], tried.index(u)))[:1 + WHY_LATER]
+        elif drops[best] <= WHY_NOISE * max(now, 1.0):
+            break
+        named.append(best)
+        current = np.where(scorer.column_unit == best, scorer.typical, current)
+        now -= drops[best]
+        if now <= threshold:
+            break
+    return named
+
+
+def test_the_greedy_steps_score_only_the_fields_not_yet_typical_and_name_the_same_fields(model: Bundle) -> None:
+    """Each later step scores the first step's runners-up not yet made typical (3, then 2), not the
+    fields it already made typical again; the fields named are those of a plain per-row greedy
+    search (the same candidates, each scored on its own)."""
+    from stream_detector.simulate import Simulator
+
+    scorer = Scorer(model)
+    events, _ = Simulator(seed=5, accounts=300).batch(300, 0.0)
+    for i, event in enumerate(events):  # two or three unusual fields at a time, of varied size
+        event["tx_count_1h"] = 5 + i % 40
+        event["distance_from_home_km"] = 50.0 * (1 + i % 11)
+        if i % 3:
+            event["amount_to_avg"] = 2.0 + i % 13
+    x, _ = scorer.bundle.spec.transform(events)
+    scores = scorer.errors(x).mean(axis=1, dtype=np.float64)
+    threshold = float(np.quantile(scores, 0.05))  # most rows need more than one field to clear it
+    rows = 0
+    outputs = scorer.outputs
+
+    def counted(block: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        nonlocal rows
+        rows += block.shape[0]
+        return outputs(block)
+
+    scorer.outputs = counted  # type: ignore[method-assign]
+    why = scorer.why(x, scores, threshold, 3, candidates=6)
+    scorer.outputs = outputs  # type: ignore[method-assign]
+    assert why is not None
+    steps = (why.named >= 0).sum(axis=1)
+    assert (steps >= 2).sum() > 20  # enough rows that needed later steps
+    width = min(6, len(scorer.units))
+    # the first step scores every candidate; each later step the rows still above the threshold
+    # after the one before, each its runners-up not yet typical (3, then 2)
+    later = [(why.after[:, s - 1] > threshold) & (why.named[:, s - 1] >= 0) for s in (1, 2)]
+    assert rows == len(x) + len(x) * width + 3 * int(later[0].sum()) + 2 * int((later[0] & later[1]).sum())
+    for k in range(0, len(x), 7):
+        expect = _greedy_reference(scorer, x[k], float(scores[k]), threshold, 3, 6)
+        assert why.named[k][why.named[k] >= 0].tolist() == expect, k
