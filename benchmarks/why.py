@@ -18,7 +18,10 @@ time (a number to its training 99.9th percentile times ``--moderate`` or ``--str
 changed events that alert, the share whose changed field each rule names first, and among its
 top 3. Part 2, **the simulator's injected frauds**: for each pattern, the share of its alerts whose
 top 3 holds a field the pattern changes (``simulate.py``), how many fields are named, and the
-fields named most often. Also the cost: ``why`` scores each alerted row once per field it tries,
+fields named most often. Part 3, **the demo's models with account and terminal history and
+labels**: how often the fields named clear the alert, and which is named first for a compromised
+terminal's frauds, with each history feature a unit of its own and with a key's history and its
+known frauds one unit each (``EntitySpec.history_units``). Also the cost: ``why`` scores each alerted row once per field it tries,
 on this model and on one with account and terminal history (69 fields).
 
 No services: in-process (the worker's ``Scorer``); the model is trained as ``train --label-column
@@ -73,8 +76,10 @@ def rankings(scorer: Scorer, events: list[dict[str, Any]], threshold: float, can
     took = time.perf_counter() - started
     assert why is not None, "the model has typical values"
     # as field indices (a unit is named after its field; an entity feature of a field's value is in its unit)
-    named = np.array([[scorer.fields.index(why.units[j]) if j >= 0 else -1 for j in row] for row in why.named],
-                     dtype=np.int64).reshape(why.named.shape)
+    # (a key's history, one unit, has no field of its name: numbered after the fields)
+    fields = scorer.fields
+    named = np.array([[(fields.index(why.units[j]) if why.units[j] in fields else len(fields) + j) if j >= 0 else -1
+                       for j in row] for row in why.named], dtype=np.int64).reshape(why.named.shape)
     return alerted, np.argsort(-errors, axis=1, kind="stable")[:, :3], named, took
 
 
@@ -99,6 +104,88 @@ def _entity_cost(epochs: int, budget: float) -> str:
             f"{(named >= 0).sum(axis=1).mean():.1f} fields named on average)")
 
 
+def per_feature_units(scorer: Scorer) -> None:
+    """The baseline of Part 3: ``scorer``'s why units as before 2026-12-07 evening, each entity
+    feature of a key's history a unit of its own (those computed from an input field's value
+    still join that field's unit)."""
+    spec = scorer.bundle.entity
+    assert spec is not None
+    derived = spec.derived_from()
+    fields = scorer.fields
+    owner = [derived[f] if f in derived and derived[f] in fields else f for f in fields]
+    units = list(dict.fromkeys(owner))
+    of_field = np.array([units.index(o) for o in owner], dtype=np.int64)
+    scorer.units, scorer.column_unit = units, of_field[scorer.column_field]
+    scorer.unit_fields = [np.flatnonzero(of_field == u).tolist() for u in range(len(units))]
+    scorer._unit_matrix = np.zeros((scorer.bundle.spec.width, len(units)), dtype=np.float64)
+    scorer._unit_matrix[np.arange(scorer.bundle.spec.width), scorer.column_unit] = 1.0
+
+
+def history_units(cards: int, epochs: int) -> list[str]:
+    """Part 3: the demo's two models (``stream_detector/demo.py``: Handbook-style raw events,
+    account and terminal history, windows 1d/7d/30d; *labels* adds both keys' label features;
+    trained on the third week's legit rows as the demo does, autoencoder only) score every event
+    with the labels due by the end (point in time); of each model's alerts, the share the fields
+    named clear, and per pattern the unit named first, with each history feature a unit of its
+    own (the baseline) and with a key's history and its frauds one unit each."""
+    from stream_detector.demo import DAY_MS, DemoConfig
+    from stream_detector.entity import EntitySpec, enrich_history
+    from stream_detector.feedback import Label, parse_label
+    from stream_detector.offline import score_events
+    from stream_detector.simulate import HandbookSimulator, LabelDelays
+
+    config = DemoConfig(cards=cards, terminals=2 * cards)
+    end = 1_796_000_000_000
+    train_from = end - 21 * DAY_MS
+    world = HandbookSimulator(seed=config.seed, customers=cards, terminals=2 * cards, run_id="whyh",
+                              scenarios=config.scenarios()).generate(cards * 70, now_ms=end, span_ms=35 * DAY_MS)
+    events, patterns = world.events(), world.patterns()
+    due = world.label_columns(LabelDelays())[3] <= end
+    labels = [lab for lab in map(parse_label, [r for r, d in zip(world.labels(), due.tolist(), strict=True) if d])
+              if isinstance(lab, Label)]
+    week = (world.timestamp >= train_from) & (world.timestamp < train_from + 7 * DAY_MS)
+    base: dict[str, Any] = dict(keys=("account_id", "terminal_id"), windows=(86_400, 7 * 86_400, 30 * 86_400),
+                                distinct_fields=())
+    lines = [f"Part 3: the demo's models (`stream_detector/demo.py`, {cards:,} cards, {2 * cards:,} terminals, "
+             f"{len(events):,} Handbook-style raw events over 35 days; *history*: account and terminal history, "
+             "windows 1d/7d/30d; *labels*: the same and both keys' label features; autoencoders trained on the third "
+             "week's legit events, quantile threshold at 0.5 %), every event scored with the labels due by the end. "
+             "*each feature a unit*: a key's history features made typical one at a time (the rule before "
+             "2026-12-07 evening); *a key's history one unit*: `KEY__history` and `KEY__frauds` (now). *cleared*: the "
+             "share of the model's alerts whose named units, made typical, take the score to the threshold or under.",
+             "", "| model | rule | alerts | cleared | units named | first named, compromised terminals "
+             "| first named, compromised cards | first named, legit alerts |", "|---|---|---:|---:|---:|---|---|---|"]
+    for name, spec in {"history": EntitySpec(**base),
+                       "labels": EntitySpec(**base, label_keys=("terminal_id", "account_id"))}.items():
+        rows = enrich_history(spec, events, labels=labels if spec.label_keys else ())
+        normal = [r for r, w, p_ in zip(rows, week.tolist(), patterns, strict=True) if w and p_ == "legit"]
+        say(f"Part 3: training '{name}' on {len(normal):,} legit events of the training week")
+        bundle = build_bundle(train(normal, TrainConfig(epochs=epochs, seed=config.seed, threshold_method="quantile",
+                                                        target_fpr=config.target_fpr), entity=spec))
+        scored = score_events(bundle, events, labels=labels if spec.label_keys else (), keep_errors=True)
+        assert scored.features is not None and scored.per_feature is not None
+        alerted = np.flatnonzero(scored.scores > bundle.threshold)
+        of = np.array(patterns, dtype=object)[alerted]
+        for rule in ("each feature a unit", "a key's history one unit"):
+            scorer = Scorer(bundle)
+            if rule == "each feature a unit":
+                per_feature_units(scorer)
+            why = scorer.why(scored.features[alerted], scored.scores[alerted], bundle.threshold, 3,
+                             scored.per_feature[alerted])
+            assert why is not None
+            count = (why.named >= 0).sum(axis=1)
+            last = why.after[np.arange(len(alerted)), count - 1]
+            cells = []
+            for pattern in ("compromised_terminal", "compromised_card", "legit"):
+                mine = np.flatnonzero(of == pattern)
+                top = Counter(why.units[j] for j in why.named[mine, 0].tolist()).most_common(3)
+                cells.append(f"{len(mine):,}: " + ", ".join(f"{u} {n / max(len(mine), 1):.0%}" for u, n in top))
+            lines.append(f"| {name} | {rule} | {len(alerted):,} | {(last <= bundle.threshold).mean():.0%} | "
+                         f"{count.mean():.2f} | {' | '.join(cells)} |")
+            say(lines[-1])
+    return lines
+
+
 def changed(event: dict[str, Any], name: str, ceiling: dict[str, float], factor: float) -> dict[str, Any]:
     out = dict(event)
     value = event.get(name)
@@ -119,6 +206,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--strong", type=float, default=5.0, help="strong: the 99.9th percentile times this")
     p.add_argument("--epochs", type=int, default=20, help="training epochs")
     p.add_argument("--budget", type=float, default=0.005, help="the model's quantile threshold (share of legit)")
+    p.add_argument("--cards", type=int, default=1000, help="Part 3: the demo's cards (0: no Part 3)")
+    p.add_argument("--demo-epochs", type=int, default=8, help="Part 3: training epochs (the demo's)")
     p.add_argument("--write", action="store_true", help="write the why section of RESULTS.md")
     args = p.parse_args(argv)
     started = time.monotonic()
@@ -179,6 +268,8 @@ def main(argv: list[str]) -> int:
         lines.append(f"| {pattern} | {len(alerted):,} | {hits[0]:.0%} | {hits[1]:.0%} | "
                      f"{(by_part >= 0).sum(axis=1).mean():.1f} | {common[0]} | {common[1]} |")
         say(lines[-1])
+    if args.cards:
+        lines += ["", *history_units(args.cards, args.demo_epochs)]
     per_alert = 1e6 * took / max(rows, 1)
     entity_cost = _entity_cost(args.epochs, args.budget)
     lines += ["", f"Cost of `why` (one extra scoring of each alerted row per field tried: first the "

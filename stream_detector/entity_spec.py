@@ -135,6 +135,20 @@ class EntitySpec:
             out.update({f"{key}__new_{f}": f for f in self.distinct_for(key)})
         return out
 
+    def history_units(self) -> dict[str, str]:
+        """Each feature that describes a key's history before the event, to the unit an alert's
+        ``top_features`` names it under (``pipeline/score.py``, ``Scorer.why``): ``k__history``
+        for the key's counts, sums, means, distinct counts and seconds since its last event,
+        ``k__frauds`` for its label features. Made typical one at a time, such features left the
+        others of their key unusual (they move together: a busy terminal has a high count in every
+        window): the units named cleared 84 % of a history model's alerts, 94 % with a key's history
+        one unit (RESULTS, *Why an alert fired*, Part 3)."""
+        derived = self.derived_from()
+        out = {name: f"{key}__history" for key in self.keys for name in self.fields_for(key) if name not in derived}
+        out.update({f"{key}__{kind}_{window_name(w)}": f"{key}__frauds" for key in self.label_keys
+                    for w in self.windows for kind in ("fraud", "fraud_share")})
+        return out
+
     @property
     def output_fields(self) -> list[str]:
         """The history features (the kernel's columns); ``label_fields`` come after them."""

@@ -109,7 +109,9 @@ def parse_timestamp_ms(value: object) -> float:
 class FeatureContribution(BaseModel):
     """One feature's part of an event's reconstruction error."""
 
-    feature: str = Field(description="Input field name (one-hot columns are summed into their field).")
+    feature: str = Field(description="Input field name (one-hot columns are summed into their field), or with "
+                         "why (contribution not null) the name of the fields made typical together: an input "
+                         "field, KEY__history or KEY__frauds (fields).")
     share: float = Field(description="Fraction of the event's total error, 0..1.")
     error: float = Field(description="The field's summed squared reconstruction error (scaled space).")
     contribution: float | None = Field(None, description="What this field took off the score when it took its "
@@ -120,6 +122,12 @@ class FeatureContribution(BaseModel):
     score_after: float | None = Field(None, description="The score with this field and those listed before it at "
                                       "their typical values: above the threshold on the last one listed, the "
                                       "fields listed do not clear the alert. Null where contribution is.")
+    fields: list[str] | None = Field(None, description="The fields made typical together under this name, "
+                                     "largest error first, at most SD_TOP_FEATURES: an input field alone, or with "
+                                     "the entity features computed from its value (its ratios to each entity's "
+                                     "history, its first-seen flag); for KEY__history a key's history features "
+                                     "(counts, sums, means, seconds since its last event), for KEY__frauds its "
+                                     "label features. Null where contribution is.")
 
 
 class HeadContribution(BaseModel):

@@ -232,7 +232,9 @@ class ConsoleService:
                                self.settings.top_features, scored.per_feature[:1], self.settings.why_candidates)
             if found is not None:
                 why = [{"feature": found.units[j], "contribution": float(found.parts[0, t]),
-                        "score_after": float(found.after[0, t])}
+                        "score_after": float(found.after[0, t]),  # the unit's fields, largest error first
+                        "fields": [scorer.fields[f] for f in sorted(found.fields[j], key=lambda f: -per_field[f])
+                                   ][:self.settings.top_features]}
                        for t, j in enumerate(found.named[0].tolist()) if j >= 0]
         out["why"] = why
         return out

@@ -45,7 +45,8 @@ def build_alerts(
     each alert's ``head_top_features``: its ``top_n`` largest positive contributions.
     ``why`` (``Scorer.why`` of the flagged rows): the fields whose typical values clear each
     alert, what each took off its score and the score left: the ``top_features``, each with its
-    ``contribution`` and ``score_after``, its ``error`` and ``share`` those of ``why``'s units.
+    ``contribution`` and ``score_after``, its ``error`` and ``share`` those of ``why``'s units,
+    its ``fields`` the unit's fields with the largest errors (at most ``top_n``).
     Without it (``SD_WHY_CANDIDATES=0``, or a model trained before 2026-12-07) they are the
     ``top_n`` fields with the largest errors, ``contribution`` and ``score_after`` null.
     Fields in ``redact`` are replaced by ``"[redacted]"`` in the alert's copy of the event (PII
@@ -65,11 +66,13 @@ def build_alerts(
         worst = np.argsort(-ranked, axis=1, kind="stable")[:, :top_n].tolist()
         parts: list[list[Any]] = [[None] * len(w) for w in worst]
         afters: list[list[Any]] = parts
+        inside: list[list[Any]] = parts
         names = fields
     else:
         ranked = why.errors
         worst = [[j for j in named if j >= 0] for named in why.named.tolist()]
         parts, afters = why.parts.tolist(), why.after.tolist()
+        inside = _unit_fields(why, worst, field_errors, fields, top_n)
         names = why.units
     errors = ranked.tolist()
     totals = [float(t) or 1.0 for t in ranked.sum(axis=1).tolist()]
@@ -92,7 +95,8 @@ def build_alerts(
             "threshold_version": int(threshold.version),
             "model_version": threshold.model_version,
             "top_features": [{"feature": names[j], "share": errs[j] / total, "error": errs[j], "contribution": c,
-                              "score_after": a} for j, c, a in zip(worst[k], parts[k], afters[k], strict=False)],
+                              "score_after": a, "fields": f}
+                             for j, c, a, f in zip(worst[k], parts[k], afters[k], inside[k], strict=False)],
             "fired": decision.fired(row),
             "probability": None if probability is None else float(probability[row]),
             "head_threshold": head,
@@ -106,6 +110,24 @@ def build_alerts(
             "offset": batch.offsets[i],
         }
         out.append(OutMessage(topic, batch.keys[i] or fallback_key(account, redact), json_bytes(alert), header))
+    return out
+
+
+def _unit_fields(why: Why, named: list[list[int]], field_errors: np.ndarray, fields: Sequence[str],
+                 top_n: int) -> list[list[list[str]]]:
+    """Per alert, per unit named: the unit's fields with the largest errors (``field_errors``,
+    k × len(fields)), largest first, at most ``top_n`` (``FeatureContribution.fields``)."""
+    errors = field_errors.tolist() if any(len(why.fields[j]) > 1 for row in named for j in row) else None
+    out = []
+    for k, row in enumerate(named):
+        listed = []
+        for j in row:
+            members = why.fields[j]
+            if len(members) > 1 and errors is not None:
+                own = errors[k]
+                members = sorted(members, key=lambda f: -own[f])[:top_n]
+            listed.append([fields[f] for f in members])
+        out.append(listed)
     return out
 
 

@@ -38,13 +38,15 @@ class Why:
     into ``units``, -1 past the last; ``parts`` (float64, k × top_n) what each took off the score
     at its step, score units; ``after`` (float64, k × top_n) the score with it and the units
     before it at their typical values (NaN past the last); ``errors`` (float64, k × len(units))
-    each unit's reconstruction error, its columns' per-column errors summed."""
+    each unit's reconstruction error, its columns' per-column errors summed; ``fields`` each
+    unit's fields (indices into ``Scorer.fields``, in the model's order)."""
 
     named: np.ndarray
     parts: np.ndarray
     after: np.ndarray
     units: list[str]
     errors: np.ndarray
+    fields: list[list[int]]
 
 
 def typical_row(bundle: Bundle) -> np.ndarray | None:
@@ -70,15 +72,23 @@ def typical_row(bundle: Bundle) -> np.ndarray | None:
     return row
 
 
-def _units(bundle: Bundle, fields: list[str], column_field: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """``Scorer.why``'s units and each column's unit (int64[width]): the fields, but an entity
-    feature computed from an input field's own value in this event (``EntitySpec.derived_from``)
-    joins that field's unit when the model reads the field."""
-    derived = bundle.entity.derived_from() if bundle.entity is not None else {}
-    owner = [derived[f] if f in derived and derived[f] in fields else f for f in fields]
+def _units(bundle: Bundle, fields: list[str],
+           column_field: np.ndarray) -> tuple[list[str], np.ndarray, list[list[int]]]:
+    """``Scorer.why``'s units, each column's unit (int64[width]) and each unit's fields (indices
+    into ``fields``): the input fields, but an entity feature computed from an input field's own
+    value in this event (``EntitySpec.derived_from``) joins that field's unit when the model reads
+    the field, and the other entity features of a key are two units, its history before the event
+    and its known frauds (``EntitySpec.history_units``: ``k__history``, ``k__frauds``)."""
+    spec = bundle.entity
+    derived = spec.derived_from() if spec is not None else {}
+    history = spec.history_units() if spec is not None else {}
+    owner = [derived[f] if f in derived and derived[f] in fields else history.get(f, f) for f in fields]
     units = list(dict.fromkeys(owner))
     unit_of_field = np.array([units.index(o) for o in owner], dtype=np.int64)
-    return units, unit_of_field[column_field]
+    members: list[list[int]] = [[] for _ in units]
+    for f, u in enumerate(unit_of_field.tolist()):
+        members[u].append(f)
+    return units, unit_of_field[column_field], members
 
 
 class Scorer:
@@ -99,7 +109,7 @@ class Scorer:
         self.typical = typical_row(bundle)  # the columns' typical values (Scorer.why); None: a model without them
         # why's units: each input field with the entity features computed from its own value in this event
         # (an amount's ratios to the history: made typical alone, the amount left them unusual, trial K)
-        self.units, self.column_unit = _units(bundle, self.fields, self.column_field)
+        self.units, self.column_unit, self.unit_fields = _units(bundle, self.fields, self.column_field)
         self._unit_matrix = np.zeros((bundle.spec.width, len(self.units)), dtype=np.float64)
         self._unit_matrix[np.arange(bundle.spec.width), self.column_unit] = 1.0
         self.supervised = bundle.supervised is not None  # the module's last output column: a probability
@@ -175,7 +185,10 @@ class Scorer:
         input field the model's entity features read (the amount, a distinct field) is made
         typical together with the features computed from its value in this event
         (``EntitySpec.derived_from``: an amount with its ratios to the entity's history, a value
-        with its first-seen flag): ``Why.units`` names the pair after the field.
+        with its first-seen flag): ``Why.units`` names the pair after the field. The
+        features that describe a key's history before the event are made typical together, one
+        unit per key (``k__history``), and its label features another (``k__frauds``):
+        ``EntitySpec.history_units``.
 
         The units tried first are each row's ``candidates`` with the largest errors
         (``per_column``: the rows' per-column errors, float32 k × width; computed when not
@@ -202,7 +215,7 @@ class Scorer:
             per_column = self.errors(x)
         errors = self.unit_errors(per_column)
         if k == 0 or n_units == 0:
-            return Why(named, parts, parts.copy(), self.units, errors)
+            return Why(named, parts, parts.copy(), self.units, errors, self.unit_fields)
         width = min(candidates, n_units)
         tried = np.argsort(-errors, axis=1, kind="stable")[:, :width]  # k × width unit indices
         current = np.array(x, dtype=np.float32, copy=True)
@@ -237,7 +250,7 @@ class Scorer:
             now[rows] -= took
             after[rows, step] = now[rows]
             active = rows[now[rows] > threshold]
-        return Why(named, parts, after, self.units, errors)
+        return Why(named, parts, after, self.units, errors, self.unit_fields)
 
     def unit_errors(self, per_column: np.ndarray) -> np.ndarray:
         """Each of ``units``' error (float64, n × n_units): its columns' per-column errors summed."""

@@ -78,6 +78,7 @@ def test_known_anomalies_give_exactly_the_expected_alerts(settings, published, b
         x, _ = bundle.spec.transform([by_id[a["event_id"]]])  # the simulator's values are already typed
         assert float(scorer.errors(x).mean(dtype=np.float64)) == pytest.approx(a["score"], rel=1e-6)
         named = [scorer.units.index(f["feature"]) for f in a["top_features"]]
+        assert all(f["fields"] == [f["feature"]] for f in a["top_features"])  # no entity features: a field alone
         typical = np.isin(scorer.column_unit, named)
         x[0, typical] = scorer.typical[typical]  # type: ignore[index]
         after = float(scorer.errors(x).mean(dtype=np.float64))

@@ -35,12 +35,18 @@ def _through_pydantic(batch: Batch, events: list[dict[str, Any]], indices: list[
         worst = np.argsort(-errs, kind="stable")[:top_n].tolist()
         parts: list[float | None] = [None] * len(worst)
         afters: list[float | None] = [None] * len(worst)
+        names: list[str] = FIELDS
+        inside: list[list[str] | None] = [None] * len(worst)
         if why is not None:  # Scorer.why's units (-1 past the last), what each took off the score, the score left
             worst = [j for j in why.named[k].tolist() if j >= 0]
             parts = [float(c) for c in why.parts[k].tolist()[:len(worst)]]
             afters = [float(a) for a in why.after[k].tolist()[:len(worst)]]
             errs = why.errors[k]
             total = float(errs.sum()) or 1.0
+            names = why.units
+            # a unit's fields, largest error first (ties in the model's order), at most top_n
+            inside = [[FIELDS[f] for f in sorted(why.fields[j], key=lambda f: -float(field_errors[k][f]))][:top_n]
+                      for j in worst]
         heads = None
         if head is not None:
             order = np.argsort(-head[k], kind="stable")[:top_n]
@@ -52,9 +58,9 @@ def _through_pydantic(batch: Batch, events: list[dict[str, Any]], indices: list[
             event_id=event["event_id"], account_id=None if account is None else str(account),
             score=float(decision.scores[row]), threshold=t.value, threshold_version=t.version,
             model_version=t.model_version,
-            top_features=[FeatureContribution(feature=FIELDS[j], share=float(errs[j]) / total, error=float(errs[j]),
-                                              contribution=c, score_after=a)
-                          for j, c, a in zip(worst, parts, afters, strict=True)],
+            top_features=[FeatureContribution(feature=names[j], share=float(errs[j]) / total, error=float(errs[j]),
+                                              contribution=c, score_after=a, fields=f)
+                          for j, c, a, f in zip(worst, parts, afters, inside, strict=True)],
             fired=decision.fired(row),
             probability=None if decision.probability is None else float(decision.probability[row]),
             head_threshold=t.head if decision.probability is not None else None, head_top_features=heads,
@@ -97,16 +103,18 @@ def test_alerts_equal_the_alert_schema_through_pydantic(n: int, seed: int, top_n
         field_errors[0] = 0.0  # no error at all: shares over a total of 1
     head = rng.normal(0.0, 1.0, (flagged, len(FIELDS))) if with_head else None
     why = None
-    if with_why:  # at least one field named, distinct, then -1 / NaN
+    if with_why:  # at least one unit named, distinct, then -1 / NaN; the last three fields are one unit
+        units = [*FIELDS[:-3], "grouped__history"]
+        members = [[j] for j in range(len(FIELDS) - 3)] + [list(range(len(FIELDS) - 3, len(FIELDS)))]
         named = np.full((flagged, top_n), -1, dtype=np.int64)
         parts = np.full((flagged, top_n), np.nan)
         for k in range(flagged):
-            count = int(rng.integers(1, min(top_n, len(FIELDS)) + 1))
-            named[k, :count] = rng.permutation(len(FIELDS))[:count]
+            count = int(rng.integers(1, min(top_n, len(units)) + 1))
+            named[k, :count] = rng.permutation(len(units))[:count]
             parts[k, :count] = np.sort(rng.exponential(1.0, count))[::-1]
         after = decision.scores[decision.rows][:, None] - np.cumsum(np.nan_to_num(parts), axis=1)
         after[np.isnan(parts)] = np.nan
-        why = Why(named, parts, after, FIELDS, rng.exponential(1.0, (flagged, len(FIELDS))))
+        why = Why(named, parts, after, units, rng.exponential(1.0, (flagged, len(units))), members)
     size = 3 * n
     batch = Batch(topic="tx", partitions=[int(p) for p in rng.integers(0, 4, size)], offsets=list(range(100, 100 + size)),
                   keys=[None if r % 3 == 0 else f"k{r}".encode() for r in range(size)],
