@@ -274,7 +274,7 @@ def main(argv: list[str]) -> int:
     entity_cost = _entity_cost(args.epochs, args.budget)
     lines += ["", f"Cost of `why` (one extra scoring of each alerted row per field tried: first the "
               f"{WHY_CANDIDATES} with the largest errors, then at each further step the first step's "
-              f"{WHY_LATER} runners-up), on the worker's `Scorer`, one thread: "
+              f"{WHY_LATER} runners-up not yet made typical, then one fewer), on the worker's `Scorer`, one thread: "
               f"{per_alert:,.0f} µs per alert for this {len(fields)}-field model ({rows:,.0f} alerts); "
               f"{entity_cost}.",
               "", f"Run in {time.monotonic() - started:.0f}s."]
