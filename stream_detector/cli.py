@@ -66,6 +66,7 @@ def utc_text(epoch_s: float) -> str:
 
 _JSON_LINES = False  # SD_LOG_JSON: the command's own lines (_say, errors) are JSON log lines too
 _SPOOLED: dict[str, str] = {}  # a stream's temporary copy (``_spool_streams``) → the name the user gave
+_ROOT: list[argparse.ArgumentParser] = []  # build_parser's parser (a usage error names the commands an option is of)
 _ARGV: list[str] = []  # the command line being parsed (usage errors name an unknown option, and the command's --help)
 
 
@@ -2267,6 +2268,8 @@ class _Parser(argparse.ArgumentParser):
             command = next((a for a in _ARGV if a in self._commands()), None)
             if command is not None:  # extra words after a command: that command's --help, not the top level's
                 prog = f"{self.prog} {command}"
+        if unknown and message.startswith("unrecognized arguments"):
+            message += _elsewhere(unknown, prog.split()[-1])
         line = f"{prog}: error: {message} (see {prog} --help)"
         if _JSON_LINES:
             _say(line, "ERROR")
@@ -2291,6 +2294,27 @@ class _Parser(argparse.ArgumentParser):
                     name.startswith("--") and any(k.startswith(name) for k in known)):  # argparse's abbreviations
                 out.append(arg)
         return out
+
+
+def _elsewhere(options: list[str], command: str) -> str:
+    """For options another command has: which (a trial gave ``score`` train's ``--entity-key``, and
+    read "unrecognized arguments" as a typo). The model keeps what ``train`` was given."""
+    if not _ROOT:
+        return ""
+    commands = {name: sub for action in _ROOT[0]._subparsers._group_actions  # type: ignore[union-attr]
+                if isinstance(action, argparse._SubParsersAction) for name, sub in action.choices.items()}
+    notes = []
+    own = commands[command]._option_string_actions if command in commands else {}
+    for option in options:
+        name = option.split("=", 1)[0]
+        if name in own:  # the command's own (the top level's parser lists every command's as unknown)
+            continue
+        owners = [c for c, sub in commands.items() if c != command and name in sub._option_string_actions]
+        if owners:
+            model = " (the model keeps what train was given)" if owners == ["train"] else ""
+            of = f", not of {command}" if command in commands else ""
+            notes.append(f"{name} is an option of {', '.join(owners)}{of}{model}")
+    return f"; {'; '.join(notes)}" if notes else ""
 
 
 def _stdout_closed() -> bool:
@@ -2335,6 +2359,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"stream-detector {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _ROOT[:] = [parser]
 
     p = sub.add_parser("train", help="train a model bundle from a CSV, JSON Lines or Parquet file",
                        description="Infer the field schema (printed; stored in the bundle), fit features and "

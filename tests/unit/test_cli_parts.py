@@ -728,6 +728,12 @@ def test_score_to_standard_output_names_it_so(tmp_path: Path, bundle: Any, capfd
                               "(see stream-detector train --help)"),  # an abbreviation argparse takes
     (["score", "--threshold", "-1"], "stream-detector score: error: the following arguments are required: --model, "
                                      "--input, --out (see stream-detector score --help)"),  # a value, not an option
+    # another command's option: which command has it (a trial gave score train's --entity-key)
+    (["score", "--model", "m", "--input", "x", "--out", "-", "--entity-key", "account_id"],
+     "stream-detector score: error: unrecognized arguments: --entity-key account_id; --entity-key is an option of "
+     "train, not of score (the model keeps what train was given) (see stream-detector score --help)"),
+    (["worker", "--input", "x"], "stream-detector worker: error: unrecognized arguments: --input x; --input is an "
+                                 "option of train, score, produce, not of worker (see stream-detector worker --help)"),
 ])
 def test_a_usage_error_names_the_mistyped_option_and_the_commands_help(argv: list[str], line: str, capsys) -> None:
     """Found by trials: ``--bogus`` alone said COMMAND was missing, ``train --bogus`` that --input
