@@ -443,6 +443,30 @@ def test_epoch_times_under_a_time_name_are_no_number_features_and_counters_are_s
     assert short.schema["seq"].type is FieldType.NUMBER and not short.warnings  # too few rows to say
 
 
+def test_a_time_named_column_that_never_decreases_is_a_clock_not_a_feature() -> None:
+    """Trial M: the Fraud Detection Handbook's ``TX_TIME_SECONDS`` and ``TX_TIME_DAYS`` (time since
+    the simulation's start, repeats included) were number features, and a model trained on two
+    weeks flagged 17.5 % of the third. Named like a time and never decreasing over the file, such a
+    column is left out, said, and ``--field X=number`` keeps it; a time-named feature that goes up
+    and down (seconds since the last event), a non-time name over the same values, and a clock of
+    fewer than 3 values stay numbers."""
+    from stream_detector.fieldschema import InferenceOptions
+
+    n = 400
+    rows = [{"TX_TIME_SECONDS": 3600 * (i // 2), "TX_TIME_DAYS": i // 100, "seconds_since_last": float((i * 37) % 91),
+             "last_time": float((i * 13) % 50), "ordered_total": i // 2, "one_day_days": i // 300} for i in range(n)]
+    inferred = infer_schema(rows)
+    rules = {r.name: r for r in inferred.schema.fields}
+    assert rules["TX_TIME_SECONDS"].type is FieldType.IGNORED and "a clock" in rules["TX_TIME_SECONDS"].note
+    assert rules["TX_TIME_DAYS"].type is FieldType.IGNORED
+    assert any(w.startswith("field 'TX_TIME_SECONDS': named like a time, its values never decrease over the file "
+                            "(0 .. 716,400)") and "--field TX_TIME_SECONDS=number" in w for w in inferred.warnings)
+    for name in ("seconds_since_last", "last_time", "ordered_total", "one_day_days"):
+        assert rules[name].type is FieldType.NUMBER, name
+    kept = infer_schema(rows, InferenceOptions(overrides={"TX_TIME_DAYS": FieldRule("TX_TIME_DAYS", FieldType.NUMBER)}))
+    assert kept.schema["TX_TIME_DAYS"].type is FieldType.NUMBER
+
+
 def test_epoch_values_under_another_name_stay_numbers_and_are_said() -> None:
     """A trial: an epoch-seconds column named `t` (or `col3`) stayed a number feature and nothing was
     said; a week later every event lay beyond training. Kept (the name does not say time), warned
