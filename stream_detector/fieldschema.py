@@ -832,9 +832,9 @@ def _number_rule(name: str, values: np.ndarray, warnings: list[str]) -> FieldRul
                                       f"--field {name}=number to keep it")
         if (values.size >= COUNTER_MIN_ROWS and bool((np.diff(values) >= 0).all())
                 and np.unique(values).size >= CLOCK_MIN_DISTINCT):  # rule 4d: time since a start, not epoch time
-            warnings.append(f"field {name!r}: named like a time, its values never decrease over the file ({low:,.10g} .. "
-                            f"{high:,.10g}): a clock (time since some start), not a feature (every later event would lie "
-                            f"past training's range); --field {name}=number keeps it")
+            warnings.append(f"field {name!r}: named like a time, its values never decrease over the file "
+                            f"({low:,.10g} .. {high:,.10g}): a clock (time since some start), not a feature (every "
+                            f"later event would lie past training's range); --field {name}=number keeps it")
             return FieldRule(name, FieldType.IGNORED,
                              note=f"a clock: named like a time, never decreasing; --field {name}=number to keep it")
     elif values.size >= EPOCH_MIN_ROWS and np.unique(values).size * 2 >= values.size:
