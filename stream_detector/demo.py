@@ -242,7 +242,7 @@ def _summary(r: dict[str, Any]) -> str:
     for name, d in deps.items():
         if d["example"] is not None:
             keep = ("event_id", "score", "threshold", "fired", "probability", "head_threshold", "model_version",
-                    "top_features")
+                    "top_features", "head_top_features")
             lines.append(f"  example alert ({name}): " + orjson.dumps({k: d["example"].get(k) for k in keep}).decode())
     first = next(iter(deps.values()))
     sd = _command_name()

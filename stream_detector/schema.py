@@ -148,7 +148,9 @@ class Alert(BaseModel):
                              "\"autoencoder\" fired).")
     threshold_version: int
     model_version: str
-    top_features: list[FeatureContribution]
+    top_features: list[FeatureContribution] = Field(description="Why the autoencoder fired (docs/alerts.md, Why); "
+                                                    "empty when only the supervised head fired (its score is under "
+                                                    "the threshold): head_top_features says why.")
     fired: list[str] = Field(default_factory=lambda: ["autoencoder"], description="Which part fired: "
                              "\"autoencoder\" (score > threshold), \"supervised\" (probability > "
                              "head_threshold), or both.")

@@ -48,7 +48,9 @@ def build_alerts(
     ``contribution`` and ``score_after``, its ``error`` and ``share`` those of ``why``'s units,
     its ``fields`` the unit's fields with the largest errors (at most ``top_n``).
     Without it (``SD_WHY_CANDIDATES=0``, or a model trained before 2026-12-07) they are the
-    ``top_n`` fields with the largest errors, ``contribution`` and ``score_after`` null.
+    ``top_n`` fields with the largest errors, ``contribution`` and ``score_after`` null. An alert
+    the autoencoder did not fire (only the supervised head) has no ``top_features``: its score is
+    under the threshold already (trial M read the one field named then as "clears the alert").
     Fields in ``redact`` are replaced by ``"[redacted]"`` in the alert's copy of the event (PII
     such as card numbers).
 
@@ -87,6 +89,7 @@ def build_alerts(
         i = indices[row]
         errs, total = errors[k], totals[k]
         account = event.get("account_id")
+        fired = decision.fired(row)
         alert = {
             "event_id": event["event_id"],
             "account_id": None if account is None else str(account),
@@ -94,10 +97,12 @@ def build_alerts(
             "threshold": float(threshold.value),
             "threshold_version": int(threshold.version),
             "model_version": threshold.model_version,
+            # why the autoencoder fired: none when only the head did (its score is under the threshold already)
             "top_features": [{"feature": names[j], "share": errs[j] / total, "error": errs[j], "contribution": c,
                               "score_after": a, "fields": f}
-                             for j, c, a, f in zip(worst[k], parts[k], afters[k], inside[k], strict=False)],
-            "fired": decision.fired(row),
+                             for j, c, a, f in zip(worst[k], parts[k], afters[k], inside[k], strict=False)]
+            if "autoencoder" in fired else [],
+            "fired": fired,
             "probability": None if probability is None else float(probability[row]),
             "head_threshold": head,
             "head_top_features": None if head_contributions is None else _head_top(head_contributions[k], fields,

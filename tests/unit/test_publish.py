@@ -60,7 +60,8 @@ def _through_pydantic(batch: Batch, events: list[dict[str, Any]], indices: list[
             model_version=t.model_version,
             top_features=[FeatureContribution(feature=names[j], share=float(errs[j]) / total, error=float(errs[j]),
                                               contribution=c, score_after=a, fields=f)
-                          for j, c, a, f in zip(worst, parts, afters, inside, strict=True)],
+                          for j, c, a, f in zip(worst, parts, afters, inside, strict=True)]
+            if "autoencoder" in decision.fired(row) else [],  # only the head fired: nothing of the autoencoder's
             fired=decision.fired(row),
             probability=None if decision.probability is None else float(decision.probability[row]),
             head_threshold=t.head if decision.probability is not None else None, head_top_features=heads,
@@ -132,6 +133,8 @@ def test_alerts_equal_the_alert_schema_through_pydantic(n: int, seed: int, top_n
     for m, row in zip(got, decision.rows.tolist(), strict=True):
         alert = json.loads(m.value)  # the stdlib: an event's integer past 64 bits stays exact
         assert Alert(**alert).model_dump() == alert  # the contract's own reading of it
+        # trial M: an alert only the head fired named one field, "cleared" by a score under the threshold already
+        assert (alert["top_features"] == []) == ("autoencoder" not in alert["fired"])
         assert m.topic == "alerts" and m.headers == [("sd.model_version", b"m-1")]
         i = indices[row]
         # a keyless record's alert is keyed by its account, unless that is redacted (then no key: every such
