@@ -73,6 +73,26 @@ class GateDecision:
         return {"passed": self.passed, "reasons": self.reasons, "candidate": self.candidate,
                 "active": self.active, "policy": self.policy}
 
+    def summary(self) -> str:
+        """The decision in one readable line: the held-back events, each figure candidate vs active,
+        the reasons of a refusal and the notes (a trial found them inside a 2,865-character JSON log
+        line, and a recall that fell from 0.742 to 0.587 said nowhere a reader would look)."""
+        c, a = self.candidate, self.active or {}
+        parts = [f"{int(c.get('rows', 0)):,} held-back events, {int(c.get('frauds', 0)):,} labelled frauds"]
+        for key, label in (("alert_rate", "alert rate"), ("recall", "recall"), ("precision", "precision")):
+            if key in c:
+                versus = f" vs active {a[key]:.4g}" if key in a else ""
+                bound = (f" (bound {self.policy['alert_rate_bound']:.4g})"
+                         if key == "alert_rate" and "alert_rate_bound" in self.policy else "")
+                parts.append(f"{label} {c[key]:.4g}{versus}{bound}")
+        text = "; ".join(parts)
+        if self.reasons:
+            text += " — refused: " + "; ".join(self.reasons)
+        notes = self.policy.get("notes") or []
+        if notes:
+            text += " — notes: " + "; ".join(notes)
+        return text
+
 
 Scoring = Callable[[Bundle, Sequence[dict[str, Any]]], OfflineScores]
 
@@ -141,6 +161,9 @@ def decide(candidate: dict[str, Any], active: dict[str, Any] | None, policy: Gat
         # its recall and precision are no reference for the candidate (rule 3 does not apply)
         notes.append(f"active model's alert rate {active[rate_key]:.4f} is above the bound {bound:.4f}: "
                      "recall and precision not compared")
+        if "recall" in active and "recall" in candidate and candidate["recall"] < active["recall"]:
+            notes.append(f"the candidate catches fewer of the held-back frauds: recall {candidate['recall']:.3f} "
+                         f"vs the active model's {active['recall']:.3f}, which alerts at {active['alert_rate']:.4f}")
     elif active is not None and frauds < policy.min_labels:  # a trial: rule 3 off for a head model, no word
         notes.append(f"{frauds} labelled fraud(s) the candidate was not trained on (held back), fewer than "
                      f"{policy.min_labels} (SD_GATE_MIN_LABELS): recall and precision not compared")

@@ -76,8 +76,12 @@ class RetrainOutcome:
     pruned: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """``retrain --once``'s report: ``counts`` once (the gate's record holds the same, as ``model
+        show`` gives it; trial M: printed twice)."""
+        gate = self.gate if self.gate is None or self.gate.get("counts") is not self.counts else {
+            k: v for k, v in self.gate.items() if k != "counts"}
         return {"status": self.status, "message": self.message, "version": self.version,
-                "gate": self.gate, "counts": self.counts, "pruned": self.pruned}
+                "gate": gate, "counts": self.counts, "pruned": self.pruned}
 
 
 class Retrainer:
@@ -360,8 +364,10 @@ class Retrainer:
             self.control.store(bundle, gate=record)
             self.control.record_rejection(record)
             pruned = self.control.prune(s.model_keep)
-            log.warning("candidate %s refused by the gate (%s): %s; stored, not active; numbers: %s", bundle.version,
-                        reason, candidate.message, orjson.dumps(record).decode())
+            log.warning("candidate %s refused by the gate (%s): %s; stored, not active (the whole record: "
+                        "stream-detector model show %s)", bundle.version, reason, candidate.decision.summary(),
+                        bundle.version)
+            log.debug("candidate %s: gate record %s", bundle.version, orjson.dumps(record).decode())
             return RetrainOutcome("rejected", candidate.message, bundle.version, record, candidate.counts, pruned)
         if s.retrain_shadow_events:  # first a challenger on live traffic (docs/retraining.md)
             if s.create_topics:
@@ -375,9 +381,12 @@ class Retrainer:
                                   bundle.version, record, candidate.counts)
         self.control.publish(bundle, set_by=f"retrainer@{socket.gethostname()}", gate=record)
         pruned = self.control.prune(s.model_keep)
-        log.info("candidate %s promoted (%s): gate passed; numbers: %s; pruned %s", bundle.version, reason,
-                 orjson.dumps(record).decode(), pruned or "nothing")
-        return RetrainOutcome("promoted", "gate passed", bundle.version, record, candidate.counts, pruned)
+        log.info("candidate %s promoted (%s): gate passed: %s; pruned %s (the whole record: stream-detector "
+                 "model show %s)", bundle.version, reason, candidate.decision.summary(), pruned or "nothing",
+                 bundle.version)
+        log.debug("candidate %s: gate record %s", bundle.version, orjson.dumps(record).decode())
+        return RetrainOutcome("promoted", f"gate passed: {candidate.decision.summary()}", bundle.version, record,
+                              candidate.counts, pruned)
 
     def judge_shadow(self, timeout_s: float = 120.0) -> RetrainOutcome | None:
         """Decide the challenger in shadow, if there is one (``gate.decide_shadow``): promoted (the

@@ -188,6 +188,25 @@ def test_gate_compares_recall_and_precision_only_with_enough_labels():
     assert decide({**worse, "frauds": 4}, {**active, "frauds": 4}, POLICY).passed, "too few labels to judge"
 
 
+def test_the_decision_reads_in_one_line_and_says_a_lower_recall_against_an_over_budget_active_model():
+    """Trial M: the retrainer logged one 2,865-character JSON line, and a candidate promoted with
+    recall 0.587 against the active model's 0.742 (which alerted past the bound, so the two were
+    not compared) said nowhere a reader would look."""
+    over = numbers(0.08, recall=0.742, precision=0.2, frauds=400, flagged=300)
+    candidate = numbers(0.012, recall=0.587, precision=0.5, frauds=400, flagged=240)
+    decision = decide(candidate, over, POLICY)
+    assert decision.passed
+    assert any("fewer of the held-back frauds: recall 0.587 vs the active model's 0.742" in n
+               for n in decision.policy["notes"])
+    line = decision.summary()
+    assert line.startswith("1,000 held-back events, 400 labelled frauds; alert rate 0.012 vs active 0.08 (bound ")
+    assert "recall 0.587 vs active 0.742; precision 0.5 vs active 0.2 — notes: active model's alert rate" in line
+    refused = decide(numbers(0.2), None, POLICY)
+    assert " — refused: alert rate 0.2000 above bound" in refused.summary() and "vs active" not in refused.summary()
+    kept = decide(numbers(0.01, recall=0.8, precision=0.5, frauds=400, flagged=300), over, POLICY)
+    assert not any("fewer of the held-back frauds" in n for n in kept.policy["notes"])  # not lower: no such note
+
+
 def test_rule_2_bounds_the_alert_rate_on_settled_events_not_on_alerts_awaiting_their_label():
     """Trial H: the held-back span is the window's newest, where chargebacks have not arrived; the
     active model's alerts there, unlabelled, counted as legit traffic (33 of its 53 were frauds), and
