@@ -131,11 +131,13 @@ class FeatureContribution(BaseModel):
 
 
 class HeadContribution(BaseModel):
-    """One field's part in the supervised head's verdict (``Scorer.head_attributions``)."""
+    """One unit's part in the supervised head's verdict (``Scorer.head_attributions``)."""
 
-    feature: str = Field(description="Input field name (one-hot columns are summed into their field).")
-    contribution: float = Field(description="Gradient × input of the head's logit for this field: how far it "
-                                "pushed towards fraud (log-odds, before calibration).")
+    feature: str = Field(description="The unit's name, as in top_features (a model without typical values: the "
+                         "input field's name, one-hot columns summed).")
+    contribution: float = Field(description="How far it pushed the head towards fraud: the calibrated log-odds of "
+                                "the event less those with this unit at its typical value (occlusion; a model "
+                                "without typical values: gradient × input of the head's logit).")
 
 
 class Alert(BaseModel):

@@ -821,14 +821,14 @@ class Worker:
             per_column = done.per_feature[rows]
             field_errors = scorer.field_errors(per_column)
             alerted_x = done.feature_rows(rows) if len(rows) else None  # the alerted rows' features
-            head = (scorer.head_attributions(alerted_x)  # why the head said fraud
-                    if scorer.supervised and alerted_x is not None else None)
+            head_names, head = (scorer.head_attributions(alerted_x)  # why the head said fraud
+                                if scorer.supervised and alerted_x is not None else (None, None))
             why = (scorer.why(alerted_x, decision.scores[rows], decision.threshold.value, self.settings.top_features,
                               per_column, self.settings.why_candidates)
                    if alerted_x is not None and self.settings.why_candidates else None)
         alerts = build_alerts(shown, events, indices, decision, field_errors, scorer.fields,
                               self.settings.top_features, self.settings.alerts_topic, self.settings.redacted_fields,
-                              head, why)
+                              head, why, head_names)
         self.metrics.decided(shown, indices, rows)  # latency from the record in the input topic
         dead = build_dead_letters(batch, rejected, self.settings.dlq_topic)
         shadow = self._shadow(shown, done, decision)  # a challenger's would-be alerts: shadow records

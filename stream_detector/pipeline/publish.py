@@ -35,14 +35,16 @@ def build_alerts(
     redact: frozenset[str] = frozenset(),
     head_contributions: np.ndarray | None = None,
     why: Why | None = None,
+    head_names: Sequence[str] | None = None,
 ) -> list[OutMessage]:
     """One alert per flagged row of ``decision`` (step 5's result, taken whole: scores, rows,
     threshold and model version of ONE model), its value the JSON of ``schema.Alert``.
 
     ``decision.rows`` index into ``events``/``indices``/``decision.scores``; ``field_errors``
     (float32, len(rows) × len(fields)) has the per-field errors of the flagged events only.
-    ``head_contributions`` (float64, len(rows) × len(fields), ``Scorer.head_attributions``) gives
-    each alert's ``head_top_features``: its ``top_n`` largest positive contributions.
+    ``head_contributions`` (float64, len(rows) × len(head_names), ``Scorer.head_attributions``;
+    ``head_names`` default ``fields``) gives each alert's ``head_top_features``: its ``top_n``
+    largest positive contributions.
     ``why`` (``Scorer.why`` of the flagged rows): the fields whose typical values clear each
     alert, what each took off its score and the score left: the ``top_features``, each with its
     ``contribution`` and ``score_after``, its ``error`` and ``share`` those of ``why``'s units,
@@ -81,6 +83,7 @@ def build_alerts(
     probability = decision.probability
     head = float(threshold.head) if probability is not None and threshold.head is not None else None
     header = [("sd.model_version", threshold.model_version.encode())]
+    named_head = fields if head_names is None else head_names
     out: list[OutMessage] = []
     for k, row in enumerate(rows.tolist()):
         event = events[row]
@@ -105,7 +108,7 @@ def build_alerts(
             "fired": fired,
             "probability": None if probability is None else float(probability[row]),
             "head_threshold": head,
-            "head_top_features": None if head_contributions is None else _head_top(head_contributions[k], fields,
+            "head_top_features": None if head_contributions is None else _head_top(head_contributions[k], named_head,
                                                                                    top_n),
             "event": event,
             "detected_at": now,

@@ -149,16 +149,42 @@ class Scorer:
             return out, None
         return out[:, :-1], out[:, -1].astype(np.float64)
 
-    def head_attributions(self, x: np.ndarray) -> np.ndarray:
-        """Each input field's part in the supervised head's verdict on the rows ``x`` (float32,
-        k × width; the alerted rows): gradient × input of the head's logit (before Platt scaling)
-        with respect to the feature row, through both of the head's inputs (the row itself and the
-        autoencoder's errors of it), summed per field like ``field_errors``. Positive values pushed
-        towards fraud. The baseline is the zero row: each numeric feature at its training median
-        (robust scaling), no category. Method: gradient × input (Shrikumar et al., 2016, "Not just
-        a black box"). Returns float64, k × n_fields; raises ``ValueError`` without a head."""
+    def head_attributions(self, x: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Each unit's part in the supervised head's verdict on the rows ``x`` (float32, k × width;
+        the alerted rows): the head's calibrated log-odds of the row less those of the row with
+        the unit at its typical value (occlusion, the units and typical values of ``why``: an
+        input field with the entity features computed from its value, a key's history, a key's
+        known frauds). Positive: the unit pushed towards fraud; made typical, the odds fall by
+        that much. Returns ``(names, values)``: the units' names and float64 k × len(names).
+        Cost: one scoring of each row per unit (about ten for a model with account and terminal
+        history and labels). A bundle without typical values (trained before 2026-12-07): gradient
+        × input of the head's logit per field, from the zero row (Shrikumar et al., 2016), which a
+        trial found reaching 246 log-odds on an event of probability 0.04: a first-order reading
+        far from its baseline, whose terms cancel. Raises ``ValueError`` without a head."""
         if self._explain is None:
             raise ValueError("the bundle has no supervised head")
+        if self.typical is None:
+            return self.fields, self._gradient_times_input(x)
+        k, n_units = x.shape[0], len(self.units)
+        if k == 0:
+            return self.units, np.zeros((0, n_units))
+        own = _log_odds(self.outputs(x)[1])
+        out = np.empty((k, n_units))
+        step = max(1, 65_536 // max(n_units, 1))
+        every = np.arange(n_units)[None, :]
+        for start in range(0, k, step):
+            part = x[start:start + step]
+            occluded = np.repeat(part, n_units, axis=0)  # row i * n_units + u: row i, unit u typical
+            which = np.repeat(every, len(part), axis=0).reshape(-1, 1)
+            occluded = np.where(self.column_unit[None, :] == which, self.typical[None, :], occluded)
+            out[start:start + len(part)] = (own[start:start + len(part), None]
+                                            - _log_odds(self.outputs(occluded)[1]).reshape(len(part), n_units))
+        return self.units, out
+
+    def _gradient_times_input(self, x: np.ndarray) -> np.ndarray:
+        """``head_attributions`` of a bundle without typical values: gradient × input of the head's
+        logit (before Platt scaling) per field, from the zero row, float64 k × n_fields."""
+        assert self._explain is not None
         if x.shape[0] == 0:
             return np.zeros((0, len(self.fields)))
         with torch.enable_grad():
@@ -277,6 +303,14 @@ class Scorer:
         """Sum one-hot / indicator columns into their input field: n × n_fields."""
         summed: np.ndarray = np.add.reduceat(per_feature, self.group_starts, axis=1)
         return summed
+
+
+def _log_odds(probability: np.ndarray | None) -> np.ndarray:
+    """log(p / (1 - p)), float64, p clipped to [1e-7, 1 - 1e-7] (the head's float32 output)."""
+    assert probability is not None
+    p = np.clip(np.asarray(probability, dtype=np.float64), 1e-7, 1 - 1e-7)
+    odds: np.ndarray = np.log(p) - np.log1p(-p)
+    return odds
 
 
 def scores_of(per_feature: np.ndarray) -> np.ndarray:

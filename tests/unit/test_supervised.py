@@ -174,12 +174,17 @@ def test_train_supervised_and_score_from_the_command_line(labelled: Any, tmp_pat
     assert any(float(r["probability"]) > head and float(r["score"]) <= threshold for r in rows)  # the head alone
 
 
-def test_the_heads_attributions_are_gradient_times_input_per_field_and_name_the_label_features(
+def test_the_heads_attributions_are_the_log_odds_each_unit_takes_off_and_name_the_label_features(
         labelled: Any) -> None:
-    """``Scorer.head_attributions`` (the alerts' ``head_top_features``) through the exported
-    TorchScript module equals gradient × input of the eager head's logit, summed per field; and on
+    """``Scorer.head_attributions`` (the alerts' ``head_top_features``): per why-unit, the head's
+    calibrated log-odds of the row less those with the unit at its typical value, through the
+    exported TorchScript module; a row of typical values has none. Trial M found gradient × input
+    at 246 log-odds on an event of probability 0.04; these stay within the log-odds' range. A
+    bundle without typical values keeps gradient × input of the eager head's logit per field. On
     this data, where compromised terminals show only through their known frauds, the frauds the
-    head flags are mostly explained by a label feature."""
+    head flags are mostly explained by the terminal's frauds."""
+    import dataclasses
+
     import torch
 
     events, fraud, labels = labelled
@@ -190,13 +195,31 @@ def test_the_heads_attributions_are_gradient_times_input_per_field_and_name_the_
                                                                lambda _m: None)
     bundle = bundle_from_files(build_bundle(result).files)
     scorer = Scorer(bundle)
-    got = scorer.head_attributions(x[:64])
+    names, got = scorer.head_attributions(x[:64])
+    assert names == scorer.units and got.shape == (64, len(scorer.units))
+    assert "terminal_id__frauds" in names
+    _, p0 = scorer.outputs(x[:64])
+    assert p0 is not None
+    for row in (0, 17, 63):
+        for u in range(len(names)):
+            occluded = np.where(scorer.column_unit == u, scorer.typical, x[row])[None, :].astype(np.float32)
+            _, p1 = scorer.outputs(occluded)
+            assert p1 is not None
+            logit = [np.log(v) - np.log1p(-v) for v in np.clip([float(p0[row]), float(p1[0])], 1e-7, 1 - 1e-7)]
+            assert got[row, u] == pytest.approx(logit[0] - logit[1], rel=1e-5, abs=1e-5)
+    assert np.abs(got).max() < 40  # within the clipped log-odds' range, not first-order terms that cancel
+    assert scorer.typical is not None
+    _, none = scorer.head_attributions(np.repeat(scorer.typical[None, :], 3, axis=0))
+    assert np.abs(none).max() < 1e-6  # the typical row: nothing to take off
+
+    old = Scorer(dataclasses.replace(bundle, calibration={k: v for k, v in bundle.calibration.items()
+                                                          if k not in ("column_means", "column_medians")}))
+    old_names, by_gradient = old.head_attributions(x[:64])
     t = torch.from_numpy(x[:64].copy()).requires_grad_(True)
     (grad,) = torch.autograd.grad(result.head.supervised.logit(t, result.head.errors(t)).sum(), t)
-    expected = np.add.reduceat((grad * t).detach().numpy().astype(np.float64), scorer.group_starts, axis=1)
-    assert got.shape == (64, len(scorer.fields))
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
-    assert not scorer.head_attributions(np.zeros((3, x.shape[1]), dtype=np.float32)).any()  # the baseline row
+    expected = np.add.reduceat((grad * t).detach().numpy().astype(np.float64), old.group_starts, axis=1)
+    assert old_names == old.fields and by_gradient.shape == (64, len(old.fields))
+    np.testing.assert_allclose(by_gradient, expected, rtol=1e-4, atol=1e-6)
 
     later_x, later_y = rows_for_head(result.spec, result.schema, rows[4000:], fraud[4000:].tolist())
     _errors, p = scorer.outputs(later_x)
@@ -205,7 +228,8 @@ def test_the_heads_attributions_are_gradient_times_input_per_field_and_name_the_
     patterns = np.array(HandbookSimulator(seed=11, customers=300, terminals=1000, run_id="sup").generate(
         6000, now_ms=1_790_000_000_000, span_ms=20 * DAY).patterns())[4000:]
     assert len(later_y) == len(patterns)  # no row refused: the rows line up
-    top = np.array(scorer.fields)[np.argmax(scorer.head_attributions(later_x), axis=1)]
+    unit_names, parts = scorer.head_attributions(later_x)
+    top = np.array(unit_names)[np.argmax(parts, axis=1)]
     terminal = (patterns == "compromised_terminal") & (p > bundle.head_threshold)
     card = (patterns == "compromised_card") & (p > bundle.head_threshold)
     on_terminal_labels = float(np.mean([f.startswith("terminal_id__fraud") for f in top[terminal]]))
