@@ -931,7 +931,8 @@ def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]],
 
 
 _LABEL_NAMES = frozenset({"label", "isfraud", "fraud", "class", "txfraud", "target", "fraudlabel", "isanomaly",
-                          "anomaly", "outlier", "isfraudulent", "fraudulent", "chargeback", "ischargeback"})
+                          "anomaly", "outlier", "isfraudulent", "fraudulent", "chargeback", "ischargeback",
+                          "pattern", "fraudpattern", "scenario", "fraudscenario", "txfraudscenario"})  # ground truth: its kind
 
 
 def label_like_columns(rows: Sequence[dict[str, Any]]) -> list[str]:

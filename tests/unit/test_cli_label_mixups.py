@@ -388,7 +388,10 @@ def test_check_config_says_why_the_device_is_unusable() -> None:
 
 
 @pytest.mark.parametrize(("column", "values"), [("TX_FRAUD", ("0", "1")), ("Class", ("0", "1")),
-                                                ("isFraud", ("N", "Y"))])
+                                                ("isFraud", ("N", "Y")),
+                                                # trial M: the simulator's and the Handbook's fraud scenario
+                                                ("pattern", ("legit", "card_testing")),
+                                                ("TX_FRAUD_SCENARIO", ("0", "2"))])
 def test_a_label_column_in_any_spelling_is_pointed_at_and_its_leak_warned_of(
         column: str, values: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A trial (trial E): the handbook's `TX_FRAUD` and the ULB file's `Class` became features of a
