@@ -930,9 +930,10 @@ def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]],
     return entity
 
 
+# the last five: a fraud scenario column, ground truth too (the simulator's pattern, the Handbook's TX_FRAUD_SCENARIO)
 _LABEL_NAMES = frozenset({"label", "isfraud", "fraud", "class", "txfraud", "target", "fraudlabel", "isanomaly",
                           "anomaly", "outlier", "isfraudulent", "fraudulent", "chargeback", "ischargeback",
-                          "pattern", "fraudpattern", "scenario", "fraudscenario", "txfraudscenario"})  # ground truth: its kind
+                          "pattern", "fraudpattern", "scenario", "fraudscenario", "txfraudscenario"})
 
 
 def label_like_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
