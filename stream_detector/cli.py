@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -1270,6 +1271,19 @@ def _shown(out: str) -> str:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    # SIGTERM/SIGINT before the loop runs (importing torch, loading the model, joining the group: seconds
+    # on a busy host) is a stop as any other, exit 0: a CI run's worker, stopped while it started, died of
+    # the default action (-15) with its slot claimed
+    stopping = threading.Event()
+    started: list[Any] = []
+
+    def on_signal(*_: Any) -> None:
+        stopping.set()
+        for w in started:
+            w.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     from .worker import Worker
 
     slot = None
@@ -1283,10 +1297,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
                  f"{settings.group_id} on this host (transactional id {settings.group_id}-{slot.worker_id})")
             settings = settings.model_copy(update={"worker_id": slot.worker_id})
             _setup_logging(settings, args.verbose, one_shot=False, worker=True)  # the log lines name the slot
-    worker = Worker(settings)
-    worker.start()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.stop())
+    worker = Worker(settings)  # no I/O yet
+    started.append(worker)
+    if stopping.is_set():  # stopped before anything was started: nothing to close
+        if slot is not None:
+            slot.release()
+        _say("worker stopped before it started")
+        return 0
+    worker.start()  # a stop asked meanwhile: run closes it at once
     stats = worker.run(max_idle_polls=args.max_idle_polls)
     elapsed = time.monotonic() - stats.started_at
     rate = stats.events / max(stats.busy_s, 1e-9)  # while busy: the idle polls before a stop are not throughput

@@ -1134,3 +1134,52 @@ def test_a_file_with_no_valid_row_says_its_rejections_once(tmp_path: Path, capsy
     assert main(["train", "--input", str(data), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert err.count("a date written the local way") == 1 and "no row is a valid event" in err, err
+
+
+@pytest.mark.parametrize("when", ["__init__", "start"])
+def test_a_worker_stopped_while_it_starts_exits_0(when: str, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A CI run: a worker SIGTERMed while it started (importing torch, loading the model, joining
+    the group: seconds on a busy host) died of the default action, -15, where one stopped in its
+    loop exits 0. The worker command's handlers are in place before it starts: stopped before
+    ``start``, nothing is started; during it, ``run`` closes it at once."""
+    from stream_detector import cli
+    from stream_detector import worker as worker_module
+    from stream_detector.worker import WorkerStats
+
+    calls: list[str] = []
+
+    class Starting:
+        def __init__(self, settings: Any) -> None:
+            self.stopped = False
+            calls.append("init")
+            if when == "__init__":
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def start(self) -> None:
+            calls.append("start")
+            if when == "start":
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def stop(self) -> None:
+            self.stopped = True
+
+        def run(self, max_idle_polls: int | None = None) -> WorkerStats:
+            calls.append(f"run stopped={self.stopped}")
+            return WorkerStats()
+
+        def peer_wait_s(self) -> float:
+            return 0.0
+
+    monkeypatch.setattr(worker_module, "Worker", Starting)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert cli.main(["worker"]) == 0
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    err = capsys.readouterr().err
+    if when == "__init__":
+        assert calls == ["init"] and "worker stopped before it started" in err
+    else:
+        assert calls == ["init", "start", "run stopped=True"] and "worker stopped: 0 events" in err
