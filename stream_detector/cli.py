@@ -319,7 +319,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                 kept = [i for i, has in enumerate(labelled) if has]
                 _refuse_leaks(data.schema, [data.events[i] for i in kept], [labels[i] != normal_label for i in kept],
                               excluded, " (among the labelled events)")
-        if args.feedback:  # a column named as a label is a feature here: said, whatever the check found
+        if args.feedback or args.label_column:  # another column named as a label is a feature here: said,
+            # whatever the check found (trial N: the Handbook's TX_FRAUD_SCENARIO, a number 0-3, beside
+            # --label-column TX_FRAUD passed the check, which reads categories and booleans, and AUC read 1.0000)
             features = {rule.name for rule in data.schema.feature_fields}
             told = set(args.keep or ())
             for name in [n for n in label_like_columns(events[:10_000]) if n in features and n not in told]:
@@ -329,18 +331,20 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         normal = events
         named = label_like_columns(events[:10_000])
         hint = ""
-        if named:
+        label = next((n for n in named if not _scenario_like(n)), None)  # a scenario's codes are no fraud/legit label
+        if label is not None:
             from .inputs import _label_text
 
-            seen = {_label_text(events[i].get(named[0])) for i in range(min(len(events), 10_000))}
+            seen = {_label_text(events[i].get(label)) for i in range(min(len(events), 10_000))}
             usual = next((v for v in ("0", "legit", "normal", "false", "N", "no") if v in seen), None)
-            flag = f"--label-column {named[0]}" + (f" --normal-label {usual}" if usual not in (None, "0") else "")
-            hint = (f"; to train on normal rows only: {flag} (values of {named[0]}: "
+            flag = f"--label-column {label}" + (f" --normal-label {usual}" if usual not in (None, "0") else "")
+            hint = (f"; to train on normal rows only: {flag} (values of {label}: "
                     f"{', '.join(sorted(seen)[:5])}{', …' if len(seen) > 5 else ''})")
         _say(f"{len(events)} events; no --label-column: training on all of them, anomalies included{hint}")
         features = {rule.name for rule in data.schema.feature_fields}
         for name in [n for n in named if n in features]:
-            _say_label_feature(name, f"--label-column {name} trains on the normal rows, --exclude {name} leaves it out")
+            _say_label_feature(name, f"--exclude {name} leaves it out" if _scenario_like(name) else
+                               f"--label-column {name} trains on the normal rows, --exclude {name} leaves it out")
     config = TrainConfig(epochs=args.epochs, seed=args.seed, target_fpr=args.target_fpr,
                          threshold_method=args.threshold_method, k_std=args.k_std,
                          k_fence=args.k_fence, max_alert_rate=args.max_alert_rate,
@@ -935,6 +939,13 @@ def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]],
 _LABEL_NAMES = frozenset({"label", "isfraud", "fraud", "class", "txfraud", "target", "fraudlabel", "isanomaly",
                           "anomaly", "outlier", "isfraudulent", "fraudulent", "chargeback", "ischargeback",
                           "pattern", "fraudpattern", "scenario", "fraudscenario", "txfraudscenario"})
+_SCENARIO_NAMES = frozenset({"pattern", "fraudpattern", "scenario", "fraudscenario", "txfraudscenario"})
+
+
+def _scenario_like(name: str) -> bool:
+    """A fraud scenario column (``pattern``, ``TX_FRAUD_SCENARIO``): ground truth, but no label to
+    train on normal rows with (its codes are kinds of fraud, not fraud or not)."""
+    return re.sub(r"[^a-z0-9]", "", name.lower()) in _SCENARIO_NAMES
 
 
 def label_like_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -2331,7 +2342,7 @@ def _elsewhere(options: list[str], command: str) -> str:
             continue
         owners = [c for c, sub in commands.items() if c != command and name in sub._option_string_actions]
         if owners:
-            model = " (the model keeps what train was given)" if owners == ["train"] else ""
+            model = " (the model keeps what train was given)" if owners == ["train"] and command == "score" else ""
             of = f", not of {command}" if command in commands else ""
             notes.append(f"{name} is an option of {', '.join(owners)}{of}{model}")
     return f"; {'; '.join(notes)}" if notes else ""

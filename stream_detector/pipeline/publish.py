@@ -19,7 +19,7 @@ from ..schema import DeadLetterHeaders
 from ..transport.base import Batch, OutMessage
 from .decode import Rejected
 from .keys import fallback_key
-from .score import Why
+from .score import WHY_NOISE, Why
 from .threshold import Decision
 
 
@@ -50,7 +50,8 @@ def build_alerts(
     ``contribution`` and ``score_after``, its ``error`` and ``share`` those of ``why``'s units,
     its ``fields`` the unit's fields with the largest errors (at most ``top_n``).
     Without it (``SD_WHY_CANDIDATES=0``, or a model trained before 2026-12-07) they are the
-    ``top_n`` fields with the largest errors, ``contribution`` and ``score_after`` null. An alert
+    ``top_n`` fields with the largest errors, ``contribution`` and ``score_after`` null; so are an
+    alert's whose first unit lowered its score by float noise at most (none does). An alert
     the autoencoder did not fire (only the supervised head) has no ``top_features``: its score is
     under the threshold already (trial M read the one field named then as "clears the alert").
     Fields in ``redact`` are replaced by ``"[redacted]"`` in the alert's copy of the event (PII
@@ -76,6 +77,12 @@ def build_alerts(
         ranked = why.errors
         worst = [[j for j in named if j >= 0] for named in why.named.tolist()]
         parts, afters = why.parts.tolist(), why.after.tolist()
+        # no unit's typical value lowered the score (the first step names one whatever it took off; trial N:
+        # an ordinary merchant_category named for -0.097): the units with the largest errors, as without why
+        for k, row in enumerate(rows.tolist()):
+            if worst[k] and not parts[k][0] > WHY_NOISE * max(float(scores[row]), 1.0):
+                worst[k] = np.argsort(-ranked[k], kind="stable")[:top_n].tolist()
+                parts[k] = afters[k] = [None] * len(worst[k])
         inside = _unit_fields(why, worst, field_errors, fields, top_n)
         names = why.units
     errors = ranked.tolist()

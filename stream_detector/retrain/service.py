@@ -381,9 +381,9 @@ class Retrainer:
                                   bundle.version, record, candidate.counts)
         self.control.publish(bundle, set_by=f"retrainer@{socket.gethostname()}", gate=record)
         pruned = self.control.prune(s.model_keep)
-        log.info("candidate %s promoted (%s): gate passed: %s; pruned %s (the whole record: stream-detector "
-                 "model show %s)", bundle.version, reason, candidate.decision.summary(), pruned or "nothing",
-                 bundle.version)
+        log.info("candidate %s promoted (%s; older versions pruned: %s): gate passed: %s (the whole record: "
+                 "stream-detector model show %s)", bundle.version, reason, ", ".join(pruned) or "none",
+                 candidate.decision.summary(), bundle.version)
         log.debug("candidate %s: gate record %s", bundle.version, orjson.dumps(record).decode())
         return RetrainOutcome("promoted", f"gate passed: {candidate.decision.summary()}", bundle.version, record,
                               candidate.counts, pruned)

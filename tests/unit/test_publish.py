@@ -169,3 +169,29 @@ def test_shadow_records_hide_what_the_alerts_hide() -> None:
                                   frozenset({"event_id", "account_id"}))
     assert [json.loads(m.value)["event_id"] for m in hidden] == ["[redacted]"] * 2
     assert [m.key for m in hidden] == [None, b"k6"]  # the input record's own key is kept
+
+
+def test_an_alert_no_unit_lowers_lists_the_largest_errors_without_contributions() -> None:
+    """Trial N: an autoencoder alert (score 13.39 over 8.37) named an ordinary merchant_category
+    whose typical value took -0.097 off: the first step names a unit whatever it took off. When
+    it took off float noise at most, the alert lists the units with the largest errors instead,
+    ``contribution`` and ``score_after`` null, as without why."""
+    units = ["amount", "merchant_category", "terminal_id__history"]
+    members = [[0], [1], [2, 3]]
+    fields = ["amount", "merchant_category", "terminal_id__count_1d", "terminal_id__sum_1d"]
+    decision = Decision.of(np.array([13.39, 20.0]), "m-1", Threshold(8.37, 1, "m-1"))
+    named = np.array([[1, -1], [0, -1]])
+    parts = np.array([[-0.097, np.nan], [15.0, np.nan]])
+    after = np.array([[13.487, np.nan], [5.0, np.nan]])
+    errors = np.array([[1.0, 0.5, 7.0], [9.0, 0.1, 0.2]])
+    why = Why(named, parts, after, units, errors, members)
+    field_errors = np.array([[1.0, 0.5, 3.0, 4.0], [9.0, 0.1, 0.1, 0.1]], dtype=np.float32)
+    batch = Batch(topic="tx", partitions=[0, 0], offsets=[1, 2], keys=[None, None], values=[b"{}"] * 2,
+                  timestamps=[1, 2], headers=[[], []])
+    got = [json.loads(m.value) for m in build_alerts(batch, [{"event_id": "a"}, {"event_id": "b"}], [0, 1], decision,
+                                                      field_errors, fields, 2, "alerts", why=why)]
+    flat, cleared = (a["top_features"] for a in got)
+    assert [(f["feature"], f["contribution"], f["score_after"]) for f in flat] == [
+        ("terminal_id__history", None, None), ("amount", None, None)]
+    assert flat[0]["fields"] == ["terminal_id__sum_1d", "terminal_id__count_1d"]
+    assert [(f["feature"], f["contribution"], f["score_after"]) for f in cleared] == [("amount", 15.0, 5.0)]
