@@ -935,11 +935,11 @@ def _check_entity_fields(entity: Any, schema: Any, events: list[dict[str, Any]],
     return entity
 
 
-# the last five: a fraud scenario column, ground truth too (the simulator's pattern, the Handbook's TX_FRAUD_SCENARIO)
-_LABEL_NAMES = frozenset({"label", "isfraud", "fraud", "class", "txfraud", "target", "fraudlabel", "isanomaly",
-                          "anomaly", "outlier", "isfraudulent", "fraudulent", "chargeback", "ischargeback",
-                          "pattern", "fraudpattern", "scenario", "fraudscenario", "txfraudscenario"})
+# a fraud scenario column, ground truth too (the simulator's pattern, the Handbook's TX_FRAUD_SCENARIO)
 _SCENARIO_NAMES = frozenset({"pattern", "fraudpattern", "scenario", "fraudscenario", "txfraudscenario"})
+_LABEL_NAMES = frozenset({"label", "isfraud", "fraud", "class", "txfraud", "target", "fraudlabel", "isanomaly",
+                          "anomaly", "outlier", "isfraudulent", "fraudulent", "chargeback",
+                          "ischargeback"}) | _SCENARIO_NAMES
 
 
 def _scenario_like(name: str) -> bool:

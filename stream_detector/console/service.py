@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import ConfigError, ModelError, NoActiveModel, StreamDetectorError
 from ..feedback import Label, decode_label, prefer
 from ..offline import score_events
+from ..pipeline.publish import unit_fields
 from ..pipeline.score import Scorer
 from ..pipeline.shadow import BIN_EDGES
 from ..settings import Settings
@@ -233,11 +234,11 @@ class ConsoleService:
             found = scorer.why(scored.features[:1], scored.scores[:1], float(out["threshold"]),
                                self.settings.top_features, scored.per_feature[:1], self.settings.why_candidates)
             if found is not None:
+                named = [j for j in found.named[0].tolist() if j >= 0]
+                inside = unit_fields(found, [named], per_field[None, :], scorer.fields, self.settings.top_features)[0]
                 why = [{"feature": found.units[j], "contribution": float(found.parts[0, t]),
-                        "score_after": float(found.after[0, t]),  # the unit's fields, largest error first
-                        "fields": [scorer.fields[f] for f in sorted(found.fields[j], key=lambda f: -per_field[f])
-                                   ][:self.settings.top_features]}
-                       for t, j in enumerate(found.named[0].tolist()) if j >= 0]
+                        "score_after": float(found.after[0, t]), "fields": f}  # as an alert's top_features
+                       for t, (j, f) in enumerate(zip(named, inside, strict=True))]
         out["why"] = why
         return out
 

@@ -83,7 +83,7 @@ def build_alerts(
             if worst[k] and not parts[k][0] > WHY_NOISE * max(float(scores[row]), 1.0):
                 worst[k] = np.argsort(-ranked[k], kind="stable")[:top_n].tolist()
                 parts[k] = afters[k] = [None] * len(worst[k])
-        inside = _unit_fields(why, worst, field_errors, fields, top_n)
+        inside = unit_fields(why, worst, field_errors, fields, top_n)
         names = why.units
     errors = ranked.tolist()
     totals = [float(t) or 1.0 for t in ranked.sum(axis=1).tolist()]
@@ -128,7 +128,7 @@ def build_alerts(
     return out
 
 
-def _unit_fields(why: Why, named: list[list[int]], field_errors: np.ndarray, fields: Sequence[str],
+def unit_fields(why: Why, named: list[list[int]], field_errors: np.ndarray, fields: Sequence[str],
                  top_n: int) -> list[list[list[str]]]:
     """Per alert, per unit named: the unit's fields with the largest errors (``field_errors``,
     k × len(fields)), largest first, at most ``top_n`` (``FeatureContribution.fields``)."""
