@@ -259,6 +259,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         args.normal_label = _label_text(args.normal_label)
     if args.streamed or args.cluster or Path(args.input).is_dir() or any(c in args.input for c in "*?["):
         return _train_streamed(args, entity, normal_given)
+    _check_fields_early(args, entity)
     data = _load_file(args, inference=_inference(args, entity))
     _say("field schema (--schema FILE / --field NAME=TYPE to change; README \"Field schema\"):")
     for line in data.schema.describe(args.id_column, args.label_column, args.timestamp_column):
@@ -965,6 +966,36 @@ def _check_excluded(excluded: Sequence[str], schema: Any, events: list[dict[str,
     _require_fields([("--exclude", name) for name in excluded], schema, events)
 
 
+def _check_fields_early(args: argparse.Namespace, entity: Any) -> None:
+    """Refuse (exit 2) ``--exclude`` and the entity options naming a column a CSV or Parquet input
+    lacks from its header, before the whole file is read (a trial: a misspelt ``--entity-key`` on a
+    large file was refused only once every row had been read and typed). The names are those of
+    the first rows (a header's, the same in every row), with ``timestamp`` and ``event_id`` (the
+    names ``--timestamp-column`` and ``--id-column`` give a column) and the label column; JSON
+    Lines, whose rows may each have other fields, are checked once read (``_require_fields``)."""
+    from .events_io import checked_kind, read_rows
+
+    path = Path(args.input)
+    if not path.is_file() or checked_kind(path) == "jsonl":
+        return
+    options = [("--exclude", name) for name in args.exclude or ()]
+    if entity is not None:
+        options += [("--entity-key", k) for k in entity.keys] + [("--entity-amount", entity.amount_field)]
+        if args.entity_distinct != _DEFAULT_DISTINCT:
+            options += [("--entity-distinct", f) for f in entity.distinct_fields]
+    if not options:
+        return
+    rows = read_rows(path, _reader_options(args), limit=1).rows
+    columns = list(next((row for row in rows if row), {}))
+    if not columns:
+        return  # no row read: the whole read says what is wrong with the file
+    known = {*columns, "timestamp", "event_id", *([args.label_column] if args.label_column else [])}
+    for option, name in options:
+        if name not in known:
+            raise ConfigError(f"{option} {name}: no such field in the input{_near(name, columns)} (fields: "
+                              f"{', '.join(columns)})")
+
+
 def _require_fields(options: Sequence[tuple[str, str]], schema: Any, events: list[dict[str, Any]]) -> None:
     """Refuse (exit 2, with the closest field) an ``(option, field)`` whose field the input lacks:
     neither in its schema as a field of the data, nor in its first 1,000 rows."""
@@ -977,9 +1008,11 @@ def _require_fields(options: Sequence[tuple[str, str]], schema: Any, events: lis
 
 def _did_you_mean(name: str, schema: Any) -> str:
     """``; did you mean 'x'?`` for the input's field closest to a mistyped ``name`` (difflib), or ``""``."""
-    import difflib
+    return _near(name, [rule.name for rule in schema.fields])
 
-    fields = [rule.name for rule in schema.fields]
+
+def _near(name: str, fields: Sequence[str]) -> str:
+    """``_did_you_mean`` among ``fields``."""
     close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6) or [f for f in fields if f.lower() == name.lower()]
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -2340,11 +2373,18 @@ def _elsewhere(options: list[str], command: str) -> str:
         name = option.split("=", 1)[0]
         if name in own:  # the command's own (the top level's parser lists every command's as unknown)
             continue
-        owners = [c for c, sub in commands.items() if c != command and name in sub._option_string_actions]
+        full = name
+        if name.startswith("--") and not any(name in sub._option_string_actions for sub in commands.values()):
+            # an abbreviation (argparse takes one within its own command): the one option it begins, if one
+            begun = {o for c, sub in commands.items() if c != command for o in sub._option_string_actions
+                     if o.startswith(name)}
+            full = begun.pop() if len(begun) == 1 else name
+        owners = [c for c, sub in commands.items() if c != command and full in sub._option_string_actions]
         if owners:
             model = " (the model keeps what train was given)" if owners == ["train"] and command == "score" else ""
             of = f", not of {command}" if command in commands else ""
-            notes.append(f"{name} is an option of {', '.join(owners)}{of}{model}")
+            shown = name if full == name else f"{name} ({full})"
+            notes.append(f"{shown} is an option of {', '.join(owners)}{of}{model}")
     return f"; {'; '.join(notes)}" if notes else ""
 
 

@@ -79,12 +79,14 @@ class GateDecision:
         line, and a recall that fell from 0.742 to 0.587 said nowhere a reader would look)."""
         c, a = self.candidate, self.active or {}
         parts = [f"{int(c.get('rows', 0)):,} held-back events, {int(c.get('frauds', 0)):,} labelled frauds"]
-        for key, label in (("alert_rate", "alert rate"), ("recall", "recall"), ("precision", "precision")):
+        # fixed decimals, the refusal reasons' too (significant digits printed 0.96 beside 0.9608, a trial)
+        for key, label, f in (("alert_rate", "alert rate", ".4f"), ("recall", "recall", ".3f"),
+                              ("precision", "precision", ".3f")):
             if key in c:
-                versus = f" vs active {a[key]:.4g}" if key in a else ""
-                bound = (f" (bound {self.policy['alert_rate_bound']:.4g})"
+                versus = f" vs active {a[key]:{f}}" if key in a else ""
+                bound = (f" (bound {self.policy['alert_rate_bound']:{f}})"
                          if key == "alert_rate" and "alert_rate_bound" in self.policy else "")
-                parts.append(f"{label} {c[key]:.4g}{versus}{bound}")
+                parts.append(f"{label} {c[key]:{f}}{versus}{bound}")
         text = "; ".join(parts)
         if self.reasons:
             text += " — refused: " + "; ".join(self.reasons)

@@ -734,6 +734,10 @@ def test_score_to_standard_output_names_it_so(tmp_path: Path, bundle: Any, capfd
      "train, not of score (the model keeps what train was given) (see stream-detector score --help)"),
     (["worker", "--input", "x"], "stream-detector worker: error: unrecognized arguments: --input x; --input is an "
                                  "option of train, score, produce, not of worker (see stream-detector worker --help)"),
+    # an abbreviation of another command's option (a trial: --entity-k got "unrecognized arguments" alone)
+    (["score", "--model", "m", "--input", "x", "--out", "-", "--entity-k", "account_id"],
+     "stream-detector score: error: unrecognized arguments: --entity-k account_id; --entity-k (--entity-key) is an "
+     "option of train, not of score (the model keeps what train was given) (see stream-detector score --help)"),
 ])
 def test_a_usage_error_names_the_mistyped_option_and_the_commands_help(argv: list[str], line: str, capsys) -> None:
     """Found by trials: ``--bogus`` alone said COMMAND was missing, ``train --bogus`` that --input
@@ -1183,3 +1187,48 @@ def test_a_worker_stopped_while_it_starts_exits_0(when: str, monkeypatch: pytest
         assert calls == ["init"] and "worker stopped before it started" in err
     else:
         assert calls == ["init", "start", "run stopped=True"] and "worker stopped: 0 events" in err
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "jsonl"])
+def test_a_misspelt_field_option_is_refused_before_the_whole_file_is_read(
+        kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial: ``--entity-key`` or ``--exclude`` misspelt on a large file was refused only after
+    every row had been read and typed. A CSV's or Parquet file's header says it first: the file is
+    never loaded (``load_events`` is not called). JSON Lines rows may each have other fields: the
+    check waits for the whole read there, and still refuses."""
+    import stream_detector.inputs as inputs
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_csv, write_jsonl
+
+    rows = [{"event_id": f"e{i}", "account_id": f"a{i % 7}", "timestamp": 1_790_000_000_000 + i * 60_000,
+             "amount": i % 13 + 0.5, "pattern": "xy"[i % 2]} for i in range(150)]
+    data = tmp_path / f"h.{kind}"
+    if kind == "csv":
+        write_csv(data, rows)
+    elif kind == "jsonl":
+        write_jsonl(data, rows)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), data)
+    loaded: list[Path] = []
+    real = inputs.load_events
+
+    def counted(path: Path, **kwargs: Any) -> Any:
+        loaded.append(path)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(inputs, "load_events", counted)
+    cases = ((["--entity-key", "acount_id"], "--entity-key acount_id: no such field in the input; did you mean "
+                                             "'account_id'?"),
+             (["--exclude", "patern"], "--exclude patern: no such field in the input; did you mean 'pattern'?"),
+             (["--entity-key", "account_id", "--entity-amount", "amt"], "--entity-amount amt: no such field"))
+    for extra, said in cases:
+        assert main(["train", "--input", str(data), "--out", str(tmp_path / "m"), *extra]) == 2
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "m").exists()
+    assert len(loaded) == (len(cases) if kind == "jsonl" else 0)
+    # the header's names pass: the model trains
+    assert main(["train", "--input", str(data), "--out", str(tmp_path / "m"), "--entity-key", "account_id",
+                 "--exclude", "pattern", "--epochs", "1"]) == 0

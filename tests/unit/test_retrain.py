@@ -199,8 +199,8 @@ def test_the_decision_reads_in_one_line_and_says_a_lower_recall_against_an_over_
     assert any("fewer of the held-back frauds: recall 0.587 vs the active model's 0.742" in n
                for n in decision.policy["notes"])
     line = decision.summary()
-    assert line.startswith("1,000 held-back events, 400 labelled frauds; alert rate 0.012 vs active 0.08 (bound ")
-    assert "recall 0.587 vs active 0.742; precision 0.5 vs active 0.2 — notes: active model's alert rate" in line
+    assert line.startswith("1,000 held-back events, 400 labelled frauds; alert rate 0.0120 vs active 0.0800 (bound ")
+    assert "recall 0.587 vs active 0.742; precision 0.500 vs active 0.200 — notes: active model's alert rate" in line
     refused = decide(numbers(0.2), None, POLICY)
     assert " — refused: alert rate 0.2000 above bound" in refused.summary() and "vs active" not in refused.summary()
     kept = decide(numbers(0.01, recall=0.8, precision=0.5, frauds=400, flagged=300), over, POLICY)
