@@ -356,7 +356,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.supervised:
         _supervised(args, result, events, labels, normal_label)
     extra: dict[str, Any] = {"training_input": str(args.input), "training_rows_read": data.total,
-                             "training_rows_rejected": len(data.rejected)}
+                             "training_rows_rejected": len(data.rejected), **_training_columns(args)}
     extra.update(_training_labels(args.label_column, normal_label, labels))
     out = Path(args.out)
     _drop_old_report(out)
@@ -966,6 +966,36 @@ def _check_excluded(excluded: Sequence[str], schema: Any, events: list[dict[str,
     _require_fields([("--exclude", name) for name in excluded], schema, events)
 
 
+def _training_columns(args: argparse.Namespace) -> dict[str, str]:
+    """The bundle's record of ``--id-column`` and ``--timestamp-column`` as given to ``train``
+    (``training_id_column``, ``training_timestamp_column``): ``score`` reads a file the same way
+    without them (``_columns_from_training``)."""
+    return {key: value for key, value in (("training_id_column", args.id_column),
+                                          ("training_timestamp_column", args.timestamp_column)) if value}
+
+
+def _columns_from_training(args: argparse.Namespace, bundle: Any) -> None:
+    """``score`` without ``--id-column`` / ``--timestamp-column``: the model's, from ``train``, where
+    the input has that column (its header or first row; said). A trial: a model trained with
+    ``--timestamp-column TX_DATETIME`` scored the same file without it, every row at its entity's
+    last time, and flagged 97 % of it (a warning said so; now the file is read as train read it)."""
+    from .events_io import read_rows
+
+    wanted = [(flag, attr, bundle.metadata.get(key)) for flag, attr, key in (
+        ("--id-column", "id_column", "training_id_column"),
+        ("--timestamp-column", "timestamp_column", "training_timestamp_column"))
+        if getattr(args, attr, None) is None and isinstance(bundle.metadata.get(key), str)]
+    path = Path(args.input)
+    if not wanted or not path.is_file():
+        return
+    rows = read_rows(path, _reader_options(args), limit=1).rows
+    first = next((row for row in rows if row), {})
+    for flag, attr, column in wanted:
+        if column in first:
+            setattr(args, attr, column)
+            _say(f"{flag} {column}: the model's (train was given it)")
+
+
 def _check_fields_early(args: argparse.Namespace, entity: Any) -> None:
     """Refuse (exit 2) ``--exclude`` and the entity options naming a column a CSV or Parquet input
     lacks from its header, before the whole file is read (a trial: a misspelt ``--entity-key`` on a
@@ -1092,6 +1122,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     _check_file_out(Path(args.out), "--out", [args.input, args.feedback])
     if args.streamed or Path(args.input).is_dir() or any(c in args.input for c in "*?["):
         return _score_streamed(args, settings, bundle, normal_from)
+    _columns_from_training(args, bundle)  # not on the streamed path: it has no --timestamp-column yet
     if args.chunk_rows is not None:  # a trial: silently ignored
         _say("note: --chunk-rows is for --streamed (chunk by chunk); this score reads the whole file at once")
     data = _load_file(args, schema=bundle.schema, need_events=False,

@@ -197,10 +197,12 @@ class AbsentFields(_OncePerModel):
         self._absent: set[str] = set()
 
     def observe(self, version: str, fields: Sequence[str], events: Sequence[dict[str, Any]],
-                known: Collection[str] = ()) -> str | None:
+                known: Collection[str] = (), trained_time: str | None = None) -> str | None:
         """The warning, once, for model ``version`` watching input ``fields``, given a batch's
         scored ``events``; ``known``: every field of the model's schema (the hint names the first
-        event's other fields, those the model does not know)."""
+        event's other fields, those the model does not know); ``trained_time``: the column ``train``
+        read the event time from (``--timestamp-column``, the bundle's ``training_timestamp_column``),
+        named when ``timestamp`` is absent and the events carry it."""
         if version != self._version:
             self._new_model(version, bool(fields))
             self._absent = set(fields)
@@ -228,7 +230,10 @@ class AbsentFields(_OncePerModel):
                 "goes unseen (fewer alerts), and a model that rarely or never saw it missing can read the rest as "
                 "unusual (more alerts): alerts are not what the threshold was calibrated for. Are these events of the "
                 f"model's own producer and schema? (`stream-detector model show {version}` lists the model's "
-                "fields; train on events of this stream's shape)")
+                "fields; train on events of this stream's shape)" + (
+                    f" The model was trained with --timestamp-column {trained_time}, which these events carry: send "
+                    f"it as timestamp (stream-detector produce --timestamp-column {trained_time} does)"
+                    if trained_time and "timestamp" in self._absent and trained_time in events[0] else ""))
 
 
 class NovelValues(_OncePerModel):
@@ -804,8 +809,10 @@ class Worker:
                           decision.probability)  # sample (with the head's probability when there is one)
         if self._absent.wants(scorer.version):
             schema = scorer.bundle.schema
+            trained_time = scorer.bundle.metadata.get("training_timestamp_column")
             absent = self._absent.observe(scorer.version, watched_fields(scorer.bundle), events,
-                                          [rule.name for rule in schema.fields] if schema is not None else ())
+                                          [rule.name for rule in schema.fields] if schema is not None else (),
+                                          trained_time if isinstance(trained_time, str) else None)
             if absent:
                 log.warning("%s", absent)
         if self._novel.wants(scorer.version):

@@ -229,6 +229,12 @@ def test_training_refuses_an_exclude_typo_and_history_without_event_times(
     assert main(["score", "--model", str(tmp_path / "mt"), "--input", str(other), "--out", str(scored),
                  "--timestamp-column", "TX_DATETIME"]) == 0
     assert "no timestamp values" not in capsys.readouterr().err
+    # without the option: the model's, from train (a trial scored the file without it: 97 % flagged)
+    defaulted = tmp_path / "d.csv"
+    assert main(["score", "--model", str(tmp_path / "mt"), "--input", str(other), "--out", str(defaulted)]) == 0
+    err = capsys.readouterr().err
+    assert "--timestamp-column TX_DATETIME: the model's (train was given it)" in err
+    assert "no timestamp values" not in err and defaulted.read_bytes() == scored.read_bytes()
     assert main(["train", "--input", str(other), "--out", str(tmp_path / "ms"), "--entity-key", "account_id",
                  "--timestamp-column", "TX_DATETIME", "--streamed"]) == 2
     assert "--timestamp-column is not available on the streamed path yet" in capsys.readouterr().err

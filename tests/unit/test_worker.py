@@ -686,5 +686,11 @@ def test_a_history_model_watches_the_event_time_too(bundle) -> None:
     absent = AbsentFields()
     said = absent.observe(model.version, watched_fields(model), moved, model.schema.input_fields)
     assert said is not None and "timestamp" in said and "TX_DATETIME" in said
+    assert "--timestamp-column" not in said  # the model was not trained so
+    said = AbsentFields().observe(model.version, watched_fields(model), moved, model.schema.input_fields,
+                                  "TX_DATETIME")  # a model trained with --timestamp-column TX_DATETIME
+    assert said is not None and said.endswith(
+        "The model was trained with --timestamp-column TX_DATETIME, which these events carry: send it as timestamp "
+        "(stream-detector produce --timestamp-column TX_DATETIME does)")
     assert AbsentFields().observe(model.version, watched_fields(model), events, model.schema.input_fields) is None
     assert bundle.entity is None and "timestamp" not in watched_fields(bundle)
