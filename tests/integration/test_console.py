@@ -433,7 +433,10 @@ def test_explain_shows_the_same_score_as_score_events(running: Running, page: An
                  if str(a["event_id"]) == event_id)
     why = page.text_content("#ex-why") or ""
     assert alert["top_features"][0]["contribution"] is not None
-    assert why.startswith(f"{alert['top_features'][0]['feature']} (→ "), (why, alert["top_features"])
+    first = alert["top_features"][0]
+    inner = [f for f in first["fields"] if f != first["feature"]]  # a unit's fields beside its name, where other
+    assert why.startswith(first["feature"] + (f" [{', '.join(inner)}]" if inner else "") + " (→ "), \
+        (why, alert["top_features"])
     _shoot(page, "explain")
 
     edited = {**running.events[0], "event_id": "edited-1", "amount": 12.5}

@@ -349,7 +349,10 @@ async function explain() {
       verdict.className = "value " + (r.alert ? "alert-verdict" : "normal-verdict");
       drawBars($("#ex-bars"), r.fields);
       setText("#ex-why", r.why && r.why.length
-        ? r.why.map((w) => `${w.feature} (→ ${fmt(w.score_after, 4)})`).join(", ") : "–");
+        ? r.why.map((w) => {  // a unit's own fields where it has others than itself (a key's history, its frauds)
+          const inner = (w.fields || []).filter((f) => f !== w.feature);
+          return `${w.feature}${inner.length ? ` [${inner.join(", ")}]` : ""} (→ ${fmt(w.score_after, 4)})`;
+        }).join(", ") : "–");
       score.dataset.score = String(r.score);
     }
     score.dataset.eventId = String(r.event_id); // last: tests wait on it
