@@ -245,6 +245,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.supervised and not (args.feedback or args.label_column):  # before reading and training, not after
         raise ConfigError("--supervised needs labels: --feedback FILE or --label-column C")
     entity = _entity_spec(args)
+    _check_column_roles(args, entity)
     _check_normal_label(args)
     for name in args.keep or ():  # before the file is read: these need no data
         if name == args.label_column:
@@ -966,6 +967,32 @@ def _check_excluded(excluded: Sequence[str], schema: Any, events: list[dict[str,
     _require_fields([("--exclude", name) for name in excluded], schema, events)
 
 
+def _check_column_roles(args: argparse.Namespace, entity: Any) -> None:
+    """``train``'s options naming a column another option gives a role (trial O; each was "no such
+    field in the input" after the whole read, the column renamed by then): ``--exclude`` of the id,
+    time or label column is dropped with a note (none is ever a feature); an ``--entity-key`` naming
+    one, or ``timestamp`` / ``event_id``, is refused (exit 2): an event's own id or time is no entity
+    with a history, and a label is not known when the event arrives."""
+    roles = {"event_id": "the event id", "timestamp": "the event time"}
+    for flag, column, role in (("--id-column", args.id_column, "the event id"),
+                               ("--timestamp-column", args.timestamp_column, "the event time"),
+                               ("--label-column", args.label_column, "the label")):
+        if column:
+            roles[column] = f"the {flag} ({role})"
+    if args.exclude:
+        kept = []
+        for name in args.exclude:
+            if name in roles and name not in ("event_id", "timestamp"):
+                _say(f"note: --exclude {name}: it is {roles[name]}, never a feature (nothing to exclude)")
+            else:
+                kept.append(name)
+        args.exclude = kept
+    for key in entity.keys if entity is not None else ():
+        if key in roles:
+            raise ConfigError(f"--entity-key {key}: it is {roles[key]}, not an entity with a history (an account, "
+                              "a card, a terminal)")
+
+
 def _training_columns(args: argparse.Namespace) -> dict[str, str]:
     """The bundle's record of ``--id-column`` and ``--timestamp-column`` as given to ``train``
     (``training_id_column``, ``training_timestamp_column``): ``score`` reads a file the same way
@@ -974,26 +1001,35 @@ def _training_columns(args: argparse.Namespace) -> dict[str, str]:
                                           ("training_timestamp_column", args.timestamp_column)) if value}
 
 
-def _columns_from_training(args: argparse.Namespace, bundle: Any) -> None:
+def _columns_from_training(args: argparse.Namespace, bundle: Any, path: Path, streamed: bool = False) -> None:
     """``score`` without ``--id-column`` / ``--timestamp-column``: the model's, from ``train``, where
-    the input has that column (its header or first row; said). A trial: a model trained with
-    ``--timestamp-column TX_DATETIME`` scored the same file without it, every row at its entity's
-    last time, and flagged 97 % of it (a warning said so; now the file is read as train read it)."""
+    the input ``path`` (the first file of a streamed input) has that column with a value in its
+    first row (said). A trial: a model trained with ``--timestamp-column TX_DATETIME`` scored the
+    same file without it, every row at its entity's last time, and flagged 97 % of it (a warning
+    said so; now the file is read as train read it). ``streamed``: that path has no
+    ``--timestamp-column`` yet, so a file holding the model's time column and no ``timestamp`` is
+    refused (exit 2) rather than scored without times (trial O: 2,421 of 3,000 flagged)."""
     from .events_io import read_rows
 
     wanted = [(flag, attr, bundle.metadata.get(key)) for flag, attr, key in (
         ("--id-column", "id_column", "training_id_column"),
         ("--timestamp-column", "timestamp_column", "training_timestamp_column"))
         if getattr(args, attr, None) is None and isinstance(bundle.metadata.get(key), str)]
-    path = Path(args.input)
     if not wanted or not path.is_file():
         return
     rows = read_rows(path, _reader_options(args), limit=1).rows
     first = next((row for row in rows if row), {})
     for flag, attr, column in wanted:
-        if column in first:
-            setattr(args, attr, column)
-            _say(f"{flag} {column}: the model's (train was given it)")
+        if first.get(column) in (None, ""):  # absent, or empty in the first row: the usual warnings say what is wrong
+            continue
+        if streamed and attr == "timestamp_column":
+            if "timestamp" not in first:
+                raise ConfigError(f"the model was trained with --timestamp-column {column}, and the streamed path has "
+                                  "no --timestamp-column yet (docs/big-history.md): score without --streamed, or name "
+                                  f"the column timestamp in the files' header")
+            continue
+        setattr(args, attr, column)
+        _say(f"{flag} {column}: the model's (train was given it)")
 
 
 def _check_fields_early(args: argparse.Namespace, entity: Any) -> None:
@@ -1122,7 +1158,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     _check_file_out(Path(args.out), "--out", [args.input, args.feedback])
     if args.streamed or Path(args.input).is_dir() or any(c in args.input for c in "*?["):
         return _score_streamed(args, settings, bundle, normal_from)
-    _columns_from_training(args, bundle)  # not on the streamed path: it has no --timestamp-column yet
+    _columns_from_training(args, bundle, Path(args.input))
     if args.chunk_rows is not None:  # a trial: silently ignored
         _say("note: --chunk-rows is for --streamed (chunk by chunk); this score reads the whole file at once")
     data = _load_file(args, schema=bundle.schema, need_events=False,
@@ -1292,6 +1328,8 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any, n
         raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
     files = input_files(args.input)
     _check_file_out(Path(args.out), "--out", [str(f) for f in files])  # a folder's or glob's own file
+    if files:
+        _columns_from_training(args, bundle, Path(files[0]), streamed=True)
     threshold = args.threshold if args.threshold is not None else bundle.threshold
     with _terminated_as_interrupt():
         done = score_stream(bundle, files, Path(args.out), reader=_reader_options(args), threshold=threshold,
@@ -2402,8 +2440,8 @@ def _elsewhere(options: list[str], command: str) -> str:
     own = commands[command]._option_string_actions if command in commands else {}
     for option in options:
         name = option.split("=", 1)[0]
-        if name in own:  # the command's own (the top level's parser lists every command's as unknown)
-            continue
+        if name in own or (name.startswith("--") and any(o.startswith(name) for o in own)):
+            continue  # the command's own, or an abbreviation of one (the top level lists every command's as unknown)
         full = name
         if name.startswith("--") and not any(name in sub._option_string_actions for sub in commands.values()):
             # an abbreviation (argparse takes one within its own command): the one option it begins, if one

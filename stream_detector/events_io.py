@@ -548,6 +548,17 @@ def _cell_of(text: str | None, dialect: CsvDialect, name: str = "event_id") -> s
     return cells[at] if at < len(cells) and cells[at] else None
 
 
+def _header_only(path: Path) -> bool:
+    """A CSV file of one line with no newline after it: its header alone (pyarrow refuses to skip
+    it: "Could not skip initial 1 rows from CSV file, either file is too short or header is larger
+    than block size"; the same header with a newline reads as no rows)."""
+    with _open_binary(path) as stream:
+        while chunk := stream.read(1 << 16):
+            if b"\n" in chunk or b"\r" in chunk:
+                return False
+    return True
+
+
 def _csv_batches(path: Path, dialect: CsvDialect, options: ReaderOptions,
                  ragged: dict[int, RowRejection], consumed: Consumed | None = None) -> Iterator[pa.RecordBatch]:
     """The good rows of a CSV file in record batches of string columns. Rows that are not events
@@ -561,6 +572,8 @@ def _csv_batches(path: Path, dialect: CsvDialect, options: ReaderOptions,
         yield from _spaced_csv_batches(path, dialect, options, ragged, consumed)
         return
     start = 0  # the file row of the next good row
+    if _header_only(path):  # pyarrow cannot skip the header of a file without a newline (trial O): no rows
+        return
     with _undecodable_ragged_rows(path):
         reader = pacsv.open_csv(
             _open_binary(path, consumed),

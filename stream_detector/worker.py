@@ -31,6 +31,7 @@ import gc
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -302,6 +303,48 @@ class MissingShares(_OncePerModel):
                                       f"`stream-detector model show {self._version}`")
 
 
+class MostlyDeadLetters(_OncePerModel):
+    """Says once per model when at least half of the first ``ENOUGH`` events it received were dead
+    letters: events of another contract (no ``event_id``, another format), each with its reason on
+    the dead-letter topic, which an operator tailing the log did not see (trial O: raw Handbook
+    events without ``event_id``, all 500 dead-lettered, no log line). The warning gives the counts
+    per reason and the first one's message, and names ``train``'s ``--id-column``
+    (``training_id_column``) when ``event_id`` is what is missing."""
+
+    ENOUGH = 256
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reasons: Counter[str] = Counter()
+        self._first = ""
+
+    def observe(self, bundle: Bundle, events: int, rejected: Sequence[Rejected]) -> str | None:
+        """The warning, once, for ``bundle``'s model, given a batch of ``events`` received and its
+        ``rejected`` ones."""
+        if bundle.version != self._version:
+            self._reasons, self._first = Counter(), ""
+            self._new_model(bundle.version, True)
+        if self._done or not events:
+            return None
+        self._looked += events
+        self._reasons.update(r.reason.value for r in rejected)
+        if rejected and not self._first:
+            self._first = rejected[0].message
+        if self._looked < self.ENOUGH:
+            return None
+        self._done = True
+        dead = sum(self._reasons.values())
+        if 2 * dead < self._looked:
+            return None
+        counts = ", ".join(f"{reason} {n:,}" for reason, n in self._reasons.most_common())
+        trained = bundle.metadata.get("training_id_column")
+        hint = (f". The model was trained with --id-column {trained}: send it as event_id (stream-detector produce "
+                f"--id-column {trained} does)" if isinstance(trained, str) and self._reasons["missing_event_id"]
+                else "")
+        return (f"model {self._version}: {dead:,} of the first {self._looked:,} events received were dead letters "
+                f"({counts}; each with its reason on the dead-letter topic); the first: {self._first}{hint}")
+
+
 class _Progress:
     """The worker's INFO line every ``every_s`` while it handles events (``SD_LOG_PROGRESS_S``): what
     it did since the last line, so an operator tailing the log sees it work (it said nothing per
@@ -463,6 +506,7 @@ class Worker:
         self._absent = AbsentFields()  # warns once per model when its input fields are absent from the events
         self._novel = NovelValues()  # ... and when its category fields carry values training did not keep
         self._missing = MissingShares()  # ... and when its input fields are missing far more often than in training
+        self._dead = MostlyDeadLetters()  # ... and when most of the events it receives are dead letters
         self._asked_ends = float("-inf")  # stage 1: when the broker was last asked for the input's ends
         self._carried: tuple[list[str], np.ndarray] | None = None  # stage 2: the batch's carried features
 
@@ -820,6 +864,10 @@ class Worker:
                                         self.settings.redacted_fields)
             if novel:
                 log.warning("%s", novel)
+        if self._dead.wants(scorer.version):
+            mostly = self._dead.observe(scorer.bundle, len(batch), rejected)
+            if mostly:
+                log.warning("%s", mostly)
         if self._missing.wants(scorer.version):
             missing = self._missing.observe(scorer.bundle, events)
             if missing:

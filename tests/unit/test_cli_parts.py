@@ -235,6 +235,19 @@ def test_training_refuses_an_exclude_typo_and_history_without_event_times(
     err = capsys.readouterr().err
     assert "--timestamp-column TX_DATETIME: the model's (train was given it)" in err
     assert "no timestamp values" not in err and defaulted.read_bytes() == scored.read_bytes()
+    # the streamed path has no --timestamp-column: refused, not scored without times (trial O: 81 % flagged)
+    assert main(["score", "--model", str(tmp_path / "mt"), "--input", str(other), "--out", str(tmp_path / "st.csv"),
+                 "--streamed"]) == 2
+    assert ("the model was trained with --timestamp-column TX_DATETIME, and the streamed path has no "
+            "--timestamp-column yet") in capsys.readouterr().err
+    # a file whose first row has no time there: not taken as the model's (trial O: "check its spelling" for an
+    # option the user never typed); the usual warning says the times are missing
+    blank = tmp_path / "blank.csv"
+    blank.write_text("event_id,account_id,TX_DATETIME,amount\n" + "".join(
+        f"e{i},a{i % 7},,{i % 17 + 0.5}\n" for i in range(240)))
+    assert main(["score", "--model", str(tmp_path / "mt"), "--input", str(blank), "--out", str(tmp_path / "b.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "the model's (train was given it)" not in err and "no timestamp values" in err
     assert main(["train", "--input", str(other), "--out", str(tmp_path / "ms"), "--entity-key", "account_id",
                  "--timestamp-column", "TX_DATETIME", "--streamed"]) == 2
     assert "--timestamp-column is not available on the streamed path yet" in capsys.readouterr().err
@@ -740,6 +753,10 @@ def test_score_to_standard_output_names_it_so(tmp_path: Path, bundle: Any, capfd
      "train, not of score (the model keeps what train was given) (see stream-detector score --help)"),
     (["worker", "--input", "x"], "stream-detector worker: error: unrecognized arguments: --input x; --input is an "
                                  "option of train, score, produce, not of worker (see stream-detector worker --help)"),
+    # an abbreviation of the command's own option is its own, not another's (trial O: "--epo (--epochs) is an
+    # option of demo, not of train")
+    (["train", "--input", "x", "--out", "y", "--epo", "1", "--bogus"],
+     "stream-detector train: error: unrecognized arguments: --bogus (see stream-detector train --help)"),
     # an abbreviation of another command's option (a trial: --entity-k got "unrecognized arguments" alone)
     (["score", "--model", "m", "--input", "x", "--out", "-", "--entity-k", "account_id"],
      "stream-detector score: error: unrecognized arguments: --entity-k account_id; --entity-k (--entity-key) is an "
@@ -1238,3 +1255,31 @@ def test_a_misspelt_field_option_is_refused_before_the_whole_file_is_read(
     # the header's names pass: the model trains
     assert main(["train", "--input", str(data), "--out", str(tmp_path / "m"), "--entity-key", "account_id",
                  "--exclude", "pattern", "--epochs", "1"]) == 0
+
+
+def test_options_naming_the_id_time_or_label_column_are_answered_before_the_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial O: ``--exclude`` of the ``--timestamp-column`` (or the id or label column) and an
+    ``--entity-key`` naming one were "no such field in the input" after the whole read, the column
+    renamed by then; ``--entity-key timestamp`` trained a model keyed by event time. ``--exclude``
+    of such a column is dropped with a note (it is never a feature); such an entity key is refused."""
+    from stream_detector.cli import main
+
+    data = tmp_path / "h.csv"
+    data.write_text("TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TX_AMOUNT,TX_FRAUD\n" + "".join(
+        f"t{i},2018-04-01 {i // 60:02d}:{i % 60:02d}:00,c{i % 9},{i % 17 + 0.5},{int(i % 50 == 0)}\n"
+        for i in range(240)))
+    base = ["train", "--input", str(data), "--id-column", "TRANSACTION_ID", "--timestamp-column", "TX_DATETIME",
+            "--label-column", "TX_FRAUD", "--entity-amount", "TX_AMOUNT", "--epochs", "1"]
+    for key, role in (("TRANSACTION_ID", "the --id-column (the event id)"),
+                      ("TX_DATETIME", "the --timestamp-column (the event time)"),
+                      ("TX_FRAUD", "the --label-column (the label)"), ("timestamp", "the event time"),
+                      ("event_id", "the event id")):
+        assert main([*base, "--out", str(tmp_path / "m"), "--entity-key", key]) == 2
+        assert f"--entity-key {key}: it is {role}, not an entity with a history" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "m"), "--entity-key", "CUSTOMER_ID", "--exclude", "TX_DATETIME",
+                 "--exclude", "TX_FRAUD", "--exclude", "TRANSACTION_ID"]) == 0
+    err = capsys.readouterr().err
+    for name, role in (("TX_DATETIME", "the --timestamp-column (the event time)"),
+                       ("TX_FRAUD", "the --label-column (the label)"), ("TRANSACTION_ID", "the --id-column (the event id)")):
+        assert f"note: --exclude {name}: it is {role}, never a feature (nothing to exclude)" in err

@@ -493,3 +493,16 @@ def test_a_misspelt_id_column_names_the_one_meant(tmp_path: Path) -> None:
         load_events(path, id_column="transaction_ID")
     with pytest.raises(InputError, match=r"check its spelling \(without"):
         load_events(path, id_column="zzz")
+
+
+def test_a_header_without_a_newline_is_a_file_of_no_rows(tmp_path: Path) -> None:
+    """Trial O: a CSV of its header alone, with no newline after it, gave pyarrow's "Could not skip
+    initial 1 rows from CSV file, either file is too short or header is larger than block size";
+    with a newline it read as no rows. Both read as no rows, compressed too."""
+    from stream_detector.events_io import read_rows
+
+    for name, body in (("bare.csv", b"a,b,c"), ("ended.csv", b"a,b,c\n"), ("bare.csv.gz", gzip.compress(b"a,b,c"))):
+        (tmp_path / name).write_bytes(body)
+        assert read_rows(tmp_path / name).rows == [], name
+    (tmp_path / "one.csv").write_bytes(b"a,b,c\n1,2,3")  # a last row without its newline still reads
+    assert read_rows(tmp_path / "one.csv").rows == [{"a": "1", "b": "2", "c": "3"}]

@@ -694,3 +694,36 @@ def test_a_history_model_watches_the_event_time_too(bundle) -> None:
         "(stream-detector produce --timestamp-column TX_DATETIME does)")
     assert AbsentFields().observe(model.version, watched_fields(model), events, model.schema.input_fields) is None
     assert bundle.entity is None and "timestamp" not in watched_fields(bundle)
+
+
+def test_a_stream_of_mostly_dead_letters_is_said_once_with_the_models_id_column(bundle, caplog) -> None:
+    """Trial O: raw Handbook events without ``event_id`` streamed to a model trained with
+    ``--id-column TRANSACTION_ID``: all 500 dead-lettered, each with its reason on the dead-letter
+    topic, and no line in the worker's log. Now one warning per model once ``ENOUGH`` events are in
+    and at least half were dead letters: the counts per reason, the first one's message, and the
+    model's ``--id-column``; the same events with their ids, none."""
+    import dataclasses
+
+    from stream_detector.pipeline.decode import Rejected
+    from stream_detector.schema import RejectReason
+    from stream_detector.worker import MostlyDeadLetters
+
+    values, _ = _events(600, "dead", bad=0)
+    events = [orjson.loads(v) for v in values]
+    renamed = [orjson.dumps({("TRANSACTION_ID" if k == "event_id" else k): v for k, v in e.items()}) for e in events]
+    assert _worker_warnings(bundle, values, "were dead letters", caplog) == []
+    said = _worker_warnings(bundle, renamed, "were dead letters", caplog)
+    assert len(said) == 1 and said[0].startswith(f"model {bundle.version}: 500 of the first 500 events received were "
+                                                 "dead letters (missing_event_id 500; each with its reason")
+    assert "the first: event_id is required (the event has 'TRANSACTION_ID'" in said[0]
+    trained = dataclasses.replace(bundle, metadata={**bundle.metadata, "training_id_column": "TRANSACTION_ID"})
+    watch = MostlyDeadLetters()
+    missing = [Rejected(i, RejectReason.MISSING_EVENT_ID, "event_id is required") for i in range(150)]
+    assert watch.observe(trained, 200, missing) is None and watch.wants(trained.version)  # 200 < ENOUGH: not yet
+    said_once = watch.observe(trained, 200, missing[:50])
+    assert said_once is not None and said_once.endswith(
+        "The model was trained with --id-column TRANSACTION_ID: send it as event_id (stream-detector produce "
+        "--id-column TRANSACTION_ID does)")
+    assert "200 of the first 400" in said_once and watch.observe(trained, 200, missing) is None  # once
+    few = MostlyDeadLetters()
+    assert few.observe(trained, 400, missing[:199]) is None and not few.wants(trained.version)  # under half
