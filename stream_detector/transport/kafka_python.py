@@ -526,18 +526,21 @@ class KafkaSource:
     def backlog(self, ask: bool = False) -> dict[int, int | None]:
         """``base.Source.backlog``: per assigned partition, its high watermark minus the consumer's
         position. kafka-python caches a partition's high watermark only once it hands out records
-        from that partition's fetch (it drains a backlog one partition after another), so ``ask``
-        asks the broker for the others' ends (one ListOffsets round trip, ``end_offsets``, ~1 ms); an end
-        asked is a lower bound of the partition's end, used until the client's own is higher."""
+        from that partition's fetch (it drains a backlog one partition after another), so a cached
+        one can be far behind (a partition drained before, then given a backlog while the client
+        hands out another's), and ``ask`` asks the broker for every assigned partition's end (one
+        ListOffsets round trip, ``end_offsets``, ~1 ms); an end asked is a lower bound of the
+        partition's end, used until the client's own is higher. (Before 2026-12-07 only the ends of
+        partitions without a cached one were asked: trial O's two-stage run sent idle marks for a
+        partition with thousands of records left, and stage 2 ran ahead of them in event time.)"""
         consumer = self.consumer
         if consumer is None:
             return {}
         try:
             owned = consumer.assignment()
             highs = {tp: consumer.highwater(tp) for tp in owned}
-            missing = [tp for tp, high in highs.items() if high is None]
-            if ask and missing:
-                self._ends.update({tp.partition: end for tp, end in consumer.end_offsets(missing).items()})
+            if ask and owned:
+                self._ends.update({tp.partition: end for tp, end in consumer.end_offsets(list(owned)).items()})
             out: dict[int, int | None] = {}
             for tp, high in highs.items():
                 known = max(high if high is not None else -1, self._ends.get(tp.partition, -1))
