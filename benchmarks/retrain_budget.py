@@ -64,7 +64,9 @@ def chain(first: Bundle, windows: list[tuple[list[dict[str, Any]], list[str]]], 
           delay: float = 0.0, delay_known: bool = False) -> list[dict[str, Any]]:
     """One chain of generations; per generation its figures on ``fresh``, and its gate's. ``labels``:
     ``none``; ``sampled``: each window's frauds labelled fraud and every 20th legit event legit;
-    ``reviewed``: every fraud and every alerted event labelled (analysts review the alert queue).
+    ``reviewed``: every fraud and every alerted event labelled (analysts review the alert queue);
+    ``queue``: every fraud labelled by its chargeback, and one alerted event in four reviewed by an
+    analyst (fraud or legit; trial P's deployment: the alerts nobody labelled are all legit).
     ``delay``: the newest share of each window has no label yet (chargebacks and reviews come
     later): its frauds read as silence, trained on where no alert left them out. ``delay_known``:
     the retrainer is told that delay (``SD_RETRAIN_LABEL_DELAY_S``), as ``TrainingWindow.select``
@@ -84,13 +86,15 @@ def chain(first: Bundle, windows: list[tuple[list[dict[str, Any]], list[str]]], 
                 pass  # not labelled yet
             elif labels != "none" and pattern != "legit":
                 label = "fraud"
-            elif (labels == "sampled" and i % 20 == 0) or (labels == "reviewed" and hit):
+            elif (labels == "sampled" and i % 20 == 0) or (labels == "reviewed" and hit) or (
+                    labels == "queue" and hit and i % 4 == 0):
                 label = "legit"
             if label is not None:
                 selection.labelled.append((entry, label))
                 # a review of an alert: any label of "reviewed"; of "sampled", the analyst's legit sample (its
-                # fraud labels are chargebacks, which only ever say fraud and are no review)
-                if hit and (labels == "reviewed" or label == "legit"):
+                # fraud labels are chargebacks, which only ever say fraud and are no review); of "queue", every
+                # fourth alert, a fraud's verdict too
+                if hit and (labels == "reviewed" or label == "legit" or (labels == "queue" and i % 4 == 0)):
                     if label == "fraud":
                         selection.reviewed_fraud += 1
                     else:
@@ -126,9 +130,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--fraud-rate", type=float, default=0.002, help="the simulator's fraud share")
     p.add_argument("--epochs", type=int, default=8, help="training epochs of every model")
     p.add_argument("--supervised", action="store_true", help="every model with the supervised head (labels as above)")
-    p.add_argument("--labels", choices=["none", "sampled", "reviewed"], default=None,
+    p.add_argument("--labels", choices=["none", "sampled", "reviewed", "queue"], default=None,
                    help="the windows' labels: none (default), sampled (frauds and one legit event in twenty; the "
-                        "default with --supervised), reviewed (frauds and every alerted event)")
+                        "default with --supervised), reviewed (frauds and every alerted event), queue (frauds by "
+                        "their chargebacks, and one alerted event in four reviewed)")
     p.add_argument("--label-delay", type=float, default=0.0,
                    help="the newest share of each window (0-1) has no label yet: chargebacks and reviews arrive "
                         "later, its frauds read as silence (default 0: every label known)")
@@ -172,7 +177,9 @@ def main(argv: list[str]) -> int:
                              "decision's budget is twice it)." if args.supervised else "")
              + {"none": " No labels: silence reads as legit.",
                 "sampled": " Frauds labelled, one legit event in twenty labelled.",
-                "reviewed": " Frauds labelled, and every alerted event (analysts review the alert queue)."}[labels]
+                "reviewed": " Frauds labelled, and every alerted event (analysts review the alert queue).",
+                "queue": " Frauds labelled (chargebacks), and one alerted event in four reviewed by an analyst: the "
+                         "alerts nobody labelled are legit."}[labels]
              + (f" Labels delayed: the newest {args.label_delay:.0%} of each window has none yet (its frauds read as "
                 "silence: trained on where no alert left them out)." if args.label_delay else "")
              + (" The retrainer is told the delay (`SD_RETRAIN_LABEL_DELAY_S`): an older alert nobody labelled is "
