@@ -181,6 +181,11 @@ class WorkerMetrics:
         self.entity_untimed = Counter(f"{p}_entity_untimed_events", "Events enriched with entity features that "
                                       "had no usable timestamp: applied at their entity's last time "
                                       "(docs/entity-features.md, 'Time, late and out-of-order events').", registry=r)
+        self.entity_late = Counter(f"{p}_entity_late_events", "Events enriched with entity features that came "
+                                   "earlier in event time than their entity's last event, per entity key: applied "
+                                   "at that time, so their features differ from offline scoring of the time-ordered "
+                                   "events (docs/entity-features.md, 'Time, late and out-of-order events').",
+                                   ["key"], registry=r)
         self.shadow_events = Counter(f"{p}_shadow_events", "Events a challenger in shadow scored beside the "
                                      "active model, in committed batches (docs/retraining.md).", registry=r)
         self.shadow_alerts = Counter(f"{p}_shadow_alerts", "Events a challenger in shadow would have alerted "

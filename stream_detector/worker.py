@@ -129,6 +129,7 @@ class WorkerStats:
     shadow_alerts: int = 0  # the challenger's would-be alerts
     state_flushes: int = 0  # write-behind entity state written, offsets committed after (entity/behind.py)
     state_conflicts: int = 0  # flushes that found a record changed by another writer (window read again)
+    late_events: dict[str, int] = field(default_factory=dict)  # per entity key: applied late (entity/kernel.py)
     started_at: float = field(default_factory=time.monotonic)
     busy_s: float = 0.0  # seconds in the loop's steps that handled events (``run``; empty polls left out)
 
@@ -360,6 +361,7 @@ class _Progress:
 
     TURN_BATCHES = 20
     SMALL_BATCH = 64
+    LATE_SHARE = 0.01  # a period's late events (per key) above this share of its events: warned
 
     def __init__(self, stats: WorkerStats, every_s: float, peer_wait: Callable[[], float] = lambda: 0.0,
                  peer_cut: Callable[[], int] = lambda: 0, forwards: bool = False,
@@ -370,6 +372,7 @@ class _Progress:
         self.since = time.monotonic()
         self.seen = (0, 0, 0, 0)
         self.waited, self.cut = peer_wait(), peer_cut()
+        self.late: dict[str, int] = {}  # stats.late_events at the last line
 
     def maybe_log(self, now: float) -> None:
         if not self.every_s or now - self.since < self.every_s:
@@ -402,8 +405,18 @@ class _Progress:
                         "faster, one per group fastest and exact (a larger SD_ALIGN_PEER_GRACE_MS is faster but "
                         "gives features and alerts that differ from offline scoring) (docs/operations.md, "
                         "'Partitions and workers')", how)
+        late = {k: n - self.late.get(k, 0) for k, n in s.late_events.items()}
+        many = {k: n for k, n in late.items() if events and n > self.LATE_SHARE * events}
+        if many:
+            log.warning("%s of the %d events of the last %.0f s came earlier in event time than their entity's last "
+                        "event and were applied at its time (late), so their history features are not the ones "
+                        "offline scoring of the time-ordered events gives; with several workers or two stages this "
+                        "is the event-time alignment letting a partition fall behind (docs/entity-features.md, "
+                        "'Time, late and out-of-order events'; metric stream_detector_entity_late_events_total)",
+                        ", ".join(f"{n} of {k}" for k, n in sorted(many.items())), events, period)
         self.since, self.seen = now, (s.events, s.alerts, s.rejected, s.batches)
         self.waited, self.cut = self.peer_wait(), self.peer_cut()
+        self.late = dict(s.late_events)
 
 
 P = ParamSpec("P")
@@ -481,6 +494,7 @@ class Worker:
         self.labels: LabelStore = InMemoryLabels(())  # the label store (start(): the control plane's)
         self._counted: dict[str, int] = {}  # running totals of the enricher and label store, as counted in metrics
         self._untimed = 0  # the current batch's events without a usable timestamp (its last enrich attempt)
+        self._late: dict[str, int] = {}  # the current batch's late events per key (its last enrich attempt)
         self._shadow_counts: tuple[str, dict[str, int]] | None = None  # the batch in hand's, until committed
         self.behind: WriteBehind | None = None  # write-behind entity state (SD_ENTITY_PARTITION_KEY), start()
         self.replay_log: FeatureLog | None = None  # a shared key's features until committed, read always
@@ -909,6 +923,7 @@ class Worker:
                 values = np.hstack([values, label_values(spec, self.labels, decoded.events, values,
                                                          scorer.bundle.entity)])
         self._untimed = self.enricher.last_untimed
+        self._late = dict(self.enricher.last_late)
         s = self.settings
         out = forwards(batch, decoded.indices, read_field(decoded.events, s.repartition_key, decoded.columns), values,
                        spec.fingerprint, s.repartition_topic_name, self._upstream, s.repartition_buckets)
@@ -1210,6 +1225,7 @@ class Worker:
             rows = np.asarray(indices, dtype=np.int64)
             pending = enricher.begin(spec, events, _positions(batch, rows), fields)  # the state is written by ``write``
             self._untimed = enricher.last_untimed  # a held batch enriched again: its last attempt counts
+            self._late = dict(enricher.last_late)
             # stage 2: the input key's features (and label features) from stage 1 first, then this stage's
             carried = None if self._carried is None else self._carried[1][rows]
             names = [*(self._carried[0] if self._carried is not None else ()), *spec.all_fields]
@@ -1714,6 +1730,11 @@ class Worker:
         if self._untimed:
             self.metrics.entity_untimed.inc(self._untimed)
             self._untimed = 0
+        for key, n in self._late.items():
+            if n:
+                s.late_events[key] = s.late_events.get(key, 0) + n
+                self.metrics.entity_late.labels(key).inc(n)
+        self._late = {}
         if isinstance(self.labels, RedisLabels):
             self._count_growth("attached_later", self.labels.attached_later,
                                lambda n: self.metrics.labels_ingested("attached_later", n))

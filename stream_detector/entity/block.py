@@ -33,6 +33,7 @@ class Block:
         self.n = np.zeros((rows, f), dtype=np.int64)
         self.dt = np.zeros((rows, f, k + 1))
         self.dc = np.zeros((rows, f, k + 1), dtype=np.int64)
+        self.late = 0  # the last run's applied events earlier than their entity's last time
 
     @classmethod
     def of(cls, spec: EntitySpec, fields: tuple[str, ...], cores: Sequence[Core], extra: int,
@@ -95,16 +96,19 @@ class Block:
 
     def run(self, spec: EntitySpec, state_row: np.ndarray, apply: np.ndarray, ts: np.ndarray,
             amount: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
-        """Features float64[N, len(spec.fields_for(key))] of the events; the block's state advances.
+        """Features float64[N, len(spec.fields_for(key))] of the events; the block's state advances;
+        ``late``: how many applied events were earlier than their entity's last time (clamped).
         ``state_row`` int64[N] is each event's row here, ``apply`` bool[N] whether it is applied,
         ``codes`` int64[F, N] their label codes, C-contiguous (default: the batch's, from ``of``); other
         layouts would compile a second kernel specialisation on first use."""
         order, starts, grow = grouping(state_row)
         codes = self.codes if codes is None else codes
         out = np.empty((ts.size, len(spec.windows) * (5 + len(self.fields)) + 1 + len(self.fields)))
+        late = np.empty(ts.size, dtype=np.bool_)
         kernel.run(order, starts, grow, apply, ts, amount, codes, windows_ms(spec),
                    float(spec.windows[-1]), float(spec.horizon_ms), spec.max_distinct,
-                   self.t, self.w, self.n, self.dt, self.dc, out)
+                   self.t, self.w, self.n, self.dt, self.dc, out, late)
+        self.late = int(np.count_nonzero(late))
         return out
 
     def clear(self, rows: slice) -> None:

@@ -74,6 +74,8 @@ class Enricher:
         self.on_enriched: Callable[[list[dict[str, Any]]], None] | None = None
         self.conflicts = 0  # records recomputed because another writer changed them (``_redo``)
         self.last_untimed = 0  # events of the last batch without a usable timestamp (at their entity's last time)
+        # per key, the last batch's events earlier than their entity's last time (applied at it: late)
+        self.last_late: dict[str, int] = {}
         self.replay_log: FeatureLog | None = None  # ``keep_replay_log``
         self.partition_key: str | None = None  # with ``log_writes``: its shared keys' features are logged
         self.log_writes = False
@@ -163,6 +165,7 @@ class Enricher:
                keyed: Sequence[bool] | None, fields: Fields | None, hook: bool) -> PendingWrite:
         cols = Columns.of(spec, events, fields)
         self.last_untimed = int(np.count_nonzero(np.isnan(cols.ts)))
+        self.last_late = {}
         at = _Positions(positions)
         batch = [_KeyBatch(key, *entity_codes(events, key, keyed, fields)) for key in spec.keys]
         entities = [(kb.key, name) for kb in batch for name in kb.names]
@@ -215,6 +218,7 @@ class Enricher:
         fields = spec.distinct_for(kb.key)
         block = Block.from_buffer(spec, fields, buf, core_at, extra=loose.size, cols=cols)
         out = block.run(spec, state_row, apply, cols.ts, cols.amount)
+        self.last_late[kb.key] = self.last_late.get(kb.key, 0) + block.late
         if not apply.all() and self.replay_log is not None:  # applied before: the features it got then
             done = np.flatnonzero(~apply)
             found, logged = self.replay_log.find(spec, kb.key, at.values[at.part[done]], at.offset[done], out.shape[1])

@@ -29,6 +29,7 @@ Arrays (E entities, N events, W windows, F distinct fields, K = ``max_distinct``
     st_dt   float64[E, F, K+1] last-seen ms per kept value (one spare slot for the insert-then-evict)
     st_dc   int64[E, F, K+1]   code per kept value
     out     float64[N, 5W + FW + 1 + F]  in ``EntitySpec.fields_for`` order
+    late    bool[N]       out: an applied event earlier than its entity's last time (clamped to it)
 """
 
 from __future__ import annotations
@@ -44,12 +45,16 @@ from ..compiled import jit
 def run(order: np.ndarray, starts: np.ndarray, grow: np.ndarray, apply: np.ndarray, ts: np.ndarray,
         amount: np.ndarray, codes: np.ndarray, windows_ms: np.ndarray, longest_s: float,
         horizon_ms: float, k: int, st_t: np.ndarray, st_w: np.ndarray, st_n: np.ndarray,
-        st_dt: np.ndarray, st_dc: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover (compiled)
-    """Features of every event (``out``) and the state after them (``st_*``, in place)."""
+        st_dt: np.ndarray, st_dc: np.ndarray, out: np.ndarray,
+        late: np.ndarray) -> None:  # pragma: no cover (compiled)
+    """Features of every event (``out``) and the state after them (``st_*``, in place); ``late``:
+    which applied events came earlier in event time than their entity's last one (the late-event
+    rule applies them at that time: counted by the worker, ``Enricher.last_late``)."""
     for g in range(starts.shape[0] - 1):
         e = grow[g]
         for j in range(starts[g], starts[g + 1]):
             i = order[j]
+            late[i] = apply[i] and ts[i] < st_t[e]  # False where either is NaN
             _event(i, e, apply[i], ts[i], amount[i], codes, windows_ms, longest_s, horizon_ms, k,
                    st_t, st_w, st_n, st_dt, st_dc, out)
 
@@ -179,7 +184,7 @@ def warm() -> None:
     run(one, np.array([0, 1], dtype=np.int64), one, np.ones(1, dtype=np.bool_), np.zeros(1), np.zeros(1),
         np.full((1, 1), -1, dtype=np.int64), np.array([3.6e6]), 3600.0, 1.08e7, 1, np.full(1, np.nan),
         np.zeros((1, 1, 3)), np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1, 2)),
-        np.zeros((1, 1, 2), dtype=np.int64), np.zeros((1, 8)))
+        np.zeros((1, 1, 2), dtype=np.int64), np.zeros((1, 8)), np.zeros(1, dtype=np.bool_))
     _WARM.append(True)
 
 

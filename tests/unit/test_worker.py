@@ -727,3 +727,47 @@ def test_a_stream_of_mostly_dead_letters_is_said_once_with_the_models_id_column(
     assert "200 of the first 400" in said_once and watch.observe(trained, 200, missing) is None  # once
     few = MostlyDeadLetters()
     assert few.observe(trained, 400, missing[:199]) is None and not few.wants(trained.version)  # under half
+
+
+def test_a_period_with_many_late_events_is_a_warning(caplog) -> None:
+    """Trial Q: two stages that let a partition fall behind in event time (stage 1's idle marks on
+    a stale end) applied thousands of terminal events late, and their alerts were wrong, while lag,
+    the metrics and the log said nothing. The enricher now counts, per key, the events earlier than
+    their entity's last one (``Enricher.last_late``; metric ``stream_detector_entity_late_events``);
+    a period where they are more than 1 % of its events is one WARNING naming the key."""
+    import logging
+
+    from stream_detector.worker import WorkerStats, _Progress
+
+    stats = WorkerStats()
+    progress = _Progress(stats, 30.0)
+    start = progress.since
+    with caplog.at_level(logging.INFO, logger="stream_detector.worker"):
+        stats.events, stats.late_events = 1000, {"account_id": 3, "terminal_id": 10}  # 1 %: not more
+        progress.maybe_log(start + 30)
+        stats.events, stats.late_events = 2000, {"account_id": 4, "terminal_id": 260}
+        progress.maybe_log(start + 60)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "250 of terminal_id of the 1000 events of the last 30 s came earlier in event time than their entity's "
+        "last event")
+
+
+def test_the_enricher_counts_the_events_it_applied_late_per_key() -> None:
+    """``Enricher.last_late``: per key, the batch's applied events earlier in event time than their
+    entity's last one (the kernel's ``late``); an event without a time is not."""
+    from stream_detector.entity import Enricher, EntitySpec, InMemoryState
+
+    spec = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600,), distinct_fields=())
+    enricher = Enricher(InMemoryState())
+    first = [{"event_id": "a", "account_id": "x", "terminal_id": "t", "timestamp": 2_000_000, "amount": 1.0}]
+    enricher.features(spec, first, [(0, 0)])
+    assert enricher.last_late == {"account_id": 0, "terminal_id": 0}
+    batch = [{"event_id": "b", "account_id": "x", "terminal_id": "u", "timestamp": 1_000_000, "amount": 1.0},
+             {"event_id": "c", "account_id": "y", "terminal_id": "t", "timestamp": 1_500_000, "amount": 1.0},
+             {"event_id": "d", "account_id": "y", "terminal_id": "t", "timestamp": 1_400_000, "amount": 1.0},
+             {"event_id": "e", "account_id": "x", "terminal_id": "t", "timestamp": None, "amount": 1.0}]
+    enricher.features(spec, batch, [(0, 1), (0, 2), (0, 3), (0, 4)])
+    # b: x's last was 2,000,000 (late for account_id; u is new); c: t's last 2,000,000 (late for terminal_id);
+    # d: earlier than c for y and for t (late for both); e: no time (not late)
+    assert enricher.last_late == {"account_id": 2, "terminal_id": 2}
