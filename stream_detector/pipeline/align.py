@@ -446,10 +446,13 @@ class AlignedSource:
 
     def _backlog(self, now: float) -> dict[int, int | None]:
         """Per assigned partition, the records its client has still to hand out (``Source.backlog``).
-        Where that is unknown (kafka-python knows a partition's high watermark only once it hands
-        out that partition's fetch), the broker is asked, at most once per ``idle_ms``."""
+        Where that is unknown, or 0 (a partition that may be called idle), the broker is asked for
+        every partition's end, at most once per ``idle_ms``: kafka-python knows a partition's high
+        watermark only once it hands out that partition's fetch, and keeps an old one while it hands
+        out another's backlog (trial Q, on stage 1's idle marks), so a long drain of one partition
+        could otherwise let another with records left pass for idle once ``_unseen``'s hold ran out."""
         left = self.inner.backlog()
-        if any(n is None for n in left.values()) and now - self._asked_at >= self.idle_ms / 1000.0:
+        if any(n is None or n == 0 for n in left.values()) and now - self._asked_at >= self.idle_ms / 1000.0:
             self._asked_at = now
             left = self.inner.backlog(ask=True)
         return left

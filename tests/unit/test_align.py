@@ -958,3 +958,68 @@ def test_a_worker_owning_every_partition_publishes_its_heads_at_the_heartbeat_on
         assert Counting.publishes == before + 1 and set(peers.entries) >= {0, 1, 2, 3}  # the heartbeat
     else:
         assert Counting.publishes > 10  # each batch's take and commit
+
+
+class _StaleEnds(_PartitionAfterPartition):
+    """kafka-python on a second backlog: both partitions were drained once (their ends cached), then
+    a backlog came into both; the client hands out one partition's records after the other's and
+    keeps the other's old end until it hands that one out (``backlog()``); asked, the broker knows
+    every end (``backlog(ask=True)``, the transports since 2026-12-07); ``highwaters`` is the cached
+    end, raised by an ask, as the transports keep it."""
+
+    def __init__(self, per: dict[int, list[float]], order: list[int], fetch: int, done: int) -> None:
+        super().__init__(per, order, fetch)
+        self.pos = dict.fromkeys(per, done)  # the first ``done`` records of each were handed out before
+        self.ends = dict.fromkeys(per, done)  # and their ends cached then
+        self.asks = 0
+
+    def poll_batch(self, fill: bool = True, wait_ms: int | None = None) -> Batch:
+        batch = super().poll_batch(fill, wait_ms)
+        for p in set(batch.partitions):
+            self.ends[p] = len(self.values[p])
+        return batch
+
+    def highwaters(self) -> dict[int, int | None]:
+        return dict(self.ends)
+
+    def backlog(self, ask: bool = False) -> dict[int, int | None]:
+        if ask:
+            self.asks += 1
+            self.ends = {p: len(v) for p, v in self.values.items()}
+        return {p: self.ends[p] - self.pos[p] for p in self.values}
+
+
+def test_one_worker_holds_a_partition_whose_cached_end_is_old_for_however_long_its_client_takes() -> None:
+    """Trial Q's kind, on one aligned worker: partition 1 had been drained (its end cached), then a
+    backlog came into both partitions, and the client handed out partition 0's part for longer than
+    ``idle_ms`` before any of partition 1's. By its cached end partition 1 had nothing left and was
+    quiet: ``_unseen``'s check at the claim held it for ``idle_ms`` only, after which its records
+    came behind partition 0's later ones. The broker is now asked for every end while a partition
+    is at its (cached) end, so partition 1 holds as a partition with records left does."""
+    rng = random.Random(7)
+    times = sorted(rng.uniform(0, 1e7) for _ in range(1000))
+    per: dict[int, list[float]] = {0: [], 1: []}
+    for t in times:
+        per[rng.randrange(2)].append(t)
+    done = 5  # each partition's first five were applied before the backlog came
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.01  # every look at the clock is 10 ms later: partition 0's drain outlasts idle_ms
+        return now[0]
+
+    inner = _StaleEnds(per, order=[0, 1], fetch=10, done=done)
+    source = AlignedSource(inner, batch_size=10, idle_ms=50, clock=clock)  # type: ignore[arg-type]
+    source.enabled = True
+    source.topic = TOPIC
+    applied: list[float] = []
+    expected = sorted(per[0][done:] + per[1][done:])
+    for _ in range(20_000):
+        if len(applied) == len(expected):
+            break
+        batch = source.poll_batch()
+        applied += _times([batch])
+        source.settled(batch.next_offsets())
+    assert sorted(applied) == expected  # every record once, and no stall
+    assert max(max(applied[:i + 1]) - t for i, t in enumerate(applied)) == 0  # in event-time order
+    assert inner.asks > 0
