@@ -984,7 +984,7 @@ class Worker:
         """Stage 1: the assigned partitions owed an idle mark now (``IdleMarks``). A mark is a promise
         that nothing older will come from the partition, so it is made only on the broker's word:
         its ends are asked with the backlog (kafka-python's cached high watermark of a partition it
-        has not handed out lately can be far behind: trial O's stage 2 got marks for partitions with
+        has not handed out lately can be far behind: trial Q's stage 2 got marks for partitions with
         thousands of records left, ran ahead of them in event time, and alerted on 2,376 events
         offline did not), at most once per ``SD_ALIGN_IDLE_MS``; between asks, no mark is due."""
         def backlog() -> dict[int, int | None]:

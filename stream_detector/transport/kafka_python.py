@@ -531,7 +531,7 @@ class KafkaSource:
         hands out another's), and ``ask`` asks the broker for every assigned partition's end (one
         ListOffsets round trip, ``end_offsets``, ~1 ms); an end asked is a lower bound of the
         partition's end, used until the client's own is higher. (Before 2026-12-07 only the ends of
-        partitions without a cached one were asked: trial O's two-stage run sent idle marks for a
+        partitions without a cached one were asked: trial Q's two-stage run sent idle marks for a
         partition with thousands of records left, and stage 2 ran ahead of them in event time.)"""
         consumer = self.consumer
         if consumer is None:
