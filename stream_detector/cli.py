@@ -1064,21 +1064,20 @@ def _check_fields_early(args: argparse.Namespace, entity: Any) -> None:
 
 def _require_fields(options: Sequence[tuple[str, str]], schema: Any, events: list[dict[str, Any]]) -> None:
     """Refuse (exit 2, with the closest field) an ``(option, field)`` whose field the input lacks:
-    neither in its schema as a field of the data, nor in its first 1,000 rows."""
+    neither in its schema as a field of the data, nor in its first 1,000 rows. The fields listed are
+    those of these rows (a trial: the list named a ``timestamp`` the files did not have, the
+    schema's reserved event-time rule)."""
     for option, name in options:
         if not (name in schema and not schema[name].note.endswith("(not in the data)")) \
                 and not any(name in e for e in events[:1000]):
-            raise ConfigError(f"{option} {name}: no such field in the input{_did_you_mean(name, schema)} (fields: "
-                              f"{', '.join(rule.name for rule in schema.fields)})")
-
-
-def _did_you_mean(name: str, schema: Any) -> str:
-    """``; did you mean 'x'?`` for the input's field closest to a mistyped ``name`` (difflib), or ``""``."""
-    return _near(name, [rule.name for rule in schema.fields])
+            present = [rule.name for rule in schema.fields if any(rule.name in e for e in events[:1000])]
+            raise ConfigError(f"{option} {name}: no such field in the input{_near(name, present)} (fields: "
+                              f"{', '.join(present)})")
 
 
 def _near(name: str, fields: Sequence[str]) -> str:
-    """``_did_you_mean`` among ``fields``."""
+    """``; did you mean 'x'?`` for the field of ``fields`` closest to a mistyped ``name`` (difflib,
+    else one equal but for case), or ``""``."""
     close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6) or [f for f in fields if f.lower() == name.lower()]
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -2447,7 +2446,14 @@ def _elsewhere(options: list[str], command: str) -> str:
             # an abbreviation (argparse takes one within its own command): the one option it begins, if one
             begun = {o for c, sub in commands.items() if c != command for o in sub._option_string_actions
                      if o.startswith(name)}
-            full = begun.pop() if len(begun) == 1 else name
+            if len(begun) > 1:  # several (a trial: ``score --entity x`` got no hint at all)
+                owners = sorted({c for c, sub in commands.items() if c != command
+                                 and any(o in sub._option_string_actions for o in begun)})
+                model = " (the model keeps what train was given)" if owners == ["train"] and command == "score" else ""
+                of = f", not of {command}" if command in commands else ""
+                notes.append(f"{name} begins {', '.join(sorted(begun))}: options of {', '.join(owners)}{of}{model}")
+                continue
+            full = begun.pop() if begun else name
         owners = [c for c, sub in commands.items() if c != command and full in sub._option_string_actions]
         if owners:
             model = " (the model keeps what train was given)" if owners == ["train"] and command == "score" else ""

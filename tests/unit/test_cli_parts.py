@@ -761,6 +761,11 @@ def test_score_to_standard_output_names_it_so(tmp_path: Path, bundle: Any, capfd
     (["score", "--model", "m", "--input", "x", "--out", "-", "--entity-k", "account_id"],
      "stream-detector score: error: unrecognized arguments: --entity-k account_id; --entity-k (--entity-key) is an "
      "option of train, not of score (the model keeps what train was given) (see stream-detector score --help)"),
+    # an abbreviation of several of another command's options (a trial: score --entity got no hint)
+    (["score", "--model", "m", "--input", "x", "--out", "-", "--entity", "account_id"],
+     "stream-detector score: error: unrecognized arguments: --entity account_id; --entity begins --entity-amount, "
+     "--entity-distinct, --entity-key, --entity-windows: options of train, not of score (the model keeps what train "
+     "was given) (see stream-detector score --help)"),
 ])
 def test_a_usage_error_names_the_mistyped_option_and_the_commands_help(argv: list[str], line: str, capsys) -> None:
     """Found by trials: ``--bogus`` alone said COMMAND was missing, ``train --bogus`` that --input
@@ -1283,3 +1288,19 @@ def test_options_naming_the_id_time_or_label_column_are_answered_before_the_read
     for name, role in (("TX_DATETIME", "the --timestamp-column (the event time)"),
                        ("TX_FRAUD", "the --label-column (the label)"), ("TRANSACTION_ID", "the --id-column (the event id)")):
         assert f"note: --exclude {name}: it is {role}, never a feature (nothing to exclude)" in err
+
+
+def test_a_misspelt_field_on_a_directory_input_lists_the_files_fields_only(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stop 66's note: on a directory of CSV files without a time column, ``--entity-key nosuch``
+    listed the files' fields and a ``timestamp`` they did not have (the schema's reserved rule)."""
+    from stream_detector.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.csv").write_text("id,amount,acct\n1,2.5,a\n2,3.5,b\n")
+    (folder / "b.csv").write_text("id,amount,acct\n3,4.5,a\n")
+    assert main(["train", "--input", str(folder), "--out", str(tmp_path / "m"), "--entity-key", "acc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("stream-detector train: error: --entity-key acc: no such field in the input; did you mean "
+                   "'acct'? (fields: id, amount, acct)")
