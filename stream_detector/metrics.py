@@ -186,6 +186,10 @@ class WorkerMetrics:
                                    "at that time, so their features differ from offline scoring of the time-ordered "
                                    "events (docs/entity-features.md, 'Time, late and out-of-order events').",
                                    ["key"], registry=r)
+        self.idle_marks = Counter(f"{p}_repartition_idle_marks", "Stage 1 (SD_STAGE=repartition): idle marks sent "
+                                  "to stage 2 for an input partition with nothing left on the broker's word (a promise "
+                                  "that nothing older comes from it, so stage 2 may run ahead of it in event time), "
+                                  "by input partition (docs/operations.md, 'Two stages').", ["partition"], registry=r)
         self.shadow_events = Counter(f"{p}_shadow_events", "Events a challenger in shadow scored beside the "
                                      "active model, in committed batches (docs/retraining.md).", registry=r)
         self.shadow_alerts = Counter(f"{p}_shadow_alerts", "Events a challenger in shadow would have alerted "

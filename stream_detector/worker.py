@@ -934,6 +934,7 @@ class Worker:
             idle_marks(idle, s.repartition_topic_name, self._upstream, s.repartition_buckets)
         if self._deliver(batch, scorer, out + marks + build_dead_letters(batch, decoded.rejected, s.dlq_topic)):
             self._idle_marks.sent(idle, now)
+            self._marked(idle)
             self._count(batch, len(out), 0, decoded.rejected)
 
     def _idle_reason(self) -> str | None:
@@ -1019,6 +1020,17 @@ class Worker:
             self.publisher.reset()  # a fresh producer at the next transaction
             return
         self._idle_marks.sent(due, now)
+        self._marked(due)
+
+    def _marked(self, partitions: Sequence[int]) -> None:
+        """Stage 1: idle marks for ``partitions`` delivered: counted per input partition
+        (``stream_detector_repartition_idle_marks_total``) and logged at DEBUG (trial R could see them
+        only by reading the repartition topic with the purge off)."""
+        for partition in partitions:
+            self.metrics.idle_marks.labels(partition=str(partition)).inc()
+        if partitions:
+            log.debug("stage 1: idle marks sent for input partitions %s (nothing left on the broker's word)",
+                      sorted(partitions))
 
     def _deliver(self, batch: Batch, scorer: Scorer, messages: list[OutMessage]) -> bool:
         """Steps 6 and 7 for ``batch``: ``messages`` published, then its offsets committed (or, with

@@ -101,6 +101,13 @@ def test_two_stages_of_two_workers_replay_a_backlog_like_the_time_ordered_file(
 
     held = [{tp.partition for tp in w.source.assignment()} for w in second]
     assert sorted(map(len, held)) == [4, 4] and not any(split_buckets(h, 4) for h in held)  # whole buckets
+
+    def marked(partition: int) -> float:  # stage 1's idle marks for an input partition, by its metric
+        return sum(w.metrics.registry.get_sample_value("stream_detector_repartition_idle_marks_total",
+                                                       {"partition": str(partition)}) or 0.0 for w in first)
+
+    # drained and quiet: every input partition is marked idle (counted, as operators see it)
+    wait_until(lambda: all(marked(p) >= 1 for p in range(4)), timeout_s=60, message="idle marks for every partition")
     merged: dict[str, dict[str, Any]] = {}
     for worker in first + second:
         for event_id, event in seen[id(worker)].by_id().items():
