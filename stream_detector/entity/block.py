@@ -34,6 +34,7 @@ class Block:
         self.dt = np.zeros((rows, f, k + 1))
         self.dc = np.zeros((rows, f, k + 1), dtype=np.int64)
         self.late = 0  # the last run's applied events earlier than their entity's last time
+        self.late_rows = np.zeros(0, dtype=np.bool_)  # which of the last run's events: ``late`` of them
 
     @classmethod
     def of(cls, spec: EntitySpec, fields: tuple[str, ...], cores: Sequence[Core], extra: int,
@@ -109,6 +110,7 @@ class Block:
                    float(spec.windows[-1]), float(spec.horizon_ms), spec.max_distinct,
                    self.t, self.w, self.n, self.dt, self.dc, out, late)
         self.late = int(np.count_nonzero(late))
+        self.late_rows = late
         return out
 
     def clear(self, rows: slice) -> None:

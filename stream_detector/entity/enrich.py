@@ -76,6 +76,7 @@ class Enricher:
         self.last_untimed = 0  # events of the last batch without a usable timestamp (at their entity's last time)
         # per key, the last batch's events earlier than their entity's last time (applied at it: late)
         self.last_late: dict[str, int] = {}
+        self._late_rows: dict[str, np.ndarray] = {}  # per key, which of the last batch's events (bool[N])
         self.replay_log: FeatureLog | None = None  # ``keep_replay_log``
         self.partition_key: str | None = None  # with ``log_writes``: its shared keys' features are logged
         self.log_writes = False
@@ -166,6 +167,7 @@ class Enricher:
         cols = Columns.of(spec, events, fields)
         self.last_untimed = int(np.count_nonzero(np.isnan(cols.ts)))
         self.last_late = {}
+        self._late_rows = {}
         at = _Positions(positions)
         batch = [_KeyBatch(key, *entity_codes(events, key, keyed, fields)) for key in spec.keys]
         entities = [(kb.key, name) for kb in batch for name in kb.names]
@@ -181,9 +183,10 @@ class Enricher:
 
     def _apply(self, spec: EntitySpec, kb: _KeyBatch, cols: Columns, which: list[int], raws: list[bytes | None],
                at: _Positions, writes: dict[EntityKey, bytes], rows: np.ndarray | None = None) -> np.ndarray:
-        """One key's features for the rows of ``cols`` (``rows`` of the batch, default all): the
-        entities ``which`` (indices into ``kb.names``, records ``raws``) and, with all rows, the
-        keyless ones; the records to write go into ``writes``."""
+        """One key's features for the rows of ``cols``, the events of ``kb`` (the batch's ``rows`` of
+        it, int64, default all: ``_redo``'s): the entities ``which`` (indices into ``kb.names``,
+        records ``raws``) and, with all rows, the keyless ones; the records to write go into
+        ``writes``, the late events into ``last_late``."""
         empty = binary.empty_core(spec, kb.key)
         n_fields = len(spec.distinct_for(kb.key))
         spans = kb.spans(at, which)
@@ -203,7 +206,7 @@ class Enricher:
                 core_at[j] = end
                 end += len(plans[j].start)
             buf = np.frombuffer(parsed.data + b"".join(plans[j].start for j in odd), dtype=np.uint8)
-        codes = kb.codes if rows is None else kb.codes[rows]
+        codes = kb.codes
         state_row = np.full(codes.size, -1, dtype=np.int64)
         apply = np.ones(codes.size, dtype=np.bool_)
         slot = np.full(len(kb.names) + 1, -1, dtype=np.int64)  # kb code → block row (the last: keyless)
@@ -218,7 +221,7 @@ class Enricher:
         fields = spec.distinct_for(kb.key)
         block = Block.from_buffer(spec, fields, buf, core_at, extra=loose.size, cols=cols)
         out = block.run(spec, state_row, apply, cols.ts, cols.amount)
-        self.last_late[kb.key] = self.last_late.get(kb.key, 0) + block.late
+        self._late(kb.key, block.late_rows, rows)
         if not apply.all() and self.replay_log is not None:  # applied before: the features it got then
             done = np.flatnonzero(~apply)
             found, logged = self.replay_log.find(spec, kb.key, at.values[at.part[done]], at.offset[done], out.shape[1])
@@ -247,6 +250,16 @@ class Enricher:
             writes[(kb.key, names[e])] = record
         return out
 
+    def _late(self, key: str, late: np.ndarray, rows: np.ndarray | None) -> None:
+        """``last_late[key]`` with ``late`` (bool, one per event applied) for the batch's ``rows``
+        (default: all): an entity recomputed after a compare-and-set conflict (``_redo``) replaces its
+        events' flags, so it is not counted twice (an upper bound before 2026-12-07)."""
+        if rows is None:
+            self._late_rows[key] = late.copy()
+        else:
+            self._late_rows[key][rows] = late
+        self.last_late[key] = int(np.count_nonzero(self._late_rows[key]))
+
     def _redo(self, spec: EntitySpec, events: Sequence[dict[str, Any]], at: _Positions, batch: list[_KeyBatch],
               lost: list[EntityKey], parts: list[np.ndarray], changed: list[np.ndarray]) -> list[EntityKey]:
         """Entities another writer changed between this batch's read and its write: read them again,
@@ -265,7 +278,8 @@ class Enricher:
             rows = np.flatnonzero(np.isin(kb.codes, which))
             cols = Columns.of(spec, [events[r] for r in rows.tolist()])
             sub = _KeyBatch(kb.key, kb.names, kb.codes[rows])
-            parts[i][rows] = self._apply(spec, sub, cols, which, [raw for _, raw in mine], at.subset(rows), writes)
+            parts[i][rows] = self._apply(spec, sub, cols, which, [raw for _, raw in mine], at.subset(rows), writes,
+                                         rows)
             changed.append(rows)
         self._log(spec, batch, parts, at)  # the batch's entries again, recomputed rows included: the last wins
         return self.store.save_raw(spec, writes, dict(zip(lost, raws, strict=True)))

@@ -771,3 +771,24 @@ def test_the_enricher_counts_the_events_it_applied_late_per_key() -> None:
     # b: x's last was 2,000,000 (late for account_id; u is new); c: t's last 2,000,000 (late for terminal_id);
     # d: earlier than c for y and for t (late for both); e: no time (not late)
     assert enricher.last_late == {"account_id": 2, "terminal_id": 2}
+
+
+def test_late_events_of_an_entity_recomputed_after_a_conflict_are_counted_once() -> None:
+    """Stop 66 left ``last_late`` an upper bound with several writers: an entity another writer
+    changed between a batch's read and its write is recomputed (``Enricher._redo``), and its late
+    events were counted again. Its events' flags are now replaced: two late events, counted 2."""
+    from stream_detector.entity import Enricher, EntitySpec, InMemoryState
+
+    spec = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600,), distinct_fields=())
+    store = InMemoryState()
+    mine, other = Enricher(store), Enricher(store)
+
+    def event(eid: str, account: str, ts: int) -> dict[str, Any]:
+        return {"event_id": eid, "account_id": account, "terminal_id": "t", "timestamp": ts, "amount": 1.0}
+
+    mine.features(spec, [event("a", "x", 2_000_000)], [(0, 0)])
+    pending = mine.begin(spec, [event("b", "y", 1_000_000), event("c", "z", 1_100_000)], [(0, 1), (0, 2)])
+    other.features(spec, [event("d", "w", 3_000_000)], [(1, 0)])  # another writer changes terminal t meanwhile
+    changed = pending.write()
+    assert changed.size == 2 and mine.conflicts >= 1  # t's two events recomputed against the other's record
+    assert mine.last_late == {"account_id": 0, "terminal_id": 2}
