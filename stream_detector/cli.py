@@ -118,6 +118,9 @@ def _setup_logging(settings: Settings | None, verbose: bool = False, one_shot: b
     logging.getLogger("kafka.net.transport").addFilter(_closed_transport_noise)
     logging.getLogger("kafka.cluster").addFilter(_cancelled_refresh_noise)
     logging.getLogger("kafka.coordinator.consumer").addFilter(_unstable_offsets_noise)
+    coordinator = logging.getLogger("kafka.coordinator")
+    if _coordinator_moved_noise not in coordinator.filters:
+        coordinator.addFilter(_coordinator_moved_noise)
     for name in _KAFKA_CONNECTION_LOGGERS:
         kafka_net = logging.getLogger(name)
         kafka_net.setLevel(logging.NOTSET)  # a previous call's (tests run many commands in one process)
@@ -172,6 +175,20 @@ def _cancelled_refresh_noise(record: logging.LogRecord) -> bool:
     right and exit 0; found by a new-user trial). Every other record passes."""
     return not (record.levelno >= logging.ERROR and "Cancelled" in record.getMessage()
                 and "Metadata refresh" in record.getMessage())
+
+
+def _coordinator_moved_noise(record: logging.LogRecord) -> bool:
+    """kafka-python 3 WARNs "Marking the coordinator dead (node coordinator-1) for group g: [Error 16]
+    NotCoordinatorError" when the broker it asked answers that another is the group's coordinator,
+    or that none is ready yet: at the start of every new group, and when the coordinator moves (a
+    new-user trial saw it at every worker's start). The client looks the coordinator up again by
+    itself; the line passes at INFO. A coordinator that stays unreachable shows in the errors that
+    follow (commits, joins). Every other record passes as it is."""
+    message = record.getMessage()
+    if record.levelno == logging.WARNING and message.startswith("Marking the coordinator dead") and (
+            "NotCoordinator" in message or "CoordinatorNotAvailable" in message):
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
 
 
 _UNSTABLE_SAID = [float("-inf")]  # when _unstable_offsets_noise last let its line through

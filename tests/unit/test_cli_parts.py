@@ -381,6 +381,25 @@ def test_a_dead_workers_open_transaction_is_said_once_a_minute_at_info_not_as_an
     assert cli._unstable_offsets_noise(other) and other.levelno == logging.ERROR
 
 
+def test_a_coordinator_that_moved_is_said_at_info_not_as_a_warning() -> None:
+    """Trial S: every new group logged "WARNING kafka.coordinator: Marking the coordinator dead …
+    NotCoordinatorError" at start; the client looks it up again by itself. Other reasons stay WARNINGs."""
+    import logging
+
+    from stream_detector import cli
+
+    def record(error: str) -> logging.LogRecord:
+        return logging.LogRecord("kafka.coordinator", logging.WARNING, __file__, 1,
+                                 "Marking the coordinator dead (node %s) for group %s: %s.",
+                                 ("coordinator-1", "gA", error), None)
+
+    for error in ("[Error 16] NotCoordinatorError", "[Error 15] CoordinatorNotAvailableError"):
+        moved = record(error)
+        assert cli._coordinator_moved_noise(moved) and moved.levelno == logging.INFO
+    other = record("KafkaConnectionError: socket disconnected")
+    assert cli._coordinator_moved_noise(other) and other.levelno == logging.WARNING
+
+
 def test_tail_prints_every_record_on_one_line() -> None:
     """A value that is not JSON, has a line break, or is not UTF-8 is printed as a JSON string; JSON
     records as they are."""
