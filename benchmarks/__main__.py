@@ -29,6 +29,7 @@ SUITES = {
     "end-offsets": "benchmarks.end_offsets",
     "retrain-budget": "benchmarks.retrain_budget",
     "why": "benchmarks.why",
+    "source-process": "benchmarks.source_process",
 }
 WHAT = {
     "throughput": "worker events/s and event->alert latency on a real local Kafka (make bench)",
@@ -54,6 +55,7 @@ WHAT = {
     "end-offsets": "the confluent source's end offsets: one ListOffsets request vs one per partition (before)",
     "retrain-budget": "retraining generations: live alert rate, threshold on traffic vs on clean events (before)",
     "why": "why an alert fired: the field named by its reconstruction error vs by its part in the score",
+    "source-process": "kafka-python's record parsing in a child process vs on the worker's thread (steps 2-4 alike)",
 }
 
 
