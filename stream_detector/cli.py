@@ -858,7 +858,10 @@ def _load_file(args: argparse.Namespace, schema: Any = None, inference: Any = No
             _say(f"note: {len(unknown)} field(s) the model's schema does not know are passed through, not "
                  f"features: {', '.join(unknown[:10])}")
         filled = {name for row in data.raw.rows if row for name, value in row.items() if value not in (None, "")}
-        for warning in absent_warnings(schema, entity, filled):  # a column empty in every row is absent too
+        # a column empty in every row is absent too; no row read at all (each rejected: a trial's duplicate
+        # keys got "every row is rejected as no_features" beside "7 of 7 rows rejected (duplicate_key)")
+        parsed = any(row is not None for row in data.raw.rows)
+        for warning in absent_warnings(schema, entity, filled) if parsed else ():
             _say(f"warning: {warning}")
     if inference is not None:
         named = {text.split("=", 1)[0].strip() for text in getattr(args, "field", None) or ()}

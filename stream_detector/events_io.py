@@ -171,6 +171,10 @@ def checked_kind(path: Path) -> str:
     if kind == "jsonl" and first[0].startswith(b"["):
         raise InputError(f"{named}, but it starts with '[': one JSON document (an array), not one object per "
                          "line; write one object per line")
+    if kind == "jsonl" and len(first) > 1 and first[0].startswith(b"{") and not first[0].endswith(b"}") \
+            and not first[1].startswith(b"{"):  # a trial: a pretty-printed object read as 5 rows of invalid_json
+        raise InputError(f"{named}, but its first object spans several lines (a pretty-printed JSON document?): "
+                         "JSON Lines has one whole object per line")
     if kind == "jsonl" and not any(line.startswith(b"{") for line in first) \
             and any(sep in first[0] for sep in (b",", b";", b"\t", b"|")):
         which = "its first line is not" if len(first) == 1 else f"none of its first {len(first)} lines is"

@@ -215,5 +215,7 @@ def _warn_absent(bundle: Bundle, chunk: RawChunk, say: Say) -> None:
     if bundle.schema is None:
         return
     filled = {name for row in chunk.rows if row for name, value in row.items() if value not in (None, "")}
+    if not any(row is not None for row in chunk.rows):  # every row rejected when read: their reasons say why
+        return
     for warning in absent_warnings(bundle.schema, bundle.entity, filled):  # a column empty in every row too
         say(f"warning: {warning}")

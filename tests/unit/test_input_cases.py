@@ -182,3 +182,26 @@ def test_a_bad_training_file_is_one_line_and_exit_2(tmp_path: Path, capsys: pyte
         code = main(["train", "--input", str(path), "--out", str(tmp_path / "m")])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and message in err[-1] and not (tmp_path / "m").exists()
+
+
+def test_a_file_of_repeated_keys_is_refused_for_them_alone_and_a_pretty_printed_object_by_its_shape(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial T scored ``duplicate-keys/payloads.txt`` (as .jsonl): beside "7 of 7 rows rejected
+    (duplicate_key …)" it was told "none of the model's input fields is in this file … every row
+    is rejected as no_features", which no row was (every row carries ``amount``). With no row read,
+    the rejections alone say what is wrong. ``payload_multiline.json`` was read as 5 rows of
+    invalid JSON; it is one line, exit 2, naming its shape."""
+    case = CASES / "duplicate-keys"
+    model = _train(tmp_path, "m", "--input", str(CASES / "epoch-seconds" / "raw_ms.jsonl"))
+    lines = tmp_path / "payloads.jsonl"
+    lines.write_bytes((case / "payloads.txt").read_bytes())
+    for streamed in ([], ["--streamed"]):
+        capsys.readouterr()
+        _score(tmp_path, model, lines, *streamed, code=2)
+        err = capsys.readouterr().err
+        assert "duplicate_key" in err and "no_features" not in err and "none of the model's" not in err, err
+    pretty = tmp_path / "pretty.json"
+    pretty.write_bytes((case / "payload_multiline.json").read_bytes())
+    assert main(["score", "--model", str(model), "--input", str(pretty), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its first object spans several lines (a pretty-printed JSON document?)" in err[0]

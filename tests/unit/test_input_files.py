@@ -224,6 +224,9 @@ def test_a_file_in_another_format_than_its_name_says_is_refused_by_what_it_looks
              "long-array.json": (("[" + ", ".join([lines.splitlines()[0]] * 4000) + "]").encode(),  # one line > 64 KB
                                  "it starts with '[': one JSON document"),
              "pretty.json": (b'[\n  {"event_id": "e1"},\n  {"event_id": "e2"}\n]\n', "it starts with '['"),
+             # one object over several lines (a trial: read as 5 rows of invalid_json, ../shared/cases)
+             "pretty-object.json": (b'{"event_id":"d8",\n "amount"\n :1.00}\n',
+                                    "its first object spans several lines (a pretty-printed JSON document?)"),
              "utf16.csv": ("event_id,amount\ne1,1.5\n".encode("utf-16"), "UTF-16 (or other non-UTF-8) text"),
              "utf16-no-bom.csv": ("event_id,amount\ne1,1.5\n".encode("utf-16-be"), "UTF-16 (or other non-UTF-8) text"),
              # random bytes were called UTF-16 text (a new-user trial)
