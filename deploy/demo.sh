@@ -18,7 +18,8 @@ sys.exit(0 if {"kafka", "redis"} <= ok else 1)' "$checks"
 started=0
 if [ -n "${SD_KAFKA_BOOTSTRAP:-}" ] && [ -n "${SD_REDIS_URL:-}" ]; then
   answers || { echo "demo: Kafka at $SD_KAFKA_BOOTSTRAP or Redis at $SD_REDIS_URL does not answer" \
-                    "(unset both to use local services)" >&2; exit 1; }
+                    "(start them: for this checkout's on those ports, make services-up with SD_KAFKA_PORT and" \
+                    "SD_REDIS_PORT set; or unset both and the demo starts local ones)" >&2; exit 1; }
   echo "demo: using Kafka $SD_KAFKA_BOOTSTRAP and Redis $SD_REDIS_URL (SD_KAFKA_BOOTSTRAP / SD_REDIS_URL)" >&2
 else
   export SD_KAFKA_BOOTSTRAP="127.0.0.1:${SD_KAFKA_PORT:-9092}"

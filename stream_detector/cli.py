@@ -300,12 +300,14 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if entity is not None:  # 3a: point-in-time entity features over the whole history, in file order
         from .entity import enrich_history
 
+        _refuse_unsorted(events, args.file_order)
         events = enrich_history(entity, events, labels=known)
         late = _backwards(events)
         _say(f"entity features: {len(entity.output_fields)} fields per event from keys {', '.join(entity.keys)} "
              f"over windows {args.entity_windows}; {late} rows earlier than a previous row "
              f"(applied in file order, time clamped: docs/entity-features.md)")
         _warn_unsorted(late, len(events))
+        _warn_filling(events, entity)
         if entity.label_keys:
             _say(f"label features: {len(entity.label_fields)} fields per event from keys "
                  f"{', '.join(entity.label_keys)}, each label counted from its labelled_at + {args.label_delay} "
@@ -455,7 +457,8 @@ def _train_streamed(args: argparse.Namespace, entity: Any, normal_given: bool = 
                          exclude=tuple(args.exclude or ()), max_self_flag_rate=args.max_self_flag_rate,
                          batch_size=args.batch_size)
     options = BigOptions(work_dir=work_dir_for(out, Path(args.work_dir) if args.work_dir else None),
-                         chunk_rows=args.chunk_rows, shards=args.shards, cluster=args.cluster, workers=args.workers)
+                         chunk_rows=args.chunk_rows, shards=args.shards, cluster=args.cluster, workers=args.workers,
+                         file_order=args.file_order)
     with _terminated_as_interrupt():  # SIGTERM (timeout, Kubernetes) cleans up the work directory as Ctrl-C does
         result = train_big(files, config, options, reader=_reader_options(args),
                            inference=_inference(args, entity), entity=entity, id_column=args.id_column,
@@ -1114,6 +1117,30 @@ def _warn_unsorted(late: int, total: int) -> None:
         _say(warning)
 
 
+def _warn_filling(events: list[dict[str, Any]], entity: Any) -> None:
+    """``entity.columns.filling_warning`` for the training history, said when there is one."""
+    import numpy as np
+
+    from .entity.columns import filling_warning, timestamp_value
+    from .entity_spec import window_name
+
+    longest = max(entity.windows)
+    times = np.fromiter((timestamp_value(e.get("timestamp")) for e in events), np.float64, len(events))
+    warning = filling_warning(times, longest, window_name(longest))
+    if warning:
+        _say(warning)
+
+
+def _refuse_unsorted(events: list[dict[str, Any]], file_order: bool) -> None:
+    """``ConfigError`` (exit 2) for history features over rows in another order than time altogether
+    (``entity.columns.unsorted_error``) unless ``--file-order``."""
+    from .entity.columns import unsorted_error
+
+    refused = None if file_order else unsorted_error(_backwards(events), len(events))
+    if refused:
+        raise ConfigError(refused)
+
+
 def _backwards(events: list[dict[str, Any]]) -> int:
     """Rows whose timestamp is earlier than the latest one before them (late / out of order)."""
     import numpy as np
@@ -1199,6 +1226,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     if bundle.entity is not None and bundle.entity.label_keys and not args.feedback:
         _say("note: this model has label features; without --feedback FILE no label is known and they are 0")
     if bundle.entity is not None:
+        _refuse_unsorted(data.events, args.file_order)
         _warn_unsorted(_backwards(data.events), len(data.events))
     scored = score_events(bundle, data.events, device=args.device or settings.device, labels=known)
     by_row: dict[int, tuple[float, str | None, str | None]] = {
@@ -2042,6 +2070,13 @@ def threshold_warning(calibration: dict[str, Any], value: float) -> str | None:
         return None
     share = 1.0 - above[0]
     calibrated = calibration.get("threshold")
+    if calibrated is not None and f"{value:.6g}" == f"{float(calibrated):.6g}":
+        # a trial set the calibrated value back and was warned as if it were another (the default fence
+        # rule may itself flag more than 1 %: README, "threshold set")
+        return (f"{value:.6g} is the model's calibrated threshold, and it is below the {above[0]:.0%} quantile of "
+                f"its validation errors: it alerts on more than {share:.0%} of normal events (the training "
+                "rule's own share; for a fixed alert budget train with --max-alert-rate or --threshold-method "
+                "quantile); a higher value alerts less")
     where = f" (the calibrated threshold is {float(calibrated):.6g})" if calibrated is not None else ""
     return (f"{value:.6g} is below the {above[0]:.0%} quantile of the model's validation errors: it would "
             f"alert on more than {share:.0%} of normal events{where}; a higher value alerts less")
@@ -2549,6 +2584,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. the Fraud Detection Handbook's TX_DATETIME; entity features need it. Events on Kafka "
                         "carry it as timestamp (produce --timestamp-column renames it)")
     p.add_argument("--exclude", action="append", help="field to leave out of the features (repeatable)")
+    p.add_argument("--file-order", action="store_true",
+                   help="a model with history features (--entity-key): apply the rows in file order even when "
+                        "more than 20 %% of them are earlier than a row before them (refused otherwise, exit 2: a "
+                        "file in another order than time gets features unlike the live stream's; sort it first)")
     p.add_argument("--keep", action="append", metavar="FIELD",
                    help="a category or boolean field the ground-truth check refuses (its values nearly only on "
                         "anomalous rows) that is a real feature, e.g. an intrusion set's service (repeatable)")
@@ -2676,6 +2715,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestamp-column", metavar="COLUMN",
                    help="the column that holds the event time, read as the timestamp field (default: timestamp), "
                         "as train --timestamp-column")
+    p.add_argument("--file-order", action="store_true",
+                   help="a model with history features (trained with --entity-key): apply the rows in file order "
+                        "even when more than 20 %% of them are earlier than a row before them (refused otherwise, "
+                        "exit 2: a file in another order than time gets features unlike the live stream's; sort it "
+                        "first)")
     p.add_argument("--label-column", help="the file's labels: left out of the features and the output, and the "
                                           "scores evaluated against them (AUC-ROC, average precision, "
                                           "precision/recall at the threshold; rows without a label left out)")

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..entity.columns import late_rows, unsorted_warning
+from ..entity.columns import late_rows, unsorted_error, unsorted_warning
 from ..entity_spec import EntitySpec
 from ..errors import ConfigError, InputError
 from ..events_io import ReaderOptions, RowRejection
@@ -52,6 +52,7 @@ class BigOptions:
     shards: int = 16
     cluster: str | None = None  # a Dask scheduler address; None: a local process pool
     workers: int | None = None  # local pool size (default: the machine's cores)
+    file_order: bool = False  # --file-order: a history out of time order altogether applied as it is
 
 
 @dataclass
@@ -202,6 +203,9 @@ def pass_one(files: Sequence[Path], *, reader: ReaderOptions, inference: Inferen
         say(f"entity features: {len(entity.output_fields)} fields per event from keys {', '.join(entity.keys)}; "
             f"{order.late:,} rows earlier than a previous row (applied in input order, time clamped: "
             f"docs/entity-features.md{hint})")
+        refused = None if options.file_order else unsorted_error(order.late, counts["events"])
+        if refused:  # before the history is enriched and trained on (pass two)
+            raise ConfigError(refused)
         unsorted = unsorted_warning(order.late, counts["events"])
         if unsorted:
             say(unsorted)

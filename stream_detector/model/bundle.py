@@ -279,7 +279,14 @@ def save_bundle(bundle: Bundle, directory: Path) -> Path:
 
 
 def load_bundle(directory: Path) -> Bundle:
+    """The bundle ``train`` wrote to ``directory``, verified (``bundle_from_files``); raises
+    ``ModelError`` naming the directory when it is none, or lacks or alters a file."""
     if not directory.is_dir():
         raise ModelError(f"no model bundle at {directory}")
     files = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")}
-    return bundle_from_files(files)
+    try:
+        return bundle_from_files(files)
+    except ModelError as exc:  # a trial: `publish /tmp` said "bundle is missing model.pt, …", naming no folder
+        if str(directory) in str(exc):
+            raise
+        raise ModelError(f"{directory}: {exc}") from exc

@@ -143,6 +143,10 @@ def test_a_threshold_that_would_flood_alerts_is_named_by_the_share_it_would_flag
     assert "calibrated threshold is 2.99" in (threshold_warning(calibration, 2.0) or "")
     assert threshold_warning(calibration, 3.0) is None and threshold_warning(calibration, 99.0) is None
     assert threshold_warning({}, 0.0) is None  # a bundle without quantiles: nothing to say
+    # trial T set the calibrated value itself back: said as the model's own, with what to do for a budget
+    fence = {**calibration, "threshold": 2.5}
+    said = threshold_warning(fence, 2.5) or ""
+    assert said.startswith("2.5 is the model's calibrated threshold") and "--threshold-method quantile" in said
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(

@@ -278,11 +278,16 @@ def test_cli_train_with_entity_keys_stores_the_spec_and_score_agrees(tmp_path: P
     assert [float(v) for v in written] == expected.tolist()
 
 
-def test_score_and_train_warn_of_a_file_not_sorted_by_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_score_and_train_refuse_a_file_in_another_order_than_time_and_warn_of_some_late_rows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A new-user trial: a shuffled copy of the simulator's file scored 89 % of its rows above the
-    threshold and ``score`` said nothing (``train`` a neutral count). With more than 1 % of the rows
-    earlier than a row before them, both say what it does to history features; a sorted file and a
-    few late rows say nothing."""
+    threshold and ``score`` said nothing (``train`` a neutral count); a later trial (T, 2026-12-07)
+    was warned and still got 82.8 % of a shuffled file flagged, exit 0, and a model trained on it.
+    More than 20 % of the rows earlier than a row before them is another order than time: refused,
+    one line, exit 2, by ``train`` (in memory and streamed) and the in-memory ``score``, before any
+    work; ``--file-order`` applies it as it is, with the warning. ``score --streamed``, which
+    writes as it reads, warns. Over 1 % (an arrival log with late events) is a warning; a sorted
+    file and one late row say nothing."""
     import random
 
     from stream_detector.cli import main
@@ -295,21 +300,34 @@ def test_score_and_train_warn_of_a_file_not_sorted_by_time(tmp_path: Path, capsy
     random.Random(0).shuffle(shuffled)
     few_late = list(events)
     few_late[100], few_late[101] = few_late[101], few_late[100]  # one late row of 600
-    for name, rows in (("sorted", events), ("shuffled", shuffled), ("few", few_late)):
+    some_late = list(events)
+    for i in range(0, 600, 20):  # 30 pairs swapped: 30 late rows of 600 (5 %)
+        some_late[i], some_late[i + 1] = some_late[i + 1], some_late[i]
+    for name, rows in (("sorted", events), ("shuffled", shuffled), ("few", few_late), ("some", some_late)):
         write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    train = ["--epochs", "1", "--entity-key", "account_id", "--entity-windows", "1d"]
     capsys.readouterr()
-    assert main(["train", "--input", str(tmp_path / "shuffled.jsonl"), "--out", str(tmp_path / "m"), "--epochs", "1",
-                 "--entity-key", "account_id", "--entity-windows", "1d"]) == 0
+    for streamed in ([], ["--streamed"]):
+        assert main(["train", "--input", str(tmp_path / "shuffled.jsonl"), "--out", str(tmp_path / "no"), *train,
+                     *streamed]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "%) are earlier than a row before them" in err[-1] and "--file-order" in err[-1], err
+        assert not (tmp_path / "no").exists()
+    assert main(["train", "--input", str(tmp_path / "shuffled.jsonl"), "--out", str(tmp_path / "m"), *train,
+                 "--file-order"]) == 0
     said = capsys.readouterr().err
     assert "%) are earlier than a row before them" in said and "Sort it by timestamp first" in said
-    for name, warned in (("shuffled", True), ("sorted", False), ("few", False)):
+    assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "shuffled.jsonl"),
+                 "--out", str(tmp_path / "refused.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--file-order" in err[-1] and not (tmp_path / "refused.csv").exists(), err  # read, refused
+    for name, refused, warned in (("shuffled", True, True), ("sorted", False, False), ("few", False, False),
+                                  ("some", False, True)):
         for streamed in ([], ["--streamed", "--chunk-rows", "128"]):  # a second trial: the streamed path said nothing
+            order = ["--file-order"] if refused and not streamed else []
             assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / f"{name}.jsonl"),
-                         "--out", str(tmp_path / f"{name}.csv"), *streamed]) == 0
+                         "--out", str(tmp_path / f"{name}.csv"), *streamed, *order]) == 0
             assert ("Sort it by timestamp first" in capsys.readouterr().err) is warned, (name, streamed)
-    assert main(["train", "--input", str(tmp_path / "shuffled.jsonl"), "--out", str(tmp_path / "m2"), "--epochs", "1",
-                 "--entity-key", "account_id", "--entity-windows", "1d", "--streamed"]) == 0
-    assert "Sort it by timestamp first" in capsys.readouterr().err
 
 
 def test_cli_train_refuses_entity_options_naming_no_field_and_trims_the_default_distinct_fields(
@@ -492,3 +510,22 @@ def test_a_successor_re_reading_part_of_a_shared_entitys_last_write_replays_it_e
     want += serial.enrich(spec, [events[i] for i in rest], [where[i] for i in rest])
     assert got == want
     assert _state(successor, "c") == _state(serial, "c")  # every event counted once
+
+
+def test_a_history_shorter_than_two_of_its_longest_windows_is_warned_of() -> None:
+    """Trial T found the demo's 30-day windows over 35 days alerting 4-6 times its budget on the
+    live week: the windows were still filling. Over half the rows with less than two longest
+    windows of history before them is a warning naming the days needed; a long enough history, an
+    untimed file, none."""
+    import numpy as np
+
+    from stream_detector.entity.columns import filling_warning
+
+    day = 86_400_000.0
+    days35 = np.linspace(0, 35 * day, 3_500)
+    said = filling_warning(days35, 30 * 86_400, "30d")
+    assert said is not None and said.startswith("warning: 100% of the rows have less than two 30d windows")
+    assert "35.0 days in all" in said and "at least 90 days" in said
+    assert filling_warning(days35, 7 * 86_400, "7d") is None  # 40 % under 14 days
+    assert filling_warning(np.linspace(0, 25 * day, 100), 7 * 86_400, "7d") is not None  # 56 % under 14 days
+    assert filling_warning(np.full(10, np.nan), 7 * 86_400, "7d") is None
