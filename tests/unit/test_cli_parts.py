@@ -385,6 +385,28 @@ def test_a_dead_workers_open_transaction_is_said_once_a_minute_at_info_not_as_an
     assert cli._unstable_offsets_noise(other) and other.levelno == logging.ERROR
 
 
+def test_a_wait_on_a_socket_the_client_closed_is_not_logged_as_an_error() -> None:
+    """``make demo`` ended with kafka-python's 40-line "Unhandled exception in task … ValueError:
+    Invalid file descriptor: -1" (its network thread waiting on a socket closed by the consumer's
+    close, after the revoke); other errors of its network thread still pass."""
+    import logging
+    import sys
+
+    from stream_detector import cli
+
+    def record(exc: Exception) -> logging.LogRecord:
+        try:
+            raise exc
+        except Exception:
+            info = sys.exc_info()
+        return logging.LogRecord("kafka.net.selector", logging.ERROR, __file__, 1, "Unhandled exception in task %s:",
+                                 ("<Task>",), info)
+
+    assert not cli._closed_socket_noise(record(ValueError("Invalid file descriptor: -1")))
+    assert cli._closed_socket_noise(record(ValueError("something else")))
+    assert cli._closed_socket_noise(record(OSError("Invalid file descriptor: -1")))
+
+
 def test_a_coordinator_that_moved_is_said_at_info_not_as_a_warning() -> None:
     """Trial S: every new group logged "WARNING kafka.coordinator: Marking the coordinator dead …
     NotCoordinatorError" at start; the client looks it up again by itself. Other reasons stay WARNINGs."""
