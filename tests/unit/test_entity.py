@@ -300,9 +300,9 @@ def test_score_and_train_refuse_a_file_in_another_order_than_time_and_warn_of_so
     random.Random(0).shuffle(shuffled)
     few_late = list(events)
     few_late[100], few_late[101] = few_late[101], few_late[100]  # one late row of 600
-    some_late = list(events)
-    for i in range(0, 600, 20):  # 30 pairs swapped: 30 late rows of 600 (5 %)
-        some_late[i], some_late[i + 1] = some_late[i + 1], some_late[i]
+    some_late = [dict(e) for e in events]
+    for i in range(40, 600, 20):  # 28 rows a day back in time: late for their account (an arrival log's stragglers)
+        some_late[i]["timestamp"] = int(some_late[i]["timestamp"]) - 86_400_000
     for name, rows in (("sorted", events), ("shuffled", shuffled), ("few", few_late), ("some", some_late)):
         write_jsonl(tmp_path / f"{name}.jsonl", rows)
     train = ["--epochs", "1", "--entity-key", "account_id", "--entity-windows", "1d"]
@@ -311,12 +311,14 @@ def test_score_and_train_refuse_a_file_in_another_order_than_time_and_warn_of_so
         assert main(["train", "--input", str(tmp_path / "shuffled.jsonl"), "--out", str(tmp_path / "no"), *train,
                      *streamed]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert "%) are earlier than a row before them" in err[-1] and "--file-order" in err[-1], err
+        # in memory: late within each account; streamed (pass one reads chunks): against the file's running maximum
+        late = "than a row before them" if streamed else "than an earlier row of the same account_id"
+        assert f"%) are earlier {late}" in err[-1] and "--file-order" in err[-1], err
         assert not (tmp_path / "no").exists()
     assert main(["train", "--input", str(tmp_path / "shuffled.jsonl"), "--out", str(tmp_path / "m"), *train,
                  "--file-order"]) == 0
     said = capsys.readouterr().err
-    assert "%) are earlier than a row before them" in said and "Sort it by timestamp first" in said
+    assert "%) are earlier than an earlier row of the same account_id" in said and "Sort it by timestamp first" in said
     assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "shuffled.jsonl"),
                  "--out", str(tmp_path / "refused.csv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -525,7 +527,63 @@ def test_a_history_shorter_than_two_of_its_longest_windows_is_warned_of() -> Non
     days35 = np.linspace(0, 35 * day, 3_500)
     said = filling_warning(days35, 30 * 86_400, "30d")
     assert said is not None and said.startswith("warning: 100% of the rows have less than two 30d windows")
-    assert "35.0 days in all" in said and "at least 90 days" in said
+    assert "35.0 days in all" in said and "at least 120 days (most rows then have two windows" in said
     assert filling_warning(days35, 7 * 86_400, "7d") is None  # 40 % under 14 days
     assert filling_warning(np.linspace(0, 25 * day, 100), 7 * 86_400, "7d") is not None  # 56 % under 14 days
     assert filling_warning(np.full(10, np.nan), 7 * 86_400, "7d") is None
+
+
+def test_a_files_order_is_measured_within_each_entity_not_across_the_file() -> None:
+    """Trial U: a file grouped by account (each account in time order) was refused as "100 % late"
+    for an account model, whose features it leaves unchanged; one mistyped row a month ahead made
+    9,999 of 10,000 rows "late". Lateness is now within each entity of each key."""
+    import numpy as np
+
+    from stream_detector.entity.columns import late_in_entities
+
+    rng = np.random.default_rng(0)
+    accounts = rng.integers(0, 30, 1_000)
+    terminals = rng.integers(0, 50, 1_000)
+    times = np.sort(rng.uniform(0, 30 * 86_400_000, 1_000))
+    grouped = np.argsort(accounts, kind="stable")  # by account, each in time order
+    assert not late_in_entities(times[grouped], [accounts[grouped]]).any()
+    assert late_in_entities(times[grouped], [accounts[grouped], terminals[grouped]]).sum() > 500  # terminals not
+    ahead = times.copy()
+    ahead[0] = times[-1] + 30 * 86_400_000  # one row a month ahead: its account's later rows only
+    late = late_in_entities(ahead, [accounts])
+    assert late.sum() == (accounts == accounts[0]).sum() - 1 and not late[accounts != accounts[0]].any()
+    shuffled = rng.permutation(1_000)
+    assert late_in_entities(times[shuffled], [accounts[shuffled]]).sum() > 800
+    keyless = np.full(1_000, -1)
+    assert not late_in_entities(times[shuffled], [keyless]).any()
+    untimed = times.copy()
+    untimed[::2] = np.nan  # rows without a time are neither late nor move their entity's time
+    assert not late_in_entities(untimed, [accounts]).any()
+
+
+def test_rows_without_a_time_are_warned_of_and_a_file_without_any_is_refused_by_score(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial U: half the rows with an empty timestamp scored silently (4,831 of those 5,000 flagged);
+    a file with none at all was warned of and 97 % flagged by ``score`` while ``train`` refused it."""
+    from stream_detector.cli import main
+    from stream_detector.events_io import write_jsonl
+
+    events, _ = Simulator(seed=9, accounts=30, raw=True).batch(600, 0.0, now_ms=1_790_000_000_000,
+                                                               span_ms=2 * 86_400_000)
+    events.sort(key=lambda e: e["timestamp"])
+    write_jsonl(tmp_path / "sorted.jsonl", events)
+    write_jsonl(tmp_path / "half.jsonl", [{**e, "timestamp": None} if i % 2 else e for i, e in enumerate(events)])
+    write_jsonl(tmp_path / "none.jsonl", [{k: v for k, v in e.items() if k != "timestamp"} for e in events])
+    assert main(["train", "--input", str(tmp_path / "sorted.jsonl"), "--out", str(tmp_path / "m"), "--epochs", "1",
+                 "--entity-key", "account_id", "--entity-windows", "1d"]) == 0
+    capsys.readouterr()
+    assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "half.jsonl"),
+                 "--out", str(tmp_path / "half.csv")]) == 0
+    assert "300 of 600 rows (50.0%) have no usable timestamp" in capsys.readouterr().err
+    assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "none.jsonl"),
+                 "--out", str(tmp_path / "none.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no row of this file has a timestamp" in err[-1] and not (tmp_path / "none.csv").exists()
+    assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "sorted.jsonl"),
+                 "--out", str(tmp_path / "s.csv")]) == 0
+    assert "no usable timestamp" not in capsys.readouterr().err
