@@ -2606,8 +2606,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", help="field to leave out of the features (repeatable)")
     p.add_argument("--file-order", action="store_true",
                    help="a model with history features (--entity-key): apply the rows in file order even when "
-                        "more than 20 %% of them are earlier than a row before them (refused otherwise, exit 2: a "
-                        "file in another order than time gets features unlike the live stream's; sort it first)")
+                        "more than 20 %% of them are earlier than an earlier row of their entity (refused otherwise, "
+                        "exit 2: a file in another order than time gets features unlike the live stream's; sort it "
+                        "first)")
     p.add_argument("--keep", action="append", metavar="FIELD",
                    help="a category or boolean field the ground-truth check refuses (its values nearly only on "
                         "anomalous rows) that is a real feature, e.g. an intrusion set's service (repeatable)")
@@ -2737,9 +2738,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as train --timestamp-column")
     p.add_argument("--file-order", action="store_true",
                    help="a model with history features (trained with --entity-key): apply the rows in file order "
-                        "even when more than 20 %% of them are earlier than a row before them (refused otherwise, "
-                        "exit 2: a file in another order than time gets features unlike the live stream's; sort it "
-                        "first)")
+                        "even when more than 20 %% of them are earlier than an earlier row of their entity (refused "
+                        "otherwise, exit 2: a file in another order than time gets features unlike the live stream's; "
+                        "sort it first)")
     p.add_argument("--label-column", help="the file's labels: left out of the features and the output, and the "
                                           "scores evaluated against them (AUC-ROC, average precision, "
                                           "precision/recall at the threshold; rows without a label left out)")
