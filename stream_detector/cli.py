@@ -1402,7 +1402,7 @@ def _score_streamed(args: argparse.Namespace, settings: Settings, bundle: Any, n
         done = score_stream(bundle, files, Path(args.out), reader=_reader_options(args), threshold=threshold,
                             device=args.device or settings.device, id_column=args.id_column,
                             label_column=args.label_column, chunk_rows=args.chunk_rows, say=_say,
-                            redacted=settings.redacted_fields)
+                            redacted=settings.redacted_fields, file_order=args.file_order)
     head = bundle.head_threshold
     rule = f"above {threshold:.6g}" + (f" or probability above {head:.4g}" if head is not None else "")
     took = f"{done.seconds:.{0 if done.seconds >= 10 else 1}f}"  # a trial: 20,000 rows "in 0 s"

@@ -89,8 +89,10 @@ class OfflineScorer:
         self.bundle = bundle
         self.scorer = scorer or Scorer(bundle, device)
         self.enrich: Enrich | None = None
+        self.state: CarriedState | None = None  # the entity state carried between parts (``late``: its late events)
         if bundle.entity is not None:
             spec, state, known = bundle.entity, CarriedState(bundle.entity), InMemoryLabels(labels)
+            self.state = state
 
             def enrich(typed: Sequence[dict[str, Any]], _indices: list[int], fields: Fields) -> Extra:
                 values = state.features(typed, fields=fields)  # the valid, typed events only, in order

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..entity.columns import late_rows, timestamp_value, unsorted_warning
-from ..errors import InputError
+from ..entity.columns import unsorted_error, unsorted_warning
+from ..errors import ConfigError, InputError
 from ..events_io import ReaderOptions, ScoresCsv
 from ..inputs import FIELDS_AT, DriftCounts, absent_warnings, did_you_mean, file_warnings
 from ..model.bundle import Bundle
@@ -45,7 +45,7 @@ class StreamedScores:
 def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: ReaderOptions | None = None,
                  threshold: float | None = None, device: str = "cpu", id_column: str | None = None,
                  label_column: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                 say: Say = lambda _m: None, redacted: Container[str] = ()) -> StreamedScores:
+                 say: Say = lambda _m: None, redacted: Container[str] = (), file_order: bool = False) -> StreamedScores:
     """Score every row of ``files`` into the CSV ``out`` (``events_io.write_scores``'s columns, one
     line per input row in input order). ``threshold``: the bundle's unless given. The lines go to a
     hidden file beside ``out``, renamed to ``out`` only when every row is written. ``say`` gets the
@@ -56,7 +56,11 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     ``labels``) for the caller to evaluate, as the in-memory ``score`` does.
 
     Raises ``InputError`` for an input that cannot be read (a bad row is that row's line, never an error),
-    and for a ``label_column`` no row has (no file is written then).
+    and for a ``label_column`` no row has (no file is written then). A model with history: rows late
+    within their entities (the kernel's flags, as the in-memory ``score`` counts them) over
+    ``LATE_SHARE_REFUSED`` of the scored rows raise ``ConfigError`` before ``out`` is written, unless
+    ``file_order`` or ``out`` is written as it goes (standard output: then warned). A trial: a
+    directory whose files sort in the wrong order, and a shuffled file, were scored (90 % flagged).
     """
     scorer = OfflineScorer(bundle, device)
     limit = bundle.threshold if threshold is None else threshold
@@ -68,7 +72,6 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     names: set[str] = set()  # the first chunk's column names (a misspelt --label-column's hint)
     total = known_rows(files)
     hashes: list[np.ndarray] = []  # of every event id, for the repeated-ids warning (8 bytes a row)
-    late, latest = 0, -np.inf  # rows out of time order (history features apply them in file order)
     sample = DriftCounts.of(bundle.spec, bundle.schema)  # DRIFT_SAMPLE valid rows of every chunk: late_warnings
     said = (False, False)  # the first chunk's missing-value and new-value warnings
     chunks = 0
@@ -111,10 +114,6 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
             chunks += 1
             rows = typed.rows if typed is not None else prepared.positions
             scored = scorer.score(events)
-            if bundle.entity is not None:
-                times = np.fromiter((timestamp_value(e.get("timestamp")) for e in events), np.float64, len(events))
-                more, latest = late_rows(times, latest)
-                late += more
             n = len(chunk.rows)
             lines: list[tuple[str, float, str | None, str | None]] = [(i, float("nan"), None, None) for i in ids]
             probability = np.full(n, np.nan) if scored.probability is not None else None
@@ -154,6 +153,11 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
             raise InputError(f"{files[0] if len(files) == 1 else 'the input'}: --label-column {label_column}: "
                              "no row has this column; check its spelling" + did_you_mean(label_column, names))
         handle.close()
+        keys = tuple(dict.fromkeys((*bundle.entity.keys, *bundle.entity.label_keys))) if bundle.entity else ()
+        late = scorer.state.late if scorer.state is not None else 0
+        refused = unsorted_error(late, done.scored, keys) if bundle.entity is not None and not file_order else None
+        if refused and atomic:  # nothing written: the partial file goes (finally)
+            raise ConfigError(refused)
         if atomic:
             partial.replace(target)
         for warning in late_warnings(sample, chunks, said, redacted):
@@ -166,7 +170,7 @@ def score_stream(bundle: Bundle, files: Sequence[Path], out: Path, *, reader: Re
     repeated = len(ids_hashed) - len(np.unique(ids_hashed))
     if repeated:
         say(f"warning: {repeated:,} rows repeat an event_id of an earlier row (ids should be unique)")
-    warning = unsorted_warning(late, done.scored) if bundle.entity is not None else None
+    warning = unsorted_warning(late, done.scored, keys) if bundle.entity is not None else None
     if warning:
         say(warning)
     done.rejected = done.rows - done.scored

@@ -175,6 +175,7 @@ class CarriedState:
     def __init__(self, spec: EntitySpec) -> None:
         self.spec = spec
         self.keys = {key: _KeyState(spec, key) for key in spec.keys}
+        self.late = 0  # events applied so far earlier than an earlier event of their entity, for any key
 
     def features(self, events: Sequence[dict[str, Any]], valid: Sequence[bool] | None = None,
                  fields: Fields | None = None) -> np.ndarray:
@@ -187,6 +188,8 @@ class CarriedState:
         parts = [state.run(cols, [entity_value(v) if good else None
                                   for v, good in zip(read(events, key, fields), ok, strict=True)])
                  for key, state in self.keys.items()]
+        if parts:  # the kernel's late flags of this part, per key (each key's block keeps its last run's)
+            self.late += int(np.count_nonzero(np.logical_or.reduce([s.block.late_rows for s in self.keys.values()])))
         return np.concatenate(parts, axis=1) if parts else np.empty((len(events), 0))
 
 

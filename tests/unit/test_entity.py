@@ -323,10 +323,17 @@ def test_score_and_train_refuse_a_file_in_another_order_than_time_and_warn_of_so
                  "--out", str(tmp_path / "refused.csv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--file-order" in err[-1] and not (tmp_path / "refused.csv").exists(), err  # read, refused
+    # streamed (trial U: a shuffled file, or a directory whose files sort in the wrong order, scored 90 % flagged):
+    # counted by the kernel as it scores, refused before the output file is renamed into place
+    assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "shuffled.jsonl"),
+                 "--out", str(tmp_path / "refused.csv"), "--streamed", "--chunk-rows", "128"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "earlier than an earlier row of the same account_id" in err[-1] and "--file-order" in err[-1], err
+    assert not (tmp_path / "refused.csv").exists() and not list(tmp_path.glob(".refused.csv*"))
     for name, refused, warned in (("shuffled", True, True), ("sorted", False, False), ("few", False, False),
                                   ("some", False, True)):
         for streamed in ([], ["--streamed", "--chunk-rows", "128"]):  # a second trial: the streamed path said nothing
-            order = ["--file-order"] if refused and not streamed else []
+            order = ["--file-order"] if refused else []
             assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / f"{name}.jsonl"),
                          "--out", str(tmp_path / f"{name}.csv"), *streamed, *order]) == 0
             assert ("Sort it by timestamp first" in capsys.readouterr().err) is warned, (name, streamed)
@@ -587,3 +594,32 @@ def test_rows_without_a_time_are_warned_of_and_a_file_without_any_is_refused_by_
     assert main(["score", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "sorted.jsonl"),
                  "--out", str(tmp_path / "s.csv")]) == 0
     assert "no usable timestamp" not in capsys.readouterr().err
+
+
+def test_the_streamed_late_count_is_the_in_memory_one() -> None:
+    """``CarriedState.late`` (the kernel's flags, part by part: ``score --streamed``) counts the rows
+    ``late_in_entities`` counts over the whole file (the in-memory ``score``)."""
+    import random
+
+    import numpy as np
+
+    from stream_detector.entity.columns import late_in_entities, timestamp_value
+    from stream_detector.entity.history import CarriedState
+
+    spec = EntitySpec(keys=("account_id", "merchant_category"), windows=(86_400,), distinct_fields=())
+    events, _ = Simulator(seed=3, accounts=20, raw=True).batch(500, 0.0, now_ms=1_790_000_000_000,
+                                                               span_ms=3 * 86_400_000)
+    events.sort(key=lambda e: e["timestamp"])
+    for i in random.Random(1).sample(range(len(events)), 120):  # 120 rows swapped with a neighbour
+        j = min(i + 1, len(events) - 1)
+        events[i], events[j] = events[j], events[i]
+    state = CarriedState(spec)
+    for start in range(0, len(events), 64):
+        state.features(events[start:start + 64])
+    times = np.array([timestamp_value(e["timestamp"]) for e in events])
+    codes = []
+    for key in spec.keys:
+        index: dict[str, int] = {}
+        codes.append(np.array([index.setdefault(str(e[key]), len(index)) for e in events]))
+    expected = int(late_in_entities(times, codes).sum())
+    assert expected > 0 and state.late == expected
