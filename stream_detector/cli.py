@@ -314,12 +314,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if entity is not None:  # 3a: point-in-time entity features over the whole history, in file order
         from .entity import enrich_history
 
-        late = _check_order(events, entity, args.file_order)
+        late, times = _check_order(events, entity, args.file_order)
         events = enrich_history(entity, events, labels=known)
         _say(f"entity features: {len(entity.output_fields)} fields per event from keys {', '.join(entity.keys)} "
              f"over windows {args.entity_windows}; {late} rows earlier than an earlier row of their entity "
              f"(applied in file order, time clamped: docs/entity-features.md)")
-        _warn_filling(events, entity)
+        _warn_filling(times, entity)
         if entity.label_keys:
             _say(f"label features: {len(entity.label_fields)} fields per event from keys "
                  f"{', '.join(entity.label_keys)}, each label counted from its labelled_at + {args.label_delay} "
@@ -1120,39 +1120,39 @@ def _near(name: str, fields: Sequence[str]) -> str:
 _DEFAULT_DISTINCT = "merchant_category,country"
 
 
-def _warn_filling(events: list[dict[str, Any]], entity: Any) -> None:
-    """``entity.columns.filling_warning`` for the training history, said when there is one."""
-    import numpy as np
-
-    from .entity.columns import filling_warning, timestamp_value
+def _warn_filling(times: Any, entity: Any) -> None:
+    """``entity.columns.filling_warning`` for the training history (``times``: its rows' float64 epoch
+    ms, ``_check_order``'s), said when there is one."""
+    from .entity.columns import filling_warning
     from .entity_spec import window_name
 
     longest = max(entity.windows)
-    times = np.fromiter((timestamp_value(e.get("timestamp")) for e in events), np.float64, len(events))
     warning = filling_warning(times, longest, window_name(longest))
     if warning:
         _say(warning)
 
 
-def _check_order(events: list[dict[str, Any]], entity: Any, file_order: bool) -> int:
+def _check_order(events: list[dict[str, Any]], entity: Any, file_order: bool) -> tuple[int, Any]:
     """Before history features are computed over ``events`` in file order: their rows late within
     their own entities (``entity.columns.late_in_entities``, the model's keys), refused above
     ``LATE_SHARE_REFUSED`` unless ``--file-order`` (``ConfigError``, exit 2), warned of above
     ``LATE_SHARE_WARNED``; rows without a time, warned of above that share too (each is applied at its
     entity's last time: a trial's file with half its times empty had 4,831 of those 5,000 rows
-    flagged, nothing said). Returns the late rows' count."""
+    flagged, nothing said). Returns the late rows' count and the rows' times (float64 epoch ms, NaN: none)."""
     import numpy as np
 
-    from .entity.columns import LATE_SHARE_WARNED, late_in_entities, timestamp_value, unsorted_error, unsorted_warning
+    from .entity.columns import (
+        LATE_SHARE_WARNED,
+        entity_codes,
+        late_in_entities,
+        timestamp_value,
+        unsorted_error,
+        unsorted_warning,
+    )
 
     times = np.fromiter((timestamp_value(e.get("timestamp")) for e in events), np.float64, len(events))
     keys = tuple(dict.fromkeys((*entity.keys, *entity.label_keys)))
-    codes = []
-    for key in keys:
-        index: dict[Any, int] = {}
-        codes.append(np.fromiter((-1 if (v := e.get(key)) is None or v == "" else index.setdefault(str(v), len(index))
-                                  for e in events), np.int64, len(events)))
-    late = int(np.count_nonzero(late_in_entities(times, codes)))
+    late = int(np.count_nonzero(late_in_entities(times, [entity_codes(events, key)[1] for key in keys])))
     refused = None if file_order else unsorted_error(late, len(events), keys)
     if refused:
         raise ConfigError(refused)
@@ -1164,7 +1164,7 @@ def _check_order(events: list[dict[str, Any]], entity: Any, file_order: bool) ->
         _say(f"warning: {untimed:,} of {len(events):,} rows ({untimed / len(events):.1%}) have no usable timestamp: "
              "history features take each at its entity's last time (seconds since last 0, windows not advanced), "
              "so they score unlike the same events with their times (docs/entity-features.md)")
-    return late
+    return late, times
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
