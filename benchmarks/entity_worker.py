@@ -56,10 +56,11 @@ from .throughput import base_settings, drain, latency, pooled, say, transports
 
 SPEC = entity_speed.SPEC
 SYNC = "entity, window written on the worker's thread"
+EVERY = "entity, terminals every batch"
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {  # name → (model, settings)
-    "stateless": ("stateless", {}), "entity": ("entity", {}), SYNC: ("entity", {"entity_flush_async": False}),
-    "entity, batch commits": ("entity", {"entity_replay_log": False})}
-CODES = {"stateless": "", "entity": "", SYNC: "-sync", "entity, batch commits": "-pb"}  # run tags
+    "stateless": ("stateless", {}), "entity": ("entity", {}), EVERY: ("entity", {"entity_sole_owner": False}),
+    SYNC: ("entity", {"entity_flush_async": False}), "entity, batch commits": ("entity", {"entity_replay_log": False})}
+CODES = {"stateless": "", "entity": "", EVERY: "-ev", SYNC: "-sync", "entity, batch commits": "-pb"}  # run tags
 TWO_STAGES = "entity, two stages (1 + 1)"  # latency only (--two-stages): a stage-1 and a stage-2 worker process
 STEPS = ("source", "decode", "enrich", "features", "publish", "flush", "commit")  # flush: write-behind (entity/behind.py)
 
@@ -96,7 +97,7 @@ def runs_for(seconds: float, run_s: float) -> int:
 
 
 def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seconds: float,
-        accounts: int | None = None, two_stages: bool = False) -> dict[str, Any]:
+        accounts: int | None = None, two_stages: bool = False, alert_share: float | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     tag = uuid.uuid4().hex[:8]
     events = entity_speed.workload(n, accounts or max(500, n // 100), seed=0)
@@ -117,8 +118,13 @@ def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seco
     # the stateless baseline (drains and latency) flags the entity model's share of events: the same
     # alerts to build and publish (drains before 2026-12-02 evening compared 247 alerts with 5,402)
     share = offline["entity"] / n
+    entity_threshold = None  # --alert-share: both models flag that share of the workload's events
+    if alert_share is not None:
+        share = alert_share
+        entity_threshold = float(np.quantile(scores["entity"], 1.0 - share))
+        offline = {name: int((scores[name] > float(np.quantile(scores[name], 1.0 - share))).sum()) for name in scores}
     baseline_threshold = float(np.quantile(scores["stateless"], 1.0 - share))
-    out: dict[str, Any] = {"offline_alerts": offline, "events": n, "seconds": seconds, "timed": timed, "entities": {"accounts": len({e["account_id"] for e in events}),
+    out: dict[str, Any] = {"offline_alerts": offline, "events": n, "alert_share": alert_share, "seconds": seconds, "timed": timed, "entities": {"accounts": len({e["account_id"] for e in events}),
                                                      "terminals": len({e["terminal_id"] for e in events})},
                            "bytes": sum(map(len, raw)) / n, "runs": {}}
     for transport in transports():
@@ -134,6 +140,8 @@ def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seco
                 if name == "stateless":  # the same alerts to publish: the ratio compares entity features alone
                     control.set_threshold(baseline_threshold, bundle.version, "bench",
                                           "drain baseline: the entity model's alert share")
+                elif entity_threshold is not None:
+                    control.set_threshold(entity_threshold, bundle.version, "bench", "--alert-share")
                 r = drain(s, 1, n, rate_until=timed)
                 runs[name].append(r)
                 say(f"[{transport}] {name} drain {rep + 1}: {r['rate']:,.0f} events/s, drained={r['drained']}")
@@ -160,6 +168,8 @@ def run(kafka: str, redis: str, n: int, repeats: int, rates: Sequence[int], seco
                     if name == "stateless":
                         control.set_threshold(baseline_threshold, bundles[model].version, "bench",
                                               "latency baseline: the entity model's alert share")
+                    elif entity_threshold is not None:
+                        control.set_threshold(entity_threshold, bundles[model].version, "bench", "--alert-share")
                     laps.append(latency(s, raw, keys, rate, each_s, append_time=True, stages=stages, tail=after))
                 r = dict(pooled(laps), model=name, seconds=each_s)
                 del r["timed_ms"]
@@ -184,7 +194,10 @@ def markdown(ctx: dict[str, Any]) -> str:
              f"every batch with their features in the replay log); *{SYNC}* the same with "
              "`SD_ENTITY_FLUSH_ASYNC=false` (the batch in hand waits for the window's write: the worker before "
              "2026-12-06); *entity, batch commits* the same model with `SD_ENTITY_REPLAY_LOG=false` (every record "
-             "read and written, and the offsets committed, with every batch: the worker before the replay log).",
+             "read and written, and the offsets committed, with every batch: the worker before the replay log); "
+             f"*{EVERY}* the default with `SD_ENTITY_SOLE_OWNER=false` (the terminals read, logged and written with "
+             "every batch, as a worker holding some of the partitions does; the default before 2026-12-07: a worker "
+             "holding every partition keeps them in its window too).",
              "", "| transport | variant | events/s | / stateless | runs | alerts |", "|---|---|---|---|---|---|"]
     drained = {t: r for t, r in ctx["runs"].items() if "stateless" in r}  # none with --repeats 0
     for transport, r in drained.items():
@@ -201,10 +214,15 @@ def markdown(ctx: dict[str, Any]) -> str:
             st = r[name]["stage_s"]
             lines.append(f"| {transport} | {name} | " + " | ".join(f"{st.get(k, 0.0):.2f}" for k in STEPS)
                          + f" | {st.get('scoring thread', 0.0):.2f} |")
+    thresholds = ("Each model's threshold is its training quantile at 0.2 %; in the drains and the latency runs the "
+                  "stateless model's threshold is set to flag the entity model's share of the events, so both publish "
+                  "about as many alerts.")
+    if ctx.get("alert_share") is not None:
+        thresholds = (f"`--alert-share {ctx['alert_share']}`: in the drains and the latency runs both models' "
+                      f"thresholds are set to flag {ctx['alert_share']:.1%} of the workload's events (offline), an "
+                      "alert budget; each model's own training quantile at 0.2 % flags ~5 % of this workload.")
     lines += ["", f"Offline scoring of the same events in file order: {ctx['offline_alerts']['stateless']:,} alerts "
-              f"(stateless), {ctx['offline_alerts']['entity']:,} (entity). Each model's threshold is its training "
-              "quantile at 0.2 %; in the drains and the latency runs the stateless model's threshold is set to flag "
-              "the entity model's share of the events, so both publish about as many alerts.",
+              f"(stateless), {ctx['offline_alerts']['entity']:,} (entity). {thresholds}",
               "", "Event → alert latency (one worker process, paced producer process; each event offered once per "
               "run, so a run lasts at most events / rate, and a rate gets as many runs, each with a fresh group, "
               f"topic and Redis prefix, as {ctx.get('seconds', 15):.0f} s of offered load need; the percentiles are "
@@ -267,12 +285,17 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--two-stages", action="store_true",
                    help="also time the entity model in two stages (SD_STAGE: one stage-1 and one stage-2 worker "
                         "process, through a repartition topic keyed by terminal_id) in the latency runs")
+    p.add_argument("--alert-share", type=float, default=None,
+                   help="set both models' thresholds to flag this share of the workload's events (e.g. 0.005: an "
+                        "alert budget of 0.5 %%, what a fraud team runs); default: the entity model's training "
+                        "threshold, which flags ~5 %% of this workload (its history windows fill past the training "
+                        "span), and the stateless model set to the same share")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args(argv)
     rates = [int(x) for x in args.rates.split(",") if x]
     ctx, load = harness.on_services(
         args.kafka, args.redis, lambda kafka, redis: run(kafka, redis, args.events, args.repeats, rates, args.seconds,
-                                                         args.accounts, args.two_stages), say,
+                                                         args.accounts, args.two_stages, args.alert_share), say,
         "the broker, Redis and the load producer")
     ctx["load"] = load
     body = markdown(ctx)

@@ -179,6 +179,13 @@ class RedisSettings(_Group):
         "across partitions (a terminal): log that key's features of every batch in Redis until the window's offsets "
         "are committed, so the window commits once per SD_ENTITY_FLUSH_MS and a crash replays it exactly "
         "(docs/entity-features.md). false: such a model's batches are written and committed one by one.")
+    entity_sole_owner: bool = Field(
+        True, description="With write-behind and the replay log: while this worker holds every partition of the "
+        "input topic (one worker in its group) it is the only writer of every record, so the shared keys' records "
+        "(a terminal) are kept in its window too and written once per SD_ENTITY_FLUSH_MS, their replay-log entries "
+        "first, instead of read, logged and written with every batch. A rebalance that takes a partition writes and "
+        "commits the window first (or reads it again) and ends it (docs/entity-features.md, Write-behind). false: "
+        "the shared keys' records are read and written with every batch, however many partitions the worker holds.")
     redis_username: str = Field("", description="Redis ACL user (or put it in SD_REDIS_URL).")
     redis_password: SecretStr = Field(SecretStr(""), description="Redis AUTH password (from a Secret, never "
                                       "logged; overrides one in SD_REDIS_URL).")

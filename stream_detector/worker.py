@@ -128,6 +128,7 @@ class WorkerStats:
     shadow_events: int = 0  # scored by a challenger in shadow too (pipeline/shadow.py)
     shadow_alerts: int = 0  # the challenger's would-be alerts
     state_flushes: int = 0  # write-behind entity state written, offsets committed after (entity/behind.py)
+    sole_owner_batches: int = 0  # batches enriched holding every partition, shared records in the window too
     state_conflicts: int = 0  # flushes that found a record changed by another writer (window read again)
     late_events: dict[str, int] = field(default_factory=dict)  # per entity key: applied late (entity/kernel.py)
     started_at: float = field(default_factory=time.monotonic)
@@ -497,6 +498,8 @@ class Worker:
         self._late: dict[str, int] = {}  # the current batch's late events per key (its last enrich attempt)
         self._shadow_counts: tuple[str, dict[str, int]] | None = None  # the batch in hand's, until committed
         self.behind: WriteBehind | None = None  # write-behind entity state (SD_ENTITY_PARTITION_KEY), start()
+        self._sole_assigned: frozenset[int] = frozenset()  # the assignment ``_holds_every_partition`` last saw
+        self._sole_total = 0  # ... and the input topic's partition count then
         self.replay_log: FeatureLog | None = None  # a shared key's features until committed, read always
         self._log_writes = False  # and written by this worker (write-behind with SD_ENTITY_REPLAY_LOG)
         self._pending: Offsets = {}  # with write-behind: offsets delivered, not committed yet (the window)
@@ -1230,6 +1233,8 @@ class Worker:
                 if self.behind.pending:
                     raise EntityStateUnavailable("entity state: the previous model's window is not written yet")
             self.behind.pass_through(passing)
+            self._own_all(spec, defers and self._log_writes and not passing)
+            self.stats.sole_owner_batches += self.behind.sole
 
         model = scorer.bundle.entity  # the whole spec: every event is indexed under all its label keys
 
@@ -1320,6 +1325,52 @@ class Worker:
         self.source.rewind_to_committed(self._drop_window(batch) if self._window_open() else batch)
 
     # ---- write-behind entity state (entity/behind.py) ------------------------------------------
+    def _own_all(self, spec: EntitySpec, eligible: bool) -> None:
+        """Before a batch is enriched: while this worker holds every partition of the input topic
+        (and ``SD_ENTITY_SOLE_OWNER``), the shared keys' records are held in the window too
+        (``WriteBehind.own_all``); once it holds fewer, they are read and written with every batch
+        again. A rebalance that takes a partition has written and committed the window in its hook,
+        or the next batch dropped it (``_window_moved``); whatever is still unwritten is written and
+        committed here first."""
+        behind = self.behind
+        assert behind is not None
+        sole = (eligible and self.settings.entity_sole_owner and bool(spec.shared_keys(behind.key))
+                and self._holds_every_partition())
+        if sole == behind.sole:
+            return
+        if not sole and behind.shared_pending:
+            drops = self._drops
+            self._flush_and_commit(idle=True)
+            if self._drops != drops:  # its write failed: read again from the commit, this batch too
+                raise _WindowDropped
+            if behind.shared_pending:
+                raise EntityStateUnavailable("entity state: the window of the shared keys' records is not written yet")
+        assert self.replay_log is not None
+        behind.own_all(sole, self.replay_log.append if sole else None)
+        shared = ", ".join(spec.shared_keys(behind.key))
+        if sole:
+            log.info("entity state: this worker holds all %d partitions of %s, so it is the only writer of %s: those "
+                     "records are kept in its write-behind window too and written every %d ms with their replay-log "
+                     "entries first (SD_ENTITY_SOLE_OWNER)", self._sole_total, self.settings.input_topic, shared,
+                     self.settings.entity_flush_ms)
+        else:
+            log.info("entity state: this worker holds %d of the partitions of %s: %s read and written with every "
+                     "batch again", len(self._sole_assigned), self.settings.input_topic, shared)
+
+    def _holds_every_partition(self) -> bool:
+        """This worker's assignment is every partition of the input topic (the partition count asked
+        again whenever the assignment changes: partitions added to the topic come with a rebalance)."""
+        assigned = frozenset(tp.partition for tp in self.source.assignment() if tp.topic == self.settings.input_topic)
+        if assigned != self._sole_assigned:
+            self._sole_assigned = assigned
+            if not assigned:
+                self._sole_total = 0
+            elif isinstance(self.control, WorkerView):
+                self._sole_total = self._input_partitions()
+            else:  # an in-process control plane (tests): the memory transport's topic
+                self._sole_total = self.settings.topic_partitions
+        return bool(assigned) and len(assigned) == self._sole_total
+
     def _defers(self, scorer: Scorer) -> bool:
         """Whether batches scored by ``scorer`` commit as a window (write-behind): its entity spec has
         the partition key, and the topic has not turned out to be keyed otherwise. A key shared
@@ -1491,6 +1542,12 @@ class Worker:
             return
         if idle and now - self._flush_failed_at < 1.0:
             return
+        assigned = self.source.assignment()
+        gone = {tp for tp in self._pending if tp not in assigned}
+        if gone and behind.shared_pending:  # records of every partition (``own_all``): the window is all or nothing
+            log.info("partitions %s revoked with a window of shared records open: read again from the committed "
+                     "offsets", sorted(tp.partition for tp in gone))
+            self._taken = True
         if self._taken:  # partitions revoked or lost with the window uncommitted: not this worker's to commit
             log.warning("the consumer group rebalanced with a window of batches uncommitted: read again")
             self.stats.abandoned_batches += 1
@@ -1498,8 +1555,6 @@ class Worker:
             self._taken = False
             self.source.rewind_to_committed(self._drop_window(None))
             return
-        assigned = self.source.assignment()
-        gone = {tp for tp in self._pending if tp not in assigned}
         if gone:
             dropped = behind.drop_partitions({tp.partition for tp in gone if tp.topic == self.settings.input_topic})
             for tp in gone:

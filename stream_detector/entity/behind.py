@@ -29,6 +29,23 @@ without it the worker passes every record through and commits batch by batch (``
 What the records of the partition key cost per batch drops from a read and a write per touched
 entity to nothing, plus one write per entity per window.
 
+**A worker that owns every partition** (``own_all``: one worker in its group, the issue-16
+deployment of one process per topic) is the only writer of the shared keys' records too: no other
+worker of the group reads or writes them while it holds every partition. Those records then join
+the window as well — read from memory, written once per window instead of once per batch — and
+their replay-log entries (the features the window's batches computed from them) are kept with the
+window and written by the flush **before** its compare-and-set, as the batch did before its own:
+a crash after the flush and before the commit replays them from the log exactly as it replays a
+record written by a batch. A shared record has no window undo snapshot (its events come from every
+partition; it is written with the undo of its last batch, as a batch writes it, and a window read
+again finds its events applied and takes their features from the log). It belongs to no partition:
+a rebalance that takes any partition with such records unwritten abandons the whole window
+(``shared_pending``; the worker's rebalance hook writes and commits it first where it can), and
+leaving the mode drops the shared records held (another worker writes them from then on). What
+it saves per batch: the shared keys' read, their compare-and-set and the log's append — three
+round trips and the Redis time of a script over every record touched (``benchmarks/RESULTS.md``,
+*the entity worker owning every partition*).
+
 **Safety.** The flush is a compare-and-set against the bytes this worker last read or wrote: a
 record another writer changed in between (a zombie, a partition that moved and came back, a topic
 not keyed by that field after all) is not overwritten — ``flush`` raises ``WriteBehindConflict``
@@ -53,6 +70,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
+import numpy as np
+
 from ..entity_spec import EntitySpec
 from ..errors import StreamDetectorError
 from . import binary
@@ -64,6 +83,10 @@ Name = tuple[str, EntityKey]  # (spec fingerprint, entity)
 P = ParamSpec("P")
 R = TypeVar("R")
 _PARTITION = struct.Struct("<i")
+SHARED = -1  # the partition of a shared key's record held by a worker that owns every partition (``own_all``)
+# a replay-log entry kept with the window (``stage_log``): spec, key, partitions, offsets, features
+LogEntry = tuple[EntitySpec, str, np.ndarray, np.ndarray, np.ndarray]
+LogSink = Callable[[EntitySpec, str, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def _locked(method: Callable[Concatenate[WriteBehind, P], R]) -> Callable[Concatenate[WriteBehind, P], R]:
@@ -103,14 +126,18 @@ class Flush:
     them (one compare-and-set per spec, on any thread), ``result`` waits for it to have run and
     returns what each found changed, or raises what it raised."""
 
-    def __init__(self, inner: SplitWrites, writes: list[CasWrite], count: int) -> None:
+    def __init__(self, inner: SplitWrites, writes: list[CasWrite], count: int,
+                 before: Callable[[], None] | None = None) -> None:
         self.inner, self.writes, self.count = inner, writes, count
+        self.before = before  # the window's replay-log entries, written before its records (``own_all``)
         self._done = threading.Event()
         self._lost: list[list[int]] = []
         self._error: BaseException | None = None
 
     def send(self) -> None:
         try:
+            if self.before is not None:
+                self.before()
             self._lost = [self.inner.send_save(write) for write in self.writes]
         except BaseException as exc:  # noqa: BLE001 - handed to the thread that settles the flush
             self._error = exc
@@ -158,6 +185,10 @@ class WriteBehind:
         self.disabled = False  # the topic turned out not to be keyed by ``key``: everything passes through
         self.passing = False  # ``pass_through``: the active model's records all go to ``inner`` on every batch
         self._disabling = False  # found so: ``disabled`` once the records held are flushed or forgotten
+        self.sole = False  # ``own_all``: every key's records are held, the shared ones at partition SHARED
+        self._log_sink: LogSink | None = None  # ``own_all``'s: where the window's log entries go at the flush
+        self.staged_log: list[LogEntry] = []  # the batch in hand's log entries (``stage_log``)
+        self.window_log: list[LogEntry] = []  # the accepted batches' since the last flush
 
     @property
     def unkeyed(self) -> bool:
@@ -174,12 +205,77 @@ class WriteBehind:
     def round_trips(self, value: int) -> None:
         self.inner.round_trips = value
 
+    # ---- a worker that owns every partition (module docstring) ---------------------------------------
+    @_locked
+    def own_all(self, on: bool, sink: LogSink | None = None) -> None:
+        """``on``: this worker holds every partition of its input topic, so it is the only writer of
+        every record: the shared keys' records are held in the window too, and the replay-log entries
+        of their features (``stage_log``) go to ``sink`` at the flush, before the records. Off: the
+        shared records held are dropped (read from the store again by each batch). Turning it off
+        needs none of them unwritten (``shared_pending``: the caller writes or abandons the window
+        first), else ``RuntimeError``."""
+        if on:
+            if sink is None:
+                raise ValueError("write-behind: a worker owning every partition needs the replay log")
+            self._log_sink = sink
+            if not self.sole and self._keep_heads is not None:
+                self._keep_heads(self.key, self._tokens_kept, every=True)
+            self.sole = True
+            return
+        if not self.sole:
+            return
+        if self.shared_pending:
+            raise RuntimeError("write-behind: write or abandon the window before leaving the sole-owner mode")
+        for name in [n for n, (_raw, p) in self.clean.items() if p == SHARED]:
+            del self.clean[name]
+        self.sole, self._log_sink = False, None
+        self.staged_log.clear()
+        if self._keep_heads is not None and not self.passing:
+            self._keep_heads(self.key, self._tokens_kept)
+
+    @property
+    def shared_pending(self) -> bool:
+        """Shared records changed since the last flush (``own_all``), or their log entries."""
+        return bool(self.window_log) or any(d.partition == SHARED for d in self.dirty.values())
+
+    def log_sink(self) -> LogSink | None:
+        """Where the enricher puts the replay-log entries of a batch (``Enricher._log``): ``stage_log``
+        while this worker owns every partition (written with the window), else None (the log's own
+        ``append``, before the batch's compare-and-set)."""
+        return self.stage_log if self.sole else None
+
+    @_locked
+    def stage_log(self, spec: EntitySpec, key: str, partitions: np.ndarray, offsets: np.ndarray,
+                  values: np.ndarray) -> None:
+        """A batch's replay-log entry (``FeatureLog.append``'s arguments), kept with its staged records:
+        into the window at ``accept``, written by the flush before them; dropped with them."""
+        self.staged_log.append((spec, key, partitions, offsets, values))
+
+    def _log_writer(self, entries: list[LogEntry]) -> Callable[[], None] | None:
+        """The window's log entries as one append per (spec, key), their batches joined (an event is
+        in one batch of a window: a held batch's entries are never accepted), for the flush to send
+        before its records."""
+        sink = self._log_sink
+        if not entries or sink is None:
+            return None
+        joined: dict[tuple[str, str], list[LogEntry]] = {}
+        for entry in entries:
+            joined.setdefault((entry[0].fingerprint, entry[1]), []).append(entry)
+
+        def write() -> None:
+            for group in joined.values():
+                spec, key = group[0][0], group[0][1]
+                sink(spec, key, np.concatenate([e[2] for e in group]), np.concatenate([e[3] for e in group]),
+                     np.concatenate([e[4] for e in group]))
+        return write
+
     # ---- the StateStore protocol (what the enricher calls) -----------------------------------------
     @_locked
     def load_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
         """A batch's read: records of ``key`` from memory where held, every other one (and those not
         held) with one read of ``inner``. Drops what an unaccepted batch staged."""
         self.staged.clear()
+        self.staged_log.clear()
         self.read.clear()
         return self.reload_raw(spec, keys)
 
@@ -191,11 +287,11 @@ class WriteBehind:
         shared key lost that batch's account updates from the window, found by a CI run.)"""
         if self.disabled or self.passing:
             return self.inner.load_raw(spec, keys)
-        ns = spec.fingerprint
+        ns, sole = spec.fingerprint, self.sole
         out: list[bytes | None] = [None] * len(keys)
         wanted: list[int] = []
         for i, k in enumerate(keys):
-            if k[0] != self.key:
+            if k[0] != self.key and not sole:
                 wanted.append(i)
                 continue
             name = (ns, k)
@@ -213,7 +309,7 @@ class WriteBehind:
             asked = [keys[i] for i in wanted]
             for i, k, raw in zip(wanted, asked, self.inner.load_raw(spec, asked), strict=True):
                 out[i] = raw
-                if k[0] == self.key:
+                if k[0] == self.key or sole:
                     self.read[(ns, k)] = raw
         return out
 
@@ -224,10 +320,10 @@ class WriteBehind:
         to ``inner`` now, as ``inner.save_raw`` does (the lost ones returned)."""
         if self.disabled or self.passing:
             return self.inner.save_raw(spec, records, expected)
-        ns = spec.fingerprint
+        ns, sole = spec.fingerprint, self.sole
         through: dict[EntityKey, bytes] = {}
         for k, raw in records.items():
-            if k[0] == self.key:
+            if k[0] == self.key or sole:
                 self.staged[(ns, k)] = (spec, raw)
             else:
                 through[k] = raw
@@ -254,14 +350,16 @@ class WriteBehind:
         if on == self.passing:
             return
         if on:
-            if self.dirty:
+            if self.dirty or self.window_log:
                 raise RuntimeError("write-behind: flush the open window before passing records through")
             self.clean.clear()
             self.staged.clear()
             self.read.clear()
             self.pinned.clear()  # batches commit one by one from now on
+            self.sole, self._log_sink = False, None
+            self.staged_log.clear()
         if self._keep_heads is not None:  # the tokens are only needed for records held across batches
-            self._keep_heads(None if on else self.key, self._tokens_kept)
+            self._keep_heads(None if on else self.key, self._tokens_kept)  # not sole: it ends with passing
         self.passing = on
 
     # ---- the window --------------------------------------------------------------------------------
@@ -277,9 +375,21 @@ class WriteBehind:
         store must be flushed now (it found the topic not keyed by ``key`` and stopped deferring)."""
         staged, self.staged = self.staged, {}
         read, self.read = self.read, {}
+        if self.staged_log:
+            self.window_log.extend(self.staged_log)
+            self.staged_log = []
         must = False
         dirty_of, clean_of = self.dirty, self.clean
+        key = self.key
         for name, (spec, raw) in staged.items():
+            if name[1][0] != key:  # a shared key's (``own_all``): its last batch's bytes, no window undo
+                dirty = dirty_of.get(name)
+                if dirty is not None:
+                    dirty.record = dirty.first = dirty.own = raw
+                    continue
+                clean = clean_of.pop(name, None)
+                dirty_of[name] = _Dirty(spec, raw, raw, clean[0] if clean is not None else read.get(name), SHARED, raw)
+                continue
             # the version-3 header (binary.py): u8 version, u8 flags, u16 P, then P × (i32 partition, i64 offset)
             if raw[0] != binary.VERSION or raw[2] + (raw[3] << 8) != 1:
                 if not self._disabling:  # the value itself is not logged: it may be a card number
@@ -329,13 +439,15 @@ class WriteBehind:
         until its commit (``committed``) — then ``Flush.send`` writes them (any thread, no lock),
         and ``finish_flush`` settles the outcome. None: nothing changed (or the store cannot split
         its writes: then written here, as ``flush`` does). Raises as ``flush`` does only then."""
-        if not self.dirty:
+        if not self.dirty and not self.window_log:
             self.disabled = self.disabled or self._disabling
             return None
         inner = self.inner
         if not isinstance(inner, SplitWrites):
             self.flush()
             return None
+        before = self._log_writer(self.window_log)
+        self.window_log = []
         parts: list[tuple[CasWrite, list[tuple[Name, _Dirty]]]] = []
         for items in self._by_spec():
             values, expected = self._window_values(items)
@@ -345,9 +457,10 @@ class WriteBehind:
             for name, d in items:
                 del self.dirty[name]
                 self.clean[name] = (write.records[name[1]], d.partition)
-                self.pinned.setdefault(name, (d.first, d.partition))
+                if d.partition != SHARED:
+                    self.pinned.setdefault(name, (d.first, d.partition))
                 count += 1
-        return Flush(inner, [w for w, _items in parts], count)
+        return Flush(inner, [w for w, _items in parts], count, before)
 
     @_locked
     def finish_flush(self, flush: Flush) -> int:
@@ -383,9 +496,13 @@ class WriteBehind:
         writer changed any of them (every record held is forgotten) and ``EntityStateUnavailable``
         when the store fails (retriable: the records stay pending, the next flush tries again; one
         that was in fact written then conflicts, and the window is read again)."""
-        if not self.dirty:
+        if not self.dirty and not self.window_log:
             self.disabled = self.disabled or self._disabling
             return 0
+        before = self._log_writer(self.window_log)
+        if before is not None:
+            before()  # raises EntityStateUnavailable before any record is written: the window stays pending
+        self.window_log = []
         written = 0
         for items in self._by_spec():
             spec = items[0][1].spec
@@ -399,7 +516,8 @@ class WriteBehind:
             for name, d in items:
                 self.dirty.pop(name)
                 self.clean[name] = (values[name[1]], d.partition)
-                self.pinned.setdefault(name, (d.first, d.partition))
+                if d.partition != SHARED:
+                    self.pinned.setdefault(name, (d.first, d.partition))
                 written += 1
         while len(self.clean) > self.max_records:
             self.clean.popitem(last=False)
@@ -425,7 +543,13 @@ class WriteBehind:
     @_locked
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget the records of ``partitions`` (revoked: their new owner starts from the stored state
-        of the committed offsets); returns how many changed records were dropped unflushed."""
+        of the committed offsets), and the shared ones (``own_all``: another worker writes them from
+        now on; the caller abandons the window where any of them is unwritten, ``shared_pending``);
+        returns how many changed records were dropped unflushed."""
+        if partitions:
+            partitions = {*partitions, SHARED}
+            self.window_log.clear()
+            self.staged_log.clear()
         dropped = [n for n, d in self.dirty.items() if d.partition in partitions]
         for n in dropped:
             del self.dirty[n]
@@ -440,6 +564,8 @@ class WriteBehind:
         self.dirty.clear()
         self.clean.clear()
         self.staged.clear()
+        self.staged_log.clear()
+        self.window_log.clear()
         self.read.clear()
         self.pinned.clear()  # read from the store again: its records carry the undo they were written with
         self.disabled = self.disabled or self._disabling

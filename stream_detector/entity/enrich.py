@@ -104,17 +104,21 @@ class Enricher:
 
     def _log(self, spec: EntitySpec, batch: list[_KeyBatch], parts: list[np.ndarray], at: _Positions) -> None:
         """The replay log's entries of a batch about to be written: its logged keys' features, for
-        the events with a usable key value. Raises ``EntityStateUnavailable`` (retriable)."""
+        the events with a usable key value — appended now, or kept with the batch's records where
+        the store holds them in a window (``WriteBehind.log_sink``: a worker owning every partition;
+        written by the window's flush before the records). Raises ``EntityStateUnavailable`` (retriable)."""
         logged = self._logged(spec)
         if not logged:
             return
         assert self.replay_log is not None
+        window = getattr(self.store, "log_sink", None)
+        sink = (window() if window is not None else None) or self.replay_log.append
         for kb, part in zip(batch, parts, strict=True):
             if kb.key not in logged:
                 continue
             rows = np.flatnonzero(kb.codes >= 0)
             if rows.size:
-                self.replay_log.append(spec, kb.key, at.values[at.part[rows]], at.offset[rows], part[rows])
+                sink(spec, kb.key, at.values[at.part[rows]], at.offset[rows], part[rows])
 
     def enrich(self, spec: EntitySpec | None, events: Sequence[dict[str, Any]],
                positions: Sequence[Position]) -> list[dict[str, Any]]:

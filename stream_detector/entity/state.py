@@ -244,16 +244,20 @@ class RedisState:
         self.copies = _Copies(copies)
         self._kept: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # keep_heads: name → (head, record)
         self._kept_field: str | None = None
+        self._kept_every = False  # keep_heads(every=True): the tokens of every key's records
         self._kept_size = 0
 
-    def keep_heads(self, field: str | None, size: int) -> None:
+    def keep_heads(self, field: str | None, size: int, every: bool = False) -> None:
         """Remember the write token of the last ``size`` records of key ``field`` this store read or
         wrote, so that a later compare-and-set against those record bytes sends the 17-byte token,
         not the record (write-behind: ``behind.py`` writes a record many batches after reading it).
         ``None``: remember none (records passed through are written with the tokens of the batch's
         own read: an ordered-dict update per record per batch saved, ~4 % of an entity worker's
-        thread in a py-spy profile of a drain)."""
+        thread in a py-spy profile of a drain). ``every``: the records of every key (a worker that owns
+        all the input topic's partitions keeps its shared keys' records in the window too:
+        ``behind.WriteBehind.own_all``)."""
         self._kept_field, self._kept_size = field, size
+        self._kept_every = every and field is not None
         if field is None:
             self._kept.clear()
 
@@ -306,7 +310,7 @@ class RedisState:
             head, record = split(v if isinstance(v, bytes) else v.encode())
             if head is not None:
                 self._heads[name] = (head, record)
-                if field is not None and keys[i][0] == field:
+                if field is not None and (keys[i][0] == field or self._kept_every):
                     self._keep(name, head, record)
             out[i] = record
         return out
@@ -389,8 +393,9 @@ class RedisState:
         field = self._kept_field
         if field is None:
             return
+        every = self._kept_every
         for j, (name, k, value) in enumerate(zip(names, keys, values, strict=True)):
-            if k[0] == field:
+            if k[0] == field or every:
                 if j in lost:
                     self._kept.pop(name, None)
                 else:
@@ -548,6 +553,7 @@ class RedisClusterState(RedisState):
         self.copies = _Copies(copies)
         self._kept = OrderedDict()
         self._kept_field = None
+        self._kept_every = False
         self._kept_size = 0
 
     def client(self) -> RedisCluster:

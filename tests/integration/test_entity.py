@@ -369,11 +369,11 @@ def _successor_replays_like_offline(settings: Settings, run_worker: Any, bundle:
     return b
 
 
-@pytest.mark.parametrize("successor", [{}, pytest.param({"entity_replay_log": False}, marks=LONG_TIER),
-                                       pytest.param({"entity_flush_ms": 0}, marks=LONG_TIER)],
-                         ids=["default", "log-off", "flush-0"])
+@pytest.mark.parametrize(("first", "successor"), [
+    ({}, {}), ({"entity_sole_owner": False}, {}), pytest.param({}, {"entity_replay_log": False}, marks=LONG_TIER),
+    pytest.param({}, {"entity_flush_ms": 0}, marks=LONG_TIER)], ids=["default", "a-every-batch", "log-off", "flush-0"])
 def test_a_write_behind_window_with_a_shared_key_is_replayed_exactly(
-        settings: Settings, run_worker: Any, successor: dict[str, Any]) -> None:
+        settings: Settings, run_worker: Any, first: dict[str, Any], successor: dict[str, Any]) -> None:
     """The default for an account + terminal model: write-behind windows for the account, the
     terminals written every batch with their features in the replay log (``entity/replay_log.py``).
     Worker A handles the whole backlog in one window, writes it and dies before its commit: every
@@ -383,7 +383,12 @@ def test_a_write_behind_window_with_a_shared_key_is_replayed_exactly(
     alerts. B's commits trim the log as they pass its entries (a first run deleted it whole at B's
     first commit: the rest of the window found nothing). The same when B does not write the log
     itself (restarted with ``SD_ENTITY_REPLAY_LOG=false`` or ``SD_ENTITY_FLUSH_MS=0``: a trial found
-    such a successor computing the window's terminal features anew, 2.7x offline's alerts)."""
+    such a successor computing the window's terminal features anew, 2.7x offline's alerts).
+
+    A holds every partition, so by default it keeps the terminals in its window too and writes
+    them, their log entries first, with the accounts (``SD_ENTITY_SOLE_OWNER``: nothing of the
+    window is in Redis until then); ``a-every-batch``: A writes them and their log with every batch
+    (``SD_ENTITY_SOLE_OWNER=false``, what a worker holding some of the partitions does)."""
     settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 600_000})
     assert settings.entity_replay_log
     bundle = _two_keys_bundle()
@@ -392,16 +397,20 @@ def test_a_write_behind_window_with_a_shared_key_is_replayed_exactly(
     with EventProducer(settings, settings.input_topic) as producer:  # keyed by account
         producer.send(events)
     dying = _NeverCommits(make_sink(settings))
-    a = run_worker(Worker(settings, publisher=dying))  # type: ignore[arg-type]
+    a = run_worker(Worker(settings.model_copy(update=first), publisher=dying))  # type: ignore[arg-type]
     assert a.behind is not None and a.replay_log is not None
     wait_until(lambda: a.stats.events == len(events), message="worker A handled every event")
     assert a.stats.batches > 3 and a.behind.pending > 0 and a.stats.state_flushes == 0  # one open window
-    logs = client_keys(settings, "entity-log")
-    assert logs  # the terminals' features of A's batches, one list per partition
+    sole = a.settings.entity_sole_owner
+    assert a.behind.sole is sole
+    # the terminals' features of A's batches, one list per partition: written with every batch, or
+    # (holding every partition) kept with the window until its write
+    assert bool(client_keys(settings, "entity-log")) is not sole
     a.source.on_revoke = None  # a dead worker commits nothing as it leaves the group
     a.stop()
     wait_until(lambda: a.behind is not None and a.behind.pending == 0 and dying.commits >= 1,
                message="A wrote its window and failed to commit")
+    assert client_keys(settings, "entity-log")
     assert lag(settings, settings.group_id, settings.input_topic) == len(events)  # nothing committed
 
     b = _successor_replays_like_offline(settings, run_worker, bundle, events, **successor)
@@ -474,6 +483,45 @@ def test_a_write_behind_window_is_written_and_committed_before_its_partitions_ar
     wait_until(lambda: len(b.source.assignment()) > 0, message="B got partitions")
     assert a.stats.state_flushes == 1 and b.stats.events == 0  # written once, nothing read again
     assert _redis_state(settings) == _offline_state(events)
+
+
+@pytest.mark.parametrize("transport", transports_once())
+def test_a_sole_owners_window_with_shared_records_is_written_before_its_partitions_are_revoked(
+        settings: Settings, two_keys_bundle: Bundle, run_worker: Any, transport: str) -> None:
+    """Worker A holds every partition, so its window holds the merchant records too, unwritten
+    (``SD_ENTITY_SOLE_OWNER``: nothing of them in Redis, no log entry). B joins: A's rebalance hook
+    writes the window (log entries first) and commits it, A leaves the mode, and B's events later
+    in the stream get merchant features from that state: every event's features equal offline
+    enrichment of the time-ordered file, and nothing is read twice."""
+    settings = _small_batches(settings).model_copy(update={"entity_flush_ms": 600_000, "transport": transport,
+                                                           "align_peer_grace_ms": 0})
+    _publish(settings, two_keys_bundle)
+    events = _raw(1600, seed=33)
+    events, later = events[:800], events[800:]
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(events)
+    a = run_worker(Worker(settings))
+    seen = _Collector()
+    assert a.enricher is not None and a.behind is not None
+    a.enricher.on_enriched = seen
+    wait_until(lambda: a.stats.events == len(events), message="worker A handled every event")
+    assert a.behind.sole and a.stats.sole_owner_batches == a.stats.batches and a.behind.shared_pending
+    assert not client_keys(settings, "entity-log") and not client_keys(settings)  # all of it in A's window
+    b = run_worker(Worker(settings))
+    assert b.enricher is not None
+    b.enricher.on_enriched = seen
+    wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0,
+               message="A's window committed when B joined")
+    wait_until(lambda: len(b.source.assignment()) > 0, message="B got partitions")
+    assert a.stats.state_flushes == 1 and b.stats.events == 0  # written once, nothing read again
+    assert client_keys(settings, "entity-log")  # written before the records
+    with EventProducer(settings, settings.input_topic) as producer:
+        producer.send(later)
+    wait_until(lambda: a.stats.events + b.stats.events == len(events) + len(later), timeout_s=120,
+               message="the later events handled")
+    assert not a.behind.sole and b.stats.sole_owner_batches == 0 and b.stats.events > 0
+    ordered = sorted(events, key=lambda e: e["timestamp"]) + sorted(later, key=lambda e: e["timestamp"])
+    _like_offline(settings, two_keys_bundle, ordered, seen.by_id())
 
 
 def test_a_rebalance_that_only_adds_partitions_keeps_the_write_behind_window(
