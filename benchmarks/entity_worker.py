@@ -190,8 +190,9 @@ def markdown(ctx: dict[str, Any]) -> str:
              "alignment releases a backlog's last events once no partition has had a newer one for "
              "`SD_ALIGN_IDLE_MS`, 2 s: the end of a finite backlog, not throughput).", "",
              "*entity* is the default (the accounts in a write-behind window committed every `SD_ENTITY_FLUSH_MS`, "
-             "the window's write on a writer thread while the next batches are computed, the terminals written "
-             f"every batch with their features in the replay log); *{SYNC}* the same with "
+             "the window's write on a writer thread while the next batches are computed; the one worker holds every "
+             "partition, so the terminals are in its window too, their features in the replay log, written by the "
+             f"window's write before the records: `SD_ENTITY_SOLE_OWNER`); *{SYNC}* the same with "
              "`SD_ENTITY_FLUSH_ASYNC=false` (the batch in hand waits for the window's write: the worker before "
              "2026-12-06); *entity, batch commits* the same model with `SD_ENTITY_REPLAY_LOG=false` (every record "
              "read and written, and the offsets committed, with every batch: the worker before the replay log); "

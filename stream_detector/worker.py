@@ -3,7 +3,8 @@
     1 source   poll a batch (size or deadline); with entity features keyed by a field other than
                the topic's key, the partitions are released in event-time order (pipeline/align.py)
     2 decode   bytes → validated events; bad ones → Rejected(reason)
-    3a enrich  per-entity history features of the model's EntitySpec (state in Redis: 2 round trips)
+    3a enrich  per-entity history features of the model's EntitySpec (state in Redis: 2 round trips;
+               with write-behind, records held in memory and written once per window: entity/behind.py)
     3 features the shared FeatureSpec of the active model
     4 score    TorchScript per-feature errors
     5 decide   score vs the Redis threshold for that model

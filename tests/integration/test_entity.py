@@ -1023,6 +1023,8 @@ def test_workers_joining_mid_backlog_keep_features_like_the_time_ordered_file(
         run_worker.run_started(worker)
     wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, timeout_s=180, message="drained")
     assert sum(len(w.source.assignment()) for w in workers) == 4
+    if first == 1:  # it held every partition, its terminals in its window, until the others joined
+        assert workers[0].stats.sole_owner_batches > 0
     assert _like_offline(settings, two_keys_bundle, events, seen.by_id())
 
 
