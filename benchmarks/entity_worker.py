@@ -15,7 +15,9 @@ country; state in Redis). Then, per transport:
   on the worker's thread (``SD_ENTITY_FLUSH_ASYNC=false``: the worker before 2026-12-06), and a
   third as it ran before the replay log (*entity, batch commits*: ``SD_ENTITY_REPLAY_LOG=false``,
   every record read and written and the offsets committed with every batch; the default keeps the
-  accounts in a write-behind window and logs the terminals' features: ``entity/replay_log.py``),
+  accounts in a write-behind window and logs the terminals' features: ``entity/replay_log.py``;
+  the one worker holds every partition, so the terminals are in its window too, and a fourth
+  variant, *entity, terminals every batch*, turns that off: ``SD_ENTITY_SOLE_OWNER=false``),
   alternating the variants (``--repeats``), a fresh consumer group and Redis prefix
   per run (entity state starts empty, as for a new deployment); events/s over the busy window,
   best of the repeats, and the per-step wall time of the entity runs;
@@ -27,6 +29,9 @@ country; state in Redis). Then, per transport:
   offered load need (``runs_for``: three at 20,000/s), their alerts pooled. Each run then offers
   ``TAIL_S`` more of untimed events (``tail``), so that the timed ones end under load, not at the
   stream's end, where the alignment holds each partition's newest records for ``SD_ALIGN_IDLE_MS``.
+
+``--alert-share``: both models' thresholds flag that share of the events instead (an alert budget;
+the entity model's own threshold flags ~5 % of this workload, and each alert's explanation costs).
 
 Results: the ``entity-worker`` section of ``benchmarks/RESULTS.md``.
 """
