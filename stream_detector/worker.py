@@ -47,7 +47,7 @@ from .entity.columns import read as read_field
 from .entity.labels import InMemoryLabels, LabelStore, RedisLabels, label_values
 from .entity.replay_log import FeatureLog
 from .entity_spec import EntitySpec
-from .errors import ConfigError, DeliveryError, EntityStateUnavailable, StreamDetectorError
+from .errors import ConfigError, DeliveryError, EntityStateUnavailable, StreamDetectorError, TransportError
 from .features import CategoricalColumn
 from .fieldschema import EventTime
 from .hold import BatchHold
@@ -105,6 +105,12 @@ def _freeze_long_lived() -> None:
 class _WindowDropped(Exception):  # noqa: N818 - a signal inside the worker, not an error
     """Writing the open window before a batch could be handled failed, and the window was dropped and
     rewound to the committed offsets: the batch in hand, read after it, is read again too."""
+
+
+class _Overtaken(Exception):  # noqa: N818 - a signal inside the worker, not an error
+    """The consumer group has committed past the batch in hand: another worker handled its events
+    (this one was evicted: frozen past its session timeout). The batch and the open window are
+    given up unpublished and uncommitted (``Worker._overtaken``)."""
 
 
 class _AlignFirst(Exception):  # noqa: N818 - a signal inside the worker, not an error
@@ -842,6 +848,11 @@ class Worker:
             self.stats.abandoned_batches += 1
             self._read_again(batch)
             return 0
+        except _Overtaken:  # not this worker's any more: nothing of it written, published or committed
+            self.stats.abandoned_batches += 1
+            self.publisher.abandon()
+            self.source.rewind_to_committed(self._drop_window(batch))
+            return 0
         except _AlignFirst:
             self._read_again_aligned(batch, "met", self.models.require().version)
             self._check_alignment(self.models.require().bundle)
@@ -1241,7 +1252,10 @@ class Worker:
 
         def enrich(events: Sequence[dict[str, Any]], indices: list[int], fields: Fields) -> Deferred:
             rows = np.asarray(indices, dtype=np.int64)
+            misses = enricher.log_misses
             pending = enricher.begin(spec, events, _positions(batch, rows), fields)  # the state is written by ``write``
+            if enricher.log_misses > misses and self._overtaken(batch):
+                raise _Overtaken
             self._untimed = enricher.last_untimed  # a held batch enriched again: its last attempt counts
             self._late = dict(enricher.last_late)
             # stage 2: the input key's features (and label features) from stage 1 first, then this stage's
@@ -1324,6 +1338,34 @@ class Worker:
         if self._window_open() and not self._taken:  # the window is still this worker's
             self._flush_and_commit(idle=True)  # written and committed, so the rewind below re-reads this batch only
         self.source.rewind_to_committed(self._drop_window(batch) if self._window_open() else batch)
+
+    def _overtaken(self, batch: Batch) -> bool:
+        """The batch found events already applied that the replay log does not hold (their features
+        would come from the current state: ``Enricher._apply``). Where the group has committed one
+        of its partitions past the batch's first offset there, another worker handled these events:
+        this one was evicted without knowing it yet (frozen past its session timeout; a trial on
+        2026-12-07 resumed such a worker with SIGCONT and it published 117 alerts offline scoring
+        does not raise, from terminal features computed off the other worker's state). A worker
+        that still owns its partitions reads from their committed offsets on, never before them.
+        One round trip, only on such a batch; a coordinator that does not answer keeps the old
+        behaviour (the features are logged as approximate)."""
+        firsts: dict[int, int] = {}
+        for p, o in zip(batch.partitions, batch.offsets, strict=True):
+            if o < firsts.get(p, o + 1):
+                firsts[p] = o
+        try:
+            committed = self.source.committed_offsets(firsts)
+        except TransportError as exc:
+            log.warning("could not ask the group's committed offsets of a batch with already-applied events: %s", exc)
+            return False
+        ahead = sorted(p for p, o in committed.items() if p in firsts and o > firsts[p])
+        if not ahead:
+            return False
+        log.warning("the consumer group has committed partition(s) %s past this batch (first offsets %s, committed "
+                    "%s): another worker has handled these events, so this one is no longer their owner (evicted: "
+                    "frozen past its session timeout?); the batch and its open window are given up unpublished and "
+                    "uncommitted", ahead, {p: firsts[p] for p in ahead}, {p: committed[p] for p in ahead})
+        return True
 
     # ---- write-behind entity state (entity/behind.py) ------------------------------------------
     def _own_all(self, spec: EntitySpec, eligible: bool) -> None:

@@ -512,6 +512,9 @@ class AlignedSource:
     def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         return self.inner.end_offsets(partitions)
 
+    def committed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        return self.inner.committed_offsets(partitions)
+
     def backlog(self, ask: bool = False) -> dict[int, int | None]:
         return self.inner.backlog(ask)
 

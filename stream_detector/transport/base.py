@@ -269,6 +269,13 @@ class Source(Protocol):
         (``pipeline/align.py``). ``TransportError`` when the broker does not answer."""
         ...
 
+    def committed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The consumer group's committed offset (the next to read) of these partitions of the
+        source's topic, asked of the group coordinator now (a partition without a commit is left
+        out): a round trip, for the rare check of whether the group has moved past a batch
+        (``Worker._overtaken``). ``TransportError`` when the broker does not answer."""
+        ...
+
     def backlog(self, ask: bool = False) -> dict[int, int | None]:
         """Per assigned partition, how many records the client has still to hand out: its high
         watermark minus its position (0: at its end, as far as the client knows), None while either

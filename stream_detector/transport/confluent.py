@@ -467,6 +467,17 @@ class ConfluentSource:
             raise TransportError(f"watermarks unavailable: {exc}") from exc
         return out
 
+    def committed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """``base.Source.committed_offsets``: one OffsetFetch for them all (``Consumer.committed``)."""
+        wanted = [CTopicPartition(self.config.topic, p) for p in sorted(set(partitions))]
+        if not wanted:
+            return {}
+        try:
+            done = self._c().committed(wanted, timeout=self.config.tuning.delivery_timeout_s)
+        except KafkaException as exc:
+            raise TransportError(f"committed offsets unavailable: {exc}", retriable=True) from exc
+        return {tp.partition: tp.offset for tp in done if tp.error is None and tp.offset >= 0}
+
     def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         """``base.Source.end_offsets``: the broker's high watermark of each partition, uncached: one
         ListOffsets request for them all through an admin client kept by the source (``AdminClient.

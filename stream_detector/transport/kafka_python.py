@@ -513,6 +513,20 @@ class KafkaSource:
         except KafkaError as exc:
             raise TransportError(f"highwaters unavailable: {exc!r}", retriable=True) from exc
 
+    def committed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """``base.Source.committed_offsets``: ``KafkaConsumer.committed`` per partition (kafka-python 3
+        asks the coordinator every time: an OffsetFetch each, on the rare path that needs them)."""
+        consumer, out = self._c(), {}
+        timeout_ms = int(self.config.tuning.delivery_timeout_s * 1000)
+        try:
+            for p in sorted(set(partitions)):
+                offset = consumer.committed(KTopicPartition(self.config.topic, p), timeout_ms=timeout_ms)
+                if offset is not None and offset >= 0:
+                    out[p] = int(offset)
+        except KafkaError as exc:
+            raise TransportError(f"committed offsets unavailable: {exc!r}", retriable=True) from exc
+        return out
+
     def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         """``base.Source.end_offsets``: one ListOffsets request (``KafkaConsumer.end_offsets``)."""
         wanted = [KTopicPartition(self.config.topic, p) for p in partitions]

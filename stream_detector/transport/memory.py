@@ -265,6 +265,11 @@ class MemorySource:
             return {}
         return dict(self._ends())
 
+    def committed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        committed = {tp.partition: o for tp, o in self.broker.committed(self.group_id).items()
+                     if tp.topic == self.topic}
+        return {p: committed[p] for p in partitions if p in committed}
+
     def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         ends = self._ends()
         return {p: ends.get(p, 0) for p in partitions}

@@ -136,6 +136,22 @@ def test_end_offsets_are_the_brokers_now(harness: Harness) -> None:
     assert source.end_offsets([1]) == {1: 1}  # appended since the last poll
 
 
+def test_committed_offsets_are_the_groups_not_the_positions(harness: Harness) -> None:
+    """``committed_offsets`` (a worker with a batch of already-applied events asks whether the group
+    has moved past it: ``Worker._overtaken``): the group's committed offsets, asked of the
+    coordinator, whatever the client's positions; a partition without a commit is left out."""
+    topic, group = harness.topic(3), harness.group()
+    harness.produce(topic, [b"a0", b"a1", b"a2", b"a3"], partition=0)
+    harness.produce(topic, [b"b0", b"b1"], partition=1)
+    source = harness.source(topic, group)
+    batch = poll_until(source, 6)[0]
+    assert source.committed_offsets([0, 1, 2]) == {}
+    harness.publisher(transactional=False).commit(source, {TopicPartition(topic, 0): 3, TopicPartition(topic, 1): 1},
+                                                  batch.group)
+    assert source.committed_offsets([0, 1, 2]) == {0: 3, 1: 1}  # the positions are at 4 and 2
+    assert source.committed_offsets([1]) == {1: 1}
+
+
 def test_still_member_until_the_membership_moves(harness: Harness) -> None:
     topic, group = harness.topic(1), harness.group()
     harness.produce(topic, [b"x"])

@@ -308,3 +308,43 @@ def test_a_topic_found_not_keyed_by_the_partition_key_turns_event_time_alignment
         finally:
             worker.close()
         caplog.clear()
+
+
+@pytest.mark.parametrize("sole", [True, False], ids=["sole-owner", "terminals-every-batch"])
+def test_a_worker_the_group_has_moved_past_gives_its_batch_up_unpublished(sole: bool) -> None:
+    """Trial V (2026-12-07): a worker frozen past its session timeout (SIGSTOP), whose partitions
+    another worker took and drained, resumed (SIGCONT) and scored the batch it had fetched before
+    learning it was evicted: its terminals, read from Redis, already held those events, the
+    replay log no longer did (trimmed by the other worker's commits), so their features came from
+    the current state and it published 117 alerts offline scoring does not raise. Here worker A
+    handles the first half of the stream (its window open); B, in the same group, drains the whole
+    stream and commits it; then A polls the second half. A must publish nothing of it: the group's
+    committed offsets are past its batch, so the batch and the window are given up."""
+    events = _raw(600, seed=46)
+    for i, e in enumerate(events):  # the second half's terminals are new to A: read from the store
+        e["terminal_id"] = f"T{i % 7}" if i < 300 else f"U{i % 5}"
+    spec = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400), max_distinct=8)
+    shared = entity_bundle(spec, events[:300], epochs=1)
+    control = MemoryControl()
+    control.publish(shared)
+    broker, a, _ = _worker(shared, control=control, align_idle_ms=0, entity_sole_owner=sole)
+    b = None
+    try:
+        _append(broker, events[:300])
+        _drain(a)
+        assert a.behind is not None and a.behind.pending and a.behind.sole is sole
+        assert not broker.committed(GROUP)  # A's window: open
+        _, b, _ = _worker(shared, broker, control, flush_ms=1, align_idle_ms=0)
+        _append(broker, events[300:])
+        _drain(b)
+        assert broker.committed(GROUP) == broker.end_offsets(TOPIC)
+        published = len(broker.read(ALERTS))
+        assert published  # B's alerts
+        a.run_once()  # A's stale batch: the second half, which B has handled and committed
+        assert a.stats.abandoned_batches == 1 and len(broker.read(ALERTS)) == published
+        assert a.enricher is not None and a.enricher.log_misses > 0  # what gave it away
+        assert not a.behind.pending and broker.committed(GROUP) == broker.end_offsets(TOPIC)
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
