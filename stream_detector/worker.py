@@ -848,10 +848,11 @@ class Worker:
             self.stats.abandoned_batches += 1
             self._read_again(batch)
             return 0
-        except _Overtaken:  # not this worker's any more: nothing of it written, published or committed
+        except _Overtaken as exc:  # not this worker's any more: nothing of it written, published or committed
             self.stats.abandoned_batches += 1
             self.publisher.abandon()
             self.source.rewind_to_committed(self._drop_window(batch))
+            self._rejoin(exc.args[0])
             return 0
         except _AlignFirst:
             self._read_again_aligned(batch, "met", self.models.require().version)
@@ -1254,8 +1255,9 @@ class Worker:
             rows = np.asarray(indices, dtype=np.int64)
             misses = enricher.log_misses
             pending = enricher.begin(spec, events, _positions(batch, rows), fields)  # the state is written by ``write``
-            if enricher.log_misses > misses and self._overtaken(batch):
-                raise _Overtaken
+            overtaken = self._overtaken(batch) if enricher.log_misses > misses else None
+            if overtaken:
+                raise _Overtaken(overtaken)
             self._untimed = enricher.last_untimed  # a held batch enriched again: its last attempt counts
             self._late = dict(enricher.last_late)
             # stage 2: the input key's features (and label features) from stage 1 first, then this stage's
@@ -1339,7 +1341,20 @@ class Worker:
             self._flush_and_commit(idle=True)  # written and committed, so the rewind below re-reads this batch only
         self.source.rewind_to_committed(self._drop_window(batch) if self._window_open() else batch)
 
-    def _overtaken(self, batch: Batch) -> bool:
+    def _rejoin(self, committed: Offsets) -> None:
+        """After ``_Overtaken``: commit the group's own committed offsets again (``committed``, a no-op
+        for a member), so that an evicted worker's client learns it now (the coordinator refuses an
+        unknown member) and rejoins at its next poll, instead of handling batches of partitions that
+        are no longer its own until its window's commit, up to ``SD_ENTITY_FLUSH_MS`` later (trial W,
+        2026-12-07: their terminal writes made another worker's features differ)."""
+        try:
+            self.source.commit(committed)
+        except Exception as exc:  # noqa: BLE001 - the refusal is what this is for; never stop the worker here
+            log.info("this worker is no longer a member of its group (%s): it rejoins at its next poll", exc)
+        else:
+            log.info("the group's committed offsets committed again: this worker is still a member")
+
+    def _overtaken(self, batch: Batch) -> Offsets | None:
         """The batch found events already applied that the replay log does not hold (their features
         would come from the current state: ``Enricher._apply``). Where the group has committed one
         of its partitions past the batch's first offset there, another worker handled these events:
@@ -1348,7 +1363,8 @@ class Worker:
         does not raise, from terminal features computed off the other worker's state). A worker
         that still owns its partitions reads from their committed offsets on, never before them.
         One round trip, only on such a batch; a coordinator that does not answer keeps the old
-        behaviour (the features are logged as approximate)."""
+        behaviour (the features are logged as approximate). Returns the group's committed offsets
+        when it has moved past the batch (``_rejoin`` commits them again), else None."""
         firsts: dict[int, int] = {}
         for p, o in zip(batch.partitions, batch.offsets, strict=True):
             if o < firsts.get(p, o + 1):
@@ -1357,15 +1373,16 @@ class Worker:
             committed = self.source.committed_offsets(firsts)
         except TransportError as exc:
             log.warning("could not ask the group's committed offsets of a batch with already-applied events: %s", exc)
-            return False
+            return None
         ahead = sorted(p for p, o in committed.items() if p in firsts and o > firsts[p])
         if not ahead:
-            return False
+            return None
         log.warning("the consumer group has committed partition(s) %s past this batch (first offsets %s, committed "
                     "%s): another worker has handled these events, so this one is no longer their owner (evicted: "
                     "frozen past its session timeout?); the batch and its open window are given up unpublished and "
                     "uncommitted", ahead, {p: firsts[p] for p in ahead}, {p: committed[p] for p in ahead})
-        return True
+        topic = batch.topic or self.settings.input_topic
+        return {TopicPartition(topic, p): o for p, o in committed.items()}
 
     # ---- write-behind entity state (entity/behind.py) ------------------------------------------
     def _own_all(self, spec: EntitySpec, eligible: bool) -> None:
