@@ -69,6 +69,9 @@ class _Timed:
     def reload_raw(self, spec: Any, keys: Any) -> Any:
         return self.load_raw(spec, keys)
 
+    def log_sink(self) -> Any:
+        return self.inner.log_sink()
+
     def save_raw(self, spec: Any, records: Any, expected: Any = None) -> Any:
         t = time.perf_counter()
         self.last = records

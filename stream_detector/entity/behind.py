@@ -44,7 +44,7 @@ a rebalance that takes any partition with such records unwritten abandons the wh
 leaving the mode drops the shared records held (another worker writes them from then on). What
 it saves per batch: the shared keys' read, their compare-and-set and the log's append — three
 round trips and the Redis time of a script over every record touched (``benchmarks/RESULTS.md``,
-*the entity worker owning every partition*).
+section ``entity-worker-sole``).
 
 **Safety.** The flush is a compare-and-set against the bytes this worker last read or wrote: a
 record another writer changed in between (a zombie, a partition that moved and came back, a topic
@@ -75,7 +75,7 @@ import numpy as np
 from ..entity_spec import EntitySpec
 from ..errors import StreamDetectorError
 from . import binary
-from .state import CasWrite, EntityKey, Expected, Record, SplitWrites, StateStore
+from .state import CasWrite, EntityKey, Expected, LogSink, Record, SplitWrites, StateStore
 
 log = logging.getLogger("stream_detector.entity")
 
@@ -86,7 +86,6 @@ _PARTITION = struct.Struct("<i")
 SHARED = -1  # the partition of a shared key's record held by a worker that owns every partition (``own_all``)
 # a replay-log entry kept with the window (``stage_log``): spec, key, partitions, offsets, features
 LogEntry = tuple[EntitySpec, str, np.ndarray, np.ndarray, np.ndarray]
-LogSink = Callable[[EntitySpec, str, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def _locked(method: Callable[Concatenate[WriteBehind, P], R]) -> Callable[Concatenate[WriteBehind, P], R]:

@@ -105,14 +105,13 @@ class Enricher:
     def _log(self, spec: EntitySpec, batch: list[_KeyBatch], parts: list[np.ndarray], at: _Positions) -> None:
         """The replay log's entries of a batch about to be written: its logged keys' features, for
         the events with a usable key value — appended now, or kept with the batch's records where
-        the store holds them in a window (``WriteBehind.log_sink``: a worker owning every partition;
+        the store holds them in a window (``StateStore.log_sink``: a worker owning every partition;
         written by the window's flush before the records). Raises ``EntityStateUnavailable`` (retriable)."""
         logged = self._logged(spec)
         if not logged:
             return
         assert self.replay_log is not None
-        window = getattr(self.store, "log_sink", None)
-        sink = (window() if window is not None else None) or self.replay_log.append
+        sink = self.store.log_sink() or self.replay_log.append
         for kb, part in zip(batch, parts, strict=True):
             if kb.key not in logged:
                 continue

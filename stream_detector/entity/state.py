@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import orjson
 import redis
 from redis.cluster import RedisCluster
@@ -55,6 +56,9 @@ Record = dict[str, Any]
 Expected = Mapping[Any, bytes | None]  # entity → the record bytes a batch read (None: absent)
 REDIS_ERRORS = (redis.RedisError, RedisClusterException)  # the cluster client's own errors are not RedisErrors
 EntityKey = tuple[str, str]  # (key field, entity value)
+# a replay-log entry's writer (``FeatureLog.append``'s arguments): spec, key, partitions and offsets (int64[n] each),
+# features float64[n, k] (``StateStore.log_sink``)
+LogSink = Callable[[EntitySpec, str, np.ndarray, np.ndarray, np.ndarray], None]
 
 # KEYS: record names; ARGV[1]: TTL in ms; then per key i: ARGV[2i] what the batch read, ARGV[2i+1] the new
 # value (envelope and record). What the batch read is one of: '' (the record was absent; a stored value is
@@ -161,6 +165,13 @@ class StateStore(Protocol):
         that changed in between are returned (not written). Without it, a plain write (``[]``)."""
         ...
 
+    def log_sink(self) -> LogSink | None:
+        """Where the enricher puts a batch's replay-log entries (``Enricher._log``, ``FeatureLog.append``'s
+        arguments): a store that holds the batch's records in a window and writes them later
+        (``behind.WriteBehind`` while its worker owns every partition) keeps the entries with them,
+        to write them first; None: the log's own ``append``, before the batch's compare-and-set."""
+        ...
+
     def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]: ...
 
     def save(self, spec: EntitySpec, records: dict[EntityKey, Record]) -> None: ...
@@ -186,6 +197,10 @@ class InMemoryState:
 
     def reload_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
         return self.load_raw(spec, keys)
+
+    def log_sink(self) -> LogSink | None:
+        """None: every write here is the batch's own (``StateStore.log_sink``)."""
+        return None
 
     def save_raw(self, spec: EntitySpec, records: dict[EntityKey, bytes],
                  expected: Expected | None = None) -> list[EntityKey]:
@@ -318,6 +333,10 @@ class RedisState:
     def reload_raw(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> list[bytes | None]:
         """As ``load_raw`` (nothing staged here: a lost record's new write token comes with it)."""
         return self.load_raw(spec, keys)
+
+    def log_sink(self) -> LogSink | None:
+        """None: every write here is the batch's own (``StateStore.log_sink``)."""
+        return None
 
     def load(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Record | None]:
         return {k: None if v is None else decode(spec, k[0], v)
