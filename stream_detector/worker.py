@@ -1234,6 +1234,8 @@ class Worker:
             return None
         if spec.label_keys and self.ingester is None:
             self._start_ingester()
+        topic = batch.topic or self.settings.input_topic  # a replay undoes only partitions this worker reads again
+        enricher.held = frozenset(str(tp.partition) for tp in self.source.assignment() if tp.topic == topic)
         if self.behind is not None:
             defers = self._defers(scorer)  # a window: its shared keys' features logged until its commit
             enricher.keep_replay_log(self.replay_log, self.behind.key, write=defers and self._log_writes)

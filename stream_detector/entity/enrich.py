@@ -14,8 +14,10 @@ snapshot: the state before its last write and the first offset of that write per
 * No event of the batch is at or below the applied offsets → normal: apply all, new undo.
 * The batch re-delivers the last write from its start (the same first offsets — a held batch
   retried, or a restart before the commit, with a batch of any length, on all or some of the
-  write's partitions: the others' part is undone too and applied again when read) → replay from
-  the undo snapshot: identical features, identical final state, nothing counted twice.
+  write's partitions: the others' part is undone too and applied again when read — only where
+  this worker reads them itself, ``Enricher.held``, and never for a key in the replay log, whose
+  third case is exact without undoing another worker's events) → replay from the undo snapshot:
+  identical features, identical final state, nothing counted twice.
 * Anything else already applied (a key shared across partitions read again after a crash in a
   write-behind window, or an older batch redelivered after a rebalance dropped a commit) → those
   events are not applied again and the undo snapshot is dropped; their features are the ones
@@ -82,6 +84,9 @@ class Enricher:
         self.log_writes = False
         self.log_hits = 0  # already-applied events whose features came from the replay log
         self.log_misses = 0  # ... and those it did not hold (computed from the current state: approximate)
+        # the partitions (str) whose events this enricher reads again after a redelivery: its worker's
+        # assignment; None (offline, tests): every one. A replay may undo only these (``replays``)
+        self.held: frozenset[str] | None = None
         kernel.warm()
         records.warm()
         warm_blocks()
@@ -200,8 +205,9 @@ class Enricher:
         # decision) from their plan's core, appended after the batch's records
         buf, core_at = parsed.buf, parsed.core_start
         odd = np.flatnonzero(~plan.normal).tolist()
-        plans = {j: plan_bytes(spec, kb.key, raws[j], kb.rows_of(which[j]).tolist(), at.where, empty, n_fields)
-                 for j in odd}
+        undoable = frozenset() if kb.key in self._logged(spec) else self.held
+        plans = {j: plan_bytes(spec, kb.key, raws[j], kb.rows_of(which[j]).tolist(), at.where, empty, n_fields,
+                               undoable) for j in odd}
         if odd:
             core_at = core_at.copy()
             end = len(parsed.data)
@@ -407,9 +413,10 @@ class _BytesPlan:
 
 
 def plan_bytes(spec: EntitySpec, key: str, raw: bytes | None, rows: list[int], where: list[tuple[str, int]],
-               empty: bytes, fields: int) -> _BytesPlan:
+               empty: bytes, fields: int, undoable: frozenset[str] | None = None) -> _BytesPlan:
     """The idempotency decision (the module docstring's three cases) on a record's bytes: the
-    cores stay bytes (the undo snapshot of a normal write is the loaded current core, copied)."""
+    cores stay bytes (the undo snapshot of a normal write is the loaded current core, copied).
+    ``undoable``: the partitions a replay may undo without events of the batch (``replays``)."""
     if raw is None:
         parsed = binary.Parsed({}, empty, None, None, None)
     else:
@@ -423,7 +430,7 @@ def plan_bytes(spec: EntitySpec, key: str, raw: bytes | None, rows: list[int], w
     if not any(done):
         result = _BytesPlan(parsed.core, [], applied, binary.undo_section(firsts, parsed.core))
     elif parsed.undo is not None and parsed.undo_core is not None and replays(parsed.undo_firsts or {}, firsts,
-                                                                            mine, done):
+                                                                            mine, done, undoable):
         result = _BytesPlan(parsed.undo_core, [], applied, parsed.undo)
         for part in firsts:  # the state now ends where this batch ends (it may be shorter than the last write)
             applied[part] = -1
@@ -439,14 +446,21 @@ def plan_bytes(spec: EntitySpec, key: str, raw: bytes | None, rows: list[int], w
 
 
 def replays(last_firsts: dict[str, int], firsts: dict[str, int], where: list[tuple[str, int]],
-            done: list[bool]) -> bool:
+            done: list[bool], undoable: frozenset[str] | None = None) -> bool:
     """True when the batch starts exactly where the last write started (``last_firsts``, the undo
     snapshot's first offsets) on every partition of that write it has events of, and has no
     already-applied event elsewhere. It may lack some of the write's partitions (a shared entity,
     a terminal, whose last write took events from four partitions, read again after a crash by a
     worker whose first batch released two of them): the replay then also undoes those partitions'
-    part, which is applied again when read (``plan_bytes`` sets their applied offsets back)."""
+    part, which is applied again when read (``plan_bytes`` sets their applied offsets back) — so
+    only where this worker reads them again itself: each such partition must be in ``undoable``
+    (None: any). A partition another worker reads on from past that part (a rebalance that handed
+    this one its partitions while the other kept its own: ``tests/chaos/test_entity_freeze.py``)
+    would never apply it again, and the record would lose those events; the batch's
+    already-applied events then take the third case (the replay log's features, else approximate)."""
     if any(p in firsts and firsts[p] != o for p, o in last_firsts.items()):
+        return False
+    if undoable is not None and any(p not in firsts and p not in undoable for p in last_firsts):
         return False
     return all(not d or p in last_firsts for (p, _o), d in zip(where, done, strict=True))
 

@@ -623,3 +623,43 @@ def test_the_streamed_late_count_is_the_in_memory_one() -> None:
         codes.append(np.array([index.setdefault(str(e[key]), len(index)) for e in events]))
     expected = int(late_in_entities(times, codes).sum())
     assert expected > 0 and state.late == expected
+
+
+@pytest.mark.parametrize("logged", [True, False], ids=["replay-log", "no-log"])
+def test_a_new_owner_re_reading_part_of_a_live_workers_last_write_loses_none_of_its_events(logged: bool) -> None:
+    """The chaos test ``tests/chaos/test_entity_freeze.py`` (2026-12-07, 1 run in 7): worker A held
+    partitions 0 and 1 and wrote a terminal with events of both; a rebalance gave partition 0 to B
+    while A kept partition 1 and read on. kafka-python's sticky assignor handed partition 0 over in
+    the same generation A revoked it, so B read it from the offset committed before A's revoke
+    hook committed its window: B's first batch re-delivered partition 0's part of A's last write
+    from its first offset. The replay from the undo snapshot (``replays``) then undid partition
+    1's part too, to be "applied again when read" — but its reader, A, was past it: those events
+    were lost from the terminal, and every later event of it scored unlike offline.
+
+    A replay may undo only partitions the replaying worker reads again itself (``Enricher.held``)
+    and never a key whose features are in the replay log (the log replays them exactly without
+    undoing anything). The terminal's state and every later event's features equal the serial
+    application; B's re-delivered events get theirs from the log (approximate without one)."""
+    from stream_detector.entity.replay_log import InMemoryFeatureLog
+
+    spec = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400), max_distinct=4)
+    events = [ev(i, i * 60_000.0, 5.0 + i, account=f"a{i}", terminal_id="t0") for i in range(12)]
+    where = [(i % 2, i // 2) for i in range(12)]  # time order alternates partitions 0 and 1
+    store, log = InMemoryState(), InMemoryFeatureLog()
+    a, b = Enricher(store), Enricher(store)
+    for worker in (a, b):
+        worker.keep_replay_log(log if logged else None, "account_id")
+    a.held, b.held = frozenset({"0", "1"}), frozenset({"0"})
+    a.enrich(spec, events[:6], where[:6])  # A's last write: rows 0-5 on partitions 0 and 1 (window uncommitted)
+    a.held = frozenset({"1"})  # partition 0 revoked; A reads on from its position on partition 1
+    again = [0, 2, 4]  # B reads partition 0 from the old committed offset: A's part of it again
+    replayed = b.enrich(spec, [events[i] for i in again], [where[i] for i in again])
+    got: dict[int, dict[str, Any]] = {}
+    for i in range(6, 12):  # then each its own partition, in event time (the alignment's turns)
+        got[i] = (a if where[i][0] == 1 else b).enrich(spec, [events[i]], [where[i]])[0]
+    serial = Enricher(InMemoryState())
+    want = serial.enrich(spec, events, where)
+    assert _state(a, "c") == _state(serial, "c")  # no event of partition 1 lost from the terminal
+    assert [got[i] for i in range(6, 12)] == want[6:]
+    if logged:
+        assert replayed == [want[i] for i in again] and b.log_hits == 3 and b.log_misses == 0
