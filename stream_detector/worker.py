@@ -1463,8 +1463,10 @@ class Worker:
         offsets = batch.next_offsets()
         self._pending.update(offsets)
         self._pending_group = self._behind_group = batch.group
-        if isinstance(self.source, AlignedSource):
-            self.source.settled(offsets)  # its shared entities are written (the partition key's are not shared)
+        if isinstance(self.source, AlignedSource) and not self.behind.sole:
+            # its shared entities are written (the partition key's are not shared); a sole owner's are in
+            # the window: its heads move on once the window is written and committed (_window_committed)
+            self.source.settled(offsets)
         self._flush_and_commit(due_only=not must and not self.stop_event.is_set(),
                                wait=must or self.stop_event.is_set() or not self.settings.entity_flush_async)
 
@@ -1564,6 +1566,8 @@ class Worker:
             if committed:
                 assert self.behind is not None
                 self.behind.committed({tp.partition for tp in offsets if tp.topic == self.settings.input_topic})
+                if isinstance(self.source, AlignedSource):  # a sole owner's heads wait for its window's commit
+                    self.source.settled(offsets, publish=False)
             else:
                 self._reopen(offsets)
                 self._taken = True
@@ -1653,8 +1657,19 @@ class Worker:
             return
         pending, self._pending = self._pending, {}
         if done:  # the next window's records start undo snapshots of their own (entity/behind.py)
-            behind.committed({tp.partition for tp in pending if tp.topic == self.settings.input_topic})
+            self._window_committed(pending)
         self._trim_replay_log(pending, done)
+
+    def _window_committed(self, offsets: Offsets) -> None:
+        """A window written and its ``offsets`` committed (on the worker's thread): its records start
+        undo snapshots of their own from the next batch (``WriteBehind.committed``), and with
+        event-time alignment its partitions' heads move on (``AlignedSource.settled``: a sole
+        owner's shared records were in the window until now; for the others it is a no-op, done at
+        delivery)."""
+        assert self.behind is not None
+        self.behind.committed({tp.partition for tp in offsets if tp.topic == self.settings.input_topic})
+        if isinstance(self.source, AlignedSource):
+            self.source.settled(offsets)
 
     def _trim_replay_log(self, offsets: Offsets, done: bool) -> None:
         """After a commit of ``offsets`` (``done``: True when it was committed; not when a rebalance
@@ -1751,7 +1766,7 @@ class Worker:
             # against the store, whose records carry the window's undo
             self.source.rewind_to_committed(self._drop_window(None))
             return False
-        self.behind.committed({tp.partition for tp in offsets if tp.topic == self.settings.input_topic})
+        self._window_committed(offsets)
         return True
 
     def _join_flush(self, keep: bool = True) -> bool:

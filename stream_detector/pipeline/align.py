@@ -374,10 +374,12 @@ class AlignedSource:
     def on_revoke_done(self, hook: Callable[[Offsets, bool], None] | None) -> None:
         self.inner.on_revoke_done = hook
 
-    def settled(self, offsets: Offsets) -> None:
+    def settled(self, offsets: Offsets, publish: bool = True) -> None:
         """The worker committed ``offsets`` (either delivery mode), or, with write-behind entity
         state (``entity/behind.py``), delivered them with their shared entities' records written:
-        their records are applied, so their partitions' heads move on and are published to the peers."""
+        their records are applied, so their partitions' heads move on and are published to the peers.
+        ``publish`` False (a rebalance hook, inside the client's poll: no client or Redis call
+        there): published at this source's next turn instead."""
         for tp, next_offset in offsets.items():
             if tp.topic != self.topic:
                 continue
@@ -395,7 +397,10 @@ class AlignedSource:
                 released.popleft()
             self._next[tp.partition] = next_offset
         if self.peers is not None:
-            self._publish_soon()
+            if publish:
+                self._publish_soon()
+            else:
+                self._published_at = NEG_INF  # the heartbeat's turn: the next pass of ``poll_batch``
 
     def _publish_soon(self) -> None:
         """A head moved (records taken in, or applied): published now, for the peers waiting on it,

@@ -348,3 +348,35 @@ def test_a_worker_the_group_has_moved_past_gives_its_batch_up_unpublished(sole: 
         a.close()
         if b is not None:
             b.close()
+
+
+@pytest.mark.parametrize("sole", [True, False], ids=["sole-owner", "terminals-every-batch"])
+def test_a_sole_owners_partition_heads_move_on_once_its_window_is_written(sole: bool) -> None:
+    """With event-time alignment a partition's head (``AlignedSource.settled``: what a peer that
+    joins may release its own records up to) moves on once the batch's shared records (a
+    terminal's) are in the store. A worker writing them with every batch moves it at delivery; a
+    worker holding every partition (``SD_ENTITY_SOLE_OWNER``) keeps them in its window, so its heads
+    move on only once the window is written and committed: moved at delivery, a worker that joined
+    while the window was dropped (a rebalance whose hook could not write it) would release events
+    past the ones this worker then reads again and applies late to the terminals."""
+    from stream_detector.pipeline.align import AlignedSource
+
+    events = _raw(300, seed=47)
+    for i, e in enumerate(events):
+        e["terminal_id"] = f"T{i % 7}"
+    spec = EntitySpec(keys=("account_id", "terminal_id"), windows=(3600, 86_400), max_distinct=8)
+    shared = entity_bundle(spec, events, epochs=1)
+    control = MemoryControl()
+    control.publish(shared)
+    broker, a, _ = _worker(shared, control=control, align_idle_ms=0, entity_sole_owner=sole)
+    try:
+        _append(broker, events)
+        _drain(a)
+        assert isinstance(a.source, AlignedSource) and a.behind is not None and a.behind.sole is sole
+        assert a.behind.pending and not broker.committed(GROUP)  # the window: open
+        assert bool(a.source._settled) is not sole  # noqa: SLF001 - the heads a peer would read
+        a._flush_and_commit()  # noqa: SLF001 - the window written and committed
+        assert broker.committed(GROUP) == broker.end_offsets(TOPIC)
+        assert set(a.source._settled) == {tp.partition for tp in broker.end_offsets(TOPIC)}  # noqa: SLF001
+    finally:
+        a.close()
