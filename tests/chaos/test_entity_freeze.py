@@ -19,6 +19,10 @@ worker revoked them, so it read them from the offset committed before that worke
 committed, and replaying the other worker's last terminal write from its undo snapshot undid the
 part of partitions that worker kept reading on from (``entity.enrich.replays``,
 ``tests/unit/test_entity.py::test_a_new_owner_re_reading_part_of_a_live_workers_last_write_loses_none_of_its_events``).
+Open after that fix (2 runs of 9 by hand, ``SD_ENTITY_SOLE_OWNER=false``): account records of a
+partition handed over that way end one event short, each an event of the revoking worker's last
+window (docs/entity-features.md, *Not done yet*); ``mismatch.json`` holds both states of every
+such record and its events' offsets.
 Only workers are stopped: the session's Kafka
 and Redis serve it, with fresh topics, group and prefix. ``long_tier``: deselected by ``make
 test``, run by ``make test-chaos`` (``SD_CHAOS_STORMS=1``) and ``make test-long`` (tests/conftest.py).
@@ -126,21 +130,23 @@ def _committed(settings: Settings) -> dict[int, int]:
     return {tp.partition: o for tp, o in committed_offsets(settings, settings.group_id, settings.input_topic).items()}
 
 
-def _records_unlike_offline(settings: Settings, produced: list[dict[str, Any]]) -> list[str]:
+def _records_unlike_offline(settings: Settings, produced: list[dict[str, Any]]) -> dict[str, Any]:
     """The entity records in Redis (every window written and committed) that differ from offline
     enrichment's final state of the time-ordered stream: where a lost update, a double or an
-    out-of-order application happened (a diagnostic: an alert's score shows it only where it alerts)."""
+    out-of-order application happened (an alert's score shows it only where it alerts). Per such
+    record (``key=value``), both states as ``binary.decode`` gives them, for ``mismatch.json``."""
     store = InMemoryState()
     enrich_history(SPEC, produced, store=store)
     client = redis.Redis.from_url(settings.redis_url)
     state = RedisState(client, settings.redis_prefix)
-    differ = []
+    differ: dict[str, Any] = {}
     for (_, (key, value)), record in store.records.items():
         raw = client.get(state.key(SPEC, (key, value)))
-        if raw is None or decode(SPEC, key, unwrap(raw))["c"] != record["c"]:
-            differ.append(f"{key}={value}")
+        online = None if raw is None else decode(SPEC, key, unwrap(raw))
+        if online is None or online["c"] != record["c"]:
+            differ[f"{key}={value}"] = {"online": online, "offline": record}
     client.close()
-    return sorted(differ)
+    return dict(sorted(differ.items()))
 
 
 def _log_after(path: Path, offset: int) -> str:
@@ -223,20 +229,23 @@ def test_an_entity_worker_frozen_past_its_session_timeout_then_resumed_alerts_li
         features = {e["event_id"]: e for e in enrich_history(SPEC, produced) if e["event_id"] in odd}
         (tmp_path / "mismatch.json").write_bytes(orjson.dumps({  # for the analysis: what differs, and where
             "timeline": timeline, "records_unlike_offline": unlike, "extra": extra, "missing": missing,
+            "events_of_unlike_records": {name: [(where.get(e["event_id"]), e["event_id"], e["timestamp"])
+                                                for e in produced if f"account_id={e['account_id']}" == name
+                                                or f"terminal_id={e['terminal_id']}" == name] for name in unlike},
             "wrong": wrong, "unequal_duplicates": unequal_duplicates,
             "offline_scores": {i: offline_by_id.get(i) for i in odd},
             "where": {i: where.get(i) for i in odd}, "offline_features": features,
-            "alerts": [a for a in alerts if a["event_id"] in odd]}, option=orjson.OPT_INDENT_2))
+            "alerts": [a for a in alerts if a["event_id"] in odd]}, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY))
         pytest.fail(f"(details: {tmp_path / 'mismatch.json'}) "
                     f"sole={sole}: {len(produced)} events, {len(expected)} alerts offline, {len(alerts)} published; "
                     f"extra {len(extra)} {shown(extra)}; missing {len(missing)} {shown(missing)}; wrong score "
                     f"{len(wrong)} {shown(wrong)}; duplicates with other scores {len(unequal_duplicates)} "
-                    f"{shown(unequal_duplicates)}; entity records unlike offline's {len(unlike)} {unlike[:10]}; "
+                    f"{shown(unequal_duplicates)}; entity records unlike offline's {len(unlike)} {list(unlike)[:10]}; "
                     f"timeline {timeline}; worker 0 after SIGCONT: "
                     f"{[line for line in woke.splitlines() if 'WARNING' in line or 'member' in line][:20]}")
     assert len(expected) >= 50, f"too few alerts to tell: {len(expected)}"
     # the scenario made a zombie: after SIGCONT the frozen worker found itself evicted
     assert any(sign in woke for sign in EVICTED), f"worker 0 did not find itself evicted after SIGCONT: {woke[-3000:]}"
     print(f"sole={sole}: {len(produced)} events, {len(expected)} alerts ({len(alerts) - len(scores)} duplicates), "
-          f"entity records unlike offline's {len(unlike)} {unlike[:5]}, timeline {timeline}, "
+          f"entity records unlike offline's {len(unlike)}, timeline {timeline}, "
           f"worker 0 after SIGCONT: {[sign for sign in EVICTED if sign in woke]}")
