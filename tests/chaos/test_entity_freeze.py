@@ -19,7 +19,7 @@ worker revoked them, so it read them from the offset committed before that worke
 committed, and replaying the other worker's last terminal write from its undo snapshot undid the
 part of partitions that worker kept reading on from (``entity.enrich.replays``,
 ``tests/unit/test_entity.py::test_a_new_owner_re_reading_part_of_a_live_workers_last_write_loses_none_of_its_events``).
-Open after that fix (2 runs of 9 by hand, ``SD_ENTITY_SOLE_OWNER=false``): account records of a
+Open after that fix (3 runs of 12 by hand, ``SD_ENTITY_SOLE_OWNER=false``): account records of a
 partition handed over that way end one event short, each an event of the revoking worker's last
 window (docs/entity-features.md, *Not done yet*); ``mismatch.json`` holds both states of every
 such record and its events' offsets.
