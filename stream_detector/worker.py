@@ -1564,10 +1564,7 @@ class Worker:
         ``_window_lock`` the hook kept. Never raises (inside the client's poll)."""
         try:
             if committed:
-                assert self.behind is not None
-                self.behind.committed({tp.partition for tp in offsets if tp.topic == self.settings.input_topic})
-                if isinstance(self.source, AlignedSource):  # a sole owner's heads wait for its window's commit
-                    self.source.settled(offsets, publish=False)
+                self._window_committed(offsets, publish=False)  # inside the client's poll: no client call
             else:
                 self._reopen(offsets)
                 self._taken = True
@@ -1660,16 +1657,16 @@ class Worker:
             self._window_committed(pending)
         self._trim_replay_log(pending, done)
 
-    def _window_committed(self, offsets: Offsets) -> None:
-        """A window written and its ``offsets`` committed (on the worker's thread): its records start
-        undo snapshots of their own from the next batch (``WriteBehind.committed``), and with
-        event-time alignment its partitions' heads move on (``AlignedSource.settled``: a sole
-        owner's shared records were in the window until now; for the others it is a no-op, done at
-        delivery)."""
+    def _window_committed(self, offsets: Offsets, publish: bool = True) -> None:
+        """A window written and its ``offsets`` committed: its records start undo snapshots of their
+        own from the next batch (``WriteBehind.committed``), and a sole owner's partition heads move
+        on (``AlignedSource.settled``; its shared records were in the window until now, the other
+        workers' heads moved at delivery). ``publish`` False: from the rebalance hook, inside the
+        client's poll (the heads are published at the source's next turn)."""
         assert self.behind is not None
         self.behind.committed({tp.partition for tp in offsets if tp.topic == self.settings.input_topic})
-        if isinstance(self.source, AlignedSource):
-            self.source.settled(offsets)
+        if self.behind.sole and isinstance(self.source, AlignedSource):
+            self.source.settled(offsets, publish)
 
     def _trim_replay_log(self, offsets: Offsets, done: bool) -> None:
         """After a commit of ``offsets`` (``done``: True when it was committed; not when a rebalance
