@@ -19,6 +19,7 @@ from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer
 from kafka import TopicPartition as KTopicPartition
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import (
     CommitFailedError,
     CorruptRecordError,
@@ -84,13 +85,88 @@ def consumer_config(config: TransportConfig, **overrides: Any) -> dict[str, Any]
 
 
 def _assignors(cooperative: bool) -> tuple[type, ...]:
-    from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
     from kafka.coordinator.assignors.range import RangePartitionAssignor
     from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
     if cooperative:
-        return (CooperativeStickyAssignor,)
+        return (ExclusiveCooperativeStickyAssignor,)
     return (RangePartitionAssignor, RoundRobinPartitionAssignor)
+
+
+class ExclusiveCooperativeStickyAssignor(CooperativeStickyAssignor):  # type: ignore[misc]  # no type hints
+    """kafka-python 3.0.12's ``CooperativeStickyAssignor`` (protocol name ``cooperative-sticky``,
+    so members running either assign alike), with one rule of KIP-429 it misses: **a partition is
+    never assigned to a member in the generation another member gives it up.**
+
+    Its ``assign`` takes a partition two members claim to own (their JoinGroup's owned
+    partitions) as owned by whichever it read last, and may assign it there at once, while the
+    member that really holds it loses it in the same generation. That happened when a worker frozen
+    past its session timeout woke (``tests/chaos/test_entity_freeze.py``, 2026-12-07): its client
+    still claimed the partitions it had lost (``claim_only_held_partitions`` below), the assignor
+    logged "Partition … is assigned to multiple consumers following sticky assignment generation
+    -1" and handed them back to it, and it read them from the offset committed before the other
+    worker's rebalance hook had written and committed its window there, and wrote its own window
+    over it: 20-28 account records of that partition ended without the other worker's last events
+    (3 of 12 runs with ``SD_ENTITY_SOLE_OWNER=false``; traced with debug logging).
+
+    Here a partition claimed by more than one member goes to none of them in this generation:
+    every member that holds it revokes it (its rebalance hook writes and commits what it read) and
+    rejoins, and the next generation assigns it, unowned, from those commits (the Java client's
+    assignor resolves such claims by the members' generations, which kafka-python's does not
+    send)."""
+
+    def assign(self, cluster: Any, members: Any) -> dict[str, Any]:
+        from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment
+
+        assignment: dict[str, Any] = super().assign(cluster, members)
+        claims: dict[KTopicPartition, int] = {}
+        for member in members:
+            for tp in self.parse_member_metadata(member.metadata).partitions:
+                claims[tp] = claims.get(tp, 0) + 1
+        contested = {tp for tp, n in claims.items() if n > 1}
+        if not contested:
+            return assignment
+        log.warning("partitions %s are claimed by more than one member of the group (one was evicted and has not "
+                    "learnt it yet?): assigned to none this generation, so that whoever holds them gives them up "
+                    "first; the next generation assigns them", sorted((tp.topic, tp.partition) for tp in contested))
+        for member_id, given in assignment.items():
+            kept = [(topic, [p for p in parts if KTopicPartition(topic, p) not in contested])
+                    for topic, parts in given.assigned_partitions]
+            assignment[member_id] = ConsumerProtocolAssignment(self.version, [(t, ps) for t, ps in kept if ps], b"")
+        return assignment
+
+
+def claim_only_held_partitions() -> bool:
+    """Works around a third kafka-python 3.0.12 bug; applied once, when this module is imported.
+    True when the coordinator is patched.
+
+    A member's JoinGroup names the partitions it owns, for the cooperative assignor to keep them
+    where they are. kafka-python takes them from its assignor's last assignment, which it does not
+    clear when the member loses its partitions (evicted: ``on_partitions_lost``, the subscription
+    emptied): the evicted member rejoins claiming partitions another member holds by then. The Java
+    client names what its subscription holds; so does this patch, which drops from the assignor's
+    remembered assignment whatever the subscription no longer holds before the JoinGroup is built
+    (``ExclusiveCooperativeStickyAssignor`` covers a claim made anyway)."""
+    from kafka.coordinator.consumer import ConsumerCoordinator
+
+    original = ConsumerCoordinator.group_protocols
+    if getattr(original, "_sd_claims_held", False):
+        return True
+
+    def group_protocols(self: Any) -> Any:
+        held = set(self._subscription.assigned_partitions())
+        for assignor in self._assignors.values():
+            remembered = getattr(assignor, "member_assignment", None)
+            if remembered is not None and any(tp not in held for tp in remembered):
+                assignor.member_assignment = [tp for tp in remembered if tp in held]
+        return original(self)
+
+    group_protocols._sd_claims_held = True  # type: ignore[attr-defined]
+    ConsumerCoordinator.group_protocols = group_protocols
+    return True
+
+
+CLAIMS_HELD = claim_only_held_partitions()
 
 
 def ours(tp: KTopicPartition) -> TopicPartition:

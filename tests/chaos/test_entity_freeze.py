@@ -19,10 +19,12 @@ worker revoked them, so it read them from the offset committed before that worke
 committed, and replaying the other worker's last terminal write from its undo snapshot undid the
 part of partitions that worker kept reading on from (``entity.enrich.replays``,
 ``tests/unit/test_entity.py::test_a_new_owner_re_reading_part_of_a_live_workers_last_write_loses_none_of_its_events``).
-Open after that fix (3 runs of 12 by hand, ``SD_ENTITY_SOLE_OWNER=false``): up to 28 account
-records of a partition handed over that way end short of events of one contiguous range, about
-the revoking worker's last window (docs/entity-features.md, *Not done yet*); ``mismatch.json`` holds both states of every
-such record and its events' offsets.
+Then 3 runs of 12 (``SD_ENTITY_SOLE_OWNER=false``) ended with up to 28 account records of a
+partition short of the other worker's last events: kafka-python named the woken worker's lost
+partitions in its JoinGroup, and its assignor gave one of them back to it in the generation the
+other worker gave it up; its replay ended where its first batch ended, and its refused commit
+rewound it past the rest (``transport.kafka_python.ExclusiveCooperativeStickyAssignor``,
+``claim_only_held_partitions``; docs/entity-features.md, *a partition owned twice*).
 Only workers are stopped: the session's Kafka
 and Redis serve it, with fresh topics, group and prefix. ``long_tier``: deselected by ``make
 test``, run by ``make test-chaos`` (``SD_CHAOS_STORMS=1``) and ``make test-long`` (tests/conftest.py).

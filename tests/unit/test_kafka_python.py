@@ -88,3 +88,94 @@ def test_a_topic_whose_metadata_refresh_fails_as_unknown_is_not_known_yet() -> N
         known_partitions(Consumer([TopicAuthorizationFailedError("t")]), "t")  # type: ignore[arg-type]
     with pytest.raises(TimeoutError):
         partitions_of(Consumer([UnknownTopicOrPartitionError("t")] * 3 + [set()] * 100), "t", timeout_s=0.15)  # type: ignore[arg-type]
+
+
+class _Metadata:
+    """The cluster metadata the sticky assignor reads: the topics and their partition numbers."""
+
+    def __init__(self, partitions: dict[str, int]) -> None:
+        self.partitions = partitions
+
+    def topics(self) -> set[str]:
+        return set(self.partitions)
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return set(range(self.partitions[topic])) if topic in self.partitions else None
+
+
+def _join(member_id: str, topic: str, owned: list[int]) -> object:
+    """A JoinGroup member as the group's leader gets it: its id and its subscription naming the
+    partitions it claims to own (KIP-429's owned partitions)."""
+    from types import SimpleNamespace
+
+    from kafka.protocol.consumer.metadata import ConsumerProtocolSubscription
+
+    owned_partitions = [ConsumerProtocolSubscription.TopicPartition(topic=topic, partitions=owned)] if owned else []
+    return SimpleNamespace(member_id=member_id, metadata=ConsumerProtocolSubscription(
+        version=1, topics=[topic], user_data=b"", owned_partitions=owned_partitions))
+
+
+def test_a_partition_two_members_claim_is_assigned_to_neither_until_its_holder_gives_it_up() -> None:
+    """kafka-python 3.0.12's cooperative assignor took a partition two members claimed as owned by
+    the one it read last and could assign it there at once, while the member holding it lost it in
+    the same generation: a worker woken past its session timeout got its partitions back before the
+    other worker's rebalance hook had committed them, and wrote account records over that worker's
+    last window (``tests/chaos/test_entity_freeze.py``, 3 runs of 12). A contested partition now
+    goes to nobody in that generation; once its holder has given it up (the next join claims it
+    once), it is assigned, to one member."""
+    from stream_detector.transport.kafka_python import ExclusiveCooperativeStickyAssignor, _assignors
+
+    assert _assignors(True) == (ExclusiveCooperativeStickyAssignor,)
+    assert ExclusiveCooperativeStickyAssignor.name == "cooperative-sticky"  # the same protocol as other members'
+    cluster = _Metadata({"tx": 4})
+    assignor = ExclusiveCooperativeStickyAssignor()
+    for woke_first in (True, False):  # kafka-python's assignor gave "a" partition 2 at once when "b" joined first
+        # "b" took every partition while "a" was frozen; "a" wakes and claims 0 and 2 again
+        joins = [_join("a", "tx", [0, 2]), _join("b", "tx", [0, 1, 2, 3])]
+        first = assignor.assign(cluster, joins if woke_first else joins[::-1])
+        given = {m: sorted(p for _t, ps in a.assigned_partitions for p in ps) for m, a in first.items()}
+        assert given["a"] == [] and set(given["b"]) <= {1, 3}, given
+        # the next generation: each member claims what it was given (b gave 0 and 2 up in its hook)
+        second = assignor.assign(cluster, [_join("a", "tx", given["a"]), _join("b", "tx", given["b"])])
+        after = {m: sorted(p for _t, ps in a.assigned_partitions for p in ps) for m, a in second.items()}
+        assert sorted(after["a"] + after["b"]) == [0, 1, 2, 3], after  # 0 and 2 too now, each to one member
+    # uncontested claims are the base assignor's: a member keeps what only it claims
+    calm = assignor.assign(cluster, [_join("a", "tx", [0, 2]), _join("b", "tx", [1, 3])])
+    assert {m: sorted(p for _t, ps in a.assigned_partitions for p in ps) for m, a in calm.items()} == \
+        {"a": [0, 2], "b": [1, 3]}
+
+
+def test_a_member_that_lost_its_partitions_claims_none_of_them_when_it_rejoins() -> None:
+    """kafka-python 3.0.12 builds a member's JoinGroup claims from its assignor's last assignment,
+    which eviction (``on_partitions_lost``: the subscription emptied) does not clear, so a worker
+    woken past its session timeout claimed the partitions another worker held by then. The
+    patched ``ConsumerCoordinator.group_protocols`` claims what the subscription holds, as the
+    Java client does."""
+    from types import SimpleNamespace
+
+    from kafka import TopicPartition as KTopicPartition
+    from kafka.consumer.subscription_state import SubscriptionState
+    from kafka.coordinator.consumer import ConsumerCoordinator
+
+    from stream_detector.transport.kafka_python import CLAIMS_HELD, ExclusiveCooperativeStickyAssignor
+
+    assert CLAIMS_HELD
+    subscription = SubscriptionState()
+    subscription.subscribe(topics=["tx"])
+    assignor = ExclusiveCooperativeStickyAssignor()
+    coordinator = SimpleNamespace(_subscription=subscription, _assignors={assignor.name: assignor})
+    held = [KTopicPartition("tx", 0), KTopicPartition("tx", 2)]
+    subscription.assign_from_subscribed(held)
+    assignor.member_assignment = list(held)
+
+    def claims() -> list[int]:
+        [(name, metadata)] = ConsumerCoordinator.group_protocols(coordinator)
+        assert name == "cooperative-sticky"
+        return sorted(p for tp in metadata.owned_partitions for p in tp.partitions)
+
+    assert claims() == [0, 2]  # still held: claimed, so they stay where they are
+    subscription.assign_from_subscribed([])  # evicted: kafka-python empties the subscription, not the assignor
+    assert claims() == []
+    subscription.assign_from_subscribed([held[1]])
+    assignor.member_assignment = list(held)
+    assert claims() == [2]
