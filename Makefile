@@ -13,7 +13,7 @@ help:
 	@echo "make services-up     start the local Kafka (127.0.0.1:9092) and Redis (127.0.0.1:6379); services-down stops them"
 	@echo "make reliability     the chaos + failover tiers' long form (3-broker cluster, Sentinel); writes docs/RELIABILITY.md"
 	@echo "make test-long       the long tier make test leaves out (marked long_tier): second clients, timing variants, slow scenarios"
-	@echo "make test-chaos      the chaos tier: the storms (~6 min), test_chaos.py's long_tier variants and test_entity_freeze.py (~2.5 min per setting of SD_ENTITY_SOLE_OWNER); make test runs each guarantee once"
+	@echo "make test-chaos      the chaos tier: the storms (~6 min), test_chaos.py's long_tier variants and test_entity_freeze.py (~1.5 min per case: both SD_ENTITY_SOLE_OWNER settings on kafka-python, the mode off on confluent); make test runs each guarantee once"
 	@echo "make test-failover   every failover scenario once (~8-10 min); make test-failover-smoke: an alerts-partition leader killed mid-transaction (~2-3 min)"
 	@echo "make soak            SOAK_MINUTES (60) at SOAK_RATE (20000) events/s, entity path on → docs/RELIABILITY.md"
 	@echo "make lint            ruff + mypy --strict + import-linter layer contracts (docs/architecture.md)"
@@ -55,7 +55,7 @@ test-integration: install
 
 # The long tier: tests marked long_tier (tests/conftest.py), deselected by make test to keep CI within
 # its 25 minutes: a guarantee make test checks once, checked again on the other client, delivery mode
-# or timing setting (~8-9 min on 2 cores, ~5 of them tests/chaos/test_entity_freeze.py).
+# or timing setting (~10 min on 2 cores, ~5 of them tests/chaos/test_entity_freeze.py).
 test-long: install
 	SD_LONG_TIER=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m long_tier tests --ignore=tests/unit --ignore=tests/failover
 

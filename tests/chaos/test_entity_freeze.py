@@ -9,7 +9,8 @@ scored otherwise (with ``SD_ENTITY_SOLE_OWNER=false`` still after 30b2bda). ``Wo
 gives such a batch up unpublished and ``Worker._rejoin`` makes the client rejoin at once
 (docs/entity-features.md, *a worker the group has moved past*).
 
-Here the whole thing with real processes, real Kafka and Redis, in both modes: every alert is one
+Here the whole thing with real processes, real Kafka and Redis, in both modes on kafka-python and
+with ``SD_ENTITY_SOLE_OWNER=false`` on confluent (librdkafka's own assignor): every alert is one
 offline scoring of the time-ordered stream raises, with offline's score; none is missing;
 duplicates (at least once) carry the same score; every entity record ends as offline
 enrichment's. In one of its first 7 runs (by hand) both modes failed, 2-3 alerts of one terminal
@@ -157,11 +158,12 @@ def _log_after(path: Path, offset: int) -> str:
         return log.read().decode(errors="replace")
 
 
-@pytest.mark.parametrize("sole", [True, False], ids=["sole-owner", "not-sole-owner"])
+@pytest.mark.parametrize(("sole", "transport"), [(True, "kafka-python"), (False, "kafka-python"), (False, "confluent")],
+                         ids=["sole-owner", "not-sole-owner", "not-sole-owner-confluent"])
 def test_an_entity_worker_frozen_past_its_session_timeout_then_resumed_alerts_like_offline(
-        services: Any, terminal_bundle: Bundle, env_for: Any, tmp_path: Path, sole: bool) -> None:
+        services: Any, terminal_bundle: Bundle, env_for: Any, tmp_path: Path, sole: bool, transport: str) -> None:
     bundle = terminal_bundle
-    settings = base_settings(services, entity_sole_owner=sole)
+    settings = base_settings(services, entity_sole_owner=sole, transport=transport)
     publish(settings, bundle)
     feed = _Feed(settings, _events(MOST, seed=7, end_ms=T0), RATE)  # event times in the past
     procs = WorkerProcs(env_for(settings), tmp_path)
