@@ -88,6 +88,12 @@ SHARED = -1  # the partition of a shared key's record held by a worker that owns
 LogEntry = tuple[EntitySpec, str, np.ndarray, np.ndarray, np.ndarray]
 
 
+def _fields(keys: Sequence[EntityKey]) -> str:
+    """The key fields of ``keys`` for a message: "account_id", or "account_id and terminal_id" (a
+    sole owner's window holds every key's records)."""
+    return " and ".join(sorted({k[0] for k in keys}))
+
+
 def _locked(method: Callable[Concatenate[WriteBehind, P], R]) -> Callable[Concatenate[WriteBehind, P], R]:
     """Run a ``WriteBehind`` method under its lock."""
     def locked(self: WriteBehind, /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -480,8 +486,8 @@ class WriteBehind:
         if conflicts:
             self.forget()
             raise WriteBehindConflict(
-                f"entity state: {len(conflicts)} records of {self.key} were changed by another writer since this "
-                f"worker read them (a partition that moved?); the batches since the last commit are read again")
+                f"entity state: {len(conflicts)} records of {_fields(conflicts)} were changed by another writer since "
+                f"this worker read them (a partition that moved?); the batches since the last commit are read again")
         while len(self.clean) > self.max_records:
             self.clean.popitem(last=False)
         # off only once nothing it holds is left unwritten (the next window's records may be open already)
@@ -510,7 +516,7 @@ class WriteBehind:
             if lost:
                 self.forget()
                 raise WriteBehindConflict(
-                    f"entity state: {len(lost)} records of {self.key} were changed by another writer since this "
+                    f"entity state: {len(lost)} records of {_fields(lost)} were changed by another writer since this "
                     f"worker read them (a partition that moved?); the batches since the last commit are read again")
             for name, d in items:
                 self.dirty.pop(name)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream_detector.kafka_util import committed_offsets, end_offsets, lag, read_all
 from stream_detector.model.bundle import Bundle
@@ -55,6 +55,22 @@ def base_settings(services: Any, **overrides: Any) -> Settings:
         batch_max_wait_ms=20, threshold_refresh_s=0.2, topic_partitions=4, batch_size=256)
     values.update(overrides)
     return Settings(**values)
+
+
+def group_members(settings: Settings) -> int:
+    """Members of the worker group; -1 while the coordinator cannot say (retriable errors)."""
+    from kafka.errors import KafkaError
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        group = admin.describe_groups([settings.group_id]).get(settings.group_id) or {}
+        return len(group.get("members") or [])
+    except KafkaError as exc:
+        if getattr(exc, "retriable", False):
+            return -1
+        raise
+    finally:
+        admin.close()
 
 
 def publish(settings: Settings, bundle: Bundle) -> None:

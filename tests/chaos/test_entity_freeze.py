@@ -55,8 +55,7 @@ from stream_detector.offline import score_events
 from stream_detector.producer import EventProducer
 from stream_detector.settings import Settings
 from stream_detector.simulate import Simulator
-from tests.chaos.harness import WorkerProcs, base_settings, committed_total, drained, publish
-from tests.chaos.test_storms import _group_members
+from tests.chaos.harness import WorkerProcs, base_settings, committed_total, drained, group_members, publish
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.long_tier]
@@ -177,16 +176,16 @@ def test_an_entity_worker_frozen_past_its_session_timeout_then_resumed_alerts_li
     try:
         procs.start(0)
         procs.start(1)
-        wait_until(lambda: _group_members(settings) == 2, timeout_s=90, message="two members")
+        wait_until(lambda: group_members(settings) == 2, timeout_s=90, message="two members")
         feed.thread.start()
         mark("feed")
         # both making progress: every partition committed, the group still of two members
         wait_until(lambda: len(c := _committed(settings)) == 4 and min(c.values()) > 300
-                   and _group_members(settings) == 2, timeout_s=90, message="two members making progress")
+                   and group_members(settings) == 2, timeout_s=90, message="two members making progress")
         procs.signal(0, signal.SIGSTOP)  # frozen mid-whatever, its window open, past the 10 s session timeout
         mark("sigstop")
         fetched = end_offsets(settings, settings.input_topic)  # all it can have fetched before the freeze
-        wait_until(lambda: _group_members(settings) == 1, timeout_s=60, message="the frozen worker left the group")
+        wait_until(lambda: group_members(settings) == 1, timeout_s=60, message="the frozen worker left the group")
         mark("evicted")
         # the other worker has handled and committed everything the frozen one could hold
         wait_until(lambda: all(_committed(settings).get(tp.partition, -1) >= end for tp, end in fetched.items()),
@@ -196,7 +195,7 @@ def test_an_entity_worker_frozen_past_its_session_timeout_then_resumed_alerts_li
         procs.signal(0, signal.SIGCONT)  # the zombie wakes with a stale batch and window, the stream live
         mark("sigcont")
         before = committed_total(settings)
-        wait_until(lambda: _group_members(settings) == 2 and committed_total(settings) > before + 5_000,
+        wait_until(lambda: group_members(settings) == 2 and committed_total(settings) > before + 5_000,
                    timeout_s=90, message="the zombie rejoined and the stream went on")
         mark("rejoined")
         produced = feed.finish()

@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from kafka import KafkaAdminClient
 
 from tests.chaos.harness import (
     ROUNDS,
@@ -18,6 +17,7 @@ from tests.chaos.harness import (
     base_settings,
     committed_total,
     drained,
+    group_members,
     make_stream,
     produce,
     publish,
@@ -72,22 +72,6 @@ def test_kill_storm_two_workers_ten_percent_poison(services, bundle, env_for, tm
     _assert_outcome(outcome.figures, delivery == "exactly_once")
 
 
-def _group_members(settings) -> int:
-    """Members of the worker group; -1 while the coordinator cannot say (retriable errors)."""
-    from kafka.errors import KafkaError
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    try:
-        group = admin.describe_groups([settings.group_id]).get(settings.group_id) or {}
-        return len(group.get("members") or [])
-    except KafkaError as exc:
-        if getattr(exc, "retriable", False):
-            return -1
-        raise
-    finally:
-        admin.close()
-
-
 def test_sigstop_past_session_timeout_is_fenced_without_duplicates(services, bundle, env_for, tmp_path):
     settings = base_settings(services, delivery="exactly_once")
     publish(settings, bundle)
@@ -99,13 +83,13 @@ def test_sigstop_past_session_timeout_is_fenced_without_duplicates(services, bun
     try:
         procs.start(0)
         procs.start(1)
-        wait_until(lambda: _group_members(settings) == 2 and committed_total(settings) > 500, timeout_s=120 * slow,
+        wait_until(lambda: group_members(settings) == 2 and committed_total(settings) > 500, timeout_s=120 * slow,
                    message="two members making progress")
         procs.signal(0, signal.SIGSTOP)  # frozen mid-whatever, past the 10 s session timeout
-        wait_until(lambda: _group_members(settings) == 1, timeout_s=60, message="the frozen worker left the group")
+        wait_until(lambda: group_members(settings) == 1, timeout_s=60, message="the frozen worker left the group")
         wait_until(lambda: drained(settings), timeout_s=180 * slow, message="the other worker took over and drained")
         procs.signal(0, signal.SIGCONT)  # the zombie wakes up with stale state: it must be fenced
-        wait_until(lambda: _group_members(settings) == 2, timeout_s=60, message="the zombie rejoined")
+        wait_until(lambda: group_members(settings) == 2, timeout_s=60, message="the zombie rejoined")
     finally:
         procs.stop_all()
     outcome = verify("SIGSTOP past session timeout, then SIGCONT", settings, stream, live.close())

@@ -245,7 +245,7 @@ def test_a_record_changed_by_another_writer_fails_the_flush_and_everything_held_
     held = {name[1] for name in behind.dirty}
     victim = next(k for k in inner.raw if k[1] in held)
     inner.raw[victim] = bytes(inner.raw[victim][:-1]) + bytes([inner.raw[victim][-1] ^ 1])
-    with pytest.raises(WriteBehindConflict, match="changed by another writer"):
+    with pytest.raises(WriteBehindConflict, match="records of account_id were changed by another writer"):
         behind.flush()
     assert not behind.dirty and not behind.clean
 

@@ -148,3 +148,25 @@ def test_a_batch_not_accepted_leaves_no_log_entry_and_a_revoked_partition_drops_
     assert behind.log_sink() is None and not behind.sole
     with pytest.raises(ValueError):
         behind.own_all(True)  # no log: a crash could not replay the shared features
+
+
+def test_a_shared_record_changed_by_another_writer_is_named_by_its_key_in_the_conflict() -> None:
+    """A sole owner's window holds terminal records too: a conflict on one names terminal_id (the
+    message said account_id whatever the key, a review of 2026-12-07)."""
+    from stream_detector.entity.behind import WriteBehindConflict
+
+    events = _events(120, seed=4)
+    pos = _positions(events)
+    inner = InMemoryState()
+    behind, enricher = _sole(inner, InMemoryFeatureLog())
+    enricher.features(SPEC, events[:60], pos[:60])
+    behind.accept()
+    behind.flush()
+    enricher.features(SPEC, events[60:], pos[60:])
+    behind.accept()
+    held = {name[1] for name, d in behind.dirty.items() if d.partition == SHARED}
+    victim = next(k for k in inner.raw if k[1] in held)
+    inner.raw[victim] = bytes(inner.raw[victim][:-1]) + bytes([inner.raw[victim][-1] ^ 1])
+    with pytest.raises(WriteBehindConflict, match="records of terminal_id were changed") as caught:
+        behind.flush()
+    assert "account_id" not in str(caught.value).split(" were ")[0]
