@@ -1496,6 +1496,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
                     "(docs/operations.md, 'Partitions and workers')")
     done = (f"{stats.events} events forwarded" if settings.stage == "repartition"  # stage 1 never alerts
             else f"{stats.alerts} alerts")
+    if stats.abandoned_batches:  # at least once: what is read again is counted again (a review, 2026-12-07)
+        n = stats.abandoned_batches
+        reasons += (f"; {n} batch{'es' if n != 1 else ''} given up and read again after a rebalance or a failed "
+                    "write: their events and alerts are counted each time they were handled")
     _say(f"worker stopped: {stats.events} events in {stats.batches} batches, {rate:,.0f} events/s while busy "
          f"({stats.busy_s:.1f} s of {elapsed:.1f} s running), {done}, {stats.rejected} dead letters{reasons}")
     if slot is not None:

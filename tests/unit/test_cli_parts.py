@@ -1264,6 +1264,43 @@ def test_a_worker_stopped_while_it_starts_exits_0(when: str, monkeypatch: pytest
         assert calls == ["init", "start", "run stopped=True"] and "worker stopped: 0 events" in err
 
 
+def test_the_worker_s_last_line_says_when_batches_were_read_again(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """At least once: a batch given up (a rebalance, a failed write) is read again and its events
+    and alerts counted again; the last line said "N alerts" with the duplicates in it and nothing
+    about them (a review of 2026-12-07). It now says how many batches were read again."""
+    from stream_detector import cli
+    from stream_detector import worker as worker_module
+    from stream_detector.worker import WorkerStats
+
+    class Stopped:
+        def __init__(self, settings: Any) -> None:
+            pass
+
+        def start(self) -> None:
+            pass
+
+        def stop(self) -> None:
+            pass
+
+        def run(self, max_idle_polls: int | None = None) -> WorkerStats:
+            return WorkerStats(events=400, batches=4, alerts=3, abandoned_batches=2, busy_s=1.0)
+
+        def peer_wait_s(self) -> float:
+            return 0.0
+
+    monkeypatch.setattr(worker_module, "Worker", Stopped)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert cli.main(["worker"]) == 0
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    err = capsys.readouterr().err
+    assert "worker stopped: 400 events in 4 batches" in err and "3 alerts" in err
+    assert "2 batches given up and read again" in err, err
+
+
 @pytest.mark.parametrize("kind", ["csv", "parquet", "jsonl"])
 def test_a_misspelt_field_option_is_refused_before_the_whole_file_is_read(
         kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
