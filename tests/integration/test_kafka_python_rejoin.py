@@ -99,3 +99,89 @@ def test_kafka_python_applies_a_join_that_finished_between_polls(services: Servi
     finally:
         consumer.close(autocommit=False)
         admin.close()
+
+
+def test_a_member_whose_rebalance_hook_stalled_past_its_session_commits_nothing_of_what_it_lost(
+        services: Services) -> None:
+    """A helper's trial (2026-12-07): member A's rebalance hook stalls past its session timeout
+    (a slow state write, say) while B joins; the group evicts A and gives B its partitions. kafka-
+    python 3.0.12 then rejoined A under a new member id still holding them (no
+    ``on_partitions_lost``), and had them *revoked* as a member of the new generation: A's hook
+    returned its old offsets and the broker accepted them, behind B's (3 runs of 4). Here A's hook
+    returns offsets 1 for every partition it is asked to revoke (its stale window), and B commits
+    50 on every partition it holds: the group's committed offsets must end B's, and A's hook be
+    told of every partition it held before the stall as lost, or not at all."""
+    import dataclasses
+    import threading
+    import time
+
+    from stream_detector.settings import Settings
+    from stream_detector.topics import ensure_topics
+    from stream_detector.transport.base import TopicPartition as OurTopicPartition
+    from stream_detector.transport.factory import transport_config
+    from stream_detector.transport.kafka_python import KafkaSource
+
+    topic = f"stall-{uuid.uuid4().hex[:10]}"
+    group = f"group-{topic}"
+    settings = Settings(kafka_bootstrap=services.kafka, input_topic=topic, group_id=group)
+    ensure_topics(settings, [topic], 2)
+    base = transport_config(settings)
+    config = dataclasses.replace(base, tuning=dataclasses.replace(base.tuning, session_timeout_ms=6000,
+                                                                  heartbeat_interval_ms=1000))
+    a, b = KafkaSource(config, idle_poll_ms=100), KafkaSource(config, idle_poll_ms=100)
+    calls: list[tuple[set[int], bool]] = []
+    stalled = threading.Event()
+
+    def a_revokes(partitions: set[OurTopicPartition], lost: bool) -> dict[OurTopicPartition, int]:
+        calls.append(({tp.partition for tp in partitions}, lost))
+        if not lost and not stalled.is_set():  # the first revoke stalls past the session timeout
+            stalled.set()
+            time.sleep(9)
+            return {}
+        return {} if lost else {tp: 1 for tp in partitions}
+
+    a.on_revoke = a_revokes
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def poll_a() -> None:
+        try:
+            while not stop.is_set():
+                a.poll_batch(fill=False, wait_ms=50)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    a.start()
+    thread = threading.Thread(target=poll_a, daemon=True)
+    try:
+        thread.start()
+        wait_until(lambda: len(a.assignment()) == 2, timeout_s=30, message="A holds both partitions")
+        held_before = {tp.partition for tp in a.assignment()}
+        b.start()
+
+        def b_commits() -> bool:
+            b.poll_batch(fill=False, wait_ms=50)
+            mine = {tp for tp in b.assignment()}
+            if mine:
+                try:
+                    b.commit({tp: 50 for tp in mine})
+                except Exception:  # noqa: BLE001 - refused while the group moves: tried again
+                    return False
+            return stalled.is_set() and len(mine) >= 1 and len(a.assignment()) + len(mine) == 2
+
+        wait_until(b_commits, timeout_s=60, interval_s=0.0, message="A stalled and the group settled")
+        # A wakes (9 s), learns what it lost and rejoins; the group settles again, B committing
+        wait_until(lambda: b_commits() and len(calls) > 1 and not a.assignment() & b.assignment(), timeout_s=60,
+                   interval_s=0.0, message="A told of its partitions after the stall, the group settled")
+        assert not errors, errors
+        after_stall = calls[1:]
+        revoked_live = [parts & held_before for parts, lost in after_stall if not lost]
+        assert not any(revoked_live), f"A was asked to revoke, not told it lost, partitions it held before: {calls}"
+        committed = b.committed_offsets(range(2))
+        mine = {tp.partition for tp in b.assignment()}
+        assert all(committed.get(p) == 50 for p in mine), (committed, calls)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        a.close()
+        b.close()

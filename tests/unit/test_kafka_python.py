@@ -179,3 +179,50 @@ def test_a_member_that_lost_its_partitions_claims_none_of_them_when_it_rejoins()
     subscription.assign_from_subscribed([held[1]])
     assignor.member_assignment = list(held)
     assert claims() == [2]
+
+
+def test_partitions_revoked_under_a_new_member_id_are_lost_and_nothing_of_them_is_committed(caplog) -> None:
+    """A helper's trial (2026-12-07): a member whose rebalance hook stalled past its session timeout
+    rejoined under a new member id still holding its partitions (kafka-python 3.0.12 retries a
+    JoinGroup refused with UnknownMemberId without ``on_partitions_lost``) and had them revoked as a
+    member of the new generation: the hook committed its old offsets behind their new owner's.
+    Revoked under another member id than they were assigned under, they are now lost: the hook is
+    told so and no commit is made; partitions assigned under the current id are revoked as before."""
+    import asyncio
+    import logging
+    from types import SimpleNamespace
+
+    from kafka import TopicPartition as KTopicPartition
+
+    from stream_detector.transport.base import TopicPartition
+    from stream_detector.transport.kafka_python import _Rebalance
+
+    hooks: list[tuple[set[int], bool]] = []
+    commits: list[dict[int, int]] = []
+    member = {"id": "m-1"}
+
+    class Consumer:
+        def group_metadata(self) -> object:
+            return SimpleNamespace(member_id=member["id"])
+
+        async def commit_async(self, offsets: dict[KTopicPartition, object]) -> None:
+            commits.append({tp.partition: meta.offset for tp, meta in offsets.items()})
+
+    def on_revoke(partitions: set[TopicPartition], lost: bool) -> dict[TopicPartition, int]:
+        hooks.append(({tp.partition for tp in partitions}, lost))
+        return {} if lost else {tp: 100 + tp.partition for tp in partitions}
+
+    consumer = Consumer()
+    source = SimpleNamespace(_c=lambda: consumer, on_revoke=on_revoke, on_revoke_done=lambda o, c: None, _ends={})
+    listener = _Rebalance(source)  # type: ignore[arg-type]
+    tps = [KTopicPartition("tx", p) for p in range(4)]
+    asyncio.run(listener.on_partitions_assigned(set(tps[:2])))
+    asyncio.run(listener.on_partitions_revoked({tps[0]}))  # a plain revoke: committed
+    assert hooks == [({0}, False)] and commits == [{0: 100}]
+    member["id"] = "m-2"  # evicted and rejoined, never told
+    asyncio.run(listener.on_partitions_assigned({tps[2]}))
+    with caplog.at_level(logging.WARNING, logger="stream_detector.source"):
+        asyncio.run(listener.on_partitions_revoked({tps[1], tps[2]}))
+    assert hooks[1:] == [({1}, True), ({2}, False)]  # 1 lost (assigned under m-1), 2 revoked as before
+    assert commits[1:] == [{2: 102}]
+    assert "revoked under a new member id" in caplog.text and "[1]" in caplog.text
