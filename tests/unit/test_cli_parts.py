@@ -1215,6 +1215,43 @@ def test_a_file_with_no_valid_row_says_its_rejections_once(tmp_path: Path, capsy
     assert err.count("a date written the local way") == 1 and "no row is a valid event" in err, err
 
 
+class _StubWorker:
+    """Stands in for ``worker.Worker`` in the worker command's tests: ``run`` returns ``stats``."""
+
+    stats: Any = None
+
+    def __init__(self, settings: Any) -> None:
+        self.stopped = False
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def run(self, max_idle_polls: int | None = None) -> Any:
+        from stream_detector.worker import WorkerStats
+
+        return self.stats if self.stats is not None else WorkerStats()
+
+    def peer_wait_s(self) -> float:
+        return 0.0
+
+
+def _worker_command(monkeypatch: pytest.MonkeyPatch, stub: type[_StubWorker]) -> int:
+    """``stream-detector worker`` with ``stub`` as its worker; the signal handlers it installs undone."""
+    from stream_detector import cli
+    from stream_detector import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "Worker", stub)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return cli.main(["worker"])
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 @pytest.mark.parametrize("when", ["__init__", "start"])
 def test_a_worker_stopped_while_it_starts_exits_0(when: str, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
@@ -1222,15 +1259,11 @@ def test_a_worker_stopped_while_it_starts_exits_0(when: str, monkeypatch: pytest
     the group: seconds on a busy host) died of the default action, -15, where one stopped in its
     loop exits 0. The worker command's handlers are in place before it starts: stopped before
     ``start``, nothing is started; during it, ``run`` closes it at once."""
-    from stream_detector import cli
-    from stream_detector import worker as worker_module
-    from stream_detector.worker import WorkerStats
-
     calls: list[str] = []
 
-    class Starting:
+    class Starting(_StubWorker):
         def __init__(self, settings: Any) -> None:
-            self.stopped = False
+            super().__init__(settings)
             calls.append("init")
             if when == "__init__":
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -1240,23 +1273,11 @@ def test_a_worker_stopped_while_it_starts_exits_0(when: str, monkeypatch: pytest
             if when == "start":
                 os.kill(os.getpid(), signal.SIGTERM)
 
-        def stop(self) -> None:
-            self.stopped = True
-
-        def run(self, max_idle_polls: int | None = None) -> WorkerStats:
+        def run(self, max_idle_polls: int | None = None) -> Any:
             calls.append(f"run stopped={self.stopped}")
-            return WorkerStats()
+            return super().run(max_idle_polls)
 
-        def peer_wait_s(self) -> float:
-            return 0.0
-
-    monkeypatch.setattr(worker_module, "Worker", Starting)
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        assert cli.main(["worker"]) == 0
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+    assert _worker_command(monkeypatch, Starting) == 0
     err = capsys.readouterr().err
     if when == "__init__":
         assert calls == ["init"] and "worker stopped before it started" in err
@@ -1269,33 +1290,12 @@ def test_the_worker_s_last_line_says_when_batches_were_read_again(monkeypatch: p
     """At least once: a batch given up (a rebalance, a failed write) is read again and its events
     and alerts counted again; the last line said "N alerts" with the duplicates in it and nothing
     about them (a review of 2026-12-07). It now says how many batches were read again."""
-    from stream_detector import cli
-    from stream_detector import worker as worker_module
     from stream_detector.worker import WorkerStats
 
-    class Stopped:
-        def __init__(self, settings: Any) -> None:
-            pass
+    class ReadAgain(_StubWorker):
+        stats = WorkerStats(events=400, batches=4, alerts=3, abandoned_batches=2, busy_s=1.0)
 
-        def start(self) -> None:
-            pass
-
-        def stop(self) -> None:
-            pass
-
-        def run(self, max_idle_polls: int | None = None) -> WorkerStats:
-            return WorkerStats(events=400, batches=4, alerts=3, abandoned_batches=2, busy_s=1.0)
-
-        def peer_wait_s(self) -> float:
-            return 0.0
-
-    monkeypatch.setattr(worker_module, "Worker", Stopped)
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        assert cli.main(["worker"]) == 0
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+    assert _worker_command(monkeypatch, ReadAgain) == 0
     err = capsys.readouterr().err
     assert "worker stopped: 400 events in 4 batches" in err and "3 alerts" in err
     assert "2 batches given up and read again" in err, err
