@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +31,7 @@ from kafka.errors import (
     UnknownMemberIdError,
     UnsupportedCodecError,
 )
+from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment
 
 from .base import (
     Batch,
@@ -116,13 +117,8 @@ class ExclusiveCooperativeStickyAssignor(CooperativeStickyAssignor):  # type: ig
     send)."""
 
     def assign(self, cluster: Any, members: Any) -> dict[str, Any]:
-        from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment
-
         assignment: dict[str, Any] = super().assign(cluster, members)
-        claims: dict[KTopicPartition, int] = {}
-        for member in members:
-            for tp in self.parse_member_metadata(member.metadata).partitions:
-                claims[tp] = claims.get(tp, 0) + 1
+        claims = Counter(tp for member in members for tp in self.parse_member_metadata(member.metadata).partitions)
         contested = {tp for tp, n in claims.items() if n > 1}
         if not contested:
             return assignment

@@ -4,6 +4,9 @@ partitions added to the input topic are consumed by the running worker, on both 
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
 import uuid
 
 import pytest
@@ -11,7 +14,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewPartitions, NewTopic
 from kafka.errors import KafkaError
 
-from stream_detector.transport.kafka_python import KEEPS_FINISHED_JOINS, poll_readable
+from stream_detector.settings import Settings
+from stream_detector.topics import ensure_topics
+from stream_detector.transport.base import TopicPartition as OurTopicPartition
+from stream_detector.transport.factory import transport_config
+from stream_detector.transport.kafka_python import KEEPS_FINISHED_JOINS, KafkaSource, poll_readable
 from tests.helpers import wait_until
 from tests.services import Services
 
@@ -111,16 +118,6 @@ def test_a_member_whose_rebalance_hook_stalled_past_its_session_commits_nothing_
     returns offsets 1 for every partition it is asked to revoke (its stale window), and B commits
     50 on every partition it holds: the group's committed offsets must end B's, and A's hook be
     told of every partition it held before the stall as lost, or not at all."""
-    import dataclasses
-    import threading
-    import time
-
-    from stream_detector.settings import Settings
-    from stream_detector.topics import ensure_topics
-    from stream_detector.transport.base import TopicPartition as OurTopicPartition
-    from stream_detector.transport.factory import transport_config
-    from stream_detector.transport.kafka_python import KafkaSource
-
     topic = f"stall-{uuid.uuid4().hex[:10]}"
     group = f"group-{topic}"
     settings = Settings(kafka_bootstrap=services.kafka, input_topic=topic, group_id=group)
