@@ -389,7 +389,9 @@ class _Progress:
         events, alerts, rejected = s.events - self.seen[0], s.alerts - self.seen[1], s.rejected - self.seen[2]
         batches = s.batches - self.seen[3]
         period = now - self.since
-        waited = self.peer_wait() - self.waited
+        # a wait that began in the last period is counted when it ends: at most this period's length
+        # (a trial read "waited 11 of the last 10 s")
+        waited = min(self.peer_wait() - self.waited, period)
         cut = self.peer_cut() - self.cut
         if events and self.forwards:
             log.info("forwarded %d events to the repartition topic in the last %.0f s (%.0f/s), %d dead letters; "
@@ -411,7 +413,8 @@ class _Progress:
                    "workers' partitions in event time")
             log.warning("%s: workers sharing entity state take turns in event time, so fewer workers drain it "
                         "faster, one per group fastest and exact (a larger SD_ALIGN_PEER_GRACE_MS is faster but "
-                        "gives features and alerts that differ from offline scoring) (docs/operations.md, "
+                        "gives features and alerts that differ from offline scoring); a worker that stopped "
+                        "responding holds the others until the group drops it, ~10 s (docs/operations.md, "
                         "'Partitions and workers')", how)
         late = {k: n - self.late.get(k, 0) for k, n in s.late_events.items()}
         many = {k: n for k, n in late.items() if events and n > self.LATE_SHARE * events}

@@ -317,6 +317,25 @@ def test_the_progress_line_warns_when_the_worker_mostly_waited_for_other_workers
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith("waited 27 of the last 30 s for other workers' partitions")
     assert "SD_ALIGN_PEER_GRACE_MS" in warnings[0] and "fewer workers" in warnings[0]
+    assert "stopped responding" in warnings[0]
+
+
+def test_a_wait_longer_than_the_period_is_said_as_the_whole_period(caplog) -> None:
+    """A trial (2026-12-07): a peer frozen past its session timeout held this worker in one wait that
+    began before the period and ended in it; the line said "waited 11 of the last 10 s"."""
+    import logging
+
+    from stream_detector.worker import WorkerStats, _Progress
+
+    waited = [0.0]
+    stats = WorkerStats()
+    progress = _Progress(stats, 10.0, lambda: waited[0])
+    start = progress.since
+    with caplog.at_level(logging.WARNING, logger="stream_detector.worker"):
+        stats.events, waited[0] = 18, 11.0
+        progress.maybe_log(start + 10)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("waited 10 of the last 10 s"), warning
 
 
 def test_most_batches_cut_short_by_other_workers_is_a_warning_too(caplog) -> None:
@@ -344,6 +363,7 @@ def test_most_batches_cut_short_by_other_workers_is_a_warning_too(caplog) -> Non
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("390 of the last 400 batches (1.5 events each) stopped at other workers' partitions")
     assert "SD_ALIGN_PEER_GRACE_MS" in warnings[0] and "fewer workers" in warnings[0]
+    assert "stopped responding" in warnings[0]
 
 
 def test_the_worker_counts_dead_letters_by_reason(broker, bundle):
