@@ -1722,7 +1722,10 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"{' and '.join(live_only)} go with live runs (events sent as they are made); an --out "
                           "file's size is --count N and its time span --span-days")
     if args.end is not None and not args.out:  # before --end's value is judged: the first problem to fix
-        raise ConfigError("--end goes with --out (live events are stamped with the time they are sent)")
+        raise ConfigError("--end goes with --out (a live run's events end when it does: --clock)")
+    if args.clock is not None and args.out:
+        raise ConfigError("--clock goes with live runs (an --out file's events are at the world's own pace, over "
+                          "--span-days)")
     for flag, value in (("--span-days", args.span_days), ("--chunk-rows", args.chunk_rows)):
         if value is not None and not args.out:  # was: ignored, and a 60 s live run started (a new-user trial)
             raise ConfigError(f"{flag} goes with --out (a file's time span and write chunks; live events are "
@@ -1738,7 +1741,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         args.run_id = _file_run_id(args, end_ms) if args.out else "live-" + time.strftime("%Y%m%dT%H%M%SZ",
                                                                                            time.gmtime())
     if args.profile == "velocity":
-        for name in ("terminals", "feedback_out", "label_delay_scale"):
+        for name in ("terminals", "feedback_out", "label_delay_scale", "clock"):
             if getattr(args, name) is not None:
                 raise ConfigError(f"--{name.replace('_', '-')} applies to --profile handbook")
         fraud_rate = 0.01 if args.fraud_rate is None else args.fraud_rate
@@ -1818,11 +1821,28 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     _probe_kafka(settings)
     with EventProducer(settings, topic) as producer:
         _say_created(producer)
-        sent, frauds, published, pending = producer.simulate_handbook(hb, total, args.rate, delays,
-                                                                      settings.feedback_topic, progress=_say)
+        if args.clock == "wall":
+            sent, frauds, published, pending = producer.simulate_handbook(hb, total, args.rate, delays,
+                                                                          settings.feedback_topic, progress=_say)
+        else:  # the world's clock; ends when the run should (events never ahead of the wall clock, at pace)
+            end_ms = int(time.time() * 1000 + (total / args.rate * 1000 if args.rate > 0 else 0))
+            _say(_world_clock_line(hb, total, args.rate))
+            sent, frauds, published, pending = producer.simulate_world(hb, total, args.rate, delays,
+                                                                       settings.feedback_topic, end_ms, progress=_say)
     _say(f"simulated {sent} events ({frauds} fraud) into {topic}; {published} delayed labels published to "
          f"{settings.feedback_topic} ({pending} not yet due at the end)")
     return 0
+
+
+def _world_clock_line(sim: Any, total: int, rate: float) -> str:
+    """``simulate``'s live line on its clock: the simulated span, the world's pace and what a second
+    of sending is in simulated time."""
+    days = sim.world_span_ms(total) / 86_400_000
+    line = (f"clock: world: {total:,} events span {days:,.2f} simulated days ending when the run does, the pace of "
+            f"{sim.events_per_day:,.0f} events a day from {sim.customers:,} cards")
+    if rate > 0:
+        line += f"; 1 s sent = {rate / sim.events_per_day * 24:,.2f} simulated hours"
+    return line + " (--clock wall stamps the time each is sent)"
 
 
 def _end_ms(text: str) -> int:
@@ -2840,8 +2860,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--terminals", type=int, help="handbook: terminals (default 10000)")
     p.add_argument("--label-delay-scale", type=float,
                    help="handbook: multiply every label delay (default 1.0: analyst 1-12 h, chargeback 1-7 days); "
-                        "live, labels are published to SD_FEEDBACK_TOPIC when due, while the run lasts, so "
-                        "e.g. 0.0001 lets a 60 s run see chargebacks")
+                        "live, labels are published to SD_FEEDBACK_TOPIC when due on the run's --clock, while "
+                        "the run lasts: on the world's clock a 60 s run at 1000/s spans ~6 days and sees most "
+                        "chargebacks; on the wall clock 0.0001 lets it see them")
+    p.add_argument("--clock", choices=["world", "wall"], default=None,
+                   help="handbook, live: the events' timestamps. world (default): the simulated world's own "
+                        "pace, so each card and terminal pays as often per day as in an --out file (the run's "
+                        "events span count ÷ the world's events a day, ending when the run does; labels are "
+                        "published as that clock passes them). wall: the time each is sent (--rate events in "
+                        "every second: a card pays many times a minute, and a model with per-card history "
+                        "flags most of it; docs/simulator.md)")
     p.add_argument("--end", help="--out: the UTC end of the file's time span, RFC 3339 or a date "
                                  "(2026-06-15 is its midnight; default: now); the same --seed, --end and sizes "
                                  "write the same events to every format")

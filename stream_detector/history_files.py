@@ -206,6 +206,39 @@ class SortedLabels:
         return out
 
 
+class WorldClockStream:
+    """A live run's events on the simulated world's clock: ``sim.history`` of ``total`` events over
+    ``sim.world_span_ms(total)`` ending at ``end_ms`` (epoch ms), so each card and terminal pays as
+    often per simulated day as in a history file however fast the events are sent; and their delayed
+    labels as the simulated clock (the last event's time) passes them.
+
+    Iterating yields ``(batch, labels)`` per ``chunk`` events (the last batch shorter): a
+    time-ordered ``HandbookBatch`` and the columns of the labels now due (``SortedLabels.add``).
+    ``pending()`` is then the number of labels the run's clock never reached (not yet due).
+    Memory: one chunk and the labels within the longest delay of the last event.
+
+    Why: stamped with the wall clock at ``--rate`` events per second, a 2,000-card world pays
+    ~2,000 times faster than its own pace (at 100/s), and one worker with an account + terminal
+    model trained on a history file (0.9 % flagged) alerted on 8.6 % of a 2-minute run, 20 % in its
+    last 30 s; on this clock, 0.61 % (docs/simulator.md, *Live runs*, measured 2026-12-07).
+    Raises ``ValueError`` for ``total < 0`` or ``chunk < 1``.
+    """
+
+    def __init__(self, sim: HandbookSimulator, total: int, end_ms: int, chunk: int, delays: LabelDelays) -> None:
+        self.span_ms = sim.world_span_ms(total)
+        self.end_ms = int(end_ms)
+        self._chunks = history(sim, total, self.span_ms, self.end_ms, chunk)
+        self._labels = SortedLabels(delays)
+
+    def __iter__(self) -> Iterator[tuple[HandbookBatch, dict[str, list[Any]]]]:
+        for batch in self._chunks:
+            yield batch, self._labels.add(batch)
+
+    def pending(self) -> int:
+        """Labels not yet due at the last event (their ``labelled_at`` is past the run's clock)."""
+        return len(self._labels.finish()["event_id"])
+
+
 # ---- writing -----------------------------------------------------------------------------------------
 
 

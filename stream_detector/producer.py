@@ -39,6 +39,7 @@ class EventProducer:
         self.producer: KafkaProducer | None = None
         self.futures: list[Any] = []
         self.created: list[str] = []  # topics this producer created (the CLI says so: a misspelt one is new)
+        self._checked: set[str] = set()  # topics _ready found or created
         self.acknowledged = 0  # records Kafka acknowledged (an interrupted run says how many got there)
         # the first records in send order all acknowledged: an interrupted produce goes on after them (--skip)
         self.acknowledged_in_order = 0
@@ -46,7 +47,10 @@ class EventProducer:
     def _ready(self, topic: str) -> None:
         """``topic`` exists: created with ``SD_CREATE_TOPICS`` (and remembered in ``created``), else
         ``ConfigError`` when missing (a trial: kafka-python logged "not found in cluster metadata"
-        ten times a second for a minute, then failed with its timeout)."""
+        ten times a second for a minute, then failed with its timeout). Asked once per topic (an
+        admin round trip: asked per chunk, it halved a paced live run's rate)."""
+        if topic in self._checked:
+            return
         if self.settings.create_topics:
             self.created += ensure_topics(self.settings, [topic])
         elif not topic_exists(self.settings, topic):
@@ -55,6 +59,7 @@ class EventProducer:
                    "create it with Kafka's tools, or let produce create it with SD_CREATE_TOPICS=true")
             raise ConfigError(f"no topic {topic} on {self.settings.bootstrap_servers} (SD_CREATE_TOPICS=false: "
                               f"check its name; {how})")
+        self._checked.add(topic)
 
     def __enter__(self) -> EventProducer:
         self._ready(self.topic)
@@ -175,11 +180,46 @@ class EventProducer:
         self.confirm()
         return sent, counts["frauds"], counts["labels"], len(pending)
 
+    def simulate_world(self, sim: HandbookSimulator, total: int, rate: float, delays: LabelDelays,
+                       feedback_topic: str, end_ms: int,
+                       progress: Progress | None = None) -> tuple[int, int, int, int]:
+        """Produce ``total`` raw events (no label header) at ``rate`` per second (0: as fast as
+        possible), stamped on the simulated world's clock (``history_files.WorldClockStream``: the
+        span ``sim.world_span_ms(total)`` ending at ``end_ms``); each delayed label goes to
+        ``feedback_topic`` (keyed by event id) once the events sent have passed its ``labelled_at``.
+        Returns (events, frauds, labels published, labels not yet due at the end, not published)."""
+        from .history_files import WorldClockStream
+
+        assert self.producer is not None, "use EventProducer as a context manager"
+        self._ready(feedback_topic)
+        world = WorldClockStream(sim, total, end_ms, _chunk_size(rate), delays)
+        stream = iter(world)
+        counts = {"frauds": 0, "labels": 0}
+
+        def chunk(_start: int, n: int) -> None:
+            batch, due = next(stream)
+            assert len(batch) == n, (len(batch), n)  # the stream is cut as _paced cuts the run
+            counts["frauds"] += int(batch.fraud.sum())
+            self.send(batch.events())
+            rows = [label_record(i, label == "fraud", source == "chargeback", at) for i, label, source, at
+                    in zip(due["event_id"], due["label"], due["source"], due["labelled_at"], strict=True)]
+            self.send_records(feedback_topic, rows)
+            counts["labels"] += len(rows)
+
+        sent = _paced(total, rate, chunk, self.confirm, progress)
+        self.confirm()
+        return sent, counts["frauds"], counts["labels"], world.pending()
+
+
+def _chunk_size(rate: float) -> int:
+    """Events per chunk of a paced run: ~50 ms of ``rate`` (0, unpaced: 5,000)."""
+    return max(1, int(rate / 20)) if rate > 0 else 5000
+
 
 def _paced(total: int, rate: float, send_chunk: Callable[[int, int], None], confirm: Callable[[], None],
            progress: Progress | None) -> int:
-    """Send ``total`` items in chunks of ~50 ms worth, sleeping to hold ``rate`` (0 = unpaced)."""
-    step = max(1, int(rate / 20)) if rate > 0 else 5000
+    """Send ``total`` items in chunks of ``_chunk_size(rate)``, sleeping to hold ``rate`` (0 = unpaced)."""
+    step = _chunk_size(rate)
     started = time.monotonic()
     last_report = started
     sent = 0

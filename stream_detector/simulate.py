@@ -324,6 +324,18 @@ class HandbookSimulator:
         self.histories = 0  # history() calls so far: each call draws its own events
         self._picks: dict[tuple[int, int], np.ndarray] = {}
 
+    @property
+    def events_per_day(self) -> float:
+        """The world's own pace: expected events per simulated day (float64, > 0), the sum of the
+        customers' ``mean_tx_per_day`` (those with a terminal within ``radius``; Handbook 3.2.2)."""
+        return float(self.tx_per_day[self.near_count > 0].sum())
+
+    def world_span_ms(self, n: int) -> int:
+        """The simulated time (ms, >= 1) that ``n`` events take at the world's own pace
+        (``events_per_day``): a live run stamped with it shows each card and terminal paying as
+        often as in a history file."""
+        return max(1, round(n / self.events_per_day * DAY_MS))
+
     # the scenarios: functions of (seed, day) only
 
     def compromised_terminals(self, day: int) -> np.ndarray:

@@ -5,23 +5,30 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 
 import orjson
 import pytest
 
 from stream_detector.kafka_util import read_all
+from stream_detector.simulate import HandbookSimulator
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "stream_detector.cli"]
 
 
-def test_simulate_live_publishes_raw_events_and_due_labels(settings, env_for) -> None:
+@pytest.mark.parametrize("clock", ["world", "wall"])
+def test_simulate_live_publishes_raw_events_and_due_labels(clock: str, settings, env_for) -> None:
     s = settings.model_copy(update={"feedback_topic": f"fb-{uuid.uuid4().hex[:8]}"})
-    # a small world (many compromised terminals per customer) and delays scaled to milliseconds:
+    # a small world (many compromised terminals per customer). On the world's clock the 3,000 events
+    # span ~5 simulated days, so labels 1-12 h (analyst) and 1-7 days (chargeback) after their events
+    # come due within the run; on the wall clock the delays are scaled to milliseconds:
     # chargebacks 1-7 days → 86-605 ms, analyst verdicts 1-12 h → 4-43 ms
+    scale = ["--label-delay-scale", "0.000001"] if clock == "wall" else []
+    started = time.time() * 1000
     done = subprocess.run(CLI + ["simulate", "--rate", "1000", "--duration", "3", "--accounts", "300",
-                                 "--terminals", "300", "--seed", "1", "--label-delay-scale", "0.000001"],
+                                 "--terminals", "300", "--seed", "1", "--clock", clock, *scale],
                           env=env_for(s), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "delayed labels published to " + s.feedback_topic in done.stderr
@@ -42,3 +49,11 @@ def test_simulate_live_publishes_raw_events_and_due_labels(settings, env_for) ->
     assert all(label["label"] == "fraud" for label in labels if label["source"] == "chargeback")
     at = {e["event_id"]: e["timestamp"] for e in events}
     assert all(label["labelled_at"] >= at[label["event_id"]] for label in labels)
+    times = sorted(at.values())
+    if clock == "wall":  # stamped as sent
+        assert started - 1_000 <= times[0] and times[-1] - times[0] < 60_000
+    else:  # the world's pace, ending when the run does: never ahead of the clock of the machine
+        span = HandbookSimulator(seed=1, customers=300, terminals=300).world_span_ms(3000)
+        assert span > 3 * 86_400_000 and times[-1] <= time.time() * 1000
+        assert 0.9 * span < times[-1] - times[0] <= span
+        assert all(label["labelled_at"] <= times[-1] for label in labels)  # published as the run's clock passed them

@@ -297,6 +297,7 @@ def test_handbook_out_file_written_in_chunks_is_what_write_csv_and_write_jsonl_w
     (["--rate", "nan"], "--rate must be a number >= 0"),
     (["--duration", "-1"], "--duration must be a number of seconds >= 0"),
     (["--end", "2099-01-01"], "more than 1 day ahead of this machine's clock"),  # its events: implausible
+    (["--clock", "wall"], "--clock goes with live runs"),  # a file's events are at the world's pace already
 ])
 def test_bad_arguments_one_line_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                                        tmp_path: Path) -> None:
@@ -316,6 +317,16 @@ def test_a_future_end_without_out_names_the_missing_out_first(capsys: pytest.Cap
         assert main(["simulate", flag, value]) == 2
         err = capsys.readouterr().err.strip()
         assert f"{flag} goes with --out" in err and "\n" not in err
+
+
+def test_the_clock_of_a_live_run_is_the_handbook_profiles(capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The velocity profile's events carry precomputed history fields: no clock to choose (one line,
+    exit 2, before connecting)."""
+    monkeypatch.setenv("SD_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing listens: a connection attempt would fail otherwise
+    assert main(["simulate", "--profile", "velocity", "--clock", "world"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "stream-detector simulate: error: --clock applies to --profile handbook"
 
 
 @pytest.mark.parametrize("argv", [["--rate", "0"], ["--duration", "0"], ["--rate", "0.5", "--duration", "1"],

@@ -123,6 +123,51 @@ def test_sorted_labels_over_chunks_are_the_whole_historys_labels() -> None:
     assert records == _whole(chunks).labels(delays)
 
 
+# ---- live runs on the world's clock ------------------------------------------------------------------
+
+
+def _median_gap_ms(batch: HandbookBatch) -> float:
+    """The median time between a card's consecutive payments, over every card."""
+    order = np.lexsort((batch.timestamp, batch.account))
+    account, times = batch.account[order], batch.timestamp[order]
+    same = account[1:] == account[:-1]
+    return float(np.median(np.diff(times)[same]))
+
+
+def test_a_world_clock_run_pays_at_the_history_files_pace_not_the_senders() -> None:
+    """Live runs used to stamp each event with the wall clock: at 100 events/s a card of a 300-card
+    world paid every few seconds instead of a few times a day, and a model with per-card history
+    flagged most of a live run. On the world's clock a card's payments are as far apart as in a
+    history file of the same world (docs/simulator.md, *Live runs*)."""
+    sim = _sim()
+    world = history_files.WorldClockStream(sim, 20_000, NOW, 700, LabelDelays())
+    live = _whole([batch for batch, _ in world])
+    assert world.span_ms == round(20_000 / sim.events_per_day * DAY_MS)
+    assert len(live) == 20_000 and np.all(np.diff(live.timestamp) >= 0)
+    assert NOW - world.span_ms < live.timestamp[0] and live.timestamp[-1] <= NOW
+    file_gap = _median_gap_ms(_whole(list(_sim().history(20_000, 30 * DAY_MS, NOW))))
+    assert file_gap > 3 * HOUR_MS  # a few payments a day
+    assert 0.8 < _median_gap_ms(live) / file_gap < 1.25
+    wall = _sim().generate(20_000, now_ms=NOW, span_ms=200_000)  # the same events in 200 s: --rate 100
+    assert _median_gap_ms(wall) < file_gap / 1_000
+
+
+def test_a_world_clock_run_publishes_each_label_once_its_clock_has_passed_it() -> None:
+    delays = LabelDelays(scale=0.5)
+    world = history_files.WorldClockStream(_sim(), 12_000, NOW, 1_000, delays)
+    batches, published = [], []
+    for batch, due in world:
+        batches.append(batch)
+        assert all(at < batch.timestamp[-1] for at in due["labelled_at"])  # due on the run's clock
+        published += [dict(zip(due, row, strict=True)) for row in zip(*due.values(), strict=True)]
+    pending = world.pending()
+    every = _whole(batches).labels(delays)
+    last = batches[-1].timestamp[-1]
+    assert published == [label for label in every if label["labelled_at"] < last]  # in order, none twice
+    assert pending == len(every) - len(published) > 0  # the last chargebacks are not due yet
+    assert {label["source"] for label in published} == {"analyst", "chargeback"}
+
+
 # ---- the files -----------------------------------------------------------------------------------
 
 
