@@ -2559,6 +2559,7 @@ def _elsewhere(options: list[str], command: str) -> str:
             of = f", not of {command}" if command in commands else ""
             shown = name if full == name else f"{name} ({full})"
             notes.append(f"{shown} is an option of {', '.join(owners)}{of}{model}")
+    notes = list(dict.fromkeys(notes))  # an option given twice is named once (`score --exclude a --exclude b`)
     return f"; {'; '.join(notes)}" if notes else ""
 
 

@@ -798,6 +798,10 @@ def test_score_to_standard_output_names_it_so(tmp_path: Path, bundle: Any, capfd
     (["score", "--model", "m", "--input", "x", "--out", "-", "--entity-key", "account_id"],
      "stream-detector score: error: unrecognized arguments: --entity-key account_id; --entity-key is an option of "
      "train, not of score (the model keeps what train was given) (see stream-detector score --help)"),
+    # an option given twice is named once (found 2026-12-07: `score --exclude label --exclude pattern`)
+    (["score", "--model", "m", "--input", "x", "--out", "-", "--exclude", "label", "--exclude", "pattern"],
+     "stream-detector score: error: unrecognized arguments: --exclude label --exclude pattern; --exclude is an option "
+     "of train, produce, not of score (see stream-detector score --help)"),
     (["worker", "--input", "x"], "stream-detector worker: error: unrecognized arguments: --input x; --input is an "
                                  "option of train, score, produce, not of worker (see stream-detector worker --help)"),
     # an abbreviation of the command's own option is its own, not another's (trial O: "--epo (--epochs) is an
