@@ -610,6 +610,7 @@ class Worker:
         elif key and entity is not None and self.settings.entity_flush_ms > 0:
             log.info("entity state: written on every batch (write-behind is off with SD_DELIVERY=exactly_once)")
         self.enricher = Enricher(store)
+        self.enricher.defer_miss_warnings = True  # said once _overtaken has kept the batch (``_enrich_for``)
         self.enricher.keep_replay_log(self.replay_log, key or None, write=False)  # written in windows: _enrich_for
         if self.settings.entity_copies:
             log.info("entity state: copies of up to %d written records kept in memory (SD_ENTITY_COPIES)",
@@ -1263,6 +1264,7 @@ class Worker:
             overtaken = self._overtaken(batch) if enricher.log_misses > misses else None
             if overtaken:
                 raise _Overtaken(overtaken)
+            enricher.warn_misses()  # approximate features of a batch this worker keeps (said after the check)
             self._untimed = enricher.last_untimed  # a held batch enriched again: its last attempt counts
             self._late = dict(enricher.last_late)
             # stage 2: the input key's features (and label features) from stage 1 first, then this stage's

@@ -84,6 +84,10 @@ class Enricher:
         self.log_writes = False
         self.log_hits = 0  # already-applied events whose features came from the replay log
         self.log_misses = 0  # ... and those it did not hold (computed from the current state: approximate)
+        # the caller says the approximate features (``warn_misses``) once it knows the batch is kept: a
+        # worker first asks whether it still owns the batch (an evicted one gives it up: no warning then)
+        self.defer_miss_warnings = False
+        self._miss_warnings: list[tuple[int, str, int]] = []  # (misses, key, hits) of the last ``begin``
         # the partitions (str) whose events this enricher reads again after a redelivery: its worker's
         # assignment; None (offline, tests): every one. A replay may undo only these (``replays``)
         self.held: frozenset[str] | None = None
@@ -145,6 +149,15 @@ class Enricher:
         pending.write()
         return pending.values
 
+    def warn_misses(self) -> None:
+        """Log (WARNING) the last ``begin``'s already-applied events that the replay log did not hold,
+        per key: their features came from the current state (approximate). Said at once unless
+        ``defer_miss_warnings``; then the caller says them when it keeps the batch."""
+        for misses, key, hits in self._miss_warnings:
+            log.warning("entity state: %d event(s) of %s already applied and not in the replay log: their "
+                        "features come from the current state (approximate; %d found in the log)", misses, key, hits)
+        self._miss_warnings.clear()
+
     def begin(self, spec: EntitySpec, events: Sequence[dict[str, Any]], positions: Positions,
               fields: Fields | None = None) -> PendingWrite:
         """``features`` in two halves, so that the caller can score while the state is written: the
@@ -153,6 +166,7 @@ class Enricher:
         of entities another writer changed in between: it returns them). Raises
         ``EntityStateUnavailable`` (retriable) when the store cannot be read; then no state has
         changed."""
+        self._miss_warnings.clear()  # a batch given up unsaid (an evicted worker's) says nothing later
         with gc_paused():
             return self._begin(spec, events, positions, None, fields, hook=True)
 
@@ -239,9 +253,9 @@ class Enricher:
             self.log_hits += hits
             self.log_misses += done.size - hits
             if hits < done.size:
-                log.warning("entity state: %d event(s) of %s already applied and not in the replay log: their "
-                            "features come from the current state (approximate; %d found in the log)",
-                            done.size - hits, kb.key, hits)
+                self._miss_warnings.append((done.size - hits, kb.key, hits))
+                if not self.defer_miss_warnings:
+                    self.warn_misses()
             else:
                 log.info("entity state: %d already-applied event(s) of %s replayed from the replay log", hits, kb.key)
         cores, bounds = block.core_buffer(len(which))

@@ -663,3 +663,32 @@ def test_a_new_owner_re_reading_part_of_a_live_workers_last_write_loses_none_of_
     assert [got[i] for i in range(6, 12)] == want[6:]
     if logged:
         assert replayed == [want[i] for i in again] and b.log_hits == 3 and b.log_misses == 0
+
+
+def test_approximate_features_are_said_when_the_caller_keeps_the_batch(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker frozen past its session timeout woke and logged "already applied and not in the
+    replay log: approximate" for a batch it then gave up (another worker owned it: ``_overtaken``),
+    a warning about features nobody used. With ``defer_miss_warnings`` the enricher keeps them until
+    ``warn_misses``; the next ``begin`` forgets what was not said."""
+    from stream_detector.entity.replay_log import InMemoryFeatureLog
+
+    events = [ev(i, i * 60_000.0, 10.0 + i, account="a") for i in range(21)]
+    said = "already applied and not in the replay log"
+    for defer in (False, True):
+        enricher = Enricher(InMemoryState())
+        enricher.keep_replay_log(InMemoryFeatureLog(), None)  # a log that holds none of these events
+        enricher.defer_miss_warnings = defer
+        enricher.features(SPEC, events[:10], _positions(0, 0, 10))
+        enricher.features(SPEC, events[10:20], _positions(0, 10, 10))
+        caplog.clear()
+        enricher.features(SPEC, events[:10], _positions(0, 0, 10))  # redelivered, outside any undo
+        assert enricher.log_misses == 10
+        assert (said in caplog.text) is not defer
+        if defer:
+            enricher.warn_misses()
+            assert said in caplog.text and "10 event(s) of account_id" in caplog.text
+            caplog.clear()
+            enricher.features(SPEC, events[:10], _positions(0, 0, 10))
+            enricher.features(SPEC, events[20:], _positions(0, 20, 1))  # a new event: nothing to say
+            enricher.warn_misses()
+            assert said not in caplog.text  # the given-up batch's misses were forgotten by the next begin
