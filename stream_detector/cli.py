@@ -1950,7 +1950,7 @@ def _topic_hint(settings: Settings) -> Iterator[None]:
 def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     from kafka.errors import KafkaError
 
-    from .kafka_util import committed_offsets, group_lag
+    from .kafka_util import GroupOwners, committed_offsets, group_lag, group_owners
 
     topic = _topic_named(args.topic, settings)
     # the feedback topic's reader is the workers' label ingester, in its own group
@@ -1975,6 +1975,11 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
                          is_record=(lambda record: not marked_rows([record.headers])) if repartition else None,
                          reset=reset)
     total = sum(row.lag for row in rows)
+    try:  # which member holds each partition (an operator's question after scaling out or a freeze)
+        owners: GroupOwners | None = group_owners(settings, group, topic)
+    except KafkaError as exc:
+        owners = None
+        _say(f"note: the coordinator of group {group} did not say which member holds which partition: {exc}")
     outputs = {roles["alerts"], roles["dlq"], roles["shadow"]}  # the workers write them, read none
     workers = args.group is None or args.group in (settings.group_id, settings.stage_1_group)
     if rows and workers and topic in outputs:  # a trial: the workers' group "has finished no batch"
@@ -2005,17 +2010,32 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
         start = "from the first offset held" if reset == "earliest" else "from the end (SD_AUTO_OFFSET_RESET=latest)"
         _say(f"note: group {group}'s committed offset is past the end of partitions {beyond} (the topic recreated?): "
              f"its readers start those again {start}, counted so")
+    held = owners.owners if owners is not None else {}
     if args.json:
-        print(orjson.dumps({"group": group, "topic": topic, "lag": total, "partitions": [
+        print(orjson.dumps({"group": group, "topic": topic, "lag": total,
+                            "state": None if owners is None else owners.state,
+                            "members": None if owners is None else owners.members, "partitions": [
             {"partition": row.partition, "end": row.end, "committed": row.committed, "lag": row.lag,
-             "counted": row.counted, "log_start": row.log_start} for row in rows]}).decode())
+             "counted": row.counted, "log_start": row.log_start,
+             "member": None if row.partition not in held else {"member_id": held[row.partition].member_id,
+                                                               "host": held[row.partition].host,
+                                                               "client_id": held[row.partition].client_id}}
+            for row in rows]}).decode())
         return 0
     bound = " (at most)" if any(row.counted == "at_most" for row in rows) else ""
-    print(f"group {group} on {topic}: lag {total:,}{bound}")
+    members = "" if owners is None else " (no member now)" if not owners.members else (
+        f" ({owners.members} member{'' if owners.members == 1 else 's'}, {owners.state}"
+        f"{'' if held else f', none reading {topic}'})")
+    print(f"group {group} on {topic}: lag {total:,}{bound}{members}")
     how = {"at_most": " (at most: a transaction is open)", "offsets": " (offsets)" if repartition else ""}
     for row in rows:
+        owner = ""
+        if held:  # the group reads this topic: each partition's member, or none (rebalancing, or left out)
+            member = held.get(row.partition)
+            owner = f", member {member.member_id} ({member.host})" if member else ", no member"
         print(f"  partition {row.partition}: end {row.end:,}, committed "
-              f"{'none' if row.committed is None else f'{row.committed:,}'}, lag {row.lag:,}{how.get(row.counted, '')}")
+              f"{'none' if row.committed is None else f'{row.committed:,}'}, lag {row.lag:,}{how.get(row.counted, '')}"
+              f"{owner}")
     return 0
 
 
@@ -2884,13 +2904,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", help="default SD_INPUT_TOPIC")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("lag", help="a consumer group's committed offsets and lag, per partition",
+    p = sub.add_parser("lag", help="a consumer group's committed offsets, lag and members, per partition",
                        description="End offset, committed offset and lag (end − committed) of each partition "
                                    "of a topic for a consumer group: by default the workers' group "
                                    "(SD_GROUP_ID) on the input topic, and on the feedback topic the workers' "
                                    "label ingester (SD_GROUP_ID-labels). Lag 0 on every partition: every event "
-                                   "is decided and its alerts delivered (offsets commit after delivery). Joins "
-                                   "no group, commits nothing. E.g. `stream-detector lag`, `stream-detector lag "
+                                   "is decided and its alerts delivered (offsets commit after delivery). With "
+                                   "each partition, the member holding it (member id and host; a worker logs "
+                                   "its member id with each assignment: 'assigned [0, 1] as member ...'), and "
+                                   "the group's members and state on the first line. Joins no group, commits "
+                                   "nothing. E.g. `stream-detector lag`, `stream-detector lag "
                                    "--group my-workers-retrainer`, `stream-detector lag feedback --json`. Two "
                                    "stages (SD_STAGE set): the input topic's group is stage 1's "
                                    "(SD_GROUP_ID.repartition), and `lag repartition` shows stage 2's. Lag counts "

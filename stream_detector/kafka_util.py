@@ -63,6 +63,53 @@ def committed_offsets(settings: Settings, group: str, topic: str) -> dict[TopicP
         admin.close()
 
 
+@dataclass(frozen=True)
+class Member:
+    """A consumer group member as Kafka's ``kafka-consumer-groups.sh --describe`` names it:
+    ``member_id`` (CONSUMER-ID: the client id and a suffix the coordinator gave it at its join;
+    workers log it with each assignment, "assigned [...] as member ..."), ``host`` (the address it
+    connected from) and ``client_id``."""
+
+    member_id: str
+    host: str
+    client_id: str
+
+
+@dataclass(frozen=True)
+class GroupOwners:
+    """``group_owners``: the group's ``state`` (``Stable``, ``PreparingRebalance``,
+    ``CompletingRebalance``, ``Empty``, ``Dead``), its ``members`` count and, per partition of the
+    topic, the member it is assigned to (a partition of no member is missing: nothing reads it
+    now, or the group is rebalancing)."""
+
+    state: str
+    members: int
+    owners: dict[int, Member]
+
+
+def group_owners(settings: Settings, group: str, topic: str) -> GroupOwners:
+    """Which member of ``group`` holds each partition of ``topic`` now: one DescribeGroups request
+    to the group's coordinator (joins nothing, disturbs no member). A member whose assignment
+    cannot be decoded (another client's protocol) counts as a member holding nothing known.
+    Raises ``KafkaError`` when the coordinator does not answer."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_security())
+    try:
+        described = admin.describe_groups([group]).get(group) or {}
+    finally:
+        admin.close()
+    members = described.get("members") or []
+    owners: dict[int, Member] = {}
+    for m in members:
+        member = Member(str(m.get("member_id") or ""), str(m.get("client_host") or "").lstrip("/"),
+                        str(m.get("client_id") or ""))
+        assignment = m.get("member_assignment")
+        given = assignment.get("assigned_partitions") if isinstance(assignment, dict) else None
+        for part in given or []:
+            if part.get("topic") == topic:
+                owners.update((int(p), member) for p in part.get("partitions") or [])
+    return GroupOwners(str(described.get("group_state") or "Dead"), len(members), owners)
+
+
 def lag(settings: Settings, group: str, topic: str) -> int:
     """Records of ``topic`` that ``group`` has not committed (0 for a topic that does not exist)."""
     return sum(behind for *_, behind in _partition_lags(settings, group, topic))

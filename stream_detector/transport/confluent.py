@@ -275,8 +275,8 @@ class ConfluentSource:
     def _on_assign(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
         self._ends.clear()  # ends and starts asked under the old assignment
         self._starts.clear()
-        if partitions:
-            log.info("assigned %s", sorted(tp.partition for tp in partitions))
+        if partitions:  # as `stream-detector lag` names the member
+            log.info("assigned %s as member %s", sorted(tp.partition for tp in partitions), consumer.memberid())
 
     def _on_revoke(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
         if partitions and self.on_revoke is not None:  # still ours until this returns: commits go through

@@ -414,7 +414,7 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # kafka
             member = self._member_id()
             for tp in assigned:
                 self._assigned_as[tp] = member
-            log.info("assigned %s", sorted(tp.partition for tp in assigned))
+            log.info("assigned %s as member %s", sorted(tp.partition for tp in assigned), member)  # as `lag` names it
 
 
 def known_partitions(consumer: KafkaConsumer, topic: str) -> set[int]:

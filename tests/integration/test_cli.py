@@ -81,10 +81,20 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     worker = subprocess.Popen(CLI + ["worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: lag(settings, settings.group_id, settings.input_topic) == 0, message="worker drained")
+        during = run(["lag", "--json"], env)  # which member holds each partition (a trial: only the logs said)
+        during_text = run(["lag"], env)
     finally:
         worker.send_signal(signal.SIGTERM)
         _, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
+    holding = orjson.loads(during.stdout)
+    assert (holding["state"], holding["members"]) == ("Stable", 1), holding
+    members = {p["member"]["member_id"] for p in holding["partitions"]}
+    member = members.pop()
+    assert not members and f"as member {member}" in err  # the worker's log names it as lag does
+    assert during_text.stdout.startswith(f"group {settings.group_id} on {settings.input_topic}: lag 0 (1 member, "
+                                         "Stable)\n"), during_text.stdout
+    assert during_text.stdout.count(f", member {member} (") == 4, during_text.stdout
     assert "worker stopped: 402 events" in err
     busy = re.search(r"events/s while busy \(([\d.]+) s of ([\d.]+) s running\)", err)
     assert busy is not None and 0 < float(busy[1]) <= float(busy[2]), err  # the idle polls are not throughput
@@ -92,7 +102,7 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
         settings, settings.input_topic)
     after = run(["lag"], env)
     assert after.returncode == 0 and after.stdout.startswith(f"group {settings.group_id} on "
-                                                             f"{settings.input_topic}: lag 0\n"), after.stdout
+                                                             f"{settings.input_topic}: lag 0 (no member now)\n"), after.stdout
     assert after.stdout.count(", lag 0") == 4 and "committed no offset" not in after.stderr
     from stream_detector.topics import ensure_topics
 
