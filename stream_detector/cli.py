@@ -1724,8 +1724,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.end is not None and not args.out:  # before --end's value is judged: the first problem to fix
         raise ConfigError("--end goes with --out (a live run's events end when it does: --clock)")
     if args.clock is not None and args.out:
-        raise ConfigError("--clock goes with live runs (an --out file's events are at the world's own pace, over "
-                          "--span-days)")
+        raise ConfigError("--clock goes with live runs (an --out file's events span --span-days)")
     for flag, value in (("--span-days", args.span_days), ("--chunk-rows", args.chunk_rows)):
         if value is not None and not args.out:  # was: ignored, and a 60 s live run started (a new-user trial)
             raise ConfigError(f"{flag} goes with --out (a file's time span and write chunks; live events are "
@@ -1760,9 +1759,10 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         total = args.count if args.count is not None else int(args.rate * args.duration)
         _probe_kafka(settings)
-        with EventProducer(settings, args.topic or settings.input_topic) as producer:
-            _say_created(producer)
-            sent, frauds = producer.simulate(sim, total, args.rate, fraud_rate, progress=_say)
+        velocity = EventProducer(settings, args.topic or settings.input_topic)
+        with _interrupted_run(velocity) as stop, velocity:
+            _say_created(velocity)
+            sent, frauds = velocity.simulate(sim, total, args.rate, fraud_rate, progress=_say, stop=stop)
         _say(f"simulated {sent} events ({frauds} injected fraud) into {args.topic or settings.input_topic}")
         return 0
 
@@ -1790,6 +1790,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         frauds = labels_written = 0
         started = last_said = time.monotonic()
         sorter = SortedLabels(delays)  # the labels sorted by labelled_at over the file, as each falls due
+        _say_pace(hb, count, args.span_days)
         with contextlib.ExitStack() as files:
             events_file = files.enter_context(writer(out, EVENT_SCHEMA))
             labels_file = files.enter_context(writer(feedback, LABEL_SCHEMA)) if feedback else None
@@ -1819,30 +1820,134 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     total = args.count if args.count is not None else int(args.rate * args.duration)
     topic = args.topic or settings.input_topic
     _probe_kafka(settings)
-    with EventProducer(settings, topic) as producer:
+    producer = EventProducer(settings, topic)
+    with _interrupted_run(producer) as stop, producer:
         _say_created(producer)
         if args.clock == "wall":
+            _say(_wall_clock_line(delays, total, args.rate))
             sent, frauds, published, pending = producer.simulate_handbook(hb, total, args.rate, delays,
-                                                                          settings.feedback_topic, progress=_say)
-        else:  # the world's clock; ends when the run should (events never ahead of the wall clock, at pace)
-            end_ms = int(time.time() * 1000 + (total / args.rate * 1000 if args.rate > 0 else 0))
-            _say(_world_clock_line(hb, total, args.rate))
+                                                                          settings.feedback_topic, progress=_say,
+                                                                          stop=stop)
+        else:  # the world's clock, ending when the run should: no event ahead of the time it is sent
+            span = hb.world_span_ms(total)
+            sending_ms = total / args.rate * 1000 if args.rate > 0 else 0.0
+            end_ms = int(time.time() * 1000 + min(sending_ms, span))
+            _say(_world_clock_line(hb, total, args.rate, end_ms))
+            _say_overlap(settings, topic, end_ms - span)
             sent, frauds, published, pending = producer.simulate_world(hb, total, args.rate, delays,
-                                                                       settings.feedback_topic, end_ms, progress=_say)
+                                                                       settings.feedback_topic, end_ms, progress=_say,
+                                                                       stop=stop)
     _say(f"simulated {sent} events ({frauds} fraud) into {topic}; {published} delayed labels published to "
          f"{settings.feedback_topic} ({pending} not yet due at the end)")
     return 0
 
 
-def _world_clock_line(sim: Any, total: int, rate: float) -> str:
-    """``simulate``'s live line on its clock: the simulated span, the world's pace and what a second
-    of sending is in simulated time."""
-    days = sim.world_span_ms(total) / 86_400_000
-    line = (f"clock: world: {total:,} events span {days:,.2f} simulated days ending when the run does, the pace of "
-            f"{sim.events_per_day:,.0f} events a day from {sim.customers:,} cards")
+def _span_text(ms: float) -> str:
+    """A duration for a person: days, hours, minutes or seconds, whichever reads best."""
+    for unit, size in (("day", 86_400_000), ("hour", 3_600_000), ("minute", 60_000)):
+        if ms >= size:
+            value = ms / size
+            return f"{value:,.1f} {unit}s" if round(value, 1) != 1 else f"1 {unit}"
+    return f"{ms / 1000:,.1f} s"
+
+
+def _utc(ms: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(ms / 1000))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+_LONG_SPAN_DAYS = 90  # a live run spanning more than this much simulated time is said (a trial: back to 2020)
+
+
+def _world_clock_line(sim: Any, total: int, rate: float, end_ms: int) -> str:
+    """``simulate``'s first live line on the world's clock: the run's simulated span (UTC start and
+    end), the world's pace and what a second of sending is in simulated time."""
+    span = sim.world_span_ms(total)
+    line = (f"clock: world: {_plural(total, 'event')} from {_utc(end_ms - span)} to {_utc(end_ms)} "
+            f"({_span_text(span)} of simulated time at the world's pace: {sim.events_per_day:,.0f} events a day "
+            f"from {_plural(sim.customers, 'card')}")
     if rate > 0:
-        line += f"; 1 s sent = {rate / sim.events_per_day * 24:,.2f} simulated hours"
-    return line + " (--clock wall stamps the time each is sent)"
+        line += f"; 1 s of sending = {_span_text(rate / sim.events_per_day * 86_400_000)} of it"
+    line += "; --clock wall stamps each event as it is sent)"
+    if span > _LONG_SPAN_DAYS * 86_400_000:
+        line += (f"; note: more than {_LONG_SPAN_DAYS} days back: fewer events (--count, --duration) or a larger "
+                 f"world (--accounts) shorten it")
+    return line
+
+
+def _say_pace(sim: Any, count: int, span_days: float) -> None:
+    """``simulate --out``: a note where the file's events a day are not the world's own pace (that of
+    its live runs), by more than a quarter: a model trained on it then sees live cards pay more or
+    less often than in training (a trial: the README's 200,000 over 42 days, 0.48x; a live run's
+    alert share climbed 0.9 -> 3.2 % where a file at the world's pace kept it flat)."""
+    if span_days <= 0 or count < 1_000:
+        return
+    ratio = count / span_days / sim.events_per_day
+    if 0.8 <= ratio <= 1.25:
+        return
+    _say(f"note: {count:,} events over {span_days:g} days is {count / span_days:,.0f} a day, {ratio:.2f}x the "
+         f"world's own pace ({sim.events_per_day:,.0f} a day from {_plural(sim.customers, 'card')}), at which its live "
+         f"runs go (--clock world): its cards pay {ratio:.2f}x as often here as there; --count "
+         f"{round(sim.events_per_day * span_days):,} keeps the world's pace")
+
+
+def _wall_clock_line(delays: Any, total: int, rate: float) -> str:
+    """``simulate --clock wall``'s first line: events stamped as sent, and when labels can come due."""
+    line = "clock: wall: each event stamped as it is sent"
+    if rate > 0:
+        lasting = total / rate * 1000
+        first = min(delays.analyst_hours[0] * 3_600_000, delays.chargeback_days[0] * 86_400_000) * delays.scale
+        if first >= lasting:  # a trial: "0 delayed labels published (892 not yet due)", nothing said before
+            line += (f"; no label comes due within the run's {_span_text(lasting)} (the first after "
+                     f"{_span_text(first)}: --label-delay-scale shortens the delays)")
+    return line
+
+
+def _say_overlap(settings: Settings, topic: str, first_ms: int) -> None:
+    """Warn when ``topic`` already holds events newer than this run's first (an earlier run's): against
+    the same entity state they arrive late for the cards and terminals that paid since."""
+    import kafka.errors
+
+    from .kafka_util import tail
+
+    newest: list[int] = []
+
+    def keep(record: Any) -> None:
+        try:
+            at = orjson.loads(record.value).get("timestamp")
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            return
+        if isinstance(at, int) and not isinstance(at, bool):
+            newest.append(at)
+    try:
+        tail(settings, topic, 8, False, keep)
+    except (ConfigError, kafka.errors.KafkaError):  # nothing to compare with: no warning
+        return
+    if newest and max(newest) > first_ms:
+        _say(f"warning: {topic} already holds events up to {_utc(max(newest))} (an earlier run?), after this run's "
+             f"first ({_utc(first_ms)}): workers keeping the same entity state get this run's events late for the "
+             "cards and terminals that paid since, and alert more (a trial: 3.5 % → 7.4 %); give the workers a fresh "
+             "SD_REDIS_PREFIX (and publish the model there) or use --clock wall (docs/simulator.md, Live runs)",
+             "WARNING")
+
+
+@contextlib.contextmanager
+def _interrupted_run(producer: Any) -> Iterator[Callable[[], bool]]:
+    """A live ``simulate`` under Ctrl-C/SIGTERM: the run stops between two chunks, and says how far it
+    got (a trial: "interrupted" alone)."""
+    from .stopping import Stopping
+
+    try:
+        with Stopping.installed() as stopping:
+            yield stopping.event.is_set
+    except KeyboardInterrupt:
+        labels = f" and {_plural(producer.sent_labels, 'delayed label')}" if producer.sent_labels else ""
+        _say(f"interrupted: {_plural(producer.sent_events, 'event')}{labels} sent to Kafka, "
+             f"{producer.acknowledged:,} records acknowledged", "ERROR")
+        raise
 
 
 def _end_ms(text: str) -> int:
@@ -2882,8 +2987,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-delay-scale", type=float,
                    help="handbook: multiply every label delay (default 1.0: analyst 1-12 h, chargeback 1-7 days); "
                         "live, labels are published to SD_FEEDBACK_TOPIC when due on the run's --clock, while "
-                        "the run lasts: on the world's clock a 60 s run at 1000/s spans ~6 days and sees most "
-                        "chargebacks; on the wall clock 0.0001 lets it see them")
+                        "the run lasts: on the world's clock a 60 s run at 1000/s spans ~6 days, so analyst "
+                        "verdicts come due and about a third of the chargebacks; on the wall clock none does "
+                        "unless scaled (0.0001: chargebacks 9-60 s after their events)")
     p.add_argument("--clock", choices=["world", "wall"], default=None,
                    help="handbook, live: the events' timestamps. world (default): the simulated world's own "
                         "pace, so each card and terminal pays as often per day as in an --out file (the run's "

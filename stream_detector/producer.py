@@ -40,6 +40,8 @@ class EventProducer:
         self.futures: list[Any] = []
         self.created: list[str] = []  # topics this producer created (the CLI says so: a misspelt one is new)
         self._checked: set[str] = set()  # topics _ready found or created
+        self.sent_events = 0  # handed to the client by ``send`` (an interrupted run says how many)
+        self.sent_labels = 0  # label records handed to the client by the simulate runs
         self.acknowledged = 0  # records Kafka acknowledged (an interrupted run says how many got there)
         # the first records in send order all acknowledged: an interrupted produce goes on after them (--skip)
         self.acknowledged_in_order = 0
@@ -84,6 +86,7 @@ class EventProducer:
 
     def send(self, events: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> None:
         assert self.producer is not None, "use EventProducer as a context manager"
+        self.sent_events += len(events)
         field = self.key_field
         for i, event in enumerate(events):
             account = event.get(field)
@@ -125,14 +128,14 @@ class EventProducer:
         two calls of the Kafka client (a signal handler that sets a flag, not one that raises inside
         the client: ``kafka_util.tail``). Returns how many were sent."""
         def chunk(start: int, n: int) -> None:
-            if stop():
-                raise KeyboardInterrupt
             self.send(events[start:start + n], None if labels is None else labels[start:start + n])
-        return _paced(len(events), rate, chunk, self.confirm, progress)
+        return _paced(len(events), rate, chunk, self.confirm, progress, stop)
 
     def simulate(self, sim: Simulator, total: int, rate: float, fraud_rate: float,
-                 progress: Progress | None = None, labels_out: dict[str, str] | None = None) -> tuple[int, int]:
-        """Produce ``total`` simulated events at ``rate``; ``labels_out`` collects event_id → label."""
+                 progress: Progress | None = None, labels_out: dict[str, str] | None = None,
+                 stop: Callable[[], bool] = lambda: False) -> tuple[int, int]:
+        """Produce ``total`` simulated events at ``rate``; ``labels_out`` collects event_id → label;
+        ``stop`` as ``send_paced``'s."""
         frauds = 0
 
         def chunk(_start: int, n: int) -> None:
@@ -142,10 +145,11 @@ class EventProducer:
             if labels_out is not None:
                 labels_out.update((str(e["event_id"]), lab) for e, lab in zip(events, labels, strict=True))
             self.send(events, labels)
-        return _paced(total, rate, chunk, self.confirm, progress), frauds
+        return _paced(total, rate, chunk, self.confirm, progress, stop), frauds
 
     def simulate_handbook(self, sim: HandbookSimulator, total: int, rate: float, delays: LabelDelays,
-                          feedback_topic: str, progress: Progress | None = None) -> tuple[int, int, int, int]:
+                          feedback_topic: str, progress: Progress | None = None,
+                          stop: Callable[[], bool] = lambda: False) -> tuple[int, int, int, int]:
         """Produce ``total`` raw events (no label header) at ``rate``, stamped with the wall clock;
         their delayed label records go to ``feedback_topic`` (keyed by event id) as they come due
         (``labelled_at`` <= now) while the run lasts. Returns (events, frauds, labels published,
@@ -162,6 +166,7 @@ class EventProducer:
                 _, _, key, value = heapq.heappop(pending)
                 self.futures.append(self.producer.send(feedback_topic, value=value, key=key))
                 counts["labels"] += 1
+                self.sent_labels += 1
 
         def chunk(_start: int, n: int) -> None:
             batch = sim.generate(n)
@@ -175,14 +180,14 @@ class EventProducer:
                 counts["order"] += 1
             release()
 
-        sent = _paced(total, rate, chunk, self.confirm, progress)
+        sent = _paced(total, rate, chunk, self.confirm, progress, stop)
         release()
         self.confirm()
         return sent, counts["frauds"], counts["labels"], len(pending)
 
     def simulate_world(self, sim: HandbookSimulator, total: int, rate: float, delays: LabelDelays,
-                       feedback_topic: str, end_ms: int,
-                       progress: Progress | None = None) -> tuple[int, int, int, int]:
+                       feedback_topic: str, end_ms: int, progress: Progress | None = None,
+                       stop: Callable[[], bool] = lambda: False) -> tuple[int, int, int, int]:
         """Produce ``total`` raw events (no label header) at ``rate`` per second (0: as fast as
         possible), stamped on the simulated world's clock (``history_files.WorldClockStream``: the
         span ``sim.world_span_ms(total)`` ending at ``end_ms``); each delayed label goes to
@@ -205,8 +210,9 @@ class EventProducer:
                     in zip(due["event_id"], due["label"], due["source"], due["labelled_at"], strict=True)]
             self.send_records(feedback_topic, rows)
             counts["labels"] += len(rows)
+            self.sent_labels += len(rows)
 
-        sent = _paced(total, rate, chunk, self.confirm, progress)
+        sent = _paced(total, rate, chunk, self.confirm, progress, stop)
         self.confirm()
         return sent, counts["frauds"], counts["labels"], world.pending()
 
@@ -217,13 +223,17 @@ def _chunk_size(rate: float) -> int:
 
 
 def _paced(total: int, rate: float, send_chunk: Callable[[int, int], None], confirm: Callable[[], None],
-           progress: Progress | None) -> int:
-    """Send ``total`` items in chunks of ``_chunk_size(rate)``, sleeping to hold ``rate`` (0 = unpaced)."""
+           progress: Progress | None, stop: Callable[[], bool] = lambda: False) -> int:
+    """Send ``total`` items in chunks of ``_chunk_size(rate)``, sleeping to hold ``rate`` (0 = unpaced).
+    ``stop()`` is asked before each chunk: true, it raises ``KeyboardInterrupt`` there, between two
+    calls of the Kafka client (``stopping.Stopping``)."""
     step = _chunk_size(rate)
     started = time.monotonic()
     last_report = started
     sent = 0
     while sent < total:
+        if stop():
+            raise KeyboardInterrupt
         n = min(step, total - sent)
         send_chunk(sent, n)
         sent += n
@@ -232,8 +242,9 @@ def _paced(total: int, rate: float, send_chunk: Callable[[int, int], None], conf
         now = time.monotonic()
         if rate > 0:
             ahead = sent / rate - (now - started)
-            if ahead > 0:
-                time.sleep(ahead)
+            while ahead > 0 and not stop():  # in slices: a Ctrl-C at a slow rate is not kept waiting
+                time.sleep(min(ahead, 0.2))
+                ahead = sent / rate - (time.monotonic() - started)
         if progress is not None and now - last_report >= 5:
             last_report = now
             progress(f"sent {sent}/{total} ({sent / max(now - started, 1e-9):.0f}/s)")

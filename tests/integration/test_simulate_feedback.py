@@ -3,6 +3,7 @@ their delayed labels on the feedback topic as they come due."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -11,8 +12,9 @@ import uuid
 import orjson
 import pytest
 
-from stream_detector.kafka_util import read_all
+from stream_detector.kafka_util import end_offsets, read_all
 from stream_detector.simulate import HandbookSimulator
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "stream_detector.cli"]
@@ -57,3 +59,28 @@ def test_simulate_live_publishes_raw_events_and_due_labels(clock: str, settings,
         assert span > 3 * 86_400_000 and times[-1] <= time.time() * 1000
         assert 0.9 * span < times[-1] - times[0] <= span
         assert all(label["labelled_at"] <= times[-1] for label in labels)  # published as the run's clock passed them
+
+
+def test_a_second_world_clock_run_warns_of_the_overlap_and_ctrl_c_says_how_far_it_got(settings, env_for) -> None:
+    """A new-user trial: a second live run against the same worker doubled its alert share, its
+    events older than the cards' last payments (the world's clock ends each run when it ends), and
+    nothing said why; Ctrl-C said "interrupted" and nothing of what was sent."""
+    s = settings.model_copy(update={"feedback_topic": f"fb-{uuid.uuid4().hex[:8]}"})
+    world = ["--accounts", "300", "--terminals", "300", "--seed", "1"]
+    first = subprocess.run(CLI + ["simulate", "--rate", "0", "--count", "500", *world], env=env_for(s),
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and "already holds events" not in first.stderr, first.stderr
+    run = subprocess.Popen(CLI + ["simulate", "--rate", "200", "--duration", "60", *world], env=env_for(s),
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: sum(end_offsets(s, s.input_topic).values()) > 600, message="the second run sending")
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, err
+    assert f"warning: {s.input_topic} already holds events up to " in err  # said before its first event
+    interrupted = next(line for line in err.splitlines() if line.startswith("interrupted: "))
+    sent = int(interrupted.split()[1].replace(",", ""))
+    assert 100 <= sent < 12_000 and "records acknowledged" in interrupted
+    assert sum(end_offsets(s, s.input_topic).values()) == 500 + sent  # every event it says it sent is there

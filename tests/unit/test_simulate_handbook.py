@@ -372,3 +372,38 @@ def test_the_documented_fraud_counts_are_what_simulate_writes(tmp_path: Path) ->
         patterns = Counter(row["pattern"] for row in csv.DictReader(handle))
     assert [patterns["compromised_terminal"], patterns["compromised_card"], patterns["large_amount"]] == [
         int(n) for n in quoted.groups()]
+
+
+def test_a_live_runs_first_line_says_its_clock() -> None:
+    """A new-user trial of the world's clock: the line gave spans in days only ("0.00 simulated
+    days"), no dates to spot an overlap with an earlier run or a span reaching back to 2020, and on
+    the wall clock said nothing while a short run published none of its labels."""
+    from stream_detector.cli import _span_text, _wall_clock_line, _world_clock_line
+
+    assert [_span_text(ms) for ms in (500, 90_000, 3_600_000, 5_400_000, 86_400_000, 3 * 86_400_000)] == [
+        "0.5 s", "1.5 minutes", "1 hour", "1.5 hours", "1 day", "3.0 days"]
+    sim = HandbookSimulator(seed=0, customers=300, terminals=300)
+    end = 1_765_000_000_000  # 2025-12-06T05:46:40Z
+    line = _world_clock_line(sim, 1, 100.0, end)
+    assert line.startswith("clock: world: 1 event from 2025-12-06T05:") and "to 2025-12-06T05:46Z" in line
+    assert "from 300 cards" in line and "note:" not in line
+    span = sim.world_span_ms(10_000_000)
+    far = _world_clock_line(sim, 10_000_000, 100.0, end)
+    assert f"{_span_text(span)} of simulated time" in far and "note: more than 90 days back" in far
+    assert "no label comes due" in _wall_clock_line(LabelDelays(), 6_000, 100.0)  # 60 s: the first after 1 hour
+    assert "no label" not in _wall_clock_line(LabelDelays(scale=0.0001), 6_000, 100.0)
+
+
+def test_an_out_file_off_the_worlds_pace_is_said(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The README's history (200,000 events over 42 days of a 5,000-card world) ran at 0.48x the pace
+    of the world's live runs: a model trained on it saw live cards pay twice as often as in training,
+    and its alert share climbed through a live run (a trial). ``simulate --out`` says so."""
+    assert main(["simulate", "--out", str(tmp_path / "slow.csv"), "--count", "2000", "--span-days", "20",
+                 "--accounts", "300", "--terminals", "300"]) == 0
+    err = capsys.readouterr().err
+    pace = HandbookSimulator(seed=0, customers=300, terminals=300).events_per_day
+    assert f"note: 2,000 events over 20 days is 100 a day, {2000 / 20 / pace:.2f}x the world's own pace" in err
+    assert f"--count {round(pace * 20):,} keeps the world's pace" in err
+    assert main(["simulate", "--out", str(tmp_path / "paced.csv"), "--count", str(round(pace * 4)), "--span-days",
+                 "4", "--accounts", "300", "--terminals", "300"]) == 0
+    assert "note:" not in capsys.readouterr().err
