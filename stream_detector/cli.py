@@ -1830,8 +1830,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
                                                                           stop=stop)
         else:  # the world's clock, ending when the run should: no event ahead of the time it is sent
             span = hb.world_span_ms(total)
-            sending_ms = total / args.rate * 1000 if args.rate > 0 else 0.0
-            end_ms = int(time.time() * 1000 + min(sending_ms, span))
+            end_ms = _world_end_ms(time.time() * 1000, total, args.rate, span)
             _say(_world_clock_line(hb, total, args.rate, end_ms))
             _say_overlap(settings, topic, end_ms - span)
             sent, frauds, published, pending = producer.simulate_world(hb, total, args.rate, delays,
@@ -1876,6 +1875,14 @@ def _world_clock_line(sim: Any, total: int, rate: float, end_ms: int) -> str:
         line += (f"; note: more than {_LONG_SPAN_DAYS} days back: fewer events (--count, --duration) or a larger "
                  f"world (--accounts) shorten it")
     return line
+
+
+def _world_end_ms(now_ms: float, total: int, rate: float, span_ms: int) -> int:
+    """The end of a world-clock run's span: when its sending ends (``total / rate`` from ``now_ms``;
+    now, unpaced), or sooner where the world's pace is faster than ``rate``: event ``i``, sent at
+    ``now + i / rate``, is stamped ``end - span + i * span / total``, never later than its send."""
+    sending_ms = total / rate * 1000 if rate > 0 else 0.0
+    return int(now_ms + min(sending_ms, span_ms))
 
 
 def _say_pace(sim: Any, count: int, span_days: float) -> None:

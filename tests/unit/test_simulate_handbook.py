@@ -407,3 +407,19 @@ def test_an_out_file_off_the_worlds_pace_is_said(capsys: pytest.CaptureFixture[s
     assert main(["simulate", "--out", str(tmp_path / "paced.csv"), "--count", str(round(pace * 4)), "--span-days",
                  "4", "--accounts", "300", "--terminals", "300"]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.01, 1.0, 100.0, 10_000.0])
+def test_no_world_clock_event_is_stamped_after_it_is_sent(rate: float) -> None:
+    """A trial: at ``--rate 0.02``, below the world's pace, the first event was stamped 67 s after
+    it was sent (the span ended when sending would end, the span shorter than the sending)."""
+    from stream_detector.cli import _world_end_ms
+
+    now, total = 1_765_000_000_000, 50
+    span = HandbookSimulator(seed=0, customers=5000, terminals=10_000).world_span_ms(total)  # ~7 minutes
+    end = _world_end_ms(now, total, rate, span)
+    for i in range(total):
+        sent = now + (i / rate * 1000 if rate > 0 else 0)
+        assert end - span + i * span / total <= sent + 1  # +1: the end is rounded down to a millisecond
+    if rate >= 1:  # sending is faster than the world: the run's last event is stamped when it is sent
+        assert end == now + int(total / rate * 1000)
