@@ -373,8 +373,13 @@ class _Progress:
 
     def __init__(self, stats: WorkerStats, every_s: float, peer_wait: Callable[[], float] = lambda: 0.0,
                  peer_cut: Callable[[], int] = lambda: 0, forwards: bool = False,
-                 waiting: Callable[[], str | None] = lambda: None) -> None:
+                 waiting: Callable[[], str | None] = lambda: None,
+                 labels: Callable[[], int | None] = lambda: None) -> None:
         self.stats, self.every_s, self.peer_wait, self.peer_cut = stats, every_s, peer_wait, peer_cut
+        # the label ingester's records read so far (None: no ingester): a trial saw labels taken
+        # only by asking `lag feedback`, the log said "caught up: 0 labels" at the start and no more
+        self.labels = labels
+        self.labels_seen = labels() or 0
         self.forwards = forwards  # stage 1 (SD_STAGE=repartition): it forwards events, it never alerts
         self.waiting = waiting  # stage 2: what it holds records for, said when a period handled none
         self.since = time.monotonic()
@@ -397,10 +402,17 @@ class _Progress:
             log.info("forwarded %d events to the repartition topic in the last %.0f s (%.0f/s), %d dead letters; "
                      "since start %d events, %d dead letters", events, period, events / period, rejected, s.events,
                      s.rejected)
-        elif events:
+        labels_now = self.labels()
+        new_labels = 0 if labels_now is None else labels_now - self.labels_seen
+        read = "" if labels_now is None else (f"{new_labels} labels read from the feedback topic "
+                                              f"({labels_now} since start)")
+        self.labels_seen = labels_now or 0
+        if events and not self.forwards:
             log.info("handled %d events in the last %.0f s (%.0f/s): %d alerts, %d dead letters; since start %d "
-                     "events, %d alerts, %d dead letters", events, period, events / period,
-                     alerts, rejected, s.events, s.alerts, s.rejected)
+                     "events, %d alerts, %d dead letters%s", events, period, events / period,
+                     alerts, rejected, s.events, s.alerts, s.rejected, f"; {read}" if read else "")
+        elif new_labels:  # labels arrived in a period with no event
+            log.info("%s in the last %.0f s", read, period)
         why = self.waiting() if not events else None
         if why:
             log.info(why)
@@ -673,7 +685,8 @@ class Worker:
         idle = 0
         progress = _Progress(self.stats, self.settings.log_progress_s, self.peer_wait_s,
                              lambda: self.source.peer_cut_batches if isinstance(self.source, AlignedSource) else 0,
-                             forwards=self.settings.stage == "repartition", waiting=self._idle_reason)
+                             forwards=self.settings.stage == "repartition", waiting=self._idle_reason,
+                             labels=lambda: None if self.ingester is None else self.ingester.stats.labels)
         try:
             while not self.stop_event.is_set():
                 began = time.monotonic()

@@ -296,6 +296,28 @@ def test_the_progress_line_says_what_the_worker_did_since_the_last_one(caplog) -
                      "events, 5 alerts, 1 dead letters"]
 
 
+def test_the_progress_line_says_how_many_labels_the_ingester_read(caplog) -> None:
+    """A new-user trial saw the label ingester's work only through ``lag feedback``: the worker
+    logged "caught up with feedback: 0 labels" at its start and nothing after."""
+    import logging
+
+    from stream_detector.worker import WorkerStats, _Progress
+
+    stats, read = WorkerStats(), [5]
+    progress = _Progress(stats, 30.0, labels=lambda: read[0])
+    start = progress.since
+    with caplog.at_level(logging.INFO, logger="stream_detector.worker"):
+        stats.events, read[0] = 100, 45
+        progress.maybe_log(start + 30)
+        read[0] = 60  # labels, and no event
+        progress.maybe_log(start + 60)
+        progress.maybe_log(start + 90)  # neither: nothing
+    lines = [r.getMessage() for r in caplog.records if r.name == "stream_detector.worker"]
+    assert lines == ["handled 100 events in the last 30 s (3/s): 0 alerts, 0 dead letters; since start 100 "
+                     "events, 0 alerts, 0 dead letters; 40 labels read from the feedback topic (45 since start)",
+                     "15 labels read from the feedback topic (60 since start) in the last 30 s"]
+
+
 def test_the_progress_line_warns_when_the_worker_mostly_waited_for_other_workers(caplog) -> None:
     """Found by a new-user trial: a second worker on a backlog sparse in event time made the group
     ~14x slower (the workers take turns in event time) and nothing said so. A period in which the
