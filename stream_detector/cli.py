@@ -1790,7 +1790,6 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         frauds = labels_written = 0
         started = last_said = time.monotonic()
         sorter = SortedLabels(delays)  # the labels sorted by labelled_at over the file, as each falls due
-        _say_pace(hb, count, args.span_days)
         with contextlib.ExitStack() as files:
             events_file = files.enter_context(writer(out, EVENT_SCHEMA))
             labels_file = files.enter_context(writer(feedback, LABEL_SCHEMA)) if feedback else None
@@ -1813,12 +1812,14 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
                 labels_written += len(rest["event_id"])
         elapsed = time.monotonic() - started
         _say(f"wrote {count} events ({frauds} fraud) to {named(out)} in {elapsed:.1f} s "
-             f"({count / max(elapsed, 1e-9):,.0f} rows/s)")
+             f"({count / max(elapsed, 1e-9):,.0f} rows/s){_pace_said(hb, count, args.span_days)}")
         if feedback:
             _say(f"wrote {labels_written} delayed labels to {named(feedback)}")
         return 0
     total = args.count if args.count is not None else int(args.rate * args.duration)
     topic = args.topic or settings.input_topic
+    if args.clock != "wall":
+        _check_world_span(hb, total)
     _probe_kafka(settings)
     producer = EventProducer(settings, topic)
     with _interrupted_run(producer) as stop, producer:
@@ -1877,6 +1878,20 @@ def _world_clock_line(sim: Any, total: int, rate: float, end_ms: int) -> str:
     return line
 
 
+_MAX_SPAN_DAYS = 5 * 365  # workers dead-letter timestamps over 10 years outside a model's training range
+
+
+def _check_world_span(sim: Any, total: int) -> None:
+    """Refuse a world-clock run whose span reaches back years (``ConfigError``): its first events
+    would look implausible to a model trained on recent history (a review: a day at 2,000/s spans 47
+    years of a 5,000-card world)."""
+    days = sim.world_span_ms(total) / 86_400_000
+    if days > _MAX_SPAN_DAYS:
+        raise ConfigError(f"{total:,} events at the world's pace ({sim.events_per_day:,.0f} a day from "
+                          f"{_plural(sim.customers, 'card')}) span {days / 365:,.0f} years of simulated time: fewer "
+                          f"events, a larger world (--accounts), or --clock wall for a load test")
+
+
 def _world_end_ms(now_ms: float, total: int, rate: float, span_ms: int) -> int:
     """The end of a world-clock run's span: when its sending ends (``total / rate`` from ``now_ms``;
     now, unpaced), or sooner where the world's pace is faster than ``rate``: event ``i``, sent at
@@ -1885,20 +1900,18 @@ def _world_end_ms(now_ms: float, total: int, rate: float, span_ms: int) -> int:
     return int(now_ms + min(sending_ms, span_ms))
 
 
-def _say_pace(sim: Any, count: int, span_days: float) -> None:
-    """``simulate --out``: a note where the file's events a day are not the world's own pace (that of
-    its live runs), by more than a quarter: a model trained on it then sees live cards pay more or
-    less often than in training (a trial: the README's 200,000 over 42 days, 0.48x; a live run's
-    alert share climbed 0.9 -> 3.2 % where a file at the world's pace kept it flat)."""
+def _pace_said(sim: Any, count: int, span_days: float) -> str:
+    """``simulate --out``'s last line, continued where the file's events a day are not the world's own
+    pace (that of its live runs) by more than a quarter: a model trained on it then sees live cards
+    pay more or less often than in training (a trial: the README's 200,000 over 42 days, 0.48x; a
+    live run's alert share climbed 0.9 -> 3.2 % where a file at the world's pace kept it flat)."""
     if span_days <= 0 or count < 1_000:
-        return
+        return ""
     ratio = count / span_days / sim.events_per_day
     if 0.8 <= ratio <= 1.25:
-        return
-    _say(f"note: {count:,} events over {span_days:g} days is {count / span_days:,.0f} a day, {ratio:.2f}x the "
-         f"world's own pace ({sim.events_per_day:,.0f} a day from {_plural(sim.customers, 'card')}), at which its live "
-         f"runs go (--clock world): its cards pay {ratio:.2f}x as often here as there; --count "
-         f"{round(sim.events_per_day * span_days):,} keeps the world's pace")
+        return ""
+    return (f"; {count / span_days:,.0f} events a day, {ratio:.2f}x this world's pace ({sim.events_per_day:,.0f} a "
+            f"day), that of its live runs: --count {round(sim.events_per_day * span_days):,} matches it")
 
 
 def _wall_clock_line(delays: Any, total: int, rate: float) -> str:
@@ -1935,9 +1948,9 @@ def _say_overlap(settings: Settings, topic: str, first_ms: int) -> None:
         return
     if newest and max(newest) > first_ms:
         _say(f"warning: {topic} already holds events up to {_utc(max(newest))} (an earlier run?), after this run's "
-             f"first ({_utc(first_ms)}): workers keeping the same entity state get this run's events late for the "
-             "cards and terminals that paid since, and alert more (a trial: 3.5 % → 7.4 %); give the workers a fresh "
-             "SD_REDIS_PREFIX (and publish the model there) or use --clock wall (docs/simulator.md, Live runs)",
+             f"first ({_utc(first_ms)}): unless the workers start on a fresh SD_REDIS_PREFIX (the model published "
+             "there), they get this run's events late for the cards and terminals that paid since, and alert more (a "
+             "trial: 3.5 % → 7.4 %); or use --clock wall (docs/simulator.md, Live runs)",
              "WARNING")
 
 
@@ -2089,7 +2102,7 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     total = sum(row.lag for row in rows)
     try:  # which member holds each partition (an operator's question after scaling out or a freeze)
         owners: GroupOwners | None = group_owners(settings, group, topic)
-    except KafkaError as exc:
+    except (KafkaError, ValueError) as exc:  # ValueError: a member's assignment not the consumer protocol's
         owners = None
         _say(f"note: the coordinator of group {group} did not say which member holds which partition: {exc}")
     outputs = {roles["alerts"], roles["dlq"], roles["shadow"]}  # the workers write them, read none
@@ -2123,28 +2136,34 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
         _say(f"note: group {group}'s committed offset is past the end of partitions {beyond} (the topic recreated?): "
              f"its readers start those again {start}, counted so")
     held = owners.owners if owners is not None else {}
+    twice = sorted(p for p, members in held.items() if len(members) > 1)
+    if twice:  # two members reading one partition: what the operator came to find (never in a healthy group)
+        _say(f"warning: partitions {twice} of {topic} are assigned to more than one member of group {group}", "WARNING")
     if args.json:
         print(orjson.dumps({"group": group, "topic": topic, "lag": total,
                             "state": None if owners is None else owners.state,
                             "members": None if owners is None else owners.members, "partitions": [
             {"partition": row.partition, "end": row.end, "committed": row.committed, "lag": row.lag,
              "counted": row.counted, "log_start": row.log_start,
-             "member": None if row.partition not in held else {"member_id": held[row.partition].member_id,
-                                                               "host": held[row.partition].host,
-                                                               "client_id": held[row.partition].client_id}}
+             "members": [{"member_id": m.member_id, "host": m.host, "client_id": m.client_id}
+                         for m in held.get(row.partition, [])]}
             for row in rows]}).decode())
         return 0
     bound = " (at most)" if any(row.counted == "at_most" for row in rows) else ""
-    members = "" if owners is None else " (no member now)" if not owners.members else (
-        f" ({owners.members} member{'' if owners.members == 1 else 's'}, {owners.state}"
-        f"{'' if held else f', none reading {topic}'})")
+    members = ""
+    if owners is not None:
+        counted = f"{owners.members} member{'' if owners.members == 1 else 's'}, {owners.state}"
+        members = (" (no member now)" if not owners.members else
+                   f" ({counted}: which member holds which partition is known once it is Stable)"
+                   if owners.rebalancing else f" ({counted}{'' if held else f', none reading {topic}'})")
     print(f"group {group} on {topic}: lag {total:,}{bound}{members}")
     how = {"at_most": " (at most: a transaction is open)", "offsets": " (offsets)" if repartition else ""}
     for row in rows:
         owner = ""
-        if held:  # the group reads this topic: each partition's member, or none (rebalancing, or left out)
-            member = held.get(row.partition)
-            owner = f", member {member.member_id} ({member.host})" if member else ", no member"
+        if held:  # the group reads this topic: each partition's member, or none (left out)
+            of = held.get(row.partition, [])
+            owner = (", no member" if not of else
+                     f", member{'s' if len(of) > 1 else ''} {', '.join(f'{m.member_id} ({m.host})' for m in of)}")
         print(f"  partition {row.partition}: end {row.end:,}, committed "
               f"{'none' if row.committed is None else f'{row.committed:,}'}, lag {row.lag:,}{how.get(row.counted, '')}"
               f"{owner}")
@@ -2999,11 +3018,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "unless scaled (0.0001: chargebacks 9-60 s after their events)")
     p.add_argument("--clock", choices=["world", "wall"], default=None,
                    help="handbook, live: the events' timestamps. world (default): the simulated world's own "
-                        "pace, so each card and terminal pays as often per day as in an --out file (the run's "
-                        "events span count ÷ the world's events a day, ending when the run does; labels are "
-                        "published as that clock passes them). wall: the time each is sent (--rate events in "
-                        "every second: a card pays many times a minute, and a model with per-card history "
-                        "flags most of it; docs/simulator.md)")
+                        "pace, so each card and terminal pays as often per day as in an --out file at that pace "
+                        "(the run's events span count ÷ the world's events a day, ending about when the run does, "
+                        "none sent before its time; labels are published as that clock passes them). wall: the "
+                        "time each is sent (--rate events in every second: a card pays many times a minute, and a "
+                        "model with per-card history flags most of it; docs/simulator.md)")
     p.add_argument("--end", help="--out: the UTC end of the file's time span, RFC 3339 or a date "
                                  "(2026-06-15 is its midnight; default: now); the same --seed, --end and sizes "
                                  "write the same events to every format")

@@ -78,27 +78,43 @@ class Member:
 @dataclass(frozen=True)
 class GroupOwners:
     """``group_owners``: the group's ``state`` (``Stable``, ``PreparingRebalance``,
-    ``CompletingRebalance``, ``Empty``, ``Dead``), its ``members`` count and, per partition of the
-    topic, the member it is assigned to (a partition of no member is missing: nothing reads it
-    now, or the group is rebalancing)."""
+    ``CompletingRebalance``, ``Empty``, ``Dead``: no such group), its ``members`` count and, per
+    partition of the topic, the members it is assigned to: one, or more where two members claim it
+    (what an operator runs ``lag`` to find); a partition of no member is missing (nothing reads it
+    now). The coordinator gives assignments only in a ``Stable`` group: while it rebalances none is
+    known (``rebalancing``)."""
 
     state: str
     members: int
-    owners: dict[int, Member]
+    owners: dict[int, list[Member]]
+
+    @property
+    def rebalancing(self) -> bool:
+        return self.state in ("PreparingRebalance", "CompletingRebalance")
 
 
 def group_owners(settings: Settings, group: str, topic: str) -> GroupOwners:
     """Which member of ``group`` holds each partition of ``topic`` now: one DescribeGroups request
-    to the group's coordinator (joins nothing, disturbs no member). A member whose assignment
-    cannot be decoded (another client's protocol) counts as a member holding nothing known.
-    Raises ``KafkaError`` when the coordinator does not answer."""
+    to the group's coordinator (joins nothing, disturbs no member). Raises ``KafkaError`` when the
+    coordinator does not answer or refuses (kafka-python returns a group's error in its answer: a
+    coordinator still loading, a group not authorised; a group that does not exist is state
+    ``Dead``, not an error) and ``ValueError`` when a member's assignment is not the consumer
+    protocol's (another client's group)."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_security())
     try:
         described = admin.describe_groups([group]).get(group) or {}
     finally:
         admin.close()
+    return owners_of(described, topic)
+
+
+def owners_of(described: dict[str, Any], topic: str) -> GroupOwners:
+    """``group_owners`` from one group's entry of kafka-python's ``describe_groups`` answer (same errors)."""
+    error = described.get("error")
+    if error and "GroupIdNotFound" not in str(error):
+        raise KafkaError(str(error))
     members = described.get("members") or []
-    owners: dict[int, Member] = {}
+    owners: dict[int, list[Member]] = {}
     for m in members:
         member = Member(str(m.get("member_id") or ""), str(m.get("client_host") or "").lstrip("/"),
                         str(m.get("client_id") or ""))
@@ -106,7 +122,8 @@ def group_owners(settings: Settings, group: str, topic: str) -> GroupOwners:
         given = assignment.get("assigned_partitions") if isinstance(assignment, dict) else None
         for part in given or []:
             if part.get("topic") == topic:
-                owners.update((int(p), member) for p in part.get("partitions") or [])
+                for p in part.get("partitions") or []:
+                    owners.setdefault(int(p), []).append(member)
     return GroupOwners(str(described.get("group_state") or "Dead"), len(members), owners)
 
 

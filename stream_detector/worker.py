@@ -952,6 +952,7 @@ class Worker:
             self._start_ingester()
         with self.steps.time("enrich"):
             values = self.enricher.features(spec, decoded.events, _positions(batch, decoded.indices), decoded.columns)
+            self.enricher.warn_misses()  # stage 1 keeps every batch it enriches: said at once (no _overtaken here)
             if spec.label_keys:  # the input key's label features travel with its history (``spec.all_fields``)
                 values = np.hstack([values, label_values(spec, self.labels, decoded.events, values,
                                                          scorer.bundle.entity)])

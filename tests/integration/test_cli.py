@@ -89,7 +89,8 @@ def test_train_publish_worker_score_round_trip(settings, env_for, tmp_path):
     assert worker.returncode == 0, err
     holding = orjson.loads(during.stdout)
     assert (holding["state"], holding["members"]) == ("Stable", 1), holding
-    members = {p["member"]["member_id"] for p in holding["partitions"]}
+    assert all(len(p["members"]) == 1 for p in holding["partitions"]), holding
+    members = {p["members"][0]["member_id"] for p in holding["partitions"]}
     member = members.pop()
     assert not members and f"as member {member}" in err  # the worker's log names it as lag does
     assert during_text.stdout.startswith(f"group {settings.group_id} on {settings.input_topic}: lag 0 (1 member, "

@@ -214,8 +214,9 @@ def test_two_workers_split_a_four_partition_topic(settings, published, bundle, s
                and o.members == 2 and len(o.owners) == 4, message="the group stable, every partition held")
     owners = group_owners(settings, settings.group_id, settings.input_topic)
     by_member: dict[str, set[int]] = defaultdict(set)
-    for partition, member in owners.owners.items():
-        by_member[member.member_id].add(partition)
+    for partition, members in owners.owners.items():
+        assert len(members) == 1, (partition, members)
+        by_member[members[0].member_id].add(partition)
     assert sorted(by_member.values(), key=min) == sorted(held().values(), key=min)
     logged = " ".join(r.getMessage() for r in caplog.records if r.getMessage().startswith("assigned ["))
     assert all(f"as member {m}" in logged for m in by_member)  # the log names the member lag shows

@@ -402,24 +402,68 @@ def test_an_out_file_off_the_worlds_pace_is_said(capsys: pytest.CaptureFixture[s
                  "--accounts", "300", "--terminals", "300"]) == 0
     err = capsys.readouterr().err
     pace = HandbookSimulator(seed=0, customers=300, terminals=300).events_per_day
-    assert f"note: 2,000 events over 20 days is 100 a day, {2000 / 20 / pace:.2f}x the world's own pace" in err
-    assert f"--count {round(pace * 20):,} keeps the world's pace" in err
+    assert f"rows/s); 100 events a day, {2000 / 20 / pace:.2f}x this world's pace ({pace:,.0f} a day)" in err
+    assert f"that of its live runs: --count {round(pace * 20):,} matches it\n" in err
     assert main(["simulate", "--out", str(tmp_path / "paced.csv"), "--count", str(round(pace * 4)), "--span-days",
                  "4", "--accounts", "300", "--terminals", "300"]) == 0
-    assert "note:" not in capsys.readouterr().err
+    assert "this world's pace" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("rate", [0.0, 0.01, 1.0, 100.0, 10_000.0])
-def test_no_world_clock_event_is_stamped_after_it_is_sent(rate: float) -> None:
-    """A trial: at ``--rate 0.02``, below the world's pace, the first event was stamped 67 s after
-    it was sent (the span ended when sending would end, the span shorter than the sending)."""
+def test_a_world_clock_run_reaching_back_years_is_refused_before_connecting(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: a day at 2,000/s spans 47 years of the default world, whose first events a model
+    trained on recent history dead-letters as implausible. Refused (one line, exit 2); --clock wall
+    is the load test's clock."""
+    monkeypatch.setenv("SD_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing listens: a connection attempt would fail otherwise
+    assert main(["simulate", "--rate", "2000", "--duration", "86400"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "172,800,000 events at the world's pace" in err and "--clock wall for a load test" in err
+    assert "\n" not in err
+
+
+class _Clock:
+    """A virtual clock for ``producer``: ``sleep`` moves it on (a run of minutes tested in milliseconds)."""
+
+    def __init__(self, now_ms: float) -> None:
+        self.now = now_ms / 1000
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 1e-6)  # a real sleep takes time, however short (floats near 1.7e9 s drop 1e-10)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.01, 0.1, 1.0, 100.0])
+def test_no_world_clock_event_is_sent_before_its_timestamp(rate: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial: at ``--rate 0.02``, below the world's pace, the first event was stamped 67 s after it
+    was sent; a review then found the daily profile crowding a span's end at noon put stamps up to
+    2,292 s ahead of their send at ``--rate 0.1``. The run waits for an event's time, on a virtual
+    clock here: every event is sent at or after its timestamp, and at a rate above the world's
+    pace the run still lasts about count / rate."""
+    from stream_detector import producer as producer_module
     from stream_detector.cli import _world_end_ms
+    from stream_detector.producer import EventProducer
+    from stream_detector.settings import Settings
 
-    now, total = 1_765_000_000_000, 50
-    span = HandbookSimulator(seed=0, customers=5000, terminals=10_000).world_span_ms(total)  # ~7 minutes
-    end = _world_end_ms(now, total, rate, span)
-    for i in range(total):
-        sent = now + (i / rate * 1000 if rate > 0 else 0)
-        assert end - span + i * span / total <= sent + 1  # +1: the end is rounded down to a millisecond
-    if rate >= 1:  # sending is faster than the world: the run's last event is stamped when it is sent
-        assert end == now + int(total / rate * 1000)
+    start = 1_765_000_000_000 + 10 * 3_600_000  # 15:46 UTC: the span's end near noon's crowd
+    clock = _Clock(start)
+    monkeypatch.setattr(producer_module, "time", clock)
+    sent: list[tuple[float, int]] = []  # (send time ms, the event's timestamp)
+    events = EventProducer(Settings(), "events")
+    monkeypatch.setattr(events, "_ready", lambda topic: None)
+    monkeypatch.setattr(events, "send", lambda batch, labels=None: sent.extend(
+        (clock.now * 1000, int(e["timestamp"])) for e in batch))
+    monkeypatch.setattr(events, "send_records", lambda topic, records, key_field="event_id": None)
+    monkeypatch.setattr(events, "confirm", lambda: None)
+    events.producer = object()  # type: ignore[assignment]  # entered: the sends above are stubbed
+    sim, total = HandbookSimulator(seed=0, customers=5000, terminals=10_000), 400
+    span = sim.world_span_ms(total)  # ~58 minutes of the world's time
+    end = _world_end_ms(start, total, rate, span)
+    assert events.simulate_world(sim, total, rate, LabelDelays(), "feedback", end)[0] == total
+    assert len(sent) == total and all(at <= when for when, at in sent)
+    if rate >= 1:
+        assert clock.now * 1000 - start == pytest.approx(total / rate * 1000, rel=0.05)
