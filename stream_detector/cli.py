@@ -2135,25 +2135,30 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
         start = "from the first offset held" if reset == "earliest" else "from the end (SD_AUTO_OFFSET_RESET=latest)"
         _say(f"note: group {group}'s committed offset is past the end of partitions {beyond} (the topic recreated?): "
              f"its readers start those again {start}, counted so")
-    held = owners.owners if owners is not None else {}
+    # while the group rebalances, the members' last assignments are not who reads what (a trial: a partition
+    # shown "no member" while its worker still held it): none is shown until the group is Stable again
+    held = owners.owners if owners is not None and not owners.rebalancing else {}
+    idle = owners.idle if owners is not None and held else ()
     twice = sorted(p for p, members in held.items() if len(members) > 1)
     if twice:  # two members reading one partition: what the operator came to find (never in a healthy group)
         _say(f"warning: partitions {twice} of {topic} are assigned to more than one member of group {group}", "WARNING")
     if args.json:
         print(orjson.dumps({"group": group, "topic": topic, "lag": total,
                             "state": None if owners is None else owners.state,
-                            "members": None if owners is None else owners.members, "partitions": [
+                            "members": None if owners is None else owners.members,
+                            "idle": [_member_json(m) for m in idle], "partitions": [
             {"partition": row.partition, "end": row.end, "committed": row.committed, "lag": row.lag,
              "counted": row.counted, "log_start": row.log_start,
-             "members": [{"member_id": m.member_id, "host": m.host, "client_id": m.client_id}
-                         for m in held.get(row.partition, [])]}
+             "members": None if owners is None or owners.rebalancing else
+             [_member_json(m) for m in held.get(row.partition, [])]}
             for row in rows]}).decode())
         return 0
     bound = " (at most)" if any(row.counted == "at_most" for row in rows) else ""
     members = ""
     if owners is not None:
         counted = f"{owners.members} member{'' if owners.members == 1 else 's'}, {owners.state}"
-        members = (" (no member now)" if not owners.members else
+        members = (" (no such group now)" if owners.state == "Dead" else
+                   " (no member now)" if not owners.members else
                    f" ({counted}: which member holds which partition is known once it is Stable)"
                    if owners.rebalancing else f" ({counted}{'' if held else f', none reading {topic}'})")
     print(f"group {group} on {topic}: lag {total:,}{bound}{members}")
@@ -2167,7 +2172,13 @@ def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  partition {row.partition}: end {row.end:,}, committed "
               f"{'none' if row.committed is None else f'{row.committed:,}'}, lag {row.lag:,}{how.get(row.counted, '')}"
               f"{owner}")
+    for member in idle:  # more members than partitions (a trial: the idle one was named nowhere)
+        print(f"  no partition: member {member.member_id} ({member.host})")
     return 0
+
+
+def _member_json(member: Any) -> dict[str, str]:
+    return {"member_id": member.member_id, "host": member.host, "client_id": member.client_id}
 
 
 def _one_line(value: bytes | None, quote: bool = True, as_json: bool = True) -> str:

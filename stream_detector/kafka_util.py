@@ -87,6 +87,7 @@ class GroupOwners:
     state: str
     members: int
     owners: dict[int, list[Member]]
+    idle: tuple[Member, ...] = ()  # members holding no partition of the topic (more members than partitions)
 
     @property
     def rebalancing(self) -> bool:
@@ -115,16 +116,18 @@ def owners_of(described: dict[str, Any], topic: str) -> GroupOwners:
         raise KafkaError(str(error))
     members = described.get("members") or []
     owners: dict[int, list[Member]] = {}
+    idle = []
     for m in members:
         member = Member(str(m.get("member_id") or ""), str(m.get("client_host") or "").lstrip("/"),
                         str(m.get("client_id") or ""))
         assignment = m.get("member_assignment")
         given = assignment.get("assigned_partitions") if isinstance(assignment, dict) else None
-        for part in given or []:
-            if part.get("topic") == topic:
-                for p in part.get("partitions") or []:
-                    owners.setdefault(int(p), []).append(member)
-    return GroupOwners(str(described.get("group_state") or "Dead"), len(members), owners)
+        held = [int(p) for part in given or [] if part.get("topic") == topic for p in part.get("partitions") or []]
+        for p in held:
+            owners.setdefault(p, []).append(member)
+        if not held:
+            idle.append(member)
+    return GroupOwners(str(described.get("group_state") or "Dead"), len(members), owners, tuple(idle))
 
 
 def lag(settings: Settings, group: str, topic: str) -> int:

@@ -28,6 +28,14 @@ def test_each_partition_of_the_topic_names_its_member() -> None:
     assert (owners.state, owners.members, owners.rebalancing) == ("Stable", 2, False)
     assert owners.owners[0] == owners.owners[1] == [a] and {m.member_id for m in owners.owners[2]} == {
         "stream-detector-g-b"} and sorted(owners.owners) == [0, 1, 2, 3]
+    assert owners.idle == ()
+
+
+def test_a_member_holding_no_partition_is_named() -> None:
+    """A trial scaled five consumers onto four partitions: lag counted five members and named four."""
+    owners = owners_of(_group("Stable", *(_member(n, {"tx": [k]}) for k, n in enumerate("abcd")),
+                              _member("e", {"other": [0]})), "tx")
+    assert [m.member_id for m in owners.idle] == ["stream-detector-g-e"] and owners.members == 5
 
 
 def test_a_partition_two_members_claim_names_both() -> None:
