@@ -200,28 +200,24 @@ class EventProducer:
         self._ready(feedback_topic)
         world = WorldClockStream(sim, total, end_ms, _chunk_size(rate), delays)
         stream = iter(world)
-        counts = {"frauds": 0, "labels": 0}
+        frauds = [0]
 
         def chunk(_start: int, n: int) -> None:
             batch, due = next(stream)
             assert len(batch) == n, (len(batch), n)  # the stream is cut as _paced cuts the run
             # no event before its time: where --rate is below the world's pace, or the daily profile
             # crowds the span's end (noon), the stamps can run ahead of the pacing (a review: +2,292 s)
-            ahead = (int(batch.timestamp[-1]) - time.time() * 1000) / 1000
-            while ahead > 0 and not stop():
-                time.sleep(min(ahead, 0.2))
-                ahead = (int(batch.timestamp[-1]) - time.time() * 1000) / 1000
-            counts["frauds"] += int(batch.fraud.sum())
+            _wait_until(int(batch.timestamp[-1]) / 1000, time.time, stop)
+            frauds[0] += int(batch.fraud.sum())
             self.send(batch.events())
-            rows = [label_record(i, label == "fraud", source == "chargeback", at) for i, label, source, at
-                    in zip(due["event_id"], due["label"], due["source"], due["labelled_at"], strict=True)]
+            rows = [dict(zip(due, row, strict=True)) for row in zip(*due.values(), strict=True)]  # the contract's
             self.send_records(feedback_topic, rows)
-            counts["labels"] += len(rows)
             self.sent_labels += len(rows)
 
+        labels_before = self.sent_labels
         sent = _paced(total, rate, chunk, self.confirm, progress, stop)
         self.confirm()
-        return sent, counts["frauds"], counts["labels"], world.pending()
+        return sent, frauds[0], self.sent_labels - labels_before, world.pending()
 
 
 def _chunk_size(rate: float) -> int:
@@ -248,12 +244,16 @@ def _paced(total: int, rate: float, send_chunk: Callable[[int, int], None], conf
             confirm()
         now = time.monotonic()
         if rate > 0:
-            ahead = sent / rate - (now - started)
-            while ahead > 0 and not stop():  # in slices: a Ctrl-C at a slow rate is not kept waiting
-                time.sleep(min(ahead, 0.2))
-                ahead = sent / rate - (time.monotonic() - started)
+            _wait_until(started + sent / rate, time.monotonic, stop)
         if progress is not None and now - last_report >= 5:
             last_report = now
             progress(f"sent {sent}/{total} ({sent / max(now - started, 1e-9):.0f}/s)")
     confirm()
     return sent
+
+
+def _wait_until(deadline_s: float, clock: Callable[[], float], stop: Callable[[], bool]) -> None:
+    """Sleep until ``clock()`` (seconds) reaches ``deadline_s``, in slices of at most 0.2 s, so that
+    ``stop()`` (a Ctrl-C's flag) is not kept waiting at a slow rate."""
+    while (left := deadline_s - clock()) > 0 and not stop():
+        time.sleep(min(left, 0.2))

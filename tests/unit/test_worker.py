@@ -272,6 +272,17 @@ def test_a_challenger_with_another_entity_spec_is_not_shadow_scored(broker, bund
     assert not list(broker.read("alerts.shadow")) and {a["event_id"] for a in _alerts(broker)} >= bad
 
 
+def _progress_waiting(every_s: float) -> tuple[Any, Any, float, list[float]]:
+    """A progress line every ``every_s`` whose peer wait (seconds) is ``waited[0]``: (stats, progress,
+    its start, waited)."""
+    from stream_detector.worker import WorkerStats, _Progress
+
+    waited = [0.0]
+    stats = WorkerStats()
+    progress = _Progress(stats, every_s, lambda: waited[0])
+    return stats, progress, progress.since, waited
+
+
 def test_the_progress_line_says_what_the_worker_did_since_the_last_one(caplog) -> None:
     """``SD_LOG_PROGRESS_S``: one INFO line per period with events (none for a quiet one, none when 0)."""
     import logging
@@ -325,12 +336,7 @@ def test_the_progress_line_warns_when_the_worker_mostly_waited_for_other_workers
     the cause and the remedies."""
     import logging
 
-    from stream_detector.worker import WorkerStats, _Progress
-
-    waited = [0.0]
-    stats = WorkerStats()
-    progress = _Progress(stats, 30.0, lambda: waited[0])
-    start = progress.since
+    stats, progress, start, waited = _progress_waiting(30.0)
     with caplog.at_level(logging.INFO, logger="stream_detector.worker"):
         stats.events, waited[0] = 50, 27.0
         progress.maybe_log(start + 30)
@@ -347,12 +353,7 @@ def test_a_wait_longer_than_the_period_is_said_as_the_whole_period(caplog) -> No
     began before the period and ended in it; the line said "waited 11 of the last 10 s"."""
     import logging
 
-    from stream_detector.worker import WorkerStats, _Progress
-
-    waited = [0.0]
-    stats = WorkerStats()
-    progress = _Progress(stats, 10.0, lambda: waited[0])
-    start = progress.since
+    stats, progress, start, waited = _progress_waiting(10.0)
     with caplog.at_level(logging.WARNING, logger="stream_detector.worker"):
         stats.events, waited[0] = 18, 11.0
         progress.maybe_log(start + 10)
