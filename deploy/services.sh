@@ -57,7 +57,9 @@ die() { echo "services: $*" >&2; exit 1; }
 log() { echo "services: $*" >&2; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+pid_in() { local pid=""; [ -f "$1" ] && pid=$(cat "$1" 2>/dev/null || true); echo "$pid"; }  # never fails: redis
+# deletes its own pidfile as it shuts down, so a file seen a moment ago may be gone when read
+alive() { local pid; pid=$(pid_in "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
 
 fetch_kafka() {
   [ -f "$LIBS/.complete" ] && return 0
@@ -161,11 +163,28 @@ redis_up() {
   log "redis ready on 127.0.0.1:$REDIS_PORT"
 }
 
+wait_gone() {  # pid pidfile name: wait up to 30 s for pid to exit (then SIGKILL), remove the pidfile
+  for _ in $(seq 1 150); do kill -0 "$1" 2>/dev/null || { rm -f "$2"; log "stopped $3"; return 0; }; sleep 0.2; done
+  kill -9 "$1" 2>/dev/null || true; rm -f "$2"; log "killed $3"
+}
+
 stop_pid() {  # pidfile name
-  alive "$1" || { rm -f "$1"; return 0; }
-  local pid; pid=$(cat "$1"); kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || { rm -f "$1"; log "stopped $2"; return 0; }; sleep 0.2; done
-  kill -9 "$pid" 2>/dev/null || true; rm -f "$1"; log "killed $2"
+  stop_all "$1|$2"
+}
+
+stop_all() {  # "pidfile|name"...: SIGTERM to all at once, then wait for each. Each pid is read once,
+  # before any signal: a redis-server deletes its pidfile while it shuts down, so reading the file
+  # again after a signal failed now and then (the cluster-down of a CI run, 2026-12-08)
+  local item pid pids=() files=() names=() i
+  for item in "$@"; do
+    pid=$(pid_in "${item%%|*}")
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true; pids+=("$pid"); files+=("${item%%|*}"); names+=("${item#*|}")
+    else
+      rm -f "${item%%|*}"
+    fi
+  done
+  for i in "${!pids[@]}"; do wait_gone "${pids[$i]}" "${files[$i]}" "${names[$i]}"; done
 }
 
 # ---- three-node KRaft cluster ---------------------------------------------------------------
@@ -221,7 +240,7 @@ cluster_up() {
 stop_node() {  # node signal
   local dir pid; dir=$(node_dir "$1")
   alive "$dir/pid" || { rm -f "$dir/pid"; return 0; }
-  pid=$(cat "$dir/pid")
+  pid=$(pid_in "$dir/pid")
   if [ "$2" = KILL ]; then
     kill -9 "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
     rm -f "$dir/pid"; log "kafka node $1 killed (SIGKILL)"
@@ -330,17 +349,15 @@ sentinel_primary() { rcli "${SPORTS[0]}" SENTINEL get-master-addr-by-name "$SMAS
 kill_redis_primary() {
   local port dir pid; port=$(sentinel_primary); dir="$SDIR/redis-$port"
   [ -n "$port" ] && alive "$dir/pid" || die "no running primary known to the sentinels"
-  pid=$(cat "$dir/pid"); kill -9 "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  pid=$(pid_in "$dir/pid"); kill -9 "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
   rm -f "$dir/pid"; log "redis primary :$port killed (SIGKILL)"; echo "$port"
 }
 
 sentinel_down() {  # SIGTERM to all five at once (each takes a second or two to exit), then wait for each
-  local f
-  for f in "${SPORTS[@]/#/$SDIR/sentinel-}" "${SRPORTS[@]/#/$SDIR/redis-}"; do
-    alive "$f/pid" && kill "$(cat "$f/pid")" 2>/dev/null
-  done
-  for s in "${SPORTS[@]}"; do stop_pid "$SDIR/sentinel-$s/pid" "sentinel :$s"; done
-  for p in "${SRPORTS[@]}"; do stop_pid "$SDIR/redis-$p/pid" "redis :$p"; done
+  local s p items=()
+  for s in "${SPORTS[@]}"; do items+=("$SDIR/sentinel-$s/pid|sentinel :$s"); done
+  for p in "${SRPORTS[@]}"; do items+=("$SDIR/redis-$p/pid|redis :$p"); done
+  stop_all "${items[@]}"
 }
 
 # ---- Redis Cluster: three primaries ---------------------------------------------------------
@@ -386,9 +403,9 @@ redis_cluster_up() {
 }
 
 redis_cluster_down() {  # SIGTERM to the three at once, then wait for each
-  local p
-  for p in "${RCPORTS[@]}"; do alive "$RCDIR/node-$p/pid" && kill "$(cat "$RCDIR/node-$p/pid")" 2>/dev/null; done
-  for p in "${RCPORTS[@]}"; do stop_pid "$RCDIR/node-$p/pid" "redis cluster node :$p"; done
+  local p items=()
+  for p in "${RCPORTS[@]}"; do items+=("$RCDIR/node-$p/pid|redis cluster node :$p"); done
+  stop_all "${items[@]}"
 }
 
 case "${1:-}" in
@@ -404,16 +421,15 @@ case "${1:-}" in
     fi
     rm -f "$KDIR/pid" ;;
   status)
-    alive "$KDIR/pid" && echo "kafka: running on 127.0.0.1:$KAFKA_PORT (pid $(cat "$KDIR/pid"))" || echo "kafka: stopped"
-    alive "$RDIR/pid" && echo "redis: running on 127.0.0.1:$REDIS_PORT (pid $(cat "$RDIR/pid"))" || echo "redis: stopped" ;;
+    alive "$KDIR/pid" && echo "kafka: running on 127.0.0.1:$KAFKA_PORT (pid $(pid_in "$KDIR/pid"))" || echo "kafka: stopped"
+    alive "$RDIR/pid" && echo "redis: running on 127.0.0.1:$REDIS_PORT (pid $(pid_in "$RDIR/pid"))" || echo "redis: stopped" ;;
   cluster-up) cluster_up ;;
   cluster-down)  # SIGTERM to all three at once: one by one, the last nodes would wait for a lost quorum
-    for n in 1 2 3; do alive "$(node_dir "$n")/pid" && kill "$(cat "$(node_dir "$n")/pid")" 2>/dev/null; done
-    for n in 1 2 3; do stop_node "$n" TERM; done ;;
+    stop_all "$(node_dir 1)/pid|kafka node 1" "$(node_dir 2)/pid|kafka node 2" "$(node_dir 3)/pid|kafka node 3" ;;
   cluster-status)
     for n in 1 2 3; do
       d=$(node_dir "$n")
-      alive "$d/pid" && echo "kafka node $n: running on 127.0.0.1:${CPORTS[$((n - 1))]} (pid $(cat "$d/pid"))" \
+      alive "$d/pid" && echo "kafka node $n: running on 127.0.0.1:${CPORTS[$((n - 1))]} (pid $(pid_in "$d/pid"))" \
         || echo "kafka node $n: stopped"
     done ;;
   kill-broker) check_node "${2:-}"; stop_node "$2" KILL ;;
