@@ -67,7 +67,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {  # name → (model, settings
     SYNC: ("entity", {"entity_flush_async": False}), "entity, batch commits": ("entity", {"entity_replay_log": False})}
 CODES = {"stateless": "", "entity": "", EVERY: "-ev", SYNC: "-sync", "entity, batch commits": "-pb"}  # run tags
 TWO_STAGES = "entity, two stages (1 + 1)"  # latency only (--two-stages): a stage-1 and a stage-2 worker process
-STEPS = ("source", "decode", "enrich", "features", "publish", "flush", "commit")  # flush: write-behind (entity/behind.py)
+STEPS = ("source", "decode", "enrich", "features", "explain", "publish", "flush", "commit")  # flush: write-behind
+# (entity/behind.py); explain: the alerts' why (Scorer.why, occlusion), on the worker's thread since 2026-12-07
 
 
 def models(events: list[dict[str, Any]]) -> dict[str, Bundle]:
