@@ -415,7 +415,7 @@ case "${1:-}" in
   stop-redis) stop_pid "$RDIR/pid" "redis :$REDIS_PORT" ;;
   kill-kafka)
     if alive "$KDIR/pid"; then
-      pid=$(cat "$KDIR/pid"); kill -9 "$pid"
+      pid=$(pid_in "$KDIR/pid"); kill -9 "$pid"
       while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
       log "kafka killed (SIGKILL)"
     fi

@@ -200,24 +200,24 @@ class EventProducer:
         self._ready(feedback_topic)
         world = WorldClockStream(sim, total, end_ms, _chunk_size(rate), delays)
         stream = iter(world)
-        frauds = [0]
+        frauds = 0
 
         def chunk(_start: int, n: int) -> None:
+            nonlocal frauds
             batch, due = next(stream)
             assert len(batch) == n, (len(batch), n)  # the stream is cut as _paced cuts the run
             # no event before its time: where --rate is below the world's pace, or the daily profile
             # crowds the span's end (noon), the stamps can run ahead of the pacing (a review: +2,292 s)
             _wait_until(int(batch.timestamp[-1]) / 1000, time.time, stop)
-            frauds[0] += int(batch.fraud.sum())
+            frauds += int(batch.fraud.sum())
             self.send(batch.events())
             rows = [dict(zip(due, row, strict=True)) for row in zip(*due.values(), strict=True)]  # the contract's
             self.send_records(feedback_topic, rows)
             self.sent_labels += len(rows)
 
         labels_before = self.sent_labels
-        sent = _paced(total, rate, chunk, self.confirm, progress, stop)
-        self.confirm()
-        return sent, frauds[0], self.sent_labels - labels_before, world.pending()
+        sent = _paced(total, rate, chunk, self.confirm, progress, stop)  # its last step confirms every send
+        return sent, frauds, self.sent_labels - labels_before, world.pending()
 
 
 def _chunk_size(rate: float) -> int:

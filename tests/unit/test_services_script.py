@@ -4,6 +4,9 @@ usage line, and bad node numbers refused before any process is touched."""
 from __future__ import annotations
 
 import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
@@ -56,10 +59,6 @@ def test_group_stop_waits_for_processes_that_delete_their_pidfile(tmp_path) -> N
     """``redis-cluster-down`` returns only once every node has exited, and does not fail when a node
     deletes its pidfile as it shuts down (a CI run, 2026-12-08: the script read the file again after
     signalling and died on 'No such file'; read again and found gone, it returned at once)."""
-    import sys
-    import threading
-    import time
-
     ports = ["27901", "27902", "27903"]
     procs, reaped = [], []
     for port in ports:
